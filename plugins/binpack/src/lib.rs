@@ -1,0 +1,32 @@
+//! The `binpack` scheduler plugin: least-fragmentation bin packing (see [`packing`]).
+
+use gantry_plugin_sdk::config::Config;
+use gantry_plugin_sdk::fit;
+use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+
+/// The scheduler world's types, under the names `packing` expects.
+mod sched {
+    pub use gantry_plugin_sdk::sched::*;
+}
+
+pub mod packing;
+
+/// The plugin's entry points.
+pub struct Binpack;
+
+impl Guest for Binpack {
+    fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
+        Config::new(config).reject_unknown(&[])
+    }
+
+    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+        Ok(packing::pack(&snapshot, &queue))
+    }
+}
+
+// Exported only into the component: native builds (unit tests) would choke on the WIT names.
+#[cfg(target_family = "wasm")]
+gantry_plugin_sdk::export_scheduler!(Binpack);
+
+#[cfg(test)]
+mod tests;

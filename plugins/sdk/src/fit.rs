@@ -1,0 +1,289 @@
+//! An index of free GPUs for placement decisions, rebuilt at the start of every cycle.
+//!
+//! Written only against the scheduler world's types (`super::sched`), so the host compiles this
+//! very file into its native fallback strategy and both sides decide identically.
+
+use super::sched::{Job, Snapshot};
+
+/// Free, healthy GPUs grouped by node, with buckets by free count for O(1)-ish best fit.
+#[derive(Debug, Clone)]
+pub struct FreeIndex {
+    /// Free healthy GPUs of each node, ascending by GPU index.
+    node_free: Vec<Vec<u32>>,
+    /// Rack of each node.
+    node_rack: Vec<u32>,
+    /// Node of each GPU.
+    gpu_node: Vec<u32>,
+    /// NVLink domain of each GPU.
+    gpu_domain: Vec<u32>,
+    /// Free memory of each GPU, in MiB.
+    gpu_memory: Vec<u32>,
+    /// `buckets[c]` holds the nodes with exactly `c` free GPUs.
+    buckets: Vec<Vec<u32>>,
+    /// Position of each node inside its bucket.
+    bucket_pos: Vec<u32>,
+    /// GPUs each tenant may still take (`u32::MAX` when it has no quota).
+    quota_left: Vec<u32>,
+    total_free: u32,
+}
+
+impl FreeIndex {
+    /// Indexes the free healthy GPUs and the tenants' remaining quotas of `snapshot`.
+    pub fn new(snapshot: &Snapshot) -> Self {
+        let nodes = snapshot.nodes.len();
+        let mut node_free = vec![Vec::new(); nodes];
+        let mut gpu_node = Vec::with_capacity(snapshot.gpus.len());
+        let mut gpu_domain = Vec::with_capacity(snapshot.gpus.len());
+        let mut gpu_memory = Vec::with_capacity(snapshot.gpus.len());
+        let mut node_capacity = vec![0u32; nodes];
+        for (index, gpu) in snapshot.gpus.iter().enumerate() {
+            gpu_node.push(gpu.node);
+            gpu_domain.push(gpu.nvlink_domain);
+            gpu_memory.push(gpu.memory_free_mib);
+            let node = gpu.node as usize;
+            if node < nodes {
+                node_capacity[node] += 1;
+                if gpu.healthy && !gpu.busy {
+                    node_free[node].push(index as u32);
+                }
+            }
+        }
+        let max_capacity = node_capacity.iter().copied().max().unwrap_or(0) as usize;
+        let mut buckets = vec![Vec::new(); max_capacity + 1];
+        let mut bucket_pos = vec![0u32; nodes];
+        let mut total_free = 0;
+        for (node, free) in node_free.iter().enumerate() {
+            let c = free.len();
+            total_free += c as u32;
+            bucket_pos[node] = buckets[c].len() as u32;
+            buckets[c].push(node as u32);
+        }
+        let quota_left = snapshot
+            .tenants
+            .iter()
+            .map(|t| match t.quota_gpus {
+                Some(q) => q.saturating_sub(t.used_gpus),
+                None => u32::MAX,
+            })
+            .collect();
+        Self {
+            node_free,
+            node_rack: snapshot.nodes.iter().map(|n| n.rack).collect(),
+            gpu_node,
+            gpu_domain,
+            gpu_memory,
+            buckets,
+            bucket_pos,
+            quota_left,
+            total_free,
+        }
+    }
+
+    /// Free healthy GPUs in the whole cluster.
+    pub fn total_free(&self) -> u32 {
+        self.total_free
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.node_free.len()
+    }
+
+    /// Free healthy GPUs of `node`, ascending.
+    pub fn node_free(&self, node: u32) -> &[u32] {
+        &self.node_free[node as usize]
+    }
+
+    /// Rack of `node`.
+    pub fn node_rack(&self, node: u32) -> u32 {
+        self.node_rack[node as usize]
+    }
+
+    /// Node of `gpu`.
+    pub fn gpu_node(&self, gpu: u32) -> u32 {
+        self.gpu_node[gpu as usize]
+    }
+
+    /// NVLink domain of `gpu`.
+    pub fn gpu_domain(&self, gpu: u32) -> u32 {
+        self.gpu_domain[gpu as usize]
+    }
+
+    /// GPUs `tenant` may still take this cycle.
+    pub fn quota_left(&self, tenant: u32) -> u32 {
+        self.quota_left.get(tenant as usize).copied().unwrap_or(0)
+    }
+
+    /// Free GPUs of `node` with at least `memory_mib` free.
+    pub fn usable(&self, node: u32, memory_mib: u32) -> impl Iterator<Item = u32> + '_ {
+        self.node_free[node as usize]
+            .iter()
+            .copied()
+            .filter(move |&g| self.gpu_memory[g as usize] >= memory_mib)
+    }
+
+    /// How many GPUs of `node` could host a GPU of a job needing `memory_mib`.
+    pub fn usable_count(&self, node: u32, memory_mib: u32) -> u32 {
+        self.usable(node, memory_mib).count() as u32
+    }
+
+    /// Free GPUs in the whole cluster with at least `memory_mib` free.
+    pub fn usable_total(&self, memory_mib: u32) -> u32 {
+        (0..self.node_count() as u32)
+            .map(|n| self.usable_count(n, memory_mib))
+            .sum()
+    }
+
+    /// The node with the fewest free GPUs that still has `count` usable ones (best fit: it leaves
+    /// the least fragmentation behind).
+    pub fn best_fit_node(&self, count: u32, memory_mib: u32) -> Option<u32> {
+        let start = count.max(1) as usize;
+        self.buckets.iter().skip(start).find_map(|bucket| {
+            bucket
+                .iter()
+                .copied()
+                .find(|&n| self.usable_count(n, memory_mib) >= count)
+        })
+    }
+
+    /// The node with the most free GPUs that has `count` usable ones (worst fit: it spreads load).
+    pub fn worst_fit_node(&self, count: u32, memory_mib: u32) -> Option<u32> {
+        let start = count.max(1) as usize;
+        self.buckets
+            .iter()
+            .enumerate()
+            .rev()
+            .take_while(|(c, _)| *c >= start)
+            .find_map(|(_, bucket)| {
+                bucket
+                    .iter()
+                    .copied()
+                    .find(|&n| self.usable_count(n, memory_mib) >= count)
+            })
+    }
+
+    /// Chooses `count` usable GPUs on `node`, keeping them inside as few NVLink domains as
+    /// possible: the best-fitting single domain when one is large enough, else the largest
+    /// domains first. Does not take them; see [`FreeIndex::take`].
+    pub fn choose_on_node(&self, node: u32, count: u32, memory_mib: u32) -> Vec<u32> {
+        let usable: Vec<u32> = self.usable(node, memory_mib).collect();
+        choose_by_group(&usable, count, |g| self.gpu_domain(g))
+    }
+
+    /// Chooses `count` GPUs across several nodes for a job that no single node can hold: whole
+    /// nodes with the most usable GPUs first, then the best-fitting node for the remainder. With
+    /// `rack` set, only nodes of that rack are used. Returns `None` when they do not suffice.
+    pub fn choose_across_nodes(
+        &self,
+        count: u32,
+        memory_mib: u32,
+        rack: Option<u32>,
+    ) -> Option<Vec<u32>> {
+        let mut candidates: Vec<(u32, u32)> = (0..self.node_count() as u32)
+            .filter(|&n| rack.is_none_or(|r| self.node_rack(n) == r))
+            .map(|n| (n, self.usable_count(n, memory_mib)))
+            .filter(|&(_, c)| c > 0)
+            .collect();
+        let available: u32 = candidates.iter().map(|&(_, c)| c).sum();
+        if available < count {
+            return None;
+        }
+        // Most usable first; ties by node index so every host decides the same way.
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut chosen = Vec::with_capacity(count as usize);
+        let mut left = count;
+        let mut i = 0;
+        while left > 0 && i < candidates.len() {
+            let (node, usable) = candidates[i];
+            if usable <= left {
+                chosen.extend(self.usable(node, memory_mib));
+                left -= usable;
+                i += 1;
+            } else {
+                // The remainder fits in one node: take the tightest one that holds it.
+                let rest = &candidates[i..];
+                let best = rest
+                    .iter()
+                    .filter(|&&(_, c)| c >= left)
+                    .min_by_key(|&&(n, c)| (c, n))
+                    .map(|&(n, _)| n)
+                    .unwrap_or(node);
+                chosen.extend(self.choose_on_node(best, left, memory_mib));
+                left = 0;
+            }
+        }
+        (left == 0).then_some(chosen)
+    }
+
+    /// Removes `gpus` from the free index and charges them to `tenant`'s quota.
+    pub fn take(&mut self, tenant: u32, gpus: &[u32]) {
+        for &gpu in gpus {
+            let node = self.gpu_node[gpu as usize];
+            let free = &mut self.node_free[node as usize];
+            if let Some(pos) = free.iter().position(|&g| g == gpu) {
+                let before = free.len();
+                free.remove(pos);
+                self.move_bucket(node, before, before - 1);
+                self.total_free -= 1;
+            }
+        }
+        if let Some(q) = self.quota_left.get_mut(tenant as usize)
+            && *q != u32::MAX
+        {
+            *q = q.saturating_sub(gpus.len() as u32);
+        }
+    }
+
+    fn move_bucket(&mut self, node: u32, from: usize, to: usize) {
+        let pos = self.bucket_pos[node as usize] as usize;
+        let bucket = &mut self.buckets[from];
+        bucket.swap_remove(pos);
+        if let Some(&moved) = bucket.get(pos) {
+            self.bucket_pos[moved as usize] = pos as u32;
+        }
+        self.bucket_pos[node as usize] = self.buckets[to].len() as u32;
+        self.buckets[to].push(node);
+    }
+}
+
+/// Chooses `count` of `gpus` keeping them in as few groups (NVLink domains, nodes, racks) as
+/// possible: the best-fitting single group when one is large enough, else the largest groups
+/// first. `gpus` must hold at least `count` entries.
+pub fn choose_by_group(gpus: &[u32], count: u32, group_of: impl Fn(u32) -> u32) -> Vec<u32> {
+    let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+    for &g in gpus {
+        let key = group_of(g);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(g),
+            None => groups.push((key, vec![g])),
+        }
+    }
+    let count = count as usize;
+    if let Some((_, members)) = groups
+        .iter()
+        .filter(|(_, m)| m.len() >= count)
+        .min_by_key(|(k, m)| (m.len(), *k))
+    {
+        return members[..count].to_vec();
+    }
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    groups
+        .into_iter()
+        .flat_map(|(_, m)| m)
+        .take(count)
+        .collect()
+}
+
+/// Queue positions in the order jobs should be considered: higher priority first, then earlier
+/// submission, then queue position.
+pub fn priority_order(queue: &[Job]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..queue.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let (ja, jb) = (&queue[a as usize], &queue[b as usize]);
+        jb.priority
+            .cmp(&ja.priority)
+            .then(ja.submit_s.total_cmp(&jb.submit_s))
+            .then(a.cmp(&b))
+    });
+    order
+}
