@@ -1,0 +1,22 @@
+//! Host-side bindings, generated once per WIT world and re-exported by version so a second
+//! version can live beside the first.
+
+/// `gantry:scheduler/scheduler@0.1.0`.
+pub mod scheduler {
+    wasmtime::component::bindgen!({
+        world: "gantry:scheduler/scheduler@0.1.0",
+        path: ["../wit/host", "../wit/scheduler"],
+        additional_derives: [PartialEq],
+    });
+}
+
+/// The scheduler world's types, version 0.1.
+pub mod sched_v0_1 {
+    pub use super::scheduler::Scheduler;
+    pub use super::scheduler::SchedulerPre;
+    pub use super::scheduler::gantry::host::log::Level;
+    pub use super::scheduler::gantry::host::types::PluginError as GuestError;
+    pub use super::scheduler::gantry::scheduler::types::{
+        Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology,
+    };
+}

@@ -1,0 +1,241 @@
+//! The plugin runtime: manifests, compilation (cached), sandboxed stores, limits, stdio capture,
+//! failure classification and quarantine. Kind-specific calls live with their kind
+//! (`scheduling::plugin` for schedulers).
+
+pub mod cache;
+pub mod error;
+pub mod health;
+pub mod limits;
+pub mod manifest;
+pub mod stdio;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, WasmBacktrace};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+pub use cache::{ArtifactCache, CacheOutcome};
+pub use error::{LoadError, PluginError};
+pub use health::{Health, HealthReport};
+pub use limits::PluginLimiter;
+pub use manifest::{Limits, Manifest, PluginKind};
+pub use stdio::CapturedOutput;
+
+use crate::bindings::sched_v0_1::Level;
+
+/// Log events a plugin may emit in one call; the rest are dropped with one warning.
+pub const LOG_EVENTS_PER_CALL: u32 = 1000;
+/// Longest log message kept, in bytes.
+pub const LOG_MESSAGE_CAP: usize = 4096;
+/// Most bytes a guest may make the host allocate while lifting one call's results.
+pub const HOSTCALL_FUEL: usize = 64 << 20;
+
+/// What each plugin store holds: an empty WASI context (no files, env, sockets or inherited
+/// stdio), the limiter, the captured output and the logging budget.
+pub struct PluginState {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: PluginLimiter,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+    log_events: u32,
+}
+
+impl PluginState {
+    /// True when the store refused a memory or table growth.
+    pub fn limit_exceeded(&self) -> bool {
+        self.limiter.exceeded
+    }
+
+    /// Emits captured guest output as `tracing` events and resets per-call budgets.
+    pub fn end_call(&mut self) {
+        self.stdout.flush_to_tracing(&self.plugin, "stdout");
+        self.stderr.flush_to_tracing(&self.plugin, "stderr");
+        if self.log_events > LOG_EVENTS_PER_CALL {
+            tracing::warn!(
+                target: "gantry::guest",
+                plugin = &*self.plugin,
+                dropped = self.log_events - LOG_EVENTS_PER_CALL,
+                "plugin log events over the per-call cap were dropped"
+            );
+        }
+        self.log_events = 0;
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::scheduler::gantry::host::log::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_events += 1;
+        if self.log_events > LOG_EVENTS_PER_CALL {
+            return;
+        }
+        let mut message = message;
+        if message.len() > LOG_MESSAGE_CAP {
+            let mut cut = LOG_MESSAGE_CAP;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "gantry::guest", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "gantry::guest", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "gantry::guest", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "gantry::guest", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "gantry::guest", plugin, "{message}"),
+        }
+    }
+}
+
+impl crate::bindings::scheduler::gantry::host::types::Host for PluginState {}
+
+/// A linker with the imports every plugin gets: WASI (with an empty context) and host logging.
+pub fn base_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    crate::bindings::scheduler::gantry::host::log::add_to_linker::<_, HasSelf<_>>(
+        &mut linker,
+        |s| s,
+    )?;
+    Ok(linker)
+}
+
+/// A fresh, isolated store for one plugin, with its limits and deadline armed.
+pub fn new_store(engine: &Engine, plugin: &Arc<str>, limits: &Limits) -> Store<PluginState> {
+    let stdout = CapturedOutput::default();
+    let stderr = CapturedOutput::default();
+    let wasi = WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let state = PluginState {
+        plugin: plugin.clone(),
+        wasi,
+        table: ResourceTable::new(),
+        limiter: PluginLimiter::new(limits),
+        stdout,
+        stderr,
+        log_events: 0,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_hostcall_fuel(HOSTCALL_FUEL);
+    arm_deadline(&mut store, limits);
+    store
+}
+
+/// Sets the epoch deadline for the next guest call.
+pub fn arm_deadline(store: &mut Store<PluginState>, limits: &Limits) {
+    let ticks = limits
+        .deadline_ms
+        .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64);
+    store.set_epoch_deadline(ticks.max(1));
+    store.epoch_deadline_trap();
+}
+
+/// Turns a wasmtime error from a guest call into the plugin's typed error.
+pub fn classify(
+    plugin: &str,
+    limits: &Limits,
+    limit_exceeded: bool,
+    err: wasmtime::Error,
+) -> PluginError {
+    let plugin = plugin.to_string();
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return PluginError::Deadline {
+                plugin,
+                limit_ms: limits.deadline_ms,
+            };
+        }
+        if limit_exceeded {
+            return PluginError::MemoryLimit {
+                plugin,
+                limit_mib: limits.memory_mib,
+            };
+        }
+        let backtrace = err
+            .downcast_ref::<WasmBacktrace>()
+            .map(|bt| {
+                let text = bt.to_string();
+                let frames: Vec<&str> = text.lines().take(24).collect();
+                format!("\n{}", frames.join("\n"))
+            })
+            .unwrap_or_default();
+        return PluginError::Trap {
+            plugin,
+            message: trap.to_string(),
+            backtrace,
+        };
+    }
+    if limit_exceeded {
+        return PluginError::MemoryLimit {
+            plugin,
+            limit_mib: limits.memory_mib,
+        };
+    }
+    // Anything else raised during the call is the canonical ABI refusing what the guest handed
+    // back (bad pointers, invalid UTF-8, results over the host-allocation fuel).
+    PluginError::MalformedOutput {
+        plugin,
+        reason: format!("{err:#}"),
+    }
+}
+
+/// A compiled plugin with its manifest.
+pub struct Compiled {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The plugin name, shared by its stores.
+    pub name: Arc<str>,
+    /// The compiled component.
+    pub component: wasmtime::component::Component,
+    /// SHA-256 of the wasm bytes, hex.
+    pub wasm_sha256: String,
+    /// Whether the compiled form came from the cache.
+    pub cache: CacheOutcome,
+    /// Time to compile or load, in milliseconds.
+    pub load_ms: f64,
+}
+
+/// Compiles (or loads from cache) the component `wasm` described by `manifest`.
+pub fn compile(
+    engine: &Engine,
+    cache: &ArtifactCache,
+    manifest: Manifest,
+    wasm: &[u8],
+    origin: &std::path::Path,
+) -> Result<Compiled, LoadError> {
+    let start = std::time::Instant::now();
+    let wasm_sha256 = cache::sha256_hex(wasm);
+    let (component, outcome) = cache
+        .load_or_compile(engine, wasm, &wasm_sha256)
+        .map_err(|e| LoadError::Compile {
+            plugin: manifest.name.clone(),
+            path: origin.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+    Ok(Compiled {
+        name: Arc::from(manifest.name.as_str()),
+        manifest,
+        component,
+        wasm_sha256,
+        cache: outcome,
+        load_ms: start.elapsed().as_secs_f64() * 1e3,
+    })
+}

@@ -1,0 +1,250 @@
+//! The plugin manifest: a TOML file next to the `.wasm`.
+//!
+//! ```toml
+//! name = "binpack"
+//! version = "0.1.0"
+//! kind = "scheduler"
+//! world = "gantry:scheduler/scheduler@0.1.0"
+//! wasm = "binpack.wasm"        # optional; defaults to <name>.wasm
+//!
+//! [limits]
+//! memory_mib = 64              # linear memory cap
+//! deadline_ms = 1000           # per call
+//! table_elements = 10000
+//! instances = 16
+//! warm_pool = 0                # >0 keeps that many ready instances between calls
+//!
+//! [config]                     # passed to the plugin's `configure`
+//! relax_after_s = 600
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::LoadError;
+use crate::engine::MAX_PLUGIN_MEMORY_MIB;
+
+/// What a plugin is for; each kind has one WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Implements `gantry:scheduler/scheduler`.
+    Scheduler,
+    /// Implements `gantry:preprocess/preprocess`.
+    Preprocess,
+}
+
+impl PluginKind {
+    /// The fully qualified WIT world a plugin of this kind must implement.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Scheduler => "gantry:scheduler/scheduler@0.1.0",
+            PluginKind::Preprocess => "gantry:preprocess/preprocess@0.1.0",
+        }
+    }
+}
+
+/// Resource limits of one plugin.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Cap on linear memory, in MiB.
+    pub memory_mib: u32,
+    /// Wall-clock deadline of one call, in milliseconds.
+    pub deadline_ms: u64,
+    /// Cap on table elements.
+    pub table_elements: u32,
+    /// Cap on core instances in one store.
+    pub instances: u32,
+    /// Ready instances kept between calls; 0 gives every call a fresh, isolated instance.
+    pub warm_pool: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mib: 64,
+            deadline_ms: 1000,
+            table_elements: 10_000,
+            instances: 16,
+            warm_pool: 0,
+        }
+    }
+}
+
+/// A parsed and checked manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Plugin name, used in every log line and error about it.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// What the plugin does.
+    pub kind: PluginKind,
+    /// The WIT world it implements; must match `kind`.
+    pub world: String,
+    /// The component file, relative to the manifest.
+    #[serde(default)]
+    pub wasm: Option<PathBuf>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Configuration passed to the plugin's `configure`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Manifest {
+    /// Parses manifest text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, LoadError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| LoadError::Manifest {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        manifest.check(origin)?;
+        Ok(manifest)
+    }
+
+    /// Reads and parses the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn check(&self, origin: &Path) -> Result<(), LoadError> {
+        let fail = |field: &str, message: String| LoadError::Manifest {
+            path: origin.to_path_buf(),
+            message: format!("field `{field}`: {message}"),
+        };
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(fail(
+                "name",
+                format!("`{}` must be non-empty ASCII letters, digits, `-` or `_`", self.name),
+            ));
+        }
+        if self.world != self.kind.world() {
+            return Err(fail(
+                "world",
+                format!(
+                    "a {:?} plugin implements `{}`, not `{}`",
+                    self.kind,
+                    self.kind.world(),
+                    self.world
+                ),
+            ));
+        }
+        let l = &self.limits;
+        if l.memory_mib == 0 || l.memory_mib > MAX_PLUGIN_MEMORY_MIB {
+            return Err(fail(
+                "limits.memory_mib",
+                format!("{} is outside 1..={MAX_PLUGIN_MEMORY_MIB}", l.memory_mib),
+            ));
+        }
+        if l.deadline_ms == 0 || l.deadline_ms > 600_000 {
+            return Err(fail(
+                "limits.deadline_ms",
+                format!("{} is outside 1..=600000", l.deadline_ms),
+            ));
+        }
+        if l.instances == 0 {
+            return Err(fail("limits.instances", "must be at least 1".into()));
+        }
+        if l.warm_pool > 64 {
+            return Err(fail("limits.warm_pool", format!("{} is above 64", l.warm_pool)));
+        }
+        Ok(())
+    }
+
+    /// The `[config]` table as the `(key, text)` pairs the WIT `configure` takes.
+    pub fn config_entries(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+
+    /// Where the component is, given the manifest's own path.
+    pub fn wasm_path(&self, manifest_path: &Path) -> PathBuf {
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        match &self.wasm {
+            Some(p) => dir.join(p),
+            None => dir.join(format!("{}.wasm", self.name)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, LoadError> {
+        Manifest::parse(text, Path::new("plugin.toml"))
+    }
+
+    const GOOD: &str = r#"
+name = "binpack"
+version = "0.1.0"
+kind = "scheduler"
+world = "gantry:scheduler/scheduler@0.1.0"
+[limits]
+memory_mib = 32
+[config]
+mode = "fast"
+depth = 3
+"#;
+
+    #[test]
+    fn parses_limits_and_config() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.limits.memory_mib, 32);
+        assert_eq!(m.limits.deadline_ms, 1000);
+        let mut entries = m.config_entries();
+        entries.sort();
+        assert_eq!(
+            entries,
+            vec![("depth".into(), "3".into()), ("mode".into(), "fast".into())]
+        );
+        assert_eq!(m.wasm_path(Path::new("/p/plugin.toml")), Path::new("/p/binpack.wasm"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let err = parse(&GOOD.replace("memory_mib = 32", "memory_mib = \"lots\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plugin.toml"), "{err}");
+        assert!(err.contains("line 7"), "{err}");
+        assert!(err.contains("memory_mib"), "{err}");
+
+        let err = parse(&GOOD.replace("kind = \"scheduler\"", "kind = \"scheduler\"\ncolour = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+
+        let err = parse(&GOOD.replace("scheduler/scheduler", "preprocess/preprocess"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `world`"), "{err}");
+
+        let err = parse(&GOOD.replace("memory_mib = 32", "memory_mib = 4096"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.memory_mib"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! Guest stdout/stderr, captured and re-emitted as `tracing` events tagged with the plugin.
+//!
+//! Output is buffered per call up to a cap; the excess is dropped (and counted) instead of
+//! failing the guest's write, so a chatty plugin neither floods the log nor traps.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Bytes of output kept per stream and call.
+pub const OUTPUT_CAP: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+/// One captured stream (stdout or stderr) of one store.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedOutput {
+    buffer: Arc<Mutex<Buffer>>,
+}
+
+impl CapturedOutput {
+    fn append(&self, data: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(buffer.bytes.len());
+        let kept = room.min(data.len());
+        buffer.bytes.extend_from_slice(&data[..kept]);
+        buffer.dropped += data.len() - kept;
+    }
+
+    /// Emits what was written as one event per line and clears the buffer.
+    pub fn flush_to_tracing(&self, plugin: &str, stream: &'static str) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.bytes.is_empty() && buffer.dropped == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&buffer.bytes);
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            tracing::info!(target: "gantry::guest", plugin, stream, "{line}");
+        }
+        if buffer.dropped > 0 {
+            tracing::warn!(
+                target: "gantry::guest",
+                plugin,
+                stream,
+                dropped_bytes = buffer.dropped,
+                "guest output over the {OUTPUT_CAP}-byte cap was dropped"
+            );
+        }
+        buffer.bytes.clear();
+        buffer.dropped = 0;
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(OUTPUT_CAP)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
