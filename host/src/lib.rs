@@ -5,5 +5,6 @@
 //! over it.
 
 pub mod bindings;
+pub mod cluster;
 pub mod engine;
 pub mod plugin;

@@ -106,7 +106,7 @@ mod tests {
         assert!(!h.fault(), "reported once");
         assert!(h.is_quarantined());
         let r = h.report();
-        assert_eq!((r.calls, r.faults, r.consecutive_faults), (6, 5, 4));
+        assert_eq!((r.calls, r.faults, r.consecutive_faults), (7, 6, 4));
         h.reinstate();
         assert!(!h.is_quarantined());
     }

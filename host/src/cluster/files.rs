@@ -1,0 +1,428 @@
+//! Cluster and job files (TOML, or JSON by extension), with errors that name the file, the line
+//! and the field.
+//!
+//! ```toml
+//! [[tenants]]
+//! name = "vision"
+//! quota_gpus = 96          # optional
+//! weight = 1.0             # optional
+//!
+//! [[nodes]]
+//! name = "node-000"
+//! rack = "rack-0"
+//! gpus = { count = 8, model = "H100-80GB", memory_mib = 81920 }   # a uniform group, or:
+//! [[nodes.gpu]]                                                     # GPUs one by one
+//! id = "node-000/gpu0"
+//! model = "H100-80GB"
+//! memory_total_mib = 81920
+//! memory_free_mib = 79000   # optional, defaults to total
+//! nvlink_domain = "nvl-a"   # optional, defaults to the node
+//! healthy = true            # optional
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Cluster, GpuInfo, JobSpec, NodeInfo, TenantInfo};
+
+/// A cluster or job file was rejected. Nothing of it is applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is malformed or inconsistent.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, where known.
+        line: Option<usize>,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    #[serde(default)]
+    tenants: Vec<TenantFile>,
+    nodes: Vec<NodeFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    name: String,
+    #[serde(default)]
+    quota_gpus: Option<u32>,
+    #[serde(default = "one")]
+    weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    name: String,
+    rack: String,
+    #[serde(default)]
+    gpus: Option<GpuGroupFile>,
+    #[serde(default)]
+    gpu: Vec<GpuFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuGroupFile {
+    count: u32,
+    model: String,
+    memory_mib: u32,
+    /// NVLink domain shared by the group (for domains that span nodes); defaults to the node.
+    #[serde(default)]
+    nvlink_domain: Option<String>,
+    /// Indices of GPUs in the group that are unhealthy.
+    #[serde(default)]
+    unhealthy: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuFile {
+    id: String,
+    model: String,
+    memory_total_mib: u32,
+    #[serde(default)]
+    memory_free_mib: Option<u32>,
+    #[serde(default)]
+    nvlink_domain: Option<String>,
+    #[serde(default = "yes")]
+    healthy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsFile {
+    jobs: Vec<JobSpec>,
+}
+
+fn read(path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("json")
+}
+
+/// Parses `text` as TOML or JSON; syntax and type errors carry the parser's line.
+fn parse<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T, ModelError> {
+    if is_json(path) {
+        serde_json::from_str(text).map_err(|e| ModelError::Invalid {
+            path: path.to_path_buf(),
+            line: Some(e.line()),
+            message: e.to_string(),
+        })
+    } else {
+        toml::from_str(text).map_err(|e| ModelError::Invalid {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| text[..s.start].lines().count().max(1)),
+            message: e.message().to_string(),
+        })
+    }
+}
+
+/// The 1-based line where `name` first appears as a quoted string, to point semantic errors at
+/// the entry they are about.
+fn line_of(text: &str, name: &str) -> Option<usize> {
+    let quoted = format!("\"{name}\"");
+    text.lines().position(|l| l.contains(&quoted)).map(|i| i + 1)
+}
+
+struct Interner(Vec<String>);
+
+impl Interner {
+    fn get(&mut self, name: &str) -> u32 {
+        match self.0.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.0.push(name.to_string());
+                (self.0.len() - 1) as u32
+            }
+        }
+    }
+}
+
+/// Reads a cluster file.
+pub fn load_cluster(path: &Path) -> Result<Cluster, ModelError> {
+    parse_cluster(&read(path)?, path)
+}
+
+/// Parses cluster text; `path` names the source in errors and picks the format.
+pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
+    let file: ClusterFile = parse(text, path)?;
+    let invalid = |name: &str, message: String| ModelError::Invalid {
+        path: path.to_path_buf(),
+        line: line_of(text, name),
+        message,
+    };
+    let mut cluster = Cluster::default();
+    let mut seen = HashSet::new();
+    for (i, t) in file.tenants.iter().enumerate() {
+        if !seen.insert(t.name.as_str()) {
+            return Err(invalid(&t.name, format!("tenants[{i}].name: duplicate tenant `{}`", t.name)));
+        }
+        if !(t.weight > 0.0 && t.weight.is_finite()) {
+            return Err(invalid(&t.name, format!("tenants[{i}].weight: must be positive, got {}", t.weight)));
+        }
+        cluster.tenants.push(TenantInfo {
+            name: t.name.clone(),
+            quota_gpus: t.quota_gpus,
+            weight: t.weight,
+        });
+    }
+    if file.nodes.is_empty() {
+        return Err(ModelError::Invalid {
+            path: path.to_path_buf(),
+            line: None,
+            message: "nodes: the cluster has no nodes".into(),
+        });
+    }
+    let (mut racks, mut domains, mut models) =
+        (Interner(Vec::new()), Interner(Vec::new()), Interner(Vec::new()));
+    let mut node_names = HashSet::new();
+    let mut gpu_ids = HashSet::new();
+    for (n, node) in file.nodes.iter().enumerate() {
+        let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
+        if !node_names.insert(node.name.as_str()) {
+            return Err(invalid(&node.name, format!("{}: duplicate node name", at("name"))));
+        }
+        let node_index = cluster.nodes.len() as u32;
+        let rack = racks.get(&node.rack);
+        cluster.nodes.push(NodeInfo {
+            name: node.name.clone(),
+            rack,
+        });
+        let mut gpus = Vec::new();
+        if let Some(group) = &node.gpus {
+            if group.count == 0 || group.memory_mib == 0 {
+                return Err(invalid(&node.name, format!("{}: count and memory_mib must be positive", at("gpus"))));
+            }
+            if let Some(bad) = group.unhealthy.iter().find(|&&u| u >= group.count) {
+                return Err(invalid(&node.name, format!("{}: index {bad} is not below count {}", at("gpus.unhealthy"), group.count)));
+            }
+            let domain = group.nvlink_domain.clone().unwrap_or_else(|| node.name.clone());
+            for g in 0..group.count {
+                gpus.push(GpuFile {
+                    id: format!("{}/gpu{g}", node.name),
+                    model: group.model.clone(),
+                    memory_total_mib: group.memory_mib,
+                    memory_free_mib: None,
+                    nvlink_domain: Some(domain.clone()),
+                    healthy: !group.unhealthy.contains(&g),
+                });
+            }
+        }
+        gpus.extend(node.gpu.iter().map(|g| GpuFile {
+            id: g.id.clone(),
+            model: g.model.clone(),
+            memory_total_mib: g.memory_total_mib,
+            memory_free_mib: g.memory_free_mib,
+            nvlink_domain: g.nvlink_domain.clone(),
+            healthy: g.healthy,
+        }));
+        if gpus.is_empty() {
+            return Err(invalid(&node.name, format!("{}: node has no GPUs (give `gpus` or `[[nodes.gpu]]`)", at("gpus"))));
+        }
+        for g in gpus {
+            if !gpu_ids.insert(g.id.clone()) {
+                return Err(invalid(&g.id, format!("{}: duplicate GPU id `{}`", at("gpu.id"), g.id)));
+            }
+            let free = g.memory_free_mib.unwrap_or(g.memory_total_mib);
+            if g.memory_total_mib == 0 || free > g.memory_total_mib {
+                return Err(invalid(&g.id, format!(
+                    "{}: GPU `{}` has memory_free_mib {free} and memory_total_mib {} (need 0 < free <= total)",
+                    at("gpu.memory_free_mib"), g.id, g.memory_total_mib
+                )));
+            }
+            let domain = g.nvlink_domain.unwrap_or_else(|| node.name.clone());
+            cluster.gpus.push(GpuInfo {
+                id: g.id,
+                node: node_index,
+                nvlink_domain: domains.get(&domain),
+                rack,
+                model: models.get(&g.model),
+                memory_total_mib: g.memory_total_mib,
+                memory_free_mib: free,
+                healthy: g.healthy,
+            });
+        }
+    }
+    cluster.racks = racks.0;
+    cluster.nvlink_domains = domains.0;
+    cluster.models = models.0;
+    Ok(cluster)
+}
+
+/// Reads a job file and checks it against `cluster` (tenants must exist).
+pub fn load_jobs(path: &Path, cluster: &Cluster) -> Result<Vec<JobSpec>, ModelError> {
+    parse_jobs(&read(path)?, path, cluster)
+}
+
+/// Parses job text; see [`load_jobs`].
+pub fn parse_jobs(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<JobSpec>, ModelError> {
+    let file: JobsFile = parse(text, path)?;
+    let mut ids = HashSet::new();
+    for (i, job) in file.jobs.iter().enumerate() {
+        check_job(job, cluster).map_err(|message| ModelError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, &job.id),
+            message: format!("jobs[{i}] (`{}`).{message}", job.id),
+        })?;
+        if !ids.insert(job.id.as_str()) {
+            return Err(ModelError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, &job.id),
+                message: format!("jobs[{i}].id: duplicate job id `{}`", job.id),
+            });
+        }
+    }
+    Ok(file.jobs)
+}
+
+/// Checks one job; the error starts with the field name.
+pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
+    if job.id.is_empty() {
+        return Err("id: must not be empty".into());
+    }
+    if cluster.tenant_index(&job.tenant).is_none() {
+        let known: Vec<&str> = cluster.tenants.iter().map(|t| t.name.as_str()).collect();
+        return Err(format!("tenant: unknown tenant `{}` (known: {})", job.tenant, known.join(", ")));
+    }
+    if job.gpus == 0 {
+        return Err("gpus: must be at least 1".into());
+    }
+    if job.gpus as usize > cluster.gpus.len() {
+        return Err(format!("gpus: {} is more than the cluster's {} GPUs", job.gpus, cluster.gpus.len()));
+    }
+    if job.memory_per_gpu_mib == 0 {
+        return Err("memory_per_gpu_mib: must be positive".into());
+    }
+    if !(job.est_runtime_s > 0.0 && job.est_runtime_s.is_finite()) {
+        return Err(format!("est_runtime_s: must be positive, got {}", job.est_runtime_s));
+    }
+    if !(job.submit_time_s >= 0.0 && job.submit_time_s.is_finite()) {
+        return Err(format!("submit_time_s: must be >= 0, got {}", job.submit_time_s));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"
+[[tenants]]
+name = "vision"
+quota_gpus = 8
+
+[[nodes]]
+name = "n0"
+rack = "r0"
+gpus = { count = 4, model = "H100", memory_mib = 81920, unhealthy = [3] }
+
+[[nodes]]
+name = "n1"
+rack = "r0"
+[[nodes.gpu]]
+id = "n1/a"
+model = "A100"
+memory_total_mib = 40960
+memory_free_mib = 30000
+nvlink_domain = "n0"
+"#;
+
+    fn cluster() -> Cluster {
+        parse_cluster(CLUSTER, Path::new("c.toml")).unwrap()
+    }
+
+    #[test]
+    fn loads_groups_and_single_gpus() {
+        let c = cluster();
+        assert_eq!(c.gpus.len(), 5);
+        assert_eq!(c.racks, vec!["r0"]);
+        assert_eq!(c.models, vec!["H100", "A100"]);
+        assert!(!c.gpus[3].healthy);
+        assert_eq!(c.gpus[4].memory_free_mib, 30000);
+        assert_eq!(c.gpus[4].nvlink_domain, c.gpus[0].nvlink_domain, "domains can span nodes");
+        assert_eq!(c.tenants[0].quota_gpus, Some(8));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_line_and_field() {
+        let bad = CLUSTER.replace("memory_total_mib = 40960", "memory_total_mib = \"big\"");
+        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:17:"), "{err}");
+        let bad = CLUSTER.replace("rack = \"r0\"\n[[nodes.gpu]]", "[[nodes.gpu]]");
+        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("rack"), "{err}");
+        let err = parse_cluster("{\"nodes\": [{\"name\": 3}]}", Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.json:1:"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_line_and_field() {
+        let bad = CLUSTER.replace("memory_free_mib = 30000", "memory_free_mib = 50000");
+        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.toml:15:"), "{err}");
+        assert!(err.contains("memory_free_mib"), "{err}");
+        let bad = CLUSTER.replace("name = \"n1\"", "name = \"n0\"");
+        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("duplicate node name"), "{err}");
+    }
+
+    #[test]
+    fn jobs_are_checked_against_the_cluster() {
+        let c = cluster();
+        let text = r#"
+[[jobs]]
+id = "j1"
+tenant = "vision"
+gpus = 2
+memory_per_gpu_mib = 1000
+est_runtime_s = 60
+
+[[jobs]]
+id = "j2"
+tenant = "nobody"
+gpus = 1
+memory_per_gpu_mib = 1000
+est_runtime_s = 60
+"#;
+        let err = parse_jobs(text, Path::new("j.toml"), &c).unwrap_err().to_string();
+        assert!(err.starts_with("j.toml:10:"), "{err}");
+        assert!(err.contains("jobs[1] (`j2`).tenant: unknown tenant `nobody`"), "{err}");
+        let ok = parse_jobs(&text.replace("nobody", "vision"), Path::new("j.toml"), &c).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(ok[0].gang, "gang defaults to true");
+    }
+}
