@@ -1,1 +1,75 @@
-fn main(){}
+//! Builds the guest components (the shipped plugins and the hostile test fixtures) for
+//! `wasm32-wasip2`, so `cargo build` and `cargo test` need no manual step. Each component's path
+//! is exported as `GANTRY_WASM_<NAME>` for `include_bytes!` and the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (crate, env suffix) of every guest.
+const GUESTS: &[(&str, &str)] = &[
+    ("gantry-plugin-binpack", "BINPACK"),
+    ("gantry-plugin-spread", "SPREAD"),
+    ("gantry-plugin-topology", "TOPOLOGY"),
+    ("gantry-plugin-fairshare", "FAIRSHARE"),
+    ("gantry-fixture-hostile", "FIXTURE_HOSTILE"),
+    ("gantry-fixture-wrong-world", "FIXTURE_WRONG_WORLD"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.parent().unwrap().to_path_buf();
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    // A target dir of their own, shared by every profile of the host: the outer cargo holds the
+    // lock on its own, and guests need not rebuild when the host switches debug/release.
+    let target_dir = match std::env::var_os("GANTRY_GUEST_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => out_dir
+            .ancestors()
+            .nth(4)
+            .map(|t| t.join("guests"))
+            .unwrap_or_else(|| out_dir.join("guests")),
+    };
+    for dir in ["plugins", "wit", "tests/fixtures", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-env-changed=GANTRY_GUEST_TARGET_DIR");
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for (krate, _) in GUESTS {
+        cmd.args(["-p", krate]);
+    }
+    // The outer build's flags and wrappers (clippy, coverage) are for the host, not the guests.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo to build the guest components");
+    if !status.success() {
+        panic!("building the guest components failed ({status}); see the output above");
+    }
+    let built = target_dir.join("wasm32-wasip2").join("plugin");
+    for (krate, name) in GUESTS {
+        let file = format!("{}.wasm", krate.replace('-', "_"));
+        let from = built.join(&file);
+        let to = out_dir.join(&file);
+        copy(&from, &to);
+        println!("cargo:rustc-env=GANTRY_WASM_{name}={}", to.display());
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), to.display()));
+}

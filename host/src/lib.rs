@@ -1,10 +1,25 @@
 //! Gantry: a host runtime for AI-training clusters.
 //!
 //! Gantry owns the GPUs and loads sandboxed WebAssembly plugins for the decisions every platform
-//! wants to customise. This crate is what platforms embed; the `gantry` binary is a thin layer
-//! over it.
+//! wants to customise; this crate is what platforms embed, and the `gantry` binary is a thin
+//! layer over it.
+//!
+//! - [`Host`]: one wasmtime engine, the loaded plugins and the cluster state.
+//! - [`plugin`]: the plugin runtime (manifests, cached compilation, limits, failures, quarantine).
+//! - [`scheduling`]: snapshots, validation, plugin calls and the native fallback.
+//! - [`cluster`]: the cluster model and its files.
+//! - [`simulate`]: discrete-event simulation of a cluster over a job trace.
 
+pub mod bench;
 pub mod bindings;
+pub mod builtin;
 pub mod cluster;
 pub mod engine;
+mod host;
 pub mod plugin;
+pub mod scheduling;
+pub mod simulate;
+
+pub use host::{
+    Assignment, CycleReport, Host, HostConfig, HostError, PluginSource, default_cache_dir,
+};

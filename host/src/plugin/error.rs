@@ -90,6 +90,15 @@ pub enum PluginError {
         /// What was wrong.
         reason: String,
     },
+    /// The answer was well-formed but broke the rules of the host (for a scheduler: a GPU given
+    /// twice, busy, unhealthy, too small, an incomplete gang, a quota exceeded...).
+    #[error("plugin `{plugin}` gave an invalid answer, rejected whole: {reason}")]
+    InvalidAnswer {
+        /// Plugin name.
+        plugin: String,
+        /// The first rule broken.
+        reason: String,
+    },
     /// The plugin is quarantined after repeated faults; the caller should use its fallback.
     #[error("plugin `{plugin}` is quarantined after {faults} consecutive faults")]
     Quarantined {
@@ -117,6 +126,7 @@ impl PluginError {
             PluginError::MemoryLimit { .. } => "memory-limit",
             PluginError::Guest { .. } => "guest-error",
             PluginError::MalformedOutput { .. } => "malformed-output",
+            PluginError::InvalidAnswer { .. } => "invalid-answer",
             PluginError::Quarantined { .. } => "quarantined",
             PluginError::Instantiate { .. } => "instantiate",
         }

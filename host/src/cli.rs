@@ -1,0 +1,131 @@
+//! Commands, argument parsing and output.
+
+mod bench;
+mod schedule;
+mod simulate;
+pub mod table;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gantry::cluster::{Cluster, files};
+use gantry::{Host, HostConfig, PluginSource};
+
+/// The default cluster (`host/assets/default-cluster.toml`), built into the binary.
+pub const DEFAULT_CLUSTER: &str = include_str!("../assets/default-cluster.toml");
+
+/// Gantry: a host runtime for AI-training clusters with sandboxed wasm plugins.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Directory for compiled plugins (default: $GANTRY_CACHE_DIR, $XDG_CACHE_HOME/gantry or
+    /// ~/.cache/gantry).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile plugins on every load instead of caching them.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One scheduling cycle: jobs in, placements out.
+    Schedule(schedule::Args),
+    /// Discrete-event simulation of a cluster over a job trace.
+    Simulate(simulate::Args),
+    /// Job traces.
+    #[command(subcommand)]
+    Trace(simulate::TraceCommand),
+    /// Benchmarks (JSON with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// List the plugins shipped in this binary.
+    Plugins,
+}
+
+/// Logs go to stderr; the default shows warnings (plugin faults, fallbacks) only.
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .init();
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.clone().or_else(gantry::default_cache_dir)
+    };
+    let ctx = Context { cache_dir };
+    match cli.command {
+        Command::Schedule(args) => schedule::run(&ctx, args),
+        Command::Simulate(args) => simulate::run(&ctx, args),
+        Command::Trace(cmd) => simulate::trace(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Plugins => {
+            let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
+            for b in gantry::builtin::SCHEDULERS {
+                t.row(vec![b.name.into(), "scheduler".into(), b.summary.into()]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+    }
+}
+
+/// Settings shared by the commands.
+pub struct Context {
+    cache_dir: Option<PathBuf>,
+}
+
+impl Context {
+    /// A host for `cluster` with `plugin` (a shipped name or a path) loaded.
+    pub fn host(&self, cluster: Cluster, plugin: &str) -> anyhow::Result<Host> {
+        let mut config = HostConfig::new(cluster);
+        config.cache_dir = self.cache_dir.clone();
+        let mut host = Host::new(config)?;
+        let source: PluginSource = plugin.parse()?;
+        host.load_scheduler(&source)
+            .with_context(|| format!("loading plugin `{plugin}`"))?;
+        Ok(host)
+    }
+}
+
+/// The cluster at `path`, or the built-in default.
+pub fn cluster(path: Option<&PathBuf>) -> anyhow::Result<Cluster> {
+    Ok(match path {
+        Some(p) => files::load_cluster(p)?,
+        None => files::parse_cluster(DEFAULT_CLUSTER, "<default-cluster.toml>".as_ref())?,
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

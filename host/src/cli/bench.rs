@@ -1,0 +1,73 @@
+//! `gantry bench ...`.
+
+use gantry::bench::{self, ScheduleParams};
+
+use super::table::Table;
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// One scheduling cycle through the wasm bin-packing plugin vs the native implementation.
+    Schedule {
+        /// Racks of 8 nodes (64 racks = 512 nodes).
+        #[arg(long, default_value_t = 64)]
+        racks: u32,
+        /// GPUs per node.
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: u32,
+        /// Pending jobs.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Timed cycles per side.
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a benchmark.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Schedule {
+            racks,
+            gpus_per_node,
+            jobs,
+            iterations,
+            json,
+        } => {
+            let params = ScheduleParams {
+                racks,
+                gpus_per_node,
+                jobs,
+                iterations: iterations.max(1),
+                ..Default::default()
+            };
+            let bar = super::progress(params.iterations as u64, "cycles");
+            let r = bench::schedule(params, &mut |done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["measure", "value"]);
+            for (k, v) in [
+                ("workload", format!("{} GPUs, {} pending jobs", r.gpus, r.jobs)),
+                ("wasm cycle (median)", format!("{:.2} ms", r.wasm_ms)),
+                ("native cycle (median)", format!("{:.2} ms", r.native_ms)),
+                ("ratio wasm/native", format!("{:.2}", r.ratio)),
+                ("plugin call inside the wasm cycle", format!("{:.2} ms", r.wasm_plugin_call_ms)),
+                ("placements per cycle", r.placements.to_string()),
+                ("fresh instance + configure", format!("{:.1} µs", r.fresh_instance_us)),
+                ("trivial call", format!("{:.2} µs", r.trivial_call_us)),
+                ("compile, no cache", format!("{:.1} ms", r.compile.no_cache_ms)),
+                ("load, cache hit", format!("{:.1} ms", r.compile.cache_hit_ms)),
+            ] {
+                t.row(vec![k.into(), v]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+    }
+}

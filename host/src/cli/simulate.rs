@@ -1,0 +1,153 @@
+//! `gantry simulate` and `gantry trace generate`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use gantry::simulate::{self, Metrics, trace};
+
+use super::table::Table;
+
+/// Arguments of `gantry simulate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cluster file; default: the built-in cluster (256 GPUs, 3 tenants).
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// Trace CSV; default: a synthetic trace (see --jobs, --seed, --load).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// A shipped plugin (see `gantry plugins`), a plugin directory or a manifest.
+    #[arg(long, default_value = "binpack")]
+    plugin: String,
+    /// Jobs in the synthetic trace.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Seed of the synthetic trace.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Offered load of the synthetic trace (GPU demand / healthy GPUs).
+    #[arg(long, default_value_t = 0.9)]
+    load: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw utilisation and queue length over time into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// `gantry trace ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TraceCommand {
+    /// Write a seeded synthetic trace as CSV.
+    Generate {
+        /// Cluster file the trace is sized for; default: the built-in cluster.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+        /// Jobs.
+        #[arg(long, default_value_t = 2000)]
+        jobs: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Offered load.
+        #[arg(long, default_value_t = 0.9)]
+        load: f64,
+        /// Output file.
+        #[arg(short, long, value_name = "FILE.csv")]
+        out: PathBuf,
+    },
+}
+
+/// Runs `gantry simulate`.
+pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
+    let cluster = super::cluster(args.cluster.as_ref())?;
+    let jobs = match &args.trace {
+        Some(path) => trace::load(path, &cluster)?,
+        None => trace::synthetic(
+            &cluster,
+            trace::Synthetic {
+                jobs: args.jobs,
+                seed: args.seed,
+                load: args.load,
+            },
+        ),
+    };
+    let healthy = cluster.gpus.iter().filter(|g| g.healthy).count();
+    let mut host = ctx.host(cluster, &args.plugin)?;
+    let bar = super::progress(jobs.len() as u64, "simulating");
+    let result = simulate::run(&mut host, &jobs, &mut |done, _| bar.set_position(done));
+    bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        let title = format!("gantry simulate --plugin {} ({} jobs)", args.plugin, jobs.len());
+        let svg = simulate::plot::svg(&title, &result.timeline, healthy);
+        write_atomically(path, svg.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&result.metrics)?);
+    } else {
+        print!("{}", metrics_table(&args.plugin, &result.metrics));
+        if let Some(path) = &args.plot {
+            println!("plot written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn metrics_table(plugin: &str, m: &Metrics) -> Table {
+    let mut t = Table::new(&["metric", plugin]);
+    let hours = |s: f64| format!("{:.2} h", s / 3600.0);
+    let minutes = |s: f64| format!("{:.1} min", s / 60.0);
+    for (name, value) in [
+        ("jobs completed", m.jobs_completed.to_string()),
+        ("jobs unfinished", m.jobs_unfinished.to_string()),
+        ("mean JCT", hours(m.jct_mean_s)),
+        ("p99 JCT", hours(m.jct_p99_s)),
+        ("mean queueing delay", minutes(m.wait_mean_s)),
+        ("p99 queueing delay", minutes(m.wait_p99_s)),
+        ("GPU utilisation", format!("{:.1} %", 100.0 * m.utilization)),
+        ("makespan", hours(m.makespan_s)),
+        ("Jain's fairness (tenants)", format!("{:.3}", m.fairness)),
+        ("scheduling cycles", m.cycles.to_string()),
+        ("mean cycle time", format!("{:.0} µs", m.mean_cycle_us)),
+        ("plugin faults", m.plugin_faults.to_string()),
+        ("fallback cycles", m.fallback_cycles.to_string()),
+    ] {
+        t.row(vec![name.to_string(), value]);
+    }
+    t
+}
+
+/// Runs `gantry trace ...`.
+pub fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
+    match cmd {
+        TraceCommand::Generate {
+            cluster,
+            jobs,
+            seed,
+            load,
+            out,
+        } => {
+            let cluster = super::cluster(cluster.as_ref())?;
+            let trace = trace::synthetic(&cluster, trace::Synthetic { jobs, seed, load });
+            write_atomically(&out, trace::to_csv(&trace).as_bytes())?;
+            eprintln!("wrote {} jobs to {}", trace.len(), out.display());
+            Ok(())
+        }
+    }
+}
+
+/// Writes through a temporary file and a rename, so a failure leaves no half-written output.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! [`Host`]: what a platform embeds. One engine, the loaded plugins and the cluster state.
+//!
+//! ```no_run
+//! use gantry::{Host, HostConfig, PluginSource};
+//! use gantry::cluster::{Cluster, files};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let cluster = files::load_cluster("cluster.toml".as_ref())?;
+//! let jobs = files::load_jobs("jobs.toml".as_ref(), &cluster)?;
+//! let mut host = Host::new(HostConfig::new(cluster))?;
+//! host.load_scheduler(&"binpack".parse::<PluginSource>()?)?;
+//! for job in jobs {
+//!     host.submit(job)?;
+//! }
+//! let cycle = host.schedule_cycle(0.0);
+//! for a in &cycle.placements {
+//!     println!("{} -> {:?}", a.job_id, a.gpus);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::builtin;
+use crate::cluster::{Cluster, JobSpec, files};
+use crate::engine::{self, EpochTicker};
+use crate::plugin::{self, ArtifactCache, LoadError, Manifest, PluginError, PluginState};
+use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginSource {
+    /// A plugin shipped in the binary, by name.
+    Builtin(String),
+    /// A manifest file, or a directory holding `plugin.toml`.
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for PluginSource {
+    type Err = std::convert::Infallible;
+    /// A shipped plugin's name, else a path.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match builtin::scheduler(s) {
+            Some(b) => PluginSource::Builtin(b.name.to_string()),
+            None => PluginSource::Path(PathBuf::from(s)),
+        })
+    }
+}
+
+/// How to build a [`Host`].
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The cluster the host owns.
+    pub cluster: Cluster,
+    /// Where compiled plugins are cached; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Consecutive faults after which a plugin is quarantined (0: never).
+    pub quarantine_after: u32,
+}
+
+impl HostConfig {
+    /// Defaults: the user's cache directory, quarantine after 3 consecutive faults.
+    pub fn new(cluster: Cluster) -> Self {
+        Self {
+            cluster,
+            cache_dir: default_cache_dir(),
+            quarantine_after: 3,
+        }
+    }
+}
+
+/// `$GANTRY_CACHE_DIR`, else `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("GANTRY_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("gantry"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gantry"))
+}
+
+/// A host could not be built or refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The wasm engine could not be created.
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    /// A plugin could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A submitted job is invalid.
+    #[error("job `{id}`: {message}")]
+    Job {
+        /// The job.
+        id: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+}
+
+/// GPUs given to a job in one cycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assignment {
+    /// The job.
+    pub job_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// GPU ids.
+    pub gpus: Vec<String>,
+    /// The allocation created.
+    pub alloc_id: u64,
+}
+
+/// What one scheduling cycle did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleReport {
+    /// The clock of the cycle.
+    pub now_s: f64,
+    /// The plugin that decided, or the native fallback.
+    pub decided_by: String,
+    /// Why the fallback decided, when it did.
+    pub fallback_reason: Option<String>,
+    /// The failure class of the plugin, when it faulted.
+    pub fault: Option<&'static str>,
+    /// Placements applied.
+    pub placements: Vec<Assignment>,
+    /// Jobs still pending afterwards.
+    pub pending: usize,
+    /// Wall time of the cycle, microseconds.
+    pub elapsed_us: f64,
+}
+
+/// The Gantry host.
+pub struct Host {
+    engine: Engine,
+    _ticker: EpochTicker,
+    linker: Linker<PluginState>,
+    cache: ArtifactCache,
+    quarantine_after: u32,
+    state: ClusterState,
+    scheduler: Option<SchedulerPlugin>,
+}
+
+impl Host {
+    /// A host owning `config.cluster`, with no plugin loaded (the native strategy schedules).
+    pub fn new(config: HostConfig) -> Result<Self, HostError> {
+        let engine = engine::build().map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let linker = plugin::base_linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Ok(Self {
+            _ticker: EpochTicker::start(&engine),
+            cache: ArtifactCache::new(&engine, config.cache_dir),
+            engine,
+            linker,
+            quarantine_after: config.quarantine_after,
+            state: ClusterState::new(config.cluster),
+            scheduler: None,
+        })
+    }
+
+    /// The engine every plugin of this host runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads a scheduler plugin (without installing it).
+    pub fn load_scheduler_plugin(&self, source: &PluginSource) -> Result<SchedulerPlugin, LoadError> {
+        let (manifest, wasm, origin) = match source {
+            PluginSource::Builtin(name) => {
+                let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
+                    path: PathBuf::from(name),
+                    message: "no shipped plugin of that name".into(),
+                })?;
+                let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
+                (Manifest::parse(b.manifest, &origin)?, b.wasm.to_vec(), origin)
+            }
+            PluginSource::Path(path) => {
+                let manifest_path = if path.is_dir() {
+                    path.join("plugin.toml")
+                } else {
+                    path.clone()
+                };
+                let manifest = Manifest::load(&manifest_path)?;
+                let wasm_path = manifest.wasm_path(&manifest_path);
+                let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
+                    path: wasm_path.clone(),
+                    source,
+                })?;
+                (manifest, wasm, wasm_path)
+            }
+        };
+        SchedulerPlugin::load(
+            &self.engine,
+            &self.linker,
+            &self.cache,
+            manifest,
+            &wasm,
+            &origin,
+            self.quarantine_after,
+        )
+    }
+
+    /// Loads a scheduler plugin and makes it the active strategy. On error the previous one
+    /// stays active.
+    pub fn load_scheduler(&mut self, source: &PluginSource) -> Result<&SchedulerPlugin, LoadError> {
+        let plugin = self.load_scheduler_plugin(source)?;
+        Ok(self.scheduler.insert(plugin))
+    }
+
+    /// The active scheduler plugin.
+    pub fn scheduler(&self) -> Option<&SchedulerPlugin> {
+        self.scheduler.as_ref()
+    }
+
+    /// The live cluster state.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Swaps in another cluster state (for example one restored from storage, or a benchmark's
+    /// starting point) and returns the old one.
+    pub fn replace_state(&mut self, state: ClusterState) -> ClusterState {
+        std::mem::replace(&mut self.state, state)
+    }
+
+    /// Queues a job after checking it against the cluster.
+    pub fn submit(&mut self, job: JobSpec) -> Result<(), HostError> {
+        files::check_job(&job, &self.state.cluster).map_err(|message| HostError::Job {
+            id: job.id.clone(),
+            message,
+        })?;
+        if self.state.pending.iter().any(|p| p.spec.id == job.id)
+            || self.state.running.iter().any(|a| a.job_id == job.id)
+        {
+            return Err(HostError::Job {
+                id: job.id,
+                message: "id: a job with this id is already queued or running".into(),
+            });
+        }
+        let tenant = self.state.cluster.tenant_index(&job.tenant).unwrap_or(0);
+        self.state.enqueue(job, tenant);
+        Ok(())
+    }
+
+    /// Ends allocation `id` (its work finished), freeing its GPUs.
+    pub fn complete(&mut self, id: u64) -> Option<RunningAlloc> {
+        self.state.release(id)
+    }
+
+    /// One scheduling cycle at time `now_s`: the active plugin decides (the native strategy when
+    /// none is loaded, it is quarantined, or it faults); the answer is validated and applied.
+    pub fn schedule_cycle(&mut self, now_s: f64) -> CycleReport {
+        let start = Instant::now();
+        let plugin_name = self.scheduler.as_ref().map(|p| p.name().to_string());
+        let _span = tracing::debug_span!(
+            "gantry_scheduling.cycle",
+            plugin = plugin_name.as_deref().unwrap_or(native::NAME),
+            pending = self.state.pending.len()
+        )
+        .entered();
+        let mut report = CycleReport {
+            now_s,
+            decided_by: native::NAME.into(),
+            fallback_reason: None,
+            fault: None,
+            placements: Vec::new(),
+            pending: self.state.pending.len(),
+            elapsed_us: 0.0,
+        };
+        if self.state.pending.is_empty() {
+            return report;
+        }
+        let (snap, queue) = snapshot::build(&self.state, now_s);
+        let placements = match &self.scheduler {
+            None => native::schedule(&snap, &queue),
+            Some(p) if p.health().is_quarantined() => {
+                p.health().fallback();
+                report.fallback_reason = Some(
+                    PluginError::Quarantined {
+                        plugin: p.name().into(),
+                        faults: p.health().consecutive_faults(),
+                    }
+                    .to_string(),
+                );
+                native::schedule(&snap, &queue)
+            }
+            Some(p) => {
+                let answer = p.schedule(&snap, &queue).and_then(|placements| {
+                    validate::validate(&snap, &queue, &placements)
+                        .map(|()| placements)
+                        .map_err(|reason| PluginError::InvalidAnswer {
+                            plugin: p.name().into(),
+                            reason,
+                        })
+                });
+                match answer {
+                    Ok(placements) => {
+                        p.health().success();
+                        report.decided_by = p.name().into();
+                        placements
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = p.name(), fault = e.class(), "{e}; native fallback decides this cycle");
+                        if p.health().fault() {
+                            tracing::error!(
+                                plugin = p.name(),
+                                faults = p.health().consecutive_faults(),
+                                "plugin quarantined; the native fallback decides until it is reloaded"
+                            );
+                        }
+                        p.health().fallback();
+                        report.fault = Some(e.class());
+                        report.fallback_reason = Some(e.to_string());
+                        native::schedule(&snap, &queue)
+                    }
+                }
+            }
+        };
+        if report.decided_by == native::NAME
+            && let Err(reason) = validate::validate(&snap, &queue, &placements)
+        {
+            // The fallback is our own code; if it is wrong, place nothing rather than corrupt state.
+            tracing::error!("native strategy gave an invalid answer, nothing placed: {reason}");
+            report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
+            return report;
+        }
+        for p in placements {
+            let job = &self.state.pending[p.job as usize];
+            let tenant = self.state.cluster.tenants[job.tenant as usize].name.clone();
+            let gpus = p
+                .gpus
+                .iter()
+                .map(|&g| self.state.cluster.gpus[g as usize].id.clone())
+                .collect();
+            let alloc = self.state.allocate(p.job as usize, p.gpus, now_s);
+            report.placements.push(Assignment {
+                job_id: alloc.job_id,
+                tenant,
+                gpus,
+                alloc_id: alloc.id,
+            });
+        }
+        self.state.prune_pending();
+        report.pending = self.state.pending.len();
+        report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
+        report
+    }
+}

@@ -1,0 +1,223 @@
+//! Calls into scheduler plugins: a fresh isolated instance per call (or a warm pool when the
+//! manifest asks), deadline armed before every guest call, failures classified.
+
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store};
+
+use crate::bindings::sched_v0_1::{GuestError, Job, Placement, Scheduler, SchedulerPre, Snapshot};
+use crate::plugin::{
+    self, ArtifactCache, CacheOutcome, Health, LoadError, Manifest, PluginError, PluginKind,
+    PluginState,
+};
+
+pub(crate) type Ready = (Store<PluginState>, Scheduler);
+
+/// A loaded scheduler plugin: compiled, linked and pre-instantiated once.
+pub struct SchedulerPlugin {
+    name: Arc<str>,
+    manifest: Manifest,
+    wasm_sha256: String,
+    cache: CacheOutcome,
+    load_ms: f64,
+    engine: Engine,
+    pre: SchedulerPre<PluginState>,
+    config: Vec<(String, String)>,
+    warm: Mutex<Vec<Ready>>,
+    health: Health,
+}
+
+impl std::fmt::Debug for SchedulerPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerPlugin")
+            .field("name", &self.name)
+            .field("version", &self.manifest.version)
+            .field("wasm_sha256", &self.wasm_sha256)
+            .finish()
+    }
+}
+
+fn guest_error(plugin: &str, e: GuestError) -> PluginError {
+    let (kind, message) = match e {
+        GuestError::InvalidConfig(m) => ("invalid-config", m),
+        GuestError::InvalidInput(m) => ("invalid-input", m),
+        GuestError::Internal(m) => ("internal", m),
+    };
+    PluginError::Guest {
+        plugin: plugin.to_string(),
+        kind,
+        message,
+    }
+}
+
+impl SchedulerPlugin {
+    /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
+    /// `origin` names the source in errors.
+    pub fn load(
+        engine: &Engine,
+        linker: &Linker<PluginState>,
+        cache: &ArtifactCache,
+        manifest: Manifest,
+        wasm: &[u8],
+        origin: &std::path::Path,
+        quarantine_after: u32,
+    ) -> Result<Self, LoadError> {
+        if manifest.kind != PluginKind::Scheduler {
+            return Err(LoadError::Manifest {
+                path: origin.to_path_buf(),
+                message: format!("field `kind`: expected a scheduler plugin, got {:?}", manifest.kind),
+            });
+        }
+        let compiled = plugin::compile(engine, cache, manifest, wasm, origin)?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: compiled.manifest.name.clone(),
+            world: PluginKind::Scheduler.world().to_string(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = linker
+            .instantiate_pre(&compiled.component)
+            .map_err(wrong_world)?;
+        let pre = SchedulerPre::new(instance_pre).map_err(wrong_world)?;
+        tracing::info!(
+            plugin = %compiled.name,
+            version = %compiled.manifest.version,
+            sha256 = %compiled.wasm_sha256,
+            cache = ?compiled.cache,
+            load_ms = compiled.load_ms,
+            "loaded scheduler plugin"
+        );
+        Ok(Self {
+            config: compiled.manifest.config_entries(),
+            name: compiled.name,
+            manifest: compiled.manifest,
+            wasm_sha256: compiled.wasm_sha256,
+            cache: compiled.cache,
+            load_ms: compiled.load_ms,
+            engine: engine.clone(),
+            pre,
+            warm: Mutex::new(Vec::new()),
+            health: Health::new(quarantine_after),
+        })
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The manifest it was loaded with.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 of its wasm bytes.
+    pub fn wasm_sha256(&self) -> &str {
+        &self.wasm_sha256
+    }
+
+    /// Whether the compiled form came from the on-disk cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// Milliseconds spent compiling or loading the compiled form.
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    /// Its fault counters and quarantine state.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn fail(&self, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
+        plugin::classify(
+            &self.name,
+            &self.manifest.limits,
+            store.data().limit_exceeded(),
+            err,
+        )
+    }
+
+    /// A new instance, configured (used per call, and by the benchmarks).
+    pub(crate) fn instantiate(&self) -> Result<Ready, PluginError> {
+        let mut store = plugin::new_store(&self.engine, &self.name, &self.manifest.limits);
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) if store.data().limit_exceeded() => return Err(self.fail(&store, e)),
+            Err(e) => {
+                return Err(PluginError::Instantiate {
+                    plugin: self.name.to_string(),
+                    message: format!("{e:#}"),
+                });
+            }
+        };
+        let config: Vec<_> = self
+            .config
+            .iter()
+            .map(|(key, value)| {
+                crate::bindings::scheduler::gantry::host::types::ConfigEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                }
+            })
+            .collect();
+        let result = bindings
+            .gantry_scheduler_strategy()
+            .call_configure(&mut store, &config);
+        store.data_mut().end_call();
+        match result {
+            Ok(Ok(())) => Ok((store, bindings)),
+            Ok(Err(e)) => Err(guest_error(&self.name, e)),
+            Err(e) => Err(self.fail(&store, e)),
+        }
+    }
+
+    /// Calls `configure` with no entries on a ready instance: the cheapest possible guest call,
+    /// for measuring call overhead.
+    pub(crate) fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
+        let (store, bindings) = ready;
+        plugin::arm_deadline(store, &self.manifest.limits);
+        match bindings
+            .gantry_scheduler_strategy()
+            .call_configure(&mut *store, &[])
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.fail(store, e)),
+        }
+    }
+
+    /// One scheduling cycle in the sandbox. Does not validate the answer (see
+    /// [`super::validate`]) nor record health: the caller does both.
+    pub fn schedule(
+        &self,
+        snapshot: &Snapshot,
+        queue: &[Job],
+    ) -> Result<Vec<Placement>, PluginError> {
+        let _span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name).entered();
+        let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let (mut store, bindings) = match warm {
+            Some(ready) => ready,
+            None => self.instantiate()?,
+        };
+        plugin::arm_deadline(&mut store, &self.manifest.limits);
+        let result = bindings
+            .gantry_scheduler_strategy()
+            .call_schedule(&mut store, snapshot, queue);
+        store.data_mut().end_call();
+        match result {
+            Ok(Ok(placements)) => {
+                let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+                if pool.len() < self.manifest.limits.warm_pool as usize {
+                    pool.push((store, bindings));
+                }
+                Ok(placements)
+            }
+            // A guest error leaves the instance sane, but it is dropped all the same: cheap, and
+            // no state from a failed call can leak into the next one.
+            Ok(Err(e)) => Err(guest_error(&self.name, e)),
+            Err(e) => Err(self.fail(&store, e)),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The host never trusts a strategy's answer: every placement is checked, and one bad placement
+//! rejects the whole answer.
+
+use crate::bindings::sched_v0_1::{Job, Placement, Snapshot};
+
+/// Checks `placements` against the snapshot and queue they answer. The error names the first
+/// offending placement, GPU and rule.
+pub fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Result<(), String> {
+    if placements.len() > queue.len() {
+        return Err(format!(
+            "{} placements for a queue of {} jobs",
+            placements.len(),
+            queue.len()
+        ));
+    }
+    let mut job_seen = vec![false; queue.len()];
+    let mut gpu_taken = vec![false; snapshot.gpus.len()];
+    let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
+    for (i, p) in placements.iter().enumerate() {
+        let job = queue.get(p.job as usize).ok_or_else(|| {
+            format!("placement {i}: job {} is not in the queue of {}", p.job, queue.len())
+        })?;
+        if std::mem::replace(&mut job_seen[p.job as usize], true) {
+            return Err(format!("placement {i}: job {} is placed twice", p.job));
+        }
+        let n = p.gpus.len() as u32;
+        if n == 0 {
+            return Err(format!("placement {i}: job {} gets no GPUs", p.job));
+        }
+        if job.gang && n != job.gpus {
+            return Err(format!(
+                "placement {i}: gang job {} needs all {} GPUs at once, got {n}",
+                p.job, job.gpus
+            ));
+        }
+        if n > job.gpus {
+            return Err(format!(
+                "placement {i}: job {} asked for {} GPUs, got {n}",
+                p.job, job.gpus
+            ));
+        }
+        for &g in &p.gpus {
+            let gpu = snapshot.gpus.get(g as usize).ok_or_else(|| {
+                format!("placement {i}: GPU {g} does not exist ({} GPUs)", snapshot.gpus.len())
+            })?;
+            if !gpu.healthy {
+                return Err(format!("placement {i}: GPU {g} is unhealthy"));
+            }
+            if gpu.busy {
+                return Err(format!("placement {i}: GPU {g} is already allocated"));
+            }
+            if std::mem::replace(&mut gpu_taken[g as usize], true) {
+                return Err(format!("placement {i}: GPU {g} is given twice"));
+            }
+            if gpu.memory_free_mib < job.memory_per_gpu_mib {
+                return Err(format!(
+                    "placement {i}: GPU {g} has {} MiB free, job {} needs {}",
+                    gpu.memory_free_mib, p.job, job.memory_per_gpu_mib
+                ));
+            }
+        }
+        let t = job.tenant as usize;
+        let tenant = snapshot.tenants.get(t).ok_or_else(|| {
+            format!("placement {i}: job {} has unknown tenant {t}", p.job)
+        })?;
+        tenant_taken[t] += n as u64;
+        if let Some(quota) = tenant.quota_gpus
+            && tenant.used_gpus as u64 + tenant_taken[t] > quota as u64
+        {
+            return Err(format!(
+                "placement {i}: tenant `{}` would hold {} GPUs, over its quota of {quota}",
+                tenant.name,
+                tenant.used_gpus as u64 + tenant_taken[t]
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{Cluster, JobSpec, TopologyPref};
+    use crate::scheduling::{ClusterState, snapshot};
+
+    fn setup() -> (Snapshot, Vec<Job>) {
+        let mut cluster = Cluster::uniform(1, 2, 4, 2);
+        cluster.tenants[1].quota_gpus = Some(2);
+        cluster.gpus[7].healthy = false;
+        cluster.gpus[6].memory_free_mib = 1000;
+        let mut state = ClusterState::new(cluster);
+        for (id, tenant, gpus, gang) in [("a", 0, 2, true), ("b", 1, 3, false)] {
+            state.enqueue(
+                JobSpec {
+                    id: id.into(),
+                    tenant: format!("tenant-{tenant}"),
+                    priority: 0,
+                    gpus,
+                    memory_per_gpu_mib: 2000,
+                    gang,
+                    topology: TopologyPref::None,
+                    est_runtime_s: 10.0,
+                    submit_time_s: 0.0,
+                },
+                tenant,
+            );
+        }
+        state.holder[0] = Some(99); // held by a job outside the queue
+        snapshot::build(&state, 0.0)
+    }
+
+    fn check(placements: &[(u32, &[u32])]) -> Result<(), String> {
+        let (s, q) = setup();
+        let p: Vec<Placement> = placements
+            .iter()
+            .map(|(job, gpus)| Placement {
+                job: *job,
+                gpus: gpus.to_vec(),
+            })
+            .collect();
+        validate(&s, &q, &p)
+    }
+
+    #[test]
+    fn accepts_a_valid_answer() {
+        check(&[(0, &[1, 2]), (1, &[4, 5])]).unwrap();
+        check(&[]).unwrap();
+    }
+
+    #[test]
+    fn rejects_each_broken_rule() {
+        let cases: &[(&[(u32, &[u32])], &str)] = &[
+            (&[(5, &[1])], "not in the queue"),
+            (&[(0, &[1, 2]), (0, &[3, 4])], "placed twice"),
+            (&[(0, &[1])], "gang job 0 needs all 2"),
+            (&[(1, &[1, 2, 3, 4])], "asked for 3"),
+            (&[(0, &[1, 42])], "does not exist"),
+            (&[(0, &[1, 7])], "unhealthy"),
+            (&[(0, &[0, 1])], "already allocated"),
+            (&[(0, &[1, 2]), (1, &[2])], "given twice"),
+            (&[(0, &[1, 6])], "1000 MiB free"),
+            (&[(1, &[3, 4, 5])], "over its quota of 2"),
+            (&[(1, &[])], "gets no GPUs"),
+        ];
+        for (placements, want) in cases {
+            let err = check(placements).unwrap_err();
+            assert!(err.contains(want), "{placements:?}: {err}");
+        }
+    }
+}
