@@ -188,9 +188,9 @@ impl Host {
                 };
                 let manifest = Manifest::load(&manifest_path)?;
                 let wasm_path = manifest.wasm_path(&manifest_path);
-                let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
+                let wasm = std::fs::read(&wasm_path).map_err(|error| LoadError::Io {
                     path: wasm_path.clone(),
-                    source,
+                    error,
                 })?;
                 (manifest, wasm, wasm_path)
             }

@@ -1,1 +1,8 @@
+//! End-to-end tests: the `gantry` binary and the library together, with real wasm plugins
+//! (the shipped ones and the hostile fixtures in `tests/fixtures/`).
 
+mod cli;
+mod faults;
+mod loading;
+mod plugins;
+mod support;

@@ -109,9 +109,9 @@ impl Manifest {
 
     /// Reads and parses the manifest at `path`.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::parse(&text, path)
     }

@@ -53,12 +53,12 @@ impl TraceJob {
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// Unreadable file.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`).
+        error: std::io::Error,
     },
     /// A malformed line.
     #[error("{}:{line}: {message}", path.display())]
@@ -85,9 +85,9 @@ const COLUMNS: [&str; 8] = [
 
 /// Reads a CSV trace and checks it against `cluster` (tenants exist, jobs fit in it).
 pub fn load(path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>, TraceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TraceError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| TraceError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse(&text, path, cluster)
 }

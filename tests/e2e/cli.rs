@@ -1,0 +1,128 @@
+//! The `gantry` binary: commands, output contracts and errors on bad input.
+
+use crate::support::{gantry, repo, text};
+
+#[test]
+fn simulate_json_prints_the_metric_keys_and_plots() {
+    let cache = tempfile::tempdir().unwrap();
+    let svg = cache.path().join("sim.svg");
+    let out = gantry(
+        &["simulate", "--jobs", "300", "--json", "--plot", svg.to_str().unwrap()],
+        cache.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in [
+        "jct_mean_s", "jct_p99_s", "wait_mean_s", "wait_p99_s", "utilization", "makespan_s",
+        "fairness", "jobs_completed",
+    ] {
+        assert!(v[key].is_number(), "{key} missing in {stdout}");
+    }
+    assert_eq!(v["jobs_completed"], 300);
+    let u = v["utilization"].as_f64().unwrap();
+    assert!(u > 0.0 && u <= 1.0);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("queued jobs"));
+}
+
+#[test]
+fn trace_generate_then_simulate_every_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.csv");
+    let out = gantry(
+        &["trace", "generate", "--jobs", "150", "--seed", "9", "-o", trace.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    for plugin in ["binpack", "spread", "topology", "fairshare"] {
+        let out = gantry(
+            &["simulate", "--trace", trace.to_str().unwrap(), "--plugin", plugin, "--json"],
+            dir.path(),
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{plugin}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["jobs_completed"], 150, "{plugin}: {stdout}");
+        assert_eq!(v["plugin_faults"], 0, "{plugin}: {stdout}");
+    }
+}
+
+#[test]
+fn schedule_prints_placements_as_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(&["schedule", "--jobs", "host/assets/example-jobs.toml"], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("llm-pretrain") && stdout.contains("decided by binpack"), "{stdout}");
+    let out = gantry(
+        &["schedule", "--jobs", "host/assets/example-jobs.toml", "--plugin", "topology", "--json"],
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decided_by"], "topology");
+    assert_eq!(v["placements"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn bench_schedule_json_has_the_contract_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(
+        &["bench", "schedule", "--racks", "2", "--jobs", "300", "--iterations", "2", "--json"],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for key in ["wasm_ms", "native_ms", "ratio", "placements", "fresh_instance_us", "trivial_call_us"] {
+        assert!(v[key].is_number(), "{key} missing in {stdout}");
+    }
+}
+
+/// Bad input: a clear error naming file, line and field, exit code 1, no output written.
+#[test]
+fn bad_files_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cluster = d.join("cluster.toml");
+    std::fs::write(
+        &cluster,
+        "[[nodes]]\nname = \"n0\"\nrack = \"r0\"\ngpus = { count = 8, model = \"H100\", memory_mib = \"lots\" }\n",
+    )
+    .unwrap();
+    let jobs = d.join("jobs.json");
+    std::fs::write(&jobs, "{\"jobs\": [{\"id\": \"a\", \"tenant\": \"vision\", \"gpus\": 0, \"memory_per_gpu_mib\": 1, \"est_runtime_s\": 5}]}").unwrap();
+    let trace = d.join("t.csv");
+    std::fs::write(&trace, "submit_time_s,duration_s,gpus,memory_mib,tenant\n0,60,1,1000,vision\n5,60,x,1000,vision\n").unwrap();
+    let plot = d.join("never.svg");
+    let cases: Vec<(Vec<String>, Vec<String>)> = vec![
+        (
+            vec!["schedule".into(), "--cluster".into(), cluster.display().to_string(), "--jobs".into(), "host/assets/example-jobs.toml".into()],
+            vec![format!("{}:4:", cluster.display()), "invalid type".into()],
+        ),
+        (
+            vec!["schedule".into(), "--jobs".into(), jobs.display().to_string()],
+            vec![format!("{}:1:", jobs.display()), "jobs[0] (`a`).gpus: must be at least 1".into()],
+        ),
+        (
+            vec!["simulate".into(), "--trace".into(), trace.display().to_string(), "--plot".into(), plot.display().to_string()],
+            vec![format!("{}:3:", trace.display()), "column `gpus`".into()],
+        ),
+        (
+            vec!["schedule".into(), "--jobs".into(), "host/assets/example-jobs.toml".into(), "--plugin".into(), d.join("nope").display().to_string()],
+            vec!["cannot read".into(), "nope".into()],
+        ),
+    ];
+    for (args, wants) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = gantry(&args, d);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?} printed {stdout}");
+        for want in wants {
+            assert!(stderr.contains(&want), "{args:?}: want {want:?} in {stderr}");
+        }
+    }
+    assert!(!plot.exists(), "nothing half-written");
+    let _ = repo();
+}

@@ -1,0 +1,142 @@
+//! Hostile plugins: each is stopped within its deadline or limit, reported with a clear error,
+//! and the host keeps scheduling through the native fallback.
+
+use std::time::{Duration, Instant};
+
+use gantry::scheduling::native;
+
+use crate::support::hostile_host;
+
+/// Runs one cycle with the hostile plugin in `mode`; returns (fault class, reason).
+fn fault(mode: &str, limits: &str) -> (Option<&'static str>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = hostile_host(dir.path(), mode, limits);
+    let start = Instant::now();
+    let report = host.schedule_cycle(0.0);
+    // A guard against hangs, far above any deadline used here, not a speed assertion.
+    assert!(start.elapsed() < Duration::from_secs(60), "{mode} hung the host");
+    assert_eq!(report.decided_by, native::NAME, "{mode}: the fallback decides");
+    assert_eq!(report.placements.len(), 3, "{mode}: the host kept scheduling");
+    let health = host.scheduler().unwrap().health().report();
+    assert_eq!((health.calls, health.faults, health.fallbacks), (1, 1, 1), "{mode}");
+    (report.fault, report.fallback_reason.unwrap_or_default())
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline() {
+    let (class, reason) = fault("loop", "deadline_ms = 200");
+    assert_eq!(class, Some("deadline"));
+    assert!(reason.contains("plugin `hostile-loop` exceeded its 200 ms deadline"), "{reason}");
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let (class, reason) = fault("alloc", "memory_mib = 32");
+    assert_eq!(class, Some("memory-limit"));
+    assert!(reason.contains("plugin `hostile-alloc` hit its memory limit of 32 MiB"), "{reason}");
+}
+
+#[test]
+fn unbounded_recursion_traps_with_a_backtrace() {
+    let (class, reason) = fault("recurse", "");
+    assert_eq!(class, Some("trap"));
+    assert!(reason.contains("plugin `hostile-recurse` trapped"), "{reason}");
+    assert!(reason.contains("call stack exhausted"), "{reason}");
+    assert!(reason.contains("recurse"), "backtrace names the guest function: {reason}");
+}
+
+#[test]
+fn a_panic_traps_with_a_backtrace() {
+    let (class, reason) = fault("trap", "");
+    assert_eq!(class, Some("trap"));
+    assert!(reason.contains("plugin `hostile-trap` trapped"), "{reason}");
+    assert!(reason.contains("unreachable"), "{reason}");
+    assert!(reason.contains("schedule"), "backtrace names the export: {reason}");
+}
+
+#[test]
+fn invalid_placement_rejects_the_whole_answer() {
+    let (class, reason) = fault("invalid", "");
+    assert_eq!(class, Some("invalid-answer"));
+    assert!(reason.contains("gave an invalid answer"), "{reason}");
+    assert!(reason.contains("does not exist"), "{reason}");
+}
+
+#[test]
+fn double_booking_rejects_the_whole_answer() {
+    let (class, reason) = fault("double-book", "");
+    assert_eq!(class, Some("invalid-answer"));
+    assert!(reason.contains("given twice"), "{reason}");
+}
+
+#[test]
+fn huge_output_is_refused() {
+    let (class, reason) = fault("huge-output", "memory_mib = 512\ndeadline_ms = 20000");
+    assert!(
+        matches!(class, Some("malformed-output") | Some("invalid-answer")),
+        "{class:?}: {reason}"
+    );
+    assert!(reason.contains("hostile-huge-output"), "{reason}");
+}
+
+#[test]
+fn guest_error_is_reported_with_its_text() {
+    let (class, reason) = fault("guest-error", "");
+    assert_eq!(class, Some("guest-error"));
+    assert!(reason.contains("returned an error (internal): refusing on purpose"), "{reason}");
+}
+
+#[test]
+fn configure_refusal_is_a_guest_error() {
+    let (class, reason) = fault("bad-config", "");
+    assert_eq!(class, Some("guest-error"));
+    assert!(reason.contains("invalid-config"), "{reason}");
+}
+
+#[test]
+fn floods_of_output_and_logs_are_capped_not_fatal() {
+    for mode in ["print-flood", "log-flood"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = hostile_host(dir.path(), mode, "deadline_ms = 20000");
+        let report = host.schedule_cycle(0.0);
+        assert_eq!(report.decided_by, format!("hostile-{mode}"), "{:?}", report.fallback_reason);
+        assert!(report.fault.is_none());
+    }
+}
+
+#[test]
+fn repeated_faults_quarantine_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = hostile_host(dir.path(), "trap", "");
+    for cycle in 0..5 {
+        // Free everything again so each cycle has work.
+        let ids: Vec<u64> = host.state().running.iter().map(|a| a.id).collect();
+        for id in ids {
+            host.complete(id);
+        }
+        for (i, gpus) in [8, 4].into_iter().enumerate() {
+            let _ = host.submit(crate::support::job(&format!("c{cycle}-{i}"), 0, gpus));
+        }
+        let report = host.schedule_cycle(cycle as f64);
+        assert_eq!(report.decided_by, native::NAME);
+        assert!(!report.placements.is_empty(), "cycle {cycle} placed nothing");
+    }
+    let health = host.scheduler().unwrap().health().report();
+    assert!(health.quarantined);
+    assert_eq!(health.calls, 3, "no call after quarantine");
+    assert_eq!(health.faults, 3);
+    assert_eq!(health.fallbacks, 5);
+    host.scheduler().unwrap().health().reinstate();
+    assert!(!host.scheduler().unwrap().health().is_quarantined());
+}
+
+#[test]
+fn a_well_behaved_plugin_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = hostile_host(dir.path(), "ok", "warm_pool = 2");
+    for t in 0..3 {
+        let report = host.schedule_cycle(t as f64);
+        assert_eq!(report.decided_by, "hostile-ok");
+    }
+    assert_eq!(host.scheduler().unwrap().health().report().calls, 3);
+}

@@ -1,0 +1,95 @@
+//! Shared helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gantry::cluster::{Cluster, JobSpec, TopologyPref};
+use gantry::{Host, HostConfig, PluginSource};
+
+/// The hostile fixture component.
+pub const HOSTILE_WASM: &str = env!("GANTRY_WASM_FIXTURE_HOSTILE");
+/// A component of the preprocessing world.
+pub const WRONG_WORLD_WASM: &str = env!("GANTRY_WASM_FIXTURE_WRONG_WORLD");
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs the `gantry` binary with an isolated cache.
+pub fn gantry(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .env("GANTRY_CACHE_DIR", cache)
+        .env_remove("RUST_LOG")
+        .current_dir(repo())
+        .output()
+        .expect("running gantry")
+}
+
+/// stdout and stderr as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a scheduler manifest for `wasm` into `dir` and returns the manifest's path.
+pub fn plugin_dir(dir: &Path, name: &str, wasm: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
+    let manifest = dir.join("plugin.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"scheduler\"\n\
+             world = \"gantry:scheduler/scheduler@0.1.0\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// A hostile plugin in `mode`, with manifest `limits` lines.
+pub fn hostile(dir: &Path, mode: &str, limits: &str) -> PathBuf {
+    plugin_dir(
+        &dir.join(mode),
+        &format!("hostile-{mode}"),
+        HOSTILE_WASM,
+        &format!("[limits]\n{limits}\n[config]\nmode = \"{mode}\"\n"),
+    )
+}
+
+/// A 4-node, 32-GPU cluster with two tenants and no cache.
+pub fn host() -> Host {
+    let mut config = HostConfig::new(Cluster::uniform(2, 2, 8, 2));
+    config.cache_dir = None;
+    Host::new(config).unwrap()
+}
+
+/// A gang job.
+pub fn job(id: &str, tenant: u32, gpus: u32) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        tenant: format!("tenant-{tenant}"),
+        priority: 0,
+        gpus,
+        memory_per_gpu_mib: 40_000,
+        gang: true,
+        topology: TopologyPref::None,
+        est_runtime_s: 3600.0,
+        submit_time_s: 0.0,
+    }
+}
+
+/// A host with the hostile plugin in `mode` and three jobs queued.
+pub fn hostile_host(dir: &Path, mode: &str, limits: &str) -> Host {
+    let mut host = host();
+    host.load_scheduler(&PluginSource::Path(hostile(dir, mode, limits)))
+        .unwrap();
+    for (i, gpus) in [8, 4, 2].into_iter().enumerate() {
+        host.submit(job(&format!("j{i}"), i as u32 % 2, gpus)).unwrap();
+    }
+    host
+}
