@@ -55,7 +55,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("running cargo to build the guest components");
+    let status = cmd
+        .status()
+        .expect("running cargo to build the guest components");
     if !status.success() {
         panic!("building the guest components failed ({status}); see the output above");
     }

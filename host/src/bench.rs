@@ -170,7 +170,9 @@ pub fn schedule(
     let mut trivial = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        let mut ready = plugin.instantiate().map_err(|e| HostError::Engine(e.to_string()))?;
+        let mut ready = plugin
+            .instantiate()
+            .map_err(|e| HostError::Engine(e.to_string()))?;
         fresh.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
         for _ in 0..100 {

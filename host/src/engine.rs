@@ -4,9 +4,9 @@
 //! instance per call costs microseconds, wasm backtraces for trap reports, and a bounded wasm
 //! stack so unbounded recursion traps instead of taking the host down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};

@@ -152,7 +152,8 @@ impl Host {
     /// A host owning `config.cluster`, with no plugin loaded (the native strategy schedules).
     pub fn new(config: HostConfig) -> Result<Self, HostError> {
         let engine = engine::build().map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        let linker = plugin::base_linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let linker =
+            plugin::base_linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
             _ticker: EpochTicker::start(&engine),
             cache: ArtifactCache::new(&engine, config.cache_dir),
@@ -170,7 +171,10 @@ impl Host {
     }
 
     /// Loads a scheduler plugin (without installing it).
-    pub fn load_scheduler_plugin(&self, source: &PluginSource) -> Result<SchedulerPlugin, LoadError> {
+    pub fn load_scheduler_plugin(
+        &self,
+        source: &PluginSource,
+    ) -> Result<SchedulerPlugin, LoadError> {
         let (manifest, wasm, origin) = match source {
             PluginSource::Builtin(name) => {
                 let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
@@ -178,7 +182,11 @@ impl Host {
                     message: "no shipped plugin of that name".into(),
                 })?;
                 let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
-                (Manifest::parse(b.manifest, &origin)?, b.wasm.to_vec(), origin)
+                (
+                    Manifest::parse(b.manifest, &origin)?,
+                    b.wasm.to_vec(),
+                    origin,
+                )
             }
             PluginSource::Path(path) => {
                 let manifest_path = if path.is_dir() {
@@ -306,7 +314,11 @@ impl Host {
                         placements
                     }
                     Err(e) => {
-                        tracing::warn!(plugin = p.name(), fault = e.class(), "{e}; native fallback decides this cycle");
+                        tracing::warn!(
+                            plugin = p.name(),
+                            fault = e.class(),
+                            "{e}; native fallback decides this cycle"
+                        );
                         if p.health().fault() {
                             tracing::error!(
                                 plugin = p.name(),

@@ -23,3 +23,8 @@ pub mod simulate;
 pub use host::{
     Assignment, CycleReport, Host, HostConfig, HostError, PluginSource, default_cache_dir,
 };
+
+// The README's Rust examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -18,8 +18,8 @@ use serde::Serialize;
 pub use metrics::Metrics;
 pub use trace::TraceJob;
 
-use crate::cluster::{Cluster, JobSpec, TopologyPref};
 use crate::Host;
+use crate::cluster::{Cluster, JobSpec, TopologyPref};
 
 /// One point of the timeline, taken after each batch of events.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -97,7 +97,12 @@ pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u6
     let _span = tracing::info_span!("gantry_simulate.run", jobs = trace.len()).entered();
     let total = trace.len() as u64;
     let mut order: Vec<usize> = (0..trace.len()).collect();
-    order.sort_by(|&a, &b| trace[a].submit_s.total_cmp(&trace[b].submit_s).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        trace[a]
+            .submit_s
+            .total_cmp(&trace[b].submit_s)
+            .then(a.cmp(&b))
+    });
     let mut arrivals = order.into_iter().peekable();
     let mut live: Vec<Live> = trace
         .iter()
@@ -218,7 +223,11 @@ pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u6
         cycles,
         fallback_cycles,
         plugin_faults: faults,
-        mean_cycle_us: if cycles > 0 { cycle_us / cycles as f64 } else { 0.0 },
+        mean_cycle_us: if cycles > 0 {
+            cycle_us / cycles as f64
+        } else {
+            0.0
+        },
         quarantined: host
             .scheduler()
             .is_some_and(|p| p.health().is_quarantined()),

@@ -7,15 +7,28 @@ fn simulate_json_prints_the_metric_keys_and_plots() {
     let cache = tempfile::tempdir().unwrap();
     let svg = cache.path().join("sim.svg");
     let out = gantry(
-        &["simulate", "--jobs", "300", "--json", "--plot", svg.to_str().unwrap()],
+        &[
+            "simulate",
+            "--jobs",
+            "300",
+            "--json",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
         cache.path(),
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for key in [
-        "jct_mean_s", "jct_p99_s", "wait_mean_s", "wait_p99_s", "utilization", "makespan_s",
-        "fairness", "jobs_completed",
+        "jct_mean_s",
+        "jct_p99_s",
+        "wait_mean_s",
+        "wait_p99_s",
+        "utilization",
+        "makespan_s",
+        "fairness",
+        "jobs_completed",
     ] {
         assert!(v[key].is_number(), "{key} missing in {stdout}");
     }
@@ -31,13 +44,29 @@ fn trace_generate_then_simulate_every_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("t.csv");
     let out = gantry(
-        &["trace", "generate", "--jobs", "150", "--seed", "9", "-o", trace.to_str().unwrap()],
+        &[
+            "trace",
+            "generate",
+            "--jobs",
+            "150",
+            "--seed",
+            "9",
+            "-o",
+            trace.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", text(&out).1);
     for plugin in ["binpack", "spread", "topology", "fairshare"] {
         let out = gantry(
-            &["simulate", "--trace", trace.to_str().unwrap(), "--plugin", plugin, "--json"],
+            &[
+                "simulate",
+                "--trace",
+                trace.to_str().unwrap(),
+                "--plugin",
+                plugin,
+                "--json",
+            ],
             dir.path(),
         );
         let (stdout, stderr) = text(&out);
@@ -51,12 +80,25 @@ fn trace_generate_then_simulate_every_plugin() {
 #[test]
 fn schedule_prints_placements_as_table_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gantry(&["schedule", "--jobs", "host/assets/example-jobs.toml"], dir.path());
+    let out = gantry(
+        &["schedule", "--jobs", "host/assets/example-jobs.toml"],
+        dir.path(),
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("llm-pretrain") && stdout.contains("decided by binpack"), "{stdout}");
+    assert!(
+        stdout.contains("llm-pretrain") && stdout.contains("decided by binpack"),
+        "{stdout}"
+    );
     let out = gantry(
-        &["schedule", "--jobs", "host/assets/example-jobs.toml", "--plugin", "topology", "--json"],
+        &[
+            "schedule",
+            "--jobs",
+            "host/assets/example-jobs.toml",
+            "--plugin",
+            "topology",
+            "--json",
+        ],
         dir.path(),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -68,13 +110,30 @@ fn schedule_prints_placements_as_table_and_json() {
 fn bench_schedule_json_has_the_contract_keys() {
     let dir = tempfile::tempdir().unwrap();
     let out = gantry(
-        &["bench", "schedule", "--racks", "2", "--jobs", "300", "--iterations", "2", "--json"],
+        &[
+            "bench",
+            "schedule",
+            "--racks",
+            "2",
+            "--jobs",
+            "300",
+            "--iterations",
+            "2",
+            "--json",
+        ],
         dir.path(),
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    for key in ["wasm_ms", "native_ms", "ratio", "placements", "fresh_instance_us", "trivial_call_us"] {
+    for key in [
+        "wasm_ms",
+        "native_ms",
+        "ratio",
+        "placements",
+        "fresh_instance_us",
+        "trivial_call_us",
+    ] {
         assert!(v[key].is_number(), "{key} missing in {stdout}");
     }
 }
@@ -93,23 +152,52 @@ fn bad_files_fail_cleanly() {
     let jobs = d.join("jobs.json");
     std::fs::write(&jobs, "{\"jobs\": [{\"id\": \"a\", \"tenant\": \"vision\", \"gpus\": 0, \"memory_per_gpu_mib\": 1, \"est_runtime_s\": 5}]}").unwrap();
     let trace = d.join("t.csv");
-    std::fs::write(&trace, "submit_time_s,duration_s,gpus,memory_mib,tenant\n0,60,1,1000,vision\n5,60,x,1000,vision\n").unwrap();
+    std::fs::write(
+        &trace,
+        "submit_time_s,duration_s,gpus,memory_mib,tenant\n0,60,1,1000,vision\n5,60,x,1000,vision\n",
+    )
+    .unwrap();
     let plot = d.join("never.svg");
     let cases: Vec<(Vec<String>, Vec<String>)> = vec![
         (
-            vec!["schedule".into(), "--cluster".into(), cluster.display().to_string(), "--jobs".into(), "host/assets/example-jobs.toml".into()],
+            vec![
+                "schedule".into(),
+                "--cluster".into(),
+                cluster.display().to_string(),
+                "--jobs".into(),
+                "host/assets/example-jobs.toml".into(),
+            ],
             vec![format!("{}:4:", cluster.display()), "invalid type".into()],
         ),
         (
-            vec!["schedule".into(), "--jobs".into(), jobs.display().to_string()],
-            vec![format!("{}:1:", jobs.display()), "jobs[0] (`a`).gpus: must be at least 1".into()],
+            vec![
+                "schedule".into(),
+                "--jobs".into(),
+                jobs.display().to_string(),
+            ],
+            vec![
+                format!("{}:1:", jobs.display()),
+                "jobs[0] (`a`).gpus: must be at least 1".into(),
+            ],
         ),
         (
-            vec!["simulate".into(), "--trace".into(), trace.display().to_string(), "--plot".into(), plot.display().to_string()],
+            vec![
+                "simulate".into(),
+                "--trace".into(),
+                trace.display().to_string(),
+                "--plot".into(),
+                plot.display().to_string(),
+            ],
             vec![format!("{}:3:", trace.display()), "column `gpus`".into()],
         ),
         (
-            vec!["schedule".into(), "--jobs".into(), "host/assets/example-jobs.toml".into(), "--plugin".into(), d.join("nope").display().to_string()],
+            vec![
+                "schedule".into(),
+                "--jobs".into(),
+                "host/assets/example-jobs.toml".into(),
+                "--plugin".into(),
+                d.join("nope").display().to_string(),
+            ],
             vec!["cannot read".into(), "nope".into()],
         ),
     ];
@@ -120,7 +208,10 @@ fn bad_files_fail_cleanly() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stdout.is_empty(), "{args:?} printed {stdout}");
         for want in wants {
-            assert!(stderr.contains(&want), "{args:?}: want {want:?} in {stderr}");
+            assert!(
+                stderr.contains(&want),
+                "{args:?}: want {want:?} in {stderr}"
+            );
         }
     }
     assert!(!plot.exists(), "nothing half-written");

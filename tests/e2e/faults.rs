@@ -14,11 +14,26 @@ fn fault(mode: &str, limits: &str) -> (Option<&'static str>, String) {
     let start = Instant::now();
     let report = host.schedule_cycle(0.0);
     // A guard against hangs, far above any deadline used here, not a speed assertion.
-    assert!(start.elapsed() < Duration::from_secs(60), "{mode} hung the host");
-    assert_eq!(report.decided_by, native::NAME, "{mode}: the fallback decides");
-    assert_eq!(report.placements.len(), 3, "{mode}: the host kept scheduling");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{mode} hung the host"
+    );
+    assert_eq!(
+        report.decided_by,
+        native::NAME,
+        "{mode}: the fallback decides"
+    );
+    assert_eq!(
+        report.placements.len(),
+        3,
+        "{mode}: the host kept scheduling"
+    );
     let health = host.scheduler().unwrap().health().report();
-    assert_eq!((health.calls, health.faults, health.fallbacks), (1, 1, 1), "{mode}");
+    assert_eq!(
+        (health.calls, health.faults, health.fallbacks),
+        (1, 1, 1),
+        "{mode}"
+    );
     (report.fault, report.fallback_reason.unwrap_or_default())
 }
 
@@ -26,23 +41,35 @@ fn fault(mode: &str, limits: &str) -> (Option<&'static str>, String) {
 fn infinite_loop_hits_the_deadline() {
     let (class, reason) = fault("loop", "deadline_ms = 200");
     assert_eq!(class, Some("deadline"));
-    assert!(reason.contains("plugin `hostile-loop` exceeded its 200 ms deadline"), "{reason}");
+    assert!(
+        reason.contains("plugin `hostile-loop` exceeded its 200 ms deadline"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn unbounded_allocation_hits_the_memory_limit() {
     let (class, reason) = fault("alloc", "memory_mib = 32");
     assert_eq!(class, Some("memory-limit"));
-    assert!(reason.contains("plugin `hostile-alloc` hit its memory limit of 32 MiB"), "{reason}");
+    assert!(
+        reason.contains("plugin `hostile-alloc` hit its memory limit of 32 MiB"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn unbounded_recursion_traps_with_a_backtrace() {
     let (class, reason) = fault("recurse", "");
     assert_eq!(class, Some("trap"));
-    assert!(reason.contains("plugin `hostile-recurse` trapped"), "{reason}");
+    assert!(
+        reason.contains("plugin `hostile-recurse` trapped"),
+        "{reason}"
+    );
     assert!(reason.contains("call stack exhausted"), "{reason}");
-    assert!(reason.contains("recurse"), "backtrace names the guest function: {reason}");
+    assert!(
+        reason.contains("recurse"),
+        "backtrace names the guest function: {reason}"
+    );
 }
 
 #[test]
@@ -51,7 +78,10 @@ fn a_panic_traps_with_a_backtrace() {
     assert_eq!(class, Some("trap"));
     assert!(reason.contains("plugin `hostile-trap` trapped"), "{reason}");
     assert!(reason.contains("unreachable"), "{reason}");
-    assert!(reason.contains("schedule"), "backtrace names the export: {reason}");
+    assert!(
+        reason.contains("schedule"),
+        "backtrace names the export: {reason}"
+    );
 }
 
 #[test]
@@ -83,7 +113,10 @@ fn huge_output_is_refused() {
 fn guest_error_is_reported_with_its_text() {
     let (class, reason) = fault("guest-error", "");
     assert_eq!(class, Some("guest-error"));
-    assert!(reason.contains("returned an error (internal): refusing on purpose"), "{reason}");
+    assert!(
+        reason.contains("returned an error (internal): refusing on purpose"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -99,7 +132,12 @@ fn floods_of_output_and_logs_are_capped_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let mut host = hostile_host(dir.path(), mode, "deadline_ms = 20000");
         let report = host.schedule_cycle(0.0);
-        assert_eq!(report.decided_by, format!("hostile-{mode}"), "{:?}", report.fallback_reason);
+        assert_eq!(
+            report.decided_by,
+            format!("hostile-{mode}"),
+            "{:?}",
+            report.fallback_reason
+        );
         assert!(report.fault.is_none());
     }
 }
@@ -119,7 +157,10 @@ fn repeated_faults_quarantine_the_plugin() {
         }
         let report = host.schedule_cycle(cycle as f64);
         assert_eq!(report.decided_by, native::NAME);
-        assert!(!report.placements.is_empty(), "cycle {cycle} placed nothing");
+        assert!(
+            !report.placements.is_empty(),
+            "cycle {cycle} placed nothing"
+        );
     }
     let health = host.scheduler().unwrap().health().report();
     assert!(health.quarantined);

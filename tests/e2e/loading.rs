@@ -20,7 +20,9 @@ fn a_component_of_another_world_is_refused() {
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains("plugin `identity` does not implement world `gantry:scheduler/scheduler@0.1.0`"),
+        text.contains(
+            "plugin `identity` does not implement world `gantry:scheduler/scheduler@0.1.0`"
+        ),
         "{text}"
     );
 }
@@ -30,11 +32,19 @@ fn malformed_wasm_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.bin");
     std::fs::write(&garbage, b"\0asm\x0d\0\x01\0 this is not a component").unwrap();
-    let manifest = plugin_dir(&dir.path().join("p"), "garbage", garbage.to_str().unwrap(), "");
+    let manifest = plugin_dir(
+        &dir.path().join("p"),
+        "garbage",
+        garbage.to_str().unwrap(),
+        "",
+    );
     let err = load(manifest).unwrap_err();
     assert!(matches!(err, LoadError::Compile { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("garbage.wasm is not a valid wasm component"), "{text}");
+    assert!(
+        text.contains("garbage.wasm is not a valid wasm component"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -52,15 +62,21 @@ fn manifest_errors_name_file_line_and_field() {
         assert!(text.contains(&manifest.display().to_string()), "{text}");
         assert!(text.contains(field), "{field}: {text}");
     }
-    let text = load(dir.path().join("missing/plugin.toml")).unwrap_err().to_string();
-    assert!(text.contains("cannot read") && text.contains("missing/plugin.toml"), "{text}");
+    let text = load(dir.path().join("missing/plugin.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("cannot read") && text.contains("missing/plugin.toml"),
+        "{text}"
+    );
 }
 
 #[test]
 fn a_failed_load_keeps_the_previous_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = host();
-    host.load_scheduler(&PluginSource::Builtin("binpack".into())).unwrap();
+    host.load_scheduler(&PluginSource::Builtin("binpack".into()))
+        .unwrap();
     let bad = plugin_dir(dir.path(), "identity", WRONG_WORLD_WASM, "");
     assert!(host.load_scheduler(&PluginSource::Path(bad)).is_err());
     assert_eq!(host.scheduler().unwrap().name(), "binpack");
@@ -83,9 +99,21 @@ fn compiled_artifacts_are_cached_and_a_corrupt_entry_is_recompiled() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
-    let sha = gantry::plugin::cache::sha256_hex(gantry::builtin::scheduler("binpack").unwrap().wasm);
-    assert!(entries[0].file_name().unwrap().to_str().unwrap().starts_with(&sha));
+    let sha =
+        gantry::plugin::cache::sha256_hex(gantry::builtin::scheduler("binpack").unwrap().wasm);
+    assert!(
+        entries[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&sha)
+    );
     std::fs::write(&entries[0], b"corrupted").unwrap();
-    assert_eq!(outcome(&config), CacheOutcome::Miss, "unusable entry recompiled");
+    assert_eq!(
+        outcome(&config),
+        CacheOutcome::Miss,
+        "unusable entry recompiled"
+    );
     assert_eq!(outcome(&config), CacheOutcome::Hit, "and rewritten");
 }

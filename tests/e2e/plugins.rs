@@ -14,9 +14,17 @@ fn queued_host(cluster: &Cluster, plugin: Option<&str>, jobs: usize) -> Host {
     config.cache_dir = None;
     let mut host = Host::new(config).unwrap();
     if let Some(p) = plugin {
-        host.load_scheduler(&PluginSource::Builtin(p.into())).unwrap();
+        host.load_scheduler(&PluginSource::Builtin(p.into()))
+            .unwrap();
     }
-    let trace = trace::synthetic(cluster, Synthetic { jobs, seed: 3, load: 1.0 });
+    let trace = trace::synthetic(
+        cluster,
+        Synthetic {
+            jobs,
+            seed: 3,
+            load: 1.0,
+        },
+    );
     for (i, j) in trace.iter().enumerate() {
         host.submit(j.to_spec(format!("job-{i}"))).unwrap();
     }

@@ -13,7 +13,10 @@ pub const WRONG_WORLD_WASM: &str = env!("GANTRY_WASM_FIXTURE_WRONG_WORLD");
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs the `gantry` binary with an isolated cache.
@@ -89,7 +92,8 @@ pub fn hostile_host(dir: &Path, mode: &str, limits: &str) -> Host {
     host.load_scheduler(&PluginSource::Path(hostile(dir, mode, limits)))
         .unwrap();
     for (i, gpus) in [8, 4, 2].into_iter().enumerate() {
-        host.submit(job(&format!("j{i}"), i as u32 % 2, gpus)).unwrap();
+        host.submit(job(&format!("j{i}"), i as u32 % 2, gpus))
+            .unwrap();
     }
     host
 }

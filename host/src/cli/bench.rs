@@ -53,16 +53,31 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
             let mut t = Table::new(&["measure", "value"]);
             for (k, v) in [
-                ("workload", format!("{} GPUs, {} pending jobs", r.gpus, r.jobs)),
+                (
+                    "workload",
+                    format!("{} GPUs, {} pending jobs", r.gpus, r.jobs),
+                ),
                 ("wasm cycle (median)", format!("{:.2} ms", r.wasm_ms)),
                 ("native cycle (median)", format!("{:.2} ms", r.native_ms)),
                 ("ratio wasm/native", format!("{:.2}", r.ratio)),
-                ("plugin call inside the wasm cycle", format!("{:.2} ms", r.wasm_plugin_call_ms)),
+                (
+                    "plugin call inside the wasm cycle",
+                    format!("{:.2} ms", r.wasm_plugin_call_ms),
+                ),
                 ("placements per cycle", r.placements.to_string()),
-                ("fresh instance + configure", format!("{:.1} µs", r.fresh_instance_us)),
+                (
+                    "fresh instance + configure",
+                    format!("{:.1} µs", r.fresh_instance_us),
+                ),
                 ("trivial call", format!("{:.2} µs", r.trivial_call_us)),
-                ("compile, no cache", format!("{:.1} ms", r.compile.no_cache_ms)),
-                ("load, cache hit", format!("{:.1} ms", r.compile.cache_hit_ms)),
+                (
+                    "compile, no cache",
+                    format!("{:.1} ms", r.compile.no_cache_ms),
+                ),
+                (
+                    "load, cache hit",
+                    format!("{:.1} ms", r.compile.cache_hit_ms),
+                ),
             ] {
                 t.row(vec![k.into(), v]);
             }

@@ -79,7 +79,11 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     let result = simulate::run(&mut host, &jobs, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
     if let Some(path) = &args.plot {
-        let title = format!("gantry simulate --plugin {} ({} jobs)", args.plugin, jobs.len());
+        let title = format!(
+            "gantry simulate --plugin {} ({} jobs)",
+            args.plugin,
+            jobs.len()
+        );
         let svg = simulate::plot::svg(&title, &result.timeline, healthy);
         write_atomically(path, svg.as_bytes())?;
     }

@@ -153,7 +153,9 @@ fn parse<T: for<'de> Deserialize<'de>>(text: &str, path: &Path) -> Result<T, Mod
 /// the entry they are about.
 fn line_of(text: &str, name: &str) -> Option<usize> {
     let quoted = format!("\"{name}\"");
-    text.lines().position(|l| l.contains(&quoted)).map(|i| i + 1)
+    text.lines()
+        .position(|l| l.contains(&quoted))
+        .map(|i| i + 1)
 }
 
 struct Interner(Vec<String>);
@@ -187,10 +189,16 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
     let mut seen = HashSet::new();
     for (i, t) in file.tenants.iter().enumerate() {
         if !seen.insert(t.name.as_str()) {
-            return Err(invalid(&t.name, format!("tenants[{i}].name: duplicate tenant `{}`", t.name)));
+            return Err(invalid(
+                &t.name,
+                format!("tenants[{i}].name: duplicate tenant `{}`", t.name),
+            ));
         }
         if !(t.weight > 0.0 && t.weight.is_finite()) {
-            return Err(invalid(&t.name, format!("tenants[{i}].weight: must be positive, got {}", t.weight)));
+            return Err(invalid(
+                &t.name,
+                format!("tenants[{i}].weight: must be positive, got {}", t.weight),
+            ));
         }
         cluster.tenants.push(TenantInfo {
             name: t.name.clone(),
@@ -205,14 +213,20 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
             message: "nodes: the cluster has no nodes".into(),
         });
     }
-    let (mut racks, mut domains, mut models) =
-        (Interner(Vec::new()), Interner(Vec::new()), Interner(Vec::new()));
+    let (mut racks, mut domains, mut models) = (
+        Interner(Vec::new()),
+        Interner(Vec::new()),
+        Interner(Vec::new()),
+    );
     let mut node_names = HashSet::new();
     let mut gpu_ids = HashSet::new();
     for (n, node) in file.nodes.iter().enumerate() {
         let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
         if !node_names.insert(node.name.as_str()) {
-            return Err(invalid(&node.name, format!("{}: duplicate node name", at("name"))));
+            return Err(invalid(
+                &node.name,
+                format!("{}: duplicate node name", at("name")),
+            ));
         }
         let node_index = cluster.nodes.len() as u32;
         let rack = racks.get(&node.rack);
@@ -223,12 +237,25 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
         let mut gpus = Vec::new();
         if let Some(group) = &node.gpus {
             if group.count == 0 || group.memory_mib == 0 {
-                return Err(invalid(&node.name, format!("{}: count and memory_mib must be positive", at("gpus"))));
+                return Err(invalid(
+                    &node.name,
+                    format!("{}: count and memory_mib must be positive", at("gpus")),
+                ));
             }
             if let Some(bad) = group.unhealthy.iter().find(|&&u| u >= group.count) {
-                return Err(invalid(&node.name, format!("{}: index {bad} is not below count {}", at("gpus.unhealthy"), group.count)));
+                return Err(invalid(
+                    &node.name,
+                    format!(
+                        "{}: index {bad} is not below count {}",
+                        at("gpus.unhealthy"),
+                        group.count
+                    ),
+                ));
             }
-            let domain = group.nvlink_domain.clone().unwrap_or_else(|| node.name.clone());
+            let domain = group
+                .nvlink_domain
+                .clone()
+                .unwrap_or_else(|| node.name.clone());
             for g in 0..group.count {
                 gpus.push(GpuFile {
                     id: format!("{}/gpu{g}", node.name),
@@ -249,18 +276,32 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
             healthy: g.healthy,
         }));
         if gpus.is_empty() {
-            return Err(invalid(&node.name, format!("{}: node has no GPUs (give `gpus` or `[[nodes.gpu]]`)", at("gpus"))));
+            return Err(invalid(
+                &node.name,
+                format!(
+                    "{}: node has no GPUs (give `gpus` or `[[nodes.gpu]]`)",
+                    at("gpus")
+                ),
+            ));
         }
         for g in gpus {
             if !gpu_ids.insert(g.id.clone()) {
-                return Err(invalid(&g.id, format!("{}: duplicate GPU id `{}`", at("gpu.id"), g.id)));
+                return Err(invalid(
+                    &g.id,
+                    format!("{}: duplicate GPU id `{}`", at("gpu.id"), g.id),
+                ));
             }
             let free = g.memory_free_mib.unwrap_or(g.memory_total_mib);
             if g.memory_total_mib == 0 || free > g.memory_total_mib {
-                return Err(invalid(&g.id, format!(
-                    "{}: GPU `{}` has memory_free_mib {free} and memory_total_mib {} (need 0 < free <= total)",
-                    at("gpu.memory_free_mib"), g.id, g.memory_total_mib
-                )));
+                return Err(invalid(
+                    &g.id,
+                    format!(
+                        "{}: GPU `{}` has memory_free_mib {free} and memory_total_mib {} (need 0 < free <= total)",
+                        at("gpu.memory_free_mib"),
+                        g.id,
+                        g.memory_total_mib
+                    ),
+                ));
             }
             let domain = g.nvlink_domain.unwrap_or_else(|| node.name.clone());
             cluster.gpus.push(GpuInfo {
@@ -314,22 +355,36 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
     }
     if cluster.tenant_index(&job.tenant).is_none() {
         let known: Vec<&str> = cluster.tenants.iter().map(|t| t.name.as_str()).collect();
-        return Err(format!("tenant: unknown tenant `{}` (known: {})", job.tenant, known.join(", ")));
+        return Err(format!(
+            "tenant: unknown tenant `{}` (known: {})",
+            job.tenant,
+            known.join(", ")
+        ));
     }
     if job.gpus == 0 {
         return Err("gpus: must be at least 1".into());
     }
     if job.gpus as usize > cluster.gpus.len() {
-        return Err(format!("gpus: {} is more than the cluster's {} GPUs", job.gpus, cluster.gpus.len()));
+        return Err(format!(
+            "gpus: {} is more than the cluster's {} GPUs",
+            job.gpus,
+            cluster.gpus.len()
+        ));
     }
     if job.memory_per_gpu_mib == 0 {
         return Err("memory_per_gpu_mib: must be positive".into());
     }
     if !(job.est_runtime_s > 0.0 && job.est_runtime_s.is_finite()) {
-        return Err(format!("est_runtime_s: must be positive, got {}", job.est_runtime_s));
+        return Err(format!(
+            "est_runtime_s: must be positive, got {}",
+            job.est_runtime_s
+        ));
     }
     if !(job.submit_time_s >= 0.0 && job.submit_time_s.is_finite()) {
-        return Err(format!("submit_time_s: must be >= 0, got {}", job.submit_time_s));
+        return Err(format!(
+            "submit_time_s: must be >= 0, got {}",
+            job.submit_time_s
+        ));
     }
     Ok(())
 }
@@ -371,17 +426,24 @@ nvlink_domain = "n0"
         assert_eq!(c.models, vec!["H100", "A100"]);
         assert!(!c.gpus[3].healthy);
         assert_eq!(c.gpus[4].memory_free_mib, 30000);
-        assert_eq!(c.gpus[4].nvlink_domain, c.gpus[0].nvlink_domain, "domains can span nodes");
+        assert_eq!(
+            c.gpus[4].nvlink_domain, c.gpus[0].nvlink_domain,
+            "domains can span nodes"
+        );
         assert_eq!(c.tenants[0].quota_gpus, Some(8));
     }
 
     #[test]
     fn syntax_and_type_errors_name_line_and_field() {
         let bad = CLUSTER.replace("memory_total_mib = 40960", "memory_total_mib = \"big\"");
-        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        let err = parse_cluster(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("c.toml:17:"), "{err}");
         let bad = CLUSTER.replace("rack = \"r0\"\n[[nodes.gpu]]", "[[nodes.gpu]]");
-        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        let err = parse_cluster(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rack"), "{err}");
         let err = parse_cluster("{\"nodes\": [{\"name\": 3}]}", Path::new("c.json"))
             .unwrap_err()
@@ -392,11 +454,15 @@ nvlink_domain = "n0"
     #[test]
     fn semantic_errors_name_line_and_field() {
         let bad = CLUSTER.replace("memory_free_mib = 30000", "memory_free_mib = 50000");
-        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        let err = parse_cluster(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("c.toml:15:"), "{err}");
         assert!(err.contains("memory_free_mib"), "{err}");
         let bad = CLUSTER.replace("name = \"n1\"", "name = \"n0\"");
-        let err = parse_cluster(&bad, Path::new("c.toml")).unwrap_err().to_string();
+        let err = parse_cluster(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("duplicate node name"), "{err}");
     }
 
@@ -418,9 +484,14 @@ gpus = 1
 memory_per_gpu_mib = 1000
 est_runtime_s = 60
 "#;
-        let err = parse_jobs(text, Path::new("j.toml"), &c).unwrap_err().to_string();
+        let err = parse_jobs(text, Path::new("j.toml"), &c)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("j.toml:10:"), "{err}");
-        assert!(err.contains("jobs[1] (`j2`).tenant: unknown tenant `nobody`"), "{err}");
+        assert!(
+            err.contains("jobs[1] (`j2`).tenant: unknown tenant `nobody`"),
+            "{err}"
+        );
         let ok = parse_jobs(&text.replace("nobody", "vision"), Path::new("j.toml"), &c).unwrap();
         assert_eq!(ok.len(), 2);
         assert!(ok[0].gang, "gang defaults to true");

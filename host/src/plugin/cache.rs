@@ -90,12 +90,17 @@ impl ArtifactCache {
             // engine key is in the file name); wasmtime also checks the header and version.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), "recompiling: cached artifact unusable: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "recompiling: cached artifact unusable: {e}")
+                }
             }
         }
         let start = Instant::now();
         let component = Component::new(engine, wasm)?;
-        tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "compiled component");
+        tracing::debug!(
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         if let Err(e) = store(&path, &component.serialize()?) {
             tracing::warn!(path = %path.display(), "cannot write compiled artifact: {e}");
         }
@@ -109,7 +114,9 @@ fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
         std::process::id()
     ));
     let mut file = std::fs::File::create(&tmp)?;

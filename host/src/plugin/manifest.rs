@@ -129,7 +129,10 @@ impl Manifest {
         if !valid_name {
             return Err(fail(
                 "name",
-                format!("`{}` must be non-empty ASCII letters, digits, `-` or `_`", self.name),
+                format!(
+                    "`{}` must be non-empty ASCII letters, digits, `-` or `_`",
+                    self.name
+                ),
             ));
         }
         if self.world != self.kind.world() {
@@ -160,7 +163,10 @@ impl Manifest {
             return Err(fail("limits.instances", "must be at least 1".into()));
         }
         if l.warm_pool > 64 {
-            return Err(fail("limits.warm_pool", format!("{} is above 64", l.warm_pool)));
+            return Err(fail(
+                "limits.warm_pool",
+                format!("{} is above 64", l.warm_pool),
+            ));
         }
         Ok(())
     }
@@ -220,7 +226,10 @@ depth = 3
             entries,
             vec![("depth".into(), "3".into()), ("mode".into(), "fast".into())]
         );
-        assert_eq!(m.wasm_path(Path::new("/p/plugin.toml")), Path::new("/p/binpack.wasm"));
+        assert_eq!(
+            m.wasm_path(Path::new("/p/plugin.toml")),
+            Path::new("/p/binpack.wasm")
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ impl SchedulerPlugin {
         if manifest.kind != PluginKind::Scheduler {
             return Err(LoadError::Manifest {
                 path: origin.to_path_buf(),
-                message: format!("field `kind`: expected a scheduler plugin, got {:?}", manifest.kind),
+                message: format!(
+                    "field `kind`: expected a scheduler plugin, got {:?}",
+                    manifest.kind
+                ),
             });
         }
         let compiled = plugin::compile(engine, cache, manifest, wasm, origin)?;
@@ -156,12 +159,12 @@ impl SchedulerPlugin {
         let config: Vec<_> = self
             .config
             .iter()
-            .map(|(key, value)| {
-                crate::bindings::scheduler::gantry::host::types::ConfigEntry {
+            .map(
+                |(key, value)| crate::bindings::scheduler::gantry::host::types::ConfigEntry {
                     key: key.clone(),
                     value: value.clone(),
-                }
-            })
+                },
+            )
             .collect();
         let result = bindings
             .gantry_scheduler_strategy()
@@ -195,7 +198,8 @@ impl SchedulerPlugin {
         snapshot: &Snapshot,
         queue: &[Job],
     ) -> Result<Vec<Placement>, PluginError> {
-        let _span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name).entered();
+        let _span =
+            tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name).entered();
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut store, bindings) = match warm {
             Some(ready) => ready,

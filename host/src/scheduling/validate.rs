@@ -5,7 +5,11 @@ use crate::bindings::sched_v0_1::{Job, Placement, Snapshot};
 
 /// Checks `placements` against the snapshot and queue they answer. The error names the first
 /// offending placement, GPU and rule.
-pub fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Result<(), String> {
+pub fn validate(
+    snapshot: &Snapshot,
+    queue: &[Job],
+    placements: &[Placement],
+) -> Result<(), String> {
     if placements.len() > queue.len() {
         return Err(format!(
             "{} placements for a queue of {} jobs",
@@ -18,7 +22,11 @@ pub fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) ->
     let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
     for (i, p) in placements.iter().enumerate() {
         let job = queue.get(p.job as usize).ok_or_else(|| {
-            format!("placement {i}: job {} is not in the queue of {}", p.job, queue.len())
+            format!(
+                "placement {i}: job {} is not in the queue of {}",
+                p.job,
+                queue.len()
+            )
         })?;
         if std::mem::replace(&mut job_seen[p.job as usize], true) {
             return Err(format!("placement {i}: job {} is placed twice", p.job));
@@ -41,7 +49,10 @@ pub fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) ->
         }
         for &g in &p.gpus {
             let gpu = snapshot.gpus.get(g as usize).ok_or_else(|| {
-                format!("placement {i}: GPU {g} does not exist ({} GPUs)", snapshot.gpus.len())
+                format!(
+                    "placement {i}: GPU {g} does not exist ({} GPUs)",
+                    snapshot.gpus.len()
+                )
             })?;
             if !gpu.healthy {
                 return Err(format!("placement {i}: GPU {g} is unhealthy"));
@@ -60,9 +71,10 @@ pub fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) ->
             }
         }
         let t = job.tenant as usize;
-        let tenant = snapshot.tenants.get(t).ok_or_else(|| {
-            format!("placement {i}: job {} has unknown tenant {t}", p.job)
-        })?;
+        let tenant = snapshot
+            .tenants
+            .get(t)
+            .ok_or_else(|| format!("placement {i}: job {} has unknown tenant {t}", p.job))?;
         tenant_taken[t] += n as u64;
         if let Some(quota) = tenant.quota_gpus
             && tenant.used_gpus as u64 + tenant_taken[t] > quota as u64

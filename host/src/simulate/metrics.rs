@@ -95,12 +95,19 @@ pub fn summarize(jobs: &[JobOutcome], stats: &RunStats) -> Metrics {
         .iter()
         .map(|j| j.first_start_s.unwrap_or(j.submit_s) - j.submit_s)
         .collect();
-    let first_submit = jobs.iter().map(|j| j.submit_s).fold(f64::INFINITY, f64::min);
+    let first_submit = jobs
+        .iter()
+        .map(|j| j.submit_s)
+        .fold(f64::INFINITY, f64::min);
     let last_end = done
         .iter()
         .filter_map(|j| j.completion_s)
         .fold(f64::NEG_INFINITY, f64::max);
-    let makespan = if done.is_empty() { 0.0 } else { last_end - first_submit };
+    let makespan = if done.is_empty() {
+        0.0
+    } else {
+        last_end - first_submit
+    };
     let utilization = if makespan > 0.0 && stats.healthy_gpus > 0 {
         (stats.busy_gpu_s / (stats.healthy_gpus as f64 * makespan)).min(1.0)
     } else {
@@ -117,7 +124,11 @@ pub fn summarize(jobs: &[JobOutcome], stats: &RunStats) -> Metrics {
                 .filter(|j| j.tenant == *t)
                 .map(|j| {
                     let jct = j.completion_s.unwrap_or(0.0) - j.submit_s;
-                    if jct > 0.0 { (j.duration_s / jct).min(1.0) } else { 1.0 }
+                    if jct > 0.0 {
+                        (j.duration_s / jct).min(1.0)
+                    } else {
+                        1.0
+                    }
                 })
                 .collect();
             mean(&r)

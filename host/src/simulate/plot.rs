@@ -14,8 +14,17 @@ const GAP: f64 = 60.0;
 /// Renders the timeline; `title` goes on top, `healthy_gpus` scales utilisation.
 pub fn svg(title: &str, timeline: &[Sample], healthy_gpus: usize) -> String {
     let t_max = timeline.last().map(|s| s.t_s).unwrap_or(0.0).max(1.0);
-    let (unit, scale) = if t_max > 2.0 * 3600.0 { ("hours", 3600.0) } else { ("minutes", 60.0) };
-    let q_max = timeline.iter().map(|s| s.queued_jobs).max().unwrap_or(0).max(1) as f64;
+    let (unit, scale) = if t_max > 2.0 * 3600.0 {
+        ("hours", 3600.0)
+    } else {
+        ("minutes", 60.0)
+    };
+    let q_max = timeline
+        .iter()
+        .map(|s| s.queued_jobs)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     let height = TOP + 2.0 * PANEL + GAP + 50.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -31,11 +40,39 @@ pub fn svg(title: &str, timeline: &[Sample], healthy_gpus: usize) -> String {
     );
     let util: Vec<(f64, f64)> = timeline
         .iter()
-        .map(|s| (s.t_s, 100.0 * s.busy_gpus as f64 / healthy_gpus.max(1) as f64))
+        .map(|s| {
+            (
+                s.t_s,
+                100.0 * s.busy_gpus as f64 / healthy_gpus.max(1) as f64,
+            )
+        })
         .collect();
-    let queue: Vec<(f64, f64)> = timeline.iter().map(|s| (s.t_s, s.queued_jobs as f64)).collect();
-    panel(&mut out, TOP, "GPU utilisation (%)", &util, t_max, 100.0, "#1f77b4", scale, unit);
-    panel(&mut out, TOP + PANEL + GAP, "queued jobs", &queue, t_max, q_max, "#d62728", scale, unit);
+    let queue: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|s| (s.t_s, s.queued_jobs as f64))
+        .collect();
+    panel(
+        &mut out,
+        TOP,
+        "GPU utilisation (%)",
+        &util,
+        t_max,
+        100.0,
+        "#1f77b4",
+        scale,
+        unit,
+    );
+    panel(
+        &mut out,
+        TOP + PANEL + GAP,
+        "queued jobs",
+        &queue,
+        t_max,
+        q_max,
+        "#d62728",
+        scale,
+        unit,
+    );
     out.push_str("</svg>\n");
     out
 }
@@ -114,11 +151,17 @@ fn panel(
 }
 
 fn trim(v: f64) -> String {
-    if v.fract().abs() < 1e-9 { format!("{v:.0}") } else { format!("{v:.1}") }
+    if v.fract().abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

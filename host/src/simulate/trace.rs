@@ -116,7 +116,13 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
         }
     }
     if let Some(h) = headers.iter().find(|h| !COLUMNS.contains(h)) {
-        return Err(invalid(1, format!("header: unknown column `{h}` (expected {})", COLUMNS.join(","))));
+        return Err(invalid(
+            1,
+            format!(
+                "header: unknown column `{h}` (expected {})",
+                COLUMNS.join(",")
+            ),
+        ));
     }
     let mut jobs = Vec::new();
     for record in reader.records() {
@@ -126,7 +132,11 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
         })?;
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         let field = |i: usize| -> &str {
-            if col[i] == usize::MAX { "" } else { record.get(col[i]).unwrap_or("") }
+            if col[i] == usize::MAX {
+                ""
+            } else {
+                record.get(col[i]).unwrap_or("")
+            }
         };
         fn num<T: std::str::FromStr>(text: &str, name: &str) -> Result<T, String> {
             text.parse()
@@ -147,8 +157,9 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
                 "false" | "0" => false,
                 other => return Err(format!("column `gang`: `{other}` is not true/false/1/0")),
             };
-            let topology: TopologyPref =
-                field(7).parse().map_err(|e| format!("column `topology`: {e}"))?;
+            let topology: TopologyPref = field(7)
+                .parse()
+                .map_err(|e| format!("column `topology`: {e}"))?;
             Ok(TraceJob {
                 submit_s,
                 duration_s,
@@ -287,8 +298,17 @@ const SIZES: [(u32, f64); 7] = [
 pub fn synthetic(cluster: &Cluster, params: Synthetic) -> Vec<TraceJob> {
     let mut rng = Rng::new(params.seed);
     let healthy = cluster.gpus.iter().filter(|g| g.healthy).count().max(1) as u32;
-    let max_mem = cluster.gpus.iter().map(|g| g.memory_free_mib).max().unwrap_or(0);
-    let sizes: Vec<(u32, f64)> = SIZES.iter().copied().filter(|&(s, _)| s <= healthy).collect();
+    let max_mem = cluster
+        .gpus
+        .iter()
+        .map(|g| g.memory_free_mib)
+        .max()
+        .unwrap_or(0);
+    let sizes: Vec<(u32, f64)> = SIZES
+        .iter()
+        .copied()
+        .filter(|&(s, _)| s <= healthy)
+        .collect();
     let weights: Vec<f64> = sizes.iter().map(|s| s.1).collect();
     let tenant_weights: Vec<f64> = (0..cluster.tenants.len().max(1))
         .map(|i| 1.0 / (i as f64 + 1.0))
@@ -296,13 +316,18 @@ pub fn synthetic(cluster: &Cluster, params: Synthetic) -> Vec<TraceJob> {
     let (median_s, sigma) = (1800.0f64, 1.4f64);
     // E[lognormal] = median * exp(sigma^2 / 2), before clipping.
     let mean_duration = median_s * (sigma * sigma / 2.0).exp();
-    let mean_gpus: f64 = sizes.iter().map(|(s, w)| *s as f64 * w).sum::<f64>() / weights.iter().sum::<f64>();
+    let mean_gpus: f64 =
+        sizes.iter().map(|(s, w)| *s as f64 * w).sum::<f64>() / weights.iter().sum::<f64>();
     let mean_gap = mean_gpus * mean_duration / (params.load.max(0.01) * healthy as f64);
     let memories: Vec<u32> = [10_000, 20_000, 40_000, 70_000]
         .into_iter()
         .filter(|&m| m <= max_mem)
         .collect();
-    let memories = if memories.is_empty() { vec![max_mem.max(1)] } else { memories };
+    let memories = if memories.is_empty() {
+        vec![max_mem.max(1)]
+    } else {
+        memories
+    };
     let mut t = 0.0;
     (0..params.jobs)
         .map(|_| {
@@ -352,11 +377,20 @@ mod tests {
     #[test]
     fn csv_roundtrip_and_defaults() {
         let c = cluster();
-        let jobs = synthetic(&c, Synthetic { jobs: 50, ..Default::default() });
+        let jobs = synthetic(
+            &c,
+            Synthetic {
+                jobs: 50,
+                ..Default::default()
+            },
+        );
         let parsed = parse(&to_csv(&jobs), Path::new("t.csv"), &c).unwrap();
         assert_eq!(parsed.len(), 50);
         for (a, b) in jobs.iter().zip(&parsed) {
-            assert_eq!((a.gpus, &a.tenant, a.gang, a.topology), (b.gpus, &b.tenant, b.gang, b.topology));
+            assert_eq!(
+                (a.gpus, &a.tenant, a.gang, a.topology),
+                (b.gpus, &b.tenant, b.gang, b.topology)
+            );
         }
         let text = "submit_time_s,duration_s,gpus,memory_mib,tenant\n0,10,2,100,tenant-1\n";
         let j = parse(text, Path::new("t.csv"), &c).unwrap();
@@ -369,14 +403,31 @@ mod tests {
         let c = cluster();
         let head = "submit_time_s,duration_s,gpus,memory_mib,tenant,gang\n";
         let cases = [
-            (format!("{head}0,10,2,100,tenant-0,true\n1,ten,2,100,tenant-0,true\n"), "t.csv:3: column `duration_s`"),
-            (format!("{head}0,10,2,100,nobody,true\n"), "t.csv:2: column `tenant`"),
-            (format!("{head}0,10,2,100,tenant-0,maybe\n"), "t.csv:2: column `gang`"),
-            (format!("{head}0,10,0,100,tenant-0,true\n"), "t.csv:2: column `gpus`"),
-            ("submit_time_s,gpus\n".to_string(), "t.csv:1: header: missing column `duration_s`"),
+            (
+                format!("{head}0,10,2,100,tenant-0,true\n1,ten,2,100,tenant-0,true\n"),
+                "t.csv:3: column `duration_s`",
+            ),
+            (
+                format!("{head}0,10,2,100,nobody,true\n"),
+                "t.csv:2: column `tenant`",
+            ),
+            (
+                format!("{head}0,10,2,100,tenant-0,maybe\n"),
+                "t.csv:2: column `gang`",
+            ),
+            (
+                format!("{head}0,10,0,100,tenant-0,true\n"),
+                "t.csv:2: column `gpus`",
+            ),
+            (
+                "submit_time_s,gpus\n".to_string(),
+                "t.csv:1: header: missing column `duration_s`",
+            ),
         ];
         for (text, want) in cases {
-            let err = parse(&text, Path::new("t.csv"), &c).unwrap_err().to_string();
+            let err = parse(&text, Path::new("t.csv"), &c)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with(want), "{err}");
         }
     }
@@ -384,15 +435,42 @@ mod tests {
     #[test]
     fn synthetic_traces_are_seeded_and_shaped() {
         let c = cluster();
-        let a = synthetic(&c, Synthetic { jobs: 500, seed: 7, load: 0.9 });
-        let b = synthetic(&c, Synthetic { jobs: 500, seed: 7, load: 0.9 });
-        let other = synthetic(&c, Synthetic { jobs: 500, seed: 8, load: 0.9 });
+        let a = synthetic(
+            &c,
+            Synthetic {
+                jobs: 500,
+                seed: 7,
+                load: 0.9,
+            },
+        );
+        let b = synthetic(
+            &c,
+            Synthetic {
+                jobs: 500,
+                seed: 7,
+                load: 0.9,
+            },
+        );
+        let other = synthetic(
+            &c,
+            Synthetic {
+                jobs: 500,
+                seed: 8,
+                load: 0.9,
+            },
+        );
         assert_eq!(a, b);
         assert_ne!(a, other);
         assert!(a.windows(2).all(|w| w[0].submit_s <= w[1].submit_s));
-        assert!(a.iter().all(|j| j.gpus <= 64 && j.duration_s >= 60.0 && j.duration_s <= 86_400.0));
+        assert!(
+            a.iter()
+                .all(|j| j.gpus <= 64 && j.duration_s >= 60.0 && j.duration_s <= 86_400.0)
+        );
         let singles = a.iter().filter(|j| j.gpus == 1).count();
-        assert!((150..250).contains(&singles), "{singles} single-GPU jobs of 500");
+        assert!(
+            (150..250).contains(&singles),
+            "{singles} single-GPU jobs of 500"
+        );
         // Heavy tail: the longest job is far above the median.
         let mut d: Vec<f64> = a.iter().map(|j| j.duration_s).collect();
         d.sort_by(f64::total_cmp);

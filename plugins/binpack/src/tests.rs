@@ -8,8 +8,16 @@ fn small_job_goes_to_the_fullest_node_that_fits() {
     occupy(&mut snapshot, 8..12); // node 1: 4 free; node 2: 8 free
     let placements = pack(&snapshot, &[job(0, 2), job(0, 3)]);
     assert_eq!(placements.len(), 2);
-    assert_eq!(placements[0].gpus, vec![6, 7], "2-GPU job fills node 0's hole");
-    assert_eq!(placements[1].gpus, vec![12, 13, 14], "3-GPU job goes to node 1");
+    assert_eq!(
+        placements[0].gpus,
+        vec![6, 7],
+        "2-GPU job fills node 0's hole"
+    );
+    assert_eq!(
+        placements[1].gpus,
+        vec![12, 13, 14],
+        "3-GPU job goes to node 1"
+    );
 }
 
 #[test]

@@ -1,1 +1,35 @@
+//! The `fairshare` scheduler plugin: dominant-resource fair share across tenants with EASY
+//! backfill (see [`drf`]).
 
+use gantry_plugin_sdk::config::Config;
+use gantry_plugin_sdk::fit;
+use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+
+/// The scheduler world's types, under the names the strategy's modules expect.
+mod sched {
+    pub use gantry_plugin_sdk::sched::*;
+}
+
+pub mod backfill;
+pub mod drf;
+pub mod usable;
+
+/// The plugin's entry points.
+pub struct Fairshare;
+
+impl Guest for Fairshare {
+    fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
+        Config::new(config).reject_unknown(&[])
+    }
+
+    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+        Ok(drf::schedule(&snapshot, &queue))
+    }
+}
+
+// Exported only into the component: native builds (unit tests) would choke on the WIT names.
+#[cfg(target_family = "wasm")]
+gantry_plugin_sdk::export_scheduler!(Fairshare);
+
+#[cfg(test)]
+mod tests;

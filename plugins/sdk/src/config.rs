@@ -34,7 +34,11 @@ impl Config {
 
     /// Fails on any key not in `known`, so a typo in a manifest is reported, not ignored.
     pub fn reject_unknown(&self, known: &[&str]) -> Result<(), PluginError> {
-        match self.entries.iter().find(|e| !known.contains(&e.key.as_str())) {
+        match self
+            .entries
+            .iter()
+            .find(|e| !known.contains(&e.key.as_str()))
+        {
             Some(e) => Err(PluginError::InvalidConfig(format!(
                 "unknown config key `{}` (known: {})",
                 e.key,

@@ -1,0 +1,678 @@
+use crate::placement::{Scope, State, place};
+use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
+use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, Snapshot, Topology};
+use gantry_plugin_sdk::testing::{cluster, job, occupy};
+
+const NEVER: f64 = f64::INFINITY;
+
+/// The host's checks on an answer (`host/src/scheduling/validate.rs`), restated so every test
+/// can assert that the plugin's answer would be accepted.
+fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Result<(), String> {
+    let mut job_seen = vec![false; queue.len()];
+    let mut gpu_taken = vec![false; snapshot.gpus.len()];
+    let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
+    for (i, p) in placements.iter().enumerate() {
+        let job = queue
+            .get(p.job as usize)
+            .ok_or(format!("placement {i}: job {} not in queue", p.job))?;
+        if std::mem::replace(&mut job_seen[p.job as usize], true) {
+            return Err(format!("placement {i}: job {} placed twice", p.job));
+        }
+        let n = p.gpus.len() as u32;
+        if n == 0 {
+            return Err(format!("placement {i}: no GPUs"));
+        }
+        if job.gang && n != job.gpus {
+            return Err(format!("placement {i}: gang of {} got {n}", job.gpus));
+        }
+        if n > job.gpus {
+            return Err(format!("placement {i}: asked {} got {n}", job.gpus));
+        }
+        for &g in &p.gpus {
+            let gpu = snapshot
+                .gpus
+                .get(g as usize)
+                .ok_or(format!("placement {i}: GPU {g} does not exist"))?;
+            if !gpu.healthy {
+                return Err(format!("placement {i}: GPU {g} unhealthy"));
+            }
+            if gpu.busy {
+                return Err(format!("placement {i}: GPU {g} busy"));
+            }
+            if std::mem::replace(&mut gpu_taken[g as usize], true) {
+                return Err(format!("placement {i}: GPU {g} given twice"));
+            }
+            if gpu.memory_free_mib < job.memory_per_gpu_mib {
+                return Err(format!("placement {i}: GPU {g} lacks memory"));
+            }
+        }
+        let t = job.tenant as usize;
+        let tenant = snapshot
+            .tenants
+            .get(t)
+            .ok_or(format!("placement {i}: unknown tenant {t}"))?;
+        tenant_taken[t] += n as u64;
+        if let Some(quota) = tenant.quota_gpus
+            && tenant.used_gpus as u64 + tenant_taken[t] > quota as u64
+        {
+            return Err(format!("placement {i}: tenant {t} over quota {quota}"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the strategy and asserts the host would accept the answer.
+fn run(snapshot: &Snapshot, queue: &[Job], relax_after_s: f64) -> Vec<Placement> {
+    let placements = place(snapshot, queue, relax_after_s);
+    if let Err(e) = validate(snapshot, queue, &placements) {
+        panic!("invalid answer: {e}\n{placements:?}");
+    }
+    placements
+}
+
+/// A gang job of `gpus` GPUs asking for `topology`.
+fn gang(gpus: u32, topology: Topology) -> Job {
+    Job {
+        topology,
+        ..job(0, gpus)
+    }
+}
+
+/// A non-gang job of `gpus` GPUs asking for `topology`.
+fn partial(gpus: u32, topology: Topology) -> Job {
+    Job {
+        gang: false,
+        topology,
+        ..job(0, gpus)
+    }
+}
+
+/// Gives GPU `g` the NVLink domain `domain_of(g)`, registering domain names as needed.
+fn set_domains(snapshot: &mut Snapshot, domain_of: impl Fn(u32) -> u32) {
+    for (g, gpu) in snapshot.gpus.iter_mut().enumerate() {
+        gpu.nvlink_domain = domain_of(g as u32);
+    }
+    let domains = snapshot
+        .gpus
+        .iter()
+        .map(|g| g.nvlink_domain + 1)
+        .max()
+        .unwrap_or(0);
+    snapshot.nvlink_domains = (0..domains).map(|d| format!("nvl-{d}")).collect();
+}
+
+fn sorted(gpus: &[u32]) -> Vec<u32> {
+    let mut gpus = gpus.to_vec();
+    gpus.sort_unstable();
+    gpus
+}
+
+fn distinct(gpus: &[u32], key: impl Fn(u32) -> u32) -> Vec<u32> {
+    let mut keys: Vec<u32> = gpus.iter().map(|&g| key(g)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+fn nodes_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
+    distinct(gpus, |g| snapshot.gpus[g as usize].node)
+}
+
+fn racks_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
+    distinct(gpus, |g| snapshot.gpus[g as usize].rack)
+}
+
+fn domains_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
+    distinct(gpus, |g| snapshot.gpus[g as usize].nvlink_domain)
+}
+
+/// One rack of two 8-GPU nodes, each split into two NVLink domains of 4 (0-3, 4-7, 8-11, 12-15).
+fn split_domains() -> Snapshot {
+    let mut snapshot = cluster(1, 2, 8);
+    set_domains(&mut snapshot, |g| g / 4);
+    snapshot
+}
+
+#[test]
+fn jobs_go_to_the_tightest_nvlink_domain() {
+    let mut snapshot = split_domains();
+    occupy(&mut snapshot, [0, 1, 2]); // domain 0: 1 free; domain 1: 4 free
+    occupy(&mut snapshot, [8, 9]); // domain 2: 2 free; domain 3: 4 free
+    let queue = [job(0, 2), job(0, 1), job(0, 4), job(0, 3)];
+    let placements = run(&snapshot, &queue, NEVER);
+    let gpus: Vec<Vec<u32>> = placements.iter().map(|p| sorted(&p.gpus)).collect();
+    assert_eq!(gpus[0], vec![10, 11], "2 GPUs fill domain 2's hole");
+    assert_eq!(gpus[1], vec![3], "1 GPU fills domain 0's hole");
+    assert_eq!(
+        gpus[2],
+        vec![4, 5, 6, 7],
+        "tie between domains 1 and 3: lowest first"
+    );
+    assert_eq!(gpus[3], vec![12, 13, 14], "the last whole domain");
+}
+
+#[test]
+fn job_larger_than_a_domain_goes_to_the_tightest_node_and_fewest_domains() {
+    let mut snapshot = split_domains();
+    occupy(&mut snapshot, [0, 1, 2]); // node 0: 5 free (1 + 4)
+    occupy(&mut snapshot, [8, 9]); // node 1: 6 free (2 + 4)
+    let placements = run(&snapshot, &[gang(6, Topology::SameNode)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), vec![10, 11, 12, 13, 14, 15]);
+
+    let placements = run(&snapshot, &[gang(5, Topology::None)], NEVER);
+    assert_eq!(
+        sorted(&placements[0].gpus),
+        vec![3, 4, 5, 6, 7],
+        "node 0 is the best fit for 5"
+    );
+}
+
+#[test]
+fn job_larger_than_a_node_stays_in_one_rack_when_it_can() {
+    let mut snapshot = cluster(2, 2, 8);
+    occupy(&mut snapshot, 0..6); // rack 0: 10 free; rack 1: 16 free
+    let placements = run(&snapshot, &[gang(16, Topology::None)], NEVER);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![1]);
+
+    let placements = run(&snapshot, &[gang(10, Topology::None)], NEVER);
+    assert_eq!(
+        racks_of(&snapshot, &placements[0].gpus),
+        vec![0],
+        "rack 0 is the tightest rack that holds 10"
+    );
+}
+
+#[test]
+fn job_larger_than_a_rack_uses_the_fewest_racks() {
+    let mut snapshot = cluster(3, 2, 8);
+    occupy(&mut snapshot, 0..6); // rack 0: 10 free
+    occupy(&mut snapshot, 16..20); // rack 1: 12 free; rack 2: 16 free
+    let placements = run(&snapshot, &[gang(20, Topology::None)], NEVER);
+    let gpus = sorted(&placements[0].gpus);
+    assert_eq!(
+        racks_of(&snapshot, &gpus),
+        vec![0, 2],
+        "rack 2 whole, 4 in rack 0"
+    );
+    assert_eq!(gpus.iter().filter(|&&g| g >= 32).count(), 16);
+    // Inside rack 0 the remainder of 4 best-fits node 1 (8 free) rather than splitting over
+    // node 0's 2 GPUs and node 1.
+    assert_eq!(nodes_of(&snapshot, &gpus[..4]), vec![1]);
+}
+
+#[test]
+fn same_rack_job_never_crosses_racks() {
+    let mut snapshot = cluster(2, 2, 8);
+    occupy(&mut snapshot, 0..4); // rack 0: 12 free
+    occupy(&mut snapshot, 16..20); // rack 1: 12 free
+    let mut waiting = gang(16, Topology::SameRack);
+    waiting.submit_s = 0.0;
+    snapshot.now_s = 1e9;
+    assert!(run(&snapshot, &[waiting], NEVER).is_empty());
+    snapshot.now_s = 100.0;
+    assert!(run(&snapshot, &[waiting], 600.0).is_empty());
+
+    let placements = run(&snapshot, &[gang(12, Topology::SameRack)], NEVER);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0]);
+
+    // Only once it has waited relax_after_s may it cross racks.
+    snapshot.now_s = 600.0;
+    let placements = run(&snapshot, &[waiting], 600.0);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+}
+
+#[test]
+fn same_node_job_waits_until_relax_after_s_then_crosses_nodes_within_a_rack() {
+    let mut snapshot = cluster(2, 2, 8);
+    occupy(&mut snapshot, 0..4); // node 0: 4 free
+    occupy(&mut snapshot, 12..16); // node 1: 4 free
+    occupy(&mut snapshot, 16..32); // rack 1 full
+    let mut waiting = gang(8, Topology::SameNode);
+    waiting.submit_s = 1000.0;
+
+    snapshot.now_s = 1599.0;
+    assert!(
+        run(&snapshot, &[waiting], 600.0).is_empty(),
+        "8 GPUs are free in rack 0, but on two nodes"
+    );
+    let small = gang(4, Topology::SameNode);
+    let placements = run(&snapshot, &[waiting, small], 600.0);
+    assert_eq!(placements.len(), 1, "the smaller job behind it still runs");
+    assert_eq!(placements[0].job, 1);
+
+    snapshot.now_s = 1600.0;
+    let placements = run(&snapshot, &[waiting], 600.0);
+    assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+
+    snapshot.now_s = 1e12;
+    assert!(
+        run(&snapshot, &[waiting], NEVER).is_empty(),
+        "never relaxes"
+    );
+}
+
+#[test]
+fn relaxing_goes_one_scope_at_a_time() {
+    let mut snapshot = cluster(2, 1, 8);
+    occupy(&mut snapshot, 0..4); // node 0 (rack 0): 4 free
+    occupy(&mut snapshot, 8..12); // node 1 (rack 1): 4 free
+    snapshot.now_s = 1e6;
+    // A relaxed same-node job may use a rack, but no rack has 8: it still waits.
+    assert!(run(&snapshot, &[gang(8, Topology::SameNode)], 0.0).is_empty());
+    // A relaxed same-rack job may go anywhere.
+    let placements = run(&snapshot, &[gang(8, Topology::SameRack)], 0.0);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+}
+
+#[test]
+fn same_nvlink_domain_job_uses_a_domain_spanning_two_nodes() {
+    // Nodes 0 and 1 share NVLink domain 0 (GPUs 0-7); node 2 is domain 2 (GPUs 8-11).
+    let mut snapshot = cluster(1, 3, 4);
+    set_domains(&mut snapshot, |g| if g < 8 { 0 } else { 2 });
+
+    let placements = run(&snapshot, &[gang(8, Topology::SameNvlinkDomain)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), (0..8).collect::<Vec<u32>>());
+    assert!(
+        run(&snapshot, &[gang(8, Topology::SameNode)], NEVER).is_empty(),
+        "no node has 8 GPUs"
+    );
+    assert!(
+        run(
+            &snapshot,
+            &[
+                gang(5, Topology::SameNvlinkDomain),
+                gang(5, Topology::SameNvlinkDomain)
+            ],
+            NEVER
+        )
+        .len()
+            == 1,
+        "the second 5 would need domain 0's last 3 plus node 2"
+    );
+
+    // 4 GPUs: domain 2 (4 free) is tighter than domain 0 (8 free).
+    let placements = run(&snapshot, &[gang(4, Topology::SameNvlinkDomain)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), vec![8, 9, 10, 11]);
+}
+
+#[test]
+fn same_node_job_takes_a_spanning_domain_only_on_one_node() {
+    let mut snapshot = cluster(1, 3, 4);
+    set_domains(&mut snapshot, |g| if g < 8 { 0 } else { 2 });
+    occupy(&mut snapshot, [0, 1, 4, 5]); // domain 0: 2 free on node 0, 2 on node 1
+    // Domains 0 and 2 both have 4 free; domain 0 is tried first but its 3 GPUs would span two
+    // nodes, so a same-node job goes to node 2 while a same-domain job stays in domain 0.
+    let placements = run(&snapshot, &[gang(3, Topology::SameNode)], NEVER);
+    assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![2]);
+    let placements = run(&snapshot, &[gang(3, Topology::SameNvlinkDomain)], NEVER);
+    assert_eq!(domains_of(&snapshot, &placements[0].gpus), vec![0]);
+    assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+    // 2 GPUs on one node of the shared domain fit a same-node job.
+    let placements = run(&snapshot, &[gang(2, Topology::SameNode)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), vec![2, 3]);
+}
+
+#[test]
+fn same_nvlink_domain_job_relaxes_to_one_node() {
+    let mut snapshot = split_domains();
+    occupy(&mut snapshot, [0, 1, 8, 9, 10, 11, 12]); // node 0: domains 2 + 4 free
+    let mut waiting = gang(6, Topology::SameNvlinkDomain);
+    waiting.submit_s = 0.0;
+    snapshot.now_s = 10.0;
+    assert!(run(&snapshot, &[waiting], 60.0).is_empty());
+    snapshot.now_s = 60.0;
+    let placements = run(&snapshot, &[waiting], 60.0);
+    assert_eq!(sorted(&placements[0].gpus), vec![2, 3, 4, 5, 6, 7]);
+}
+
+#[test]
+fn non_gang_job_takes_what_its_scope_allows() {
+    let mut snapshot = cluster(2, 2, 8);
+    occupy(&mut snapshot, 0..3); // node 0: 5 free
+    occupy(&mut snapshot, 8..13); // node 1: 3 free
+    occupy(&mut snapshot, 16..32); // rack 1 full
+
+    // Whole when it fits.
+    let placements = run(&snapshot, &[partial(5, Topology::SameNode)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), vec![3, 4, 5, 6, 7]);
+    // Else the largest node's GPUs.
+    let placements = run(&snapshot, &[partial(8, Topology::SameNode)], NEVER);
+    assert_eq!(sorted(&placements[0].gpus), vec![3, 4, 5, 6, 7]);
+    // The largest domain (each node is one domain here).
+    let placements = run(&snapshot, &[partial(8, Topology::SameNvlinkDomain)], NEVER);
+    assert_eq!(placements[0].gpus.len(), 5);
+    // A rack: both nodes of rack 0.
+    let placements = run(&snapshot, &[partial(20, Topology::SameRack)], NEVER);
+    assert_eq!(placements[0].gpus.len(), 8);
+    // Anywhere, and capped by the quota.
+    snapshot.tenants[0].quota_gpus = Some(6);
+    let placements = run(&snapshot, &[partial(20, Topology::None)], NEVER);
+    assert_eq!(placements[0].gpus.len(), 6);
+    assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+    // A gang job is never split.
+    snapshot.tenants[0].quota_gpus = None;
+    assert!(run(&snapshot, &[gang(9, Topology::None)], NEVER).is_empty());
+}
+
+#[test]
+fn quota_is_respected() {
+    let mut snapshot = cluster(1, 2, 8);
+    snapshot.tenants[0].quota_gpus = Some(4);
+    snapshot.tenants[0].used_gpus = 1;
+    let queue = [
+        job(0, 4),
+        job(0, 3),
+        job(0, 1),
+        partial(2, Topology::None),
+        job(1, 8),
+    ];
+    let placements = run(&snapshot, &queue, NEVER);
+    let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
+    assert_eq!(jobs, vec![1, 4], "only 3 GPUs of quota left, then none");
+
+    // A non-gang job gets what the quota leaves.
+    let placements = run(&snapshot, &[partial(8, Topology::None)], NEVER);
+    assert_eq!(placements[0].gpus.len(), 3);
+}
+
+#[test]
+fn memory_is_respected() {
+    let mut snapshot = cluster(1, 2, 8);
+    for gpu in &mut snapshot.gpus[..5] {
+        gpu.memory_free_mib = 20000; // node 0: 8 free, only 5, 6 and 7 hold 40 GiB
+    }
+    occupy(&mut snapshot, 8..12); // node 1: 4 free
+    let mut small = job(1, 4);
+    small.memory_per_gpu_mib = 10000;
+    let queue = [job(0, 3), small, job(0, 6)];
+    let placements = run(&snapshot, &queue, NEVER);
+    assert_eq!(placements.len(), 2, "{placements:?}");
+    assert_eq!(
+        sorted(&placements[0].gpus),
+        vec![5, 6, 7],
+        "node 0 has more free GPUs but exactly 3 usable: the tightest fit"
+    );
+    assert_eq!(
+        sorted(&placements[1].gpus),
+        vec![12, 13, 14, 15],
+        "a 10 GiB job can use any GPU: node 1 (4 free) beats node 0 (5 free)"
+    );
+}
+
+#[test]
+fn unhealthy_and_busy_gpus_are_never_used() {
+    let mut snapshot = cluster(2, 2, 4);
+    for g in [1, 5, 9, 13] {
+        snapshot.gpus[g].healthy = false;
+    }
+    occupy(&mut snapshot, [2, 6, 10, 14]);
+    let placements = run(&snapshot, &[partial(16, Topology::None), job(1, 1)], NEVER);
+    assert_eq!(
+        placements.len(),
+        1,
+        "the non-gang job takes every usable GPU"
+    );
+    assert_eq!(sorted(&placements[0].gpus), vec![0, 3, 4, 7, 8, 11, 12, 15]);
+}
+
+#[test]
+fn higher_priority_goes_first() {
+    let snapshot = cluster(1, 1, 8);
+    let mut urgent = job(1, 8);
+    urgent.priority = 10;
+    urgent.submit_s = 50.0;
+    assert_eq!(run(&snapshot, &[job(0, 8), urgent], NEVER)[0].job, 1);
+    let mut early = job(0, 8);
+    early.submit_s = 1.0;
+    let mut late = job(0, 8);
+    late.submit_s = 2.0;
+    assert_eq!(run(&snapshot, &[late, early], NEVER)[0].job, 1);
+}
+
+#[test]
+fn a_failed_large_job_does_not_block_smaller_ones() {
+    let snapshot = cluster(1, 2, 8);
+    let queue = [
+        gang(17, Topology::None),
+        gang(9, Topology::SameNode),
+        gang(12, Topology::SameNode),
+        gang(8, Topology::SameNode),
+        gang(8, Topology::SameNode),
+        gang(1, Topology::SameNode),
+    ];
+    let placements = run(&snapshot, &queue, NEVER);
+    let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
+    assert_eq!(jobs, vec![3, 4]);
+}
+
+#[test]
+fn empty_inputs_give_no_placements() {
+    assert!(run(&cluster(1, 1, 8), &[], NEVER).is_empty());
+    assert!(run(&cluster(0, 0, 0), &[job(0, 1)], NEVER).is_empty());
+    let mut full = cluster(1, 1, 8);
+    occupy(&mut full, 0..8);
+    assert!(run(&full, &[partial(1, Topology::None)], NEVER).is_empty());
+}
+
+#[test]
+fn scopes_relax_one_step() {
+    assert_eq!(
+        Scope::asked(Topology::SameNvlinkDomain).relaxed(),
+        Scope::Node
+    );
+    assert_eq!(Scope::asked(Topology::SameNode).relaxed(), Scope::Rack);
+    assert_eq!(Scope::asked(Topology::SameRack).relaxed(), Scope::Any);
+    assert_eq!(Scope::asked(Topology::None).relaxed(), Scope::Any);
+}
+
+fn entry(key: &str, value: &str) -> ConfigEntry {
+    ConfigEntry {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+// The only test that touches the configured value, which is process-wide.
+#[test]
+fn configure_stores_relax_after_s_for_schedule() {
+    assert!(TopologyAware::configure(vec![entry("relax_after", "5")]).is_err());
+    assert!(TopologyAware::configure(vec![entry("relax_after_s", "soon")]).is_err());
+    assert!(TopologyAware::configure(vec![entry("relax_after_s", "-1")]).is_err());
+    assert!(TopologyAware::configure(vec![entry("relax_after_s", "NaN")]).is_err());
+
+    TopologyAware::configure(vec![entry("relax_after_s", "\"never\"")]).unwrap();
+    assert_eq!(relax_after_s(), f64::INFINITY);
+    TopologyAware::configure(vec![entry("relax_after_s", "30.5")]).unwrap();
+    assert_eq!(relax_after_s(), 30.5);
+    TopologyAware::configure(Vec::new()).unwrap();
+    assert_eq!(relax_after_s(), DEFAULT_RELAX_AFTER_S);
+
+    // schedule uses what configure stored.
+    let mut snapshot = cluster(1, 2, 8);
+    occupy(&mut snapshot, 0..4);
+    occupy(&mut snapshot, 12..16);
+    snapshot.now_s = 100.0;
+    let queue = vec![gang(8, Topology::SameNode)];
+    TopologyAware::configure(vec![entry("relax_after_s", "100")]).unwrap();
+    let placements = TopologyAware::schedule(snapshot.clone(), queue.clone()).unwrap();
+    assert_eq!(placements.len(), 1);
+    TopologyAware::configure(vec![entry("relax_after_s", "never")]).unwrap();
+    assert!(TopologyAware::schedule(snapshot, queue).unwrap().is_empty());
+    TopologyAware::configure(Vec::new()).unwrap();
+}
+
+/// A small deterministic generator (xorshift), so the test needs no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u32 {
+        (self.next() % n) as u32
+    }
+}
+
+/// 8 racks x 8 nodes x 8 GPUs with random occupancy, failures and low-memory GPUs. Racks 0-1
+/// split each node into two 4-GPU domains, racks 2-3 pair nodes into 16-GPU domains, the rest
+/// have one domain per node. Three tenants, two of them with quotas.
+fn random_cluster(rng: &mut Rng) -> Snapshot {
+    let mut snapshot = cluster(8, 8, 8);
+    set_domains(&mut snapshot, |g| match g / 128 {
+        0 => g / 4,
+        1 => 64 + (g - 128) / 16,
+        _ => 128 + g / 8,
+    });
+    snapshot.tenants.push(snapshot.tenants[0].clone());
+    snapshot.tenants[1].quota_gpus = Some(64);
+    snapshot.tenants[1].used_gpus = 20;
+    snapshot.tenants[2].quota_gpus = Some(5);
+    snapshot.tenants[2].used_gpus = 5;
+    snapshot.now_s = 10_000.0;
+    for gpu in &mut snapshot.gpus {
+        match rng.below(20) {
+            0..=7 => gpu.busy = true,
+            8 => gpu.healthy = false,
+            9..=10 => gpu.memory_free_mib = 30000,
+            _ => {}
+        }
+    }
+    snapshot
+}
+
+fn random_queue(rng: &mut Rng, jobs: usize) -> Vec<Job> {
+    let topologies = [
+        Topology::None,
+        Topology::SameNode,
+        Topology::SameNvlinkDomain,
+        Topology::SameRack,
+    ];
+    (0..jobs)
+        .map(|_| Job {
+            tenant: rng.below(3),
+            priority: rng.below(3) as i32 - 1,
+            gpus: [1, 1, 2, 3, 4, 8, 8, 12, 16, 32, 64][rng.below(11) as usize],
+            memory_per_gpu_mib: [10000, 40960, 70000][rng.below(3) as usize],
+            gang: rng.below(4) != 0,
+            topology: topologies[rng.below(4) as usize],
+            est_runtime_s: 60.0,
+            submit_s: 10_000.0 - rng.below(1200) as f64,
+        })
+        .collect()
+}
+
+/// Whether all `gpus` share one group of `scope`.
+fn within(snapshot: &Snapshot, scope: Scope, gpus: &[u32]) -> bool {
+    match scope {
+        Scope::Domain => domains_of(snapshot, gpus).len() == 1,
+        Scope::Node => nodes_of(snapshot, gpus).len() == 1,
+        Scope::Rack => racks_of(snapshot, gpus).len() == 1,
+        Scope::Any => true,
+    }
+}
+
+#[test]
+fn mixed_workload_on_64_nodes_passes_the_host_checks_and_keeps_scopes() {
+    for seed in 1..=20u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let snapshot = random_cluster(&mut rng);
+        let queue = random_queue(&mut rng, 300);
+        let relax = 600.0;
+        let placements = run(&snapshot, &queue, relax);
+        assert!(placements.len() > 10, "seed {seed}: {}", placements.len());
+        assert_eq!(placements, place(&snapshot, &queue, relax), "deterministic");
+        for p in &placements {
+            let job = &queue[p.job as usize];
+            let asked = Scope::asked(job.topology);
+            let allowed = if snapshot.now_s - job.submit_s >= relax {
+                asked.relaxed()
+            } else {
+                asked
+            };
+            assert!(
+                within(&snapshot, asked, &p.gpus) || within(&snapshot, allowed, &p.gpus),
+                "seed {seed}: job {} asked {asked:?} (allowed {allowed:?}) got {:?}",
+                p.job,
+                p.gpus
+            );
+        }
+    }
+}
+
+#[test]
+fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
+    let mut rng = Rng(11);
+    let snapshot = random_cluster(&mut rng);
+    let mut state = State::new(&snapshot);
+    let mut taken = vec![false; snapshot.gpus.len()];
+    let domains = snapshot.nvlink_domains.len() as u32;
+    loop {
+        for memory in [10000, 40960, 90000] {
+            for count in [1, 3, 4, 8, 12] {
+                // Fewest usable, then fewest free, then lowest index.
+                let expected = (0..domains)
+                    .filter_map(|d| {
+                        let free = |g: &(usize, &gantry_plugin_sdk::sched::Gpu)| {
+                            g.1.nvlink_domain == d && g.1.healthy && !g.1.busy && !taken[g.0]
+                        };
+                        let gpus = snapshot.gpus.iter().enumerate().filter(free);
+                        let free_count = gpus.clone().count() as u32;
+                        let usable = gpus.filter(|g| g.1.memory_free_mib >= memory).count() as u32;
+                        (usable >= count).then_some((usable, free_count, d))
+                    })
+                    .min()
+                    .map(|(_, _, d)| d);
+                assert_eq!(
+                    state.tightest_domain(count, memory),
+                    expected,
+                    "count {count}, memory {memory}"
+                );
+            }
+        }
+        let free: Vec<u32> = (0..snapshot.gpus.len() as u32)
+            .filter(|&g| {
+                let gpu = &snapshot.gpus[g as usize];
+                gpu.healthy && !gpu.busy && !taken[g as usize]
+            })
+            .collect();
+        if free.is_empty() {
+            break;
+        }
+        // Take a few at a time to keep the test quick.
+        for _ in 0..4.min(free.len()) {
+            let gpu = free[rng.below(free.len() as u64) as usize];
+            if !taken[gpu as usize] {
+                taken[gpu as usize] = true;
+                state.take(0, &[gpu]);
+            }
+        }
+    }
+    assert_eq!(state.index.total_free(), 0);
+}
+
+#[test]
+fn ten_thousand_jobs_on_4096_gpus_stay_valid() {
+    // The benchmark's shape: 64 racks x 8 nodes x 8 GPUs, 10,000 pending jobs.
+    let mut rng = Rng(3);
+    let mut snapshot = cluster(64, 8, 8);
+    snapshot.now_s = 10_000.0;
+    for gpu in &mut snapshot.gpus {
+        if rng.below(10) < 3 {
+            gpu.busy = true;
+        }
+    }
+    let queue = random_queue(&mut rng, 10_000);
+    let start = std::time::Instant::now();
+    let placements = run(&snapshot, &queue, 600.0);
+    let elapsed = start.elapsed();
+    eprintln!(
+        "10,000 jobs: {} placements in {elapsed:?}",
+        placements.len()
+    );
+    assert!(!placements.is_empty());
+    // Generous even for an unoptimised debug build; catches quadratic blow-ups.
+    assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+}
