@@ -17,6 +17,6 @@ pub mod sched_v0_1 {
     pub use super::scheduler::gantry::host::log::Level;
     pub use super::scheduler::gantry::host::types::PluginError as GuestError;
     pub use super::scheduler::gantry::scheduler::types::{
-        Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology,
+        Allocation, Gpus, Jobs, Placement, Snapshot, Tenant, Topology,
     };
 }

@@ -21,6 +21,10 @@ pub enum BenchCommand {
         /// Timed cycles per side.
         #[arg(long, default_value_t = 30)]
         iterations: usize,
+        /// Plugin to measure against native bin packing: a shipped name, a directory or a
+        /// manifest.
+        #[arg(long, default_value = "binpack")]
+        plugin: String,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -35,6 +39,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             gpus_per_node,
             jobs,
             iterations,
+            plugin,
             json,
         } => {
             let params = ScheduleParams {
@@ -45,7 +50,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let bar = super::progress(params.iterations as u64, "cycles");
-            let r = bench::schedule(params, &mut |done, _| bar.set_position(done))?;
+            let r = bench::schedule(params, &plugin.parse()?, &mut |done, _| bar.set_position(done))?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -6,7 +6,7 @@
 
 /// The scheduler world's types under the names the shared sources expect.
 mod sched {
-    pub use crate::bindings::sched_v0_1::{Job, Placement, Snapshot};
+    pub use crate::scheduling::model::{Job, Placement, Snapshot};
 }
 
 #[path = "../../../plugins/sdk/src/fit.rs"]
@@ -16,7 +16,7 @@ mod fit;
 #[path = "../../../plugins/binpack/src/packing.rs"]
 mod packing;
 
-use crate::bindings::sched_v0_1::{Job, Placement, Snapshot};
+use crate::scheduling::model::{Job, Placement, Snapshot};
 
 /// Name under which fallback decisions are reported.
 pub const NAME: &str = "native-binpack";

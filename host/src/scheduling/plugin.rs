@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
-use crate::bindings::sched_v0_1::{GuestError, Job, Placement, Scheduler, SchedulerPre, Snapshot};
+use super::model::{Job, Placement, Snapshot};
+use super::wire;
+use crate::bindings::sched_v0_1::{GuestError, Scheduler, SchedulerPre};
 use crate::plugin::{
     self, ArtifactCache, CacheOutcome, Health, LoadError, Manifest, PluginError, PluginKind,
     PluginState,
@@ -205,10 +207,11 @@ impl SchedulerPlugin {
             Some(ready) => ready,
             None => self.instantiate()?,
         };
+        let (snapshot, queue) = wire::columns(snapshot, queue);
         plugin::arm_deadline(&mut store, &self.manifest.limits);
         let result = bindings
             .gantry_scheduler_strategy()
-            .call_schedule(&mut store, snapshot, queue);
+            .call_schedule(&mut store, &snapshot, &queue);
         store.data_mut().end_call();
         match result {
             Ok(Ok(placements)) => {
@@ -216,7 +219,7 @@ impl SchedulerPlugin {
                 if pool.len() < self.manifest.limits.warm_pool as usize {
                     pool.push((store, bindings));
                 }
-                Ok(placements)
+                Ok(wire::placements(placements))
             }
             // A guest error leaves the instance sane, but it is dropped all the same: cheap, and
             // no state from a failed call can leak into the next one.

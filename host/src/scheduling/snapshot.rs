@@ -1,7 +1,7 @@
 //! Builds what a strategy sees from the live state.
 
 use super::state::ClusterState;
-use crate::bindings::sched_v0_1::{Allocation, Gpu, Job, Node, Snapshot, Tenant, Topology};
+use super::model::{Allocation, Gpu, Job, Node, Snapshot, Tenant, Topology};
 use crate::cluster::TopologyPref;
 
 /// The snapshot and the queue (pending jobs in submission order) for one cycle.
@@ -24,17 +24,10 @@ pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Vec<Job>) {
                 busy: holder.is_some(),
             })
             .collect(),
-        nodes: c
-            .nodes
-            .iter()
-            .map(|n| Node {
-                name: n.name.clone(),
-                rack: n.rack,
-            })
-            .collect(),
-        racks: c.racks.clone(),
-        nvlink_domains: c.nvlink_domains.clone(),
-        models: c.models.clone(),
+        nodes: c.nodes.iter().map(|n| Node { rack: n.rack }).collect(),
+        rack_count: c.racks.len() as u32,
+        nvlink_domain_count: c.nvlink_domains.len() as u32,
+        model_count: c.models.len() as u32,
         tenants: c
             .tenants
             .iter()

@@ -1,7 +1,7 @@
 //! The host never trusts a strategy's answer: every placement is checked, and one bad placement
 //! rejects the whole answer.
 
-use crate::bindings::sched_v0_1::{Job, Placement, Snapshot};
+use super::model::{Job, Placement, Snapshot};
 
 /// Checks `placements` against the snapshot and queue they answer. The error names the first
 /// offending placement, GPU and rule.

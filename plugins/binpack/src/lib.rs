@@ -2,7 +2,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
 
 /// The scheduler world's types, under the names `packing` expects.
 mod sched {
@@ -14,7 +14,7 @@ pub mod packing;
 /// The plugin's entry points.
 pub struct Binpack;
 
-impl Guest for Binpack {
+impl Strategy for Binpack {
     fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
         Config::new(config).reject_unknown(&[])
     }
@@ -24,9 +24,7 @@ impl Guest for Binpack {
     }
 }
 
-// Exported only into the component: native builds (unit tests) would choke on the WIT names.
-#[cfg(target_family = "wasm")]
-gantry_plugin_sdk::export_scheduler!(Binpack);
+gantry_plugin_sdk::export_strategy!(Binpack);
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
 
 /// The scheduler world's types, under the names the strategy's modules expect.
 mod sched {
@@ -17,7 +17,7 @@ pub mod usable;
 /// The plugin's entry points.
 pub struct Fairshare;
 
-impl Guest for Fairshare {
+impl Strategy for Fairshare {
     fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
         Config::new(config).reject_unknown(&[])
     }
@@ -27,9 +27,7 @@ impl Guest for Fairshare {
     }
 }
 
-// Exported only into the component: native builds (unit tests) would choke on the WIT names.
-#[cfg(target_family = "wasm")]
-gantry_plugin_sdk::export_scheduler!(Fairshare);
+gantry_plugin_sdk::export_strategy!(Fairshare);
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! It holds the one `wit_bindgen::generate!` call per world, so every plugin shares the same
 //! bindings, plus small helpers that every scheduling strategy needs:
 //!
-//! - [`sched`]: the scheduler world's types under short names.
+//! - [`sched`]: the scheduler's data as rows ([`model`]) and the [`Strategy`] trait.
 //! - [`fit`]: an index of free GPUs by node, NVLink domain and rack, with best-fit and
 //!   worst-fit pickers. The host compiles this same file natively for its fallback strategy.
 //! - [`config`]: typed access to the manifest's `[config]` entries.
@@ -12,15 +12,15 @@
 //! A scheduler plugin is a `cdylib` crate built for `wasm32-wasip2`:
 //!
 //! ```ignore
-//! use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+//! use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
 //! struct MyStrategy;
-//! impl Guest for MyStrategy {
+//! impl Strategy for MyStrategy {
 //!     fn configure(_config: Vec<ConfigEntry>) -> Result<(), PluginError> { Ok(()) }
 //!     fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
 //!         Ok(Vec::new())
 //!     }
 //! }
-//! gantry_plugin_sdk::export_scheduler!(MyStrategy);
+//! gantry_plugin_sdk::export_strategy!(MyStrategy);
 //! ```
 
 /// Bindings for the `gantry:scheduler/scheduler@0.1.0` world.
@@ -36,19 +36,62 @@ pub mod scheduler {
     });
 }
 
-/// The scheduler world's types and the trait a strategy implements.
+/// What a scheduling strategy implements; export it with [`export_strategy!`].
+pub trait Strategy {
+    /// Called once on each new instance with the manifest's `[config]`.
+    fn configure(config: Vec<sched::ConfigEntry>) -> Result<(), sched::PluginError>;
+    /// One scheduling cycle: placements for (some of) the queued jobs.
+    fn schedule(
+        snapshot: sched::Snapshot,
+        queue: Vec<sched::Job>,
+    ) -> Result<Vec<sched::Placement>, sched::PluginError>;
+}
+
+/// The scheduler world's data as rows, and the trait a strategy implements.
 pub mod sched {
-    pub use crate::scheduler::exports::gantry::scheduler::strategy::Guest;
+    pub use crate::Strategy;
+    pub use crate::model::{Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology};
     pub use crate::scheduler::gantry::host::types::{ConfigEntry, PluginError};
-    pub use crate::scheduler::gantry::scheduler::types::{
-        Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology,
+}
+
+/// Exports a [`Strategy`] as the component's `gantry:scheduler/strategy` implementation.
+///
+/// Only on wasm targets: native builds (unit tests) cannot link the WIT export names.
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            use $crate::scheduler::exports::gantry::scheduler::strategy as wit;
+            struct GantryStrategyExport;
+            impl wit::Guest for GantryStrategyExport {
+                fn configure(
+                    config: ::std::vec::Vec<$crate::sched::ConfigEntry>,
+                ) -> ::std::result::Result<(), $crate::sched::PluginError> {
+                    <$strategy as $crate::Strategy>::configure(config)
+                }
+                fn schedule(
+                    snapshot: wit::Snapshot,
+                    queue: wit::Jobs,
+                ) -> ::std::result::Result<::std::vec::Vec<wit::Placement>, $crate::sched::PluginError>
+                {
+                    let (snapshot, queue) = $crate::wire::rows(snapshot, queue)?;
+                    <$strategy as $crate::Strategy>::schedule(snapshot, queue)
+                        .map($crate::wire::placements)
+                }
+            }
+            $crate::export_scheduler!(GantryStrategyExport);
+        };
     };
 }
 
+#[doc(hidden)]
 pub use scheduler::export_scheduler;
 
 pub mod config;
 pub mod fit;
+pub mod model;
+pub mod wire;
 pub mod testing;
 
 /// Logging through the host; events are tagged with the plugin's name.

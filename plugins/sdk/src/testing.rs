@@ -9,9 +9,9 @@ pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot 
         now_s: 0.0,
         gpus: Vec::new(),
         nodes: Vec::new(),
-        racks: (0..racks).map(|r| format!("rack-{r}")).collect(),
-        nvlink_domains: Vec::new(),
-        models: vec!["H100-80GB".to_string()],
+        rack_count: racks,
+        nvlink_domain_count: 0,
+        model_count: 1,
         tenants: ["a", "b"]
             .iter()
             .map(|name| Tenant {
@@ -27,11 +27,8 @@ pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot 
     for rack in 0..racks {
         for _ in 0..nodes_per_rack {
             let node = snapshot.nodes.len() as u32;
-            snapshot.nodes.push(Node {
-                name: format!("node-{node}"),
-                rack,
-            });
-            snapshot.nvlink_domains.push(format!("node-{node}"));
+            snapshot.nodes.push(Node { rack });
+            snapshot.nvlink_domain_count += 1;
             for _ in 0..gpus_per_node {
                 snapshot.gpus.push(Gpu {
                     node,

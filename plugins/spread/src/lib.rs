@@ -2,14 +2,14 @@
 //! (see [`spreading`]).
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
 
 pub mod spreading;
 
 /// The plugin's entry points.
 pub struct Spread;
 
-impl Guest for Spread {
+impl Strategy for Spread {
     fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
         Config::new(config).reject_unknown(&[])
     }
@@ -19,9 +19,7 @@ impl Guest for Spread {
     }
 }
 
-// Exported only into the component: native builds (unit tests) would choke on the WIT names.
-#[cfg(target_family = "wasm")]
-gantry_plugin_sdk::export_scheduler!(Spread);
+gantry_plugin_sdk::export_strategy!(Spread);
 
 #[cfg(test)]
 mod tests;

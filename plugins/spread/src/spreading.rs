@@ -107,7 +107,7 @@ impl State {
             .map(|&r| r + 1)
             .max()
             .unwrap_or(0)
-            .max(snapshot.racks.len());
+            .max(snapshot.rack_count as usize);
         let mut rack_nodes = vec![Vec::new(); racks];
         let mut rack_free = vec![0u32; racks];
         let mut min_memory = u32::MAX;

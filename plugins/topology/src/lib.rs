@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
 
 pub mod placement;
 
@@ -43,7 +43,7 @@ pub fn parse_relax_after_s(config: &Config) -> Result<f64, PluginError> {
 /// The plugin's entry points.
 pub struct TopologyAware;
 
-impl Guest for TopologyAware {
+impl Strategy for TopologyAware {
     fn configure(config: Vec<ConfigEntry>) -> Result<(), PluginError> {
         let config = Config::new(config);
         config.reject_unknown(&["relax_after_s"])?;
@@ -57,9 +57,7 @@ impl Guest for TopologyAware {
     }
 }
 
-// Exported only into the component: native builds (unit tests) would choke on the WIT names.
-#[cfg(target_family = "wasm")]
-gantry_plugin_sdk::export_scheduler!(TopologyAware);
+gantry_plugin_sdk::export_strategy!(TopologyAware);
 
 #[cfg(test)]
 mod tests;

@@ -171,14 +171,14 @@ impl State {
             .map(|&r| r + 1)
             .max()
             .unwrap_or(0)
-            .max(snapshot.racks.len());
+            .max(snapshot.rack_count as usize);
         let domains = snapshot
             .gpus
             .iter()
             .map(|g| g.nvlink_domain as usize + 1)
             .max()
             .unwrap_or(0)
-            .max(snapshot.nvlink_domains.len());
+            .max(snapshot.nvlink_domain_count as usize);
         let mut domain_free = vec![Vec::new(); domains];
         let mut node_free = vec![Vec::new(); nodes];
         let mut rack_free = vec![0u32; racks];

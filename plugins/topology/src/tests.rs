@@ -1,6 +1,6 @@
 use crate::placement::{Scope, State, place};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
-use gantry_plugin_sdk::sched::{ConfigEntry, Guest, Job, Placement, Snapshot, Topology};
+use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, Snapshot, Topology};
 use gantry_plugin_sdk::testing::{cluster, job, occupy};
 
 const NEVER: f64 = f64::INFINITY;
@@ -98,7 +98,7 @@ fn set_domains(snapshot: &mut Snapshot, domain_of: impl Fn(u32) -> u32) {
         .map(|g| g.nvlink_domain + 1)
         .max()
         .unwrap_or(0);
-    snapshot.nvlink_domains = (0..domains).map(|d| format!("nvl-{d}")).collect();
+    snapshot.nvlink_domain_count = domains;
 }
 
 fn sorted(gpus: &[u32]) -> Vec<u32> {
@@ -608,7 +608,7 @@ fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
     let snapshot = random_cluster(&mut rng);
     let mut state = State::new(&snapshot);
     let mut taken = vec![false; snapshot.gpus.len()];
-    let domains = snapshot.nvlink_domains.len() as u32;
+    let domains = snapshot.nvlink_domain_count;
     loop {
         for memory in [10000, 40960, 90000] {
             for count in [1, 3, 4, 8, 12] {
