@@ -50,7 +50,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let bar = super::progress(params.iterations as u64, "cycles");
-            let r = bench::schedule(params, &plugin.parse()?, &mut |done, _| bar.set_position(done))?;
+            let r = bench::schedule(params, &plugin.parse()?, &mut |done, _| {
+                bar.set_position(done)
+            })?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string(&r)?);

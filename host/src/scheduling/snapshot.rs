@@ -1,7 +1,7 @@
 //! Builds what a strategy sees from the live state.
 
-use super::state::ClusterState;
 use super::model::{Allocation, Gpu, Job, Node, Snapshot, Tenant, Topology};
+use super::state::ClusterState;
 use crate::cluster::TopologyPref;
 
 /// The snapshot and the queue (pending jobs in submission order) for one cycle.

@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn rejects_each_broken_rule() {
-        let cases: &[(&[(u32, &[u32])], &str)] = &[
+        type Answer<'a> = &'a [(u32, &'a [u32])];
+        let cases: &[(Answer, &str)] = &[
             (&[(5, &[1])], "not in the queue"),
             (&[(0, &[1, 2]), (0, &[3, 4])], "placed twice"),
             (&[(0, &[1])], "gang job 0 needs all 2"),

@@ -2,7 +2,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
 
 /// The scheduler world's types, under the names `packing` expects.
 mod sched {

@@ -3,7 +3,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
 
 /// The scheduler world's types, under the names the strategy's modules expect.
 mod sched {

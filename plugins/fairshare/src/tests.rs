@@ -3,7 +3,7 @@ use crate::backfill::{Release, Reservation, reserve};
 use crate::drf::schedule;
 use crate::usable::UsableCounts;
 use gantry_plugin_sdk::sched::{
-    Allocation, ConfigEntry, Strategy, Job, Placement, Snapshot, Topology,
+    Allocation, ConfigEntry, Job, Placement, Snapshot, Strategy, Topology,
 };
 use gantry_plugin_sdk::testing::{cluster, job, occupy};
 

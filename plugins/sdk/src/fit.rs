@@ -292,5 +292,9 @@ pub fn priority_order(queue: &[Job]) -> Vec<u32> {
 /// Maps an `f64` to a `u64` with the same order as `f64::total_cmp`.
 fn order_bits(x: f64) -> u64 {
     let bits = x.to_bits();
-    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }

@@ -73,8 +73,10 @@ macro_rules! export_strategy {
                 fn schedule(
                     snapshot: wit::Snapshot,
                     queue: wit::Jobs,
-                ) -> ::std::result::Result<::std::vec::Vec<wit::Placement>, $crate::sched::PluginError>
-                {
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<wit::Placement>,
+                    $crate::sched::PluginError,
+                > {
                     let (snapshot, queue) = $crate::wire::rows(snapshot, queue)?;
                     <$strategy as $crate::Strategy>::schedule(snapshot, queue)
                         .map($crate::wire::placements)
@@ -91,8 +93,8 @@ pub use scheduler::export_scheduler;
 pub mod config;
 pub mod fit;
 pub mod model;
-pub mod wire;
 pub mod testing;
+pub mod wire;
 
 /// Logging through the host; events are tagged with the plugin's name.
 pub mod log {

@@ -1,6 +1,6 @@
 //! Conversion between the world's columns and the SDK's rows.
 
-use crate::model::{Gpu, Job, Node, Placement, Snapshot, Tenant, Topology, Allocation};
+use crate::model::{Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology};
 use crate::scheduler::exports::gantry::scheduler::strategy as wit;
 use crate::scheduler::gantry::host::types::PluginError;
 use crate::scheduler::gantry::scheduler::types as t;
@@ -15,7 +15,10 @@ fn same_length(what: &str, expected: usize, lens: &[usize]) -> Result<(), Plugin
 }
 
 /// The snapshot and queue as rows; column lists of unequal length are refused.
-pub fn rows(snapshot: wit::Snapshot, queue: wit::Jobs) -> Result<(Snapshot, Vec<Job>), PluginError> {
+pub fn rows(
+    snapshot: wit::Snapshot,
+    queue: wit::Jobs,
+) -> Result<(Snapshot, Vec<Job>), PluginError> {
     let g = snapshot.gpus;
     let n = g.node.len();
     same_length(
@@ -78,7 +81,11 @@ pub fn rows(snapshot: wit::Snapshot, queue: wit::Jobs) -> Result<(Snapshot, Vec<
     let snapshot = Snapshot {
         now_s: snapshot.now_s,
         gpus,
-        nodes: snapshot.node_rack.into_iter().map(|rack| Node { rack }).collect(),
+        nodes: snapshot
+            .node_rack
+            .into_iter()
+            .map(|rack| Node { rack })
+            .collect(),
         rack_count: snapshot.rack_count,
         nvlink_domain_count: snapshot.nvlink_domain_count,
         model_count: snapshot.model_count,

@@ -2,7 +2,7 @@
 //! (see [`spreading`]).
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
 
 pub mod spreading;
 

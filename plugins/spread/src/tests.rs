@@ -1,6 +1,6 @@
 use crate::Spread;
 use crate::spreading::spread;
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, Snapshot, Topology};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, Snapshot, Strategy, Topology};
 use gantry_plugin_sdk::testing::{cluster, job, occupy};
 
 /// The host's checks on an answer (`host/src/scheduling/validate.rs`), restated so every test

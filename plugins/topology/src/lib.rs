@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, PluginError, Snapshot};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
 
 pub mod placement;
 

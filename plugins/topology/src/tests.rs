@@ -1,6 +1,6 @@
 use crate::placement::{Scope, State, place};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
-use gantry_plugin_sdk::sched::{ConfigEntry, Strategy, Job, Placement, Snapshot, Topology};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, Snapshot, Strategy, Topology};
 use gantry_plugin_sdk::testing::{cluster, job, occupy};
 
 const NEVER: f64 = f64::INFINITY;
