@@ -25,6 +25,10 @@ pub struct FreeIndex {
     /// GPUs each tenant may still take (`u32::MAX` when it has no quota).
     quota_left: Vec<u32>,
     total_free: u32,
+    /// Smallest free memory among the free GPUs when the index was built. Jobs needing at most
+    /// this can use every free GPU, which lets multi-node placement walk the buckets instead of
+    /// scanning every node.
+    min_free_memory: u32,
 }
 
 impl FreeIndex {
@@ -58,6 +62,12 @@ impl FreeIndex {
             bucket_pos[node] = buckets[c].len() as u32;
             buckets[c].push(node as u32);
         }
+        let min_free_memory = node_free
+            .iter()
+            .flatten()
+            .map(|&g| gpu_memory[g as usize])
+            .min()
+            .unwrap_or(0);
         let quota_left = snapshot
             .tenants
             .iter()
@@ -76,6 +86,7 @@ impl FreeIndex {
             bucket_pos,
             quota_left,
             total_free,
+            min_free_memory,
         }
     }
 
@@ -166,6 +177,16 @@ impl FreeIndex {
     /// possible: the best-fitting single domain when one is large enough, else the largest
     /// domains first. Does not take them; see [`FreeIndex::take`].
     pub fn choose_on_node(&self, node: u32, count: u32, memory_mib: u32) -> Vec<u32> {
+        let free = &self.node_free[node as usize];
+        let one_domain = free.first().is_some_and(|&f| {
+            free.iter()
+                .all(|&g| self.gpu_domain(g) == self.gpu_domain(f))
+        });
+        if one_domain && memory_mib <= self.min_free_memory {
+            // Every free GPU qualifies and they share a domain: the general path below would
+            // pick the same first `count`, with a few allocations more per placement.
+            return free[..(count as usize).min(free.len())].to_vec();
+        }
         let usable: Vec<u32> = self.usable(node, memory_mib).collect();
         choose_by_group(&usable, count, |g| self.gpu_domain(g))
     }
@@ -174,6 +195,59 @@ impl FreeIndex {
     /// nodes with the most usable GPUs first, then the best-fitting node for the remainder. With
     /// `rack` set, only nodes of that rack are used. Returns `None` when they do not suffice.
     pub fn choose_across_nodes(
+        &self,
+        count: u32,
+        memory_mib: u32,
+        rack: Option<u32>,
+    ) -> Option<Vec<u32>> {
+        if rack.is_none() && memory_mib <= self.min_free_memory {
+            self.choose_across_buckets(count)
+        } else {
+            self.choose_across_scan(count, memory_mib, rack)
+        }
+    }
+
+    /// [`FreeIndex::choose_across_nodes`] when every free GPU is usable: the same choice, read
+    /// off the free-count buckets, touching only the nodes it takes or compares.
+    pub(crate) fn choose_across_buckets(&self, count: u32) -> Option<Vec<u32>> {
+        if self.total_free < count {
+            return None;
+        }
+        let mut chosen = Vec::with_capacity(count as usize);
+        let mut taken: Vec<u32> = Vec::new();
+        let mut left = count;
+        for c in (1..self.buckets.len()).rev() {
+            let mut nodes = self.buckets[c].clone();
+            nodes.sort_unstable();
+            for node in nodes {
+                if left == 0 {
+                    return Some(chosen);
+                }
+                if c as u32 <= left {
+                    chosen.extend_from_slice(&self.node_free[node as usize]);
+                    taken.push(node);
+                    left -= c as u32;
+                    continue;
+                }
+                // The remainder fits in one node: the tightest untaken node that holds it.
+                let best = (left as usize..=c)
+                    .find_map(|b| {
+                        self.buckets[b]
+                            .iter()
+                            .copied()
+                            .filter(|n| !taken.contains(n))
+                            .min()
+                    })
+                    .unwrap_or(node);
+                chosen.extend(self.choose_on_node(best, left, 0));
+                return Some(chosen);
+            }
+        }
+        (left == 0).then_some(chosen)
+    }
+
+    /// [`FreeIndex::choose_across_nodes`] by scanning every node.
+    pub(crate) fn choose_across_scan(
         &self,
         count: u32,
         memory_mib: u32,
@@ -277,9 +351,20 @@ pub fn choose_by_group(gpus: &[u32], count: u32, group_of: impl Fn(u32) -> u32) 
 /// Queue positions in the order jobs should be considered: higher priority first, then earlier
 /// submission, then queue position.
 pub fn priority_order(queue: &[Job]) -> Vec<u32> {
-    // One integer key per job, sorted unstably: keys are unique (they end in the position), so
-    // this is deterministic, and comparing plain integers is several times faster than a
-    // comparator closure reaching back into the queue, which matters inside the sandbox.
+    // Integer keys sorted unstably: keys are unique (they end in the position), so the order is
+    // deterministic, and plain integer compares are several times faster than a comparator
+    // reaching back into the queue, which matters inside the sandbox.
+    if queue.windows(2).all(|w| w[0].submit_s <= w[1].submit_s) {
+        // The host's contract: the queue comes in submission order, so position already orders
+        // by submission time and one u64 per job (priority, position) suffices.
+        let mut keys: Vec<u64> = queue
+            .iter()
+            .enumerate()
+            .map(|(i, j)| ((!((j.priority as u32) ^ (1 << 31)) as u64) << 32) | i as u64)
+            .collect();
+        keys.sort_unstable();
+        return keys.into_iter().map(|k| k as u32).collect();
+    }
     let mut keys: Vec<(i64, u64, u32)> = queue
         .iter()
         .enumerate()

@@ -92,6 +92,8 @@ pub use scheduler::export_scheduler;
 
 pub mod config;
 pub mod fit;
+#[cfg(test)]
+mod fit_tests;
 pub mod model;
 pub mod testing;
 pub mod wire;

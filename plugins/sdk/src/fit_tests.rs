@@ -1,0 +1,65 @@
+//! Checks of the free-GPU index (here rather than in `fit.rs`, which the host also compiles).
+
+use crate::fit::*;
+use crate::model::Job;
+use crate::testing::{cluster, job, occupy};
+
+/// SplitMix64, enough randomness for these checks.
+fn rng(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn bucket_walk_chooses_exactly_like_the_scan() {
+    let mut state = 7;
+    for _ in 0..200 {
+        let mut snapshot = cluster(3, 6, 8);
+        let busy: Vec<u32> = (0..snapshot.gpus.len() as u32)
+            .filter(|_| rng(&mut state) % 3 == 0)
+            .collect();
+        occupy(&mut snapshot, busy);
+        let index = FreeIndex::new(&snapshot);
+        for count in 1..=index.total_free() + 1 {
+            assert_eq!(
+                index.choose_across_buckets(count),
+                index.choose_across_scan(count, 0, None),
+                "count {count}"
+            );
+        }
+    }
+}
+
+#[test]
+fn priority_order_is_priority_then_submission_then_position() {
+    let mut state = 3;
+    for sorted in [true, false] {
+        let mut queue: Vec<Job> = (0..500)
+            .map(|i| {
+                let mut j = job(0, 1);
+                j.priority = (rng(&mut state) % 5) as i32 - 2;
+                j.submit_s = if sorted {
+                    i as f64 / 3.0
+                } else {
+                    (rng(&mut state) % 50) as f64
+                };
+                j
+            })
+            .collect();
+        queue[7].priority = i32::MIN;
+        queue[9].priority = i32::MAX;
+        let order = priority_order(&queue);
+        let mut want: Vec<u32> = (0..queue.len() as u32).collect();
+        want.sort_by(|&a, &b| {
+            let (x, y) = (&queue[a as usize], &queue[b as usize]);
+            y.priority
+                .cmp(&x.priority)
+                .then(x.submit_s.total_cmp(&y.submit_s))
+                .then(a.cmp(&b))
+        });
+        assert_eq!(order, want, "sorted input: {sorted}");
+    }
+}
