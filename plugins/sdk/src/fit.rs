@@ -356,7 +356,24 @@ pub fn priority_order(queue: &[Job]) -> Vec<u32> {
     // reaching back into the queue, which matters inside the sandbox.
     if queue.windows(2).all(|w| w[0].submit_s <= w[1].submit_s) {
         // The host's contract: the queue comes in submission order, so position already orders
-        // by submission time and one u64 per job (priority, position) suffices.
+        // by submission time. Queues carry a handful of priority levels: bucket by level (a
+        // stable counting sort, linear time); with many levels, one u64 key per job instead.
+        let mut levels: Vec<i32> = Vec::new();
+        let few = queue.iter().all(|j| {
+            levels.contains(&j.priority) || {
+                levels.push(j.priority);
+                levels.len() <= 16
+            }
+        });
+        if few {
+            levels.sort_unstable_by(|a, b| b.cmp(a));
+            let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); levels.len()];
+            for (i, j) in queue.iter().enumerate() {
+                let level = levels.iter().position(|&p| p == j.priority).unwrap_or(0);
+                buckets[level].push(i as u32);
+            }
+            return buckets.concat();
+        }
         let mut keys: Vec<u64> = queue
             .iter()
             .enumerate()

@@ -36,11 +36,12 @@ fn bucket_walk_chooses_exactly_like_the_scan() {
 #[test]
 fn priority_order_is_priority_then_submission_then_position() {
     let mut state = 3;
-    for sorted in [true, false] {
+    // Sorted submissions with few and with many priority levels, and unsorted submissions.
+    for (sorted, levels) in [(true, 5), (true, 40), (false, 5)] {
         let mut queue: Vec<Job> = (0..500)
             .map(|i| {
                 let mut j = job(0, 1);
-                j.priority = (rng(&mut state) % 5) as i32 - 2;
+                j.priority = (rng(&mut state) % levels) as i32 - 2;
                 j.submit_s = if sorted {
                     i as f64 / 3.0
                 } else {
@@ -60,6 +61,6 @@ fn priority_order_is_priority_then_submission_then_position() {
                 .then(x.submit_s.total_cmp(&y.submit_s))
                 .then(a.cmp(&b))
         });
-        assert_eq!(order, want, "sorted input: {sorted}");
+        assert_eq!(order, want, "sorted {sorted}, {levels} levels");
     }
 }
