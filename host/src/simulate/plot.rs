@@ -19,12 +19,10 @@ pub fn svg(title: &str, timeline: &[Sample], healthy_gpus: usize) -> String {
     } else {
         ("minutes", 60.0)
     };
-    let q_max = timeline
-        .iter()
-        .map(|s| s.queued_jobs)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
+    // Both axes end on the fourth of four tidy ticks.
+    let t_max = nice_step(t_max / scale / 4.0) * 4.0 * scale;
+    let q_most = timeline.iter().map(|s| s.queued_jobs).max().unwrap_or(0);
+    let q_max = nice_step(q_most.max(1) as f64 / 4.0) * 4.0;
     let height = TOP + 2.0 * PANEL + GAP + 50.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -150,6 +148,19 @@ fn panel(
     );
 }
 
+/// The smallest of 1, 2, 2.5 or 5 times a power of ten that is at least `x`.
+fn nice_step(x: f64) -> f64 {
+    if x <= 0.0 || !x.is_finite() {
+        return 1.0;
+    }
+    let power = 10f64.powf(x.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|&step| step >= x * (1.0 - 1e-9))
+        .unwrap_or(10.0 * power)
+}
+
 fn trim(v: f64) -> String {
     if v.fract().abs() < 1e-9 {
         format!("{v:.0}")
@@ -183,5 +194,10 @@ mod tests {
         assert!(svg.contains("binpack &lt;default&gt;"));
         assert!(svg.contains("GPU utilisation") && svg.contains("queued jobs"));
         assert!(svg.contains("time (hours)"));
+        // 500 minutes -> ticks every 2.5 hours up to 10.
+        assert!(svg.contains(">2.5<") && svg.contains(">10<"), "{svg}");
+        assert_eq!(nice_step(3.1), 5.0);
+        assert_eq!(nice_step(0.3), 0.5);
+        assert_eq!(nice_step(20.0), 20.0);
     }
 }
