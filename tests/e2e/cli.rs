@@ -217,3 +217,43 @@ fn bad_files_fail_cleanly() {
     assert!(!plot.exists(), "nothing half-written");
     let _ = repo();
 }
+
+#[test]
+fn guest_output_becomes_capped_log_events_tagged_with_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = crate::support::hostile(dir.path(), "print-flood", "deadline_ms = 20000");
+    let out = gantry(
+        &[
+            "schedule",
+            "--jobs",
+            "host/assets/example-jobs.toml",
+            "--plugin",
+            manifest.to_str().unwrap(),
+            "-v",
+        ],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("decided by hostile-print-flood"),
+        "{stdout}"
+    );
+    let guest_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("gantry::guest"))
+        .collect();
+    assert!(
+        guest_lines.iter().any(|l| l.contains("line 0 of a flood")
+            && l.contains("plugin=\"hostile-print-flood\"")
+            && l.contains("stream=\"stdout\"")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dropped"), "the cap is reported");
+    // 64 KiB of ~40-byte lines, not 200,000 of them.
+    assert!(
+        guest_lines.len() < 3000,
+        "{} guest lines",
+        guest_lines.len()
+    );
+}

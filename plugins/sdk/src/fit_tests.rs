@@ -19,7 +19,7 @@ fn bucket_walk_chooses_exactly_like_the_scan() {
     for _ in 0..200 {
         let mut snapshot = cluster(3, 6, 8);
         let busy: Vec<u32> = (0..snapshot.gpus.len() as u32)
-            .filter(|_| rng(&mut state) % 3 == 0)
+            .filter(|_| rng(&mut state).is_multiple_of(3))
             .collect();
         occupy(&mut snapshot, busy);
         let index = FreeIndex::new(&snapshot);
