@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
+use crate::plugin::driver::block_on;
 use crate::scheduling::ClusterState;
 use crate::simulate::trace::{self, Synthetic};
 use crate::{Host, HostConfig, HostError, PluginSource};
@@ -176,14 +177,12 @@ pub fn schedule(
     let mut trivial = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        let mut ready = plugin
-            .instantiate()
-            .map_err(|e| HostError::Engine(e.to_string()))?;
+        let mut ready =
+            block_on(plugin.instantiate()).map_err(|e| HostError::Engine(e.to_string()))?;
         fresh.push(t.elapsed().as_secs_f64() * 1e6);
         let t = Instant::now();
         for _ in 0..100 {
-            plugin
-                .trivial_call(&mut ready)
+            block_on(plugin.trivial_call(&mut ready))
                 .map_err(|e| HostError::Engine(e.to_string()))?;
         }
         trivial.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);

@@ -7,6 +7,9 @@ pub mod scheduler {
         world: "gantry:scheduler/scheduler@0.1.0",
         path: ["../wit/host", "../wit/scheduler"],
         additional_derives: [PartialEq],
+        // Exports are called on a fiber so a guest parked in a WASI host call (a sleep, a poll)
+        // can be abandoned at its deadline; epoch interruption only reaches running wasm.
+        exports: { default: async },
     });
 }
 

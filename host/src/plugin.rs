@@ -3,6 +3,7 @@
 //! (`scheduling::plugin` for schedulers).
 
 pub mod cache;
+pub mod driver;
 pub mod error;
 pub mod health;
 pub mod limits;
@@ -102,9 +103,12 @@ impl crate::bindings::scheduler::gantry::host::log::Host for PluginState {
 impl crate::bindings::scheduler::gantry::host::types::Host for PluginState {}
 
 /// A linker with the imports every plugin gets: WASI (with an empty context) and host logging.
+///
+/// WASI is linked in its async form: a guest waiting on a clock or stream then parks its fiber
+/// rather than the host thread, so [`driver::within_deadline`] can abandon it.
 pub fn base_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::bindings::scheduler::gantry::host::log::add_to_linker::<_, HasSelf<_>>(
         &mut linker,
         |s| s,

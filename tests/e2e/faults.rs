@@ -181,3 +181,30 @@ fn a_well_behaved_plugin_decides() {
     }
     assert_eq!(host.scheduler().unwrap().health().report().calls, 3);
 }
+
+#[test]
+fn sleeping_in_a_host_call_hits_the_deadline() {
+    // Epoch interruption cannot reach a guest parked in WASI; the call's timeout must.
+    let (class, reason) = fault("sleep", "deadline_ms = 300");
+    assert_eq!(class, Some("deadline"));
+    assert!(
+        reason.contains("plugin `hostile-sleep` exceeded its 300 ms deadline"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_host_embedded_in_a_tokio_runtime_still_bounds_calls() {
+    // A daemon calls the blocking API from inside its runtime; that must neither panic on a
+    // nested runtime nor lose the deadline.
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = hostile_host(dir.path(), "sleep", "deadline_ms = 300");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let report = runtime.block_on(async { host.schedule_cycle(0.0) });
+    assert_eq!(report.fault, Some("deadline"));
+    assert_eq!(report.decided_by, native::NAME);
+    assert_eq!(report.placements.len(), 3);
+}

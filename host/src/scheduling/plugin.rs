@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
@@ -146,9 +147,13 @@ impl SchedulerPlugin {
     }
 
     /// A new instance, configured (used per call, and by the benchmarks).
-    pub(crate) fn instantiate(&self) -> Result<Ready, PluginError> {
+    pub(crate) async fn instantiate(&self) -> Result<Ready, PluginError> {
+        plugin::driver::within_deadline(&self.name, &self.manifest.limits, self.configured()).await
+    }
+
+    async fn configured(&self) -> Result<Ready, PluginError> {
         let mut store = plugin::new_store(&self.engine, &self.name, &self.manifest.limits);
-        let bindings = match self.pre.instantiate(&mut store) {
+        let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
             Err(e) if store.data().limit_exceeded() => return Err(self.fail(&store, e)),
             Err(e) => {
@@ -170,7 +175,8 @@ impl SchedulerPlugin {
             .collect();
         let result = bindings
             .gantry_scheduler_strategy()
-            .call_configure(&mut store, &config);
+            .call_configure(&mut store, &config)
+            .await;
         store.data_mut().end_call();
         match result {
             Ok(Ok(())) => Ok((store, bindings)),
@@ -181,50 +187,65 @@ impl SchedulerPlugin {
 
     /// Calls `configure` with no entries on a ready instance: the cheapest possible guest call,
     /// for measuring call overhead.
-    pub(crate) fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
+    pub(crate) async fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
         let (store, bindings) = ready;
         plugin::arm_deadline(store, &self.manifest.limits);
         match bindings
             .gantry_scheduler_strategy()
             .call_configure(&mut *store, &[])
+            .await
         {
             Ok(_) => Ok(()),
             Err(e) => Err(self.fail(store, e)),
         }
     }
 
-    /// One scheduling cycle in the sandbox. Does not validate the answer (see
-    /// [`super::validate`]) nor record health: the caller does both.
+    /// One scheduling cycle in the sandbox, from synchronous code (see [`Self::schedule_async`]).
     pub fn schedule(
         &self,
         snapshot: &Snapshot,
         queue: &[Job],
     ) -> Result<Vec<Placement>, PluginError> {
-        let _span =
-            tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name).entered();
+        plugin::driver::block_on(self.schedule_async(snapshot, queue))
+    }
+
+    /// One scheduling cycle in the sandbox, bounded by the manifest's deadline whether the guest
+    /// computes or waits in a host call. Does not validate the answer (see [`super::validate`])
+    /// nor record health: the caller does both.
+    pub async fn schedule_async(
+        &self,
+        snapshot: &Snapshot,
+        queue: &[Job],
+    ) -> Result<Vec<Placement>, PluginError> {
+        let span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name);
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut store, bindings) = match warm {
             Some(ready) => ready,
-            None => self.instantiate()?,
+            None => self.instantiate().instrument(span.clone()).await?,
         };
         let (snapshot, queue) = wire::columns(snapshot, queue);
         plugin::arm_deadline(&mut store, &self.manifest.limits);
-        let result = bindings
-            .gantry_scheduler_strategy()
-            .call_schedule(&mut store, &snapshot, &queue);
-        store.data_mut().end_call();
-        match result {
-            Ok(Ok(placements)) => {
-                let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-                if pool.len() < self.manifest.limits.warm_pool as usize {
-                    pool.push((store, bindings));
-                }
-                Ok(wire::placements(placements))
+        let call = async {
+            let result = bindings
+                .gantry_scheduler_strategy()
+                .call_schedule(&mut store, &snapshot, &queue)
+                .await;
+            store.data_mut().end_call();
+            match result {
+                Ok(Ok(placements)) => Ok(placements),
+                // A guest error leaves the instance sane, but it is dropped all the same: cheap,
+                // and no state from a failed call can leak into the next one.
+                Ok(Err(e)) => Err(guest_error(&self.name, e)),
+                Err(e) => Err(self.fail(&store, e)),
             }
-            // A guest error leaves the instance sane, but it is dropped all the same: cheap, and
-            // no state from a failed call can leak into the next one.
-            Ok(Err(e)) => Err(guest_error(&self.name, e)),
-            Err(e) => Err(self.fail(&store, e)),
+        };
+        let placements = plugin::driver::within_deadline(&self.name, &self.manifest.limits, call)
+            .instrument(span)
+            .await?;
+        let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.manifest.limits.warm_pool as usize {
+            pool.push((store, bindings));
         }
+        Ok(wire::placements(placements))
     }
 }
