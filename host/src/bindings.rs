@@ -20,6 +20,6 @@ pub mod sched_v0_1 {
     pub use super::scheduler::gantry::host::log::Level;
     pub use super::scheduler::gantry::host::types::PluginError as GuestError;
     pub use super::scheduler::gantry::scheduler::types::{
-        Allocation, Gpus, Jobs, Placement, Snapshot, Tenant, Topology,
+        Allocations, Gpus, Jobs, Placements, Snapshot, Tenant, Topology,
     };
 }

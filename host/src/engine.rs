@@ -40,7 +40,11 @@ pub fn build() -> wasmtime::Result<Engine> {
         // a scheduler call touches ~1-2 MiB, and page-faulting that in on every fresh instance
         // costs more than the call's own work.
         .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT)
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), reset only the pages a call dirtied
+        // instead of memset-ing the whole resident prefix: plugins link with a large initial
+        // memory (see `.cargo/config.toml`) and touch a fraction of it.
+        .pagemap_scan(wasmtime::Enabled::Auto);
 
     let mut config = Config::new();
     config

@@ -242,10 +242,15 @@ impl SchedulerPlugin {
         let placements = plugin::driver::within_deadline(&self.name, &self.manifest.limits, call)
             .instrument(span)
             .await?;
+        let placements =
+            wire::placements(placements).map_err(|reason| PluginError::MalformedOutput {
+                plugin: self.name.to_string(),
+                reason,
+            })?;
         let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         if pool.len() < self.manifest.limits.warm_pool as usize {
             pool.push((store, bindings));
         }
-        Ok(wire::placements(placements))
+        Ok(placements)
     }
 }

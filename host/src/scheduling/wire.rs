@@ -1,6 +1,6 @@
 //! Rows to the world's columns and back, for calls into scheduler plugins.
 
-use super::model::{Job, Placement, Snapshot, Topology};
+use super::model::{Job, Placement, Snapshot};
 use crate::bindings::sched_v0_1 as wit;
 
 /// The snapshot and queue as the world passes them.
@@ -14,8 +14,17 @@ pub fn columns(snapshot: &Snapshot, queue: &[Job]) -> (wit::Snapshot, wit::Jobs)
         model: col(|g| g.model),
         memory_total_mib: col(|g| g.memory_total_mib),
         memory_free_mib: col(|g| g.memory_free_mib),
-        healthy: g.iter().map(|g| g.healthy).collect(),
-        busy: g.iter().map(|g| g.busy).collect(),
+        healthy: g.iter().map(|g| u8::from(g.healthy)).collect(),
+        busy: g.iter().map(|g| u8::from(g.busy)).collect(),
+    };
+    let r = &snapshot.running;
+    let running = wit::Allocations {
+        tenant: r.iter().map(|a| a.tenant).collect(),
+        priority: r.iter().map(|a| a.priority).collect(),
+        gpu_count: r.iter().map(|a| a.gpus.len() as u32).collect(),
+        gpus: r.iter().flat_map(|a| a.gpus.iter().copied()).collect(),
+        start_s: r.iter().map(|a| a.start_s).collect(),
+        expected_end_s: r.iter().map(|a| a.expected_end_s).collect(),
     };
     let snap = wit::Snapshot {
         now_s: snapshot.now_s,
@@ -35,46 +44,93 @@ pub fn columns(snapshot: &Snapshot, queue: &[Job]) -> (wit::Snapshot, wit::Jobs)
                 weight: t.weight,
             })
             .collect(),
-        running: snapshot
-            .running
-            .iter()
-            .map(|a| wit::Allocation {
-                tenant: a.tenant,
-                priority: a.priority,
-                gpus: a.gpus.clone(),
-                start_s: a.start_s,
-                expected_end_s: a.expected_end_s,
-            })
-            .collect(),
+        running,
     };
     let jobs = wit::Jobs {
         tenant: queue.iter().map(|j| j.tenant).collect(),
         priority: queue.iter().map(|j| j.priority).collect(),
         gpus: queue.iter().map(|j| j.gpus).collect(),
         memory_per_gpu_mib: queue.iter().map(|j| j.memory_per_gpu_mib).collect(),
-        gang: queue.iter().map(|j| j.gang).collect(),
-        topology: queue
-            .iter()
-            .map(|j| match j.topology {
-                Topology::None => wit::Topology::None,
-                Topology::SameNode => wit::Topology::SameNode,
-                Topology::SameNvlinkDomain => wit::Topology::SameNvlinkDomain,
-                Topology::SameRack => wit::Topology::SameRack,
-            })
-            .collect(),
+        gang: queue.iter().map(|j| u8::from(j.gang)).collect(),
+        topology: queue.iter().map(|j| j.topology.code()).collect(),
         est_runtime_s: queue.iter().map(|j| j.est_runtime_s).collect(),
         submit_s: queue.iter().map(|j| j.submit_s).collect(),
     };
     (snap, jobs)
 }
 
-/// The plugin's placements as rows.
-pub fn placements(answer: Vec<wit::Placement>) -> Vec<Placement> {
-    answer
+/// The plugin's placements as rows, or why its columns do not fit together.
+pub fn placements(answer: wit::Placements) -> Result<Vec<Placement>, String> {
+    let wit::Placements {
+        job,
+        gpu_count,
+        gpus,
+    } = answer;
+    if job.len() != gpu_count.len() {
+        return Err(format!(
+            "placements.job has {} entries but placements.gpu-count has {}",
+            job.len(),
+            gpu_count.len()
+        ));
+    }
+    let total: u64 = gpu_count.iter().map(|&c| u64::from(c)).sum();
+    if total != gpus.len() as u64 {
+        return Err(format!(
+            "placements.gpu-count sums to {total} but placements.gpus has {} entries",
+            gpus.len()
+        ));
+    }
+    let mut rest = gpus.as_slice();
+    Ok(job
         .into_iter()
-        .map(|p| Placement {
-            job: p.job,
-            gpus: p.gpus,
+        .zip(gpu_count)
+        .map(|(job, count)| {
+            let (gpus, tail) = rest.split_at(count as usize);
+            rest = tail;
+            Placement {
+                job,
+                gpus: gpus.to_vec(),
+            }
         })
-        .collect()
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(job: &[u32], gpu_count: &[u32], gpus: &[u32]) -> wit::Placements {
+        wit::Placements {
+            job: job.to_vec(),
+            gpu_count: gpu_count.to_vec(),
+            gpus: gpus.to_vec(),
+        }
+    }
+
+    #[test]
+    fn flat_placements_split_in_order() {
+        let rows = placements(answer(&[4, 1, 7], &[2, 0, 3], &[10, 11, 20, 21, 22])).unwrap();
+        let pairs: Vec<(u32, Vec<u32>)> = rows.into_iter().map(|p| (p.job, p.gpus)).collect();
+        assert_eq!(
+            pairs,
+            vec![(4, vec![10, 11]), (1, vec![]), (7, vec![20, 21, 22])]
+        );
+    }
+
+    #[test]
+    fn columns_that_disagree_are_refused() {
+        let e = placements(answer(&[1, 2], &[1], &[5])).unwrap_err();
+        assert!(
+            e.contains("placements.job has 2 entries but placements.gpu-count has 1"),
+            "{e}"
+        );
+        let e = placements(answer(&[1], &[3], &[5, 6])).unwrap_err();
+        assert!(
+            e.contains("gpu-count sums to 3 but placements.gpus has 2"),
+            "{e}"
+        );
+        // Counts whose sum overflows u32 must not wrap around to a plausible total.
+        let e = placements(answer(&[1, 2], &[u32::MAX, 3], &[5, 6])).unwrap_err();
+        assert!(e.contains("sums to 4294967298"), "{e}");
+    }
 }

@@ -8,8 +8,15 @@ use super::sched::{Job, Snapshot};
 /// Free, healthy GPUs grouped by node, with buckets by free count for O(1)-ish best fit.
 #[derive(Debug, Clone)]
 pub struct FreeIndex {
-    /// Free healthy GPUs of each node, ascending by GPU index.
-    node_free: Vec<Vec<u32>>,
+    /// Free healthy GPUs of all nodes, grouped by node and ascending within a node: node `n`
+    /// owns `free[start[n]..start[n] + len[n]]`. One flat list rather than a list per node, as
+    /// the index is rebuilt every cycle and hundreds of small allocations cost more than the
+    /// lookups (most of all inside the sandbox).
+    free: Vec<u32>,
+    /// Where each node's free GPUs start in `free`.
+    start: Vec<u32>,
+    /// How many free GPUs each node has.
+    len: Vec<u32>,
     /// Rack of each node.
     node_rack: Vec<u32>,
     /// Node of each GPU.
@@ -35,12 +42,12 @@ impl FreeIndex {
     /// Indexes the free healthy GPUs and the tenants' remaining quotas of `snapshot`.
     pub fn new(snapshot: &Snapshot) -> Self {
         let nodes = snapshot.nodes.len();
-        let mut node_free = vec![Vec::new(); nodes];
         let mut gpu_node = Vec::with_capacity(snapshot.gpus.len());
         let mut gpu_domain = Vec::with_capacity(snapshot.gpus.len());
         let mut gpu_memory = Vec::with_capacity(snapshot.gpus.len());
         let mut node_capacity = vec![0u32; nodes];
-        for (index, gpu) in snapshot.gpus.iter().enumerate() {
+        let mut len = vec![0u32; nodes];
+        for gpu in &snapshot.gpus {
             gpu_node.push(gpu.node);
             gpu_domain.push(gpu.nvlink_domain);
             gpu_memory.push(gpu.memory_free_mib);
@@ -48,23 +55,36 @@ impl FreeIndex {
             if node < nodes {
                 node_capacity[node] += 1;
                 if gpu.healthy && !gpu.busy {
-                    node_free[node].push(index as u32);
+                    len[node] += 1;
                 }
+            }
+        }
+        let mut start = Vec::with_capacity(nodes);
+        let mut total_free = 0u32;
+        for &l in &len {
+            start.push(total_free);
+            total_free += l;
+        }
+        // Fill each node's slice in GPU order, so every slice comes out ascending.
+        let mut free = vec![0u32; total_free as usize];
+        let mut fill = start.clone();
+        for (index, gpu) in snapshot.gpus.iter().enumerate() {
+            let node = gpu.node as usize;
+            if node < nodes && gpu.healthy && !gpu.busy {
+                free[fill[node] as usize] = index as u32;
+                fill[node] += 1;
             }
         }
         let max_capacity = node_capacity.iter().copied().max().unwrap_or(0) as usize;
         let mut buckets = vec![Vec::new(); max_capacity + 1];
         let mut bucket_pos = vec![0u32; nodes];
-        let mut total_free = 0;
-        for (node, free) in node_free.iter().enumerate() {
-            let c = free.len();
-            total_free += c as u32;
+        for (node, &c) in len.iter().enumerate() {
+            let c = c as usize;
             bucket_pos[node] = buckets[c].len() as u32;
             buckets[c].push(node as u32);
         }
-        let min_free_memory = node_free
+        let min_free_memory = free
             .iter()
-            .flatten()
             .map(|&g| gpu_memory[g as usize])
             .min()
             .unwrap_or(0);
@@ -77,7 +97,9 @@ impl FreeIndex {
             })
             .collect();
         Self {
-            node_free,
+            free,
+            start,
+            len,
             node_rack: snapshot.nodes.iter().map(|n| n.rack).collect(),
             gpu_node,
             gpu_domain,
@@ -97,12 +119,13 @@ impl FreeIndex {
 
     /// Number of nodes.
     pub fn node_count(&self) -> usize {
-        self.node_free.len()
+        self.len.len()
     }
 
     /// Free healthy GPUs of `node`, ascending.
     pub fn node_free(&self, node: u32) -> &[u32] {
-        &self.node_free[node as usize]
+        let start = self.start[node as usize] as usize;
+        &self.free[start..start + self.len[node as usize] as usize]
     }
 
     /// Rack of `node`.
@@ -127,7 +150,7 @@ impl FreeIndex {
 
     /// Free GPUs of `node` with at least `memory_mib` free.
     pub fn usable(&self, node: u32, memory_mib: u32) -> impl Iterator<Item = u32> + '_ {
-        self.node_free[node as usize]
+        self.node_free(node)
             .iter()
             .copied()
             .filter(move |&g| self.gpu_memory[g as usize] >= memory_mib)
@@ -140,6 +163,9 @@ impl FreeIndex {
 
     /// Free GPUs in the whole cluster with at least `memory_mib` free.
     pub fn usable_total(&self, memory_mib: u32) -> u32 {
+        if memory_mib <= self.min_free_memory {
+            return self.total_free;
+        }
         (0..self.node_count() as u32)
             .map(|n| self.usable_count(n, memory_mib))
             .sum()
@@ -177,7 +203,7 @@ impl FreeIndex {
     /// possible: the best-fitting single domain when one is large enough, else the largest
     /// domains first. Does not take them; see [`FreeIndex::take`].
     pub fn choose_on_node(&self, node: u32, count: u32, memory_mib: u32) -> Vec<u32> {
-        let free = &self.node_free[node as usize];
+        let free = self.node_free(node);
         let one_domain = free.first().is_some_and(|&f| {
             free.iter()
                 .all(|&g| self.gpu_domain(g) == self.gpu_domain(f))
@@ -217,14 +243,21 @@ impl FreeIndex {
         let mut taken: Vec<u32> = Vec::new();
         let mut left = count;
         for c in (1..self.buckets.len()).rev() {
+            // Nodes are visited in index order, and at most `left / c + 1` of this bucket are
+            // reached (whole nodes, then one that holds the remainder): select those, sort them.
             let mut nodes = self.buckets[c].clone();
+            let reach = left as usize / c + 1;
+            if reach < nodes.len() {
+                nodes.select_nth_unstable(reach);
+                nodes.truncate(reach);
+            }
             nodes.sort_unstable();
             for node in nodes {
                 if left == 0 {
                     return Some(chosen);
                 }
                 if c as u32 <= left {
-                    chosen.extend_from_slice(&self.node_free[node as usize]);
+                    chosen.extend_from_slice(self.node_free(node));
                     taken.push(node);
                     left -= c as u32;
                     continue;
@@ -293,10 +326,13 @@ impl FreeIndex {
     pub fn take(&mut self, tenant: u32, gpus: &[u32]) {
         for &gpu in gpus {
             let node = self.gpu_node[gpu as usize];
-            let free = &mut self.node_free[node as usize];
+            let start = self.start[node as usize] as usize;
+            let before = self.len[node as usize] as usize;
+            let free = &mut self.free[start..start + before];
             if let Some(pos) = free.iter().position(|&g| g == gpu) {
-                let before = free.len();
-                free.remove(pos);
+                // Close the gap inside the node's slice; the slot at its end goes unused.
+                free.copy_within(pos + 1.., pos);
+                self.len[node as usize] -= 1;
                 self.move_bucket(node, before, before - 1);
                 self.total_free -= 1;
             }
@@ -354,25 +390,34 @@ pub fn priority_order(queue: &[Job]) -> Vec<u32> {
     // Integer keys sorted unstably: keys are unique (they end in the position), so the order is
     // deterministic, and plain integer compares are several times faster than a comparator
     // reaching back into the queue, which matters inside the sandbox.
+    if queue.is_empty() {
+        return Vec::new();
+    }
     if queue.windows(2).all(|w| w[0].submit_s <= w[1].submit_s) {
         // The host's contract: the queue comes in submission order, so position already orders
-        // by submission time. Queues carry a handful of priority levels: bucket by level (a
-        // stable counting sort, linear time); with many levels, one u64 key per job instead.
-        let mut levels: Vec<i32> = Vec::new();
-        let few = queue.iter().all(|j| {
-            levels.contains(&j.priority) || {
-                levels.push(j.priority);
-                levels.len() <= 16
-            }
+        // by submission time, and only priority is left to sort by. Priorities span a narrow
+        // range in practice: a stable counting sort over that range is two linear passes; with
+        // a wide range, one u64 key per job instead.
+        let (lo, hi) = queue.iter().fold((i32::MAX, i32::MIN), |(lo, hi), j| {
+            (lo.min(j.priority), hi.max(j.priority))
         });
-        if few {
-            levels.sort_unstable_by(|a, b| b.cmp(a));
-            let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); levels.len()];
-            for (i, j) in queue.iter().enumerate() {
-                let level = levels.iter().position(|&p| p == j.priority).unwrap_or(0);
-                buckets[level].push(i as u32);
+        let span = i64::from(hi) - i64::from(lo) + 1;
+        if span <= 4096 {
+            let rank = |j: &Job| (i64::from(hi) - i64::from(j.priority)) as usize;
+            let mut next = vec![0u32; span as usize + 1];
+            for j in queue {
+                next[rank(j) + 1] += 1;
             }
-            return buckets.concat();
+            for r in 1..next.len() {
+                next[r] += next[r - 1];
+            }
+            let mut order = vec![0u32; queue.len()];
+            for (i, j) in queue.iter().enumerate() {
+                let slot = &mut next[rank(j)];
+                order[*slot as usize] = i as u32;
+                *slot += 1;
+            }
+            return order;
         }
         let mut keys: Vec<u64> = queue
             .iter()

@@ -36,8 +36,14 @@ fn bucket_walk_chooses_exactly_like_the_scan() {
 #[test]
 fn priority_order_is_priority_then_submission_then_position() {
     let mut state = 3;
-    // Sorted submissions with few and with many priority levels, and unsorted submissions.
-    for (sorted, levels) in [(true, 5), (true, 40), (false, 5)] {
+    // Sorted submissions with a narrow priority range (counting sort) and a wide one (keys
+    // sorted), and unsorted submissions.
+    for (sorted, levels, extremes) in [
+        (true, 5, false),
+        (true, 5000, false),
+        (true, 5, true),
+        (false, 5, true),
+    ] {
         let mut queue: Vec<Job> = (0..500)
             .map(|i| {
                 let mut j = job(0, 1);
@@ -50,8 +56,10 @@ fn priority_order_is_priority_then_submission_then_position() {
                 j
             })
             .collect();
-        queue[7].priority = i32::MIN;
-        queue[9].priority = i32::MAX;
+        if extremes {
+            queue[7].priority = i32::MIN;
+            queue[9].priority = i32::MAX;
+        }
         let order = priority_order(&queue);
         let mut want: Vec<u32> = (0..queue.len() as u32).collect();
         want.sort_by(|&a, &b| {
@@ -61,6 +69,9 @@ fn priority_order_is_priority_then_submission_then_position() {
                 .then(x.submit_s.total_cmp(&y.submit_s))
                 .then(a.cmp(&b))
         });
-        assert_eq!(order, want, "sorted {sorted}, {levels} levels");
+        assert_eq!(
+            order, want,
+            "sorted {sorted}, {levels} levels, extremes {extremes}"
+        );
     }
 }

@@ -73,10 +73,7 @@ macro_rules! export_strategy {
                 fn schedule(
                     snapshot: wit::Snapshot,
                     queue: wit::Jobs,
-                ) -> ::std::result::Result<
-                    ::std::vec::Vec<wit::Placement>,
-                    $crate::sched::PluginError,
-                > {
+                ) -> ::std::result::Result<wit::Placements, $crate::sched::PluginError> {
                     let (snapshot, queue) = $crate::wire::rows(snapshot, queue)?;
                     <$strategy as $crate::Strategy>::schedule(snapshot, queue)
                         .map($crate::wire::placements)

@@ -18,6 +18,29 @@ pub enum Topology {
     SameRack,
 }
 
+impl Topology {
+    /// The case's position in the WIT `topology` enum: its code in `jobs.topology`.
+    pub fn code(self) -> u8 {
+        match self {
+            Topology::None => 0,
+            Topology::SameNode => 1,
+            Topology::SameNvlinkDomain => 2,
+            Topology::SameRack => 3,
+        }
+    }
+
+    /// The case with that code, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Topology::None,
+            1 => Topology::SameNode,
+            2 => Topology::SameNvlinkDomain,
+            3 => Topology::SameRack,
+            _ => return None,
+        })
+    }
+}
+
 /// One GPU; its position in [`Snapshot::gpus`] is its index.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gpu {

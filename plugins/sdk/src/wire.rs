@@ -14,12 +14,18 @@ fn same_length(what: &str, expected: usize, lens: &[usize]) -> Result<(), Plugin
     }
 }
 
-/// The snapshot and queue as rows; column lists of unequal length are refused.
-pub fn rows(
-    snapshot: wit::Snapshot,
-    queue: wit::Jobs,
-) -> Result<(Snapshot, Vec<Job>), PluginError> {
-    let g = snapshot.gpus;
+/// Refuses a flag column holding anything but 0 and 1.
+fn check_flags(column: &str, codes: &[u8]) -> Result<(), PluginError> {
+    match codes.iter().position(|&c| c > 1) {
+        Some(i) => Err(PluginError::InvalidInput(format!(
+            "{column}[{i}] is {}; expected 0 or 1",
+            codes[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn gpus(g: t::Gpus) -> Result<Vec<Gpu>, PluginError> {
     let n = g.node.len();
     same_length(
         "gpu",
@@ -34,19 +40,38 @@ pub fn rows(
             g.busy.len(),
         ],
     )?;
-    let gpus = (0..n)
-        .map(|i| Gpu {
-            node: g.node[i],
-            nvlink_domain: g.nvlink_domain[i],
-            rack: g.rack[i],
-            model: g.model[i],
-            memory_total_mib: g.memory_total_mib[i],
-            memory_free_mib: g.memory_free_mib[i],
-            healthy: g.healthy[i],
-            busy: g.busy[i],
-        })
+    check_flags("gpus.healthy", &g.healthy)?;
+    check_flags("gpus.busy", &g.busy)?;
+    // One pass with iterators, not indexing: no bounds checks, which the sandbox's code
+    // generator does not hoist out of the loop.
+    let rows = g
+        .node
+        .iter()
+        .zip(&g.nvlink_domain)
+        .zip(&g.rack)
+        .zip(&g.model)
+        .zip(&g.memory_total_mib)
+        .zip(&g.memory_free_mib)
+        .zip(g.healthy.iter().zip(&g.busy))
+        .map(
+            |((((((&node, &nvlink_domain), &rack), &model), &total), &free), (&healthy, &busy))| {
+                Gpu {
+                    node,
+                    nvlink_domain,
+                    rack,
+                    model,
+                    memory_total_mib: total,
+                    memory_free_mib: free,
+                    healthy: healthy == 1,
+                    busy: busy == 1,
+                }
+            },
+        )
         .collect();
-    let q = queue;
+    Ok(rows)
+}
+
+fn jobs(q: wit::Jobs) -> Result<Vec<Job>, PluginError> {
     let m = q.tenant.len();
     same_length(
         "job",
@@ -61,26 +86,86 @@ pub fn rows(
             q.submit_s.len(),
         ],
     )?;
-    let jobs = (0..m)
-        .map(|i| Job {
-            tenant: q.tenant[i],
-            priority: q.priority[i],
-            gpus: q.gpus[i],
-            memory_per_gpu_mib: q.memory_per_gpu_mib[i],
-            gang: q.gang[i],
-            topology: match q.topology[i] {
-                t::Topology::None => Topology::None,
-                t::Topology::SameNode => Topology::SameNode,
-                t::Topology::SameNvlinkDomain => Topology::SameNvlinkDomain,
-                t::Topology::SameRack => Topology::SameRack,
+    check_flags("jobs.gang", &q.gang)?;
+    if let Some(i) = q
+        .topology
+        .iter()
+        .position(|&c| Topology::from_code(c).is_none())
+    {
+        return Err(PluginError::InvalidInput(format!(
+            "jobs.topology[{i}] is {}; expected 0 to 3",
+            q.topology[i]
+        )));
+    }
+    let rows = q
+        .tenant
+        .iter()
+        .zip(&q.priority)
+        .zip(&q.gpus)
+        .zip(&q.memory_per_gpu_mib)
+        .zip(q.gang.iter().zip(&q.topology))
+        .zip(q.est_runtime_s.iter().zip(&q.submit_s))
+        .map(
+            |(((((&tenant, &priority), &gpus), &memory), (&gang, &topology)), (&est, &submit))| {
+                Job {
+                    tenant,
+                    priority,
+                    gpus,
+                    memory_per_gpu_mib: memory,
+                    gang: gang == 1,
+                    topology: Topology::from_code(topology).unwrap_or_default(),
+                    est_runtime_s: est,
+                    submit_s: submit,
+                }
             },
-            est_runtime_s: q.est_runtime_s[i],
-            submit_s: q.submit_s[i],
-        })
+        )
         .collect();
+    Ok(rows)
+}
+
+fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
+    let n = r.tenant.len();
+    same_length(
+        "allocation",
+        n,
+        &[
+            r.priority.len(),
+            r.gpu_count.len(),
+            r.start_s.len(),
+            r.expected_end_s.len(),
+        ],
+    )?;
+    let total: u64 = r.gpu_count.iter().map(|&c| u64::from(c)).sum();
+    if total != r.gpus.len() as u64 {
+        return Err(PluginError::InvalidInput(format!(
+            "running.gpu-count sums to {total} but running.gpus has {} entries",
+            r.gpus.len()
+        )));
+    }
+    let mut rest = r.gpus.as_slice();
+    Ok((0..n)
+        .map(|i| {
+            let (gpus, tail) = rest.split_at(r.gpu_count[i] as usize);
+            rest = tail;
+            Allocation {
+                tenant: r.tenant[i],
+                priority: r.priority[i],
+                gpus: gpus.to_vec(),
+                start_s: r.start_s[i],
+                expected_end_s: r.expected_end_s[i],
+            }
+        })
+        .collect())
+}
+
+/// The snapshot and queue as rows; columns of unequal length and codes out of range are refused.
+pub fn rows(
+    snapshot: wit::Snapshot,
+    queue: wit::Jobs,
+) -> Result<(Snapshot, Vec<Job>), PluginError> {
     let snapshot = Snapshot {
         now_s: snapshot.now_s,
-        gpus,
+        gpus: gpus(snapshot.gpus)?,
         nodes: snapshot
             .node_rack
             .into_iter()
@@ -100,27 +185,126 @@ pub fn rows(
                 weight: t.weight,
             })
             .collect(),
-        running: snapshot
-            .running
-            .into_iter()
-            .map(|a| Allocation {
-                tenant: a.tenant,
-                priority: a.priority,
-                gpus: a.gpus,
-                start_s: a.start_s,
-                expected_end_s: a.expected_end_s,
-            })
-            .collect(),
+        running: allocations(snapshot.running)?,
     };
-    Ok((snapshot, jobs))
+    Ok((snapshot, jobs(queue)?))
 }
 
-/// Placements in the world's type.
-pub fn placements(rows: Vec<Placement>) -> Vec<wit::Placement> {
-    rows.into_iter()
-        .map(|p| wit::Placement {
-            job: p.job,
-            gpus: p.gpus,
-        })
-        .collect()
+/// Placements in the world's columns.
+pub fn placements(rows: Vec<Placement>) -> wit::Placements {
+    let mut out = wit::Placements {
+        job: Vec::with_capacity(rows.len()),
+        gpu_count: Vec::with_capacity(rows.len()),
+        gpus: Vec::with_capacity(rows.iter().map(|p| p.gpus.len()).sum()),
+    };
+    for p in rows {
+        out.job.push(p.job);
+        out.gpu_count.push(p.gpus.len() as u32);
+        out.gpus.extend_from_slice(&p.gpus);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(gpus: usize) -> wit::Snapshot {
+        let n = gpus;
+        wit::Snapshot {
+            now_s: 5.0,
+            gpus: t::Gpus {
+                node: vec![0; n],
+                nvlink_domain: vec![0; n],
+                rack: vec![0; n],
+                model: vec![0; n],
+                memory_total_mib: vec![80; n],
+                memory_free_mib: vec![80; n],
+                healthy: vec![1; n],
+                busy: vec![0; n],
+            },
+            node_rack: vec![0],
+            rack_count: 1,
+            nvlink_domain_count: 1,
+            model_count: 1,
+            tenants: Vec::new(),
+            running: t::Allocations {
+                tenant: vec![0, 0],
+                priority: vec![1, 2],
+                gpu_count: vec![1, 2],
+                gpus: vec![0, 1, 2],
+                start_s: vec![0.0, 1.0],
+                expected_end_s: vec![9.0, 10.0],
+            },
+        }
+    }
+
+    fn jobs(n: usize) -> wit::Jobs {
+        wit::Jobs {
+            tenant: vec![0; n],
+            priority: vec![0; n],
+            gpus: vec![1; n],
+            memory_per_gpu_mib: vec![1; n],
+            gang: vec![1; n],
+            topology: vec![2; n],
+            est_runtime_s: vec![1.0; n],
+            submit_s: vec![0.0; n],
+        }
+    }
+
+    fn refusal(snapshot: wit::Snapshot, queue: wit::Jobs) -> String {
+        match rows(snapshot, queue) {
+            Err(PluginError::InvalidInput(m)) => m,
+            other => panic!("expected invalid-input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn columns_become_rows() {
+        let (snap, queue) = rows(snapshot(4), jobs(2)).unwrap();
+        assert_eq!(snap.gpus.len(), 4);
+        assert!(snap.gpus.iter().all(|g| g.healthy && !g.busy));
+        assert_eq!(snap.running.len(), 2);
+        assert_eq!(snap.running[0].gpus, vec![0]);
+        assert_eq!(snap.running[1].gpus, vec![1, 2]);
+        assert_eq!(queue.len(), 2);
+        assert!(queue[0].gang);
+        assert_eq!(queue[0].topology, Topology::SameNvlinkDomain);
+    }
+
+    #[test]
+    fn bad_codes_and_ragged_columns_are_refused() {
+        let mut s = snapshot(4);
+        s.gpus.busy[3] = 2;
+        assert!(refusal(s, jobs(1)).contains("gpus.busy[3] is 2; expected 0 or 1"));
+        let mut q = jobs(3);
+        q.topology[1] = 9;
+        assert!(refusal(snapshot(4), q).contains("jobs.topology[1] is 9; expected 0 to 3"));
+        let mut q = jobs(3);
+        q.submit_s.pop();
+        assert!(refusal(snapshot(4), q).contains("job columns differ in length (2 vs 3)"));
+        let mut s = snapshot(4);
+        s.running.gpus.pop();
+        assert!(
+            refusal(s, jobs(1))
+                .contains("running.gpu-count sums to 3 but running.gpus has 2 entries")
+        );
+    }
+
+    #[test]
+    fn placements_become_flat_columns() {
+        let flat = placements(vec![
+            Placement {
+                job: 3,
+                gpus: vec![7, 8],
+            },
+            Placement {
+                job: 0,
+                gpus: vec![1],
+            },
+        ]);
+        assert_eq!(flat.job, vec![3, 0]);
+        assert_eq!(flat.gpu_count, vec![2, 1]);
+        assert_eq!(flat.gpus, vec![7, 8, 1]);
+    }
 }
