@@ -6,7 +6,7 @@
 
 /// The scheduler world's types under the names the shared sources expect.
 mod sched {
-    pub use crate::scheduling::model::{Job, Placement, Snapshot};
+    pub use crate::scheduling::model::{Jobs, Placement, Snapshot};
 }
 
 #[path = "../../../plugins/sdk/src/fit.rs"]
@@ -16,12 +16,12 @@ mod fit;
 #[path = "../../../plugins/binpack/src/packing.rs"]
 mod packing;
 
-use crate::scheduling::model::{Job, Placement, Snapshot};
+use crate::scheduling::model::{Jobs, Placement, Snapshot};
 
 /// Name under which fallback decisions are reported.
 pub const NAME: &str = "native-binpack";
 
 /// One cycle of native bin packing.
-pub fn schedule(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+pub fn schedule(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     packing::pack(snapshot, queue)
 }

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
-use super::model::{Job, Placement, Snapshot};
+use super::model::{Jobs, Placement, Snapshot};
 use super::wire;
 use crate::bindings::sched_v0_1::{GuestError, Scheduler, SchedulerPre};
 use crate::plugin::{
@@ -204,7 +204,7 @@ impl SchedulerPlugin {
     pub fn schedule(
         &self,
         snapshot: &Snapshot,
-        queue: &[Job],
+        queue: &Jobs,
     ) -> Result<Vec<Placement>, PluginError> {
         plugin::driver::block_on(self.schedule_async(snapshot, queue))
     }
@@ -215,7 +215,7 @@ impl SchedulerPlugin {
     pub async fn schedule_async(
         &self,
         snapshot: &Snapshot,
-        queue: &[Job],
+        queue: &Jobs,
     ) -> Result<Vec<Placement>, PluginError> {
         let span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name);
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();

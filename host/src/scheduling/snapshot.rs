@@ -1,29 +1,24 @@
 //! Builds what a strategy sees from the live state.
 
-use super::model::{Allocation, Gpu, Job, Node, Snapshot, Tenant, Topology};
+use super::model::{Allocation, Gpus, Jobs, Node, Snapshot, Tenant, Topology};
 use super::state::ClusterState;
 use crate::cluster::TopologyPref;
 
 /// The snapshot and the queue (pending jobs in submission order) for one cycle.
-pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Vec<Job>) {
+pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Jobs) {
     let c = &state.cluster;
     let snapshot = Snapshot {
         now_s,
-        gpus: c
-            .gpus
-            .iter()
-            .zip(&state.holder)
-            .map(|(g, holder)| Gpu {
-                node: g.node,
-                nvlink_domain: g.nvlink_domain,
-                rack: g.rack,
-                model: g.model,
-                memory_total_mib: g.memory_total_mib,
-                memory_free_mib: g.memory_free_mib,
-                healthy: g.healthy,
-                busy: holder.is_some(),
-            })
-            .collect(),
+        gpus: Gpus {
+            node: c.gpus.iter().map(|g| g.node).collect(),
+            nvlink_domain: c.gpus.iter().map(|g| g.nvlink_domain).collect(),
+            rack: c.gpus.iter().map(|g| g.rack).collect(),
+            model: c.gpus.iter().map(|g| g.model).collect(),
+            memory_total_mib: c.gpus.iter().map(|g| g.memory_total_mib).collect(),
+            memory_free_mib: c.gpus.iter().map(|g| g.memory_free_mib).collect(),
+            healthy: c.gpus.iter().map(|g| u8::from(g.healthy)).collect(),
+            busy: state.holder.iter().map(|h| u8::from(h.is_some())).collect(),
+        },
         nodes: c.nodes.iter().map(|n| Node { rack: n.rack }).collect(),
         rack_count: c.racks.len() as u32,
         nvlink_domain_count: c.nvlink_domains.len() as u32,
@@ -52,24 +47,27 @@ pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Vec<Job>) {
             })
             .collect(),
     };
-    let queue = state
-        .pending
-        .iter()
-        .map(|p| Job {
-            tenant: p.tenant,
-            priority: p.spec.priority,
-            gpus: p.remaining,
-            memory_per_gpu_mib: p.spec.memory_per_gpu_mib,
-            gang: p.spec.gang,
-            topology: match p.spec.topology {
-                TopologyPref::None => Topology::None,
-                TopologyPref::SameNode => Topology::SameNode,
-                TopologyPref::SameNvlinkDomain => Topology::SameNvlinkDomain,
-                TopologyPref::SameRack => Topology::SameRack,
-            },
-            est_runtime_s: p.spec.est_runtime_s,
-            submit_s: p.spec.submit_time_s,
-        })
-        .collect();
+    let p = &state.pending;
+    let queue = Jobs {
+        tenant: p.iter().map(|p| p.tenant).collect(),
+        priority: p.iter().map(|p| p.spec.priority).collect(),
+        gpus: p.iter().map(|p| p.remaining).collect(),
+        memory_per_gpu_mib: p.iter().map(|p| p.spec.memory_per_gpu_mib).collect(),
+        gang: p.iter().map(|p| u8::from(p.spec.gang)).collect(),
+        topology: p
+            .iter()
+            .map(|p| {
+                match p.spec.topology {
+                    TopologyPref::None => Topology::None,
+                    TopologyPref::SameNode => Topology::SameNode,
+                    TopologyPref::SameNvlinkDomain => Topology::SameNvlinkDomain,
+                    TopologyPref::SameRack => Topology::SameRack,
+                }
+                .code()
+            })
+            .collect(),
+        est_runtime_s: p.iter().map(|p| p.spec.est_runtime_s).collect(),
+        submit_s: p.iter().map(|p| p.spec.submit_time_s).collect(),
+    };
     (snapshot, queue)
 }

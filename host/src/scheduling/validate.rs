@@ -1,15 +1,11 @@
 //! The host never trusts a strategy's answer: every placement is checked, and one bad placement
 //! rejects the whole answer.
 
-use super::model::{Job, Placement, Snapshot};
+use super::model::{Jobs, Placement, Snapshot};
 
 /// Checks `placements` against the snapshot and queue they answer. The error names the first
 /// offending placement, GPU and rule.
-pub fn validate(
-    snapshot: &Snapshot,
-    queue: &[Job],
-    placements: &[Placement],
-) -> Result<(), String> {
+pub fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) -> Result<(), String> {
     if placements.len() > queue.len() {
         return Err(format!(
             "{} placements for a queue of {} jobs",
@@ -95,7 +91,7 @@ mod tests {
     use crate::cluster::{Cluster, JobSpec, TopologyPref};
     use crate::scheduling::{ClusterState, snapshot};
 
-    fn setup() -> (Snapshot, Vec<Job>) {
+    fn setup() -> (Snapshot, Jobs) {
         let mut cluster = Cluster::uniform(1, 2, 4, 2);
         cluster.tenants[1].quota_gpus = Some(2);
         cluster.gpus[7].healthy = false;

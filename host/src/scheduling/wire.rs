@@ -1,21 +1,20 @@
-//! Rows to the world's columns and back, for calls into scheduler plugins.
+//! The model to the world's types and back, for calls into scheduler plugins.
 
-use super::model::{Job, Placement, Snapshot};
+use super::model::{Jobs, Placement, Snapshot};
 use crate::bindings::sched_v0_1 as wit;
 
 /// The snapshot and queue as the world passes them.
-pub fn columns(snapshot: &Snapshot, queue: &[Job]) -> (wit::Snapshot, wit::Jobs) {
+pub fn columns(snapshot: &Snapshot, queue: &Jobs) -> (wit::Snapshot, wit::Jobs) {
     let g = &snapshot.gpus;
-    let col = |f: fn(&super::model::Gpu) -> u32| g.iter().map(f).collect::<Vec<u32>>();
     let gpus = wit::Gpus {
-        node: col(|g| g.node),
-        nvlink_domain: col(|g| g.nvlink_domain),
-        rack: col(|g| g.rack),
-        model: col(|g| g.model),
-        memory_total_mib: col(|g| g.memory_total_mib),
-        memory_free_mib: col(|g| g.memory_free_mib),
-        healthy: g.iter().map(|g| u8::from(g.healthy)).collect(),
-        busy: g.iter().map(|g| u8::from(g.busy)).collect(),
+        node: g.node.clone(),
+        nvlink_domain: g.nvlink_domain.clone(),
+        rack: g.rack.clone(),
+        model: g.model.clone(),
+        memory_total_mib: g.memory_total_mib.clone(),
+        memory_free_mib: g.memory_free_mib.clone(),
+        healthy: g.healthy.clone(),
+        busy: g.busy.clone(),
     };
     let r = &snapshot.running;
     let running = wit::Allocations {
@@ -47,14 +46,14 @@ pub fn columns(snapshot: &Snapshot, queue: &[Job]) -> (wit::Snapshot, wit::Jobs)
         running,
     };
     let jobs = wit::Jobs {
-        tenant: queue.iter().map(|j| j.tenant).collect(),
-        priority: queue.iter().map(|j| j.priority).collect(),
-        gpus: queue.iter().map(|j| j.gpus).collect(),
-        memory_per_gpu_mib: queue.iter().map(|j| j.memory_per_gpu_mib).collect(),
-        gang: queue.iter().map(|j| u8::from(j.gang)).collect(),
-        topology: queue.iter().map(|j| j.topology.code()).collect(),
-        est_runtime_s: queue.iter().map(|j| j.est_runtime_s).collect(),
-        submit_s: queue.iter().map(|j| j.submit_s).collect(),
+        tenant: queue.tenant.clone(),
+        priority: queue.priority.clone(),
+        gpus: queue.gpus.clone(),
+        memory_per_gpu_mib: queue.memory_per_gpu_mib.clone(),
+        gang: queue.gang.clone(),
+        topology: queue.topology.clone(),
+        est_runtime_s: queue.est_runtime_s.clone(),
+        submit_s: queue.submit_s.clone(),
     };
     (snap, jobs)
 }

@@ -2,7 +2,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
 
 /// The scheduler world's types, under the names `packing` expects.
 mod sched {
@@ -19,7 +19,7 @@ impl Strategy for Binpack {
         Config::new(config).reject_unknown(&[])
     }
 
-    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+    fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
         Ok(packing::pack(&snapshot, &queue))
     }
 }

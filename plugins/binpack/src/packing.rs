@@ -9,17 +9,17 @@
 //! fallback strategy and benchmark baseline. It only names `super::sched` and `super::fit`.
 
 use super::fit::{FreeIndex, priority_order};
-use super::sched::{Job, Placement, Snapshot};
+use super::sched::{Jobs, Placement, Snapshot};
 
 /// One scheduling cycle of the bin-packing strategy.
-pub fn pack(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+pub fn pack(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     let mut index = FreeIndex::new(snapshot);
     let mut placements = Vec::new();
     for position in priority_order(queue) {
         if index.total_free() == 0 {
             break;
         }
-        let job = &queue[position as usize];
+        let job = queue.row(position as usize);
         let allowed = job.gpus.min(index.quota_left(job.tenant));
         if allowed == 0 || (job.gang && allowed < job.gpus) {
             continue;

@@ -14,11 +14,11 @@
 
 use super::backfill::{Release, Reservation, reserve};
 use super::fit::{FreeIndex, priority_order};
-use super::sched::{Job, Placement, Snapshot, Tenant};
+use super::sched::{Jobs, Placement, Snapshot, Tenant};
 use super::usable::UsableCounts;
 
 /// One scheduling cycle of the fair-share strategy.
-pub fn schedule(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+pub fn schedule(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     let mut index = FreeIndex::new(snapshot);
     let mut placements = Vec::new();
     if index.total_free() == 0 || queue.is_empty() {
@@ -42,7 +42,7 @@ pub fn schedule(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
         let Some(position) = queues.pop(tenant) else {
             continue;
         };
-        let job = &queue[position as usize];
+        let job = queue.row(position as usize);
 
         // Quota: a job the tenant cannot afford is dropped for this cycle; it holds no GPUs
         // back, so it never becomes the reservation.
@@ -185,10 +185,10 @@ struct TenantQueues {
 }
 
 impl TenantQueues {
-    fn new(tenants: usize, queue: &[Job]) -> Self {
+    fn new(tenants: usize, queue: &Jobs) -> Self {
         let mut jobs = vec![Vec::new(); tenants];
         for position in priority_order(queue) {
-            let job = &queue[position as usize];
+            let job = queue.row(position as usize);
             // A job of an unknown tenant or asking nothing can never be placed validly.
             if job.gpus > 0
                 && let Some(list) = jobs.get_mut(job.tenant as usize)
@@ -249,7 +249,7 @@ impl Backfill {
         &mut self,
         snapshot: &Snapshot,
         free: &UsableCounts,
-        queue: &[Job],
+        queue: &Jobs,
         placements: &[Placement],
         position: u32,
         need: u32,
@@ -264,7 +264,7 @@ impl Backfill {
         });
         // This cycle's placements are expected to end after their estimated runtime.
         let placed = placements.iter().map(|p| Release {
-            end_s: snapshot.now_s + queue[p.job as usize].est_runtime_s,
+            end_s: snapshot.now_s + queue.est_runtime_s[p.job as usize],
             gpus: &p.gpus,
         });
         self.reservation = reserve(

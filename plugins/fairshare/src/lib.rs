@@ -3,7 +3,7 @@
 
 use gantry_plugin_sdk::config::Config;
 use gantry_plugin_sdk::fit;
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
 
 /// The scheduler world's types, under the names the strategy's modules expect.
 mod sched {
@@ -22,7 +22,7 @@ impl Strategy for Fairshare {
         Config::new(config).reject_unknown(&[])
     }
 
-    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+    fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
         Ok(drf::schedule(&snapshot, &queue))
     }
 }

@@ -3,9 +3,9 @@ use crate::backfill::{Release, Reservation, reserve};
 use crate::drf::schedule;
 use crate::usable::UsableCounts;
 use gantry_plugin_sdk::sched::{
-    Allocation, ConfigEntry, Job, Placement, Snapshot, Strategy, Topology,
+    Allocation, ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology,
 };
-use gantry_plugin_sdk::testing::{cluster, job, occupy};
+use gantry_plugin_sdk::testing::{cluster, edit_gpus, job, jobs, occupy};
 
 const GIB: u32 = 1024;
 
@@ -41,7 +41,7 @@ fn placed_jobs(placements: &[Placement]) -> Vec<u32> {
 
 /// Every rule the host checks (see `host/src/scheduling/validate.rs`); panics naming the first
 /// broken one.
-fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) {
+fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) {
     assert!(placements.len() <= queue.len());
     let mut job_seen = vec![false; queue.len()];
     let mut gpu_taken = vec![false; snapshot.gpus.len()];
@@ -83,7 +83,7 @@ fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) {
 }
 
 /// Schedules and checks the answer against the host's rules.
-fn checked(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+fn checked(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     let placements = schedule(snapshot, queue);
     validate(snapshot, queue, &placements);
     placements
@@ -102,9 +102,9 @@ fn configure_accepts_no_keys() {
 #[test]
 fn empty_queue_or_full_cluster_places_nothing() {
     let mut snapshot = cluster(1, 1, 8);
-    assert!(checked(&snapshot, &[]).is_empty());
+    assert!(checked(&snapshot, &jobs([])).is_empty());
     occupy(&mut snapshot, 0..8);
-    assert!(checked(&snapshot, &[job(0, 1)]).is_empty());
+    assert!(checked(&snapshot, &jobs([job(0, 1)])).is_empty());
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn under_served_tenant_goes_first_when_only_one_fits() {
     // Tenant a submitted first and has the same priority, but already holds half the cluster.
     let mut late = job(1, 4);
     late.submit_s = 100.0;
-    let placements = checked(&snapshot, &[job(0, 4), late]);
+    let placements = checked(&snapshot, &jobs([job(0, 4), late]));
     assert_eq!(placed_jobs(&placements), vec![1]);
     assert_eq!(placements[0].gpus, vec![4, 5, 6, 7]);
 }
@@ -123,7 +123,7 @@ fn under_served_tenant_goes_first_when_only_one_fits() {
 fn tenants_take_turns_as_usage_grows_within_the_cycle() {
     let snapshot = cluster(1, 2, 8);
     // Tenant a's jobs come first in the queue, yet each placement raises its share.
-    let queue = [job(0, 4), job(0, 4), job(1, 4), job(1, 4)];
+    let queue = jobs([job(0, 4), job(0, 4), job(1, 4), job(1, 4)]);
     let placements = checked(&snapshot, &queue);
     assert_eq!(placed_jobs(&placements), vec![0, 2, 1, 3]);
 }
@@ -134,7 +134,7 @@ fn weights_change_the_order() {
     run(&mut snapshot, 0, 0..4, 1000.0);
     run(&mut snapshot, 1, 4..8, 1000.0);
     occupy(&mut snapshot, 8..12); // only 4 free
-    let queue = [job(0, 4), job(1, 4)];
+    let queue = jobs([job(0, 4), job(1, 4)]);
     // Equal shares: the tie goes to the lower tenant index.
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![0]);
     // Twice the weight halves b's share.
@@ -157,7 +157,7 @@ fn memory_counts_in_the_dominant_share() {
     // Tenant b holds 4 GPUs (25%) with little memory.
     snapshot.tenants[1].used_gpus = 4;
     snapshot.tenants[1].used_memory_mib = 40 * GIB as u64;
-    let queue = [job(0, 8), job(1, 8)];
+    let queue = jobs([job(0, 8), job(1, 8)]);
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![1]);
     // Counting GPUs only, a would be the lighter tenant.
     snapshot.tenants[0].used_memory_mib = 20 * GIB as u64;
@@ -167,16 +167,16 @@ fn memory_counts_in_the_dominant_share() {
 #[test]
 fn memory_share_counts_this_cycles_placements() {
     let mut snapshot = cluster(1, 2, 8);
-    for gpu in &mut snapshot.gpus[8..] {
+    edit_gpus(&mut snapshot, 8.., |gpu| {
         gpu.memory_total_mib = 20 * GIB;
         gpu.memory_free_mib = 20 * GIB;
-    }
+    });
     // 16 GPUs, 800 GiB. a's first job: 2 GPUs (12.5%) but 160 GiB (20%).
     let mut heavy = job(0, 2);
     heavy.memory_per_gpu_mib = 80 * GIB;
     let mut light = job(1, 2);
     light.memory_per_gpu_mib = 10 * GIB;
-    let queue = [heavy, job(0, 1), light, job(1, 1)];
+    let queue = jobs([heavy, job(0, 1), light, job(1, 1)]);
     // After it, b (12.5%, then 18.75%) stays below a (20%) for both of its jobs; counting GPUs
     // only, a's second job would come before b's second.
     let placements = checked(&snapshot, &queue);
@@ -193,10 +193,10 @@ fn backfill_lets_short_jobs_run_but_not_long_ones() {
     let big = job(0, 12);
     let long = with_runtime(job(1, 2), 3600.0);
     let short = with_runtime(job(1, 2), 500.0);
-    let placements = checked(&snapshot, &[big, long, short]);
+    let placements = checked(&snapshot, &jobs([big, long, short]));
     assert_eq!(placed_jobs(&placements), vec![2]);
     // Without the big job, the long one would have run.
-    let placements = checked(&snapshot, &[long, short]);
+    let placements = checked(&snapshot, &jobs([long, short]));
     assert_eq!(placed_jobs(&placements), vec![0, 1]);
 }
 
@@ -205,9 +205,9 @@ fn backfill_ending_exactly_at_the_shadow_time_is_in_time() {
     let mut snapshot = cluster(1, 2, 8);
     snapshot.now_s = 100.0;
     run(&mut snapshot, 1, 0..12, 1000.0);
-    let queue = [job(0, 16), with_runtime(job(1, 4), 900.0)];
+    let queue = jobs([job(0, 16), with_runtime(job(1, 4), 900.0)]);
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![1]);
-    let queue = [job(0, 16), with_runtime(job(1, 4), 900.5)];
+    let queue = jobs([job(0, 16), with_runtime(job(1, 4), 900.5)]);
     assert!(checked(&snapshot, &queue).is_empty());
 }
 
@@ -217,12 +217,12 @@ fn backfill_may_use_the_extra_gpus() {
     run(&mut snapshot, 1, 0..8, 1000.0);
     run(&mut snapshot, 1, 8..12, 5000.0);
     // The big job needs 10 of the 12 GPUs free at t = 1000: 2 extra.
-    let queue = [
+    let queue = jobs([
         job(0, 10),
         with_runtime(job(1, 2), 3600.0),
         with_runtime(job(1, 1), 3600.0),
         with_runtime(job(1, 1), 100.0),
-    ];
+    ]);
     let placements = checked(&snapshot, &queue);
     // The first long job takes both extra GPUs; the second would delay the big job; the short
     // one ends in time.
@@ -234,7 +234,7 @@ fn non_gang_backfill_takes_at_most_the_extra() {
     let mut snapshot = cluster(1, 2, 8);
     run(&mut snapshot, 1, 0..8, 1000.0);
     run(&mut snapshot, 1, 8..12, 5000.0);
-    let queue = [job(0, 9), partial(with_runtime(job(1, 4), 3600.0))];
+    let queue = jobs([job(0, 9), partial(with_runtime(job(1, 4), 3600.0))]);
     let placements = checked(&snapshot, &queue);
     assert_eq!(placed_jobs(&placements), vec![1]);
     assert_eq!(
@@ -250,12 +250,12 @@ fn this_cycles_placements_count_as_releases() {
     run(&mut snapshot, 1, 0..8, 1e9);
     // Tenant a's first job takes 4 of the 8 free GPUs for 100 s; its 8-GPU job then waits for
     // them (shadow t = 100), so b's 4-GPU job may run only if it ends by then.
-    let queue = [
+    let queue = jobs([
         with_runtime(job(0, 4), 100.0),
         job(0, 8),
         with_runtime(job(1, 4), 3600.0),
         with_runtime(job(1, 2), 50.0),
-    ];
+    ]);
     let placements = checked(&snapshot, &queue);
     assert_eq!(placed_jobs(&placements), vec![0, 3]);
 }
@@ -264,7 +264,7 @@ fn this_cycles_placements_count_as_releases() {
 fn job_larger_than_the_cluster_gets_no_reservation() {
     let mut snapshot = cluster(1, 2, 8);
     run(&mut snapshot, 1, 0..8, 1000.0);
-    let queue = [job(0, 17), with_runtime(job(1, 8), 3600.0)];
+    let queue = jobs([job(0, 17), with_runtime(job(1, 8), 3600.0)]);
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![1]);
 }
 
@@ -273,13 +273,13 @@ fn gpus_without_the_memory_do_not_count_for_the_reservation() {
     let mut snapshot = cluster(1, 2, 8);
     run(&mut snapshot, 1, 0..8, 1000.0);
     run(&mut snapshot, 1, 8..12, 2000.0);
-    for gpu in &mut snapshot.gpus[0..8] {
+    edit_gpus(&mut snapshot, 0..8, |gpu| {
         gpu.memory_free_mib = 20 * GIB; // node 0 too small for 40 GiB jobs
-    }
+    });
     // The 8-GPU job can only use node 1: 4 free now, 8 at t = 2000, not t = 1000.
-    let queue = [job(0, 8), with_runtime(job(1, 4), 1500.0)];
+    let queue = jobs([job(0, 8), with_runtime(job(1, 4), 1500.0)]);
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![1]);
-    let queue = [job(0, 8), with_runtime(job(1, 4), 2500.0)];
+    let queue = jobs([job(0, 8), with_runtime(job(1, 4), 2500.0)]);
     assert!(checked(&snapshot, &queue).is_empty());
 }
 
@@ -290,7 +290,7 @@ fn quota_is_respected_and_a_quota_blocked_job_reserves_nothing() {
     snapshot.tenants[0].quota_gpus = Some(4);
     // a's 6-GPU job is over quota (and too big for what is free). Reserved, it would keep b's
     // long job out; dropped for quota, it does not.
-    let queue = [job(0, 6), with_runtime(job(1, 4), 3600.0)];
+    let queue = jobs([job(0, 6), with_runtime(job(1, 4), 3600.0)]);
     let placements = checked(&snapshot, &queue);
     assert_eq!(placed_jobs(&placements), vec![1]);
 }
@@ -300,7 +300,7 @@ fn quota_caps_gang_and_partial_jobs() {
     let mut snapshot = cluster(1, 2, 8);
     snapshot.tenants[0].quota_gpus = Some(6);
     snapshot.tenants[0].used_gpus = 2;
-    let queue = [job(0, 3), job(0, 2), partial(job(0, 3)), job(0, 1)];
+    let queue = jobs([job(0, 3), job(0, 2), partial(job(0, 3)), job(0, 1)]);
     let placements = checked(&snapshot, &queue);
     // 4 left: the 3-GPU gang, the 2-GPU gang is over, the partial job gets the last one.
     assert_eq!(placed_jobs(&placements), vec![0, 2]);
@@ -312,11 +312,11 @@ fn non_gang_job_takes_what_is_free() {
     let mut snapshot = cluster(1, 2, 8);
     occupy(&mut snapshot, 0..5);
     occupy(&mut snapshot, 8..14);
-    let placements = checked(&snapshot, &[partial(job(0, 8))]);
+    let placements = checked(&snapshot, &jobs([partial(job(0, 8))]));
     assert_eq!(placements.len(), 1);
     assert_eq!(placements[0].gpus.len(), 5);
     // A request that fits whole goes to one node by best fit.
-    let placements = checked(&snapshot, &[partial(job(0, 2))]);
+    let placements = checked(&snapshot, &jobs([partial(job(0, 2))]));
     assert_eq!(placements[0].gpus, vec![14, 15]);
 }
 
@@ -324,9 +324,9 @@ fn non_gang_job_takes_what_is_free() {
 fn non_gang_job_blocked_for_capacity_gets_the_reservation() {
     let mut snapshot = cluster(1, 2, 8);
     run(&mut snapshot, 1, 0..8, 1000.0);
-    for gpu in &mut snapshot.gpus[8..] {
+    edit_gpus(&mut snapshot, 8.., |gpu| {
         gpu.memory_free_mib = 20 * GIB;
-    }
+    });
     // Node 1 is free but too small for a's 80 GiB job: it reserves 2 of the 8 GPUs of node 0
     // that free up at t = 1000, leaving 6 extra.
     let mut hungry = partial(job(0, 2));
@@ -336,7 +336,7 @@ fn non_gang_job_blocked_for_capacity_gets_the_reservation() {
         j.memory_per_gpu_mib = 10 * GIB;
         j
     };
-    let queue = [hungry, small(4, 3600.0), small(4, 3600.0), small(2, 100.0)];
+    let queue = jobs([hungry, small(4, 3600.0), small(4, 3600.0), small(2, 100.0)]);
     let placements = checked(&snapshot, &queue);
     // The first long job takes 4 of the 6 extra; the second would need 4 of the 2 left.
     assert_eq!(placed_jobs(&placements), vec![1, 3]);
@@ -347,7 +347,7 @@ fn invalid_jobs_are_ignored() {
     let snapshot = cluster(1, 1, 8);
     let mut huge_memory = job(0, 1);
     huge_memory.memory_per_gpu_mib = 100 * GIB;
-    let queue = [job(0, 0), job(7, 1), huge_memory, job(1, 1)];
+    let queue = jobs([job(0, 0), job(7, 1), huge_memory, job(1, 1)]);
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![3]);
 }
 
@@ -357,7 +357,7 @@ fn priority_orders_jobs_within_a_tenant() {
     let mut urgent = job(0, 8);
     urgent.priority = 5;
     urgent.submit_s = 10.0;
-    let placements = checked(&snapshot, &[job(0, 8), urgent]);
+    let placements = checked(&snapshot, &jobs([job(0, 8), urgent]));
     assert_eq!(placed_jobs(&placements), vec![1]);
 }
 
@@ -417,9 +417,9 @@ fn reserve_finds_the_shadow_time_and_extra() {
 fn usable_counts_follow_memory_and_removals() {
     let mut snapshot = cluster(1, 2, 4);
     for (g, memory) in [(0, 10), (1, 20), (2, 20), (3, 40)] {
-        snapshot.gpus[g].memory_free_mib = memory * GIB;
+        snapshot.gpus.memory_free_mib[g] = memory * GIB;
     }
-    snapshot.gpus[5].healthy = false;
+    snapshot.gpus.healthy[5] = 0;
     occupy(&mut snapshot, [6]);
     let mut free = UsableCounts::free(&snapshot);
     assert_eq!(free.total(), 6);
@@ -469,7 +469,7 @@ impl Rng {
 
 /// A cluster of `racks` x `nodes_per_rack` 8-GPU nodes with random occupancy, health, memory,
 /// quotas, weights and running allocations, and a queue of `jobs` mixed jobs.
-fn random_case(seed: u64, racks: u32, nodes_per_rack: u32, jobs: usize) -> (Snapshot, Vec<Job>) {
+fn random_case(seed: u64, racks: u32, nodes_per_rack: u32, jobs: usize) -> (Snapshot, Jobs) {
     let mut rng = Rng(seed);
     let mut snapshot = cluster(racks, nodes_per_rack, 8);
     snapshot.now_s = rng.below(10_000) as f64;
@@ -484,14 +484,14 @@ fn random_case(seed: u64, racks: u32, nodes_per_rack: u32, jobs: usize) -> (Snap
         }
         g += run_len;
     }
-    for gpu in &mut snapshot.gpus {
+    edit_gpus(&mut snapshot, .., |gpu| {
         if rng.chance(3) {
             gpu.healthy = false;
         }
         if rng.chance(20) {
             gpu.memory_free_mib = [10, 30, 45, 70][rng.below(4) as usize] * GIB;
         }
-    }
+    });
     for tenant in &mut snapshot.tenants {
         tenant.weight = [1.0, 2.0, 0.5, 0.0][rng.below(4) as usize];
         // Some quotas leave room, a few are already exceeded by the running allocations.

@@ -57,7 +57,7 @@ impl UsableCounts {
             .gpus
             .iter()
             .enumerate()
-            .filter(|&(i, g)| counted(i, g))
+            .filter(|(i, g)| counted(*i, g))
             .map(|(_, g)| g.memory_free_mib)
             .collect();
         levels.sort_unstable();
@@ -69,7 +69,7 @@ impl UsableCounts {
             total: 0,
         };
         for (index, gpu) in snapshot.gpus.iter().enumerate() {
-            if counted(index, gpu)
+            if counted(index, &gpu)
                 && let Ok(level) = counts.levels.binary_search(&gpu.memory_free_mib)
             {
                 counts.gpu_level[index] = level as u32;

@@ -3,7 +3,7 @@
 //! Written only against the scheduler world's types (`super::sched`), so the host compiles this
 //! very file into its native fallback strategy and both sides decide identically.
 
-use super::sched::{Job, Snapshot};
+use super::sched::{Jobs, Snapshot};
 
 /// Free, healthy GPUs grouped by node, with buckets by free count for O(1)-ish best fit.
 #[derive(Debug, Clone)]
@@ -42,19 +42,14 @@ impl FreeIndex {
     /// Indexes the free healthy GPUs and the tenants' remaining quotas of `snapshot`.
     pub fn new(snapshot: &Snapshot) -> Self {
         let nodes = snapshot.nodes.len();
-        let mut gpu_node = Vec::with_capacity(snapshot.gpus.len());
-        let mut gpu_domain = Vec::with_capacity(snapshot.gpus.len());
-        let mut gpu_memory = Vec::with_capacity(snapshot.gpus.len());
+        let gpus = &snapshot.gpus;
         let mut node_capacity = vec![0u32; nodes];
         let mut len = vec![0u32; nodes];
-        for gpu in &snapshot.gpus {
-            gpu_node.push(gpu.node);
-            gpu_domain.push(gpu.nvlink_domain);
-            gpu_memory.push(gpu.memory_free_mib);
-            let node = gpu.node as usize;
+        for (i, &node) in gpus.node.iter().enumerate() {
+            let node = node as usize;
             if node < nodes {
                 node_capacity[node] += 1;
-                if gpu.healthy && !gpu.busy {
+                if gpus.is_free(i) {
                     len[node] += 1;
                 }
             }
@@ -68,13 +63,16 @@ impl FreeIndex {
         // Fill each node's slice in GPU order, so every slice comes out ascending.
         let mut free = vec![0u32; total_free as usize];
         let mut fill = start.clone();
-        for (index, gpu) in snapshot.gpus.iter().enumerate() {
-            let node = gpu.node as usize;
-            if node < nodes && gpu.healthy && !gpu.busy {
-                free[fill[node] as usize] = index as u32;
+        for (i, &node) in gpus.node.iter().enumerate() {
+            let node = node as usize;
+            if node < nodes && gpus.is_free(i) {
+                free[fill[node] as usize] = i as u32;
                 fill[node] += 1;
             }
         }
+        let gpu_node = gpus.node.clone();
+        let gpu_domain = gpus.nvlink_domain.clone();
+        let gpu_memory = gpus.memory_free_mib.clone();
         let max_capacity = node_capacity.iter().copied().max().unwrap_or(0) as usize;
         let mut buckets = vec![Vec::new(); max_capacity + 1];
         let mut bucket_pos = vec![0u32; nodes];
@@ -386,51 +384,53 @@ pub fn choose_by_group(gpus: &[u32], count: u32, group_of: impl Fn(u32) -> u32) 
 
 /// Queue positions in the order jobs should be considered: higher priority first, then earlier
 /// submission, then queue position.
-pub fn priority_order(queue: &[Job]) -> Vec<u32> {
+pub fn priority_order(queue: &Jobs) -> Vec<u32> {
     // Integer keys sorted unstably: keys are unique (they end in the position), so the order is
     // deterministic, and plain integer compares are several times faster than a comparator
     // reaching back into the queue, which matters inside the sandbox.
-    if queue.is_empty() {
+    let priority = &queue.priority;
+    if priority.is_empty() {
         return Vec::new();
     }
-    if queue.windows(2).all(|w| w[0].submit_s <= w[1].submit_s) {
+    if queue.submit_s.windows(2).all(|w| w[0] <= w[1]) {
         // The host's contract: the queue comes in submission order, so position already orders
         // by submission time, and only priority is left to sort by. Priorities span a narrow
         // range in practice: a stable counting sort over that range is two linear passes; with
         // a wide range, one u64 key per job instead.
-        let (lo, hi) = queue.iter().fold((i32::MAX, i32::MIN), |(lo, hi), j| {
-            (lo.min(j.priority), hi.max(j.priority))
-        });
+        let (lo, hi) = priority
+            .iter()
+            .fold((i32::MAX, i32::MIN), |(lo, hi), &p| (lo.min(p), hi.max(p)));
         let span = i64::from(hi) - i64::from(lo) + 1;
         if span <= 4096 {
-            let rank = |j: &Job| (i64::from(hi) - i64::from(j.priority)) as usize;
+            let rank = |p: i32| (i64::from(hi) - i64::from(p)) as usize;
             let mut next = vec![0u32; span as usize + 1];
-            for j in queue {
-                next[rank(j) + 1] += 1;
+            for &p in priority {
+                next[rank(p) + 1] += 1;
             }
             for r in 1..next.len() {
                 next[r] += next[r - 1];
             }
-            let mut order = vec![0u32; queue.len()];
-            for (i, j) in queue.iter().enumerate() {
-                let slot = &mut next[rank(j)];
+            let mut order = vec![0u32; priority.len()];
+            for (i, &p) in priority.iter().enumerate() {
+                let slot = &mut next[rank(p)];
                 order[*slot as usize] = i as u32;
                 *slot += 1;
             }
             return order;
         }
-        let mut keys: Vec<u64> = queue
+        let mut keys: Vec<u64> = priority
             .iter()
             .enumerate()
-            .map(|(i, j)| ((!((j.priority as u32) ^ (1 << 31)) as u64) << 32) | i as u64)
+            .map(|(i, &p)| ((!((p as u32) ^ (1 << 31)) as u64) << 32) | i as u64)
             .collect();
         keys.sort_unstable();
         return keys.into_iter().map(|k| k as u32).collect();
     }
-    let mut keys: Vec<(i64, u64, u32)> = queue
+    let mut keys: Vec<(i64, u64, u32)> = priority
         .iter()
+        .zip(&queue.submit_s)
         .enumerate()
-        .map(|(i, j)| (-(j.priority as i64), order_bits(j.submit_s), i as u32))
+        .map(|(i, (&p, &submit))| (-(p as i64), order_bits(submit), i as u32))
         .collect();
     keys.sort_unstable();
     keys.into_iter().map(|(_, _, i)| i).collect()

@@ -1,7 +1,7 @@
 //! Checks of the free-GPU index (here rather than in `fit.rs`, which the host also compiles).
 
 use crate::fit::*;
-use crate::model::Job;
+use crate::model::{Job, Jobs};
 use crate::testing::{cluster, job, occupy};
 
 /// SplitMix64, enough randomness for these checks.
@@ -60,7 +60,7 @@ fn priority_order_is_priority_then_submission_then_position() {
             queue[7].priority = i32::MIN;
             queue[9].priority = i32::MAX;
         }
-        let order = priority_order(&queue);
+        let order = priority_order(&Jobs::from(queue.clone()));
         let mut want: Vec<u32> = (0..queue.len() as u32).collect();
         want.sort_by(|&a, &b| {
             let (x, y) = (&queue[a as usize], &queue[b as usize]);

@@ -3,7 +3,8 @@
 //! It holds the one `wit_bindgen::generate!` call per world, so every plugin shares the same
 //! bindings, plus small helpers that every scheduling strategy needs:
 //!
-//! - [`sched`]: the scheduler's data as rows ([`model`]) and the [`Strategy`] trait.
+//! - [`sched`]: the scheduler's data ([`model`]: GPU and job columns with row views) and the
+//!   [`Strategy`] trait.
 //! - [`fit`]: an index of free GPUs by node, NVLink domain and rack, with best-fit and
 //!   worst-fit pickers. The host compiles this same file natively for its fallback strategy.
 //! - [`config`]: typed access to the manifest's `[config]` entries.
@@ -12,11 +13,11 @@
 //! A scheduler plugin is a `cdylib` crate built for `wasm32-wasip2`:
 //!
 //! ```ignore
-//! use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
+//! use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
 //! struct MyStrategy;
 //! impl Strategy for MyStrategy {
 //!     fn configure(_config: Vec<ConfigEntry>) -> Result<(), PluginError> { Ok(()) }
-//!     fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+//!     fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
 //!         Ok(Vec::new())
 //!     }
 //! }
@@ -43,14 +44,17 @@ pub trait Strategy {
     /// One scheduling cycle: placements for (some of) the queued jobs.
     fn schedule(
         snapshot: sched::Snapshot,
-        queue: Vec<sched::Job>,
+        queue: sched::Jobs,
     ) -> Result<Vec<sched::Placement>, sched::PluginError>;
 }
 
-/// The scheduler world's data as rows, and the trait a strategy implements.
+/// The scheduler world's data (GPU and job columns with row views), and the trait a strategy
+/// implements.
 pub mod sched {
     pub use crate::Strategy;
-    pub use crate::model::{Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology};
+    pub use crate::model::{
+        Allocation, Gpu, Gpus, Job, Jobs, Node, Placement, Snapshot, Tenant, Topology,
+    };
     pub use crate::scheduler::gantry::host::types::{ConfigEntry, PluginError};
 }
 
@@ -74,7 +78,7 @@ macro_rules! export_strategy {
                     snapshot: wit::Snapshot,
                     queue: wit::Jobs,
                 ) -> ::std::result::Result<wit::Placements, $crate::sched::PluginError> {
-                    let (snapshot, queue) = $crate::wire::rows(snapshot, queue)?;
+                    let (snapshot, queue) = $crate::wire::model(snapshot, queue)?;
                     <$strategy as $crate::Strategy>::schedule(snapshot, queue)
                         .map($crate::wire::placements)
                 }

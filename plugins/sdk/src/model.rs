@@ -1,8 +1,11 @@
-//! The scheduler's data as rows: one struct per GPU, job and allocation.
+//! The scheduler's data: GPUs and jobs as columns with row views, the rest as rows.
 //!
-//! The WIT world moves GPUs and jobs as columns (fast to copy across the boundary); strategies
-//! are easier to write over rows. The SDK converts on entry, and the host compiles this same file
-//! for its native strategy and its validation, so both sides share one definition.
+//! The WIT world moves GPUs and jobs as columns, one list per attribute, because lists of numbers
+//! cross the sandbox boundary as single copies. [`Gpus`] and [`Jobs`] keep that layout, so the
+//! SDK hands the lists to a strategy without converting them, and hot loops can read one column;
+//! [`Gpus::row`] and [`Jobs::row`] give a [`Gpu`] or [`Job`] row when that reads better. The host
+//! compiles this same file for its native strategy and its validation, so both sides share one
+//! definition.
 
 /// Where a job wants its GPUs to be, relative to each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +44,7 @@ impl Topology {
     }
 }
 
-/// One GPU; its position in [`Snapshot::gpus`] is its index.
+/// One GPU as a row (see [`Gpus::row`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gpu {
     /// Index of its node.
@@ -60,6 +63,103 @@ pub struct Gpu {
     pub healthy: bool,
     /// True while a running allocation holds it.
     pub busy: bool,
+}
+
+/// Every GPU, one vector per attribute: entry `i` of each describes GPU `i`. All vectors have
+/// the same length (the SDK refuses a snapshot where they do not).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gpus {
+    /// Index of each GPU's node.
+    pub node: Vec<u32>,
+    /// Index of each GPU's NVLink domain.
+    pub nvlink_domain: Vec<u32>,
+    /// Index of each GPU's rack.
+    pub rack: Vec<u32>,
+    /// Index of each GPU's model.
+    pub model: Vec<u32>,
+    /// Device memory, MiB.
+    pub memory_total_mib: Vec<u32>,
+    /// Memory available to a job, MiB.
+    pub memory_free_mib: Vec<u32>,
+    /// 1 while the GPU passes health checks, else 0.
+    pub healthy: Vec<u8>,
+    /// 1 while a running allocation holds it, else 0.
+    pub busy: Vec<u8>,
+}
+
+impl Gpus {
+    /// Number of GPUs.
+    pub fn len(&self) -> usize {
+        self.node.len()
+    }
+
+    /// True when there are no GPUs.
+    pub fn is_empty(&self) -> bool {
+        self.node.is_empty()
+    }
+
+    /// GPU `i` as a row. Panics when `i` is out of range.
+    pub fn row(&self, i: usize) -> Gpu {
+        Gpu {
+            node: self.node[i],
+            nvlink_domain: self.nvlink_domain[i],
+            rack: self.rack[i],
+            model: self.model[i],
+            memory_total_mib: self.memory_total_mib[i],
+            memory_free_mib: self.memory_free_mib[i],
+            healthy: self.healthy[i] != 0,
+            busy: self.busy[i] != 0,
+        }
+    }
+
+    /// GPU `i` as a row, if it exists.
+    pub fn get(&self, i: usize) -> Option<Gpu> {
+        (i < self.len()).then(|| self.row(i))
+    }
+
+    /// Every GPU as a row, in index order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Gpu> + Clone + '_ {
+        (0..self.len()).map(|i| self.row(i))
+    }
+
+    /// True when GPU `i` is healthy and not held: a candidate for placement.
+    pub fn is_free(&self, i: usize) -> bool {
+        self.healthy[i] != 0 && self.busy[i] == 0
+    }
+
+    /// Overwrites GPU `i` with `gpu`. Panics when `i` is out of range.
+    pub fn set(&mut self, i: usize, gpu: Gpu) {
+        self.node[i] = gpu.node;
+        self.nvlink_domain[i] = gpu.nvlink_domain;
+        self.rack[i] = gpu.rack;
+        self.model[i] = gpu.model;
+        self.memory_total_mib[i] = gpu.memory_total_mib;
+        self.memory_free_mib[i] = gpu.memory_free_mib;
+        self.healthy[i] = u8::from(gpu.healthy);
+        self.busy[i] = u8::from(gpu.busy);
+    }
+
+    /// Appends a GPU.
+    pub fn push(&mut self, gpu: Gpu) {
+        self.node.push(gpu.node);
+        self.nvlink_domain.push(gpu.nvlink_domain);
+        self.rack.push(gpu.rack);
+        self.model.push(gpu.model);
+        self.memory_total_mib.push(gpu.memory_total_mib);
+        self.memory_free_mib.push(gpu.memory_free_mib);
+        self.healthy.push(u8::from(gpu.healthy));
+        self.busy.push(u8::from(gpu.busy));
+    }
+}
+
+impl FromIterator<Gpu> for Gpus {
+    fn from_iter<I: IntoIterator<Item = Gpu>>(rows: I) -> Self {
+        let mut gpus = Gpus::default();
+        for gpu in rows {
+            gpus.push(gpu);
+        }
+        gpus
+    }
 }
 
 /// A machine holding GPUs.
@@ -105,7 +205,7 @@ pub struct Snapshot {
     /// The host's clock, seconds.
     pub now_s: f64,
     /// Every GPU.
-    pub gpus: Vec<Gpu>,
+    pub gpus: Gpus,
     /// Every node.
     pub nodes: Vec<Node>,
     /// Number of racks.
@@ -120,7 +220,7 @@ pub struct Snapshot {
     pub running: Vec<Allocation>,
 }
 
-/// A pending job; its position in the queue is its index.
+/// One pending job as a row (see [`Jobs::row`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Job {
     /// Index of its tenant.
@@ -139,6 +239,92 @@ pub struct Job {
     pub est_runtime_s: f64,
     /// Submission time, seconds.
     pub submit_s: f64,
+}
+
+/// The pending queue in submission order, one vector per attribute: entry `i` of each describes
+/// job `i`, and `i` is the job's index in placements. All vectors have the same length.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Jobs {
+    /// Index of each job's tenant.
+    pub tenant: Vec<u32>,
+    /// Higher runs first.
+    pub priority: Vec<i32>,
+    /// GPUs still to place.
+    pub gpus: Vec<u32>,
+    /// Memory each GPU must have free, MiB.
+    pub memory_per_gpu_mib: Vec<u32>,
+    /// 1: all GPUs in one cycle or none; 0: any part now, the rest later.
+    pub gang: Vec<u8>,
+    /// Topology preference, as [`Topology::code`].
+    pub topology: Vec<u8>,
+    /// Estimated runtime, seconds.
+    pub est_runtime_s: Vec<f64>,
+    /// Submission time, seconds.
+    pub submit_s: Vec<f64>,
+}
+
+impl Jobs {
+    /// Number of jobs.
+    pub fn len(&self) -> usize {
+        self.tenant.len()
+    }
+
+    /// True when the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tenant.is_empty()
+    }
+
+    /// Job `i` as a row. Panics when `i` is out of range.
+    pub fn row(&self, i: usize) -> Job {
+        Job {
+            tenant: self.tenant[i],
+            priority: self.priority[i],
+            gpus: self.gpus[i],
+            memory_per_gpu_mib: self.memory_per_gpu_mib[i],
+            gang: self.gang[i] != 0,
+            topology: Topology::from_code(self.topology[i]).unwrap_or_default(),
+            est_runtime_s: self.est_runtime_s[i],
+            submit_s: self.submit_s[i],
+        }
+    }
+
+    /// Job `i` as a row, if it exists.
+    pub fn get(&self, i: usize) -> Option<Job> {
+        (i < self.len()).then(|| self.row(i))
+    }
+
+    /// Every job as a row, in queue order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Job> + Clone + '_ {
+        (0..self.len()).map(|i| self.row(i))
+    }
+
+    /// Appends a job.
+    pub fn push(&mut self, job: Job) {
+        self.tenant.push(job.tenant);
+        self.priority.push(job.priority);
+        self.gpus.push(job.gpus);
+        self.memory_per_gpu_mib.push(job.memory_per_gpu_mib);
+        self.gang.push(u8::from(job.gang));
+        self.topology.push(job.topology.code());
+        self.est_runtime_s.push(job.est_runtime_s);
+        self.submit_s.push(job.submit_s);
+    }
+}
+
+impl FromIterator<Job> for Jobs {
+    fn from_iter<I: IntoIterator<Item = Job>>(rows: I) -> Self {
+        let mut jobs = Jobs::default();
+        for job in rows {
+            jobs.push(job);
+        }
+        jobs
+    }
+}
+
+impl From<Vec<Job>> for Jobs {
+    fn from(rows: Vec<Job>) -> Self {
+        rows.into_iter().collect()
+    }
 }
 
 /// GPUs given to one pending job.

@@ -1,13 +1,13 @@
 //! Builders for snapshots and queues in plugin unit tests.
 
-use crate::sched::{Gpu, Job, Node, Snapshot, Tenant, Topology};
+use crate::sched::{Gpu, Gpus, Job, Jobs, Node, Snapshot, Tenant, Topology};
 
 /// A cluster of `racks` racks, each with `nodes_per_rack` nodes of `gpus_per_node` free 80 GiB
 /// GPUs; each node is one NVLink domain. Two tenants, `a` and `b`, without quotas.
 pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot {
     let mut snapshot = Snapshot {
         now_s: 0.0,
-        gpus: Vec::new(),
+        gpus: Gpus::default(),
         nodes: Vec::new(),
         rack_count: racks,
         nvlink_domain_count: 0,
@@ -49,7 +49,7 @@ pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot 
 /// Marks the GPUs `gpus` busy.
 pub fn occupy(snapshot: &mut Snapshot, gpus: impl IntoIterator<Item = u32>) {
     for g in gpus {
-        snapshot.gpus[g as usize].busy = true;
+        snapshot.gpus.busy[g as usize] = 1;
     }
 }
 
@@ -64,5 +64,34 @@ pub fn job(tenant: u32, gpus: u32) -> Job {
         topology: Topology::None,
         est_runtime_s: 3600.0,
         submit_s: 0.0,
+    }
+}
+
+/// A queue of `jobs`, in order.
+pub fn jobs(rows: impl IntoIterator<Item = Job>) -> Jobs {
+    rows.into_iter().collect()
+}
+
+/// Edits the GPUs of `snapshot` whose indices fall in `range`, as rows.
+pub fn edit_gpus(
+    snapshot: &mut Snapshot,
+    range: impl std::ops::RangeBounds<usize>,
+    mut edit: impl FnMut(&mut Gpu),
+) {
+    use std::ops::Bound;
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => snapshot.gpus.len(),
+    };
+    for i in start..end {
+        let mut gpu = snapshot.gpus.row(i);
+        edit(&mut gpu);
+        snapshot.gpus.set(i, gpu);
     }
 }

@@ -1,6 +1,6 @@
-//! Conversion between the world's columns and the SDK's rows.
+//! Conversion between the world's types and the SDK's model.
 
-use crate::model::{Allocation, Gpu, Job, Node, Placement, Snapshot, Tenant, Topology};
+use crate::model::{Allocation, Gpus, Jobs, Node, Placement, Snapshot, Tenant, Topology};
 use crate::scheduler::exports::gantry::scheduler::strategy as wit;
 use crate::scheduler::gantry::host::types::PluginError;
 use crate::scheduler::gantry::scheduler::types as t;
@@ -25,7 +25,7 @@ fn check_flags(column: &str, codes: &[u8]) -> Result<(), PluginError> {
     }
 }
 
-fn gpus(g: t::Gpus) -> Result<Vec<Gpu>, PluginError> {
+fn gpus(g: t::Gpus) -> Result<Gpus, PluginError> {
     let n = g.node.len();
     same_length(
         "gpu",
@@ -42,36 +42,19 @@ fn gpus(g: t::Gpus) -> Result<Vec<Gpu>, PluginError> {
     )?;
     check_flags("gpus.healthy", &g.healthy)?;
     check_flags("gpus.busy", &g.busy)?;
-    // One pass with iterators, not indexing: no bounds checks, which the sandbox's code
-    // generator does not hoist out of the loop.
-    let rows = g
-        .node
-        .iter()
-        .zip(&g.nvlink_domain)
-        .zip(&g.rack)
-        .zip(&g.model)
-        .zip(&g.memory_total_mib)
-        .zip(&g.memory_free_mib)
-        .zip(g.healthy.iter().zip(&g.busy))
-        .map(
-            |((((((&node, &nvlink_domain), &rack), &model), &total), &free), (&healthy, &busy))| {
-                Gpu {
-                    node,
-                    nvlink_domain,
-                    rack,
-                    model,
-                    memory_total_mib: total,
-                    memory_free_mib: free,
-                    healthy: healthy == 1,
-                    busy: busy == 1,
-                }
-            },
-        )
-        .collect();
-    Ok(rows)
+    Ok(Gpus {
+        node: g.node,
+        nvlink_domain: g.nvlink_domain,
+        rack: g.rack,
+        model: g.model,
+        memory_total_mib: g.memory_total_mib,
+        memory_free_mib: g.memory_free_mib,
+        healthy: g.healthy,
+        busy: g.busy,
+    })
 }
 
-fn jobs(q: wit::Jobs) -> Result<Vec<Job>, PluginError> {
+fn jobs(q: wit::Jobs) -> Result<Jobs, PluginError> {
     let m = q.tenant.len();
     same_length(
         "job",
@@ -97,30 +80,16 @@ fn jobs(q: wit::Jobs) -> Result<Vec<Job>, PluginError> {
             q.topology[i]
         )));
     }
-    let rows = q
-        .tenant
-        .iter()
-        .zip(&q.priority)
-        .zip(&q.gpus)
-        .zip(&q.memory_per_gpu_mib)
-        .zip(q.gang.iter().zip(&q.topology))
-        .zip(q.est_runtime_s.iter().zip(&q.submit_s))
-        .map(
-            |(((((&tenant, &priority), &gpus), &memory), (&gang, &topology)), (&est, &submit))| {
-                Job {
-                    tenant,
-                    priority,
-                    gpus,
-                    memory_per_gpu_mib: memory,
-                    gang: gang == 1,
-                    topology: Topology::from_code(topology).unwrap_or_default(),
-                    est_runtime_s: est,
-                    submit_s: submit,
-                }
-            },
-        )
-        .collect();
-    Ok(rows)
+    Ok(Jobs {
+        tenant: q.tenant,
+        priority: q.priority,
+        gpus: q.gpus,
+        memory_per_gpu_mib: q.memory_per_gpu_mib,
+        gang: q.gang,
+        topology: q.topology,
+        est_runtime_s: q.est_runtime_s,
+        submit_s: q.submit_s,
+    })
 }
 
 fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
@@ -158,11 +127,9 @@ fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
         .collect())
 }
 
-/// The snapshot and queue as rows; columns of unequal length and codes out of range are refused.
-pub fn rows(
-    snapshot: wit::Snapshot,
-    queue: wit::Jobs,
-) -> Result<(Snapshot, Vec<Job>), PluginError> {
+/// The snapshot and queue in the SDK's model. The GPU and job columns are moved, not copied;
+/// columns of unequal length and codes out of range are refused.
+pub fn model(snapshot: wit::Snapshot, queue: wit::Jobs) -> Result<(Snapshot, Jobs), PluginError> {
     let snapshot = Snapshot {
         now_s: snapshot.now_s,
         gpus: gpus(snapshot.gpus)?,
@@ -253,23 +220,23 @@ mod tests {
     }
 
     fn refusal(snapshot: wit::Snapshot, queue: wit::Jobs) -> String {
-        match rows(snapshot, queue) {
+        match model(snapshot, queue) {
             Err(PluginError::InvalidInput(m)) => m,
             other => panic!("expected invalid-input, got {other:?}"),
         }
     }
 
     #[test]
-    fn columns_become_rows() {
-        let (snap, queue) = rows(snapshot(4), jobs(2)).unwrap();
+    fn columns_become_the_model() {
+        let (snap, queue) = model(snapshot(4), jobs(2)).unwrap();
         assert_eq!(snap.gpus.len(), 4);
         assert!(snap.gpus.iter().all(|g| g.healthy && !g.busy));
         assert_eq!(snap.running.len(), 2);
         assert_eq!(snap.running[0].gpus, vec![0]);
         assert_eq!(snap.running[1].gpus, vec![1, 2]);
         assert_eq!(queue.len(), 2);
-        assert!(queue[0].gang);
-        assert_eq!(queue[0].topology, Topology::SameNvlinkDomain);
+        assert!(queue.row(0).gang);
+        assert_eq!(queue.row(0).topology, Topology::SameNvlinkDomain);
     }
 
     #[test]

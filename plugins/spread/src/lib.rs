@@ -2,7 +2,7 @@
 //! (see [`spreading`]).
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
 
 pub mod spreading;
 
@@ -14,7 +14,7 @@ impl Strategy for Spread {
         Config::new(config).reject_unknown(&[])
     }
 
-    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+    fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
         Ok(spreading::spread(&snapshot, &queue))
     }
 }

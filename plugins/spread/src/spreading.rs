@@ -18,10 +18,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_plugin_sdk::fit::{FreeIndex, priority_order};
-use gantry_plugin_sdk::sched::{Job, Placement, Snapshot};
+use gantry_plugin_sdk::sched::{Jobs, Placement, Snapshot};
 
 /// One scheduling cycle of the spreading strategy.
-pub fn spread(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+pub fn spread(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     let mut state = State::new(snapshot);
     // Memory need -> smallest GPU count that found too few usable GPUs this cycle. GPUs are only
     // taken during a cycle, so a later job with the same need and at least that many GPUs
@@ -33,7 +33,7 @@ pub fn spread(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
         if state.index.total_free() == 0 {
             break;
         }
-        let job = &queue[position as usize];
+        let job = queue.row(position as usize);
         let allowed = job.gpus.min(state.index.quota_left(job.tenant));
         if allowed == 0 || (job.gang && allowed < job.gpus) {
             continue;
@@ -117,7 +117,7 @@ impl State {
             let free = index.node_free(node);
             rack_free[rack] += free.len() as u32;
             for &g in free {
-                min_memory = min_memory.min(snapshot.gpus[g as usize].memory_free_mib);
+                min_memory = min_memory.min(snapshot.gpus.memory_free_mib[g as usize]);
             }
         }
         let keys: Vec<NodeKey> = (0..nodes as u32)

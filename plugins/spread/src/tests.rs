@@ -1,11 +1,11 @@
 use crate::Spread;
 use crate::spreading::spread;
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, Snapshot, Strategy, Topology};
-use gantry_plugin_sdk::testing::{cluster, job, occupy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology};
+use gantry_plugin_sdk::testing::{cluster, edit_gpus, job, jobs, occupy};
 
 /// The host's checks on an answer (`host/src/scheduling/validate.rs`), restated so every test
 /// can assert that the plugin's answer would be accepted.
-fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Result<(), String> {
+fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) -> Result<(), String> {
     let mut job_seen = vec![false; queue.len()];
     let mut gpu_taken = vec![false; snapshot.gpus.len()];
     let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
@@ -60,7 +60,7 @@ fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Res
 }
 
 /// Runs the strategy and asserts the host would accept the answer.
-fn run(snapshot: &Snapshot, queue: &[Job]) -> Vec<Placement> {
+fn run(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
     let placements = spread(snapshot, queue);
     if let Err(e) = validate(snapshot, queue, &placements) {
         panic!("invalid answer: {e}\n{placements:?}");
@@ -78,7 +78,7 @@ fn partial(tenant: u32, gpus: u32) -> Job {
 fn nodes_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
     let mut nodes: Vec<u32> = gpus
         .iter()
-        .map(|&g| snapshot.gpus[g as usize].node)
+        .map(|&g| snapshot.gpus.node[g as usize])
         .collect();
     nodes.sort_unstable();
     nodes.dedup();
@@ -90,7 +90,7 @@ fn small_jobs_go_to_the_emptiest_node() {
     let mut snapshot = cluster(1, 3, 8);
     occupy(&mut snapshot, 0..6); // node 0: 2 free
     occupy(&mut snapshot, 8..12); // node 1: 4 free; node 2: 8 free
-    let placements = run(&snapshot, &[job(0, 2), job(0, 3), job(0, 4)]);
+    let placements = run(&snapshot, &jobs([job(0, 2), job(0, 3), job(0, 4)]));
     assert_eq!(placements.len(), 3);
     assert_eq!(placements[0].gpus, vec![16, 17], "node 2 is the emptiest");
     assert_eq!(
@@ -109,10 +109,13 @@ fn small_jobs_go_to_the_emptiest_node() {
 fn ties_go_to_the_emptier_rack_then_the_lowest_node() {
     let mut snapshot = cluster(2, 2, 8);
     occupy(&mut snapshot, 28..32); // node 3 (rack 1): 4 free; nodes 0, 1, 2: 8 free
-    let placements = run(&snapshot, &[job(0, 1), job(0, 1), job(0, 1), job(0, 1)]);
+    let placements = run(
+        &snapshot,
+        &jobs([job(0, 1), job(0, 1), job(0, 1), job(0, 1)]),
+    );
     let nodes: Vec<u32> = placements
         .iter()
-        .map(|p| snapshot.gpus[p.gpus[0] as usize].node)
+        .map(|p| snapshot.gpus.node[p.gpus[0] as usize])
         .collect();
     // Rack 0 has 16 free against 12: its nodes first, lowest index first. Then node 2 is the
     // only one with 8 free; then nodes 1 and 2 tie at 7 and rack 0 (14 free) still has more.
@@ -123,7 +126,7 @@ fn ties_go_to_the_emptier_rack_then_the_lowest_node() {
 fn gang_larger_than_any_node_takes_whole_nodes_then_best_fits() {
     let mut snapshot = cluster(1, 3, 8);
     occupy(&mut snapshot, 8..13); // node 1: 3 free
-    let placements = run(&snapshot, &[job(0, 11)]);
+    let placements = run(&snapshot, &jobs([job(0, 11)]));
     assert_eq!(placements.len(), 1);
     let mut gpus = placements[0].gpus.clone();
     gpus.sort_unstable();
@@ -134,7 +137,7 @@ fn gang_larger_than_any_node_takes_whole_nodes_then_best_fits() {
 #[test]
 fn gang_that_cannot_fit_is_skipped_and_later_jobs_still_run() {
     let snapshot = cluster(1, 2, 8);
-    let placements = run(&snapshot, &[job(0, 17), job(1, 16), job(1, 1)]);
+    let placements = run(&snapshot, &jobs([job(0, 17), job(1, 16), job(1, 1)]));
     assert_eq!(placements.len(), 1);
     assert_eq!(
         placements[0].job, 1,
@@ -147,18 +150,18 @@ fn non_gang_job_spreads_one_gpu_per_node_round_robin() {
     let mut snapshot = cluster(1, 3, 4);
     occupy(&mut snapshot, [0]); // node 0: 1, 2, 3 free
     occupy(&mut snapshot, [8, 9]); // node 2: 10, 11 free; node 1: 4..8 free
-    let placements = run(&snapshot, &[partial(0, 6)]);
+    let placements = run(&snapshot, &jobs([partial(0, 6)]));
     assert_eq!(placements[0].gpus, vec![4, 1, 10, 5, 2, 11]);
 
     // Capped by what is usable.
-    let placements = run(&snapshot, &[partial(0, 20)]);
+    let placements = run(&snapshot, &jobs([partial(0, 20)]));
     assert_eq!(placements[0].gpus.len(), 9);
 
     // Capped by the quota.
     let mut limited = snapshot.clone();
     limited.tenants[0].quota_gpus = Some(7);
     limited.tenants[0].used_gpus = 2;
-    let placements = run(&limited, &[partial(0, 6)]);
+    let placements = run(&limited, &jobs([partial(0, 6)]));
     assert_eq!(placements[0].gpus, vec![4, 1, 10, 5, 2]);
 }
 
@@ -166,7 +169,7 @@ fn non_gang_job_spreads_one_gpu_per_node_round_robin() {
 fn non_gang_job_that_fits_on_a_node_stays_on_the_emptiest_node() {
     let mut snapshot = cluster(1, 3, 4);
     occupy(&mut snapshot, [0]);
-    let placements = run(&snapshot, &[partial(0, 4)]);
+    let placements = run(&snapshot, &jobs([partial(0, 4)]));
     assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![1]);
 }
 
@@ -175,7 +178,7 @@ fn quota_is_respected() {
     let mut snapshot = cluster(1, 2, 8);
     snapshot.tenants[0].quota_gpus = Some(4);
     snapshot.tenants[0].used_gpus = 1;
-    let queue = [job(0, 4), job(0, 3), job(0, 1), partial(0, 2), job(1, 8)];
+    let queue = jobs([job(0, 4), job(0, 3), job(0, 1), partial(0, 2), job(1, 8)]);
     let placements = run(&snapshot, &queue);
     let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
     assert_eq!(jobs, vec![1, 4], "only 3 GPUs of quota left, then none");
@@ -184,13 +187,13 @@ fn quota_is_respected() {
 #[test]
 fn memory_is_respected() {
     let mut snapshot = cluster(1, 2, 8);
-    for gpu in &mut snapshot.gpus[..6] {
+    edit_gpus(&mut snapshot, ..6, |gpu| {
         gpu.memory_free_mib = 20000; // node 0: 8 free, only 6 and 7 hold 40 GiB
-    }
+    });
     occupy(&mut snapshot, 8..11); // node 1: 5 free
     let mut small = job(1, 8);
     small.memory_per_gpu_mib = 10000;
-    let queue = [job(0, 4), job(0, 8), small];
+    let queue = jobs([job(0, 4), job(0, 8), small]);
     let placements = run(&snapshot, &queue);
     assert_eq!(placements.len(), 2, "{placements:?}");
     assert_eq!(placements[0].job, 0);
@@ -210,10 +213,10 @@ fn memory_is_respected() {
 fn unhealthy_and_busy_gpus_are_never_used() {
     let mut snapshot = cluster(2, 2, 4);
     for g in [1, 5, 9, 13] {
-        snapshot.gpus[g].healthy = false;
+        snapshot.gpus.healthy[g] = 0;
     }
     occupy(&mut snapshot, [2, 6, 10, 14]);
-    let placements = run(&snapshot, &[partial(0, 16), job(1, 1)]);
+    let placements = run(&snapshot, &jobs([partial(0, 16), job(1, 1)]));
     assert_eq!(
         placements.len(),
         1,
@@ -234,9 +237,9 @@ fn higher_priority_goes_first() {
     early.submit_s = 1.0;
     let mut late = job(0, 8);
     late.submit_s = 2.0;
-    assert_eq!(run(&snapshot, &[job(0, 8), urgent])[0].job, 1);
+    assert_eq!(run(&snapshot, &jobs([job(0, 8), urgent]))[0].job, 1);
     assert_eq!(
-        run(&snapshot, &[late, early])[0].job,
+        run(&snapshot, &jobs([late, early]))[0].job,
         1,
         "earlier submission first"
     );
@@ -244,11 +247,11 @@ fn higher_priority_goes_first() {
 
 #[test]
 fn empty_inputs_give_no_placements() {
-    assert!(run(&cluster(1, 1, 8), &[]).is_empty());
-    assert!(run(&cluster(0, 0, 0), &[job(0, 1)]).is_empty());
+    assert!(run(&cluster(1, 1, 8), &jobs([])).is_empty());
+    assert!(run(&cluster(0, 0, 0), &jobs([job(0, 1)])).is_empty());
     let mut full = cluster(1, 1, 8);
     occupy(&mut full, 0..8);
-    assert!(run(&full, &[partial(0, 1)]).is_empty());
+    assert!(run(&full, &jobs([partial(0, 1)])).is_empty());
 }
 
 #[test]
@@ -286,15 +289,13 @@ fn mixed_workload_on_64_nodes_passes_the_host_checks() {
         snapshot.tenants[1].used_gpus = 20;
         snapshot.tenants[2].quota_gpus = Some(5);
         snapshot.tenants[2].used_gpus = 5;
-        for gpu in &mut snapshot.gpus {
-            match rng.below(20) {
-                0..=7 => gpu.busy = true,
-                8 => gpu.healthy = false,
-                9..=10 => gpu.memory_free_mib = 30000,
-                _ => {}
-            }
-        }
-        let queue: Vec<Job> = (0..300)
+        edit_gpus(&mut snapshot, .., |gpu| match rng.below(20) {
+            0..=7 => gpu.busy = true,
+            8 => gpu.healthy = false,
+            9..=10 => gpu.memory_free_mib = 30000,
+            _ => {}
+        });
+        let queue: Jobs = (0..300)
             .map(|i| Job {
                 tenant: rng.below(3),
                 priority: rng.below(3) as i32 - 1,
@@ -316,13 +317,11 @@ fn mixed_workload_on_64_nodes_passes_the_host_checks() {
 fn emptiest_node_matches_a_brute_force_search_as_gpus_are_taken() {
     let mut rng = Rng(7);
     let mut snapshot = cluster(4, 4, 8);
-    for gpu in &mut snapshot.gpus {
-        match rng.below(10) {
-            0..=2 => gpu.busy = true,
-            3..=4 => gpu.memory_free_mib = 30000,
-            _ => {}
-        }
-    }
+    edit_gpus(&mut snapshot, .., |gpu| match rng.below(10) {
+        0..=2 => gpu.busy = true,
+        3..=4 => gpu.memory_free_mib = 30000,
+        _ => {}
+    });
     let mut state = crate::spreading::State::new(&snapshot);
     let mut taken = vec![false; snapshot.gpus.len()];
     loop {
@@ -357,7 +356,7 @@ fn emptiest_node_matches_a_brute_force_search_as_gpus_are_taken() {
             assert_eq!(state.emptiest_node(memory), expected, "memory {memory}");
         }
         let free: Vec<u32> = (0..snapshot.gpus.len() as u32)
-            .filter(|&g| !snapshot.gpus[g as usize].busy && !taken[g as usize])
+            .filter(|&g| (snapshot.gpus.busy[g as usize] == 0) && !taken[g as usize])
             .collect();
         if free.is_empty() {
             break;
@@ -374,14 +373,12 @@ fn ten_thousand_jobs_on_4096_gpus_stay_valid() {
     // The benchmark's shape: 64 racks x 8 nodes x 8 GPUs, 10,000 pending jobs.
     let mut rng = Rng(3);
     let mut snapshot = cluster(64, 8, 8);
-    for gpu in &mut snapshot.gpus {
-        match rng.below(10) {
-            0..=2 => gpu.busy = true,
-            3 => gpu.memory_free_mib = 30000,
-            _ => {}
-        }
-    }
-    let queue: Vec<Job> = (0..10_000)
+    edit_gpus(&mut snapshot, .., |gpu| match rng.below(10) {
+        0..=2 => gpu.busy = true,
+        3 => gpu.memory_free_mib = 30000,
+        _ => {}
+    });
+    let queue: Jobs = (0..10_000)
         .map(|i| Job {
             tenant: rng.below(2),
             priority: rng.below(3) as i32 - 1,

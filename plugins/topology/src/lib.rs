@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, PluginError, Snapshot, Strategy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
 
 pub mod placement;
 
@@ -52,7 +52,7 @@ impl Strategy for TopologyAware {
         Ok(())
     }
 
-    fn schedule(snapshot: Snapshot, queue: Vec<Job>) -> Result<Vec<Placement>, PluginError> {
+    fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
         Ok(placement::place(&snapshot, &queue, relax_after_s()))
     }
 }

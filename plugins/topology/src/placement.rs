@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_plugin_sdk::fit::{FreeIndex, choose_by_group, priority_order};
-use gantry_plugin_sdk::sched::{Job, Placement, Snapshot, Topology};
+use gantry_plugin_sdk::sched::{Jobs, Placement, Snapshot, Topology};
 
 /// How far apart a job's GPUs may be, tightest first. The order is the order groups are tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,7 +68,7 @@ impl Scope {
 /// One scheduling cycle of the topology-aware strategy. A job that has waited at least
 /// `relax_after_s` seconds (`snapshot.now_s - job.submit_s`) may use the next larger scope than
 /// the one it asked for; `f64::INFINITY` never relaxes.
-pub fn place(snapshot: &Snapshot, queue: &[Job], relax_after_s: f64) -> Vec<Placement> {
+pub fn place(snapshot: &Snapshot, queue: &Jobs, relax_after_s: f64) -> Vec<Placement> {
     let mut state = State::new(snapshot);
     // (memory need, asked scope, allowed scope) -> smallest GPU count that could not be placed
     // this cycle. GPUs are only taken during a cycle and every scope's test is "some group has
@@ -81,7 +81,7 @@ pub fn place(snapshot: &Snapshot, queue: &[Job], relax_after_s: f64) -> Vec<Plac
         if state.index.total_free() == 0 {
             break;
         }
-        let job = &queue[position as usize];
+        let job = queue.row(position as usize);
         let count = job.gpus.min(state.index.quota_left(job.tenant));
         if count == 0 || (job.gang && count < job.gpus) {
             continue;
@@ -161,7 +161,7 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(snapshot: &Snapshot) -> Self {
         let index = FreeIndex::new(snapshot);
-        let memory: Vec<u32> = snapshot.gpus.iter().map(|g| g.memory_free_mib).collect();
+        let memory: Vec<u32> = snapshot.gpus.memory_free_mib.clone();
         let nodes = index.node_count();
         let node_rack: Vec<usize> = (0..nodes as u32)
             .map(|n| index.node_rack(n) as usize)

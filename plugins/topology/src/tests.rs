@@ -1,13 +1,13 @@
 use crate::placement::{Scope, State, place};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
-use gantry_plugin_sdk::sched::{ConfigEntry, Job, Placement, Snapshot, Strategy, Topology};
-use gantry_plugin_sdk::testing::{cluster, job, occupy};
+use gantry_plugin_sdk::sched::{ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology};
+use gantry_plugin_sdk::testing::{cluster, edit_gpus, job, jobs, occupy};
 
 const NEVER: f64 = f64::INFINITY;
 
 /// The host's checks on an answer (`host/src/scheduling/validate.rs`), restated so every test
 /// can assert that the plugin's answer would be accepted.
-fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Result<(), String> {
+fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) -> Result<(), String> {
     let mut job_seen = vec![false; queue.len()];
     let mut gpu_taken = vec![false; snapshot.gpus.len()];
     let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
@@ -62,7 +62,7 @@ fn validate(snapshot: &Snapshot, queue: &[Job], placements: &[Placement]) -> Res
 }
 
 /// Runs the strategy and asserts the host would accept the answer.
-fn run(snapshot: &Snapshot, queue: &[Job], relax_after_s: f64) -> Vec<Placement> {
+fn run(snapshot: &Snapshot, queue: &Jobs, relax_after_s: f64) -> Vec<Placement> {
     let placements = place(snapshot, queue, relax_after_s);
     if let Err(e) = validate(snapshot, queue, &placements) {
         panic!("invalid answer: {e}\n{placements:?}");
@@ -89,8 +89,8 @@ fn partial(gpus: u32, topology: Topology) -> Job {
 
 /// Gives GPU `g` the NVLink domain `domain_of(g)`, registering domain names as needed.
 fn set_domains(snapshot: &mut Snapshot, domain_of: impl Fn(u32) -> u32) {
-    for (g, gpu) in snapshot.gpus.iter_mut().enumerate() {
-        gpu.nvlink_domain = domain_of(g as u32);
+    for (g, domain) in snapshot.gpus.nvlink_domain.iter_mut().enumerate() {
+        *domain = domain_of(g as u32);
     }
     let domains = snapshot
         .gpus
@@ -115,15 +115,15 @@ fn distinct(gpus: &[u32], key: impl Fn(u32) -> u32) -> Vec<u32> {
 }
 
 fn nodes_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
-    distinct(gpus, |g| snapshot.gpus[g as usize].node)
+    distinct(gpus, |g| snapshot.gpus.node[g as usize])
 }
 
 fn racks_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
-    distinct(gpus, |g| snapshot.gpus[g as usize].rack)
+    distinct(gpus, |g| snapshot.gpus.rack[g as usize])
 }
 
 fn domains_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
-    distinct(gpus, |g| snapshot.gpus[g as usize].nvlink_domain)
+    distinct(gpus, |g| snapshot.gpus.nvlink_domain[g as usize])
 }
 
 /// One rack of two 8-GPU nodes, each split into two NVLink domains of 4 (0-3, 4-7, 8-11, 12-15).
@@ -138,7 +138,7 @@ fn jobs_go_to_the_tightest_nvlink_domain() {
     let mut snapshot = split_domains();
     occupy(&mut snapshot, [0, 1, 2]); // domain 0: 1 free; domain 1: 4 free
     occupy(&mut snapshot, [8, 9]); // domain 2: 2 free; domain 3: 4 free
-    let queue = [job(0, 2), job(0, 1), job(0, 4), job(0, 3)];
+    let queue = jobs([job(0, 2), job(0, 1), job(0, 4), job(0, 3)]);
     let placements = run(&snapshot, &queue, NEVER);
     let gpus: Vec<Vec<u32>> = placements.iter().map(|p| sorted(&p.gpus)).collect();
     assert_eq!(gpus[0], vec![10, 11], "2 GPUs fill domain 2's hole");
@@ -156,10 +156,10 @@ fn job_larger_than_a_domain_goes_to_the_tightest_node_and_fewest_domains() {
     let mut snapshot = split_domains();
     occupy(&mut snapshot, [0, 1, 2]); // node 0: 5 free (1 + 4)
     occupy(&mut snapshot, [8, 9]); // node 1: 6 free (2 + 4)
-    let placements = run(&snapshot, &[gang(6, Topology::SameNode)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(6, Topology::SameNode)]), NEVER);
     assert_eq!(sorted(&placements[0].gpus), vec![10, 11, 12, 13, 14, 15]);
 
-    let placements = run(&snapshot, &[gang(5, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(5, Topology::None)]), NEVER);
     assert_eq!(
         sorted(&placements[0].gpus),
         vec![3, 4, 5, 6, 7],
@@ -171,10 +171,10 @@ fn job_larger_than_a_domain_goes_to_the_tightest_node_and_fewest_domains() {
 fn job_larger_than_a_node_stays_in_one_rack_when_it_can() {
     let mut snapshot = cluster(2, 2, 8);
     occupy(&mut snapshot, 0..6); // rack 0: 10 free; rack 1: 16 free
-    let placements = run(&snapshot, &[gang(16, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(16, Topology::None)]), NEVER);
     assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![1]);
 
-    let placements = run(&snapshot, &[gang(10, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(10, Topology::None)]), NEVER);
     assert_eq!(
         racks_of(&snapshot, &placements[0].gpus),
         vec![0],
@@ -187,7 +187,7 @@ fn job_larger_than_a_rack_uses_the_fewest_racks() {
     let mut snapshot = cluster(3, 2, 8);
     occupy(&mut snapshot, 0..6); // rack 0: 10 free
     occupy(&mut snapshot, 16..20); // rack 1: 12 free; rack 2: 16 free
-    let placements = run(&snapshot, &[gang(20, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(20, Topology::None)]), NEVER);
     let gpus = sorted(&placements[0].gpus);
     assert_eq!(
         racks_of(&snapshot, &gpus),
@@ -208,16 +208,16 @@ fn same_rack_job_never_crosses_racks() {
     let mut waiting = gang(16, Topology::SameRack);
     waiting.submit_s = 0.0;
     snapshot.now_s = 1e9;
-    assert!(run(&snapshot, &[waiting], NEVER).is_empty());
+    assert!(run(&snapshot, &jobs([waiting]), NEVER).is_empty());
     snapshot.now_s = 100.0;
-    assert!(run(&snapshot, &[waiting], 600.0).is_empty());
+    assert!(run(&snapshot, &jobs([waiting]), 600.0).is_empty());
 
-    let placements = run(&snapshot, &[gang(12, Topology::SameRack)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(12, Topology::SameRack)]), NEVER);
     assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0]);
 
     // Only once it has waited relax_after_s may it cross racks.
     snapshot.now_s = 600.0;
-    let placements = run(&snapshot, &[waiting], 600.0);
+    let placements = run(&snapshot, &jobs([waiting]), 600.0);
     assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
 }
 
@@ -232,21 +232,21 @@ fn same_node_job_waits_until_relax_after_s_then_crosses_nodes_within_a_rack() {
 
     snapshot.now_s = 1599.0;
     assert!(
-        run(&snapshot, &[waiting], 600.0).is_empty(),
+        run(&snapshot, &jobs([waiting]), 600.0).is_empty(),
         "8 GPUs are free in rack 0, but on two nodes"
     );
     let small = gang(4, Topology::SameNode);
-    let placements = run(&snapshot, &[waiting, small], 600.0);
+    let placements = run(&snapshot, &jobs([waiting, small]), 600.0);
     assert_eq!(placements.len(), 1, "the smaller job behind it still runs");
     assert_eq!(placements[0].job, 1);
 
     snapshot.now_s = 1600.0;
-    let placements = run(&snapshot, &[waiting], 600.0);
+    let placements = run(&snapshot, &jobs([waiting]), 600.0);
     assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
 
     snapshot.now_s = 1e12;
     assert!(
-        run(&snapshot, &[waiting], NEVER).is_empty(),
+        run(&snapshot, &jobs([waiting]), NEVER).is_empty(),
         "never relaxes"
     );
 }
@@ -258,9 +258,9 @@ fn relaxing_goes_one_scope_at_a_time() {
     occupy(&mut snapshot, 8..12); // node 1 (rack 1): 4 free
     snapshot.now_s = 1e6;
     // A relaxed same-node job may use a rack, but no rack has 8: it still waits.
-    assert!(run(&snapshot, &[gang(8, Topology::SameNode)], 0.0).is_empty());
+    assert!(run(&snapshot, &jobs([gang(8, Topology::SameNode)]), 0.0).is_empty());
     // A relaxed same-rack job may go anywhere.
-    let placements = run(&snapshot, &[gang(8, Topology::SameRack)], 0.0);
+    let placements = run(&snapshot, &jobs([gang(8, Topology::SameRack)]), 0.0);
     assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
 }
 
@@ -270,19 +270,23 @@ fn same_nvlink_domain_job_uses_a_domain_spanning_two_nodes() {
     let mut snapshot = cluster(1, 3, 4);
     set_domains(&mut snapshot, |g| if g < 8 { 0 } else { 2 });
 
-    let placements = run(&snapshot, &[gang(8, Topology::SameNvlinkDomain)], NEVER);
+    let placements = run(
+        &snapshot,
+        &jobs([gang(8, Topology::SameNvlinkDomain)]),
+        NEVER,
+    );
     assert_eq!(sorted(&placements[0].gpus), (0..8).collect::<Vec<u32>>());
     assert!(
-        run(&snapshot, &[gang(8, Topology::SameNode)], NEVER).is_empty(),
+        run(&snapshot, &jobs([gang(8, Topology::SameNode)]), NEVER).is_empty(),
         "no node has 8 GPUs"
     );
     assert!(
         run(
             &snapshot,
-            &[
+            &jobs([
                 gang(5, Topology::SameNvlinkDomain),
                 gang(5, Topology::SameNvlinkDomain)
-            ],
+            ]),
             NEVER
         )
         .len()
@@ -291,7 +295,11 @@ fn same_nvlink_domain_job_uses_a_domain_spanning_two_nodes() {
     );
 
     // 4 GPUs: domain 2 (4 free) is tighter than domain 0 (8 free).
-    let placements = run(&snapshot, &[gang(4, Topology::SameNvlinkDomain)], NEVER);
+    let placements = run(
+        &snapshot,
+        &jobs([gang(4, Topology::SameNvlinkDomain)]),
+        NEVER,
+    );
     assert_eq!(sorted(&placements[0].gpus), vec![8, 9, 10, 11]);
 }
 
@@ -302,13 +310,17 @@ fn same_node_job_takes_a_spanning_domain_only_on_one_node() {
     occupy(&mut snapshot, [0, 1, 4, 5]); // domain 0: 2 free on node 0, 2 on node 1
     // Domains 0 and 2 both have 4 free; domain 0 is tried first but its 3 GPUs would span two
     // nodes, so a same-node job goes to node 2 while a same-domain job stays in domain 0.
-    let placements = run(&snapshot, &[gang(3, Topology::SameNode)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(3, Topology::SameNode)]), NEVER);
     assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![2]);
-    let placements = run(&snapshot, &[gang(3, Topology::SameNvlinkDomain)], NEVER);
+    let placements = run(
+        &snapshot,
+        &jobs([gang(3, Topology::SameNvlinkDomain)]),
+        NEVER,
+    );
     assert_eq!(domains_of(&snapshot, &placements[0].gpus), vec![0]);
     assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
     // 2 GPUs on one node of the shared domain fit a same-node job.
-    let placements = run(&snapshot, &[gang(2, Topology::SameNode)], NEVER);
+    let placements = run(&snapshot, &jobs([gang(2, Topology::SameNode)]), NEVER);
     assert_eq!(sorted(&placements[0].gpus), vec![2, 3]);
 }
 
@@ -319,9 +331,9 @@ fn same_nvlink_domain_job_relaxes_to_one_node() {
     let mut waiting = gang(6, Topology::SameNvlinkDomain);
     waiting.submit_s = 0.0;
     snapshot.now_s = 10.0;
-    assert!(run(&snapshot, &[waiting], 60.0).is_empty());
+    assert!(run(&snapshot, &jobs([waiting]), 60.0).is_empty());
     snapshot.now_s = 60.0;
-    let placements = run(&snapshot, &[waiting], 60.0);
+    let placements = run(&snapshot, &jobs([waiting]), 60.0);
     assert_eq!(sorted(&placements[0].gpus), vec![2, 3, 4, 5, 6, 7]);
 }
 
@@ -333,25 +345,29 @@ fn non_gang_job_takes_what_its_scope_allows() {
     occupy(&mut snapshot, 16..32); // rack 1 full
 
     // Whole when it fits.
-    let placements = run(&snapshot, &[partial(5, Topology::SameNode)], NEVER);
+    let placements = run(&snapshot, &jobs([partial(5, Topology::SameNode)]), NEVER);
     assert_eq!(sorted(&placements[0].gpus), vec![3, 4, 5, 6, 7]);
     // Else the largest node's GPUs.
-    let placements = run(&snapshot, &[partial(8, Topology::SameNode)], NEVER);
+    let placements = run(&snapshot, &jobs([partial(8, Topology::SameNode)]), NEVER);
     assert_eq!(sorted(&placements[0].gpus), vec![3, 4, 5, 6, 7]);
     // The largest domain (each node is one domain here).
-    let placements = run(&snapshot, &[partial(8, Topology::SameNvlinkDomain)], NEVER);
+    let placements = run(
+        &snapshot,
+        &jobs([partial(8, Topology::SameNvlinkDomain)]),
+        NEVER,
+    );
     assert_eq!(placements[0].gpus.len(), 5);
     // A rack: both nodes of rack 0.
-    let placements = run(&snapshot, &[partial(20, Topology::SameRack)], NEVER);
+    let placements = run(&snapshot, &jobs([partial(20, Topology::SameRack)]), NEVER);
     assert_eq!(placements[0].gpus.len(), 8);
     // Anywhere, and capped by the quota.
     snapshot.tenants[0].quota_gpus = Some(6);
-    let placements = run(&snapshot, &[partial(20, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([partial(20, Topology::None)]), NEVER);
     assert_eq!(placements[0].gpus.len(), 6);
     assert_eq!(nodes_of(&snapshot, &placements[0].gpus), vec![0, 1]);
     // A gang job is never split.
     snapshot.tenants[0].quota_gpus = None;
-    assert!(run(&snapshot, &[gang(9, Topology::None)], NEVER).is_empty());
+    assert!(run(&snapshot, &jobs([gang(9, Topology::None)]), NEVER).is_empty());
 }
 
 #[test]
@@ -359,32 +375,32 @@ fn quota_is_respected() {
     let mut snapshot = cluster(1, 2, 8);
     snapshot.tenants[0].quota_gpus = Some(4);
     snapshot.tenants[0].used_gpus = 1;
-    let queue = [
+    let queue = jobs([
         job(0, 4),
         job(0, 3),
         job(0, 1),
         partial(2, Topology::None),
         job(1, 8),
-    ];
+    ]);
     let placements = run(&snapshot, &queue, NEVER);
-    let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
-    assert_eq!(jobs, vec![1, 4], "only 3 GPUs of quota left, then none");
+    let placed: Vec<u32> = placements.iter().map(|p| p.job).collect();
+    assert_eq!(placed, vec![1, 4], "only 3 GPUs of quota left, then none");
 
     // A non-gang job gets what the quota leaves.
-    let placements = run(&snapshot, &[partial(8, Topology::None)], NEVER);
+    let placements = run(&snapshot, &jobs([partial(8, Topology::None)]), NEVER);
     assert_eq!(placements[0].gpus.len(), 3);
 }
 
 #[test]
 fn memory_is_respected() {
     let mut snapshot = cluster(1, 2, 8);
-    for gpu in &mut snapshot.gpus[..5] {
+    edit_gpus(&mut snapshot, ..5, |gpu| {
         gpu.memory_free_mib = 20000; // node 0: 8 free, only 5, 6 and 7 hold 40 GiB
-    }
+    });
     occupy(&mut snapshot, 8..12); // node 1: 4 free
     let mut small = job(1, 4);
     small.memory_per_gpu_mib = 10000;
-    let queue = [job(0, 3), small, job(0, 6)];
+    let queue = jobs([job(0, 3), small, job(0, 6)]);
     let placements = run(&snapshot, &queue, NEVER);
     assert_eq!(placements.len(), 2, "{placements:?}");
     assert_eq!(
@@ -403,10 +419,14 @@ fn memory_is_respected() {
 fn unhealthy_and_busy_gpus_are_never_used() {
     let mut snapshot = cluster(2, 2, 4);
     for g in [1, 5, 9, 13] {
-        snapshot.gpus[g].healthy = false;
+        snapshot.gpus.healthy[g] = 0;
     }
     occupy(&mut snapshot, [2, 6, 10, 14]);
-    let placements = run(&snapshot, &[partial(16, Topology::None), job(1, 1)], NEVER);
+    let placements = run(
+        &snapshot,
+        &jobs([partial(16, Topology::None), job(1, 1)]),
+        NEVER,
+    );
     assert_eq!(
         placements.len(),
         1,
@@ -421,25 +441,25 @@ fn higher_priority_goes_first() {
     let mut urgent = job(1, 8);
     urgent.priority = 10;
     urgent.submit_s = 50.0;
-    assert_eq!(run(&snapshot, &[job(0, 8), urgent], NEVER)[0].job, 1);
+    assert_eq!(run(&snapshot, &jobs([job(0, 8), urgent]), NEVER)[0].job, 1);
     let mut early = job(0, 8);
     early.submit_s = 1.0;
     let mut late = job(0, 8);
     late.submit_s = 2.0;
-    assert_eq!(run(&snapshot, &[late, early], NEVER)[0].job, 1);
+    assert_eq!(run(&snapshot, &jobs([late, early]), NEVER)[0].job, 1);
 }
 
 #[test]
 fn a_failed_large_job_does_not_block_smaller_ones() {
     let snapshot = cluster(1, 2, 8);
-    let queue = [
+    let queue = jobs([
         gang(17, Topology::None),
         gang(9, Topology::SameNode),
         gang(12, Topology::SameNode),
         gang(8, Topology::SameNode),
         gang(8, Topology::SameNode),
         gang(1, Topology::SameNode),
-    ];
+    ]);
     let placements = run(&snapshot, &queue, NEVER);
     let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
     assert_eq!(jobs, vec![3, 4]);
@@ -447,11 +467,11 @@ fn a_failed_large_job_does_not_block_smaller_ones() {
 
 #[test]
 fn empty_inputs_give_no_placements() {
-    assert!(run(&cluster(1, 1, 8), &[], NEVER).is_empty());
-    assert!(run(&cluster(0, 0, 0), &[job(0, 1)], NEVER).is_empty());
+    assert!(run(&cluster(1, 1, 8), &jobs([]), NEVER).is_empty());
+    assert!(run(&cluster(0, 0, 0), &jobs([job(0, 1)]), NEVER).is_empty());
     let mut full = cluster(1, 1, 8);
     occupy(&mut full, 0..8);
-    assert!(run(&full, &[partial(1, Topology::None)], NEVER).is_empty());
+    assert!(run(&full, &jobs([partial(1, Topology::None)]), NEVER).is_empty());
 }
 
 #[test]
@@ -492,7 +512,7 @@ fn configure_stores_relax_after_s_for_schedule() {
     occupy(&mut snapshot, 0..4);
     occupy(&mut snapshot, 12..16);
     snapshot.now_s = 100.0;
-    let queue = vec![gang(8, Topology::SameNode)];
+    let queue = jobs([gang(8, Topology::SameNode)]);
     TopologyAware::configure(vec![entry("relax_after_s", "100")]).unwrap();
     let placements = TopologyAware::schedule(snapshot.clone(), queue.clone()).unwrap();
     assert_eq!(placements.len(), 1);
@@ -532,18 +552,16 @@ fn random_cluster(rng: &mut Rng) -> Snapshot {
     snapshot.tenants[2].quota_gpus = Some(5);
     snapshot.tenants[2].used_gpus = 5;
     snapshot.now_s = 10_000.0;
-    for gpu in &mut snapshot.gpus {
-        match rng.below(20) {
-            0..=7 => gpu.busy = true,
-            8 => gpu.healthy = false,
-            9..=10 => gpu.memory_free_mib = 30000,
-            _ => {}
-        }
-    }
+    edit_gpus(&mut snapshot, .., |gpu| match rng.below(20) {
+        0..=7 => gpu.busy = true,
+        8 => gpu.healthy = false,
+        9..=10 => gpu.memory_free_mib = 30000,
+        _ => {}
+    });
     snapshot
 }
 
-fn random_queue(rng: &mut Rng, jobs: usize) -> Vec<Job> {
+fn random_queue(rng: &mut Rng, jobs: usize) -> Jobs {
     let topologies = [
         Topology::None,
         Topology::SameNode,
@@ -585,7 +603,7 @@ fn mixed_workload_on_64_nodes_passes_the_host_checks_and_keeps_scopes() {
         assert!(placements.len() > 10, "seed {seed}: {}", placements.len());
         assert_eq!(placements, place(&snapshot, &queue, relax), "deterministic");
         for p in &placements {
-            let job = &queue[p.job as usize];
+            let job = queue.row(p.job as usize);
             let asked = Scope::asked(job.topology);
             let allowed = if snapshot.now_s - job.submit_s >= relax {
                 asked.relaxed()
@@ -615,7 +633,7 @@ fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
                 // Fewest usable, then fewest free, then lowest index.
                 let expected = (0..domains)
                     .filter_map(|d| {
-                        let free = |g: &(usize, &gantry_plugin_sdk::sched::Gpu)| {
+                        let free = |g: &(usize, gantry_plugin_sdk::sched::Gpu)| {
                             g.1.nvlink_domain == d && g.1.healthy && !g.1.busy && !taken[g.0]
                         };
                         let gpus = snapshot.gpus.iter().enumerate().filter(free);
@@ -634,7 +652,7 @@ fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
         }
         let free: Vec<u32> = (0..snapshot.gpus.len() as u32)
             .filter(|&g| {
-                let gpu = &snapshot.gpus[g as usize];
+                let gpu = snapshot.gpus.row(g as usize);
                 gpu.healthy && !gpu.busy && !taken[g as usize]
             })
             .collect();
@@ -659,11 +677,11 @@ fn ten_thousand_jobs_on_4096_gpus_stay_valid() {
     let mut rng = Rng(3);
     let mut snapshot = cluster(64, 8, 8);
     snapshot.now_s = 10_000.0;
-    for gpu in &mut snapshot.gpus {
+    edit_gpus(&mut snapshot, .., |gpu| {
         if rng.below(10) < 3 {
             gpu.busy = true;
         }
-    }
+    });
     let queue = random_queue(&mut rng, 10_000);
     let start = std::time::Instant::now();
     let placements = run(&snapshot, &queue, 600.0);
