@@ -183,6 +183,19 @@ fn a_well_behaved_plugin_decides() {
 }
 
 #[test]
+fn placement_columns_that_disagree_are_malformed_output() {
+    let (class, reason) = fault("ragged", "");
+    assert_eq!(class, Some("malformed-output"));
+    assert!(
+        reason.contains(
+            "plugin `hostile-ragged` returned malformed output: placements.gpu-count sums to 2 \
+             but placements.gpus has 1 entries"
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
 fn sleeping_in_a_host_call_hits_the_deadline() {
     // Epoch interruption cannot reach a guest parked in WASI; the call's timeout must.
     let (class, reason) = fault("sleep", "deadline_ms = 300");
