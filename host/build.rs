@@ -1,5 +1,6 @@
 //! Builds the guest components (the shipped plugins and the hostile test fixtures) for
-//! `wasm32-wasip2`, so `cargo build` and `cargo test` need no manual step. Each component's path
+//! `wasm32-wasip2`, and the policy engine module for `wasm32-unknown-unknown` (OPA's Wasm ABI is a
+//! core-module ABI), so `cargo build` and `cargo test` need no manual step. Each artifact's path
 //! is exported as `GANTRY_WASM_<NAME>` for `include_bytes!` and the tests.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,9 @@ const GUESTS: &[(&str, &str)] = &[
     ("gantry-fixture-hostile", "FIXTURE_HOSTILE"),
     ("gantry-fixture-wrong-world", "FIXTURE_WRONG_WORLD"),
 ];
+
+/// The policy engine, a core module for OPA's Wasm ABI.
+const POLICY_ENGINE: (&str, &str) = ("gantry-policy-engine", "POLICY_ENGINE");
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -34,16 +38,40 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=GANTRY_GUEST_TARGET_DIR");
 
+    let guests: Vec<&str> = GUESTS.iter().map(|(k, _)| *k).collect();
+    build(&root, &target_dir, "wasm32-wasip2", &guests);
+    build(
+        &root,
+        &target_dir,
+        "wasm32-unknown-unknown",
+        &[POLICY_ENGINE.0],
+    );
+    for (target, (krate, name)) in GUESTS
+        .iter()
+        .map(|g| ("wasm32-wasip2", g))
+        .chain([("wasm32-unknown-unknown", &POLICY_ENGINE)])
+    {
+        let file = format!("{}.wasm", krate.replace('-', "_"));
+        let from = target_dir.join(target).join("plugin").join(&file);
+        let to = out_dir.join(&file);
+        copy(&from, &to);
+        println!("cargo:rustc-env=GANTRY_WASM_{name}={}", to.display());
+    }
+}
+
+/// Runs cargo for `crates` on `target`, with the `plugin` profile.
+fn build(root: &Path, target_dir: &Path, target: &str, crates: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--profile", "plugin", "--target", "wasm32-wasip2"])
+    cmd.current_dir(root)
+        .args(["build", "--profile", "plugin", "--target", target])
         .arg("--target-dir")
-        .arg(&target_dir);
-    for (krate, _) in GUESTS {
+        .arg(target_dir);
+    for krate in crates {
         cmd.args(["-p", krate]);
     }
-    // The outer build's flags and wrappers (clippy, coverage) are for the host, not the guests.
+    // The outer build's flags and wrappers (clippy, coverage) are for the host, not the guests;
+    // the guests' own flags live in `.cargo/config.toml`.
     for var in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -59,15 +87,7 @@ fn main() {
         .status()
         .expect("running cargo to build the guest components");
     if !status.success() {
-        panic!("building the guest components failed ({status}); see the output above");
-    }
-    let built = target_dir.join("wasm32-wasip2").join("plugin");
-    for (krate, name) in GUESTS {
-        let file = format!("{}.wasm", krate.replace('-', "_"));
-        let from = built.join(&file);
-        let to = out_dir.join(&file);
-        copy(&from, &to);
-        println!("cargo:rustc-env=GANTRY_WASM_{name}={}", to.display());
+        panic!("building the guests for {target} failed ({status}); see the output above");
     }
 }
 

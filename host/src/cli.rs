@@ -1,6 +1,7 @@
 //! Commands, argument parsing and output.
 
 mod bench;
+mod policy;
 mod schedule;
 mod simulate;
 pub mod table;
@@ -45,6 +46,9 @@ enum Command {
     /// Benchmarks (JSON with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Access-control policies: build Rego into OPA wasm bundles, evaluate them.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// List the plugins shipped in this binary.
     Plugins,
 }
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(&ctx, args),
         Command::Trace(cmd) => simulate::trace(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
             for b in gantry::builtin::SCHEDULERS {

@@ -6,6 +6,7 @@
 //!
 //! - [`Host`]: one wasmtime engine, the loaded plugins and the cluster state.
 //! - [`plugin`]: the plugin runtime (manifests, cached compilation, limits, failures, quarantine).
+//! - [`policy`]: Rego policies packed into OPA-ABI wasm, bundles, and sandboxed decisions.
 //! - [`scheduling`]: snapshots, validation, plugin calls and the native fallback.
 //! - [`cluster`]: the cluster model and its files.
 //! - [`simulate`]: discrete-event simulation of a cluster over a job trace.
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod engine;
 mod host;
 pub mod plugin;
+pub mod policy;
 pub mod scheduling;
 pub mod simulate;
 

@@ -5,4 +5,5 @@ mod cli;
 mod faults;
 mod loading;
 mod plugins;
+mod policy;
 mod support;

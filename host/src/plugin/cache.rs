@@ -74,37 +74,82 @@ impl ArtifactCache {
             .map(|d| d.join(format!("{wasm_sha256}-{}.cwasm", self.engine_key)))
     }
 
-    /// Loads the compiled form of `wasm` from the cache, or compiles and stores it.
-    pub fn load_or_compile(
+    /// Loads the compiled form of `wasm` from the cache, or compiles it (and caches the result).
+    /// A cached entry that cannot be loaded is recompiled and replaced.
+    pub fn load_or_compile<A: Artifact>(
         &self,
         engine: &Engine,
         wasm: &[u8],
         wasm_sha256: &str,
-    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+    ) -> wasmtime::Result<(A, CacheOutcome)> {
         let Some(path) = self.entry(wasm_sha256) else {
-            return Ok((Component::new(engine, wasm)?, CacheOutcome::Disabled));
+            return Ok((A::compile(engine, wasm)?, CacheOutcome::Disabled));
         };
         if path.exists() {
-            // SAFETY: the cache directory belongs to the host and entries are only written by
-            // `store` below from `Component::serialize` of this engine's configuration (the
-            // engine key is in the file name); wasmtime also checks the header and version.
-            match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+            // SAFETY: the file was written by `store` below from `serialize` of this engine
+            // configuration (the engine key is in its name); a truncated or foreign file fails
+            // the header checks and is recompiled.
+            match unsafe { A::deserialize_file(engine, &path) } {
+                Ok(artifact) => return Ok((artifact, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "recompiling: cached artifact unusable: {e}")
                 }
             }
         }
         let start = Instant::now();
-        let component = Component::new(engine, wasm)?;
+        let artifact = A::compile(engine, wasm)?;
         tracing::debug!(
             elapsed_ms = start.elapsed().as_millis() as u64,
-            "compiled component"
+            kind = A::KIND,
+            "compiled"
         );
-        if let Err(e) = store(&path, &component.serialize()?) {
+        if let Err(e) = store(&path, &artifact.serialize()?) {
             tracing::warn!(path = %path.display(), "cannot write compiled artifact: {e}");
         }
-        Ok((component, CacheOutcome::Miss))
+        Ok((artifact, CacheOutcome::Miss))
+    }
+}
+
+/// What the cache holds: a compiled component (plugins) or core module (policies).
+pub trait Artifact: Sized {
+    /// Short name for logs.
+    const KIND: &'static str;
+    /// Compiles `wasm`.
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self>;
+    /// Loads a serialized artifact.
+    ///
+    /// # Safety
+    /// `path` must hold the output of [`Artifact::serialize`] for a compatible engine.
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
+    /// The artifact's serialized form.
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
+}
+
+impl Artifact for Component {
+    const KIND: &'static str = "component";
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
+        Component::new(engine, wasm)
+    }
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: forwarded contract.
+        unsafe { Component::deserialize_file(engine, path) }
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        Component::serialize(self)
+    }
+}
+
+impl Artifact for wasmtime::Module {
+    const KIND: &'static str = "module";
+    fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
+        wasmtime::Module::new(engine, wasm)
+    }
+    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+        // SAFETY: forwarded contract.
+        unsafe { wasmtime::Module::deserialize_file(engine, path) }
+    }
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        wasmtime::Module::serialize(self)
     }
 }
 

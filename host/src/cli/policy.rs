@@ -1,0 +1,93 @@
+//! `gantry policy build|eval`: Rego to an OPA bundle, and one decision from a bundle.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use gantry::cluster::Cluster;
+use gantry::plugin::ArtifactCache;
+use gantry::policy::bundle::Bundle;
+use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
+use gantry::policy::source::PolicySource;
+use gantry::{Host, HostConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a directory of Rego (and data.json) and pack it into an OPA wasm bundle.
+    Build {
+        /// The policy directory.
+        dir: PathBuf,
+        /// An entrypoint to export, as package/path/rule (repeatable).
+        #[arg(short = 'e', long = "entrypoint", required = true)]
+        entrypoints: Vec<String>,
+        /// Where to write the bundle (.tar.gz).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The bundle revision (default: a digest of the policy and data).
+        #[arg(long)]
+        revision: Option<String>,
+    },
+    /// Evaluate one entrypoint of a bundle on an input and print OPA's result set.
+    Eval {
+        /// The bundle (built by `gantry policy build` or `opa build -t wasm`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The entrypoint, as package/path/rule.
+        #[arg(short = 'e', long)]
+        entrypoint: String,
+        /// The input: JSON text, or @FILE to read it from a file.
+        #[arg(long)]
+        input: String,
+    },
+}
+
+pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCommand::Build {
+            dir,
+            entrypoints,
+            output,
+            revision,
+        } => {
+            let source = PolicySource::read(&dir)?;
+            let bundle = gantry::policy::build(&source, &entrypoints, revision.as_deref())?;
+            bundle.write(&output)?;
+            eprintln!(
+                "wrote {} (revision {}, {} module(s), entrypoints: {})",
+                output.display(),
+                bundle.revision(),
+                source.modules.len(),
+                entrypoints.join(", ")
+            );
+            Ok(())
+        }
+        PolicyCommand::Eval {
+            bundle,
+            entrypoint,
+            input,
+        } => {
+            let text = match input.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the input from {file}"))?,
+                None => input,
+            };
+            let input: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--input: not JSON (line {}, column {}): {e}",
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            let read = Bundle::read(&bundle)?;
+            let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+            config.cache_dir = ctx.cache_dir.clone();
+            let host = Host::new(config)?;
+            let cache = ArtifactCache::new(host.engine(), ctx.cache_dir.clone());
+            let policy = LoadedPolicy::load(host.engine(), &cache, read, PolicyLimits::default())
+                .with_context(|| format!("loading {}", bundle.display()))?;
+            let result = policy.evaluate(&entrypoint, &input)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Access-control policies: Rego packed into the policy engine module (OPA's Wasm ABI), OPA
+//! bundles, and decisions evaluated in the sandbox through `opa-wasm`.
+//!
+//! - [`source`]: reading and checking a directory of Rego and `data.json` (natively, with
+//!   `regorus`), the description packed into the module.
+//! - [`pack`]: writing that description into a copy of the engine module.
+//! - [`bundle`]: OPA bundles (`/policy.wasm`, `/data.json`, `/.manifest`), written and read.
+//! - [`decide`]: loading a bundle on the host's engine and evaluating entrypoints in it.
+
+pub mod bundle;
+pub mod decide;
+pub mod pack;
+pub mod source;
+
+use std::path::PathBuf;
+
+/// The policy engine module every policy is packed into (built by `host/build.rs`).
+pub const ENGINE_WASM: &[u8] = include_bytes!(env!("GANTRY_WASM_POLICY_ENGINE"));
+
+/// What can go wrong with a policy, named after the file or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// Rego that does not parse or check, or data that is not a JSON object.
+    #[error("{0}")]
+    Source(String),
+    /// The module could not be packed.
+    #[error(transparent)]
+    Pack(#[from] pack::PackError),
+    /// A bundle that is not a valid OPA wasm bundle.
+    #[error("bundle {path}: {message}")]
+    Bundle {
+        /// The bundle.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The bundle's module could not be compiled or instantiated as an OPA-ABI policy.
+    #[error("policy module: {0}")]
+    Module(String),
+    /// Evaluation failed (trap, deadline, memory, unknown entrypoint, bad input); the decision
+    /// is a deny.
+    #[error("evaluation of `{entrypoint}` failed: {message}")]
+    Eval {
+        /// The entrypoint.
+        entrypoint: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+/// Builds a bundle from a policy directory's source: checks the Rego natively, packs it with
+/// the data into the engine module, and writes OPA's manifest (the revision is a digest of what
+/// was packed unless `revision` is given).
+pub fn build(
+    source: &source::PolicySource,
+    entrypoints: &[String],
+    revision: Option<&str>,
+) -> Result<bundle::Bundle, PolicyError> {
+    source.check_entrypoints(entrypoints)?;
+    let packed = source.packed(entrypoints);
+    let wasm = pack::pack(ENGINE_WASM, &packed)?;
+    let revision = revision
+        .map(String::from)
+        .unwrap_or_else(|| crate::plugin::cache::sha256_hex(&packed)[..16].to_string());
+    let mut roots: Vec<&str> = entrypoints
+        .iter()
+        .filter_map(|e| e.trim_matches('/').split('/').next())
+        .collect();
+    roots.sort_unstable();
+    roots.dedup();
+    let manifest = serde_json::json!({
+        "revision": revision,
+        "roots": roots,
+        "wasm": entrypoints
+            .iter()
+            .map(|e| serde_json::json!({"entrypoint": e, "module": "/policy.wasm"}))
+            .collect::<Vec<_>>(),
+    });
+    Ok(bundle::Bundle {
+        wasm,
+        data: source.data.clone(),
+        manifest,
+    })
+}

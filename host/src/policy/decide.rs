@@ -1,0 +1,229 @@
+//! Decisions: a bundle's OPA-ABI module loaded on the host's engine and evaluated through
+//! `opa-wasm`, each evaluation bounded in time and memory, with a pool of ready instances.
+//!
+//! Any module that follows OPA's Wasm ABI loads here: the ones `gantry policy build` packs, and
+//! the ones `opa build -t wasm` writes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opa_wasm::{DefaultContext, Policy, Runtime};
+use wasmtime::{Engine, Module, Store, Trap};
+
+use super::PolicyError;
+use super::bundle::Bundle;
+use crate::plugin::limits::PluginLimiter;
+use crate::plugin::{ArtifactCache, CacheOutcome, Limits, driver};
+
+/// Limits of one policy evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyLimits {
+    /// Cap on the module's linear memory, in MiB.
+    pub memory_mib: u32,
+    /// Wall-clock deadline of one evaluation (and of loading an instance), in milliseconds.
+    pub deadline_ms: u64,
+    /// Ready instances kept for reuse; more are created under concurrent load.
+    pub pool: usize,
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            memory_mib: 256,
+            deadline_ms: 1000,
+            pool: 8,
+        }
+    }
+}
+
+struct Ready {
+    store: Store<PluginLimiter>,
+    policy: Policy<DefaultContext>,
+}
+
+/// A loaded policy bundle.
+pub struct LoadedPolicy {
+    engine: Engine,
+    module: Module,
+    data: serde_json::Value,
+    revision: String,
+    entrypoints: Vec<String>,
+    limits: PolicyLimits,
+    cache: CacheOutcome,
+    ready: Mutex<Vec<Ready>>,
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("revision", &self.revision)
+            .field("entrypoints", &self.entrypoints)
+            .finish()
+    }
+}
+
+fn module_error(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Module(format!("{e:#}"))
+}
+
+impl LoadedPolicy {
+    /// Compiles (or loads from `cache`) the bundle's module and checks that it follows the ABI
+    /// by instantiating it once with the bundle's data.
+    pub fn load(
+        engine: &Engine,
+        cache: &ArtifactCache,
+        bundle: Bundle,
+        limits: PolicyLimits,
+    ) -> Result<Arc<Self>, PolicyError> {
+        let sha = crate::plugin::cache::sha256_hex(&bundle.wasm);
+        let (module, outcome) = cache
+            .load_or_compile::<Module>(engine, &bundle.wasm, &sha)
+            .map_err(module_error)?;
+        let mut policy = Self {
+            engine: engine.clone(),
+            module,
+            revision: bundle.revision().to_string(),
+            data: bundle.data,
+            entrypoints: Vec::new(),
+            limits,
+            cache: outcome,
+            ready: Mutex::new(Vec::new()),
+        };
+        let ready = driver::block_on(policy.instantiate())?;
+        let mut names: Vec<String> = ready
+            .policy
+            .entrypoints()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        names.sort();
+        policy.entrypoints = names;
+        policy
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ready);
+        Ok(Arc::new(policy))
+    }
+
+    /// The bundle's revision.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// The module's entrypoints, sorted.
+    pub fn entrypoints(&self) -> &[String] {
+        &self.entrypoints
+    }
+
+    /// Whether the compiled module came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    fn store(&self) -> Store<PluginLimiter> {
+        let limits = Limits {
+            memory_mib: self.limits.memory_mib,
+            ..Limits::default()
+        };
+        let mut store = Store::new(&self.engine, PluginLimiter::new(&limits));
+        store.limiter(|l| l);
+        self.arm(&mut store);
+        store
+    }
+
+    fn arm(&self, store: &mut Store<PluginLimiter>) {
+        let ticks = self
+            .limits
+            .deadline_ms
+            .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64);
+        store.set_epoch_deadline(ticks.max(1));
+        store.epoch_deadline_trap();
+    }
+
+    async fn instantiate(&self) -> Result<Ready, PolicyError> {
+        let mut store = self.store();
+        let deadline = Duration::from_millis(self.limits.deadline_ms);
+        let load = async {
+            let runtime = Runtime::new(&mut store, &self.module)
+                .await
+                .map_err(module_error)?;
+            runtime
+                .with_data(&mut store, &self.data)
+                .await
+                .map_err(module_error)
+        };
+        let policy = tokio::time::timeout(deadline, load)
+            .await
+            .map_err(|_| PolicyError::Module("loading exceeded the deadline".into()))??;
+        Ok(Ready { store, policy })
+    }
+
+    /// Evaluates `entrypoint` on `input` and returns OPA's result set (`[{"result": ..}]`, or
+    /// `[]` when the rule is undefined). Any failure is an error, which callers treat as deny.
+    pub async fn evaluate_async(
+        &self,
+        entrypoint: &str,
+        input: &serde_json::Value,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let fail = |message: String| PolicyError::Eval {
+            entrypoint: entrypoint.to_string(),
+            message,
+        };
+        if !self.entrypoints.iter().any(|e| e == entrypoint) {
+            return Err(fail(format!(
+                "no such entrypoint (the bundle has: {})",
+                self.entrypoints.join(", ")
+            )));
+        }
+        let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut ready = match pooled {
+            Some(r) => r,
+            None => self.instantiate().await?,
+        };
+        self.arm(&mut ready.store);
+        let deadline = Duration::from_millis(self.limits.deadline_ms);
+        let call =
+            ready
+                .policy
+                .evaluate::<_, serde_json::Value, _>(&mut ready.store, entrypoint, input);
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(result)) => {
+                let mut pool = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                if pool.len() < self.limits.pool {
+                    pool.push(ready);
+                }
+                Ok(result)
+            }
+            // The instance is dropped: its state after a failure is not trusted.
+            Ok(Err(e)) => {
+                if ready.store.data().exceeded {
+                    return Err(fail(format!(
+                        "memory limit of {} MiB hit",
+                        self.limits.memory_mib
+                    )));
+                }
+                if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    return Err(fail(format!(
+                        "deadline of {} ms exceeded",
+                        self.limits.deadline_ms
+                    )));
+                }
+                Err(fail(format!("{e:#}")))
+            }
+            Err(_) => Err(fail(format!(
+                "deadline of {} ms exceeded",
+                self.limits.deadline_ms
+            ))),
+        }
+    }
+
+    /// [`Self::evaluate_async`] from synchronous code.
+    pub fn evaluate(
+        &self,
+        entrypoint: &str,
+        input: &serde_json::Value,
+    ) -> Result<serde_json::Value, PolicyError> {
+        driver::block_on(self.evaluate_async(entrypoint, input))
+    }
+}

@@ -1,0 +1,143 @@
+//! A policy directory: `*.rego` modules (tests, `*_test.rego`, are kept apart) and an optional
+//! `data.json`, checked natively with `regorus` before anything is packed.
+
+use std::path::{Path, PathBuf};
+
+use regorus::{Engine, Value};
+
+use super::PolicyError;
+
+/// The Rego and data of a policy directory.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// `(file name, text)` of each module, sorted by name.
+    pub modules: Vec<(String, String)>,
+    /// `(file name, text)` of each `*_test.rego` module.
+    pub tests: Vec<(String, String)>,
+    /// The contents of `data.json` (an empty object when absent).
+    pub data: serde_json::Value,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
+    move |error| PolicyError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+impl PolicySource {
+    /// Reads `dir`.
+    pub fn read(dir: &Path) -> Result<Self, PolicyError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rego"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError::Source(format!(
+                "{}: no .rego files",
+                dir.display()
+            )));
+        }
+        let mut modules = Vec::new();
+        let mut tests = Vec::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let name = path.display().to_string();
+            if name.ends_with("_test.rego") {
+                tests.push((name, text));
+            } else {
+                modules.push((name, text));
+            }
+        }
+        let data_path = dir.join("data.json");
+        let data = if data_path.exists() {
+            let text = std::fs::read_to_string(&data_path).map_err(io(&data_path))?;
+            let data: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                PolicyError::Source(format!(
+                    "{}:{}:{}: {e}",
+                    data_path.display(),
+                    e.line(),
+                    e.column()
+                ))
+            })?;
+            if !data.is_object() {
+                return Err(PolicyError::Source(format!(
+                    "{}: the top level must be a JSON object",
+                    data_path.display()
+                )));
+            }
+            data
+        } else {
+            serde_json::json!({})
+        };
+        Ok(Self {
+            modules,
+            tests,
+            data,
+        })
+    }
+
+    /// A native `regorus` engine with the modules (and, with `tests`, the test modules) and the
+    /// data loaded; Rego errors name the file, line and column.
+    pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
+        let mut engine = Engine::new();
+        let extra = if tests { &self.tests[..] } else { &[] };
+        for (name, text) in self.modules.iter().chain(extra) {
+            engine
+                .add_policy(name.clone(), text.clone())
+                .map_err(|e| PolicyError::Source(format!("{e}")))?;
+        }
+        let data = Value::from_json_str(&self.data.to_string())
+            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
+        engine
+            .add_data(data)
+            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
+        Ok(engine)
+    }
+
+    /// Checks that every entrypoint names a rule of the policy.
+    pub fn check_entrypoints(&self, entrypoints: &[String]) -> Result<(), PolicyError> {
+        if entrypoints.is_empty() {
+            return Err(PolicyError::Source(
+                "no entrypoint given (-e package/path/rule)".into(),
+            ));
+        }
+        let engine = self.engine(false)?;
+        let packages = engine
+            .get_packages()
+            .map_err(|e| PolicyError::Source(e.to_string()))?;
+        for e in entrypoints {
+            let rule = crate::policy::source::rule_of(e);
+            let package_ok = packages.iter().any(|p| rule.starts_with(&format!("{p}.")));
+            if !package_ok {
+                return Err(PolicyError::Source(format!(
+                    "entrypoint `{e}`: no package of the policy contains {rule} (packages: {})",
+                    packages.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON the engine module reads (see `plugins/policy-engine/src/policy.rs`).
+    pub fn packed(&self, entrypoints: &[String]) -> Vec<u8> {
+        let modules: serde_json::Map<String, serde_json::Value> = self
+            .modules
+            .iter()
+            .map(|(n, t)| (n.clone(), serde_json::Value::from(t.as_str())))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "modules": modules,
+            "entrypoints": entrypoints,
+            "data": self.data,
+        }))
+        .expect("a JSON value serializes")
+    }
+}
+
+/// The rule an entrypoint evaluates: `gantry/authz/allow` -> `data.gantry.authz.allow`.
+pub fn rule_of(entrypoint: &str) -> String {
+    format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
+}

@@ -1,0 +1,120 @@
+# Access control for the Gantry host: who may do what to which resource.
+#
+# Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
+#         "action": "job.submit" | "job.cancel" | "dataset.read" | "dataset.write" |
+#                   "plugin.load" | "plugin.unload" | "audit.read",
+#         "resource": {...}}  (fields per action, below)
+# Every refusal adds a human-readable reason; a request is allowed when there is none.
+package gantry.authz
+
+import rego.v1
+
+default allow := false
+
+allow if count(reasons) == 0
+
+# The decision the host records: allowed or not, and why not, in a stable order.
+decision := {"allow": allow, "reasons": sort([r | some r in reasons])}
+
+roles := {r | some r in input.subject.roles}
+
+is_admin if "admin" in roles
+
+actions := {
+	"job.submit", "job.cancel", "dataset.read", "dataset.write",
+	"plugin.load", "plugin.unload", "audit.read",
+}
+
+reasons contains msg if {
+	not input.action in actions
+	msg := sprintf("unknown action %v", [input.action])
+}
+
+reasons contains "the request names no user" if {
+	not input.subject.user
+}
+
+# Jobs (resource: {"tenant", "gpus", "tenant_used_gpus"}): members of the tenant that owns the
+# queue, jobs no larger than the subject's largest role allows, the tenant's GPU quota kept.
+
+reasons contains msg if {
+	input.action in {"job.submit", "job.cancel"}
+	not is_admin
+	not input.resource.tenant in {t | some t in input.subject.tenants}
+	msg := sprintf("user %v is not a member of tenant %v", [input.subject.user, input.resource.tenant])
+}
+
+default max_job_gpus := 0
+
+max_job_gpus := max({data.roles[r].max_job_gpus | some r in roles; data.roles[r]})
+
+reasons contains msg if {
+	input.action == "job.submit"
+	input.resource.gpus > max_job_gpus
+	msg := sprintf("the job asks for %v GPUs; the subject's roles allow at most %v", [input.resource.gpus, max_job_gpus])
+}
+
+reasons contains msg if {
+	input.action == "job.submit"
+	quota := data.quotas[input.resource.tenant]
+	held := object.get(input.resource, "tenant_used_gpus", 0) + input.resource.gpus
+	held > quota
+	msg := sprintf("tenant %v would hold %v GPUs, over its quota of %v", [input.resource.tenant, held, quota])
+}
+
+reasons contains msg if {
+	input.action == "job.submit"
+	not data.quotas[input.resource.tenant]
+	msg := sprintf("tenant %v has no GPU quota", [input.resource.tenant])
+}
+
+# Datasets (resource: {"name", "classification"}): the subject's clearance must reach the
+# dataset's classification; writing also needs the writer or admin role.
+
+level(label) := data.clearance_levels[label]
+
+reasons contains msg if {
+	input.action in {"dataset.read", "dataset.write"}
+	not level(input.resource.classification)
+	msg := sprintf("dataset %v has an unknown classification", [input.resource.name])
+}
+
+reasons contains msg if {
+	input.action in {"dataset.read", "dataset.write"}
+	not level(input.subject.clearance)
+	msg := sprintf("user %v has no known clearance", [input.subject.user])
+}
+
+reasons contains msg if {
+	input.action in {"dataset.read", "dataset.write"}
+	level(input.resource.classification) > level(input.subject.clearance)
+	msg := sprintf("dataset %v is %v, above the clearance %v of user %v", [input.resource.name, input.resource.classification, input.subject.clearance, input.subject.user])
+}
+
+reasons contains msg if {
+	input.action == "dataset.write"
+	not is_admin
+	not "writer" in roles
+	msg := sprintf("user %v may not write datasets (needs the writer role)", [input.subject.user])
+}
+
+# Plugins (resource: {"name", "signed"}): admins only, and only signed plugins load.
+
+reasons contains "only admins may load or unload plugins" if {
+	input.action in {"plugin.load", "plugin.unload"}
+	not is_admin
+}
+
+reasons contains msg if {
+	input.action == "plugin.load"
+	not input.resource.signed == true
+	msg := sprintf("plugin %v is not signed by a trusted key", [input.resource.name])
+}
+
+# The audit log: admins and auditors.
+
+reasons contains "only admins and auditors may read the audit log" if {
+	input.action == "audit.read"
+	not is_admin
+	not "auditor" in roles
+}
