@@ -6,10 +6,12 @@
 //! - [`pack`]: writing that description into a copy of the engine module.
 //! - [`bundle`]: OPA bundles (`/policy.wasm`, `/data.json`, `/.manifest`), written and read.
 //! - [`decide`]: loading a bundle on the host's engine and evaluating entrypoints in it.
+//! - [`rego_tests`]: running a policy's `test_` rules, like `opa test`.
 
 pub mod bundle;
 pub mod decide;
 pub mod pack;
+pub mod rego_tests;
 pub mod source;
 
 use std::path::PathBuf;

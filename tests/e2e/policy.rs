@@ -182,3 +182,239 @@ fn decisions_carry_reasons() {
     let err = loaded.evaluate("gantry/authz/nope", &ok).unwrap_err();
     assert!(err.to_string().contains("no such entrypoint"), "{err}");
 }
+
+#[test]
+fn deep_or_huge_inputs_are_denied_and_the_policy_keeps_serving() {
+    let (_, _, loaded) = loaded();
+    // Deeply nested (but valid) input decides: a request without a user is refused.
+    let mut nested = serde_json::json!(1);
+    for _ in 0..120 {
+        nested = serde_json::json!({ "a": nested });
+    }
+    let input = serde_json::json!({"subject": nested, "action": "audit.read", "resource": {}});
+    assert_eq!(
+        loaded.evaluate("gantry/authz/allow", &input).unwrap(),
+        serde_json::json!([{"result": false}])
+    );
+    // 300 MiB of input cannot fit under the 256 MiB cap: an error (a deny), not a crash.
+    let huge =
+        serde_json::json!({"subject": {"user": "x".repeat(300 << 20)}, "action": "audit.read"});
+    let err = loaded.evaluate("gantry/authz/allow", &huge).unwrap_err();
+    assert!(err.to_string().contains("memory limit of 256 MiB"), "{err}");
+    // The next decision is unaffected.
+    let ok = serde_json::json!({"subject": {"user": "root", "roles": ["admin"]}, "action": "audit.read", "resource": {}});
+    assert_eq!(
+        loaded.evaluate("gantry/authz/allow", &ok).unwrap(),
+        serde_json::json!([{"result": true}])
+    );
+}
+
+#[test]
+fn a_runaway_policy_hits_its_limits_and_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("runaway.rego"),
+        "package runaway\nimport rego.v1\nallow if count([x | some i in numbers.range(1, 100000); some j in numbers.range(1, 100000); x := i * j]) > 0\nok := true\n",
+    )
+    .unwrap();
+    let source = PolicySource::read(dir.path()).unwrap();
+    let entrypoints = vec!["runaway/allow".to_string(), "runaway/ok".to_string()];
+    let bundle = policy::build(&source, &entrypoints, None).unwrap();
+    let (host, _, _) = loaded();
+    let cache = ArtifactCache::new(host.engine(), None);
+    let limits = PolicyLimits {
+        memory_mib: 64,
+        deadline_ms: 300,
+        pool: 2,
+    };
+    let runaway = LoadedPolicy::load(host.engine(), &cache, bundle, limits).unwrap();
+    let err = runaway
+        .evaluate("runaway/allow", &serde_json::json!({}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("memory limit of 64 MiB") || err.contains("deadline of 300 ms"),
+        "{err}"
+    );
+    // The failed instance was dropped; a fresh one answers.
+    assert_eq!(
+        runaway
+            .evaluate("runaway/ok", &serde_json::json!({}))
+            .unwrap(),
+        serde_json::json!([{"result": true}])
+    );
+}
+
+#[test]
+fn policy_cli_builds_tests_and_evaluates() {
+    use crate::support::{gantry, text};
+    let work = tempfile::tempdir().unwrap();
+    let out = gantry(&["policy", "test", "policies"], work.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("PASS data.gantry.authz_test.test_quota_is_kept"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+
+    // A copy whose data breaks one test: that test fails, by name, and the exit code says so.
+    let broken = work.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for f in ["authz.rego", "authz_test.rego"] {
+        std::fs::copy(policies_dir().join(f), broken.join(f)).unwrap();
+    }
+    let data = std::fs::read_to_string(policies_dir().join("data.json")).unwrap();
+    std::fs::write(
+        broken.join("data.json"),
+        data.replace("\"vision\": 512", "\"vision\": 600"),
+    )
+    .unwrap();
+    let out = gantry(&["policy", "test", broken.to_str().unwrap()], work.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL data.gantry.authz_test.test_quota_is_kept"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 test(s) failed"), "{stderr}");
+
+    let bundle = work.path().join("authz.tar.gz");
+    let out = gantry(
+        &[
+            "policy",
+            "build",
+            "policies",
+            "-e",
+            "gantry/authz/decision",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = gantry(
+        &[
+            "policy",
+            "eval",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "-e",
+            "gantry/authz/decision",
+            "--input",
+            r#"{"subject": {"user": "ivy", "roles": ["intern"]}, "action": "audit.read", "resource": {}}"#,
+        ],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"result": {"allow": false, "reasons": ["only admins and auditors may read the audit log"]}}])
+    );
+}
+
+#[test]
+fn bad_policies_and_bundles_fail_cleanly() {
+    use crate::support::{gantry, text};
+    let work = tempfile::tempdir().unwrap();
+    let out_path = work.path().join("out.tar.gz");
+    let out_arg = out_path.to_str().unwrap();
+    let case = |files: &[(&str, &str)], entry: &str, want: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let out = gantry(
+            &[
+                "policy",
+                "build",
+                dir.path().to_str().unwrap(),
+                "-e",
+                entry,
+                "-o",
+                out_arg,
+            ],
+            work.path(),
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
+        assert!(stderr.contains(want), "want `{want}` in: {stderr}");
+        assert!(!out_path.exists(), "{want}: nothing may be written");
+    };
+    case(
+        &[("bad.rego", "package x\n\nallow if {\n  input.a ==\n}\n")],
+        "x/allow",
+        "bad.rego:5:1",
+    );
+    case(
+        &[("p.rego", "package x\nallow := true\n")],
+        "y/allow",
+        "entrypoint `y/allow`",
+    );
+    case(
+        &[
+            ("p.rego", "package x\nallow := true\n"),
+            ("data.json", "{\"a\": [1,\n 2,,]}"),
+        ],
+        "x/allow",
+        "data.json:2:",
+    );
+    case(
+        &[
+            ("p.rego", "package x\nallow := true\n"),
+            ("data.json", "[1]"),
+        ],
+        "x/allow",
+        "must be a JSON object",
+    );
+    case(&[], "x/allow", "no .rego files");
+
+    // Bundles that are not OPA wasm bundles.
+    let eval = |bundle: &std::path::Path, want: &str| {
+        let out = gantry(
+            &[
+                "policy",
+                "eval",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "-e",
+                "x/allow",
+                "--input",
+                "{}",
+            ],
+            work.path(),
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
+        assert!(stderr.contains(want), "want `{want}` in: {stderr}");
+    };
+    let junk = work.path().join("junk.tar.gz");
+    std::fs::write(&junk, b"not a bundle").unwrap();
+    eval(&junk, "not a gzipped tar archive");
+    let without_wasm = work.path().join("nowasm.tar.gz");
+    write_bundle(&without_wasm, &[("/data.json", b"{}")]);
+    eval(&without_wasm, "no /policy.wasm member");
+    let not_abi = work.path().join("notabi.tar.gz");
+    write_bundle(&not_abi, &[("/policy.wasm", b"\0asm\x01\0\0\0")]);
+    eval(&not_abi, "env.memory");
+}
+
+/// A gzipped tar with `members`, written with the same header layout OPA uses.
+fn write_bundle(path: &Path, members: &[(&str, &[u8])]) {
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    for (name, bytes) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        tar.append(&header, *bytes).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}

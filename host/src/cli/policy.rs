@@ -1,4 +1,4 @@
-//! `gantry policy build|eval`: Rego to an OPA bundle, and one decision from a bundle.
+//! `gantry policy build|test|eval`: Rego to an OPA bundle, its tests, and one decision.
 
 use std::path::PathBuf;
 
@@ -26,6 +26,14 @@ pub enum PolicyCommand {
         /// The bundle revision (default: a digest of the policy and data).
         #[arg(long)]
         revision: Option<String>,
+    },
+    /// Run the `test_` rules of the directory's *_test.rego files (like `opa test`).
+    Test {
+        /// The policy directory.
+        dir: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Evaluate one entrypoint of a bundle on an input and print OPA's result set.
     Eval {
@@ -59,6 +67,32 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
                 source.modules.len(),
                 entrypoints.join(", ")
             );
+            Ok(())
+        }
+        PolicyCommand::Test { dir, json } => {
+            let source = PolicySource::read(&dir)?;
+            let outcomes = gantry::policy::rego_tests::run(&source)?;
+            let failed = outcomes.iter().filter(|o| !o.passed).count();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"passed": outcomes.len() - failed, "failed": failed, "tests": outcomes})
+                );
+            } else {
+                for o in &outcomes {
+                    match &o.failure {
+                        None => println!("PASS {} ({:.0} µs)", o.name, o.duration_us),
+                        Some(why) => println!("FAIL {} ({}): {why}", o.name, o.file),
+                    }
+                }
+                println!("{} passed, {failed} failed", outcomes.len() - failed);
+            }
+            if outcomes.is_empty() {
+                anyhow::bail!("{}: no test_ rules in *_test.rego files", dir.display());
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} test(s) failed");
+            }
             Ok(())
         }
         PolicyCommand::Eval {

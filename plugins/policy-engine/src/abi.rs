@@ -177,10 +177,10 @@ fn compile_for_last_data() {
         Ok(c) => c,
         Err(e) => abort(&alloc::format!("gantry policy engine: {e}")),
     };
-    // Warm up lazily initialised state inside regorus now, below the heap snapshot.
-    for c in &compiled {
-        let _ = policy::evaluate_compiled(c, Value::new_object());
-    }
+    // Initialise regorus's lazily built tables (builtins, ...) now, below the heap snapshot: a
+    // table first built during an evaluation would sit above it and be overwritten by the next.
+    // A fixed query, not the policy's own rules, which may be arbitrarily expensive.
+    policy::warm_up();
     let state = STATE.get();
     state.compiled = compiled;
     state.compiled_for = state.last_parsed;

@@ -121,6 +121,19 @@ impl Policy {
     }
 }
 
+/// Runs a small fixed policy through the interpreter and a few builtins, so that state regorus
+/// builds on first use exists before the host snapshots the heap.
+pub fn warm_up() {
+    const WARM_UP: &str = "package gantry_warm_up\nx := sprintf(\"%v\", [count(sort([2, 1]))])\n";
+    let mut engine = Engine::new();
+    if engine
+        .add_policy("warm_up.rego".into(), WARM_UP.into())
+        .is_ok()
+    {
+        let _ = engine.eval_rule("data.gantry_warm_up.x".into());
+    }
+}
+
 /// Evaluates a compiled entrypoint.
 pub fn evaluate_compiled(compiled: &CompiledPolicy, input: Value) -> Result<String, PolicyError> {
     result_set(

@@ -1,0 +1,83 @@
+# Tests of gantry.authz, run by `gantry policy test policies` (OPA-style `test_` rules).
+package gantry.authz_test
+
+import rego.v1
+
+import data.gantry.authz
+
+researcher := {"user": "ada", "roles": ["researcher"], "tenants": ["vision"], "clearance": "internal"}
+
+admin := {"user": "root", "roles": ["admin"], "tenants": [], "clearance": "secret"}
+
+intern := {"user": "ivy", "roles": ["intern"], "tenants": ["vision"], "clearance": "public"}
+
+submit(subject, tenant, gpus, used) := {
+	"subject": subject,
+	"action": "job.submit",
+	"resource": {"tenant": tenant, "gpus": gpus, "tenant_used_gpus": used},
+}
+
+test_member_submits_within_limits if {
+	authz.allow with input as submit(researcher, "vision", 64, 100)
+}
+
+test_non_member_is_refused if {
+	not authz.allow with input as submit(researcher, "language", 8, 0)
+	"user ada is not a member of tenant language" in authz.reasons with input as submit(researcher, "language", 8, 0)
+}
+
+test_admin_may_use_any_queue if {
+	authz.allow with input as submit(admin, "language", 8, 0)
+}
+
+test_job_size_is_capped_by_role if {
+	not authz.allow with input as submit(intern, "vision", 16, 0)
+	authz.allow with input as submit(intern, "vision", 8, 0)
+}
+
+test_quota_is_kept if {
+	authz.decision == {"allow": false, "reasons": ["tenant vision would hold 513 GPUs, over its quota of 512"]} with input as submit(researcher, "vision", 13, 500)
+}
+
+test_tenant_without_quota_is_refused if {
+	"tenant unknown has no GPU quota" in authz.reasons with input as submit(admin, "unknown", 1, 0)
+}
+
+test_unknown_action_is_refused if {
+	not authz.allow with input as {"subject": admin, "action": "cluster.delete", "resource": {}}
+}
+
+test_request_without_user_is_refused if {
+	not authz.allow with input as {"subject": {"roles": ["admin"]}, "action": "audit.read", "resource": {}}
+}
+
+read(subject, label) := {"subject": subject, "action": "dataset.read", "resource": {"name": "scans", "classification": label}}
+
+test_clearance_must_reach_classification if {
+	authz.allow with input as read(researcher, "internal")
+	not authz.allow with input as read(researcher, "confidential")
+	not authz.allow with input as read(researcher, "made-up")
+}
+
+test_writing_needs_the_writer_role if {
+	write := {"subject": researcher, "action": "dataset.write", "resource": {"name": "scans", "classification": "public"}}
+	not authz.allow with input as write
+	writer := object.union(researcher, {"roles": ["researcher", "writer"]})
+	authz.allow with input as object.union(write, {"subject": writer})
+}
+
+load(subject, signed) := {"subject": subject, "action": "plugin.load", "resource": {"name": "binpack", "signed": signed}}
+
+test_only_admins_load_signed_plugins if {
+	authz.allow with input as load(admin, true)
+	not authz.allow with input as load(admin, false)
+	not authz.allow with input as load(researcher, true)
+}
+
+audit(subject) := {"subject": subject, "action": "audit.read", "resource": {}}
+
+test_audit_log_is_for_admins_and_auditors if {
+	authz.allow with input as audit(admin)
+	authz.allow with input as audit(object.union(researcher, {"roles": ["auditor"]}))
+	not authz.allow with input as audit(researcher)
+}
