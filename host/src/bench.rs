@@ -2,6 +2,8 @@
 //! through the wasm bin-packing plugin and through the native implementation of the same
 //! source, side by side in one run, plus the plugin runtime's fixed costs.
 
+pub mod policy;
+
 use std::time::Instant;
 
 use serde::Serialize;

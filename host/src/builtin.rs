@@ -45,3 +45,10 @@ pub const SCHEDULERS: &[Builtin] = &[
 pub fn scheduler(name: &str) -> Option<&'static Builtin> {
     SCHEDULERS.iter().find(|b| b.name == name)
 }
+
+/// The shipped access-control policy (`policies/`): its Rego and its data.
+pub const AUTHZ_POLICY: (&str, &str, &str) = (
+    "authz.rego",
+    include_str!("../../policies/authz.rego"),
+    include_str!("../../policies/data.json"),
+);

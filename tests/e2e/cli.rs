@@ -138,6 +138,41 @@ fn bench_schedule_json_has_the_contract_keys() {
     }
 }
 
+#[test]
+fn bench_policy_json_has_the_contract_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(
+        &[
+            "bench",
+            "policy",
+            "--decisions",
+            "50",
+            "--threads",
+            "2",
+            "--seconds",
+            "0.2",
+            "--json",
+        ],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for side in ["wasm", "native"] {
+        for key in ["p50_us", "p99_us", "decisions_per_s"] {
+            let x = v[side][key].as_f64();
+            assert!(
+                x.is_some_and(|x| x > 0.0),
+                "{side}.{key} missing in {stdout}"
+            );
+        }
+    }
+    assert!(v["ratio"].as_f64().is_some_and(|r| r > 0.0), "{stdout}");
+    // The run checks that both sides decide alike; the requests must exercise both outcomes.
+    let allowed = v["allowed_share"].as_f64().unwrap();
+    assert!(allowed > 0.05 && allowed < 0.95, "{stdout}");
+}
+
 /// Bad input: a clear error naming file, line and field, exit code 1, no output written.
 #[test]
 fn bad_files_fail_cleanly() {

@@ -29,6 +29,21 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decisions of the shipped authz policy: sandboxed engine module vs native regorus.
+    Policy {
+        /// Timed decisions per side for the latency percentiles.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Threads for the throughput figure (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Seconds each side runs for the throughput figure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a benchmark.
@@ -89,6 +104,43 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 t.row(vec![k.into(), v]);
             }
             print!("{t}");
+            Ok(())
+        }
+        BenchCommand::Policy {
+            decisions,
+            threads,
+            seconds,
+            json,
+        } => {
+            let mut params = gantry::bench::policy::PolicyParams {
+                decisions: decisions.max(1),
+                throughput_secs: seconds.max(0.01),
+                ..Default::default()
+            };
+            if let Some(t) = threads {
+                params.threads = t.max(1);
+            }
+            let bar = super::progress(4, "phases");
+            let r = gantry::bench::policy::run(params, &mut |done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["side", "p50 µs", "p99 µs", "decisions/s"]);
+            for (side, s) in [("wasm (opa-wasm)", &r.wasm), ("native regorus", &r.native)] {
+                t.row(vec![
+                    side.into(),
+                    format!("{:.1}", s.p50_us),
+                    format!("{:.1}", s.p99_us),
+                    format!("{:.0}", s.decisions_per_s),
+                ]);
+            }
+            print!("{t}");
+            println!(
+                "ratio wasm/native p50: {:.2} ({} decisions per side, {} threads for throughput)",
+                r.ratio, r.decisions, r.threads
+            );
             Ok(())
         }
     }

@@ -79,6 +79,21 @@ impl PolicySource {
         })
     }
 
+    /// A source from text already in memory (the shipped policy, for example).
+    pub fn from_parts(modules: &[(&str, &str)], data_json: &str) -> Result<Self, PolicyError> {
+        let data: serde_json::Value = serde_json::from_str(data_json).map_err(|e| {
+            PolicyError::Source(format!("data.json:{}:{}: {e}", e.line(), e.column()))
+        })?;
+        Ok(Self {
+            modules: modules
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+            tests: Vec::new(),
+            data,
+        })
+    }
+
     /// A native `regorus` engine with the modules (and, with `tests`, the test modules) and the
     /// data loaded; Rego errors name the file, line and column.
     pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
