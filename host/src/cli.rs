@@ -1,5 +1,6 @@
 //! Commands, argument parsing and output.
 
+mod audit;
 mod bench;
 mod policy;
 mod schedule;
@@ -49,6 +50,9 @@ enum Command {
     /// Access-control policies: build Rego into OPA wasm bundles, evaluate them.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The audit log: signing key, verification.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// List the plugins shipped in this binary.
     Plugins,
 }
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Trace(cmd) => simulate::trace(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Policy(cmd) => policy::run(&ctx, cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
             for b in gantry::builtin::SCHEDULERS {

@@ -5,18 +5,22 @@
 //! layer over it.
 //!
 //! - [`Host`]: one wasmtime engine, the loaded plugins and the cluster state.
+//! - [`audit`]: the tamper-evident audit log (hash chain, signed checkpoints).
+//! - [`keys`]: Ed25519 signing keys.
 //! - [`plugin`]: the plugin runtime (manifests, cached compilation, limits, failures, quarantine).
 //! - [`policy`]: Rego policies packed into OPA-ABI wasm, bundles, and sandboxed decisions.
 //! - [`scheduling`]: snapshots, validation, plugin calls and the native fallback.
 //! - [`cluster`]: the cluster model and its files.
 //! - [`simulate`]: discrete-event simulation of a cluster over a job trace.
 
+pub mod audit;
 pub mod bench;
 pub mod bindings;
 pub mod builtin;
 pub mod cluster;
 pub mod engine;
 mod host;
+pub mod keys;
 pub mod plugin;
 pub mod policy;
 pub mod scheduling;

@@ -293,6 +293,14 @@ fn policy_cli_builds_tests_and_evaluates() {
         work.path(),
     );
     assert!(out.status.success(), "{}", text(&out).1);
+    // One decision, recorded in an audit log signed with the host's key.
+    let key = work.path().join("host.pk8");
+    let out = gantry(
+        &["audit", "keygen", "-o", key.to_str().unwrap()],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let log = work.path().join("audit.log");
     let out = gantry(
         &[
             "policy",
@@ -303,16 +311,35 @@ fn policy_cli_builds_tests_and_evaluates() {
             "gantry/authz/decision",
             "--input",
             r#"{"subject": {"user": "ivy", "roles": ["intern"]}, "action": "audit.read", "resource": {}}"#,
+            "--audit",
+            log.to_str().unwrap(),
+            "--audit-key",
+            key.to_str().unwrap(),
         ],
         work.path(),
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(
-        v,
-        serde_json::json!([{"result": {"allow": false, "reasons": ["only admins and auditors may read the audit log"]}}])
-    );
+    let denied = serde_json::json!({"allow": false, "reasons": ["only admins and auditors may read the audit log"]});
+    assert_eq!(v, serde_json::json!([{ "result": denied }]));
+    let report = gantry::audit::verify(&log, None).unwrap();
+    assert_eq!((report.entries, report.checkpoints), (2, 1));
+    let entry: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let record = &entry["record"];
+    assert_eq!(record["allow"], false);
+    assert_eq!(record["reasons"], denied["reasons"]);
+    assert_eq!(record["subject"]["user"], "ivy");
+    assert_eq!(record["action"], "audit.read");
+    assert_eq!(record["decision_id"].as_str().unwrap().len(), 32);
+    assert!(!record["revision"].as_str().unwrap().is_empty());
 }
 
 #[test]

@@ -46,6 +46,12 @@ pub enum PolicyCommand {
         /// The input: JSON text, or @FILE to read it from a file.
         #[arg(long)]
         input: String,
+        /// Append the decision to this audit log (created if absent).
+        #[arg(long, requires = "audit_key")]
+        audit: Option<PathBuf>,
+        /// The Ed25519 key (PKCS#8, from `gantry audit keygen`) that signs the log's checkpoints.
+        #[arg(long)]
+        audit_key: Option<PathBuf>,
     },
 }
 
@@ -99,6 +105,8 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             bundle,
             entrypoint,
             input,
+            audit,
+            audit_key,
         } => {
             let text = match input.strip_prefix('@') {
                 Some(file) => std::fs::read_to_string(file)
@@ -119,9 +127,59 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let cache = ArtifactCache::new(host.engine(), ctx.cache_dir.clone());
             let policy = LoadedPolicy::load(host.engine(), &cache, read, PolicyLimits::default())
                 .with_context(|| format!("loading {}", bundle.display()))?;
-            let result = policy.evaluate(&entrypoint, &input)?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
+            let start = std::time::Instant::now();
+            let result = policy.evaluate(&entrypoint, &input);
+            let latency_us = start.elapsed().as_secs_f64() * 1e6;
+            if let (Some(log), Some(key)) = (audit, audit_key) {
+                let mut log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
+                let (allow, reasons) = verdict(&result);
+                let id = decision_id();
+                let null = serde_json::Value::Null;
+                log.decision(&gantry::audit::Decision {
+                    decision_id: &id,
+                    subject: input.get("subject").unwrap_or(&null),
+                    action: input.get("action").unwrap_or(&null),
+                    resource: input.get("resource").unwrap_or(&null),
+                    entrypoint: &entrypoint,
+                    allow,
+                    reasons,
+                    revision: policy.revision(),
+                    latency_us,
+                })?;
+                log.close()?;
+            }
+            println!("{}", serde_json::to_string_pretty(&result?)?);
             Ok(())
         }
     }
+}
+
+/// Allow and reasons of a result set; any error is a deny (fail closed).
+fn verdict(result: &Result<serde_json::Value, gantry::policy::PolicyError>) -> (bool, Vec<String>) {
+    match result {
+        Err(e) => (false, vec![e.to_string()]),
+        Ok(set) => {
+            let value = &set[0]["result"];
+            let allow = value
+                .as_bool()
+                .or_else(|| value["allow"].as_bool())
+                .unwrap_or(false);
+            let reasons = value["reasons"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (allow, reasons)
+        }
+    }
+}
+
+/// 128 random bits, hex.
+fn decision_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    gantry::plugin::cache::hex(&bytes)
 }

@@ -1,0 +1,83 @@
+//! Ed25519 signing keys (PKCS#8 files, `ring`): the host's key for audit checkpoints, and plugin
+//! signing keys.
+
+use std::path::Path;
+
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+
+/// Errors reading, writing or using a key, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// The file is not an Ed25519 PKCS#8 key.
+    #[error("{path}: not an Ed25519 PKCS#8 private key ({reason})")]
+    Format {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What ring said.
+        reason: String,
+    },
+    /// The system random source failed.
+    #[error("generating a key: {0}")]
+    Random(String),
+}
+
+/// Generates a key and writes it to `path` (mode 0600, atomically); returns it.
+pub fn generate(path: &Path) -> Result<Ed25519KeyPair, KeyError> {
+    let io = |error| KeyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|e| KeyError::Random(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(pkcs8.as_ref()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    load(path)
+}
+
+/// Loads a PKCS#8 Ed25519 key.
+pub fn load(path: &Path) -> Result<Ed25519KeyPair, KeyError> {
+    let bytes = std::fs::read(path).map_err(|error| KeyError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| KeyError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The public half of `key`, hex.
+pub fn public_hex(key: &Ed25519KeyPair) -> String {
+    crate::plugin::cache::hex(key.public_key().as_ref())
+}
+
+/// Parses a hex string into bytes.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
