@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::plugin::driver::block_on;
 use crate::scheduling::ClusterState;
 use crate::simulate::trace::{self, Synthetic};
-use crate::{Host, HostConfig, HostError, PluginSource};
+use crate::{Host, HostConfig, HostError, PluginSource, PluginTrust};
 
 /// Workload of the scheduling benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +96,7 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn schedule(
     params: ScheduleParams,
     plugin: &PluginSource,
+    trust: &PluginTrust,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ScheduleReport, HostError> {
     let cluster = Cluster::uniform(params.racks, 8, params.gpus_per_node, 8);
@@ -118,6 +119,7 @@ pub fn schedule(
     let binpack = plugin;
     let mut no_cache = HostConfig::new(cluster.clone());
     no_cache.cache_dir = None;
+    no_cache.trust = trust.clone();
     let mut wasm_host = Host::new(no_cache.clone())?;
     let t = Instant::now();
     wasm_host.load_scheduler(binpack)?;

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod plugin;
 mod policy;
 mod schedule;
 mod simulate;
@@ -31,6 +32,12 @@ pub struct Cli {
     /// Compile plugins on every load instead of caching them.
     #[arg(long, global = true)]
     pub no_cache: bool,
+    /// A hex Ed25519 public key whose plugin signatures are trusted (repeatable).
+    #[arg(long = "trust", global = true, value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Load plugins from disk without a trusted signature (development; warns on each load).
+    #[arg(long, global = true)]
+    pub allow_unsigned: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +57,9 @@ enum Command {
     /// Access-control policies: build Rego into OPA wasm bundles, evaluate them.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Plugin signatures: keys, signing, verification.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// The audit log: signing key, verification.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -82,14 +92,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         cli.cache_dir.clone().or_else(gantry::default_cache_dir)
     };
-    let ctx = Context { cache_dir };
+    let ctx = Context {
+        cache_dir,
+        trust: gantry::PluginTrust {
+            trusted_keys: cli.trusted_keys.clone(),
+            allow_unsigned: cli.allow_unsigned,
+        },
+    };
     match cli.command {
         Command::Schedule(args) => schedule::run(&ctx, args),
         Command::Simulate(args) => simulate::run(&ctx, args),
         Command::Trace(cmd) => simulate::trace(cmd),
-        Command::Bench(cmd) => bench::run(cmd),
+        Command::Bench(cmd) => bench::run(&ctx, cmd),
         Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
             for b in gantry::builtin::SCHEDULERS {
@@ -104,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Settings shared by the commands.
 pub struct Context {
     cache_dir: Option<PathBuf>,
+    trust: gantry::PluginTrust,
 }
 
 impl Context {
@@ -111,6 +129,7 @@ impl Context {
     pub fn host(&self, cluster: Cluster, plugin: &str) -> anyhow::Result<Host> {
         let mut config = HostConfig::new(cluster);
         config.cache_dir = self.cache_dir.clone();
+        config.trust = self.trust.clone();
         let mut host = Host::new(config)?;
         let source: PluginSource = plugin.parse()?;
         host.load_scheduler(&source)

@@ -62,6 +62,18 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Consecutive faults after which a plugin is quarantined (0: never).
     pub quarantine_after: u32,
+    /// Which plugins on disk may load.
+    pub trust: PluginTrust,
+}
+
+/// Which plugins on disk a host loads: those signed by a trusted key, or (for development) any,
+/// with a warning on each load. Shipped plugins are part of the binary and need no signature.
+#[derive(Debug, Clone, Default)]
+pub struct PluginTrust {
+    /// Hex Ed25519 public keys whose signatures make a plugin loadable.
+    pub trusted_keys: Vec<String>,
+    /// Load plugins without a trusted signature.
+    pub allow_unsigned: bool,
 }
 
 impl HostConfig {
@@ -71,6 +83,7 @@ impl HostConfig {
             cluster,
             cache_dir: default_cache_dir(),
             quarantine_after: 3,
+            trust: PluginTrust::default(),
         }
     }
 }
@@ -144,6 +157,7 @@ pub struct Host {
     linker: Linker<PluginState>,
     cache: ArtifactCache,
     quarantine_after: u32,
+    trust: PluginTrust,
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
 }
@@ -160,6 +174,7 @@ impl Host {
             engine,
             linker,
             quarantine_after: config.quarantine_after,
+            trust: config.trust,
             state: ClusterState::new(config.cluster),
             scheduler: None,
         })
@@ -200,6 +215,7 @@ impl Host {
                     path: wasm_path.clone(),
                     error,
                 })?;
+                self.check_signature(&manifest_path, &wasm)?;
                 (manifest, wasm, wasm_path)
             }
         };
@@ -212,6 +228,41 @@ impl Host {
             &origin,
             self.quarantine_after,
         )
+    }
+
+    /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
+    /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
+    fn check_signature(
+        &self,
+        manifest_path: &std::path::Path,
+        wasm: &[u8],
+    ) -> Result<(), LoadError> {
+        let refuse = |message: String| LoadError::Signature {
+            path: manifest_path.to_path_buf(),
+            message,
+        };
+        let manifest = std::fs::read(manifest_path).map_err(|error| LoadError::Io {
+            path: manifest_path.to_path_buf(),
+            error,
+        })?;
+        let checked = match plugin::signature::read(manifest_path).map_err(&refuse)? {
+            Some(sig) => plugin::signature::verify(&sig, wasm, &manifest, &self.trust.trusted_keys),
+            None => Err(format!(
+                "no {} next to the manifest (sign it with `gantry plugin sign`)",
+                plugin::signature::FILE
+            )),
+        };
+        match checked {
+            Ok(()) => Ok(()),
+            Err(why) if self.trust.allow_unsigned => {
+                tracing::warn!(
+                    manifest = %manifest_path.display(),
+                    "loading a plugin without a trusted signature ({why}): unsigned plugins are allowed"
+                );
+                Ok(())
+            }
+            Err(why) => Err(refuse(why)),
+        }
     }
 
     /// Loads a scheduler plugin and makes it the active strategy. On error the previous one

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod manifest;
+pub mod signature;
 pub mod stdio;
 
 use std::sync::Arc;

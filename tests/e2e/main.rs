@@ -7,4 +7,5 @@ mod faults;
 mod loading;
 mod plugins;
 mod policy;
+mod signatures;
 mod support;

@@ -68,6 +68,8 @@ pub fn hostile(dir: &Path, mode: &str, limits: &str) -> PathBuf {
 pub fn host() -> Host {
     let mut config = HostConfig::new(Cluster::uniform(2, 2, 8, 2));
     config.cache_dir = None;
+    // The fault tests load unsigned fixtures; signatures have their own tests.
+    config.trust.allow_unsigned = true;
     Host::new(config).unwrap()
 }
 

@@ -47,7 +47,7 @@ pub enum BenchCommand {
 }
 
 /// Runs a benchmark.
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Schedule {
             racks,
@@ -65,7 +65,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let bar = super::progress(params.iterations as u64, "cycles");
-            let r = bench::schedule(params, &plugin.parse()?, &mut |done, _| {
+            let r = bench::schedule(params, &plugin.parse()?, &ctx.trust, &mut |done, _| {
                 bar.set_position(done)
             })?;
             bar.finish_and_clear();

@@ -31,6 +31,14 @@ pub enum LoadError {
         /// The compiler's reason.
         message: String,
     },
+    /// The plugin is not signed by a trusted key (and unsigned plugins are not allowed).
+    #[error("plugin at {}: refused: {message}", path.display())]
+    Signature {
+        /// The manifest.
+        path: PathBuf,
+        /// What is missing or wrong.
+        message: String,
+    },
     /// The component does not implement the world its kind requires.
     #[error("plugin `{plugin}` does not implement world `{world}`: {message}")]
     WrongWorld {

@@ -1,0 +1,95 @@
+//! `gantry plugin keygen|sign|verify`: Ed25519 signatures over a plugin's wasm and manifest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use gantry::plugin::Manifest;
+use gantry::plugin::signature;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create an Ed25519 signing key (PKCS#8, mode 0600); prints the public key to trust.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Sign a plugin (a directory with plugin.toml, or the manifest): writes plugin.sig.
+    Sign {
+        /// The plugin directory or manifest.
+        plugin: PathBuf,
+        /// The private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a plugin's signature against trusted public keys (exit 1 when it does not hold).
+    Verify {
+        /// The plugin directory or manifest.
+        plugin: PathBuf,
+        /// A trusted hex public key (repeatable; also taken from the global --trust).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
+}
+
+/// The manifest path and the bytes of the manifest and the wasm it names.
+fn plugin_files(plugin: &Path) -> anyhow::Result<(PathBuf, Vec<u8>, Vec<u8>)> {
+    let manifest_path = if plugin.is_dir() {
+        plugin.join("plugin.toml")
+    } else {
+        plugin.to_path_buf()
+    };
+    let manifest = Manifest::load(&manifest_path)?;
+    let wasm_path = manifest.wasm_path(&manifest_path);
+    let wasm =
+        std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+    let text = std::fs::read(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    Ok((manifest_path, text, wasm))
+}
+
+pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::Keygen { output } => {
+            if output.exists() {
+                anyhow::bail!("{}: exists; refusing to overwrite a key", output.display());
+            }
+            let key = gantry::keys::generate(&output)?;
+            println!("{}", gantry::keys::public_hex(&key));
+            Ok(())
+        }
+        PluginCommand::Sign { plugin, key } => {
+            let key = gantry::keys::load(&key)?;
+            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
+            let sig = signature::sign(&key, &wasm, &manifest);
+            let path = signature::path_for(&manifest_path);
+            let tmp = path.with_extension("sig.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&sig)?)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {} (key {})", path.display(), sig.key);
+            Ok(())
+        }
+        PluginCommand::Verify { plugin, keys } => {
+            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
+            let sig = signature::read(&manifest_path)
+                .map_err(anyhow::Error::msg)?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: no {}", manifest_path.display(), signature::FILE)
+                })?;
+            let trusted: Vec<String> = keys
+                .into_iter()
+                .chain(ctx.trust.trusted_keys.clone())
+                .collect();
+            signature::verify(&sig, &wasm, &manifest, &trusted)
+                .map_err(|why| anyhow::anyhow!("{}: {why}", manifest_path.display()))?;
+            println!(
+                "{}: signed by trusted key {}",
+                manifest_path.display(),
+                sig.key
+            );
+            Ok(())
+        }
+    }
+}
