@@ -22,7 +22,7 @@ is_admin if "admin" in roles
 
 actions := {
 	"job.submit", "job.cancel", "dataset.read", "dataset.write",
-	"plugin.load", "plugin.unload", "audit.read",
+	"plugin.load", "plugin.unload", "audit.read", "placement.apply",
 }
 
 reasons contains msg if {
@@ -66,6 +66,18 @@ reasons contains msg if {
 	input.action == "job.submit"
 	not data.quotas[input.resource.tenant]
 	msg := sprintf("tenant %v has no GPU quota", [input.resource.tenant])
+}
+
+# Placements (resource: {"tenant", "gpus", "tenant_used_gpus"}): the host asks before applying each
+# placement a scheduler proposed, so the quotas here hold whatever the scheduler plugin decided.
+# Tenants without a quota here are bounded by the cluster's own quotas only.
+
+reasons contains msg if {
+	input.action == "placement.apply"
+	quota := data.quotas[input.resource.tenant]
+	held := input.resource.tenant_used_gpus + input.resource.gpus
+	held > quota
+	msg := sprintf("placing %v GPUs would give tenant %v %v, over its quota of %v", [input.resource.gpus, input.resource.tenant, held, quota])
 }
 
 # Datasets (resource: {"name", "classification"}): the subject's clearance must reach the

@@ -81,3 +81,15 @@ test_audit_log_is_for_admins_and_auditors if {
 	authz.allow with input as audit(object.union(researcher, {"roles": ["auditor"]}))
 	not authz.allow with input as audit(researcher)
 }
+
+place(tenant, gpus, used) := {
+	"subject": {"user": "gantry-scheduler", "roles": ["scheduler"]},
+	"action": "placement.apply",
+	"resource": {"tenant": tenant, "gpus": gpus, "tenant_used_gpus": used},
+}
+
+test_placements_keep_the_quota if {
+	authz.allow with input as place("robotics", 28, 100)
+	authz.decision == {"allow": false, "reasons": ["placing 29 GPUs would give tenant robotics 129, over its quota of 128"]} with input as place("robotics", 29, 100)
+	authz.allow with input as place("no-quota-here", 4096, 0)
+}

@@ -21,6 +21,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -31,6 +32,8 @@ use crate::builtin;
 use crate::cluster::{Cluster, JobSpec, files};
 use crate::engine::{self, EpochTicker};
 use crate::plugin::{self, ArtifactCache, LoadError, Manifest, PluginError, PluginState};
+use crate::policy::decide::{LoadedPolicy, PolicySlot};
+use crate::scheduling::model::Placement;
 use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
 
 /// Where a plugin comes from.
@@ -144,6 +147,8 @@ pub struct CycleReport {
     pub fault: Option<&'static str>,
     /// Placements applied.
     pub placements: Vec<Assignment>,
+    /// Placements the policy refused (job id, reasons); those jobs stay pending.
+    pub policy_refused: Vec<(String, Vec<String>)>,
     /// Jobs still pending afterwards.
     pub pending: usize,
     /// Wall time of the cycle, microseconds.
@@ -160,6 +165,7 @@ pub struct Host {
     trust: PluginTrust,
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
+    policy: Option<Arc<PolicySlot>>,
 }
 
 impl Host {
@@ -177,6 +183,7 @@ impl Host {
             trust: config.trust,
             state: ClusterState::new(config.cluster),
             scheduler: None,
+            policy: None,
         })
     }
 
@@ -272,6 +279,28 @@ impl Host {
         Ok(self.scheduler.insert(plugin))
     }
 
+    /// Installs `policy` as the host's access-control policy, atomically: decisions already
+    /// running finish on the policy they started with. Returns the one it replaces.
+    pub fn set_policy(&mut self, policy: Arc<LoadedPolicy>) -> Option<Arc<LoadedPolicy>> {
+        match &self.policy {
+            Some(slot) => Some(slot.swap(policy)),
+            None => {
+                self.policy = Some(Arc::new(PolicySlot::new(policy)));
+                None
+            }
+        }
+    }
+
+    /// The policy slot, shareable with threads that make decisions.
+    pub fn policy(&self) -> Option<&Arc<PolicySlot>> {
+        self.policy.as_ref()
+    }
+
+    /// The artifact cache plugins and policies are compiled through.
+    pub fn cache(&self) -> &ArtifactCache {
+        &self.cache
+    }
+
     /// The active scheduler plugin.
     pub fn scheduler(&self) -> Option<&SchedulerPlugin> {
         self.scheduler.as_ref()
@@ -329,6 +358,7 @@ impl Host {
             fallback_reason: None,
             fault: None,
             placements: Vec::new(),
+            policy_refused: Vec::new(),
             pending: self.state.pending.len(),
             elapsed_us: 0.0,
         };
@@ -393,6 +423,7 @@ impl Host {
             report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
             return report;
         }
+        let placements = self.policy_filter(placements, &mut report);
         for p in placements {
             let job = &self.state.pending[p.job as usize];
             let tenant = self.state.cluster.tenants[job.tenant as usize].name.clone();
@@ -413,5 +444,63 @@ impl Host {
         report.pending = self.state.pending.len();
         report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
         report
+    }
+
+    /// Asks the policy about each placement (`placement.apply`, with the tenant's GPUs held so
+    /// far in this cycle) and keeps those it allows. Any evaluation failure refuses the
+    /// placement: fail closed. Without a policy every placement stands.
+    fn policy_filter(
+        &self,
+        placements: Vec<Placement>,
+        report: &mut CycleReport,
+    ) -> Vec<Placement> {
+        let Some(slot) = &self.policy else {
+            return placements;
+        };
+        let policy = slot.current();
+        let mut held: Vec<u64> = self.state.used_gpus.iter().map(|&g| u64::from(g)).collect();
+        let mut kept = Vec::with_capacity(placements.len());
+        for p in placements {
+            let job = &self.state.pending[p.job as usize];
+            let tenant = &self.state.cluster.tenants[job.tenant as usize].name;
+            let input = serde_json::json!({
+                "subject": {"user": "gantry-scheduler", "roles": ["scheduler"]},
+                "action": "placement.apply",
+                "resource": {
+                    "tenant": tenant,
+                    "gpus": p.gpus.len(),
+                    "tenant_used_gpus": held[job.tenant as usize],
+                },
+            });
+            let (allow, reasons) = match policy.evaluate("gantry/authz/decision", &input) {
+                Ok(set) => {
+                    let d = &set[0]["result"];
+                    let reasons = d["reasons"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .filter_map(|x| x.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (d["allow"].as_bool() == Some(true), reasons)
+                }
+                Err(e) => (false, vec![e.to_string()]),
+            };
+            if allow {
+                held[job.tenant as usize] += p.gpus.len() as u64;
+                kept.push(p);
+            } else {
+                tracing::warn!(
+                    job = %job.spec.id,
+                    tenant = %tenant,
+                    revision = policy.revision(),
+                    "policy refused a placement: {}",
+                    reasons.join("; ")
+                );
+                report.policy_refused.push((job.spec.id.clone(), reasons));
+            }
+        }
+        kept
     }
 }

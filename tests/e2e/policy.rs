@@ -445,3 +445,67 @@ fn write_bundle(path: &Path, members: &[(&str, &[u8])]) {
     }
     tar.into_inner().unwrap().finish().unwrap();
 }
+
+#[test]
+fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
+    let (_, source, loaded) = loaded();
+    // 192 GPUs; tenant 0 is `robotics`, whose quota in data.json is 128 (the cluster itself sets
+    // none).
+    let mut cluster = Cluster::uniform(3, 8, 8, 2);
+    cluster.tenants[0].name = "robotics".into();
+    let mut config = HostConfig::new(cluster);
+    config.cache_dir = None;
+    let mut host = Host::new(config).unwrap();
+    host.load_scheduler(&gantry::PluginSource::Builtin("binpack".into()))
+        .unwrap();
+    assert!(host.set_policy(loaded.clone()).is_none());
+    for (id, tenant, gpus) in [
+        ("a", "robotics", 64),
+        ("b", "robotics", 64),
+        ("c", "robotics", 8),
+        ("d", "tenant-1", 8),
+    ] {
+        let mut job = crate::support::job(id, 0, gpus);
+        job.tenant = tenant.into();
+        host.submit(job).unwrap();
+    }
+    let cycle = host.schedule_cycle(0.0);
+    assert_eq!(
+        cycle.decided_by, "binpack",
+        "refusing a placement is not a plugin fault"
+    );
+    let placed: Vec<&str> = cycle.placements.iter().map(|a| a.job_id.as_str()).collect();
+    assert_eq!(placed, ["a", "b", "d"], "{cycle:?}");
+    assert_eq!(cycle.policy_refused.len(), 1);
+    assert_eq!(cycle.policy_refused[0].0, "c");
+    assert_eq!(
+        cycle.policy_refused[0].1,
+        ["placing 8 GPUs would give tenant robotics 136, over its quota of 128"]
+    );
+    assert_eq!(cycle.pending, 1, "the refused job stays queued");
+
+    // Hot reload: a bundle with a larger quota is swapped in. A decision that took the old
+    // policy before the swap finishes on it; the next cycle uses the new one.
+    let mut source = source.clone();
+    source.data["quotas"]["robotics"] = serde_json::json!(200);
+    let bundle = policy::build(&source, &entrypoints(), Some("test-2")).unwrap();
+    let cache = ArtifactCache::new(host.engine(), None);
+    let newer = LoadedPolicy::load(host.engine(), &cache, bundle, PolicyLimits::default()).unwrap();
+    let in_flight = host.policy().unwrap().current();
+    let old = host.set_policy(newer).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&old, &in_flight));
+    assert_eq!(in_flight.revision(), "test-1");
+    assert_eq!(host.policy().unwrap().current().revision(), "test-2");
+    let c = serde_json::json!({
+        "subject": {"user": "gantry-scheduler", "roles": ["scheduler"]},
+        "action": "placement.apply",
+        "resource": {"tenant": "robotics", "gpus": 8, "tenant_used_gpus": 128}
+    });
+    assert_eq!(
+        in_flight.evaluate("gantry/authz/allow", &c).unwrap(),
+        serde_json::json!([{"result": false}])
+    );
+    let cycle = host.schedule_cycle(1.0);
+    let placed: Vec<&str> = cycle.placements.iter().map(|a| a.job_id.as_str()).collect();
+    assert_eq!(placed, ["c"], "{cycle:?}");
+}

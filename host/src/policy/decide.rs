@@ -227,3 +227,38 @@ impl LoadedPolicy {
         driver::block_on(self.evaluate_async(entrypoint, input))
     }
 }
+
+/// The active policy of a host, swapped atomically on reload: a decision takes the current
+/// policy when it starts and finishes on it, whatever is swapped in meanwhile.
+#[derive(Debug)]
+pub struct PolicySlot {
+    current: std::sync::RwLock<Arc<LoadedPolicy>>,
+}
+
+impl PolicySlot {
+    /// A slot holding `policy`.
+    pub fn new(policy: Arc<LoadedPolicy>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(policy),
+        }
+    }
+
+    /// The policy decisions should use now.
+    pub fn current(&self) -> Arc<LoadedPolicy> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Installs `next` and returns the policy it replaces (still usable by decisions in flight).
+    pub fn swap(&self, next: Arc<LoadedPolicy>) -> Arc<LoadedPolicy> {
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        tracing::info!(
+            from = slot.revision(),
+            to = next.revision(),
+            "policy swapped"
+        );
+        std::mem::replace(&mut *slot, next)
+    }
+}
