@@ -5,10 +5,12 @@
 //!   `regorus`), the description packed into the module.
 //! - [`pack`]: writing that description into a copy of the engine module.
 //! - [`bundle`]: OPA bundles (`/policy.wasm`, `/data.json`, `/.manifest`), written and read.
+//! - [`bundle_signature`]: OPA's bundle signatures (`/.signatures.json`), made and checked.
 //! - [`decide`]: loading a bundle on the host's engine and evaluating entrypoints in it.
 //! - [`rego_tests`]: running a policy's `test_` rules, like `opa test`.
 
 pub mod bundle;
+pub mod bundle_signature;
 pub mod decide;
 pub mod pack;
 pub mod rego_tests;
@@ -90,5 +92,6 @@ pub fn build(
         wasm,
         data: source.data.clone(),
         manifest,
+        signatures: None,
     })
 }

@@ -2,6 +2,7 @@
 //! (the shipped ones and the hostile fixtures in `tests/fixtures/`).
 
 mod audit;
+mod bundle_signatures;
 mod cli;
 mod faults;
 mod loading;

@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use gantry::cluster::Cluster;
 use gantry::plugin::ArtifactCache;
-use gantry::policy::bundle::Bundle;
+use gantry::policy::bundle::{Bundle, read_files, write_files};
+use gantry::policy::bundle_signature::{self, SigningKey, VerificationKey};
 use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
 use gantry::policy::source::PolicySource;
 use gantry::{Host, HostConfig};
@@ -27,6 +28,29 @@ pub enum PolicyCommand {
         #[arg(long)]
         revision: Option<String>,
     },
+    /// Sign a bundle the way `opa sign` does: writes /.signatures.json into it.
+    Sign {
+        /// The bundle (.tar.gz), rewritten in place.
+        bundle: PathBuf,
+        /// RS256, ES256 or HS256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// The private key (PKCS#8 PEM) or, for HS256, the file holding the secret.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// The key id written into the signature (what verifiers look the key up by).
+        #[arg(long)]
+        key_id: String,
+        /// An optional scope claim.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Create an ES256 signing key pair (KEY and KEY.pub, PEM).
+    Keygen {
+        /// Where to write the private key; the public key goes to the same path plus `.pub`.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Run the `test_` rules of the directory's *_test.rego files (like `opa test`).
     Test {
         /// The policy directory.
@@ -46,6 +70,19 @@ pub enum PolicyCommand {
         /// The input: JSON text, or @FILE to read it from a file.
         #[arg(long)]
         input: String,
+        /// Verify the bundle's signature with this key (PEM public key, or the HS256 secret);
+        /// without it an unsigned bundle loads with a warning.
+        #[arg(long, requires = "key_id")]
+        verification_key: Option<PathBuf>,
+        /// The id of the verification key.
+        #[arg(long)]
+        key_id: Option<String>,
+        /// The verification key's algorithm.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        /// The scope the signature must carry.
+        #[arg(long)]
+        scope: Option<String>,
         /// Append the decision to this audit log (created if absent).
         #[arg(long, requires = "audit_key")]
         audit: Option<PathBuf>,
@@ -101,10 +138,68 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PolicyCommand::Sign {
+            bundle,
+            alg,
+            signing_key,
+            key_id,
+            scope,
+        } => {
+            let key = SigningKey {
+                id: key_id,
+                alg: alg.parse().map_err(anyhow::Error::msg)?,
+                key: read_key(&signing_key)?,
+            };
+            let mut files = read_files(&bundle)?;
+            files.retain(|(name, _)| name != bundle_signature::FILE);
+            let sig = bundle_signature::sign(&files, &key, scope.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", signing_key.display()))?;
+            files.push((bundle_signature::FILE.to_string(), sig));
+            write_files(&bundle, &files)?;
+            eprintln!(
+                "signed {} ({}, key `{}`, {} files)",
+                bundle.display(),
+                key.alg.name(),
+                key.id,
+                files.len() - 1
+            );
+            Ok(())
+        }
+        PolicyCommand::Keygen { output } => {
+            let public = PathBuf::from(format!("{}.pub", output.display()));
+            for p in [&output, &public] {
+                if p.exists() {
+                    anyhow::bail!("{}: exists; refusing to overwrite a key", p.display());
+                }
+            }
+            let (private, public_pem) =
+                bundle_signature::generate_es256().map_err(anyhow::Error::msg)?;
+            let tmp = output.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut f = options
+                    .open(&tmp)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                f.write_all(private.as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &output)?;
+            std::fs::write(&public, public_pem)?;
+            eprintln!("wrote {} and {}", output.display(), public.display());
+            Ok(())
+        }
         PolicyCommand::Eval {
             bundle,
             entrypoint,
             input,
+            verification_key,
+            key_id,
+            alg,
+            scope,
             audit,
             audit_key,
         } => {
@@ -120,7 +215,26 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
                     e.column()
                 )
             })?;
-            let read = Bundle::read(&bundle)?;
+            let read = match (verification_key, key_id) {
+                (Some(path), Some(id)) => {
+                    let key = VerificationKey {
+                        id,
+                        alg: alg.parse().map_err(anyhow::Error::msg)?,
+                        key: read_key(&path)?,
+                        scope,
+                    };
+                    Bundle::read_verified(&bundle, &[key])?
+                }
+                _ => {
+                    let read = Bundle::read(&bundle)?;
+                    tracing::warn!(
+                        bundle = %bundle.display(),
+                        signed = read.signatures.is_some(),
+                        "loading a bundle without verifying a signature (no --verification-key)"
+                    );
+                    read
+                }
+            };
             let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
             config.cache_dir = ctx.cache_dir.clone();
             let host = Host::new(config)?;
@@ -182,4 +296,14 @@ fn decision_id() -> String {
     let mut bytes = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
     gantry::plugin::cache::hex(&bytes)
+}
+
+/// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256).
+fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes =
+        std::fs::read(path).with_context(|| format!("reading the key {}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
 }

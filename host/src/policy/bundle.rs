@@ -16,6 +16,91 @@ pub struct Bundle {
     pub data: serde_json::Value,
     /// `.manifest` (an empty object when the bundle has none).
     pub manifest: serde_json::Value,
+    /// `.signatures.json`, when the bundle is signed.
+    pub signatures: Option<Vec<u8>>,
+}
+
+/// Writes `files` (names without the leading slash) as a gzipped tar at `path`, atomically.
+pub fn write_files(path: &Path, files: &[(String, Vec<u8>)]) -> Result<(), PolicyError> {
+    let io = |error| PolicyError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("bundle"),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        for (name, bytes) in files {
+            let name = format!("/{name}");
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            // `set_path` would strip the leading slash that OPA's bundle names carry.
+            let raw = &mut header.as_old_mut().name;
+            if name.len() > raw.len() {
+                return Err(std::io::Error::other(format!(
+                    "member name too long: {name}"
+                )));
+            }
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            tar.append(&header, &bytes[..])?;
+        }
+        let file = tar.into_inner()?.finish()?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(error));
+    }
+    Ok(())
+}
+
+/// Every member of the bundle at `path`: (name without the leading slash, bytes).
+pub fn read_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
+    let bad = |message: String| PolicyError::Bundle {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|error| PolicyError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name: PathBuf = entry
+            .path()
+            .map_err(|e| bad(format!("bad member name: {e}")))?
+            .into_owned();
+        let name = name.to_string_lossy().trim_start_matches('/').to_string();
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        files.push((name, bytes));
+    }
+    Ok(files)
 }
 
 impl Bundle {
@@ -24,89 +109,66 @@ impl Bundle {
         self.manifest["revision"].as_str().unwrap_or("")
     }
 
+    /// The bundle's files as `opa build` lays them out (names without the leading slash).
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let json = |v: &serde_json::Value| serde_json::to_vec(v).expect("a JSON value serializes");
+        let mut files = vec![
+            (".manifest".to_string(), json(&self.manifest)),
+            ("data.json".to_string(), json(&self.data)),
+            ("policy.wasm".to_string(), self.wasm.clone()),
+        ];
+        if let Some(sig) = &self.signatures {
+            files.push((super::bundle_signature::FILE.to_string(), sig.clone()));
+        }
+        files
+    }
+
     /// Writes the bundle to `path` atomically: a temporary file in the same directory, synced,
     /// then renamed over `path`, so a failure leaves no half-written bundle.
     pub fn write(&self, path: &Path) -> Result<(), PolicyError> {
-        let io = |error| PolicyError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("bundle"),
-            std::process::id()
-        ));
-        let result = (|| -> std::io::Result<()> {
-            let file = std::fs::File::create(&tmp)?;
-            let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-            let mut tar = tar::Builder::new(gz);
-            let data = serde_json::to_vec(&self.data).expect("a JSON value serializes");
-            let manifest = serde_json::to_vec(&self.manifest).expect("a JSON value serializes");
-            for (name, bytes) in [
-                ("/.manifest", &manifest[..]),
-                ("/data.json", &data[..]),
-                ("/policy.wasm", &self.wasm[..]),
-            ] {
-                let mut header = tar::Header::new_gnu();
-                header.set_size(bytes.len() as u64);
-                header.set_mode(0o644);
-                header.set_mtime(0);
-                // `set_path` would strip the leading slash that OPA's bundle names carry.
-                let raw = &mut header.as_old_mut().name;
-                raw[..name.len()].copy_from_slice(name.as_bytes());
-                header.set_cksum();
-                tar.append(&header, bytes)?;
-            }
-            let file = tar.into_inner()?.finish()?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(error) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(error));
-        }
-        Ok(())
+        write_files(path, &self.files())
     }
 
     /// Reads a bundle; errors name the bundle and what is missing or malformed.
     pub fn read(path: &Path) -> Result<Self, PolicyError> {
+        Self::from_files(path, read_files(path)?)
+    }
+
+    /// Reads a bundle and checks its signature against `keys` (see [`bundle_signature`]);
+    /// refuses it, saying why, when the signature is missing, unknown or does not cover exactly
+    /// these files.
+    ///
+    /// [`bundle_signature`]: super::bundle_signature
+    pub fn read_verified(
+        path: &Path,
+        keys: &[super::bundle_signature::VerificationKey],
+    ) -> Result<Self, PolicyError> {
+        let files = read_files(path)?;
+        let kid = super::bundle_signature::verify(&files, keys).map_err(|message| {
+            PolicyError::Bundle {
+                path: path.to_path_buf(),
+                message: format!("signature refused: {message}"),
+            }
+        })?;
+        tracing::info!(bundle = %path.display(), key = %kid, "bundle signature verified");
+        Self::from_files(path, files)
+    }
+
+    /// A bundle from its members.
+    pub fn from_files(path: &Path, files: Vec<(String, Vec<u8>)>) -> Result<Self, PolicyError> {
         let bad = |message: String| PolicyError::Bundle {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(|error| PolicyError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        let (mut wasm, mut data, mut manifest) = (None, None, None);
-        let entries = archive
-            .entries()
-            .map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
-            let name: PathBuf = entry
-                .path()
-                .map_err(|e| bad(format!("bad member name: {e}")))?
-                .into_owned();
-            let name = name.to_string_lossy().trim_start_matches('/').to_string();
-            let slot = match name.as_str() {
-                "policy.wasm" => &mut wasm,
-                "data.json" => &mut data,
-                ".manifest" => &mut manifest,
-                _ => continue,
-            };
-            let mut bytes = Vec::new();
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| bad(format!("{name}: {e}")))?;
-            *slot = Some(bytes);
+        let (mut wasm, mut data, mut manifest, mut signatures) = (None, None, None, None);
+        for (name, bytes) in files {
+            match name.as_str() {
+                "policy.wasm" => wasm = Some(bytes),
+                "data.json" => data = Some(bytes),
+                ".manifest" => manifest = Some(bytes),
+                super::bundle_signature::FILE => signatures = Some(bytes),
+                _ => {}
+            }
         }
         let wasm = wasm.ok_or_else(|| bad("no /policy.wasm member".into()))?;
         let json = |name: &str, bytes: Option<Vec<u8>>| -> Result<serde_json::Value, PolicyError> {
@@ -120,6 +182,7 @@ impl Bundle {
             wasm,
             data: json("data.json", data)?,
             manifest: json(".manifest", manifest)?,
+            signatures,
         })
     }
 }
