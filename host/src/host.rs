@@ -28,6 +28,7 @@ use serde::Serialize;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use crate::audit::{AuditLog, Decision};
 use crate::builtin;
 use crate::cluster::{Cluster, JobSpec, files};
 use crate::engine::{self, EpochTicker};
@@ -55,6 +56,9 @@ impl std::str::FromStr for PluginSource {
         })
     }
 }
+
+/// The entrypoint the host asks: `allow` plus `reasons` (see `policies/authz.rego`).
+pub const DECISION_ENTRYPOINT: &str = "gantry/authz/decision";
 
 /// How to build a [`Host`].
 #[derive(Debug, Clone)]
@@ -119,6 +123,28 @@ pub enum HostError {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// The policy refused the request.
+    #[error("denied by policy (decision {decision_id}): {}", reasons.join("; "))]
+    Denied {
+        /// The decision's id, as recorded in the audit log.
+        decision_id: String,
+        /// Why.
+        reasons: Vec<String>,
+    },
+    /// The audit log could not be written; the action was not taken.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// A policy decision the host made and recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Its id (in the audit log and the `tracing` event).
+    pub decision_id: String,
+    /// Allowed or not.
+    pub allow: bool,
+    /// Why not (or the evaluation error: any failure denies).
+    pub reasons: Vec<String>,
 }
 
 /// GPUs given to a job in one cycle.
@@ -166,6 +192,7 @@ pub struct Host {
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
     policy: Option<Arc<PolicySlot>>,
+    audit: Option<std::sync::Mutex<AuditLog>>,
 }
 
 impl Host {
@@ -184,6 +211,7 @@ impl Host {
             state: ClusterState::new(config.cluster),
             scheduler: None,
             policy: None,
+            audit: None,
         })
     }
 
@@ -281,14 +309,189 @@ impl Host {
 
     /// Installs `policy` as the host's access-control policy, atomically: decisions already
     /// running finish on the policy they started with. Returns the one it replaces.
-    pub fn set_policy(&mut self, policy: Arc<LoadedPolicy>) -> Option<Arc<LoadedPolicy>> {
-        match &self.policy {
+    pub fn set_policy(
+        &mut self,
+        policy: Arc<LoadedPolicy>,
+    ) -> Result<Option<Arc<LoadedPolicy>>, HostError> {
+        let record = serde_json::json!({
+            "from": self.policy.as_ref().map(|s| s.current().revision().to_string()),
+            "to": policy.revision(),
+        });
+        self.record("policy.swap", record)?;
+        Ok(match &self.policy {
             Some(slot) => Some(slot.swap(policy)),
             None => {
                 self.policy = Some(Arc::new(PolicySlot::new(policy)));
                 None
             }
+        })
+    }
+
+    /// Records decisions and host events (plugin loads, policy swaps) in `log` from now on.
+    pub fn set_audit_log(&mut self, log: AuditLog) {
+        self.audit = Some(std::sync::Mutex::new(log));
+    }
+
+    /// Closes the audit log with a signed checkpoint.
+    pub fn close_audit_log(&mut self) -> Result<(), HostError> {
+        if let Some(log) = self.audit.take() {
+            log.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .close()?;
         }
+        Ok(())
+    }
+
+    fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
+        if let Some(log) = &self.audit {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(kind, record)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the policy whether `subject` may do `action` on `resource`, and records the decision
+    /// in the audit log (when one is set) before returning it. Any evaluation failure denies.
+    /// Without a policy, every request is allowed (and still recorded).
+    pub fn authorize(
+        &self,
+        subject: &serde_json::Value,
+        action: &str,
+        resource: &serde_json::Value,
+    ) -> Result<Verdict, HostError> {
+        let mut id = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        let decision_id = crate::plugin::cache::hex(&id);
+        let start = Instant::now();
+        let (allow, reasons, revision) = match &self.policy {
+            None => (true, Vec::new(), String::new()),
+            Some(slot) => {
+                let policy = slot.current();
+                let input =
+                    serde_json::json!({"subject": subject, "action": action, "resource": resource});
+                let (allow, reasons) = match policy.evaluate(DECISION_ENTRYPOINT, &input) {
+                    Ok(set) => {
+                        let d = &set[0]["result"];
+                        let reasons = d["reasons"]
+                            .as_array()
+                            .map(|r| {
+                                r.iter()
+                                    .filter_map(|x| x.as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (d["allow"].as_bool() == Some(true), reasons)
+                    }
+                    Err(e) => (false, vec![e.to_string()]),
+                };
+                (allow, reasons, policy.revision().to_string())
+            }
+        };
+        let latency_us = start.elapsed().as_secs_f64() * 1e6;
+        if let Some(log) = &self.audit {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .decision(&Decision {
+                    decision_id: &decision_id,
+                    subject,
+                    action: &serde_json::Value::from(action),
+                    resource,
+                    entrypoint: DECISION_ENTRYPOINT,
+                    allow,
+                    reasons: reasons.clone(),
+                    revision: &revision,
+                    latency_us,
+                })?;
+        } else {
+            tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");
+        }
+        Ok(Verdict {
+            decision_id,
+            allow,
+            reasons,
+        })
+    }
+
+    /// [`Host::submit`] on behalf of `subject`, after the policy allowed `job.submit`.
+    pub fn submit_as(
+        &mut self,
+        subject: &serde_json::Value,
+        job: JobSpec,
+    ) -> Result<(), HostError> {
+        let tenant = self.state.cluster.tenant_index(&job.tenant);
+        let resource = serde_json::json!({
+            "tenant": job.tenant,
+            "gpus": job.gpus,
+            "tenant_used_gpus": tenant.map_or(0, |t| self.state.used_gpus[t as usize]),
+            "job": job.id,
+        });
+        let verdict = self.authorize(subject, "job.submit", &resource)?;
+        if !verdict.allow {
+            return Err(HostError::Denied {
+                decision_id: verdict.decision_id,
+                reasons: verdict.reasons,
+            });
+        }
+        self.submit(job)
+    }
+
+    /// [`Host::load_scheduler`] on behalf of `subject`, after the policy allowed `plugin.load`
+    /// (the resource says whether the plugin carries a trusted signature). The load is recorded.
+    pub fn load_scheduler_as(
+        &mut self,
+        subject: &serde_json::Value,
+        source: &PluginSource,
+    ) -> Result<&SchedulerPlugin, HostError> {
+        let (name, signed) = match source {
+            // Shipped plugins are part of the signed-off binary.
+            PluginSource::Builtin(name) => (name.clone(), true),
+            PluginSource::Path(path) => {
+                let manifest = if path.is_dir() {
+                    path.join("plugin.toml")
+                } else {
+                    path.clone()
+                };
+                let signed = self.signature_holds(&manifest);
+                (path.display().to_string(), signed)
+            }
+        };
+        let verdict = self.authorize(
+            subject,
+            "plugin.load",
+            &serde_json::json!({"name": name, "signed": signed}),
+        )?;
+        if !verdict.allow {
+            return Err(HostError::Denied {
+                decision_id: verdict.decision_id,
+                reasons: verdict.reasons,
+            });
+        }
+        let plugin = self.load_scheduler_plugin(source)?;
+        self.record(
+            "plugin.load",
+            serde_json::json!({
+                "plugin": plugin.name(),
+                "version": plugin.manifest().version,
+                "sha256": plugin.wasm_sha256(),
+                "decision_id": verdict.decision_id,
+            }),
+        )?;
+        Ok(self.scheduler.insert(plugin))
+    }
+
+    fn signature_holds(&self, manifest: &std::path::Path) -> bool {
+        let (Ok(text), Ok(Some(sig))) =
+            (std::fs::read(manifest), plugin::signature::read(manifest))
+        else {
+            return false;
+        };
+        let Ok(m) = Manifest::load(manifest) else {
+            return false;
+        };
+        std::fs::read(m.wasm_path(manifest)).is_ok_and(|wasm| {
+            plugin::signature::verify(&sig, &wasm, &text, &self.trust.trusted_keys).is_ok()
+        })
     }
 
     /// The policy slot, shareable with threads that make decisions.
@@ -454,37 +657,24 @@ impl Host {
         placements: Vec<Placement>,
         report: &mut CycleReport,
     ) -> Vec<Placement> {
-        let Some(slot) = &self.policy else {
+        if self.policy.is_none() {
             return placements;
-        };
-        let policy = slot.current();
+        }
         let mut held: Vec<u64> = self.state.used_gpus.iter().map(|&g| u64::from(g)).collect();
         let mut kept = Vec::with_capacity(placements.len());
+        let subject = serde_json::json!({"user": "gantry-scheduler", "roles": ["scheduler"]});
         for p in placements {
             let job = &self.state.pending[p.job as usize];
             let tenant = &self.state.cluster.tenants[job.tenant as usize].name;
-            let input = serde_json::json!({
-                "subject": {"user": "gantry-scheduler", "roles": ["scheduler"]},
-                "action": "placement.apply",
-                "resource": {
-                    "tenant": tenant,
-                    "gpus": p.gpus.len(),
-                    "tenant_used_gpus": held[job.tenant as usize],
-                },
+            let resource = serde_json::json!({
+                "tenant": tenant,
+                "gpus": p.gpus.len(),
+                "tenant_used_gpus": held[job.tenant as usize],
+                "job": job.spec.id,
             });
-            let (allow, reasons) = match policy.evaluate("gantry/authz/decision", &input) {
-                Ok(set) => {
-                    let d = &set[0]["result"];
-                    let reasons = d["reasons"]
-                        .as_array()
-                        .map(|r| {
-                            r.iter()
-                                .filter_map(|x| x.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (d["allow"].as_bool() == Some(true), reasons)
-                }
+            let (allow, reasons) = match self.authorize(&subject, "placement.apply", &resource) {
+                Ok(v) => (v.allow, v.reasons),
+                // Unrecordable decisions are not taken.
                 Err(e) => (false, vec![e.to_string()]),
             };
             if allow {
@@ -494,7 +684,6 @@ impl Host {
                 tracing::warn!(
                     job = %job.spec.id,
                     tenant = %tenant,
-                    revision = policy.revision(),
                     "policy refused a placement: {}",
                     reasons.join("; ")
                 );

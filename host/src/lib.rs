@@ -27,8 +27,8 @@ pub mod scheduling;
 pub mod simulate;
 
 pub use host::{
-    Assignment, CycleReport, Host, HostConfig, HostError, PluginSource, PluginTrust,
-    default_cache_dir,
+    Assignment, CycleReport, DECISION_ENTRYPOINT, Host, HostConfig, HostError, PluginSource,
+    PluginTrust, Verdict, default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

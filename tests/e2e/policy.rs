@@ -458,7 +458,7 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let mut host = Host::new(config).unwrap();
     host.load_scheduler(&gantry::PluginSource::Builtin("binpack".into()))
         .unwrap();
-    assert!(host.set_policy(loaded.clone()).is_none());
+    assert!(host.set_policy(loaded.clone()).unwrap().is_none());
     for (id, tenant, gpus) in [
         ("a", "robotics", 64),
         ("b", "robotics", 64),
@@ -492,7 +492,7 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let cache = ArtifactCache::new(host.engine(), None);
     let newer = LoadedPolicy::load(host.engine(), &cache, bundle, PolicyLimits::default()).unwrap();
     let in_flight = host.policy().unwrap().current();
-    let old = host.set_policy(newer).unwrap();
+    let old = host.set_policy(newer).unwrap().unwrap();
     assert!(std::sync::Arc::ptr_eq(&old, &in_flight));
     assert_eq!(in_flight.revision(), "test-1");
     assert_eq!(host.policy().unwrap().current().revision(), "test-2");
@@ -508,4 +508,109 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let cycle = host.schedule_cycle(1.0);
     let placed: Vec<&str> = cycle.placements.iter().map(|a| a.job_id.as_str()).collect();
     assert_eq!(placed, ["c"], "{cycle:?}");
+}
+
+#[test]
+fn host_actions_are_decided_by_policy_and_audited() {
+    let (_, _, loaded) = loaded();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::uniform(1, 2, 8, 2);
+    cluster.tenants[0].name = "vision".into();
+    cluster.tenants[1].name = "language".into();
+    let mut config = HostConfig::new(cluster);
+    config.cache_dir = None;
+    let mut host = Host::new(config).unwrap();
+    let key = gantry::keys::generate(&dir.path().join("host.pk8")).unwrap();
+    let log_path = dir.path().join("audit.log");
+    host.set_audit_log(gantry::audit::AuditLog::open(&log_path, key).unwrap());
+    host.set_policy(loaded.clone()).unwrap();
+
+    let admin = serde_json::json!({"user": "root", "roles": ["admin"]});
+    let intern = serde_json::json!({"user": "ivy", "roles": ["intern"], "tenants": ["vision"]});
+    let researcher =
+        serde_json::json!({"user": "ada", "roles": ["researcher"], "tenants": ["vision"]});
+    let binpack = gantry::PluginSource::Builtin("binpack".into());
+
+    // Plugin loads: admins only.
+    match host.load_scheduler_as(&intern, &binpack) {
+        Err(gantry::HostError::Denied { reasons, .. }) => {
+            assert_eq!(reasons, ["only admins may load or unload plugins"])
+        }
+        other => panic!("an intern loaded a plugin: {other:?}"),
+    }
+    host.load_scheduler_as(&admin, &binpack).unwrap();
+
+    // Submissions: members of the tenant, within their role's job size.
+    let job = |id: &str, tenant: &str, gpus| {
+        let mut j = crate::support::job(id, 0, gpus);
+        j.tenant = tenant.into();
+        j
+    };
+    host.submit_as(&researcher, job("ok", "vision", 8)).unwrap();
+    let err = host
+        .submit_as(&researcher, job("other-queue", "language", 8))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not a member of tenant language"),
+        "{err}"
+    );
+    let err = host
+        .submit_as(&intern, job("too-big", "vision", 16))
+        .unwrap_err();
+    assert!(err.to_string().contains("allow at most 8"), "{err}");
+    assert_eq!(host.state().pending.len(), 1, "refused jobs are not queued");
+
+    let cycle = host.schedule_cycle(0.0);
+    assert_eq!(cycle.placements.len(), 1);
+    host.close_audit_log().unwrap();
+
+    // Every decision and event is in the log, and the log verifies.
+    let report = gantry::audit::verify(&log_path, None).unwrap();
+    assert_eq!(report.unsigned_tail, 0);
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "policy.swap",
+            "decision",
+            "decision",
+            "plugin.load",
+            "decision",
+            "decision",
+            "decision",
+            "decision",
+            "checkpoint"
+        ]
+    );
+    let actions: Vec<(&str, bool)> = entries
+        .iter()
+        .filter(|e| e["kind"] == "decision")
+        .map(|e| {
+            (
+                e["record"]["action"].as_str().unwrap(),
+                e["record"]["allow"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("plugin.load", false),
+            ("plugin.load", true),
+            ("job.submit", true),
+            ("job.submit", false),
+            ("job.submit", false),
+            ("placement.apply", true),
+        ]
+    );
+    assert_eq!(entries[0]["record"]["to"], "test-1");
+    assert_eq!(entries[3]["record"]["plugin"], "binpack");
 }
