@@ -54,7 +54,7 @@ pub struct Side {
 pub struct PolicyReport {
     /// Through the engine module in the sandbox.
     pub wasm: Side,
-    /// Native regorus, compiled policy.
+    /// Native regorus: the same compiled program on its register VM, outside the sandbox.
     pub native: Side,
     /// `wasm.p50_us / native.p50_us`.
     pub ratio: f64,
@@ -206,13 +206,15 @@ pub fn run(
             content: t.as_str().into(),
         })
         .collect();
-    let native = regorus::compile_policy_with_entrypoint(
-        data_value,
-        &modules,
-        crate::policy::source::rule_of(ENTRYPOINT).into(),
-    )
-    .map_err(|e| err(e.to_string()))?;
-    let natives: Vec<regorus::CompiledPolicy> = (0..threads).map(|_| native.clone()).collect();
+    // The same path the engine module takes inside the sandbox: the policy compiled for
+    // regorus's register VM, a fresh VM per decision.
+    let rule = crate::policy::source::rule_of(ENTRYPOINT);
+    let compiled =
+        regorus::compile_policy_with_entrypoint(data_value.clone(), &modules, rule.as_str().into())
+            .map_err(|e| err(e.to_string()))?;
+    let program =
+        regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[&rule])
+            .map_err(|e| err(e.to_string()))?;
 
     let requests = requests(4096, params.seed);
     let texts: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
@@ -223,11 +225,16 @@ pub fn run(
         Ok(out[0]["result"].clone())
     };
     // The native side starts from the same JSON text the sandbox receives.
-    let native_decide = |thread: usize, i: usize| -> Result<serde_json::Value, String> {
+    let native_decide = |_thread: usize, i: usize| -> Result<serde_json::Value, String> {
         let input =
             regorus::Value::from_json_str(&texts[i % texts.len()]).map_err(|e| e.to_string())?;
-        let v = natives[thread]
-            .eval_with_input(input)
+        let mut vm = regorus::rvm::RegoVM::new();
+        vm.set_max_instructions(usize::MAX);
+        vm.load_program(program.clone());
+        vm.set_data(data_value.clone()).map_err(|e| e.to_string())?;
+        vm.set_input(input);
+        let v = vm
+            .execute_entry_point_by_name(&rule)
             .map_err(|e| e.to_string())?;
         serde_json::to_value(&v).map_err(|e| e.to_string())
     };

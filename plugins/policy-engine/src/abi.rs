@@ -13,9 +13,9 @@ use alloc::vec::Vec;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
-use regorus::{CompiledPolicy, Value};
+use regorus::Value;
 
-use crate::policy::{self, Policy};
+use crate::policy::{self, Compiled, Policy};
 
 /// Where the packer put the policy: `[address of its JSON, its length in bytes, first free
 /// address after it]`, all [`UNPACKED`] until packed. Not zero-initialised on purpose: with an
@@ -110,7 +110,7 @@ struct State {
     policy: Option<Policy>,
     last_parsed: i32,
     compiled_for: i32,
-    compiled: Vec<CompiledPolicy>,
+    compiled: Vec<Compiled>,
 }
 
 static STATE: Global<State> = Global(UnsafeCell::new(State {
