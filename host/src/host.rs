@@ -480,6 +480,30 @@ impl Host {
         Ok(self.scheduler.insert(plugin))
     }
 
+    /// Unloads the active scheduler plugin on behalf of `subject`, after the policy allowed
+    /// `plugin.unload`; the native strategy decides from then on. Recorded in the audit log.
+    pub fn unload_scheduler_as(
+        &mut self,
+        subject: &serde_json::Value,
+    ) -> Result<Option<SchedulerPlugin>, HostError> {
+        let Some(name) = self.scheduler.as_ref().map(|p| p.name().to_string()) else {
+            return Ok(None);
+        };
+        let verdict =
+            self.authorize(subject, "plugin.unload", &serde_json::json!({"name": name}))?;
+        if !verdict.allow {
+            return Err(HostError::Denied {
+                decision_id: verdict.decision_id,
+                reasons: verdict.reasons,
+            });
+        }
+        self.record(
+            "plugin.unload",
+            serde_json::json!({"plugin": name, "decision_id": verdict.decision_id}),
+        )?;
+        Ok(self.scheduler.take())
+    }
+
     fn signature_holds(&self, manifest: &std::path::Path) -> bool {
         let (Ok(text), Ok(Some(sig))) =
             (std::fs::read(manifest), plugin::signature::read(manifest))

@@ -562,6 +562,15 @@ fn host_actions_are_decided_by_policy_and_audited() {
 
     let cycle = host.schedule_cycle(0.0);
     assert_eq!(cycle.placements.len(), 1);
+
+    // Unloading: admins only; the native strategy takes over.
+    let err = host.unload_scheduler_as(&researcher).unwrap_err();
+    assert!(err.to_string().contains("only admins"), "{err}");
+    assert_eq!(
+        host.unload_scheduler_as(&admin).unwrap().unwrap().name(),
+        "binpack"
+    );
+    assert!(host.scheduler().is_none());
     host.close_audit_log().unwrap();
 
     // Every decision and event is in the log, and the log verifies.
@@ -587,6 +596,9 @@ fn host_actions_are_decided_by_policy_and_audited() {
             "decision",
             "decision",
             "decision",
+            "decision",
+            "decision",
+            "plugin.unload",
             "checkpoint"
         ]
     );
@@ -609,6 +621,8 @@ fn host_actions_are_decided_by_policy_and_audited() {
             ("job.submit", false),
             ("job.submit", false),
             ("placement.apply", true),
+            ("plugin.unload", false),
+            ("plugin.unload", true),
         ]
     );
     assert_eq!(entries[0]["record"]["to"], "test-1");
