@@ -628,3 +628,65 @@ fn host_actions_are_decided_by_policy_and_audited() {
     assert_eq!(entries[0]["record"]["to"], "test-1");
     assert_eq!(entries[3]["record"]["plugin"], "binpack");
 }
+
+#[test]
+fn schedule_cli_applies_a_policy_bundle() {
+    use crate::support::{gantry, text};
+    let work = tempfile::tempdir().unwrap();
+    // The shipped policy with the `language` quota cut to 16 GPUs.
+    let dir = work.path().join("tight");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(policies_dir().join("authz.rego"), dir.join("authz.rego")).unwrap();
+    let data = std::fs::read_to_string(policies_dir().join("data.json")).unwrap();
+    std::fs::write(
+        dir.join("data.json"),
+        data.replace("\"language\": 1024", "\"language\": 16"),
+    )
+    .unwrap();
+    let bundle = work.path().join("tight.tar.gz");
+    let out = gantry(
+        &[
+            "policy",
+            "build",
+            dir.to_str().unwrap(),
+            "-e",
+            "gantry/authz/decision",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = gantry(
+        &[
+            "schedule",
+            "--jobs",
+            "host/assets/example-jobs.toml",
+            "--policy",
+            bundle.to_str().unwrap(),
+            "--json",
+        ],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v["policy_refused"],
+        serde_json::json!([[
+            "llm-pretrain",
+            ["placing 32 GPUs would give tenant language 32, over its quota of 16"]
+        ]])
+    );
+    let placed: Vec<&str> = v["placements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["job_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        !placed.contains(&"llm-pretrain") && placed.len() == 3,
+        "{placed:?}"
+    );
+    assert!(stderr.contains("without verifying a signature"), "{stderr}");
+}

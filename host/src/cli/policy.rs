@@ -12,6 +12,76 @@ use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
 use gantry::policy::source::PolicySource;
 use gantry::{Host, HostConfig};
 
+/// How to check a bundle's signature (`opa sign`'s format).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Verify the bundle's signature with this key (PEM public key, or the HS256 secret);
+    /// without it a bundle loads unverified, with a warning.
+    #[arg(long, requires = "key_id")]
+    verification_key: Option<PathBuf>,
+    /// The id of the verification key.
+    #[arg(long)]
+    key_id: Option<String>,
+    /// The verification key's algorithm.
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// The scope the signature must carry.
+    #[arg(long)]
+    scope: Option<String>,
+}
+
+impl VerifyArgs {
+    /// Reads `bundle`, checking its signature when a key was given.
+    pub fn read(&self, bundle: &std::path::Path) -> anyhow::Result<Bundle> {
+        Ok(match (&self.verification_key, &self.key_id) {
+            (Some(path), Some(id)) => {
+                let key = VerificationKey {
+                    id: id.clone(),
+                    alg: self.alg.parse().map_err(anyhow::Error::msg)?,
+                    key: read_key(path)?,
+                    scope: self.scope.clone(),
+                };
+                Bundle::read_verified(bundle, &[key])?
+            }
+            _ => {
+                let read = Bundle::read(bundle)?;
+                tracing::warn!(
+                    bundle = %bundle.display(),
+                    signed = read.signatures.is_some(),
+                    "loading a bundle without verifying a signature (no --verification-key)"
+                );
+                read
+            }
+        })
+    }
+}
+
+/// The `--policy` option of the commands that schedule: an OPA bundle every placement must pass.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// An OPA bundle (from `gantry policy build`) asked about every placement
+    /// (`placement.apply`); refused placements stay pending.
+    #[arg(long, value_name = "BUNDLE")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    verify: VerifyArgs,
+}
+
+impl PolicyArgs {
+    /// Loads the bundle, if one was given, as `host`'s policy.
+    pub fn install(&self, host: &mut Host) -> anyhow::Result<()> {
+        let Some(path) = &self.policy else {
+            return Ok(());
+        };
+        let bundle = self.verify.read(path)?;
+        let policy =
+            LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
+                .with_context(|| format!("loading {}", path.display()))?;
+        host.set_policy(policy)?;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Check a directory of Rego (and data.json) and pack it into an OPA wasm bundle.
@@ -70,19 +140,8 @@ pub enum PolicyCommand {
         /// The input: JSON text, or @FILE to read it from a file.
         #[arg(long)]
         input: String,
-        /// Verify the bundle's signature with this key (PEM public key, or the HS256 secret);
-        /// without it an unsigned bundle loads with a warning.
-        #[arg(long, requires = "key_id")]
-        verification_key: Option<PathBuf>,
-        /// The id of the verification key.
-        #[arg(long)]
-        key_id: Option<String>,
-        /// The verification key's algorithm.
-        #[arg(long, default_value = "RS256")]
-        alg: String,
-        /// The scope the signature must carry.
-        #[arg(long)]
-        scope: Option<String>,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// Append the decision to this audit log (created if absent).
         #[arg(long, requires = "audit_key")]
         audit: Option<PathBuf>,
@@ -196,10 +255,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             bundle,
             entrypoint,
             input,
-            verification_key,
-            key_id,
-            alg,
-            scope,
+            verify,
             audit,
             audit_key,
         } => {
@@ -215,26 +271,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
                     e.column()
                 )
             })?;
-            let read = match (verification_key, key_id) {
-                (Some(path), Some(id)) => {
-                    let key = VerificationKey {
-                        id,
-                        alg: alg.parse().map_err(anyhow::Error::msg)?,
-                        key: read_key(&path)?,
-                        scope,
-                    };
-                    Bundle::read_verified(&bundle, &[key])?
-                }
-                _ => {
-                    let read = Bundle::read(&bundle)?;
-                    tracing::warn!(
-                        bundle = %bundle.display(),
-                        signed = read.signatures.is_some(),
-                        "loading a bundle without verifying a signature (no --verification-key)"
-                    );
-                    read
-                }
-            };
+            let read = verify.read(&bundle)?;
             let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
             config.cache_dir = ctx.cache_dir.clone();
             let host = Host::new(config)?;

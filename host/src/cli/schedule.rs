@@ -21,6 +21,8 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    policy: super::policy::PolicyArgs,
 }
 
 /// Runs the command.
@@ -28,6 +30,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     let cluster = super::cluster(args.cluster.as_ref())?;
     let jobs = files::load_jobs(&args.jobs, &cluster)?;
     let mut host = ctx.host(cluster, &args.plugin)?;
+    args.policy.install(&mut host)?;
     let now = jobs.iter().map(|j| j.submit_time_s).fold(0.0, f64::max);
     for job in jobs {
         host.submit(job)?;
@@ -56,6 +59,9 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     );
     if let Some(reason) = &report.fallback_reason {
         println!("fallback: {reason}");
+    }
+    for (job, reasons) in &report.policy_refused {
+        println!("refused by policy: {job}: {}", reasons.join("; "));
     }
     Ok(())
 }

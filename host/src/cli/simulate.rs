@@ -34,6 +34,8 @@ pub struct Args {
     /// Draw utilisation and queue length over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    #[command(flatten)]
+    policy: super::policy::PolicyArgs,
 }
 
 /// `gantry trace ...`.
@@ -75,6 +77,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     };
     let healthy = cluster.gpus.iter().filter(|g| g.healthy).count();
     let mut host = ctx.host(cluster, &args.plugin)?;
+    args.policy.install(&mut host)?;
     let bar = super::progress(jobs.len() as u64, "simulating");
     let result = simulate::run(&mut host, &jobs, &mut |done, _| bar.set_position(done));
     bar.finish_and_clear();
