@@ -381,6 +381,11 @@ fn bad_policies_and_bundles_fail_cleanly() {
         "entrypoint `y/allow`",
     );
     case(
+        &[("p.rego", "package x\nallow := true\n")],
+        "x/alow",
+        "data.x.alow is not a rule of the policy",
+    );
+    case(
         &[
             ("p.rego", "package x\nallow := true\n"),
             ("data.json", "{\"a\": [1,\n 2,,]}"),

@@ -123,15 +123,32 @@ impl PolicySource {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Source(e.to_string()))?;
+        let data = regorus::Value::from_json_str(&self.data.to_string())
+            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
+        let modules: Vec<regorus::PolicyModule> = self
+            .modules
+            .iter()
+            .map(|(n, t)| regorus::PolicyModule {
+                id: n.as_str().into(),
+                content: t.as_str().into(),
+            })
+            .collect();
         for e in entrypoints {
-            let rule = crate::policy::source::rule_of(e);
-            let package_ok = packages.iter().any(|p| rule.starts_with(&format!("{p}.")));
-            if !package_ok {
-                return Err(PolicyError::Source(format!(
-                    "entrypoint `{e}`: no package of the policy contains {rule} (packages: {})",
+            let rule = rule_of(e);
+            // What the engine module will do at load: compile the entrypoint with the data.
+            regorus::compile_policy_with_entrypoint(data.clone(), &modules, rule.as_str().into())
+                .map_err(|err| {
+                let first = err
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                PolicyError::Source(format!(
+                    "entrypoint `{e}`: {rule} is not a rule of the policy ({first}; packages: {})",
                     packages.join(", ")
-                )));
-            }
+                ))
+            })?;
         }
         Ok(())
     }
