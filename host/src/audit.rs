@@ -71,6 +71,13 @@ pub struct Decision<'a> {
     pub latency_us: f64,
 }
 
+/// A fresh decision id: 128 random bits, hex.
+pub fn new_decision_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    hex(&bytes)
+}
+
 /// The bytes a checkpoint signs: it covers its position and, through `prev`, every line before.
 pub fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
     format!("gantry-audit-checkpoint\n{seq}\n{prev}").into_bytes()

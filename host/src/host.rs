@@ -239,11 +239,7 @@ impl Host {
                 )
             }
             PluginSource::Path(path) => {
-                let manifest_path = if path.is_dir() {
-                    path.join("plugin.toml")
-                } else {
-                    path.clone()
-                };
+                let manifest_path = Manifest::path_of(path);
                 let manifest = Manifest::load(&manifest_path)?;
                 let wasm_path = manifest.wasm_path(&manifest_path);
                 let wasm = std::fs::read(&wasm_path).map_err(|error| LoadError::Io {
@@ -280,13 +276,8 @@ impl Host {
             path: manifest_path.to_path_buf(),
             error,
         })?;
-        let checked = match plugin::signature::read(manifest_path).map_err(&refuse)? {
-            Some(sig) => plugin::signature::verify(&sig, wasm, &manifest, &self.trust.trusted_keys),
-            None => Err(format!(
-                "no {} next to the manifest (sign it with `gantry plugin sign`)",
-                plugin::signature::FILE
-            )),
-        };
+        let checked =
+            plugin::signature::check(manifest_path, &manifest, wasm, &self.trust.trusted_keys);
         match checked {
             Ok(()) => Ok(()),
             Err(why) if self.trust.allow_unsigned => {
@@ -360,9 +351,7 @@ impl Host {
         action: &str,
         resource: &serde_json::Value,
     ) -> Result<Verdict, HostError> {
-        let mut id = [0u8; 16];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
-        let decision_id = crate::plugin::cache::hex(&id);
+        let decision_id = crate::audit::new_decision_id();
         let start = Instant::now();
         let (allow, reasons, revision) = match &self.policy {
             None => (true, Vec::new(), String::new()),
@@ -370,21 +359,8 @@ impl Host {
                 let policy = slot.current();
                 let input =
                     serde_json::json!({"subject": subject, "action": action, "resource": resource});
-                let (allow, reasons) = match policy.evaluate(DECISION_ENTRYPOINT, &input) {
-                    Ok(set) => {
-                        let d = &set[0]["result"];
-                        let reasons = d["reasons"]
-                            .as_array()
-                            .map(|r| {
-                                r.iter()
-                                    .filter_map(|x| x.as_str().map(String::from))
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (d["allow"].as_bool() == Some(true), reasons)
-                    }
-                    Err(e) => (false, vec![e.to_string()]),
-                };
+                let (allow, reasons) =
+                    crate::policy::decide::verdict(&policy.evaluate(DECISION_ENTRYPOINT, &input));
                 (allow, reasons, policy.revision().to_string())
             }
         };
@@ -447,12 +423,7 @@ impl Host {
             // Shipped plugins are part of the signed-off binary.
             PluginSource::Builtin(name) => (name.clone(), true),
             PluginSource::Path(path) => {
-                let manifest = if path.is_dir() {
-                    path.join("plugin.toml")
-                } else {
-                    path.clone()
-                };
-                let signed = self.signature_holds(&manifest);
+                let signed = self.signature_holds(&Manifest::path_of(path));
                 (path.display().to_string(), signed)
             }
         };
@@ -505,16 +476,11 @@ impl Host {
     }
 
     fn signature_holds(&self, manifest: &std::path::Path) -> bool {
-        let (Ok(text), Ok(Some(sig))) =
-            (std::fs::read(manifest), plugin::signature::read(manifest))
-        else {
-            return false;
-        };
-        let Ok(m) = Manifest::load(manifest) else {
+        let (Ok(text), Ok(m)) = (std::fs::read(manifest), Manifest::load(manifest)) else {
             return false;
         };
         std::fs::read(m.wasm_path(manifest)).is_ok_and(|wasm| {
-            plugin::signature::verify(&sig, &wasm, &text, &self.trust.trusted_keys).is_ok()
+            plugin::signature::check(manifest, &text, &wasm, &self.trust.trusted_keys).is_ok()
         })
     }
 

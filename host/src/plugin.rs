@@ -140,15 +140,13 @@ pub fn new_store(engine: &Engine, plugin: &Arc<str>, limits: &Limits) -> Store<P
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_hostcall_fuel(HOSTCALL_FUEL);
-    arm_deadline(&mut store, limits);
+    arm_deadline(&mut store, limits.deadline_ms);
     store
 }
 
 /// Sets the epoch deadline for the next guest call.
-pub fn arm_deadline(store: &mut Store<PluginState>, limits: &Limits) {
-    let ticks = limits
-        .deadline_ms
-        .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64);
+pub fn arm_deadline<T>(store: &mut Store<T>, deadline_ms: u64) {
+    let ticks = deadline_ms.div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64);
     store.set_epoch_deadline(ticks.max(1));
     store.epoch_deadline_trap();
 }

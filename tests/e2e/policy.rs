@@ -433,22 +433,13 @@ fn bad_policies_and_bundles_fail_cleanly() {
     eval(&not_abi, "env.memory");
 }
 
-/// A gzipped tar with `members`, written with the same header layout OPA uses.
+/// A bundle with exactly `members` (names with OPA's leading slash).
 fn write_bundle(path: &Path, members: &[(&str, &[u8])]) {
-    let gz = flate2::write::GzEncoder::new(
-        std::fs::File::create(path).unwrap(),
-        flate2::Compression::default(),
-    );
-    let mut tar = tar::Builder::new(gz);
-    for (name, bytes) in members {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_cksum();
-        tar.append(&header, *bytes).unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap();
+    let files: Vec<(String, Vec<u8>)> = members
+        .iter()
+        .map(|(name, bytes)| (name.trim_start_matches('/').to_string(), bytes.to_vec()))
+        .collect();
+    gantry::policy::bundle::write_files(path, &files).unwrap();
 }
 
 #[test]

@@ -196,16 +196,8 @@ pub fn run(
     };
     let wasm: Arc<LoadedPolicy> = LoadedPolicy::load(host.engine(), &cache, bundle, limits)
         .map_err(|e| err(e.to_string()))?;
-    let data_value =
-        regorus::Value::from_json_str(&source.data.to_string()).map_err(|e| err(e.to_string()))?;
-    let modules: Vec<regorus::PolicyModule> = source
-        .modules
-        .iter()
-        .map(|(n, t)| regorus::PolicyModule {
-            id: n.as_str().into(),
-            content: t.as_str().into(),
-        })
-        .collect();
+    let data_value = source.data_value().map_err(|e| err(e.to_string()))?;
+    let modules = source.policy_modules();
     // The same path the engine module takes inside the sandbox: the policy compiled for
     // regorus's register VM, a fresh VM per decision.
     let rule = crate::policy::source::rule_of(ENTRYPOINT);

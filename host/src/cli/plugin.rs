@@ -35,11 +35,7 @@ pub enum PluginCommand {
 
 /// The manifest path and the bytes of the manifest and the wasm it names.
 fn plugin_files(plugin: &Path) -> anyhow::Result<(PathBuf, Vec<u8>, Vec<u8>)> {
-    let manifest_path = if plugin.is_dir() {
-        plugin.join("plugin.toml")
-    } else {
-        plugin.to_path_buf()
-    };
+    let manifest_path = Manifest::path_of(plugin);
     let manifest = Manifest::load(&manifest_path)?;
     let wasm_path = manifest.wasm_path(&manifest_path);
     let wasm =

@@ -233,20 +233,8 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             }
             let (private, public_pem) =
                 bundle_signature::generate_es256().map_err(anyhow::Error::msg)?;
-            let tmp = output.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut f = options
-                    .open(&tmp)
-                    .with_context(|| format!("writing {}", tmp.display()))?;
-                f.write_all(private.as_bytes())?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &output)?;
+            gantry::keys::write_private(&output, private.as_bytes())
+                .with_context(|| format!("writing {}", output.display()))?;
             std::fs::write(&public, public_pem)?;
             eprintln!("wrote {} and {}", output.display(), public.display());
             Ok(())
@@ -283,8 +271,8 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let latency_us = start.elapsed().as_secs_f64() * 1e6;
             if let (Some(log), Some(key)) = (audit, audit_key) {
                 let mut log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
-                let (allow, reasons) = verdict(&result);
-                let id = decision_id();
+                let (allow, reasons) = gantry::policy::decide::verdict(&result);
+                let id = gantry::audit::new_decision_id();
                 let null = serde_json::Value::Null;
                 log.decision(&gantry::audit::Decision {
                     decision_id: &id,
@@ -303,36 +291,6 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Allow and reasons of a result set; any error is a deny (fail closed).
-fn verdict(result: &Result<serde_json::Value, gantry::policy::PolicyError>) -> (bool, Vec<String>) {
-    match result {
-        Err(e) => (false, vec![e.to_string()]),
-        Ok(set) => {
-            let value = &set[0]["result"];
-            let allow = value
-                .as_bool()
-                .or_else(|| value["allow"].as_bool())
-                .unwrap_or(false);
-            let reasons = value["reasons"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (allow, reasons)
-        }
-    }
-}
-
-/// 128 random bits, hex.
-fn decision_id() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    gantry::plugin::cache::hex(&bytes)
 }
 
 /// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256).

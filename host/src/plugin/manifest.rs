@@ -185,6 +185,15 @@ impl Manifest {
             .collect()
     }
 
+    /// The manifest of a plugin given as a directory (its `plugin.toml`) or as the manifest.
+    pub fn path_of(plugin: &Path) -> PathBuf {
+        if plugin.is_dir() {
+            plugin.join("plugin.toml")
+        } else {
+            plugin.to_path_buf()
+        }
+    }
+
     /// Where the component is, given the manifest's own path.
     pub fn wasm_path(&self, manifest_path: &Path) -> PathBuf {
         let dir = manifest_path.parent().unwrap_or(Path::new("."));

@@ -74,6 +74,22 @@ pub fn verify(
         .map_err(|_| "the signature does not verify".to_string())
 }
 
+/// Checks the `plugin.sig` next to the manifest at `manifest_path` (whose bytes are
+/// `manifest`) over `wasm` and the trusted keys; the error says what is missing or wrong.
+pub fn check(
+    manifest_path: &Path,
+    manifest: &[u8],
+    wasm: &[u8],
+    trusted: &[String],
+) -> Result<(), String> {
+    match read(manifest_path)? {
+        Some(sig) => verify(&sig, wasm, manifest, trusted),
+        None => Err(format!(
+            "no {FILE} next to the manifest (sign it with `gantry plugin sign`)"
+        )),
+    }
+}
+
 /// Reads `plugin.sig` next to `manifest`; `Ok(None)` when there is none.
 pub fn read(manifest: &Path) -> Result<Option<PluginSignature>, String> {
     let path = path_for(manifest);

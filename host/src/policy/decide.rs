@@ -133,12 +133,7 @@ impl LoadedPolicy {
     }
 
     fn arm(&self, store: &mut Store<PluginLimiter>) {
-        let ticks = self
-            .limits
-            .deadline_ms
-            .div_ceil(crate::engine::EPOCH_TICK.as_millis() as u64);
-        store.set_epoch_deadline(ticks.max(1));
-        store.epoch_deadline_trap();
+        crate::plugin::arm_deadline(store, self.limits.deadline_ms);
     }
 
     async fn instantiate(&self) -> Result<Ready, PolicyError> {
@@ -260,5 +255,29 @@ impl PolicySlot {
             "policy swapped"
         );
         std::mem::replace(&mut *slot, next)
+    }
+}
+
+/// Allow and reasons of a result set (a boolean rule, or an object with `allow` and `reasons`);
+/// any error is a deny (fail closed), its text the reason.
+pub fn verdict(result: &Result<serde_json::Value, PolicyError>) -> (bool, Vec<String>) {
+    match result {
+        Err(e) => (false, vec![e.to_string()]),
+        Ok(set) => {
+            let value = &set[0]["result"];
+            let allow = value
+                .as_bool()
+                .or_else(|| value["allow"].as_bool())
+                .unwrap_or(false);
+            let reasons = value["reasons"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (allow, reasons)
+        }
     }
 }

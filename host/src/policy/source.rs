@@ -94,6 +94,23 @@ impl PolicySource {
         })
     }
 
+    /// `data.json` as a regorus value.
+    pub fn data_value(&self) -> Result<Value, PolicyError> {
+        Value::from_json_str(&self.data.to_string())
+            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))
+    }
+
+    /// The (non-test) modules as regorus compiles them.
+    pub fn policy_modules(&self) -> Vec<regorus::PolicyModule> {
+        self.modules
+            .iter()
+            .map(|(n, t)| regorus::PolicyModule {
+                id: n.as_str().into(),
+                content: t.as_str().into(),
+            })
+            .collect()
+    }
+
     /// A native `regorus` engine with the modules (and, with `tests`, the test modules) and the
     /// data loaded; Rego errors name the file, line and column.
     pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
@@ -104,10 +121,8 @@ impl PolicySource {
                 .add_policy(name.clone(), text.clone())
                 .map_err(|e| PolicyError::Source(format!("{e}")))?;
         }
-        let data = Value::from_json_str(&self.data.to_string())
-            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
         engine
-            .add_data(data)
+            .add_data(self.data_value()?)
             .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
         Ok(engine)
     }
@@ -123,16 +138,8 @@ impl PolicySource {
         let packages = engine
             .get_packages()
             .map_err(|e| PolicyError::Source(e.to_string()))?;
-        let data = regorus::Value::from_json_str(&self.data.to_string())
-            .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
-        let modules: Vec<regorus::PolicyModule> = self
-            .modules
-            .iter()
-            .map(|(n, t)| regorus::PolicyModule {
-                id: n.as_str().into(),
-                content: t.as_str().into(),
-            })
-            .collect();
+        let data = self.data_value()?;
+        let modules = self.policy_modules();
         for e in entrypoints {
             let rule = rule_of(e);
             // What the engine module will do at load: compile the entrypoint with the data.

@@ -189,7 +189,7 @@ impl SchedulerPlugin {
     /// for measuring call overhead.
     pub(crate) async fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
         let (store, bindings) = ready;
-        plugin::arm_deadline(store, &self.manifest.limits);
+        plugin::arm_deadline(store, self.manifest.limits.deadline_ms);
         match bindings
             .gantry_scheduler_strategy()
             .call_configure(&mut *store, &[])
@@ -224,7 +224,7 @@ impl SchedulerPlugin {
             None => self.instantiate().instrument(span.clone()).await?,
         };
         let (snapshot, queue) = wire::columns(snapshot, queue);
-        plugin::arm_deadline(&mut store, &self.manifest.limits);
+        plugin::arm_deadline(&mut store, self.manifest.limits.deadline_ms);
         let call = async {
             let result = bindings
                 .gantry_scheduler_strategy()
