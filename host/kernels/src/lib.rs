@@ -1,9 +1,19 @@
 //! Kernels of the training hot path (dense layers, activations, losses, back-propagation, the
-//! optimizer step), outside any sandbox.
+//! optimizer step, the gradient all-reduce), outside any sandbox.
 //!
+//! - [`backend`]: the [`Backend`] trait over device buffers that training code is written against.
+//! - [`cpu`]: [`CpuBackend`], blocked multi-threaded GEMM and fused element-wise loops.
+//! - `cuda` (feature `cuda`): cuBLAS GEMM and NVRTC-compiled CUDA C kernels through `cudarc`.
 //! - [`reference`]: plain loops over row-major `f32` slices, written for clarity; every faster
-//!   backend is tested against them.
+//!   backend is tested against them ([`agreement`] says how).
 //!
 //! Row-major throughout: a `rows x cols` matrix is `rows` runs of `cols` values.
 
+pub mod agreement;
+pub mod backend;
+pub mod cpu;
 pub mod reference;
+
+pub use backend::{Backend, GemmShape, KernelError, Precision};
+pub use cpu::CpuBackend;
+pub use reference::{Adam, Op};

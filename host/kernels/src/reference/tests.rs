@@ -1,35 +1,5 @@
 use super::*;
-
-fn close(a: f32, b: f32, tol: f32) -> bool {
-    (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(close(*g, *w, tol), "element {i}: got {g}, want {w}");
-    }
-}
-
-/// Stored transpose of a `rows x cols` matrix.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols)
-        .flat_map(|c| (0..rows).map(move |r| x[r * cols + c]))
-        .collect()
-}
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 2000) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
+use crate::agreement::{assert_close, close, transpose, values};
 
 #[test]
 fn gemm_by_hand() {

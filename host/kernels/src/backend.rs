@@ -1,0 +1,220 @@
+//! The interface every backend implements: buffers that live on the backend's device, and the
+//! operations a dense network's training step needs on them.
+
+use crate::reference::{Adam, Op};
+
+/// Errors from a backend. Shape errors are a caller's bug; device errors come from the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A buffer's length does not match the dimensions given.
+    #[error("{op}: {what} has {got} values, expected {want}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// Which operand.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length the dimensions imply.
+        want: usize,
+    },
+    /// A class label outside `0..classes`.
+    #[error("{op}: label {label} of row {row} is not below {classes}")]
+    Label {
+        /// The operation.
+        op: &'static str,
+        /// The row.
+        row: usize,
+        /// The label, as stored.
+        label: f32,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// The backend cannot do this (a precision it lacks, say).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The device, its driver or a library on it failed.
+    #[error("{context}: {message}")]
+    Device {
+        /// What was being done.
+        context: String,
+        /// The driver's or library's message.
+        message: String,
+    },
+}
+
+/// Result of a backend operation.
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// The arithmetic a backend's GEMM uses. Parameters, gradients and optimizer state stay `f32`
+/// whatever the choice ("master weights"); only the GEMM's inputs are rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single precision throughout.
+    #[default]
+    F32,
+    /// Tensor-core TF32 inputs (10-bit mantissa), f32 accumulation. CUDA only.
+    Tf32,
+    /// bfloat16 inputs, f32 accumulation and output. CUDA only.
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Dimensions and scalars of one GEMM: `c = alpha * op_a(a) * op_b(b) + beta * c`, with
+/// `op_a(a)` `m x k`, `op_b(b)` `k x n`, all row-major.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmShape {
+    /// How `a` is used.
+    pub op_a: Op,
+    /// How `b` is used.
+    pub op_b: Op,
+    /// Rows of `c`.
+    pub m: usize,
+    /// Columns of `c`.
+    pub n: usize,
+    /// The shared dimension.
+    pub k: usize,
+    /// Scales the product.
+    pub alpha: f32,
+    /// Scales the prior `c` (0 ignores it, NaNs included).
+    pub beta: f32,
+}
+
+impl GemmShape {
+    /// `c = op_a(a) * op_b(b)`, overwriting `c`.
+    pub fn new(op_a: Op, op_b: Op, m: usize, n: usize, k: usize) -> Self {
+        Self {
+            op_a,
+            op_b,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+
+    /// Checks the operands' lengths.
+    pub fn check(&self, a: usize, b: usize, c: usize) -> Result<()> {
+        check_len("gemm", "a", a, self.m * self.k)?;
+        check_len("gemm", "b", b, self.k * self.n)?;
+        check_len("gemm", "c", c, self.m * self.n)
+    }
+
+    /// Floating-point operations in one call (a multiply-add counts two).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// `Err(Shape)` unless `got == want`.
+pub fn check_len(op: &'static str, what: &'static str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(KernelError::Shape {
+            op,
+            what,
+            got,
+            want,
+        })
+    }
+}
+
+/// A compute device and the training step's operations on buffers that live on it.
+///
+/// Matrices are row-major `f32`. Operations may run asynchronously (a CUDA stream): results are
+/// guaranteed visible only through [`Backend::download`] or a returned loss, which wait.
+pub trait Backend: Send + Sync + Sized {
+    /// A buffer of `f32` on this backend's device.
+    type Buffer: Send + Sync;
+
+    /// One line naming the device and its settings, for logs and summaries.
+    fn describe(&self) -> String;
+
+    /// A zeroed buffer of `len` values.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
+
+    /// Overwrites `dst` with `data` (same length), reusing its memory.
+    fn write(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()>;
+
+    /// Copies `src` into `out` (same length), waiting for pending work on it.
+    fn download(&self, src: &Self::Buffer, out: &mut [f32]) -> Result<()>;
+
+    /// The number of values in `buf`.
+    fn len(&self, buf: &Self::Buffer) -> usize;
+
+    /// `c = alpha * op_a(a) * op_b(b) + beta * c`.
+    fn gemm(
+        &self,
+        shape: GemmShape,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        c: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `x[i][j] += bias[j]`, then `max(0, .)` when `relu`: a dense layer's epilogue, fused.
+    fn bias_activation(&self, x: &mut Self::Buffer, bias: &Self::Buffer, relu: bool) -> Result<()>;
+
+    /// `grad[i] = 0` where the ReLU's output `activated[i]` is 0.
+    fn relu_backward(&self, grad: &mut Self::Buffer, activated: &Self::Buffer) -> Result<()>;
+
+    /// `out[j] = sum_i grad[i][j]`: the bias gradient (column sums), overwriting `out`.
+    fn bias_grad(&self, grad: &Self::Buffer, out: &mut Self::Buffer) -> Result<()>;
+
+    /// Softmax cross-entropy of `rows x classes` logits against class ids stored as `f32` in
+    /// `labels`: writes `(softmax - onehot) * grad_scale` to `grad` and returns the loss summed
+    /// over rows. `grad_scale` is `1 / batch` for a mean over the (global) batch.
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Self::Buffer,
+        labels: &Self::Buffer,
+        classes: usize,
+        grad_scale: f32,
+        grad: &mut Self::Buffer,
+    ) -> Result<f64>;
+
+    /// Squared error of `prediction` against `target`: writes `2 (prediction - target) *
+    /// grad_scale` to `grad` and returns the sum of squared errors.
+    fn mse(
+        &self,
+        prediction: &Self::Buffer,
+        target: &Self::Buffer,
+        grad_scale: f32,
+        grad: &mut Self::Buffer,
+    ) -> Result<f64>;
+
+    /// One fused Adam(W) step at `step` (from 1) on `params` with moments `m` and `v`.
+    fn adam_step(
+        &self,
+        opt: &Adam,
+        step: u32,
+        params: &mut Self::Buffer,
+        grads: &Self::Buffer,
+        m: &mut Self::Buffer,
+        v: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// `y += alpha * x`.
+    fn axpy(&self, alpha: f32, x: &Self::Buffer, y: &mut Self::Buffer) -> Result<()>;
+
+    /// `x *= alpha`.
+    fn scale(&self, alpha: f32, x: &mut Self::Buffer) -> Result<()>;
+
+    /// Sums `bufs[r]` over the replicas `r` and leaves the sum in every one of them: the
+    /// gradient all-reduce of data-parallel training. `replicas[r]` owns `bufs[r]`.
+    fn all_reduce_sum(replicas: &[&Self], bufs: &mut [&mut Self::Buffer]) -> Result<()>;
+}

@@ -1,0 +1,467 @@
+//! The CPU backend: cache-blocked, multi-threaded GEMM from the `gemm` crate (AVX-512/AVX2/NEON
+//! kernels picked at run time), and element-wise loops fused per operation and split over the
+//! backend's own thread pool in fixed-size chunks, so results are bit-for-bit repeatable for a
+//! given thread count.
+
+use rayon::prelude::*;
+
+use crate::backend::{Backend, GemmShape, KernelError, Result, check_len};
+use crate::reference::{Adam, Op};
+
+/// Below this many values an element-wise loop runs on the calling thread: a pool dispatch
+/// costs more than the work.
+const PARALLEL_MIN: usize = 1 << 15;
+/// Values per parallel chunk: fixed, so the split (and so every result) does not depend on
+/// scheduling.
+const CHUNK: usize = 1 << 13;
+
+/// A CPU backend with its own pool of `threads` worker threads.
+pub struct CpuBackend {
+    threads: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl CpuBackend {
+    /// A backend with `threads` worker threads (0: one per available core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("gantry-cpu-{i}"))
+            .build()
+            .map_err(|e| KernelError::Device {
+                context: format!("starting {threads} CPU worker threads"),
+                message: e.to_string(),
+            })?;
+        Ok(Self { threads, pool })
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` over matching chunks of `a` (mutable) and `b`, on the pool when large.
+    fn zip_chunks(&self, a: &mut [f32], b: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync + Send) {
+        if a.len() < PARALLEL_MIN || self.threads == 1 {
+            f(a, b);
+        } else {
+            self.pool.install(|| {
+                a.par_chunks_mut(CHUNK)
+                    .zip(b.par_chunks(CHUNK))
+                    .for_each(|(a, b)| f(a, b));
+            });
+        }
+    }
+}
+
+/// Row and column strides of an operand stored row-major as `rows x cols` before `op`.
+fn strides(op: Op, stored_cols: usize, used_rows: usize) -> (isize, isize) {
+    match op {
+        // (i, p) at i * cols + p
+        Op::N => (stored_cols as isize, 1),
+        // used (i, p) is stored (p, i), stored row length = used rows
+        Op::T => (1, used_rows as isize),
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({} thread{}, gemm: {})",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            simd_level()
+        )
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn write(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
+        check_len("write", "data", data.len(), dst.len())?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&self, src: &Vec<f32>, out: &mut [f32]) -> Result<()> {
+        check_len("download", "out", out.len(), src.len())?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn gemm(&self, s: GemmShape, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
+        s.check(a.len(), b.len(), c.len())?;
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let a_cols = if s.op_a == Op::N { s.k } else { s.m };
+        let b_cols = if s.op_b == Op::N { s.n } else { s.k };
+        let (a_rs, a_cs) = strides(s.op_a, a_cols, s.m);
+        let (b_rs, b_cs) = strides(s.op_b, b_cols, s.k);
+        let parallelism = if self.threads == 1 {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(self.threads)
+        };
+        self.pool.install(|| {
+            // SAFETY: the lengths were checked against m, n, k above, so every strided access
+            // stays inside its slice; `c` is borrowed mutably, so it aliases neither input. The
+            // crate's `alpha` scales the destination and its `beta` the product (the reverse
+            // of BLAS), and `read_dst = false` ignores c's prior contents entirely.
+            unsafe {
+                gemm::gemm(
+                    s.m,
+                    s.n,
+                    s.k,
+                    c.as_mut_ptr(),
+                    1,
+                    s.n as isize,
+                    s.beta != 0.0,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    s.beta,
+                    s.alpha,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        });
+        Ok(())
+    }
+
+    fn bias_activation(&self, x: &mut Vec<f32>, bias: &Vec<f32>, relu: bool) -> Result<()> {
+        let cols = bias.len();
+        if cols == 0 || !x.len().is_multiple_of(cols) {
+            return Err(KernelError::Shape {
+                op: "bias_activation",
+                what: "x",
+                got: x.len(),
+                want: x.len().div_ceil(cols.max(1)) * cols,
+            });
+        }
+        let rows_per_chunk = (CHUNK / cols).max(1);
+        let epilogue = |rows: &mut [f32]| {
+            for row in rows.chunks_exact_mut(cols) {
+                if relu {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                } else {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v += b;
+                    }
+                }
+            }
+        };
+        if x.len() < PARALLEL_MIN || self.threads == 1 {
+            epilogue(x);
+        } else {
+            self.pool.install(|| {
+                x.par_chunks_mut(rows_per_chunk * cols).for_each(epilogue);
+            });
+        }
+        Ok(())
+    }
+
+    fn relu_backward(&self, grad: &mut Vec<f32>, activated: &Vec<f32>) -> Result<()> {
+        check_len("relu_backward", "activated", activated.len(), grad.len())?;
+        self.zip_chunks(grad, activated, |g, a| {
+            for (g, a) in g.iter_mut().zip(a) {
+                // Branch-free so it vectorises: keep g where the unit was active.
+                *g = if *a > 0.0 { *g } else { 0.0 };
+            }
+        });
+        Ok(())
+    }
+
+    fn bias_grad(&self, grad: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let cols = out.len();
+        if cols == 0 || !grad.len().is_multiple_of(cols) {
+            return Err(KernelError::Shape {
+                op: "bias_grad",
+                what: "grad",
+                got: grad.len(),
+                want: grad.len().div_ceil(cols.max(1)) * cols,
+            });
+        }
+        // Each worker owns a band of columns and walks every row: rows are added in order, so
+        // the sums do not depend on the thread count.
+        let band = 64;
+        let sum_band = |first: usize, sums: &mut [f32]| {
+            sums.fill(0.0);
+            let width = sums.len();
+            for row in grad.chunks_exact(cols) {
+                for (s, g) in sums.iter_mut().zip(&row[first..first + width]) {
+                    *s += g;
+                }
+            }
+        };
+        if grad.len() < PARALLEL_MIN || self.threads == 1 || cols < 2 * band {
+            sum_band(0, out);
+        } else {
+            self.pool.install(|| {
+                out.par_chunks_mut(band)
+                    .enumerate()
+                    .for_each(|(i, sums)| sum_band(i * band, sums));
+            });
+        }
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<f32>,
+        classes: usize,
+        grad_scale: f32,
+        grad: &mut Vec<f32>,
+    ) -> Result<f64> {
+        let rows = labels.len();
+        check_len(
+            "softmax_cross_entropy",
+            "logits",
+            logits.len(),
+            rows * classes,
+        )?;
+        check_len("softmax_cross_entropy", "grad", grad.len(), rows * classes)?;
+        for (row, &label) in labels.iter().enumerate() {
+            if !(label >= 0.0 && (label as usize) < classes && label.fract() == 0.0) {
+                return Err(KernelError::Label {
+                    op: "softmax_cross_entropy",
+                    row,
+                    label,
+                    classes,
+                });
+            }
+        }
+        // One row at a time: max-shifted exponentials, the row's loss, then the gradient
+        // written over the exponentials. Rows are independent, losses summed in order.
+        let mut losses = vec![0f64; rows];
+        let per_row = |(((z, g), label), loss): (((&[f32], &mut [f32]), &f32), &mut f64)| {
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for (g, &z) in g.iter_mut().zip(z) {
+                *g = (z - max).exp();
+                total += *g;
+            }
+            let label = *label as usize;
+            *loss = f64::from(total.ln() - (z[label] - max));
+            let inv = grad_scale / total;
+            for g in g.iter_mut() {
+                *g *= inv;
+            }
+            g[label] -= grad_scale;
+        };
+        if rows * classes < PARALLEL_MIN || self.threads == 1 {
+            logits
+                .chunks_exact(classes)
+                .zip(grad.chunks_exact_mut(classes))
+                .zip(labels.iter())
+                .zip(losses.iter_mut())
+                .for_each(per_row);
+        } else {
+            self.pool.install(|| {
+                logits
+                    .par_chunks_exact(classes)
+                    .zip(grad.par_chunks_exact_mut(classes))
+                    .zip(labels.par_iter())
+                    .zip(losses.par_iter_mut())
+                    .for_each(per_row);
+            });
+        }
+        Ok(losses.iter().sum())
+    }
+
+    fn mse(
+        &self,
+        prediction: &Vec<f32>,
+        target: &Vec<f32>,
+        grad_scale: f32,
+        grad: &mut Vec<f32>,
+    ) -> Result<f64> {
+        check_len("mse", "target", target.len(), prediction.len())?;
+        check_len("mse", "grad", grad.len(), prediction.len())?;
+        let mut total = 0f64;
+        for ((g, p), t) in grad.iter_mut().zip(prediction).zip(target) {
+            let d = p - t;
+            total += f64::from(d) * f64::from(d);
+            *g = 2.0 * d * grad_scale;
+        }
+        Ok(total)
+    }
+
+    fn adam_step(
+        &self,
+        opt: &Adam,
+        step: u32,
+        params: &mut Vec<f32>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = params.len();
+        check_len("adam_step", "grads", grads.len(), n)?;
+        check_len("adam_step", "m", m.len(), n)?;
+        check_len("adam_step", "v", v.len(), n)?;
+        if step == 0 {
+            return Err(KernelError::Unsupported(
+                "adam_step: steps count from 1".into(),
+            ));
+        }
+        // Bias corrections folded into two scalars, as fused optimizers do:
+        // p -= lr * (m / c1) / (sqrt(v / c2) + eps) + lr * wd * p
+        let c1 = 1.0 - f64::from(opt.beta1).powi(step as i32);
+        let c2 = 1.0 - f64::from(opt.beta2).powi(step as i32);
+        let step_size = (f64::from(opt.lr) / c1) as f32;
+        let inv_sqrt_c2 = (1.0 / c2.sqrt()) as f32;
+        let (b1, b2, eps) = (opt.beta1, opt.beta2, opt.eps);
+        let decay = 1.0 - opt.lr * opt.weight_decay;
+        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+            for i in 0..p.len() {
+                let g = g[i];
+                let mi = b1 * m[i] + (1.0 - b1) * g;
+                let vi = b2 * v[i] + (1.0 - b2) * g * g;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * decay - step_size * mi / (vi.sqrt() * inv_sqrt_c2 + eps);
+            }
+        };
+        if n < PARALLEL_MIN || self.threads == 1 {
+            update((((params, grads), m), v));
+        } else {
+            self.pool.install(|| {
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(grads.par_chunks(CHUNK))
+                    .zip(m.par_chunks_mut(CHUNK))
+                    .zip(v.par_chunks_mut(CHUNK))
+                    .for_each(update);
+            });
+        }
+        Ok(())
+    }
+
+    fn axpy(&self, alpha: f32, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        check_len("axpy", "y", y.len(), x.len())?;
+        self.zip_chunks(y, x, |y, x| {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y += alpha * x;
+            }
+        });
+        Ok(())
+    }
+
+    fn scale(&self, alpha: f32, x: &mut Vec<f32>) -> Result<()> {
+        let scale = |x: &mut [f32]| {
+            for v in x {
+                *v *= alpha;
+            }
+        };
+        if x.len() < PARALLEL_MIN || self.threads == 1 {
+            scale(x);
+        } else {
+            self.pool
+                .install(|| x.par_chunks_mut(CHUNK).for_each(scale));
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum(replicas: &[&Self], bufs: &mut [&mut Vec<f32>]) -> Result<()> {
+        check_len("all_reduce_sum", "buffers", bufs.len(), replicas.len())?;
+        let Some(len) = bufs.first().map(|b| b.len()) else {
+            return Ok(());
+        };
+        for b in bufs.iter() {
+            check_len("all_reduce_sum", "buffer", b.len(), len)?;
+        }
+        // Reduce-scatter and all-gather in shared memory: worker w sums band w over the
+        // replicas in replica order, then writes the sum back into every replica's band.
+        let workers = replicas.iter().map(|r| r.threads).sum::<usize>().max(1);
+        let band = len.div_ceil(workers).max(CHUNK);
+        let mut bands: Vec<Vec<&mut [f32]>> = Vec::new();
+        for buf in bufs.iter_mut() {
+            for (w, chunk) in buf.chunks_mut(band).enumerate() {
+                if bands.len() <= w {
+                    bands.push(Vec::new());
+                }
+                bands[w].push(chunk);
+            }
+        }
+        let reduce = |band: &mut Vec<&mut [f32]>| {
+            let (first, rest) = band.split_first_mut().expect("at least one replica");
+            for other in rest.iter() {
+                for (s, x) in first.iter_mut().zip(other.iter()) {
+                    *s += x;
+                }
+            }
+            for other in rest.iter_mut() {
+                other.copy_from_slice(first);
+            }
+        };
+        if bands.len() == 1 {
+            reduce(&mut bands[0]);
+        } else {
+            std::thread::scope(|scope| {
+                for band in bands.iter_mut() {
+                    scope.spawn(|| reduce(band));
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The widest SIMD level the `gemm` crate will use here.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "avx2+fma";
+        }
+        "sse2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+#[cfg(test)]
+mod tests;
