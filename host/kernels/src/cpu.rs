@@ -267,14 +267,14 @@ impl Backend for CpuBackend {
         // One row at a time: max-shifted exponentials, the row's loss, then the gradient
         // written over the exponentials. Rows are independent, losses summed in order.
         let mut losses = vec![0f64; rows];
-        let per_row = |(((z, g), label), loss): (((&[f32], &mut [f32]), &f32), &mut f64)| {
+        let per_row = |z: &[f32], g: &mut [f32], label: f32, loss: &mut f64| {
             let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
             for (g, &z) in g.iter_mut().zip(z) {
                 *g = (z - max).exp();
                 total += *g;
             }
-            let label = *label as usize;
+            let label = label as usize;
             *loss = f64::from(total.ln() - (z[label] - max));
             let inv = grad_scale / total;
             for g in g.iter_mut() {
@@ -288,7 +288,7 @@ impl Backend for CpuBackend {
                 .zip(grad.chunks_exact_mut(classes))
                 .zip(labels.iter())
                 .zip(losses.iter_mut())
-                .for_each(per_row);
+                .for_each(|(((z, g), l), loss)| per_row(z, g, *l, loss));
         } else {
             self.pool.install(|| {
                 logits
@@ -296,7 +296,7 @@ impl Backend for CpuBackend {
                     .zip(grad.par_chunks_exact_mut(classes))
                     .zip(labels.par_iter())
                     .zip(losses.par_iter_mut())
-                    .for_each(per_row);
+                    .for_each(|(((z, g), l), loss)| per_row(z, g, *l, loss));
             });
         }
         Ok(losses.iter().sum())
@@ -346,7 +346,7 @@ impl Backend for CpuBackend {
         let inv_sqrt_c2 = (1.0 / c2.sqrt()) as f32;
         let (b1, b2, eps) = (opt.beta1, opt.beta2, opt.eps);
         let decay = 1.0 - opt.lr * opt.weight_decay;
-        let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             for i in 0..p.len() {
                 let g = g[i];
                 let mi = b1 * m[i] + (1.0 - b1) * g;
@@ -357,7 +357,7 @@ impl Backend for CpuBackend {
             }
         };
         if n < PARALLEL_MIN || self.threads == 1 {
-            update((((params, grads), m), v));
+            update(params, grads, m, v);
         } else {
             self.pool.install(|| {
                 params
@@ -365,7 +365,7 @@ impl Backend for CpuBackend {
                     .zip(grads.par_chunks(CHUNK))
                     .zip(m.par_chunks_mut(CHUNK))
                     .zip(v.par_chunks_mut(CHUNK))
-                    .for_each(update);
+                    .for_each(|(((p, g), m), v)| update(p, g, m, v));
             });
         }
         Ok(())
