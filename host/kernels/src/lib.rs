@@ -4,6 +4,8 @@
 //! - [`backend`]: the [`Backend`] trait over device buffers that training code is written against.
 //! - [`cpu`]: [`CpuBackend`], blocked multi-threaded GEMM and fused element-wise loops.
 //! - `cuda` (feature `cuda`): cuBLAS GEMM and NVRTC-compiled CUDA C kernels through `cudarc`.
+//! - [`mlp`]: a multi-layer perceptron's forward and backward passes and optimizers on any backend.
+//! - [`train`]: data-parallel training (replicas, all-reduce), evaluation, resumable state.
 //! - [`reference`]: plain loops over row-major `f32` slices, written for clarity; every faster
 //!   backend is tested against them ([`agreement`] says how).
 //!
@@ -12,8 +14,14 @@
 pub mod agreement;
 pub mod backend;
 pub mod cpu;
+pub mod mlp;
 pub mod reference;
+pub mod rng;
+pub mod synthetic;
+pub mod train;
 
 pub use backend::{Backend, GemmShape, KernelError, Precision};
 pub use cpu::CpuBackend;
+pub use mlp::{Activation, Loss, MlpSpec, Optimizer};
 pub use reference::{Adam, Op};
+pub use train::{Dataset, Evaluation, TrainState, Trainer};

@@ -143,7 +143,8 @@ pub fn mse(prediction: &[f32], target: &[f32]) -> (f32, Vec<f32>) {
 }
 
 /// Adam's hyper-parameters; `weight_decay > 0` gives AdamW (decoupled decay).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Adam {
     /// Learning rate.
     pub lr: f32,

@@ -1,0 +1,198 @@
+use super::*;
+use crate::agreement::assert_close;
+use crate::cpu::CpuBackend;
+use crate::mlp::Activation;
+use crate::reference::Adam;
+use crate::synthetic;
+
+fn cpus(replicas: usize, threads: usize) -> Vec<CpuBackend> {
+    (0..replicas)
+        .map(|_| CpuBackend::new(threads).unwrap())
+        .collect()
+}
+
+fn classifier(sizes: Vec<usize>) -> MlpSpec {
+    MlpSpec {
+        sizes,
+        activation: Activation::Relu,
+        loss: Loss::SoftmaxCrossEntropy,
+    }
+}
+
+fn adam(lr: f32) -> Optimizer {
+    Optimizer::Adam(Adam {
+        lr,
+        ..Adam::default()
+    })
+}
+
+/// Trains for `epochs` over `data` in shuffled batches; returns the last epoch's mean loss.
+fn fit(
+    trainer: &mut Trainer<CpuBackend>,
+    data: &Dataset,
+    epochs: u64,
+    batch: usize,
+    seed: u64,
+) -> f64 {
+    let (mut f, mut t) = (Vec::new(), Vec::new());
+    let mut last = 0.0;
+    for epoch in 0..epochs {
+        let order = epoch_order(seed, epoch, data.rows());
+        let (mut sum, mut n) = (0.0, 0);
+        for rows in order.chunks(batch) {
+            data.gather(rows, &mut f, &mut t);
+            sum += trainer.step(&f, &t).unwrap();
+            n += 1;
+        }
+        last = sum / f64::from(n);
+    }
+    last
+}
+
+#[test]
+fn spirals_are_learned_to_at_least_95_percent() {
+    let data = synthetic::spirals(3, 300, 0.15, 1);
+    let (test, train) = data.split_at(0);
+    assert_eq!(test.rows(), 0);
+    let mut trainer =
+        Trainer::new(classifier(vec![2, 64, 64, 3]), adam(0.01), cpus(1, 1), 7).unwrap();
+    let before = trainer.evaluate(&train, 256).unwrap();
+    fit(&mut trainer, &train, 150, 64, 7);
+    let after = trainer.evaluate(&train, 256).unwrap();
+    let held_out = synthetic::spirals(3, 100, 0.15, 2);
+    let generalises = trainer.evaluate(&held_out, 256).unwrap();
+    assert!(before.accuracy.unwrap() < 0.6, "{before:?}");
+    assert!(
+        after.accuracy.unwrap() >= 0.95,
+        "training accuracy {after:?}"
+    );
+    assert!(
+        generalises.accuracy.unwrap() >= 0.9,
+        "held-out accuracy {generalises:?}"
+    );
+}
+
+#[test]
+fn regression_reaches_a_low_loss() {
+    let data = synthetic::regression(2000, 3, 0.05, 3);
+    let spec = MlpSpec {
+        sizes: vec![3, 64, 64, 1],
+        activation: Activation::Relu,
+        loss: Loss::Mse,
+    };
+    let mut trainer = Trainer::new(spec, adam(0.005), cpus(1, 1), 5).unwrap();
+    let before = trainer.evaluate(&data, 500).unwrap().loss;
+    fit(&mut trainer, &data, 60, 50, 5);
+    let after = trainer.evaluate(&data, 500).unwrap().loss;
+    // The noise alone is 0.05^2 = 0.0025; the target's variance is about 0.9.
+    assert!(before > 0.3, "{before}");
+    assert!(after < 0.01, "MSE after training {after}");
+}
+
+#[test]
+fn data_parallel_equals_single_replica_on_the_whole_batch() {
+    let data = synthetic::spirals(3, 100, 0.2, 4);
+    let spec = classifier(vec![2, 32, 16, 3]);
+    let mut single = Trainer::new(spec.clone(), adam(0.01), cpus(1, 1), 11).unwrap();
+    // 3 replicas over batches of 40 rows: uneven slices (14, 13, 13), and a 20-row tail.
+    let mut parallel = Trainer::new(spec, adam(0.01), cpus(3, 1), 11).unwrap();
+    let single_loss = fit(&mut single, &data, 3, 40, 11);
+    let parallel_loss = fit(&mut parallel, &data, 3, 40, 11);
+    assert!(
+        (single_loss - parallel_loss).abs() < 1e-4,
+        "{single_loss} vs {parallel_loss}"
+    );
+    let (a, b) = (single.snapshot().unwrap(), parallel.snapshot().unwrap());
+    assert_eq!(a.step, b.step);
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert_close(x, y, 1e-4);
+    }
+}
+
+#[test]
+fn more_replicas_than_rows_still_trains() {
+    let data = synthetic::spirals(2, 2, 0.1, 5);
+    let mut t = Trainer::new(classifier(vec![2, 4, 2]), adam(0.01), cpus(6, 1), 1).unwrap();
+    let loss = t.step(&data.features, &data.targets).unwrap();
+    assert!(loss.is_finite());
+}
+
+#[test]
+fn the_same_seed_and_threads_give_bit_identical_training() {
+    let data = synthetic::spirals(3, 200, 0.2, 6);
+    let run = |threads| {
+        let mut t = Trainer::new(
+            classifier(vec![2, 512, 256, 3]),
+            adam(0.01),
+            cpus(2, threads),
+            3,
+        )
+        .unwrap();
+        fit(&mut t, &data, 2, 300, 3);
+        t.snapshot().unwrap()
+    };
+    assert!(run(2) == run(2), "two runs with one seed differ");
+}
+
+#[test]
+fn resume_from_a_snapshot_continues_exactly() {
+    let data = synthetic::spirals(3, 120, 0.2, 8);
+    let (seed, batch) = (21, 32);
+    let spec = classifier(vec![2, 16, 3]);
+    let mut straight = Trainer::new(spec.clone(), adam(0.02), cpus(1, 1), seed).unwrap();
+    fit(&mut straight, &data, 2, batch, seed);
+
+    // Stop mid-way through epoch 1 (after 5 of its batches), save, restore elsewhere, continue.
+    let mut first = Trainer::new(spec, adam(0.02), cpus(1, 1), seed).unwrap();
+    fit(&mut first, &data, 1, batch, seed);
+    let order = epoch_order(seed, 1, data.rows());
+    let (mut f, mut t) = (Vec::new(), Vec::new());
+    let batches: Vec<&[usize]> = order.chunks(batch).collect();
+    for rows in &batches[..5] {
+        data.gather(rows, &mut f, &mut t);
+        first.step(&f, &t).unwrap();
+    }
+    let saved = first.snapshot().unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&saved, cpus(2, 1)).unwrap();
+    for rows in &batches[5..] {
+        data.gather(rows, &mut f, &mut t);
+        resumed.step(&f, &t).unwrap();
+    }
+    let (a, b) = (straight.snapshot().unwrap(), resumed.snapshot().unwrap());
+    assert_eq!(a.step, b.step);
+    // Two replicas after the resume change summation order only.
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert_close(x, y, 1e-5);
+    }
+    // On one replica the continuation is exact.
+    let mut exact = Trainer::resume(&saved, cpus(1, 1)).unwrap();
+    for rows in &batches[5..] {
+        data.gather(rows, &mut f, &mut t);
+        exact.step(&f, &t).unwrap();
+    }
+    assert!(
+        exact.snapshot().unwrap() == a,
+        "a one-replica resume is not bit-identical"
+    );
+}
+
+#[test]
+fn bad_data_is_refused_with_the_row() {
+    let spec = classifier(vec![2, 4, 3]);
+    let mut data = synthetic::spirals(3, 4, 0.1, 9);
+    data.targets[5] = 3.0;
+    let err = data.check(&spec).unwrap_err().to_string();
+    assert!(err.contains("row 5") && err.contains("below 3"), "{err}");
+    let narrow = Dataset {
+        inputs: 1,
+        ..synthetic::spirals(3, 4, 0.1, 9)
+    };
+    assert!(
+        narrow
+            .check(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("features per row")
+    );
+}
