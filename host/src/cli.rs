@@ -7,6 +7,7 @@ mod policy;
 mod schedule;
 mod simulate;
 pub mod table;
+mod train;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,14 @@ enum Command {
     Audit(audit::AuditCommand),
     /// List the plugins shipped in this binary.
     Plugins,
+    /// Train a network on the native kernels (CPU, or CUDA GPUs in a `cuda` build).
+    Train(train::Args),
+    /// The compute devices found, and why CUDA is not used when it is not.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Logs go to stderr; the default shows warnings (plugin faults, fallbacks) only.
@@ -107,6 +116,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(&ctx, cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
+        Command::Train(args) => train::run(args),
+        Command::Devices { json } => train::devices(json),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
             for b in gantry::builtin::SCHEDULERS {

@@ -45,16 +45,7 @@ pub fn generate(path: &Path) -> Result<Ed25519KeyPair, KeyError> {
 /// Writes private key material to `path`: readable by its owner only (mode 0600), synced, and
 /// renamed into place so no partial key is ever visible.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::durable::write(path, bytes, crate::durable::Mode::Private)
 }
 
 /// Loads a PKCS#8 Ed25519 key.

@@ -12,12 +12,17 @@
 //! - [`scheduling`]: snapshots, validation, plugin calls and the native fallback.
 //! - [`cluster`]: the cluster model and its files.
 //! - [`simulate`]: discrete-event simulation of a cluster over a job trace.
+//! - [`training`]: training jobs on the native kernels (`gantry-kernels`): configs, data, devices,
+//!   checkpoints.
+//! - [`chart`], [`durable`]: SVG line charts; crash-safe whole-file writes.
 
 pub mod audit;
 pub mod bench;
 pub mod bindings;
 pub mod builtin;
+pub mod chart;
 pub mod cluster;
+pub mod durable;
 pub mod engine;
 mod host;
 pub mod keys;
@@ -25,6 +30,7 @@ pub mod plugin;
 pub mod policy;
 pub mod scheduling;
 pub mod simulate;
+pub mod training;
 
 pub use host::{
     Assignment, CycleReport, DECISION_ENTRYPOINT, Host, HostConfig, HostError, PluginSource,

@@ -10,3 +10,4 @@ mod plugins;
 mod policy;
 mod signatures;
 mod support;
+mod training;

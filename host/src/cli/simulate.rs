@@ -146,15 +146,6 @@ pub fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
 
 /// Writes through a temporary file and a rename, so a failure leaves no half-written output.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    gantry::durable::write(path, bytes, gantry::durable::Mode::Default)
+        .with_context(|| format!("writing {}", path.display()))
 }

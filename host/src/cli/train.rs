@@ -1,0 +1,174 @@
+//! `gantry train` and `gantry devices`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use gantry::chart::{self, Line, Panel, XAxis};
+use gantry::training::{self, TrainConfig, checkpoint, data, device};
+
+use super::table::Table;
+
+/// Arguments of `gantry train`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job: data, model, optimizer, epochs, batch size, devices, seed.
+    #[arg(long, value_name = "TRAIN.toml")]
+    config: PathBuf,
+    /// Continue from this checkpoint file.
+    #[arg(long, value_name = "FILE.ckpt", conflicts_with = "resume_latest")]
+    resume: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the config's checkpoint directory, if any.
+    #[arg(long)]
+    resume_latest: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Draw the loss curve into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// Runs `gantry train`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = TrainConfig::load(&args.config)?;
+    let resume_from = match (&args.resume, args.resume_latest) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => {
+            let dir = &config
+                .checkpoint
+                .as_ref()
+                .context("--resume-latest needs a [checkpoint] table in the config")?
+                .dir;
+            checkpoint::latest(dir)?
+        }
+        (None, false) => None,
+    };
+    let resume = resume_from.as_deref().map(checkpoint::load).transpose()?;
+    let data = data::load(&config)?;
+    let report = device::detect();
+    let selected = device::select(&report, &config.devices)?;
+    eprintln!("devices: {}", describe_devices(&report));
+    eprintln!("backend: {}", selected.reason());
+    if let Some(p) = &resume_from {
+        eprintln!("resuming from {}", p.display());
+    }
+
+    let bar = super::progress(0, "training");
+    let mut on_step = |p: &training::Progress| {
+        if bar.length() != Some(p.total_steps) {
+            bar.set_length(p.total_steps);
+        }
+        bar.set_position(u64::from(p.step));
+        bar.set_message(format!(
+            "epoch {}/{} loss {:.4} {:.0} samples/s",
+            p.epoch + 1,
+            config.epochs,
+            p.loss,
+            p.samples_per_s
+        ));
+    };
+    let outcome = training::run::train(&config, &data, &selected, resume, &mut on_step)?;
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "gantry train {} ({} parameters, {})",
+            args.config.display(),
+            outcome.parameters,
+            data.source
+        );
+        let svg = chart::svg(
+            &title,
+            XAxis {
+                label: "step",
+                scale: 1.0,
+            },
+            &[Panel {
+                label: "training loss (per step)",
+                points: outcome
+                    .curve
+                    .iter()
+                    .map(|&(s, l)| (f64::from(s), l))
+                    .collect(),
+                y_max: None,
+                colour: "#1f77b4",
+                line: Line::Straight,
+            }],
+        );
+        super::simulate::write_atomically(path, svg.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["metric", "value"]);
+    let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
+    row(
+        "data",
+        format!(
+            "{} ({} train, {} test rows)",
+            data.source, outcome.train_rows, outcome.test_rows
+        ),
+    );
+    row("backend", outcome.backend.clone());
+    row("replicas", outcome.replicas.to_string());
+    row("parameters", outcome.parameters.to_string());
+    row("epochs", outcome.epochs.to_string());
+    row("steps", outcome.steps.to_string());
+    if let Some(at) = outcome.resumed_at_step {
+        row("resumed at step", at.to_string());
+    }
+    row(
+        "train loss (last epoch)",
+        format!("{:.4}", outcome.train_loss),
+    );
+    if let Some(test) = outcome.test {
+        row("test loss", format!("{:.4}", test.loss));
+        if let Some(a) = test.accuracy {
+            row("test accuracy", format!("{:.1} %", 100.0 * a));
+        }
+    }
+    row(
+        "throughput",
+        format!("{:.0} samples/s", outcome.samples_per_s),
+    );
+    row("time", format!("{:.2} s", outcome.seconds));
+    if let Some(c) = &outcome.checkpoint {
+        row("checkpoint", c.display().to_string());
+    }
+    if let Some(p) = &args.plot {
+        row("plot", p.display().to_string());
+    }
+    print!("{t}");
+    Ok(())
+}
+
+fn describe_devices(r: &device::DeviceReport) -> String {
+    let mut s = format!("{} CPU core(s)", r.cpu_cores);
+    if r.gpus.is_empty() {
+        s += &format!(
+            "; no GPU ({})",
+            r.cuda_unavailable.as_deref().unwrap_or("none found")
+        );
+    }
+    for g in &r.gpus {
+        s += &format!(
+            "; GPU {}: {} ({:.1} GiB)",
+            g.ordinal,
+            g.name,
+            g.memory_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+    s
+}
+
+/// Runs `gantry devices`.
+pub fn devices(json: bool) -> anyhow::Result<()> {
+    let report = device::detect();
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", describe_devices(&report));
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Training jobs on the native hot path: `TRAIN.toml` files, datasets (CSV, a binary `f32`
+//! format, built-in synthetic sets), device selection, the epoch loop with checkpoints, and
+//! resume. The kernels and the model live in `gantry-kernels`; this module owns files and
+//! policy (which backend, where checkpoints go).
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod run;
+
+pub use config::TrainConfig;
+pub use device::{BackendChoice, DeviceReport};
+pub use run::{Outcome, Progress};
+
+/// A training job failed; the message names the file, line or field where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A file could not be read or written.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// A file is malformed.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// 1-based line, where known.
+        line: Option<u64>,
+        /// What is wrong, naming the field or column.
+        message: String,
+    },
+    /// The configuration asks for something this machine or build cannot do.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A kernel or device failed.
+    #[error(transparent)]
+    Kernel(#[from] gantry_kernels::KernelError),
+}
+
+impl TrainError {
+    fn io(path: &std::path::Path, error: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+
+    fn invalid(path: &std::path::Path, line: Option<u64>, message: impl Into<String>) -> Self {
+        TrainError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+}

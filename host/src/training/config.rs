@@ -1,0 +1,326 @@
+//! `TRAIN.toml`: what to train, on what, for how long.
+//!
+//! ```toml
+//! seed = 42
+//! epochs = 30
+//! batch_size = 64
+//!
+//! [data]
+//! synthetic = { kind = "spirals", classes = 3, rows_per_class = 500, noise = 0.2 }
+//! # or: file = "train.csv", label = "class"   (classification: an integer class column)
+//! # or: file = "train.csv", targets = ["y"]   (regression: the target columns)
+//! # or: file = "train.f32"                    (the binary format, see `training::data`)
+//! test_fraction = 0.2
+//!
+//! [model]
+//! hidden = [64, 64]
+//! activation = "relu"
+//! loss = "softmax_cross_entropy"      # or "mse"
+//!
+//! [optimizer]
+//! kind = "adam"                       # or "sgd" (lr, momentum, weight_decay)
+//! lr = 0.01
+//!
+//! [devices]
+//! backend = "auto"                    # auto | cpu | cuda
+//! replicas = 1                        # data-parallel replicas (GPUs, or CPU thread groups)
+//! threads = 0                         # CPU threads in all (0: every core)
+//! precision = "f32"                   # CUDA GEMM inputs: f32 | tf32 | bf16
+//!
+//! [checkpoint]
+//! dir = "checkpoints"
+//! every_steps = 100                   # also one at the end
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use gantry_kernels::{Activation, Loss, Optimizer, Precision};
+use serde::Deserialize;
+
+use super::TrainError;
+
+/// A parsed, checked `TRAIN.toml`. A relative data file is found beside the config (data ships
+/// with it); a relative checkpoint directory is under the working directory (outputs go where
+/// the job runs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Seeds initialisation, shuffling and synthetic data.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Passes over the training rows.
+    pub epochs: u64,
+    /// Rows per optimizer step (split across replicas).
+    pub batch_size: usize,
+    /// The data.
+    pub data: DataConfig,
+    /// The network.
+    pub model: ModelConfig,
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// Where to run.
+    #[serde(default)]
+    pub devices: DevicesConfig,
+    /// Where and how often to checkpoint; none without this table.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// Where rows come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A data file: `.csv` (with a header) or `.f32` (binary).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// CSV classification: the integer class-id column.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// CSV regression: the target columns.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+    /// A built-in generated set instead of a file.
+    #[serde(default)]
+    pub synthetic: Option<Synthetic>,
+    /// Fraction of rows held out for evaluation (after a seeded shuffle).
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+}
+
+fn default_test_fraction() -> f64 {
+    0.2
+}
+
+/// Built-in generated datasets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Synthetic {
+    /// Interleaved spiral arms in the plane (classification).
+    Spirals {
+        /// Arms (classes).
+        classes: usize,
+        /// Points per arm.
+        rows_per_class: usize,
+        /// Angular noise.
+        #[serde(default = "default_noise")]
+        noise: f32,
+    },
+    /// A smooth non-linear function of `inputs` features (regression, one target).
+    Regression {
+        /// Rows.
+        rows: usize,
+        /// Features (at least 2).
+        inputs: usize,
+        /// Target noise.
+        #[serde(default = "default_noise")]
+        noise: f32,
+    },
+    /// Noisy class centroids in `inputs` dimensions (classification; MNIST-shaped benchmarks).
+    Dense {
+        /// Rows.
+        rows: usize,
+        /// Features.
+        inputs: usize,
+        /// Classes.
+        classes: usize,
+    },
+}
+
+fn default_noise() -> f32 {
+    0.2
+}
+
+/// The network between the data's inputs and outputs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Hidden activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// The loss; it also fixes the output width (classes, or target columns).
+    pub loss: Loss,
+}
+
+/// Device choice and data parallelism.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Which backend.
+    #[serde(default)]
+    pub backend: super::BackendChoice,
+    /// Data-parallel replicas.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// CPU threads in all, shared among replicas (0: every core).
+    #[serde(default)]
+    pub threads: usize,
+    /// GEMM input precision on CUDA.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            backend: super::BackendChoice::Auto,
+            replicas: 1,
+            threads: 0,
+            precision: Precision::F32,
+        }
+    }
+}
+
+/// Checkpointing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory for checkpoint files (created if missing), relative to the working directory.
+    pub dir: PathBuf,
+    /// Steps between checkpoints (0: only at the end).
+    #[serde(default)]
+    pub every_steps: u64,
+}
+
+impl TrainConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let mut config = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        if let Some(file) = &mut config.data.file {
+            *file = base.join(&*file);
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks `text` (named `path` in errors); paths stay as written.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, TrainError> {
+        let config: TrainConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1) as u64);
+            TrainError::invalid(path, line, e.message().trim().to_string())
+        })?;
+        let field = |name: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(name))
+                .map(|i| i as u64 + 1)
+        };
+        let bad =
+            |name: &str, message: String| Err(TrainError::invalid(path, field(name), message));
+        if config.epochs == 0 {
+            return bad("epochs", "`epochs` must be at least 1".into());
+        }
+        if config.batch_size == 0 {
+            return bad("batch_size", "`batch_size` must be at least 1".into());
+        }
+        if config.devices.replicas == 0 {
+            return bad("replicas", "`devices.replicas` must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&config.data.test_fraction) {
+            return bad(
+                "test_fraction",
+                format!(
+                    "`data.test_fraction` must be in [0, 1), not {}",
+                    config.data.test_fraction
+                ),
+            );
+        }
+        if config.model.hidden.contains(&0) {
+            return bad("hidden", "`model.hidden` widths must be at least 1".into());
+        }
+        let d = &config.data;
+        match (&d.file, &d.synthetic) {
+            (Some(_), Some(_)) | (None, None) => {
+                return bad(
+                    "[data]",
+                    "`[data]` needs exactly one of `file` and `synthetic`".into(),
+                );
+            }
+            (None, Some(_)) if d.label.is_some() || d.targets.is_some() => {
+                return bad(
+                    "[data]",
+                    "`label` and `targets` name CSV columns; a synthetic set has none".into(),
+                );
+            }
+            _ => {}
+        }
+        let lr = match config.optimizer {
+            Optimizer::Sgd { lr, .. } => lr,
+            Optimizer::Adam(a) => a.lr,
+        };
+        if !(lr > 0.0 && lr.is_finite()) {
+            return bad("lr", format!("`optimizer.lr` must be positive, not {lr}"));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+seed = 7
+epochs = 3
+batch_size = 32
+[data]
+synthetic = { kind = "spirals", classes = 3, rows_per_class = 100 }
+[model]
+hidden = [16]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+"#;
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let c = TrainConfig::parse(GOOD, "t.toml".as_ref()).unwrap();
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.devices, DevicesConfig::default());
+        assert_eq!(c.data.test_fraction, 0.2);
+        assert_eq!(c.model.activation, Activation::Relu);
+        let Optimizer::Adam(a) = c.optimizer else {
+            panic!("adam")
+        };
+        assert_eq!((a.lr, a.beta1), (0.01, 0.9));
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_field() {
+        let err = |text: &str| {
+            TrainConfig::parse(text, "t.toml".as_ref())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&GOOD.replace("batch_size = 32", "batch_size = \"x\""));
+        assert!(
+            e.starts_with("t.toml:4:") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("hidden = [16]", "hidden = [16]\nwidth = 3"));
+        assert!(
+            e.starts_with("t.toml:") && e.contains("unknown field `width`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("epochs = 3", "epochs = 0"));
+        assert!(e.starts_with("t.toml:3:") && e.contains("epochs"), "{e}");
+        let e = err(&GOOD.replace("lr = 0.01", "lr = -1"));
+        assert!(e.contains("optimizer.lr"), "{e}");
+        let e = err(&GOOD.replace("synthetic = {", "file = \"x.csv\"\nsynthetic = {"));
+        assert!(e.contains("exactly one of `file` and `synthetic`"), "{e}");
+        let e = err(&GOOD.replace("kind = \"adam\"", "kind = \"lbfgs\""));
+        assert!(e.contains("lbfgs"), "{e}");
+    }
+}

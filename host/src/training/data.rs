@@ -1,0 +1,342 @@
+//! Datasets for training: CSV files with a header, a binary `f32` format, and the built-in
+//! synthetic sets. Malformed input is refused with its file, line (or row) and column.
+//!
+//! The binary format (`.f32`), little-endian: the 8 bytes `GNTRYF32`, a `u32` version (1), a
+//! `u64` row count, a `u32` feature count and a `u32` target count per row, then each row's
+//! features followed by its targets as `f32`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use gantry_kernels::{Dataset, Loss, synthetic};
+
+use super::TrainError;
+use super::config::{Synthetic, TrainConfig};
+
+const MAGIC: &[u8; 8] = b"GNTRYF32";
+const HEADER: usize = 8 + 4 + 8 + 4 + 4;
+
+/// A job's data, split and described.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Rows trained on.
+    pub train: Dataset,
+    /// Rows held out for evaluation.
+    pub test: Dataset,
+    /// The network's output width: classes, or target columns.
+    pub outputs: usize,
+    /// Where the rows came from, for summaries.
+    pub source: String,
+}
+
+/// Loads (or generates) `config`'s data and holds out its test fraction after a seeded shuffle.
+pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
+    let d = &config.data;
+    let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
+    let (data, source) = match (&d.synthetic, &d.file) {
+        (Some(s), _) => (generate(s, config.seed), format!("synthetic {}", name(s))),
+        (None, Some(path)) => {
+            let data = match path.extension().and_then(|e| e.to_str()) {
+                Some("f32") => read_f32(path)?,
+                Some("csv") => read_csv(path, d.label.as_deref(), d.targets.as_deref())?,
+                _ => {
+                    return Err(TrainError::invalid(
+                        path,
+                        None,
+                        "unknown data format: name the file `.csv` or `.f32`",
+                    ));
+                }
+            };
+            (data, path.display().to_string())
+        }
+        (None, None) => unreachable!("checked when the config was parsed"),
+    };
+    if data.rows() == 0 {
+        return Err(TrainError::Unavailable(format!("{source} has no rows")));
+    }
+    let outputs = if classification {
+        if data.targets_per_row != 1 {
+            return Err(TrainError::Unavailable(format!(
+                "softmax cross-entropy needs one class id per row; {source} has {} targets per row",
+                data.targets_per_row
+            )));
+        }
+        let most = data.targets.iter().copied().fold(0.0f32, f32::max);
+        (most as usize + 1).max(2)
+    } else {
+        data.targets_per_row
+    };
+    // A seeded shuffle before the split, so files sorted by class still give a fair test set.
+    let order = gantry_kernels::rng::Rng::new(config.seed, 0x7E57).permutation(data.rows());
+    let mut shuffled = Dataset {
+        features: Vec::with_capacity(data.features.len()),
+        targets: Vec::with_capacity(data.targets.len()),
+        ..data
+    };
+    data.gather(&order, &mut shuffled.features, &mut shuffled.targets);
+    let test_rows = (data.rows() as f64 * d.test_fraction).round() as usize;
+    let (test, train) = shuffled.split_at(test_rows);
+    if train.rows() == 0 {
+        return Err(TrainError::Unavailable(format!(
+            "{source}: no rows left to train on after holding out {test_rows} for testing"
+        )));
+    }
+    Ok(Loaded {
+        train,
+        test,
+        outputs,
+        source,
+    })
+}
+
+fn name(s: &Synthetic) -> &'static str {
+    match s {
+        Synthetic::Spirals { .. } => "spirals",
+        Synthetic::Regression { .. } => "regression",
+        Synthetic::Dense { .. } => "dense",
+    }
+}
+
+/// The rows of a synthetic set.
+pub fn generate(s: &Synthetic, seed: u64) -> Dataset {
+    match *s {
+        Synthetic::Spirals {
+            classes,
+            rows_per_class,
+            noise,
+        } => synthetic::spirals(classes, rows_per_class, noise, seed),
+        Synthetic::Regression {
+            rows,
+            inputs,
+            noise,
+        } => synthetic::regression(rows, inputs.max(2), noise, seed),
+        Synthetic::Dense {
+            rows,
+            inputs,
+            classes,
+        } => synthetic::dense_classes(rows, inputs, classes, seed),
+    }
+}
+
+/// Reads a CSV file with a header: `label` names an integer class column (classification) or
+/// `targets` the target columns (regression); every other column is a feature.
+pub fn read_csv(
+    path: &Path,
+    label: Option<&str>,
+    targets: Option<&[String]>,
+) -> Result<Dataset, TrainError> {
+    let invalid = |line: Option<u64>, m: String| TrainError::invalid(path, line, m);
+    let target_names: Vec<String> = match (label, targets) {
+        (Some(l), None) => vec![l.to_string()],
+        (None, Some(t)) if !t.is_empty() => t.to_vec(),
+        _ => {
+            return Err(invalid(
+                None,
+                "name the class column (`label = \"...\"`) or the target columns \
+                 (`targets = [...]`) in [data]"
+                    .into(),
+            ));
+        }
+    };
+    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(file);
+    let header = reader
+        .headers()
+        .map_err(|e| invalid(Some(1), format!("unreadable header: {e}")))?
+        .clone();
+    let mut target_at = Vec::new();
+    for t in &target_names {
+        let i = header
+            .iter()
+            .position(|h| h.trim() == t)
+            .ok_or_else(|| invalid(Some(1), format!("no column `{t}` in the header")))?;
+        target_at.push(i);
+    }
+    let feature_at: Vec<usize> = (0..header.len())
+        .filter(|i| !target_at.contains(i))
+        .collect();
+    if feature_at.is_empty() {
+        return Err(invalid(Some(1), "no feature columns left".into()));
+    }
+    let mut data = Dataset {
+        inputs: feature_at.len(),
+        targets_per_row: target_at.len(),
+        ..Dataset::default()
+    };
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map(|p| p.line());
+            invalid(line, format!("malformed row: {e}"))
+        })?;
+        let line = record.position().map(|p| p.line());
+        if record.len() != header.len() {
+            return Err(invalid(
+                line,
+                format!("{} fields, the header has {}", record.len(), header.len()),
+            ));
+        }
+        let value = |i: usize| -> Result<f32, TrainError> {
+            let text = record[i].trim();
+            match text.parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(v),
+                _ => Err(invalid(
+                    line,
+                    format!("column `{}`: `{text}` is not a finite number", &header[i]),
+                )),
+            }
+        };
+        for &i in &feature_at {
+            data.features.push(value(i)?);
+        }
+        for &i in &target_at {
+            let v = value(i)?;
+            if label.is_some() && !(v >= 0.0 && v.fract() == 0.0) {
+                return Err(invalid(
+                    line,
+                    format!(
+                        "column `{}`: class ids are integers from 0, not `{}`",
+                        &header[i],
+                        record[i].trim()
+                    ),
+                ));
+            }
+            data.targets.push(v);
+        }
+    }
+    Ok(data)
+}
+
+/// Reads the binary `f32` format.
+pub fn read_f32(path: &Path) -> Result<Dataset, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let invalid = |m: String| TrainError::invalid(path, None, m);
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(invalid(
+            "not a Gantry f32 dataset (no `GNTRYF32` header)".into(),
+        ));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let version = u32_at(8);
+    if version != 1 {
+        return Err(invalid(format!(
+            "format version {version}; this build reads 1"
+        )));
+    }
+    let rows = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let (inputs, targets) = (u32_at(20) as usize, u32_at(24) as usize);
+    let width = inputs + targets;
+    let want = (rows as u128) * (width as u128) * 4 + HEADER as u128;
+    if inputs == 0 || want != bytes.len() as u128 {
+        return Err(invalid(format!(
+            "the header promises {rows} rows of {inputs} features and {targets} targets \
+             ({want} bytes), the file has {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut data = Dataset {
+        inputs,
+        targets_per_row: targets,
+        features: Vec::with_capacity(rows as usize * inputs),
+        targets: Vec::with_capacity(rows as usize * targets),
+    };
+    for (row, chunk) in bytes[HEADER..].chunks_exact(width * 4).enumerate() {
+        for (j, v) in chunk.chunks_exact(4).enumerate() {
+            let v = f32::from_le_bytes(v.try_into().expect("4 bytes"));
+            if !v.is_finite() {
+                return Err(invalid(format!(
+                    "row {row}, value {j}: not a finite number"
+                )));
+            }
+            if j < inputs {
+                data.features.push(v);
+            } else {
+                data.targets.push(v);
+            }
+        }
+    }
+    Ok(data)
+}
+
+/// Writes `data` in the binary `f32` format, atomically.
+pub fn write_f32(path: &Path, data: &Dataset) -> Result<(), TrainError> {
+    let mut out = Vec::with_capacity(HEADER + 4 * (data.features.len() + data.targets.len()));
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(data.rows() as u64).to_le_bytes());
+    out.extend_from_slice(&(data.inputs as u32).to_le_bytes());
+    out.extend_from_slice(&(data.targets_per_row as u32).to_le_bytes());
+    for r in 0..data.rows() {
+        let f = &data.features[r * data.inputs..(r + 1) * data.inputs];
+        let t = &data.targets[r * data.targets_per_row..(r + 1) * data.targets_per_row];
+        for v in f.iter().chain(t) {
+            out.write_all(&v.to_le_bytes()).expect("writing to a Vec");
+        }
+    }
+    super::checkpoint::write_atomically(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn csv_with_a_label_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "d.csv", "x,class,y\n0.5,1,2\n-1,0,3e-1\n");
+        let d = read_csv(&p, Some("class"), None).unwrap();
+        assert_eq!((d.inputs, d.targets_per_row, d.rows()), (2, 1, 2));
+        assert_eq!(d.features, [0.5, 2.0, -1.0, 0.3]);
+        assert_eq!(d.targets, [1.0, 0.0]);
+        let r = read_csv(&p, None, Some(&["y".into(), "x".into()])).unwrap();
+        assert_eq!((r.inputs, r.targets_per_row), (1, 2));
+        assert_eq!(r.targets, [2.0, 0.5, 0.3, -1.0]);
+    }
+
+    #[test]
+    fn malformed_csv_names_the_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |text: &str, label: &str| {
+            let p = write(dir.path(), "bad.csv", text);
+            read_csv(&p, Some(label), None).unwrap_err().to_string()
+        };
+        let e = err("a,b\n1,0\n2,x\n", "b");
+        assert!(
+            e.ends_with("bad.csv:3: column `b`: `x` is not a finite number"),
+            "{e}"
+        );
+        let e = err("a,b\n1,0\n2,1.5\n", "b");
+        assert!(
+            e.contains("bad.csv:3: column `b`: class ids are integers"),
+            "{e}"
+        );
+        let e = err("a,b\n1,0,7\n", "b");
+        assert!(e.contains("bad.csv:2:"), "{e}");
+        let e = err("a,b\n1,0\n", "c");
+        assert!(e.contains("bad.csv:1: no column `c`"), "{e}");
+        let e = err("a,b\nnan,0\n", "b");
+        assert!(e.contains("column `a`: `nan`"), "{e}");
+    }
+
+    #[test]
+    fn binary_round_trip_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = synthetic::regression(10, 3, 0.1, 1);
+        let p = dir.path().join("d.f32");
+        write_f32(&p, &data).unwrap();
+        assert_eq!(read_f32(&p).unwrap(), data);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
+        let e = read_f32(&p).unwrap_err().to_string();
+        assert!(e.contains("promises 10 rows") && e.contains("d.f32"), "{e}");
+        std::fs::write(&p, b"hello world, not data at all").unwrap();
+        assert!(read_f32(&p).unwrap_err().to_string().contains("GNTRYF32"));
+    }
+}

@@ -1,0 +1,228 @@
+//! Which backend a training job runs on, and why: CUDA devices when the build has CUDA
+//! support and the driver finds GPUs, else the CPU.
+
+use serde::Deserialize;
+
+use super::TrainError;
+use super::config::DevicesConfig;
+use gantry_kernels::Precision;
+
+/// The `[devices] backend` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when GPUs are found, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU, even where GPUs are present.
+    Cpu,
+    /// CUDA, or fail.
+    Cuda,
+}
+
+/// One GPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GpuInfo {
+    /// CUDA ordinal.
+    pub ordinal: usize,
+    /// The device's name.
+    pub name: String,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// What this machine offers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceReport {
+    /// CPU cores available to this process.
+    pub cpu_cores: usize,
+    /// GPUs found (empty without CUDA).
+    pub gpus: Vec<GpuInfo>,
+    /// Why there are no GPUs, when there are none.
+    pub cuda_unavailable: Option<String>,
+}
+
+/// Looks for devices. Never panics: missing CUDA libraries are a reason, not a crash.
+pub fn detect() -> DeviceReport {
+    let cpu_cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (gpus, cuda_unavailable) = detect_gpus();
+    DeviceReport {
+        cpu_cores,
+        gpus,
+        cuda_unavailable,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn detect_gpus() -> (Vec<GpuInfo>, Option<String>) {
+    (
+        Vec::new(),
+        Some("this build has no CUDA support (build with `--features cuda`)".into()),
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn detect_gpus() -> (Vec<GpuInfo>, Option<String>) {
+    match gantry_kernels::cuda::detect() {
+        Ok(devices) if devices.is_empty() => {
+            (Vec::new(), Some("the CUDA driver found no GPU".into()))
+        }
+        Ok(devices) => (
+            devices
+                .into_iter()
+                .map(|d| GpuInfo {
+                    ordinal: d.ordinal,
+                    name: d.name,
+                    memory_bytes: d.memory_bytes,
+                })
+                .collect(),
+            None,
+        ),
+        Err(reason) => (Vec::new(), Some(reason)),
+    }
+}
+
+/// The backend a job will use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selected {
+    /// CPU replicas, each with its own thread pool.
+    Cpu {
+        /// Replicas.
+        replicas: usize,
+        /// Threads per replica.
+        threads_each: usize,
+        /// Why the CPU.
+        reason: String,
+    },
+    /// One replica per listed GPU.
+    Cuda {
+        /// The GPUs' ordinals.
+        ordinals: Vec<usize>,
+        /// GEMM input precision.
+        precision: Precision,
+        /// Why CUDA.
+        reason: String,
+    },
+}
+
+impl Selected {
+    /// Why this backend was chosen, in one line.
+    pub fn reason(&self) -> &str {
+        match self {
+            Selected::Cpu { reason, .. } | Selected::Cuda { reason, .. } => reason,
+        }
+    }
+}
+
+/// Picks the backend for `devices` on a machine described by `report`.
+pub fn select(report: &DeviceReport, devices: &DevicesConfig) -> Result<Selected, TrainError> {
+    let replicas = devices.replicas;
+    let cpu = |reason: String| {
+        let threads = if devices.threads == 0 {
+            report.cpu_cores
+        } else {
+            devices.threads
+        };
+        Selected::Cpu {
+            replicas,
+            threads_each: (threads / replicas).max(1),
+            reason,
+        }
+    };
+    let cuda = |reason: String| -> Result<Selected, TrainError> {
+        if replicas > report.gpus.len() {
+            return Err(TrainError::Unavailable(format!(
+                "{replicas} replicas asked for, {} GPU(s) found",
+                report.gpus.len()
+            )));
+        }
+        Ok(Selected::Cuda {
+            ordinals: report.gpus[..replicas].iter().map(|g| g.ordinal).collect(),
+            precision: devices.precision,
+            reason,
+        })
+    };
+    let no_gpu = report
+        .cuda_unavailable
+        .clone()
+        .unwrap_or_else(|| "no GPU found".into());
+    match devices.backend {
+        BackendChoice::Cpu if devices.precision != Precision::F32 => {
+            Err(TrainError::Unavailable(format!(
+                "precision {} needs the CUDA backend; the CPU computes in f32",
+                devices.precision
+            )))
+        }
+        BackendChoice::Cpu => Ok(cpu(
+            "the CPU was asked for ([devices] backend = \"cpu\")".into()
+        )),
+        BackendChoice::Cuda if report.gpus.is_empty() => Err(TrainError::Unavailable(format!(
+            "the CUDA backend was asked for, but {no_gpu}"
+        ))),
+        BackendChoice::Cuda => cuda("the CUDA backend was asked for".into()),
+        BackendChoice::Auto if report.gpus.is_empty() => {
+            let precision = if devices.precision == Precision::F32 {
+                String::new()
+            } else {
+                format!("; {} GEMM is CUDA-only, so f32", devices.precision)
+            };
+            Ok(cpu(format!("CPU, since {no_gpu}{precision}")))
+        }
+        BackendChoice::Auto => cuda(format!("{} GPU(s) found", report.gpus.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(gpus: usize) -> DeviceReport {
+        DeviceReport {
+            cpu_cores: 4,
+            gpus: (0..gpus)
+                .map(|ordinal| GpuInfo {
+                    ordinal,
+                    name: "H200".into(),
+                    memory_bytes: 141 << 30,
+                })
+                .collect(),
+            cuda_unavailable: (gpus == 0).then(|| "no libcuda".into()),
+        }
+    }
+
+    fn devices(backend: BackendChoice, replicas: usize) -> DevicesConfig {
+        DevicesConfig {
+            backend,
+            replicas,
+            ..DevicesConfig::default()
+        }
+    }
+
+    #[test]
+    fn auto_prefers_gpus_and_says_why_not() {
+        let s = select(&report(0), &devices(BackendChoice::Auto, 2)).unwrap();
+        assert_eq!(
+            s,
+            Selected::Cpu {
+                replicas: 2,
+                threads_each: 2,
+                reason: "CPU, since no libcuda".into()
+            }
+        );
+        let s = select(&report(2), &devices(BackendChoice::Auto, 2)).unwrap();
+        assert!(matches!(s, Selected::Cuda { ref ordinals, .. } if ordinals == &[0, 1]));
+        let e = select(&report(1), &devices(BackendChoice::Auto, 2)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2 replicas asked for, 1 GPU(s) found")
+        );
+        let e = select(&report(0), &devices(BackendChoice::Cuda, 1)).unwrap_err();
+        assert!(e.to_string().contains("no libcuda"), "{e}");
+        let bf16 = DevicesConfig {
+            precision: Precision::Bf16,
+            ..devices(BackendChoice::Cpu, 1)
+        };
+        assert!(select(&report(0), &bf16).is_err());
+        assert!(detect().cpu_cores >= 1);
+    }
+}

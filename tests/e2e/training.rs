@@ -1,0 +1,218 @@
+//! `gantry train`: configs, data files, checkpoints and resume, through the binary.
+
+use std::path::Path;
+
+use crate::support::{gantry, text};
+
+/// A small spirals job; `extra` is appended (a `[checkpoint]` table, say).
+fn config(dir: &Path, epochs: u64, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("train.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"seed = 3
+epochs = {epochs}
+batch_size = 32
+[data]
+synthetic = {{ kind = "spirals", classes = 3, rows_per_class = 200, noise = 0.15 }}
+[model]
+hidden = [64, 64]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+[devices]
+backend = "cpu"
+threads = 1
+{extra}"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn train(args: &[&str], dir: &Path) -> (serde_json::Value, String) {
+    let mut all = vec!["train", "--json"];
+    all.extend_from_slice(args);
+    let out = gantry(&all, dir);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+#[test]
+fn trains_spirals_to_high_accuracy_and_plots_the_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 40, "");
+    let svg = dir.path().join("loss.svg");
+    let (v, stderr) = train(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        stderr.contains("backend: the CPU was asked for"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("devices: "), "{stderr}");
+    let acc = v["test"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "test accuracy {acc}: {v}");
+    assert_eq!(v["train_rows"], 480);
+    assert_eq!(v["test_rows"], 120);
+    assert_eq!(v["steps"], 40 * 15);
+    assert!(v["samples_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["backend"].as_str().unwrap().starts_with("cpu (1 thread"));
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("training loss"));
+}
+
+#[test]
+fn resume_latest_continues_to_the_same_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let table = format!(
+        "[checkpoint]\ndir = \"{}\"\nevery_steps = 20\n",
+        ckpt.display()
+    );
+    // A straight run of 4 epochs (60 steps)...
+    let straight = dir.path().join("straight");
+    std::fs::create_dir(&straight).unwrap();
+    let cfg = config(&straight, 4, &table.replace("ckpt", "straight/ckpt"));
+    let (full, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    // ...against 2 epochs, then the same config raised to 4 epochs resumed from the newest
+    // checkpoint (step 30: the end of epoch 2, written at the end of that run).
+    let cfg = config(dir.path(), 2, &table);
+    let (first, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    assert_eq!(first["steps"], 30);
+    let cfg = config(dir.path(), 4, &table);
+    let (resumed, stderr) = train(
+        &["--config", cfg.to_str().unwrap(), "--resume-latest"],
+        dir.path(),
+    );
+    assert!(
+        stderr.contains("resuming from") && stderr.contains("step-00000030.ckpt"),
+        "{stderr}"
+    );
+    assert_eq!(resumed["resumed_at_step"], 30);
+    assert_eq!(resumed["steps"], 60);
+    // One thread, one replica: the continuation is bit-for-bit the uninterrupted run.
+    let a = std::fs::read(straight.join("ckpt/step-00000060.ckpt")).unwrap();
+    let b = std::fs::read(ckpt.join("step-00000060.ckpt")).unwrap();
+    assert!(a == b, "resumed checkpoint differs from the straight run's");
+    assert_eq!(full["test"], resumed["test"]);
+
+    // A checkpoint from another run (other seed) is refused, naming why.
+    let other = config(dir.path(), 4, &table).to_str().unwrap().to_string();
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&other)
+            .unwrap()
+            .replace("seed = 3", "seed = 4"),
+    )
+    .unwrap();
+    let out = gantry(
+        &["train", "--config", &other, "--resume-latest"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("made with seed 3, the config says 4"),
+        "{}",
+        text(&out).1
+    );
+}
+
+#[test]
+fn a_csv_file_beside_the_config_and_its_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("x,y,class\n");
+    for i in 0..200 {
+        let x = i as f32 / 100.0 - 1.0;
+        csv += &format!("{x},{},{}\n", x * x, usize::from(x * x > 0.25));
+    }
+    std::fs::write(dir.path().join("d.csv"), &csv).unwrap();
+    let cfg = dir.path().join("csv.toml");
+    let text_cfg = r#"epochs = 30
+batch_size = 20
+[data]
+file = "d.csv"
+label = "class"
+[model]
+hidden = [16]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "sgd"
+lr = 0.1
+momentum = 0.9
+"#;
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let (v, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    assert!(v["test"]["accuracy"].as_f64().unwrap() > 0.8, "{v}");
+
+    // Row 4 of the file (line 5) is malformed: refused with file, line and column.
+    let bad = csv.replacen("-0.97,", "-0.97x,", 1);
+    std::fs::write(dir.path().join("d.csv"), bad).unwrap();
+    let out = gantry(&["train", "--config", cfg.to_str().unwrap()], dir.path());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("d.csv:5: column `x`: `-0.97x` is not a finite number"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_configs_exit_1_naming_the_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let good = std::fs::read_to_string(config(
+        dir.path(),
+        2,
+        &format!("[checkpoint]\ndir = \"{}\"\n", ckpt.display()),
+    ))
+    .unwrap();
+    for (from, to, want) in [
+        (
+            "batch_size = 32",
+            "batch_size = 0",
+            "train.toml:3: `batch_size` must be at least 1",
+        ),
+        ("hidden = [64, 64]", "hidden = [64, -1]", "train.toml:7:"),
+        (
+            "lr = 0.01",
+            "lr = 0.01\nmomentum = 2",
+            "unknown field `momentum`",
+        ),
+        (
+            "backend = \"cpu\"",
+            "backend = \"tpu\"",
+            "train.toml:13: unknown variant `tpu`",
+        ),
+        (
+            "backend = \"cpu\"",
+            "backend = \"cuda\"",
+            "the CUDA backend was asked for, but",
+        ),
+    ] {
+        std::fs::write(dir.path().join("train.toml"), good.replace(from, to)).unwrap();
+        let out = gantry(
+            &[
+                "train",
+                "--config",
+                dir.path().join("train.toml").to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{to}: {stderr}");
+        assert!(stderr.contains(want), "{to}: want `{want}` in {stderr}");
+        assert!(!ckpt.exists(), "{to}: nothing may be written");
+    }
+    let out = gantry(&["train", "--config", "/no/such/train.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("/no/such/train.toml"));
+}
