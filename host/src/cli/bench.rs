@@ -1,5 +1,7 @@
 //! `gantry bench ...`.
 
+use std::path::PathBuf;
+
 use gantry::bench::{self, ScheduleParams};
 
 use super::table::Table;
@@ -44,11 +46,34 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
+    Kernels(KernelArgs),
+}
+
+/// Arguments of `gantry bench kernels`.
+#[derive(Debug, clap::Args)]
+pub struct KernelArgs {
+    /// Threads for every side (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Python interpreter with NumPy and PyTorch for the peers.
+    #[arg(long, default_value = "python3", value_name = "PYTHON")]
+    python: PathBuf,
+    /// Measure Gantry only.
+    #[arg(long)]
+    no_peers: bool,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs a benchmark.
 pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Kernels(args) => kernels(args),
         BenchCommand::Schedule {
             racks,
             gpus_per_node,
@@ -144,4 +169,65 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn kernels(args: KernelArgs) -> anyhow::Result<()> {
+    let mut params = bench::kernels::KernelParams {
+        step_reps: args.steps.max(1),
+        python: (!args.no_peers).then_some(args.python),
+        ..Default::default()
+    };
+    if let Some(t) = args.threads {
+        params.threads = t.max(1);
+    }
+    let bar = super::progress(0, "kernels");
+    let r = bench::kernels::run(&params, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "{} on {} ({} threads); measured f32 FMA peak {:.0} GFLOP/s",
+        r.backend, r.cpu, r.threads, r.peak_gflops
+    );
+    let mut t = Table::new(&[
+        "f32 GEMM",
+        "gantry GFLOP/s",
+        "NumPy GFLOP/s",
+        "ratio",
+        "of peak",
+    ]);
+    for g in &r.gemm {
+        t.row(vec![
+            format!("{0}x{0}x{0}", g.n),
+            format!("{:.1}", g.gflops),
+            opt(g.peer_gflops, 1),
+            opt(g.ratio, 2),
+            format!("{:.0} %", 100.0 * g.of_peak),
+        ]);
+    }
+    print!("{t}");
+    let s = &r.train_step;
+    let mut t = Table::new(&["MLP step", "gantry ms", "PyTorch ms", "ratio", "GEMM GFLOP"]);
+    t.row(vec![
+        "784-1024-1024-10, batch 256, Adam".into(),
+        format!("{:.2}", s.ms),
+        opt(s.peer_ms, 2),
+        opt(s.ratio, 2),
+        format!("{:.2}", s.gemm_gflop),
+    ]);
+    print!("{t}");
+    if !r.peers.is_empty() {
+        println!("peers: {}", r.peers.join(", "));
+    }
+    if let Some(note) = &r.peer_note {
+        println!("note: {note}");
+    }
+    Ok(())
 }

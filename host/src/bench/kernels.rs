@@ -1,0 +1,397 @@
+//! `gantry bench kernels`: the CPU backend's f32 GEMM and one MLP training step, side by side in
+//! one run with the peers a user would pick instead (NumPy with OpenBLAS for GEMM, PyTorch CPU
+//! for the step), run as a Python subprocess with the same thread count, plus the machine's
+//! measured f32 FMA peak for scale.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use gantry_kernels::{
+    Adam, Backend, CpuBackend, GemmShape, MlpSpec, Op, Optimizer, Trainer, agreement, synthetic,
+};
+use serde::Serialize;
+
+/// The peers' script, embedded so the binary is self-contained.
+const PEERS: &str = include_str!("peers.py");
+
+/// Workload of the kernels benchmark.
+#[derive(Debug, Clone)]
+pub struct KernelParams {
+    /// GEMM sizes (`n x n x n`) and timed repetitions of each.
+    pub gemm: Vec<(usize, usize)>,
+    /// Layer sizes of the training-step network.
+    pub step_sizes: Vec<usize>,
+    /// Training-step batch.
+    pub step_batch: usize,
+    /// Timed training steps.
+    pub step_reps: usize,
+    /// Threads for every side.
+    pub threads: usize,
+    /// The Python interpreter for the peers (`None`: skip them).
+    pub python: Option<PathBuf>,
+    /// Rounds of the FMA peak loop per thread.
+    pub peak_iters: u64,
+}
+
+impl Default for KernelParams {
+    fn default() -> Self {
+        Self {
+            gemm: vec![(256, 200), (1024, 20), (2048, 6)],
+            step_sizes: vec![784, 1024, 1024, 10],
+            step_batch: 256,
+            step_reps: 30,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            python: Some("python3".into()),
+            peak_iters: 60_000_000,
+        }
+    }
+}
+
+/// One GEMM size.
+#[derive(Debug, Clone, Serialize)]
+pub struct GemmRow {
+    /// `n` of `n x n x n`.
+    pub n: usize,
+    /// Ours, median over the repetitions.
+    pub gflops: f64,
+    /// The peer's (NumPy), measured the same way; `null` if it could not run.
+    pub peer_gflops: Option<f64>,
+    /// `gflops / peer_gflops`.
+    pub ratio: Option<f64>,
+    /// `gflops` as a fraction of the measured FMA peak.
+    pub of_peak: f64,
+}
+
+/// The training step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    /// Ours: forward, loss, backward and Adam on one batch, median milliseconds.
+    pub ms: f64,
+    /// PyTorch CPU's, the same network, batch and optimizer; `null` if it could not run.
+    pub peer_ms: Option<f64>,
+    /// `ms / peer_ms` (below 1: faster than the peer).
+    pub ratio: Option<f64>,
+    /// GEMM work in one step, GFLOP.
+    pub gemm_gflop: f64,
+}
+
+/// What `gantry bench kernels --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelReport {
+    /// Our backend, described.
+    pub backend: String,
+    /// Threads on every side.
+    pub threads: usize,
+    /// The CPU model.
+    pub cpu: String,
+    /// f32 FMA throughput measured on `threads` threads with the widest vector FMA: the
+    /// practical peak every GEMM is measured against.
+    pub peak_gflops: f64,
+    /// GEMM at each size.
+    pub gemm: Vec<GemmRow>,
+    /// The training step.
+    pub train_step: StepRow,
+    /// The peers' versions (NumPy and its BLAS, PyTorch and its Adam).
+    pub peers: Vec<String>,
+    /// Why a peer is missing, when one is.
+    pub peer_note: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeerOutput {
+    numpy: Option<String>,
+    torch: Option<String>,
+    gemm: std::collections::BTreeMap<String, f64>,
+    train_step_ms: Option<f64>,
+    notes: Vec<String>,
+}
+
+/// Median seconds of `reps` runs of `f` after `warmup` untimed ones.
+fn median_secs(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Runs the benchmark; `progress(done, total)` after each part.
+pub fn run(
+    params: &KernelParams,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<KernelReport, gantry_kernels::KernelError> {
+    let total = params.gemm.len() as u64 + 3;
+    let cpu = CpuBackend::new(params.threads)?;
+    let peak_gflops = fma_peak_gflops(params.threads, params.peak_iters);
+    progress(1, total);
+
+    let mut gemm = Vec::new();
+    for (i, &(n, reps)) in params.gemm.iter().enumerate() {
+        let a = agreement::values(n * n, 1);
+        let b = agreement::values(n * n, 2);
+        let mut c = vec![0.0; n * n];
+        let shape = GemmShape::new(Op::N, Op::N, n, n, n);
+        let secs = median_secs(reps, 2, || {
+            cpu.gemm(shape, &a, &b, &mut c).expect("shapes match");
+        });
+        let gflops = shape.flops() / secs / 1e9;
+        gemm.push(GemmRow {
+            n,
+            gflops,
+            peer_gflops: None,
+            ratio: None,
+            of_peak: gflops / peak_gflops,
+        });
+        progress(2 + i as u64, total);
+    }
+
+    let spec = MlpSpec {
+        sizes: params.step_sizes.clone(),
+        activation: gantry_kernels::Activation::Relu,
+        loss: gantry_kernels::Loss::SoftmaxCrossEntropy,
+    };
+    let classes = *spec.sizes.last().expect("sizes");
+    let data = synthetic::dense_classes(params.step_batch, spec.inputs(), classes, 1);
+    let gemm_gflop = step_gemm_flops(&spec, params.step_batch) / 1e9;
+    let mut trainer = Trainer::new(
+        spec.clone(),
+        Optimizer::Adam(Adam::default()),
+        vec![CpuBackend::new(params.threads)?],
+        1,
+    )?;
+    let mut failed = None;
+    let step_secs = median_secs(params.step_reps, 5, || {
+        if let Err(e) = trainer.step(&data.features, &data.targets) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    progress(total - 1, total);
+
+    let mut report = KernelReport {
+        backend: cpu.describe(),
+        threads: params.threads,
+        cpu: cpu_model(),
+        peak_gflops,
+        gemm,
+        train_step: StepRow {
+            ms: step_secs * 1e3,
+            peer_ms: None,
+            ratio: None,
+            gemm_gflop,
+        },
+        peers: Vec::new(),
+        peer_note: None,
+    };
+    match &params.python {
+        None => report.peer_note = Some("peers skipped (--no-peers)".into()),
+        Some(python) => match run_peers(python, params) {
+            Ok(peer) => {
+                for row in &mut report.gemm {
+                    row.peer_gflops = peer.gemm.get(&row.n.to_string()).copied();
+                    row.ratio = row.peer_gflops.map(|p| row.gflops / p);
+                }
+                report.train_step.peer_ms = peer.train_step_ms;
+                report.train_step.ratio = peer.train_step_ms.map(|p| report.train_step.ms / p);
+                report.peers = [
+                    peer.numpy.map(|v| format!("numpy {v}")),
+                    peer.torch.map(|v| format!("torch {v}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !peer.notes.is_empty() {
+                    report.peer_note = Some(peer.notes.join("; "));
+                }
+            }
+            Err(note) => report.peer_note = Some(note),
+        },
+    }
+    progress(total, total);
+    Ok(report)
+}
+
+/// GEMM floating-point operations of one training step: forward `x W` per layer, and in the
+/// backward pass `x^T delta` per layer and `delta W^T` for every layer but the first.
+pub fn step_gemm_flops(spec: &MlpSpec, batch: usize) -> f64 {
+    spec.sizes
+        .windows(2)
+        .enumerate()
+        .map(|(l, w)| {
+            let one = 2.0 * batch as f64 * w[0] as f64 * w[1] as f64;
+            if l == 0 { 2.0 * one } else { 3.0 * one }
+        })
+        .sum()
+}
+
+fn run_peers(python: &std::path::Path, params: &KernelParams) -> Result<PeerOutput, String> {
+    let args = serde_json::json!({
+        "threads": params.threads,
+        "gemm": params.gemm,
+        "step": {"sizes": params.step_sizes, "batch": params.step_batch, "reps": params.step_reps},
+    });
+    let threads = params.threads.to_string();
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(PEERS)
+        .arg(args.to_string())
+        .env("OMP_NUM_THREADS", &threads)
+        .env("OPENBLAS_NUM_THREADS", &threads)
+        .env("MKL_NUM_THREADS", &threads)
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed running the peers: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable peer output: {e}"))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// f32 GFLOP/s of independent vector FMAs on `threads` threads: the most any f32 kernel can
+/// reach here.
+pub fn fma_peak_gflops(threads: usize, iters: u64) -> f64 {
+    let start = Instant::now();
+    let flops_per_thread: f64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| s.spawn(|| fma_loop(iters)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("FMA thread"))
+            .sum::<f64>()
+    });
+    flops_per_thread / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Runs `iters` rounds of independent FMAs; returns the flops done.
+fn fma_loop(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            let sink = unsafe { fma::avx512(iters) };
+            std::hint::black_box(sink);
+            return iters as f64 * fma::CHAINS as f64 * 16.0 * 2.0;
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA and AVX, checked just above.
+            let sink = unsafe { fma::avx2(iters) };
+            std::hint::black_box(sink);
+            return iters as f64 * fma::CHAINS as f64 * 8.0 * 2.0;
+        }
+    }
+    // Scalar fallback: the compiler's FMA over independent chains.
+    let mut acc = [1.0f32; 16];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    std::hint::black_box(acc);
+    iters as f64 * 16.0 * 2.0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: enough to cover FMA latency times issue width.
+    pub const CHAINS: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512(iters: u64) -> f32 {
+        let mul = _mm512_set1_ps(0.999_999);
+        let add = _mm512_set1_ps(1e-7);
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm512_fmadd_ps(*a, mul, add);
+            }
+        }
+        let mut sum = _mm512_setzero_ps();
+        for a in acc {
+            sum = _mm512_add_ps(sum, a);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn avx2(iters: u64) -> f32 {
+        let mul = _mm256_set1_ps(0.999_999);
+        let add = _mm256_set1_ps(1e-7);
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm256_fmadd_ps(*a, mul, add);
+            }
+        }
+        let mut out = [0.0f32; 8];
+        let mut sum = _mm256_setzero_ps();
+        for a in acc {
+            sum = _mm256_add_ps(sum, a);
+        }
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+        out.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_flops_of_the_benchmark_network() {
+        let spec = MlpSpec {
+            sizes: vec![784, 1024, 1024, 10],
+            activation: gantry_kernels::Activation::Relu,
+            loss: gantry_kernels::Loss::SoftmaxCrossEntropy,
+        };
+        // 2 * 256 * (784*1024*2 + 1024*1024*3 + 1024*10*3) = 2.4479 GFLOP
+        let f = step_gemm_flops(&spec, 256) / 1e9;
+        assert!((f - 2.4479).abs() < 1e-3, "{f}");
+    }
+
+    #[test]
+    fn a_tiny_run_without_peers_reports_every_field() {
+        let params = KernelParams {
+            gemm: vec![(32, 2)],
+            step_sizes: vec![8, 16, 4],
+            step_batch: 8,
+            step_reps: 2,
+            threads: 1,
+            python: None,
+            peak_iters: 1000,
+        };
+        let r = run(&params, &mut |_, _| {}).unwrap();
+        assert_eq!(r.gemm.len(), 1);
+        assert!(r.gemm[0].gflops > 0.0 && r.gemm[0].peer_gflops.is_none());
+        assert!(r.train_step.ms > 0.0 && r.peak_gflops > 0.0);
+        assert_eq!(r.peer_note.as_deref(), Some("peers skipped (--no-peers)"));
+    }
+}

@@ -1,0 +1,77 @@
+# Peers for `gantry bench kernels`, run by the gantry binary in the same session:
+# NumPy's matmul (OpenBLAS in PyPI wheels) for f32 GEMM, and a PyTorch CPU training step of the
+# same MLP. Prints one JSON object; a peer that cannot run is null with a note saying why.
+import json, os, statistics, sys, time
+
+args = json.loads(sys.argv[1])
+threads = args["threads"]
+out = {"numpy": None, "torch": None, "gemm": {}, "train_step_ms": None, "notes": []}
+
+
+def median_time(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+try:
+    import numpy as np
+
+    out["numpy"] = np.__version__
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        out["numpy"] += " (" + str(blas.get("name", "?")) + " " + str(blas.get("version", "")) + ")"
+    except Exception:
+        pass
+    rng = np.random.default_rng(0)
+    for n, reps in args["gemm"]:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty((n, n), dtype=np.float32)
+        t = median_time(lambda: np.matmul(a, b, out=c), reps, 2)
+        out["gemm"][str(n)] = 2.0 * n**3 / t / 1e9
+except ImportError as e:
+    out["notes"].append("NumPy is not installed for " + sys.executable + ": " + str(e))
+
+try:
+    import torch
+
+    torch.set_num_threads(threads)
+    out["torch"] = torch.__version__
+    s = args["step"]
+    sizes, batch, reps = s["sizes"], s["batch"], s["reps"]
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i + 2 < len(sizes):
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    # The fastest Adam PyTorch offers on this CPU (fused where supported), so the ratio is
+    # against PyTorch at its best.
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        out["torch"] += " (fused Adam)"
+    except Exception:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        out["torch"] += " (foreach Adam)"
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x = torch.rand(batch, sizes[0])
+    y = torch.randint(0, sizes[-1], (batch,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    out["train_step_ms"] = 1e3 * median_time(step, reps, 5)
+except ImportError as e:
+    out["notes"].append("PyTorch is not installed for " + sys.executable + ": " + str(e))
+
+print(json.dumps(out))
