@@ -3,7 +3,8 @@
 //!
 //! - [`backend`]: the [`Backend`] trait over device buffers that training code is written against.
 //! - [`cpu`]: [`CpuBackend`], blocked multi-threaded GEMM and fused element-wise loops.
-//! - `cuda` (feature `cuda`): cuBLAS GEMM and NVRTC-compiled CUDA C kernels through `cudarc`.
+//! - `cuda` (feature `cuda`): `CudaBackend`, cuBLAS GEMM, NVRTC-compiled CUDA C kernels and an
+//!   NCCL all-reduce through `cudarc`; `cuda::detect` says whether this machine can run it.
 //! - [`mlp`]: a multi-layer perceptron's forward and backward passes and optimizers on any backend.
 //! - [`train`]: data-parallel training (replicas, all-reduce), evaluation, resumable state.
 //! - [`reference`]: plain loops over row-major `f32` slices, written for clarity; every faster
@@ -14,6 +15,8 @@
 pub mod agreement;
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod mlp;
 pub mod reference;
 pub mod rng;
@@ -22,6 +25,8 @@ pub mod train;
 
 pub use backend::{Backend, GemmShape, KernelError, Precision};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use mlp::{Activation, Loss, MlpSpec, Optimizer};
 pub use reference::{Adam, Op};
 pub use train::{Dataset, Evaluation, TrainState, Trainer};

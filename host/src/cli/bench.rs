@@ -65,6 +65,9 @@ pub struct KernelArgs {
     /// Timed training steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
+    /// Rounds of (Gantry, peers); each side's best round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -174,6 +177,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
 fn kernels(args: KernelArgs) -> anyhow::Result<()> {
     let mut params = bench::kernels::KernelParams {
         step_reps: args.steps.max(1),
+        rounds: args.rounds.max(1),
         python: (!args.no_peers).then_some(args.python),
         ..Default::default()
     };
