@@ -1,0 +1,178 @@
+//! GEMM through cuBLAS in the backend's [`Precision`].
+//!
+//! cuBLAS is column-major and our matrices are row-major. A row-major `r x c` matrix read
+//! column-major is its `c x r` transpose, so row-major `C = op_a(A) op_b(B)` is computed as
+//! column-major `C^T = op_b(B)^T op_a(A)^T`: hand cuBLAS `B` first and `A` second, each with its
+//! own transpose flag, and `n x m` dimensions. No data moves.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::{result, sys};
+use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::error::OrDevice;
+use super::{CudaBackend, grown, launched, linear};
+use crate::backend::{GemmShape, KernelError, Precision, Result};
+use crate::reference::Op;
+
+/// bf16 operand copies start on this many elements (128 bytes), the alignment cuBLAS's
+/// tensor-core kernels want.
+const BF16_ALIGN: usize = 64;
+
+fn cublas_op(op: Op) -> sys::cublasOperation_t {
+    match op {
+        Op::N => sys::cublasOperation_t::CUBLAS_OP_N,
+        Op::T => sys::cublasOperation_t::CUBLAS_OP_T,
+    }
+}
+
+/// cuBLAS's 32-bit dimension, or `Unsupported`.
+fn dim(value: usize, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| {
+        KernelError::Unsupported(format!(
+            "gemm: {what} = {value} exceeds cuBLAS's 32-bit dimensions"
+        ))
+    })
+}
+
+impl CudaBackend {
+    /// [`crate::Backend::gemm`] on this device.
+    pub(super) fn gemm_on_device(
+        &self,
+        s: GemmShape,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        s.check(a.len(), b.len(), c.len())?;
+        self.on_device("gemm", &[("a", a), ("b", b), ("c", c)])?;
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        if s.k == 0 {
+            // An empty product: c = beta * c, and beta = 0 ignores c (NaNs included) as cuBLAS
+            // and the CPU backend do. Done here because cuBLAS rejects leading dimensions of 0.
+            return if s.beta == 0.0 {
+                self.stream.memset_zeros(c).device("gemm: zeroing c")
+            } else {
+                crate::Backend::scale(self, s.beta, c)
+            };
+        }
+        let (m, n, k) = (dim(s.m, "m")?, dim(s.n, "n")?, dim(s.k, "k")?);
+        // Leading dimensions of the row-major operands as stored (their row lengths).
+        let ld_b = if s.op_b == Op::N { n } else { k };
+        let ld_a = if s.op_a == Op::N { k } else { m };
+        let (op_b, op_a) = (cublas_op(s.op_b), cublas_op(s.op_a));
+        let handle = *self.blas.handle();
+        let (alpha, beta) = (&s.alpha, &s.beta);
+        // The lock also serialises this handle's use between threads sharing the backend.
+        let mut scratch = self.scratch();
+        let (c_ptr, _c_done) = c.device_ptr_mut(&self.stream);
+        match self.precision {
+            Precision::F32 => {
+                let (a_ptr, _a_done) = a.device_ptr(&self.stream);
+                let (b_ptr, _b_done) = b.device_ptr(&self.stream);
+                // SAFETY: the lengths were checked against m, n, k, so with these leading
+                // dimensions every access stays inside a, b and c; the pointers are this
+                // device's and the handle runs on the backend's stream.
+                unsafe {
+                    result::sgemm(
+                        handle,
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        alpha,
+                        b_ptr as *const f32,
+                        ld_b,
+                        a_ptr as *const f32,
+                        ld_a,
+                        beta,
+                        c_ptr as *mut f32,
+                        n,
+                    )
+                }
+                .device("gemm (f32, cublasSgemm)")
+            }
+            Precision::Tf32 => {
+                let (a_ptr, _a_done) = a.device_ptr(&self.stream);
+                let (b_ptr, _b_done) = b.device_ptr(&self.stream);
+                let f32_type = sys::cudaDataType::CUDA_R_32F;
+                // SAFETY: as for sgemm; all three matrices are f32 as declared.
+                unsafe {
+                    result::gemm_ex(
+                        handle,
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        alpha as *const f32 as *const c_void,
+                        b_ptr as *const c_void,
+                        f32_type,
+                        ld_b,
+                        a_ptr as *const c_void,
+                        f32_type,
+                        ld_a,
+                        beta as *const f32 as *const c_void,
+                        c_ptr as *mut c_void,
+                        f32_type,
+                        n,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .device("gemm (tf32, cublasGemmEx)")
+            }
+            Precision::Bf16 => {
+                let a_region = a.len().next_multiple_of(BF16_ALIGN);
+                let both = grown(&self.stream, &mut scratch.bf16, a_region + b.len())?;
+                let (mut a16, mut b16) = both.split_at_mut(a_region);
+                self.to_bf16(a, &mut a16)?;
+                self.to_bf16(b, &mut b16)?;
+                let (a_ptr, _a_done) = a16.device_ptr(&self.stream);
+                let (b_ptr, _b_done) = b16.device_ptr(&self.stream);
+                let bf16_type = sys::cudaDataType::CUDA_R_16BF;
+                // SAFETY: as for sgemm; a16 and b16 hold a's and b's values as bf16 (converted
+                // above, in stream order), c is f32 as declared.
+                unsafe {
+                    result::gemm_ex(
+                        handle,
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        alpha as *const f32 as *const c_void,
+                        b_ptr as *const c_void,
+                        bf16_type,
+                        ld_b,
+                        a_ptr as *const c_void,
+                        bf16_type,
+                        ld_a,
+                        beta as *const f32 as *const c_void,
+                        c_ptr as *mut c_void,
+                        sys::cudaDataType::CUDA_R_32F,
+                        n,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .device("gemm (bf16, cublasGemmEx)")
+            }
+        }
+    }
+
+    /// Rounds `src` to bf16 into the first `src.len()` values of `dst`.
+    fn to_bf16(&self, src: &CudaSlice<f32>, dst: &mut CudaViewMut<'_, u16>) -> Result<()> {
+        let n = src.len();
+        let mut launch = self.stream.launch_builder(&self.device.kernels.f32_to_bf16);
+        launch.arg(src).arg(dst).arg(&n);
+        // SAFETY: f32_to_bf16(const float*, unsigned short*, size_t); dst holds at least n
+        // values (the caller sized it), src n.
+        launched("gemm: converting operands to bf16", unsafe {
+            launch.launch(linear(n))
+        })
+    }
+}
