@@ -3,6 +3,8 @@
 //! source, side by side in one run, plus the plugin runtime's fixed costs.
 
 pub mod kernels;
+#[cfg(feature = "cuda")]
+pub mod kernels_gpu;
 pub mod policy;
 
 use std::time::Instant;

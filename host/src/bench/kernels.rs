@@ -101,15 +101,21 @@ pub struct KernelReport {
     pub peers: Vec<String>,
     /// Why a peer is missing, when one is.
     pub peer_note: Option<String>,
+    /// The GPU half (`null` where it did not run; `gpu_note` says why).
+    pub gpu: Option<serde_json::Value>,
+    /// Why there is no GPU half.
+    pub gpu_note: Option<String>,
 }
 
+/// What the peers' script prints.
 #[derive(serde::Deserialize)]
-struct PeerOutput {
-    numpy: Option<String>,
-    torch: Option<String>,
-    gemm: std::collections::BTreeMap<String, f64>,
-    train_step_ms: Option<f64>,
-    notes: Vec<String>,
+pub(crate) struct PeerOutput {
+    pub(crate) numpy: Option<String>,
+    pub(crate) torch: Option<String>,
+    /// GFLOP/s by size on the CPU; TFLOP/s by precision on a GPU.
+    pub(crate) gemm: std::collections::BTreeMap<String, f64>,
+    pub(crate) train_step_ms: Option<f64>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Median seconds of `reps` runs of `f` after `warmup` untimed ones.
@@ -175,7 +181,7 @@ fn measure_ours(
     }
 }
 
-fn step_spec(params: &KernelParams) -> MlpSpec {
+pub(crate) fn step_spec(params: &KernelParams) -> MlpSpec {
     MlpSpec {
         sizes: params.step_sizes.clone(),
         activation: gantry_kernels::Activation::Relu,
@@ -263,6 +269,8 @@ pub fn run(
         },
         peers: Vec::new(),
         peer_note: None,
+        gpu: None,
+        gpu_note: None,
     };
     match (&params.python, peer) {
         (None, _) => report.peer_note = Some("peers skipped (--no-peers)".into()),
@@ -286,6 +294,16 @@ pub fn run(
             }
         }
     }
+    #[cfg(feature = "cuda")]
+    match super::kernels_gpu::run(params) {
+        Ok(gpu) => report.gpu = serde_json::to_value(gpu).ok(),
+        Err(why) => report.gpu_note = Some(why),
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        report.gpu_note =
+            Some("this build has no CUDA support (build with `--features cuda`)".into());
+    }
     Ok(report)
 }
 
@@ -303,7 +321,19 @@ pub fn step_gemm_flops(spec: &MlpSpec, batch: usize) -> f64 {
 }
 
 fn run_peers(python: &std::path::Path, params: &KernelParams) -> Result<PeerOutput, String> {
+    run_peers_on(python, params, "cpu", 0)
+}
+
+/// Runs the peers' script on `device` (`cpu`, or `cuda` with GEMMs of `gpu_n` cubed).
+pub(crate) fn run_peers_on(
+    python: &std::path::Path,
+    params: &KernelParams,
+    device: &str,
+    gpu_n: usize,
+) -> Result<PeerOutput, String> {
     let args = serde_json::json!({
+        "device": device,
+        "gpu_n": gpu_n,
         "threads": params.threads,
         "gemm": params.gemm,
         "step": {"sizes": params.step_sizes, "batch": params.step_batch, "reps": params.step_reps},

@@ -233,5 +233,10 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
     if let Some(note) = &r.peer_note {
         println!("note: {note}");
     }
+    match (&r.gpu, &r.gpu_note) {
+        (Some(gpu), _) => println!("gpu: {}", serde_json::to_string_pretty(gpu)?),
+        (None, Some(note)) => println!("gpu: not measured: {note}"),
+        (None, None) => {}
+    }
     Ok(())
 }
