@@ -15,10 +15,18 @@ const PARALLEL_MIN: usize = 1 << 15;
 /// scheduling.
 const CHUNK: usize = 1 << 13;
 
+/// `b` operands used transposed with at least this many values are transposed into scratch
+/// memory first: the `gemm` crate runs `A * B^T` at about half the speed of `A * B`. Measured
+/// on the MLP step's 256x1024x1024 backward product: 2.3-2.4 ms as `A * B^T`, 1.45-1.5 ms as
+/// a 0.3 ms transpose and `A * B`; the whole step 7.3-7.7 ms -> 6.8-7.1 ms.
+const TRANSPOSE_B_MIN: usize = 1 << 16;
+
 /// A CPU backend with its own pool of `threads` worker threads.
 pub struct CpuBackend {
     threads: usize,
     pool: rayon::ThreadPool,
+    /// Scratch for transposed GEMM operands, kept between calls.
+    scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -45,12 +53,59 @@ impl CpuBackend {
                 context: format!("starting {threads} CPU worker threads"),
                 message: e.to_string(),
             })?;
-        Ok(Self { threads, pool })
+        Ok(Self {
+            threads,
+            pool,
+            scratch: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     /// The number of worker threads.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The GEMM on the operands as stored, transposes expressed as strides. Lengths checked.
+    fn gemm_strided(&self, s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
+        let a_cols = if s.op_a == Op::N { s.k } else { s.m };
+        let b_cols = if s.op_b == Op::N { s.n } else { s.k };
+        let (a_rs, a_cs) = strides(s.op_a, a_cols, s.m);
+        let (b_rs, b_cs) = strides(s.op_b, b_cols, s.k);
+        let parallelism = if self.threads == 1 {
+            gemm::Parallelism::None
+        } else {
+            gemm::Parallelism::Rayon(self.threads)
+        };
+        self.pool.install(|| {
+            // SAFETY: the caller checked the lengths against m, n, k, so every strided access
+            // stays inside its slice; `c` is borrowed mutably, so it aliases neither input. The
+            // crate's `alpha` scales the destination and its `beta` the product (the reverse
+            // of BLAS), and `read_dst = false` ignores c's prior contents entirely.
+            unsafe {
+                gemm::gemm(
+                    s.m,
+                    s.n,
+                    s.k,
+                    c.as_mut_ptr(),
+                    1,
+                    s.n as isize,
+                    s.beta != 0.0,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    s.beta,
+                    s.alpha,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        });
+        Ok(())
     }
 
     /// Runs `f` over matching chunks of `a` (mutable) and `b`, on the pool when large.
@@ -118,45 +173,19 @@ impl Backend for CpuBackend {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        let a_cols = if s.op_a == Op::N { s.k } else { s.m };
-        let b_cols = if s.op_b == Op::N { s.n } else { s.k };
-        let (a_rs, a_cs) = strides(s.op_a, a_cols, s.m);
-        let (b_rs, b_cs) = strides(s.op_b, b_cols, s.k);
-        let parallelism = if self.threads == 1 {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(self.threads)
-        };
-        self.pool.install(|| {
-            // SAFETY: the lengths were checked against m, n, k above, so every strided access
-            // stays inside its slice; `c` is borrowed mutably, so it aliases neither input. The
-            // crate's `alpha` scales the destination and its `beta` the product (the reverse
-            // of BLAS), and `read_dst = false` ignores c's prior contents entirely.
-            unsafe {
-                gemm::gemm(
-                    s.m,
-                    s.n,
-                    s.k,
-                    c.as_mut_ptr(),
-                    1,
-                    s.n as isize,
-                    s.beta != 0.0,
-                    a.as_ptr(),
-                    a_cs,
-                    a_rs,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    s.beta,
-                    s.alpha,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        });
-        Ok(())
+        if s.op_a == Op::N && s.op_b == Op::T && b.len() >= TRANSPOSE_B_MIN {
+            let mut scratch = self
+                .scratch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            scratch.resize(b.len(), 0.0);
+            // b is stored n x k; its transpose, k x n, makes this an N x N product.
+            let scratch: &mut Vec<f32> = &mut scratch;
+            self.pool.install(|| transpose(b, s.n, s.k, scratch));
+            let shape = GemmShape { op_b: Op::N, ..s };
+            return self.gemm_strided(shape, a, scratch, c);
+        }
+        self.gemm_strided(s, a, b, c)
     }
 
     fn bias_activation(&self, x: &mut Vec<f32>, bias: &Vec<f32>, relu: bool) -> Result<()> {
@@ -439,6 +468,38 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
+
+/// Writes the transpose of `src` (`rows x cols`) into `dst` (`cols x rows`), in 8 x 8 tiles
+/// held in registers, the pool's threads taking 8 output rows at a time.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const T: usize = 8;
+    dst.par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let c0 = band * T;
+            let width = out.len() / rows; // output rows in this band (T but at the edge)
+            let mut r0 = 0;
+            while r0 + T <= rows && width == T {
+                let mut tile = [[0f32; T]; T];
+                for (dr, line) in tile.iter_mut().enumerate() {
+                    let at = (r0 + dr) * cols + c0;
+                    line.copy_from_slice(&src[at..at + T]);
+                }
+                for dc in 0..T {
+                    let line = &mut out[dc * rows + r0..dc * rows + r0 + T];
+                    for (dr, v) in line.iter_mut().enumerate() {
+                        *v = tile[dr][dc];
+                    }
+                }
+                r0 += T;
+            }
+            for r in r0..rows {
+                for dc in 0..width {
+                    out[dc * rows + r] = src[r * cols + c0 + dc];
+                }
+            }
+        });
 }
 
 /// The widest SIMD level the `gemm` crate will use here.
