@@ -131,6 +131,32 @@ pub fn check_len(op: &'static str, what: &'static str, got: usize, want: usize) 
     }
 }
 
+/// The rows of a `rows x cols` matrix of `len` values: `Err(Shape)` unless `cols` divides it.
+pub fn check_rows(op: &'static str, what: &'static str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(KernelError::Shape {
+            op,
+            what,
+            got: len,
+            want: len.div_ceil(cols.max(1)) * cols,
+        });
+    }
+    Ok(len / cols)
+}
+
+/// Checks an Adam step's operands: every tensor as long as the parameters, steps from 1.
+pub fn check_adam(step: u32, params: usize, grads: usize, m: usize, v: usize) -> Result<()> {
+    check_len("adam_step", "grads", grads, params)?;
+    check_len("adam_step", "m", m, params)?;
+    check_len("adam_step", "v", v, params)?;
+    if step == 0 {
+        return Err(KernelError::Unsupported(
+            "adam_step: steps count from 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A compute device and the training step's operations on buffers that live on it.
 ///
 /// Matrices are row-major `f32`. Operations may run asynchronously (a CUDA stream): results are

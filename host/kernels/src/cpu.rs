@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, GemmShape, KernelError, Result, check_len};
+use crate::backend::{Backend, GemmShape, KernelError, Result, check_adam, check_len, check_rows};
 use crate::reference::{Adam, Op};
 
 /// Below this many values an element-wise loop runs on the calling thread: a pool dispatch
@@ -190,14 +190,7 @@ impl Backend for CpuBackend {
 
     fn bias_activation(&self, x: &mut Vec<f32>, bias: &Vec<f32>, relu: bool) -> Result<()> {
         let cols = bias.len();
-        if cols == 0 || !x.len().is_multiple_of(cols) {
-            return Err(KernelError::Shape {
-                op: "bias_activation",
-                what: "x",
-                got: x.len(),
-                want: x.len().div_ceil(cols.max(1)) * cols,
-            });
-        }
+        check_rows("bias_activation", "x", x.len(), cols)?;
         let rows_per_chunk = (CHUNK / cols).max(1);
         let epilogue = |rows: &mut [f32]| {
             for row in rows.chunks_exact_mut(cols) {
@@ -235,14 +228,7 @@ impl Backend for CpuBackend {
 
     fn bias_grad(&self, grad: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let cols = out.len();
-        if cols == 0 || !grad.len().is_multiple_of(cols) {
-            return Err(KernelError::Shape {
-                op: "bias_grad",
-                what: "grad",
-                got: grad.len(),
-                want: grad.len().div_ceil(cols.max(1)) * cols,
-            });
-        }
+        check_rows("bias_grad", "grad", grad.len(), cols)?;
         // Each worker owns a band of columns and walks every row: rows are added in order, so
         // the sums do not depend on the thread count.
         let band = 64;
@@ -359,14 +345,7 @@ impl Backend for CpuBackend {
         v: &mut Vec<f32>,
     ) -> Result<()> {
         let n = params.len();
-        check_len("adam_step", "grads", grads.len(), n)?;
-        check_len("adam_step", "m", m.len(), n)?;
-        check_len("adam_step", "v", v.len(), n)?;
-        if step == 0 {
-            return Err(KernelError::Unsupported(
-                "adam_step: steps count from 1".into(),
-            ));
-        }
+        check_adam(step, n, grads.len(), m.len(), v.len())?;
         // Bias corrections folded into two scalars, as fused optimizers do:
         // p -= lr * (m / c1) / (sqrt(v / c2) + eps) + lr * wd * p
         let c1 = 1.0 - f64::from(opt.beta1).powi(step as i32);

@@ -20,7 +20,8 @@
 //!
 //! # Precision
 //!
-//! [`Precision::F32`] is `cublasSgemm`; [`Precision::Tf32`] is `cublasGemmEx` with compute type
+//! [`Precision::F32`] is `cublasGemmEx` with compute type `CUBLAS_COMPUTE_32F` (the arithmetic
+//! of `cublasSgemm`); [`Precision::Tf32`] is `cublasGemmEx` with compute type
 //! `CUBLAS_COMPUTE_32F_FAST_TF32`; [`Precision::Bf16`] converts both operands into bf16
 //! scratch buffers (round to nearest even) and runs `cublasGemmEx` on them with f32 output and
 //! accumulation. Parameters, gradients and optimizer state stay f32 in every mode.
@@ -46,7 +47,9 @@ pub use kernels::{
 
 use self::device::Device;
 use self::error::{OrDevice, device_error};
-use crate::backend::{Backend, GemmShape, KernelError, Precision, Result, check_len};
+use crate::backend::{
+    Backend, GemmShape, KernelError, Precision, Result, check_adam, check_len, check_rows,
+};
 use crate::reference::Adam;
 
 /// Threads per block of the one-dimensional kernels (and exactly the block size `mse` and
@@ -335,16 +338,8 @@ impl Backend for CudaBackend {
         relu: bool,
     ) -> Result<()> {
         let cols = bias.len();
-        if cols == 0 || !x.len().is_multiple_of(cols) {
-            return Err(KernelError::Shape {
-                op: "bias_activation",
-                what: "x",
-                got: x.len(),
-                want: x.len().div_ceil(cols.max(1)) * cols,
-            });
-        }
+        let rows = check_rows("bias_activation", "x", x.len(), cols)?;
         self.on_device("bias_activation", &[("x", x), ("bias", bias)])?;
-        let rows = x.len() / cols;
         if rows == 0 {
             return Ok(());
         }
@@ -393,16 +388,8 @@ impl Backend for CudaBackend {
 
     fn bias_grad(&self, grad: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
         let cols = out.len();
-        if cols == 0 || !grad.len().is_multiple_of(cols) {
-            return Err(KernelError::Shape {
-                op: "bias_grad",
-                what: "grad",
-                got: grad.len(),
-                want: grad.len().div_ceil(cols.max(1)) * cols,
-            });
-        }
+        let rows = check_rows("bias_grad", "grad", grad.len(), cols)?;
         self.on_device("bias_grad", &[("grad", grad), ("out", out)])?;
-        let rows = grad.len() / cols;
         let tiles = u32::try_from(cols.div_ceil(32)).map_err(|_| {
             KernelError::Unsupported(format!("bias_grad: {cols} columns is too many"))
         })?;
@@ -551,14 +538,7 @@ impl Backend for CudaBackend {
         v: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let n = params.len();
-        check_len("adam_step", "grads", grads.len(), n)?;
-        check_len("adam_step", "m", m.len(), n)?;
-        check_len("adam_step", "v", v.len(), n)?;
-        if step == 0 {
-            return Err(KernelError::Unsupported(
-                "adam_step: steps count from 1".into(),
-            ));
-        }
+        check_adam(step, n, grads.len(), m.len(), v.len())?;
         self.on_device(
             "adam_step",
             &[("params", params), ("grads", grads), ("m", m), ("v", v)],

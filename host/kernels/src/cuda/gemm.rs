@@ -35,6 +35,61 @@ fn dim(value: usize, what: &str) -> Result<i32> {
     })
 }
 
+/// One row-major GEMM expressed for cuBLAS (see the module docs for the operand swap).
+struct GemmEx {
+    handle: sys::cublasHandle_t,
+    op_a: sys::cublasOperation_t,
+    op_b: sys::cublasOperation_t,
+    m: i32,
+    n: i32,
+    k: i32,
+    ld_a: i32,
+    ld_b: i32,
+    alpha: f32,
+    beta: f32,
+}
+
+impl GemmEx {
+    /// `cublasGemmEx` with `a` and `b` of type `input`, f32 `c`, scalars f32.
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` must be device pointers of the handle's device holding at least the
+    /// values the dimensions and leading dimensions imply, `a` and `b` of type `input`.
+    unsafe fn run(
+        &self,
+        a: cudarc::driver::sys::CUdeviceptr,
+        b: cudarc::driver::sys::CUdeviceptr,
+        input: sys::cudaDataType,
+        c: cudarc::driver::sys::CUdeviceptr,
+        compute: sys::cublasComputeType_t,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        // SAFETY: the caller's contract; alpha and beta are f32 as the f32 compute types need.
+        unsafe {
+            result::gemm_ex(
+                self.handle,
+                self.op_b,
+                self.op_a,
+                self.n,
+                self.m,
+                self.k,
+                &self.alpha as *const f32 as *const c_void,
+                b as *const c_void,
+                input,
+                self.ld_b,
+                a as *const c_void,
+                input,
+                self.ld_a,
+                &self.beta as *const f32 as *const c_void,
+                c as *mut c_void,
+                sys::cudaDataType::CUDA_R_32F,
+                self.n,
+                compute,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+    }
+}
+
 impl CudaBackend {
     /// [`crate::Backend::gemm`] on this device.
     pub(super) fn gemm_on_device(
@@ -62,68 +117,41 @@ impl CudaBackend {
         // Leading dimensions of the row-major operands as stored (their row lengths).
         let ld_b = if s.op_b == Op::N { n } else { k };
         let ld_a = if s.op_a == Op::N { k } else { m };
-        let (op_b, op_a) = (cublas_op(s.op_b), cublas_op(s.op_a));
-        let handle = *self.blas.handle();
-        let (alpha, beta) = (&s.alpha, &s.beta);
+        let call = GemmEx {
+            handle: *self.blas.handle(),
+            op_a: cublas_op(s.op_a),
+            op_b: cublas_op(s.op_b),
+            m,
+            n,
+            k,
+            ld_a,
+            ld_b,
+            alpha: s.alpha,
+            beta: s.beta,
+        };
         // The lock also serialises this handle's use between threads sharing the backend.
         let mut scratch = self.scratch();
         let (c_ptr, _c_done) = c.device_ptr_mut(&self.stream);
+        let f32_type = sys::cudaDataType::CUDA_R_32F;
         match self.precision {
-            Precision::F32 => {
+            Precision::F32 | Precision::Tf32 => {
                 let (a_ptr, _a_done) = a.device_ptr(&self.stream);
                 let (b_ptr, _b_done) = b.device_ptr(&self.stream);
-                // SAFETY: the lengths were checked against m, n, k, so with these leading
-                // dimensions every access stays inside a, b and c; the pointers are this
-                // device's and the handle runs on the backend's stream.
-                unsafe {
-                    result::sgemm(
-                        handle,
-                        op_b,
-                        op_a,
-                        n,
-                        m,
-                        k,
-                        alpha,
-                        b_ptr as *const f32,
-                        ld_b,
-                        a_ptr as *const f32,
-                        ld_a,
-                        beta,
-                        c_ptr as *mut f32,
-                        n,
+                let (compute, what) = if self.precision == Precision::F32 {
+                    (
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        "gemm (f32, cublasGemmEx)",
                     )
-                }
-                .device("gemm (f32, cublasSgemm)")
-            }
-            Precision::Tf32 => {
-                let (a_ptr, _a_done) = a.device_ptr(&self.stream);
-                let (b_ptr, _b_done) = b.device_ptr(&self.stream);
-                let f32_type = sys::cudaDataType::CUDA_R_32F;
-                // SAFETY: as for sgemm; all three matrices are f32 as declared.
-                unsafe {
-                    result::gemm_ex(
-                        handle,
-                        op_b,
-                        op_a,
-                        n,
-                        m,
-                        k,
-                        alpha as *const f32 as *const c_void,
-                        b_ptr as *const c_void,
-                        f32_type,
-                        ld_b,
-                        a_ptr as *const c_void,
-                        f32_type,
-                        ld_a,
-                        beta as *const f32 as *const c_void,
-                        c_ptr as *mut c_void,
-                        f32_type,
-                        n,
+                } else {
+                    (
                         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                        "gemm (tf32, cublasGemmEx)",
                     )
-                }
-                .device("gemm (tf32, cublasGemmEx)")
+                };
+                // SAFETY: the lengths were checked against m, n, k, so with these leading
+                // dimensions every access stays inside a, b and c, all f32 as declared; the
+                // pointers are this device's and the handle runs on the backend's stream.
+                unsafe { call.run(a_ptr, b_ptr, f32_type, c_ptr, compute) }.device(what)
             }
             Precision::Bf16 => {
                 let a_region = a.len().next_multiple_of(BF16_ALIGN);
@@ -133,30 +161,15 @@ impl CudaBackend {
                 self.to_bf16(b, &mut b16)?;
                 let (a_ptr, _a_done) = a16.device_ptr(&self.stream);
                 let (b_ptr, _b_done) = b16.device_ptr(&self.stream);
-                let bf16_type = sys::cudaDataType::CUDA_R_16BF;
-                // SAFETY: as for sgemm; a16 and b16 hold a's and b's values as bf16 (converted
-                // above, in stream order), c is f32 as declared.
+                // SAFETY: as above; a16 and b16 hold a's and b's values as bf16 (converted
+                // above, in stream order), c is f32, accumulation is f32.
                 unsafe {
-                    result::gemm_ex(
-                        handle,
-                        op_b,
-                        op_a,
-                        n,
-                        m,
-                        k,
-                        alpha as *const f32 as *const c_void,
-                        b_ptr as *const c_void,
-                        bf16_type,
-                        ld_b,
-                        a_ptr as *const c_void,
-                        bf16_type,
-                        ld_a,
-                        beta as *const f32 as *const c_void,
-                        c_ptr as *mut c_void,
-                        sys::cudaDataType::CUDA_R_32F,
-                        n,
+                    call.run(
+                        a_ptr,
+                        b_ptr,
+                        sys::cudaDataType::CUDA_R_16BF,
+                        c_ptr,
                         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
                 }
                 .device("gemm (bf16, cublasGemmEx)")

@@ -7,6 +7,19 @@
 // loss_total and mse are launched with exactly this many threads per block.
 #define REDUCE_THREADS 256
 
+// Adds every thread's `acc` into part[0] in a fixed tree order (no atomics, so the same inputs
+// give the same sum on every run). Call from all REDUCE_THREADS threads of the block.
+__device__ void block_sum(double* part, double acc) {
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned int s = REDUCE_THREADS / 2; s > 0; s /= 2) {
+        if (threadIdx.x < s) {
+            part[threadIdx.x] += part[threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+}
+
 // Softmax cross-entropy, one warp per row (rows are independent; a warp loops over any number
 // of classes). For each valid row: grad = softmax * grad_scale, minus grad_scale at the label,
 // and row_loss = log(sum exp(z - max)) - (z[label] - max), as the CPU backend computes them.
@@ -82,14 +95,7 @@ extern "C" __global__ void mse(const float* prediction, const float* target, flo
         acc += (double)d * (double)d;
         grad[i] = 2.0f * d * grad_scale;
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (unsigned int s = REDUCE_THREADS / 2; s > 0; s /= 2) {
-        if (threadIdx.x < s) {
-            part[threadIdx.x] += part[threadIdx.x + s];
-        }
-        __syncthreads();
-    }
+    block_sum(part, acc);
     if (threadIdx.x == 0) {
         partials[blockIdx.x] = part[0];
     }
@@ -104,14 +110,7 @@ extern "C" __global__ void loss_total(const double* x, size_t n, const unsigned 
     for (size_t i = threadIdx.x; i < n; i += REDUCE_THREADS) {
         acc += x[i];
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (unsigned int s = REDUCE_THREADS / 2; s > 0; s /= 2) {
-        if (threadIdx.x < s) {
-            part[threadIdx.x] += part[threadIdx.x + s];
-        }
-        __syncthreads();
-    }
+    block_sum(part, acc);
     if (threadIdx.x == 0) {
         out[0] = part[0];
         out[1] = (double)*bad;
