@@ -177,6 +177,13 @@ pub trait Backend: Send + Sync + Sized {
     /// Overwrites `dst` with `data` (same length), reusing its memory.
     fn write(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()>;
 
+    /// Like [`Backend::write`], but the copy may overlap with work already queued (a GPU backend
+    /// runs it on a copy stream from page-locked memory): operations issued after this call see
+    /// `data` in `dst`. The trainer uses it to upload the next batch during the current step.
+    fn prefetch(&self, dst: &mut Self::Buffer, data: &[f32]) -> Result<()> {
+        self.write(dst, data)
+    }
+
     /// Copies `src` into `out` (same length), waiting for pending work on it.
     fn download(&self, src: &Self::Buffer, out: &mut [f32]) -> Result<()>;
 

@@ -161,10 +161,16 @@ impl<B: Backend> Params<B> {
 }
 
 /// Activations and deltas for one batch size, kept between steps so a step allocates nothing.
+/// Inputs and targets are double-buffered: the next batch can be prefetched into the spare pair
+/// while the current one is in use.
 pub struct Workspace<B: Backend> {
     rows: usize,
     input: B::Buffer,
     target: B::Buffer,
+    spare_input: B::Buffer,
+    spare_target: B::Buffer,
+    /// Whether the spare pair holds a prefetched batch.
+    staged: bool,
     /// `acts[l]`: layer `l`'s output, `rows x sizes[l + 1]` (the last is the network's output).
     acts: Vec<B::Buffer>,
     /// `deltas[l]`: the loss's gradient with respect to `acts[l]`'s pre-activation.
@@ -184,6 +190,9 @@ impl<B: Backend> Workspace<B> {
             rows,
             input: backend.alloc(rows * spec.inputs())?,
             target: backend.alloc(rows * spec.targets_per_row())?,
+            spare_input: backend.alloc(rows * spec.inputs())?,
+            spare_target: backend.alloc(rows * spec.targets_per_row())?,
+            staged: false,
             acts: per_layer(())?,
             deltas: per_layer(())?,
         })
@@ -194,13 +203,41 @@ impl<B: Backend> Workspace<B> {
         self.rows
     }
 
+    /// Copies a batch in as the current one.
+    pub fn load(&mut self, backend: &B, inputs: &[f32], targets: &[f32]) -> Result<()> {
+        backend.write(&mut self.input, inputs)?;
+        backend.write(&mut self.target, targets)?;
+        self.staged = false;
+        Ok(())
+    }
+
+    /// Starts copying a batch into the spare pair ([`Backend::prefetch`]); [`Self::take_staged`]
+    /// makes it current.
+    pub fn prefetch(&mut self, backend: &B, inputs: &[f32], targets: &[f32]) -> Result<()> {
+        backend.prefetch(&mut self.spare_input, inputs)?;
+        backend.prefetch(&mut self.spare_target, targets)?;
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Makes the prefetched batch current; false (and nothing changes) if none is staged.
+    pub fn take_staged(&mut self) -> bool {
+        if !self.staged {
+            return false;
+        }
+        std::mem::swap(&mut self.input, &mut self.spare_input);
+        std::mem::swap(&mut self.target, &mut self.spare_target);
+        self.staged = false;
+        true
+    }
+
     /// The network's output for the last forward pass (`rows x outputs`).
     pub fn output(&self) -> &B::Buffer {
         self.acts.last().expect("at least one layer")
     }
 }
 
-/// Copies a batch into the workspace, runs the forward pass, and returns nothing: the output is
+/// Copies a batch's inputs into the workspace and runs the forward pass; the output is
 /// [`Workspace::output`].
 pub fn forward<B: Backend>(
     backend: &B,
@@ -210,6 +247,16 @@ pub fn forward<B: Backend>(
     inputs: &[f32],
 ) -> Result<()> {
     backend.write(&mut ws.input, inputs)?;
+    forward_loaded(backend, spec, params, ws)
+}
+
+/// The forward pass on the workspace's current inputs.
+pub fn forward_loaded<B: Backend>(
+    backend: &B,
+    spec: &MlpSpec,
+    params: &Params<B>,
+    ws: &mut Workspace<B>,
+) -> Result<()> {
     let layers = spec.layers();
     for l in 0..layers {
         let (done, rest) = ws.acts.split_at_mut(l);
@@ -235,6 +282,16 @@ pub fn loss<B: Backend>(
     batch: usize,
 ) -> Result<f64> {
     backend.write(&mut ws.target, targets)?;
+    loss_loaded(backend, spec, ws, batch)
+}
+
+/// [`loss`] against the workspace's current targets.
+pub fn loss_loaded<B: Backend>(
+    backend: &B,
+    spec: &MlpSpec,
+    ws: &mut Workspace<B>,
+    batch: usize,
+) -> Result<f64> {
     let last = spec.layers() - 1;
     let out = &ws.acts[last];
     let grad = &mut ws.deltas[last];

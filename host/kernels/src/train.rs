@@ -135,6 +135,8 @@ struct Replica<B: Backend> {
     state: OptimizerState<B>,
     /// One per batch size seen (the full batch, an epoch's tail, evaluation batches).
     workspaces: Vec<Workspace<B>>,
+    /// Rows of this replica's staged slice, once one is staged.
+    staged_rows: Option<usize>,
 }
 
 impl<B: Backend> Replica<B> {
@@ -147,29 +149,81 @@ impl<B: Backend> Replica<B> {
         Ok(self.workspaces.len() - 1)
     }
 
-    /// Forward, loss and backward on this replica's slice; returns the loss sum.
+    /// Starts uploading this replica's slice of the next batch ([`Backend::prefetch`]).
+    fn stage(&mut self, spec: &MlpSpec, features: &[f32], targets: &[f32]) -> Result<()> {
+        let rows = features.len() / spec.inputs();
+        if rows > 0 {
+            let w = self.workspace(spec, rows)?;
+            self.workspaces[w].prefetch(&self.backend, features, targets)?;
+        }
+        self.staged_rows = Some(rows);
+        Ok(())
+    }
+
+    /// Forward, loss and backward on the staged slice, staging `next` once the forward pass is
+    /// queued (so its upload overlaps this step's compute); returns the loss sum.
     fn gradients(
         &mut self,
         spec: &MlpSpec,
-        features: &[f32],
-        targets: &[f32],
         batch: usize,
+        next: Option<(&[f32], &[f32])>,
     ) -> Result<f64> {
-        let rows = features.len() / spec.inputs();
+        let rows = self
+            .staged_rows
+            .take()
+            .ok_or_else(|| KernelError::Unsupported("no batch staged".into()))?;
         if rows == 0 {
             // More replicas than rows: contribute nothing to the sum.
             for g in &mut self.grads.tensors {
                 self.backend.scale(0.0, g)?;
             }
+            if let Some((f, t)) = next {
+                self.stage(spec, f, t)?;
+            }
             return Ok(0.0);
         }
         let w = self.workspace(spec, rows)?;
         let ws = &mut self.workspaces[w];
-        mlp::forward(&self.backend, spec, &self.params, ws, features)?;
-        let loss = mlp::loss(&self.backend, spec, ws, targets, batch)?;
+        if !ws.take_staged() {
+            return Err(KernelError::Unsupported("no batch staged".into()));
+        }
+        mlp::forward_loaded(&self.backend, spec, &self.params, ws)?;
+        if let Some((f, t)) = next {
+            // Into the spare buffers (or another batch size's workspace): the current batch's
+            // buffers stay untouched.
+            self.stage(spec, f, t)?;
+        }
+        let ws = &mut self.workspaces[w];
+        let loss = mlp::loss_loaded(&self.backend, spec, ws, batch)?;
         mlp::backward(&self.backend, spec, &self.params, ws, &mut self.grads)?;
         Ok(loss)
     }
+}
+
+/// Replica `r`'s rows are `bounds[r]..bounds[r + 1]`: contiguous, the first `rows % n` one row
+/// longer.
+fn slice_bounds(rows: usize, n: usize) -> Vec<usize> {
+    let mut bounds = Vec::with_capacity(n + 1);
+    bounds.push(0);
+    for r in 0..n {
+        bounds.push(bounds[r] + rows / n + usize::from(r < rows % n));
+    }
+    bounds
+}
+
+/// Replica `r`'s features and targets of a batch.
+fn slice<'a>(
+    spec: &MlpSpec,
+    features: &'a [f32],
+    targets: &'a [f32],
+    bounds: &[usize],
+    r: usize,
+) -> (&'a [f32], &'a [f32]) {
+    let (a, b) = (bounds[r], bounds[r + 1]);
+    (
+        &features[a * spec.inputs()..b * spec.inputs()],
+        &targets[a * spec.targets_per_row()..b * spec.targets_per_row()],
+    )
 }
 
 /// Sums every gradient tensor over the replicas, in place on each.
@@ -190,6 +244,8 @@ pub struct Trainer<B: Backend> {
     spec: MlpSpec,
     optimizer: Optimizer,
     replicas: Vec<Replica<B>>,
+    /// Rows of the staged batch, once one is staged.
+    staged: Option<usize>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -220,6 +276,7 @@ impl<B: Backend> Trainer<B> {
                     grads: Params::zeros(&backend, &spec)?,
                     state: OptimizerState::new(&backend, &spec)?,
                     workspaces: Vec::new(),
+                    staged_rows: None,
                     backend,
                 })
             })
@@ -228,6 +285,7 @@ impl<B: Backend> Trainer<B> {
             spec,
             optimizer,
             replicas,
+            staged: None,
         })
     }
 
@@ -263,35 +321,41 @@ impl<B: Backend> Trainer<B> {
     /// One optimizer step on a batch (`rows x inputs` features, `rows x targets_per_row`
     /// targets), split across the replicas. Returns the batch's mean loss.
     pub fn step(&mut self, features: &[f32], targets: &[f32]) -> Result<f64> {
+        self.stage(features, targets)?;
+        self.step_staged(None)
+    }
+
+    /// Starts uploading a batch for the next [`Trainer::step_staged`] (replacing any staged one).
+    pub fn stage(&mut self, features: &[f32], targets: &[f32]) -> Result<()> {
+        let rows = self.batch_rows(features, targets)?;
+        let bounds = slice_bounds(rows, self.replicas.len());
         let spec = &self.spec;
-        let rows = features.len() / spec.inputs();
-        crate::backend::check_len("step", "features", features.len(), rows * spec.inputs())?;
-        crate::backend::check_len(
-            "step",
-            "targets",
-            targets.len(),
-            rows * spec.targets_per_row(),
-        )?;
-        if rows == 0 {
-            return Err(KernelError::Unsupported("an empty batch".into()));
+        for (r, replica) in self.replicas.iter_mut().enumerate() {
+            let (f, t) = slice(spec, features, targets, &bounds, r);
+            replica.stage(spec, f, t)?;
         }
-        // Contiguous slices, the first `rows % n` one row longer.
+        self.staged = Some(rows);
+        Ok(())
+    }
+
+    /// One optimizer step on the staged batch; `next`, if given, is staged during the step, its
+    /// upload overlapping the step's compute on backends that can (a GPU's copy engine).
+    /// Returns the batch's mean loss.
+    pub fn step_staged(&mut self, next: Option<(&[f32], &[f32])>) -> Result<f64> {
+        let rows = self
+            .staged
+            .take()
+            .ok_or_else(|| KernelError::Unsupported("step_staged: no batch staged".into()))?;
+        let next_rows = next.map(|(f, t)| self.batch_rows(f, t)).transpose()?;
         let n = self.replicas.len();
-        let mut bounds = Vec::with_capacity(n + 1);
-        bounds.push(0);
-        for r in 0..n {
-            bounds.push(bounds[r] + rows / n + usize::from(r < rows % n));
-        }
-        let slice = |r: usize| {
-            let (a, b) = (bounds[r], bounds[r + 1]);
-            (
-                &features[a * spec.inputs()..b * spec.inputs()],
-                &targets[a * spec.targets_per_row()..b * spec.targets_per_row()],
-            )
+        let next_bounds = next_rows.map(|r| slice_bounds(r, n));
+        let spec = &self.spec;
+        let next_slice = |r: usize| {
+            next.zip(next_bounds.as_ref())
+                .map(|((f, t), b)| slice(spec, f, t, b, r))
         };
         let loss_sum = if n == 1 {
-            let (f, t) = slice(0);
-            self.replicas[0].gradients(spec, f, t, rows)?
+            self.replicas[0].gradients(spec, rows, next_slice(0))?
         } else {
             let sums: Vec<Result<f64>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = self
@@ -299,8 +363,8 @@ impl<B: Backend> Trainer<B> {
                     .iter_mut()
                     .enumerate()
                     .map(|(r, replica)| {
-                        let (f, t) = slice(r);
-                        scope.spawn(move || replica.gradients(spec, f, t, rows))
+                        let next = next_slice(r);
+                        scope.spawn(move || replica.gradients(spec, rows, next))
                     })
                     .collect();
                 handles
@@ -315,6 +379,7 @@ impl<B: Backend> Trainer<B> {
             all_reduce_gradients(spec, &mut self.replicas)?;
             total
         };
+        self.staged = next_rows;
         for replica in &mut self.replicas {
             mlp::optimizer_step(
                 &replica.backend,
@@ -328,6 +393,23 @@ impl<B: Backend> Trainer<B> {
             Loss::SoftmaxCrossEntropy => loss_sum / rows as f64,
             Loss::Mse => loss_sum / (rows * spec.outputs()) as f64,
         })
+    }
+
+    /// Rows of a batch, checking both parts' lengths.
+    fn batch_rows(&self, features: &[f32], targets: &[f32]) -> Result<usize> {
+        let spec = &self.spec;
+        let rows = features.len() / spec.inputs();
+        crate::backend::check_len("step", "features", features.len(), rows * spec.inputs())?;
+        crate::backend::check_len(
+            "step",
+            "targets",
+            targets.len(),
+            rows * spec.targets_per_row(),
+        )?;
+        if rows == 0 {
+            return Err(KernelError::Unsupported("an empty batch".into()));
+        }
+        Ok(rows)
     }
 
     /// Loss (and accuracy, for classification) over `data`, in batches of `batch` rows on the

@@ -196,19 +196,34 @@ fn run<B: Backend>(
 
     let started = Instant::now();
     let (mut trained_rows, mut last_checkpoint) = (0usize, None);
-    let (mut features, mut targets) = (Vec::new(), Vec::new());
+    // Two host buffers: batch i + 1 is gathered and staged (uploaded, overlapping compute on a
+    // GPU) while step i runs.
+    let mut current = (Vec::new(), Vec::new());
+    let mut upcoming = (Vec::new(), Vec::new());
     let mut epoch_losses = Vec::new();
     while position.epoch < config.epochs {
         let span = tracing::info_span!("epoch", epoch = position.epoch);
         let _entered = span.enter();
         let order = epoch_order(config.seed, position.epoch, rows);
         epoch_losses.clear();
-        for batch in order
+        let batches: Vec<&[usize]> = order
             .chunks(config.batch_size)
             .skip(position.batch as usize)
-        {
-            data.train.gather(batch, &mut features, &mut targets);
-            let loss = trainer.step(&features, &targets)?;
+            .collect();
+        if let Some(first) = batches.first() {
+            data.train.gather(first, &mut current.0, &mut current.1);
+            trainer.stage(&current.0, &current.1)?;
+        }
+        for (i, batch) in batches.iter().enumerate() {
+            let next = match batches.get(i + 1) {
+                Some(rows) => {
+                    data.train.gather(rows, &mut upcoming.0, &mut upcoming.1);
+                    Some((upcoming.0.as_slice(), upcoming.1.as_slice()))
+                }
+                None => None,
+            };
+            let loss = trainer.step_staged(next)?;
+            std::mem::swap(&mut current, &mut upcoming);
             trained_rows += batch.len();
             epoch_losses.push(loss);
             position.batch += 1;
