@@ -9,14 +9,12 @@
 //!
 //! # Streams
 //!
-//! Everything a backend does is queued on one stream, the device context's default stream:
-//! kernels, cuBLAS, NCCL and the host-to-device copies of [`Backend::write`] (asynchronous
-//! `cuMemcpyHtoDAsync`). A separate upload stream would buy nothing here: every `write` in the
-//! training step is consumed by the very next kernel, so it would have to be waited for at
-//! once, and copies from pageable host memory (the trait hands us `&[f32]`) are staged by the
-//! driver rather than overlapped anyway. One stream also makes every buffer's lifetime
-//! stream-ordered, so cudarc needs no per-buffer events. Host code waits only in
-//! [`Backend::download`] and when a loss is returned.
+//! Compute (kernels, cuBLAS, NCCL) and [`Backend::write`] run on the context's default stream.
+//! [`Backend::prefetch`], which the trainer uses to upload batch i + 1 while step i computes,
+//! copies through page-locked staging buffers on a second, non-blocking stream, so the copy
+//! engine works while the SMs do; cudarc's per-buffer events make a later kernel on the compute
+//! stream wait for the copy into its operand, and a staging buffer's next fill wait for its
+//! previous copy. Host code waits only in [`Backend::download`] and when a loss is returned.
 //!
 //! # Precision
 //!
@@ -37,7 +35,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    ValidAsZeroBits,
 };
 
 pub use device::{DeviceInfo, detect};
@@ -68,9 +67,21 @@ pub struct CudaBackend {
     precision: Precision,
     device: Arc<Device>,
     stream: Arc<CudaStream>,
+    /// Host-to-device copies of [`Backend::prefetch`], overlapping the compute stream.
+    copy_stream: Arc<CudaStream>,
+    /// Page-locked buffers prefetches copy from (a copy engine reads only page-locked memory
+    /// asynchronously), reused round-robin.
+    staging: Mutex<Staging>,
     blas: CudaBlas,
     scratch: Mutex<Scratch>,
     comms: Mutex<Option<nccl::Comms>>,
+}
+
+/// Page-locked slots for prefetches. A training step stages inputs then targets, so with an
+/// even number of slots each slot keeps one size and is never reallocated.
+struct Staging {
+    slots: [Option<PinnedHostSlice<f32>>; 4],
+    next: usize,
 }
 
 /// Device buffers the operations reuse between calls. Only touched with the lock held; the
@@ -120,6 +131,9 @@ impl CudaBackend {
             ));
         }
         let stream = device.ctx.default_stream();
+        // A non-blocking stream: it does not wait for the default stream's work, so its copies
+        // overlap kernels. cudarc's per-buffer events order each buffer's uses across the two.
+        let copy_stream = device.ctx.new_stream().device("creating the copy stream")?;
         let blas = CudaBlas::new(stream.clone()).device("creating a cuBLAS handle")?;
         let alloc = "allocating the CUDA backend's scratch buffers";
         let scratch = Scratch {
@@ -135,6 +149,11 @@ impl CudaBackend {
             precision,
             device,
             stream,
+            copy_stream,
+            staging: Mutex::new(Staging {
+                slots: Default::default(),
+                next: 0,
+            }),
             blas,
             scratch: Mutex::new(scratch),
             comms: Mutex::new(None),
@@ -297,6 +316,39 @@ impl Backend for CudaBackend {
                 self.info().ordinal
             )
         })
+    }
+
+    fn prefetch(&self, dst: &mut CudaSlice<f32>, data: &[f32]) -> Result<()> {
+        check_len("prefetch", "data", data.len(), dst.len())?;
+        self.on_device("prefetch", &[("dst", dst)])?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let context = || {
+            format!(
+                "prefetching {} floats to cuda:{}",
+                data.len(),
+                self.info().ordinal
+            )
+        };
+        let mut staging = self.staging.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = staging.next;
+        staging.next = (i + 1) % staging.slots.len();
+        let slot = &mut staging.slots[i];
+        if slot.as_ref().is_none_or(|p| p.len() != data.len()) {
+            // SAFETY: the allocation starts uninitialised; it is filled completely below before
+            // any copy reads it.
+            *slot = Some(
+                unsafe { self.device.ctx.alloc_pinned::<f32>(data.len()) }.or_device(context)?,
+            );
+        }
+        let pinned = slot.as_mut().expect("filled just above");
+        // Waits until this slot's previous copy has read it, then fills it.
+        pinned
+            .as_mut_slice()
+            .or_device(context)?
+            .copy_from_slice(data);
+        self.copy_stream.memcpy_htod(pinned, dst).or_device(context)
     }
 
     fn download(&self, src: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
