@@ -6,6 +6,7 @@ mod plugin;
 mod policy;
 mod schedule;
 mod simulate;
+mod store;
 pub mod table;
 mod train;
 
@@ -68,6 +69,14 @@ enum Command {
     Plugins,
     /// Train a network on the native kernels (CPU, or CUDA GPUs in a `cuda` build).
     Train(train::Args),
+    /// Create the host's data directory: object store, master key, signing key.
+    Init(store::DataDir),
+    /// The master key of the data directory.
+    #[command(subcommand)]
+    Key(store::KeyCommand),
+    /// The encrypted object store (content-addressed, AES-256-GCM envelope encryption).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// The compute devices found, and why CUDA is not used when it is not.
     Devices {
         /// Print JSON.
@@ -117,6 +126,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Train(args) => train::run(args),
+        Command::Init(dir) => store::init(&dir),
+        Command::Key(cmd) => store::key(cmd),
+        Command::Store(cmd) => store::store(cmd),
         Command::Devices { json } => train::devices(json),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);

@@ -30,6 +30,7 @@ pub mod plugin;
 pub mod policy;
 pub mod scheduling;
 pub mod simulate;
+pub mod storage;
 pub mod training;
 
 pub use host::{

@@ -9,5 +9,6 @@ mod loading;
 mod plugins;
 mod policy;
 mod signatures;
+mod storage;
 mod support;
 mod training;

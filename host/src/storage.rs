@@ -1,0 +1,684 @@
+//! The host's object store: datasets, checkpoints and artifacts under the data directory,
+//! content-addressed (SHA-256 of the plaintext) and encrypted at rest.
+//!
+//! Envelope encryption with `ring`'s AES-256-GCM: each object has its own random data key; the
+//! data key is stored wrapped (encrypted) by the host's master key in a small key file beside
+//! the object, with the object's id and the format version as associated data, so a key file
+//! moved to another object does not open. The object itself is a sequence of authenticated
+//! chunks (1 MiB of plaintext each, nonce = chunk index, associated data = format version,
+//! chunk index and a last-chunk flag), so it can be read as a stream, and a reordered,
+//! truncated or extended object fails. A reader checks each chunk before handing out a byte and
+//! the SHA-256 of the whole at the end: a flipped bit anywhere is an error, never data.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! keys/master-<id>.key   master keys (32 bytes, mode 0600); keys/current names the one in use
+//! keys/host.pk8          the host's Ed25519 signing key (audit checkpoints)
+//! objects/ab/abcd...     an object's chunks      objects/ab/abcd....key  its wrapped data key
+//! objects/tmp/           objects being written (never read)
+//! ```
+//!
+//! Every file is written through a synced temporary file and a rename ([`crate::durable`]).
+//! Rotating the master key re-wraps every data key (a few hundred bytes each) and rewrites no
+//! object.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::digest::{Context, SHA256};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::durable::{self, Mode};
+
+/// Plaintext bytes per chunk.
+pub const CHUNK: usize = 1 << 20;
+const TAG: usize = 16;
+const OBJECT_MAGIC: &[u8; 16] = b"GANTRY-OBJECT 1\n";
+const FORMAT: u32 = 1;
+
+/// A store operation failed; messages name the file or object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// Not a Gantry data directory, or one missing its keys.
+    #[error("{}: {message}", path.display())]
+    Layout {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object or its key failed authentication: it was changed, truncated or moved.
+    #[error("object {id}: {message}")]
+    Corrupt {
+        /// The object.
+        id: String,
+        /// What failed.
+        message: String,
+    },
+    /// No such object.
+    #[error("no object {0}")]
+    NotFound(String),
+    /// The system's random source failed.
+    #[error("random source: {0}")]
+    Random(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |error| StoreError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// A master key and its id (a digest of the key, so files can name it without revealing it).
+struct MasterKey {
+    id: String,
+    key: LessSafeKey,
+}
+
+impl MasterKey {
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, StoreError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::Layout {
+            path: path.to_path_buf(),
+            message: format!("a master key is 32 bytes, this file has {}", bytes.len()),
+        })?;
+        let mut ctx = Context::new(&SHA256);
+        ctx.update(b"gantry-master-key-id");
+        ctx.update(bytes);
+        let id = data_encoding::HEXLOWER.encode(&ctx.finish().as_ref()[..8]);
+        Ok(Self {
+            id,
+            key: LessSafeKey::new(unbound),
+        })
+    }
+}
+
+/// A wrapped data key, as stored beside its object.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: u32,
+    /// The master key that wraps it.
+    master: String,
+    nonce: String,
+    wrapped: String,
+}
+
+/// What [`Store::rotate`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The master key now in use.
+    pub new_master: String,
+    /// Data keys re-wrapped.
+    pub rewrapped: usize,
+    /// Master keys removed (no data key needed them any more).
+    pub retired: Vec<String>,
+}
+
+/// The encrypted object store of one data directory.
+pub struct Store {
+    root: PathBuf,
+    /// Every master key on disk; `current` indexes the one new objects use.
+    masters: Vec<MasterKey>,
+    current: usize,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("master", &self.masters[self.current].id)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Creates a data directory at `root` (which must not hold one already): the layout, a
+    /// master key (mode 0600) and the host's signing key.
+    pub fn init(root: &Path) -> Result<Store, StoreError> {
+        if root.join("keys/current").exists() {
+            return Err(StoreError::Layout {
+                path: root.to_path_buf(),
+                message: "already a Gantry data directory; refusing to replace its keys".into(),
+            });
+        }
+        for dir in ["keys", "objects/tmp"] {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let keys = root.join("keys");
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&keys))?;
+        }
+        let rng = SystemRandom::new();
+        let master = new_master(root, &rng)?;
+        let signing = root.join("keys/host.pk8");
+        crate::keys::generate(&signing).map_err(|e| StoreError::Layout {
+            path: signing.clone(),
+            message: e.to_string(),
+        })?;
+        set_current(root, &master.id)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            masters: vec![master],
+            current: 0,
+            rng,
+        })
+    }
+
+    /// Opens the data directory at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let current_path = root.join("keys/current");
+        let current_id = std::fs::read_to_string(&current_path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::Layout {
+                    path: root.to_path_buf(),
+                    message: "not a Gantry data directory (run `gantry init`)".into(),
+                },
+                _ => io(&current_path)(e),
+            })?
+            .trim()
+            .to_string();
+        let keys = root.join("keys");
+        let mut masters = Vec::new();
+        for entry in std::fs::read_dir(&keys).map_err(io(&keys))? {
+            let path = entry.map_err(io(&keys))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("master-") && name.ends_with(".key") {
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                masters.push(MasterKey::from_bytes(&bytes, &path)?);
+            }
+        }
+        let current = masters
+            .iter()
+            .position(|m| m.id == current_id)
+            .ok_or_else(|| StoreError::Layout {
+                path: current_path.clone(),
+                message: format!("names master key {current_id}, which is not in keys/"),
+            })?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            masters,
+            current,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The id of the master key new objects are wrapped with.
+    pub fn master_id(&self) -> &str {
+        &self.masters[self.current].id
+    }
+
+    fn object_path(&self, id: &str) -> PathBuf {
+        self.root.join("objects").join(&id[..2]).join(id)
+    }
+
+    fn key_path(&self, id: &str) -> PathBuf {
+        self.root
+            .join("objects")
+            .join(&id[..2])
+            .join(format!("{id}.key"))
+    }
+
+    /// Stores `bytes`; returns the object's id.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<String, StoreError> {
+        self.put(bytes)
+    }
+
+    /// Stores everything `reader` yields, encrypting as it streams (plaintext never touches the
+    /// disk); returns the object's id. Storing content already present changes nothing.
+    pub fn put(&self, mut reader: impl Read) -> Result<String, StoreError> {
+        let mut key_bytes = [0u8; 32];
+        self.rng
+            .fill(&mut key_bytes)
+            .map_err(|_| StoreError::Random("no data key".into()))?;
+        let data_key = aead_key(&key_bytes);
+        let tmp_dir = self.root.join("objects/tmp");
+        let mut name = [0u8; 12];
+        self.rng
+            .fill(&mut name)
+            .map_err(|_| StoreError::Random("no temporary name".into()))?;
+        let tmp = tmp_dir.join(data_encoding::HEXLOWER.encode(&name));
+        let result = (|| {
+            let file = File::create(&tmp).map_err(io(&tmp))?;
+            let mut out = BufWriter::new(file);
+            out.write_all(OBJECT_MAGIC).map_err(io(&tmp))?;
+            out.write_all(&(CHUNK as u32).to_le_bytes())
+                .map_err(io(&tmp))?;
+            let mut digest = Context::new(&SHA256);
+            let mut chunk = Vec::with_capacity(CHUNK + TAG);
+            let mut index = 0u64;
+            // Read one chunk ahead so the last chunk is known to be last when sealed.
+            let mut pending = read_chunk(&mut reader, &tmp)?;
+            loop {
+                let next = if pending.len() == CHUNK {
+                    read_chunk(&mut reader, &tmp)?
+                } else {
+                    Vec::new()
+                };
+                let last = next.is_empty();
+                digest.update(&pending);
+                chunk.clear();
+                chunk.extend_from_slice(&pending);
+                data_key
+                    .seal_in_place_append_tag(
+                        chunk_nonce(index),
+                        Aad::from(chunk_aad(index, last)),
+                        &mut chunk,
+                    )
+                    .map_err(|_| StoreError::Random("sealing a chunk".into()))?;
+                // The top bit of the length says "last"; the AAD authenticates it.
+                let len = chunk.len() as u32 | (u32::from(last) << 31);
+                out.write_all(&len.to_le_bytes()).map_err(io(&tmp))?;
+                out.write_all(&chunk).map_err(io(&tmp))?;
+                if last {
+                    break;
+                }
+                pending = next;
+                index += 1;
+            }
+            let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(io(&tmp))?;
+            Ok(data_encoding::HEXLOWER.encode(digest.finish().as_ref()))
+        })();
+        let id = match result {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let path = self.object_path(&id);
+        if path.exists() && self.key_path(&id).exists() {
+            // Content-addressed: the same bytes are already here.
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(id);
+        }
+        let dir = path.parent().expect("objects/ab");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // The key first: an object without its key would be unreadable, a key without its
+        // object is only an orphan.
+        self.write_key(&id, &key_bytes, self.current)?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(id)
+    }
+
+    fn write_key(&self, id: &str, key_bytes: &[u8; 32], master: usize) -> Result<(), StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| StoreError::Random("no nonce".into()))?;
+        let mut wrapped = key_bytes.to_vec();
+        self.masters[master]
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key_aad(id)),
+                &mut wrapped,
+            )
+            .map_err(|_| StoreError::Random("wrapping a data key".into()))?;
+        let file = KeyFile {
+            format: FORMAT,
+            master: self.masters[master].id.clone(),
+            nonce: data_encoding::HEXLOWER.encode(&nonce),
+            wrapped: data_encoding::HEXLOWER.encode(&wrapped),
+        };
+        let path = self.key_path(id);
+        let json = serde_json::to_vec(&file).expect("a key file serialises");
+        durable::write(&path, &json, Mode::Private).map_err(io(&path))
+    }
+
+    /// The data key of object `id`, unwrapped, and the index of the master key that wraps it.
+    fn unwrap_key(&self, id: &str) -> Result<([u8; 32], usize), StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            id: id.to_string(),
+            message,
+        };
+        let path = self.key_path(id);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
+            _ => io(&path)(e),
+        })?;
+        let file: KeyFile = serde_json::from_slice(&bytes)
+            .map_err(|e| corrupt(format!("unreadable key file: {e}")))?;
+        if file.format != FORMAT {
+            return Err(corrupt(format!("key file format {}", file.format)));
+        }
+        let master = self
+            .masters
+            .iter()
+            .position(|m| m.id == file.master)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "wrapped by master key {}, which is not here",
+                    file.master
+                ))
+            })?;
+        let hex = |s: &str| data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes());
+        let nonce: [u8; NONCE_LEN] = hex(&file.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| corrupt("bad nonce in key file".into()))?;
+        let mut wrapped = hex(&file.wrapped).map_err(|_| corrupt("bad wrapped key".into()))?;
+        let key = self.masters[master]
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(key_aad(id)),
+                &mut wrapped,
+            )
+            .map_err(|_| {
+                corrupt(
+                    "its data key does not authenticate (changed, or moved from another object)"
+                        .into(),
+                )
+            })?;
+        let key: [u8; 32] = key
+            .try_into()
+            .map_err(|_| corrupt("data key of the wrong length".into()))?;
+        Ok((key, master))
+    }
+
+    /// A reader over object `id` that checks every chunk before returning its bytes and the
+    /// whole object's digest at the end; any failure is an `InvalidData` error naming it.
+    pub fn reader(&self, id: &str) -> Result<ObjectReader, StoreError> {
+        check_id(id)?;
+        let key = aead_key(&self.unwrap_key(id)?.0);
+        let path = self.object_path(id);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
+            _ => io(&path)(e),
+        })?;
+        let mut input = BufReader::with_capacity(CHUNK + TAG + 4, file);
+        let mut header = [0u8; 20];
+        input
+            .read_exact(&mut header)
+            .map_err(|_| StoreError::Corrupt {
+                id: id.to_string(),
+                message: "truncated header".into(),
+            })?;
+        if &header[..16] != OBJECT_MAGIC
+            || u32::from_le_bytes(header[16..].try_into().expect("4")) as usize != CHUNK
+        {
+            return Err(StoreError::Corrupt {
+                id: id.to_string(),
+                message: "not a Gantry object header".into(),
+            });
+        }
+        Ok(ObjectReader {
+            id: id.to_string(),
+            key,
+            input,
+            index: 0,
+            plain: Vec::new(),
+            at: 0,
+            done: false,
+            digest: Some(Context::new(&SHA256)),
+        })
+    }
+
+    /// The whole of object `id`.
+    pub fn get(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.reader(id)?
+            .read_to_end(&mut out)
+            .map_err(|e| read_error(id, e))?;
+        Ok(out)
+    }
+
+    /// Every stored object's id.
+    pub fn list(&self) -> Result<Vec<String>, StoreError> {
+        let objects = self.root.join("objects");
+        let mut ids = Vec::new();
+        for shard in std::fs::read_dir(&objects).map_err(io(&objects))? {
+            let shard = shard.map_err(io(&objects))?.path();
+            if shard.file_name().is_some_and(|n| n == "tmp") || !shard.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
+                let name = entry.map_err(io(&shard))?.file_name();
+                let name = name.to_string_lossy();
+                if check_id(&name).is_ok() {
+                    ids.push(name.into_owned());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Makes a new master key current and re-wraps every data key under it, then removes the
+    /// master keys nothing needs any more. Objects are not rewritten. Safe to re-run after a
+    /// crash: every data key stays readable throughout (each key file is replaced atomically,
+    /// and old master keys stay until no key file names them).
+    pub fn rotate(&mut self) -> Result<Rotation, StoreError> {
+        let master = new_master(&self.root, &self.rng)?;
+        let new_id = master.id.clone();
+        self.masters.push(master);
+        let new_index = self.masters.len() - 1;
+        let mut rewrapped = 0;
+        for id in self.list()? {
+            let (key_bytes, used) = self.unwrap_key(&id)?;
+            if used == new_index {
+                continue;
+            }
+            self.write_key(&id, &key_bytes, new_index)?;
+            rewrapped += 1;
+        }
+        set_current(&self.root, &new_id)?;
+        self.current = new_index;
+        let mut retired = Vec::new();
+        let keep = self.masters.remove(new_index);
+        for old in self.masters.drain(..) {
+            let path = self
+                .root
+                .join("keys")
+                .join(format!("master-{}.key", old.id));
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            retired.push(old.id);
+        }
+        self.masters.push(keep);
+        self.current = 0;
+        Ok(Rotation {
+            new_master: new_id,
+            rewrapped,
+            retired,
+        })
+    }
+}
+
+/// Streams an object's plaintext, chunk by authenticated chunk.
+pub struct ObjectReader {
+    id: String,
+    key: LessSafeKey,
+    input: BufReader<File>,
+    index: u64,
+    plain: Vec<u8>,
+    at: usize,
+    done: bool,
+    digest: Option<Context>,
+}
+
+impl ObjectReader {
+    fn corrupt(&self, message: &str) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("object {}: {message}", self.id),
+        )
+    }
+
+    /// Reads, authenticates and decrypts the next chunk into `plain`.
+    fn next_chunk(&mut self) -> std::io::Result<()> {
+        let mut len = [0u8; 4];
+        if let Err(e) = self.input.read_exact(&mut len) {
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.corrupt("truncated: it ends before its last chunk")
+            } else {
+                e
+            });
+        }
+        let len = u32::from_le_bytes(len);
+        let last = len >> 31 == 1;
+        let len = (len & 0x7fff_ffff) as usize;
+        if !(TAG..=CHUNK + TAG).contains(&len) {
+            return Err(self.corrupt(&format!("chunk {} has an impossible length", self.index)));
+        }
+        let mut sealed = std::mem::take(&mut self.plain);
+        sealed.resize(len, 0);
+        if self.input.read_exact(&mut sealed).is_err() {
+            return Err(self.corrupt("truncated inside a chunk"));
+        }
+        let opened = self
+            .key
+            .open_in_place(
+                chunk_nonce(self.index),
+                Aad::from(chunk_aad(self.index, last)),
+                &mut sealed,
+            )
+            .map(|p| p.len());
+        let Ok(n) = opened else {
+            return Err(self.corrupt(&format!(
+                "chunk {} does not authenticate (changed, reordered or from another object)",
+                self.index
+            )));
+        };
+        sealed.truncate(n);
+        let plain = sealed;
+        self.plain = plain;
+        self.at = 0;
+        self.index += 1;
+        if let Some(d) = &mut self.digest {
+            d.update(&self.plain);
+        }
+        if last {
+            let mut extra = [0u8; 1];
+            if self.input.read(&mut extra)? != 0 {
+                return Err(self.corrupt("data after its last chunk"));
+            }
+            let digest = self
+                .digest
+                .take()
+                .expect("digest until the last chunk")
+                .finish();
+            if data_encoding::HEXLOWER.encode(digest.as_ref()) != self.id {
+                return Err(self.corrupt("content does not hash to its id"));
+            }
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.plain.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_chunk()?;
+        }
+        // The last chunk's bytes are released only after the whole object's digest checked.
+        let n = buf.len().min(self.plain.len() - self.at);
+        buf[..n].copy_from_slice(&self.plain[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn read_error(id: &str, e: std::io::Error) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        message: e
+            .to_string()
+            .trim_start_matches(&format!("object {id}: "))
+            .to_string(),
+    }
+}
+
+fn check_id(id: &str) -> Result<(), StoreError> {
+    if id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(id.to_string()))
+    }
+}
+
+fn read_chunk(reader: &mut impl Read, tmp: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    reader
+        .take(CHUNK as u64)
+        .read_to_end(&mut chunk)
+        .map_err(io(tmp))?;
+    Ok(chunk)
+}
+
+fn aead_key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"))
+}
+
+/// A data key encrypts one object once, so chunk indexes are unique nonces.
+fn chunk_nonce(index: u64) -> Nonce {
+    let mut n = [0u8; NONCE_LEN];
+    n[4..].copy_from_slice(&index.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+fn chunk_aad(index: u64, last: bool) -> [u8; 17] {
+    let mut aad = [0u8; 17];
+    aad[..4].copy_from_slice(&FORMAT.to_be_bytes());
+    aad[4..12].copy_from_slice(&index.to_be_bytes());
+    aad[12] = u8::from(last);
+    aad[13..].copy_from_slice(b"gchk");
+    aad
+}
+
+fn key_aad(id: &str) -> Vec<u8> {
+    format!("gantry-data-key:v{FORMAT}:{id}").into_bytes()
+}
+
+fn new_master(root: &Path, rng: &SystemRandom) -> Result<MasterKey, StoreError> {
+    let mut bytes = [0u8; 32];
+    rng.fill(&mut bytes)
+        .map_err(|_| StoreError::Random("no master key".into()))?;
+    let path = root.join("keys/new-master.key");
+    let master = MasterKey::from_bytes(&bytes, &path)?;
+    let path = root.join("keys").join(format!("master-{}.key", master.id));
+    durable::write(&path, &bytes, Mode::Private).map_err(io(&path))?;
+    Ok(master)
+}
+
+fn set_current(root: &Path, id: &str) -> Result<(), StoreError> {
+    let path = root.join("keys/current");
+    durable::write(&path, format!("{id}\n").as_bytes(), Mode::Private).map_err(io(&path))
+}
+
+#[cfg(test)]
+mod tests;
