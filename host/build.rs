@@ -12,6 +12,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("gantry-plugin-spread", "SPREAD"),
     ("gantry-plugin-topology", "TOPOLOGY"),
     ("gantry-plugin-fairshare", "FAIRSHARE"),
+    ("gantry-plugin-standardize", "STANDARDIZE"),
     ("gantry-fixture-hostile", "FIXTURE_HOSTILE"),
     ("gantry-fixture-wrong-world", "FIXTURE_WRONG_WORLD"),
 ];

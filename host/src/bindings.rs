@@ -23,3 +23,24 @@ pub mod sched_v0_1 {
         Allocations, Gpus, Jobs, Placements, Snapshot, Tenant, Topology,
     };
 }
+
+/// `gantry:preprocess/preprocess@0.1.0`; the `gantry:host` interfaces are the scheduler
+/// bindings', so one linker serves both worlds.
+pub mod preprocess {
+    wasmtime::component::bindgen!({
+        world: "gantry:preprocess/preprocess@0.1.0",
+        path: ["../wit/host", "../wit/preprocess"],
+        with: {
+            "gantry:host/types@0.1.0": crate::bindings::scheduler::gantry::host::types,
+            "gantry:host/log@0.1.0": crate::bindings::scheduler::gantry::host::log,
+        },
+        exports: { default: async },
+    });
+}
+
+/// The preprocess world's types, version 0.1.
+pub mod pre_v0_1 {
+    pub use super::preprocess::Preprocess;
+    pub use super::preprocess::PreprocessPre;
+    pub use super::preprocess::exports::gantry::preprocess::transform::{Batch, Tensor};
+}

@@ -41,6 +41,19 @@ pub const SCHEDULERS: &[Builtin] = &[
     },
 ];
 
+/// Every shipped preprocessing plugin.
+pub const PREPROCESSORS: &[Builtin] = &[Builtin {
+    name: "standardize",
+    summary: "z-score standardisation of numeric CSV columns (two passes)",
+    manifest: include_str!("../../plugins/standardize/plugin.toml"),
+    wasm: include_bytes!(env!("GANTRY_WASM_STANDARDIZE")),
+}];
+
+/// The shipped preprocessing plugin called `name`.
+pub fn preprocessor(name: &str) -> Option<&'static Builtin> {
+    PREPROCESSORS.iter().find(|b| b.name == name)
+}
+
 /// The shipped scheduler called `name`.
 pub fn scheduler(name: &str) -> Option<&'static Builtin> {
     SCHEDULERS.iter().find(|b| b.name == name)

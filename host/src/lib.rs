@@ -28,6 +28,7 @@ mod host;
 pub mod keys;
 pub mod plugin;
 pub mod policy;
+pub mod preprocess;
 pub mod scheduling;
 pub mod simulate;
 pub mod storage;

@@ -7,6 +7,8 @@
 //!   [`Strategy`] trait.
 //! - [`fit`]: an index of free GPUs by node, NVLink domain and rack, with best-fit and
 //!   worst-fit pickers. The host compiles this same file natively for its fallback strategy.
+//! - [`transform`]: the preprocessing world's record batches and the [`transform::Transform`]
+//!   trait ([`export_transform!`]).
 //! - [`config`]: typed access to the manifest's `[config]` entries.
 //! - [`log`]: logging through the host.
 //!
@@ -36,6 +38,25 @@ pub mod scheduler {
         generate_all,
     });
 }
+
+/// Bindings for the `gantry:preprocess/preprocess@0.1.0` world; the host interfaces are the
+/// scheduler bindings' (one `gantry:host` package, one set of types).
+pub mod preprocess {
+    wit_bindgen::generate!({
+        world: "gantry:preprocess/preprocess@0.1.0",
+        path: ["../../wit/host", "../../wit/preprocess"],
+        pub_export_macro: true,
+        export_macro_name: "export_preprocess",
+        default_bindings_module: "gantry_plugin_sdk::preprocess",
+        with: {
+            "gantry:host/types@0.1.0": crate::scheduler::gantry::host::types,
+            "gantry:host/log@0.1.0": crate::scheduler::gantry::host::log,
+        },
+    });
+}
+
+#[doc(hidden)]
+pub use preprocess::export_preprocess;
 
 /// What a scheduling strategy implements; export it with [`export_strategy!`].
 pub trait Strategy {
@@ -97,6 +118,7 @@ pub mod fit;
 mod fit_tests;
 pub mod model;
 pub mod testing;
+pub mod transform;
 pub mod wire;
 
 /// Logging through the host; events are tagged with the plugin's name.

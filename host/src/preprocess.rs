@@ -1,0 +1,377 @@
+//! Preprocessing plugins (`gantry:preprocess/preprocess`): record batches in, f32 tensors out.
+//!
+//! A [`PreprocessPlugin`] is compiled and pre-instantiated once; each [`Worker`] is one
+//! configured instance, fed batch after batch (so a transform keeps what `prepare` taught it).
+//! Every call runs under the manifest's deadline and memory cap; a worker whose call trapped,
+//! overran or answered malformed data is spent and refuses further calls, and the plugin's
+//! other workers are unaffected.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store};
+
+use crate::bindings::pre_v0_1::{Batch, Preprocess, PreprocessPre, Tensor};
+use crate::bindings::scheduler::gantry::host::types::{ConfigEntry, PluginError as GuestError};
+use crate::plugin::{
+    self, ArtifactCache, CacheOutcome, LoadError, Manifest, PluginError, PluginKind, PluginState,
+};
+
+/// Packed records, as they cross into a plugin: record `i` is `data[offsets[i]..offsets[i+1]]`.
+pub type RecordBatch = Batch;
+
+/// Splits `text` into batches of at most `records` lines each (a trailing newline ends the
+/// last line; empty lines are records too, except one at the very end).
+pub fn line_batches(text: &[u8], records: usize) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    let mut current = RecordBatch {
+        data: Vec::new(),
+        offsets: vec![0],
+    };
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    if body.is_empty() {
+        return batches;
+    }
+    for line in body.split(|&b| b == b'\n') {
+        current.data.extend_from_slice(line);
+        current.offsets.push(current.data.len() as u32);
+        if current.offsets.len() > records {
+            batches.push(std::mem::replace(
+                &mut current,
+                RecordBatch {
+                    data: Vec::new(),
+                    offsets: vec![0],
+                },
+            ));
+        }
+    }
+    if current.offsets.len() > 1 {
+        batches.push(current);
+    }
+    batches
+}
+
+/// The records in a batch.
+pub fn records(batch: &RecordBatch) -> usize {
+    batch.offsets.len().saturating_sub(1)
+}
+
+/// A loaded preprocessing plugin.
+pub struct PreprocessPlugin {
+    name: Arc<str>,
+    manifest: Manifest,
+    wasm_sha256: String,
+    cache: CacheOutcome,
+    engine: Engine,
+    pre: PreprocessPre<PluginState>,
+    config: Vec<ConfigEntry>,
+}
+
+impl std::fmt::Debug for PreprocessPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreprocessPlugin")
+            .field("name", &self.name)
+            .field("version", &self.manifest.version)
+            .field("wasm_sha256", &self.wasm_sha256)
+            .finish()
+    }
+}
+
+fn guest_error(plugin: &str, e: GuestError) -> PluginError {
+    let (kind, message) = match e {
+        GuestError::InvalidConfig(m) => ("invalid-config", m),
+        GuestError::InvalidInput(m) => ("invalid-input", m),
+        GuestError::Internal(m) => ("internal", m),
+    };
+    PluginError::Guest {
+        plugin: plugin.to_string(),
+        kind,
+        message,
+    }
+}
+
+impl PreprocessPlugin {
+    /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
+    pub fn load(
+        engine: &Engine,
+        linker: &Linker<PluginState>,
+        cache: &ArtifactCache,
+        manifest: Manifest,
+        wasm: &[u8],
+        origin: &std::path::Path,
+    ) -> Result<Self, LoadError> {
+        if manifest.kind != PluginKind::Preprocess {
+            return Err(LoadError::Manifest {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "field `kind`: expected a preprocess plugin, got {:?}",
+                    manifest.kind
+                ),
+            });
+        }
+        let compiled = plugin::compile(engine, cache, manifest, wasm, origin)?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: compiled.manifest.name.clone(),
+            world: PluginKind::Preprocess.world().to_string(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = linker
+            .instantiate_pre(&compiled.component)
+            .map_err(wrong_world)?;
+        let pre = PreprocessPre::new(instance_pre).map_err(wrong_world)?;
+        tracing::info!(
+            plugin = %compiled.name,
+            version = %compiled.manifest.version,
+            sha256 = %compiled.wasm_sha256,
+            cache = ?compiled.cache,
+            "loaded preprocess plugin"
+        );
+        let config = compiled
+            .manifest
+            .config_entries()
+            .into_iter()
+            .map(|(key, value)| ConfigEntry { key, value })
+            .collect();
+        Ok(Self {
+            name: compiled.name,
+            manifest: compiled.manifest,
+            wasm_sha256: compiled.wasm_sha256,
+            cache: compiled.cache,
+            engine: engine.clone(),
+            pre,
+            config,
+        })
+    }
+
+    /// A shipped plugin (see [`crate::builtin::PREPROCESSORS`]) on `engine`.
+    pub fn builtin(
+        engine: &Engine,
+        linker: &Linker<PluginState>,
+        cache: &ArtifactCache,
+        name: &str,
+    ) -> Result<Self, LoadError> {
+        let b = crate::builtin::preprocessor(name).ok_or_else(|| LoadError::Manifest {
+            path: name.into(),
+            message: format!("no shipped preprocess plugin `{name}`"),
+        })?;
+        let origin = std::path::PathBuf::from(format!("<builtin {name}>"));
+        let manifest = Manifest::parse(b.manifest, &origin)?;
+        Self::load(engine, linker, cache, manifest, b.wasm, &origin)
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the compiled form came from the on-disk cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// A new configured instance.
+    pub async fn worker(&self) -> Result<Worker<'_>, PluginError> {
+        let span = tracing::debug_span!("gantry_preprocess.instantiate", plugin = %self.name);
+        let configured = async {
+            let mut store = plugin::new_store(&self.engine, &self.name, &self.manifest.limits);
+            let bindings = match self.pre.instantiate_async(&mut store).await {
+                Ok(b) => b,
+                Err(e) if store.data().limit_exceeded() => return Err(self.fail(&store, e)),
+                Err(e) => {
+                    return Err(PluginError::Instantiate {
+                        plugin: self.name.to_string(),
+                        message: format!("{e:#}"),
+                    });
+                }
+            };
+            plugin::arm_deadline(&mut store, self.manifest.limits.deadline_ms);
+            let result = bindings
+                .gantry_preprocess_transform()
+                .call_configure(&mut store, &self.config)
+                .await;
+            store.data_mut().end_call();
+            match result {
+                Ok(Ok(())) => Ok((store, bindings)),
+                Ok(Err(e)) => Err(guest_error(&self.name, e)),
+                Err(e) => Err(self.fail(&store, e)),
+            }
+        };
+        let (store, bindings) =
+            plugin::driver::within_deadline(&self.name, &self.manifest.limits, configured)
+                .instrument(span)
+                .await?;
+        Ok(Worker {
+            plugin: self,
+            ready: Some((store, bindings)),
+        })
+    }
+
+    /// [`Self::worker`] from synchronous code.
+    pub fn worker_blocking(&self) -> Result<Worker<'_>, PluginError> {
+        plugin::driver::block_on(self.worker())
+    }
+
+    fn fail(&self, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
+        plugin::classify(
+            &self.name,
+            &self.manifest.limits,
+            store.data().limit_exceeded(),
+            err,
+        )
+    }
+}
+
+/// One configured instance of a preprocessing plugin.
+pub struct Worker<'p> {
+    plugin: &'p PreprocessPlugin,
+    /// `None` once a call failed in a way that may have left the instance inconsistent.
+    ready: Option<(Store<PluginState>, Preprocess)>,
+}
+
+/// What a guest call yields before classification: the timeout's verdict around wasmtime's
+/// result around the guest's own.
+type Raw<T> = Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>;
+
+impl Worker<'_> {
+    /// The instance, armed for one call; an error if an earlier call spent it.
+    fn take(&mut self) -> Result<(Store<PluginState>, Preprocess), PluginError> {
+        let (mut store, bindings) = self.ready.take().ok_or_else(|| PluginError::Instantiate {
+            plugin: self.plugin.name.to_string(),
+            message: "this worker failed earlier; start a new one".into(),
+        })?;
+        plugin::arm_deadline(&mut store, self.plugin.manifest.limits.deadline_ms);
+        Ok((store, bindings))
+    }
+
+    fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.plugin.manifest.limits.deadline_ms)
+    }
+
+    /// Classifies a call's outcome; the instance is kept unless wasm trapped, overran or
+    /// answered something the canonical ABI refused.
+    fn settle<T>(
+        &mut self,
+        mut store: Store<PluginState>,
+        bindings: Preprocess,
+        raw: Raw<T>,
+    ) -> Result<T, PluginError> {
+        store.data_mut().end_call();
+        let plugin = self.plugin;
+        let (result, keep) = match raw {
+            Ok(Ok(Ok(value))) => (Ok(value), true),
+            // The guest said no: its state is its own and consistent.
+            Ok(Ok(Err(e))) => (Err(guest_error(&plugin.name, e)), true),
+            Ok(Err(e)) => (Err(plugin.fail(&store, e)), false),
+            Err(_elapsed) => (
+                Err(PluginError::Deadline {
+                    plugin: plugin.name.to_string(),
+                    limit_ms: plugin.manifest.limits.deadline_ms,
+                }),
+                false,
+            ),
+        };
+        if keep {
+            self.ready = Some((store, bindings));
+        }
+        result
+    }
+
+    /// First-pass statistics of one batch (empty: the plugin learns nothing).
+    pub async fn observe(&mut self, batch: &RecordBatch) -> Result<Vec<f64>, PluginError> {
+        let (mut store, bindings) = self.take()?;
+        let span = tracing::debug_span!("gantry_preprocess.observe", plugin = %self.plugin.name);
+        let call = bindings
+            .gantry_preprocess_transform()
+            .call_observe(&mut store, batch);
+        let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
+        self.settle(store, bindings, raw)
+    }
+
+    /// Hands the first pass's totals to the instance.
+    pub async fn prepare(&mut self, totals: &[f64]) -> Result<(), PluginError> {
+        let (mut store, bindings) = self.take()?;
+        let span = tracing::debug_span!("gantry_preprocess.prepare", plugin = %self.plugin.name);
+        let call = bindings
+            .gantry_preprocess_transform()
+            .call_prepare(&mut store, totals);
+        let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
+        self.settle(store, bindings, raw)
+    }
+
+    /// Transforms one batch; the tensor is checked (shape against data, first dimension against
+    /// the record count) before it is returned.
+    pub async fn process(&mut self, batch: &RecordBatch) -> Result<Tensor, PluginError> {
+        let (mut store, bindings) = self.take()?;
+        let span = tracing::debug_span!("gantry_preprocess.process", plugin = %self.plugin.name);
+        let call = bindings
+            .gantry_preprocess_transform()
+            .call_process(&mut store, batch);
+        let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
+        let tensor = self.settle(store, bindings, raw)?;
+        let values: Option<usize> = tensor
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+        let malformed = |reason: String| PluginError::MalformedOutput {
+            plugin: self.plugin.name.to_string(),
+            reason,
+        };
+        if values != Some(tensor.data.len()) {
+            return Err(malformed(format!(
+                "tensor of shape {:?} holds {} values",
+                tensor.shape,
+                tensor.data.len()
+            )));
+        }
+        if tensor.shape.first().map(|&d| d as usize) != Some(records(batch)) {
+            return Err(malformed(format!(
+                "tensor of shape {:?} for {} records",
+                tensor.shape,
+                records(batch)
+            )));
+        }
+        Ok(tensor)
+    }
+
+    /// [`Self::observe`] from synchronous code.
+    pub fn observe_blocking(&mut self, batch: &RecordBatch) -> Result<Vec<f64>, PluginError> {
+        plugin::driver::block_on(self.observe(batch))
+    }
+
+    /// [`Self::prepare`] from synchronous code.
+    pub fn prepare_blocking(&mut self, totals: &[f64]) -> Result<(), PluginError> {
+        plugin::driver::block_on(self.prepare(totals))
+    }
+
+    /// [`Self::process`] from synchronous code.
+    pub fn process_blocking(&mut self, batch: &RecordBatch) -> Result<Tensor, PluginError> {
+        plugin::driver::block_on(self.process(batch))
+    }
+}
+
+/// Adds `partial` into `totals` element by element (the first pass's reduction); a length
+/// mismatch is the plugin's malformed output.
+pub fn add_totals(plugin: &str, totals: &mut Vec<f64>, partial: &[f64]) -> Result<(), PluginError> {
+    if totals.is_empty() {
+        totals.extend_from_slice(partial);
+        return Ok(());
+    }
+    if totals.len() != partial.len() {
+        return Err(PluginError::MalformedOutput {
+            plugin: plugin.to_string(),
+            reason: format!(
+                "observe returned {} values after {} before",
+                partial.len(),
+                totals.len()
+            ),
+        });
+    }
+    for (t, p) in totals.iter_mut().zip(partial) {
+        *t += p;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
