@@ -6,6 +6,7 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;
 pub mod policy;
+pub mod preprocess;
 
 use std::time::Instant;
 

@@ -48,6 +48,21 @@ pub enum BenchCommand {
     },
     /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
     Kernels(KernelArgs),
+    /// CSV standardisation through the wasm `standardize` plugin vs the same code native.
+    Preprocess {
+        /// CSV rows in the generated dataset.
+        #[arg(long, default_value_t = 400_000)]
+        rows: usize,
+        /// Records per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Worker threads per side (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `gantry bench kernels`.
@@ -77,6 +92,50 @@ pub struct KernelArgs {
 pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kernels(args) => kernels(args),
+        BenchCommand::Preprocess {
+            rows,
+            batch,
+            threads,
+            json,
+        } => {
+            let mut params = bench::preprocess::PreprocessParams {
+                rows: rows.max(1),
+                batch: batch.max(1),
+                ..Default::default()
+            };
+            if let Some(t) = threads {
+                params.threads = t.max(1);
+            }
+            let r = bench::preprocess::run(params)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["measure", "value"]);
+            for (k, v) in [
+                (
+                    "dataset",
+                    format!(
+                        "{:.1} MB of CSV, {} threads, batches of {}",
+                        r.dataset_mb, r.threads, r.batch
+                    ),
+                ),
+                (
+                    "wasm (standardize plugin)",
+                    format!("{:.0} MB/s", r.wasm_mb_s),
+                ),
+                ("native (same source)", format!("{:.0} MB/s", r.native_mb_s)),
+                ("ratio native / wasm", format!("{:.2}", r.ratio)),
+                (
+                    "largest output difference",
+                    format!("{}", r.max_abs_difference),
+                ),
+            ] {
+                t.row(vec![k.into(), v]);
+            }
+            print!("{t}");
+            Ok(())
+        }
         BenchCommand::Schedule {
             racks,
             gpus_per_node,

@@ -1,0 +1,295 @@
+//! `gantry bench preprocess`: the shipped `standardize` plugin in the sandbox against the same
+//! source compiled natively (`plugins/standardize/src/zscore.rs`), on the same batches, in the
+//! same run, both sides with one worker per thread: the first pass (`observe`, summed), then
+//! `prepare`, then the `process` pass. MB/s counts the dataset's bytes once per full run.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::plugin::{self, ArtifactCache, PluginError};
+use crate::preprocess::{PreprocessPlugin, RecordBatch, add_totals, line_batches};
+
+#[path = "../../../plugins/standardize/src/zscore.rs"]
+#[allow(dead_code)]
+mod zscore;
+
+/// Workload of the preprocessing benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct PreprocessParams {
+    /// CSV rows in the generated dataset.
+    pub rows: usize,
+    /// Numeric columns per row.
+    pub columns: usize,
+    /// Records per batch.
+    pub batch: usize,
+    /// Worker threads per side.
+    pub threads: usize,
+    /// Timed runs per side (the median is reported).
+    pub runs: usize,
+}
+
+impl Default for PreprocessParams {
+    fn default() -> Self {
+        Self {
+            rows: 400_000,
+            columns: 16,
+            batch: 4096,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            runs: 5,
+        }
+    }
+}
+
+/// What `gantry bench preprocess --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreprocessReport {
+    /// Through the wasm plugin, MB/s (10^6 bytes of CSV per second, both passes).
+    pub wasm_mb_s: f64,
+    /// The same source compiled natively, MB/s.
+    pub native_mb_s: f64,
+    /// `native_mb_s / wasm_mb_s`.
+    pub ratio: f64,
+    /// Dataset size, MB.
+    pub dataset_mb: f64,
+    /// Worker threads per side.
+    pub threads: usize,
+    /// Records per batch.
+    pub batch: usize,
+    /// Largest difference between the two sides' outputs (they should be identical).
+    pub max_abs_difference: f32,
+}
+
+/// A seeded CSV dataset: `rows` lines of `columns` decimal numbers with 4-6 decimals.
+pub fn dataset(rows: usize, columns: usize, seed: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut rng = gantry_kernels::rng::Rng::new(seed, 0xC5F);
+    let mut out = Vec::with_capacity(rows * columns * 10);
+    for _ in 0..rows {
+        for c in 0..columns {
+            if c > 0 {
+                out.push(b',');
+            }
+            let v = rng.normal() * (c as f32 + 1.0) + c as f32;
+            let _ = write!(out, "{v:.5}");
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Splits `batches` over `threads` workers (batch `i` to worker `i % threads`).
+fn shares(batches: &[RecordBatch], threads: usize) -> Vec<Vec<&RecordBatch>> {
+    let mut shares = vec![Vec::new(); threads];
+    for (i, b) in batches.iter().enumerate() {
+        shares[i % threads].push(b);
+    }
+    shares
+}
+
+/// Runs the benchmark.
+pub fn run(params: PreprocessParams) -> Result<PreprocessReport, PluginError> {
+    let text = dataset(params.rows, params.columns, 1);
+    let batches = line_batches(&text, params.batch);
+    let threads = params.threads.max(1);
+    let engine = crate::engine::build().map_err(|e| PluginError::Instantiate {
+        plugin: "standardize".into(),
+        message: format!("{e:#}"),
+    })?;
+    let linker = plugin::base_linker(&engine).map_err(|e| PluginError::Instantiate {
+        plugin: "standardize".into(),
+        message: format!("{e:#}"),
+    })?;
+    let cache = ArtifactCache::new(&engine, None);
+    let plugin =
+        PreprocessPlugin::builtin(&engine, &linker, &cache, "standardize").map_err(|e| {
+            PluginError::Instantiate {
+                plugin: "standardize".into(),
+                message: e.to_string(),
+            }
+        })?;
+
+    let (mut wasm_times, mut native_times) = (Vec::new(), Vec::new());
+    let (mut wasm_out, mut native_out) = (Vec::new(), Vec::new());
+    // Alternate the sides so drift on a shared machine hits both alike.
+    for _ in 0..params.runs.max(1) {
+        let t = Instant::now();
+        wasm_out = wasm_pass(&plugin, &batches, threads)?;
+        wasm_times.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        native_out = native_pass(&batches, threads).map_err(|m| PluginError::Guest {
+            plugin: "standardize (native)".into(),
+            kind: "invalid-input",
+            message: m,
+        })?;
+        native_times.push(t.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mb = text.len() as f64 / 1e6;
+    let (wasm_mb_s, native_mb_s) = (mb / median(wasm_times), mb / median(native_times));
+    let max_abs_difference = wasm_out
+        .iter()
+        .zip(&native_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(
+            if wasm_out.len() == native_out.len() {
+                0.0
+            } else {
+                f32::INFINITY
+            },
+            f32::max,
+        );
+    Ok(PreprocessReport {
+        wasm_mb_s,
+        native_mb_s,
+        ratio: native_mb_s / wasm_mb_s,
+        dataset_mb: mb,
+        threads,
+        batch: params.batch,
+        max_abs_difference,
+    })
+}
+
+/// Both passes through the sandbox; returns every output value in batch order.
+fn wasm_pass(
+    plugin: &PreprocessPlugin,
+    batches: &[RecordBatch],
+    threads: usize,
+) -> Result<Vec<f32>, PluginError> {
+    let shares = shares(batches, threads);
+    let mut workers = Vec::new();
+    for _ in 0..threads {
+        workers.push(plugin.worker_blocking()?);
+    }
+    // First pass, in parallel; partial sums added in batch order afterwards.
+    let partials: Vec<Result<Vec<Vec<f64>>, PluginError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(&shares)
+            .map(|(w, share)| {
+                s.spawn(move || share.iter().map(|b| w.observe_blocking(b)).collect())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut totals = Vec::new();
+    for i in 0..batches.len() {
+        add_totals(
+            plugin.name(),
+            &mut totals,
+            &partials[i % threads][i / threads],
+        )?;
+    }
+    let outputs: Vec<Result<Vec<Vec<f32>>, PluginError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(&shares)
+            .map(|(w, share)| {
+                let totals = &totals;
+                s.spawn(move || {
+                    w.prepare_blocking(totals)?;
+                    share
+                        .iter()
+                        .map(|b| w.process_blocking(b).map(|t| t.data))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok((0..batches.len())
+        .flat_map(|i| outputs[i % threads][i / threads].iter().copied())
+        .collect())
+}
+
+/// Both passes natively, with the same split.
+fn native_pass(batches: &[RecordBatch], threads: usize) -> Result<Vec<f32>, String> {
+    let shares = shares(batches, threads);
+    let partials: Vec<Result<Vec<Vec<f64>>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                s.spawn(move || {
+                    let mut columns = 0;
+                    share
+                        .iter()
+                        .map(|b| zscore::observe(&b.data, &b.offsets, b',', &mut columns))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut totals: Vec<f64> = Vec::new();
+    for i in 0..batches.len() {
+        let p = &partials[i % threads][i / threads];
+        if totals.is_empty() {
+            totals = p.clone();
+        } else {
+            for (t, v) in totals.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+    }
+    let stats = zscore::prepare(&totals)?;
+    let outputs: Vec<Result<Vec<Vec<f32>>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|share| {
+                let stats = &stats;
+                s.spawn(move || {
+                    share
+                        .iter()
+                        .map(|b| {
+                            let mut out = Vec::new();
+                            zscore::process(&b.data, &b.offsets, b',', stats, &mut out)?;
+                            Ok(out)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok((0..batches.len())
+        .flat_map(|i| outputs[i % threads][i / threads].iter().copied())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_agree_on_a_small_dataset() {
+        let r = run(PreprocessParams {
+            rows: 3000,
+            columns: 4,
+            batch: 256,
+            threads: 2,
+            runs: 1,
+        })
+        .unwrap();
+        assert_eq!(r.max_abs_difference, 0.0, "{r:?}");
+        assert!(r.wasm_mb_s > 0.0 && r.native_mb_s > 0.0);
+    }
+}
