@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod plugin;
 mod policy;
+mod preprocess;
 mod schedule;
 mod simulate;
 mod store;
@@ -69,6 +70,9 @@ enum Command {
     Plugins,
     /// Train a network on the native kernels (CPU, or CUDA GPUs in a `cuda` build).
     Train(train::Args),
+    /// Stream a dataset (a CSV file, or an object of the encrypted store) through a
+    /// preprocessing plugin into the binary f32 format.
+    Preprocess(preprocess::Args),
     /// Create the host's data directory: object store, master key, signing key.
     Init(store::DataDir),
     /// The master key of the data directory.
@@ -126,6 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Train(args) => train::run(args),
+        Command::Preprocess(args) => preprocess::run(&ctx, args),
         Command::Init(dir) => store::init(&dir),
         Command::Key(cmd) => store::key(cmd),
         Command::Store(cmd) => store::store(cmd),

@@ -26,6 +26,7 @@ pub mod durable;
 pub mod engine;
 mod host;
 pub mod keys;
+pub mod pipeline;
 pub mod plugin;
 pub mod policy;
 pub mod preprocess;

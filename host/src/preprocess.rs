@@ -5,6 +5,10 @@
 //! Every call runs under the manifest's deadline and memory cap; a worker whose call trapped,
 //! overran or answered malformed data is spent and refuses further calls, and the plugin's
 //! other workers are unaffected.
+//!
+//! Deadlines count the engine's epochs: whoever owns the engine keeps an
+//! [`crate::engine::EpochTicker`] running (a [`crate::Host`] does), or a guest that computes
+//! forever is never interrupted.
 
 use std::sync::Arc;
 

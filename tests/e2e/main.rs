@@ -8,6 +8,7 @@ mod faults;
 mod loading;
 mod plugins;
 mod policy;
+mod preprocess;
 mod signatures;
 mod storage;
 mod support;

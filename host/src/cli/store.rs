@@ -16,7 +16,8 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    fn path(&self) -> anyhow::Result<PathBuf> {
+    /// The directory.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return Ok(d.clone());
         }

@@ -259,6 +259,84 @@ pub fn read_f32(path: &Path) -> Result<Dataset, TrainError> {
     Ok(data)
 }
 
+/// Writes the binary `f32` format incrementally (the row count is filled in at the end), through
+/// a temporary file renamed into place by [`F32Writer::finish`]: memory stays bounded by one
+/// chunk whatever the dataset's size, and a failed run leaves nothing behind.
+pub struct F32Writer {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    rows: u64,
+    inputs: usize,
+}
+
+impl F32Writer {
+    /// Starts `path` for rows of `inputs` features and no targets.
+    pub fn create(path: &Path, inputs: usize) -> Result<Self, TrainError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        let mut w = Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            rows: 0,
+            inputs,
+        };
+        w.write(&[0u8; HEADER])?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| TrainError::io(&self.tmp, e))
+    }
+
+    /// Appends rows (`values.len()` a multiple of the feature count).
+    pub fn push(&mut self, values: &[f32]) -> Result<(), TrainError> {
+        if self.inputs == 0 || !values.len().is_multiple_of(self.inputs) {
+            return Err(TrainError::invalid(
+                &self.path,
+                None,
+                format!("{} values are not rows of {}", values.len(), self.inputs),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.write(&bytes)?;
+        self.rows += (values.len() / self.inputs) as u64;
+        Ok(())
+    }
+
+    /// Writes the header, syncs and renames into place; returns the row count.
+    pub fn finish(mut self) -> Result<u64, TrainError> {
+        use std::io::{Seek, SeekFrom};
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&1u32.to_le_bytes());
+        header.extend_from_slice(&self.rows.to_le_bytes());
+        header.extend_from_slice(&(self.inputs as u32).to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        let tmp = self.tmp.clone();
+        let io = |e| TrainError::io(&tmp, e);
+        self.out.flush().map_err(io)?;
+        let file = self.out.get_mut();
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&header).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| TrainError::io(&self.path, e))?;
+        Ok(self.rows)
+    }
+
+    /// Abandons the file.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// Writes `data` in the binary `f32` format, atomically.
 pub fn write_f32(path: &Path, data: &Dataset) -> Result<(), TrainError> {
     let mut out = Vec::with_capacity(HEADER + 4 * (data.features.len() + data.targets.len()));

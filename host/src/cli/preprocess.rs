@@ -1,0 +1,139 @@
+//! `gantry preprocess`: a dataset through a preprocessing plugin into the binary f32 format.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use gantry::pipeline::{self, PipelineConfig};
+use gantry::plugin::{ArtifactCache, base_linker};
+use gantry::preprocess::PreprocessPlugin;
+use gantry::storage::Store;
+use gantry::training::data::F32Writer;
+
+/// Arguments of `gantry preprocess`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A shipped preprocessing plugin.
+    #[arg(long, default_value = "standardize")]
+    plugin: String,
+    /// A CSV file (records, one per line, no header).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "object",
+        required_unless_present = "object"
+    )]
+    file: Option<PathBuf>,
+    /// An object of the data directory's encrypted store, decrypted as it streams.
+    #[arg(long, value_name = "ID")]
+    object: Option<String>,
+    #[command(flatten)]
+    dir: super::store::DataDir,
+    /// Output: features in the binary f32 format (`.f32`).
+    #[arg(short, long, value_name = "FILE.f32")]
+    out: PathBuf,
+    /// Records per batch.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Workers (plugin instances) in parallel (default: every core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Batches each channel holds at most (memory stays bounded by this, not the dataset).
+    #[arg(long, default_value_t = 2)]
+    depth: usize,
+    /// Print the run's figures as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `gantry preprocess`.
+pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
+    let engine = gantry::engine::build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let _ticker = gantry::engine::EpochTicker::start(&engine);
+    let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
+    let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, &args.plugin)?;
+    let mut config = PipelineConfig {
+        batch_records: args.batch.max(1),
+        depth: args.depth.max(1),
+        ..PipelineConfig::default()
+    };
+    if let Some(w) = args.workers {
+        config.workers = w.max(1);
+    }
+    let mut writer: Option<F32Writer> = None;
+    let mut columns = 0usize;
+    let out = args.out.clone();
+    let mut sink = |t: gantry::bindings::pre_v0_1::Tensor| -> Result<(), String> {
+        let width: usize = t.shape.iter().skip(1).map(|&d| d as usize).product();
+        if writer.is_none() {
+            columns = width;
+            writer = Some(F32Writer::create(&out, width).map_err(|e| e.to_string())?);
+        }
+        if width != columns {
+            return Err(format!(
+                "a batch of width {width} after batches of {columns}"
+            ));
+        }
+        writer
+            .as_mut()
+            .expect("created above")
+            .push(&t.data)
+            .map_err(|e| e.to_string())
+    };
+    let started = std::time::Instant::now();
+    let result = match (&args.file, &args.object) {
+        (Some(file), _) => {
+            let file = file.clone();
+            let open =
+                move || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
+                    std::fs::File::open(&file)
+                        .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
+                        .map_err(|error| gantry::storage::StoreError::Io {
+                            path: file.clone(),
+                            error,
+                        })
+                };
+            pipeline::run(&open, &plugin, config, &mut sink)
+        }
+        (None, Some(id)) => {
+            let store = Store::open(&args.dir.path()?)?;
+            pipeline::run_object(&store, id, &plugin, config, &mut sink)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(w) = writer {
+                w.discard();
+            }
+            return Err(e).context(format!("preprocessing with `{}`", args.plugin));
+        }
+    };
+    let rows = match writer {
+        Some(w) => w.finish()?,
+        None => anyhow::bail!("the dataset has no records"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["seconds"] = secs.into();
+        v["mb_s"] = (stats.bytes as f64 / 1e6 / secs).into();
+        v["columns"] = columns.into();
+        println!("{v}");
+    } else {
+        println!(
+            "{rows} rows x {columns} features -> {} ({} batches, {}, {:.0} MB/s, at most {} batches in flight)",
+            args.out.display(),
+            stats.batches,
+            if stats.two_passes {
+                "two passes"
+            } else {
+                "one pass"
+            },
+            stats.bytes as f64 / 1e6 / secs * if stats.two_passes { 2.0 } else { 1.0 },
+            stats.max_in_flight
+        );
+    }
+    Ok(())
+}
