@@ -13,6 +13,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("gantry-plugin-topology", "TOPOLOGY"),
     ("gantry-plugin-fairshare", "FAIRSHARE"),
     ("gantry-plugin-standardize", "STANDARDIZE"),
+    ("gantry-plugin-onehot", "ONEHOT"),
+    ("gantry-plugin-tokenizer", "TOKENIZER"),
     ("gantry-fixture-hostile", "FIXTURE_HOSTILE"),
     ("gantry-fixture-wrong-world", "FIXTURE_WRONG_WORLD"),
 ];

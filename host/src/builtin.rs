@@ -42,12 +42,26 @@ pub const SCHEDULERS: &[Builtin] = &[
 ];
 
 /// Every shipped preprocessing plugin.
-pub const PREPROCESSORS: &[Builtin] = &[Builtin {
-    name: "standardize",
-    summary: "z-score standardisation of numeric CSV columns (two passes)",
-    manifest: include_str!("../../plugins/standardize/plugin.toml"),
-    wasm: include_bytes!(env!("GANTRY_WASM_STANDARDIZE")),
-}];
+pub const PREPROCESSORS: &[Builtin] = &[
+    Builtin {
+        name: "standardize",
+        summary: "z-score standardisation of numeric CSV columns (two passes)",
+        manifest: include_str!("../../plugins/standardize/plugin.toml"),
+        wasm: include_bytes!(env!("GANTRY_WASM_STANDARDIZE")),
+    },
+    Builtin {
+        name: "onehot",
+        summary: "one-hot encoding of categorical CSV columns, numbers passed through",
+        manifest: include_str!("../../plugins/onehot/plugin.toml"),
+        wasm: include_bytes!(env!("GANTRY_WASM_ONEHOT")),
+    },
+    Builtin {
+        name: "tokenizer",
+        summary: "texts to fixed-length byte-level token id sequences",
+        manifest: include_str!("../../plugins/tokenizer/plugin.toml"),
+        wasm: include_bytes!(env!("GANTRY_WASM_TOKENIZER")),
+    },
+];
 
 /// The shipped preprocessing plugin called `name`.
 pub fn preprocessor(name: &str) -> Option<&'static Builtin> {

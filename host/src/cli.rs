@@ -140,6 +140,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for b in gantry::builtin::SCHEDULERS {
                 t.row(vec![b.name.into(), "scheduler".into(), b.summary.into()]);
             }
+            for b in gantry::builtin::PREPROCESSORS {
+                t.row(vec![b.name.into(), "preprocess".into(), b.summary.into()]);
+            }
             print!("{t}");
             Ok(())
         }

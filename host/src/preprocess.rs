@@ -169,6 +169,18 @@ impl PreprocessPlugin {
         &self.name
     }
 
+    /// Overrides (or adds) one `[config]` entry for workers started from now on; the plugin
+    /// checks it when a worker is configured.
+    pub fn set_config(&mut self, key: &str, value: &str) {
+        match self.config.iter_mut().find(|e| e.key == key) {
+            Some(e) => e.value = value.to_string(),
+            None => self.config.push(ConfigEntry {
+                key: key.to_string(),
+                value: value.to_string(),
+            }),
+        }
+    }
+
     /// Whether the compiled form came from the on-disk cache.
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache

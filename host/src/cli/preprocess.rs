@@ -40,6 +40,10 @@ pub struct Args {
     /// Batches each channel holds at most (memory stays bounded by this, not the dataset).
     #[arg(long, default_value_t = 2)]
     depth: usize,
+    /// Override a `[config]` entry of the plugin (`key=value`, repeatable), e.g.
+    /// `--set categories='1=red|green'` for `onehot`, `--set length=128` for `tokenizer`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Print the run's figures as JSON.
     #[arg(long)]
     json: bool,
@@ -51,7 +55,13 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     let _ticker = gantry::engine::EpochTicker::start(&engine);
     let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
-    let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, &args.plugin)?;
+    let mut plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, &args.plugin)?;
+    for entry in &args.set {
+        let (key, value) = entry
+            .split_once('=')
+            .with_context(|| format!("--set `{entry}`: expected KEY=VALUE"))?;
+        plugin.set_config(key.trim(), value);
+    }
     let mut config = PipelineConfig {
         batch_records: args.batch.max(1),
         depth: args.depth.max(1),

@@ -1,10 +1,47 @@
 use super::*;
 
-fn plugin() -> PreprocessPlugin {
+fn shipped(name: &str) -> PreprocessPlugin {
     let engine = crate::engine::build().unwrap();
     let linker = plugin::base_linker(&engine).unwrap();
     let cache = ArtifactCache::new(&engine, None);
-    PreprocessPlugin::builtin(&engine, &linker, &cache, "standardize").unwrap()
+    PreprocessPlugin::builtin(&engine, &linker, &cache, name).unwrap()
+}
+
+fn plugin() -> PreprocessPlugin {
+    shipped("standardize")
+}
+
+#[test]
+fn onehot_and_tokenizer_in_the_sandbox() {
+    let mut onehot = shipped("onehot");
+    onehot.set_config("categories", "1=cat|dog");
+    let mut w = onehot.worker_blocking().unwrap();
+    // One pass only: observe learns nothing.
+    let batch = &line_batches(b"0.5,dog\n2,cat\n", 10)[0];
+    assert!(w.observe_blocking(batch).unwrap().is_empty());
+    let t = w.process_blocking(batch).unwrap();
+    assert_eq!(
+        (t.shape.as_slice(), t.data.as_slice()),
+        (&[2, 3][..], &[0.5, 0.0, 1.0, 2.0, 1.0, 0.0][..])
+    );
+    let e = w
+        .process_blocking(&line_batches(b"1,cow\n", 10)[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`cow` is not one of its 2 categories"), "{e}");
+    // A bad override is refused when a worker is configured, naming the key.
+    onehot.set_config("unknown", "maybe");
+    let e = onehot.worker_blocking().err().unwrap().to_string();
+    assert!(e.contains("`unknown`"), "{e}");
+
+    let mut tok = shipped("tokenizer");
+    tok.set_config("length", "4");
+    let mut w = tok.worker_blocking().unwrap();
+    let t = w
+        .process_blocking(&line_batches(b"ab\nhello\n", 10)[0])
+        .unwrap();
+    assert_eq!(t.shape, [2, 4]);
+    assert_eq!(t.data, [1.0, 99.0, 100.0, 0.0, 1.0, 106.0, 103.0, 110.0]);
 }
 
 #[test]
