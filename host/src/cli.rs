@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod daemon;
 mod plugin;
 mod policy;
 mod preprocess;
@@ -73,6 +74,28 @@ enum Command {
     /// Stream a dataset (a CSV file, or an object of the encrypted store) through a
     /// preprocessing plugin into the binary f32 format.
     Preprocess(preprocess::Args),
+    /// Run the host as a service: the HTTP API over the data directory (loopback by default).
+    Up(daemon::UpArgs),
+    /// Users of the API and their bearer tokens.
+    #[command(subcommand)]
+    User(daemon::UserCommand),
+    /// Submit a job to a running daemon.
+    Submit(daemon::SubmitArgs),
+    /// List the jobs a running daemon shows you.
+    Jobs {
+        #[command(flatten)]
+        client: daemon::Client,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+    },
     /// Create the host's data directory: object store, master key, signing key.
     Init(store::DataDir),
     /// The master key of the data directory.
@@ -131,6 +154,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Train(args) => train::run(args),
         Command::Preprocess(args) => preprocess::run(&ctx, args),
+        Command::Up(args) => daemon::up(&ctx, args),
+        Command::User(cmd) => daemon::user(cmd),
+        Command::Submit(args) => daemon::submit(args),
+        Command::Jobs { client, json } => daemon::jobs(client, json),
+        Command::Cancel { id, client } => daemon::cancel(client, &id),
         Command::Init(dir) => store::init(&dir),
         Command::Key(cmd) => store::key(cmd),
         Command::Store(cmd) => store::store(cmd),

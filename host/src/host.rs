@@ -529,6 +529,25 @@ impl Host {
         Ok(())
     }
 
+    /// Takes job `job_id` out of the queue and ends every allocation it holds; false when it is
+    /// neither queued nor running.
+    pub fn cancel(&mut self, job_id: &str) -> bool {
+        let queued = self.state.pending.len();
+        self.state.pending.retain(|p| p.spec.id != job_id);
+        let mut found = self.state.pending.len() != queued;
+        let allocations: Vec<u64> = self
+            .state
+            .running
+            .iter()
+            .filter(|a| a.job_id == job_id)
+            .map(|a| a.id)
+            .collect();
+        for id in allocations {
+            found |= self.state.release(id).is_some();
+        }
+        found
+    }
+
     /// Ends allocation `id` (its work finished), freeing its GPUs.
     pub fn complete(&mut self, id: u64) -> Option<RunningAlloc> {
         self.state.release(id)

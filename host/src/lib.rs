@@ -22,6 +22,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod chart;
 pub mod cluster;
+pub mod daemon;
 pub mod durable;
 pub mod engine;
 mod host;

@@ -4,6 +4,7 @@
 mod audit;
 mod bundle_signatures;
 mod cli;
+mod daemon;
 mod faults;
 mod loading;
 mod plugins;

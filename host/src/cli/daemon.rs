@@ -1,0 +1,204 @@
+//! `gantry up`, `gantry user add`, and the API's clients: `gantry submit`, `gantry jobs`,
+//! `gantry cancel`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use gantry::daemon::db::{Db, User};
+use gantry::daemon::{self, DaemonConfig};
+
+use super::table::Table;
+
+/// Arguments of `gantry up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    dir: super::store::DataDir,
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Cluster file; default: the built-in cluster.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+}
+
+/// `gantry user ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Add (or update) a user and print a new bearer token for them (shown once).
+    Add {
+        /// The user's name.
+        name: String,
+        /// Roles, comma-separated (`researcher`, `admin`, ...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Tenants, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+}
+
+/// Where the API is and who is asking.
+#[derive(Debug, clap::Args)]
+pub struct Client {
+    /// The daemon's URL.
+    #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// A bearer token (`gantry user add`).
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+/// Arguments of `gantry submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The tenant whose queue and quota the job uses.
+    #[arg(long)]
+    tenant: String,
+    /// GPUs.
+    #[arg(long)]
+    gpus: u32,
+    /// Job id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// Memory per GPU, MiB.
+    #[arg(long)]
+    memory_per_gpu_mib: Option<u64>,
+    #[command(flatten)]
+    client: Client,
+}
+
+/// Runs `gantry up`.
+pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
+    let config = DaemonConfig {
+        data_dir: args.dir.path()?,
+        listen: args.listen,
+        cluster: super::cluster(args.cluster.as_ref())?,
+        cache_dir: ctx.cache_dir.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gantry-daemon")
+        .build()
+        .context("starting the daemon's runtime")?;
+    runtime.block_on(daemon::serve(config))?;
+    Ok(())
+}
+
+/// Runs `gantry user ...`.
+pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            name,
+            roles,
+            tenants,
+            dir,
+        } => {
+            let data_dir = dir.path()?;
+            gantry::storage::Store::open(&data_dir)?;
+            let db = Db::open(&daemon::db_path(&data_dir))?;
+            db.put_user(&User {
+                name: name.clone(),
+                roles,
+                tenants,
+            })?;
+            println!("{}", daemon::auth::issue(&db, &name)?);
+            Ok(())
+        }
+    }
+}
+
+fn call(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", client.url.trim_end_matches('/'));
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let auth = format!("Bearer {}", client.token);
+    let response = match (method, body) {
+        ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let value: serde_json::Value = response
+        .into_body()
+        .read_json()
+        .with_context(|| format!("{url}: the response is not JSON"))?;
+    if !status.is_success() {
+        let mut message = format!(
+            "{} {}: {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            value["error"].as_str().unwrap_or("error")
+        );
+        if let Some(reasons) = value["reasons"].as_array() {
+            for r in reasons {
+                message += &format!("\n  - {}", r.as_str().unwrap_or_default());
+            }
+        }
+        anyhow::bail!(message);
+    }
+    Ok(value)
+}
+
+/// Runs `gantry submit`.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({"tenant": args.tenant, "gpus": args.gpus});
+    if let Some(id) = args.id {
+        body["id"] = id.into();
+    }
+    if let Some(m) = args.memory_per_gpu_mib {
+        body["memory_per_gpu_mib"] = m.into();
+    }
+    let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
+    println!("{}", job["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Runs `gantry jobs`.
+pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
+    let jobs = call(&client, "GET", "/v1/jobs", None)?;
+    if json {
+        println!("{jobs}");
+        return Ok(());
+    }
+    let mut t = Table::new(&["id", "tenant", "owner", "gpus", "state", "placed on"]);
+    for j in jobs.as_array().into_iter().flatten() {
+        let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+        let gpus = j["gpu_ids"]
+            .as_array()
+            .map(|g| g.len().to_string())
+            .unwrap_or_default();
+        t.row(vec![
+            text("id"),
+            text("tenant"),
+            text("owner"),
+            j["gpus"].to_string(),
+            text("state"),
+            gpus,
+        ]);
+    }
+    print!("{t}");
+    Ok(())
+}
+
+/// Runs `gantry cancel`.
+pub fn cancel(client: Client, id: &str) -> anyhow::Result<()> {
+    let job = call(&client, "POST", &format!("/v1/jobs/{id}/cancel"), None)?;
+    println!(
+        "{} {}",
+        job["id"].as_str().unwrap_or(id),
+        job["state"].as_str().unwrap_or("")
+    );
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! `gantry up`: the host as a service. An HTTP JSON API (loopback by default) over the host's
+//! data directory: bearer tokens identify users, every request is decided by the access-control
+//! policy and recorded in the audit log, jobs are kept in SQLite and scheduled by the scheduler
+//! plugin on every change.
+//!
+//! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
+//! `POST /v1/jobs/{id}/cancel`. Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
+//! 403, 404, 409 or 413.
+
+pub mod api;
+pub mod auth;
+pub mod db;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::audit::AuditLog;
+use crate::cluster::Cluster;
+use crate::policy::decide::{LoadedPolicy, PolicyLimits};
+use crate::policy::source::PolicySource;
+use crate::{Host, HostConfig, PluginSource, builtin};
+
+use self::db::{Db, JobState};
+
+/// What `gantry up` serves.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The data directory (`gantry init`).
+    pub data_dir: PathBuf,
+    /// Where to listen (loopback by default).
+    pub listen: SocketAddr,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A daemon failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory, its store or its database.
+    #[error("{0}")]
+    Setup(String),
+    /// The listening socket.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        error: std::io::Error,
+    },
+}
+
+/// The state the handlers share.
+pub struct Daemon {
+    /// Users, tokens and jobs.
+    pub db: Db,
+    /// Cluster state, scheduler plugin, policy and audit log.
+    pub host: Mutex<Host>,
+}
+
+/// The database file of a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("gantry.db")
+}
+
+impl Daemon {
+    /// Opens the data directory: store keys, database, audit log, the shipped policy and the
+    /// `binpack` scheduler; requeues every job the database says is pending (a restart after a
+    /// crash loses no accepted job).
+    pub fn open(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
+        let setup = |m: String| DaemonError::Setup(m);
+        crate::storage::Store::open(&config.data_dir).map_err(|e| setup(e.to_string()))?;
+        let db = Db::open(&db_path(&config.data_dir)).map_err(|e| setup(e.to_string()))?;
+        let mut host_config = HostConfig::new(config.cluster.clone());
+        host_config.cache_dir = config.cache_dir.clone();
+        let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
+        host.load_scheduler(&PluginSource::Builtin("binpack".into()))
+            .map_err(|e| setup(e.to_string()))?;
+        let key = crate::keys::load(&config.data_dir.join("keys/host.pk8"))
+            .map_err(|e| setup(e.to_string()))?;
+        let audit = AuditLog::open(&config.data_dir.join("audit.log"), key)
+            .map_err(|e| setup(e.to_string()))?;
+        host.set_audit_log(audit);
+        let (name, rego, data) = builtin::AUTHZ_POLICY;
+        let source =
+            PolicySource::from_parts(&[(name, rego)], data).map_err(|e| setup(e.to_string()))?;
+        let entrypoints = vec![crate::DECISION_ENTRYPOINT.to_string()];
+        let bundle =
+            crate::policy::build(&source, &entrypoints, None).map_err(|e| setup(e.to_string()))?;
+        let policy =
+            LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
+                .map_err(|e| setup(e.to_string()))?;
+        host.set_policy(policy).map_err(|e| setup(e.to_string()))?;
+        // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
+        // allocation with the process and are placed anew).
+        let mut requeued = 0;
+        for job in db.jobs().map_err(|e| setup(e.to_string()))? {
+            if job.state.is_final() {
+                continue;
+            }
+            if job.state != JobState::Pending {
+                db.set_state(&job.id, JobState::Pending, &[], None)
+                    .map_err(|e| setup(e.to_string()))?;
+            }
+            if host.submit(api::spec(&job)).is_ok() {
+                requeued += 1;
+            }
+        }
+        tracing::info!(requeued, "daemon state recovered");
+        Ok(Daemon {
+            db,
+            host: Mutex::new(host),
+        })
+    }
+
+    /// The host, locked.
+    pub fn host(&self) -> std::sync::MutexGuard<'_, Host> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One scheduling cycle; placed jobs become `scheduled` in the database.
+    pub fn schedule(&self) {
+        let report = self.host().schedule_cycle(db::now());
+        for a in &report.placements {
+            if let Err(e) = self
+                .db
+                .set_state(&a.job_id, JobState::Scheduled, &a.gpus, None)
+            {
+                tracing::error!(job = %a.job_id, error = %e, "recording a placement");
+            }
+        }
+    }
+
+    /// Closes the audit log with a signed checkpoint.
+    pub fn close(&self) {
+        if let Err(e) = self.host().close_audit_log() {
+            tracing::error!(error = %e, "closing the audit log");
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM; prints `listening on ADDR` on stdout once ready.
+pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
+    let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| DaemonError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| DaemonError::Listen {
+        addr: config.listen,
+        error,
+    })?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    }
+    // Scheduling runs on its own blocking thread, woken by submissions and every second.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let scheduler = {
+        let (daemon, wake) = (daemon.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.schedule()).await;
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+    let app = api::router(daemon.clone(), wake);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    scheduler.abort();
+    daemon.close();
+    served.map_err(|error| DaemonError::Listen {
+        addr: config.listen,
+        error,
+    })
+}

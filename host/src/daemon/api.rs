@@ -1,0 +1,317 @@
+//! The HTTP handlers: authentication, policy decisions, and the job endpoints.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::Daemon;
+use super::db::{JobRecord, JobState, User};
+use crate::cluster::{JobSpec, TopologyPref};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 << 10;
+
+#[derive(Clone)]
+struct AppState {
+    daemon: Arc<Daemon>,
+    wake: Arc<Notify>,
+}
+
+/// The API's routes.
+pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { daemon, wake })
+}
+
+/// An error response: a status and `{"error", "reasons"?, "decision_id"?}`.
+struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({"error": message.into()}),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = match r {
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, r.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The user behind the request's bearer token.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
+    let unauthorized =
+        || ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    super::auth::check(&state.daemon.db, token.trim())
+        .map_err(ApiError::internal)?
+        .ok_or_else(unauthorized)
+}
+
+/// Asks the policy (and records the decision); a denial is a 403 with its reasons.
+fn authorize(
+    state: &AppState,
+    user: &User,
+    action: &str,
+    resource: serde_json::Value,
+) -> ApiResult<()> {
+    let verdict = state
+        .daemon
+        .host()
+        .authorize(&user.subject(), action, &resource)
+        .map_err(ApiError::internal)?;
+    if verdict.allow {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            body: json!({
+                "error": format!("{action} denied by policy"),
+                "reasons": verdict.reasons,
+                "decision_id": verdict.decision_id,
+            }),
+        })
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Unique id (default: generated).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The tenant whose queue and quota it uses.
+    pub tenant: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_per_gpu_mib: u64,
+    /// Estimated runtime, seconds.
+    #[serde(default = "default_runtime")]
+    pub est_runtime_s: f64,
+}
+
+fn default_memory() -> u64 {
+    16_000
+}
+
+fn default_runtime() -> f64 {
+    3600.0
+}
+
+/// The scheduler's view of a stored job.
+pub fn spec(job: &JobRecord) -> JobSpec {
+    JobSpec {
+        id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        priority: 0,
+        gpus: job.gpus,
+        memory_per_gpu_mib: job.memory_per_gpu_mib.min(u64::from(u32::MAX)) as u32,
+        gang: true,
+        topology: TopologyPref::None,
+        est_runtime_s: job.est_runtime_s,
+        submit_time_s: job.submitted_at,
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.')
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let user = authenticate(&state, &headers)?;
+    let Json(req) = body?;
+    let id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("job-{}", &crate::audit::new_decision_id()[..12]));
+    if !valid_id(&id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "field `id`: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
+        ));
+    }
+    let job = JobRecord {
+        id: id.clone(),
+        tenant: req.tenant.clone(),
+        owner: user.name.clone(),
+        gpus: req.gpus,
+        memory_per_gpu_mib: req.memory_per_gpu_mib,
+        est_runtime_s: req.est_runtime_s,
+        state: JobState::Pending,
+        gpu_ids: Vec::new(),
+        reason: None,
+        submitted_at: super::db::now(),
+    };
+    let daemon = state.daemon.clone();
+    let spec = spec(&job);
+    let subject = user.subject();
+    // Decide, check and store under the host's lock, so the quota the policy saw is the quota
+    // the job is admitted against.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut host = daemon.host();
+        if let Err(e) = crate::cluster::files::check_job(&spec, &host.state().cluster) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
+        }
+        match host.submit_as(&subject, spec) {
+            Ok(()) => {}
+            Err(crate::HostError::Denied {
+                decision_id,
+                reasons,
+            }) => {
+                return Err(ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    body: json!({"error": "job.submit denied by policy", "reasons": reasons,
+                                 "decision_id": decision_id}),
+                });
+            }
+            Err(crate::HostError::Job { message, .. }) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, message));
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+        match daemon.db.insert_job(&job) {
+            Ok(true) => Ok(job),
+            Ok(false) => {
+                host.cancel(&job.id);
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("a job `{}` already exists", job.id),
+                ))
+            }
+            Err(e) => {
+                host.cancel(&job.id);
+                Err(ApiError::internal(e))
+            }
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    state.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+/// Whether `user` may see `job`: admins all, others their tenants' jobs.
+fn visible(user: &User, job: &JobRecord) -> bool {
+    user.is_admin() || user.tenants.contains(&job.tenant)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<JobRecord>>> {
+    let user = authenticate(&state, &headers)?;
+    let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
+    Ok(Json(
+        jobs.into_iter().filter(|j| visible(&user, j)).collect(),
+    ))
+}
+
+/// A job the user may see, or 404 (another tenant's job is indistinguishable from none).
+fn find(state: &AppState, user: &User, id: &str) -> ApiResult<JobRecord> {
+    match state.daemon.db.job(id).map_err(ApiError::internal)? {
+        Some(job) if visible(user, &job) => Ok(job),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no job `{id}`"),
+        )),
+    }
+}
+
+async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobRecord>> {
+    let user = authenticate(&state, &headers)?;
+    Ok(Json(find(&state, &user, &id)?))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobRecord>> {
+    let user = authenticate(&state, &headers)?;
+    let job = find(&state, &user, &id)?;
+    authorize(
+        &state,
+        &user,
+        "job.cancel",
+        json!({"tenant": job.tenant, "job": job.id}),
+    )?;
+    if job.state.is_final() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job `{id}` is already {:?}", job.state).to_lowercase(),
+        ));
+    }
+    state.daemon.host().cancel(&id);
+    state
+        .daemon
+        .db
+        .set_state(
+            &id,
+            JobState::Cancelled,
+            &[],
+            Some(&format!("cancelled by {}", user.name)),
+        )
+        .map_err(ApiError::internal)?;
+    state.wake.notify_one();
+    Ok(Json(find(&state, &user, &id)?))
+}

@@ -1,0 +1,353 @@
+//! The daemon's metadata: users and their tokens, and jobs, in SQLite (WAL journal, full sync:
+//! a job the API accepted survives a `kill -9` or a power cut).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// A database failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("database {context}: {source}")]
+pub struct DbError {
+    context: String,
+    #[source]
+    source: rusqlite::Error,
+}
+
+trait Context<T> {
+    fn ctx(self, context: &str) -> Result<T, DbError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &str) -> Result<T, DbError> {
+        self.map_err(|source| DbError {
+            context: context.to_string(),
+            source,
+        })
+    }
+}
+
+/// A user: who they are to the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's name.
+    pub name: String,
+    /// Roles (`researcher`, `admin`, ...).
+    pub roles: Vec<String>,
+    /// Tenants the user belongs to.
+    pub tenants: Vec<String>,
+}
+
+impl User {
+    /// The policy's `subject`.
+    pub fn subject(&self) -> serde_json::Value {
+        serde_json::json!({"user": self.name, "roles": self.roles, "tenants": self.tenants})
+    }
+
+    /// Whether the user holds the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// A job's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, waiting for GPUs.
+    Pending,
+    /// GPUs assigned.
+    Scheduled,
+    /// Training.
+    Running,
+    /// Finished.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> JobState {
+        match s {
+            "scheduled" => JobState::Scheduled,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => JobState::Pending,
+        }
+    }
+
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A job as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Unique id.
+    pub id: String,
+    /// The tenant whose queue and quota it uses.
+    pub tenant: String,
+    /// Who submitted it.
+    pub owner: String,
+    /// GPUs asked for.
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    pub memory_per_gpu_mib: u64,
+    /// Estimated runtime, seconds.
+    pub est_runtime_s: f64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// GPU ids, once scheduled.
+    pub gpu_ids: Vec<String>,
+    /// Why it failed or was cancelled.
+    pub reason: Option<String>,
+    /// Unix seconds of submission.
+    pub submitted_at: f64,
+}
+
+/// A token as stored: never the token itself.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    /// Random salt.
+    pub salt: Vec<u8>,
+    /// SHA-256 of the salt and the token's secret.
+    pub hash: Vec<u8>,
+    /// Whose it is.
+    pub user: User,
+}
+
+/// The database, shared by the API's handlers.
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    tenants TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    gpus INTEGER NOT NULL,
+    memory_per_gpu_mib INTEGER NOT NULL,
+    est_runtime_s REAL NOT NULL,
+    state TEXT NOT NULL,
+    gpu_ids TEXT NOT NULL DEFAULT '[]',
+    reason TEXT,
+    submitted_at REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+";
+
+impl Db {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let conn = Connection::open(path).ctx(&format!("opening {}", path.display()))?;
+        // WAL lets the CLI read while the daemon writes; FULL sync makes each commit durable.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .ctx("enabling WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .ctx("setting synchronous")?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .ctx("enabling foreign keys")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .ctx("setting the busy timeout")?;
+        conn.execute_batch(SCHEMA).ctx("creating the schema")?;
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or replaces) a user.
+    pub fn put_user(&self, user: &User) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO users(name, roles, tenants) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3",
+                params![
+                    user.name,
+                    serde_json::to_string(&user.roles).expect("strings serialise"),
+                    serde_json::to_string(&user.tenants).expect("strings serialise"),
+                ],
+            )
+            .ctx("adding a user")?;
+        Ok(())
+    }
+
+    /// Stores a token's salted hash for `user`.
+    pub fn put_token(&self, id: &str, user: &str, salt: &[u8], hash: &[u8]) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO tokens(id, user, salt, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, user, salt, hash, now()],
+            )
+            .ctx("storing a token")?;
+        Ok(())
+    }
+
+    /// A token's salt, hash and user.
+    pub fn token(&self, id: &str) -> Result<Option<StoredToken>, DbError> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT t.salt, t.hash, u.name, u.roles, u.tenants
+             FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
+            params![id],
+            |r| {
+                let roles: String = r.get(3)?;
+                let tenants: String = r.get(4)?;
+                Ok(StoredToken {
+                    salt: r.get(0)?,
+                    hash: r.get(1)?,
+                    user: User {
+                        name: r.get(2)?,
+                        roles: serde_json::from_str(&roles).unwrap_or_default(),
+                        tenants: serde_json::from_str(&tenants).unwrap_or_default(),
+                    },
+                })
+            },
+        )
+        .optional()
+        .ctx("looking up a token")
+    }
+
+    /// Inserts a new job; `false` if the id is taken.
+    pub fn insert_job(&self, job: &JobRecord) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
+                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+                params![
+                    job.id,
+                    job.tenant,
+                    job.owner,
+                    job.gpus,
+                    job.memory_per_gpu_mib as i64,
+                    job.est_runtime_s,
+                    job.state.as_str(),
+                    serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
+                    job.reason,
+                    job.submitted_at,
+                ],
+            )
+            .ctx("inserting a job")?;
+        Ok(n == 1)
+    }
+
+    /// Moves a job to `state` (with GPUs or a reason).
+    pub fn set_state(
+        &self,
+        id: &str,
+        state: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, gpu_ids = ?3, reason = ?4 WHERE id = ?1",
+                params![
+                    id,
+                    state.as_str(),
+                    serde_json::to_string(gpu_ids).expect("strings serialise"),
+                    reason
+                ],
+            )
+            .ctx("updating a job")?;
+        Ok(())
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("{SELECT_JOB} WHERE id = ?1"),
+            params![id],
+            row_to_job,
+        )
+        .optional()
+        .ctx("reading a job")
+    }
+
+    /// Every job, in submission order.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
+            .ctx("listing jobs")?;
+        let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing jobs")
+    }
+}
+
+const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
+    gpu_ids, reason, submitted_at FROM jobs";
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let state: String = r.get(6)?;
+    let gpu_ids: String = r.get(7)?;
+    Ok(JobRecord {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        owner: r.get(2)?,
+        gpus: r.get(3)?,
+        memory_per_gpu_mib: r.get::<_, i64>(4)? as u64,
+        est_runtime_s: r.get(5)?,
+        state: JobState::parse(&state),
+        gpu_ids: serde_json::from_str(&gpu_ids).unwrap_or_default(),
+        reason: r.get(8)?,
+        submitted_at: r.get(9)?,
+    })
+}
+
+/// Unix time in seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
