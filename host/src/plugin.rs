@@ -216,6 +216,70 @@ pub struct Compiled {
     pub load_ms: f64,
 }
 
+/// The guest's own refusal (`plugin-error`) as the host's typed error.
+pub fn guest_error(
+    plugin: &str,
+    e: crate::bindings::scheduler::gantry::host::types::PluginError,
+) -> PluginError {
+    use crate::bindings::scheduler::gantry::host::types::PluginError as GuestError;
+    let (kind, message) = match e {
+        GuestError::InvalidConfig(m) => ("invalid-config", m),
+        GuestError::InvalidInput(m) => ("invalid-input", m),
+        GuestError::Internal(m) => ("internal", m),
+    };
+    PluginError::Guest {
+        plugin: plugin.to_string(),
+        kind,
+        message,
+    }
+}
+
+/// Checks that `manifest` declares `kind`, compiles (or loads from cache) the component and
+/// links it; `typed` checks the world's exports (the bindings' `*Pre::new`). A component that
+/// does not implement the kind's world is a [`LoadError::WrongWorld`].
+#[allow(clippy::too_many_arguments)] // the loader's inputs, passed through from each kind's load
+pub fn link<P>(
+    engine: &Engine,
+    linker: &Linker<PluginState>,
+    cache: &ArtifactCache,
+    manifest: Manifest,
+    wasm: &[u8],
+    origin: &std::path::Path,
+    kind: PluginKind,
+    typed: impl FnOnce(wasmtime::component::InstancePre<PluginState>) -> wasmtime::Result<P>,
+) -> Result<(Compiled, P), LoadError> {
+    if manifest.kind != kind {
+        return Err(LoadError::Manifest {
+            path: origin.to_path_buf(),
+            message: format!(
+                "field `kind`: expected a {} plugin, got {:?}",
+                format!("{kind:?}").to_lowercase(),
+                manifest.kind
+            ),
+        });
+    }
+    let compiled = compile(engine, cache, manifest, wasm, origin)?;
+    let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+        plugin: compiled.manifest.name.clone(),
+        world: kind.world().to_string(),
+        message: format!("{e:#}"),
+    };
+    let pre = linker
+        .instantiate_pre(&compiled.component)
+        .and_then(typed)
+        .map_err(wrong_world)?;
+    tracing::info!(
+        plugin = %compiled.name,
+        kind = ?kind,
+        version = %compiled.manifest.version,
+        sha256 = %compiled.wasm_sha256,
+        cache = ?compiled.cache,
+        load_ms = compiled.load_ms,
+        "loaded plugin"
+    );
+    Ok((compiled, pre))
+}
+
 /// Compiles (or loads from cache) the component `wasm` described by `manifest`.
 pub fn compile(
     engine: &Engine,

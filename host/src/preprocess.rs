@@ -82,19 +82,6 @@ impl std::fmt::Debug for PreprocessPlugin {
     }
 }
 
-fn guest_error(plugin: &str, e: GuestError) -> PluginError {
-    let (kind, message) = match e {
-        GuestError::InvalidConfig(m) => ("invalid-config", m),
-        GuestError::InvalidInput(m) => ("invalid-input", m),
-        GuestError::Internal(m) => ("internal", m),
-    };
-    PluginError::Guest {
-        plugin: plugin.to_string(),
-        kind,
-        message,
-    }
-}
-
 impl PreprocessPlugin {
     /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
     pub fn load(
@@ -105,32 +92,16 @@ impl PreprocessPlugin {
         wasm: &[u8],
         origin: &std::path::Path,
     ) -> Result<Self, LoadError> {
-        if manifest.kind != PluginKind::Preprocess {
-            return Err(LoadError::Manifest {
-                path: origin.to_path_buf(),
-                message: format!(
-                    "field `kind`: expected a preprocess plugin, got {:?}",
-                    manifest.kind
-                ),
-            });
-        }
-        let compiled = plugin::compile(engine, cache, manifest, wasm, origin)?;
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
-            plugin: compiled.manifest.name.clone(),
-            world: PluginKind::Preprocess.world().to_string(),
-            message: format!("{e:#}"),
-        };
-        let instance_pre = linker
-            .instantiate_pre(&compiled.component)
-            .map_err(wrong_world)?;
-        let pre = PreprocessPre::new(instance_pre).map_err(wrong_world)?;
-        tracing::info!(
-            plugin = %compiled.name,
-            version = %compiled.manifest.version,
-            sha256 = %compiled.wasm_sha256,
-            cache = ?compiled.cache,
-            "loaded preprocess plugin"
-        );
+        let (compiled, pre) = plugin::link(
+            engine,
+            linker,
+            cache,
+            manifest,
+            wasm,
+            origin,
+            PluginKind::Preprocess,
+            PreprocessPre::new,
+        )?;
         let config = compiled
             .manifest
             .config_entries()
@@ -209,7 +180,7 @@ impl PreprocessPlugin {
             store.data_mut().end_call();
             match result {
                 Ok(Ok(())) => Ok((store, bindings)),
-                Ok(Err(e)) => Err(guest_error(&self.name, e)),
+                Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
                 Err(e) => Err(self.fail(&store, e)),
             }
         };
@@ -277,7 +248,7 @@ impl Worker<'_> {
         let (result, keep) = match raw {
             Ok(Ok(Ok(value))) => (Ok(value), true),
             // The guest said no: its state is its own and consistent.
-            Ok(Ok(Err(e))) => (Err(guest_error(&plugin.name, e)), true),
+            Ok(Ok(Err(e))) => (Err(plugin::guest_error(&plugin.name, e)), true),
             Ok(Err(e)) => (Err(plugin.fail(&store, e)), false),
             Err(_elapsed) => (
                 Err(PluginError::Deadline {

@@ -153,25 +153,64 @@ pub fn run(params: PreprocessParams) -> Result<PreprocessReport, PluginError> {
     })
 }
 
-/// Both passes through the sandbox; returns every output value in batch order.
-fn wasm_pass(
-    plugin: &PreprocessPlugin,
-    batches: &[RecordBatch],
-    threads: usize,
-) -> Result<Vec<f32>, PluginError> {
-    let shares = shares(batches, threads);
-    let mut workers = Vec::new();
-    for _ in 0..threads {
-        workers.push(plugin.worker_blocking()?);
+/// What one side does per worker: the three calls of a two-pass transform.
+trait Side: Send {
+    type Error: Send;
+    fn observe(&mut self, batch: &RecordBatch) -> Result<Vec<f64>, Self::Error>;
+    fn prepare(&mut self, totals: &[f64]) -> Result<(), Self::Error>;
+    fn process(&mut self, batch: &RecordBatch) -> Result<Vec<f32>, Self::Error>;
+}
+
+impl Side for crate::preprocess::Worker<'_> {
+    type Error = PluginError;
+    fn observe(&mut self, batch: &RecordBatch) -> Result<Vec<f64>, PluginError> {
+        self.observe_blocking(batch)
     }
-    // First pass, in parallel; partial sums added in batch order afterwards.
-    let partials: Vec<Result<Vec<Vec<f64>>, PluginError>> = std::thread::scope(|s| {
+    fn prepare(&mut self, totals: &[f64]) -> Result<(), PluginError> {
+        self.prepare_blocking(totals)
+    }
+    fn process(&mut self, batch: &RecordBatch) -> Result<Vec<f32>, PluginError> {
+        self.process_blocking(batch).map(|t| t.data)
+    }
+}
+
+/// The same source, natively.
+#[derive(Default)]
+struct Native {
+    columns: usize,
+    stats: zscore::Stats,
+}
+
+impl Side for Native {
+    type Error = String;
+    fn observe(&mut self, b: &RecordBatch) -> Result<Vec<f64>, String> {
+        zscore::observe(&b.data, &b.offsets, b',', &mut self.columns)
+    }
+    fn prepare(&mut self, totals: &[f64]) -> Result<(), String> {
+        self.stats = zscore::prepare(totals)?;
+        Ok(())
+    }
+    fn process(&mut self, b: &RecordBatch) -> Result<Vec<f32>, String> {
+        let mut out = Vec::new();
+        zscore::process(&b.data, &b.offsets, b',', &self.stats, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Both passes with one worker per thread (batch `i` to worker `i % workers`), partial sums
+/// added in batch order; returns every output value in batch order.
+fn two_passes<S: Side>(
+    workers: &mut [S],
+    batches: &[RecordBatch],
+    wrong_length: impl Fn(String) -> S::Error,
+) -> Result<Vec<f32>, S::Error> {
+    let threads = workers.len();
+    let shares = shares(batches, threads);
+    let partials: Vec<Result<Vec<Vec<f64>>, S::Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = workers
             .iter_mut()
             .zip(&shares)
-            .map(|(w, share)| {
-                s.spawn(move || share.iter().map(|b| w.observe_blocking(b)).collect())
-            })
+            .map(|(w, share)| s.spawn(move || share.iter().map(|b| w.observe(b)).collect()))
             .collect();
         handles
             .into_iter()
@@ -182,23 +221,21 @@ fn wasm_pass(
     let mut totals = Vec::new();
     for i in 0..batches.len() {
         add_totals(
-            plugin.name(),
+            "standardize",
             &mut totals,
             &partials[i % threads][i / threads],
-        )?;
+        )
+        .map_err(|e| wrong_length(e.to_string()))?;
     }
-    let outputs: Vec<Result<Vec<Vec<f32>>, PluginError>> = std::thread::scope(|s| {
+    let outputs: Vec<Result<Vec<Vec<f32>>, S::Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = workers
             .iter_mut()
             .zip(&shares)
             .map(|(w, share)| {
                 let totals = &totals;
                 s.spawn(move || {
-                    w.prepare_blocking(totals)?;
-                    share
-                        .iter()
-                        .map(|b| w.process_blocking(b).map(|t| t.data))
-                        .collect()
+                    w.prepare(totals)?;
+                    share.iter().map(|b| w.process(b)).collect()
                 })
             })
             .collect();
@@ -213,66 +250,27 @@ fn wasm_pass(
         .collect())
 }
 
+/// Both passes through the sandbox.
+fn wasm_pass(
+    plugin: &PreprocessPlugin,
+    batches: &[RecordBatch],
+    threads: usize,
+) -> Result<Vec<f32>, PluginError> {
+    let mut workers = (0..threads)
+        .map(|_| plugin.worker_blocking())
+        .collect::<Result<Vec<_>, _>>()?;
+    two_passes(&mut workers, batches, |reason| {
+        PluginError::MalformedOutput {
+            plugin: plugin.name().to_string(),
+            reason,
+        }
+    })
+}
+
 /// Both passes natively, with the same split.
 fn native_pass(batches: &[RecordBatch], threads: usize) -> Result<Vec<f32>, String> {
-    let shares = shares(batches, threads);
-    let partials: Vec<Result<Vec<Vec<f64>>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = shares
-            .iter()
-            .map(|share| {
-                s.spawn(move || {
-                    let mut columns = 0;
-                    share
-                        .iter()
-                        .map(|b| zscore::observe(&b.data, &b.offsets, b',', &mut columns))
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread"))
-            .collect()
-    });
-    let partials = partials.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let mut totals: Vec<f64> = Vec::new();
-    for i in 0..batches.len() {
-        let p = &partials[i % threads][i / threads];
-        if totals.is_empty() {
-            totals = p.clone();
-        } else {
-            for (t, v) in totals.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
-    }
-    let stats = zscore::prepare(&totals)?;
-    let outputs: Vec<Result<Vec<Vec<f32>>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = shares
-            .iter()
-            .map(|share| {
-                let stats = &stats;
-                s.spawn(move || {
-                    share
-                        .iter()
-                        .map(|b| {
-                            let mut out = Vec::new();
-                            zscore::process(&b.data, &b.offsets, b',', stats, &mut out)?;
-                            Ok(out)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread"))
-            .collect()
-    });
-    let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok((0..batches.len())
-        .flat_map(|i| outputs[i % threads][i / threads].iter().copied())
-        .collect())
+    let mut workers: Vec<Native> = (0..threads).map(|_| Native::default()).collect();
+    two_passes(&mut workers, batches, |m| m)
 }
 
 #[cfg(test)]

@@ -65,10 +65,11 @@ mod tests {
         db.put_user(&ada).unwrap();
         let token = issue(&db, "ada").unwrap();
         assert_eq!(check(&db, &token).unwrap(), Some(ada));
-        let (head, secret) = token.rsplit_once('_').unwrap();
+        // `gantry_` + 12 hex digits of id + `_` + the secret (base64url, which may hold `_`).
+        let (head, secret) = token.split_at("gantry_".len() + 12 + 1);
         let mut wrong = secret.to_string().into_bytes();
         wrong[3] ^= 1;
-        let wrong = format!("{head}_{}", String::from_utf8(wrong).unwrap());
+        let wrong = format!("{head}{}", String::from_utf8(wrong).unwrap());
         assert_eq!(check(&db, &wrong).unwrap(), None);
         for bad in [
             "",

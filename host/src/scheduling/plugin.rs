@@ -9,7 +9,7 @@ use wasmtime::{Engine, Store};
 
 use super::model::{Jobs, Placement, Snapshot};
 use super::wire;
-use crate::bindings::sched_v0_1::{GuestError, Scheduler, SchedulerPre};
+use crate::bindings::sched_v0_1::{Scheduler, SchedulerPre};
 use crate::plugin::{
     self, ArtifactCache, CacheOutcome, Health, LoadError, Manifest, PluginError, PluginKind,
     PluginState,
@@ -41,19 +41,6 @@ impl std::fmt::Debug for SchedulerPlugin {
     }
 }
 
-fn guest_error(plugin: &str, e: GuestError) -> PluginError {
-    let (kind, message) = match e {
-        GuestError::InvalidConfig(m) => ("invalid-config", m),
-        GuestError::InvalidInput(m) => ("invalid-input", m),
-        GuestError::Internal(m) => ("internal", m),
-    };
-    PluginError::Guest {
-        plugin: plugin.to_string(),
-        kind,
-        message,
-    }
-}
-
 impl SchedulerPlugin {
     /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
     /// `origin` names the source in errors.
@@ -66,33 +53,16 @@ impl SchedulerPlugin {
         origin: &std::path::Path,
         quarantine_after: u32,
     ) -> Result<Self, LoadError> {
-        if manifest.kind != PluginKind::Scheduler {
-            return Err(LoadError::Manifest {
-                path: origin.to_path_buf(),
-                message: format!(
-                    "field `kind`: expected a scheduler plugin, got {:?}",
-                    manifest.kind
-                ),
-            });
-        }
-        let compiled = plugin::compile(engine, cache, manifest, wasm, origin)?;
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
-            plugin: compiled.manifest.name.clone(),
-            world: PluginKind::Scheduler.world().to_string(),
-            message: format!("{e:#}"),
-        };
-        let instance_pre = linker
-            .instantiate_pre(&compiled.component)
-            .map_err(wrong_world)?;
-        let pre = SchedulerPre::new(instance_pre).map_err(wrong_world)?;
-        tracing::info!(
-            plugin = %compiled.name,
-            version = %compiled.manifest.version,
-            sha256 = %compiled.wasm_sha256,
-            cache = ?compiled.cache,
-            load_ms = compiled.load_ms,
-            "loaded scheduler plugin"
-        );
+        let (compiled, pre) = plugin::link(
+            engine,
+            linker,
+            cache,
+            manifest,
+            wasm,
+            origin,
+            PluginKind::Scheduler,
+            SchedulerPre::new,
+        )?;
         Ok(Self {
             config: compiled.manifest.config_entries(),
             name: compiled.name,
@@ -180,7 +150,7 @@ impl SchedulerPlugin {
         store.data_mut().end_call();
         match result {
             Ok(Ok(())) => Ok((store, bindings)),
-            Ok(Err(e)) => Err(guest_error(&self.name, e)),
+            Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
             Err(e) => Err(self.fail(&store, e)),
         }
     }
@@ -235,7 +205,7 @@ impl SchedulerPlugin {
                 Ok(Ok(placements)) => Ok(placements),
                 // A guest error leaves the instance sane, but it is dropped all the same: cheap,
                 // and no state from a failed call can leak into the next one.
-                Ok(Err(e)) => Err(guest_error(&self.name, e)),
+                Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
                 Err(e) => Err(self.fail(&store, e)),
             }
         };
