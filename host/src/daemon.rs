@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod db;
+pub mod runner;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,10 @@ pub struct Daemon {
     pub db: Db,
     /// Cluster state, scheduler plugin, policy and audit log.
     pub host: Mutex<Host>,
+    /// Datasets, checkpoints and artifacts, encrypted.
+    pub store: crate::storage::Store,
+    /// Stop flags of the training jobs running now, by job id.
+    running: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// The database file of a data directory.
@@ -71,7 +76,8 @@ impl Daemon {
     /// crash loses no accepted job).
     pub fn open(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
         let setup = |m: String| DaemonError::Setup(m);
-        crate::storage::Store::open(&config.data_dir).map_err(|e| setup(e.to_string()))?;
+        let store =
+            crate::storage::Store::open(&config.data_dir).map_err(|e| setup(e.to_string()))?;
         let db = Db::open(&db_path(&config.data_dir)).map_err(|e| setup(e.to_string()))?;
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
@@ -112,6 +118,8 @@ impl Daemon {
         Ok(Daemon {
             db,
             host: Mutex::new(host),
+            store,
+            running: Mutex::new(Default::default()),
         })
     }
 
@@ -120,8 +128,9 @@ impl Daemon {
         self.host.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One scheduling cycle; placed jobs become `scheduled` in the database.
-    pub fn schedule(&self) {
+    /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
+    /// start (resuming from their newest checkpoint, if they have one).
+    pub fn schedule(self: &Arc<Self>) {
         let report = self.host().schedule_cycle(db::now());
         for a in &report.placements {
             if let Err(e) = self
@@ -129,7 +138,25 @@ impl Daemon {
                 .set_state(&a.job_id, JobState::Scheduled, &a.gpus, None)
             {
                 tracing::error!(job = %a.job_id, error = %e, "recording a placement");
+                continue;
             }
+            match self.db.job(&a.job_id) {
+                Ok(Some(job)) if job.train.is_some() => runner::start(self.clone(), job),
+                Ok(_) => {}
+                Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
+            }
+        }
+    }
+
+    /// Asks training job `id` to stop after its current step (no-op if it is not running).
+    pub fn stop(&self, id: &str) {
+        if let Some(flag) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

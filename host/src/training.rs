@@ -11,7 +11,7 @@ pub mod run;
 
 pub use config::TrainConfig;
 pub use device::{BackendChoice, DeviceReport};
-pub use run::{Outcome, Progress};
+pub use run::{Hooks, Outcome, Progress};
 
 /// A training job failed; the message names the file, line or field where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,12 @@ pub enum TrainError {
     /// The configuration asks for something this machine or build cannot do.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller stopped the run (a cancelled job, say) after `step` steps.
+    #[error("stopped after step {step}")]
+    Stopped {
+        /// Steps taken.
+        step: u32,
+    },
     /// A kernel or device failed.
     #[error(transparent)]
     Kernel(#[from] gantry_kernels::KernelError),

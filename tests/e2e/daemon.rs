@@ -245,3 +245,138 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     assert!(text.contains("not a member of tenant language"));
     assert!(text.matches("\"job.submit\"").count() >= 3, "{report:?}");
 }
+
+/// A training job's `TRAIN.toml`: `epochs` over 960 spirals rows, a checkpoint every 100 steps.
+fn train_toml(epochs: u32) -> String {
+    format!(
+        r#"seed = 5
+epochs = {epochs}
+batch_size = 32
+[data]
+synthetic = {{ kind = "spirals", classes = 3, rows_per_class = 400, noise = 0.15 }}
+[model]
+hidden = [32, 32]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+[devices]
+backend = "cpu"
+threads = 1
+[checkpoint]
+every_steps = 100
+"#
+    )
+}
+
+#[test]
+fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let o = gantry(
+        &[
+            "user",
+            "add",
+            "ada",
+            "--roles",
+            "researcher",
+            "--tenants",
+            "vision",
+            "--data-dir",
+            d,
+        ],
+        dir.path(),
+    );
+    let ada = text(&o).0.trim().to_string();
+
+    let mut daemon = Daemon::start(&data, &cache);
+    let jobs = format!("{}/v1/jobs", daemon.url);
+    // A malformed config is refused naming its line; nothing stored.
+    let bad = json!({"id": "t0", "tenant": "vision", "gpus": 1, "train": train_toml(3).replace("epochs = 3", "epochs = \"x\"")});
+    let (s, v) = request(&jobs, "POST", Some(&ada), Some(&bad.to_string()));
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("job t0: train:2:"),
+        "{v}"
+    );
+
+    let body = json!({"id": "t1", "tenant": "vision", "gpus": 1, "train": train_toml(150)});
+    let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
+    assert_eq!(s, 201, "{v}");
+    let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at = loop {
+        if let Some((step, _)) = db.latest_checkpoint("t1").unwrap()
+            && step >= 200
+        {
+            break step;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint yet");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    daemon.signal("-9");
+
+    // Restart: the job resumes from a stored checkpoint (not from step 0) and finishes.
+    let mut daemon = Daemon::start(&data, &cache);
+    let url = daemon.url.clone();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let job = loop {
+        let (_, v) = request(&format!("{url}/v1/jobs/t1"), "GET", Some(&ada), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed job did not finish: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let resumed = job["result"]["resumed_at_step"].as_u64().unwrap();
+    assert!(
+        resumed >= u64::from(at),
+        "resumed at {resumed}, a checkpoint existed at {at}"
+    );
+    assert_eq!(job["result"]["steps"], 150 * 30);
+    assert!(
+        job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{job}"
+    );
+    // Checkpoints are encrypted objects of the store, and authenticate.
+    let (_, object) = db.latest_checkpoint("t1").unwrap().unwrap();
+    let store = gantry::storage::Store::open(&data).unwrap();
+    let bytes = store.get(&object).unwrap();
+    assert!(gantry::training::checkpoint::from_bytes(&bytes, Path::new("c")).is_ok());
+
+    // A running job stops when cancelled.
+    let body = json!({"id": "t2", "tenant": "vision", "gpus": 1, "train": train_toml(1000)});
+    assert_eq!(
+        request(
+            &format!("{url}/v1/jobs"),
+            "POST",
+            Some(&ada),
+            Some(&body.to_string())
+        )
+        .0,
+        201
+    );
+    wait_for_state(&url, &ada, "t2", "running");
+    let (s, v) = request(
+        &format!("{url}/v1/jobs/t2/cancel"),
+        "POST",
+        Some(&ada),
+        None,
+    );
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, v) = request(&format!("{url}/v1/jobs/t2"), "GET", Some(&ada), None);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    daemon.signal("-TERM");
+}

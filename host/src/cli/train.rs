@@ -54,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let bar = super::progress(0, "training");
-    let mut on_step = |p: &training::Progress| {
+    let mut on_step = |p: &training::Progress| -> bool {
         if bar.length() != Some(p.total_steps) {
             bar.set_length(p.total_steps);
         }
@@ -66,8 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             p.loss,
             p.samples_per_s
         ));
+        true
     };
-    let outcome = training::run::train(&config, &data, &selected, resume, &mut on_step)?;
+    let hooks = training::Hooks {
+        on_step: &mut on_step,
+        save: None,
+    };
+    let outcome = training::run::train(&config, &data, &selected, resume, hooks)?;
     bar.finish_and_clear();
 
     if let Some(path) = &args.plot {
@@ -134,7 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     row("time", format!("{:.2} s", outcome.seconds));
     if let Some(c) = &outcome.checkpoint {
-        row("checkpoint", c.display().to_string());
+        row("checkpoint", c.clone());
     }
     if let Some(p) = &args.plot {
         row("plot", p.display().to_string());

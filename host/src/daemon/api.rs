@@ -135,6 +135,10 @@ pub struct SubmitRequest {
     /// Estimated runtime, seconds.
     #[serde(default = "default_runtime")]
     pub est_runtime_s: f64,
+    /// A training job: `TRAIN.toml` text (synthetic data; checkpoints go to the encrypted
+    /// store).
+    #[serde(default)]
+    pub train: Option<String>,
 }
 
 fn default_memory() -> u64 {
@@ -186,6 +190,19 @@ async fn submit(
             "field `id`: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
         ));
     }
+    if let Some(text) = &req.train {
+        let origin = format!("job {id}: train");
+        let config = crate::training::TrainConfig::parse(text, std::path::Path::new(&origin))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if config.data.synthetic.is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{origin}: a daemon job's [data] must be `synthetic` (files on the host's disk are not reachable through the API)"
+                ),
+            ));
+        }
+    }
     let job = JobRecord {
         id: id.clone(),
         tenant: req.tenant.clone(),
@@ -197,6 +214,8 @@ async fn submit(
         gpu_ids: Vec::new(),
         reason: None,
         submitted_at: super::db::now(),
+        train: req.train.clone(),
+        result: None,
     };
     let daemon = state.daemon.clone();
     let spec = spec(&job);

@@ -125,6 +125,12 @@ pub struct JobRecord {
     pub reason: Option<String>,
     /// Unix seconds of submission.
     pub submitted_at: f64,
+    /// The training job (`TRAIN.toml` text), if it trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<String>,
+    /// What training reported (loss, accuracy, steps, throughput), once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 /// A token as stored: never the token itself.
@@ -173,7 +179,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     gpu_ids TEXT NOT NULL DEFAULT '[]',
     reason TEXT,
     submitted_at REAL NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    train TEXT,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job TEXT NOT NULL REFERENCES jobs(id),
+    step INTEGER NOT NULL,
+    object TEXT NOT NULL,
+    PRIMARY KEY (job, step)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 ";
@@ -259,9 +273,9 @@ impl Db {
         let n = conn
             .execute(
                 "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
-                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq)
+                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11)",
                 params![
                     job.id,
                     job.tenant,
@@ -273,6 +287,7 @@ impl Db {
                     serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
                     job.reason,
                     job.submitted_at,
+                    job.train,
                 ],
             )
             .ctx("inserting a job")?;
@@ -301,6 +316,40 @@ impl Db {
         Ok(())
     }
 
+    /// Records a training job's outcome.
+    pub fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET result = ?2 WHERE id = ?1",
+                params![id, result.to_string()],
+            )
+            .ctx("recording a result")?;
+        Ok(())
+    }
+
+    /// Records a checkpoint of `job` after `step` steps, stored as `object`.
+    pub fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
+                params![job, step, object],
+            )
+            .ctx("recording a checkpoint")?;
+        Ok(())
+    }
+
+    /// The newest checkpoint of `job`: `(step, object)`.
+    pub fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT step, object FROM checkpoints WHERE job = ?1 ORDER BY step DESC LIMIT 1",
+                params![job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ctx("reading checkpoints")
+    }
+
     /// One job.
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
         let conn = self.conn();
@@ -326,7 +375,7 @@ impl Db {
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
-    gpu_ids, reason, submitted_at FROM jobs";
+    gpu_ids, reason, submitted_at, train, result FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let state: String = r.get(6)?;
@@ -342,6 +391,10 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         gpu_ids: serde_json::from_str(&gpu_ids).unwrap_or_default(),
         reason: r.get(8)?,
         submitted_at: r.get(9)?,
+        train: r.get(10)?,
+        result: r
+            .get::<_, Option<String>>(11)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 

@@ -83,6 +83,11 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
 
 /// Writes `checkpoint` to `path` atomically.
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+    write_atomically(path, &to_bytes(checkpoint))
+}
+
+/// The checkpoint file's bytes.
+pub fn to_bytes(checkpoint: &Checkpoint) -> Vec<u8> {
     let s = &checkpoint.state;
     let header = Header {
         spec: s.spec.clone(),
@@ -107,12 +112,17 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), TrainError> {
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, &out);
     out.extend_from_slice(digest.as_ref());
-    write_atomically(path, &out)
+    out
 }
 
 /// Reads and verifies a checkpoint.
 pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    from_bytes(&bytes, path)
+}
+
+/// Verifies and decodes a checkpoint's bytes; `path` names it in errors.
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, TrainError> {
     let bad = |m: &str| TrainError::invalid(path, None, m.to_string());
     if bytes.len() < MAGIC.len() + 8 + DIGEST || !bytes.starts_with(MAGIC) {
         return Err(bad("not a Gantry checkpoint"));

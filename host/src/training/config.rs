@@ -185,10 +185,16 @@ impl Default for DevicesConfig {
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Directory for checkpoint files (created if missing), relative to the working directory.
+    /// A daemon's jobs checkpoint into the encrypted store instead.
+    #[serde(default = "default_checkpoint_dir")]
     pub dir: PathBuf,
     /// Steps between checkpoints (0: only at the end).
     #[serde(default)]
     pub every_steps: u64,
+}
+
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("checkpoints")
 }
 
 impl TrainConfig {

@@ -1,7 +1,6 @@
 //! The epoch loop: shuffled batches through a [`Trainer`], progress callbacks, periodic
 //! checkpoints, resume, and the final evaluation.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use gantry_kernels::train::epoch_order;
@@ -58,8 +57,8 @@ pub struct Outcome {
     pub samples_per_s: f64,
     /// Seconds spent training in this process.
     pub seconds: f64,
-    /// The last checkpoint written.
-    pub checkpoint: Option<PathBuf>,
+    /// The last checkpoint written: its file, or where the hook put it.
+    pub checkpoint: Option<String>,
     /// `(step, loss)` for every step of the run (for plots; left out of JSON).
     #[serde(skip)]
     pub curve: Vec<(u32, f64)>,
@@ -77,13 +76,25 @@ pub fn spec(config: &TrainConfig, data: &Loaded) -> MlpSpec {
     }
 }
 
+/// Stores a checkpoint somewhere; returns where.
+pub type SaveCheckpoint<'a> = &'a mut dyn FnMut(&Checkpoint) -> Result<String, TrainError>;
+
+/// How a caller follows and steers a run.
+pub struct Hooks<'a> {
+    /// Called after every step; `false` stops the run ([`TrainError::Stopped`]).
+    pub on_step: &'a mut dyn FnMut(&Progress) -> bool,
+    /// Where checkpoints go (returns where it put one); `None`: files in the config's
+    /// `[checkpoint] dir`.
+    pub save: Option<SaveCheckpoint<'a>>,
+}
+
 /// Trains `config` on `data` with the `selected` backend, continuing from `resume` if given.
 pub fn train(
     config: &TrainConfig,
     data: &Loaded,
     selected: &Selected,
     resume: Option<Checkpoint>,
-    on_step: &mut dyn FnMut(&Progress),
+    hooks: Hooks<'_>,
 ) -> Result<Outcome, TrainError> {
     match selected {
         Selected::Cpu {
@@ -94,7 +105,7 @@ pub fn train(
             let backends = (0..*replicas)
                 .map(|_| CpuBackend::new(*threads_each))
                 .collect::<Result<Vec<_>, _>>()?;
-            run(config, data, backends, reason, resume, on_step)
+            run(config, data, backends, reason, resume, hooks)
         }
         #[cfg(feature = "cuda")]
         Selected::Cuda {
@@ -106,7 +117,7 @@ pub fn train(
                 .iter()
                 .map(|&o| gantry_kernels::cuda::CudaBackend::new(o, *precision))
                 .collect::<Result<Vec<_>, _>>()?;
-            run(config, data, backends, reason, resume, on_step)
+            run(config, data, backends, reason, resume, hooks)
         }
         #[cfg(not(feature = "cuda"))]
         Selected::Cuda { .. } => Err(TrainError::Unavailable(
@@ -121,8 +132,9 @@ fn run<B: Backend>(
     backends: Vec<B>,
     reason: &str,
     resume: Option<Checkpoint>,
-    on_step: &mut dyn FnMut(&Progress),
+    hooks: Hooks<'_>,
 ) -> Result<Outcome, TrainError> {
+    let Hooks { on_step, mut save } = hooks;
     let spec = spec(config, data);
     data.train.check(&spec)?;
     let replicas = backends.len();
@@ -176,12 +188,10 @@ fn run<B: Backend>(
     let rows = data.train.rows();
     let batches_per_epoch = rows.div_ceil(config.batch_size) as u64;
     let total_steps = batches_per_epoch * config.epochs;
-    let save = |trainer: &Trainer<B>, position: Position, curve: &[(u32, f64)]| {
+    let mut save = |trainer: &Trainer<B>, position: Position, curve: &[(u32, f64)]| {
         let Some(c) = &config.checkpoint else {
             return Ok(None);
         };
-        std::fs::create_dir_all(&c.dir).map_err(|e| TrainError::io(&c.dir, e))?;
-        let path = c.dir.join(checkpoint::file_name(trainer.step_count()));
         let snapshot = Checkpoint {
             state: trainer.snapshot()?,
             position,
@@ -189,11 +199,18 @@ fn run<B: Backend>(
             batch_size: config.batch_size,
             curve: curve.to_vec(),
         };
-        checkpoint::save(&path, &snapshot)?;
-        tracing::debug!(path = %path.display(), step = trainer.step_count(), "checkpoint written");
-        Ok::<_, TrainError>(Some(path))
+        let at = match save.as_mut() {
+            Some(hook) => hook(&snapshot)?,
+            None => {
+                std::fs::create_dir_all(&c.dir).map_err(|e| TrainError::io(&c.dir, e))?;
+                let path = c.dir.join(checkpoint::file_name(trainer.step_count()));
+                checkpoint::save(&path, &snapshot)?;
+                path.display().to_string()
+            }
+        };
+        tracing::debug!(at = %at, step = trainer.step_count(), "checkpoint written");
+        Ok::<_, TrainError>(Some(at))
     };
-
     let started = Instant::now();
     let (mut trained_rows, mut last_checkpoint) = (0usize, None);
     // Two host buffers: batch i + 1 is gathered and staged (uploaded, overlapping compute on a
@@ -229,13 +246,16 @@ fn run<B: Backend>(
             position.batch += 1;
             let step = trainer.step_count();
             curve.push((step, loss));
-            on_step(&Progress {
+            let go_on = on_step(&Progress {
                 epoch: position.epoch,
                 step,
                 total_steps,
                 loss,
                 samples_per_s: trained_rows as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
+            if !go_on {
+                return Err(TrainError::Stopped { step });
+            }
             if let Some(c) = &config.checkpoint
                 && c.every_steps > 0
                 && u64::from(step).is_multiple_of(c.every_steps)

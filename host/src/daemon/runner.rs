@@ -1,0 +1,145 @@
+//! Runs a scheduled training job on the native hot path, in a thread of its own: checkpoints go
+//! into the encrypted store (recorded in the database), a restarted daemon resumes from the
+//! newest one, and a cancelled job stops after its current step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Daemon;
+use super::db::{JobRecord, JobState};
+use crate::training::checkpoint::{self, Checkpoint};
+use crate::training::{self, TrainConfig, TrainError};
+
+/// Starts `job` (whose `train` is set) unless it is already running.
+pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let mut running = daemon.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.contains_key(&job.id) {
+            return;
+        }
+        running.insert(job.id.clone(), stop.clone());
+    }
+    let id = job.id.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("gantry-job-{id}"))
+        .spawn({
+            let daemon = daemon.clone();
+            move || {
+                let span = tracing::info_span!("gantry_daemon.job", job = %job.id);
+                let _entered = span.enter();
+                let outcome = run(&daemon, &job, &stop);
+                finish(&daemon, &job, outcome);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(job = %id, error = %e, "starting a training thread");
+        daemon
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+fn run(
+    daemon: &Daemon,
+    job: &JobRecord,
+    stop: &AtomicBool,
+) -> Result<training::Outcome, TrainError> {
+    let origin = format!("job {}: train", job.id);
+    let text = job.train.as_deref().unwrap_or_default();
+    let config = TrainConfig::parse(text, std::path::Path::new(&origin))?;
+    let data = training::data::load(&config)?;
+    let report = training::device::detect();
+    let selected = training::device::select(&report, &config.devices)?;
+    let resume = match daemon
+        .db
+        .latest_checkpoint(&job.id)
+        .map_err(|e| TrainError::Unavailable(e.to_string()))?
+    {
+        Some((step, object)) => {
+            let bytes = daemon
+                .store
+                .get(&object)
+                .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+            tracing::info!(step, object = %object, "resuming from checkpoint");
+            Some(checkpoint::from_bytes(
+                &bytes,
+                std::path::Path::new(&format!("checkpoint {object}")),
+            )?)
+        }
+        None => None,
+    };
+    daemon
+        .db
+        .set_state(&job.id, JobState::Running, &job.gpu_ids, None)
+        .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+    let mut on_step = |_: &training::Progress| !stop.load(Ordering::SeqCst);
+    let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
+        let object = daemon
+            .store
+            .put_bytes(&checkpoint::to_bytes(c))
+            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+        daemon
+            .db
+            .add_checkpoint(&job.id, c.state.step, &object)
+            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+        Ok(object)
+    };
+    training::run::train(
+        &config,
+        &data,
+        &selected,
+        resume,
+        training::Hooks {
+            on_step: &mut on_step,
+            save: Some(&mut save),
+        },
+    )
+}
+
+fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, TrainError>) {
+    daemon
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&job.id);
+    let recorded = match outcome {
+        Ok(o) => {
+            tracing::info!(steps = o.steps, "training job succeeded");
+            let result = serde_json::json!({
+                "steps": o.steps,
+                "resumed_at_step": o.resumed_at_step,
+                "train_loss": o.train_loss,
+                "test": o.test,
+                "samples_per_s": o.samples_per_s,
+                "backend": o.backend,
+                "checkpoint": o.checkpoint,
+            });
+            daemon.db.set_result(&job.id, &result).and_then(|()| {
+                daemon
+                    .db
+                    .set_state(&job.id, JobState::Succeeded, &job.gpu_ids, None)
+            })
+        }
+        // Cancelled: the API has recorded it already.
+        Err(TrainError::Stopped { step }) => {
+            tracing::info!(step, "training job stopped");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "training job failed");
+            daemon.db.set_state(
+                &job.id,
+                JobState::Failed,
+                &job.gpu_ids,
+                Some(&e.to_string()),
+            )
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::error!(job = %job.id, error = %e, "recording a job's end");
+    }
+    daemon.host().cancel(&job.id);
+}
