@@ -4,12 +4,14 @@
 //! plugin on every change.
 //!
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
-//! `POST /v1/jobs/{id}/cancel`. Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
+//! `POST /v1/jobs/{id}/cancel`; and `GET /metrics` (Prometheus text; like health, it needs no
+//! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
 
 pub mod api;
 pub mod auth;
 pub mod db;
+pub mod metrics;
 pub mod runner;
 
 use std::net::SocketAddr;
@@ -61,6 +63,8 @@ pub struct Daemon {
     pub host: Mutex<Host>,
     /// Datasets, checkpoints and artifacts, encrypted.
     pub store: crate::storage::Store,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
     /// Stop flags of the training jobs running now, by job id.
     running: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
@@ -119,6 +123,7 @@ impl Daemon {
             db,
             host: Mutex::new(host),
             store,
+            metrics: metrics::Metrics::default(),
             running: Mutex::new(Default::default()),
         })
     }
@@ -132,6 +137,11 @@ impl Daemon {
     /// start (resuming from their newest checkpoint, if they have one).
     pub fn schedule(self: &Arc<Self>) {
         let report = self.host().schedule_cycle(db::now());
+        metrics::Metrics::inc(&self.metrics.cycles);
+        self.metrics.placements.fetch_add(
+            report.placements.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for a in &report.placements {
             if let Err(e) = self
                 .db

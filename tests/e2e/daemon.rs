@@ -219,6 +219,33 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     );
     assert_eq!(s, 201);
 
+    // Prometheus metrics, no token needed: counts only.
+    let agent = ureq::Agent::new_with_defaults();
+    let metrics = agent
+        .get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no `{line}` in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("gantry_policy_decisions_total{allow=\"false\"}") >= 1.0);
+    assert!(value("gantry_policy_decisions_total{allow=\"true\"}") >= 2.0);
+    assert!(value("gantry_http_requests_total{class=\"4xx\"}") >= 10.0);
+    assert!(value("gantry_scheduling_cycles_total") >= 1.0);
+    assert!(value("gantry_plugin_calls_total{plugin=\"binpack\"}") >= 1.0);
+    assert!(value("gantry_jobs{state=\"scheduled\"}") >= 1.0);
+
     // kill -9, restart: every accepted job is still there and placed again.
     daemon.signal("-9");
     let mut daemon = Daemon::start(&data, &cache);

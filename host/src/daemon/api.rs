@@ -32,8 +32,58 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            count_responses,
+        ))
         .with_state(AppState { daemon, wake })
+}
+
+/// Counts every response by status class.
+async fn count_responses(
+    State(daemon): State<Arc<Daemon>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let m = &daemon.metrics;
+    let counter = match response.status().as_u16() {
+        500.. => &m.requests_server_error,
+        400..=499 => &m.requests_client_error,
+        _ => &m.requests_ok,
+    };
+    super::metrics::Metrics::inc(counter);
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let daemon = state.daemon.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let counts = daemon.db.counts_by_state().map_err(ApiError::internal)?;
+        let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        let host = daemon.host();
+        let plugin = host
+            .scheduler()
+            .map(|p| (p.name().to_string(), p.health().report()));
+        drop(host);
+        Ok::<_, ApiError>(super::metrics::render(
+            &daemon.metrics,
+            plugin.as_ref().map(|(n, h)| (n.as_str(), *h)),
+            &counts,
+        ))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// An error response: a status and `{"error", "reasons"?, "decision_id"?}`.
@@ -100,6 +150,12 @@ fn authorize(
         .host()
         .authorize(&user.subject(), action, &resource)
         .map_err(ApiError::internal)?;
+    let m = &state.daemon.metrics;
+    super::metrics::Metrics::inc(if verdict.allow {
+        &m.decisions_allowed
+    } else {
+        &m.decisions_denied
+    });
     if verdict.allow {
         Ok(())
     } else {
@@ -227,12 +283,14 @@ async fn submit(
         if let Err(e) = crate::cluster::files::check_job(&spec, &host.state().cluster) {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
         }
+        let m = &daemon.metrics;
         match host.submit_as(&subject, spec) {
-            Ok(()) => {}
+            Ok(()) => super::metrics::Metrics::inc(&m.decisions_allowed),
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
             }) => {
+                super::metrics::Metrics::inc(&m.decisions_denied);
                 return Err(ApiError {
                     status: StatusCode::FORBIDDEN,
                     body: json!({"error": "job.submit denied by policy", "reasons": reasons,
@@ -240,6 +298,8 @@ async fn submit(
                 });
             }
             Err(crate::HostError::Job { message, .. }) => {
+                // Decided and allowed, then refused as a duplicate.
+                super::metrics::Metrics::inc(&m.decisions_allowed);
                 return Err(ApiError::new(StatusCode::CONFLICT, message));
             }
             Err(e) => return Err(ApiError::internal(e)),

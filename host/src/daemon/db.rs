@@ -350,6 +350,19 @@ impl Db {
             .ctx("reading checkpoints")
     }
 
+    /// How many jobs are in each state.
+    pub fn counts_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .ctx("counting jobs")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .ctx("counting jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("counting jobs")
+    }
+
     /// One job.
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
         let conn = self.conn();

@@ -75,7 +75,13 @@ fn run(
         .db
         .set_state(&job.id, JobState::Running, &job.gpu_ids, None)
         .map_err(|e| TrainError::Unavailable(e.to_string()))?;
-    let mut on_step = |_: &training::Progress| !stop.load(Ordering::SeqCst);
+    let batch = config.batch_size as u64;
+    let mut on_step = |_: &training::Progress| {
+        let m = &daemon.metrics;
+        m.train_steps.fetch_add(1, Ordering::Relaxed);
+        m.train_samples.fetch_add(batch, Ordering::Relaxed);
+        !stop.load(Ordering::SeqCst)
+    };
     let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
         let object = daemon
             .store
