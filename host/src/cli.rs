@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod daemon;
+mod demo;
 mod plugin;
 mod policy;
 mod preprocess;
@@ -74,6 +75,9 @@ enum Command {
     /// Stream a dataset (a CSV file, or an object of the encrypted store) through a
     /// preprocessing plugin into the binary f32 format.
     Preprocess(preprocess::Args),
+    /// The whole product in under two minutes on a throwaway data directory: a daemon, two
+    /// tenants, policy decisions, encrypted storage, wasm preprocessing, training, audit.
+    Demo(demo::Args),
     /// Run the host as a service: the HTTP API over the data directory (loopback by default).
     Up(daemon::UpArgs),
     /// Users of the API and their bearer tokens.
@@ -154,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Train(args) => train::run(args),
         Command::Preprocess(args) => preprocess::run(&ctx, args),
+        Command::Demo(args) => demo::run(&ctx, args),
         Command::Up(args) => daemon::up(&ctx, args),
         Command::User(cmd) => daemon::user(cmd),
         Command::Submit(args) => daemon::submit(args),

@@ -180,6 +180,30 @@ impl Daemon {
 
 /// Serves until SIGINT or SIGTERM; prints `listening on ADDR` on stdout once ready.
 pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    serve_until(config, shutdown, |addr| {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    })
+    .await
+}
+
+/// Serves until `shutdown` completes, calling `ready` with the bound address first; closes the
+/// audit log on the way out.
+pub async fn serve_until(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
     let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -191,12 +215,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         addr: config.listen,
         error,
     })?;
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "listening on {addr}");
-        let _ = out.flush();
-    }
+    ready(addr);
     // Scheduling runs on its own blocking thread, woken by submissions and every second.
     let wake = Arc::new(tokio::sync::Notify::new());
     let scheduler = {
@@ -213,18 +232,18 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
         })
     };
     let app = api::router(daemon.clone(), wake);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     scheduler.abort();
+    for id in daemon
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+    {
+        tracing::info!(job = %id, "left running; it resumes from its checkpoint on restart");
+    }
     daemon.close();
     served.map_err(|error| DaemonError::Listen {
         addr: config.listen,

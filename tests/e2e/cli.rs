@@ -312,3 +312,34 @@ fn guest_output_becomes_capped_log_events_tagged_with_the_plugin() {
         guest_lines.len()
     );
 }
+
+#[test]
+fn demo_runs_end_to_end_and_cleans_up() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = gantry(&["demo"], cache.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in [
+        "REFUSED: 403 Forbidden: job.submit denied by policy",
+        "user lee is not a member of tenant vision",
+        "standardize: 200000 records -> 200000 x 8 features",
+        "vision-train succeeded: test accuracy",
+        "policy decisions (allowed / denied)  3 / 1",
+        "audit log verified",
+    ] {
+        assert!(stdout.contains(want), "`{want}` missing in\n{stdout}");
+    }
+    let dir = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split(':')
+                .next()
+                .filter(|p| p.contains("gantry-demo-"))
+        })
+        .unwrap();
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the demo's data directory is removed"
+    );
+}

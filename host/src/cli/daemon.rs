@@ -46,10 +46,10 @@ pub enum UserCommand {
 pub struct Client {
     /// The daemon's URL.
     #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
-    url: String,
+    pub(super) url: String,
     /// A bearer token (`gantry user add`).
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
-    token: String,
+    pub(super) token: String,
 }
 
 /// Arguments of `gantry submit`.
@@ -111,7 +111,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
     }
 }
 
-fn call(
+pub(super) fn call(
     client: &Client,
     method: &str,
     path: &str,
