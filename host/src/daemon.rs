@@ -4,7 +4,8 @@
 //! plugin on every change.
 //!
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
-//! `POST /v1/jobs/{id}/cancel`; and `GET /metrics` (Prometheus text; like health, it needs no
+//! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
+//! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
 

@@ -10,6 +10,12 @@ use serde_json::{Value, json};
 
 use crate::support::{gantry, text};
 
+/// One compiled-plugin cache for every daemon these tests start: the policy engine module
+/// compiles once (slow in a debug build), not once per test.
+fn shared_cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-plugin-cache")
+}
+
 struct Daemon {
     child: Child,
     url: String,
@@ -106,7 +112,7 @@ fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
 #[test]
 fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
+    let cache = shared_cache();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
     assert!(
@@ -299,7 +305,7 @@ every_steps = 100
 #[test]
 fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
+    let cache = shared_cache();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
     assert!(
@@ -406,4 +412,179 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let (_, v) = request(&format!("{url}/v1/jobs/t2"), "GET", Some(&ada), None);
     assert_eq!(v["state"], "cancelled", "{v}");
     daemon.signal("-TERM");
+}
+
+/// `PUT` with a raw body.
+fn put(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let r = match agent
+        .put(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body)
+    {
+        Ok(r) => r,
+        // The server may answer (413) and close before the client has sent everything.
+        Err(e) => return (0, Value::String(e.to_string())),
+    };
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let user = |name: &str, roles: &str, tenant: &str, clearance: &str| {
+        let o = gantry(
+            &[
+                "user",
+                "add",
+                name,
+                "--roles",
+                roles,
+                "--tenants",
+                tenant,
+                "--clearance",
+                clearance,
+                "--data-dir",
+                d,
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o).0.trim().to_string()
+    };
+    let wendy = user("wendy", "researcher,writer", "vision", "confidential");
+    let ada = user("ada", "researcher", "vision", "internal");
+    let lee = user("lee", "researcher,writer", "language", "secret");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let base = format!("{}/v1/datasets", daemon.url);
+    let csv = b"1,2,3\n4,5,6\n".repeat(1000);
+
+    let (s, v) = put(
+        &format!("{base}/pets.csv?tenant=vision&classification=internal"),
+        &wendy,
+        &csv,
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["bytes"], csv.len());
+    // Writing needs the writer role; classification above clearance is refused; wrong tenant.
+    let (s, v) = put(
+        &format!("{base}/x.csv?tenant=vision&classification=internal"),
+        &ada,
+        b"1",
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("needs the writer role"),
+        "{v}"
+    );
+    let (s, v) = put(
+        &format!("{base}/y.csv?tenant=vision&classification=secret"),
+        &wendy,
+        b"1",
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("above the clearance"),
+        "{v}"
+    );
+    assert_eq!(
+        put(
+            &format!("{base}/z.csv?tenant=vision&classification=public"),
+            &lee,
+            b"1"
+        )
+        .0,
+        403
+    );
+    // Bad names and queries, duplicates, oversized uploads: 4xx, nothing stored.
+    assert_eq!(
+        put(
+            &format!("{base}/..%2Fescape?tenant=vision&classification=public"),
+            &wendy,
+            b"1"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        put(
+            &format!("{base}/.hidden?tenant=vision&classification=public"),
+            &wendy,
+            b"1"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        put(&format!("{base}/q.csv?tenant=vision"), &wendy, b"1").0,
+        400
+    );
+    assert_eq!(
+        put(
+            &format!("{base}/pets.csv?tenant=vision&classification=internal"),
+            &wendy,
+            b"1"
+        )
+        .0,
+        409
+    );
+    let huge = vec![b'7'; 65 << 20];
+    let (s, v) = put(
+        &format!("{base}/huge.bin?tenant=vision&classification=public"),
+        &wendy,
+        &huge,
+    );
+    assert!(
+        s == 413 || (s == 0 && v.as_str().unwrap().contains("Broken pipe")),
+        "{s} {v}"
+    );
+    let (_, listed) = request(&base, "GET", Some(&wendy), None);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // Reading: same tenant and enough clearance; another tenant sees nothing.
+    let agent = ureq::Agent::new_with_defaults();
+    let got = agent
+        .get(&format!("{base}/pets.csv/content"))
+        .header("Authorization", &format!("Bearer {ada}"))
+        .call()
+        .unwrap()
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap();
+    assert!(got == csv);
+    let (_, theirs) = request(&base, "GET", Some(&lee), None);
+    assert_eq!(theirs, json!([]));
+    assert_eq!(
+        request(&format!("{base}/pets.csv/content"), "GET", Some(&lee), None).0,
+        404
+    );
+    // At rest it is ciphertext.
+    let store = gantry::storage::Store::open(&data).unwrap();
+    let object = listed[0]["object"].as_str().unwrap();
+    let raw = std::fs::read(data.join("objects").join(&object[..2]).join(object)).unwrap();
+    assert!(!raw.windows(12).any(|w| w == b"1,2,3\n4,5,6\n"));
+    assert!(store.get(object).unwrap() == csv);
 }

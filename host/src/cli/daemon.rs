@@ -36,6 +36,9 @@ pub enum UserCommand {
         /// Tenants, comma-separated.
         #[arg(long, value_delimiter = ',')]
         tenants: Vec<String>,
+        /// The highest dataset classification the user may read or write.
+        #[arg(long, default_value = "public")]
+        clearance: String,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -95,6 +98,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             name,
             roles,
             tenants,
+            clearance,
             dir,
         } => {
             let data_dir = dir.path()?;
@@ -104,6 +108,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 name: name.clone(),
                 roles,
                 tenants,
+                clearance,
             })?;
             println!("{}", daemon::auth::issue(&db, &name)?);
             Ok(())

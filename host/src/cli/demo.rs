@@ -79,6 +79,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
             name: name.into(),
             roles: vec!["researcher".into()],
             tenants: vec![tenant.into()],
+            clearance: "internal".into(),
         })?;
         tokens.push(daemon::auth::issue(&db, name)?);
         println!("  user {name} (tenant {tenant}) with a bearer token");

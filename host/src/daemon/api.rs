@@ -19,6 +19,9 @@ use crate::cluster::{JobSpec, TopologyPref};
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 10;
 
+/// Largest dataset upload.
+pub const MAX_UPLOAD: usize = 64 << 20;
+
 #[derive(Clone)]
 struct AppState {
     daemon: Arc<Daemon>,
@@ -33,6 +36,12 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/metrics", get(metrics))
+        .route("/v1/datasets", get(datasets))
+        .route(
+            "/v1/datasets/{name}",
+            axum::routing::put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/v1/datasets/{name}/content", get(download))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
@@ -220,6 +229,8 @@ pub fn spec(job: &JobRecord) -> JobSpec {
     }
 }
 
+/// Job ids and dataset names: 1-64 of `[A-Za-z0-9._-]`, not starting with `.` (so never a
+/// path).
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -393,4 +404,119 @@ async fn cancel(
         .map_err(ApiError::internal)?;
     state.wake.notify_one();
     Ok(Json(find(&state, &user, &id)?))
+}
+
+/// `?tenant=...&classification=...` of an upload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    tenant: String,
+    classification: String,
+}
+
+/// Whether `user` may see `dataset`: admins all, others their tenants'.
+fn dataset_visible(user: &User, d: &super::db::DatasetRecord) -> bool {
+    user.is_admin() || user.tenants.contains(&d.tenant)
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Response> {
+    let user = authenticate(&state, &headers)?;
+    if !valid_id(&name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "dataset name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
+        ));
+    }
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
+    if !user.is_admin() && !user.tenants.contains(&q.tenant) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("user {} is not a member of tenant {}", user.name, q.tenant),
+        ));
+    }
+    authorize(
+        &state,
+        &user,
+        "dataset.write",
+        json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
+    )?;
+    let daemon = state.daemon.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        let object = daemon.store.put_bytes(&body).map_err(ApiError::internal)?;
+        let record = super::db::DatasetRecord {
+            name,
+            tenant: q.tenant,
+            classification: q.classification,
+            object,
+            bytes: body.len() as u64,
+            owner: user.name,
+            created_at: super::db::now(),
+        };
+        match daemon.db.insert_dataset(&record) {
+            Ok(true) => Ok(record),
+            Ok(false) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a dataset `{}` already exists", record.name),
+            )),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+async fn datasets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<super::db::DatasetRecord>>> {
+    let user = authenticate(&state, &headers)?;
+    let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|d| dataset_visible(&user, d))
+            .collect(),
+    ))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let user = authenticate(&state, &headers)?;
+    let found = state
+        .daemon
+        .db
+        .datasets()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|d| d.name == name && dataset_visible(&user, d))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no dataset `{name}`")))?;
+    authorize(
+        &state,
+        &user,
+        "dataset.read",
+        json!({"name": found.name, "classification": found.classification, "tenant": found.tenant}),
+    )?;
+    let daemon = state.daemon.clone();
+    // Decrypted and authenticated completely before a byte is sent: a corrupt object is an
+    // error, never partial data.
+    let bytes = tokio::task::spawn_blocking(move || daemon.store.get(&found.object))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }

@@ -61,6 +61,7 @@ mod tests {
             name: "ada".into(),
             roles: vec!["researcher".into()],
             tenants: vec!["vision".into()],
+            clearance: "internal".into(),
         };
         db.put_user(&ada).unwrap();
         let token = issue(&db, "ada").unwrap();

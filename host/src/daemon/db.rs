@@ -38,12 +38,20 @@ pub struct User {
     pub roles: Vec<String>,
     /// Tenants the user belongs to.
     pub tenants: Vec<String>,
+    /// Highest dataset classification the user may read (`public`, `internal`, ...).
+    #[serde(default = "public")]
+    pub clearance: String,
+}
+
+fn public() -> String {
+    "public".into()
 }
 
 impl User {
     /// The policy's `subject`.
     pub fn subject(&self) -> serde_json::Value {
-        serde_json::json!({"user": self.name, "roles": self.roles, "tenants": self.tenants})
+        serde_json::json!({"user": self.name, "roles": self.roles, "tenants": self.tenants,
+                           "clearance": self.clearance})
     }
 
     /// Whether the user holds the admin role.
@@ -133,6 +141,25 @@ pub struct JobRecord {
     pub result: Option<serde_json::Value>,
 }
 
+/// A stored dataset: its metadata; the bytes are an object of the encrypted store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// Unique name.
+    pub name: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// `public`, `internal`, `confidential` or `secret` (the policy's levels).
+    pub classification: String,
+    /// The store object holding it.
+    pub object: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Who uploaded it.
+    pub owner: String,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
 /// A token as stored: never the token itself.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
@@ -159,7 +186,17 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     roles TEXT NOT NULL,
-    tenants TEXT NOT NULL
+    tenants TEXT NOT NULL,
+    clearance TEXT NOT NULL DEFAULT 'public'
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    classification TEXT NOT NULL,
+    object TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
@@ -219,12 +256,13 @@ impl Db {
     pub fn put_user(&self, user: &User) -> Result<(), DbError> {
         self.conn()
             .execute(
-                "INSERT INTO users(name, roles, tenants) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3",
+                "INSERT INTO users(name, roles, tenants, clearance) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3, clearance = ?4",
                 params![
                     user.name,
                     serde_json::to_string(&user.roles).expect("strings serialise"),
                     serde_json::to_string(&user.tenants).expect("strings serialise"),
+                    user.clearance,
                 ],
             )
             .ctx("adding a user")?;
@@ -246,7 +284,7 @@ impl Db {
     pub fn token(&self, id: &str) -> Result<Option<StoredToken>, DbError> {
         let conn = self.conn();
         conn.query_row(
-            "SELECT t.salt, t.hash, u.name, u.roles, u.tenants
+            "SELECT t.salt, t.hash, u.name, u.roles, u.tenants, u.clearance
              FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
             params![id],
             |r| {
@@ -259,6 +297,7 @@ impl Db {
                         name: r.get(2)?,
                         roles: serde_json::from_str(&roles).unwrap_or_default(),
                         tenants: serde_json::from_str(&tenants).unwrap_or_default(),
+                        clearance: r.get(5)?,
                     },
                 })
             },
@@ -348,6 +387,53 @@ impl Db {
             )
             .optional()
             .ctx("reading checkpoints")
+    }
+
+    /// Adds a dataset; `false` if the name is taken.
+    pub fn insert_dataset(&self, d: &DatasetRecord) -> Result<bool, DbError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO datasets(name, tenant, classification, object, bytes, owner,
+                   created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.name,
+                    d.tenant,
+                    d.classification,
+                    d.object,
+                    d.bytes as i64,
+                    d.owner,
+                    d.created_at
+                ],
+            )
+            .ctx("adding a dataset")?;
+        Ok(n == 1)
+    }
+
+    /// Every dataset, by name.
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, tenant, classification, object, bytes, owner, created_at
+                 FROM datasets ORDER BY name",
+            )
+            .ctx("listing datasets")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(DatasetRecord {
+                    name: r.get(0)?,
+                    tenant: r.get(1)?,
+                    classification: r.get(2)?,
+                    object: r.get(3)?,
+                    bytes: r.get::<_, i64>(4)? as u64,
+                    owner: r.get(5)?,
+                    created_at: r.get(6)?,
+                })
+            })
+            .ctx("listing datasets")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing datasets")
     }
 
     /// How many jobs are in each state.
