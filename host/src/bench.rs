@@ -2,6 +2,7 @@
 //! through the wasm bin-packing plugin and through the native implementation of the same
 //! source, side by side in one run, plus the plugin runtime's fixed costs.
 
+pub mod api;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

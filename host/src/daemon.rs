@@ -179,6 +179,75 @@ impl Daemon {
     }
 }
 
+/// A daemon serving from a thread of this process (the demo, benchmarks, embedding).
+pub struct Background {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Background {
+    /// Starts serving `config` on its own runtime; returns once it listens.
+    pub fn start(config: DaemonConfig) -> Result<Background, DaemonError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("gantry-daemon".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DaemonError::Setup(format!("starting a runtime: {e}")))?;
+                runtime.block_on(serve_until(
+                    config,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    move |addr| {
+                        let _ = ready_tx.send(addr);
+                    },
+                ))
+            })
+            .map_err(|e| DaemonError::Setup(format!("starting the daemon thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(addr) => Ok(Background {
+                addr,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Err(_) => Err(thread
+                .join()
+                .map_err(|_| DaemonError::Setup("the daemon panicked".into()))?
+                .err()
+                .unwrap_or_else(|| DaemonError::Setup("the daemon did not start".into()))),
+        }
+    }
+
+    /// Stops it (closing the audit log) and waits.
+    pub fn stop(mut self) -> Result<(), DaemonError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), DaemonError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| DaemonError::Setup("the daemon panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
 /// Serves until SIGINT or SIGTERM; prints `listening on ADDR` on stdout once ready.
 pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     let shutdown = async {

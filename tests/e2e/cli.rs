@@ -315,8 +315,7 @@ fn guest_output_becomes_capped_log_events_tagged_with_the_plugin() {
 
 #[test]
 fn demo_runs_end_to_end_and_cleans_up() {
-    let cache = tempfile::tempdir().unwrap();
-    let out = gantry(&["demo"], cache.path());
+    let out = gantry(&["demo"], &crate::support::shared_cache());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for want in [

@@ -8,13 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{gantry, text};
-
-/// One compiled-plugin cache for every daemon these tests start: the policy engine module
-/// compiles once (slow in a debug build), not once per test.
-fn shared_cache() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-plugin-cache")
-}
+use crate::support::{gantry, shared_cache, text};
 
 struct Daemon {
     child: Child,
@@ -587,4 +581,30 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     let raw = std::fs::read(data.join("objects").join(&object[..2]).join(object)).unwrap();
     assert!(!raw.windows(12).any(|w| w == b"1,2,3\n4,5,6\n"));
     assert!(store.get(object).unwrap() == csv);
+}
+
+#[test]
+fn a_short_load_test_loses_nothing() {
+    let out = gantry(
+        &[
+            "bench",
+            "api",
+            "--clients",
+            "3",
+            "--submits",
+            "20",
+            "--json",
+        ],
+        &shared_cache(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["errors"].as_u64(), v["lost_jobs"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["submit"]["requests"], 60);
+    assert!(v["submit"]["p99_ms"].as_f64().unwrap() > 0.0);
 }

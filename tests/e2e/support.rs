@@ -19,6 +19,12 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// One compiled-plugin cache shared by the tests that start daemons: the policy engine module
+/// compiles once (slow in a debug build), not once per test.
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-plugin-cache")
+}
+
 /// Runs the `gantry` binary with an isolated cache.
 pub fn gantry(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gantry"))

@@ -48,6 +48,19 @@ pub enum BenchCommand {
     },
     /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
     Kernels(KernelArgs),
+    /// A load test of the daemon's API on loopback: concurrent submits and reads, latency
+    /// percentiles, errors and lost jobs.
+    Api {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Submissions per client (each read back once).
+        #[arg(long, default_value_t = 250)]
+        submits: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// CSV standardisation through the wasm `standardize` plugin vs the same code native.
     Preprocess {
         /// CSV rows in the generated dataset.
@@ -92,6 +105,42 @@ pub struct KernelArgs {
 pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kernels(args) => kernels(args),
+        BenchCommand::Api {
+            clients,
+            submits,
+            json,
+        } => {
+            let r = bench::api::run(
+                bench::api::ApiParams {
+                    clients: clients.max(1),
+                    submits_per_client: submits.max(1),
+                },
+                ctx.cache_dir.clone(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["request", "count", "p50 ms", "p99 ms", "max ms"]);
+            for (k, l) in [("POST /v1/jobs", &r.submit), ("GET /v1/jobs/{id}", &r.read)] {
+                t.row(vec![
+                    k.into(),
+                    l.requests.to_string(),
+                    format!("{:.2}", l.p50_ms),
+                    format!("{:.2}", l.p99_ms),
+                    format!("{:.2}", l.max_ms),
+                ]);
+            }
+            print!("{t}");
+            println!(
+                "{} clients, {:.0} requests/s, {} errors, {} lost jobs",
+                r.clients, r.requests_per_s, r.errors, r.lost_jobs
+            );
+            if r.errors > 0 || r.lost_jobs > 0 {
+                anyhow::bail!("the load test saw errors or lost jobs");
+            }
+            Ok(())
+        }
         BenchCommand::Preprocess {
             rows,
             batch,

@@ -87,38 +87,13 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     drop(db);
 
     // The daemon, in this process, on a free loopback port.
-    let config = DaemonConfig {
+    let server = daemon::Background::start(DaemonConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         cluster: super::cluster(None)?,
         cache_dir: ctx.cache_dir.clone(),
-    };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(daemon::serve_until(
-            config,
-            async {
-                let _ = stop_rx.await;
-            },
-            move |addr| {
-                let _ = ready_tx.send(addr);
-            },
-        ))?;
-        Ok(())
-    });
-    let addr = match ready_rx.recv() {
-        Ok(addr) => addr,
-        Err(_) => {
-            return server
-                .join()
-                .map_err(|_| anyhow::anyhow!("the daemon panicked"))?
-                .and(Err(anyhow::anyhow!("the daemon did not start")));
-        }
-    };
+    })?;
+    let addr = server.addr;
     println!(
         "  gantry up: listening on http://{addr} (binpack scheduler, gantry.authz policy, audit log)"
     );
@@ -320,10 +295,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     print!("{t}");
 
     step(6, "stop, and verify the audit log");
-    let _ = stop_tx.send(());
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the daemon panicked"))??;
+    server.stop()?;
     let key = gantry::keys::load(&dir.join("keys/host.pk8"))?;
     let report = gantry::audit::verify(
         &dir.join("audit.log"),
