@@ -548,6 +548,31 @@ impl Host {
         found
     }
 
+    /// Marks GPU `gpu_id` unhealthy: it is never placed on again, and every allocation holding
+    /// it ends. Returns the ids of the jobs that lost their GPUs (the caller requeues them), or
+    /// `None` for an unknown GPU.
+    pub fn mark_unhealthy(&mut self, gpu_id: &str) -> Option<Vec<String>> {
+        let index = self
+            .state
+            .cluster
+            .gpus
+            .iter()
+            .position(|g| g.id == gpu_id)?;
+        self.state.cluster.gpus[index].healthy = false;
+        let holders: Vec<(u64, String)> = self
+            .state
+            .running
+            .iter()
+            .filter(|a| a.gpus.contains(&(index as u32)))
+            .map(|a| (a.id, a.job_id.clone()))
+            .collect();
+        for (alloc, job) in &holders {
+            self.state.release(*alloc);
+            tracing::warn!(gpu = gpu_id, job = %job, "GPU marked unhealthy; its job loses its allocation");
+        }
+        Some(holders.into_iter().map(|(_, job)| job).collect())
+    }
+
     /// Ends allocation `id` (its work finished), freeing its GPUs.
     pub fn complete(&mut self, id: u64) -> Option<RunningAlloc> {
         self.state.release(id)

@@ -608,3 +608,105 @@ fn a_short_load_test_loses_nothing() {
     assert_eq!(v["submit"]["requests"], 60);
     assert!(v["submit"]["p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let user = |name: &str, roles: &str| {
+        let o = gantry(
+            &[
+                "user",
+                "add",
+                name,
+                "--roles",
+                roles,
+                "--tenants",
+                "vision",
+                "--data-dir",
+                d,
+            ],
+            dir.path(),
+        );
+        text(&o).0.trim().to_string()
+    };
+    let (ops, ada) = (user("ops", "admin"), user("ada", "researcher"));
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let body = json!({"id": "t3", "tenant": "vision", "gpus": 2, "train": train_toml(150)});
+    assert_eq!(
+        request(
+            &format!("{url}/v1/jobs"),
+            "POST",
+            Some(&ada),
+            Some(&body.to_string())
+        )
+        .0,
+        201
+    );
+    let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at = loop {
+        if let Some((step, _)) = db.latest_checkpoint("t3").unwrap()
+            && step >= 100
+        {
+            break step;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint yet");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, job) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
+    let bad = job["gpu_ids"][0].as_str().unwrap().to_string();
+
+    // Only admins; unknown GPUs are 404.
+    let mark = format!("{url}/v1/gpus/unhealthy");
+    let which = json!({"gpu": bad}).to_string();
+    assert_eq!(request(&mark, "POST", Some(&ada), Some(&which)).0, 403);
+    assert_eq!(
+        request(&mark, "POST", Some(&ops), Some(r#"{"gpu": "nope"}"#)).0,
+        404
+    );
+    let (s, v) = request(&mark, "POST", Some(&ops), Some(&which));
+    assert_eq!((s, v["requeued"].clone()), (200, json!(["t3"])), "{v}");
+    let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&ada), None);
+    let entry = gpus["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == bad.as_str())
+        .unwrap();
+    assert_eq!(entry["healthy"], false, "{entry}");
+
+    // It runs again on healthy GPUs, from its checkpoint, and finishes.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let job = loop {
+        let (_, v) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the requeued job did not finish: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        !job["gpu_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == bad.as_str()),
+        "{job}"
+    );
+    assert!(
+        job["result"]["resumed_at_step"].as_u64().unwrap() >= u64::from(at),
+        "{job}"
+    );
+}

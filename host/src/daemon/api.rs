@@ -42,6 +42,8 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
             axum::routing::put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/v1/datasets/{name}/content", get(download))
+        .route("/v1/gpus", get(gpus))
+        .route("/v1/gpus/unhealthy", post(mark_unhealthy))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
@@ -519,4 +521,95 @@ async fn download(
         bytes,
     )
         .into_response())
+}
+
+/// `GET /v1/gpus`: every GPU, its node and health, and the job holding it.
+async fn gpus(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    authenticate(&state, &headers)?;
+    let host = state.daemon.host();
+    let s = host.state();
+    let holder_job = |i: usize| {
+        s.holder[i].and_then(|alloc| {
+            s.running
+                .iter()
+                .find(|a| a.id == alloc)
+                .map(|a| a.job_id.clone())
+        })
+    };
+    let gpus: Vec<serde_json::Value> = s
+        .cluster
+        .gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            json!({
+                "id": g.id,
+                "node": s.cluster.nodes[g.node as usize].name,
+                "healthy": g.healthy,
+                "job": holder_job(i),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
+    ))
+}
+
+/// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuRef {
+    gpu: String,
+}
+
+/// `POST /v1/gpus/unhealthy` `{"gpu": id}` (admins): the GPU leaves service; its jobs go back to
+/// the queue (training jobs resume from their newest checkpoint when placed again).
+async fn mark_unhealthy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<GpuRef>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    let Json(GpuRef { gpu: id }) = body?;
+    if !user.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only admins may change a GPU's health",
+        ));
+    }
+    let daemon = state.daemon.clone();
+    let requeued = tokio::task::spawn_blocking(move || {
+        let lost = daemon
+            .host()
+            .mark_unhealthy(&id)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
+        for job in &lost {
+            daemon.stop(job);
+            let Some(record) = daemon.db.job(job).map_err(ApiError::internal)? else {
+                continue;
+            };
+            // The rest of its gang is released too: the whole job starts over elsewhere.
+            daemon.host().cancel(job);
+            daemon
+                .db
+                .set_state(
+                    job,
+                    JobState::Pending,
+                    &[],
+                    Some("its GPU became unhealthy"),
+                )
+                .map_err(ApiError::internal)?;
+            if let Err(e) = daemon.host().submit(spec(&record)) {
+                tracing::error!(job = %job, error = %e, "requeueing a job");
+            }
+        }
+        Ok::<_, ApiError>(lost)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    state.wake.notify_one();
+    Ok(Json(json!({"requeued": requeued})))
 }

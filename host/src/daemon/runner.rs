@@ -10,16 +10,10 @@ use super::db::{JobRecord, JobState};
 use crate::training::checkpoint::{self, Checkpoint};
 use crate::training::{self, TrainConfig, TrainError};
 
-/// Starts `job` (whose `train` is set) unless it is already running.
+/// Starts `job` (whose `train` is set) unless it is already running. A previous run of the same
+/// job that is still stopping (its GPU failed, say) is waited for first, so two runs of one job
+/// never overlap.
 pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let mut running = daemon.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running.contains_key(&job.id) {
-            return;
-        }
-        running.insert(job.id.clone(), stop.clone());
-    }
     let id = job.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("gantry-job-{id}"))
@@ -28,17 +22,34 @@ pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
             move || {
                 let span = tracing::info_span!("gantry_daemon.job", job = %job.id);
                 let _entered = span.enter();
+                let Some(stop) = claim(&daemon, &job.id) else {
+                    return;
+                };
                 let outcome = run(&daemon, &job, &stop);
                 finish(&daemon, &job, outcome);
             }
         });
     if let Err(e) = spawned {
         tracing::error!(job = %id, error = %e, "starting a training thread");
-        daemon
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+    }
+}
+
+/// Registers a run of `id`; `None` if one is already running (and not stopping).
+fn claim(daemon: &Daemon, id: &str) -> Option<Arc<AtomicBool>> {
+    loop {
+        {
+            let mut running = daemon.running.lock().unwrap_or_else(|e| e.into_inner());
+            match running.get(id) {
+                None => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    running.insert(id.to_string(), stop.clone());
+                    return Some(stop);
+                }
+                Some(flag) if !flag.load(Ordering::SeqCst) => return None,
+                Some(_) => {} // stopping: wait for it to finish its step
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -129,10 +140,11 @@ fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, T
                     .set_state(&job.id, JobState::Succeeded, &job.gpu_ids, None)
             })
         }
-        // Cancelled: the API has recorded it already.
+        // Stopped by whoever set its flag (a cancel, a failed GPU), who also owns what happens
+        // to the job next: nothing to record, and its place in the host is theirs to change.
         Err(TrainError::Stopped { step }) => {
             tracing::info!(step, "training job stopped");
-            Ok(())
+            return;
         }
         Err(e) => {
             tracing::warn!(error = %e, "training job failed");
