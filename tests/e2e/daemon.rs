@@ -710,3 +710,105 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         "{job}"
     );
 }
+
+#[test]
+fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let user = |name: &str, roles: &str, tenant: &str| {
+        let o = gantry(
+            &[
+                "user",
+                "add",
+                name,
+                "--roles",
+                roles,
+                "--tenants",
+                tenant,
+                "--clearance",
+                "internal",
+                "--data-dir",
+                d,
+            ],
+            dir.path(),
+        );
+        text(&o).0.trim().to_string()
+    };
+    let (ada, lee) = (
+        user("ada", "researcher,writer", "vision"),
+        user("lee", "researcher", "language"),
+    );
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+
+    // Spirals as CSV, features scaled and shifted far from zero (so standardising matters),
+    // the class id in column 1 of 3.
+    let set = gantry_kernels::synthetic::spirals(3, 300, 0.15, 4);
+    let mut csv = String::new();
+    for r in 0..set.rows() {
+        let (x, y) = (set.features[2 * r], set.features[2 * r + 1]);
+        csv += &format!(
+            "{},{},{}\n",
+            1000.0 + 50.0 * x,
+            set.targets[r],
+            -300.0 + 20.0 * y
+        );
+    }
+    let (s, v) = put(
+        &format!("{url}/v1/datasets/spirals.csv?tenant=vision&classification=internal"),
+        &ada,
+        csv.as_bytes(),
+    );
+    assert_eq!(s, 201, "{v}");
+
+    let train = r#"seed = 2
+epochs = 80
+batch_size = 32
+[data]
+dataset = "spirals.csv"
+label_column = 1
+preprocess = "standardize"
+[model]
+hidden = [64, 64]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+[devices]
+backend = "cpu"
+"#;
+    let jobs = format!("{url}/v1/jobs");
+    // Another tenant's dataset is not there for lee; an unknown plugin is a 400.
+    let theirs = json!({"id": "x", "tenant": "language", "gpus": 1, "train": train});
+    let (s, v) = request(&jobs, "POST", Some(&lee), Some(&theirs.to_string()));
+    assert_eq!(s, 404, "{v}");
+    let unknown = json!({"id": "y", "tenant": "vision", "gpus": 1, "train": train.replace("standardize", "nope")});
+    assert_eq!(
+        request(&jobs, "POST", Some(&ada), Some(&unknown.to_string())).0,
+        400
+    );
+
+    let body = json!({"id": "ds1", "tenant": "vision", "gpus": 1, "train": train});
+    let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
+    assert_eq!(s, 201, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let (_, v) = request(&format!("{jobs}/ds1"), "GET", Some(&ada), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{job}"
+    );
+}

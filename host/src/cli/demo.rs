@@ -22,12 +22,15 @@ pub struct Args {
     keep: bool,
 }
 
-/// The demo's training job: three interleaved spirals, a 2-64-64-3 ReLU network, Adam.
+/// The demo's training job: the uploaded spirals dataset (class id in column 1), its feature
+/// columns standardised by the wasm `standardize` plugin, a 2-64-64-3 ReLU network, Adam.
 const TRAIN: &str = r#"seed = 11
 epochs = 60
 batch_size = 64
 [data]
-synthetic = { kind = "spirals", classes = 3, rows_per_class = 1000, noise = 0.15 }
+dataset = "spirals.csv"
+label_column = 1
+preprocess = "standardize"
 [model]
 hidden = [64, 64]
 loss = "softmax_cross_entropy"
@@ -77,7 +80,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     for (name, tenant) in [("ada", "vision"), ("lee", "language")] {
         db.put_user(&User {
             name: name.into(),
-            roles: vec!["researcher".into()],
+            roles: vec!["researcher".into(), "writer".into()],
             tenants: vec![tenant.into()],
             clearance: "internal".into(),
         })?;
@@ -103,7 +106,35 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     };
     let (ada, lee) = (client(0), client(1));
 
-    step(2, "two tenants submit jobs; the policy decides each one");
+    step(
+        2,
+        "ada uploads a dataset; two tenants submit jobs; the policy decides each one",
+    );
+    // Three interleaved spirals as CSV, in units far from standardised, the class in column 1.
+    let set = gantry_kernels::synthetic::spirals(3, 1000, 0.15, 11);
+    let mut spirals = String::new();
+    for r in 0..set.rows() {
+        let (x, y) = (set.features[2 * r], set.features[2 * r + 1]);
+        spirals += &format!(
+            "{},{},{}\n",
+            1000.0 + 50.0 * x,
+            set.targets[r],
+            -300.0 + 20.0 * y
+        );
+    }
+    let uploaded = ureq::put(&format!(
+        "http://{addr}/v1/datasets/spirals.csv?tenant=vision&classification=internal"
+    ))
+    .header("Authorization", &format!("Bearer {}", ada.token))
+    .send(spirals.as_bytes())
+    .context("uploading the dataset")?
+    .into_body()
+    .read_json::<serde_json::Value>()?;
+    println!(
+        "  ada -> dataset spirals.csv ({} bytes, internal): stored encrypted as object {}…",
+        uploaded["bytes"],
+        &uploaded["object"].as_str().unwrap_or_default()[..16]
+    );
     let submissions = [
         (
             &ada,
@@ -176,7 +207,10 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         stats.max_in_flight
     );
 
-    step(4, "the training job runs on the native hot path");
+    step(
+        4,
+        "vision-train: spirals.csv decrypted, standardised in the sandbox, trained natively",
+    );
     let devices = gantry::training::device::detect();
     println!(
         "  devices: {} CPU core(s); {}",

@@ -263,13 +263,44 @@ async fn submit(
         let origin = format!("job {id}: train");
         let config = crate::training::TrainConfig::parse(text, std::path::Path::new(&origin))
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        if config.data.synthetic.is_none() {
+        if config.data.file.is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{origin}: a daemon job's [data] must be `synthetic` (files on the host's disk are not reachable through the API)"
+                    "{origin}: a daemon job's [data] is `synthetic` or a `dataset` (files on the host's disk are not reachable through the API)"
                 ),
             ));
+        }
+        if let Some(plugin) = &config.data.preprocess
+            && crate::builtin::preprocessor(plugin).is_none()
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{origin}: no shipped preprocessing plugin `{plugin}`"),
+            ));
+        }
+        if let Some(name) = &config.data.dataset {
+            // The job reads the dataset as its submitter: same tenant, and the policy's
+            // dataset.read (clearance) now, not only when it runs.
+            let found = state
+                .daemon
+                .db
+                .datasets()
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .find(|d| &d.name == name && d.tenant == req.tenant && dataset_visible(&user, d))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("{origin}: no dataset `{name}` in tenant {}", req.tenant),
+                    )
+                })?;
+            authorize(
+                &state,
+                &user,
+                "dataset.read",
+                json!({"name": found.name, "classification": found.classification, "tenant": found.tenant}),
+            )?;
         }
     }
     let job = JobRecord {

@@ -61,7 +61,10 @@ fn run(
     let origin = format!("job {}: train", job.id);
     let text = job.train.as_deref().unwrap_or_default();
     let config = TrainConfig::parse(text, std::path::Path::new(&origin))?;
-    let data = training::data::load(&config)?;
+    let data = match &config.data.dataset {
+        Some(name) => load_dataset(daemon, job, &config, name)?,
+        None => training::data::load(&config)?,
+    };
     let report = training::device::detect();
     let selected = training::device::select(&report, &config.devices)?;
     let resume = match daemon
@@ -160,4 +163,136 @@ fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, T
         tracing::error!(job = %job.id, error = %e, "recording a job's end");
     }
     daemon.host().cancel(&job.id);
+}
+
+/// A job's stored dataset: decrypted, the label column split off, the feature columns streamed
+/// through the preprocessing plugin (in the sandbox) when the config names one.
+fn load_dataset(
+    daemon: &Daemon,
+    job: &JobRecord,
+    config: &TrainConfig,
+    name: &str,
+) -> Result<training::data::Loaded, TrainError> {
+    let unavailable = |m: String| TrainError::Unavailable(m);
+    let record = daemon
+        .db
+        .datasets()
+        .map_err(|e| unavailable(e.to_string()))?
+        .into_iter()
+        .find(|d| d.name == name && d.tenant == job.tenant)
+        .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
+    let bytes = daemon
+        .store
+        .get(&record.object)
+        .map_err(|e| unavailable(e.to_string()))?;
+    let label = config.data.label_column.unwrap_or(0);
+    let (features_text, labels) =
+        split_label(&bytes, label).map_err(|m| unavailable(format!("dataset `{name}`: {m}")))?;
+    let (features, width) = match &config.data.preprocess {
+        None => {
+            let mut values = Vec::new();
+            let mut width = 0;
+            for (i, line) in features_text
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .enumerate()
+            {
+                let before = values.len();
+                for field in line.split(|&b| b == b',') {
+                    let text = std::str::from_utf8(field).unwrap_or("").trim();
+                    values.push(
+                        text.parse::<f32>()
+                            .ok()
+                            .filter(|v| v.is_finite())
+                            .ok_or_else(|| {
+                                unavailable(format!(
+                                    "dataset `{name}`: line {}: `{text}` is not a number",
+                                    i + 1
+                                ))
+                            })?,
+                    );
+                }
+                width = values.len() - before;
+            }
+            (values, width)
+        }
+        Some(plugin) => {
+            let (engine, cache) = {
+                let host = daemon.host();
+                (host.engine().clone(), host.cache().clone())
+            };
+            let linker =
+                crate::plugin::base_linker(&engine).map_err(|e| unavailable(format!("{e:#}")))?;
+            let plugin =
+                crate::preprocess::PreprocessPlugin::builtin(&engine, &linker, &cache, plugin)
+                    .map_err(|e| unavailable(e.to_string()))?;
+            let mut values = Vec::new();
+            let mut width = 0;
+            let text = std::sync::Arc::new(features_text);
+            let open = || -> Result<Box<dyn std::io::Read + Send>, crate::storage::StoreError> {
+                Ok(Box::new(std::io::Cursor::new(text.as_ref().clone())))
+            };
+            crate::pipeline::run(
+                &open,
+                &plugin,
+                crate::pipeline::PipelineConfig::default(),
+                &mut |t| {
+                    width = t.shape.get(1).copied().unwrap_or(1) as usize;
+                    values.extend(t.data);
+                    Ok(())
+                },
+            )
+            .map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
+            (values, width)
+        }
+    };
+    if labels.len() * width != features.len() {
+        return Err(unavailable(format!(
+            "dataset `{name}`: {} labels for {} feature values of width {width}",
+            labels.len(),
+            features.len()
+        )));
+    }
+    let dataset = gantry_kernels::Dataset {
+        features,
+        targets: labels,
+        inputs: width,
+        targets_per_row: 1,
+    };
+    training::data::prepare(config, dataset, format!("dataset {name}"))
+}
+
+/// Splits CSV records into the label column's values and the other columns' text.
+fn split_label(bytes: &[u8], label: usize) -> Result<(Vec<u8>, Vec<f32>), String> {
+    let mut features = Vec::with_capacity(bytes.len());
+    let mut labels = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let mut first = true;
+        let mut found = None;
+        for (c, field) in line.split(|&b| b == b',').enumerate() {
+            if c == label {
+                found = Some(field);
+                continue;
+            }
+            if !first {
+                features.push(b',');
+            }
+            features.extend_from_slice(field);
+            first = false;
+        }
+        let field = found.ok_or_else(|| format!("line {}: no column {label}", i + 1))?;
+        let text = std::str::from_utf8(field).unwrap_or("").trim();
+        labels.push(
+            text.parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("line {}: label `{text}` is not a number", i + 1))?,
+        );
+        features.push(b'\n');
+    }
+    Ok((features, labels))
 }

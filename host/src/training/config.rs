@@ -86,6 +86,17 @@ pub struct DataConfig {
     /// A built-in generated set instead of a file.
     #[serde(default)]
     pub synthetic: Option<Synthetic>,
+    /// A dataset stored in the daemon (its jobs only): CSV records without a header.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// With `dataset`: the 0-based column of class ids (or targets, for MSE); every other
+    /// column is a feature.
+    #[serde(default)]
+    pub label_column: Option<usize>,
+    /// With `dataset`: the shipped preprocessing plugin the feature columns stream through
+    /// (`standardize`, `onehot`, ...), in the sandbox; none: the numbers as they are.
+    #[serde(default)]
+    pub preprocess: Option<String>,
     /// Fraction of rows held out for evaluation (after a seeded shuffle).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
@@ -246,13 +257,22 @@ impl TrainConfig {
             return bad("hidden", "`model.hidden` widths must be at least 1".into());
         }
         let d = &config.data;
+        let sources = [d.file.is_some(), d.synthetic.is_some(), d.dataset.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return bad(
+                "[data]",
+                "`[data]` needs exactly one of `file`, `synthetic` and `dataset`".into(),
+            );
+        }
+        if d.dataset.is_some() != d.label_column.is_some()
+            || (d.preprocess.is_some() && d.dataset.is_none())
+        {
+            return bad(
+                "[data]",
+                "`dataset` goes with `label_column` (and optionally `preprocess`), and only with them".into(),
+            );
+        }
         match (&d.file, &d.synthetic) {
-            (Some(_), Some(_)) | (None, None) => {
-                return bad(
-                    "[data]",
-                    "`[data]` needs exactly one of `file` and `synthetic`".into(),
-                );
-            }
             (None, Some(_)) if d.label.is_some() || d.targets.is_some() => {
                 return bad(
                     "[data]",
@@ -325,7 +345,10 @@ lr = 0.01
         let e = err(&GOOD.replace("lr = 0.01", "lr = -1"));
         assert!(e.contains("optimizer.lr"), "{e}");
         let e = err(&GOOD.replace("synthetic = {", "file = \"x.csv\"\nsynthetic = {"));
-        assert!(e.contains("exactly one of `file` and `synthetic`"), "{e}");
+        assert!(
+            e.contains("exactly one of `file`, `synthetic` and `dataset`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("kind = \"adam\"", "kind = \"lbfgs\""));
         assert!(e.contains("lbfgs"), "{e}");
     }

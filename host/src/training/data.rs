@@ -32,7 +32,6 @@ pub struct Loaded {
 /// Loads (or generates) `config`'s data and holds out its test fraction after a seeded shuffle.
 pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
     let d = &config.data;
-    let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
     let (data, source) = match (&d.synthetic, &d.file) {
         (Some(s), _) => (generate(s, config.seed), format!("synthetic {}", name(s))),
         (None, Some(path)) => {
@@ -49,8 +48,21 @@ pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
             };
             (data, path.display().to_string())
         }
-        (None, None) => unreachable!("checked when the config was parsed"),
+        (None, None) => {
+            return Err(TrainError::Unavailable(format!(
+                "dataset `{}` lives in a daemon's store: submit the job to `gantry up`",
+                d.dataset.as_deref().unwrap_or("?")
+            )));
+        }
     };
+    prepare(config, data, source)
+}
+
+/// Holds out `config`'s test fraction of `data` after a seeded shuffle, and works out the
+/// network's output width; `source` names the data in messages.
+pub fn prepare(config: &TrainConfig, data: Dataset, source: String) -> Result<Loaded, TrainError> {
+    let d = &config.data;
+    let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
     if data.rows() == 0 {
         return Err(TrainError::Unavailable(format!("{source} has no rows")));
     }
