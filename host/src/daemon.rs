@@ -15,6 +15,7 @@ pub mod auth;
 pub mod db;
 pub mod metrics;
 pub mod runner;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub struct DaemonConfig {
     pub cluster: Cluster,
     /// Where compiled plugins are cached.
     pub cache_dir: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key (none: plain HTTP, for
+    /// loopback).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A daemon failed to start.
@@ -275,6 +279,10 @@ pub async fn serve_until(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), DaemonError> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
     let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -303,9 +311,23 @@ pub async fn serve_until(
         })
     };
     let app = api::router(daemon.clone(), wake);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let listener =
+                tls::TlsListener::new(listener, tls).map_err(|error| DaemonError::Listen {
+                    addr: config.listen,
+                    error,
+                })?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     scheduler.abort();
     for id in daemon
         .running

@@ -17,9 +17,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(data: &Path, cache: &Path) -> Daemon {
+        Self::start_with(data, cache, &[])
+    }
+
+    fn start_with(data: &Path, cache: &Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
+            .args(extra)
             .env("GANTRY_CACHE_DIR", cache)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -810,5 +815,101 @@ backend = "cpu"
     assert!(
         job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
         "{job}"
+    );
+}
+
+#[test]
+fn with_a_certificate_the_daemon_speaks_only_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let o = gantry(
+        &[
+            "user",
+            "add",
+            "ada",
+            "--roles",
+            "researcher",
+            "--tenants",
+            "vision",
+            "--data-dir",
+            d,
+        ],
+        dir.path(),
+    );
+    let ada = text(&o).0.trim().to_string();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+
+    // A key that does not belong to the certificate is refused at start, naming the file.
+    let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    let wrong_key = dir.path().join("wrong.pem");
+    std::fs::write(&wrong_key, other.signing_key.serialize_pem()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+            "--tls-cert",
+        ])
+        .arg(&cert_pem)
+        .arg("--tls-key")
+        .arg(&wrong_key)
+        .env("GANTRY_CACHE_DIR", shared_cache())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("do not go together"),
+        "{o:?}"
+    );
+
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+        ],
+    );
+    let https = daemon.url.replace("http://", "https://");
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(
+        ureq::get(&format!("{}/v1/health", daemon.url))
+            .call()
+            .is_err()
+    );
+    // The CLI over HTTPS, trusting the certificate; and refusing an untrusted one.
+    let submit = |ca: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        cmd.args([
+            "submit", "--tenant", "vision", "--gpus", "1", "--url", &https,
+        ])
+        .env("GANTRY_TOKEN", &ada)
+        .env_remove("GANTRY_CA_CERT");
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let o = submit(Some(&cert_pem));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = submit(None);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an untrusted certificate must fail"
     );
 }

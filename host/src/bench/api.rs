@@ -106,6 +106,7 @@ fn run_in(
         listen: "127.0.0.1:0".parse().expect("an address"),
         cluster,
         cache_dir,
+        tls: None,
     })?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();

@@ -21,6 +21,12 @@ pub struct UpArgs {
     /// Cluster file; default: the built-in cluster.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `gantry user ...`.
@@ -53,6 +59,9 @@ pub struct Client {
     /// A bearer token (`gantry user add`).
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     pub(super) token: String,
+    /// Trust this PEM certificate for an `https://` URL (a self-signed daemon's, say).
+    #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+    pub(super) ca_cert: Option<PathBuf>,
 }
 
 /// Arguments of `gantry submit`.
@@ -81,6 +90,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         listen: args.listen,
         cluster: super::cluster(args.cluster.as_ref())?,
         cache_dir: ctx.cache_dir.clone(),
+        tls: args.tls_cert.zip(args.tls_key),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,10 +133,7 @@ pub(super) fn call(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
+    let agent = agent(client.ca_cert.as_deref())?;
     let auth = format!("Bearer {}", client.token);
     let response = match (method, body) {
         ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
@@ -154,6 +161,29 @@ pub(super) fn call(
         anyhow::bail!(message);
     }
     Ok(value)
+}
+
+/// A client, trusting `ca_cert` (PEM) for HTTPS when given.
+pub(super) fn agent(ca_cert: Option<&std::path::Path>) -> anyhow::Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if certs.is_empty() {
+            anyhow::bail!("{}: no PEM certificate", path.display());
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    Ok(config.build().new_agent())
 }
 
 /// Runs `gantry submit`.

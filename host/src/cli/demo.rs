@@ -95,6 +95,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse().expect("an address"),
         cluster: super::cluster(None)?,
         cache_dir: ctx.cache_dir.clone(),
+        tls: None,
     })?;
     let addr = server.addr;
     println!(
@@ -103,6 +104,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     let client = |i: usize| Client {
         url: format!("http://{addr}"),
         token: tokens[i].clone(),
+        ca_cert: None,
     };
     let (ada, lee) = (client(0), client(1));
 
