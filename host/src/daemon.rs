@@ -6,7 +6,8 @@
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
-//! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); and `GET /metrics` (Prometheus text; like health, it needs no
+//! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
+//! `POST /v1/plugins/scheduler`; `GET /v1/audit/verify`; and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
 

@@ -714,6 +714,37 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         job["result"]["resumed_at_step"].as_u64().unwrap() >= u64::from(at),
         "{job}"
     );
+
+    // Plugins: listed to anyone; swapping the scheduler is the policy's plugin.load (admins).
+    let (s, v) = request(&format!("{url}/v1/plugins"), "GET", Some(&ada), None);
+    assert_eq!(
+        (s, v["scheduler"]["name"].as_str()),
+        (200, Some("binpack")),
+        "{v}"
+    );
+    assert_eq!(v["preprocessors"].as_array().unwrap().len(), 3, "{v}");
+    let swap = format!("{url}/v1/plugins/scheduler");
+    let (s, v) = request(&swap, "POST", Some(&ada), Some(r#"{"name": "topology"}"#));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0].as_str().unwrap().contains("only admins"),
+        "{v}"
+    );
+    assert_eq!(
+        request(&swap, "POST", Some(&ops), Some(r#"{"name": "nope"}"#)).0,
+        404
+    );
+    let (s, v) = request(&swap, "POST", Some(&ops), Some(r#"{"name": "topology"}"#));
+    assert_eq!((s, v["name"].as_str()), (200, Some("topology")), "{v}");
+
+    // The audit log verifies over the API, for those the policy lets read it.
+    assert_eq!(
+        request(&format!("{url}/v1/audit/verify"), "GET", Some(&ada), None).0,
+        403
+    );
+    let (s, v) = request(&format!("{url}/v1/audit/verify"), "GET", Some(&ops), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(v["entries"].as_u64().unwrap() >= 5, "{v}");
 }
 
 #[test]

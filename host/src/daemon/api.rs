@@ -44,6 +44,9 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/datasets/{name}/content", get(download))
         .route("/v1/gpus", get(gpus))
         .route("/v1/gpus/unhealthy", post(mark_unhealthy))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/scheduler", post(load_scheduler))
+        .route("/v1/audit/verify", get(verify_audit))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
@@ -643,4 +646,109 @@ async fn mark_unhealthy(
     .map_err(ApiError::internal)??;
     state.wake.notify_one();
     Ok(Json(json!({"requeued": requeued})))
+}
+
+/// `GET /v1/plugins`: the active scheduler plugin and the shipped ones of every kind.
+async fn plugins(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    authenticate(&state, &headers)?;
+    let host = state.daemon.host();
+    let active = host.scheduler().map(|p| {
+        json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
+               "health": p.health().report()})
+    });
+    let shipped = |list: &[crate::builtin::Builtin]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|b| json!({"name": b.name, "summary": b.summary}))
+            .collect()
+    };
+    Ok(Json(json!({
+        "scheduler": active,
+        "schedulers": shipped(crate::builtin::SCHEDULERS),
+        "preprocessors": shipped(crate::builtin::PREPROCESSORS),
+    })))
+}
+
+/// The body of `POST /v1/plugins/scheduler`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerRef {
+    /// A shipped scheduler plugin.
+    name: String,
+}
+
+/// `POST /v1/plugins/scheduler` `{"name": ...}`: loads (or reloads) a shipped scheduler plugin
+/// as the active one, if the policy allows `plugin.load`; recorded in the audit log.
+async fn load_scheduler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<SchedulerRef>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    let Json(SchedulerRef { name }) = body?;
+    if crate::builtin::scheduler(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no shipped scheduler plugin `{name}`"),
+        ));
+    }
+    let daemon = state.daemon.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let mut host = daemon.host();
+        match host.load_scheduler_as(&user.subject(), &crate::PluginSource::Builtin(name)) {
+            Ok(p) => {
+                super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
+                Ok(json!({"name": p.name(), "version": p.manifest().version,
+                          "sha256": p.wasm_sha256()}))
+            }
+            Err(crate::HostError::Denied {
+                decision_id,
+                reasons,
+            }) => {
+                super::metrics::Metrics::inc(&daemon.metrics.decisions_denied);
+                Err(ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    body: json!({"error": "plugin.load denied by policy", "reasons": reasons,
+                                 "decision_id": decision_id}),
+                })
+            }
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    state.wake.notify_one();
+    Ok(Json(loaded))
+}
+
+/// `GET /v1/audit/verify`: verifies the audit log (chain and signed checkpoints) if the policy
+/// allows `audit.read`.
+async fn verify_audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "audit.read", json!({"log": "audit.log"}))?;
+    let daemon = state.daemon.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let root = daemon.store.root().to_path_buf();
+        let key = crate::keys::load(&root.join("keys/host.pk8")).map_err(ApiError::internal)?;
+        crate::audit::verify(
+            &root.join("audit.log"),
+            Some(&crate::keys::public_hex(&key)),
+        )
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the audit log does not verify: {e}"),
+            )
+        })
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(
+        serde_json::to_value(report).map_err(ApiError::internal)?,
+    ))
 }
