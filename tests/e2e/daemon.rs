@@ -108,6 +108,33 @@ fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
     }
 }
 
+/// Waits until job `job` has a checkpoint of at least `step` steps; returns its step.
+fn wait_for_checkpoint(db: &gantry::daemon::db::Db, job: &str, step: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((at, _)) = db.latest_checkpoint(job).unwrap()
+            && at >= step
+        {
+            return at;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of {job} yet");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls the job at `url` until it succeeded or failed; returns it.
+fn wait_until_over(url: &str, token: &str, seconds: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let (_, v) = request(url, "GET", Some(token), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -343,33 +370,13 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
     assert_eq!(s, 201, "{v}");
     let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let at = loop {
-        if let Some((step, _)) = db.latest_checkpoint("t1").unwrap()
-            && step >= 200
-        {
-            break step;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint yet");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let at = wait_for_checkpoint(&db, "t1", 200);
     daemon.signal("-9");
 
     // Restart: the job resumes from a stored checkpoint (not from step 0) and finishes.
     let mut daemon = Daemon::start(&data, &cache);
     let url = daemon.url.clone();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let job = loop {
-        let (_, v) = request(&format!("{url}/v1/jobs/t1"), "GET", Some(&ada), None);
-        if v["state"] == "succeeded" || v["state"] == "failed" {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed job did not finish: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_until_over(&format!("{url}/v1/jobs/t1"), &ada, 180);
     assert_eq!(job["state"], "succeeded", "{job}");
     let resumed = job["result"]["resumed_at_step"].as_u64().unwrap();
     assert!(
@@ -656,16 +663,7 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         201
     );
     let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let at = loop {
-        if let Some((step, _)) = db.latest_checkpoint("t3").unwrap()
-            && step >= 100
-        {
-            break step;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint yet");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let at = wait_for_checkpoint(&db, "t3", 100);
     let (_, job) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
     let bad = job["gpu_ids"][0].as_str().unwrap().to_string();
 
@@ -689,18 +687,7 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
     assert_eq!(entry["healthy"], false, "{entry}");
 
     // It runs again on healthy GPUs, from its checkpoint, and finishes.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let job = loop {
-        let (_, v) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
-        if v["state"] == "succeeded" || v["state"] == "failed" {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the requeued job did not finish: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_until_over(&format!("{url}/v1/jobs/t3"), &ada, 180);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(
         !job["gpu_ids"]
@@ -833,15 +820,7 @@ backend = "cpu"
     let body = json!({"id": "ds1", "tenant": "vision", "gpus": 1, "train": train});
     let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
     assert_eq!(s, 201, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let (_, v) = request(&format!("{jobs}/ds1"), "GET", Some(&ada), None);
-        if v["state"] == "succeeded" || v["state"] == "failed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let job = wait_until_over(&format!("{jobs}/ds1"), &ada, 120);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(
         job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,

@@ -164,23 +164,29 @@ fn authorize(
         .host()
         .authorize(&user.subject(), action, &resource)
         .map_err(ApiError::internal)?;
-    let m = &state.daemon.metrics;
-    super::metrics::Metrics::inc(if verdict.allow {
-        &m.decisions_allowed
-    } else {
-        &m.decisions_denied
-    });
     if verdict.allow {
+        super::metrics::Metrics::inc(&state.daemon.metrics.decisions_allowed);
         Ok(())
     } else {
-        Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            body: json!({
-                "error": format!("{action} denied by policy"),
-                "reasons": verdict.reasons,
-                "decision_id": verdict.decision_id,
-            }),
-        })
+        Err(denied(
+            &state.daemon,
+            action,
+            verdict.decision_id,
+            verdict.reasons,
+        ))
+    }
+}
+
+/// A policy's refusal: counted, and a 403 with its reasons and decision id.
+fn denied(daemon: &Daemon, action: &str, decision_id: String, reasons: Vec<String>) -> ApiError {
+    super::metrics::Metrics::inc(&daemon.metrics.decisions_denied);
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        body: json!({
+            "error": format!("{action} denied by policy"),
+            "reasons": reasons,
+            "decision_id": decision_id,
+        }),
     }
 }
 
@@ -336,14 +342,7 @@ async fn submit(
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
-            }) => {
-                super::metrics::Metrics::inc(&m.decisions_denied);
-                return Err(ApiError {
-                    status: StatusCode::FORBIDDEN,
-                    body: json!({"error": "job.submit denied by policy", "reasons": reasons,
-                                 "decision_id": decision_id}),
-                });
-            }
+            }) => return Err(denied(&daemon, "job.submit", decision_id, reasons)),
             Err(crate::HostError::Job { message, .. }) => {
                 // Decided and allowed, then refused as a duplicate.
                 super::metrics::Metrics::inc(&m.decisions_allowed);
@@ -706,14 +705,7 @@ async fn load_scheduler(
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
-            }) => {
-                super::metrics::Metrics::inc(&daemon.metrics.decisions_denied);
-                Err(ApiError {
-                    status: StatusCode::FORBIDDEN,
-                    body: json!({"error": "plugin.load denied by policy", "reasons": reasons,
-                                 "decision_id": decision_id}),
-                })
-            }
+            }) => Err(denied(&daemon, "plugin.load", decision_id, reasons)),
             Err(e) => Err(ApiError::internal(e)),
         }
     })
