@@ -7,7 +7,8 @@
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
-//! `POST /v1/plugins/scheduler`; `GET /v1/audit/verify`; and `GET /metrics` (Prometheus text; like health, it needs no
+//! `POST /v1/plugins/scheduler`; `GET /v1/audit/verify`; `POST /v1/policy` (a bundle, admins);
+//! and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
 
@@ -284,6 +285,13 @@ pub async fn serve_until(
         Some((cert, key)) => Some(tls::server_config(cert, key)?),
         None => None,
     };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving plain HTTP beyond loopback: bearer tokens cross the network in the clear \
+             (give --tls-cert and --tls-key)"
+        );
+    }
     let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

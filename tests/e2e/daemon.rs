@@ -923,3 +923,126 @@ fn with_a_certificate_the_daemon_speaks_only_tls() {
         "an untrusted certificate must fail"
     );
 }
+
+/// POSTs raw bytes.
+fn post_bytes(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let r = agent
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body)
+        .expect("the daemon answers");
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn admins_replace_the_policy_with_a_bundle_and_it_decides_from_then_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        gantry(&["init", "--data-dir", d], dir.path())
+            .status
+            .success()
+    );
+    let user = |name: &str, roles: &str| {
+        let o = gantry(
+            &[
+                "user",
+                "add",
+                name,
+                "--roles",
+                roles,
+                "--tenants",
+                "vision",
+                "--data-dir",
+                d,
+            ],
+            dir.path(),
+        );
+        text(&o).0.trim().to_string()
+    };
+    let (ops, ada) = (user("ops", "admin"), user("ada", "researcher"));
+
+    // A stricter policy: researchers may ask for at most 2 GPUs.
+    let src = dir.path().join("policy");
+    std::fs::create_dir(&src).unwrap();
+    let repo = crate::support::repo();
+    std::fs::copy(repo.join("policies/authz.rego"), src.join("authz.rego")).unwrap();
+    let data_json = std::fs::read_to_string(repo.join("policies/data.json")).unwrap();
+    let strict = data_json.replace(
+        r#""researcher": {"max_job_gpus": 256}"#,
+        r#""researcher": {"max_job_gpus": 2}"#,
+    );
+    assert_ne!(strict, data_json, "the shipped data.json changed shape");
+    std::fs::write(src.join("data.json"), strict).unwrap();
+    let bundle = |entrypoint: &str, name: &str| {
+        let out = dir.path().join(name);
+        let o = gantry(
+            &[
+                "policy",
+                "build",
+                src.to_str().unwrap(),
+                "-e",
+                entrypoint,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &shared_cache(),
+        );
+        assert!(o.status.success(), "{}", text(&o).1);
+        std::fs::read(out).unwrap()
+    };
+    let strict_bundle = bundle("gantry/authz/decision", "strict.tar.gz");
+    let allow_only = bundle("gantry/authz/allow", "allow.tar.gz");
+
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let jobs = format!("{url}/v1/jobs");
+    let policy = format!("{url}/v1/policy");
+    let eight = |id: &str| json!({"id": id, "tenant": "vision", "gpus": 8}).to_string();
+    assert_eq!(
+        request(&jobs, "POST", Some(&ada), Some(&eight("before"))).0,
+        201
+    );
+
+    assert_eq!(post_bytes(&policy, &ada, &strict_bundle).0, 403);
+    assert_eq!(post_bytes(&policy, &ops, b"not a tarball").0, 400);
+    let (s, v) = post_bytes(&policy, &ops, &allow_only);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("would deny every request"),
+        "{v}"
+    );
+    let (s, v) = post_bytes(&policy, &ops, &strict_bundle);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["previous"].is_string() && v["revision"] != v["previous"],
+        "{v}"
+    );
+
+    let (s, v) = request(&jobs, "POST", Some(&ada), Some(&eight("after")));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("allow at most 2"),
+        "{v}"
+    );
+    let two = json!({"id": "small", "tenant": "vision", "gpus": 2}).to_string();
+    assert_eq!(request(&jobs, "POST", Some(&ada), Some(&two)).0, 201);
+    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(log.contains("policy.swap"), "the swap is audited");
+}

@@ -47,6 +47,10 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/scheduler", post(load_scheduler))
         .route("/v1/audit/verify", get(verify_audit))
+        .route(
+            "/v1/policy",
+            post(reload_policy).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
@@ -743,4 +747,66 @@ async fn verify_audit(
     Ok(Json(
         serde_json::to_value(report).map_err(ApiError::internal)?,
     ))
+}
+
+/// `POST /v1/policy` (admins): replaces the access-control policy with the OPA bundle in the
+/// body (`gantry policy build`), atomically and audited. A bundle without the decision
+/// entrypoint is refused: installing it would deny every request, the admin's own included.
+async fn reload_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    if !user.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only admins may replace the policy",
+        ));
+    }
+    let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
+    let daemon = state.daemon.clone();
+    let swapped = tokio::task::spawn_blocking(move || {
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+        // The bundle reader takes a file: a private temporary one in the data directory.
+        let tmp = daemon
+            .store
+            .root()
+            .join("objects/tmp")
+            .join(format!("policy-{}.tar.gz", crate::audit::new_decision_id()));
+        crate::durable::write(&tmp, &body, crate::durable::Mode::Private)
+            .map_err(ApiError::internal)?;
+        let bundle = crate::policy::bundle::Bundle::read(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let bundle = bundle.map_err(|e| bad(format!("not a policy bundle: {e}")))?;
+        let mut host = daemon.host();
+        let policy = crate::policy::decide::LoadedPolicy::load(
+            host.engine(),
+            host.cache(),
+            bundle,
+            crate::policy::decide::PolicyLimits::default(),
+        )
+        .map_err(|e| bad(format!("the bundle does not load: {e}")))?;
+        if !policy
+            .entrypoints()
+            .iter()
+            .any(|e| e == crate::DECISION_ENTRYPOINT)
+        {
+            return Err(bad(format!(
+                "the bundle has no `{}` entrypoint (it has {:?}); it would deny every request",
+                crate::DECISION_ENTRYPOINT,
+                policy.entrypoints()
+            )));
+        }
+        let revision = policy.revision().to_string();
+        let previous = host
+            .set_policy(policy)
+            .map_err(ApiError::internal)?
+            .map(|p| p.revision().to_string());
+        tracing::info!(by = %user.name, revision = %revision, "policy replaced");
+        Ok::<_, ApiError>(json!({"revision": revision, "previous": previous}))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(swapped))
 }
