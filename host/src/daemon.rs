@@ -4,6 +4,7 @@
 //! plugin on every change.
 //!
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
+//! `GET /v1/jobs/{id}/logs`;
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
@@ -151,9 +152,15 @@ impl Daemon {
             std::sync::atomic::Ordering::Relaxed,
         );
         for a in &report.placements {
+            let placed = format!(
+                "scheduled on {} GPU(s): {}",
+                a.gpus.len(),
+                a.gpus.join(", ")
+            );
             if let Err(e) = self
                 .db
                 .set_state(&a.job_id, JobState::Scheduled, &a.gpus, None)
+                .and_then(|()| self.db.log(&a.job_id, &placed))
             {
                 tracing::error!(job = %a.job_id, error = %e, "recording a placement");
                 continue;

@@ -388,6 +388,28 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
         "{job}"
     );
+    // Its log tells the story, kill and resume included.
+    let (s, v) = request(&format!("{url}/v1/jobs/t1/logs"), "GET", Some(&ada), None);
+    assert_eq!(s, 200, "{v}");
+    let lines: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    let has = |p: &str| lines.iter().any(|l| l.starts_with(p));
+    assert!(
+        has("submitted by ada")
+            && has("scheduled on 1 GPU(s)")
+            && has("training on synthetic spirals"),
+        "{lines:?}"
+    );
+    assert!(
+        has("checkpoint at step 100")
+            && has("resuming from the checkpoint at step")
+            && has("succeeded after 4500 steps"),
+        "{lines:?}"
+    );
     // Checkpoints are encrypted objects of the store, and authenticate.
     let (_, object) = db.latest_checkpoint("t1").unwrap().unwrap();
     let store = gantry::storage::Store::open(&data).unwrap();

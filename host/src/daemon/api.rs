@@ -35,6 +35,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/metrics", get(metrics))
         .route("/v1/datasets", get(datasets))
         .route(
@@ -355,7 +356,12 @@ async fn submit(
             Err(e) => return Err(ApiError::internal(e)),
         }
         match daemon.db.insert_job(&job) {
-            Ok(true) => Ok(job),
+            Ok(true) => {
+                let _ = daemon
+                    .db
+                    .log(&job.id, &format!("submitted by {}", job.owner));
+                Ok(job)
+            }
             Ok(false) => {
                 host.cancel(&job.id);
                 Err(ApiError::new(
@@ -809,4 +815,21 @@ async fn reload_policy(
     .await
     .map_err(ApiError::internal)??;
     Ok(Json(swapped))
+}
+
+/// `GET /v1/jobs/{id}/logs`: what happened to the job, oldest first.
+async fn job_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    find(&state, &user, &id)?;
+    let lines = state.daemon.db.logs(&id).map_err(ApiError::internal)?;
+    Ok(Json(json!(
+        lines
+            .into_iter()
+            .map(|(at, message)| json!({"at": at, "message": message}))
+            .collect::<Vec<_>>()
+    )))
 }

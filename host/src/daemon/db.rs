@@ -220,6 +220,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     train TEXT,
     result TEXT
 );
+CREATE TABLE IF NOT EXISTS job_events (
+    job TEXT NOT NULL,
+    at REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job);
 CREATE TABLE IF NOT EXISTS checkpoints (
     job TEXT NOT NULL REFERENCES jobs(id),
     step INTEGER NOT NULL,
@@ -353,6 +359,30 @@ impl Db {
             )
             .ctx("updating a job")?;
         Ok(())
+    }
+
+    /// Appends a line to job `id`'s log.
+    pub fn log(&self, id: &str, message: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO job_events(job, at, message) VALUES (?1, ?2, ?3)",
+                params![id, now(), message],
+            )
+            .ctx("writing a job's log")?;
+        Ok(())
+    }
+
+    /// Job `id`'s log: `(unix seconds, message)`, oldest first.
+    pub fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT at, message FROM job_events WHERE job = ?1 ORDER BY rowid")
+            .ctx("reading a job's log")?;
+        let rows = stmt
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("reading a job's log")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading a job's log")
     }
 
     /// Records a training job's outcome.

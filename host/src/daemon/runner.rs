@@ -78,6 +78,10 @@ fn run(
                 .get(&object)
                 .map_err(|e| TrainError::Unavailable(e.to_string()))?;
             tracing::info!(step, object = %object, "resuming from checkpoint");
+            let _ = daemon.db.log(
+                &job.id,
+                &format!("resuming from the checkpoint at step {step}"),
+            );
             Some(checkpoint::from_bytes(
                 &bytes,
                 std::path::Path::new(&format!("checkpoint {object}")),
@@ -88,6 +92,12 @@ fn run(
     daemon
         .db
         .set_state(&job.id, JobState::Running, &job.gpu_ids, None)
+        .and_then(|()| {
+            daemon.db.log(
+                &job.id,
+                &format!("training on {} ({})", data.source, selected.reason()),
+            )
+        })
         .map_err(|e| TrainError::Unavailable(e.to_string()))?;
     let batch = config.batch_size as u64;
     let mut on_step = |_: &training::Progress| {
@@ -104,6 +114,16 @@ fn run(
         daemon
             .db
             .add_checkpoint(&job.id, c.state.step, &object)
+            .and_then(|()| {
+                daemon.db.log(
+                    &job.id,
+                    &format!(
+                        "checkpoint at step {} (object {})",
+                        c.state.step,
+                        &object[..16]
+                    ),
+                )
+            })
             .map_err(|e| TrainError::Unavailable(e.to_string()))?;
         Ok(object)
     };
@@ -137,11 +157,24 @@ fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, T
                 "backend": o.backend,
                 "checkpoint": o.checkpoint,
             });
-            daemon.db.set_result(&job.id, &result).and_then(|()| {
-                daemon
-                    .db
-                    .set_state(&job.id, JobState::Succeeded, &job.gpu_ids, None)
-            })
+            let summary = format!(
+                "succeeded after {} steps: train loss {:.4}{}",
+                o.steps,
+                o.train_loss,
+                o.test
+                    .and_then(|t| t.accuracy)
+                    .map(|a| format!(", test accuracy {:.1} %", 100.0 * a))
+                    .unwrap_or_default()
+            );
+            daemon
+                .db
+                .set_result(&job.id, &result)
+                .and_then(|()| {
+                    daemon
+                        .db
+                        .set_state(&job.id, JobState::Succeeded, &job.gpu_ids, None)
+                })
+                .and_then(|()| daemon.db.log(&job.id, &summary))
         }
         // Stopped by whoever set its flag (a cancel, a failed GPU), who also owns what happens
         // to the job next: nothing to record, and its place in the host is theirs to change.
@@ -151,12 +184,15 @@ fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, T
         }
         Err(e) => {
             tracing::warn!(error = %e, "training job failed");
-            daemon.db.set_state(
-                &job.id,
-                JobState::Failed,
-                &job.gpu_ids,
-                Some(&e.to_string()),
-            )
+            daemon
+                .db
+                .set_state(
+                    &job.id,
+                    JobState::Failed,
+                    &job.gpu_ids,
+                    Some(&e.to_string()),
+                )
+                .and_then(|()| daemon.db.log(&job.id, &format!("failed: {e}")))
         }
     };
     if let Err(e) = recorded {
