@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{gantry, shared_cache, text};
+use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
 
 struct Daemon {
     child: Child,
@@ -139,31 +139,8 @@ fn wait_until_over(url: &str, token: &str, seconds: u64) -> Value {
 fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let cache = shared_cache();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let token = |name: &str, tenant: &str| {
-        let o = gantry(
-            &[
-                "user",
-                "add",
-                name,
-                "--roles",
-                "researcher",
-                "--tenants",
-                tenant,
-                "--data-dir",
-                d,
-            ],
-            dir.path(),
-        );
-        assert!(o.status.success(), "{}", text(&o).1);
-        text(&o).0.trim().to_string()
-    };
+    let data = init_data_dir(dir.path());
+    let token = |name: &str, tenant: &str| add_user(&data, name, "researcher", tenant, "public");
     let (ada, lee) = (token("ada", "vision"), token("lee", "language"));
 
     let mut daemon = Daemon::start(&data, &cache);
@@ -332,28 +309,8 @@ every_steps = 100
 fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let cache = shared_cache();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let o = gantry(
-        &[
-            "user",
-            "add",
-            "ada",
-            "--roles",
-            "researcher",
-            "--tenants",
-            "vision",
-            "--data-dir",
-            d,
-        ],
-        dir.path(),
-    );
-    let ada = text(&o).0.trim().to_string();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
 
     let mut daemon = Daemon::start(&data, &cache);
     let jobs = format!("{}/v1/jobs", daemon.url);
@@ -468,32 +425,9 @@ fn put(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
 #[test]
 fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
+    let data = init_data_dir(dir.path());
     let user = |name: &str, roles: &str, tenant: &str, clearance: &str| {
-        let o = gantry(
-            &[
-                "user",
-                "add",
-                name,
-                "--roles",
-                roles,
-                "--tenants",
-                tenant,
-                "--clearance",
-                clearance,
-                "--data-dir",
-                d,
-            ],
-            dir.path(),
-        );
-        assert!(o.status.success(), "{}", text(&o).1);
-        text(&o).0.trim().to_string()
+        add_user(&data, name, roles, tenant, clearance)
     };
     let wendy = user("wendy", "researcher,writer", "vision", "confidential");
     let ada = user("ada", "researcher", "vision", "internal");
@@ -646,30 +580,8 @@ fn a_short_load_test_loses_nothing() {
 #[test]
 fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let user = |name: &str, roles: &str| {
-        let o = gantry(
-            &[
-                "user",
-                "add",
-                name,
-                "--roles",
-                roles,
-                "--tenants",
-                "vision",
-                "--data-dir",
-                d,
-            ],
-            dir.path(),
-        );
-        text(&o).0.trim().to_string()
-    };
+    let data = init_data_dir(dir.path());
+    let user = |name: &str, roles: &str| add_user(&data, name, roles, "vision", "public");
     let (ops, ada) = (user("ops", "admin"), user("ada", "researcher"));
     let daemon = Daemon::start(&data, &shared_cache());
     let url = daemon.url.clone();
@@ -759,32 +671,9 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
 #[test]
 fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let user = |name: &str, roles: &str, tenant: &str| {
-        let o = gantry(
-            &[
-                "user",
-                "add",
-                name,
-                "--roles",
-                roles,
-                "--tenants",
-                tenant,
-                "--clearance",
-                "internal",
-                "--data-dir",
-                d,
-            ],
-            dir.path(),
-        );
-        text(&o).0.trim().to_string()
-    };
+    let data = init_data_dir(dir.path());
+    let user =
+        |name: &str, roles: &str, tenant: &str| add_user(&data, name, roles, tenant, "internal");
     let (ada, lee) = (
         user("ada", "researcher,writer", "vision"),
         user("lee", "researcher", "language"),
@@ -853,28 +742,9 @@ backend = "cpu"
 #[test]
 fn with_a_certificate_the_daemon_speaks_only_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = init_data_dir(dir.path());
     let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let o = gantry(
-        &[
-            "user",
-            "add",
-            "ada",
-            "--roles",
-            "researcher",
-            "--tenants",
-            "vision",
-            "--data-dir",
-            d,
-        ],
-        dir.path(),
-    );
-    let ada = text(&o).0.trim().to_string();
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -968,30 +838,8 @@ fn post_bytes(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
 #[test]
 fn admins_replace_the_policy_with_a_bundle_and_it_decides_from_then_on() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
-    let user = |name: &str, roles: &str| {
-        let o = gantry(
-            &[
-                "user",
-                "add",
-                name,
-                "--roles",
-                roles,
-                "--tenants",
-                "vision",
-                "--data-dir",
-                d,
-            ],
-            dir.path(),
-        );
-        text(&o).0.trim().to_string()
-    };
+    let data = init_data_dir(dir.path());
+    let user = |name: &str, roles: &str| add_user(&data, name, roles, "vision", "public");
     let (ops, ada) = (user("ops", "admin"), user("ada", "researcher"));
 
     // A stricter policy: researchers may ask for at most 2 GPUs.

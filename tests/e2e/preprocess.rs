@@ -47,13 +47,8 @@ fn standardize_a_file_and_a_stored_object_into_f32_features() {
     assert!((0..5000).all(|r| features.features[r * 3 + 2] == 0.0));
 
     // The same through the encrypted store: identical features.
-    let data = dir.path().join("data");
+    let data = crate::support::init_data_dir(dir.path());
     let d = data.to_str().unwrap();
-    assert!(
-        gantry(&["init", "--data-dir", d], dir.path())
-            .status
-            .success()
-    );
     let o = gantry(
         &["store", "put", file.to_str().unwrap(), "--data-dir", d],
         dir.path(),

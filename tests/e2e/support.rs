@@ -25,6 +25,37 @@ pub fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-plugin-cache")
 }
 
+/// `gantry init` of a data directory `data` under `dir`; returns its path.
+pub fn init_data_dir(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let out = gantry(&["init", "--data-dir", data.to_str().unwrap()], dir);
+    assert!(out.status.success(), "{}", text(&out).1);
+    data
+}
+
+/// `gantry user add` in `data`; returns the user's bearer token.
+pub fn add_user(data: &Path, name: &str, roles: &str, tenant: &str, clearance: &str) -> String {
+    let d = data.to_str().unwrap();
+    let out = gantry(
+        &[
+            "user",
+            "add",
+            name,
+            "--roles",
+            roles,
+            "--tenants",
+            tenant,
+            "--clearance",
+            clearance,
+            "--data-dir",
+            d,
+        ],
+        data.parent().unwrap_or(data),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    text(&out).0.trim().to_string()
+}
+
 /// Runs the `gantry` binary with an isolated cache.
 pub fn gantry(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gantry"))

@@ -112,6 +112,14 @@ struct ApiError {
 }
 
 impl ApiError {
+    /// Prefixes the message with where it arose (`job x: train`).
+    fn context(mut self, origin: &str) -> Self {
+        if let Some(m) = self.body["error"].as_str() {
+            self.body["error"] = format!("{origin}: {m}").into();
+        }
+        self
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -178,6 +186,18 @@ fn authorize(
             action,
             verdict.decision_id,
             verdict.reasons,
+        ))
+    }
+}
+
+/// 403 unless `user` is an admin (for host operations the policy has no action for).
+fn require_admin(user: &User, what: &str) -> ApiResult<()> {
+    if user.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("only admins may {what}"),
         ))
     }
 }
@@ -296,25 +316,14 @@ async fn submit(
         if let Some(name) = &config.data.dataset {
             // The job reads the dataset as its submitter: same tenant, and the policy's
             // dataset.read (clearance) now, not only when it runs.
-            let found = state
-                .daemon
-                .db
-                .datasets()
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .find(|d| &d.name == name && d.tenant == req.tenant && dataset_visible(&user, d))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("{origin}: no dataset `{name}` in tenant {}", req.tenant),
-                    )
-                })?;
-            authorize(
-                &state,
-                &user,
-                "dataset.read",
-                json!({"name": found.name, "classification": found.classification, "tenant": found.tenant}),
-            )?;
+            readable_dataset(&state, &user, name, Some(&req.tenant)).map_err(|e| {
+                // Name the job in a not-found; a policy refusal speaks for itself.
+                if e.status == StatusCode::NOT_FOUND {
+                    e.context(&origin)
+                } else {
+                    e
+                }
+            })?;
         }
     }
     let job = JobRecord {
@@ -532,26 +541,40 @@ async fn datasets(
     ))
 }
 
+/// Dataset `name` if `user` may read it: visible to them (in `tenant`, when given), and the
+/// policy's `dataset.read` (clearance) allows it. Otherwise 404, or 403 with the reasons.
+fn readable_dataset(
+    state: &AppState,
+    user: &User,
+    name: &str,
+    tenant: Option<&str>,
+) -> ApiResult<super::db::DatasetRecord> {
+    let found = state
+        .daemon
+        .db
+        .dataset(name)
+        .map_err(ApiError::internal)?
+        .filter(|d| dataset_visible(user, d) && tenant.is_none_or(|t| t == d.tenant))
+        .ok_or_else(|| {
+            let within = tenant
+                .map(|t| format!(" in tenant {t}"))
+                .unwrap_or_default();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no dataset `{name}`{within}"),
+            )
+        })?;
+    authorize(state, user, "dataset.read", found.resource())?;
+    Ok(found)
+}
+
 async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let user = authenticate(&state, &headers)?;
-    let found = state
-        .daemon
-        .db
-        .datasets()
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .find(|d| d.name == name && dataset_visible(&user, d))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no dataset `{name}`")))?;
-    authorize(
-        &state,
-        &user,
-        "dataset.read",
-        json!({"name": found.name, "classification": found.classification, "tenant": found.tenant}),
-    )?;
+    let found = readable_dataset(&state, &user, &name, None)?;
     let daemon = state.daemon.clone();
     // Decrypted and authenticated completely before a byte is sent: a corrupt object is an
     // error, never partial data.
@@ -617,12 +640,7 @@ async fn mark_unhealthy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     let Json(GpuRef { gpu: id }) = body?;
-    if !user.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only admins may change a GPU's health",
-        ));
-    }
+    require_admin(&user, "change a GPU's health")?;
     let daemon = state.daemon.clone();
     let requeued = tokio::task::spawn_blocking(move || {
         let lost = daemon
@@ -764,12 +782,7 @@ async fn reload_policy(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
-    if !user.is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only admins may replace the policy",
-        ));
-    }
+    require_admin(&user, "replace the policy")?;
     let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
     let daemon = state.daemon.clone();
     let swapped = tokio::task::spawn_blocking(move || {

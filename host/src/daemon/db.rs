@@ -160,6 +160,14 @@ pub struct DatasetRecord {
     pub created_at: f64,
 }
 
+impl DatasetRecord {
+    /// The policy's `resource` for this dataset.
+    pub fn resource(&self) -> serde_json::Value {
+        serde_json::json!({"name": self.name, "classification": self.classification,
+                           "tenant": self.tenant})
+    }
+}
+
 /// A token as stored: never the token itself.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
@@ -444,26 +452,23 @@ impl Db {
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT name, tenant, classification, object, bytes, owner, created_at
-                 FROM datasets ORDER BY name",
-            )
+            .prepare(&format!("{SELECT_DATASET} ORDER BY name"))
             .ctx("listing datasets")?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DatasetRecord {
-                    name: r.get(0)?,
-                    tenant: r.get(1)?,
-                    classification: r.get(2)?,
-                    object: r.get(3)?,
-                    bytes: r.get::<_, i64>(4)? as u64,
-                    owner: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
-            })
-            .ctx("listing datasets")?;
+        let rows = stmt.query_map([], row_to_dataset).ctx("listing datasets")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing datasets")
+    }
+
+    /// The dataset called `name`.
+    pub fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, DbError> {
+        self.conn()
+            .query_row(
+                &format!("{SELECT_DATASET} WHERE name = ?1"),
+                params![name],
+                row_to_dataset,
+            )
+            .optional()
+            .ctx("reading a dataset")
     }
 
     /// How many jobs are in each state.
@@ -501,6 +506,21 @@ impl Db {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing jobs")
     }
+}
+
+const SELECT_DATASET: &str =
+    "SELECT name, tenant, classification, object, bytes, owner, created_at FROM datasets";
+
+fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    Ok(DatasetRecord {
+        name: r.get(0)?,
+        tenant: r.get(1)?,
+        classification: r.get(2)?,
+        object: r.get(3)?,
+        bytes: r.get::<_, i64>(4)? as u64,
+        owner: r.get(5)?,
+        created_at: r.get(6)?,
+    })
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,

@@ -212,10 +212,9 @@ fn load_dataset(
     let unavailable = |m: String| TrainError::Unavailable(m);
     let record = daemon
         .db
-        .datasets()
+        .dataset(name)
         .map_err(|e| unavailable(e.to_string()))?
-        .into_iter()
-        .find(|d| d.name == name && d.tenant == job.tenant)
+        .filter(|d| d.tenant == job.tenant)
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
     let bytes = daemon
         .store
