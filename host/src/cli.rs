@@ -93,6 +93,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A job's log: submission, placement, checkpoints, resumes, its end.
+    Logs {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+    },
+    /// A training job's progress: step, epoch, loss, throughput (and its loss curve with --json).
+    Metrics {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job.
     Cancel {
         /// The job's id.
@@ -134,6 +151,13 @@ pub fn init_tracing(verbose: u8) {
         .init();
 }
 
+impl Cli {
+    /// Whether this runs the daemon (`gantry up`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Up(_))
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let cache_dir = if cli.no_cache {
@@ -164,6 +188,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => daemon::submit(args),
         Command::Jobs { client, json } => daemon::jobs(client, json),
         Command::Cancel { id, client } => daemon::cancel(client, &id),
+        Command::Logs { id, client } => daemon::logs(client, &id),
+        Command::Metrics { id, client, json } => daemon::metrics(client, &id, json),
         Command::Init(dir) => store::init(&dir),
         Command::Key(cmd) => store::key(cmd),
         Command::Store(cmd) => store::store(cmd),

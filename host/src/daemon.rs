@@ -4,7 +4,7 @@
 //! plugin on every change.
 //!
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
-//! `GET /v1/jobs/{id}/logs`;
+//! `GET /v1/jobs/{id}/logs`, `GET /v1/jobs/{id}/metrics` (step, loss, throughput, loss curve);
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod curve;
 pub mod db;
 pub mod metrics;
 pub mod runner;
@@ -76,6 +77,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// Stop flags of the training jobs running now, by job id.
     running: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+    /// Training metrics of the jobs running now, by job id.
+    curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
 }
 
 /// The database file of a data directory.
@@ -134,6 +137,7 @@ impl Daemon {
             store,
             metrics: metrics::Metrics::default(),
             running: Mutex::new(Default::default()),
+            curves: Mutex::new(Default::default()),
         })
     }
 
@@ -182,6 +186,43 @@ impl Daemon {
             .get(id)
         {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn curves(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, curve::Curve>> {
+        self.curves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (or, with `None`, ends) job `id`'s live metrics; returns the ones it replaces.
+    fn set_live_curve(&self, id: &str, curve: Option<curve::Curve>) -> Option<curve::Curve> {
+        match curve {
+            Some(c) => self.curves().insert(id.to_string(), c),
+            None => self.curves().remove(id),
+        }
+    }
+
+    /// Job `id`'s live metrics, if it is running.
+    fn live_curve(&self, id: &str) -> Option<curve::Curve> {
+        self.curves().get(id).cloned()
+    }
+
+    /// The running jobs' metrics.
+    fn live_curves(&self) -> Vec<curve::Curve> {
+        self.curves().values().cloned().collect()
+    }
+
+    /// Records a training step of job `id`.
+    fn record_step(&self, id: &str, p: &crate::training::Progress) {
+        if let Some(c) = self.curves().get_mut(id) {
+            c.record(p, db::now());
+        }
+    }
+
+    /// Job `id`'s training metrics: live while it runs, else as last saved.
+    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, db::DbError> {
+        match self.live_curve(id) {
+            Some(c) => Ok(Some(c)),
+            None => self.db.curve(id),
         }
     }
 

@@ -11,6 +11,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // Like other Unix tools, end quietly when a reader closes the pipe (`gantry ... | head`)
+    // instead of panicking in `println!`. Not the daemon: it must never die of a signal.
+    #[cfg(unix)]
+    if !args.is_daemon() {
+        // SAFETY: called before any thread starts; restores the signal's default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli::init_tracing(args.verbose);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -328,6 +328,34 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     assert_eq!(s, 201, "{v}");
     let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "t1", 200);
+    // Live metrics while it runs: its step, loss and throughput, and on /metrics.
+    let (s, m) = request(
+        &format!("{}/v1/jobs/t1/metrics", daemon.url),
+        "GET",
+        Some(&ada),
+        None,
+    );
+    assert_eq!((s, m["state"].as_str()), (200, Some("running")), "{m}");
+    assert!(m["step"].as_u64().unwrap() >= u64::from(at), "{m}");
+    assert_eq!(m["total_steps"], 150 * 30, "{m}");
+    assert!(m["loss"].as_f64().unwrap().is_finite(), "{m}");
+    assert!(m["samples_per_s"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(!m["points"].as_array().unwrap().is_empty(), "{m}");
+    let prom = ureq::get(&format!("{}/metrics", daemon.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let rate = prom
+        .lines()
+        .find_map(|l| l.strip_prefix("gantry_train_samples_per_second "))
+        .unwrap_or_else(|| panic!("no training rate in\n{prom}"));
+    assert!(rate.parse::<f64>().unwrap() > 0.0, "{prom}");
+    assert!(
+        !prom.contains("t1"),
+        "job ids stay behind authentication: {prom}"
+    );
     daemon.signal("-9");
 
     // Restart: the job resumes from a stored checkpoint (not from step 0) and finishes.
@@ -345,6 +373,41 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
         "{job}"
     );
+    // Its loss curve spans the whole run, the steps before the kill included, and falls.
+    let (s, m) = request(
+        &format!("{url}/v1/jobs/t1/metrics"),
+        "GET",
+        Some(&ada),
+        None,
+    );
+    assert_eq!((s, m["state"].as_str()), (200, Some("succeeded")), "{m}");
+    assert_eq!(
+        (m["step"].as_u64(), m["progress"].as_f64()),
+        (Some(4500), Some(1.0))
+    );
+    let points = m["points"].as_array().unwrap();
+    let steps: Vec<u64> = points.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert!(steps[0] <= m["stride"].as_u64().unwrap(), "{steps:?}");
+    assert_eq!(*steps.last().unwrap(), 4500);
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    let loss = |p: &Value| p["loss"].as_f64().unwrap();
+    assert!(loss(points.last().unwrap()) < loss(&points[0]), "{m}");
+    // The CLI shows the same, and the log.
+    let client = ["--url", url.as_str(), "--token", ada.as_str()];
+    let out = gantry(&[&["metrics", "t1"][..], &client].concat(), &cache);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("t1 succeeded: step 4500 of 4500 (100 %)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("test accuracy"), "{stdout}");
+    let out = gantry(&[&["logs", "t1"][..], &client].concat(), &cache);
+    assert!(
+        text(&out).0.contains("resuming from the checkpoint"),
+        "{out:?}"
+    );
+
     // Its log tells the story, kill and resume included.
     let (s, v) = request(&format!("{url}/v1/jobs/t1/logs"), "GET", Some(&ada), None);
     assert_eq!(s, 200, "{v}");

@@ -79,6 +79,9 @@ pub struct SubmitArgs {
     /// Memory per GPU, MiB.
     #[arg(long)]
     memory_per_gpu_mib: Option<u64>,
+    /// Train: this `TRAIN.toml` (its data a synthetic set, or a dataset uploaded to the daemon).
+    #[arg(long, value_name = "TRAIN.toml")]
+    train: Option<std::path::PathBuf>,
     #[command(flatten)]
     client: Client,
 }
@@ -195,6 +198,11 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     if let Some(m) = args.memory_per_gpu_mib {
         body["memory_per_gpu_mib"] = m.into();
     }
+    if let Some(path) = &args.train {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        body["train"] = text.into();
+    }
     let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
     println!("{}", job["id"].as_str().unwrap_or_default());
     Ok(())
@@ -235,5 +243,45 @@ pub fn cancel(client: Client, id: &str) -> anyhow::Result<()> {
         job["id"].as_str().unwrap_or(id),
         job["state"].as_str().unwrap_or("")
     );
+    Ok(())
+}
+
+/// Runs `gantry logs`.
+pub fn logs(client: Client, id: &str) -> anyhow::Result<()> {
+    let lines = call(&client, "GET", &format!("/v1/jobs/{id}/logs"), None)?;
+    for l in lines.as_array().into_iter().flatten() {
+        println!(
+            "{:.3}  {}",
+            l["at"].as_f64().unwrap_or_default(),
+            l["message"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `gantry metrics`.
+pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
+    let m = call(&client, "GET", &format!("/v1/jobs/{id}/metrics"), None)?;
+    if json {
+        println!("{m}");
+        return Ok(());
+    }
+    let loss = m["loss"]
+        .as_f64()
+        .map(|l| format!("{l:.4}"))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{} {}: step {} of {} ({:.0} %), epoch {}, loss {loss}, {:.0} samples/s",
+        m["job"].as_str().unwrap_or(id),
+        m["state"].as_str().unwrap_or_default(),
+        m["step"],
+        m["total_steps"],
+        100.0 * m["progress"].as_f64().unwrap_or_default(),
+        m["epoch"],
+        m["samples_per_s"].as_f64().unwrap_or_default(),
+    );
+    if let Some(a) = m["result"]["test"]["accuracy"].as_f64() {
+        println!("test accuracy {:.1} %", 100.0 * a);
+    }
     Ok(())
 }

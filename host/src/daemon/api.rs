@@ -36,6 +36,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/jobs/{id}/metrics", get(job_metrics))
         .route("/metrics", get(metrics))
         .route("/v1/datasets", get(datasets))
         .route(
@@ -87,10 +88,12 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             .scheduler()
             .map(|p| (p.name().to_string(), p.health().report()));
         drop(host);
+        let running = daemon.live_curves();
         Ok::<_, ApiError>(super::metrics::render(
             &daemon.metrics,
             plugin.as_ref().map(|(n, h)| (n.as_str(), *h)),
             &counts,
+            &running,
         ))
     })
     .await
@@ -845,4 +848,28 @@ async fn job_logs(
             .map(|(at, message)| json!({"at": at, "message": message}))
             .collect::<Vec<_>>()
     )))
+}
+
+/// `GET /v1/jobs/{id}/metrics`: a training job's progress (step of total, epoch, loss,
+/// throughput) and loss curve; live while it runs, as saved once it ended; zeros before it ran.
+async fn job_metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    let job = find(&state, &user, &id)?;
+    let curve = state
+        .daemon
+        .curve(&id)
+        .map_err(ApiError::internal)?
+        .unwrap_or_default();
+    let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
+    body["job"] = json!(job.id);
+    body["state"] = json!(job.state);
+    body["progress"] = json!(curve.progress());
+    if let Some(result) = job.result {
+        body["result"] = result;
+    }
+    Ok(Json(body))
 }

@@ -241,6 +241,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job, step)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_curves (
+    job TEXT PRIMARY KEY REFERENCES jobs(id),
+    curve TEXT NOT NULL
+);
 ";
 
 impl Db {
@@ -402,6 +406,33 @@ impl Db {
             )
             .ctx("recording a result")?;
         Ok(())
+    }
+
+    /// Saves job `id`'s training metrics (replacing earlier ones).
+    pub fn set_curve(&self, id: &str, curve: &super::curve::Curve) -> Result<(), DbError> {
+        let text = serde_json::to_string(curve).unwrap_or_default();
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO job_curves(job, curve) VALUES (?1, ?2)",
+                params![id, text],
+            )
+            .ctx("saving a job's metrics")?;
+        Ok(())
+    }
+
+    /// Job `id`'s saved training metrics.
+    pub fn curve(&self, id: &str) -> Result<Option<super::curve::Curve>, DbError> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT curve FROM job_curves WHERE job = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a job's metrics")?;
+        // A curve this version cannot read is shown as none rather than failing the job.
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Records a checkpoint of `job` after `step` steps, stored as `object`.

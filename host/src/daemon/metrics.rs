@@ -51,6 +51,7 @@ pub fn render(
     m: &Metrics,
     plugin: Option<(&str, crate::plugin::HealthReport)>,
     jobs_by_state: &[(&str, u64)],
+    running: &[super::curve::Curve],
 ) -> String {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::new();
@@ -132,6 +133,14 @@ pub fn render(
         "counter",
         "Training steps taken by jobs.",
         &[("", get(&m.train_steps))],
+    );
+    // Per-job figures stay behind authentication (`/v1/jobs/{id}/metrics`): this endpoint needs
+    // no token, so it shows sums only, never job ids.
+    let rate: f64 = running.iter().map(|c| c.samples_per_s).sum();
+    let _ = writeln!(
+        out,
+        "# HELP gantry_train_samples_per_second Training rows per second, all running jobs.\n\
+         # TYPE gantry_train_samples_per_second gauge\ngantry_train_samples_per_second {rate}"
     );
     out
 }

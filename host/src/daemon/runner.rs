@@ -89,6 +89,10 @@ fn run(
         }
         None => None,
     };
+    // The curve continues from the checkpoint: the steps after it are taken again.
+    let mut curve = daemon.db.curve(&job.id).ok().flatten().unwrap_or_default();
+    curve.rewind(resume.as_ref().map_or(0, |c| c.state.step));
+    daemon.set_live_curve(&job.id, Some(curve));
     daemon
         .db
         .set_state(&job.id, JobState::Running, &job.gpu_ids, None)
@@ -100,10 +104,11 @@ fn run(
         })
         .map_err(|e| TrainError::Unavailable(e.to_string()))?;
     let batch = config.batch_size as u64;
-    let mut on_step = |_: &training::Progress| {
+    let mut on_step = |p: &training::Progress| {
         let m = &daemon.metrics;
         m.train_steps.fetch_add(1, Ordering::Relaxed);
         m.train_samples.fetch_add(batch, Ordering::Relaxed);
+        daemon.record_step(&job.id, p);
         !stop.load(Ordering::SeqCst)
     };
     let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
@@ -114,6 +119,10 @@ fn run(
         daemon
             .db
             .add_checkpoint(&job.id, c.state.step, &object)
+            .and_then(|()| match daemon.live_curve(&job.id) {
+                Some(curve) => daemon.db.set_curve(&job.id, &curve),
+                None => Ok(()),
+            })
             .and_then(|()| {
                 daemon.db.log(
                     &job.id,
@@ -140,6 +149,11 @@ fn run(
 }
 
 fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, TrainError>) {
+    if let Some(curve) = daemon.set_live_curve(&job.id, None)
+        && let Err(e) = daemon.db.set_curve(&job.id, &curve)
+    {
+        tracing::error!(job = %job.id, error = %e, "saving a job's metrics");
+    }
     daemon
         .running
         .lock()
