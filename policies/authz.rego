@@ -2,7 +2,7 @@
 #
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
 #         "action": "job.submit" | "job.cancel" | "dataset.read" | "dataset.write" |
-#                   "plugin.load" | "plugin.unload" | "audit.read",
+#                   "plugin.upload" | "plugin.load" | "plugin.unload" | "audit.read",
 #         "resource": {...}}  (fields per action, below)
 # Every refusal adds a human-readable reason; a request is allowed when there is none.
 package gantry.authz
@@ -22,7 +22,7 @@ is_admin if "admin" in roles
 
 actions := {
 	"job.submit", "job.cancel", "dataset.read", "dataset.write",
-	"plugin.load", "plugin.unload", "audit.read", "placement.apply",
+	"plugin.upload", "plugin.load", "plugin.unload", "audit.read", "placement.apply",
 }
 
 reasons contains msg if {
@@ -110,15 +110,21 @@ reasons contains msg if {
 	msg := sprintf("user %v may not write datasets (needs the writer role)", [input.subject.user])
 }
 
-# Plugins (resource: {"name", "signed"}): admins only, and only signed plugins load.
+# Plugins (resource: {"name", "signed"}): admins only, and only signed plugins are uploaded or
+# loaded.
 
 reasons contains "only admins may load or unload plugins" if {
 	input.action in {"plugin.load", "plugin.unload"}
 	not is_admin
 }
 
+reasons contains "only admins may upload plugins" if {
+	input.action == "plugin.upload"
+	not is_admin
+}
+
 reasons contains msg if {
-	input.action == "plugin.load"
+	input.action in {"plugin.upload", "plugin.load"}
 	not input.resource.signed == true
 	msg := sprintf("plugin %v is not signed by a trusted key", [input.resource.name])
 }

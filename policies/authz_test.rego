@@ -74,6 +74,14 @@ test_only_admins_load_signed_plugins if {
 	not authz.allow with input as load(researcher, true)
 }
 
+upload(subject, signed) := {"subject": subject, "action": "plugin.upload", "resource": {"name": "mine", "signed": signed}}
+
+test_only_admins_upload_signed_plugins if {
+	authz.allow with input as upload(admin, true)
+	not authz.allow with input as upload(admin, false)
+	not authz.allow with input as upload(researcher, true)
+}
+
 audit(subject) := {"subject": subject, "action": "audit.read", "resource": {}}
 
 test_audit_log_is_for_admins_and_auditors if {

@@ -8,7 +8,8 @@
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
-//! `POST /v1/plugins/scheduler`; `GET /v1/audit/verify`; `POST /v1/policy` (a bundle, admins);
+//! `PUT /v1/plugins/{name}` (a signed scheduler plugin, kept in the store),
+//! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`; `POST /v1/policy` (a bundle, admins);
 //! and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
@@ -47,6 +48,8 @@ pub struct DaemonConfig {
     /// Serve HTTPS with this PEM certificate chain and PEM private key (none: plain HTTP, for
     /// loopback).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Whose signatures make an uploaded plugin loadable.
+    pub trust: crate::PluginTrust,
 }
 
 /// A daemon failed to start.
@@ -81,6 +84,36 @@ pub struct Daemon {
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
 }
 
+/// The settings key naming the active scheduler plugin.
+pub const ACTIVE_SCHEDULER: &str = "scheduler";
+
+/// The scheduler plugin a new daemon starts with.
+pub const DEFAULT_SCHEDULER: &str = "binpack";
+
+/// Where scheduler plugin `name` comes from: shipped in the binary, or uploaded (its component
+/// read back from the encrypted store). The error says which lookup failed.
+pub fn plugin_source(
+    db: &Db,
+    store: &crate::storage::Store,
+    name: &str,
+) -> Result<PluginSource, String> {
+    if builtin::scheduler(name).is_some() {
+        return Ok(PluginSource::Builtin(name.to_string()));
+    }
+    let record = db
+        .plugins(Some(name))
+        .map_err(|e| e.to_string())?
+        .pop()
+        .ok_or_else(|| format!("no scheduler plugin `{name}` (shipped or uploaded)"))?;
+    let wasm = store.get(&record.object).map_err(|e| e.to_string())?;
+    Ok(PluginSource::Uploaded(Box::new(crate::UploadedPlugin {
+        name: record.name,
+        manifest: record.manifest,
+        wasm,
+        signature: record.signature,
+    })))
+}
+
 /// The database file of a data directory.
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("gantry.db")
@@ -97,9 +130,21 @@ impl Daemon {
         let db = Db::open(&db_path(&config.data_dir)).map_err(|e| setup(e.to_string()))?;
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
+        host_config.trust = config.trust.clone();
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
-        host.load_scheduler(&PluginSource::Builtin("binpack".into()))
-            .map_err(|e| setup(e.to_string()))?;
+        // The scheduler an admin made active survives restarts; one that no longer loads (a
+        // trust key withdrawn, say) gives way to the shipped default, with a warning.
+        let active = db
+            .setting(ACTIVE_SCHEDULER)
+            .map_err(|e| setup(e.to_string()))?
+            .unwrap_or_else(|| DEFAULT_SCHEDULER.to_string());
+        let loaded = plugin_source(&db, &store, &active)
+            .and_then(|source| host.load_scheduler(&source).map_err(|e| e.to_string()));
+        if let Err(e) = loaded {
+            tracing::warn!(plugin = %active, error = %e, "the active scheduler plugin does not load; using {DEFAULT_SCHEDULER}");
+            host.load_scheduler(&PluginSource::Builtin(DEFAULT_SCHEDULER.into()))
+                .map_err(|e| setup(e.to_string()))?;
+        }
         let key = crate::keys::load(&config.data_dir.join("keys/host.pk8"))
             .map_err(|e| setup(e.to_string()))?;
         let audit = AuditLog::open(&config.data_dir.join("audit.log"), key)

@@ -44,6 +44,38 @@ pub enum PluginSource {
     Builtin(String),
     /// A manifest file, or a directory holding `plugin.toml`.
     Path(PathBuf),
+    /// A plugin uploaded to the daemon: its files as bytes (kept in the encrypted store).
+    Uploaded(Box<UploadedPlugin>),
+}
+
+/// A plugin's files held in memory rather than on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadedPlugin {
+    /// The name it was uploaded under (errors name it as `<uploaded>/{name}/plugin.toml`).
+    pub name: String,
+    /// The manifest's text.
+    pub manifest: String,
+    /// The component.
+    pub wasm: Vec<u8>,
+    /// Its `plugin.sig`, if it came with one.
+    pub signature: Option<plugin::signature::PluginSignature>,
+}
+
+impl UploadedPlugin {
+    /// Where errors say the manifest came from.
+    pub fn origin(&self) -> PathBuf {
+        PathBuf::from(format!("<uploaded>/{}/plugin.toml", self.name))
+    }
+
+    /// Whether a key in `trusted` signed exactly these files; the error says why not.
+    pub fn verify(&self, trusted: &[String]) -> Result<(), String> {
+        match &self.signature {
+            Some(sig) => {
+                plugin::signature::verify(sig, &self.wasm, self.manifest.as_bytes(), trusted)
+            }
+            None => Err("it came without a signature (sign it with `gantry plugin sign`)".into()),
+        }
+    }
 }
 
 impl std::str::FromStr for PluginSource {
@@ -249,6 +281,13 @@ impl Host {
                 self.check_signature(&manifest_path, &wasm)?;
                 (manifest, wasm, wasm_path)
             }
+            PluginSource::Uploaded(up) => {
+                let origin = up.origin();
+                let manifest = Manifest::parse(&up.manifest, &origin)?;
+                let verified = up.verify(&self.trust.trusted_keys);
+                self.trust_or_refuse(&origin, verified)?;
+                (manifest, up.wasm.clone(), origin)
+            }
         };
         SchedulerPlugin::load(
             &self.engine,
@@ -268,16 +307,22 @@ impl Host {
         manifest_path: &std::path::Path,
         wasm: &[u8],
     ) -> Result<(), LoadError> {
-        let refuse = |message: String| LoadError::Signature {
-            path: manifest_path.to_path_buf(),
-            message,
-        };
         let manifest = std::fs::read(manifest_path).map_err(|error| LoadError::Io {
             path: manifest_path.to_path_buf(),
             error,
         })?;
         let checked =
             plugin::signature::check(manifest_path, &manifest, wasm, &self.trust.trusted_keys);
+        self.trust_or_refuse(manifest_path, checked)
+    }
+
+    /// A signature check's verdict under the trust settings: unsigned plugins pass (with a
+    /// warning) only when allowed.
+    fn trust_or_refuse(
+        &self,
+        manifest_path: &std::path::Path,
+        checked: Result<(), String>,
+    ) -> Result<(), LoadError> {
         match checked {
             Ok(()) => Ok(()),
             Err(why) if self.trust.allow_unsigned => {
@@ -287,7 +332,10 @@ impl Host {
                 );
                 Ok(())
             }
-            Err(why) => Err(refuse(why)),
+            Err(message) => Err(LoadError::Signature {
+                path: manifest_path.to_path_buf(),
+                message,
+            }),
         }
     }
 
@@ -333,7 +381,8 @@ impl Host {
         Ok(())
     }
 
-    fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
+    /// Appends an event to the audit log (when one is set).
+    pub fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
         if let Some(log) = &self.audit {
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -426,6 +475,9 @@ impl Host {
                 let signed = self.signature_holds(&Manifest::path_of(path));
                 (path.display().to_string(), signed)
             }
+            PluginSource::Uploaded(up) => {
+                (up.name.clone(), up.verify(&self.trust.trusted_keys).is_ok())
+            }
         };
         let verdict = self.authorize(
             subject,
@@ -487,6 +539,11 @@ impl Host {
     /// The policy slot, shareable with threads that make decisions.
     pub fn policy(&self) -> Option<&Arc<PolicySlot>> {
         self.policy.as_ref()
+    }
+
+    /// Which plugins from outside the binary may load.
+    pub fn trust(&self) -> &PluginTrust {
+        &self.trust
     }
 
     /// The artifact cache plugins and policies are compiled through.

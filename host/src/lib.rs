@@ -38,7 +38,7 @@ pub mod training;
 
 pub use host::{
     Assignment, CycleReport, DECISION_ENTRYPOINT, Host, HostConfig, HostError, PluginSource,
-    PluginTrust, Verdict, default_cache_dir,
+    PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

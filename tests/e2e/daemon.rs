@@ -10,17 +10,17 @@ use serde_json::{Value, json};
 
 use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Daemon {
-    fn start(data: &Path, cache: &Path) -> Daemon {
+    pub(crate) fn start(data: &Path, cache: &Path) -> Daemon {
         Self::start_with(data, cache, &[])
     }
 
-    fn start_with(data: &Path, cache: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) fn start_with(data: &Path, cache: &Path, extra: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
@@ -45,7 +45,7 @@ impl Daemon {
         }
     }
 
-    fn signal(&mut self, signal: &str) {
+    pub(crate) fn signal(&mut self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -63,12 +63,24 @@ impl Drop for Daemon {
 }
 
 /// (status, JSON body) of a request.
-fn request(url: &str, method: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub(crate) fn request(
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .new_agent();
     let response = match method {
+        "PUT" => {
+            let mut r = agent.put(url).header("content-type", "application/json");
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.send(body.unwrap_or("").as_bytes())
+        }
         "POST" => {
             let mut r = agent.post(url).header("content-type", "application/json");
             if let Some(t) = token {
@@ -93,7 +105,7 @@ fn request(url: &str, method: &str, token: Option<&str>, body: Option<&str>) -> 
     )
 }
 
-fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
+pub(crate) fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, v) = request(&format!("{url}/v1/jobs/{job}"), "GET", Some(token), None);

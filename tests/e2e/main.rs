@@ -5,6 +5,7 @@ mod audit;
 mod bundle_signatures;
 mod cli;
 mod daemon;
+mod daemon_plugins;
 mod faults;
 mod loading;
 mod plugins;

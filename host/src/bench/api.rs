@@ -107,6 +107,7 @@ fn run_in(
         cluster,
         cache_dir,
         tls: None,
+        trust: Default::default(),
     })?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();

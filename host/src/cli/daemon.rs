@@ -94,6 +94,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         cluster: super::cluster(args.cluster.as_ref())?,
         cache_dir: ctx.cache_dir.clone(),
         tls: args.tls_cert.zip(args.tls_key),
+        trust: ctx.trust.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -141,6 +142,7 @@ pub(super) fn call(
     let response = match (method, body) {
         ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
         ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
         _ => agent.get(&url).header("Authorization", &auth).call(),
     }
     .with_context(|| format!("cannot reach {url}"))?;

@@ -96,6 +96,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         cluster: super::cluster(None)?,
         cache_dir: ctx.cache_dir.clone(),
         tls: None,
+        trust: Default::default(),
     })?;
     let addr = server.addr;
     println!(

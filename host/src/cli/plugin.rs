@@ -1,4 +1,5 @@
-//! `gantry plugin keygen|sign|verify`: Ed25519 signatures over a plugin's wasm and manifest.
+//! `gantry plugin keygen|sign|verify`: Ed25519 signatures over a plugin's wasm and manifest;
+//! `gantry plugin upload|activate`: a scheduler plugin sent to a running daemon.
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,29 @@ pub enum PluginCommand {
         /// A trusted hex public key (repeatable; also taken from the global --trust).
         #[arg(long = "key")]
         keys: Vec<String>,
+    },
+    /// Upload a scheduler plugin (manifest, wasm and plugin.sig, if any) to a running daemon,
+    /// which keeps it encrypted; the policy decides (shipped: admins, signed by a trusted key).
+    Upload {
+        /// The plugin directory or manifest.
+        plugin: PathBuf,
+        /// Make it the active scheduler once stored.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        client: super::daemon::Client,
+    },
+    /// Make a shipped or uploaded scheduler plugin the daemon's active one (`--reload`: load the
+    /// active one afresh, lifting a quarantine).
+    Activate {
+        /// The plugin's name.
+        #[arg(required_unless_present = "reload")]
+        name: Option<String>,
+        /// Reload the active plugin instead.
+        #[arg(long, conflicts_with = "name")]
+        reload: bool,
+        #[command(flatten)]
+        client: super::daemon::Client,
     },
 }
 
@@ -87,5 +111,55 @@ pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        PluginCommand::Upload {
+            plugin,
+            activate,
+            client,
+        } => {
+            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
+            let name = Manifest::parse(&String::from_utf8_lossy(&manifest), &manifest_path)?.name;
+            let sig = signature::read(&manifest_path).map_err(anyhow::Error::msg)?;
+            let body = serde_json::json!({
+                "manifest": String::from_utf8(manifest)
+                    .with_context(|| format!("{}: not UTF-8", manifest_path.display()))?,
+                "wasm": data_encoding::BASE64.encode(&wasm),
+                "signature": sig,
+            });
+            let stored =
+                super::daemon::call(&client, "PUT", &format!("/v1/plugins/{name}"), Some(body))?;
+            println!(
+                "uploaded {name} {} (component {})",
+                stored["version"].as_str().unwrap_or_default(),
+                stored["object"].as_str().unwrap_or_default()
+            );
+            if activate {
+                activate_plugin(&client, "/v1/plugins/scheduler", Some(name))?;
+            }
+            Ok(())
+        }
+        PluginCommand::Activate {
+            name,
+            reload,
+            client,
+        } => match (name, reload) {
+            (_, true) => activate_plugin(&client, "/v1/plugins/scheduler/reload", None),
+            (name, false) => activate_plugin(&client, "/v1/plugins/scheduler", name),
+        },
     }
+}
+
+fn activate_plugin(
+    client: &super::daemon::Client,
+    path: &str,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let body = name.map(|n| serde_json::json!({"name": n}));
+    let active = super::daemon::call(client, "POST", path, body)?;
+    println!(
+        "active scheduler: {} {} (sha256 {})",
+        active["name"].as_str().unwrap_or_default(),
+        active["version"].as_str().unwrap_or_default(),
+        active["sha256"].as_str().unwrap_or_default()
+    );
+    Ok(())
 }

@@ -48,6 +48,11 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/gpus/unhealthy", post(mark_unhealthy))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/scheduler", post(load_scheduler))
+        .route("/v1/plugins/scheduler/reload", post(reload_scheduler))
+        .route(
+            "/v1/plugins/{name}",
+            axum::routing::put(upload_plugin).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .route("/v1/audit/verify", get(verify_audit))
         .route(
             "/v1/policy",
@@ -694,10 +699,13 @@ async fn plugins(
             .map(|b| json!({"name": b.name, "summary": b.summary}))
             .collect()
     };
+    drop(host);
+    let uploaded = state.daemon.db.plugins(None).map_err(ApiError::internal)?;
     Ok(Json(json!({
         "scheduler": active,
         "schedulers": shipped(crate::builtin::SCHEDULERS),
         "preprocessors": shipped(crate::builtin::PREPROCESSORS),
+        "uploaded": uploaded,
     })))
 }
 
@@ -705,12 +713,13 @@ async fn plugins(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SchedulerRef {
-    /// A shipped scheduler plugin.
+    /// A shipped or uploaded scheduler plugin.
     name: String,
 }
 
-/// `POST /v1/plugins/scheduler` `{"name": ...}`: loads (or reloads) a shipped scheduler plugin
-/// as the active one, if the policy allows `plugin.load`; recorded in the audit log.
+/// `POST /v1/plugins/scheduler` `{"name": ...}`: makes a shipped or uploaded scheduler plugin
+/// the active one (and the one a restarted daemon starts with), if the policy allows
+/// `plugin.load`; recorded in the audit log.
 async fn load_scheduler(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -718,32 +727,177 @@ async fn load_scheduler(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     let Json(SchedulerRef { name }) = body?;
-    if crate::builtin::scheduler(&name).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no shipped scheduler plugin `{name}`"),
-        ));
-    }
+    activate_scheduler(&state, user, name).await
+}
+
+/// `POST /v1/plugins/scheduler/reload`: loads the active scheduler plugin afresh from its source
+/// (a new instance: fault counts reset, a quarantine lifted), if the policy allows `plugin.load`.
+async fn reload_scheduler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = authenticate(&state, &headers)?;
+    let name = state
+        .daemon
+        .db
+        .setting(super::ACTIVE_SCHEDULER)
+        .map_err(ApiError::internal)?
+        .unwrap_or_else(|| super::DEFAULT_SCHEDULER.to_string());
+    activate_scheduler(&state, user, name).await
+}
+
+async fn activate_scheduler(
+    state: &AppState,
+    user: User,
+    name: String,
+) -> ApiResult<Json<serde_json::Value>> {
     let daemon = state.daemon.clone();
     let loaded = tokio::task::spawn_blocking(move || {
+        let source = super::plugin_source(&daemon.db, &daemon.store, &name)
+            .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
         let mut host = daemon.host();
-        match host.load_scheduler_as(&user.subject(), &crate::PluginSource::Builtin(name)) {
+        let loaded = match host.load_scheduler_as(&user.subject(), &source) {
             Ok(p) => {
                 super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
-                Ok(json!({"name": p.name(), "version": p.manifest().version,
-                          "sha256": p.wasm_sha256()}))
+                json!({"name": p.name(), "version": p.manifest().version,
+                       "sha256": p.wasm_sha256()})
             }
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
-            }) => Err(denied(&daemon, "plugin.load", decision_id, reasons)),
-            Err(e) => Err(ApiError::internal(e)),
-        }
+            }) => return Err(denied(&daemon, "plugin.load", decision_id, reasons)),
+            Err(crate::HostError::Load(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    e.to_string(),
+                ));
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        daemon
+            .db
+            .set_setting(super::ACTIVE_SCHEDULER, &name)
+            .map_err(ApiError::internal)?;
+        Ok(loaded)
     })
     .await
     .map_err(ApiError::internal)??;
     state.wake.notify_one();
     Ok(Json(loaded))
+}
+
+/// The body of `PUT /v1/plugins/{name}`: a scheduler plugin's files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginUpload {
+    /// `plugin.toml`'s text; its `name` must be the one in the path.
+    manifest: String,
+    /// The component, base64.
+    wasm: String,
+    /// `plugin.sig` (from `gantry plugin sign`), over exactly these two files.
+    #[serde(default)]
+    signature: Option<crate::plugin::signature::PluginSignature>,
+}
+
+/// `PUT /v1/plugins/{name}`: stores a scheduler plugin (manifest, component, signature) for
+/// loading by name. The policy decides `plugin.upload` (admins; signed by a trusted key); the
+/// component must compile and instantiate as a scheduler before anything is stored; the component
+/// goes into the encrypted store, the rest into the database; recorded in the audit log. A
+/// plugin of the same name is replaced (the active one keeps running until reloaded).
+async fn upload_plugin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<PluginUpload>, JsonRejection>,
+) -> ApiResult<Response> {
+    let user = authenticate(&state, &headers)?;
+    if !valid_id(&name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "plugin name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
+        ));
+    }
+    if crate::builtin::scheduler(&name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{name}` is a shipped plugin; upload under another name"),
+        ));
+    }
+    let Json(upload) = body?;
+    let wasm = data_encoding::BASE64
+        .decode(upload.wasm.as_bytes())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("field `wasm`: not base64 ({e})"),
+            )
+        })?;
+    let plugin = crate::UploadedPlugin {
+        name: name.clone(),
+        manifest: upload.manifest,
+        wasm,
+        signature: upload.signature,
+    };
+    let manifest = crate::plugin::manifest::Manifest::parse(&plugin.manifest, &plugin.origin())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if manifest.name != name {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{}: field `name`: `{}` differs from the name uploaded under, `{name}`",
+                plugin.origin().display(),
+                manifest.name
+            ),
+        ));
+    }
+    let signed = {
+        let host = state.daemon.host();
+        plugin.verify(&host.trust().trusted_keys).is_ok()
+    };
+    authorize(
+        &state,
+        &user,
+        "plugin.upload",
+        json!({"name": name, "signed": signed}),
+    )?;
+    let daemon = state.daemon.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        // Compiled and instantiated (which also fills the artifact cache) before it is kept.
+        let source = crate::PluginSource::Uploaded(Box::new(plugin.clone()));
+        let sha256 = {
+            let host = daemon.host();
+            let checked = host
+                .load_scheduler_plugin(&source)
+                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            checked.wasm_sha256().to_string()
+        };
+        let object = daemon
+            .store
+            .put_bytes(&plugin.wasm)
+            .map_err(ApiError::internal)?;
+        let record = super::db::PluginRecord {
+            name: plugin.name,
+            version: manifest.version.clone(),
+            manifest: plugin.manifest,
+            object,
+            signature: plugin.signature,
+            owner: user.name,
+            created_at: super::db::now(),
+        };
+        daemon.db.put_plugin(&record).map_err(ApiError::internal)?;
+        daemon
+            .host()
+            .record(
+                "plugin.upload",
+                json!({"plugin": record.name, "version": record.version, "sha256": sha256,
+                       "by": record.owner}),
+            )
+            .map_err(ApiError::internal)?;
+        Ok::<_, ApiError>(record)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
 /// `GET /v1/audit/verify`: verifies the audit log (chain and signed checkpoints) if the policy

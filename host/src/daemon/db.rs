@@ -168,6 +168,26 @@ impl DatasetRecord {
     }
 }
 
+/// A plugin uploaded through the API: its manifest, and its component as a store object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// The name it is loaded by (the manifest's `name`).
+    pub name: String,
+    /// The manifest's `version`.
+    pub version: String,
+    /// The manifest's text.
+    #[serde(skip)]
+    pub manifest: String,
+    /// The store object holding the component (its SHA-256).
+    pub object: String,
+    /// Its `plugin.sig`, if it came with one.
+    pub signature: Option<crate::plugin::signature::PluginSignature>,
+    /// Who uploaded it.
+    pub owner: String,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
 /// A token as stored: never the token itself.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
@@ -241,6 +261,19 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job, step)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS plugins (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    object TEXT NOT NULL,
+    signature TEXT,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS job_curves (
     job TEXT PRIMARY KEY REFERENCES jobs(id),
     curve TEXT NOT NULL
@@ -500,6 +533,80 @@ impl Db {
             )
             .optional()
             .ctx("reading a dataset")
+    }
+
+    /// Adds or replaces the uploaded plugin `p.name`.
+    pub fn put_plugin(&self, p: &PluginRecord) -> Result<(), DbError> {
+        let signature = p
+            .signature
+            .as_ref()
+            .map(|s| serde_json::to_string(s).unwrap_or_default());
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO plugins(name, version, manifest, object, signature, owner,
+                   created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    p.name,
+                    p.version,
+                    p.manifest,
+                    p.object,
+                    signature,
+                    p.owner,
+                    p.created_at
+                ],
+            )
+            .ctx("recording a plugin")?;
+        Ok(())
+    }
+
+    /// Uploaded plugins, by name; with `name`, only that one.
+    pub fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, version, manifest, object, signature, owner, created_at FROM plugins
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            )
+            .ctx("listing plugins")?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                let signature: Option<String> = r.get(4)?;
+                Ok(PluginRecord {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    manifest: r.get(2)?,
+                    object: r.get(3)?,
+                    signature: signature.and_then(|s| serde_json::from_str(&s).ok()),
+                    owner: r.get(5)?,
+                    created_at: r.get(6)?,
+                })
+            })
+            .ctx("listing plugins")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing plugins")
+    }
+
+    /// A daemon setting (the active scheduler plugin, say).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a setting")
+    }
+
+    /// Sets a daemon setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .ctx("writing a setting")?;
+        Ok(())
     }
 
     /// How many jobs are in each state.

@@ -14,7 +14,7 @@ use crate::keys;
 pub const FILE: &str = "plugin.sig";
 
 /// Contents of `plugin.sig`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginSignature {
     /// Hex Ed25519 public key of the signer.
     pub key: String,

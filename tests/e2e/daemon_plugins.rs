@@ -1,0 +1,279 @@
+//! Scheduler plugins through the daemon's API, with `gantry up` as a real process on loopback:
+//! uploads decided by the policy (admins, trusted signatures), kept in the encrypted store,
+//! activated, surviving `kill -9`; a faulting or hanging plugin falls back to the native
+//! strategy without losing a job or the API; a reload lifts a quarantine.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, request, wait_for_state};
+use crate::support::{add_user, gantry, hostile, init_data_dir, shared_cache, text};
+
+/// The JSON body of `PUT /v1/plugins/{name}` for the plugin whose manifest is `manifest`.
+fn upload_body(manifest: &Path) -> Value {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let m = gantry::plugin::Manifest::load(manifest).unwrap();
+    let wasm = std::fs::read(m.wasm_path(manifest)).unwrap();
+    let sig = std::fs::read(manifest.with_file_name("plugin.sig"))
+        .ok()
+        .map(|b| serde_json::from_slice::<Value>(&b).unwrap());
+    json!({"manifest": text, "wasm": data_encoding::BASE64.encode(&wasm), "signature": sig})
+}
+
+fn sign(manifest: &Path, key: &Path, cache: &Path) {
+    let out = gantry(
+        &[
+            "plugin",
+            "sign",
+            manifest.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        cache,
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The active scheduler's `health` from `GET /v1/plugins`.
+fn active(url: &str, token: &str) -> Value {
+    let (s, v) = request(&format!("{url}/v1/plugins"), "GET", Some(token), None);
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn metric(url: &str, line: &str) -> f64 {
+    let text = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .unwrap_or_else(|| panic!("no `{line}` in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let key = dir.path().join("signer.pk8");
+    let out = gantry(&["plugin", "keygen", "-o", key.to_str().unwrap()], &cache);
+    assert!(out.status.success(), "{out:?}");
+    let public = text(&out).0.trim().to_string();
+
+    let trap = hostile(&dir.path().join("p"), "trap", "deadline_ms = 2000");
+    sign(&trap, &key, &cache);
+    let unsigned = hostile(&dir.path().join("u"), "loop", "deadline_ms = 200");
+
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let put = |name: &str, token: &str, body: &Value| {
+        request(
+            &format!("{url}/v1/plugins/{name}"),
+            "PUT",
+            Some(token),
+            Some(&body.to_string()),
+        )
+    };
+
+    // Refusals, each storing nothing: unsigned, not an admin, tampered, misnamed, not wasm.
+    let (s, v) = put("hostile-loop", &root, &upload_body(&unsigned));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("not signed by a trusted key"),
+        "{v}"
+    );
+    let (s, v) = put("hostile-trap", &ada, &upload_body(&trap));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"]
+            .to_string()
+            .contains("only admins may upload plugins"),
+        "{v}"
+    );
+    let mut tampered = upload_body(&trap);
+    tampered["manifest"] = tampered["manifest"]
+        .as_str()
+        .unwrap()
+        .replace("2000", "60000")
+        .into();
+    assert_eq!(put("hostile-trap", &root, &tampered).0, 403);
+    let (s, v) = put("other", &root, &upload_body(&trap));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("field `name`"), "{v}");
+    let mut garbage = upload_body(&trap);
+    garbage["wasm"] = "not base64!".into();
+    let (s, v) = put("hostile-trap", &root, &garbage);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("field `wasm`"), "{v}");
+    let (s, _) = put("binpack", &root, &upload_body(&trap));
+    assert_eq!(s, 409, "a shipped plugin's name is taken");
+    assert_eq!(active(&url, &root)["uploaded"], json!([]));
+
+    // The CLI uploads the signed plugin and activates it.
+    let client = ["--url", url.as_str(), "--token", root.as_str()];
+    let out = gantry(
+        &[
+            &["plugin", "upload", trap.to_str().unwrap(), "--activate"][..],
+            &client,
+        ]
+        .concat(),
+        &cache,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("uploaded hostile-trap 0.1.0")
+            && stdout.contains("active scheduler: hostile-trap"),
+        "{stdout}"
+    );
+    let plugins = active(&url, &root);
+    assert_eq!(plugins["scheduler"]["name"], "hostile-trap", "{plugins}");
+    assert_eq!(plugins["uploaded"][0]["name"], "hostile-trap", "{plugins}");
+    assert_eq!(plugins["uploaded"][0]["signature"]["key"], public.as_str());
+
+    // The plugin traps on every cycle: jobs are still placed (by the native fallback), the
+    // faults are counted, and after three in a row the plugin is quarantined.
+    for i in 0..4 {
+        let body = json!({"id": format!("j{i}"), "tenant": "vision", "gpus": 1});
+        let (s, v) = request(
+            &format!("{url}/v1/jobs"),
+            "POST",
+            Some(&ada),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 201, "{v}");
+        wait_for_state(&url, &ada, &format!("j{i}"), "scheduled");
+    }
+    let plugin = "{plugin=\"hostile-trap\"}";
+    assert!(metric(&url, &format!("gantry_plugin_faults_total{plugin}")) >= 3.0);
+    assert!(metric(&url, &format!("gantry_plugin_fallbacks_total{plugin}")) >= 4.0);
+    let health = &active(&url, &root)["scheduler"]["health"];
+    assert_eq!(health["quarantined"], true, "{health}");
+
+    // kill -9: the restarted daemon reads the plugin back from the encrypted store and keeps it
+    // active; no job is lost.
+    daemon.signal("-9");
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let plugins = active(&url, &root);
+    assert_eq!(plugins["scheduler"]["name"], "hostile-trap", "{plugins}");
+    assert_eq!(plugins["scheduler"]["health"]["quarantined"], false);
+    for i in 0..4 {
+        wait_for_state(&url, &ada, &format!("j{i}"), "scheduled");
+    }
+
+    // Without the trust key the stored plugin no longer loads: the daemon starts on the
+    // shipped default instead of refusing to start.
+    daemon.signal("-9");
+    let mut daemon = Daemon::start(&data, &cache);
+    let plugins = active(&daemon.url, &root);
+    assert_eq!(plugins["scheduler"]["name"], "binpack", "{plugins}");
+    daemon.signal("-9");
+
+    // A reload gives the active plugin a fresh instance: the quarantine is lifted.
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let body = json!({"id": "j4", "tenant": "vision", "gpus": 1});
+    request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&ada),
+        Some(&body.to_string()),
+    );
+    wait_for_state(&url, &ada, "j4", "scheduled");
+    let client = ["--url", url.as_str(), "--token", root.as_str()];
+    let out = gantry(
+        &[&["plugin", "activate", "--reload"][..], &client].concat(),
+        &cache,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let health = &active(&url, &root)["scheduler"]["health"];
+    assert_eq!(
+        (health["calls"].as_u64(), health["faults"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // Researchers may not reload; the shipped plugin is back at an admin's word.
+    let (s, _) = request(
+        &format!("{url}/v1/plugins/scheduler/reload"),
+        "POST",
+        Some(&ada),
+        None,
+    );
+    assert_eq!(s, 403);
+    let out = gantry(
+        &[&["plugin", "activate", "binpack"][..], &client].concat(),
+        &cache,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(active(&url, &root)["scheduler"]["name"], "binpack");
+
+    // Every upload and load was recorded; the log verifies.
+    let (s, v) = request(&format!("{url}/v1/audit/verify"), "GET", Some(&root), None);
+    assert_eq!(s, 200, "{v}");
+    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert!(
+        log.contains("\"plugin.upload\""),
+        "no upload in the audit log"
+    );
+    daemon.signal("-TERM");
+}
+
+#[test]
+fn a_hanging_plugin_never_stalls_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let key = dir.path().join("signer.pk8");
+    let out = gantry(&["plugin", "keygen", "-o", key.to_str().unwrap()], &cache);
+    let public = text(&out).0.trim().to_string();
+    let spin = hostile(&dir.path().join("p"), "loop", "deadline_ms = 300");
+    sign(&spin, &key, &cache);
+
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let (s, v) = request(
+        &format!("{url}/v1/plugins/hostile-loop"),
+        "PUT",
+        Some(&root),
+        Some(&upload_body(&spin).to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(&root),
+        Some(r#"{"name": "hostile-loop"}"#),
+    );
+    assert_eq!(s, 200, "{v}");
+    let body = json!({"id": "spin-1", "tenant": "vision", "gpus": 2});
+    let (s, _) = request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&root),
+        Some(&body.to_string()),
+    );
+    assert_eq!(s, 201);
+    // The cycle runs into the plugin's deadline; health answers meanwhile, and the job is
+    // placed by the fallback once the deadline cuts the plugin off.
+    let start = Instant::now();
+    let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!(s, 200);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    wait_for_state(&url, &root, "spin-1", "scheduled");
+    assert!(metric(&url, "gantry_plugin_faults_total{plugin=\"hostile-loop\"}") >= 1.0);
+    daemon.signal("-TERM");
+}
