@@ -55,6 +55,10 @@ pub fn build() -> wasmtime::Result<Engine> {
         // Component-model async is unused; turning it off makes every export call ~3x cheaper.
         .concurrency_support(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `GANTRY_PERFMAP=1` names compiled plugin functions for `perf` (/tmp/perf-PID.map).
+    if std::env::var_os("GANTRY_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
 }
 

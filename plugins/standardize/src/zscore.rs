@@ -18,11 +18,12 @@ fn record<'a>(data: &'a [u8], offsets: &[u32], i: usize) -> &'a [u8] {
 
 /// Parses one record's fields into `out` (appending); returns the field count.
 ///
-/// The common field (`-12.345`: a sign, at most 15 digits around one point) is read eight
-/// bytes at a time: each run of digits is found and converted with a few word operations
-/// instead of a loop per byte. Anything else (an exponent, spaces, a long mantissa, garbage)
-/// sends that field to [`parse_f32`]. Few loop iterations matter doubly in the sandbox, where
-/// every iteration also checks the call's deadline.
+/// The common field (`-12.345`: a sign, then at most eight characters of digits around one
+/// point) takes one eight-byte word: the point is squeezed out and the digits converted at once
+/// with a few word operations. Longer ones (at most 15 digits) are read a digit run (up to eight
+/// bytes) at a time. Anything else (an exponent, spaces, a long mantissa, garbage) sends that
+/// field to [`parse_f32`]. Few loop iterations matter doubly in the sandbox, where every
+/// iteration also checks the call's deadline.
 pub fn parse_record(
     line: &[u8],
     delimiter: u8,
@@ -31,8 +32,20 @@ pub fn parse_record(
     parse_fields(line, delimiter, |_, v| out.push(v))
 }
 
-/// [`parse_record`], handing each field's value and index to `emit` as it is parsed (so a pass
-/// needs no second loop over the record).
+/// Parses one record into `row` (fields past its end are counted, not kept); returns the field
+/// count. Not inlined on purpose: a parser of its own, with few live values, is what the
+/// sandbox's compiler (Cranelift) allocates registers well for; inlined into a pass's loop it
+/// spilled most of its state to the stack.
+#[inline(never)]
+pub fn parse_row(line: &[u8], delimiter: u8, row: &mut [f32]) -> Result<usize, (usize, String)> {
+    parse_fields(line, delimiter, |c, v| {
+        if let Some(x) = row.get_mut(c) {
+            *x = v;
+        }
+    })
+}
+
+/// [`parse_record`], handing each field's value and index to `emit` as it is parsed.
 #[inline(always)]
 pub fn parse_fields(
     line: &[u8],
@@ -131,41 +144,91 @@ fn fast_field(line: &[u8], at: &mut usize, delimiter: u8) -> Option<f32> {
         }
         _ => false,
     };
-    let (mut mantissa, mut digits, mut scale) = (0u64, 0u32, 0usize);
-    // Integer digits, then (after one point) fraction digits; each run eight at a time.
-    for part in 0..2 {
-        loop {
-            let word = load8(line, i);
-            let n = digit_run(word);
-            if n > 0 {
-                digits += n;
-                if digits > 15 {
-                    return None;
-                }
-                mantissa = mantissa * POW10_U64[n as usize] + digits_value(word, n);
-                i += n as usize;
-                if part == 1 {
-                    scale += n as usize;
-                }
-            }
-            if n < 8 {
-                break;
-            }
-        }
-        if part == 0 && line.get(i) == Some(&b'.') {
-            i += 1;
-        } else {
-            break;
-        }
+    if let Some((v, len)) = one_word(line, i, delimiter) {
+        *at = i + len;
+        return Some(if negative { -v } else { v } as f32);
+    }
+    // Integer digits, then (after one point) fraction digits. Written out rather than as a loop
+    // over the two parts: fewer live values and back-edges, which Cranelift turns into fewer
+    // spills and deadline checks in the sandbox.
+    let (mut mantissa, mut digits) = (0u64, 0u32);
+    digit_runs(line, &mut i, &mut mantissa, &mut digits)?;
+    let mut scale = 0usize;
+    if line.get(i) == Some(&b'.') {
+        i += 1;
+        let before = digits;
+        digit_runs(line, &mut i, &mut mantissa, &mut digits)?;
+        scale = (digits - before) as usize;
     }
     let ends = i == line.len() || line[i] == delimiter;
-    if !ends || digits == 0 || digits > 15 {
+    if !ends || digits == 0 {
         return None;
     }
     *at = i;
-    // Exact: mantissa < 10^15 < 2^53 and scale <= 15, so one correctly rounded division.
-    let v = mantissa as f64 / POW10[scale];
+    // Exact: mantissa < 10^15 < 2^53 (so the signed conversion, one instruction, is exact too)
+    // and scale <= 15: one correctly rounded division.
+    let v = mantissa as i64 as f64 / POW10[scale];
     Some(if negative { -v } else { v } as f32)
+}
+
+/// The common field, `digits[.digits]` of at most eight characters, from the one word at `i`:
+/// the point is squeezed out and all digits are converted at once. `Some((value, length))` when
+/// the field ends there (the line's end or the delimiter follows); `None` sends it to the
+/// general path.
+#[inline(always)]
+fn one_word(line: &[u8], i: usize, delimiter: u8) -> Option<(f64, usize)> {
+    // The low `k` (at most 7) bytes of a word.
+    let low = |k: usize| (1u64 << (8 * k)) - 1;
+    let word = load8(line, i);
+    let n = digit_run(word) as usize;
+    if n == 8 {
+        return None;
+    }
+    let point = (word >> (8 * n)) & 0xFF == u64::from(b'.');
+    let (digits, scale, len) = if point {
+        let fraction = if n < 7 { word >> (8 * (n + 1)) } else { 0 };
+        // At most 7 - n: the word ends there.
+        let f = digit_run(fraction) as usize;
+        (
+            (word & low(n)) | ((fraction & low(f)) << (8 * n)),
+            f,
+            n + 1 + f,
+        )
+    } else {
+        (word & low(n), 0, n)
+    };
+    let count = n + scale;
+    if count == 0 {
+        return None;
+    }
+    let end = i + len;
+    if end != line.len() && line.get(end) != Some(&delimiter) {
+        return None;
+    }
+    // Exact: at most seven digits, and one correctly rounded division.
+    let mantissa = digits_value(digits, count as u32);
+    Some((mantissa as i64 as f64 / POW10[scale], len))
+}
+
+/// Reads the run of digits at `*i` into `mantissa`, eight bytes per step; `None` past 15
+/// digits in all.
+#[inline(always)]
+fn digit_runs(line: &[u8], i: &mut usize, mantissa: &mut u64, digits: &mut u32) -> Option<()> {
+    loop {
+        let word = load8(line, *i);
+        let n = digit_run(word);
+        if n > 0 {
+            *digits += n;
+            if *digits > 15 {
+                return None;
+            }
+            *mantissa = *mantissa * POW10_U64[n as usize] + digits_value(word, n);
+            *i += n as usize;
+        }
+        if n < 8 {
+            return Some(());
+        }
+    }
 }
 
 /// Powers of ten for shifting a mantissa by up to eight digits.
@@ -192,6 +255,7 @@ pub fn observe(
     let rows = offsets.len().saturating_sub(1);
     let mut sums: Vec<f64> = Vec::new();
     let mut squares: Vec<f64> = Vec::new();
+    let mut row: Vec<f32> = Vec::new();
     for r in 0..rows {
         let line = record(data, offsets, r);
         if *columns == 0 {
@@ -202,14 +266,16 @@ pub fn observe(
             sums = vec![0.0; *columns];
             squares = vec![0.0; *columns];
         }
-        let n = parse_fields(line, delimiter, |c, v| {
-            if let (Some(s), Some(q)) = (sums.get_mut(c), squares.get_mut(c)) {
-                let v = f64::from(v);
-                *s += v;
-                *q += v * v;
-            }
-        })
-        .map_err(|(_, m)| format!("record {}: {m}", r + 1))?;
+        // Parse the record into a row of its own, then sum: two simple loops keep fewer values
+        // live than one, which the sandbox's compiler turns into fewer spills.
+        row.resize(*columns, 0.0);
+        let n = parse_row(line, delimiter, &mut row)
+            .map_err(|(_, m)| format!("record {}: {m}", r + 1))?;
+        for ((s, q), &v) in sums.iter_mut().zip(squares.iter_mut()).zip(row.iter()) {
+            let v = f64::from(v);
+            *s += v;
+            *q += v * v;
+        }
         if n != *columns {
             return Err(format!(
                 "record {}: {n} fields, expected {}",
@@ -261,14 +327,14 @@ pub fn process(
         return Err("`prepare` has not run: no statistics".into());
     }
     out.clear();
-    out.reserve(rows * columns);
-    for r in 0..rows {
-        let n = parse_fields(record(data, offsets, r), delimiter, |c, v| {
-            if let (Some(m), Some(s)) = (stats.mean.get(c), stats.inv_std.get(c)) {
-                out.push((v - m) * s);
-            }
-        })
-        .map_err(|(_, m)| format!("record {}: {m}", r + 1))?;
+    out.resize(rows * columns, 0.0);
+    // Each record writes its own row of the pre-sized output (no per-value capacity checks).
+    for (r, row) in out.chunks_exact_mut(columns).enumerate() {
+        let n = parse_row(record(data, offsets, r), delimiter, row)
+            .map_err(|(_, m)| format!("record {}: {m}", r + 1))?;
+        for ((x, m), s) in row.iter_mut().zip(&stats.mean).zip(&stats.inv_std) {
+            *x = (*x - m) * s;
+        }
         if n != columns {
             return Err(format!("record {}: {n} fields, expected {columns}", r + 1));
         }
