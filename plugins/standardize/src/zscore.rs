@@ -132,21 +132,15 @@ fn digits_value(word: u64, n: u32) -> u64 {
 /// field is `[+-]digits[.digits]` with at most 15 digits; `None` otherwise.
 #[inline(always)]
 fn fast_field(line: &[u8], at: &mut usize, delimiter: u8) -> Option<f32> {
-    let mut i = *at;
-    let negative = match line.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
+    // The sign without a branch: signs are as good as random, and a mispredicted branch per
+    // field costs more than the arithmetic.
+    let first = line.get(*at).copied().unwrap_or(0);
+    let negative = first == b'-';
+    let mut i = *at + usize::from(negative | (first == b'+'));
     if let Some((v, len)) = one_word(line, i, delimiter) {
         *at = i + len;
-        return Some(if negative { -v } else { v });
+        // v >= 0: flipping the sign bit negates it (and "-0" stays -0.0).
+        return Some(f32::from_bits(v.to_bits() ^ (u32::from(negative) << 31)));
     }
     // Integer digits, then (after one point) fraction digits. Written out rather than as a loop
     // over the two parts: fewer live values and back-edges, which Cranelift turns into fewer
