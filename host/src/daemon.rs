@@ -18,6 +18,7 @@ pub mod api;
 pub mod auth;
 pub mod curve;
 pub mod db;
+pub mod labels;
 pub mod metrics;
 pub mod runner;
 pub mod tls;

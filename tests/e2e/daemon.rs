@@ -812,6 +812,42 @@ backend = "cpu"
         job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
         "{job}"
     );
+
+    // Without a plugin the columns are parsed as they stream from the store.
+    let raw = train
+        .replace("preprocess = \"standardize\"\n", "")
+        .replace("epochs = 80", "epochs = 2");
+    let body = json!({"id": "ds2", "tenant": "vision", "gpus": 1, "train": raw});
+    assert_eq!(
+        request(&jobs, "POST", Some(&ada), Some(&body.to_string())).0,
+        201
+    );
+    let job = wait_until_over(&format!("{jobs}/ds2"), &ada, 120);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["steps"], 2 * (720 / 32 + 1), "{job}");
+
+    // A bad label fails the job, naming its line.
+    let (s, _) = put(
+        &format!("{url}/v1/datasets/bad.csv?tenant=vision&classification=internal"),
+        &ada,
+        b"1,0,2\n3,1,4\n5,x,6\n",
+    );
+    assert_eq!(s, 201);
+    let body = json!({"id": "ds3", "tenant": "vision", "gpus": 1,
+                      "train": train.replace("spirals.csv", "bad.csv")});
+    assert_eq!(
+        request(&jobs, "POST", Some(&ada), Some(&body.to_string())).0,
+        201
+    );
+    let job = wait_until_over(&format!("{jobs}/ds3"), &ada, 60);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("line 3: label `x` is not a number"),
+        "{job}"
+    );
 }
 
 #[test]

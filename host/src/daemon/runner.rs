@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Daemon;
 use super::db::{JobRecord, JobState};
+use super::labels::LabelSplit;
 use crate::training::checkpoint::{self, Checkpoint};
 use crate::training::{self, TrainConfig, TrainError};
 
@@ -215,14 +216,16 @@ fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, T
     daemon.host().cancel(&job.id);
 }
 
-/// A job's stored dataset: decrypted, the label column split off, the feature columns streamed
-/// through the preprocessing plugin (in the sandbox) when the config names one.
+/// A job's stored dataset, streamed: decrypted chunk by chunk, the label column split off as it
+/// goes, the feature columns parsed or (when the config names a plugin) streamed through the
+/// preprocessing plugin in the sandbox. Only the features and labels are ever held whole.
 fn load_dataset(
     daemon: &Daemon,
     job: &JobRecord,
     config: &TrainConfig,
     name: &str,
 ) -> Result<training::data::Loaded, TrainError> {
+    use std::io::BufRead;
     let unavailable = |m: String| TrainError::Unavailable(m);
     let record = daemon
         .db
@@ -230,22 +233,19 @@ fn load_dataset(
         .map_err(|e| unavailable(e.to_string()))?
         .filter(|d| d.tenant == job.tenant)
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
-    let bytes = daemon
-        .store
-        .get(&record.object)
-        .map_err(|e| unavailable(e.to_string()))?;
     let label = config.data.label_column.unwrap_or(0);
-    let (features_text, labels) =
-        split_label(&bytes, label).map_err(|m| unavailable(format!("dataset `{name}`: {m}")))?;
+    let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let open = || -> Result<Box<dyn std::io::Read + Send>, crate::storage::StoreError> {
+        let reader = daemon.store.reader(&record.object)?;
+        Ok(Box::new(LabelSplit::new(reader, label, labels.clone())))
+    };
     let (features, width) = match &config.data.preprocess {
         None => {
+            let input = open().map_err(|e| unavailable(e.to_string()))?;
             let mut values = Vec::new();
             let mut width = 0;
-            for (i, line) in features_text
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .enumerate()
-            {
+            for (i, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
+                let line = line.map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
                 let before = values.len();
                 for field in line.split(|&b| b == b',') {
                     let text = std::str::from_utf8(field).unwrap_or("").trim();
@@ -277,10 +277,6 @@ fn load_dataset(
                     .map_err(|e| unavailable(e.to_string()))?;
             let mut values = Vec::new();
             let mut width = 0;
-            let text = std::sync::Arc::new(features_text);
-            let open = || -> Result<Box<dyn std::io::Read + Send>, crate::storage::StoreError> {
-                Ok(Box::new(std::io::Cursor::new(text.as_ref().clone())))
-            };
             crate::pipeline::run(
                 &open,
                 &plugin,
@@ -295,6 +291,7 @@ fn load_dataset(
             (values, width)
         }
     };
+    let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|e| e.into_inner()));
     if labels.len() * width != features.len() {
         return Err(unavailable(format!(
             "dataset `{name}`: {} labels for {} feature values of width {width}",
@@ -309,39 +306,4 @@ fn load_dataset(
         targets_per_row: 1,
     };
     training::data::prepare(config, dataset, format!("dataset {name}"))
-}
-
-/// Splits CSV records into the label column's values and the other columns' text.
-fn split_label(bytes: &[u8], label: usize) -> Result<(Vec<u8>, Vec<f32>), String> {
-    let mut features = Vec::with_capacity(bytes.len());
-    let mut labels = Vec::new();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        let mut first = true;
-        let mut found = None;
-        for (c, field) in line.split(|&b| b == b',').enumerate() {
-            if c == label {
-                found = Some(field);
-                continue;
-            }
-            if !first {
-                features.push(b',');
-            }
-            features.extend_from_slice(field);
-            first = false;
-        }
-        let field = found.ok_or_else(|| format!("line {}: no column {label}", i + 1))?;
-        let text = std::str::from_utf8(field).unwrap_or("").trim();
-        labels.push(
-            text.parse::<f32>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("line {}: label `{text}` is not a number", i + 1))?,
-        );
-        features.push(b'\n');
-    }
-    Ok((features, labels))
 }
