@@ -33,7 +33,8 @@ pub struct Entry {
     pub seq: u64,
     /// When it was written, milliseconds since the Unix epoch.
     pub time_ms: u64,
-    /// `decision`, `plugin.load`, `plugin.unload`, `policy.swap` or `checkpoint`.
+    /// `decision`, `plugin.load`, `plugin.unload`, `plugin.upload`, `policy.swap`,
+    /// `request.rejected` (the daemon's refusals that no policy decided) or `checkpoint`.
     pub kind: String,
     /// What happened (absent on checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]

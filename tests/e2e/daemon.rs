@@ -292,6 +292,25 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     let text = std::fs::read_to_string(data.join("audit.log")).unwrap();
     assert!(text.contains("not a member of tenant language"));
     assert!(text.matches("\"job.submit\"").count() >= 3, "{report:?}");
+    // So was every refused request that never reached the policy: bad tokens, bad bodies,
+    // oversized ones, other tenants' jobs.
+    let rejected: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "request.rejected")
+        .collect();
+    let statuses: std::collections::BTreeSet<u64> = rejected
+        .iter()
+        .filter_map(|e| e.pointer("/record/status").and_then(Value::as_u64))
+        .collect();
+    assert!(
+        [400, 401, 404, 413].iter().all(|s| statuses.contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        text.contains("a valid bearer token is required"),
+        "the reason is recorded"
+    );
 }
 
 /// A training job's `TRAIN.toml`: `epochs` over 960 spirals rows, a checkpoint every 100 steps.
@@ -555,6 +574,14 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
         403
     );
     // Bad names and queries, duplicates, oversized uploads: 4xx, nothing stored.
+    let objects = || {
+        gantry::storage::Store::open(&data)
+            .unwrap()
+            .list()
+            .unwrap()
+            .len()
+    };
+    let stored = objects();
     assert_eq!(
         put(
             &format!("{base}/..%2Fescape?tenant=vision&classification=public"),
@@ -598,6 +625,7 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     );
     let (_, listed) = request(&base, "GET", Some(&wendy), None);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(objects(), stored, "a refused upload left an object behind");
 
     // Reading: same tenant and enough clearance; another tenant sees nothing.
     let agent = ureq::Agent::new_with_defaults();

@@ -66,12 +66,17 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .with_state(AppState { daemon, wake })
 }
 
-/// Counts every response by status class.
+/// Counts every response by status class, and records every refused request (4xx) in the
+/// audit log: policy denials are already there as decisions; the rest (a missing or wrong token,
+/// a malformed body, an oversized upload, a bad name, another tenant's job) go in as
+/// `request.rejected` with the method, path, status and error.
 async fn count_responses(
     State(daemon): State<Arc<Daemon>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let method = request.method().to_string();
+    let path: String = request.uri().path().chars().take(256).collect();
     let response = next.run(request).await;
     let m = &daemon.metrics;
     let counter = match response.status().as_u16() {
@@ -80,7 +85,30 @@ async fn count_responses(
         _ => &m.requests_ok,
     };
     super::metrics::Metrics::inc(counter);
-    response
+    if !response.status().is_client_error() {
+        return response;
+    }
+    // Error bodies are small JSON: read it for the message, then pass it on unchanged.
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if value.get("decision_id").is_none() {
+        let record = json!({
+            "method": method,
+            "path": path,
+            "status": parts.status.as_u16(),
+            "error": value["error"].as_str().unwrap_or_default(),
+        });
+        let recorded =
+            tokio::task::spawn_blocking(move || daemon.host().record("request.rejected", record))
+                .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!(%method, %path, "recording a rejected request in the audit log");
+        }
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
@@ -510,6 +538,20 @@ async fn upload(
         "dataset.write",
         json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
     )?;
+    // A taken name is refused before anything is written (the insert below still decides a
+    // race between two uploads of one name).
+    if state
+        .daemon
+        .db
+        .dataset(&name)
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a dataset `{name}` already exists"),
+        ));
+    }
     let daemon = state.daemon.clone();
     let record = tokio::task::spawn_blocking(move || {
         let object = daemon.store.put_bytes(&body).map_err(ApiError::internal)?;
