@@ -6,7 +6,7 @@
 //! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
 //! `GET /v1/jobs/{id}/logs`, `GET /v1/jobs/{id}/metrics` (step, loss, throughput, loss curve);
 //! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
-//! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/gpus`,
+//! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/nodes`, `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
 //! `PUT /v1/plugins/{name}` (a signed scheduler plugin, kept in the store),
 //! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`; `POST /v1/policy` (a bundle, admins);

@@ -239,6 +239,19 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
         Some(r#"{"id": "l1", "tenant": "language", "gpus": 4}"#),
     );
     assert_eq!(s, 201);
+    // Everyone sees the GPUs busy; only its tenant sees which job holds them.
+    wait_for_state(&url, &lee, "l1", "scheduled");
+    let holders = |token: &str| -> (usize, Vec<Value>) {
+        let (_, v) = request(&format!("{url}/v1/gpus"), "GET", Some(token), None);
+        let gpus = v["gpus"].as_array().unwrap().clone();
+        let busy = gpus.iter().filter(|g| g["busy"] == true).count();
+        (busy, gpus.into_iter().map(|g| g["job"].clone()).collect())
+    };
+    let (busy_lee, seen_lee) = holders(&lee);
+    let (busy_ada, seen_ada) = holders(&ada);
+    assert_eq!(busy_lee, busy_ada);
+    assert!(seen_lee.contains(&json!("l1")));
+    assert!(!seen_ada.contains(&json!("l1")), "another tenant's job id");
 
     // Prometheus metrics, no token needed: counts only.
     let agent = ureq::Agent::new_with_defaults();
@@ -722,6 +735,18 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         .find(|g| g["id"] == bad.as_str())
         .unwrap();
     assert_eq!(entry["healthy"], false, "{entry}");
+    let (_, nodes) = request(&format!("{url}/v1/nodes"), "GET", Some(&ada), None);
+    let node = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == entry["node"])
+        .unwrap();
+    assert_eq!(
+        node["healthy_gpus"].as_u64().unwrap() + 1,
+        node["gpus"].as_u64().unwrap(),
+        "{node}"
+    );
 
     // It runs again on healthy GPUs, from its checkpoint, and finishes.
     let job = wait_until_over(&format!("{url}/v1/jobs/t3"), &ada, 180);

@@ -44,6 +44,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
             axum::routing::put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/v1/datasets/{name}/content", get(download))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/gpus", get(gpus))
         .route("/v1/gpus/unhealthy", post(mark_unhealthy))
         .route("/v1/plugins", get(plugins))
@@ -644,14 +645,19 @@ async fn gpus(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authenticate(&state, &headers)?;
+    let user = authenticate(&state, &headers)?;
     let host = state.daemon.host();
     let s = host.state();
+    // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
     let holder_job = |i: usize| {
         s.holder[i].and_then(|alloc| {
             s.running
                 .iter()
                 .find(|a| a.id == alloc)
+                .filter(|a| {
+                    let tenant = &s.cluster.tenants[a.tenant as usize].name;
+                    user.is_admin() || user.tenants.contains(tenant)
+                })
                 .map(|a| a.job_id.clone())
         })
     };
@@ -665,6 +671,7 @@ async fn gpus(
                 "id": g.id,
                 "node": s.cluster.nodes[g.node as usize].name,
                 "healthy": g.healthy,
+                "busy": s.holder[i].is_some(),
                 "job": holder_job(i),
             })
         })
@@ -672,6 +679,34 @@ async fn gpus(
     Ok(Json(
         json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
     ))
+}
+
+/// `GET /v1/nodes`: every node with its rack and its GPUs (total, healthy, busy).
+async fn nodes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    authenticate(&state, &headers)?;
+    let host = state.daemon.host();
+    let s = host.state();
+    let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
+    for (i, g) in s.cluster.gpus.iter().enumerate() {
+        let c = &mut counts[g.node as usize];
+        c.0 += 1;
+        c.1 += u32::from(g.healthy);
+        c.2 += u32::from(s.holder[i].is_some());
+    }
+    let nodes: Vec<serde_json::Value> = s
+        .cluster
+        .nodes
+        .iter()
+        .zip(&counts)
+        .map(|(n, (total, healthy, busy))| {
+            json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
+                   "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
 }
 
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
