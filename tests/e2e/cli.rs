@@ -258,23 +258,8 @@ fn guest_output_becomes_capped_log_events_tagged_with_the_plugin() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = crate::support::hostile(dir.path(), "print-flood", "deadline_ms = 20000");
     // Signed and trusted, as a plugin from disk must be.
-    let key = dir.path().join("team.pk8");
-    let out = gantry(
-        &["plugin", "keygen", "-o", key.to_str().unwrap()],
-        dir.path(),
-    );
-    let public = text(&out).0.trim().to_string();
-    let out = gantry(
-        &[
-            "plugin",
-            "sign",
-            manifest.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    let (key, public) = crate::support::plugin_key(dir.path(), dir.path());
+    crate::support::sign_plugin(&manifest, &key, dir.path());
     let out = gantry(
         &[
             "schedule",

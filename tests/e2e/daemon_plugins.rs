@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, wait_for_state};
-use crate::support::{add_user, gantry, hostile, init_data_dir, shared_cache, text};
+use crate::support::{
+    add_user, gantry, hostile, init_data_dir, plugin_key, shared_cache, sign_plugin, text,
+};
 
 /// The JSON body of `PUT /v1/plugins/{name}` for the plugin whose manifest is `manifest`.
 fn upload_body(manifest: &Path) -> Value {
@@ -20,20 +22,6 @@ fn upload_body(manifest: &Path) -> Value {
         .ok()
         .map(|b| serde_json::from_slice::<Value>(&b).unwrap());
     json!({"manifest": text, "wasm": data_encoding::BASE64.encode(&wasm), "signature": sig})
-}
-
-fn sign(manifest: &Path, key: &Path, cache: &Path) {
-    let out = gantry(
-        &[
-            "plugin",
-            "sign",
-            manifest.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-        cache,
-    );
-    assert!(out.status.success(), "{out:?}");
 }
 
 /// The active scheduler's `health` from `GET /v1/plugins`.
@@ -65,13 +53,10 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
     let data = init_data_dir(dir.path());
     let root = add_user(&data, "root", "admin", "vision", "secret");
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
-    let key = dir.path().join("signer.pk8");
-    let out = gantry(&["plugin", "keygen", "-o", key.to_str().unwrap()], &cache);
-    assert!(out.status.success(), "{out:?}");
-    let public = text(&out).0.trim().to_string();
+    let (key, public) = plugin_key(dir.path(), &cache);
 
     let trap = hostile(&dir.path().join("p"), "trap", "deadline_ms = 2000");
-    sign(&trap, &key, &cache);
+    sign_plugin(&trap, &key, &cache);
     let unsigned = hostile(&dir.path().join("u"), "loop", "deadline_ms = 200");
 
     let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
@@ -237,11 +222,9 @@ fn a_hanging_plugin_never_stalls_the_api() {
     let cache = shared_cache();
     let data = init_data_dir(dir.path());
     let root = add_user(&data, "root", "admin", "vision", "secret");
-    let key = dir.path().join("signer.pk8");
-    let out = gantry(&["plugin", "keygen", "-o", key.to_str().unwrap()], &cache);
-    let public = text(&out).0.trim().to_string();
+    let (key, public) = plugin_key(dir.path(), &cache);
     let spin = hostile(&dir.path().join("p"), "loop", "deadline_ms = 300");
-    sign(&spin, &key, &cache);
+    sign_plugin(&spin, &key, &cache);
 
     let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
     let url = daemon.url.clone();

@@ -136,3 +136,26 @@ pub fn hostile_host(dir: &Path, mode: &str, limits: &str) -> Host {
     }
     host
 }
+
+/// A plugin signing key made by `gantry plugin keygen` in `dir`: (its path, its hex public key).
+pub fn plugin_key(dir: &Path, cache: &Path) -> (PathBuf, String) {
+    let key = dir.join("signer.pk8");
+    let out = gantry(&["plugin", "keygen", "-o", key.to_str().unwrap()], cache);
+    assert!(out.status.success(), "{}", text(&out).1);
+    (key, text(&out).0.trim().to_string())
+}
+
+/// Signs the plugin whose manifest is `manifest` with `gantry plugin sign`.
+pub fn sign_plugin(manifest: &Path, key: &Path, cache: &Path) {
+    let out = gantry(
+        &[
+            "plugin",
+            "sign",
+            manifest.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        cache,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}
