@@ -1,8 +1,10 @@
 # Access control for the Gantry host: who may do what to which resource.
 #
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
-#         "action": "job.submit" | "job.cancel" | "dataset.read" | "dataset.write" |
-#                   "plugin.upload" | "plugin.load" | "plugin.unload" | "audit.read",
+#         "action": "job.submit" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
+#                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
+#                   "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
+#                   "policy.replace" | "audit.read" | "placement.apply",
 #         "resource": {...}}  (fields per action, below)
 # Every refusal adds a human-readable reason; a request is allowed when there is none.
 package gantry.authz
@@ -21,8 +23,11 @@ roles := {r | some r in input.subject.roles}
 is_admin if "admin" in roles
 
 actions := {
-	"job.submit", "job.cancel", "dataset.read", "dataset.write",
-	"plugin.upload", "plugin.load", "plugin.unload", "audit.read", "placement.apply",
+	"job.submit", "job.cancel", "job.read", "job.list",
+	"dataset.read", "dataset.write", "dataset.list",
+	"cluster.read", "gpu.health",
+	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
+	"policy.replace", "audit.read", "placement.apply",
 }
 
 reasons contains msg if {
@@ -38,7 +43,7 @@ reasons contains "the request names no user" if {
 # queue, jobs no larger than the subject's largest role allows, the tenant's GPU quota kept.
 
 reasons contains msg if {
-	input.action in {"job.submit", "job.cancel"}
+	input.action in {"job.submit", "job.cancel", "job.read"}
 	not is_admin
 	not input.resource.tenant in {t | some t in input.subject.tenants}
 	msg := sprintf("user %v is not a member of tenant %v", [input.subject.user, input.resource.tenant])
@@ -127,6 +132,21 @@ reasons contains msg if {
 	input.action in {"plugin.upload", "plugin.load"}
 	not input.resource.signed == true
 	msg := sprintf("plugin %v is not signed by a trusted key", [input.resource.name])
+}
+
+# Listings and the cluster's shape (resource: {}): any named user; what a listing shows is
+# limited to the user's tenants by the host, by the same membership rule as job.read.
+
+# The host itself (resource: {"gpu"} for gpu.health, {} for policy.replace): admins only.
+
+reasons contains "only admins may change a GPU's health" if {
+	input.action == "gpu.health"
+	not is_admin
+}
+
+reasons contains "only admins may replace the policy" if {
+	input.action == "policy.replace"
+	not is_admin
 }
 
 # The audit log: admins and auditors.

@@ -82,6 +82,28 @@ test_only_admins_upload_signed_plugins if {
 	not authz.allow with input as upload(researcher, true)
 }
 
+read_job(subject, tenant) := {"subject": subject, "action": "job.read", "resource": {"tenant": tenant, "job": "j1"}}
+
+test_jobs_are_read_by_their_tenants_members if {
+	authz.allow with input as read_job(researcher, "vision")
+	not authz.allow with input as read_job(researcher, "language")
+	authz.allow with input as read_job(admin, "language")
+}
+
+test_listings_and_the_cluster_are_open_to_named_users if {
+	every action in {"job.list", "dataset.list", "cluster.read", "plugin.read"} {
+		authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
+	}
+	not authz.allow with input as {"subject": {"roles": []}, "action": "job.list", "resource": {}}
+}
+
+test_host_operations_are_for_admins if {
+	every action in {"gpu.health", "policy.replace"} {
+		authz.allow with input as {"subject": admin, "action": action, "resource": {}}
+		not authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
+	}
+}
+
 audit(subject) := {"subject": subject, "action": "audit.read", "resource": {}}
 
 test_audit_log_is_for_admins_and_auditors if {

@@ -227,18 +227,6 @@ fn authorize(
     }
 }
 
-/// 403 unless `user` is an admin (for host operations the policy has no action for).
-fn require_admin(user: &User, what: &str) -> ApiResult<()> {
-    if user.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("only admins may {what}"),
-        ))
-    }
-}
-
 /// A policy's refusal: counted, and a 403 with its reasons and decision id.
 fn denied(daemon: &Daemon, action: &str, decision_id: String, reasons: Vec<String>) -> ApiError {
     super::metrics::Metrics::inc(&daemon.metrics.decisions_denied);
@@ -427,7 +415,8 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
 }
 
-/// Whether `user` may see `job`: admins all, others their tenants' jobs.
+/// Whether a listing shows `job` to `user`: admins all, others their tenants' jobs (the shipped
+/// policy's rule for `job.read`, applied here so a listing is one decision, not one per job).
 fn visible(user: &User, job: &JobRecord) -> bool {
     user.is_admin() || user.tenants.contains(&job.tenant)
 }
@@ -437,20 +426,32 @@ async fn list(
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<JobRecord>>> {
     let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "job.list", json!({}))?;
     let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
     Ok(Json(
         jobs.into_iter().filter(|j| visible(&user, j)).collect(),
     ))
 }
 
-/// A job the user may see, or 404 (another tenant's job is indistinguishable from none).
+/// A job the policy lets the user read (`job.read`), or 404: a refusal reads as a missing job,
+/// so other tenants' job ids are not disclosed (the decision is still recorded).
 fn find(state: &AppState, user: &User, id: &str) -> ApiResult<JobRecord> {
-    match state.daemon.db.job(id).map_err(ApiError::internal)? {
-        Some(job) if visible(user, &job) => Ok(job),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no job `{id}`"),
-        )),
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`"));
+    let job = state
+        .daemon
+        .db
+        .job(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_found)?;
+    match authorize(
+        state,
+        user,
+        "job.read",
+        json!({"tenant": job.tenant, "job": job.id}),
+    ) {
+        Ok(()) => Ok(job),
+        Err(e) if e.status == StatusCode::FORBIDDEN => Err(not_found()),
+        Err(e) => Err(e),
     }
 }
 
@@ -584,6 +585,7 @@ async fn datasets(
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<super::db::DatasetRecord>>> {
     let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "dataset.list", json!({}))?;
     let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
     Ok(Json(
         all.into_iter()
@@ -646,6 +648,7 @@ async fn gpus(
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "cluster.read", json!({}))?;
     let host = state.daemon.host();
     let s = host.state();
     // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
@@ -686,7 +689,8 @@ async fn nodes(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authenticate(&state, &headers)?;
+    let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "cluster.read", json!({}))?;
     let host = state.daemon.host();
     let s = host.state();
     let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
@@ -725,7 +729,7 @@ async fn mark_unhealthy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     let Json(GpuRef { gpu: id }) = body?;
-    require_admin(&user, "change a GPU's health")?;
+    authorize(&state, &user, "gpu.health", json!({"gpu": id}))?;
     let daemon = state.daemon.clone();
     let requeued = tokio::task::spawn_blocking(move || {
         let lost = daemon
@@ -765,7 +769,8 @@ async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authenticate(&state, &headers)?;
+    let user = authenticate(&state, &headers)?;
+    authorize(&state, &user, "plugin.read", json!({}))?;
     let host = state.daemon.host();
     let active = host.scheduler().map(|p| {
         json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
@@ -1016,7 +1021,7 @@ async fn reload_policy(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
-    require_admin(&user, "replace the policy")?;
+    authorize(&state, &user, "policy.replace", json!({}))?;
     let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
     let daemon = state.daemon.clone();
     let swapped = tokio::task::spawn_blocking(move || {
