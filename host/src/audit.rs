@@ -107,11 +107,21 @@ pub enum AuditError {
     },
 }
 
-/// An open log, appending.
+/// An open log, appending. Shared by reference between threads: entries are written in one
+/// order under a lock, and made durable by group commit (see [`AuditLog::append`]).
 pub struct AuditLog {
     path: PathBuf,
-    file: File,
     key: Ed25519KeyPair,
+    tail: std::sync::Mutex<Tail>,
+    /// The highest sequence number known to be on disk; held while syncing.
+    synced: std::sync::Mutex<u64>,
+    /// A second handle on the file, synced without holding `tail`.
+    sync_file: File,
+}
+
+/// The appending end of the log.
+struct Tail {
+    file: File,
     seq: u64,
     prev: String,
     since_checkpoint: u64,
@@ -121,7 +131,7 @@ impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.path)
-            .field("seq", &self.seq)
+            .field("seq", &self.len())
             .finish()
     }
 }
@@ -169,75 +179,109 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        let sync_file = file.try_clone().map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
             key,
-            seq,
-            prev,
-            since_checkpoint,
+            tail: std::sync::Mutex::new(Tail {
+                file,
+                seq,
+                prev,
+                since_checkpoint,
+            }),
+            synced: std::sync::Mutex::new(seq),
+            sync_file,
         })
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Entries written so far (checkpoints included).
     pub fn len(&self) -> u64 {
-        self.seq
+        self.tail().seq
     }
 
     /// True when the log has no entry.
     pub fn is_empty(&self) -> bool {
-        self.seq == 0
+        self.len() == 0
     }
 
-    fn write(&mut self, kind: &str, record: Option<serde_json::Value>) -> Result<u64, AuditError> {
-        let seq = self.seq + 1;
+    /// Writes one entry at the end of `tail` (not yet synced). One write of the whole line: a
+    /// crash leaves either the line or a partial tail without a newline, which `open` cuts off.
+    fn write(
+        &self,
+        tail: &mut Tail,
+        kind: &str,
+        record: Option<serde_json::Value>,
+    ) -> Result<u64, AuditError> {
+        let seq = tail.seq + 1;
         let mut entry = Entry {
             seq,
             time_ms: now_ms(),
             kind: kind.to_string(),
             record,
-            prev: self.prev.clone(),
+            prev: tail.prev.clone(),
             signature: None,
             key: None,
         };
         if kind == "checkpoint" {
-            let sig = self.key.sign(&checkpoint_message(seq, &self.prev));
+            let sig = self.key.sign(&checkpoint_message(seq, &tail.prev));
             entry.signature = Some(hex(sig.as_ref()));
             entry.key = Some(hex(self.key.public_key().as_ref()));
         }
         let mut line = serde_json::to_vec(&entry).expect("an entry serializes");
         let hash = sha256_hex(&line);
         line.push(b'\n');
-        // One write of the whole line, then sync: a crash leaves either the line or a partial
-        // tail without a newline, which `open` cuts off.
-        let io = |error| AuditError::Io {
+        tail.file.write_all(&line).map_err(|error| AuditError::Io {
             path: self.path.clone(),
             error,
-        };
-        self.file.write_all(&line).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.seq = seq;
-        self.prev = hash;
-        self.since_checkpoint = if kind == "checkpoint" {
+        })?;
+        tail.seq = seq;
+        tail.prev = hash;
+        tail.since_checkpoint = if kind == "checkpoint" {
             0
         } else {
-            self.since_checkpoint + 1
+            tail.since_checkpoint + 1
         };
         Ok(seq)
     }
 
-    /// Appends an event (`plugin.load`, `policy.swap`, ...); checkpoints every
-    /// [`CHECKPOINT_EVERY`] entries. Returns the entry's sequence number.
-    pub fn append(&mut self, kind: &str, record: serde_json::Value) -> Result<u64, AuditError> {
-        let seq = self.write(kind, Some(record))?;
-        if self.since_checkpoint >= CHECKPOINT_EVERY {
-            self.checkpoint()?;
+    /// Returns once entry `seq` is on disk. Group commit: whoever finds it unsynced syncs
+    /// everything written so far, while the others wait on `synced` and then find their entry
+    /// covered; so concurrent requests share one sync instead of queueing for one each.
+    fn durable(&self, seq: u64) -> Result<(), AuditError> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= seq {
+            return Ok(());
         }
+        let written = self.tail().seq;
+        self.sync_file.sync_data().map_err(|error| AuditError::Io {
+            path: self.path.clone(),
+            error,
+        })?;
+        *synced = written;
+        Ok(())
+    }
+
+    /// Appends an event (`plugin.load`, `policy.swap`, ...), with a signed checkpoint every
+    /// [`CHECKPOINT_EVERY`] entries, and returns the entry's sequence number once it is on disk.
+    pub fn append(&self, kind: &str, record: serde_json::Value) -> Result<u64, AuditError> {
+        let (seq, last) = {
+            let mut tail = self.tail();
+            let seq = self.write(&mut tail, kind, Some(record))?;
+            if tail.since_checkpoint >= CHECKPOINT_EVERY {
+                self.write(&mut tail, "checkpoint", None)?;
+            }
+            (seq, tail.seq)
+        };
+        self.durable(last)?;
         Ok(seq)
     }
 
     /// Appends a policy decision and emits it as a `tracing` event with its id.
-    pub fn decision(&mut self, decision: &Decision<'_>) -> Result<u64, AuditError> {
+    pub fn decision(&self, decision: &Decision<'_>) -> Result<u64, AuditError> {
         tracing::info!(
             target: "gantry::audit",
             decision_id = decision.decision_id,
@@ -252,13 +296,18 @@ impl AuditLog {
     }
 
     /// Appends a signed checkpoint covering every entry so far.
-    pub fn checkpoint(&mut self) -> Result<u64, AuditError> {
-        self.write("checkpoint", None)
+    pub fn checkpoint(&self) -> Result<u64, AuditError> {
+        let seq = {
+            let mut tail = self.tail();
+            self.write(&mut tail, "checkpoint", None)?
+        };
+        self.durable(seq)?;
+        Ok(seq)
     }
 
     /// Ends the log with a checkpoint, so every entry is covered by a signature.
-    pub fn close(mut self) -> Result<(), AuditError> {
-        if self.since_checkpoint > 0 {
+    pub fn close(&self) -> Result<(), AuditError> {
+        if self.tail().since_checkpoint > 0 {
             self.checkpoint()?;
         }
         Ok(())

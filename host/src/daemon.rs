@@ -74,7 +74,9 @@ pub struct Daemon {
     /// Users, tokens and jobs.
     pub db: Db,
     /// Cluster state, scheduler plugin, policy and audit log.
-    pub host: Mutex<Host>,
+    pub host: std::sync::RwLock<Host>,
+    /// The policy and the audit log, without the host's lock: every request's decision.
+    pub decider: crate::Decider,
     /// Datasets, checkpoints and artifacts, encrypted.
     pub store: crate::storage::Store,
     /// Counters for `/metrics`.
@@ -179,7 +181,8 @@ impl Daemon {
         tracing::info!(requeued, "daemon state recovered");
         Ok(Daemon {
             db,
-            host: Mutex::new(host),
+            decider: host.decider(),
+            host: std::sync::RwLock::new(host),
             store,
             metrics: metrics::Metrics::default(),
             running: Mutex::new(Default::default()),
@@ -187,9 +190,15 @@ impl Daemon {
         })
     }
 
-    /// The host, locked.
-    pub fn host(&self) -> std::sync::MutexGuard<'_, Host> {
-        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    /// The host, locked for a change (scheduling, submitting, loading plugins).
+    pub fn host(&self) -> std::sync::RwLockWriteGuard<'_, Host> {
+        self.host.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The host, shared: policy decisions and reads run side by side, so their audit entries
+    /// share a sync (the log's group commit) instead of queueing behind one lock.
+    pub fn host_read(&self) -> std::sync::RwLockReadGuard<'_, Host> {
+        self.host.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs

@@ -224,7 +224,7 @@ pub struct Host {
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
     policy: Option<Arc<PolicySlot>>,
-    audit: Option<std::sync::Mutex<AuditLog>>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Host {
@@ -368,27 +368,20 @@ impl Host {
 
     /// Records decisions and host events (plugin loads, policy swaps) in `log` from now on.
     pub fn set_audit_log(&mut self, log: AuditLog) {
-        self.audit = Some(std::sync::Mutex::new(log));
+        self.audit = Some(Arc::new(log));
     }
 
     /// Closes the audit log with a signed checkpoint.
     pub fn close_audit_log(&mut self) -> Result<(), HostError> {
         if let Some(log) = self.audit.take() {
-            log.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .close()?;
+            log.close()?;
         }
         Ok(())
     }
 
     /// Appends an event to the audit log (when one is set).
     pub fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
-        if let Some(log) = &self.audit {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(kind, record)?;
-        }
-        Ok(())
+        self.decider().record(kind, record)
     }
 
     /// Asks the policy whether `subject` may do `action` on `resource`, and records the decision
@@ -400,42 +393,17 @@ impl Host {
         action: &str,
         resource: &serde_json::Value,
     ) -> Result<Verdict, HostError> {
-        let decision_id = crate::audit::new_decision_id();
-        let start = Instant::now();
-        let (allow, reasons, revision) = match &self.policy {
-            None => (true, Vec::new(), String::new()),
-            Some(slot) => {
-                let policy = slot.current();
-                let input =
-                    serde_json::json!({"subject": subject, "action": action, "resource": resource});
-                let (allow, reasons) =
-                    crate::policy::decide::verdict(&policy.evaluate(DECISION_ENTRYPOINT, &input));
-                (allow, reasons, policy.revision().to_string())
-            }
-        };
-        let latency_us = start.elapsed().as_secs_f64() * 1e6;
-        if let Some(log) = &self.audit {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .decision(&Decision {
-                    decision_id: &decision_id,
-                    subject,
-                    action: &serde_json::Value::from(action),
-                    resource,
-                    entrypoint: DECISION_ENTRYPOINT,
-                    allow,
-                    reasons: reasons.clone(),
-                    revision: &revision,
-                    latency_us,
-                })?;
-        } else {
-            tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");
+        self.decider().authorize(subject, action, resource)
+    }
+
+    /// The policy and the audit log, apart from the rest of the host: what deciding a request
+    /// needs, shareable with threads that must not wait on the host (a daemon's handlers). It
+    /// follows later policy swaps (they happen inside the slot).
+    pub fn decider(&self) -> Decider {
+        Decider {
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
         }
-        Ok(Verdict {
-            decision_id,
-            allow,
-            reasons,
-        })
     }
 
     /// [`Host::submit`] on behalf of `subject`, after the policy allowed `job.submit`.
@@ -782,5 +750,68 @@ impl Host {
             }
         }
         kept
+    }
+}
+
+/// Decides requests with the policy and records each decision in the audit log (see
+/// [`Host::decider`]).
+#[derive(Clone, Default)]
+pub struct Decider {
+    policy: Option<Arc<PolicySlot>>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Decider {
+    /// Asks the policy whether `subject` may do `action` on `resource`, and records the decision
+    /// in the audit log (when one is set) before returning it. Any evaluation failure denies.
+    /// Without a policy, every request is allowed (and still recorded).
+    pub fn authorize(
+        &self,
+        subject: &serde_json::Value,
+        action: &str,
+        resource: &serde_json::Value,
+    ) -> Result<Verdict, HostError> {
+        let decision_id = crate::audit::new_decision_id();
+        let start = Instant::now();
+        let (allow, reasons, revision) = match &self.policy {
+            None => (true, Vec::new(), String::new()),
+            Some(slot) => {
+                let policy = slot.current();
+                let input =
+                    serde_json::json!({"subject": subject, "action": action, "resource": resource});
+                let (allow, reasons) =
+                    crate::policy::decide::verdict(&policy.evaluate(DECISION_ENTRYPOINT, &input));
+                (allow, reasons, policy.revision().to_string())
+            }
+        };
+        let latency_us = start.elapsed().as_secs_f64() * 1e6;
+        if let Some(log) = &self.audit {
+            log.decision(&Decision {
+                decision_id: &decision_id,
+                subject,
+                action: &serde_json::Value::from(action),
+                resource,
+                entrypoint: DECISION_ENTRYPOINT,
+                allow,
+                reasons: reasons.clone(),
+                revision: &revision,
+                latency_us,
+            })?;
+        } else {
+            tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");
+        }
+        Ok(Verdict {
+            decision_id,
+            allow,
+            reasons,
+        })
+    }
+
+    /// Appends an event to the audit log (when one is set).
+    pub fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
+        if let Some(log) = &self.audit {
+            log.append(kind, record)?;
+        }
+        Ok(())
     }
 }

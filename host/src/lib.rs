@@ -37,8 +37,8 @@ pub mod storage;
 pub mod training;
 
 pub use host::{
-    Assignment, CycleReport, DECISION_ENTRYPOINT, Host, HostConfig, HostError, PluginSource,
-    PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
+    Assignment, CycleReport, DECISION_ENTRYPOINT, Decider, Host, HostConfig, HostError,
+    PluginSource, PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

@@ -10,7 +10,7 @@ fn key(dir: &Path, name: &str) -> ring::signature::Ed25519KeyPair {
 
 /// A closed log of `n` decisions (with automatic checkpoints); returns its lines.
 fn write_log(path: &Path, dir: &Path, n: usize) -> Vec<String> {
-    let mut log = AuditLog::open(path, key(dir, "host.pk8")).unwrap();
+    let log = AuditLog::open(path, key(dir, "host.pk8")).unwrap();
     for i in 0..n {
         let subject = serde_json::json!({"user": format!("user{i}")});
         log.decision(&Decision {
@@ -168,7 +168,7 @@ fn a_crash_mid_write_leaves_a_log_that_verifies_and_continues() {
     assert!(report.torn_tail);
     assert_eq!(report.entries as usize, clean.len());
     // Reopening cuts the partial line off and the chain goes on.
-    let mut log = AuditLog::open(
+    let log = AuditLog::open(
         &path,
         gantry::keys::load(&dir.path().join("host.pk8")).unwrap(),
     )
@@ -202,7 +202,7 @@ fn audit_cli_verifies_and_names_the_bad_line() {
         assert_eq!(mode & 0o777, 0o600);
     }
     let log = dir.path().join("audit.log");
-    let mut l = AuditLog::open(&log, gantry::keys::load(&key_path).unwrap()).unwrap();
+    let l = AuditLog::open(&log, gantry::keys::load(&key_path).unwrap()).unwrap();
     for i in 0..5 {
         l.append("plugin.load", serde_json::json!({"plugin": i}))
             .unwrap();
@@ -225,4 +225,50 @@ fn audit_cli_verifies_and_names_the_bad_line() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("audit.log:3:"), "{stderr}");
+}
+
+#[test]
+fn concurrent_appends_share_syncs_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let signer = key(dir.path(), "host.pk8");
+    let public = gantry::keys::public_hex(&signer);
+    let log = AuditLog::open(&path, signer).unwrap();
+    let (threads, each) = (8, 150);
+    let seqs: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let log = &log;
+                s.spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            log.append("test.event", serde_json::json!({"thread": t, "i": i}))
+                                .unwrap()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    // Every append got its own place, and each returned only once its entry was written.
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), threads * each);
+    let on_disk = lines(&path);
+    assert!(
+        sorted.iter().all(|&s| s as usize <= on_disk.len()),
+        "an append returned before its line was in the file"
+    );
+    log.close().unwrap();
+    let report = audit::verify(&path, Some(&public)).unwrap();
+    let events = lines(&path)
+        .iter()
+        .filter(|l| l.contains("\"test.event\""))
+        .count();
+    assert_eq!(events, threads * each, "{report:?}");
 }

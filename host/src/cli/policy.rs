@@ -270,7 +270,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let result = policy.evaluate(&entrypoint, &input);
             let latency_us = start.elapsed().as_secs_f64() * 1e6;
             if let (Some(log), Some(key)) = (audit, audit_key) {
-                let mut log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
+                let log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
                 let (allow, reasons) = gantry::policy::decide::verdict(&result);
                 let id = gantry::audit::new_decision_id();
                 let null = serde_json::Value::Null;

@@ -103,7 +103,7 @@ async fn count_responses(
             "error": value["error"].as_str().unwrap_or_default(),
         });
         let recorded =
-            tokio::task::spawn_blocking(move || daemon.host().record("request.rejected", record))
+            tokio::task::spawn_blocking(move || daemon.decider.record("request.rejected", record))
                 .await;
         if !matches!(recorded, Ok(Ok(()))) {
             tracing::error!(%method, %path, "recording a rejected request in the audit log");
@@ -117,7 +117,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let text = tokio::task::spawn_blocking(move || {
         let counts = daemon.db.counts_by_state().map_err(ApiError::internal)?;
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-        let host = daemon.host();
+        let host = daemon.host_read();
         let plugin = host
             .scheduler()
             .map(|p| (p.name().to_string(), p.health().report()));
@@ -211,7 +211,7 @@ fn authorize(
 ) -> ApiResult<()> {
     let verdict = state
         .daemon
-        .host()
+        .decider
         .authorize(&user.subject(), action, &resource)
         .map_err(ApiError::internal)?;
     if verdict.allow {
@@ -649,7 +649,7 @@ async fn gpus(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     authorize(&state, &user, "cluster.read", json!({}))?;
-    let host = state.daemon.host();
+    let host = state.daemon.host_read();
     let s = host.state();
     // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
     let holder_job = |i: usize| {
@@ -691,7 +691,7 @@ async fn nodes(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     authorize(&state, &user, "cluster.read", json!({}))?;
-    let host = state.daemon.host();
+    let host = state.daemon.host_read();
     let s = host.state();
     let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
     for (i, g) in s.cluster.gpus.iter().enumerate() {
@@ -771,7 +771,7 @@ async fn plugins(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = authenticate(&state, &headers)?;
     authorize(&state, &user, "plugin.read", json!({}))?;
-    let host = state.daemon.host();
+    let host = state.daemon.host_read();
     let active = host.scheduler().map(|p| {
         json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
                "health": p.health().report()})
@@ -933,7 +933,7 @@ async fn upload_plugin(
         ));
     }
     let signed = {
-        let host = state.daemon.host();
+        let host = state.daemon.host_read();
         plugin.verify(&host.trust().trusted_keys).is_ok()
     };
     authorize(
@@ -947,7 +947,7 @@ async fn upload_plugin(
         // Compiled and instantiated (which also fills the artifact cache) before it is kept.
         let source = crate::PluginSource::Uploaded(Box::new(plugin.clone()));
         let sha256 = {
-            let host = daemon.host();
+            let host = daemon.host_read();
             let checked = host
                 .load_scheduler_plugin(&source)
                 .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
@@ -968,7 +968,7 @@ async fn upload_plugin(
         };
         daemon.db.put_plugin(&record).map_err(ApiError::internal)?;
         daemon
-            .host()
+            .host_read()
             .record(
                 "plugin.upload",
                 json!({"plugin": record.name, "version": record.version, "sha256": sha256,
