@@ -384,9 +384,7 @@ impl Host {
         self.decider().record(kind, record)
     }
 
-    /// Asks the policy whether `subject` may do `action` on `resource`, and records the decision
-    /// in the audit log (when one is set) before returning it. Any evaluation failure denies.
-    /// Without a policy, every request is allowed (and still recorded).
+    /// [`Decider::authorize`] with this host's policy and audit log.
     pub fn authorize(
         &self,
         subject: &serde_json::Value,
