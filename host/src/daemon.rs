@@ -107,6 +107,7 @@ pub fn plugin_source(
         .plugins(Some(name))
         .map_err(|e| e.to_string())?
         .pop()
+        .filter(|r| r.kind == KIND_SCHEDULER)
         .ok_or_else(|| format!("no scheduler plugin `{name}` (shipped or uploaded)"))?;
     let wasm = store.get(&record.object).map_err(|e| e.to_string())?;
     Ok(PluginSource::Uploaded(Box::new(crate::UploadedPlugin {
@@ -115,6 +116,61 @@ pub fn plugin_source(
         wasm,
         signature: record.signature,
     })))
+}
+
+/// The kinds of uploaded plugins, as the database records them.
+pub const KIND_SCHEDULER: &str = "scheduler";
+/// See [`KIND_SCHEDULER`].
+pub const KIND_PREPROCESS: &str = "preprocess";
+
+/// Preprocessing plugin `name`, shipped or uploaded, ready to start workers on `host`'s engine.
+/// An uploaded one must still carry a signature the host trusts (unless unsigned plugins are
+/// allowed): trust withdrawn after the upload stops it from running.
+pub fn preprocess_plugin(
+    db: &Db,
+    store: &crate::storage::Store,
+    host: &Host,
+    name: &str,
+) -> Result<crate::preprocess::PreprocessPlugin, String> {
+    let linker = crate::plugin::base_linker(host.engine()).map_err(|e| format!("{e:#}"))?;
+    if builtin::preprocessor(name).is_some() {
+        return crate::preprocess::PreprocessPlugin::builtin(
+            host.engine(),
+            &linker,
+            host.cache(),
+            name,
+        )
+        .map_err(|e| e.to_string());
+    }
+    let record = db
+        .plugins(Some(name))
+        .map_err(|e| e.to_string())?
+        .pop()
+        .filter(|r| r.kind == KIND_PREPROCESS)
+        .ok_or_else(|| format!("no preprocessing plugin `{name}` (shipped or uploaded)"))?;
+    let plugin = crate::UploadedPlugin {
+        name: record.name,
+        manifest: record.manifest,
+        wasm: store.get(&record.object).map_err(|e| e.to_string())?,
+        signature: record.signature,
+    };
+    let origin = plugin.origin();
+    if let Err(why) = plugin.verify(&host.trust().trusted_keys)
+        && !host.trust().allow_unsigned
+    {
+        return Err(format!("{}: {why}", origin.display()));
+    }
+    let manifest = crate::plugin::manifest::Manifest::parse(&plugin.manifest, &origin)
+        .map_err(|e| e.to_string())?;
+    crate::preprocess::PreprocessPlugin::load(
+        host.engine(),
+        &linker,
+        host.cache(),
+        manifest,
+        &plugin.wasm,
+        &origin,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The database file of a data directory.

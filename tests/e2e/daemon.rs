@@ -135,7 +135,7 @@ fn wait_for_checkpoint(db: &gantry::daemon::db::Db, job: &str, step: u32) -> u32
 }
 
 /// Polls the job at `url` until it succeeded or failed; returns it.
-fn wait_until_over(url: &str, token: &str, seconds: u64) -> Value {
+pub(crate) fn wait_until_over(url: &str, token: &str, seconds: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
         let (_, v) = request(url, "GET", Some(token), None);

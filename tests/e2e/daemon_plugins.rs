@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, request, wait_for_state};
+use crate::daemon::{Daemon, request, wait_for_state, wait_until_over};
 use crate::support::{
     add_user, gantry, hostile, init_data_dir, plugin_key, shared_cache, sign_plugin, text,
 };
@@ -258,5 +258,121 @@ fn a_hanging_plugin_never_stalls_the_api() {
     assert!(start.elapsed() < Duration::from_secs(5));
     wait_for_state(&url, &root, "spin-1", "scheduled");
     assert!(metric(&url, "gantry_plugin_faults_total{plugin=\"hostile-loop\"}") >= 1.0);
+    daemon.signal("-TERM");
+}
+
+#[test]
+fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let (key, public) = plugin_key(dir.path(), &cache);
+    // The shipped standardize component under another name and version: a team's own build.
+    let plugin = dir.path().join("zscore");
+    std::fs::create_dir(&plugin).unwrap();
+    let standardize = gantry::builtin::preprocessor("standardize").unwrap();
+    std::fs::write(plugin.join("zscore.wasm"), standardize.wasm).unwrap();
+    let manifest = plugin.join("plugin.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"zscore\"\nversion = \"0.2.0\"\nkind = \"preprocess\"\n\
+         world = \"gantry:preprocess/preprocess@0.1.0\"\n",
+    )
+    .unwrap();
+    sign_plugin(&manifest, &key, &cache);
+
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let client = ["--url", url.as_str(), "--token", root.as_str()];
+    let out = gantry(
+        &[&["plugin", "upload", plugin.to_str().unwrap()][..], &client].concat(),
+        &cache,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let plugins = active(&url, &root);
+    assert_eq!(plugins["uploaded"][0]["kind"], "preprocess", "{plugins}");
+    // It is no scheduler.
+    let (s, _) = request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(&root),
+        Some(r#"{"name": "zscore"}"#),
+    );
+    assert_eq!(s, 404);
+
+    // Spirals far from zero, the class in column 0: only standardised do they train well.
+    let set = gantry_kernels::synthetic::spirals(3, 200, 0.15, 4);
+    let csv: String = (0..set.rows())
+        .map(|r| {
+            let (x, y) = (set.features[2 * r], set.features[2 * r + 1]);
+            format!(
+                "{},{},{}\n",
+                set.targets[r],
+                900.0 + 40.0 * x,
+                -500.0 + 30.0 * y
+            )
+        })
+        .collect();
+    let (s, v) = request(
+        &format!("{url}/v1/datasets/s.csv?tenant=vision&classification=internal"),
+        "PUT",
+        Some(&ada),
+        Some(&csv),
+    );
+    assert_eq!(s, 201, "{v}");
+    let train = r#"seed = 3
+epochs = 60
+batch_size = 32
+[data]
+dataset = "s.csv"
+label_column = 0
+preprocess = "zscore"
+[model]
+hidden = [64, 64]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+[devices]
+backend = "cpu"
+"#;
+    let submit = |id: &str| {
+        let body = json!({"id": id, "tenant": "vision", "gpus": 1, "train": train});
+        let (s, v) = request(
+            &format!("{url}/v1/jobs"),
+            "POST",
+            Some(&ada),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    submit("z1");
+    let job = wait_until_over(&format!("{url}/v1/jobs/z1"), &ada, 120);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(
+        job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{job}"
+    );
+
+    // Without the key among the trusted, the stored plugin no longer runs.
+    daemon.signal("-TERM");
+    let mut daemon = Daemon::start(&data, &cache);
+    let url = daemon.url.clone();
+    let body = json!({"id": "z2", "tenant": "vision", "gpus": 1, "train": train});
+    let (s, _) = request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&ada),
+        Some(&body.to_string()),
+    );
+    assert_eq!(s, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/z2"), &ada, 60);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("not trusted"),
+        "{job}"
+    );
     daemon.signal("-TERM");
 }

@@ -332,10 +332,17 @@ async fn submit(
         }
         if let Some(plugin) = &config.data.preprocess
             && crate::builtin::preprocessor(plugin).is_none()
+            && !state
+                .daemon
+                .db
+                .plugins(Some(plugin))
+                .map_err(ApiError::internal)?
+                .iter()
+                .any(|p| p.kind == super::KIND_PREPROCESS)
         {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("{origin}: no shipped preprocessing plugin `{plugin}`"),
+                format!("{origin}: no preprocessing plugin `{plugin}` (shipped or uploaded)"),
             ));
         }
         if let Some(name) = &config.data.dataset {
@@ -899,7 +906,7 @@ async fn upload_plugin(
             "plugin name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
         ));
     }
-    if crate::builtin::scheduler(&name).is_some() {
+    if crate::builtin::scheduler(&name).is_some() || crate::builtin::preprocessor(&name).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("`{name}` is a shipped plugin; upload under another name"),
@@ -945,13 +952,40 @@ async fn upload_plugin(
     let daemon = state.daemon.clone();
     let record = tokio::task::spawn_blocking(move || {
         // Compiled and instantiated (which also fills the artifact cache) before it is kept.
-        let source = crate::PluginSource::Uploaded(Box::new(plugin.clone()));
-        let sha256 = {
+        let unusable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+        let (sha256, kind) = {
             let host = daemon.host_read();
-            let checked = host
-                .load_scheduler_plugin(&source)
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-            checked.wasm_sha256().to_string()
+            match manifest.kind {
+                crate::plugin::manifest::PluginKind::Scheduler => {
+                    let source = crate::PluginSource::Uploaded(Box::new(plugin.clone()));
+                    let checked = host
+                        .load_scheduler_plugin(&source)
+                        .map_err(|e| unusable(e.to_string()))?;
+                    (checked.wasm_sha256().to_string(), super::KIND_SCHEDULER)
+                }
+                crate::plugin::manifest::PluginKind::Preprocess => {
+                    let linker = crate::plugin::base_linker(host.engine())
+                        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                    let origin = plugin.origin();
+                    let checked = crate::preprocess::PreprocessPlugin::load(
+                        host.engine(),
+                        &linker,
+                        host.cache(),
+                        manifest.clone(),
+                        &plugin.wasm,
+                        &origin,
+                    )
+                    .map_err(|e| unusable(e.to_string()))?;
+                    // One worker: instantiated and configured with the manifest's [config].
+                    checked
+                        .worker_blocking()
+                        .map_err(|e| unusable(e.to_string()))?;
+                    (
+                        crate::plugin::cache::sha256_hex(&plugin.wasm),
+                        super::KIND_PREPROCESS,
+                    )
+                }
+            }
         };
         let object = daemon
             .store
@@ -959,6 +993,7 @@ async fn upload_plugin(
             .map_err(ApiError::internal)?;
         let record = super::db::PluginRecord {
             name: plugin.name,
+            kind: kind.to_string(),
             version: manifest.version.clone(),
             manifest: plugin.manifest,
             object,

@@ -173,6 +173,8 @@ impl DatasetRecord {
 pub struct PluginRecord {
     /// The name it is loaded by (the manifest's `name`).
     pub name: String,
+    /// `scheduler` or `preprocess` (the manifest's `kind`).
+    pub kind: String,
     /// The manifest's `version`.
     pub version: String,
     /// The manifest's text.
@@ -263,6 +265,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS plugins (
     name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
     version TEXT NOT NULL,
     manifest TEXT NOT NULL,
     object TEXT NOT NULL,
@@ -544,7 +547,7 @@ impl Db {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO plugins(name, version, manifest, object, signature, owner,
-                   created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                   created_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     p.name,
                     p.version,
@@ -552,7 +555,8 @@ impl Db {
                     p.object,
                     signature,
                     p.owner,
-                    p.created_at
+                    p.created_at,
+                    p.kind
                 ],
             )
             .ctx("recording a plugin")?;
@@ -564,7 +568,7 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT name, version, manifest, object, signature, owner, created_at FROM plugins
+                "SELECT name, version, manifest, object, signature, owner, created_at, kind FROM plugins
                  WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
             )
             .ctx("listing plugins")?;
@@ -579,6 +583,7 @@ impl Db {
                     signature: signature.and_then(|s| serde_json::from_str(&s).ok()),
                     owner: r.get(5)?,
                     created_at: r.get(6)?,
+                    kind: r.get(7)?,
                 })
             })
             .ctx("listing plugins")?;

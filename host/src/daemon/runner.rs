@@ -266,15 +266,9 @@ fn load_dataset(
             (values, width)
         }
         Some(plugin) => {
-            let (engine, cache) = {
-                let host = daemon.host();
-                (host.engine().clone(), host.cache().clone())
-            };
-            let linker =
-                crate::plugin::base_linker(&engine).map_err(|e| unavailable(format!("{e:#}")))?;
             let plugin =
-                crate::preprocess::PreprocessPlugin::builtin(&engine, &linker, &cache, plugin)
-                    .map_err(|e| unavailable(e.to_string()))?;
+                super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
+                    .map_err(unavailable)?;
             let mut values = Vec::new();
             let mut width = 0;
             crate::pipeline::run(
