@@ -132,15 +132,10 @@ pub fn preprocess_plugin(
     host: &Host,
     name: &str,
 ) -> Result<crate::preprocess::PreprocessPlugin, String> {
-    let linker = crate::plugin::base_linker(host.engine()).map_err(|e| format!("{e:#}"))?;
     if builtin::preprocessor(name).is_some() {
-        return crate::preprocess::PreprocessPlugin::builtin(
-            host.engine(),
-            &linker,
-            host.cache(),
-            name,
-        )
-        .map_err(|e| e.to_string());
+        return host
+            .load_preprocess_plugin(name, None)
+            .map_err(|e| e.to_string());
     }
     let record = db
         .plugins(Some(name))
@@ -154,23 +149,8 @@ pub fn preprocess_plugin(
         wasm: store.get(&record.object).map_err(|e| e.to_string())?,
         signature: record.signature,
     };
-    let origin = plugin.origin();
-    if let Err(why) = plugin.verify(&host.trust().trusted_keys)
-        && !host.trust().allow_unsigned
-    {
-        return Err(format!("{}: {why}", origin.display()));
-    }
-    let manifest = crate::plugin::manifest::Manifest::parse(&plugin.manifest, &origin)
-        .map_err(|e| e.to_string())?;
-    crate::preprocess::PreprocessPlugin::load(
-        host.engine(),
-        &linker,
-        host.cache(),
-        manifest,
-        &plugin.wasm,
-        &origin,
-    )
-    .map_err(|e| e.to_string())
+    host.load_preprocess_plugin(name, Some(&plugin))
+        .map_err(|e| e.to_string())
 }
 
 /// The database file of a data directory.

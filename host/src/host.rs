@@ -300,6 +300,34 @@ impl Host {
         )
     }
 
+    /// Preprocessing plugin `name`: a shipped one, or `uploaded` (checked against the trust
+    /// settings as scheduler plugins from outside the binary are), on this host's engine.
+    pub fn load_preprocess_plugin(
+        &self,
+        name: &str,
+        uploaded: Option<&UploadedPlugin>,
+    ) -> Result<crate::preprocess::PreprocessPlugin, LoadError> {
+        let Some(up) = uploaded else {
+            return crate::preprocess::PreprocessPlugin::builtin(
+                &self.engine,
+                &self.linker,
+                &self.cache,
+                name,
+            );
+        };
+        let origin = up.origin();
+        let manifest = Manifest::parse(&up.manifest, &origin)?;
+        self.trust_or_refuse(&origin, up.verify(&self.trust.trusted_keys))?;
+        crate::preprocess::PreprocessPlugin::load(
+            &self.engine,
+            &self.linker,
+            &self.cache,
+            manifest,
+            &up.wasm,
+            &origin,
+        )
+    }
+
     /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
     /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
     fn check_signature(

@@ -140,6 +140,11 @@ impl PreprocessPlugin {
         &self.name
     }
 
+    /// Hex SHA-256 of the component.
+    pub fn wasm_sha256(&self) -> &str {
+        &self.wasm_sha256
+    }
+
     /// Overrides (or adds) one `[config]` entry for workers started from now on; the plugin
     /// checks it when a worker is configured.
     pub fn set_config(&mut self, key: &str, value: &str) {

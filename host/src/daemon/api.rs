@@ -964,26 +964,14 @@ async fn upload_plugin(
                     (checked.wasm_sha256().to_string(), super::KIND_SCHEDULER)
                 }
                 crate::plugin::manifest::PluginKind::Preprocess => {
-                    let linker = crate::plugin::base_linker(host.engine())
-                        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-                    let origin = plugin.origin();
-                    let checked = crate::preprocess::PreprocessPlugin::load(
-                        host.engine(),
-                        &linker,
-                        host.cache(),
-                        manifest.clone(),
-                        &plugin.wasm,
-                        &origin,
-                    )
-                    .map_err(|e| unusable(e.to_string()))?;
+                    let checked = host
+                        .load_preprocess_plugin(&plugin.name, Some(&plugin))
+                        .map_err(|e| unusable(e.to_string()))?;
                     // One worker: instantiated and configured with the manifest's [config].
                     checked
                         .worker_blocking()
                         .map_err(|e| unusable(e.to_string()))?;
-                    (
-                        crate::plugin::cache::sha256_hex(&plugin.wasm),
-                        super::KIND_PREPROCESS,
-                    )
+                    (checked.wasm_sha256().to_string(), super::KIND_PREPROCESS)
                 }
             }
         };
