@@ -41,6 +41,9 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=GANTRY_GUEST_TARGET_DIR");
 
+    for target in ["wasm32-wasip2", "wasm32-unknown-unknown"] {
+        ensure_target(target);
+    }
     let guests: Vec<&str> = GUESTS.iter().map(|(k, _)| *k).collect();
     build(&root, &target_dir, "wasm32-wasip2", &guests);
     build(
@@ -59,6 +62,48 @@ fn main() {
         let to = out_dir.join(&file);
         copy(&from, &to);
         println!("cargo:rustc-env=GANTRY_WASM_{name}={}", to.display());
+    }
+}
+
+/// Makes sure the toolchain that builds the host can build for `target`.
+///
+/// `rust-toolchain.toml` lists the wasm targets, but rustup installs them only together with a
+/// toolchain it installs itself: a machine that already had the pinned toolchain without them
+/// would otherwise fail deep inside the guest build with "can't find crate for `core`". So add
+/// the target through rustup where rustup manages this toolchain, or stop with the remedy.
+fn ensure_target(target: &str) {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = |sysroot: &Option<PathBuf>| {
+        sysroot
+            .as_ref()
+            .is_some_and(|s| s.join("lib/rustlib").join(target).join("lib").is_dir())
+    };
+    if installed(&sysroot) {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let remedy = match &toolchain {
+        Some(t) => format!("rustup target add {target} --toolchain {t}"),
+        None => format!("rustup target add {target}"),
+    };
+    println!("cargo:warning=the wasm target {target} is missing; running `{remedy}`");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", target]);
+    if let Some(t) = &toolchain {
+        cmd.args(["--toolchain", t]);
+    }
+    let added = cmd.status().map(|s| s.success()).unwrap_or(false);
+    if !added || !installed(&sysroot) {
+        panic!(
+            "the Rust target {target} is not installed for this toolchain and could not be \
+             added; run `{remedy}` and build again"
+        );
     }
 }
 
