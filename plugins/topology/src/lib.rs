@@ -8,7 +8,7 @@ use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapsh
 
 pub mod placement;
 
-/// Seconds a job waits before it may cross the scope it asked for, when the manifest is silent.
+/// Seconds a job waits before each further scope it may cross, when the manifest is silent.
 pub const DEFAULT_RELAX_AFTER_S: f64 = 600.0;
 
 /// The configured `relax_after_s`, as `f64` bits. The host calls `configure` once per fresh
@@ -22,7 +22,7 @@ pub fn relax_after_s() -> f64 {
 }
 
 /// Reads `relax_after_s` from the manifest's config: seconds (a non-negative number), or
-/// `"never"` for infinity, which keeps every job to the scope it asked for.
+/// `"never"` for infinity, which keeps every job to the tightest scope that could hold it.
 pub fn parse_relax_after_s(config: &Config) -> Result<f64, PluginError> {
     const KEY: &str = "relax_after_s";
     if config

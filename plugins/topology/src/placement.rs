@@ -2,8 +2,8 @@
 //! racks.
 //!
 //! Jobs are taken by priority, then submission time. Each job is tried against ever larger
-//! groups of GPUs, stopping at the first that can hold it, and never beyond the scope it asked
-//! for ([`Scope`]):
+//! groups of GPUs, stopping at the first that can hold it, and never beyond the scope it is
+//! allowed ([`Scope`]):
 //!
 //! 1. one NVLink domain: the one with the fewest usable GPUs that still holds the job (inside a
 //!    domain that spans nodes, as few nodes as possible);
@@ -18,10 +18,14 @@
 //! a job that asked for one node only takes a domain's GPUs when they lie on one node, and a job
 //! that asked for one domain only takes GPUs of one domain.
 //!
-//! A job that has waited `relax_after_s` may use the next larger scope instead of waiting
-//! longer. A non-gang job takes all its GPUs at once where the scope allows, else what the
-//! largest group of its scope can give now. Jobs that do not fit are skipped (no reservation):
-//! smaller jobs behind them still run.
+//! A preference is a preference, never a reason to wait forever (as in Kueue's "preferred"
+//! topology levels): a job is first allowed the tightest scope, from the one it asked for
+//! outwards, whose largest group could ever hold it (healthy GPUs with its memory, busy or not),
+//! so a 16-GPU job asking for one 8-GPU NVLink domain starts out allowed one rack. Each
+//! `relax_after_s` it then waits allows one scope more, up to the whole cluster, so every
+//! placement that exists is eventually reachable. A non-gang job takes all its GPUs at once
+//! where the scope allows, else what the largest group of its scope can give now. Jobs that do
+//! not fit are skipped (no reservation): smaller jobs behind them still run.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,13 +67,32 @@ impl Scope {
             Scope::Rack | Scope::Any => Scope::Any,
         }
     }
+
+    /// This scope relaxed `steps` times.
+    pub fn relaxed_by(self, steps: u32) -> Self {
+        (0..steps.min(3)).fold(self, |scope, _| scope.relaxed())
+    }
 }
 
-/// One scheduling cycle of the topology-aware strategy. A job that has waited at least
-/// `relax_after_s` seconds (`snapshot.now_s - job.submit_s`) may use the next larger scope than
-/// the one it asked for; `f64::INFINITY` never relaxes.
+/// How many scopes a job that has waited `waited_s` may go beyond the first one it was allowed:
+/// one per `relax_after_s` (0 relaxes at once, infinity never).
+pub fn relax_steps(waited_s: f64, relax_after_s: f64) -> u32 {
+    if relax_after_s.is_infinite() || waited_s.is_nan() || waited_s < relax_after_s {
+        0
+    } else if relax_after_s <= 0.0 {
+        3
+    } else {
+        (waited_s / relax_after_s).min(3.0) as u32
+    }
+}
+
+/// One scheduling cycle of the topology-aware strategy. A job starts out allowed the tightest
+/// scope, from the one it asked for outwards, that could ever hold it; each `relax_after_s`
+/// seconds it has waited (`snapshot.now_s - job.submit_s`) allow one scope more
+/// ([`relax_steps`]); `f64::INFINITY` never relaxes beyond the first.
 pub fn place(snapshot: &Snapshot, queue: &Jobs, relax_after_s: f64) -> Vec<Placement> {
     let mut state = State::new(snapshot);
+    let mut reach = Reach::new(snapshot, &state.index);
     // (memory need, asked scope, allowed scope) -> smallest GPU count that could not be placed
     // this cycle. GPUs are only taken during a cycle and every scope's test is "some group has
     // enough usable GPUs", so a later job with the same key and at least that many GPUs cannot
@@ -86,13 +109,13 @@ pub fn place(snapshot: &Snapshot, queue: &Jobs, relax_after_s: f64) -> Vec<Place
         if count == 0 || (job.gang && count < job.gpus) {
             continue;
         }
-        let asked = Scope::asked(job.topology);
-        let allowed = if snapshot.now_s - job.submit_s >= relax_after_s {
-            asked.relaxed()
-        } else {
-            asked
-        };
         let memory = job.memory_per_gpu_mib;
+        // A non-gang job can run in parts, so any group with one usable GPU could serve it.
+        let needed = if job.gang { count } else { 1 };
+        let Some(asked) = reach.tightest(Scope::asked(job.topology), needed, memory) else {
+            continue; // no group of the whole cluster could ever hold it
+        };
+        let allowed = asked.relaxed_by(relax_steps(snapshot.now_s - job.submit_s, relax_after_s));
         let key = (memory, asked, allowed);
         let fails_from = failed.get(&key).copied().unwrap_or(u32::MAX);
         let mut chosen = None;
@@ -126,6 +149,72 @@ fn record_failure(
 ) {
     let k = failed.entry(key).or_insert(n);
     *k = (*k).min(n);
+}
+
+/// What each scope could ever hold, whatever runs now: for a memory need, the most healthy GPUs
+/// with that much memory in one group of each scope. Computed once per memory need and cycle.
+pub(crate) struct Reach {
+    /// Healthy GPUs on known nodes: (free memory, NVLink domain, node, rack).
+    healthy: Vec<(u32, u32, u32, u32)>,
+    /// Groups of each scope: domains, nodes, racks.
+    groups: [usize; 3],
+    /// Memory need -> the largest group of each scope, in [`Scope::ALL`] order.
+    largest: BTreeMap<u32, [u32; 4]>,
+}
+
+impl Reach {
+    pub(crate) fn new(snapshot: &Snapshot, index: &FreeIndex) -> Self {
+        let gpus = &snapshot.gpus;
+        let nodes = index.node_count();
+        let healthy: Vec<(u32, u32, u32, u32)> = (0..gpus.len())
+            .filter(|&g| gpus.healthy[g] != 0 && (gpus.node[g] as usize) < nodes)
+            .map(|g| {
+                let node = gpus.node[g];
+                let rack = index.node_rack(node);
+                (gpus.memory_free_mib[g], gpus.nvlink_domain[g], node, rack)
+            })
+            .collect();
+        let most = |f: fn(&(u32, u32, u32, u32)) -> u32| {
+            healthy.iter().map(|g| f(g) as usize + 1).max().unwrap_or(0)
+        };
+        Self {
+            groups: [most(|g| g.1), most(|g| g.2), most(|g| g.3)],
+            healthy,
+            largest: BTreeMap::new(),
+        }
+    }
+
+    /// The largest group of each scope for a job needing `memory_mib` per GPU.
+    fn largest(&mut self, memory_mib: u32) -> [u32; 4] {
+        if let Some(&largest) = self.largest.get(&memory_mib) {
+            return largest;
+        }
+        let mut counts = self.groups.map(|n| vec![0u32; n]);
+        let mut total = 0;
+        for &(memory, domain, node, rack) in &self.healthy {
+            if memory >= memory_mib {
+                counts[0][domain as usize] += 1;
+                counts[1][node as usize] += 1;
+                counts[2][rack as usize] += 1;
+                total += 1;
+            }
+        }
+        let max = |c: &Vec<u32>| c.iter().copied().max().unwrap_or(0);
+        let largest = [max(&counts[0]), max(&counts[1]), max(&counts[2]), total];
+        self.largest.insert(memory_mib, largest);
+        largest
+    }
+
+    /// The tightest scope, from `asked` outwards, with a group that could ever hold `count` GPUs
+    /// of `memory_mib`; `None` when not even the whole cluster could.
+    pub(crate) fn tightest(&mut self, asked: Scope, count: u32, memory_mib: u32) -> Option<Scope> {
+        let largest = self.largest(memory_mib);
+        Scope::ALL
+            .into_iter()
+            .zip(largest)
+            .find(|&(scope, most)| scope >= asked && most >= count)
+            .map(|(scope, _)| scope)
+    }
 }
 
 /// How many GPUs at the front of `gpus` (sorted by descending free memory) have `memory_mib`.

@@ -1,4 +1,4 @@
-use crate::placement::{Scope, State, place};
+use crate::placement::{Scope, State, place, relax_steps};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
 use gantry_plugin_sdk::sched::{ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology};
 use gantry_plugin_sdk::testing::{cluster, edit_gpus, job, jobs, occupy};
@@ -256,11 +256,19 @@ fn relaxing_goes_one_scope_at_a_time() {
     let mut snapshot = cluster(2, 1, 8);
     occupy(&mut snapshot, 0..4); // node 0 (rack 0): 4 free
     occupy(&mut snapshot, 8..12); // node 1 (rack 1): 4 free
-    snapshot.now_s = 1e6;
-    // A relaxed same-node job may use a rack, but no rack has 8: it still waits.
-    assert!(run(&snapshot, &jobs([gang(8, Topology::SameNode)]), 0.0).is_empty());
-    // A relaxed same-rack job may go anywhere.
-    let placements = run(&snapshot, &jobs([gang(8, Topology::SameRack)]), 0.0);
+    // Relaxed once, a same-node job may use a rack, but no rack has 8 free: it still waits.
+    snapshot.now_s = 1199.0;
+    assert!(run(&snapshot, &jobs([gang(8, Topology::SameNode)]), 600.0).is_empty());
+    // Relaxed once, a same-rack job may go anywhere.
+    let placements = run(&snapshot, &jobs([gang(8, Topology::SameRack)]), 600.0);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+    // Relaxed twice, the same-node job may go anywhere too.
+    snapshot.now_s = 1200.0;
+    let placements = run(&snapshot, &jobs([gang(8, Topology::SameNode)]), 600.0);
+    assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
+    // relax_after_s = 0 relaxes all the way at once.
+    snapshot.now_s = 0.0;
+    let placements = run(&snapshot, &jobs([gang(8, Topology::SameNvlinkDomain)]), 0.0);
     assert_eq!(racks_of(&snapshot, &placements[0].gpus), vec![0, 1]);
 }
 
@@ -276,10 +284,10 @@ fn same_nvlink_domain_job_uses_a_domain_spanning_two_nodes() {
         NEVER,
     );
     assert_eq!(sorted(&placements[0].gpus), (0..8).collect::<Vec<u32>>());
-    assert!(
-        run(&snapshot, &jobs([gang(8, Topology::SameNode)]), NEVER).is_empty(),
-        "no node has 8 GPUs"
-    );
+    // No node has 8 GPUs, so a same-node job of 8 may use the rack: the spanning domain is the
+    // tightest group there.
+    let placements = run(&snapshot, &jobs([gang(8, Topology::SameNode)]), NEVER);
+    assert_eq!(sorted(&placements[0].gpus), (0..8).collect::<Vec<u32>>());
     assert!(
         run(
             &snapshot,
@@ -327,14 +335,27 @@ fn same_node_job_takes_a_spanning_domain_only_on_one_node() {
 #[test]
 fn same_nvlink_domain_job_relaxes_to_one_node() {
     let mut snapshot = split_domains();
-    occupy(&mut snapshot, [0, 1, 8, 9, 10, 11, 12]); // node 0: domains 2 + 4 free
-    let mut waiting = gang(6, Topology::SameNvlinkDomain);
+    // Domains 0-3 have 2, 3, 1 and 3 free; nodes 0 and 1 have 5 and 4.
+    occupy(&mut snapshot, [0, 1, 4, 8, 9, 10, 12]);
+    let mut waiting = gang(4, Topology::SameNvlinkDomain);
     waiting.submit_s = 0.0;
     snapshot.now_s = 10.0;
     assert!(run(&snapshot, &jobs([waiting]), 60.0).is_empty());
     snapshot.now_s = 60.0;
     let placements = run(&snapshot, &jobs([waiting]), 60.0);
-    assert_eq!(sorted(&placements[0].gpus), vec![2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        sorted(&placements[0].gpus),
+        vec![11, 13, 14, 15],
+        "the tightest node"
+    );
+    // A job that no domain could ever hold starts out allowed one node.
+    snapshot.now_s = 10.0;
+    let placements = run(
+        &snapshot,
+        &jobs([gang(5, Topology::SameNvlinkDomain)]),
+        60.0,
+    );
+    assert_eq!(sorted(&placements[0].gpus), vec![2, 3, 5, 6, 7]);
 }
 
 #[test]
@@ -462,7 +483,9 @@ fn a_failed_large_job_does_not_block_smaller_ones() {
     ]);
     let placements = run(&snapshot, &queue, NEVER);
     let jobs: Vec<u32> = placements.iter().map(|p| p.job).collect();
-    assert_eq!(jobs, vec![3, 4]);
+    // 17 can never fit; 9 cannot fit one node, so it takes the tightest scope that holds it
+    // (the rack); 12 and both 8s then find too few GPUs; 1 still runs.
+    assert_eq!(jobs, vec![1, 5]);
 }
 
 #[test]
@@ -604,12 +627,13 @@ fn mixed_workload_on_64_nodes_passes_the_host_checks_and_keeps_scopes() {
         assert_eq!(placements, place(&snapshot, &queue, relax), "deterministic");
         for p in &placements {
             let job = queue.row(p.job as usize);
-            let asked = Scope::asked(job.topology);
-            let allowed = if snapshot.now_s - job.submit_s >= relax {
-                asked.relaxed()
-            } else {
-                asked
-            };
+            let needed = if job.gang { job.gpus } else { 1 };
+            let asked = Scope::ALL
+                .into_iter()
+                .filter(|&s| s >= Scope::asked(job.topology))
+                .find(|&s| largest_group(&snapshot, s, job.memory_per_gpu_mib) >= needed)
+                .expect("placed, so some scope holds it");
+            let allowed = asked.relaxed_by(relax_steps(snapshot.now_s - job.submit_s, relax));
             assert!(
                 within(&snapshot, asked, &p.gpus) || within(&snapshot, allowed, &p.gpus),
                 "seed {seed}: job {} asked {asked:?} (allowed {allowed:?}) got {:?}",
@@ -693,4 +717,206 @@ fn ten_thousand_jobs_on_4096_gpus_stay_valid() {
     assert!(!placements.is_empty());
     // Generous even for an unoptimised debug build; catches quadratic blow-ups.
     assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+}
+
+/// The review's finding: on 8-GPU NVLink domains (one per node), 16-GPU `same-nvlink-domain`
+/// gangs were only ever relaxed to one node, which cannot hold 16 either, so they starved.
+#[test]
+fn topology_never_starves_jobs_larger_than_their_preferred_scope() {
+    let mut snapshot = cluster(2, 4, 8);
+    snapshot.now_s = 1e6;
+    for topology in [
+        Topology::SameNvlinkDomain,
+        Topology::SameNode,
+        Topology::SameRack,
+    ] {
+        for relax in [NEVER, 600.0, 0.0] {
+            let placements = run(&snapshot, &jobs([gang(16, topology)]), relax);
+            assert_eq!(placements.len(), 1, "{topology:?}, relax {relax}");
+            assert_eq!(
+                racks_of(&snapshot, &placements[0].gpus).len(),
+                1,
+                "{topology:?}, relax {relax}: one rack is the tightest scope that holds 16"
+            );
+        }
+        // Larger than a rack: the whole cluster is the only scope that holds it.
+        let placements = run(&snapshot, &jobs([gang(48, topology)]), NEVER);
+        assert_eq!(placements.len(), 1, "{topology:?}: 48 GPUs");
+    }
+    // Memory counts too: only 4 GPUs per node hold 70 GiB, so an 8-GPU same-node job of 70 GiB
+    // can only ever run across nodes.
+    edit_gpus(&mut snapshot, .., |gpu| {
+        if gpu.model == 0 {
+            gpu.memory_free_mib = 40960;
+        }
+    });
+    for g in (0..snapshot.gpus.len()).filter(|g| g % 8 >= 4) {
+        snapshot.gpus.memory_free_mib[g] = 81920;
+    }
+    let mut big = gang(8, Topology::SameNode);
+    big.memory_per_gpu_mib = 70000;
+    let placements = run(&snapshot, &jobs([big]), NEVER);
+    assert_eq!(placements.len(), 1);
+    assert_eq!(nodes_of(&snapshot, &placements[0].gpus).len(), 2);
+}
+
+/// A generated cluster for the property tests: 1-3 racks of 1-4 nodes of 1-8 GPUs, NVLink
+/// domains per node, per half node or spanning node pairs, mixed memory, some GPUs unhealthy,
+/// two tenants of which the second may have a quota.
+fn generated_cluster(rng: &mut Rng) -> Snapshot {
+    let racks = 1 + rng.below(3);
+    let nodes_per_rack = 1 + rng.below(4);
+    let gpus_per_node = [1, 2, 4, 8][rng.below(4) as usize];
+    let mut snapshot = cluster(racks, nodes_per_rack, gpus_per_node);
+    let per_node = gpus_per_node;
+    let shape = rng.below(3);
+    set_domains(&mut snapshot, |g| match shape {
+        0 => g / per_node,              // one per node
+        1 => g / (per_node / 2).max(1), // halves of nodes
+        _ => g / (2 * per_node),        // spanning two nodes
+    });
+    edit_gpus(&mut snapshot, .., |gpu| {
+        gpu.memory_free_mib = [40960, 81920, 81920][rng.below(3) as usize];
+        gpu.healthy = rng.below(10) != 0;
+    });
+    if rng.below(2) == 0 {
+        snapshot.tenants[1].quota_gpus = Some(1 + rng.below(24));
+    }
+    snapshot
+}
+
+fn generated_jobs(rng: &mut Rng, n: usize) -> Vec<Job> {
+    let topologies = [
+        Topology::None,
+        Topology::SameNode,
+        Topology::SameNvlinkDomain,
+        Topology::SameRack,
+    ];
+    (0..n)
+        .map(|_| Job {
+            tenant: rng.below(2),
+            priority: rng.below(3) as i32 - 1,
+            gpus: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32][rng.below(10) as usize],
+            memory_per_gpu_mib: [10000, 40960, 70000, 90000][rng.below(4) as usize],
+            gang: rng.below(4) != 0,
+            topology: topologies[rng.below(4) as usize],
+            est_runtime_s: 60.0,
+            submit_s: 0.0,
+        })
+        .collect()
+}
+
+/// Healthy GPUs on which `job` could run, by group of `scope` (busy or not).
+fn largest_group(snapshot: &Snapshot, scope: Scope, memory_mib: u32) -> u32 {
+    let mut counts = std::collections::BTreeMap::new();
+    for gpu in snapshot.gpus.iter() {
+        if gpu.healthy && gpu.memory_free_mib >= memory_mib {
+            let key = match scope {
+                Scope::Domain => gpu.nvlink_domain,
+                Scope::Node => gpu.node,
+                Scope::Rack => gpu.rack,
+                Scope::Any => 0,
+            };
+            *counts.entry(key).or_insert(0u32) += 1;
+        }
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+/// Whether `job` could ever run on `snapshot`: enough healthy GPUs with its memory, and a quota
+/// that admits its gang.
+fn could_ever_run(snapshot: &Snapshot, job: &Job) -> bool {
+    let needed = if job.gang { job.gpus } else { 1 };
+    let quota = snapshot.tenants[job.tenant as usize]
+        .quota_gpus
+        .unwrap_or(u32::MAX);
+    largest_group(snapshot, Scope::Any, job.memory_per_gpu_mib) >= needed && quota >= needed
+}
+
+/// Runs cycles of the strategy until the queue drains or `max_cycles` pass: placed GPUs stay
+/// busy for 1-3 cycles, each cycle is 300 s later. Returns the placements of each job (by its
+/// index in `queue`) and the cycle of each.
+fn drain(
+    mut snapshot: Snapshot,
+    queue: &[Job],
+    relax: f64,
+    rng: &mut Rng,
+) -> Vec<Vec<(u32, Vec<u32>)>> {
+    let mut remaining: Vec<u32> = queue.iter().map(|j| j.gpus).collect();
+    let mut placed: Vec<Vec<(u32, Vec<u32>)>> = vec![Vec::new(); queue.len()];
+    let mut busy_until: Vec<Option<(u32, u32)>> = vec![None; snapshot.gpus.len()];
+    let max_cycles = 20 * queue.len() as u32 + 20;
+    for cycle in 0..max_cycles {
+        let pending: Vec<usize> = (0..queue.len()).filter(|&j| remaining[j] > 0).collect();
+        if pending.is_empty() {
+            break;
+        }
+        snapshot.now_s = f64::from(cycle) * 300.0;
+        let rows: Jobs = pending
+            .iter()
+            .map(|&j| Job {
+                gpus: remaining[j],
+                ..queue[j]
+            })
+            .collect();
+        for p in run(&snapshot, &rows, relax) {
+            let j = pending[p.job as usize];
+            remaining[j] -= p.gpus.len() as u32;
+            let tenant = queue[j].tenant;
+            snapshot.tenants[tenant as usize].used_gpus += p.gpus.len() as u32;
+            let until = cycle + 1 + rng.below(3);
+            for &g in &p.gpus {
+                snapshot.gpus.busy[g as usize] = 1;
+                busy_until[g as usize] = Some((until, tenant));
+            }
+            placed[j].push((cycle, p.gpus));
+        }
+        for (g, slot) in busy_until.iter_mut().enumerate() {
+            if let Some((until, tenant)) = *slot
+                && until <= cycle + 1
+            {
+                snapshot.gpus.busy[g] = 0;
+                snapshot.tenants[tenant as usize].used_gpus -= 1;
+                *slot = None;
+            }
+        }
+    }
+    placed
+}
+
+/// Every preference x every cluster shape (domains, nodes and racks smaller than the job):
+/// whatever a job asked for, it runs once the cluster could hold it at all; and a job whose
+/// preference some group could satisfy is not moved beyond it while `relax_after_s` has not
+/// passed.
+#[test]
+fn every_job_that_fits_the_cluster_is_eventually_placed() {
+    for seed in 1..=150u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let snapshot = generated_cluster(&mut rng);
+        let n = 1 + rng.below(24) as usize;
+        let queue = generated_jobs(&mut rng, n);
+        for relax in [NEVER, 600.0, 0.0] {
+            let placed = drain(snapshot.clone(), &queue, relax, &mut rng);
+            for (j, job) in queue.iter().enumerate() {
+                let got: u32 = placed[j].iter().map(|(_, g)| g.len() as u32).sum();
+                let what = format!(
+                    "seed {seed}, relax {relax}, job {j} {job:?}: {:?}",
+                    placed[j]
+                );
+                if !could_ever_run(&snapshot, job) {
+                    assert_eq!(got, 0, "{what}");
+                    continue;
+                }
+                assert_eq!(got, job.gpus, "never placed in full: {what}");
+                let asked = Scope::asked(job.topology);
+                let needed = if job.gang { job.gpus } else { 1 };
+                if relax == NEVER
+                    && job.gang
+                    && largest_group(&snapshot, asked, job.memory_per_gpu_mib) >= needed
+                {
+                    assert!(within(&snapshot, asked, &placed[j][0].1), "{what}");
+                }
+            }
+        }
+    }
 }
