@@ -334,3 +334,47 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "the demo's data directory is removed"
     );
 }
+
+/// The README's first-fit plugin (under "Writing a scheduler plugin"), kept identical to the
+/// README by `readme_first_fit_example_is_the_tested_file`, so its behaviour is tested here.
+#[path = "readme_first_fit.rs"]
+mod readme_first_fit;
+
+/// The README's code block that starts with `start`.
+fn readme_block(start: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let from = readme
+        .find(&format!("```rust\n{start}"))
+        .unwrap_or_else(|| panic!("no README block starting with {start:?}"))
+        + "```rust\n".len();
+    let to = from + readme[from..].find("```").unwrap();
+    readme[from..to].to_string()
+}
+
+#[test]
+fn readme_first_fit_example_is_the_tested_file() {
+    let file = std::fs::read_to_string(repo().join("tests/e2e/readme_first_fit.rs")).unwrap();
+    assert_eq!(
+        readme_block("use gantry_plugin_sdk::fit"),
+        file,
+        "the README's first-fit example and tests/e2e/readme_first_fit.rs must stay identical"
+    );
+}
+
+/// The review's finding: the README's first-fit example only ever looked for one node, so jobs
+/// larger than a node were never placed (191 of 2,000 in the default simulation).
+#[test]
+fn readme_first_fit_places_jobs_larger_than_a_node() {
+    use gantry_plugin_sdk::sched::Strategy;
+    use gantry_plugin_sdk::testing::{cluster, job, jobs};
+    use readme_first_fit::FirstFit;
+
+    // Two racks of two 8-GPU nodes.
+    let snapshot = cluster(2, 2, 8);
+    let placed =
+        FirstFit::schedule(snapshot.clone(), jobs([job(0, 16), job(0, 24), job(1, 1)])).unwrap();
+    let sizes: Vec<(u32, usize)> = placed.iter().map(|p| (p.job, p.gpus.len())).collect();
+    assert_eq!(sizes, [(0, 16), (2, 1)], "24 no longer fits beside 16");
+    let placed = FirstFit::schedule(snapshot, jobs([job(0, 32)])).unwrap();
+    assert_eq!(placed[0].gpus.len(), 32, "the whole cluster");
+}
