@@ -374,6 +374,7 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
     if job.memory_per_gpu_mib == 0 {
         return Err("memory_per_gpu_mib: must be positive".into());
     }
+    check_fits(job, cluster)?;
     if !(job.est_runtime_s > 0.0 && job.est_runtime_s.is_finite()) {
         return Err(format!(
             "est_runtime_s: must be positive, got {}",
@@ -384,6 +385,46 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
         return Err(format!(
             "submit_time_s: must be >= 0, got {}",
             job.submit_time_s
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `job` could ever run on `cluster`, whatever else runs: enough healthy GPUs with
+/// its memory free (all of its GPUs for a gang, one for a job that may run in parts), and a
+/// tenant quota that admits as many. A job that fails this would wait forever, so loaders and
+/// [`crate::Host::submit`] refuse it. Topology preferences are not checked: they relax.
+pub fn check_fits(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
+    let need = job.memory_per_gpu_mib;
+    let healthy = cluster.gpus.iter().filter(|g| g.healthy);
+    let usable = healthy
+        .clone()
+        .filter(|g| g.memory_free_mib >= need)
+        .count() as u32;
+    if usable == 0 {
+        let most = healthy.map(|g| g.memory_free_mib).max().unwrap_or(0);
+        return Err(format!(
+            "memory_per_gpu_mib: {need} MiB is more than any healthy GPU of the cluster has free \
+             ({most} MiB at most)"
+        ));
+    }
+    if job.gang && job.gpus > usable {
+        return Err(format!(
+            "gpus: a gang of {} GPUs with {need} MiB each can never run: the cluster has {usable} \
+             healthy GPUs with that much memory free",
+            job.gpus
+        ));
+    }
+    let least = if job.gang { job.gpus } else { 1 };
+    if let Some(t) = cluster.tenants.iter().find(|t| t.name == job.tenant)
+        && let Some(quota) = t.quota_gpus
+        && quota < least
+    {
+        return Err(format!(
+            "gpus: tenant `{}` has a quota of {quota} GPUs, so a {} of {} can never run",
+            t.name,
+            if job.gang { "gang" } else { "job" },
+            job.gpus
         ));
     }
     Ok(())
@@ -495,5 +536,45 @@ est_runtime_s = 60
         let ok = parse_jobs(&text.replace("nobody", "vision"), Path::new("j.toml"), &c).unwrap();
         assert_eq!(ok.len(), 2);
         assert!(ok[0].gang, "gang defaults to true");
+    }
+
+    /// The review's finding: jobs that no GPU of the cluster could ever hold were accepted and
+    /// then waited forever, unseen. The cluster: n0 has 3 healthy 80 GiB GPUs (a fourth is
+    /// unhealthy), n1 one GPU with 30,000 MiB free; tenant `vision` may hold 8 GPUs.
+    #[test]
+    fn jobs_no_gpu_could_ever_hold_are_refused_with_their_line() {
+        let c = cluster();
+        let job = |gpus: u32, memory: u32, gang: bool| {
+            format!(
+                "[[jobs]]\nid = \"ok\"\ntenant = \"vision\"\ngpus = 1\nmemory_per_gpu_mib = 1\n\
+                 est_runtime_s = 1\n\n[[jobs]]\nid = \"big\"\ntenant = \"vision\"\n\
+                 gpus = {gpus}\nmemory_per_gpu_mib = {memory}\ngang = {gang}\nest_runtime_s = 60\n"
+            )
+        };
+        let refused = |text: String, want: &str| {
+            let err = parse_jobs(&text, Path::new("j.toml"), &c)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("j.toml:9: jobs[1] (`big`)."), "{err}");
+            assert!(err.contains(want), "{err}");
+        };
+        // More memory than any healthy GPU has free.
+        refused(job(1, 90_000, true), "memory_per_gpu_mib: 90000 MiB");
+        refused(job(2, 90_000, false), "memory_per_gpu_mib: 90000 MiB");
+        // A gang larger than the healthy GPUs with its memory (4 with 30,000; 3 with 40,000).
+        refused(job(5, 30_000, true), "gpus: a gang of 5");
+        refused(job(4, 40_000, true), "gpus: a gang of 4");
+        // A gang over its tenant's quota.
+        let more = CLUSTER.replace("count = 4,", "count = 12,");
+        let big = parse_cluster(&more, Path::new("c.toml")).unwrap();
+        let err = parse_jobs(&job(9, 1000, true), Path::new("j.toml"), &big)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quota"), "{err}");
+        // What could run is accepted: a non-gang job runs in parts, a gang that fits.
+        for (gpus, memory, gang) in [(5, 30_000, false), (4, 30_000, true), (3, 80_000, true)] {
+            parse_jobs(&job(gpus, memory, gang), Path::new("j.toml"), &c).unwrap();
+        }
+        parse_jobs(&job(9, 1000, false), Path::new("j.toml"), &big).unwrap();
     }
 }

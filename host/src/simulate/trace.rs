@@ -432,6 +432,39 @@ mod tests {
         }
     }
 
+    /// The review's finding, for traces: a job that no GPU could ever hold is refused with its
+    /// line and column, not left to wait forever.
+    #[test]
+    fn trace_jobs_no_gpu_could_ever_hold_are_refused_with_their_line() {
+        let mut c = Cluster::uniform(1, 2, 8, 2);
+        c.gpus[15].healthy = false;
+        c.tenants[1].quota_gpus = Some(4);
+        let head =
+            "submit_time_s,duration_s,gpus,memory_mib,tenant,gang\n0,10,1,100,tenant-0,true\n";
+        for (row, want) in [
+            (
+                "0,10,1,90000,tenant-0,false",
+                "t.csv:3: column `memory_mib`: 90000 MiB",
+            ),
+            (
+                "0,10,16,100,tenant-0,true",
+                "t.csv:3: column `gpus`: a gang of 16",
+            ),
+            ("0,10,5,100,tenant-1,true", "t.csv:3: column `gpus`"),
+        ] {
+            let err = parse(&format!("{head}{row}\n"), Path::new("t.csv"), &c)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(want), "{err}");
+        }
+        parse(
+            &format!("{head}0,10,15,100,tenant-0,true\n"),
+            Path::new("t.csv"),
+            &c,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn synthetic_traces_are_seeded_and_shaped() {
         let c = cluster();
