@@ -14,8 +14,22 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the epoch advances; plugin deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Largest linear memory any plugin may ask for in its manifest.
+/// Largest total of linear memory (all its memories together) a plugin may ask for in its
+/// manifest; also the largest single memory the pool holds.
 pub const MAX_PLUGIN_MEMORY_MIB: u32 = 1024;
+
+/// Largest total of table elements a plugin may ask for; also the largest single table.
+pub const MAX_PLUGIN_TABLE_ELEMENTS: u32 = 100_000;
+
+/// Most core module instances one plugin instance may hold. Components made by
+/// componentize-py or componentize-js hold 10-14; a Rust guest holds 3.
+pub const MAX_PLUGIN_INSTANCES: u32 = 64;
+
+/// Most linear memories one plugin instance may hold.
+pub const MAX_PLUGIN_MEMORIES: u32 = 16;
+
+/// Most tables one plugin instance may hold.
+pub const MAX_PLUGIN_TABLES: u32 = 32;
 
 /// Bytes of each pooled linear memory kept resident between instances.
 pub const MEMORY_KEEP_RESIDENT: usize = 4 << 20;
@@ -34,8 +48,14 @@ pub fn build() -> wasmtime::Result<Engine> {
         .total_memories(256)
         .total_tables(256)
         .total_stacks(128)
+        // What no component may exceed whatever its manifest says, checked when it is compiled:
+        // the manifest's own (lower) totals are enforced per store by `plugin::PluginLimiter`.
+        .max_core_instances_per_component(MAX_PLUGIN_INSTANCES)
+        .max_memories_per_component(MAX_PLUGIN_MEMORIES)
+        .max_tables_per_component(MAX_PLUGIN_TABLES)
+        .max_memories_per_module(1)
         .max_memory_size((MAX_PLUGIN_MEMORY_MIB as usize) << 20)
-        .table_elements(100_000)
+        .table_elements(MAX_PLUGIN_TABLE_ELEMENTS as usize)
         // Keep the first pages of each memory slot mapped and zero them with memset on reuse:
         // a scheduler call touches ~1-2 MiB, and page-faulting that in on every fresh instance
         // costs more than the call's own work.

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, wait_for_state, wait_until_over};
 use crate::support::{
-    add_user, gantry, hostile, init_data_dir, plugin_key, shared_cache, sign_plugin, text,
+    add_user, gantry, hostile, hostile_from, init_data_dir, plugin_key, shared_cache, sign_plugin,
+    text, wrapped_hostile,
 };
 
 /// The JSON body of `PUT /v1/plugins/{name}` for the plugin whose manifest is `manifest`.
@@ -374,5 +375,66 @@ backend = "cpu"
         job["reason"].as_str().unwrap().contains("not trusted"),
         "{job}"
     );
+    daemon.signal("-TERM");
+}
+
+#[test]
+fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api() {
+    // The review's crash loop: a component of several core instances, each memory under the
+    // manifest's cap, uploaded and activated, took the daemon past its memory. Here: the
+    // fixture's 8 MiB memory and three more of 4 MiB, touched at instantiation, under
+    // `memory_mib = 16`.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let (key, public) = plugin_key(dir.path(), &cache);
+    let wasm = wrapped_hostile(
+        &dir.path().join("w"),
+        crate::synthetic::Extra {
+            memories: 3,
+            pages_each: 64,
+            touch: true,
+            plain_instances: 0,
+        },
+    );
+    let manifest = hostile_from(&dir.path().join("p"), &wasm, "ok", "memory_mib = 16");
+    sign_plugin(&manifest, &key, &cache);
+
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let (s, v) = request(
+        &format!("{url}/v1/plugins/hostile-ok"),
+        "PUT",
+        Some(&root),
+        Some(&upload_body(&manifest).to_string()),
+    );
+    assert_eq!(s, 422, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("hostile-ok") && error.contains("memory limit of 16 MiB"),
+        "{v}"
+    );
+    assert_eq!(active(&url, &root)["uploaded"], json!([]), "nothing kept");
+    let (s, _) = request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(&root),
+        Some(r#"{"name": "hostile-ok"}"#),
+    );
+    assert_eq!(s, 404, "it cannot be activated");
+
+    // The daemon is up and places jobs.
+    let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!(s, 200);
+    let body = json!({"id": "after", "tenant": "vision", "gpus": 2});
+    let (s, v) = request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&root),
+        Some(&body.to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    wait_for_state(&url, &root, "after", "scheduled");
     daemon.signal("-TERM");
 }

@@ -5,12 +5,17 @@ use std::time::{Duration, Instant};
 
 use gantry::scheduling::native;
 
-use crate::support::hostile_host;
+use crate::support::{hostile_from, hostile_host, queued_host, wrapped_hostile};
+use crate::synthetic::Extra;
 
 /// Runs one cycle with the hostile plugin in `mode`; returns (fault class, reason).
 fn fault(mode: &str, limits: &str) -> (Option<&'static str>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut host = hostile_host(dir.path(), mode, limits);
+    fault_of(hostile_host(dir.path(), mode, limits), mode)
+}
+
+/// Runs one cycle on `host` (three jobs queued, a faulting plugin); returns (class, reason).
+fn fault_of(mut host: gantry::Host, mode: &str) -> (Option<&'static str>, String) {
     let start = Instant::now();
     let report = host.schedule_cycle(0.0);
     // A guard against hangs, far above any deadline used here, not a speed assertion.
@@ -220,4 +225,106 @@ fn a_host_embedded_in_a_tokio_runtime_still_bounds_calls() {
     assert_eq!(report.fault, Some("deadline"));
     assert_eq!(report.decided_by, native::NAME);
     assert_eq!(report.placements.len(), 3);
+}
+
+#[test]
+fn memory_cap_holds_across_several_memories() {
+    // The fixture's own 8 MiB memory and three more of 4 MiB, each touched: every memory is
+    // under the 16 MiB cap, all of them together are not.
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = wrapped_hostile(
+        dir.path(),
+        Extra {
+            memories: 3,
+            pages_each: 64,
+            touch: true,
+            plain_instances: 0,
+        },
+    );
+    let manifest = hostile_from(dir.path(), &wasm, "ok", "memory_mib = 16");
+    let (class, reason) = fault_of(queued_host(manifest), "ok");
+    assert_eq!(class, Some("memory-limit"), "{reason}");
+    assert!(reason.contains("16 MiB"), "{reason}");
+
+    // Within the total, the same shape runs.
+    let manifest = hostile_from(&dir.path().join("roomy"), &wasm, "ok", "memory_mib = 24");
+    let mut host = queued_host(manifest);
+    let report = host.schedule_cycle(0.0);
+    assert_eq!(
+        report.decided_by, "hostile-ok",
+        "{:?}",
+        report.fallback_reason
+    );
+}
+
+#[test]
+fn components_shaped_like_componentize_py_and_js_load_under_default_limits() {
+    // componentize-py: one memory, ~14 core instances; componentize-js: 10-14.
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = wrapped_hostile(
+        dir.path(),
+        Extra {
+            plain_instances: 11,
+            ..Extra::default()
+        },
+    );
+    let mut host = queued_host(hostile_from(dir.path(), &wasm, "ok", ""));
+    let report = host.schedule_cycle(0.0);
+    assert_eq!(
+        report.decided_by, "hostile-ok",
+        "{:?}",
+        report.fallback_reason
+    );
+
+    // A manifest that allows fewer instances than the component holds: it cannot instantiate.
+    let mut host = queued_host(hostile_from(
+        &dir.path().join("few"),
+        &wasm,
+        "ok",
+        "instances = 8",
+    ));
+    let report = host.schedule_cycle(0.0);
+    assert_eq!(report.decided_by, native::NAME);
+    assert!(
+        report
+            .fallback_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("instance"),
+        "{:?}",
+        report.fallback_reason
+    );
+}
+
+#[test]
+fn no_component_exceeds_the_host_wide_instance_and_memory_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra, what) in [
+        (
+            "instances",
+            Extra {
+                plain_instances: 70,
+                ..Extra::default()
+            },
+            "core module instances",
+        ),
+        (
+            "memories",
+            Extra {
+                memories: 20,
+                pages_each: 1,
+                ..Extra::default()
+            },
+            "linear memories",
+        ),
+    ] {
+        let wasm = wrapped_hostile(&dir.path().join(name), extra);
+        let manifest = hostile_from(&dir.path().join(name), &wasm, "ok", "");
+        let err = crate::support::host()
+            .load_scheduler(&gantry::PluginSource::Path(manifest))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{name}: {err}");
+    }
 }

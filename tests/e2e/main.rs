@@ -14,4 +14,5 @@ mod preprocess;
 mod signatures;
 mod storage;
 mod support;
+mod synthetic;
 mod training;

@@ -93,12 +93,27 @@ pub fn plugin_dir(dir: &Path, name: &str, wasm: &str, extra: &str) -> PathBuf {
 
 /// A hostile plugin in `mode`, with manifest `limits` lines.
 pub fn hostile(dir: &Path, mode: &str, limits: &str) -> PathBuf {
+    hostile_from(dir, HOSTILE_WASM, mode, limits)
+}
+
+/// [`hostile`] with the component at `wasm` (the fixture wrapped by [`crate::synthetic`], say).
+pub fn hostile_from(dir: &Path, wasm: &str, mode: &str, limits: &str) -> PathBuf {
     plugin_dir(
         &dir.join(mode),
         &format!("hostile-{mode}"),
-        HOSTILE_WASM,
+        wasm,
         &format!("[limits]\n{limits}\n[config]\nmode = \"{mode}\"\n"),
     )
+}
+
+/// The hostile fixture wrapped with `extra` core instances (see [`crate::synthetic::wrap`]),
+/// written under `dir`; returns the file's path.
+pub fn wrapped_hostile(dir: &Path, extra: crate::synthetic::Extra) -> String {
+    let inner = std::fs::read(HOSTILE_WASM).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("wrapped.wasm");
+    std::fs::write(&path, crate::synthetic::wrap(&inner, extra)).unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 /// A 4-node, 32-GPU cluster with two tenants and no cache.
@@ -127,9 +142,13 @@ pub fn job(id: &str, tenant: u32, gpus: u32) -> JobSpec {
 
 /// A host with the hostile plugin in `mode` and three jobs queued.
 pub fn hostile_host(dir: &Path, mode: &str, limits: &str) -> Host {
+    queued_host(hostile(dir, mode, limits))
+}
+
+/// A host with the scheduler plugin whose manifest is `manifest`, and three jobs queued.
+pub fn queued_host(manifest: PathBuf) -> Host {
     let mut host = host();
-    host.load_scheduler(&PluginSource::Path(hostile(dir, mode, limits)))
-        .unwrap();
+    host.load_scheduler(&PluginSource::Path(manifest)).unwrap();
     for (i, gpus) in [8, 4, 2].into_iter().enumerate() {
         host.submit(job(&format!("j{i}"), i as u32 % 2, gpus))
             .unwrap();

@@ -961,6 +961,9 @@ async fn upload_plugin(
                     let checked = host
                         .load_scheduler_plugin(&source)
                         .map_err(|e| unusable(e.to_string()))?;
+                    // Instantiated and configured once: a plugin over its limits is refused
+                    // here rather than faulting on every cycle once active.
+                    checked.probe().map_err(|e| unusable(e.to_string()))?;
                     (checked.wasm_sha256().to_string(), super::KIND_SCHEDULER)
                 }
                 crate::plugin::manifest::PluginKind::Preprocess => {

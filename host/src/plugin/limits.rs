@@ -1,19 +1,30 @@
-//! Per-store resource limits that remember when they said no.
+//! Per-store resource limits that sum over the whole plugin and remember when they said no.
 //!
-//! wasmtime's `StoreLimits` refuses growth but does not tell us afterwards; a guest whose
-//! allocation fails then traps on `unreachable`, and we want to report "memory limit hit", not a
-//! generic trap.
+//! A component may hold many core instances, each with memories and tables of its own; wasmtime
+//! asks the limiter about each one separately (at instantiation, as growth from 0 to the initial
+//! size, and at every later growth). A cap compared with one memory at a time would let a plugin
+//! of N memories take N times its cap, so the limiter keeps running totals of every memory and
+//! table of the store and compares those. wasmtime's `StoreLimits` also does not tell us
+//! afterwards that it refused; a guest whose allocation fails then traps on `unreachable`, and
+//! we want to report "memory limit hit", not a generic trap.
 
 use wasmtime::ResourceLimiter;
 
 use super::manifest::Limits;
 
-/// A `ResourceLimiter` for one plugin store.
+/// A `ResourceLimiter` for one plugin store: totals over all its memories and tables.
 #[derive(Debug)]
 pub struct PluginLimiter {
-    memory_bytes: usize,
-    table_elements: usize,
+    memory_cap: usize,
+    table_cap: usize,
     instances: usize,
+    memories: usize,
+    tables: usize,
+    memory_used: usize,
+    table_used: usize,
+    /// The last growth allowed, taken back if wasmtime then fails to carry it out.
+    pending_memory: usize,
+    pending_table: usize,
     /// Set when a growth request was refused.
     pub exceeded: bool,
 }
@@ -22,35 +33,87 @@ impl PluginLimiter {
     /// Limits taken from a manifest.
     pub fn new(limits: &Limits) -> Self {
         Self {
-            memory_bytes: (limits.memory_mib as usize) << 20,
-            table_elements: limits.table_elements as usize,
+            memory_cap: (limits.memory_mib as usize) << 20,
+            table_cap: limits.table_elements as usize,
             instances: limits.instances as usize,
+            memories: limits.memories as usize,
+            tables: limits.tables as usize,
+            memory_used: 0,
+            table_used: 0,
+            pending_memory: 0,
+            pending_table: 0,
             exceeded: false,
         }
+    }
+
+    /// Bytes of linear memory the store holds now, all memories together.
+    pub fn memory_used(&self) -> usize {
+        self.memory_used
+    }
+
+    /// Table elements the store holds now, all tables together.
+    pub fn table_used(&self) -> usize {
+        self.table_used
+    }
+}
+
+/// Adds `desired - current` to `used` if the total stays within `cap`.
+fn grow(used: &mut usize, pending: &mut usize, cap: usize, current: usize, desired: usize) -> bool {
+    let delta = desired.saturating_sub(current);
+    match used.checked_add(delta) {
+        Some(total) if total <= cap => {
+            *used = total;
+            *pending = delta;
+            true
+        }
+        _ => false,
     }
 }
 
 impl ResourceLimiter for PluginLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.memory_bytes;
+        let ok = grow(
+            &mut self.memory_used,
+            &mut self.pending_memory,
+            self.memory_cap,
+            current,
+            desired,
+        );
         self.exceeded |= !ok;
         Ok(ok)
     }
 
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The growth we counted did not happen (the memory's own maximum, say).
+        self.memory_used -= std::mem::take(&mut self.pending_memory);
+        Ok(())
+    }
+
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = desired <= self.table_elements;
+        let ok = grow(
+            &mut self.table_used,
+            &mut self.pending_table,
+            self.table_cap,
+            current,
+            desired,
+        );
         self.exceeded |= !ok;
         Ok(ok)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.table_used -= std::mem::take(&mut self.pending_table);
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -58,10 +121,57 @@ impl ResourceLimiter for PluginLimiter {
     }
 
     fn tables(&self) -> usize {
-        self.instances
+        self.tables
     }
 
     fn memories(&self) -> usize {
-        self.instances
+        self.memories
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(memory_mib: u32, table_elements: u32) -> PluginLimiter {
+        PluginLimiter::new(&Limits {
+            memory_mib,
+            table_elements,
+            ..Limits::default()
+        })
+    }
+
+    #[test]
+    fn memory_cap_holds_across_several_memories() {
+        let mut l = limiter(16, 100);
+        // Four memories of 5 MiB each: the fourth would take the total past 16 MiB.
+        for _ in 0..3 {
+            assert!(l.memory_growing(0, 5 << 20, None).unwrap());
+        }
+        assert!(!l.memory_growing(0, 5 << 20, None).unwrap());
+        assert!(l.exceeded);
+        assert_eq!(l.memory_used(), 15 << 20);
+        // Growth counts only the difference.
+        assert!(l.memory_growing(5 << 20, 6 << 20, None).unwrap());
+        assert!(!l.memory_growing(6 << 20, 7 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn a_growth_that_fails_after_approval_is_not_counted() {
+        let mut l = limiter(16, 100);
+        assert!(l.memory_growing(0, 10 << 20, None).unwrap());
+        l.memory_grow_failed(wasmtime::format_err!("over the memory's maximum"))
+            .unwrap();
+        assert_eq!(l.memory_used(), 0);
+        assert!(l.memory_growing(0, 16 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn table_cap_holds_across_several_tables() {
+        let mut l = limiter(16, 100);
+        assert!(l.table_growing(0, 60, None).unwrap());
+        assert!(!l.table_growing(0, 60, None).unwrap());
+        assert!(l.table_growing(0, 40, None).unwrap());
+        assert_eq!(l.table_used(), 100);
     }
 }

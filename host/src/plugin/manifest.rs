@@ -8,10 +8,12 @@
 //! wasm = "binpack.wasm"        # optional; defaults to <name>.wasm
 //!
 //! [limits]
-//! memory_mib = 64              # linear memory cap
+//! memory_mib = 64              # all linear memories together
 //! deadline_ms = 1000           # per call
-//! table_elements = 10000
-//! instances = 16
+//! table_elements = 10000       # all tables together
+//! instances = 16               # core module instances
+//! memories = 4                 # linear memories
+//! tables = 16                  # tables
 //! warm_pool = 0                # >0 keeps that many ready instances between calls
 //!
 //! [config]                     # passed to the plugin's `configure`
@@ -23,7 +25,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::LoadError;
-use crate::engine::MAX_PLUGIN_MEMORY_MIB;
+use crate::engine::{
+    MAX_PLUGIN_INSTANCES, MAX_PLUGIN_MEMORIES, MAX_PLUGIN_MEMORY_MIB, MAX_PLUGIN_TABLE_ELEMENTS,
+    MAX_PLUGIN_TABLES,
+};
 
 /// What a plugin is for; each kind has one WIT world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -49,14 +54,18 @@ impl PluginKind {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Cap on linear memory, in MiB.
+    /// Cap on linear memory, in MiB: every memory of the plugin's store together.
     pub memory_mib: u32,
     /// Wall-clock deadline of one call, in milliseconds.
     pub deadline_ms: u64,
-    /// Cap on table elements.
+    /// Cap on table elements: every table of the plugin's store together.
     pub table_elements: u32,
-    /// Cap on core instances in one store.
+    /// Cap on core module instances in one store.
     pub instances: u32,
+    /// Cap on linear memories in one store.
+    pub memories: u32,
+    /// Cap on tables in one store.
+    pub tables: u32,
     /// Ready instances kept between calls; 0 gives every call a fresh, isolated instance.
     pub warm_pool: u32,
 }
@@ -68,6 +77,8 @@ impl Default for Limits {
             deadline_ms: 1000,
             table_elements: 10_000,
             instances: 16,
+            memories: 4,
+            tables: 16,
             warm_pool: 0,
         }
     }
@@ -159,8 +170,20 @@ impl Manifest {
                 format!("{} is outside 1..=600000", l.deadline_ms),
             ));
         }
-        if l.instances == 0 {
-            return Err(fail("limits.instances", "must be at least 1".into()));
+        let counts = [
+            (
+                "limits.table_elements",
+                l.table_elements,
+                MAX_PLUGIN_TABLE_ELEMENTS,
+            ),
+            ("limits.instances", l.instances, MAX_PLUGIN_INSTANCES),
+            ("limits.memories", l.memories, MAX_PLUGIN_MEMORIES),
+            ("limits.tables", l.tables, MAX_PLUGIN_TABLES),
+        ];
+        for (field, value, max) in counts {
+            if value == 0 || value > max {
+                return Err(fail(field, format!("{value} is outside 1..={max}")));
+            }
         }
         if l.warm_pool > 64 {
             return Err(fail(
@@ -264,5 +287,22 @@ depth = 3
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.memory_mib"), "{err}");
+    }
+
+    #[test]
+    fn manifest_bounds_instances_and_table_elements() {
+        for field in ["instances", "table_elements", "memories", "tables"] {
+            for value in ["0", "4294967295"] {
+                let text = GOOD.replace("memory_mib = 32", &format!("{field} = {value}"));
+                let err = parse(&text).unwrap_err().to_string();
+                assert!(err.contains(&format!("field `limits.{field}`")), "{err}");
+                assert!(err.contains(value) && err.contains("outside 1..="), "{err}");
+            }
+        }
+        let defaults = parse(GOOD).unwrap().limits;
+        assert!(
+            defaults.instances >= 14,
+            "componentize-py components hold ~14 core instances"
+        );
     }
 }

@@ -116,6 +116,12 @@ impl SchedulerPlugin {
         )
     }
 
+    /// Instantiates and configures the plugin once, as a call would, and drops the instance:
+    /// what an upload must pass before it is kept.
+    pub fn probe(&self) -> Result<(), PluginError> {
+        plugin::driver::block_on(self.instantiate()).map(|_| ())
+    }
+
     /// A new instance, configured (used per call, and by the benchmarks).
     pub(crate) async fn instantiate(&self) -> Result<Ready, PluginError> {
         plugin::driver::within_deadline(&self.name, &self.manifest.limits, self.configured()).await
