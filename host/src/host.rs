@@ -271,15 +271,11 @@ impl Host {
                 )
             }
             PluginSource::Path(path) => {
-                let manifest_path = Manifest::path_of(path);
-                let manifest = Manifest::load(&manifest_path)?;
-                let wasm_path = manifest.wasm_path(&manifest_path);
-                let wasm = std::fs::read(&wasm_path).map_err(|error| LoadError::Io {
-                    path: wasm_path.clone(),
-                    error,
-                })?;
-                self.check_signature(&manifest_path, &wasm)?;
-                (manifest, wasm, wasm_path)
+                // Only regular files inside the plugin's directory, under size limits: they are
+                // read before the signature over them can be checked.
+                let files = plugin::files::PluginFiles::read(path)?;
+                self.check_signature(&files)?;
+                (files.manifest, files.wasm, files.wasm_path)
             }
             PluginSource::Uploaded(up) => {
                 let origin = up.origin();
@@ -330,18 +326,14 @@ impl Host {
 
     /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
     /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
-    fn check_signature(
-        &self,
-        manifest_path: &std::path::Path,
-        wasm: &[u8],
-    ) -> Result<(), LoadError> {
-        let manifest = std::fs::read(manifest_path).map_err(|error| LoadError::Io {
-            path: manifest_path.to_path_buf(),
-            error,
-        })?;
-        let checked =
-            plugin::signature::check(manifest_path, &manifest, wasm, &self.trust.trusted_keys);
-        self.trust_or_refuse(manifest_path, checked)
+    fn check_signature(&self, files: &plugin::files::PluginFiles) -> Result<(), LoadError> {
+        let checked = plugin::signature::check(
+            &files.manifest_path,
+            &files.manifest_bytes,
+            &files.wasm,
+            &self.trust.trusted_keys,
+        );
+        self.trust_or_refuse(&files.manifest_path, checked)
     }
 
     /// A signature check's verdict under the trust settings: unsigned plugins pass (with a
@@ -466,7 +458,7 @@ impl Host {
             // Shipped plugins are part of the signed-off binary.
             PluginSource::Builtin(name) => (name.clone(), true),
             PluginSource::Path(path) => {
-                let signed = self.signature_holds(&Manifest::path_of(path));
+                let signed = self.signature_holds(path);
                 (path.display().to_string(), signed)
             }
             PluginSource::Uploaded(up) => {
@@ -521,12 +513,15 @@ impl Host {
         Ok(self.scheduler.take())
     }
 
-    fn signature_holds(&self, manifest: &std::path::Path) -> bool {
-        let (Ok(text), Ok(m)) = (std::fs::read(manifest), Manifest::load(manifest)) else {
-            return false;
-        };
-        std::fs::read(m.wasm_path(manifest)).is_ok_and(|wasm| {
-            plugin::signature::check(manifest, &text, &wasm, &self.trust.trusted_keys).is_ok()
+    fn signature_holds(&self, plugin: &std::path::Path) -> bool {
+        plugin::files::PluginFiles::read(plugin).is_ok_and(|f| {
+            plugin::signature::check(
+                &f.manifest_path,
+                &f.manifest_bytes,
+                &f.wasm,
+                &self.trust.trusted_keys,
+            )
+            .is_ok()
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod driver;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod limits;
 pub mod manifest;

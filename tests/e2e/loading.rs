@@ -117,3 +117,108 @@ fn compiled_artifacts_are_cached_and_a_corrupt_entry_is_recompiled() {
     );
     assert_eq!(outcome(&config), CacheOutcome::Hit, "and rewritten");
 }
+
+/// Runs `f` on a thread and waits at most a minute: a load that hangs fails the test instead of
+/// hanging it.
+fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("loading the plugin hung")
+}
+
+/// Loads the plugin in `dir` with a host that trusts `key` (signatures required).
+fn load_signed(dir: std::path::PathBuf, key: String) -> Result<String, String> {
+    within_a_minute(move || {
+        let mut config = HostConfig::new(Cluster::uniform(1, 1, 8, 1));
+        config.cache_dir = None;
+        config.trust.trusted_keys = vec![key];
+        Host::new(config)
+            .unwrap()
+            .load_scheduler(&PluginSource::Path(dir))
+            .map(|p| p.name().to_string())
+            .map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn plugin_files_must_be_regular_files_inside_the_plugin_directory() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let key = gantry::keys::generate(&dir.path().join("k.pk8")).unwrap();
+    let public = gantry::keys::public_hex(&key);
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOP-SECRET-BYTES").unwrap();
+    let fifo = |path: &std::path::Path| {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    // A plugin directory `name` whose manifest says `wasm = "{wasm}"`; `setup` then plants
+    // whatever the case needs.
+    let case = |name: &str, wasm: &str, setup: &dyn Fn(&std::path::Path)| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join("plugin.toml"),
+            format!(
+                "name = \"p\"\nversion = \"0.1.0\"\nkind = \"scheduler\"\n\
+                 world = \"gantry:scheduler/scheduler@0.1.0\"\nwasm = \"{wasm}\"\n"
+            ),
+        )
+        .unwrap();
+        setup(&p);
+        let err = load_signed(p, public.clone()).unwrap_err();
+        assert!(!err.contains("TOP-SECRET"), "{name}: {err}");
+        err
+    };
+
+    // A FIFO would block an open for reading forever.
+    let err = case("fifo", "p.wasm", &|p| fifo(&p.join("p.wasm")));
+    assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+    let err = case("fifo-sig", "p.wasm", &|p| {
+        std::fs::copy(HOSTILE_WASM, p.join("p.wasm")).unwrap();
+        fifo(&p.join("plugin.sig"));
+    });
+    assert!(err.contains("plugin.sig") && err.contains("FIFO"), "{err}");
+    let err = case("fifo-manifest", "p.wasm", &|p| {
+        std::fs::remove_file(p.join("plugin.toml")).unwrap();
+        fifo(&p.join("plugin.toml"));
+    });
+    assert!(err.contains("plugin.toml") && err.contains("FIFO"), "{err}");
+    // Paths that leave the directory, by name or by link.
+    let err = case("absolute", "/dev/zero", &|_| {});
+    assert!(
+        err.contains("field `wasm`") && err.contains("relative path"),
+        "{err}"
+    );
+    let err = case("dotdot", "../secret.txt", &|_| {});
+    assert!(err.contains("field `wasm`"), "{err}");
+    let err = case("link-out", "p.wasm", &|p| {
+        symlink(&secret, p.join("p.wasm")).unwrap()
+    });
+    assert!(err.contains("symbolic link"), "{err}");
+    let err = case("link-zero", "p.wasm", &|p| {
+        symlink("/dev/zero", p.join("p.wasm")).unwrap()
+    });
+    assert!(err.contains("symbolic link"), "{err}");
+    let err = case("link-dir", "sub/p.wasm", &|p| {
+        symlink(dir.path(), p.join("sub")).unwrap()
+    });
+    assert!(err.contains("symbolic link"), "{err}");
+    // Too large: refused from its size, nothing read (a sparse file, so the test writes nothing).
+    let err = case("large", "p.wasm", &|p| {
+        let f = std::fs::File::create(p.join("p.wasm")).unwrap();
+        f.set_len(gantry::plugin::files::MAX_COMPONENT_BYTES + 1)
+            .unwrap();
+    });
+    assert!(err.contains("larger than the"), "{err}");
+    // A subdirectory inside the plugin's directory is fine (and the signature still matters).
+    let err = case("inside", "sub/p.wasm", &|p| {
+        std::fs::create_dir(p.join("sub")).unwrap();
+        std::fs::copy(HOSTILE_WASM, p.join("sub/p.wasm")).unwrap();
+    });
+    assert!(err.contains("no plugin.sig"), "{err}");
+}

@@ -57,16 +57,11 @@ pub enum PluginCommand {
     },
 }
 
-/// The manifest path and the bytes of the manifest and the wasm it names.
+/// The manifest path and the bytes of the manifest and the wasm it names (regular files inside
+/// the plugin's directory, under size limits).
 fn plugin_files(plugin: &Path) -> anyhow::Result<(PathBuf, Vec<u8>, Vec<u8>)> {
-    let manifest_path = Manifest::path_of(plugin);
-    let manifest = Manifest::load(&manifest_path)?;
-    let wasm_path = manifest.wasm_path(&manifest_path);
-    let wasm =
-        std::fs::read(&wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-    let text = std::fs::read(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    Ok((manifest_path, text, wasm))
+    let files = gantry::plugin::files::PluginFiles::read(plugin)?;
+    Ok((files.manifest_path, files.manifest_bytes, files.wasm))
 }
 
 pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {

@@ -13,6 +13,9 @@ pub enum LoadError {
         /// The cause (in the message, so not also a `source`).
         error: std::io::Error,
     },
+    /// A plugin file may not be read (outside the directory, not a regular file, too large).
+    #[error(transparent)]
+    File(#[from] super::files::FileError),
     /// The manifest is malformed or inconsistent.
     #[error("bad plugin manifest {}: {message}", path.display())]
     Manifest {

@@ -118,13 +118,15 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Reads and parses the manifest at `path`.
+    /// Reads (a regular file, under [`super::files::MAX_MANIFEST_BYTES`]) and parses the manifest
+    /// at `path`.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io {
+        let bytes = super::files::read_named(path, super::files::MAX_MANIFEST_BYTES)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| LoadError::Manifest {
             path: path.to_path_buf(),
-            error,
+            message: format!("not UTF-8 ({e})"),
         })?;
-        Self::parse(&text, path)
+        Self::parse(text, path)
     }
 
     fn check(&self, origin: &Path) -> Result<(), LoadError> {
@@ -154,6 +156,20 @@ impl Manifest {
                     self.kind,
                     self.kind.world(),
                     self.world
+                ),
+            ));
+        }
+        let relative = self.wasm_relative();
+        let confined = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !confined || relative.as_os_str().is_empty() {
+            return Err(fail(
+                "wasm",
+                format!(
+                    "`{}` must be a relative path inside the plugin's directory (no `..`, no \
+                     absolute path)",
+                    relative.display()
                 ),
             ));
         }
@@ -217,13 +233,19 @@ impl Manifest {
         }
     }
 
-    /// Where the component is, given the manifest's own path.
+    /// The component's path relative to the manifest's directory (`wasm`, or `<name>.wasm`).
+    pub fn wasm_relative(&self) -> PathBuf {
+        match &self.wasm {
+            Some(p) => p.clone(),
+            None => PathBuf::from(format!("{}.wasm", self.name)),
+        }
+    }
+
+    /// Where the component is, given the manifest's own path (read it with
+    /// [`super::files::PluginFiles`], which keeps it inside the directory).
     pub fn wasm_path(&self, manifest_path: &Path) -> PathBuf {
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        match &self.wasm {
-            Some(p) => dir.join(p),
-            None => dir.join(format!("{}.wasm", self.name)),
-        }
+        dir.join(self.wasm_relative())
     }
 }
 

@@ -90,14 +90,16 @@ pub fn check(
     }
 }
 
-/// Reads `plugin.sig` next to `manifest`; `Ok(None)` when there is none.
+/// Reads `plugin.sig` next to `manifest` (a regular file in the manifest's directory, under
+/// [`super::files::MAX_SIGNATURE_BYTES`]); `Ok(None)` when there is none.
 pub fn read(manifest: &Path) -> Result<Option<PluginSignature>, String> {
     let path = path_for(manifest);
-    match std::fs::read(&path) {
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    match super::files::read_within(dir, Path::new(FILE), super::files::MAX_SIGNATURE_BYTES) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -1,0 +1,270 @@
+//! Reading a plugin's files from disk: only regular files inside the plugin's directory, under a
+//! size limit, read without blocking.
+//!
+//! A manifest names its component by a path that the plugin's author chose (`wasm = ...`), and
+//! it is read before the signature can be checked, so the path is untrusted: an absolute path,
+//! `..`, or a symbolic link could point at any file the host can read (its first bytes then
+//! show in a compile error), `/dev/zero` would read forever and a FIFO would block forever. So
+//! each path is relative with plain components only; every directory on the way is opened with
+//! `O_NOFOLLOW` relative to the one before (`openat`), so no symbolic link is followed below the
+//! plugin's directory; the file itself is opened with `O_NOFOLLOW | O_NONBLOCK` (a FIFO opens at
+//! once), checked with `fstat` to be a regular file within the limit, and read up to the limit
+//! plus one byte (a file that grows meanwhile is refused, not read whole).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Largest manifest read.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+/// Largest `plugin.sig` read.
+pub const MAX_SIGNATURE_BYTES: u64 = 4 << 10;
+/// Largest component read from disk or accepted in an upload.
+pub const MAX_COMPONENT_BYTES: u64 = 32 << 20;
+
+/// Why a plugin file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The path names something outside the plugin's directory.
+    #[error("`{}` must be a relative path inside the plugin's directory (no `..`, no absolute path)", path.display())]
+    Outside {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A symbolic link on the way.
+    #[error("{} is or passes through a symbolic link, which plugin files may not", path.display())]
+    Symlink {
+        /// The full path.
+        path: PathBuf,
+    },
+    /// Not a regular file (a FIFO, a device, a directory, a socket).
+    #[error("{} is not a regular file ({kind})", path.display())]
+    NotRegular {
+        /// The full path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Over the size limit.
+    #[error("{} is larger than the {limit}-byte limit", path.display())]
+    TooLarge {
+        /// The full path.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// The system refused (missing file, permissions).
+    #[error("cannot read {}: {error}", path.display())]
+    Io {
+        /// The full path.
+        path: PathBuf,
+        /// The cause (in the message, so not also a `source`).
+        error: std::io::Error,
+    },
+}
+
+impl FileError {
+    /// True when the file does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FileError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// A plugin's files from disk, read as this module requires: the manifest (a directory's
+/// `plugin.toml`, or the file named), the component it names and, if there is one, `plugin.sig`.
+#[derive(Debug)]
+pub struct PluginFiles {
+    /// Where the manifest is.
+    pub manifest_path: PathBuf,
+    /// The manifest's bytes (what a signature covers).
+    pub manifest_bytes: Vec<u8>,
+    /// The parsed manifest.
+    pub manifest: super::Manifest,
+    /// The component.
+    pub wasm: Vec<u8>,
+    /// Where the component is.
+    pub wasm_path: PathBuf,
+}
+
+impl PluginFiles {
+    /// Reads the plugin at `plugin` (a directory holding `plugin.toml`, or a manifest).
+    pub fn read(plugin: &Path) -> Result<Self, super::LoadError> {
+        let (dir, manifest_bytes, manifest_path) = if plugin.is_dir() {
+            let bytes = read_within(plugin, Path::new("plugin.toml"), MAX_MANIFEST_BYTES)?;
+            (plugin.to_path_buf(), bytes, plugin.join("plugin.toml"))
+        } else {
+            let bytes = read_named(plugin, MAX_MANIFEST_BYTES)?;
+            let dir = plugin
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            (dir, bytes, plugin.to_path_buf())
+        };
+        let text =
+            std::str::from_utf8(&manifest_bytes).map_err(|e| super::LoadError::Manifest {
+                path: manifest_path.clone(),
+                message: format!("not UTF-8 ({e})"),
+            })?;
+        let manifest = super::Manifest::parse(text, &manifest_path)?;
+        let relative = manifest.wasm_relative();
+        let wasm = read_within(&dir, &relative, MAX_COMPONENT_BYTES)?;
+        Ok(Self {
+            wasm_path: dir.join(relative),
+            manifest_path,
+            manifest_bytes,
+            manifest,
+            wasm,
+        })
+    }
+
+    /// The `plugin.sig` beside the manifest, `None` when there is none.
+    pub fn signature(&self) -> Result<Option<super::signature::PluginSignature>, String> {
+        super::signature::read(&self.manifest_path)
+    }
+}
+
+/// Reads `relative` inside `dir`, as the module documentation says, at most `limit` bytes.
+/// `dir` itself is the operator's choice and may be reached through links.
+pub fn read_within(dir: &Path, relative: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let full = dir.join(relative);
+    let parts: Vec<&std::ffi::OsStr> = relative
+        .components()
+        .map(|c| match c {
+            Component::Normal(part) => Ok(part),
+            _ => Err(FileError::Outside {
+                path: relative.to_path_buf(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((file, dirs)) = parts.split_last() else {
+        return Err(FileError::Outside {
+            path: relative.to_path_buf(),
+        });
+    };
+    let io = |error: std::io::Error| classify_open(&full, error);
+    let dir_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let mut at = open_at(None, dir.as_os_str(), dir_flags).map_err(io)?;
+    for part in dirs {
+        at = open_at(Some(&at), part, dir_flags | libc::O_NOFOLLOW).map_err(io)?;
+    }
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let fd = open_at(Some(&at), file, flags).map_err(io)?;
+    read_regular(File::from(fd), &full, limit)
+}
+
+/// Reads the file `path` names (the operator's own path: links are followed), with the same
+/// checks as [`read_within`] on what it is and its size.
+pub fn read_named(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let fd = open_at(None, path.as_os_str(), flags).map_err(|e| classify_open(path, e))?;
+    read_regular(File::from(fd), path, limit)
+}
+
+fn read_regular(file: File, path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    let io = |error| FileError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = file.metadata().map_err(io)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(FileError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let too_large = || FileError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// `openat(at, name, flags)`, or `open` without `at`.
+fn open_at(at: Option<&OwnedFd>, name: &std::ffi::OsStr, flags: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    let base = at.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: `name` is a valid C string; the returned descriptor is owned by us alone.
+    let fd = unsafe { libc::openat(base, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is not shared.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `O_NOFOLLOW` refuses a link as `ELOOP` (or `ENOTDIR` with `O_DIRECTORY`): say so plainly.
+fn classify_open(path: &Path, error: std::io::Error) -> FileError {
+    match error.raw_os_error() {
+        Some(libc::ELOOP) => FileError::Symlink {
+            path: path.to_path_buf(),
+        },
+        Some(libc::ENOTDIR) if is_link_on_the_way(path) => FileError::Symlink {
+            path: path.to_path_buf(),
+        },
+        _ => FileError::Io {
+            path: path.to_path_buf(),
+            error,
+        },
+    }
+}
+
+fn is_link_on_the_way(path: &Path) -> bool {
+    path.ancestors().any(|p| {
+        p.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_regular_file_in_a_subdirectory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/p.wasm"), b"abc").unwrap();
+        let bytes = read_within(dir.path(), Path::new("sub/p.wasm"), 3).unwrap();
+        assert_eq!(bytes, b"abc");
+        let err = read_within(dir.path(), Path::new("sub/p.wasm"), 2).unwrap_err();
+        assert!(matches!(err, FileError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_on_the_way_that_is_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let err = read_within(dir.path(), Path::new("link/secret"), 10).unwrap_err();
+        assert!(matches!(err, FileError::Symlink { .. }), "{err}");
+    }
+}
