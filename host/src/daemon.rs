@@ -19,6 +19,7 @@ pub mod auth;
 pub mod curve;
 pub mod db;
 pub mod labels;
+pub mod lifecycle;
 pub mod metrics;
 pub mod runner;
 pub mod tls;
@@ -51,6 +52,8 @@ pub struct DaemonConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Whose signatures make an uploaded plugin loadable.
     pub trust: crate::PluginTrust,
+    /// The largest sizes a training job may imply.
+    pub train_limits: crate::training::TrainLimits,
 }
 
 /// A daemon failed to start.
@@ -81,8 +84,12 @@ pub struct Daemon {
     pub store: crate::storage::Store,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
-    /// Stop flags of the training jobs running now, by job id.
-    running: Mutex<std::collections::HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+    /// The largest sizes a training job may imply.
+    pub train_limits: crate::training::TrainLimits,
+    /// The runs of training jobs under way, by job id (see [`lifecycle`]).
+    running: Mutex<std::collections::HashMap<String, Arc<lifecycle::RunControl>>>,
+    /// Jobs waiting out a backoff before they are queued again: (Unix seconds, job id).
+    deferred: Mutex<Vec<(f64, String)>>,
     /// Training metrics of the jobs running now, by job id.
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
 }
@@ -200,18 +207,44 @@ impl Daemon {
                 .map_err(|e| setup(e.to_string()))?;
         host.set_policy(policy).map_err(|e| setup(e.to_string()))?;
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
-        // allocation with the process and are placed anew).
-        let mut requeued = 0;
+        // allocation with the process and are placed anew), unless a crash interrupted their
+        // runs too often (see `lifecycle::recovery`).
+        let now = db::now();
+        let (mut requeued, mut deferred) = (0, Vec::new());
         for job in db.jobs().map_err(|e| setup(e.to_string()))? {
             if job.state.is_final() {
                 continue;
             }
-            if job.state != JobState::Pending {
-                db.set_state(&job.id, JobState::Pending, &[], None)
-                    .map_err(|e| setup(e.to_string()))?;
-            }
-            if host.submit(api::spec(&job)).is_ok() {
-                requeued += 1;
+            let moved = |to: JobState, reason: &str| {
+                db.transition(&job.id, to, &[], Some(reason))
+                    .map_err(|e| setup(e.to_string()))
+            };
+            match lifecycle::recovery(&job, now) {
+                lifecycle::Recovery::End(to, reason) => {
+                    if moved(to, &reason)? {
+                        tracing::warn!(job = %job.id, state = to.as_str(), "{reason}");
+                        let _ = db.log(&job.id, &reason);
+                    }
+                }
+                lifecycle::Recovery::Queue(at) => {
+                    if job.state != JobState::Pending {
+                        let why = if job.state == JobState::Running {
+                            "its run was interrupted by a crash of the daemon"
+                        } else {
+                            "the daemon restarted"
+                        };
+                        moved(JobState::Pending, why)?;
+                        let _ = db.log(&job.id, &format!("requeued: {why}"));
+                    }
+                    if at > now {
+                        db.set_not_before(&job.id, at)
+                            .map_err(|e| setup(e.to_string()))?;
+                        tracing::warn!(job = %job.id, crashes = job.crashes, wait_s = at - now, "requeued after a backoff");
+                        deferred.push((at, job.id.clone()));
+                    } else if host.submit(api::spec(&job)).is_ok() {
+                        requeued += 1;
+                    }
+                }
             }
         }
         tracing::info!(requeued, "daemon state recovered");
@@ -221,7 +254,9 @@ impl Daemon {
             host: std::sync::RwLock::new(host),
             store,
             metrics: metrics::Metrics::default(),
+            train_limits: config.train_limits.clone(),
             running: Mutex::new(Default::default()),
+            deferred: Mutex::new(deferred),
             curves: Mutex::new(Default::default()),
         })
     }
@@ -238,8 +273,10 @@ impl Daemon {
     }
 
     /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
-    /// start (resuming from their newest checkpoint, if they have one).
+    /// start (resuming from their newest checkpoint, if they have one). Jobs whose backoff
+    /// ended join the queue first.
     pub fn schedule(self: &Arc<Self>) {
+        self.queue_due();
         let report = self.host().schedule_cycle(db::now());
         metrics::Metrics::inc(&self.metrics.cycles);
         self.metrics.placements.fetch_add(
@@ -247,36 +284,29 @@ impl Daemon {
             std::sync::atomic::Ordering::Relaxed,
         );
         for a in &report.placements {
-            let placed = format!(
-                "scheduled on {} GPU(s): {}",
-                a.gpus.len(),
-                a.gpus.join(", ")
-            );
-            if let Err(e) = self
-                .db
-                .set_state(&a.job_id, JobState::Scheduled, &a.gpus, None)
-                .and_then(|()| self.db.log(&a.job_id, &placed))
-            {
-                tracing::error!(job = %a.job_id, error = %e, "recording a placement");
-                continue;
-            }
-            match self.db.job(&a.job_id) {
-                Ok(Some(job)) if job.train.is_some() => runner::start(self.clone(), job),
-                Ok(_) => {}
-                Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
-            }
+            self.placed(a);
         }
     }
 
-    /// Asks training job `id` to stop after its current step (no-op if it is not running).
-    pub fn stop(&self, id: &str) {
-        if let Some(flag) = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Queues the deferred jobs whose backoff has ended (and are still pending).
+    fn queue_due(&self) {
+        let now = db::now();
+        let due: Vec<String> = {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, later) = deferred.drain(..).partition(|(at, _)| *at <= now);
+            *deferred = later;
+            due.into_iter().map(|(_, id)| id).collect()
+        };
+        for id in due {
+            match self.db.job(&id) {
+                Ok(Some(job)) if job.state == JobState::Pending => {
+                    if let Err(e) = self.host().submit(api::spec(&job)) {
+                        tracing::error!(job = %id, error = %e, "queueing a job after its backoff");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(job = %id, error = %e, "reading a deferred job"),
+            }
         }
     }
 
@@ -477,14 +507,12 @@ pub async fn serve_until(
         }
     };
     scheduler.abort();
-    for id in daemon
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-    {
-        tracing::info!(job = %id, "left running; it resumes from its checkpoint on restart");
-    }
+    // Runs stop at a step boundary and their jobs go back to the queue (not counted as
+    // crashes); they resume from their newest checkpoint on restart.
+    let stopping = daemon.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || stopping.stop_runs(std::time::Duration::from_secs(10)))
+            .await;
     daemon.close();
     served.map_err(|error| DaemonError::Listen {
         addr: config.listen,

@@ -598,25 +598,34 @@ impl Host {
     /// it ends. Returns the ids of the jobs that lost their GPUs (the caller requeues them), or
     /// `None` for an unknown GPU.
     pub fn mark_unhealthy(&mut self, gpu_id: &str) -> Option<Vec<String>> {
+        let holders = self.set_gpu_health(gpu_id, false)?;
+        for job in &holders {
+            self.cancel(job);
+            tracing::warn!(gpu = gpu_id, job = %job, "GPU marked unhealthy; its job loses its allocation");
+        }
+        Some(holders)
+    }
+
+    /// Marks GPU `gpu_id` healthy or not (an unhealthy GPU is never placed on again), leaving
+    /// allocations as they are: returns the ids of the jobs holding it, for a caller that
+    /// releases them itself once their work has stopped; `None` for an unknown GPU.
+    pub fn set_gpu_health(&mut self, gpu_id: &str, healthy: bool) -> Option<Vec<String>> {
         let index = self
             .state
             .cluster
             .gpus
             .iter()
             .position(|g| g.id == gpu_id)?;
-        self.state.cluster.gpus[index].healthy = false;
-        let holders: Vec<(u64, String)> = self
+        self.state.cluster.gpus[index].healthy = healthy;
+        let mut holders: Vec<String> = self
             .state
             .running
             .iter()
             .filter(|a| a.gpus.contains(&(index as u32)))
-            .map(|a| (a.id, a.job_id.clone()))
+            .map(|a| a.job_id.clone())
             .collect();
-        for (alloc, job) in &holders {
-            self.state.release(*alloc);
-            tracing::warn!(gpu = gpu_id, job = %job, "GPU marked unhealthy; its job loses its allocation");
-        }
-        Some(holders.into_iter().map(|(_, job)| job).collect())
+        holders.dedup();
+        Some(holders)
     }
 
     /// Ends allocation `id` (its work finished), freeing its GPUs.

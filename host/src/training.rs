@@ -7,10 +7,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod limits;
 pub mod run;
 
 pub use config::TrainConfig;
 pub use device::{BackendChoice, DeviceReport};
+pub use limits::TrainLimits;
 pub use run::{Hooks, Outcome, Progress};
 
 /// A training job failed; the message names the file, line or field where there is one.

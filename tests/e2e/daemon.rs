@@ -327,7 +327,7 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
 }
 
 /// A training job's `TRAIN.toml`: `epochs` over 960 spirals rows, a checkpoint every 100 steps.
-fn train_toml(epochs: u32) -> String {
+pub(crate) fn train_toml(epochs: u32) -> String {
     format!(
         r#"seed = 5
 epochs = {epochs}
@@ -499,15 +499,13 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         Some(&ada),
         None,
     );
-    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, v) = request(&format!("{url}/v1/jobs/t2"), "GET", Some(&ada), None);
-    assert_eq!(v["state"], "cancelled", "{v}");
+    assert_eq!((s, v["state"].as_str()), (202, Some("cancelling")), "{v}");
+    wait_for_state(&url, &ada, "t2", "cancelled");
     daemon.signal("-TERM");
 }
 
 /// `PUT` with a raw body.
-fn put(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
+pub(crate) fn put(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

@@ -108,6 +108,7 @@ fn run_in(
         cache_dir,
         tls: None,
         trust: Default::default(),
+        train_limits: Default::default(),
     })?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();

@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// The certificate's PEM private key.
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
+    /// default: the built-in ones.
+    #[arg(long, value_name = "LIMITS.toml")]
+    train_limits: Option<PathBuf>,
 }
 
 /// `gantry user ...`.
@@ -95,6 +99,10 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         cache_dir: ctx.cache_dir.clone(),
         tls: args.tls_cert.zip(args.tls_key),
         trust: ctx.trust.clone(),
+        train_limits: match &args.train_limits {
+            Some(path) => gantry::training::TrainLimits::load(path)?,
+            None => Default::default(),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,6 +97,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         cache_dir: ctx.cache_dir.clone(),
         tls: None,
         trust: Default::default(),
+        train_limits: Default::default(),
     })?;
     let addr = server.addr;
     println!(

@@ -26,11 +26,19 @@ pub struct Args {
     /// Draw the loss curve into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Size limits (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...; see
+    /// `training::limits`); default: the built-in ones.
+    #[arg(long, value_name = "LIMITS.toml")]
+    limits: Option<PathBuf>,
 }
 
 /// Runs `gantry train`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = TrainConfig::load(&args.config)?;
+    let limits = match &args.limits {
+        Some(path) => training::TrainLimits::load(path)?,
+        None => training::TrainLimits::default(),
+    };
+    let config = TrainConfig::load_with(&args.config, &limits)?;
     let resume_from = match (&args.resume, args.resume_latest) {
         (Some(p), _) => Some(p.clone()),
         (None, true) => {
@@ -44,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, false) => None,
     };
     let resume = resume_from.as_deref().map(checkpoint::load).transpose()?;
-    let data = data::load(&config)?;
+    let data = data::load(&config, &limits)?;
     let report = device::detect();
     let selected = device::select(&report, &config.devices)?;
     eprintln!("devices: {}", describe_devices(&report));

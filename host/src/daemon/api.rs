@@ -320,8 +320,12 @@ async fn submit(
     }
     if let Some(text) = &req.train {
         let origin = format!("job {id}: train");
-        let config = crate::training::TrainConfig::parse(text, std::path::Path::new(&origin))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let config = crate::training::TrainConfig::parse_with(
+            text,
+            std::path::Path::new(&origin),
+            &state.daemon.train_limits,
+        )
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
         if config.data.file.is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -371,6 +375,8 @@ async fn submit(
         submitted_at: super::db::now(),
         train: req.train.clone(),
         result: None,
+        crashes: 0,
+        not_before: 0.0,
     };
     let daemon = state.daemon.clone();
     let spec = spec(&job);
@@ -471,11 +477,13 @@ async fn job(
     Ok(Json(find(&state, &user, &id)?))
 }
 
+/// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
+/// its run is under way (it stops at its next step and keeps its GPUs until then).
 async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<JobRecord>> {
+) -> ApiResult<Response> {
     let user = authenticate(&state, &headers)?;
     let job = find(&state, &user, &id)?;
     authorize(
@@ -484,25 +492,25 @@ async fn cancel(
         "job.cancel",
         json!({"tenant": job.tenant, "job": job.id}),
     )?;
-    if job.state.is_final() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("job `{id}` is already {:?}", job.state).to_lowercase(),
-        ));
-    }
-    state.daemon.host().cancel(&id);
-    state
-        .daemon
-        .db
-        .set_state(
-            &id,
-            JobState::Cancelled,
-            &[],
-            Some(&format!("cancelled by {}", user.name)),
-        )
+    let daemon = state.daemon.clone();
+    let by = user.name.clone();
+    let moved = tokio::task::spawn_blocking(move || daemon.cancel_job(&job, &by))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    let status = match moved {
+        Some(JobState::Cancelling) => StatusCode::ACCEPTED,
+        Some(_) => StatusCode::OK,
+        None => {
+            let now = find(&state, &user, &id)?;
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job `{id}` is already {}", now.state.as_str()),
+            ));
+        }
+    };
     state.wake.notify_one();
-    Ok(Json(find(&state, &user, &id)?))
+    Ok((status, Json(find(&state, &user, &id)?)).into_response())
 }
 
 /// `?tenant=...&classification=...` of an upload.
@@ -741,28 +749,11 @@ async fn mark_unhealthy(
     let requeued = tokio::task::spawn_blocking(move || {
         let lost = daemon
             .host()
-            .mark_unhealthy(&id)
+            .set_gpu_health(&id, false)
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
-        for job in &lost {
-            daemon.stop(job);
-            let Some(record) = daemon.db.job(job).map_err(ApiError::internal)? else {
-                continue;
-            };
-            // The rest of its gang is released too: the whole job starts over elsewhere.
-            daemon.host().cancel(job);
-            daemon
-                .db
-                .set_state(
-                    job,
-                    JobState::Pending,
-                    &[],
-                    Some("its GPU became unhealthy"),
-                )
-                .map_err(ApiError::internal)?;
-            if let Err(e) = daemon.host().submit(spec(&record)) {
-                tracing::error!(job = %job, error = %e, "requeueing a job");
-            }
-        }
+        // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
+        // until the run has stopped, at its next step.
+        daemon.requeue_lost(&lost, "its GPU became unhealthy");
         Ok::<_, ApiError>(lost)
     })
     .await

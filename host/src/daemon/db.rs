@@ -60,7 +60,17 @@ impl User {
     }
 }
 
-/// A job's lifecycle.
+/// A job's lifecycle. The legal moves are [`JobState::predecessors`], enforced by
+/// [`Db::transition`] in the database itself: nothing else changes a job's state.
+///
+/// ```text
+///            +------------- requeue (GPU lost, daemon restart) -------------+
+///            v                                                              |
+/// Pending --> Scheduled --> Running --> Succeeded | Failed                  |
+///    |            |            |                                            |
+///    |            +------------+--> Cancelling --> Cancelled  (run stops)   |
+///    +------------+-----------------------------> Cancelled  (no run)       |
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -70,6 +80,9 @@ pub enum JobState {
     Scheduled,
     /// Training.
     Running,
+    /// A cancel was asked while its run was under way: it keeps its GPUs until the run stops,
+    /// at its next step.
+    Cancelling,
     /// Finished.
     Succeeded,
     /// Stopped by an error.
@@ -79,26 +92,54 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(self) -> &'static str {
+    /// Every state, for listings and tests.
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Cancelling,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
         match self {
             JobState::Pending => "pending",
             JobState::Scheduled => "scheduled",
             JobState::Running => "running",
+            JobState::Cancelling => "cancelling",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> JobState {
-        match s {
-            "scheduled" => JobState::Scheduled,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            "cancelled" => JobState::Cancelled,
-            _ => JobState::Pending,
+    /// The state named `s`; `None` for a name no version of Gantry writes (a corrupt row).
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// The states a job may move to `self` from: the whole lifecycle in one table. Terminal
+    /// states have no successor, so a finished, failed or cancelled job stays so.
+    pub fn predecessors(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            // Requeued: its GPUs were lost, or the daemon restarted under it.
+            Pending => &[Scheduled, Running],
+            Scheduled => &[Pending],
+            Running => &[Scheduled],
+            Cancelling => &[Scheduled, Running],
+            Succeeded => &[Running],
+            Failed => &[Pending, Scheduled, Running],
+            Cancelled => &[Pending, Scheduled, Cancelling],
         }
+    }
+
+    /// Whether a job may move from `self` to `next`.
+    pub fn may_become(self, next: JobState) -> bool {
+        next.predecessors().contains(&self)
     }
 
     /// Whether the job is over.
@@ -106,6 +147,14 @@ impl JobState {
         matches!(
             self,
             JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Whether a job in this state holds GPUs.
+    pub fn holds_gpus(self) -> bool {
+        matches!(
+            self,
+            JobState::Scheduled | JobState::Running | JobState::Cancelling
         )
     }
 }
@@ -139,7 +188,17 @@ pub struct JobRecord {
     /// What training reported (loss, accuracy, steps, throughput), once it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// Runs of it that a crash of the daemon interrupted (see [`MAX_CRASHES`]).
+    #[serde(default)]
+    pub crashes: u32,
+    /// Unix seconds before which it is not queued again (a backoff after a crash).
+    #[serde(default)]
+    pub not_before: f64,
 }
+
+/// A job whose runs were interrupted by this many crashes of the daemon is not run again: it
+/// ends `failed`, so a job that brings the daemon down cannot do so for ever.
+pub const MAX_CRASHES: u32 = 3;
 
 /// A stored dataset: its metadata; the bytes are an object of the encrypted store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +342,15 @@ CREATE TABLE IF NOT EXISTS job_curves (
 );
 ";
 
+/// Changes to [`SCHEMA`] since it was first released, in order. `PRAGMA user_version` counts
+/// those applied, so a database made by an earlier version is brought up to date at open, in
+/// one transaction. Append only; never edit a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: crash accounting of jobs.
+    "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0;",
+];
+
 impl Db {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Db, DbError> {
@@ -297,6 +365,7 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .ctx("setting the busy timeout")?;
         conn.execute_batch(SCHEMA).ctx("creating the schema")?;
+        migrate(&conn)?;
         Ok(Db {
             conn: Mutex::new(conn),
         })
@@ -387,25 +456,74 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// Moves a job to `state` (with GPUs or a reason).
-    pub fn set_state(
+    /// Moves job `id` to `to` (with its GPUs, and why), if its current state allows it
+    /// ([`JobState::predecessors`]); returns whether it moved. The check and the change are one
+    /// statement, so two racing changes (a cancel and the end of a run, say) cannot both win.
+    pub fn transition(
         &self,
         id: &str,
-        state: JobState,
+        to: JobState,
         gpu_ids: &[String],
         reason: Option<&str>,
-    ) -> Result<(), DbError> {
-        self.conn()
+    ) -> Result<bool, DbError> {
+        let from: Vec<String> = to
+            .predecessors()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let n = self
+            .conn()
             .execute(
-                "UPDATE jobs SET state = ?2, gpu_ids = ?3, reason = ?4 WHERE id = ?1",
+                &format!(
+                    "UPDATE jobs SET state = ?2, gpu_ids = ?3, reason = ?4
+                     WHERE id = ?1 AND state IN ({})",
+                    from.join(", ")
+                ),
                 params![
                     id,
-                    state.as_str(),
+                    to.as_str(),
                     serde_json::to_string(gpu_ids).expect("strings serialise"),
                     reason
                 ],
             )
-            .ctx("updating a job")?;
+            .ctx("updating a job's state")?;
+        Ok(n == 1)
+    }
+
+    /// Moves a scheduled job to `running` and counts the run against it (the count is
+    /// cleared when the run ends without a crash, see [`Db::run_ended`]); false when the job is
+    /// no longer `scheduled` (a cancel won the race).
+    pub fn run_started(&self, id: &str) -> Result<bool, DbError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE jobs SET state = 'running', crashes = crashes + 1
+                 WHERE id = ?1 AND state = 'scheduled'",
+                params![id],
+            )
+            .ctx("starting a job's run")?;
+        Ok(n == 1)
+    }
+
+    /// A run of job `id` ended without a crash of the daemon: it does not count as one.
+    pub fn run_ended(&self, id: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET crashes = MAX(crashes - 1, 0) WHERE id = ?1",
+                params![id],
+            )
+            .ctx("ending a job's run")?;
+        Ok(())
+    }
+
+    /// Job `id` is not to be queued again before `at` (Unix seconds).
+    pub fn set_not_before(&self, id: &str, at: f64) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET not_before = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+            .ctx("deferring a job")?;
         Ok(())
     }
 
@@ -651,6 +769,37 @@ impl Db {
     }
 }
 
+/// Applies the [`MIGRATIONS`] a database has not had yet.
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    let applied: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ctx("reading the schema version")?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(DbError {
+            context: format!(
+                "opening a database of schema version {applied}: this build knows versions up to {}; use a newer gantry",
+                MIGRATIONS.len()
+            ),
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    if applied == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let mut batch = String::from("BEGIN IMMEDIATE;\n");
+    for step in &MIGRATIONS[applied..] {
+        batch.push_str(step);
+        batch.push('\n');
+    }
+    batch.push_str(&format!(
+        "PRAGMA user_version = {};\nCOMMIT;",
+        MIGRATIONS.len()
+    ));
+    conn.execute_batch(&batch)
+        .ctx("bringing the schema up to date")
+}
+
 const SELECT_DATASET: &str =
     "SELECT name, tenant, classification, object, bytes, owner, created_at FROM datasets";
 
@@ -667,10 +816,23 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
-    gpu_ids, reason, submitted_at, train, result FROM jobs";
+    gpu_ids, reason, submitted_at, train, result, crashes, not_before FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let state: String = r.get(6)?;
+    // An unknown state is a corrupt row, never a default: read as "pending", a finished job
+    // would run again and hold GPUs.
+    let state = JobState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            6,
+            rusqlite::types::Type::Text,
+            format!(
+                "jobs.state of `{}`: `{state}` is not a job state",
+                r.get::<_, String>(0).unwrap_or_default()
+            )
+            .into(),
+        )
+    })?;
     let gpu_ids: String = r.get(7)?;
     Ok(JobRecord {
         id: r.get(0)?,
@@ -679,7 +841,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         gpus: r.get(3)?,
         memory_per_gpu_mib: r.get::<_, i64>(4)? as u64,
         est_runtime_s: r.get(5)?,
-        state: JobState::parse(&state),
+        state,
         gpu_ids: serde_json::from_str(&gpu_ids).unwrap_or_default(),
         reason: r.get(8)?,
         submitted_at: r.get(9)?,
@@ -687,6 +849,8 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         result: r
             .get::<_, Option<String>>(11)?
             .and_then(|t| serde_json::from_str(&t).ok()),
+        crashes: r.get(12)?,
+        not_before: r.get(13)?,
     })
 }
 

@@ -1,70 +1,120 @@
 //! Runs a scheduled training job on the native hot path, in a thread of its own: checkpoints go
 //! into the encrypted store (recorded in the database), a restarted daemon resumes from the
-//! newest one, and a cancelled job stops after its current step.
+//! newest one, and a cancelled job stops after its current step (see [`super::lifecycle`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use super::Daemon;
-use super::db::{JobRecord, JobState};
+use super::db::JobRecord;
 use super::labels::LabelSplit;
+use super::lifecycle::{RunControl, RunEnd};
 use crate::training::checkpoint::{self, Checkpoint};
 use crate::training::{self, TrainConfig, TrainError};
 
-/// Starts `job` (whose `train` is set) unless it is already running. A previous run of the same
-/// job that is still stopping (its GPU failed, say) is waited for first, so two runs of one job
-/// never overlap.
+/// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
+/// the daemon first, so a cancel or a lost GPU can stop it; it ends through
+/// [`Daemon::run_ended`], which records the outcome and frees the GPUs. A panic inside the run
+/// is caught there and fails the job, never the daemon.
 pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
     let id = job.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("gantry-job-{id}"))
-        .spawn({
-            let daemon = daemon.clone();
-            move || {
-                let span = tracing::info_span!("gantry_daemon.job", job = %job.id);
-                let _entered = span.enter();
-                let Some(stop) = claim(&daemon, &job.id) else {
-                    return;
-                };
-                let outcome = run(&daemon, &job, &stop);
-                finish(&daemon, &job, outcome);
+        .spawn(move || {
+            let span = tracing::info_span!("gantry_daemon.job", job = %job.id);
+            let _entered = span.enter();
+            let Some(control) = daemon.claim_run(&job.id) else {
+                return;
+            };
+            let started = daemon.run_starting(&job.id).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "starting a run");
+                false
+            });
+            let end = if started {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&daemon, &job, &control)
+                }));
+                match outcome {
+                    Ok(Ok(o)) => {
+                        tracing::info!(steps = o.steps, "training job succeeded");
+                        RunEnd::Finished(result_json(&o), summary(&o))
+                    }
+                    Ok(Err(TrainError::Stopped { step })) => {
+                        tracing::info!(step, "training job stopped");
+                        RunEnd::Stopped
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "training job failed");
+                        RunEnd::Failed(e.to_string())
+                    }
+                    Err(panic) => {
+                        let message = panic_message(panic.as_ref());
+                        tracing::error!(panic = %message, "training job panicked");
+                        RunEnd::Failed(format!("the training run panicked: {message}"))
+                    }
+                }
+            } else {
+                RunEnd::Stopped
+            };
+            if let Some(curve) = daemon.set_live_curve(&job.id, None)
+                && let Err(e) = daemon.db.set_curve(&job.id, &curve)
+            {
+                tracing::error!(error = %e, "saving a job's metrics");
             }
+            daemon.run_ended(&job, &control, started, end);
         });
     if let Err(e) = spawned {
         tracing::error!(job = %id, error = %e, "starting a training thread");
     }
 }
 
-/// Registers a run of `id`; `None` if one is already running (and not stopping).
-fn claim(daemon: &Daemon, id: &str) -> Option<Arc<AtomicBool>> {
-    loop {
-        {
-            let mut running = daemon.running.lock().unwrap_or_else(|e| e.into_inner());
-            match running.get(id) {
-                None => {
-                    let stop = Arc::new(AtomicBool::new(false));
-                    running.insert(id.to_string(), stop.clone());
-                    return Some(stop);
-                }
-                Some(flag) if !flag.load(Ordering::SeqCst) => return None,
-                Some(_) => {} // stopping: wait for it to finish its step
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+/// A panic's message, if it carried text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// What a finished run records as the job's result.
+fn result_json(o: &training::Outcome) -> serde_json::Value {
+    serde_json::json!({
+        "steps": o.steps,
+        "resumed_at_step": o.resumed_at_step,
+        "train_loss": o.train_loss,
+        "test": o.test,
+        "samples_per_s": o.samples_per_s,
+        "backend": o.backend,
+        "checkpoint": o.checkpoint,
+    })
+}
+
+/// The job log's line for a finished run.
+fn summary(o: &training::Outcome) -> String {
+    format!(
+        "succeeded after {} steps: train loss {:.4}{}",
+        o.steps,
+        o.train_loss,
+        o.test
+            .and_then(|t| t.accuracy)
+            .map(|a| format!(", test accuracy {:.1} %", 100.0 * a))
+            .unwrap_or_default()
+    )
 }
 
 fn run(
     daemon: &Daemon,
     job: &JobRecord,
-    stop: &AtomicBool,
+    control: &RunControl,
 ) -> Result<training::Outcome, TrainError> {
     let origin = format!("job {}: train", job.id);
     let text = job.train.as_deref().unwrap_or_default();
-    let config = TrainConfig::parse(text, std::path::Path::new(&origin))?;
+    let limits = &daemon.train_limits;
+    let config = TrainConfig::parse_with(text, std::path::Path::new(&origin), limits)?;
     let data = match &config.data.dataset {
         Some(name) => load_dataset(daemon, job, &config, name)?,
-        None => training::data::load(&config)?,
+        None => training::data::load(&config, limits)?,
     };
     let report = training::device::detect();
     let selected = training::device::select(&report, &config.devices)?;
@@ -96,13 +146,10 @@ fn run(
     daemon.set_live_curve(&job.id, Some(curve));
     daemon
         .db
-        .set_state(&job.id, JobState::Running, &job.gpu_ids, None)
-        .and_then(|()| {
-            daemon.db.log(
-                &job.id,
-                &format!("training on {} ({})", data.source, selected.reason()),
-            )
-        })
+        .log(
+            &job.id,
+            &format!("training on {} ({})", data.source, selected.reason()),
+        )
         .map_err(|e| TrainError::Unavailable(e.to_string()))?;
     let batch = config.batch_size as u64;
     let mut on_step = |p: &training::Progress| {
@@ -110,7 +157,7 @@ fn run(
         m.train_steps.fetch_add(1, Ordering::Relaxed);
         m.train_samples.fetch_add(batch, Ordering::Relaxed);
         daemon.record_step(&job.id, p);
-        !stop.load(Ordering::SeqCst)
+        !control.stopping()
     };
     let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
         let object = daemon
@@ -147,73 +194,6 @@ fn run(
             save: Some(&mut save),
         },
     )
-}
-
-fn finish(daemon: &Daemon, job: &JobRecord, outcome: Result<training::Outcome, TrainError>) {
-    if let Some(curve) = daemon.set_live_curve(&job.id, None)
-        && let Err(e) = daemon.db.set_curve(&job.id, &curve)
-    {
-        tracing::error!(job = %job.id, error = %e, "saving a job's metrics");
-    }
-    daemon
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&job.id);
-    let recorded = match outcome {
-        Ok(o) => {
-            tracing::info!(steps = o.steps, "training job succeeded");
-            let result = serde_json::json!({
-                "steps": o.steps,
-                "resumed_at_step": o.resumed_at_step,
-                "train_loss": o.train_loss,
-                "test": o.test,
-                "samples_per_s": o.samples_per_s,
-                "backend": o.backend,
-                "checkpoint": o.checkpoint,
-            });
-            let summary = format!(
-                "succeeded after {} steps: train loss {:.4}{}",
-                o.steps,
-                o.train_loss,
-                o.test
-                    .and_then(|t| t.accuracy)
-                    .map(|a| format!(", test accuracy {:.1} %", 100.0 * a))
-                    .unwrap_or_default()
-            );
-            daemon
-                .db
-                .set_result(&job.id, &result)
-                .and_then(|()| {
-                    daemon
-                        .db
-                        .set_state(&job.id, JobState::Succeeded, &job.gpu_ids, None)
-                })
-                .and_then(|()| daemon.db.log(&job.id, &summary))
-        }
-        // Stopped by whoever set its flag (a cancel, a failed GPU), who also owns what happens
-        // to the job next: nothing to record, and its place in the host is theirs to change.
-        Err(TrainError::Stopped { step }) => {
-            tracing::info!(step, "training job stopped");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "training job failed");
-            daemon
-                .db
-                .set_state(
-                    &job.id,
-                    JobState::Failed,
-                    &job.gpu_ids,
-                    Some(&e.to_string()),
-                )
-                .and_then(|()| daemon.db.log(&job.id, &format!("failed: {e}")))
-        }
-    };
-    if let Err(e) = recorded {
-        tracing::error!(job = %job.id, error = %e, "recording a job's end");
-    }
-    daemon.host().cancel(&job.id);
 }
 
 /// A job's stored dataset, streamed: decrypted chunk by chunk, the label column split off as it
@@ -299,5 +279,12 @@ fn load_dataset(
         inputs: width,
         targets_per_row: 1,
     };
-    training::data::prepare(config, dataset, format!("dataset {name}"))
+    // Records are lines (no header): row 0 is line 1.
+    training::data::prepare(
+        config,
+        dataset,
+        format!("dataset {name}"),
+        &daemon.train_limits,
+        Some(1),
+    )
 }

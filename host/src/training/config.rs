@@ -38,6 +38,7 @@ use gantry_kernels::{Activation, Loss, Optimizer, Precision};
 use serde::Deserialize;
 
 use super::TrainError;
+use super::limits::TrainLimits;
 
 /// A parsed, checked `TRAIN.toml`. A relative data file is found beside the config (data ships
 /// with it); a relative checkpoint directory is under the working directory (outputs go where
@@ -156,6 +157,11 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// The loss; it also fixes the output width (classes, or target columns).
     pub loss: Loss,
+    /// Classification: the number of classes (labels are `0..classes`; a label outside is
+    /// refused with its line). Without it, the labels imply it (the largest label + 1),
+    /// bounded by the limits.
+    #[serde(default)]
+    pub classes: Option<usize>,
 }
 
 /// Device choice and data parallelism.
@@ -209,10 +215,15 @@ fn default_checkpoint_dir() -> PathBuf {
 }
 
 impl TrainConfig {
-    /// Reads and checks `path`.
+    /// Reads and checks `path` under the default [`TrainLimits`].
     pub fn load(path: &Path) -> Result<Self, TrainError> {
+        Self::load_with(path, &TrainLimits::default())
+    }
+
+    /// Reads and checks `path`, every size it implies bounded by `limits`.
+    pub fn load_with(path: &Path, limits: &TrainLimits) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let mut config = Self::parse(&text, path)?;
+        let mut config = Self::parse_with(&text, path, limits)?;
         let base = path.parent().unwrap_or(Path::new(""));
         if let Some(file) = &mut config.data.file {
             *file = base.join(&*file);
@@ -220,8 +231,15 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Parses and checks `text` (named `path` in errors); paths stay as written.
+    /// Parses and checks `text` (named `path` in errors) under the default
+    /// [`TrainLimits`]; paths stay as written.
     pub fn parse(text: &str, path: &Path) -> Result<Self, TrainError> {
+        Self::parse_with(text, path, &TrainLimits::default())
+    }
+
+    /// Parses and checks `text` (named `path` in errors), every size it implies bounded by
+    /// `limits`; paths stay as written.
+    pub fn parse_with(text: &str, path: &Path, limits: &TrainLimits) -> Result<Self, TrainError> {
         let config: TrainConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -288,6 +306,48 @@ impl TrainConfig {
         if !(lr > 0.0 && lr.is_finite()) {
             return bad("lr", format!("`optimizer.lr` must be positive, not {lr}"));
         }
+        let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
+        match config.model.classes {
+            Some(_) if !classification => {
+                return bad(
+                    "classes",
+                    "`model.classes` is for softmax cross-entropy; a regression's outputs are its target columns".into(),
+                );
+            }
+            Some(c) if c < 2 => {
+                return bad(
+                    "classes",
+                    format!("`model.classes` must be at least 2, not {c}"),
+                );
+            }
+            _ => {}
+        }
+        if let Some(s) = &config.data.synthetic {
+            let empty = match *s {
+                Synthetic::Spirals {
+                    classes,
+                    rows_per_class,
+                    ..
+                } => (classes < 2)
+                    .then_some("`classes` must be at least 2")
+                    .or((rows_per_class == 0).then_some("`rows_per_class` must be at least 1")),
+                Synthetic::Regression { rows, .. } => {
+                    (rows == 0).then_some("`rows` must be at least 1")
+                }
+                Synthetic::Dense {
+                    rows,
+                    inputs,
+                    classes,
+                } => (classes < 2)
+                    .then_some("`classes` must be at least 2")
+                    .or((rows == 0).then_some("`rows` must be at least 1"))
+                    .or((inputs == 0).then_some("`inputs` must be at least 1")),
+            };
+            if let Some(message) = empty {
+                return bad("synthetic", format!("`data.synthetic`: {message}"));
+            }
+        }
+        config.check_limits(limits, path, Some(text))?;
         Ok(config)
     }
 }

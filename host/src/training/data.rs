@@ -12,6 +12,7 @@ use gantry_kernels::{Dataset, Loss, synthetic};
 
 use super::TrainError;
 use super::config::{Synthetic, TrainConfig};
+use super::limits::TrainLimits;
 
 const MAGIC: &[u8; 8] = b"GNTRYF32";
 const HEADER: usize = 8 + 4 + 8 + 4 + 4;
@@ -29,15 +30,24 @@ pub struct Loaded {
     pub source: String,
 }
 
-/// Loads (or generates) `config`'s data and holds out its test fraction after a seeded shuffle.
-pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
+/// Loads (or generates) `config`'s data and holds out its test fraction after a seeded shuffle;
+/// every size the data implies is bounded by `limits` first.
+pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainError> {
     let d = &config.data;
-    let (data, source) = match (&d.synthetic, &d.file) {
-        (Some(s), _) => (generate(s, config.seed), format!("synthetic {}", name(s))),
+    let (data, source, first_line) = match (&d.synthetic, &d.file) {
+        (Some(s), _) => (
+            generate(s, config.seed),
+            format!("synthetic {}", name(s)),
+            None,
+        ),
         (None, Some(path)) => {
-            let data = match path.extension().and_then(|e| e.to_str()) {
-                Some("f32") => read_f32(path)?,
-                Some("csv") => read_csv(path, d.label.as_deref(), d.targets.as_deref())?,
+            let (data, first_line) = match path.extension().and_then(|e| e.to_str()) {
+                Some("f32") => (read_f32(path)?, None),
+                // Row 0 is on line 2, under the header.
+                Some("csv") => (
+                    read_csv(path, d.label.as_deref(), d.targets.as_deref())?,
+                    Some(2),
+                ),
                 _ => {
                     return Err(TrainError::invalid(
                         path,
@@ -46,7 +56,7 @@ pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
                     ));
                 }
             };
-            (data, path.display().to_string())
+            (data, path.display().to_string(), first_line)
         }
         (None, None) => {
             return Err(TrainError::Unavailable(format!(
@@ -55,12 +65,20 @@ pub fn load(config: &TrainConfig) -> Result<Loaded, TrainError> {
             )));
         }
     };
-    prepare(config, data, source)
+    prepare(config, data, source, limits, first_line)
 }
 
 /// Holds out `config`'s test fraction of `data` after a seeded shuffle, and works out the
-/// network's output width; `source` names the data in messages.
-pub fn prepare(config: &TrainConfig, data: Dataset, source: String) -> Result<Loaded, TrainError> {
+/// network's output width; `source` names the data in messages, and `first_line` is the line
+/// of its first row, where it has lines. Its sizes, its class ids and what they imply are
+/// checked against `limits` before anything more is allocated.
+pub fn prepare(
+    config: &TrainConfig,
+    data: Dataset,
+    source: String,
+    limits: &TrainLimits,
+    first_line: Option<u64>,
+) -> Result<Loaded, TrainError> {
     let d = &config.data;
     let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
     if data.rows() == 0 {
@@ -73,11 +91,18 @@ pub fn prepare(config: &TrainConfig, data: Dataset, source: String) -> Result<Lo
                 data.targets_per_row
             )));
         }
-        let most = data.targets.iter().copied().fold(0.0f32, f32::max);
-        (most as usize + 1).max(2)
+        classes(config, &data.targets, &source, limits, first_line)?
     } else {
         data.targets_per_row
     };
+    config.check_size(
+        limits,
+        Path::new(&source),
+        data.rows() as u64,
+        data.inputs as u64,
+        data.targets_per_row as u64,
+        outputs as u64,
+    )?;
     // A seeded shuffle before the split, so files sorted by class still give a fair test set.
     let order = gantry_kernels::rng::Rng::new(config.seed, 0x7E57).permutation(data.rows());
     let mut shuffled = Dataset {
@@ -99,6 +124,52 @@ pub fn prepare(config: &TrainConfig, data: Dataset, source: String) -> Result<Lo
         outputs,
         source,
     })
+}
+
+/// The class count of a classification: `[model] classes` when named (every label must be
+/// below it), else the largest label + 1, bounded by `limits`. A label that is not a class id
+/// (negative, fractional) or is outside the classes is refused with its row (and line).
+fn classes(
+    config: &TrainConfig,
+    labels: &[f32],
+    source: &str,
+    limits: &TrainLimits,
+    first_line: Option<u64>,
+) -> Result<usize, TrainError> {
+    let bound = config
+        .model
+        .classes
+        .map_or(limits.max_classes, |c| c as u64);
+    let at = |row: usize| match first_line {
+        Some(line) => format!("line {} (row {row})", line + row as u64),
+        None => format!("row {row}"),
+    };
+    let mut most = 0u64;
+    for (row, &label) in labels.iter().enumerate() {
+        if !(label >= 0.0 && label.fract() == 0.0) {
+            return Err(TrainError::Unavailable(format!(
+                "{source}: {}: `{label}` is not a class id (an integer from 0)",
+                at(row)
+            )));
+        }
+        // Labels are f32 in memory: beyond 2^24 they are not exact, and far beyond any limit.
+        let class = label as u64;
+        if class >= bound {
+            let why = match config.model.classes {
+                Some(c) => format!("outside the {c} classes of `model.classes`"),
+                None => format!(
+                    "it would make {} classes, above the limit of {bound} (name the class count in `model.classes`)",
+                    u128::from(class) + 1
+                ),
+            };
+            return Err(TrainError::Unavailable(format!(
+                "{source}: {}: class id {label}: {why}",
+                at(row)
+            )));
+        }
+        most = most.max(class);
+    }
+    Ok(config.model.classes.unwrap_or((most as usize + 1).max(2)))
 }
 
 fn name(s: &Synthetic) -> &'static str {

@@ -1,0 +1,391 @@
+//! The largest sizes a training job may imply, checked before anything is allocated.
+//!
+//! A `TRAIN.toml` or a dataset can imply sizes no machine holds (`rows = 10^12`, a label of
+//! 10^12 making as many classes, a hidden layer of 10^9 units), and an allocation that fails
+//! aborts the whole process: in the daemon, every tenant's work with it. So every size is
+//! bounded here first, each by a limit the operator can set (`gantry up --train-limits FILE`,
+//! `gantry train --limits FILE`), and the memory a job would need is estimated from them and
+//! bounded too. Errors name the field (or the data's line) and the limit.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::config::{Synthetic, TrainConfig};
+
+/// Limits on what one training job may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainLimits {
+    /// Rows of data (generated, or read from a file or dataset).
+    pub max_rows: u64,
+    /// Features per row.
+    pub max_features: u64,
+    /// Classes of a classification (named by `[model] classes`, or implied by the labels).
+    pub max_classes: u64,
+    /// Units in one hidden layer.
+    pub max_hidden_width: u64,
+    /// Hidden layers.
+    pub max_hidden_layers: u64,
+    /// Passes over the data.
+    pub max_epochs: u64,
+    /// Optimizer steps in all (epochs x steps per epoch).
+    pub max_steps: u64,
+    /// Rows per step.
+    pub max_batch_size: u64,
+    /// CPU threads one job may use (0: the machine's cores).
+    pub max_threads: u64,
+    /// Data-parallel replicas.
+    pub max_replicas: u64,
+    /// Memory one job may need, by the estimate of [`memory_estimate`], in MiB.
+    pub max_memory_mib: u64,
+}
+
+impl Default for TrainLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 20_000_000,
+            max_features: 1 << 20,
+            max_classes: 1 << 20,
+            max_hidden_width: 1 << 16,
+            max_hidden_layers: 64,
+            max_epochs: 1_000_000,
+            max_steps: 100_000_000,
+            max_batch_size: 1 << 20,
+            max_threads: 0,
+            max_replicas: 64,
+            max_memory_mib: 8 << 10,
+        }
+    }
+}
+
+impl TrainLimits {
+    /// Reads limits from a TOML file (every field optional; unknown ones refused).
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1) as u64);
+            TrainError::invalid(path, line, e.message().trim().to_string())
+        })
+    }
+
+    /// The thread limit, with 0 meaning the machine's cores.
+    pub fn threads(&self) -> u64 {
+        match self.max_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            n => n,
+        }
+    }
+}
+
+/// Bytes a job needs, roughly: its rows twice (the loaded data and its shuffled copy), the
+/// parameters four times per replica (weights, gradients and Adam's two moments), and a
+/// batch's activations and their gradients. An estimate, on the high side.
+pub fn memory_estimate(
+    rows: u64,
+    features: u64,
+    targets: u64,
+    hidden: &[u64],
+    outputs: u64,
+    batch: u64,
+    replicas: u64,
+) -> u128 {
+    let rows = u128::from(rows);
+    let data = 2 * rows * u128::from(features + targets) * 4;
+    let mut widths = vec![u128::from(features)];
+    widths.extend(hidden.iter().map(|&w| u128::from(w)));
+    widths.push(u128::from(outputs));
+    let params: u128 = widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum();
+    let model = params * 4 * 4 * u128::from(replicas.max(1));
+    let activations = u128::from(batch) * widths.iter().sum::<u128>() * 4 * 3;
+    data + model + activations
+}
+
+/// A field that breaks its limit.
+fn over(field: &str, value: u128, limit: u64, what: &str) -> String {
+    format!("`{field}` = {value} is above the limit of {limit} {what}")
+}
+
+/// The rows, features and classes a synthetic set will have.
+fn synthetic_shape(s: &Synthetic) -> (u128, u64, Option<u64>) {
+    match *s {
+        Synthetic::Spirals {
+            classes,
+            rows_per_class,
+            ..
+        } => (
+            classes as u128 * rows_per_class as u128,
+            2,
+            Some(classes as u64),
+        ),
+        Synthetic::Regression { rows, inputs, .. } => (rows as u128, inputs as u64, None),
+        Synthetic::Dense {
+            rows,
+            inputs,
+            classes,
+        } => (rows as u128, inputs as u64, Some(classes as u64)),
+    }
+}
+
+impl TrainConfig {
+    /// Checks every size this configuration implies by itself against `limits`; the data's own
+    /// sizes (a file's rows, the classes its labels imply) are checked when it is read
+    /// ([`TrainConfig::check_size`]). `path` (and `text`, for line numbers) name the
+    /// configuration in errors.
+    pub fn check_limits(
+        &self,
+        limits: &TrainLimits,
+        path: &Path,
+        text: Option<&str>,
+    ) -> Result<(), TrainError> {
+        let field_line = |name: &str| {
+            text.and_then(|t| {
+                t.lines()
+                    .position(|l| l.trim_start().starts_with(name))
+                    .map(|i| i as u64 + 1)
+            })
+        };
+        let bad =
+            |name: &str, message: String| Err(TrainError::invalid(path, field_line(name), message));
+        let m = &self.model;
+        if m.hidden.len() as u64 > limits.max_hidden_layers {
+            return bad(
+                "hidden",
+                over(
+                    "model.hidden",
+                    m.hidden.len() as u128,
+                    limits.max_hidden_layers,
+                    "hidden layers",
+                ),
+            );
+        }
+        if let Some(&w) = m.hidden.iter().max()
+            && w as u64 > limits.max_hidden_width
+        {
+            return bad(
+                "hidden",
+                over(
+                    "model.hidden",
+                    w as u128,
+                    limits.max_hidden_width,
+                    "units in a layer",
+                ),
+            );
+        }
+        if let Some(c) = m.classes
+            && c as u64 > limits.max_classes
+        {
+            return bad(
+                "classes",
+                over("model.classes", c as u128, limits.max_classes, "classes"),
+            );
+        }
+        if self.epochs > limits.max_epochs {
+            return bad(
+                "epochs",
+                over("epochs", self.epochs.into(), limits.max_epochs, "epochs"),
+            );
+        }
+        if self.batch_size as u64 > limits.max_batch_size {
+            return bad(
+                "batch_size",
+                over(
+                    "batch_size",
+                    self.batch_size as u128,
+                    limits.max_batch_size,
+                    "rows",
+                ),
+            );
+        }
+        let d = &self.devices;
+        if d.threads as u64 > limits.threads() {
+            return bad(
+                "threads",
+                over(
+                    "devices.threads",
+                    d.threads as u128,
+                    limits.threads(),
+                    "threads",
+                ),
+            );
+        }
+        if d.replicas as u64 > limits.max_replicas {
+            return bad(
+                "replicas",
+                over(
+                    "devices.replicas",
+                    d.replicas as u128,
+                    limits.max_replicas,
+                    "replicas",
+                ),
+            );
+        }
+        if let Some(s) = &self.data.synthetic {
+            let (rows, features, classes) = synthetic_shape(s);
+            if features > limits.max_features {
+                return bad(
+                    "synthetic",
+                    over(
+                        "data.synthetic inputs",
+                        features.into(),
+                        limits.max_features,
+                        "features",
+                    ),
+                );
+            }
+            if let Some(c) = classes
+                && c > limits.max_classes
+            {
+                return bad(
+                    "synthetic",
+                    over(
+                        "data.synthetic classes",
+                        c.into(),
+                        limits.max_classes,
+                        "classes",
+                    ),
+                );
+            }
+            if rows > u128::from(limits.max_rows) {
+                return bad(
+                    "synthetic",
+                    over("data.synthetic rows", rows, limits.max_rows, "rows"),
+                );
+            }
+            let outputs = m.classes.map_or(classes.unwrap_or(1), |c| c as u64);
+            self.check_size(limits, path, rows as u64, features, 1, outputs)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the sizes of the data this configuration trains on (`rows` of `features`, `targets`
+    /// per row, `outputs` wide at the end) and what they imply: steps and memory.
+    pub fn check_size(
+        &self,
+        limits: &TrainLimits,
+        path: &Path,
+        rows: u64,
+        features: u64,
+        targets: u64,
+        outputs: u64,
+    ) -> Result<(), TrainError> {
+        let fail = |message: String| Err(TrainError::invalid(path, None, message));
+        if rows > limits.max_rows {
+            return fail(over("rows of data", rows.into(), limits.max_rows, "rows"));
+        }
+        if features > limits.max_features {
+            return fail(over(
+                "features",
+                features.into(),
+                limits.max_features,
+                "features",
+            ));
+        }
+        let steps_per_epoch = rows.div_ceil(self.batch_size.max(1) as u64);
+        let steps = u128::from(self.epochs) * u128::from(steps_per_epoch);
+        let step_limit = limits.max_steps.min(u64::from(u32::MAX));
+        if steps > u128::from(step_limit) {
+            return fail(format!(
+                "{} epochs of {steps_per_epoch} steps make {steps} steps, above the limit of {step_limit}",
+                self.epochs
+            ));
+        }
+        let hidden: Vec<u64> = self.model.hidden.iter().map(|&w| w as u64).collect();
+        let bytes = memory_estimate(
+            rows,
+            features,
+            targets,
+            &hidden,
+            outputs,
+            self.batch_size as u64,
+            self.devices.replicas as u64,
+        );
+        let mib = bytes.div_ceil(1 << 20);
+        if mib > u128::from(limits.max_memory_mib) {
+            return fail(format!(
+                "this job would need about {mib} MiB ({rows} rows of {features} features, layers {:?}, {outputs} outputs, {} replica(s)), above the limit of {} MiB",
+                self.model.hidden, self.devices.replicas, limits.max_memory_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+epochs = 3
+batch_size = 32
+[data]
+synthetic = { kind = "spirals", classes = 3, rows_per_class = 100 }
+[model]
+hidden = [16]
+loss = "softmax_cross_entropy"
+[optimizer]
+kind = "adam"
+lr = 0.01
+"#;
+
+    fn check(text: &str) -> Result<(), String> {
+        TrainConfig::parse(text, Path::new("t.toml"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sizes_a_config_implies_are_bounded_before_anything_is_allocated() {
+        check(BASE).unwrap();
+        for (from, to, needle) in [
+            (
+                "rows_per_class = 100",
+                "rows_per_class = 1000000000000",
+                "rows",
+            ),
+            (
+                "kind = \"spirals\", classes = 3, rows_per_class = 100",
+                "kind = \"regression\", rows = 1000000000000, inputs = 4",
+                "rows",
+            ),
+            (
+                "kind = \"spirals\", classes = 3, rows_per_class = 100",
+                "kind = \"dense\", rows = 10, inputs = 1000000000, classes = 3",
+                "features",
+            ),
+            (
+                "classes = 3, rows",
+                "classes = 1000000000000, rows",
+                "classes",
+            ),
+            ("hidden = [16]", "hidden = [1000000000]", "units"),
+            ("epochs = 3", "epochs = 100000000000", "epochs"),
+            ("batch_size = 32", "batch_size = 1000000000000", "rows"),
+            (
+                "epochs = 3\nbatch_size = 32",
+                "epochs = 1000000\nbatch_size = 1",
+                "steps",
+            ),
+            (
+                "lr = 0.01",
+                "lr = 0.01\n[devices]\nthreads = 1000000",
+                "threads",
+            ),
+            (
+                "lr = 0.01",
+                "lr = 0.01\n[devices]\nreplicas = 100000",
+                "replicas",
+            ),
+            ("hidden = [16]", "hidden = [60000, 60000, 60000]", "MiB"),
+        ] {
+            let text = BASE.replace(from, to);
+            assert_ne!(text, BASE, "{from}");
+            let err = check(&text).expect_err(to);
+            assert!(err.contains(needle), "{to}: {err}");
+            assert!(err.starts_with("t.toml"), "{err}");
+        }
+    }
+}
