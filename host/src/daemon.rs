@@ -16,12 +16,15 @@
 
 pub mod api;
 pub mod auth;
+pub(crate) mod body;
 pub mod curve;
 pub mod db;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rejections;
 pub mod runner;
+pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -54,6 +57,8 @@ pub struct DaemonConfig {
     pub trust: crate::PluginTrust,
     /// The largest sizes a training job may imply.
     pub train_limits: crate::training::TrainLimits,
+    /// What connections may hold (caps and timeouts against slow or hostile clients).
+    pub conn_limits: serve::ConnLimits,
 }
 
 /// A daemon failed to start.
@@ -86,6 +91,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The largest sizes a training job may imply.
     pub train_limits: crate::training::TrainLimits,
+    /// Refused requests no policy decided, counted for the audit log's aggregate.
+    pub rejections: rejections::Rejections,
     /// The runs of training jobs under way, by job id (see [`lifecycle`]).
     running: Mutex<std::collections::HashMap<String, Arc<lifecycle::RunControl>>>,
     /// Jobs waiting out a backoff before they are queued again: (Unix seconds, job id).
@@ -255,6 +262,7 @@ impl Daemon {
             store,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
+            rejections: Default::default(),
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),
             curves: Mutex::new(Default::default()),
@@ -344,6 +352,15 @@ impl Daemon {
         match self.live_curve(id) {
             Some(c) => Ok(Some(c)),
             None => self.db.curve(id),
+        }
+    }
+
+    /// Writes the refusals counted since the last time into the audit log, as one entry.
+    pub fn record_rejections(&self) {
+        if let Some(record) = self.rejections.drain()
+            && let Err(e) = self.decider.record("request.rejected", record)
+        {
+            tracing::error!(error = %e, "recording refused requests in the audit log");
         }
     }
 
@@ -443,8 +460,6 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
     .await
 }
 
-/// Serves until `shutdown` completes, calling `ready` with the bound address first; closes the
-/// audit log on the way out.
 pub async fn serve_until(
     config: DaemonConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -461,6 +476,10 @@ pub async fn serve_until(
              (give --tls-cert and --tls-key)"
         );
     }
+    let limits = config
+        .conn_limits
+        .clone()
+        .fitted(serve::raise_descriptor_limit());
     let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -488,34 +507,30 @@ pub async fn serve_until(
             }
         })
     };
-    let app = api::router(daemon.clone(), wake);
-    let served = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => {
-            let listener =
-                tls::TlsListener::new(listener, tls).map_err(|error| DaemonError::Listen {
-                    addr: config.listen,
-                    error,
-                })?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+    // Refusals no policy decided go into the audit log in aggregate, once per interval.
+    let recorder = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(rejections::FLUSH_EVERY).await;
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.record_rejections()).await;
+            }
+        })
     };
+    let app = api::router(daemon.clone(), wake);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    serve::serve(listener, acceptor, app, limits, daemon.clone(), shutdown).await;
     scheduler.abort();
+    recorder.abort();
     // Runs stop at a step boundary and their jobs go back to the queue (not counted as
     // crashes); they resume from their newest checkpoint on restart.
     let stopping = daemon.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || stopping.stop_runs(std::time::Duration::from_secs(10)))
-            .await;
-    daemon.close();
-    served.map_err(|error| DaemonError::Listen {
-        addr: config.listen,
-        error,
+    let _ = tokio::task::spawn_blocking(move || {
+        stopping.record_rejections();
+        stopping.stop_runs(std::time::Duration::from_secs(10))
     })
+    .await;
+    daemon.close();
+    Ok(())
 }

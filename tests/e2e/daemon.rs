@@ -21,7 +21,26 @@ impl Daemon {
     }
 
     pub(crate) fn start_with(data: &Path, cache: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        Self::start_under(&[], data, cache, extra)
+    }
+
+    /// Starts `gantry up` through `wrapper` (a command such as `prlimit --nofile=...`, then
+    /// `--`), when given.
+    pub(crate) fn start_under(
+        wrapper: &[&str],
+        data: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Daemon {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_gantry"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_gantry")),
+        };
+        let mut child = command
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
@@ -43,6 +62,11 @@ impl Daemon {
             url: format!("http://{addr}"),
             child,
         }
+    }
+
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn signal(&mut self, signal: &str) {
@@ -293,6 +317,17 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
         None,
     );
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    // Refusals no policy decided are counted and go into the log in aggregate (once per
+    // interval, and at a clean stop): a missing token, a malformed and an oversized body,
+    // another tenant's job.
+    let jobs = format!("{url}/v1/jobs");
+    assert_eq!(request(&jobs, "GET", None, None).0, 401);
+    assert_eq!(request(&jobs, "POST", Some(&ada), Some("{not json")).0, 400);
+    assert_eq!(request(&jobs, "POST", Some(&ada), Some(&huge)).0, 413);
+    assert_eq!(
+        request(&format!("{jobs}/v1"), "GET", Some(&lee), None).0,
+        404
+    );
     daemon.signal("-TERM");
 
     // Every decision was recorded; the log verifies (the torn tail of the killed run cut).
@@ -314,7 +349,13 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
         .collect();
     let statuses: std::collections::BTreeSet<u64> = rejected
         .iter()
-        .filter_map(|e| e.pointer("/record/status").and_then(Value::as_u64))
+        .flat_map(|e| {
+            e["record"]["tallies"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|t| t["status"].as_u64())
         .collect();
     assert!(
         [400, 401, 404, 413].iter().all(|s| statuses.contains(s)),

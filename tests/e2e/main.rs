@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod daemon_plugins;
 mod faults;
+mod hostile_clients;
 mod lifecycle;
 mod loading;
 mod plugins;

@@ -109,6 +109,7 @@ fn run_in(
         tls: None,
         trust: Default::default(),
         train_limits: Default::default(),
+        conn_limits: Default::default(),
     })?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();

@@ -31,6 +31,16 @@ pub struct UpArgs {
     /// default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
     train_limits: Option<PathBuf>,
+    /// Connections open at once, in all (lowered to fit the descriptor limit).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Connections open at once from one source address.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
+    /// Seconds a client has to send a request's headers (and to start its next request on a
+    /// kept-alive connection).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
 }
 
 /// `gantry user ...`.
@@ -102,6 +112,12 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         train_limits: match &args.train_limits {
             Some(path) => gantry::training::TrainLimits::load(path)?,
             None => Default::default(),
+        },
+        conn_limits: gantry::daemon::serve::ConnLimits {
+            max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
+            header_timeout: std::time::Duration::from_secs(args.header_timeout_s.max(1)),
+            ..Default::default()
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -98,6 +98,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         tls: None,
         trust: Default::default(),
         train_limits: Default::default(),
+        conn_limits: Default::default(),
     })?;
     let addr = server.addr;
     println!(

@@ -1,18 +1,25 @@
 //! The HTTP handlers: authentication, policy decisions, and the job endpoints.
+//!
+//! Every handler learns who is asking from the headers alone, before any body is read, and
+//! decides what it can decide then; bodies are read afterwards, bounded ([`super::body`]).
+//! Work that blocks (SQLite, policy evaluation, the audit log's syncs, the store) runs on the
+//! blocking pool behind one bounded gate ([`blocking`]), never on the async workers, so the
+//! health endpoint and every other request keep answering under load.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::Daemon;
+use super::body;
 use super::db::{JobRecord, JobState, User};
 use crate::cluster::{JobSpec, TopologyPref};
 
@@ -22,14 +29,39 @@ pub const MAX_BODY: usize = 64 << 10;
 /// Largest dataset upload.
 pub const MAX_UPLOAD: usize = 64 << 20;
 
+/// Longest error message in a response (and in the audit log): the rest is cut, saying how much.
+pub const MAX_ERROR: usize = 4 << 10;
+
+/// Blocking tasks (database, policy, audit, store) the API runs at once; more wait their turn
+/// without holding a thread.
+pub const BLOCKING_SLOTS: usize = 32;
+
+/// Requests with a large body (an upload of a plugin or a policy bundle, read whole) handled at
+/// once; more wait their turn before their body is read. Dataset uploads stream and are not
+/// counted.
+pub const LARGE_BODY_SLOTS: usize = 2;
+
+/// Streamed transfers (dataset uploads and downloads) at once; more are answered 503.
+pub const TRANSFER_SLOTS: usize = 8;
+
 #[derive(Clone)]
 struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
+    gate: Arc<Semaphore>,
+    large_bodies: Arc<Semaphore>,
+    transfers: Arc<Semaphore>,
 }
 
 /// The API's routes.
 pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
+    let state = AppState {
+        daemon: daemon.clone(),
+        wake,
+        gate: Arc::new(Semaphore::new(BLOCKING_SLOTS)),
+        large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
+        transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
+    };
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/jobs", post(submit).get(list))
@@ -39,10 +71,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs/{id}/metrics", get(job_metrics))
         .route("/metrics", get(metrics))
         .route("/v1/datasets", get(datasets))
-        .route(
-            "/v1/datasets/{name}",
-            axum::routing::put(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
+        .route("/v1/datasets/{name}", axum::routing::put(upload))
         .route("/v1/datasets/{name}/content", get(download))
         .route("/v1/nodes", get(nodes))
         .route("/v1/gpus", get(gpus))
@@ -50,71 +79,65 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/scheduler", post(load_scheduler))
         .route("/v1/plugins/scheduler/reload", post(reload_scheduler))
-        .route(
-            "/v1/plugins/{name}",
-            axum::routing::put(upload_plugin).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
+        .route("/v1/plugins/{name}", axum::routing::put(upload_plugin))
         .route("/v1/audit/verify", get(verify_audit))
-        .route(
-            "/v1/policy",
-            post(reload_policy).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
-        )
+        .route("/v1/policy", post(reload_policy))
+        // Handlers read bodies themselves, after authentication (`body`); nothing else may.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
-            daemon.clone(),
+            daemon,
             count_responses,
         ))
-        .with_state(AppState { daemon, wake })
+        .with_state(state)
 }
 
-/// Counts every response by status class, and records every refused request (4xx) in the
-/// audit log: policy denials are already there as decisions; the rest (a missing or wrong token,
-/// a malformed body, an oversized upload, a bad name, another tenant's job) go in as
-/// `request.rejected` with the method, path, status and error.
+/// Counts every response by status class, and counts every refused request (4xx) that no
+/// policy decided (policy denials are in the audit log as decisions already) for the audit
+/// log's aggregate of refusals (see `rejections`): a missing or wrong token, a malformed body,
+/// an oversized upload, a bad name, another tenant's job, an unknown route.
 async fn count_responses(
     State(daemon): State<Arc<Daemon>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let method = request.method().to_string();
-    let path: String = request.uri().path().chars().take(256).collect();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no such route)", |p| p.as_str())
+        .to_string();
+    let source = request
+        .extensions()
+        .get::<super::serve::Peer>()
+        .map(|p| p.0.ip());
     let response = next.run(request).await;
     let m = &daemon.metrics;
-    let counter = match response.status().as_u16() {
+    let status = response.status();
+    let counter = match status.as_u16() {
         500.. => &m.requests_server_error,
         400..=499 => &m.requests_client_error,
         _ => &m.requests_ok,
     };
     super::metrics::Metrics::inc(counter);
-    if !response.status().is_client_error() {
-        return response;
-    }
-    // Error bodies are small JSON: read it for the message, then pass it on unchanged.
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    if value.get("decision_id").is_none() {
-        let record = json!({
-            "method": method,
-            "path": path,
-            "status": parts.status.as_u16(),
-            "error": value["error"].as_str().unwrap_or_default(),
-        });
-        let recorded =
-            tokio::task::spawn_blocking(move || daemon.decider.record("request.rejected", record))
-                .await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!(%method, %path, "recording a rejected request in the audit log");
+    if status.is_client_error() {
+        let refusal = response.extensions().get::<Refusal>();
+        if !refusal.is_some_and(|r| r.decided) {
+            let error = refusal.map_or_else(
+                || status.canonical_reason().unwrap_or("").to_string(),
+                |r| r.error.clone(),
+            );
+            daemon
+                .rejections
+                .note(source, &method, &route, status.as_u16(), &error);
+            super::metrics::Metrics::inc(&m.rejections);
         }
     }
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    response
 }
 
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let daemon = state.daemon.clone();
-    let text = tokio::task::spawn_blocking(move || {
+    let text = blocking(&state, |state| {
+        let daemon = &state.daemon;
         let counts = daemon.db.counts_by_state().map_err(ApiError::internal)?;
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
         let host = daemon.host_read();
@@ -123,15 +146,14 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             .map(|p| (p.name().to_string(), p.health().report()));
         drop(host);
         let running = daemon.live_curves();
-        Ok::<_, ApiError>(super::metrics::render(
+        Ok(super::metrics::render(
             &daemon.metrics,
             plugin.as_ref().map(|(n, h)| (n.as_str(), *h)),
             &counts,
             &running,
         ))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -143,24 +165,49 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 }
 
 /// An error response: a status and `{"error", "reasons"?, "decision_id"?}`.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     body: serde_json::Value,
+}
+
+/// What a refusal said, for the count of refusals (a response extension: the body is not read
+/// back).
+#[derive(Debug, Clone)]
+struct Refusal {
+    error: String,
+    /// A policy decided it (and the audit log has it already).
+    decided: bool,
+}
+
+/// `message`, cut to [`MAX_ERROR`] bytes (at a character boundary), saying how much was cut.
+pub fn cap_message(message: String) -> String {
+    if message.len() <= MAX_ERROR {
+        return message;
+    }
+    let mut end = MAX_ERROR;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}... ({} more bytes)",
+        &message[..end],
+        message.len() - end
+    )
 }
 
 impl ApiError {
     /// Prefixes the message with where it arose (`job x: train`).
     fn context(mut self, origin: &str) -> Self {
         if let Some(m) = self.body["error"].as_str() {
-            self.body["error"] = format!("{origin}: {m}").into();
+            self.body["error"] = cap_message(format!("{origin}: {m}")).into();
         }
         self
     }
 
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            body: json!({"error": message.into()}),
+            body: json!({"error": cap_message(message.into())}),
         }
     }
 
@@ -172,37 +219,62 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let status = match r {
-            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
+        let refusal = Refusal {
+            error: self.body["error"].as_str().unwrap_or_default().to_string(),
+            decided: self.body.get("decision_id").is_some(),
         };
-        ApiError::new(status, r.body_text())
+        let mut response = (self.status, Json(self.body)).into_response();
+        response.extensions_mut().insert(refusal);
+        response
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// The user behind the request's bearer token.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
+/// Runs `work` on the blocking pool, at most [`BLOCKING_SLOTS`] at once: SQLite, policy
+/// evaluation, audit syncs and the store never run on the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let _slot = state
+        .gate
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// The user behind the request's bearer token, looked up before anything else of the request
+/// is read.
+async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
     let unauthorized =
         || ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    super::auth::check(&state.daemon.db, token.trim())
-        .map_err(ApiError::internal)?
-        .ok_or_else(unauthorized)
+        .ok_or_else(unauthorized)?
+        .trim()
+        .to_string();
+    // A token is short: a long one is junk, refused without a lookup.
+    if token.len() > 256 {
+        return Err(unauthorized());
+    }
+    blocking(state, move |state| {
+        super::auth::check(&state.daemon.db, &token)
+            .map_err(ApiError::internal)?
+            .ok_or_else(unauthorized)
+    })
+    .await
 }
 
-/// Asks the policy (and records the decision); a denial is a 403 with its reasons.
+/// Asks the policy (and records the decision); a denial is a 403 with its reasons. Blocks: call
+/// it inside [`blocking`].
 fn authorize(
     state: &AppState,
     user: &User,
@@ -234,7 +306,7 @@ fn denied(daemon: &Daemon, action: &str, decision_id: String, reasons: Vec<Strin
         status: StatusCode::FORBIDDEN,
         body: json!({
             "error": format!("{action} denied by policy"),
-            "reasons": reasons,
+            "reasons": reasons.into_iter().map(cap_message).collect::<Vec<_>>(),
             "decision_id": decision_id,
         }),
     }
@@ -304,10 +376,17 @@ fn valid_id(id: &str) -> bool {
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<SubmitRequest>, JsonRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
-    let user = authenticate(&state, &headers)?;
-    let Json(req) = body?;
+    let user = caller(&state, &headers).await?;
+    let req: SubmitRequest = body::json(body, MAX_BODY).await?;
+    let outcome = blocking(&state, move |state| submit_job(state, user, req)).await?;
+    state.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+/// Checks, decides and stores a submission (blocking).
+fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<JobRecord> {
     let id = req
         .id
         .clone()
@@ -352,7 +431,7 @@ async fn submit(
         if let Some(name) = &config.data.dataset {
             // The job reads the dataset as its submitter: same tenant, and the policy's
             // dataset.read (clearance) now, not only when it runs.
-            readable_dataset(&state, &user, name, Some(&req.tenant)).map_err(|e| {
+            readable_dataset(state, &user, name, Some(&req.tenant)).map_err(|e| {
                 // Name the job in a not-found; a policy refusal speaks for itself.
                 if e.status == StatusCode::NOT_FOUND {
                     e.context(&origin)
@@ -378,12 +457,12 @@ async fn submit(
         crashes: 0,
         not_before: 0.0,
     };
-    let daemon = state.daemon.clone();
+    let daemon = &state.daemon;
     let spec = spec(&job);
     let subject = user.subject();
     // Decide, check and store under the host's lock, so the quota the policy saw is the quota
     // the job is admitted against.
-    let outcome = tokio::task::spawn_blocking(move || {
+    {
         let mut host = daemon.host();
         if let Err(e) = crate::cluster::files::check_job(&spec, &host.state().cluster) {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
@@ -394,7 +473,7 @@ async fn submit(
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
-            }) => return Err(denied(&daemon, "job.submit", decision_id, reasons)),
+            }) => return Err(denied(daemon, "job.submit", decision_id, reasons)),
             Err(crate::HostError::Job { message, .. }) => {
                 // Decided and allowed, then refused as a duplicate.
                 super::metrics::Metrics::inc(&m.decisions_allowed);
@@ -421,11 +500,7 @@ async fn submit(
                 Err(ApiError::internal(e))
             }
         }
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    state.wake.notify_one();
-    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+    }
 }
 
 /// Whether a listing shows `job` to `user`: admins all, others their tenants' jobs (the shipped
@@ -438,12 +513,15 @@ async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<JobRecord>>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "job.list", json!({}))?;
-    let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
-    Ok(Json(
-        jobs.into_iter().filter(|j| visible(&user, j)).collect(),
-    ))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "job.list", json!({}))?;
+        let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
+        Ok(Json(
+            jobs.into_iter().filter(|j| visible(&user, j)).collect(),
+        ))
+    })
+    .await
 }
 
 /// A job the policy lets the user read (`job.read`), or 404: a refusal reads as a missing job,
@@ -473,8 +551,8 @@ async fn job(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobRecord>> {
-    let user = authenticate(&state, &headers)?;
-    Ok(Json(find(&state, &user, &id)?))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| Ok(Json(find(state, &user, &id)?))).await
 }
 
 /// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
@@ -484,33 +562,37 @@ async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let user = authenticate(&state, &headers)?;
-    let job = find(&state, &user, &id)?;
-    authorize(
-        &state,
-        &user,
-        "job.cancel",
-        json!({"tenant": job.tenant, "job": job.id}),
-    )?;
-    let daemon = state.daemon.clone();
-    let by = user.name.clone();
-    let moved = tokio::task::spawn_blocking(move || daemon.cancel_job(&job, &by))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let status = match moved {
-        Some(JobState::Cancelling) => StatusCode::ACCEPTED,
-        Some(_) => StatusCode::OK,
-        None => {
-            let now = find(&state, &user, &id)?;
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("job `{id}` is already {}", now.state.as_str()),
-            ));
-        }
-    };
+    let user = caller(&state, &headers).await?;
+    let response = blocking(&state, move |state| {
+        let job = find(state, &user, &id)?;
+        authorize(
+            state,
+            &user,
+            "job.cancel",
+            json!({"tenant": job.tenant, "job": job.id}),
+        )?;
+        let moved = state
+            .daemon
+            .cancel_job(&job, &user.name)
+            .map_err(ApiError::internal)?;
+        let status = match moved {
+            Some(JobState::Cancelling) => StatusCode::ACCEPTED,
+            Some(_) => StatusCode::OK,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "job `{id}` is already {}",
+                        find(state, &user, &id)?.state.as_str()
+                    ),
+                ));
+            }
+        };
+        Ok((status, Json(find(state, &user, &id)?)).into_response())
+    })
+    .await?;
     state.wake.notify_one();
-    Ok((status, Json(find(&state, &user, &id)?)).into_response())
+    Ok(response)
 }
 
 /// `?tenant=...&classification=...` of an upload.
@@ -526,14 +608,17 @@ fn dataset_visible(user: &User, d: &super::db::DatasetRecord) -> bool {
     user.is_admin() || user.tenants.contains(&d.tenant)
 }
 
+/// `PUT /v1/datasets/{name}?tenant=..&classification=..`: the raw body, streamed into the
+/// encrypted store once the caller is known, a member of the tenant and allowed
+/// `dataset.write`; nothing is kept unless all of it arrived (within [`MAX_UPLOAD`]).
 async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
     query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
-    let user = authenticate(&state, &headers)?;
+    let user = caller(&state, &headers).await?;
     if !valid_id(&name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -542,46 +627,65 @@ async fn upload(
     }
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
     if !user.is_admin() && !user.tenants.contains(&q.tenant) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("user {} is not a member of tenant {}", user.name, q.tenant),
         ));
     }
-    authorize(
-        &state,
-        &user,
-        "dataset.write",
-        json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
-    )?;
-    // A taken name is refused before anything is written (the insert below still decides a
-    // race between two uploads of one name).
-    if state
-        .daemon
-        .db
-        .dataset(&name)
-        .map_err(ApiError::internal)?
-        .is_some()
-    {
+    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("a dataset `{name}` already exists"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a dataset is at most {MAX_UPLOAD} bytes"),
         ));
     }
+    let (user, name, q) = blocking(&state, move |state| {
+        authorize(
+            state,
+            &user,
+            "dataset.write",
+            json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
+        )?;
+        // A taken name is refused before anything is written (the insert below still decides
+        // a race between two uploads of one name).
+        if state
+            .daemon
+            .db
+            .dataset(&name)
+            .map_err(ApiError::internal)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a dataset `{name}` already exists"),
+            ));
+        }
+        Ok((user, name, q))
+    })
+    .await?;
+    let transfer = transfer_slot(&state)?;
+    let (reader, feeder) = body::stream(body, MAX_UPLOAD);
     let daemon = state.daemon.clone();
-    let record = tokio::task::spawn_blocking(move || {
-        let object = daemon.store.put_bytes(&body).map_err(ApiError::internal)?;
+    let stored = tokio::task::spawn_blocking(move || {
+        let _transfer = transfer;
+        daemon.store.put(reader)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    // The body's own failure (too large, too slow, cut off) explains a failed write best.
+    let bytes = feeder.await.map_err(ApiError::internal)??;
+    let object = stored.map_err(ApiError::internal)?;
+    let record = blocking(&state, move |state| {
         let record = super::db::DatasetRecord {
             name,
             tenant: q.tenant,
             classification: q.classification,
             object,
-            bytes: body.len() as u64,
+            bytes,
             owner: user.name,
             created_at: super::db::now(),
         };
-        match daemon.db.insert_dataset(&record) {
+        match state.daemon.db.insert_dataset(&record) {
             Ok(true) => Ok(record),
             Ok(false) => Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -590,23 +694,44 @@ async fn upload(
             Err(e) => Err(ApiError::internal(e)),
         }
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// The request's `Content-Length`, when it declares one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads) or a 503: a transfer holds a
+/// blocking thread for as long as its client takes.
+fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    state.transfers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{TRANSFER_SLOTS} transfers are under way; try again shortly"),
+        )
+    })
 }
 
 async fn datasets(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<super::db::DatasetRecord>>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "dataset.list", json!({}))?;
-    let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
-    Ok(Json(
-        all.into_iter()
-            .filter(|d| dataset_visible(&user, d))
-            .collect(),
-    ))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "dataset.list", json!({}))?;
+        let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
+        Ok(Json(
+            all.into_iter()
+                .filter(|d| dataset_visible(&user, d))
+                .collect(),
+        ))
+    })
+    .await
 }
 
 /// Dataset `name` if `user` may read it: visible to them (in `tenant`, when given), and the
@@ -636,23 +761,28 @@ fn readable_dataset(
     Ok(found)
 }
 
+/// `GET /v1/datasets/{name}/content`: streamed out of the store, each chunk decrypted and
+/// authenticated before it is sent (and the whole object's digest before its last bytes): a
+/// corrupt object aborts the response, never passes for data.
 async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let user = authenticate(&state, &headers)?;
-    let found = readable_dataset(&state, &user, &name, None)?;
-    let daemon = state.daemon.clone();
-    // Decrypted and authenticated completely before a byte is sent: a corrupt object is an
-    // error, never partial data.
-    let bytes = tokio::task::spawn_blocking(move || daemon.store.get(&found.object))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let user = caller(&state, &headers).await?;
+    let reader = blocking(&state, move |state| {
+        let found = readable_dataset(state, &user, &name, None)?;
+        state
+            .daemon
+            .store
+            .reader(&found.object)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let transfer = transfer_slot(&state)?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
+        body::from_reader(reader, transfer),
     )
         .into_response())
 }
@@ -662,41 +792,44 @@ async fn gpus(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "cluster.read", json!({}))?;
-    let host = state.daemon.host_read();
-    let s = host.state();
-    // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
-    let holder_job = |i: usize| {
-        s.holder[i].and_then(|alloc| {
-            s.running
-                .iter()
-                .find(|a| a.id == alloc)
-                .filter(|a| {
-                    let tenant = &s.cluster.tenants[a.tenant as usize].name;
-                    user.is_admin() || user.tenants.contains(tenant)
-                })
-                .map(|a| a.job_id.clone())
-        })
-    };
-    let gpus: Vec<serde_json::Value> = s
-        .cluster
-        .gpus
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            json!({
-                "id": g.id,
-                "node": s.cluster.nodes[g.node as usize].name,
-                "healthy": g.healthy,
-                "busy": s.holder[i].is_some(),
-                "job": holder_job(i),
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "cluster.read", json!({}))?;
+        let host = state.daemon.host_read();
+        let s = host.state();
+        // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
+        let holder_job = |i: usize| {
+            s.holder[i].and_then(|alloc| {
+                s.running
+                    .iter()
+                    .find(|a| a.id == alloc)
+                    .filter(|a| {
+                        let tenant = &s.cluster.tenants[a.tenant as usize].name;
+                        user.is_admin() || user.tenants.contains(tenant)
+                    })
+                    .map(|a| a.job_id.clone())
             })
-        })
-        .collect();
-    Ok(Json(
-        json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
-    ))
+        };
+        let gpus: Vec<serde_json::Value> = s
+            .cluster
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                json!({
+                    "id": g.id,
+                    "node": s.cluster.nodes[g.node as usize].name,
+                    "healthy": g.healthy,
+                    "busy": s.holder[i].is_some(),
+                    "job": holder_job(i),
+                })
+            })
+            .collect();
+        Ok(Json(
+            json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
+        ))
+    })
+    .await
 }
 
 /// `GET /v1/nodes`: every node with its rack and its GPUs (total, healthy, busy).
@@ -704,28 +837,31 @@ async fn nodes(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "cluster.read", json!({}))?;
-    let host = state.daemon.host_read();
-    let s = host.state();
-    let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
-    for (i, g) in s.cluster.gpus.iter().enumerate() {
-        let c = &mut counts[g.node as usize];
-        c.0 += 1;
-        c.1 += u32::from(g.healthy);
-        c.2 += u32::from(s.holder[i].is_some());
-    }
-    let nodes: Vec<serde_json::Value> = s
-        .cluster
-        .nodes
-        .iter()
-        .zip(&counts)
-        .map(|(n, (total, healthy, busy))| {
-            json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
-                   "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
-        })
-        .collect();
-    Ok(Json(json!({ "nodes": nodes })))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "cluster.read", json!({}))?;
+        let host = state.daemon.host_read();
+        let s = host.state();
+        let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
+        for (i, g) in s.cluster.gpus.iter().enumerate() {
+            let c = &mut counts[g.node as usize];
+            c.0 += 1;
+            c.1 += u32::from(g.healthy);
+            c.2 += u32::from(s.holder[i].is_some());
+        }
+        let nodes: Vec<serde_json::Value> = s
+            .cluster
+            .nodes
+            .iter()
+            .zip(&counts)
+            .map(|(n, (total, healthy, busy))| {
+                json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
+                       "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
+            })
+            .collect();
+        Ok(Json(json!({ "nodes": nodes })))
+    })
+    .await
 }
 
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
@@ -740,13 +876,13 @@ struct GpuRef {
 async fn mark_unhealthy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<GpuRef>, JsonRejection>,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    let Json(GpuRef { gpu: id }) = body?;
-    authorize(&state, &user, "gpu.health", json!({"gpu": id}))?;
-    let daemon = state.daemon.clone();
-    let requeued = tokio::task::spawn_blocking(move || {
+    let user = caller(&state, &headers).await?;
+    let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
+    let requeued = blocking(&state, move |state| {
+        authorize(state, &user, "gpu.health", json!({"gpu": id}))?;
+        let daemon = &state.daemon;
         let lost = daemon
             .host()
             .set_gpu_health(&id, false)
@@ -754,10 +890,9 @@ async fn mark_unhealthy(
         // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
         // until the run has stopped, at its next step.
         daemon.requeue_lost(&lost, "its GPU became unhealthy");
-        Ok::<_, ApiError>(lost)
+        Ok(lost)
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     state.wake.notify_one();
     Ok(Json(json!({"requeued": requeued})))
 }
@@ -767,26 +902,29 @@ async fn plugins(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "plugin.read", json!({}))?;
-    let host = state.daemon.host_read();
-    let active = host.scheduler().map(|p| {
-        json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
-               "health": p.health().report()})
-    });
-    let shipped = |list: &[crate::builtin::Builtin]| -> Vec<serde_json::Value> {
-        list.iter()
-            .map(|b| json!({"name": b.name, "summary": b.summary}))
-            .collect()
-    };
-    drop(host);
-    let uploaded = state.daemon.db.plugins(None).map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "scheduler": active,
-        "schedulers": shipped(crate::builtin::SCHEDULERS),
-        "preprocessors": shipped(crate::builtin::PREPROCESSORS),
-        "uploaded": uploaded,
-    })))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "plugin.read", json!({}))?;
+        let host = state.daemon.host_read();
+        let active = host.scheduler().map(|p| {
+            json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
+                   "health": p.health().report()})
+        });
+        let shipped = |list: &[crate::builtin::Builtin]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|b| json!({"name": b.name, "summary": b.summary}))
+                .collect()
+        };
+        drop(host);
+        let uploaded = state.daemon.db.plugins(None).map_err(ApiError::internal)?;
+        Ok(Json(json!({
+            "scheduler": active,
+            "schedulers": shipped(crate::builtin::SCHEDULERS),
+            "preprocessors": shipped(crate::builtin::PREPROCESSORS),
+            "uploaded": uploaded,
+        })))
+    })
+    .await
 }
 
 /// The body of `POST /v1/plugins/scheduler`.
@@ -803,11 +941,11 @@ struct SchedulerRef {
 async fn load_scheduler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<SchedulerRef>, JsonRejection>,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    let Json(SchedulerRef { name }) = body?;
-    activate_scheduler(&state, user, name).await
+    let user = caller(&state, &headers).await?;
+    let SchedulerRef { name } = body::json(body, MAX_BODY).await?;
+    activate_scheduler(&state, user, Some(name)).await
 }
 
 /// `POST /v1/plugins/scheduler/reload`: loads the active scheduler plugin afresh from its source
@@ -816,23 +954,26 @@ async fn reload_scheduler(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    let name = state
-        .daemon
-        .db
-        .setting(super::ACTIVE_SCHEDULER)
-        .map_err(ApiError::internal)?
-        .unwrap_or_else(|| super::DEFAULT_SCHEDULER.to_string());
-    activate_scheduler(&state, user, name).await
+    let user = caller(&state, &headers).await?;
+    activate_scheduler(&state, user, None).await
 }
 
+/// Makes scheduler plugin `name` (none: the active one, afresh) active for `user`.
 async fn activate_scheduler(
     state: &AppState,
     user: User,
-    name: String,
+    name: Option<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let daemon = state.daemon.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
+    let loaded = blocking(state, move |state| {
+        let daemon = &state.daemon;
+        let name = match name {
+            Some(name) => name,
+            None => daemon
+                .db
+                .setting(super::ACTIVE_SCHEDULER)
+                .map_err(ApiError::internal)?
+                .unwrap_or_else(|| super::DEFAULT_SCHEDULER.to_string()),
+        };
         let source = super::plugin_source(&daemon.db, &daemon.store, &name)
             .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
         let mut host = daemon.host();
@@ -845,7 +986,7 @@ async fn activate_scheduler(
             Err(crate::HostError::Denied {
                 decision_id,
                 reasons,
-            }) => return Err(denied(&daemon, "plugin.load", decision_id, reasons)),
+            }) => return Err(denied(daemon, "plugin.load", decision_id, reasons)),
             Err(crate::HostError::Load(e)) => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -860,8 +1001,7 @@ async fn activate_scheduler(
             .map_err(ApiError::internal)?;
         Ok(loaded)
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     state.wake.notify_one();
     Ok(Json(loaded))
 }
@@ -888,9 +1028,9 @@ async fn upload_plugin(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    body: Result<Json<PluginUpload>, JsonRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
-    let user = authenticate(&state, &headers)?;
+    let user = caller(&state, &headers).await?;
     if !valid_id(&name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -903,7 +1043,44 @@ async fn upload_plugin(
             format!("`{name}` is a shipped plugin; upload under another name"),
         ));
     }
-    let Json(upload) = body?;
+    // Decided before the body is read, as far as it can be: only a caller the policy would let
+    // upload a signed plugin may send one (the decision on the plugin itself follows).
+    let user = blocking(&state, {
+        let name = name.clone();
+        move |state| {
+            authorize(
+                state,
+                &user,
+                "plugin.upload",
+                json!({"name": name, "signed": true, "before_body": true}),
+            )?;
+            Ok(user)
+        }
+    })
+    .await?;
+    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a plugin upload is at most {MAX_UPLOAD} bytes"),
+        ));
+    }
+    let _slot = state
+        .large_bodies
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let upload: PluginUpload = body::json(body, MAX_UPLOAD).await?;
+    blocking(&state, move |state| store_plugin(state, user, name, upload)).await
+}
+
+/// Checks, decides, compiles and stores an uploaded plugin (blocking).
+fn store_plugin(
+    state: &AppState,
+    user: User,
+    name: String,
+    upload: PluginUpload,
+) -> ApiResult<Response> {
     let wasm = data_encoding::BASE64
         .decode(upload.wasm.as_bytes())
         .map_err(|e| {
@@ -935,13 +1112,13 @@ async fn upload_plugin(
         plugin.verify(&host.trust().trusted_keys).is_ok()
     };
     authorize(
-        &state,
+        state,
         &user,
         "plugin.upload",
         json!({"name": name, "signed": signed}),
     )?;
-    let daemon = state.daemon.clone();
-    let record = tokio::task::spawn_blocking(move || {
+    let daemon = &state.daemon;
+    let record = {
         // Compiled and instantiated (which also fills the artifact cache) before it is kept.
         let unusable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
         let (sha256, kind) = {
@@ -992,10 +1169,8 @@ async fn upload_plugin(
                        "by": record.owner}),
             )
             .map_err(ApiError::internal)?;
-        Ok::<_, ApiError>(record)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+        record
+    };
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
@@ -1005,13 +1180,12 @@ async fn verify_audit(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "audit.read", json!({"log": "audit.log"}))?;
-    let daemon = state.daemon.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let root = daemon.store.root().to_path_buf();
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "audit.read", json!({"log": "audit.log"}))?;
+        let root = state.daemon.store.root().to_path_buf();
         let key = crate::keys::load(&root.join("keys/host.pk8")).map_err(ApiError::internal)?;
-        crate::audit::verify(
+        let report = crate::audit::verify(
             &root.join("audit.log"),
             Some(&crate::keys::public_hex(&key)),
         )
@@ -1020,13 +1194,12 @@ async fn verify_audit(
                 StatusCode::CONFLICT,
                 format!("the audit log does not verify: {e}"),
             )
-        })
+        })?;
+        Ok(Json(
+            serde_json::to_value(report).map_err(ApiError::internal)?,
+        ))
     })
     .await
-    .map_err(ApiError::internal)??;
-    Ok(Json(
-        serde_json::to_value(report).map_err(ApiError::internal)?,
-    ))
 }
 
 /// `POST /v1/policy` (admins): replaces the access-control policy with the OPA bundle in the
@@ -1035,13 +1208,29 @@ async fn verify_audit(
 async fn reload_policy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    authorize(&state, &user, "policy.replace", json!({}))?;
-    let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()))?;
-    let daemon = state.daemon.clone();
-    let swapped = tokio::task::spawn_blocking(move || {
+    let user = caller(&state, &headers).await?;
+    let user = blocking(&state, move |state| {
+        authorize(state, &user, "policy.replace", json!({}))?;
+        Ok(user)
+    })
+    .await?;
+    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a policy bundle is at most {MAX_UPLOAD} bytes"),
+        ));
+    }
+    let _slot = state
+        .large_bodies
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let body = body::bytes(body, MAX_UPLOAD).await?;
+    let swapped = blocking(&state, move |state| {
+        let daemon = &state.daemon;
         let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
         // The bundle reader takes a file: a private temporary one in the data directory.
         let tmp = daemon
@@ -1079,10 +1268,9 @@ async fn reload_policy(
             .map_err(ApiError::internal)?
             .map(|p| p.revision().to_string());
         tracing::info!(by = %user.name, revision = %revision, "policy replaced");
-        Ok::<_, ApiError>(json!({"revision": revision, "previous": previous}))
+        Ok(json!({"revision": revision, "previous": previous}))
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     Ok(Json(swapped))
 }
 
@@ -1092,15 +1280,18 @@ async fn job_logs(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    find(&state, &user, &id)?;
-    let lines = state.daemon.db.logs(&id).map_err(ApiError::internal)?;
-    Ok(Json(json!(
-        lines
-            .into_iter()
-            .map(|(at, message)| json!({"at": at, "message": message}))
-            .collect::<Vec<_>>()
-    )))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        find(state, &user, &id)?;
+        let lines = state.daemon.db.logs(&id).map_err(ApiError::internal)?;
+        Ok(Json(json!(
+            lines
+                .into_iter()
+                .map(|(at, message)| json!({"at": at, "message": message}))
+                .collect::<Vec<_>>()
+        )))
+    })
+    .await
 }
 
 /// `GET /v1/jobs/{id}/metrics`: a training job's progress (step of total, epoch, loss,
@@ -1110,19 +1301,22 @@ async fn job_metrics(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = authenticate(&state, &headers)?;
-    let job = find(&state, &user, &id)?;
-    let curve = state
-        .daemon
-        .curve(&id)
-        .map_err(ApiError::internal)?
-        .unwrap_or_default();
-    let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
-    body["job"] = json!(job.id);
-    body["state"] = json!(job.state);
-    body["progress"] = json!(curve.progress());
-    if let Some(result) = job.result {
-        body["result"] = result;
-    }
-    Ok(Json(body))
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        let job = find(state, &user, &id)?;
+        let curve = state
+            .daemon
+            .curve(&id)
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
+        let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
+        body["job"] = json!(job.id);
+        body["state"] = json!(job.state);
+        body["progress"] = json!(curve.progress());
+        if let Some(result) = job.result {
+            body["result"] = result;
+        }
+        Ok(Json(body))
+    })
+    .await
 }

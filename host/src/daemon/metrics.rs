@@ -24,6 +24,10 @@ pub struct Metrics {
     pub train_samples: AtomicU64,
     /// Training steps taken by jobs.
     pub train_steps: AtomicU64,
+    /// Connections closed at once: over the cap in all or from their source.
+    pub connections_refused: AtomicU64,
+    /// Refused requests recorded in the audit log in aggregate (see `rejections`).
+    pub rejections: AtomicU64,
 }
 
 impl Metrics {
@@ -65,6 +69,20 @@ pub fn render(
             ("class=\"4xx\"", get(&m.requests_client_error)),
             ("class=\"5xx\"", get(&m.requests_server_error)),
         ],
+    );
+    family(
+        &mut out,
+        "gantry_connections_refused_total",
+        "counter",
+        "Connections closed at once: over the cap in all or from their source address.",
+        &[("", get(&m.connections_refused))],
+    );
+    family(
+        &mut out,
+        "gantry_requests_rejected_total",
+        "counter",
+        "Refused requests no policy decided, recorded in the audit log in aggregate.",
+        &[("", get(&m.rejections))],
     );
     family(
         &mut out,

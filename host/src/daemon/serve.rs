@@ -1,0 +1,380 @@
+//! The daemon's connection handling: what a slow or hostile client can hold, and for how long.
+//!
+//! A client can hold connections without finishing a request (slowloris), start TLS handshakes
+//! it never completes, trickle a body, or stop reading a response. Each is bounded here, as
+//! nginx and Envoy bound them: a cap on connections in all and per source address, so one source
+//! cannot take every slot; a bound on TLS handshakes in flight and on each one's time; a header
+//! timeout that also ends idle keep-alive connections; a bound on how long one write may stall.
+//! Bodies are bounded (size and time) where they are read ([`super::body`]). The descriptor limit
+//! is raised to its hard limit at start and the connection cap kept below it, so accepting never
+//! fails for lack of descriptors while health checks wait.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::metrics::Metrics;
+
+/// What connections may hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnLimits {
+    /// Connections open at once, in all (kept below the descriptor limit).
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_connections_per_source: usize,
+    /// Time to send a request's headers, and to start the next request on a kept-alive
+    /// connection.
+    pub header_timeout: Duration,
+    /// TLS handshakes in flight at once.
+    pub max_tls_handshakes: usize,
+    /// Time to complete a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Longest a single write of a response may stall (a client that stopped reading).
+    pub write_stall_timeout: Duration,
+    /// At shutdown, how long requests in flight may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_source: 256,
+            header_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 64,
+            tls_handshake_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Raises this process's descriptor limit to its hard limit and returns the number of
+/// descriptors it may use.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+impl ConnLimits {
+    /// These limits with the connection cap lowered to fit `descriptors` (the daemon keeps
+    /// some for its files, database, audit log and training threads).
+    pub fn fitted(mut self, descriptors: u64) -> Self {
+        let room = descriptors.saturating_sub(128).max(16) as usize;
+        if self.max_connections > room {
+            tracing::warn!(
+                wanted = self.max_connections,
+                descriptors,
+                "the connection cap is lowered to fit the descriptor limit"
+            );
+            self.max_connections = room;
+        }
+        self.max_connections_per_source = self
+            .max_connections_per_source
+            .min(self.max_connections)
+            .max(1);
+        self
+    }
+}
+
+/// Open connections per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its source; uncounted when dropped.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(table: &Arc<PerSource>, ip: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let mut map = table.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The peer's address, in every request's extensions (for the audit of refusals).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves `app` on `listener` (through `tls` when given) under `limits`, until `shutdown`
+/// completes; then lets requests in flight finish for up to `limits.drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: ConnLimits,
+    daemon: Arc<super::Daemon>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let metrics = &daemon.metrics;
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
+    let sources = Arc::new(PerSource::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = Arc::new(limits);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors or memory, or a connection reset before accept:
+                    // back off a little instead of spinning, then go on.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            Metrics::inc(&metrics.connections_refused);
+            continue; // dropping the stream closes it
+        };
+        let Some(slot) = PerSource::take(&sources, peer.ip(), limits.max_connections_per_source)
+        else {
+            Metrics::inc(&metrics.connections_refused);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            app: app.clone(),
+            peer,
+            limits: limits.clone(),
+            stop: stop_rx.clone(),
+        };
+        let (tls, handshakes) = (tls.clone(), handshakes.clone());
+        tokio::spawn(async move {
+            let _held = (permit, slot);
+            match tls {
+                None => conn.run(stream).await,
+                Some(acceptor) => {
+                    let Some(stream) = handshake(&acceptor, stream, &handshakes, &conn).await
+                    else {
+                        return;
+                    };
+                    conn.run(stream).await
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    // Wait for the connections to drain (each holds a permit until it ends).
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(
+        limits.drain_timeout + Duration::from_secs(1),
+        connections.acquire_many(all),
+    )
+    .await;
+}
+
+/// A TLS handshake, bounded in time and in how many run at once; `None` when refused, failed
+/// or timed out.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    handshakes: &Semaphore,
+    conn: &Connection,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let Ok(_permit) = handshakes.try_acquire() else {
+        tracing::debug!(peer = %conn.peer, "TLS handshake refused: too many in flight");
+        return None;
+    };
+    match tokio::time::timeout(conn.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    app: axum::Router,
+    peer: SocketAddr,
+    limits: Arc<ConnLimits>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<Io>(mut self, io: Io)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let app = self.app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(Peer(peer));
+            let mut app = app.clone();
+            async move {
+                let request = request.map(axum::body::Body::new);
+                tower_service::Service::call(&mut app, request).await
+            }
+        });
+        let io = StallGuard::new(io, self.limits.write_stall_timeout);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = self.stop.wait_for(|stop| *stop) => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(self.limits.drain_timeout, conn).await;
+    }
+}
+
+/// An I/O stream whose writes may not stall for longer than a limit: a client that stops
+/// reading a response loses its connection instead of holding it (and whatever produces the
+/// response) for ever.
+struct StallGuard<Io> {
+    io: Io,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<Io> StallGuard<Io> {
+    fn new(io: Io, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write that made no progress: an error once it has stalled too long.
+    fn check(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for StallGuard<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending => self.check(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.check(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Pending => self.check(cx).map_ok(|_| ()),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
