@@ -316,3 +316,72 @@ fn health_answers_through_a_slowloris_of_a_thousand_connections() {
         "over its share, a source is refused: {metrics}"
     );
 }
+
+/// A gzipped tar whose one member promises (and holds) `size` zero bytes: about a thousandth
+/// of that on the wire.
+fn gzip_bomb(member: &str, size: u64) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut gzip = Command::new("gzip")
+        .arg("-1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut input = gzip.stdin.take().unwrap();
+    let member = member.to_string();
+    let writer = std::thread::spawn(move || {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(&member).unwrap();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        input.write_all(header.as_bytes()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size + 1024;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            input.write_all(&zeros[..n]).unwrap();
+            left -= n as u64;
+        }
+    });
+    let mut out = Vec::new();
+    gzip.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    writer.join().unwrap();
+    assert!(gzip.wait().unwrap().success());
+    out
+}
+
+/// The review: bundle decompression was unbounded, so a policy bundle of a few hundred KiB
+/// could unpack to gigabytes in the daemon. Unpacking now stops at a limit, with an error.
+#[test]
+fn a_gzip_bomb_policy_bundle_is_refused_without_inflating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ops = add_user(&data, "ops", "admin", "vision", "public");
+    let daemon = Daemon::start(&data, &shared_cache());
+    assert_eq!(
+        request(&format!("{}/v1/gpus", daemon.url), "GET", Some(&ops), None).0,
+        200
+    );
+    let bomb = gzip_bomb("policy.wasm", 1 << 30);
+    assert!(bomb.len() < 16 << 20, "{} bytes", bomb.len());
+    let before = peak_rss_mib(daemon.pid());
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let response = agent
+        .post(&format!("{}/v1/policy", daemon.url))
+        .header("Authorization", &format!("Bearer {ops}"))
+        .send(&bomb[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().read_to_string().unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unpacks to more than"), "{body}");
+    let grew = peak_rss_mib(daemon.pid()) - before;
+    assert!(
+        grew < 200.0,
+        "unpacking grew the daemon's peak memory by {grew:.0} MiB"
+    );
+}

@@ -1232,17 +1232,9 @@ async fn reload_policy(
     let swapped = blocking(&state, move |state| {
         let daemon = &state.daemon;
         let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
-        // The bundle reader takes a file: a private temporary one in the data directory.
-        let tmp = daemon
-            .store
-            .root()
-            .join("objects/tmp")
-            .join(format!("policy-{}.tar.gz", crate::audit::new_decision_id()));
-        crate::durable::write(&tmp, &body, crate::durable::Mode::Private)
-            .map_err(ApiError::internal)?;
-        let bundle = crate::policy::bundle::Bundle::read(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        let bundle = bundle.map_err(|e| bad(format!("not a policy bundle: {e}")))?;
+        let bundle =
+            crate::policy::bundle::from_bytes(&body, std::path::Path::new("<uploaded bundle>"))
+                .map_err(|e| bad(format!("not a policy bundle: {e}")))?;
         let mut host = daemon.host();
         let policy = crate::policy::decide::LoadedPolicy::load(
             host.engine(),

@@ -69,23 +69,43 @@ pub fn write_files(path: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Polic
     Ok(())
 }
 
+/// Most bytes a bundle may unpack to, all members together: a gzip bomb is refused when it
+/// passes this, not when the machine runs out of memory.
+pub const MAX_UNPACKED: u64 = 64 << 20;
+
+/// Most members a bundle may have.
+pub const MAX_MEMBERS: usize = 1024;
+
 /// Every member of the bundle at `path`: (name without the leading slash, bytes).
 pub fn read_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
-    let bad = |message: String| PolicyError::Bundle {
-        path: path.to_path_buf(),
-        message,
-    };
     let file = std::fs::File::open(path).map_err(|error| PolicyError::Io {
         path: path.to_path_buf(),
         error,
     })?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    read_files_from(file, path)
+}
+
+/// Every member of the gzipped tar `input` (named `origin` in errors), unpacking at most
+/// [`MAX_UNPACKED`] bytes and [`MAX_MEMBERS`] members.
+pub fn read_files_from(
+    input: impl Read,
+    origin: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
+    let bad = |message: String| PolicyError::Bundle {
+        path: origin.to_path_buf(),
+        message,
+    };
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
     let entries = archive
         .entries()
         .map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
     let mut files = Vec::new();
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
+    let mut unpacked = 0u64;
+    for (i, entry) in entries.enumerate() {
+        if i >= MAX_MEMBERS {
+            return Err(bad(format!("more than {MAX_MEMBERS} members")));
+        }
+        let entry = entry.map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -94,13 +114,29 @@ pub fn read_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
             .map_err(|e| bad(format!("bad member name: {e}")))?
             .into_owned();
         let name = name.to_string_lossy().trim_start_matches('/').to_string();
+        // The header's size is the sender's word: bound what is read, not what is promised.
+        let room = MAX_UNPACKED - unpacked;
         let mut bytes = Vec::new();
         entry
+            .take(room + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("{name}: {e}")))?;
+        unpacked += bytes.len() as u64;
+        if unpacked > MAX_UNPACKED {
+            return Err(bad(format!(
+                "it unpacks to more than {} MiB (at /{name})",
+                MAX_UNPACKED >> 20
+            )));
+        }
         files.push((name, bytes));
     }
     Ok(files)
+}
+
+/// A bundle from the gzipped tar `bytes` (named `origin` in errors), bounded as
+/// [`read_files_from`] is.
+pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Bundle, PolicyError> {
+    Bundle::from_files(origin, read_files_from(bytes, origin)?)
 }
 
 impl Bundle {
