@@ -44,13 +44,16 @@ pub struct XAxis<'a> {
 }
 
 /// Renders `panels` stacked under `title`, all over the x range of the data.
+///
+/// Axes end at the data (the last x, the largest y, or a panel's fixed `y_max`), with ticks at
+/// tidy values inside them: rounding an axis up to the next tidy value can leave up to half of a
+/// panel empty.
 pub fn svg(title: &str, x_axis: XAxis<'_>, panels: &[Panel<'_>]) -> String {
     let x_most = panels
         .iter()
         .flat_map(|p| p.points.last().map(|pt| pt.0))
         .fold(0.0, f64::max);
-    // Axes end on the fourth of four tidy ticks.
-    let x_max = nice_step(x_most / x_axis.scale / 4.0).max(f64::MIN_POSITIVE) * 4.0 * x_axis.scale;
+    let x_max = if x_most > 0.0 { x_most } else { x_axis.scale };
     let height = TOP + panels.len() as f64 * (PANEL + GAP) - GAP + 50.0;
     let mut out = String::new();
     let _ = writeln!(
@@ -66,7 +69,7 @@ pub fn svg(title: &str, x_axis: XAxis<'_>, panels: &[Panel<'_>]) -> String {
     );
     for (i, p) in panels.iter().enumerate() {
         let y_most = p.points.iter().map(|pt| pt.1).fold(0.0, f64::max);
-        let y_max = p.y_max.unwrap_or_else(|| nice_step(y_most / 4.0) * 4.0);
+        let y_max = p.y_max.unwrap_or(if y_most > 0.0 { y_most } else { 1.0 });
         panel(
             &mut out,
             TOP + i as f64 * (PANEL + GAP),
@@ -88,8 +91,7 @@ fn panel(out: &mut String, top: f64, p: &Panel<'_>, x_max: f64, y_max: f64, x_ax
         out,
         r##"<rect x="{LEFT}" y="{top}" width="{w}" height="{PANEL}" fill="none" stroke="#888"/>"##
     );
-    for i in 0..=4 {
-        let v = y_max * i as f64 / 4.0;
+    for v in ticks(y_max) {
         let _ = writeln!(
             out,
             r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -99,13 +101,14 @@ fn panel(out: &mut String, top: f64, p: &Panel<'_>, x_max: f64, y_max: f64, x_ax
             trim(v),
             y = y(v)
         );
-        let t = x_max * i as f64 / 4.0;
+    }
+    for t in ticks(x_max / x_axis.scale) {
         let _ = writeln!(
             out,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            x(t),
+            x(t * x_axis.scale),
             top + PANEL + 16.0,
-            trim(t / x_axis.scale)
+            trim(t)
         );
     }
     let _ = writeln!(
@@ -146,6 +149,15 @@ fn panel(out: &mut String, top: f64, p: &Panel<'_>, x_max: f64, y_max: f64, x_ax
         r#"<path d="{path}" fill="none" stroke="{}" stroke-width="1.2"/>"#,
         p.colour
     );
+}
+
+/// Tidy tick values from 0 up to `max`: about four steps of 1, 2, 2.5 or 5 times a power of ten.
+fn ticks(max: f64) -> Vec<f64> {
+    let step = nice_step(max / 4.0);
+    (0..)
+        .map(|i| i as f64 * step)
+        .take_while(|&v| v <= max * (1.0 + 1e-9))
+        .collect()
 }
 
 /// The smallest of 1, 2, 2.5 or 5 times a power of ten that is at least `x`.
@@ -202,7 +214,9 @@ mod tests {
         );
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("a &lt;b&gt;") && svg.contains(">loss<") && svg.contains(">step<"));
-        // 37 steps -> ticks every 10 up to 40; losses up to 1 -> ticks every 0.25.
-        assert!(svg.contains(">40<") && svg.contains(">0.2<"), "{svg}");
+        // 37 steps -> ticks every 10 up to 30, the axis ending at 37; losses up to 1 -> ticks
+        // every 0.25.
+        assert!(svg.contains(">30<") && !svg.contains(">40<"), "{svg}");
+        assert!(svg.contains(">0.2<") && svg.contains(">1<"), "{svg}");
     }
 }

@@ -66,7 +66,34 @@ mod tests {
         assert!(svg.contains("binpack &lt;default&gt;"));
         assert!(svg.contains("GPU utilisation") && svg.contains("queued jobs"));
         assert!(svg.contains("time (hours)"));
-        // 500 minutes -> ticks every 2.5 hours up to 10.
-        assert!(svg.contains(">2.5<") && svg.contains(">10<"), "{svg}");
+        // 499 minutes (8.3 hours) -> ticks every 2.5 hours up to 7.5.
+        assert!(svg.contains(">2.5<") && svg.contains(">7.5<"), "{svg}");
+        assert!(!svg.contains(">10<"), "{svg}");
+    }
+
+    /// The review's finding: axes ran to the next "tidy" value, up to twice the data (a queue
+    /// of 41 drew to 80, a run of 8.3 hours to 10): both axes end at the data.
+    #[test]
+    fn plot_axes_end_at_the_data() {
+        let timeline: Vec<Sample> = (0..=500)
+            .map(|i| Sample {
+                t_s: i as f64 * 60.0,
+                busy_gpus: 64,
+                queued_jobs: if i == 250 { 41 } else { 3 },
+            })
+            .collect();
+        let svg = svg("run", &timeline, 64);
+        // Every path ends at the right edge of its panel (x = 880).
+        let ends: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<path"))
+            .map(|l| l.split('"').nth(1).unwrap().rsplit(' ').next().unwrap())
+            .collect();
+        assert_eq!(ends.len(), 2);
+        for end in ends {
+            assert!(end.starts_with("L880.0,"), "{end}");
+        }
+        // The queue's peak touches the top of its panel (y = 320, the second panel's top).
+        assert!(svg.contains(",320.0"), "{svg}");
     }
 }
