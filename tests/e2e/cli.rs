@@ -26,9 +26,13 @@ fn simulate_json_prints_the_metric_keys_and_plots() {
         "wait_mean_s",
         "wait_p99_s",
         "utilization",
+        "goodput",
         "makespan_s",
         "fairness",
+        "fair_share_deficit",
         "jobs_completed",
+        "jobs_unfinished",
+        "jobs_rejected",
     ] {
         assert!(v[key].is_number(), "{key} missing in {stdout}");
     }
@@ -377,4 +381,163 @@ fn readme_first_fit_places_jobs_larger_than_a_node() {
     assert_eq!(sizes, [(0, 16), (2, 1)], "24 no longer fits beside 16");
     let placed = FirstFit::schedule(snapshot, jobs([job(0, 32)])).unwrap();
     assert_eq!(placed[0].gpus.len(), 32, "the whole cluster");
+}
+
+/// A policy bundle like the shipped one, with tenant `language` capped at 16 GPUs, so its larger
+/// jobs are refused every cycle; returns its path.
+fn language_capped_policy(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = repo().join("policies");
+    let tight = dir.join("tight");
+    std::fs::create_dir_all(&tight).unwrap();
+    std::fs::copy(source.join("authz.rego"), tight.join("authz.rego")).unwrap();
+    let data = std::fs::read_to_string(source.join("data.json")).unwrap();
+    std::fs::write(
+        tight.join("data.json"),
+        data.replace("\"language\": 1024", "\"language\": 16"),
+    )
+    .unwrap();
+    let bundle = dir.join("tight.tar.gz");
+    let out = gantry(
+        &[
+            "policy",
+            "build",
+            tight.to_str().unwrap(),
+            "-e",
+            "gantry/authz/decision",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    bundle
+}
+
+/// Three jobs on the default cluster: `language`'s 32-GPU job (row 1) can run on the cluster
+/// but the policy refuses it every time; the others run 100 s each. The run ends at 150 s.
+const STARVED_TRACE: &str = "submit_time_s,duration_s,gpus,memory_mib,tenant\n\
+                             0,100,8,1000,vision\n\
+                             0,100,32,1000,language\n\
+                             50,100,8,1000,language\n";
+
+/// The review's finding: wait and JCT averaged only over completed jobs, so a run that starved
+/// jobs looked best. Unfinished jobs now count, censored at the end of the run.
+#[test]
+fn simulate_counts_unfinished_jobs_in_wait_and_jct() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = language_capped_policy(dir.path());
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, STARVED_TRACE).unwrap();
+    let out = gantry(
+        &[
+            "simulate",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--policy",
+            bundle.to_str().unwrap(),
+            "--json",
+            "--allow-unfinished",
+        ],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect(&stderr);
+    assert_eq!(v["jobs_completed"], 2, "{v}");
+    assert_eq!(v["jobs_unfinished"], 1, "{v}");
+    // Waits 0, 150 (censored) and 0; JCTs 100, 150 (censored) and 100.
+    assert_eq!(v["wait_mean_s"], 50.0, "{v}");
+    assert!(
+        (v["jct_mean_s"].as_f64().unwrap() - 350.0 / 3.0).abs() < 1e-9,
+        "{v}"
+    );
+    assert_eq!(v["wait_p99_s"], 150.0, "{v}");
+}
+
+/// The review's finding: a simulation in which jobs that could run never did exited 0. It now
+/// fails, naming them, unless `--allow-unfinished` says that is expected.
+#[test]
+fn simulate_exits_non_zero_when_jobs_that_could_run_never_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = language_capped_policy(dir.path());
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, STARVED_TRACE).unwrap();
+    let args = [
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        bundle.to_str().unwrap(),
+    ];
+    let out = gantry(&args, dir.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("1 job that could run never finished") && stderr.contains("job-1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-unfinished"), "{stderr}");
+    assert!(
+        stdout.contains("jobs unfinished"),
+        "the results still print: {stdout}"
+    );
+
+    let out = gantry(&[&args[..], &["--allow-unfinished"]].concat(), dir.path());
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
+fn simulate_writes_one_row_per_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = language_capped_policy(dir.path());
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, STARVED_TRACE).unwrap();
+    for name in ["jobs.csv", "jobs.json"] {
+        let path = dir.path().join(name);
+        let out = gantry(
+            &[
+                "simulate",
+                "--trace",
+                trace.to_str().unwrap(),
+                "--policy",
+                bundle.to_str().unwrap(),
+                "--allow-unfinished",
+                "--jobs-out",
+                path.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", text(&out).1);
+        assert!(text(&out).0.contains("per-job results written to"));
+        let written = std::fs::read_to_string(&path).unwrap();
+        let rows: Vec<serde_json::Value> = if name.ends_with(".json") {
+            serde_json::from_str(&written).unwrap()
+        } else {
+            let mut reader = csv::Reader::from_reader(written.as_bytes());
+            let header = reader.headers().unwrap().clone();
+            reader
+                .records()
+                .map(|r| {
+                    let r = r.unwrap();
+                    serde_json::Value::Object(
+                        header
+                            .iter()
+                            .zip(r.iter())
+                            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(rows.len(), 3, "{written}");
+        let field = |row: usize, key: &str| rows[row][key].to_string().replace('"', "");
+        assert_eq!(field(1, "id"), "job-1");
+        assert_eq!(field(1, "tenant"), "language");
+        assert_eq!(field(1, "state"), "unfinished", "{written}");
+        assert_eq!(field(1, "censored"), "true");
+        assert_eq!(field(1, "wait_s").parse::<f64>().unwrap(), 150.0);
+        assert_eq!(field(2, "state"), "completed");
+        assert_eq!(field(2, "first_start_s").parse::<f64>().unwrap(), 50.0);
+        assert_eq!(field(2, "jct_s").parse::<f64>().unwrap(), 100.0);
+    }
 }

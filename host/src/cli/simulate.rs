@@ -34,6 +34,13 @@ pub struct Args {
     /// Draw utilisation and queue length over time into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Write one row per job (state, wait, JCT, slowdown, ...) into this file: JSON when it
+    /// ends in `.json`, else CSV.
+    #[arg(long, value_name = "FILE")]
+    jobs_out: Option<PathBuf>,
+    /// Exit 0 even when jobs that could run never finished (by default that is an error).
+    #[arg(long)]
+    allow_unfinished: bool,
     #[command(flatten)]
     policy: super::policy::PolicyArgs,
 }
@@ -90,21 +97,66 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
         let svg = simulate::plot::svg(&title, &result.timeline, healthy);
         write_atomically(path, svg.as_bytes())?;
     }
+    if let Some(path) = &args.jobs_out {
+        write_atomically(path, &jobs_file(path, &result.jobs)?)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&result.metrics)?);
     } else {
         print!("{}", metrics_table(&args.plugin, &result.metrics));
-        if let Some(path) = &args.plot {
-            println!("plot written to {}", path.display());
+        if result.metrics.jobs_unfinished > 0 {
+            println!(
+                "wait and JCT include the {} unfinished job(s), counted up to the end of the run",
+                result.metrics.jobs_unfinished
+            );
+        }
+        for (what, path) in [("plot", &args.plot), ("per-job results", &args.jobs_out)] {
+            if let Some(path) = path {
+                println!("{what} written to {}", path.display());
+            }
         }
     }
-    Ok(())
+    check_finished(&result.jobs, args.allow_unfinished)
+}
+
+/// An error naming the jobs that could run but never finished, unless they are allowed.
+fn check_finished(jobs: &[simulate::JobOutcome], allowed: bool) -> anyhow::Result<()> {
+    let unfinished: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.state == simulate::JobState::Unfinished)
+        .map(|j| j.id.as_str())
+        .collect();
+    if unfinished.is_empty() || allowed {
+        return Ok(());
+    }
+    let n = unfinished.len();
+    let shown = unfinished[..n.min(5)].join(", ");
+    anyhow::bail!(
+        "{n} job{} that could run never finished ({shown}{}): the plugin or the policy left {} \
+         queued; pass --allow-unfinished to accept such a run",
+        if n == 1 { "" } else { "s" },
+        if n > 5 { ", ..." } else { "" },
+        if n == 1 { "it" } else { "them" },
+    )
+}
+
+/// The per-job results as JSON (for a `.json` path) or CSV.
+fn jobs_file(path: &std::path::Path, jobs: &[simulate::JobOutcome]) -> anyhow::Result<Vec<u8>> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return Ok(serde_json::to_vec_pretty(jobs)?);
+    }
+    let mut out = csv::Writer::from_writer(Vec::new());
+    for job in jobs {
+        out.serialize(job)?;
+    }
+    out.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn metrics_table(plugin: &str, m: &Metrics) -> Table {
     let mut t = Table::new(&["metric", plugin]);
     let hours = |s: f64| format!("{:.2} h", s / 3600.0);
     let minutes = |s: f64| format!("{:.1} min", s / 60.0);
+    let percent = |x: f64| format!("{:.1} %", 100.0 * x);
     for (name, value) in [
         ("jobs completed", m.jobs_completed.to_string()),
         ("jobs unfinished", m.jobs_unfinished.to_string()),
@@ -112,9 +164,11 @@ fn metrics_table(plugin: &str, m: &Metrics) -> Table {
         ("p99 JCT", hours(m.jct_p99_s)),
         ("mean queueing delay", minutes(m.wait_mean_s)),
         ("p99 queueing delay", minutes(m.wait_p99_s)),
-        ("GPU utilisation", format!("{:.1} %", 100.0 * m.utilization)),
+        ("GPU utilisation", percent(m.utilization)),
+        ("goodput", percent(m.goodput)),
         ("makespan", hours(m.makespan_s)),
-        ("Jain's fairness (tenants)", format!("{:.3}", m.fairness)),
+        ("fair-share deficit", percent(m.fair_share_deficit)),
+        ("Jain's index (share/fair)", format!("{:.3}", m.fairness)),
         ("scheduling cycles", m.cycles.to_string()),
         ("mean cycle time", format!("{:.0} µs", m.mean_cycle_us)),
         ("plugin faults", m.plugin_faults.to_string()),

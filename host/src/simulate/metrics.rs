@@ -2,15 +2,23 @@
 
 use serde::Serialize;
 
-use super::JobOutcome;
+use super::fairness::Fairness;
+use super::{JobOutcome, JobState};
 
 /// Counters gathered while simulating.
 #[derive(Debug, Clone, Copy)]
 pub struct RunStats {
     /// Healthy GPUs of the cluster.
     pub healthy_gpus: usize,
+    /// When the run ended (its last arrival or completion), seconds.
+    pub end_s: f64,
     /// Integral of busy GPUs over time, GPU-seconds.
     pub busy_gpu_s: f64,
+    /// GPU-time the placed jobs asked for (GPUs x ideal runtime), GPU-seconds: busy time
+    /// without the slowdown of placements that spread a job out.
+    pub useful_gpu_s: f64,
+    /// Tenants' shares of the GPU-time against their fair shares.
+    pub fairness: Fairness,
     /// Scheduling cycles run.
     pub cycles: u64,
     /// Cycles decided by the fallback although a plugin was loaded.
@@ -24,6 +32,9 @@ pub struct RunStats {
 }
 
 /// The metrics of `gantry simulate` (the JSON keys are part of the CLI's contract).
+///
+/// Wait and JCT figures cover every job that was queued: an unfinished job counts with its wait
+/// and JCT cut at the end of the run (right-censored, so they are lower bounds).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Metrics {
     /// Mean job completion time (completion minus submission), seconds.
@@ -34,16 +45,27 @@ pub struct Metrics {
     pub wait_mean_s: f64,
     /// 99th percentile of queueing delay, seconds.
     pub wait_p99_s: f64,
-    /// Busy GPU-seconds over healthy GPUs times the makespan, 0..1.
+    /// Busy GPU-seconds over healthy GPUs times the makespan, 0..1. Time a job runs slower
+    /// because its GPUs are far apart counts as busy.
     pub utilization: f64,
-    /// Last completion minus first submission, seconds.
+    /// GPU-time the jobs asked for (GPUs x ideal runtime) over healthy GPUs times the makespan,
+    /// 0..1: utilisation without the slowed-down time.
+    pub goodput: f64,
+    /// End of the run (last completion or arrival) minus first submission, seconds.
     pub makespan_s: f64,
-    /// Jain's index over tenants of their mean service rate (ideal runtime / JCT), 1/n..1.
+    /// Jain's index, per window, of each tenant's share of the GPU-time over its weighted
+    /// max-min fair share (see [`super::fairness`]), 1/n..1 (1: fair).
     pub fairness: f64,
+    /// Fraction of the GPU-time that went to tenants beyond their fair share, per window, 0..1
+    /// (0: fair; see [`super::fairness`]).
+    pub fair_share_deficit: f64,
     /// Jobs that finished.
     pub jobs_completed: u64,
-    /// Jobs that never finished (too large for the healthy cluster or their quota).
+    /// Jobs queued that never finished although they could have run (their wait and JCT are
+    /// counted up to the end of the run).
     pub jobs_unfinished: u64,
+    /// Jobs refused at submission (see [`crate::Host::submit`]).
+    pub jobs_rejected: u64,
     /// Scheduling cycles run.
     pub cycles: u64,
     /// Cycles decided by the native fallback while a plugin was loaded.
@@ -74,76 +96,45 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// Jain's fairness index of `x`: (sum x)^2 / (n * sum x^2); 1 when all are equal.
-pub fn jain(x: &[f64]) -> f64 {
-    let sum: f64 = x.iter().sum();
-    let squares: f64 = x.iter().map(|v| v * v).sum();
-    if x.is_empty() || squares == 0.0 {
-        return 1.0;
-    }
-    sum * sum / (x.len() as f64 * squares)
-}
-
 /// Computes the metrics from per-job outcomes and run counters.
 pub fn summarize(jobs: &[JobOutcome], stats: &RunStats) -> Metrics {
-    let done: Vec<&JobOutcome> = jobs.iter().filter(|j| j.completion_s.is_some()).collect();
-    let mut jct: Vec<f64> = done
+    let queued: Vec<&JobOutcome> = jobs
         .iter()
-        .map(|j| j.completion_s.unwrap_or(0.0) - j.submit_s)
+        .filter(|j| j.state != JobState::Rejected)
         .collect();
-    let mut wait: Vec<f64> = done
-        .iter()
-        .map(|j| j.first_start_s.unwrap_or(j.submit_s) - j.submit_s)
-        .collect();
-    let first_submit = jobs
+    let count = |state| jobs.iter().filter(|j| j.state == state).count() as u64;
+    let mut jct: Vec<f64> = queued.iter().map(|j| j.jct_s).collect();
+    let mut wait: Vec<f64> = queued.iter().map(|j| j.wait_s).collect();
+    let first_submit = queued
         .iter()
         .map(|j| j.submit_s)
         .fold(f64::INFINITY, f64::min);
-    let last_end = done
-        .iter()
-        .filter_map(|j| j.completion_s)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let makespan = if done.is_empty() {
+    let makespan = if queued.is_empty() {
         0.0
     } else {
-        last_end - first_submit
+        (stats.end_s - first_submit).max(0.0)
     };
-    let utilization = if makespan > 0.0 && stats.healthy_gpus > 0 {
-        (stats.busy_gpu_s / (stats.healthy_gpus as f64 * makespan)).min(1.0)
-    } else {
-        0.0
+    let capacity = stats.healthy_gpus as f64 * makespan;
+    let fraction = |gpu_s: f64| {
+        if capacity > 0.0 {
+            (gpu_s / capacity).min(1.0)
+        } else {
+            0.0
+        }
     };
-    let mut tenants: Vec<&str> = done.iter().map(|j| j.tenant.as_str()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    let rates: Vec<f64> = tenants
-        .iter()
-        .map(|t| {
-            let r: Vec<f64> = done
-                .iter()
-                .filter(|j| j.tenant == *t)
-                .map(|j| {
-                    let jct = j.completion_s.unwrap_or(0.0) - j.submit_s;
-                    if jct > 0.0 {
-                        (j.duration_s / jct).min(1.0)
-                    } else {
-                        1.0
-                    }
-                })
-                .collect();
-            mean(&r)
-        })
-        .collect();
     Metrics {
         jct_mean_s: mean(&jct),
         jct_p99_s: percentile(&mut jct, 99.0),
         wait_mean_s: mean(&wait),
         wait_p99_s: percentile(&mut wait, 99.0),
-        utilization,
+        utilization: fraction(stats.busy_gpu_s),
+        goodput: fraction(stats.useful_gpu_s),
         makespan_s: makespan,
-        fairness: jain(&rates),
-        jobs_completed: done.len() as u64,
-        jobs_unfinished: (jobs.len() - done.len()) as u64,
+        fairness: stats.fairness.jain,
+        fair_share_deficit: stats.fairness.deficit,
+        jobs_completed: count(JobState::Completed),
+        jobs_unfinished: count(JobState::Unfinished),
+        jobs_rejected: count(JobState::Rejected),
         cycles: stats.cycles,
         fallback_cycles: stats.fallback_cycles,
         plugin_faults: stats.plugin_faults,
@@ -166,30 +157,44 @@ mod tests {
     }
 
     #[test]
-    fn jain_index_bounds() {
-        assert!((jain(&[1.0, 1.0, 1.0]) - 1.0).abs() < 1e-12);
-        assert!((jain(&[1.0, 0.0, 0.0, 0.0]) - 0.25).abs() < 1e-12);
-        assert!((jain(&[1.0, 0.5]) - 0.9).abs() < 1e-12);
-    }
-
-    #[test]
     fn summary_by_hand() {
-        let job = |tenant: &str, submit: f64, start: f64, end: Option<f64>, d: f64| JobOutcome {
-            id: String::new(),
-            tenant: tenant.into(),
-            submit_s: submit,
-            first_start_s: Some(start),
-            completion_s: end,
-            duration_s: d,
+        use crate::cluster::TopologyPref;
+        let job = |state, submit: f64, start: Option<f64>, end: Option<f64>| {
+            let until = |t: Option<f64>| t.unwrap_or(20.0) - submit;
+            JobOutcome {
+                id: String::new(),
+                tenant: "a".into(),
+                gpus: 1,
+                gang: true,
+                topology: TopologyPref::None,
+                priority: 0,
+                state,
+                submit_s: submit,
+                first_start_s: start,
+                completion_s: end,
+                duration_s: 10.0,
+                slowdown: 1.0,
+                wait_s: until(start),
+                jct_s: until(end),
+                censored: end.is_none(),
+            }
         };
         let jobs = [
-            job("a", 0.0, 0.0, Some(10.0), 10.0),
-            job("b", 0.0, 10.0, Some(20.0), 10.0),
-            job("b", 5.0, 5.0, None, 10.0),
+            job(JobState::Completed, 0.0, Some(0.0), Some(10.0)),
+            job(JobState::Completed, 0.0, Some(10.0), Some(20.0)),
+            job(JobState::Unfinished, 2.0, None, None),
+            job(JobState::Rejected, 0.0, None, None),
         ];
         let stats = RunStats {
             healthy_gpus: 2,
-            busy_gpu_s: 20.0,
+            end_s: 20.0,
+            busy_gpu_s: 24.0,
+            useful_gpu_s: 20.0,
+            fairness: Fairness {
+                deficit: 0.1,
+                jain: 0.9,
+                contended_windows: 1,
+            },
             cycles: 3,
             fallback_cycles: 0,
             plugin_faults: 0,
@@ -197,14 +202,19 @@ mod tests {
             quarantined: false,
         };
         let m = summarize(&jobs, &stats);
-        assert_eq!(m.jobs_completed, 2);
-        assert_eq!(m.jobs_unfinished, 1);
-        assert_eq!(m.jct_mean_s, 15.0);
+        assert_eq!(
+            (m.jobs_completed, m.jobs_unfinished, m.jobs_rejected),
+            (2, 1, 1)
+        );
+        // The unfinished job counts, censored at 20 s: JCTs 10, 20, 18; waits 0, 10, 18. The
+        // rejected one never queued.
+        assert_eq!(m.jct_mean_s, 16.0);
         assert_eq!(m.jct_p99_s, 20.0);
-        assert_eq!(m.wait_mean_s, 5.0);
+        assert_eq!(m.wait_mean_s, 28.0 / 3.0);
+        assert_eq!(m.wait_p99_s, 18.0);
         assert_eq!(m.makespan_s, 20.0);
-        assert_eq!(m.utilization, 0.5);
-        // Service rates: a = 1.0, b = 0.5 -> Jain 0.9.
-        assert!((m.fairness - 0.9).abs() < 1e-12);
+        assert_eq!(m.utilization, 0.6);
+        assert_eq!(m.goodput, 0.5);
+        assert_eq!((m.fairness, m.fair_share_deficit), (0.9, 0.1));
     }
 }
