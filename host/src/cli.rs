@@ -72,6 +72,8 @@ enum Command {
     Plugins,
     /// Train a network on the native kernels (CPU, or CUDA GPUs in a `cuda` build).
     Train(train::Args),
+    /// Score a checkpoint's network on new data (loss, accuracy).
+    Eval(train::EvalArgs),
     /// Stream a dataset (a CSV file, or an object of the encrypted store) through a
     /// preprocessing plugin into the binary f32 format.
     Preprocess(preprocess::Args),
@@ -181,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Plugin(cmd) => plugin::run(&ctx, cmd),
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => train::eval(args),
         Command::Preprocess(args) => preprocess::run(&ctx, args),
         Command::Demo(args) => demo::run(&ctx, args),
         Command::Up(args) => daemon::up(&ctx, args),

@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod limits;
 pub mod run;
+pub mod score;
 
 pub use config::TrainConfig;
 pub use device::{BackendChoice, DeviceReport};

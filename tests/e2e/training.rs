@@ -216,3 +216,204 @@ fn bad_configs_exit_1_naming_the_line_and_write_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("/no/such/train.toml"));
 }
+
+/// Three classes of points around three centres as CSV (`x,y,class`): `rows` rows, spread by
+/// `seed`; `mangle` edits each line (1-based line number, text) before it is written.
+fn blobs(path: &Path, rows: usize, seed: u64, mangle: impl Fn(usize, String) -> String) {
+    let mut state = seed;
+    let mut noise = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let centres = [(0.0f32, 0.0f32), (3.0, 0.0), (0.0, 3.0)];
+    let mut csv = mangle(1, "x,y,class".into()) + "\n";
+    for i in 0..rows {
+        let (cx, cy) = centres[i % 3];
+        let line = format!("{},{},{}", cx + noise(), cy + noise(), i % 3);
+        csv += &(mangle(i + 2, line) + "\n");
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+/// A classification of `train.csv` beside the config; `data` and `extra` are appended to the
+/// `[data]` table and to the file.
+fn blobs_config(dir: &Path, data: &str, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("blobs.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "epochs = 20\nbatch_size = 30\n[data]\nfile = \"train.csv\"\nlabel = \"class\"\n{data}\n\
+             [model]\nhidden = [16]\nloss = \"softmax_cross_entropy\"\n\
+             [optimizer]\nkind = \"adam\"\nlr = 0.02\n[devices]\nbackend = \"cpu\"\nthreads = 1\n{extra}"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The review's finding: `gantry train` could not score a separate test file. `[data]
+/// test_file` is scored after training and reported beside the held-out split.
+#[test]
+fn train_scores_a_separate_test_file() {
+    let dir = tempfile::tempdir().unwrap();
+    blobs(&dir.path().join("train.csv"), 300, 1, |_, l| l);
+    blobs(&dir.path().join("test.csv"), 60, 2, |_, l| l);
+    let cfg = blobs_config(dir.path(), "test_file = \"test.csv\"", "");
+    let (v, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    assert_eq!(v["test_rows"], 60, "the held-out split stays: {v}");
+    assert!(v["test"]["accuracy"].as_f64().unwrap() > 0.9, "{v}");
+    let file = &v["test_file"];
+    assert_eq!(file["rows"], 60, "{v}");
+    assert!(
+        file["source"].as_str().unwrap().ends_with("test.csv"),
+        "{v}"
+    );
+    assert!(file["accuracy"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(file["loss"].as_f64().unwrap() > 0.0, "{v}");
+
+    // The table shows both.
+    let out = gantry(&["train", "--config", cfg.to_str().unwrap()], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("test accuracy") && stdout.contains("test file accuracy"),
+        "{stdout}"
+    );
+}
+
+/// The review's finding: nothing scored a checkpoint on new data. `gantry eval` does, and on
+/// the final checkpoint and the same file it agrees with the training run's own score.
+#[test]
+fn eval_scores_a_checkpoint_on_new_data() {
+    let dir = tempfile::tempdir().unwrap();
+    blobs(&dir.path().join("train.csv"), 300, 1, |_, l| l);
+    let test = dir.path().join("test.csv");
+    blobs(&test, 60, 2, |_, l| l);
+    let ckpt = dir.path().join("ckpt");
+    let cfg = blobs_config(
+        dir.path(),
+        "test_file = \"test.csv\"",
+        &format!("[checkpoint]\ndir = \"{}\"\n", ckpt.display()),
+    );
+    let (v, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    let checkpoint = v["checkpoint"].as_str().unwrap().to_string();
+
+    let eval = |args: &[&str]| {
+        let out = gantry(
+            &[&["eval", "--checkpoint", &checkpoint][..], args].concat(),
+            dir.path(),
+        );
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&eval(&["--data", test.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(json["rows"], 60, "{json}");
+    assert_eq!(
+        json["accuracy"], v["test_file"]["accuracy"],
+        "{json} vs {v}"
+    );
+    assert_eq!(json["loss"], v["test_file"]["loss"], "{json} vs {v}");
+    let table = eval(&["--data", test.to_str().unwrap()]);
+    assert!(
+        table.contains("accuracy") && table.contains("loss"),
+        "{table}"
+    );
+
+    // A checkpoint trained on synthetic data names no columns: say which is the label.
+    let spirals = config(
+        dir.path(),
+        1,
+        &format!(
+            "[checkpoint]\ndir = \"{}\"\n",
+            dir.path().join("sp").display()
+        ),
+    );
+    let (s, _) = train(&["--config", spirals.to_str().unwrap()], dir.path());
+    let sp = s["checkpoint"].as_str().unwrap();
+    let out = gantry(
+        &["eval", "--checkpoint", sp, "--data", test.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("--label"), "{}", text(&out).1);
+    let out = gantry(
+        &[
+            "eval",
+            "--checkpoint",
+            sp,
+            "--data",
+            test.to_str().unwrap(),
+            "--label",
+            "class",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+/// An edit of a CSV line: (1-based line number, text) -> text.
+type Mangle = dyn Fn(usize, String) -> String;
+
+/// Test data must fit the model: the same feature columns, class ids among its classes. Both
+/// `[data] test_file` and `gantry eval` refuse other data with its file and line.
+#[test]
+fn test_data_of_another_width_or_with_labels_outside_the_classes_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    blobs(&dir.path().join("train.csv"), 300, 1, |_, l| l);
+    let ckpt = dir.path().join("ckpt");
+    let cfg = blobs_config(
+        dir.path(),
+        "",
+        &format!("[checkpoint]\ndir = \"{}\"\n", ckpt.display()),
+    );
+    let (v, _) = train(&["--config", cfg.to_str().unwrap()], dir.path());
+    let checkpoint = v["checkpoint"].as_str().unwrap().to_string();
+    let with_test = blobs_config(dir.path(), "test_file = \"test.csv\"", "");
+    let test = dir.path().join("test.csv");
+    let cases: [(&Mangle, &str); 3] = [
+        // Another width: an extra column.
+        (
+            &|_, l: String| format!("{l},{}", if l.starts_with('x') { "z" } else { "1" }),
+            "test.csv:1: feature columns x, y, z; the model takes x, y",
+        ),
+        // Same width, other columns.
+        (
+            &|n, l: String| if n == 1 { "x,w,class".into() } else { l },
+            "test.csv:1: feature columns x, w; the model takes x, y",
+        ),
+        // Class 7 on line 5, the model knows 3.
+        (
+            &|n, l: String| {
+                if n == 5 {
+                    l[..l.rfind(',').unwrap()].to_string() + ",7"
+                } else {
+                    l
+                }
+            },
+            "test.csv:5: column `class`: class 7 is not one of the model's 3 classes",
+        ),
+    ];
+    for (mangle, want) in cases {
+        blobs(&test, 30, 2, mangle);
+        for args in [
+            vec!["train", "--config", with_test.to_str().unwrap()],
+            vec![
+                "eval",
+                "--checkpoint",
+                &checkpoint,
+                "--data",
+                test.to_str().unwrap(),
+            ],
+        ] {
+            let out = gantry(&args, dir.path());
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(want), "{args:?}: want `{want}` in {stderr}");
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use gantry::chart::{self, Line, Panel, XAxis};
-use gantry::training::{self, TrainConfig, checkpoint, data, device};
+use gantry::training::{self, TrainConfig, checkpoint, data, device, score};
 
 use super::table::Table;
 
@@ -30,6 +30,57 @@ pub struct Args {
     /// `training::limits`); default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
     limits: Option<PathBuf>,
+}
+
+/// Arguments of `gantry eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The checkpoint whose network is scored (a file `gantry train` wrote).
+    #[arg(long, value_name = "FILE.ckpt")]
+    checkpoint: PathBuf,
+    /// The data: CSV with a header holding the model's feature columns, or the binary `.f32`
+    /// format.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// The class column of the CSV (default: the one the model was trained on).
+    #[arg(long, conflicts_with = "targets")]
+    label: Option<String>,
+    /// The target columns of the CSV, comma-separated (default: the model's).
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// CPU threads (0: every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `gantry eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let checkpoint = checkpoint::load(&args.checkpoint)?;
+    let expected = score::Expected::of(&checkpoint.state.spec, checkpoint.columns.as_ref());
+    let data = score::read_for(
+        &args.data,
+        &expected,
+        args.label.as_deref(),
+        args.targets.as_deref(),
+    )?;
+    let evaluation = score::evaluate(&checkpoint, &data, args.threads)?;
+    let result = score::Score::new(args.data.display().to_string(), data.rows(), evaluation);
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let mut t = Table::new(&["metric", "value"]);
+    t.row(vec!["data".into(), result.source.clone()]);
+    t.row(vec!["rows".into(), result.rows.to_string()]);
+    t.row(vec!["loss".into(), format!("{:.4}", result.loss)]);
+    if let Some(a) = result.accuracy {
+        t.row(vec!["accuracy".into(), format!("{:.1} %", 100.0 * a)]);
+    }
+    print!("{t}");
+    Ok(())
 }
 
 /// Runs `gantry train`.
@@ -139,6 +190,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         row("test loss", format!("{:.4}", test.loss));
         if let Some(a) = test.accuracy {
             row("test accuracy", format!("{:.1} %", 100.0 * a));
+        }
+    }
+    if let Some(file) = &outcome.test_file {
+        row("test file", format!("{} ({} rows)", file.source, file.rows));
+        row("test file loss", format!("{:.4}", file.loss));
+        if let Some(a) = file.accuracy {
+            row("test file accuracy", format!("{:.1} %", 100.0 * a));
         }
     }
     row(

@@ -11,6 +11,7 @@ use gantry_kernels::{MlpSpec, Optimizer, TrainState};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
+use super::data::Columns;
 
 const MAGIC: &[u8] = b"GANTRY-CHECKPOINT 1\n";
 const DIGEST: usize = 32;
@@ -36,6 +37,10 @@ struct Header {
     /// `(step, mean loss)` since the start of the run.
     curve: Vec<(u32, f64)>,
     tensors: Vec<usize>,
+    /// The CSV columns the network reads and predicts (absent in older checkpoints and for
+    /// data without names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    columns: Option<Columns>,
 }
 
 /// A loaded checkpoint.
@@ -51,6 +56,8 @@ pub struct Checkpoint {
     pub batch_size: usize,
     /// The loss curve so far.
     pub curve: Vec<(u32, f64)>,
+    /// The CSV columns the network reads and predicts, when it was trained on a CSV file.
+    pub columns: Option<Columns>,
 }
 
 /// The file name of the checkpoint after `step` steps.
@@ -98,6 +105,7 @@ pub fn to_bytes(checkpoint: &Checkpoint) -> Vec<u8> {
         batch_size: checkpoint.batch_size,
         curve: checkpoint.curve.clone(),
         tensors: s.params.iter().map(Vec::len).collect(),
+        columns: checkpoint.columns.clone(),
     };
     let json = serde_json::to_vec(&header).expect("a checkpoint header serialises");
     let values: usize = 3 * header.tensors.iter().sum::<usize>();
@@ -171,6 +179,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, TrainError> {
         seed: header.seed,
         batch_size: header.batch_size,
         curve: header.curve,
+        columns: header.columns,
     })
 }
 
@@ -213,6 +222,10 @@ mod tests {
             seed: 9,
             batch_size: 32,
             curve: vec![(1, 1.5), (17, 0.25)],
+            columns: Some(Columns {
+                features: vec!["a".into(), "b".into()],
+                targets: vec!["class".into()],
+            }),
         }
     }
 
@@ -225,6 +238,17 @@ mod tests {
         let newest = latest(dir.path()).unwrap().unwrap();
         assert!(newest.ends_with("step-00000017.ckpt"));
         assert_eq!(load(&newest).unwrap(), c);
+        // A checkpoint without column names (synthetic data, or one written before they were
+        // kept) loads without them.
+        let unnamed = Checkpoint {
+            columns: None,
+            ..c.clone()
+        };
+        save(&dir.path().join(file_name(20)), &unnamed).unwrap();
+        assert_eq!(
+            load(&latest(dir.path()).unwrap().unwrap()).unwrap(),
+            unnamed
+        );
         assert_eq!(latest(&dir.path().join("none")).unwrap(), None);
     }
 

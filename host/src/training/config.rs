@@ -11,6 +11,7 @@
 //! # or: file = "train.csv", targets = ["y"]   (regression: the target columns)
 //! # or: file = "train.f32"                    (the binary format, see `training::data`)
 //! test_fraction = 0.2
+//! # test_file = "test.csv"                    (also scored after training: same columns)
 //!
 //! [model]
 //! hidden = [64, 64]
@@ -101,6 +102,10 @@ pub struct DataConfig {
     /// Fraction of rows held out for evaluation (after a seeded shuffle).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// A separate test set (`.csv` with the training file's columns, or `.f32` of the same
+    /// width), scored after training beside the held-out rows; found beside the config.
+    #[serde(default)]
+    pub test_file: Option<PathBuf>,
 }
 
 fn default_test_fraction() -> f64 {
@@ -225,7 +230,10 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let mut config = Self::parse_with(&text, path, limits)?;
         let base = path.parent().unwrap_or(Path::new(""));
-        if let Some(file) = &mut config.data.file {
+        for file in [&mut config.data.file, &mut config.data.test_file]
+            .into_iter()
+            .flatten()
+        {
             *file = base.join(&*file);
         }
         Ok(config)
@@ -290,11 +298,22 @@ impl TrainConfig {
                 "`dataset` goes with `label_column` (and optionally `preprocess`), and only with them".into(),
             );
         }
+        if d.test_file.is_some() && d.dataset.is_some() {
+            return bad(
+                "test_file",
+                "`test_file` goes with `file` or `synthetic`: a daemon's job scores its held-out rows"
+                    .into(),
+            );
+        }
         match (&d.file, &d.synthetic) {
-            (None, Some(_)) if d.label.is_some() || d.targets.is_some() => {
+            (None, Some(_))
+                if (d.label.is_some() || d.targets.is_some()) && d.test_file.is_none() =>
+            {
                 return bad(
                     "[data]",
-                    "`label` and `targets` name CSV columns; a synthetic set has none".into(),
+                    "`label` and `targets` name CSV columns; a synthetic set has none (they may \
+                     name a CSV `test_file`'s)"
+                        .into(),
                 );
             }
             _ => {}
@@ -411,5 +430,32 @@ lr = 0.01
         );
         let e = err(&GOOD.replace("kind = \"adam\"", "kind = \"lbfgs\""));
         assert!(e.contains("lbfgs"), "{e}");
+    }
+
+    #[test]
+    fn test_file_is_found_beside_the_config_and_not_with_a_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let text = GOOD.replace(
+            "synthetic = {",
+            "test_file = \"held/test.f32\"\nsynthetic = {",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let c = TrainConfig::load(&path).unwrap();
+        assert_eq!(c.data.test_file, Some(dir.path().join("held/test.f32")));
+        // A CSV test file of a synthetic set names its label.
+        let named = text.replace("[model]", "label = \"class\"\n[model]");
+        TrainConfig::parse(&named, "t.toml".as_ref()).unwrap();
+        let stored = GOOD.replace(
+            "synthetic = { kind = \"spirals\", classes = 3, rows_per_class = 100 }",
+            "dataset = \"d\"\nlabel_column = 0\ntest_file = \"t.csv\"",
+        );
+        let e = TrainConfig::parse(&stored, "t.toml".as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:") && e.contains("`test_file` goes with"),
+            "{e}"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use gantry_kernels::{Dataset, Loss, synthetic};
+use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::config::{Synthetic, TrainConfig};
@@ -28,12 +29,36 @@ pub struct Loaded {
     pub outputs: usize,
     /// Where the rows came from, for summaries.
     pub source: String,
+    /// The CSV columns the network reads and predicts, when the data came from a CSV file.
+    pub columns: Option<Columns>,
+    /// `[data] test_file`, read and checked against the training data.
+    pub test_file: Option<TestSet>,
+}
+
+/// The named columns of a CSV dataset: what a model trained on it reads and predicts, kept in
+/// its checkpoints so that new data can be checked and scored by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Columns {
+    /// Feature columns, in the order the network reads them.
+    pub features: Vec<String>,
+    /// The class column (classification) or the target columns (regression).
+    pub targets: Vec<String>,
+}
+
+/// Rows to score a model on, and where they came from.
+#[derive(Debug, Clone)]
+pub struct TestSet {
+    /// The file, for summaries.
+    pub source: String,
+    /// The rows.
+    pub data: Dataset,
 }
 
 /// Loads (or generates) `config`'s data and holds out its test fraction after a seeded shuffle;
 /// every size the data implies is bounded by `limits` first.
 pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainError> {
     let d = &config.data;
+    let mut columns = None;
     let (data, source, first_line) = match (&d.synthetic, &d.file) {
         (Some(s), _) => (
             generate(s, config.seed),
@@ -44,10 +69,12 @@ pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainE
             let (data, first_line) = match path.extension().and_then(|e| e.to_str()) {
                 Some("f32") => (read_f32(path)?, None),
                 // Row 0 is on line 2, under the header.
-                Some("csv") => (
-                    read_csv(path, d.label.as_deref(), d.targets.as_deref())?,
-                    Some(2),
-                ),
+                Some("csv") => {
+                    let (data, named) =
+                        read_csv_with(path, d.label.as_deref(), d.targets.as_deref(), None)?;
+                    columns = Some(named);
+                    (data, Some(2))
+                }
                 _ => {
                     return Err(TrainError::invalid(
                         path,
@@ -65,7 +92,27 @@ pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainE
             )));
         }
     };
-    prepare(config, data, source, limits, first_line)
+    let mut loaded = prepare(config, data, source, limits, first_line)?;
+    loaded.columns = columns;
+    if let Some(path) = &d.test_file {
+        let data = super::score::read_for(
+            path,
+            &super::score::Expected {
+                inputs: loaded.train.inputs,
+                targets_per_row: loaded.train.targets_per_row,
+                classes: (config.model.loss == Loss::SoftmaxCrossEntropy).then_some(loaded.outputs),
+                columns: loaded.columns.as_ref(),
+                max_rows: limits.max_rows,
+            },
+            d.label.as_deref(),
+            d.targets.as_deref(),
+        )?;
+        loaded.test_file = Some(TestSet {
+            source: path.display().to_string(),
+            data,
+        });
+    }
+    Ok(loaded)
 }
 
 /// Holds out `config`'s test fraction of `data` after a seeded shuffle, and works out the
@@ -123,6 +170,8 @@ pub fn prepare(
         test,
         outputs,
         source,
+        columns: None,
+        test_file: None,
     })
 }
 
@@ -208,6 +257,17 @@ pub fn read_csv(
     label: Option<&str>,
     targets: Option<&[String]>,
 ) -> Result<Dataset, TrainError> {
+    read_csv_with(path, label, targets, None).map(|(data, _)| data)
+}
+
+/// [`read_csv`], also returning the columns; with `classes`, a class id that is not below it
+/// is refused with its line.
+pub fn read_csv_with(
+    path: &Path,
+    label: Option<&str>,
+    targets: Option<&[String]>,
+    classes: Option<usize>,
+) -> Result<(Dataset, Columns), TrainError> {
     let invalid = |line: Option<u64>, m: String| TrainError::invalid(path, line, m);
     let target_names: Vec<String> = match (label, targets) {
         (Some(l), None) => vec![l.to_string()],
@@ -285,10 +345,25 @@ pub fn read_csv(
                     ),
                 ));
             }
+            if let Some(classes) = classes.filter(|&c| label.is_some() && v >= c as f32) {
+                return Err(invalid(
+                    line,
+                    format!(
+                        "column `{}`: class {v} is not one of the model's {classes} classes (0-{})",
+                        &header[i],
+                        classes - 1
+                    ),
+                ));
+            }
             data.targets.push(v);
         }
     }
-    Ok(data)
+    let name = |i: &usize| header[*i].trim().to_string();
+    let columns = Columns {
+        features: feature_at.iter().map(name).collect(),
+        targets: target_at.iter().map(name).collect(),
+    };
+    Ok((data, columns))
 }
 
 /// Reads the binary `f32` format.

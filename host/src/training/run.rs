@@ -53,6 +53,8 @@ pub struct Outcome {
     pub train_loss: f64,
     /// Loss and accuracy on the held-out rows.
     pub test: Option<Evaluation>,
+    /// Loss and accuracy on `[data] test_file`.
+    pub test_file: Option<super::score::Score>,
     /// Training rows per second in this process.
     pub samples_per_s: f64,
     /// Seconds spent training in this process.
@@ -198,6 +200,7 @@ fn run<B: Backend>(
             seed: config.seed,
             batch_size: config.batch_size,
             curve: curve.to_vec(),
+            columns: data.columns.clone(),
         };
         let at = match save.as_mut() {
             Some(hook) => hook(&snapshot)?,
@@ -285,6 +288,14 @@ fn run<B: Backend>(
     } else {
         None
     };
+    let test_file = match &data.test_file {
+        Some(t) => Some(super::score::Score::new(
+            t.source.clone(),
+            t.data.rows(),
+            trainer.evaluate(&t.data, 1024)?,
+        )),
+        None => None,
+    };
     let train_loss = if epoch_losses.is_empty() {
         curve.last().map_or(f64::NAN, |c| c.1)
     } else {
@@ -302,6 +313,7 @@ fn run<B: Backend>(
         resumed_at_step,
         train_loss,
         test,
+        test_file,
         samples_per_s: trained_rows as f64 / seconds.max(1e-9),
         seconds,
         checkpoint: last_checkpoint,
