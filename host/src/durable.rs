@@ -1,8 +1,13 @@
 //! Whole-file writes that never leave a half-written file: a temporary file beside the target,
 //! written and synced, renamed over it, and the directory synced so the rename survives a crash.
+//!
+//! Every write has a temporary of its own (process id, a per-process counter and random bits in
+//! its name, created with `O_EXCL`), so threads and processes writing one file never share one.
+//! A crash can leave a temporary behind; [`sweep`] removes them, and nothing else reads them.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who may read the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,16 +18,43 @@ pub enum Mode {
     Private,
 }
 
+/// How every temporary's name ends (and starts: with a `.`).
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// A fresh temporary name beside `path`: `.{name}.{pid}-{n}-{random}.tmp`.
+pub fn temporary_beside(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = parent(path);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let mut random = [0u8; 8];
+    // Uniqueness within the process comes from the counter; the random bits only guard against
+    // a reused pid meeting a temporary a crash left behind (`create_new` refuses it anyway).
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    dir.join(format!(
+        ".{name}.{}-{}-{}{TMP_SUFFIX}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        data_encoding::HEXLOWER.encode(&random)
+    ))
+}
+
+/// Whether `name` (a file name) is one of [`temporary_beside`]'s.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(TMP_SUFFIX)
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Replaces `path` with `bytes` atomically.
 pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let dir = parent(path);
+    let tmp = temporary_beside(path);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if mode == Mode::Private {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
@@ -33,14 +65,49 @@ pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename is durable only once the directory is.
-        #[cfg(unix)]
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
+        sync_dir(dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes the entries of `dir` (a rename, a new or removed file) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Removes the temporaries ([`is_temporary`]) directly in `dir` that were last modified more
+/// than `older_than` ago (zero: all of them; use it only while no other process can be writing
+/// there); returns what it removed. A missing directory has none.
+pub fn sweep(dir: &Path, older_than: std::time::Duration) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(is_temporary) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let age = entry
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        if age >= older_than {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -68,5 +135,67 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         // A missing directory fails without creating anything.
         assert!(write(&dir.path().join("no/such/f"), b"x", Mode::Default).is_err());
+    }
+}
+
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+
+    /// Issue 10, section 3: every thread of a process named its temporary `.{name}.{pid}.tmp`,
+    /// so two threads writing one file truncated and renamed each other's temporary.
+    #[test]
+    fn durable_writes_from_many_threads_never_share_a_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|t| vec![t; 64 << 10]).collect();
+        std::thread::scope(|s| {
+            for c in &contents {
+                let (path, contents) = (&path, &contents);
+                s.spawn(move || {
+                    for _ in 0..40 {
+                        write(path, c, Mode::Private).expect("a write of its own");
+                        let now = std::fs::read(path).unwrap();
+                        assert!(
+                            contents.iter().any(|c| *c == now),
+                            "the file holds a mix of two writes"
+                        );
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    /// Issue 10, section 3: temporaries a `kill -9` left were never swept.
+    #[test]
+    fn sweep_removes_only_temporaries_older_than_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = temporary_beside(&dir.path().join("artifact.cwasm"));
+        let young = temporary_beside(&dir.path().join("artifact.cwasm"));
+        let kept = dir.path().join("artifact.cwasm");
+        for f in [&old, &young, &kept] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let removed = sweep(dir.path(), std::time::Duration::from_secs(3600)).unwrap();
+        assert_eq!(removed, vec![old.clone()]);
+        assert!(young.exists() && kept.exists());
+        assert_eq!(
+            sweep(dir.path(), std::time::Duration::ZERO).unwrap(),
+            vec![young]
+        );
+        assert!(kept.exists());
     }
 }

@@ -63,6 +63,15 @@ impl ArtifactCache {
         Self { dir, engine_key }
     }
 
+    /// Removes temporaries a crashed write left in the cache directory (those older than
+    /// [`STALE_TEMPORARY`]); returns how many.
+    pub fn sweep(&self) -> std::io::Result<usize> {
+        match &self.dir {
+            Some(d) => Ok(crate::durable::sweep(d, STALE_TEMPORARY)?.len()),
+            None => Ok(0),
+        }
+    }
+
     /// The directory, when caching is on.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
@@ -154,18 +163,12 @@ impl Artifact for wasmtime::Module {
 }
 
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("artifact"),
-        std::process::id()
-    ));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // A temporary of this write's own (threads and processes share the cache), renamed whole.
+    crate::durable::write(path, bytes, crate::durable::Mode::Default)
 }
+
+/// Temporaries in a cache directory older than this are what a crash left behind: removed by
+/// [`ArtifactCache::sweep`] (younger ones may be another process's write in progress).
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
