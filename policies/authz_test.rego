@@ -91,14 +91,14 @@ test_jobs_are_read_by_their_tenants_members if {
 }
 
 test_listings_and_the_cluster_are_open_to_named_users if {
-	every action in {"job.list", "dataset.list", "cluster.read", "plugin.read"} {
+	every action in {"job.list", "dataset.list", "cluster.read", "plugin.read", "policy.read"} {
 		authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
 	}
 	not authz.allow with input as {"subject": {"roles": []}, "action": "job.list", "resource": {}}
 }
 
 test_host_operations_are_for_admins if {
-	every action in {"gpu.health", "policy.replace"} {
+	every action in {"gpu.health", "policy.replace", "key.rotate"} {
 		authz.allow with input as {"subject": admin, "action": action, "resource": {}}
 		not authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
 	}

@@ -3,28 +3,47 @@
 //!
 //! The chain makes a changed, removed, inserted or reordered entry visible at the next line; the
 //! signed checkpoints make a rewrite of the whole chain visible too (the hashes are unkeyed, the
-//! signatures are not). Entries after the last checkpoint are chained but not yet signed: a log is
-//! closed with a checkpoint, and [`verify`] reports how many entries trail the last one.
+//! signatures are not). A log verifies only if it ends in a checkpoint signed by the expected key
+//! and no run of entries between checkpoints is longer than the writer ever leaves one
+//! ([`CHECKPOINT_EVERY`]): stripping checkpoints and recomputing the chain, or cutting the tail
+//! mid-way, fails. A log cut back to an earlier checkpoint still ends sealed; that is caught by
+//! the latest sealed position ([`Head`]) kept outside the log (the daemon keeps it in its
+//! database, and an operator can anchor it anywhere): verification given a head fails unless
+//! the log holds that exact checkpoint.
 //!
+//! The writer seals (appends a checkpoint) every [`CHECKPOINT_EVERY`] entries, whenever asked
+//! ([`AuditLog::seal`]: the daemon does so every [`SEAL_INTERVAL`]) and on [`AuditLog::close`].
 //! Every entry is written with one `write` of a whole line and synced before `append` returns. A
-//! crash can only leave a partial last line without its newline; [`AuditLog::open`] cuts it off
-//! and [`verify`] reports it rather than failing.
+//! crash can only leave a partial last line without its newline and some entries not yet
+//! sealed; [`AuditLog::open`] cuts the partial line off and seals those entries, recording how
+//! many in an `audit.tail_sealed` entry, so the log verifies again and says what happened.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-use crate::keys;
 use crate::plugin::cache::{hex, sha256_hex};
+
+mod verify;
+
+pub use self::verify::{VerifyOptions, VerifyReport, last_verified, verify, verify_with};
 
 /// `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Entries between automatic checkpoints.
+/// Entries between automatic checkpoints: also the longest run without one that verifies.
 pub const CHECKPOINT_EVERY: u64 = 64;
+
+/// How often a daemon seals entries that arrived since the last checkpoint.
+pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest line the log holds (a bigger record is replaced by its size and digest); a
+/// longer line is refused by verification before it is read whole.
+pub const MAX_LINE: usize = 1 << 20;
 
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,7 +53,10 @@ pub struct Entry {
     /// When it was written, milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// `decision`, `plugin.load`, `plugin.unload`, `plugin.upload`, `policy.swap`,
-    /// `request.rejected` (the daemon's refusals that no policy decided) or `checkpoint`.
+    /// `request.rejected` (the daemon's refusals that no policy decided), `key.rotate`,
+    /// `user.add`, `user.revoke`, `audit.tail_sealed` (entries a crash left unsealed, sealed at
+    /// the next start), `audit.recovered` (the first entry of a log that replaced a damaged one)
+    /// or `checkpoint`.
     pub kind: String,
     /// What happened (absent on checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +69,43 @@ pub struct Entry {
     /// Checkpoints: hex public key of the signer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// A sealed position of a log: a checkpoint's sequence number and the SHA-256 of its line (the
+/// `prev` of the entry after it). Written `SEQ:HASH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The checkpoint's sequence number.
+    pub seq: u64,
+    /// Hex SHA-256 of its line.
+    pub hash: String,
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (seq, hash) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}`: a head is SEQ:HASH"))?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("`{s}`: SEQ is a sequence number"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{s}`: HASH is 64 hex digits"));
+        }
+        Ok(Head {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
 }
 
 /// A policy decision, as recorded.
@@ -105,18 +164,129 @@ pub enum AuditError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The log does not end in a signed checkpoint.
+    #[error(
+        "{path}: the last {entries} entries are not covered by a signed checkpoint{torn}: the log \
+         was cut, or its writer stopped without sealing it (a daemon started on the directory \
+         seals a crashed writer's tail and records it)"
+    )]
+    Unsealed {
+        /// The log.
+        path: PathBuf,
+        /// Entries after the last checkpoint.
+        entries: u64,
+        /// ", and a partial last line" when there is one.
+        torn: &'static str,
+    },
+    /// The log does not hold the sealed position recorded outside it.
+    #[error(
+        "{path}: the sealed position {head} recorded outside the log is not in it ({found}): the \
+         log was cut back or replaced"
+    )]
+    Behind {
+        /// The log.
+        path: PathBuf,
+        /// The position expected.
+        head: Head,
+        /// What the log has instead.
+        found: String,
+    },
+    /// Entries follow the position sealed when the log was last closed cleanly.
+    #[error(
+        "{path}: {entries} entries follow seq {seq}, where the log was sealed when its writer last \
+         closed it cleanly: someone else appended them"
+    )]
+    AfterClose {
+        /// The log.
+        path: PathBuf,
+        /// The position sealed at the clean close.
+        seq: u64,
+        /// Entries after it.
+        entries: u64,
+    },
+    /// The log was closed; nothing more is appended.
+    #[error("{0}: the audit log is closed")]
+    Closed(PathBuf),
 }
+
+/// What the writer of a log expects of it when it opens it: the latest sealed position it
+/// recorded outside the log, and whether it closed the log cleanly there.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// The latest sealed position recorded outside the log.
+    pub head: Option<Head>,
+    /// Whether the log was closed cleanly at `head` (then nothing may follow it).
+    pub closed: bool,
+}
+
+/// Checks the log at `path` as [`AuditLog::open_expecting`] would with the key whose public
+/// half is `key` (hex), without writing anything: what opening it would find.
+pub fn examine(path: &Path, key: &str, expected: &Expected) -> Result<VerifyReport, AuditError> {
+    examine_scan(path, key, expected).map(|s| s.report)
+}
+
+fn examine_scan(path: &Path, key: &str, expected: &Expected) -> Result<verify::Scan, AuditError> {
+    if !path.exists() {
+        if let Some(head) = &expected.head {
+            return Err(AuditError::Behind {
+                path: path.to_path_buf(),
+                head: head.clone(),
+                found: "the log is missing".into(),
+            });
+        }
+        return Ok(verify::Scan {
+            prev: GENESIS.to_string(),
+            ..verify::Scan::default()
+        });
+    }
+    let found = verify::scan(
+        path,
+        &VerifyOptions {
+            key: Some(key),
+            head: expected.head.as_ref(),
+            sealed_end: false,
+            up_to: None,
+        },
+    )?;
+    if let Some(head) = expected.head.as_ref().filter(|_| expected.closed)
+        && found.report.entries > head.seq
+    {
+        return Err(AuditError::AfterClose {
+            path: path.to_path_buf(),
+            seq: head.seq,
+            entries: found.report.entries - head.seq,
+        });
+    }
+    Ok(found)
+}
+
+/// What [`AuditLog::open`] found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Opened {
+    /// Entries in the log as found (checkpoints included).
+    pub entries: u64,
+    /// Entries found after the last checkpoint, now sealed (recorded in `audit.tail_sealed`).
+    pub sealed_tail: u64,
+    /// Bytes of a partial last line cut off.
+    pub torn_bytes: u64,
+}
+
+/// Called with each new sealed position once it is durable, and whether the log was closed
+/// there: where a writer keeps its head outside the log.
+pub type OnSeal = Box<dyn Fn(&Head, bool) + Send + Sync>;
 
 /// An open log, appending. Shared by reference between threads: entries are written in one
 /// order under a lock, and made durable by group commit (see [`AuditLog::append`]).
 pub struct AuditLog {
     path: PathBuf,
     key: Ed25519KeyPair,
-    tail: std::sync::Mutex<Tail>,
+    tail: Mutex<Tail>,
     /// The highest sequence number known to be on disk; held while syncing.
-    synced: std::sync::Mutex<u64>,
+    synced: Mutex<u64>,
     /// A second handle on the file, synced without holding `tail`.
     sync_file: File,
+    opened: Opened,
+    on_seal: Mutex<Option<Arc<OnSeal>>>,
 }
 
 /// The appending end of the log.
@@ -125,6 +295,8 @@ struct Tail {
     seq: u64,
     prev: String,
     since_checkpoint: u64,
+    head: Option<Head>,
+    closed: bool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -142,60 +314,140 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl AuditLog {
-    /// Opens (or creates) the log at `path`, signing checkpoints with `key`. A partial last line
-    /// left by a crash is cut off (and logged); the rest must verify.
+    /// Opens (or creates, mode 0600) the log at `path`, signing checkpoints with `key`; see
+    /// [`AuditLog::open_expecting`].
     pub fn open(path: &Path, key: Ed25519KeyPair) -> Result<Self, AuditError> {
+        Self::open_expecting(path, key, &Expected::default())
+    }
+
+    /// Opens (or creates, mode 0600) the log at `path`, signing checkpoints with `key`. The log
+    /// must verify with `key`'s public key pinned (a log signed by another key is refused), hold
+    /// `expected.head` when given, and have nothing after it if it was closed there. A partial
+    /// last line left by a crash is cut off, and entries left unsealed are sealed, with an
+    /// `audit.tail_sealed` entry saying how many (both logged as warnings).
+    pub fn open_expecting(
+        path: &Path,
+        key: Ed25519KeyPair,
+        expected: &Expected,
+    ) -> Result<Self, AuditError> {
         let io = |error| AuditError::Io {
             path: path.to_path_buf(),
             error,
         };
-        let (mut seq, mut prev, mut since_checkpoint) = (0, GENESIS.to_string(), 0);
-        if path.exists() {
-            let bytes = std::fs::read(path).map_err(io)?;
-            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            if whole < bytes.len() {
-                tracing::warn!(
-                    path = %path.display(),
-                    bytes = bytes.len() - whole,
-                    "audit log: cutting off a partial last entry (a crash during a write)"
-                );
-                let file = OpenOptions::new().write(true).open(path).map_err(io)?;
-                file.set_len(whole as u64).map_err(io)?;
-                file.sync_all().map_err(io)?;
-            }
-            let report = verify_bytes(path, &bytes[..whole], None)?;
-            seq = report.entries;
-            since_checkpoint = report.unsigned_tail;
-            if let Some(last) = bytes[..whole]
-                .strip_suffix(b"\n")
-                .and_then(|b| b.split(|&c| c == b'\n').next_back())
-            {
-                prev = sha256_hex(last);
-            }
+        let public = hex(key.public_key().as_ref());
+        let found = examine_scan(path, &public, expected)?;
+        if found.report.torn_bytes > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = found.report.torn_bytes,
+                "audit log: cutting off a partial last entry (a crash during a write)"
+            );
+            let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+            file.set_len(found.whole_bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path).map_err(io)?;
         let sync_file = file.try_clone().map_err(io)?;
-        Ok(Self {
+        let report = &found.report;
+        let log = Self {
             path: path.to_path_buf(),
             key,
-            tail: std::sync::Mutex::new(Tail {
+            tail: Mutex::new(Tail {
                 file,
-                seq,
-                prev,
-                since_checkpoint,
+                seq: report.entries,
+                prev: found.prev.clone(),
+                since_checkpoint: report.unsigned_tail,
+                head: report.head.clone(),
+                closed: false,
             }),
-            synced: std::sync::Mutex::new(seq),
+            synced: Mutex::new(report.entries),
             sync_file,
-        })
+            opened: Opened {
+                entries: report.entries,
+                sealed_tail: report.unsigned_tail,
+                torn_bytes: report.torn_bytes,
+            },
+            on_seal: Mutex::new(None),
+        };
+        if report.unsigned_tail > 0 || report.torn_bytes > 0 {
+            log.seal_tail(report.entries)?;
+        }
+        Ok(log)
     }
 
-    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
-        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    /// Seals what the last writer left unsealed, with an entry that says what it covers.
+    fn seal_tail(&self, entries: u64) -> Result<(), AuditError> {
+        let o = &self.opened;
+        tracing::warn!(
+            path = %self.path.display(),
+            entries = o.sealed_tail,
+            torn_bytes = o.torn_bytes,
+            "audit log: sealing {} entries its last writer left unsealed (it stopped without \
+             closing the log: a crash)",
+            o.sealed_tail
+        );
+        let last = {
+            let mut tail = self.tail();
+            if tail.since_checkpoint > 0 {
+                self.write(&mut tail, "checkpoint", None)?;
+            }
+            let record = serde_json::json!({
+                "entries": o.sealed_tail,
+                "from_seq": entries + 1 - o.sealed_tail,
+                "to_seq": entries,
+                "torn_bytes": o.torn_bytes,
+                "reason": "its writer stopped without sealing them (a crash); sealed at the next open",
+            });
+            self.write(&mut tail, "audit.tail_sealed", Some(record))?;
+            self.write(&mut tail, "checkpoint", None)?;
+            tail.seq
+        };
+        self.durable(last)
+    }
+
+    fn tail(&self) -> MutexGuard<'_, Tail> {
+        guard(&self.tail)
+    }
+
+    /// What opening the log found and did.
+    pub fn opened(&self) -> &Opened {
+        &self.opened
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hex public key of the signer.
+    pub fn public_key(&self) -> String {
+        hex(self.key.public_key().as_ref())
+    }
+
+    /// Calls `on_seal` with every sealed position from now on, once it is durable (and on close).
+    pub fn set_on_seal(&self, on_seal: OnSeal) {
+        *guard(&self.on_seal) = Some(Arc::new(on_seal));
+    }
+
+    fn sealed(&self, head: &Head, closed: bool) {
+        let callback = guard(&self.on_seal).clone();
+        if let Some(f) = callback {
+            f(head, closed);
+        }
+    }
+
+    /// The latest sealed position, if the log has a checkpoint.
+    pub fn head(&self) -> Option<Head> {
+        self.tail().head.clone()
     }
 
     /// Entries written so far (checkpoints included).
@@ -216,6 +468,9 @@ impl AuditLog {
         kind: &str,
         record: Option<serde_json::Value>,
     ) -> Result<u64, AuditError> {
+        if tail.closed {
+            return Err(AuditError::Closed(self.path.clone()));
+        }
         let seq = tail.seq + 1;
         let mut entry = Entry {
             seq,
@@ -232,6 +487,14 @@ impl AuditLog {
             entry.key = Some(hex(self.key.public_key().as_ref()));
         }
         let mut line = serde_json::to_vec(&entry).expect("an entry serializes");
+        if line.len() >= MAX_LINE {
+            // Kept verifiable and bounded: what it was, not all of it.
+            entry.record = Some(serde_json::json!({
+                "oversized_record_bytes": line.len(),
+                "sha256": sha256_hex(&line),
+            }));
+            line = serde_json::to_vec(&entry).expect("an entry serializes");
+        }
         let hash = sha256_hex(&line);
         line.push(b'\n');
         tail.file.write_all(&line).map_err(|error| AuditError::Io {
@@ -239,12 +502,16 @@ impl AuditLog {
             error,
         })?;
         tail.seq = seq;
-        tail.prev = hash;
-        tail.since_checkpoint = if kind == "checkpoint" {
-            0
+        if kind == "checkpoint" {
+            tail.since_checkpoint = 0;
+            tail.head = Some(Head {
+                seq,
+                hash: hash.clone(),
+            });
         } else {
-            tail.since_checkpoint + 1
-        };
+            tail.since_checkpoint += 1;
+        }
+        tail.prev = hash;
         Ok(seq)
     }
 
@@ -252,7 +519,7 @@ impl AuditLog {
     /// everything written so far, while the others wait on `synced` and then find their entry
     /// covered; so concurrent requests share one sync instead of queueing for one each.
     fn durable(&self, seq: u64) -> Result<(), AuditError> {
-        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut synced = guard(&self.synced);
         if *synced >= seq {
             return Ok(());
         }
@@ -268,15 +535,21 @@ impl AuditLog {
     /// Appends an event (`plugin.load`, `policy.swap`, ...), with a signed checkpoint every
     /// [`CHECKPOINT_EVERY`] entries, and returns the entry's sequence number once it is on disk.
     pub fn append(&self, kind: &str, record: serde_json::Value) -> Result<u64, AuditError> {
-        let (seq, last) = {
+        let (seq, last, sealed) = {
             let mut tail = self.tail();
             let seq = self.write(&mut tail, kind, Some(record))?;
-            if tail.since_checkpoint >= CHECKPOINT_EVERY {
+            let sealed = if tail.since_checkpoint >= CHECKPOINT_EVERY {
                 self.write(&mut tail, "checkpoint", None)?;
-            }
-            (seq, tail.seq)
+                tail.head.clone()
+            } else {
+                None
+            };
+            (seq, tail.seq, sealed)
         };
         self.durable(last)?;
+        if let Some(head) = sealed {
+            self.sealed(&head, false);
+        }
         Ok(seq)
     }
 
@@ -295,128 +568,45 @@ impl AuditLog {
         self.append("decision", record)
     }
 
-    /// Appends a signed checkpoint covering every entry so far.
-    pub fn checkpoint(&self) -> Result<u64, AuditError> {
-        let seq = {
+    /// Appends a signed checkpoint covering every entry so far; returns the sealed position.
+    pub fn checkpoint(&self) -> Result<Head, AuditError> {
+        let head = {
             let mut tail = self.tail();
-            self.write(&mut tail, "checkpoint", None)?
+            self.write(&mut tail, "checkpoint", None)?;
+            tail.head.clone().expect("a checkpoint was just written")
         };
-        self.durable(seq)?;
-        Ok(seq)
+        self.durable(head.seq)?;
+        self.sealed(&head, false);
+        Ok(head)
     }
 
-    /// Ends the log with a checkpoint, so every entry is covered by a signature.
+    /// Seals the entries written since the last checkpoint, if there are any; returns the
+    /// sealed position it wrote.
+    pub fn seal(&self) -> Result<Option<Head>, AuditError> {
+        if self.tail().since_checkpoint == 0 {
+            return Ok(None);
+        }
+        self.checkpoint().map(Some)
+    }
+
+    /// Ends the log with a checkpoint, so every entry is covered by a signature, and refuses
+    /// every append after it.
     pub fn close(&self) -> Result<(), AuditError> {
-        if self.tail().since_checkpoint > 0 {
-            self.checkpoint()?;
+        let head = {
+            let mut tail = self.tail();
+            if tail.closed {
+                return Ok(());
+            }
+            if tail.since_checkpoint > 0 {
+                self.write(&mut tail, "checkpoint", None)?;
+            }
+            tail.closed = true;
+            (tail.seq, tail.head.clone())
+        };
+        self.durable(head.0)?;
+        if let Some(h) = head.1 {
+            self.sealed(&h, true);
         }
         Ok(())
     }
-}
-
-/// What a verification found.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// Entries that verified (checkpoints included).
-    pub entries: u64,
-    /// Signed checkpoints among them.
-    pub checkpoints: u64,
-    /// Entries after the last checkpoint: chained, not yet signed.
-    pub unsigned_tail: u64,
-    /// Hex public key that signed the checkpoints.
-    pub key: Option<String>,
-    /// Whether a partial last line (a crash during a write) was ignored.
-    pub torn_tail: bool,
-}
-
-/// Verifies the log at `path`: the chain, the sequence, and every checkpoint's signature, by
-/// `trusted_key` (hex public key) when given, else by the key of the first checkpoint.
-pub fn verify(path: &Path, trusted_key: Option<&str>) -> Result<VerifyReport, AuditError> {
-    let bytes = std::fs::read(path).map_err(|error| AuditError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut report = verify_bytes(path, &bytes[..whole], trusted_key)?;
-    report.torn_tail = whole < bytes.len();
-    Ok(report)
-}
-
-fn verify_bytes(
-    path: &Path,
-    bytes: &[u8],
-    trusted_key: Option<&str>,
-) -> Result<VerifyReport, AuditError> {
-    let bad = |line: usize, reason: String| AuditError::Tampered {
-        path: path.to_path_buf(),
-        line,
-        reason,
-    };
-    let mut report = VerifyReport {
-        entries: 0,
-        checkpoints: 0,
-        unsigned_tail: 0,
-        key: trusted_key.map(str::to_string),
-        torn_tail: false,
-    };
-    let mut prev = GENESIS.to_string();
-    let text = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if text.is_empty() {
-        return Ok(report);
-    }
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        let n = i + 1;
-        let entry: Entry = serde_json::from_slice(line)
-            .map_err(|e| bad(n, format!("not an audit entry ({e})")))?;
-        if entry.seq != n as u64 {
-            return Err(bad(
-                n,
-                format!(
-                    "entry number {} where {n} was expected: entries were removed, inserted or \
-                     reordered here",
-                    entry.seq
-                ),
-            ));
-        }
-        if entry.prev != prev {
-            return Err(bad(
-                n - 1,
-                "the next entry does not chain to this one: it was changed, or entries around \
-                 it were removed, inserted or reordered"
-                    .into(),
-            ));
-        }
-        if entry.kind == "checkpoint" {
-            let (Some(sig), Some(key)) = (&entry.signature, &entry.key) else {
-                return Err(bad(n, "checkpoint without signature or key".into()));
-            };
-            let expected = report.key.get_or_insert_with(|| key.clone());
-            if key != expected {
-                return Err(bad(
-                    n,
-                    format!("checkpoint signed by key {key}, not the trusted {expected}"),
-                ));
-            }
-            let (Some(sig), Some(key)) = (keys::from_hex(sig), keys::from_hex(key)) else {
-                return Err(bad(n, "checkpoint signature or key is not hex".into()));
-            };
-            UnparsedPublicKey::new(&ED25519, key)
-                .verify(&checkpoint_message(entry.seq, &entry.prev), &sig)
-                .map_err(|_| {
-                    bad(
-                        n,
-                        "checkpoint signature does not verify: the entries before it were \
-                         rewritten"
-                            .into(),
-                    )
-                })?;
-            report.checkpoints += 1;
-            report.unsigned_tail = 0;
-        } else {
-            report.unsigned_tail += 1;
-        }
-        prev = sha256_hex(line);
-        report.entries += 1;
-    }
-    Ok(report)
 }

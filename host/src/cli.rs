@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod daemon;
+mod db;
 mod demo;
 mod plugin;
 mod policy;
@@ -65,7 +66,7 @@ enum Command {
     /// Plugin signatures: keys, signing, verification.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
-    /// The audit log: signing key, verification.
+    /// The audit log: signing key, verification, recovery.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// List the plugins shipped in this binary.
@@ -127,6 +128,9 @@ enum Command {
     /// The encrypted object store (content-addressed, AES-256-GCM envelope encryption).
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// The daemon's database: backup, restore, check.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// The compute devices found, and why CUDA is not used when it is not.
     Devices {
         /// Print JSON.
@@ -196,6 +200,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(dir) => store::init(&dir),
         Command::Key(cmd) => store::key(cmd),
         Command::Store(cmd) => store::store(cmd),
+        Command::Db(cmd) => db::run(cmd),
         Command::Devices { json } => train::devices(json),
         Command::Plugins => {
             let mut t = table::Table::new(&["plugin", "kind", "what it does"]);

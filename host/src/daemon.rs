@@ -9,7 +9,10 @@
 //! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/nodes`, `GET /v1/gpus`,
 //! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
 //! `PUT /v1/plugins/{name}` (a signed scheduler plugin, kept in the store),
-//! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`; `POST /v1/policy` (a bundle, admins);
+//! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`,
+//! `GET /v1/audit/head` (the sealed position, for anchoring); `POST /v1/policy` (a bundle,
+//! admins; kept for restarts), `GET /v1/policy` (the revision in force); `POST /v1/gpus/healthy`;
+//! `POST /v1/keys/rotate` (admins);
 //! and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
@@ -18,10 +21,13 @@ pub mod api;
 pub mod auth;
 pub(crate) mod body;
 pub mod curve;
+pub mod datadir;
 pub mod db;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod persisted;
+pub mod recovery;
 pub mod rejections;
 pub mod runner;
 pub mod serve;
@@ -33,8 +39,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::audit::AuditLog;
 use crate::cluster::Cluster;
-use crate::policy::decide::{LoadedPolicy, PolicyLimits};
-use crate::policy::source::PolicySource;
 use crate::{Host, HostConfig, PluginSource, builtin};
 
 use self::db::{Db, JobState};
@@ -59,6 +63,9 @@ pub struct DaemonConfig {
     pub train_limits: crate::training::TrainLimits,
     /// What connections may hold (caps and timeouts against slow or hostile clients).
     pub conn_limits: serve::ConnLimits,
+    /// Start with the shipped policy, replacing one an admin installed (which then no longer
+    /// loads, say); recorded in the audit log.
+    pub shipped_policy: bool,
 }
 
 /// A daemon failed to start.
@@ -85,8 +92,10 @@ pub struct Daemon {
     pub host: std::sync::RwLock<Host>,
     /// The policy and the audit log, without the host's lock: every request's decision.
     pub decider: crate::Decider,
-    /// Datasets, checkpoints and artifacts, encrypted.
+    /// Datasets, checkpoints and artifacts, encrypted (holding the data directory's lock).
     pub store: crate::storage::Store,
+    /// The audit log (also the host's): sealed by a timer, and its head served.
+    pub audit: Arc<AuditLog>,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
     /// The largest sizes a training job may imply.
@@ -173,18 +182,28 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 }
 
 impl Daemon {
-    /// Opens the data directory: store keys, database, audit log, the shipped policy and the
-    /// `binpack` scheduler; requeues every job the database says is pending (a restart after a
-    /// crash loses no accepted job).
+    /// Opens the data directory (locked for the daemon's life, swept, its database and audit log
+    /// checked: see [`datadir::DataDir::open`]), the policy an admin installed (else the shipped
+    /// one), the GPU health admins set, and the active scheduler; requeues every job the database
+    /// says is not over (a restart after a crash loses no accepted job).
     pub fn open(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
         let setup = |m: String| DaemonError::Setup(m);
-        let store =
-            crate::storage::Store::open(&config.data_dir).map_err(|e| setup(e.to_string()))?;
-        let db = Db::open(&db_path(&config.data_dir)).map_err(|e| setup(e.to_string()))?;
+        let datadir::DataDir {
+            store, db, audit, ..
+        } = datadir::DataDir::open(&config.data_dir, "gantry up")
+            .map_err(|e| setup(e.to_string()))?;
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
+        match host.cache().sweep() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                files = n,
+                "removed compiled-plugin temporaries a crash left"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweeping the compiled-plugin cache"),
+        }
         // The scheduler an admin made active survives restarts; one that no longer loads (a
         // trust key withdrawn, say) gives way to the shipped default, with a warning.
         let active = db
@@ -198,21 +217,15 @@ impl Daemon {
             host.load_scheduler(&PluginSource::Builtin(DEFAULT_SCHEDULER.into()))
                 .map_err(|e| setup(e.to_string()))?;
         }
-        let key = crate::keys::load(&config.data_dir.join("keys/host.pk8"))
-            .map_err(|e| setup(e.to_string()))?;
-        let audit = AuditLog::open(&config.data_dir.join("audit.log"), key)
-            .map_err(|e| setup(e.to_string()))?;
-        host.set_audit_log(audit);
-        let (name, rego, data) = builtin::AUTHZ_POLICY;
-        let source =
-            PolicySource::from_parts(&[(name, rego)], data).map_err(|e| setup(e.to_string()))?;
-        let entrypoints = vec![crate::DECISION_ENTRYPOINT.to_string()];
-        let bundle =
-            crate::policy::build(&source, &entrypoints, None).map_err(|e| setup(e.to_string()))?;
-        let policy =
-            LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
-                .map_err(|e| setup(e.to_string()))?;
-        host.set_policy(policy).map_err(|e| setup(e.to_string()))?;
+        host.set_shared_audit_log(audit.clone());
+        Self::start_policy(&mut host, &db, &store, config.shipped_policy).map_err(setup)?;
+        let unhealthy = persisted::apply_gpu_health(&mut host, &db).map_err(setup)?;
+        if unhealthy > 0 {
+            tracing::info!(
+                gpus = unhealthy,
+                "GPUs marked unhealthy by admins stay out of service"
+            );
+        }
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
@@ -255,11 +268,14 @@ impl Daemon {
             }
         }
         tracing::info!(requeued, "daemon state recovered");
+        // What starting recorded (the policy in force, say) is sealed before the first request.
+        audit.seal().map_err(|e| setup(e.to_string()))?;
         Ok(Daemon {
             db,
             decider: host.decider(),
             host: std::sync::RwLock::new(host),
             store,
+            audit,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             rejections: Default::default(),
@@ -267,6 +283,37 @@ impl Daemon {
             deferred: Mutex::new(deferred),
             curves: Mutex::new(Default::default()),
         })
+    }
+
+    /// Installs the policy to start with ([`persisted::policy_to_start_with`]) and says which.
+    fn start_policy(
+        host: &mut Host,
+        db: &Db,
+        store: &crate::storage::Store,
+        shipped: bool,
+    ) -> Result<(), String> {
+        let replaced = db
+            .setting(persisted::POLICY_REVISION)
+            .map_err(|e| e.to_string())?
+            .filter(|_| shipped);
+        let (policy, info) = persisted::policy_to_start_with(host, db, store, shipped)?;
+        host.set_policy(policy).map_err(|e| e.to_string())?;
+        if let Some(revision) = replaced {
+            host.record(
+                "policy.reset",
+                serde_json::json!({"replaced": revision, "by": "gantry up --shipped-policy"}),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        tracing::info!(revision = %info.revision, source = info.source, "policy in force");
+        Ok(())
+    }
+
+    /// Seals the audit log's entries since its last checkpoint (the daemon's timer).
+    pub fn seal_audit(&self) {
+        if let Err(e) = self.audit.seal() {
+            tracing::error!(error = %e, "sealing the audit log");
+        }
     }
 
     /// The host, locked for a change (scheduling, submitting, loading plugins).
@@ -491,7 +538,24 @@ pub async fn serve_until(
         addr: config.listen,
         error,
     })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(lock) = daemon.store.dir_lock() {
+        // Where `gantry key rotate` and other commands reach the daemon that holds the directory.
+        lock.set_url(&format!("{scheme}://{addr}"))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
     ready(addr);
+    // Entries since the last checkpoint are sealed at least every SEAL_INTERVAL.
+    let sealer = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::audit::SEAL_INTERVAL).await;
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.seal_audit()).await;
+            }
+        })
+    };
     // Scheduling runs on its own blocking thread, woken by submissions and every second.
     let wake = Arc::new(tokio::sync::Notify::new());
     let scheduler = {
@@ -523,6 +587,7 @@ pub async fn serve_until(
     serve::serve(listener, acceptor, app, limits, daemon.clone(), shutdown).await;
     scheduler.abort();
     recorder.abort();
+    sealer.abort();
     // Runs stop at a step boundary and their jobs go back to the queue (not counted as
     // crashes); they resume from their newest checkpoint on restart.
     let stopping = daemon.clone();

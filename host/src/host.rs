@@ -391,6 +391,11 @@ impl Host {
         self.audit = Some(Arc::new(log));
     }
 
+    /// [`Host::set_audit_log`] with a log shared with its owner (a daemon seals it on a timer).
+    pub fn set_shared_audit_log(&mut self, log: Arc<AuditLog>) {
+        self.audit = Some(log);
+    }
+
     /// Closes the audit log with a signed checkpoint.
     pub fn close_audit_log(&mut self) -> Result<(), HostError> {
         if let Some(log) = self.audit.take() {

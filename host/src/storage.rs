@@ -23,9 +23,12 @@
 //! Rotating the master key re-wraps every data key (a few hundred bytes each) and rewrites no
 //! object.
 
+mod lock;
+
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest::{Context, SHA256};
@@ -33,6 +36,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, Mode};
+
+pub use self::lock::{DirLock, Holder};
 
 /// Plaintext bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -73,6 +78,17 @@ pub enum StoreError {
     /// The system's random source failed.
     #[error("random source: {0}")]
     Random(String),
+    /// Another process holds the data directory (the daemon, or an offline command).
+    #[error("{}: in use by {holder}; stop it first (or make this change through the running daemon)", path.display())]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: Holder,
+    },
+    /// A store opened to read was asked to write.
+    #[error("{}: opened read-only; writing needs the data directory's lock", .0.display())]
+    ReadOnly(PathBuf),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -117,7 +133,7 @@ struct KeyFile {
 }
 
 /// What [`Store::rotate`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotation {
     /// The master key now in use.
     pub new_master: String,
@@ -125,46 +141,82 @@ pub struct Rotation {
     pub rewrapped: usize,
     /// Master keys removed (no data key needed them any more).
     pub retired: Vec<String>,
+    /// Objects whose key file did not read (each with why): their keys were not re-wrapped,
+    /// and no master key was removed.
+    pub unreadable: Vec<(String, String)>,
 }
 
+/// The master keys a store knows, and which one new objects use.
+struct Masters {
+    keys: Vec<MasterKey>,
+    current: usize,
+}
+
+impl Masters {
+    fn position(&self, id: &str) -> Option<usize> {
+        self.keys.iter().position(|m| m.id == id)
+    }
+}
+
+/// Puts of one id are serialised by one of this many locks (chosen by the id's first byte).
+const STRIPES: usize = 64;
+
 /// The encrypted object store of one data directory.
+///
+/// Shared by reference between threads. Writing (puts, rotation) needs the data directory's
+/// [`DirLock`] ([`Store::open_exclusive`], [`Store::init`]): one writing process at a time. Within
+/// it, puts of one object are serialised (a striped lock) and published under it, so concurrent
+/// puts of the same content are idempotent; the master keys sit behind a lock, so a rotation runs
+/// while puts and reads go on. A store opened with [`Store::open`] only reads, and can read while
+/// another process writes.
 pub struct Store {
     root: PathBuf,
-    /// Every master key on disk; `current` indexes the one new objects use.
-    masters: Vec<MasterKey>,
-    current: usize,
+    masters: RwLock<Masters>,
+    stripes: Vec<Mutex<()>>,
+    /// Held for the whole of a rotation: one at a time.
+    rotating: Mutex<()>,
     rng: SystemRandom,
+    /// The directory's lock, when this store may write.
+    lock: Option<Arc<DirLock>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("root", &self.root)
-            .field("master", &self.masters[self.current].id)
+            .field("master", &self.master_id())
+            .field("writable", &self.lock.is_some())
             .finish()
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Store {
-    /// Creates a data directory at `root` (which must not hold one already): the layout, a
-    /// master key (mode 0600) and the host's signing key.
+    /// Creates a data directory at `root` (which must not hold one already): the layout (mode
+    /// 0700), a master key (mode 0600) and the host's signing key. The store returned holds the
+    /// directory's lock.
     pub fn init(root: &Path) -> Result<Store, StoreError> {
+        let refuse = || StoreError::Layout {
+            path: root.to_path_buf(),
+            message: "already a Gantry data directory; refusing to replace its keys".into(),
+        };
         if root.join("keys/current").exists() {
-            return Err(StoreError::Layout {
-                path: root.to_path_buf(),
-                message: "already a Gantry data directory; refusing to replace its keys".into(),
-            });
+            return Err(refuse());
         }
-        for dir in ["keys", "objects/tmp"] {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        private_dir(root)?;
+        let lock = Arc::new(DirLock::acquire(root, "gantry init")?);
+        // Again under the lock: another init may have finished meanwhile.
+        if root.join("keys/current").exists() {
+            return Err(refuse());
+        }
+        for dir in ["keys", "objects", "objects/tmp"] {
             let d = root.join(dir);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let keys = root.join("keys");
-            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700))
-                .map_err(io(&keys))?;
+            private_dir(&d)?;
         }
         let rng = SystemRandom::new();
         let master = new_master(root, &rng)?;
@@ -174,50 +226,53 @@ impl Store {
             message: e.to_string(),
         })?;
         set_current(root, &master.id)?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            masters: vec![master],
-            current: 0,
-            rng,
-        })
+        Ok(Store::new(root, vec![master], 0, Some(lock)))
     }
 
-    /// Opens the data directory at `root`.
-    pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let current_path = root.join("keys/current");
-        let current_id = std::fs::read_to_string(&current_path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => StoreError::Layout {
-                    path: root.to_path_buf(),
-                    message: "not a Gantry data directory (run `gantry init`)".into(),
-                },
-                _ => io(&current_path)(e),
-            })?
-            .trim()
-            .to_string();
-        let keys = root.join("keys");
-        let mut masters = Vec::new();
-        for entry in std::fs::read_dir(&keys).map_err(io(&keys))? {
-            let path = entry.map_err(io(&keys))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with("master-") && name.ends_with(".key") {
-                let bytes = std::fs::read(&path).map_err(io(&path))?;
-                masters.push(MasterKey::from_bytes(&bytes, &path)?);
-            }
-        }
-        let current = masters
-            .iter()
-            .position(|m| m.id == current_id)
-            .ok_or_else(|| StoreError::Layout {
-                path: current_path.clone(),
-                message: format!("names master key {current_id}, which is not in keys/"),
-            })?;
-        Ok(Store {
+    fn new(root: &Path, keys: Vec<MasterKey>, current: usize, lock: Option<Arc<DirLock>>) -> Store {
+        Store {
             root: root.to_path_buf(),
-            masters,
-            current,
+            masters: RwLock::new(Masters { keys, current }),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            rotating: Mutex::new(()),
             rng: SystemRandom::new(),
-        })
+            lock,
+        }
+    }
+
+    /// Opens the data directory at `root` to read: no lock is taken, and puts and rotation are
+    /// refused. Reads stay correct while another process (the daemon) writes and rotates.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let (keys, current) = read_masters(root)?;
+        Ok(Store::new(root, keys, current, None))
+    }
+
+    /// Opens the data directory at `root` to read and write, taking its lock for the life of
+    /// the store (`holder` says who holds it, for the error another process gets); fails at once,
+    /// naming the holder, if another process holds it. Temporaries that a crash left behind
+    /// (object uploads, key files being replaced) and key files of objects never published are
+    /// removed: nobody else can be writing them.
+    pub fn open_exclusive(root: &Path, holder: &str) -> Result<Store, StoreError> {
+        // A directory that is not a data directory is reported as such, not locked.
+        read_masters(root)?;
+        let lock = Arc::new(DirLock::acquire(root, holder)?);
+        Store::open_locked(lock)
+    }
+
+    /// [`Store::open_exclusive`] with a lock already taken.
+    pub fn open_locked(lock: Arc<DirLock>) -> Result<Store, StoreError> {
+        let root = lock.root().to_path_buf();
+        let (keys, current) = read_masters(&root)?;
+        let store = Store::new(&root, keys, current, Some(lock));
+        let swept = store.sweep()?;
+        if swept > 0 {
+            tracing::warn!(
+                root = %root.display(),
+                files = swept,
+                "removed files a crash left behind (partial uploads and key files)"
+            );
+        }
+        Ok(store)
     }
 
     /// The data directory.
@@ -225,9 +280,35 @@ impl Store {
         &self.root
     }
 
+    /// The directory's lock, when this store writes.
+    pub fn dir_lock(&self) -> Option<&Arc<DirLock>> {
+        self.lock.as_ref()
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(StoreError::ReadOnly(self.root.clone())),
+        }
+    }
+
+    fn masters(&self) -> std::sync::RwLockReadGuard<'_, Masters> {
+        self.masters.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn masters_mut(&self) -> std::sync::RwLockWriteGuard<'_, Masters> {
+        self.masters.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The id of the master key new objects are wrapped with.
-    pub fn master_id(&self) -> &str {
-        &self.masters[self.current].id
+    pub fn master_id(&self) -> String {
+        let m = self.masters();
+        m.keys[m.current].id.clone()
+    }
+
+    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
+        let byte = u8::from_str_radix(id.get(..2).unwrap_or("00"), 16).unwrap_or(0);
+        lock(&self.stripes[usize::from(byte) % STRIPES])
     }
 
     fn object_path(&self, id: &str) -> PathBuf {
@@ -247,93 +328,85 @@ impl Store {
     }
 
     /// Stores everything `reader` yields, encrypting as it streams (plaintext never touches the
-    /// disk); returns the object's id. Storing content already present changes nothing.
-    pub fn put(&self, mut reader: impl Read) -> Result<String, StoreError> {
+    /// disk); returns the object's id once the object is durable. Idempotent under any
+    /// concurrency: storing content already present (and readable) changes nothing; concurrent
+    /// puts of one content all return its id, and it reads.
+    pub fn put(&self, reader: impl Read) -> Result<String, StoreError> {
+        self.writable()?;
         let mut key_bytes = [0u8; 32];
         self.rng
             .fill(&mut key_bytes)
             .map_err(|_| StoreError::Random("no data key".into()))?;
-        let data_key = aead_key(&key_bytes);
-        let tmp_dir = self.root.join("objects/tmp");
         let mut name = [0u8; 12];
         self.rng
             .fill(&mut name)
             .map_err(|_| StoreError::Random("no temporary name".into()))?;
-        let tmp = tmp_dir.join(data_encoding::HEXLOWER.encode(&name));
-        let result = (|| {
-            let file = File::create(&tmp).map_err(io(&tmp))?;
-            let mut out = BufWriter::new(file);
-            out.write_all(OBJECT_MAGIC).map_err(io(&tmp))?;
-            out.write_all(&(CHUNK as u32).to_le_bytes())
-                .map_err(io(&tmp))?;
-            let mut digest = Context::new(&SHA256);
-            let mut chunk = Vec::with_capacity(CHUNK + TAG);
-            let mut index = 0u64;
-            // Read one chunk ahead so the last chunk is known to be last when sealed.
-            let mut pending = read_chunk(&mut reader, &tmp)?;
-            loop {
-                let next = if pending.len() == CHUNK {
-                    read_chunk(&mut reader, &tmp)?
-                } else {
-                    Vec::new()
-                };
-                let last = next.is_empty();
-                digest.update(&pending);
-                chunk.clear();
-                chunk.extend_from_slice(&pending);
-                data_key
-                    .seal_in_place_append_tag(
-                        chunk_nonce(index),
-                        Aad::from(chunk_aad(index, last)),
-                        &mut chunk,
-                    )
-                    .map_err(|_| StoreError::Random("sealing a chunk".into()))?;
-                // The top bit of the length says "last"; the AAD authenticates it.
-                let len = chunk.len() as u32 | (u32::from(last) << 31);
-                out.write_all(&len.to_le_bytes()).map_err(io(&tmp))?;
-                out.write_all(&chunk).map_err(io(&tmp))?;
-                if last {
-                    break;
-                }
-                pending = next;
-                index += 1;
-            }
-            let file = out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-            file.sync_all().map_err(io(&tmp))?;
-            Ok(data_encoding::HEXLOWER.encode(digest.finish().as_ref()))
-        })();
-        let id = match result {
+        let tmp = self
+            .root
+            .join("objects/tmp")
+            .join(data_encoding::HEXLOWER.encode(&name));
+        // The expensive part, outside every lock: encrypt into a temporary of this put's own.
+        let id = match seal_into(&tmp, reader, &key_bytes) {
             Ok(id) => id,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
         };
-        let path = self.object_path(&id);
-        if path.exists() && self.key_path(&id).exists() {
-            // Content-addressed: the same bytes are already here.
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(id);
+        let published = self.publish(&id, &tmp, &key_bytes);
+        let _ = std::fs::remove_file(&tmp);
+        published.map(|()| id)
+    }
+
+    /// Makes the sealed temporary `tmp` object `id`, unless a readable object `id` is already
+    /// there. Under the id's stripe lock, so the check and the publication are one step for
+    /// every thread; the key file is written before the object is renamed into place (an object
+    /// without its key would be unreadable; a key without its object is an orphan, swept).
+    fn publish(&self, id: &str, tmp: &Path, key_bytes: &[u8; 32]) -> Result<(), StoreError> {
+        let _stripe = self.stripe(id);
+        let path = self.object_path(id);
+        if path.exists() || self.key_path(id).exists() {
+            match self.authenticate(id) {
+                Ok(()) => return Ok(()),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(
+                    object = %id,
+                    error = %e,
+                    "an unreadable copy of this object is replaced by a new upload of its content"
+                ),
+            }
         }
         let dir = path.parent().expect("objects/ab");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        // The key first: an object without its key would be unreadable, a key without its
-        // object is only an orphan.
-        self.write_key(&id, &key_bytes, self.current)?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-        Ok(id)
+        // Wrapped with the current master under the masters' read lock, held until the object
+        // is in place: a rotation switches masters only between publications, so it sees every
+        // published object wrapped by a master it knows.
+        let masters = self.masters();
+        self.write_key(id, key_bytes, &masters, masters.current)?;
+        std::fs::rename(tmp, &path).map_err(io(&path))?;
+        durable::sync_dir(dir).map_err(io(dir))
     }
 
-    fn write_key(&self, id: &str, key_bytes: &[u8; 32], master: usize) -> Result<(), StoreError> {
+    /// Reads object `id` whole, checking every chunk and its digest.
+    fn authenticate(&self, id: &str) -> Result<(), StoreError> {
+        let mut reader = self.reader(id)?;
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| read_error(id, e))?;
+        Ok(())
+    }
+
+    fn write_key(
+        &self,
+        id: &str,
+        key_bytes: &[u8; 32],
+        masters: &Masters,
+        master: usize,
+    ) -> Result<(), StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
             .map_err(|_| StoreError::Random("no nonce".into()))?;
         let mut wrapped = key_bytes.to_vec();
-        self.masters[master]
+        masters.keys[master]
             .key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -343,7 +416,7 @@ impl Store {
             .map_err(|_| StoreError::Random("wrapping a data key".into()))?;
         let file = KeyFile {
             format: FORMAT,
-            master: self.masters[master].id.clone(),
+            master: masters.keys[master].id.clone(),
             nonce: data_encoding::HEXLOWER.encode(&nonce),
             wrapped: data_encoding::HEXLOWER.encode(&wrapped),
         };
@@ -352,39 +425,51 @@ impl Store {
         durable::write(&path, &json, Mode::Private).map_err(io(&path))
     }
 
-    /// The data key of object `id`, unwrapped, and the index of the master key that wraps it.
-    fn unwrap_key(&self, id: &str) -> Result<([u8; 32], usize), StoreError> {
-        let corrupt = |message: String| StoreError::Corrupt {
-            id: id.to_string(),
-            message,
-        };
+    /// Object `id`'s key file, parsed (not unwrapped).
+    fn key_file(&self, id: &str) -> Result<KeyFile, StoreError> {
         let path = self.key_path(id);
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
             _ => io(&path)(e),
         })?;
-        let file: KeyFile = serde_json::from_slice(&bytes)
-            .map_err(|e| corrupt(format!("unreadable key file: {e}")))?;
+        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            message: format!("unreadable key file: {e}"),
+        })?;
         if file.format != FORMAT {
-            return Err(corrupt(format!("key file format {}", file.format)));
+            return Err(StoreError::Corrupt {
+                id: id.to_string(),
+                message: format!("key file format {}", file.format),
+            });
         }
-        let master = self
-            .masters
-            .iter()
-            .position(|m| m.id == file.master)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "wrapped by master key {}, which is not here",
-                    file.master
-                ))
-            })?;
+        Ok(file)
+    }
+
+    /// The data key of object `id`, unwrapped, and the id of the master key that wraps it.
+    fn unwrap_key(&self, id: &str) -> Result<([u8; 32], String), StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            id: id.to_string(),
+            message,
+        };
+        let file = self.key_file(id)?;
+        if self.masters().position(&file.master).is_none() {
+            // Another process may have rotated since this store was opened.
+            self.reload_masters()?;
+        }
+        let masters = self.masters();
+        let master = masters.position(&file.master).ok_or_else(|| {
+            corrupt(format!(
+                "wrapped by master key {}, which is not in keys/",
+                file.master
+            ))
+        })?;
         let hex = |s: &str| data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes());
         let nonce: [u8; NONCE_LEN] = hex(&file.nonce)
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| corrupt("bad nonce in key file".into()))?;
         let mut wrapped = hex(&file.wrapped).map_err(|_| corrupt("bad wrapped key".into()))?;
-        let key = self.masters[master]
+        let key = masters.keys[master]
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
@@ -400,7 +485,19 @@ impl Store {
         let key: [u8; 32] = key
             .try_into()
             .map_err(|_| corrupt("data key of the wrong length".into()))?;
-        Ok((key, master))
+        Ok((key, file.master))
+    }
+
+    /// Adds master keys that appeared in keys/ since the store was opened.
+    fn reload_masters(&self) -> Result<(), StoreError> {
+        let (found, _) = read_masters(&self.root)?;
+        let mut masters = self.masters_mut();
+        for key in found {
+            if masters.position(&key.id).is_none() {
+                masters.keys.push(key);
+            }
+        }
+        Ok(())
     }
 
     /// A reader over object `id` that checks every chunk before returning its bytes and the
@@ -452,13 +549,8 @@ impl Store {
 
     /// Every stored object's id.
     pub fn list(&self) -> Result<Vec<String>, StoreError> {
-        let objects = self.root.join("objects");
         let mut ids = Vec::new();
-        for shard in std::fs::read_dir(&objects).map_err(io(&objects))? {
-            let shard = shard.map_err(io(&objects))?.path();
-            if shard.file_name().is_some_and(|n| n == "tmp") || !shard.is_dir() {
-                continue;
-            }
+        for shard in self.shards()? {
             for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
                 let name = entry.map_err(io(&shard))?.file_name();
                 let name = name.to_string_lossy();
@@ -471,44 +563,269 @@ impl Store {
         Ok(ids)
     }
 
-    /// Makes a new master key current and re-wraps every data key under it, then removes the
-    /// master keys nothing needs any more. Objects are not rewritten. Safe to re-run after a
-    /// crash: every data key stays readable throughout (each key file is replaced atomically,
-    /// and old master keys stay until no key file names them).
-    pub fn rotate(&mut self) -> Result<Rotation, StoreError> {
-        let master = new_master(&self.root, &self.rng)?;
-        let new_id = master.id.clone();
-        self.masters.push(master);
-        let new_index = self.masters.len() - 1;
-        let mut rewrapped = 0;
-        for id in self.list()? {
-            let (key_bytes, used) = self.unwrap_key(&id)?;
-            if used == new_index {
+    /// The shard directories `objects/ab`.
+    fn shards(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let objects = self.root.join("objects");
+        let mut shards = Vec::new();
+        for shard in std::fs::read_dir(&objects).map_err(io(&objects))? {
+            let shard = shard.map_err(io(&objects))?.path();
+            if shard.file_name().is_some_and(|n| n == "tmp") || !shard.is_dir() {
                 continue;
             }
-            self.write_key(&id, &key_bytes, new_index)?;
+            shards.push(shard);
+        }
+        Ok(shards)
+    }
+
+    /// Reads and authenticates every object: what [`Store::verify`] found.
+    pub fn verify(&self) -> Result<StoreReport, StoreError> {
+        let ids = self.list()?;
+        let mut failed = Vec::new();
+        for id in &ids {
+            if let Err(e) = self.authenticate(id) {
+                failed.push((id.clone(), e.to_string()));
+            }
+        }
+        Ok(StoreReport {
+            objects: ids.len(),
+            failed,
+        })
+    }
+
+    /// Removes what a crash of a writer left behind: partial uploads in `objects/tmp`, the
+    /// temporaries of key files and master keys being replaced, and key files whose object was
+    /// never renamed into place. Only under the directory's lock. Returns how many it removed.
+    fn sweep(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let tmp = self.root.join("objects/tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let path = entry.map_err(io(&tmp))?.path();
+            if path.is_file() {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+        let now = std::time::Duration::ZERO;
+        let keys = self.root.join("keys");
+        removed += durable::sweep(&keys, now).map_err(io(&keys))?.len();
+        for shard in self.shards()? {
+            removed += durable::sweep(&shard, now).map_err(io(&shard))?.len();
+            for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
+                let path = entry.map_err(io(&shard))?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let Some(id) = name.strip_suffix(".key")
+                    && check_id(id).is_ok()
+                    && !self.object_path(id).exists()
+                {
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Makes a new master key current and re-wraps every data key under it, then removes the
+    /// master keys that no key file names any more. Objects are not rewritten. Runs while puts
+    /// and reads go on (each key file is re-wrapped under its object's lock; new puts use the
+    /// new master from the moment it is current). A crash at any point loses nothing: the new
+    /// master is on disk before it is current, each key file is replaced atomically, and a
+    /// master key is removed only after every key file has been read again and none names it;
+    /// re-running finishes the job.
+    pub fn rotate(&self) -> Result<Rotation, StoreError> {
+        self.writable()?;
+        let _one = lock(&self.rotating);
+        let new_id = {
+            let mut masters = self.masters_mut();
+            let master = new_master(&self.root, &self.rng)?;
+            set_current(&self.root, &master.id)?;
+            let id = master.id.clone();
+            masters.keys.push(master);
+            masters.current = masters.keys.len() - 1;
+            id
+        };
+        let mut rewrapped = 0;
+        let mut unreadable = Vec::new();
+        for id in self.list()? {
+            let _stripe = self.stripe(&id);
+            let (key_bytes, used) = match self.unwrap_key(&id) {
+                Ok(k) => k,
+                Err(e) => {
+                    unreadable.push((id.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            if used == new_id {
+                continue;
+            }
+            let masters = self.masters();
+            let current = masters.current;
+            self.write_key(&id, &key_bytes, &masters, current)?;
             rewrapped += 1;
         }
-        set_current(&self.root, &new_id)?;
-        self.current = new_index;
-        let mut retired = Vec::new();
-        let keep = self.masters.remove(new_index);
-        for old in self.masters.drain(..) {
-            let path = self
-                .root
-                .join("keys")
-                .join(format!("master-{}.key", old.id));
-            std::fs::remove_file(&path).map_err(io(&path))?;
-            retired.push(old.id);
-        }
-        self.masters.push(keep);
-        self.current = 0;
+        let retired = if unreadable.is_empty() {
+            self.retire_unused()?
+        } else {
+            // A key file that does not read may name any master: keep them all.
+            tracing::warn!(
+                unreadable = unreadable.len(),
+                "some key files do not read; no master key is removed"
+            );
+            Vec::new()
+        };
         Ok(Rotation {
             new_master: new_id,
             rewrapped,
             retired,
+            unreadable,
         })
     }
+
+    /// Removes every master key but the current one that no key file names, after reading every
+    /// key file again.
+    fn retire_unused(&self) -> Result<Vec<String>, StoreError> {
+        let mut named = std::collections::HashSet::new();
+        for id in self.list()? {
+            named.insert(self.key_file(&id)?.master);
+        }
+        let mut masters = self.masters_mut();
+        let current_id = masters.keys[masters.current].id.clone();
+        let (keep, retire): (Vec<MasterKey>, Vec<MasterKey>) = std::mem::take(&mut masters.keys)
+            .into_iter()
+            .partition(|m| m.id == current_id || named.contains(&m.id));
+        masters.keys = keep;
+        masters.current = masters
+            .position(&current_id)
+            .expect("the current key is kept");
+        drop(masters);
+        // Also master files on disk this store never loaded (a crashed rotation's new key).
+        let mut retired: Vec<String> = retire.into_iter().map(|m| m.id).collect();
+        let (on_disk, _) = read_masters(&self.root)?;
+        for m in on_disk {
+            if m.id != current_id && !named.contains(&m.id) && !retired.contains(&m.id) {
+                retired.push(m.id);
+            }
+        }
+        let keys = self.root.join("keys");
+        for id in &retired {
+            let path = keys.join(format!("master-{id}.key"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        durable::sync_dir(&keys).map_err(io(&keys))?;
+        retired.sort();
+        Ok(retired)
+    }
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreReport {
+    /// Objects read.
+    pub objects: usize,
+    /// Those that failed, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Encrypts everything `reader` yields into a new file `tmp` under `key_bytes`, synced; returns
+/// the plaintext's SHA-256 (the object's id).
+fn seal_into(
+    tmp: &Path,
+    mut reader: impl Read,
+    key_bytes: &[u8; 32],
+) -> Result<String, StoreError> {
+    let data_key = aead_key(key_bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(tmp).map_err(io(tmp))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(OBJECT_MAGIC).map_err(io(tmp))?;
+    out.write_all(&(CHUNK as u32).to_le_bytes())
+        .map_err(io(tmp))?;
+    let mut digest = Context::new(&SHA256);
+    let mut chunk = Vec::with_capacity(CHUNK + TAG);
+    let mut index = 0u64;
+    // Read one chunk ahead so the last chunk is known to be last when sealed.
+    let mut pending = read_chunk(&mut reader, tmp)?;
+    loop {
+        let next = if pending.len() == CHUNK {
+            read_chunk(&mut reader, tmp)?
+        } else {
+            Vec::new()
+        };
+        let last = next.is_empty();
+        digest.update(&pending);
+        chunk.clear();
+        chunk.extend_from_slice(&pending);
+        data_key
+            .seal_in_place_append_tag(
+                chunk_nonce(index),
+                Aad::from(chunk_aad(index, last)),
+                &mut chunk,
+            )
+            .map_err(|_| StoreError::Random("sealing a chunk".into()))?;
+        // The top bit of the length says "last"; the AAD authenticates it.
+        let len = chunk.len() as u32 | (u32::from(last) << 31);
+        out.write_all(&len.to_le_bytes()).map_err(io(tmp))?;
+        out.write_all(&chunk).map_err(io(tmp))?;
+        if last {
+            break;
+        }
+        pending = next;
+        index += 1;
+    }
+    let file = out.into_inner().map_err(|e| io(tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(tmp))?;
+    Ok(data_encoding::HEXLOWER.encode(digest.finish().as_ref()))
+}
+
+/// Every master key in `root/keys`, and the index of the current one.
+fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
+    let current_path = root.join("keys/current");
+    let current_id = std::fs::read_to_string(&current_path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::Layout {
+                path: root.to_path_buf(),
+                message: "not a Gantry data directory (run `gantry init`)".into(),
+            },
+            _ => io(&current_path)(e),
+        })?
+        .trim()
+        .to_string();
+    let keys = root.join("keys");
+    let mut masters = Vec::new();
+    for entry in std::fs::read_dir(&keys).map_err(io(&keys))? {
+        let path = entry.map_err(io(&keys))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("master-") && name.ends_with(".key") {
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            masters.push(MasterKey::from_bytes(&bytes, &path)?);
+        }
+    }
+    let current = masters
+        .iter()
+        .position(|m| m.id == current_id)
+        .ok_or_else(|| StoreError::Layout {
+            path: current_path.clone(),
+            message: format!("names master key {current_id}, which is not in keys/"),
+        })?;
+    Ok((masters, current))
+}
+
+/// Makes `dir` owner-only (0700).
+pub fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 /// Streams an object's plaintext, chunk by authenticated chunk.

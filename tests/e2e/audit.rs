@@ -114,12 +114,239 @@ fn modified_deleted_reordered_and_inserted_entries_are_named() {
     save(&path, &t);
     assert_eq!(bad_line(&path).0, 11);
 
-    // Deleted at the end: the closing checkpoint removed leaves an unsigned tail, reported.
+    // Deleted at the end: the closing checkpoint removed leaves an unsealed tail: refused.
     let mut t = clean.clone();
     t.pop();
     save(&path, &t);
+    let e = audit::verify(&path, None).unwrap_err();
+    assert!(matches!(e, AuditError::Unsealed { .. }), "{e}");
+}
+
+/// Recomputes the chain from line `from` on, as anyone can (the hashes are unkeyed).
+fn rechain(t: &mut [String], from: usize) {
+    for i in from.max(1)..t.len() {
+        let prev = gantry::plugin::cache::sha256_hex(t[i - 1].as_bytes());
+        let mut e: serde_json::Value = serde_json::from_str(&t[i]).unwrap();
+        e["prev"] = serde_json::Value::String(prev);
+        let entry: audit::Entry = serde_json::from_value(e).unwrap();
+        t[i] = serde_json::to_string(&entry).unwrap();
+    }
+}
+
+/// Every denial turned into an allow.
+fn allow_everything(t: &mut [String]) {
+    for line in t.iter_mut() {
+        *line = line.replace("\"allow\":false", "\"allow\":true");
+    }
+}
+
+/// Issue 10, section 4: a log with its checkpoints removed and its chain recomputed (every
+/// denial turned into an allow) passed `gantry audit verify` with exit 0.
+#[test]
+fn a_log_with_checkpoints_stripped_and_chain_recomputed_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    for n in [20, 100] {
+        let clean = write_log(&path, dir.path(), n);
+        let mut t: Vec<String> = clean
+            .iter()
+            .filter(|l| !l.contains("\"kind\":\"checkpoint\""))
+            .cloned()
+            .collect();
+        allow_everything(&mut t);
+        for (i, line) in t.iter_mut().enumerate() {
+            let mut e: serde_json::Value = serde_json::from_str(line).unwrap();
+            e["seq"] = (i + 1).into();
+            *line = serde_json::to_string(&e).unwrap();
+        }
+        rechain(&mut t, 1);
+        save(&path, &t);
+        let e = audit::verify(&path, None).expect_err("a forged log must not verify");
+        let text = e.to_string();
+        assert!(
+            text.contains("without a signed checkpoint")
+                || text.contains("not covered by a signed checkpoint"),
+            "{n}: {text}"
+        );
+        let out = crate::support::gantry(&["audit", "verify", path.to_str().unwrap()], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{n}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Issue 10, section 4: a log with its tail cut off passed verification: cut mid-way it no
+/// longer ends sealed; cut back to an earlier checkpoint it is a valid log, caught only by the
+/// sealed position kept outside it (`--head`).
+#[test]
+fn a_log_with_its_tail_cut_fails_mid_way_and_against_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let clean = write_log(&path, dir.path(), 150);
+    let head = audit::verify(&path, None).unwrap().head.unwrap();
+    assert_eq!(head.seq as usize, clean.len());
+    // Mid-way: after some entries of the last run.
+    let first_cp = clean
+        .iter()
+        .position(|l| l.contains("\"kind\":\"checkpoint\""))
+        .unwrap();
+    save(&path, &clean[..first_cp + 10]);
+    let e = audit::verify(&path, None).unwrap_err();
+    assert!(matches!(e, AuditError::Unsealed { entries: 9, .. }), "{e}");
+    // Back to the first checkpoint: it verifies alone, not against the head.
+    save(&path, &clean[..=first_cp]);
+    audit::verify(&path, None).unwrap();
+    let options = audit::VerifyOptions {
+        head: Some(&head),
+        ..Default::default()
+    };
+    let e = audit::verify_with(&path, &options).unwrap_err();
+    assert!(matches!(e, AuditError::Behind { .. }), "{e}");
+    let out = crate::support::gantry(
+        &[
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--head",
+            &head.to_string(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        crate::support::text(&out).1.contains("cut back"),
+        "{:?}",
+        crate::support::text(&out)
+    );
+    // The whole log holds its head.
+    save(&path, &clean);
+    audit::verify_with(&path, &options).unwrap();
+    // A head that names another line there fails too.
+    let wrong = audit::Head {
+        seq: head.seq,
+        hash: "ab".repeat(32),
+    };
+    let e = audit::verify_with(
+        &path,
+        &audit::VerifyOptions {
+            head: Some(&wrong),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not the sealed position"), "{e}");
+}
+
+/// Issue 10, section 4: a writer pins its own key (a log signed by another key is refused at
+/// open), refuses a log behind the position it sealed, and refuses entries appended after it
+/// closed the log cleanly.
+#[test]
+fn a_writer_refuses_another_key_a_cut_log_and_entries_after_a_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let clean = write_log(&path, dir.path(), 100);
+    let head = audit::verify(&path, None).unwrap().head.unwrap();
+    let ours = || gantry::keys::load(&dir.path().join("host.pk8")).unwrap();
+    let e = AuditLog::open(&path, key(dir.path(), "other.pk8")).unwrap_err();
+    assert!(e.to_string().contains("not the trusted"), "{e}");
+    // Cut back to an earlier checkpoint: behind the recorded head.
+    let first_cp = clean
+        .iter()
+        .position(|l| l.contains("\"kind\":\"checkpoint\""))
+        .unwrap();
+    save(&path, &clean[..=first_cp]);
+    let expected = audit::Expected {
+        head: Some(head.clone()),
+        closed: true,
+    };
+    let e = AuditLog::open_expecting(&path, ours(), &expected).unwrap_err();
+    assert!(matches!(e, AuditError::Behind { .. }), "{e}");
+    // Whole, plus two forged entries chained after the clean close.
+    let mut t = clean.clone();
+    t.push(t[3].clone());
+    t.push(t[4].clone());
+    for (i, line) in t.iter_mut().enumerate().skip(clean.len()) {
+        let mut e: serde_json::Value = serde_json::from_str(line).unwrap();
+        e["seq"] = (i + 1).into();
+        *line = serde_json::to_string(&e).unwrap();
+    }
+    rechain(&mut t, clean.len());
+    save(&path, &t);
+    let e = AuditLog::open_expecting(&path, ours(), &expected).unwrap_err();
+    assert!(
+        matches!(e, AuditError::AfterClose { entries: 2, .. }),
+        "{e}"
+    );
+    // The same log after a crash (not closed): sealed, and the sealing says what it covers.
+    let crashed = audit::Expected {
+        head: Some(head),
+        closed: false,
+    };
+    let log = AuditLog::open_expecting(&path, ours(), &crashed).unwrap();
+    assert_eq!(log.opened().sealed_tail, 2);
+    drop(log);
     let report = audit::verify(&path, None).unwrap();
-    assert!(report.unsigned_tail > 0);
+    assert_eq!(report.entries as usize, t.len() + 3);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"kind\":\"audit.tail_sealed\""), "{text}");
+}
+
+/// Issue 10, section 4: the writer seals on a timer's call and on close, so a live log ends
+/// sealed after `seal`; a crash leaves at most the entries since the last seal, which the next
+/// open seals, saying how many.
+#[test]
+fn entries_a_crash_left_unsealed_are_sealed_at_open_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let signer = key(dir.path(), "host.pk8");
+    let log = AuditLog::open(&path, signer).unwrap();
+    for i in 0..5 {
+        log.append("test.event", serde_json::json!({"i": i}))
+            .unwrap();
+    }
+    let sealed = log.seal().unwrap().unwrap();
+    assert_eq!(sealed.seq, 6);
+    assert_eq!(log.seal().unwrap(), None, "nothing new to seal");
+    audit::verify(&path, None).unwrap();
+    for i in 0..3 {
+        log.append("test.event", serde_json::json!({"i": i}))
+            .unwrap();
+    }
+    drop(log); // a crash: never closed
+    assert!(matches!(
+        audit::verify(&path, None),
+        Err(AuditError::Unsealed { entries: 3, .. })
+    ));
+    let log = AuditLog::open(
+        &path,
+        gantry::keys::load(&dir.path().join("host.pk8")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((log.opened().sealed_tail, log.opened().torn_bytes), (3, 0));
+    log.close().unwrap();
+    assert!(
+        log.append("late", serde_json::json!({})).is_err(),
+        "closed means closed"
+    );
+    let report = audit::verify(&path, None).unwrap();
+    // A checkpoint over the three, the sealing entry, and its checkpoint.
+    assert_eq!(report.entries, 9 + 3);
+    let marker: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .nth(10)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker["kind"], "audit.tail_sealed");
+    assert_eq!(marker["record"]["entries"], 3);
+    assert_eq!(
+        (
+            marker["record"]["from_seq"].as_u64(),
+            marker["record"]["to_seq"].as_u64()
+        ),
+        (Some(7), Some(9))
+    );
 }
 
 #[test]
@@ -132,13 +359,7 @@ fn a_rewritten_chain_fails_at_the_next_signed_checkpoint() {
     let mut t = clean.clone();
     t[k] = t[k].replace("\"allow\":false", "\"allow\":true");
     assert_ne!(t[k], clean[k], "the test must change something");
-    for i in k + 1..t.len() {
-        let prev = gantry::plugin::cache::sha256_hex(t[i - 1].as_bytes());
-        let mut e: serde_json::Value = serde_json::from_str(&t[i]).unwrap();
-        e["prev"] = serde_json::Value::String(prev);
-        let entry: audit::Entry = serde_json::from_value(e).unwrap();
-        t[i] = serde_json::to_string(&entry).unwrap();
-    }
+    rechain(&mut t, k + 1);
     save(&path, &t);
     let (line, reason) = bad_line(&path);
     let first_checkpoint = clean
@@ -164,21 +385,33 @@ fn a_crash_mid_write_leaves_a_log_that_verifies_and_continues() {
     // A crash during a write: half a line, no newline.
     let half = &clean[3][..clean[3].len() / 2];
     std::fs::write(&path, clean.join("\n") + "\n" + half).unwrap();
-    let report = audit::verify(&path, None).unwrap();
-    assert!(report.torn_tail);
-    assert_eq!(report.entries as usize, clean.len());
-    // Reopening cuts the partial line off and the chain goes on.
+    // Not sealed at its end: refused until a writer opens it and seals what the crash left.
+    let e = audit::verify(&path, None).unwrap_err();
+    assert!(e.to_string().contains("partial last line"), "{e}");
+    let partial = audit::verify_with(
+        &path,
+        &audit::VerifyOptions {
+            sealed_end: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(partial.torn_tail);
+    assert_eq!(partial.entries as usize, clean.len());
+    // Reopening cuts the partial line off (recording it) and the chain goes on.
     let log = AuditLog::open(
         &path,
         gantry::keys::load(&dir.path().join("host.pk8")).unwrap(),
     )
     .unwrap();
+    assert_eq!(log.opened().torn_bytes as usize, half.len());
     log.append("policy.swap", serde_json::json!({"revision": "r2"}))
         .unwrap();
     log.close().unwrap();
     let report = audit::verify(&path, None).unwrap();
     assert!(!report.torn_tail);
-    assert_eq!(report.entries as usize, clean.len() + 2);
+    // The sealing entry and its checkpoint, the swap and the closing checkpoint.
+    assert_eq!(report.entries as usize, clean.len() + 4);
     assert_eq!(report.unsigned_tail, 0);
 }
 

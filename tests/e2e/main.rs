@@ -6,6 +6,7 @@ mod bundle_signatures;
 mod cli;
 mod daemon;
 mod daemon_plugins;
+mod durability;
 mod faults;
 mod hostile_clients;
 mod lifecycle;

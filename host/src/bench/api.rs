@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::daemon::db::{Db, User};
+use crate::daemon::db::User;
 use crate::daemon::{self, Background, DaemonConfig};
 
 /// Workload of the API benchmark.
@@ -90,14 +90,15 @@ fn run_in(
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ApiReport> {
     crate::storage::Store::init(dir)?;
-    let db = Db::open(&daemon::db_path(dir))?;
-    db.put_user(&User {
+    let admin = daemon::datadir::DataDir::open(dir, "gantry bench api")?;
+    let user = User {
         name: "load".into(),
         roles: vec!["admin".into()],
         tenants: vec!["vision".into()],
         clearance: "public".into(),
-    })?;
-    let token = daemon::auth::issue(&db, "load")?;
+    };
+    let token = admin.add_user(&user, None)?.token;
+    admin.close()?;
     // 256 GPUs; the tenant is one the shipped policy gives a quota (512 GPUs).
     let mut cluster = crate::cluster::Cluster::uniform(4, 8, 8, 1);
     cluster.tenants[0].name = "vision".into();
@@ -110,6 +111,7 @@ fn run_in(
         trust: Default::default(),
         train_limits: Default::default(),
         conn_limits: Default::default(),
+        shipped_policy: false,
     })?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();
@@ -179,6 +181,7 @@ fn run_in(
         errors.extend(e);
         accepted.extend(a);
     }
+    let db = crate::daemon::db::Db::open(&daemon::db_path(dir))?;
     let stored: std::collections::HashSet<String> = db.jobs()?.into_iter().map(|j| j.id).collect();
     let lost_jobs = accepted.iter().filter(|id| !stored.contains(*id)).count();
     let requests = submits.len() + reads.len();

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use gantry::daemon::datadir::DataDir;
 use gantry::daemon::db::{Db, User};
 use gantry::daemon::{self, DaemonConfig};
 
@@ -41,9 +42,14 @@ pub struct UpArgs {
     /// kept-alive connection).
     #[arg(long, default_value_t = 10)]
     header_timeout_s: u64,
+    /// Start with the shipped policy, replacing the one an admin installed (when that no longer
+    /// loads, say); recorded in the audit log.
+    #[arg(long)]
+    shipped_policy: bool,
 }
 
-/// `gantry user ...`.
+/// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
+/// each recorded in the audit log.
 #[derive(Debug, clap::Subcommand)]
 pub enum UserCommand {
     /// Add (or update) a user and print a new bearer token for them (shown once).
@@ -59,6 +65,44 @@ pub enum UserCommand {
         /// The highest dataset classification the user may read or write.
         #[arg(long, default_value = "public")]
         clearance: String,
+        /// How long the token lives: 30d, 12h, 45m, 90s or `never` (default: the data
+        /// directory's, `gantry user ttl`).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Print another bearer token for an existing user (shown once).
+    Token {
+        /// The user's name.
+        name: String,
+        /// How long the token lives (as for `user add`).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Revoke every token of a user (or one, by its id): they get 401 from then on.
+    Revoke {
+        /// The user's name.
+        name: String,
+        /// Only this token (its id: the hex digits after `gantry_`).
+        #[arg(long, value_name = "ID")]
+        token: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// List tokens (ids, creation, expiry, revocation; never the tokens themselves).
+    Tokens {
+        /// Only this user's.
+        name: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Set how long new tokens live unless told otherwise (default 90d): 30d, 12h, ... or `never`.
+    Ttl {
+        /// The lifetime.
+        duration: String,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -119,6 +163,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             header_timeout: std::time::Duration::from_secs(args.header_timeout_s.max(1)),
             ..Default::default()
         },
+        shipped_policy: args.shipped_policy,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,29 +174,115 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A lifetime option: `None` for the directory's default.
+fn ttl(expires: Option<&str>) -> anyhow::Result<Option<Option<f64>>> {
+    expires
+        .map(|e| daemon::auth::parse_ttl(e).map_err(|m| anyhow::anyhow!("--expires {m}")))
+        .transpose()
+}
+
+fn expiry(at: Option<f64>) -> String {
+    match at {
+        None => "never expires".into(),
+        Some(t) => format!("expires in {:.1} days", (t - daemon::db::now()) / 86400.0),
+    }
+}
+
 /// Runs `gantry user ...`.
 pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    let open = |dir: &super::store::DataDir, what: &str| -> anyhow::Result<DataDir> {
+        let root = dir.path()?;
+        DataDir::open(&root, what).map_err(|e| match e {
+            gantry::daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
+                holder,
+                ..
+            }) => anyhow::anyhow!(
+                "{}: held by {holder}; users and tokens are changed offline: stop it \
+                 (`kill -TERM {}`), run this again, and start it",
+                root.display(),
+                holder.pid
+            ),
+            e => e.into(),
+        })
+    };
     match cmd {
         UserCommand::Add {
             name,
             roles,
             tenants,
             clearance,
+            expires,
             dir,
         } => {
-            let data_dir = dir.path()?;
-            gantry::storage::Store::open(&data_dir)?;
-            let db = Db::open(&daemon::db_path(&data_dir))?;
-            db.put_user(&User {
-                name: name.clone(),
+            let ttl = ttl(expires.as_deref())?;
+            let d = open(&dir, "gantry user add")?;
+            let user = User {
+                name,
                 roles,
                 tenants,
                 clearance,
-            })?;
-            println!("{}", daemon::auth::issue(&db, &name)?);
-            Ok(())
+            };
+            let issued = d.add_user(&user, ttl)?;
+            d.close()?;
+            eprintln!(
+                "token {} for {} ({})",
+                issued.id,
+                user.name,
+                expiry(issued.expires_at)
+            );
+            println!("{}", issued.token);
+        }
+        UserCommand::Token { name, expires, dir } => {
+            let ttl = ttl(expires.as_deref())?;
+            let d = open(&dir, "gantry user token")?;
+            let issued = d.issue_token(&name, ttl)?;
+            d.close()?;
+            eprintln!(
+                "token {} for {name} ({})",
+                issued.id,
+                expiry(issued.expires_at)
+            );
+            println!("{}", issued.token);
+        }
+        UserCommand::Revoke { name, token, dir } => {
+            let d = open(&dir, "gantry user revoke")?;
+            let revoked = d.revoke(&name, token.as_deref())?;
+            d.close()?;
+            println!(
+                "revoked {} token(s) of {name}: {}",
+                revoked.len(),
+                revoked.join(", ")
+            );
+        }
+        UserCommand::Tokens { name, dir } => {
+            let db = Db::open(&daemon::db_path(&dir.path()?))?;
+            let mut t = Table::new(&["id", "user", "created", "state"]);
+            let now = daemon::db::now();
+            for token in db.tokens(name.as_deref())? {
+                let state = match (token.revoked_at, token.expires_at) {
+                    (Some(_), _) => "revoked".to_string(),
+                    (None, Some(e)) if e <= now => "expired".to_string(),
+                    (None, e) => expiry(e),
+                };
+                let age = (now - token.created_at) / 86400.0;
+                t.row(vec![
+                    token.id,
+                    token.user,
+                    format!("{age:.1} days ago"),
+                    state,
+                ]);
+            }
+            print!("{t}");
+        }
+        UserCommand::Ttl { duration, dir } => {
+            let ttl = daemon::auth::parse_ttl(&duration).map_err(|m| anyhow::anyhow!(m))?;
+            let d = open(&dir, "gantry user ttl")?;
+            d.set_token_ttl(ttl)?;
+            d.close()?;
+            println!("new tokens {}", expiry(ttl.map(|t| daemon::db::now() + t)));
         }
     }
+    Ok(())
 }
 
 pub(super) fn call(

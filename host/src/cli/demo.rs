@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use gantry::daemon::db::{Db, User};
+use gantry::daemon::db::User;
 use gantry::daemon::{self, DaemonConfig};
 use gantry::pipeline::{self, PipelineConfig};
 use gantry::plugin::{ArtifactCache, base_linker};
@@ -69,25 +69,25 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
 
 fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     step(1, "a host on a fresh data directory");
-    let store = Store::init(dir)?;
+    let master = Store::init(dir)?.master_id();
     println!(
-        "  {}: encrypted store (master key {}), host signing key",
+        "  {}: encrypted store (master key {master}), host signing key",
         dir.display(),
-        store.master_id()
     );
-    let db = Db::open(&daemon::db_path(dir))?;
+    // As `gantry user add` does it: under the directory's lock, each recorded in the audit log.
+    let admin = daemon::datadir::DataDir::open(dir, "gantry demo")?;
     let mut tokens = Vec::new();
     for (name, tenant) in [("ada", "vision"), ("lee", "language")] {
-        db.put_user(&User {
+        let user = User {
             name: name.into(),
             roles: vec!["researcher".into(), "writer".into()],
             tenants: vec![tenant.into()],
             clearance: "internal".into(),
-        })?;
-        tokens.push(daemon::auth::issue(&db, name)?);
+        };
+        tokens.push(admin.add_user(&user, None)?.token);
         println!("  user {name} (tenant {tenant}) with a bearer token");
     }
-    drop(db);
+    admin.close()?;
 
     // The daemon, in this process, on a free loopback port.
     let server = daemon::Background::start(DaemonConfig {
@@ -99,6 +99,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         trust: Default::default(),
         train_limits: Default::default(),
         conn_limits: Default::default(),
+        shipped_policy: false,
     })?;
     let addr = server.addr;
     println!(
@@ -176,7 +177,20 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         "a generated dataset, encrypted at rest, through the wasm preprocessing plugin",
     );
     let csv = gantry::bench::preprocess::dataset(200_000, 8, 7);
-    let object = store.put_bytes(&csv)?;
+    // Through the daemon, which holds the data directory; read back beside it.
+    let stored = ureq::put(&format!(
+        "http://{addr}/v1/datasets/generated.csv?tenant=vision&classification=internal"
+    ))
+    .header("Authorization", &format!("Bearer {}", ada.token))
+    .send(&csv[..])
+    .context("uploading the generated dataset")?
+    .into_body()
+    .read_json::<serde_json::Value>()?;
+    let object = stored["object"]
+        .as_str()
+        .context("the upload's answer names no object")?
+        .to_string();
+    let store = Store::open(dir)?;
     println!(
         "  {:.1} MB of CSV stored as object {}…",
         csv.len() as f64 / 1e6,

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use gantry::storage::Store;
+use gantry::daemon::datadir::{DataDir as DataDirHandle, DataDirError};
+use gantry::storage::{Rotation, Store, StoreError};
 
 /// Where the data directory is: `--data-dir`, else `$GANTRY_DATA_DIR`, else
 /// `$XDG_DATA_HOME/gantry` or `~/.local/share/gantry`.
@@ -36,10 +37,17 @@ impl DataDir {
 #[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
     /// Make a new master key current and re-wrap every data key under it (objects are not
-    /// rewritten); the old master key is then removed.
+    /// rewritten); an old master key is removed once no key file names it. Audited. When a
+    /// daemon holds the data directory, the rotation goes through it (an admin's token).
     Rotate {
         #[command(flatten)]
         dir: DataDir,
+        /// An admin's bearer token, to rotate through the daemon that holds the directory.
+        #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Trust this PEM certificate when the daemon serves HTTPS.
+        #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -91,15 +99,58 @@ pub fn init(dir: &DataDir) -> anyhow::Result<()> {
 /// Runs `gantry key ...`.
 pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
-        KeyCommand::Rotate { dir } => {
-            let mut store = Store::open(&dir.path()?)?;
-            let r = store.rotate()?;
+        KeyCommand::Rotate {
+            dir,
+            token,
+            ca_cert,
+        } => {
+            let root = dir.path()?;
+            let r: Rotation = match DataDirHandle::open(&root, "gantry key rotate") {
+                Ok(d) => {
+                    let r = d.rotate_key()?;
+                    d.close()?;
+                    r
+                }
+                Err(DataDirError::Store(StoreError::Locked { holder, .. }))
+                    if holder.url.is_some() =>
+                {
+                    let url = holder.url.clone().unwrap_or_default();
+                    let Some(token) = token else {
+                        anyhow::bail!(
+                            "{}: held by {holder}; to rotate through it, give an admin's token \
+                             (--token or GANTRY_TOKEN), or stop it first",
+                            root.display()
+                        );
+                    };
+                    let client = super::daemon::Client {
+                        url,
+                        token,
+                        ca_cert,
+                    };
+                    let v = super::daemon::call(&client, "POST", "/v1/keys/rotate", None)?;
+                    serde_json::from_value(v).context("the daemon's answer")?
+                }
+                Err(e) => return Err(e.into()),
+            };
             println!(
                 "master key {} now current; {} data key(s) re-wrapped; retired {}",
                 r.new_master,
                 r.rewrapped,
-                r.retired.join(", ")
+                if r.retired.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.retired.join(", ")
+                }
             );
+            for (id, why) in &r.unreadable {
+                eprintln!("not re-wrapped (its key file does not read): {id}: {why}");
+            }
+            if !r.unreadable.is_empty() {
+                anyhow::bail!(
+                    "{} key file(s) do not read; no master key was removed (run `gantry store verify`)",
+                    r.unreadable.len()
+                );
+            }
             Ok(())
         }
     }
@@ -109,7 +160,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
 pub fn store(cmd: StoreCommand) -> anyhow::Result<()> {
     match cmd {
         StoreCommand::Put { file, dir } => {
-            let store = Store::open(&dir.path()?)?;
+            let store = Store::open_exclusive(&dir.path()?, "gantry store put")?;
             let input = std::fs::File::open(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             println!("{}", store.put(input)?);
@@ -132,26 +183,18 @@ pub fn store(cmd: StoreCommand) -> anyhow::Result<()> {
 }
 
 fn verify(path: &Path) -> anyhow::Result<()> {
-    let store = Store::open(path)?;
-    let ids = store.list()?;
-    let mut bad = 0;
-    for id in &ids {
-        let mut reader = match store.reader(id) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{e}");
-                bad += 1;
-                continue;
-            }
-        };
-        if let Err(e) = std::io::copy(&mut reader, &mut std::io::sink()) {
-            eprintln!("{e}");
-            bad += 1;
-        }
+    // Read-only: it runs beside a daemon (and reads keys a rotation adds meanwhile).
+    let report = Store::open(path)?.verify()?;
+    for (_, why) in &report.failed {
+        eprintln!("{why}");
     }
-    if bad > 0 {
-        anyhow::bail!("{bad} of {} object(s) failed authentication", ids.len());
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} object(s) failed authentication",
+            report.failed.len(),
+            report.objects
+        );
     }
-    println!("{} object(s) authenticated", ids.len());
+    println!("{} object(s) authenticated", report.objects);
     Ok(())
 }

@@ -76,12 +76,15 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/gpus", get(gpus))
         .route("/v1/gpus/unhealthy", post(mark_unhealthy))
+        .route("/v1/gpus/healthy", post(mark_healthy))
+        .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/audit/head", get(audit_head))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/scheduler", post(load_scheduler))
         .route("/v1/plugins/scheduler/reload", post(reload_scheduler))
         .route("/v1/plugins/{name}", axum::routing::put(upload_plugin))
         .route("/v1/audit/verify", get(verify_audit))
-        .route("/v1/policy", post(reload_policy))
+        .route("/v1/policy", post(reload_policy).get(policy_info))
         // Handlers read bodies themselves, after authentication (`body`); nothing else may.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -887,6 +890,11 @@ async fn mark_unhealthy(
             .host()
             .set_gpu_health(&id, false)
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
+        // Out of service until an admin says otherwise, restarts included.
+        daemon
+            .db
+            .set_gpu_health(&id, false, &user.name)
+            .map_err(ApiError::internal)?;
         // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
         // until the run has stopped, at its next step.
         daemon.requeue_lost(&lost, "its GPU became unhealthy");
@@ -1183,13 +1191,20 @@ async fn verify_audit(
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
         authorize(state, &user, "audit.read", json!({"log": "audit.log"}))?;
-        let root = state.daemon.store.root().to_path_buf();
-        let key = crate::keys::load(&root.join("keys/host.pk8")).map_err(ApiError::internal)?;
-        let report = crate::audit::verify(
-            &root.join("audit.log"),
-            Some(&crate::keys::public_hex(&key)),
-        )
-        .map_err(|e| {
+        let daemon = &state.daemon;
+        // Sealed now, then verified up to that seal (entries keep arriving behind it), with the
+        // daemon's own key pinned and the sealed position the database holds.
+        let sealed = daemon.audit.seal().map_err(ApiError::internal)?;
+        let up_to = sealed.or_else(|| daemon.audit.head());
+        let (recorded, _) = daemon.db.audit_head().map_err(ApiError::internal)?;
+        let key = daemon.audit.public_key();
+        let options = crate::audit::VerifyOptions {
+            key: Some(&key),
+            head: recorded.as_ref(),
+            sealed_end: true,
+            up_to: up_to.as_ref(),
+        };
+        let report = crate::audit::verify_with(daemon.audit.path(), &options).map_err(|e| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 format!("the audit log does not verify: {e}"),
@@ -1255,6 +1270,11 @@ async fn reload_policy(
             )));
         }
         let revision = policy.revision().to_string();
+        // The bundle is kept (encrypted) and named as the policy to start with, before it
+        // decides: a restart never silently goes back to the shipped policy.
+        let object = daemon.store.put_bytes(&body).map_err(ApiError::internal)?;
+        super::persisted::remember_policy(&daemon.db, &object, &revision)
+            .map_err(ApiError::internal)?;
         let previous = host
             .set_policy(policy)
             .map_err(ApiError::internal)?
@@ -1309,6 +1329,94 @@ async fn job_metrics(
             body["result"] = result;
         }
         Ok(Json(body))
+    })
+    .await
+}
+
+/// `POST /v1/gpus/healthy` `{"gpu": id}` (the policy's `gpu.health`, admins): the GPU is back in
+/// service (and stays so across restarts).
+async fn mark_healthy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "gpu.health", json!({"gpu": id}))?;
+        let daemon = &state.daemon;
+        daemon
+            .host()
+            .set_gpu_health(&id, true)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
+        daemon
+            .db
+            .set_gpu_health(&id, true, &user.name)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    state.wake.notify_one();
+    Ok(Json(json!({"healthy": true})))
+}
+
+/// `POST /v1/keys/rotate` (the policy's `key.rotate`, admins): a new master key, every data key
+/// re-wrapped under it while puts and reads go on, the old one removed once nothing needs it
+/// ([`crate::storage::Store::rotate`]); audited as `key.rotate`. What `gantry key rotate` calls
+/// when a daemon holds the data directory.
+async fn rotate_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "key.rotate", json!({}))?;
+        let daemon = &state.daemon;
+        let r = daemon.store.rotate().map_err(ApiError::internal)?;
+        let by = json!({"user": user.name});
+        daemon
+            .decider
+            .record("key.rotate", super::datadir::rotation_record(&r, by))
+            .map_err(ApiError::internal)?;
+        tracing::info!(master = %r.new_master, rewrapped = r.rewrapped, "master key rotated");
+        Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
+    })
+    .await
+}
+
+/// `GET /v1/audit/head` (the policy's `audit.read`): the audit log sealed now, and its latest
+/// sealed position `{seq, hash, head: "SEQ:HASH", key}`, to anchor outside the host (a later
+/// `gantry audit verify --head SEQ:HASH` fails on a log cut back before it).
+async fn audit_head(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "audit.read", json!({"log": "audit.log"}))?;
+        let audit = &state.daemon.audit;
+        audit.seal().map_err(ApiError::internal)?;
+        let key = audit.public_key();
+        Ok(Json(match audit.head() {
+            Some(h) => json!({"seq": h.seq, "hash": h.hash, "head": h.to_string(), "key": key}),
+            None => json!({"seq": 0, "hash": null, "head": null, "key": key}),
+        }))
+    })
+    .await
+}
+
+/// `GET /v1/policy` (the policy's `policy.read`): the revision in force, and whether it is the
+/// shipped policy or one an admin installed.
+async fn policy_info(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<super::persisted::PolicyInForce>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "policy.read", json!({}))?;
+        let daemon = &state.daemon;
+        super::persisted::policy_in_force(&daemon.host_read(), &daemon.db)
+            .map(Json)
+            .map_err(ApiError::internal)
     })
     .await
 }

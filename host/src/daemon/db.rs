@@ -1,19 +1,67 @@
 //! The daemon's metadata: users and their tokens, and jobs, in SQLite (WAL journal, full sync:
 //! a job the API accepted survives a `kill -9` or a power cut).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-/// A database failure, with what was being done.
+use crate::audit::Head;
+
+/// A database failure, naming what was being done, or the table, row and column of a stored
+/// value that does not read (corruption is an error, never a default).
 #[derive(Debug, thiserror::Error)]
-#[error("database {context}: {source}")]
-pub struct DbError {
-    context: String,
-    #[source]
-    source: rusqlite::Error,
+pub enum DbError {
+    /// SQLite failed.
+    #[error("database {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored value this version cannot read: corruption, or a change outside Gantry.
+    #[error("database {context}: {bad}")]
+    Corrupt {
+        /// What was being done.
+        context: String,
+        /// Where, and what is wrong.
+        bad: BadValue,
+    },
+    /// SQLite's own integrity check failed.
+    #[error(
+        "{}: SQLite's integrity check failed: {detail}; restore a backup (`gantry db restore`)",
+        path.display()
+    )]
+    Integrity {
+        /// The database file.
+        path: PathBuf,
+        /// What `PRAGMA quick_check` said (its first lines).
+        detail: String,
+    },
+}
+
+/// A stored value that does not read: its table, row and column, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("table {table}, row {row}, column {column}: {problem}")]
+pub struct BadValue {
+    /// The table.
+    pub table: &'static str,
+    /// The row's key.
+    pub row: String,
+    /// The column.
+    pub column: &'static str,
+    /// What is wrong with the value.
+    pub problem: String,
+}
+
+impl BadValue {
+    /// As the error a row mapper returns (turned back into [`DbError::Corrupt`] by `ctx`).
+    fn into_sqlite(self) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(self))
+    }
 }
 
 trait Context<T> {
@@ -22,11 +70,61 @@ trait Context<T> {
 
 impl<T> Context<T> for rusqlite::Result<T> {
     fn ctx(self, context: &str) -> Result<T, DbError> {
-        self.map_err(|source| DbError {
-            context: context.to_string(),
-            source,
+        self.map_err(|source| {
+            if let rusqlite::Error::FromSqlConversionFailure(_, _, e) = &source
+                && let Some(bad) = e.downcast_ref::<BadValue>()
+            {
+                return DbError::Corrupt {
+                    context: context.to_string(),
+                    bad: bad.clone(),
+                };
+            }
+            DbError::Sqlite {
+                context: context.to_string(),
+                source,
+            }
         })
     }
+}
+
+/// Column `idx` of `r`, a JSON text, parsed; a value that does not parse is a [`BadValue`].
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    row: &str,
+    column: &'static str,
+) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        BadValue {
+            table,
+            row: row.to_string(),
+            column,
+            problem: format!("not the JSON this version writes ({e})"),
+        }
+        .into_sqlite()
+    })
+}
+
+/// Column `idx` of `r`, an integer that must not be negative.
+fn count_column(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    row: &str,
+    column: &'static str,
+) -> rusqlite::Result<u64> {
+    let v: i64 = r.get(idx)?;
+    u64::try_from(v).map_err(|_| {
+        BadValue {
+            table,
+            row: row.to_string(),
+            column,
+            problem: format!("{v} is negative"),
+        }
+        .into_sqlite()
+    })
 }
 
 /// A user: who they are to the policy.
@@ -258,10 +356,43 @@ pub struct StoredToken {
     pub hash: Vec<u8>,
     /// Whose it is.
     pub user: User,
+    /// Unix seconds after which it is refused (none: it does not expire).
+    pub expires_at: Option<f64>,
+    /// Unix seconds when it was revoked.
+    pub revoked_at: Option<f64>,
+}
+
+/// What `gantry user tokens` shows of a token: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenInfo {
+    /// The token's id (the part after `gantry_`).
+    pub id: String,
+    /// Whose it is.
+    pub user: String,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds after which it is refused.
+    pub expires_at: Option<f64>,
+    /// Unix seconds when it was revoked.
+    pub revoked_at: Option<f64>,
+}
+
+/// A GPU's health as an admin set it (`POST /v1/gpus/unhealthy`), applied at every start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuHealth {
+    /// The GPU's id.
+    pub gpu: String,
+    /// Whether it is in service.
+    pub healthy: bool,
+    /// Who changed it.
+    pub by: String,
+    /// Unix seconds.
+    pub at: f64,
 }
 
 /// The database, shared by the API's handlers.
 pub struct Db {
+    path: PathBuf,
     conn: Mutex<Connection>,
 }
 
@@ -340,6 +471,18 @@ CREATE TABLE IF NOT EXISTS job_curves (
     job TEXT PRIMARY KEY REFERENCES jobs(id),
     curve TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    closed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gpu_health (
+    gpu TEXT PRIMARY KEY,
+    healthy INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
 ";
 
 /// Changes to [`SCHEMA`] since it was first released, in order. `PRAGMA user_version` counts
@@ -349,11 +492,25 @@ const MIGRATIONS: &[&str] = &[
     // 1: crash accounting of jobs.
     "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0;",
+    // 2: token expiry and revocation.
+    "ALTER TABLE tokens ADD COLUMN expires_at REAL;
+     ALTER TABLE tokens ADD COLUMN revoked_at REAL;",
 ];
 
 impl Db {
-    /// Opens (creating) the database at `path`.
+    /// Opens (creating) the database at `path`. A new file is created owner-only (0600), and
+    /// SQLite gives its WAL and shared-memory files the same mode.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Created empty here so SQLite opens (and copies the mode of) a private file.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = Connection::open(path).ctx(&format!("opening {}", path.display()))?;
         // WAL lets the CLI read while the daemon writes; FULL sync makes each commit durable.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -367,8 +524,107 @@ impl Db {
         conn.execute_batch(SCHEMA).ctx("creating the schema")?;
         migrate(&conn)?;
         Ok(Db {
+            path: path.to_path_buf(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the database whole: SQLite's `PRAGMA quick_check` (every page and record is well
+    /// formed), then every stored value through the same strict readers the daemon uses, so a
+    /// corrupt value stops the start, naming its table, row and column, instead of surfacing in
+    /// a request (or as a default) later. Returns how many rows it read.
+    pub fn check(&self) -> Result<u64, DbError> {
+        let problems: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("PRAGMA quick_check(20)")
+                .ctx("checking integrity")?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .ctx("checking integrity")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("checking integrity")?
+        };
+        if problems != ["ok"] {
+            return Err(DbError::Integrity {
+                path: self.path.clone(),
+                detail: problems.join("; "),
+            });
+        }
+        let mut rows = self.users()?.len() + self.tokens(None)?.len();
+        rows += self.jobs()?.len() + self.datasets()?.len() + self.plugins(None)?.len();
+        rows += self.gpu_health()?.len();
+        let curves: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT job FROM job_curves")
+                .ctx("listing metrics")?;
+            let ids = stmt.query_map([], |r| r.get(0)).ctx("listing metrics")?;
+            ids.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("listing metrics")?
+        };
+        for job in &curves {
+            self.curve(job)?;
+        }
+        let checkpoints: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM checkpoints WHERE step < 0", [], |r| {
+                r.get(0)
+            })
+            .ctx("reading checkpoints")?;
+        if checkpoints > 0 {
+            return Err(DbError::Corrupt {
+                context: "reading checkpoints".into(),
+                bad: BadValue {
+                    table: "checkpoints",
+                    row: format!("{checkpoints} row(s)"),
+                    column: "step",
+                    problem: "negative".into(),
+                },
+            });
+        }
+        self.audit_head()?;
+        Ok((rows + curves.len()) as u64)
+    }
+
+    /// Writes a consistent copy of the database into `out` (an empty or missing file): SQLite's
+    /// `VACUUM INTO`, which reads a snapshot while others write.
+    pub fn vacuum_into(&self, out: &Path) -> Result<(), DbError> {
+        let target = out.to_string_lossy().into_owned();
+        self.conn()
+            .execute("VACUUM INTO ?1", params![target])
+            .ctx(&format!("backing up into {}", out.display()))?;
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, roles, tenants, clearance FROM users ORDER BY name")
+            .ctx("listing users")?;
+        let rows = stmt
+            .query_map([], |r| row_to_user(r, 0))
+            .ctx("listing users")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing users")
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Result<Option<User>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT name, roles, tenants, clearance FROM users WHERE name = ?1",
+                params![name],
+                |r| row_to_user(r, 0),
+            )
+            .optional()
+            .ctx("reading a user")
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -392,41 +648,189 @@ impl Db {
         Ok(())
     }
 
-    /// Stores a token's salted hash for `user`.
-    pub fn put_token(&self, id: &str, user: &str, salt: &[u8], hash: &[u8]) -> Result<(), DbError> {
+    /// Stores a token's salted hash for `user`, refused after `expires_at` (unix seconds).
+    pub fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), DbError> {
         self.conn()
             .execute(
-                "INSERT INTO tokens(id, user, salt, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, user, salt, hash, now()],
+                "INSERT INTO tokens(id, user, salt, hash, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, user, salt, hash, now(), expires_at],
             )
             .ctx("storing a token")?;
         Ok(())
     }
 
-    /// A token's salt, hash and user.
+    /// A token's salt, hash, user, expiry and revocation.
     pub fn token(&self, id: &str) -> Result<Option<StoredToken>, DbError> {
         let conn = self.conn();
         conn.query_row(
-            "SELECT t.salt, t.hash, u.name, u.roles, u.tenants, u.clearance
+            "SELECT u.name, u.roles, u.tenants, u.clearance, t.salt, t.hash, t.expires_at,
+                    t.revoked_at
              FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
             params![id],
             |r| {
-                let roles: String = r.get(3)?;
-                let tenants: String = r.get(4)?;
                 Ok(StoredToken {
-                    salt: r.get(0)?,
-                    hash: r.get(1)?,
-                    user: User {
-                        name: r.get(2)?,
-                        roles: serde_json::from_str(&roles).unwrap_or_default(),
-                        tenants: serde_json::from_str(&tenants).unwrap_or_default(),
-                        clearance: r.get(5)?,
-                    },
+                    user: row_to_user(r, 0)?,
+                    salt: r.get(4)?,
+                    hash: r.get(5)?,
+                    expires_at: r.get(6)?,
+                    revoked_at: r.get(7)?,
                 })
             },
         )
         .optional()
         .ctx("looking up a token")
+    }
+
+    /// The tokens of `user` (every user's with `None`), oldest first.
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, user, created_at, expires_at, revoked_at FROM tokens
+                 WHERE ?1 IS NULL OR user = ?1 ORDER BY created_at, id",
+            )
+            .ctx("listing tokens")?;
+        let rows = stmt
+            .query_map(params![user], |r| {
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    user: r.get(1)?,
+                    created_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    revoked_at: r.get(4)?,
+                })
+            })
+            .ctx("listing tokens")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing tokens")
+    }
+
+    /// Revokes every live token of `user` (or, with `token`, that one of theirs); returns the
+    /// ids revoked.
+    pub fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "UPDATE tokens SET revoked_at = ?3
+                 WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL
+                 RETURNING id",
+            )
+            .ctx("revoking tokens")?;
+        let rows = stmt
+            .query_map(params![user, token, now()], |r| r.get(0))
+            .ctx("revoking tokens")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("revoking tokens")
+    }
+
+    /// The audit log's latest sealed position as recorded here, and whether the log was closed
+    /// cleanly there.
+    pub fn audit_head(&self) -> Result<(Option<Head>, bool), DbError> {
+        let found: Option<(i64, String, bool)> = self
+            .conn()
+            .query_row(
+                "SELECT seq, hash, closed FROM audit_head WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .ctx("reading the audit head")?;
+        let Some((seq, hash, closed)) = found else {
+            return Ok((None, false));
+        };
+        let head = format!("{seq}:{hash}")
+            .parse::<Head>()
+            .map_err(|problem| DbError::Corrupt {
+                context: "reading the audit head".into(),
+                bad: BadValue {
+                    table: "audit_head",
+                    row: "1".into(),
+                    column: "seq, hash",
+                    problem,
+                },
+            })?;
+        Ok((Some(head), closed))
+    }
+
+    /// Records `head` as the audit log's latest sealed position (never moving it back), and
+    /// whether the log was closed there.
+    pub fn set_audit_head(&self, head: &Head, closed: bool) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET seq = ?1, hash = ?2, closed = ?3
+                 WHERE ?1 >= audit_head.seq",
+                params![head.seq as i64, head.hash, closed],
+            )
+            .ctx("recording the audit head")?;
+        Ok(())
+    }
+
+    /// Records `head` as the audit log's sealed position even if it is behind the one recorded:
+    /// for a new log that replaced a damaged one (`gantry audit recover`).
+    pub fn reset_audit_head(&self, head: &Head, closed: bool) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)",
+                params![head.seq as i64, head.hash, closed],
+            )
+            .ctx("resetting the audit head")?;
+        Ok(())
+    }
+
+    /// Records GPU `gpu`'s health, as set by `by`.
+    pub fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO gpu_health(gpu, healthy, changed_by, changed_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![gpu, healthy, by, now()],
+            )
+            .ctx("recording a GPU's health")?;
+        Ok(())
+    }
+
+    /// Every GPU health an admin set, by GPU id.
+    pub fn gpu_health(&self) -> Result<Vec<GpuHealth>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT gpu, healthy, changed_by, changed_at FROM gpu_health ORDER BY gpu")
+            .ctx("reading GPU health")?;
+        let rows = stmt
+            .query_map([], |r| {
+                let gpu: String = r.get(0)?;
+                let healthy: i64 = r.get(1)?;
+                let healthy = match healthy {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(BadValue {
+                            table: "gpu_health",
+                            row: gpu,
+                            column: "healthy",
+                            problem: format!("{v} is neither 0 nor 1"),
+                        }
+                        .into_sqlite());
+                    }
+                };
+                Ok(GpuHealth {
+                    gpu,
+                    healthy,
+                    by: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            })
+            .ctx("reading GPU health")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading GPU health")
     }
 
     /// Inserts a new job; `false` if the id is taken.
@@ -564,7 +968,7 @@ impl Db {
 
     /// Saves job `id`'s training metrics (replacing earlier ones).
     pub fn set_curve(&self, id: &str, curve: &super::curve::Curve) -> Result<(), DbError> {
-        let text = serde_json::to_string(curve).unwrap_or_default();
+        let text = serde_json::to_string(curve).expect("a curve serialises");
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO job_curves(job, curve) VALUES (?1, ?2)",
@@ -576,17 +980,14 @@ impl Db {
 
     /// Job `id`'s saved training metrics.
     pub fn curve(&self, id: &str) -> Result<Option<super::curve::Curve>, DbError> {
-        let text: Option<String> = self
-            .conn()
+        self.conn()
             .query_row(
                 "SELECT curve FROM job_curves WHERE job = ?1",
                 params![id],
-                |r| r.get(0),
+                |r| json_column(r, 0, "job_curves", id, "curve"),
             )
             .optional()
-            .ctx("reading a job's metrics")?;
-        // A curve this version cannot read is shown as none rather than failing the job.
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+            .ctx("reading a job's metrics")
     }
 
     /// Records a checkpoint of `job` after `step` steps, stored as `object`.
@@ -661,7 +1062,7 @@ impl Db {
         let signature = p
             .signature
             .as_ref()
-            .map(|s| serde_json::to_string(s).unwrap_or_default());
+            .map(|s| serde_json::to_string(s).expect("a signature serialises"));
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO plugins(name, version, manifest, object, signature, owner,
@@ -692,13 +1093,17 @@ impl Db {
             .ctx("listing plugins")?;
         let rows = stmt
             .query_map(params![name], |r| {
-                let signature: Option<String> = r.get(4)?;
+                let name: String = r.get(0)?;
+                let signature = match r.get::<_, Option<String>>(4)? {
+                    None => None,
+                    Some(_) => Some(json_column(r, 4, "plugins", &name, "signature")?),
+                };
                 Ok(PluginRecord {
-                    name: r.get(0)?,
+                    name,
                     version: r.get(1)?,
                     manifest: r.get(2)?,
                     object: r.get(3)?,
-                    signature: signature.and_then(|s| serde_json::from_str(&s).ok()),
+                    signature,
                     owner: r.get(5)?,
                     created_at: r.get(6)?,
                     kind: r.get(7)?,
@@ -729,6 +1134,14 @@ impl Db {
                 params![key, value],
             )
             .ctx("writing a setting")?;
+        Ok(())
+    }
+
+    /// Removes a daemon setting.
+    pub fn delete_setting(&self, key: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute("DELETE FROM settings WHERE key = ?1", params![key])
+            .ctx("removing a setting")?;
         Ok(())
     }
 
@@ -776,7 +1189,7 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
         .ctx("reading the schema version")?;
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
     if applied > MIGRATIONS.len() {
-        return Err(DbError {
+        return Err(DbError::Sqlite {
             context: format!(
                 "opening a database of schema version {applied}: this build knows versions up to {}; use a newer gantry",
                 MIGRATIONS.len()
@@ -804,12 +1217,13 @@ const SELECT_DATASET: &str =
     "SELECT name, tenant, classification, object, bytes, owner, created_at FROM datasets";
 
 fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    let name: String = r.get(0)?;
     Ok(DatasetRecord {
-        name: r.get(0)?,
+        bytes: count_column(r, 4, "datasets", &name, "bytes")?,
+        name,
         tenant: r.get(1)?,
         classification: r.get(2)?,
         object: r.get(3)?,
-        bytes: r.get::<_, i64>(4)? as u64,
         owner: r.get(5)?,
         created_at: r.get(6)?,
     })
@@ -819,38 +1233,49 @@ const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, es
     gpu_ids, reason, submitted_at, train, result, crashes, not_before FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let id: String = r.get(0)?;
     let state: String = r.get(6)?;
     // An unknown state is a corrupt row, never a default: read as "pending", a finished job
     // would run again and hold GPUs.
     let state = JobState::parse(&state).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            6,
-            rusqlite::types::Type::Text,
-            format!(
-                "jobs.state of `{}`: `{state}` is not a job state",
-                r.get::<_, String>(0).unwrap_or_default()
-            )
-            .into(),
-        )
+        BadValue {
+            table: "jobs",
+            row: id.clone(),
+            column: "state",
+            problem: format!("unknown state {state:?}"),
+        }
+        .into_sqlite()
     })?;
-    let gpu_ids: String = r.get(7)?;
+    let result = match r.get::<_, Option<String>>(11)? {
+        None => None,
+        Some(_) => Some(json_column(r, 11, "jobs", &id, "result")?),
+    };
     Ok(JobRecord {
-        id: r.get(0)?,
         tenant: r.get(1)?,
         owner: r.get(2)?,
         gpus: r.get(3)?,
-        memory_per_gpu_mib: r.get::<_, i64>(4)? as u64,
+        memory_per_gpu_mib: count_column(r, 4, "jobs", &id, "memory_per_gpu_mib")?,
         est_runtime_s: r.get(5)?,
         state,
-        gpu_ids: serde_json::from_str(&gpu_ids).unwrap_or_default(),
+        gpu_ids: json_column(r, 7, "jobs", &id, "gpu_ids")?,
         reason: r.get(8)?,
         submitted_at: r.get(9)?,
         train: r.get(10)?,
-        result: r
-            .get::<_, Option<String>>(11)?
-            .and_then(|t| serde_json::from_str(&t).ok()),
+        result,
         crashes: r.get(12)?,
         not_before: r.get(13)?,
+        id,
+    })
+}
+
+/// A user from columns `at..at + 4` (name, roles, tenants, clearance).
+fn row_to_user(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<User> {
+    let name: String = r.get(at)?;
+    Ok(User {
+        roles: json_column(r, at + 1, "users", &name, "roles")?,
+        tenants: json_column(r, at + 2, "users", &name, "tenants")?,
+        clearance: r.get(at + 3)?,
+        name,
     })
 }
 
@@ -859,4 +1284,122 @@ pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            tenant: "vision".into(),
+            owner: "ada".into(),
+            gpus: 1,
+            memory_per_gpu_mib: 1000,
+            est_runtime_s: 1.0,
+            state: JobState::Pending,
+            gpu_ids: Vec::new(),
+            reason: None,
+            submitted_at: 0.0,
+            train: None,
+            result: None,
+            crashes: 0,
+            not_before: 0.0,
+        }
+    }
+
+    /// Flips one bit of every occurrence of `text` in the database file (the row, and an index
+    /// entry when the column is indexed, so the file stays consistent and only the value is
+    /// wrong).
+    fn flip(path: &Path, text: &[u8], at: usize, bit: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let found: Vec<usize> = bytes
+            .windows(text.len())
+            .enumerate()
+            .filter(|(_, w)| *w == text)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!found.is_empty(), "{:?}", String::from_utf8_lossy(text));
+        for i in found {
+            bytes[i + at] ^= bit;
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Issue 10, section 3: one flipped bit in SQLite row data turned a user's tenants into none
+    /// and a finished job into a pending one; both must be errors naming table, row and column.
+    #[test]
+    fn a_flipped_byte_in_row_data_is_an_error_naming_table_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let db = Db::open(&path).unwrap();
+        db.put_user(&User {
+            name: "ada".into(),
+            roles: vec!["researcher".into()],
+            tenants: vec!["vision".into()],
+            clearance: "public".into(),
+        })
+        .unwrap();
+        let token = super::super::auth::issue(&db, "ada").unwrap();
+        assert!(db.insert_job(&job("v1")).unwrap());
+        for to in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
+            assert!(db.transition("v1", to, &[], None).unwrap());
+        }
+        drop(db); // closing moves the WAL into the file
+        flip(&path, b"[\"vision\"]", 9, 0x20); // ] -> }
+        flip(&path, b"succeeded", 0, 0x20); // s -> S
+        let db = Db::open(&path).unwrap();
+        let e = super::super::auth::check(&db, &token)
+            .expect_err("a user whose tenants do not read is an error, not a user of none")
+            .to_string();
+        assert!(e.contains("table users, row ada, column tenants"), "{e}");
+        let e = db
+            .job("v1")
+            .expect_err("an unknown state is an error, not pending")
+            .to_string();
+        assert!(e.contains("table jobs, row v1, column state"), "{e}");
+        assert!(e.contains("\"Succeeded\""), "{e}");
+        let e = db.check().unwrap_err().to_string();
+        assert!(e.contains("table "), "{e}");
+    }
+
+    /// Bad JSON anywhere a value is JSON, and a negative size, are errors too.
+    #[test]
+    fn every_stored_value_is_read_strictly_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let db = Db::open(&path).unwrap();
+        assert!(db.insert_job(&job("j")).unwrap());
+        assert_eq!(db.check().unwrap(), 1);
+        let raw = Connection::open(&path).unwrap();
+        for (sql, names) in [
+            (
+                "UPDATE jobs SET gpu_ids = '[\"a\"' WHERE id = 'j'",
+                "column gpu_ids",
+            ),
+            (
+                "UPDATE jobs SET result = '{' WHERE id = 'j'",
+                "column result",
+            ),
+            (
+                "UPDATE jobs SET memory_per_gpu_mib = -1 WHERE id = 'j'",
+                "memory_per_gpu_mib",
+            ),
+            (
+                "INSERT INTO job_curves(job, curve) VALUES ('j', 'nope')",
+                "column curve",
+            ),
+        ] {
+            raw.execute_batch(sql).unwrap();
+            let e = db.check().unwrap_err().to_string();
+            assert!(e.contains(names), "{sql}: {e}");
+            raw.execute_batch(
+                "UPDATE jobs SET gpu_ids = '[]', result = NULL, memory_per_gpu_mib = 1 WHERE id = 'j';
+                 DELETE FROM job_curves;",
+            )
+            .unwrap();
+            db.check().unwrap();
+        }
+    }
 }

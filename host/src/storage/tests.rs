@@ -126,7 +126,7 @@ fn truncated_extended_swapped_and_moved_objects_fail() {
 
 #[test]
 fn rotation_rewraps_keys_without_rewriting_objects() {
-    let (dir, mut store) = store();
+    let (dir, store) = store();
     let items: Vec<(String, Vec<u8>)> = (0..5)
         .map(|i| {
             let data = bytes(1000 + i, i as u64);
@@ -173,4 +173,162 @@ fn init_refuses_an_existing_directory_and_keys_are_private() {
         }
     }
     assert!(root.join("keys/host.pk8").exists());
+}
+
+/// Issue 10, section 3: concurrent uploads of one content under different names paired one
+/// put's key file with another's object, so every copy became unreadable.
+#[test]
+fn concurrent_puts_of_one_content_all_stay_readable() {
+    let (_d, store) = store();
+    for round in 0..6u64 {
+        let data = bytes(CHUNK + 4096 * round as usize, 100 + round);
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.put_bytes(&data).expect("every put succeeds")))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for id in &ids {
+            assert!(store.get(id).expect("every acknowledged put reads") == data);
+        }
+    }
+    for id in store.list().unwrap() {
+        store.get(&id).expect("the whole store verifies");
+    }
+}
+
+/// Issue 10, section 3: the daemon's store must survive a rotation while puts and reads go on
+/// (the masters sit behind a lock; a put publishes under the master current at that moment).
+#[test]
+fn rotation_while_puts_and_reads_go_on_loses_nothing() {
+    let (dir, store) = store();
+    let before: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let data = bytes(500 + i, 1000 + i as u64);
+            (store.put_bytes(&data).unwrap(), data)
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let during = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (store, stop) = (&store, &stop);
+                s.spawn(move || {
+                    let mut put = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) || i < 20 {
+                        let data = bytes(300 + i, 5000 + t * 1000 + i as u64);
+                        put.push((store.put_bytes(&data).expect("a put during rotation"), data));
+                        i += 1;
+                    }
+                    put
+                })
+            })
+            .collect();
+        let reader = s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for (id, data) in &before {
+                    assert!(store.get(id).expect("a read during rotation") == *data);
+                }
+            }
+        });
+        for _ in 0..3 {
+            let r = store.rotate().unwrap();
+            assert!(r.unreadable.is_empty(), "{r:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    // From disk, in a fresh store: every object reads, and only the current master is left.
+    drop(store);
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    for (id, data) in before.iter().chain(&during) {
+        assert!(store.get(id).unwrap() == *data);
+    }
+    let masters = std::fs::read_dir(dir.path().join("data/keys"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("master-")
+        })
+        .count();
+    assert_eq!(masters, 1);
+    assert!(store.verify().unwrap().failed.is_empty());
+}
+
+/// Issue 10, section 3: a master key is removed only when no key file names it; a key file that
+/// cannot be read keeps every master.
+#[test]
+fn rotation_never_removes_a_master_key_a_key_file_may_need() {
+    let (dir, store) = store();
+    let ids: Vec<String> = (0..4)
+        .map(|i| store.put_bytes(&bytes(100, i)).unwrap())
+        .collect();
+    let old = store.master_id();
+    // One key file does not parse: its master cannot be known.
+    let bad = store.key_path(&ids[2]);
+    let good = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, b"{not json").unwrap();
+    let r = store.rotate().unwrap();
+    assert_eq!(r.unreadable.len(), 1, "{r:?}");
+    assert!(r.retired.is_empty(), "{r:?}");
+    let keys = dir.path().join("data/keys");
+    assert!(keys.join(format!("master-{old}.key")).exists());
+    // Repaired, the next rotation re-wraps it and only then retires the old masters.
+    std::fs::write(&bad, &good).unwrap();
+    let r = store.rotate().unwrap();
+    assert!(r.unreadable.is_empty());
+    assert!(r.retired.contains(&old), "{r:?}");
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    for id in &ids {
+        store.get(id).unwrap();
+    }
+}
+
+/// Issue 10, section 3: a crash leaves partial uploads and temporaries; a writer sweeps them
+/// when it opens the directory, and a reader never sees them.
+#[test]
+fn temporaries_a_crash_left_are_swept_when_a_writer_opens() {
+    let (dir, store) = store();
+    let id = store.put_bytes(b"kept").unwrap();
+    let root = dir.path().join("data");
+    drop(store);
+    let leftovers = [
+        root.join("objects/tmp/0123456789abcdef01234567"),
+        root.join(format!("objects/{}/.{id}.key.1234-0-00ff.tmp", &id[..2])),
+        root.join("keys/.current.99-1-abcd.tmp"),
+        // A key file whose object never made it into place.
+        root.join(format!("objects/{}/{}.key", &id[..2], "ab".repeat(32))),
+    ];
+    for f in &leftovers {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let store = Store::open_exclusive(&root, "test").unwrap();
+    for f in &leftovers {
+        assert!(!f.exists(), "{} left", f.display());
+    }
+    assert_eq!(store.get(&id).unwrap(), b"kept");
+}
+
+/// Writes need the directory's lock; a reader opened beside a writer reads.
+#[test]
+fn a_read_only_store_refuses_writes_and_a_second_writer_is_refused() {
+    let (dir, writer) = store();
+    let root = dir.path().join("data");
+    let reader = Store::open(&root).unwrap();
+    assert!(matches!(
+        reader.put_bytes(b"x"),
+        Err(StoreError::ReadOnly(_))
+    ));
+    assert!(matches!(reader.rotate(), Err(StoreError::ReadOnly(_))));
+    let e = Store::open_exclusive(&root, "second").unwrap_err();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    let id = writer.put_bytes(b"shared").unwrap();
+    writer.rotate().unwrap();
+    // The reader learns the new master from disk.
+    assert_eq!(reader.get(&id).unwrap(), b"shared");
 }
