@@ -73,6 +73,24 @@ pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
     result
 }
 
+/// Reads `path` whole if it holds at most `limit` bytes; a longer file is an `InvalidData` error
+/// before more than `limit + 1` bytes are read (small files that must stay small: keys, key
+/// files, lock files).
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than the {limit} bytes such a file holds"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Makes the entries of `dir` (a rename, a new or removed file) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]

@@ -50,7 +50,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Loads a PKCS#8 Ed25519 key.
 pub fn load(path: &Path) -> Result<Ed25519KeyPair, KeyError> {
-    let bytes = std::fs::read(path).map_err(|error| KeyError::Io {
+    // A PKCS#8 Ed25519 key is 83-85 bytes: anything much larger is not one.
+    let bytes = crate::durable::read_bounded(path, 4096).map_err(|error| KeyError::Io {
         path: path.to_path_buf(),
         error,
     })?;

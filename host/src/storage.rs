@@ -428,7 +428,7 @@ impl Store {
     /// Object `id`'s key file, parsed (not unwrapped).
     fn key_file(&self, id: &str) -> Result<KeyFile, StoreError> {
         let path = self.key_path(id);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        let bytes = durable::read_bounded(&path, 4096).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
             _ => io(&path)(e),
         })?;
@@ -804,7 +804,7 @@ fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
         let path = entry.map_err(io(&keys))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with("master-") && name.ends_with(".key") {
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let bytes = durable::read_bounded(&path, 64).map_err(io(&path))?;
             masters.push(MasterKey::from_bytes(&bytes, &path)?);
         }
     }

@@ -74,7 +74,9 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             println!(
                 "the damaged log is kept as {} ({}; {} entries verified, last verified position {}); \
                  a new log starts at {}",
-                r.damaged.display(),
+                r.damaged
+                    .as_ref()
+                    .map_or("(none: it was missing)".into(), |d| d.display().to_string()),
                 r.problem,
                 r.verified_entries,
                 r.last_verified

@@ -129,8 +129,8 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
 /// What [`recover_audit_log`] did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovered {
-    /// Where the damaged log now is.
-    pub damaged: PathBuf,
+    /// Where the damaged log now is (none when the log was missing).
+    pub damaged: Option<PathBuf>,
     /// The last position of the damaged log that verified (a signed checkpoint), if any.
     pub last_verified: Option<Head>,
     /// Entries of it that verified.
@@ -174,19 +174,22 @@ pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDir
         (Default::default(), None)
     };
     let damaged = aside(&log);
-    let digest = if log.exists() {
+    let (digest, kept) = if log.exists() {
         let d = sha256_file(&log)?;
         std::fs::rename(&log, &damaged).map_err(io(&log))?;
         crate::durable::sync_dir(root).map_err(io(root))?;
-        Some(d)
+        let name = damaged
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        (Some(d), name)
     } else {
-        None
+        (None, None)
     };
     let fresh = AuditLog::open(&log, key)?;
     fresh.append(
         "audit.recovered",
         serde_json::json!({
-            "damaged_log": damaged.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "damaged_log": kept,
             "damaged_sha256": digest,
             "last_verified": prefix.head.as_ref().map(Head::to_string),
             "verified_entries": prefix.entries,
@@ -201,7 +204,7 @@ pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDir
     db.reset_audit_head(&new_head, true)?;
     drop(store);
     Ok(Recovered {
-        damaged,
+        damaged: kept.map(|_| damaged),
         last_verified: prefix.head,
         verified_entries: prefix.entries,
         problem,

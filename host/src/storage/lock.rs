@@ -123,14 +123,14 @@ impl DirLock {
 
     /// Who holds data directory `root` now, if anyone does (and its lock file says so).
     pub fn holder(root: &Path) -> Option<Holder> {
-        let mut file = File::open(lock_path(root)).ok()?;
+        let file = File::open(lock_path(root)).ok()?;
         // Free: nobody holds it, whatever the file says (its last holder may have crashed).
         if file.try_lock_shared().is_ok() {
             return None;
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).ok()?;
-        serde_json::from_str(&text).ok()
+        let mut text = Vec::new();
+        file.take(4096).read_to_end(&mut text).ok()?;
+        serde_json::from_slice(&text).ok()
     }
 }
 
