@@ -180,11 +180,17 @@ fn concurrent_uploads_of_one_content_under_different_names_all_stay_readable() {
             .map(|i| {
                 let (url, ada, content) = (&daemon.url, &ada, &content);
                 s.spawn(move || {
-                    put_raw(
-                        &format!("{url}/v1/datasets/copy{i}?tenant=vision&classification=public"),
-                        ada,
-                        content,
-                    )
+                    // The daemon bounds transfers at once (503: try again), as a client would.
+                    let url =
+                        format!("{url}/v1/datasets/copy{i}?tenant=vision&classification=public");
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    loop {
+                        let (status, v) = put_raw(&url, ada, content);
+                        if status != 503 || Instant::now() > deadline {
+                            return (status, v);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 })
             })
             .collect();
@@ -1069,4 +1075,32 @@ fn check_invariants(data: &Path, url: &str, token: &str, acked: &Acknowledged, r
     // since: verified up to the daemon's own seal).
     let (s, v) = request(&format!("{url}/v1/audit/verify"), "GET", Some(token), None);
     assert_eq!(s, 200, "round {round}: {v}");
+}
+
+/// Issue 10, section 4: the daemon pins its own key. A log re-signed by another key, with
+/// `keys/host.pk8` replaced by that key, is refused: the key that signs the log is recorded in the
+/// database the first time the directory is written.
+#[test]
+fn a_replaced_host_key_cannot_sign_over_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let original = std::fs::read(data.join("keys/host.pk8")).unwrap();
+    // The attacker's key in place of the host's, and a log of its own signed by it.
+    std::fs::remove_file(data.join("keys/host.pk8")).unwrap();
+    let forger = gantry::keys::generate(&data.join("keys/host.pk8")).unwrap();
+    std::fs::remove_file(data.join("audit.log")).unwrap();
+    let log = gantry::audit::AuditLog::open(&data.join("audit.log"), forger).unwrap();
+    log.append("user.add", json!({"user": "ada"})).unwrap();
+    log.close().unwrap();
+    let e = start_refused(&data, &[]);
+    assert!(e.contains("host key was replaced"), "{e}");
+    // The original key back (and the log recovered): the daemon starts.
+    std::fs::write(data.join("keys/host.pk8"), original).unwrap();
+    must(run(&data, &["audit", "recover", "--reason", "forged log"]));
+    let daemon = Daemon::start(&data, &shared_cache());
+    assert_eq!(
+        request(&format!("{}/v1/jobs", daemon.url), "GET", Some(&ada), None).0,
+        200
+    );
 }

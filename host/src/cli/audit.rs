@@ -99,12 +99,18 @@ fn verify(
     let mut path = log;
     if let Some(root) = &data_dir {
         path.get_or_insert_with(|| gantry::daemon::datadir::audit_path(root));
+        let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(root))?;
         if key.is_none() {
-            let host = gantry::keys::load(&root.join("keys/host.pk8"))?;
-            key = Some(gantry::keys::public_hex(&host));
+            // The key recorded when the log was first written, else the host key's.
+            key = match db.setting(gantry::daemon::datadir::AUDIT_KEY)? {
+                Some(k) => Some(k),
+                None => {
+                    let host = gantry::keys::load(&root.join("keys/host.pk8"))?;
+                    Some(gantry::keys::public_hex(&host))
+                }
+            };
         }
         if head.is_none() {
-            let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(root))?;
             head = db.audit_head()?.0;
         }
     }

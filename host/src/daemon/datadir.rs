@@ -111,6 +111,7 @@ impl DataDir {
             .check()
             .map_err(|source| DataDirError::DamagedDb { source })?;
         let key = crate::keys::load(&root.join("keys/host.pk8"))?;
+        pin_host_key(&db, &crate::keys::public_hex(&key))?;
         let (head, closed) = db.audit_head()?;
         let audit = AuditLog::open_expecting(&audit_path(root), key, &Expected { head, closed })
             .map_err(|source| DataDirError::DamagedAudit { source })?;
@@ -247,6 +248,27 @@ impl DataDir {
     pub fn close(self) -> Result<(), AuditError> {
         self.audit.close()
     }
+}
+
+/// The settings key holding the public key that signs this directory's audit log, recorded the
+/// first time a writer opens it.
+pub const AUDIT_KEY: &str = "audit.key";
+
+/// Records `public` (hex) as the key that signs the audit log, or checks it is the one recorded:
+/// a replaced `keys/host.pk8` cannot sign over the log.
+fn pin_host_key(db: &Db, public: &str) -> Result<(), DataDirError> {
+    match db.setting(AUDIT_KEY)? {
+        None => db.set_setting(AUDIT_KEY, public)?,
+        Some(recorded) if recorded == public => {}
+        Some(recorded) => {
+            return Err(DataDirError::Refused(format!(
+                "keys/host.pk8 holds the public key {public}, but this directory's audit log is \
+                 signed by {recorded} (recorded in its database): the host key was replaced; put \
+                 the original keys/host.pk8 back"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Makes the directory owner-only (0700), and its database and audit log files 0600 (created so
