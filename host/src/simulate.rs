@@ -505,4 +505,36 @@ mod tests {
         assert_eq!((m.makespan_s, m.utilization), (1200.0, 1.0));
         assert!((m.goodput - 1000.0 / 1200.0).abs() < 1e-9, "{m:?}");
     }
+
+    /// The host refuses at submission, with the field, a job that the cluster could never hold
+    /// (the loaders' check), so a simulation never queues one to starve.
+    #[test]
+    fn host_submit_refuses_a_job_the_cluster_could_never_hold() {
+        let mut cluster = Cluster::uniform(1, 2, 8, 2);
+        cluster.tenants[1].quota_gpus = Some(4);
+        cluster.gpus[0].healthy = false;
+        let mut host = Host::new(HostConfig::new(cluster)).unwrap();
+        let job = |tenant: &str, gpus: u32, memory_mib: u32| TraceJob {
+            submit_s: 0.0,
+            duration_s: 60.0,
+            gpus,
+            memory_mib,
+            tenant: tenant.into(),
+            priority: 0,
+            gang: true,
+            topology: TopologyPref::SameNvlinkDomain,
+        };
+        for (spec, want) in [
+            (job("tenant-0", 1, 90_000), "memory_per_gpu_mib: 90000 MiB"),
+            (job("tenant-0", 16, 1000), "gpus: a gang of 16"),
+            (job("tenant-1", 5, 1000), "quota of 4"),
+        ] {
+            let err = host.submit(spec.to_spec("big".into())).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        // A 15-GPU job asking for one 8-GPU NVLink domain could still run: accepted.
+        host.submit(job("tenant-0", 15, 1000).to_spec("ok".into()))
+            .unwrap();
+        assert_eq!(host.state().pending.len(), 1);
+    }
 }
