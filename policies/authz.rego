@@ -4,8 +4,8 @@
 #         "action": "job.submit" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
 #                   "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
-#                   "policy.replace" | "policy.read" | "key.rotate" | "audit.read" |
-#                   "placement.apply",
+#                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
+#                   "audit.read" | "placement.apply",
 #         "resource": {...}}  (fields per action, below)
 # Every refusal adds a human-readable reason; a request is allowed when there is none.
 package gantry.authz
@@ -28,7 +28,7 @@ actions := {
 	"dataset.read", "dataset.write", "dataset.list",
 	"cluster.read", "gpu.health",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
-	"policy.replace", "policy.read", "key.rotate", "audit.read", "placement.apply",
+	"policy.replace", "policy.read", "key.rotate", "user.manage", "audit.read", "placement.apply",
 }
 
 reasons contains msg if {
@@ -138,8 +138,8 @@ reasons contains msg if {
 # Listings and the cluster's shape (resource: {}): any named user; what a listing shows is
 # limited to the user's tenants by the host, by the same membership rule as job.read.
 
-# The host itself (resource: {"gpu"} for gpu.health, {} for policy.replace and key.rotate):
-# admins only. Which policy is in force (policy.read) any named user may see.
+# The host itself (resource: {"gpu"} for gpu.health, {"user"} for user.manage, {} for
+# policy.replace and key.rotate): admins only. Which policy is in force (policy.read) any named user may see.
 
 reasons contains "only admins may change a GPU's health" if {
 	input.action == "gpu.health"
@@ -153,6 +153,11 @@ reasons contains "only admins may replace the policy" if {
 
 reasons contains "only admins may rotate the master key" if {
 	input.action == "key.rotate"
+	not is_admin
+}
+
+reasons contains "only admins may manage users and tokens" if {
+	input.action == "user.manage"
 	not is_admin
 }
 

@@ -98,7 +98,7 @@ test_listings_and_the_cluster_are_open_to_named_users if {
 }
 
 test_host_operations_are_for_admins if {
-	every action in {"gpu.health", "policy.replace", "key.rotate"} {
+	every action in {"gpu.health", "policy.replace", "key.rotate", "user.manage"} {
 		authz.allow with input as {"subject": admin, "action": action, "resource": {}}
 		not authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
 	}

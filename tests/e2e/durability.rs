@@ -645,14 +645,29 @@ fn user_changes_are_audited_and_expired_or_revoked_tokens_get_401() {
     assert_eq!(request(&jobs, "GET", Some(&short), None).0, 401);
     drop(daemon);
 
-    // Revoking one token, then all of a user's.
-    let id = lee2.split('_').nth(1).unwrap();
-    must(run(&data, &["user", "revoke", "lee", "--token", id]));
+    // Revoking one token through the running daemon (an admin's token; no restart), then all
+    // of a user's offline.
+    let ops = add_user(&data, "ops", "admin", "vision", "public");
     let daemon = Daemon::start(&data, &shared_cache());
     let jobs = format!("{}/v1/jobs", daemon.url);
+    let id = lee2.split('_').nth(1).unwrap();
+    let revoke_as = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["user", "revoke", "lee", "--token", id, "--data-dir"])
+            .arg(&data)
+            .env("GANTRY_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = revoke_as(&lee);
+    assert_eq!(out.status.code(), Some(1), "a researcher may not revoke");
+    assert!(text(&out).1.contains("403"), "{}", text(&out).1);
+    must(revoke_as(&ops));
     assert_eq!(request(&jobs, "GET", Some(&lee2), None).0, 401);
     assert_eq!(request(&jobs, "GET", Some(&lee), None).0, 200);
     drop(daemon);
+    let out = run(&data, &["user", "add", "../x", "--roles", "admin"]);
+    assert_eq!(out.status.code(), Some(1), "user names are checked");
     must(run(&data, &["user", "revoke", "lee"]));
     let listed = must(run(&data, &["user", "tokens", "lee"]));
     assert_eq!(listed.matches("revoked").count(), 2, "{listed}");

@@ -82,13 +82,21 @@ pub enum UserCommand {
         #[command(flatten)]
         dir: super::store::DataDir,
     },
-    /// Revoke every token of a user (or one, by its id): they get 401 from then on.
+    /// Revoke every token of a user (or one, by its id): they get 401 from then on. While a
+    /// daemon holds the data directory, the revocation goes through it (an admin's token), so a
+    /// leaked token is revoked without a restart.
     Revoke {
         /// The user's name.
         name: String,
         /// Only this token (its id: the hex digits after `gantry_`).
         #[arg(long, value_name = "ID")]
         token: Option<String>,
+        /// An admin's bearer token, to revoke through the daemon that holds the directory.
+        #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Trust this PEM certificate when the daemon serves HTTPS.
+        #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+        ca_cert: Option<PathBuf>,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -244,10 +252,46 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             );
             println!("{}", issued.token);
         }
-        UserCommand::Revoke { name, token, dir } => {
-            let d = open(&dir, "gantry user revoke")?;
-            let revoked = d.revoke(&name, token.as_deref())?;
-            d.close()?;
+        UserCommand::Revoke {
+            name,
+            token,
+            admin_token,
+            ca_cert,
+            dir,
+        } => {
+            let root = dir.path()?;
+            let revoked: Vec<String> = match DataDir::open(&root, "gantry user revoke") {
+                Ok(d) => {
+                    let revoked = d.revoke(&name, token.as_deref())?;
+                    d.close()?;
+                    revoked
+                }
+                Err(gantry::daemon::datadir::DataDirError::Store(
+                    gantry::storage::StoreError::Locked { holder, .. },
+                )) if holder.url.is_some() => {
+                    let Some(admin) = admin_token else {
+                        anyhow::bail!(
+                            "{}: held by {holder}; to revoke through it, give an admin's token \
+                             (--admin-token or GANTRY_TOKEN)",
+                            root.display()
+                        );
+                    };
+                    let client = Client {
+                        url: holder.url.clone().unwrap_or_default(),
+                        token: admin,
+                        ca_cert,
+                    };
+                    let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+                    let v = call(
+                        &client,
+                        "POST",
+                        &format!("/v1/users/{name}/revoke{query}"),
+                        None,
+                    )?;
+                    serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")?
+                }
+                Err(e) => return Err(e.into()),
+            };
             println!(
                 "revoked {} token(s) of {name}: {}",
                 revoked.len(),

@@ -78,6 +78,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/gpus/unhealthy", post(mark_unhealthy))
         .route("/v1/gpus/healthy", post(mark_healthy))
         .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/users/{name}/revoke", post(revoke_tokens))
         .route("/v1/audit/head", get(audit_head))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/scheduler", post(load_scheduler))
@@ -1417,6 +1418,47 @@ async fn policy_info(
         super::persisted::policy_in_force(&daemon.host_read(), &daemon.db)
             .map(Json)
             .map_err(ApiError::internal)
+    })
+    .await
+}
+
+/// `?token=ID` of a revocation: only that token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeQuery {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// `POST /v1/users/{name}/revoke[?token=ID]` (the policy's `user.manage`, admins): every live
+/// token of the user (or the one named) is refused from now on; audited as `user.revoke`. What
+/// `gantry user revoke` calls when a daemon holds the data directory: a leaked token is revoked
+/// without a restart.
+async fn revoke_tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<RevokeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    let axum::extract::Query(RevokeQuery { token }) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    blocking(&state, move |state| {
+        authorize(state, &user, "user.manage", json!({"user": name}))?;
+        let daemon = &state.daemon;
+        let revoked =
+            super::auth::revoke(&daemon.db, &name, token.as_deref()).map_err(|e| match e {
+                super::auth::RevokeError::Db(e) => ApiError::internal(e),
+                refused => ApiError::new(StatusCode::NOT_FOUND, refused.to_string()),
+            })?;
+        daemon
+            .decider
+            .record(
+                "user.revoke",
+                json!({"user": name, "tokens": revoked, "by": {"user": user.name}}),
+            )
+            .map_err(ApiError::internal)?;
+        Ok(Json(json!({"user": name, "revoked": revoked})))
     })
     .await
 }

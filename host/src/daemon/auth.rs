@@ -74,6 +74,40 @@ pub fn set_default_ttl(db: &Db, ttl_s: Option<f64>) -> Result<(), DbError> {
     db.set_setting(TTL_SETTING, &value)
 }
 
+/// Why tokens could not be revoked.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No such user.
+    #[error("no user `{0}`")]
+    NoUser(String),
+    /// The user has no live token of that id.
+    #[error("user `{user}` has no live token `{token}`")]
+    NoToken {
+        /// The user.
+        user: String,
+        /// The token id asked for.
+        token: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Revokes every live token of user `name` (or only `token`, by id); returns the ids revoked.
+pub fn revoke(db: &Db, name: &str, token: Option<&str>) -> Result<Vec<String>, RevokeError> {
+    if db.user(name)?.is_none() {
+        return Err(RevokeError::NoUser(name.to_string()));
+    }
+    let revoked = db.revoke_tokens(name, token)?;
+    if let (Some(t), true) = (token, revoked.is_empty()) {
+        return Err(RevokeError::NoToken {
+            user: name.to_string(),
+            token: t.to_string(),
+        });
+    }
+    Ok(revoked)
+}
+
 /// Issues a token for `user` (who must exist) with the default lifetime.
 pub fn issue(db: &Db, user: &str) -> Result<String, DbError> {
     let ttl = default_ttl(db)?;

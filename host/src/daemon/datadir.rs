@@ -160,6 +160,18 @@ impl DataDir {
         user: &User,
         ttl_s: Option<Option<f64>>,
     ) -> Result<Issued, DataDirError> {
+        let name = &user.name;
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && !name.starts_with('.');
+        if !valid {
+            return Err(DataDirError::Refused(format!(
+                "user name `{name}`: 1-64 characters of letters, digits, '-', '_' and '.', not \
+                 starting with '.'"
+            )));
+        }
         self.db.put_user(user)?;
         let ttl = match ttl_s {
             Some(t) => t,
@@ -200,15 +212,10 @@ impl DataDir {
     /// Revokes every live token of user `name` (or only `token`); audited as `user.revoke`.
     /// Returns the ids revoked.
     pub fn revoke(&self, name: &str, token: Option<&str>) -> Result<Vec<String>, DataDirError> {
-        if self.db.user(name)?.is_none() {
-            return Err(DataDirError::Refused(format!("no user `{name}`")));
-        }
-        let revoked = self.db.revoke_tokens(name, token)?;
-        if let (Some(t), true) = (token, revoked.is_empty()) {
-            return Err(DataDirError::Refused(format!(
-                "user `{name}` has no live token `{t}`"
-            )));
-        }
+        let revoked = auth::revoke(&self.db, name, token).map_err(|e| match e {
+            auth::RevokeError::Db(e) => DataDirError::Db(e),
+            refused => DataDirError::Refused(refused.to_string()),
+        })?;
         self.record(
             "user.revoke",
             serde_json::json!({"user": name, "tokens": revoked, "by": self.actor()}),
