@@ -32,7 +32,10 @@ use crate::audit::{AuditLog, Decision};
 use crate::builtin;
 use crate::cluster::{Cluster, JobSpec, files};
 use crate::engine::{self, EpochTicker};
-use crate::plugin::{self, ArtifactCache, LoadError, Manifest, PluginError, PluginState};
+use crate::plugin::health::HealthRules;
+use crate::plugin::{
+    self, ArtifactCache, Call, Fault, LoadError, Manifest, PluginError, PluginState,
+};
 use crate::policy::decide::{LoadedPolicy, PolicySlot};
 use crate::scheduling::model::Placement;
 use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
@@ -92,6 +95,9 @@ impl std::str::FromStr for PluginSource {
 /// The entrypoint the host asks: `allow` plus `reasons` (see `policies/authz.rego`).
 pub const DECISION_ENTRYPOINT: &str = "gantry/authz/decision";
 
+/// The host-wide cap on a scheduler call's deadline, milliseconds.
+pub const DEFAULT_MAX_SCHEDULER_DEADLINE_MS: u64 = 10_000;
+
 /// How to build a [`Host`].
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -99,8 +105,11 @@ pub struct HostConfig {
     pub cluster: Cluster,
     /// Where compiled plugins are cached; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
-    /// Consecutive faults after which a plugin is quarantined (0: never).
-    pub quarantine_after: u32,
+    /// When a scheduler plugin is quarantined, and when it makes no progress.
+    pub health: HealthRules,
+    /// No scheduler call runs longer than this, whatever its manifest says (up to 600 s): the
+    /// longest the cluster goes without a scheduling decision.
+    pub max_scheduler_deadline_ms: u64,
     /// Which plugins on disk may load.
     pub trust: PluginTrust,
 }
@@ -116,12 +125,14 @@ pub struct PluginTrust {
 }
 
 impl HostConfig {
-    /// Defaults: the user's cache directory, quarantine after 3 consecutive faults.
+    /// Defaults: the user's cache directory, [`HealthRules::default`], scheduler calls capped
+    /// at [`DEFAULT_MAX_SCHEDULER_DEADLINE_MS`].
     pub fn new(cluster: Cluster) -> Self {
         Self {
             cluster,
             cache_dir: default_cache_dir(),
-            quarantine_after: 3,
+            health: HealthRules::default(),
+            max_scheduler_deadline_ms: DEFAULT_MAX_SCHEDULER_DEADLINE_MS,
             trust: PluginTrust::default(),
         }
     }
@@ -219,7 +230,8 @@ pub struct Host {
     _ticker: EpochTicker,
     linker: Linker<PluginState>,
     cache: ArtifactCache,
-    quarantine_after: u32,
+    health: HealthRules,
+    max_scheduler_deadline_ms: u64,
     trust: PluginTrust,
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
@@ -238,7 +250,8 @@ impl Host {
             cache: ArtifactCache::new(&engine, config.cache_dir),
             engine,
             linker,
-            quarantine_after: config.quarantine_after,
+            health: config.health,
+            max_scheduler_deadline_ms: config.max_scheduler_deadline_ms,
             trust: config.trust,
             state: ClusterState::new(config.cluster),
             scheduler: None,
@@ -292,7 +305,8 @@ impl Host {
             manifest,
             &wasm,
             &origin,
-            self.quarantine_after,
+            self.health,
+            self.max_scheduler_deadline_ms,
         )
     }
 
@@ -665,52 +679,7 @@ impl Host {
         let (snap, queue) = snapshot::build(&self.state, now_s);
         let placements = match &self.scheduler {
             None => native::schedule(&snap, &queue),
-            Some(p) if p.health().is_quarantined() => {
-                p.health().fallback();
-                report.fallback_reason = Some(
-                    PluginError::Quarantined {
-                        plugin: p.name().into(),
-                        faults: p.health().consecutive_faults(),
-                    }
-                    .to_string(),
-                );
-                native::schedule(&snap, &queue)
-            }
-            Some(p) => {
-                let answer = p.schedule(&snap, &queue).and_then(|placements| {
-                    validate::validate(&snap, &queue, &placements)
-                        .map(|()| placements)
-                        .map_err(|reason| PluginError::InvalidAnswer {
-                            plugin: p.name().into(),
-                            reason,
-                        })
-                });
-                match answer {
-                    Ok(placements) => {
-                        p.health().success();
-                        report.decided_by = p.name().into();
-                        placements
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            plugin = p.name(),
-                            fault = e.class(),
-                            "{e}; native fallback decides this cycle"
-                        );
-                        if p.health().fault() {
-                            tracing::error!(
-                                plugin = p.name(),
-                                faults = p.health().consecutive_faults(),
-                                "plugin quarantined; the native fallback decides until it is reloaded"
-                            );
-                        }
-                        p.health().fallback();
-                        report.fault = Some(e.class());
-                        report.fallback_reason = Some(e.to_string());
-                        native::schedule(&snap, &queue)
-                    }
-                }
-            }
+            Some(p) => Self::plugin_decides(p, &snap, &queue, &mut report),
         };
         if report.decided_by == native::NAME
             && let Err(reason) = validate::validate(&snap, &queue, &placements)
@@ -741,6 +710,76 @@ impl Host {
         report.pending = self.state.pending.len();
         report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
         report
+    }
+
+    /// The active plugin's placements for this cycle, or the fallback's when it is quarantined,
+    /// backing off, faults, or places nothing for too long while the fallback could place.
+    fn plugin_decides(
+        p: &SchedulerPlugin,
+        snap: &crate::scheduling::model::Snapshot,
+        queue: &crate::scheduling::model::Jobs,
+        report: &mut CycleReport,
+    ) -> Vec<Placement> {
+        let health = p.health();
+        let refused = |fault| PluginError::new(p.name(), Call::Schedule, fault);
+        if health.is_quarantined() {
+            health.fallback();
+            let (faults, why) = health.quarantine().unwrap_or_default();
+            report.fallback_reason = Some(refused(Fault::Quarantined { faults, why }).to_string());
+            return native::schedule(snap, queue);
+        }
+        if let Some(cycles) = health.backing_off() {
+            health.fallback();
+            report.fallback_reason = Some(refused(Fault::BackingOff { cycles }).to_string());
+            return native::schedule(snap, queue);
+        }
+        let answer = p.schedule(snap, queue).and_then(|placements| {
+            validate::validate(snap, queue, &placements)
+                .map(|()| placements)
+                .map_err(|reason| {
+                    refused(Fault::InvalidAnswer {
+                        reason: Fault::text(reason),
+                    })
+                })
+        });
+        let (error, fallback) = match answer {
+            Ok(placements) if !placements.is_empty() => {
+                health.progress(report.now_s, placements.len(), true);
+                health.success();
+                report.decided_by = p.name().into();
+                return placements;
+            }
+            // Nothing placed: could the fallback have placed something of this queue?
+            Ok(placements) => {
+                let native = native::schedule(snap, queue);
+                match health.progress(report.now_s, 0, !native.is_empty()) {
+                    None => {
+                        health.success();
+                        report.decided_by = p.name().into();
+                        return placements;
+                    }
+                    Some(fault) => (refused(fault), native),
+                }
+            }
+            Err(e) => (e, native::schedule(snap, queue)),
+        };
+        tracing::warn!(
+            plugin = p.name(),
+            call = %error.call,
+            fault = error.class(),
+            "{error}; native fallback decides this cycle"
+        );
+        if health.fault(&error.fault) {
+            tracing::error!(
+                plugin = p.name(),
+                reason = health.quarantine().map(|q| q.1).unwrap_or_default(),
+                "plugin quarantined; the native fallback decides until it is reloaded"
+            );
+        }
+        health.fallback();
+        report.fault = Some(error.class());
+        report.fallback_reason = Some(error.to_string());
+        fallback
     }
 
     /// Asks the policy about each placement (`placement.apply`, with the tenant's GPUs held so

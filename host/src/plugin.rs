@@ -4,11 +4,13 @@
 
 pub mod cache;
 pub mod driver;
+pub mod env;
 pub mod error;
 pub mod files;
 pub mod health;
 pub mod limits;
 pub mod manifest;
+pub mod output;
 pub mod signature;
 pub mod stdio;
 
@@ -16,26 +18,31 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, WasmBacktrace};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use cache::{ArtifactCache, CacheOutcome};
-pub use error::{LoadError, PluginError};
+pub use env::CallEnv;
+pub use error::{Call, Fault, LoadError, PluginError};
 pub use health::{Health, HealthReport};
 pub use limits::PluginLimiter;
 pub use manifest::{Limits, Manifest, PluginKind};
+pub use output::OutputBudget;
 pub use stdio::CapturedOutput;
 
 use crate::bindings::sched_v0_1::Level;
 
-/// Log events a plugin may emit in one call; the rest are dropped with one warning.
+/// Log events a plugin may emit in one call; the rest are dropped (and counted).
 pub const LOG_EVENTS_PER_CALL: u32 = 1000;
-/// Longest log message kept, in bytes.
+/// Longest log message or error text kept from a plugin, in bytes.
 pub const LOG_MESSAGE_CAP: usize = 4096;
 /// Most bytes a guest may make the host allocate while lifting one call's results.
 pub const HOSTCALL_FUEL: usize = 64 << 20;
+/// Largest `wasi:random` request served in one host call.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
-/// What each plugin store holds: an empty WASI context (no files, env, sockets or inherited
-/// stdio), the limiter, the captured output and the logging budget.
+/// What each plugin store holds: a WASI context with nothing of the host's in it (no files,
+/// environment, sockets or inherited stdio; a clock and randomness the host chooses per call),
+/// the limiter, the captured output and the plugin's output allowance.
 pub struct PluginState {
     plugin: Arc<str>,
     wasi: WasiCtx,
@@ -44,6 +51,9 @@ pub struct PluginState {
     stdout: CapturedOutput,
     stderr: CapturedOutput,
     log_events: u32,
+    output: Arc<OutputBudget>,
+    dropped_seen: u64,
+    env: CallEnv,
 }
 
 impl PluginState {
@@ -52,19 +62,31 @@ impl PluginState {
         self.limiter.exceeded
     }
 
-    /// Emits captured guest output as `tracing` events and resets per-call budgets.
+    /// The time and randomness the next call sees.
+    pub fn env(&self) -> &CallEnv {
+        &self.env
+    }
+
+    /// Emits captured guest output as `tracing` events (within the plugin's allowance) and
+    /// resets per-call budgets; says, at most every few seconds, that output was dropped.
     pub fn end_call(&mut self) {
-        self.stdout.flush_to_tracing(&self.plugin, "stdout");
-        self.stderr.flush_to_tracing(&self.plugin, "stderr");
-        if self.log_events > LOG_EVENTS_PER_CALL {
+        self.stdout
+            .flush_to_tracing(&self.plugin, "stdout", &self.output);
+        self.stderr
+            .flush_to_tracing(&self.plugin, "stderr", &self.output);
+        self.log_events = 0;
+        let dropped = self.output.dropped();
+        if dropped.events > self.dropped_seen && self.output.warning_due() {
             tracing::warn!(
                 target: "gantry::guest",
                 plugin = &*self.plugin,
-                dropped = self.log_events - LOG_EVENTS_PER_CALL,
-                "plugin log events over the per-call cap were dropped"
+                dropped_events = dropped.events,
+                dropped_bytes = dropped.bytes,
+                "plugin output over its allowance ({} B/s) was dropped",
+                output::OUTPUT_RATE
             );
         }
-        self.log_events = 0;
+        self.dropped_seen = dropped.events;
     }
 }
 
@@ -81,15 +103,12 @@ impl crate::bindings::scheduler::gantry::host::log::Host for PluginState {
     fn log(&mut self, level: Level, message: String) {
         self.log_events += 1;
         if self.log_events > LOG_EVENTS_PER_CALL {
+            self.output.drop_event(message.len());
             return;
         }
-        let mut message = message;
-        if message.len() > LOG_MESSAGE_CAP {
-            let mut cut = LOG_MESSAGE_CAP;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+        let message = error::cap_line(&message, LOG_MESSAGE_CAP);
+        if !self.output.admit(message.len()) {
+            return;
         }
         let plugin = &*self.plugin;
         match level {
@@ -118,8 +137,15 @@ pub fn base_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     Ok(linker)
 }
 
-/// A fresh, isolated store for one plugin, with its limits and deadline armed.
-pub fn new_store(engine: &Engine, plugin: &Arc<str>, limits: &Limits) -> Store<PluginState> {
+/// A fresh, isolated store for one plugin, with its limits and deadline armed, writing into
+/// the plugin's `output` allowance and seeing the time and randomness of `env`.
+pub fn new_store(
+    engine: &Engine,
+    plugin: &Arc<str>,
+    limits: &Limits,
+    output: &Arc<OutputBudget>,
+    env: CallEnv,
+) -> Store<PluginState> {
     let stdout = CapturedOutput::default();
     let stderr = CapturedOutput::default();
     let wasi = WasiCtxBuilder::new()
@@ -128,6 +154,12 @@ pub fn new_store(engine: &Engine, plugin: &Arc<str>, limits: &Limits) -> Store<P
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
+        .wall_clock(env.wall_clock())
+        .monotonic_clock(env.monotonic_clock())
+        .secure_random(env.random())
+        .insecure_random(env.random())
+        .insecure_random_seed(env::name_seed(plugin))
+        .max_random_size(MAX_RANDOM_BYTES)
         .build();
     let state = PluginState {
         plugin: plugin.clone(),
@@ -137,6 +169,9 @@ pub fn new_store(engine: &Engine, plugin: &Arc<str>, limits: &Limits) -> Store<P
         stdout,
         stderr,
         log_events: 0,
+        output: output.clone(),
+        dropped_seen: output.dropped().events,
+        env,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -152,52 +187,85 @@ pub fn arm_deadline<T>(store: &mut Store<T>, deadline_ms: u64) {
     store.epoch_deadline_trap();
 }
 
-/// Turns a wasmtime error from a guest call into the plugin's typed error.
+/// Turns a wasmtime error from guest call `call` into the plugin's typed error, in one line;
+/// the wasm backtrace, when there is one, goes out as a `debug` event (`-v`).
 pub fn classify(
     plugin: &str,
+    call: Call,
     limits: &Limits,
-    limit_exceeded: bool,
+    state: &PluginState,
     err: wasmtime::Error,
 ) -> PluginError {
-    let plugin = plugin.to_string();
+    let backtrace = err.downcast_ref::<WasmBacktrace>();
+    if let Some(bt) = backtrace {
+        tracing::debug!(plugin, %call, "wasm backtrace of the fault:\n{bt}");
+    }
+    let fault = fault_of(limits, state, &err, backtrace);
+    PluginError::new(plugin, call, fault)
+}
+
+fn fault_of(
+    limits: &Limits,
+    state: &PluginState,
+    err: &wasmtime::Error,
+    backtrace: Option<&WasmBacktrace>,
+) -> Fault {
+    let limit = || match state.limiter.table_refused() {
+        true => Fault::TableLimit {
+            limit: limits.table_elements,
+        },
+        false => Fault::MemoryLimit {
+            limit_mib: limits.memory_mib,
+        },
+    };
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return Fault::Exit { code: exit.0 };
+    }
     if let Some(trap) = err.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
-            return PluginError::Deadline {
-                plugin,
+            return Fault::Deadline {
                 limit_ms: limits.deadline_ms,
             };
         }
-        if limit_exceeded {
-            return PluginError::MemoryLimit {
-                plugin,
-                limit_mib: limits.memory_mib,
+        if state.limit_exceeded() {
+            return limit();
+        }
+        if *trap == Trap::UnreachableCodeReached
+            && let Some(message) = state.stderr.panic_message()
+        {
+            return Fault::Panic {
+                message: Fault::text(message),
             };
         }
-        let backtrace = err
-            .downcast_ref::<WasmBacktrace>()
-            .map(|bt| {
-                let text = bt.to_string();
-                let frames: Vec<&str> = text.lines().take(24).collect();
-                format!("\n{}", frames.join("\n"))
-            })
-            .unwrap_or_default();
-        return PluginError::Trap {
-            plugin,
+        let frame = backtrace
+            .and_then(|bt| bt.frames().first())
+            .and_then(|f| f.func_name())
+            .map(Fault::text);
+        return Fault::Trap {
             message: trap.to_string(),
-            backtrace,
+            frame,
         };
     }
-    if limit_exceeded {
-        return PluginError::MemoryLimit {
-            plugin,
-            limit_mib: limits.memory_mib,
+    if state.limit_exceeded() {
+        return limit();
+    }
+    // An error with a wasm backtrace was raised while guest code was on the stack: a host
+    // function (WASI, logging) refused what it was asked. One without was raised after the guest
+    // returned: the canonical ABI refusing the answer (bad pointers, invalid UTF-8, results over
+    // the host-allocation fuel).
+    if backtrace.is_some_and(|bt| !bt.frames().is_empty()) {
+        // The outermost context is the backtrace; the host function's own reason is the root.
+        let reason = err
+            .chain()
+            .last()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Fault::HostCallRefused {
+            message: Fault::text(reason),
         };
     }
-    // Anything else raised during the call is the canonical ABI refusing what the guest handed
-    // back (bad pointers, invalid UTF-8, results over the host-allocation fuel).
-    PluginError::MalformedOutput {
-        plugin,
-        reason: format!("{err:#}"),
+    Fault::MalformedOutput {
+        reason: Fault::text(format!("{err:#}")),
     }
 }
 
@@ -217,9 +285,11 @@ pub struct Compiled {
     pub load_ms: f64,
 }
 
-/// The guest's own refusal (`plugin-error`) as the host's typed error.
+/// The guest's own refusal (`plugin-error`) from `call` as the host's typed error (its text cut
+/// to [`LOG_MESSAGE_CAP`]).
 pub fn guest_error(
     plugin: &str,
+    call: Call,
     e: crate::bindings::scheduler::gantry::host::types::PluginError,
 ) -> PluginError {
     use crate::bindings::scheduler::gantry::host::types::PluginError as GuestError;
@@ -228,11 +298,14 @@ pub fn guest_error(
         GuestError::InvalidInput(m) => ("invalid-input", m),
         GuestError::Internal(m) => ("internal", m),
     };
-    PluginError::Guest {
-        plugin: plugin.to_string(),
-        kind,
-        message,
-    }
+    PluginError::new(
+        plugin,
+        call,
+        Fault::Guest {
+            kind,
+            message: Fault::text(message),
+        },
+    )
 }
 
 /// Checks that `manifest` declares `kind`, compiles (or loads from cache) the component and

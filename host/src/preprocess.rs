@@ -19,7 +19,8 @@ use wasmtime::{Engine, Store};
 use crate::bindings::pre_v0_1::{Batch, Preprocess, PreprocessPre, Tensor};
 use crate::bindings::scheduler::gantry::host::types::{ConfigEntry, PluginError as GuestError};
 use crate::plugin::{
-    self, ArtifactCache, CacheOutcome, LoadError, Manifest, PluginError, PluginKind, PluginState,
+    self, ArtifactCache, CacheOutcome, Call, CallEnv, Fault, LoadError, Manifest, OutputBudget,
+    PluginError, PluginKind, PluginState,
 };
 
 /// Packed records, as they cross into a plugin: record `i` is `data[offsets[i]..offsets[i+1]]`.
@@ -70,6 +71,8 @@ pub struct PreprocessPlugin {
     engine: Engine,
     pre: PreprocessPre<PluginState>,
     config: Vec<ConfigEntry>,
+    /// The output allowance all its workers share.
+    output: Arc<OutputBudget>,
 }
 
 impl std::fmt::Debug for PreprocessPlugin {
@@ -116,6 +119,7 @@ impl PreprocessPlugin {
             engine: engine.clone(),
             pre,
             config,
+            output: Arc::default(),
         })
     }
 
@@ -166,15 +170,25 @@ impl PreprocessPlugin {
     pub async fn worker(&self) -> Result<Worker<'_>, PluginError> {
         let span = tracing::debug_span!("gantry_preprocess.instantiate", plugin = %self.name);
         let configured = async {
-            let mut store = plugin::new_store(&self.engine, &self.name, &self.manifest.limits);
+            // A preprocessing call's clock reads the epoch and its randomness is seeded by the
+            // plugin's name: a transform's output depends on its input only.
+            let env = CallEnv::default();
+            env.set(0.0, plugin::env::seed_of(&[self.name.as_bytes()]));
+            let limits = &self.manifest.limits;
+            let mut store = plugin::new_store(&self.engine, &self.name, limits, &self.output, env);
             let bindings = match self.pre.instantiate_async(&mut store).await {
                 Ok(b) => b,
-                Err(e) if store.data().limit_exceeded() => return Err(self.fail(&store, e)),
+                Err(e) if store.data().limit_exceeded() => {
+                    return Err(self.fail(Call::Instantiate, &store, e));
+                }
                 Err(e) => {
-                    return Err(PluginError::Instantiate {
-                        plugin: self.name.to_string(),
-                        message: format!("{e:#}"),
-                    });
+                    return Err(PluginError::new(
+                        self.name.as_ref(),
+                        Call::Instantiate,
+                        Fault::Instantiate {
+                            message: Fault::text(format!("{e:#}")),
+                        },
+                    ));
                 }
             };
             plugin::arm_deadline(&mut store, self.manifest.limits.deadline_ms);
@@ -182,15 +196,17 @@ impl PreprocessPlugin {
                 .gantry_preprocess_transform()
                 .call_configure(&mut store, &self.config)
                 .await;
+            let result = match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(plugin::guest_error(&self.name, Call::Configure, e)),
+                Err(e) => Err(self.fail(Call::Configure, &store, e)),
+            };
             store.data_mut().end_call();
-            match result {
-                Ok(Ok(())) => Ok((store, bindings)),
-                Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
-                Err(e) => Err(self.fail(&store, e)),
-            }
+            result.map(|()| (store, bindings))
         };
+        let limits = &self.manifest.limits;
         let (store, bindings) =
-            plugin::driver::within_deadline(&self.name, &self.manifest.limits, configured)
+            plugin::driver::within_deadline(&self.name, Call::Configure, limits, configured)
                 .instrument(span)
                 .await?;
         Ok(Worker {
@@ -204,13 +220,13 @@ impl PreprocessPlugin {
         plugin::driver::block_on(self.worker())
     }
 
-    fn fail(&self, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
-        plugin::classify(
-            &self.name,
-            &self.manifest.limits,
-            store.data().limit_exceeded(),
-            err,
-        )
+    fn fail(&self, call: Call, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
+        plugin::classify(&self.name, call, &self.manifest.limits, store.data(), err)
+    }
+
+    /// What its output allowance dropped so far (log events and output lines).
+    pub fn output_dropped(&self) -> plugin::output::Dropped {
+        self.output.dropped()
     }
 }
 
@@ -228,9 +244,14 @@ type Raw<T> = Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error
 impl Worker<'_> {
     /// The instance, armed for one call; an error if an earlier call spent it.
     fn take(&mut self) -> Result<(Store<PluginState>, Preprocess), PluginError> {
-        let (mut store, bindings) = self.ready.take().ok_or_else(|| PluginError::Instantiate {
-            plugin: self.plugin.name.to_string(),
-            message: "this worker failed earlier; start a new one".into(),
+        let (mut store, bindings) = self.ready.take().ok_or_else(|| {
+            PluginError::new(
+                self.plugin.name.as_ref(),
+                Call::Instantiate,
+                Fault::Instantiate {
+                    message: "this worker failed earlier; start a new one".into(),
+                },
+            )
         })?;
         plugin::arm_deadline(&mut store, self.plugin.manifest.limits.deadline_ms);
         Ok((store, bindings))
@@ -244,25 +265,29 @@ impl Worker<'_> {
     /// answered something the canonical ABI refused.
     fn settle<T>(
         &mut self,
+        call: Call,
         mut store: Store<PluginState>,
         bindings: Preprocess,
         raw: Raw<T>,
     ) -> Result<T, PluginError> {
-        store.data_mut().end_call();
         let plugin = self.plugin;
         let (result, keep) = match raw {
             Ok(Ok(Ok(value))) => (Ok(value), true),
             // The guest said no: its state is its own and consistent.
-            Ok(Ok(Err(e))) => (Err(plugin::guest_error(&plugin.name, e)), true),
-            Ok(Err(e)) => (Err(plugin.fail(&store, e)), false),
+            Ok(Ok(Err(e))) => (Err(plugin::guest_error(&plugin.name, call, e)), true),
+            Ok(Err(e)) => (Err(plugin.fail(call, &store, e)), false),
             Err(_elapsed) => (
-                Err(PluginError::Deadline {
-                    plugin: plugin.name.to_string(),
-                    limit_ms: plugin.manifest.limits.deadline_ms,
-                }),
+                Err(PluginError::new(
+                    plugin.name.as_ref(),
+                    call,
+                    Fault::Deadline {
+                        limit_ms: plugin.manifest.limits.deadline_ms,
+                    },
+                )),
                 false,
             ),
         };
+        store.data_mut().end_call();
         if keep {
             self.ready = Some((store, bindings));
         }
@@ -277,7 +302,7 @@ impl Worker<'_> {
             .gantry_preprocess_transform()
             .call_observe(&mut store, batch);
         let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
-        self.settle(store, bindings, raw)
+        self.settle(Call::Observe, store, bindings, raw)
     }
 
     /// Hands the first pass's totals to the instance.
@@ -288,7 +313,7 @@ impl Worker<'_> {
             .gantry_preprocess_transform()
             .call_prepare(&mut store, totals);
         let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
-        self.settle(store, bindings, raw)
+        self.settle(Call::Prepare, store, bindings, raw)
     }
 
     /// Transforms one batch; the tensor is checked (shape against data, first dimension against
@@ -300,14 +325,17 @@ impl Worker<'_> {
             .gantry_preprocess_transform()
             .call_process(&mut store, batch);
         let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
-        let tensor = self.settle(store, bindings, raw)?;
+        let tensor = self.settle(Call::Process, store, bindings, raw)?;
         let values: Option<usize> = tensor
             .shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
-        let malformed = |reason: String| PluginError::MalformedOutput {
-            plugin: self.plugin.name.to_string(),
-            reason,
+        let malformed = |reason: String| {
+            PluginError::new(
+                self.plugin.name.as_ref(),
+                Call::Process,
+                Fault::MalformedOutput { reason },
+            )
         };
         if values != Some(tensor.data.len()) {
             return Err(malformed(format!(
@@ -350,14 +378,17 @@ pub fn add_totals(plugin: &str, totals: &mut Vec<f64>, partial: &[f64]) -> Resul
         return Ok(());
     }
     if totals.len() != partial.len() {
-        return Err(PluginError::MalformedOutput {
-            plugin: plugin.to_string(),
-            reason: format!(
-                "observe returned {} values after {} before",
-                partial.len(),
-                totals.len()
-            ),
-        });
+        return Err(PluginError::new(
+            plugin,
+            Call::Observe,
+            Fault::MalformedOutput {
+                reason: format!(
+                    "observe returned {} values after {} before",
+                    partial.len(),
+                    totals.len()
+                ),
+            },
+        ));
     }
     for (t, p) in totals.iter_mut().zip(partial) {
         *t += p;

@@ -312,6 +312,7 @@ pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u6
     // The last event: every arrival and completion happened by now.
     let end_s = last_t;
     let jobs: Vec<JobOutcome> = live.iter().map(|l| l.outcome(end_s)).collect();
+    let health = host.scheduler().map(|p| p.health().report());
     let stats = metrics::RunStats {
         healthy_gpus: host.state().healthy_gpus(),
         end_s,
@@ -329,6 +330,8 @@ pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u6
         quarantined: host
             .scheduler()
             .is_some_and(|p| p.health().is_quarantined()),
+        plugin_no_progress_faults: health.as_ref().map_or(0, |h| h.no_progress_faults),
+        plugin_output_dropped_bytes: health.as_ref().map_or(0, |h| h.output_dropped_bytes),
     };
     SimResult {
         metrics: metrics::summarize(&jobs, &stats),

@@ -395,7 +395,7 @@ fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api()
             memories: 3,
             pages_each: 64,
             touch: true,
-            plain_instances: 0,
+            ..Default::default()
         },
     );
     let manifest = hostile_from(&dir.path().join("p"), &wasm, "ok", "memory_mib = 16");

@@ -29,6 +29,10 @@ pub struct Extra {
     pub touch: bool,
     /// Core instances of an empty module.
     pub plain_instances: u32,
+    /// Functions of a module instantiated once beside (code for the compiler to chew on).
+    pub functions: u32,
+    /// Arithmetic instructions in each of those functions.
+    pub instructions_each: u32,
 }
 
 /// A component that behaves as `inner` (a scheduler plugin) with `extra` core instances beside.
@@ -60,7 +64,14 @@ pub fn wrap(inner: &[u8], extra: Extra) -> Vec<u8> {
         extra.touch,
     )));
     component.section(&ModuleSection(&Module::new()));
+    component.section(&ModuleSection(&code_module(
+        extra.functions,
+        extra.instructions_each,
+    )));
     let mut core = InstanceSection::new();
+    if extra.functions > 0 {
+        core.instantiate(2, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
     for _ in 0..extra.memories {
         core.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
     }
@@ -93,6 +104,39 @@ pub fn wrap(inner: &[u8], extra: Extra) -> Vec<u8> {
     exports.export(STRATEGY, ComponentExportKind::Instance, imported + 1, None);
     component.section(&exports);
     component.finish()
+}
+
+/// A core module of `functions` functions `(i32) -> i32`, each `instructions` additions and
+/// multiplications long.
+fn code_module(functions: u32, instructions: u32) -> Module {
+    let mut module = Module::new();
+    let mut types = TypeSection::new();
+    types
+        .ty()
+        .function([wasm_encoder::ValType::I32], [wasm_encoder::ValType::I32]);
+    module.section(&types);
+    let mut decls = FunctionSection::new();
+    for _ in 0..functions {
+        decls.function(0);
+    }
+    module.section(&decls);
+    let mut code = CodeSection::new();
+    for f in 0..functions {
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::LocalGet(0));
+        for i in 0..instructions {
+            body.instruction(&Instruction::I32Const((f ^ i) as i32 | 1));
+            body.instruction(&if i % 2 == 0 {
+                Instruction::I32Add
+            } else {
+                Instruction::I32Mul
+            });
+        }
+        body.instruction(&Instruction::End);
+        code.function(&body);
+    }
+    module.section(&code);
+    module
 }
 
 /// A core module defining one memory of `pages` pages; with `touch`, a start function writes
@@ -161,6 +205,8 @@ fn wrapped_components_validate() {
             pages_each: 2,
             touch: true,
             plain_instances: 3,
+            functions: 3,
+            instructions_each: 10,
         },
     );
     let mut features = wasmparser::WasmFeatures::default();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::plugin::{self, ArtifactCache, PluginError};
+use crate::plugin::{self, ArtifactCache, Call, Fault, PluginError};
 use crate::preprocess::{PreprocessPlugin, RecordBatch, add_totals, line_batches};
 
 #[path = "../../../plugins/standardize/src/zscore.rs"]
@@ -92,22 +92,18 @@ pub fn run(params: PreprocessParams) -> Result<PreprocessReport, PluginError> {
     let text = dataset(params.rows, params.columns, 1);
     let batches = line_batches(&text, params.batch);
     let threads = params.threads.max(1);
-    let engine = crate::engine::build().map_err(|e| PluginError::Instantiate {
-        plugin: "standardize".into(),
-        message: format!("{e:#}"),
-    })?;
-    let linker = plugin::base_linker(&engine).map_err(|e| PluginError::Instantiate {
-        plugin: "standardize".into(),
-        message: format!("{e:#}"),
-    })?;
+    let setup = |message: String| {
+        PluginError::new(
+            "standardize",
+            Call::Instantiate,
+            Fault::Instantiate { message },
+        )
+    };
+    let engine = crate::engine::build().map_err(|e| setup(format!("{e:#}")))?;
+    let linker = plugin::base_linker(&engine).map_err(|e| setup(format!("{e:#}")))?;
     let cache = ArtifactCache::new(&engine, None);
-    let plugin =
-        PreprocessPlugin::builtin(&engine, &linker, &cache, "standardize").map_err(|e| {
-            PluginError::Instantiate {
-                plugin: "standardize".into(),
-                message: e.to_string(),
-            }
-        })?;
+    let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, "standardize")
+        .map_err(|e| setup(e.to_string()))?;
 
     let (mut wasm_times, mut native_times) = (Vec::new(), Vec::new());
     let (mut wasm_out, mut native_out) = (Vec::new(), Vec::new());
@@ -117,10 +113,15 @@ pub fn run(params: PreprocessParams) -> Result<PreprocessReport, PluginError> {
         wasm_out = wasm_pass(&plugin, &batches, threads)?;
         wasm_times.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        native_out = native_pass(&batches, threads).map_err(|m| PluginError::Guest {
-            plugin: "standardize (native)".into(),
-            kind: "invalid-input",
-            message: m,
+        native_out = native_pass(&batches, threads).map_err(|message| {
+            PluginError::new(
+                "standardize (native)",
+                Call::Process,
+                Fault::Guest {
+                    kind: "invalid-input",
+                    message,
+                },
+            )
         })?;
         native_times.push(t.elapsed().as_secs_f64());
     }
@@ -260,10 +261,11 @@ fn wasm_pass(
         .map(|_| plugin.worker_blocking())
         .collect::<Result<Vec<_>, _>>()?;
     two_passes(&mut workers, batches, |reason| {
-        PluginError::MalformedOutput {
-            plugin: plugin.name().to_string(),
-            reason,
-        }
+        PluginError::new(
+            plugin.name(),
+            Call::Process,
+            Fault::MalformedOutput { reason },
+        )
     })
 }
 

@@ -173,6 +173,15 @@ fn metrics_table(plugin: &str, m: &Metrics) -> Table {
         ("mean cycle time", format!("{:.0} µs", m.mean_cycle_us)),
         ("plugin faults", m.plugin_faults.to_string()),
         ("fallback cycles", m.fallback_cycles.to_string()),
+        (
+            "plugin no-progress faults",
+            m.plugin_no_progress_faults.to_string(),
+        ),
+        (
+            "plugin output dropped",
+            format!("{} B", m.plugin_output_dropped_bytes),
+        ),
+        ("plugin quarantined", m.quarantined.to_string()),
     ] {
         t.row(vec![name.to_string(), value]);
     }

@@ -152,7 +152,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         let running = daemon.live_curves();
         Ok(super::metrics::render(
             &daemon.metrics,
-            plugin.as_ref().map(|(n, h)| (n.as_str(), *h)),
+            plugin.as_ref().map(|(n, h)| (n.as_str(), h.clone())),
             &counts,
             &running,
         ))

@@ -131,6 +131,41 @@ pub fn render(
             "Cycles the native fallback decided.",
             &[(&calls, h.fallbacks)],
         );
+        family(
+            &mut out,
+            "gantry_plugin_window_faults",
+            "gauge",
+            "Scheduler plugin faults among its last calls (the quarantine window).",
+            &[(&calls, u64::from(h.window_faults))],
+        );
+        family(
+            &mut out,
+            "gantry_plugin_stalled_cycles",
+            "gauge",
+            "Cycles in a row the plugin placed nothing while the fallback could have.",
+            &[(&calls, u64::from(h.stalled_cycles))],
+        );
+        family(
+            &mut out,
+            "gantry_plugin_no_progress_faults_total",
+            "counter",
+            "Answers counted as no-progress faults.",
+            &[(&calls, h.no_progress_faults)],
+        );
+        family(
+            &mut out,
+            "gantry_plugin_output_dropped_bytes_total",
+            "counter",
+            "Plugin log and output bytes dropped over its allowance.",
+            &[(&calls, h.output_dropped_bytes)],
+        );
+        family(
+            &mut out,
+            "gantry_plugin_quarantined",
+            "gauge",
+            "1 while the scheduler plugin is quarantined.",
+            &[(&calls, u64::from(h.quarantined))],
+        );
     }
     let labelled: Vec<(String, u64)> = jobs_by_state
         .iter()

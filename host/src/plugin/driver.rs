@@ -10,8 +10,8 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::PluginError;
 use super::manifest::Limits;
+use super::{Call, Fault, PluginError};
 
 /// The runtime behind the blocking API: one thread-less, current-thread runtime with timers.
 /// Several threads may `block_on` it at once; the first one drives the timer for the others.
@@ -49,18 +49,22 @@ where
     })
 }
 
-/// Awaits `call`, or gives up with [`PluginError::Deadline`] once `limits.deadline_ms` has
-/// passed while it was parked in a host call.
+/// Awaits `call` (guest call `which` into `plugin`), or gives up with a deadline fault once
+/// `limits.deadline_ms` has passed while it was parked in a host call.
 pub async fn within_deadline<T>(
     plugin: &str,
+    which: Call,
     limits: &Limits,
     call: impl Future<Output = Result<T, PluginError>>,
 ) -> Result<T, PluginError> {
     match tokio::time::timeout(Duration::from_millis(limits.deadline_ms), call).await {
         Ok(result) => result,
-        Err(_elapsed) => Err(PluginError::Deadline {
-            plugin: plugin.to_string(),
-            limit_ms: limits.deadline_ms,
-        }),
+        Err(_elapsed) => Err(PluginError::new(
+            plugin,
+            which,
+            Fault::Deadline {
+                limit_ms: limits.deadline_ms,
+            },
+        )),
     }
 }

@@ -27,6 +27,7 @@ pub struct PluginLimiter {
     pending_table: usize,
     /// Set when a growth request was refused.
     pub exceeded: bool,
+    table_refused: bool,
 }
 
 impl PluginLimiter {
@@ -43,12 +44,18 @@ impl PluginLimiter {
             pending_memory: 0,
             pending_table: 0,
             exceeded: false,
+            table_refused: false,
         }
     }
 
     /// Bytes of linear memory the store holds now, all memories together.
     pub fn memory_used(&self) -> usize {
         self.memory_used
+    }
+
+    /// True when the refusal was of table elements rather than memory.
+    pub fn table_refused(&self) -> bool {
+        self.table_refused
     }
 
     /// Table elements the store holds now, all tables together.
@@ -108,6 +115,7 @@ impl ResourceLimiter for PluginLimiter {
             desired,
         );
         self.exceeded |= !ok;
+        self.table_refused |= !ok;
         Ok(ok)
     }
 

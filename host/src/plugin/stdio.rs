@@ -1,7 +1,8 @@
 //! Guest stdout/stderr, captured and re-emitted as `tracing` events tagged with the plugin.
 //!
-//! Output is buffered per call up to a cap; the excess is dropped (and counted) instead of
-//! failing the guest's write, so a chatty plugin neither floods the log nor traps.
+//! Output is buffered per call up to a cap, then emitted line by line within the plugin's output
+//! allowance (see [`super::output`]); the excess is dropped (and counted) instead of failing the
+//! guest's write, so a chatty plugin neither floods the log nor traps.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,27 +36,45 @@ impl CapturedOutput {
         buffer.dropped += data.len() - kept;
     }
 
-    /// Emits what was written as one event per line and clears the buffer.
-    pub fn flush_to_tracing(&self, plugin: &str, stream: &'static str) {
+    /// Emits what was written as one event per line, as far as `budget` allows (lines cut to
+    /// [`super::LOG_MESSAGE_CAP`]), and clears the buffer; the rest is counted as dropped.
+    pub fn flush_to_tracing(
+        &self,
+        plugin: &str,
+        stream: &'static str,
+        budget: &super::OutputBudget,
+    ) {
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
         if buffer.bytes.is_empty() && buffer.dropped == 0 {
             return;
         }
         let text = String::from_utf8_lossy(&buffer.bytes);
         for line in text.lines().filter(|l| !l.is_empty()) {
-            tracing::info!(target: "gantry::guest", plugin, stream, "{line}");
+            let line = super::error::cap_line(line, super::LOG_MESSAGE_CAP);
+            if budget.admit(line.len()) {
+                tracing::info!(target: "gantry::guest", plugin, stream, "{line}");
+            }
         }
         if buffer.dropped > 0 {
-            tracing::warn!(
-                target: "gantry::guest",
-                plugin,
-                stream,
-                dropped_bytes = buffer.dropped,
-                "guest output over the {OUTPUT_CAP}-byte cap was dropped"
-            );
+            budget.drop_event(buffer.dropped);
         }
         buffer.bytes.clear();
         buffer.dropped = 0;
+    }
+
+    /// The message of a Rust panic written to this stream in the current call, as
+    /// "message (at file:line:col)", if there is one.
+    pub fn panic_message(&self) -> Option<String> {
+        let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&buffer.bytes);
+        let at = text.rfind("panicked at ")? + "panicked at ".len();
+        let rest = &text[at..];
+        let (location, message) = rest.split_once(":\n").unwrap_or((rest.trim_end(), ""));
+        let message: Vec<&str> = message
+            .lines()
+            .take_while(|l| !l.starts_with("note: "))
+            .collect();
+        Some(format!("{} (at {location})", message.join(" ")))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Calls into scheduler plugins: a fresh isolated instance per call (or a warm pool when the
-//! manifest asks), deadline armed before every guest call, failures classified.
+//! manifest asks), deadline armed before every guest call, the call's time and random seed set
+//! by the host, failures classified.
 
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use tracing::Instrument;
@@ -9,10 +11,11 @@ use wasmtime::{Engine, Store};
 
 use super::model::{Jobs, Placement, Snapshot};
 use super::wire;
-use crate::bindings::sched_v0_1::{Scheduler, SchedulerPre};
+use crate::bindings::sched_v0_1::{self as wit, Scheduler, SchedulerPre};
+use crate::plugin::health::HealthRules;
 use crate::plugin::{
-    self, ArtifactCache, CacheOutcome, Health, LoadError, Manifest, PluginError, PluginKind,
-    PluginState,
+    self, ArtifactCache, CacheOutcome, Call, CallEnv, Fault, Health, Limits, LoadError, Manifest,
+    PluginError, PluginKind, PluginState,
 };
 
 pub(crate) type Ready = (Store<PluginState>, Scheduler);
@@ -21,6 +24,8 @@ pub(crate) type Ready = (Store<PluginState>, Scheduler);
 pub struct SchedulerPlugin {
     name: Arc<str>,
     manifest: Manifest,
+    /// The manifest's limits with the deadline capped by the host.
+    limits: Limits,
     wasm_sha256: String,
     cache: CacheOutcome,
     load_ms: f64,
@@ -43,7 +48,9 @@ impl std::fmt::Debug for SchedulerPlugin {
 
 impl SchedulerPlugin {
     /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
-    /// `origin` names the source in errors.
+    /// `origin` names the source in errors; `rules` say when it is quarantined; no call may run
+    /// longer than `max_deadline_ms`, whatever the manifest says.
+    #[allow(clippy::too_many_arguments)] // the loader's inputs, passed through from the host
     pub fn load(
         engine: &Engine,
         linker: &Linker<PluginState>,
@@ -51,7 +58,8 @@ impl SchedulerPlugin {
         manifest: Manifest,
         wasm: &[u8],
         origin: &std::path::Path,
-        quarantine_after: u32,
+        rules: HealthRules,
+        max_deadline_ms: u64,
     ) -> Result<Self, LoadError> {
         let (compiled, pre) = plugin::link(
             engine,
@@ -63,17 +71,20 @@ impl SchedulerPlugin {
             PluginKind::Scheduler,
             SchedulerPre::new,
         )?;
+        let mut limits = compiled.manifest.limits.clone();
+        limits.deadline_ms = limits.deadline_ms.min(max_deadline_ms.max(1));
         Ok(Self {
             config: compiled.manifest.config_entries(),
             name: compiled.name,
             manifest: compiled.manifest,
+            limits,
             wasm_sha256: compiled.wasm_sha256,
             cache: compiled.cache,
             load_ms: compiled.load_ms,
             engine: engine.clone(),
             pre,
             warm: Mutex::new(Vec::new()),
-            health: Health::new(quarantine_after),
+            health: Health::new(rules, Arc::default()),
         })
     }
 
@@ -107,13 +118,13 @@ impl SchedulerPlugin {
         &self.health
     }
 
-    fn fail(&self, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
-        plugin::classify(
-            &self.name,
-            &self.manifest.limits,
-            store.data().limit_exceeded(),
-            err,
-        )
+    /// The limits calls run under (the manifest's, the deadline capped by the host).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn fail(&self, call: Call, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
+        plugin::classify(&self.name, call, &self.limits, store.data(), err)
     }
 
     /// Instantiates and configures the plugin once, as a call would, and drops the instance:
@@ -122,21 +133,39 @@ impl SchedulerPlugin {
         plugin::driver::block_on(self.instantiate()).map(|_| ())
     }
 
-    /// A new instance, configured (used per call, and by the benchmarks).
+    /// A new instance, configured, at time 0 (used by the benchmarks).
     pub(crate) async fn instantiate(&self) -> Result<Ready, PluginError> {
-        plugin::driver::within_deadline(&self.name, &self.manifest.limits, self.configured()).await
+        self.instantiate_with(CallEnv::default()).await
     }
 
-    async fn configured(&self) -> Result<Ready, PluginError> {
-        let mut store = plugin::new_store(&self.engine, &self.name, &self.manifest.limits);
+    /// A new instance, configured, seeing `env`.
+    async fn instantiate_with(&self, env: CallEnv) -> Result<Ready, PluginError> {
+        plugin::driver::within_deadline(
+            &self.name,
+            Call::Configure,
+            &self.limits,
+            self.configured(env),
+        )
+        .await
+    }
+
+    async fn configured(&self, env: CallEnv) -> Result<Ready, PluginError> {
+        let output = self.health.output();
+        let mut store = plugin::new_store(&self.engine, &self.name, &self.limits, output, env);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) if store.data().limit_exceeded() => return Err(self.fail(&store, e)),
+            Err(e) if store.data().limit_exceeded() => {
+                return Err(self.fail(Call::Instantiate, &store, e));
+            }
             Err(e) => {
-                return Err(PluginError::Instantiate {
-                    plugin: self.name.to_string(),
-                    message: format!("{e:#}"),
-                });
+                store.data_mut().end_call();
+                return Err(PluginError::new(
+                    self.name.as_ref(),
+                    Call::Instantiate,
+                    Fault::Instantiate {
+                        message: Fault::text(format!("{e:#}")),
+                    },
+                ));
             }
         };
         let config: Vec<_> = self
@@ -153,26 +182,27 @@ impl SchedulerPlugin {
             .gantry_scheduler_strategy()
             .call_configure(&mut store, &config)
             .await;
+        let result = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(plugin::guest_error(&self.name, Call::Configure, e)),
+            Err(e) => Err(self.fail(Call::Configure, &store, e)),
+        };
         store.data_mut().end_call();
-        match result {
-            Ok(Ok(())) => Ok((store, bindings)),
-            Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
-            Err(e) => Err(self.fail(&store, e)),
-        }
+        result.map(|()| (store, bindings))
     }
 
     /// Calls `configure` with no entries on a ready instance: the cheapest possible guest call,
     /// for measuring call overhead.
     pub(crate) async fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
         let (store, bindings) = ready;
-        plugin::arm_deadline(store, self.manifest.limits.deadline_ms);
+        plugin::arm_deadline(store, self.limits.deadline_ms);
         match bindings
             .gantry_scheduler_strategy()
             .call_configure(&mut *store, &[])
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.fail(store, e)),
+            Err(e) => Err(self.fail(Call::Configure, store, e)),
         }
     }
 
@@ -185,48 +215,84 @@ impl SchedulerPlugin {
         plugin::driver::block_on(self.schedule_async(snapshot, queue))
     }
 
-    /// One scheduling cycle in the sandbox, bounded by the manifest's deadline whether the guest
-    /// computes or waits in a host call. Does not validate the answer (see [`super::validate`])
-    /// nor record health: the caller does both.
+    /// One scheduling cycle in the sandbox, bounded by the deadline whether the guest computes
+    /// or waits in a host call. The plugin's clocks read the snapshot's `now_s` and its random
+    /// source is seeded from the plugin, that time and the input (see [`crate::plugin::env`]),
+    /// so the same input gives the same answer. Does not validate the answer (see
+    /// [`super::validate`]) nor record health: the caller does both.
     pub async fn schedule_async(
         &self,
         snapshot: &Snapshot,
         queue: &Jobs,
     ) -> Result<Vec<Placement>, PluginError> {
         let span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name);
+        let (snapshot, queue) = wire::columns(snapshot, queue);
+        let seed = seed(&self.name, &snapshot, &queue);
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut store, bindings) = match warm {
-            Some(ready) => ready,
-            None => self.instantiate().instrument(span.clone()).await?,
+            Some(ready) => {
+                ready.0.data().env().set(snapshot.now_s, seed);
+                ready
+            }
+            None => {
+                let env = CallEnv::default();
+                env.set(snapshot.now_s, seed);
+                self.instantiate_with(env).instrument(span.clone()).await?
+            }
         };
-        let (snapshot, queue) = wire::columns(snapshot, queue);
-        plugin::arm_deadline(&mut store, self.manifest.limits.deadline_ms);
+        // Configure drew from the generator: start the call from the seed again.
+        store.data().env().set(snapshot.now_s, seed);
+        plugin::arm_deadline(&mut store, self.limits.deadline_ms);
         let call = async {
             let result = bindings
                 .gantry_scheduler_strategy()
                 .call_schedule(&mut store, &snapshot, &queue)
                 .await;
-            store.data_mut().end_call();
-            match result {
+            let result = match result {
                 Ok(Ok(placements)) => Ok(placements),
                 // A guest error leaves the instance sane, but it is dropped all the same: cheap,
                 // and no state from a failed call can leak into the next one.
-                Ok(Err(e)) => Err(plugin::guest_error(&self.name, e)),
-                Err(e) => Err(self.fail(&store, e)),
-            }
+                Ok(Err(e)) => Err(plugin::guest_error(&self.name, Call::Schedule, e)),
+                Err(e) => Err(self.fail(Call::Schedule, &store, e)),
+            };
+            store.data_mut().end_call();
+            result
         };
-        let placements = plugin::driver::within_deadline(&self.name, &self.manifest.limits, call)
-            .instrument(span)
-            .await?;
         let placements =
-            wire::placements(placements).map_err(|reason| PluginError::MalformedOutput {
-                plugin: self.name.to_string(),
-                reason,
-            })?;
+            plugin::driver::within_deadline(&self.name, Call::Schedule, &self.limits, call)
+                .instrument(span)
+                .await?;
+        let placements = wire::placements(placements).map_err(|reason| {
+            PluginError::new(
+                self.name.as_ref(),
+                Call::Schedule,
+                Fault::MalformedOutput {
+                    reason: Fault::text(reason),
+                },
+            )
+        })?;
         let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < self.manifest.limits.warm_pool as usize {
+        if pool.len() < self.limits.warm_pool as usize {
             pool.push((store, bindings));
         }
         Ok(placements)
     }
+}
+
+/// The random seed of a cycle: the plugin, the time and what it is asked about.
+fn seed(plugin: &str, snapshot: &wit::Snapshot, queue: &wit::Jobs) -> u64 {
+    // SipHash with fixed keys: the same in every process of this build.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    plugin.hash(&mut h);
+    snapshot.now_s.to_bits().hash(&mut h);
+    snapshot.gpus.busy.hash(&mut h);
+    snapshot.gpus.healthy.hash(&mut h);
+    snapshot.gpus.memory_free_mib.hash(&mut h);
+    snapshot.running.gpus.hash(&mut h);
+    queue.tenant.hash(&mut h);
+    queue.gpus.hash(&mut h);
+    queue.priority.hash(&mut h);
+    queue.memory_per_gpu_mib.hash(&mut h);
+    h.finish()
 }

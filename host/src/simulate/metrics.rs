@@ -29,6 +29,10 @@ pub struct RunStats {
     pub mean_cycle_us: f64,
     /// Whether the plugin ended quarantined.
     pub quarantined: bool,
+    /// Plugin answers counted as `no-progress` faults.
+    pub plugin_no_progress_faults: u64,
+    /// Plugin log and output bytes dropped over its allowance.
+    pub plugin_output_dropped_bytes: u64,
 }
 
 /// The metrics of `gantry simulate` (the JSON keys are part of the CLI's contract).
@@ -76,6 +80,11 @@ pub struct Metrics {
     pub mean_cycle_us: f64,
     /// True when the plugin ended in quarantine.
     pub quarantined: bool,
+    /// Plugin answers that placed nothing for too long while the fallback could place
+    /// (`no-progress` faults, counted in `plugin_faults` too).
+    pub plugin_no_progress_faults: u64,
+    /// Plugin log and output bytes dropped over its allowance.
+    pub plugin_output_dropped_bytes: u64,
 }
 
 /// Nearest-rank percentile of `values` (sorted in place); 0 for an empty set.
@@ -140,6 +149,8 @@ pub fn summarize(jobs: &[JobOutcome], stats: &RunStats) -> Metrics {
         plugin_faults: stats.plugin_faults,
         mean_cycle_us: stats.mean_cycle_us,
         quarantined: stats.quarantined,
+        plugin_no_progress_faults: stats.plugin_no_progress_faults,
+        plugin_output_dropped_bytes: stats.plugin_output_dropped_bytes,
     }
 }
 
@@ -200,6 +211,8 @@ mod tests {
             plugin_faults: 0,
             mean_cycle_us: 1.0,
             quarantined: false,
+            plugin_no_progress_faults: 0,
+            plugin_output_dropped_bytes: 0,
         };
         let m = summarize(&jobs, &stats);
         assert_eq!(
