@@ -110,6 +110,9 @@ pub struct HostConfig {
     /// No scheduler call runs longer than this, whatever its manifest says (up to 600 s): the
     /// longest the cluster goes without a scheduling decision.
     pub max_scheduler_deadline_ms: u64,
+    /// What a component from outside the binary may be before it is compiled, and how long
+    /// its compile may take (shipped plugins and policies are not bounded).
+    pub compile: plugin::compile::CompileLimits,
     /// Which plugins on disk may load.
     pub trust: PluginTrust,
 }
@@ -133,6 +136,7 @@ impl HostConfig {
             cache_dir: default_cache_dir(),
             health: HealthRules::default(),
             max_scheduler_deadline_ms: DEFAULT_MAX_SCHEDULER_DEADLINE_MS,
+            compile: plugin::compile::CompileLimits::default(),
             trust: PluginTrust::default(),
         }
     }
@@ -226,13 +230,8 @@ pub struct CycleReport {
 
 /// The Gantry host.
 pub struct Host {
-    engine: Engine,
     _ticker: EpochTicker,
-    linker: Linker<PluginState>,
-    cache: ArtifactCache,
-    health: HealthRules,
-    max_scheduler_deadline_ms: u64,
-    trust: PluginTrust,
+    loader: PluginLoader,
     state: ClusterState,
     scheduler: Option<SchedulerPlugin>,
     policy: Option<Arc<PolicySlot>>,
@@ -247,12 +246,15 @@ impl Host {
             plugin::base_linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
             _ticker: EpochTicker::start(&engine),
-            cache: ArtifactCache::new(&engine, config.cache_dir),
-            engine,
-            linker,
-            health: config.health,
-            max_scheduler_deadline_ms: config.max_scheduler_deadline_ms,
-            trust: config.trust,
+            loader: PluginLoader {
+                cache: ArtifactCache::new(&engine, config.cache_dir),
+                compile: config.compile,
+                engine,
+                linker,
+                health: config.health,
+                max_scheduler_deadline_ms: config.max_scheduler_deadline_ms,
+                trust: config.trust,
+            },
             state: ClusterState::new(config.cluster),
             scheduler: None,
             policy: None,
@@ -262,115 +264,30 @@ impl Host {
 
     /// The engine every plugin of this host runs on.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.loader.engine
     }
 
-    /// Loads a scheduler plugin (without installing it).
+    /// Loads a scheduler plugin (without installing it): see [`PluginLoader`].
     pub fn load_scheduler_plugin(
         &self,
         source: &PluginSource,
     ) -> Result<SchedulerPlugin, LoadError> {
-        let (manifest, wasm, origin) = match source {
-            PluginSource::Builtin(name) => {
-                let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
-                    path: PathBuf::from(name),
-                    message: "no shipped plugin of that name".into(),
-                })?;
-                let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
-                (
-                    Manifest::parse(b.manifest, &origin)?,
-                    b.wasm.to_vec(),
-                    origin,
-                )
-            }
-            PluginSource::Path(path) => {
-                // Only regular files inside the plugin's directory, under size limits: they are
-                // read before the signature over them can be checked.
-                let files = plugin::files::PluginFiles::read(path)?;
-                self.check_signature(&files)?;
-                (files.manifest, files.wasm, files.wasm_path)
-            }
-            PluginSource::Uploaded(up) => {
-                let origin = up.origin();
-                let manifest = Manifest::parse(&up.manifest, &origin)?;
-                let verified = up.verify(&self.trust.trusted_keys);
-                self.trust_or_refuse(&origin, verified)?;
-                (manifest, up.wasm.clone(), origin)
-            }
-        };
-        SchedulerPlugin::load(
-            &self.engine,
-            &self.linker,
-            &self.cache,
-            manifest,
-            &wasm,
-            &origin,
-            self.health,
-            self.max_scheduler_deadline_ms,
-        )
+        self.loader.load_scheduler_plugin(source)
     }
 
-    /// Preprocessing plugin `name`: a shipped one, or `uploaded` (checked against the trust
-    /// settings as scheduler plugins from outside the binary are), on this host's engine.
+    /// Loads preprocessing plugin `name`: see [`PluginLoader::load_preprocess_plugin`].
     pub fn load_preprocess_plugin(
         &self,
         name: &str,
         uploaded: Option<&UploadedPlugin>,
     ) -> Result<crate::preprocess::PreprocessPlugin, LoadError> {
-        let Some(up) = uploaded else {
-            return crate::preprocess::PreprocessPlugin::builtin(
-                &self.engine,
-                &self.linker,
-                &self.cache,
-                name,
-            );
-        };
-        let origin = up.origin();
-        let manifest = Manifest::parse(&up.manifest, &origin)?;
-        self.trust_or_refuse(&origin, up.verify(&self.trust.trusted_keys))?;
-        crate::preprocess::PreprocessPlugin::load(
-            &self.engine,
-            &self.linker,
-            &self.cache,
-            manifest,
-            &up.wasm,
-            &origin,
-        )
+        self.loader.load_preprocess_plugin(name, uploaded)
     }
 
-    /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
-    /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
-    fn check_signature(&self, files: &plugin::files::PluginFiles) -> Result<(), LoadError> {
-        let checked = plugin::signature::check(
-            &files.manifest_path,
-            &files.manifest_bytes,
-            &files.wasm,
-            &self.trust.trusted_keys,
-        );
-        self.trust_or_refuse(&files.manifest_path, checked)
-    }
-
-    /// A signature check's verdict under the trust settings: unsigned plugins pass (with a
-    /// warning) only when allowed.
-    fn trust_or_refuse(
-        &self,
-        manifest_path: &std::path::Path,
-        checked: Result<(), String>,
-    ) -> Result<(), LoadError> {
-        match checked {
-            Ok(()) => Ok(()),
-            Err(why) if self.trust.allow_unsigned => {
-                tracing::warn!(
-                    manifest = %manifest_path.display(),
-                    "loading a plugin without a trusted signature ({why}): unsigned plugins are allowed"
-                );
-                Ok(())
-            }
-            Err(message) => Err(LoadError::Signature {
-                path: manifest_path.to_path_buf(),
-                message,
-            }),
-        }
+    /// What loading plugins takes (engine, linker, cache, trust), apart from the host: clone it
+    /// to compile a plugin without holding a lock on the host.
+    pub fn loader(&self) -> &PluginLoader {
+        &self.loader
     }
 
     /// Loads a scheduler plugin and makes it the active strategy. On error the previous one
@@ -477,12 +394,13 @@ impl Host {
             // Shipped plugins are part of the signed-off binary.
             PluginSource::Builtin(name) => (name.clone(), true),
             PluginSource::Path(path) => {
-                let signed = self.signature_holds(path);
+                let signed = self.loader.signature_holds(path);
                 (path.display().to_string(), signed)
             }
-            PluginSource::Uploaded(up) => {
-                (up.name.clone(), up.verify(&self.trust.trusted_keys).is_ok())
-            }
+            PluginSource::Uploaded(up) => (
+                up.name.clone(),
+                up.verify(&self.loader.trust.trusted_keys).is_ok(),
+            ),
         };
         let verdict = self.authorize(
             subject,
@@ -532,18 +450,6 @@ impl Host {
         Ok(self.scheduler.take())
     }
 
-    fn signature_holds(&self, plugin: &std::path::Path) -> bool {
-        plugin::files::PluginFiles::read(plugin).is_ok_and(|f| {
-            plugin::signature::check(
-                &f.manifest_path,
-                &f.manifest_bytes,
-                &f.wasm,
-                &self.trust.trusted_keys,
-            )
-            .is_ok()
-        })
-    }
-
     /// The policy slot, shareable with threads that make decisions.
     pub fn policy(&self) -> Option<&Arc<PolicySlot>> {
         self.policy.as_ref()
@@ -551,12 +457,12 @@ impl Host {
 
     /// Which plugins from outside the binary may load.
     pub fn trust(&self) -> &PluginTrust {
-        &self.trust
+        &self.loader.trust
     }
 
     /// The artifact cache plugins and policies are compiled through.
     pub fn cache(&self) -> &ArtifactCache {
-        &self.cache
+        &self.loader.cache
     }
 
     /// The active scheduler plugin.
@@ -824,6 +730,153 @@ impl Host {
             }
         }
         kept
+    }
+}
+
+/// What loading a plugin takes: the engine, the linker, the compiled-artifact cache, the trust
+/// settings and the rules loaded plugins run under. Cheap to clone, so a daemon compiles an
+/// upload with a clone and never holds the host's lock meanwhile.
+#[derive(Clone)]
+pub struct PluginLoader {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache: ArtifactCache,
+    health: HealthRules,
+    max_scheduler_deadline_ms: u64,
+    trust: PluginTrust,
+    /// Bounds on compiling what does not ship in the binary.
+    compile: plugin::compile::CompileLimits,
+}
+
+impl PluginLoader {
+    /// The cache, compiling within the bounds for plugins from outside the binary.
+    fn bounded_cache(&self) -> ArtifactCache {
+        self.cache.clone().with_compile_limits(self.compile)
+    }
+
+    /// Loads a scheduler plugin (without installing it).
+    pub fn load_scheduler_plugin(
+        &self,
+        source: &PluginSource,
+    ) -> Result<SchedulerPlugin, LoadError> {
+        let (manifest, wasm, origin) = match source {
+            PluginSource::Builtin(name) => {
+                let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
+                    path: PathBuf::from(name),
+                    message: "no shipped plugin of that name".into(),
+                })?;
+                let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
+                (
+                    Manifest::parse(b.manifest, &origin)?,
+                    b.wasm.to_vec(),
+                    origin,
+                )
+            }
+            PluginSource::Path(path) => {
+                // Only regular files inside the plugin's directory, under size limits: they are
+                // read before the signature over them can be checked.
+                let files = plugin::files::PluginFiles::read(path)?;
+                self.check_signature(&files)?;
+                (files.manifest, files.wasm, files.wasm_path)
+            }
+            PluginSource::Uploaded(up) => {
+                let origin = up.origin();
+                let manifest = Manifest::parse(&up.manifest, &origin)?;
+                let verified = up.verify(&self.trust.trusted_keys);
+                self.trust_or_refuse(&origin, verified)?;
+                (manifest, up.wasm.clone(), origin)
+            }
+        };
+        // What ships in the binary is ours; everything else compiles within the bounds.
+        let cache = match source {
+            PluginSource::Builtin(_) => self.cache.clone(),
+            _ => self.bounded_cache(),
+        };
+        SchedulerPlugin::load(
+            &self.engine,
+            &self.linker,
+            &cache,
+            manifest,
+            &wasm,
+            &origin,
+            self.health,
+            self.max_scheduler_deadline_ms,
+        )
+    }
+
+    /// Preprocessing plugin `name`: a shipped one, or `uploaded` (checked against the trust
+    /// settings as scheduler plugins from outside the binary are), on this host's engine.
+    pub fn load_preprocess_plugin(
+        &self,
+        name: &str,
+        uploaded: Option<&UploadedPlugin>,
+    ) -> Result<crate::preprocess::PreprocessPlugin, LoadError> {
+        let Some(up) = uploaded else {
+            return crate::preprocess::PreprocessPlugin::builtin(
+                &self.engine,
+                &self.linker,
+                &self.cache,
+                name,
+            );
+        };
+        let origin = up.origin();
+        let manifest = Manifest::parse(&up.manifest, &origin)?;
+        self.trust_or_refuse(&origin, up.verify(&self.trust.trusted_keys))?;
+        crate::preprocess::PreprocessPlugin::load(
+            &self.engine,
+            &self.linker,
+            &self.bounded_cache(),
+            manifest,
+            &up.wasm,
+            &origin,
+        )
+    }
+
+    /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
+    /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
+    fn check_signature(&self, files: &plugin::files::PluginFiles) -> Result<(), LoadError> {
+        let checked = plugin::signature::check(
+            &files.manifest_path,
+            &files.manifest_bytes,
+            &files.wasm,
+            &self.trust.trusted_keys,
+        );
+        self.trust_or_refuse(&files.manifest_path, checked)
+    }
+
+    /// A signature check's verdict under the trust settings: unsigned plugins pass (with a
+    /// warning) only when allowed.
+    fn trust_or_refuse(
+        &self,
+        manifest_path: &std::path::Path,
+        checked: Result<(), String>,
+    ) -> Result<(), LoadError> {
+        match checked {
+            Ok(()) => Ok(()),
+            Err(why) if self.trust.allow_unsigned => {
+                tracing::warn!(
+                    manifest = %manifest_path.display(),
+                    "loading a plugin without a trusted signature ({why}): unsigned plugins are allowed"
+                );
+                Ok(())
+            }
+            Err(message) => Err(LoadError::Signature {
+                path: manifest_path.to_path_buf(),
+                message,
+            }),
+        }
+    }
+
+    fn signature_holds(&self, plugin: &std::path::Path) -> bool {
+        plugin::files::PluginFiles::read(plugin).is_ok_and(|f| {
+            plugin::signature::check(
+                &f.manifest_path,
+                &f.manifest_bytes,
+                &f.wasm,
+                &self.trust.trusted_keys,
+            )
+            .is_ok()
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`scheduling::plugin` for schedulers).
 
 pub mod cache;
+pub mod compile;
 pub mod driver;
 pub mod env;
 pub mod error;

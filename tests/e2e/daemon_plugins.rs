@@ -438,3 +438,72 @@ fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api()
     wait_for_state(&url, &root, "after", "scheduled");
     daemon.signal("-TERM");
 }
+
+#[test]
+fn the_daemon_schedules_and_answers_while_an_upload_compiles() {
+    // A component with megabytes of code to compile: the upload takes a while, and meanwhile
+    // jobs are placed and the API answers (the compile holds no lock of the host's).
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let (key, public) = plugin_key(dir.path(), &cache);
+    // A component no earlier run compiled (the cache is shared): its code differs each run.
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 97;
+    let wasm = wrapped_hostile(
+        &dir.path().join("w"),
+        crate::synthetic::Extra {
+            functions: 3000,
+            instructions_each: 400 + salt,
+            ..Default::default()
+        },
+    );
+    let manifest = hostile_from(&dir.path().join("p"), &wasm, "ok", "");
+    sign_plugin(&manifest, &key, &cache);
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let body = upload_body(&manifest).to_string();
+    let upload = {
+        let (url, root) = (url.clone(), root.clone());
+        std::thread::spawn(move || {
+            request(
+                &format!("{url}/v1/plugins/hostile-ok"),
+                "PUT",
+                Some(&root),
+                Some(&body),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now();
+    let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!(s, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "health answered late"
+    );
+    let job = json!({"id": "during", "tenant": "vision", "gpus": 2});
+    let (s, v) = request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&root),
+        Some(&job.to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    wait_for_state(&url, &root, "during", "scheduled");
+    assert!(
+        !upload.is_finished(),
+        "the job was placed only once the compile had ended"
+    );
+    let (s, v) = upload.join().unwrap();
+    // Compiled in time, or abandoned at the compile deadline: either way, answered.
+    assert!(
+        s == 201 || (s == 422 && v.to_string().contains("compiling took longer")),
+        "{s} {v}"
+    );
+    daemon.signal("-TERM");
+}

@@ -222,3 +222,51 @@ fn plugin_files_must_be_regular_files_inside_the_plugin_directory() {
     });
     assert!(err.contains("no plugin.sig"), "{err}");
 }
+
+#[test]
+fn compilation_is_bounded_by_size_and_time() {
+    use gantry::plugin::compile::CompileLimits;
+    let dir = tempfile::tempdir().unwrap();
+    // About 450 KB of code in 300 functions beside the fixture.
+    let wasm = crate::support::wrapped_hostile(
+        dir.path(),
+        crate::synthetic::Extra {
+            functions: 300,
+            instructions_each: 400,
+            ..Default::default()
+        },
+    );
+    let manifest = crate::support::hostile_from(dir.path(), &wasm, "ok", "");
+    let load = |compile: CompileLimits| {
+        let mut config = HostConfig::new(Cluster::uniform(1, 1, 8, 1));
+        config.cache_dir = None;
+        config.trust.allow_unsigned = true;
+        config.compile = compile;
+        let manifest = manifest.clone();
+        within_a_minute(move || {
+            let start = std::time::Instant::now();
+            let result = Host::new(config)
+                .unwrap()
+                .load_scheduler(&PluginSource::Path(manifest))
+                .map(|p| p.name().to_string())
+                .map_err(|e| e.to_string());
+            (result, start.elapsed())
+        })
+    };
+    let (err, _) = load(CompileLimits {
+        max_code_bytes: 256 << 10,
+        ..CompileLimits::default()
+    });
+    let err = err.unwrap_err();
+    assert!(
+        err.contains("refused before compiling: code bytes") && err.contains("over the limit"),
+        "{err}"
+    );
+    let (err, waited) = load(CompileLimits {
+        timeout: std::time::Duration::from_millis(50),
+        ..CompileLimits::default()
+    });
+    let err = err.unwrap_err();
+    assert!(err.contains("compiling took longer than 0.05 s"), "{err}");
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+}

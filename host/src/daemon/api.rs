@@ -1131,7 +1131,9 @@ fn store_plugin(
         // Compiled and instantiated (which also fills the artifact cache) before it is kept.
         let unusable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
         let (sha256, kind) = {
-            let host = daemon.host_read();
+            // A clone of the loader: the compile holds no lock of the host's, so scheduling and
+            // the API go on meanwhile.
+            let host = daemon.host_read().loader().clone();
             match manifest.kind {
                 crate::plugin::manifest::PluginKind::Scheduler => {
                     let source = crate::PluginSource::Uploaded(Box::new(plugin.clone()));

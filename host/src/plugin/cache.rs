@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ring::digest::{Context, SHA256};
+
+use super::compile::CompileLimits;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -25,11 +27,13 @@ pub enum CacheOutcome {
     Disabled,
 }
 
-/// The compiled-artifact cache of one host.
+/// The compiled-artifact cache of one host; what is not cached yet is compiled within its
+/// [`CompileLimits`] (see [`super::compile`]).
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: Option<PathBuf>,
     engine_key: String,
+    limits: CompileLimits,
 }
 
 /// Feeds `Hash` output into SHA-256 so the key is stable across processes.
@@ -60,7 +64,26 @@ impl ArtifactCache {
         let mut hasher = DigestHasher(Context::new(&SHA256));
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex(&hasher.0.finish().as_ref()[..8]);
-        Self { dir, engine_key }
+        Self {
+            dir,
+            engine_key,
+            limits: CompileLimits::trusted(),
+        }
+    }
+
+    /// The same cache, compiling within `limits` (the default: [`CompileLimits::trusted`]).
+    pub fn with_compile_limits(mut self, limits: CompileLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Compiles `wasm` within the limits: measured first, then compiled behind the process's
+    /// compile slot, waited for at most the timeout.
+    fn compile<A: Artifact>(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<A> {
+        super::compile::check(wasm, &self.limits)
+            .map_err(|e| wasmtime::format_err!("refused before compiling: {e}"))?;
+        let (engine, wasm) = (engine.clone(), wasm.to_vec());
+        super::compile::bounded(self.limits.timeout, move || A::compile(&engine, &wasm))
     }
 
     /// Removes temporaries a crashed write left in the cache directory (those older than
@@ -92,7 +115,7 @@ impl ArtifactCache {
         wasm_sha256: &str,
     ) -> wasmtime::Result<(A, CacheOutcome)> {
         let Some(path) = self.entry(wasm_sha256) else {
-            return Ok((A::compile(engine, wasm)?, CacheOutcome::Disabled));
+            return Ok((self.compile(engine, wasm)?, CacheOutcome::Disabled));
         };
         if path.exists() {
             // SAFETY: the file was written by `store` below from `serialize` of this engine
@@ -106,7 +129,7 @@ impl ArtifactCache {
             }
         }
         let start = Instant::now();
-        let artifact = A::compile(engine, wasm)?;
+        let artifact: A = self.compile(engine, wasm)?;
         tracing::debug!(
             elapsed_ms = start.elapsed().as_millis() as u64,
             kind = A::KIND,
@@ -120,7 +143,7 @@ impl ArtifactCache {
 }
 
 /// What the cache holds: a compiled component (plugins) or core module (policies).
-pub trait Artifact: Sized {
+pub trait Artifact: Sized + Send + 'static {
     /// Short name for logs.
     const KIND: &'static str;
     /// Compiles `wasm`.
