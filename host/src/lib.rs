@@ -25,6 +25,8 @@ pub mod cluster;
 pub mod daemon;
 pub mod durable;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod host;
 pub mod keys;
 pub mod pipeline;

@@ -50,6 +50,10 @@ pub enum ModelError {
     },
 }
 
+/// Most GPUs a cluster may have, all nodes together: ten times the largest training clusters
+/// built so far, and far below what would exhaust memory (a GPU record is ~100 bytes).
+pub const MAX_GPUS: usize = 1 << 20;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterFile {
@@ -213,6 +217,22 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
             message: "nodes: the cluster has no nodes".into(),
         });
     }
+    // The counts are the file's word: all of them bounded before a GPU record is built.
+    let mut total = 0u64;
+    for (n, node) in file.nodes.iter().enumerate() {
+        let count = node.gpus.as_ref().map_or(0, |g| g.count);
+        total += u64::from(count) + node.gpu.len() as u64;
+        if total > MAX_GPUS as u64 {
+            return Err(invalid(
+                &node.name,
+                format!(
+                    "nodes[{n}] (`{}`).gpus: {total} GPUs up to here, more than a cluster's \
+                     {MAX_GPUS}",
+                    node.name
+                ),
+            ));
+        }
+    }
     let (mut racks, mut domains, mut models) = (
         Interner(Vec::new()),
         Interner(Vec::new()),
@@ -256,6 +276,7 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
                 .nvlink_domain
                 .clone()
                 .unwrap_or_else(|| node.name.clone());
+            let unhealthy: HashSet<u32> = group.unhealthy.iter().copied().collect();
             for g in 0..group.count {
                 gpus.push(GpuFile {
                     id: format!("{}/gpu{g}", node.name),
@@ -263,7 +284,7 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
                     memory_total_mib: group.memory_mib,
                     memory_free_mib: None,
                     nvlink_domain: Some(domain.clone()),
-                    healthy: !group.unhealthy.contains(&g),
+                    healthy: !unhealthy.contains(&g),
                 });
             }
         }
@@ -431,6 +452,9 @@ pub fn check_fits(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -505,6 +529,31 @@ nvlink_domain = "n0"
             .unwrap_err()
             .to_string();
         assert!(err.contains("duplicate node name"), "{err}");
+    }
+
+    /// Found by the property tests: a GPU group's `count` was trusted, so `count = 4294967295`
+    /// (or many nodes of large groups) made the loader build billions of GPU records until the
+    /// process ran out of memory. The cluster's GPUs are bounded before any is built.
+    #[test]
+    fn a_gpu_count_far_beyond_memory_is_refused_before_allocation() {
+        let huge = CLUSTER.replace("count = 4,", "count = 4294967295,");
+        let err = parse_cluster(&huge, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:7:"), "{err}");
+        assert!(err.contains("4294967295") && err.contains("GPUs"), "{err}");
+        // Groups each within the bound that add up beyond it.
+        let node = |i: usize| {
+            format!(
+                "[[nodes]]\nname = \"n{i}\"\nrack = \"r\"\n\
+                 gpus = {{ count = 1000000, model = \"m\", memory_mib = 1 }}\n"
+            )
+        };
+        let many: String = (0..4096).map(node).collect();
+        let err = parse_cluster(&many, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n1") && err.contains("GPUs"), "{err}");
     }
 
     #[test]

@@ -250,6 +250,9 @@ impl Manifest {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -325,6 +325,34 @@ impl TrainConfig {
         if !(lr > 0.0 && lr.is_finite()) {
             return bad("lr", format!("`optimizer.lr` must be positive, not {lr}"));
         }
+        let hyper = match config.optimizer {
+            Optimizer::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => vec![("momentum", momentum), ("weight_decay", weight_decay)],
+            Optimizer::Adam(a) => vec![
+                ("beta1", a.beta1),
+                ("beta2", a.beta2),
+                ("eps", a.eps),
+                ("weight_decay", a.weight_decay),
+            ],
+        };
+        if let Some((name, v)) = hyper.into_iter().find(|(_, v)| !v.is_finite()) {
+            return bad(
+                name,
+                format!("`optimizer.{name}` must be a finite number, not {v}"),
+            );
+        }
+        if let Some(Synthetic::Spirals { noise, .. } | Synthetic::Regression { noise, .. }) =
+            &config.data.synthetic
+            && !noise.is_finite()
+        {
+            return bad(
+                "synthetic",
+                format!("`data.synthetic` noise must be a finite number, not {noise}"),
+            );
+        }
         let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
         match config.model.classes {
             Some(_) if !classification => {
@@ -350,9 +378,9 @@ impl TrainConfig {
                 } => (classes < 2)
                     .then_some("`classes` must be at least 2")
                     .or((rows_per_class == 0).then_some("`rows_per_class` must be at least 1")),
-                Synthetic::Regression { rows, .. } => {
-                    (rows == 0).then_some("`rows` must be at least 1")
-                }
+                Synthetic::Regression { rows, inputs, .. } => (rows == 0)
+                    .then_some("`rows` must be at least 1")
+                    .or((inputs < 2).then_some("`inputs` must be at least 2")),
                 Synthetic::Dense {
                     rows,
                     inputs,
@@ -370,6 +398,9 @@ impl TrainConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -400,6 +431,72 @@ lr = 0.01
             panic!("adam")
         };
         assert_eq!((a.lr, a.beta1), (0.01, 0.9));
+    }
+
+    /// Found by the property tests: NaN and infinite hyper-parameters were accepted (only `lr`
+    /// was checked), and a job then trained on NaN data or with NaN updates to a NaN loss.
+    #[test]
+    fn non_finite_hyperparameters_are_refused_naming_the_field() {
+        let spirals = "synthetic = { kind = \"spirals\", classes = 3, rows_per_class = 100 }";
+        for (from, to, field) in [
+            (
+                spirals,
+                "synthetic = { kind = \"spirals\", classes = 3, rows_per_class = 100, noise = nan }",
+                "noise",
+            ),
+            (
+                spirals,
+                "synthetic = { kind = \"regression\", rows = 10, inputs = 3, noise = -inf }",
+                "noise",
+            ),
+            ("lr = 0.01", "lr = 0.01\nbeta1 = nan", "beta1"),
+            ("lr = 0.01", "lr = 0.01\nbeta2 = inf", "beta2"),
+            ("lr = 0.01", "lr = 0.01\neps = nan", "eps"),
+            (
+                "lr = 0.01",
+                "lr = 0.01\nweight_decay = -inf",
+                "weight_decay",
+            ),
+            (
+                "kind = \"adam\"",
+                "kind = \"sgd\"\nmomentum = nan",
+                "momentum",
+            ),
+            (
+                "kind = \"adam\"",
+                "kind = \"sgd\"\nweight_decay = inf",
+                "weight_decay",
+            ),
+        ] {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD);
+            let e = TrainConfig::parse(&text, "t.toml".as_ref())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("t.toml:") && e.contains(field), "{to}: {e}");
+            assert!(e.contains("finite"), "{to}: {e}");
+        }
+    }
+
+    /// Found by the property tests: `inputs` of a regression set below 2 was accepted and
+    /// silently generated with 2 features, so the limits checked a width the data did not have.
+    #[test]
+    fn regression_synthetic_with_fewer_than_two_inputs_is_refused() {
+        for inputs in [0, 1] {
+            let text = GOOD
+                .replace(
+                    "kind = \"spirals\", classes = 3, rows_per_class = 100",
+                    &format!("kind = \"regression\", rows = 10, inputs = {inputs}"),
+                )
+                .replace("softmax_cross_entropy", "mse");
+            let e = TrainConfig::parse(&text, "t.toml".as_ref())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t.toml:6:") && e.contains("`inputs` must be at least 2"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -257,6 +257,26 @@ impl TrainConfig {
             }
             let outputs = m.classes.map_or(classes.unwrap_or(1), |c| c as u64);
             self.check_size(limits, path, rows as u64, features, 1, outputs)?;
+            // The dense generator holds a centre per class and feature beside the rows it
+            // draws; the model comes after, so the two are bounded apart.
+            if let Synthetic::Dense {
+                inputs, classes, ..
+            } = *s
+            {
+                let centres = classes as u128 * inputs as u128;
+                let mib = ((centres + rows * (inputs as u128 + 1)) * 4).div_ceil(1 << 20);
+                if mib > u128::from(limits.max_memory_mib) {
+                    return bad(
+                        "synthetic",
+                        format!(
+                            "generating `data.synthetic` ({classes} class centres of {inputs} \
+                             features, then the rows) would need about {mib} MiB, above the \
+                             limit of {} MiB",
+                            limits.max_memory_mib
+                        ),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -335,6 +355,30 @@ lr = 0.01
         TrainConfig::parse(text, Path::new("t.toml"))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Found by the property tests: the dense generator holds a centre per class and feature
+    /// while it draws rows, which the memory estimate did not count. One row of 65,536 features
+    /// in 65,536 classes through a one-unit layer needs a few MiB of model, so it was accepted,
+    /// and generating it allocated 16 GiB (4 TiB at the default feature and class limits: an
+    /// abort).
+    #[test]
+    fn dense_synthetic_centres_count_against_the_memory_limit() {
+        let dense = |inputs: u64, classes: u64| {
+            BASE.replace(
+                "kind = \"spirals\", classes = 3, rows_per_class = 100",
+                &format!("kind = \"dense\", rows = 1, inputs = {inputs}, classes = {classes}"),
+            )
+            .replace("hidden = [16]", "hidden = [1]")
+            .replace("batch_size = 32", "batch_size = 1")
+        };
+        for (inputs, classes) in [(65_536, 65_536), (1 << 20, 1 << 20)] {
+            let err = check(&dense(inputs, classes)).expect_err("refused");
+            assert!(err.contains("MiB"), "{err}");
+            assert!(err.starts_with("t.toml"), "{err}");
+        }
+        // A set the size of MNIST still fits.
+        check(&dense(784, 10)).unwrap();
     }
 
     #[test]
