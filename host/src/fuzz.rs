@@ -306,6 +306,109 @@ pub fn mutated_text(valid: Vec<String>, syntax: Syntax) -> impl Strategy<Value =
     mutated(valid, syntax).prop_map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// The low `bits` bits of `code` in reverse order.
+fn reversed(code: u64, bits: u32) -> u64 {
+    (0..bits).fold(0, |r, i| (r << 1) | ((code >> i) & 1))
+}
+
+/// Bits into bytes, least significant first, as DEFLATE packs them.
+#[derive(Default)]
+struct Bits {
+    bytes: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl Bits {
+    fn put(&mut self, value: u64, bits: u32) {
+        self.acc |= value << self.n;
+        self.n += bits;
+        while self.n >= 8 {
+            self.bytes.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// A Huffman code: its bits go most significant first.
+    fn code(&mut self, code: u64, bits: u32) {
+        self.put(reversed(code, bits), bits);
+    }
+
+    fn align(&mut self) {
+        if self.n > 0 {
+            self.put(0, 8 - self.n);
+        }
+    }
+}
+
+/// A gzip bomb: a stream that inflates to `prefix` followed by about `zeros` zero bytes at
+/// about 160:1 (`prefix` in stored blocks, then one zero and back-references of 258 bytes at
+/// distance 1 in a fixed-Huffman block). It has no trailer: whoever reads it whole gets an
+/// error at its end, after inflating all of it.
+pub fn gzip_bomb(prefix: &[u8], zeros: u64) -> Vec<u8> {
+    let mut b = Bits {
+        bytes: vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff],
+        ..Bits::default()
+    };
+    for chunk in prefix.chunks(0xffff) {
+        b.put(0, 3); // not final, stored
+        b.align();
+        let len = chunk.len() as u16;
+        b.bytes.extend_from_slice(&len.to_le_bytes());
+        b.bytes.extend_from_slice(&(!len).to_le_bytes());
+        b.bytes.extend_from_slice(chunk);
+    }
+    b.put(0, 1); // not final
+    b.put(1, 2); // fixed Huffman codes
+    b.code(0x30, 8); // literal 0
+    // Length 258 (code 285, 8 bits) then distance 1 (code 0, 5 bits), packed once.
+    let rep = reversed(0b1100_0101, 8) | reversed(0, 5) << 8;
+    for _ in 0..zeros / 258 {
+        b.put(rep, 13);
+    }
+    b.code(0, 7); // end of block
+    b.put(1, 1); // final
+    b.put(1, 2);
+    b.code(0, 7);
+    b.align();
+    b.bytes
+}
+
+/// A tar header block of `kind` (`b'0'` a file, `b'L'` a GNU long name, `b'x'` PAX
+/// extensions, `b'5'` a directory, ...) named `name` and claiming `size` bytes.
+pub fn tar_header(kind: u8, name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(size);
+    h.set_mode(0o644);
+    let raw = &mut h.as_old_mut().name;
+    let n = name.len().min(raw.len());
+    raw[..n].copy_from_slice(&name.as_bytes()[..n]);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A tar archive of `members` (names as given, leading slash kept), uncompressed.
+pub fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, bytes) in members {
+        out.extend(tar_header(b'0', name, bytes.len() as u64));
+        out.extend_from_slice(bytes);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+/// `bytes` gzipped.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).expect("writing to a Vec");
+    gz.finish().expect("writing to a Vec")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +438,22 @@ mod tests {
             .map(|(s, e)| &json[s..e])
             .collect();
         assert_eq!(spans, [&b"1"[..], b"[true]", b"{\"d\": null}", b"null"]);
+    }
+
+    #[test]
+    fn a_gzip_bomb_inflates_to_its_prefix_and_zeros() {
+        use std::io::Read as _;
+        let bomb = gzip_bomb(b"prefix", 10 * 258 + 1);
+        let mut out = Vec::new();
+        let err = flate2::read::GzDecoder::new(&bomb[..])
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "no trailer");
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(out.len(), 6 + 1 + 10 * 258);
+        assert!(out[6..].iter().all(|&b| b == 0));
+        let big = gzip_bomb(&[], 1 << 24);
+        assert!(big.len() < (1 << 24) / 150, "{}", big.len());
     }
 
     #[test]

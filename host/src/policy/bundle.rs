@@ -76,6 +76,39 @@ pub const MAX_UNPACKED: u64 = 64 << 20;
 /// Most members a bundle may have.
 pub const MAX_MEMBERS: usize = 1024;
 
+/// Most bytes the tar stream inside a bundle may have: the members' bytes plus, for each member,
+/// room for its header, padding and extension headers (a long name, PAX records). The tar
+/// reader reads extension headers whole and inflates skipped members to skip them, so bounding
+/// only the members' bytes would leave those unbounded.
+pub const MAX_ARCHIVE: u64 = MAX_UNPACKED + MAX_MEMBERS as u64 * (8 << 10);
+
+/// A reader that fails once more than `left` bytes were asked of it, and says so in `over`.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    over: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // Past the bound only if there is more to read.
+            let n = self.inner.read(&mut [0u8][..])?;
+            if n > 0 {
+                self.over.set(true);
+                return Err(std::io::Error::other("the archive is too large"));
+            }
+            return Ok(0);
+        }
+        let room = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..room])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Every member of the bundle at `path`: (name without the leading slash, bytes).
 pub fn read_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>, PolicyError> {
     let file = std::fs::File::open(path).map_err(|error| PolicyError::Io {
@@ -95,17 +128,30 @@ pub fn read_files_from(
         path: origin.to_path_buf(),
         message,
     };
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
-    let entries = archive
-        .entries()
-        .map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
-    let mut files = Vec::new();
+    let over = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut archive = tar::Archive::new(Bounded {
+        inner: flate2::read::GzDecoder::new(input),
+        left: MAX_ARCHIVE,
+        over: over.clone(),
+    });
+    let malformed = |e: std::io::Error| {
+        if over.get() {
+            bad(format!(
+                "the archive unpacks to more than {} MiB (members, headers and extensions)",
+                MAX_ARCHIVE >> 20
+            ))
+        } else {
+            bad(format!("not a gzipped tar archive: {e}"))
+        }
+    };
+    let entries = archive.entries().map_err(malformed)?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     let mut unpacked = 0u64;
     for (i, entry) in entries.enumerate() {
         if i >= MAX_MEMBERS {
             return Err(bad(format!("more than {MAX_MEMBERS} members")));
         }
-        let entry = entry.map_err(|e| bad(format!("not a gzipped tar archive: {e}")))?;
+        let entry = entry.map_err(malformed)?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -114,13 +160,21 @@ pub fn read_files_from(
             .map_err(|e| bad(format!("bad member name: {e}")))?
             .into_owned();
         let name = name.to_string_lossy().trim_start_matches('/').to_string();
+        // One name, one member: a signature covers the first of a name, so a second (say an
+        // unsigned `/policy.wasm` appended to a signed bundle) must never be what is loaded.
+        if files.iter().any(|(n, _)| *n == name) {
+            return Err(bad(format!("/{name} appears twice")));
+        }
         // The header's size is the sender's word: bound what is read, not what is promised.
         let room = MAX_UNPACKED - unpacked;
         let mut bytes = Vec::new();
-        entry
-            .take(room + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
+        entry.take(room + 1).read_to_end(&mut bytes).map_err(|e| {
+            if over.get() {
+                malformed(e)
+            } else {
+                bad(format!("{name}: {e}"))
+            }
+        })?;
         unpacked += bytes.len() as u64;
         if unpacked > MAX_UNPACKED {
             return Err(bad(format!(
@@ -222,3 +276,9 @@ impl Bundle {
         })
     }
 }
+
+#[cfg(test)]
+mod props;
+
+#[cfg(test)]
+mod tests;

@@ -366,3 +366,6 @@ pub fn verify(files: &[(String, Vec<u8>)], keys: &[VerificationKey]) -> Result<S
     }
     Ok(kid.to_string())
 }
+
+#[cfg(test)]
+mod props;
