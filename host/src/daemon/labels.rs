@@ -102,6 +102,9 @@ impl<R: Read> Read for LabelSplit<R> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

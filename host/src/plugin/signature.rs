@@ -103,3 +103,6 @@ pub fn read(manifest: &Path) -> Result<Option<PluginSignature>, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod props;

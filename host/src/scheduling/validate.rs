@@ -86,6 +86,9 @@ pub fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) -> 
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::{Cluster, JobSpec, TopologyPref};

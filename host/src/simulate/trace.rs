@@ -367,6 +367,9 @@ pub fn synthetic(cluster: &Cluster, params: Synthetic) -> Vec<TraceJob> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -514,6 +514,9 @@ pub fn write_f32(path: &Path, data: &Dataset) -> Result<(), TrainError> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
