@@ -98,8 +98,10 @@ pub fn hostile_value(syntax: Syntax) -> impl Strategy<Value = String> {
         ],
     };
     let nest = move |d: usize| match syntax {
-        Syntax::Toml if d % 2 == 0 => format!("{}1{}", "{ a = ".repeat(d), " }".repeat(d)),
-        Syntax::Json if d % 2 == 0 => format!("{}1{}", "{\"a\": ".repeat(d), "}".repeat(d)),
+        Syntax::Toml if d.is_multiple_of(2) => format!("{}1{}", "{ a = ".repeat(d), " }".repeat(d)),
+        Syntax::Json if d.is_multiple_of(2) => {
+            format!("{}1{}", "{\"a\": ".repeat(d), "}".repeat(d))
+        }
         _ => format!("{}{}", "[".repeat(d), "]".repeat(d)),
     };
     prop_oneof![
