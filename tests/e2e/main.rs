@@ -9,6 +9,7 @@ mod daemon_plugins;
 mod durability;
 mod faults;
 mod hostile_clients;
+mod hostile_input;
 mod lifecycle;
 mod loading;
 mod plugins;
