@@ -686,3 +686,268 @@ fn schedule_cli_applies_a_policy_bundle() {
     );
     assert!(stderr.contains("without verifying a signature"), "{stderr}");
 }
+
+/// A policy whose rules conflict, iterate, fall back to defaults or fail, depending on the input.
+const EDGE_POLICY: &str = r#"package edge
+
+import rego.v1
+
+# Two definitions: a conflict when both flags are set; the default when neither is.
+default level := "none"
+
+level := "high" if input.flags.a
+
+level := "low" if input.flags.b
+
+# A complete rule whose body iterates: a conflict unless every element kept agrees.
+pick := x if {
+	some x in input.items
+	x != "skip"
+}
+
+# A function with two definitions that overlap for some arguments.
+grade(n) := "big" if n > 10
+
+grade(n) := "small" if n < 20
+
+# A function whose body iterates over its argument.
+first(xs) := x if some x in xs
+
+# Errors on some inputs: arithmetic and a builtin on whatever the input holds.
+total := input.used + input.gpus
+
+num := to_number(input.text)
+
+deny contains "level is high" if level == "high"
+
+deny contains "over budget" if total > 100
+
+deny contains "picked x" if pick == "x"
+
+deny contains "first is 3" if first(input.items) == 3
+
+deny contains "num too large" if num >= 50
+
+default allow := false
+
+allow if {
+	count(deny) == 0
+	grade(input.n) != "big"
+}
+
+decision := {"allow": allow, "reasons": deny}
+"#;
+
+const EDGE_ENTRYPOINTS: [&str; 6] = [
+    "edge/allow",
+    "edge/decision",
+    "edge/level",
+    "edge/num",
+    "edge/pick",
+    "edge/total",
+];
+
+/// Decisions that must deny in the host: the issue's example (a conflict), and results that are
+/// not a boolean `allow`. Each is package `case<i>`; `gantry.authz` holds the first, for the host.
+const DENYING_DECISIONS: [&str; 6] = [
+    "decision := {\"allow\": x, \"reasons\": []} if { x := [false, true][_] }",
+    "allow := x if { x := [false, true][_] }\ndecision := {\"allow\": allow, \"reasons\": []}",
+    "decision := {\"allow\": \"true\", \"reasons\": []}",
+    "decision := {\"allow\": 1}",
+    "decision := [true]",
+    "decision := x if { x := input.nothing }",
+];
+
+/// One bundle for the tests below (compiling a module dominates debug test runs): the edge
+/// policy, the denying decisions, and a policy using `with` and a ref head, which the register
+/// VM the module used before could not compile.
+fn edge() -> &'static (PolicySource, std::sync::Arc<LoadedPolicy>) {
+    static EDGE: OnceLock<(PolicySource, std::sync::Arc<LoadedPolicy>)> = OnceLock::new();
+    EDGE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("edge.rego"), EDGE_POLICY).unwrap();
+        let mut entrypoints: Vec<String> = EDGE_ENTRYPOINTS.iter().map(|e| e.to_string()).collect();
+        for (i, rules) in DENYING_DECISIONS.iter().enumerate() {
+            std::fs::write(
+                dir.path().join(format!("case{i}.rego")),
+                format!("package case{i}\nimport rego.v1\n{rules}\n"),
+            )
+            .unwrap();
+            entrypoints.push(format!("case{i}/decision"));
+        }
+        std::fs::write(
+            dir.path().join("authz.rego"),
+            format!("package gantry.authz\nimport rego.v1\n{}\n", DENYING_DECISIONS[0]),
+        )
+        .unwrap();
+        entrypoints.push("gantry/authz/decision".into());
+        std::fs::write(
+            dir.path().join("wb.rego"),
+            "package wb\nimport rego.v1\n\nlimits.gpus := 8\n\nsmall if input.gpus <= limits.gpus\n\nallow if small with input.gpus as 1\n",
+        )
+        .unwrap();
+        entrypoints.push("wb/allow".into());
+        let source = PolicySource::read(dir.path()).unwrap();
+        let bundle = policy::build(&source, &entrypoints, None).unwrap();
+        let (host, _, _) = loaded();
+        let cache = ArtifactCache::new(host.engine(), None);
+        let sandbox =
+            LoadedPolicy::load(host.engine(), &cache, bundle, PolicyLimits::default()).unwrap();
+        (source, sandbox)
+    })
+}
+
+/// An input for [`EDGE_POLICY`]: every field drawn so that each rule sometimes decides,
+/// sometimes conflicts and sometimes fails.
+fn edge_input(rng: &mut Rng) -> serde_json::Value {
+    use serde_json::json;
+    let mut pick =
+        |values: &[serde_json::Value]| values[(rng.next() % values.len() as u64) as usize].clone();
+    let mut input = json!({
+        "flags": {
+            "a": pick(&[json!(true), json!(false), json!(null), json!(null)]),
+            "b": pick(&[json!(true), json!(false), json!(null)]),
+        },
+        "items": pick(&[
+            json!([]), json!([]), json!(["y"]), json!(["y"]), json!(["skip"]),
+            json!(["y", "skip"]), json!(["x"]), json!(["x", "y"]), json!([3]), json!(["y", 3]),
+        ]),
+        "n": pick(&[json!(5), json!(5), json!(5), json!(15), json!(25), json!("7")]),
+        "used": pick(&[json!(1), json!(1), json!(1), json!(60), json!("5")]),
+        "gpus": pick(&[json!(1), json!(1), json!(1), json!(50), json!(true)]),
+        "text": pick(&[json!("12"), json!("12"), json!("99"), json!("abc")]),
+    });
+    let drop_text = pick(&[json!(false), json!(false), json!(false), json!(true)]);
+    if drop_text == json!(true) {
+        input.as_object_mut().unwrap().remove("text");
+    }
+    input
+}
+
+/// The differential test of the sandbox against the engine `gantry policy test` runs, on a policy
+/// built to conflict and fail: conflicting complete rules, functions with several outputs,
+/// defaults, builtin and arithmetic errors. Every input must give the same value on both, or an
+/// error on both; an error is a deny.
+#[test]
+fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_errors() {
+    let (source, sandbox) = edge();
+    let mut native = source.engine(false).unwrap();
+    let mut rng = Rng(0xC0FF_11C7);
+    let (mut values, mut conflicts, mut other_errors, mut allowed, mut denied) = (0, 0, 0, 0, 0);
+    for i in 0..200 {
+        let input = edge_input(&mut rng);
+        for entrypoint in EDGE_ENTRYPOINTS {
+            native.set_input(regorus::Value::from_json_str(&input.to_string()).unwrap());
+            let expected = native
+                .eval_rule(policy::source::rule_of(entrypoint))
+                .map(|v| {
+                    if v == regorus::Value::Undefined {
+                        serde_json::json!([])
+                    } else {
+                        serde_json::json!([{ "result": serde_json::to_value(&v).unwrap() }])
+                    }
+                });
+            let got = sandbox.evaluate(entrypoint, &input);
+            match (&expected, &got) {
+                (Ok(want), Ok(have)) => {
+                    assert_eq!(have, want, "input {i}: {input}\nentrypoint {entrypoint}");
+                    values += 1;
+                }
+                (Err(want), Err(have)) => {
+                    let native_text = want.to_string();
+                    if native_text.contains("multiple outputs") || native_text.contains("conflict")
+                    {
+                        conflicts += 1;
+                    } else {
+                        other_errors += 1;
+                    }
+                    assert!(
+                        !have.to_string().contains("wasm backtrace"),
+                        "a policy error reads as a policy error: {have}"
+                    );
+                }
+                _ => panic!(
+                    "input {i}: {input}\nentrypoint {entrypoint}\nnative: {expected:?}\nsandbox: {got:?}"
+                ),
+            }
+            if entrypoint == "edge/decision" {
+                let (allow, reasons) = gantry::policy::decide::verdict(&got);
+                if got.is_err() {
+                    assert!(!allow && !reasons.is_empty(), "an error denies: {got:?}");
+                }
+                if allow {
+                    allowed += 1;
+                } else {
+                    denied += 1;
+                }
+            }
+        }
+    }
+    // The generator must reach every outcome, or the comparison proves little.
+    assert!(
+        values > 300 && conflicts > 50 && other_errors > 50 && allowed > 5 && denied > 50,
+        "values {values}, conflicts {conflicts}, other errors {other_errors}, allowed {allowed}, denied {denied}"
+    );
+}
+
+/// The issue's example through the host, and decisions that are not a boolean `allow`: each
+/// denies, with a reason, and is recorded as a denial.
+#[test]
+fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
+    let (_, sandbox) = edge();
+    for i in 0..DENYING_DECISIONS.len() {
+        let result = sandbox.evaluate(&format!("case{i}/decision"), &serde_json::json!({}));
+        let (allow, reasons) = gantry::policy::decide::verdict(&result);
+        assert!(!allow, "case {i}: allowed ({result:?})");
+        assert!(!reasons.is_empty(), "case {i}: denied without a reason");
+        if i < 2 {
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("multiple outputs"), "case {i}: {e}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = None;
+    let mut host = Host::new(config).unwrap();
+    let key = gantry::keys::generate(&dir.path().join("host.pk8")).unwrap();
+    let log = dir.path().join("audit.log");
+    host.set_audit_log(gantry::audit::AuditLog::open(&log, key).unwrap());
+    host.set_policy(sandbox.clone()).unwrap();
+    let verdict = host
+        .authorize(
+            &serde_json::json!({"user": "root", "roles": ["admin"]}),
+            "audit.read",
+            &serde_json::json!({}),
+        )
+        .unwrap();
+    assert!(!verdict.allow, "the conflicting decision allowed");
+    assert!(
+        verdict
+            .reasons
+            .iter()
+            .any(|r| r.contains("multiple outputs")),
+        "{:?}",
+        verdict.reasons
+    );
+    host.close_audit_log().unwrap();
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    let decision: serde_json::Value = recorded
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["kind"] == "decision")
+        .unwrap();
+    assert_eq!(decision["record"]["allow"], false, "{recorded}");
+}
+
+/// What the register VM could not compile (`with` in the policy, a ref head) built, then failed
+/// at load; it now loads and decides as `policy test` does.
+#[test]
+fn what_builds_loads_and_decides() {
+    let (_, sandbox) = edge();
+    assert_eq!(
+        sandbox
+            .evaluate("wb/allow", &serde_json::json!({"gpus": 64}))
+            .unwrap(),
+        serde_json::json!([{"result": true}])
+    );
+}

@@ -54,7 +54,7 @@ pub struct Side {
 pub struct PolicyReport {
     /// Through the engine module in the sandbox.
     pub wasm: Side,
-    /// Native regorus: the same compiled program on its register VM, outside the sandbox.
+    /// Native regorus: the engine module's own code (the interpreter), outside the sandbox.
     pub native: Side,
     /// `wasm.p50_us / native.p50_us`.
     pub ratio: f64,
@@ -196,17 +196,15 @@ pub fn run(
     };
     let wasm: Arc<LoadedPolicy> = LoadedPolicy::load(host.engine(), &cache, bundle, limits)
         .map_err(|e| err(e.to_string()))?;
+    // The same code the engine module runs inside the sandbox (the entrypoint compiled for
+    // regorus's interpreter, a fresh interpreter state per decision), run natively.
     let data_value = source.data_value().map_err(|e| err(e.to_string()))?;
-    let modules = source.policy_modules();
-    // The same path the engine module takes inside the sandbox: the policy compiled for
-    // regorus's register VM, a fresh VM per decision.
-    let rule = crate::policy::source::rule_of(ENTRYPOINT);
-    let compiled =
-        regorus::compile_policy_with_entrypoint(data_value.clone(), &modules, rule.as_str().into())
-            .map_err(|e| err(e.to_string()))?;
-    let program =
-        regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, &[&rule])
-            .map_err(|e| err(e.to_string()))?;
+    let packed = String::from_utf8(source.packed(&entrypoints)).map_err(|e| err(e.to_string()))?;
+    let engine_policy =
+        gantry_policy_engine::policy::Policy::from_json(&packed).map_err(|e| err(e.to_string()))?;
+    let compiled = engine_policy
+        .compile_entrypoint(ENTRYPOINT, &data_value)
+        .map_err(|e| err(e.to_string()))?;
 
     let requests = requests(4096, params.seed);
     let texts: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
@@ -216,26 +214,21 @@ pub fn run(
             .map_err(|e| e.to_string())?;
         Ok(out[0]["result"].clone())
     };
-    // The native side starts from the same JSON text the sandbox receives.
-    let native_decide = |_thread: usize, i: usize| -> Result<serde_json::Value, String> {
+    // The native side starts from the same JSON text the sandbox receives and, like the module,
+    // ends with the result set as JSON text.
+    let native_decide = |_thread: usize, i: usize| -> Result<String, String> {
         let input =
             regorus::Value::from_json_str(&texts[i % texts.len()]).map_err(|e| e.to_string())?;
-        let mut vm = regorus::rvm::RegoVM::new();
-        vm.set_max_instructions(usize::MAX);
-        vm.load_program(program.clone());
-        vm.set_data(data_value.clone()).map_err(|e| e.to_string())?;
-        vm.set_input(input);
-        let v = vm
-            .execute_entry_point_by_name(&rule)
-            .map_err(|e| e.to_string())?;
-        serde_json::to_value(&v).map_err(|e| e.to_string())
+        gantry_policy_engine::policy::evaluate_compiled(&compiled, input).map_err(|e| e.to_string())
     };
 
     // Both sides must decide alike before their speed means anything.
     let mut allowed = 0usize;
     for i in 0..requests.len() {
         let w = wasm_decide(i).map_err(err)?;
-        let n = native_decide(0, i).map_err(err)?;
+        let set: serde_json::Value = serde_json::from_str(&native_decide(0, i).map_err(err)?)
+            .map_err(|e| err(e.to_string()))?;
+        let n = set[0]["result"].clone();
         if w != n {
             return Err(err(format!(
                 "wasm and native disagree on request {i}: {w} vs {n}"

@@ -204,6 +204,12 @@ impl LoadedPolicy {
                         self.limits.deadline_ms
                     )));
                 }
+                // The module reports a Rego error through `opa_abort`; the wasm backtrace wrapped
+                // around it says nothing to a policy's author (it goes to the debug log).
+                if let Some(backtrace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    tracing::debug!(entrypoint, %backtrace, "policy evaluation failed");
+                    return Err(fail(e.root_cause().to_string()));
+                }
                 Err(fail(format!("{e:#}")))
             }
             Err(_) => Err(fail(format!(
@@ -258,26 +264,84 @@ impl PolicySlot {
     }
 }
 
-/// Allow and reasons of a result set (a boolean rule, or an object with `allow` and `reasons`);
-/// any error is a deny (fail closed), its text the reason.
+/// Allow and reasons of a result set (a boolean rule, or an object with `allow` and `reasons`).
+/// Only a boolean `true` allows: an error (fail closed, its text the reason), an undefined
+/// decision, a result set that is not exactly one result, or an `allow` that is not a boolean
+/// all deny, each with a reason saying so.
 pub fn verdict(result: &Result<serde_json::Value, PolicyError>) -> (bool, Vec<String>) {
-    match result {
-        Err(e) => (false, vec![e.to_string()]),
-        Ok(set) => {
-            let value = &set[0]["result"];
-            let allow = value
-                .as_bool()
-                .or_else(|| value["allow"].as_bool())
-                .unwrap_or(false);
-            let reasons = value["reasons"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (allow, reasons)
+    let set = match result {
+        Err(e) => return (false, vec![e.to_string()]),
+        Ok(set) => set,
+    };
+    let value = match set.as_array().map(Vec::as_slice) {
+        Some([]) => return (false, vec!["the policy's decision is undefined".into()]),
+        Some([one]) => &one["result"],
+        _ => {
+            return (
+                false,
+                vec!["the policy returned a result set that is not one result".into()],
+            );
         }
+    };
+    let mut reasons: Vec<String> = value["reasons"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    match value.as_bool().or_else(|| value["allow"].as_bool()) {
+        Some(allow) => (allow, reasons),
+        None => {
+            reasons.push("the policy's decision has no boolean `allow`".into());
+            (false, reasons)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(set: serde_json::Value) -> (bool, Vec<String>) {
+        verdict(&Ok(set))
+    }
+
+    #[test]
+    fn only_a_boolean_true_allows() {
+        use serde_json::json;
+        assert_eq!(of(json!([{"result": true}])), (true, vec![]));
+        assert_eq!(
+            of(json!([{"result": {"allow": true, "reasons": []}}])),
+            (true, vec![])
+        );
+        let denied = [
+            json!([{"result": false}]),
+            json!([{"result": {"allow": false, "reasons": ["no"]}}]),
+            json!([]),
+            json!([{"result": "true"}]),
+            json!([{"result": {"allow": "true"}}]),
+            json!([{"result": {"allow": 1}}]),
+            json!([{"result": [true]}]),
+            json!([{"result": null}]),
+            json!([{"result": true}, {"result": true}]),
+            json!({"result": true}),
+            json!(true),
+        ];
+        for set in denied {
+            let (allow, reasons) = of(set.clone());
+            assert!(!allow, "{set} allowed");
+            if set != json!([{"result": false}]) {
+                assert!(!reasons.is_empty(), "{set}: a denial without a reason");
+            }
+        }
+        let err = PolicyError::Eval {
+            entrypoint: "a/b".into(),
+            message: "p.rego:3:1: complete rules must not produce multiple outputs".into(),
+        };
+        let (allow, reasons) = verdict(&Err(err));
+        assert!(!allow);
+        assert!(reasons[0].contains("multiple outputs"), "{reasons:?}");
     }
 }

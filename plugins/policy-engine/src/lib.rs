@@ -7,10 +7,12 @@
 //! version globals are added by the same packer, as Rust cannot define exported wasm globals.
 //!
 //! - [`policy`]: the policy description and its evaluation (plain Rust, tested natively).
+//! - [`diagnostic`]: regorus's errors as `file:line:col: message`.
 //! - `abi` (wasm only): the ABI exports, the bump heap the ABI expects, the `env` imports.
 
 extern crate alloc;
 
+pub mod diagnostic;
 pub mod policy;
 
 #[cfg(target_family = "wasm")]

@@ -1,9 +1,19 @@
 //! A packed policy and its evaluation, independent of the ABI.
+//!
+//! Every entrypoint is evaluated by regorus's interpreter, the engine `gantry policy test` runs
+//! and `gantry policy build` checks with: what a policy's tests see is what the sandbox decides.
+//! In particular an evaluation error (a complete rule or a function with several values, a
+//! builtin error, ...) is an error here too, never a value, so the host denies. regorus's
+//! register VM is faster but decides some of those cases differently (a conflicting complete rule
+//! keeps one of its values, errors inside a rule body make the body fail instead of the
+//! evaluation): see README.md, "Access-control policies".
 
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::{Program, RegoVM};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use regorus::{Engine, PolicyModule, Value};
-use std::sync::Arc;
+
+use crate::diagnostic;
 
 /// What the packer writes into the module: the Rego modules, the entrypoints in ABI order, and the
 /// data the policy was built with.
@@ -11,9 +21,9 @@ use std::sync::Arc;
 /// As JSON: `{"modules": {"authz.rego": "package ..."}, "entrypoints": ["gantry/authz/allow"],
 /// "data": {...}}`. An entrypoint `a/b/c` evaluates the rule `data.a.b.c`, as with `opa build -e`.
 pub struct Policy {
-    modules: Vec<PolicyModule>,
-    entrypoints: Vec<String>,
+    /// The modules, parsed once; each entrypoint is compiled from a copy.
     engine: Engine,
+    entrypoints: Vec<String>,
 }
 
 /// Why a policy could not be loaded or evaluated; the ABI turns it into `opa_abort`.
@@ -26,13 +36,17 @@ impl core::fmt::Display for PolicyError {
     }
 }
 
+/// `context: cause` on one line, regorus's location blocks as `file:line:col: message`.
 fn error(context: &str, e: impl core::fmt::Display) -> PolicyError {
-    PolicyError(format!("{context}: {e}"))
+    PolicyError(alloc::format!(
+        "{context}: {}",
+        diagnostic::one_line(&e.to_string())
+    ))
 }
 
 /// The rule an entrypoint evaluates: `gantry/authz/allow` -> `data.gantry.authz.allow`.
 pub fn rule_of(entrypoint: &str) -> String {
-    format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
+    alloc::format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
 }
 
 impl Policy {
@@ -51,7 +65,9 @@ impl Policy {
                         id: id.as_str().into(),
                         content: c.into(),
                     })
-                    .ok_or_else(|| PolicyError(format!("packed policy: module `{id}` is not text")))
+                    .ok_or_else(|| {
+                        PolicyError(alloc::format!("packed policy: module `{id}` is not text"))
+                    })
             })
             .collect::<Result<_, _>>()?;
         let entrypoints: Vec<String> = doc["entrypoints"]
@@ -61,20 +77,18 @@ impl Policy {
             .map(|e| e.as_str().map(String::from))
             .collect::<Option<_>>()
             .ok_or_else(|| PolicyError("packed policy: an entrypoint is not text".into()))?;
+        // Every module must parse, whichever entrypoints reach it. Set up as
+        // `regorus::compile_policy_with_entrypoint` does, but parsed once for every entrypoint.
         let mut engine = Engine::new();
+        engine.set_gather_prints(true);
         for m in &modules {
             engine
                 .add_policy(m.id.to_string(), m.content.to_string())
                 .map_err(|e| error(&m.id, e))?;
         }
-        let data = Value::from_json_str(&doc["data"].to_string()).map_err(|e| error("data", e))?;
-        if data.as_object().is_ok_and(|o| !o.is_empty()) {
-            engine.add_data(data).map_err(|e| error("data", e))?;
-        }
         Ok(Self {
-            modules,
-            entrypoints,
             engine,
+            entrypoints,
         })
     }
 
@@ -83,31 +97,34 @@ impl Policy {
         &self.entrypoints
     }
 
-    /// Compiles every entrypoint against `data` (the data a host loads) into a program for
-    /// regorus's register VM, for fast evaluation.
+    /// Compiles every entrypoint against `data` (the data a host loads), as `gantry policy build`
+    /// does to check a policy before packing it.
     pub fn compile(&self, data: &Value) -> Result<Vec<Compiled>, PolicyError> {
         self.entrypoints
             .iter()
-            .map(|e| {
-                let rule = rule_of(e);
-                let policy = regorus::compile_policy_with_entrypoint(
-                    data.clone(),
-                    &self.modules,
-                    rule.as_str().into(),
-                )
-                .map_err(|err| error(e, err))?;
-                let program = Compiler::compile_from_policy(&policy, &[rule.as_str()])
-                    .map_err(|err| error(e, err))?;
-                Ok(Compiled {
-                    program,
-                    rule,
-                    data: data.clone(),
-                })
-            })
+            .map(|e| self.compile_entrypoint(e, data))
             .collect()
     }
 
-    /// Evaluates entrypoint `entry` with `data` and `input` without a compiled form.
+    /// Compiles one entrypoint against `data`; an error names the entrypoint.
+    pub fn compile_entrypoint(
+        &self,
+        entrypoint: &str,
+        data: &Value,
+    ) -> Result<Compiled, PolicyError> {
+        let fail = |err| error(&alloc::format!("entrypoint `{entrypoint}`"), err);
+        let rule = rule_of(entrypoint);
+        let mut engine = self.engine.clone();
+        engine.add_data(data.clone()).map_err(fail)?;
+        // Checks that the rule exists and prepares the engine (analysis, schedule) once, so each
+        // evaluation's copy starts prepared.
+        engine
+            .compile_with_entrypoint(&rule.as_str().into())
+            .map_err(fail)?;
+        Ok(Compiled { engine, rule })
+    }
+
+    /// Evaluates entrypoint `entry` with `data` and `input`, compiling it for that data first.
     pub fn evaluate(
         &self,
         entry: usize,
@@ -117,19 +134,8 @@ impl Policy {
         let name = self
             .entrypoints
             .get(entry)
-            .ok_or_else(|| PolicyError(format!("no entrypoint {entry}")))?;
-        let mut engine = self.engine.clone();
-        if data.as_object().is_ok_and(|o| !o.is_empty()) {
-            engine
-                .add_data(data.clone())
-                .map_err(|e| error("data", e))?;
-        }
-        engine.set_input(input);
-        result_set(
-            engine
-                .eval_rule(rule_of(name))
-                .map_err(|e| error(name, e))?,
-        )
+            .ok_or_else(|| PolicyError(alloc::format!("no entrypoint {entry}")))?;
+        evaluate_compiled(&self.compile_entrypoint(name, data)?, input)
     }
 }
 
@@ -146,27 +152,25 @@ pub fn warm_up() {
     }
 }
 
-/// An entrypoint compiled for regorus's register VM, with the data it was compiled for.
+/// An entrypoint ready to evaluate: an engine holding the policy and the data, prepared.
 pub struct Compiled {
-    program: Arc<Program>,
+    engine: Engine,
     rule: String,
-    data: Value,
 }
 
-/// Evaluates a compiled entrypoint. Each evaluation gets a fresh VM: nothing allocated while
-/// evaluating outlives it, which the ABI's heap resets require (and costs about 1 µs).
+/// Evaluates a compiled entrypoint on a copy of its engine, as `gantry policy test` evaluates
+/// each test (`Engine::eval_rule` on a copy): nothing allocated while evaluating outlives it,
+/// which the ABI's heap resets require. An error is the Rego error on one line (the host names
+/// the entrypoint).
+///
+/// Not regorus's `CompiledPolicy::eval_with_input`: it starts the interpreter without the
+/// document `with` modifies, so a `with` in the policy fails there and works in `policy test`.
 pub fn evaluate_compiled(compiled: &Compiled, input: Value) -> Result<String, PolicyError> {
-    let mut vm = RegoVM::new();
-    // No instruction cap of the VM's own (25,000 by default, too few for policies that walk
-    // their data): the host bounds every evaluation by its deadline and memory limit instead.
-    vm.set_max_instructions(usize::MAX);
-    vm.load_program(compiled.program.clone());
-    vm.set_data(compiled.data.clone())
-        .map_err(|e| error("data", e))?;
-    vm.set_input(input);
-    let value = vm
-        .execute_entry_point_by_name(&compiled.rule)
-        .map_err(|e| error(&compiled.rule, e))?;
+    let mut engine = compiled.engine.clone();
+    engine.set_input(input);
+    let value = engine
+        .eval_rule(compiled.rule.clone())
+        .map_err(|e| PolicyError(diagnostic::one_line(&e.to_string())))?;
     result_set(value)
 }
 
@@ -174,7 +178,7 @@ pub fn evaluate_compiled(compiled: &Compiled, input: Value) -> Result<String, Po
 fn result_set(value: Value) -> Result<String, PolicyError> {
     Ok(match value {
         Value::Undefined => "[]".into(),
-        v => format!(
+        v => alloc::format!(
             "[{{\"result\":{}}}]",
             serde_json::to_string(&v).map_err(|e| error("result", e))?
         ),
@@ -227,5 +231,190 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.0.contains("bad.rego"), "{e}");
+    }
+
+    /// A policy of one module `p.rego` with entrypoint `p/allow`, evaluated on `input` through
+    /// the sandbox's path (compiled, then evaluated) and through a plain regorus engine, as
+    /// `gantry policy test` runs it.
+    fn both_ways(rego: &str, input: &str) -> (Result<String, String>, Result<String, String>) {
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego},
+            "entrypoints": ["p/allow"],
+            "data": {},
+        })
+        .to_string();
+        let p = Policy::from_json(&packed).unwrap();
+        let input = Value::from_json_str(input).unwrap();
+        let sandbox = p
+            .compile(&Value::new_object())
+            .and_then(|c| evaluate_compiled(&c[0], input.clone()))
+            .map_err(|e| e.0);
+        let mut engine = Engine::new();
+        engine.add_policy("p.rego".into(), rego.into()).unwrap();
+        engine.set_input(input);
+        let native = engine
+            .eval_rule("data.p.allow".into())
+            .map_err(|e| e.to_string())
+            .and_then(|v| result_set(v).map_err(|e| e.0));
+        (sandbox, native)
+    }
+
+    /// Every way a complete rule, a function or a default can end up with more than one value,
+    /// and errors inside rule bodies: each must be an evaluation error (which the host turns into
+    /// a deny), as `gantry policy test` reports it, never one of the values.
+    #[test]
+    fn conflicting_values_and_errors_fail_the_evaluation_instead_of_deciding() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "the issue's example: a complete rule whose body iterates",
+                "package p\nallow := x if { x := [false, true][_] }\n",
+                "{}",
+            ),
+            (
+                "iteration over the input, a default beside it",
+                "package p\ndefault allow := false\nallow := x if { x := input.a[_] }\n",
+                r#"{"a": [false, true]}"#,
+            ),
+            (
+                "two definitions with different values",
+                "package p\nallow := true if input.a\nallow := false if input.a\n",
+                r#"{"a": true}"#,
+            ),
+            (
+                "a conflict in a rule the decision negates (`not deny`)",
+                "package p\ndeny := true if input.a\ndeny := false if input.a\nallow if not deny\n",
+                r#"{"a": true}"#,
+            ),
+            (
+                "an else branch that iterates",
+                "package p\nallow := false if { input.no } else := x if { x := [true, false][_] }\n",
+                "{}",
+            ),
+            (
+                "a function whose body iterates",
+                "package p\nf(a) := x if { x := [a, true][_] }\nallow := f(false)\n",
+                "{}",
+            ),
+            (
+                "a function with two definitions for the same argument",
+                "package p\nf(_) := true\nf(_) := false\nallow := f(1)\n",
+                "{}",
+            ),
+            (
+                "an object value built per iteration",
+                "package p\nallow := {\"allow\": x} if { x := [false, true][_] }\n",
+                "{}",
+            ),
+            (
+                "a partial object with one key given two values",
+                "package p\nobj[k] := 1 if { k := \"a\" }\nobj[k] := 2 if { k := \"a\" }\nallow := obj.a == 1\n",
+                "{}",
+            ),
+            (
+                "an arithmetic error in a body that would add a reason",
+                "package p\nreasons contains \"over quota\" if input.used + input.gpus > 10\nallow if count(reasons) == 0\n",
+                r#"{"used": 5, "gpus": "many"}"#,
+            ),
+            (
+                "a builtin error in a body that would deny",
+                "package p\ndeny if to_number(input.n) > 5\nallow if not deny\n",
+                r#"{"n": "lots"}"#,
+            ),
+            (
+                "a division by zero",
+                "package p\ndeny if 10 / input.n > 1\nallow if not deny\n",
+                r#"{"n": 0}"#,
+            ),
+        ];
+        let mut decided = Vec::new();
+        for (what, rego, input) in cases {
+            let (sandbox, native) = both_ways(rego, input);
+            assert!(
+                native.is_err(),
+                "{what}: the native engine decided {native:?}"
+            );
+            if let Ok(value) = sandbox {
+                decided.push(format!("{what}: {value}"));
+            }
+        }
+        assert!(
+            decided.is_empty(),
+            "the sandbox decided instead of failing:\n{}",
+            decided.join("\n")
+        );
+    }
+
+    /// The same shapes where every value agrees decide, on both paths, alike.
+    #[test]
+    fn agreeing_values_decide_alike_on_both_paths() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "package p\nallow := x if { x := [true, true][_] }\n",
+                "{}",
+                r#"[{"result":true}]"#,
+            ),
+            (
+                "package p\nf(a) := 1 if a > 0\nf(a) := 2 if a < 0\nallow := f(input.n)\n",
+                r#"{"n": -3}"#,
+                r#"[{"result":2}]"#,
+            ),
+            (
+                "package p\ndefault allow := false\nallow := x if { x := input.a[_] }\n",
+                r#"{"a": []}"#,
+                r#"[{"result":false}]"#,
+            ),
+            (
+                "package p\nallow := true if input.a\nallow := true if input.b\n",
+                r#"{"a": true, "b": true}"#,
+                r#"[{"result":true}]"#,
+            ),
+            (
+                "package p\nallow if { x := [1, 2][_]; x > 1 }\n",
+                "{}",
+                r#"[{"result":true}]"#,
+            ),
+        ];
+        for (rego, input, want) in cases {
+            let (sandbox, native) = both_ways(rego, input);
+            assert_eq!(sandbox.as_deref(), Ok(*want), "{rego}");
+            assert_eq!(native.as_deref(), Ok(*want), "{rego}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_place_as_file_line_col() {
+        let (sandbox, _) = both_ways(
+            "package p\nimport rego.v1\n\nallow if {\n\tto_number(input.n) > 1\n}\n",
+            r#"{"n": "x"}"#,
+        );
+        let e = sandbox.unwrap_err();
+        // The tab counts as one column: `to_number` starts at column 2 (its `(` at 11).
+        assert!(e.starts_with("p.rego:5:"), "{e}");
+        assert!(!e.contains("-->"), "{e}");
+    }
+
+    /// What regorus's register VM refuses to compile (`with` in the policy, ref heads,
+    /// partial objects with constant keys) loads and decides as `gantry policy test` decides it.
+    #[test]
+    fn constructs_the_register_vm_refuses_decide_as_policy_test_does() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "package p\nsmall if input.gpus <= 8\nallow if small with input.gpus as 1\n",
+                r#"[{"result":true}]"#,
+            ),
+            (
+                "package p\nlimits.gpus := 8\nallow := limits.gpus\n",
+                r#"[{"result":8}]"#,
+            ),
+            (
+                "package p\nobj[\"a\"] := 1\nobj[\"b\"] := 2\nallow := obj\n",
+                r#"[{"result":{"a":1,"b":2}}]"#,
+            ),
+        ];
+        for (rego, want) in cases {
+            let (sandbox, native) = both_ways(rego, "{}");
+            assert_eq!(sandbox, native, "{rego}");
+            assert_eq!(sandbox.as_deref(), Ok(*want), "{rego}");
+        }
     }
 }
