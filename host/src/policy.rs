@@ -1,8 +1,9 @@
 //! Access-control policies: Rego packed into the policy engine module (OPA's Wasm ABI), OPA
 //! bundles, and decisions evaluated in the sandbox through `opa-wasm`.
 //!
-//! - [`source`]: reading and checking a directory of Rego and `data.json` (natively, with
-//!   `regorus`), the description packed into the module.
+//! - [`source`]: reading a directory of Rego and `data.json`, the description packed into the
+//!   module.
+//! - [`check`]: what `gantry policy build` refuses (what the module could not load or run).
 //! - [`pack`]: writing that description into a copy of the engine module.
 //! - [`bundle`]: OPA bundles (`/policy.wasm`, `/data.json`, `/.manifest`), written and read.
 //! - [`bundle_signature`]: OPA's bundle signatures (`/.signatures.json`), made and checked.
@@ -11,6 +12,7 @@
 
 pub mod bundle;
 pub mod bundle_signature;
+pub mod check;
 pub mod decide;
 pub mod pack;
 pub mod rego_tests;
@@ -35,6 +37,9 @@ pub enum PolicyError {
     /// Rego that does not parse or check, or data that is not a JSON object.
     #[error("{0}")]
     Source(String),
+    /// Rego that `gantry policy build` refuses, each problem with its file, line and column.
+    #[error("{}", render(.0))]
+    Refused(Vec<gantry_policy_engine::diagnostic::Diagnostic>),
     /// The module could not be packed.
     #[error(transparent)]
     Pack(#[from] pack::PackError),
@@ -60,15 +65,21 @@ pub enum PolicyError {
     },
 }
 
-/// Builds a bundle from a policy directory's source: checks the Rego natively, packs it with
-/// the data into the engine module, and writes OPA's manifest (the revision is a digest of what
-/// was packed unless `revision` is given).
+/// The diagnostics of a refusal, one after the other.
+fn render(diagnostics: &[gantry_policy_engine::diagnostic::Diagnostic]) -> String {
+    let all: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    all.join("\n")
+}
+
+/// Builds a bundle from a policy directory's source: refuses what the engine module could not
+/// load or run ([`check`]), packs the Rego and the data into the module, and writes OPA's
+/// manifest (the revision is a digest of what was packed unless `revision` is given).
 pub fn build(
     source: &source::PolicySource,
     entrypoints: &[String],
     revision: Option<&str>,
 ) -> Result<bundle::Bundle, PolicyError> {
-    source.check_entrypoints(entrypoints)?;
+    check::check(source, entrypoints)?;
     let packed = source.packed(entrypoints);
     let wasm = pack::pack(ENGINE_WASM, &packed)?;
     let revision = revision

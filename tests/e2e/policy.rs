@@ -951,3 +951,97 @@ fn what_builds_loads_and_decides() {
         serde_json::json!([{"result": true}])
     );
 }
+
+/// `gantry policy build DIR -e entry` on a directory holding `files`: exit code, stderr, and
+/// whether a bundle was written.
+fn build_in(files: &[(&str, &str)], entry: &str) -> (Option<i32>, String, bool) {
+    use crate::support::{gantry, text};
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out_path = dir.path().join("out.tar.gz");
+    let out = gantry(
+        &[
+            "policy",
+            "build",
+            dir.path().to_str().unwrap(),
+            "-e",
+            entry,
+            "-o",
+            out_path.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    (out.status.code(), stderr, out_path.exists())
+}
+
+#[test]
+fn build_refuses_calls_to_undefined_functions_with_file_line_col() {
+    // Tab-indented, as Rego usually is: the column counts the tab as one.
+    let policy = "package x\nimport rego.v1\nimport data.lib\n\nallow if {\n\tinput.a\n\tfoo(1)\n}\n\n# Never reached from the entrypoint: refused all the same, as OPA does.\nhelper if lib.nothing(2)\n\nsized if count([1], 2, 3)\n";
+    let lib = "package lib\nimport rego.v1\n\ndouble(x) := 2 * x\n";
+    let (code, stderr, written) = build_in(&[("p.rego", policy), ("lib.rego", lib)], "x/allow");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!written, "nothing may be written");
+    for want in [
+        "p.rego:7:2: undefined function foo",
+        "p.rego:11:11: undefined function lib.nothing",
+        "p.rego:13:10: count takes 1 argument (or 2 with an output), got 3",
+    ] {
+        assert!(stderr.contains(want), "want `{want}` in: {stderr}");
+    }
+    // Every way of calling a function that exists builds: by package path, through an import,
+    // with an output argument, `print`, a builtin.
+    let ok = "package x\nimport rego.v1\nimport data.lib\n\nallow if {\n\tlib.double(2) == 4\n\tdata.lib.double(1, y)\n\ty == 2\n\tcount([1], n)\n\tn == 1\n\tprint(\"checked\")\n\tlocal(1) == 1\n}\n\nlocal(v) := v\n";
+    let (code, stderr, written) = build_in(&[("p.rego", ok), ("lib.rego", lib)], "x/allow");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(written);
+}
+
+#[test]
+fn build_errors_count_a_tab_as_one_column() {
+    // `]` is the 13th character of line 4: a tab, then `input.a == `.
+    let (code, stderr, _) = build_in(
+        &[("bad.rego", "package x\n\nallow if {\n\tinput.a == ]\n}\n")],
+        "x/allow",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("bad.rego:4:13:"), "{stderr}");
+}
+
+#[test]
+fn parse_errors_are_not_preceded_by_an_empty_error_line() {
+    let (code, stderr, _) = build_in(
+        &[("bad.rego", "package x\n\nallow if {\n  input.a ==\n}\n")],
+        "x/allow",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains("bad.rego:5:1: "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.lines().any(|l| l.trim_end() == "error:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_dotted_entrypoint_gets_a_hint_to_use_slashes() {
+    let files = [("p.rego", "package a.b\nimport rego.v1\nallow := true\n")];
+    for (entry, hint) in [
+        ("data.a.b.allow", "use `-e a/b/allow`"),
+        ("a.b.allow", "use `-e a/b/allow`"),
+        ("data/a/b/allow", "use `-e a/b/allow`"),
+    ] {
+        let (code, stderr, written) = build_in(&files, entry);
+        assert_eq!(code, Some(1), "{entry}: {stderr}");
+        assert!(!written);
+        assert!(stderr.contains(hint), "{entry}: want `{hint}` in {stderr}");
+    }
+    let (code, stderr, _) = build_in(&files, "a/b/allow");
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -67,7 +67,10 @@ pub fn run(source: &PolicySource) -> Result<Vec<TestOutcome>, PolicyError> {
                     Some("undefined (a condition did not hold)".into())
                 }
                 Ok(other) => Some(format!("evaluated to {other}")),
-                Err(e) => Some(format!("error: {e}")),
+                Err(e) => Some(format!(
+                    "error: {}",
+                    gantry_policy_engine::diagnostic::render(&e.to_string())
+                )),
             };
             outcomes.push(TestOutcome {
                 name,

@@ -1,8 +1,10 @@
 //! A policy directory: `*.rego` modules (tests, `*_test.rego`, are kept apart) and an optional
-//! `data.json`, checked natively with `regorus` before anything is packed.
+//! `data.json`, read and parsed natively with `regorus` (see [`super::check`] for what a build
+//! refuses).
 
 use std::path::{Path, PathBuf};
 
+use gantry_policy_engine::diagnostic::render;
 use regorus::{Engine, Value};
 
 use super::PolicyError;
@@ -119,45 +121,12 @@ impl PolicySource {
         for (name, text) in self.modules.iter().chain(extra) {
             engine
                 .add_policy(name.clone(), text.clone())
-                .map_err(|e| PolicyError::Source(format!("{e}")))?;
+                .map_err(|e| PolicyError::Source(render(&e.to_string())))?;
         }
         engine
             .add_data(self.data_value()?)
             .map_err(|e| PolicyError::Source(format!("data.json: {e}")))?;
         Ok(engine)
-    }
-
-    /// Checks that every entrypoint names a rule of the policy.
-    pub fn check_entrypoints(&self, entrypoints: &[String]) -> Result<(), PolicyError> {
-        if entrypoints.is_empty() {
-            return Err(PolicyError::Source(
-                "no entrypoint given (-e package/path/rule)".into(),
-            ));
-        }
-        let engine = self.engine(false)?;
-        let packages = engine
-            .get_packages()
-            .map_err(|e| PolicyError::Source(e.to_string()))?;
-        let data = self.data_value()?;
-        let modules = self.policy_modules();
-        for e in entrypoints {
-            let rule = rule_of(e);
-            // What the engine module will do at load: compile the entrypoint with the data.
-            regorus::compile_policy_with_entrypoint(data.clone(), &modules, rule.as_str().into())
-                .map_err(|err| {
-                let first = err
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                PolicyError::Source(format!(
-                    "entrypoint `{e}`: {rule} is not a rule of the policy ({first}; packages: {})",
-                    packages.join(", ")
-                ))
-            })?;
-        }
-        Ok(())
     }
 
     /// The JSON the engine module reads (see `plugins/policy-engine/src/policy.rs`).
@@ -176,7 +145,4 @@ impl PolicySource {
     }
 }
 
-/// The rule an entrypoint evaluates: `gantry/authz/allow` -> `data.gantry.authz.allow`.
-pub fn rule_of(entrypoint: &str) -> String {
-    format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
-}
+pub use gantry_policy_engine::policy::rule_of;
