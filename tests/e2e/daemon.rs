@@ -412,7 +412,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
     assert_eq!(s, 201, "{v}");
     let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
-    let at = wait_for_checkpoint(&db, "t1", 200);
+    let at = wait_for_checkpoint(&db, "vision/t1", 200);
     // Live metrics while it runs: its step, loss and throughput, and on /metrics.
     let (s, m) = request(
         &format!("{}/v1/jobs/t1/metrics", daemon.url),
@@ -516,7 +516,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         "{lines:?}"
     );
     // Checkpoints are encrypted objects of the store, and authenticate.
-    let (_, object) = db.latest_checkpoint("t1").unwrap().unwrap();
+    let (_, object) = db.latest_checkpoint("vision/t1").unwrap().unwrap();
     let store = gantry::storage::Store::open(&data).unwrap();
     let bytes = store.get(&object).unwrap();
     assert!(gantry::training::checkpoint::from_bytes(&bytes, Path::new("c")).is_ok());
@@ -752,7 +752,7 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         201
     );
     let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
-    let at = wait_for_checkpoint(&db, "t3", 100);
+    let at = wait_for_checkpoint(&db, "vision/t3", 100);
     let (_, job) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
     let bad = job["gpu_ids"][0].as_str().unwrap().to_string();
 

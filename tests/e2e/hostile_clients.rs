@@ -385,3 +385,87 @@ fn a_gzip_bomb_policy_bundle_is_refused_without_inflating_it() {
         "unpacking grew the daemon's peak memory by {grew:.0} MiB"
     );
 }
+
+/// The review: another tenant's job id or dataset name answered 409 "already exists", which
+/// disclosed it and let a tenant squat names. Ids and names are now per tenant, and another
+/// tenant's is answered exactly as a missing one.
+#[test]
+fn another_tenants_job_ids_and_dataset_names_are_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let lee = add_user(&data, "lee", "researcher,writer", "language", "internal");
+    let ops = add_user(&data, "ops", "admin", "vision", "internal");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let jobs = format!("{url}/v1/jobs");
+    let submit = |token: &str, tenant: &str| {
+        request(
+            &jobs,
+            "POST",
+            Some(token),
+            Some(&json!({"id": "train", "tenant": tenant, "gpus": 1}).to_string()),
+        )
+    };
+    assert_eq!(submit(&ada, "vision").0, 201);
+    // The same id in another tenant is another job, not a conflict.
+    let (s, v) = submit(&lee, "language");
+    assert_eq!(s, 201, "{v}");
+    assert_eq!((v["id"].as_str(), v["tenant"].as_str()), (Some("train"), Some("language")));
+    // Within a tenant, ids stay unique.
+    let (s, v) = submit(&ada, "vision");
+    assert_eq!(s, 409, "{v}");
+    // Each sees their own under the name.
+    let (_, v) = request(&format!("{jobs}/train"), "GET", Some(&ada), None);
+    assert_eq!(v["tenant"], "vision", "{v}");
+    let (_, v) = request(&format!("{jobs}/train"), "GET", Some(&lee), None);
+    assert_eq!(v["tenant"], "language", "{v}");
+    // Another tenant's job reads exactly as a missing one.
+    assert_eq!(
+        request(&jobs, "POST", Some(&ada), Some(&json!({"id": "only-ada", "tenant": "vision", "gpus": 1}).to_string())).0,
+        201
+    );
+    let absent = request(&format!("{jobs}/never-was"), "GET", Some(&lee), None);
+    let hidden = request(&format!("{jobs}/only-ada"), "GET", Some(&lee), None);
+    assert_eq!(absent.0, 404);
+    assert_eq!(hidden.0, 404);
+    assert_eq!(
+        hidden.1["error"].as_str().unwrap().replace("only-ada", "X"),
+        absent.1["error"].as_str().unwrap().replace("never-was", "X"),
+    );
+    // An admin who sees both names the tenant.
+    let (s, v) = request(&format!("{jobs}/train"), "GET", Some(&ops), None);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("?tenant="), "{v}");
+    let (s, v) = request(&format!("{jobs}/train?tenant=language"), "GET", Some(&ops), None);
+    assert_eq!((s, v["tenant"].as_str()), (200, Some("language")), "{v}");
+
+    // Datasets: the same name in two tenants, each readable by its own tenant only.
+    let datasets = format!("{url}/v1/datasets");
+    let (s, v) = put(
+        &format!("{datasets}/pets.csv?tenant=vision&classification=internal"),
+        &ada,
+        b"1,2\n3,4\n",
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = put(
+        &format!("{datasets}/pets.csv?tenant=language&classification=internal"),
+        &lee,
+        b"5,6\n7,8\n",
+    );
+    assert_eq!(s, 201, "{v}");
+    let content = |token: &str| {
+        ureq::get(&format!("{datasets}/pets.csv/content"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    assert_eq!(content(&ada), "1,2\n3,4\n");
+    assert_eq!(content(&lee), "5,6\n7,8\n");
+    let (_, listed) = request(&datasets, "GET", Some(&lee), None);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "pets.csv", "{listed}");
+}

@@ -35,6 +35,8 @@ pub struct Latency {
     pub requests: usize,
     /// Median.
     pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// Slowest.
@@ -50,6 +52,9 @@ pub struct ApiReport {
     pub submit: Latency,
     /// `GET /v1/jobs/{id}`.
     pub read: Latency,
+    /// `GET /v1/health`, asked every 10 ms by one more client while the others load the API:
+    /// what a load balancer's health check sees under load.
+    pub health: Latency,
     /// All requests per second over the run.
     pub requests_per_s: f64,
     /// Requests that failed (transport errors or unexpected statuses).
@@ -70,6 +75,7 @@ fn latency(mut ms: Vec<f64>) -> Latency {
     Latency {
         requests: ms.len(),
         p50_ms: at(0.5),
+        p95_ms: at(0.95),
         p99_ms: at(0.99),
         max_ms: ms.last().copied().unwrap_or(0.0),
     }
@@ -116,7 +122,21 @@ fn run_in(
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();
     type ClientRun = (Vec<f64>, Vec<f64>, Vec<String>, Vec<String>);
+    let loading = std::sync::atomic::AtomicBool::new(true);
+    let mut health = Vec::new();
     let per_client: Vec<ClientRun> = std::thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let agent = ureq::Agent::new_with_defaults();
+            let url = base.replace("/v1/jobs", "/v1/health");
+            let mut ms = Vec::new();
+            while loading.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let _ = agent.get(&url).call().map(|r| r.into_body().read_to_string());
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            ms
+        });
         let handles: Vec<_> = (0..params.clients)
             .map(|c| {
                 let (base, token) = (&base, &token);
@@ -166,10 +186,13 @@ fn run_in(
                 })
             })
             .collect();
-        handles
+        let runs = handles
             .into_iter()
             .map(|h| h.join().expect("client thread"))
-            .collect()
+            .collect();
+        loading.store(false, std::sync::atomic::Ordering::Relaxed);
+        health = prober.join().expect("health prober");
+        runs
     });
     let seconds = start.elapsed().as_secs_f64();
     server.stop()?;
@@ -182,13 +205,18 @@ fn run_in(
         accepted.extend(a);
     }
     let db = crate::daemon::db::Db::open(&daemon::db_path(dir))?;
-    let stored: std::collections::HashSet<String> = db.jobs()?.into_iter().map(|j| j.id).collect();
+    let stored: std::collections::HashSet<String> = db
+        .jobs()?
+        .into_iter()
+        .map(|j| daemon::db::name_of(&j.id).to_string())
+        .collect();
     let lost_jobs = accepted.iter().filter(|id| !stored.contains(*id)).count();
     let requests = submits.len() + reads.len();
     Ok(ApiReport {
         clients: params.clients,
         submit: latency(submits),
         read: latency(reads),
+        health: latency(health),
         requests_per_s: requests as f64 / seconds,
         errors: errors.len(),
         lost_jobs,

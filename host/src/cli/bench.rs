@@ -121,12 +121,17 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
-            let mut t = Table::new(&["request", "count", "p50 ms", "p99 ms", "max ms"]);
-            for (k, l) in [("POST /v1/jobs", &r.submit), ("GET /v1/jobs/{id}", &r.read)] {
+            let mut t = Table::new(&["request", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"]);
+            for (k, l) in [
+                ("POST /v1/jobs", &r.submit),
+                ("GET /v1/jobs/{id}", &r.read),
+                ("GET /v1/health (under the load)", &r.health),
+            ] {
                 t.row(vec![
                     k.into(),
                     l.requests.to_string(),
                     format!("{:.2}", l.p50_ms),
+                    format!("{:.2}", l.p95_ms),
                     format!("{:.2}", l.p99_ms),
                     format!("{:.2}", l.max_ms),
                 ]);

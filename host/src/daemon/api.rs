@@ -446,7 +446,7 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
         }
     }
     let job = JobRecord {
-        id: id.clone(),
+        id: super::db::key(&req.tenant, &id),
         tenant: req.tenant.clone(),
         owner: user.name.clone(),
         gpus: req.gpus,
@@ -496,7 +496,7 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
                 host.cancel(&job.id);
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    format!("a job `{}` already exists", job.id),
+                    format!("a job `{id}` already exists in tenant {}", job.tenant),
                 ))
             }
             Err(e) => {
@@ -528,21 +528,22 @@ async fn list(
     .await
 }
 
-/// A job the policy lets the user read (`job.read`), or 404: a refusal reads as a missing job,
-/// so other tenants' job ids are not disclosed (the decision is still recorded).
-fn find(state: &AppState, user: &User, id: &str) -> ApiResult<JobRecord> {
+fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiResult<JobRecord> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`"));
-    let job = state
-        .daemon
-        .db
-        .job(id)
-        .map_err(ApiError::internal)?
-        .ok_or_else(not_found)?;
+    let job = one_visible(
+        state.daemon.db.jobs_named(id).map_err(ApiError::internal)?,
+        |j| visible(user, j),
+        |j| &j.tenant,
+        tenant,
+        "job",
+        id,
+    )?
+    .ok_or_else(not_found)?;
     match authorize(
         state,
         user,
         "job.read",
-        json!({"tenant": job.tenant, "job": job.id}),
+        json!({"tenant": job.tenant, "job": super::db::name_of(&job.id)}),
     ) {
         Ok(()) => Ok(job),
         Err(e) if e.status == StatusCode::FORBIDDEN => Err(not_found()),
@@ -550,13 +551,65 @@ fn find(state: &AppState, user: &User, id: &str) -> ApiResult<JobRecord> {
     }
 }
 
+/// The one record of `candidates` (a name's records in every tenant) that `visible` lets the
+/// caller see, in `tenant` when given. Names are per tenant: another tenant's record of the same
+/// name is as absent as a missing one. When the caller sees it in several tenants, the request
+/// must say which (`?tenant=`).
+fn one_visible<T>(
+    candidates: Vec<T>,
+    visible: impl Fn(&T) -> bool,
+    tenant_of: impl Fn(&T) -> &String,
+    tenant: Option<&str>,
+    what: &str,
+    name: &str,
+) -> ApiResult<Option<T>> {
+    let mut seen: Vec<T> = candidates
+        .into_iter()
+        .filter(|c| visible(c) && tenant.is_none_or(|t| t == tenant_of(c)))
+        .collect();
+    if seen.len() > 1 {
+        let tenants: Vec<&str> = seen.iter().map(|c| tenant_of(c).as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "there is a {what} `{name}` in several of your tenants ({}); name one with ?tenant=",
+                tenants.join(", ")
+            ),
+        ));
+    }
+    Ok(seen.pop())
+}
+
+/// `?tenant=` on a job's or dataset's endpoints: which tenant's, when the caller sees the name
+/// in several.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InTenant {
+    tenant: Option<String>,
+}
+
+type TenantQuery =
+    Result<axum::extract::Query<InTenant>, axum::extract::rejection::QueryRejection>;
+
+/// The `?tenant=` of a request, or a 400 for a malformed query.
+fn in_tenant(query: TenantQuery) -> ApiResult<Option<String>> {
+    query
+        .map(|q| q.0.tenant)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 async fn job(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: TenantQuery,
 ) -> ApiResult<Json<JobRecord>> {
     let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| Ok(Json(find(state, &user, &id)?))).await
+    let tenant = in_tenant(query)?;
+    blocking(&state, move |state| {
+        Ok(Json(find(state, &user, &id, tenant.as_deref())?))
+    })
+    .await
 }
 
 /// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
@@ -565,15 +618,18 @@ async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: TenantQuery,
 ) -> ApiResult<Response> {
     let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
     let response = blocking(&state, move |state| {
-        let job = find(state, &user, &id)?;
+        let job = find(state, &user, &id, tenant.as_deref())?;
+        let tenant = Some(job.tenant.as_str());
         authorize(
             state,
             &user,
             "job.cancel",
-            json!({"tenant": job.tenant, "job": job.id}),
+            json!({"tenant": job.tenant, "job": id}),
         )?;
         let moved = state
             .daemon
@@ -587,12 +643,12 @@ async fn cancel(
                     StatusCode::CONFLICT,
                     format!(
                         "job `{id}` is already {}",
-                        find(state, &user, &id)?.state.as_str()
+                        find(state, &user, &id, tenant)?.state.as_str()
                     ),
                 ));
             }
         };
-        Ok((status, Json(find(state, &user, &id)?)).into_response())
+        Ok((status, Json(find(state, &user, &id, tenant)?)).into_response())
     })
     .await?;
     state.wake.notify_one();
@@ -651,17 +707,17 @@ async fn upload(
             json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
         )?;
         // A taken name is refused before anything is written (the insert below still decides
-        // a race between two uploads of one name).
+        // a race between two uploads of one name). Names are per tenant.
         if state
             .daemon
             .db
-            .dataset(&name)
+            .dataset(&super::db::key(&q.tenant, &name))
             .map_err(ApiError::internal)?
             .is_some()
         {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                format!("a dataset `{name}` already exists"),
+                format!("a dataset `{name}` already exists in tenant {}", q.tenant),
             ));
         }
         Ok((user, name, q))
@@ -681,7 +737,7 @@ async fn upload(
     let object = stored.map_err(ApiError::internal)?;
     let record = blocking(&state, move |state| {
         let record = super::db::DatasetRecord {
-            name,
+            name: super::db::key(&q.tenant, &name),
             tenant: q.tenant,
             classification: q.classification,
             object,
@@ -693,7 +749,11 @@ async fn upload(
             Ok(true) => Ok(record),
             Ok(false) => Err(ApiError::new(
                 StatusCode::CONFLICT,
-                format!("a dataset `{}` already exists", record.name),
+                format!(
+                    "a dataset `{}` already exists in tenant {}",
+                    super::db::name_of(&record.name),
+                    record.tenant
+                ),
             )),
             Err(e) => Err(ApiError::internal(e)),
         }
@@ -738,29 +798,29 @@ async fn datasets(
     .await
 }
 
-/// Dataset `name` if `user` may read it: visible to them (in `tenant`, when given), and the
-/// policy's `dataset.read` (clearance) allows it. Otherwise 404, or 403 with the reasons.
 fn readable_dataset(
     state: &AppState,
     user: &User,
     name: &str,
     tenant: Option<&str>,
 ) -> ApiResult<super::db::DatasetRecord> {
-    let found = state
-        .daemon
-        .db
-        .dataset(name)
-        .map_err(ApiError::internal)?
-        .filter(|d| dataset_visible(user, d) && tenant.is_none_or(|t| t == d.tenant))
-        .ok_or_else(|| {
-            let within = tenant
-                .map(|t| format!(" in tenant {t}"))
-                .unwrap_or_default();
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no dataset `{name}`{within}"),
-            )
-        })?;
+    let found = one_visible(
+        state.daemon.db.datasets_named(name).map_err(ApiError::internal)?,
+        |d| dataset_visible(user, d),
+        |d| &d.tenant,
+        tenant,
+        "dataset",
+        name,
+    )?
+    .ok_or_else(|| {
+        let within = tenant
+            .map(|t| format!(" in tenant {t}"))
+            .unwrap_or_default();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no dataset `{name}`{within}"),
+        )
+    })?;
     authorize(state, user, "dataset.read", found.resource())?;
     Ok(found)
 }
@@ -772,10 +832,12 @@ async fn download(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    query: TenantQuery,
 ) -> ApiResult<Response> {
     let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
     let reader = blocking(&state, move |state| {
-        let found = readable_dataset(state, &user, &name, None)?;
+        let found = readable_dataset(state, &user, &name, tenant.as_deref())?;
         state
             .daemon
             .store
@@ -811,7 +873,7 @@ async fn gpus(
                         let tenant = &s.cluster.tenants[a.tenant as usize].name;
                         user.is_admin() || user.tenants.contains(tenant)
                     })
-                    .map(|a| a.job_id.clone())
+                    .map(|a| super::db::name_of(&a.job_id).to_string())
             })
         };
         let gpus: Vec<serde_json::Value> = s
@@ -1294,11 +1356,13 @@ async fn job_logs(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: TenantQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
     blocking(&state, move |state| {
-        find(state, &user, &id)?;
-        let lines = state.daemon.db.logs(&id).map_err(ApiError::internal)?;
+        let job = find(state, &user, &id, tenant.as_deref())?;
+        let lines = state.daemon.db.logs(&job.id).map_err(ApiError::internal)?;
         Ok(Json(json!(
             lines
                 .into_iter()
@@ -1315,17 +1379,20 @@ async fn job_metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    query: TenantQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
     blocking(&state, move |state| {
-        let job = find(state, &user, &id)?;
+        let job = find(state, &user, &id, tenant.as_deref())?;
         let curve = state
             .daemon
-            .curve(&id)
+            .curve(&job.id)
             .map_err(ApiError::internal)?
             .unwrap_or_default();
         let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
-        body["job"] = json!(job.id);
+        body["job"] = json!(id);
+        body["tenant"] = json!(job.tenant);
         body["state"] = json!(job.state);
         body["progress"] = json!(curve.progress());
         if let Some(result) = job.result {

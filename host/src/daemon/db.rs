@@ -260,7 +260,9 @@ impl JobState {
 /// A job as stored and as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
-    /// Unique id.
+    /// Its key: `tenant/name` ([`key`]). Ids are per tenant, so another tenant's job of the same
+    /// name is another job; the API shows (serializes) the name only.
+    #[serde(serialize_with = "as_name")]
     pub id: String,
     /// The tenant whose queue and quota it uses.
     pub tenant: String,
@@ -294,6 +296,21 @@ pub struct JobRecord {
     pub not_before: f64,
 }
 
+/// The stored key of a job or dataset `name` of `tenant`. Names are per tenant: the same name in
+/// two tenants is two jobs (or datasets), and neither tenant learns of the other's.
+pub fn key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+/// The name part of a [`key`] (names never hold `/`).
+pub fn name_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
+}
+
+fn as_name<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name_of(key))
+}
+
 /// A job whose runs were interrupted by this many crashes of the daemon is not run again: it
 /// ends `failed`, so a job that brings the daemon down cannot do so for ever.
 pub const MAX_CRASHES: u32 = 3;
@@ -301,7 +318,8 @@ pub const MAX_CRASHES: u32 = 3;
 /// A stored dataset: its metadata; the bytes are an object of the encrypted store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRecord {
-    /// Unique name.
+    /// Its key: `tenant/name` ([`key`]), names being per tenant; the API shows the name only.
+    #[serde(serialize_with = "as_name")]
     pub name: String,
     /// The tenant it belongs to.
     pub tenant: String,
@@ -320,7 +338,7 @@ pub struct DatasetRecord {
 impl DatasetRecord {
     /// The policy's `resource` for this dataset.
     pub fn resource(&self) -> serde_json::Value {
-        serde_json::json!({"name": self.name, "classification": self.classification,
+        serde_json::json!({"name": name_of(&self.name), "classification": self.classification,
                            "tenant": self.tenant})
     }
 }
@@ -495,6 +513,16 @@ const MIGRATIONS: &[&str] = &[
     // 2: token expiry and revocation.
     "ALTER TABLE tokens ADD COLUMN expires_at REAL;
      ALTER TABLE tokens ADD COLUMN revoked_at REAL;",
+    // 3: job ids and dataset names are per tenant: the stored key is `tenant/name`.
+    "PRAGMA defer_foreign_keys = ON;
+     UPDATE job_events SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = job_events.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE checkpoints SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = checkpoints.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE job_curves SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = job_curves.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE jobs SET id = tenant || '/' || id;
+     UPDATE datasets SET name = tenant || '/' || name;",
 ];
 
 impl Db {
@@ -1045,7 +1073,34 @@ impl Db {
             .ctx("listing datasets")
     }
 
-    /// The dataset called `name`.
+    /// The datasets called `name`, in any tenant.
+    pub fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_DATASET} WHERE name = tenant || '/' || ?1 ORDER BY name"
+            ))
+            .ctx("reading datasets")?;
+        let rows = stmt
+            .query_map(params![name], row_to_dataset)
+            .ctx("reading datasets")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading datasets")
+    }
+
+    /// The jobs called `name`, in any tenant.
+    pub fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_JOB} WHERE id = tenant || '/' || ?1 ORDER BY seq"
+            ))
+            .ctx("reading jobs")?;
+        let rows = stmt.query_map(params![name], row_to_job).ctx("reading jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().ctx("reading jobs")
+    }
+
+    /// The dataset whose key is `key` ([`key`]).
     pub fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, DbError> {
         self.conn()
             .query_row(
@@ -1401,5 +1456,45 @@ mod tests {
             .unwrap();
             db.check().unwrap();
         }
+    }
+
+    /// A data directory made before ids were per tenant (and before crash accounting) opens
+    /// with every job, event, checkpoint, curve and dataset under its new key.
+    #[test]
+    fn a_database_of_the_first_schema_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s,
+                   state, gpu_ids, submitted_at, seq) VALUES
+                   ('t1', 'vision', 'ada', 1, 1, 1.0, 'running', '[]', 0.0, 1);
+                 INSERT INTO job_events(job, at, message) VALUES ('t1', 0.0, 'submitted');
+                 INSERT INTO checkpoints(job, step, object) VALUES ('t1', 100, 'abc');
+                 INSERT INTO job_curves(job, curve) VALUES ('t1', '{}');
+                 INSERT INTO datasets(name, tenant, classification, object, bytes, owner,
+                   created_at) VALUES ('pets.csv', 'vision', 'internal', 'abc', 3, 'ada', 0.0);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let job = db.job("vision/t1").unwrap().expect("the job under its new key");
+        assert_eq!((job.state, job.crashes), (JobState::Running, 0));
+        assert_eq!(db.jobs_named("t1").unwrap().len(), 1);
+        assert_eq!(db.logs("vision/t1").unwrap().len(), 1);
+        assert_eq!(
+            db.latest_checkpoint("vision/t1").unwrap(),
+            Some((100, "abc".to_string()))
+        );
+        assert!(db.dataset("vision/pets.csv").unwrap().is_some());
+        // Serialized for the API, keys show as names.
+        let shown = serde_json::to_value(&job).unwrap();
+        assert_eq!(shown["id"], "t1");
+        // Opening again changes nothing.
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert!(db.job("vision/t1").unwrap().is_some());
     }
 }

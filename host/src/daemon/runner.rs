@@ -209,9 +209,8 @@ fn load_dataset(
     let unavailable = |m: String| TrainError::Unavailable(m);
     let record = daemon
         .db
-        .dataset(name)
+        .dataset(&super::db::key(&job.tenant, name))
         .map_err(|e| unavailable(e.to_string()))?
-        .filter(|d| d.tenant == job.tenant)
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
     let label = config.data.label_column.unwrap_or(0);
     let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
