@@ -3,6 +3,7 @@
 //! source, side by side in one run, plus the plugin runtime's fixed costs.
 
 pub mod api;
+pub mod attack;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

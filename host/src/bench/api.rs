@@ -65,7 +65,8 @@ pub struct ApiReport {
     pub first_error: Option<String>,
 }
 
-fn latency(mut ms: Vec<f64>) -> Latency {
+/// Percentiles of `ms`.
+pub(crate) fn latency(mut ms: Vec<f64>) -> Latency {
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| {
         ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)))

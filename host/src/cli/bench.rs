@@ -61,6 +61,23 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hostile clients against a real `gantry up` (a child process) on loopback: a slowloris
+    /// (health latency during it), unauthenticated 60 MiB uploads (the daemon's peak memory), a
+    /// flood of junk requests (what it adds to the audit log).
+    Attack {
+        /// Slow connections (from 127.0.0.2).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Seconds the slowloris lasts.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Junk requests.
+        #[arg(long, default_value_t = 2000)]
+        junk: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// CSV standardisation through the wasm `standardize` plugin vs the same code native.
     Preprocess {
         /// CSV rows in the generated dataset.
@@ -144,6 +161,43 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             if r.errors > 0 || r.lost_jobs > 0 {
                 anyhow::bail!("the load test saw errors or lost jobs");
             }
+            Ok(())
+        }
+        BenchCommand::Attack {
+            connections,
+            seconds,
+            junk,
+            json,
+        } => {
+            let r = bench::attack::run(
+                bench::attack::AttackParams {
+                    connections,
+                    seconds,
+                    junk,
+                },
+                ctx.cache_dir.clone(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let h = &r.health_under_slowloris;
+            println!(
+                "slowloris: {} slow connections; /v1/health p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed",
+                r.slow_connections, h.p50_ms, h.p99_ms, h.max_ms, r.health_failures
+            );
+            println!(
+                "unauthenticated uploads: {} x {} MiB, {} refused before the body; daemon peak memory {:.0} -> {:.0} MiB",
+                r.unauthenticated_uploads,
+                r.upload_mib,
+                r.refused_before_body,
+                r.peak_rss_before_mib,
+                r.peak_rss_after_mib
+            );
+            println!(
+                "junk flood: {} requests -> {} audit entries, {} bytes",
+                r.junk_requests, r.junk_audit_entries, r.junk_audit_bytes
+            );
             Ok(())
         }
         BenchCommand::Preprocess {
