@@ -411,7 +411,10 @@ fn another_tenants_job_ids_and_dataset_names_are_as_absent() {
     // The same id in another tenant is another job, not a conflict.
     let (s, v) = submit(&lee, "language");
     assert_eq!(s, 201, "{v}");
-    assert_eq!((v["id"].as_str(), v["tenant"].as_str()), (Some("train"), Some("language")));
+    assert_eq!(
+        (v["id"].as_str(), v["tenant"].as_str()),
+        (Some("train"), Some("language"))
+    );
     // Within a tenant, ids stay unique.
     let (s, v) = submit(&ada, "vision");
     assert_eq!(s, 409, "{v}");
@@ -422,7 +425,13 @@ fn another_tenants_job_ids_and_dataset_names_are_as_absent() {
     assert_eq!(v["tenant"], "language", "{v}");
     // Another tenant's job reads exactly as a missing one.
     assert_eq!(
-        request(&jobs, "POST", Some(&ada), Some(&json!({"id": "only-ada", "tenant": "vision", "gpus": 1}).to_string())).0,
+        request(
+            &jobs,
+            "POST",
+            Some(&ada),
+            Some(&json!({"id": "only-ada", "tenant": "vision", "gpus": 1}).to_string())
+        )
+        .0,
         201
     );
     let absent = request(&format!("{jobs}/never-was"), "GET", Some(&lee), None);
@@ -431,13 +440,21 @@ fn another_tenants_job_ids_and_dataset_names_are_as_absent() {
     assert_eq!(hidden.0, 404);
     assert_eq!(
         hidden.1["error"].as_str().unwrap().replace("only-ada", "X"),
-        absent.1["error"].as_str().unwrap().replace("never-was", "X"),
+        absent.1["error"]
+            .as_str()
+            .unwrap()
+            .replace("never-was", "X"),
     );
     // An admin who sees both names the tenant.
     let (s, v) = request(&format!("{jobs}/train"), "GET", Some(&ops), None);
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("?tenant="), "{v}");
-    let (s, v) = request(&format!("{jobs}/train?tenant=language"), "GET", Some(&ops), None);
+    let (s, v) = request(
+        &format!("{jobs}/train?tenant=language"),
+        "GET",
+        Some(&ops),
+        None,
+    );
     assert_eq!((s, v["tenant"].as_str()), (200, Some("language")), "{v}");
 
     // Datasets: the same name in two tenants, each readable by its own tenant only.
@@ -468,4 +485,59 @@ fn another_tenants_job_ids_and_dataset_names_are_as_absent() {
     let (_, listed) = request(&datasets, "GET", Some(&lee), None);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["name"], "pets.csv", "{listed}");
+}
+
+/// The review: blocking work (SQLite, policy evaluation, audit syncs) ran on the async workers
+/// in many handlers, so under load `/v1/health` waited behind it (p95 330-400 ms with 32
+/// clients). Here the database is made slow on purpose (another connection holds its write
+/// lock for 4 s, so a write waits and, with it, every request needing the database): health must
+/// answer all the while.
+#[test]
+fn health_answers_while_the_database_is_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    assert_eq!(
+        request(&format!("{url}/v1/jobs"), "GET", Some(&ada), None).0,
+        200
+    );
+    let conn = rusqlite::Connection::open(gantry::daemon::db_path(&data)).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let held = Instant::now();
+    let slowest = std::thread::scope(|s| {
+        // A write that waits on the lock (holding the daemon's connection), then reads that wait
+        // behind it.
+        s.spawn(|| {
+            let body = json!({"id": "w", "tenant": "vision", "gpus": 1}).to_string();
+            request(&format!("{url}/v1/jobs"), "POST", Some(&ada), Some(&body))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..6 {
+            s.spawn(|| request(&format!("{url}/v1/jobs"), "GET", Some(&ada), None));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let mut slowest = Duration::ZERO;
+        while held.elapsed() < Duration::from_secs(3) {
+            let t = Instant::now();
+            let r = agent.get(&format!("{url}/v1/health")).call().unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        while held.elapsed() < Duration::from_secs(4) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        slowest
+    });
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "health took {slowest:?} while the database was slow"
+    );
 }

@@ -132,7 +132,10 @@ fn run_in(
             let mut ms = Vec::new();
             while loading.load(std::sync::atomic::Ordering::Relaxed) {
                 let t = Instant::now();
-                let _ = agent.get(&url).call().map(|r| r.into_body().read_to_string());
+                let _ = agent
+                    .get(&url)
+                    .call()
+                    .map(|r| r.into_body().read_to_string());
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

@@ -90,7 +90,10 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 /// Runs the attacks; `cache_dir` is where compiled plugins are cached.
-pub fn run(params: AttackParams, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<AttackReport> {
+pub fn run(
+    params: AttackParams,
+    cache_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<AttackReport> {
     let dir = std::env::temp_dir().join(format!("gantry-bench-attack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let result = run_in(&dir, params, cache_dir);
@@ -168,7 +171,10 @@ fn run_in(
 }
 
 /// Starts `gantry up` (this binary) on `dir`, listening on a free loopback port.
-fn start(dir: &std::path::Path, cache_dir: Option<&std::path::Path>) -> anyhow::Result<DaemonProcess> {
+fn start(
+    dir: &std::path::Path,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<DaemonProcess> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
@@ -182,8 +188,7 @@ fn start(dir: &std::path::Path, cache_dir: Option<&std::path::Path>) -> anyhow::
     };
     let mut child = command.spawn()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)?;
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
     let addr = line
         .trim()
         .strip_prefix("listening on ")

@@ -588,8 +588,7 @@ struct InTenant {
     tenant: Option<String>,
 }
 
-type TenantQuery =
-    Result<axum::extract::Query<InTenant>, axum::extract::rejection::QueryRejection>;
+type TenantQuery = Result<axum::extract::Query<InTenant>, axum::extract::rejection::QueryRejection>;
 
 /// The `?tenant=` of a request, or a 400 for a malformed query.
 fn in_tenant(query: TenantQuery) -> ApiResult<Option<String>> {
@@ -805,7 +804,11 @@ fn readable_dataset(
     tenant: Option<&str>,
 ) -> ApiResult<super::db::DatasetRecord> {
     let found = one_visible(
-        state.daemon.db.datasets_named(name).map_err(ApiError::internal)?,
+        state
+            .daemon
+            .db
+            .datasets_named(name)
+            .map_err(ApiError::internal)?,
         |d| dataset_visible(user, d),
         |d| &d.tenant,
         tenant,
@@ -1315,10 +1318,15 @@ async fn reload_policy(
         let bundle =
             crate::policy::bundle::from_bytes(&body, std::path::Path::new("<uploaded bundle>"))
                 .map_err(|e| bad(format!("not a policy bundle: {e}")))?;
-        let mut host = daemon.host();
+        // Compiled without the host's lock (seconds, for a new module): scheduling and reads
+        // go on meanwhile; only the swap takes it.
+        let (engine, cache) = {
+            let host = daemon.host_read();
+            (host.engine().clone(), host.cache().clone())
+        };
         let policy = crate::policy::decide::LoadedPolicy::load(
-            host.engine(),
-            host.cache(),
+            &engine,
+            &cache,
             bundle,
             crate::policy::decide::PolicyLimits::default(),
         )
@@ -1340,7 +1348,8 @@ async fn reload_policy(
         let object = daemon.store.put_bytes(&body).map_err(ApiError::internal)?;
         super::persisted::remember_policy(&daemon.db, &object, &revision)
             .map_err(ApiError::internal)?;
-        let previous = host
+        let previous = daemon
+            .host()
             .set_policy(policy)
             .map_err(ApiError::internal)?
             .map(|p| p.revision().to_string());

@@ -1096,8 +1096,11 @@ impl Db {
                 "{SELECT_JOB} WHERE id = tenant || '/' || ?1 ORDER BY seq"
             ))
             .ctx("reading jobs")?;
-        let rows = stmt.query_map(params![name], row_to_job).ctx("reading jobs")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().ctx("reading jobs")
+        let rows = stmt
+            .query_map(params![name], row_to_job)
+            .ctx("reading jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading jobs")
     }
 
     /// The dataset whose key is `key` ([`key`]).
@@ -1480,7 +1483,10 @@ mod tests {
             .unwrap();
         }
         let db = Db::open(&path).unwrap();
-        let job = db.job("vision/t1").unwrap().expect("the job under its new key");
+        let job = db
+            .job("vision/t1")
+            .unwrap()
+            .expect("the job under its new key");
         assert_eq!((job.state, job.crashes), (JobState::Running, 0));
         assert_eq!(db.jobs_named("t1").unwrap().len(), 1);
         assert_eq!(db.logs("vision/t1").unwrap().len(), 1);
