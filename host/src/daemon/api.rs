@@ -964,7 +964,10 @@ async fn mark_unhealthy(
         // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
         // until the run has stopped, at its next step.
         daemon.requeue_lost(&lost, "its GPU became unhealthy");
-        Ok(lost)
+        Ok(lost
+            .iter()
+            .map(|key| super::db::name_of(key).to_string())
+            .collect::<Vec<_>>())
     })
     .await?;
     state.wake.notify_one();
