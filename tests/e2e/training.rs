@@ -417,3 +417,28 @@ fn test_data_of_another_width_or_with_labels_outside_the_classes_is_refused_with
         }
     }
 }
+
+/// `[data] test_file` names a file on the machine that trains: through the daemon's API that
+/// would be the host's disk (a FIFO or `/dev/zero` to hang or exhaust it, any file to read), so
+/// a daemon job may not name one, as it may not name `file`.
+#[test]
+fn a_daemon_job_cannot_name_a_test_file_on_the_host() {
+    use crate::daemon::{Daemon, request};
+    use crate::support::{add_user, init_data_dir, shared_cache};
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let train = std::fs::read_to_string(config(dir.path(), 1, ""))
+        .unwrap()
+        .replace("[data]", "[data]\ntest_file = \"/dev/zero\"");
+    let body = serde_json::json!({"id": "t", "tenant": "vision", "gpus": 1, "train": train});
+    let (status, v) = request(
+        &format!("{}/v1/jobs", daemon.url),
+        "POST",
+        Some(&ada),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("test_file"), "{v}");
+}

@@ -409,11 +409,11 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             &state.daemon.train_limits,
         )
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        if config.data.file.is_some() {
+        if config.data.file.is_some() || config.data.test_file.is_some() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "{origin}: a daemon job's [data] is `synthetic` or a `dataset` (files on the host's disk are not reachable through the API)"
+                    "{origin}: a daemon job's [data] is `synthetic` or a `dataset`, with no `test_file` (files on the host's disk are not reachable through the API)"
                 ),
             ));
         }
