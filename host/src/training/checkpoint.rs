@@ -16,6 +16,13 @@ use super::data::Columns;
 const MAGIC: &[u8] = b"GANTRY-CHECKPOINT 1\n";
 const DIGEST: usize = 32;
 
+/// The largest checkpoint file [`load`] reads: four times the memory a job may use under the
+/// default limits (a checkpoint holds three copies of the parameters), so a file that no such
+/// job could have written is refused before it is read.
+pub fn max_file_bytes() -> u64 {
+    4 * (super::TrainLimits::default().max_memory_mib << 20)
+}
+
 /// Where in the run a checkpoint was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
@@ -125,7 +132,7 @@ pub fn to_bytes(checkpoint: &Checkpoint) -> Vec<u8> {
 
 /// Reads and verifies a checkpoint.
 pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = super::data::read_regular(path, max_file_bytes())?;
     from_bytes(&bytes, path)
 }
 
@@ -141,21 +148,28 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, TrainError> {
             "checkpoint is corrupt or truncated (its SHA-256 digest does not match)",
         ));
     }
-    let at = MAGIC.len();
-    let len = u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes")) as usize;
-    let json = body
-        .get(at + 8..at + 8 + len)
+    // The digest is not a secret: every length below is checked, never trusted.
+    let at = MAGIC.len() + 8;
+    let len = u64::from_le_bytes(body[at - 8..at].try_into().expect("8 bytes"));
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| at.checked_add(len))
+        .filter(|&end| end <= body.len())
         .ok_or_else(|| bad("header runs past the end"))?;
-    let header: Header =
-        serde_json::from_slice(json).map_err(|e| bad(&format!("unreadable header: {e}")))?;
-    if header.tensors != header.spec.tensor_lengths() {
+    let header: Header = serde_json::from_slice(&body[at..end])
+        .map_err(|e| bad(&format!("unreadable header: {e}")))?;
+    if tensor_lengths(&header.spec).as_ref() != Some(&header.tensors) {
         return Err(bad("tensor sizes do not match the network"));
     }
-    let mut values = body[at + 8 + len..]
+    let mut values = body[end..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
-    let total: usize = header.tensors.iter().sum();
-    if body.len() - (at + 8 + len) != 12 * total {
+    let total = header
+        .tensors
+        .iter()
+        .try_fold(0usize, |sum, &n| sum.checked_add(n))
+        .and_then(|total| total.checked_mul(12));
+    if total != Some(body.len() - end) {
         return Err(bad("tensor data has the wrong length"));
     }
     let mut take = || -> Vec<Vec<f32>> {
@@ -181,6 +195,20 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint, TrainError> {
         curve: header.curve,
         columns: header.columns,
     })
+}
+
+/// The tensor lengths of `spec` (see [`MlpSpec::tensor_lengths`]), or `None` for a network that
+/// cannot exist: fewer than two layers, an empty one, or sizes whose products overflow.
+fn tensor_lengths(spec: &MlpSpec) -> Option<Vec<usize>> {
+    if spec.sizes.len() < 2 || spec.sizes.contains(&0) {
+        return None;
+    }
+    let mut lengths = Vec::with_capacity(2 * spec.sizes.len());
+    for w in spec.sizes.windows(2) {
+        lengths.push(w[0].checked_mul(w[1])?);
+        lengths.push(w[1]);
+    }
+    Some(lengths)
 }
 
 /// Writes `bytes` to `path` through a synced temporary file and a rename.
@@ -271,6 +299,72 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("corrupt or truncated")
+        );
+    }
+
+    /// The digest is plain SHA-256, so anyone can seal a file: a crafted header's lengths and
+    /// network must be refused as errors, never trusted (an overflow would panic or wrap).
+    #[test]
+    fn crafted_lengths_and_networks_are_refused_not_trusted() {
+        let seal = |body: Vec<u8>| {
+            let mut out = body;
+            let digest = ring::digest::digest(&ring::digest::SHA256, &out);
+            out.extend_from_slice(digest.as_ref());
+            out
+        };
+        let with_header = |len: u64, json: &[u8], tail: &[u8]| {
+            let mut body = MAGIC.to_vec();
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(json);
+            body.extend_from_slice(tail);
+            seal(body)
+        };
+        let path = Path::new("c.ckpt");
+        let err = |bytes: Vec<u8>| from_bytes(&bytes, path).unwrap_err().to_string();
+        assert!(err(with_header(u64::MAX - 8, b"{}", b"")).contains("runs past the end"));
+        assert!(err(with_header(1 << 40, b"{}", b"")).contains("runs past the end"));
+        let good = to_bytes(&checkpoint());
+        let json_len = u64::from_le_bytes(good[MAGIC.len()..MAGIC.len() + 8].try_into().unwrap());
+        let json_at = MAGIC.len() + 8;
+        let header: serde_json::Value =
+            serde_json::from_slice(&good[json_at..json_at + json_len as usize]).unwrap();
+        for sizes in [
+            serde_json::json!([]),
+            serde_json::json!([3]),
+            serde_json::json!([2, 0, 2]),
+            serde_json::json!([1u64 << 40, 1u64 << 40]),
+        ] {
+            let mut h = header.clone();
+            h["spec"]["sizes"] = sizes.clone();
+            let json = serde_json::to_vec(&h).unwrap();
+            let bytes = with_header(
+                json.len() as u64,
+                &json,
+                &good[json_at + json_len as usize..good.len() - DIGEST],
+            );
+            assert!(err(bytes).contains("tensor sizes do not match"), "{sizes}");
+        }
+        // Tensor lengths whose total overflows.
+        let mut h = header.clone();
+        h["spec"]["sizes"] = serde_json::json!([1u64 << 62, 2]);
+        h["tensors"] = serde_json::json!([1u64 << 63, 2]);
+        let json = serde_json::to_vec(&h).unwrap();
+        assert!(err(with_header(json.len() as u64, &json, b"")).contains("c.ckpt"));
+    }
+
+    /// A path that is not a regular file (`/dev/zero` never ends) is refused before reading.
+    #[test]
+    fn a_checkpoint_that_is_not_a_regular_file_is_refused() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(load(Path::new("/dev/zero")).map(|_| ())));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("refused within a minute, not read forever");
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
         );
     }
 }

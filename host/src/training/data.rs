@@ -5,7 +5,7 @@
 //! `u64` row count, a `u32` feature count and a `u32` target count per row, then each row's
 //! features followed by its targets as `f32`.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use gantry_kernels::{Dataset, Loss, synthetic};
@@ -281,7 +281,7 @@ pub fn read_csv_with(
             ));
         }
     };
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let file = open_regular(path)?.0;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(file);
@@ -366,9 +366,47 @@ pub fn read_csv_with(
     Ok((data, columns))
 }
 
+/// Opens `path` for reading if it is a regular file, with its length. A FIFO, a device such as
+/// `/dev/zero` or a directory could hang the reader or never end, so they are refused; the file
+/// is opened non-blocking so that not even the open waits on a FIFO.
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64), TrainError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(|e| TrainError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| TrainError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(TrainError::invalid(
+            path,
+            None,
+            "not a regular file (a device, FIFO or directory is never read)",
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// The bytes of the regular file `path`, refused unless it holds at most `max` bytes; never more
+/// than its length at the open is read.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, TrainError> {
+    let (file, len) = open_regular(path)?;
+    if len > max {
+        return Err(TrainError::invalid(
+            path,
+            None,
+            format!("{len} bytes, above the limit of {max}"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TrainError::io(path, e))?;
+    Ok(bytes)
+}
+
 /// Reads the binary `f32` format.
 pub fn read_f32(path: &Path) -> Result<Dataset, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = read_regular(path, u64::MAX)?;
     let invalid = |m: String| TrainError::invalid(path, None, m);
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(invalid(

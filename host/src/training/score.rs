@@ -192,7 +192,7 @@ fn read_csv_for(
 
 /// The trimmed header of a CSV file.
 fn csv_header(path: &Path) -> Result<Vec<String>, TrainError> {
-    let file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let file = data::open_regular(path)?.0;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(file);
@@ -334,5 +334,46 @@ mod tests {
             read_for(&path, &expected, None, Some(&z)).unwrap().targets,
             [3.0]
         );
+    }
+
+    /// Data to score that is not a regular file (a device that never ends, a FIFO that blocks)
+    /// is refused at once, never read.
+    #[test]
+    fn data_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.csv");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let columns = Columns {
+            features: vec!["a".into()],
+            targets: vec!["y".into()],
+        };
+        let model = spec(Loss::Mse, 1);
+        // A device behind a name that looks like data, and a directory.
+        let zero = dir.path().join("zero.f32");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let folder = dir.path().join("folder.csv");
+        std::fs::create_dir(&folder).unwrap();
+        for path in [fifo, zero, folder] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (p, m, c) = (path.clone(), model.clone(), columns.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(read_for(&p, &Expected::of(&m, Some(&c)), None, None).map(|_| ()));
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{}: refused within a minute", path.display()));
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{}: {e}", path.display());
+        }
+        let e = data::read_f32(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = data::read_csv(Path::new("/dev/zero"), Some("y"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }
