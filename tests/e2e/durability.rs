@@ -943,10 +943,12 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
         jobs: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut rounds = 0;
+    let (mut rounds, mut sealed_tails) = (0, 0);
+    let mut left = None;
     while rounds < 10 && (rounds < 3 || Instant::now() < deadline) {
         rounds += 1;
         let mut daemon = Daemon::start(&data, &shared_cache());
+        sealed_tails += u32::from(check_tail_sealed(&data, left.take(), rounds));
         check_invariants(&data, &daemon.url, &ops, &acked, rounds);
         let url = daemon.url.clone();
         let seed = rng.next();
@@ -961,6 +963,12 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
             std::thread::sleep(kill_after);
             daemon.signal("-9");
         });
+        // What the crash left unsealed, for the next start to report and seal.
+        let options = gantry::audit::VerifyOptions {
+            sealed_end: false,
+            ..Default::default()
+        };
+        left = Some(gantry::audit::verify_with(&data.join("audit.log"), &options).unwrap());
         for (name, body) in rx {
             match body {
                 Some(b) => acked.datasets.push((name, b)),
@@ -969,7 +977,9 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
         }
     }
     let daemon = Daemon::start(&data, &shared_cache());
+    sealed_tails += u32::from(check_tail_sealed(&data, left.take(), rounds + 1));
     check_invariants(&data, &daemon.url, &ops, &acked, rounds + 1);
+    assert!(sealed_tails > 0, "no kill ever left a tail to seal");
     assert!(
         acked.datasets.len() + acked.jobs.len() >= 10,
         "too little was acknowledged to prove anything: {} uploads, {} jobs",
@@ -1062,6 +1072,42 @@ fn submit_or_dead(url: &str, token: &str, body: &str) -> Option<u16> {
         .send(body.as_bytes())
         .ok()
         .map(|r| r.status().as_u16())
+}
+
+/// After a restart on what a kill left (`left`: the log as the crash left it): the log verifies,
+/// and if the crash left entries unsealed or a partial line, the daemon
+/// recorded sealing exactly those. Returns whether there was a tail to seal.
+fn check_tail_sealed(data: &Path, left: Option<gantry::audit::VerifyReport>, round: u32) -> bool {
+    // The log verifies as far as it goes (the scheduler may already have decided placements
+    // since the start sealed it: the API's verify, which seals first, follows).
+    let options = gantry::audit::VerifyOptions {
+        sealed_end: false,
+        ..Default::default()
+    };
+    gantry::audit::verify_with(&data.join("audit.log"), &options)
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    let Some(left) = left else {
+        return false;
+    };
+    if left.unsigned_tail == 0 && left.torn_bytes == 0 {
+        return false;
+    }
+    let lines = log_lines(data);
+    let marker = lines
+        .iter()
+        .skip(left.entries as usize)
+        .find(|l| l.contains("\"kind\":\"audit.tail_sealed\""))
+        .unwrap_or_else(|| panic!("round {round}: the crashed tail was not reported"));
+    let marker: Value = serde_json::from_str(marker).unwrap();
+    assert_eq!(
+        (
+            marker["record"]["entries"].as_u64(),
+            marker["record"]["torn_bytes"].as_u64()
+        ),
+        (Some(left.unsigned_tail), Some(left.torn_bytes)),
+        "round {round}: {marker}"
+    );
+    true
 }
 
 fn check_invariants(data: &Path, url: &str, token: &str, acked: &Acknowledged, round: u32) {
