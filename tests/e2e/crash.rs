@@ -1,54 +1,73 @@
 //! The reliability suite's crash consistency: the real daemon killed (`kill -9`) at seeded
 //! random points while clients write, many times, bounded in time; after every restart the
-//! invariants are checked. Extend `workload` with more kinds of writes and `check_invariants`
-//! with what they promise.
+//! invariants are checked.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, request};
+use crate::daemon::{Daemon, request, train_toml};
 use crate::durability::{Rng, bytes, get_raw, log_lines, must, put_raw, run};
-use crate::support::{add_user, init_data_dir, shared_cache};
+use crate::reliability::check_holdings;
+use crate::support::{add_user, hostile, init_data_dir, plugin_key, shared_cache, sign_plugin};
 
 /// What the crash suite checks after every restart.
+#[derive(Default)]
 struct Acknowledged {
     datasets: Vec<(String, Vec<u8>)>,
     jobs: Vec<String>,
+    /// Training jobs (also in `jobs`): they checkpoint and resume across the kills.
+    training: Vec<String>,
+    /// The sha256 of the plugin upload last acknowledged.
+    plugin: Option<String>,
+}
+
+/// An acknowledged write, as a workload reports it.
+enum Ack {
+    Dataset(String, Vec<u8>),
+    Job(String),
+    Training(String),
+    Plugin(String),
 }
 
 /// The reliability suite's crash consistency: the real daemon killed (`kill -9`) at seeded
-/// random points during uploads (one content under several names among them), job submissions
-/// and a key rotation, many times (bounded to about a minute); after every restart every
-/// acknowledged upload reads back whole, every accepted job is there, `store verify` and
-/// `audit verify` are clean (the crash's tail reported and sealed), and no temporary is left.
+/// random points during uploads (one content under several names among them), job submissions,
+/// training jobs that checkpoint, plugin uploads and a key rotation, many times (bounded to
+/// about a minute); after every restart every acknowledged upload reads back whole, every
+/// accepted job is there, the last acknowledged plugin is kept, no GPU is held by two jobs,
+/// `store verify` and `audit verify` are clean (the crash's tail reported and sealed), and no
+/// temporary is left; at the end every training job ends (resumed from its checkpoints, or
+/// failed for the crashes it saw) and no job is left holding a GPU.
 #[test]
 fn kill_9_at_random_points_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
     let data = init_data_dir(dir.path());
     let ops = add_user(&data, "ops", "admin,writer", "vision", "secret");
+    let (key, public) = plugin_key(dir.path(), &cache);
+    let plugin = hostile(&dir.path().join("p"), "ok", "");
+    sign_plugin(&plugin, &key, &cache);
+    let plugin = upload_body(&plugin).to_string();
+    let start = |data: &Path| Daemon::start_with(data, &cache, &["--trust", &public]);
     let mut rng = Rng(0xc0ffee);
-    let mut acked = Acknowledged {
-        datasets: Vec::new(),
-        jobs: Vec::new(),
-    };
+    let mut acked = Acknowledged::default();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut rounds, mut sealed_tails) = (0, 0);
     let mut left = None;
     while rounds < 10 && (rounds < 3 || Instant::now() < deadline) {
         rounds += 1;
-        let mut daemon = Daemon::start(&data, &shared_cache());
+        let mut daemon = start(&data);
         sealed_tails += u32::from(check_tail_sealed(&data, left.take(), rounds));
         check_invariants(&data, &daemon.url, &ops, &acked, rounds);
         let url = daemon.url.clone();
         let seed = rng.next();
         let kill_after = Duration::from_millis(100 + rng.below(900));
-        let (tx, rx) = std::sync::mpsc::channel::<(String, Option<Vec<u8>>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<Ack>();
         std::thread::scope(|s| {
             for w in 0..3u64 {
-                let (url, ops, tx) = (&url, &ops, tx.clone());
-                s.spawn(move || workload(url, ops, seed ^ w, w, &tx));
+                let (url, ops, tx, plugin) = (&url, &ops, tx.clone(), &plugin);
+                s.spawn(move || workload(url, ops, seed ^ w, w, plugin, &tx));
             }
             drop(tx);
             std::thread::sleep(kill_after);
@@ -60,33 +79,109 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
             ..Default::default()
         };
         left = Some(gantry::audit::verify_with(&data.join("audit.log"), &options).unwrap());
-        for (name, body) in rx {
-            match body {
-                Some(b) => acked.datasets.push((name, b)),
-                None => acked.jobs.push(name),
+        for ack in rx {
+            match ack {
+                Ack::Dataset(name, b) => acked.datasets.push((name, b)),
+                Ack::Job(id) => acked.jobs.push(id),
+                Ack::Training(id) => {
+                    acked.jobs.push(id.clone());
+                    acked.training.push(id);
+                }
+                Ack::Plugin(sha) => acked.plugin = Some(sha),
             }
         }
     }
-    let daemon = Daemon::start(&data, &shared_cache());
+    let daemon = start(&data);
     sealed_tails += u32::from(check_tail_sealed(&data, left.take(), rounds + 1));
     check_invariants(&data, &daemon.url, &ops, &acked, rounds + 1);
     assert!(sealed_tails > 0, "no kill ever left a tail to seal");
     assert!(
-        acked.datasets.len() + acked.jobs.len() >= 10,
-        "too little was acknowledged to prove anything: {} uploads, {} jobs",
+        acked.datasets.len() + acked.jobs.len() >= 10 && !acked.training.is_empty(),
+        "too little was acknowledged to prove anything: {} uploads, {} jobs, {} training",
         acked.datasets.len(),
-        acked.jobs.len()
+        acked.jobs.len(),
+        acked.training.len()
     );
+    every_job_ends(&daemon.url, &ops, &acked);
+}
+
+/// After the last restart: every training job ends by itself (`succeeded`, resumed from its
+/// checkpoints, or `failed` because the daemon went down under it too often), every other job
+/// (those whose submission a kill cut off before the answer among them) is cancelled, and then
+/// no job holds a GPU.
+fn every_job_ends(url: &str, token: &str, acked: &Acknowledged) {
+    let (s, all) = request(&format!("{url}/v1/jobs"), "GET", Some(token), None);
+    assert_eq!(s, 200, "{all}");
+    for job in all.as_array().unwrap() {
+        let id = job["id"].as_str().unwrap();
+        if acked.training.iter().any(|t| t == id) {
+            continue;
+        }
+        let (s, v) = request(
+            &format!("{url}/v1/jobs/{id}/cancel"),
+            "POST",
+            Some(token),
+            None,
+        );
+        assert!([200, 202, 409].contains(&s), "cancel {id}: {s} {v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for id in &acked.training {
+        let job = loop {
+            let (s, v) = request(&format!("{url}/v1/jobs/{id}"), "GET", Some(token), None);
+            assert_eq!(s, 200, "{v}");
+            if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "training job {id} never ended: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let reason = job["reason"].as_str().unwrap_or_default();
+        assert!(
+            job["state"] == "succeeded" || reason.contains("went down"),
+            "training job {id} ended otherwise than by finishing or by the crashes: {job}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(token), None);
+        if gpus["busy"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GPUs still held after every job ended: {gpus}\n{}",
+            request(&format!("{url}/v1/jobs"), "GET", Some(token), None).1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check_holdings(url, token, true);
+}
+
+/// The JSON body of `PUT /v1/plugins/{name}` for the signed plugin whose manifest is `manifest`.
+fn upload_body(manifest: &Path) -> Value {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let m = gantry::plugin::Manifest::load(manifest).unwrap();
+    let wasm = std::fs::read(m.wasm_path(manifest)).unwrap();
+    let sig: Value =
+        serde_json::from_slice(&std::fs::read(manifest.with_file_name("plugin.sig")).unwrap())
+            .unwrap();
+    json!({"manifest": text, "wasm": data_encoding::BASE64.encode(&wasm), "signature": sig})
 }
 
 /// One client's writes until the daemon dies: uploads (worker 0 re-uploads one content under new
-/// names), submissions, and (worker 2) a key rotation; each acknowledged write is sent on `tx`.
+/// names), submissions (worker 1: a training job among them), and (worker 2) a plugin upload and
+/// a key rotation; each acknowledged write is sent on `tx`.
 fn workload(
     url: &str,
     token: &str,
     seed: u64,
     worker: u64,
-    tx: &std::sync::mpsc::Sender<(String, Option<Vec<u8>>)>,
+    plugin: &str,
+    tx: &std::sync::mpsc::Sender<Ack>,
 ) {
     let mut rng = Rng(seed | 1);
     let shared = bytes(200_000, 42);
@@ -96,6 +191,21 @@ fn workload(
             (2, 0) if i == 3 => {
                 let (s, _) = request_or_dead(&format!("{url}/v1/keys/rotate"), token);
                 s.map(|_| ())
+            }
+            (2, 1) if i == 1 => {
+                match send_or_dead(
+                    &format!("{url}/v1/plugins/hostile-ok"),
+                    "PUT",
+                    token,
+                    plugin,
+                ) {
+                    Some((200 | 201, v)) => {
+                        let _ = tx.send(Ack::Plugin(v["sha256"].as_str().unwrap().to_string()));
+                        Some(())
+                    }
+                    Some((other, v)) => panic!("plugin upload: {other} {v}"),
+                    None => None,
+                }
             }
             (_, 0) | (0, _) => {
                 let body = if worker == 0 {
@@ -110,7 +220,7 @@ fn workload(
                 );
                 match s {
                     201 => {
-                        let _ = tx.send((tag, Some(body)));
+                        let _ = tx.send(Ack::Dataset(tag, body));
                         Some(())
                     }
                     0 => None,
@@ -118,13 +228,22 @@ fn workload(
                 }
             }
             _ => {
-                let body = json!({"id": tag, "tenant": "vision", "gpus": 1}).to_string();
-                match submit_or_dead(&format!("{url}/v1/jobs"), token, &body) {
-                    Some(201) => {
-                        let _ = tx.send((tag, None));
+                // Worker 1's first submission of a round trains (long enough to checkpoint).
+                let train = worker == 1 && i == 1;
+                let mut body = json!({"id": tag, "tenant": "vision", "gpus": 1});
+                if train {
+                    body["train"] = train_toml(12).into();
+                }
+                match send_or_dead(&format!("{url}/v1/jobs"), "POST", token, &body.to_string()) {
+                    Some((201, _)) => {
+                        let _ = tx.send(if train {
+                            Ack::Training(tag)
+                        } else {
+                            Ack::Job(tag)
+                        });
                         Some(())
                     }
-                    Some(other) => panic!("submit {tag}: {other}"),
+                    Some((other, v)) => panic!("submit {tag}: {other} {v}"),
                     None => None,
                 }
             }
@@ -151,18 +270,23 @@ fn request_or_dead(url: &str, token: &str) -> (Option<u16>, Value) {
     }
 }
 
-fn submit_or_dead(url: &str, token: &str, body: &str) -> Option<u16> {
+/// A JSON request: `Some((status, body))`, or `None` when the daemon is gone.
+fn send_or_dead(url: &str, method: &str, token: &str, body: &str) -> Option<(u16, Value)> {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .new_agent();
-    agent
-        .post(url)
-        .header("Authorization", &format!("Bearer {token}"))
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
-        .send(body.as_bytes())
-        .ok()
-        .map(|r| r.status().as_u16())
+        .body(body.as_bytes().to_vec())
+        .unwrap();
+    let mut response = agent.run(request).ok()?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
 /// After a restart on what a kill left (`left`: the log as the crash left it): the log verifies,
@@ -219,6 +343,21 @@ fn check_invariants(data: &Path, url: &str, token: &str, acked: &Acknowledged, r
         .collect();
     for id in &acked.jobs {
         assert!(listed.contains(id.as_str()), "round {round}: job {id} lost");
+    }
+    check_holdings(url, token, false);
+    if let Some(sha) = &acked.plugin {
+        let (s, v) = request(&format!("{url}/v1/plugins"), "GET", Some(token), None);
+        assert_eq!(s, 200, "{v}");
+        let kept = v["uploaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "hostile-ok");
+        assert_eq!(
+            kept.map(|p| &p["sha256"]),
+            Some(&Value::from(sha.as_str())),
+            "round {round}: the acknowledged plugin upload is not what is kept: {v}"
+        );
     }
     must(run(data, &["store", "verify"]));
     let tmp = std::fs::read_dir(data.join("objects/tmp")).unwrap().count();

@@ -16,6 +16,7 @@ mod loading;
 mod plugins;
 mod policy;
 mod preprocess;
+mod reliability;
 mod signatures;
 mod storage;
 mod support;
