@@ -432,13 +432,13 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
     flip_in_file(&data.join("gantry.db"), b"cancelled", 0x20);
     let e = start_refused(&data, &[]);
     assert!(
-        e.contains("table jobs, row done, column state") && e.contains("gantry db restore"),
+        e.contains("table jobs, row vision/done, column state") && e.contains("gantry db restore"),
         "{e}"
     );
     let out = run(&data, &["db", "check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).1.contains("table jobs, row done"),
+        text(&out).1.contains("table jobs, row vision/done"),
         "{}",
         text(&out).1
     );

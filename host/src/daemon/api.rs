@@ -41,8 +41,12 @@ pub const BLOCKING_SLOTS: usize = 32;
 /// counted.
 pub const LARGE_BODY_SLOTS: usize = 2;
 
-/// Streamed transfers (dataset uploads and downloads) at once; more are answered 503.
+/// Streamed transfers (dataset uploads and downloads) at once; more wait up to
+/// [`TRANSFER_WAIT`] for a turn, then are answered 503.
 pub const TRANSFER_SLOTS: usize = 8;
+
+/// How long a transfer waits for one of the [`TRANSFER_SLOTS`].
+pub const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct AppState {
@@ -722,7 +726,7 @@ async fn upload(
         Ok((user, name, q))
     })
     .await?;
-    let transfer = transfer_slot(&state)?;
+    let transfer = transfer_slot(&state).await?;
     let (reader, feeder) = body::stream(body, MAX_UPLOAD);
     let daemon = state.daemon.clone();
     let stored = tokio::task::spawn_blocking(move || {
@@ -769,15 +773,19 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads) or a 503: a transfer holds a
-/// blocking thread for as long as its client takes.
-fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    state.transfers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
+/// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads), waited for at most
+/// [`TRANSFER_WAIT`], or a 503: a transfer holds a blocking thread for as long as its client
+/// takes. Waiting (a task, no thread) rather than refusing at once matters because the refusal
+/// comes before the body is read: a client still sending a large body sees its connection
+/// closed under it, not the 503.
+async fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(TRANSFER_WAIT, state.transfers.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{TRANSFER_SLOTS} transfers are under way; try again shortly"),
-        )
-    })
+        )),
+    }
 }
 
 async fn datasets(
@@ -848,7 +856,7 @@ async fn download(
             .map_err(ApiError::internal)
     })
     .await?;
-    let transfer = transfer_slot(&state)?;
+    let transfer = transfer_slot(&state).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         body::from_reader(reader, transfer),
