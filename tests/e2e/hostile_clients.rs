@@ -541,3 +541,31 @@ fn health_answers_while_the_database_is_slow() {
         "health took {slowest:?} while the database was slow"
     );
 }
+
+/// A refusal decided on the headers (no token, no permission, too large) used to reach an
+/// ordinary client as a broken pipe: the daemon closed the connection with the unread body in
+/// its buffers, the kernel reset it, and a client still sending (ureq sends the whole body before
+/// it reads) never saw the answer. Now the daemon closes as nginx's lingering close does: it
+/// stops writing and discards what the client still sends, for a bounded time.
+#[test]
+fn a_refusal_before_the_body_reaches_a_client_still_sending_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let mut daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let body = vec![b'x'; 8 << 20];
+    for _ in 0..3 {
+        let (s, v) = put(
+            &format!("{url}/v1/datasets/d?tenant=vision&classification=public"),
+            "not-a-token",
+            &body,
+        );
+        assert_eq!(s, 401, "an unauthenticated upload: {v}");
+        let (s, v) = put(&format!("{url}/v1/plugins/mine"), &ada, &body);
+        assert_eq!(s, 403, "a researcher's plugin upload: {v}");
+    }
+    let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!(s, 200);
+    daemon.signal("-TERM");
+}

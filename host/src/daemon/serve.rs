@@ -260,10 +260,11 @@ impl Connection {
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(Peer(peer));
             let mut app = app.clone();
-            async move {
+            // Boxed, so that the connection is Unpin and can be taken apart when it is done.
+            Box::pin(async move {
                 let request = request.map(axum::body::Body::new);
                 tower_service::Service::call(&mut app, request).await
-            }
+            })
         });
         let io = StallGuard::new(io, self.limits.write_stall_timeout);
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -271,19 +272,46 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
             .keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended");
-                }
-                return;
-            }
-            _ = self.stop.wait_for(|stop| *stop) => {}
+        let mut conn = builder.serve_connection(TokioIo::new(io), service);
+        let ended = tokio::select! {
+            result = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => Some(result),
+            _ = self.stop.wait_for(|stop| *stop) => None,
+        };
+        match ended {
+            Some(Ok(())) => return linger(conn.into_parts().io.into_inner()).await,
+            Some(Err(e)) => return tracing::debug!(%peer, error = %e, "connection ended"),
+            None => {}
         }
-        conn.as_mut().graceful_shutdown();
+        std::pin::Pin::new(&mut conn).graceful_shutdown();
         let _ = tokio::time::timeout(self.limits.drain_timeout, conn).await;
+    }
+}
+
+/// How long a closing connection may go on discarding what its client sends ([`linger`]).
+const LINGER_TOTAL: Duration = Duration::from_secs(10);
+
+/// How long a closing connection waits for more of what its client sends ([`linger`]).
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// Closes a connection that hyper is done with the way nginx's lingering close does: the write
+/// half first (the answer is complete), then whatever the client still sends is read and
+/// discarded until it stops, for at most [`LINGER_TOTAL`]. Without it, a refusal decided on
+/// the headers (no token, no permission, too large) left the unread body in the socket, the
+/// kernel answered the client with a reset, and a client still sending the body never read
+/// the refusal. Discarding costs no memory; the connection keeps its slot meanwhile.
+async fn linger<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TOTAL;
+    let mut sink = vec![0u8; 16 << 10];
+    loop {
+        let until = deadline.min(tokio::time::Instant::now() + LINGER_IDLE);
+        match tokio::time::timeout_at(until, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 
