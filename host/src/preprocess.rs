@@ -344,6 +344,13 @@ impl Worker<'_> {
                 tensor.data.len()
             )));
         }
+        // The CSV path refuses non-finite numbers; a plugin's output may not smuggle them in.
+        if let Some(i) = tensor.data.iter().position(|v| !v.is_finite()) {
+            return Err(malformed(format!(
+                "tensor value {i} is {}, not a finite number",
+                tensor.data[i]
+            )));
+        }
         if tensor.shape.first().map(|&d| d as usize) != Some(records(batch)) {
             return Err(malformed(format!(
                 "tensor of shape {:?} for {} records",

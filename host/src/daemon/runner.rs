@@ -218,17 +218,16 @@ fn load_dataset(
         let reader = daemon.store.reader(&record.object)?;
         Ok(Box::new(LabelSplit::new(reader, label, labels.clone())))
     };
-    let (features, width) = match &config.data.preprocess {
+    let mut rows = FeatureRows::new(&daemon.train_limits);
+    match &config.data.preprocess {
         None => {
             let input = open().map_err(|e| unavailable(e.to_string()))?;
-            let mut values = Vec::new();
-            let mut width = 0;
             for (i, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
                 let line = line.map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
-                let before = values.len();
+                let before = rows.values.len();
                 for field in line.split(|&b| b == b',') {
                     let text = std::str::from_utf8(field).unwrap_or("").trim();
-                    values.push(
+                    rows.values.push(
                         text.parse::<f32>()
                             .ok()
                             .filter(|v| v.is_finite())
@@ -240,30 +239,26 @@ fn load_dataset(
                             })?,
                     );
                 }
-                width = values.len() - before;
+                let width = rows.values.len() - before;
+                rows.check(1, width)
+                    .map_err(|e| unavailable(format!("dataset `{name}`: line {}: {e}", i + 1)))?;
             }
-            (values, width)
         }
         Some(plugin) => {
             let plugin =
                 super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
                     .map_err(unavailable)?;
-            let mut values = Vec::new();
-            let mut width = 0;
             crate::pipeline::run(
                 &open,
                 &plugin,
                 crate::pipeline::PipelineConfig::default(),
-                &mut |t| {
-                    width = t.shape.get(1).copied().unwrap_or(1) as usize;
-                    values.extend(t.data);
-                    Ok(())
-                },
+                &mut |t| rows.tensor(&t.shape, t.data),
             )
             .map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
-            (values, width)
         }
     };
+    let width = rows.width.unwrap_or(0);
+    let features = rows.values;
     let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|e| e.into_inner()));
     if labels.len() * width != features.len() {
         return Err(unavailable(format!(
@@ -286,4 +281,110 @@ fn load_dataset(
         &daemon.train_limits,
         Some(1),
     )
+}
+
+/// Feature values gathered row by row from a dataset: every row of one width, and no more rows,
+/// features or bytes than the operator's limits allow, checked as they arrive (a preprocessing
+/// plugin's output is not bounded by the dataset's size).
+struct FeatureRows<'a> {
+    values: Vec<f32>,
+    width: Option<usize>,
+    rows: u64,
+    limits: &'a training::limits::TrainLimits,
+}
+
+impl<'a> FeatureRows<'a> {
+    fn new(limits: &'a training::limits::TrainLimits) -> Self {
+        Self {
+            values: Vec::new(),
+            width: None,
+            rows: 0,
+            limits,
+        }
+    }
+
+    /// Checks `rows` more rows of `width` values each (the first fixes the width); the values
+    /// themselves are, or are about to be, in `self.values`.
+    fn check(&mut self, rows: u64, width: usize) -> Result<(), String> {
+        match self.width {
+            Some(w) if w != width => {
+                return Err(format!(
+                    "{width} feature values in a row where the first row had {w}"
+                ));
+            }
+            _ => self.width = Some(width),
+        }
+        self.rows = self.rows.saturating_add(rows);
+        let limits = self.limits;
+        if self.rows > limits.max_rows {
+            return Err(format!(
+                "more than {} rows (the operator's limit)",
+                limits.max_rows
+            ));
+        }
+        if width as u64 > limits.max_features {
+            return Err(format!(
+                "{width} features, more than {} (the operator's limit)",
+                limits.max_features
+            ));
+        }
+        let bytes = (self.rows as u128) * (width as u128) * 4;
+        if bytes > u128::from(limits.max_memory_mib) << 20 {
+            return Err(format!(
+                "the features outgrow the job memory limit of {} MiB",
+                limits.max_memory_mib
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds a preprocessing plugin's tensor of `shape` (records first; a row is the rest).
+    fn tensor(&mut self, shape: &[u32], data: Vec<f32>) -> Result<(), String> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let width = shape[1.min(shape.len())..]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+        self.check(u64::from(rows), width)
+            .map_err(|e| format!("shape {shape:?}: {e}"))?;
+        self.values.extend(data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod feature_rows_tests {
+    use super::FeatureRows;
+    use crate::training::limits::TrainLimits;
+
+    #[test]
+    fn rows_of_another_width_are_refused_naming_both() {
+        let limits = TrainLimits::default();
+        let mut rows = FeatureRows::new(&limits);
+        rows.tensor(&[2, 3], vec![0.0; 6]).unwrap();
+        let e = rows.tensor(&[3, 2], vec![0.0; 6]).unwrap_err();
+        assert!(
+            e.contains("2 feature values in a row where the first row had 3"),
+            "{e}"
+        );
+        assert!(rows.check(1, 3).is_ok());
+        assert!(rows.check(1, 4).is_err());
+    }
+
+    #[test]
+    fn a_plugin_output_past_the_limits_is_refused_before_it_is_kept() {
+        let limits = TrainLimits {
+            max_memory_mib: 1,
+            ..TrainLimits::default()
+        };
+        let mut rows = FeatureRows::new(&limits);
+        let e = rows.tensor(&[1 << 20, 8], Vec::new()).unwrap_err();
+        assert!(e.contains("memory limit"), "{e}");
+        assert!(rows.values.is_empty());
+        let mut rows = FeatureRows::new(&limits);
+        let e = rows
+            .tensor(&[1, u32::MAX, u32::MAX], Vec::new())
+            .unwrap_err();
+        assert!(e.contains("features") || e.contains("overflows"), "{e}");
+    }
 }
