@@ -19,7 +19,7 @@ struct Acknowledged {
     jobs: Vec<String>,
     /// Training jobs (also in `jobs`): they checkpoint and resume across the kills.
     training: Vec<String>,
-    /// The sha256 of the plugin upload last acknowledged.
+    /// The sha256 of the plugin's component, once an upload of it was acknowledged.
     plugin: Option<String>,
 }
 
@@ -28,7 +28,7 @@ enum Ack {
     Dataset(String, Vec<u8>),
     Job(String),
     Training(String),
-    Plugin(String),
+    Plugin,
 }
 
 /// The reliability suite's crash consistency: the real daemon killed (`kill -9`) at seeded
@@ -48,6 +48,11 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
     let (key, public) = plugin_key(dir.path(), &cache);
     let plugin = hostile(&dir.path().join("p"), "ok", "");
     sign_plugin(&plugin, &key, &cache);
+    let plugin_sha = {
+        let m = gantry::plugin::Manifest::load(&plugin).unwrap();
+        let wasm = std::fs::read(m.wasm_path(&plugin)).unwrap();
+        data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, &wasm).as_ref())
+    };
     let plugin = upload_body(&plugin).to_string();
     let start = |data: &Path| Daemon::start_with(data, &cache, &["--trust", &public]);
     let mut rng = Rng(0xc0ffee);
@@ -87,7 +92,7 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
                     acked.jobs.push(id.clone());
                     acked.training.push(id);
                 }
-                Ack::Plugin(sha) => acked.plugin = Some(sha),
+                Ack::Plugin => acked.plugin = Some(plugin_sha.clone()),
             }
         }
     }
@@ -199,8 +204,8 @@ fn workload(
                     token,
                     plugin,
                 ) {
-                    Some((200 | 201, v)) => {
-                        let _ = tx.send(Ack::Plugin(v["sha256"].as_str().unwrap().to_string()));
+                    Some((200 | 201, _)) => {
+                        let _ = tx.send(Ack::Plugin);
                         Some(())
                     }
                     Some((other, v)) => panic!("plugin upload: {other} {v}"),
@@ -354,7 +359,7 @@ fn check_invariants(data: &Path, url: &str, token: &str, acked: &Acknowledged, r
             .iter()
             .find(|p| p["name"] == "hostile-ok");
         assert_eq!(
-            kept.map(|p| &p["sha256"]),
+            kept.map(|p| &p["object"]),
             Some(&Value::from(sha.as_str())),
             "round {round}: the acknowledged plugin upload is not what is kept: {v}"
         );
