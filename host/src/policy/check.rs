@@ -427,3 +427,38 @@ fn push_children<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two `default`s give a rule two values; the engine module refuses such a policy at load
+    /// (see `gantry_policy_engine::policy::one_default_per_rule`), so `policy build` refuses it,
+    /// and `policy test`, which ran the tests on the first default, refuses it too.
+    #[test]
+    fn build_and_test_refuse_two_defaults_for_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.rego"),
+            "package x\nimport rego.v1\n\ndefault allow := false\n\ndefault allow := true\n\nallow if input.a\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("p_test.rego"),
+            "package x\nimport rego.v1\n\ntest_closed if not allow\n",
+        )
+        .unwrap();
+        let source = PolicySource::read(dir.path()).unwrap();
+        let refused = |e: &str| {
+            e.contains("p.rego:6:1: multiple default rules for data.x.allow (the first at ")
+                && e.ends_with("p.rego:4:1)")
+        };
+        let built = check(&source, &["x/allow".into()]).unwrap_err().to_string();
+        assert!(refused(&built), "{built}");
+        let tested = super::super::rego_tests::run(&source)
+            .map(|outcomes| outcomes.len())
+            .unwrap_err()
+            .to_string();
+        assert!(refused(&tested), "{tested}");
+    }
+}

@@ -11,6 +11,10 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use alloc::collections::BTreeMap;
+
+use regorus::unstable::{Module, Ref, Rule};
+use regorus::utils::get_path_string;
 use regorus::{Engine, PolicyModule, Value};
 
 use crate::diagnostic;
@@ -86,6 +90,7 @@ impl Policy {
                 .add_policy(m.id.to_string(), m.content.to_string())
                 .map_err(|e| error(&m.id, e))?;
         }
+        one_default_per_rule(engine.get_modules())?;
         Ok(Self {
             engine,
             entrypoints,
@@ -150,6 +155,39 @@ pub fn warm_up() {
     {
         let _ = engine.eval_rule("data.gantry_warm_up.x".into());
     }
+}
+
+/// Refuses a rule or function with more than one `default` (in one module or across the
+/// modules of its package), as OPA's compiler does: regorus would keep the first, so the policy
+/// would have two values and decide one without an error.
+pub fn one_default_per_rule(modules: &[Ref<Module>]) -> Result<(), PolicyError> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for module in modules {
+        let Ok(package) = get_path_string(&module.package.refr, Some("data")) else {
+            continue;
+        };
+        for rule in &module.policy {
+            let Rule::Default { span, refr, .. } = rule.as_ref() else {
+                continue;
+            };
+            let Ok(path) = get_path_string(refr, Some(&package)) else {
+                continue;
+            };
+            let here = diagnostic::parse(&span.message("error", "default"))
+                .into_iter()
+                .next()
+                .map(|d| d.headline())
+                .unwrap_or_default();
+            let here = here.strip_suffix(": default").unwrap_or(&here).to_string();
+            if let Some(first) = seen.get(&path) {
+                return Err(PolicyError(alloc::format!(
+                    "{here}: multiple default rules for {path} (the first at {first})"
+                )));
+            }
+            seen.insert(path, here);
+        }
+    }
+    Ok(())
 }
 
 /// An entrypoint ready to evaluate: an engine holding the policy and the data, prepared.
@@ -342,6 +380,50 @@ mod tests {
             "the sandbox decided instead of failing:\n{}",
             decided.join("\n")
         );
+    }
+
+    /// A rule (or function) with two `default`s has two values when nothing else defines it:
+    /// regorus kept the first one, OPA's compiler refuses the policy. Refused at load, so at
+    /// build too, wherever the two defaults are (one module or two of the same package).
+    #[test]
+    fn two_defaults_for_one_rule_are_refused_at_load() {
+        let load = |modules: serde_json::Value| {
+            let packed = serde_json::json!({
+                "modules": modules, "entrypoints": ["x/allow"], "data": {},
+            });
+            Policy::from_json(&packed.to_string())
+                .map(|_| ())
+                .map_err(|e| e.0)
+        };
+        let e = load(serde_json::json!({
+            "p.rego": "package x\ndefault allow := false\n\tdefault allow := true\nallow if input.a\n",
+        }))
+        .unwrap_err();
+        assert!(e.contains("p.rego:3:2: "), "{e}");
+        assert!(
+            e.contains("data.x.allow") && e.contains("p.rego:2:1"),
+            "{e}"
+        );
+        let e = load(serde_json::json!({
+            "a.rego": "package x\ndefault allow := false\n",
+            "b.rego": "package x\ndefault allow := false\nallow if input.a\n",
+        }))
+        .unwrap_err();
+        assert!(
+            e.contains("b.rego:2:1: ") && e.contains("a.rego:2:1"),
+            "{e}"
+        );
+        let e = load(serde_json::json!({
+            "p.rego": "package x\ndefault f(_) := 1\ndefault f(_) := 2\nallow if f(1) == 1\n",
+        }))
+        .unwrap_err();
+        assert!(e.contains("p.rego:3:1: ") && e.contains("data.x.f"), "{e}");
+        // One default per rule, in as many packages as wanted, loads.
+        load(serde_json::json!({
+            "p.rego": "package x\ndefault allow := false\ndefault other := 1\n",
+            "q.rego": "package y\ndefault allow := false\n",
+        }))
+        .unwrap();
     }
 
     /// The same shapes where every value agrees decide, on both paths, alike.
