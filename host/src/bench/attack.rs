@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::api::{Latency, latency};
 
 /// Sizes of the attacks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AttackParams {
     /// Slow connections held open at once.
     pub connections: usize,
@@ -26,6 +26,9 @@ pub struct AttackParams {
     pub seconds: f64,
     /// Requests of the junk flood.
     pub junk: usize,
+    /// The `gantry` binary whose daemon is attacked (`None`: this one); another build's, to
+    /// compare side by side.
+    pub daemon: Option<std::path::PathBuf>,
 }
 
 impl Default for AttackParams {
@@ -34,6 +37,7 @@ impl Default for AttackParams {
             connections: 1000,
             seconds: 10.0,
             junk: 2000,
+            daemon: None,
         }
     }
 }
@@ -107,7 +111,7 @@ fn run_in(
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<AttackReport> {
     crate::storage::Store::init(dir)?;
-    let mut daemon = start(dir, cache_dir.as_deref())?;
+    let mut daemon = start(dir, params.daemon.as_deref(), cache_dir.as_deref())?;
     let url = format!("http://{}", daemon.addr);
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -117,7 +121,8 @@ fn run_in(
     // Warm up: the policy compiled, the first requests served.
     let _ = agent.get(&format!("{url}/v1/health")).call();
 
-    let (slow_connections, health, health_failures) = slowloris(&agent, &url, daemon.addr, params)?;
+    let (slow_connections, health, health_failures) =
+        slowloris(&agent, &url, daemon.addr, &params)?;
 
     let pid = daemon.child.id();
     let before = peak_rss_mib(pid);
@@ -170,12 +175,16 @@ fn run_in(
     })
 }
 
-/// Starts `gantry up` (this binary) on `dir`, listening on a free loopback port.
+/// Starts `gantry up` (`exe`, or this binary) on `dir`, listening on a free loopback port.
 fn start(
     dir: &std::path::Path,
+    exe: Option<&std::path::Path>,
     cache_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<DaemonProcess> {
-    let exe = std::env::current_exe()?;
+    let exe = match exe {
+        Some(exe) => exe.to_path_buf(),
+        None => std::env::current_exe()?,
+    };
     let mut command = Command::new(exe);
     command
         .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -202,7 +211,7 @@ fn slowloris(
     agent: &ureq::Agent,
     url: &str,
     to: SocketAddr,
-    params: AttackParams,
+    params: &AttackParams,
 ) -> anyhow::Result<(usize, Latency, usize)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

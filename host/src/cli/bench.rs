@@ -74,6 +74,10 @@ pub enum BenchCommand {
         /// Junk requests.
         #[arg(long, default_value_t = 2000)]
         junk: usize,
+        /// The `gantry` binary whose daemon is attacked (default: this one), to compare another
+        /// build side by side.
+        #[arg(long, value_name = "PATH")]
+        daemon: Option<std::path::PathBuf>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -167,6 +171,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             connections,
             seconds,
             junk,
+            daemon,
             json,
         } => {
             let r = bench::attack::run(
@@ -174,6 +179,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
                     connections,
                     seconds,
                     junk,
+                    daemon,
                 },
                 ctx.cache_dir.clone(),
             )?;
