@@ -326,37 +326,12 @@ impl Worker<'_> {
             .call_process(&mut store, batch);
         let raw = tokio::time::timeout(self.deadline(), call.instrument(span)).await;
         let tensor = self.settle(Call::Process, store, bindings, raw)?;
-        let values: Option<usize> = tensor
-            .shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
-        let malformed = |reason: String| {
-            PluginError::new(
+        if let Some(reason) = tensor_fault(&tensor.shape, &tensor.data, records(batch)) {
+            return Err(PluginError::new(
                 self.plugin.name.as_ref(),
                 Call::Process,
                 Fault::MalformedOutput { reason },
-            )
-        };
-        if values != Some(tensor.data.len()) {
-            return Err(malformed(format!(
-                "tensor of shape {:?} holds {} values",
-                tensor.shape,
-                tensor.data.len()
-            )));
-        }
-        // The CSV path refuses non-finite numbers; a plugin's output may not smuggle them in.
-        if let Some(i) = tensor.data.iter().position(|v| !v.is_finite()) {
-            return Err(malformed(format!(
-                "tensor value {i} is {}, not a finite number",
-                tensor.data[i]
-            )));
-        }
-        if tensor.shape.first().map(|&d| d as usize) != Some(records(batch)) {
-            return Err(malformed(format!(
-                "tensor of shape {:?} for {} records",
-                tensor.shape,
-                records(batch)
-            )));
+            ));
         }
         Ok(tensor)
     }
@@ -375,6 +350,30 @@ impl Worker<'_> {
     pub fn process_blocking(&mut self, batch: &RecordBatch) -> Result<Tensor, PluginError> {
         plugin::driver::block_on(self.process(batch))
     }
+}
+
+/// Why a tensor that `process` returned for `records` records is malformed, if it is: its
+/// shape must account for its data exactly, its first dimension must be the record count, and
+/// every value must be finite (the CSV path refuses non-finite numbers; a plugin's output may
+/// not smuggle them in).
+pub fn tensor_fault(shape: &[u32], data: &[f32], records: usize) -> Option<String> {
+    let values = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+    if values != Some(data.len()) {
+        return Some(format!(
+            "tensor of shape {shape:?} holds {} values",
+            data.len()
+        ));
+    }
+    if shape.first().map(|&d| d as usize) != Some(records) {
+        return Some(format!("tensor of shape {shape:?} for {records} records"));
+    }
+    let i = data.iter().position(|v| !v.is_finite())?;
+    Some(format!(
+        "tensor value {i} is {}, not a finite number",
+        data[i]
+    ))
 }
 
 /// Adds `partial` into `totals` element by element (the first pass's reduction); a length
@@ -402,6 +401,9 @@ pub fn add_totals(plugin: &str, totals: &mut Vec<f64>, partial: &[f64]) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests;

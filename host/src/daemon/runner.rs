@@ -353,7 +353,7 @@ impl<'a> FeatureRows<'a> {
 }
 
 #[cfg(test)]
-mod feature_rows_tests {
+mod feature_rows_props {
     use super::FeatureRows;
     use crate::training::limits::TrainLimits;
 
@@ -369,6 +369,38 @@ mod feature_rows_tests {
         );
         assert!(rows.check(1, 3).is_ok());
         assert!(rows.check(1, 4).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config(256))]
+
+        /// Arbitrary tensor shapes (overflowing ones among them) are refused or kept with one
+        /// row width throughout, within the limits; never a panic.
+        #[test]
+        fn arbitrary_tensor_shapes_keep_one_width_within_the_limits(
+            shapes in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![0u32..5, proptest::strategy::Just(u32::MAX)],
+                    0..4,
+                ),
+                1..6,
+            )
+        ) {
+            let limits = TrainLimits { max_memory_mib: 1, ..TrainLimits::default() };
+            let mut rows = FeatureRows::new(&limits);
+            for shape in &shapes {
+                let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+                let data = vec![0.0; n.filter(|&n| n <= 64).unwrap_or(0)];
+                let len = data.len();
+                if rows.tensor(shape, data).is_err() {
+                    break;
+                }
+                let width = rows.width.unwrap();
+                proptest::prop_assert!(rows.rows * width as u64 * 4 <= 1 << 20);
+                let records = shape.first().copied().unwrap_or(0) as usize;
+                proptest::prop_assert!(len == 0 || shape.is_empty() || len == records * width);
+            }
+        }
     }
 
     #[test]
