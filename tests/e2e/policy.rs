@@ -1045,3 +1045,47 @@ fn a_dotted_entrypoint_gets_a_hint_to_use_slashes() {
     let (code, stderr, _) = build_in(&files, "a/b/allow");
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// `gantry policy eval -e a.b.allow` gives the same hint as `build` does.
+#[test]
+fn a_dotted_entrypoint_to_eval_gets_a_hint_to_use_slashes() {
+    use crate::support::{gantry, text};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package a.b\nimport rego.v1\nallow := true\n",
+    )
+    .unwrap();
+    let bundle = dir.path().join("b.tar.gz");
+    let (d, b) = (dir.path().to_str().unwrap(), bundle.to_str().unwrap());
+    let out = gantry(
+        &["policy", "build", d, "-e", "a/b/allow", "-o", b],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    for entry in ["data.a.b.allow", "a.b.allow"] {
+        let out = gantry(
+            &[
+                "policy", "eval", "--bundle", b, "-e", entry, "--input", "{}",
+            ],
+            dir.path(),
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{entry}: {stderr}");
+        assert!(stderr.contains("use `-e a/b/allow`"), "{entry}: {stderr}");
+    }
+    let out = gantry(
+        &[
+            "policy",
+            "eval",
+            "--bundle",
+            b,
+            "-e",
+            "a/b/allow",
+            "--input",
+            "{}",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}

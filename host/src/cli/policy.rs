@@ -247,6 +247,8 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             audit,
             audit_key,
         } => {
+            // The spelling is checked first, so that `a.b.allow` gets the hint `build` gives.
+            gantry::policy::check::entrypoint_syntax(&entrypoint)?;
             let text = match input.strip_prefix('@') {
                 Some(file) => std::fs::read_to_string(file)
                     .with_context(|| format!("reading the input from {file}"))?,

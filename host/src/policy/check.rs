@@ -43,7 +43,7 @@ pub fn check(source: &PolicySource, entrypoints: &[String]) -> Result<(), Policy
 
 /// Entrypoints are `a/b/rule` (below `data`); a dotted or `data/`-prefixed one gets the spelling
 /// to use instead.
-fn entrypoint_syntax(entrypoint: &str) -> Result<(), PolicyError> {
+pub fn entrypoint_syntax(entrypoint: &str) -> Result<(), PolicyError> {
     let path = entrypoint.trim_matches('/');
     let refuse = |why: &str, hint: Option<String>| {
         let hint = hint.map_or(String::new(), |h| format!(": use `-e {h}`"));
