@@ -37,6 +37,7 @@ use crate::plugin::{
     self, ArtifactCache, Call, Fault, LoadError, Manifest, PluginError, PluginState,
 };
 use crate::policy::decide::{LoadedPolicy, PolicySlot};
+use crate::policy::request::{Action, Admission, PluginRef, Request, Subject};
 use crate::scheduling::model::Placement;
 use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
 
@@ -170,9 +171,12 @@ pub enum HostError {
         /// What is wrong, naming the field.
         message: String,
     },
-    /// The policy refused the request.
+    /// The policy refused the request (an evaluation failure refuses too: its error is the
+    /// reason).
     #[error("denied by policy (decision {decision_id}): {}", reasons.join("; "))]
     Denied {
+        /// What was asked.
+        action: Action,
         /// The decision's id, as recorded in the audit log.
         decision_id: String,
         /// Why.
@@ -341,13 +345,8 @@ impl Host {
     }
 
     /// [`Decider::authorize`] with this host's policy and audit log.
-    pub fn authorize(
-        &self,
-        subject: &serde_json::Value,
-        action: &str,
-        resource: &serde_json::Value,
-    ) -> Result<Verdict, HostError> {
-        self.decider().authorize(subject, action, resource)
+    pub fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
+        self.decider().authorize(request)
     }
 
     /// The policy and the audit log, apart from the rest of the host: what deciding a request
@@ -361,25 +360,16 @@ impl Host {
     }
 
     /// [`Host::submit`] on behalf of `subject`, after the policy allowed `job.submit`.
-    pub fn submit_as(
-        &mut self,
-        subject: &serde_json::Value,
-        job: JobSpec,
-    ) -> Result<(), HostError> {
+    pub fn submit_as(&mut self, subject: &Subject, job: JobSpec) -> Result<(), HostError> {
         let tenant = self.state.cluster.tenant_index(&job.tenant);
-        let resource = serde_json::json!({
-            "tenant": job.tenant,
-            "gpus": job.gpus,
-            "tenant_used_gpus": tenant.map_or(0, |t| self.state.used_gpus[t as usize]),
-            "job": job.id,
-        });
-        let verdict = self.authorize(subject, "job.submit", &resource)?;
-        if !verdict.allow {
-            return Err(HostError::Denied {
-                decision_id: verdict.decision_id,
-                reasons: verdict.reasons,
-            });
-        }
+        let admission = Admission {
+            tenant: job.tenant.clone(),
+            gpus: u64::from(job.gpus),
+            tenant_used_gpus: tenant.map_or(0, |t| u64::from(self.state.used_gpus[t as usize])),
+            job: job.id.clone(),
+        };
+        self.decider()
+            .require(&Request::new(subject.clone(), Action::JobSubmit, admission))?;
         self.submit(job)
     }
 
@@ -387,7 +377,7 @@ impl Host {
     /// (the resource says whether the plugin carries a trusted signature). The load is recorded.
     pub fn load_scheduler_as(
         &mut self,
-        subject: &serde_json::Value,
+        subject: &Subject,
         source: &PluginSource,
     ) -> Result<&SchedulerPlugin, HostError> {
         let (name, signed) = match source {
@@ -402,17 +392,11 @@ impl Host {
                 up.verify(&self.loader.trust.trusted_keys).is_ok(),
             ),
         };
-        let verdict = self.authorize(
-            subject,
-            "plugin.load",
-            &serde_json::json!({"name": name, "signed": signed}),
-        )?;
-        if !verdict.allow {
-            return Err(HostError::Denied {
-                decision_id: verdict.decision_id,
-                reasons: verdict.reasons,
-            });
-        }
+        let verdict = self.decider().require(&Request::new(
+            subject.clone(),
+            Action::PluginLoad,
+            PluginRef::new(name, signed),
+        ))?;
         let plugin = self.load_scheduler_plugin(source)?;
         self.record(
             "plugin.load",
@@ -430,19 +414,16 @@ impl Host {
     /// `plugin.unload`; the native strategy decides from then on. Recorded in the audit log.
     pub fn unload_scheduler_as(
         &mut self,
-        subject: &serde_json::Value,
+        subject: &Subject,
     ) -> Result<Option<SchedulerPlugin>, HostError> {
         let Some(name) = self.scheduler.as_ref().map(|p| p.name().to_string()) else {
             return Ok(None);
         };
-        let verdict =
-            self.authorize(subject, "plugin.unload", &serde_json::json!({"name": name}))?;
-        if !verdict.allow {
-            return Err(HostError::Denied {
-                decision_id: verdict.decision_id,
-                reasons: verdict.reasons,
-            });
-        }
+        let verdict = self.decider().require(&Request::new(
+            subject.clone(),
+            Action::PluginUnload,
+            PluginRef::named(name.clone()),
+        ))?;
         self.record(
             "plugin.unload",
             serde_json::json!({"plugin": name, "decision_id": verdict.decision_id}),
@@ -701,17 +682,17 @@ impl Host {
         }
         let mut held: Vec<u64> = self.state.used_gpus.iter().map(|&g| u64::from(g)).collect();
         let mut kept = Vec::with_capacity(placements.len());
-        let subject = serde_json::json!({"user": "gantry-scheduler", "roles": ["scheduler"]});
         for p in placements {
             let job = &self.state.pending[p.job as usize];
             let tenant = &self.state.cluster.tenants[job.tenant as usize].name;
-            let resource = serde_json::json!({
-                "tenant": tenant,
-                "gpus": p.gpus.len(),
-                "tenant_used_gpus": held[job.tenant as usize],
-                "job": job.spec.id,
-            });
-            let (allow, reasons) = match self.authorize(&subject, "placement.apply", &resource) {
+            let admission = Admission {
+                tenant: tenant.clone(),
+                gpus: p.gpus.len() as u64,
+                tenant_used_gpus: held[job.tenant as usize],
+                job: job.spec.id.clone(),
+            };
+            let request = Request::new(Subject::scheduler(), Action::PlacementApply, admission);
+            let (allow, reasons) = match self.authorize(&request) {
                 Ok(v) => (v.allow, v.reasons),
                 // Unrecordable decisions are not taken.
                 Err(e) => (false, vec![e.to_string()]),
@@ -889,23 +870,18 @@ pub struct Decider {
 }
 
 impl Decider {
-    /// Asks the policy whether `subject` may do `action` on `resource`, and records the decision
-    /// in the audit log (when one is set) before returning it. Any evaluation failure denies.
-    /// Without a policy, every request is allowed (and still recorded).
-    pub fn authorize(
-        &self,
-        subject: &serde_json::Value,
-        action: &str,
-        resource: &serde_json::Value,
-    ) -> Result<Verdict, HostError> {
+    /// Asks the policy whether the request's subject may do its action on its resource, and
+    /// records the decision in the audit log (when one is set) before returning it. Any
+    /// evaluation failure denies. Without a policy, every request is allowed (and still
+    /// recorded).
+    pub fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
         let decision_id = crate::audit::new_decision_id();
         let start = Instant::now();
+        let input = request.input();
         let (allow, reasons, revision) = match &self.policy {
             None => (true, Vec::new(), String::new()),
             Some(slot) => {
                 let policy = slot.current();
-                let input =
-                    serde_json::json!({"subject": subject, "action": action, "resource": resource});
                 let (allow, reasons) =
                     crate::policy::decide::verdict(&policy.evaluate(DECISION_ENTRYPOINT, &input));
                 (allow, reasons, policy.revision().to_string())
@@ -915,9 +891,9 @@ impl Decider {
         if let Some(log) = &self.audit {
             log.decision(&Decision {
                 decision_id: &decision_id,
-                subject,
-                action: &serde_json::Value::from(action),
-                resource,
+                subject: &input["subject"],
+                action: &input["action"],
+                resource: &input["resource"],
                 entrypoint: DECISION_ENTRYPOINT,
                 allow,
                 reasons: reasons.clone(),
@@ -925,12 +901,27 @@ impl Decider {
                 latency_us,
             })?;
         } else {
+            let action = request.action.as_str();
             tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");
         }
         Ok(Verdict {
             decision_id,
             allow,
             reasons,
+        })
+    }
+
+    /// [`Decider::authorize`], with a denial as [`HostError::Denied`]: the allowing verdict, or
+    /// why not.
+    pub fn require(&self, request: &Request) -> Result<Verdict, HostError> {
+        let verdict = self.authorize(request)?;
+        if verdict.allow {
+            return Ok(verdict);
+        }
+        Err(HostError::Denied {
+            action: request.action,
+            decision_id: verdict.decision_id,
+            reasons: verdict.reasons,
         })
     }
 

@@ -9,6 +9,8 @@
 //! - [`bundle_signature`]: OPA's bundle signatures (`/.signatures.json`), made and checked.
 //! - [`decide`]: loading a bundle on the host's engine and evaluating entrypoints in it.
 //! - [`rego_tests`]: running a policy's `test_` rules, like `opa test`.
+//! - [`request`]: the host's questions, typed ([`Request`]: subject, action, resource), as the
+//!   input `policies/authz.rego` reads.
 
 pub mod bundle;
 pub mod bundle_signature;
@@ -16,7 +18,10 @@ pub mod check;
 pub mod decide;
 pub mod pack;
 pub mod rego_tests;
+pub mod request;
 pub mod source;
+
+pub use request::{Action, Request, Resource, Subject};
 
 use std::path::PathBuf;
 

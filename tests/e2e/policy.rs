@@ -9,6 +9,7 @@ use gantry::plugin::ArtifactCache;
 use gantry::policy::bundle::Bundle;
 use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
 use gantry::policy::source::PolicySource;
+use gantry::policy::{Action, Request, Resource, Subject};
 use gantry::{Host, HostConfig, policy};
 
 const ENTRYPOINTS: [&str; 3] = [
@@ -521,10 +522,9 @@ fn host_actions_are_decided_by_policy_and_audited() {
     host.set_audit_log(gantry::audit::AuditLog::open(&log_path, key).unwrap());
     host.set_policy(loaded.clone()).unwrap();
 
-    let admin = serde_json::json!({"user": "root", "roles": ["admin"]});
-    let intern = serde_json::json!({"user": "ivy", "roles": ["intern"], "tenants": ["vision"]});
-    let researcher =
-        serde_json::json!({"user": "ada", "roles": ["researcher"], "tenants": ["vision"]});
+    let admin = Subject::new("root", ["admin"]);
+    let intern = Subject::new("ivy", ["intern"]).in_tenants(["vision"]);
+    let researcher = Subject::new("ada", ["researcher"]).in_tenants(["vision"]);
     let binpack = gantry::PluginSource::Builtin("binpack".into());
 
     // Plugin loads: admins only.
@@ -914,11 +914,11 @@ fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
     host.set_audit_log(gantry::audit::AuditLog::open(&log, key).unwrap());
     host.set_policy(sandbox.clone()).unwrap();
     let verdict = host
-        .authorize(
-            &serde_json::json!({"user": "root", "roles": ["admin"]}),
-            "audit.read",
-            &serde_json::json!({}),
-        )
+        .authorize(&Request::new(
+            Subject::new("root", ["admin"]),
+            Action::AuditRead,
+            Resource::Empty {},
+        ))
         .unwrap();
     assert!(!verdict.allow, "the conflicting decision allowed");
     assert!(

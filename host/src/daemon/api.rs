@@ -22,6 +22,7 @@ use super::Daemon;
 use super::body;
 use super::db::{JobRecord, JobState, User};
 use crate::cluster::{JobSpec, TopologyPref};
+use crate::policy::request::{Action, JobRef, PluginRef, Request, Resource};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 10;
@@ -281,34 +282,36 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
     .await
 }
 
-/// Asks the policy (and records the decision); a denial is a 403 with its reasons. Blocks: call
-/// it inside [`blocking`].
+/// Asks the policy whether `user` may do `action` to `resource` (and records the decision); a
+/// denial is answered by [`refused`]. Blocks: call it inside [`blocking`].
 fn authorize(
     state: &AppState,
     user: &User,
-    action: &str,
-    resource: serde_json::Value,
+    action: Action,
+    resource: impl Into<Resource>,
 ) -> ApiResult<()> {
-    let verdict = state
-        .daemon
+    let request = Request::new(user.subject(), action, resource);
+    let daemon = &state.daemon;
+    daemon
         .decider
-        .authorize(&user.subject(), action, &resource)
-        .map_err(ApiError::internal)?;
-    if verdict.allow {
-        super::metrics::Metrics::inc(&state.daemon.metrics.decisions_allowed);
-        Ok(())
-    } else {
-        Err(denied(
-            &state.daemon,
-            action,
-            verdict.decision_id,
-            verdict.reasons,
-        ))
-    }
+        .require(&request)
+        .map_err(|e| refused(daemon, e))?;
+    super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
+    Ok(())
 }
 
-/// A policy's refusal: counted, and a 403 with its reasons and decision id.
-fn denied(daemon: &Daemon, action: &str, decision_id: String, reasons: Vec<String>) -> ApiError {
+/// The one place a host's refusal becomes an HTTP answer: a policy's denial (an evaluation
+/// failure denies too, its error the reason) is counted and answered 403 with its reasons and
+/// decision id; anything else (a decision the audit log could not record) is a 500.
+fn refused(daemon: &Daemon, error: crate::HostError) -> ApiError {
+    let crate::HostError::Denied {
+        action,
+        decision_id,
+        reasons,
+    } = error
+    else {
+        return ApiError::internal(error);
+    };
     super::metrics::Metrics::inc(&daemon.metrics.decisions_denied);
     ApiError {
         status: StatusCode::FORBIDDEN,
@@ -478,16 +481,12 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
         let m = &daemon.metrics;
         match host.submit_as(&subject, spec) {
             Ok(()) => super::metrics::Metrics::inc(&m.decisions_allowed),
-            Err(crate::HostError::Denied {
-                decision_id,
-                reasons,
-            }) => return Err(denied(daemon, "job.submit", decision_id, reasons)),
             Err(crate::HostError::Job { message, .. }) => {
                 // Decided and allowed, then refused as a duplicate.
                 super::metrics::Metrics::inc(&m.decisions_allowed);
                 return Err(ApiError::new(StatusCode::CONFLICT, message));
             }
-            Err(e) => return Err(ApiError::internal(e)),
+            Err(e) => return Err(refused(daemon, e)),
         }
         match daemon.db.insert_job(&job) {
             Ok(true) => {
@@ -523,7 +522,7 @@ async fn list(
 ) -> ApiResult<Json<Vec<JobRecord>>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "job.list", json!({}))?;
+        authorize(state, &user, Action::JobList, Resource::Empty {})?;
         let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
         Ok(Json(
             jobs.into_iter().filter(|j| visible(&user, j)).collect(),
@@ -546,8 +545,11 @@ fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiRes
     match authorize(
         state,
         user,
-        "job.read",
-        json!({"tenant": job.tenant, "job": super::db::name_of(&job.id)}),
+        Action::JobRead,
+        JobRef {
+            tenant: job.tenant.clone(),
+            job: super::db::name_of(&job.id).to_string(),
+        },
     ) {
         Ok(()) => Ok(job),
         Err(e) if e.status == StatusCode::FORBIDDEN => Err(not_found()),
@@ -631,8 +633,11 @@ async fn cancel(
         authorize(
             state,
             &user,
-            "job.cancel",
-            json!({"tenant": job.tenant, "job": id}),
+            Action::JobCancel,
+            JobRef {
+                tenant: job.tenant.clone(),
+                job: id.clone(),
+            },
         )?;
         let moved = state
             .daemon
@@ -706,8 +711,12 @@ async fn upload(
         authorize(
             state,
             &user,
-            "dataset.write",
-            json!({"name": name, "classification": q.classification, "tenant": q.tenant}),
+            Action::DatasetWrite,
+            crate::policy::request::DatasetRef {
+                name: name.clone(),
+                classification: q.classification.clone(),
+                tenant: q.tenant.clone(),
+            },
         )?;
         // A taken name is refused before anything is written (the insert below still decides
         // a race between two uploads of one name). Names are per tenant.
@@ -794,7 +803,7 @@ async fn datasets(
 ) -> ApiResult<Json<Vec<super::db::DatasetRecord>>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "dataset.list", json!({}))?;
+        authorize(state, &user, Action::DatasetList, Resource::Empty {})?;
         let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
         Ok(Json(
             all.into_iter()
@@ -832,7 +841,7 @@ fn readable_dataset(
             format!("no dataset `{name}`{within}"),
         )
     })?;
-    authorize(state, user, "dataset.read", found.resource())?;
+    authorize(state, user, Action::DatasetRead, found.resource())?;
     Ok(found)
 }
 
@@ -871,7 +880,7 @@ async fn gpus(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "cluster.read", json!({}))?;
+        authorize(state, &user, Action::ClusterRead, Resource::Empty {})?;
         let host = state.daemon.host_read();
         let s = host.state();
         // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
@@ -916,7 +925,7 @@ async fn nodes(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "cluster.read", json!({}))?;
+        authorize(state, &user, Action::ClusterRead, Resource::Empty {})?;
         let host = state.daemon.host_read();
         let s = host.state();
         let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
@@ -958,7 +967,7 @@ async fn mark_unhealthy(
     let user = caller(&state, &headers).await?;
     let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
     let requeued = blocking(&state, move |state| {
-        authorize(state, &user, "gpu.health", json!({"gpu": id}))?;
+        authorize(state, &user, Action::GpuHealth, Resource::gpu(&id))?;
         let daemon = &state.daemon;
         let lost = daemon
             .host()
@@ -989,7 +998,7 @@ async fn plugins(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "plugin.read", json!({}))?;
+        authorize(state, &user, Action::PluginRead, Resource::Empty {})?;
         let host = state.daemon.host_read();
         let active = host.scheduler().map(|p| {
             json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
@@ -1068,17 +1077,13 @@ async fn activate_scheduler(
                 json!({"name": p.name(), "version": p.manifest().version,
                        "sha256": p.wasm_sha256()})
             }
-            Err(crate::HostError::Denied {
-                decision_id,
-                reasons,
-            }) => return Err(denied(daemon, "plugin.load", decision_id, reasons)),
             Err(crate::HostError::Load(e)) => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     e.to_string(),
                 ));
             }
-            Err(e) => return Err(ApiError::internal(e)),
+            Err(e) => return Err(refused(daemon, e)),
         };
         daemon
             .db
@@ -1136,8 +1141,8 @@ async fn upload_plugin(
             authorize(
                 state,
                 &user,
-                "plugin.upload",
-                json!({"name": name, "signed": true, "before_body": true}),
+                Action::PluginUpload,
+                PluginRef::before_body(&name),
             )?;
             Ok(user)
         }
@@ -1199,8 +1204,8 @@ fn store_plugin(
     authorize(
         state,
         &user,
-        "plugin.upload",
-        json!({"name": name, "signed": signed}),
+        Action::PluginUpload,
+        PluginRef::new(&name, signed),
     )?;
     let daemon = &state.daemon;
     let record = {
@@ -1269,7 +1274,7 @@ async fn verify_audit(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "audit.read", json!({"log": "audit.log"}))?;
+        authorize(state, &user, Action::AuditRead, Resource::audit_log())?;
         let daemon = &state.daemon;
         // Sealed now, then verified up to that seal (entries keep arriving behind it), with the
         // daemon's own key pinned and the sealed position the database holds.
@@ -1306,7 +1311,7 @@ async fn reload_policy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     let user = blocking(&state, move |state| {
-        authorize(state, &user, "policy.replace", json!({}))?;
+        authorize(state, &user, Action::PolicyReplace, Resource::Empty {})?;
         Ok(user)
     })
     .await?;
@@ -1433,7 +1438,7 @@ async fn mark_healthy(
     let user = caller(&state, &headers).await?;
     let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "gpu.health", json!({"gpu": id}))?;
+        authorize(state, &user, Action::GpuHealth, Resource::gpu(&id))?;
         let daemon = &state.daemon;
         daemon
             .host()
@@ -1459,7 +1464,7 @@ async fn rotate_key(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "key.rotate", json!({}))?;
+        authorize(state, &user, Action::KeyRotate, Resource::Empty {})?;
         let daemon = &state.daemon;
         let r = daemon.store.rotate().map_err(ApiError::internal)?;
         let by = json!({"user": user.name});
@@ -1482,7 +1487,7 @@ async fn audit_head(
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "audit.read", json!({"log": "audit.log"}))?;
+        authorize(state, &user, Action::AuditRead, Resource::audit_log())?;
         let audit = &state.daemon.audit;
         audit.seal().map_err(ApiError::internal)?;
         let key = audit.public_key();
@@ -1502,7 +1507,7 @@ async fn policy_info(
 ) -> ApiResult<Json<super::persisted::PolicyInForce>> {
     let user = caller(&state, &headers).await?;
     blocking(&state, move |state| {
-        authorize(state, &user, "policy.read", json!({}))?;
+        authorize(state, &user, Action::PolicyRead, Resource::Empty {})?;
         let daemon = &state.daemon;
         super::persisted::policy_in_force(&daemon.host_read(), &daemon.db)
             .map(Json)
@@ -1533,7 +1538,7 @@ async fn revoke_tokens(
     let axum::extract::Query(RevokeQuery { token }) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     blocking(&state, move |state| {
-        authorize(state, &user, "user.manage", json!({"user": name}))?;
+        authorize(state, &user, Action::UserManage, Resource::user(&name))?;
         let daemon = &state.daemon;
         let revoked =
             super::auth::revoke(&daemon.db, &name, token.as_deref()).map_err(|e| match e {

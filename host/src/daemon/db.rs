@@ -147,9 +147,10 @@ fn public() -> String {
 
 impl User {
     /// The policy's `subject`.
-    pub fn subject(&self) -> serde_json::Value {
-        serde_json::json!({"user": self.name, "roles": self.roles, "tenants": self.tenants,
-                           "clearance": self.clearance})
+    pub fn subject(&self) -> crate::policy::Subject {
+        crate::policy::Subject::new(&self.name, &self.roles)
+            .in_tenants(&self.tenants)
+            .cleared_for(&self.clearance)
     }
 
     /// Whether the user holds the admin role.
@@ -337,9 +338,12 @@ pub struct DatasetRecord {
 
 impl DatasetRecord {
     /// The policy's `resource` for this dataset.
-    pub fn resource(&self) -> serde_json::Value {
-        serde_json::json!({"name": name_of(&self.name), "classification": self.classification,
-                           "tenant": self.tenant})
+    pub fn resource(&self) -> crate::policy::request::DatasetRef {
+        crate::policy::request::DatasetRef {
+            name: name_of(&self.name).to_string(),
+            classification: self.classification.clone(),
+            tenant: self.tenant.clone(),
+        }
     }
 }
 
