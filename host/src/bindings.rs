@@ -1,7 +1,8 @@
 //! Host-side bindings, generated once per WIT world and re-exported by version so a second
 //! version can live beside the first.
 
-/// `gantry:scheduler/scheduler@0.1.0`.
+/// [`gantry_model::world::SCHEDULER`]. `bindgen!` wants the name as a literal: it fails to
+/// compile when the WIT has no such world, and a test holds the constant to the WIT.
 pub mod scheduler {
     wasmtime::component::bindgen!({
         world: "gantry:scheduler/scheduler@0.1.0",
@@ -20,11 +21,11 @@ pub mod sched_v0_1 {
     pub use super::scheduler::gantry::host::log::Level;
     pub use super::scheduler::gantry::host::types::PluginError as GuestError;
     pub use super::scheduler::gantry::scheduler::types::{
-        Allocations, Gpus, Jobs, Placements, Snapshot, Tenant, Topology,
+        Allocations, Gpus, Jobs, Placements, Snapshot, Tenant,
     };
 }
 
-/// `gantry:preprocess/preprocess@0.1.0`; the `gantry:host` interfaces are the scheduler
+/// [`gantry_model::world::PREPROCESS`]; the `gantry:host` interfaces are the scheduler
 /// bindings', so one linker serves both worlds.
 pub mod preprocess {
     wasmtime::component::bindgen!({

@@ -5,6 +5,7 @@ pub mod files;
 use serde::{Deserialize, Serialize};
 
 pub use files::ModelError;
+pub use gantry_model::Topology;
 
 /// One GPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -113,36 +114,6 @@ impl Cluster {
     }
 }
 
-/// Where a job wants its GPUs relative to each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TopologyPref {
-    /// Anywhere.
-    #[default]
-    None,
-    /// One node.
-    SameNode,
-    /// One NVLink domain.
-    SameNvlinkDomain,
-    /// One rack.
-    SameRack,
-}
-
-impl std::str::FromStr for TopologyPref {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "" | "none" => Ok(Self::None),
-            "same-node" => Ok(Self::SameNode),
-            "same-nvlink-domain" => Ok(Self::SameNvlinkDomain),
-            "same-rack" => Ok(Self::SameRack),
-            other => Err(format!(
-                "unknown topology `{other}` (none, same-node, same-nvlink-domain, same-rack)"
-            )),
-        }
-    }
-}
-
 /// A job as submitted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,7 +134,7 @@ pub struct JobSpec {
     pub gang: bool,
     /// Topology preference.
     #[serde(default)]
-    pub topology: TopologyPref,
+    pub topology: Topology,
     /// Estimated runtime, seconds.
     pub est_runtime_s: f64,
     /// Submission time, seconds.

@@ -1,10 +1,9 @@
 //! Scheduling: the cluster's live state, the snapshot handed to a strategy, the validation of
 //! its answer, the plugin calls and the native fallback.
 
-/// The scheduler's data as rows: the plugin SDK's own definitions (`plugins/sdk/src/model.rs`),
-/// so the host's validation and native strategy read exactly what plugins read.
-#[path = "../../plugins/sdk/src/model.rs"]
-pub mod model;
+/// The scheduler's data: the `gantry-model` crate, which the guest SDK shares, so the host's
+/// validation and native strategy read exactly what plugins read.
+pub use gantry_model as model;
 pub mod native;
 pub mod plugin;
 pub mod snapshot;

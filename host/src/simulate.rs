@@ -25,7 +25,7 @@ pub use metrics::Metrics;
 pub use trace::TraceJob;
 
 use crate::Host;
-use crate::cluster::{Cluster, JobSpec, TopologyPref};
+use crate::cluster::{Cluster, JobSpec, Topology};
 
 /// One point of the timeline, taken after each batch of events.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -62,7 +62,7 @@ pub struct JobOutcome {
     /// All-or-nothing.
     pub gang: bool,
     /// Topology preference.
-    pub topology: TopologyPref,
+    pub topology: Topology,
     /// Priority.
     pub priority: i32,
     /// How it ended.
@@ -101,8 +101,8 @@ pub struct SimResult {
 /// Runtime multiplier for a job that asked for `pref` and got `gpus`: 1.0 inside one NVLink
 /// domain, 1.1 across domains of one node, 1.2 across nodes of one rack, 1.4 across racks.
 /// Jobs without a preference are taken to be communication-light and never slow down.
-pub fn slowdown(cluster: &Cluster, pref: TopologyPref, gpus: &[u32]) -> f64 {
-    if pref == TopologyPref::None || gpus.len() < 2 {
+pub fn slowdown(cluster: &Cluster, pref: Topology, gpus: &[u32]) -> f64 {
+    if pref == Topology::None || gpus.len() < 2 {
         return 1.0;
     }
     let first = &cluster.gpus[gpus[0] as usize];
@@ -371,7 +371,7 @@ mod tests {
                 tenant: if i % 4 == 3 { "tenant-1" } else { "tenant-0" }.into(),
                 priority: 0,
                 gang: true,
-                topology: TopologyPref::None,
+                topology: Topology::None,
             })
             .collect();
         trace.sort_by(|a, b| a.submit_s.total_cmp(&b.submit_s));
@@ -437,12 +437,7 @@ mod tests {
     /// Jobs of every size, preference and kind for `cluster`, keeping those its loader accepts.
     fn generated_trace(rng: &mut trace::Rng, cluster: &Cluster) -> Vec<TraceJob> {
         let pick = |rng: &mut trace::Rng, n: u64| (rng.next_u64() % n) as usize;
-        let topologies = [
-            TopologyPref::None,
-            TopologyPref::SameNode,
-            TopologyPref::SameNvlinkDomain,
-            TopologyPref::SameRack,
-        ];
+        let topologies = Topology::ALL;
         let mut trace: Vec<TraceJob> = (0..40)
             .map(|_| TraceJob {
                 submit_s: pick(rng, 7200) as f64,
@@ -500,7 +495,7 @@ mod tests {
             tenant: "tenant-0".into(),
             priority: 0,
             gang: true,
-            topology: TopologyPref::SameNode,
+            topology: Topology::SameNode,
         }];
         let result = simulate("topology", &cluster, &trace);
         assert_eq!(result.jobs[0].slowdown, 1.2);
@@ -525,7 +520,7 @@ mod tests {
             tenant: tenant.into(),
             priority: 0,
             gang: true,
-            topology: TopologyPref::SameNvlinkDomain,
+            topology: Topology::SameNvlinkDomain,
         };
         for (spec, want) in [
             (job("tenant-0", 1, 90_000), "memory_per_gpu_mib: 90000 MiB"),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gantry::cluster::{Cluster, JobSpec, TopologyPref};
+use gantry::cluster::{Cluster, JobSpec, Topology};
 use gantry::{Host, HostConfig, PluginSource};
 
 /// The hostile fixture component.
@@ -134,7 +134,7 @@ pub fn job(id: &str, tenant: u32, gpus: u32) -> JobSpec {
         gpus,
         memory_per_gpu_mib: 40_000,
         gang: true,
-        topology: TopologyPref::None,
+        topology: Topology::None,
         est_runtime_s: 3600.0,
         submit_time_s: 0.0,
     }

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use super::Daemon;
 use super::body;
 use super::db::{JobRecord, JobState, User};
-use crate::cluster::{JobSpec, TopologyPref};
+use crate::cluster::{JobSpec, Topology};
 use crate::policy::request::{Action, JobRef, PluginRef, Request, Resource};
 
 /// Largest request body accepted.
@@ -367,7 +367,7 @@ pub fn spec(job: &JobRecord) -> JobSpec {
         gpus: job.gpus,
         memory_per_gpu_mib: job.memory_per_gpu_mib.min(u64::from(u32::MAX)) as u32,
         gang: true,
-        topology: TopologyPref::None,
+        topology: Topology::None,
         est_runtime_s: job.est_runtime_s,
         submit_time_s: job.submitted_at,
     }

@@ -44,8 +44,8 @@ impl PluginKind {
     /// The fully qualified WIT world a plugin of this kind must implement.
     pub fn world(self) -> &'static str {
         match self {
-            PluginKind::Scheduler => "gantry:scheduler/scheduler@0.1.0",
-            PluginKind::Preprocess => "gantry:preprocess/preprocess@0.1.0",
+            PluginKind::Scheduler => gantry_model::world::SCHEDULER,
+            PluginKind::Preprocess => gantry_model::world::PREPROCESS,
         }
     }
 }

@@ -1,8 +1,7 @@
 //! Builds what a strategy sees from the live state.
 
-use super::model::{Allocation, Gpus, Jobs, Node, Snapshot, Tenant, Topology};
+use super::model::{Allocation, Gpus, Jobs, Node, Snapshot, Tenant};
 use super::state::ClusterState;
-use crate::cluster::TopologyPref;
 
 /// The snapshot and the queue (pending jobs in submission order) for one cycle.
 pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Jobs) {
@@ -54,18 +53,7 @@ pub fn build(state: &ClusterState, now_s: f64) -> (Snapshot, Jobs) {
         gpus: p.iter().map(|p| p.remaining).collect(),
         memory_per_gpu_mib: p.iter().map(|p| p.spec.memory_per_gpu_mib).collect(),
         gang: p.iter().map(|p| u8::from(p.spec.gang)).collect(),
-        topology: p
-            .iter()
-            .map(|p| {
-                match p.spec.topology {
-                    TopologyPref::None => Topology::None,
-                    TopologyPref::SameNode => Topology::SameNode,
-                    TopologyPref::SameNvlinkDomain => Topology::SameNvlinkDomain,
-                    TopologyPref::SameRack => Topology::SameRack,
-                }
-                .code()
-            })
-            .collect(),
+        topology: p.iter().map(|p| p.spec.topology.code()).collect(),
         est_runtime_s: p.iter().map(|p| p.spec.est_runtime_s).collect(),
         submit_s: p.iter().map(|p| p.spec.submit_time_s).collect(),
     };

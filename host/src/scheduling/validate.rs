@@ -91,7 +91,7 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{Cluster, JobSpec, TopologyPref};
+    use crate::cluster::{Cluster, JobSpec, Topology};
     use crate::scheduling::{ClusterState, snapshot};
 
     fn setup() -> (Snapshot, Jobs) {
@@ -109,7 +109,7 @@ mod tests {
                     gpus,
                     memory_per_gpu_mib: 2000,
                     gang,
-                    topology: TopologyPref::None,
+                    topology: Topology::None,
                     est_runtime_s: 10.0,
                     submit_time_s: 0.0,
                 },

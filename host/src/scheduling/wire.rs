@@ -1,4 +1,8 @@
-//! The model to the world's types and back, for calls into scheduler plugins.
+//! The one place where the model becomes the scheduler world's types and back, on the host's
+//! side, for calls into scheduler plugins. The world's records are built and taken apart whole,
+//! so a field added to the WIT fails to compile here instead of being dropped.
+
+use gantry_model::columns;
 
 use super::model::{Jobs, Placement, Snapshot};
 use crate::bindings::sched_v0_1 as wit;
@@ -17,11 +21,12 @@ pub fn columns(snapshot: &Snapshot, queue: &Jobs) -> (wit::Snapshot, wit::Jobs) 
         busy: g.busy.clone(),
     };
     let r = &snapshot.running;
+    let (gpu_count, running_gpus) = columns::flatten(r.iter().map(|a| a.gpus.as_slice()));
     let running = wit::Allocations {
         tenant: r.iter().map(|a| a.tenant).collect(),
         priority: r.iter().map(|a| a.priority).collect(),
-        gpu_count: r.iter().map(|a| a.gpus.len() as u32).collect(),
-        gpus: r.iter().flat_map(|a| a.gpus.iter().copied()).collect(),
+        gpu_count,
+        gpus: running_gpus,
         start_s: r.iter().map(|a| a.start_s).collect(),
         expected_end_s: r.iter().map(|a| a.expected_end_s).collect(),
     };
@@ -72,24 +77,13 @@ pub fn placements(answer: wit::Placements) -> Result<Vec<Placement>, String> {
             gpu_count.len()
         ));
     }
-    let total: u64 = gpu_count.iter().map(|&c| u64::from(c)).sum();
-    if total != gpus.len() as u64 {
-        return Err(format!(
-            "placements.gpu-count sums to {total} but placements.gpus has {} entries",
-            gpus.len()
-        ));
-    }
-    let mut rest = gpus.as_slice();
+    let runs = columns::split("placements", &gpu_count, &gpus).map_err(|e| e.to_string())?;
     Ok(job
         .into_iter()
-        .zip(gpu_count)
-        .map(|(job, count)| {
-            let (gpus, tail) = rest.split_at(count as usize);
-            rest = tail;
-            Placement {
-                job,
-                gpus: gpus.to_vec(),
-            }
+        .zip(runs)
+        .map(|(job, run)| Placement {
+            job,
+            gpus: run.to_vec(),
         })
         .collect())
 }

@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn summary_by_hand() {
-        use crate::cluster::TopologyPref;
+        use crate::cluster::Topology;
         let job = |state, submit: f64, start: Option<f64>, end: Option<f64>| {
             let until = |t: Option<f64>| t.unwrap_or(20.0) - submit;
             JobOutcome {
@@ -177,7 +177,7 @@ mod tests {
                 tenant: "a".into(),
                 gpus: 1,
                 gang: true,
-                topology: TopologyPref::None,
+                topology: Topology::None,
                 priority: 0,
                 state,
                 submit_s: submit,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cluster::{Cluster, JobSpec, TopologyPref};
+use crate::cluster::{Cluster, JobSpec, Topology};
 
 /// One job of a trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,7 +29,7 @@ pub struct TraceJob {
     /// All-or-nothing.
     pub gang: bool,
     /// Topology preference.
-    pub topology: TopologyPref,
+    pub topology: Topology,
 }
 
 impl TraceJob {
@@ -157,7 +157,7 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
                 "false" | "0" => false,
                 other => return Err(format!("column `gang`: `{other}` is not true/false/1/0")),
             };
-            let topology: TopologyPref = field(7)
+            let topology: Topology = field(7)
                 .parse()
                 .map_err(|e| format!("column `topology`: {e}"))?;
             Ok(TraceJob {
@@ -195,12 +195,7 @@ pub fn to_csv(jobs: &[TraceJob]) -> String {
     let mut out = COLUMNS.join(",");
     out.push('\n');
     for j in jobs {
-        let topology = match j.topology {
-            TopologyPref::None => "none",
-            TopologyPref::SameNode => "same-node",
-            TopologyPref::SameNvlinkDomain => "same-nvlink-domain",
-            TopologyPref::SameRack => "same-rack",
-        };
+        let topology = j.topology.name();
         out.push_str(&format!(
             "{:.3},{:.1},{},{},{},{},{},{}\n",
             j.submit_s, j.duration_s, j.gpus, j.memory_mib, j.tenant, j.priority, j.gang, topology
@@ -336,11 +331,11 @@ pub fn synthetic(cluster: &Cluster, params: Synthetic) -> Vec<TraceJob> {
             let duration_s = (median_s * (sigma * rng.normal()).exp()).clamp(60.0, 86_400.0);
             let gang = gpus > 1 && rng.unit() < 0.8;
             let topology = match (gang, gpus) {
-                (false, _) => TopologyPref::None,
-                (true, g) if g <= 4 && rng.unit() < 0.3 => TopologyPref::SameNvlinkDomain,
-                (true, g) if g <= 8 && rng.unit() < 0.5 => TopologyPref::SameNode,
-                (true, g) if g > 8 && rng.unit() < 0.4 => TopologyPref::SameRack,
-                _ => TopologyPref::None,
+                (false, _) => Topology::None,
+                (true, g) if g <= 4 && rng.unit() < 0.3 => Topology::SameNvlinkDomain,
+                (true, g) if g <= 8 && rng.unit() < 0.5 => Topology::SameNode,
+                (true, g) if g > 8 && rng.unit() < 0.4 => Topology::SameRack,
+                _ => Topology::None,
             };
             let priority = match rng.unit() {
                 x if x < 0.1 => 10,
@@ -398,7 +393,7 @@ mod tests {
         let text = "submit_time_s,duration_s,gpus,memory_mib,tenant\n0,10,2,100,tenant-1\n";
         let j = parse(text, Path::new("t.csv"), &c).unwrap();
         assert!(j[0].gang);
-        assert_eq!(j[0].topology, TopologyPref::None);
+        assert_eq!(j[0].topology, Topology::None);
     }
 
     #[test]

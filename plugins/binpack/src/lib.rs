@@ -1,15 +1,9 @@
-//! The `binpack` scheduler plugin: least-fragmentation bin packing (see [`packing`]).
+//! The `binpack` scheduler plugin: least-fragmentation bin packing
+//! ([`gantry_plugin_sdk::binpack`], the code the host runs natively as its fallback).
 
+use gantry_plugin_sdk::binpack;
 use gantry_plugin_sdk::config::Config;
-use gantry_plugin_sdk::fit;
 use gantry_plugin_sdk::sched::{ConfigEntry, Jobs, Placement, PluginError, Snapshot, Strategy};
-
-/// The scheduler world's types, under the names `packing` expects.
-mod sched {
-    pub use gantry_plugin_sdk::sched::*;
-}
-
-pub mod packing;
 
 /// The plugin's entry points.
 pub struct Binpack;
@@ -20,11 +14,8 @@ impl Strategy for Binpack {
     }
 
     fn schedule(snapshot: Snapshot, queue: Jobs) -> Result<Vec<Placement>, PluginError> {
-        Ok(packing::pack(&snapshot, &queue))
+        Ok(binpack::pack(&snapshot, &queue))
     }
 }
 
 gantry_plugin_sdk::export_strategy!(Binpack);
-
-#[cfg(test)]
-mod tests;

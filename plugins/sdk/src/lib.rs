@@ -6,7 +6,9 @@
 //! - [`sched`]: the scheduler's data ([`model`]: GPU and job columns with row views) and the
 //!   [`Strategy`] trait.
 //! - [`fit`]: an index of free GPUs by node, NVLink domain and rack, with best-fit and
-//!   worst-fit pickers. The host compiles this same file natively for its fallback strategy.
+//!   worst-fit pickers; [`binpack`]: least-fragmentation bin packing on it. Both come from the
+//!   `gantry-model` crate, which the host uses too: both sides decide identically.
+//! - [`wire`]: the one place where the world's types become the model and back.
 //! - [`transform`]: the preprocessing world's record batches and the [`transform::Transform`]
 //!   trait ([`export_transform!`]).
 //! - [`config`]: typed access to the manifest's `[config]` entries.
@@ -26,7 +28,8 @@
 //! gantry_plugin_sdk::export_strategy!(MyStrategy);
 //! ```
 
-/// Bindings for the `gantry:scheduler/scheduler@0.1.0` world.
+/// Bindings for the [`world::SCHEDULER`] world. The macro wants the name as a literal: it fails
+/// to compile when the WIT has no such world, and a test holds [`world::SCHEDULER`] to the WIT.
 pub mod scheduler {
     wit_bindgen::generate!({
         world: "gantry:scheduler/scheduler@0.1.0",
@@ -39,7 +42,7 @@ pub mod scheduler {
     });
 }
 
-/// Bindings for the `gantry:preprocess/preprocess@0.1.0` world; the host interfaces are the
+/// Bindings for the [`world::PREPROCESS`] world; the host interfaces are the
 /// scheduler bindings' (one `gantry:host` package, one set of types).
 pub mod preprocess {
     wit_bindgen::generate!({
@@ -113,13 +116,12 @@ macro_rules! export_strategy {
 pub use scheduler::export_scheduler;
 
 pub mod config;
-pub mod fit;
-#[cfg(test)]
-mod fit_tests;
-pub mod model;
-pub mod testing;
 pub mod transform;
 pub mod wire;
+
+/// The scheduler's data model (the `gantry-model` crate, shared with the host).
+pub use gantry_model as model;
+pub use gantry_model::{binpack, fit, testing, world};
 
 /// Logging through the host; events are tagged with the plugin's name.
 pub mod log {

@@ -1,4 +1,8 @@
-//! Conversion between the world's types and the SDK's model.
+//! The one place where the scheduler world's types become the model and back, on the guest's
+//! side. Records are taken apart field by field with exhaustive patterns, so a field added to
+//! the WIT fails to compile here instead of being dropped.
+
+use gantry_model::columns;
 
 use crate::model::{Allocation, Gpus, Jobs, Node, Placement, Snapshot, Tenant, Topology};
 use crate::scheduler::exports::gantry::scheduler::strategy as wit;
@@ -26,150 +30,174 @@ fn check_flags(column: &str, codes: &[u8]) -> Result<(), PluginError> {
 }
 
 fn gpus(g: t::Gpus) -> Result<Gpus, PluginError> {
-    let n = g.node.len();
+    let t::Gpus {
+        node,
+        nvlink_domain,
+        rack,
+        model,
+        memory_total_mib,
+        memory_free_mib,
+        healthy,
+        busy,
+    } = g;
     same_length(
         "gpu",
-        n,
+        node.len(),
         &[
-            g.nvlink_domain.len(),
-            g.rack.len(),
-            g.model.len(),
-            g.memory_total_mib.len(),
-            g.memory_free_mib.len(),
-            g.healthy.len(),
-            g.busy.len(),
+            nvlink_domain.len(),
+            rack.len(),
+            model.len(),
+            memory_total_mib.len(),
+            memory_free_mib.len(),
+            healthy.len(),
+            busy.len(),
         ],
     )?;
-    check_flags("gpus.healthy", &g.healthy)?;
-    check_flags("gpus.busy", &g.busy)?;
+    check_flags("gpus.healthy", &healthy)?;
+    check_flags("gpus.busy", &busy)?;
     Ok(Gpus {
-        node: g.node,
-        nvlink_domain: g.nvlink_domain,
-        rack: g.rack,
-        model: g.model,
-        memory_total_mib: g.memory_total_mib,
-        memory_free_mib: g.memory_free_mib,
-        healthy: g.healthy,
-        busy: g.busy,
+        node,
+        nvlink_domain,
+        rack,
+        model,
+        memory_total_mib,
+        memory_free_mib,
+        healthy,
+        busy,
     })
 }
 
 fn jobs(q: wit::Jobs) -> Result<Jobs, PluginError> {
-    let m = q.tenant.len();
+    let wit::Jobs {
+        tenant,
+        priority,
+        gpus,
+        memory_per_gpu_mib,
+        gang,
+        topology,
+        est_runtime_s,
+        submit_s,
+    } = q;
     same_length(
         "job",
-        m,
+        tenant.len(),
         &[
-            q.priority.len(),
-            q.gpus.len(),
-            q.memory_per_gpu_mib.len(),
-            q.gang.len(),
-            q.topology.len(),
-            q.est_runtime_s.len(),
-            q.submit_s.len(),
+            priority.len(),
+            gpus.len(),
+            memory_per_gpu_mib.len(),
+            gang.len(),
+            topology.len(),
+            est_runtime_s.len(),
+            submit_s.len(),
         ],
     )?;
-    check_flags("jobs.gang", &q.gang)?;
-    if let Some(i) = q
-        .topology
+    check_flags("jobs.gang", &gang)?;
+    if let Some(i) = topology
         .iter()
         .position(|&c| Topology::from_code(c).is_none())
     {
         return Err(PluginError::InvalidInput(format!(
-            "jobs.topology[{i}] is {}; expected 0 to 3",
-            q.topology[i]
+            "jobs.topology[{i}] is {}; expected 0 to {}",
+            topology[i],
+            Topology::ALL.len() - 1
         )));
     }
     Ok(Jobs {
-        tenant: q.tenant,
-        priority: q.priority,
-        gpus: q.gpus,
-        memory_per_gpu_mib: q.memory_per_gpu_mib,
-        gang: q.gang,
-        topology: q.topology,
-        est_runtime_s: q.est_runtime_s,
-        submit_s: q.submit_s,
+        tenant,
+        priority,
+        gpus,
+        memory_per_gpu_mib,
+        gang,
+        topology,
+        est_runtime_s,
+        submit_s,
     })
 }
 
 fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
-    let n = r.tenant.len();
+    let t::Allocations {
+        tenant,
+        priority,
+        gpu_count,
+        gpus,
+        start_s,
+        expected_end_s,
+    } = r;
     same_length(
         "allocation",
-        n,
+        tenant.len(),
         &[
-            r.priority.len(),
-            r.gpu_count.len(),
-            r.start_s.len(),
-            r.expected_end_s.len(),
+            priority.len(),
+            gpu_count.len(),
+            start_s.len(),
+            expected_end_s.len(),
         ],
     )?;
-    let total: u64 = r.gpu_count.iter().map(|&c| u64::from(c)).sum();
-    if total != r.gpus.len() as u64 {
-        return Err(PluginError::InvalidInput(format!(
-            "running.gpu-count sums to {total} but running.gpus has {} entries",
-            r.gpus.len()
-        )));
-    }
-    let mut rest = r.gpus.as_slice();
-    Ok((0..n)
-        .map(|i| {
-            let (gpus, tail) = rest.split_at(r.gpu_count[i] as usize);
-            rest = tail;
-            Allocation {
-                tenant: r.tenant[i],
-                priority: r.priority[i],
-                gpus: gpus.to_vec(),
-                start_s: r.start_s[i],
-                expected_end_s: r.expected_end_s[i],
-            }
+    let runs = columns::split("running", &gpu_count, &gpus)
+        .map_err(|e| PluginError::InvalidInput(e.to_string()))?;
+    Ok(runs
+        .enumerate()
+        .map(|(i, run)| Allocation {
+            tenant: tenant[i],
+            priority: priority[i],
+            gpus: run.to_vec(),
+            start_s: start_s[i],
+            expected_end_s: expected_end_s[i],
         })
         .collect())
+}
+
+fn tenant(t: t::Tenant) -> Tenant {
+    let t::Tenant {
+        name,
+        quota_gpus,
+        used_gpus,
+        used_memory_mib,
+        weight,
+    } = t;
+    Tenant {
+        name,
+        quota_gpus,
+        used_gpus,
+        used_memory_mib,
+        weight,
+    }
 }
 
 /// The snapshot and queue in the SDK's model. The GPU and job columns are moved, not copied;
 /// columns of unequal length and codes out of range are refused.
 pub fn model(snapshot: wit::Snapshot, queue: wit::Jobs) -> Result<(Snapshot, Jobs), PluginError> {
+    let wit::Snapshot {
+        now_s,
+        gpus: gpu_columns,
+        node_rack,
+        rack_count,
+        nvlink_domain_count,
+        model_count,
+        tenants,
+        running,
+    } = snapshot;
     let snapshot = Snapshot {
-        now_s: snapshot.now_s,
-        gpus: gpus(snapshot.gpus)?,
-        nodes: snapshot
-            .node_rack
-            .into_iter()
-            .map(|rack| Node { rack })
-            .collect(),
-        rack_count: snapshot.rack_count,
-        nvlink_domain_count: snapshot.nvlink_domain_count,
-        model_count: snapshot.model_count,
-        tenants: snapshot
-            .tenants
-            .into_iter()
-            .map(|t| Tenant {
-                name: t.name,
-                quota_gpus: t.quota_gpus,
-                used_gpus: t.used_gpus,
-                used_memory_mib: t.used_memory_mib,
-                weight: t.weight,
-            })
-            .collect(),
-        running: allocations(snapshot.running)?,
+        now_s,
+        gpus: gpus(gpu_columns)?,
+        nodes: node_rack.into_iter().map(|rack| Node { rack }).collect(),
+        rack_count,
+        nvlink_domain_count,
+        model_count,
+        tenants: tenants.into_iter().map(tenant).collect(),
+        running: allocations(running)?,
     };
     Ok((snapshot, jobs(queue)?))
 }
 
 /// Placements in the world's columns.
 pub fn placements(rows: Vec<Placement>) -> wit::Placements {
-    let mut out = wit::Placements {
-        job: Vec::with_capacity(rows.len()),
-        gpu_count: Vec::with_capacity(rows.len()),
-        gpus: Vec::with_capacity(rows.iter().map(|p| p.gpus.len()).sum()),
-    };
-    for p in rows {
-        out.job.push(p.job);
-        out.gpu_count.push(p.gpus.len() as u32);
-        out.gpus.extend_from_slice(&p.gpus);
+    let (gpu_count, gpus) = columns::flatten(rows.iter().map(|p| p.gpus.as_slice()));
+    wit::Placements {
+        job: rows.iter().map(|p| p.job).collect(),
+        gpu_count,
+        gpus,
     }
-    out
 }
 
 #[cfg(test)]

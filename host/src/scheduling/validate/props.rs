@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::bindings::sched_v0_1 as wit;
-use crate::cluster::{Cluster, JobSpec, TopologyPref};
+use crate::cluster::{Cluster, JobSpec, Topology};
 use crate::fuzz;
 use crate::scheduling::{ClusterState, native, snapshot, wire};
 
@@ -66,7 +66,7 @@ fn state(s: &Setup) -> ClusterState {
             gpus,
             memory_per_gpu_mib: memory,
             gang,
-            topology: TopologyPref::None,
+            topology: Topology::None,
             est_runtime_s: 60.0,
             submit_time_s: 0.0,
         };

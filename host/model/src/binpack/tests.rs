@@ -1,5 +1,5 @@
-use crate::packing::pack;
-use gantry_plugin_sdk::testing::{cluster, job, jobs, occupy};
+use super::pack;
+use crate::testing::{cluster, job, jobs, occupy};
 
 #[test]
 fn small_job_goes_to_the_fullest_node_that_fits() {

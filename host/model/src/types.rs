@@ -3,44 +3,95 @@
 //! The WIT world moves GPUs and jobs as columns, one list per attribute, because lists of numbers
 //! cross the sandbox boundary as single copies. [`Gpus`] and [`Jobs`] keep that layout, so the
 //! SDK hands the lists to a strategy without converting them, and hot loops can read one column;
-//! [`Gpus::row`] and [`Jobs::row`] give a [`Gpu`] or [`Job`] row when that reads better. The host
-//! compiles this same file for its native strategy and its validation, so both sides share one
-//! definition.
+//! [`Gpus::row`] and [`Jobs::row`] give a [`Gpu`] or [`Job`] row when that reads better.
 
 /// Where a job wants its GPUs to be, relative to each other.
+///
+/// It crosses the boundary as a code in `jobs.topology` (`list<u8>`, one copy for the whole
+/// queue where a `list<enum>` is converted element by element): the WIT documents the codes
+/// there, and a test holds [`Topology::code`] and [`Topology::name`] to that text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
 pub enum Topology {
     /// Any GPUs will do.
     #[default]
-    None,
+    None = 0,
     /// All GPUs on one node.
-    SameNode,
+    SameNode = 1,
     /// All GPUs in one NVLink domain.
-    SameNvlinkDomain,
+    SameNvlinkDomain = 2,
     /// All GPUs in one rack.
-    SameRack,
+    SameRack = 3,
 }
 
 impl Topology {
-    /// The case's position in the WIT `topology` enum: its code in `jobs.topology`.
+    /// Every case, in code order.
+    pub const ALL: [Topology; 4] = [
+        Topology::None,
+        Topology::SameNode,
+        Topology::SameNvlinkDomain,
+        Topology::SameRack,
+    ];
+
+    /// The case's code in `jobs.topology`.
     pub fn code(self) -> u8 {
-        match self {
-            Topology::None => 0,
-            Topology::SameNode => 1,
-            Topology::SameNvlinkDomain => 2,
-            Topology::SameRack => 3,
-        }
+        self as u8
     }
 
     /// The case with that code, if any.
     pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            0 => Topology::None,
-            1 => Topology::SameNode,
-            2 => Topology::SameNvlinkDomain,
-            3 => Topology::SameRack,
-            _ => return None,
-        })
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The case's name in files, traces and requests (`same-node`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::None => "none",
+            Topology::SameNode => "same-node",
+            Topology::SameNvlinkDomain => "same-nvlink-domain",
+            Topology::SameRack => "same-rack",
+        }
+    }
+}
+
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A topology name that is none of [`Topology::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTopology(pub String);
+
+impl std::fmt::Display for UnknownTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown topology `{}` (none, same-node, same-nvlink-domain, same-rack)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownTopology {}
+
+impl std::str::FromStr for Topology {
+    type Err = UnknownTopology;
+
+    /// A name as [`Topology::name`] gives it; the empty string is `none`.
+    fn from_str(s: &str) -> Result<Self, UnknownTopology> {
+        if s.is_empty() {
+            return Ok(Topology::None);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| UnknownTopology(s.to_string()))
     }
 }
 
@@ -335,3 +386,6 @@ pub struct Placement {
     /// GPU indices.
     pub gpus: Vec<u32>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,7 @@
-//! An index of free GPUs for placement decisions, rebuilt at the start of every cycle.
-//!
-//! Written only against the scheduler world's types (`super::sched`), so the host compiles this
-//! very file into its native fallback strategy and both sides decide identically.
+//! An index of free GPUs for placement decisions, rebuilt at the start of every cycle; the
+//! plugins and the host's native strategy use the same one, so both sides decide identically.
 
-use super::sched::{Jobs, Snapshot};
+use crate::{Jobs, Snapshot};
 
 /// Free, healthy GPUs grouped by node, with buckets by free count for O(1)-ish best fit.
 #[derive(Debug, Clone)]
@@ -445,3 +443,6 @@ fn order_bits(x: f64) -> u64 {
         bits | (1 << 63)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,11 +5,11 @@
 //! job larger than any node takes the emptiest nodes whole and best-fits the remainder. Jobs
 //! that do not fit are skipped (no reservation): smaller jobs behind them still run.
 //!
-//! This file is compiled into the `binpack` plugin and, unchanged, into the host as its native
-//! fallback strategy and benchmark baseline. It only names `super::sched` and `super::fit`.
+//! The `binpack` plugin runs this in the sandbox; the host runs it natively as its fallback
+//! strategy and benchmark baseline, so both decide the same way.
 
-use super::fit::{FreeIndex, priority_order};
-use super::sched::{Jobs, Placement, Snapshot};
+use crate::fit::{FreeIndex, priority_order};
+use crate::{Jobs, Placement, Snapshot};
 
 /// One scheduling cycle of the bin-packing strategy.
 pub fn pack(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
@@ -62,3 +62,6 @@ fn place_part(index: &FreeIndex, count: u32, memory_mib: u32) -> Option<Vec<u32>
     }
     index.choose_across_nodes(usable, memory_mib, None)
 }
+
+#[cfg(test)]
+mod tests;

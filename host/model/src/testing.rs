@@ -1,6 +1,6 @@
 //! Builders for snapshots and queues in plugin unit tests.
 
-use crate::sched::{Gpu, Gpus, Job, Jobs, Node, Snapshot, Tenant, Topology};
+use crate::{Gpu, Gpus, Job, Jobs, Node, Snapshot, Tenant, Topology};
 
 /// A cluster of `racks` racks, each with `nodes_per_rack` nodes of `gpus_per_node` free 80 GiB
 /// GPUs; each node is one NVLink domain. Two tenants, `a` and `b`, without quotas.

@@ -1,7 +1,7 @@
-//! Checks of the free-GPU index (here rather than in `fit.rs`, which the host also compiles).
+//! Checks of the free-GPU index.
 
-use crate::fit::*;
-use crate::model::{Job, Jobs};
+use super::*;
+use crate::{Job, Jobs};
 use crate::testing::{cluster, job, occupy};
 
 /// SplitMix64, enough randomness for these checks.
