@@ -36,7 +36,13 @@ fn main() {
             .map(|t| t.join("guests"))
             .unwrap_or_else(|| out_dir.join("guests")),
     };
-    for dir in ["plugins", "host/model", "wit", "tests/fixtures", "Cargo.lock"] {
+    for dir in [
+        "plugins",
+        "host/model",
+        "wit",
+        "tests/fixtures",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=GANTRY_GUEST_TARGET_DIR");

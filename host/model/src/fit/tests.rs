@@ -1,8 +1,8 @@
 //! Checks of the free-GPU index.
 
 use super::*;
-use crate::{Job, Jobs};
 use crate::testing::{cluster, job, occupy};
+use crate::{Job, Jobs};
 
 /// SplitMix64, enough randomness for these checks.
 fn rng(state: &mut u64) -> u64 {
