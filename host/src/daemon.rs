@@ -196,7 +196,7 @@ impl Daemon {
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
-        match host.cache().sweep() {
+        match host.sweep_cache() {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 files = n,

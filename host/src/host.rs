@@ -36,7 +36,7 @@ use crate::plugin::health::HealthRules;
 use crate::plugin::{
     self, ArtifactCache, Call, Fault, LoadError, Manifest, PluginError, PluginState,
 };
-use crate::policy::decide::{LoadedPolicy, PolicySlot};
+use crate::policy::decide::{LoadedPolicy, PolicyLimits, PolicyLoader, PolicySlot};
 use crate::policy::request::{Action, Admission, PluginRef, Request, Subject};
 use crate::scheduling::model::Placement;
 use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
@@ -182,6 +182,9 @@ pub enum HostError {
         /// Why.
         reasons: Vec<String>,
     },
+    /// A policy bundle could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// The audit log could not be written; the action was not taken.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -266,11 +269,6 @@ impl Host {
         })
     }
 
-    /// The engine every plugin of this host runs on.
-    pub fn engine(&self) -> &Engine {
-        &self.loader.engine
-    }
-
     /// Loads a scheduler plugin (without installing it): see [`PluginLoader`].
     pub fn load_scheduler_plugin(
         &self,
@@ -299,6 +297,17 @@ impl Host {
     pub fn load_scheduler(&mut self, source: &PluginSource) -> Result<&SchedulerPlugin, LoadError> {
         let plugin = self.load_scheduler_plugin(source)?;
         Ok(self.scheduler.insert(plugin))
+    }
+
+    /// Loads `bundle` (default [`PolicyLimits`]) and installs it as the host's access-control
+    /// policy ([`Host::set_policy`]); returns the policy it replaces. On error the previous one
+    /// stays in force.
+    pub fn install_policy(
+        &mut self,
+        bundle: crate::policy::bundle::Bundle,
+    ) -> Result<Option<Arc<LoadedPolicy>>, HostError> {
+        let policy = self.policy_loader().load(bundle, PolicyLimits::default())?;
+        self.set_policy(policy)
     }
 
     /// Installs `policy` as the host's access-control policy, atomically: decisions already
@@ -441,9 +450,15 @@ impl Host {
         &self.loader.trust
     }
 
-    /// The artifact cache plugins and policies are compiled through.
-    pub fn cache(&self) -> &ArtifactCache {
-        &self.loader.cache
+    /// Removes the temporaries a crash left in the compiled-artifact cache; returns how many.
+    pub fn sweep_cache(&self) -> std::io::Result<usize> {
+        self.loader.cache.sweep()
+    }
+
+    /// What loading a policy bundle on this host's engine and cache takes, apart from the host:
+    /// clone it to compile a bundle without holding a lock on the host.
+    pub fn policy_loader(&self) -> PolicyLoader {
+        PolicyLoader::new(self.loader.engine.clone(), self.loader.cache.clone())
     }
 
     /// The active scheduler plugin.

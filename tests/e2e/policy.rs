@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use gantry::cluster::Cluster;
-use gantry::plugin::ArtifactCache;
 use gantry::policy::bundle::Bundle;
 use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
 use gantry::policy::source::PolicySource;
@@ -110,9 +109,10 @@ fn loaded() -> &'static (Host, PolicySource, std::sync::Arc<LoadedPolicy>) {
         assert_eq!(read.revision(), "test-1");
         assert_eq!(read.wasm, bundle.wasm);
         assert_eq!(read.data, source.data);
-        let cache = ArtifactCache::new(host.engine(), None);
-        let loaded =
-            LoadedPolicy::load(host.engine(), &cache, read, PolicyLimits::default()).unwrap();
+        let loaded = host
+            .policy_loader()
+            .load(read, PolicyLimits::default())
+            .unwrap();
         (host, source, loaded)
     })
 }
@@ -222,13 +222,12 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
     let entrypoints = vec!["runaway/allow".to_string(), "runaway/ok".to_string()];
     let bundle = policy::build(&source, &entrypoints, None).unwrap();
     let (host, _, _) = loaded();
-    let cache = ArtifactCache::new(host.engine(), None);
     let limits = PolicyLimits {
         memory_mib: 64,
         deadline_ms: 300,
         pool: 2,
     };
-    let runaway = LoadedPolicy::load(host.engine(), &cache, bundle, limits).unwrap();
+    let runaway = host.policy_loader().load(bundle, limits).unwrap();
     let err = runaway
         .evaluate("runaway/allow", &serde_json::json!({}))
         .unwrap_err()
@@ -486,8 +485,10 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let mut source = source.clone();
     source.data["quotas"]["robotics"] = serde_json::json!(200);
     let bundle = policy::build(&source, &entrypoints(), Some("test-2")).unwrap();
-    let cache = ArtifactCache::new(host.engine(), None);
-    let newer = LoadedPolicy::load(host.engine(), &cache, bundle, PolicyLimits::default()).unwrap();
+    let newer = host
+        .policy_loader()
+        .load(bundle, PolicyLimits::default())
+        .unwrap();
     let in_flight = host.policy().unwrap().current();
     let old = host.set_policy(newer).unwrap().unwrap();
     assert!(std::sync::Arc::ptr_eq(&old, &in_flight));
@@ -505,6 +506,43 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let cycle = host.schedule_cycle(1.0);
     let placed: Vec<&str> = cycle.placements.iter().map(|a| a.job_id.as_str()).collect();
     assert_eq!(placed, ["c"], "{cycle:?}");
+}
+
+/// An embedder installs a bundle with `Host::install_policy` alone (no engine or cache of the
+/// host's in hand); a bundle that does not load is refused and the policy in force stays.
+#[test]
+fn install_policy_puts_a_bundle_in_force_and_a_broken_one_changes_nothing() {
+    let mut host = host();
+    let source = PolicySource::read(policies_dir()).unwrap();
+    let bundle = policy::build(&source, &entrypoints(), Some("installed-1")).unwrap();
+    assert!(host.install_policy(bundle.clone()).unwrap().is_none());
+    let revision = |host: &Host| host.policy().unwrap().current().revision().to_string();
+    assert_eq!(revision(&host), "installed-1");
+    let ada = Subject::new("ada", ["researcher"]).in_tenants(["vision"]);
+    let audit = Request::new(ada.clone(), Action::AuditRead, Resource::audit_log());
+    let verdict = host.authorize(&audit).unwrap();
+    assert!(!verdict.allow);
+    assert_eq!(
+        verdict.reasons,
+        ["only admins and auditors may read the audit log"]
+    );
+    let list = Request::new(ada, Action::JobList, Resource::Empty {});
+    assert!(host.authorize(&list).unwrap().allow);
+
+    let mut broken = bundle;
+    broken.wasm = b"\0asm not a module".to_vec();
+    match host.install_policy(broken) {
+        Err(gantry::HostError::Policy(e)) => {
+            assert!(e.to_string().contains("policy module"), "{e}")
+        }
+        other => panic!("a broken bundle was installed: {other:?}"),
+    }
+    assert_eq!(
+        revision(&host),
+        "installed-1",
+        "the policy in force changed"
+    );
+    assert!(!host.authorize(&audit).unwrap().allow);
 }
 
 #[test]
@@ -790,9 +828,10 @@ fn edge() -> &'static (PolicySource, std::sync::Arc<LoadedPolicy>) {
         let source = PolicySource::read(dir.path()).unwrap();
         let bundle = policy::build(&source, &entrypoints, None).unwrap();
         let (host, _, _) = loaded();
-        let cache = ArtifactCache::new(host.engine(), None);
-        let sandbox =
-            LoadedPolicy::load(host.engine(), &cache, bundle, PolicyLimits::default()).unwrap();
+        let sandbox = host
+            .policy_loader()
+            .load(bundle, PolicyLimits::default())
+            .unwrap();
         (source, sandbox)
     })
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::plugin::ArtifactCache;
 use crate::policy::decide::{LoadedPolicy, PolicyLimits};
 use crate::policy::source::PolicySource;
 use crate::{Host, HostConfig, HostError, builtin};
@@ -189,12 +188,13 @@ pub fn run(
     let mut config = HostConfig::new(crate::cluster::Cluster::uniform(1, 1, 1, 1));
     config.cache_dir = None;
     let host = Host::new(config)?;
-    let cache = ArtifactCache::new(host.engine(), None);
     let limits = PolicyLimits {
         pool: threads,
         ..PolicyLimits::default()
     };
-    let wasm: Arc<LoadedPolicy> = LoadedPolicy::load(host.engine(), &cache, bundle, limits)
+    let wasm: Arc<LoadedPolicy> = host
+        .policy_loader()
+        .load(bundle, limits)
         .map_err(|e| err(e.to_string()))?;
     // The same code the engine module runs inside the sandbox (the entrypoint compiled for
     // regorus's interpreter, a fresh interpreter state per decision), run natively.

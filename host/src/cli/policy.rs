@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Subcommand;
 use gantry::cluster::Cluster;
-use gantry::plugin::ArtifactCache;
 use gantry::policy::bundle::{Bundle, read_files, write_files};
 use gantry::policy::bundle_signature::{self, SigningKey, VerificationKey};
-use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
+use gantry::policy::decide::PolicyLimits;
 use gantry::policy::source::PolicySource;
 use gantry::{Host, HostConfig};
 
@@ -74,10 +73,8 @@ impl PolicyArgs {
             return Ok(());
         };
         let bundle = self.verify.read(path)?;
-        let policy =
-            LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
-                .with_context(|| format!("loading {}", path.display()))?;
-        host.set_policy(policy)?;
+        host.install_policy(bundle)
+            .with_context(|| format!("loading {}", path.display()))?;
         Ok(())
     }
 }
@@ -265,8 +262,9 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
             config.cache_dir = ctx.cache_dir.clone();
             let host = Host::new(config)?;
-            let cache = ArtifactCache::new(host.engine(), ctx.cache_dir.clone());
-            let policy = LoadedPolicy::load(host.engine(), &cache, read, PolicyLimits::default())
+            let policy = host
+                .policy_loader()
+                .load(read, PolicyLimits::default())
                 .with_context(|| format!("loading {}", bundle.display()))?;
             let start = std::time::Instant::now();
             let result = policy.evaluate(&entrypoint, &input);

@@ -1336,17 +1336,10 @@ async fn reload_policy(
                 .map_err(|e| bad(format!("not a policy bundle: {e}")))?;
         // Compiled without the host's lock (seconds, for a new module): scheduling and reads
         // go on meanwhile; only the swap takes it.
-        let (engine, cache) = {
-            let host = daemon.host_read();
-            (host.engine().clone(), host.cache().clone())
-        };
-        let policy = crate::policy::decide::LoadedPolicy::load(
-            &engine,
-            &cache,
-            bundle,
-            crate::policy::decide::PolicyLimits::default(),
-        )
-        .map_err(|e| bad(format!("the bundle does not load: {e}")))?;
+        let loader = daemon.host_read().policy_loader();
+        let policy = loader
+            .load(bundle, crate::policy::decide::PolicyLimits::default())
+            .map_err(|e| bad(format!("the bundle does not load: {e}")))?;
         if !policy
             .entrypoints()
             .iter()

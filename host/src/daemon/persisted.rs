@@ -44,7 +44,8 @@ pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
         .map_err(|e| e.to_string())?;
     let entrypoints = vec![crate::DECISION_ENTRYPOINT.to_string()];
     let bundle = crate::policy::build(&source, &entrypoints, None).map_err(|e| e.to_string())?;
-    LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
+    host.policy_loader()
+        .load(bundle, PolicyLimits::default())
         .map_err(|e| e.to_string())
 }
 
@@ -74,9 +75,10 @@ pub fn policy_to_start_with(
         let bytes = store.get(object).map_err(|e| failed(e.to_string()))?;
         let bundle =
             bundle_from_bytes(&bytes, &format!("policy object {object}")).map_err(failed)?;
-        let policy =
-            LoadedPolicy::load(host.engine(), host.cache(), bundle, PolicyLimits::default())
-                .map_err(|e| failed(e.to_string()))?;
+        let policy = host
+            .policy_loader()
+            .load(bundle, PolicyLimits::default())
+            .map_err(|e| failed(e.to_string()))?;
         let info = PolicyInForce {
             revision: policy.revision().to_string(),
             source: "installed",

@@ -66,10 +66,44 @@ fn module_error(e: impl std::fmt::Display) -> PolicyError {
     PolicyError::Module(format!("{e:#}"))
 }
 
+/// What loading a policy bundle takes: a host's engine and its compiled-artifact cache
+/// ([`crate::Host::policy_loader`]). Cheap to clone, so a bundle compiles without holding a lock
+/// on the host; the policy it loads can be installed on that host ([`crate::Host::set_policy`])
+/// or evaluated on its own.
+#[derive(Clone)]
+pub struct PolicyLoader {
+    engine: Engine,
+    cache: ArtifactCache,
+}
+
+impl std::fmt::Debug for PolicyLoader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyLoader").finish_non_exhaustive()
+    }
+}
+
+impl PolicyLoader {
+    /// A loader compiling on `engine` through `cache`.
+    pub(crate) fn new(engine: Engine, cache: ArtifactCache) -> Self {
+        Self { engine, cache }
+    }
+
+    /// Compiles (or loads from the cache) the bundle's module and checks that it follows OPA's
+    /// Wasm ABI by instantiating it once with the bundle's data; every evaluation of it is
+    /// bounded by `limits`.
+    pub fn load(
+        &self,
+        bundle: Bundle,
+        limits: PolicyLimits,
+    ) -> Result<Arc<LoadedPolicy>, PolicyError> {
+        LoadedPolicy::load(&self.engine, &self.cache, bundle, limits)
+    }
+}
+
 impl LoadedPolicy {
     /// Compiles (or loads from `cache`) the bundle's module and checks that it follows the ABI
     /// by instantiating it once with the bundle's data.
-    pub fn load(
+    pub(crate) fn load(
         engine: &Engine,
         cache: &ArtifactCache,
         bundle: Bundle,
