@@ -120,6 +120,45 @@ pub struct HostConfig {
 
 /// Which plugins on disk a host loads: those signed by a trusted key, or (for development) any,
 /// with a warning on each load. Shipped plugins are part of the binary and need no signature.
+///
+/// Every public way to load a plugin from outside the binary checks this ([`Host::load_scheduler`],
+/// [`Host::load_scheduler_as`], [`Host::load_scheduler_plugin`], [`Host::load_preprocess_plugin`]
+/// and the same on [`Host::loader`]). What loads a component's bytes without the check is private
+/// to the crate; none of these compile outside it:
+///
+/// ```compile_fail
+/// # let engine = gantry::engine::build().unwrap();
+/// # let linker = gantry::plugin::base_linker(&engine).unwrap();
+/// # let cache = gantry::plugin::ArtifactCache::new(&engine, None);
+/// let b = gantry::builtin::scheduler("binpack").unwrap();
+/// let origin = std::path::Path::new("unchecked/plugin.toml");
+/// let manifest = gantry::plugin::Manifest::parse(b.manifest, origin).unwrap();
+/// let rules = gantry::plugin::health::HealthRules::default();
+/// gantry::scheduling::SchedulerPlugin::load(
+///     &engine, &linker, &cache, manifest, b.wasm, origin, rules, 1000,
+/// );
+/// ```
+///
+/// ```compile_fail
+/// # let engine = gantry::engine::build().unwrap();
+/// # let linker = gantry::plugin::base_linker(&engine).unwrap();
+/// # let cache = gantry::plugin::ArtifactCache::new(&engine, None);
+/// let b = gantry::builtin::preprocessor("standardize").unwrap();
+/// let origin = std::path::Path::new("unchecked/plugin.toml");
+/// let manifest = gantry::plugin::Manifest::parse(b.manifest, origin).unwrap();
+/// gantry::preprocess::PreprocessPlugin::load(&engine, &linker, &cache, manifest, b.wasm, origin);
+/// ```
+///
+/// ```compile_fail
+/// # let engine = gantry::engine::build().unwrap();
+/// # let linker = gantry::plugin::base_linker(&engine).unwrap();
+/// # let cache = gantry::plugin::ArtifactCache::new(&engine, None);
+/// let b = gantry::builtin::scheduler("binpack").unwrap();
+/// let origin = std::path::Path::new("unchecked/plugin.toml");
+/// let manifest = gantry::plugin::Manifest::parse(b.manifest, origin).unwrap();
+/// let kind = gantry::plugin::PluginKind::Scheduler;
+/// gantry::plugin::link(&engine, &linker, &cache, manifest, b.wasm, origin, kind, Ok);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PluginTrust {
     /// Hex Ed25519 public keys whose signatures make a plugin loadable.

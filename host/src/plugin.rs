@@ -311,9 +311,10 @@ pub fn guest_error(
 
 /// Checks that `manifest` declares `kind`, compiles (or loads from cache) the component and
 /// links it; `typed` checks the world's exports (the bindings' `*Pre::new`). A component that
-/// does not implement the kind's world is a [`LoadError::WrongWorld`].
+/// does not implement the kind's world is a [`LoadError::WrongWorld`]. Crate-private: no trust
+/// check happens here; the public way in is [`crate::Host`]'s loaders, which check first.
 #[allow(clippy::too_many_arguments)] // the loader's inputs, passed through from each kind's load
-pub fn link<P>(
+pub(crate) fn link<P>(
     engine: &Engine,
     linker: &Linker<PluginState>,
     cache: &ArtifactCache,
@@ -355,8 +356,9 @@ pub fn link<P>(
     Ok((compiled, pre))
 }
 
-/// Compiles (or loads from cache) the component `wasm` described by `manifest`.
-pub fn compile(
+/// Compiles (or loads from cache) the component `wasm` described by `manifest` (crate-private,
+/// like [`link`]).
+pub(crate) fn compile(
     engine: &Engine,
     cache: &ArtifactCache,
     manifest: Manifest,

@@ -86,8 +86,10 @@ impl std::fmt::Debug for PreprocessPlugin {
 }
 
 impl PreprocessPlugin {
-    /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
-    pub fn load(
+    /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`. No
+    /// trust check happens here: crate-private, reached through [`crate::Host`]'s loaders (which
+    /// check first) and [`Self::builtin`] (shipped plugins, part of the binary).
+    pub(crate) fn load(
         engine: &Engine,
         linker: &Linker<PluginState>,
         cache: &ArtifactCache,

@@ -166,3 +166,82 @@ fn plugin_cli_signs_and_verifies() {
         text(&out).1
     );
 }
+
+/// Every public way a host loads a plugin from outside the binary checks its signature: a plugin
+/// on disk or uploaded, unsigned or signed by a key the host does not trust, loads through none
+/// of them (the loaders that take a component's bytes directly are private to the crate; the
+/// doctests on `PluginTrust` show that they do not compile from outside). Signed by the trusted
+/// key, the same plugins load: the refusals are the trust check's.
+#[test]
+fn no_public_host_method_loads_an_untrusted_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = hostile(dir.path(), "ok", "");
+    let team = gantry::keys::generate(&dir.path().join("team.pk8")).unwrap();
+    let stranger = gantry::keys::generate(&dir.path().join("other.pk8")).unwrap();
+    let upload = |b: &gantry::builtin::Builtin, by: Option<&ring::signature::Ed25519KeyPair>| {
+        gantry::UploadedPlugin {
+            name: format!("{}-upload", b.name),
+            manifest: b.manifest.to_string(),
+            wasm: b.wasm.to_vec(),
+            signature: by.map(|k| signature::sign(k, b.wasm, b.manifest.as_bytes())),
+        }
+    };
+    let binpack = gantry::builtin::scheduler("binpack").unwrap();
+    let standardize = gantry::builtin::preprocessor("standardize").unwrap();
+    let uploaded = |up| PluginSource::Uploaded(Box::new(up));
+    let schedulers = [
+        PluginSource::Path(on_disk.clone()),
+        uploaded(upload(binpack, None)),
+        uploaded(upload(binpack, Some(&stranger))),
+    ];
+    let preprocessors = [
+        upload(standardize, None),
+        upload(standardize, Some(&stranger)),
+    ];
+    let refused = |what: &str, result: Result<(), LoadError>| match result {
+        Err(LoadError::Signature { .. }) => {}
+        Err(other) => panic!("{what}: expected a signature refusal, got {other}"),
+        Ok(()) => panic!("{what}: an untrusted plugin loaded"),
+    };
+    let admin = gantry::policy::Subject::new("root", ["admin"]);
+    let mut h = host(trusting(&gantry::keys::public_hex(&team)));
+    let kinds = [
+        "unsigned, on disk",
+        "unsigned, uploaded",
+        "uploaded, a stranger's",
+    ];
+    for (source, what) in schedulers.iter().zip(kinds) {
+        refused(what, h.load_scheduler_plugin(source).map(drop));
+        refused(what, h.loader().load_scheduler_plugin(source).map(drop));
+        refused(what, h.load_scheduler(source).map(drop));
+        match h.load_scheduler_as(&admin, source) {
+            Err(gantry::HostError::Load(e)) => refused(what, Err(e)),
+            other => panic!("{what}: load_scheduler_as gave {:?}", other.map(drop)),
+        }
+    }
+    assert!(h.scheduler().is_none(), "a refused plugin became active");
+    for up in &preprocessors {
+        refused(
+            &up.name,
+            h.load_preprocess_plugin(&up.name, Some(up)).map(drop),
+        );
+        refused(
+            &up.name,
+            h.loader()
+                .load_preprocess_plugin(&up.name, Some(up))
+                .map(drop),
+        );
+    }
+
+    sign(&on_disk, &team);
+    for source in [
+        PluginSource::Path(on_disk),
+        uploaded(upload(binpack, Some(&team))),
+    ] {
+        h.load_scheduler_plugin(&source).unwrap();
+        h.load_scheduler_as(&admin, &source).unwrap();
+    }
+    let signed = upload(standardize, Some(&team));
+    h.load_preprocess_plugin(&signed.name, Some(&signed))
+        .unwrap();
+}

@@ -49,9 +49,10 @@ impl std::fmt::Debug for SchedulerPlugin {
 impl SchedulerPlugin {
     /// Compiles (or loads from cache) and links the component `wasm` described by `manifest`.
     /// `origin` names the source in errors; `rules` say when it is quarantined; no call may run
-    /// longer than `max_deadline_ms`, whatever the manifest says.
+    /// longer than `max_deadline_ms`, whatever the manifest says. No trust check happens here:
+    /// crate-private, reached only through [`crate::Host`]'s loaders, which check first.
     #[allow(clippy::too_many_arguments)] // the loader's inputs, passed through from the host
-    pub fn load(
+    pub(crate) fn load(
         engine: &Engine,
         linker: &Linker<PluginState>,
         cache: &ArtifactCache,
