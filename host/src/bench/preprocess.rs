@@ -1,5 +1,5 @@
 //! `gantry bench preprocess`: the shipped `standardize` plugin in the sandbox against the same
-//! source compiled natively (`plugins/standardize/src/zscore.rs`), on the same batches, in the
+//! crate compiled natively (`gantry_plugin_standardize::zscore`), on the same batches, in the
 //! same run, both sides with one worker per thread: the first pass (`observe`, summed), then
 //! `prepare`, then the `process` pass. MB/s counts the dataset's bytes once per full run.
 
@@ -10,9 +10,7 @@ use serde::Serialize;
 use crate::plugin::{self, ArtifactCache, Call, Fault, PluginError};
 use crate::preprocess::{PreprocessPlugin, RecordBatch, add_totals, line_batches};
 
-#[path = "../../../plugins/standardize/src/zscore.rs"]
-#[allow(dead_code)]
-mod zscore;
+use gantry_plugin_standardize::zscore;
 
 /// Workload of the preprocessing benchmark.
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,6 @@
 //! Z-score standardisation of numeric CSV records: the plugin's whole algorithm, with no
-//! dependency on the SDK, so the host compiles this same file natively to measure the sandbox's
-//! cost (`gantry bench preprocess`).
+//! dependency on the SDK; `gantry bench preprocess` links this crate natively to measure the
+//! sandbox's cost on the same code.
 
 /// Per-column statistics, learned in the first pass.
 #[derive(Debug, Clone, Default, PartialEq)]
