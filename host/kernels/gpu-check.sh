@@ -15,7 +15,7 @@ dir=target/gpu-check
 case "${1:-}" in
 build)
   mkdir -p "$dir"
-  cargo build --release -p gantry --features cuda
+  cargo build --release -p gantry-cli --features cuda
   cp target/release/gantry "$dir/gantry"
   # The CUDA integration tests as a standalone binary (cargo prints its path).
   bin=$(cargo test --release -p gantry-kernels --features cuda --test cuda --no-run 2>&1 |

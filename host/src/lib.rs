@@ -1,8 +1,10 @@
 //! Gantry: a host runtime for AI-training clusters.
 //!
 //! Gantry owns the GPUs and loads sandboxed WebAssembly plugins for the decisions every platform
-//! wants to customise; this crate is what platforms embed, and the `gantry` binary is a thin
-//! layer over it.
+//! wants to customise. This crate, the core, is what platforms embed (see `examples/embedder`):
+//! the engine, plugins, policy, scheduling, storage, the audit log, the preprocessing pipeline
+//! and training jobs. It has no HTTP server, database or command line: those are
+//! `gantry-daemon` and `gantry-cli`, built on it.
 //!
 //! - [`Host`]: one wasmtime engine, the loaded plugins and the cluster state.
 //! - [`audit`]: the tamper-evident audit log (hash chain, signed checkpoints).
@@ -14,19 +16,19 @@
 //! - [`simulate`]: discrete-event simulation of a cluster over a job trace.
 //! - [`training`]: training jobs on the native kernels (`gantry-kernels`): configs, data, devices,
 //!   checkpoints.
+//! - [`storage`]: the encrypted, content-addressed object store.
+//! - [`preprocess`], [`pipeline`]: preprocessing plugins and the streaming data path.
+//! - [`builtin`]: the shipped plugins and policy, compiled in.
+//! - [`engine`], [`bindings`]: the one wasmtime engine; the host side of the WIT worlds.
 //! - [`chart`], [`durable`]: SVG line charts; crash-safe whole-file writes.
 
 pub mod audit;
-pub mod bench;
 pub mod bindings;
 pub mod builtin;
 pub mod chart;
 pub mod cluster;
-pub mod daemon;
 pub mod durable;
 pub mod engine;
-#[cfg(test)]
-pub(crate) mod fuzz;
 mod host;
 pub mod keys;
 pub mod pipeline;

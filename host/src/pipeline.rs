@@ -317,5 +317,23 @@ pub fn run(
     })
 }
 
+/// A seeded CSV dataset: `rows` lines of `columns` decimal numbers with 4-6 decimals.
+pub fn synthetic_csv(rows: usize, columns: usize, seed: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut rng = gantry_kernels::rng::Rng::new(seed, 0xC5F);
+    let mut out = Vec::with_capacity(rows * columns * 10);
+    for _ in 0..rows {
+        for c in 0..columns {
+            if c > 0 {
+                out.push(b',');
+            }
+            let v = rng.normal() * (c as f32 + 1.0) + c as f32;
+            let _ = write!(out, "{v:.5}");
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,6 @@
 //! OPA bundle signatures (`/.signatures.json`, a JWT over the files' hashes): RS256, ES256 and
 //! HS256 made and checked; every kind of tampering refused with a reason.
 
-use std::path::Path;
-
 use gantry::policy::bundle::{Bundle, read_files, write_files};
 use gantry::policy::bundle_signature::{self, Alg, SigningKey, VerificationKey};
 
@@ -10,8 +8,8 @@ use crate::support::{gantry, text};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/keys")
+        crate::support::repo()
+            .join("tests/fixtures/keys")
             .join(name),
     )
     .unwrap()

@@ -145,7 +145,7 @@ pub(crate) fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
 }
 
 /// Waits until job `job` has a checkpoint of at least `step` steps; returns its step.
-fn wait_for_checkpoint(db: &gantry::daemon::db::Db, job: &str, step: u32) -> u32 {
+fn wait_for_checkpoint(db: &gantry_daemon::db::Db, job: &str, step: u32) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some((at, _)) = db.latest_checkpoint(job).unwrap()
@@ -411,7 +411,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let body = json!({"id": "t1", "tenant": "vision", "gpus": 1, "train": train_toml(150)});
     let (s, v) = request(&jobs, "POST", Some(&ada), Some(&body.to_string()));
     assert_eq!(s, 201, "{v}");
-    let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
+    let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "vision/t1", 200);
     // Live metrics while it runs: its step, loss and throughput, and on /metrics.
     let (s, m) = request(
@@ -751,7 +751,7 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
         .0,
         201
     );
-    let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
+    let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "vision/t3", 100);
     let (_, job) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
     let bad = job["gpu_ids"][0].as_str().unwrap().to_string();

@@ -562,7 +562,7 @@ fn a_policy_and_gpu_health_an_admin_set_survive_a_restart() {
 
     // An installed policy that no longer loads stops the start (never silently the shipped
     // one); `--shipped-policy` replaces it, audited.
-    let db = gantry::daemon::db::Db::open(&gantry::daemon::db_path(&data)).unwrap();
+    let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let object = db.setting("policy.object").unwrap().unwrap();
     drop(db);
     let key = data

@@ -503,7 +503,7 @@ fn health_answers_while_the_database_is_slow() {
         request(&format!("{url}/v1/jobs"), "GET", Some(&ada), None).0,
         200
     );
-    let conn = rusqlite::Connection::open(gantry::daemon::db_path(&data)).unwrap();
+    let conn = rusqlite::Connection::open(gantry_daemon::db_path(&data)).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     let held = Instant::now();
     let slowest = std::thread::scope(|s| {

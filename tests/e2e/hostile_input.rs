@@ -13,10 +13,8 @@ use serde_json::{Value, json};
 use crate::daemon::{Daemon, request, train_toml};
 use crate::support::{add_user, init_data_dir, plugin_key, shared_cache, sign_plugin};
 
-/// The generators the parsers' property tests use (valid documents and their mutations).
-#[path = "../../host/src/fuzz.rs"]
-#[allow(dead_code)]
-mod fuzz;
+// The generators the parsers' property tests use (valid documents and their mutations).
+use gantry_fuzz as fuzz;
 
 /// One JSON endpoint and valid bodies for it, pretty-printed (one field a line, so that line
 /// mutations drop, repeat and insert fields).

@@ -248,7 +248,7 @@ fn a_job_whose_runs_keep_taking_the_daemon_down_ends_failed() {
     let body = json!({"id": "crashy", "tenant": "vision", "gpus": 1, "train": train_toml(4000)});
     let mut daemon = Daemon::start(&data, &cache);
     assert_eq!(submit(&daemon.url, &ada, &body).0, 201);
-    for crash in 1..=gantry::daemon::db::MAX_CRASHES {
+    for crash in 1..=gantry_daemon::db::MAX_CRASHES {
         // The backoff before the third run is 15 s; wait for each run to be under way.
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -287,7 +287,7 @@ fn a_job_whose_runs_keep_taking_the_daemon_down_ends_failed() {
     // A clean stop is not a crash: a fresh job survives any number of them.
     let body = json!({"id": "calm", "tenant": "vision", "gpus": 1, "train": train_toml(4000)});
     assert_eq!(submit(&daemon.url, &ada, &body).0, 201);
-    for _ in 0..gantry::daemon::db::MAX_CRASHES {
+    for _ in 0..gantry_daemon::db::MAX_CRASHES {
         wait_for_state(&daemon.url, &ada, "calm", "running");
         daemon.signal("-TERM");
         daemon = Daemon::start(&data, &cache);

@@ -18,7 +18,7 @@ const ENTRYPOINTS: [&str; 3] = [
 ];
 
 fn policies_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../policies"))
 }
 
 fn host() -> Host {

@@ -6,17 +6,14 @@ use std::process::{Command, Output};
 use gantry::cluster::{Cluster, JobSpec, Topology};
 use gantry::{Host, HostConfig, PluginSource};
 
-/// The hostile fixture component.
-pub const HOSTILE_WASM: &str = env!("GANTRY_WASM_FIXTURE_HOSTILE");
-/// A component of the preprocessing world.
-pub const WRONG_WORLD_WASM: &str = env!("GANTRY_WASM_FIXTURE_WRONG_WORLD");
+pub use gantry_fixtures::{HOSTILE_WASM, WRONG_WORLD_WASM};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    // These tests belong to `gantry-cli`, at `host/cli`.
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .canonicalize()
         .unwrap()
-        .to_path_buf()
 }
 
 /// One compiled-plugin cache shared by the tests that start daemons: the policy engine module

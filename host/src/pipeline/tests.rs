@@ -10,7 +10,7 @@ fn plugin() -> PreprocessPlugin {
 }
 
 fn csv(rows: usize, columns: usize) -> Vec<u8> {
-    crate::bench::preprocess::dataset(rows, columns, 3)
+    crate::pipeline::synthetic_csv(rows, columns, 3)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 
 use super::tensor_fault;
-use crate::fuzz;
+use gantry_fuzz as fuzz;
 
 /// Shapes of 0-4 dimensions, small or extreme, with data near what they imply.
 fn tensor() -> impl Strategy<Value = (Vec<u32>, Vec<f32>, usize)> {

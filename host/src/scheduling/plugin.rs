@@ -135,7 +135,7 @@ impl SchedulerPlugin {
     }
 
     /// A new instance, configured, at time 0 (used by the benchmarks).
-    pub(crate) async fn instantiate(&self) -> Result<Ready, PluginError> {
+    pub async fn instantiate(&self) -> Result<Ready, PluginError> {
         self.instantiate_with(CallEnv::default()).await
     }
 
@@ -194,7 +194,7 @@ impl SchedulerPlugin {
 
     /// Calls `configure` with no entries on a ready instance: the cheapest possible guest call,
     /// for measuring call overhead.
-    pub(crate) async fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
+    pub async fn trivial_call(&self, ready: &mut Ready) -> Result<(), PluginError> {
         let (store, bindings) = ready;
         plugin::arm_deadline(store, self.limits.deadline_ms);
         match bindings

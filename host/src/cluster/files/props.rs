@@ -7,7 +7,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Syntax};
+use gantry_fuzz::{self as fuzz, Syntax};
 
 const DEFAULT_CLUSTER: &str = include_str!("../../../assets/default-cluster.toml");
 const EXAMPLE_JOBS: &str = include_str!("../../../assets/example-jobs.toml");

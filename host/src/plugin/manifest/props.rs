@@ -6,7 +6,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Syntax};
+use gantry_fuzz::{self as fuzz, Syntax};
 
 /// A valid manifest from its parts.
 fn manifest_text(name: &str, kind: PluginKind, limits: &Limits, wasm: Option<&str>) -> String {

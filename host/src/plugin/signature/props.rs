@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use ring::signature::Ed25519KeyPair;
 
 use super::*;
-use crate::fuzz::{self, Syntax};
+use gantry_fuzz::{self as fuzz, Syntax};
 
 const WASM: &[u8] = b"\0asm\x0d\0\x01\0component bytes";
 const MANIFEST: &[u8] = b"name = \"p\"\nversion = \"0.1.0\"\n";

@@ -8,7 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Mutation, Syntax, gzip, tar_header};
+use gantry_fuzz::{self as fuzz, Mutation, Syntax, gzip, tar_header};
 
 /// One tar member as written: its kind, name, claimed size and actual bytes.
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::*;
-use crate::fuzz::{gzip, gzip_bomb, tar_header, tar_of};
 use crate::policy::bundle_signature::{self, Alg, SigningKey, VerificationKey};
+use gantry_fuzz::{gzip, gzip_bomb, tar_header, tar_of};
 
 /// A reader that counts what is taken from it.
 struct Counted<R> {

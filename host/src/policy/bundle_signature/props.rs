@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Syntax};
+use gantry_fuzz::{self as fuzz, Syntax};
 
 fn files() -> Vec<(String, Vec<u8>)> {
     vec![

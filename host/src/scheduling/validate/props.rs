@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::bindings::sched_v0_1 as wit;
 use crate::cluster::{Cluster, JobSpec, Topology};
-use crate::fuzz;
 use crate::scheduling::{ClusterState, native, snapshot, wire};
+use gantry_fuzz as fuzz;
 
 /// A cluster with some GPUs unhealthy or short of memory, tenants with and without quotas,
 /// some GPUs already held, and a queue.

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::cluster::files::{check_job, parse_cluster};
-use crate::fuzz::{self, Mutation, Syntax};
+use gantry_fuzz::{self as fuzz, Mutation, Syntax};
 
 fn cluster() -> Cluster {
     parse_cluster(

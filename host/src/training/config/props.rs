@@ -7,8 +7,8 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Syntax};
 use crate::training::limits::memory_estimate;
+use gantry_fuzz::{self as fuzz, Syntax};
 
 /// The shipped examples and a few more, to mutate.
 fn seeds() -> Vec<String> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::*;
-use crate::fuzz::{self, Mutation, Syntax};
+use gantry_fuzz::{self as fuzz, Mutation, Syntax};
 
 /// Fields that break CSV readers of numbers.
 fn hostile_field() -> impl Strategy<Value = String> {

@@ -1,0 +1,263 @@
+//! Commands, argument parsing and output.
+
+mod audit;
+mod bench;
+mod daemon;
+mod db;
+mod demo;
+mod plugin;
+mod policy;
+mod preprocess;
+mod schedule;
+mod simulate;
+mod store;
+pub mod table;
+mod train;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gantry::cluster::{Cluster, files};
+use gantry::{Host, HostConfig, PluginSource};
+
+/// The default cluster (`host/assets/default-cluster.toml`), built into the binary.
+pub const DEFAULT_CLUSTER: &str = include_str!("../../assets/default-cluster.toml");
+
+/// Gantry: a host runtime for AI-training clusters with sandboxed wasm plugins.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Directory for compiled plugins (default: $GANTRY_CACHE_DIR, $XDG_CACHE_HOME/gantry or
+    /// ~/.cache/gantry).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile plugins on every load instead of caching them.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// A hex Ed25519 public key whose plugin signatures are trusted (repeatable).
+    #[arg(long = "trust", global = true, value_name = "KEY")]
+    pub trusted_keys: Vec<String>,
+    /// Load plugins from disk without a trusted signature (development; warns on each load).
+    #[arg(long, global = true)]
+    pub allow_unsigned: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One scheduling cycle: jobs in, placements out.
+    Schedule(schedule::Args),
+    /// Discrete-event simulation of a cluster over a job trace.
+    Simulate(simulate::Args),
+    /// Job traces.
+    #[command(subcommand)]
+    Trace(simulate::TraceCommand),
+    /// Benchmarks (JSON with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Access-control policies: build Rego into OPA wasm bundles, evaluate them.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Plugin signatures: keys, signing, verification.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// The audit log: signing key, verification, recovery.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// List the plugins shipped in this binary.
+    Plugins,
+    /// Train a network on the native kernels (CPU, or CUDA GPUs in a `cuda` build).
+    Train(train::Args),
+    /// Score a checkpoint's network on new data (loss, accuracy).
+    Eval(train::EvalArgs),
+    /// Stream a dataset (a CSV file, or an object of the encrypted store) through a
+    /// preprocessing plugin into the binary f32 format.
+    Preprocess(preprocess::Args),
+    /// The whole product in under two minutes on a throwaway data directory: a daemon, two
+    /// tenants, policy decisions, encrypted storage, wasm preprocessing, training, audit.
+    Demo(demo::Args),
+    /// Run the host as a service: the HTTP API over the data directory (loopback by default).
+    Up(daemon::UpArgs),
+    /// Users of the API and their bearer tokens.
+    #[command(subcommand)]
+    User(daemon::UserCommand),
+    /// Submit a job to a running daemon.
+    Submit(daemon::SubmitArgs),
+    /// List the jobs a running daemon shows you.
+    Jobs {
+        #[command(flatten)]
+        client: daemon::Client,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job's log: submission, placement, checkpoints, resumes, its end.
+    Logs {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+    },
+    /// A training job's progress: step, epoch, loss, throughput (and its loss curve with --json).
+    Metrics {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job's id.
+        id: String,
+        #[command(flatten)]
+        client: daemon::Client,
+    },
+    /// Create the host's data directory: object store, master key, signing key.
+    Init(store::DataDir),
+    /// The master key of the data directory.
+    #[command(subcommand)]
+    Key(store::KeyCommand),
+    /// The encrypted object store (content-addressed, AES-256-GCM envelope encryption).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// The daemon's database: backup, restore, check.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// The compute devices found, and why CUDA is not used when it is not.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Logs go to stderr; the default shows warnings (plugin faults, fallbacks) only.
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    // opa-wasm logs every policy error (with a wasm backtrace) as an error of its own: Gantry
+    // reports it once, as the decision's reason, so opa-wasm's events show from -vv on.
+    let opa_wasm = if verbose >= 2 { level } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},opa_wasm={opa_wasm}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true)
+        .init();
+}
+
+impl Cli {
+    /// Whether this runs the daemon (`gantry up`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Up(_))
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.clone().or_else(gantry::default_cache_dir)
+    };
+    let ctx = Context {
+        cache_dir,
+        trust: gantry::PluginTrust {
+            trusted_keys: cli.trusted_keys.clone(),
+            allow_unsigned: cli.allow_unsigned,
+        },
+    };
+    match cli.command {
+        Command::Schedule(args) => schedule::run(&ctx, args),
+        Command::Simulate(args) => simulate::run(&ctx, args),
+        Command::Trace(cmd) => simulate::trace(cmd),
+        Command::Bench(cmd) => bench::run(&ctx, cmd),
+        Command::Policy(cmd) => policy::run(&ctx, cmd),
+        Command::Audit(cmd) => audit::run(cmd),
+        Command::Plugin(cmd) => plugin::run(&ctx, cmd),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => train::eval(args),
+        Command::Preprocess(args) => preprocess::run(&ctx, args),
+        Command::Demo(args) => demo::run(&ctx, args),
+        Command::Up(args) => daemon::up(&ctx, args),
+        Command::User(cmd) => daemon::user(cmd),
+        Command::Submit(args) => daemon::submit(args),
+        Command::Jobs { client, json } => daemon::jobs(client, json),
+        Command::Cancel { id, client } => daemon::cancel(client, &id),
+        Command::Logs { id, client } => daemon::logs(client, &id),
+        Command::Metrics { id, client, json } => daemon::metrics(client, &id, json),
+        Command::Init(dir) => store::init(&dir),
+        Command::Key(cmd) => store::key(cmd),
+        Command::Store(cmd) => store::store(cmd),
+        Command::Db(cmd) => db::run(cmd),
+        Command::Devices { json } => train::devices(json),
+        Command::Plugins => {
+            let mut t = table::Table::new(&["plugin", "kind", "what it does"]);
+            for b in gantry::builtin::SCHEDULERS {
+                t.row(vec![b.name.into(), "scheduler".into(), b.summary.into()]);
+            }
+            for b in gantry::builtin::PREPROCESSORS {
+                t.row(vec![b.name.into(), "preprocess".into(), b.summary.into()]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+    }
+}
+
+/// Settings shared by the commands.
+pub struct Context {
+    cache_dir: Option<PathBuf>,
+    trust: gantry::PluginTrust,
+}
+
+impl Context {
+    /// A host for `cluster` with `plugin` (a shipped name or a path) loaded.
+    pub fn host(&self, cluster: Cluster, plugin: &str) -> anyhow::Result<Host> {
+        let mut config = HostConfig::new(cluster);
+        config.cache_dir = self.cache_dir.clone();
+        config.trust = self.trust.clone();
+        let mut host = Host::new(config)?;
+        let source: PluginSource = plugin.parse()?;
+        host.load_scheduler(&source)
+            .with_context(|| format!("loading plugin `{plugin}`"))?;
+        Ok(host)
+    }
+}
+
+/// The cluster at `path`, or the built-in default.
+pub fn cluster(path: Option<&PathBuf>) -> anyhow::Result<Cluster> {
+    Ok(match path {
+        Some(p) => files::load_cluster(p)?,
+        None => files::parse_cluster(DEFAULT_CLUSTER, "<default-cluster.toml>".as_ref())?,
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}

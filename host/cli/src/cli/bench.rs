@@ -1,0 +1,415 @@
+//! `gantry bench ...`.
+
+use std::path::PathBuf;
+
+use crate::bench::{self, ScheduleParams};
+
+use super::table::Table;
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// One scheduling cycle through the wasm bin-packing plugin vs the native implementation.
+    Schedule {
+        /// Racks of 8 nodes (64 racks = 512 nodes).
+        #[arg(long, default_value_t = 64)]
+        racks: u32,
+        /// GPUs per node.
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: u32,
+        /// Pending jobs.
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Timed cycles per side.
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// Plugin to measure against native bin packing: a shipped name, a directory or a
+        /// manifest.
+        #[arg(long, default_value = "binpack")]
+        plugin: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decisions of the shipped authz policy: sandboxed engine module vs native regorus.
+    Policy {
+        /// Timed decisions per side for the latency percentiles.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Threads for the throughput figure (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Seconds each side runs for the throughput figure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
+    Kernels(KernelArgs),
+    /// A load test of the daemon's API on loopback: concurrent submits and reads, latency
+    /// percentiles, errors and lost jobs.
+    Api {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Submissions per client (each read back once).
+        #[arg(long, default_value_t = 250)]
+        submits: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hostile clients against a real `gantry up` (a child process) on loopback: a slowloris
+    /// (health latency during it), unauthenticated 60 MiB uploads (the daemon's peak memory), a
+    /// flood of junk requests (what it adds to the audit log).
+    Attack {
+        /// Slow connections (from 127.0.0.2).
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Seconds the slowloris lasts.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Junk requests.
+        #[arg(long, default_value_t = 2000)]
+        junk: usize,
+        /// The `gantry` binary whose daemon is attacked (default: this one), to compare another
+        /// build side by side.
+        #[arg(long, value_name = "PATH")]
+        daemon: Option<std::path::PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// CSV standardisation through the wasm `standardize` plugin vs the same code native.
+    Preprocess {
+        /// CSV rows in the generated dataset.
+        #[arg(long, default_value_t = 400_000)]
+        rows: usize,
+        /// Records per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Worker threads per side (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `gantry bench kernels`.
+#[derive(Debug, clap::Args)]
+pub struct KernelArgs {
+    /// Threads for every side (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Python interpreter with NumPy and PyTorch for the peers.
+    #[arg(long, default_value = "python3", value_name = "PYTHON")]
+    python: PathBuf,
+    /// Measure Gantry only.
+    #[arg(long)]
+    no_peers: bool,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Rounds of (Gantry, peers); each side's best round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a benchmark.
+pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Kernels(args) => kernels(args),
+        BenchCommand::Api {
+            clients,
+            submits,
+            json,
+        } => {
+            let r = bench::api::run(
+                bench::api::ApiParams {
+                    clients: clients.max(1),
+                    submits_per_client: submits.max(1),
+                },
+                ctx.cache_dir.clone(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["request", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"]);
+            for (k, l) in [
+                ("POST /v1/jobs", &r.submit),
+                ("GET /v1/jobs/{id}", &r.read),
+                ("GET /v1/health (under the load)", &r.health),
+            ] {
+                t.row(vec![
+                    k.into(),
+                    l.requests.to_string(),
+                    format!("{:.2}", l.p50_ms),
+                    format!("{:.2}", l.p95_ms),
+                    format!("{:.2}", l.p99_ms),
+                    format!("{:.2}", l.max_ms),
+                ]);
+            }
+            print!("{t}");
+            println!(
+                "{} clients, {:.0} requests/s, {} errors, {} lost jobs",
+                r.clients, r.requests_per_s, r.errors, r.lost_jobs
+            );
+            if r.errors > 0 || r.lost_jobs > 0 {
+                anyhow::bail!("the load test saw errors or lost jobs");
+            }
+            Ok(())
+        }
+        BenchCommand::Attack {
+            connections,
+            seconds,
+            junk,
+            daemon,
+            json,
+        } => {
+            let r = bench::attack::run(
+                bench::attack::AttackParams {
+                    connections,
+                    seconds,
+                    junk,
+                    daemon,
+                },
+                ctx.cache_dir.clone(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let h = &r.health_under_slowloris;
+            println!(
+                "slowloris: {} slow connections; /v1/health p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed",
+                r.slow_connections, h.p50_ms, h.p99_ms, h.max_ms, r.health_failures
+            );
+            println!(
+                "unauthenticated uploads: {} x {} MiB, {} refused before the body; daemon peak memory {:.0} -> {:.0} MiB",
+                r.unauthenticated_uploads,
+                r.upload_mib,
+                r.refused_before_body,
+                r.peak_rss_before_mib,
+                r.peak_rss_after_mib
+            );
+            println!(
+                "junk flood: {} requests -> {} audit entries, {} bytes",
+                r.junk_requests, r.junk_audit_entries, r.junk_audit_bytes
+            );
+            Ok(())
+        }
+        BenchCommand::Preprocess {
+            rows,
+            batch,
+            threads,
+            json,
+        } => {
+            let mut params = bench::preprocess::PreprocessParams {
+                rows: rows.max(1),
+                batch: batch.max(1),
+                ..Default::default()
+            };
+            if let Some(t) = threads {
+                params.threads = t.max(1);
+            }
+            let r = bench::preprocess::run(params)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["measure", "value"]);
+            for (k, v) in [
+                (
+                    "dataset",
+                    format!(
+                        "{:.1} MB of CSV, {} threads, batches of {}",
+                        r.dataset_mb, r.threads, r.batch
+                    ),
+                ),
+                (
+                    "wasm (standardize plugin)",
+                    format!("{:.0} MB/s", r.wasm_mb_s),
+                ),
+                ("native (same source)", format!("{:.0} MB/s", r.native_mb_s)),
+                ("ratio native / wasm", format!("{:.2}", r.ratio)),
+                (
+                    "largest output difference",
+                    format!("{}", r.max_abs_difference),
+                ),
+            ] {
+                t.row(vec![k.into(), v]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+        BenchCommand::Schedule {
+            racks,
+            gpus_per_node,
+            jobs,
+            iterations,
+            plugin,
+            json,
+        } => {
+            let params = ScheduleParams {
+                racks,
+                gpus_per_node,
+                jobs,
+                iterations: iterations.max(1),
+                ..Default::default()
+            };
+            let bar = super::progress(params.iterations as u64, "cycles");
+            let r = bench::schedule(params, &plugin.parse()?, &ctx.trust, &mut |done, _| {
+                bar.set_position(done)
+            })?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["measure", "value"]);
+            for (k, v) in [
+                (
+                    "workload",
+                    format!("{} GPUs, {} pending jobs", r.gpus, r.jobs),
+                ),
+                ("wasm cycle (median)", format!("{:.2} ms", r.wasm_ms)),
+                ("native cycle (median)", format!("{:.2} ms", r.native_ms)),
+                ("ratio wasm/native", format!("{:.2}", r.ratio)),
+                (
+                    "plugin call inside the wasm cycle",
+                    format!("{:.2} ms", r.wasm_plugin_call_ms),
+                ),
+                ("placements per cycle", r.placements.to_string()),
+                (
+                    "fresh instance + configure",
+                    format!("{:.1} µs", r.fresh_instance_us),
+                ),
+                ("trivial call", format!("{:.2} µs", r.trivial_call_us)),
+                (
+                    "compile, no cache",
+                    format!("{:.1} ms", r.compile.no_cache_ms),
+                ),
+                (
+                    "load, cache hit",
+                    format!("{:.1} ms", r.compile.cache_hit_ms),
+                ),
+            ] {
+                t.row(vec![k.into(), v]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+        BenchCommand::Policy {
+            decisions,
+            threads,
+            seconds,
+            json,
+        } => {
+            let mut params = crate::bench::policy::PolicyParams {
+                decisions: decisions.max(1),
+                throughput_secs: seconds.max(0.01),
+                ..Default::default()
+            };
+            if let Some(t) = threads {
+                params.threads = t.max(1);
+            }
+            let bar = super::progress(4, "phases");
+            let r = crate::bench::policy::run(params, &mut |done, _| bar.set_position(done))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut t = Table::new(&["side", "p50 µs", "p99 µs", "decisions/s"]);
+            for (side, s) in [("wasm (opa-wasm)", &r.wasm), ("native regorus", &r.native)] {
+                t.row(vec![
+                    side.into(),
+                    format!("{:.1}", s.p50_us),
+                    format!("{:.1}", s.p99_us),
+                    format!("{:.0}", s.decisions_per_s),
+                ]);
+            }
+            print!("{t}");
+            println!(
+                "ratio wasm/native p50: {:.2} ({} decisions per side, {} threads for throughput)",
+                r.ratio, r.decisions, r.threads
+            );
+            Ok(())
+        }
+    }
+}
+
+fn kernels(args: KernelArgs) -> anyhow::Result<()> {
+    let mut params = bench::kernels::KernelParams {
+        step_reps: args.steps.max(1),
+        rounds: args.rounds.max(1),
+        python: (!args.no_peers).then_some(args.python),
+        ..Default::default()
+    };
+    if let Some(t) = args.threads {
+        params.threads = t.max(1);
+    }
+    let bar = super::progress(0, "kernels");
+    let r = bench::kernels::run(&params, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "{} on {} ({} threads); measured f32 FMA peak {:.0} GFLOP/s",
+        r.backend, r.cpu, r.threads, r.peak_gflops
+    );
+    let mut t = Table::new(&[
+        "f32 GEMM",
+        "gantry GFLOP/s",
+        "NumPy GFLOP/s",
+        "ratio",
+        "of peak",
+    ]);
+    for g in &r.gemm {
+        t.row(vec![
+            format!("{0}x{0}x{0}", g.n),
+            format!("{:.1}", g.gflops),
+            opt(g.peer_gflops, 1),
+            opt(g.ratio, 2),
+            format!("{:.0} %", 100.0 * g.of_peak),
+        ]);
+    }
+    print!("{t}");
+    let s = &r.train_step;
+    let mut t = Table::new(&["MLP step", "gantry ms", "PyTorch ms", "ratio", "GEMM GFLOP"]);
+    t.row(vec![
+        "784-1024-1024-10, batch 256, Adam".into(),
+        format!("{:.2}", s.ms),
+        opt(s.peer_ms, 2),
+        opt(s.ratio, 2),
+        format!("{:.2}", s.gemm_gflop),
+    ]);
+    print!("{t}");
+    if !r.peers.is_empty() {
+        println!("peers: {}", r.peers.join(", "));
+    }
+    if let Some(note) = &r.peer_note {
+        println!("note: {note}");
+    }
+    match (&r.gpu, &r.gpu_note) {
+        (Some(gpu), _) => println!("gpu: {}", serde_json::to_string_pretty(gpu)?),
+        (None, Some(note)) => println!("gpu: not measured: {note}"),
+        (None, None) => {}
+    }
+    Ok(())
+}

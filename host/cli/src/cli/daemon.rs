@@ -1,0 +1,488 @@
+//! `gantry up`, `gantry user add`, and the API's clients: `gantry submit`, `gantry jobs`,
+//! `gantry cancel`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use gantry_daemon::datadir::DataDir;
+use gantry_daemon::db::{Db, User};
+use gantry_daemon::{self as daemon, DaemonConfig};
+
+use super::table::Table;
+
+/// Arguments of `gantry up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    dir: super::store::DataDir,
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Cluster file; default: the built-in cluster.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
+    /// default: the built-in ones.
+    #[arg(long, value_name = "LIMITS.toml")]
+    train_limits: Option<PathBuf>,
+    /// Connections open at once, in all (lowered to fit the descriptor limit).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Connections open at once from one source address.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
+    /// Seconds a client has to send a request's headers (and to start its next request on a
+    /// kept-alive connection).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Start with the shipped policy, replacing the one an admin installed (when that no longer
+    /// loads, say); recorded in the audit log.
+    #[arg(long)]
+    shipped_policy: bool,
+}
+
+/// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
+/// each recorded in the audit log.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCommand {
+    /// Add (or update) a user and print a new bearer token for them (shown once).
+    Add {
+        /// The user's name.
+        name: String,
+        /// Roles, comma-separated (`researcher`, `admin`, ...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Tenants, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// The highest dataset classification the user may read or write.
+        #[arg(long, default_value = "public")]
+        clearance: String,
+        /// How long the token lives: 30d, 12h, 45m, 90s or `never` (default: the data
+        /// directory's, `gantry user ttl`).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Print another bearer token for an existing user (shown once).
+    Token {
+        /// The user's name.
+        name: String,
+        /// How long the token lives (as for `user add`).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Revoke every token of a user (or one, by its id): they get 401 from then on. While a
+    /// daemon holds the data directory, the revocation goes through it (an admin's token), so a
+    /// leaked token is revoked without a restart.
+    Revoke {
+        /// The user's name.
+        name: String,
+        /// Only this token (its id: the hex digits after `gantry_`).
+        #[arg(long, value_name = "ID")]
+        token: Option<String>,
+        /// An admin's bearer token, to revoke through the daemon that holds the directory.
+        #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Trust this PEM certificate when the daemon serves HTTPS.
+        #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// List tokens (ids, creation, expiry, revocation; never the tokens themselves).
+    Tokens {
+        /// Only this user's.
+        name: Option<String>,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Set how long new tokens live unless told otherwise (default 90d): 30d, 12h, ... or `never`.
+    Ttl {
+        /// The lifetime.
+        duration: String,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+}
+
+/// Where the API is and who is asking.
+#[derive(Debug, clap::Args)]
+pub struct Client {
+    /// The daemon's URL.
+    #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
+    pub(super) url: String,
+    /// A bearer token (`gantry user add`).
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    pub(super) token: String,
+    /// Trust this PEM certificate for an `https://` URL (a self-signed daemon's, say).
+    #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+    pub(super) ca_cert: Option<PathBuf>,
+}
+
+/// Arguments of `gantry submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The tenant whose queue and quota the job uses.
+    #[arg(long)]
+    tenant: String,
+    /// GPUs.
+    #[arg(long)]
+    gpus: u32,
+    /// Job id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// Memory per GPU, MiB.
+    #[arg(long)]
+    memory_per_gpu_mib: Option<u64>,
+    /// Train: this `TRAIN.toml` (its data a synthetic set, or a dataset uploaded to the daemon).
+    #[arg(long, value_name = "TRAIN.toml")]
+    train: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    client: Client,
+}
+
+/// Runs `gantry up`.
+pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
+    let config = DaemonConfig {
+        data_dir: args.dir.path()?,
+        listen: args.listen,
+        cluster: super::cluster(args.cluster.as_ref())?,
+        cache_dir: ctx.cache_dir.clone(),
+        tls: args.tls_cert.zip(args.tls_key),
+        trust: ctx.trust.clone(),
+        train_limits: match &args.train_limits {
+            Some(path) => gantry::training::TrainLimits::load(path)?,
+            None => Default::default(),
+        },
+        conn_limits: gantry_daemon::serve::ConnLimits {
+            max_connections: args.max_connections,
+            max_connections_per_source: args.max_connections_per_source,
+            header_timeout: std::time::Duration::from_secs(args.header_timeout_s.max(1)),
+            ..Default::default()
+        },
+        shipped_policy: args.shipped_policy,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gantry-daemon")
+        .build()
+        .context("starting the daemon's runtime")?;
+    runtime.block_on(daemon::serve(config))?;
+    Ok(())
+}
+
+/// A lifetime option: `None` for the directory's default.
+fn ttl(expires: Option<&str>) -> anyhow::Result<Option<Option<f64>>> {
+    expires
+        .map(|e| daemon::auth::parse_ttl(e).map_err(|m| anyhow::anyhow!("--expires {m}")))
+        .transpose()
+}
+
+fn expiry(at: Option<f64>) -> String {
+    match at {
+        None => "never expires".into(),
+        Some(t) => format!("expires in {:.1} days", (t - daemon::db::now()) / 86400.0),
+    }
+}
+
+/// Runs `gantry user ...`.
+pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    let open = |dir: &super::store::DataDir, what: &str| -> anyhow::Result<DataDir> {
+        let root = dir.path()?;
+        DataDir::open(&root, what).map_err(|e| match e {
+            gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
+                holder,
+                ..
+            }) => anyhow::anyhow!(
+                "{}: held by {holder}; users and tokens are changed offline: stop it \
+                 (`kill -TERM {}`), run this again, and start it",
+                root.display(),
+                holder.pid
+            ),
+            e => e.into(),
+        })
+    };
+    match cmd {
+        UserCommand::Add {
+            name,
+            roles,
+            tenants,
+            clearance,
+            expires,
+            dir,
+        } => {
+            let ttl = ttl(expires.as_deref())?;
+            let d = open(&dir, "gantry user add")?;
+            let user = User {
+                name,
+                roles,
+                tenants,
+                clearance,
+            };
+            let issued = d.add_user(&user, ttl)?;
+            d.close()?;
+            eprintln!(
+                "token {} for {} ({})",
+                issued.id,
+                user.name,
+                expiry(issued.expires_at)
+            );
+            println!("{}", issued.token);
+        }
+        UserCommand::Token { name, expires, dir } => {
+            let ttl = ttl(expires.as_deref())?;
+            let d = open(&dir, "gantry user token")?;
+            let issued = d.issue_token(&name, ttl)?;
+            d.close()?;
+            eprintln!(
+                "token {} for {name} ({})",
+                issued.id,
+                expiry(issued.expires_at)
+            );
+            println!("{}", issued.token);
+        }
+        UserCommand::Revoke {
+            name,
+            token,
+            admin_token,
+            ca_cert,
+            dir,
+        } => {
+            let root = dir.path()?;
+            let revoked: Vec<String> = match DataDir::open(&root, "gantry user revoke") {
+                Ok(d) => {
+                    let revoked = d.revoke(&name, token.as_deref())?;
+                    d.close()?;
+                    revoked
+                }
+                Err(gantry_daemon::datadir::DataDirError::Store(
+                    gantry::storage::StoreError::Locked { holder, .. },
+                )) if holder.url.is_some() => {
+                    let Some(admin) = admin_token else {
+                        anyhow::bail!(
+                            "{}: held by {holder}; to revoke through it, give an admin's token \
+                             (--admin-token or GANTRY_TOKEN)",
+                            root.display()
+                        );
+                    };
+                    let client = Client {
+                        url: holder.url.clone().unwrap_or_default(),
+                        token: admin,
+                        ca_cert,
+                    };
+                    let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+                    let v = call(
+                        &client,
+                        "POST",
+                        &format!("/v1/users/{name}/revoke{query}"),
+                        None,
+                    )?;
+                    serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            println!(
+                "revoked {} token(s) of {name}: {}",
+                revoked.len(),
+                revoked.join(", ")
+            );
+        }
+        UserCommand::Tokens { name, dir } => {
+            let db = Db::open(&daemon::db_path(&dir.path()?))?;
+            let mut t = Table::new(&["id", "user", "created", "state"]);
+            let now = daemon::db::now();
+            for token in db.tokens(name.as_deref())? {
+                let state = match (token.revoked_at, token.expires_at) {
+                    (Some(_), _) => "revoked".to_string(),
+                    (None, Some(e)) if e <= now => "expired".to_string(),
+                    (None, e) => expiry(e),
+                };
+                let age = (now - token.created_at) / 86400.0;
+                t.row(vec![
+                    token.id,
+                    token.user,
+                    format!("{age:.1} days ago"),
+                    state,
+                ]);
+            }
+            print!("{t}");
+        }
+        UserCommand::Ttl { duration, dir } => {
+            let ttl = daemon::auth::parse_ttl(&duration).map_err(|m| anyhow::anyhow!(m))?;
+            let d = open(&dir, "gantry user ttl")?;
+            d.set_token_ttl(ttl)?;
+            d.close()?;
+            println!("new tokens {}", expiry(ttl.map(|t| daemon::db::now() + t)));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn call(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", client.url.trim_end_matches('/'));
+    let agent = agent(client.ca_cert.as_deref())?;
+    let auth = format!("Bearer {}", client.token);
+    let response = match (method, body) {
+        ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let value: serde_json::Value = response
+        .into_body()
+        .read_json()
+        .with_context(|| format!("{url}: the response is not JSON"))?;
+    if !status.is_success() {
+        let mut message = format!(
+            "{} {}: {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            value["error"].as_str().unwrap_or("error")
+        );
+        if let Some(reasons) = value["reasons"].as_array() {
+            for r in reasons {
+                message += &format!("\n  - {}", r.as_str().unwrap_or_default());
+            }
+        }
+        anyhow::bail!(message);
+    }
+    Ok(value)
+}
+
+/// A client, trusting `ca_cert` (PEM) for HTTPS when given.
+pub(super) fn agent(ca_cert: Option<&std::path::Path>) -> anyhow::Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        if certs.is_empty() {
+            anyhow::bail!("{}: no PEM certificate", path.display());
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    Ok(config.build().new_agent())
+}
+
+/// Runs `gantry submit`.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({"tenant": args.tenant, "gpus": args.gpus});
+    if let Some(id) = args.id {
+        body["id"] = id.into();
+    }
+    if let Some(m) = args.memory_per_gpu_mib {
+        body["memory_per_gpu_mib"] = m.into();
+    }
+    if let Some(path) = &args.train {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        body["train"] = text.into();
+    }
+    let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
+    println!("{}", job["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Runs `gantry jobs`.
+pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
+    let jobs = call(&client, "GET", "/v1/jobs", None)?;
+    if json {
+        println!("{jobs}");
+        return Ok(());
+    }
+    let mut t = Table::new(&["id", "tenant", "owner", "gpus", "state", "placed on"]);
+    for j in jobs.as_array().into_iter().flatten() {
+        let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+        let gpus = j["gpu_ids"]
+            .as_array()
+            .map(|g| g.len().to_string())
+            .unwrap_or_default();
+        t.row(vec![
+            text("id"),
+            text("tenant"),
+            text("owner"),
+            j["gpus"].to_string(),
+            text("state"),
+            gpus,
+        ]);
+    }
+    print!("{t}");
+    Ok(())
+}
+
+/// Runs `gantry cancel`.
+pub fn cancel(client: Client, id: &str) -> anyhow::Result<()> {
+    let job = call(&client, "POST", &format!("/v1/jobs/{id}/cancel"), None)?;
+    println!(
+        "{} {}",
+        job["id"].as_str().unwrap_or(id),
+        job["state"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// Runs `gantry logs`.
+pub fn logs(client: Client, id: &str) -> anyhow::Result<()> {
+    let lines = call(&client, "GET", &format!("/v1/jobs/{id}/logs"), None)?;
+    for l in lines.as_array().into_iter().flatten() {
+        println!(
+            "{:.3}  {}",
+            l["at"].as_f64().unwrap_or_default(),
+            l["message"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `gantry metrics`.
+pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
+    let m = call(&client, "GET", &format!("/v1/jobs/{id}/metrics"), None)?;
+    if json {
+        println!("{m}");
+        return Ok(());
+    }
+    let loss = m["loss"]
+        .as_f64()
+        .map(|l| format!("{l:.4}"))
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "{} {}: step {} of {} ({:.0} %), epoch {}, loss {loss}, {:.0} samples/s",
+        m["job"].as_str().unwrap_or(id),
+        m["state"].as_str().unwrap_or_default(),
+        m["step"],
+        m["total_steps"],
+        100.0 * m["progress"].as_f64().unwrap_or_default(),
+        m["epoch"],
+        m["samples_per_s"].as_f64().unwrap_or_default(),
+    );
+    if let Some(a) = m["result"]["test"]["accuracy"].as_f64() {
+        println!("test accuracy {:.1} %", 100.0 * a);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `gantry db backup|restore|check`: the daemon's SQLite database, and the way back from a
+//! damaged one.
+
+use std::path::PathBuf;
+
+/// `gantry db ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Copy the database to a new file (mode 0600), consistent while the daemon runs, and check
+    /// the copy.
+    Backup {
+        /// The new file.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Replace the database by a backup (checked first); the one it replaces is kept beside it
+    /// as evidence. Offline (the directory's lock); recorded in the audit log.
+    Restore {
+        /// The backup (`gantry db backup`).
+        backup: PathBuf,
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+    /// Check the database as the daemon does at start (SQLite's integrity check, then every
+    /// stored value); exit 1 naming the first bad table, row and column.
+    Check {
+        #[command(flatten)]
+        dir: super::store::DataDir,
+    },
+}
+
+/// Runs `gantry db ...`.
+pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
+    match cmd {
+        DbCommand::Backup { out, dir } => {
+            let rows = gantry_daemon::recovery::backup_db(&dir.path()?, &out)?;
+            println!("{}: {rows} rows, checked", out.display());
+        }
+        DbCommand::Restore { backup, dir } => {
+            let r = gantry_daemon::recovery::restore_db(&dir.path()?, &backup)?;
+            println!(
+                "restored {} ({} rows); the database it replaced is kept as {}",
+                backup.display(),
+                r.rows,
+                r.damaged.display()
+            );
+        }
+        DbCommand::Check { dir } => {
+            let path = gantry_daemon::db_path(&dir.path()?);
+            let rows = gantry_daemon::db::Db::open(&path)?.check()?;
+            println!("{}: {rows} rows, all readable", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Request and response bodies, read and written only after the caller is known and allowed.
+//!
+//! Handlers take the body as an unread stream and call these once the request has been
+//! authenticated (and decided, where the decision needs nothing from the body), so an
+//! unauthenticated client can make the daemon read nothing but headers. Every read is bounded in
+//! size (413) and in time between frames (408); uploads stream into the store and downloads out
+//! of it, a bounded number of chunks in memory, whatever the object's size.
+
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use super::api::ApiError;
+
+/// Longest wait for the next part of a body.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// Longest time to read a small (JSON) body whole.
+pub const WHOLE: Duration = Duration::from_secs(60);
+
+/// Slowest an upload may arrive on average, once it has run for [`WHOLE`], in bytes per second:
+/// a trickle holds a connection and a store write for as long as it lasts.
+pub const MIN_RATE: u64 = 16 << 10;
+
+/// Reads `body` whole, at most `limit` bytes.
+pub async fn bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let read = async {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = next_frame(&mut body).await? {
+            if out.len() + frame.len() > limit {
+                return Err(too_large(limit));
+            }
+            out.extend_from_slice(&frame);
+        }
+        Ok(Bytes::from(out))
+    };
+    tokio::time::timeout(WHOLE, read)
+        .await
+        .map_err(|_| timed_out())?
+}
+
+/// Reads `body` whole (at most `limit` bytes) as JSON of type `T`; a malformed body is a 400
+/// naming the field, line and column.
+pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = bytes(body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON this endpoint takes: {e}"),
+        )
+    })
+}
+
+/// The next data frame of `body` (trailers are skipped), waiting at most [`IDLE`] for it.
+async fn next_frame(body: &mut Body) -> Result<Option<Bytes>, ApiError> {
+    loop {
+        let frame = tokio::time::timeout(IDLE, body.frame())
+            .await
+            .map_err(|_| timed_out())?;
+        match frame {
+            None => return Ok(None),
+            Some(Err(e)) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the body: {e}"),
+                ));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than this endpoint takes ({limit} bytes)"),
+    )
+}
+
+fn timed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the body did not arrive in time (at most {} s between parts, {} s for a small body)",
+            IDLE.as_secs(),
+            WHOLE.as_secs()
+        ),
+    )
+}
+
+/// Feeds `body` (at most `limit` bytes) to a blocking reader, a few frames at a time: for
+/// streaming an upload into the store from a blocking thread. The reader fails (and the write
+/// it feeds is abandoned) if the body is too large, too slow or broken; the error it returns
+/// then is in `outcome`.
+pub fn stream(
+    body: Body,
+    limit: usize,
+) -> (BodyReader, tokio::task::JoinHandle<Result<u64, ApiError>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let feeder = tokio::spawn(async move {
+        let mut body = body;
+        let mut total = 0u64;
+        let start = tokio::time::Instant::now();
+        loop {
+            let elapsed = start.elapsed();
+            if elapsed > WHOLE && total < MIN_RATE * elapsed.as_secs() {
+                let _ = tx
+                    .send(Err(std::io::Error::other("the upload is too slow")))
+                    .await;
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the upload arrives slower than {} KiB/s", MIN_RATE >> 10),
+                ));
+            }
+            let frame = match next_frame(&mut body).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(total),
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other("the upload failed")))
+                        .await;
+                    return Err(e);
+                }
+            };
+            total += frame.len() as u64;
+            if total > limit as u64 {
+                let _ = tx
+                    .send(Err(std::io::Error::other("the upload is too large")))
+                    .await;
+                return Err(too_large(limit));
+            }
+            if tx.send(Ok(frame)).await.is_err() {
+                // The writer gave up first; its error is the one that matters.
+                return Ok(total);
+            }
+        }
+    });
+    (
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+        },
+        feeder,
+    )
+}
+
+/// The blocking end of [`stream`].
+pub struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(bytes)) => self.current = bytes,
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// A response body fed from a blocking reader (a decrypting [`gantry::storage::ObjectReader`]),
+/// one chunk at a time through a small channel: a slow client slows the reader instead of
+/// making the daemon buffer the object. A read error aborts the response, so a client never
+/// mistakes a corrupt object's partial bytes for the whole.
+///
+/// `guard` is held until the reader is done (a slot of a bounded number of transfers).
+pub fn from_reader(reader: impl Read + Send + 'static, guard: impl Send + 'static) -> Body {
+    const CHUNK: usize = 64 << 10;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        let mut reader = reader;
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let item = match reader.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    Ok(Bytes::from(chunk))
+                }
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Body::new(ChannelBody { rx })
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+    }
+}

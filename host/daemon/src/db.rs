@@ -1,0 +1,1510 @@
+//! The daemon's metadata: users and their tokens, and jobs, in SQLite (WAL journal, full sync:
+//! a job the API accepted survives a `kill -9` or a power cut).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use gantry::audit::Head;
+
+/// A database failure, naming what was being done, or the table, row and column of a stored
+/// value that does not read (corruption is an error, never a default).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("database {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored value this version cannot read: corruption, or a change outside Gantry.
+    #[error("database {context}: {bad}")]
+    Corrupt {
+        /// What was being done.
+        context: String,
+        /// Where, and what is wrong.
+        bad: BadValue,
+    },
+    /// SQLite's own integrity check failed.
+    #[error(
+        "{}: SQLite's integrity check failed: {detail}; restore a backup (`gantry db restore`)",
+        path.display()
+    )]
+    Integrity {
+        /// The database file.
+        path: PathBuf,
+        /// What `PRAGMA quick_check` said (its first lines).
+        detail: String,
+    },
+}
+
+/// A stored value that does not read: its table, row and column, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("table {table}, row {row}, column {column}: {problem}")]
+pub struct BadValue {
+    /// The table.
+    pub table: &'static str,
+    /// The row's key.
+    pub row: String,
+    /// The column.
+    pub column: &'static str,
+    /// What is wrong with the value.
+    pub problem: String,
+}
+
+impl BadValue {
+    /// As the error a row mapper returns (turned back into [`DbError::Corrupt`] by `ctx`).
+    fn into_sqlite(self) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(self))
+    }
+}
+
+trait Context<T> {
+    fn ctx(self, context: &str) -> Result<T, DbError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &str) -> Result<T, DbError> {
+        self.map_err(|source| {
+            if let rusqlite::Error::FromSqlConversionFailure(_, _, e) = &source
+                && let Some(bad) = e.downcast_ref::<BadValue>()
+            {
+                return DbError::Corrupt {
+                    context: context.to_string(),
+                    bad: bad.clone(),
+                };
+            }
+            DbError::Sqlite {
+                context: context.to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// Column `idx` of `r`, a JSON text, parsed; a value that does not parse is a [`BadValue`].
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    row: &str,
+    column: &'static str,
+) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| {
+        BadValue {
+            table,
+            row: row.to_string(),
+            column,
+            problem: format!("not the JSON this version writes ({e})"),
+        }
+        .into_sqlite()
+    })
+}
+
+/// Column `idx` of `r`, an integer that must not be negative.
+fn count_column(
+    r: &rusqlite::Row<'_>,
+    idx: usize,
+    table: &'static str,
+    row: &str,
+    column: &'static str,
+) -> rusqlite::Result<u64> {
+    let v: i64 = r.get(idx)?;
+    u64::try_from(v).map_err(|_| {
+        BadValue {
+            table,
+            row: row.to_string(),
+            column,
+            problem: format!("{v} is negative"),
+        }
+        .into_sqlite()
+    })
+}
+
+/// A user: who they are to the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user's name.
+    pub name: String,
+    /// Roles (`researcher`, `admin`, ...).
+    pub roles: Vec<String>,
+    /// Tenants the user belongs to.
+    pub tenants: Vec<String>,
+    /// Highest dataset classification the user may read (`public`, `internal`, ...).
+    #[serde(default = "public")]
+    pub clearance: String,
+}
+
+fn public() -> String {
+    "public".into()
+}
+
+impl User {
+    /// The policy's `subject`.
+    pub fn subject(&self) -> gantry::policy::Subject {
+        gantry::policy::Subject::new(&self.name, &self.roles)
+            .in_tenants(&self.tenants)
+            .cleared_for(&self.clearance)
+    }
+
+    /// Whether the user holds the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// A job's lifecycle. The legal moves are [`JobState::predecessors`], enforced by
+/// [`Db::transition`] in the database itself: nothing else changes a job's state.
+///
+/// ```text
+///            +------------- requeue (GPU lost, daemon restart) -------------+
+///            v                                                              |
+/// Pending --> Scheduled --> Running --> Succeeded | Failed                  |
+///    |            |            |                                            |
+///    |            +------------+--> Cancelling --> Cancelled  (run stops)   |
+///    +------------+-----------------------------> Cancelled  (no run)       |
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted, waiting for GPUs.
+    Pending,
+    /// GPUs assigned.
+    Scheduled,
+    /// Training.
+    Running,
+    /// A cancel was asked while its run was under way: it keeps its GPUs until the run stops,
+    /// at its next step.
+    Cancelling,
+    /// Finished.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, for listings and tests.
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Cancelling,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Cancelling => "cancelling",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `s`; `None` for a name no version of Gantry writes (a corrupt row).
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// The states a job may move to `self` from: the whole lifecycle in one table. Terminal
+    /// states have no successor, so a finished, failed or cancelled job stays so.
+    pub fn predecessors(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            // Requeued: its GPUs were lost, or the daemon restarted under it.
+            Pending => &[Scheduled, Running],
+            Scheduled => &[Pending],
+            Running => &[Scheduled],
+            Cancelling => &[Scheduled, Running],
+            Succeeded => &[Running],
+            Failed => &[Pending, Scheduled, Running],
+            Cancelled => &[Pending, Scheduled, Cancelling],
+        }
+    }
+
+    /// Whether a job may move from `self` to `next`.
+    pub fn may_become(self, next: JobState) -> bool {
+        next.predecessors().contains(&self)
+    }
+
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Whether a job in this state holds GPUs.
+    pub fn holds_gpus(self) -> bool {
+        matches!(
+            self,
+            JobState::Scheduled | JobState::Running | JobState::Cancelling
+        )
+    }
+}
+
+/// A job as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its key: `tenant/name` ([`key`]). Ids are per tenant, so another tenant's job of the same
+    /// name is another job; the API shows (serializes) the name only.
+    #[serde(serialize_with = "as_name")]
+    pub id: String,
+    /// The tenant whose queue and quota it uses.
+    pub tenant: String,
+    /// Who submitted it.
+    pub owner: String,
+    /// GPUs asked for.
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    pub memory_per_gpu_mib: u64,
+    /// Estimated runtime, seconds.
+    pub est_runtime_s: f64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// GPU ids, once scheduled.
+    pub gpu_ids: Vec<String>,
+    /// Why it failed or was cancelled.
+    pub reason: Option<String>,
+    /// Unix seconds of submission.
+    pub submitted_at: f64,
+    /// The training job (`TRAIN.toml` text), if it trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<String>,
+    /// What training reported (loss, accuracy, steps, throughput), once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Runs of it that a crash of the daemon interrupted (see [`MAX_CRASHES`]).
+    #[serde(default)]
+    pub crashes: u32,
+    /// Unix seconds before which it is not queued again (a backoff after a crash).
+    #[serde(default)]
+    pub not_before: f64,
+}
+
+/// The stored key of a job or dataset `name` of `tenant`. Names are per tenant: the same name in
+/// two tenants is two jobs (or datasets), and neither tenant learns of the other's.
+pub fn key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+/// The name part of a [`key`] (names never hold `/`).
+pub fn name_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, name)| name)
+}
+
+fn as_name<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(name_of(key))
+}
+
+/// A job whose runs were interrupted by this many crashes of the daemon is not run again: it
+/// ends `failed`, so a job that brings the daemon down cannot do so for ever.
+pub const MAX_CRASHES: u32 = 3;
+
+/// A stored dataset: its metadata; the bytes are an object of the encrypted store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// Its key: `tenant/name` ([`key`]), names being per tenant; the API shows the name only.
+    #[serde(serialize_with = "as_name")]
+    pub name: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// `public`, `internal`, `confidential` or `secret` (the policy's levels).
+    pub classification: String,
+    /// The store object holding it.
+    pub object: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Who uploaded it.
+    pub owner: String,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+impl DatasetRecord {
+    /// The policy's `resource` for this dataset.
+    pub fn resource(&self) -> gantry::policy::request::DatasetRef {
+        gantry::policy::request::DatasetRef {
+            name: name_of(&self.name).to_string(),
+            classification: self.classification.clone(),
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+/// A plugin uploaded through the API: its manifest, and its component as a store object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// The name it is loaded by (the manifest's `name`).
+    pub name: String,
+    /// `scheduler` or `preprocess` (the manifest's `kind`).
+    pub kind: String,
+    /// The manifest's `version`.
+    pub version: String,
+    /// The manifest's text.
+    #[serde(skip)]
+    pub manifest: String,
+    /// The store object holding the component (its SHA-256).
+    pub object: String,
+    /// Its `plugin.sig`, if it came with one.
+    pub signature: Option<gantry::plugin::signature::PluginSignature>,
+    /// Who uploaded it.
+    pub owner: String,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// A token as stored: never the token itself.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    /// Random salt.
+    pub salt: Vec<u8>,
+    /// SHA-256 of the salt and the token's secret.
+    pub hash: Vec<u8>,
+    /// Whose it is.
+    pub user: User,
+    /// Unix seconds after which it is refused (none: it does not expire).
+    pub expires_at: Option<f64>,
+    /// Unix seconds when it was revoked.
+    pub revoked_at: Option<f64>,
+}
+
+/// What `gantry user tokens` shows of a token: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenInfo {
+    /// The token's id (the part after `gantry_`).
+    pub id: String,
+    /// Whose it is.
+    pub user: String,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds after which it is refused.
+    pub expires_at: Option<f64>,
+    /// Unix seconds when it was revoked.
+    pub revoked_at: Option<f64>,
+}
+
+/// A GPU's health as an admin set it (`POST /v1/gpus/unhealthy`), applied at every start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuHealth {
+    /// The GPU's id.
+    pub gpu: String,
+    /// Whether it is in service.
+    pub healthy: bool,
+    /// Who changed it.
+    pub by: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
+/// The database, shared by the API's handlers.
+pub struct Db {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    tenants TEXT NOT NULL,
+    clearance TEXT NOT NULL DEFAULT 'public'
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    classification TEXT NOT NULL,
+    object TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    gpus INTEGER NOT NULL,
+    memory_per_gpu_mib INTEGER NOT NULL,
+    est_runtime_s REAL NOT NULL,
+    state TEXT NOT NULL,
+    gpu_ids TEXT NOT NULL DEFAULT '[]',
+    reason TEXT,
+    submitted_at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    train TEXT,
+    result TEXT
+);
+CREATE TABLE IF NOT EXISTS job_events (
+    job TEXT NOT NULL,
+    at REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_events_by_job ON job_events(job);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job TEXT NOT NULL REFERENCES jobs(id),
+    step INTEGER NOT NULL,
+    object TEXT NOT NULL,
+    PRIMARY KEY (job, step)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS plugins (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    version TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    object TEXT NOT NULL,
+    signature TEXT,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_curves (
+    job TEXT PRIMARY KEY REFERENCES jobs(id),
+    curve TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    closed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gpu_health (
+    gpu TEXT PRIMARY KEY,
+    healthy INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
+";
+
+/// Changes to [`SCHEMA`] since it was first released, in order. `PRAGMA user_version` counts
+/// those applied, so a database made by an earlier version is brought up to date at open, in
+/// one transaction. Append only; never edit a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: crash accounting of jobs.
+    "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN not_before REAL NOT NULL DEFAULT 0;",
+    // 2: token expiry and revocation.
+    "ALTER TABLE tokens ADD COLUMN expires_at REAL;
+     ALTER TABLE tokens ADD COLUMN revoked_at REAL;",
+    // 3: job ids and dataset names are per tenant: the stored key is `tenant/name`.
+    "PRAGMA defer_foreign_keys = ON;
+     UPDATE job_events SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = job_events.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE checkpoints SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = checkpoints.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE job_curves SET job = (SELECT tenant || '/' || id FROM jobs WHERE jobs.id = job_curves.job)
+       WHERE job IN (SELECT id FROM jobs);
+     UPDATE jobs SET id = tenant || '/' || id;
+     UPDATE datasets SET name = tenant || '/' || name;",
+];
+
+impl Db {
+    /// Opens (creating) the database at `path`. A new file is created owner-only (0600), and
+    /// SQLite gives its WAL and shared-memory files the same mode.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Created empty here so SQLite opens (and copies the mode of) a private file.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
+        }
+        let conn = Connection::open(path).ctx(&format!("opening {}", path.display()))?;
+        // WAL lets the CLI read while the daemon writes; FULL sync makes each commit durable.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .ctx("enabling WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .ctx("setting synchronous")?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .ctx("enabling foreign keys")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .ctx("setting the busy timeout")?;
+        conn.execute_batch(SCHEMA).ctx("creating the schema")?;
+        migrate(&conn)?;
+        Ok(Db {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the database whole: SQLite's `PRAGMA quick_check` (every page and record is well
+    /// formed), then every stored value through the same strict readers the daemon uses, so a
+    /// corrupt value stops the start, naming its table, row and column, instead of surfacing in
+    /// a request (or as a default) later. Returns how many rows it read.
+    pub fn check(&self) -> Result<u64, DbError> {
+        let problems: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("PRAGMA quick_check(20)")
+                .ctx("checking integrity")?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .ctx("checking integrity")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("checking integrity")?
+        };
+        if problems != ["ok"] {
+            return Err(DbError::Integrity {
+                path: self.path.clone(),
+                detail: problems.join("; "),
+            });
+        }
+        let mut rows = self.users()?.len() + self.tokens(None)?.len();
+        rows += self.jobs()?.len() + self.datasets()?.len() + self.plugins(None)?.len();
+        rows += self.gpu_health()?.len();
+        let curves: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT job FROM job_curves")
+                .ctx("listing metrics")?;
+            let ids = stmt.query_map([], |r| r.get(0)).ctx("listing metrics")?;
+            ids.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("listing metrics")?
+        };
+        for job in &curves {
+            self.curve(job)?;
+        }
+        let checkpoints: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM checkpoints WHERE step < 0", [], |r| {
+                r.get(0)
+            })
+            .ctx("reading checkpoints")?;
+        if checkpoints > 0 {
+            return Err(DbError::Corrupt {
+                context: "reading checkpoints".into(),
+                bad: BadValue {
+                    table: "checkpoints",
+                    row: format!("{checkpoints} row(s)"),
+                    column: "step",
+                    problem: "negative".into(),
+                },
+            });
+        }
+        self.audit_head()?;
+        Ok((rows + curves.len()) as u64)
+    }
+
+    /// Writes a consistent copy of the database into `out` (an empty or missing file): SQLite's
+    /// `VACUUM INTO`, which reads a snapshot while others write.
+    pub fn vacuum_into(&self, out: &Path) -> Result<(), DbError> {
+        let target = out.to_string_lossy().into_owned();
+        self.conn()
+            .execute("VACUUM INTO ?1", params![target])
+            .ctx(&format!("backing up into {}", out.display()))?;
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, roles, tenants, clearance FROM users ORDER BY name")
+            .ctx("listing users")?;
+        let rows = stmt
+            .query_map([], |r| row_to_user(r, 0))
+            .ctx("listing users")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing users")
+    }
+
+    /// The user called `name`.
+    pub fn user(&self, name: &str) -> Result<Option<User>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT name, roles, tenants, clearance FROM users WHERE name = ?1",
+                params![name],
+                |r| row_to_user(r, 0),
+            )
+            .optional()
+            .ctx("reading a user")
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or replaces) a user.
+    pub fn put_user(&self, user: &User) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO users(name, roles, tenants, clearance) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3, clearance = ?4",
+                params![
+                    user.name,
+                    serde_json::to_string(&user.roles).expect("strings serialise"),
+                    serde_json::to_string(&user.tenants).expect("strings serialise"),
+                    user.clearance,
+                ],
+            )
+            .ctx("adding a user")?;
+        Ok(())
+    }
+
+    /// Stores a token's salted hash for `user`, refused after `expires_at` (unix seconds).
+    pub fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO tokens(id, user, salt, hash, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, user, salt, hash, now(), expires_at],
+            )
+            .ctx("storing a token")?;
+        Ok(())
+    }
+
+    /// A token's salt, hash, user, expiry and revocation.
+    pub fn token(&self, id: &str) -> Result<Option<StoredToken>, DbError> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT u.name, u.roles, u.tenants, u.clearance, t.salt, t.hash, t.expires_at,
+                    t.revoked_at
+             FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
+            params![id],
+            |r| {
+                Ok(StoredToken {
+                    user: row_to_user(r, 0)?,
+                    salt: r.get(4)?,
+                    hash: r.get(5)?,
+                    expires_at: r.get(6)?,
+                    revoked_at: r.get(7)?,
+                })
+            },
+        )
+        .optional()
+        .ctx("looking up a token")
+    }
+
+    /// The tokens of `user` (every user's with `None`), oldest first.
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, user, created_at, expires_at, revoked_at FROM tokens
+                 WHERE ?1 IS NULL OR user = ?1 ORDER BY created_at, id",
+            )
+            .ctx("listing tokens")?;
+        let rows = stmt
+            .query_map(params![user], |r| {
+                Ok(TokenInfo {
+                    id: r.get(0)?,
+                    user: r.get(1)?,
+                    created_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    revoked_at: r.get(4)?,
+                })
+            })
+            .ctx("listing tokens")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing tokens")
+    }
+
+    /// Revokes every live token of `user` (or, with `token`, that one of theirs); returns the
+    /// ids revoked.
+    pub fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "UPDATE tokens SET revoked_at = ?3
+                 WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL
+                 RETURNING id",
+            )
+            .ctx("revoking tokens")?;
+        let rows = stmt
+            .query_map(params![user, token, now()], |r| r.get(0))
+            .ctx("revoking tokens")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("revoking tokens")
+    }
+
+    /// The audit log's latest sealed position as recorded here, and whether the log was closed
+    /// cleanly there.
+    pub fn audit_head(&self) -> Result<(Option<Head>, bool), DbError> {
+        let found: Option<(i64, String, bool)> = self
+            .conn()
+            .query_row(
+                "SELECT seq, hash, closed FROM audit_head WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .ctx("reading the audit head")?;
+        let Some((seq, hash, closed)) = found else {
+            return Ok((None, false));
+        };
+        let head = format!("{seq}:{hash}")
+            .parse::<Head>()
+            .map_err(|problem| DbError::Corrupt {
+                context: "reading the audit head".into(),
+                bad: BadValue {
+                    table: "audit_head",
+                    row: "1".into(),
+                    column: "seq, hash",
+                    problem,
+                },
+            })?;
+        Ok((Some(head), closed))
+    }
+
+    /// Records `head` as the audit log's latest sealed position (never moving it back), and
+    /// whether the log was closed there.
+    pub fn set_audit_head(&self, head: &Head, closed: bool) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET seq = ?1, hash = ?2, closed = ?3
+                 WHERE ?1 >= audit_head.seq",
+                params![head.seq as i64, head.hash, closed],
+            )
+            .ctx("recording the audit head")?;
+        Ok(())
+    }
+
+    /// Records `head` as the audit log's sealed position even if it is behind the one recorded:
+    /// for a new log that replaced a damaged one (`gantry audit recover`).
+    pub fn reset_audit_head(&self, head: &Head, closed: bool) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)",
+                params![head.seq as i64, head.hash, closed],
+            )
+            .ctx("resetting the audit head")?;
+        Ok(())
+    }
+
+    /// Records GPU `gpu`'s health, as set by `by`.
+    pub fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO gpu_health(gpu, healthy, changed_by, changed_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![gpu, healthy, by, now()],
+            )
+            .ctx("recording a GPU's health")?;
+        Ok(())
+    }
+
+    /// Every GPU health an admin set, by GPU id.
+    pub fn gpu_health(&self) -> Result<Vec<GpuHealth>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT gpu, healthy, changed_by, changed_at FROM gpu_health ORDER BY gpu")
+            .ctx("reading GPU health")?;
+        let rows = stmt
+            .query_map([], |r| {
+                let gpu: String = r.get(0)?;
+                let healthy: i64 = r.get(1)?;
+                let healthy = match healthy {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(BadValue {
+                            table: "gpu_health",
+                            row: gpu,
+                            column: "healthy",
+                            problem: format!("{v} is neither 0 nor 1"),
+                        }
+                        .into_sqlite());
+                    }
+                };
+                Ok(GpuHealth {
+                    gpu,
+                    healthy,
+                    by: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            })
+            .ctx("reading GPU health")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading GPU health")
+    }
+
+    /// Inserts a new job; `false` if the id is taken.
+    pub fn insert_job(&self, job: &JobRecord) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
+                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11)",
+                params![
+                    job.id,
+                    job.tenant,
+                    job.owner,
+                    job.gpus,
+                    job.memory_per_gpu_mib as i64,
+                    job.est_runtime_s,
+                    job.state.as_str(),
+                    serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
+                    job.reason,
+                    job.submitted_at,
+                    job.train,
+                ],
+            )
+            .ctx("inserting a job")?;
+        Ok(n == 1)
+    }
+
+    /// Moves job `id` to `to` (with its GPUs, and why), if its current state allows it
+    /// ([`JobState::predecessors`]); returns whether it moved. The check and the change are one
+    /// statement, so two racing changes (a cancel and the end of a run, say) cannot both win.
+    pub fn transition(
+        &self,
+        id: &str,
+        to: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let from: Vec<String> = to
+            .predecessors()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let n = self
+            .conn()
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = ?2, gpu_ids = ?3, reason = ?4
+                     WHERE id = ?1 AND state IN ({})",
+                    from.join(", ")
+                ),
+                params![
+                    id,
+                    to.as_str(),
+                    serde_json::to_string(gpu_ids).expect("strings serialise"),
+                    reason
+                ],
+            )
+            .ctx("updating a job's state")?;
+        Ok(n == 1)
+    }
+
+    /// Moves a scheduled job to `running` and counts the run against it (the count is
+    /// cleared when the run ends without a crash, see [`Db::run_ended`]); false when the job is
+    /// no longer `scheduled` (a cancel won the race).
+    pub fn run_started(&self, id: &str) -> Result<bool, DbError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE jobs SET state = 'running', crashes = crashes + 1
+                 WHERE id = ?1 AND state = 'scheduled'",
+                params![id],
+            )
+            .ctx("starting a job's run")?;
+        Ok(n == 1)
+    }
+
+    /// A run of job `id` ended without a crash of the daemon: it does not count as one.
+    pub fn run_ended(&self, id: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET crashes = MAX(crashes - 1, 0) WHERE id = ?1",
+                params![id],
+            )
+            .ctx("ending a job's run")?;
+        Ok(())
+    }
+
+    /// Job `id` is not to be queued again before `at` (Unix seconds).
+    pub fn set_not_before(&self, id: &str, at: f64) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET not_before = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+            .ctx("deferring a job")?;
+        Ok(())
+    }
+
+    /// Appends a line to job `id`'s log.
+    pub fn log(&self, id: &str, message: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO job_events(job, at, message) VALUES (?1, ?2, ?3)",
+                params![id, now(), message],
+            )
+            .ctx("writing a job's log")?;
+        Ok(())
+    }
+
+    /// Job `id`'s log: `(unix seconds, message)`, oldest first.
+    pub fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT at, message FROM job_events WHERE job = ?1 ORDER BY rowid")
+            .ctx("reading a job's log")?;
+        let rows = stmt
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("reading a job's log")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading a job's log")
+    }
+
+    /// Records a training job's outcome.
+    pub fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET result = ?2 WHERE id = ?1",
+                params![id, result.to_string()],
+            )
+            .ctx("recording a result")?;
+        Ok(())
+    }
+
+    /// Saves job `id`'s training metrics (replacing earlier ones).
+    pub fn set_curve(&self, id: &str, curve: &super::curve::Curve) -> Result<(), DbError> {
+        let text = serde_json::to_string(curve).expect("a curve serialises");
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO job_curves(job, curve) VALUES (?1, ?2)",
+                params![id, text],
+            )
+            .ctx("saving a job's metrics")?;
+        Ok(())
+    }
+
+    /// Job `id`'s saved training metrics.
+    pub fn curve(&self, id: &str) -> Result<Option<super::curve::Curve>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT curve FROM job_curves WHERE job = ?1",
+                params![id],
+                |r| json_column(r, 0, "job_curves", id, "curve"),
+            )
+            .optional()
+            .ctx("reading a job's metrics")
+    }
+
+    /// Records a checkpoint of `job` after `step` steps, stored as `object`.
+    pub fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
+                params![job, step, object],
+            )
+            .ctx("recording a checkpoint")?;
+        Ok(())
+    }
+
+    /// The newest checkpoint of `job`: `(step, object)`.
+    pub fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT step, object FROM checkpoints WHERE job = ?1 ORDER BY step DESC LIMIT 1",
+                params![job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ctx("reading checkpoints")
+    }
+
+    /// Adds a dataset; `false` if the name is taken.
+    pub fn insert_dataset(&self, d: &DatasetRecord) -> Result<bool, DbError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT OR IGNORE INTO datasets(name, tenant, classification, object, bytes, owner,
+                   created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.name,
+                    d.tenant,
+                    d.classification,
+                    d.object,
+                    d.bytes as i64,
+                    d.owner,
+                    d.created_at
+                ],
+            )
+            .ctx("adding a dataset")?;
+        Ok(n == 1)
+    }
+
+    /// Every dataset, by name.
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("{SELECT_DATASET} ORDER BY name"))
+            .ctx("listing datasets")?;
+        let rows = stmt.query_map([], row_to_dataset).ctx("listing datasets")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing datasets")
+    }
+
+    /// The datasets called `name`, in any tenant.
+    pub fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_DATASET} WHERE name = tenant || '/' || ?1 ORDER BY name"
+            ))
+            .ctx("reading datasets")?;
+        let rows = stmt
+            .query_map(params![name], row_to_dataset)
+            .ctx("reading datasets")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading datasets")
+    }
+
+    /// The jobs called `name`, in any tenant.
+    pub fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_JOB} WHERE id = tenant || '/' || ?1 ORDER BY seq"
+            ))
+            .ctx("reading jobs")?;
+        let rows = stmt
+            .query_map(params![name], row_to_job)
+            .ctx("reading jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading jobs")
+    }
+
+    /// The dataset whose key is `key` ([`key`]).
+    pub fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, DbError> {
+        self.conn()
+            .query_row(
+                &format!("{SELECT_DATASET} WHERE name = ?1"),
+                params![name],
+                row_to_dataset,
+            )
+            .optional()
+            .ctx("reading a dataset")
+    }
+
+    /// Adds or replaces the uploaded plugin `p.name`.
+    pub fn put_plugin(&self, p: &PluginRecord) -> Result<(), DbError> {
+        let signature = p
+            .signature
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("a signature serialises"));
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO plugins(name, version, manifest, object, signature, owner,
+                   created_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    p.name,
+                    p.version,
+                    p.manifest,
+                    p.object,
+                    signature,
+                    p.owner,
+                    p.created_at,
+                    p.kind
+                ],
+            )
+            .ctx("recording a plugin")?;
+        Ok(())
+    }
+
+    /// Uploaded plugins, by name; with `name`, only that one.
+    pub fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name, version, manifest, object, signature, owner, created_at, kind FROM plugins
+                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            )
+            .ctx("listing plugins")?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                let name: String = r.get(0)?;
+                let signature = match r.get::<_, Option<String>>(4)? {
+                    None => None,
+                    Some(_) => Some(json_column(r, 4, "plugins", &name, "signature")?),
+                };
+                Ok(PluginRecord {
+                    name,
+                    version: r.get(1)?,
+                    manifest: r.get(2)?,
+                    object: r.get(3)?,
+                    signature,
+                    owner: r.get(5)?,
+                    created_at: r.get(6)?,
+                    kind: r.get(7)?,
+                })
+            })
+            .ctx("listing plugins")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing plugins")
+    }
+
+    /// A daemon setting (the active scheduler plugin, say).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading a setting")
+    }
+
+    /// Sets a daemon setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .ctx("writing a setting")?;
+        Ok(())
+    }
+
+    /// Removes a daemon setting.
+    pub fn delete_setting(&self, key: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute("DELETE FROM settings WHERE key = ?1", params![key])
+            .ctx("removing a setting")?;
+        Ok(())
+    }
+
+    /// How many jobs are in each state.
+    pub fn counts_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .ctx("counting jobs")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .ctx("counting jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("counting jobs")
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("{SELECT_JOB} WHERE id = ?1"),
+            params![id],
+            row_to_job,
+        )
+        .optional()
+        .ctx("reading a job")
+    }
+
+    /// Every job, in submission order.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
+            .ctx("listing jobs")?;
+        let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing jobs")
+    }
+}
+
+/// Applies the [`MIGRATIONS`] a database has not had yet.
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    let applied: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .ctx("reading the schema version")?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(DbError::Sqlite {
+            context: format!(
+                "opening a database of schema version {applied}: this build knows versions up to {}; use a newer gantry",
+                MIGRATIONS.len()
+            ),
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    if applied == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let mut batch = String::from("BEGIN IMMEDIATE;\n");
+    for step in &MIGRATIONS[applied..] {
+        batch.push_str(step);
+        batch.push('\n');
+    }
+    batch.push_str(&format!(
+        "PRAGMA user_version = {};\nCOMMIT;",
+        MIGRATIONS.len()
+    ));
+    conn.execute_batch(&batch)
+        .ctx("bringing the schema up to date")
+}
+
+const SELECT_DATASET: &str =
+    "SELECT name, tenant, classification, object, bytes, owner, created_at FROM datasets";
+
+fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+    let name: String = r.get(0)?;
+    Ok(DatasetRecord {
+        bytes: count_column(r, 4, "datasets", &name, "bytes")?,
+        name,
+        tenant: r.get(1)?,
+        classification: r.get(2)?,
+        object: r.get(3)?,
+        owner: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
+    gpu_ids, reason, submitted_at, train, result, crashes, not_before FROM jobs";
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let id: String = r.get(0)?;
+    let state: String = r.get(6)?;
+    // An unknown state is a corrupt row, never a default: read as "pending", a finished job
+    // would run again and hold GPUs.
+    let state = JobState::parse(&state).ok_or_else(|| {
+        BadValue {
+            table: "jobs",
+            row: id.clone(),
+            column: "state",
+            problem: format!("unknown state {state:?}"),
+        }
+        .into_sqlite()
+    })?;
+    let result = match r.get::<_, Option<String>>(11)? {
+        None => None,
+        Some(_) => Some(json_column(r, 11, "jobs", &id, "result")?),
+    };
+    Ok(JobRecord {
+        tenant: r.get(1)?,
+        owner: r.get(2)?,
+        gpus: r.get(3)?,
+        memory_per_gpu_mib: count_column(r, 4, "jobs", &id, "memory_per_gpu_mib")?,
+        est_runtime_s: r.get(5)?,
+        state,
+        gpu_ids: json_column(r, 7, "jobs", &id, "gpu_ids")?,
+        reason: r.get(8)?,
+        submitted_at: r.get(9)?,
+        train: r.get(10)?,
+        result,
+        crashes: r.get(12)?,
+        not_before: r.get(13)?,
+        id,
+    })
+}
+
+/// A user from columns `at..at + 4` (name, roles, tenants, clearance).
+fn row_to_user(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<User> {
+    let name: String = r.get(at)?;
+    Ok(User {
+        roles: json_column(r, at + 1, "users", &name, "roles")?,
+        tenants: json_column(r, at + 2, "users", &name, "tenants")?,
+        clearance: r.get(at + 3)?,
+        name,
+    })
+}
+
+/// Unix time in seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            tenant: "vision".into(),
+            owner: "ada".into(),
+            gpus: 1,
+            memory_per_gpu_mib: 1000,
+            est_runtime_s: 1.0,
+            state: JobState::Pending,
+            gpu_ids: Vec::new(),
+            reason: None,
+            submitted_at: 0.0,
+            train: None,
+            result: None,
+            crashes: 0,
+            not_before: 0.0,
+        }
+    }
+
+    /// Flips one bit of every occurrence of `text` in the database file (the row, and an index
+    /// entry when the column is indexed, so the file stays consistent and only the value is
+    /// wrong).
+    fn flip(path: &Path, text: &[u8], at: usize, bit: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let found: Vec<usize> = bytes
+            .windows(text.len())
+            .enumerate()
+            .filter(|(_, w)| *w == text)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!found.is_empty(), "{:?}", String::from_utf8_lossy(text));
+        for i in found {
+            bytes[i + at] ^= bit;
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Issue 10, section 3: one flipped bit in SQLite row data turned a user's tenants into none
+    /// and a finished job into a pending one; both must be errors naming table, row and column.
+    #[test]
+    fn a_flipped_byte_in_row_data_is_an_error_naming_table_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let db = Db::open(&path).unwrap();
+        db.put_user(&User {
+            name: "ada".into(),
+            roles: vec!["researcher".into()],
+            tenants: vec!["vision".into()],
+            clearance: "public".into(),
+        })
+        .unwrap();
+        let token = super::super::auth::issue(&db, "ada").unwrap();
+        assert!(db.insert_job(&job("v1")).unwrap());
+        for to in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
+            assert!(db.transition("v1", to, &[], None).unwrap());
+        }
+        drop(db); // closing moves the WAL into the file
+        flip(&path, b"[\"vision\"]", 9, 0x20); // ] -> }
+        flip(&path, b"succeeded", 0, 0x20); // s -> S
+        let db = Db::open(&path).unwrap();
+        let e = super::super::auth::check(&db, &token)
+            .expect_err("a user whose tenants do not read is an error, not a user of none")
+            .to_string();
+        assert!(e.contains("table users, row ada, column tenants"), "{e}");
+        let e = db
+            .job("v1")
+            .expect_err("an unknown state is an error, not pending")
+            .to_string();
+        assert!(e.contains("table jobs, row v1, column state"), "{e}");
+        assert!(e.contains("\"Succeeded\""), "{e}");
+        let e = db.check().unwrap_err().to_string();
+        assert!(e.contains("table "), "{e}");
+    }
+
+    /// Bad JSON anywhere a value is JSON, and a negative size, are errors too.
+    #[test]
+    fn every_stored_value_is_read_strictly_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let db = Db::open(&path).unwrap();
+        assert!(db.insert_job(&job("j")).unwrap());
+        assert_eq!(db.check().unwrap(), 1);
+        let raw = Connection::open(&path).unwrap();
+        for (sql, names) in [
+            (
+                "UPDATE jobs SET gpu_ids = '[\"a\"' WHERE id = 'j'",
+                "column gpu_ids",
+            ),
+            (
+                "UPDATE jobs SET result = '{' WHERE id = 'j'",
+                "column result",
+            ),
+            (
+                "UPDATE jobs SET memory_per_gpu_mib = -1 WHERE id = 'j'",
+                "memory_per_gpu_mib",
+            ),
+            (
+                "INSERT INTO job_curves(job, curve) VALUES ('j', 'nope')",
+                "column curve",
+            ),
+        ] {
+            raw.execute_batch(sql).unwrap();
+            let e = db.check().unwrap_err().to_string();
+            assert!(e.contains(names), "{sql}: {e}");
+            raw.execute_batch(
+                "UPDATE jobs SET gpu_ids = '[]', result = NULL, memory_per_gpu_mib = 1 WHERE id = 'j';
+                 DELETE FROM job_curves;",
+            )
+            .unwrap();
+            db.check().unwrap();
+        }
+    }
+
+    /// A data directory made before ids were per tenant (and before crash accounting) opens
+    /// with every job, event, checkpoint, curve and dataset under its new key.
+    #[test]
+    fn a_database_of_the_first_schema_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s,
+                   state, gpu_ids, submitted_at, seq) VALUES
+                   ('t1', 'vision', 'ada', 1, 1, 1.0, 'running', '[]', 0.0, 1);
+                 INSERT INTO job_events(job, at, message) VALUES ('t1', 0.0, 'submitted');
+                 INSERT INTO checkpoints(job, step, object) VALUES ('t1', 100, 'abc');
+                 INSERT INTO job_curves(job, curve) VALUES ('t1', '{}');
+                 INSERT INTO datasets(name, tenant, classification, object, bytes, owner,
+                   created_at) VALUES ('pets.csv', 'vision', 'internal', 'abc', 3, 'ada', 0.0);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let job = db
+            .job("vision/t1")
+            .unwrap()
+            .expect("the job under its new key");
+        assert_eq!((job.state, job.crashes), (JobState::Running, 0));
+        assert_eq!(db.jobs_named("t1").unwrap().len(), 1);
+        assert_eq!(db.logs("vision/t1").unwrap().len(), 1);
+        assert_eq!(
+            db.latest_checkpoint("vision/t1").unwrap(),
+            Some((100, "abc".to_string()))
+        );
+        assert!(db.dataset("vision/pets.csv").unwrap().is_some());
+        // Serialized for the API, keys show as names.
+        let shown = serde_json::to_value(&job).unwrap();
+        assert_eq!(shown["id"], "t1");
+        // Opening again changes nothing.
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert!(db.job("vision/t1").unwrap().is_some());
+    }
+}

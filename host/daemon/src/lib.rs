@@ -1,0 +1,604 @@
+//! `gantry-daemon`: the Gantry core as a service (`gantry up`). It owns the HTTP API, the
+//! metadata database (SQLite: users, tokens, jobs, datasets), TLS, the scheduling and training
+//! loops that run the core's decisions, and recovery after a crash; everything it decides or
+//! stores goes through the core (`gantry`). An HTTP JSON API (loopback by default) over the host's
+//! data directory: bearer tokens identify users, every request is decided by the access-control
+//! policy and recorded in the audit log, jobs are kept in SQLite and scheduled by the scheduler
+//! plugin on every change.
+//!
+//! Endpoints (JSON): `GET /v1/health`; `POST /v1/jobs`; `GET /v1/jobs`; `GET /v1/jobs/{id}`;
+//! `GET /v1/jobs/{id}/logs`, `GET /v1/jobs/{id}/metrics` (step, loss, throughput, loss curve);
+//! `POST /v1/jobs/{id}/cancel`; `PUT /v1/datasets/{name}?tenant=..&classification=..`,
+//! `GET /v1/datasets`, `GET /v1/datasets/{name}/content`; `GET /v1/nodes`, `GET /v1/gpus`,
+//! `POST /v1/gpus/unhealthy` (admins; the GPU's jobs are requeued); `GET /v1/plugins`,
+//! `PUT /v1/plugins/{name}` (a signed scheduler plugin, kept in the store),
+//! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`,
+//! `GET /v1/audit/head` (the sealed position, for anchoring); `POST /v1/policy` (a bundle,
+//! admins; kept for restarts), `GET /v1/policy` (the revision in force); `POST /v1/gpus/healthy`;
+//! `POST /v1/keys/rotate` (admins);
+//! and `GET /metrics` (Prometheus text; like health, it needs no
+//! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
+//! 403, 404, 409 or 413.
+
+pub mod api;
+pub mod auth;
+pub(crate) mod body;
+pub mod curve;
+pub mod datadir;
+pub mod db;
+pub mod labels;
+pub mod lifecycle;
+pub mod metrics;
+pub mod persisted;
+pub mod recovery;
+pub mod rejections;
+pub mod runner;
+pub mod serve;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use gantry::audit::AuditLog;
+use gantry::cluster::Cluster;
+use gantry::{Host, HostConfig, PluginSource, builtin};
+
+use self::db::{Db, JobState};
+
+/// What `gantry up` serves.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The data directory (`gantry init`).
+    pub data_dir: PathBuf,
+    /// Where to listen (loopback by default).
+    pub listen: SocketAddr,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key (none: plain HTTP, for
+    /// loopback).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Whose signatures make an uploaded plugin loadable.
+    pub trust: gantry::PluginTrust,
+    /// The largest sizes a training job may imply.
+    pub train_limits: gantry::training::TrainLimits,
+    /// What connections may hold (caps and timeouts against slow or hostile clients).
+    pub conn_limits: serve::ConnLimits,
+    /// Start with the shipped policy, replacing one an admin installed (which then no longer
+    /// loads, say); recorded in the audit log.
+    pub shipped_policy: bool,
+}
+
+/// A daemon failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory, its store or its database.
+    #[error("{0}")]
+    Setup(String),
+    /// The listening socket.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        error: std::io::Error,
+    },
+}
+
+/// The state the handlers share.
+pub struct Daemon {
+    /// Users, tokens and jobs.
+    pub db: Db,
+    /// Cluster state, scheduler plugin, policy and audit log.
+    pub host: std::sync::RwLock<Host>,
+    /// The policy and the audit log, without the host's lock: every request's decision.
+    pub decider: gantry::Decider,
+    /// Datasets, checkpoints and artifacts, encrypted (holding the data directory's lock).
+    pub store: gantry::storage::Store,
+    /// The audit log (also the host's): sealed by a timer, and its head served.
+    pub audit: Arc<AuditLog>,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// The largest sizes a training job may imply.
+    pub train_limits: gantry::training::TrainLimits,
+    /// Refused requests no policy decided, counted for the audit log's aggregate.
+    pub rejections: rejections::Rejections,
+    /// The runs of training jobs under way, by job id (see [`lifecycle`]).
+    running: Mutex<std::collections::HashMap<String, Arc<lifecycle::RunControl>>>,
+    /// Jobs waiting out a backoff before they are queued again: (Unix seconds, job id).
+    deferred: Mutex<Vec<(f64, String)>>,
+    /// Training metrics of the jobs running now, by job id.
+    curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
+}
+
+/// The settings key naming the active scheduler plugin.
+pub const ACTIVE_SCHEDULER: &str = "scheduler";
+
+/// The scheduler plugin a new daemon starts with.
+pub const DEFAULT_SCHEDULER: &str = "binpack";
+
+/// Where scheduler plugin `name` comes from: shipped in the binary, or uploaded (its component
+/// read back from the encrypted store). The error says which lookup failed.
+pub fn plugin_source(
+    db: &Db,
+    store: &gantry::storage::Store,
+    name: &str,
+) -> Result<PluginSource, String> {
+    if builtin::scheduler(name).is_some() {
+        return Ok(PluginSource::Builtin(name.to_string()));
+    }
+    let record = db
+        .plugins(Some(name))
+        .map_err(|e| e.to_string())?
+        .pop()
+        .filter(|r| r.kind == KIND_SCHEDULER)
+        .ok_or_else(|| format!("no scheduler plugin `{name}` (shipped or uploaded)"))?;
+    let wasm = store.get(&record.object).map_err(|e| e.to_string())?;
+    Ok(PluginSource::Uploaded(Box::new(gantry::UploadedPlugin {
+        name: record.name,
+        manifest: record.manifest,
+        wasm,
+        signature: record.signature,
+    })))
+}
+
+/// The kinds of uploaded plugins, as the database records them.
+pub const KIND_SCHEDULER: &str = "scheduler";
+/// See [`KIND_SCHEDULER`].
+pub const KIND_PREPROCESS: &str = "preprocess";
+
+/// Preprocessing plugin `name`, shipped or uploaded, ready to start workers on `host`'s engine.
+/// An uploaded one must still carry a signature the host trusts (unless unsigned plugins are
+/// allowed): trust withdrawn after the upload stops it from running.
+pub fn preprocess_plugin(
+    db: &Db,
+    store: &gantry::storage::Store,
+    host: &Host,
+    name: &str,
+) -> Result<gantry::preprocess::PreprocessPlugin, String> {
+    if builtin::preprocessor(name).is_some() {
+        return host
+            .load_preprocess_plugin(name, None)
+            .map_err(|e| e.to_string());
+    }
+    let record = db
+        .plugins(Some(name))
+        .map_err(|e| e.to_string())?
+        .pop()
+        .filter(|r| r.kind == KIND_PREPROCESS)
+        .ok_or_else(|| format!("no preprocessing plugin `{name}` (shipped or uploaded)"))?;
+    let plugin = gantry::UploadedPlugin {
+        name: record.name,
+        manifest: record.manifest,
+        wasm: store.get(&record.object).map_err(|e| e.to_string())?,
+        signature: record.signature,
+    };
+    host.load_preprocess_plugin(name, Some(&plugin))
+        .map_err(|e| e.to_string())
+}
+
+/// The database file of a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("gantry.db")
+}
+
+impl Daemon {
+    /// Opens the data directory (locked for the daemon's life, swept, its database and audit log
+    /// checked: see [`datadir::DataDir::open`]), the policy an admin installed (else the shipped
+    /// one), the GPU health admins set, and the active scheduler; requeues every job the database
+    /// says is not over (a restart after a crash loses no accepted job).
+    pub fn open(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
+        let setup = |m: String| DaemonError::Setup(m);
+        let datadir::DataDir {
+            store, db, audit, ..
+        } = datadir::DataDir::open(&config.data_dir, "gantry up")
+            .map_err(|e| setup(e.to_string()))?;
+        let mut host_config = HostConfig::new(config.cluster.clone());
+        host_config.cache_dir = config.cache_dir.clone();
+        host_config.trust = config.trust.clone();
+        let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
+        match host.sweep_cache() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                files = n,
+                "removed compiled-plugin temporaries a crash left"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sweeping the compiled-plugin cache"),
+        }
+        // The scheduler an admin made active survives restarts; one that no longer loads (a
+        // trust key withdrawn, say) gives way to the shipped default, with a warning.
+        let active = db
+            .setting(ACTIVE_SCHEDULER)
+            .map_err(|e| setup(e.to_string()))?
+            .unwrap_or_else(|| DEFAULT_SCHEDULER.to_string());
+        let loaded = plugin_source(&db, &store, &active)
+            .and_then(|source| host.load_scheduler(&source).map_err(|e| e.to_string()));
+        if let Err(e) = loaded {
+            tracing::warn!(plugin = %active, error = %e, "the active scheduler plugin does not load; using {DEFAULT_SCHEDULER}");
+            host.load_scheduler(&PluginSource::Builtin(DEFAULT_SCHEDULER.into()))
+                .map_err(|e| setup(e.to_string()))?;
+        }
+        host.set_shared_audit_log(audit.clone());
+        Self::start_policy(&mut host, &db, &store, config.shipped_policy).map_err(setup)?;
+        let unhealthy = persisted::apply_gpu_health(&mut host, &db).map_err(setup)?;
+        if unhealthy > 0 {
+            tracing::info!(
+                gpus = unhealthy,
+                "GPUs marked unhealthy by admins stay out of service"
+            );
+        }
+        // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
+        // allocation with the process and are placed anew), unless a crash interrupted their
+        // runs too often (see `lifecycle::recovery`).
+        let now = db::now();
+        let (mut requeued, mut deferred) = (0, Vec::new());
+        for job in db.jobs().map_err(|e| setup(e.to_string()))? {
+            if job.state.is_final() {
+                continue;
+            }
+            let moved = |to: JobState, reason: &str| {
+                db.transition(&job.id, to, &[], Some(reason))
+                    .map_err(|e| setup(e.to_string()))
+            };
+            match lifecycle::recovery(&job, now) {
+                lifecycle::Recovery::End(to, reason) => {
+                    if moved(to, &reason)? {
+                        tracing::warn!(job = %job.id, state = to.as_str(), "{reason}");
+                        let _ = db.log(&job.id, &reason);
+                    }
+                }
+                lifecycle::Recovery::Queue(at) => {
+                    if job.state != JobState::Pending {
+                        let why = if job.state == JobState::Running {
+                            "its run was interrupted by a crash of the daemon"
+                        } else {
+                            "the daemon restarted"
+                        };
+                        moved(JobState::Pending, why)?;
+                        let _ = db.log(&job.id, &format!("requeued: {why}"));
+                    }
+                    if at > now {
+                        db.set_not_before(&job.id, at)
+                            .map_err(|e| setup(e.to_string()))?;
+                        tracing::warn!(job = %job.id, crashes = job.crashes, wait_s = at - now, "requeued after a backoff");
+                        deferred.push((at, job.id.clone()));
+                    } else if host.submit(api::spec(&job)).is_ok() {
+                        requeued += 1;
+                    }
+                }
+            }
+        }
+        tracing::info!(requeued, "daemon state recovered");
+        // What starting recorded (the policy in force, say) is sealed before the first request.
+        audit.seal().map_err(|e| setup(e.to_string()))?;
+        Ok(Daemon {
+            db,
+            decider: host.decider(),
+            host: std::sync::RwLock::new(host),
+            store,
+            audit,
+            metrics: metrics::Metrics::default(),
+            train_limits: config.train_limits.clone(),
+            rejections: Default::default(),
+            running: Mutex::new(Default::default()),
+            deferred: Mutex::new(deferred),
+            curves: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Installs the policy to start with ([`persisted::policy_to_start_with`]) and says which.
+    fn start_policy(
+        host: &mut Host,
+        db: &Db,
+        store: &gantry::storage::Store,
+        shipped: bool,
+    ) -> Result<(), String> {
+        let replaced = db
+            .setting(persisted::POLICY_REVISION)
+            .map_err(|e| e.to_string())?
+            .filter(|_| shipped);
+        let (policy, info) = persisted::policy_to_start_with(host, db, store, shipped)?;
+        host.set_policy(policy).map_err(|e| e.to_string())?;
+        if let Some(revision) = replaced {
+            host.record(
+                "policy.reset",
+                serde_json::json!({"replaced": revision, "by": "gantry up --shipped-policy"}),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        tracing::info!(revision = %info.revision, source = info.source, "policy in force");
+        Ok(())
+    }
+
+    /// Seals the audit log's entries since its last checkpoint (the daemon's timer).
+    pub fn seal_audit(&self) {
+        if let Err(e) = self.audit.seal() {
+            tracing::error!(error = %e, "sealing the audit log");
+        }
+    }
+
+    /// The host, locked for a change (scheduling, submitting, loading plugins).
+    pub fn host(&self) -> std::sync::RwLockWriteGuard<'_, Host> {
+        self.host.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The host, shared: policy decisions and reads run side by side, so their audit entries
+    /// share a sync (the log's group commit) instead of queueing behind one lock.
+    pub fn host_read(&self) -> std::sync::RwLockReadGuard<'_, Host> {
+        self.host.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
+    /// start (resuming from their newest checkpoint, if they have one). Jobs whose backoff
+    /// ended join the queue first.
+    pub fn schedule(self: &Arc<Self>) {
+        self.queue_due();
+        let report = self.host().schedule_cycle(db::now());
+        metrics::Metrics::inc(&self.metrics.cycles);
+        self.metrics.placements.fetch_add(
+            report.placements.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for a in &report.placements {
+            self.placed(a);
+        }
+    }
+
+    /// Queues the deferred jobs whose backoff has ended (and are still pending).
+    fn queue_due(&self) {
+        let now = db::now();
+        let due: Vec<String> = {
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, later) = deferred.drain(..).partition(|(at, _)| *at <= now);
+            *deferred = later;
+            due.into_iter().map(|(_, id)| id).collect()
+        };
+        for id in due {
+            match self.db.job(&id) {
+                Ok(Some(job)) if job.state == JobState::Pending => {
+                    if let Err(e) = self.host().submit(api::spec(&job)) {
+                        tracing::error!(job = %id, error = %e, "queueing a job after its backoff");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(job = %id, error = %e, "reading a deferred job"),
+            }
+        }
+    }
+
+    fn curves(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, curve::Curve>> {
+        self.curves.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (or, with `None`, ends) job `id`'s live metrics; returns the ones it replaces.
+    fn set_live_curve(&self, id: &str, curve: Option<curve::Curve>) -> Option<curve::Curve> {
+        match curve {
+            Some(c) => self.curves().insert(id.to_string(), c),
+            None => self.curves().remove(id),
+        }
+    }
+
+    /// Job `id`'s live metrics, if it is running.
+    fn live_curve(&self, id: &str) -> Option<curve::Curve> {
+        self.curves().get(id).cloned()
+    }
+
+    /// The running jobs' metrics.
+    fn live_curves(&self) -> Vec<curve::Curve> {
+        self.curves().values().cloned().collect()
+    }
+
+    /// Records a training step of job `id`.
+    fn record_step(&self, id: &str, p: &gantry::training::Progress) {
+        if let Some(c) = self.curves().get_mut(id) {
+            c.record(p, db::now());
+        }
+    }
+
+    /// Job `id`'s training metrics: live while it runs, else as last saved.
+    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, db::DbError> {
+        match self.live_curve(id) {
+            Some(c) => Ok(Some(c)),
+            None => self.db.curve(id),
+        }
+    }
+
+    /// Writes the refusals counted since the last time into the audit log, as one entry.
+    pub fn record_rejections(&self) {
+        if let Some(record) = self.rejections.drain()
+            && let Err(e) = self.decider.record("request.rejected", record)
+        {
+            tracing::error!(error = %e, "recording refused requests in the audit log");
+        }
+    }
+
+    /// Closes the audit log with a signed checkpoint.
+    pub fn close(&self) {
+        if let Err(e) = self.host().close_audit_log() {
+            tracing::error!(error = %e, "closing the audit log");
+        }
+    }
+}
+
+/// A daemon serving from a thread of this process (the demo, benchmarks, embedding).
+pub struct Background {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Background {
+    /// Starts serving `config` on its own runtime; returns once it listens.
+    pub fn start(config: DaemonConfig) -> Result<Background, DaemonError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("gantry-daemon".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DaemonError::Setup(format!("starting a runtime: {e}")))?;
+                runtime.block_on(serve_until(
+                    config,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    move |addr| {
+                        let _ = ready_tx.send(addr);
+                    },
+                ))
+            })
+            .map_err(|e| DaemonError::Setup(format!("starting the daemon thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(addr) => Ok(Background {
+                addr,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Err(_) => Err(thread
+                .join()
+                .map_err(|_| DaemonError::Setup("the daemon panicked".into()))?
+                .err()
+                .unwrap_or_else(|| DaemonError::Setup("the daemon did not start".into()))),
+        }
+    }
+
+    /// Stops it (closing the audit log) and waits.
+    pub fn stop(mut self) -> Result<(), DaemonError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), DaemonError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| DaemonError::Setup("the daemon panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Serves until SIGINT or SIGTERM; prints `listening on ADDR` on stdout once ready.
+pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    serve_until(config, shutdown, |addr| {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    })
+    .await
+}
+
+pub async fn serve_until(
+    config: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), DaemonError> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        None => None,
+    };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving plain HTTP beyond loopback: bearer tokens cross the network in the clear \
+             (give --tls-cert and --tls-key)"
+        );
+    }
+    let limits = config
+        .conn_limits
+        .clone()
+        .fitted(serve::raise_descriptor_limit());
+    let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| DaemonError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| DaemonError::Listen {
+        addr: config.listen,
+        error,
+    })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(lock) = daemon.store.dir_lock() {
+        // Where `gantry key rotate` and other commands reach the daemon that holds the directory.
+        lock.set_url(&format!("{scheme}://{addr}"))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+    ready(addr);
+    // Entries since the last checkpoint are sealed at least every SEAL_INTERVAL.
+    let sealer = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(gantry::audit::SEAL_INTERVAL).await;
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.seal_audit()).await;
+            }
+        })
+    };
+    // Scheduling runs on its own blocking thread, woken by submissions and every second.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let scheduler = {
+        let (daemon, wake) = (daemon.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.schedule()).await;
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+    // Refusals no policy decided go into the audit log in aggregate, once per interval.
+    let recorder = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(rejections::FLUSH_EVERY).await;
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.record_rejections()).await;
+            }
+        })
+    };
+    let app = api::router(daemon.clone(), wake);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    serve::serve(listener, acceptor, app, limits, daemon.clone(), shutdown).await;
+    scheduler.abort();
+    recorder.abort();
+    sealer.abort();
+    // Runs stop at a step boundary and their jobs go back to the queue (not counted as
+    // crashes); they resume from their newest checkpoint on restart.
+    let stopping = daemon.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        stopping.record_rejections();
+        stopping.stop_runs(std::time::Duration::from_secs(10))
+    })
+    .await;
+    daemon.close();
+    Ok(())
+}

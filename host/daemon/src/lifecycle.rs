@@ -1,0 +1,402 @@
+//! The job lifecycle of the daemon: every change of a job's state goes through here.
+//!
+//! The database is the authority on a job's state ([`Db::transition`] checks each move against
+//! [`JobState::predecessors`] in the same statement that makes it); the host holds the GPUs.
+//! One rule keeps the two in step: whoever moves a job out of a GPU-holding state releases its
+//! GPUs in the host, and nobody else does. A job whose run is under way keeps its GPUs until the
+//! run has stopped: a cancel or a lost GPU only asks the run to stop ([`RunControl`]); the run's
+//! own end ([`Daemon::run_ended`]) then moves the job and frees them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Daemon;
+use super::api::spec;
+use super::db::{DbError, JobRecord, JobState, MAX_CRASHES};
+use gantry::Assignment;
+
+/// Why a run was asked to stop. When several ask, the strongest wins: a user's cancel over a
+/// requeue, a requeue over a shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopReason {
+    /// The daemon is shutting down: the job goes back to the queue and resumes from its newest
+    /// checkpoint when the daemon starts again.
+    Shutdown,
+    /// Its GPUs were lost: it goes back to the queue now.
+    Requeue(String),
+    /// A user cancelled it: it ends `cancelled`.
+    Cancel(String),
+}
+
+/// How the daemon steers one run: a stop flag the training loop reads after every step, and
+/// why it was set.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    reason: std::sync::Mutex<Option<StopReason>>,
+}
+
+impl RunControl {
+    /// Asks the run to stop after its current step, for `reason` (unless a stronger reason
+    /// asked already).
+    pub fn request(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|c| *c < reason) {
+            *current = Some(reason);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the run should stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// It trained to the end; the JSON result.
+    Finished(serde_json::Value, String),
+    /// It stopped because it was asked to.
+    Stopped,
+    /// It failed (an error, or a panic caught at the run's edge).
+    Failed(String),
+}
+
+/// Seconds to wait before queueing again a job whose runs were interrupted by `crashes`
+/// crashes of the daemon: the first crash may have nothing to do with the job, so it retries at
+/// once; later ones back off.
+pub fn crash_backoff_s(crashes: u32) -> f64 {
+    match crashes {
+        0 | 1 => 0.0,
+        n => 15.0 * f64::from(1u32 << (n - 2).min(10)),
+    }
+}
+
+impl Daemon {
+    /// Records a placement the scheduler made: `pending` -> `scheduled`, and the run starts if
+    /// the job trains. A placement of a job that stopped being pending meanwhile (a cancel won
+    /// the race) is released instead.
+    pub(crate) fn placed(self: &Arc<Self>, a: &Assignment) {
+        let placed = format!(
+            "scheduled on {} GPU(s): {}",
+            a.gpus.len(),
+            a.gpus.join(", ")
+        );
+        match self
+            .db
+            .transition(&a.job_id, JobState::Scheduled, &a.gpus, None)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.host().complete(a.alloc_id);
+                return;
+            }
+            Err(e) => {
+                // The database could not say: free the GPUs rather than hold them unrecorded.
+                tracing::error!(job = %a.job_id, error = %e, "recording a placement");
+                self.host().complete(a.alloc_id);
+                return;
+            }
+        }
+        let _ = self.db.log(&a.job_id, &placed);
+        match self.db.job(&a.job_id) {
+            Ok(Some(job)) if job.train.is_some() => super::runner::start(self.clone(), job),
+            Ok(_) => {}
+            Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
+        }
+    }
+
+    /// Cancels `job` on behalf of `by`. A job whose run is under way becomes `cancelling` and
+    /// keeps its GPUs until the run stops (at its next step); any other live job is
+    /// `cancelled` at once and its GPUs freed. Returns the state it is in now; `None` when it
+    /// was already over (or being cancelled).
+    pub(crate) fn cancel_job(
+        &self,
+        job: &JobRecord,
+        by: &str,
+    ) -> Result<Option<JobState>, DbError> {
+        let reason = format!("cancelled by {by}");
+        let runs = self.runs();
+        if let Some(control) = runs.get(&job.id)
+            && self
+                .db
+                .transition(&job.id, JobState::Cancelling, &job.gpu_ids, Some(&reason))?
+        {
+            control.request(StopReason::Cancel(reason));
+            let _ = self.db.log(
+                &job.id,
+                &format!("cancel asked by {by}; stopping after this step"),
+            );
+            return Ok(Some(JobState::Cancelling));
+        }
+        if self
+            .db
+            .transition(&job.id, JobState::Cancelled, &[], Some(&reason))?
+        {
+            self.host().cancel(&job.id);
+            let _ = self.db.log(&job.id, &reason);
+            return Ok(Some(JobState::Cancelled));
+        }
+        Ok(None)
+    }
+
+    /// Jobs whose GPUs were lost (a GPU failed): one with a run under way stops at its next
+    /// step and is requeued then; the others go back to the queue now.
+    pub(crate) fn requeue_lost(&self, jobs: &[String], reason: &str) {
+        for id in jobs {
+            let runs = self.runs();
+            if let Some(control) = runs.get(id) {
+                control.request(StopReason::Requeue(reason.to_string()));
+                continue;
+            }
+            match self.db.transition(id, JobState::Pending, &[], Some(reason)) {
+                Ok(true) => self.requeue(id),
+                Ok(false) => {}
+                Err(e) => tracing::error!(job = %id, error = %e, "requeueing a job"),
+            }
+        }
+    }
+
+    /// Frees job `id`'s GPUs and puts it back in the host's queue (it is `pending` already).
+    fn requeue(&self, id: &str) {
+        let record = match self.db.job(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "reading a requeued job");
+                return;
+            }
+        };
+        let mut host = self.host();
+        host.cancel(id);
+        if let Err(e) = host.submit(spec(&record)) {
+            tracing::error!(job = %id, error = %e, "requeueing a job");
+        }
+    }
+
+    /// Registers a run of `id`: `None` when one is registered already.
+    pub(crate) fn claim_run(&self, id: &str) -> Option<Arc<RunControl>> {
+        let mut runs = self.runs();
+        if runs.contains_key(id) {
+            tracing::error!(job = %id, "a second run of a job was refused");
+            return None;
+        }
+        let control = Arc::new(RunControl::default());
+        runs.insert(id.to_string(), control.clone());
+        Some(control)
+    }
+
+    /// Moves a scheduled job to `running` as its run starts; false when it is no longer
+    /// scheduled (a cancel came first), in which case the run must not start.
+    pub(crate) fn run_starting(&self, id: &str) -> Result<bool, DbError> {
+        self.db.run_started(id)
+    }
+
+    /// A run of `job` ended (or never started: `started` is false): records how, frees its GPUs
+    /// where the job is over or requeued, and unregisters the run.
+    pub(crate) fn run_ended(
+        &self,
+        job: &JobRecord,
+        control: &RunControl,
+        started: bool,
+        end: RunEnd,
+    ) {
+        let id = &job.id;
+        let mut runs = self.runs();
+        if started && let Err(e) = self.db.run_ended(id) {
+            tracing::error!(job = %id, error = %e, "recording the end of a run");
+        }
+        let cancelled = match control.reason() {
+            Some(StopReason::Cancel(reason)) => Some(reason),
+            _ => None,
+        };
+        let (to, reason, message) = match (end, control.reason()) {
+            (_, _) if cancelled.is_some() => {
+                let reason = cancelled.unwrap_or_default();
+                (JobState::Cancelled, Some(reason.clone()), format!("{reason}: stopped"))
+            }
+            (RunEnd::Finished(result, summary), _) => {
+                if let Err(e) = self.db.set_result(id, &result) {
+                    tracing::error!(job = %id, error = %e, "recording a result");
+                }
+                (JobState::Succeeded, None, summary)
+            }
+            (RunEnd::Stopped, Some(StopReason::Requeue(reason))) => (
+                JobState::Pending,
+                Some(reason.clone()),
+                format!("requeued ({reason}); it resumes from its newest checkpoint"),
+            ),
+            (RunEnd::Stopped, _) => (
+                JobState::Pending,
+                Some("the daemon stopped".to_string()),
+                "the daemon stopped; the job resumes from its newest checkpoint when it starts again"
+                    .to_string(),
+            ),
+            (RunEnd::Failed(e), _) => (JobState::Failed, Some(e.clone()), format!("failed: {e}")),
+        };
+        let gpu_ids = if to == JobState::Pending {
+            Vec::new()
+        } else {
+            job.gpu_ids.clone()
+        };
+        match self.db.transition(id, to, &gpu_ids, reason.as_deref()) {
+            Ok(true) => {
+                let _ = self.db.log(id, &message);
+                let shutting_down = control.reason() == Some(StopReason::Shutdown);
+                match to {
+                    JobState::Pending if !shutting_down => {
+                        // Unregister first: the requeued job may be placed and start again.
+                        runs.remove(id);
+                        drop(runs);
+                        self.requeue(id);
+                        return;
+                    }
+                    JobState::Pending => {}
+                    _ => {
+                        self.host().cancel(id);
+                    }
+                }
+            }
+            Ok(false) => {
+                // Moved by someone else (cancelled before the run started): theirs to release.
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "recording the end of a run"),
+        }
+        runs.remove(id);
+    }
+
+    /// At shutdown: asks every run to stop after its step and waits for them (up to `wait`);
+    /// a stopped run's job is `pending` again and resumes on the next start. Runs still going
+    /// when the wait ends are left to the restart's crash accounting.
+    pub(crate) fn stop_runs(&self, wait: std::time::Duration) {
+        for control in self.runs().values() {
+            control.request(StopReason::Shutdown);
+        }
+        let deadline = std::time::Instant::now() + wait;
+        while !self.runs().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for id in self.runs().keys() {
+            tracing::warn!(job = %id, "still running at shutdown; it resumes from its checkpoint on restart");
+        }
+    }
+
+    fn runs(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<RunControl>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether job `id` has a run registered now.
+    pub fn has_run(&self, id: &str) -> bool {
+        self.runs().contains_key(id)
+    }
+}
+
+/// What a restarted daemon does with a job it finds live in the database, and when it may be
+/// queued again (Unix seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    /// Queue it (again) from this time on.
+    Queue(f64),
+    /// It is over: record this state and reason.
+    End(JobState, String),
+}
+
+/// The recovery of `job` at a restart at time `now`: a run a crash interrupted counts against
+/// the job ([`MAX_CRASHES`] of them fail it, with backoff in between); a cancel that was under
+/// way completes; everything else is queued again.
+pub fn recovery(job: &JobRecord, now: f64) -> Recovery {
+    match job.state {
+        JobState::Cancelling => Recovery::End(
+            JobState::Cancelled,
+            job.reason
+                .clone()
+                .unwrap_or_else(|| "cancelled".to_string()),
+        ),
+        JobState::Running if job.crashes >= MAX_CRASHES => Recovery::End(
+            JobState::Failed,
+            format!(
+                "the daemon went down {} times while this job ran; it is not run again (resubmit it to retry)",
+                job.crashes
+            ),
+        ),
+        JobState::Running => Recovery::Queue(now + crash_backoff_s(job.crashes)),
+        _ => Recovery::Queue(job.not_before),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_are_final_and_runs_stop_before_gpus_are_freed() {
+        for s in JobState::ALL {
+            for t in JobState::ALL {
+                if s.is_final() {
+                    assert!(!s.may_become(t), "{s:?} -> {t:?}");
+                }
+            }
+        }
+        // A running job cannot be cancelled outright (its GPUs would be freed under it): it goes
+        // through `cancelling`, which holds them.
+        assert!(!JobState::Running.may_become(JobState::Cancelled));
+        assert!(JobState::Running.may_become(JobState::Cancelling));
+        assert!(JobState::Cancelling.holds_gpus());
+        assert!(!JobState::Cancelling.may_become(JobState::Succeeded));
+        assert!(!JobState::Cancelled.may_become(JobState::Succeeded));
+    }
+
+    #[test]
+    fn stop_reasons_keep_the_strongest() {
+        let c = RunControl::default();
+        c.request(StopReason::Shutdown);
+        c.request(StopReason::Cancel("by ada".into()));
+        c.request(StopReason::Requeue("gpu".into()));
+        assert!(c.stopping());
+        assert_eq!(c.reason(), Some(StopReason::Cancel("by ada".into())));
+    }
+
+    #[test]
+    fn a_job_that_keeps_crashing_the_daemon_backs_off_then_fails() {
+        let mut job = JobRecord {
+            id: "j".into(),
+            tenant: "t".into(),
+            owner: "o".into(),
+            gpus: 1,
+            memory_per_gpu_mib: 1,
+            est_runtime_s: 1.0,
+            state: JobState::Running,
+            gpu_ids: vec![],
+            reason: None,
+            submitted_at: 0.0,
+            train: None,
+            result: None,
+            crashes: 1,
+            not_before: 0.0,
+        };
+        assert_eq!(recovery(&job, 100.0), Recovery::Queue(100.0));
+        job.crashes = 2;
+        assert!(matches!(recovery(&job, 100.0), Recovery::Queue(t) if t > 100.0));
+        job.crashes = MAX_CRASHES;
+        assert!(matches!(
+            recovery(&job, 100.0),
+            Recovery::End(JobState::Failed, _)
+        ));
+        job.state = JobState::Cancelling;
+        assert!(matches!(
+            recovery(&job, 100.0),
+            Recovery::End(JobState::Cancelled, _)
+        ));
+    }
+}

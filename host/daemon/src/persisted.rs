@@ -1,0 +1,148 @@
+//! State an admin sets through the API that must survive a restart: the access-control policy
+//! (`POST /v1/policy`: the bundle as an object of the encrypted store, its object id and revision
+//! in the database) and GPU health (`POST /v1/gpus/unhealthy`, `/healthy`: in the database). Both
+//! are applied at every start, before a request is decided or a job placed.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use gantry::Host;
+use gantry::policy::bundle::Bundle;
+use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
+use gantry::storage::Store;
+
+use super::db::Db;
+
+/// The settings key naming the store object of the policy bundle an admin installed.
+pub const POLICY_OBJECT: &str = "policy.object";
+/// The settings key holding that bundle's revision.
+pub const POLICY_REVISION: &str = "policy.revision";
+
+/// Which policy decides, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyInForce {
+    /// The bundle's revision.
+    pub revision: String,
+    /// `shipped` (built into the binary) or `installed` (`POST /v1/policy`).
+    pub source: &'static str,
+    /// The installed bundle's store object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// Reads bundle `bytes` (a `.tar.gz`), within the bundle reader's bounds.
+pub fn bundle_from_bytes(bytes: &[u8], origin: &str) -> Result<Bundle, String> {
+    gantry::policy::bundle::from_bytes(bytes, std::path::Path::new(origin))
+        .map_err(|e| format!("not a policy bundle: {e}"))
+}
+
+/// The shipped `gantry.authz` policy, built.
+pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
+    let (name, rego, data) = gantry::builtin::AUTHZ_POLICY;
+    let source = gantry::policy::source::PolicySource::from_parts(&[(name, rego)], data)
+        .map_err(|e| e.to_string())?;
+    let entrypoints = vec![gantry::DECISION_ENTRYPOINT.to_string()];
+    let bundle = gantry::policy::build(&source, &entrypoints, None).map_err(|e| e.to_string())?;
+    host.policy_loader()
+        .load(bundle, PolicyLimits::default())
+        .map_err(|e| e.to_string())
+}
+
+/// The policy to start with: the one an admin installed, if any, else the shipped one. An
+/// installed policy that no longer loads stops the start (failing open to the shipped policy
+/// would silently undo the admin's choice) unless `shipped` asks for the shipped one, which then
+/// replaces it.
+pub fn policy_to_start_with(
+    host: &Host,
+    db: &Db,
+    store: &Store,
+    shipped: bool,
+) -> Result<(Arc<LoadedPolicy>, PolicyInForce), String> {
+    let installed = db.setting(POLICY_OBJECT).map_err(|e| e.to_string())?;
+    if let (Some(object), false) = (&installed, shipped) {
+        let revision = db
+            .setting(POLICY_REVISION)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let failed = |e: String| {
+            format!(
+                "the installed policy (revision {revision}, object {object}) does not load: {e}; \
+                 start with `gantry up --shipped-policy` to replace it with the shipped policy \
+                 (recorded in the audit log), then install a working bundle"
+            )
+        };
+        let bytes = store.get(object).map_err(|e| failed(e.to_string()))?;
+        let bundle =
+            bundle_from_bytes(&bytes, &format!("policy object {object}")).map_err(failed)?;
+        let policy = host
+            .policy_loader()
+            .load(bundle, PolicyLimits::default())
+            .map_err(|e| failed(e.to_string()))?;
+        let info = PolicyInForce {
+            revision: policy.revision().to_string(),
+            source: "installed",
+            object: Some(object.clone()),
+        };
+        return Ok((policy, info));
+    }
+    let policy = shipped_policy(host)?;
+    if installed.is_some() {
+        forget_installed_policy(db)?;
+        tracing::warn!("the installed policy is replaced by the shipped one (--shipped-policy)");
+    }
+    let info = PolicyInForce {
+        revision: policy.revision().to_string(),
+        source: "shipped",
+        object: None,
+    };
+    Ok((policy, info))
+}
+
+/// Records `object` (a bundle in the store, of `revision`) as the policy to start with.
+pub fn remember_policy(db: &Db, object: &str, revision: &str) -> Result<(), String> {
+    db.set_setting(POLICY_REVISION, revision)
+        .and_then(|()| db.set_setting(POLICY_OBJECT, object))
+        .map_err(|e| e.to_string())
+}
+
+fn forget_installed_policy(db: &Db) -> Result<(), String> {
+    db.delete_setting(POLICY_OBJECT)
+        .and_then(|()| db.delete_setting(POLICY_REVISION))
+        .map_err(|e| e.to_string())
+}
+
+/// The policy in force on `host`, as [`policy_to_start_with`] describes it.
+pub fn policy_in_force(host: &Host, db: &Db) -> Result<PolicyInForce, String> {
+    let revision = host
+        .policy()
+        .map(|slot| slot.current().revision().to_string())
+        .unwrap_or_default();
+    let object = db.setting(POLICY_OBJECT).map_err(|e| e.to_string())?;
+    let installed_revision = db.setting(POLICY_REVISION).map_err(|e| e.to_string())?;
+    let installed = object.is_some() && installed_revision.as_deref() == Some(revision.as_str());
+    Ok(PolicyInForce {
+        revision,
+        source: if installed { "installed" } else { "shipped" },
+        object: object.filter(|_| installed),
+    })
+}
+
+/// Marks out of service every GPU an admin marked unhealthy; returns how many. A GPU the
+/// cluster no longer has is reported and skipped.
+pub fn apply_gpu_health(host: &mut Host, db: &Db) -> Result<usize, String> {
+    let mut applied = 0;
+    for g in db.gpu_health().map_err(|e| e.to_string())? {
+        if g.healthy {
+            continue;
+        }
+        match host.mark_unhealthy(&g.gpu) {
+            Some(_) => applied += 1,
+            None => tracing::warn!(
+                gpu = %g.gpu,
+                "a GPU marked unhealthy is not in the cluster any more; ignored"
+            ),
+        }
+    }
+    Ok(applied)
+}

@@ -1,0 +1,228 @@
+//! The way back from a detected corruption: an online backup of the database and its restore,
+//! and the replacement of an audit log that no longer verifies by a new one that names it.
+//!
+//! Both keep the damaged file as evidence (renamed `<name>.damaged-<unix ms>`, never deleted),
+//! run under the data directory's lock, and are recorded in the audit log. The procedures are in
+//! README.md, "Recovering a data directory".
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use gantry::audit::{AuditLog, Head};
+use gantry::storage::Store;
+
+use super::datadir::{DataDir, DataDirError, audit_path};
+use super::db::Db;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |error| DataDirError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// `name.damaged-<unix ms>` beside `path`.
+fn aside(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(
+        "{name}.damaged-{}",
+        (super::db::now() * 1000.0) as u64
+    ))
+}
+
+/// Copies the database of data directory `root` to `out` (a new file, mode 0600) with SQLite's
+/// `VACUUM INTO`: a consistent snapshot, taken while the daemon runs (it only reads). The copy is
+/// checked before this returns. Returns the rows it holds.
+pub fn backup_db(root: &Path, out: &Path) -> Result<u64, DataDirError> {
+    if out.exists() {
+        return Err(DataDirError::Refused(format!(
+            "{}: exists; a backup is written to a new file",
+            out.display()
+        )));
+    }
+    let db = Db::open(&super::db_path(root))?;
+    // Created empty and private first: SQLite writes into an empty file, keeping its mode.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(out).map_err(io(out))?;
+    let done = db.vacuum_into(out).and_then(|()| Db::open(out)?.check());
+    match done {
+        Ok(rows) => Ok(rows),
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            Err(e.into())
+        }
+    }
+}
+
+/// What [`restore_db`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    /// Where the database it replaced now is.
+    pub damaged: PathBuf,
+    /// Rows in the restored database.
+    pub rows: u64,
+}
+
+/// Replaces the database of data directory `root` by the backup `from` (checked first), keeping
+/// the one it replaces (with its WAL and shared-memory files) beside it as evidence. Jobs,
+/// users and tokens written after the backup are lost; objects are not (the store keeps every
+/// object). The audit log's sealed position is taken from the log itself (verified with the host's
+/// key), since the backup's is older. Recorded in the audit log as `db.restored`.
+pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
+    let store = Store::open_exclusive(root, "gantry db restore")?;
+    let target = super::db_path(root);
+    let incoming = gantry::durable::temporary_beside(&target);
+    std::fs::copy(from, &incoming).map_err(io(from))?;
+    let checked = Db::open(&incoming).and_then(|db| {
+        let rows = db.check()?;
+        Ok((db, rows))
+    });
+    let (db, rows) = match checked {
+        Ok(c) => c,
+        Err(source) => {
+            let _ = std::fs::remove_file(&incoming);
+            return Err(DataDirError::Refused(format!(
+                "{}: not a usable backup: {source}",
+                from.display()
+            )));
+        }
+    };
+    // The log is ahead of any backup: take its sealed position (it must verify, with our key).
+    let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
+    let public = gantry::keys::public_hex(&key);
+    let log = audit_path(root);
+    if log.exists() {
+        let report = gantry::audit::examine(&log, &public, &Default::default())
+            .map_err(|source| DataDirError::DamagedAudit { source })?;
+        if let Some(head) = report.head {
+            db.reset_audit_head(&head, false)?;
+        }
+    }
+    drop(db);
+    let damaged = aside(&target);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", target.display()));
+        let to = PathBuf::from(format!("{}{suffix}", damaged.display()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&from)(e)),
+        }
+    }
+    std::fs::rename(&incoming, &target).map_err(io(&target))?;
+    gantry::durable::sync_dir(root).map_err(io(root))?;
+    let dir = DataDir::open_with(store, "gantry db restore")?;
+    dir.record(
+        "db.restored",
+        serde_json::json!({"backup": from.display().to_string(),
+                           "damaged": damaged.display().to_string(), "rows": rows,
+                           "by": dir.actor()}),
+    )?;
+    dir.close()?;
+    Ok(Restored { damaged, rows })
+}
+
+/// What [`recover_audit_log`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    /// Where the damaged log now is (none when the log was missing).
+    pub damaged: Option<PathBuf>,
+    /// The last position of the damaged log that verified (a signed checkpoint), if any.
+    pub last_verified: Option<Head>,
+    /// Entries of it that verified.
+    pub verified_entries: u64,
+    /// What was wrong with it.
+    pub problem: String,
+    /// The new log's sealed position (also recorded in the database).
+    pub head: Head,
+}
+
+/// Replaces the audit log of data directory `root`, which does not verify or is not where the
+/// database says it was sealed, by a new log whose first entry (`audit.recovered`, signed by the
+/// next checkpoint) names the damaged log, its SHA-256, its last verified position and what was
+/// wrong; the damaged log is kept beside it. Refused when the log is fine.
+pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDirError> {
+    let store = Store::open_exclusive(root, "gantry audit recover")?;
+    let db = Db::open(&super::db_path(root))?;
+    db.check()
+        .map_err(|source| DataDirError::DamagedDb { source })?;
+    let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
+    let public = gantry::keys::public_hex(&key);
+    let log = audit_path(root);
+    let (head, closed) = db.audit_head()?;
+    let expected = gantry::audit::Expected {
+        head: head.clone(),
+        closed,
+    };
+    let problem = match gantry::audit::examine(&log, &public, &expected) {
+        Ok(_) => {
+            return Err(DataDirError::Refused(format!(
+                "{}: verifies with the host's key and holds the sealed position the database \
+                 records; nothing to recover",
+                log.display()
+            )));
+        }
+        Err(e) => e.to_string(),
+    };
+    let (prefix, _) = if log.exists() {
+        gantry::audit::last_verified(&log, &public)
+    } else {
+        (Default::default(), None)
+    };
+    let damaged = aside(&log);
+    let (digest, kept) = if log.exists() {
+        let d = sha256_file(&log)?;
+        std::fs::rename(&log, &damaged).map_err(io(&log))?;
+        gantry::durable::sync_dir(root).map_err(io(root))?;
+        let name = damaged
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        (Some(d), name)
+    } else {
+        (None, None)
+    };
+    let fresh = AuditLog::open(&log, key)?;
+    fresh.append(
+        "audit.recovered",
+        serde_json::json!({
+            "damaged_log": kept,
+            "damaged_sha256": digest,
+            "last_verified": prefix.head.as_ref().map(Head::to_string),
+            "verified_entries": prefix.entries,
+            "recorded_head": head.as_ref().map(Head::to_string),
+            "problem": problem,
+            "reason": reason,
+            "by": {"command": "gantry audit recover", "pid": std::process::id()},
+        }),
+    )?;
+    fresh.close()?;
+    let new_head = fresh.head().expect("closed with a checkpoint");
+    db.reset_audit_head(&new_head, true)?;
+    drop(store);
+    Ok(Recovered {
+        damaged: kept.map(|_| damaged),
+        last_verified: prefix.head,
+        verified_entries: prefix.entries,
+        problem,
+        head: new_head,
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<String, DataDirError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(gantry::plugin::cache::hex(ctx.finish().as_ref()))
+}

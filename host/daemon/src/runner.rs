@@ -1,0 +1,422 @@
+//! Runs a scheduled training job on the native hot path, in a thread of its own: checkpoints go
+//! into the encrypted store (recorded in the database), a restarted daemon resumes from the
+//! newest one, and a cancelled job stops after its current step (see [`super::lifecycle`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Daemon;
+use super::db::JobRecord;
+use super::labels::LabelSplit;
+use super::lifecycle::{RunControl, RunEnd};
+use gantry::training::checkpoint::{self, Checkpoint};
+use gantry::training::{self, TrainConfig, TrainError};
+
+/// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
+/// the daemon first, so a cancel or a lost GPU can stop it; it ends through
+/// [`Daemon::run_ended`], which records the outcome and frees the GPUs. A panic inside the run
+/// is caught there and fails the job, never the daemon.
+pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
+    let id = job.id.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("gantry-job-{id}"))
+        .spawn(move || {
+            let span = tracing::info_span!("gantry_daemon.job", job = %job.id);
+            let _entered = span.enter();
+            let Some(control) = daemon.claim_run(&job.id) else {
+                return;
+            };
+            let started = daemon.run_starting(&job.id).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "starting a run");
+                false
+            });
+            let end = if started {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&daemon, &job, &control)
+                }));
+                match outcome {
+                    Ok(Ok(o)) => {
+                        tracing::info!(steps = o.steps, "training job succeeded");
+                        RunEnd::Finished(result_json(&o), summary(&o))
+                    }
+                    Ok(Err(TrainError::Stopped { step })) => {
+                        tracing::info!(step, "training job stopped");
+                        RunEnd::Stopped
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "training job failed");
+                        RunEnd::Failed(e.to_string())
+                    }
+                    Err(panic) => {
+                        let message = panic_message(panic.as_ref());
+                        tracing::error!(panic = %message, "training job panicked");
+                        RunEnd::Failed(format!("the training run panicked: {message}"))
+                    }
+                }
+            } else {
+                RunEnd::Stopped
+            };
+            if let Some(curve) = daemon.set_live_curve(&job.id, None)
+                && let Err(e) = daemon.db.set_curve(&job.id, &curve)
+            {
+                tracing::error!(error = %e, "saving a job's metrics");
+            }
+            daemon.run_ended(&job, &control, started, end);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(job = %id, error = %e, "starting a training thread");
+    }
+}
+
+/// A panic's message, if it carried text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// What a finished run records as the job's result.
+fn result_json(o: &training::Outcome) -> serde_json::Value {
+    serde_json::json!({
+        "steps": o.steps,
+        "resumed_at_step": o.resumed_at_step,
+        "train_loss": o.train_loss,
+        "test": o.test,
+        "samples_per_s": o.samples_per_s,
+        "backend": o.backend,
+        "checkpoint": o.checkpoint,
+    })
+}
+
+/// The job log's line for a finished run.
+fn summary(o: &training::Outcome) -> String {
+    format!(
+        "succeeded after {} steps: train loss {:.4}{}",
+        o.steps,
+        o.train_loss,
+        o.test
+            .and_then(|t| t.accuracy)
+            .map(|a| format!(", test accuracy {:.1} %", 100.0 * a))
+            .unwrap_or_default()
+    )
+}
+
+fn run(
+    daemon: &Daemon,
+    job: &JobRecord,
+    control: &RunControl,
+) -> Result<training::Outcome, TrainError> {
+    let origin = format!("job {}: train", job.id);
+    let text = job.train.as_deref().unwrap_or_default();
+    let limits = &daemon.train_limits;
+    let config = TrainConfig::parse_with(text, std::path::Path::new(&origin), limits)?;
+    let data = match &config.data.dataset {
+        Some(name) => load_dataset(daemon, job, &config, name)?,
+        None => training::data::load(&config, limits)?,
+    };
+    let report = training::device::detect();
+    let selected = training::device::select(&report, &config.devices)?;
+    let resume = match daemon
+        .db
+        .latest_checkpoint(&job.id)
+        .map_err(|e| TrainError::Unavailable(e.to_string()))?
+    {
+        Some((step, object)) => {
+            let bytes = daemon
+                .store
+                .get(&object)
+                .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+            tracing::info!(step, object = %object, "resuming from checkpoint");
+            let _ = daemon.db.log(
+                &job.id,
+                &format!("resuming from the checkpoint at step {step}"),
+            );
+            Some(checkpoint::from_bytes(
+                &bytes,
+                std::path::Path::new(&format!("checkpoint {object}")),
+            )?)
+        }
+        None => None,
+    };
+    // The curve continues from the checkpoint: the steps after it are taken again.
+    let mut curve = daemon.db.curve(&job.id).ok().flatten().unwrap_or_default();
+    curve.rewind(resume.as_ref().map_or(0, |c| c.state.step));
+    daemon.set_live_curve(&job.id, Some(curve));
+    daemon
+        .db
+        .log(
+            &job.id,
+            &format!("training on {} ({})", data.source, selected.reason()),
+        )
+        .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+    let batch = config.batch_size as u64;
+    let mut on_step = |p: &training::Progress| {
+        let m = &daemon.metrics;
+        m.train_steps.fetch_add(1, Ordering::Relaxed);
+        m.train_samples.fetch_add(batch, Ordering::Relaxed);
+        daemon.record_step(&job.id, p);
+        !control.stopping()
+    };
+    let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
+        let object = daemon
+            .store
+            .put_bytes(&checkpoint::to_bytes(c))
+            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+        daemon
+            .db
+            .add_checkpoint(&job.id, c.state.step, &object)
+            .and_then(|()| match daemon.live_curve(&job.id) {
+                Some(curve) => daemon.db.set_curve(&job.id, &curve),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                daemon.db.log(
+                    &job.id,
+                    &format!(
+                        "checkpoint at step {} (object {})",
+                        c.state.step,
+                        &object[..16]
+                    ),
+                )
+            })
+            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+        Ok(object)
+    };
+    training::run::train(
+        &config,
+        &data,
+        &selected,
+        resume,
+        training::Hooks {
+            on_step: &mut on_step,
+            save: Some(&mut save),
+        },
+    )
+}
+
+/// A job's stored dataset, streamed: decrypted chunk by chunk, the label column split off as it
+/// goes, the feature columns parsed or (when the config names a plugin) streamed through the
+/// preprocessing plugin in the sandbox. Only the features and labels are ever held whole.
+fn load_dataset(
+    daemon: &Daemon,
+    job: &JobRecord,
+    config: &TrainConfig,
+    name: &str,
+) -> Result<training::data::Loaded, TrainError> {
+    use std::io::BufRead;
+    let unavailable = |m: String| TrainError::Unavailable(m);
+    let record = daemon
+        .db
+        .dataset(&super::db::key(&job.tenant, name))
+        .map_err(|e| unavailable(e.to_string()))?
+        .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
+    let label = config.data.label_column.unwrap_or(0);
+    let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let open = || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
+        let reader = daemon.store.reader(&record.object)?;
+        Ok(Box::new(LabelSplit::new(reader, label, labels.clone())))
+    };
+    let mut rows = FeatureRows::new(&daemon.train_limits);
+    match &config.data.preprocess {
+        None => {
+            let input = open().map_err(|e| unavailable(e.to_string()))?;
+            for (i, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
+                let line = line.map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
+                let before = rows.values.len();
+                for field in line.split(|&b| b == b',') {
+                    let text = std::str::from_utf8(field).unwrap_or("").trim();
+                    rows.values.push(
+                        text.parse::<f32>()
+                            .ok()
+                            .filter(|v| v.is_finite())
+                            .ok_or_else(|| {
+                                unavailable(format!(
+                                    "dataset `{name}`: line {}: `{text}` is not a number",
+                                    i + 1
+                                ))
+                            })?,
+                    );
+                }
+                let width = rows.values.len() - before;
+                rows.check(1, width)
+                    .map_err(|e| unavailable(format!("dataset `{name}`: line {}: {e}", i + 1)))?;
+            }
+        }
+        Some(plugin) => {
+            let plugin =
+                super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
+                    .map_err(unavailable)?;
+            gantry::pipeline::run(
+                &open,
+                &plugin,
+                gantry::pipeline::PipelineConfig::default(),
+                &mut |t| rows.tensor(&t.shape, t.data),
+            )
+            .map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
+        }
+    };
+    let width = rows.width.unwrap_or(0);
+    let features = rows.values;
+    let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|e| e.into_inner()));
+    if labels.len() * width != features.len() {
+        return Err(unavailable(format!(
+            "dataset `{name}`: {} labels for {} feature values of width {width}",
+            labels.len(),
+            features.len()
+        )));
+    }
+    let dataset = gantry_kernels::Dataset {
+        features,
+        targets: labels,
+        inputs: width,
+        targets_per_row: 1,
+    };
+    // Records are lines (no header): row 0 is line 1.
+    training::data::prepare(
+        config,
+        dataset,
+        format!("dataset {name}"),
+        &daemon.train_limits,
+        Some(1),
+    )
+}
+
+/// Feature values gathered row by row from a dataset: every row of one width, and no more rows,
+/// features or bytes than the operator's limits allow, checked as they arrive (a preprocessing
+/// plugin's output is not bounded by the dataset's size).
+struct FeatureRows<'a> {
+    values: Vec<f32>,
+    width: Option<usize>,
+    rows: u64,
+    limits: &'a training::limits::TrainLimits,
+}
+
+impl<'a> FeatureRows<'a> {
+    fn new(limits: &'a training::limits::TrainLimits) -> Self {
+        Self {
+            values: Vec::new(),
+            width: None,
+            rows: 0,
+            limits,
+        }
+    }
+
+    /// Checks `rows` more rows of `width` values each (the first fixes the width); the values
+    /// themselves are, or are about to be, in `self.values`.
+    fn check(&mut self, rows: u64, width: usize) -> Result<(), String> {
+        match self.width {
+            Some(w) if w != width => {
+                return Err(format!(
+                    "{width} feature values in a row where the first row had {w}"
+                ));
+            }
+            _ => self.width = Some(width),
+        }
+        self.rows = self.rows.saturating_add(rows);
+        let limits = self.limits;
+        if self.rows > limits.max_rows {
+            return Err(format!(
+                "more than {} rows (the operator's limit)",
+                limits.max_rows
+            ));
+        }
+        if width as u64 > limits.max_features {
+            return Err(format!(
+                "{width} features, more than {} (the operator's limit)",
+                limits.max_features
+            ));
+        }
+        let bytes = (self.rows as u128) * (width as u128) * 4;
+        if bytes > u128::from(limits.max_memory_mib) << 20 {
+            return Err(format!(
+                "the features outgrow the job memory limit of {} MiB",
+                limits.max_memory_mib
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds a preprocessing plugin's tensor of `shape` (records first; a row is the rest).
+    fn tensor(&mut self, shape: &[u32], data: Vec<f32>) -> Result<(), String> {
+        let rows = shape.first().copied().unwrap_or(0);
+        let width = shape[1.min(shape.len())..]
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
+            .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+        self.check(u64::from(rows), width)
+            .map_err(|e| format!("shape {shape:?}: {e}"))?;
+        self.values.extend(data);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod feature_rows_props {
+    use super::FeatureRows;
+    use gantry::training::limits::TrainLimits;
+
+    #[test]
+    fn rows_of_another_width_are_refused_naming_both() {
+        let limits = TrainLimits::default();
+        let mut rows = FeatureRows::new(&limits);
+        rows.tensor(&[2, 3], vec![0.0; 6]).unwrap();
+        let e = rows.tensor(&[3, 2], vec![0.0; 6]).unwrap_err();
+        assert!(
+            e.contains("2 feature values in a row where the first row had 3"),
+            "{e}"
+        );
+        assert!(rows.check(1, 3).is_ok());
+        assert!(rows.check(1, 4).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(gantry_fuzz::config(256))]
+
+        /// Arbitrary tensor shapes (overflowing ones among them) are refused or kept with one
+        /// row width throughout, within the limits; never a panic.
+        #[test]
+        fn arbitrary_tensor_shapes_keep_one_width_within_the_limits(
+            shapes in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![0u32..5, proptest::strategy::Just(u32::MAX)],
+                    0..4,
+                ),
+                1..6,
+            )
+        ) {
+            let limits = TrainLimits { max_memory_mib: 1, ..TrainLimits::default() };
+            let mut rows = FeatureRows::new(&limits);
+            for shape in &shapes {
+                let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+                let data = vec![0.0; n.filter(|&n| n <= 64).unwrap_or(0)];
+                let len = data.len();
+                if rows.tensor(shape, data).is_err() {
+                    break;
+                }
+                let width = rows.width.unwrap();
+                proptest::prop_assert!(rows.rows * width as u64 * 4 <= 1 << 20);
+                let records = shape.first().copied().unwrap_or(0) as usize;
+                proptest::prop_assert!(len == 0 || shape.is_empty() || len == records * width);
+            }
+        }
+    }
+
+    #[test]
+    fn a_plugin_output_past_the_limits_is_refused_before_it_is_kept() {
+        let limits = TrainLimits {
+            max_memory_mib: 1,
+            ..TrainLimits::default()
+        };
+        let mut rows = FeatureRows::new(&limits);
+        let e = rows.tensor(&[1 << 20, 8], Vec::new()).unwrap_err();
+        assert!(e.contains("memory limit"), "{e}");
+        assert!(rows.values.is_empty());
+        let mut rows = FeatureRows::new(&limits);
+        let e = rows
+            .tensor(&[1, u32::MAX, u32::MAX], Vec::new())
+            .unwrap_err();
+        assert!(e.contains("features") || e.contains("overflows"), "{e}");
+    }
+}
