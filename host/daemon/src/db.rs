@@ -43,6 +43,49 @@ pub enum DbError {
     },
 }
 
+/// Why a job did not move ([`Db::transition`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// The lifecycle has no such move ([`JobState::may_become`]): a finished, failed or
+    /// cancelled job, say, never becomes anything else.
+    #[error("job `{id}` is {}: it cannot become {}", .from.as_str(), .to.as_str())]
+    Illegal {
+        /// The job.
+        id: String,
+        /// The state it is in.
+        from: JobState,
+        /// The state asked for.
+        to: JobState,
+    },
+    /// The job is no longer in the state the caller saw: someone else moved it first.
+    #[error("job `{id}` is {}, not {}", .now.as_str(), .expected.as_str())]
+    Moved {
+        /// The job.
+        id: String,
+        /// The state the caller saw.
+        expected: JobState,
+        /// The state it is in.
+        now: JobState,
+    },
+    /// There is no such job.
+    #[error("no job `{0}`")]
+    NoJob(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl TransitionError {
+    /// The database failure, if that is why; `None` when the job was in no state to move (a
+    /// refusal the caller may expect: a race it lost, or a job that is over).
+    pub fn into_db(self) -> Option<DbError> {
+        match self {
+            TransitionError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A stored value that does not read: its table, row and column, and why.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("table {table}, row {row}, column {column}: {problem}")]
@@ -160,7 +203,8 @@ impl User {
 }
 
 /// A job's lifecycle. The legal moves are [`JobState::predecessors`], enforced by
-/// [`Db::transition`] in the database itself: nothing else changes a job's state.
+/// [`Db::transition`] (and [`Db::run_started`], the same check) as a compare-and-set in the
+/// database: nothing else changes a stored job's state.
 ///
 /// ```text
 ///            +------------- requeue (GPU lost, daemon restart) -------------+
@@ -892,53 +936,101 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// Moves job `id` to `to` (with its GPUs, and why), if its current state allows it
-    /// ([`JobState::predecessors`]); returns whether it moved. The check and the change are one
-    /// statement, so two racing changes (a cancel and the end of a run, say) cannot both win.
+    /// Moves job `id` to `to`, recording its GPUs (empty when it holds none) and why; the one
+    /// checked way a job's state changes. `from` is the state the caller saw, if it depends on
+    /// it (`None`: whatever the job is now). The move is refused with
+    /// [`TransitionError::Refused`] unless the job is in `from` and may become `to`
+    /// ([`JobState::may_become`]), so a finished, failed or cancelled job stays so. Returns the
+    /// state it moved from.
     pub fn transition(
         &self,
         id: &str,
+        from: Option<JobState>,
         to: JobState,
         gpu_ids: &[String],
         reason: Option<&str>,
-    ) -> Result<bool, DbError> {
-        let from: Vec<String> = to
-            .predecessors()
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
-        let n = self
-            .conn()
-            .execute(
-                &format!(
-                    "UPDATE jobs SET state = ?2, gpu_ids = ?3, reason = ?4
-                     WHERE id = ?1 AND state IN ({})",
-                    from.join(", ")
-                ),
-                params![
-                    id,
-                    to.as_str(),
-                    serde_json::to_string(gpu_ids).expect("strings serialise"),
-                    reason
-                ],
-            )
-            .ctx("updating a job's state")?;
-        Ok(n == 1)
+    ) -> Result<JobState, TransitionError> {
+        let gpu_ids = serde_json::to_string(gpu_ids).expect("strings serialise");
+        self.move_job(
+            id,
+            from,
+            to,
+            ", gpu_ids = ?4, reason = ?5",
+            &[&gpu_ids as &dyn rusqlite::ToSql, &reason],
+        )
     }
 
     /// Moves a scheduled job to `running` and counts the run against it (the count is
-    /// cleared when the run ends without a crash, see [`Db::run_ended`]); false when the job is
+    /// cleared when the run ends without a crash, see [`Db::run_ended`]); refused when the job is
     /// no longer `scheduled` (a cancel won the race).
-    pub fn run_started(&self, id: &str) -> Result<bool, DbError> {
-        let n = self
-            .conn()
+    pub fn run_started(&self, id: &str) -> Result<JobState, TransitionError> {
+        self.move_job(
+            id,
+            Some(JobState::Scheduled),
+            JobState::Running,
+            ", crashes = crashes + 1",
+            &[],
+        )
+    }
+
+    /// Checks and makes one move of job `id` to `to`, setting the columns of `set` too (`?4`
+    /// on are `values`). The state is read and the move checked under the connection's lock,
+    /// and the update is a compare-and-set on the state read, so a move that lost a race with
+    /// another writer of the file is refused as well.
+    fn move_job(
+        &self,
+        id: &str,
+        from: Option<JobState>,
+        to: JobState,
+        set: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<JobState, TransitionError> {
+        let conn = self.conn();
+        let now = conn
+            .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .ctx("reading a job's state")?
+            .ok_or_else(|| TransitionError::NoJob(id.to_string()))?;
+        let now = JobState::parse(&now).ok_or_else(|| DbError::Corrupt {
+            context: "reading a job's state".to_string(),
+            bad: BadValue {
+                table: "jobs",
+                row: id.to_string(),
+                column: "state",
+                problem: format!("unknown state {now:?}"),
+            },
+        })?;
+        let moved = |expected: JobState| TransitionError::Moved {
+            id: id.to_string(),
+            expected,
+            now,
+        };
+        if let Some(expected) = from.filter(|f| *f != now) {
+            return Err(moved(expected));
+        }
+        if !now.may_become(to) {
+            return Err(TransitionError::Illegal {
+                id: id.to_string(),
+                from: now,
+                to,
+            });
+        }
+        let (to_s, now_s) = (to.as_str(), now.as_str());
+        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&to_s, &id, &now_s];
+        all.extend_from_slice(values);
+        let n = conn
             .execute(
-                "UPDATE jobs SET state = 'running', crashes = crashes + 1
-                 WHERE id = ?1 AND state = 'scheduled'",
-                params![id],
+                &format!("UPDATE jobs SET state = ?1{set} WHERE id = ?2 AND state = ?3"),
+                all.as_slice(),
             )
-            .ctx("starting a job's run")?;
-        Ok(n == 1)
+            .ctx("updating a job's state")?;
+        if n != 1 {
+            // Another writer of the file moved it between the read and the update.
+            return Err(moved(now));
+        }
+        Ok(now)
     }
 
     /// A run of job `id` ended without a crash of the daemon: it does not count as one.
@@ -1389,6 +1481,130 @@ mod tests {
         std::fs::write(path, bytes).unwrap();
     }
 
+    /// The lifecycle whole, as a table: every pair of states is a legal move or not.
+    const LEGAL: [(JobState, JobState); 13] = {
+        use JobState::*;
+        [
+            (Pending, Scheduled),
+            (Pending, Failed),
+            (Pending, Cancelled),
+            (Scheduled, Pending),
+            (Scheduled, Running),
+            (Scheduled, Cancelling),
+            (Scheduled, Failed),
+            (Scheduled, Cancelled),
+            (Running, Pending),
+            (Running, Cancelling),
+            (Running, Succeeded),
+            (Running, Failed),
+            (Cancelling, Cancelled),
+        ]
+    };
+
+    /// A stored job `id` brought to `state` by legal moves.
+    fn job_in(db: &Db, id: &str, state: JobState) {
+        use JobState::*;
+        assert!(db.insert_job(&job(id)).unwrap());
+        let path: &[JobState] = match state {
+            Pending => &[],
+            Scheduled => &[Scheduled],
+            Running => &[Scheduled, Running],
+            Cancelling => &[Scheduled, Cancelling],
+            Succeeded => &[Scheduled, Running, Succeeded],
+            Failed => &[Failed],
+            Cancelled => &[Cancelled],
+        };
+        for to in path {
+            db.transition(id, None, *to, &[], None).unwrap();
+        }
+        assert_eq!(db.job(id).unwrap().unwrap().state, state);
+    }
+
+    #[test]
+    fn the_stored_transition_relation_is_exactly_the_lifecycle_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        for (i, from) in JobState::ALL.into_iter().enumerate() {
+            for (j, to) in JobState::ALL.into_iter().enumerate() {
+                let legal = LEGAL.contains(&(from, to));
+                assert_eq!(from.may_become(to), legal, "{from:?} -> {to:?}");
+                let id = format!("j{i}{j}");
+                job_in(&db, &id, from);
+                match db.transition(&id, Some(from), to, &[], None) {
+                    Ok(was) => assert!(legal && was == from, "{from:?} -> {to:?} was made"),
+                    Err(TransitionError::Illegal { from: f, to: t, .. }) => {
+                        assert!(!legal && (f, t) == (from, to), "{from:?} -> {to:?} refused")
+                    }
+                    Err(e) => panic!("{from:?} -> {to:?}: {e}"),
+                }
+                let stored = db.job(&id).unwrap().unwrap().state;
+                assert_eq!(stored, if legal { to } else { from });
+            }
+        }
+        for s in JobState::ALL.into_iter().filter(|s| s.is_final()) {
+            assert!(JobState::ALL.iter().all(|t| !s.may_become(*t)), "{s:?}");
+        }
+    }
+
+    /// A cancel wins over the end of the run it stopped: the run's late "succeeded" (or a
+    /// restart of the run) is refused with a typed error and the job stays cancelled.
+    #[test]
+    fn a_late_success_after_a_cancel_is_refused_and_the_job_stays_cancelled() {
+        use JobState::*;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        job_in(&db, "j", Scheduled);
+        assert_eq!(db.run_started("j").unwrap(), Scheduled);
+        db.transition(
+            "j",
+            Some(Running),
+            Cancelling,
+            &["g0".into()],
+            Some("by ada"),
+        )
+        .unwrap();
+        db.transition("j", None, Cancelled, &[], Some("by ada"))
+            .unwrap();
+        let late = db.transition("j", Some(Running), Succeeded, &["g0".into()], None);
+        assert!(
+            matches!(
+                &late,
+                Err(TransitionError::Moved {
+                    expected: Running,
+                    now: Cancelled,
+                    ..
+                })
+            ),
+            "{late:?}"
+        );
+        let late = db.transition("j", None, Succeeded, &["g0".into()], None);
+        assert!(
+            matches!(
+                &late,
+                Err(TransitionError::Illegal {
+                    from: Cancelled,
+                    to: Succeeded,
+                    ..
+                })
+            ),
+            "{late:?}"
+        );
+        let again = db.run_started("j");
+        assert!(
+            matches!(&again, Err(TransitionError::Moved { .. })),
+            "{again:?}"
+        );
+        let j = db.job("j").unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.reason.as_deref(), j.crashes),
+            (Cancelled, Some("by ada"), 1)
+        );
+        assert!(matches!(
+            db.transition("nobody", None, Running, &[], None),
+            Err(TransitionError::NoJob(_))
+        ));
+    }
+
     /// Issue 10, section 3: one flipped bit in SQLite row data turned a user's tenants into none
     /// and a finished job into a pending one; both must be errors naming table, row and column.
     #[test]
@@ -1406,7 +1622,7 @@ mod tests {
         let token = super::super::auth::issue(&db, "ada").unwrap();
         assert!(db.insert_job(&job("v1")).unwrap());
         for to in [JobState::Scheduled, JobState::Running, JobState::Succeeded] {
-            assert!(db.transition("v1", to, &[], None).unwrap());
+            db.transition("v1", None, to, &[], None).unwrap();
         }
         drop(db); // closing moves the WAL into the file
         flip(&path, b"[\"vision\"]", 9, 0x20); // ] -> }

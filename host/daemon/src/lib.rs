@@ -239,7 +239,7 @@ impl Daemon {
                 continue;
             }
             let moved = |to: JobState, reason: &str| {
-                db.transition(&job.id, to, &[], Some(reason))
+                lifecycle::moved(db.transition(&job.id, Some(job.state), to, &[], Some(reason)))
                     .map_err(|e| setup(e.to_string()))
             };
             match lifecycle::recovery(&job, now) {

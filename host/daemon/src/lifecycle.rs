@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Daemon;
 use super::api::spec;
-use super::db::{DbError, JobRecord, JobState, MAX_CRASHES};
+use super::db::{DbError, JobRecord, JobState, MAX_CRASHES, TransitionError};
 use gantry::Assignment;
 
 /// Why a run was asked to stop. When several ask, the strongest wins: a user's cancel over a
@@ -81,6 +81,20 @@ pub fn crash_backoff_s(crashes: u32) -> f64 {
     }
 }
 
+/// Whether a move ([`super::db::Db::transition`]) was made: `false` when the job was in no
+/// state to make it (someone else moved it first, or it is over), an error only when the
+/// database failed.
+pub(crate) fn moved(result: Result<JobState, TransitionError>) -> Result<bool, DbError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(TransitionError::Db(e)) => Err(e),
+        Err(refused) => {
+            tracing::debug!(%refused, "a job's state was not changed");
+            Ok(false)
+        }
+    }
+}
+
 impl Daemon {
     /// Records a placement the scheduler made: `pending` -> `scheduled`, and the run starts if
     /// the job trains. A placement of a job that stopped being pending meanwhile (a cancel won
@@ -91,10 +105,13 @@ impl Daemon {
             a.gpus.len(),
             a.gpus.join(", ")
         );
-        match self
-            .db
-            .transition(&a.job_id, JobState::Scheduled, &a.gpus, None)
-        {
+        match moved(self.db.transition(
+            &a.job_id,
+            Some(JobState::Pending),
+            JobState::Scheduled,
+            &a.gpus,
+            None,
+        )) {
             Ok(true) => {}
             Ok(false) => {
                 self.host().complete(a.alloc_id);
@@ -127,9 +144,13 @@ impl Daemon {
         let reason = format!("cancelled by {by}");
         let runs = self.runs();
         if let Some(control) = runs.get(&job.id)
-            && self
-                .db
-                .transition(&job.id, JobState::Cancelling, &job.gpu_ids, Some(&reason))?
+            && moved(self.db.transition(
+                &job.id,
+                None,
+                JobState::Cancelling,
+                &job.gpu_ids,
+                Some(&reason),
+            ))?
         {
             control.request(StopReason::Cancel(reason));
             let _ = self.db.log(
@@ -138,10 +159,10 @@ impl Daemon {
             );
             return Ok(Some(JobState::Cancelling));
         }
-        if self
-            .db
-            .transition(&job.id, JobState::Cancelled, &[], Some(&reason))?
-        {
+        if moved(
+            self.db
+                .transition(&job.id, None, JobState::Cancelled, &[], Some(&reason)),
+        )? {
             self.host().cancel(&job.id);
             let _ = self.db.log(&job.id, &reason);
             return Ok(Some(JobState::Cancelled));
@@ -158,7 +179,10 @@ impl Daemon {
                 control.request(StopReason::Requeue(reason.to_string()));
                 continue;
             }
-            match self.db.transition(id, JobState::Pending, &[], Some(reason)) {
+            match moved(
+                self.db
+                    .transition(id, None, JobState::Pending, &[], Some(reason)),
+            ) {
                 Ok(true) => self.requeue(id),
                 Ok(false) => {}
                 Err(e) => tracing::error!(job = %id, error = %e, "requeueing a job"),
@@ -198,7 +222,7 @@ impl Daemon {
     /// Moves a scheduled job to `running` as its run starts; false when it is no longer
     /// scheduled (a cancel came first), in which case the run must not start.
     pub(crate) fn run_starting(&self, id: &str) -> Result<bool, DbError> {
-        self.db.run_started(id)
+        moved(self.db.run_started(id))
     }
 
     /// A run of `job` ended (or never started: `started` is false): records how, frees its GPUs
@@ -248,7 +272,10 @@ impl Daemon {
         } else {
             job.gpu_ids.clone()
         };
-        match self.db.transition(id, to, &gpu_ids, reason.as_deref()) {
+        match moved(
+            self.db
+                .transition(id, None, to, &gpu_ids, reason.as_deref()),
+        ) {
             Ok(true) => {
                 let _ = self.db.log(id, &message);
                 let shutting_down = control.reason() == Some(StopReason::Shutdown);
