@@ -240,6 +240,7 @@ impl Daemon {
             }
             let moved = |to: JobState, reason: &str| {
                 lifecycle::moved(db.transition(&job.id, Some(job.state), to, &[], Some(reason)))
+                    .map(|from| from.is_some())
                     .map_err(|e| setup(e.to_string()))
             };
             match lifecycle::recovery(&job, now) {

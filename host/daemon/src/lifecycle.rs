@@ -1,9 +1,10 @@
 //! The job lifecycle of the daemon: every change of a job's state goes through here.
 //!
 //! The database is the authority on a job's state ([`Db::transition`] checks each move against
-//! [`JobState::predecessors`] in the same statement that makes it); the host holds the GPUs.
-//! One rule keeps the two in step: whoever moves a job out of a GPU-holding state releases its
-//! GPUs in the host, and nobody else does. A job whose run is under way keeps its GPUs until the
+//! [`JobState::predecessors`] and makes it as a compare-and-set); the host's scheduling state
+//! (its queue and GPUs) is built from the database at start and afterwards follows each move the
+//! database made through one function, [`Daemon::follow`]: whoever made a move has it followed,
+//! and nobody else changes the host's view of a stored job. A job whose run is under way keeps its GPUs until the
 //! run has stopped: a cancel or a lost GPU only asks the run to stop ([`RunControl`]); the run's
 //! own end ([`Daemon::run_ended`]) then moves the job and frees them.
 
@@ -81,16 +82,18 @@ pub fn crash_backoff_s(crashes: u32) -> f64 {
     }
 }
 
-/// Whether a move ([`super::db::Db::transition`]) was made: `false` when the job was in no
-/// state to make it (someone else moved it first, or it is over), an error only when the
-/// database failed.
-pub(crate) fn moved(result: Result<JobState, TransitionError>) -> Result<bool, DbError> {
+/// The state a job moved from, if a move ([`super::db::Db::transition`]) was made: `None` when
+/// the job was in no state to make it (someone else moved it first, or it is over), an error
+/// only when the database failed.
+pub(crate) fn moved(
+    result: Result<JobState, TransitionError>,
+) -> Result<Option<JobState>, DbError> {
     match result {
-        Ok(_) => Ok(true),
+        Ok(from) => Ok(Some(from)),
         Err(TransitionError::Db(e)) => Err(e),
         Err(refused) => {
             tracing::debug!(%refused, "a job's state was not changed");
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -112,8 +115,8 @@ impl Daemon {
             &a.gpus,
             None,
         )) {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(_)) => {}
+            Ok(None) => {
                 self.host().complete(a.alloc_id);
                 return;
             }
@@ -151,6 +154,7 @@ impl Daemon {
                 &job.gpu_ids,
                 Some(&reason),
             ))?
+            .is_some()
         {
             control.request(StopReason::Cancel(reason));
             let _ = self.db.log(
@@ -159,11 +163,9 @@ impl Daemon {
             );
             return Ok(Some(JobState::Cancelling));
         }
-        if moved(
-            self.db
-                .transition(&job.id, None, JobState::Cancelled, &[], Some(&reason)),
-        )? {
-            self.host().cancel(&job.id);
+        let to = JobState::Cancelled;
+        if let Some(from) = moved(self.db.transition(&job.id, None, to, &[], Some(&reason)))? {
+            self.follow(&job.id, from, to);
             let _ = self.db.log(&job.id, &reason);
             return Ok(Some(JobState::Cancelled));
         }
@@ -183,26 +185,38 @@ impl Daemon {
                 self.db
                     .transition(id, None, JobState::Pending, &[], Some(reason)),
             ) {
-                Ok(true) => self.requeue(id),
-                Ok(false) => {}
+                Ok(Some(from)) => self.follow(id, from, JobState::Pending),
+                Ok(None) => {}
                 Err(e) => tracing::error!(job = %id, error = %e, "requeueing a job"),
             }
         }
     }
 
-    /// Frees job `id`'s GPUs and puts it back in the host's queue (it is `pending` already).
-    fn requeue(&self, id: &str) {
-        let record = match self.db.job(id) {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(job = %id, error = %e, "reading a requeued job");
-                return;
+    /// Brings the host's view of job `id` in line with a move from `from` to `to` that the
+    /// database made: after start, the one way the scheduler's state follows the store. A job
+    /// that ends, or stops holding GPUs, leaves the host's queue and frees its GPUs; one that is
+    /// `pending` again is queued anew. Placements and runs starting or stopping change nothing
+    /// here: the host made the placement, and a run keeps its GPUs until it has stopped.
+    fn follow(&self, id: &str, from: JobState, to: JobState) {
+        let queue = if to == JobState::Pending {
+            match self.db.job(id) {
+                Ok(Some(record)) => Some(spec(&record)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "reading a requeued job");
+                    return;
+                }
             }
+        } else {
+            None
         };
         let mut host = self.host();
-        host.cancel(id);
-        if let Err(e) = host.submit(spec(&record)) {
+        if to.is_final() || (from.holds_gpus() && !to.holds_gpus()) {
+            host.cancel(id);
+        }
+        if let Some(spec) = queue
+            && let Err(e) = host.submit(spec)
+        {
             tracing::error!(job = %id, error = %e, "requeueing a job");
         }
     }
@@ -222,7 +236,7 @@ impl Daemon {
     /// Moves a scheduled job to `running` as its run starts; false when it is no longer
     /// scheduled (a cancel came first), in which case the run must not start.
     pub(crate) fn run_starting(&self, id: &str) -> Result<bool, DbError> {
-        moved(self.db.run_started(id))
+        Ok(moved(self.db.run_started(id))?.is_some())
     }
 
     /// A run of `job` ended (or never started: `started` is false): records how, frees its GPUs
@@ -276,24 +290,22 @@ impl Daemon {
             self.db
                 .transition(id, None, to, &gpu_ids, reason.as_deref()),
         ) {
-            Ok(true) => {
+            Ok(Some(from)) => {
                 let _ = self.db.log(id, &message);
-                let shutting_down = control.reason() == Some(StopReason::Shutdown);
-                match to {
-                    JobState::Pending if !shutting_down => {
-                        // Unregister first: the requeued job may be placed and start again.
-                        runs.remove(id);
-                        drop(runs);
-                        self.requeue(id);
-                        return;
+                if to == JobState::Pending {
+                    // Unregister first: the requeued job may be placed and start again.
+                    runs.remove(id);
+                    drop(runs);
+                    // At shutdown the host is going away: queueing the job again would only let
+                    // a last cycle place it.
+                    if control.reason() != Some(StopReason::Shutdown) {
+                        self.follow(id, from, to);
                     }
-                    JobState::Pending => {}
-                    _ => {
-                        self.host().cancel(id);
-                    }
+                    return;
                 }
+                self.follow(id, from, to);
             }
-            Ok(false) => {
+            Ok(None) => {
                 // Moved by someone else (cancelled before the run started): theirs to release.
             }
             Err(e) => tracing::error!(job = %id, error = %e, "recording the end of a run"),
