@@ -43,9 +43,10 @@ pub enum DbError {
     },
 }
 
-/// Why a job did not move ([`Db::transition`]).
+/// Why a job did not move ([`Db::transition`], [`super::jobstore::JobStore::transition`]); `E`
+/// is the store's own failure.
 #[derive(Debug, thiserror::Error)]
-pub enum TransitionError {
+pub enum TransitionError<E = DbError> {
     /// The lifecycle has no such move ([`JobState::may_become`]): a finished, failed or
     /// cancelled job, say, never becomes anything else.
     #[error("job `{id}` is {}: it cannot become {}", .from.as_str(), .to.as_str())]
@@ -70,15 +71,15 @@ pub enum TransitionError {
     /// There is no such job.
     #[error("no job `{0}`")]
     NoJob(String),
-    /// The database failed.
+    /// The store failed.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(#[from] E),
 }
 
-impl TransitionError {
+impl<E> TransitionError<E> {
     /// The database failure, if that is why; `None` when the job was in no state to move (a
     /// refusal the caller may expect: a race it lost, or a job that is over).
-    pub fn into_db(self) -> Option<DbError> {
+    pub fn into_db(self) -> Option<E> {
         match self {
             TransitionError::Db(e) => Some(e),
             _ => None,
@@ -1442,6 +1443,7 @@ pub fn now() -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::jobstore::JobStore;
     use super::*;
 
     fn job(id: &str) -> JobRecord {
@@ -1502,7 +1504,7 @@ mod tests {
     };
 
     /// A stored job `id` brought to `state` by legal moves.
-    fn job_in(db: &Db, id: &str, state: JobState) {
+    fn job_in<S: JobStore>(db: &S, id: &str, state: JobState) {
         use JobState::*;
         assert!(db.insert_job(&job(id)).unwrap());
         let path: &[JobState] = match state {
@@ -1523,13 +1525,17 @@ mod tests {
     #[test]
     fn the_stored_transition_relation_is_exactly_the_lifecycle_table() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        transition_table(&Db::open(&dir.path().join("gantry.db")).unwrap());
+    }
+
+    /// Any [`JobStore`] (SQLite here; an etcd one of issue 13 the same way) keeps the table.
+    fn transition_table<S: JobStore>(db: &S) {
         for (i, from) in JobState::ALL.into_iter().enumerate() {
             for (j, to) in JobState::ALL.into_iter().enumerate() {
                 let legal = LEGAL.contains(&(from, to));
                 assert_eq!(from.may_become(to), legal, "{from:?} -> {to:?}");
                 let id = format!("j{i}{j}");
-                job_in(&db, &id, from);
+                job_in(db, &id, from);
                 match db.transition(&id, Some(from), to, &[], None) {
                     Ok(was) => assert!(legal && was == from, "{from:?} -> {to:?} was made"),
                     Err(TransitionError::Illegal { from: f, to: t, .. }) => {
@@ -1550,10 +1556,13 @@ mod tests {
     /// restart of the run) is refused with a typed error and the job stays cancelled.
     #[test]
     fn a_late_success_after_a_cancel_is_refused_and_the_job_stays_cancelled() {
-        use JobState::*;
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
-        job_in(&db, "j", Scheduled);
+        terminal_is_final(&Db::open(&dir.path().join("gantry.db")).unwrap());
+    }
+
+    fn terminal_is_final<S: JobStore>(db: &S) {
+        use JobState::*;
+        job_in(db, "j", Scheduled);
         assert_eq!(db.run_started("j").unwrap(), Scheduled);
         db.transition(
             "j",

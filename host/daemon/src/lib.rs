@@ -26,6 +26,7 @@ pub(crate) mod body;
 pub mod curve;
 pub mod datadir;
 pub mod db;
+pub mod jobstore;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;

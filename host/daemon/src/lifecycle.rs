@@ -85,9 +85,9 @@ pub fn crash_backoff_s(crashes: u32) -> f64 {
 /// The state a job moved from, if a move ([`super::db::Db::transition`]) was made: `None` when
 /// the job was in no state to make it (someone else moved it first, or it is over), an error
 /// only when the database failed.
-pub(crate) fn moved(
-    result: Result<JobState, TransitionError>,
-) -> Result<Option<JobState>, DbError> {
+pub(crate) fn moved<E: std::fmt::Display>(
+    result: Result<JobState, TransitionError<E>>,
+) -> Result<Option<JobState>, E> {
     match result {
         Ok(from) => Ok(Some(from)),
         Err(TransitionError::Db(e)) => Err(e),
