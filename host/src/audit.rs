@@ -131,6 +131,23 @@ pub struct Decision<'a> {
     pub latency_us: f64,
 }
 
+impl Decision<'_> {
+    /// The decision as an audit entry's record (what [`AuditLog::decision`] appends), emitted as
+    /// a `tracing` event with its id.
+    pub fn record(&self) -> serde_json::Value {
+        tracing::info!(
+            target: "gantry::audit",
+            decision_id = self.decision_id,
+            allow = self.allow,
+            entrypoint = self.entrypoint,
+            revision = self.revision,
+            latency_us = self.latency_us,
+            "policy decision"
+        );
+        serde_json::to_value(self).expect("a decision serializes")
+    }
+}
+
 /// A fresh decision id: 128 random bits, hex.
 pub fn new_decision_id() -> String {
     let mut bytes = [0u8; 16];
@@ -555,17 +572,7 @@ impl AuditLog {
 
     /// Appends a policy decision and emits it as a `tracing` event with its id.
     pub fn decision(&self, decision: &Decision<'_>) -> Result<u64, AuditError> {
-        tracing::info!(
-            target: "gantry::audit",
-            decision_id = decision.decision_id,
-            allow = decision.allow,
-            entrypoint = decision.entrypoint,
-            revision = decision.revision,
-            latency_us = decision.latency_us,
-            "policy decision"
-        );
-        let record = serde_json::to_value(decision).expect("a decision serializes");
-        self.append("decision", record)
+        self.append("decision", decision.record())
     }
 
     /// Appends a signed checkpoint covering every entry so far; returns the sealed position.

@@ -12,7 +12,7 @@
 //! for job in jobs {
 //!     host.submit(job)?;
 //! }
-//! let cycle = host.schedule_cycle(0.0);
+//! let cycle = gantry::blocking::block_on(host.schedule_cycle(0.0));
 //! for a in &cycle.placements {
 //!     println!("{} -> {:?}", a.job_id, a.gpus);
 //! }
@@ -33,13 +33,13 @@ use crate::builtin;
 use crate::cluster::{Cluster, JobSpec, files};
 use crate::engine::{self, EpochTicker};
 use crate::plugin::health::HealthRules;
-use crate::plugin::{
-    self, ArtifactCache, Call, Fault, LoadError, Manifest, PluginError, PluginState,
-};
+use crate::plugin::{self, ArtifactCache, LoadError, Manifest, PluginState};
 use crate::policy::decide::{LoadedPolicy, PolicyLimits, PolicyLoader, PolicySlot};
 use crate::policy::request::{Action, Admission, PluginRef, Request, Subject};
-use crate::scheduling::model::Placement;
-use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin, native, snapshot, validate};
+use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin};
+
+mod cycle;
+pub use cycle::{CyclePlan, DecidedCycle};
 
 /// Where a plugin comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,7 +279,9 @@ pub struct Host {
     _ticker: EpochTicker,
     loader: PluginLoader,
     state: ClusterState,
-    scheduler: Option<SchedulerPlugin>,
+    scheduler: Option<Arc<SchedulerPlugin>>,
+    /// Bumped by every change of `state`: a cycle decided on an older one re-validates.
+    generation: u64,
     policy: Option<Arc<PolicySlot>>,
     audit: Option<Arc<AuditLog>>,
 }
@@ -303,6 +305,7 @@ impl Host {
             },
             state: ClusterState::new(config.cluster),
             scheduler: None,
+            generation: 0,
             policy: None,
             audit: None,
         })
@@ -335,17 +338,20 @@ impl Host {
     /// stays active.
     pub fn load_scheduler(&mut self, source: &PluginSource) -> Result<&SchedulerPlugin, LoadError> {
         let plugin = self.load_scheduler_plugin(source)?;
-        Ok(self.scheduler.insert(plugin))
+        Ok(self.scheduler.insert(Arc::new(plugin)))
     }
 
     /// Loads `bundle` (default [`PolicyLimits`]) and installs it as the host's access-control
     /// policy ([`Host::set_policy`]); returns the policy it replaces. On error the previous one
     /// stays in force.
-    pub fn install_policy(
+    pub async fn install_policy(
         &mut self,
         bundle: crate::policy::bundle::Bundle,
     ) -> Result<Option<Arc<LoadedPolicy>>, HostError> {
-        let policy = self.policy_loader().load(bundle, PolicyLimits::default())?;
+        let policy = self
+            .policy_loader()
+            .load(bundle, PolicyLimits::default())
+            .await?;
         self.set_policy(policy)
     }
 
@@ -393,8 +399,8 @@ impl Host {
     }
 
     /// [`Decider::authorize`] with this host's policy and audit log.
-    pub fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
-        self.decider().authorize(request)
+    pub async fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
+        self.decider().authorize(request).await
     }
 
     /// The policy and the audit log, apart from the rest of the host: what deciding a request
@@ -408,7 +414,7 @@ impl Host {
     }
 
     /// [`Host::submit`] on behalf of `subject`, after the policy allowed `job.submit`.
-    pub fn submit_as(&mut self, subject: &Subject, job: JobSpec) -> Result<(), HostError> {
+    pub async fn submit_as(&mut self, subject: &Subject, job: JobSpec) -> Result<(), HostError> {
         let tenant = self.state.cluster.tenant_index(&job.tenant);
         let admission = Admission {
             tenant: job.tenant.clone(),
@@ -417,13 +423,14 @@ impl Host {
             job: job.id.clone(),
         };
         self.decider()
-            .require(&Request::new(subject.clone(), Action::JobSubmit, admission))?;
+            .require(&Request::new(subject.clone(), Action::JobSubmit, admission))
+            .await?;
         self.submit(job)
     }
 
     /// [`Host::load_scheduler`] on behalf of `subject`, after the policy allowed `plugin.load`
     /// (the resource says whether the plugin carries a trusted signature). The load is recorded.
-    pub fn load_scheduler_as(
+    pub async fn load_scheduler_as(
         &mut self,
         subject: &Subject,
         source: &PluginSource,
@@ -440,42 +447,52 @@ impl Host {
                 up.verify(&self.loader.trust.trusted_keys).is_ok(),
             ),
         };
-        let verdict = self.decider().require(&Request::new(
-            subject.clone(),
-            Action::PluginLoad,
-            PluginRef::new(name, signed),
-        ))?;
+        let verdict = self
+            .decider()
+            .require(&Request::new(
+                subject.clone(),
+                Action::PluginLoad,
+                PluginRef::new(name, signed),
+            ))
+            .await?;
         let plugin = self.load_scheduler_plugin(source)?;
-        self.record(
-            "plugin.load",
-            serde_json::json!({
-                "plugin": plugin.name(),
-                "version": plugin.manifest().version,
-                "sha256": plugin.wasm_sha256(),
-                "decision_id": verdict.decision_id,
-            }),
-        )?;
-        Ok(self.scheduler.insert(plugin))
+        self.decider()
+            .record_async(
+                "plugin.load",
+                serde_json::json!({
+                    "plugin": plugin.name(),
+                    "version": plugin.manifest().version,
+                    "sha256": plugin.wasm_sha256(),
+                    "decision_id": verdict.decision_id,
+                }),
+            )
+            .await?;
+        Ok(self.scheduler.insert(Arc::new(plugin)))
     }
 
     /// Unloads the active scheduler plugin on behalf of `subject`, after the policy allowed
     /// `plugin.unload`; the native strategy decides from then on. Recorded in the audit log.
-    pub fn unload_scheduler_as(
+    pub async fn unload_scheduler_as(
         &mut self,
         subject: &Subject,
-    ) -> Result<Option<SchedulerPlugin>, HostError> {
+    ) -> Result<Option<Arc<SchedulerPlugin>>, HostError> {
         let Some(name) = self.scheduler.as_ref().map(|p| p.name().to_string()) else {
             return Ok(None);
         };
-        let verdict = self.decider().require(&Request::new(
-            subject.clone(),
-            Action::PluginUnload,
-            PluginRef::named(name.clone()),
-        ))?;
-        self.record(
-            "plugin.unload",
-            serde_json::json!({"plugin": name, "decision_id": verdict.decision_id}),
-        )?;
+        let verdict = self
+            .decider()
+            .require(&Request::new(
+                subject.clone(),
+                Action::PluginUnload,
+                PluginRef::named(name.clone()),
+            ))
+            .await?;
+        self.decider()
+            .record_async(
+                "plugin.unload",
+                serde_json::json!({"plugin": name, "decision_id": verdict.decision_id}),
+            )
+            .await?;
         Ok(self.scheduler.take())
     }
 
@@ -502,7 +519,7 @@ impl Host {
 
     /// The active scheduler plugin.
     pub fn scheduler(&self) -> Option<&SchedulerPlugin> {
-        self.scheduler.as_ref()
+        self.scheduler.as_deref()
     }
 
     /// The live cluster state.
@@ -510,10 +527,16 @@ impl Host {
         &self.state
     }
 
+    /// The state, for a change: a cycle decided before it re-validates its answer.
+    fn state_mut(&mut self) -> &mut ClusterState {
+        self.generation += 1;
+        &mut self.state
+    }
+
     /// Swaps in another cluster state (for example one restored from storage, or a benchmark's
     /// starting point) and returns the old one.
     pub fn replace_state(&mut self, state: ClusterState) -> ClusterState {
-        std::mem::replace(&mut self.state, state)
+        std::mem::replace(self.state_mut(), state)
     }
 
     /// Queues a job after checking it against the cluster.
@@ -531,7 +554,7 @@ impl Host {
             });
         }
         let tenant = self.state.cluster.tenant_index(&job.tenant).unwrap_or(0);
-        self.state.enqueue(job, tenant);
+        self.state_mut().enqueue(job, tenant);
         Ok(())
     }
 
@@ -539,7 +562,7 @@ impl Host {
     /// neither queued nor running.
     pub fn cancel(&mut self, job_id: &str) -> bool {
         let queued = self.state.pending.len();
-        self.state.pending.retain(|p| p.spec.id != job_id);
+        self.state_mut().pending.retain(|p| p.spec.id != job_id);
         let mut found = self.state.pending.len() != queued;
         let allocations: Vec<u64> = self
             .state
@@ -576,7 +599,7 @@ impl Host {
             .gpus
             .iter()
             .position(|g| g.id == gpu_id)?;
-        self.state.cluster.gpus[index].healthy = healthy;
+        self.state_mut().cluster.gpus[index].healthy = healthy;
         let mut holders: Vec<String> = self
             .state
             .running
@@ -590,181 +613,7 @@ impl Host {
 
     /// Ends allocation `id` (its work finished), freeing its GPUs.
     pub fn complete(&mut self, id: u64) -> Option<RunningAlloc> {
-        self.state.release(id)
-    }
-
-    /// One scheduling cycle at time `now_s`: the active plugin decides (the native strategy when
-    /// none is loaded, it is quarantined, or it faults); the answer is validated and applied.
-    pub fn schedule_cycle(&mut self, now_s: f64) -> CycleReport {
-        let start = Instant::now();
-        let plugin_name = self.scheduler.as_ref().map(|p| p.name().to_string());
-        let _span = tracing::debug_span!(
-            "gantry_scheduling.cycle",
-            plugin = plugin_name.as_deref().unwrap_or(native::NAME),
-            pending = self.state.pending.len()
-        )
-        .entered();
-        let mut report = CycleReport {
-            now_s,
-            decided_by: native::NAME.into(),
-            fallback_reason: None,
-            fault: None,
-            placements: Vec::new(),
-            policy_refused: Vec::new(),
-            pending: self.state.pending.len(),
-            elapsed_us: 0.0,
-        };
-        if self.state.pending.is_empty() {
-            return report;
-        }
-        let (snap, queue) = snapshot::build(&self.state, now_s);
-        let placements = match &self.scheduler {
-            None => native::schedule(&snap, &queue),
-            Some(p) => Self::plugin_decides(p, &snap, &queue, &mut report),
-        };
-        if report.decided_by == native::NAME
-            && let Err(reason) = validate::validate(&snap, &queue, &placements)
-        {
-            // The fallback is our own code; if it is wrong, place nothing rather than corrupt state.
-            tracing::error!("native strategy gave an invalid answer, nothing placed: {reason}");
-            report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
-            return report;
-        }
-        let placements = self.policy_filter(placements, &mut report);
-        for p in placements {
-            let job = &self.state.pending[p.job as usize];
-            let tenant = self.state.cluster.tenants[job.tenant as usize].name.clone();
-            let gpus = p
-                .gpus
-                .iter()
-                .map(|&g| self.state.cluster.gpus[g as usize].id.clone())
-                .collect();
-            let alloc = self.state.allocate(p.job as usize, p.gpus, now_s);
-            report.placements.push(Assignment {
-                job_id: alloc.job_id,
-                tenant,
-                gpus,
-                alloc_id: alloc.id,
-            });
-        }
-        self.state.prune_pending();
-        report.pending = self.state.pending.len();
-        report.elapsed_us = start.elapsed().as_secs_f64() * 1e6;
-        report
-    }
-
-    /// The active plugin's placements for this cycle, or the fallback's when it is quarantined,
-    /// backing off, faults, or places nothing for too long while the fallback could place.
-    fn plugin_decides(
-        p: &SchedulerPlugin,
-        snap: &crate::scheduling::model::Snapshot,
-        queue: &crate::scheduling::model::Jobs,
-        report: &mut CycleReport,
-    ) -> Vec<Placement> {
-        let health = p.health();
-        let refused = |fault| PluginError::new(p.name(), Call::Schedule, fault);
-        if health.is_quarantined() {
-            health.fallback();
-            let (faults, why) = health.quarantine().unwrap_or_default();
-            report.fallback_reason = Some(refused(Fault::Quarantined { faults, why }).to_string());
-            return native::schedule(snap, queue);
-        }
-        if let Some(cycles) = health.backing_off() {
-            health.fallback();
-            report.fallback_reason = Some(refused(Fault::BackingOff { cycles }).to_string());
-            return native::schedule(snap, queue);
-        }
-        let answer = p.schedule(snap, queue).and_then(|placements| {
-            validate::validate(snap, queue, &placements)
-                .map(|()| placements)
-                .map_err(|reason| {
-                    refused(Fault::InvalidAnswer {
-                        reason: Fault::text(reason),
-                    })
-                })
-        });
-        let (error, fallback) = match answer {
-            Ok(placements) if !placements.is_empty() => {
-                health.progress(report.now_s, placements.len(), true);
-                health.success();
-                report.decided_by = p.name().into();
-                return placements;
-            }
-            // Nothing placed: could the fallback have placed something of this queue?
-            Ok(placements) => {
-                let native = native::schedule(snap, queue);
-                match health.progress(report.now_s, 0, !native.is_empty()) {
-                    None => {
-                        health.success();
-                        report.decided_by = p.name().into();
-                        return placements;
-                    }
-                    Some(fault) => (refused(fault), native),
-                }
-            }
-            Err(e) => (e, native::schedule(snap, queue)),
-        };
-        tracing::warn!(
-            plugin = p.name(),
-            call = %error.call,
-            fault = error.class(),
-            "{error}; native fallback decides this cycle"
-        );
-        if health.fault(&error.fault) {
-            tracing::error!(
-                plugin = p.name(),
-                reason = health.quarantine().map(|q| q.1).unwrap_or_default(),
-                "plugin quarantined; the native fallback decides until it is reloaded"
-            );
-        }
-        health.fallback();
-        report.fault = Some(error.class());
-        report.fallback_reason = Some(error.to_string());
-        fallback
-    }
-
-    /// Asks the policy about each placement (`placement.apply`, with the tenant's GPUs held so
-    /// far in this cycle) and keeps those it allows. Any evaluation failure refuses the
-    /// placement: fail closed. Without a policy every placement stands.
-    fn policy_filter(
-        &self,
-        placements: Vec<Placement>,
-        report: &mut CycleReport,
-    ) -> Vec<Placement> {
-        if self.policy.is_none() {
-            return placements;
-        }
-        let mut held: Vec<u64> = self.state.used_gpus.iter().map(|&g| u64::from(g)).collect();
-        let mut kept = Vec::with_capacity(placements.len());
-        for p in placements {
-            let job = &self.state.pending[p.job as usize];
-            let tenant = &self.state.cluster.tenants[job.tenant as usize].name;
-            let admission = Admission {
-                tenant: tenant.clone(),
-                gpus: p.gpus.len() as u64,
-                tenant_used_gpus: held[job.tenant as usize],
-                job: job.spec.id.clone(),
-            };
-            let request = Request::new(Subject::scheduler(), Action::PlacementApply, admission);
-            let (allow, reasons) = match self.authorize(&request) {
-                Ok(v) => (v.allow, v.reasons),
-                // Unrecordable decisions are not taken.
-                Err(e) => (false, vec![e.to_string()]),
-            };
-            if allow {
-                held[job.tenant as usize] += p.gpus.len() as u64;
-                kept.push(p);
-            } else {
-                tracing::warn!(
-                    job = %job.spec.id,
-                    tenant = %tenant,
-                    "policy refused a placement: {}",
-                    reasons.join("; ")
-                );
-                report.policy_refused.push((job.spec.id.clone(), reasons));
-            }
-        }
-        kept
+        self.state_mut().release(id)
     }
 }
 
@@ -927,8 +776,9 @@ impl Decider {
     /// Asks the policy whether the request's subject may do its action on its resource, and
     /// records the decision in the audit log (when one is set) before returning it. Any
     /// evaluation failure denies. Without a policy, every request is allowed (and still
-    /// recorded).
-    pub fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
+    /// recorded). The policy runs on the calling task; the audit log's sync on the blocking pool
+    /// ([`crate::blocking`]).
+    pub async fn authorize(&self, request: &Request) -> Result<Verdict, HostError> {
         let decision_id = crate::audit::new_decision_id();
         let start = Instant::now();
         let input = request.input();
@@ -936,14 +786,14 @@ impl Decider {
             None => (true, Vec::new(), String::new()),
             Some(slot) => {
                 let policy = slot.current();
-                let (allow, reasons) =
-                    crate::policy::decide::verdict(&policy.evaluate(DECISION_ENTRYPOINT, &input));
+                let result = policy.evaluate(DECISION_ENTRYPOINT, &input).await;
+                let (allow, reasons) = crate::policy::decide::verdict(&result);
                 (allow, reasons, policy.revision().to_string())
             }
         };
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
         if let Some(log) = &self.audit {
-            log.decision(&Decision {
+            let record = Decision {
                 decision_id: &decision_id,
                 subject: &input["subject"],
                 action: &input["action"],
@@ -953,7 +803,10 @@ impl Decider {
                 reasons: reasons.clone(),
                 revision: &revision,
                 latency_us,
-            })?;
+            }
+            .record();
+            let log = log.clone();
+            crate::blocking::run(move || log.append("decision", record)).await?;
         } else {
             let action = request.action.as_str();
             tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");
@@ -967,8 +820,8 @@ impl Decider {
 
     /// [`Decider::authorize`], with a denial as [`HostError::Denied`]: the allowing verdict, or
     /// why not.
-    pub fn require(&self, request: &Request) -> Result<Verdict, HostError> {
-        let verdict = self.authorize(request)?;
+    pub async fn require(&self, request: &Request) -> Result<Verdict, HostError> {
+        let verdict = self.authorize(request).await?;
         if verdict.allow {
             return Ok(verdict);
         }
@@ -979,11 +832,22 @@ impl Decider {
         })
     }
 
-    /// Appends an event to the audit log (when one is set).
+    /// Appends an event to the audit log (when one is set). Blocks until it is on disk: async
+    /// callers use [`Self::record_async`].
     pub fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
         if let Some(log) = &self.audit {
             log.append(kind, record)?;
         }
         Ok(())
+    }
+
+    /// [`Self::record`] with the sync on the blocking pool.
+    pub async fn record_async(
+        &self,
+        kind: &str,
+        record: serde_json::Value,
+    ) -> Result<(), HostError> {
+        let (decider, kind) = (self.clone(), kind.to_string());
+        crate::blocking::run(move || decider.record(&kind, record)).await
     }
 }

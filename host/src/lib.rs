@@ -24,6 +24,7 @@
 
 pub mod audit;
 pub mod bindings;
+pub mod blocking;
 pub mod builtin;
 pub mod chart;
 pub mod cluster;
@@ -41,8 +42,8 @@ pub mod storage;
 pub mod training;
 
 pub use host::{
-    Assignment, CycleReport, DECISION_ENTRYPOINT, Decider, Host, HostConfig, HostError,
-    PluginSource, PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
+    Assignment, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DecidedCycle, Decider, Host,
+    HostConfig, HostError, PluginSource, PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

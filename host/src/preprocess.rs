@@ -219,7 +219,7 @@ impl PreprocessPlugin {
 
     /// [`Self::worker`] from synchronous code.
     pub fn worker_blocking(&self) -> Result<Worker<'_>, PluginError> {
-        plugin::driver::block_on(self.worker())
+        crate::blocking::block_on(self.worker())
     }
 
     fn fail(&self, call: Call, store: &Store<PluginState>, err: wasmtime::Error) -> PluginError {
@@ -340,17 +340,17 @@ impl Worker<'_> {
 
     /// [`Self::observe`] from synchronous code.
     pub fn observe_blocking(&mut self, batch: &RecordBatch) -> Result<Vec<f64>, PluginError> {
-        plugin::driver::block_on(self.observe(batch))
+        crate::blocking::block_on(self.observe(batch))
     }
 
     /// [`Self::prepare`] from synchronous code.
     pub fn prepare_blocking(&mut self, totals: &[f64]) -> Result<(), PluginError> {
-        plugin::driver::block_on(self.prepare(totals))
+        crate::blocking::block_on(self.prepare(totals))
     }
 
     /// [`Self::process`] from synchronous code.
     pub fn process_blocking(&mut self, batch: &RecordBatch) -> Result<Tensor, PluginError> {
-        plugin::driver::block_on(self.process(batch))
+        crate::blocking::block_on(self.process(batch))
     }
 }
 

@@ -267,7 +267,7 @@ pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u6
             }
         }
         if !host.state().pending.is_empty() {
-            let report = host.schedule_cycle(now);
+            let report = crate::blocking::block_on(host.schedule_cycle(now));
             cycles += 1;
             cycle_us += report.elapsed_us;
             if report.fallback_reason.is_some() && host.scheduler().is_some() {

@@ -263,6 +263,73 @@ fn a_hanging_plugin_never_stalls_the_api() {
 }
 
 #[test]
+fn the_api_answers_while_a_cycle_waits_on_a_sleeping_plugin() {
+    // The plugin sleeps into its 5 s deadline, so the cycle takes that long; it holds no lock of
+    // the host's meanwhile: health, a read of the cluster's state and a submission (a change of
+    // it) answer long before the cycle ends.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    let (key, public) = plugin_key(dir.path(), &cache);
+    let sleepy = hostile(&dir.path().join("p"), "sleep", "deadline_ms = 5000");
+    sign_plugin(&sleepy, &key, &cache);
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let url = daemon.url.clone();
+    let put = format!("{url}/v1/plugins/hostile-sleep");
+    let (s, v) = request(
+        &put,
+        "PUT",
+        Some(&root),
+        Some(&upload_body(&sleepy).to_string()),
+    );
+    assert_eq!(s, 201, "{v}");
+    let activate = Some(r#"{"name": "hostile-sleep"}"#);
+    let (s, v) = request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(&root),
+        activate,
+    );
+    assert_eq!(s, 200, "{v}");
+    let submit = |id: &str| {
+        let body = json!({"id": id, "tenant": "vision", "gpus": 2}).to_string();
+        request(&format!("{url}/v1/jobs"), "POST", Some(&root), Some(&body))
+    };
+    let cycle_start = Instant::now();
+    assert_eq!(submit("slow-1").0, 201);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let start = Instant::now();
+    let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!(s, 200);
+    let health = start.elapsed();
+    let (s, v) = request(&format!("{url}/v1/gpus"), "GET", Some(&root), None);
+    assert_eq!(s, 200, "{v}");
+    let gpus = start.elapsed();
+    let (s, v) = submit("slow-2");
+    assert_eq!(s, 201, "{v}");
+    let submitted = start.elapsed();
+    // The first cycle is still waiting on the plugin: its job is not placed yet.
+    let (_, v) = request(&format!("{url}/v1/jobs/slow-1"), "GET", Some(&root), None);
+    assert_eq!(v["state"], "pending", "{v}");
+    assert!(
+        cycle_start.elapsed() < Duration::from_secs(5),
+        "the answers came after the plugin's deadline: nothing shows they came during the cycle"
+    );
+    let bound = Duration::from_secs(2);
+    assert!(
+        health < bound && gpus < bound && submitted < bound,
+        "answers during the cycle took {health:?} (health), {gpus:?} (+ gpus),          {submitted:?} (+ a submission)"
+    );
+    // The deadline cuts the plugin off, the fallback places both jobs (the cycle's answer is
+    // applied to a state that changed meanwhile).
+    wait_for_state(&url, &root, "slow-1", "scheduled");
+    wait_for_state(&url, &root, "slow-2", "scheduled");
+    daemon.signal("-TERM");
+}
+
+#[test]
 fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
     let dir = tempfile::tempdir().unwrap();
     let cache = shared_cache();

@@ -17,7 +17,7 @@ fn fault(mode: &str, limits: &str) -> (Option<&'static str>, String) {
 /// Runs one cycle on `host` (three jobs queued, a faulting plugin); returns (class, reason).
 fn fault_of(mut host: gantry::Host, mode: &str) -> (Option<&'static str>, String) {
     let start = Instant::now();
-    let report = host.schedule_cycle(0.0);
+    let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
     // A guard against hangs, far above any deadline used here, not a speed assertion.
     assert!(
         start.elapsed() < Duration::from_secs(60),
@@ -182,7 +182,7 @@ fn floods_of_output_and_logs_are_capped_not_fatal() {
     for mode in ["print-flood", "log-flood"] {
         let dir = tempfile::tempdir().unwrap();
         let mut host = hostile_host(dir.path(), mode, "deadline_ms = 20000");
-        let report = host.schedule_cycle(0.0);
+        let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
         assert_eq!(
             report.decided_by,
             format!("hostile-{mode}"),
@@ -206,7 +206,7 @@ fn repeated_faults_quarantine_the_plugin() {
         for (i, gpus) in [8, 4].into_iter().enumerate() {
             let _ = host.submit(crate::support::job(&format!("c{cycle}-{i}"), 0, gpus));
         }
-        let report = host.schedule_cycle(cycle as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(cycle as f64));
         assert_eq!(report.decided_by, native::NAME);
         assert!(
             !report.placements.is_empty(),
@@ -228,7 +228,7 @@ fn a_well_behaved_plugin_decides() {
     let mut host = hostile_host(dir.path(), "ok", "warm_pool = 2");
     for t in 0..3 {
         refill(&mut host, t);
-        let report = host.schedule_cycle(t as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(t as f64));
         assert_eq!(report.decided_by, "hostile-ok");
     }
     assert_eq!(host.scheduler().unwrap().health().report().calls, 3);
@@ -260,15 +260,15 @@ fn sleeping_in_a_host_call_hits_the_deadline() {
 
 #[test]
 fn a_host_embedded_in_a_tokio_runtime_still_bounds_calls() {
-    // A daemon calls the blocking API from inside its runtime; that must neither panic on a
-    // nested runtime nor lose the deadline.
+    // An embedder awaits the cycle on its own (current-thread) runtime: the deadline still
+    // holds for a plugin parked in a host call.
     let dir = tempfile::tempdir().unwrap();
     let mut host = hostile_host(dir.path(), "sleep", "deadline_ms = 300");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    let report = runtime.block_on(async { host.schedule_cycle(0.0) });
+    let report = runtime.block_on(host.schedule_cycle(0.0));
     assert_eq!(report.fault, Some("deadline"));
     assert_eq!(report.decided_by, native::NAME);
     assert_eq!(report.placements.len(), 3);
@@ -299,7 +299,7 @@ fn memory_cap_holds_across_several_memories() {
     // Within the total, the same shape runs.
     let manifest = hostile_from(&dir.path().join("roomy"), &wasm, "ok", "memory_mib = 24");
     let mut host = queued_host(manifest);
-    let report = host.schedule_cycle(0.0);
+    let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(
         report.decided_by, "hostile-ok",
         "{:?}",
@@ -319,7 +319,7 @@ fn components_shaped_like_componentize_py_and_js_load_under_default_limits() {
         },
     );
     let mut host = queued_host(hostile_from(dir.path(), &wasm, "ok", ""));
-    let report = host.schedule_cycle(0.0);
+    let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(
         report.decided_by, "hostile-ok",
         "{:?}",
@@ -333,7 +333,7 @@ fn components_shaped_like_componentize_py_and_js_load_under_default_limits() {
         "ok",
         "instances = 8",
     ));
-    let report = host.schedule_cycle(0.0);
+    let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(report.decided_by, native::NAME);
     assert!(
         report
@@ -397,7 +397,7 @@ fn faults_every_other_cycle_quarantine_within_a_window() {
     let mut host = hostile_host(dir.path(), "alternate", "");
     for cycle in 0..12 {
         refill(&mut host, cycle);
-        let report = host.schedule_cycle(cycle as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(cycle as f64));
         if host.scheduler().unwrap().health().is_quarantined() {
             break;
         }
@@ -420,7 +420,7 @@ fn empty_answers_forever_are_noticed_as_no_progress() {
     for cycle in 0..16 {
         refill(&mut host, cycle);
         // A cycle every ten minutes of the cycles' clock.
-        let report = host.schedule_cycle(600.0 * cycle as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(600.0 * cycle as f64));
         if report.fault == Some("no-progress") {
             first_fault.get_or_insert((cycle, report.fallback_reason.clone().unwrap()));
             assert!(!report.placements.is_empty(), "the fallback placed");
@@ -447,7 +447,7 @@ fn a_valid_answer_placing_nothing_is_fine_when_nothing_fits() {
         host.submit(crate::support::job(&format!("fill-{i}"), i % 2, 8))
             .unwrap();
     }
-    host.schedule_cycle(0.0);
+    gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(host.state().busy_gpus(), 32);
     host.load_scheduler(&gantry::PluginSource::Path(crate::support::hostile(
         dir.path(),
@@ -457,7 +457,7 @@ fn a_valid_answer_placing_nothing_is_fine_when_nothing_fits() {
     .unwrap();
     host.submit(crate::support::job("waits", 0, 8)).unwrap();
     for t in 1..20 {
-        let report = host.schedule_cycle(1000.0 * t as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(1000.0 * t as f64));
         assert_eq!(report.fault, None, "{:?}", report.fallback_reason);
         assert_eq!(report.decided_by, "hostile-empty");
     }
@@ -493,7 +493,7 @@ fn log_floods_are_rate_limited_per_plugin_across_calls() {
     tracing::subscriber::with_default(subscriber, || {
         for cycle in 0..10 {
             refill(&mut host, cycle);
-            let report = host.schedule_cycle(cycle as f64);
+            let report = gantry::blocking::block_on(host.schedule_cycle(cycle as f64));
             assert_eq!(report.fault, None, "{:?}", report.fallback_reason);
         }
     });
@@ -515,7 +515,9 @@ fn time_and_randomness_are_the_hosts_choice() {
     let answer = |t: f64| {
         let dir = tempfile::tempdir().unwrap();
         let mut host = hostile_host(dir.path(), "time-random", "");
-        host.schedule_cycle(t).fallback_reason.unwrap()
+        gantry::blocking::block_on(host.schedule_cycle(t))
+            .fallback_reason
+            .unwrap()
     };
     let first = answer(12_345.0);
     assert!(
@@ -533,7 +535,7 @@ fn a_long_deadline_cannot_stall_scheduling() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = hostile_host(dir.path(), "loop", "deadline_ms = 600000");
     let start = Instant::now();
-    let report = host.schedule_cycle(0.0);
+    let report = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert!(
         start.elapsed() < Duration::from_secs(60),
         "bounded by the cap"
@@ -550,7 +552,7 @@ fn a_long_deadline_cannot_stall_scheduling() {
     for cycle in 1..3 {
         refill(&mut host, cycle);
         let start = Instant::now();
-        let report = host.schedule_cycle(cycle as f64);
+        let report = gantry::blocking::block_on(host.schedule_cycle(cycle as f64));
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "no call: backing off"

@@ -38,7 +38,7 @@ fn every_shipped_plugin_gives_valid_answers() {
         let mut host = queued_host(&cluster, Some(b.name), 400);
         let mut placed = 0;
         for cycle in 0..5 {
-            let report = host.schedule_cycle(cycle as f64 * 600.0);
+            let report = gantry::blocking::block_on(host.schedule_cycle(cycle as f64 * 600.0));
             assert_eq!(report.decided_by, b.name, "{:?}", report.fallback_reason);
             placed += report.placements.len();
             // Finish the oldest allocations so later cycles have room.
@@ -56,7 +56,8 @@ fn the_native_fallback_decides_exactly_like_the_binpack_plugin() {
     let cluster = Cluster::uniform(8, 8, 8, 4);
     let host = queued_host(&cluster, Some("binpack"), 3000);
     let (snap, queue) = snapshot::build(host.state(), 0.0);
-    let wasm = host.scheduler().unwrap().schedule(&snap, &queue).unwrap();
+    let wasm =
+        gantry::blocking::block_on(host.scheduler().unwrap().schedule(&snap, &queue)).unwrap();
     let native = native::schedule(&snap, &queue);
     validate::validate(&snap, &queue, &wasm).unwrap();
     assert!(!wasm.is_empty());

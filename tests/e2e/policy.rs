@@ -109,10 +109,9 @@ fn loaded() -> &'static (Host, PolicySource, std::sync::Arc<LoadedPolicy>) {
         assert_eq!(read.revision(), "test-1");
         assert_eq!(read.wasm, bundle.wasm);
         assert_eq!(read.data, source.data);
-        let loaded = host
-            .policy_loader()
-            .load(read, PolicyLimits::default())
-            .unwrap();
+        let loaded =
+            gantry::blocking::block_on(host.policy_loader().load(read, PolicyLimits::default()))
+                .unwrap();
         (host, source, loaded)
     })
 }
@@ -127,7 +126,7 @@ fn the_packed_module_decides_like_native_regorus() {
     for i in 0..300 {
         let input = request(&mut rng);
         for entrypoint in ENTRYPOINTS {
-            let wasm = loaded.evaluate(entrypoint, &input).unwrap();
+            let wasm = gantry::blocking::block_on(loaded.evaluate(entrypoint, &input)).unwrap();
             native.set_input(regorus::Value::from_json_str(&input.to_string()).unwrap());
             let value = native
                 .eval_rule(policy::source::rule_of(entrypoint))
@@ -142,7 +141,10 @@ fn the_packed_module_decides_like_native_regorus() {
                 "input {i}: {input}\nentrypoint {entrypoint}"
             );
         }
-        match loaded.evaluate("gantry/authz/allow", &input).unwrap()[0]["result"].as_bool() {
+        match gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input)).unwrap()[0]
+            ["result"]
+            .as_bool()
+        {
             Some(true) => allowed += 1,
             _ => denied += 1,
         }
@@ -162,7 +164,7 @@ fn decisions_carry_reasons() {
         "action": "job.submit",
         "resource": {"tenant": "vision", "gpus": 64, "tenant_used_gpus": 500}
     });
-    let out = loaded.evaluate("gantry/authz/decision", &input).unwrap();
+    let out = gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", &input)).unwrap();
     assert_eq!(
         out[0]["result"],
         serde_json::json!({"allow": false, "reasons": [
@@ -175,12 +177,12 @@ fn decisions_carry_reasons() {
         "action": "job.submit",
         "resource": {"tenant": "vision", "gpus": 64, "tenant_used_gpus": 100}
     });
-    let out = loaded.evaluate("gantry/authz/decision", &ok).unwrap();
+    let out = gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", &ok)).unwrap();
     assert_eq!(
         out[0]["result"],
         serde_json::json!({"allow": true, "reasons": []})
     );
-    let err = loaded.evaluate("gantry/authz/nope", &ok).unwrap_err();
+    let err = gantry::blocking::block_on(loaded.evaluate("gantry/authz/nope", &ok)).unwrap_err();
     assert!(err.to_string().contains("no such entrypoint"), "{err}");
 }
 
@@ -194,18 +196,18 @@ fn deep_or_huge_inputs_are_denied_and_the_policy_keeps_serving() {
     }
     let input = serde_json::json!({"subject": nested, "action": "audit.read", "resource": {}});
     assert_eq!(
-        loaded.evaluate("gantry/authz/allow", &input).unwrap(),
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input)).unwrap(),
         serde_json::json!([{"result": false}])
     );
     // 300 MiB of input cannot fit under the 256 MiB cap: an error (a deny), not a crash.
     let huge =
         serde_json::json!({"subject": {"user": "x".repeat(300 << 20)}, "action": "audit.read"});
-    let err = loaded.evaluate("gantry/authz/allow", &huge).unwrap_err();
+    let err = gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &huge)).unwrap_err();
     assert!(err.to_string().contains("memory limit of 256 MiB"), "{err}");
     // The next decision is unaffected.
     let ok = serde_json::json!({"subject": {"user": "root", "roles": ["admin"]}, "action": "audit.read", "resource": {}});
     assert_eq!(
-        loaded.evaluate("gantry/authz/allow", &ok).unwrap(),
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &ok)).unwrap(),
         serde_json::json!([{"result": true}])
     );
 }
@@ -227,9 +229,8 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
         deadline_ms: 300,
         pool: 2,
     };
-    let runaway = host.policy_loader().load(bundle, limits).unwrap();
-    let err = runaway
-        .evaluate("runaway/allow", &serde_json::json!({}))
+    let runaway = gantry::blocking::block_on(host.policy_loader().load(bundle, limits)).unwrap();
+    let err = gantry::blocking::block_on(runaway.evaluate("runaway/allow", &serde_json::json!({})))
         .unwrap_err()
         .to_string();
     assert!(
@@ -238,9 +239,7 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
     );
     // The failed instance was dropped; a fresh one answers.
     assert_eq!(
-        runaway
-            .evaluate("runaway/ok", &serde_json::json!({}))
-            .unwrap(),
+        gantry::blocking::block_on(runaway.evaluate("runaway/ok", &serde_json::json!({}))).unwrap(),
         serde_json::json!([{"result": true}])
     );
 }
@@ -465,7 +464,7 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
         job.tenant = tenant.into();
         host.submit(job).unwrap();
     }
-    let cycle = host.schedule_cycle(0.0);
+    let cycle = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(
         cycle.decided_by, "binpack",
         "refusing a placement is not a plugin fault"
@@ -485,10 +484,9 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let mut source = source.clone();
     source.data["quotas"]["robotics"] = serde_json::json!(200);
     let bundle = policy::build(&source, &entrypoints(), Some("test-2")).unwrap();
-    let newer = host
-        .policy_loader()
-        .load(bundle, PolicyLimits::default())
-        .unwrap();
+    let newer =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
     let in_flight = host.policy().unwrap().current();
     let old = host.set_policy(newer).unwrap().unwrap();
     assert!(std::sync::Arc::ptr_eq(&old, &in_flight));
@@ -500,10 +498,10 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
         "resource": {"tenant": "robotics", "gpus": 8, "tenant_used_gpus": 128}
     });
     assert_eq!(
-        in_flight.evaluate("gantry/authz/allow", &c).unwrap(),
+        gantry::blocking::block_on(in_flight.evaluate("gantry/authz/allow", &c)).unwrap(),
         serde_json::json!([{"result": false}])
     );
-    let cycle = host.schedule_cycle(1.0);
+    let cycle = gantry::blocking::block_on(host.schedule_cycle(1.0));
     let placed: Vec<&str> = cycle.placements.iter().map(|a| a.job_id.as_str()).collect();
     assert_eq!(placed, ["c"], "{cycle:?}");
 }
@@ -515,23 +513,31 @@ fn install_policy_puts_a_bundle_in_force_and_a_broken_one_changes_nothing() {
     let mut host = host();
     let source = PolicySource::read(policies_dir()).unwrap();
     let bundle = policy::build(&source, &entrypoints(), Some("installed-1")).unwrap();
-    assert!(host.install_policy(bundle.clone()).unwrap().is_none());
+    assert!(
+        gantry::blocking::block_on(host.install_policy(bundle.clone()))
+            .unwrap()
+            .is_none()
+    );
     let revision = |host: &Host| host.policy().unwrap().current().revision().to_string();
     assert_eq!(revision(&host), "installed-1");
     let ada = Subject::new("ada", ["researcher"]).in_tenants(["vision"]);
     let audit = Request::new(ada.clone(), Action::AuditRead, Resource::audit_log());
-    let verdict = host.authorize(&audit).unwrap();
+    let verdict = gantry::blocking::block_on(host.authorize(&audit)).unwrap();
     assert!(!verdict.allow);
     assert_eq!(
         verdict.reasons,
         ["only admins and auditors may read the audit log"]
     );
     let list = Request::new(ada, Action::JobList, Resource::Empty {});
-    assert!(host.authorize(&list).unwrap().allow);
+    assert!(
+        gantry::blocking::block_on(host.authorize(&list))
+            .unwrap()
+            .allow
+    );
 
     let mut broken = bundle;
     broken.wasm = b"\0asm not a module".to_vec();
-    match host.install_policy(broken) {
+    match gantry::blocking::block_on(host.install_policy(broken)) {
         Err(gantry::HostError::Policy(e)) => {
             assert!(e.to_string().contains("policy module"), "{e}")
         }
@@ -542,7 +548,11 @@ fn install_policy_puts_a_bundle_in_force_and_a_broken_one_changes_nothing() {
         "installed-1",
         "the policy in force changed"
     );
-    assert!(!host.authorize(&audit).unwrap().allow);
+    assert!(
+        !gantry::blocking::block_on(host.authorize(&audit))
+            .unwrap()
+            .allow
+    );
 }
 
 #[test]
@@ -566,13 +576,13 @@ fn host_actions_are_decided_by_policy_and_audited() {
     let binpack = gantry::PluginSource::Builtin("binpack".into());
 
     // Plugin loads: admins only.
-    match host.load_scheduler_as(&intern, &binpack) {
+    match gantry::blocking::block_on(host.load_scheduler_as(&intern, &binpack)) {
         Err(gantry::HostError::Denied { reasons, .. }) => {
             assert_eq!(reasons, ["only admins may load or unload plugins"])
         }
         other => panic!("an intern loaded a plugin: {other:?}"),
     }
-    host.load_scheduler_as(&admin, &binpack).unwrap();
+    gantry::blocking::block_on(host.load_scheduler_as(&admin, &binpack)).unwrap();
 
     // Submissions: members of the tenant, within their role's job size.
     let job = |id: &str, tenant: &str, gpus| {
@@ -580,28 +590,30 @@ fn host_actions_are_decided_by_policy_and_audited() {
         j.tenant = tenant.into();
         j
     };
-    host.submit_as(&researcher, job("ok", "vision", 8)).unwrap();
-    let err = host
-        .submit_as(&researcher, job("other-queue", "language", 8))
-        .unwrap_err();
+    gantry::blocking::block_on(host.submit_as(&researcher, job("ok", "vision", 8))).unwrap();
+    let err =
+        gantry::blocking::block_on(host.submit_as(&researcher, job("other-queue", "language", 8)))
+            .unwrap_err();
     assert!(
         err.to_string().contains("not a member of tenant language"),
         "{err}"
     );
-    let err = host
-        .submit_as(&intern, job("too-big", "vision", 16))
+    let err = gantry::blocking::block_on(host.submit_as(&intern, job("too-big", "vision", 16)))
         .unwrap_err();
     assert!(err.to_string().contains("allow at most 8"), "{err}");
     assert_eq!(host.state().pending.len(), 1, "refused jobs are not queued");
 
-    let cycle = host.schedule_cycle(0.0);
+    let cycle = gantry::blocking::block_on(host.schedule_cycle(0.0));
     assert_eq!(cycle.placements.len(), 1);
 
     // Unloading: admins only; the native strategy takes over.
-    let err = host.unload_scheduler_as(&researcher).unwrap_err();
+    let err = gantry::blocking::block_on(host.unload_scheduler_as(&researcher)).unwrap_err();
     assert!(err.to_string().contains("only admins"), "{err}");
     assert_eq!(
-        host.unload_scheduler_as(&admin).unwrap().unwrap().name(),
+        gantry::blocking::block_on(host.unload_scheduler_as(&admin))
+            .unwrap()
+            .unwrap()
+            .name(),
         "binpack"
     );
     assert!(host.scheduler().is_none());
@@ -828,9 +840,9 @@ fn edge() -> &'static (PolicySource, std::sync::Arc<LoadedPolicy>) {
         let source = PolicySource::read(dir.path()).unwrap();
         let bundle = policy::build(&source, &entrypoints, None).unwrap();
         let (host, _, _) = loaded();
-        let sandbox = host
+        let sandbox = gantry::blocking::block_on(host
             .policy_loader()
-            .load(bundle, PolicyLimits::default())
+            .load(bundle, PolicyLimits::default()))
             .unwrap();
         (source, sandbox)
     })
@@ -886,7 +898,7 @@ fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_error
                         serde_json::json!([{ "result": serde_json::to_value(&v).unwrap() }])
                     }
                 });
-            let got = sandbox.evaluate(entrypoint, &input);
+            let got = gantry::blocking::block_on(sandbox.evaluate(entrypoint, &input));
             match (&expected, &got) {
                 (Ok(want), Ok(have)) => {
                     assert_eq!(have, want, "input {i}: {input}\nentrypoint {entrypoint}");
@@ -935,7 +947,9 @@ fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_error
 fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
     let (_, sandbox) = edge();
     for i in 0..DENYING_DECISIONS.len() {
-        let result = sandbox.evaluate(&format!("case{i}/decision"), &serde_json::json!({}));
+        let result = gantry::blocking::block_on(
+            sandbox.evaluate(&format!("case{i}/decision"), &serde_json::json!({})),
+        );
         let (allow, reasons) = gantry::policy::decide::verdict(&result);
         assert!(!allow, "case {i}: allowed ({result:?})");
         assert!(!reasons.is_empty(), "case {i}: denied without a reason");
@@ -952,13 +966,12 @@ fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
     let log = dir.path().join("audit.log");
     host.set_audit_log(gantry::audit::AuditLog::open(&log, key).unwrap());
     host.set_policy(sandbox.clone()).unwrap();
-    let verdict = host
-        .authorize(&Request::new(
-            Subject::new("root", ["admin"]),
-            Action::AuditRead,
-            Resource::Empty {},
-        ))
-        .unwrap();
+    let verdict = gantry::blocking::block_on(host.authorize(&Request::new(
+        Subject::new("root", ["admin"]),
+        Action::AuditRead,
+        Resource::Empty {},
+    )))
+    .unwrap();
     assert!(!verdict.allow, "the conflicting decision allowed");
     assert!(
         verdict
@@ -984,8 +997,7 @@ fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
 fn what_builds_loads_and_decides() {
     let (_, sandbox) = edge();
     assert_eq!(
-        sandbox
-            .evaluate("wb/allow", &serde_json::json!({"gpus": 64}))
+        gantry::blocking::block_on(sandbox.evaluate("wb/allow", &serde_json::json!({"gpus": 64})))
             .unwrap(),
         serde_json::json!([{"result": true}])
     );

@@ -214,7 +214,7 @@ fn no_public_host_method_loads_an_untrusted_plugin() {
         refused(what, h.load_scheduler_plugin(source).map(drop));
         refused(what, h.loader().load_scheduler_plugin(source).map(drop));
         refused(what, h.load_scheduler(source).map(drop));
-        match h.load_scheduler_as(&admin, source) {
+        match gantry::blocking::block_on(h.load_scheduler_as(&admin, source)) {
             Err(gantry::HostError::Load(e)) => refused(what, Err(e)),
             other => panic!("{what}: load_scheduler_as gave {:?}", other.map(drop)),
         }
@@ -239,7 +239,7 @@ fn no_public_host_method_loads_an_untrusted_plugin() {
         uploaded(upload(binpack, Some(&team))),
     ] {
         h.load_scheduler_plugin(&source).unwrap();
-        h.load_scheduler_as(&admin, &source).unwrap();
+        gantry::blocking::block_on(h.load_scheduler_as(&admin, &source)).unwrap();
     }
     let signed = upload(standardize, Some(&team));
     h.load_preprocess_plugin(&signed.name, Some(&signed))

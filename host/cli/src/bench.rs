@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use gantry::blocking::block_on;
 use gantry::cluster::Cluster;
-use gantry::plugin::driver::block_on;
 use gantry::scheduling::ClusterState;
 use gantry::simulate::trace::{self, Synthetic};
 use gantry::{Host, HostConfig, HostError, PluginSource, PluginTrust};
@@ -149,16 +149,16 @@ pub fn schedule(
         let (snap, queue) = gantry::scheduling::snapshot::build(wasm_host.state(), 0.0);
         let plugin = wasm_host.scheduler().expect("loaded above");
         let t = Instant::now();
-        let _ = plugin.schedule(&snap, &queue);
+        let _ = block_on(plugin.schedule(&snap, &queue));
         let call_ms = t.elapsed().as_secs_f64() * 1e3;
 
         wasm_host.replace_state(start_state.clone());
         let t = Instant::now();
-        let w = wasm_host.schedule_cycle(0.0);
+        let w = block_on(wasm_host.schedule_cycle(0.0));
         let wasm_ms = t.elapsed().as_secs_f64() * 1e3;
         native_host.replace_state(start_state.clone());
         let t = Instant::now();
-        let n = native_host.schedule_cycle(0.0);
+        let n = block_on(native_host.schedule_cycle(0.0));
         let native_ms = t.elapsed().as_secs_f64() * 1e3;
         if w.fallback_reason.is_some() {
             return Err(HostError::Engine(format!(

@@ -33,10 +33,6 @@ pub const MAX_UPLOAD: usize = 64 << 20;
 /// Longest error message in a response (and in the audit log): the rest is cut, saying how much.
 pub const MAX_ERROR: usize = 4 << 10;
 
-/// Blocking tasks (database, policy, audit, store) the API runs at once; more wait their turn
-/// without holding a thread.
-pub const BLOCKING_SLOTS: usize = 32;
-
 /// Requests with a large body (an upload of a plugin or a policy bundle, read whole) handled at
 /// once; more wait their turn before their body is read. Dataset uploads stream and are not
 /// counted.
@@ -53,7 +49,6 @@ pub const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
-    gate: Arc<Semaphore>,
     large_bodies: Arc<Semaphore>,
     transfers: Arc<Semaphore>,
 }
@@ -63,7 +58,6 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
     let state = AppState {
         daemon: daemon.clone(),
         wake,
-        gate: Arc::new(Semaphore::new(BLOCKING_SLOTS)),
         large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
         transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
     };
@@ -240,22 +234,21 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Runs `work` on the blocking pool, at most [`BLOCKING_SLOTS`] at once: SQLite, policy
-/// evaluation, audit syncs and the store never run on the async workers.
+/// Runs `work` on the core's bounded blocking pool ([`gantry::blocking::run`]): SQLite, audit
+/// syncs and the store never run on the async workers.
 async fn blocking<T: Send + 'static>(
     state: &AppState,
     work: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let _slot = state
-        .gate
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
     let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state))
-        .await
-        .map_err(ApiError::internal)?
+    gantry::blocking::run(move || work(&state)).await
+}
+
+/// Drives a call into the async core (a policy decision, a plugin probe, a policy's load) from
+/// work on the blocking pool ([`blocking`]) or the daemon's start, on the calling thread: no
+/// thread is started, and its own blocking steps run right there.
+pub(crate) fn here<F: std::future::Future>(call: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(call)
 }
 
 /// The user behind the request's bearer token, looked up before anything else of the request
@@ -292,10 +285,7 @@ fn authorize(
 ) -> ApiResult<()> {
     let request = Request::new(user.subject(), action, resource);
     let daemon = &state.daemon;
-    daemon
-        .decider
-        .require(&request)
-        .map_err(|e| refused(daemon, e))?;
+    here(daemon.decider.require(&request)).map_err(|e| refused(daemon, e))?;
     super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
     Ok(())
 }
@@ -479,7 +469,7 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
         }
         let m = &daemon.metrics;
-        match host.submit_as(&subject, spec) {
+        match here(host.submit_as(&subject, spec)) {
             Ok(()) => super::metrics::Metrics::inc(&m.decisions_allowed),
             Err(gantry::HostError::Job { message, .. }) => {
                 // Decided and allowed, then refused as a duplicate.
@@ -1071,7 +1061,7 @@ async fn activate_scheduler(
         let source = super::plugin_source(&daemon.db, &daemon.store, &name)
             .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
         let mut host = daemon.host();
-        let loaded = match host.load_scheduler_as(&user.subject(), &source) {
+        let loaded = match here(host.load_scheduler_as(&user.subject(), &source)) {
             Ok(p) => {
                 super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
                 json!({"name": p.name(), "version": p.manifest().version,
@@ -1224,7 +1214,7 @@ fn store_plugin(
                         .map_err(|e| unusable(e.to_string()))?;
                     // Instantiated and configured once: a plugin over its limits is refused
                     // here rather than faulting on every cycle once active.
-                    checked.probe().map_err(|e| unusable(e.to_string()))?;
+                    here(checked.probe()).map_err(|e| unusable(e.to_string()))?;
                     (checked.wasm_sha256().to_string(), super::KIND_SCHEDULER)
                 }
                 gantry::plugin::manifest::PluginKind::Preprocess => {
@@ -1338,8 +1328,7 @@ async fn reload_policy(
         // Compiled without the host's lock (seconds, for a new module): scheduling and reads
         // go on meanwhile; only the swap takes it.
         let loader = daemon.host_read().policy_loader();
-        let policy = loader
-            .load(bundle, gantry::policy::decide::PolicyLimits::default())
+        let policy = here(loader.load(bundle, gantry::policy::decide::PolicyLimits::default()))
             .map_err(|e| bad(format!("the bundle does not load: {e}")))?;
         if !policy
             .entrypoints()

@@ -335,17 +335,30 @@ impl Daemon {
     /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
     /// start (resuming from their newest checkpoint, if they have one). Jobs whose backoff
     /// ended join the queue first.
-    pub fn schedule(self: &Arc<Self>) {
-        self.queue_due();
-        let report = self.host().schedule_cycle(db::now());
-        metrics::Metrics::inc(&self.metrics.cycles);
-        self.metrics.placements.fetch_add(
-            report.placements.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        for a in &report.placements {
-            self.placed(a);
-        }
+    /// The host's lock is held only to take the cycle's snapshot and to apply its answer, not
+    /// while the plugin decides; all three steps run on the blocking pool (the lock and SQLite
+    /// block, and a guest computes up to its deadline).
+    pub async fn schedule(self: &Arc<Self>) {
+        let d = self.clone();
+        let plan = gantry::blocking::run(move || {
+            d.queue_due();
+            d.host_read().plan_cycle(db::now())
+        })
+        .await;
+        let decided = gantry::blocking::run_future(plan.decide()).await;
+        let d = self.clone();
+        gantry::blocking::run(move || {
+            let report = d.host().apply_cycle(decided);
+            metrics::Metrics::inc(&d.metrics.cycles);
+            d.metrics.placements.fetch_add(
+                report.placements.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            for a in &report.placements {
+                d.placed(a);
+            }
+        })
+        .await;
     }
 
     /// Queues the deferred jobs whose backoff has ended (and are still pending).
@@ -561,14 +574,13 @@ pub async fn serve_until(
             }
         })
     };
-    // Scheduling runs on its own blocking thread, woken by submissions and every second.
+    // Scheduling runs as one task, woken by submissions and every second.
     let wake = Arc::new(tokio::sync::Notify::new());
     let scheduler = {
         let (daemon, wake) = (daemon.clone(), wake.clone());
         tokio::spawn(async move {
             loop {
-                let d = daemon.clone();
-                let _ = tokio::task::spawn_blocking(move || d.schedule()).await;
+                daemon.schedule().await;
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}

@@ -44,8 +44,7 @@ pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
         .map_err(|e| e.to_string())?;
     let entrypoints = vec![gantry::DECISION_ENTRYPOINT.to_string()];
     let bundle = gantry::policy::build(&source, &entrypoints, None).map_err(|e| e.to_string())?;
-    host.policy_loader()
-        .load(bundle, PolicyLimits::default())
+    super::api::here(host.policy_loader().load(bundle, PolicyLimits::default()))
         .map_err(|e| e.to_string())
 }
 
@@ -75,9 +74,7 @@ pub fn policy_to_start_with(
         let bytes = store.get(object).map_err(|e| failed(e.to_string()))?;
         let bundle =
             bundle_from_bytes(&bytes, &format!("policy object {object}")).map_err(failed)?;
-        let policy = host
-            .policy_loader()
-            .load(bundle, PolicyLimits::default())
+        let policy = super::api::here(host.policy_loader().load(bundle, PolicyLimits::default()))
             .map_err(|e| failed(e.to_string()))?;
         let info = PolicyInForce {
             revision: policy.revision().to_string(),

@@ -13,7 +13,7 @@ use wasmtime::{Engine, Module, Store, Trap};
 use super::PolicyError;
 use super::bundle::Bundle;
 use crate::plugin::limits::PluginLimiter;
-use crate::plugin::{ArtifactCache, CacheOutcome, Limits, driver};
+use crate::plugin::{ArtifactCache, CacheOutcome, Limits};
 
 /// Limits of one policy evaluation.
 #[derive(Debug, Clone, Copy)]
@@ -91,28 +91,35 @@ impl PolicyLoader {
     /// Compiles (or loads from the cache) the bundle's module and checks that it follows OPA's
     /// Wasm ABI by instantiating it once with the bundle's data; every evaluation of it is
     /// bounded by `limits`.
-    pub fn load(
+    pub async fn load(
         &self,
         bundle: Bundle,
         limits: PolicyLimits,
     ) -> Result<Arc<LoadedPolicy>, PolicyError> {
-        LoadedPolicy::load(&self.engine, &self.cache, bundle, limits)
+        LoadedPolicy::load(&self.engine, &self.cache, bundle, limits).await
     }
 }
 
 impl LoadedPolicy {
-    /// Compiles (or loads from `cache`) the bundle's module and checks that it follows the ABI
-    /// by instantiating it once with the bundle's data.
-    pub(crate) fn load(
+    /// Compiles (or loads from `cache`) the bundle's module on the blocking pool and checks that
+    /// it follows the ABI by instantiating it once with the bundle's data.
+    pub(crate) async fn load(
         engine: &Engine,
         cache: &ArtifactCache,
         bundle: Bundle,
         limits: PolicyLimits,
     ) -> Result<Arc<Self>, PolicyError> {
-        let sha = crate::plugin::cache::sha256_hex(&bundle.wasm);
-        let (module, outcome) = cache
-            .load_or_compile::<Module>(engine, &bundle.wasm, &sha)
-            .map_err(module_error)?;
+        let (module, outcome, bundle) = {
+            let (engine, cache) = (engine.clone(), cache.clone());
+            crate::blocking::run(move || {
+                let sha = crate::plugin::cache::sha256_hex(&bundle.wasm);
+                cache
+                    .load_or_compile::<Module>(&engine, &bundle.wasm, &sha)
+                    .map(|(module, outcome)| (module, outcome, bundle))
+            })
+            .await
+            .map_err(module_error)?
+        };
         let mut policy = Self {
             engine: engine.clone(),
             module,
@@ -123,7 +130,7 @@ impl LoadedPolicy {
             cache: outcome,
             ready: Mutex::new(Vec::new()),
         };
-        let ready = driver::block_on(policy.instantiate())?;
+        let ready = policy.instantiate().await?;
         let mut names: Vec<String> = ready
             .policy
             .entrypoints()
@@ -190,7 +197,7 @@ impl LoadedPolicy {
 
     /// Evaluates `entrypoint` on `input` and returns OPA's result set (`[{"result": ..}]`, or
     /// `[]` when the rule is undefined). Any failure is an error, which callers treat as deny.
-    pub async fn evaluate_async(
+    pub async fn evaluate(
         &self,
         entrypoint: &str,
         input: &serde_json::Value,
@@ -251,15 +258,6 @@ impl LoadedPolicy {
                 self.limits.deadline_ms
             ))),
         }
-    }
-
-    /// [`Self::evaluate_async`] from synchronous code.
-    pub fn evaluate(
-        &self,
-        entrypoint: &str,
-        input: &serde_json::Value,
-    ) -> Result<serde_json::Value, PolicyError> {
-        driver::block_on(self.evaluate_async(entrypoint, input))
     }
 }
 

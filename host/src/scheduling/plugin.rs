@@ -130,8 +130,8 @@ impl SchedulerPlugin {
 
     /// Instantiates and configures the plugin once, as a call would, and drops the instance:
     /// what an upload must pass before it is kept.
-    pub fn probe(&self) -> Result<(), PluginError> {
-        plugin::driver::block_on(self.instantiate()).map(|_| ())
+    pub async fn probe(&self) -> Result<(), PluginError> {
+        self.instantiate().await.map(|_| ())
     }
 
     /// A new instance, configured, at time 0 (used by the benchmarks).
@@ -207,21 +207,12 @@ impl SchedulerPlugin {
         }
     }
 
-    /// One scheduling cycle in the sandbox, from synchronous code (see [`Self::schedule_async`]).
-    pub fn schedule(
-        &self,
-        snapshot: &Snapshot,
-        queue: &Jobs,
-    ) -> Result<Vec<Placement>, PluginError> {
-        plugin::driver::block_on(self.schedule_async(snapshot, queue))
-    }
-
     /// One scheduling cycle in the sandbox, bounded by the deadline whether the guest computes
     /// or waits in a host call. The plugin's clocks read the snapshot's `now_s` and its random
     /// source is seeded from the plugin, that time and the input (see [`crate::plugin::env`]),
     /// so the same input gives the same answer. Does not validate the answer (see
     /// [`super::validate`]) nor record health: the caller does both.
-    pub async fn schedule_async(
+    pub async fn schedule(
         &self,
         snapshot: &Snapshot,
         queue: &Jobs,

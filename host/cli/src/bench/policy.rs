@@ -192,10 +192,9 @@ pub fn run(
         pool: threads,
         ..PolicyLimits::default()
     };
-    let wasm: Arc<LoadedPolicy> = host
-        .policy_loader()
-        .load(bundle, limits)
-        .map_err(|e| err(e.to_string()))?;
+    let wasm: Arc<LoadedPolicy> =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, limits))
+            .map_err(|e| err(e.to_string()))?;
     // The same code the engine module runs inside the sandbox (the entrypoint compiled for
     // regorus's interpreter, a fresh interpreter state per decision), run natively.
     let data_value = source.data_value().map_err(|e| err(e.to_string()))?;
@@ -209,9 +208,9 @@ pub fn run(
     let requests = requests(4096, params.seed);
     let texts: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
     let wasm_decide = |i: usize| -> Result<serde_json::Value, String> {
-        let out = wasm
-            .evaluate(ENTRYPOINT, &requests[i % requests.len()])
-            .map_err(|e| e.to_string())?;
+        let out =
+            gantry::blocking::block_on(wasm.evaluate(ENTRYPOINT, &requests[i % requests.len()]))
+                .map_err(|e| e.to_string())?;
         Ok(out[0]["result"].clone())
     };
     // The native side starts from the same JSON text the sandbox receives and, like the module,

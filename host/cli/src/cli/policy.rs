@@ -73,7 +73,7 @@ impl PolicyArgs {
             return Ok(());
         };
         let bundle = self.verify.read(path)?;
-        host.install_policy(bundle)
+        gantry::blocking::block_on(host.install_policy(bundle))
             .with_context(|| format!("loading {}", path.display()))?;
         Ok(())
     }
@@ -262,12 +262,12 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
             config.cache_dir = ctx.cache_dir.clone();
             let host = Host::new(config)?;
-            let policy = host
-                .policy_loader()
-                .load(read, PolicyLimits::default())
-                .with_context(|| format!("loading {}", bundle.display()))?;
+            let policy = gantry::blocking::block_on(
+                host.policy_loader().load(read, PolicyLimits::default()),
+            )
+            .with_context(|| format!("loading {}", bundle.display()))?;
             let start = std::time::Instant::now();
-            let result = policy.evaluate(&entrypoint, &input);
+            let result = gantry::blocking::block_on(policy.evaluate(&entrypoint, &input));
             let latency_us = start.elapsed().as_secs_f64() * 1e6;
             if let (Some(log), Some(key)) = (audit, audit_key) {
                 let log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;

@@ -35,7 +35,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     for job in jobs {
         host.submit(job)?;
     }
-    let report = host.schedule_cycle(now);
+    let report = gantry::blocking::block_on(host.schedule_cycle(now));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
