@@ -31,11 +31,13 @@ fn main() -> anyhow::Result<()> {
 /// The shipped policy admits a researcher's job in her tenant and refuses one in another; the
 /// `binpack` plugin places what was admitted.
 fn schedule_under_policy(host: &mut Host) -> anyhow::Result<()> {
+    use gantry::blocking::block_on;
     host.load_scheduler(&PluginSource::Builtin("binpack".into()))?;
     let (name, rego, data) = gantry::builtin::AUTHZ_POLICY;
     let source = PolicySource::from_parts(&[(name, rego)], data)?;
     let bundle = gantry::policy::build(&source, &[gantry::DECISION_ENTRYPOINT.into()], None)?;
-    host.install_policy(bundle)?;
+    // The core is async; a synchronous program drives it through `gantry::blocking::block_on`.
+    block_on(host.install_policy(bundle))?;
 
     let ada = Subject {
         user: "ada".into(),
@@ -43,14 +45,14 @@ fn schedule_under_policy(host: &mut Host) -> anyhow::Result<()> {
         tenants: Some(vec!["vision".into()]),
         clearance: None,
     };
-    host.submit_as(&ada, job("ada-train", "vision", 8))?;
-    match host.submit_as(&ada, job("ada-elsewhere", "language", 8)) {
+    block_on(host.submit_as(&ada, job("ada-train", "vision", 8)))?;
+    match block_on(host.submit_as(&ada, job("ada-elsewhere", "language", 8))) {
         Err(HostError::Denied { reasons, .. }) => {
             println!("policy: ada-elsewhere refused: {}", reasons.join("; "));
         }
         other => anyhow::bail!("the policy should refuse ada in language, got {other:?}"),
     }
-    let cycle = host.schedule_cycle(0.0);
+    let cycle = block_on(host.schedule_cycle(0.0));
     anyhow::ensure!(
         cycle.placements.len() == 1,
         "one admitted job, placed: {cycle:?}"
