@@ -335,6 +335,7 @@ impl Daemon {
     /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
     /// start (resuming from their newest checkpoint, if they have one). Jobs whose backoff
     /// ended join the queue first.
+    ///
     /// The host's lock is held only to take the cycle's snapshot and to apply its answer, not
     /// while the plugin decides; all three steps run on the blocking pool (the lock and SQLite
     /// block, and a guest computes up to its deadline).
