@@ -24,7 +24,11 @@ pub struct CyclePlan {
     generation: u64,
     snap: Snapshot,
     queue: Jobs,
-    /// The queued jobs' ids, by queue position.
+    /// The queued jobs' keys ([`PendingJob::key`](crate::scheduling::state::PendingJob::key)),
+    /// by queue position: numbers, so a plan copies no job ids.
+    job_keys: Vec<u64>,
+    /// The queued jobs' ids, by queue position, when a policy decides each placement (its
+    /// input names the job); empty otherwise, so a cycle without a policy copies no ids.
     job_ids: Vec<String>,
     plugin: Option<Arc<SchedulerPlugin>>,
     decider: Decider,
@@ -65,12 +69,11 @@ impl Host {
             generation: self.generation,
             snap,
             queue,
-            job_ids: self
-                .state
-                .pending
-                .iter()
-                .map(|p| p.spec.id.clone())
-                .collect(),
+            job_keys: self.state.pending.iter().map(|p| p.key).collect(),
+            job_ids: match self.policy {
+                Some(_) => self.state.pending.iter().map(|p| p.spec.id.clone()).collect(),
+                None => Vec::new(),
+            },
             plugin,
             decider: self.decider(),
             report: CycleReport {
@@ -104,7 +107,7 @@ impl Host {
         let placements = if plan.generation == self.generation {
             placements
         } else {
-            self.still_valid(&plan.job_ids, placements, report.now_s)
+            self.still_valid(&plan.job_keys, placements, report.now_s)
         };
         let state = self.state_mut();
         for p in placements {
@@ -133,21 +136,21 @@ impl Host {
     /// they stay valid together against the state now.
     fn still_valid(
         &self,
-        job_ids: &[String],
+        job_keys: &[u64],
         placements: Vec<Placement>,
         now_s: f64,
     ) -> Vec<Placement> {
         let (snap, queue) = snapshot::build(&self.state, now_s);
-        let position: HashMap<&str, u32> = (self.state.pending.iter().enumerate())
-            .map(|(i, p)| (p.spec.id.as_str(), i as u32))
+        let position: HashMap<u64, u32> = (self.state.pending.iter().enumerate())
+            .map(|(i, p)| (p.key, i as u32))
             .collect();
         let mut kept = Vec::with_capacity(placements.len());
         for p in placements {
-            let id = &job_ids[p.job as usize];
-            let Some(&job) = position.get(id.as_str()) else {
-                tracing::warn!(job = %id, "placement dropped: the job left the queue during the cycle");
+            let Some(&job) = position.get(&job_keys[p.job as usize]) else {
+                tracing::warn!("placement dropped: its job left the queue during the cycle");
                 continue;
             };
+            let id = &self.state.pending[job as usize].spec.id;
             kept.push(Placement { job, gpus: p.gpus });
             if let Err(reason) = validate::validate(&snap, &queue, &kept) {
                 kept.pop();
@@ -167,7 +170,7 @@ impl CyclePlan {
     pub async fn decide(mut self) -> DecidedCycle {
         let span = self.span.clone();
         async move {
-            if self.job_ids.is_empty() {
+            if self.job_keys.is_empty() {
                 return self.finished();
             }
             let placements = match self.plugin.clone() {

@@ -13,6 +13,10 @@ pub struct PendingJob {
     pub tenant: u32,
     /// GPUs still to place (a non-gang job may be placed in parts).
     pub remaining: u32,
+    /// Unique among the jobs this state ever queued: how a scheduling cycle finds its jobs again
+    /// after the queue changed under it, without copying their ids.
+    #[serde(skip)]
+    pub key: u64,
 }
 
 /// GPUs held by (part of) a job.
@@ -52,6 +56,7 @@ pub struct ClusterState {
     /// GPU memory asked for per tenant, MiB.
     pub used_memory_mib: Vec<u64>,
     next_alloc: u64,
+    next_key: u64,
 }
 
 impl ClusterState {
@@ -66,6 +71,7 @@ impl ClusterState {
             used_gpus: vec![0; tenants],
             used_memory_mib: vec![0; tenants],
             next_alloc: 1,
+            next_key: 1,
         }
     }
 
@@ -75,7 +81,9 @@ impl ClusterState {
             remaining: spec.gpus,
             spec,
             tenant,
+            key: self.next_key,
         });
+        self.next_key += 1;
     }
 
     /// Gives `gpus` to the pending job at `position`; returns the new allocation. The caller has
