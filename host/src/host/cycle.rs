@@ -71,7 +71,12 @@ impl Host {
             queue,
             job_keys: self.state.pending.iter().map(|p| p.key).collect(),
             job_ids: match self.policy {
-                Some(_) => self.state.pending.iter().map(|p| p.spec.id.clone()).collect(),
+                Some(_) => self
+                    .state
+                    .pending
+                    .iter()
+                    .map(|p| p.spec.id.clone())
+                    .collect(),
                 None => Vec::new(),
             },
             plugin,
@@ -313,5 +318,54 @@ impl CyclePlan {
             }
         }
         kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cluster::{Cluster, JobSpec, Topology};
+    use crate::{Host, HostConfig};
+
+    fn job(id: &str, gpus: u32) -> JobSpec {
+        JobSpec {
+            id: id.into(),
+            tenant: "tenant-0".into(),
+            priority: 0,
+            gpus,
+            memory_per_gpu_mib: 1_000,
+            gang: true,
+            topology: Topology::None,
+            est_runtime_s: 60.0,
+            submit_time_s: 0.0,
+        }
+    }
+
+    /// The plan keeps queue positions and the jobs' keys; when the queue changed while the
+    /// strategy decided (a job cancelled ahead of the others, one submitted), each placement
+    /// must land on the job it was decided for, and the cancelled job's on none.
+    #[test]
+    fn a_cycle_finds_its_jobs_again_by_key_when_the_queue_changed_during_the_decision() {
+        let mut host = Host::new(HostConfig::new(Cluster::uniform(1, 2, 8, 1))).unwrap();
+        for (id, gpus) in [("a", 2), ("b", 4), ("c", 1)] {
+            host.submit(job(id, gpus)).unwrap();
+        }
+        let plan = host.plan_cycle(0.0);
+        let decided = crate::blocking::block_on(plan.decide());
+        assert!(host.cancel("a"));
+        host.submit(job("d", 8)).unwrap();
+        let report = host.apply_cycle(decided);
+        let placed: Vec<(&str, usize)> = (report.placements.iter())
+            .map(|a| (a.job_id.as_str(), a.gpus.len()))
+            .collect();
+        assert_eq!(placed, [("b", 4), ("c", 1)], "{report:?}");
+        let running: Vec<&str> = (host.state().running.iter())
+            .map(|r| r.job_id.as_str())
+            .collect();
+        assert_eq!(running, ["b", "c"]);
+        let pending: Vec<&str> = (host.state().pending.iter())
+            .filter(|p| p.remaining > 0)
+            .map(|p| p.spec.id.as_str())
+            .collect();
+        assert_eq!(pending, ["d"]);
     }
 }
