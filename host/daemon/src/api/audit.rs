@@ -1,0 +1,65 @@
+//! The audit log: verifying it, and its sealed head.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::json;
+
+use super::{ApiError, ApiResult, AppState, authorize, blocking, caller};
+use gantry::policy::request::{Action, Resource};
+
+/// `GET /v1/audit/verify`: verifies the audit log (chain and signed checkpoints) if the policy
+/// allows `audit.read`.
+pub(super) async fn verify_audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, Action::AuditRead, Resource::audit_log())?;
+        let daemon = &state.daemon;
+        // Sealed now, then verified up to that seal (entries keep arriving behind it), with the
+        // daemon's own key pinned and the sealed position the database holds.
+        let sealed = daemon.audit.seal().map_err(ApiError::internal)?;
+        let up_to = sealed.or_else(|| daemon.audit.head());
+        let (recorded, _) = daemon.db.audit_head().map_err(ApiError::internal)?;
+        let key = daemon.audit.public_key();
+        let options = gantry::audit::VerifyOptions {
+            key: Some(&key),
+            head: recorded.as_ref(),
+            sealed_end: true,
+            up_to: up_to.as_ref(),
+        };
+        let report = gantry::audit::verify_with(daemon.audit.path(), &options).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the audit log does not verify: {e}"),
+            )
+        })?;
+        Ok(Json(
+            serde_json::to_value(report).map_err(ApiError::internal)?,
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/audit/head` (the policy's `audit.read`): the audit log sealed now, and its latest
+/// sealed position `{seq, hash, head: "SEQ:HASH", key}`, to anchor outside the host (a later
+/// `gantry audit verify --head SEQ:HASH` fails on a log cut back before it).
+pub(super) async fn audit_head(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, Action::AuditRead, Resource::audit_log())?;
+        let audit = &state.daemon.audit;
+        audit.seal().map_err(ApiError::internal)?;
+        let key = audit.public_key();
+        Ok(Json(match audit.head() {
+            Some(h) => json!({"seq": h.seq, "hash": h.hash, "head": h.to_string(), "key": key}),
+            None => json!({"seq": 0, "hash": null, "head": null, "key": key}),
+        }))
+    })
+    .await
+}

@@ -1,0 +1,218 @@
+//! Datasets: streamed uploads into the encrypted store, listings and streamed downloads.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{
+    ApiError, ApiResult, AppState, MAX_UPLOAD, TRANSFER_SLOTS, TRANSFER_WAIT, TenantQuery,
+    authorize, blocking, caller, declared_length, in_tenant, one_visible, valid_id,
+};
+use crate::body;
+use crate::db::User;
+use gantry::policy::request::{Action, Resource};
+
+/// `?tenant=...&classification=...` of an upload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UploadQuery {
+    tenant: String,
+    classification: String,
+}
+
+/// Whether `user` may see `dataset`: admins all, others their tenants'.
+fn dataset_visible(user: &User, d: &crate::db::DatasetRecord) -> bool {
+    user.is_admin() || user.tenants.contains(&d.tenant)
+}
+
+/// `PUT /v1/datasets/{name}?tenant=..&classification=..`: the raw body, streamed into the
+/// encrypted store once the caller is known, a member of the tenant and allowed
+/// `dataset.write`; nothing is kept unless all of it arrived (within [`MAX_UPLOAD`]).
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let user = caller(&state, &headers).await?;
+    if !valid_id(&name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "dataset name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
+        ));
+    }
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !user.is_admin() && !user.tenants.contains(&q.tenant) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("user {} is not a member of tenant {}", user.name, q.tenant),
+        ));
+    }
+    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a dataset is at most {MAX_UPLOAD} bytes"),
+        ));
+    }
+    let (user, name, q) = blocking(&state, move |state| {
+        authorize(
+            state,
+            &user,
+            Action::DatasetWrite,
+            gantry::policy::request::DatasetRef {
+                name: name.clone(),
+                classification: q.classification.clone(),
+                tenant: q.tenant.clone(),
+            },
+        )?;
+        // A taken name is refused before anything is written (the insert below still decides
+        // a race between two uploads of one name). Names are per tenant.
+        if state
+            .daemon
+            .db
+            .dataset(&crate::db::key(&q.tenant, &name))
+            .map_err(ApiError::internal)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a dataset `{name}` already exists in tenant {}", q.tenant),
+            ));
+        }
+        Ok((user, name, q))
+    })
+    .await?;
+    let transfer = transfer_slot(&state).await?;
+    let (reader, feeder) = body::stream(body, MAX_UPLOAD);
+    let daemon = state.daemon.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        let _transfer = transfer;
+        daemon.store.put(reader)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    // The body's own failure (too large, too slow, cut off) explains a failed write best.
+    let bytes = feeder.await.map_err(ApiError::internal)??;
+    let object = stored.map_err(ApiError::internal)?;
+    let record = blocking(&state, move |state| {
+        let record = crate::db::DatasetRecord {
+            name: crate::db::key(&q.tenant, &name),
+            tenant: q.tenant,
+            classification: q.classification,
+            object,
+            bytes,
+            owner: user.name,
+            created_at: crate::db::now(),
+        };
+        match state.daemon.db.insert_dataset(&record) {
+            Ok(true) => Ok(record),
+            Ok(false) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a dataset `{}` already exists in tenant {}",
+                    crate::db::name_of(&record.name),
+                    record.tenant
+                ),
+            )),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads), waited for at most
+/// [`TRANSFER_WAIT`], or a 503: a transfer holds a blocking thread for as long as its client
+/// takes. Waiting (a task, no thread) rather than refusing at once matters because the refusal
+/// comes before the body is read: a client still sending a large body sees its connection
+/// closed under it, not the 503.
+async fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(TRANSFER_WAIT, state.transfers.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{TRANSFER_SLOTS} transfers are under way; try again shortly"),
+        )),
+    }
+}
+
+pub(super) async fn datasets(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::db::DatasetRecord>>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, Action::DatasetList, Resource::Empty {})?;
+        let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
+        Ok(Json(
+            all.into_iter()
+                .filter(|d| dataset_visible(&user, d))
+                .collect(),
+        ))
+    })
+    .await
+}
+
+pub(super) fn readable_dataset(
+    state: &AppState,
+    user: &User,
+    name: &str,
+    tenant: Option<&str>,
+) -> ApiResult<crate::db::DatasetRecord> {
+    let found = one_visible(
+        state
+            .daemon
+            .db
+            .datasets_named(name)
+            .map_err(ApiError::internal)?,
+        |d| dataset_visible(user, d),
+        |d| &d.tenant,
+        tenant,
+        "dataset",
+        name,
+    )?
+    .ok_or_else(|| {
+        let within = tenant
+            .map(|t| format!(" in tenant {t}"))
+            .unwrap_or_default();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no dataset `{name}`{within}"),
+        )
+    })?;
+    authorize(state, user, Action::DatasetRead, found.resource())?;
+    Ok(found)
+}
+
+/// `GET /v1/datasets/{name}/content`: streamed out of the store, each chunk decrypted and
+/// authenticated before it is sent (and the whole object's digest before its last bytes): a
+/// corrupt object aborts the response, never passes for data.
+pub(super) async fn download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: TenantQuery,
+) -> ApiResult<Response> {
+    let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
+    let reader = blocking(&state, move |state| {
+        let found = readable_dataset(state, &user, &name, tenant.as_deref())?;
+        state
+            .daemon
+            .store
+            .reader(&found.object)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let transfer = transfer_slot(&state).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body::from_reader(reader, transfer),
+    )
+        .into_response())
+}

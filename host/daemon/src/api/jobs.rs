@@ -1,0 +1,350 @@
+//! Jobs: submission, listing, reading, cancelling, and a job's logs and training metrics.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::datasets::readable_dataset;
+use super::{
+    ApiError, ApiResult, AppState, MAX_BODY, TenantQuery, authorize, blocking, caller, here,
+    in_tenant, one_visible, refused, valid_id,
+};
+use crate::body;
+use crate::db::{JobRecord, JobState, User};
+use gantry::cluster::{JobSpec, Topology};
+use gantry::policy::request::{Action, JobRef, Resource};
+
+/// The body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Unique id (default: generated).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The tenant whose queue and quota it uses.
+    pub tenant: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Memory per GPU, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_per_gpu_mib: u64,
+    /// Estimated runtime, seconds.
+    #[serde(default = "default_runtime")]
+    pub est_runtime_s: f64,
+    /// A training job: `TRAIN.toml` text (synthetic data; checkpoints go to the encrypted
+    /// store).
+    #[serde(default)]
+    pub train: Option<String>,
+}
+
+fn default_memory() -> u64 {
+    16_000
+}
+
+fn default_runtime() -> f64 {
+    3600.0
+}
+
+/// The scheduler's view of a stored job.
+pub fn spec(job: &JobRecord) -> JobSpec {
+    JobSpec {
+        id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        priority: 0,
+        gpus: job.gpus,
+        memory_per_gpu_mib: job.memory_per_gpu_mib.min(u64::from(u32::MAX)) as u32,
+        gang: true,
+        topology: Topology::None,
+        est_runtime_s: job.est_runtime_s,
+        submit_time_s: job.submitted_at,
+    }
+}
+
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let user = caller(&state, &headers).await?;
+    let req: SubmitRequest = body::json(body, MAX_BODY).await?;
+    let outcome = blocking(&state, move |state| submit_job(state, user, req)).await?;
+    state.wake.notify_one();
+    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+/// Checks, decides and stores a submission (blocking).
+fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<JobRecord> {
+    let id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("job-{}", &gantry::audit::new_decision_id()[..12]));
+    if !valid_id(&id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "field `id`: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
+        ));
+    }
+    if let Some(text) = &req.train {
+        let origin = format!("job {id}: train");
+        let config = gantry::training::TrainConfig::parse_with(
+            text,
+            std::path::Path::new(&origin),
+            &state.daemon.train_limits,
+        )
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if config.data.file.is_some() || config.data.test_file.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{origin}: a daemon job's [data] is `synthetic` or a `dataset`, with no `test_file` (files on the host's disk are not reachable through the API)"
+                ),
+            ));
+        }
+        if let Some(plugin) = &config.data.preprocess
+            && gantry::builtin::preprocessor(plugin).is_none()
+            && !state
+                .daemon
+                .db
+                .plugins(Some(plugin))
+                .map_err(ApiError::internal)?
+                .iter()
+                .any(|p| p.kind == crate::KIND_PREPROCESS)
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{origin}: no preprocessing plugin `{plugin}` (shipped or uploaded)"),
+            ));
+        }
+        if let Some(name) = &config.data.dataset {
+            // The job reads the dataset as its submitter: same tenant, and the policy's
+            // dataset.read (clearance) now, not only when it runs.
+            readable_dataset(state, &user, name, Some(&req.tenant)).map_err(|e| {
+                // Name the job in a not-found; a policy refusal speaks for itself.
+                if e.status == StatusCode::NOT_FOUND {
+                    e.context(&origin)
+                } else {
+                    e
+                }
+            })?;
+        }
+    }
+    let job = JobRecord {
+        id: crate::db::key(&req.tenant, &id),
+        tenant: req.tenant.clone(),
+        owner: user.name.clone(),
+        gpus: req.gpus,
+        memory_per_gpu_mib: req.memory_per_gpu_mib,
+        est_runtime_s: req.est_runtime_s,
+        state: JobState::Pending,
+        gpu_ids: Vec::new(),
+        reason: None,
+        submitted_at: crate::db::now(),
+        train: req.train.clone(),
+        result: None,
+        crashes: 0,
+        not_before: 0.0,
+    };
+    let daemon = &state.daemon;
+    let spec = spec(&job);
+    let subject = user.subject();
+    // Decide, check and store under the host's lock, so the quota the policy saw is the quota
+    // the job is admitted against.
+    {
+        let mut host = daemon.host();
+        if let Err(e) = gantry::cluster::files::check_job(&spec, &host.state().cluster) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
+        }
+        let m = &daemon.metrics;
+        match here(host.submit_as(&subject, spec)) {
+            Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
+            Err(gantry::HostError::Job { message, .. }) => {
+                // Decided and allowed, then refused as a duplicate.
+                crate::metrics::Metrics::inc(&m.decisions_allowed);
+                return Err(ApiError::new(StatusCode::CONFLICT, message));
+            }
+            Err(e) => return Err(refused(daemon, e)),
+        }
+        match daemon.db.insert_job(&job) {
+            Ok(true) => {
+                let _ = daemon
+                    .db
+                    .log(&job.id, &format!("submitted by {}", job.owner));
+                Ok(job)
+            }
+            Ok(false) => {
+                host.cancel(&job.id);
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("a job `{id}` already exists in tenant {}", job.tenant),
+                ))
+            }
+            Err(e) => {
+                host.cancel(&job.id);
+                Err(ApiError::internal(e))
+            }
+        }
+    }
+}
+
+/// Whether a listing shows `job` to `user`: admins all, others their tenants' jobs (the shipped
+/// policy's rule for `job.read`, applied here so a listing is one decision, not one per job).
+fn visible(user: &User, job: &JobRecord) -> bool {
+    user.is_admin() || user.tenants.contains(&job.tenant)
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<JobRecord>>> {
+    let user = caller(&state, &headers).await?;
+    blocking(&state, move |state| {
+        authorize(state, &user, Action::JobList, Resource::Empty {})?;
+        let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
+        Ok(Json(
+            jobs.into_iter().filter(|j| visible(&user, j)).collect(),
+        ))
+    })
+    .await
+}
+
+fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiResult<JobRecord> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`"));
+    let job = one_visible(
+        state.daemon.db.jobs_named(id).map_err(ApiError::internal)?,
+        |j| visible(user, j),
+        |j| &j.tenant,
+        tenant,
+        "job",
+        id,
+    )?
+    .ok_or_else(not_found)?;
+    match authorize(
+        state,
+        user,
+        Action::JobRead,
+        JobRef {
+            tenant: job.tenant.clone(),
+            job: crate::db::name_of(&job.id).to_string(),
+        },
+    ) {
+        Ok(()) => Ok(job),
+        Err(e) if e.status == StatusCode::FORBIDDEN => Err(not_found()),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: TenantQuery,
+) -> ApiResult<Json<JobRecord>> {
+    let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
+    blocking(&state, move |state| {
+        Ok(Json(find(state, &user, &id, tenant.as_deref())?))
+    })
+    .await
+}
+
+/// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
+/// its run is under way (it stops at its next step and keeps its GPUs until then).
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: TenantQuery,
+) -> ApiResult<Response> {
+    let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
+    let response = blocking(&state, move |state| {
+        let job = find(state, &user, &id, tenant.as_deref())?;
+        let tenant = Some(job.tenant.as_str());
+        authorize(
+            state,
+            &user,
+            Action::JobCancel,
+            JobRef {
+                tenant: job.tenant.clone(),
+                job: id.clone(),
+            },
+        )?;
+        let moved = state
+            .daemon
+            .cancel_job(&job, &user.name)
+            .map_err(ApiError::internal)?;
+        let status = match moved {
+            Some(JobState::Cancelling) => StatusCode::ACCEPTED,
+            Some(_) => StatusCode::OK,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "job `{id}` is already {}",
+                        find(state, &user, &id, tenant)?.state.as_str()
+                    ),
+                ));
+            }
+        };
+        Ok((status, Json(find(state, &user, &id, tenant)?)).into_response())
+    })
+    .await?;
+    state.wake.notify_one();
+    Ok(response)
+}
+
+/// `GET /v1/jobs/{id}/logs`: what happened to the job, oldest first.
+pub(super) async fn job_logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: TenantQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
+    blocking(&state, move |state| {
+        let job = find(state, &user, &id, tenant.as_deref())?;
+        let lines = state.daemon.db.logs(&job.id).map_err(ApiError::internal)?;
+        Ok(Json(json!(
+            lines
+                .into_iter()
+                .map(|(at, message)| json!({"at": at, "message": message}))
+                .collect::<Vec<_>>()
+        )))
+    })
+    .await
+}
+
+/// `GET /v1/jobs/{id}/metrics`: a training job's progress (step of total, epoch, loss,
+/// throughput) and loss curve; live while it runs, as saved once it ended; zeros before it ran.
+pub(super) async fn job_metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: TenantQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller(&state, &headers).await?;
+    let tenant = in_tenant(query)?;
+    blocking(&state, move |state| {
+        let job = find(state, &user, &id, tenant.as_deref())?;
+        let curve = state
+            .daemon
+            .curve(&job.id)
+            .map_err(ApiError::internal)?
+            .unwrap_or_default();
+        let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
+        body["job"] = json!(id);
+        body["tenant"] = json!(job.tenant);
+        body["state"] = json!(job.state);
+        body["progress"] = json!(curve.progress());
+        if let Some(result) = job.result {
+            body["result"] = result;
+        }
+        Ok(Json(body))
+    })
+    .await
+}
