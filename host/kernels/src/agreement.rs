@@ -2,6 +2,9 @@
 //! and a relative tolerance. Public so tests outside this crate (the trainer's, the CUDA ones)
 //! judge agreement the same way.
 
+use crate::train::epoch_order;
+use crate::{Backend, Dataset, GemmShape, Op, Trainer, reference};
+
 /// `|a - b| <= tol * (1 + max(|a|, |b|))`: relative for large values, absolute near zero.
 pub fn close(a: f32, b: f32, tol: f32) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
@@ -37,4 +40,74 @@ pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     (0..cols)
         .flat_map(|c| (0..rows).map(move |r| x[r * cols + c]))
         .collect()
+}
+
+/// One GEMM to check: its shape, its operands from [`values`] and the reference's answer.
+#[derive(Debug, Clone)]
+pub struct GemmCase {
+    /// Transposes, sizes, `alpha` and `beta`.
+    pub shape: GemmShape,
+    /// `a`, as stored.
+    pub a: Vec<f32>,
+    /// `b`, as stored.
+    pub b: Vec<f32>,
+    /// `c` before the call.
+    pub c: Vec<f32>,
+    /// `c` after the call, by [`reference::gemm`].
+    pub want: Vec<f32>,
+}
+
+/// For each `(m, n, k)` of `sizes`, every pair of transposes with `(alpha, beta)` of `(1, 0)`
+/// and `(0.5, 2)`: what every backend's GEMM must agree with the reference on.
+pub fn gemm_cases(sizes: &[(usize, usize, usize)]) -> impl Iterator<Item = GemmCase> + '_ {
+    let ops = [
+        (Op::N, Op::N),
+        (Op::N, Op::T),
+        (Op::T, Op::N),
+        (Op::T, Op::T),
+    ];
+    sizes.iter().flat_map(move |&(m, n, k)| {
+        ops.into_iter().flat_map(move |(op_a, op_b)| {
+            [(1.0, 0.0), (0.5, 2.0)].map(|(alpha, beta)| {
+                let (a, b, c) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
+                let mut want = c.clone();
+                reference::gemm(op_a, op_b, m, n, k, alpha, &a, &b, beta, &mut want);
+                let shape = GemmShape {
+                    alpha,
+                    beta,
+                    ..GemmShape::new(op_a, op_b, m, n, k)
+                };
+                GemmCase {
+                    shape,
+                    a,
+                    b,
+                    c,
+                    want,
+                }
+            })
+        })
+    })
+}
+
+/// Trains `epochs` epochs of mini-batches of `batch` rows, shuffled by [`epoch_order`] from
+/// `seed`, as the trainer's and the CUDA tests do on every backend; the last epoch's mean loss.
+pub fn fit<B: Backend>(
+    trainer: &mut Trainer<B>,
+    data: &Dataset,
+    epochs: u64,
+    batch: usize,
+    seed: u64,
+) -> f64 {
+    let (mut f, mut t) = (Vec::new(), Vec::new());
+    let mut last = 0.0;
+    for epoch in 0..epochs {
+        let (mut sum, mut n) = (0.0, 0);
+        for rows in epoch_order(seed, epoch, data.rows()).chunks(batch) {
+            data.gather(rows, &mut f, &mut t);
+            sum += trainer.step(&f, &t).unwrap();
+            n += 1;
+        }
+        last = sum / f64::from(n);
+    }
+    last
 }

@@ -7,7 +7,7 @@
 //! machines that must have them).
 #![cfg(feature = "cuda")]
 
-use gantry_kernels::agreement::{assert_close, transpose, values};
+use gantry_kernels::agreement::{assert_close, fit, gemm_cases, transpose, values};
 use gantry_kernels::cuda::{self, CudaBackend};
 use gantry_kernels::train::epoch_order;
 use gantry_kernels::{
@@ -145,27 +145,11 @@ fn gemm_matches_the_reference_for_every_transpose_and_precision() {
         let Some(gpu) = gpu("gemm_matches_the_reference", precision) else {
             return;
         };
-        for (m, n, k) in [(1, 1, 1), (7, 5, 3), (33, 65, 17), (130, 70, 300)] {
-            for op_a in [Op::N, Op::T] {
-                for op_b in [Op::N, Op::T] {
-                    for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
-                        let a = values(m * k, 1);
-                        let b = values(k * n, 2);
-                        let c0 = values(m * n, 3);
-                        let mut want = c0.clone();
-                        reference::gemm(op_a, op_b, m, n, k, alpha, &a, &b, beta, &mut want);
-                        let shape = GemmShape {
-                            alpha,
-                            beta,
-                            ..GemmShape::new(op_a, op_b, m, n, k)
-                        };
-                        let (ga, gb) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
-                        let mut gc = gpu.upload(&c0).unwrap();
-                        gpu.gemm(shape, &ga, &gb, &mut gc).unwrap();
-                        assert_close(&to_host(&gpu, &gc), &want, tol);
-                    }
-                }
-            }
+        for case in gemm_cases(&[(1, 1, 1), (7, 5, 3), (33, 65, 17), (130, 70, 300)]) {
+            let (ga, gb) = (gpu.upload(&case.a).unwrap(), gpu.upload(&case.b).unwrap());
+            let mut gc = gpu.upload(&case.c).unwrap();
+            gpu.gemm(case.shape, &ga, &gb, &mut gc).unwrap();
+            assert_close(&to_host(&gpu, &gc), &case.want, tol);
         }
     }
 }
@@ -501,22 +485,6 @@ fn all_reduce_sums_across_devices() {
     }
 }
 
-/// `epochs` of shuffled mini-batches; the last epoch's mean loss.
-fn fit<B: Backend>(trainer: &mut Trainer<B>, data: &gantry_kernels::Dataset, epochs: u64) -> f64 {
-    let (mut f, mut t) = (Vec::new(), Vec::new());
-    let mut last = 0.0;
-    for epoch in 0..epochs {
-        let (mut sum, mut n) = (0.0, 0);
-        for rows in epoch_order(3, epoch, data.rows()).chunks(64) {
-            data.gather(rows, &mut f, &mut t);
-            sum += trainer.step(&f, &t).unwrap();
-            n += 1;
-        }
-        last = sum / f64::from(n);
-    }
-    last
-}
-
 #[test]
 fn training_on_cuda_follows_training_on_cpu() {
     let Some(gpu0) = gpu("training_on_cuda_follows_training_on_cpu", Precision::F32) else {
@@ -537,7 +505,10 @@ fn training_on_cuda_follows_training_on_cpu() {
     };
     let mut on_cpu = Trainer::new(spec.clone(), sgd, vec![cpu()], 9).unwrap();
     let mut on_gpu = Trainer::new(spec.clone(), sgd, vec![gpu0], 9).unwrap();
-    let (lc, lg) = (fit(&mut on_cpu, &data, 5), fit(&mut on_gpu, &data, 5));
+    let (lc, lg) = (
+        fit(&mut on_cpu, &data, 5, 64, 3),
+        fit(&mut on_gpu, &data, 5, 64, 3),
+    );
     assert!((lc - lg).abs() < 1e-4 * lc.max(1.0), "{lc} vs {lg}");
     let (a, b) = (on_cpu.snapshot().unwrap(), on_gpu.snapshot().unwrap());
     assert_eq!(a.step, b.step);
@@ -556,11 +527,11 @@ fn training_on_cuda_follows_training_on_cpu() {
         ..Adam::default()
     });
     let mut on_cpu = Trainer::new(spec.clone(), adam, vec![cpu()], 9).unwrap();
-    let want = fit(&mut on_cpu, &data, 20);
+    let want = fit(&mut on_cpu, &data, 20, 64, 3);
     for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let backend = CudaBackend::new(0, precision).unwrap();
         let mut on_gpu = Trainer::new(spec.clone(), adam, vec![backend], 9).unwrap();
-        let got = fit(&mut on_gpu, &data, 20);
+        let got = fit(&mut on_gpu, &data, 20, 64, 3);
         eprintln!("adam, 20 epochs: cpu loss {want:.4}, cuda {precision} {got:.4}");
         assert!(
             (got - want).abs() < 0.05 + 0.2 * want,

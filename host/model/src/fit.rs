@@ -129,6 +129,20 @@ impl FreeIndex {
         self.node_rack[node as usize]
     }
 
+    /// The rack of each node as an index, and how many racks per-rack tallies need: one past
+    /// the highest rack a node names, and at least `declared_racks` (the snapshot's
+    /// `rack_count`), so a rack without nodes still has its slot.
+    pub fn rack_layout(&self, declared_racks: u32) -> (Vec<usize>, usize) {
+        let node_rack: Vec<usize> = self.node_rack.iter().map(|&r| r as usize).collect();
+        let racks = node_rack
+            .iter()
+            .map(|&r| r + 1)
+            .max()
+            .unwrap_or(0)
+            .max(declared_racks as usize);
+        (node_rack, racks)
+    }
+
     /// Node of `gpu`.
     pub fn gpu_node(&self, gpu: u32) -> u32 {
         self.gpu_node[gpu as usize]

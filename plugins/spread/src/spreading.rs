@@ -99,15 +99,7 @@ impl State {
     pub(crate) fn new(snapshot: &Snapshot) -> Self {
         let index = FreeIndex::new(snapshot);
         let nodes = index.node_count();
-        let node_rack: Vec<usize> = (0..nodes as u32)
-            .map(|n| index.node_rack(n) as usize)
-            .collect();
-        let racks = node_rack
-            .iter()
-            .map(|&r| r + 1)
-            .max()
-            .unwrap_or(0)
-            .max(snapshot.rack_count as usize);
+        let (node_rack, racks) = index.rack_layout(snapshot.rack_count);
         let mut rack_nodes = vec![Vec::new(); racks];
         let mut rack_free = vec![0u32; racks];
         let mut min_memory = u32::MAX;

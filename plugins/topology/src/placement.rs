@@ -252,15 +252,7 @@ impl State {
         let index = FreeIndex::new(snapshot);
         let memory: Vec<u32> = snapshot.gpus.memory_free_mib.clone();
         let nodes = index.node_count();
-        let node_rack: Vec<usize> = (0..nodes as u32)
-            .map(|n| index.node_rack(n) as usize)
-            .collect();
-        let racks = node_rack
-            .iter()
-            .map(|&r| r + 1)
-            .max()
-            .unwrap_or(0)
-            .max(snapshot.rack_count as usize);
+        let (node_rack, racks) = index.rack_layout(snapshot.rack_count);
         let domains = snapshot
             .gpus
             .iter()

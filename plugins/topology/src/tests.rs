@@ -1,73 +1,17 @@
 use crate::placement::{Scope, State, place, relax_steps};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
 use gantry_plugin_sdk::sched::{ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology};
-use gantry_plugin_sdk::testing::{cluster, edit_gpus, job, jobs, occupy};
+use gantry_plugin_sdk::testing::{
+    Rng, benchmark_case, checked, cluster, distinct, edit_gpus, free_gpus, job, jobs,
+    mixed_cluster, nodes_of, occupy, priority_queues, random_queue, sorted, unhealthy_and_busy,
+    within_20_s,
+};
 
 const NEVER: f64 = f64::INFINITY;
 
-/// The host's checks on an answer (`host/src/scheduling/validate.rs`), restated so every test
-/// can assert that the plugin's answer would be accepted.
-fn validate(snapshot: &Snapshot, queue: &Jobs, placements: &[Placement]) -> Result<(), String> {
-    let mut job_seen = vec![false; queue.len()];
-    let mut gpu_taken = vec![false; snapshot.gpus.len()];
-    let mut tenant_taken = vec![0u64; snapshot.tenants.len()];
-    for (i, p) in placements.iter().enumerate() {
-        let job = queue
-            .get(p.job as usize)
-            .ok_or(format!("placement {i}: job {} not in queue", p.job))?;
-        if std::mem::replace(&mut job_seen[p.job as usize], true) {
-            return Err(format!("placement {i}: job {} placed twice", p.job));
-        }
-        let n = p.gpus.len() as u32;
-        if n == 0 {
-            return Err(format!("placement {i}: no GPUs"));
-        }
-        if job.gang && n != job.gpus {
-            return Err(format!("placement {i}: gang of {} got {n}", job.gpus));
-        }
-        if n > job.gpus {
-            return Err(format!("placement {i}: asked {} got {n}", job.gpus));
-        }
-        for &g in &p.gpus {
-            let gpu = snapshot
-                .gpus
-                .get(g as usize)
-                .ok_or(format!("placement {i}: GPU {g} does not exist"))?;
-            if !gpu.healthy {
-                return Err(format!("placement {i}: GPU {g} unhealthy"));
-            }
-            if gpu.busy {
-                return Err(format!("placement {i}: GPU {g} busy"));
-            }
-            if std::mem::replace(&mut gpu_taken[g as usize], true) {
-                return Err(format!("placement {i}: GPU {g} given twice"));
-            }
-            if gpu.memory_free_mib < job.memory_per_gpu_mib {
-                return Err(format!("placement {i}: GPU {g} lacks memory"));
-            }
-        }
-        let t = job.tenant as usize;
-        let tenant = snapshot
-            .tenants
-            .get(t)
-            .ok_or(format!("placement {i}: unknown tenant {t}"))?;
-        tenant_taken[t] += n as u64;
-        if let Some(quota) = tenant.quota_gpus
-            && tenant.used_gpus as u64 + tenant_taken[t] > quota as u64
-        {
-            return Err(format!("placement {i}: tenant {t} over quota {quota}"));
-        }
-    }
-    Ok(())
-}
-
 /// Runs the strategy and asserts the host would accept the answer.
 fn run(snapshot: &Snapshot, queue: &Jobs, relax_after_s: f64) -> Vec<Placement> {
-    let placements = place(snapshot, queue, relax_after_s);
-    if let Err(e) = validate(snapshot, queue, &placements) {
-        panic!("invalid answer: {e}\n{placements:?}");
-    }
-    placements
+    checked(snapshot, queue, place(snapshot, queue, relax_after_s))
 }
 
 /// A gang job of `gpus` GPUs asking for `topology`.
@@ -99,23 +43,6 @@ fn set_domains(snapshot: &mut Snapshot, domain_of: impl Fn(u32) -> u32) {
         .max()
         .unwrap_or(0);
     snapshot.nvlink_domain_count = domains;
-}
-
-fn sorted(gpus: &[u32]) -> Vec<u32> {
-    let mut gpus = gpus.to_vec();
-    gpus.sort_unstable();
-    gpus
-}
-
-fn distinct(gpus: &[u32], key: impl Fn(u32) -> u32) -> Vec<u32> {
-    let mut keys: Vec<u32> = gpus.iter().map(|&g| key(g)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
-}
-
-fn nodes_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
-    distinct(gpus, |g| snapshot.gpus.node[g as usize])
 }
 
 fn racks_of(snapshot: &Snapshot, gpus: &[u32]) -> Vec<u32> {
@@ -438,11 +365,7 @@ fn memory_is_respected() {
 
 #[test]
 fn unhealthy_and_busy_gpus_are_never_used() {
-    let mut snapshot = cluster(2, 2, 4);
-    for g in [1, 5, 9, 13] {
-        snapshot.gpus.healthy[g] = 0;
-    }
-    occupy(&mut snapshot, [2, 6, 10, 14]);
+    let snapshot = unhealthy_and_busy();
     let placements = run(
         &snapshot,
         &jobs([partial(16, Topology::None), job(1, 1)]),
@@ -459,15 +382,9 @@ fn unhealthy_and_busy_gpus_are_never_used() {
 #[test]
 fn higher_priority_goes_first() {
     let snapshot = cluster(1, 1, 8);
-    let mut urgent = job(1, 8);
-    urgent.priority = 10;
-    urgent.submit_s = 50.0;
-    assert_eq!(run(&snapshot, &jobs([job(0, 8), urgent]), NEVER)[0].job, 1);
-    let mut early = job(0, 8);
-    early.submit_s = 1.0;
-    let mut late = job(0, 8);
-    late.submit_s = 2.0;
-    assert_eq!(run(&snapshot, &jobs([late, early]), NEVER)[0].job, 1);
+    for queue in priority_queues() {
+        assert_eq!(run(&snapshot, &queue, NEVER)[0].job, 1, "{queue:?}");
+    }
 }
 
 #[test]
@@ -544,66 +461,26 @@ fn configure_stores_relax_after_s_for_schedule() {
     TopologyAware::configure(Vec::new()).unwrap();
 }
 
-/// A small deterministic generator (xorshift), so the test needs no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u32 {
-        (self.next() % n) as u32
-    }
-}
-
-/// 8 racks x 8 nodes x 8 GPUs with random occupancy, failures and low-memory GPUs. Racks 0-1
-/// split each node into two 4-GPU domains, racks 2-3 pair nodes into 16-GPU domains, the rest
-/// have one domain per node. Three tenants, two of them with quotas.
+/// [`mixed_cluster`] at 10,000 s with three domain layouts: racks 0-1 split each node into two
+/// 4-GPU domains, racks 2-3 pair nodes into 16-GPU domains, the rest have one domain per node.
 fn random_cluster(rng: &mut Rng) -> Snapshot {
-    let mut snapshot = cluster(8, 8, 8);
+    let mut snapshot = mixed_cluster(rng);
     set_domains(&mut snapshot, |g| match g / 128 {
         0 => g / 4,
         1 => 64 + (g - 128) / 16,
         _ => 128 + g / 8,
     });
-    snapshot.tenants.push(snapshot.tenants[0].clone());
-    snapshot.tenants[1].quota_gpus = Some(64);
-    snapshot.tenants[1].used_gpus = 20;
-    snapshot.tenants[2].quota_gpus = Some(5);
-    snapshot.tenants[2].used_gpus = 5;
     snapshot.now_s = 10_000.0;
-    edit_gpus(&mut snapshot, .., |gpu| match rng.below(20) {
-        0..=7 => gpu.busy = true,
-        8 => gpu.healthy = false,
-        9..=10 => gpu.memory_free_mib = 30000,
-        _ => {}
-    });
     snapshot
 }
 
-fn random_queue(rng: &mut Rng, jobs: usize) -> Jobs {
-    let topologies = [
-        Topology::None,
-        Topology::SameNode,
-        Topology::SameNvlinkDomain,
-        Topology::SameRack,
-    ];
-    (0..jobs)
-        .map(|_| Job {
-            tenant: rng.below(3),
-            priority: rng.below(3) as i32 - 1,
-            gpus: [1, 1, 2, 3, 4, 8, 8, 12, 16, 32, 64][rng.below(11) as usize],
-            memory_per_gpu_mib: [10000, 40960, 70000][rng.below(3) as usize],
-            gang: rng.below(4) != 0,
-            topology: topologies[rng.below(4) as usize],
-            est_runtime_s: 60.0,
-            submit_s: 10_000.0 - rng.below(1200) as f64,
-        })
-        .collect()
-}
+/// Every topology a job may ask for.
+const TOPOLOGIES: [Topology; 4] = [
+    Topology::None,
+    Topology::SameNode,
+    Topology::SameNvlinkDomain,
+    Topology::SameRack,
+];
 
 /// Whether all `gpus` share one group of `scope`.
 fn within(snapshot: &Snapshot, scope: Scope, gpus: &[u32]) -> bool {
@@ -618,9 +495,9 @@ fn within(snapshot: &Snapshot, scope: Scope, gpus: &[u32]) -> bool {
 #[test]
 fn mixed_workload_on_64_nodes_passes_the_host_checks_and_keeps_scopes() {
     for seed in 1..=20u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::seeded(seed);
         let snapshot = random_cluster(&mut rng);
-        let queue = random_queue(&mut rng, 300);
+        let queue = random_queue(&mut rng, 300, 3, &TOPOLOGIES);
         let relax = 600.0;
         let placements = run(&snapshot, &queue, relax);
         assert!(placements.len() > 10, "seed {seed}: {}", placements.len());
@@ -674,18 +551,13 @@ fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
                 );
             }
         }
-        let free: Vec<u32> = (0..snapshot.gpus.len() as u32)
-            .filter(|&g| {
-                let gpu = snapshot.gpus.row(g as usize);
-                gpu.healthy && !gpu.busy && !taken[g as usize]
-            })
-            .collect();
+        let free = free_gpus(&snapshot, &taken);
         if free.is_empty() {
             break;
         }
         // Take a few at a time to keep the test quick.
         for _ in 0..4.min(free.len()) {
-            let gpu = free[rng.below(free.len() as u64) as usize];
+            let gpu = rng.pick(&free);
             if !taken[gpu as usize] {
                 taken[gpu as usize] = true;
                 state.take(0, &[gpu]);
@@ -697,30 +569,10 @@ fn tightest_domain_matches_a_brute_force_search_as_gpus_are_taken() {
 
 #[test]
 fn ten_thousand_jobs_on_4096_gpus_stay_valid() {
-    // The benchmark's shape: 64 racks x 8 nodes x 8 GPUs, 10,000 pending jobs.
-    let mut rng = Rng(3);
-    let mut snapshot = cluster(64, 8, 8);
-    snapshot.now_s = 10_000.0;
-    edit_gpus(&mut snapshot, .., |gpu| {
-        if rng.below(10) < 3 {
-            gpu.busy = true;
-        }
-    });
-    let queue = random_queue(&mut rng, 10_000);
-    let start = std::time::Instant::now();
-    let placements = run(&snapshot, &queue, 600.0);
-    let elapsed = start.elapsed();
-    eprintln!(
-        "10,000 jobs: {} placements in {elapsed:?}",
-        placements.len()
-    );
-    assert!(!placements.is_empty());
-    // Generous even for an unoptimised debug build; catches quadratic blow-ups.
-    assert!(elapsed.as_secs() < 20, "took {elapsed:?}");
+    let (snapshot, queue) = benchmark_case(&mut Rng(3), &TOPOLOGIES);
+    assert!(!within_20_s(|| run(&snapshot, &queue, 600.0)).is_empty());
 }
 
-/// The review's finding: on 8-GPU NVLink domains (one per node), 16-GPU `same-nvlink-domain`
-/// gangs were only ever relaxed to one node, which cannot hold 16 either, so they starved.
 #[test]
 fn topology_never_starves_jobs_larger_than_their_preferred_scope() {
     let mut snapshot = cluster(2, 4, 8);
@@ -786,12 +638,6 @@ fn generated_cluster(rng: &mut Rng) -> Snapshot {
 }
 
 fn generated_jobs(rng: &mut Rng, n: usize) -> Vec<Job> {
-    let topologies = [
-        Topology::None,
-        Topology::SameNode,
-        Topology::SameNvlinkDomain,
-        Topology::SameRack,
-    ];
     (0..n)
         .map(|_| Job {
             tenant: rng.below(2),
@@ -799,7 +645,7 @@ fn generated_jobs(rng: &mut Rng, n: usize) -> Vec<Job> {
             gpus: [1, 2, 3, 4, 6, 8, 12, 16, 24, 32][rng.below(10) as usize],
             memory_per_gpu_mib: [10000, 40960, 70000, 90000][rng.below(4) as usize],
             gang: rng.below(4) != 0,
-            topology: topologies[rng.below(4) as usize],
+            topology: rng.pick(&TOPOLOGIES),
             est_runtime_s: 60.0,
             submit_s: 0.0,
         })
@@ -891,7 +737,7 @@ fn drain(
 #[test]
 fn every_job_that_fits_the_cluster_is_eventually_placed() {
     for seed in 1..=150u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = Rng::seeded(seed);
         let snapshot = generated_cluster(&mut rng);
         let n = 1 + rng.below(24) as usize;
         let queue = generated_jobs(&mut rng, n);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::agreement::{assert_close, values};
+use crate::agreement::{assert_close, gemm_cases, values};
 use crate::reference;
 
 fn backends() -> Vec<CpuBackend> {
@@ -8,35 +8,20 @@ fn backends() -> Vec<CpuBackend> {
 
 #[test]
 fn gemm_matches_the_reference_for_every_transpose_and_odd_sizes() {
+    // (37, 300, 250): a transposed b that large is transposed into scratch first, with ragged
+    // 8 x 8 tile edges on both sides.
+    let sizes = [
+        (1, 1, 1),
+        (7, 5, 3),
+        (33, 65, 17),
+        (130, 70, 300),
+        (37, 300, 250),
+    ];
     for cpu in backends() {
-        // (37, 300, 250): a transposed b that large is transposed into scratch first, with
-        // ragged 8 x 8 tile edges on both sides.
-        for (m, n, k) in [
-            (1, 1, 1),
-            (7, 5, 3),
-            (33, 65, 17),
-            (130, 70, 300),
-            (37, 300, 250),
-        ] {
-            for op_a in [Op::N, Op::T] {
-                for op_b in [Op::N, Op::T] {
-                    for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
-                        let a = values(m * k, 1);
-                        let b = values(k * n, 2);
-                        let c0 = values(m * n, 3);
-                        let mut want = c0.clone();
-                        reference::gemm(op_a, op_b, m, n, k, alpha, &a, &b, beta, &mut want);
-                        let mut got = c0.clone();
-                        let shape = GemmShape {
-                            alpha,
-                            beta,
-                            ..GemmShape::new(op_a, op_b, m, n, k)
-                        };
-                        cpu.gemm(shape, &a, &b, &mut got).unwrap();
-                        assert_close(&got, &want, 1e-4);
-                    }
-                }
-            }
+        for case in gemm_cases(&sizes) {
+            let mut got = case.c.clone();
+            cpu.gemm(case.shape, &case.a, &case.b, &mut got).unwrap();
+            assert_close(&got, &case.want, 1e-4);
         }
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::agreement::assert_close;
+use crate::agreement::{assert_close, fit};
 use crate::cpu::CpuBackend;
 use crate::mlp::Activation;
 use crate::reference::Adam;
@@ -24,29 +24,6 @@ fn adam(lr: f32) -> Optimizer {
         lr,
         ..Adam::default()
     })
-}
-
-/// Trains for `epochs` over `data` in shuffled batches; returns the last epoch's mean loss.
-fn fit(
-    trainer: &mut Trainer<CpuBackend>,
-    data: &Dataset,
-    epochs: u64,
-    batch: usize,
-    seed: u64,
-) -> f64 {
-    let (mut f, mut t) = (Vec::new(), Vec::new());
-    let mut last = 0.0;
-    for epoch in 0..epochs {
-        let order = epoch_order(seed, epoch, data.rows());
-        let (mut sum, mut n) = (0.0, 0);
-        for rows in order.chunks(batch) {
-            data.gather(rows, &mut f, &mut t);
-            sum += trainer.step(&f, &t).unwrap();
-            n += 1;
-        }
-        last = sum / f64::from(n);
-    }
-    last
 }
 
 #[test]

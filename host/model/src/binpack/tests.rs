@@ -1,5 +1,5 @@
 use super::pack;
-use crate::testing::{cluster, job, jobs, occupy};
+use crate::testing::{cluster, job, jobs, occupy, priority_queues};
 
 #[test]
 fn small_job_goes_to_the_fullest_node_that_fits() {
@@ -66,10 +66,9 @@ fn quota_and_memory_are_respected() {
 #[test]
 fn higher_priority_goes_first() {
     let snapshot = cluster(1, 1, 8);
-    let mut urgent = job(1, 8);
-    urgent.priority = 10;
-    urgent.submit_s = 50.0;
-    let placements = pack(&snapshot, &jobs([job(0, 8), urgent]));
-    assert_eq!(placements.len(), 1);
-    assert_eq!(placements[0].job, 1);
+    for queue in priority_queues() {
+        let placements = pack(&snapshot, &queue);
+        assert_eq!(placements.len(), 1);
+        assert_eq!(placements[0].job, 1, "{queue:?}");
+    }
 }

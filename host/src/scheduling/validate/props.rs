@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::bindings::sched_v0_1 as wit;
 use crate::cluster::{Cluster, JobSpec, Topology};
+use crate::scheduling::model::{Jobs, Snapshot};
 use crate::scheduling::{ClusterState, native, snapshot, wire};
 use gantry_fuzz as fuzz;
 
