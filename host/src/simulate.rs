@@ -183,160 +183,240 @@ fn tenant_demand(host: &Host) -> (Vec<u32>, Vec<u32>) {
 pub fn run(host: &mut Host, trace: &[TraceJob], progress: &mut dyn FnMut(u64, u64)) -> SimResult {
     let _span = tracing::info_span!("gantry_simulate.run", jobs = trace.len()).entered();
     let total = trace.len() as u64;
-    let mut order: Vec<usize> = (0..trace.len()).collect();
-    order.sort_by(|&a, &b| {
-        trace[a]
-            .submit_s
-            .total_cmp(&trace[b].submit_s)
-            .then(a.cmp(&b))
-    });
-    let mut arrivals = order.into_iter().peekable();
-    let mut live: Vec<Live> = trace
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Live {
-            spec: t.to_spec(format!("job-{i}")),
-            duration_s: t.duration_s,
-            rejected: false,
-            first_start_s: None,
-            completion_s: None,
-            outstanding: 0,
-            placed_gpus: 0,
-            slowdown: 1.0,
-        })
-        .collect();
-    let index_of: HashMap<String, usize> = live
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.spec.id.clone(), i))
-        .collect();
-    // Completion events: (end time in ns, allocation id, job index).
-    let mut completions: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
-    let mut timeline = Vec::new();
-    let mut cycles = 0u64;
-    let mut fallback_cycles = 0u64;
-    let mut faults = 0u64;
-    let mut cycle_us = 0.0;
-    let mut busy_gpu_s = 0.0;
-    let mut useful_gpu_s = 0.0;
-    let cluster = &host.state().cluster;
-    let mut shares = fairness::Tracker::new(
-        host.state().healthy_gpus(),
-        cluster.tenants.iter().map(|t| t.weight).collect(),
-        cluster.tenants.iter().map(|t| t.quota_gpus).collect(),
-    );
-    let (mut used, mut wanted) = tenant_demand(host);
-    let mut last_t = 0.0;
-    let mut finished = 0u64;
-    let mut rejected = 0u64;
-
-    loop {
-        let next_arrival = arrivals.peek().map(|&i| trace[i].submit_s);
-        let next_completion = completions.peek().map(|Reverse((t, _, _))| *t as f64 / 1e9);
-        let now = match (next_arrival, next_completion) {
-            (None, None) => break,
-            (Some(a), None) => a,
-            (None, Some(c)) => c,
-            (Some(a), Some(c)) => a.min(c),
-        };
-        busy_gpu_s += host.state().busy_gpus() as f64 * (now - last_t).max(0.0);
-        shares.advance(last_t, now, &used, &wanted);
-        last_t = now;
-        while let Some(&Reverse((t, alloc, job))) = completions.peek() {
-            if t as f64 / 1e9 > now {
-                break;
-            }
-            completions.pop();
-            host.complete(alloc);
-            let l = &mut live[job];
-            l.outstanding -= 1;
-            if l.outstanding == 0 && l.placed_gpus == l.spec.gpus {
-                l.completion_s = Some(now);
-                finished += 1;
-            }
-        }
-        while let Some(&i) = arrivals.peek() {
-            if trace[i].submit_s > now {
-                break;
-            }
-            arrivals.next();
-            if let Err(e) = host.submit(live[i].spec.clone()) {
-                tracing::warn!("trace row {i} not submitted: {e}");
-                live[i].rejected = true;
-                rejected += 1;
-            }
-        }
+    let mut sim = Sim::new(host, trace);
+    while let Some(now) = sim.next_event() {
+        sim.advance_to(host, now);
+        sim.complete_due(host, now);
+        sim.submit_due(host, now);
         if !host.state().pending.is_empty() {
-            let report = crate::blocking::block_on(host.schedule_cycle(now));
-            cycles += 1;
-            cycle_us += report.elapsed_us;
-            if report.fallback_reason.is_some() && host.scheduler().is_some() {
-                fallback_cycles += 1;
-            }
-            if report.fault.is_some() {
-                faults += 1;
-            }
-            for a in &report.placements {
-                let j = index_of[&a.job_id];
-                let alloc = host
-                    .state()
-                    .running
-                    .iter()
-                    .find(|r| r.id == a.alloc_id)
-                    .map(|r| r.gpus.clone())
-                    .unwrap_or_default();
-                let l = &mut live[j];
-                let factor = slowdown(&host.state().cluster, l.spec.topology, &alloc);
-                let end = now + l.duration_s * factor;
-                completions.push(Reverse(((end * 1e9) as u64, a.alloc_id, j)));
-                l.first_start_s.get_or_insert(now);
-                l.outstanding += 1;
-                l.placed_gpus += a.gpus.len() as u32;
-                l.slowdown = l.slowdown.max(factor);
-                // The GPU-time the job asked for; slowed-down time beyond it is not useful.
-                useful_gpu_s += a.gpus.len() as f64 * l.duration_s;
-            }
+            sim.cycle(host, now);
         }
-        (used, wanted) = tenant_demand(host);
-        timeline.push(Sample {
-            t_s: now,
-            busy_gpus: host.state().busy_gpus() as u32,
-            queued_jobs: host.state().pending.len() as u32,
-        });
-        progress(finished + rejected, total);
-        if completions.is_empty() && arrivals.peek().is_none() {
+        sim.sample(host, now);
+        progress(sim.finished + sim.rejected, total);
+        if sim.completions.is_empty() && sim.arrivals.peek().is_none() {
             // Whatever is still pending can never start (too large, or over quota for good).
             break;
         }
     }
-    // The last event: every arrival and completion happened by now.
-    let end_s = last_t;
-    let jobs: Vec<JobOutcome> = live.iter().map(|l| l.outcome(end_s)).collect();
-    let health = host.scheduler().map(|p| p.health().report());
-    let stats = metrics::RunStats {
-        healthy_gpus: host.state().healthy_gpus(),
-        end_s,
-        busy_gpu_s,
-        useful_gpu_s,
-        fairness: shares.result(),
-        cycles,
-        fallback_cycles,
-        plugin_faults: faults,
-        mean_cycle_us: if cycles > 0 {
-            cycle_us / cycles as f64
-        } else {
-            0.0
-        },
-        quarantined: host
-            .scheduler()
-            .is_some_and(|p| p.health().is_quarantined()),
-        plugin_no_progress_faults: health.as_ref().map_or(0, |h| h.no_progress_faults),
-        plugin_output_dropped_bytes: health.as_ref().map_or(0, |h| h.output_dropped_bytes),
-    };
-    SimResult {
-        metrics: metrics::summarize(&jobs, &stats),
-        timeline,
-        jobs,
+    sim.result(host)
+}
+
+/// The state of one run of [`run`].
+struct Sim<'t> {
+    trace: &'t [TraceJob],
+    /// Trace rows by submission time (ties in trace order).
+    arrivals: std::iter::Peekable<std::vec::IntoIter<usize>>,
+    live: Vec<Live>,
+    index_of: HashMap<String, usize>,
+    /// Completion events: (end time in ns, allocation id, job index).
+    completions: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    timeline: Vec<Sample>,
+    cycles: u64,
+    fallback_cycles: u64,
+    faults: u64,
+    cycle_us: f64,
+    busy_gpu_s: f64,
+    useful_gpu_s: f64,
+    shares: fairness::Tracker,
+    /// GPUs each tenant holds and wants, as of the last event.
+    used: Vec<u32>,
+    wanted: Vec<u32>,
+    last_t: f64,
+    finished: u64,
+    rejected: u64,
+}
+
+impl<'t> Sim<'t> {
+    fn new(host: &Host, trace: &'t [TraceJob]) -> Self {
+        let mut order: Vec<usize> = (0..trace.len()).collect();
+        order.sort_by(|&a, &b| {
+            trace[a]
+                .submit_s
+                .total_cmp(&trace[b].submit_s)
+                .then(a.cmp(&b))
+        });
+        let live: Vec<Live> = trace
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Live {
+                spec: t.to_spec(format!("job-{i}")),
+                duration_s: t.duration_s,
+                rejected: false,
+                first_start_s: None,
+                completion_s: None,
+                outstanding: 0,
+                placed_gpus: 0,
+                slowdown: 1.0,
+            })
+            .collect();
+        let index_of = live
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.spec.id.clone(), i))
+            .collect();
+        let cluster = &host.state().cluster;
+        let shares = fairness::Tracker::new(
+            host.state().healthy_gpus(),
+            cluster.tenants.iter().map(|t| t.weight).collect(),
+            cluster.tenants.iter().map(|t| t.quota_gpus).collect(),
+        );
+        let (used, wanted) = tenant_demand(host);
+        Sim {
+            trace,
+            arrivals: order.into_iter().peekable(),
+            live,
+            index_of,
+            completions: BinaryHeap::new(),
+            timeline: Vec::new(),
+            cycles: 0,
+            fallback_cycles: 0,
+            faults: 0,
+            cycle_us: 0.0,
+            busy_gpu_s: 0.0,
+            useful_gpu_s: 0.0,
+            shares,
+            used,
+            wanted,
+            last_t: 0.0,
+            finished: 0,
+            rejected: 0,
+        }
+    }
+
+    /// The time of the next arrival or completion, whichever comes first; none when neither is
+    /// left.
+    fn next_event(&mut self) -> Option<f64> {
+        let next_arrival = self.arrivals.peek().map(|&i| self.trace[i].submit_s);
+        let next_completion = self
+            .completions
+            .peek()
+            .map(|Reverse((t, _, _))| *t as f64 / 1e9);
+        match (next_arrival, next_completion) {
+            (None, None) => None,
+            (Some(a), None) => Some(a),
+            (None, Some(c)) => Some(c),
+            (Some(a), Some(c)) => Some(a.min(c)),
+        }
+    }
+
+    /// Accounts busy GPU-time and fair shares from the last event up to `now`.
+    fn advance_to(&mut self, host: &Host, now: f64) {
+        self.busy_gpu_s += host.state().busy_gpus() as f64 * (now - self.last_t).max(0.0);
+        self.shares
+            .advance(self.last_t, now, &self.used, &self.wanted);
+        self.last_t = now;
+    }
+
+    /// Ends the allocations due by `now`; a job whose last part ends completes.
+    fn complete_due(&mut self, host: &mut Host, now: f64) {
+        while let Some(&Reverse((t, alloc, job))) = self.completions.peek() {
+            if t as f64 / 1e9 > now {
+                break;
+            }
+            self.completions.pop();
+            host.complete(alloc);
+            let l = &mut self.live[job];
+            l.outstanding -= 1;
+            if l.outstanding == 0 && l.placed_gpus == l.spec.gpus {
+                l.completion_s = Some(now);
+                self.finished += 1;
+            }
+        }
+    }
+
+    /// Submits the jobs that arrive by `now`; one the host refuses is rejected.
+    fn submit_due(&mut self, host: &mut Host, now: f64) {
+        while let Some(&i) = self.arrivals.peek() {
+            if self.trace[i].submit_s > now {
+                break;
+            }
+            self.arrivals.next();
+            if let Err(e) = host.submit(self.live[i].spec.clone()) {
+                tracing::warn!("trace row {i} not submitted: {e}");
+                self.live[i].rejected = true;
+                self.rejected += 1;
+            }
+        }
+    }
+
+    /// One scheduling cycle at `now`; each placement's completion is scheduled.
+    fn cycle(&mut self, host: &mut Host, now: f64) {
+        let report = crate::blocking::block_on(host.schedule_cycle(now));
+        self.cycles += 1;
+        self.cycle_us += report.elapsed_us;
+        if report.fallback_reason.is_some() && host.scheduler().is_some() {
+            self.fallback_cycles += 1;
+        }
+        if report.fault.is_some() {
+            self.faults += 1;
+        }
+        for a in &report.placements {
+            let j = self.index_of[&a.job_id];
+            let alloc = host
+                .state()
+                .running
+                .iter()
+                .find(|r| r.id == a.alloc_id)
+                .map(|r| r.gpus.clone())
+                .unwrap_or_default();
+            let l = &mut self.live[j];
+            let factor = slowdown(&host.state().cluster, l.spec.topology, &alloc);
+            let end = now + l.duration_s * factor;
+            self.completions
+                .push(Reverse(((end * 1e9) as u64, a.alloc_id, j)));
+            l.first_start_s.get_or_insert(now);
+            l.outstanding += 1;
+            l.placed_gpus += a.gpus.len() as u32;
+            l.slowdown = l.slowdown.max(factor);
+            // The GPU-time the job asked for; slowed-down time beyond it is not useful.
+            self.useful_gpu_s += a.gpus.len() as f64 * l.duration_s;
+        }
+    }
+
+    /// The tenants' demand and a point of the timeline, after the events at `now`.
+    fn sample(&mut self, host: &Host, now: f64) {
+        (self.used, self.wanted) = tenant_demand(host);
+        self.timeline.push(Sample {
+            t_s: now,
+            busy_gpus: host.state().busy_gpus() as u32,
+            queued_jobs: host.state().pending.len() as u32,
+        });
+    }
+
+    /// The outcomes and metrics of the run.
+    fn result(self, host: &Host) -> SimResult {
+        // The last event: every arrival and completion happened by now.
+        let end_s = self.last_t;
+        let jobs: Vec<JobOutcome> = self.live.iter().map(|l| l.outcome(end_s)).collect();
+        let health = host.scheduler().map(|p| p.health().report());
+        let cycles = self.cycles;
+        let stats = metrics::RunStats {
+            healthy_gpus: host.state().healthy_gpus(),
+            end_s,
+            busy_gpu_s: self.busy_gpu_s,
+            useful_gpu_s: self.useful_gpu_s,
+            fairness: self.shares.result(),
+            scheduling: metrics::CycleStats {
+                cycles,
+                fallback_cycles: self.fallback_cycles,
+                plugin_faults: self.faults,
+                mean_cycle_us: if cycles > 0 {
+                    self.cycle_us / cycles as f64
+                } else {
+                    0.0
+                },
+                quarantined: host
+                    .scheduler()
+                    .is_some_and(|p| p.health().is_quarantined()),
+                plugin_no_progress_faults: health.as_ref().map_or(0, |h| h.no_progress_faults),
+                plugin_output_dropped_bytes: health.as_ref().map_or(0, |h| h.output_dropped_bytes),
+            },
+        };
+        SimResult {
+            metrics: metrics::summarize(&jobs, &stats),
+            timeline: self.timeline,
+            jobs,
+        }
     }
 }
 

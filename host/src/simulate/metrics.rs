@@ -19,17 +19,26 @@ pub struct RunStats {
     pub useful_gpu_s: f64,
     /// Tenants' shares of the GPU-time against their fair shares.
     pub fairness: Fairness,
+    /// What the cycles and the plugin did.
+    pub scheduling: CycleStats,
+}
+
+/// What the scheduling cycles and the plugin did during a run (in the JSON of [`Metrics`], its
+/// keys stand beside the others).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct CycleStats {
     /// Scheduling cycles run.
     pub cycles: u64,
-    /// Cycles decided by the fallback although a plugin was loaded.
+    /// Cycles decided by the native fallback while a plugin was loaded.
     pub fallback_cycles: u64,
     /// Cycles in which the plugin faulted.
     pub plugin_faults: u64,
-    /// Mean wall time of a cycle, microseconds.
+    /// Mean wall time of one scheduling cycle, microseconds.
     pub mean_cycle_us: f64,
-    /// Whether the plugin ended quarantined.
+    /// True when the plugin ended in quarantine.
     pub quarantined: bool,
-    /// Plugin answers counted as `no-progress` faults.
+    /// Plugin answers that placed nothing for too long while the fallback could place
+    /// (`no-progress` faults, counted in `plugin_faults` too).
     pub plugin_no_progress_faults: u64,
     /// Plugin log and output bytes dropped over its allowance.
     pub plugin_output_dropped_bytes: u64,
@@ -70,21 +79,9 @@ pub struct Metrics {
     pub jobs_unfinished: u64,
     /// Jobs refused at submission (see [`crate::Host::submit`]).
     pub jobs_rejected: u64,
-    /// Scheduling cycles run.
-    pub cycles: u64,
-    /// Cycles decided by the native fallback while a plugin was loaded.
-    pub fallback_cycles: u64,
-    /// Cycles in which the plugin faulted.
-    pub plugin_faults: u64,
-    /// Mean wall time of one scheduling cycle, microseconds.
-    pub mean_cycle_us: f64,
-    /// True when the plugin ended in quarantine.
-    pub quarantined: bool,
-    /// Plugin answers that placed nothing for too long while the fallback could place
-    /// (`no-progress` faults, counted in `plugin_faults` too).
-    pub plugin_no_progress_faults: u64,
-    /// Plugin log and output bytes dropped over its allowance.
-    pub plugin_output_dropped_bytes: u64,
+    /// What the cycles and the plugin did (last in the JSON, as before they were grouped).
+    #[serde(flatten)]
+    pub scheduling: CycleStats,
 }
 
 /// Nearest-rank percentile of `values` (sorted in place); 0 for an empty set.
@@ -144,13 +141,7 @@ pub fn summarize(jobs: &[JobOutcome], stats: &RunStats) -> Metrics {
         jobs_completed: count(JobState::Completed),
         jobs_unfinished: count(JobState::Unfinished),
         jobs_rejected: count(JobState::Rejected),
-        cycles: stats.cycles,
-        fallback_cycles: stats.fallback_cycles,
-        plugin_faults: stats.plugin_faults,
-        mean_cycle_us: stats.mean_cycle_us,
-        quarantined: stats.quarantined,
-        plugin_no_progress_faults: stats.plugin_no_progress_faults,
-        plugin_output_dropped_bytes: stats.plugin_output_dropped_bytes,
+        scheduling: stats.scheduling,
     }
 }
 
@@ -206,13 +197,11 @@ mod tests {
                 jain: 0.9,
                 contended_windows: 1,
             },
-            cycles: 3,
-            fallback_cycles: 0,
-            plugin_faults: 0,
-            mean_cycle_us: 1.0,
-            quarantined: false,
-            plugin_no_progress_faults: 0,
-            plugin_output_dropped_bytes: 0,
+            scheduling: CycleStats {
+                cycles: 3,
+                mean_cycle_us: 1.0,
+                ..CycleStats::default()
+            },
         };
         let m = summarize(&jobs, &stats);
         assert_eq!(

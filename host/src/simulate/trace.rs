@@ -105,25 +105,8 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
         .from_reader(text.as_bytes());
     let headers = reader
         .headers()
-        .map_err(|e| invalid(1, format!("header: {e}")))?
-        .clone();
-    let mut col = [usize::MAX; 8];
-    for (i, name) in COLUMNS.iter().enumerate() {
-        match headers.iter().position(|h| h == *name) {
-            Some(p) => col[i] = p,
-            None if i >= 5 => {}
-            None => return Err(invalid(1, format!("header: missing column `{name}`"))),
-        }
-    }
-    if let Some(h) = headers.iter().find(|h| !COLUMNS.contains(h)) {
-        return Err(invalid(
-            1,
-            format!(
-                "header: unknown column `{h}` (expected {})",
-                COLUMNS.join(",")
-            ),
-        ));
-    }
+        .map_err(|e| invalid(1, format!("header: {e}")))?;
+    let col = columns(headers).map_err(|m| invalid(1, m))?;
     let mut jobs = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -138,45 +121,68 @@ pub fn parse(text: &str, path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>
                 record.get(col[i]).unwrap_or("")
             }
         };
-        fn num<T: std::str::FromStr>(text: &str, name: &str) -> Result<T, String> {
-            text.parse()
-                .map_err(|_| format!("column `{name}`: cannot parse `{text}`"))
-        }
-        let job = (|| -> Result<TraceJob, String> {
-            let submit_s: f64 = num(field(0), COLUMNS[0])?;
-            let duration_s: f64 = num(field(1), COLUMNS[1])?;
-            let gpus: u32 = num(field(2), COLUMNS[2])?;
-            let memory_mib: u32 = num(field(3), COLUMNS[3])?;
-            let tenant = field(4).to_string();
-            let priority: i32 = match field(5) {
-                "" => 0,
-                p => num(p, COLUMNS[5])?,
-            };
-            let gang = match field(6) {
-                "" | "true" | "1" => true,
-                "false" | "0" => false,
-                other => return Err(format!("column `gang`: `{other}` is not true/false/1/0")),
-            };
-            let topology: Topology = field(7)
-                .parse()
-                .map_err(|e| format!("column `topology`: {e}"))?;
-            Ok(TraceJob {
-                submit_s,
-                duration_s,
-                gpus,
-                memory_mib,
-                tenant,
-                priority,
-                gang,
-                topology,
-            })
-        })()
-        .map_err(|m| invalid(line, m))?;
+        let job = row(field).map_err(|m| invalid(line, m))?;
         crate::cluster::files::check_job(&job.to_spec("row".into()), cluster)
             .map_err(|m| invalid(line, as_column(&m)))?;
         jobs.push(job);
     }
     Ok(jobs)
+}
+
+/// Where each of [`COLUMNS`] is in the header (`usize::MAX` for an optional one left out); an
+/// error for a required column missing or an unknown one.
+fn columns(headers: &csv::StringRecord) -> Result<[usize; 8], String> {
+    let mut col = [usize::MAX; 8];
+    for (i, name) in COLUMNS.iter().enumerate() {
+        match headers.iter().position(|h| h == *name) {
+            Some(p) => col[i] = p,
+            None if i >= 5 => {}
+            None => return Err(format!("header: missing column `{name}`")),
+        }
+    }
+    if let Some(h) = headers.iter().find(|h| !COLUMNS.contains(h)) {
+        return Err(format!(
+            "header: unknown column `{h}` (expected {})",
+            COLUMNS.join(",")
+        ));
+    }
+    Ok(col)
+}
+
+fn num<T: std::str::FromStr>(text: &str, name: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("column `{name}`: cannot parse `{text}`"))
+}
+
+/// One row, `field(i)` giving the text of column `COLUMNS[i]` ("" when absent).
+fn row<'r>(field: impl Fn(usize) -> &'r str) -> Result<TraceJob, String> {
+    let submit_s: f64 = num(field(0), COLUMNS[0])?;
+    let duration_s: f64 = num(field(1), COLUMNS[1])?;
+    let gpus: u32 = num(field(2), COLUMNS[2])?;
+    let memory_mib: u32 = num(field(3), COLUMNS[3])?;
+    let tenant = field(4).to_string();
+    let priority: i32 = match field(5) {
+        "" => 0,
+        p => num(p, COLUMNS[5])?,
+    };
+    let gang = match field(6) {
+        "" | "true" | "1" => true,
+        "false" | "0" => false,
+        other => return Err(format!("column `gang`: `{other}` is not true/false/1/0")),
+    };
+    let topology: Topology = field(7)
+        .parse()
+        .map_err(|e| format!("column `topology`: {e}"))?;
+    Ok(TraceJob {
+        submit_s,
+        duration_s,
+        gpus,
+        memory_mib,
+        tenant,
+        priority,
+        gang,
+        topology,
+    })
 }
 
 /// `check_job` names job fields (`gpus: ...`); a trace's reader wants the CSV column.

@@ -19,15 +19,8 @@ pub struct Args {
     /// A shipped plugin (see `gantry plugins`), a plugin directory or a manifest.
     #[arg(long, default_value = "binpack")]
     plugin: String,
-    /// Jobs in the synthetic trace.
-    #[arg(long, default_value_t = 2000)]
-    jobs: usize,
-    /// Seed of the synthetic trace.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Offered load of the synthetic trace (GPU demand / healthy GPUs).
-    #[arg(long, default_value_t = 0.9)]
-    load: f64,
+    #[command(flatten)]
+    synthetic: SyntheticArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -45,6 +38,33 @@ pub struct Args {
     policy: super::policy::PolicyArgs,
 }
 
+/// The synthetic trace's options, of `gantry simulate` and `gantry trace generate`.
+#[derive(Debug, clap::Args)]
+pub struct SyntheticArgs {
+    /// Jobs in the synthetic trace.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Seed of the synthetic trace.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Offered load of the synthetic trace (GPU demand / healthy GPUs).
+    #[arg(long, default_value_t = 0.9)]
+    load: f64,
+}
+
+impl SyntheticArgs {
+    fn trace(&self, cluster: &gantry::cluster::Cluster) -> Vec<trace::TraceJob> {
+        trace::synthetic(
+            cluster,
+            trace::Synthetic {
+                jobs: self.jobs,
+                seed: self.seed,
+                load: self.load,
+            },
+        )
+    }
+}
+
 /// `gantry trace ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TraceCommand {
@@ -53,15 +73,8 @@ pub enum TraceCommand {
         /// Cluster file the trace is sized for; default: the built-in cluster.
         #[arg(long, value_name = "FILE")]
         cluster: Option<PathBuf>,
-        /// Jobs.
-        #[arg(long, default_value_t = 2000)]
-        jobs: usize,
-        /// Seed.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Offered load.
-        #[arg(long, default_value_t = 0.9)]
-        load: f64,
+        #[command(flatten)]
+        synthetic: SyntheticArgs,
         /// Output file.
         #[arg(short, long, value_name = "FILE.csv")]
         out: PathBuf,
@@ -73,14 +86,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     let cluster = super::cluster(args.cluster.as_ref())?;
     let jobs = match &args.trace {
         Some(path) => trace::load(path, &cluster)?,
-        None => trace::synthetic(
-            &cluster,
-            trace::Synthetic {
-                jobs: args.jobs,
-                seed: args.seed,
-                load: args.load,
-            },
-        ),
+        None => args.synthetic.trace(&cluster),
     };
     let healthy = cluster.gpus.iter().filter(|g| g.healthy).count();
     let mut host = ctx.host(cluster, &args.plugin)?;
@@ -157,6 +163,7 @@ fn metrics_table(plugin: &str, m: &Metrics) -> Table {
     let hours = |s: f64| format!("{:.2} h", s / 3600.0);
     let minutes = |s: f64| format!("{:.1} min", s / 60.0);
     let percent = |x: f64| format!("{:.1} %", 100.0 * x);
+    let c = &m.scheduling;
     for (name, value) in [
         ("jobs completed", m.jobs_completed.to_string()),
         ("jobs unfinished", m.jobs_unfinished.to_string()),
@@ -169,19 +176,19 @@ fn metrics_table(plugin: &str, m: &Metrics) -> Table {
         ("makespan", hours(m.makespan_s)),
         ("fair-share deficit", percent(m.fair_share_deficit)),
         ("Jain's index (share/fair)", format!("{:.3}", m.fairness)),
-        ("scheduling cycles", m.cycles.to_string()),
-        ("mean cycle time", format!("{:.0} µs", m.mean_cycle_us)),
-        ("plugin faults", m.plugin_faults.to_string()),
-        ("fallback cycles", m.fallback_cycles.to_string()),
+        ("scheduling cycles", c.cycles.to_string()),
+        ("mean cycle time", format!("{:.0} µs", c.mean_cycle_us)),
+        ("plugin faults", c.plugin_faults.to_string()),
+        ("fallback cycles", c.fallback_cycles.to_string()),
         (
             "plugin no-progress faults",
-            m.plugin_no_progress_faults.to_string(),
+            c.plugin_no_progress_faults.to_string(),
         ),
         (
             "plugin output dropped",
-            format!("{} B", m.plugin_output_dropped_bytes),
+            format!("{} B", c.plugin_output_dropped_bytes),
         ),
-        ("plugin quarantined", m.quarantined.to_string()),
+        ("plugin quarantined", c.quarantined.to_string()),
     ] {
         t.row(vec![name.to_string(), value]);
     }
@@ -193,13 +200,11 @@ pub fn trace(cmd: TraceCommand) -> anyhow::Result<()> {
     match cmd {
         TraceCommand::Generate {
             cluster,
-            jobs,
-            seed,
-            load,
+            synthetic,
             out,
         } => {
             let cluster = super::cluster(cluster.as_ref())?;
-            let trace = trace::synthetic(&cluster, trace::Synthetic { jobs, seed, load });
+            let trace = synthetic.trace(&cluster);
             write_atomically(&out, trace::to_csv(&trace).as_bytes())?;
             eprintln!("wrote {} jobs to {}", trace.len(), out.display());
             Ok(())
