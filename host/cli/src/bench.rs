@@ -93,6 +93,19 @@ pub struct ScheduleReport {
     pub compile: CompileTimes,
 }
 
+/// Runs `f` in a throwaway directory, `gantry-bench-<name>-<pid>` under the temporary one,
+/// removed before (a crashed run's leftovers) and after.
+fn in_scratch_dir<T>(
+    name: &str,
+    f: impl FnOnce(&std::path::Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = std::env::temp_dir().join(format!("gantry-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = f(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -106,98 +119,33 @@ pub fn schedule(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ScheduleReport, HostError> {
     let cluster = Cluster::uniform(params.racks, 8, params.gpus_per_node, 8);
-    let jobs = trace::synthetic(
-        &cluster,
-        Synthetic {
-            jobs: params.jobs,
-            seed: params.seed,
-            load: 0.9,
-        },
-    );
-    let mut start_state = ClusterState::new(cluster.clone());
-    for (i, j) in jobs.iter().enumerate() {
-        let spec = j.to_spec(format!("job-{i}"));
-        let tenant = cluster.tenant_index(&spec.tenant).unwrap_or(0);
-        start_state.enqueue(spec, tenant);
-    }
-
-    // Compile times: no cache, then a cold cache (miss), then a warm one (hit).
-    let binpack = plugin;
+    let start_state = workload(&cluster, &params);
     let mut no_cache = HostConfig::new(cluster.clone());
     no_cache.cache_dir = None;
     no_cache.trust = trust.clone();
-    let mut wasm_host = Host::new(no_cache.clone())?;
-    let t = Instant::now();
-    wasm_host.load_scheduler(binpack)?;
-    let no_cache_ms = t.elapsed().as_secs_f64() * 1e3;
-    let dir = std::env::temp_dir().join(format!("gantry-bench-cache-{}", std::process::id()));
-    let mut cached = no_cache.clone();
-    cached.cache_dir = Some(dir.clone());
-    Host::new(cached.clone())?.load_scheduler(binpack)?;
-    let t = Instant::now();
-    Host::new(cached)?.load_scheduler(binpack)?;
-    let cache_hit_ms = t.elapsed().as_secs_f64() * 1e3;
-    let _ = std::fs::remove_dir_all(&dir);
-
+    let (mut wasm_host, compile) = compile_times(&no_cache, plugin)?;
     let mut native_host = Host::new(no_cache)?;
-    let (mut wasm, mut native, mut call) = (Vec::new(), Vec::new(), Vec::new());
-    let mut placements = (0, 0);
-    let total = params.iterations as u64;
+    let mut sides = Sides::default();
     // Warm-up, then alternate sides so machine noise hits both alike.
     for i in 0..=params.iterations {
-        wasm_host.replace_state(start_state.clone());
-        let (snap, queue) = gantry::scheduling::snapshot::build(wasm_host.state(), 0.0);
-        let plugin = wasm_host.scheduler().expect("loaded above");
-        let t = Instant::now();
-        let _ = block_on(plugin.schedule(&snap, &queue));
-        let call_ms = t.elapsed().as_secs_f64() * 1e3;
-
-        wasm_host.replace_state(start_state.clone());
-        let t = Instant::now();
-        let w = block_on(wasm_host.schedule_cycle(0.0));
-        let wasm_ms = t.elapsed().as_secs_f64() * 1e3;
-        native_host.replace_state(start_state.clone());
-        let t = Instant::now();
-        let n = block_on(native_host.schedule_cycle(0.0));
-        let native_ms = t.elapsed().as_secs_f64() * 1e3;
-        if w.fallback_reason.is_some() {
-            return Err(HostError::Engine(format!(
-                "the wasm plugin did not decide: {}",
-                w.fallback_reason.unwrap_or_default()
-            )));
-        }
-        placements = (w.placements.len(), n.placements.len());
+        sides.time_one(&mut wasm_host, &mut native_host, &start_state, i > 0)?;
         if i > 0 {
-            wasm.push(wasm_ms);
-            native.push(native_ms);
-            call.push(call_ms);
-            progress(i as u64, total);
+            progress(i as u64, params.iterations as u64);
         }
     }
-    if *plugin == default_plugin() && placements.0 != placements.1 {
+    if *plugin == default_plugin() && sides.placements.0 != sides.placements.1 {
         return Err(HostError::Engine(format!(
             "wasm and native placed differently ({} vs {})",
-            placements.0, placements.1
+            sides.placements.0, sides.placements.1
         )));
     }
-
-    // Fixed costs of the runtime.
-    let plugin = wasm_host.scheduler().expect("loaded above");
-    let mut fresh = Vec::new();
-    let mut trivial = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        let mut ready =
-            block_on(plugin.instantiate()).map_err(|e| HostError::Engine(e.to_string()))?;
-        fresh.push(t.elapsed().as_secs_f64() * 1e6);
-        let t = Instant::now();
-        for _ in 0..100 {
-            block_on(plugin.trivial_call(&mut ready))
-                .map_err(|e| HostError::Engine(e.to_string()))?;
-        }
-        trivial.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);
-    }
-
+    let (mut fresh, mut trivial) = fixed_costs(&wasm_host)?;
+    let Sides {
+        mut wasm,
+        mut native,
+        mut call,
+        placements,
+    } = sides;
     let wasm_min_ms = wasm.iter().copied().fold(f64::INFINITY, f64::min);
     let native_min_ms = native.iter().copied().fold(f64::INFINITY, f64::min);
     let wasm_ms = median(&mut wasm);
@@ -215,9 +163,118 @@ pub fn schedule(
         iterations: params.iterations,
         fresh_instance_us: median(&mut fresh),
         trivial_call_us: median(&mut trivial),
-        compile: CompileTimes {
-            no_cache_ms,
-            cache_hit_ms,
-        },
+        compile,
     })
+}
+
+/// The cluster's state with the synthetic queue of `params` enqueued.
+fn workload(cluster: &Cluster, params: &ScheduleParams) -> ClusterState {
+    let jobs = trace::synthetic(
+        cluster,
+        Synthetic {
+            jobs: params.jobs,
+            seed: params.seed,
+            load: 0.9,
+        },
+    );
+    let mut state = ClusterState::new(cluster.clone());
+    for (i, j) in jobs.iter().enumerate() {
+        let spec = j.to_spec(format!("job-{i}"));
+        let tenant = cluster.tenant_index(&spec.tenant).unwrap_or(0);
+        state.enqueue(spec, tenant);
+    }
+    state
+}
+
+/// Compile times: no cache, then a cold cache (miss), then a warm one (hit). Returns the host
+/// loaded without a cache, which the timed cycles use.
+fn compile_times(
+    no_cache: &HostConfig,
+    plugin: &PluginSource,
+) -> Result<(Host, CompileTimes), HostError> {
+    let mut wasm_host = Host::new(no_cache.clone())?;
+    let t = Instant::now();
+    wasm_host.load_scheduler(plugin)?;
+    let no_cache_ms = t.elapsed().as_secs_f64() * 1e3;
+    let dir = std::env::temp_dir().join(format!("gantry-bench-cache-{}", std::process::id()));
+    let mut cached = no_cache.clone();
+    cached.cache_dir = Some(dir.clone());
+    Host::new(cached.clone())?.load_scheduler(plugin)?;
+    let t = Instant::now();
+    Host::new(cached)?.load_scheduler(plugin)?;
+    let cache_hit_ms = t.elapsed().as_secs_f64() * 1e3;
+    let _ = std::fs::remove_dir_all(&dir);
+    let compile = CompileTimes {
+        no_cache_ms,
+        cache_hit_ms,
+    };
+    Ok((wasm_host, compile))
+}
+
+/// The timed cycles of both sides, ms, and the placements of the last cycle (wasm, native).
+#[derive(Default)]
+struct Sides {
+    wasm: Vec<f64>,
+    native: Vec<f64>,
+    call: Vec<f64>,
+    placements: (usize, usize),
+}
+
+impl Sides {
+    /// One plugin call and one cycle on each side from `start`; kept when `keep` (not warm-up).
+    fn time_one(
+        &mut self,
+        wasm_host: &mut Host,
+        native_host: &mut Host,
+        start: &ClusterState,
+        keep: bool,
+    ) -> Result<(), HostError> {
+        wasm_host.replace_state(start.clone());
+        let (snap, queue) = gantry::scheduling::snapshot::build(wasm_host.state(), 0.0);
+        let plugin = wasm_host.scheduler().expect("loaded above");
+        let t = Instant::now();
+        let _ = block_on(plugin.schedule(&snap, &queue));
+        let call_ms = t.elapsed().as_secs_f64() * 1e3;
+
+        wasm_host.replace_state(start.clone());
+        let t = Instant::now();
+        let w = block_on(wasm_host.schedule_cycle(0.0));
+        let wasm_ms = t.elapsed().as_secs_f64() * 1e3;
+        native_host.replace_state(start.clone());
+        let t = Instant::now();
+        let n = block_on(native_host.schedule_cycle(0.0));
+        let native_ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Some(reason) = w.fallback_reason {
+            return Err(HostError::Engine(format!(
+                "the wasm plugin did not decide: {reason}"
+            )));
+        }
+        self.placements = (w.placements.len(), n.placements.len());
+        if keep {
+            self.wasm.push(wasm_ms);
+            self.native.push(native_ms);
+            self.call.push(call_ms);
+        }
+        Ok(())
+    }
+}
+
+/// Fixed costs of the runtime: a fresh instance plus `configure`, and a trivial call (µs each).
+fn fixed_costs(wasm_host: &Host) -> Result<(Vec<f64>, Vec<f64>), HostError> {
+    let plugin = wasm_host.scheduler().expect("loaded above");
+    let mut fresh = Vec::new();
+    let mut trivial = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let mut ready =
+            block_on(plugin.instantiate()).map_err(|e| HostError::Engine(e.to_string()))?;
+        fresh.push(t.elapsed().as_secs_f64() * 1e6);
+        let t = Instant::now();
+        for _ in 0..100 {
+            block_on(plugin.trivial_call(&mut ready))
+                .map_err(|e| HostError::Engine(e.to_string()))?;
+        }
+        trivial.push(t.elapsed().as_secs_f64() * 1e6 / 100.0);
+    }
+    Ok((fresh, trivial))
 }

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cli;
+mod local;
 
 use std::process::ExitCode;
 

@@ -3,12 +3,13 @@
 //! they can, for a bounded count; latencies per request kind, errors, and a check that every
 //! accepted job is in the database.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
+use gantry_daemon as daemon;
 use gantry_daemon::db::User;
-use gantry_daemon::{self as daemon, Background, DaemonConfig};
 
 /// Workload of the API benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -84,11 +85,16 @@ pub(crate) fn latency(mut ms: Vec<f64>) -> Latency {
 
 /// Runs the load test; `cache_dir` is where compiled plugins are cached.
 pub fn run(params: ApiParams, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<ApiReport> {
-    let dir = std::env::temp_dir().join(format!("gantry-bench-api-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let result = run_in(&dir, params, cache_dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::in_scratch_dir("api", |dir| run_in(dir, params, cache_dir))
+}
+
+/// What one client saw: submit and read latencies (ms), failures, the ids accepted.
+#[derive(Default)]
+struct ClientRun {
+    submits: Vec<f64>,
+    reads: Vec<f64>,
+    errors: Vec<String>,
+    accepted: Vec<String>,
 }
 
 fn run_in(
@@ -97,133 +103,125 @@ fn run_in(
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ApiReport> {
     gantry::storage::Store::init(dir)?;
-    let admin = daemon::datadir::DataDir::open(dir, "gantry bench api")?;
     let user = User {
         name: "load".into(),
         roles: vec!["admin".into()],
         tenants: vec!["vision".into()],
         clearance: "public".into(),
     };
-    let token = admin.add_user(&user, None)?.token;
-    admin.close()?;
+    let token = crate::local::add_users(dir, "gantry bench api", &[user])?.remove(0);
     // 256 GPUs; the tenant is one the shipped policy gives a quota (512 GPUs).
     let mut cluster = gantry::cluster::Cluster::uniform(4, 8, 8, 1);
     cluster.tenants[0].name = "vision".into();
-    let server = Background::start(DaemonConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        cluster,
-        cache_dir,
-        tls: None,
-        trust: Default::default(),
-        train_limits: Default::default(),
-        conn_limits: Default::default(),
-        shipped_policy: false,
-    })?;
+    let server = crate::local::start_daemon(dir, cluster, cache_dir)?;
     let base = format!("http://{}/v1/jobs", server.addr);
     let start = Instant::now();
-    type ClientRun = (Vec<f64>, Vec<f64>, Vec<String>, Vec<String>);
-    let loading = std::sync::atomic::AtomicBool::new(true);
-    let mut health = Vec::new();
-    let per_client: Vec<ClientRun> = std::thread::scope(|s| {
-        let prober = s.spawn(|| {
-            let agent = ureq::Agent::new_with_defaults();
-            let url = base.replace("/v1/jobs", "/v1/health");
-            let mut ms = Vec::new();
-            while loading.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                let _ = agent
-                    .get(&url)
-                    .call()
-                    .map(|r| r.into_body().read_to_string());
-                ms.push(t.elapsed().as_secs_f64() * 1e3);
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            ms
-        });
+    let loading = AtomicBool::new(true);
+    let (runs, health) = std::thread::scope(|s| {
+        let prober = s.spawn(|| probe_health(&base.replace("/v1/jobs", "/v1/health"), &loading));
         let handles: Vec<_> = (0..params.clients)
             .map(|c| {
                 let (base, token) = (&base, &token);
-                s.spawn(move || {
-                    let agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .build()
-                        .new_agent();
-                    let auth = format!("Bearer {token}");
-                    let (mut submits, mut reads, mut errors, mut accepted) =
-                        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                    let describe =
-                        |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r {
-                            Ok(r) => {
-                                let status = r.status().as_u16();
-                                format!(
-                                    "{status}: {}",
-                                    r.into_body().read_to_string().unwrap_or_default()
-                                )
-                            }
-                            Err(e) => e.to_string(),
-                        };
-                    for i in 0..params.submits_per_client {
-                        let id = format!("load-{c}-{i}");
-                        let body = serde_json::json!({"id": id, "tenant": "vision", "gpus": 1});
-                        let t = Instant::now();
-                        let r = agent
-                            .post(base.as_str())
-                            .header("Authorization", &auth)
-                            .send_json(&body);
-                        submits.push(t.elapsed().as_secs_f64() * 1e3);
-                        match r {
-                            Ok(r) if r.status().as_u16() == 201 => accepted.push(id.clone()),
-                            other => errors.push(format!("POST {id}: {}", describe(other))),
-                        }
-                        let t = Instant::now();
-                        let r = agent
-                            .get(&format!("{base}/{id}"))
-                            .header("Authorization", &auth)
-                            .call();
-                        reads.push(t.elapsed().as_secs_f64() * 1e3);
-                        if !matches!(r, Ok(ref r) if r.status().as_u16() == 200) {
-                            errors.push(format!("GET {id}: {}", describe(r)));
-                        }
-                    }
-                    (submits, reads, errors, accepted)
-                })
+                s.spawn(move || client(c, base, token, params.submits_per_client))
             })
             .collect();
-        let runs = handles
+        let runs: Vec<ClientRun> = handles
             .into_iter()
             .map(|h| h.join().expect("client thread"))
             .collect();
-        loading.store(false, std::sync::atomic::Ordering::Relaxed);
-        health = prober.join().expect("health prober");
-        runs
+        loading.store(false, Ordering::Relaxed);
+        (runs, prober.join().expect("health prober"))
     });
     let seconds = start.elapsed().as_secs_f64();
     server.stop()?;
-    let (mut submits, mut reads, mut errors, mut accepted) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (s, r, e, a) in per_client {
-        submits.extend(s);
-        reads.extend(r);
-        errors.extend(e);
-        accepted.extend(a);
+    let mut all = ClientRun::default();
+    for run in runs {
+        all.submits.extend(run.submits);
+        all.reads.extend(run.reads);
+        all.errors.extend(run.errors);
+        all.accepted.extend(run.accepted);
     }
+    let lost_jobs = lost_jobs(dir, &all.accepted)?;
+    let requests = all.submits.len() + all.reads.len();
+    Ok(ApiReport {
+        clients: params.clients,
+        submit: latency(all.submits),
+        read: latency(all.reads),
+        health: latency(health),
+        requests_per_s: requests as f64 / seconds,
+        errors: all.errors.len(),
+        lost_jobs,
+        first_error: all.errors.into_iter().next(),
+    })
+}
+
+/// Asks `url` every 10 ms while `loading`; the latencies, ms.
+fn probe_health(url: &str, loading: &AtomicBool) -> Vec<f64> {
+    let agent = ureq::Agent::new_with_defaults();
+    let mut ms = Vec::new();
+    while loading.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let _ = agent
+            .get(url)
+            .call()
+            .map(|r| r.into_body().read_to_string());
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    ms
+}
+
+/// Client `c`: `submits` jobs submitted to `base`, each read back once.
+fn client(c: usize, base: &str, token: &str, submits: usize) -> ClientRun {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let auth = format!("Bearer {token}");
+    let mut run = ClientRun::default();
+    let describe = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            format!(
+                "{status}: {}",
+                r.into_body().read_to_string().unwrap_or_default()
+            )
+        }
+        Err(e) => e.to_string(),
+    };
+    for i in 0..submits {
+        let id = format!("load-{c}-{i}");
+        let body = serde_json::json!({"id": id, "tenant": "vision", "gpus": 1});
+        let t = Instant::now();
+        let r = agent
+            .post(base)
+            .header("Authorization", &auth)
+            .send_json(&body);
+        run.submits.push(t.elapsed().as_secs_f64() * 1e3);
+        match r {
+            Ok(r) if r.status().as_u16() == 201 => run.accepted.push(id.clone()),
+            other => run.errors.push(format!("POST {id}: {}", describe(other))),
+        }
+        let t = Instant::now();
+        let r = agent
+            .get(&format!("{base}/{id}"))
+            .header("Authorization", &auth)
+            .call();
+        run.reads.push(t.elapsed().as_secs_f64() * 1e3);
+        if !matches!(r, Ok(ref r) if r.status().as_u16() == 200) {
+            run.errors.push(format!("GET {id}: {}", describe(r)));
+        }
+    }
+    run
+}
+
+/// Accepted jobs missing from the database of `dir`.
+fn lost_jobs(dir: &std::path::Path, accepted: &[String]) -> anyhow::Result<usize> {
     let db = gantry_daemon::db::Db::open(&daemon::db_path(dir))?;
     let stored: std::collections::HashSet<String> = db
         .jobs()?
         .into_iter()
         .map(|j| daemon::db::name_of(&j.id).to_string())
         .collect();
-    let lost_jobs = accepted.iter().filter(|id| !stored.contains(*id)).count();
-    let requests = submits.len() + reads.len();
-    Ok(ApiReport {
-        clients: params.clients,
-        submit: latency(submits),
-        read: latency(reads),
-        health: latency(health),
-        requests_per_s: requests as f64 / seconds,
-        errors: errors.len(),
-        lost_jobs,
-        first_error: errors.into_iter().next(),
-    })
+    Ok(accepted.iter().filter(|id| !stored.contains(*id)).count())
 }

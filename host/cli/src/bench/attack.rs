@@ -98,11 +98,7 @@ pub fn run(
     params: AttackParams,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<AttackReport> {
-    let dir = std::env::temp_dir().join(format!("gantry-bench-attack-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let result = run_in(&dir, params, cache_dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    super::in_scratch_dir("attack", |dir| run_in(dir, params, cache_dir))
 }
 
 fn run_in(

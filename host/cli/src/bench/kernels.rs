@@ -206,16 +206,7 @@ pub fn run(
         let ours = measure_ours(params, &cpu)?;
         best = Some(match best {
             None => ours,
-            Some(b) => Ours {
-                peak_gflops: b.peak_gflops.max(ours.peak_gflops),
-                gemm_gflops: b
-                    .gemm_gflops
-                    .iter()
-                    .zip(&ours.gemm_gflops)
-                    .map(|(x, y)| x.max(*y))
-                    .collect(),
-                step_ms: b.step_ms.min(ours.step_ms),
-            },
+            Some(b) => b.best_with(ours),
         });
         progress(2 * round as u64 + 1, total);
         if let Some(python) = &params.python {
@@ -223,17 +214,7 @@ pub fn run(
                 Ok(p) => {
                     peer = Some(match peer {
                         None => p,
-                        Some(mut b) => {
-                            for (n, g) in p.gemm {
-                                let e = b.gemm.entry(n).or_insert(g);
-                                *e = e.max(g);
-                            }
-                            b.train_step_ms = match (b.train_step_ms, p.train_step_ms) {
-                                (Some(x), Some(y)) => Some(x.min(y)),
-                                (x, y) => x.or(y),
-                            };
-                            b
-                        }
+                        Some(b) => b.best_with(p),
                     })
                 }
                 Err(note) => peer_error = Some(note),
@@ -241,9 +222,60 @@ pub fn run(
         }
         progress(2 * round as u64 + 2, total);
     }
-    let ours = best.expect("at least one round");
+    let mut report = report_ours(params, &cpu, rounds, best.expect("at least one round"));
+    match (&params.python, peer) {
+        (None, _) => report.peer_note = Some("peers skipped (--no-peers)".into()),
+        (Some(_), None) => report.peer_note = peer_error,
+        (Some(_), Some(peer)) => report.add_peers(peer),
+    }
+    #[cfg(feature = "cuda")]
+    match super::kernels_gpu::run(params) {
+        Ok(gpu) => report.gpu = serde_json::to_value(gpu).ok(),
+        Err(why) => report.gpu_note = Some(why),
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        report.gpu_note =
+            Some("this build has no CUDA support (build with `--features cuda`)".into());
+    }
+    Ok(report)
+}
+
+impl Ours {
+    /// The best of two rounds, figure by figure.
+    fn best_with(self, other: Ours) -> Ours {
+        Ours {
+            peak_gflops: self.peak_gflops.max(other.peak_gflops),
+            gemm_gflops: self
+                .gemm_gflops
+                .iter()
+                .zip(&other.gemm_gflops)
+                .map(|(x, y)| x.max(*y))
+                .collect(),
+            step_ms: self.step_ms.min(other.step_ms),
+        }
+    }
+}
+
+impl PeerOutput {
+    /// The best of two rounds, figure by figure (versions and notes of the first).
+    fn best_with(mut self, other: PeerOutput) -> PeerOutput {
+        for (n, g) in other.gemm {
+            let e = self.gemm.entry(n).or_insert(g);
+            *e = e.max(g);
+        }
+        self.train_step_ms = match (self.train_step_ms, other.train_step_ms) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        self
+    }
+}
+
+/// The report of our side alone (no peers, no GPU half yet).
+fn report_ours(params: &KernelParams, cpu: &CpuBackend, rounds: usize, ours: Ours) -> KernelReport {
     let spec = step_spec(params);
-    let mut report = KernelReport {
+    KernelReport {
         backend: cpu.describe(),
         threads: params.threads,
         cpu: cpu_model(),
@@ -271,40 +303,29 @@ pub fn run(
         peer_note: None,
         gpu: None,
         gpu_note: None,
-    };
-    match (&params.python, peer) {
-        (None, _) => report.peer_note = Some("peers skipped (--no-peers)".into()),
-        (Some(_), None) => report.peer_note = peer_error,
-        (Some(_), Some(peer)) => {
-            for row in &mut report.gemm {
-                row.peer_gflops = peer.gemm.get(&row.n.to_string()).copied();
-                row.ratio = row.peer_gflops.map(|p| row.gflops / p);
-            }
-            report.train_step.peer_ms = peer.train_step_ms;
-            report.train_step.ratio = peer.train_step_ms.map(|p| report.train_step.ms / p);
-            report.peers = [
-                peer.numpy.map(|v| format!("numpy {v}")),
-                peer.torch.map(|v| format!("torch {v}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            if !peer.notes.is_empty() {
-                report.peer_note = Some(peer.notes.join("; "));
-            }
+    }
+}
+
+impl KernelReport {
+    /// The peers' figures beside ours, with the ratios.
+    fn add_peers(&mut self, peer: PeerOutput) {
+        for row in &mut self.gemm {
+            row.peer_gflops = peer.gemm.get(&row.n.to_string()).copied();
+            row.ratio = row.peer_gflops.map(|p| row.gflops / p);
+        }
+        self.train_step.peer_ms = peer.train_step_ms;
+        self.train_step.ratio = peer.train_step_ms.map(|p| self.train_step.ms / p);
+        self.peers = [
+            peer.numpy.map(|v| format!("numpy {v}")),
+            peer.torch.map(|v| format!("torch {v}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !peer.notes.is_empty() {
+            self.peer_note = Some(peer.notes.join("; "));
         }
     }
-    #[cfg(feature = "cuda")]
-    match super::kernels_gpu::run(params) {
-        Ok(gpu) => report.gpu = serde_json::to_value(gpu).ok(),
-        Err(why) => report.gpu_note = Some(why),
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        report.gpu_note =
-            Some("this build has no CUDA support (build with `--features cuda`)".into());
-    }
-    Ok(report)
 }
 
 /// GEMM floating-point operations of one training step: forward `x W` per layer, and in the

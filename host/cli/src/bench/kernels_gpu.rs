@@ -76,29 +76,9 @@ pub fn run(params: &KernelParams) -> Result<GpuReport, String> {
         }
         Some(Err(e)) => (None, Some(e)),
     };
-    let err = |e: gantry_kernels::KernelError| e.to_string();
     let mut gemm = Vec::new();
     for precision in [Precision::Bf16, Precision::Tf32, Precision::F32] {
-        let gpu = CudaBackend::new(info.ordinal, precision).map_err(err)?;
-        let a = gpu
-            .upload(&gantry_kernels::agreement::values(n * n, 1))
-            .map_err(err)?;
-        let b = gpu
-            .upload(&gantry_kernels::agreement::values(n * n, 2))
-            .map_err(err)?;
-        let mut c = gpu.alloc(n * n).map_err(err)?;
-        let shape = GemmShape::new(Op::N, Op::N, n, n, n);
-        for _ in 0..3 {
-            gpu.gemm(shape, &a, &b, &mut c).map_err(err)?;
-        }
-        gpu.synchronize().map_err(err)?;
-        let reps = 20;
-        let t = Instant::now();
-        for _ in 0..reps {
-            gpu.gemm(shape, &a, &b, &mut c).map_err(err)?;
-        }
-        gpu.synchronize().map_err(err)?;
-        let tflops = shape.flops() * reps as f64 / t.elapsed().as_secs_f64() / 1e12;
+        let tflops = gemm_tflops(info.ordinal, precision, n)?;
         let peer_tflops = peer
             .as_ref()
             .and_then(|p| p.gemm.get(&format!("{precision}")).copied());
@@ -111,23 +91,7 @@ pub fn run(params: &KernelParams) -> Result<GpuReport, String> {
             of_peak: dense_peak_tflops(&info.name, precision).map(|p| tflops / p),
         });
     }
-    let spec = step_spec(params);
-    let data = synthetic::dense_classes(params.step_batch, spec.inputs(), spec.outputs(), 1);
-    let gpu = CudaBackend::new(info.ordinal, Precision::F32).map_err(err)?;
-    let mut trainer =
-        Trainer::new(spec.clone(), Optimizer::Adam(Adam::default()), vec![gpu], 1).map_err(err)?;
-    // Each step returns its loss, which waits for the step: the time is the whole step's.
-    for _ in 0..5 {
-        trainer.step(&data.features, &data.targets).map_err(err)?;
-    }
-    let mut times = Vec::new();
-    for _ in 0..params.step_reps.max(1) {
-        let t = Instant::now();
-        trainer.step(&data.features, &data.targets).map_err(err)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
+    let ms = step_ms(params, info.ordinal)?;
     let peer_ms = peer.as_ref().and_then(|p| p.train_step_ms);
     if peer.is_some() && peer_ms.is_none() && peer_note.is_none() {
         peer_note = Some("PyTorch did not report a CUDA step".into());
@@ -139,8 +103,58 @@ pub fn run(params: &KernelParams) -> Result<GpuReport, String> {
             ms,
             peer_ms,
             ratio: peer_ms.map(|p| ms / p),
-            gemm_gflop: super::kernels::step_gemm_flops(&spec, params.step_batch) / 1e9,
+            gemm_gflop: super::kernels::step_gemm_flops(&step_spec(params), params.step_batch)
+                / 1e9,
         },
         peer_note,
     })
+}
+
+fn err(e: gantry_kernels::KernelError) -> String {
+    e.to_string()
+}
+
+/// cuBLAS GEMM of `n` cubed at `precision` on GPU `ordinal`: 20 timed after 3 untimed, TFLOP/s.
+fn gemm_tflops(ordinal: usize, precision: Precision, n: usize) -> Result<f64, String> {
+    let gpu = CudaBackend::new(ordinal, precision).map_err(err)?;
+    let a = gpu
+        .upload(&gantry_kernels::agreement::values(n * n, 1))
+        .map_err(err)?;
+    let b = gpu
+        .upload(&gantry_kernels::agreement::values(n * n, 2))
+        .map_err(err)?;
+    let mut c = gpu.alloc(n * n).map_err(err)?;
+    let shape = GemmShape::new(Op::N, Op::N, n, n, n);
+    for _ in 0..3 {
+        gpu.gemm(shape, &a, &b, &mut c).map_err(err)?;
+    }
+    gpu.synchronize().map_err(err)?;
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        gpu.gemm(shape, &a, &b, &mut c).map_err(err)?;
+    }
+    gpu.synchronize().map_err(err)?;
+    Ok(shape.flops() * reps as f64 / t.elapsed().as_secs_f64() / 1e12)
+}
+
+/// The median MLP training step on the CUDA backend (f32) of GPU `ordinal`, ms.
+fn step_ms(params: &KernelParams, ordinal: usize) -> Result<f64, String> {
+    let spec = step_spec(params);
+    let data = synthetic::dense_classes(params.step_batch, spec.inputs(), spec.outputs(), 1);
+    let gpu = CudaBackend::new(ordinal, Precision::F32).map_err(err)?;
+    let mut trainer =
+        Trainer::new(spec, Optimizer::Adam(Adam::default()), vec![gpu], 1).map_err(err)?;
+    // Each step returns its loss, which waits for the step: the time is the whole step's.
+    for _ in 0..5 {
+        trainer.step(&data.features, &data.targets).map_err(err)?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..params.step_reps.max(1) {
+        let t = Instant::now();
+        trainer.step(&data.features, &data.targets).map_err(err)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

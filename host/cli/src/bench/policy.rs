@@ -182,28 +182,9 @@ pub fn run(
     let threads = params.threads.max(1);
     let (name, rego, data) = builtin::AUTHZ_POLICY;
     let source = PolicySource::from_parts(&[(name, rego)], data).map_err(|e| err(e.to_string()))?;
-    let entrypoints = vec![ENTRYPOINT.to_string()];
-    let bundle =
-        gantry::policy::build(&source, &entrypoints, None).map_err(|e| err(e.to_string()))?;
-    let mut config = HostConfig::new(gantry::cluster::Cluster::uniform(1, 1, 1, 1));
-    config.cache_dir = None;
-    let host = Host::new(config)?;
-    let limits = PolicyLimits {
-        pool: threads,
-        ..PolicyLimits::default()
-    };
-    let wasm: Arc<LoadedPolicy> =
-        gantry::blocking::block_on(host.policy_loader().load(bundle, limits))
-            .map_err(|e| err(e.to_string()))?;
-    // The same code the engine module runs inside the sandbox (the entrypoint compiled for
-    // regorus's interpreter, a fresh interpreter state per decision), run natively.
-    let data_value = source.data_value().map_err(|e| err(e.to_string()))?;
-    let packed = String::from_utf8(source.packed(&entrypoints)).map_err(|e| err(e.to_string()))?;
-    let engine_policy =
-        gantry_policy_engine::policy::Policy::from_json(&packed).map_err(|e| err(e.to_string()))?;
-    let compiled = engine_policy
-        .compile_entrypoint(ENTRYPOINT, &data_value)
-        .map_err(|e| err(e.to_string()))?;
+    // The host stays alive while its policy decides.
+    let (_host, wasm) = load_wasm(&source, threads)?;
+    let compiled = compile_native(&source).map_err(err)?;
 
     let requests = requests(4096, params.seed);
     let texts: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
@@ -221,20 +202,7 @@ pub fn run(
         gantry_policy_engine::policy::evaluate_compiled(&compiled, input).map_err(|e| e.to_string())
     };
 
-    // Both sides must decide alike before their speed means anything.
-    let mut allowed = 0usize;
-    for i in 0..requests.len() {
-        let w = wasm_decide(i).map_err(err)?;
-        let set: serde_json::Value = serde_json::from_str(&native_decide(0, i).map_err(err)?)
-            .map_err(|e| err(e.to_string()))?;
-        let n = set[0]["result"].clone();
-        if w != n {
-            return Err(err(format!(
-                "wasm and native disagree on request {i}: {w} vs {n}"
-            )));
-        }
-        allowed += usize::from(w["allow"] == serde_json::json!(true));
-    }
+    let allowed = agreement(requests.len(), &wasm_decide, &native_decide).map_err(err)?;
     progress(1, 4);
     let (wasm_p50, wasm_p99) =
         latencies(params.decisions, |i| wasm_decide(i).map(drop)).map_err(err)?;
@@ -267,4 +235,62 @@ pub fn run(
         threads,
         allowed_share: allowed as f64 / requests.len() as f64,
     })
+}
+
+/// The policy compiled into the engine module and loaded by a host, `threads` instances in its
+/// pool.
+fn load_wasm(
+    source: &PolicySource,
+    threads: usize,
+) -> Result<(Host, Arc<LoadedPolicy>), HostError> {
+    let err = HostError::Engine;
+    let entrypoints = vec![ENTRYPOINT.to_string()];
+    let bundle =
+        gantry::policy::build(source, &entrypoints, None).map_err(|e| err(e.to_string()))?;
+    let mut config = HostConfig::new(gantry::cluster::Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = None;
+    let host = Host::new(config)?;
+    let limits = PolicyLimits {
+        pool: threads,
+        ..PolicyLimits::default()
+    };
+    let wasm = gantry::blocking::block_on(host.policy_loader().load(bundle, limits))
+        .map_err(|e| err(e.to_string()))?;
+    Ok((host, wasm))
+}
+
+/// The same code the engine module runs inside the sandbox (the entrypoint compiled for
+/// regorus's interpreter, a fresh interpreter state per decision), to run natively.
+fn compile_native(source: &PolicySource) -> Result<gantry_policy_engine::policy::Compiled, String> {
+    let data_value = source.data_value().map_err(|e| e.to_string())?;
+    let packed =
+        String::from_utf8(source.packed(&[ENTRYPOINT.to_string()])).map_err(|e| e.to_string())?;
+    let engine_policy =
+        gantry_policy_engine::policy::Policy::from_json(&packed).map_err(|e| e.to_string())?;
+    engine_policy
+        .compile_entrypoint(ENTRYPOINT, &data_value)
+        .map_err(|e| e.to_string())
+}
+
+/// Both sides must decide alike before their speed means anything: every one of the `count`
+/// requests through both; how many were allowed.
+fn agreement(
+    count: usize,
+    wasm_decide: &dyn Fn(usize) -> Result<serde_json::Value, String>,
+    native_decide: &dyn Fn(usize, usize) -> Result<String, String>,
+) -> Result<usize, String> {
+    let mut allowed = 0usize;
+    for i in 0..count {
+        let w = wasm_decide(i)?;
+        let set: serde_json::Value =
+            serde_json::from_str(&native_decide(0, i)?).map_err(|e| e.to_string())?;
+        let n = set[0]["result"].clone();
+        if w != n {
+            return Err(format!(
+                "wasm and native disagree on request {i}: {w} vs {n}"
+            ));
+        }
+        allowed += usize::from(w["allow"] == serde_json::json!(true));
+    }
+    Ok(allowed)
 }

@@ -130,43 +130,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             clients,
             submits,
             json,
-        } => {
-            let r = bench::api::run(
-                bench::api::ApiParams {
-                    clients: clients.max(1),
-                    submits_per_client: submits.max(1),
-                },
-                ctx.cache_dir.clone(),
-            )?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            let mut t = Table::new(&["request", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"]);
-            for (k, l) in [
-                ("POST /v1/jobs", &r.submit),
-                ("GET /v1/jobs/{id}", &r.read),
-                ("GET /v1/health (under the load)", &r.health),
-            ] {
-                t.row(vec![
-                    k.into(),
-                    l.requests.to_string(),
-                    format!("{:.2}", l.p50_ms),
-                    format!("{:.2}", l.p95_ms),
-                    format!("{:.2}", l.p99_ms),
-                    format!("{:.2}", l.max_ms),
-                ]);
-            }
-            print!("{t}");
-            println!(
-                "{} clients, {:.0} requests/s, {} errors, {} lost jobs",
-                r.clients, r.requests_per_s, r.errors, r.lost_jobs
-            );
-            if r.errors > 0 || r.lost_jobs > 0 {
-                anyhow::bail!("the load test saw errors or lost jobs");
-            }
-            Ok(())
-        }
+        } => api(ctx, clients, submits, json),
         BenchCommand::Attack {
             connections,
             seconds,
@@ -174,82 +138,20 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             daemon,
             json,
         } => {
-            let r = bench::attack::run(
-                bench::attack::AttackParams {
-                    connections,
-                    seconds,
-                    junk,
-                    daemon,
-                },
-                ctx.cache_dir.clone(),
-            )?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            let h = &r.health_under_slowloris;
-            println!(
-                "slowloris: {} slow connections; /v1/health p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed",
-                r.slow_connections, h.p50_ms, h.p99_ms, h.max_ms, r.health_failures
-            );
-            println!(
-                "unauthenticated uploads: {} x {} MiB, {} refused before the body; daemon peak memory {:.0} -> {:.0} MiB",
-                r.unauthenticated_uploads,
-                r.upload_mib,
-                r.refused_before_body,
-                r.peak_rss_before_mib,
-                r.peak_rss_after_mib
-            );
-            println!(
-                "junk flood: {} requests -> {} audit entries, {} bytes",
-                r.junk_requests, r.junk_audit_entries, r.junk_audit_bytes
-            );
-            Ok(())
+            let params = bench::attack::AttackParams {
+                connections,
+                seconds,
+                junk,
+                daemon,
+            };
+            attack(ctx, params, json)
         }
         BenchCommand::Preprocess {
             rows,
             batch,
             threads,
             json,
-        } => {
-            let mut params = bench::preprocess::PreprocessParams {
-                rows: rows.max(1),
-                batch: batch.max(1),
-                ..Default::default()
-            };
-            if let Some(t) = threads {
-                params.threads = t.max(1);
-            }
-            let r = bench::preprocess::run(params)?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            let mut t = Table::new(&["measure", "value"]);
-            for (k, v) in [
-                (
-                    "dataset",
-                    format!(
-                        "{:.1} MB of CSV, {} threads, batches of {}",
-                        r.dataset_mb, r.threads, r.batch
-                    ),
-                ),
-                (
-                    "wasm (standardize plugin)",
-                    format!("{:.0} MB/s", r.wasm_mb_s),
-                ),
-                ("native (same source)", format!("{:.0} MB/s", r.native_mb_s)),
-                ("ratio native / wasm", format!("{:.2}", r.ratio)),
-                (
-                    "largest output difference",
-                    format!("{}", r.max_abs_difference),
-                ),
-            ] {
-                t.row(vec![k.into(), v]);
-            }
-            print!("{t}");
-            Ok(())
-        }
+        } => preprocess(rows, batch, threads, json),
         BenchCommand::Schedule {
             racks,
             gpus_per_node,
@@ -265,86 +167,214 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
                 iterations: iterations.max(1),
                 ..Default::default()
             };
-            let bar = super::progress(params.iterations as u64, "cycles");
-            let r = bench::schedule(params, &plugin.parse()?, &ctx.trust, &mut |done, _| {
-                bar.set_position(done)
-            })?;
-            bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            let mut t = Table::new(&["measure", "value"]);
-            for (k, v) in [
-                (
-                    "workload",
-                    format!("{} GPUs, {} pending jobs", r.gpus, r.jobs),
-                ),
-                ("wasm cycle (median)", format!("{:.2} ms", r.wasm_ms)),
-                ("native cycle (median)", format!("{:.2} ms", r.native_ms)),
-                ("ratio wasm/native", format!("{:.2}", r.ratio)),
-                (
-                    "plugin call inside the wasm cycle",
-                    format!("{:.2} ms", r.wasm_plugin_call_ms),
-                ),
-                ("placements per cycle", r.placements.to_string()),
-                (
-                    "fresh instance + configure",
-                    format!("{:.1} µs", r.fresh_instance_us),
-                ),
-                ("trivial call", format!("{:.2} µs", r.trivial_call_us)),
-                (
-                    "compile, no cache",
-                    format!("{:.1} ms", r.compile.no_cache_ms),
-                ),
-                (
-                    "load, cache hit",
-                    format!("{:.1} ms", r.compile.cache_hit_ms),
-                ),
-            ] {
-                t.row(vec![k.into(), v]);
-            }
-            print!("{t}");
-            Ok(())
+            schedule(ctx, params, &plugin, json)
         }
         BenchCommand::Policy {
             decisions,
             threads,
             seconds,
             json,
-        } => {
-            let mut params = crate::bench::policy::PolicyParams {
-                decisions: decisions.max(1),
-                throughput_secs: seconds.max(0.01),
-                ..Default::default()
-            };
-            if let Some(t) = threads {
-                params.threads = t.max(1);
-            }
-            let bar = super::progress(4, "phases");
-            let r = crate::bench::policy::run(params, &mut |done, _| bar.set_position(done))?;
-            bar.finish_and_clear();
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-                return Ok(());
-            }
-            let mut t = Table::new(&["side", "p50 µs", "p99 µs", "decisions/s"]);
-            for (side, s) in [("wasm (opa-wasm)", &r.wasm), ("native regorus", &r.native)] {
-                t.row(vec![
-                    side.into(),
-                    format!("{:.1}", s.p50_us),
-                    format!("{:.1}", s.p99_us),
-                    format!("{:.0}", s.decisions_per_s),
-                ]);
-            }
-            print!("{t}");
-            println!(
-                "ratio wasm/native p50: {:.2} ({} decisions per side, {} threads for throughput)",
-                r.ratio, r.decisions, r.threads
-            );
-            Ok(())
-        }
+        } => policy(decisions, threads, seconds, json),
     }
+}
+
+/// Prints one JSON object when asked to; `true` when it did (the table is then not printed).
+fn printed_json(json: bool, report: &impl serde::Serialize) -> anyhow::Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    }
+    Ok(json)
+}
+
+/// Prints a two-column table of measures.
+fn print_measures(rows: Vec<(&str, String)>) {
+    let mut t = Table::new(&["measure", "value"]);
+    for (k, v) in rows {
+        t.row(vec![k.into(), v]);
+    }
+    print!("{t}");
+}
+
+fn api(ctx: &super::Context, clients: usize, submits: usize, json: bool) -> anyhow::Result<()> {
+    let r = bench::api::run(
+        bench::api::ApiParams {
+            clients: clients.max(1),
+            submits_per_client: submits.max(1),
+        },
+        ctx.cache_dir.clone(),
+    )?;
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    let mut t = Table::new(&["request", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"]);
+    for (k, l) in [
+        ("POST /v1/jobs", &r.submit),
+        ("GET /v1/jobs/{id}", &r.read),
+        ("GET /v1/health (under the load)", &r.health),
+    ] {
+        t.row(vec![
+            k.into(),
+            l.requests.to_string(),
+            format!("{:.2}", l.p50_ms),
+            format!("{:.2}", l.p95_ms),
+            format!("{:.2}", l.p99_ms),
+            format!("{:.2}", l.max_ms),
+        ]);
+    }
+    print!("{t}");
+    println!(
+        "{} clients, {:.0} requests/s, {} errors, {} lost jobs",
+        r.clients, r.requests_per_s, r.errors, r.lost_jobs
+    );
+    if r.errors > 0 || r.lost_jobs > 0 {
+        anyhow::bail!("the load test saw errors or lost jobs");
+    }
+    Ok(())
+}
+
+fn attack(
+    ctx: &super::Context,
+    params: bench::attack::AttackParams,
+    json: bool,
+) -> anyhow::Result<()> {
+    let r = bench::attack::run(params, ctx.cache_dir.clone())?;
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    let h = &r.health_under_slowloris;
+    println!(
+        "slowloris: {} slow connections; /v1/health p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} failed",
+        r.slow_connections, h.p50_ms, h.p99_ms, h.max_ms, r.health_failures
+    );
+    println!(
+        "unauthenticated uploads: {} x {} MiB, {} refused before the body; daemon peak memory {:.0} -> {:.0} MiB",
+        r.unauthenticated_uploads,
+        r.upload_mib,
+        r.refused_before_body,
+        r.peak_rss_before_mib,
+        r.peak_rss_after_mib
+    );
+    println!(
+        "junk flood: {} requests -> {} audit entries, {} bytes",
+        r.junk_requests, r.junk_audit_entries, r.junk_audit_bytes
+    );
+    Ok(())
+}
+
+fn preprocess(rows: usize, batch: usize, threads: Option<usize>, json: bool) -> anyhow::Result<()> {
+    let mut params = bench::preprocess::PreprocessParams {
+        rows: rows.max(1),
+        batch: batch.max(1),
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        params.threads = t.max(1);
+    }
+    let r = bench::preprocess::run(params)?;
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    print_measures(vec![
+        (
+            "dataset",
+            format!(
+                "{:.1} MB of CSV, {} threads, batches of {}",
+                r.dataset_mb, r.threads, r.batch
+            ),
+        ),
+        (
+            "wasm (standardize plugin)",
+            format!("{:.0} MB/s", r.wasm_mb_s),
+        ),
+        ("native (same source)", format!("{:.0} MB/s", r.native_mb_s)),
+        ("ratio native / wasm", format!("{:.2}", r.ratio)),
+        (
+            "largest output difference",
+            format!("{}", r.max_abs_difference),
+        ),
+    ]);
+    Ok(())
+}
+
+fn schedule(
+    ctx: &super::Context,
+    params: ScheduleParams,
+    plugin: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bar = super::progress(params.iterations as u64, "cycles");
+    let r = bench::schedule(params, &plugin.parse()?, &ctx.trust, &mut |done, _| {
+        bar.set_position(done)
+    })?;
+    bar.finish_and_clear();
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    print_measures(vec![
+        (
+            "workload",
+            format!("{} GPUs, {} pending jobs", r.gpus, r.jobs),
+        ),
+        ("wasm cycle (median)", format!("{:.2} ms", r.wasm_ms)),
+        ("native cycle (median)", format!("{:.2} ms", r.native_ms)),
+        ("ratio wasm/native", format!("{:.2}", r.ratio)),
+        (
+            "plugin call inside the wasm cycle",
+            format!("{:.2} ms", r.wasm_plugin_call_ms),
+        ),
+        ("placements per cycle", r.placements.to_string()),
+        (
+            "fresh instance + configure",
+            format!("{:.1} µs", r.fresh_instance_us),
+        ),
+        ("trivial call", format!("{:.2} µs", r.trivial_call_us)),
+        (
+            "compile, no cache",
+            format!("{:.1} ms", r.compile.no_cache_ms),
+        ),
+        (
+            "load, cache hit",
+            format!("{:.1} ms", r.compile.cache_hit_ms),
+        ),
+    ]);
+    Ok(())
+}
+
+fn policy(
+    decisions: usize,
+    threads: Option<usize>,
+    seconds: f64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut params = crate::bench::policy::PolicyParams {
+        decisions: decisions.max(1),
+        throughput_secs: seconds.max(0.01),
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        params.threads = t.max(1);
+    }
+    let bar = super::progress(4, "phases");
+    let r = crate::bench::policy::run(params, &mut |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    let mut t = Table::new(&["side", "p50 µs", "p99 µs", "decisions/s"]);
+    for (side, s) in [("wasm (opa-wasm)", &r.wasm), ("native regorus", &r.native)] {
+        t.row(vec![
+            side.into(),
+            format!("{:.1}", s.p50_us),
+            format!("{:.1}", s.p99_us),
+            format!("{:.0}", s.decisions_per_s),
+        ]);
+    }
+    print!("{t}");
+    println!(
+        "ratio wasm/native p50: {:.2} ({} decisions per side, {} threads for throughput)",
+        r.ratio, r.decisions, r.threads
+    );
+    Ok(())
 }
 
 fn kernels(args: KernelArgs) -> anyhow::Result<()> {
@@ -363,10 +393,13 @@ fn kernels(args: KernelArgs) -> anyhow::Result<()> {
         bar.set_position(done);
     })?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+    if printed_json(args.json, &r)? {
         return Ok(());
     }
+    print_kernels(&r)
+}
+
+fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(

@@ -198,21 +198,6 @@ fn expiry(at: Option<f64>) -> String {
 
 /// Runs `gantry user ...`.
 pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
-    let open = |dir: &super::store::DataDir, what: &str| -> anyhow::Result<DataDir> {
-        let root = dir.path()?;
-        DataDir::open(&root, what).map_err(|e| match e {
-            gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
-                holder,
-                ..
-            }) => anyhow::anyhow!(
-                "{}: held by {holder}; users and tokens are changed offline: stop it \
-                 (`kill -TERM {}`), run this again, and start it",
-                root.display(),
-                holder.pid
-            ),
-            e => e.into(),
-        })
-    };
     match cmd {
         UserCommand::Add {
             name,
@@ -222,27 +207,17 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             expires,
             dir,
         } => {
-            let ttl = ttl(expires.as_deref())?;
-            let d = open(&dir, "gantry user add")?;
             let user = User {
                 name,
                 roles,
                 tenants,
                 clearance,
             };
-            let issued = d.add_user(&user, ttl)?;
-            d.close()?;
-            eprintln!(
-                "token {} for {} ({})",
-                issued.id,
-                user.name,
-                expiry(issued.expires_at)
-            );
-            println!("{}", issued.token);
+            user_add(&user, expires.as_deref(), &dir)
         }
         UserCommand::Token { name, expires, dir } => {
             let ttl = ttl(expires.as_deref())?;
-            let d = open(&dir, "gantry user token")?;
+            let d = open_offline(&dir, "gantry user token")?;
             let issued = d.issue_token(&name, ttl)?;
             d.close()?;
             eprintln!(
@@ -251,6 +226,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 expiry(issued.expires_at)
             );
             println!("{}", issued.token);
+            Ok(())
         }
         UserCommand::Revoke {
             name,
@@ -258,74 +234,118 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             admin_token,
             ca_cert,
             dir,
-        } => {
-            let root = dir.path()?;
-            let revoked: Vec<String> = match DataDir::open(&root, "gantry user revoke") {
-                Ok(d) => {
-                    let revoked = d.revoke(&name, token.as_deref())?;
-                    d.close()?;
-                    revoked
-                }
-                Err(gantry_daemon::datadir::DataDirError::Store(
-                    gantry::storage::StoreError::Locked { holder, .. },
-                )) if holder.url.is_some() => {
-                    let Some(admin) = admin_token else {
-                        anyhow::bail!(
-                            "{}: held by {holder}; to revoke through it, give an admin's token \
-                             (--admin-token or GANTRY_TOKEN)",
-                            root.display()
-                        );
-                    };
-                    let client = Client {
-                        url: holder.url.clone().unwrap_or_default(),
-                        token: admin,
-                        ca_cert,
-                    };
-                    let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
-                    let v = call(
-                        &client,
-                        "POST",
-                        &format!("/v1/users/{name}/revoke{query}"),
-                        None,
-                    )?;
-                    serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            println!(
-                "revoked {} token(s) of {name}: {}",
-                revoked.len(),
-                revoked.join(", ")
-            );
-        }
-        UserCommand::Tokens { name, dir } => {
-            let db = Db::open(&daemon::db_path(&dir.path()?))?;
-            let mut t = Table::new(&["id", "user", "created", "state"]);
-            let now = daemon::db::now();
-            for token in db.tokens(name.as_deref())? {
-                let state = match (token.revoked_at, token.expires_at) {
-                    (Some(_), _) => "revoked".to_string(),
-                    (None, Some(e)) if e <= now => "expired".to_string(),
-                    (None, e) => expiry(e),
-                };
-                let age = (now - token.created_at) / 86400.0;
-                t.row(vec![
-                    token.id,
-                    token.user,
-                    format!("{age:.1} days ago"),
-                    state,
-                ]);
-            }
-            print!("{t}");
-        }
+        } => user_revoke(&name, token, admin_token, ca_cert, &dir),
+        UserCommand::Tokens { name, dir } => user_tokens(name.as_deref(), &dir),
         UserCommand::Ttl { duration, dir } => {
             let ttl = daemon::auth::parse_ttl(&duration).map_err(|m| anyhow::anyhow!(m))?;
-            let d = open(&dir, "gantry user ttl")?;
+            let d = open_offline(&dir, "gantry user ttl")?;
             d.set_token_ttl(ttl)?;
             d.close()?;
             println!("new tokens {}", expiry(ttl.map(|t| daemon::db::now() + t)));
+            Ok(())
         }
     }
+}
+
+/// Opens the data directory to change users and tokens, saying what to do when a daemon holds
+/// it.
+fn open_offline(dir: &super::store::DataDir, what: &str) -> anyhow::Result<DataDir> {
+    let root = dir.path()?;
+    DataDir::open(&root, what).map_err(|e| match e {
+        gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
+            holder,
+            ..
+        }) => anyhow::anyhow!(
+            "{}: held by {holder}; users and tokens are changed offline: stop it \
+             (`kill -TERM {}`), run this again, and start it",
+            root.display(),
+            holder.pid
+        ),
+        e => e.into(),
+    })
+}
+
+fn user_add(user: &User, expires: Option<&str>, dir: &super::store::DataDir) -> anyhow::Result<()> {
+    let ttl = ttl(expires)?;
+    let d = open_offline(dir, "gantry user add")?;
+    let issued = d.add_user(user, ttl)?;
+    d.close()?;
+    eprintln!(
+        "token {} for {} ({})",
+        issued.id,
+        user.name,
+        expiry(issued.expires_at)
+    );
+    println!("{}", issued.token);
+    Ok(())
+}
+
+/// `gantry user revoke`: offline, or through the daemon that holds the directory.
+fn user_revoke(
+    name: &str,
+    token: Option<String>,
+    admin_token: Option<String>,
+    ca_cert: Option<PathBuf>,
+    dir: &super::store::DataDir,
+) -> anyhow::Result<()> {
+    let root = dir.path()?;
+    let revoked: Vec<String> = match DataDir::open(&root, "gantry user revoke") {
+        Ok(d) => {
+            let revoked = d.revoke(name, token.as_deref())?;
+            d.close()?;
+            revoked
+        }
+        Err(gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
+            holder,
+            ..
+        })) if holder.url.is_some() => {
+            let Some(admin) = admin_token else {
+                anyhow::bail!(
+                    "{}: held by {holder}; to revoke through it, give an admin's token \
+                     (--admin-token or GANTRY_TOKEN)",
+                    root.display()
+                );
+            };
+            let client = Client {
+                url: holder.url.clone().unwrap_or_default(),
+                token: admin,
+                ca_cert,
+            };
+            let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+            let path = format!("/v1/users/{name}/revoke{query}");
+            let v = call(&client, "POST", &path, None)?;
+            serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "revoked {} token(s) of {name}: {}",
+        revoked.len(),
+        revoked.join(", ")
+    );
+    Ok(())
+}
+
+/// `gantry user tokens`: ids, age and state, never the tokens.
+fn user_tokens(name: Option<&str>, dir: &super::store::DataDir) -> anyhow::Result<()> {
+    let db = Db::open(&daemon::db_path(&dir.path()?))?;
+    let mut t = Table::new(&["id", "user", "created", "state"]);
+    let now = daemon::db::now();
+    for token in db.tokens(name)? {
+        let state = match (token.revoked_at, token.expires_at) {
+            (Some(_), _) => "revoked".to_string(),
+            (None, Some(e)) if e <= now => "expired".to_string(),
+            (None, e) => expiry(e),
+        };
+        let age = (now - token.created_at) / 86400.0;
+        t.row(vec![
+            token.id,
+            token.user,
+            format!("{age:.1} days ago"),
+            state,
+        ]);
+    }
+    print!("{t}");
     Ok(())
 }
 

@@ -1,14 +1,13 @@
 //! `gantry demo`: the whole product in under two minutes, on a throwaway data directory.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use gantry::pipeline::{self, PipelineConfig};
-use gantry::plugin::{ArtifactCache, base_linker};
-use gantry::preprocess::PreprocessPlugin;
 use gantry::storage::Store;
+use gantry_daemon as daemon;
 use gantry_daemon::db::User;
-use gantry_daemon::{self as daemon, DaemonConfig};
 use serde_json::json;
 
 use super::daemon::{Client, call};
@@ -69,38 +68,76 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
 
 fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     step(1, "a host on a fresh data directory");
+    let (server, ada, lee) = start(ctx, dir)?;
+    let addr = server.addr;
+
+    step(
+        2,
+        "ada uploads a dataset; two tenants submit jobs; the policy decides each one",
+    );
+    upload_spirals(addr, &ada)?;
+    submit_jobs(&ada, &lee);
+
+    step(
+        3,
+        "a generated dataset, encrypted at rest, through the wasm preprocessing plugin",
+    );
+    let preprocess_mb_s = preprocess(ctx, dir, addr, &ada)?;
+
+    step(
+        4,
+        "vision-train: spirals.csv decrypted, standardised in the sandbox, trained natively",
+    );
+    let job = train(addr, &ada)?;
+
+    step(5, "what the host did");
+    summary(addr, &ada, &lee, &job["result"], preprocess_mb_s)?;
+
+    step(6, "stop, and verify the audit log");
+    server.stop()?;
+    let key = gantry::keys::load(&dir.join("keys/host.pk8"))?;
+    let report = gantry::audit::verify(
+        &dir.join("audit.log"),
+        Some(&gantry::keys::public_hex(&key)),
+    )
+    .context("verifying the audit log")?;
+    println!(
+        "  audit log verified: {} entries, {} signed checkpoints, signed by {}…",
+        report.entries,
+        report.checkpoints,
+        &report.key.unwrap_or_default()[..16]
+    );
+    Ok(())
+}
+
+/// Step 1: the store, two users (ada on vision, lee on language) and the daemon, in this
+/// process on a free loopback port.
+fn start(
+    ctx: &super::Context,
+    dir: &std::path::Path,
+) -> anyhow::Result<(daemon::Background, Client, Client)> {
     let master = Store::init(dir)?.master_id();
     println!(
         "  {}: encrypted store (master key {master}), host signing key",
         dir.display(),
     );
-    // As `gantry user add` does it: under the directory's lock, each recorded in the audit log.
-    let admin = daemon::datadir::DataDir::open(dir, "gantry demo")?;
-    let mut tokens = Vec::new();
-    for (name, tenant) in [("ada", "vision"), ("lee", "language")] {
-        let user = User {
-            name: name.into(),
+    let people = [("ada", "vision"), ("lee", "language")];
+    let users: Vec<User> = people
+        .iter()
+        .map(|(name, tenant)| User {
+            name: (*name).into(),
             roles: vec!["researcher".into(), "writer".into()],
-            tenants: vec![tenant.into()],
+            tenants: vec![(*tenant).into()],
             clearance: "internal".into(),
-        };
-        tokens.push(admin.add_user(&user, None)?.token);
+        })
+        .collect();
+    // As `gantry user add` does it: under the directory's lock, each recorded in the audit log.
+    let tokens = crate::local::add_users(dir, "gantry demo", &users)?;
+    for (name, tenant) in people {
         println!("  user {name} (tenant {tenant}) with a bearer token");
     }
-    admin.close()?;
 
-    // The daemon, in this process, on a free loopback port.
-    let server = daemon::Background::start(DaemonConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        cluster: super::cluster(None)?,
-        cache_dir: ctx.cache_dir.clone(),
-        tls: None,
-        trust: Default::default(),
-        train_limits: Default::default(),
-        conn_limits: Default::default(),
-        shipped_policy: false,
-    })?;
+    let server = crate::local::start_daemon(dir, super::cluster(None)?, ctx.cache_dir.clone())?;
     let addr = server.addr;
     println!(
         "  gantry up: listening on http://{addr} (binpack scheduler, gantry.authz policy, audit log)"
@@ -111,12 +148,31 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         ca_cert: None,
     };
     let (ada, lee) = (client(0), client(1));
+    Ok((server, ada, lee))
+}
 
-    step(
-        2,
-        "ada uploads a dataset; two tenants submit jobs; the policy decides each one",
-    );
-    // Three interleaved spirals as CSV, in units far from standardised, the class in column 1.
+/// `PUT /v1/datasets/{name}` in tenant vision, classified internal, as `who` (`what` names the
+/// upload when it cannot be sent); the answer.
+fn upload(
+    addr: SocketAddr,
+    who: &Client,
+    name: &str,
+    bytes: &[u8],
+    what: &'static str,
+) -> anyhow::Result<serde_json::Value> {
+    let answer = ureq::put(&format!(
+        "http://{addr}/v1/datasets/{name}?tenant=vision&classification=internal"
+    ))
+    .header("Authorization", &format!("Bearer {}", who.token))
+    .send(bytes)
+    .context(what)?
+    .into_body()
+    .read_json::<serde_json::Value>()?;
+    Ok(answer)
+}
+
+/// Three interleaved spirals as CSV, in units far from standardised, the class in column 1.
+fn upload_spirals(addr: SocketAddr, ada: &Client) -> anyhow::Result<()> {
     let set = gantry_kernels::synthetic::spirals(3, 1000, 0.15, 11);
     let mut spirals = String::new();
     for r in 0..set.rows() {
@@ -128,64 +184,57 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
             -300.0 + 20.0 * y
         );
     }
-    let uploaded = ureq::put(&format!(
-        "http://{addr}/v1/datasets/spirals.csv?tenant=vision&classification=internal"
-    ))
-    .header("Authorization", &format!("Bearer {}", ada.token))
-    .send(spirals.as_bytes())
-    .context("uploading the dataset")?
-    .into_body()
-    .read_json::<serde_json::Value>()?;
+    let uploaded = upload(
+        addr,
+        ada,
+        "spirals.csv",
+        spirals.as_bytes(),
+        "uploading the dataset",
+    )?;
     println!(
         "  ada -> dataset spirals.csv ({} bytes, internal): stored encrypted as object {}…",
         uploaded["bytes"],
         &uploaded["object"].as_str().unwrap_or_default()[..16]
     );
+    Ok(())
+}
+
+/// Four submissions, two of them across tenants; each accepted or refused by the policy.
+fn submit_jobs(ada: &Client, lee: &Client) {
     let submissions = [
-        (
-            &ada,
-            "ada",
-            json!({"id": "vision-train", "tenant": "vision", "gpus": 8, "train": TRAIN}),
-        ),
-        (
-            &ada,
-            "ada",
-            json!({"id": "vision-eval", "tenant": "vision", "gpus": 4}),
-        ),
-        (
-            &lee,
-            "lee",
-            json!({"id": "lee-in-vision", "tenant": "vision", "gpus": 8}),
-        ),
-        (
-            &lee,
-            "lee",
-            json!({"id": "language-big", "tenant": "language", "gpus": 16}),
-        ),
+        (ada, "ada", "vision-train", "vision", 8, Some(TRAIN)),
+        (ada, "ada", "vision-eval", "vision", 4, None),
+        (lee, "lee", "lee-in-vision", "vision", 8, None),
+        (lee, "lee", "language-big", "language", 16, None),
     ];
-    for (who, name, body) in submissions {
-        let id = body["id"].as_str().unwrap_or_default().to_string();
-        let tenant = body["tenant"].as_str().unwrap_or_default().to_string();
+    for (who, name, id, tenant, gpus, train) in submissions {
+        let mut body = json!({"id": id, "tenant": tenant, "gpus": gpus});
+        if let Some(train) = train {
+            body["train"] = json!(train);
+        }
         match call(who, "POST", "/v1/jobs", Some(body)) {
             Ok(_) => println!("  {name} -> {id} on {tenant}: accepted"),
             Err(e) => println!("  {name} -> {id} on {tenant}: REFUSED: {e}"),
         }
     }
+}
 
-    step(
-        3,
-        "a generated dataset, encrypted at rest, through the wasm preprocessing plugin",
-    );
+/// Step 3: a generated CSV uploaded through the daemon, then read back beside it through the
+/// `standardize` plugin; the preprocessing throughput, MB/s.
+fn preprocess(
+    ctx: &super::Context,
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    ada: &Client,
+) -> anyhow::Result<f64> {
     let csv = gantry::pipeline::synthetic_csv(200_000, 8, 7);
-    // Through the daemon, which holds the data directory; read back beside it.
-    let stored = ureq::put(&format!(
-        "http://{addr}/v1/datasets/generated.csv?tenant=vision&classification=internal"
-    ))
-    .header("Authorization", &format!("Bearer {}", ada.token))
-    .send(&csv[..])
-    .context("uploading the generated dataset")?
-    .into_body()
-    .read_json::<serde_json::Value>()?;
+    let stored = upload(
+        addr,
+        ada,
+        "generated.csv",
+        &csv[..],
+        "uploading the generated dataset",
+    )?;
     let object = stored["object"]
         .as_str()
         .context("the upload's answer names no object")?
@@ -196,11 +245,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         csv.len() as f64 / 1e6,
         &object[..16]
     );
-    let engine = gantry::engine::build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let _ticker = gantry::engine::EpochTicker::start(&engine);
-    let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
-    let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, "standardize")?;
+    let (plugin, _ticker) = super::preprocess::load_builtin(ctx, "standardize")?;
     let bar = super::progress(200_000, "preprocessing");
     let (mut rows, mut width) = (0u64, 0usize);
     let t = Instant::now();
@@ -225,11 +270,19 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         "  standardize: {rows} records -> {rows} x {width} features, two passes, {preprocess_mb_s:.0} MB/s, at most {} batches in memory",
         stats.max_in_flight
     );
+    Ok(preprocess_mb_s)
+}
 
-    step(
-        4,
-        "vision-train: spirals.csv decrypted, standardised in the sandbox, trained natively",
-    );
+/// The value of the first line of the Prometheus text `metrics` that starts with `name`.
+fn metric<'a>(metrics: &'a str, name: &str) -> Option<&'a str> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+}
+
+/// Step 4: follows vision-train (its steps from the daemon's metrics) until it ends; the job.
+fn train(addr: SocketAddr, ada: &Client) -> anyhow::Result<serde_json::Value> {
     let devices = gantry::training::device::detect();
     println!(
         "  devices: {} CPU core(s); {}",
@@ -243,16 +296,13 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     let total_steps = 60 * 2400u64.div_ceil(64);
     let bar = super::progress(total_steps, "training vision-train");
     let job = loop {
-        let job = call(&ada, "GET", "/v1/jobs/vision-train", None)?;
+        let job = call(ada, "GET", "/v1/jobs/vision-train", None)?;
         let state = job["state"].as_str().unwrap_or_default().to_string();
         if let Ok(metrics) = ureq::get(&format!("http://{addr}/metrics"))
             .call()
             .and_then(|r| r.into_body().read_to_string())
-            && let Some(steps) = metrics
-                .lines()
-                .find(|l| l.starts_with("gantry_train_steps_total "))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<u64>().ok())
+            && let Some(steps) =
+                metric(&metrics, "gantry_train_steps_total ").and_then(|v| v.parse::<u64>().ok())
         {
             bar.set_position(steps.min(total_steps));
         }
@@ -271,22 +321,23 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         result["samples_per_s"].as_f64().unwrap_or(0.0),
         result["backend"].as_str().unwrap_or("?")
     );
+    Ok(job)
+}
 
-    step(5, "what the host did");
-    let jobs = call(&ada, "GET", "/v1/jobs", None)?;
-    let lee_jobs = call(&lee, "GET", "/v1/jobs", None)?;
+/// Step 5: every job as its owners see it, and the measures of the run.
+fn summary(
+    addr: SocketAddr,
+    ada: &Client,
+    lee: &Client,
+    result: &serde_json::Value,
+    preprocess_mb_s: f64,
+) -> anyhow::Result<()> {
+    let jobs = call(ada, "GET", "/v1/jobs", None)?;
+    let lee_jobs = call(lee, "GET", "/v1/jobs", None)?;
     let metrics = ureq::get(&format!("http://{addr}/metrics"))
         .call()?
         .into_body()
         .read_to_string()?;
-    let metric = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .unwrap_or("0")
-            .to_string()
-    };
     let mut t = Table::new(&["job", "tenant", "owner", "GPUs", "state", "placed on"]);
     for j in jobs
         .as_array()
@@ -309,6 +360,13 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         ]);
     }
     print!("{t}");
+    print!("{}", measures(&metrics, result, preprocess_mb_s));
+    Ok(())
+}
+
+/// The table of measures: the daemon's counters and the training and preprocessing figures.
+fn measures(metrics: &str, result: &serde_json::Value, preprocess_mb_s: f64) -> Table {
+    let metric = |name: &str| metric(metrics, name).unwrap_or("0").to_string();
     let mut t = Table::new(&["measure", "value"]);
     for (k, v) in [
         ("placements", metric("gantry_placements_total")),
@@ -345,21 +403,5 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     ] {
         t.row(vec![k.into(), v]);
     }
-    print!("{t}");
-
-    step(6, "stop, and verify the audit log");
-    server.stop()?;
-    let key = gantry::keys::load(&dir.join("keys/host.pk8"))?;
-    let report = gantry::audit::verify(
-        &dir.join("audit.log"),
-        Some(&gantry::keys::public_hex(&key)),
-    )
-    .context("verifying the audit log")?;
-    println!(
-        "  audit log verified: {} entries, {} signed checkpoints, signed by {}…",
-        report.entries,
-        report.checkpoints,
-        &report.key.unwrap_or_default()[..16]
-    );
-    Ok(())
+    t
 }

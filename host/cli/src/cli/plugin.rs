@@ -64,6 +64,7 @@ fn plugin_files(plugin: &Path) -> anyhow::Result<(PathBuf, Vec<u8>, Vec<u8>)> {
     Ok((files.manifest_path, files.manifest_bytes, files.wasm))
 }
 
+/// Runs `gantry plugin ...`.
 pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
         PluginCommand::Keygen { output } => {
@@ -74,64 +75,19 @@ pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {
             println!("{}", gantry::keys::public_hex(&key));
             Ok(())
         }
-        PluginCommand::Sign { plugin, key } => {
-            let key = gantry::keys::load(&key)?;
-            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
-            let sig = signature::sign(&key, &wasm, &manifest);
-            let path = signature::path_for(&manifest_path);
-            let tmp = path.with_extension("sig.tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&sig)?)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {} (key {})", path.display(), sig.key);
-            Ok(())
-        }
+        PluginCommand::Sign { plugin, key } => sign(&plugin, &key),
         PluginCommand::Verify { plugin, keys } => {
-            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
-            let sig = signature::read(&manifest_path)
-                .map_err(anyhow::Error::msg)?
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{}: no {}", manifest_path.display(), signature::FILE)
-                })?;
             let trusted: Vec<String> = keys
                 .into_iter()
                 .chain(ctx.trust.trusted_keys.clone())
                 .collect();
-            signature::verify(&sig, &wasm, &manifest, &trusted)
-                .map_err(|why| anyhow::anyhow!("{}: {why}", manifest_path.display()))?;
-            println!(
-                "{}: signed by trusted key {}",
-                manifest_path.display(),
-                sig.key
-            );
-            Ok(())
+            verify(&plugin, &trusted)
         }
         PluginCommand::Upload {
             plugin,
             activate,
             client,
-        } => {
-            let (manifest_path, manifest, wasm) = plugin_files(&plugin)?;
-            let name = Manifest::parse(&String::from_utf8_lossy(&manifest), &manifest_path)?.name;
-            let sig = signature::read(&manifest_path).map_err(anyhow::Error::msg)?;
-            let body = serde_json::json!({
-                "manifest": String::from_utf8(manifest)
-                    .with_context(|| format!("{}: not UTF-8", manifest_path.display()))?,
-                "wasm": data_encoding::BASE64.encode(&wasm),
-                "signature": sig,
-            });
-            let stored =
-                super::daemon::call(&client, "PUT", &format!("/v1/plugins/{name}"), Some(body))?;
-            println!(
-                "uploaded {name} {} (component {})",
-                stored["version"].as_str().unwrap_or_default(),
-                stored["object"].as_str().unwrap_or_default()
-            );
-            if activate {
-                activate_plugin(&client, "/v1/plugins/scheduler", Some(name))?;
-            }
-            Ok(())
-        }
+        } => upload(&plugin, activate, &client),
         PluginCommand::Activate {
             name,
             reload,
@@ -141,6 +97,58 @@ pub fn run(ctx: &super::Context, cmd: PluginCommand) -> anyhow::Result<()> {
             (name, false) => activate_plugin(&client, "/v1/plugins/scheduler", name),
         },
     }
+}
+
+/// Writes the plugin's signature file beside its manifest (through a temporary file).
+fn sign(plugin: &Path, key: &Path) -> anyhow::Result<()> {
+    let key = gantry::keys::load(key)?;
+    let (manifest_path, manifest, wasm) = plugin_files(plugin)?;
+    let sig = signature::sign(&key, &wasm, &manifest);
+    let path = signature::path_for(&manifest_path);
+    let tmp = path.with_extension("sig.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&sig)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {} (key {})", path.display(), sig.key);
+    Ok(())
+}
+
+fn verify(plugin: &Path, trusted: &[String]) -> anyhow::Result<()> {
+    let (manifest_path, manifest, wasm) = plugin_files(plugin)?;
+    let sig = signature::read(&manifest_path)
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("{}: no {}", manifest_path.display(), signature::FILE))?;
+    signature::verify(&sig, &wasm, &manifest, trusted)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", manifest_path.display()))?;
+    println!(
+        "{}: signed by trusted key {}",
+        manifest_path.display(),
+        sig.key
+    );
+    Ok(())
+}
+
+/// Uploads the plugin (and its signature) to the daemon; activates it when asked.
+fn upload(plugin: &Path, activate: bool, client: &super::daemon::Client) -> anyhow::Result<()> {
+    let (manifest_path, manifest, wasm) = plugin_files(plugin)?;
+    let name = Manifest::parse(&String::from_utf8_lossy(&manifest), &manifest_path)?.name;
+    let sig = signature::read(&manifest_path).map_err(anyhow::Error::msg)?;
+    let body = serde_json::json!({
+        "manifest": String::from_utf8(manifest)
+            .with_context(|| format!("{}: not UTF-8", manifest_path.display()))?,
+        "wasm": data_encoding::BASE64.encode(&wasm),
+        "signature": sig,
+    });
+    let stored = super::daemon::call(client, "PUT", &format!("/v1/plugins/{name}"), Some(body))?;
+    println!(
+        "uploaded {name} {} (component {})",
+        stored["version"].as_str().unwrap_or_default(),
+        stored["object"].as_str().unwrap_or_default()
+    );
+    if activate {
+        activate_plugin(client, "/v1/plugins/scheduler", Some(name))?;
+    }
+    Ok(())
 }
 
 fn activate_plugin(

@@ -148,6 +148,7 @@ pub enum PolicyCommand {
     },
 }
 
+/// Runs `gantry policy ...`.
 pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Build {
@@ -155,45 +156,8 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             entrypoints,
             output,
             revision,
-        } => {
-            let source = PolicySource::read(&dir)?;
-            let bundle = gantry::policy::build(&source, &entrypoints, revision.as_deref())?;
-            bundle.write(&output)?;
-            eprintln!(
-                "wrote {} (revision {}, {} module(s), entrypoints: {})",
-                output.display(),
-                bundle.revision(),
-                source.modules.len(),
-                entrypoints.join(", ")
-            );
-            Ok(())
-        }
-        PolicyCommand::Test { dir, json } => {
-            let source = PolicySource::read(&dir)?;
-            let outcomes = gantry::policy::rego_tests::run(&source)?;
-            let failed = outcomes.iter().filter(|o| !o.passed).count();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"passed": outcomes.len() - failed, "failed": failed, "tests": outcomes})
-                );
-            } else {
-                for o in &outcomes {
-                    match &o.failure {
-                        None => println!("PASS {} ({:.0} µs)", o.name, o.duration_us),
-                        Some(why) => println!("FAIL {} ({}): {why}", o.name, o.file),
-                    }
-                }
-                println!("{} passed, {failed} failed", outcomes.len() - failed);
-            }
-            if outcomes.is_empty() {
-                anyhow::bail!("{}: no test_ rules in *_test.rego files", dir.display());
-            }
-            if failed > 0 {
-                anyhow::bail!("{failed} test(s) failed");
-            }
-            Ok(())
-        }
+        } => build(&dir, &entrypoints, &output, revision.as_deref()),
+        PolicyCommand::Test { dir, json } => test(&dir, json),
         PolicyCommand::Sign {
             bundle,
             alg,
@@ -206,36 +170,9 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
                 alg: alg.parse().map_err(anyhow::Error::msg)?,
                 key: read_key(&signing_key)?,
             };
-            let mut files = read_files(&bundle)?;
-            files.retain(|(name, _)| name != bundle_signature::FILE);
-            let sig = bundle_signature::sign(&files, &key, scope.as_deref())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", signing_key.display()))?;
-            files.push((bundle_signature::FILE.to_string(), sig));
-            write_files(&bundle, &files)?;
-            eprintln!(
-                "signed {} ({}, key `{}`, {} files)",
-                bundle.display(),
-                key.alg.name(),
-                key.id,
-                files.len() - 1
-            );
-            Ok(())
+            sign(&bundle, &key, &signing_key, scope.as_deref())
         }
-        PolicyCommand::Keygen { output } => {
-            let public = PathBuf::from(format!("{}.pub", output.display()));
-            for p in [&output, &public] {
-                if p.exists() {
-                    anyhow::bail!("{}: exists; refusing to overwrite a key", p.display());
-                }
-            }
-            let (private, public_pem) =
-                bundle_signature::generate_es256().map_err(anyhow::Error::msg)?;
-            gantry::keys::write_private(&output, private.as_bytes())
-                .with_context(|| format!("writing {}", output.display()))?;
-            std::fs::write(&public, public_pem)?;
-            eprintln!("wrote {} and {}", output.display(), public.display());
-            Ok(())
-        }
+        PolicyCommand::Keygen { output } => keygen(&output),
         PolicyCommand::Eval {
             bundle,
             entrypoint,
@@ -246,51 +183,153 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
         } => {
             // The spelling is checked first, so that `a.b.allow` gets the hint `build` gives.
             gantry::policy::check::entrypoint_syntax(&entrypoint)?;
-            let text = match input.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the input from {file}"))?,
-                None => input,
-            };
-            let input: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "--input: not JSON (line {}, column {}): {e}",
-                    e.line(),
-                    e.column()
-                )
-            })?;
-            let read = verify.read(&bundle)?;
-            let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
-            config.cache_dir = ctx.cache_dir.clone();
-            let host = Host::new(config)?;
-            let policy = gantry::blocking::block_on(
-                host.policy_loader().load(read, PolicyLimits::default()),
-            )
-            .with_context(|| format!("loading {}", bundle.display()))?;
-            let start = std::time::Instant::now();
-            let result = gantry::blocking::block_on(policy.evaluate(&entrypoint, &input));
-            let latency_us = start.elapsed().as_secs_f64() * 1e6;
-            if let (Some(log), Some(key)) = (audit, audit_key) {
-                let log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
-                let (allow, reasons) = gantry::policy::decide::verdict(&result);
-                let id = gantry::audit::new_decision_id();
-                let null = serde_json::Value::Null;
-                log.decision(&gantry::audit::Decision {
-                    decision_id: &id,
-                    subject: input.get("subject").unwrap_or(&null),
-                    action: input.get("action").unwrap_or(&null),
-                    resource: input.get("resource").unwrap_or(&null),
-                    entrypoint: &entrypoint,
-                    allow,
-                    reasons,
-                    revision: policy.revision(),
-                    latency_us,
-                })?;
-                log.close()?;
-            }
-            println!("{}", serde_json::to_string_pretty(&result?)?);
-            Ok(())
+            let input = eval_input(input)?;
+            let audit = audit.zip(audit_key);
+            eval(ctx, &bundle, &verify, &entrypoint, &input, audit)
         }
     }
+}
+
+fn build(
+    dir: &std::path::Path,
+    entrypoints: &[String],
+    output: &std::path::Path,
+    revision: Option<&str>,
+) -> anyhow::Result<()> {
+    let source = PolicySource::read(dir)?;
+    let bundle = gantry::policy::build(&source, entrypoints, revision)?;
+    bundle.write(output)?;
+    eprintln!(
+        "wrote {} (revision {}, {} module(s), entrypoints: {})",
+        output.display(),
+        bundle.revision(),
+        source.modules.len(),
+        entrypoints.join(", ")
+    );
+    Ok(())
+}
+
+fn test(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let source = PolicySource::read(dir)?;
+    let outcomes = gantry::policy::rego_tests::run(&source)?;
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"passed": outcomes.len() - failed, "failed": failed, "tests": outcomes})
+        );
+    } else {
+        for o in &outcomes {
+            match &o.failure {
+                None => println!("PASS {} ({:.0} µs)", o.name, o.duration_us),
+                Some(why) => println!("FAIL {} ({}): {why}", o.name, o.file),
+            }
+        }
+        println!("{} passed, {failed} failed", outcomes.len() - failed);
+    }
+    if outcomes.is_empty() {
+        anyhow::bail!("{}: no test_ rules in *_test.rego files", dir.display());
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} test(s) failed");
+    }
+    Ok(())
+}
+
+/// Signs `bundle` in place with `key` (read from `key_path`).
+fn sign(
+    bundle: &std::path::Path,
+    key: &SigningKey,
+    key_path: &std::path::Path,
+    scope: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut files = read_files(bundle)?;
+    files.retain(|(name, _)| name != bundle_signature::FILE);
+    let sig = bundle_signature::sign(&files, key, scope)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?;
+    files.push((bundle_signature::FILE.to_string(), sig));
+    write_files(bundle, &files)?;
+    eprintln!(
+        "signed {} ({}, key `{}`, {} files)",
+        bundle.display(),
+        key.alg.name(),
+        key.id,
+        files.len() - 1
+    );
+    Ok(())
+}
+
+fn keygen(output: &std::path::Path) -> anyhow::Result<()> {
+    let public = PathBuf::from(format!("{}.pub", output.display()));
+    for p in [output, public.as_path()] {
+        if p.exists() {
+            anyhow::bail!("{}: exists; refusing to overwrite a key", p.display());
+        }
+    }
+    let (private, public_pem) = bundle_signature::generate_es256().map_err(anyhow::Error::msg)?;
+    gantry::keys::write_private(output, private.as_bytes())
+        .with_context(|| format!("writing {}", output.display()))?;
+    std::fs::write(&public, public_pem)?;
+    eprintln!("wrote {} and {}", output.display(), public.display());
+    Ok(())
+}
+
+/// The `--input` of `eval`: JSON text, or `@FILE`.
+fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
+    let text = match input.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the input from {file}"))?,
+        None => input,
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "--input: not JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// One decision of `bundle`'s `entrypoint` on `input`, printed; recorded in the audit log
+/// `(log, key)` when one is given.
+fn eval(
+    ctx: &super::Context,
+    bundle: &std::path::Path,
+    verify: &VerifyArgs,
+    entrypoint: &str,
+    input: &serde_json::Value,
+    audit: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<()> {
+    let read = verify.read(bundle)?;
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = ctx.cache_dir.clone();
+    let host = Host::new(config)?;
+    let policy =
+        gantry::blocking::block_on(host.policy_loader().load(read, PolicyLimits::default()))
+            .with_context(|| format!("loading {}", bundle.display()))?;
+    let start = std::time::Instant::now();
+    let result = gantry::blocking::block_on(policy.evaluate(entrypoint, input));
+    let latency_us = start.elapsed().as_secs_f64() * 1e6;
+    if let Some((log, key)) = audit {
+        let log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
+        let (allow, reasons) = gantry::policy::decide::verdict(&result);
+        let id = gantry::audit::new_decision_id();
+        let null = serde_json::Value::Null;
+        log.decision(&gantry::audit::Decision {
+            decision_id: &id,
+            subject: input.get("subject").unwrap_or(&null),
+            action: input.get("action").unwrap_or(&null),
+            resource: input.get("resource").unwrap_or(&null),
+            entrypoint,
+            allow,
+            reasons,
+            revision: policy.revision(),
+            latency_us,
+        })?;
+        log.close()?;
+    }
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
 }
 
 /// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256).

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use gantry::pipeline::{self, PipelineConfig};
+use gantry::bindings::pre_v0_1::Tensor;
+use gantry::engine::EpochTicker;
+use gantry::pipeline::{self, PipelineConfig, PipelineError, PipelineStats};
 use gantry::plugin::{ArtifactCache, base_linker};
 use gantry::preprocess::PreprocessPlugin;
 use gantry::storage::Store;
@@ -51,11 +53,7 @@ pub struct Args {
 
 /// Runs `gantry preprocess`.
 pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
-    let engine = gantry::engine::build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let _ticker = gantry::engine::EpochTicker::start(&engine);
-    let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
-    let mut plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, &args.plugin)?;
+    let (mut plugin, _ticker) = load_builtin(ctx, &args.plugin)?;
     for entry in &args.set {
         let (key, value) = entry
             .split_once('=')
@@ -70,61 +68,27 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     if let Some(w) = args.workers {
         config.workers = w.max(1);
     }
-    let mut writer: Option<F32Writer> = None;
-    let mut columns = 0usize;
-    let out = args.out.clone();
-    let mut sink = |t: gantry::bindings::pre_v0_1::Tensor| -> Result<(), String> {
-        let width: usize = t.shape.iter().skip(1).map(|&d| d as usize).product();
-        if writer.is_none() {
-            columns = width;
-            writer = Some(F32Writer::create(&out, width).map_err(|e| e.to_string())?);
-        }
-        if width != columns {
-            return Err(format!(
-                "a batch of width {width} after batches of {columns}"
-            ));
-        }
-        writer
-            .as_mut()
-            .expect("created above")
-            .push(&t.data)
-            .map_err(|e| e.to_string())
+    let mut out = Output {
+        path: args.out.clone(),
+        writer: None,
+        columns: 0,
     };
     let started = std::time::Instant::now();
-    let result = match (&args.file, &args.object) {
-        (Some(file), _) => {
-            let file = file.clone();
-            let open =
-                move || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
-                    std::fs::File::open(&file)
-                        .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
-                        .map_err(|error| gantry::storage::StoreError::Io {
-                            path: file.clone(),
-                            error,
-                        })
-                };
-            pipeline::run(&open, &plugin, config, &mut sink)
-        }
-        (None, Some(id)) => {
-            let store = Store::open(&args.dir.path()?)?;
-            pipeline::run_object(&store, id, &plugin, config, &mut sink)
-        }
-        (None, None) => unreachable!("clap requires one"),
-    };
-    let stats = match result {
+    let stats = match stream(&args, &plugin, config, &mut |t| out.push(t))? {
         Ok(s) => s,
         Err(e) => {
-            if let Some(w) = writer {
+            if let Some(w) = out.writer {
                 w.discard();
             }
             return Err(e).context(format!("preprocessing with `{}`", args.plugin));
         }
     };
-    let rows = match writer {
+    let rows = match out.writer {
         Some(w) => w.finish()?,
         None => anyhow::bail!("the dataset has no records"),
     };
     let secs = started.elapsed().as_secs_f64();
+    let columns = out.columns;
     if args.json {
         let mut v = serde_json::to_value(&stats)?;
         v["seconds"] = secs.into();
@@ -146,4 +110,76 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A shipped preprocessing plugin on an engine of its own, with the ticker that bounds its
+/// calls (keep it while the plugin runs).
+pub(super) fn load_builtin(
+    ctx: &super::Context,
+    name: &str,
+) -> anyhow::Result<(PreprocessPlugin, EpochTicker)> {
+    let engine = gantry::engine::build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let ticker = EpochTicker::start(&engine);
+    let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
+    let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, name)?;
+    Ok((plugin, ticker))
+}
+
+/// The f32 file the batches go to, created at the first batch (its width).
+struct Output {
+    path: PathBuf,
+    writer: Option<F32Writer>,
+    columns: usize,
+}
+
+impl Output {
+    fn push(&mut self, t: Tensor) -> Result<(), String> {
+        let width: usize = t.shape.iter().skip(1).map(|&d| d as usize).product();
+        if self.writer.is_none() {
+            self.columns = width;
+            self.writer = Some(F32Writer::create(&self.path, width).map_err(|e| e.to_string())?);
+        }
+        if width != self.columns {
+            return Err(format!(
+                "a batch of width {width} after batches of {}",
+                self.columns
+            ));
+        }
+        self.writer
+            .as_mut()
+            .expect("created above")
+            .push(&t.data)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The file or the stored object of `args` through `plugin` into `sink`; the outer error is the
+/// store's (the data directory could not be opened), the inner one the pipeline's.
+fn stream(
+    args: &Args,
+    plugin: &PreprocessPlugin,
+    config: PipelineConfig,
+    sink: &mut dyn FnMut(Tensor) -> Result<(), String>,
+) -> anyhow::Result<Result<PipelineStats, PipelineError>> {
+    Ok(match (&args.file, &args.object) {
+        (Some(file), _) => {
+            let file = file.clone();
+            let open =
+                move || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
+                    std::fs::File::open(&file)
+                        .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
+                        .map_err(|error| gantry::storage::StoreError::Io {
+                            path: file.clone(),
+                            error,
+                        })
+                };
+            pipeline::run(&open, plugin, config, sink)
+        }
+        (None, Some(id)) => {
+            let store = Store::open(&args.dir.path()?)?;
+            pipeline::run_object(&store, id, plugin, config, sink)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    })
 }

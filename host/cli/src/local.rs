@@ -1,0 +1,40 @@
+//! A daemon in this process on a throwaway data directory: what the demo and the API benchmark
+//! start.
+
+use std::path::{Path, PathBuf};
+
+use gantry::cluster::Cluster;
+use gantry_daemon::datadir::DataDir;
+use gantry_daemon::db::User;
+use gantry_daemon::{Background, DaemonConfig, DaemonError};
+
+/// Adds `users` to the data directory `dir` as `gantry user add` does (under the directory's
+/// lock, held as `holder`, each recorded in the audit log); their bearer tokens, in order.
+pub fn add_users(dir: &Path, holder: &str, users: &[User]) -> anyhow::Result<Vec<String>> {
+    let admin = DataDir::open(dir, holder)?;
+    let mut tokens = Vec::with_capacity(users.len());
+    for user in users {
+        tokens.push(admin.add_user(user, None)?.token);
+    }
+    admin.close()?;
+    Ok(tokens)
+}
+
+/// Starts a daemon on `dir` on a free loopback port, plain HTTP, every limit at its default.
+pub fn start_daemon(
+    dir: &Path,
+    cluster: Cluster,
+    cache_dir: Option<PathBuf>,
+) -> Result<Background, DaemonError> {
+    Background::start(DaemonConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        cluster,
+        cache_dir,
+        tls: None,
+        trust: Default::default(),
+        train_limits: Default::default(),
+        conn_limits: Default::default(),
+        shipped_policy: false,
+    })
+}
