@@ -162,6 +162,7 @@ fn line_of(text: &str, name: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+#[derive(Default)]
 struct Interner(Vec<String>);
 
 impl Interner {
@@ -184,32 +185,11 @@ pub fn load_cluster(path: &Path) -> Result<Cluster, ModelError> {
 /// Parses cluster text; `path` names the source in errors and picks the format.
 pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
     let file: ClusterFile = parse(text, path)?;
-    let invalid = |name: &str, message: String| ModelError::Invalid {
-        path: path.to_path_buf(),
-        line: line_of(text, name),
-        message,
+    let src = Source { text, path };
+    let mut cluster = Cluster {
+        tenants: tenants(src, &file.tenants)?,
+        ..Cluster::default()
     };
-    let mut cluster = Cluster::default();
-    let mut seen = HashSet::new();
-    for (i, t) in file.tenants.iter().enumerate() {
-        if !seen.insert(t.name.as_str()) {
-            return Err(invalid(
-                &t.name,
-                format!("tenants[{i}].name: duplicate tenant `{}`", t.name),
-            ));
-        }
-        if !(t.weight > 0.0 && t.weight.is_finite()) {
-            return Err(invalid(
-                &t.name,
-                format!("tenants[{i}].weight: must be positive, got {}", t.weight),
-            ));
-        }
-        cluster.tenants.push(TenantInfo {
-            name: t.name.clone(),
-            quota_gpus: t.quota_gpus,
-            weight: t.weight,
-        });
-    }
     if file.nodes.is_empty() {
         return Err(ModelError::Invalid {
             path: path.to_path_buf(),
@@ -217,13 +197,79 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
             message: "nodes: the cluster has no nodes".into(),
         });
     }
-    // The counts are the file's word: all of them bounded before a GPU record is built.
-    let mut total = 0u64;
+    check_gpu_count(src, &file.nodes)?;
+    let mut names = Names::default();
     for (n, node) in file.nodes.iter().enumerate() {
+        add_node(src, &mut cluster, &mut names, n, node)?;
+    }
+    cluster.racks = names.racks.0;
+    cluster.nvlink_domains = names.domains.0;
+    cluster.models = names.models.0;
+    Ok(cluster)
+}
+
+/// The text of a cluster file and its path, to point errors at an entry.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Source<'_> {
+    /// `message` about the entry named `name`, at the line where the name first appears.
+    fn invalid(&self, name: &str, message: String) -> ModelError {
+        ModelError::Invalid {
+            path: self.path.to_path_buf(),
+            line: line_of(self.text, name),
+            message,
+        }
+    }
+}
+
+/// The names a cluster file gives, interned (racks, domains, models) or checked unique.
+#[derive(Default)]
+struct Names<'f> {
+    racks: Interner,
+    domains: Interner,
+    models: Interner,
+    nodes: HashSet<&'f str>,
+    gpu_ids: HashSet<String>,
+}
+
+/// The tenants, each name unique and each weight positive.
+fn tenants(src: Source, files: &[TenantFile]) -> Result<Vec<TenantInfo>, ModelError> {
+    let mut seen = HashSet::new();
+    let mut tenants = Vec::with_capacity(files.len());
+    for (i, t) in files.iter().enumerate() {
+        if !seen.insert(t.name.as_str()) {
+            return Err(src.invalid(
+                &t.name,
+                format!("tenants[{i}].name: duplicate tenant `{}`", t.name),
+            ));
+        }
+        if !(t.weight > 0.0 && t.weight.is_finite()) {
+            return Err(src.invalid(
+                &t.name,
+                format!("tenants[{i}].weight: must be positive, got {}", t.weight),
+            ));
+        }
+        tenants.push(TenantInfo {
+            name: t.name.clone(),
+            quota_gpus: t.quota_gpus,
+            weight: t.weight,
+        });
+    }
+    Ok(tenants)
+}
+
+/// The counts are the file's word: all of them bounded before a GPU record is built.
+fn check_gpu_count(src: Source, nodes: &[NodeFile]) -> Result<(), ModelError> {
+    let mut total = 0u64;
+    for (n, node) in nodes.iter().enumerate() {
         let count = node.gpus.as_ref().map_or(0, |g| g.count);
         total += u64::from(count) + node.gpu.len() as u64;
         if total > MAX_GPUS as u64 {
-            return Err(invalid(
+            return Err(src.invalid(
                 &node.name,
                 format!(
                     "nodes[{n}] (`{}`).gpus: {total} GPUs up to here, more than a cluster's \
@@ -233,114 +279,130 @@ pub fn parse_cluster(text: &str, path: &Path) -> Result<Cluster, ModelError> {
             ));
         }
     }
-    let (mut racks, mut domains, mut models) = (
-        Interner(Vec::new()),
-        Interner(Vec::new()),
-        Interner(Vec::new()),
-    );
-    let mut node_names = HashSet::new();
-    let mut gpu_ids = HashSet::new();
-    for (n, node) in file.nodes.iter().enumerate() {
-        let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
-        if !node_names.insert(node.name.as_str()) {
-            return Err(invalid(
-                &node.name,
-                format!("{}: duplicate node name", at("name")),
+    Ok(())
+}
+
+/// Node `n` of the file and its GPUs, checked, into `cluster`.
+fn add_node<'f>(
+    src: Source,
+    cluster: &mut Cluster,
+    names: &mut Names<'f>,
+    n: usize,
+    node: &'f NodeFile,
+) -> Result<(), ModelError> {
+    let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
+    if !names.nodes.insert(node.name.as_str()) {
+        return Err(src.invalid(&node.name, format!("{}: duplicate node name", at("name"))));
+    }
+    let node_index = cluster.nodes.len() as u32;
+    let rack = names.racks.get(&node.rack);
+    cluster.nodes.push(NodeInfo {
+        name: node.name.clone(),
+        rack,
+    });
+    for g in node_gpus(src, node, &at)? {
+        if !names.gpu_ids.insert(g.id.clone()) {
+            return Err(src.invalid(
+                &g.id,
+                format!("{}: duplicate GPU id `{}`", at("gpu.id"), g.id),
             ));
         }
-        let node_index = cluster.nodes.len() as u32;
-        let rack = racks.get(&node.rack);
-        cluster.nodes.push(NodeInfo {
-            name: node.name.clone(),
-            rack,
-        });
-        let mut gpus = Vec::new();
-        if let Some(group) = &node.gpus {
-            if group.count == 0 || group.memory_mib == 0 {
-                return Err(invalid(
-                    &node.name,
-                    format!("{}: count and memory_mib must be positive", at("gpus")),
-                ));
-            }
-            if let Some(bad) = group.unhealthy.iter().find(|&&u| u >= group.count) {
-                return Err(invalid(
-                    &node.name,
-                    format!(
-                        "{}: index {bad} is not below count {}",
-                        at("gpus.unhealthy"),
-                        group.count
-                    ),
-                ));
-            }
-            let domain = group
-                .nvlink_domain
-                .clone()
-                .unwrap_or_else(|| node.name.clone());
-            let unhealthy: HashSet<u32> = group.unhealthy.iter().copied().collect();
-            for g in 0..group.count {
-                gpus.push(GpuFile {
-                    id: format!("{}/gpu{g}", node.name),
-                    model: group.model.clone(),
-                    memory_total_mib: group.memory_mib,
-                    memory_free_mib: None,
-                    nvlink_domain: Some(domain.clone()),
-                    healthy: !unhealthy.contains(&g),
-                });
-            }
-        }
-        gpus.extend(node.gpu.iter().map(|g| GpuFile {
-            id: g.id.clone(),
-            model: g.model.clone(),
-            memory_total_mib: g.memory_total_mib,
-            memory_free_mib: g.memory_free_mib,
-            nvlink_domain: g.nvlink_domain.clone(),
-            healthy: g.healthy,
-        }));
-        if gpus.is_empty() {
-            return Err(invalid(
-                &node.name,
+        let free = g.memory_free_mib.unwrap_or(g.memory_total_mib);
+        if g.memory_total_mib == 0 || free > g.memory_total_mib {
+            return Err(src.invalid(
+                &g.id,
                 format!(
-                    "{}: node has no GPUs (give `gpus` or `[[nodes.gpu]]`)",
-                    at("gpus")
+                    "{}: GPU `{}` has memory_free_mib {free} and memory_total_mib {} (need 0 < free <= total)",
+                    at("gpu.memory_free_mib"),
+                    g.id,
+                    g.memory_total_mib
                 ),
             ));
         }
-        for g in gpus {
-            if !gpu_ids.insert(g.id.clone()) {
-                return Err(invalid(
-                    &g.id,
-                    format!("{}: duplicate GPU id `{}`", at("gpu.id"), g.id),
-                ));
-            }
-            let free = g.memory_free_mib.unwrap_or(g.memory_total_mib);
-            if g.memory_total_mib == 0 || free > g.memory_total_mib {
-                return Err(invalid(
-                    &g.id,
-                    format!(
-                        "{}: GPU `{}` has memory_free_mib {free} and memory_total_mib {} (need 0 < free <= total)",
-                        at("gpu.memory_free_mib"),
-                        g.id,
-                        g.memory_total_mib
-                    ),
-                ));
-            }
-            let domain = g.nvlink_domain.unwrap_or_else(|| node.name.clone());
-            cluster.gpus.push(GpuInfo {
-                id: g.id,
-                node: node_index,
-                nvlink_domain: domains.get(&domain),
-                rack,
-                model: models.get(&g.model),
-                memory_total_mib: g.memory_total_mib,
-                memory_free_mib: free,
-                healthy: g.healthy,
-            });
-        }
+        let domain = g.nvlink_domain.unwrap_or_else(|| node.name.clone());
+        cluster.gpus.push(GpuInfo {
+            id: g.id,
+            node: node_index,
+            nvlink_domain: names.domains.get(&domain),
+            rack,
+            model: names.models.get(&g.model),
+            memory_total_mib: g.memory_total_mib,
+            memory_free_mib: free,
+            healthy: g.healthy,
+        });
     }
-    cluster.racks = racks.0;
-    cluster.nvlink_domains = domains.0;
-    cluster.models = models.0;
-    Ok(cluster)
+    Ok(())
+}
+
+/// A node's GPUs, its group's then those listed one by one; at least one (`at` names a field of
+/// the node in errors).
+fn node_gpus(
+    src: Source,
+    node: &NodeFile,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<GpuFile>, ModelError> {
+    let mut gpus = match &node.gpus {
+        Some(group) => group_gpus(src, node, group, at)?,
+        None => Vec::new(),
+    };
+    gpus.extend(node.gpu.iter().map(|g| GpuFile {
+        id: g.id.clone(),
+        model: g.model.clone(),
+        memory_total_mib: g.memory_total_mib,
+        memory_free_mib: g.memory_free_mib,
+        nvlink_domain: g.nvlink_domain.clone(),
+        healthy: g.healthy,
+    }));
+    if gpus.is_empty() {
+        return Err(src.invalid(
+            &node.name,
+            format!(
+                "{}: node has no GPUs (give `gpus` or `[[nodes.gpu]]`)",
+                at("gpus")
+            ),
+        ));
+    }
+    Ok(gpus)
+}
+
+/// A node's uniform group of GPUs, one by one (`at` names a field of the node in errors).
+fn group_gpus(
+    src: Source,
+    node: &NodeFile,
+    group: &GpuGroupFile,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<GpuFile>, ModelError> {
+    if group.count == 0 || group.memory_mib == 0 {
+        return Err(src.invalid(
+            &node.name,
+            format!("{}: count and memory_mib must be positive", at("gpus")),
+        ));
+    }
+    if let Some(bad) = group.unhealthy.iter().find(|&&u| u >= group.count) {
+        return Err(src.invalid(
+            &node.name,
+            format!(
+                "{}: index {bad} is not below count {}",
+                at("gpus.unhealthy"),
+                group.count
+            ),
+        ));
+    }
+    let domain = group
+        .nvlink_domain
+        .clone()
+        .unwrap_or_else(|| node.name.clone());
+    let unhealthy: HashSet<u32> = group.unhealthy.iter().copied().collect();
+    Ok((0..group.count)
+        .map(|g| GpuFile {
+            id: format!("{}/gpu{g}", node.name),
+            model: group.model.clone(),
+            memory_total_mib: group.memory_mib,
+            memory_free_mib: None,
+            nvlink_domain: Some(domain.clone()),
+            healthy: !unhealthy.contains(&g),
+        })
+        .collect())
 }
 
 /// Reads a job file and checks it against `cluster` (tenants must exist).
