@@ -13,8 +13,8 @@ use wasm_encoder::{
     GlobalType, ImportSection, MemoryType, Module, RawSection, ValType,
 };
 use wasmparser::{
-    DataSectionReader, ExportSectionReader, ExternalKind, FromReader, ImportSectionReader,
-    Operator, Parser, Payload, SectionLimited, TypeRef,
+    DataSectionReader, ExportSectionReader, ExternalKind, FromReader, GlobalSectionReader,
+    ImportSectionReader, Operator, Parser, Payload, SectionLimited, TypeRef,
 };
 
 /// OPA Wasm ABI version the engine implements (1.2: with the `opa_eval` fast path).
@@ -173,43 +173,7 @@ fn data(
 
 /// Returns the engine module with `policy_json` packed in.
 pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
-    // First pass: imports, globals, exports.
-    let mut layout = Layout {
-        imported_globals: 0,
-        global_count: 0,
-        const_globals: Vec::new(),
-        exports: Vec::new(),
-    };
-    for payload in Parser::new(0).parse_all(engine) {
-        match payload.map_err(parse_err)? {
-            Payload::ImportSection(reader) => {
-                for import in reader {
-                    if let TypeRef::Global(_) = import.map_err(parse_err)?.ty {
-                        layout.imported_globals += 1;
-                    }
-                }
-            }
-            Payload::GlobalSection(reader) => {
-                layout.global_count = reader.count();
-                for (i, global) in reader.into_iter().enumerate() {
-                    let global = global.map_err(parse_err)?;
-                    let mut ops = global.init_expr.get_operators_reader();
-                    if let Ok(Operator::I32Const { value }) = ops.read() {
-                        layout
-                            .const_globals
-                            .push((layout.imported_globals + i as u32, value));
-                    }
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let e = export.map_err(parse_err)?;
-                    layout.exports.push((e.name.to_string(), e.kind, e.index));
-                }
-            }
-            _ => {}
-        }
-    }
+    let layout = Layout::read(engine)?;
     let cell = layout.exported_const("GANTRY_POLICY")?;
     let heap_base = layout.exported_const("__heap_base")?;
     let blob_at = heap_base.next_multiple_of(16);
@@ -230,22 +194,8 @@ pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
                 module.section(&imports(reader, min_pages)?);
             }
             Payload::GlobalSection(reader) => {
-                let mut section = GlobalSection::new();
-                for raw in raw_items(engine, reader)? {
-                    section.raw(raw);
-                }
-                for value in [ABI_VERSION.0, ABI_VERSION.1] {
-                    section.global(
-                        GlobalType {
-                            val_type: ValType::I32,
-                            mutable: false,
-                            shared: false,
-                        },
-                        &ConstExpr::i32_const(value),
-                    );
-                }
+                module.section(&globals(engine, reader)?);
                 saw.0 = true;
-                module.section(&section);
             }
             Payload::ExportSection(reader) => {
                 module.section(&exports(reader, &layout)?);
@@ -279,4 +229,69 @@ pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
         .validate_all(&packed)
         .map_err(|e| fail(format!("the packed module does not validate: {e}")))?;
     Ok(packed)
+}
+
+impl Layout {
+    /// The first pass: imports, globals, exports.
+    fn read(engine: &[u8]) -> Result<Layout, PackError> {
+        let mut layout = Layout {
+            imported_globals: 0,
+            global_count: 0,
+            const_globals: Vec::new(),
+            exports: Vec::new(),
+        };
+        for payload in Parser::new(0).parse_all(engine) {
+            match payload.map_err(parse_err)? {
+                Payload::ImportSection(reader) => {
+                    for import in reader {
+                        if let TypeRef::Global(_) = import.map_err(parse_err)?.ty {
+                            layout.imported_globals += 1;
+                        }
+                    }
+                }
+                Payload::GlobalSection(reader) => {
+                    layout.global_count = reader.count();
+                    for (i, global) in reader.into_iter().enumerate() {
+                        let global = global.map_err(parse_err)?;
+                        let mut ops = global.init_expr.get_operators_reader();
+                        if let Ok(Operator::I32Const { value }) = ops.read() {
+                            layout
+                                .const_globals
+                                .push((layout.imported_globals + i as u32, value));
+                        }
+                    }
+                }
+                Payload::ExportSection(reader) => {
+                    for export in reader {
+                        let e = export.map_err(parse_err)?;
+                        layout.exports.push((e.name.to_string(), e.kind, e.index));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(layout)
+    }
+}
+
+/// The engine's globals, then the two constant globals of the ABI version.
+fn globals<'a>(
+    engine: &'a [u8],
+    reader: GlobalSectionReader<'a>,
+) -> Result<GlobalSection, PackError> {
+    let mut section = GlobalSection::new();
+    for raw in raw_items(engine, reader)? {
+        section.raw(raw);
+    }
+    for value in [ABI_VERSION.0, ABI_VERSION.1] {
+        section.global(
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: false,
+                shared: false,
+            },
+            &ConstExpr::i32_const(value),
+        );
+    }
+    Ok(section)
 }
