@@ -10,7 +10,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -222,6 +223,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A database failure answers 500 (and is logged): the client can do nothing about it.
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        Self::internal(e)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs `work` on the core's bounded blocking pool ([`gantry::blocking::run`]): SQLite, audit
@@ -241,28 +249,72 @@ pub(crate) fn here<F: std::future::Future>(call: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(call)
 }
 
-/// The user behind the request's bearer token, looked up before anything else of the request
-/// is read.
-async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<User> {
-    let unauthorized =
-        || ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?
-        .trim()
-        .to_string();
-    // A token is short: a long one is junk, refused without a lookup.
-    if token.len() > 256 {
-        return Err(unauthorized());
+/// The request's bearer token, read from its headers alone: a request without one is refused
+/// (401) before anything else of it is read. Whose token it is is looked up in the same hop of
+/// the blocking pool as the handler's work ([`Caller::then`], [`Caller::may`]): one hop per
+/// request; a handler that must know its caller before it reads a body looks them up alone
+/// first ([`Caller::user`]), so an unauthenticated client makes the daemon read no body.
+pub(super) struct Caller(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> ApiResult<Self> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            // A token is short: a long one is junk, refused without a lookup.
+            .filter(|t| t.len() <= 256)
+            .ok_or_else(unauthorized)?;
+        Ok(Caller(token.to_string()))
     }
-    blocking(state, move |state| {
-        super::auth::check(&state.daemon.db, &token)
-            .map_err(ApiError::internal)?
-            .ok_or_else(unauthorized)
-    })
-    .await
+}
+
+/// The answer to a request without a valid token.
+fn unauthorized() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+}
+
+impl Caller {
+    /// Looks the caller up and runs `work` for them, in one hop of the blocking pool.
+    async fn then<T: Send + 'static>(
+        self,
+        state: &AppState,
+        work: impl FnOnce(&AppState, User) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        blocking(state, move |state| {
+            let user = super::auth::check(&state.daemon.db, &self.0)
+                .map_err(ApiError::internal)?
+                .ok_or_else(unauthorized)?;
+            work(state, user)
+        })
+        .await
+    }
+
+    /// Looks the caller up, asks the policy whether they may do `action` to `resource`
+    /// ([`authorize`]) and runs `work` for them: one hop of the blocking pool.
+    async fn may<T: Send + 'static>(
+        self,
+        state: &AppState,
+        action: Action,
+        resource: impl Into<Resource> + Send + 'static,
+        work: impl FnOnce(&AppState, User) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        self.then(state, move |state, user| {
+            authorize(state, &user, action, resource)?;
+            work(state, user)
+        })
+        .await
+    }
+
+    /// The caller alone: for a handler that reads a body, which it reads only once it knows
+    /// who sent it (its work takes a second hop, after the body).
+    async fn user(self, state: &AppState) -> ApiResult<User> {
+        self.then(state, |_, user| Ok(user)).await
+    }
 }
 
 /// Asks the policy whether `user` may do `action` to `resource` (and records the decision); a
@@ -360,10 +412,37 @@ fn in_tenant(query: TenantQuery) -> ApiResult<Option<String>> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-/// The request's `Content-Length`, when it declares one.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
+/// A large body (a plugin or a policy bundle, `what`), read whole once its declared size is
+/// within [`MAX_UPLOAD`] and one of the [`LARGE_BODY_SLOTS`] is free: the slot is held while
+/// the request is handled.
+async fn large_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    what: &str,
+) -> ApiResult<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit)> {
+    within_upload_limit(headers, what)?;
+    let slot = state
+        .large_bodies
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((super::body::bytes(body, MAX_UPLOAD).await?, slot))
+}
+
+/// A 413 for a request whose `Content-Length` declares more than [`MAX_UPLOAD`] bytes, before
+/// any of its body is read; `what` names what it carries (`a dataset`).
+fn within_upload_limit(headers: &HeaderMap, what: &str) -> ApiResult<()> {
+    let declared: Option<u64> = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is at most {MAX_UPLOAD} bytes"),
+        ));
+    }
+    Ok(())
 }

@@ -49,8 +49,12 @@ pub async fn bytes(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Reads `body` whole (at most `limit` bytes) as JSON of type `T`; a malformed body is a 400
 /// naming the field, line and column.
 pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = bytes(body, limit).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    parse_json(&bytes(body, limit).await?)
+}
+
+/// A body read whole ([`bytes`]) as the JSON of `T`, or a 400 saying why not.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not the JSON this endpoint takes: {e}"),

@@ -3,19 +3,20 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiResult, AppState, MAX_BODY, authorize, blocking, caller};
+use super::{ApiError, ApiResult, AppState, Caller, MAX_BODY, authorize, blocking};
 use crate::body;
+use crate::db::User;
 use gantry::policy::request::{Action, Resource};
 
 pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let text = blocking(&state, |state| {
         let daemon = &state.daemon;
-        let counts = daemon.db.counts_by_state().map_err(ApiError::internal)?;
+        let counts = daemon.db.counts_by_state()?;
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
         let host = daemon.host_read();
         let plugin = host
@@ -48,78 +49,89 @@ pub(super) async fn health() -> Json<serde_json::Value> {
 /// `GET /v1/gpus`: every GPU, its node and health, and the job holding it.
 pub(super) async fn gpus(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::ClusterRead, Resource::Empty {})?;
-        let host = state.daemon.host_read();
-        let s = host.state();
-        // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
-        let holder_job = |i: usize| {
-            s.holder[i].and_then(|alloc| {
-                s.running
-                    .iter()
-                    .find(|a| a.id == alloc)
-                    .filter(|a| {
-                        let tenant = &s.cluster.tenants[a.tenant as usize].name;
-                        user.is_admin() || user.tenants.contains(tenant)
-                    })
-                    .map(|a| crate::db::name_of(&a.job_id).to_string())
-            })
-        };
-        let gpus: Vec<serde_json::Value> = s
-            .cluster
-            .gpus
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                json!({
-                    "id": g.id,
-                    "node": s.cluster.nodes[g.node as usize].name,
-                    "healthy": g.healthy,
-                    "busy": s.holder[i].is_some(),
-                    "job": holder_job(i),
+    read_cluster(&state, caller, gpus_for).await
+}
+
+/// `read`'s answer for the caller, if the policy lets them read the cluster (`cluster.read`).
+async fn read_cluster(
+    state: &AppState,
+    caller: Caller,
+    read: fn(&AppState, User) -> ApiResult<Json<serde_json::Value>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller
+        .may(state, Action::ClusterRead, Resource::Empty {}, read)
+        .await
+}
+
+/// Every GPU as `user` may see it.
+fn gpus_for(state: &AppState, user: User) -> ApiResult<Json<serde_json::Value>> {
+    let host = state.daemon.host_read();
+    let s = host.state();
+    // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
+    let holder_job = |i: usize| {
+        s.holder[i].and_then(|alloc| {
+            s.running
+                .iter()
+                .find(|a| a.id == alloc)
+                .filter(|a| {
+                    let tenant = &s.cluster.tenants[a.tenant as usize].name;
+                    user.is_admin() || user.tenants.contains(tenant)
                 })
+                .map(|a| crate::db::name_of(&a.job_id).to_string())
+        })
+    };
+    let gpus: Vec<serde_json::Value> = s
+        .cluster
+        .gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            json!({
+                "id": g.id,
+                "node": s.cluster.nodes[g.node as usize].name,
+                "healthy": g.healthy,
+                "busy": s.holder[i].is_some(),
+                "job": holder_job(i),
             })
-            .collect();
-        Ok(Json(
-            json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
-        ))
-    })
-    .await
+        })
+        .collect();
+    Ok(Json(
+        json!({"gpus": gpus, "healthy": s.healthy_gpus(), "busy": s.busy_gpus()}),
+    ))
 }
 
 /// `GET /v1/nodes`: every node with its rack and its GPUs (total, healthy, busy).
 pub(super) async fn nodes(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::ClusterRead, Resource::Empty {})?;
-        let host = state.daemon.host_read();
-        let s = host.state();
-        let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
-        for (i, g) in s.cluster.gpus.iter().enumerate() {
-            let c = &mut counts[g.node as usize];
-            c.0 += 1;
-            c.1 += u32::from(g.healthy);
-            c.2 += u32::from(s.holder[i].is_some());
-        }
-        let nodes: Vec<serde_json::Value> = s
-            .cluster
-            .nodes
-            .iter()
-            .zip(&counts)
-            .map(|(n, (total, healthy, busy))| {
-                json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
-                       "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
-            })
-            .collect();
-        Ok(Json(json!({ "nodes": nodes })))
-    })
-    .await
+    read_cluster(&state, caller, nodes_now).await
+}
+
+/// Every node with its GPUs' counts.
+fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
+    let host = state.daemon.host_read();
+    let s = host.state();
+    let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
+    for (i, g) in s.cluster.gpus.iter().enumerate() {
+        let c = &mut counts[g.node as usize];
+        c.0 += 1;
+        c.1 += u32::from(g.healthy);
+        c.2 += u32::from(s.holder[i].is_some());
+    }
+    let nodes: Vec<serde_json::Value> = s
+        .cluster
+        .nodes
+        .iter()
+        .zip(&counts)
+        .map(|(n, (total, healthy, busy))| {
+            json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
+                   "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
 }
 
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
@@ -133,58 +145,53 @@ struct GpuRef {
 /// the queue (training jobs resume from their newest checkpoint when placed again).
 pub(super) async fn mark_unhealthy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
-    let requeued = blocking(&state, move |state| {
-        authorize(state, &user, Action::GpuHealth, Resource::gpu(&id))?;
-        let daemon = &state.daemon;
-        let lost = daemon
-            .host()
-            .set_gpu_health(&id, false)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
-        // Out of service until an admin says otherwise, restarts included.
-        daemon
-            .db
-            .set_gpu_health(&id, false, &user.name)
-            .map_err(ApiError::internal)?;
-        // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
-        // until the run has stopped, at its next step.
-        daemon.requeue_lost(&lost, "its GPU became unhealthy");
-        Ok(lost
-            .iter()
-            .map(|key| crate::db::name_of(key).to_string())
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    state.wake.notify_one();
-    Ok(Json(json!({"requeued": requeued})))
+    let lost = set_gpu_health(&state, caller, body, false).await?;
+    let requeued: Vec<&str> = lost.iter().map(|key| crate::db::name_of(key)).collect();
+    Ok(Json(json!({ "requeued": requeued })))
 }
 
 /// `POST /v1/gpus/healthy` `{"gpu": id}` (the policy's `gpu.health`, admins): the GPU is back in
 /// service (and stays so across restarts).
 pub(super) async fn mark_healthy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
+    set_gpu_health(&state, caller, body, true).await?;
+    Ok(Json(json!({"healthy": true})))
+}
+
+/// Marks the GPU the body names healthy or not, if the policy allows `gpu.health`, and keeps
+/// it so across restarts; an unhealthy GPU's jobs go back to the queue (returned).
+async fn set_gpu_health(
+    state: &AppState,
+    caller: Caller,
+    body: Body,
+    healthy: bool,
+) -> ApiResult<Vec<String>> {
+    let user = caller.user(state).await?;
     let GpuRef { gpu: id } = body::json(body, MAX_BODY).await?;
-    blocking(&state, move |state| {
+    let lost = blocking(state, move |state| {
         authorize(state, &user, Action::GpuHealth, Resource::gpu(&id))?;
         let daemon = &state.daemon;
-        daemon
+        let lost = daemon
             .host()
-            .set_gpu_health(&id, true)
+            .set_gpu_health(&id, healthy)
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
-        daemon
-            .db
-            .set_gpu_health(&id, true, &user.name)
-            .map_err(ApiError::internal)
+        // Out of service (or back) until an admin says otherwise, restarts included.
+        daemon.db.set_gpu_health(&id, healthy, &user.name)?;
+        if healthy {
+            return Ok(Vec::new());
+        }
+        // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
+        // until the run has stopped, at its next step.
+        daemon.requeue_lost(&lost, "its GPU became unhealthy");
+        Ok(lost)
     })
     .await?;
     state.wake.notify_one();
-    Ok(Json(json!({"healthy": true})))
+    Ok(lost)
 }

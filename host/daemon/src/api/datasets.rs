@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiResult, AppState, MAX_UPLOAD, TRANSFER_SLOTS, TRANSFER_WAIT, TenantQuery,
-    authorize, blocking, caller, declared_length, in_tenant, one_visible, valid_id,
+    ApiError, ApiResult, AppState, Caller, MAX_UPLOAD, TRANSFER_SLOTS, TRANSFER_WAIT, TenantQuery,
+    authorize, blocking, in_tenant, one_visible, valid_id, within_upload_limit,
 };
 use crate::body;
 use crate::db::User;
@@ -28,18 +28,58 @@ fn dataset_visible(user: &User, d: &crate::db::DatasetRecord) -> bool {
     user.is_admin() || user.tenants.contains(&d.tenant)
 }
 
+/// An upload's `?tenant=..&classification=..`, or why it does not read.
+type UploadQueryResult =
+    Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>;
+
 /// `PUT /v1/datasets/{name}?tenant=..&classification=..`: the raw body, streamed into the
 /// encrypted store once the caller is known, a member of the tenant and allowed
 /// `dataset.write`; nothing is kept unless all of it arrived (within [`MAX_UPLOAD`]).
 pub(super) async fn upload(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
-    query: Result<axum::extract::Query<UploadQuery>, axum::extract::rejection::QueryRejection>,
+    query: UploadQueryResult,
+    caller: Caller,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let user = caller(&state, &headers).await?;
-    if !valid_id(&name) {
+    let fits = within_upload_limit(&headers, "a dataset");
+    let (user, q) = caller
+        .then(&state, {
+            let name = name.clone();
+            move |state, user| may_upload(state, user, &name, query, fits)
+        })
+        .await?;
+    let (object, bytes) = store_body(&state, body).await?;
+    let record = crate::db::DatasetRecord {
+        name: crate::db::key(&q.tenant, &name),
+        tenant: q.tenant,
+        classification: q.classification,
+        object,
+        bytes,
+        owner: user.name,
+        created_at: crate::db::now(),
+    };
+    let record = blocking(&state, move |state| {
+        match state.daemon.db.insert_dataset(&record)? {
+            true => Ok(record),
+            false => Err(taken(crate::db::name_of(&record.name), &record.tenant)),
+        }
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// Whether `user` may upload dataset `name` as `query` says (blocking): a good name, a member
+/// of the tenant, a declared size that `fits`, the policy's `dataset.write`, and the name free.
+fn may_upload(
+    state: &AppState,
+    user: User,
+    name: &str,
+    query: UploadQueryResult,
+    fits: ApiResult<()>,
+) -> ApiResult<(User, UploadQuery)> {
+    if !valid_id(name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "dataset name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
@@ -53,41 +93,38 @@ pub(super) async fn upload(
             format!("user {} is not a member of tenant {}", user.name, q.tenant),
         ));
     }
-    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a dataset is at most {MAX_UPLOAD} bytes"),
-        ));
+    fits?;
+    let dataset = gantry::policy::request::DatasetRef {
+        name: name.to_string(),
+        classification: q.classification.clone(),
+        tenant: q.tenant.clone(),
+    };
+    authorize(state, &user, Action::DatasetWrite, dataset)?;
+    // A taken name is refused before anything is written (the insert after the body still
+    // decides a race between two uploads of one name). Names are per tenant.
+    if state
+        .daemon
+        .db
+        .dataset(&crate::db::key(&q.tenant, name))?
+        .is_some()
+    {
+        return Err(taken(name, &q.tenant));
     }
-    let (user, name, q) = blocking(&state, move |state| {
-        authorize(
-            state,
-            &user,
-            Action::DatasetWrite,
-            gantry::policy::request::DatasetRef {
-                name: name.clone(),
-                classification: q.classification.clone(),
-                tenant: q.tenant.clone(),
-            },
-        )?;
-        // A taken name is refused before anything is written (the insert below still decides
-        // a race between two uploads of one name). Names are per tenant.
-        if state
-            .daemon
-            .db
-            .dataset(&crate::db::key(&q.tenant, &name))
-            .map_err(ApiError::internal)?
-            .is_some()
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("a dataset `{name}` already exists in tenant {}", q.tenant),
-            ));
-        }
-        Ok((user, name, q))
-    })
-    .await?;
-    let transfer = transfer_slot(&state).await?;
+    Ok((user, q))
+}
+
+/// The answer to an upload of a dataset name `tenant` has already.
+fn taken(name: &str, tenant: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("a dataset `{name}` already exists in tenant {tenant}"),
+    )
+}
+
+/// Streams `body` into the store, once one of the [`TRANSFER_SLOTS`] is free: the object's
+/// name and its size.
+async fn store_body(state: &AppState, body: Body) -> ApiResult<(String, u64)> {
+    let transfer = transfer_slot(state).await?;
     let (reader, feeder) = body::stream(body, MAX_UPLOAD);
     let daemon = state.daemon.clone();
     let stored = tokio::task::spawn_blocking(move || {
@@ -99,31 +136,7 @@ pub(super) async fn upload(
     // The body's own failure (too large, too slow, cut off) explains a failed write best.
     let bytes = feeder.await.map_err(ApiError::internal)??;
     let object = stored.map_err(ApiError::internal)?;
-    let record = blocking(&state, move |state| {
-        let record = crate::db::DatasetRecord {
-            name: crate::db::key(&q.tenant, &name),
-            tenant: q.tenant,
-            classification: q.classification,
-            object,
-            bytes,
-            owner: user.name,
-            created_at: crate::db::now(),
-        };
-        match state.daemon.db.insert_dataset(&record) {
-            Ok(true) => Ok(record),
-            Ok(false) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "a dataset `{}` already exists in tenant {}",
-                    crate::db::name_of(&record.name),
-                    record.tenant
-                ),
-            )),
-            Err(e) => Err(ApiError::internal(e)),
-        }
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    Ok((object, bytes))
 }
 
 /// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads), waited for at most
@@ -143,19 +156,23 @@ async fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphor
 
 pub(super) async fn datasets(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<crate::db::DatasetRecord>>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::DatasetList, Resource::Empty {})?;
-        let all = state.daemon.db.datasets().map_err(ApiError::internal)?;
-        Ok(Json(
-            all.into_iter()
-                .filter(|d| dataset_visible(&user, d))
-                .collect(),
-        ))
-    })
-    .await
+    caller
+        .may(
+            &state,
+            Action::DatasetList,
+            Resource::Empty {},
+            |state, user| {
+                let all = state.daemon.db.datasets()?;
+                Ok(Json(
+                    all.into_iter()
+                        .filter(|d| dataset_visible(&user, d))
+                        .collect(),
+                ))
+            },
+        )
+        .await
 }
 
 pub(super) fn readable_dataset(
@@ -165,11 +182,7 @@ pub(super) fn readable_dataset(
     tenant: Option<&str>,
 ) -> ApiResult<crate::db::DatasetRecord> {
     let found = one_visible(
-        state
-            .daemon
-            .db
-            .datasets_named(name)
-            .map_err(ApiError::internal)?,
+        state.daemon.db.datasets_named(name)?,
         |d| dataset_visible(user, d),
         |d| &d.tenant,
         tenant,
@@ -194,21 +207,21 @@ pub(super) fn readable_dataset(
 /// corrupt object aborts the response, never passes for data.
 pub(super) async fn download(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     query: TenantQuery,
+    caller: Caller,
 ) -> ApiResult<Response> {
-    let user = caller(&state, &headers).await?;
-    let tenant = in_tenant(query)?;
-    let reader = blocking(&state, move |state| {
-        let found = readable_dataset(state, &user, &name, tenant.as_deref())?;
-        state
-            .daemon
-            .store
-            .reader(&found.object)
-            .map_err(ApiError::internal)
-    })
-    .await?;
+    let tenant = in_tenant(query);
+    let reader = caller
+        .then(&state, move |state, user| {
+            let found = readable_dataset(state, &user, &name, tenant?.as_deref())?;
+            state
+                .daemon
+                .store
+                .reader(&found.object)
+                .map_err(ApiError::internal)
+        })
+        .await?;
     let transfer = transfer_slot(&state).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],

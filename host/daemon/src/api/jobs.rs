@@ -3,14 +3,14 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::datasets::readable_dataset;
 use super::{
-    ApiError, ApiResult, AppState, MAX_BODY, TenantQuery, authorize, blocking, caller, here,
+    ApiError, ApiResult, AppState, Caller, MAX_BODY, TenantQuery, authorize, blocking, here,
     in_tenant, one_visible, refused, valid_id,
 };
 use crate::body;
@@ -66,10 +66,10 @@ pub fn spec(job: &JobRecord) -> JobSpec {
 
 pub(super) async fn submit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Response> {
-    let user = caller(&state, &headers).await?;
+    let user = caller.user(&state).await?;
     let req: SubmitRequest = body::json(body, MAX_BODY).await?;
     let outcome = blocking(&state, move |state| submit_job(state, user, req)).await?;
     state.wake.notify_one();
@@ -132,9 +132,14 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             })?;
         }
     }
-    let job = JobRecord {
-        id: crate::db::key(&req.tenant, &id),
-        tenant: req.tenant.clone(),
+    admit(state, &user, new_job(&user, &id, req))
+}
+
+/// A new job `id` of `user`'s, pending.
+fn new_job(user: &User, id: &str, req: SubmitRequest) -> JobRecord {
+    JobRecord {
+        id: crate::db::key(&req.tenant, id),
+        tenant: req.tenant,
         owner: user.name.clone(),
         gpus: req.gpus,
         memory_per_gpu_mib: req.memory_per_gpu_mib,
@@ -143,49 +148,54 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
         gpu_ids: Vec::new(),
         reason: None,
         submitted_at: crate::db::now(),
-        train: req.train.clone(),
+        train: req.train,
         result: None,
         crashes: 0,
         not_before: 0.0,
-    };
+    }
+}
+
+/// Checks `job` against the cluster, asks the policy to admit it for `user` and stores it.
+/// Decided, checked and stored under the host's lock, so the quota the policy saw is the quota
+/// the job is admitted against.
+fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> {
     let daemon = &state.daemon;
     let spec = spec(&job);
-    let subject = user.subject();
-    // Decide, check and store under the host's lock, so the quota the policy saw is the quota
-    // the job is admitted against.
-    {
-        let mut host = daemon.host();
-        if let Err(e) = gantry::cluster::files::check_job(&spec, &host.state().cluster) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
+    let mut host = daemon.host();
+    if let Err(e) = gantry::cluster::files::check_job(&spec, &host.state().cluster) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
+    }
+    let m = &daemon.metrics;
+    match here(host.submit_as(&user.subject(), spec)) {
+        Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
+        Err(gantry::HostError::Job { message, .. }) => {
+            // Decided and allowed, then refused as a duplicate.
+            crate::metrics::Metrics::inc(&m.decisions_allowed);
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
         }
-        let m = &daemon.metrics;
-        match here(host.submit_as(&subject, spec)) {
-            Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
-            Err(gantry::HostError::Job { message, .. }) => {
-                // Decided and allowed, then refused as a duplicate.
-                crate::metrics::Metrics::inc(&m.decisions_allowed);
-                return Err(ApiError::new(StatusCode::CONFLICT, message));
-            }
-            Err(e) => return Err(refused(daemon, e)),
+        Err(e) => return Err(refused(daemon, e)),
+    }
+    match daemon.db.insert_job(&job) {
+        Ok(true) => {
+            let _ = daemon
+                .db
+                .log(&job.id, &format!("submitted by {}", job.owner));
+            Ok(job)
         }
-        match daemon.db.insert_job(&job) {
-            Ok(true) => {
-                let _ = daemon
-                    .db
-                    .log(&job.id, &format!("submitted by {}", job.owner));
-                Ok(job)
-            }
-            Ok(false) => {
-                host.cancel(&job.id);
-                Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("a job `{id}` already exists in tenant {}", job.tenant),
-                ))
-            }
-            Err(e) => {
-                host.cancel(&job.id);
-                Err(ApiError::internal(e))
-            }
+        Ok(false) => {
+            host.cancel(&job.id);
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a job `{}` already exists in tenant {}",
+                    crate::db::name_of(&job.id),
+                    job.tenant
+                ),
+            ))
+        }
+        Err(e) => {
+            host.cancel(&job.id);
+            Err(ApiError::internal(e))
         }
     }
 }
@@ -198,23 +208,27 @@ fn visible(user: &User, job: &JobRecord) -> bool {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<Vec<JobRecord>>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::JobList, Resource::Empty {})?;
-        let jobs = state.daemon.db.jobs().map_err(ApiError::internal)?;
-        Ok(Json(
-            jobs.into_iter().filter(|j| visible(&user, j)).collect(),
-        ))
-    })
-    .await
+    caller
+        .may(
+            &state,
+            Action::JobList,
+            Resource::Empty {},
+            |state, user| {
+                let jobs = state.daemon.db.jobs()?;
+                Ok(Json(
+                    jobs.into_iter().filter(|j| visible(&user, j)).collect(),
+                ))
+            },
+        )
+        .await
 }
 
 fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiResult<JobRecord> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`"));
     let job = one_visible(
-        state.daemon.db.jobs_named(id).map_err(ApiError::internal)?,
+        state.daemon.db.jobs_named(id)?,
         |j| visible(user, j),
         |j| &j.tenant,
         tenant,
@@ -239,112 +253,109 @@ fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiRes
 
 pub(super) async fn job(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: TenantQuery,
+    caller: Caller,
 ) -> ApiResult<Json<JobRecord>> {
-    let user = caller(&state, &headers).await?;
-    let tenant = in_tenant(query)?;
-    blocking(&state, move |state| {
-        Ok(Json(find(state, &user, &id, tenant.as_deref())?))
-    })
-    .await
+    let tenant = in_tenant(query);
+    caller
+        .then(&state, move |state, user| {
+            Ok(Json(find(state, &user, &id, tenant?.as_deref())?))
+        })
+        .await
 }
 
 /// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
 /// its run is under way (it stops at its next step and keeps its GPUs until then).
 pub(super) async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: TenantQuery,
+    caller: Caller,
 ) -> ApiResult<Response> {
-    let user = caller(&state, &headers).await?;
-    let tenant = in_tenant(query)?;
-    let response = blocking(&state, move |state| {
-        let job = find(state, &user, &id, tenant.as_deref())?;
-        let tenant = Some(job.tenant.as_str());
-        authorize(
-            state,
-            &user,
-            Action::JobCancel,
-            JobRef {
-                tenant: job.tenant.clone(),
-                job: id.clone(),
-            },
-        )?;
-        let moved = state
-            .daemon
-            .cancel_job(&job, &user.name)
-            .map_err(ApiError::internal)?;
-        let status = match moved {
-            Some(JobState::Cancelling) => StatusCode::ACCEPTED,
-            Some(_) => StatusCode::OK,
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "job `{id}` is already {}",
-                        find(state, &user, &id, tenant)?.state.as_str()
-                    ),
-                ));
-            }
-        };
-        Ok((status, Json(find(state, &user, &id, tenant)?)).into_response())
-    })
-    .await?;
+    let tenant = in_tenant(query);
+    let (status, job) = caller
+        .then(&state, move |state, user| {
+            cancel_as(state, &user, &id, tenant?.as_deref())
+        })
+        .await?;
     state.wake.notify_one();
-    Ok(response)
+    Ok((status, Json(job)).into_response())
+}
+
+/// Cancels job `id` (in `tenant`) for `user`, if the policy allows `job.cancel`: the answer's
+/// status and the job.
+fn cancel_as(
+    state: &AppState,
+    user: &User,
+    id: &str,
+    tenant: Option<&str>,
+) -> ApiResult<(StatusCode, JobRecord)> {
+    let job = find(state, user, id, tenant)?;
+    let tenant = Some(job.tenant.as_str());
+    let resource = JobRef {
+        tenant: job.tenant.clone(),
+        job: id.to_string(),
+    };
+    authorize(state, user, Action::JobCancel, resource)?;
+    let status = match state.daemon.cancel_job(&job, &user.name)? {
+        Some(JobState::Cancelling) => StatusCode::ACCEPTED,
+        Some(_) => StatusCode::OK,
+        None => {
+            let now = find(state, user, id, tenant)?.state;
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("job `{id}` is already {}", now.as_str()),
+            ));
+        }
+    };
+    Ok((status, find(state, user, id, tenant)?))
 }
 
 /// `GET /v1/jobs/{id}/logs`: what happened to the job, oldest first.
 pub(super) async fn job_logs(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: TenantQuery,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    let tenant = in_tenant(query)?;
-    blocking(&state, move |state| {
-        let job = find(state, &user, &id, tenant.as_deref())?;
-        let lines = state.daemon.db.logs(&job.id).map_err(ApiError::internal)?;
-        Ok(Json(json!(
-            lines
-                .into_iter()
-                .map(|(at, message)| json!({"at": at, "message": message}))
-                .collect::<Vec<_>>()
-        )))
-    })
-    .await
+    let tenant = in_tenant(query);
+    caller
+        .then(&state, move |state, user| {
+            let job = find(state, &user, &id, tenant?.as_deref())?;
+            let lines = state.daemon.db.logs(&job.id)?;
+            Ok(Json(json!(
+                lines
+                    .into_iter()
+                    .map(|(at, message)| json!({"at": at, "message": message}))
+                    .collect::<Vec<_>>()
+            )))
+        })
+        .await
 }
 
 /// `GET /v1/jobs/{id}/metrics`: a training job's progress (step of total, epoch, loss,
 /// throughput) and loss curve; live while it runs, as saved once it ended; zeros before it ran.
 pub(super) async fn job_metrics(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: TenantQuery,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    let tenant = in_tenant(query)?;
-    blocking(&state, move |state| {
-        let job = find(state, &user, &id, tenant.as_deref())?;
-        let curve = state
-            .daemon
-            .curve(&job.id)
-            .map_err(ApiError::internal)?
-            .unwrap_or_default();
-        let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
-        body["job"] = json!(id);
-        body["tenant"] = json!(job.tenant);
-        body["state"] = json!(job.state);
-        body["progress"] = json!(curve.progress());
-        if let Some(result) = job.result {
-            body["result"] = result;
-        }
-        Ok(Json(body))
-    })
-    .await
+    let tenant = in_tenant(query);
+    caller
+        .then(&state, move |state, user| {
+            let job = find(state, &user, &id, tenant?.as_deref())?;
+            let curve = state.daemon.curve(&job.id)?.unwrap_or_default();
+            let mut body = serde_json::to_value(&curve).map_err(ApiError::internal)?;
+            body["job"] = json!(id);
+            body["tenant"] = json!(job.tenant);
+            body["state"] = json!(job.state);
+            body["progress"] = json!(curve.progress());
+            if let Some(result) = job.result {
+                body["result"] = result;
+            }
+            Ok(Json(body))
+        })
+        .await
 }

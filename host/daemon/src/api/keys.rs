@@ -2,10 +2,9 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde_json::json;
 
-use super::{ApiError, ApiResult, AppState, authorize, blocking, caller};
+use super::{ApiError, ApiResult, AppState, Caller};
 use gantry::policy::request::{Action, Resource};
 
 /// `POST /v1/keys/rotate` (the policy's `key.rotate`, admins): a new master key, every data key
@@ -14,11 +13,9 @@ use gantry::policy::request::{Action, Resource};
 /// when a daemon holds the data directory.
 pub(super) async fn rotate_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::KeyRotate, Resource::Empty {})?;
+    caller.may(&state, Action::KeyRotate, Resource::Empty {}, move |state, user| {
         let daemon = &state.daemon;
         let r = daemon.store.rotate().map_err(ApiError::internal)?;
         let by = json!({"user": user.name});

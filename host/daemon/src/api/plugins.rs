@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    ApiError, ApiResult, AppState, MAX_BODY, MAX_UPLOAD, authorize, blocking, caller,
-    declared_length, here, refused, valid_id,
+    ApiError, ApiResult, AppState, Caller, MAX_BODY, authorize, blocking, here, large_body,
+    refused, valid_id,
 };
 use crate::body;
 use crate::db::User;
@@ -19,31 +19,33 @@ use gantry::policy::request::{Action, PluginRef, Resource};
 /// `GET /v1/plugins`: the active scheduler plugin and the shipped ones of every kind.
 pub(super) async fn plugins(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    blocking(&state, move |state| {
-        authorize(state, &user, Action::PluginRead, Resource::Empty {})?;
-        let host = state.daemon.host_read();
-        let active = host.scheduler().map(|p| {
-            json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
-                   "health": p.health().report()})
-        });
-        let shipped = |list: &[gantry::builtin::Builtin]| -> Vec<serde_json::Value> {
-            list.iter()
-                .map(|b| json!({"name": b.name, "summary": b.summary}))
-                .collect()
-        };
-        drop(host);
-        let uploaded = state.daemon.db.plugins(None).map_err(ApiError::internal)?;
-        Ok(Json(json!({
-            "scheduler": active,
-            "schedulers": shipped(gantry::builtin::SCHEDULERS),
-            "preprocessors": shipped(gantry::builtin::PREPROCESSORS),
-            "uploaded": uploaded,
-        })))
-    })
-    .await
+    caller
+        .may(&state, Action::PluginRead, Resource::Empty {}, plugins_now)
+        .await
+}
+
+/// The active scheduler plugin, the shipped plugins and the uploaded ones.
+fn plugins_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
+    let host = state.daemon.host_read();
+    let active = host.scheduler().map(|p| {
+        json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256(),
+               "health": p.health().report()})
+    });
+    let shipped = |list: &[gantry::builtin::Builtin]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|b| json!({"name": b.name, "summary": b.summary}))
+            .collect()
+    };
+    drop(host);
+    let uploaded = state.daemon.db.plugins(None)?;
+    Ok(Json(json!({
+        "scheduler": active,
+        "schedulers": shipped(gantry::builtin::SCHEDULERS),
+        "preprocessors": shipped(gantry::builtin::PREPROCESSORS),
+        "uploaded": uploaded,
+    })))
 }
 
 /// The body of `POST /v1/plugins/scheduler`.
@@ -59,66 +61,58 @@ struct SchedulerRef {
 /// `plugin.load`; recorded in the audit log.
 pub(super) async fn load_scheduler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
+    let user = caller.user(&state).await?;
     let SchedulerRef { name } = body::json(body, MAX_BODY).await?;
-    activate_scheduler(&state, user, Some(name)).await
+    let loaded = blocking(&state, move |state| activate(state, &user, Some(name))).await?;
+    state.wake.notify_one();
+    Ok(Json(loaded))
 }
 
 /// `POST /v1/plugins/scheduler/reload`: loads the active scheduler plugin afresh from its source
 /// (a new instance: fault counts reset, a quarantine lifted), if the policy allows `plugin.load`.
 pub(super) async fn reload_scheduler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let user = caller(&state, &headers).await?;
-    activate_scheduler(&state, user, None).await
-}
-
-/// Makes scheduler plugin `name` (none: the active one, afresh) active for `user`.
-async fn activate_scheduler(
-    state: &AppState,
-    user: User,
-    name: Option<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let loaded = blocking(state, move |state| {
-        let daemon = &state.daemon;
-        let name = match name {
-            Some(name) => name,
-            None => daemon
-                .db
-                .setting(crate::ACTIVE_SCHEDULER)
-                .map_err(ApiError::internal)?
-                .unwrap_or_else(|| crate::DEFAULT_SCHEDULER.to_string()),
-        };
-        let source = crate::plugin_source(&daemon.db, &daemon.store, &name)
-            .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
-        let mut host = daemon.host();
-        let loaded = match here(host.load_scheduler_as(&user.subject(), &source)) {
-            Ok(p) => {
-                crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
-                json!({"name": p.name(), "version": p.manifest().version,
-                       "sha256": p.wasm_sha256()})
-            }
-            Err(gantry::HostError::Load(e)) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    e.to_string(),
-                ));
-            }
-            Err(e) => return Err(refused(daemon, e)),
-        };
-        daemon
-            .db
-            .set_setting(crate::ACTIVE_SCHEDULER, &name)
-            .map_err(ApiError::internal)?;
-        Ok(loaded)
-    })
-    .await?;
+    let loaded = caller
+        .then(&state, |state, user| activate(state, &user, None))
+        .await?;
     state.wake.notify_one();
     Ok(Json(loaded))
+}
+
+/// Makes scheduler plugin `name` (none: the active one, afresh) active for `user` (blocking).
+fn activate(state: &AppState, user: &User, name: Option<String>) -> ApiResult<serde_json::Value> {
+    let daemon = &state.daemon;
+    let name = match name {
+        Some(name) => name,
+        None => daemon
+            .db
+            .setting(crate::ACTIVE_SCHEDULER)?
+            .unwrap_or_else(|| crate::DEFAULT_SCHEDULER.to_string()),
+    };
+    let source = crate::plugin_source(&daemon.db, &daemon.store, &name)
+        .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
+    let mut host = daemon.host();
+    let loaded = match here(host.load_scheduler_as(&user.subject(), &source)) {
+        Ok(p) => {
+            crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
+            json!({"name": p.name(), "version": p.manifest().version,
+                   "sha256": p.wasm_sha256()})
+        }
+        Err(gantry::HostError::Load(e)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                e.to_string(),
+            ));
+        }
+        Err(e) => return Err(refused(daemon, e)),
+    };
+    daemon.db.set_setting(crate::ACTIVE_SCHEDULER, &name)?;
+    Ok(loaded)
 }
 
 /// The body of `PUT /v1/plugins/{name}`: a scheduler plugin's files.
@@ -141,53 +135,41 @@ struct PluginUpload {
 /// plugin of the same name is replaced (the active one keeps running until reloaded).
 pub(super) async fn upload_plugin(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let user = caller(&state, &headers).await?;
-    if !valid_id(&name) {
+    let user = caller
+        .then(&state, {
+            let name = name.clone();
+            move |state, user| may_send_plugin(state, user, &name)
+        })
+        .await?;
+    let (body, _slot) = large_body(&state, &headers, body, "a plugin upload").await?;
+    let upload: PluginUpload = body::parse_json(&body)?;
+    blocking(&state, move |state| store_plugin(state, user, name, upload)).await
+}
+
+/// Whether `user` may send plugin `name` (blocking): a good name, not a shipped plugin's, and
+/// decided before the body is read, as far as it can be: only a caller the policy would let
+/// upload a signed plugin may send one (the decision on the plugin itself follows).
+fn may_send_plugin(state: &AppState, user: User, name: &str) -> ApiResult<User> {
+    if !valid_id(name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "plugin name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
         ));
     }
-    if gantry::builtin::scheduler(&name).is_some() || gantry::builtin::preprocessor(&name).is_some()
-    {
+    if gantry::builtin::scheduler(name).is_some() || gantry::builtin::preprocessor(name).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("`{name}` is a shipped plugin; upload under another name"),
         ));
     }
-    // Decided before the body is read, as far as it can be: only a caller the policy would let
-    // upload a signed plugin may send one (the decision on the plugin itself follows).
-    let user = blocking(&state, {
-        let name = name.clone();
-        move |state| {
-            authorize(
-                state,
-                &user,
-                Action::PluginUpload,
-                PluginRef::before_body(&name),
-            )?;
-            Ok(user)
-        }
-    })
-    .await?;
-    if declared_length(&headers).is_some_and(|n| n > MAX_UPLOAD as u64) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a plugin upload is at most {MAX_UPLOAD} bytes"),
-        ));
-    }
-    let _slot = state
-        .large_bodies
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    let upload: PluginUpload = body::json(body, MAX_UPLOAD).await?;
-    blocking(&state, move |state| store_plugin(state, user, name, upload)).await
+    let before_body = PluginRef::before_body(name);
+    authorize(state, &user, Action::PluginUpload, before_body)?;
+    Ok(user)
 }
 
 /// Checks, decides, compiles and stores an uploaded plugin (blocking).
@@ -197,6 +179,46 @@ fn store_plugin(
     name: String,
     upload: PluginUpload,
 ) -> ApiResult<Response> {
+    let (plugin, manifest) = read_upload(name, upload)?;
+    let signed = {
+        let host = state.daemon.host_read();
+        plugin.verify(&host.trust().trusted_keys).is_ok()
+    };
+    let decided = PluginRef::new(&plugin.name, signed);
+    authorize(state, &user, Action::PluginUpload, decided)?;
+    let daemon = &state.daemon;
+    let (sha256, kind) = check_plugin(daemon, &plugin, manifest.kind)?;
+    let object = daemon
+        .store
+        .put_bytes(&plugin.wasm)
+        .map_err(ApiError::internal)?;
+    let record = crate::db::PluginRecord {
+        name: plugin.name,
+        kind: kind.to_string(),
+        version: manifest.version.clone(),
+        manifest: plugin.manifest,
+        object,
+        signature: plugin.signature,
+        owner: user.name,
+        created_at: crate::db::now(),
+    };
+    daemon.db.put_plugin(&record)?;
+    daemon
+        .host_read()
+        .record(
+            "plugin.upload",
+            json!({"plugin": record.name, "version": record.version, "sha256": sha256,
+                   "by": record.owner}),
+        )
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// The uploaded plugin `name` and its manifest, which must name it.
+fn read_upload(
+    name: String,
+    upload: PluginUpload,
+) -> ApiResult<(gantry::UploadedPlugin, gantry::plugin::manifest::Manifest)> {
     let wasm = data_encoding::BASE64
         .decode(upload.wasm.as_bytes())
         .map_err(|e| {
@@ -223,71 +245,39 @@ fn store_plugin(
             ),
         ));
     }
-    let signed = {
-        let host = state.daemon.host_read();
-        plugin.verify(&host.trust().trusted_keys).is_ok()
-    };
-    authorize(
-        state,
-        &user,
-        Action::PluginUpload,
-        PluginRef::new(&name, signed),
-    )?;
-    let daemon = &state.daemon;
-    let record = {
-        // Compiled and instantiated (which also fills the artifact cache) before it is kept.
-        let unusable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
-        let (sha256, kind) = {
-            // A clone of the loader: the compile holds no lock of the host's, so scheduling and
-            // the API go on meanwhile.
-            let host = daemon.host_read().loader().clone();
-            match manifest.kind {
-                gantry::plugin::manifest::PluginKind::Scheduler => {
-                    let source = gantry::PluginSource::Uploaded(Box::new(plugin.clone()));
-                    let checked = host
-                        .load_scheduler_plugin(&source)
-                        .map_err(|e| unusable(e.to_string()))?;
-                    // Instantiated and configured once: a plugin over its limits is refused
-                    // here rather than faulting on every cycle once active.
-                    here(checked.probe()).map_err(|e| unusable(e.to_string()))?;
-                    (checked.wasm_sha256().to_string(), crate::KIND_SCHEDULER)
-                }
-                gantry::plugin::manifest::PluginKind::Preprocess => {
-                    let checked = host
-                        .load_preprocess_plugin(&plugin.name, Some(&plugin))
-                        .map_err(|e| unusable(e.to_string()))?;
-                    // One worker: instantiated and configured with the manifest's [config].
-                    checked
-                        .worker_blocking()
-                        .map_err(|e| unusable(e.to_string()))?;
-                    (checked.wasm_sha256().to_string(), crate::KIND_PREPROCESS)
-                }
-            }
-        };
-        let object = daemon
-            .store
-            .put_bytes(&plugin.wasm)
-            .map_err(ApiError::internal)?;
-        let record = crate::db::PluginRecord {
-            name: plugin.name,
-            kind: kind.to_string(),
-            version: manifest.version.clone(),
-            manifest: plugin.manifest,
-            object,
-            signature: plugin.signature,
-            owner: user.name,
-            created_at: crate::db::now(),
-        };
-        daemon.db.put_plugin(&record).map_err(ApiError::internal)?;
-        daemon
-            .host_read()
-            .record(
-                "plugin.upload",
-                json!({"plugin": record.name, "version": record.version, "sha256": sha256,
-                       "by": record.owner}),
-            )
-            .map_err(ApiError::internal)?;
-        record
-    };
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    Ok((plugin, manifest))
+}
+
+/// Compiles and instantiates `plugin` as its manifest's `kind` says (which also fills the
+/// artifact cache) before it is kept: its component's digest and the kind as stored.
+fn check_plugin(
+    daemon: &crate::Daemon,
+    plugin: &gantry::UploadedPlugin,
+    kind: gantry::plugin::manifest::PluginKind,
+) -> ApiResult<(String, &'static str)> {
+    let unusable =
+        |e: &dyn std::fmt::Display| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+    // A clone of the loader: the compile holds no lock of the host's, so scheduling and the
+    // API go on meanwhile.
+    let host = daemon.host_read().loader().clone();
+    match kind {
+        gantry::plugin::manifest::PluginKind::Scheduler => {
+            let source = gantry::PluginSource::Uploaded(Box::new(plugin.clone()));
+            let checked = host
+                .load_scheduler_plugin(&source)
+                .map_err(|e| unusable(&e))?;
+            // Instantiated and configured once: a plugin over its limits is refused here
+            // rather than faulting on every cycle once active.
+            here(checked.probe()).map_err(|e| unusable(&e))?;
+            Ok((checked.wasm_sha256().to_string(), crate::KIND_SCHEDULER))
+        }
+        gantry::plugin::manifest::PluginKind::Preprocess => {
+            let checked = host
+                .load_preprocess_plugin(&plugin.name, Some(plugin))
+                .map_err(|e| unusable(&e))?;
+            // One worker: instantiated and configured with the manifest's [config].
+            checked.worker_blocking().map_err(|e| unusable(&e))?;
+            Ok((checked.wasm_sha256().to_string(), crate::KIND_PREPROCESS))
+        }
+    }
 }
