@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gantry::training::BackendChoice;
+use gantry::training::config::{Synthetic, TrainData, TrainToml};
 use serde_json::{Value, json};
 
 use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
@@ -369,25 +371,21 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
 
 /// A training job's `TRAIN.toml`: `epochs` over 960 spirals rows, a checkpoint every 100 steps.
 pub(crate) fn train_toml(epochs: u32) -> String {
-    format!(
-        r#"seed = 5
-epochs = {epochs}
-batch_size = 32
-[data]
-synthetic = {{ kind = "spirals", classes = 3, rows_per_class = 400, noise = 0.15 }}
-[model]
-hidden = [32, 32]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-[devices]
-backend = "cpu"
-threads = 1
-[checkpoint]
-every_steps = 100
-"#
-    )
+    TrainToml {
+        seed: 5,
+        epochs: epochs.into(),
+        batch_size: 32,
+        hidden: vec![32, 32],
+        backend: Some(BackendChoice::Cpu),
+        threads: Some(1),
+        checkpoint_every_steps: Some(100),
+        ..TrainToml::new(TrainData::Synthetic(Synthetic::Spirals {
+            classes: 3,
+            rows_per_class: 400,
+            noise: 0.15,
+        }))
+    }
+    .to_string()
 }
 
 #[test]
@@ -868,22 +866,14 @@ fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     );
     assert_eq!(s, 201, "{v}");
 
-    let train = r#"seed = 2
-epochs = 80
-batch_size = 32
-[data]
-dataset = "spirals.csv"
-label_column = 1
-preprocess = "standardize"
-[model]
-hidden = [64, 64]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-[devices]
-backend = "cpu"
-"#;
+    let train = TrainToml {
+        seed: 2,
+        epochs: 80,
+        batch_size: 32,
+        backend: Some(BackendChoice::Cpu),
+        ..TrainToml::new(TrainData::dataset("spirals.csv", 1, Some("standardize")))
+    }
+    .to_string();
     let jobs = format!("{url}/v1/jobs");
     // Another tenant's dataset is not there for lee; an unknown plugin is a 400.
     let theirs = json!({"id": "x", "tenant": "language", "gpus": 1, "train": train});

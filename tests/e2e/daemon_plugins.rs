@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gantry::training::BackendChoice;
+use gantry::training::config::{TrainData, TrainToml};
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, wait_for_state, wait_until_over};
@@ -390,22 +392,14 @@ fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
         Some(&csv),
     );
     assert_eq!(s, 201, "{v}");
-    let train = r#"seed = 3
-epochs = 60
-batch_size = 32
-[data]
-dataset = "s.csv"
-label_column = 0
-preprocess = "zscore"
-[model]
-hidden = [64, 64]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-[devices]
-backend = "cpu"
-"#;
+    let train = TrainToml {
+        seed: 3,
+        epochs: 60,
+        batch_size: 32,
+        backend: Some(BackendChoice::Cpu),
+        ..TrainToml::new(TrainData::dataset("s.csv", 0, Some("zscore")))
+    }
+    .to_string();
     let submit = |id: &str| {
         let body = json!({"id": id, "tenant": "vision", "gpus": 1, "train": train});
         let (s, v) = request(

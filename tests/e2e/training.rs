@@ -2,33 +2,32 @@
 
 use std::path::Path;
 
+use gantry::training::BackendChoice;
+use gantry::training::config::{Synthetic, TrainData, TrainToml};
+
 use crate::support::{gantry, text};
 
 /// A small spirals job; `extra` is appended (a `[checkpoint]` table, say).
 fn config(dir: &Path, epochs: u64, extra: &str) -> std::path::PathBuf {
     let p = dir.join("train.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"seed = 3
-epochs = {epochs}
-batch_size = 32
-[data]
-synthetic = {{ kind = "spirals", classes = 3, rows_per_class = 200, noise = 0.15 }}
-[model]
-hidden = [64, 64]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-[devices]
-backend = "cpu"
-threads = 1
-{extra}"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(&p, format!("{}{extra}", small_spirals(epochs))).unwrap();
     p
+}
+
+/// The small spirals job's `TRAIN.toml` on the CPU, one thread.
+fn small_spirals(epochs: u64) -> TrainToml {
+    TrainToml {
+        seed: 3,
+        epochs,
+        batch_size: 32,
+        backend: Some(BackendChoice::Cpu),
+        threads: Some(1),
+        ..TrainToml::new(TrainData::Synthetic(Synthetic::Spirals {
+            classes: 3,
+            rows_per_class: 200,
+            noise: 0.15,
+        }))
+    }
 }
 
 fn train(args: &[&str], dir: &Path) -> (serde_json::Value, String) {

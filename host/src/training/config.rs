@@ -41,6 +41,9 @@ use serde::Deserialize;
 use super::TrainError;
 use super::limits::TrainLimits;
 
+mod text;
+pub use text::{TrainData, TrainToml};
+
 /// A parsed, checked `TRAIN.toml`. A relative data file is found beside the config (data ships
 /// with it); a relative checkpoint directory is under the working directory (outputs go where
 /// the job runs).

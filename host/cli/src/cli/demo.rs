@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use gantry::pipeline::{self, PipelineConfig};
 use gantry::storage::Store;
+use gantry::training::config::{TrainData, TrainToml};
 use gantry_daemon as daemon;
 use gantry_daemon::db::User;
 use serde_json::json;
@@ -23,22 +24,20 @@ pub struct Args {
 
 /// The demo's training job: the uploaded spirals dataset (class id in column 1), its feature
 /// columns standardised by the wasm `standardize` plugin, a 2-64-64-3 ReLU network, Adam.
-const TRAIN: &str = r#"seed = 11
-epochs = 60
-batch_size = 64
-[data]
-dataset = "spirals.csv"
-label_column = 1
-preprocess = "standardize"
-[model]
-hidden = [64, 64]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.005
-[checkpoint]
-every_steps = 500
-"#;
+fn train_toml() -> String {
+    TrainToml {
+        seed: 11,
+        epochs: EPOCHS,
+        batch_size: 64,
+        lr: 0.005,
+        checkpoint_every_steps: Some(500),
+        ..TrainToml::new(TrainData::dataset("spirals.csv", 1, Some("standardize")))
+    }
+    .to_string()
+}
+
+/// Epochs of the demo's training job.
+const EPOCHS: u64 = 60;
 
 fn step(n: u32, what: &str) {
     println!("\n[{n}/6] {what}");
@@ -202,7 +201,7 @@ fn upload_spirals(addr: SocketAddr, ada: &Client) -> anyhow::Result<()> {
 /// Four submissions, two of them across tenants; each accepted or refused by the policy.
 fn submit_jobs(ada: &Client, lee: &Client) {
     let submissions = [
-        (ada, "ada", "vision-train", "vision", 8, Some(TRAIN)),
+        (ada, "ada", "vision-train", "vision", 8, Some(train_toml())),
         (ada, "ada", "vision-eval", "vision", 4, None),
         (lee, "lee", "lee-in-vision", "vision", 8, None),
         (lee, "lee", "language-big", "language", 16, None),
@@ -293,7 +292,7 @@ fn train(addr: SocketAddr, ada: &Client) -> anyhow::Result<serde_json::Value> {
             format!("{} GPU(s)", devices.gpus.len())
         }
     );
-    let total_steps = 60 * 2400u64.div_ceil(64);
+    let total_steps = EPOCHS * 2400u64.div_ceil(64);
     let bar = super::progress(total_steps, "training vision-train");
     let job = loop {
         let job = call(ada, "GET", "/v1/jobs/vision-train", None)?;
