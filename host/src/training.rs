@@ -1,20 +1,22 @@
 //! Training jobs on the native hot path: `TRAIN.toml` files, datasets (CSV, a binary `f32`
 //! format, built-in synthetic sets), device selection, the epoch loop with checkpoints, and
 //! resume. The kernels and the model live in `gantry-kernels`; this module owns files and
-//! policy (which backend, where checkpoints go).
+//! policy (which backend, where checkpoints go). Every caller runs a job through [`Job`].
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+mod job;
 pub mod limits;
 pub mod run;
 pub mod score;
 
 pub use config::TrainConfig;
 pub use device::{BackendChoice, DeviceReport};
+pub use job::Job;
 pub use limits::TrainLimits;
-pub use run::{Hooks, Outcome, Progress};
+pub use run::{CheckpointDir, CheckpointSink, Hooks, Outcome, Progress};
 
 /// A training job failed; the message names the file, line or field where there is one.
 #[derive(Debug, thiserror::Error)]

@@ -123,17 +123,11 @@ fn train() -> anyhow::Result<()> {
         [devices]
         backend = "cpu"
     "#;
-    use gantry::training::{self, TrainConfig, TrainLimits, data, device};
+    use gantry::training::{Hooks, Job, TrainConfig, TrainLimits};
     let limits = TrainLimits::default();
     let config = TrainConfig::parse_with(CONFIG, std::path::Path::new("embedded.toml"), &limits)?;
-    let data = data::load(&config, &limits)?;
-    let selected = device::select(&device::detect(), &config.devices)?;
-    let mut on_step = |_: &training::Progress| true;
-    let hooks = training::Hooks {
-        on_step: &mut on_step,
-        save: None,
-    };
-    let outcome = training::run::train(&config, &data, &selected, None, hooks)
+    let outcome = Job::load(config, &limits)?
+        .run(Hooks::new())
         .context("training the embedded job")?;
     println!(
         "train: {} steps on {} ({}), train loss {:.4}",

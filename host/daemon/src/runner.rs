@@ -10,7 +10,7 @@ use super::db::JobRecord;
 use super::labels::LabelSplit;
 use super::lifecycle::{RunControl, RunEnd};
 use gantry::training::checkpoint::{self, Checkpoint};
-use gantry::training::{self, TrainConfig, TrainError};
+use gantry::training::{self, CheckpointSink, Hooks, Job, TrainConfig, TrainError};
 
 /// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
 /// the daemon first, so a cancel or a lost GPU can stop it; it ends through
@@ -116,84 +116,82 @@ fn run(
         Some(name) => load_dataset(daemon, job, &config, name)?,
         None => training::data::load(&config, limits)?,
     };
-    let report = training::device::detect();
-    let selected = training::device::select(&report, &config.devices)?;
-    let resume = match daemon
-        .db
-        .latest_checkpoint(&job.id)
-        .map_err(|e| TrainError::Unavailable(e.to_string()))?
-    {
-        Some((step, object)) => {
-            let bytes = daemon
-                .store
-                .get(&object)
-                .map_err(|e| TrainError::Unavailable(e.to_string()))?;
-            tracing::info!(step, object = %object, "resuming from checkpoint");
-            let _ = daemon.db.log(
-                &job.id,
-                &format!("resuming from the checkpoint at step {step}"),
-            );
-            Some(checkpoint::from_bytes(
-                &bytes,
-                std::path::Path::new(&format!("checkpoint {object}")),
-            )?)
-        }
-        None => None,
-    };
+    let mut store = StoreCheckpoints { daemon, job };
+    let run = Job::new(config, data)?.resume_from(store.latest()?.map(|(_, c)| c));
     // The curve continues from the checkpoint: the steps after it are taken again.
     let mut curve = daemon.db.curve(&job.id).ok().flatten().unwrap_or_default();
-    curve.rewind(resume.as_ref().map_or(0, |c| c.state.step));
+    curve.rewind(run.resumes_at().unwrap_or(0));
     daemon.set_live_curve(&job.id, Some(curve));
-    daemon
-        .db
-        .log(
-            &job.id,
-            &format!("training on {} ({})", data.source, selected.reason()),
-        )
-        .map_err(|e| TrainError::Unavailable(e.to_string()))?;
-    let batch = config.batch_size as u64;
-    let mut on_step = |p: &training::Progress| {
+    let line = format!(
+        "training on {} ({})",
+        run.data().source,
+        run.selected().reason()
+    );
+    daemon.db.log(&job.id, &line).map_err(unavailable)?;
+    let batch = run.config().batch_size as u64;
+    let mut progress = |p: &training::Progress| {
         let m = &daemon.metrics;
         m.train_steps.fetch_add(1, Ordering::Relaxed);
         m.train_samples.fetch_add(batch, Ordering::Relaxed);
         daemon.record_step(&job.id, p);
-        !control.stopping()
     };
-    let mut save = |c: &Checkpoint| -> Result<String, TrainError> {
+    let stop = || control.stopping();
+    let hooks = Hooks::new()
+        .progress(&mut progress)
+        .stop(&stop)
+        .checkpoints(&mut store);
+    run.run(hooks)
+}
+
+/// A failure of the daemon's store or database, as a training error.
+fn unavailable(e: impl std::fmt::Display) -> TrainError {
+    TrainError::Unavailable(e.to_string())
+}
+
+/// A job's checkpoints in the encrypted store, each recorded in the database (with the job's
+/// metrics so far, so a resumed run's curve continues from it) and in the job's log.
+struct StoreCheckpoints<'a> {
+    daemon: &'a Daemon,
+    job: &'a JobRecord,
+}
+
+impl CheckpointSink for StoreCheckpoints<'_> {
+    fn save(&mut self, c: &Checkpoint) -> Result<String, TrainError> {
+        let (daemon, id) = (self.daemon, &self.job.id);
         let object = daemon
             .store
             .put_bytes(&checkpoint::to_bytes(c))
-            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
+        let step = c.state.step;
         daemon
             .db
-            .add_checkpoint(&job.id, c.state.step, &object)
-            .and_then(|()| match daemon.live_curve(&job.id) {
-                Some(curve) => daemon.db.set_curve(&job.id, &curve),
+            .add_checkpoint(id, step, &object)
+            .and_then(|()| match daemon.live_curve(id) {
+                Some(curve) => daemon.db.set_curve(id, &curve),
                 None => Ok(()),
             })
             .and_then(|()| {
-                daemon.db.log(
-                    &job.id,
-                    &format!(
-                        "checkpoint at step {} (object {})",
-                        c.state.step,
-                        &object[..16]
-                    ),
-                )
+                let line = format!("checkpoint at step {step} (object {})", &object[..16]);
+                daemon.db.log(id, &line)
             })
-            .map_err(|e| TrainError::Unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
         Ok(object)
-    };
-    training::run::train(
-        &config,
-        &data,
-        &selected,
-        resume,
-        training::Hooks {
-            on_step: &mut on_step,
-            save: Some(&mut save),
-        },
-    )
+    }
+
+    fn latest(&mut self) -> Result<Option<(String, Checkpoint)>, TrainError> {
+        let (daemon, id) = (self.daemon, &self.job.id);
+        let Some((step, object)) = daemon.db.latest_checkpoint(id).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let bytes = daemon.store.get(&object).map_err(unavailable)?;
+        tracing::info!(step, object = %object, "resuming from checkpoint");
+        let _ = daemon
+            .db
+            .log(id, &format!("resuming from the checkpoint at step {step}"));
+        let name = format!("checkpoint {object}");
+        let c = checkpoint::from_bytes(&bytes, std::path::Path::new(&name))?;
+        Ok(Some((object, c)))
+    }
 }
 
 /// A job's stored dataset, streamed: decrypted chunk by chunk, the label column split off as it

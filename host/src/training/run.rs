@@ -1,6 +1,8 @@
-//! The epoch loop: shuffled batches through a [`Trainer`], progress callbacks, periodic
-//! checkpoints, resume, and the final evaluation.
+//! The epoch loop: shuffled batches through a [`Trainer`], the caller's hooks (progress, stop,
+//! where checkpoints go), periodic checkpoints, resume, and the final evaluation. A job enters
+//! it through [`super::Job::run`].
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gantry_kernels::train::epoch_order;
@@ -12,6 +14,7 @@ use super::checkpoint::{self, Checkpoint, Position};
 use super::config::TrainConfig;
 use super::data::Loaded;
 use super::device::Selected;
+use super::score::Score;
 
 /// Reported after every step.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +57,7 @@ pub struct Outcome {
     /// Loss and accuracy on the held-out rows.
     pub test: Option<Evaluation>,
     /// Loss and accuracy on `[data] test_file`.
-    pub test_file: Option<super::score::Score>,
+    pub test_file: Option<Score>,
     /// Training rows per second in this process.
     pub samples_per_s: f64,
     /// Seconds spent training in this process.
@@ -78,20 +81,89 @@ pub fn spec(config: &TrainConfig, data: &Loaded) -> MlpSpec {
     }
 }
 
-/// Stores a checkpoint somewhere; returns where.
-pub type SaveCheckpoint<'a> = &'a mut dyn FnMut(&Checkpoint) -> Result<String, TrainError>;
+/// Where a job's checkpoints go, and where a resumed job finds the newest one: files in a
+/// directory for `gantry train` ([`CheckpointDir`]), the encrypted store for a daemon's jobs.
+pub trait CheckpointSink {
+    /// Stores `checkpoint`; returns where it went (a file, an object), for summaries.
+    fn save(&mut self, checkpoint: &Checkpoint) -> Result<String, TrainError>;
 
-/// How a caller follows and steers a run.
+    /// The newest checkpoint stored, and where it is; `None` when there is none yet.
+    fn latest(&mut self) -> Result<Option<(String, Checkpoint)>, TrainError>;
+}
+
+/// Checkpoint files in a directory (created when the first is written), one per step:
+/// [`checkpoint::file_name`].
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+}
+
+impl CheckpointDir {
+    /// The files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl CheckpointSink for CheckpointDir {
+    fn save(&mut self, checkpoint: &Checkpoint) -> Result<String, TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| TrainError::io(&self.dir, e))?;
+        let path = self.dir.join(checkpoint::file_name(checkpoint.state.step));
+        checkpoint::save(&path, checkpoint)?;
+        Ok(path.display().to_string())
+    }
+
+    fn latest(&mut self) -> Result<Option<(String, Checkpoint)>, TrainError> {
+        match checkpoint::latest(&self.dir)? {
+            Some(path) => Ok(Some((path.display().to_string(), checkpoint::load(&path)?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// How a caller follows and steers a run; every hook is optional.
+#[derive(Default)]
 pub struct Hooks<'a> {
-    /// Called after every step; `false` stops the run ([`TrainError::Stopped`]).
-    pub on_step: &'a mut dyn FnMut(&Progress) -> bool,
-    /// Where checkpoints go (returns where it put one); `None`: files in the config's
-    /// `[checkpoint] dir`.
-    pub save: Option<SaveCheckpoint<'a>>,
+    progress: Option<&'a mut dyn FnMut(&Progress)>,
+    stop: Option<&'a dyn Fn() -> bool>,
+    checkpoints: Option<&'a mut dyn CheckpointSink>,
+}
+
+impl<'a> Hooks<'a> {
+    /// No hooks: no progress, never stopped, checkpoints (if the config asks for them) as files
+    /// in its `[checkpoint] dir`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Called after every step with the step's metrics (its epoch among them).
+    pub fn progress(mut self, hook: &'a mut dyn FnMut(&Progress)) -> Self {
+        self.progress = Some(hook);
+        self
+    }
+
+    /// Asked after every step (after `progress`); `true` stops the run before its next step,
+    /// with [`TrainError::Stopped`].
+    pub fn stop(mut self, hook: &'a dyn Fn() -> bool) -> Self {
+        self.stop = Some(hook);
+        self
+    }
+
+    /// Where checkpoints go (when the config has a `[checkpoint]` table), instead of files in
+    /// its `dir`.
+    pub fn checkpoints(mut self, sink: &'a mut dyn CheckpointSink) -> Self {
+        self.checkpoints = Some(sink);
+        self
+    }
 }
 
 /// Trains `config` on `data` with the `selected` backend, continuing from `resume` if given.
-pub fn train(
+pub(super) fn train(
     config: &TrainConfig,
     data: &Loaded,
     selected: &Selected,
@@ -136,187 +208,295 @@ fn run<B: Backend>(
     resume: Option<Checkpoint>,
     hooks: Hooks<'_>,
 ) -> Result<Outcome, TrainError> {
-    let Hooks { on_step, mut save } = hooks;
     let spec = spec(config, data);
     data.train.check(&spec)?;
     let replicas = backends.len();
-    let (mut trainer, mut position, mut curve, resumed_at_step) = match resume {
-        Some(c) => {
-            let mismatch = |what: &str, saved: String, now: String| {
-                Err(TrainError::Unavailable(format!(
-                    "the checkpoint was made with {what} {saved}, the config says {now}: \
-                     resuming would not continue the same run"
-                )))
-            };
-            if c.state.spec != spec {
-                return mismatch(
-                    "network",
-                    format!("{:?}", c.state.spec.sizes),
-                    format!("{:?}", spec.sizes),
-                );
-            }
-            if c.seed != config.seed {
-                return mismatch("seed", c.seed.to_string(), config.seed.to_string());
-            }
-            if c.batch_size != config.batch_size {
-                return mismatch(
-                    "batch size",
-                    c.batch_size.to_string(),
-                    config.batch_size.to_string(),
-                );
-            }
-            if c.state.optimizer != config.optimizer {
-                return mismatch(
-                    "optimizer",
-                    format!("{:?}", c.state.optimizer),
-                    format!("{:?}", config.optimizer),
-                );
-            }
-            let at = c.state.step;
-            (
-                Trainer::resume(&c.state, backends)?,
-                c.position,
-                c.curve,
-                Some(at),
-            )
-        }
-        None => (
-            Trainer::new(spec.clone(), config.optimizer, backends, config.seed)?,
-            Position { epoch: 0, batch: 0 },
-            Vec::new(),
-            None,
+    let start = Start::new(config, &spec, backends, resume)?;
+    let resumed_at_step = start.resumed_at_step;
+    // Without a sink of the caller's, checkpoints are files in the config's directory.
+    let mut files = config
+        .checkpoint
+        .as_ref()
+        .map(|c| CheckpointDir::new(&c.dir));
+    let Hooks {
+        progress,
+        stop,
+        checkpoints,
+    } = hooks;
+    let sink: Option<&mut dyn CheckpointSink> = match checkpoints {
+        Some(sink) => Some(sink),
+        None => files.as_mut().map(|f| f as &mut dyn CheckpointSink),
+    };
+    let mut run = Run::new(config, data, start, progress, stop, sink);
+    while run.position.epoch < config.epochs {
+        run.epoch()?;
+    }
+    let seconds = run.started.elapsed().as_secs_f64();
+    if config.checkpoint.is_some() && resumed_at_step != Some(run.trainer.step_count()) {
+        run.checkpoint(run.position)?;
+    }
+    let evaluated = run.evaluate()?;
+    Ok(Outcome {
+        backend: run.trainer.backend().describe(),
+        backend_reason: reason.to_string(),
+        replicas,
+        parameters: spec.parameters(),
+        train_rows: data.train.rows(),
+        test_rows: data.test.rows(),
+        epochs: config.epochs,
+        steps: run.trainer.step_count(),
+        resumed_at_step,
+        train_loss: run.train_loss(),
+        test: evaluated.0,
+        test_file: evaluated.1,
+        samples_per_s: run.trained_rows as f64 / seconds.max(1e-9),
+        seconds,
+        checkpoint: run.last_checkpoint,
+        curve: run.curve,
+    })
+}
+
+/// Where a run starts: a new trainer, or one restored from a checkpoint of the same run.
+struct Start<B: Backend> {
+    trainer: Trainer<B>,
+    position: Position,
+    curve: Vec<(u32, f64)>,
+    resumed_at_step: Option<u32>,
+}
+
+impl<B: Backend> Start<B> {
+    fn new(
+        config: &TrainConfig,
+        spec: &MlpSpec,
+        backends: Vec<B>,
+        resume: Option<Checkpoint>,
+    ) -> Result<Self, TrainError> {
+        let Some(c) = resume else {
+            return Ok(Self {
+                trainer: Trainer::new(spec.clone(), config.optimizer, backends, config.seed)?,
+                position: Position { epoch: 0, batch: 0 },
+                curve: Vec::new(),
+                resumed_at_step: None,
+            });
+        };
+        same_run(&c, config, spec)?;
+        Ok(Self {
+            trainer: Trainer::resume(&c.state, backends)?,
+            position: c.position,
+            curve: c.curve,
+            resumed_at_step: Some(c.state.step),
+        })
+    }
+}
+
+/// Refuses a checkpoint that another network, seed, batch size or optimizer made: resuming
+/// from it would not continue the same run.
+fn same_run(c: &Checkpoint, config: &TrainConfig, spec: &MlpSpec) -> Result<(), TrainError> {
+    let differs = [
+        (
+            "network",
+            c.state.spec != *spec,
+            format!("{:?}", c.state.spec.sizes),
+            format!("{:?}", spec.sizes),
         ),
-    };
-    let rows = data.train.rows();
-    let batches_per_epoch = rows.div_ceil(config.batch_size) as u64;
-    let total_steps = batches_per_epoch * config.epochs;
-    let mut save = |trainer: &Trainer<B>, position: Position, curve: &[(u32, f64)]| {
-        let Some(c) = &config.checkpoint else {
-            return Ok(None);
-        };
-        let snapshot = Checkpoint {
-            state: trainer.snapshot()?,
-            position,
-            seed: config.seed,
-            batch_size: config.batch_size,
-            curve: curve.to_vec(),
-            columns: data.columns.clone(),
-        };
-        let at = match save.as_mut() {
-            Some(hook) => hook(&snapshot)?,
-            None => {
-                std::fs::create_dir_all(&c.dir).map_err(|e| TrainError::io(&c.dir, e))?;
-                let path = c.dir.join(checkpoint::file_name(trainer.step_count()));
-                checkpoint::save(&path, &snapshot)?;
-                path.display().to_string()
-            }
-        };
-        tracing::debug!(at = %at, step = trainer.step_count(), "checkpoint written");
-        Ok::<_, TrainError>(Some(at))
-    };
-    let started = Instant::now();
-    let (mut trained_rows, mut last_checkpoint) = (0usize, None);
-    // Two host buffers: batch i + 1 is gathered and staged (uploaded, overlapping compute on a
-    // GPU) while step i runs.
-    let mut current = (Vec::new(), Vec::new());
-    let mut upcoming = (Vec::new(), Vec::new());
-    let mut epoch_losses = Vec::new();
-    while position.epoch < config.epochs {
-        let span = tracing::info_span!("epoch", epoch = position.epoch);
+        (
+            "seed",
+            c.seed != config.seed,
+            c.seed.to_string(),
+            config.seed.to_string(),
+        ),
+        (
+            "batch size",
+            c.batch_size != config.batch_size,
+            c.batch_size.to_string(),
+            config.batch_size.to_string(),
+        ),
+        (
+            "optimizer",
+            c.state.optimizer != config.optimizer,
+            format!("{:?}", c.state.optimizer),
+            format!("{:?}", config.optimizer),
+        ),
+    ];
+    match differs.into_iter().find(|d| d.1) {
+        Some((what, _, saved, now)) => Err(TrainError::Unavailable(format!(
+            "the checkpoint was made with {what} {saved}, the config says {now}: \
+             resuming would not continue the same run"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Host buffers for a batch's features and targets.
+type Batch = (Vec<f32>, Vec<f32>);
+
+/// A run in progress: the trainer, where it is, and the caller's hooks.
+struct Run<'a, 'h, B: Backend> {
+    config: &'a TrainConfig,
+    data: &'a Loaded,
+    trainer: Trainer<B>,
+    position: Position,
+    curve: Vec<(u32, f64)>,
+    progress: Option<&'h mut (dyn FnMut(&Progress) + 'h)>,
+    stop: Option<&'h (dyn Fn() -> bool + 'h)>,
+    sink: Option<&'a mut (dyn CheckpointSink + 'h)>,
+    batches_per_epoch: u64,
+    total_steps: u64,
+    started: Instant,
+    trained_rows: usize,
+    last_checkpoint: Option<String>,
+    epoch_losses: Vec<f64>,
+    // Two host buffers: batch i + 1 is gathered and staged (uploaded, overlapping compute on
+    // a GPU) while step i runs.
+    current: Batch,
+    upcoming: Batch,
+}
+
+impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
+    fn new(
+        config: &'a TrainConfig,
+        data: &'a Loaded,
+        start: Start<B>,
+        progress: Option<&'h mut (dyn FnMut(&Progress) + 'h)>,
+        stop: Option<&'h (dyn Fn() -> bool + 'h)>,
+        sink: Option<&'a mut (dyn CheckpointSink + 'h)>,
+    ) -> Self {
+        let batches_per_epoch = data.train.rows().div_ceil(config.batch_size) as u64;
+        Self {
+            config,
+            data,
+            trainer: start.trainer,
+            position: start.position,
+            curve: start.curve,
+            progress,
+            stop,
+            sink,
+            batches_per_epoch,
+            total_steps: batches_per_epoch * config.epochs,
+            started: Instant::now(),
+            trained_rows: 0,
+            last_checkpoint: None,
+            epoch_losses: Vec::new(),
+            current: (Vec::new(), Vec::new()),
+            upcoming: (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// Trains the rest of the current epoch and moves to the next.
+    fn epoch(&mut self) -> Result<(), TrainError> {
+        let span = tracing::info_span!("epoch", epoch = self.position.epoch);
         let _entered = span.enter();
-        let order = epoch_order(config.seed, position.epoch, rows);
-        epoch_losses.clear();
+        let (config, train) = (self.config, &self.data.train);
+        let order = epoch_order(config.seed, self.position.epoch, train.rows());
+        self.epoch_losses.clear();
         let batches: Vec<&[usize]> = order
             .chunks(config.batch_size)
-            .skip(position.batch as usize)
+            .skip(self.position.batch as usize)
             .collect();
         if let Some(first) = batches.first() {
-            data.train.gather(first, &mut current.0, &mut current.1);
-            trainer.stage(&current.0, &current.1)?;
+            train.gather(first, &mut self.current.0, &mut self.current.1);
+            self.trainer.stage(&self.current.0, &self.current.1)?;
         }
         for (i, batch) in batches.iter().enumerate() {
             let next = match batches.get(i + 1) {
                 Some(rows) => {
-                    data.train.gather(rows, &mut upcoming.0, &mut upcoming.1);
-                    Some((upcoming.0.as_slice(), upcoming.1.as_slice()))
+                    train.gather(rows, &mut self.upcoming.0, &mut self.upcoming.1);
+                    Some((self.upcoming.0.as_slice(), self.upcoming.1.as_slice()))
                 }
                 None => None,
             };
-            let loss = trainer.step_staged(next)?;
-            std::mem::swap(&mut current, &mut upcoming);
-            trained_rows += batch.len();
-            epoch_losses.push(loss);
-            position.batch += 1;
-            let step = trainer.step_count();
-            curve.push((step, loss));
-            let go_on = on_step(&Progress {
-                epoch: position.epoch,
-                step,
-                total_steps,
-                loss,
-                samples_per_s: trained_rows as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            });
-            if !go_on {
-                return Err(TrainError::Stopped { step });
-            }
-            if let Some(c) = &config.checkpoint
-                && c.every_steps > 0
-                && u64::from(step).is_multiple_of(c.every_steps)
-            {
-                let at = if position.batch == batches_per_epoch {
-                    Position {
-                        epoch: position.epoch + 1,
-                        batch: 0,
-                    }
-                } else {
-                    position
-                };
-                last_checkpoint = save(&trainer, at, &curve)?;
-            }
+            let loss = self.trainer.step_staged(next)?;
+            std::mem::swap(&mut self.current, &mut self.upcoming);
+            self.stepped(batch.len(), loss)?;
         }
-        position = Position {
-            epoch: position.epoch + 1,
+        self.position = Position {
+            epoch: self.position.epoch + 1,
             batch: 0,
         };
+        Ok(())
     }
-    let seconds = started.elapsed().as_secs_f64();
-    if config.checkpoint.is_some() && resumed_at_step != Some(trainer.step_count()) {
-        last_checkpoint = save(&trainer, position, &curve)?;
+
+    /// After a step of `rows` rows: the curve, the hooks, and a checkpoint when one is due.
+    fn stepped(&mut self, rows: usize, loss: f64) -> Result<(), TrainError> {
+        self.trained_rows += rows;
+        self.epoch_losses.push(loss);
+        self.position.batch += 1;
+        let step = self.trainer.step_count();
+        self.curve.push((step, loss));
+        if let Some(progress) = self.progress.as_mut() {
+            let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+            progress(&Progress {
+                epoch: self.position.epoch,
+                step,
+                total_steps: self.total_steps,
+                loss,
+                samples_per_s: self.trained_rows as f64 / elapsed,
+            });
+        }
+        if self.stop.is_some_and(|stop| stop()) {
+            return Err(TrainError::Stopped { step });
+        }
+        if let Some(c) = &self.config.checkpoint
+            && c.every_steps > 0
+            && u64::from(step).is_multiple_of(c.every_steps)
+        {
+            let at = if self.position.batch == self.batches_per_epoch {
+                Position {
+                    epoch: self.position.epoch + 1,
+                    batch: 0,
+                }
+            } else {
+                self.position
+            };
+            self.checkpoint(at)?;
+        }
+        Ok(())
     }
-    let test = if data.test.rows() > 0 {
-        Some(trainer.evaluate(&data.test, 1024)?)
-    } else {
-        None
-    };
-    let test_file = match &data.test_file {
-        Some(t) => Some(super::score::Score::new(
-            t.source.clone(),
-            t.data.rows(),
-            trainer.evaluate(&t.data, 1024)?,
-        )),
-        None => None,
-    };
-    let train_loss = if epoch_losses.is_empty() {
-        curve.last().map_or(f64::NAN, |c| c.1)
-    } else {
-        epoch_losses.iter().sum::<f64>() / epoch_losses.len() as f64
-    };
-    Ok(Outcome {
-        backend: trainer.backend().describe(),
-        backend_reason: reason.to_string(),
-        replicas,
-        parameters: spec.parameters(),
-        train_rows: rows,
-        test_rows: data.test.rows(),
-        epochs: config.epochs,
-        steps: trainer.step_count(),
-        resumed_at_step,
-        train_loss,
-        test,
-        test_file,
-        samples_per_s: trained_rows as f64 / seconds.max(1e-9),
-        seconds,
-        checkpoint: last_checkpoint,
-        curve,
-    })
+
+    /// Hands a checkpoint continuing at `position` to the sink.
+    fn checkpoint(&mut self, position: Position) -> Result<(), TrainError> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(());
+        };
+        let snapshot = Checkpoint {
+            state: self.trainer.snapshot()?,
+            position,
+            seed: self.config.seed,
+            batch_size: self.config.batch_size,
+            curve: self.curve.clone(),
+            columns: self.data.columns.clone(),
+        };
+        let at = sink.save(&snapshot)?;
+        tracing::debug!(at = %at, step = self.trainer.step_count(), "checkpoint written");
+        self.last_checkpoint = Some(at);
+        Ok(())
+    }
+
+    /// Scores the held-out rows and `[data] test_file`.
+    fn evaluate(&mut self) -> Result<(Option<Evaluation>, Option<Score>), TrainError> {
+        let data = self.data;
+        let test = if data.test.rows() > 0 {
+            Some(self.trainer.evaluate(&data.test, 1024)?)
+        } else {
+            None
+        };
+        let test_file = match &data.test_file {
+            Some(t) => Some(Score::new(
+                t.source.clone(),
+                t.data.rows(),
+                self.trainer.evaluate(&t.data, 1024)?,
+            )),
+            None => None,
+        };
+        Ok((test, test_file))
+    }
+
+    /// Mean loss over the last epoch's steps (the last step's, when this process took none).
+    fn train_loss(&self) -> f64 {
+        if self.epoch_losses.is_empty() {
+            self.curve.last().map_or(f64::NAN, |c| c.1)
+        } else {
+            self.epoch_losses.iter().sum::<f64>() / self.epoch_losses.len() as f64
+        }
+    }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use gantry::chart::{self, Line, Panel, XAxis};
-use gantry::training::{self, TrainConfig, checkpoint, data, device, score};
+use gantry::training::{
+    self, CheckpointDir, CheckpointSink as _, Hooks, Job, TrainConfig, checkpoint, device, score,
+};
 
 use super::table::Table;
 
@@ -90,88 +92,102 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => training::TrainLimits::default(),
     };
     let config = TrainConfig::load_with(&args.config, &limits)?;
-    let resume_from = match (&args.resume, args.resume_latest) {
-        (Some(p), _) => Some(p.clone()),
+    let (resume_from, resume) = resume(&args, &config)?;
+    let job = Job::load(config, &limits)?.resume_from(resume);
+    eprintln!("devices: {}", describe_devices(job.devices()));
+    eprintln!("backend: {}", job.selected().reason());
+    if let Some(p) = &resume_from {
+        eprintln!("resuming from {p}");
+    }
+    let (epochs, source) = (job.config().epochs, job.data().source.clone());
+    let bar = super::progress(0, "training");
+    let mut progress = |p: &training::Progress| {
+        if bar.length() != Some(p.total_steps) {
+            bar.set_length(p.total_steps);
+        }
+        bar.set_position(u64::from(p.step));
+        bar.set_message(format!(
+            "epoch {}/{epochs} loss {:.4} {:.0} samples/s",
+            p.epoch + 1,
+            p.loss,
+            p.samples_per_s
+        ));
+    };
+    let outcome = job.run(Hooks::new().progress(&mut progress))?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        plot(path, &args.config, &source, &outcome)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+        return Ok(());
+    }
+    print!("{}", summary(&outcome, &source, args.plot.as_deref()));
+    Ok(())
+}
+
+/// The checkpoint `--resume` or `--resume-latest` names (where it is, and the checkpoint).
+fn resume(
+    args: &Args,
+    config: &TrainConfig,
+) -> anyhow::Result<(Option<String>, Option<checkpoint::Checkpoint>)> {
+    match (&args.resume, args.resume_latest) {
+        (Some(p), _) => Ok((Some(p.display().to_string()), Some(checkpoint::load(p)?))),
         (None, true) => {
             let dir = &config
                 .checkpoint
                 .as_ref()
                 .context("--resume-latest needs a [checkpoint] table in the config")?
                 .dir;
-            checkpoint::latest(dir)?
+            let latest = CheckpointDir::new(dir).latest()?;
+            Ok(latest.map_or((None, None), |(at, c)| (Some(at), Some(c))))
         }
-        (None, false) => None,
-    };
-    let resume = resume_from.as_deref().map(checkpoint::load).transpose()?;
-    let data = data::load(&config, &limits)?;
-    let report = device::detect();
-    let selected = device::select(&report, &config.devices)?;
-    eprintln!("devices: {}", describe_devices(&report));
-    eprintln!("backend: {}", selected.reason());
-    if let Some(p) = &resume_from {
-        eprintln!("resuming from {}", p.display());
+        (None, false) => Ok((None, None)),
     }
+}
 
-    let bar = super::progress(0, "training");
-    let mut on_step = |p: &training::Progress| -> bool {
-        if bar.length() != Some(p.total_steps) {
-            bar.set_length(p.total_steps);
-        }
-        bar.set_position(u64::from(p.step));
-        bar.set_message(format!(
-            "epoch {}/{} loss {:.4} {:.0} samples/s",
-            p.epoch + 1,
-            config.epochs,
-            p.loss,
-            p.samples_per_s
-        ));
-        true
-    };
-    let hooks = training::Hooks {
-        on_step: &mut on_step,
-        save: None,
-    };
-    let outcome = training::run::train(&config, &data, &selected, resume, hooks)?;
-    bar.finish_and_clear();
+/// Draws the loss curve of a run of `config` on `source` into `path`.
+fn plot(
+    path: &std::path::Path,
+    config: &std::path::Path,
+    source: &str,
+    outcome: &training::Outcome,
+) -> anyhow::Result<()> {
+    let title = format!(
+        "gantry train {} ({} parameters, {source})",
+        config.display(),
+        outcome.parameters,
+    );
+    let svg = chart::svg(
+        &title,
+        XAxis {
+            label: "step",
+            scale: 1.0,
+        },
+        &[Panel {
+            label: "training loss (per step)",
+            points: outcome
+                .curve
+                .iter()
+                .map(|&(s, l)| (f64::from(s), l))
+                .collect(),
+            y_max: None,
+            colour: "#1f77b4",
+            line: Line::Straight,
+        }],
+    );
+    super::simulate::write_atomically(path, svg.as_bytes())
+}
 
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "gantry train {} ({} parameters, {})",
-            args.config.display(),
-            outcome.parameters,
-            data.source
-        );
-        let svg = chart::svg(
-            &title,
-            XAxis {
-                label: "step",
-                scale: 1.0,
-            },
-            &[Panel {
-                label: "training loss (per step)",
-                points: outcome
-                    .curve
-                    .iter()
-                    .map(|&(s, l)| (f64::from(s), l))
-                    .collect(),
-                y_max: None,
-                colour: "#1f77b4",
-                line: Line::Straight,
-            }],
-        );
-        super::simulate::write_atomically(path, svg.as_bytes())?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&outcome)?);
-        return Ok(());
-    }
+/// The table `gantry train` prints for a run on `source`.
+fn summary(outcome: &training::Outcome, source: &str, plot: Option<&std::path::Path>) -> Table {
     let mut t = Table::new(&["metric", "value"]);
     let mut row = |k: &str, v: String| t.row(vec![k.into(), v]);
     row(
         "data",
         format!(
-            "{} ({} train, {} test rows)",
-            data.source, outcome.train_rows, outcome.test_rows
+            "{source} ({} train, {} test rows)",
+            outcome.train_rows, outcome.test_rows
         ),
     );
     row("backend", outcome.backend.clone());
@@ -207,11 +223,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(c) = &outcome.checkpoint {
         row("checkpoint", c.clone());
     }
-    if let Some(p) = &args.plot {
+    if let Some(p) = plot {
         row("plot", p.display().to_string());
     }
-    print!("{t}");
-    Ok(())
+    t
 }
 
 fn describe_devices(r: &device::DeviceReport) -> String {
