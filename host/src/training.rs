@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod csv;
 pub mod data;
 pub mod device;
 mod job;

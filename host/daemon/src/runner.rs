@@ -10,6 +10,8 @@ use super::db::JobRecord;
 use super::labels::LabelSplit;
 use super::lifecycle::{RunControl, RunEnd};
 use gantry::training::checkpoint::{self, Checkpoint};
+use gantry::training::csv::{CsvReader, Targets};
+use gantry::training::limits::RowBudget;
 use gantry::training::{self, CheckpointSink, Hooks, Job, TrainConfig, TrainError};
 
 /// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
@@ -194,82 +196,31 @@ impl CheckpointSink for StoreCheckpoints<'_> {
     }
 }
 
-/// A job's stored dataset, streamed: decrypted chunk by chunk, the label column split off as it
-/// goes, the feature columns parsed or (when the config names a plugin) streamed through the
-/// preprocessing plugin in the sandbox. Only the features and labels are ever held whole.
+/// A job's stored dataset, streamed: decrypted chunk by chunk, the records parsed as they
+/// come or (when the config names a plugin) the label column split off and the feature columns
+/// streamed through the preprocessing plugin in the sandbox. Only the features and labels are
+/// ever held whole.
 fn load_dataset(
     daemon: &Daemon,
     job: &JobRecord,
     config: &TrainConfig,
     name: &str,
 ) -> Result<training::data::Loaded, TrainError> {
-    use std::io::BufRead;
-    let unavailable = |m: String| TrainError::Unavailable(m);
     let record = daemon
         .db
         .dataset(&super::db::key(&job.tenant, name))
-        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(unavailable)?
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
     let label = config.data.label_column.unwrap_or(0);
-    let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let open = || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
-        let reader = daemon.store.reader(&record.object)?;
-        Ok(Box::new(LabelSplit::new(reader, label, labels.clone())))
+    let stored = Stored {
+        daemon,
+        object: &record.object,
+        name,
+        label,
     };
-    let mut rows = FeatureRows::new(&daemon.train_limits);
-    match &config.data.preprocess {
-        None => {
-            let input = open().map_err(|e| unavailable(e.to_string()))?;
-            for (i, line) in std::io::BufReader::new(input).split(b'\n').enumerate() {
-                let line = line.map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
-                let before = rows.values.len();
-                for field in line.split(|&b| b == b',') {
-                    let text = std::str::from_utf8(field).unwrap_or("").trim();
-                    rows.values.push(
-                        text.parse::<f32>()
-                            .ok()
-                            .filter(|v| v.is_finite())
-                            .ok_or_else(|| {
-                                unavailable(format!(
-                                    "dataset `{name}`: line {}: `{text}` is not a number",
-                                    i + 1
-                                ))
-                            })?,
-                    );
-                }
-                let width = rows.values.len() - before;
-                rows.check(1, width)
-                    .map_err(|e| unavailable(format!("dataset `{name}`: line {}: {e}", i + 1)))?;
-            }
-        }
-        Some(plugin) => {
-            let plugin =
-                super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
-                    .map_err(unavailable)?;
-            gantry::pipeline::run(
-                &open,
-                &plugin,
-                gantry::pipeline::PipelineConfig::default(),
-                &mut |t| rows.tensor(&t.shape, t.data),
-            )
-            .map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
-        }
-    };
-    let width = rows.width.unwrap_or(0);
-    let features = rows.values;
-    let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|e| e.into_inner()));
-    if labels.len() * width != features.len() {
-        return Err(unavailable(format!(
-            "dataset `{name}`: {} labels for {} feature values of width {width}",
-            labels.len(),
-            features.len()
-        )));
-    }
-    let dataset = gantry_kernels::Dataset {
-        features,
-        targets: labels,
-        inputs: width,
-        targets_per_row: 1,
+    let dataset = match &config.data.preprocess {
+        None => stored.parse()?,
+        Some(plugin) => stored.preprocess(plugin)?,
     };
     // Records are lines (no header): row 0 is line 1.
     training::data::prepare(
@@ -281,59 +232,79 @@ fn load_dataset(
     )
 }
 
-/// Feature values gathered row by row from a dataset: every row of one width, and no more rows,
-/// features or bytes than the operator's limits allow, checked as they arrive (a preprocessing
-/// plugin's output is not bounded by the dataset's size).
-struct FeatureRows<'a> {
-    values: Vec<f32>,
-    width: Option<usize>,
-    rows: u64,
-    limits: &'a training::limits::TrainLimits,
+/// A stored dataset's records (CSV without a header) and the column of their labels.
+struct Stored<'a> {
+    daemon: &'a Daemon,
+    object: &'a str,
+    name: &'a str,
+    label: usize,
 }
 
-impl<'a> FeatureRows<'a> {
-    fn new(limits: &'a training::limits::TrainLimits) -> Self {
-        Self {
-            values: Vec::new(),
-            width: None,
-            rows: 0,
-            limits,
-        }
+impl Stored<'_> {
+    /// The records, parsed by the training CSV reader as they stream from the store.
+    fn parse(&self) -> Result<gantry_kernels::Dataset, TrainError> {
+        let input = self.daemon.store.reader(self.object).map_err(unavailable)?;
+        let source = format!("dataset `{}`", self.name);
+        let targets = Targets::Index(self.label);
+        let limits = &self.daemon.train_limits;
+        CsvReader::new(input, std::path::Path::new(&source), targets, None, limits)?.read()
     }
 
-    /// Checks `rows` more rows of `width` values each (the first fixes the width); the values
-    /// themselves are, or are about to be, in `self.values`.
-    fn check(&mut self, rows: u64, width: usize) -> Result<(), String> {
-        match self.width {
-            Some(w) if w != width => {
-                return Err(format!(
-                    "{width} feature values in a row where the first row had {w}"
-                ));
-            }
-            _ => self.width = Some(width),
+    /// The records' feature columns through preprocessing plugin `plugin`, the labels beside.
+    fn preprocess(&self, plugin: &str) -> Result<gantry_kernels::Dataset, TrainError> {
+        let (daemon, name) = (self.daemon, self.name);
+        let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
+            let reader = daemon.store.reader(self.object)?;
+            Ok(Box::new(LabelSplit::new(
+                reader,
+                self.label,
+                labels.clone(),
+            )))
+        };
+        let mut rows = FeatureRows::new(&daemon.train_limits);
+        let plugin =
+            super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
+                .map_err(unavailable)?;
+        gantry::pipeline::run(
+            &open,
+            &plugin,
+            gantry::pipeline::PipelineConfig::default(),
+            &mut |t| rows.tensor(&t.shape, t.data),
+        )
+        .map_err(|e| unavailable(format!("dataset `{name}`: {e}")))?;
+        let width = rows.budget.width().unwrap_or(0);
+        let features = rows.values;
+        let labels = std::mem::take(&mut *labels.lock().unwrap_or_else(|e| e.into_inner()));
+        if labels.len() * width != features.len() {
+            return Err(unavailable(format!(
+                "dataset `{name}`: {} labels for {} feature values of width {width}",
+                labels.len(),
+                features.len()
+            )));
         }
-        self.rows = self.rows.saturating_add(rows);
-        let limits = self.limits;
-        if self.rows > limits.max_rows {
-            return Err(format!(
-                "more than {} rows (the operator's limit)",
-                limits.max_rows
-            ));
+        Ok(gantry_kernels::Dataset {
+            features,
+            targets: labels,
+            inputs: width,
+            targets_per_row: 1,
+        })
+    }
+}
+
+/// Feature values a preprocessing plugin returns, bounded as they arrive (its output is not
+/// bounded by the dataset's size): see [`RowBudget`].
+struct FeatureRows {
+    values: Vec<f32>,
+    budget: RowBudget,
+}
+
+impl FeatureRows {
+    fn new(limits: &training::limits::TrainLimits) -> Self {
+        Self {
+            values: Vec::new(),
+            budget: RowBudget::new(limits),
         }
-        if width as u64 > limits.max_features {
-            return Err(format!(
-                "{width} features, more than {} (the operator's limit)",
-                limits.max_features
-            ));
-        }
-        let bytes = (self.rows as u128) * (width as u128) * 4;
-        if bytes > u128::from(limits.max_memory_mib) << 20 {
-            return Err(format!(
-                "the features outgrow the job memory limit of {} MiB",
-                limits.max_memory_mib
-            ));
-        }
-        Ok(())
     }
 
     /// Adds a preprocessing plugin's tensor of `shape` (records first; a row is the rest).
@@ -343,7 +314,8 @@ impl<'a> FeatureRows<'a> {
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
             .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-        self.check(u64::from(rows), width)
+        self.budget
+            .take(u64::from(rows), width, 0)
             .map_err(|e| format!("shape {shape:?}: {e}"))?;
         self.values.extend(data);
         Ok(())
@@ -365,8 +337,8 @@ mod feature_rows_props {
             e.contains("2 feature values in a row where the first row had 3"),
             "{e}"
         );
-        assert!(rows.check(1, 3).is_ok());
-        assert!(rows.check(1, 4).is_err());
+        assert!(rows.budget.take(1, 3, 0).is_ok());
+        assert!(rows.budget.take(1, 4, 0).is_err());
     }
 
     proptest::proptest! {
@@ -393,8 +365,8 @@ mod feature_rows_props {
                 if rows.tensor(shape, data).is_err() {
                     break;
                 }
-                let width = rows.width.unwrap();
-                proptest::prop_assert!(rows.rows * width as u64 * 4 <= 1 << 20);
+                let width = rows.budget.width().unwrap();
+                proptest::prop_assert!(rows.budget.rows() * width as u64 * 4 <= 1 << 20);
                 let records = shape.first().copied().unwrap_or(0) as usize;
                 proptest::prop_assert!(len == 0 || shape.is_empty() || len == records * width);
             }

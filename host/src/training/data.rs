@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::config::{Synthetic, TrainConfig};
+use super::csv::{CsvReader, Targets};
 use super::limits::TrainLimits;
 
 const MAGIC: &[u8; 8] = b"GNTRYF32";
@@ -70,8 +71,8 @@ pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainE
                 Some("f32") => (read_f32(path)?, None),
                 // Row 0 is on line 2, under the header.
                 Some("csv") => {
-                    let (data, named) =
-                        read_csv_with(path, d.label.as_deref(), d.targets.as_deref(), None)?;
+                    let (label, targets) = (d.label.as_deref(), d.targets.as_deref());
+                    let (data, named) = read_csv_with(path, label, targets, None, limits)?;
                     columns = Some(named);
                     (data, Some(2))
                 }
@@ -250,120 +251,48 @@ pub fn generate(s: &Synthetic, seed: u64) -> Dataset {
     }
 }
 
-/// Reads a CSV file with a header: `label` names an integer class column (classification) or
-/// `targets` the target columns (regression); every other column is a feature.
+/// Reads a CSV file with a header under the default [`TrainLimits`]: `label` names an integer
+/// class column (classification) or `targets` the target columns (regression); every other
+/// column is a feature.
 pub fn read_csv(
     path: &Path,
     label: Option<&str>,
     targets: Option<&[String]>,
 ) -> Result<Dataset, TrainError> {
-    read_csv_with(path, label, targets, None).map(|(data, _)| data)
+    read_csv_with(path, label, targets, None, &TrainLimits::default()).map(|(data, _)| data)
 }
 
-/// [`read_csv`], also returning the columns; with `classes`, a class id that is not below it
-/// is refused with its line.
+/// [`read_csv`] under `limits`, also returning the columns; with `classes`, a class id that is
+/// not below it is refused with its line.
 pub fn read_csv_with(
     path: &Path,
     label: Option<&str>,
     targets: Option<&[String]>,
     classes: Option<usize>,
+    limits: &TrainLimits,
 ) -> Result<(Dataset, Columns), TrainError> {
-    let invalid = |line: Option<u64>, m: String| TrainError::invalid(path, line, m);
-    let target_names: Vec<String> = match (label, targets) {
-        (Some(l), None) => vec![l.to_string()],
-        (None, Some(t)) if !t.is_empty() => t.to_vec(),
-        _ => {
-            return Err(invalid(
-                None,
-                "name the class column (`label = \"...\"`) or the target columns \
-                 (`targets = [...]`) in [data]"
-                    .into(),
-            ));
-        }
-    };
-    let file = open_regular(path)?.0;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(file);
-    let header = reader
-        .headers()
-        .map_err(|e| invalid(Some(1), format!("unreadable header: {e}")))?
-        .clone();
-    let mut target_at = Vec::new();
-    for t in &target_names {
-        let i = header
-            .iter()
-            .position(|h| h.trim() == t)
-            .ok_or_else(|| invalid(Some(1), format!("no column `{t}` in the header")))?;
-        target_at.push(i);
+    let targets = csv_targets(path, label, targets)?;
+    let reader = CsvReader::new(open_regular(path)?.0, path, targets, classes, limits)?;
+    let columns = reader.columns().expect("a CSV file has a header");
+    Ok((reader.read()?, columns))
+}
+
+/// The target columns `[data]` names: `label` or `targets`, one of them.
+pub(super) fn csv_targets<'a>(
+    path: &Path,
+    label: Option<&'a str>,
+    targets: Option<&'a [String]>,
+) -> Result<Targets<'a>, TrainError> {
+    match (label, targets) {
+        (Some(l), None) => Ok(Targets::Label(l)),
+        (None, Some(t)) if !t.is_empty() => Ok(Targets::Named(t)),
+        _ => Err(TrainError::invalid(
+            path,
+            None,
+            "name the class column (`label = \"...\"`) or the target columns \
+             (`targets = [...]`) in [data]",
+        )),
     }
-    let feature_at: Vec<usize> = (0..header.len())
-        .filter(|i| !target_at.contains(i))
-        .collect();
-    if feature_at.is_empty() {
-        return Err(invalid(Some(1), "no feature columns left".into()));
-    }
-    let mut data = Dataset {
-        inputs: feature_at.len(),
-        targets_per_row: target_at.len(),
-        ..Dataset::default()
-    };
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line());
-            invalid(line, format!("malformed row: {e}"))
-        })?;
-        let line = record.position().map(|p| p.line());
-        if record.len() != header.len() {
-            return Err(invalid(
-                line,
-                format!("{} fields, the header has {}", record.len(), header.len()),
-            ));
-        }
-        let value = |i: usize| -> Result<f32, TrainError> {
-            let text = record[i].trim();
-            match text.parse::<f32>() {
-                Ok(v) if v.is_finite() => Ok(v),
-                _ => Err(invalid(
-                    line,
-                    format!("column `{}`: `{text}` is not a finite number", &header[i]),
-                )),
-            }
-        };
-        for &i in &feature_at {
-            data.features.push(value(i)?);
-        }
-        for &i in &target_at {
-            let v = value(i)?;
-            if label.is_some() && !(v >= 0.0 && v.fract() == 0.0) {
-                return Err(invalid(
-                    line,
-                    format!(
-                        "column `{}`: class ids are integers from 0, not `{}`",
-                        &header[i],
-                        record[i].trim()
-                    ),
-                ));
-            }
-            if let Some(classes) = classes.filter(|&c| label.is_some() && v >= c as f32) {
-                return Err(invalid(
-                    line,
-                    format!(
-                        "column `{}`: class {v} is not one of the model's {classes} classes (0-{})",
-                        &header[i],
-                        classes - 1
-                    ),
-                ));
-            }
-            data.targets.push(v);
-        }
-    }
-    let name = |i: &usize| header[*i].trim().to_string();
-    let columns = Columns {
-        features: feature_at.iter().map(name).collect(),
-        targets: target_at.iter().map(name).collect(),
-    };
-    Ok((data, columns))
 }
 
 /// Opens `path` for reading if it is a regular file, with its length. A FIFO, a device such as

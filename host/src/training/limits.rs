@@ -81,6 +81,77 @@ impl TrainLimits {
     }
 }
 
+/// Rows gathered as they arrive (a CSV file's, a stored dataset's, a preprocessing plugin's
+/// output), bounded before they are kept: every row of one feature width, and no more rows,
+/// features or bytes than the limits allow.
+#[derive(Debug, Clone)]
+pub struct RowBudget {
+    width: Option<usize>,
+    rows: u64,
+    bytes: u128,
+    max_rows: u64,
+    max_features: u64,
+    max_memory_mib: u64,
+}
+
+impl RowBudget {
+    /// Nothing taken yet, under `limits`.
+    pub fn new(limits: &TrainLimits) -> Self {
+        Self {
+            width: None,
+            rows: 0,
+            bytes: 0,
+            max_rows: limits.max_rows,
+            max_features: limits.max_features,
+            max_memory_mib: limits.max_memory_mib,
+        }
+    }
+
+    /// The feature width of the rows taken (the first row's).
+    pub fn width(&self) -> Option<usize> {
+        self.width
+    }
+
+    /// Rows taken.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Takes `rows` more rows of `features` feature values and `targets` targets each (the
+    /// first fixes the width), or says which limit they would break.
+    pub fn take(&mut self, rows: u64, features: usize, targets: usize) -> Result<(), String> {
+        match self.width {
+            Some(w) if w != features => {
+                return Err(format!(
+                    "{features} feature values in a row where the first row had {w}"
+                ));
+            }
+            _ => self.width = Some(features),
+        }
+        self.rows = self.rows.saturating_add(rows);
+        if self.rows > self.max_rows {
+            return Err(format!(
+                "more than {} rows (the operator's limit)",
+                self.max_rows
+            ));
+        }
+        if features as u64 > self.max_features {
+            return Err(format!(
+                "{features} features, more than {} (the operator's limit)",
+                self.max_features
+            ));
+        }
+        self.bytes += u128::from(rows) * (features as u128 + targets as u128) * 4;
+        if self.bytes > u128::from(self.max_memory_mib) << 20 {
+            return Err(format!(
+                "the features outgrow the job memory limit of {} MiB",
+                self.max_memory_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bytes a job needs, roughly: its rows twice (the loaded data and its shuffled copy), the
 /// parameters four times per replica (weights, gradients and Adam's two moments), and a
 /// batch's activations and their gradients. An estimate, on the high side.

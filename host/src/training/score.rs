@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::TrainError;
 use super::checkpoint::Checkpoint;
+use super::csv::{CsvReader, Targets};
 use super::data::{self, Columns};
 
 /// What a model takes, to check data against.
@@ -114,23 +115,9 @@ fn read_csv_for(
     label: Option<&str>,
     targets: Option<&[String]>,
 ) -> Result<Dataset, TrainError> {
-    let classification = expected.classes.is_some();
-    let named: Vec<String> = match (label, targets, expected.columns) {
-        (Some(l), _, _) => vec![l.to_string()],
-        (None, Some(t), _) => t.to_vec(),
-        (None, None, Some(c)) => c.targets.clone(),
-        (None, None, None) => {
-            return Err(TrainError::invalid(
-                path,
-                None,
-                "the model names no columns (it was not trained on a CSV file): say which column \
-                 holds the class ids or the targets (`gantry eval --label` / `--targets`, or \
-                 `label` / `targets` in [data])",
-            ));
-        }
-    };
-    let (label, targets) = if classification {
-        if named.len() != 1 {
+    let named = target_columns(path, expected, label, targets)?;
+    let targets = match expected.classes {
+        Some(_) if named.len() != 1 => {
             return Err(TrainError::invalid(
                 path,
                 None,
@@ -140,27 +127,51 @@ fn read_csv_for(
                 ),
             ));
         }
-        (Some(named[0].as_str()), None)
-    } else {
-        (None, Some(named.as_slice()))
+        Some(_) => Targets::Label(&named[0]),
+        None => Targets::Named(&named),
     };
+    let limits = super::TrainLimits {
+        max_rows: expected.max_rows,
+        ..super::TrainLimits::default()
+    };
+    let file = data::open_regular(path)?.0;
+    let reader = CsvReader::new(file, path, targets, expected.classes, &limits)?;
     // The columns first, from the header alone, so a wrong file is named before its rows.
-    let header = csv_header(path)?;
-    if let Some(missing) = named.iter().find(|n| !header.contains(n)) {
-        return Err(TrainError::invalid(
+    let columns = reader.columns().expect("a CSV file has a header");
+    check_columns(path, expected, &columns)?;
+    reader.read()
+}
+
+/// The target columns to score: `label` or `targets` as given, else the model's own.
+fn target_columns(
+    path: &Path,
+    expected: &Expected<'_>,
+    label: Option<&str>,
+    targets: Option<&[String]>,
+) -> Result<Vec<String>, TrainError> {
+    match (label, targets, expected.columns) {
+        (Some(l), _, _) => Ok(vec![l.to_string()]),
+        (None, Some(t), _) => Ok(t.to_vec()),
+        (None, None, Some(c)) => Ok(c.targets.clone()),
+        (None, None, None) => Err(TrainError::invalid(
             path,
-            Some(1),
-            format!("no column `{missing}` in the header"),
-        ));
+            None,
+            "the model names no columns (it was not trained on a CSV file): say which column \
+             holds the class ids or the targets (`gantry eval --label` / `--targets`, or \
+             `label` / `targets` in [data])",
+        )),
     }
-    let features: Vec<&str> = header
-        .iter()
-        .map(String::as_str)
-        .filter(|h| !named.iter().any(|n| n == h))
-        .collect();
+}
+
+/// Refuses a file whose feature or target columns are not the model's.
+fn check_columns(
+    path: &Path,
+    expected: &Expected<'_>,
+    columns: &Columns,
+) -> Result<(), TrainError> {
     let fits = match expected.columns {
-        Some(c) => features == c.features,
-        None => features.len() == expected.inputs,
+        Some(c) => columns.features == c.features,
+        None => columns.features.len() == expected.inputs,
     };
     if !fits {
         let takes = match expected.columns {
@@ -172,34 +183,22 @@ fn read_csv_for(
             Some(1),
             format!(
                 "feature columns {}; the model takes {takes}",
-                features.join(", ")
+                columns.features.join(", ")
             ),
         ));
     }
-    let (data, _) = data::read_csv_with(path, label, targets, expected.classes)?;
-    if data.targets_per_row != expected.targets_per_row {
+    if columns.targets.len() != expected.targets_per_row {
         return Err(TrainError::invalid(
             path,
             Some(1),
             format!(
                 "{} target columns; the model predicts {}",
-                data.targets_per_row, expected.targets_per_row
+                columns.targets.len(),
+                expected.targets_per_row
             ),
         ));
     }
-    Ok(data)
-}
-
-/// The trimmed header of a CSV file.
-fn csv_header(path: &Path) -> Result<Vec<String>, TrainError> {
-    let file = data::open_regular(path)?.0;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(file);
-    let header = reader
-        .headers()
-        .map_err(|e| TrainError::invalid(path, Some(1), format!("unreadable header: {e}")))?;
-    Ok(header.iter().map(|h| h.trim().to_string()).collect())
+    Ok(())
 }
 
 fn check_f32(path: &Path, data: &Dataset, expected: &Expected<'_>) -> Result<(), TrainError> {

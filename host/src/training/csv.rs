@@ -1,0 +1,285 @@
+//! The one CSV reader of training data: a file with a header (`gantry train`, `[data]
+//! test_file`, `gantry eval`) and a daemon's stored dataset (records without a header, streamed
+//! from the store). Every row is counted against the limits before it is kept, and a malformed
+//! one is refused naming its source, line and column.
+
+use std::io::Read;
+use std::path::Path;
+
+use gantry_kernels::Dataset;
+
+use super::TrainError;
+use super::data::Columns;
+use super::limits::{RowBudget, TrainLimits};
+
+/// Which columns hold the targets; every other column is a feature.
+#[derive(Debug, Clone, Copy)]
+pub enum Targets<'a> {
+    /// The header's class column: its values must be class ids (integers from 0).
+    Label(&'a str),
+    /// The header's target columns (a regression).
+    Named(&'a [String]),
+    /// The 0-based column of records without a header (class ids or targets, checked later).
+    Index(usize),
+}
+
+/// CSV records being read into a [`Dataset`].
+pub struct CsvReader<'a, R: Read> {
+    source: &'a Path,
+    records: ::csv::Reader<R>,
+    /// The trimmed header, when the input has one.
+    header: Option<Vec<String>>,
+    targets: Targets<'a>,
+    /// Feature and target column indices; for records without a header, known at the first.
+    at: Option<(Vec<usize>, Vec<usize>)>,
+    classes: Option<usize>,
+    budget: RowBudget,
+}
+
+impl<'a, R: Read> CsvReader<'a, R> {
+    /// Starts reading `input` (named `source` in errors): a header first unless `targets` is
+    /// an [`Targets::Index`]. With `classes`, a class id that is not below it is refused;
+    /// rows, features and memory are bounded by `limits` as the rows arrive.
+    pub fn new(
+        input: R,
+        source: &'a Path,
+        targets: Targets<'a>,
+        classes: Option<usize>,
+        limits: &TrainLimits,
+    ) -> Result<Self, TrainError> {
+        let has_header = !matches!(targets, Targets::Index(_));
+        let records = ::csv::ReaderBuilder::new()
+            .has_headers(has_header)
+            .from_reader(input);
+        let mut reader = Self {
+            source,
+            records,
+            header: None,
+            targets,
+            at: None,
+            classes,
+            budget: RowBudget::new(limits),
+        };
+        if has_header {
+            reader.read_header()?;
+        }
+        Ok(reader)
+    }
+
+    fn invalid(&self, line: Option<u64>, message: String) -> TrainError {
+        TrainError::invalid(self.source, line, message)
+    }
+
+    /// Reads the header and finds the target columns in it.
+    fn read_header(&mut self) -> Result<(), TrainError> {
+        let header: Vec<String> = match self.records.headers() {
+            Ok(h) => h.iter().map(|h| h.trim().to_string()).collect(),
+            Err(e) => return Err(self.invalid(Some(1), format!("unreadable header: {e}"))),
+        };
+        let named: Vec<&str> = match self.targets {
+            Targets::Label(l) => vec![l],
+            Targets::Named(t) => t.iter().map(String::as_str).collect(),
+            Targets::Index(_) => unreachable!("records without a header have no names"),
+        };
+        let mut target_at = Vec::new();
+        for t in named {
+            match header.iter().position(|h| h == t) {
+                Some(i) => target_at.push(i),
+                None => {
+                    return Err(self.invalid(Some(1), format!("no column `{t}` in the header")));
+                }
+            }
+        }
+        self.at = Some(split_columns(header.len(), target_at));
+        self.header = Some(header);
+        if self.at.as_ref().is_some_and(|(f, _)| f.is_empty()) {
+            return Err(self.invalid(Some(1), "no feature columns left".into()));
+        }
+        Ok(())
+    }
+
+    /// The named feature and target columns, when the input has a header.
+    pub fn columns(&self) -> Option<Columns> {
+        let (header, (features, targets)) = (self.header.as_ref()?, self.at.as_ref()?);
+        let names = |at: &[usize]| at.iter().map(|&i| header[i].clone()).collect();
+        Some(Columns {
+            features: names(features),
+            targets: names(targets),
+        })
+    }
+
+    /// Reads every record.
+    pub fn read(mut self) -> Result<Dataset, TrainError> {
+        let mut data = Dataset::default();
+        let mut record = ::csv::StringRecord::new();
+        loop {
+            match self.records.read_record(&mut record) {
+                Ok(true) => self.row(&record, &mut data)?,
+                Ok(false) => break,
+                Err(e) => {
+                    let line = e.position().map(|p| p.line());
+                    return Err(self.invalid(line, format!("malformed row: {e}")));
+                }
+            }
+        }
+        if let Some((features, targets)) = &self.at {
+            data.inputs = features.len();
+            data.targets_per_row = targets.len();
+        }
+        Ok(data)
+    }
+
+    /// Checks and keeps one record.
+    fn row(&mut self, record: &::csv::StringRecord, data: &mut Dataset) -> Result<(), TrainError> {
+        let line = record.position().map(|p| p.line());
+        if let Some(header) = &self.header
+            && record.len() != header.len()
+        {
+            let m = format!("{} fields, the header has {}", record.len(), header.len());
+            return Err(self.invalid(line, m));
+        }
+        if self.at.is_none() {
+            self.at = Some(self.index_columns(record.len(), line)?);
+        }
+        let (features, targets) = self.at.as_ref().expect("columns are known");
+        self.budget
+            .take(1, features.len(), targets.len())
+            .map_err(|m| self.invalid(line, m))?;
+        for &i in features {
+            data.features.push(self.value(record, i, line)?);
+        }
+        for &i in targets {
+            let v = self.value(record, i, line)?;
+            self.check_class(record, i, v, line)?;
+            data.targets.push(v);
+        }
+        Ok(())
+    }
+
+    /// The columns of records without a header, from the first one's width.
+    fn index_columns(
+        &self,
+        width: usize,
+        line: Option<u64>,
+    ) -> Result<(Vec<usize>, Vec<usize>), TrainError> {
+        let Targets::Index(label) = self.targets else {
+            unreachable!("a header fixes the columns")
+        };
+        if label >= width {
+            return Err(self.invalid(line, format!("no column {label}")));
+        }
+        Ok(split_columns(width, vec![label]))
+    }
+
+    /// Column `i` of `record`, a finite number.
+    fn value(
+        &self,
+        record: &::csv::StringRecord,
+        i: usize,
+        line: Option<u64>,
+    ) -> Result<f32, TrainError> {
+        let text = record[i].trim();
+        match text.parse::<f32>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(self.invalid(
+                line,
+                format!("{}: `{text}` is not a finite number", self.column(i)),
+            )),
+        }
+    }
+
+    /// Refuses a value of a named class column that is not a class id of the model.
+    fn check_class(
+        &self,
+        record: &::csv::StringRecord,
+        i: usize,
+        v: f32,
+        line: Option<u64>,
+    ) -> Result<(), TrainError> {
+        if !matches!(self.targets, Targets::Label(_)) {
+            return Ok(());
+        }
+        let column = self.column(i);
+        if !(v >= 0.0 && v.fract() == 0.0) {
+            let text = record[i].trim();
+            let m = format!("{column}: class ids are integers from 0, not `{text}`");
+            return Err(self.invalid(line, m));
+        }
+        match self.classes {
+            Some(classes) if v >= classes as f32 => Err(self.invalid(
+                line,
+                format!(
+                    "{column}: class {v} is not one of the model's {classes} classes (0-{})",
+                    classes - 1
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Column `i`, named for errors: by the header's name, else by its index.
+    fn column(&self, i: usize) -> String {
+        match &self.header {
+            Some(h) => format!("column `{}`", h[i]),
+            None => format!("column {i}"),
+        }
+    }
+}
+
+/// The feature columns (every one but the targets, in order) and the target columns.
+fn split_columns(width: usize, target_at: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
+    let features = (0..width).filter(|i| !target_at.contains(i)).collect();
+    (features, target_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, targets: Targets<'_>, limits: &TrainLimits) -> Result<Dataset, String> {
+        CsvReader::new(text.as_bytes(), Path::new("d.csv"), targets, None, limits)
+            .and_then(CsvReader::read)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn records_without_a_header_are_read_by_column_index() {
+        let limits = TrainLimits::default();
+        let d = read("1,0.5,2\n0,1.5,3\r\n\n1,2.5,4", Targets::Index(0), &limits).unwrap();
+        assert_eq!((d.inputs, d.targets_per_row, d.rows()), (2, 1, 3));
+        assert_eq!(d.features, [0.5, 2.0, 1.5, 3.0, 2.5, 4.0]);
+        assert_eq!(d.targets, [1.0, 0.0, 1.0]);
+        let e = read("1,2\n3,4\nx,5\n", Targets::Index(1), &limits).unwrap_err();
+        assert_eq!(e, "d.csv:3: column 0: `x` is not a finite number");
+        let e = read("1,2\n", Targets::Index(2), &limits).unwrap_err();
+        assert_eq!(e, "d.csv:1: no column 2");
+        let e = read("1,2\n3\n", Targets::Index(0), &limits).unwrap_err();
+        assert!(e.starts_with("d.csv:2: malformed row"), "{e}");
+    }
+
+    /// Rows past a limit are refused as they arrive, naming the line, before more are kept.
+    #[test]
+    fn rows_past_the_limits_are_refused_at_their_line() {
+        let limits = TrainLimits {
+            max_rows: 2,
+            ..TrainLimits::default()
+        };
+        let text = "a,y\n1,2\n3,4\n5,6\n7,8\n";
+        let e = read(text, Targets::Label("y"), &limits).unwrap_err();
+        assert_eq!(e, "d.csv:4: more than 2 rows (the operator's limit)");
+        let limits = TrainLimits {
+            max_features: 1,
+            ..TrainLimits::default()
+        };
+        let e = read("1,2,3\n", Targets::Index(0), &limits).unwrap_err();
+        assert_eq!(e, "d.csv:1: 2 features, more than 1 (the operator's limit)");
+        let limits = TrainLimits {
+            max_memory_mib: 1,
+            ..TrainLimits::default()
+        };
+        // 2^16 rows of 4 values are exactly 1 MiB; one more row is over.
+        let text = "0,0,0,0\n".repeat((1 << 16) + 1);
+        let e = read(&text, Targets::Index(0), &limits).unwrap_err();
+        assert!(e.starts_with("d.csv:65537: the features outgrow"), "{e}");
+    }
+}
