@@ -13,54 +13,60 @@ pub struct Builtin {
     pub wasm: &'static [u8],
 }
 
+/// The shipped plugin built from `plugins/<name>/`; `$env` is the build script's variable holding
+/// its component's path.
+macro_rules! builtin {
+    ($name:literal, $env:literal, $summary:literal) => {
+        Builtin {
+            name: $name,
+            summary: $summary,
+            manifest: include_str!(concat!("../../plugins/", $name, "/plugin.toml")),
+            wasm: include_bytes!(env!($env)),
+        }
+    };
+}
+
 /// Every shipped scheduler plugin; the first is the default.
 pub const SCHEDULERS: &[Builtin] = &[
-    Builtin {
-        name: "binpack",
-        summary: "least-fragmentation bin packing (best fit by node)",
-        manifest: include_str!("../../plugins/binpack/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_BINPACK")),
-    },
-    Builtin {
-        name: "spread",
-        summary: "spread load across nodes and racks (worst fit)",
-        manifest: include_str!("../../plugins/spread/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_SPREAD")),
-    },
-    Builtin {
-        name: "topology",
-        summary: "topology-aware gang placement (NVLink domain, node, rack)",
-        manifest: include_str!("../../plugins/topology/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_TOPOLOGY")),
-    },
-    Builtin {
-        name: "fairshare",
-        summary: "dominant-resource fair share across tenants with backfill",
-        manifest: include_str!("../../plugins/fairshare/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_FAIRSHARE")),
-    },
+    builtin!(
+        "binpack",
+        "GANTRY_WASM_BINPACK",
+        "least-fragmentation bin packing (best fit by node)"
+    ),
+    builtin!(
+        "spread",
+        "GANTRY_WASM_SPREAD",
+        "spread load across nodes and racks (worst fit)"
+    ),
+    builtin!(
+        "topology",
+        "GANTRY_WASM_TOPOLOGY",
+        "topology-aware gang placement (NVLink domain, node, rack)"
+    ),
+    builtin!(
+        "fairshare",
+        "GANTRY_WASM_FAIRSHARE",
+        "dominant-resource fair share across tenants with backfill"
+    ),
 ];
 
 /// Every shipped preprocessing plugin.
 pub const PREPROCESSORS: &[Builtin] = &[
-    Builtin {
-        name: "standardize",
-        summary: "z-score standardisation of numeric CSV columns (two passes)",
-        manifest: include_str!("../../plugins/standardize/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_STANDARDIZE")),
-    },
-    Builtin {
-        name: "onehot",
-        summary: "one-hot encoding of categorical CSV columns, numbers passed through",
-        manifest: include_str!("../../plugins/onehot/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_ONEHOT")),
-    },
-    Builtin {
-        name: "tokenizer",
-        summary: "texts to fixed-length byte-level token id sequences",
-        manifest: include_str!("../../plugins/tokenizer/plugin.toml"),
-        wasm: include_bytes!(env!("GANTRY_WASM_TOKENIZER")),
-    },
+    builtin!(
+        "standardize",
+        "GANTRY_WASM_STANDARDIZE",
+        "z-score standardisation of numeric CSV columns (two passes)"
+    ),
+    builtin!(
+        "onehot",
+        "GANTRY_WASM_ONEHOT",
+        "one-hot encoding of categorical CSV columns, numbers passed through"
+    ),
+    builtin!(
+        "tokenizer",
+        "GANTRY_WASM_TOKENIZER",
+        "texts to fixed-length byte-level token id sequences"
+    ),
 ];
 
 /// The shipped preprocessing plugin called `name`.

@@ -69,8 +69,8 @@ fn kill_9_at_random_points_loses_no_acknowledged_write() {
         check_invariants(&data, &daemon.url, &ops, &acked, rounds);
         check_swept(&data, &std::mem::take(&mut left_tmp), rounds);
         let url = daemon.url.clone();
-        let seed = rng.next();
-        let kill_after = Duration::from_millis(100 + rng.below(900));
+        let seed = rng.next_u64();
+        let kill_after = Duration::from_millis(100 + u64::from(rng.below(900)));
         let (tx, rx) = std::sync::mpsc::channel::<Ack>();
         std::thread::scope(|s| {
             for w in 0..3u64 {
@@ -221,7 +221,7 @@ fn workload(
                 let body = if worker == 0 {
                     shared.clone()
                 } else {
-                    bytes(1000 + rng.below(3 << 20) as usize, rng.next())
+                    bytes(1000 + rng.below(3 << 20) as usize, rng.next_u64())
                 };
                 let (s, _) = put_raw(
                     &format!("{url}/v1/datasets/{tag}?tenant=vision&classification=public"),

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The seeded generator of the crash tests (the model's test generator: one xorshift).
+pub(crate) use gantry::scheduling::model::testing::Rng;
+
 use crate::daemon::{Daemon, request};
 use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
 
@@ -130,31 +133,7 @@ pub(crate) fn must(out: std::process::Output) -> String {
 
 /// Bytes that differ by seed.
 pub(crate) fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
-/// A seeded generator for the crash tests.
-pub(crate) struct Rng(pub(crate) u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+    Rng::seeded(seed).bytes(n)
 }
 
 fn kill_9(child: &mut std::process::Child) {
@@ -322,7 +301,7 @@ fn a_key_rotation_killed_at_random_points_loses_nothing() {
     let mut kills = 0;
     while kills < 12 && Instant::now() < deadline {
         let mut child = rotate();
-        std::thread::sleep(Duration::from_millis(rng.below(whole * 13 / 10)));
+        std::thread::sleep(Duration::from_millis(rng.below(whole * 13 / 10).into()));
         kill_9(&mut child);
         kills += 1;
         let store = gantry::storage::Store::open(&data).unwrap();

@@ -9,6 +9,7 @@ use gantry::policy::bundle::Bundle;
 use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
 use gantry::policy::source::PolicySource;
 use gantry::policy::{Action, Request, Resource, Subject};
+use gantry::scheduling::model::testing::Rng;
 use gantry::{Host, HostConfig, policy};
 
 const ENTRYPOINTS: [&str; 3] = [
@@ -29,20 +30,6 @@ fn host() -> Host {
 
 fn entrypoints() -> Vec<String> {
     ENTRYPOINTS.iter().map(|e| e.to_string()).collect()
-}
-
-/// A small deterministic generator (xorshift) so the inputs are the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
 }
 
 /// A request as the host would send it, with values drawn from the policy's vocabulary and a few
@@ -68,28 +55,28 @@ fn request(rng: &mut Rng) -> serde_json::Value {
         "audit.read",
         "cluster.delete",
     ];
-    let n_roles = (rng.next() % 3) as usize;
+    let n_roles = (rng.next_u64() % 3) as usize;
     let subject_roles: Vec<&str> = (0..n_roles).map(|_| rng.pick(&roles)).collect();
-    let subject_tenants: Vec<&str> = (0..(rng.next() % 3) as usize)
+    let subject_tenants: Vec<&str> = (0..(rng.next_u64() % 3) as usize)
         .map(|_| rng.pick(&tenants))
         .collect();
     let mut subject = serde_json::json!({
-        "user": format!("user{}", rng.next() % 5),
+        "user": format!("user{}", rng.next_u64() % 5),
         "roles": subject_roles,
         "tenants": subject_tenants,
         "clearance": rng.pick(&labels),
     });
-    if rng.next().is_multiple_of(20) {
+    if rng.next_u64().is_multiple_of(20) {
         subject.as_object_mut().unwrap().remove("user");
     }
-    let gpus = [1, 8, 64, 256, 300, 1000, 5000][(rng.next() % 7) as usize];
+    let gpus = [1, 8, 64, 256, 300, 1000, 5000][(rng.next_u64() % 7) as usize];
     let resource = serde_json::json!({
         "tenant": rng.pick(&tenants),
         "gpus": gpus,
-        "tenant_used_gpus": (rng.next() % 600),
-        "name": format!("thing{}", rng.next() % 4),
+        "tenant_used_gpus": (rng.next_u64() % 600),
+        "name": format!("thing{}", rng.next_u64() % 4),
         "classification": rng.pick(&labels),
-        "signed": rng.next().is_multiple_of(2),
+        "signed": rng.next_u64().is_multiple_of(2),
     });
     serde_json::json!({"subject": subject, "action": rng.pick(&actions), "resource": resource})
 }
@@ -852,8 +839,9 @@ fn edge() -> &'static (PolicySource, std::sync::Arc<LoadedPolicy>) {
 /// sometimes conflicts and sometimes fails.
 fn edge_input(rng: &mut Rng) -> serde_json::Value {
     use serde_json::json;
-    let mut pick =
-        |values: &[serde_json::Value]| values[(rng.next() % values.len() as u64) as usize].clone();
+    let mut pick = |values: &[serde_json::Value]| {
+        values[(rng.next_u64() % values.len() as u64) as usize].clone()
+    };
     let mut input = json!({
         "flags": {
             "a": pick(&[json!(true), json!(false), json!(null), json!(null)]),

@@ -343,11 +343,7 @@ fn visit_module(module: &Module, on_call: &mut dyn FnMut(&Span, &Expr, usize)) {
                             value,
                             collection,
                             ..
-                        } => {
-                            stack.extend(key.iter().map(|k| Node::Expr(k)));
-                            stack.push(Node::Expr(value));
-                            stack.push(Node::Expr(collection));
-                        }
+                        } => push_membership(&mut stack, key, value, collection),
                         Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => {
                             stack.push(Node::Expr(expr));
                         }
@@ -361,6 +357,18 @@ fn visit_module(module: &Module, on_call: &mut dyn FnMut(&Span, &Expr, usize)) {
             Node::Expr(expr) => push_children(expr, &mut stack, on_call),
         }
     }
+}
+
+/// Pushes the parts of `key, value in collection` (a `some ... in` or a membership test).
+fn push_membership<'a>(
+    stack: &mut Vec<Node<'a>>,
+    key: &'a Option<Ref<Expr>>,
+    value: &'a Ref<Expr>,
+    collection: &'a Ref<Expr>,
+) {
+    stack.extend(key.iter().map(|k| Node::Expr(k)));
+    stack.push(Node::Expr(value));
+    stack.push(Node::Expr(collection));
 }
 
 /// Pushes the sub-expressions and queries of `expr`, reporting it first when it is a call.
@@ -420,11 +428,7 @@ fn push_children<'a>(
             value,
             collection,
             ..
-        } => {
-            stack.extend(key.iter().map(|k| Node::Expr(k)));
-            stack.push(Node::Expr(value));
-            stack.push(Node::Expr(collection));
-        }
+        } => push_membership(stack, key, value, collection),
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use gantry_model::testing::Rng;
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -8,15 +9,7 @@ fn store() -> (tempfile::TempDir, Store) {
 
 /// Bytes that compress poorly and differ by seed.
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
+    Rng(seed | 1).bytes(n)
 }
 
 #[test]

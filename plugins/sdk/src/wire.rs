@@ -9,6 +9,28 @@ use crate::scheduler::exports::gantry::scheduler::strategy as wit;
 use crate::scheduler::gantry::host::types::PluginError;
 use crate::scheduler::gantry::scheduler::types as t;
 
+/// Moves the fields of the WIT record `$value` into the model's struct of the same fields. The
+/// pattern names every field, so a field added to the WIT fails to compile here instead of being
+/// dropped.
+macro_rules! moved {
+    ($value:expr, $($from:ident)::+ => $to:ident { $($field:ident),+ $(,)? }) => {{
+        let $($from)::+ { $($field),+ } = $value;
+        $to { $($field),+ }
+    }};
+}
+
+/// [`moved!`] for a record of columns, refusing columns of unequal length (`$what` names the
+/// row in the error).
+macro_rules! columns {
+    ($what:literal, $value:expr, $($from:ident)::+ => $to:ident {
+        $first:ident $(, $field:ident)* $(,)?
+    }) => {{
+        let $($from)::+ { $first $(, $field)* } = $value;
+        same_length($what, $first.len(), &[$($field.len()),*])?;
+        $to { $first $(, $field)* }
+    }};
+}
+
 fn same_length(what: &str, expected: usize, lens: &[usize]) -> Result<(), PluginError> {
     match lens.iter().find(|&&l| l != expected) {
         Some(l) => Err(PluginError::InvalidInput(format!(
@@ -30,7 +52,7 @@ fn check_flags(column: &str, codes: &[u8]) -> Result<(), PluginError> {
 }
 
 fn gpus(g: t::Gpus) -> Result<Gpus, PluginError> {
-    let t::Gpus {
+    let gpus = columns!("gpu", g, t::Gpus => Gpus {
         node,
         nvlink_domain,
         rack,
@@ -39,36 +61,14 @@ fn gpus(g: t::Gpus) -> Result<Gpus, PluginError> {
         memory_free_mib,
         healthy,
         busy,
-    } = g;
-    same_length(
-        "gpu",
-        node.len(),
-        &[
-            nvlink_domain.len(),
-            rack.len(),
-            model.len(),
-            memory_total_mib.len(),
-            memory_free_mib.len(),
-            healthy.len(),
-            busy.len(),
-        ],
-    )?;
-    check_flags("gpus.healthy", &healthy)?;
-    check_flags("gpus.busy", &busy)?;
-    Ok(Gpus {
-        node,
-        nvlink_domain,
-        rack,
-        model,
-        memory_total_mib,
-        memory_free_mib,
-        healthy,
-        busy,
-    })
+    });
+    check_flags("gpus.healthy", &gpus.healthy)?;
+    check_flags("gpus.busy", &gpus.busy)?;
+    Ok(gpus)
 }
 
 fn jobs(q: wit::Jobs) -> Result<Jobs, PluginError> {
-    let wit::Jobs {
+    let jobs = columns!("job", q, wit::Jobs => Jobs {
         tenant,
         priority,
         gpus,
@@ -77,41 +77,20 @@ fn jobs(q: wit::Jobs) -> Result<Jobs, PluginError> {
         topology,
         est_runtime_s,
         submit_s,
-    } = q;
-    same_length(
-        "job",
-        tenant.len(),
-        &[
-            priority.len(),
-            gpus.len(),
-            memory_per_gpu_mib.len(),
-            gang.len(),
-            topology.len(),
-            est_runtime_s.len(),
-            submit_s.len(),
-        ],
-    )?;
-    check_flags("jobs.gang", &gang)?;
-    if let Some(i) = topology
+    });
+    check_flags("jobs.gang", &jobs.gang)?;
+    if let Some(i) = jobs
+        .topology
         .iter()
         .position(|&c| Topology::from_code(c).is_none())
     {
         return Err(PluginError::InvalidInput(format!(
             "jobs.topology[{i}] is {}; expected 0 to {}",
-            topology[i],
+            jobs.topology[i],
             Topology::ALL.len() - 1
         )));
     }
-    Ok(Jobs {
-        tenant,
-        priority,
-        gpus,
-        memory_per_gpu_mib,
-        gang,
-        topology,
-        est_runtime_s,
-        submit_s,
-    })
+    Ok(jobs)
 }
 
 fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
@@ -148,20 +127,13 @@ fn allocations(r: t::Allocations) -> Result<Vec<Allocation>, PluginError> {
 }
 
 fn tenant(t: t::Tenant) -> Tenant {
-    let t::Tenant {
+    moved!(t, t::Tenant => Tenant {
         name,
         quota_gpus,
         used_gpus,
         used_memory_mib,
         weight,
-    } = t;
-    Tenant {
-        name,
-        quota_gpus,
-        used_gpus,
-        used_memory_mib,
-        weight,
-    }
+    })
 }
 
 /// The snapshot and queue in the SDK's model. The GPU and job columns are moved, not copied;

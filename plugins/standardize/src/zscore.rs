@@ -447,18 +447,13 @@ mod tests {
         (data, offsets)
     }
 
+    /// Numbers in the shapes both parsers must read: signs, a missing integer or fraction part,
+    /// exponents.
+    const NUMBERS: [&str; 9] = ["0", "-0", "1", "-1.5", "+2.25", ".5", "5.", "3e4", "1E-3"];
+
     #[test]
     fn parses_like_the_standard_library() {
-        for text in [
-            "0",
-            "-0",
-            "1",
-            "-1.5",
-            "+2.25",
-            ".5",
-            "5.",
-            "3e4",
-            "1E-3",
+        for text in NUMBERS.into_iter().chain([
             "-2.5e+2",
             " 7 ",
             "123456789.123456789",
@@ -467,7 +462,7 @@ mod tests {
             "340282346638528859811704183484516925440",
             "9007199254740993",
             "1.00000005960464477539",
-        ] {
+        ]) {
             let want: f32 = text.trim().parse::<f64>().unwrap() as f32;
             assert_eq!(parse_f32(text.as_bytes()), Some(want), "{text}");
         }
@@ -480,26 +475,20 @@ mod tests {
 
     #[test]
     fn records_parse_like_fields_one_by_one() {
-        let fields = [
-            "0",
-            "-0",
-            "1",
-            "-1.5",
-            "+2.25",
-            ".5",
-            "5.",
-            "3e4",
-            "1E-3",
-            " 7 ",
-            "0.000001",
-            "123456789.123456789",
-            "00012.50",
-            "-0.00000000000000000001",
-            "9007199254740993",
-            "1234567890.12345",
-            "12345678901234567",
-            "0.000000000000000000000000001",
-        ];
+        let fields: Vec<&str> = NUMBERS
+            .into_iter()
+            .chain([
+                " 7 ",
+                "0.000001",
+                "123456789.123456789",
+                "00012.50",
+                "-0.00000000000000000001",
+                "9007199254740993",
+                "1234567890.12345",
+                "12345678901234567",
+                "0.000000000000000000000000001",
+            ])
+            .collect();
         let line = fields.join(",");
         let mut out = Vec::new();
         assert_eq!(
