@@ -309,6 +309,22 @@ pub fn guest_error(
     )
 }
 
+/// A loaded plugin as `Debug` shows it (`kind` names its type): its name, version and component
+/// hash, not its compiled code or warm instances.
+pub(crate) fn debug(
+    f: &mut std::fmt::Formatter<'_>,
+    kind: &str,
+    name: &str,
+    manifest: &Manifest,
+    wasm_sha256: &str,
+) -> std::fmt::Result {
+    f.debug_struct(kind)
+        .field("name", &name)
+        .field("version", &manifest.version)
+        .field("wasm_sha256", &wasm_sha256)
+        .finish()
+}
+
 /// Checks that `manifest` declares `kind`, compiles (or loads from cache) the component and
 /// links it; `typed` checks the world's exports (the bindings' `*Pre::new`). A component that
 /// does not implement the kind's world is a [`LoadError::WrongWorld`]. Crate-private: no trust

@@ -77,11 +77,13 @@ pub struct PreprocessPlugin {
 
 impl std::fmt::Debug for PreprocessPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreprocessPlugin")
-            .field("name", &self.name)
-            .field("version", &self.manifest.version)
-            .field("wasm_sha256", &self.wasm_sha256)
-            .finish()
+        plugin::debug(
+            f,
+            "PreprocessPlugin",
+            &self.name,
+            &self.manifest,
+            &self.wasm_sha256,
+        )
     }
 }
 

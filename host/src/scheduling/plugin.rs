@@ -38,11 +38,13 @@ pub struct SchedulerPlugin {
 
 impl std::fmt::Debug for SchedulerPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SchedulerPlugin")
-            .field("name", &self.name)
-            .field("version", &self.manifest.version)
-            .field("wasm_sha256", &self.wasm_sha256)
-            .finish()
+        plugin::debug(
+            f,
+            "SchedulerPlugin",
+            &self.name,
+            &self.manifest,
+            &self.wasm_sha256,
+        )
     }
 }
 
