@@ -122,18 +122,8 @@ fn run_in(
 
     let pid = daemon.child.id();
     let before = peak_rss_mib(pid);
-    let uploads = 8;
-    let mib = 60;
-    let refused = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..uploads)
-            .map(|_| s.spawn(|| unauthenticated_upload(daemon.addr, mib << 20)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(false))
-            .filter(|r| *r)
-            .count()
-    });
+    let (uploads, mib) = (8, 60);
+    let refused = unauthenticated_uploads(daemon.addr, uploads, mib);
     let after = peak_rss_mib(pid);
 
     let log = dir.join("audit.log");
@@ -168,6 +158,21 @@ fn run_in(
         junk_requests: params.junk,
         junk_audit_entries,
         junk_audit_bytes: added.len() as u64,
+    })
+}
+
+/// `count` concurrent unauthenticated uploads of `mib` MiB each; how many were refused before
+/// their body.
+fn unauthenticated_uploads(addr: SocketAddr, count: usize, mib: usize) -> usize {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..count)
+            .map(|_| s.spawn(|| unauthenticated_upload(addr, mib << 20)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(false))
+            .filter(|r| *r)
+            .count()
     })
 }
 
