@@ -39,6 +39,8 @@ use crate::policy::request::{Action, Admission, PluginRef, Request, Subject};
 use crate::scheduling::{ClusterState, RunningAlloc, SchedulerPlugin};
 
 mod cycle;
+#[cfg(test)]
+mod tests;
 pub use cycle::{CyclePlan, DecidedCycle};
 
 /// Where a plugin comes from.
@@ -274,6 +276,28 @@ pub struct CycleReport {
     pub elapsed_us: f64,
 }
 
+/// A job [`Host::check`] found fit for the host's cluster; only that check makes one, so a
+/// submission that carries it ([`Host::submit_checked_as`]) is not checked twice.
+///
+/// ```compile_fail
+/// # fn made(spec: gantry::cluster::JobSpec) -> gantry::CheckedJob {
+/// gantry::CheckedJob { spec, generation: 0 }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckedJob {
+    spec: JobSpec,
+    /// The host's state generation it was checked at.
+    generation: u64,
+}
+
+impl CheckedJob {
+    /// The job.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+}
+
 /// The Gantry host.
 pub struct Host {
     _ticker: EpochTicker,
@@ -415,6 +439,23 @@ impl Host {
 
     /// [`Host::submit`] on behalf of `subject`, after the policy allowed `job.submit`.
     pub async fn submit_as(&mut self, subject: &Subject, job: JobSpec) -> Result<(), HostError> {
+        self.admit(subject, &job).await?;
+        self.submit(job)
+    }
+
+    /// [`Host::submit_as`] for a job [`Host::check`] has checked: it is not checked again
+    /// (unless the host's state changed since).
+    pub async fn submit_checked_as(
+        &mut self,
+        subject: &Subject,
+        job: CheckedJob,
+    ) -> Result<(), HostError> {
+        self.admit(subject, &job.spec).await?;
+        self.enqueue(job)
+    }
+
+    /// Asks the policy whether `subject` may submit `job` (recorded with the decision).
+    async fn admit(&self, subject: &Subject, job: &JobSpec) -> Result<(), HostError> {
         let tenant = self.state.cluster.tenant_index(&job.tenant);
         let admission = Admission {
             tenant: job.tenant.clone(),
@@ -425,7 +466,7 @@ impl Host {
         self.decider()
             .require(&Request::new(subject.clone(), Action::JobSubmit, admission))
             .await?;
-        self.submit(job)
+        Ok(())
     }
 
     /// [`Host::load_scheduler`] on behalf of `subject`, after the policy allowed `plugin.load`
@@ -539,12 +580,34 @@ impl Host {
         std::mem::replace(self.state_mut(), state)
     }
 
+    /// Checks `job` against the cluster (its fields, its tenant, whether it could ever run);
+    /// the error names the field.
+    pub fn check(&self, job: JobSpec) -> Result<CheckedJob, HostError> {
+        match files::check_job(&job, &self.state.cluster) {
+            Ok(()) => Ok(CheckedJob {
+                spec: job,
+                generation: self.generation,
+            }),
+            Err(message) => Err(HostError::Job {
+                id: job.id,
+                message,
+            }),
+        }
+    }
+
     /// Queues a job after checking it against the cluster.
     pub fn submit(&mut self, job: JobSpec) -> Result<(), HostError> {
-        files::check_job(&job, &self.state.cluster).map_err(|message| HostError::Job {
-            id: job.id.clone(),
-            message,
-        })?;
+        let job = self.check(job)?;
+        self.enqueue(job)
+    }
+
+    /// Queues a checked job, checked again only when the state changed since (the cluster may
+    /// have lost GPUs); a job whose id is queued or running already is refused.
+    fn enqueue(&mut self, job: CheckedJob) -> Result<(), HostError> {
+        let job = match job.generation == self.generation {
+            true => job.spec,
+            false => self.check(job.spec)?.spec,
+        };
         if self.state.pending.iter().any(|p| p.spec.id == job.id)
             || self.state.running.iter().any(|a| a.job_id == job.id)
         {

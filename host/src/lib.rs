@@ -42,8 +42,9 @@ pub mod storage;
 pub mod training;
 
 pub use host::{
-    Assignment, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DecidedCycle, Decider, Host,
-    HostConfig, HostError, PluginSource, PluginTrust, UploadedPlugin, Verdict, default_cache_dir,
+    Assignment, CheckedJob, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DecidedCycle, Decider,
+    Host, HostConfig, HostError, PluginSource, PluginTrust, UploadedPlugin, Verdict,
+    default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

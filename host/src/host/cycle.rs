@@ -322,11 +322,11 @@ impl CyclePlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::cluster::{Cluster, JobSpec, Topology};
     use crate::{Host, HostConfig};
 
-    fn job(id: &str, gpus: u32) -> JobSpec {
+    pub(crate) fn job(id: &str, gpus: u32) -> JobSpec {
         JobSpec {
             id: id.into(),
             tenant: "tenant-0".into(),

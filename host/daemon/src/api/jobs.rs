@@ -162,11 +162,15 @@ fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> 
     let daemon = &state.daemon;
     let spec = spec(&job);
     let mut host = daemon.host();
-    if let Err(e) = gantry::cluster::files::check_job(&spec, &host.state().cluster) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, e));
-    }
+    let checked = match host.check(spec) {
+        Ok(checked) => checked,
+        Err(gantry::HostError::Job { message, .. }) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, message));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     let m = &daemon.metrics;
-    match here(host.submit_as(&user.subject(), spec)) {
+    match here(host.submit_checked_as(&user.subject(), checked)) {
         Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
         Err(gantry::HostError::Job { message, .. }) => {
             // Decided and allowed, then refused as a duplicate.
