@@ -251,165 +251,227 @@ impl TrainConfig {
     /// Parses and checks `text` (named `path` in errors), every size it implies bounded by
     /// `limits`; paths stay as written.
     pub fn parse_with(text: &str, path: &Path, limits: &TrainLimits) -> Result<Self, TrainError> {
-        let config: TrainConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start].lines().count().max(1) as u64);
-            TrainError::invalid(path, line, e.message().trim().to_string())
-        })?;
-        let field = |name: &str| {
-            text.lines()
-                .position(|l| l.trim_start().starts_with(name))
-                .map(|i| i as u64 + 1)
-        };
-        let bad =
-            |name: &str, message: String| Err(TrainError::invalid(path, field(name), message));
-        if config.epochs == 0 {
-            return bad("epochs", "`epochs` must be at least 1".into());
-        }
-        if config.batch_size == 0 {
-            return bad("batch_size", "`batch_size` must be at least 1".into());
-        }
-        if config.devices.replicas == 0 {
-            return bad("replicas", "`devices.replicas` must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&config.data.test_fraction) {
-            return bad(
-                "test_fraction",
-                format!(
-                    "`data.test_fraction` must be in [0, 1), not {}",
-                    config.data.test_fraction
-                ),
-            );
-        }
-        if config.model.hidden.contains(&0) {
-            return bad("hidden", "`model.hidden` widths must be at least 1".into());
-        }
-        let d = &config.data;
-        let sources = [d.file.is_some(), d.synthetic.is_some(), d.dataset.is_some()];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            return bad(
-                "[data]",
-                "`[data]` needs exactly one of `file`, `synthetic` and `dataset`".into(),
-            );
-        }
-        if d.dataset.is_some() != d.label_column.is_some()
-            || (d.preprocess.is_some() && d.dataset.is_none())
-        {
-            return bad(
-                "[data]",
-                "`dataset` goes with `label_column` (and optionally `preprocess`), and only with them".into(),
-            );
-        }
-        if d.test_file.is_some() && d.dataset.is_some() {
-            return bad(
-                "test_file",
-                "`test_file` goes with `file` or `synthetic`: a daemon's job scores its held-out rows"
-                    .into(),
-            );
-        }
-        match (&d.file, &d.synthetic) {
-            (None, Some(_))
-                if (d.label.is_some() || d.targets.is_some()) && d.test_file.is_none() =>
-            {
-                return bad(
-                    "[data]",
-                    "`label` and `targets` name CSV columns; a synthetic set has none (they may \
-                     name a CSV `test_file`'s)"
-                        .into(),
-                );
-            }
-            _ => {}
-        }
-        let lr = match config.optimizer {
-            Optimizer::Sgd { lr, .. } => lr,
-            Optimizer::Adam(a) => a.lr,
-        };
-        if !(lr > 0.0 && lr.is_finite()) {
-            return bad("lr", format!("`optimizer.lr` must be positive, not {lr}"));
-        }
-        let hyper = match config.optimizer {
-            Optimizer::Sgd {
-                momentum,
-                weight_decay,
-                ..
-            } => vec![("momentum", momentum), ("weight_decay", weight_decay)],
-            Optimizer::Adam(a) => vec![
-                ("beta1", a.beta1),
-                ("beta2", a.beta2),
-                ("eps", a.eps),
-                ("weight_decay", a.weight_decay),
-            ],
-        };
-        if let Some((name, v)) = hyper.into_iter().find(|(_, v)| !v.is_finite()) {
-            return bad(
-                name,
-                format!("`optimizer.{name}` must be a finite number, not {v}"),
-            );
-        }
-        if let Some(Synthetic::Spirals { noise, .. } | Synthetic::Regression { noise, .. }) =
-            &config.data.synthetic
-            && !noise.is_finite()
-        {
-            return bad(
-                "synthetic",
-                format!("`data.synthetic` noise must be a finite number, not {noise}"),
-            );
-        }
-        let classification = config.model.loss == Loss::SoftmaxCrossEntropy;
-        match config.model.classes {
-            Some(_) if !classification => {
-                return bad(
-                    "classes",
-                    "`model.classes` is for softmax cross-entropy; a regression's outputs are its target columns".into(),
-                );
-            }
-            Some(c) if c < 2 => {
-                return bad(
-                    "classes",
-                    format!("`model.classes` must be at least 2, not {c}"),
-                );
-            }
-            _ => {}
-        }
-        if let Some(s) = &config.data.synthetic {
-            let empty = match *s {
-                Synthetic::Spirals {
-                    classes,
-                    rows_per_class,
-                    ..
-                } => (classes < 2)
-                    .then_some("`classes` must be at least 2")
-                    .or((rows_per_class == 0).then_some("`rows_per_class` must be at least 1")),
-                Synthetic::Regression { rows, inputs, .. } => (rows == 0)
-                    .then_some("`rows` must be at least 1")
-                    .or((inputs < 2).then_some("`inputs` must be at least 2")),
-                Synthetic::Dense {
-                    rows,
-                    inputs,
-                    classes,
-                } => (classes < 2)
-                    .then_some("`classes` must be at least 2")
-                    .or((rows == 0).then_some("`rows` must be at least 1"))
-                    .or((inputs == 0).then_some("`inputs` must be at least 1")),
-            };
-            if let Some(message) = empty {
-                return bad("synthetic", format!("`data.synthetic`: {message}"));
-            }
-        }
+        let config: TrainConfig = parse_toml(text, path)?;
+        let bad = |(name, message): Bad| TrainError::invalid(path, field_line(text, name), message);
+        config.check_run().map_err(bad)?;
+        config.check_data().map_err(bad)?;
+        config.check_optimizer().map_err(bad)?;
+        let synthetic = config.data.synthetic.as_ref();
+        synthetic
+            .map_or(Ok(()), Synthetic::check_noise)
+            .map_err(bad)?;
+        config.check_model().map_err(bad)?;
+        synthetic
+            .map_or(Ok(()), Synthetic::check_size)
+            .map_err(bad)?;
         config.check_limits(limits, path, Some(text))?;
         Ok(config)
     }
+
+    /// Epochs, batches, replicas and layer widths: at least one each; a test fraction below 1.
+    fn check_run(&self) -> Result<(), Bad> {
+        let at_least_one = [
+            ("epochs", self.epochs == 0, "`epochs`"),
+            ("batch_size", self.batch_size == 0, "`batch_size`"),
+            ("replicas", self.devices.replicas == 0, "`devices.replicas`"),
+        ];
+        if let Some((name, _, field)) = at_least_one.into_iter().find(|c| c.1) {
+            return Err((name, format!("{field} must be at least 1")));
+        }
+        let test_fraction = self.data.test_fraction;
+        if !(0.0..1.0).contains(&test_fraction) {
+            return Err((
+                "test_fraction",
+                format!("`data.test_fraction` must be in [0, 1), not {test_fraction}"),
+            ));
+        }
+        if self.model.hidden.contains(&0) {
+            return Err(("hidden", "`model.hidden` widths must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Exactly one source of rows, and the fields that go with it.
+    fn check_data(&self) -> Result<(), Bad> {
+        let d = &self.data;
+        let sources = [d.file.is_some(), d.synthetic.is_some(), d.dataset.is_some()];
+        let fault = if sources.iter().filter(|s| **s).count() != 1 {
+            Some("`[data]` needs exactly one of `file`, `synthetic` and `dataset`")
+        } else if d.dataset.is_some() != d.label_column.is_some()
+            || (d.preprocess.is_some() && d.dataset.is_none())
+        {
+            Some(
+                "`dataset` goes with `label_column` (and optionally `preprocess`), and only with them",
+            )
+        } else if d.test_file.is_some() && d.dataset.is_some() {
+            return Err((
+                "test_file",
+                "`test_file` goes with `file` or `synthetic`: a daemon's job scores its held-out rows".into(),
+            ));
+        } else if d.file.is_none()
+            && d.synthetic.is_some()
+            && (d.label.is_some() || d.targets.is_some())
+            && d.test_file.is_none()
+        {
+            Some(
+                "`label` and `targets` name CSV columns; a synthetic set has none (they may \
+                 name a CSV `test_file`'s)",
+            )
+        } else {
+            None
+        };
+        fault.map_or(Ok(()), |m| Err(("[data]", m.into())))
+    }
+
+    /// A positive learning rate and finite hyper-parameters.
+    fn check_optimizer(&self) -> Result<(), Bad> {
+        let (lr, hyper) = match self.optimizer {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => (
+                lr,
+                vec![("momentum", momentum), ("weight_decay", weight_decay)],
+            ),
+            Optimizer::Adam(a) => (
+                a.lr,
+                vec![
+                    ("beta1", a.beta1),
+                    ("beta2", a.beta2),
+                    ("eps", a.eps),
+                    ("weight_decay", a.weight_decay),
+                ],
+            ),
+        };
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(("lr", format!("`optimizer.lr` must be positive, not {lr}")));
+        }
+        match hyper.into_iter().find(|(_, v)| !v.is_finite()) {
+            Some((name, v)) => Err((
+                name,
+                format!("`optimizer.{name}` must be a finite number, not {v}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `model.classes`: for a classification only, and at least 2.
+    fn check_model(&self) -> Result<(), Bad> {
+        let classification = self.model.loss == Loss::SoftmaxCrossEntropy;
+        match self.model.classes {
+            Some(_) if !classification => Err((
+                "classes",
+                "`model.classes` is for softmax cross-entropy; a regression's outputs are its target columns".into(),
+            )),
+            Some(c) if c < 2 => Err((
+                "classes",
+                format!("`model.classes` must be at least 2, not {c}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Synthetic {
+    /// The rows, features and classes (for a classification) its generator makes.
+    pub fn shape(&self) -> (u128, u64, Option<u64>) {
+        match *self {
+            Synthetic::Spirals {
+                classes,
+                rows_per_class,
+                ..
+            } => (
+                classes as u128 * rows_per_class as u128,
+                2,
+                Some(classes as u64),
+            ),
+            Synthetic::Regression { rows, inputs, .. } => {
+                (rows as u128, inputs.max(2) as u64, None)
+            }
+            Synthetic::Dense {
+                rows,
+                inputs,
+                classes,
+            } => (rows as u128, inputs as u64, Some(classes as u64)),
+        }
+    }
+
+    /// A finite noise.
+    fn check_noise(&self) -> Result<(), Bad> {
+        match self {
+            Synthetic::Spirals { noise, .. } | Synthetic::Regression { noise, .. }
+                if !noise.is_finite() =>
+            {
+                Err((
+                    "synthetic",
+                    format!("`data.synthetic` noise must be a finite number, not {noise}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// No empty set.
+    fn check_size(&self) -> Result<(), Bad> {
+        let empty = match *self {
+            Synthetic::Spirals {
+                classes,
+                rows_per_class,
+                ..
+            } => (classes < 2)
+                .then_some("`classes` must be at least 2")
+                .or((rows_per_class == 0).then_some("`rows_per_class` must be at least 1")),
+            Synthetic::Regression { rows, inputs, .. } => (rows == 0)
+                .then_some("`rows` must be at least 1")
+                .or((inputs < 2).then_some("`inputs` must be at least 2")),
+            Synthetic::Dense {
+                rows,
+                inputs,
+                classes,
+            } => (classes < 2)
+                .then_some("`classes` must be at least 2")
+                .or((rows == 0).then_some("`rows` must be at least 1"))
+                .or((inputs == 0).then_some("`inputs` must be at least 1")),
+        };
+        match empty {
+            Some(message) => Err(("synthetic", format!("`data.synthetic`: {message}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A field that is wrong: the name its line starts with, and what is wrong.
+pub(super) type Bad = (&'static str, String);
+
+/// The 1-based line of `text` on which field `name` is set, if any.
+pub(super) fn field_line(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(name))
+        .map(|i| i as u64 + 1)
+}
+
+/// Deserialises TOML `text` (named `path` in errors, with the line of the fault).
+pub(super) fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, TrainError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start].lines().count().max(1) as u64);
+        TrainError::invalid(path, line, e.message().trim().to_string())
+    })
 }
 
 #[cfg(test)]
 mod props;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(in crate::training) const GOOD: &str = r#"
 seed = 7
 epochs = 3
 batch_size = 32

@@ -114,20 +114,11 @@ mod tests {
 seed = 5
 epochs = 3
 batch_size = 32
-[data]
-synthetic = { kind = "spirals", classes = 3, rows_per_class = 40 }
-[model]
-hidden = [8]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-[devices]
-backend = "cpu"
-threads = 1
-[checkpoint]
-dir = "never-written"
-every_steps = 4
+data.synthetic = { kind = "spirals", classes = 3, rows_per_class = 40 }
+model = { hidden = [8], loss = "softmax_cross_entropy" }
+optimizer = { kind = "adam", lr = 0.01 }
+devices = { backend = "cpu", threads = 1 }
+checkpoint = { dir = "never-written", every_steps = 4 }
 "#;
 
     fn job() -> Job {

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use super::config::{Synthetic, TrainConfig};
+use super::config::{Bad, Synthetic, TrainConfig, field_line, parse_toml};
 
 /// Limits on what one training job may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,12 +64,7 @@ impl TrainLimits {
     /// Reads limits from a TOML file (every field optional; unknown ones refused).
     pub fn load(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start].lines().count().max(1) as u64);
-            TrainError::invalid(path, line, e.message().trim().to_string())
-        })
+        parse_toml(&text, path)
     }
 
     /// The thread limit, with 0 meaning the machine's cores.
@@ -180,24 +175,17 @@ fn over(field: &str, value: u128, limit: u64, what: &str) -> String {
     format!("`{field}` = {value} is above the limit of {limit} {what}")
 }
 
-/// The rows, features and classes a synthetic set will have.
-fn synthetic_shape(s: &Synthetic) -> (u128, u64, Option<u64>) {
-    match *s {
-        Synthetic::Spirals {
-            classes,
-            rows_per_class,
-            ..
-        } => (
-            classes as u128 * rows_per_class as u128,
-            2,
-            Some(classes as u64),
-        ),
-        Synthetic::Regression { rows, inputs, .. } => (rows as u128, inputs as u64, None),
-        Synthetic::Dense {
-            rows,
-            inputs,
-            classes,
-        } => (rows as u128, inputs as u64, Some(classes as u64)),
+/// `value` of `field` (found on the line starting with `line`), at most `limit` `what`.
+fn at_most(
+    line: &'static str,
+    field: &str,
+    value: u128,
+    limit: u64,
+    what: &str,
+) -> Result<(), Bad> {
+    match value > u128::from(limit) {
+        true => Err((line, over(field, value, limit, what))),
+        false => Ok(()),
     }
 }
 
@@ -212,144 +200,117 @@ impl TrainConfig {
         path: &Path,
         text: Option<&str>,
     ) -> Result<(), TrainError> {
-        let field_line = |name: &str| {
-            text.and_then(|t| {
-                t.lines()
-                    .position(|l| l.trim_start().starts_with(name))
-                    .map(|i| i as u64 + 1)
-            })
+        let bad = |(name, message): Bad| {
+            TrainError::invalid(path, text.and_then(|t| field_line(t, name)), message)
         };
-        let bad =
-            |name: &str, message: String| Err(TrainError::invalid(path, field_line(name), message));
-        let m = &self.model;
-        if m.hidden.len() as u64 > limits.max_hidden_layers {
-            return bad(
-                "hidden",
-                over(
-                    "model.hidden",
-                    m.hidden.len() as u128,
-                    limits.max_hidden_layers,
-                    "hidden layers",
-                ),
-            );
-        }
-        if let Some(&w) = m.hidden.iter().max()
-            && w as u64 > limits.max_hidden_width
-        {
-            return bad(
-                "hidden",
-                over(
-                    "model.hidden",
-                    w as u128,
-                    limits.max_hidden_width,
-                    "units in a layer",
-                ),
-            );
-        }
-        if let Some(c) = m.classes
-            && c as u64 > limits.max_classes
-        {
-            return bad(
+        self.model_within(limits).map_err(bad)?;
+        self.run_within(limits).map_err(bad)?;
+        let Some(s) = &self.data.synthetic else {
+            return Ok(());
+        };
+        let (rows, features, classes) = s.shape();
+        at_most(
+            "synthetic",
+            "data.synthetic inputs",
+            features.into(),
+            limits.max_features,
+            "features",
+        )
+        .and_then(|()| match classes {
+            Some(c) => at_most(
+                "synthetic",
+                "data.synthetic classes",
+                c.into(),
+                limits.max_classes,
                 "classes",
-                over("model.classes", c as u128, limits.max_classes, "classes"),
-            );
+            ),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            at_most(
+                "synthetic",
+                "data.synthetic rows",
+                rows,
+                limits.max_rows,
+                "rows",
+            )
+        })
+        .map_err(bad)?;
+        let outputs = self
+            .model
+            .classes
+            .map_or(classes.unwrap_or(1), |c| c as u64);
+        self.check_size(limits, path, rows as u64, features, 1, outputs)?;
+        dense_within(s, rows, limits).map_err(bad)
+    }
+
+    /// The network's layers and classes.
+    fn model_within(&self, limits: &TrainLimits) -> Result<(), Bad> {
+        let m = &self.model;
+        let layers = m.hidden.len() as u128;
+        at_most(
+            "hidden",
+            "model.hidden",
+            layers,
+            limits.max_hidden_layers,
+            "hidden layers",
+        )?;
+        if let Some(&w) = m.hidden.iter().max() {
+            let width = w as u128;
+            at_most(
+                "hidden",
+                "model.hidden",
+                width,
+                limits.max_hidden_width,
+                "units in a layer",
+            )?;
         }
-        if self.epochs > limits.max_epochs {
-            return bad(
-                "epochs",
-                over("epochs", self.epochs.into(), limits.max_epochs, "epochs"),
-            );
+        match m.classes {
+            Some(c) => at_most(
+                "classes",
+                "model.classes",
+                c as u128,
+                limits.max_classes,
+                "classes",
+            ),
+            None => Ok(()),
         }
-        if self.batch_size as u64 > limits.max_batch_size {
-            return bad(
-                "batch_size",
-                over(
-                    "batch_size",
-                    self.batch_size as u128,
-                    limits.max_batch_size,
-                    "rows",
-                ),
-            );
-        }
+    }
+
+    /// Epochs, batch size, threads and replicas.
+    fn run_within(&self, limits: &TrainLimits) -> Result<(), Bad> {
         let d = &self.devices;
-        if d.threads as u64 > limits.threads() {
-            return bad(
-                "threads",
-                over(
-                    "devices.threads",
-                    d.threads as u128,
-                    limits.threads(),
-                    "threads",
-                ),
-            );
-        }
-        if d.replicas as u64 > limits.max_replicas {
-            return bad(
-                "replicas",
-                over(
-                    "devices.replicas",
-                    d.replicas as u128,
-                    limits.max_replicas,
-                    "replicas",
-                ),
-            );
-        }
-        if let Some(s) = &self.data.synthetic {
-            let (rows, features, classes) = synthetic_shape(s);
-            if features > limits.max_features {
-                return bad(
-                    "synthetic",
-                    over(
-                        "data.synthetic inputs",
-                        features.into(),
-                        limits.max_features,
-                        "features",
-                    ),
-                );
-            }
-            if let Some(c) = classes
-                && c > limits.max_classes
-            {
-                return bad(
-                    "synthetic",
-                    over(
-                        "data.synthetic classes",
-                        c.into(),
-                        limits.max_classes,
-                        "classes",
-                    ),
-                );
-            }
-            if rows > u128::from(limits.max_rows) {
-                return bad(
-                    "synthetic",
-                    over("data.synthetic rows", rows, limits.max_rows, "rows"),
-                );
-            }
-            let outputs = m.classes.map_or(classes.unwrap_or(1), |c| c as u64);
-            self.check_size(limits, path, rows as u64, features, 1, outputs)?;
-            // The dense generator holds a centre per class and feature beside the rows it
-            // draws; the model comes after, so the two are bounded apart.
-            if let Synthetic::Dense {
-                inputs, classes, ..
-            } = *s
-            {
-                let centres = classes as u128 * inputs as u128;
-                let mib = ((centres + rows * (inputs as u128 + 1)) * 4).div_ceil(1 << 20);
-                if mib > u128::from(limits.max_memory_mib) {
-                    return bad(
-                        "synthetic",
-                        format!(
-                            "generating `data.synthetic` ({classes} class centres of {inputs} \
-                             features, then the rows) would need about {mib} MiB, above the \
-                             limit of {} MiB",
-                            limits.max_memory_mib
-                        ),
-                    );
-                }
-            }
-        }
-        Ok(())
+        at_most(
+            "epochs",
+            "epochs",
+            self.epochs.into(),
+            limits.max_epochs,
+            "epochs",
+        )?;
+        let batch = self.batch_size as u128;
+        at_most(
+            "batch_size",
+            "batch_size",
+            batch,
+            limits.max_batch_size,
+            "rows",
+        )?;
+        let threads = d.threads as u128;
+        at_most(
+            "threads",
+            "devices.threads",
+            threads,
+            limits.threads(),
+            "threads",
+        )?;
+        let replicas = d.replicas as u128;
+        at_most(
+            "replicas",
+            "devices.replicas",
+            replicas,
+            limits.max_replicas,
+            "replicas",
+        )
     }
 
     /// Checks the sizes of the data this configuration trains on (`rows` of `features`, `targets`
@@ -405,22 +366,35 @@ impl TrainConfig {
     }
 }
 
+/// The dense generator holds a centre per class and feature beside the `rows` it draws; the
+/// model comes after, so the two are bounded apart.
+fn dense_within(s: &Synthetic, rows: u128, limits: &TrainLimits) -> Result<(), Bad> {
+    let Synthetic::Dense {
+        inputs, classes, ..
+    } = *s
+    else {
+        return Ok(());
+    };
+    let centres = classes as u128 * inputs as u128;
+    let mib = ((centres + rows * (inputs as u128 + 1)) * 4).div_ceil(1 << 20);
+    if mib > u128::from(limits.max_memory_mib) {
+        return Err((
+            "synthetic",
+            format!(
+                "generating `data.synthetic` ({classes} class centres of {inputs} features, then \
+                 the rows) would need about {mib} MiB, above the limit of {} MiB",
+                limits.max_memory_mib
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-epochs = 3
-batch_size = 32
-[data]
-synthetic = { kind = "spirals", classes = 3, rows_per_class = 100 }
-[model]
-hidden = [16]
-loss = "softmax_cross_entropy"
-[optimizer]
-kind = "adam"
-lr = 0.01
-"#;
+    use crate::training::config::tests::GOOD as BASE;
 
     fn check(text: &str) -> Result<(), String> {
         TrainConfig::parse(text, Path::new("t.toml"))

@@ -35,27 +35,6 @@ fn seeds() -> Vec<String> {
     seeds
 }
 
-/// What a synthetic set holds: (rows, features, classes), as the generator makes it.
-fn generated_shape(s: &Synthetic) -> (u128, u128, Option<u128>) {
-    match *s {
-        Synthetic::Spirals {
-            classes,
-            rows_per_class,
-            ..
-        } => (
-            classes as u128 * rows_per_class as u128,
-            2,
-            Some(classes as u128),
-        ),
-        Synthetic::Regression { rows, inputs, .. } => (rows as u128, inputs.max(2) as u128, None),
-        Synthetic::Dense {
-            rows,
-            inputs,
-            classes,
-        } => (rows as u128, inputs as u128, Some(classes as u128)),
-    }
-}
-
 /// Checks, independently of the parser, that `c` implies nothing above `limits`.
 fn check_within(c: &TrainConfig, limits: &TrainLimits) {
     let m = &c.model;
@@ -95,7 +74,10 @@ fn check_within(c: &TrainConfig, limits: &TrainLimits) {
     let Some(s) = &c.data.synthetic else {
         return;
     };
-    let (rows, features, classes) = generated_shape(s);
+    // The shape is held to what the generator makes by
+    // `accepted_synthetic_sets_are_generated_within_the_limits`.
+    let (rows, features, classes) = s.shape();
+    let (features, classes) = (u128::from(features), classes.map(u128::from));
     if let Synthetic::Spirals { noise, .. } | Synthetic::Regression { noise, .. } = s {
         assert!(noise.is_finite(), "{c:?}");
     }
@@ -207,6 +189,8 @@ proptest! {
         check_within(&config, &limits);
         let s = config.data.synthetic.as_ref().unwrap();
         let data = crate::training::data::generate(s, config.seed);
+        let (rows, features, _) = s.shape();
+        prop_assert_eq!((data.rows() as u128, data.inputs as u64), (rows, features));
         let bytes = (data.features.len() + data.targets.len()) * 4;
         prop_assert!(bytes <= (limits.max_memory_mib as usize) << 20, "{} bytes", bytes);
         prop_assert!(data.features.iter().all(|v| v.is_finite()), "{}", text);
