@@ -10,7 +10,7 @@ use gantry::training::BackendChoice;
 use gantry::training::config::{Synthetic, TrainData, TrainToml};
 use serde_json::{Value, json};
 
-use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
+use crate::support::{add_user, gantry, init_data_dir, send_raw, shared_cache, text};
 
 pub(crate) struct Daemon {
     child: Child,
@@ -545,25 +545,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
 
 /// `PUT` with a raw body.
 pub(crate) fn put(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let r = match agent
-        .put(url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send(body)
-    {
-        Ok(r) => r,
-        // The server may answer (413) and close before the client has sent everything.
-        Err(e) => return (0, Value::String(e.to_string())),
-    };
-    let status = r.status().as_u16();
-    let text = r.into_body().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    send_raw("PUT", url, token, body)
 }
 
 #[test]
@@ -1011,21 +993,7 @@ fn with_a_certificate_the_daemon_speaks_only_tls() {
 
 /// POSTs raw bytes.
 fn post_bytes(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .new_agent();
-    let r = agent
-        .post(url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send(body)
-        .expect("the daemon answers");
-    let status = r.status().as_u16();
-    let text = r.into_body().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    send_raw("POST", url, token, body)
 }
 
 #[test]

@@ -15,30 +15,11 @@ use serde_json::{Value, json};
 pub(crate) use gantry::scheduling::model::testing::Rng;
 
 use crate::daemon::{Daemon, request};
-use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
+use crate::support::{add_user, gantry, init_data_dir, send_raw, shared_cache, text};
 
 /// `PUT` with a raw body: (status, JSON body); status 0 when the connection failed.
 pub(crate) fn put_raw(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent();
-    match agent
-        .put(url)
-        .header("Authorization", &format!("Bearer {token}"))
-        .send(body)
-    {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let text = r.into_body().read_to_string().unwrap_or_default();
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        }
-        Err(e) => (0, Value::String(e.to_string())),
-    }
+    send_raw("PUT", url, token, body)
 }
 
 /// `GET` of raw bytes: (status, body); status 0 when the connection failed.

@@ -175,3 +175,32 @@ pub fn sign_plugin(manifest: &Path, key: &Path, cache: &Path) {
     );
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+/// Sends `body` to `url` by `method` (`PUT` or `POST`) with `token`: the status and the body as
+/// JSON (as a JSON string when it is not JSON); status 0 with the error when the connection
+/// failed, as when the server answers 413 and closes before the client has sent everything.
+/// Every wait ends within 5 minutes: bounded, yet long enough for a policy bundle to compile on a
+/// loaded machine (over a minute has been seen).
+pub fn send_raw(method: &str, url: &str, token: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .new_agent();
+    let request = match method {
+        "PUT" => agent.put(url),
+        _ => agent.post(url),
+    };
+    match request
+        .header("Authorization", &format!("Bearer {token}"))
+        .send(body)
+    {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.into_body().read_to_string().unwrap_or_default();
+            let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            (status, value)
+        }
+        Err(e) => (0, serde_json::Value::String(e.to_string())),
+    }
+}
