@@ -124,6 +124,18 @@ pub fn unhealthy_and_busy() -> Snapshot {
     snapshot
 }
 
+/// Asserts that `placements`, the answer on [`unhealthy_and_busy`] to a non-gang job asking for
+/// more than it holds, is one placement of every GPU there that may be given.
+#[track_caller]
+pub fn assert_every_usable_gpu_taken(placements: &[Placement]) {
+    assert_eq!(
+        placements.len(),
+        1,
+        "the non-gang job takes every usable GPU"
+    );
+    assert_eq!(sorted(&placements[0].gpus), vec![0, 3, 4, 7, 8, 11, 12, 15]);
+}
+
 /// Two queues of 8-GPU jobs in which job 1 must be placed first (on one 8-GPU node, only one
 /// runs): an urgent job (priority 10, submitted later) behind a normal one, and an earlier
 /// submission behind a later one of the same priority.

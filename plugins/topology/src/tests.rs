@@ -2,9 +2,9 @@ use crate::placement::{Scope, State, place, relax_steps};
 use crate::{DEFAULT_RELAX_AFTER_S, TopologyAware, relax_after_s};
 use gantry_plugin_sdk::sched::{ConfigEntry, Job, Jobs, Placement, Snapshot, Strategy, Topology};
 use gantry_plugin_sdk::testing::{
-    Rng, benchmark_case, checked, cluster, distinct, edit_gpus, free_gpus, job, jobs,
-    mixed_cluster, nodes_of, occupy, priority_queues, random_queue, sorted, unhealthy_and_busy,
-    within_20_s,
+    Rng, assert_every_usable_gpu_taken, benchmark_case, checked, cluster, distinct, edit_gpus,
+    free_gpus, job, jobs, mixed_cluster, nodes_of, occupy, priority_queues, random_queue, sorted,
+    unhealthy_and_busy, within_20_s,
 };
 
 const NEVER: f64 = f64::INFINITY;
@@ -371,12 +371,7 @@ fn unhealthy_and_busy_gpus_are_never_used() {
         &jobs([partial(16, Topology::None), job(1, 1)]),
         NEVER,
     );
-    assert_eq!(
-        placements.len(),
-        1,
-        "the non-gang job takes every usable GPU"
-    );
-    assert_eq!(sorted(&placements[0].gpus), vec![0, 3, 4, 7, 8, 11, 12, 15]);
+    assert_every_usable_gpu_taken(&placements);
 }
 
 #[test]
