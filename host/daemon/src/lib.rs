@@ -37,6 +37,9 @@ pub mod runner;
 pub mod serve;
 pub mod tls;
 
+#[cfg(test)]
+mod testing;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -137,14 +137,21 @@ impl Daemon {
 
     /// Cancels `job` on behalf of `by`. A job whose run is under way becomes `cancelling` and
     /// keeps its GPUs until the run stops (at its next step); any other live job is
-    /// `cancelled` at once and its GPUs freed. Returns the state it is in now; `None` when it
-    /// was already over (or being cancelled).
+    /// `cancelled` at once and its GPUs freed. Returns the job as the cancel left it (what the
+    /// API answers: the run may stop, and the job move on, before the answer is sent); `None`
+    /// when it was already over (or being cancelled).
     pub(crate) fn cancel_job(
         &self,
         job: &JobRecord,
         by: &str,
-    ) -> Result<Option<JobState>, DbError> {
+    ) -> Result<Option<JobRecord>, DbError> {
         let reason = format!("cancelled by {by}");
+        let left = |state: JobState, gpu_ids: Vec<String>| JobRecord {
+            state,
+            gpu_ids,
+            reason: Some(reason.clone()),
+            ..job.clone()
+        };
         let runs = self.runs();
         if let Some(control) = runs.get(&job.id)
             && moved(self.db.transition(
@@ -156,18 +163,18 @@ impl Daemon {
             ))?
             .is_some()
         {
-            control.request(StopReason::Cancel(reason));
+            control.request(StopReason::Cancel(reason.clone()));
             let _ = self.db.log(
                 &job.id,
                 &format!("cancel asked by {by}; stopping after this step"),
             );
-            return Ok(Some(JobState::Cancelling));
+            return Ok(Some(left(JobState::Cancelling, job.gpu_ids.clone())));
         }
         let to = JobState::Cancelled;
         if let Some(from) = moved(self.db.transition(&job.id, None, to, &[], Some(&reason)))? {
             self.follow(&job.id, from, to);
             let _ = self.db.log(&job.id, &reason);
-            return Ok(Some(JobState::Cancelled));
+            return Ok(Some(left(to, Vec::new())));
         }
         Ok(None)
     }
@@ -394,6 +401,44 @@ mod tests {
         assert!(JobState::Cancelling.holds_gpus());
         assert!(!JobState::Cancelling.may_become(JobState::Succeeded));
         assert!(!JobState::Cancelled.may_become(JobState::Succeeded));
+    }
+
+    /// Issue 11: the cancel handler read the job again to answer, so a run that stopped between
+    /// the cancel and that read made the 202 answer say `cancelled` instead of `cancelling`
+    /// (seen once under load in `daemon::a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9`).
+    /// Here the run stops in exactly that window: after the cancel, before the answer.
+    #[test]
+    fn a_cancel_answers_cancelling_even_when_the_run_stops_before_the_answer_is_sent() {
+        let t = crate::testing::TestDaemon::new();
+        let (job, control) = t.running("t1");
+        let answer = t
+            .daemon
+            .cancel_job(&job, "ada")
+            .unwrap()
+            .expect("cancelled");
+        // The run sees the stop at its next step and ends, before the API has answered.
+        assert!(control.stopping());
+        t.daemon.run_ended(&job, &control, true, RunEnd::Stopped);
+        let stored = t.daemon.db.job(&job.id).unwrap().unwrap();
+        assert_eq!(
+            stored.state,
+            JobState::Cancelled,
+            "the run's end moved it on"
+        );
+        assert_eq!(answer.state, JobState::Cancelling, "{answer:?}");
+        assert_eq!(
+            answer.gpu_ids, job.gpu_ids,
+            "a cancelling job holds its GPUs"
+        );
+        assert_eq!(answer.reason.as_deref(), Some("cancelled by ada"));
+        // A job with no run is cancelled at once, and so answered.
+        let queued = t.submit("t2");
+        let answer = t.daemon.cancel_job(&queued, "ada").unwrap().unwrap();
+        assert_eq!(answer.state, JobState::Cancelled);
+        assert!(
+            t.daemon.cancel_job(&queued, "ada").unwrap().is_none(),
+            "already over"
+        );
     }
 
     #[test]

@@ -302,18 +302,19 @@ fn cancel_as(
         job: id.to_string(),
     };
     authorize(state, user, Action::JobCancel, resource)?;
-    let status = match state.daemon.cancel_job(&job, &user.name)? {
-        Some(JobState::Cancelling) => StatusCode::ACCEPTED,
-        Some(_) => StatusCode::OK,
+    // Answered with the job as the cancel left it, not as read again: its run may have
+    // stopped (and the job become `cancelled`) meanwhile.
+    match state.daemon.cancel_job(&job, &user.name)? {
+        Some(job) if job.state == JobState::Cancelling => Ok((StatusCode::ACCEPTED, job)),
+        Some(job) => Ok((StatusCode::OK, job)),
         None => {
             let now = find(state, user, id, tenant)?.state;
-            return Err(ApiError::new(
+            Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("job `{id}` is already {}", now.as_str()),
-            ));
+            ))
         }
-    };
-    Ok((status, find(state, user, id, tenant)?))
+    }
 }
 
 /// `GET /v1/jobs/{id}/logs`: what happened to the job, oldest first.

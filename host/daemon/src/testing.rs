@@ -1,0 +1,93 @@
+//! What the daemon's unit tests share: a daemon over a fresh data directory (the real store,
+//! SQLite database, audit log, shipped policy and scheduler), and jobs in it.
+
+use std::sync::Arc;
+
+use super::db::{JobRecord, JobState};
+use super::lifecycle::RunControl;
+use super::{Daemon, DaemonConfig};
+
+/// A daemon over a temporary data directory, with the runtime its blocking steps need.
+pub(crate) struct TestDaemon {
+    /// The daemon.
+    pub daemon: Arc<Daemon>,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    /// A daemon over a fresh data directory and a cluster of 2 GPUs; tenant `vision`.
+    pub fn new() -> TestDaemon {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        gantry::storage::Store::init(dir.path()).expect("a data directory");
+        let mut cluster = gantry::cluster::Cluster::uniform(1, 1, 2, 1);
+        cluster.tenants[0].name = "vision".into();
+        let config = DaemonConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            cluster,
+            // Compiled plugins and policies kept between runs: compiling them is most of a
+            // daemon's start in a debug build.
+            cache_dir: Some(std::env::temp_dir().join("gantry-daemon-unit-tests-cache")),
+            tls: None,
+            trust: Default::default(),
+            train_limits: Default::default(),
+            conn_limits: Default::default(),
+            shipped_policy: false,
+        };
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        // Policy loads run in the runtime's context, as in `gantry up`.
+        let daemon = {
+            let _context = runtime.enter();
+            Daemon::open(&config).expect("the daemon opens")
+        };
+        TestDaemon {
+            daemon: Arc::new(daemon),
+            _runtime: runtime,
+            _dir: dir,
+        }
+    }
+
+    /// Job `name` of tenant `vision`, stored `pending`.
+    pub fn submit(&self, name: &str) -> JobRecord {
+        let job = JobRecord {
+            id: super::db::key("vision", name),
+            tenant: "vision".into(),
+            owner: "ada".into(),
+            gpus: 1,
+            memory_per_gpu_mib: 1_000,
+            est_runtime_s: 60.0,
+            state: JobState::Pending,
+            gpu_ids: Vec::new(),
+            reason: None,
+            submitted_at: super::db::now(),
+            train: None,
+            result: None,
+            crashes: 0,
+            not_before: 0.0,
+        };
+        assert!(self.daemon.db.insert_job(&job).expect("stored"));
+        job
+    }
+
+    /// Job `name`, placed on a GPU with its run registered and started (`running`), as the
+    /// runner leaves it: the job as stored, and the run's control.
+    pub fn running(&self, name: &str) -> (JobRecord, Arc<RunControl>) {
+        let job = self.submit(name);
+        let d = &self.daemon;
+        let gpus = vec!["gpu-0".to_string()];
+        d.db.transition(
+            &job.id,
+            Some(JobState::Pending),
+            JobState::Scheduled,
+            &gpus,
+            None,
+        )
+        .expect("placed");
+        let control = d.claim_run(&job.id).expect("one run");
+        assert!(d.run_starting(&job.id).expect("started"));
+        let job = d.db.job(&job.id).expect("read").expect("stored");
+        assert_eq!(job.state, JobState::Running);
+        (job, control)
+    }
+}
