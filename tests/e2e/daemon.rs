@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use gantry::training::BackendChoice;
 use gantry::training::config::{Synthetic, TrainData, TrainToml};
+use gantry_daemon::jobstore::JobStore;
 use serde_json::{Value, json};
 
 use crate::support::{add_user, gantry, init_data_dir, send_raw, shared_cache, text};

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use gantry::audit::Head;
 
+use super::jobstore::JobStore;
+
 /// A database failure, naming what was being done, or the table, row and column of a stored
 /// value that does not read (corruption is an error, never a default).
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub enum DbError {
     },
 }
 
-/// Why a job did not move ([`Db::transition`], [`super::jobstore::JobStore::transition`]); `E`
+/// Why a job did not move ([`JobStore::transition`]); `E`
 /// is the store's own failure.
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError<E = DbError> {
@@ -204,7 +206,7 @@ impl User {
 }
 
 /// A job's lifecycle. The legal moves are [`JobState::predecessors`], enforced by
-/// [`Db::transition`] (and [`Db::run_started`], the same check) as a compare-and-set in the
+/// [`JobStore::transition`] (and [`JobStore::run_started`], the same check) as a compare-and-set in the
 /// database: nothing else changes a stored job's state.
 ///
 /// ```text
@@ -910,70 +912,6 @@ impl Db {
             .ctx("reading GPU health")
     }
 
-    /// Inserts a new job; `false` if the id is taken.
-    pub fn insert_job(&self, job: &JobRecord) -> Result<bool, DbError> {
-        let conn = self.conn();
-        let n = conn
-            .execute(
-                "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
-                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11)",
-                params![
-                    job.id,
-                    job.tenant,
-                    job.owner,
-                    job.gpus,
-                    job.memory_per_gpu_mib as i64,
-                    job.est_runtime_s,
-                    job.state.as_str(),
-                    serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
-                    job.reason,
-                    job.submitted_at,
-                    job.train,
-                ],
-            )
-            .ctx("inserting a job")?;
-        Ok(n == 1)
-    }
-
-    /// Moves job `id` to `to`, recording its GPUs (empty when it holds none) and why; the one
-    /// checked way a job's state changes. `from` is the state the caller saw, if it depends on
-    /// it (`None`: whatever the job is now). The move is refused with
-    /// [`TransitionError::Refused`] unless the job is in `from` and may become `to`
-    /// ([`JobState::may_become`]), so a finished, failed or cancelled job stays so. Returns the
-    /// state it moved from.
-    pub fn transition(
-        &self,
-        id: &str,
-        from: Option<JobState>,
-        to: JobState,
-        gpu_ids: &[String],
-        reason: Option<&str>,
-    ) -> Result<JobState, TransitionError> {
-        let gpu_ids = serde_json::to_string(gpu_ids).expect("strings serialise");
-        self.move_job(
-            id,
-            from,
-            to,
-            ", gpu_ids = ?4, reason = ?5",
-            &[&gpu_ids as &dyn rusqlite::ToSql, &reason],
-        )
-    }
-
-    /// Moves a scheduled job to `running` and counts the run against it (the count is
-    /// cleared when the run ends without a crash, see [`Db::run_ended`]); refused when the job is
-    /// no longer `scheduled` (a cancel won the race).
-    pub fn run_started(&self, id: &str) -> Result<JobState, TransitionError> {
-        self.move_job(
-            id,
-            Some(JobState::Scheduled),
-            JobState::Running,
-            ", crashes = crashes + 1",
-            &[],
-        )
-    }
-
     /// Checks and makes one move of job `id` to `to`, setting the columns of `set` too (`?4`
     /// on are `values`). The state is read and the move checked under the connection's lock,
     /// and the update is a compare-and-set on the state read, so a move that lost a race with
@@ -1034,110 +972,6 @@ impl Db {
         Ok(now)
     }
 
-    /// A run of job `id` ended without a crash of the daemon: it does not count as one.
-    pub fn run_ended(&self, id: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET crashes = MAX(crashes - 1, 0) WHERE id = ?1",
-                params![id],
-            )
-            .ctx("ending a job's run")?;
-        Ok(())
-    }
-
-    /// Job `id` is not to be queued again before `at` (Unix seconds).
-    pub fn set_not_before(&self, id: &str, at: f64) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET not_before = ?2 WHERE id = ?1",
-                params![id, at],
-            )
-            .ctx("deferring a job")?;
-        Ok(())
-    }
-
-    /// Appends a line to job `id`'s log.
-    pub fn log(&self, id: &str, message: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "INSERT INTO job_events(job, at, message) VALUES (?1, ?2, ?3)",
-                params![id, now(), message],
-            )
-            .ctx("writing a job's log")?;
-        Ok(())
-    }
-
-    /// Job `id`'s log: `(unix seconds, message)`, oldest first.
-    pub fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT at, message FROM job_events WHERE job = ?1 ORDER BY rowid")
-            .ctx("reading a job's log")?;
-        let rows = stmt
-            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .ctx("reading a job's log")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("reading a job's log")
-    }
-
-    /// Records a training job's outcome.
-    pub fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "UPDATE jobs SET result = ?2 WHERE id = ?1",
-                params![id, result.to_string()],
-            )
-            .ctx("recording a result")?;
-        Ok(())
-    }
-
-    /// Saves job `id`'s training metrics (replacing earlier ones).
-    pub fn set_curve(&self, id: &str, curve: &super::curve::Curve) -> Result<(), DbError> {
-        let text = serde_json::to_string(curve).expect("a curve serialises");
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO job_curves(job, curve) VALUES (?1, ?2)",
-                params![id, text],
-            )
-            .ctx("saving a job's metrics")?;
-        Ok(())
-    }
-
-    /// Job `id`'s saved training metrics.
-    pub fn curve(&self, id: &str) -> Result<Option<super::curve::Curve>, DbError> {
-        self.conn()
-            .query_row(
-                "SELECT curve FROM job_curves WHERE job = ?1",
-                params![id],
-                |r| json_column(r, 0, "job_curves", id, "curve"),
-            )
-            .optional()
-            .ctx("reading a job's metrics")
-    }
-
-    /// Records a checkpoint of `job` after `step` steps, stored as `object`.
-    pub fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
-                params![job, step, object],
-            )
-            .ctx("recording a checkpoint")?;
-        Ok(())
-    }
-
-    /// The newest checkpoint of `job`: `(step, object)`.
-    pub fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {
-        self.conn()
-            .query_row(
-                "SELECT step, object FROM checkpoints WHERE job = ?1 ORDER BY step DESC LIMIT 1",
-                params![job],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .ctx("reading checkpoints")
-    }
-
     /// Adds a dataset; `false` if the name is taken.
     pub fn insert_dataset(&self, d: &DatasetRecord) -> Result<bool, DbError> {
         let n = self
@@ -1183,21 +1017,6 @@ impl Db {
             .ctx("reading datasets")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("reading datasets")
-    }
-
-    /// The jobs called `name`, in any tenant.
-    pub fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "{SELECT_JOB} WHERE id = tenant || '/' || ?1 ORDER BY seq"
-            ))
-            .ctx("reading jobs")?;
-        let rows = stmt
-            .query_map(params![name], row_to_job)
-            .ctx("reading jobs")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("reading jobs")
     }
 
     /// The dataset whose key is `key` ([`key`]).
@@ -1299,9 +1118,73 @@ impl Db {
             .ctx("removing a setting")?;
         Ok(())
     }
+}
 
-    /// How many jobs are in each state.
-    pub fn counts_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
+impl JobStore for Db {
+    type Error = DbError;
+
+    fn insert_job(&self, job: &JobRecord) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
+                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11)",
+                params![
+                    job.id,
+                    job.tenant,
+                    job.owner,
+                    job.gpus,
+                    job.memory_per_gpu_mib as i64,
+                    job.est_runtime_s,
+                    job.state.as_str(),
+                    serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
+                    job.reason,
+                    job.submitted_at,
+                    job.train,
+                ],
+            )
+            .ctx("inserting a job")?;
+        Ok(n == 1)
+    }
+
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("{SELECT_JOB} WHERE id = ?1"),
+            params![id],
+            row_to_job,
+        )
+        .optional()
+        .ctx("reading a job")
+    }
+
+    fn jobs(&self) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
+            .ctx("listing jobs")?;
+        let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing jobs")
+    }
+
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "{SELECT_JOB} WHERE id = tenant || '/' || ?1 ORDER BY seq"
+            ))
+            .ctx("reading jobs")?;
+        let rows = stmt
+            .query_map(params![name], row_to_job)
+            .ctx("reading jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("reading jobs")
+    }
+
+    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
@@ -1313,27 +1196,127 @@ impl Db {
             .ctx("counting jobs")
     }
 
-    /// One job.
-    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
-        let conn = self.conn();
-        conn.query_row(
-            &format!("{SELECT_JOB} WHERE id = ?1"),
-            params![id],
-            row_to_job,
+    fn transition(
+        &self,
+        id: &str,
+        from: Option<JobState>,
+        to: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<JobState, TransitionError> {
+        let gpu_ids = serde_json::to_string(gpu_ids).expect("strings serialise");
+        self.move_job(
+            id,
+            from,
+            to,
+            ", gpu_ids = ?4, reason = ?5",
+            &[&gpu_ids as &dyn rusqlite::ToSql, &reason],
         )
-        .optional()
-        .ctx("reading a job")
     }
 
-    /// Every job, in submission order.
-    pub fn jobs(&self) -> Result<Vec<JobRecord>, DbError> {
+    fn run_started(&self, id: &str) -> Result<JobState, TransitionError> {
+        self.move_job(
+            id,
+            Some(JobState::Scheduled),
+            JobState::Running,
+            ", crashes = crashes + 1",
+            &[],
+        )
+    }
+
+    fn run_ended(&self, id: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET crashes = MAX(crashes - 1, 0) WHERE id = ?1",
+                params![id],
+            )
+            .ctx("ending a job's run")?;
+        Ok(())
+    }
+
+    fn set_not_before(&self, id: &str, at: f64) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET not_before = ?2 WHERE id = ?1",
+                params![id, at],
+            )
+            .ctx("deferring a job")?;
+        Ok(())
+    }
+
+    fn log(&self, id: &str, message: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT INTO job_events(job, at, message) VALUES (?1, ?2, ?3)",
+                params![id, now(), message],
+            )
+            .ctx("writing a job's log")?;
+        Ok(())
+    }
+
+    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
-            .ctx("listing jobs")?;
-        let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+            .prepare("SELECT at, message FROM job_events WHERE job = ?1 ORDER BY rowid")
+            .ctx("reading a job's log")?;
+        let rows = stmt
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("reading a job's log")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("listing jobs")
+            .ctx("reading a job's log")
+    }
+
+    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET result = ?2 WHERE id = ?1",
+                params![id, result.to_string()],
+            )
+            .ctx("recording a result")?;
+        Ok(())
+    }
+
+    fn set_curve(&self, id: &str, curve: &super::curve::Curve) -> Result<(), DbError> {
+        let text = serde_json::to_string(curve).expect("a curve serialises");
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO job_curves(job, curve) VALUES (?1, ?2)",
+                params![id, text],
+            )
+            .ctx("saving a job's metrics")?;
+        Ok(())
+    }
+
+    fn curve(&self, id: &str) -> Result<Option<super::curve::Curve>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT curve FROM job_curves WHERE job = ?1",
+                params![id],
+                |r| json_column(r, 0, "job_curves", id, "curve"),
+            )
+            .optional()
+            .ctx("reading a job's metrics")
+    }
+
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), DbError> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
+                params![job, step, object],
+            )
+            .ctx("recording a checkpoint")?;
+        Ok(())
+    }
+
+    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT step, object FROM checkpoints WHERE job = ?1 ORDER BY step DESC LIMIT 1",
+                params![job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .ctx("reading checkpoints")
     }
 }
 

@@ -48,7 +48,8 @@ use gantry::audit::AuditLog;
 use gantry::cluster::Cluster;
 use gantry::{Host, HostConfig, PluginSource, builtin};
 
-use self::db::{Db, JobState};
+use self::db::{Db, DbError, JobState};
+use self::jobstore::JobStore;
 
 /// What `gantry up` serves.
 #[derive(Debug, Clone)]
@@ -93,8 +94,11 @@ pub enum DaemonError {
 
 /// The state the handlers share.
 pub struct Daemon {
-    /// Users, tokens and jobs.
-    pub db: Db,
+    /// Users, tokens, settings, datasets and plugins (the SQLite database).
+    pub db: Arc<Db>,
+    /// Jobs: every job operation of the lifecycle goes through this trait; today the same
+    /// SQLite database as [`Daemon::db`], the embedded default.
+    pub jobs: Arc<dyn JobStore<Error = DbError>>,
     /// Cluster state, scheduler plugin, policy and audit log.
     pub host: std::sync::RwLock<Host>,
     /// The policy and the audit log, without the host's lock: every request's decision.
@@ -236,50 +240,16 @@ impl Daemon {
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
-        let now = db::now();
-        let (mut requeued, mut deferred) = (0, Vec::new());
-        for job in db.jobs().map_err(|e| setup(e.to_string()))? {
-            if job.state.is_final() {
-                continue;
-            }
-            let moved = |to: JobState, reason: &str| {
-                lifecycle::moved(db.transition(&job.id, Some(job.state), to, &[], Some(reason)))
-                    .map(|from| from.is_some())
-                    .map_err(|e| setup(e.to_string()))
-            };
-            match lifecycle::recovery(&job, now) {
-                lifecycle::Recovery::End(to, reason) => {
-                    if moved(to, &reason)? {
-                        tracing::warn!(job = %job.id, state = to.as_str(), "{reason}");
-                        let _ = db.log(&job.id, &reason);
-                    }
-                }
-                lifecycle::Recovery::Queue(at) => {
-                    if job.state != JobState::Pending {
-                        let why = if job.state == JobState::Running {
-                            "its run was interrupted by a crash of the daemon"
-                        } else {
-                            "the daemon restarted"
-                        };
-                        moved(JobState::Pending, why)?;
-                        let _ = db.log(&job.id, &format!("requeued: {why}"));
-                    }
-                    if at > now {
-                        db.set_not_before(&job.id, at)
-                            .map_err(|e| setup(e.to_string()))?;
-                        tracing::warn!(job = %job.id, crashes = job.crashes, wait_s = at - now, "requeued after a backoff");
-                        deferred.push((at, job.id.clone()));
-                    } else if host.submit(api::spec(&job)).is_ok() {
-                        requeued += 1;
-                    }
-                }
-            }
-        }
+        let db = Arc::new(db);
+        let jobs: Arc<dyn JobStore<Error = DbError>> = db.clone();
+        let (requeued, deferred) =
+            lifecycle::recover_jobs(&*jobs, &mut host, db::now()).map_err(setup)?;
         tracing::info!(requeued, "daemon state recovered");
         // What starting recorded (the policy in force, say) is sealed before the first request.
         audit.seal().map_err(|e| setup(e.to_string()))?;
         Ok(Daemon {
             db,
+            jobs,
             decider: host.decider(),
             host: std::sync::RwLock::new(host),
             store,
@@ -375,7 +345,7 @@ impl Daemon {
             due.into_iter().map(|(_, id)| id).collect()
         };
         for id in due {
-            match self.db.job(&id) {
+            match self.jobs.job(&id) {
                 Ok(Some(job)) if job.state == JobState::Pending => {
                     if let Err(e) = self.host().submit(api::spec(&job)) {
                         tracing::error!(job = %id, error = %e, "queueing a job after its backoff");
@@ -420,7 +390,7 @@ impl Daemon {
     pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, db::DbError> {
         match self.live_curve(id) {
             Some(c) => Ok(Some(c)),
-            None => self.db.curve(id),
+            None => self.jobs.curve(id),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The job lifecycle of the daemon: every change of a job's state goes through here.
 //!
-//! The database is the authority on a job's state ([`Db::transition`] checks each move against
+//! The database is the authority on a job's state ([`JobStore::transition`] checks each move against
 //! [`JobState::predecessors`] and makes it as a compare-and-set); the host's scheduling state
 //! (its queue and GPUs) is built from the database at start and afterwards follows each move the
 //! database made through one function, [`Daemon::follow`]: whoever made a move has it followed,
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::Daemon;
 use super::api::spec;
 use super::db::{DbError, JobRecord, JobState, MAX_CRASHES, TransitionError};
+use super::jobstore::JobStore;
 use gantry::Assignment;
 
 /// Why a run was asked to stop. When several ask, the strongest wins: a user's cancel over a
@@ -82,7 +83,7 @@ pub fn crash_backoff_s(crashes: u32) -> f64 {
     }
 }
 
-/// The state a job moved from, if a move ([`super::db::Db::transition`]) was made: `None` when
+/// The state a job moved from, if a move ([`JobStore::transition`]) was made: `None` when
 /// the job was in no state to make it (someone else moved it first, or it is over), an error
 /// only when the database failed.
 pub(crate) fn moved<E: std::fmt::Display>(
@@ -108,7 +109,7 @@ impl Daemon {
             a.gpus.len(),
             a.gpus.join(", ")
         );
-        match moved(self.db.transition(
+        match moved(self.jobs.transition(
             &a.job_id,
             Some(JobState::Pending),
             JobState::Scheduled,
@@ -127,8 +128,8 @@ impl Daemon {
                 return;
             }
         }
-        let _ = self.db.log(&a.job_id, &placed);
-        match self.db.job(&a.job_id) {
+        let _ = self.jobs.log(&a.job_id, &placed);
+        match self.jobs.job(&a.job_id) {
             Ok(Some(job)) if job.train.is_some() => super::runner::start(self.clone(), job),
             Ok(_) => {}
             Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
@@ -154,7 +155,7 @@ impl Daemon {
         };
         let runs = self.runs();
         if let Some(control) = runs.get(&job.id)
-            && moved(self.db.transition(
+            && moved(self.jobs.transition(
                 &job.id,
                 None,
                 JobState::Cancelling,
@@ -164,16 +165,16 @@ impl Daemon {
             .is_some()
         {
             control.request(StopReason::Cancel(reason.clone()));
-            let _ = self.db.log(
+            let _ = self.jobs.log(
                 &job.id,
                 &format!("cancel asked by {by}; stopping after this step"),
             );
             return Ok(Some(left(JobState::Cancelling, job.gpu_ids.clone())));
         }
         let to = JobState::Cancelled;
-        if let Some(from) = moved(self.db.transition(&job.id, None, to, &[], Some(&reason)))? {
+        if let Some(from) = moved(self.jobs.transition(&job.id, None, to, &[], Some(&reason)))? {
             self.follow(&job.id, from, to);
-            let _ = self.db.log(&job.id, &reason);
+            let _ = self.jobs.log(&job.id, &reason);
             return Ok(Some(left(to, Vec::new())));
         }
         Ok(None)
@@ -189,7 +190,7 @@ impl Daemon {
                 continue;
             }
             match moved(
-                self.db
+                self.jobs
                     .transition(id, None, JobState::Pending, &[], Some(reason)),
             ) {
                 Ok(Some(from)) => self.follow(id, from, JobState::Pending),
@@ -206,7 +207,7 @@ impl Daemon {
     /// here: the host made the placement, and a run keeps its GPUs until it has stopped.
     fn follow(&self, id: &str, from: JobState, to: JobState) {
         let queue = if to == JobState::Pending {
-            match self.db.job(id) {
+            match self.jobs.job(id) {
                 Ok(Some(record)) => Some(spec(&record)),
                 Ok(None) => None,
                 Err(e) => {
@@ -243,7 +244,7 @@ impl Daemon {
     /// Moves a scheduled job to `running` as its run starts; false when it is no longer
     /// scheduled (a cancel came first), in which case the run must not start.
     pub(crate) fn run_starting(&self, id: &str) -> Result<bool, DbError> {
-        Ok(moved(self.db.run_started(id))?.is_some())
+        Ok(moved(self.jobs.run_started(id))?.is_some())
     }
 
     /// A run of `job` ended (or never started: `started` is false): records how, frees its GPUs
@@ -257,7 +258,7 @@ impl Daemon {
     ) {
         let id = &job.id;
         let mut runs = self.runs();
-        if started && let Err(e) = self.db.run_ended(id) {
+        if started && let Err(e) = self.jobs.run_ended(id) {
             tracing::error!(job = %id, error = %e, "recording the end of a run");
         }
         let cancelled = match control.reason() {
@@ -270,7 +271,7 @@ impl Daemon {
                 (JobState::Cancelled, Some(reason.clone()), format!("{reason}: stopped"))
             }
             (RunEnd::Finished(result, summary), _) => {
-                if let Err(e) = self.db.set_result(id, &result) {
+                if let Err(e) = self.jobs.set_result(id, &result) {
                     tracing::error!(job = %id, error = %e, "recording a result");
                 }
                 (JobState::Succeeded, None, summary)
@@ -294,11 +295,11 @@ impl Daemon {
             job.gpu_ids.clone()
         };
         match moved(
-            self.db
+            self.jobs
                 .transition(id, None, to, &gpu_ids, reason.as_deref()),
         ) {
             Ok(Some(from)) => {
-                let _ = self.db.log(id, &message);
+                let _ = self.jobs.log(id, &message);
                 if to == JobState::Pending {
                     // Unregister first: the requeued job may be placed and start again.
                     runs.remove(id);
@@ -381,6 +382,55 @@ pub fn recovery(job: &JobRecord, now: f64) -> Recovery {
     }
 }
 
+/// At start: brings every live job of `jobs` back as [`recovery`] says, at time `now`: over
+/// (recorded), or pending again and queued in `host` (now, or once its backoff ends). Returns
+/// how many were queued now, and the deferred ones: (Unix seconds, job id).
+pub(crate) fn recover_jobs(
+    jobs: &dyn JobStore<Error = DbError>,
+    host: &mut gantry::Host,
+    now: f64,
+) -> Result<(usize, Vec<(f64, String)>), String> {
+    let (mut requeued, mut deferred) = (0, Vec::new());
+    for job in jobs.jobs().map_err(|e| e.to_string())? {
+        if job.state.is_final() {
+            continue;
+        }
+        let moved = |to: JobState, reason: &str| {
+            moved(jobs.transition(&job.id, Some(job.state), to, &[], Some(reason)))
+                .map(|from| from.is_some())
+                .map_err(|e| e.to_string())
+        };
+        match recovery(&job, now) {
+            Recovery::End(to, reason) => {
+                if moved(to, &reason)? {
+                    tracing::warn!(job = %job.id, state = to.as_str(), "{reason}");
+                    let _ = jobs.log(&job.id, &reason);
+                }
+            }
+            Recovery::Queue(at) => {
+                if job.state != JobState::Pending {
+                    let why = if job.state == JobState::Running {
+                        "its run was interrupted by a crash of the daemon"
+                    } else {
+                        "the daemon restarted"
+                    };
+                    moved(JobState::Pending, why)?;
+                    let _ = jobs.log(&job.id, &format!("requeued: {why}"));
+                }
+                if at > now {
+                    jobs.set_not_before(&job.id, at)
+                        .map_err(|e| e.to_string())?;
+                    tracing::warn!(job = %job.id, crashes = job.crashes, wait_s = at - now, "requeued after a backoff");
+                    deferred.push((at, job.id.clone()));
+                } else if host.submit(spec(&job)).is_ok() {
+                    requeued += 1;
+                }
+            }
+        }
+    }
+    Ok((requeued, deferred))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,7 +469,7 @@ mod tests {
         // The run sees the stop at its next step and ends, before the API has answered.
         assert!(control.stopping());
         t.daemon.run_ended(&job, &control, true, RunEnd::Stopped);
-        let stored = t.daemon.db.job(&job.id).unwrap().unwrap();
+        let stored = t.daemon.jobs.job(&job.id).unwrap().unwrap();
         assert_eq!(
             stored.state,
             JobState::Cancelled,
@@ -438,6 +488,50 @@ mod tests {
         assert!(
             t.daemon.cancel_job(&queued, "ada").unwrap().is_none(),
             "already over"
+        );
+    }
+
+    /// Issue 11: the daemon reaches jobs only through [`JobStore`] (`Daemon::jobs`), here the
+    /// SQLite store: a job stored, placed by a real scheduling cycle, cancelled, and a running
+    /// one recovered at a restart, each read back through the trait.
+    #[test]
+    fn the_lifecycle_runs_through_the_job_store_trait_over_sqlite() {
+        let t = crate::testing::TestDaemon::new();
+        let jobs: &dyn JobStore<Error = DbError> = &*t.daemon.jobs;
+        let job = t.submit("placed");
+        t.daemon.host().submit(spec(&job)).unwrap();
+        t.runtime.block_on(t.daemon.schedule());
+        let placed = jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(placed.state, JobState::Scheduled, "{placed:?}");
+        assert_eq!(placed.gpu_ids.len(), 1);
+        assert_eq!(t.daemon.host_read().state().busy_gpus(), 1);
+        // No run under way: cancelled at once, its GPU freed.
+        let cancelled = t.daemon.cancel_job(&placed, "ada").unwrap().unwrap();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert_eq!(
+            jobs.job(&job.id).unwrap().unwrap().state,
+            JobState::Cancelled
+        );
+        assert_eq!(t.daemon.host_read().state().busy_gpus(), 0);
+        let log: Vec<String> = jobs
+            .logs(&job.id)
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert!(log[0].starts_with("scheduled on 1 GPU(s)"), "{log:?}");
+        assert_eq!(log[1], "cancelled by ada");
+        // A run a crash interrupted: pending again at the restart, and queued.
+        let (running, _control) = t.running("crashed");
+        let (queued, deferred) =
+            recover_jobs(jobs, &mut t.daemon.host(), crate::db::now()).unwrap();
+        assert_eq!((queued, deferred.len()), (1, 0));
+        let recovered = jobs.job(&running.id).unwrap().unwrap();
+        assert_eq!((recovered.state, recovered.crashes), (JobState::Pending, 1));
+        let counts = jobs.counts_by_state().unwrap();
+        assert_eq!(
+            counts,
+            vec![("cancelled".to_string(), 1), ("pending".to_string(), 1)]
         );
     }
 

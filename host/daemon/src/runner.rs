@@ -59,7 +59,7 @@ pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
                 RunEnd::Stopped
             };
             if let Some(curve) = daemon.set_live_curve(&job.id, None)
-                && let Err(e) = daemon.db.set_curve(&job.id, &curve)
+                && let Err(e) = daemon.jobs.set_curve(&job.id, &curve)
             {
                 tracing::error!(error = %e, "saving a job's metrics");
             }
@@ -121,7 +121,12 @@ fn run(
     let mut store = StoreCheckpoints { daemon, job };
     let run = Job::new(config, data)?.resume_from(store.latest()?.map(|(_, c)| c));
     // The curve continues from the checkpoint: the steps after it are taken again.
-    let mut curve = daemon.db.curve(&job.id).ok().flatten().unwrap_or_default();
+    let mut curve = daemon
+        .jobs
+        .curve(&job.id)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     curve.rewind(run.resumes_at().unwrap_or(0));
     daemon.set_live_curve(&job.id, Some(curve));
     let line = format!(
@@ -129,7 +134,7 @@ fn run(
         run.data().source,
         run.selected().reason()
     );
-    daemon.db.log(&job.id, &line).map_err(unavailable)?;
+    daemon.jobs.log(&job.id, &line).map_err(unavailable)?;
     let batch = run.config().batch_size as u64;
     let mut progress = |p: &training::Progress| {
         let m = &daemon.metrics;
@@ -166,15 +171,15 @@ impl CheckpointSink for StoreCheckpoints<'_> {
             .map_err(unavailable)?;
         let step = c.state.step;
         daemon
-            .db
+            .jobs
             .add_checkpoint(id, step, &object)
             .and_then(|()| match daemon.live_curve(id) {
-                Some(curve) => daemon.db.set_curve(id, &curve),
+                Some(curve) => daemon.jobs.set_curve(id, &curve),
                 None => Ok(()),
             })
             .and_then(|()| {
                 let line = format!("checkpoint at step {step} (object {})", &object[..16]);
-                daemon.db.log(id, &line)
+                daemon.jobs.log(id, &line)
             })
             .map_err(unavailable)?;
         Ok(object)
@@ -182,13 +187,13 @@ impl CheckpointSink for StoreCheckpoints<'_> {
 
     fn latest(&mut self) -> Result<Option<(String, Checkpoint)>, TrainError> {
         let (daemon, id) = (self.daemon, &self.job.id);
-        let Some((step, object)) = daemon.db.latest_checkpoint(id).map_err(unavailable)? else {
+        let Some((step, object)) = daemon.jobs.latest_checkpoint(id).map_err(unavailable)? else {
             return Ok(None);
         };
         let bytes = daemon.store.get(&object).map_err(unavailable)?;
         tracing::info!(step, object = %object, "resuming from checkpoint");
         let _ = daemon
-            .db
+            .jobs
             .log(id, &format!("resuming from the checkpoint at step {step}"));
         let name = format!("checkpoint {object}");
         let c = checkpoint::from_bytes(&bytes, std::path::Path::new(&name))?;

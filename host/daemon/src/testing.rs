@@ -11,7 +11,8 @@ use super::{Daemon, DaemonConfig};
 pub(crate) struct TestDaemon {
     /// The daemon.
     pub daemon: Arc<Daemon>,
-    _runtime: tokio::runtime::Runtime,
+    /// The runtime the daemon's async steps (a scheduling cycle) run on.
+    pub runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +44,7 @@ impl TestDaemon {
         };
         TestDaemon {
             daemon: Arc::new(daemon),
-            _runtime: runtime,
+            runtime,
             _dir: dir,
         }
     }
@@ -66,7 +67,7 @@ impl TestDaemon {
             crashes: 0,
             not_before: 0.0,
         };
-        assert!(self.daemon.db.insert_job(&job).expect("stored"));
+        assert!(self.daemon.jobs.insert_job(&job).expect("stored"));
         job
     }
 
@@ -76,17 +77,18 @@ impl TestDaemon {
         let job = self.submit(name);
         let d = &self.daemon;
         let gpus = vec!["gpu-0".to_string()];
-        d.db.transition(
-            &job.id,
-            Some(JobState::Pending),
-            JobState::Scheduled,
-            &gpus,
-            None,
-        )
-        .expect("placed");
+        d.jobs
+            .transition(
+                &job.id,
+                Some(JobState::Pending),
+                JobState::Scheduled,
+                &gpus,
+                None,
+            )
+            .expect("placed");
         let control = d.claim_run(&job.id).expect("one run");
         assert!(d.run_starting(&job.id).expect("started"));
-        let job = d.db.job(&job.id).expect("read").expect("stored");
+        let job = d.jobs.job(&job.id).expect("read").expect("stored");
         assert_eq!(job.state, JobState::Running);
         (job, control)
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use gantry_daemon as daemon;
 use gantry_daemon::db::User;
+use gantry_daemon::jobstore::JobStore;
 
 /// Workload of the API benchmark.
 #[derive(Debug, Clone, Copy)]

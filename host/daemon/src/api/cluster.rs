@@ -16,7 +16,7 @@ use gantry::policy::request::{Action, Resource};
 pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let text = blocking(&state, |state| {
         let daemon = &state.daemon;
-        let counts = daemon.db.counts_by_state()?;
+        let counts = daemon.jobs.counts_by_state()?;
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
         let host = daemon.host_read();
         let plugin = host

@@ -179,10 +179,10 @@ fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> 
         }
         Err(e) => return Err(refused(daemon, e)),
     }
-    match daemon.db.insert_job(&job) {
+    match daemon.jobs.insert_job(&job) {
         Ok(true) => {
             let _ = daemon
-                .db
+                .jobs
                 .log(&job.id, &format!("submitted by {}", job.owner));
             Ok(job)
         }
@@ -220,7 +220,7 @@ pub(super) async fn list(
             Action::JobList,
             Resource::Empty {},
             |state, user| {
-                let jobs = state.daemon.db.jobs()?;
+                let jobs = state.daemon.jobs.jobs()?;
                 Ok(Json(
                     jobs.into_iter().filter(|j| visible(&user, j)).collect(),
                 ))
@@ -232,7 +232,7 @@ pub(super) async fn list(
 fn find(state: &AppState, user: &User, id: &str, tenant: Option<&str>) -> ApiResult<JobRecord> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`"));
     let job = one_visible(
-        state.daemon.db.jobs_named(id)?,
+        state.daemon.jobs.jobs_named(id)?,
         |j| visible(user, j),
         |j| &j.tenant,
         tenant,
@@ -328,7 +328,7 @@ pub(super) async fn job_logs(
     caller
         .then(&state, move |state, user| {
             let job = find(state, &user, &id, tenant?.as_deref())?;
-            let lines = state.daemon.db.logs(&job.id)?;
+            let lines = state.daemon.jobs.logs(&job.id)?;
             Ok(Json(json!(
                 lines
                     .into_iter()
