@@ -170,17 +170,23 @@ pub fn check(db: &Db, token: &str) -> Result<Option<User>, DbError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_verify_and_nothing_else_does() {
+    /// A fresh database holding user `ada` (a researcher of `vision`) with `clearance`.
+    fn db_with_ada(clearance: &str) -> (tempfile::TempDir, Db, User) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("g.db")).unwrap();
         let ada = User {
             name: "ada".into(),
             roles: vec!["researcher".into()],
             tenants: vec!["vision".into()],
-            clearance: "internal".into(),
+            clearance: clearance.into(),
         };
         db.put_user(&ada).unwrap();
+        (dir, db, ada)
+    }
+
+    #[test]
+    fn tokens_verify_and_nothing_else_does() {
+        let (dir, db, ada) = db_with_ada("internal");
         let token = issue(&db, "ada").unwrap();
         assert_eq!(check(&db, &token).unwrap(), Some(ada));
         // `gantry_` + 12 hex digits of id + `_` + the secret (base64url, which may hold `_`).
@@ -207,15 +213,7 @@ mod tests {
     /// Issue 10, section 3: tokens never expired and could not be revoked.
     #[test]
     fn expired_and_revoked_tokens_get_no_user() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("g.db")).unwrap();
-        let ada = User {
-            name: "ada".into(),
-            roles: vec!["researcher".into()],
-            tenants: vec!["vision".into()],
-            clearance: "public".into(),
-        };
-        db.put_user(&ada).unwrap();
+        let (_dir, db, ada) = db_with_ada("public");
         // The default lifetime applies, and the operator can change it.
         let t = issue_for(&db, "ada", default_ttl(&db).unwrap()).unwrap();
         let left = t.expires_at.unwrap() - super::super::db::now();

@@ -537,48 +537,15 @@ pub async fn serve_until(
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
     ready(addr);
-    // Entries since the last checkpoint are sealed at least every SEAL_INTERVAL.
-    let sealer = {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(gantry::audit::SEAL_INTERVAL).await;
-                let d = daemon.clone();
-                let _ = tokio::task::spawn_blocking(move || d.seal_audit()).await;
-            }
-        })
-    };
-    // Scheduling runs as one task, woken by submissions and every second.
+    // Scheduling is woken by submissions (and every second).
     let wake = Arc::new(tokio::sync::Notify::new());
-    let scheduler = {
-        let (daemon, wake) = (daemon.clone(), wake.clone());
-        tokio::spawn(async move {
-            loop {
-                daemon.schedule().await;
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-            }
-        })
-    };
-    // Refusals no policy decided go into the audit log in aggregate, once per interval.
-    let recorder = {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(rejections::FLUSH_EVERY).await;
-                let d = daemon.clone();
-                let _ = tokio::task::spawn_blocking(move || d.record_rejections()).await;
-            }
-        })
-    };
+    let loops = spawn_loops(&daemon, wake.clone());
     let app = api::router(daemon.clone(), wake);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     serve::serve(listener, acceptor, app, limits, daemon.clone(), shutdown).await;
-    scheduler.abort();
-    recorder.abort();
-    sealer.abort();
+    for task in loops {
+        task.abort();
+    }
     // Runs stop at a step boundary and their jobs go back to the queue (not counted as
     // crashes); they resume from their newest checkpoint on restart.
     let stopping = daemon.clone();
@@ -589,4 +556,39 @@ pub async fn serve_until(
     .await;
     daemon.close();
     Ok(())
+}
+
+/// The daemon's background tasks: the audit log's entries sealed at least every
+/// [`gantry::audit::SEAL_INTERVAL`], scheduling as one task (woken by `wake` and every
+/// second), and refusals no policy decided recorded in the audit log in aggregate, once per
+/// [`rejections::FLUSH_EVERY`].
+fn spawn_loops(
+    daemon: &Arc<Daemon>,
+    wake: Arc<tokio::sync::Notify>,
+) -> [tokio::task::JoinHandle<()>; 3] {
+    let every = |period: std::time::Duration, work: fn(&Daemon)| {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || work(&d)).await;
+            }
+        })
+    };
+    let sealer = every(gantry::audit::SEAL_INTERVAL, Daemon::seal_audit);
+    let scheduler = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                daemon.schedule().await;
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    };
+    let recorder = every(rejections::FLUSH_EVERY, Daemon::record_rejections);
+    [sealer, scheduler, recorder]
 }

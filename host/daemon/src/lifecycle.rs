@@ -73,6 +73,45 @@ pub enum RunEnd {
     Failed(String),
 }
 
+/// Where a run's end leaves its job, given why it was asked to stop (if it was): the state,
+/// why, the line for its log, and a finished run's result. A user's cancel wins over how the
+/// run ended.
+fn outcome(
+    end: RunEnd,
+    stop: Option<StopReason>,
+) -> (JobState, Option<String>, String, Option<serde_json::Value>) {
+    match (end, stop) {
+        (_, Some(StopReason::Cancel(reason))) => (
+            JobState::Cancelled,
+            Some(reason.clone()),
+            format!("{reason}: stopped"),
+            None,
+        ),
+        (RunEnd::Finished(result, summary), _) => {
+            (JobState::Succeeded, None, summary, Some(result))
+        }
+        (RunEnd::Stopped, Some(StopReason::Requeue(reason))) => (
+            JobState::Pending,
+            Some(reason.clone()),
+            format!("requeued ({reason}); it resumes from its newest checkpoint"),
+            None,
+        ),
+        (RunEnd::Stopped, _) => (
+            JobState::Pending,
+            Some("the daemon stopped".to_string()),
+            "the daemon stopped; the job resumes from its newest checkpoint when it starts again"
+                .to_string(),
+            None,
+        ),
+        (RunEnd::Failed(e), _) => (
+            JobState::Failed,
+            Some(e.clone()),
+            format!("failed: {e}"),
+            None,
+        ),
+    }
+}
+
 /// Seconds to wait before queueing again a job whose runs were interrupted by `crashes`
 /// crashes of the daemon: the first crash may have nothing to do with the job, so it retries at
 /// once; later ones back off.
@@ -261,34 +300,12 @@ impl Daemon {
         if started && let Err(e) = self.jobs.run_ended(id) {
             tracing::error!(job = %id, error = %e, "recording the end of a run");
         }
-        let cancelled = match control.reason() {
-            Some(StopReason::Cancel(reason)) => Some(reason),
-            _ => None,
-        };
-        let (to, reason, message) = match (end, control.reason()) {
-            (_, _) if cancelled.is_some() => {
-                let reason = cancelled.unwrap_or_default();
-                (JobState::Cancelled, Some(reason.clone()), format!("{reason}: stopped"))
-            }
-            (RunEnd::Finished(result, summary), _) => {
-                if let Err(e) = self.jobs.set_result(id, &result) {
-                    tracing::error!(job = %id, error = %e, "recording a result");
-                }
-                (JobState::Succeeded, None, summary)
-            }
-            (RunEnd::Stopped, Some(StopReason::Requeue(reason))) => (
-                JobState::Pending,
-                Some(reason.clone()),
-                format!("requeued ({reason}); it resumes from its newest checkpoint"),
-            ),
-            (RunEnd::Stopped, _) => (
-                JobState::Pending,
-                Some("the daemon stopped".to_string()),
-                "the daemon stopped; the job resumes from its newest checkpoint when it starts again"
-                    .to_string(),
-            ),
-            (RunEnd::Failed(e), _) => (JobState::Failed, Some(e.clone()), format!("failed: {e}")),
-        };
+        let (to, reason, message, result) = outcome(end, control.reason());
+        if let Some(result) = result
+            && let Err(e) = self.jobs.set_result(id, &result)
+        {
+            tracing::error!(job = %id, error = %e, "recording a result");
+        }
         let gpu_ids = if to == JobState::Pending {
             Vec::new()
         } else {

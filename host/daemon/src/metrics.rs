@@ -57,10 +57,24 @@ pub fn render(
     jobs_by_state: &[(&str, u64)],
     running: &[super::curve::Curve],
 ) -> String {
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let mut out = String::new();
+    requests(&mut out, m);
+    if let Some((name, h)) = plugin {
+        scheduler_plugin(&mut out, name, &h);
+    }
+    jobs(&mut out, m, jobs_by_state, running);
+    out
+}
+
+/// A counter's value.
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The families of requests, connections, decisions and scheduling.
+fn requests(out: &mut String, m: &Metrics) {
     family(
-        &mut out,
+        out,
         "gantry_http_requests_total",
         "counter",
         "HTTP requests answered, by status class.",
@@ -71,21 +85,21 @@ pub fn render(
         ],
     );
     family(
-        &mut out,
+        out,
         "gantry_connections_refused_total",
         "counter",
         "Connections closed at once: over the cap in all or from their source address.",
         &[("", get(&m.connections_refused))],
     );
     family(
-        &mut out,
+        out,
         "gantry_requests_rejected_total",
         "counter",
         "Refused requests no policy decided, recorded in the audit log in aggregate.",
         &[("", get(&m.rejections))],
     );
     family(
-        &mut out,
+        out,
         "gantry_policy_decisions_total",
         "counter",
         "Access-control decisions, by outcome.",
@@ -95,93 +109,104 @@ pub fn render(
         ],
     );
     family(
-        &mut out,
+        out,
         "gantry_scheduling_cycles_total",
         "counter",
         "Scheduling cycles run.",
         &[("", get(&m.cycles))],
     );
     family(
-        &mut out,
+        out,
         "gantry_placements_total",
         "counter",
         "Placements applied.",
         &[("", get(&m.placements))],
     );
-    if let Some((name, h)) = plugin {
-        let calls = format!("plugin=\"{name}\"");
-        family(
-            &mut out,
-            "gantry_plugin_calls_total",
-            "counter",
-            "Calls into the scheduler plugin.",
-            &[(&calls, h.calls)],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_faults_total",
-            "counter",
-            "Scheduler plugin calls that failed.",
-            &[(&calls, h.faults)],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_fallbacks_total",
-            "counter",
-            "Cycles the native fallback decided.",
-            &[(&calls, h.fallbacks)],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_window_faults",
-            "gauge",
-            "Scheduler plugin faults among its last calls (the quarantine window).",
-            &[(&calls, u64::from(h.window_faults))],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_stalled_cycles",
-            "gauge",
-            "Cycles in a row the plugin placed nothing while the fallback could have.",
-            &[(&calls, u64::from(h.stalled_cycles))],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_no_progress_faults_total",
-            "counter",
-            "Answers counted as no-progress faults.",
-            &[(&calls, h.no_progress_faults)],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_output_dropped_bytes_total",
-            "counter",
-            "Plugin log and output bytes dropped over its allowance.",
-            &[(&calls, h.output_dropped_bytes)],
-        );
-        family(
-            &mut out,
-            "gantry_plugin_quarantined",
-            "gauge",
-            "1 while the scheduler plugin is quarantined.",
-            &[(&calls, u64::from(h.quarantined))],
-        );
-    }
+}
+
+/// The families of the active scheduler plugin `name`'s health.
+fn scheduler_plugin(out: &mut String, name: &str, h: &gantry::plugin::HealthReport) {
+    let calls = format!("plugin=\"{name}\"");
+    family(
+        out,
+        "gantry_plugin_calls_total",
+        "counter",
+        "Calls into the scheduler plugin.",
+        &[(&calls, h.calls)],
+    );
+    family(
+        out,
+        "gantry_plugin_faults_total",
+        "counter",
+        "Scheduler plugin calls that failed.",
+        &[(&calls, h.faults)],
+    );
+    family(
+        out,
+        "gantry_plugin_fallbacks_total",
+        "counter",
+        "Cycles the native fallback decided.",
+        &[(&calls, h.fallbacks)],
+    );
+    family(
+        out,
+        "gantry_plugin_window_faults",
+        "gauge",
+        "Scheduler plugin faults among its last calls (the quarantine window).",
+        &[(&calls, u64::from(h.window_faults))],
+    );
+    family(
+        out,
+        "gantry_plugin_stalled_cycles",
+        "gauge",
+        "Cycles in a row the plugin placed nothing while the fallback could have.",
+        &[(&calls, u64::from(h.stalled_cycles))],
+    );
+    family(
+        out,
+        "gantry_plugin_no_progress_faults_total",
+        "counter",
+        "Answers counted as no-progress faults.",
+        &[(&calls, h.no_progress_faults)],
+    );
+    family(
+        out,
+        "gantry_plugin_output_dropped_bytes_total",
+        "counter",
+        "Plugin log and output bytes dropped over its allowance.",
+        &[(&calls, h.output_dropped_bytes)],
+    );
+    family(
+        out,
+        "gantry_plugin_quarantined",
+        "gauge",
+        "1 while the scheduler plugin is quarantined.",
+        &[(&calls, u64::from(h.quarantined))],
+    );
+}
+
+/// The families of jobs and training.
+fn jobs(
+    out: &mut String,
+    m: &Metrics,
+    jobs_by_state: &[(&str, u64)],
+    running: &[super::curve::Curve],
+) {
     let labelled: Vec<(String, u64)> = jobs_by_state
         .iter()
         .map(|(s, n)| (format!("state=\"{s}\""), *n))
         .collect();
     let samples: Vec<(&str, u64)> = labelled.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-    family(&mut out, "gantry_jobs", "gauge", "Jobs by state.", &samples);
+    family(out, "gantry_jobs", "gauge", "Jobs by state.", &samples);
     family(
-        &mut out,
+        out,
         "gantry_train_samples_total",
         "counter",
         "Training samples processed by jobs.",
         &[("", get(&m.train_samples))],
     );
     family(
-        &mut out,
+        out,
         "gantry_train_steps_total",
         "counter",
         "Training steps taken by jobs.",
@@ -195,5 +220,4 @@ pub fn render(
         "# HELP gantry_train_samples_per_second Training rows per second, all running jobs.\n\
          # TYPE gantry_train_samples_per_second gauge\ngantry_train_samples_per_second {rate}"
     );
-    out
 }
