@@ -3,13 +3,16 @@
 //! Component model on, epoch interruption for deadlines, the pooling allocator so a fresh
 //! instance per call costs microseconds, wasm backtraces for trap reports, and a bounded wasm
 //! stack so unbounded recursion traps instead of taking the host down.
+//!
+//! Every engine [`build`] makes has its epoch advanced for as long as it lives, by one
+//! process-wide thread: deadlines hold for whatever holds the engine (a host, a loader that
+//! outlived it, a loaded policy, a CLI that built an engine alone), with nothing to start or keep.
 
 use std::num::NonZeroUsize;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances; plugin deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -37,7 +40,7 @@ pub const MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 /// Largest wasm stack; deeper recursion traps with "call stack exhausted".
 pub const MAX_WASM_STACK: usize = 1 << 20;
 
-/// Builds the host's engine.
+/// Builds the host's engine, its epoch ticking until it is dropped.
 ///
 /// Async support needs no switch in wasmtime 48: it is chosen per call, so opa-wasm (which only
 /// makes async calls) shares this engine with the synchronous scheduler calls.
@@ -79,45 +82,44 @@ pub fn build() -> wasmtime::Result<Engine> {
     if std::env::var_os("GANTRY_PERFMAP").is_some() {
         config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    Engine::new(&config)
+    let engine = Engine::new(&config)?;
+    tick_while_alive(&engine);
+    Ok(engine)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The engines whose epochs advance, held weakly: a dropped engine leaves the list.
+static TICKED: Mutex<Vec<EngineWeak>> = Mutex::new(Vec::new());
 
-impl EpochTicker {
-    /// Starts the ticker thread for `engine`.
-    pub fn start(engine: &Engine) -> Self {
-        let weak = engine.weak();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] until the last clone of it is dropped.
+fn tick_while_alive(engine: &Engine) {
+    TICKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(engine.weak());
+    static TICKER: Once = Once::new();
+    TICKER.call_once(|| {
+        std::thread::Builder::new()
             .name("gantry-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })
+            .spawn(tick_forever)
             .expect("spawning the epoch thread");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
+    });
 }
 
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+fn tick_forever() {
+    loop {
+        std::thread::sleep(EPOCH_TICK);
+        // Upgrade under the lock, tick and drop outside it: dropping the last clone of an
+        // engine frees its pool, which must not hold up the list.
+        let live: Vec<Engine> = {
+            let mut ticked = TICKED.lock().unwrap_or_else(|e| e.into_inner());
+            let live: Vec<Engine> = ticked.iter().filter_map(EngineWeak::upgrade).collect();
+            if live.len() < ticked.len() {
+                ticked.retain(|weak| weak.upgrade().is_some());
+            }
+            live
+        };
+        for engine in &live {
+            engine.increment_epoch();
         }
     }
 }

@@ -31,7 +31,7 @@ use wasmtime::component::Linker;
 use crate::audit::{AuditLog, Decision};
 use crate::builtin;
 use crate::cluster::{Cluster, JobSpec, files};
-use crate::engine::{self, EpochTicker};
+use crate::engine;
 use crate::plugin::health::HealthRules;
 use crate::plugin::{self, ArtifactCache, LoadError, Manifest, PluginState};
 use crate::policy::decide::{LoadedPolicy, PolicyLimits, PolicyLoader, PolicySlot};
@@ -300,7 +300,6 @@ impl CheckedJob {
 
 /// The Gantry host.
 pub struct Host {
-    _ticker: EpochTicker,
     loader: PluginLoader,
     state: ClusterState,
     scheduler: Option<Arc<SchedulerPlugin>>,
@@ -317,7 +316,6 @@ impl Host {
         let linker =
             plugin::base_linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         Ok(Self {
-            _ticker: EpochTicker::start(&engine),
             loader: PluginLoader {
                 cache: ArtifactCache::new(&engine, config.cache_dir),
                 compile: config.compile,

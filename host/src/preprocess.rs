@@ -6,9 +6,8 @@
 //! overran or answered malformed data is spent and refuses further calls, and the plugin's
 //! other workers are unaffected.
 //!
-//! Deadlines count the engine's epochs: whoever owns the engine keeps an
-//! [`crate::engine::EpochTicker`] running (a [`crate::Host`] does), or a guest that computes
-//! forever is never interrupted.
+//! Deadlines count the engine's epochs, which advance for as long as the engine lives (see
+//! [`crate::engine`]).
 
 use std::sync::Arc;
 

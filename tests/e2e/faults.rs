@@ -570,3 +570,31 @@ fn a_long_deadline_cannot_stall_scheduling() {
     }
     assert_eq!(host.scheduler().unwrap().health().report().calls, 1);
 }
+
+#[test]
+fn a_plugin_loaded_by_a_loader_that_outlived_its_host_still_stops_at_its_deadline() {
+    // The epoch that deadlines count used to advance only while the `Host` lived: a loader
+    // cloned off it (as a daemon compiles uploads) ran plugins that looped forever once the
+    // host was gone.
+    let dir = tempfile::tempdir().unwrap();
+    let host = crate::support::host();
+    let loader = host.loader().clone();
+    drop(host);
+    let manifest = crate::support::hostile(dir.path(), "loop-configure", "deadline_ms = 200");
+    let plugin = loader
+        .load_scheduler_plugin(&gantry::PluginSource::Path(manifest))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The probe runs on its own thread so that a hang fails the test instead of stalling it.
+    std::thread::spawn(move || {
+        let _ = tx.send(gantry::blocking::block_on(plugin.probe()));
+    });
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the looping plugin was never interrupted");
+    let err = outcome.expect_err("a plugin looping in configure");
+    assert!(
+        err.to_string().contains("exceeded its 200 ms deadline"),
+        "{err}"
+    );
+}

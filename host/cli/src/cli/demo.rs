@@ -244,7 +244,7 @@ fn preprocess(
         csv.len() as f64 / 1e6,
         &object[..16]
     );
-    let (plugin, _ticker) = super::preprocess::load_builtin(ctx, "standardize")?;
+    let plugin = super::preprocess::load_builtin(ctx, "standardize")?;
     let bar = super::progress(200_000, "preprocessing");
     let (mut rows, mut width) = (0u64, 0usize);
     let t = Instant::now();

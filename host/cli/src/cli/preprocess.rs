@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use gantry::bindings::pre_v0_1::Tensor;
-use gantry::engine::EpochTicker;
 use gantry::pipeline::{self, PipelineConfig, PipelineError, PipelineStats};
 use gantry::plugin::{ArtifactCache, base_linker};
 use gantry::preprocess::PreprocessPlugin;
@@ -53,7 +52,7 @@ pub struct Args {
 
 /// Runs `gantry preprocess`.
 pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
-    let (mut plugin, _ticker) = load_builtin(ctx, &args.plugin)?;
+    let mut plugin = load_builtin(ctx, &args.plugin)?;
     for entry in &args.set {
         let (key, value) = entry
             .split_once('=')
@@ -112,18 +111,13 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A shipped preprocessing plugin on an engine of its own, with the ticker that bounds its
-/// calls (keep it while the plugin runs).
-pub(super) fn load_builtin(
-    ctx: &super::Context,
-    name: &str,
-) -> anyhow::Result<(PreprocessPlugin, EpochTicker)> {
+/// A shipped preprocessing plugin on an engine of its own.
+pub(super) fn load_builtin(ctx: &super::Context, name: &str) -> anyhow::Result<PreprocessPlugin> {
     let engine = gantry::engine::build().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let ticker = EpochTicker::start(&engine);
     let linker = base_linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let cache = ArtifactCache::new(&engine, ctx.cache_dir.clone());
     let plugin = PreprocessPlugin::builtin(&engine, &linker, &cache, name)?;
-    Ok((plugin, ticker))
+    Ok(plugin)
 }
 
 /// The f32 file the batches go to, created at the first batch (its width).
