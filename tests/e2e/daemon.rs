@@ -132,6 +132,16 @@ pub(crate) fn request(
     )
 }
 
+/// `POST /v1/jobs` of `body` as `token`: (status, JSON body).
+pub(crate) fn submit(url: &str, token: &str, body: &Value) -> (u16, Value) {
+    request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(token),
+        Some(&body.to_string()),
+    )
+}
+
 pub(crate) fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

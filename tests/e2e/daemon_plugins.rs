@@ -3,18 +3,87 @@
 //! activated, surviving `kill -9`; a faulting or hanging plugin falls back to the native
 //! strategy without losing a job or the API; a reload lifts a quarantine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use gantry::training::BackendChoice;
 use gantry::training::config::{TrainData, TrainToml};
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, request, wait_for_state, wait_until_over};
+use crate::daemon::{Daemon, request, submit, wait_for_state, wait_until_over};
 use crate::support::{
     add_user, gantry, hostile, hostile_from, init_data_dir, plugin_key, shared_cache, sign_plugin,
     text, wrapped_hostile,
 };
+
+/// What every test here starts from: a data directory with the admin `root`, and a plugin
+/// signing key the daemons it starts trust.
+struct Signer {
+    dir: tempfile::TempDir,
+    cache: PathBuf,
+    data: PathBuf,
+    root: String,
+    key: PathBuf,
+    public: String,
+}
+
+impl Signer {
+    fn new() -> Signer {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = shared_cache();
+        let data = init_data_dir(dir.path());
+        let root = add_user(&data, "root", "admin", "vision", "secret");
+        let (key, public) = plugin_key(dir.path(), &cache);
+        Signer {
+            dir,
+            cache,
+            data,
+            root,
+            key,
+            public,
+        }
+    }
+
+    /// Signs the plugin whose manifest is `manifest` with the trusted key.
+    fn sign(&self, manifest: &Path) {
+        sign_plugin(manifest, &self.key, &self.cache);
+    }
+
+    /// `gantry up` on the data directory, trusting the key.
+    fn start(&self) -> Daemon {
+        Daemon::start_with(&self.data, &self.cache, &["--trust", &self.public])
+    }
+
+    /// The `gantry` CLI with `args`, as a client of the daemon at `url` with `token`.
+    fn client(&self, args: &[&str], url: &str, token: &str) -> Output {
+        gantry(
+            &[args, &["--url", url, "--token", token]].concat(),
+            &self.cache,
+        )
+    }
+}
+
+/// `PUT /v1/plugins/{name}` with `body` as `token`.
+fn put_plugin(url: &str, token: &str, name: &str, body: &Value) -> (u16, Value) {
+    request(
+        &format!("{url}/v1/plugins/{name}"),
+        "PUT",
+        Some(token),
+        Some(&body.to_string()),
+    )
+}
+
+/// `POST /v1/plugins/scheduler`: makes the plugin `name` the active scheduler, as `token`.
+fn activate(url: &str, token: &str, name: &str) -> (u16, Value) {
+    let body = json!({ "name": name }).to_string();
+    request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(token),
+        Some(&body),
+    )
+}
 
 /// The JSON body of `PUT /v1/plugins/{name}` for the plugin whose manifest is `manifest`.
 fn upload_body(manifest: &Path) -> Value {
@@ -51,30 +120,20 @@ fn metric(url: &str, line: &str) -> f64 {
 
 #[test]
 fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let ada = add_user(&data, "ada", "researcher", "vision", "public");
-    let (key, public) = plugin_key(dir.path(), &cache);
+    let signer = Signer::new();
+    let (data, root, public) = (&signer.data, &signer.root, &signer.public);
+    let ada = add_user(data, "ada", "researcher", "vision", "public");
 
-    let trap = hostile(&dir.path().join("p"), "trap", "deadline_ms = 2000");
-    sign_plugin(&trap, &key, &cache);
-    let unsigned = hostile(&dir.path().join("u"), "loop", "deadline_ms = 200");
+    let trap = hostile(&signer.dir.path().join("p"), "trap", "deadline_ms = 2000");
+    signer.sign(&trap);
+    let unsigned = hostile(&signer.dir.path().join("u"), "loop", "deadline_ms = 200");
 
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let put = |name: &str, token: &str, body: &Value| {
-        request(
-            &format!("{url}/v1/plugins/{name}"),
-            "PUT",
-            Some(token),
-            Some(&body.to_string()),
-        )
-    };
+    let put = |name: &str, token: &str, body: &Value| put_plugin(&url, token, name, body);
 
     // Refusals, each storing nothing: unsigned, not an admin, tampered, misnamed, not wasm.
-    let (s, v) = put("hostile-loop", &root, &upload_body(&unsigned));
+    let (s, v) = put("hostile-loop", root, &upload_body(&unsigned));
     assert_eq!(s, 403, "{v}");
     assert!(
         v["reasons"][0]
@@ -97,29 +156,22 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
         .unwrap()
         .replace("2000", "60000")
         .into();
-    assert_eq!(put("hostile-trap", &root, &tampered).0, 403);
-    let (s, v) = put("other", &root, &upload_body(&trap));
+    assert_eq!(put("hostile-trap", root, &tampered).0, 403);
+    let (s, v) = put("other", root, &upload_body(&trap));
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("field `name`"), "{v}");
     let mut garbage = upload_body(&trap);
     garbage["wasm"] = "not base64!".into();
-    let (s, v) = put("hostile-trap", &root, &garbage);
+    let (s, v) = put("hostile-trap", root, &garbage);
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("field `wasm`"), "{v}");
-    let (s, _) = put("binpack", &root, &upload_body(&trap));
+    let (s, _) = put("binpack", root, &upload_body(&trap));
     assert_eq!(s, 409, "a shipped plugin's name is taken");
-    assert_eq!(active(&url, &root)["uploaded"], json!([]));
+    assert_eq!(active(&url, root)["uploaded"], json!([]));
 
     // The CLI uploads the signed plugin and activates it.
-    let client = ["--url", url.as_str(), "--token", root.as_str()];
-    let out = gantry(
-        &[
-            &["plugin", "upload", trap.to_str().unwrap(), "--activate"][..],
-            &client,
-        ]
-        .concat(),
-        &cache,
-    );
+    let upload = ["plugin", "upload", trap.to_str().unwrap(), "--activate"];
+    let out = signer.client(&upload, &url, root);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -127,7 +179,7 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
             && stdout.contains("active scheduler: hostile-trap"),
         "{stdout}"
     );
-    let plugins = active(&url, &root);
+    let plugins = active(&url, root);
     assert_eq!(plugins["scheduler"]["name"], "hostile-trap", "{plugins}");
     assert_eq!(plugins["uploaded"][0]["name"], "hostile-trap", "{plugins}");
     assert_eq!(plugins["uploaded"][0]["signature"]["key"], public.as_str());
@@ -136,27 +188,22 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
     // faults are counted, and after three in a row the plugin is quarantined.
     for i in 0..4 {
         let body = json!({"id": format!("j{i}"), "tenant": "vision", "gpus": 1});
-        let (s, v) = request(
-            &format!("{url}/v1/jobs"),
-            "POST",
-            Some(&ada),
-            Some(&body.to_string()),
-        );
+        let (s, v) = submit(&url, &ada, &body);
         assert_eq!(s, 201, "{v}");
         wait_for_state(&url, &ada, &format!("j{i}"), "scheduled");
     }
     let plugin = "{plugin=\"hostile-trap\"}";
     assert!(metric(&url, &format!("gantry_plugin_faults_total{plugin}")) >= 3.0);
     assert!(metric(&url, &format!("gantry_plugin_fallbacks_total{plugin}")) >= 4.0);
-    let health = &active(&url, &root)["scheduler"]["health"];
+    let health = &active(&url, root)["scheduler"]["health"];
     assert_eq!(health["quarantined"], true, "{health}");
 
     // kill -9: the restarted daemon reads the plugin back from the encrypted store and keeps it
     // active; no job is lost.
     daemon.signal("-9");
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let plugins = active(&url, &root);
+    let plugins = active(&url, root);
     assert_eq!(plugins["scheduler"]["name"], "hostile-trap", "{plugins}");
     assert_eq!(plugins["scheduler"]["health"]["quarantined"], false);
     for i in 0..4 {
@@ -166,29 +213,20 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
     // Without the trust key the stored plugin no longer loads: the daemon starts on the
     // shipped default instead of refusing to start.
     daemon.signal("-9");
-    let mut daemon = Daemon::start(&data, &cache);
-    let plugins = active(&daemon.url, &root);
+    let mut daemon = Daemon::start(data, &signer.cache);
+    let plugins = active(&daemon.url, root);
     assert_eq!(plugins["scheduler"]["name"], "binpack", "{plugins}");
     daemon.signal("-9");
 
     // A reload gives the active plugin a fresh instance: the quarantine is lifted.
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
     let body = json!({"id": "j4", "tenant": "vision", "gpus": 1});
-    request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(&ada),
-        Some(&body.to_string()),
-    );
+    submit(&url, &ada, &body);
     wait_for_state(&url, &ada, "j4", "scheduled");
-    let client = ["--url", url.as_str(), "--token", root.as_str()];
-    let out = gantry(
-        &[&["plugin", "activate", "--reload"][..], &client].concat(),
-        &cache,
-    );
+    let out = signer.client(&["plugin", "activate", "--reload"], &url, root);
     assert!(out.status.success(), "{out:?}");
-    let health = &active(&url, &root)["scheduler"]["health"];
+    let health = &active(&url, root)["scheduler"]["health"];
     assert_eq!(
         (health["calls"].as_u64(), health["faults"].as_u64()),
         (Some(0), Some(0))
@@ -201,15 +239,12 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
         None,
     );
     assert_eq!(s, 403);
-    let out = gantry(
-        &[&["plugin", "activate", "binpack"][..], &client].concat(),
-        &cache,
-    );
+    let out = signer.client(&["plugin", "activate", "binpack"], &url, root);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(active(&url, &root)["scheduler"]["name"], "binpack");
+    assert_eq!(active(&url, root)["scheduler"]["name"], "binpack");
 
     // Every upload and load was recorded; the log verifies.
-    let (s, v) = request(&format!("{url}/v1/audit/verify"), "GET", Some(&root), None);
+    let (s, v) = request(&format!("{url}/v1/audit/verify"), "GET", Some(root), None);
     assert_eq!(s, 200, "{v}");
     let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
     assert!(
@@ -221,37 +256,19 @@ fn signed_plugins_upload_activate_survive_restarts_and_faults_fall_back() {
 
 #[test]
 fn a_hanging_plugin_never_stalls_the_api() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let (key, public) = plugin_key(dir.path(), &cache);
-    let spin = hostile(&dir.path().join("p"), "loop", "deadline_ms = 300");
-    sign_plugin(&spin, &key, &cache);
+    let signer = Signer::new();
+    let root = &signer.root;
+    let spin = hostile(&signer.dir.path().join("p"), "loop", "deadline_ms = 300");
+    signer.sign(&spin);
 
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let (s, v) = request(
-        &format!("{url}/v1/plugins/hostile-loop"),
-        "PUT",
-        Some(&root),
-        Some(&upload_body(&spin).to_string()),
-    );
+    let (s, v) = put_plugin(&url, root, "hostile-loop", &upload_body(&spin));
     assert_eq!(s, 201, "{v}");
-    let (s, v) = request(
-        &format!("{url}/v1/plugins/scheduler"),
-        "POST",
-        Some(&root),
-        Some(r#"{"name": "hostile-loop"}"#),
-    );
+    let (s, v) = activate(&url, root, "hostile-loop");
     assert_eq!(s, 200, "{v}");
     let body = json!({"id": "spin-1", "tenant": "vision", "gpus": 2});
-    let (s, _) = request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(&root),
-        Some(&body.to_string()),
-    );
+    let (s, _) = submit(&url, root, &body);
     assert_eq!(s, 201);
     // The cycle runs into the plugin's deadline; health answers meanwhile, and the job is
     // placed by the fallback once the deadline cuts the plugin off.
@@ -259,7 +276,7 @@ fn a_hanging_plugin_never_stalls_the_api() {
     let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
     assert_eq!(s, 200);
     assert!(start.elapsed() < Duration::from_secs(5));
-    wait_for_state(&url, &root, "spin-1", "scheduled");
+    wait_for_state(&url, root, "spin-1", "scheduled");
     assert!(metric(&url, "gantry_plugin_faults_total{plugin=\"hostile-loop\"}") >= 1.0);
     daemon.signal("-TERM");
 }
@@ -269,51 +286,39 @@ fn the_api_answers_while_a_cycle_waits_on_a_sleeping_plugin() {
     // The plugin sleeps into its 5 s deadline, so the cycle takes that long; it holds no lock of
     // the host's meanwhile: health, a read of the cluster's state and a submission (a change of
     // it) answer long before the cycle ends.
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let (key, public) = plugin_key(dir.path(), &cache);
-    let sleepy = hostile(&dir.path().join("p"), "sleep", "deadline_ms = 5000");
-    sign_plugin(&sleepy, &key, &cache);
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let signer = Signer::new();
+    let root = &signer.root;
+    let sleepy = hostile(&signer.dir.path().join("p"), "sleep", "deadline_ms = 5000");
+    signer.sign(&sleepy);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let put = format!("{url}/v1/plugins/hostile-sleep");
-    let (s, v) = request(
-        &put,
-        "PUT",
-        Some(&root),
-        Some(&upload_body(&sleepy).to_string()),
-    );
+    let (s, v) = put_plugin(&url, root, "hostile-sleep", &upload_body(&sleepy));
     assert_eq!(s, 201, "{v}");
-    let activate = Some(r#"{"name": "hostile-sleep"}"#);
-    let (s, v) = request(
-        &format!("{url}/v1/plugins/scheduler"),
-        "POST",
-        Some(&root),
-        activate,
-    );
+    let (s, v) = activate(&url, root, "hostile-sleep");
     assert_eq!(s, 200, "{v}");
-    let submit = |id: &str| {
-        let body = json!({"id": id, "tenant": "vision", "gpus": 2}).to_string();
-        request(&format!("{url}/v1/jobs"), "POST", Some(&root), Some(&body))
+    let submit_id = |id: &str| {
+        submit(
+            &url,
+            root,
+            &json!({"id": id, "tenant": "vision", "gpus": 2}),
+        )
     };
     let cycle_start = Instant::now();
-    assert_eq!(submit("slow-1").0, 201);
+    assert_eq!(submit_id("slow-1").0, 201);
     std::thread::sleep(Duration::from_millis(500));
 
     let start = Instant::now();
     let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
     assert_eq!(s, 200);
     let health = start.elapsed();
-    let (s, v) = request(&format!("{url}/v1/gpus"), "GET", Some(&root), None);
+    let (s, v) = request(&format!("{url}/v1/gpus"), "GET", Some(root), None);
     assert_eq!(s, 200, "{v}");
     let gpus = start.elapsed();
-    let (s, v) = submit("slow-2");
+    let (s, v) = submit_id("slow-2");
     assert_eq!(s, 201, "{v}");
     let submitted = start.elapsed();
     // The first cycle is still waiting on the plugin: its job is not placed yet.
-    let (_, v) = request(&format!("{url}/v1/jobs/slow-1"), "GET", Some(&root), None);
+    let (_, v) = request(&format!("{url}/v1/jobs/slow-1"), "GET", Some(root), None);
     assert_eq!(v["state"], "pending", "{v}");
     assert!(
         cycle_start.elapsed() < Duration::from_secs(5),
@@ -326,21 +331,24 @@ fn the_api_answers_while_a_cycle_waits_on_a_sleeping_plugin() {
     );
     // The deadline cuts the plugin off, the fallback places both jobs (the cycle's answer is
     // applied to a state that changed meanwhile).
-    wait_for_state(&url, &root, "slow-1", "scheduled");
-    wait_for_state(&url, &root, "slow-2", "scheduled");
+    wait_for_state(&url, root, "slow-1", "scheduled");
+    wait_for_state(&url, root, "slow-2", "scheduled");
     daemon.signal("-TERM");
 }
 
 #[test]
 fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
-    let (key, public) = plugin_key(dir.path(), &cache);
+    let signer = Signer::new();
+    let root = &signer.root;
+    let ada = add_user(
+        &signer.data,
+        "ada",
+        "researcher,writer",
+        "vision",
+        "internal",
+    );
     // The shipped standardize component under another name and version: a team's own build.
-    let plugin = dir.path().join("zscore");
+    let plugin = signer.dir.path().join("zscore");
     std::fs::create_dir(&plugin).unwrap();
     let standardize = gantry::builtin::preprocessor("standardize").unwrap();
     std::fs::write(plugin.join("zscore.wasm"), standardize.wasm).unwrap();
@@ -351,25 +359,16 @@ fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
          world = \"gantry:preprocess/preprocess@0.1.0\"\n",
     )
     .unwrap();
-    sign_plugin(&manifest, &key, &cache);
+    signer.sign(&manifest);
 
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let client = ["--url", url.as_str(), "--token", root.as_str()];
-    let out = gantry(
-        &[&["plugin", "upload", plugin.to_str().unwrap()][..], &client].concat(),
-        &cache,
-    );
+    let out = signer.client(&["plugin", "upload", plugin.to_str().unwrap()], &url, root);
     assert!(out.status.success(), "{}", text(&out).1);
-    let plugins = active(&url, &root);
+    let plugins = active(&url, root);
     assert_eq!(plugins["uploaded"][0]["kind"], "preprocess", "{plugins}");
     // It is no scheduler.
-    let (s, _) = request(
-        &format!("{url}/v1/plugins/scheduler"),
-        "POST",
-        Some(&root),
-        Some(r#"{"name": "zscore"}"#),
-    );
+    let (s, _) = activate(&url, root, "zscore");
     assert_eq!(s, 404);
 
     // Spirals far from zero, the class in column 0: only standardised do they train well.
@@ -400,17 +399,9 @@ fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
         ..TrainToml::new(TrainData::dataset("s.csv", 0, Some("zscore")))
     }
     .to_string();
-    let submit = |id: &str| {
-        let body = json!({"id": id, "tenant": "vision", "gpus": 1, "train": train});
-        let (s, v) = request(
-            &format!("{url}/v1/jobs"),
-            "POST",
-            Some(&ada),
-            Some(&body.to_string()),
-        );
-        assert_eq!(s, 201, "{v}");
-    };
-    submit("z1");
+    let body = json!({"id": "z1", "tenant": "vision", "gpus": 1, "train": train});
+    let (s, v) = submit(&url, &ada, &body);
+    assert_eq!(s, 201, "{v}");
     let job = wait_until_over(&format!("{url}/v1/jobs/z1"), &ada, 120);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(
@@ -420,15 +411,10 @@ fn an_uploaded_preprocessing_plugin_prepares_a_training_job_while_trusted() {
 
     // Without the key among the trusted, the stored plugin no longer runs.
     daemon.signal("-TERM");
-    let mut daemon = Daemon::start(&data, &cache);
+    let mut daemon = Daemon::start(&signer.data, &signer.cache);
     let url = daemon.url.clone();
     let body = json!({"id": "z2", "tenant": "vision", "gpus": 1, "train": train});
-    let (s, _) = request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(&ada),
-        Some(&body.to_string()),
-    );
+    let (s, _) = submit(&url, &ada, &body);
     assert_eq!(s, 201);
     let job = wait_until_over(&format!("{url}/v1/jobs/z2"), &ada, 60);
     assert_eq!(job["state"], "failed", "{job}");
@@ -445,13 +431,10 @@ fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api()
     // manifest's cap, uploaded and activated, took the daemon past its memory. Here: the
     // fixture's 8 MiB memory and three more of 4 MiB, touched at instantiation, under
     // `memory_mib = 16`.
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let (key, public) = plugin_key(dir.path(), &cache);
+    let signer = Signer::new();
+    let root = &signer.root;
     let wasm = wrapped_hostile(
-        &dir.path().join("w"),
+        &signer.dir.path().join("w"),
         crate::synthetic::Extra {
             memories: 3,
             pages_each: 64,
@@ -459,44 +442,29 @@ fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api()
             ..Default::default()
         },
     );
-    let manifest = hostile_from(&dir.path().join("p"), &wasm, "ok", "memory_mib = 16");
-    sign_plugin(&manifest, &key, &cache);
+    let manifest = hostile_from(&signer.dir.path().join("p"), &wasm, "ok", "memory_mib = 16");
+    signer.sign(&manifest);
 
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let (s, v) = request(
-        &format!("{url}/v1/plugins/hostile-ok"),
-        "PUT",
-        Some(&root),
-        Some(&upload_body(&manifest).to_string()),
-    );
+    let (s, v) = put_plugin(&url, root, "hostile-ok", &upload_body(&manifest));
     assert_eq!(s, 422, "{v}");
     let error = v["error"].as_str().unwrap();
     assert!(
         error.contains("hostile-ok") && error.contains("memory limit of 16 MiB"),
         "{v}"
     );
-    assert_eq!(active(&url, &root)["uploaded"], json!([]), "nothing kept");
-    let (s, _) = request(
-        &format!("{url}/v1/plugins/scheduler"),
-        "POST",
-        Some(&root),
-        Some(r#"{"name": "hostile-ok"}"#),
-    );
+    assert_eq!(active(&url, root)["uploaded"], json!([]), "nothing kept");
+    let (s, _) = activate(&url, root, "hostile-ok");
     assert_eq!(s, 404, "it cannot be activated");
 
     // The daemon is up and places jobs.
     let (s, _) = request(&format!("{url}/v1/health"), "GET", None, None);
     assert_eq!(s, 200);
     let body = json!({"id": "after", "tenant": "vision", "gpus": 2});
-    let (s, v) = request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(&root),
-        Some(&body.to_string()),
-    );
+    let (s, v) = submit(&url, root, &body);
     assert_eq!(s, 201, "{v}");
-    wait_for_state(&url, &root, "after", "scheduled");
+    wait_for_state(&url, root, "after", "scheduled");
     daemon.signal("-TERM");
 }
 
@@ -504,11 +472,8 @@ fn a_plugin_with_several_memories_cannot_exceed_its_memory_cap_through_the_api()
 fn the_daemon_schedules_and_answers_while_an_upload_compiles() {
     // A component with megabytes of code to compile: the upload takes a while, and meanwhile
     // jobs are placed and the API answers (the compile holds no lock of the host's).
-    let dir = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
-    let data = init_data_dir(dir.path());
-    let root = add_user(&data, "root", "admin", "vision", "secret");
-    let (key, public) = plugin_key(dir.path(), &cache);
+    let signer = Signer::new();
+    let root = &signer.root;
     // A component no earlier run compiled (the cache is shared): its code differs each run.
     let salt = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -516,28 +481,21 @@ fn the_daemon_schedules_and_answers_while_an_upload_compiles() {
         .subsec_nanos()
         % 97;
     let wasm = wrapped_hostile(
-        &dir.path().join("w"),
+        &signer.dir.path().join("w"),
         crate::synthetic::Extra {
             functions: 3000,
             instructions_each: 400 + salt,
             ..Default::default()
         },
     );
-    let manifest = hostile_from(&dir.path().join("p"), &wasm, "ok", "");
-    sign_plugin(&manifest, &key, &cache);
-    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let manifest = hostile_from(&signer.dir.path().join("p"), &wasm, "ok", "");
+    signer.sign(&manifest);
+    let mut daemon = signer.start();
     let url = daemon.url.clone();
-    let body = upload_body(&manifest).to_string();
+    let body = upload_body(&manifest);
     let upload = {
         let (url, root) = (url.clone(), root.clone());
-        std::thread::spawn(move || {
-            request(
-                &format!("{url}/v1/plugins/hostile-ok"),
-                "PUT",
-                Some(&root),
-                Some(&body),
-            )
-        })
+        std::thread::spawn(move || put_plugin(&url, &root, "hostile-ok", &body))
     };
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
@@ -548,14 +506,9 @@ fn the_daemon_schedules_and_answers_while_an_upload_compiles() {
         "health answered late"
     );
     let job = json!({"id": "during", "tenant": "vision", "gpus": 2});
-    let (s, v) = request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(&root),
-        Some(&job.to_string()),
-    );
+    let (s, v) = submit(&url, root, &job);
     assert_eq!(s, 201, "{v}");
-    wait_for_state(&url, &root, "during", "scheduled");
+    wait_for_state(&url, root, "during", "scheduled");
     assert!(
         !upload.is_finished(),
         "the job was placed only once the compile had ended"

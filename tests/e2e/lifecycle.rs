@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::daemon::{Daemon, put, request, train_toml, wait_for_state, wait_until_over};
+use crate::daemon::{Daemon, put, request, submit, train_toml, wait_for_state, wait_until_over};
 use crate::support::{add_user, init_data_dir, shared_cache};
 
 /// A cluster of one node with one GPU: whoever holds it, nobody else can.
@@ -20,15 +20,6 @@ name = "solo"
 rack = "r0"
 gpus = { count = 1, model = "H100-80GB", memory_mib = 81920 }
 "#;
-
-fn submit(url: &str, token: &str, body: &Value) -> (u16, Value) {
-    request(
-        &format!("{url}/v1/jobs"),
-        "POST",
-        Some(token),
-        Some(&body.to_string()),
-    )
-}
 
 fn step(url: &str, token: &str, job: &str) -> u64 {
     let (_, m) = request(
