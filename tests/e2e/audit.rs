@@ -53,6 +53,16 @@ fn denied_after(lines: &[String], from: usize) -> usize {
         .expect("a denied decision")
 }
 
+/// A copy of `clean` in which the first denied decision at or after `from` says allowed:
+/// (that decision's index, the copy).
+fn flip_denied(clean: &[String], from: usize) -> (usize, Vec<String>) {
+    let k = denied_after(clean, from);
+    let mut t = clean.to_vec();
+    t[k] = t[k].replace("\"allow\":false", "\"allow\":true");
+    assert_ne!(t[k], clean[k], "the test must change something");
+    (k, t)
+}
+
 fn save(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
@@ -89,10 +99,7 @@ fn modified_deleted_reordered_and_inserted_entries_are_named() {
     let clean = write_log(&path, dir.path(), 100);
 
     // Modified: a denied decision now says allowed.
-    let k = denied_after(&clean, 9);
-    let mut t = clean.clone();
-    t[k] = t[k].replace("\"allow\":false", "\"allow\":true");
-    assert_ne!(t[k], clean[k], "the test must change something");
+    let (k, t) = flip_denied(&clean, 9);
     save(&path, &t);
     assert_eq!(bad_line(&path).0, k + 1);
 
@@ -355,10 +362,7 @@ fn a_rewritten_chain_fails_at_the_next_signed_checkpoint() {
     let path = dir.path().join("audit.log");
     let clean = write_log(&path, dir.path(), 100);
     // Flip a denied decision and recompute every later hash, as an attacker without the key can.
-    let k = denied_after(&clean, 9);
-    let mut t = clean.clone();
-    t[k] = t[k].replace("\"allow\":false", "\"allow\":true");
-    assert_ne!(t[k], clean[k], "the test must change something");
+    let (k, mut t) = flip_denied(&clean, 9);
     rechain(&mut t, k + 1);
     save(&path, &t);
     let (line, reason) = bad_line(&path);

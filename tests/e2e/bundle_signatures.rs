@@ -4,7 +4,7 @@
 use gantry::policy::bundle::{Bundle, read_files, write_files};
 use gantry::policy::bundle_signature::{self, Alg, SigningKey, VerificationKey};
 
-use crate::support::{gantry, text};
+use crate::support::{gantry, policy_eval, shipped_bundle, text};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -168,20 +168,7 @@ fn tampered_unsigned_and_foreign_bundles_are_refused() {
 #[test]
 fn policy_sign_cli_and_verified_loading() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("authz.tar.gz");
-    let out = gantry(
-        &[
-            "policy",
-            "build",
-            "policies",
-            "-e",
-            "gantry/authz/allow",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    let bundle = shipped_bundle(dir.path(), "gantry/authz/allow");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let out = gantry(
@@ -213,16 +200,11 @@ fn policy_sign_cli_and_verified_loading() {
     let data = members.iter_mut().find(|(n, _)| n == "data.json").unwrap();
     data.1 = br#"{"quotas": {}}"#.to_vec();
     write_files(&bundle, &members).unwrap();
-    let out = gantry(
+    let out = policy_eval(
+        &bundle,
+        "gantry/authz/allow",
+        "{}",
         &[
-            "policy",
-            "eval",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-e",
-            "gantry/authz/allow",
-            "--input",
-            "{}",
             "--verification-key",
             secret.to_str().unwrap(),
             "--key-id",

@@ -1,25 +1,27 @@
 //! The `gantry` binary: commands, output contracts and errors on bad input.
 
-use crate::support::{gantry, repo, text};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::support::{gantry, language_capped_policy, repo, text};
+
+/// Runs `gantry` with `args` in `dir`, which must succeed printing JSON: (the JSON, stdout).
+fn json_of(args: &[&str], dir: &Path) -> (serde_json::Value, String) {
+    let out = gantry(args, dir);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_str(&stdout).unwrap(), stdout)
+}
 
 #[test]
 fn simulate_json_prints_the_metric_keys_and_plots() {
     let cache = tempfile::tempdir().unwrap();
     let svg = cache.path().join("sim.svg");
-    let out = gantry(
-        &[
-            "simulate",
-            "--jobs",
-            "300",
-            "--json",
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
+    let args = ["simulate", "--jobs", "300", "--json", "--plot"];
+    let (v, stdout) = json_of(
+        &[&args[..], &[svg.to_str().unwrap()]].concat(),
         cache.path(),
     );
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for key in [
         "jct_mean_s",
         "jct_p99_s",
@@ -113,7 +115,7 @@ fn schedule_prints_placements_as_table_and_json() {
 #[test]
 fn bench_schedule_json_has_the_contract_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gantry(
+    let (v, stdout) = json_of(
         &[
             "bench",
             "schedule",
@@ -127,9 +129,6 @@ fn bench_schedule_json_has_the_contract_keys() {
         ],
         dir.path(),
     );
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for key in [
         "wasm_ms",
         "native_ms",
@@ -145,7 +144,7 @@ fn bench_schedule_json_has_the_contract_keys() {
 #[test]
 fn bench_policy_json_has_the_contract_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gantry(
+    let (v, stdout) = json_of(
         &[
             "bench",
             "policy",
@@ -159,9 +158,6 @@ fn bench_policy_json_has_the_contract_keys() {
         ],
         dir.path(),
     );
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     for side in ["wasm", "native"] {
         for key in ["p50_us", "p99_us", "decisions_per_s"] {
             let x = v[side][key].as_f64();
@@ -383,36 +379,6 @@ fn readme_first_fit_places_jobs_larger_than_a_node() {
     assert_eq!(placed[0].gpus.len(), 32, "the whole cluster");
 }
 
-/// A policy bundle like the shipped one, with tenant `language` capped at 16 GPUs, so its larger
-/// jobs are refused every cycle; returns its path.
-fn language_capped_policy(dir: &std::path::Path) -> std::path::PathBuf {
-    let source = repo().join("policies");
-    let tight = dir.join("tight");
-    std::fs::create_dir_all(&tight).unwrap();
-    std::fs::copy(source.join("authz.rego"), tight.join("authz.rego")).unwrap();
-    let data = std::fs::read_to_string(source.join("data.json")).unwrap();
-    std::fs::write(
-        tight.join("data.json"),
-        data.replace("\"language\": 1024", "\"language\": 16"),
-    )
-    .unwrap();
-    let bundle = dir.join("tight.tar.gz");
-    let out = gantry(
-        &[
-            "policy",
-            "build",
-            tight.to_str().unwrap(),
-            "-e",
-            "gantry/authz/decision",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
-    bundle
-}
-
 /// Three jobs on the default cluster: `language`'s 32-GPU job (row 1) can run on the cluster
 /// but the policy refuses it every time; the others run 100 s each. The run ends at 150 s.
 const STARVED_TRACE: &str = "submit_time_s,duration_s,gpus,memory_mib,tenant\n\
@@ -420,26 +386,35 @@ const STARVED_TRACE: &str = "submit_time_s,duration_s,gpus,memory_mib,tenant\n\
                              0,100,32,1000,language\n\
                              50,100,8,1000,language\n";
 
+/// A directory with [`STARVED_TRACE`] and the bundle of [`language_capped_policy`].
+struct Starved {
+    dir: tempfile::TempDir,
+    trace: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Starved {
+    fn new() -> Starved {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = language_capped_policy(dir.path());
+        let trace = dir.path().join("t.csv");
+        std::fs::write(&trace, STARVED_TRACE).unwrap();
+        Starved { dir, trace, bundle }
+    }
+
+    /// `gantry simulate` of the trace under the bundle, with `extra` arguments after those.
+    fn simulate(&self, extra: &[&str]) -> Output {
+        let (trace, bundle) = (self.trace.to_str().unwrap(), self.bundle.to_str().unwrap());
+        let args = ["simulate", "--trace", trace, "--policy", bundle];
+        gantry(&[&args[..], extra].concat(), self.dir.path())
+    }
+}
+
 /// The review's finding: wait and JCT averaged only over completed jobs, so a run that starved
 /// jobs looked best. Unfinished jobs now count, censored at the end of the run.
 #[test]
 fn simulate_counts_unfinished_jobs_in_wait_and_jct() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = language_capped_policy(dir.path());
-    let trace = dir.path().join("t.csv");
-    std::fs::write(&trace, STARVED_TRACE).unwrap();
-    let out = gantry(
-        &[
-            "simulate",
-            "--trace",
-            trace.to_str().unwrap(),
-            "--policy",
-            bundle.to_str().unwrap(),
-            "--json",
-            "--allow-unfinished",
-        ],
-        dir.path(),
-    );
+    let out = Starved::new().simulate(&["--json", "--allow-unfinished"]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect(&stderr);
@@ -458,18 +433,8 @@ fn simulate_counts_unfinished_jobs_in_wait_and_jct() {
 /// fails, naming them, unless `--allow-unfinished` says that is expected.
 #[test]
 fn simulate_exits_non_zero_when_jobs_that_could_run_never_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = language_capped_policy(dir.path());
-    let trace = dir.path().join("t.csv");
-    std::fs::write(&trace, STARVED_TRACE).unwrap();
-    let args = [
-        "simulate",
-        "--trace",
-        trace.to_str().unwrap(),
-        "--policy",
-        bundle.to_str().unwrap(),
-    ];
-    let out = gantry(&args, dir.path());
+    let starved = Starved::new();
+    let out = starved.simulate(&[]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
@@ -482,31 +447,16 @@ fn simulate_exits_non_zero_when_jobs_that_could_run_never_did() {
         "the results still print: {stdout}"
     );
 
-    let out = gantry(&[&args[..], &["--allow-unfinished"]].concat(), dir.path());
+    let out = starved.simulate(&["--allow-unfinished"]);
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
 #[test]
 fn simulate_writes_one_row_per_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = language_capped_policy(dir.path());
-    let trace = dir.path().join("t.csv");
-    std::fs::write(&trace, STARVED_TRACE).unwrap();
+    let starved = Starved::new();
     for name in ["jobs.csv", "jobs.json"] {
-        let path = dir.path().join(name);
-        let out = gantry(
-            &[
-                "simulate",
-                "--trace",
-                trace.to_str().unwrap(),
-                "--policy",
-                bundle.to_str().unwrap(),
-                "--allow-unfinished",
-                "--jobs-out",
-                path.to_str().unwrap(),
-            ],
-            dir.path(),
-        );
+        let path = starved.dir.path().join(name);
+        let out = starved.simulate(&["--allow-unfinished", "--jobs-out", path.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out).1);
         assert!(text(&out).0.contains("per-job results written to"));
         let written = std::fs::read_to_string(&path).unwrap();

@@ -142,6 +142,16 @@ pub(crate) fn submit(url: &str, token: &str, body: &Value) -> (u16, Value) {
     )
 }
 
+/// `POST /v1/jobs/{job}/cancel` as `token`: (status, JSON body).
+pub(crate) fn cancel(url: &str, token: &str, job: &str) -> (u16, Value) {
+    request(
+        &format!("{url}/v1/jobs/{job}/cancel"),
+        "POST",
+        Some(token),
+        None,
+    )
+}
+
 pub(crate) fn wait_for_state(url: &str, token: &str, job: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

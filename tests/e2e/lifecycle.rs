@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, put, request, submit, train_toml, wait_for_state, wait_until_over};
+use crate::daemon::{
+    Daemon, cancel, put, request, submit, train_toml, wait_for_state, wait_until_over,
+};
 use crate::support::{add_user, init_data_dir, shared_cache};
 
 /// A cluster of one node with one GPU: whoever holds it, nobody else can.
@@ -79,12 +81,7 @@ fn cancelling_a_running_training_job_stops_it_before_its_gpus_are_given_away() {
     assert_eq!(submit(&url, &ada, &long).0, 201);
     wait_for_steps(&url, &ada, "long", 50);
 
-    let (s, v) = request(
-        &format!("{url}/v1/jobs/long/cancel"),
-        "POST",
-        Some(&ada),
-        None,
-    );
+    let (s, v) = cancel(&url, &ada, "long");
     assert!(
         (s, v["state"].as_str()) == (202, Some("cancelling"))
             || (s, v["state"].as_str()) == (200, Some("cancelled")),
@@ -116,12 +113,7 @@ fn cancelling_a_running_training_job_stops_it_before_its_gpus_are_given_away() {
     );
 
     // A terminal state is final: cancelling again is a conflict, not a change.
-    let (s, v) = request(
-        &format!("{url}/v1/jobs/long/cancel"),
-        "POST",
-        Some(&ada),
-        None,
-    );
+    let (s, v) = cancel(&url, &ada, "long");
     assert_eq!(s, 409, "{v}");
     let (_, job) = request(&format!("{url}/v1/jobs/long"), "GET", Some(&ada), None);
     assert_eq!(job["state"], "cancelled", "{job}");

@@ -146,27 +146,27 @@ fn the_packed_module_decides_like_native_regorus() {
 #[test]
 fn decisions_carry_reasons() {
     let (_, _, loaded) = loaded();
-    let input = serde_json::json!({
-        "subject": {"user": "ada", "roles": ["intern"], "tenants": ["vision"], "clearance": "internal"},
-        "action": "job.submit",
-        "resource": {"tenant": "vision", "gpus": 64, "tenant_used_gpus": 500}
-    });
-    let out = gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", &input)).unwrap();
+    // ada, in `role`, submits a 64-GPU job to vision, which holds `used` GPUs already.
+    let submit = |role: &str, used: u32| {
+        serde_json::json!({
+            "subject": {"user": "ada", "roles": [role], "tenants": ["vision"], "clearance": "internal"},
+            "action": "job.submit",
+            "resource": {"tenant": "vision", "gpus": 64, "tenant_used_gpus": used}
+        })
+    };
+    let decide = |input: &serde_json::Value| {
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", input)).unwrap()
+    };
     assert_eq!(
-        out[0]["result"],
+        decide(&submit("intern", 500))[0]["result"],
         serde_json::json!({"allow": false, "reasons": [
             "tenant vision would hold 564 GPUs, over its quota of 512",
             "the job asks for 64 GPUs; the subject's roles allow at most 8",
         ]})
     );
-    let ok = serde_json::json!({
-        "subject": {"user": "ada", "roles": ["researcher"], "tenants": ["vision"], "clearance": "internal"},
-        "action": "job.submit",
-        "resource": {"tenant": "vision", "gpus": 64, "tenant_used_gpus": 100}
-    });
-    let out = gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", &ok)).unwrap();
+    let ok = submit("researcher", 100);
     assert_eq!(
-        out[0]["result"],
+        decide(&ok)[0]["result"],
         serde_json::json!({"allow": true, "reasons": []})
     );
     let err = gantry::blocking::block_on(loaded.evaluate("gantry/authz/nope", &ok)).unwrap_err();
@@ -233,7 +233,7 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
 
 #[test]
 fn policy_cli_builds_tests_and_evaluates() {
-    use crate::support::{gantry, text};
+    use crate::support::{gantry, policy_eval, shipped_bundle, text};
     let work = tempfile::tempdir().unwrap();
     let out = gantry(&["policy", "test", "policies"], work.path());
     let (stdout, stderr) = text(&out);
@@ -265,20 +265,7 @@ fn policy_cli_builds_tests_and_evaluates() {
     );
     assert!(stderr.contains("1 test(s) failed"), "{stderr}");
 
-    let bundle = work.path().join("authz.tar.gz");
-    let out = gantry(
-        &[
-            "policy",
-            "build",
-            "policies",
-            "-e",
-            "gantry/authz/decision",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    let bundle = shipped_bundle(work.path(), "gantry/authz/decision");
     // One decision, recorded in an audit log signed with the host's key.
     let key = work.path().join("host.pk8");
     let out = gantry(
@@ -287,16 +274,11 @@ fn policy_cli_builds_tests_and_evaluates() {
     );
     assert!(out.status.success(), "{}", text(&out).1);
     let log = work.path().join("audit.log");
-    let out = gantry(
+    let out = policy_eval(
+        &bundle,
+        "gantry/authz/decision",
+        r#"{"subject": {"user": "ivy", "roles": ["intern"]}, "action": "audit.read", "resource": {}}"#,
         &[
-            "policy",
-            "eval",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "-e",
-            "gantry/authz/decision",
-            "--input",
-            r#"{"subject": {"user": "ivy", "roles": ["intern"]}, "action": "audit.read", "resource": {}}"#,
             "--audit",
             log.to_str().unwrap(),
             "--audit-key",
@@ -330,31 +312,13 @@ fn policy_cli_builds_tests_and_evaluates() {
 
 #[test]
 fn bad_policies_and_bundles_fail_cleanly() {
-    use crate::support::{gantry, text};
+    use crate::support::{policy_eval, text};
     let work = tempfile::tempdir().unwrap();
-    let out_path = work.path().join("out.tar.gz");
-    let out_arg = out_path.to_str().unwrap();
     let case = |files: &[(&str, &str)], entry: &str, want: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let out = gantry(
-            &[
-                "policy",
-                "build",
-                dir.path().to_str().unwrap(),
-                "-e",
-                entry,
-                "-o",
-                out_arg,
-            ],
-            work.path(),
-        );
-        let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
+        let (code, stderr, written) = build_in(files, entry);
+        assert_eq!(code, Some(1), "{want}: {stderr}");
         assert!(stderr.contains(want), "want `{want}` in: {stderr}");
-        assert!(!out_path.exists(), "{want}: nothing may be written");
+        assert!(!written, "{want}: nothing may be written");
     };
     case(
         &[("bad.rego", "package x\n\nallow if {\n  input.a ==\n}\n")],
@@ -391,19 +355,7 @@ fn bad_policies_and_bundles_fail_cleanly() {
 
     // Bundles that are not OPA wasm bundles.
     let eval = |bundle: &std::path::Path, want: &str| {
-        let out = gantry(
-            &[
-                "policy",
-                "eval",
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "-e",
-                "x/allow",
-                "--input",
-                "{}",
-            ],
-            work.path(),
-        );
+        let out = policy_eval(bundle, "x/allow", "{}", &[], work.path());
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{want}: {stderr}");
         assert!(stderr.contains(want), "want `{want}` in: {stderr}");
@@ -664,32 +616,10 @@ fn host_actions_are_decided_by_policy_and_audited() {
 
 #[test]
 fn schedule_cli_applies_a_policy_bundle() {
-    use crate::support::{gantry, text};
+    use crate::support::{gantry, language_capped_policy, text};
     let work = tempfile::tempdir().unwrap();
     // The shipped policy with the `language` quota cut to 16 GPUs.
-    let dir = work.path().join("tight");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::copy(policies_dir().join("authz.rego"), dir.join("authz.rego")).unwrap();
-    let data = std::fs::read_to_string(policies_dir().join("data.json")).unwrap();
-    std::fs::write(
-        dir.join("data.json"),
-        data.replace("\"language\": 1024", "\"language\": 16"),
-    )
-    .unwrap();
-    let bundle = work.path().join("tight.tar.gz");
-    let out = gantry(
-        &[
-            "policy",
-            "build",
-            dir.to_str().unwrap(),
-            "-e",
-            "gantry/authz/decision",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    let bundle = language_capped_policy(work.path());
     let out = gantry(
         &[
             "schedule",
@@ -1088,7 +1018,7 @@ fn a_dotted_entrypoint_gets_a_hint_to_use_slashes() {
 /// `gantry policy eval -e a.b.allow` gives the same hint as `build` does.
 #[test]
 fn a_dotted_entrypoint_to_eval_gets_a_hint_to_use_slashes() {
-    use crate::support::{gantry, text};
+    use crate::support::{build_policy, policy_eval, text};
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("p.rego"),
@@ -1096,35 +1026,13 @@ fn a_dotted_entrypoint_to_eval_gets_a_hint_to_use_slashes() {
     )
     .unwrap();
     let bundle = dir.path().join("b.tar.gz");
-    let (d, b) = (dir.path().to_str().unwrap(), bundle.to_str().unwrap());
-    let out = gantry(
-        &["policy", "build", d, "-e", "a/b/allow", "-o", b],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out).1);
+    build_policy(dir.path(), "a/b/allow", &bundle, dir.path());
     for entry in ["data.a.b.allow", "a.b.allow"] {
-        let out = gantry(
-            &[
-                "policy", "eval", "--bundle", b, "-e", entry, "--input", "{}",
-            ],
-            dir.path(),
-        );
+        let out = policy_eval(&bundle, entry, "{}", &[], dir.path());
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{entry}: {stderr}");
         assert!(stderr.contains("use `-e a/b/allow`"), "{entry}: {stderr}");
     }
-    let out = gantry(
-        &[
-            "policy",
-            "eval",
-            "--bundle",
-            b,
-            "-e",
-            "a/b/allow",
-            "--input",
-            "{}",
-        ],
-        dir.path(),
-    );
+    let out = policy_eval(&bundle, "a/b/allow", "{}", &[], dir.path());
     assert!(out.status.success(), "{}", text(&out).1);
 }

@@ -204,3 +204,66 @@ pub fn send_raw(method: &str, url: &str, token: &str, body: &[u8]) -> (u16, serd
         Err(e) => (0, serde_json::Value::String(e.to_string())),
     }
 }
+
+/// `gantry policy build` of the policy in `source` for `entrypoint` into `bundle`, which must
+/// succeed.
+pub fn build_policy(source: &Path, entrypoint: &str, bundle: &Path, cache: &Path) {
+    let out = gantry(
+        &[
+            "policy",
+            "build",
+            source.to_str().unwrap(),
+            "-e",
+            entrypoint,
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        cache,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+/// A copy of the shipped policy in `dir/name`, its `data.json` with `from` replaced by `to`;
+/// returns the copy's directory.
+pub fn shipped_policy_with(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let shipped = repo().join("policies");
+    let copy = dir.join(name);
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(shipped.join("authz.rego"), copy.join("authz.rego")).unwrap();
+    let data = std::fs::read_to_string(shipped.join("data.json")).unwrap();
+    let changed = data.replace(from, to);
+    assert_ne!(changed, data, "the shipped data.json changed shape");
+    std::fs::write(copy.join("data.json"), changed).unwrap();
+    copy
+}
+
+/// A policy bundle like the shipped one, with tenant `language` capped at 16 GPUs (so its larger
+/// jobs are refused), built in `dir`; returns its path.
+pub fn language_capped_policy(dir: &Path) -> PathBuf {
+    let tight = shipped_policy_with(dir, "tight", "\"language\": 1024", "\"language\": 16");
+    let bundle = dir.join("tight.tar.gz");
+    build_policy(&tight, "gantry/authz/decision", &bundle, dir);
+    bundle
+}
+
+/// The shipped policy built for `entrypoint` into `dir/authz.tar.gz`; returns the bundle's path.
+pub fn shipped_bundle(dir: &Path, entrypoint: &str) -> PathBuf {
+    let bundle = dir.join("authz.tar.gz");
+    build_policy(Path::new("policies"), entrypoint, &bundle, dir);
+    bundle
+}
+
+/// `gantry policy eval` of `bundle`'s `entrypoint` on `input`, with `extra` arguments after those.
+pub fn policy_eval(
+    bundle: &Path,
+    entrypoint: &str,
+    input: &str,
+    extra: &[&str],
+    cache: &Path,
+) -> Output {
+    let b = bundle.to_str().unwrap();
+    let args = [
+        "policy", "eval", "--bundle", b, "-e", entrypoint, "--input", input,
+    ];
+    gantry(&[&args[..], extra].concat(), cache)
+}
