@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, request, train_toml};
+use crate::daemon::{Daemon, cancel, request, train_toml};
 use crate::durability::{Rng, bytes, get_raw, log_lines, must, put_raw, run};
 use crate::reliability::check_holdings;
 use crate::support::{add_user, hostile, init_data_dir, plugin_key, shared_cache, sign_plugin};
@@ -127,12 +127,7 @@ fn every_job_ends(url: &str, token: &str, acked: &Acknowledged) {
         if acked.training.iter().any(|t| t == id) {
             continue;
         }
-        let (s, v) = request(
-            &format!("{url}/v1/jobs/{id}/cancel"),
-            "POST",
-            Some(token),
-            None,
-        );
+        let (s, v) = cancel(url, token, id);
         assert!([200, 202, 409].contains(&s), "cancel {id}: {s} {v}");
     }
     let deadline = Instant::now() + Duration::from_secs(240);

@@ -11,7 +11,10 @@ use gantry::training::config::{Synthetic, TrainData, TrainToml};
 use gantry_daemon::jobstore::JobStore;
 use serde_json::{Value, json};
 
-use crate::support::{add_user, gantry, init_data_dir, send_raw, shared_cache, text};
+use crate::support::{
+    add_user, build_policy, gantry, init_data_dir, rejected_entries, rejected_tallies, send_raw,
+    shared_cache, strict_policy, text,
+};
 
 pub(crate) struct Daemon {
     child: Child,
@@ -333,12 +336,7 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     let url = daemon.url.clone();
     wait_for_state(&url, &ada, "v1", "scheduled");
     wait_for_state(&url, &lee, "l1", "scheduled");
-    let (s, v) = request(
-        &format!("{url}/v1/jobs/l1/cancel"),
-        "POST",
-        Some(&lee),
-        None,
-    );
+    let (s, v) = cancel(&url, &lee, "l1");
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
     // Refusals no policy decided are counted and go into the log in aggregate (once per
     // interval, and at a clean stop): a missing token, a malformed and an oversized body,
@@ -365,19 +363,8 @@ fn the_daemon_authenticates_decides_isolates_and_survives_kill_9() {
     assert!(text.matches("\"job.submit\"").count() >= 3, "{report:?}");
     // So was every refused request that never reached the policy: bad tokens, bad bodies,
     // oversized ones, other tenants' jobs.
-    let rejected: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["kind"] == "request.rejected")
-        .collect();
-    let statuses: std::collections::BTreeSet<u64> = rejected
+    let statuses: std::collections::BTreeSet<u64> = rejected_tallies(&rejected_entries(&text))
         .iter()
-        .flat_map(|e| {
-            e["record"]["tallies"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
         .filter_map(|t| t["status"].as_u64())
         .collect();
     assert!(
@@ -433,12 +420,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "vision/t1", 200);
     // Live metrics while it runs: its step, loss and throughput, and on /metrics.
-    let (s, m) = request(
-        &format!("{}/v1/jobs/t1/metrics", daemon.url),
-        "GET",
-        Some(&ada),
-        None,
-    );
+    let (s, m) = request(&format!("{jobs}/t1/metrics"), "GET", Some(&ada), None);
     assert_eq!((s, m["state"].as_str()), (200, Some("running")), "{m}");
     assert!(m["step"].as_u64().unwrap() >= u64::from(at), "{m}");
     assert_eq!(m["total_steps"], 150 * 30, "{m}");
@@ -478,12 +460,8 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         "{job}"
     );
     // Its loss curve spans the whole run, the steps before the kill included, and falls.
-    let (s, m) = request(
-        &format!("{url}/v1/jobs/t1/metrics"),
-        "GET",
-        Some(&ada),
-        None,
-    );
+    let metrics = format!("{url}/v1/jobs/t1/metrics");
+    let (s, m) = request(&metrics, "GET", Some(&ada), None);
     assert_eq!((s, m["state"].as_str()), (200, Some("succeeded")), "{m}");
     assert_eq!(
         (m["step"].as_u64(), m["progress"].as_f64()),
@@ -542,23 +520,9 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
 
     // A running job stops when cancelled.
     let body = json!({"id": "t2", "tenant": "vision", "gpus": 1, "train": train_toml(1000)});
-    assert_eq!(
-        request(
-            &format!("{url}/v1/jobs"),
-            "POST",
-            Some(&ada),
-            Some(&body.to_string())
-        )
-        .0,
-        201
-    );
+    assert_eq!(submit(&url, &ada, &body).0, 201);
     wait_for_state(&url, &ada, "t2", "running");
-    let (s, v) = request(
-        &format!("{url}/v1/jobs/t2/cancel"),
-        "POST",
-        Some(&ada),
-        None,
-    );
+    let (s, v) = cancel(&url, &ada, "t2");
     assert_eq!((s, v["state"].as_str()), (202, Some("cancelling")), "{v}");
     wait_for_state(&url, &ada, "t2", "cancelled");
     daemon.signal("-TERM");
@@ -590,42 +554,23 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     );
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["bytes"], csv.len());
+    // A one-byte upload to `path` as `token`: its status; or refused (403) for the reason `why`.
+    let status = |path: &str, token: &str| put(&format!("{base}/{path}"), token, b"1").0;
+    let refused_for = |path: &str, token: &str, why: &str| {
+        let (s, v) = put(&format!("{base}/{path}"), token, b"1");
+        assert_eq!(s, 403, "{v}");
+        assert!(v["reasons"][0].as_str().unwrap().contains(why), "{v}");
+    };
+    let internal = "tenant=vision&classification=internal";
+    let public = "tenant=vision&classification=public";
     // Writing needs the writer role; classification above clearance is refused; wrong tenant.
-    let (s, v) = put(
-        &format!("{base}/x.csv?tenant=vision&classification=internal"),
-        &ada,
-        b"1",
-    );
-    assert_eq!(s, 403, "{v}");
-    assert!(
-        v["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("needs the writer role"),
-        "{v}"
-    );
-    let (s, v) = put(
-        &format!("{base}/y.csv?tenant=vision&classification=secret"),
+    refused_for(&format!("x.csv?{internal}"), &ada, "needs the writer role");
+    refused_for(
+        "y.csv?tenant=vision&classification=secret",
         &wendy,
-        b"1",
+        "above the clearance",
     );
-    assert_eq!(s, 403, "{v}");
-    assert!(
-        v["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("above the clearance"),
-        "{v}"
-    );
-    assert_eq!(
-        put(
-            &format!("{base}/z.csv?tenant=vision&classification=public"),
-            &lee,
-            b"1"
-        )
-        .0,
-        403
-    );
+    assert_eq!(status(&format!("z.csv?{public}"), &lee), 403);
     // Bad names and queries, duplicates, oversized uploads: 4xx, nothing stored.
     let objects = || {
         gantry::storage::Store::open(&data)
@@ -635,37 +580,10 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
             .len()
     };
     let stored = objects();
-    assert_eq!(
-        put(
-            &format!("{base}/..%2Fescape?tenant=vision&classification=public"),
-            &wendy,
-            b"1"
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        put(
-            &format!("{base}/.hidden?tenant=vision&classification=public"),
-            &wendy,
-            b"1"
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        put(&format!("{base}/q.csv?tenant=vision"), &wendy, b"1").0,
-        400
-    );
-    assert_eq!(
-        put(
-            &format!("{base}/pets.csv?tenant=vision&classification=internal"),
-            &wendy,
-            b"1"
-        )
-        .0,
-        409
-    );
+    assert_eq!(status(&format!("..%2Fescape?{public}"), &wendy), 400);
+    assert_eq!(status(&format!(".hidden?{public}"), &wendy), 400);
+    assert_eq!(status("q.csv?tenant=vision", &wendy), 400);
+    assert_eq!(status(&format!("pets.csv?{internal}"), &wendy), 409);
     let huge = vec![b'7'; 65 << 20];
     let (s, v) = put(
         &format!("{base}/huge.bin?tenant=vision&classification=public"),
@@ -742,16 +660,7 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
     let daemon = Daemon::start(&data, &shared_cache());
     let url = daemon.url.clone();
     let body = json!({"id": "t3", "tenant": "vision", "gpus": 2, "train": train_toml(150)});
-    assert_eq!(
-        request(
-            &format!("{url}/v1/jobs"),
-            "POST",
-            Some(&ada),
-            Some(&body.to_string())
-        )
-        .0,
-        201
-    );
+    assert_eq!(submit(&url, &ada, &body).0, 201);
     let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "vision/t3", 100);
     let (_, job) = request(&format!("{url}/v1/jobs/t3"), "GET", Some(&ada), None);
@@ -903,10 +812,7 @@ fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
         .replace("preprocess = \"standardize\"\n", "")
         .replace("epochs = 80", "epochs = 2");
     let body = json!({"id": "ds2", "tenant": "vision", "gpus": 1, "train": raw});
-    assert_eq!(
-        request(&jobs, "POST", Some(&ada), Some(&body.to_string())).0,
-        201
-    );
+    assert_eq!(submit(&url, &ada, &body).0, 201);
     let job = wait_until_over(&format!("{jobs}/ds2"), &ada, 120);
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["result"]["steps"], 2 * (720 / 32 + 1), "{job}");
@@ -920,10 +826,7 @@ fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     assert_eq!(s, 201);
     let body = json!({"id": "ds3", "tenant": "vision", "gpus": 1,
                       "train": train.replace("spirals.csv", "bad.csv")});
-    assert_eq!(
-        request(&jobs, "POST", Some(&ada), Some(&body.to_string())).0,
-        201
-    );
+    assert_eq!(submit(&url, &ada, &body).0, 201);
     let job = wait_until_over(&format!("{jobs}/ds3"), &ada, 60);
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
@@ -1025,32 +928,10 @@ fn admins_replace_the_policy_with_a_bundle_and_it_decides_from_then_on() {
     let (ops, ada) = (user("ops", "admin"), user("ada", "researcher"));
 
     // A stricter policy: researchers may ask for at most 2 GPUs.
-    let src = dir.path().join("policy");
-    std::fs::create_dir(&src).unwrap();
-    let repo = crate::support::repo();
-    std::fs::copy(repo.join("policies/authz.rego"), src.join("authz.rego")).unwrap();
-    let data_json = std::fs::read_to_string(repo.join("policies/data.json")).unwrap();
-    let strict = data_json.replace(
-        r#""researcher": {"max_job_gpus": 256}"#,
-        r#""researcher": {"max_job_gpus": 2}"#,
-    );
-    assert_ne!(strict, data_json, "the shipped data.json changed shape");
-    std::fs::write(src.join("data.json"), strict).unwrap();
+    let src = strict_policy(dir.path());
     let bundle = |entrypoint: &str, name: &str| {
         let out = dir.path().join(name);
-        let o = gantry(
-            &[
-                "policy",
-                "build",
-                src.to_str().unwrap(),
-                "-e",
-                entrypoint,
-                "-o",
-                out.to_str().unwrap(),
-            ],
-            &shared_cache(),
-        );
-        assert!(o.status.success(), "{}", text(&o).1);
+        build_policy(&src, entrypoint, &out, &shared_cache());
         std::fs::read(out).unwrap()
     };
     let strict_bundle = bundle("gantry/authz/decision", "strict.tar.gz");

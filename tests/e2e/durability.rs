@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -14,8 +14,10 @@ use serde_json::{Value, json};
 /// The seeded generator of the crash tests (the model's test generator: one xorshift).
 pub(crate) use gantry::scheduling::model::testing::Rng;
 
-use crate::daemon::{Daemon, request};
-use crate::support::{add_user, gantry, init_data_dir, send_raw, shared_cache, text};
+use crate::daemon::{Daemon, request, submit};
+use crate::support::{
+    add_user, build_policy, gantry, init_data_dir, send_raw, shared_cache, strict_policy, text,
+};
 
 /// `PUT` with a raw body: (status, JSON body); status 0 when the connection failed.
 pub(crate) fn put_raw(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
@@ -88,6 +90,13 @@ fn start_refused(data: &Path, extra: &[&str]) -> String {
         panic!("the daemon started on {}", data.display());
     }
     let status = child.wait().unwrap();
+    let stderr = stderr_of(&mut child);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// Everything `child`, whose stderr is piped, wrote to it.
+fn stderr_of(child: &mut Child) -> String {
     let mut stderr = String::new();
     child
         .stderr
@@ -95,7 +104,6 @@ fn start_refused(data: &Path, extra: &[&str]) -> String {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
     stderr
 }
 
@@ -316,17 +324,8 @@ fn the_data_directory_its_database_and_audit_log_are_private() {
     let data = init_data_dir(dir.path());
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let daemon = Daemon::start(&data, &shared_cache());
-    let body = json!({"id": "j", "tenant": "vision", "gpus": 1}).to_string();
-    assert_eq!(
-        request(
-            &format!("{}/v1/jobs", daemon.url),
-            "POST",
-            Some(&ada),
-            Some(&body)
-        )
-        .0,
-        201
-    );
+    let body = json!({"id": "j", "tenant": "vision", "gpus": 1});
+    assert_eq!(submit(&daemon.url, &ada, &body).0, 201);
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(data.clone()), 0o700);
@@ -434,30 +433,9 @@ fn a_policy_and_gpu_health_an_admin_set_survive_a_restart() {
     let ops = add_user(&data, "ops", "admin", "vision", "public");
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     // A stricter policy: researchers may ask for at most 2 GPUs.
-    let src = dir.path().join("policy");
-    std::fs::create_dir(&src).unwrap();
-    let repo = crate::support::repo();
-    std::fs::copy(repo.join("policies/authz.rego"), src.join("authz.rego")).unwrap();
-    let shipped = std::fs::read_to_string(repo.join("policies/data.json")).unwrap();
-    let strict = shipped.replace(
-        r#""researcher": {"max_job_gpus": 256}"#,
-        r#""researcher": {"max_job_gpus": 2}"#,
-    );
-    assert_ne!(strict, shipped, "the shipped data.json changed shape");
-    std::fs::write(src.join("data.json"), strict).unwrap();
+    let src = strict_policy(dir.path());
     let bundle = dir.path().join("strict.tar.gz");
-    must(gantry(
-        &[
-            "policy",
-            "build",
-            src.to_str().unwrap(),
-            "-e",
-            "gantry/authz/decision",
-            "-o",
-            bundle.to_str().unwrap(),
-        ],
-        &shared_cache(),
-    ));
+    build_policy(&src, "gantry/authz/decision", &bundle, &shared_cache());
     let mut daemon = Daemon::start(&data, &shared_cache());
     let url = daemon.url.clone();
     let (_, v) = request(&format!("{url}/v1/policy"), "GET", Some(&ada), None);
@@ -681,13 +659,8 @@ fn a_daemon_refuses_every_forged_audit_log_and_recover_gets_it_running() {
     // Enough decisions for several automatic checkpoints, denials among them.
     for i in 0..90 {
         let tenant = if i % 3 == 0 { "language" } else { "vision" };
-        let body = json!({"id": format!("j{i}"), "tenant": tenant, "gpus": 1}).to_string();
-        request(
-            &format!("{}/v1/jobs", daemon.url),
-            "POST",
-            Some(&ada),
-            Some(&body),
-        );
+        let body = json!({"id": format!("j{i}"), "tenant": tenant, "gpus": 1});
+        submit(&daemon.url, &ada, &body);
     }
     daemon.signal("-TERM");
     must(run(&data, &["audit", "verify"]));
@@ -871,13 +844,7 @@ fn the_daemon_seals_on_a_timer_serves_its_head_and_seals_a_crashed_tail() {
     let out = must(run(&data, &["audit", "verify", "--head", &anchored]));
     assert!(out.contains("holds the sealed position"), "{out}");
     kill_9(&mut child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("sealing"), "{stderr}");
 }
 

@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::daemon::{Daemon, put, request};
-use crate::support::{add_user, init_data_dir, shared_cache};
+use crate::support::{add_user, init_data_dir, rejected_entries, rejected_tallies, shared_cache};
 
 /// Peak resident memory of process `pid` so far, in MiB (`VmHWM`).
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -163,24 +163,14 @@ fn refusals_are_audited_in_aggregate_not_one_synced_entry_each() {
     }
     daemon.signal("-TERM");
     let text = std::fs::read_to_string(&log).unwrap();
-    let rejected: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["kind"] == "request.rejected")
-        .collect();
+    let rejected = rejected_entries(&text);
     assert!(
         !rejected.is_empty() && rejected.len() <= 3,
         "{} request.rejected entries for {n} refusals",
         rejected.len()
     );
-    let counted: u64 = rejected
+    let counted: u64 = rejected_tallies(&rejected)
         .iter()
-        .flat_map(|e| {
-            e["record"]["tallies"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
         .filter(|t| t["status"] == 401 && t["source"] == "127.0.0.1")
         .map(|t| t["count"].as_u64().unwrap())
         .sum();

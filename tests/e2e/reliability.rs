@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, put, request, train_toml};
+use crate::daemon::{Daemon, cancel, put, request, train_toml};
 use crate::support::{add_user, gantry, init_data_dir, shared_cache, text};
 
 /// Two nodes of four GPUs: few enough that jobs contend for them.
@@ -108,12 +108,7 @@ fn client(url: &str, token: &str, tenant: &str, seed: u64, until: Instant, acked
             // Cancels of its own jobs, whatever state they are in.
             5 | 6 if !mine.is_empty() => {
                 let id = &mine[rng.below(mine.len() as u64) as usize];
-                let (s, v) = request(
-                    &format!("{url}/v1/jobs/{id}/cancel"),
-                    "POST",
-                    Some(token),
-                    None,
-                );
+                let (s, v) = cancel(url, token, id);
                 assert!([200, 202, 409].contains(&s), "cancel {id}: {s} {v}");
             }
             // Reads.
@@ -136,27 +131,15 @@ fn many_clients_at_once_lose_nothing_and_never_hold_a_gpu_twice() {
     let cluster = dir.path().join("small.toml");
     std::fs::write(&cluster, SMALL).unwrap();
     let users = [
-        (
-            "ada",
-            "vision",
-            add_user(&data, "ada", "researcher,writer", "vision", "internal"),
-        ),
-        (
-            "bo",
-            "vision",
-            add_user(&data, "bo", "researcher,writer", "vision", "internal"),
-        ),
-        (
-            "lee",
-            "language",
-            add_user(&data, "lee", "researcher,writer", "language", "internal"),
-        ),
-        (
-            "max",
-            "language",
-            add_user(&data, "max", "researcher,writer", "language", "internal"),
-        ),
-    ];
+        ("ada", "vision"),
+        ("bo", "vision"),
+        ("lee", "language"),
+        ("max", "language"),
+    ]
+    .map(|(name, tenant)| {
+        let token = add_user(&data, name, "researcher,writer", tenant, "internal");
+        (name, tenant, token)
+    });
     let ops = add_user(&data, "ops", "admin", "vision,language", "secret");
     let mut daemon = Daemon::start_with(
         &data,

@@ -246,11 +246,43 @@ pub fn language_capped_policy(dir: &Path) -> PathBuf {
     bundle
 }
 
+/// A copy of the shipped policy in `dir/policy` under which researchers may ask for at most 2
+/// GPUs; returns its directory.
+pub fn strict_policy(dir: &Path) -> PathBuf {
+    shipped_policy_with(
+        dir,
+        "policy",
+        r#""researcher": {"max_job_gpus": 256}"#,
+        r#""researcher": {"max_job_gpus": 2}"#,
+    )
+}
+
 /// The shipped policy built for `entrypoint` into `dir/authz.tar.gz`; returns the bundle's path.
 pub fn shipped_bundle(dir: &Path, entrypoint: &str) -> PathBuf {
     let bundle = dir.join("authz.tar.gz");
     build_policy(Path::new("policies"), entrypoint, &bundle, dir);
     bundle
+}
+
+/// The `request.rejected` entries (refusals no policy decided) of the audit log `log`.
+pub fn rejected_entries(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["kind"] == "request.rejected")
+        .collect()
+}
+
+/// The tallies (source, route, status, count) that `entries` of `request.rejected` hold.
+pub fn rejected_tallies(entries: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .flat_map(|e| {
+            e["record"]["tallies"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// `gantry policy eval` of `bundle`'s `entrypoint` on `input`, with `extra` arguments after those.
