@@ -11,7 +11,7 @@ use super::labels::LabelSplit;
 use super::lifecycle::{RunControl, RunEnd};
 use gantry::training::checkpoint::{self, Checkpoint};
 use gantry::training::csv::{CsvReader, Targets};
-use gantry::training::limits::RowBudget;
+use gantry::training::limits::{RowBudget, TrainLimits};
 use gantry::training::{self, CheckpointSink, Hooks, Job, TrainConfig, TrainError};
 
 /// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
@@ -105,15 +105,44 @@ fn summary(o: &training::Outcome) -> String {
     )
 }
 
+/// Job `job`'s training configuration `text`, checked: parsed against `limits` (every size it
+/// implies bounded) and held to the data a daemon job may read, synthetic rows or a stored
+/// dataset, never a file on the host's disk (a FIFO or `/dev/zero` to hang or exhaust it, any
+/// file to read).
+///
+/// The one check of both the submission (`POST /v1/jobs`) and the run. The run checks the
+/// stored text again on purpose rather than keeping what the submission parsed: a job runs from
+/// its stored text, after a daemon restart too, and against the limits the daemon runs with
+/// then (`gantry up --train-limits`), which may be lower than when it was submitted; a parse
+/// held in memory would not survive the restart, and a job in the store is not trusted to have
+/// passed this daemon's submission.
+pub fn train_config(
+    limits: &TrainLimits,
+    job: &str,
+    text: &str,
+) -> Result<TrainConfig, TrainError> {
+    let origin = format!("job {job}: train");
+    let path = std::path::Path::new(&origin);
+    let config = TrainConfig::parse_with(text, path, limits)?;
+    if config.data.file.is_some() || config.data.test_file.is_some() {
+        return Err(TrainError::Invalid {
+            path: path.to_path_buf(),
+            line: None,
+            message: "a daemon job's [data] is `synthetic` or a `dataset`, with no `test_file` (files on the host's disk are not reachable through the API)".into(),
+        });
+    }
+    Ok(config)
+}
+
 fn run(
     daemon: &Daemon,
     job: &JobRecord,
     control: &RunControl,
 ) -> Result<training::Outcome, TrainError> {
-    let origin = format!("job {}: train", job.id);
     let text = job.train.as_deref().unwrap_or_default();
     let limits = &daemon.train_limits;
-    let config = TrainConfig::parse_with(text, std::path::Path::new(&origin), limits)?;
+    // Checked again, not taken from the submission: see `train_config`.
+    let config = train_config(limits, &job.id, text)?;
     let data = match &config.data.dataset {
         Some(name) => load_dataset(daemon, job, &config, name)?,
         None => training::data::load(&config, limits)?,
@@ -393,5 +422,88 @@ mod feature_rows_props {
             .tensor(&[1, u32::MAX, u32::MAX], Vec::new())
             .unwrap_err();
         assert!(e.contains("features") || e.contains("overflows"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::db::JobState;
+    use crate::testing::TestDaemon;
+
+    /// Five epochs on one CPU thread, on the data `data` names (the `[data]` table's body).
+    fn train(data: &str) -> String {
+        format!(
+            "epochs = 5\nbatch_size = 16\n[data]\n{data}\n\
+             [model]\nhidden = [4]\nloss = \"softmax_cross_entropy\"\n\
+             [optimizer]\nkind = \"adam\"\nlr = 0.01\n[devices]\nbackend = \"cpu\"\nthreads = 1\n"
+        )
+    }
+
+    /// A small synthetic set.
+    const SPIRALS: &str = r#"synthetic = { kind = "spirals", classes = 2, rows_per_class = 20 }"#;
+
+    /// Stores job `name` training on `train` as the store holds it, places it on a GPU and
+    /// starts its run; returns the job as the run left it (waited for at most a minute).
+    fn run_stored(t: &TestDaemon, name: &str, train: &str) -> JobRecord {
+        let job = t.scheduled(name, Some(train));
+        let jobs = &t.daemon.jobs;
+        start(t.daemon.clone(), job.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = jobs.job(&job.id).expect("read").expect("stored");
+            if matches!(now.state, JobState::Succeeded | JobState::Failed) {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the run did not end: {now:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The runner checks a job's stored text again, against the limits the daemon runs with
+    /// now: a job accepted under higher limits (before a restart with lower ones) fails with
+    /// the field and the limit named, rather than running past them.
+    #[test]
+    fn a_job_checked_under_higher_limits_fails_when_the_daemon_runs_with_lower_ones() {
+        let text = train(SPIRALS);
+        train_config(&TrainLimits::default(), "t", &text).expect("valid when submitted");
+        let lowered = TrainLimits {
+            max_epochs: 2,
+            ..TrainLimits::default()
+        };
+        let t = TestDaemon::with_limits(lowered);
+        let job = run_stored(&t, "t", &text);
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        let reason = job.reason.unwrap_or_default();
+        assert!(
+            reason.starts_with("job vision/t: train:")
+                && reason.contains("epochs")
+                && reason.contains("above the limit"),
+            "{reason}"
+        );
+        // The same text runs where the limits allow it: the refusal is the limits' alone.
+        let t = TestDaemon::new();
+        assert_eq!(run_stored(&t, "t", &text).state, JobState::Succeeded);
+    }
+
+    /// Issue 11: the runner held the stored text to the limits but not to the data a daemon
+    /// job may read, so a stored job naming a file (never accepted by the API, but the store is
+    /// not the API) trained on the host's disk. Now it fails, naming why.
+    #[test]
+    fn a_stored_job_naming_a_file_on_the_host_fails_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rows.csv");
+        let rows: String = (0..64)
+            .map(|i| format!("{},{i}.5,{}\n", i % 2, i % 3))
+            .collect();
+        std::fs::write(&file, format!("label,x,y\n{rows}")).unwrap();
+        let text = train(&format!("file = {file:?}\nlabel = \"label\""));
+        let t = TestDaemon::new();
+        let job = run_stored(&t, "f", &text);
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        let reason = job.reason.unwrap_or_default();
+        assert!(reason.contains("files on the host's disk"), "{reason}");
     }
 }

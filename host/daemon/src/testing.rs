@@ -19,6 +19,11 @@ pub(crate) struct TestDaemon {
 impl TestDaemon {
     /// A daemon over a fresh data directory and a cluster of 2 GPUs; tenant `vision`.
     pub fn new() -> TestDaemon {
+        Self::with_limits(Default::default())
+    }
+
+    /// [`TestDaemon::new`], holding training jobs to `train_limits`.
+    pub fn with_limits(train_limits: gantry::training::TrainLimits) -> TestDaemon {
         let dir = tempfile::tempdir().expect("a temporary directory");
         gantry::storage::Store::init(dir.path()).expect("a data directory");
         let mut cluster = gantry::cluster::Cluster::uniform(1, 1, 2, 1);
@@ -32,7 +37,7 @@ impl TestDaemon {
             cache_dir: Some(std::env::temp_dir().join("gantry-daemon-unit-tests-cache")),
             tls: None,
             trust: Default::default(),
-            train_limits: Default::default(),
+            train_limits,
             conn_limits: Default::default(),
             shipped_policy: false,
         };
@@ -51,6 +56,12 @@ impl TestDaemon {
 
     /// Job `name` of tenant `vision`, stored `pending`.
     pub fn submit(&self, name: &str) -> JobRecord {
+        self.submit_training(name, None)
+    }
+
+    /// Job `name` of tenant `vision` training on `train` (a TRAIN.toml text), stored `pending`
+    /// as it is, unchecked.
+    pub fn submit_training(&self, name: &str, train: Option<&str>) -> JobRecord {
         let job = JobRecord {
             id: super::db::key("vision", name),
             tenant: "vision".into(),
@@ -62,7 +73,7 @@ impl TestDaemon {
             gpu_ids: Vec::new(),
             reason: None,
             submitted_at: super::db::now(),
-            train: None,
+            train: train.map(str::to_string),
             result: None,
             crashes: 0,
             not_before: 0.0,
@@ -71,21 +82,28 @@ impl TestDaemon {
         job
     }
 
+    /// Job `name` of tenant `vision` training on `train` (if any), placed on a GPU
+    /// (`scheduled`), as a scheduling cycle leaves it.
+    pub fn scheduled(&self, name: &str, train: Option<&str>) -> JobRecord {
+        let job = self.submit_training(name, train);
+        let jobs = &self.daemon.jobs;
+        let gpus = vec!["gpu-0".to_string()];
+        jobs.transition(
+            &job.id,
+            Some(JobState::Pending),
+            JobState::Scheduled,
+            &gpus,
+            None,
+        )
+        .expect("placed");
+        jobs.job(&job.id).expect("read").expect("stored")
+    }
+
     /// Job `name`, placed on a GPU with its run registered and started (`running`), as the
     /// runner leaves it: the job as stored, and the run's control.
     pub fn running(&self, name: &str) -> (JobRecord, Arc<RunControl>) {
-        let job = self.submit(name);
+        let job = self.scheduled(name, None);
         let d = &self.daemon;
-        let gpus = vec!["gpu-0".to_string()];
-        d.jobs
-            .transition(
-                &job.id,
-                Some(JobState::Pending),
-                JobState::Scheduled,
-                &gpus,
-                None,
-            )
-            .expect("placed");
         let control = d.claim_run(&job.id).expect("one run");
         assert!(d.run_starting(&job.id).expect("started"));
         let job = d.jobs.job(&job.id).expect("read").expect("stored");

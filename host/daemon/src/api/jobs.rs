@@ -90,20 +90,8 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
     }
     if let Some(text) = &req.train {
         let origin = format!("job {id}: train");
-        let config = gantry::training::TrainConfig::parse_with(
-            text,
-            std::path::Path::new(&origin),
-            &state.daemon.train_limits,
-        )
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        if config.data.file.is_some() || config.data.test_file.is_some() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{origin}: a daemon job's [data] is `synthetic` or a `dataset`, with no `test_file` (files on the host's disk are not reachable through the API)"
-                ),
-            ));
-        }
+        let config = crate::runner::train_config(&state.daemon.train_limits, &id, text)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
         if let Some(plugin) = &config.data.preprocess
             && gantry::builtin::preprocessor(plugin).is_none()
             && !state
