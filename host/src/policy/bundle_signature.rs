@@ -286,6 +286,14 @@ pub fn verify(files: &[(String, Vec<u8>)], keys: &[VerificationKey]) -> Result<S
         .ok_or_else(|| format!("unsigned: no /{FILE}"))?;
     let sigs: serde_json::Value =
         serde_json::from_slice(sigs).map_err(|e| format!("/{FILE}: not JSON: {e}"))?;
+    let jwt = Jwt::parse(the_one_token(&sigs)?)?;
+    let kid = jwt.verified_by(keys)?;
+    jwt.covers_exactly(files)?;
+    Ok(kid.to_string())
+}
+
+/// The one JWT of a `.signatures.json` document.
+fn the_one_token(sigs: &serde_json::Value) -> Result<&str, String> {
     let tokens = sigs["signatures"]
         .as_array()
         .ok_or_else(|| format!("/{FILE}: no `signatures` list"))?;
@@ -295,76 +303,112 @@ pub fn verify(files: &[(String, Vec<u8>)], keys: &[VerificationKey]) -> Result<S
             tokens.len()
         ));
     };
-    let token = token
+    token
         .as_str()
-        .ok_or_else(|| format!("/{FILE}: the JWT is not a string"))?;
-    let parts: Vec<&str> = token.split('.').collect();
-    let [header_b64, payload_b64, sig_b64] = parts.as_slice() else {
-        return Err("the JWT does not have three parts".into());
-    };
-    let decode = |part: &str, what: &str| -> Result<Vec<u8>, String> {
-        BASE64URL_NOPAD
-            .decode(part.as_bytes())
-            .map_err(|e| format!("JWT {what}: not base64url: {e}"))
-    };
-    let header: serde_json::Value = serde_json::from_slice(&decode(header_b64, "header")?)
-        .map_err(|e| format!("JWT header: {e}"))?;
-    let payload: serde_json::Value = serde_json::from_slice(&decode(payload_b64, "payload")?)
-        .map_err(|e| format!("JWT payload: {e}"))?;
-    let kid = header["kid"]
-        .as_str()
-        .or_else(|| payload["keyid"].as_str())
-        .ok_or("the JWT names no key (kid or keyid)")?;
-    let key = keys
-        .iter()
-        .find(|k| k.id == kid)
-        .ok_or_else(|| format!("signed with unknown key `{kid}`"))?;
-    if header["alg"].as_str() != Some(key.alg.name()) {
-        return Err(format!(
-            "the JWT's algorithm {} is not the {} of key `{kid}`",
-            header["alg"],
-            key.alg.name()
-        ));
+        .ok_or_else(|| format!("/{FILE}: the JWT is not a string"))
+}
+
+/// A signature's JWT: its header and payload decoded, its parts as signed.
+struct Jwt<'a> {
+    header_b64: &'a str,
+    payload_b64: &'a str,
+    sig_b64: &'a str,
+    header: serde_json::Value,
+    payload: serde_json::Value,
+}
+
+/// A part of a JWT, base64url-decoded; `what` names it in the error.
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, String> {
+    BASE64URL_NOPAD
+        .decode(part.as_bytes())
+        .map_err(|e| format!("JWT {what}: not base64url: {e}"))
+}
+
+impl<'a> Jwt<'a> {
+    /// Splits `token` into its three parts and decodes the header and the payload (JSON).
+    fn parse(token: &'a str) -> Result<Self, String> {
+        let parts: Vec<&str> = token.split('.').collect();
+        let [header_b64, payload_b64, sig_b64] = parts.as_slice() else {
+            return Err("the JWT does not have three parts".into());
+        };
+        let header = serde_json::from_slice(&decode_part(header_b64, "header")?)
+            .map_err(|e| format!("JWT header: {e}"))?;
+        let payload = serde_json::from_slice(&decode_part(payload_b64, "payload")?)
+            .map_err(|e| format!("JWT payload: {e}"))?;
+        Ok(Self {
+            header_b64,
+            payload_b64,
+            sig_b64,
+            header,
+            payload,
+        })
     }
-    verify_bytes(
-        key,
-        format!("{header_b64}.{payload_b64}").as_bytes(),
-        &decode(sig_b64, "signature")?,
-    )?;
-    if payload["scope"].as_str() != key.scope.as_deref() {
-        return Err("the signature's scope does not match the key's".into());
-    }
-    let listed = payload["files"]
-        .as_array()
-        .ok_or("the JWT payload has no `files` list")?;
-    let mut unverified: Vec<&str> = files
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| *n != FILE)
-        .collect();
-    for entry in listed {
-        let name = entry["name"].as_str().ok_or("a listed file has no name")?;
-        if entry["algorithm"].as_str() != Some("SHA-256") {
+
+    /// The id of the key among `keys` whose signature this is, checked: the key the JWT names,
+    /// its algorithm, the signature over header and payload, and the key's scope.
+    fn verified_by(&self, keys: &[VerificationKey]) -> Result<&str, String> {
+        let (header, payload) = (&self.header, &self.payload);
+        let kid = header["kid"]
+            .as_str()
+            .or_else(|| payload["keyid"].as_str())
+            .ok_or("the JWT names no key (kid or keyid)")?;
+        let key = keys
+            .iter()
+            .find(|k| k.id == kid)
+            .ok_or_else(|| format!("signed with unknown key `{kid}`"))?;
+        if header["alg"].as_str() != Some(key.alg.name()) {
             return Err(format!(
-                "{name}: unsupported hash algorithm {}",
-                entry["algorithm"]
+                "the JWT's algorithm {} is not the {} of key `{kid}`",
+                header["alg"],
+                key.alg.name()
             ));
         }
-        let (_, bytes) = files
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| format!("{name}: listed in the signature but not in the bundle"))?;
-        if entry["hash"].as_str() != Some(file_hash(name, bytes)?.as_str()) {
-            return Err(format!("{name}: digest mismatch (the file was changed)"));
+        verify_bytes(
+            key,
+            format!("{}.{}", self.header_b64, self.payload_b64).as_bytes(),
+            &decode_part(self.sig_b64, "signature")?,
+        )?;
+        if payload["scope"].as_str() != key.scope.as_deref() {
+            return Err("the signature's scope does not match the key's".into());
         }
-        unverified.retain(|n| *n != name);
+        Ok(kid)
     }
-    if let Some(extra) = unverified.first() {
-        return Err(format!(
-            "{extra}: in the bundle but not covered by the signature"
-        ));
+
+    /// Checks that the payload's `files` list is exactly `files` (less `.signatures.json`),
+    /// each with its digest.
+    fn covers_exactly(&self, files: &[(String, Vec<u8>)]) -> Result<(), String> {
+        let listed = self.payload["files"]
+            .as_array()
+            .ok_or("the JWT payload has no `files` list")?;
+        let mut unverified: Vec<&str> = files
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != FILE)
+            .collect();
+        for entry in listed {
+            let name = entry["name"].as_str().ok_or("a listed file has no name")?;
+            if entry["algorithm"].as_str() != Some("SHA-256") {
+                return Err(format!(
+                    "{name}: unsupported hash algorithm {}",
+                    entry["algorithm"]
+                ));
+            }
+            let (_, bytes) = files
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| format!("{name}: listed in the signature but not in the bundle"))?;
+            if entry["hash"].as_str() != Some(file_hash(name, bytes)?.as_str()) {
+                return Err(format!("{name}: digest mismatch (the file was changed)"));
+            }
+            unverified.retain(|n| *n != name);
+        }
+        match unverified.first() {
+            Some(extra) => Err(format!(
+                "{extra}: in the bundle but not covered by the signature"
+            )),
+            None => Ok(()),
+        }
     }
-    Ok(kid.to_string())
 }
 
 #[cfg(test)]

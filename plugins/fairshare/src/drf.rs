@@ -14,95 +14,152 @@
 
 use super::backfill::{Release, Reservation, reserve};
 use super::fit::{FreeIndex, priority_order};
-use super::sched::{Jobs, Placement, Snapshot, Tenant};
+use super::sched::{Job, Jobs, Placement, Snapshot, Tenant};
 use super::usable::UsableCounts;
 
 /// One scheduling cycle of the fair-share strategy.
 pub fn schedule(snapshot: &Snapshot, queue: &Jobs) -> Vec<Placement> {
-    let mut index = FreeIndex::new(snapshot);
-    let mut placements = Vec::new();
+    let index = FreeIndex::new(snapshot);
     if index.total_free() == 0 || queue.is_empty() {
-        return placements;
+        return Vec::new();
     }
-    let mut free = UsableCounts::free(snapshot);
-    let mut shares = Shares::new(snapshot);
-    let mut queues = TenantQueues::new(snapshot.tenants.len(), queue);
-    let mut backfill = Backfill::new(snapshot);
-    let now_s = snapshot.now_s;
+    let mut cycle = Cycle::new(snapshot, queue, index);
+    while cycle.index.total_free() > 0 {
+        let Some(tenant) = cycle.next_tenant() else {
+            break;
+        };
+        if let Some(position) = cycle.queues.pop(tenant) {
+            cycle.consider(tenant, position);
+        }
+    }
+    cycle.placements
+}
 
-    while index.total_free() > 0 {
-        let Some(tenant) = queues.active.iter().copied().min_by(|&a, &b| {
+/// A cycle under way: what is free, each tenant's share and queue, the reservation, and the
+/// placements made so far.
+struct Cycle<'a> {
+    snapshot: &'a Snapshot,
+    queue: &'a Jobs,
+    index: FreeIndex,
+    free: UsableCounts,
+    shares: Shares,
+    queues: TenantQueues,
+    backfill: Backfill,
+    placements: Vec<Placement>,
+}
+
+impl<'a> Cycle<'a> {
+    fn new(snapshot: &'a Snapshot, queue: &'a Jobs, index: FreeIndex) -> Self {
+        Self {
+            snapshot,
+            queue,
+            index,
+            free: UsableCounts::free(snapshot),
+            shares: Shares::new(snapshot),
+            queues: TenantQueues::new(snapshot.tenants.len(), queue),
+            backfill: Backfill::new(snapshot),
+            placements: Vec::new(),
+        }
+    }
+
+    /// The tenant with jobs left and the lowest dominant share (ties: the lowest index).
+    fn next_tenant(&self) -> Option<u32> {
+        let shares = &self.shares;
+        self.queues.active.iter().copied().min_by(|&a, &b| {
             shares
                 .dominant(a)
                 .total_cmp(&shares.dominant(b))
                 .then(a.cmp(&b))
-        }) else {
-            break;
-        };
-        let Some(position) = queues.pop(tenant) else {
-            continue;
-        };
-        let job = queue.row(position as usize);
+        })
+    }
 
+    /// Places `tenant`'s job at queue position `position` when its quota, the reservation and
+    /// the free GPUs allow; else reserves for it if it is the first blocked for lack of GPUs.
+    fn consider(&mut self, tenant: u32, position: u32) {
+        let job = self.queue.row(position as usize);
+        let Some((want, allowed)) = self.allowed(tenant, &job) else {
+            return;
+        };
+        match self.fit(&job, allowed) {
+            Some(gpus) => self.place(tenant, position, &job, gpus),
+            // Capacity: the first such job that can ever fit is reserved; the others wait.
+            None if self.backfill.reservation.is_none() => self.backfill.try_reserve(
+                self.snapshot,
+                &self.free,
+                self.queue,
+                &self.placements,
+                position,
+                want,
+                job.memory_per_gpu_mib,
+            ),
+            None => {}
+        }
+    }
+
+    /// The GPUs `job` wants within its tenant's quota, and how many of them it may take now
+    /// without delaying the reservation; none when it cannot be placed this cycle.
+    fn allowed(&mut self, tenant: u32, job: &Job) -> Option<(u32, u32)> {
         // Quota: a job the tenant cannot afford is dropped for this cycle; it holds no GPUs
         // back, so it never becomes the reservation.
-        let quota = index.quota_left(job.tenant);
+        let quota = self.index.quota_left(job.tenant);
         let want = job.gpus.min(quota);
         if want == 0 || (job.gang && want < job.gpus) {
             if quota == 0 {
-                queues.retire(tenant);
+                self.queues.retire(tenant);
             }
-            continue;
+            return None;
         }
-
         // Backfill: once a job is reserved, nothing may delay it.
-        let allowed = match &backfill.reservation {
-            Some(r) => r.allowance(now_s, job.est_runtime_s, want),
+        let allowed = match &self.backfill.reservation {
+            Some(r) => r.allowance(self.snapshot.now_s, job.est_runtime_s, want),
             None => want,
         };
         if allowed == 0 || (job.gang && allowed < job.gpus) {
-            continue;
+            return None;
         }
+        Some((want, allowed))
+    }
 
+    /// The GPUs `job` takes by best fit (a gang all of its own, another up to `allowed`), or
+    /// none when they are not free.
+    fn fit(&self, job: &Job, allowed: u32) -> Option<Vec<u32>> {
         let memory = job.memory_per_gpu_mib;
-        let usable = free.at_least(memory);
+        let usable = self.free.at_least(memory);
         let count = if job.gang {
             job.gpus
         } else {
             allowed.min(usable)
         };
-        let chosen = if count == 0 || usable < count {
-            None
-        } else {
-            choose(&index, count, memory).filter(|g| g.len() == count as usize)
-        };
-        let Some(gpus) = chosen else {
-            // Capacity: the first such job that can ever fit is reserved; the others wait.
-            if backfill.reservation.is_none() {
-                backfill.try_reserve(snapshot, &free, queue, &placements, position, want, memory);
-            }
-            continue;
-        };
+        if count == 0 || usable < count {
+            return None;
+        }
+        choose(&self.index, count, memory).filter(|g| g.len() == count as usize)
+    }
 
-        index.take(job.tenant, &gpus);
-        free.remove(&gpus);
-        shares.charge(tenant, gpus.len() as u64, gpus.len() as u64 * memory as u64);
-        if let Some(r) = &mut backfill.reservation {
+    /// Places `job` (queue position `position`) on `gpus`: its tenant's share and the
+    /// reservation are charged, and the tenant retired once its quota is spent.
+    fn place(&mut self, tenant: u32, position: u32, job: &Job, gpus: Vec<u32>) {
+        let now_s = self.snapshot.now_s;
+        let taken = gpus.len() as u64;
+        self.index.take(job.tenant, &gpus);
+        self.free.remove(&gpus);
+        let memory = taken * job.memory_per_gpu_mib as u64;
+        self.shares.charge(tenant, taken, memory);
+        if let Some(r) = &mut self.backfill.reservation {
             r.charge(now_s, job.est_runtime_s, gpus.len() as u32);
         }
         if !(now_s + job.est_runtime_s).is_finite() {
             // Never expected back: keeps `reachable` exact, so a job that passes it is reserved.
-            backfill.reachable.remove(&gpus);
+            self.backfill.reachable.remove(&gpus);
         }
-        placements.push(Placement {
+        self.placements.push(Placement {
             job: position,
             gpus,
         });
-        if index.quota_left(job.tenant) == 0 {
-            queues.retire(tenant);
+        if self.index.quota_left(job.tenant) == 0 {
+            self.queues.retire(tenant);
         }
     }
-    placements
 }
 
 /// `count` usable GPUs by best fit: the fullest node that holds them all, else across nodes.

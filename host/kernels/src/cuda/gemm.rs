@@ -90,6 +90,28 @@ impl GemmEx {
     }
 }
 
+impl GemmEx {
+    /// Shape `s` (m, n and k not 0) for cuBLAS on `handle`.
+    fn new(handle: sys::cublasHandle_t, s: &GemmShape) -> Result<Self> {
+        let (m, n, k) = (dim(s.m, "m")?, dim(s.n, "n")?, dim(s.k, "k")?);
+        // Leading dimensions of the row-major operands as stored (their row lengths).
+        let ld_b = if s.op_b == Op::N { n } else { k };
+        let ld_a = if s.op_a == Op::N { k } else { m };
+        Ok(GemmEx {
+            handle,
+            op_a: cublas_op(s.op_a),
+            op_b: cublas_op(s.op_b),
+            m,
+            n,
+            k,
+            ld_a,
+            ld_b,
+            alpha: s.alpha,
+            beta: s.beta,
+        })
+    }
+}
+
 impl CudaBackend {
     /// [`crate::Backend::gemm`] on this device.
     pub(super) fn gemm_on_device(
@@ -113,68 +135,74 @@ impl CudaBackend {
                 crate::Backend::scale(self, s.beta, c)
             };
         }
-        let (m, n, k) = (dim(s.m, "m")?, dim(s.n, "n")?, dim(s.k, "k")?);
-        // Leading dimensions of the row-major operands as stored (their row lengths).
-        let ld_b = if s.op_b == Op::N { n } else { k };
-        let ld_a = if s.op_a == Op::N { k } else { m };
-        let call = GemmEx {
-            handle: *self.blas.handle(),
-            op_a: cublas_op(s.op_a),
-            op_b: cublas_op(s.op_b),
-            m,
-            n,
-            k,
-            ld_a,
-            ld_b,
-            alpha: s.alpha,
-            beta: s.beta,
-        };
+        let call = GemmEx::new(*self.blas.handle(), &s)?;
         // The lock also serialises this handle's use between threads sharing the backend.
         let mut scratch = self.scratch();
         let (c_ptr, _c_done) = c.device_ptr_mut(&self.stream);
-        let f32_type = sys::cudaDataType::CUDA_R_32F;
         match self.precision {
-            Precision::F32 | Precision::Tf32 => {
-                let (a_ptr, _a_done) = a.device_ptr(&self.stream);
-                let (b_ptr, _b_done) = b.device_ptr(&self.stream);
-                let (compute, what) = if self.precision == Precision::F32 {
-                    (
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        "gemm (f32, cublasGemmEx)",
-                    )
-                } else {
-                    (
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-                        "gemm (tf32, cublasGemmEx)",
-                    )
-                };
-                // SAFETY: the lengths were checked against m, n, k, so with these leading
-                // dimensions every access stays inside a, b and c, all f32 as declared; the
-                // pointers are this device's and the handle runs on the backend's stream.
-                unsafe { call.run(a_ptr, b_ptr, f32_type, c_ptr, compute) }.device(what)
-            }
-            Precision::Bf16 => {
-                let a_region = a.len().next_multiple_of(BF16_ALIGN);
-                let both = grown(&self.stream, &mut scratch.bf16, a_region + b.len())?;
-                let (mut a16, mut b16) = both.split_at_mut(a_region);
-                self.to_bf16(a, &mut a16)?;
-                self.to_bf16(b, &mut b16)?;
-                let (a_ptr, _a_done) = a16.device_ptr(&self.stream);
-                let (b_ptr, _b_done) = b16.device_ptr(&self.stream);
-                // SAFETY: as above; a16 and b16 hold a's and b's values as bf16 (converted
-                // above, in stream order), c is f32, accumulation is f32.
-                unsafe {
-                    call.run(
-                        a_ptr,
-                        b_ptr,
-                        sys::cudaDataType::CUDA_R_16BF,
-                        c_ptr,
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    )
-                }
-                .device("gemm (bf16, cublasGemmEx)")
-            }
+            Precision::F32 | Precision::Tf32 => self.gemm_f32(&call, a, b, c_ptr),
+            Precision::Bf16 => self.gemm_bf16(&call, a, b, c_ptr, &mut scratch.bf16),
         }
+    }
+
+    /// `call` on the f32 operands as they are, computed in f32 or (in [`Precision::Tf32`])
+    /// through tf32 tensor cores.
+    fn gemm_f32(
+        &self,
+        call: &GemmEx,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c_ptr: cudarc::driver::sys::CUdeviceptr,
+    ) -> Result<()> {
+        let (a_ptr, _a_done) = a.device_ptr(&self.stream);
+        let (b_ptr, _b_done) = b.device_ptr(&self.stream);
+        let (compute, what) = if self.precision == Precision::F32 {
+            (
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                "gemm (f32, cublasGemmEx)",
+            )
+        } else {
+            (
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                "gemm (tf32, cublasGemmEx)",
+            )
+        };
+        let f32_type = sys::cudaDataType::CUDA_R_32F;
+        // SAFETY: the lengths were checked against m, n, k, so with these leading dimensions
+        // every access stays inside a, b and c (`c_ptr`, of the caller's c), all f32 as
+        // declared; the pointers are this device's and the handle runs on the backend's stream.
+        unsafe { call.run(a_ptr, b_ptr, f32_type, c_ptr, compute) }.device(what)
+    }
+
+    /// `call` on bf16 copies of `a` and `b` (in the scratch buffer `bf16`, grown as needed),
+    /// accumulated in f32.
+    fn gemm_bf16(
+        &self,
+        call: &GemmEx,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c_ptr: cudarc::driver::sys::CUdeviceptr,
+        bf16: &mut Option<CudaSlice<u16>>,
+    ) -> Result<()> {
+        let a_region = a.len().next_multiple_of(BF16_ALIGN);
+        let both = grown(&self.stream, bf16, a_region + b.len())?;
+        let (mut a16, mut b16) = both.split_at_mut(a_region);
+        self.to_bf16(a, &mut a16)?;
+        self.to_bf16(b, &mut b16)?;
+        let (a_ptr, _a_done) = a16.device_ptr(&self.stream);
+        let (b_ptr, _b_done) = b16.device_ptr(&self.stream);
+        // SAFETY: as in `gemm_f32`; a16 and b16 hold a's and b's values as bf16 (converted
+        // above, in stream order), c is f32, accumulation is f32.
+        unsafe {
+            call.run(
+                a_ptr,
+                b_ptr,
+                sys::cudaDataType::CUDA_R_16BF,
+                c_ptr,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            )
+        }
+        .device("gemm (bf16, cublasGemmEx)")
     }
 
     /// Rounds `src` to bf16 into the first `src.len()` values of `dst`.
