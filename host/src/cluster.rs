@@ -5,31 +5,21 @@ pub mod files;
 use serde::{Deserialize, Serialize};
 
 pub use files::ModelError;
-pub use gantry_model::Topology;
+pub use gantry_model::{Gpu, Topology};
 
-/// One GPU.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One GPU: its name and the row the scheduler model describes it by.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GpuInfo {
     /// Unique id, such as `node-003/gpu5`.
     pub id: String,
-    /// Index into [`Cluster::nodes`].
-    pub node: u32,
-    /// Index into [`Cluster::nvlink_domains`].
-    pub nvlink_domain: u32,
-    /// Index into [`Cluster::racks`].
-    pub rack: u32,
-    /// Index into [`Cluster::models`].
-    pub model: u32,
-    /// Device memory, MiB.
-    pub memory_total_mib: u32,
-    /// Memory available to jobs, MiB.
-    pub memory_free_mib: u32,
-    /// False once health checks fail.
-    pub healthy: bool,
+    /// Its node, NVLink domain, rack and model (indices into [`Cluster`]'s lists), memory and
+    /// health. `gpu.busy` is always false here: which GPUs are held is live state
+    /// ([`crate::scheduling::ClusterState::holder`]), the one authority for it.
+    pub gpu: Gpu,
 }
 
 /// One node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
     /// Unique name.
     pub name: String,
@@ -38,7 +28,7 @@ pub struct NodeInfo {
 }
 
 /// One tenant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantInfo {
     /// Unique name.
     pub name: String,
@@ -49,7 +39,7 @@ pub struct TenantInfo {
 }
 
 /// The static shape of a cluster: what exists, not what runs on it.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Cluster {
     /// Every GPU.
     pub gpus: Vec<GpuInfo>,
@@ -90,26 +80,19 @@ impl Cluster {
                 .collect(),
             ..Default::default()
         };
-        for rack in 0..racks {
-            for _ in 0..nodes_per_rack {
-                let node = cluster.nodes.len() as u32;
-                let name = format!("node-{node:04}");
-                for g in 0..gpus_per_node {
-                    cluster.gpus.push(GpuInfo {
-                        id: format!("{name}/gpu{g}"),
-                        node,
-                        nvlink_domain: node,
-                        rack,
-                        model: 0,
-                        memory_total_mib: 81920,
-                        memory_free_mib: 81920,
-                        healthy: true,
-                    });
-                }
-                cluster.nvlink_domains.push(name.clone());
-                cluster.nodes.push(NodeInfo { name, rack });
-            }
+        for node in 0..racks * nodes_per_rack {
+            let name = format!("node-{node:04}");
+            cluster.nvlink_domains.push(name.clone());
+            let rack = node / nodes_per_rack;
+            cluster.nodes.push(NodeInfo { name, rack });
         }
+        let gpus = Gpu::uniform(racks, nodes_per_rack, gpus_per_node).enumerate();
+        cluster.gpus = gpus
+            .map(|(i, gpu)| GpuInfo {
+                id: format!("node-{:04}/gpu{}", gpu.node, i as u32 % gpus_per_node),
+                gpu,
+            })
+            .collect();
         cluster
     }
 }
@@ -140,6 +123,46 @@ pub struct JobSpec {
     /// Submission time, seconds.
     #[serde(default)]
     pub submit_time_s: f64,
+}
+
+impl JobSpec {
+    /// A job as a job file without its optional fields gives it: `gpus` GPUs with
+    /// `memory_per_gpu_mib` free each, all at once, for about `est_runtime_s` seconds; priority 0,
+    /// no topology preference, submitted at 0. The `with_` methods set the others.
+    pub fn new(
+        id: impl Into<String>,
+        tenant: impl Into<String>,
+        gpus: u32,
+        memory_per_gpu_mib: u32,
+        est_runtime_s: f64,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            tenant: tenant.into(),
+            priority: 0,
+            gpus,
+            memory_per_gpu_mib,
+            gang: default_true(),
+            topology: Topology::default(),
+            est_runtime_s,
+            submit_time_s: 0.0,
+        }
+    }
+
+    /// The job with topology preference `topology`.
+    pub fn with_topology(self, topology: Topology) -> Self {
+        Self { topology, ..self }
+    }
+
+    /// The job with priority `priority` (higher runs first).
+    pub fn with_priority(self, priority: i32) -> Self {
+        Self { priority, ..self }
+    }
+
+    /// The job, all-or-nothing (`gang`, the default) or placeable in parts.
+    pub fn with_gang(self, gang: bool) -> Self {
+        Self { gang, ..self }
+    }
 }
 
 fn default_true() -> bool {

@@ -660,7 +660,7 @@ impl Host {
             .gpus
             .iter()
             .position(|g| g.id == gpu_id)?;
-        self.state_mut().cluster.gpus[index].healthy = healthy;
+        self.state_mut().cluster.gpus[index].gpu.healthy = healthy;
         let mut holders: Vec<String> = self
             .state
             .running

@@ -109,11 +109,11 @@ pub fn slowdown(cluster: &Cluster, pref: Topology, gpus: &[u32]) -> f64 {
     let all = |f: &dyn Fn(&crate::cluster::GpuInfo) -> bool| {
         gpus.iter().all(|&g| f(&cluster.gpus[g as usize]))
     };
-    if all(&|g| g.nvlink_domain == first.nvlink_domain) {
+    if all(&|g| g.gpu.nvlink_domain == first.gpu.nvlink_domain) {
         1.0
-    } else if all(&|g| g.node == first.node) {
+    } else if all(&|g| g.gpu.node == first.gpu.node) {
         1.1
-    } else if all(&|g| g.rack == first.rack) {
+    } else if all(&|g| g.gpu.rack == first.gpu.rack) {
         1.2
     } else {
         1.4
@@ -489,7 +489,7 @@ mod tests {
         let gpus_per_node = [2, 4, 8][pick(rng, 3) as usize];
         let mut c = Cluster::uniform(1 + pick(rng, 3), 1 + pick(rng, 3), gpus_per_node, 2);
         let shape = pick(rng, 3);
-        for (i, gpu) in c.gpus.iter_mut().enumerate() {
+        for (i, gpu) in c.gpus.iter_mut().map(|g| &mut g.gpu).enumerate() {
             let i = i as u32;
             gpu.nvlink_domain = match shape {
                 0 => gpu.node,
@@ -504,7 +504,7 @@ mod tests {
         let domains = c
             .gpus
             .iter()
-            .map(|g| g.nvlink_domain + 1)
+            .map(|g| g.gpu.nvlink_domain + 1)
             .max()
             .unwrap_or(0);
         c.nvlink_domains = (0..domains).map(|d| format!("nvl-{d}")).collect();
@@ -555,7 +555,7 @@ mod tests {
                     stuck.is_empty(),
                     "case {case}, {plugin}: {} GPUs ({} healthy), stuck: {stuck:#?}",
                     cluster.gpus.len(),
-                    cluster.gpus.iter().filter(|g| g.healthy).count()
+                    cluster.gpus.iter().filter(|g| g.gpu.healthy).count()
                 );
             }
         }
@@ -590,7 +590,7 @@ mod tests {
     fn host_submit_refuses_a_job_the_cluster_could_never_hold() {
         let mut cluster = Cluster::uniform(1, 2, 8, 2);
         cluster.tenants[1].quota_gpus = Some(4);
-        cluster.gpus[0].healthy = false;
+        cluster.gpus[0].gpu.healthy = false;
         let mut host = Host::new(HostConfig::new(cluster)).unwrap();
         let job = |tenant: &str, gpus: u32, memory_mib: u32| TraceJob {
             submit_s: 0.0,

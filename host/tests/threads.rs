@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gantry::audit::AuditLog;
-use gantry::cluster::{Cluster, JobSpec, Topology};
+use gantry::cluster::{Cluster, JobSpec};
 use gantry::policy::request::{Action, Request, Resource, Subject};
 use gantry::{Host, HostConfig, PluginSource};
 
@@ -54,17 +54,7 @@ fn threads_started_during(work: impl FnOnce()) -> usize {
 }
 
 fn job(id: String) -> JobSpec {
-    JobSpec {
-        id,
-        tenant: "tenant-0".into(),
-        priority: 0,
-        gpus: 1,
-        memory_per_gpu_mib: 1_000,
-        gang: true,
-        topology: Topology::None,
-        est_runtime_s: 60.0,
-        submit_time_s: 0.0,
-    }
+    JobSpec::new(id, "tenant-0", 1, 1_000, 60.0)
 }
 
 /// A host with the shipped policy, the shipped `binpack` scheduler and an audit log in `dir`.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gantry::cluster::{Cluster, JobSpec, Topology};
+use gantry::cluster::{Cluster, JobSpec};
 use gantry::{Host, HostConfig, PluginSource};
 
 pub use gantry_fixtures::{HOSTILE_WASM, WRONG_WORLD_WASM};
@@ -124,17 +124,7 @@ pub fn host() -> Host {
 
 /// A gang job.
 pub fn job(id: &str, tenant: u32, gpus: u32) -> JobSpec {
-    JobSpec {
-        id: id.into(),
-        tenant: format!("tenant-{tenant}"),
-        priority: 0,
-        gpus,
-        memory_per_gpu_mib: 40_000,
-        gang: true,
-        topology: Topology::None,
-        est_runtime_s: 3600.0,
-        submit_time_s: 0.0,
-    }
+    JobSpec::new(id, format!("tenant-{tenant}"), gpus, 40_000, 3600.0)
 }
 
 /// A host with the hostile plugin in `mode` and three jobs queued.

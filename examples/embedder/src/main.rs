@@ -67,17 +67,7 @@ fn schedule_under_policy(host: &mut Host) -> anyhow::Result<()> {
 }
 
 fn job(id: &str, tenant: &str, gpus: u32) -> JobSpec {
-    JobSpec {
-        id: id.into(),
-        tenant: tenant.into(),
-        priority: 0,
-        gpus,
-        memory_per_gpu_mib: 40_000,
-        gang: true,
-        topology: Topology::SameNode,
-        est_runtime_s: 3600.0,
-        submit_time_s: 0.0,
-    }
+    JobSpec::new(id, tenant, gpus, 40_000, 3600.0).with_topology(Topology::SameNode)
 }
 
 /// A generated CSV through the `standardize` plugin, in a pool of sandboxed instances.

@@ -5,12 +5,18 @@ use crate::{Gpu, Gpus, Job, Jobs, Node, Placement, Snapshot, Tenant, Topology};
 /// A cluster of `racks` racks, each with `nodes_per_rack` nodes of `gpus_per_node` free 80 GiB
 /// GPUs; each node is one NVLink domain. Two tenants, `a` and `b`, without quotas.
 pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot {
-    let mut snapshot = Snapshot {
+    let mut gpus = Gpus::default();
+    for gpu in Gpu::uniform(racks, nodes_per_rack, gpus_per_node) {
+        gpus.push(gpu);
+    }
+    Snapshot {
         now_s: 0.0,
-        gpus: Gpus::default(),
-        nodes: Vec::new(),
+        gpus,
+        nodes: (0..racks)
+            .flat_map(|rack| (0..nodes_per_rack).map(move |_| Node { rack }))
+            .collect(),
         rack_count: racks,
-        nvlink_domain_count: 0,
+        nvlink_domain_count: racks * nodes_per_rack,
         model_count: 1,
         tenants: ["a", "b"]
             .iter()
@@ -23,27 +29,7 @@ pub fn cluster(racks: u32, nodes_per_rack: u32, gpus_per_node: u32) -> Snapshot 
             })
             .collect(),
         running: Vec::new(),
-    };
-    for rack in 0..racks {
-        for _ in 0..nodes_per_rack {
-            let node = snapshot.nodes.len() as u32;
-            snapshot.nodes.push(Node { rack });
-            snapshot.nvlink_domain_count += 1;
-            for _ in 0..gpus_per_node {
-                snapshot.gpus.push(Gpu {
-                    node,
-                    nvlink_domain: node,
-                    rack,
-                    model: 0,
-                    memory_total_mib: 81920,
-                    memory_free_mib: 81920,
-                    healthy: true,
-                    busy: false,
-                });
-            }
-        }
     }
-    snapshot
 }
 
 /// Marks the GPUs `gpus` busy.

@@ -116,6 +116,33 @@ pub struct Gpu {
     pub busy: bool,
 }
 
+impl Gpu {
+    /// The GPUs of a uniform cluster, in node order: `racks` racks of `nodes_per_rack` nodes
+    /// with `gpus_per_node` healthy, idle H100-80GB GPUs (model 0, 80 GiB free) each; node `n`
+    /// is NVLink domain `n`. Benchmarks, examples and tests build their clusters from it.
+    pub fn uniform(
+        racks: u32,
+        nodes_per_rack: u32,
+        gpus_per_node: u32,
+    ) -> impl Iterator<Item = Gpu> {
+        (0..racks).flat_map(move |rack| {
+            (0..nodes_per_rack).flat_map(move |n| {
+                let node = rack * nodes_per_rack + n;
+                (0..gpus_per_node).map(move |_| Gpu {
+                    node,
+                    nvlink_domain: node,
+                    rack,
+                    model: 0,
+                    memory_total_mib: 81920,
+                    memory_free_mib: 81920,
+                    healthy: true,
+                    busy: false,
+                })
+            })
+        })
+    }
+}
+
 /// Every GPU, one vector per attribute: entry `i` of each describes GPU `i`. All vectors have
 /// the same length (the SDK refuses a snapshot where they do not).
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Cluster, GpuInfo, JobSpec, NodeInfo, TenantInfo};
+use super::{Cluster, Gpu, GpuInfo, JobSpec, NodeInfo, TenantInfo};
 
 /// A cluster or job file was rejected. Nothing of it is applied.
 #[derive(Debug, thiserror::Error)]
@@ -320,8 +320,7 @@ fn add_node<'f>(
             ));
         }
         let domain = g.nvlink_domain.unwrap_or_else(|| node.name.clone());
-        cluster.gpus.push(GpuInfo {
-            id: g.id,
+        let gpu = Gpu {
             node: node_index,
             nvlink_domain: names.domains.get(&domain),
             rack,
@@ -329,7 +328,9 @@ fn add_node<'f>(
             memory_total_mib: g.memory_total_mib,
             memory_free_mib: free,
             healthy: g.healthy,
-        });
+            busy: false,
+        };
+        cluster.gpus.push(GpuInfo { id: g.id, gpu });
     }
     Ok(())
 }
@@ -479,13 +480,13 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
 /// [`crate::Host::submit`] refuse it. Topology preferences are not checked: they relax.
 pub fn check_fits(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
     let need = job.memory_per_gpu_mib;
-    let healthy = cluster.gpus.iter().filter(|g| g.healthy);
+    let healthy = cluster.gpus.iter().filter(|g| g.gpu.healthy);
     let usable = healthy
         .clone()
-        .filter(|g| g.memory_free_mib >= need)
+        .filter(|g| g.gpu.memory_free_mib >= need)
         .count() as u32;
     if usable == 0 {
-        let most = healthy.map(|g| g.memory_free_mib).max().unwrap_or(0);
+        let most = healthy.map(|g| g.gpu.memory_free_mib).max().unwrap_or(0);
         return Err(format!(
             "memory_per_gpu_mib: {need} MiB is more than any healthy GPU of the cluster has free \
              ({most} MiB at most)"
@@ -551,10 +552,10 @@ nvlink_domain = "n0"
         assert_eq!(c.gpus.len(), 5);
         assert_eq!(c.racks, vec!["r0"]);
         assert_eq!(c.models, vec!["H100", "A100"]);
-        assert!(!c.gpus[3].healthy);
-        assert_eq!(c.gpus[4].memory_free_mib, 30000);
+        assert!(!c.gpus[3].gpu.healthy);
+        assert_eq!(c.gpus[4].gpu.memory_free_mib, 30000);
         assert_eq!(
-            c.gpus[4].nvlink_domain, c.gpus[0].nvlink_domain,
+            c.gpus[4].gpu.nvlink_domain, c.gpus[0].gpu.nvlink_domain,
             "domains can span nodes"
         );
         assert_eq!(c.tenants[0].quota_gpus, Some(8));

@@ -323,21 +323,11 @@ impl CyclePlan {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use crate::cluster::{Cluster, JobSpec, Topology};
+    use crate::cluster::{Cluster, JobSpec};
     use crate::{Host, HostConfig};
 
     pub(crate) fn job(id: &str, gpus: u32) -> JobSpec {
-        JobSpec {
-            id: id.into(),
-            tenant: "tenant-0".into(),
-            priority: 0,
-            gpus,
-            memory_per_gpu_mib: 1_000,
-            gang: true,
-            topology: Topology::None,
-            est_runtime_s: 60.0,
-            submit_time_s: 0.0,
-        }
+        JobSpec::new(id, "tenant-0", gpus, 1_000, 60.0)
     }
 
     /// The plan keeps queue positions and the jobs' keys; when the queue changed while the

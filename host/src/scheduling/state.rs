@@ -41,7 +41,7 @@ pub struct RunningAlloc {
 }
 
 /// The cluster, the queue and the running allocations.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ClusterState {
     /// The static cluster.
     pub cluster: Cluster,
@@ -132,7 +132,7 @@ impl ClusterState {
 
     /// Healthy GPUs in the cluster.
     pub fn healthy_gpus(&self) -> usize {
-        self.cluster.gpus.iter().filter(|g| g.healthy).count()
+        self.cluster.gpus.iter().filter(|g| g.gpu.healthy).count()
     }
 
     /// GPUs held by running allocations.

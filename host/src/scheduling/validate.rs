@@ -9,29 +9,19 @@ mod props;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{Cluster, JobSpec, Topology};
+    use crate::cluster::{Cluster, JobSpec};
     use crate::scheduling::model::{Jobs, Placement, Snapshot};
     use crate::scheduling::{ClusterState, snapshot};
 
     fn setup() -> (Snapshot, Jobs) {
         let mut cluster = Cluster::uniform(1, 2, 4, 2);
         cluster.tenants[1].quota_gpus = Some(2);
-        cluster.gpus[7].healthy = false;
-        cluster.gpus[6].memory_free_mib = 1000;
+        cluster.gpus[7].gpu.healthy = false;
+        cluster.gpus[6].gpu.memory_free_mib = 1000;
         let mut state = ClusterState::new(cluster);
         for (id, tenant, gpus, gang) in [("a", 0, 2, true), ("b", 1, 3, false)] {
             state.enqueue(
-                JobSpec {
-                    id: id.into(),
-                    tenant: format!("tenant-{tenant}"),
-                    priority: 0,
-                    gpus,
-                    memory_per_gpu_mib: 2000,
-                    gang,
-                    topology: Topology::None,
-                    est_runtime_s: 10.0,
-                    submit_time_s: 0.0,
-                },
+                JobSpec::new(id, format!("tenant-{tenant}"), gpus, 2000, 10.0).with_gang(gang),
                 tenant,
             );
         }

@@ -298,11 +298,11 @@ const SIZES: [(u32, f64); 7] = [
 /// gangs and topology preferences, tenants drawn Zipf-like.
 pub fn synthetic(cluster: &Cluster, params: Synthetic) -> Vec<TraceJob> {
     let mut rng = Rng::new(params.seed);
-    let healthy = cluster.gpus.iter().filter(|g| g.healthy).count().max(1) as u32;
+    let healthy = cluster.gpus.iter().filter(|g| g.gpu.healthy).count().max(1) as u32;
     let max_mem = cluster
         .gpus
         .iter()
-        .map(|g| g.memory_free_mib)
+        .map(|g| g.gpu.memory_free_mib)
         .max()
         .unwrap_or(0);
     let sizes: Vec<(u32, f64)> = SIZES
@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn trace_jobs_no_gpu_could_ever_hold_are_refused_with_their_line() {
         let mut c = Cluster::uniform(1, 2, 8, 2);
-        c.gpus[15].healthy = false;
+        c.gpus[15].gpu.healthy = false;
         c.tenants[1].quota_gpus = Some(4);
         let head =
             "submit_time_s,duration_s,gpus,memory_mib,tenant,gang\n0,10,1,100,tenant-0,true\n";

@@ -88,7 +88,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
         Some(path) => trace::load(path, &cluster)?,
         None => args.synthetic.trace(&cluster),
     };
-    let healthy = cluster.gpus.iter().filter(|g| g.healthy).count();
+    let healthy = cluster.gpus.iter().filter(|g| g.gpu.healthy).count();
     let mut host = ctx.host(cluster, &args.plugin)?;
     args.policy.install(&mut host)?;
     let bar = super::progress(jobs.len() as u64, "simulating");

@@ -90,8 +90,8 @@ fn gpus_for(state: &AppState, user: User) -> ApiResult<Json<serde_json::Value>> 
         .map(|(i, g)| {
             json!({
                 "id": g.id,
-                "node": s.cluster.nodes[g.node as usize].name,
-                "healthy": g.healthy,
+                "node": s.cluster.nodes[g.gpu.node as usize].name,
+                "healthy": g.gpu.healthy,
                 "busy": s.holder[i].is_some(),
                 "job": holder_job(i),
             })
@@ -116,9 +116,9 @@ fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
     let s = host.state();
     let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
     for (i, g) in s.cluster.gpus.iter().enumerate() {
-        let c = &mut counts[g.node as usize];
+        let c = &mut counts[g.gpu.node as usize];
         c.0 += 1;
-        c.1 += u32::from(g.healthy);
+        c.1 += u32::from(g.gpu.healthy);
         c.2 += u32::from(s.holder[i].is_some());
     }
     let nodes: Vec<serde_json::Value> = s

@@ -41,13 +41,13 @@ fn check_cluster(c: &Cluster) {
     let mut ids = HashSet::new();
     for g in &c.gpus {
         assert!(ids.insert(&g.id), "duplicate {}", g.id);
-        assert!((g.node as usize) < c.nodes.len());
-        assert!((g.rack as usize) < c.racks.len());
-        assert!((g.nvlink_domain as usize) < c.nvlink_domains.len());
-        assert!((g.model as usize) < c.models.len());
-        assert!(g.memory_free_mib > 0 || g.memory_total_mib > 0);
-        assert!(g.memory_total_mib > 0 && g.memory_free_mib <= g.memory_total_mib);
-        assert_eq!(g.rack, c.nodes[g.node as usize].rack);
+        assert!((g.gpu.node as usize) < c.nodes.len());
+        assert!((g.gpu.rack as usize) < c.racks.len());
+        assert!((g.gpu.nvlink_domain as usize) < c.nvlink_domains.len());
+        assert!((g.gpu.model as usize) < c.models.len());
+        assert!(g.gpu.memory_free_mib > 0 || g.gpu.memory_total_mib > 0);
+        assert!(g.gpu.memory_total_mib > 0 && g.gpu.memory_free_mib <= g.gpu.memory_total_mib);
+        assert_eq!(g.gpu.rack, c.nodes[g.gpu.node as usize].rack);
     }
     let mut names = HashSet::new();
     assert!(c.nodes.iter().all(|n| names.insert(&n.name)));

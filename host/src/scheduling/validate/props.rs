@@ -52,10 +52,10 @@ fn state(s: &Setup) -> ClusterState {
     let mut cluster = Cluster::uniform(1, s.nodes, s.gpus_per_node, 2);
     let n = cluster.gpus.len();
     for i in &s.unhealthy {
-        cluster.gpus[i.index(n)].healthy = false;
+        cluster.gpus[i.index(n)].gpu.healthy = false;
     }
     for i in &s.low_memory {
-        cluster.gpus[i.index(n)].memory_free_mib = 1000;
+        cluster.gpus[i.index(n)].gpu.memory_free_mib = 1000;
     }
     cluster.tenants[1].quota_gpus = s.quota;
     let mut state = ClusterState::new(cluster);
@@ -75,7 +75,7 @@ fn state(s: &Setup) -> ClusterState {
     }
     // Some GPUs held by a job outside the queue (a healthy one each).
     let held: Vec<usize> = (0..n)
-        .filter(|&g| state.cluster.gpus[g].healthy)
+        .filter(|&g| state.cluster.gpus[g].gpu.healthy)
         .take(s.held)
         .collect();
     for g in held {
@@ -170,7 +170,7 @@ proptest! {
                 prop_assert_eq!(p.gpus.len() as u32, job.remaining);
             }
             for &g in &p.gpus {
-                let gpu = &state.cluster.gpus[g as usize];
+                let gpu = &state.cluster.gpus[g as usize].gpu;
                 prop_assert!(gpu.healthy && gpu.memory_free_mib >= job.spec.memory_per_gpu_mib);
                 prop_assert!(state.holder[g as usize].is_none(), "GPU {} given twice", g);
             }
