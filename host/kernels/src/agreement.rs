@@ -111,3 +111,50 @@ pub fn fit<B: Backend>(
     }
     last
 }
+
+/// Trains `plain` by plain steps and `staged` with each next batch staged during the step, over
+/// one epoch of batches of `batch` rows in [`epoch_order`] from `seed`, and panics unless every
+/// step's loss is bit-identical and both end in the same state: staging must change nothing,
+/// on every backend.
+#[track_caller]
+pub fn assert_staging_changes_nothing<B: Backend>(
+    plain: &mut Trainer<B>,
+    staged: &mut Trainer<B>,
+    data: &Dataset,
+    batch: usize,
+    seed: u64,
+) {
+    let batches: Vec<(Vec<f32>, Vec<f32>)> = epoch_order(seed, 0, data.rows())
+        .chunks(batch)
+        .map(|rows| {
+            let (mut f, mut t) = (Vec::new(), Vec::new());
+            data.gather(rows, &mut f, &mut t);
+            (f, t)
+        })
+        .collect();
+    staged.stage(&batches[0].0, &batches[0].1).unwrap();
+    for (i, (f, t)) in batches.iter().enumerate() {
+        let a = plain.step(f, t).unwrap();
+        let next = batches
+            .get(i + 1)
+            .map(|(f, t)| (f.as_slice(), t.as_slice()));
+        let b = staged.step_staged(next).unwrap();
+        assert_eq!(a.to_bits(), b.to_bits(), "batch {i}");
+    }
+    assert!(plain.snapshot().unwrap() == staged.snapshot().unwrap());
+}
+
+/// The Adam cases backends are compared on, as `(parameters, optimizer)`: 10 and 100,000
+/// parameters, each without and with weight decay.
+pub fn adam_cases() -> impl Iterator<Item = (usize, reference::Adam)> {
+    [10, 100_000].into_iter().flat_map(|n| {
+        [0.0, 0.01].map(move |weight_decay| {
+            let adam = reference::Adam {
+                lr: 0.01,
+                weight_decay,
+                ..reference::Adam::default()
+            };
+            (n, adam)
+        })
+    })
+}

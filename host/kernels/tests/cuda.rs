@@ -7,9 +7,10 @@
 //! machines that must have them).
 #![cfg(feature = "cuda")]
 
-use gantry_kernels::agreement::{assert_close, fit, gemm_cases, transpose, values};
+use gantry_kernels::agreement::{
+    adam_cases, assert_close, assert_staging_changes_nothing, fit, gemm_cases, transpose, values,
+};
 use gantry_kernels::cuda::{self, CudaBackend};
-use gantry_kernels::train::epoch_order;
 use gantry_kernels::{
     Activation, Adam, Backend, CpuBackend, GemmShape, KernelError, Loss, MlpSpec, Op, Optimizer,
     Precision, Trainer, reference, synthetic,
@@ -396,34 +397,27 @@ fn adam_matches_the_cpu_backend_and_the_reference() {
         return;
     };
     let cpu = cpu();
-    for n in [10, 100_000] {
-        for weight_decay in [0.0, 0.01] {
-            let opt = Adam {
-                lr: 0.01,
-                weight_decay,
-                ..Adam::default()
-            };
-            let p0 = values(n, 10);
-            let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
-            let (mut rp, mut rm, mut rv) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
-            let mut gp = gpu.upload(&p0).unwrap();
-            let (mut gm, mut gv) = (gpu.alloc(n).unwrap(), gpu.alloc(n).unwrap());
-            for step in 1..=5 {
-                let g = values(n, 10 + u64::from(step));
-                cpu.adam_step(&opt, step, &mut p, &g, &mut m, &mut v)
-                    .unwrap();
-                reference::adam_step(&opt, step, &mut rp, &g, &mut rm, &mut rv);
-                let gg = gpu.upload(&g).unwrap();
-                gpu.adam_step(&opt, step, &mut gp, &gg, &mut gm, &mut gv)
-                    .unwrap();
-            }
-            let (gp, gm, gv) = (to_host(&gpu, &gp), to_host(&gpu, &gm), to_host(&gpu, &gv));
-            // The kernel rounds as the CPU loop does (no FMA contraction).
-            assert_close(&gp, &p, 1e-7);
-            assert_close(&gm, &m, 1e-7);
-            assert_close(&gv, &v, 1e-7);
-            assert_close(&gp, &rp, 1e-5);
+    for (n, opt) in adam_cases() {
+        let p0 = values(n, 10);
+        let (mut p, mut m, mut v) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+        let (mut rp, mut rm, mut rv) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+        let mut gp = gpu.upload(&p0).unwrap();
+        let (mut gm, mut gv) = (gpu.alloc(n).unwrap(), gpu.alloc(n).unwrap());
+        for step in 1..=5 {
+            let g = values(n, 10 + u64::from(step));
+            cpu.adam_step(&opt, step, &mut p, &g, &mut m, &mut v)
+                .unwrap();
+            reference::adam_step(&opt, step, &mut rp, &g, &mut rm, &mut rv);
+            let gg = gpu.upload(&g).unwrap();
+            gpu.adam_step(&opt, step, &mut gp, &gg, &mut gm, &mut gv)
+                .unwrap();
         }
+        let (gp, gm, gv) = (to_host(&gpu, &gp), to_host(&gpu, &gm), to_host(&gpu, &gv));
+        // The kernel rounds as the CPU loop does (no FMA contraction).
+        assert_close(&gp, &p, 1e-7);
+        assert_close(&gm, &m, 1e-7);
+        assert_close(&gv, &v, 1e-7);
+        assert_close(&gp, &rp, 1e-5);
     }
     let err = gpu
         .adam_step(
@@ -562,22 +556,5 @@ fn prefetched_batches_train_exactly_like_written_ones() {
     let adam = Optimizer::Adam(Adam::default());
     let mut plain = Trainer::new(spec.clone(), adam, vec![gpu0], 2).unwrap();
     let mut staged = Trainer::new(spec, adam, vec![gpu1], 2).unwrap();
-    let batches: Vec<(Vec<f32>, Vec<f32>)> = epoch_order(2, 0, data.rows())
-        .chunks(100)
-        .map(|rows| {
-            let (mut f, mut t) = (Vec::new(), Vec::new());
-            data.gather(rows, &mut f, &mut t);
-            (f, t)
-        })
-        .collect();
-    staged.stage(&batches[0].0, &batches[0].1).unwrap();
-    for (i, (f, t)) in batches.iter().enumerate() {
-        let a = plain.step(f, t).unwrap();
-        let next = batches
-            .get(i + 1)
-            .map(|(f, t)| (f.as_slice(), t.as_slice()));
-        let b = staged.step_staged(next).unwrap();
-        assert_eq!(a.to_bits(), b.to_bits(), "batch {i}");
-    }
-    assert!(plain.snapshot().unwrap() == staged.snapshot().unwrap());
+    assert_staging_changes_nothing(&mut plain, &mut staged, &data, 100, 2);
 }

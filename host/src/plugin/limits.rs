@@ -15,16 +15,13 @@ use super::manifest::Limits;
 /// A `ResourceLimiter` for one plugin store: totals over all its memories and tables.
 #[derive(Debug)]
 pub struct PluginLimiter {
-    memory_cap: usize,
-    table_cap: usize,
     instances: usize,
     memories: usize,
     tables: usize,
-    memory_used: usize,
-    table_used: usize,
-    /// The last growth allowed, taken back if wasmtime then fails to carry it out.
-    pending_memory: usize,
-    pending_table: usize,
+    /// Bytes of all linear memories.
+    memory: Total,
+    /// Elements of all tables.
+    table: Total,
     /// Set when a growth request was refused.
     pub exceeded: bool,
     table_refused: bool,
@@ -34,15 +31,11 @@ impl PluginLimiter {
     /// Limits taken from a manifest.
     pub fn new(limits: &Limits) -> Self {
         Self {
-            memory_cap: (limits.memory_mib as usize) << 20,
-            table_cap: limits.table_elements as usize,
             instances: limits.instances as usize,
             memories: limits.memories as usize,
             tables: limits.tables as usize,
-            memory_used: 0,
-            table_used: 0,
-            pending_memory: 0,
-            pending_table: 0,
+            memory: Total::capped_at((limits.memory_mib as usize) << 20),
+            table: Total::capped_at(limits.table_elements as usize),
             exceeded: false,
             table_refused: false,
         }
@@ -50,7 +43,7 @@ impl PluginLimiter {
 
     /// Bytes of linear memory the store holds now, all memories together.
     pub fn memory_used(&self) -> usize {
-        self.memory_used
+        self.memory.used
     }
 
     /// True when the refusal was of table elements rather than memory.
@@ -60,20 +53,46 @@ impl PluginLimiter {
 
     /// Table elements the store holds now, all tables together.
     pub fn table_used(&self) -> usize {
-        self.table_used
+        self.table.used
     }
 }
 
-/// Adds `desired - current` to `used` if the total stays within `cap`.
-fn grow(used: &mut usize, pending: &mut usize, cap: usize, current: usize, desired: usize) -> bool {
-    let delta = desired.saturating_sub(current);
-    match used.checked_add(delta) {
-        Some(total) if total <= cap => {
-            *used = total;
-            *pending = delta;
-            true
+/// A running total over every memory (or every table) of a store, held within a cap.
+#[derive(Debug)]
+struct Total {
+    used: usize,
+    cap: usize,
+    /// The last growth allowed, taken back if wasmtime then fails to carry it out.
+    pending: usize,
+}
+
+impl Total {
+    fn capped_at(cap: usize) -> Self {
+        Self {
+            used: 0,
+            cap,
+            pending: 0,
         }
-        _ => false,
+    }
+
+    /// Adds one memory's or table's growth from `current` to `desired` if the total stays
+    /// within the cap.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let delta = desired.saturating_sub(current);
+        match self.used.checked_add(delta) {
+            Some(total) if total <= self.cap => {
+                self.used = total;
+                self.pending = delta;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes back the last growth allowed: wasmtime failed to carry it out (the memory's own
+    /// maximum, say).
+    fn grow_failed(&mut self) {
+        self.used -= std::mem::take(&mut self.pending);
     }
 }
 
@@ -84,20 +103,13 @@ impl ResourceLimiter for PluginLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = grow(
-            &mut self.memory_used,
-            &mut self.pending_memory,
-            self.memory_cap,
-            current,
-            desired,
-        );
+        let ok = self.memory.grow(current, desired);
         self.exceeded |= !ok;
         Ok(ok)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        // The growth we counted did not happen (the memory's own maximum, say).
-        self.memory_used -= std::mem::take(&mut self.pending_memory);
+        self.memory.grow_failed();
         Ok(())
     }
 
@@ -107,20 +119,14 @@ impl ResourceLimiter for PluginLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = grow(
-            &mut self.table_used,
-            &mut self.pending_table,
-            self.table_cap,
-            current,
-            desired,
-        );
+        let ok = self.table.grow(current, desired);
         self.exceeded |= !ok;
         self.table_refused |= !ok;
         Ok(ok)
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.table_used -= std::mem::take(&mut self.pending_table);
+        self.table.grow_failed();
         Ok(())
     }
 
@@ -181,5 +187,8 @@ mod tests {
         assert!(!l.table_growing(0, 60, None).unwrap());
         assert!(l.table_growing(0, 40, None).unwrap());
         assert_eq!(l.table_used(), 100);
+        l.table_grow_failed(wasmtime::format_err!("over the table's maximum"))
+            .unwrap();
+        assert_eq!(l.table_used(), 60, "the failed growth is not counted");
     }
 }
