@@ -226,6 +226,10 @@ pub enum HostError {
     /// A policy bundle could not be loaded.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// A policy swap was asked of a [`Decider`] made before the host had a policy: the host
+    /// installs its first one itself ([`Host::set_policy`]).
+    #[error("no policy to replace: the host has none yet (install one with Host::set_policy)")]
+    NoPolicy,
     /// The audit log could not be written; the action was not taken.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
@@ -374,27 +378,23 @@ impl Host {
             .policy_loader()
             .load(bundle, PolicyLimits::default())
             .await?;
-        self.set_policy(policy)
+        self.set_policy(policy).await
     }
 
     /// Installs `policy` as the host's access-control policy, atomically: decisions already
-    /// running finish on the policy they started with. Returns the one it replaces.
-    pub fn set_policy(
+    /// running finish on the policy they started with. Returns the one it replaces. The swap is
+    /// recorded first ([`Decider::swap_policy`]): when the record fails, nothing changes.
+    pub async fn set_policy(
         &mut self,
         policy: Arc<LoadedPolicy>,
     ) -> Result<Option<Arc<LoadedPolicy>>, HostError> {
-        let record = serde_json::json!({
-            "from": self.policy.as_ref().map(|s| s.current().revision().to_string()),
-            "to": policy.revision(),
-        });
-        self.record("policy.swap", record)?;
-        Ok(match &self.policy {
-            Some(slot) => Some(slot.swap(policy)),
-            None => {
-                self.policy = Some(Arc::new(PolicySlot::new(policy)));
-                None
-            }
-        })
+        if self.policy.is_some() {
+            return self.decider().swap_policy(policy).await.map(Some);
+        }
+        let record = serde_json::json!({"from": None::<String>, "to": policy.revision()});
+        self.record("policy.swap", record).await?;
+        self.policy = Some(Arc::new(PolicySlot::new(policy)));
+        Ok(None)
     }
 
     /// Records decisions and host events (plugin loads, policy swaps) in `log` from now on.
@@ -415,9 +415,9 @@ impl Host {
         Ok(())
     }
 
-    /// Appends an event to the audit log (when one is set).
-    pub fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
-        self.decider().record(kind, record)
+    /// Appends an event to the audit log (when one is set), synced on the blocking pool.
+    pub async fn record(&self, kind: &str, record: serde_json::Value) -> Result<(), HostError> {
+        self.decider().record_async(kind, record).await
     }
 
     /// [`Decider::authorize`] with this host's policy and audit log.
@@ -469,44 +469,26 @@ impl Host {
 
     /// [`Host::load_scheduler`] on behalf of `subject`, after the policy allowed `plugin.load`
     /// (the resource says whether the plugin carries a trusted signature). The load is recorded.
+    /// Its three steps apart, for a caller sharing the host behind a lock:
+    /// [`PluginLoader::prepare_scheduler_as`] (no host), [`PreparedScheduler::record`] (no host),
+    /// [`Host::install_scheduler`] (the swap alone).
     pub async fn load_scheduler_as(
         &mut self,
         subject: &Subject,
         source: &PluginSource,
     ) -> Result<&SchedulerPlugin, HostError> {
-        let (name, signed) = match source {
-            // Shipped plugins are part of the signed-off binary.
-            PluginSource::Builtin(name) => (name.clone(), true),
-            PluginSource::Path(path) => {
-                let signed = self.loader.signature_holds(path);
-                (path.display().to_string(), signed)
-            }
-            PluginSource::Uploaded(up) => (
-                up.name.clone(),
-                up.verify(&self.loader.trust.trusted_keys).is_ok(),
-            ),
-        };
-        let verdict = self
-            .decider()
-            .require(&Request::new(
-                subject.clone(),
-                Action::PluginLoad,
-                PluginRef::new(name, signed),
-            ))
+        let decider = self.decider();
+        let prepared = (self.loader)
+            .prepare_scheduler_as(&decider, subject, source)
             .await?;
-        let plugin = self.load_scheduler_plugin(source)?;
-        self.decider()
-            .record_async(
-                "plugin.load",
-                serde_json::json!({
-                    "plugin": plugin.name(),
-                    "version": plugin.manifest().version,
-                    "sha256": plugin.wasm_sha256(),
-                    "decision_id": verdict.decision_id,
-                }),
-            )
-            .await?;
-        Ok(self.scheduler.insert(Arc::new(plugin)))
+        let recorded = prepared.record(&decider).await?;
+        Ok(self.install_scheduler(recorded))
+    }
+
+    /// Makes a scheduler plugin whose load is recorded the active strategy; returns it. Only a
+    /// swap: deciding, compiling and recording happened before, without the host.
+    pub fn install_scheduler(&mut self, recorded: RecordedScheduler) -> &SchedulerPlugin {
+        self.scheduler.insert(Arc::new(recorded.plugin))
     }
 
     /// Unloads the active scheduler plugin on behalf of `subject`, after the policy allowed
@@ -699,6 +681,42 @@ impl PluginLoader {
         self.cache.clone().with_compile_limits(self.compile)
     }
 
+    /// Asks the policy whether `subject` may load the scheduler plugin at `source` (the
+    /// resource says whether it carries a trusted signature; the decision is recorded), then
+    /// compiles it on the blocking pool. Takes no host: a daemon runs it without the host's
+    /// lock, so cycles and requests go on while a new plugin compiles.
+    pub async fn prepare_scheduler_as(
+        &self,
+        decider: &Decider,
+        subject: &Subject,
+        source: &PluginSource,
+    ) -> Result<PreparedScheduler, HostError> {
+        let resource = self.plugin_ref(source);
+        let verdict = decider
+            .require(&Request::new(subject.clone(), Action::PluginLoad, resource))
+            .await?;
+        let (loader, source) = (self.clone(), source.clone());
+        let plugin = crate::blocking::run(move || loader.load_scheduler_plugin(&source)).await?;
+        Ok(PreparedScheduler {
+            plugin,
+            decision_id: verdict.decision_id,
+        })
+    }
+
+    /// The policy's view of the plugin at `source`: its name, and whether a trusted key signed
+    /// it (shipped plugins are part of the signed-off binary).
+    fn plugin_ref(&self, source: &PluginSource) -> PluginRef {
+        match source {
+            PluginSource::Builtin(name) => PluginRef::new(name.clone(), true),
+            PluginSource::Path(path) => {
+                PluginRef::new(path.display().to_string(), self.signature_holds(path))
+            }
+            PluginSource::Uploaded(up) => {
+                PluginRef::new(up.name.clone(), up.verify(&self.trust.trusted_keys).is_ok())
+            }
+        }
+    }
+
     /// Loads a scheduler plugin (without installing it).
     pub fn load_scheduler_plugin(
         &self,
@@ -825,6 +843,54 @@ impl PluginLoader {
     }
 }
 
+/// A scheduler plugin the policy allowed to load, compiled: what
+/// [`PluginLoader::prepare_scheduler_as`] makes. Its load is recorded next
+/// ([`PreparedScheduler::record`]); only then can it be installed.
+pub struct PreparedScheduler {
+    plugin: SchedulerPlugin,
+    /// The decision that allowed the load.
+    decision_id: String,
+}
+
+impl PreparedScheduler {
+    /// The plugin.
+    pub fn plugin(&self) -> &SchedulerPlugin {
+        &self.plugin
+    }
+
+    /// Records `plugin.load` (name, version, digest, the decision's id) in the audit log, synced
+    /// on the blocking pool. A caller sharing the host records and installs
+    /// ([`Host::install_scheduler`]) in one turn of its own, so the log's order of loads is the
+    /// order they took effect (the last installed is the active one).
+    pub async fn record(self, decider: &Decider) -> Result<RecordedScheduler, HostError> {
+        let plugin = self.plugin;
+        decider
+            .record_async(
+                "plugin.load",
+                serde_json::json!({
+                    "plugin": plugin.name(),
+                    "version": plugin.manifest().version,
+                    "sha256": plugin.wasm_sha256(),
+                    "decision_id": self.decision_id,
+                }),
+            )
+            .await?;
+        Ok(RecordedScheduler { plugin })
+    }
+}
+
+/// A scheduler plugin whose load the audit log holds: only [`PreparedScheduler::record`] makes
+/// one, so no plugin is installed ([`Host::install_scheduler`]) unrecorded.
+///
+/// ```compile_fail
+/// # fn made(plugin: gantry::scheduling::SchedulerPlugin) -> gantry::RecordedScheduler {
+/// gantry::RecordedScheduler { plugin }
+/// # }
+/// ```
+pub struct RecordedScheduler {
+    plugin: SchedulerPlugin,
+}
+
 /// Decides requests with the policy and records each decision in the audit log (see
 /// [`Host::decider`]).
 #[derive(Clone, Default)]
@@ -891,6 +957,27 @@ impl Decider {
             decision_id: verdict.decision_id,
             reasons: verdict.reasons,
         })
+    }
+
+    /// Makes `policy` the one in force once its swap is recorded (`policy.swap`, from and to
+    /// revisions), and returns the policy it replaces; decisions already running finish on the
+    /// one they started with. When the record fails nothing changes: no policy is in force
+    /// unrecorded, and no record claims a swap that did not happen (the swap itself cannot
+    /// fail). Swaps take turns, record and swap together, so the log's order of swaps is the
+    /// order they took effect. Holds no lock of the host's; the sync runs on the blocking pool.
+    pub async fn swap_policy(
+        &self,
+        policy: Arc<LoadedPolicy>,
+    ) -> Result<Arc<LoadedPolicy>, HostError> {
+        let decider = self.clone();
+        crate::blocking::run(move || {
+            let slot = decider.policy.as_ref().ok_or(HostError::NoPolicy)?;
+            slot.swap_after(policy.clone(), |from| {
+                let record = serde_json::json!({"from": from.revision(), "to": policy.revision()});
+                decider.record("policy.swap", record)
+            })
+        })
+        .await
     }
 
     /// Appends an event to the audit log (when one is set). Blocks until it is on disk: async

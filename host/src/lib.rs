@@ -43,8 +43,8 @@ pub mod training;
 
 pub use host::{
     Assignment, CheckedJob, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DecidedCycle, Decider,
-    Host, HostConfig, HostError, PluginSource, PluginTrust, UploadedPlugin, Verdict,
-    default_cache_dir,
+    Host, HostConfig, HostError, PluginSource, PluginTrust, PreparedScheduler, RecordedScheduler,
+    UploadedPlugin, Verdict, default_cache_dir,
 };
 
 // The README's Rust examples compile and run as doctests.

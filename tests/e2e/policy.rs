@@ -392,7 +392,11 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
     let mut host = Host::new(config).unwrap();
     host.load_scheduler(&gantry::PluginSource::Builtin("binpack".into()))
         .unwrap();
-    assert!(host.set_policy(loaded.clone()).unwrap().is_none());
+    assert!(
+        gantry::blocking::block_on(host.set_policy(loaded.clone()))
+            .unwrap()
+            .is_none()
+    );
     for (id, tenant, gpus) in [
         ("a", "robotics", 64),
         ("b", "robotics", 64),
@@ -427,7 +431,9 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
         gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
             .unwrap();
     let in_flight = host.policy().unwrap().current();
-    let old = host.set_policy(newer).unwrap().unwrap();
+    let old = gantry::blocking::block_on(host.set_policy(newer))
+        .unwrap()
+        .unwrap();
     assert!(std::sync::Arc::ptr_eq(&old, &in_flight));
     assert_eq!(in_flight.revision(), "test-1");
     assert_eq!(host.policy().unwrap().current().revision(), "test-2");
@@ -507,7 +513,7 @@ fn host_actions_are_decided_by_policy_and_audited() {
     let key = gantry::keys::generate(&dir.path().join("host.pk8")).unwrap();
     let log_path = dir.path().join("audit.log");
     host.set_audit_log(gantry::audit::AuditLog::open(&log_path, key).unwrap());
-    host.set_policy(loaded.clone()).unwrap();
+    gantry::blocking::block_on(host.set_policy(loaded.clone())).unwrap();
 
     let admin = Subject::new("root", ["admin"]);
     let intern = Subject::new("ivy", ["intern"]).in_tenants(["vision"]);
@@ -883,7 +889,7 @@ fn a_conflicting_or_non_boolean_decision_denies_in_the_host() {
     let key = gantry::keys::generate(&dir.path().join("host.pk8")).unwrap();
     let log = dir.path().join("audit.log");
     host.set_audit_log(gantry::audit::AuditLog::open(&log, key).unwrap());
-    host.set_policy(sandbox.clone()).unwrap();
+    gantry::blocking::block_on(host.set_policy(sandbox.clone())).unwrap();
     let verdict = gantry::blocking::block_on(host.authorize(&Request::new(
         Subject::new("root", ["admin"]),
         Action::AuditRead,

@@ -446,3 +446,87 @@ fn within_upload_limit(headers: &HeaderMap, what: &str) -> ApiResult<()> {
     }
     Ok(())
 }
+
+/// What the handlers' tests share.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::Semaphore;
+
+    use super::{ApiResult, AppState, LARGE_BODY_SLOTS, TRANSFER_SLOTS};
+    use crate::db::User;
+    use crate::testing::TestDaemon;
+
+    /// The routes' state over `t`'s daemon.
+    pub(super) fn app_state(t: &TestDaemon) -> AppState {
+        AppState {
+            daemon: t.daemon.clone(),
+            wake: Default::default(),
+            large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
+            transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
+        }
+    }
+
+    /// An admin (the shipped policy lets admins load plugins and replace the policy).
+    pub(super) fn admin() -> User {
+        User {
+            name: "root".into(),
+            roles: vec!["admin".into()],
+            tenants: Vec::new(),
+            clearance: "public".into(),
+        }
+    }
+
+    /// Runs `work` (a handler's blocking step) on the blocking pool, for `admin`, and answers a
+    /// future of its answer (an error fails the test).
+    pub(super) fn spawn<T: Send + 'static>(
+        t: &TestDaemon,
+        work: impl FnOnce(&AppState, &User) -> ApiResult<T> + Send + 'static,
+    ) -> impl Future<Output = T> + Send + 'static {
+        let state = app_state(t);
+        let answer = t.runtime.spawn(async move {
+            super::blocking(&state, move |state| work(state, &admin())).await
+        });
+        async move {
+            let answer = answer.await.expect("the work ran");
+            answer.unwrap_or_else(|e| panic!("answered {}: {}", e.status, e.body))
+        }
+    }
+
+    /// Runs `work` like [`spawn`] while this thread holds the host for reading, and waits (at
+    /// most 2 minutes) until the audit log holds one more entry of `kind` than before: all that
+    /// happens while the host is held, so none of it waits for the host's write lock. Then lets
+    /// the host go and returns what `work` answered.
+    pub(super) fn logged_while_the_host_is_read<T: Send + 'static>(
+        t: &TestDaemon,
+        kind: &str,
+        work: impl FnOnce(&AppState, &User) -> ApiResult<T> + Send + 'static,
+    ) -> T {
+        let before = logged(t, kind).len();
+        let reader = t.daemon.host_read();
+        let answer = spawn(t, work);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while logged(t, kind).len() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no `{kind}` was logged in 2 minutes while the host was held for reading"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(reader);
+        t.runtime.block_on(answer)
+    }
+
+    /// The records of the daemon's audit log's entries of `kind`, in order.
+    pub(super) fn logged(t: &TestDaemon, kind: &str) -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(t.daemon.audit.path()).expect("the audit log reads");
+        log.lines()
+            // A line being written meanwhile is read at the next look.
+            .filter_map(|l| serde_json::from_str::<gantry::audit::Entry>(l).ok())
+            .filter(|e| e.kind == kind)
+            .filter_map(|e| e.record)
+            .collect()
+    }
+}

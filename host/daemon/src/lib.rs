@@ -103,6 +103,11 @@ pub struct Daemon {
     pub host: std::sync::RwLock<Host>,
     /// The policy and the audit log, without the host's lock: every request's decision.
     pub decider: gantry::Decider,
+    /// Taken by whatever changes the scheduler plugin or the policy in force, across its audit
+    /// record, the change and the setting a restart reads: concurrent changes take turns, so
+    /// the log, the one in force and the setting agree (the last change wins). Never taken
+    /// while holding the host's lock.
+    pub installs: Mutex<()>,
     /// Datasets, checkpoints and artifacts, encrypted (holding the data directory's lock).
     pub store: gantry::storage::Store,
     /// The audit log (also the host's): sealed by a timer, and its head served.
@@ -251,6 +256,7 @@ impl Daemon {
             db,
             jobs,
             decider: host.decider(),
+            installs: Mutex::new(()),
             host: std::sync::RwLock::new(host),
             store,
             audit,
@@ -275,13 +281,11 @@ impl Daemon {
             .map_err(|e| e.to_string())?
             .filter(|_| shipped);
         let (policy, info) = persisted::policy_to_start_with(host, db, store, shipped)?;
-        host.set_policy(policy).map_err(|e| e.to_string())?;
+        api::here(host.set_policy(policy)).map_err(|e| e.to_string())?;
         if let Some(revision) = replaced {
-            host.record(
-                "policy.reset",
-                serde_json::json!({"replaced": revision, "by": "gantry up --shipped-policy"}),
-            )
-            .map_err(|e| e.to_string())?;
+            let record =
+                serde_json::json!({"replaced": revision, "by": "gantry up --shipped-policy"});
+            api::here(host.record("policy.reset", record)).map_err(|e| e.to_string())?;
         }
         tracing::info!(revision = %info.revision, source = info.source, "policy in force");
         Ok(())

@@ -1,6 +1,8 @@
 use super::cycle::tests::job;
+use crate::audit::{AuditLog, Entry};
 use crate::cluster::Cluster;
 use crate::policy::Subject;
+use crate::policy::decide::LoadedPolicy;
 use crate::{Host, HostConfig, HostError};
 
 /// A job is checked once on its way in: a checked job is queued as it is, and checked again
@@ -32,4 +34,73 @@ fn a_checked_job_is_checked_again_only_when_the_state_changed_since() {
         .map(|p| p.spec.id.as_str())
         .collect();
     assert_eq!(queued, ["a"]);
+}
+
+/// The shipped policy built under `revision` (one module for every revision: compiled once).
+fn shipped_policy(host: &Host, revision: &str) -> std::sync::Arc<LoadedPolicy> {
+    let (name, rego, data) = crate::builtin::AUTHZ_POLICY;
+    let source = crate::policy::source::PolicySource::from_parts(&[(name, rego)], data).unwrap();
+    let entrypoints = [crate::DECISION_ENTRYPOINT.to_string()];
+    let bundle = crate::policy::build(&source, &entrypoints, Some(revision)).unwrap();
+    let limits = crate::policy::decide::PolicyLimits::default();
+    crate::blocking::block_on(host.policy_loader().load(bundle, limits)).unwrap()
+}
+
+/// Issue 11: a policy swap is recorded before it takes effect, swaps take turns (each record's
+/// `from` is the previous record's `to`, even with swaps at once from many threads, and the last
+/// record names the policy in force), and a swap whose record fails changes nothing.
+#[test]
+fn policy_swaps_are_recorded_in_the_order_they_take_effect_and_an_unrecorded_one_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = Some(std::env::temp_dir().join("gantry-core-unit-tests-cache"));
+    let mut host = Host::new(config).unwrap();
+    let key = crate::keys::generate(&dir.path().join("host.pk8")).unwrap();
+    let log = std::sync::Arc::new(AuditLog::open(&dir.path().join("audit.log"), key).unwrap());
+    host.set_shared_audit_log(log.clone());
+    let (a, b) = (shipped_policy(&host, "a"), shipped_policy(&host, "b"));
+    let e = crate::blocking::block_on(host.decider().swap_policy(a.clone())).unwrap_err();
+    assert!(matches!(e, HostError::NoPolicy), "{e}");
+    assert!(
+        crate::blocking::block_on(host.set_policy(a.clone()))
+            .unwrap()
+            .is_none()
+    );
+    let decider = host.decider();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (decider, next) = (&decider, [&a, &b][i % 2].clone());
+            s.spawn(move || crate::blocking::block_on(decider.swap_policy(next)).unwrap());
+        }
+    });
+    let in_force = host.policy().unwrap().current().revision().to_string();
+    let swaps = swaps(log.path());
+    assert_eq!(swaps.len(), 9);
+    assert_eq!(swaps[0], (None, "a".to_string()));
+    for pair in swaps.windows(2) {
+        assert_eq!(pair[1].0.as_ref(), Some(&pair[0].1), "{swaps:?}");
+    }
+    assert_eq!(swaps[8].1, in_force);
+    log.close().unwrap();
+    let other = [&a, &b][usize::from(in_force == "a")].clone();
+    let e = crate::blocking::block_on(decider.swap_policy(other)).unwrap_err();
+    assert!(matches!(e, HostError::Audit(_)), "{e}");
+    assert_eq!(host.policy().unwrap().current().revision(), in_force);
+}
+
+/// The `policy.swap` records of the log at `path`: (from, to).
+fn swaps(path: &std::path::Path) -> Vec<(Option<String>, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let entries = text
+        .lines()
+        .map(|l| serde_json::from_str::<Entry>(l).unwrap());
+    let record = |e: Entry| e.record.unwrap();
+    (entries.filter(|e| e.kind == "policy.swap").map(record))
+        .map(|r| {
+            (
+                r["from"].as_str().map(String::from),
+                r["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
 }

@@ -266,6 +266,8 @@ impl LoadedPolicy {
 #[derive(Debug)]
 pub struct PolicySlot {
     current: std::sync::RwLock<Arc<LoadedPolicy>>,
+    /// Held across a swap's record and the swap: swaps take turns, decisions never wait on it.
+    swaps: std::sync::Mutex<()>,
 }
 
 impl PolicySlot {
@@ -273,6 +275,7 @@ impl PolicySlot {
     pub fn new(policy: Arc<LoadedPolicy>) -> Self {
         Self {
             current: std::sync::RwLock::new(policy),
+            swaps: std::sync::Mutex::new(()),
         }
     }
 
@@ -284,15 +287,24 @@ impl PolicySlot {
             .clone()
     }
 
-    /// Installs `next` and returns the policy it replaces (still usable by decisions in flight).
-    pub fn swap(&self, next: Arc<LoadedPolicy>) -> Arc<LoadedPolicy> {
+    /// Installs `next` once `record` (shown the policy it replaces) succeeded, and returns the
+    /// one replaced (still usable by decisions in flight); when `record` fails nothing changes.
+    /// Swaps take turns, each recorded and made before the next is recorded, so records of
+    /// swaps come in the order the swaps took effect.
+    pub fn swap_after<E>(
+        &self,
+        next: Arc<LoadedPolicy>,
+        record: impl FnOnce(&LoadedPolicy) -> Result<(), E>,
+    ) -> Result<Arc<LoadedPolicy>, E> {
+        let _turn = self.swaps.lock().unwrap_or_else(|e| e.into_inner());
+        record(&self.current())?;
         let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
         tracing::info!(
             from = slot.revision(),
             to = next.revision(),
             "policy swapped"
         );
-        std::mem::replace(&mut *slot, next)
+        Ok(std::mem::replace(&mut *slot, next))
     }
 }
 

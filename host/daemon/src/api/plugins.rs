@@ -96,23 +96,34 @@ fn activate(state: &AppState, user: &User, name: Option<String>) -> ApiResult<se
     };
     let source = crate::plugin_source(&daemon.db, &daemon.store, &name)
         .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
-    let mut host = daemon.host();
-    let loaded = match here(host.load_scheduler_as(&user.subject(), &source)) {
-        Ok(p) => {
-            crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
-            json!({"name": p.name(), "version": p.manifest().version,
-                   "sha256": p.wasm_sha256()})
-        }
-        Err(gantry::HostError::Load(e)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                e.to_string(),
-            ));
-        }
-        Err(e) => return Err(refused(daemon, e)),
+    // Decided and compiled (seconds, for a new component) without the host's lock: cycles and
+    // requests go on meanwhile; only the swap takes it.
+    let loader = daemon.host_read().loader().clone();
+    let subject = user.subject();
+    let prepared = here(loader.prepare_scheduler_as(&daemon.decider, &subject, &source))
+        .map_err(|e| load_refused(daemon, e))?;
+    // Recorded, swapped and remembered in one turn: with loads at once, the last one installed
+    // is the active one, the last `plugin.load` in the log and the one a restart loads.
+    let _turn = daemon.installs.lock().unwrap_or_else(|e| e.into_inner());
+    let recorded = here(prepared.record(&daemon.decider)).map_err(|e| refused(daemon, e))?;
+    let loaded = {
+        let mut host = daemon.host();
+        let p = host.install_scheduler(recorded);
+        json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256()})
     };
+    crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
     daemon.db.set_setting(crate::ACTIVE_SCHEDULER, &name)?;
     Ok(loaded)
+}
+
+/// A plugin load's refusal: one that does not load is unprocessable (422), a denial refused.
+fn load_refused(daemon: &crate::Daemon, error: gantry::HostError) -> ApiError {
+    match error {
+        gantry::HostError::Load(e) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        e => refused(daemon, e),
+    }
 }
 
 /// The body of `PUT /v1/plugins/{name}`: a scheduler plugin's files.
@@ -204,7 +215,7 @@ fn store_plugin(
     };
     daemon.db.put_plugin(&record)?;
     daemon
-        .host_read()
+        .decider
         .record(
             "plugin.upload",
             json!({"plugin": record.name, "version": record.version, "sha256": sha256,
@@ -279,5 +290,60 @@ fn check_plugin(
             checked.worker_blocking().map_err(|e| unusable(&e))?;
             Ok((checked.wasm_sha256().to_string(), crate::KIND_PREPROCESS))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{logged, logged_while_the_host_is_read, spawn};
+    use crate::testing::TestDaemon;
+
+    /// The active scheduler plugin's name.
+    fn active(t: &TestDaemon) -> Option<String> {
+        let host = t.daemon.host_read();
+        host.scheduler().map(|p| p.name().to_string())
+    }
+
+    /// Issue 11: activating a scheduler plugin decided and compiled it under the host's write
+    /// lock (seconds, for a new component), so every cycle and request needing the host waited
+    /// behind the compile. Now only the swap takes it: the load is decided, compiled and
+    /// recorded while another holds the host, and swapped in once it lets go.
+    #[test]
+    fn a_plugin_is_decided_compiled_and_recorded_while_another_holds_the_host() {
+        let t = TestDaemon::new();
+        assert_eq!(active(&t).as_deref(), Some("binpack"));
+        let loaded = logged_while_the_host_is_read(&t, "plugin.load", |state, admin| {
+            super::activate(state, admin, Some("spread".into()))
+        });
+        assert_eq!(loaded["name"], "spread");
+        assert_eq!(active(&t).as_deref(), Some("spread"));
+        let setting = t.daemon.db.setting(crate::ACTIVE_SCHEDULER).expect("read");
+        assert_eq!(setting.as_deref(), Some("spread"), "a restart loads it too");
+    }
+
+    /// Loads at once (compiled side by side) leave the active plugin, the last `plugin.load` in
+    /// the audit log and the plugin a restart loads agreeing: the last one installed wins.
+    #[test]
+    fn loads_at_once_leave_the_active_plugin_the_log_and_the_setting_agreeing() {
+        let t = TestDaemon::new();
+        let loads: Vec<_> = ["spread", "topology", "fairshare", "binpack"]
+            .iter()
+            .cycle()
+            .take(8)
+            .map(|name| {
+                spawn(&t, |state, admin| {
+                    super::activate(state, admin, Some(name.to_string()))
+                })
+            })
+            .collect();
+        for load in loads {
+            t.runtime.block_on(load);
+        }
+        let recorded = logged(&t, "plugin.load");
+        assert_eq!(recorded.len(), 8);
+        let active = active(&t).expect("a plugin is active");
+        assert_eq!(recorded[7]["plugin"], active.as_str());
+        let setting = t.daemon.db.setting(crate::ACTIVE_SCHEDULER).expect("read");
+        assert_eq!(setting, Some(active));
     }
 }

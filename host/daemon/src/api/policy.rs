@@ -60,13 +60,16 @@ fn install(state: &AppState, user: &User, body: &[u8]) -> ApiResult<serde_json::
     // The bundle is kept (encrypted) and named as the policy to start with, before it
     // decides: a restart never silently goes back to the shipped policy.
     let object = daemon.store.put_bytes(body).map_err(ApiError::internal)?;
+    // Remembered and swapped in one turn, so concurrent installs leave the policy in force, the
+    // one a restart reads and the log agreeing; the swap and its record take no lock of the
+    // host's, so cycles and requests go on meanwhile.
+    let _turn = daemon.installs.lock().unwrap_or_else(|e| e.into_inner());
     crate::persisted::remember_policy(&daemon.db, &object, &revision)
         .map_err(ApiError::internal)?;
-    let previous = daemon
-        .host()
-        .set_policy(policy)
+    let previous = here(daemon.decider.swap_policy(policy))
         .map_err(ApiError::internal)?
-        .map(|p| p.revision().to_string());
+        .revision()
+        .to_string();
     tracing::info!(by = %user.name, revision = %revision, "policy replaced");
     Ok(json!({"revision": revision, "previous": previous}))
 }
@@ -90,4 +93,39 @@ pub(super) async fn policy_info(
             },
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::logged_while_the_host_is_read;
+    use crate::testing::TestDaemon;
+
+    /// Issue 11: replacing the policy recorded the swap (an fsync) under the host's write lock,
+    /// so every cycle and request needing the host waited on the disk. Now the swap and its
+    /// record take no lock of the host's: both happen while another holds the host.
+    #[test]
+    fn a_policy_is_recorded_and_swapped_while_another_holds_the_host() {
+        let t = TestDaemon::new();
+        let bundle = shipped_bundle("replaced-in-a-test");
+        let swapped = logged_while_the_host_is_read(&t, "policy.swap", move |state, admin| {
+            super::install(state, admin, &bundle)
+        });
+        let revision = swapped["revision"].as_str().expect("a revision");
+        assert_ne!(Some(revision), swapped["previous"].as_str());
+        let in_force = t.daemon.host_read().policy().expect("a policy").current();
+        assert_eq!(in_force.revision(), revision);
+    }
+
+    /// The shipped policy as a bundle's bytes (`gantry policy build`), under `revision`.
+    fn shipped_bundle(revision: &str) -> Vec<u8> {
+        let (name, rego, data) = gantry::builtin::AUTHZ_POLICY;
+        let source = gantry::policy::source::PolicySource::from_parts(&[(name, rego)], data)
+            .expect("the shipped policy reads");
+        let entrypoints = [gantry::DECISION_ENTRYPOINT.to_string()];
+        let bundle = gantry::policy::build(&source, &entrypoints, Some(revision)).expect("built");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("bundle.tar.gz");
+        bundle.write(&path).expect("written");
+        std::fs::read(&path).expect("read back")
+    }
 }
