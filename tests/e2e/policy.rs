@@ -1042,3 +1042,71 @@ fn a_dotted_entrypoint_to_eval_gets_a_hint_to_use_slashes() {
     let out = policy_eval(&bundle, "a/b/allow", "{}", &[], dir.path());
     assert!(out.status.success(), "{}", text(&out).1);
 }
+
+/// Issue 12's authoring loop: `gantry policy eval --inputs` loads the bundle once and decides
+/// every line (JSON lines in, one result set per line out, in order), exactly as one `--input`
+/// each would; a line that is not JSON is refused by its number before anything is decided.
+#[test]
+fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_first() {
+    use crate::support::{gantry, policy_eval, shipped_bundle, text};
+    let work = tempfile::tempdir().unwrap();
+    let bundle = shipped_bundle(work.path(), "gantry/authz/decision");
+    let admin = r#"{"user": "root", "roles": ["admin"], "tenants": [], "clearance": "secret"}"#;
+    let inputs = [
+        format!(r#"{{"subject": {admin}, "action": "audit.read", "resource": {{}}}}"#),
+        r#"{"subject": {"user": "ivy", "roles": ["intern"]}, "action": "audit.read", "resource": {}}"#.to_string(),
+        format!(r#"{{"subject": {admin}, "action": "cluster.delete", "resource": {{}}}}"#),
+    ];
+    let one_each: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|input| {
+            let out = policy_eval(&bundle, "gantry/authz/decision", input, &[], work.path());
+            assert!(out.status.success(), "{}", text(&out).1);
+            serde_json::from_str(&text(&out).0).unwrap()
+        })
+        .collect();
+    assert_ne!(one_each[0], one_each[1], "the inputs decide differently");
+
+    let lines = work.path().join("inputs.jsonl");
+    std::fs::write(
+        &lines,
+        format!("{}\n\n{}\n{}\n", inputs[0], inputs[1], inputs[2]),
+    )
+    .unwrap();
+    let b = bundle.to_str().unwrap();
+    let eval_lines = |file: &std::path::Path| {
+        let args = [
+            "policy",
+            "eval",
+            "--bundle",
+            b,
+            "-e",
+            "gantry/authz/decision",
+        ];
+        gantry(
+            &[&args[..], &["--inputs", file.to_str().unwrap()]].concat(),
+            work.path(),
+        )
+    };
+    let out = eval_lines(&lines);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let many: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one result set per line"))
+        .collect();
+    assert_eq!(many, one_each);
+
+    // Line 3 (the blank line counts) is not JSON: an error naming it, and no decision printed.
+    let bad = work.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!("{}\n\n{{\"subject\": \n{}\n", inputs[0], inputs[1]),
+    )
+    .unwrap();
+    let out = eval_lines(&bad);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad.jsonl:3: not JSON"), "{stderr}");
+    assert!(stdout.is_empty(), "decided before refusing: {stdout}");
+}

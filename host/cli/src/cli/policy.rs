@@ -126,7 +126,8 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Evaluate one entrypoint of a bundle on an input and print OPA's result set.
+    /// Evaluate one entrypoint of a bundle on an input and print OPA's result set; with
+    /// `--inputs`, on many (JSON lines in, one result set per line out), loading the bundle once.
     Eval {
         /// The bundle (built by `gantry policy build` or `opa build -t wasm`).
         #[arg(long)]
@@ -135,8 +136,12 @@ pub enum PolicyCommand {
         #[arg(short = 'e', long)]
         entrypoint: String,
         /// The input: JSON text, or @FILE to read it from a file.
-        #[arg(long)]
-        input: String,
+        #[arg(long, required_unless_present = "inputs", conflicts_with = "inputs")]
+        input: Option<String>,
+        /// Many inputs, one JSON document per line (blank lines skipped), from FILE or `-`
+        /// (standard input). Every line is read and checked before the first decision.
+        #[arg(long, value_name = "FILE")]
+        inputs: Option<PathBuf>,
         #[command(flatten)]
         verify: VerifyArgs,
         /// Append the decision to this audit log (created if absent).
@@ -177,15 +182,20 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             bundle,
             entrypoint,
             input,
+            inputs,
             verify,
             audit,
             audit_key,
         } => {
             // The spelling is checked first, so that `a.b.allow` gets the hint `build` gives.
             gantry::policy::check::entrypoint_syntax(&entrypoint)?;
-            let input = eval_input(input)?;
+            let (inputs, pretty) = match (input, inputs) {
+                (Some(input), _) => (vec![eval_input(input)?], true),
+                (None, Some(file)) => (eval_inputs(&file)?, false),
+                (None, None) => anyhow::bail!("give --input or --inputs"),
+            };
             let audit = audit.zip(audit_key);
-            eval(ctx, &bundle, &verify, &entrypoint, &input, audit)
+            eval(ctx, &bundle, &verify, &entrypoint, &inputs, pretty, audit)
         }
     }
 }
@@ -290,14 +300,54 @@ fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
     })
 }
 
-/// One decision of `bundle`'s `entrypoint` on `input`, printed; recorded in the audit log
-/// `(log, key)` when one is given.
+/// Most bytes `--inputs` reads: inputs are held in memory, all checked before the first decision.
+const MAX_INPUTS_BYTES: u64 = 256 << 20;
+
+/// The `--inputs` of `eval`: one JSON document per non-blank line of `file` (`-`: standard
+/// input). A line that is not JSON is refused by its number, before anything is decided.
+fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    use std::io::Read;
+    let name = file.display().to_string();
+    let reader: Box<dyn Read> = if name == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file).with_context(|| format!("reading the inputs from {name}"))?,
+        )
+    };
+    let mut text = String::new();
+    reader
+        .take(MAX_INPUTS_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the inputs from {name}"))?;
+    if text.len() as u64 > MAX_INPUTS_BYTES {
+        anyhow::bail!("--inputs {name}: more than {MAX_INPUTS_BYTES} bytes");
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                anyhow::anyhow!(
+                    "--inputs {name}:{}: not JSON (column {}): {e}",
+                    i + 1,
+                    e.column()
+                )
+            })
+        })
+        .collect()
+}
+
+/// The decisions of `bundle`'s `entrypoint` on `inputs`, printed in order (one input: pretty
+/// JSON; `--inputs`: one line each), each recorded in the audit log `(log, key)` when one is
+/// given. The bundle is loaded once.
 fn eval(
     ctx: &super::Context,
     bundle: &std::path::Path,
     verify: &VerifyArgs,
     entrypoint: &str,
-    input: &serde_json::Value,
+    inputs: &[serde_json::Value],
+    pretty: bool,
     audit: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
     let read = verify.read(bundle)?;
@@ -307,28 +357,66 @@ fn eval(
     let policy =
         gantry::blocking::block_on(host.policy_loader().load(read, PolicyLimits::default()))
             .with_context(|| format!("loading {}", bundle.display()))?;
-    let start = std::time::Instant::now();
-    let result = gantry::blocking::block_on(policy.evaluate(entrypoint, input));
-    let latency_us = start.elapsed().as_secs_f64() * 1e6;
-    if let Some((log, key)) = audit {
-        let log = gantry::audit::AuditLog::open(&log, gantry::keys::load(&key)?)?;
-        let (allow, reasons) = gantry::policy::decide::verdict(&result);
-        let id = gantry::audit::new_decision_id();
-        let null = serde_json::Value::Null;
-        log.decision(&gantry::audit::Decision {
-            decision_id: &id,
-            subject: input.get("subject").unwrap_or(&null),
-            action: input.get("action").unwrap_or(&null),
-            resource: input.get("resource").unwrap_or(&null),
-            entrypoint,
-            allow,
-            reasons,
-            revision: policy.revision(),
-            latency_us,
-        })?;
+    let log = match audit {
+        Some((log, key)) => Some(gantry::audit::AuditLog::open(
+            &log,
+            gantry::keys::load(&key)?,
+        )?),
+        None => None,
+    };
+    // The log is closed (a signed checkpoint) even when a decision fails, as for one input.
+    let decided = inputs.iter().try_for_each(|input| {
+        let start = std::time::Instant::now();
+        let result = gantry::blocking::block_on(policy.evaluate(entrypoint, input));
+        let latency_us = start.elapsed().as_secs_f64() * 1e6;
+        if let Some(log) = &log {
+            record(
+                log,
+                input,
+                entrypoint,
+                &result,
+                policy.revision(),
+                latency_us,
+            )?;
+        }
+        let result = result?;
+        let text = if pretty {
+            serde_json::to_string_pretty(&result)?
+        } else {
+            serde_json::to_string(&result)?
+        };
+        println!("{text}");
+        anyhow::Ok(())
+    });
+    if let Some(log) = log {
         log.close()?;
     }
-    println!("{}", serde_json::to_string_pretty(&result?)?);
+    decided
+}
+
+/// Appends one decision of `eval` to the audit log.
+fn record(
+    log: &gantry::audit::AuditLog,
+    input: &serde_json::Value,
+    entrypoint: &str,
+    result: &Result<serde_json::Value, gantry::policy::PolicyError>,
+    revision: &str,
+    latency_us: f64,
+) -> anyhow::Result<()> {
+    let (allow, reasons) = gantry::policy::decide::verdict(result);
+    let id = gantry::audit::new_decision_id();
+    let null = serde_json::Value::Null;
+    log.decision(&gantry::audit::Decision {
+        decision_id: &id,
+        subject: input.get("subject").unwrap_or(&null),
+        action: input.get("action").unwrap_or(&null),
+        resource: input.get("resource").unwrap_or(&null),
+        entrypoint,
+        allow,
+        reasons,
+        revision,
+        latency_us,
+    })?;
     Ok(())
 }
 
