@@ -1109,4 +1109,31 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
     assert!(!out.status.success());
     assert!(stderr.contains("bad.jsonl:3: not JSON"), "{stderr}");
     assert!(stdout.is_empty(), "decided before refusing: {stdout}");
+
+    // A decision that fails (two values for one complete rule) is an error naming its line,
+    // after the decisions before it, and the run's exit code says so.
+    let conflict = work.path().join("conflict");
+    std::fs::create_dir(&conflict).unwrap();
+    std::fs::write(
+        conflict.join("t.rego"),
+        "package t\n\nx := 1 if input.a\nx := 2 if input.b\n",
+    )
+    .unwrap();
+    let bundle = work.path().join("conflict.tar.gz");
+    crate::support::build_policy(&conflict, "t/x", &bundle, work.path());
+    std::fs::write(&lines, "{\"a\": true}\n{\"a\": true, \"b\": true}\n").unwrap();
+    let b = bundle.to_str().unwrap();
+    let args = ["policy", "eval", "--bundle", b, "-e", "t/x", "--inputs"];
+    let out = gantry(
+        &[&args[..], &[lines.to_str().unwrap()]].concat(),
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout.trim(), r#"[{"result":1}]"#);
+    assert!(
+        stderr.contains("inputs.jsonl:2: evaluation of `t/x` failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("conflict"), "{stderr}");
 }

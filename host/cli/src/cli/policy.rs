@@ -190,7 +190,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             // The spelling is checked first, so that `a.b.allow` gets the hint `build` gives.
             gantry::policy::check::entrypoint_syntax(&entrypoint)?;
             let (inputs, pretty) = match (input, inputs) {
-                (Some(input), _) => (vec![eval_input(input)?], true),
+                (Some(input), _) => (vec![(None, eval_input(input)?)], true),
                 (None, Some(file)) => (eval_inputs(&file)?, false),
                 (None, None) => anyhow::bail!("give --input or --inputs"),
             };
@@ -304,8 +304,9 @@ fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
 const MAX_INPUTS_BYTES: u64 = 256 << 20;
 
 /// The `--inputs` of `eval`: one JSON document per non-blank line of `file` (`-`: standard
-/// input). A line that is not JSON is refused by its number, before anything is decided.
-fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+/// input), each with where it stands (`FILE:LINE`, for errors). A line that is not JSON is
+/// refused by its number, before anything is decided.
+fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, serde_json::Value)>> {
     use std::io::Read;
     let name = file.display().to_string();
     let reader: Box<dyn Read> = if name == "-" {
@@ -327,13 +328,14 @@ fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>>
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| {
-                anyhow::anyhow!(
-                    "--inputs {name}:{}: not JSON (column {}): {e}",
-                    i + 1,
+            let at = format!("{name}:{}", i + 1);
+            match serde_json::from_str(line) {
+                Ok(input) => Ok((Some(at), input)),
+                Err(e) => Err(anyhow::anyhow!(
+                    "--inputs {at}: not JSON (column {}): {e}",
                     e.column()
-                )
-            })
+                )),
+            }
         })
         .collect()
 }
@@ -346,7 +348,7 @@ fn eval(
     bundle: &std::path::Path,
     verify: &VerifyArgs,
     entrypoint: &str,
-    inputs: &[serde_json::Value],
+    inputs: &[(Option<String>, serde_json::Value)],
     pretty: bool,
     audit: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
@@ -365,7 +367,7 @@ fn eval(
         None => None,
     };
     // The log is closed (a signed checkpoint) even when a decision fails, as for one input.
-    let decided = inputs.iter().try_for_each(|input| {
+    let decided = inputs.iter().try_for_each(|(at, input)| {
         let start = std::time::Instant::now();
         let result = gantry::blocking::block_on(policy.evaluate(entrypoint, input));
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
@@ -379,7 +381,14 @@ fn eval(
                 latency_us,
             )?;
         }
-        let result = result?;
+        // A failed decision of `--inputs` names its line.
+        let result = match (result, at) {
+            (Ok(result), _) => result,
+            (Err(e), Some(at)) => {
+                return Err(anyhow::Error::new(e).context(format!("--inputs {at}")));
+            }
+            (Err(e), None) => return Err(e.into()),
+        };
         let text = if pretty {
             serde_json::to_string_pretty(&result)?
         } else {
