@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod daemon_plugins;
+mod differential;
 mod durability;
 mod faults;
 mod hostile_clients;

@@ -34,7 +34,7 @@ fn entrypoints() -> Vec<String> {
 
 /// A request as the host would send it, with values drawn from the policy's vocabulary and a few
 /// outside it (unknown actions, tenants, labels, missing fields).
-fn request(rng: &mut Rng) -> serde_json::Value {
+pub(crate) fn request(rng: &mut Rng) -> serde_json::Value {
     let roles = [
         "admin",
         "researcher",
@@ -81,6 +81,22 @@ fn request(rng: &mut Rng) -> serde_json::Value {
     serde_json::json!({"subject": subject, "action": rng.pick(&actions), "resource": resource})
 }
 
+/// What the interpreter `gantry policy test` runs (`native`, from [`PolicySource::engine`])
+/// decides for `entrypoint` on `input`, as the result set the sandbox returns (`[]` when
+/// undefined), or the error's text.
+pub(crate) fn native_result_set(
+    native: &mut regorus::Engine,
+    entrypoint: &str,
+    input: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    native.set_input(regorus::Value::from_json_str(&input.to_string()).unwrap());
+    match native.eval_rule(policy::source::rule_of(entrypoint)) {
+        Ok(regorus::Value::Undefined) => Ok(serde_json::json!([])),
+        Ok(value) => Ok(serde_json::json!([{ "result": serde_json::to_value(&value).unwrap() }])),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The shipped policy built into a bundle, written, read back and loaded: once per test run, as
 /// compiling the 2.5 MB module dominates (debug builds of Cranelift are slow).
 fn loaded() -> &'static (Host, PolicySource, std::sync::Arc<LoadedPolicy>) {
@@ -114,15 +130,7 @@ fn the_packed_module_decides_like_native_regorus() {
         let input = request(&mut rng);
         for entrypoint in ENTRYPOINTS {
             let wasm = gantry::blocking::block_on(loaded.evaluate(entrypoint, &input)).unwrap();
-            native.set_input(regorus::Value::from_json_str(&input.to_string()).unwrap());
-            let value = native
-                .eval_rule(policy::source::rule_of(entrypoint))
-                .unwrap();
-            let expected = if value == regorus::Value::Undefined {
-                serde_json::json!([])
-            } else {
-                serde_json::json!([{ "result": serde_json::to_value(&value).unwrap() }])
-            };
+            let expected = native_result_set(&mut native, entrypoint, &input).unwrap();
             assert_eq!(
                 wasm, expected,
                 "input {i}: {input}\nentrypoint {entrypoint}"
@@ -812,24 +820,14 @@ fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_error
     for i in 0..200 {
         let input = edge_input(&mut rng);
         for entrypoint in EDGE_ENTRYPOINTS {
-            native.set_input(regorus::Value::from_json_str(&input.to_string()).unwrap());
-            let expected = native
-                .eval_rule(policy::source::rule_of(entrypoint))
-                .map(|v| {
-                    if v == regorus::Value::Undefined {
-                        serde_json::json!([])
-                    } else {
-                        serde_json::json!([{ "result": serde_json::to_value(&v).unwrap() }])
-                    }
-                });
+            let expected = native_result_set(&mut native, entrypoint, &input);
             let got = gantry::blocking::block_on(sandbox.evaluate(entrypoint, &input));
             match (&expected, &got) {
                 (Ok(want), Ok(have)) => {
                     assert_eq!(have, want, "input {i}: {input}\nentrypoint {entrypoint}");
                     values += 1;
                 }
-                (Err(want), Err(have)) => {
-                    let native_text = want.to_string();
+                (Err(native_text), Err(have)) => {
                     if native_text.contains("multiple outputs") || native_text.contains("conflict")
                     {
                         conflicts += 1;
