@@ -147,9 +147,10 @@ fn differential(policy: &Policy) {
             }
             (Err(want), Err(got)) => {
                 let rendered = gantry_policy_engine::diagnostic::render(want);
+                // FILE.rego:LINE:COL: what failed.
                 let first = rendered.lines().next().unwrap_or_default();
                 assert!(
-                    got.contains(first),
+                    first.contains(".rego:") && got.contains(first),
                     "{}: input {i}: {input}\nnative: {rendered}\npolicy eval: {got}",
                     policy.dir
                 );
