@@ -14,7 +14,7 @@
 //! the daemon adds to `policy eval` is how it builds, loads and records its decisions; that is
 //! checked on the shipped policy by replaying every decision of its audit log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gantry::policy::decide::verdict;
 use gantry::policy::source::PolicySource;
@@ -421,33 +421,8 @@ fn datasets_input(rng: &mut Rng) -> Value {
 #[test]
 fn every_decision_the_daemon_recorded_replays_the_same_through_policy_eval() {
     let dir = tempfile::tempdir().unwrap();
-    let data = init_data_dir(dir.path());
-    let users = [
-        ("root", "admin", "vision", "secret"),
-        ("ada", "researcher", "vision", "internal"),
-        ("lee", "researcher,writer", "language", "secret"),
-        ("ivy", "intern", "vision", "public"),
-        ("aud", "auditor", "language", "confidential"),
-        ("wes", "writer", "vision", "confidential"),
-    ];
-    let tokens: Vec<(&str, &str, String)> = users
-        .iter()
-        .map(|(name, roles, tenant, clearance)| {
-            (
-                *name,
-                *tenant,
-                add_user(&data, name, roles, tenant, clearance),
-            )
-        })
-        .collect();
-    let mut daemon = Daemon::start(&data, &shared_cache());
-    for (name, tenant, token) in &tokens {
-        drive(&daemon.url, name, tenant, token);
-    }
-    // A clean stop: every decision is in the log, under a checkpoint.
-    daemon.signal("-TERM");
-
-    let records = recorded_decisions(&data.join("audit.log"));
+    let data = run_a_daemon(dir.path());
+    let records = recorded_decisions(&data, dir.path());
     let inputs: Vec<Value> = records
         .iter()
         .map(|r| json!({"subject": r["subject"], "action": r["action"], "resource": r["resource"]}))
@@ -479,9 +454,47 @@ fn every_decision_the_daemon_recorded_replays_the_same_through_policy_eval() {
     assert_replay_covers(&records);
 }
 
-/// The records of the `decision` entries of the audit log at `log`.
-fn recorded_decisions(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
+/// `gantry up` with the shipped policy on a fresh data directory under `dir`, asked by users of
+/// every role ([`drive`]), then stopped cleanly (every decision in the log, under a checkpoint);
+/// returns the data directory.
+fn run_a_daemon(dir: &Path) -> PathBuf {
+    let data = init_data_dir(dir);
+    let users = [
+        ("root", "admin", "vision", "secret"),
+        ("ada", "researcher", "vision", "internal"),
+        ("lee", "researcher,writer", "language", "secret"),
+        ("ivy", "intern", "vision", "public"),
+        ("aud", "auditor", "language", "confidential"),
+        ("wes", "writer", "vision", "confidential"),
+    ];
+    let tokens: Vec<(&str, &str, String)> = users
+        .iter()
+        .map(|(name, roles, tenant, clearance)| {
+            (
+                *name,
+                *tenant,
+                add_user(&data, name, roles, tenant, clearance),
+            )
+        })
+        .collect();
+    let mut daemon = Daemon::start(&data, &shared_cache());
+    for (name, tenant, token) in &tokens {
+        drive(&daemon.url, name, tenant, token);
+    }
+    daemon.signal("-TERM");
+    data
+}
+
+/// The records of the `decision` entries of `data`'s audit log, once `gantry audit verify` has
+/// checked it (chain, signed checkpoints, the position its database sealed): what is replayed
+/// is what the daemon recorded.
+fn recorded_decisions(data: &Path, cache: &Path) -> Vec<Value> {
+    let out = gantry(
+        &["audit", "verify", "--data-dir", data.to_str().unwrap()],
+        cache,
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    std::fs::read_to_string(data.join("audit.log"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
