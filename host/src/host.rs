@@ -328,6 +328,7 @@ impl Host {
                 health: config.health,
                 max_scheduler_deadline_ms: config.max_scheduler_deadline_ms,
                 trust: config.trust,
+                policy_modules: Default::default(),
             },
             state: ClusterState::new(config.cluster),
             scheduler: None,
@@ -535,7 +536,11 @@ impl Host {
     /// What loading a policy bundle on this host's engine and cache takes, apart from the host:
     /// clone it to compile a bundle without holding a lock on the host.
     pub fn policy_loader(&self) -> PolicyLoader {
-        PolicyLoader::new(self.loader.engine.clone(), self.loader.cache.clone())
+        PolicyLoader::new(
+            self.loader.engine.clone(),
+            self.loader.cache.clone(),
+            self.loader.policy_modules.clone(),
+        )
     }
 
     /// The active scheduler plugin.
@@ -673,6 +678,8 @@ pub struct PluginLoader {
     trust: PluginTrust,
     /// Bounds on compiling what does not ship in the binary.
     compile: plugin::compile::CompileLimits,
+    /// Policy modules compiled so far (in practice the one engine module every bundle carries).
+    policy_modules: crate::policy::decide::CompiledModules,
 }
 
 impl PluginLoader {

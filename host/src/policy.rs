@@ -1,10 +1,11 @@
-//! Access-control policies: Rego packed into the policy engine module (OPA's Wasm ABI), OPA
-//! bundles, and decisions evaluated in the sandbox through `opa-wasm`.
+//! Access-control policies: Rego run by the policy engine module (OPA's Wasm ABI), OPA bundles,
+//! and decisions evaluated in the sandbox through `opa-wasm`.
 //!
-//! - [`source`]: reading a directory of Rego and `data.json`, the description packed into the
-//!   module.
+//! - [`source`]: reading a directory of Rego and `data.json`, and the description of the policy
+//!   a bundle carries to the module.
 //! - [`check`]: what `gantry policy build` refuses (what the module could not load or run).
-//! - [`pack`]: writing that description into a copy of the engine module.
+//! - [`pack`]: finishing the engine module for the ABI, once: every bundle carries the same
+//!   module, so a host compiles it once whatever the policy.
 //! - [`bundle`]: OPA bundles (`/policy.wasm`, `/data.json`, `/.manifest`), written and read.
 //! - [`bundle_signature`]: OPA's bundle signatures (`/.signatures.json`), made and checked.
 //! - [`decide`]: loading a bundle on the host's engine and evaluating entrypoints in it.
@@ -25,8 +26,17 @@ pub use request::{Action, Request, Resource, Subject};
 
 use std::path::PathBuf;
 
-/// The policy engine module every policy is packed into (built by `host/build.rs`).
+/// The policy engine module as built (by `host/build.rs`), before [`engine_module`] finishes it.
 pub const ENGINE_WASM: &[u8] = include_bytes!(env!("GANTRY_WASM_POLICY_ENGINE"));
+
+/// The engine module every bundle carries, finished for the ABI once per process.
+pub fn engine_module() -> Result<&'static [u8], PolicyError> {
+    static FINISHED: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    FINISHED
+        .get_or_init(|| pack::finish(ENGINE_WASM).map_err(|e| e.to_string()))
+        .as_deref()
+        .map_err(|e| PolicyError::Module(e.clone()))
+}
 
 /// What can go wrong with a policy, named after the file or field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +55,6 @@ pub enum PolicyError {
     /// Rego that `gantry policy build` refuses, each problem with its file, line and column.
     #[error("{}", render(.0))]
     Refused(Vec<gantry_policy_engine::diagnostic::Diagnostic>),
-    /// The module could not be packed.
-    #[error(transparent)]
-    Pack(#[from] pack::PackError),
     /// A bundle that is not a valid OPA wasm bundle.
     #[error("bundle {path}: {message}")]
     Bundle {
@@ -77,19 +84,21 @@ fn render(diagnostics: &[gantry_policy_engine::diagnostic::Diagnostic]) -> Strin
 }
 
 /// Builds a bundle from a policy directory's source: refuses what the engine module could not
-/// load or run ([`check`]), packs the Rego and the data into the module, and writes OPA's
-/// manifest (the revision is a digest of what was packed unless `revision` is given).
+/// load or run ([`check`]), writes the policy beside the data (`data.json`'s
+/// [`gantry_policy_engine::policy::POLICY_KEY`]), and OPA's manifest (the revision is a digest of
+/// the data and the policy unless `revision` is given). The module is the engine's, the same for
+/// every policy.
 pub fn build(
     source: &source::PolicySource,
     entrypoints: &[String],
     revision: Option<&str>,
 ) -> Result<bundle::Bundle, PolicyError> {
     check::check(source, entrypoints)?;
-    let packed = source.packed(entrypoints);
-    let wasm = pack::pack(ENGINE_WASM, &packed)?;
-    let revision = revision
-        .map(String::from)
-        .unwrap_or_else(|| crate::plugin::cache::sha256_hex(&packed)[..16].to_string());
+    let data = source.bundle_data(entrypoints);
+    let revision = revision.map(String::from).unwrap_or_else(|| {
+        let bytes = serde_json::to_vec(&data).expect("a JSON value serializes");
+        crate::plugin::cache::sha256_hex(&bytes)[..16].to_string()
+    });
     let mut roots: Vec<&str> = entrypoints
         .iter()
         .filter_map(|e| e.trim_matches('/').split('/').next())
@@ -105,8 +114,8 @@ pub fn build(
             .collect::<Vec<_>>(),
     });
     Ok(bundle::Bundle {
-        wasm,
-        data: source.data.clone(),
+        wasm: engine_module()?.to_vec(),
+        data,
         manifest,
         signatures: None,
     })

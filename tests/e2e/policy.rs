@@ -1,4 +1,4 @@
-//! Policies: Rego packed into the OPA-ABI engine module, evaluated in the sandbox through
+//! Policies: Rego bundled with the OPA-ABI engine module, evaluated in the sandbox through
 //! opa-wasm, and compared with native regorus on the same inputs.
 
 use std::path::Path;
@@ -111,12 +111,97 @@ fn loaded() -> &'static (Host, PolicySource, std::sync::Arc<LoadedPolicy>) {
         let read = Bundle::read(&path).unwrap();
         assert_eq!(read.revision(), "test-1");
         assert_eq!(read.wasm, bundle.wasm);
-        assert_eq!(read.data, source.data);
+        assert_eq!(read.data, source.bundle_data(&entrypoints()));
         let loaded =
             gantry::blocking::block_on(host.policy_loader().load(read, PolicyLimits::default()))
                 .unwrap();
         (host, source, loaded)
     })
+}
+
+/// A small policy of one module `t.rego`, with `data.json` = `data`.
+fn small(rego: &str, data: &str) -> PolicySource {
+    PolicySource::from_parts(&[("t.rego", rego)], data).unwrap()
+}
+
+fn eval_on(loaded: &LoadedPolicy, entrypoint: &str, input: serde_json::Value) -> serde_json::Value {
+    gantry::blocking::block_on(loaded.evaluate(entrypoint, &input)).unwrap()
+}
+
+/// The authoring loop (issue 12): a new policy must not recompile the engine. Every bundle
+/// carries the same module, and a host that compiled it once loads any other policy from memory.
+/// Before, the policy was packed into the module, so each policy was a new module to compile
+/// (seconds in release, tens of seconds here): this load reported `Disabled` (compiled, the
+/// host's disk cache being off) instead of `Hit`.
+#[test]
+fn every_bundle_carries_the_same_module_and_a_host_compiles_it_once() {
+    let (host, _, shipped) = loaded();
+    let source = small("package t\nallow if input.n > data.min\n", r#"{"min": 1}"#);
+    let bundle = policy::build(&source, &["t/allow".to_string()], None).unwrap();
+    let shipped_bundle = policy::build(
+        &PolicySource::read(policies_dir()).unwrap(),
+        &entrypoints(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        bundle.wasm, shipped_bundle.wasm,
+        "the module depends on the policy"
+    );
+    assert_ne!(bundle.revision(), shipped_bundle.revision());
+    let loaded =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    assert_eq!(loaded.cache_outcome(), gantry::plugin::CacheOutcome::Hit);
+    assert_eq!(loaded.entrypoints(), ["t/allow"]);
+    assert_eq!(
+        eval_on(&loaded, "t/allow", serde_json::json!({"n": 2})),
+        serde_json::json!([{"result": true}])
+    );
+    assert_eq!(
+        eval_on(&loaded, "t/allow", serde_json::json!({"n": 1})),
+        serde_json::json!([])
+    );
+    // The shipped policy, loaded first on the same host, still decides as its own.
+    assert_eq!(shipped.entrypoints(), ENTRYPOINTS);
+}
+
+/// The policy travels in `data.json` under `$gantry`: the policy cannot read it, an input that
+/// carries the key cannot replace it, and a policy's own data cannot claim the key.
+#[test]
+fn the_policy_key_is_neither_readable_nor_replaceable_nor_claimable() {
+    let (host, _, _) = loaded();
+    let rego = "package t\nallow if input.ok == true\nleak := data[\"$gantry\"]\n\
+                keys := {k | some k, _ in data}\n";
+    let source = small(rego, r#"{"tenants": ["vision"]}"#);
+    let entrypoints = ["t/allow", "t/leak", "t/keys"].map(String::from);
+    let bundle = policy::build(&source, &entrypoints, None).unwrap();
+    let loaded =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    let forged = serde_json::json!({
+        "ok": false,
+        "$gantry": {"modules": {"x.rego": "package t\nallow := true\n"}, "entrypoints": ["t/allow"]},
+    });
+    assert_eq!(
+        eval_on(&loaded, "t/allow", forged.clone()),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        eval_on(&loaded, "t/leak", forged.clone()),
+        serde_json::json!([])
+    );
+    let keys = eval_on(&loaded, "t/keys", forged);
+    assert!(keys.to_string().contains("tenants"), "{keys}");
+    assert!(!keys.to_string().contains("$gantry"), "{keys}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.rego"), "package t\nallow := true\n").unwrap();
+    std::fs::write(dir.path().join("data.json"), r#"{"$gantry": {}}"#).unwrap();
+    let err = PolicySource::read(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("data.json") && err.contains("`$gantry` is reserved"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -836,7 +921,7 @@ fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_error
                     }
                     assert!(
                         !have.to_string().contains("wasm backtrace"),
-                        "a policy error reads as a policy error: {have}"
+                        "a policy error reads as a policy error: {have:?}"
                     );
                 }
                 _ => panic!(

@@ -1,4 +1,4 @@
-//! What `gantry policy build` refuses before it packs anything: whatever the engine module would
+//! What `gantry policy build` refuses before it writes anything: whatever the engine module would
 //! refuse when a host loads the bundle, or fail on at every evaluation that reaches it.
 //!
 //! - entrypoints that are not slash-separated paths below `data` (`a/b/allow`, as with
@@ -9,7 +9,7 @@
 //!   arguments: the interpreter fails on them only when it reaches them, so, as OPA's compiler
 //!   does, they are refused in every module, reached or not;
 //! - and then the load itself: the engine module's own code (`gantry_policy_engine::policy`), run
-//!   natively on what would be packed, compiles every entrypoint for the bundle's data exactly as
+//!   natively on the policy the bundle would carry, compiles every entrypoint for the bundle's data exactly as
 //!   the module does when a host loads it.
 //!
 //! Every refusal names its file, line and column (a tab counts as one column).
@@ -33,6 +33,7 @@ pub fn check(source: &PolicySource, entrypoints: &[String]) -> Result<(), Policy
     for e in entrypoints {
         entrypoint_syntax(e)?;
     }
+    super::source::check_data(&source.data, "data.json")?;
     let mut engine = source.engine(false)?;
     let refused = calls(engine.get_modules());
     if !refused.is_empty() {
@@ -78,7 +79,7 @@ pub fn entrypoint_syntax(entrypoint: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// The load path of the engine module, run natively: parse the packed description, compile
+/// The load path of the engine module, run natively: parse the policy's description, compile
 /// every entrypoint for the data. An entrypoint that names no rule says so, with the packages
 /// the policy has.
 fn load(
@@ -86,9 +87,8 @@ fn load(
     entrypoints: &[String],
     engine: &mut regorus::Engine,
 ) -> Result<(), PolicyError> {
-    let packed = String::from_utf8(source.packed(entrypoints))
-        .map_err(|e| PolicyError::Source(format!("packed policy: {e}")))?;
-    let policy = gantry_policy_engine::policy::Policy::from_json(&packed)
+    let description = source.policy_description(entrypoints).to_string();
+    let policy = gantry_policy_engine::policy::Policy::from_json(&description)
         .map_err(|e| PolicyError::Source(e.to_string()))?;
     let data = source.data_value()?;
     let rules = rule_paths(engine.get_modules());

@@ -14,6 +14,7 @@ use super::PolicyError;
 use super::bundle::Bundle;
 use crate::plugin::limits::PluginLimiter;
 use crate::plugin::{ArtifactCache, CacheOutcome, Limits};
+use gantry_policy_engine::policy::POLICY_KEY;
 
 /// Limits of one policy evaluation.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +42,39 @@ struct Ready {
     policy: Policy<DefaultContext>,
 }
 
+/// Compiled policy modules kept in memory by the sha256 of their bytes, so that a host compiles
+/// a module once however many bundles carry it: every bundle `gantry policy build` writes
+/// carries the same engine module.
+#[derive(Clone, Default)]
+pub(crate) struct CompiledModules(Arc<Mutex<Vec<(String, Module)>>>);
+
+impl CompiledModules {
+    /// Modules kept: the engine's, and a few foreign ones (`opa build -t wasm`).
+    const KEPT: usize = 4;
+
+    fn get(&self, sha: &str) -> Option<Module> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().find(|(s, _)| s == sha).map(|(_, m)| m.clone())
+    }
+
+    fn put(&self, sha: String, module: Module) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(s, _)| *s != sha);
+        if kept.len() == Self::KEPT {
+            kept.remove(0);
+        }
+        kept.push((sha, module));
+    }
+}
+
 /// A loaded policy bundle.
 pub struct LoadedPolicy {
     engine: Engine,
     module: Module,
     data: serde_json::Value,
     revision: String,
-    entrypoints: Vec<String>,
+    /// Each entrypoint's name and the name the module knows it by, sorted by name.
+    entrypoints: Vec<(String, String)>,
     limits: PolicyLimits,
     cache: CacheOutcome,
     ready: Mutex<Vec<Ready>>,
@@ -57,7 +84,7 @@ impl std::fmt::Debug for LoadedPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPolicy")
             .field("revision", &self.revision)
-            .field("entrypoints", &self.entrypoints)
+            .field("entrypoints", &self.entrypoints())
             .finish()
     }
 }
@@ -74,6 +101,7 @@ fn module_error(e: impl std::fmt::Display) -> PolicyError {
 pub struct PolicyLoader {
     engine: Engine,
     cache: ArtifactCache,
+    compiled: CompiledModules,
 }
 
 impl std::fmt::Debug for PolicyLoader {
@@ -83,9 +111,13 @@ impl std::fmt::Debug for PolicyLoader {
 }
 
 impl PolicyLoader {
-    /// A loader compiling on `engine` through `cache`.
-    pub(crate) fn new(engine: Engine, cache: ArtifactCache) -> Self {
-        Self { engine, cache }
+    /// A loader compiling on `engine` through `cache`, keeping what it compiled in `compiled`.
+    pub(crate) fn new(engine: Engine, cache: ArtifactCache, compiled: CompiledModules) -> Self {
+        Self {
+            engine,
+            cache,
+            compiled,
+        }
     }
 
     /// Compiles (or loads from the cache) the bundle's module and checks that it follows OPA's
@@ -96,30 +128,80 @@ impl PolicyLoader {
         bundle: Bundle,
         limits: PolicyLimits,
     ) -> Result<Arc<LoadedPolicy>, PolicyError> {
-        LoadedPolicy::load(&self.engine, &self.cache, bundle, limits).await
+        let (module, outcome) = self.module(&bundle.wasm).await?;
+        LoadedPolicy::load(&self.engine, module, outcome, bundle, limits).await
+    }
+
+    /// The compiled module of `wasm`: kept in memory, else from the cache or compiled on the
+    /// blocking pool.
+    async fn module(&self, wasm: &[u8]) -> Result<(Module, CacheOutcome), PolicyError> {
+        let sha = crate::plugin::cache::sha256_hex(wasm);
+        if let Some(module) = self.compiled.get(&sha) {
+            return Ok((module, CacheOutcome::Hit));
+        }
+        let (engine, cache, wasm_bytes) = (self.engine.clone(), self.cache.clone(), wasm.to_vec());
+        let key = sha.clone();
+        let (module, outcome) = crate::blocking::run(move || {
+            cache.load_or_compile::<Module>(&engine, &wasm_bytes, &key)
+        })
+        .await
+        .map_err(module_error)?;
+        self.compiled.put(sha, module.clone());
+        Ok((module, outcome))
     }
 }
 
+/// Each entrypoint's name and the name the module knows it by. A bundle `gantry policy build`
+/// wrote names its entrypoints in its policy (`data.json`'s `$gantry.entrypoints`), and the
+/// module knows each by its position; any other OPA-ABI module names its own.
+fn entrypoint_names(
+    data: &serde_json::Value,
+    module_names: std::collections::HashSet<&str>,
+) -> Result<Vec<(String, String)>, PolicyError> {
+    let listed = &data[POLICY_KEY]["entrypoints"];
+    let mut names: Vec<(String, String)> = if listed.is_null() {
+        module_names
+            .into_iter()
+            .map(|n| (n.to_string(), n.to_string()))
+            .collect()
+    } else {
+        let list = listed
+            .as_array()
+            .filter(|list| list.iter().all(serde_json::Value::is_string))
+            .ok_or_else(|| {
+                module_error(format!(
+                    "data.json: `{POLICY_KEY}.entrypoints` is not a list of names"
+                ))
+            })?;
+        let names: Vec<(String, String)> = list
+            .iter()
+            .enumerate()
+            .map(|(id, name)| (name.as_str().unwrap_or_default().into(), id.to_string()))
+            .collect();
+        if let Some((name, id)) = names
+            .iter()
+            .find(|(_, id)| !module_names.contains(id.as_str()))
+        {
+            return Err(module_error(format!(
+                "entrypoint `{name}`: the module declares no entrypoint {id} (not the engine module \
+                 the bundle's policy was built for)"
+            )));
+        }
+        names
+    };
+    names.sort();
+    Ok(names)
+}
+
 impl LoadedPolicy {
-    /// Compiles (or loads from `cache`) the bundle's module on the blocking pool and checks that
-    /// it follows the ABI by instantiating it once with the bundle's data.
-    pub(crate) async fn load(
+    /// Checks that `module` follows the ABI by instantiating it once with the bundle's data.
+    async fn load(
         engine: &Engine,
-        cache: &ArtifactCache,
+        module: Module,
+        outcome: CacheOutcome,
         bundle: Bundle,
         limits: PolicyLimits,
     ) -> Result<Arc<Self>, PolicyError> {
-        let (module, outcome, bundle) = {
-            let (engine, cache) = (engine.clone(), cache.clone());
-            crate::blocking::run(move || {
-                let sha = crate::plugin::cache::sha256_hex(&bundle.wasm);
-                cache
-                    .load_or_compile::<Module>(&engine, &bundle.wasm, &sha)
-                    .map(|(module, outcome)| (module, outcome, bundle))
-            })
-            .await
-            .map_err(module_error)?
-        };
         let mut policy = Self {
             engine: engine.clone(),
             module,
@@ -131,14 +213,7 @@ impl LoadedPolicy {
             ready: Mutex::new(Vec::new()),
         };
         let ready = policy.instantiate().await?;
-        let mut names: Vec<String> = ready
-            .policy
-            .entrypoints()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        names.sort();
-        policy.entrypoints = names;
+        policy.entrypoints = entrypoint_names(&policy.data, ready.policy.entrypoints())?;
         policy
             .ready
             .lock()
@@ -152,9 +227,9 @@ impl LoadedPolicy {
         &self.revision
     }
 
-    /// The module's entrypoints, sorted.
-    pub fn entrypoints(&self) -> &[String] {
-        &self.entrypoints
+    /// The bundle's entrypoints, sorted.
+    pub fn entrypoints(&self) -> Vec<&str> {
+        self.entrypoints.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Whether the compiled module came from the cache.
@@ -206,12 +281,16 @@ impl LoadedPolicy {
             entrypoint: entrypoint.to_string(),
             message,
         };
-        if !self.entrypoints.iter().any(|e| e == entrypoint) {
+        let Ok(at) = self
+            .entrypoints
+            .binary_search_by(|(name, _)| name.as_str().cmp(entrypoint))
+        else {
             return Err(fail(format!(
                 "no such entrypoint (the bundle has: {})",
-                self.entrypoints.join(", ")
+                self.entrypoints().join(", ")
             )));
-        }
+        };
+        let id = self.entrypoints[at].1.as_str();
         let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut ready = match pooled {
             Some(r) => r,
@@ -219,10 +298,9 @@ impl LoadedPolicy {
         };
         self.arm(&mut ready.store);
         let deadline = Duration::from_millis(self.limits.deadline_ms);
-        let call =
-            ready
-                .policy
-                .evaluate::<_, serde_json::Value, _>(&mut ready.store, entrypoint, input);
+        let call = ready
+            .policy
+            .evaluate::<_, serde_json::Value, _>(&mut ready.store, id, input);
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(result)) => {
                 let mut pool = self.ready.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,30 +1,24 @@
-//! Writes a policy into a copy of the policy engine module, which then follows OPA's Wasm ABI on
-//! its own: no recompilation per policy, milliseconds per build.
-//!
-//! The engine exports the address of its `GANTRY_POLICY` cell and its `__heap_base`. The packer
-//! places the policy's JSON at the old heap base, points the cell at it (both as active data
-//! segments, applied at instantiation), moves the heap start past it, raises the imported
-//! memory's minimum to cover it, and adds the ABI version globals that Rust cannot define.
+//! Finishes the policy engine module for OPA's Wasm ABI, once per process: it adds the ABI
+//! version globals that Rust cannot define. Nothing of a policy goes into the module (the policy
+//! travels in the bundle's data), so every bundle carries the same bytes and a host compiles them
+//! once.
 
 use std::ops::Range;
 
 use wasm_encoder::{
-    ConstExpr, DataCountSection, DataSection, EntityType, ExportKind, ExportSection, GlobalSection,
-    GlobalType, ImportSection, MemoryType, Module, RawSection, ValType,
+    ConstExpr, ExportKind, ExportSection, GlobalSection, GlobalType, Module, RawSection, ValType,
 };
 use wasmparser::{
-    DataSectionReader, ExportSectionReader, ExternalKind, FromReader, GlobalSectionReader,
-    ImportSectionReader, Operator, Parser, Payload, SectionLimited, TypeRef,
+    ExportSectionReader, ExternalKind, FromReader, GlobalSectionReader, Parser, Payload,
+    SectionLimited, TypeRef,
 };
 
 /// OPA Wasm ABI version the engine implements (1.2: with the `opa_eval` fast path).
 pub const ABI_VERSION: (i32, i32) = (1, 2);
 
-const PAGE: u64 = 65536;
-
-/// Why a module could not be packed: not the policy engine, or malformed.
+/// Why the module could not be finished: not the policy engine, or malformed.
 #[derive(Debug, thiserror::Error)]
-#[error("packing the policy engine module: {0}")]
+#[error("finishing the policy engine module: {0}")]
 pub struct PackError(String);
 
 fn fail(message: impl Into<String>) -> PackError {
@@ -35,30 +29,13 @@ fn parse_err(e: wasmparser::BinaryReaderError) -> PackError {
     fail(e.to_string())
 }
 
-/// Everything the packer reads from the engine before rewriting it.
+/// What the finisher reads from the engine before rewriting it.
 struct Layout {
     imported_globals: u32,
     /// Globals the module defines.
     global_count: u32,
-    /// Value of each defined global that is an `i32.const`, by global index.
-    const_globals: Vec<(u32, i32)>,
-    exports: Vec<(String, ExternalKind, u32)>,
-}
-
-impl Layout {
-    fn exported_const(&self, name: &str) -> Result<u32, PackError> {
-        let index = self
-            .exports
-            .iter()
-            .find(|(n, kind, _)| n == name && *kind == ExternalKind::Global)
-            .map(|&(_, _, i)| i)
-            .ok_or_else(|| fail(format!("the module exports no global `{name}`")))?;
-        self.const_globals
-            .iter()
-            .find(|&&(i, _)| i == index)
-            .map(|&(_, v)| v as u32)
-            .ok_or_else(|| fail(format!("global `{name}` is not an i32 constant")))
-    }
+    /// Whether the module imports `env.memory`, as the ABI requires.
+    imports_memory: bool,
 }
 
 fn section_bytes(wasm: &[u8], range: Range<usize>) -> &[u8] {
@@ -83,46 +60,6 @@ fn raw_items<'a, T: FromReader<'a>>(
         .collect())
 }
 
-/// The imports, with the memory's minimum raised to `min_pages`.
-fn imports(reader: ImportSectionReader<'_>, min_pages: u64) -> Result<ImportSection, PackError> {
-    let mut section = ImportSection::new();
-    let mut memory = false;
-    for import in reader {
-        let import = import.map_err(parse_err)?;
-        let ty = match import.ty {
-            TypeRef::Func(index) => EntityType::Function(index),
-            TypeRef::Memory(m) if import.module == "env" && import.name == "memory" => {
-                memory = true;
-                if m.maximum.is_some_and(|max| max < min_pages) {
-                    return Err(fail(format!(
-                        "the policy needs {min_pages} pages of memory, over the module's maximum"
-                    )));
-                }
-                EntityType::Memory(MemoryType {
-                    minimum: m.initial.max(min_pages),
-                    maximum: m.maximum,
-                    memory64: m.memory64,
-                    shared: m.shared,
-                    page_size_log2: m.page_size_log2,
-                })
-            }
-            other => {
-                return Err(fail(format!(
-                    "unexpected import {}.{} ({other:?}): not the policy engine",
-                    import.module, import.name
-                )));
-            }
-        };
-        section.import(import.module, import.name, ty);
-    }
-    if !memory {
-        return Err(fail(
-            "the module does not import `env.memory`: not built for OPA's ABI",
-        ));
-    }
-    Ok(section)
-}
-
 /// The exports, plus the ABI version globals (the last two globals of the new global section).
 fn exports(reader: ExportSectionReader<'_>, layout: &Layout) -> Result<ExportSection, PackError> {
     let mut section = ExportSection::new();
@@ -144,55 +81,18 @@ fn exports(reader: ExportSectionReader<'_>, layout: &Layout) -> Result<ExportSec
     Ok(section)
 }
 
-/// The data segments, plus the policy and the cell that points at it.
-fn data(
-    wasm: &[u8],
-    reader: DataSectionReader<'_>,
-    cell: u32,
-    blob_at: u32,
-    len: u32,
-    heap_start: u32,
-    policy_json: &[u8],
-) -> Result<DataSection, PackError> {
-    let mut section = DataSection::new();
-    for raw in raw_items(wasm, reader)? {
-        section.raw(raw);
-    }
-    section.active(
-        0,
-        &ConstExpr::i32_const(blob_at as i32),
-        policy_json.iter().copied(),
-    );
-    let cell_value: Vec<u8> = [blob_at, len, heap_start]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    section.active(0, &ConstExpr::i32_const(cell as i32), cell_value);
-    Ok(section)
-}
-
-/// Returns the engine module with `policy_json` packed in.
-pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
+/// Returns the engine module with the ABI version globals added and exported.
+pub fn finish(engine: &[u8]) -> Result<Vec<u8>, PackError> {
     let layout = Layout::read(engine)?;
-    let cell = layout.exported_const("GANTRY_POLICY")?;
-    let heap_base = layout.exported_const("__heap_base")?;
-    let blob_at = heap_base.next_multiple_of(16);
-    let len = u32::try_from(policy_json.len()).map_err(|_| fail("policy too large"))?;
-    let heap_start = blob_at
-        .checked_add(len)
-        .and_then(|end| end.checked_next_multiple_of(16))
-        .ok_or_else(|| fail("policy too large for a 32-bit memory"))?;
-    let min_pages = (u64::from(heap_start)).div_ceil(PAGE) + 1;
-
-    // Second pass: copy every section, rewriting the five the packer changes.
+    if !layout.imports_memory {
+        return Err(fail(
+            "the module does not import `env.memory`: not built for OPA's ABI",
+        ));
+    }
     let mut module = Module::new();
-    let mut saw = (false, false, false);
+    let mut saw = (false, false);
     for payload in Parser::new(0).parse_all(engine) {
-        let payload = payload.map_err(parse_err)?;
-        match payload {
-            Payload::ImportSection(reader) => {
-                module.section(&imports(reader, min_pages)?);
-            }
+        match payload.map_err(parse_err)? {
             Payload::GlobalSection(reader) => {
                 module.section(&globals(engine, reader)?);
                 saw.0 = true;
@@ -200,14 +100,6 @@ pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
             Payload::ExportSection(reader) => {
                 module.section(&exports(reader, &layout)?);
                 saw.1 = true;
-            }
-            Payload::DataCountSection { count, .. } => {
-                module.section(&DataCountSection { count: count + 2 });
-            }
-            Payload::DataSection(reader) => {
-                let section = data(engine, reader, cell, blob_at, len, heap_start, policy_json)?;
-                module.section(&section);
-                saw.2 = true;
             }
             other => {
                 if let Some((id, range)) = other.as_section() {
@@ -219,16 +111,12 @@ pub fn pack(engine: &[u8], policy_json: &[u8]) -> Result<Vec<u8>, PackError> {
             }
         }
     }
-    if saw != (true, true, true) {
+    if saw != (true, true) {
         return Err(fail(
-            "the module lacks a global, export or data section: not the policy engine",
+            "the module lacks a global or an export section: not the policy engine",
         ));
     }
-    let packed = module.finish();
-    wasmparser::Validator::new()
-        .validate_all(&packed)
-        .map_err(|e| fail(format!("the packed module does not validate: {e}")))?;
-    Ok(packed)
+    Ok(module.finish())
 }
 
 impl Layout {
@@ -237,36 +125,24 @@ impl Layout {
         let mut layout = Layout {
             imported_globals: 0,
             global_count: 0,
-            const_globals: Vec::new(),
-            exports: Vec::new(),
+            imports_memory: false,
         };
         for payload in Parser::new(0).parse_all(engine) {
             match payload.map_err(parse_err)? {
                 Payload::ImportSection(reader) => {
                     for import in reader {
-                        if let TypeRef::Global(_) = import.map_err(parse_err)?.ty {
-                            layout.imported_globals += 1;
+                        let import = import.map_err(parse_err)?;
+                        match import.ty {
+                            TypeRef::Global(_) => layout.imported_globals += 1,
+                            TypeRef::Memory(_) => {
+                                layout.imports_memory |=
+                                    import.module == "env" && import.name == "memory";
+                            }
+                            _ => {}
                         }
                     }
                 }
-                Payload::GlobalSection(reader) => {
-                    layout.global_count = reader.count();
-                    for (i, global) in reader.into_iter().enumerate() {
-                        let global = global.map_err(parse_err)?;
-                        let mut ops = global.init_expr.get_operators_reader();
-                        if let Ok(Operator::I32Const { value }) = ops.read() {
-                            layout
-                                .const_globals
-                                .push((layout.imported_globals + i as u32, value));
-                        }
-                    }
-                }
-                Payload::ExportSection(reader) => {
-                    for export in reader {
-                        let e = export.map_err(parse_err)?;
-                        layout.exports.push((e.name.to_string(), e.kind, e.index));
-                    }
-                }
+                Payload::GlobalSection(reader) => layout.global_count = reader.count(),
                 _ => {}
             }
         }

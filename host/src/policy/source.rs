@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use gantry_policy_engine::diagnostic::render;
+use gantry_policy_engine::policy::POLICY_KEY;
 use regorus::{Engine, Value};
 
 use super::PolicyError;
@@ -24,6 +25,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     move |error| PolicyError::Io {
         path: path.to_path_buf(),
         error,
+    }
+}
+
+/// The top level of `data.json` is an object without the key the bundle's policy travels under.
+pub(crate) fn check_data(data: &serde_json::Value, file: &str) -> Result<(), PolicyError> {
+    match data.as_object() {
+        None => Err(PolicyError::Source(format!(
+            "{file}: the top level must be a JSON object"
+        ))),
+        Some(fields) if fields.contains_key(POLICY_KEY) => Err(PolicyError::Source(format!(
+            "{file}: the key `{POLICY_KEY}` is reserved (a bundle carries its policy under it)"
+        ))),
+        Some(_) => Ok(()),
     }
 }
 
@@ -64,12 +78,7 @@ impl PolicySource {
                     e.column()
                 ))
             })?;
-            if !data.is_object() {
-                return Err(PolicyError::Source(format!(
-                    "{}: the top level must be a JSON object",
-                    data_path.display()
-                )));
-            }
+            check_data(&data, &data_path.display().to_string())?;
             data
         } else {
             serde_json::json!({})
@@ -86,6 +95,7 @@ impl PolicySource {
         let data: serde_json::Value = serde_json::from_str(data_json).map_err(|e| {
             PolicyError::Source(format!("data.json:{}:{}: {e}", e.line(), e.column()))
         })?;
+        check_data(&data, "data.json")?;
         Ok(Self {
             modules: modules
                 .iter()
@@ -132,19 +142,24 @@ impl PolicySource {
         Ok(engine)
     }
 
-    /// The JSON the engine module reads (see `plugins/policy-engine/src/policy.rs`).
-    pub fn packed(&self, entrypoints: &[String]) -> Vec<u8> {
+    /// The policy as the engine module reads it (see `plugins/policy-engine/src/policy.rs`):
+    /// `{"modules": {..}, "entrypoints": [..]}`.
+    pub fn policy_description(&self, entrypoints: &[String]) -> serde_json::Value {
         let modules: serde_json::Map<String, serde_json::Value> = self
             .modules
             .iter()
             .map(|(n, t)| (n.clone(), serde_json::Value::from(t.as_str())))
             .collect();
-        serde_json::to_vec(&serde_json::json!({
-            "modules": modules,
-            "entrypoints": entrypoints,
-            "data": self.data,
-        }))
-        .expect("a JSON value serializes")
+        serde_json::json!({ "modules": modules, "entrypoints": entrypoints })
+    }
+
+    /// A bundle's `data.json`: the data, and the policy under its reserved key.
+    pub fn bundle_data(&self, entrypoints: &[String]) -> serde_json::Value {
+        let mut data = self.data.clone();
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert(POLICY_KEY.into(), self.policy_description(entrypoints));
+        }
+        data
     }
 }
 

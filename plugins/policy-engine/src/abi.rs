@@ -6,6 +6,10 @@
 //! that pointer: one evaluation's garbage is dropped wholesale by the next one. Everything that
 //! must outlive evaluations (the parsed policy, its compiled entrypoints) is therefore built
 //! before the host first reads the heap pointer after loading its data.
+//!
+//! The module's bytes are the same for every policy: the policy comes with the data, under
+//! [`POLICY_KEY`], and is taken from the first data value the host loads. It is fixed from then
+//! on, so nothing parsed later (an input, with the ABI 1.0 path) can replace it.
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -15,18 +19,7 @@ use core::cell::UnsafeCell;
 
 use regorus::Value;
 
-use crate::policy::{self, Compiled, Policy};
-
-/// Where the packer put the policy: `[address of its JSON, its length in bytes, first free
-/// address after it]`, all [`UNPACKED`] until packed. Not zero-initialised on purpose: with an
-/// imported memory the start function zeroes `.bss` after the data segments are applied, which
-/// would wipe the packer's segment; `.data` is left alone. Read with volatile loads so the
-/// compiler does not fold the initial value in.
-#[unsafe(no_mangle)]
-pub static mut GANTRY_POLICY: [u32; 3] = [UNPACKED; 3];
-
-/// The cell's value before packing.
-const UNPACKED: u32 = u32::MAX;
+use crate::policy::{self, Compiled, MAX_ENTRYPOINTS, POLICY_KEY, Policy};
 
 unsafe extern "C" {
     static __heap_base: u8;
@@ -62,20 +55,10 @@ impl<T> Global<T> {
 /// The bump pointer; 0 until first used.
 static HEAP: Global<usize> = Global(UnsafeCell::new(0));
 
-fn packed() -> [u32; 3] {
-    // SAFETY: a plain read of a static the packer may have initialised through a data segment.
-    unsafe { core::ptr::read_volatile(&raw const GANTRY_POLICY) }
-}
-
 fn heap() -> &'static mut usize {
     let heap = HEAP.get();
     if *heap == 0 {
-        let after_policy = packed()[2];
-        *heap = if after_policy != UNPACKED {
-            after_policy as usize
-        } else {
-            &raw const __heap_base as usize
-        };
+        *heap = &raw const __heap_base as usize;
     }
     heap
 }
@@ -121,25 +104,35 @@ static STATE: Global<State> = Global(UnsafeCell::new(State {
 }));
 
 fn policy() -> &'static Policy {
+    STATE.get().policy.as_ref().unwrap_or_else(|| {
+        abort(&alloc::format!(
+            "gantry policy engine: no policy loaded (the bundle's data.json has no `{POLICY_KEY}`)"
+        ))
+    })
+}
+
+/// `data` without the policy's key, and the policy's description when the key is there.
+fn split(data: &Value) -> (Value, Option<Value>) {
+    let mut data = data.clone();
+    let blob = data
+        .as_object_mut()
+        .ok()
+        .and_then(|fields| fields.remove(&Value::from(POLICY_KEY)));
+    (data, blob)
+}
+
+/// Loads the policy from its description, once; later descriptions are ignored.
+fn load_policy(blob: &Value) {
     let state = STATE.get();
-    if state.policy.is_none() {
-        let [addr, len, _] = packed();
-        if addr == UNPACKED {
-            abort("gantry policy engine: no policy packed into this module");
-        }
-        // SAFETY: the packer wrote `len` bytes of UTF-8 JSON at `addr` through a data segment.
-        let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };
-        let text = core::str::from_utf8(bytes)
-            .unwrap_or_else(|_| abort("gantry policy engine: packed policy is not UTF-8"));
-        match Policy::from_json(text) {
-            Ok(p) => state.policy = Some(p),
-            Err(e) => abort(&alloc::format!("gantry policy engine: {e}")),
-        }
+    if state.policy.is_some() {
+        return;
     }
-    state
-        .policy
-        .as_ref()
-        .unwrap_or_else(|| abort("unreachable"))
+    let text = serde_json::to_string(blob)
+        .unwrap_or_else(|_| abort("gantry policy engine: the policy is not JSON"));
+    match Policy::from_json(&text) {
+        Ok(p) => state.policy = Some(p),
+        Err(e) => abort(&alloc::format!("gantry policy engine: {e}")),
+    }
 }
 
 fn boxed(value: Value) -> i32 {
@@ -169,9 +162,13 @@ fn compile_for_last_data() {
         return;
     }
     // SAFETY: `last_parsed` came from `opa_json_parse`.
-    let data = unsafe { value(state.last_parsed) }.clone();
-    if data.as_object().is_err() {
+    let parsed = unsafe { value(state.last_parsed) };
+    if parsed.as_object().is_err() {
         return;
+    }
+    let (data, blob) = split(parsed);
+    if let Some(blob) = blob {
+        load_policy(&blob);
     }
     let compiled = match policy().compile(&data) {
         Ok(c) => c,
@@ -194,14 +191,13 @@ fn evaluate(entry: i32, data: i32, input: Value) -> String {
             None => abort(&alloc::format!("no entrypoint {entry}")),
         }
     } else {
-        let empty = Value::new_object();
         // SAFETY: a nonzero `data` came from `opa_json_parse`.
-        let data = if data == 0 {
-            &empty
+        let (data, _) = if data == 0 {
+            (Value::new_object(), None)
         } else {
-            unsafe { value(data) }
+            split(unsafe { value(data) })
         };
-        policy().evaluate(entry as usize, data, input)
+        policy().evaluate(entry as usize, &data, input)
     };
     result.unwrap_or_else(|e| abort(&alloc::format!("gantry policy engine: {e}")))
 }
@@ -219,7 +215,6 @@ pub extern "C" fn opa_free(_addr: i32) {}
 
 #[unsafe(no_mangle)]
 pub extern "C" fn opa_heap_ptr_get() -> i32 {
-    policy();
     compile_for_last_data();
     *heap() as i32
 }
@@ -283,17 +278,15 @@ pub extern "C" fn builtins() -> i32 {
     boxed(Value::new_object())
 }
 
-/// `{"entrypoint/name": id, ...}`.
+/// `{"0": 0, "1": 1, ...}`: the ids of every entrypoint a policy may have, declared before the
+/// policy is loaded; the host maps names to ids from the bundle's `$gantry.entrypoints`.
 #[unsafe(no_mangle)]
 pub extern "C" fn entrypoints() -> i32 {
-    let map: serde_json::Map<String, serde_json::Value> = policy()
-        .entrypoints()
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.clone(), serde_json::Value::from(i)))
-        .collect();
-    let text = serde_json::Value::Object(map).to_string();
-    boxed(Value::from_json_str(&text).unwrap_or_else(|_| abort("entrypoints")))
+    let mut map = alloc::collections::BTreeMap::new();
+    for id in 0..MAX_ENTRYPOINTS {
+        map.insert(Value::from(alloc::format!("{id}")), Value::from(id as u64));
+    }
+    boxed(Value::from(map))
 }
 
 #[repr(C)]

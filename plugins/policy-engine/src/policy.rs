@@ -19,11 +19,22 @@ use regorus::{Engine, PolicyModule, Value};
 
 use crate::diagnostic;
 
-/// What the packer writes into the module: the Rego modules, the entrypoints in ABI order, and the
-/// data the policy was built with.
+/// The key of a bundle's `data.json` that carries the policy to the module: the module's code is
+/// the same for every policy (so hosts compile it once), and the policy arrives with the data.
+/// A `$` key cannot be reached with Rego's dot syntax, and the module removes it from the data
+/// the policy sees.
+pub const POLICY_KEY: &str = "$gantry";
+
+/// The most entrypoints a policy may have. The module declares the ids `"0"`..`"255"` before
+/// it sees the policy (OPA's ABI asks for the entrypoints before the data), and the host maps
+/// each entrypoint's name to its position.
+pub const MAX_ENTRYPOINTS: usize = 256;
+
+/// The policy a bundle carries under [`POLICY_KEY`]: the Rego modules and the entrypoints in ABI
+/// order.
 ///
-/// As JSON: `{"modules": {"authz.rego": "package ..."}, "entrypoints": ["gantry/authz/allow"],
-/// "data": {...}}`. An entrypoint `a/b/c` evaluates the rule `data.a.b.c`, as with `opa build -e`.
+/// As JSON: `{"modules": {"authz.rego": "package ..."}, "entrypoints": ["gantry/authz/allow"]}`.
+/// An entrypoint `a/b/c` evaluates the rule `data.a.b.c`, as with `opa build -e`.
 pub struct Policy {
     /// The modules, parsed once; each entrypoint is compiled from a copy.
     engine: Engine,
@@ -54,13 +65,13 @@ pub fn rule_of(entrypoint: &str) -> String {
 }
 
 impl Policy {
-    /// Parses the packed description and the Rego it holds.
+    /// Parses the description and the Rego it holds.
     pub fn from_json(packed: &str) -> Result<Self, PolicyError> {
-        let doc: serde_json::Value =
-            serde_json::from_str(packed).map_err(|e| error("packed policy", e))?;
+        let doc: serde_json::Value = serde_json::from_str(packed)
+            .map_err(|e| error("the bundle's policy (`$gantry`)", e))?;
         let modules: Vec<PolicyModule> = doc["modules"]
             .as_object()
-            .ok_or_else(|| PolicyError("packed policy: `modules` is not an object".into()))?
+            .ok_or_else(|| PolicyError("the bundle's policy: `modules` is not an object".into()))?
             .iter()
             .map(|(id, content)| {
                 content
@@ -70,17 +81,25 @@ impl Policy {
                         content: c.into(),
                     })
                     .ok_or_else(|| {
-                        PolicyError(alloc::format!("packed policy: module `{id}` is not text"))
+                        PolicyError(alloc::format!(
+                            "the bundle's policy: module `{id}` is not text"
+                        ))
                     })
             })
             .collect::<Result<_, _>>()?;
         let entrypoints: Vec<String> = doc["entrypoints"]
             .as_array()
-            .ok_or_else(|| PolicyError("packed policy: `entrypoints` is not a list".into()))?
+            .ok_or_else(|| PolicyError("the bundle's policy: `entrypoints` is not a list".into()))?
             .iter()
             .map(|e| e.as_str().map(String::from))
             .collect::<Option<_>>()
-            .ok_or_else(|| PolicyError("packed policy: an entrypoint is not text".into()))?;
+            .ok_or_else(|| PolicyError("the bundle's policy: an entrypoint is not text".into()))?;
+        if entrypoints.len() > MAX_ENTRYPOINTS {
+            return Err(PolicyError(alloc::format!(
+                "the bundle's policy: {} entrypoints, over the most a module declares ({MAX_ENTRYPOINTS})",
+                entrypoints.len()
+            )));
+        }
         // Every module must parse, whichever entrypoints reach it. Set up as
         // `regorus::compile_policy_with_entrypoint` does, but parsed once for every entrypoint.
         let mut engine = Engine::new();

@@ -263,10 +263,11 @@ fn load_wasm(
 /// regorus's interpreter, a fresh interpreter state per decision), to run natively.
 fn compile_native(source: &PolicySource) -> Result<gantry_policy_engine::policy::Compiled, String> {
     let data_value = source.data_value().map_err(|e| e.to_string())?;
-    let packed =
-        String::from_utf8(source.packed(&[ENTRYPOINT.to_string()])).map_err(|e| e.to_string())?;
+    let description = source
+        .policy_description(&[ENTRYPOINT.to_string()])
+        .to_string();
     let engine_policy =
-        gantry_policy_engine::policy::Policy::from_json(&packed).map_err(|e| e.to_string())?;
+        gantry_policy_engine::policy::Policy::from_json(&description).map_err(|e| e.to_string())?;
     engine_policy
         .compile_entrypoint(ENTRYPOINT, &data_value)
         .map_err(|e| e.to_string())

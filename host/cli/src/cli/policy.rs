@@ -161,7 +161,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             entrypoints,
             output,
             revision,
-        } => build(&dir, &entrypoints, &output, revision.as_deref()),
+        } => build(ctx, &dir, &entrypoints, &output, revision.as_deref()),
         PolicyCommand::Test { dir, json } => test(&dir, json),
         PolicyCommand::Sign {
             bundle,
@@ -200,7 +200,11 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Builds the bundle, loads it once through the decision path (opa-wasm, the sandbox) before
+/// writing it, so a bundle that builds also loads, and the engine module is compiled into the
+/// cache by the build rather than by the first decision.
 fn build(
+    ctx: &super::Context,
     dir: &std::path::Path,
     entrypoints: &[String],
     output: &std::path::Path,
@@ -208,6 +212,14 @@ fn build(
 ) -> anyhow::Result<()> {
     let source = PolicySource::read(dir)?;
     let bundle = gantry::policy::build(&source, entrypoints, revision)?;
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = ctx.cache_dir.clone();
+    let host = Host::new(config)?;
+    gantry::blocking::block_on(
+        host.policy_loader()
+            .load(bundle.clone(), PolicyLimits::default()),
+    )
+    .context("the bundle does not load in the sandbox")?;
     bundle.write(output)?;
     eprintln!(
         "wrote {} (revision {}, {} module(s), entrypoints: {})",

@@ -45,11 +45,7 @@ fn install(state: &AppState, user: &User, body: &[u8]) -> ApiResult<serde_json::
     let loader = daemon.host_read().policy_loader();
     let policy = here(loader.load(bundle, gantry::policy::decide::PolicyLimits::default()))
         .map_err(|e| bad(format!("the bundle does not load: {e}")))?;
-    if !policy
-        .entrypoints()
-        .iter()
-        .any(|e| e == gantry::DECISION_ENTRYPOINT)
-    {
+    if !policy.entrypoints().contains(&gantry::DECISION_ENTRYPOINT) {
         return Err(bad(format!(
             "the bundle has no `{}` entrypoint (it has {:?}); it would deny every request",
             gantry::DECISION_ENTRYPOINT,
