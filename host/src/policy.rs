@@ -108,6 +108,7 @@ pub fn build(
     let manifest = serde_json::json!({
         "revision": revision,
         "roots": roots,
+        "metadata": {"gantry": {"strict": source.strict}},
         "wasm": entrypoints
             .iter()
             .map(|e| serde_json::json!({"entrypoint": e, "module": "/policy.wasm"}))

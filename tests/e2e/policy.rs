@@ -426,7 +426,7 @@ fn bad_policies_and_bundles_fail_cleanly() {
     case(
         &[("p.rego", "package x\nallow := true\n")],
         "x/alow",
-        "data.x.alow is not a rule of the policy",
+        "data.x.alow is neither a rule nor a package of the policy",
     );
     case(
         &[
@@ -1219,4 +1219,66 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
         "{stderr}"
     );
     assert!(stderr.contains("conflict"), "{stderr}");
+}
+
+/// `--strict` (issue 12): a builtin error fails the evaluation by default, so the decision
+/// denies with the error as its reason; `--strict false` makes it undefined, as OPA's default,
+/// and the rule's `default` applies. `policy test` and the bundle built with the same setting
+/// decide alike, and the bundle's manifest records it.
+#[test]
+fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
+    use crate::support::{gantry, policy_eval, text};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("p");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.rego"),
+        "package p\ndefault allow := false\nallow if to_number(input.n) > 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p_test.rego"),
+        "package p_test\nimport data.p\ntest_a_bad_number_denies if not p.allow with input as {\"n\": \"x\"}\n",
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let out = gantry(&["policy", "test", d], work.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL data.p_test.test_a_bad_number_denies"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("could not parse string as number"), "{stdout}");
+    let out = gantry(&["policy", "test", d, "--strict", "false"], work.path());
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let input = r#"{"n": "x"}"#;
+    for strict in ["true", "false"] {
+        let bundle = work.path().join(format!("strict-{strict}.tar.gz"));
+        let b = bundle.to_str().unwrap();
+        let out = gantry(
+            &[
+                "policy", "build", d, "-e", "p/allow", "-o", b, "--strict", strict,
+            ],
+            work.path(),
+        );
+        let (_, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("strict: {strict}")), "{stderr}");
+        let manifest = gantry::policy::bundle::Bundle::read(&bundle)
+            .unwrap()
+            .manifest;
+        assert_eq!(manifest["metadata"]["gantry"]["strict"].to_string(), strict);
+        let out = policy_eval(&bundle, "p/allow", input, &[], work.path());
+        let (stdout, stderr) = text(&out);
+        if strict == "true" {
+            assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+            assert!(stderr.contains("could not parse string as number"), "{stderr}");
+        } else {
+            assert!(out.status.success(), "{stderr}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v, serde_json::json!([{"result": false}]));
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attack;
+pub mod authoring;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

@@ -100,7 +100,7 @@ fn load(
             }
             let packages = engine.get_packages().unwrap_or_default();
             return Err(PolicyError::Source(format!(
-                "entrypoint `{e}`: {rule} is not a rule of the policy (packages: {})",
+                "entrypoint `{e}`: {rule} is neither a rule nor a package of the policy (packages: {})",
                 packages.join(", ")
             )));
         }

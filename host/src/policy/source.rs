@@ -19,6 +19,10 @@ pub struct PolicySource {
     pub tests: Vec<(String, String)>,
     /// The contents of `data.json` (an empty object when absent).
     pub data: serde_json::Value,
+    /// Whether a builtin error is an evaluation error (`true`, the default: the decision denies),
+    /// or makes the expression undefined (`false`, OPA's default). `gantry policy test` and
+    /// `build` take it from `--strict`; the bundle carries it to the module.
+    pub strict: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
@@ -87,6 +91,7 @@ impl PolicySource {
             modules,
             tests,
             data,
+            strict: true,
         })
     }
 
@@ -103,6 +108,7 @@ impl PolicySource {
                 .collect(),
             tests: Vec::new(),
             data,
+            strict: true,
         })
     }
 
@@ -127,6 +133,7 @@ impl PolicySource {
     /// data loaded; Rego errors name the file, line and column.
     pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
         let mut engine = Engine::new();
+        engine.set_strict_builtin_errors(self.strict);
         let extra = if tests { &self.tests[..] } else { &[] };
         for (name, text) in self.modules.iter().chain(extra) {
             engine
@@ -143,14 +150,14 @@ impl PolicySource {
     }
 
     /// The policy as the engine module reads it (see `plugins/policy-engine/src/policy.rs`):
-    /// `{"modules": {..}, "entrypoints": [..]}`.
+    /// `{"modules": {..}, "entrypoints": [..], "strict": bool}`.
     pub fn policy_description(&self, entrypoints: &[String]) -> serde_json::Value {
         let modules: serde_json::Map<String, serde_json::Value> = self
             .modules
             .iter()
             .map(|(n, t)| (n.clone(), serde_json::Value::from(t.as_str())))
             .collect();
-        serde_json::json!({ "modules": modules, "entrypoints": entrypoints })
+        serde_json::json!({ "modules": modules, "entrypoints": entrypoints, "strict": self.strict })
     }
 
     /// A bundle's `data.json`: the data, and the policy under its reserved key.

@@ -33,12 +33,15 @@ pub const MAX_ENTRYPOINTS: usize = 256;
 /// The policy a bundle carries under [`POLICY_KEY`]: the Rego modules and the entrypoints in ABI
 /// order.
 ///
-/// As JSON: `{"modules": {"authz.rego": "package ..."}, "entrypoints": ["gantry/authz/allow"]}`.
-/// An entrypoint `a/b/c` evaluates the rule `data.a.b.c`, as with `opa build -e`.
+/// As JSON: `{"modules": {"authz.rego": "package ..."}, "entrypoints": ["gantry/authz/allow"],
+/// "strict": true}`. An entrypoint `a/b/c` evaluates the rule `data.a.b.c`, as with
+/// `opa build -e`. `strict` (default `true`): a builtin error is an evaluation error, as OPA's
+/// `--strict-builtin-errors`; `false` makes the expression undefined, as OPA's default.
 pub struct Policy {
     /// The modules, parsed once; each entrypoint is compiled from a copy.
     engine: Engine,
     entrypoints: Vec<String>,
+    strict: bool,
 }
 
 /// Why a policy could not be loaded or evaluated; the ABI turns it into `opa_abort`.
@@ -94,6 +97,15 @@ impl Policy {
             .map(|e| e.as_str().map(String::from))
             .collect::<Option<_>>()
             .ok_or_else(|| PolicyError("the bundle's policy: an entrypoint is not text".into()))?;
+        let strict = match &doc["strict"] {
+            serde_json::Value::Null => true,
+            serde_json::Value::Bool(b) => *b,
+            _ => {
+                return Err(PolicyError(
+                    "the bundle's policy: `strict` is not a boolean".into(),
+                ));
+            }
+        };
         if entrypoints.len() > MAX_ENTRYPOINTS {
             return Err(PolicyError(alloc::format!(
                 "the bundle's policy: {} entrypoints, over the most a module declares ({MAX_ENTRYPOINTS})",
@@ -104,6 +116,7 @@ impl Policy {
         // `regorus::compile_policy_with_entrypoint` does, but parsed once for every entrypoint.
         let mut engine = Engine::new();
         engine.set_gather_prints(true);
+        engine.set_strict_builtin_errors(strict);
         for m in &modules {
             engine
                 .add_policy(m.id.to_string(), m.content.to_string())
@@ -113,7 +126,13 @@ impl Policy {
         Ok(Self {
             engine,
             entrypoints,
+            strict,
         })
+    }
+
+    /// Whether builtin errors are evaluation errors (see [`Policy`]).
+    pub fn strict(&self) -> bool {
+        self.strict
     }
 
     /// The entrypoints, in ABI order (their position is their id).
@@ -140,12 +159,35 @@ impl Policy {
         let rule = rule_of(entrypoint);
         let mut engine = self.engine.clone();
         engine.add_data(data.clone()).map_err(fail)?;
+        if self.is_package(&rule) {
+            return Ok(Compiled {
+                engine,
+                rule,
+                package: true,
+            });
+        }
         // Checks that the rule exists and prepares the engine (analysis, schedule) once, so each
         // evaluation's copy starts prepared.
         engine
             .compile_with_entrypoint(&rule.as_str().into())
             .map_err(fail)?;
-        Ok(Compiled { engine, rule })
+        // Compiling may start the interpreter's settings afresh: the policy's setting stands.
+        engine.set_strict_builtin_errors(self.strict);
+        Ok(Compiled {
+            engine,
+            rule,
+            package: false,
+        })
+    }
+
+    /// Whether `path` (`data.a.b`) is a package of the policy or a prefix of packages.
+    fn is_package(&self, path: &str) -> bool {
+        let packages = self.engine.get_packages().unwrap_or_default();
+        packages.iter().any(|p| {
+            p == path
+                || p.strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
     }
 
     /// Evaluates entrypoint `entry` with `data` and `input`, compiling it for that data first.
@@ -213,6 +255,9 @@ pub fn one_default_per_rule(modules: &[Ref<Module>]) -> Result<(), PolicyError> 
 pub struct Compiled {
     engine: Engine,
     rule: String,
+    /// The entrypoint names a package (or a prefix of packages), not a rule: it evaluates to the
+    /// package's document, as OPA's `-e package`.
+    package: bool,
 }
 
 /// Evaluates a compiled entrypoint on a copy of its engine, as `gantry policy test` evaluates
@@ -225,10 +270,27 @@ pub struct Compiled {
 pub fn evaluate_compiled(compiled: &Compiled, input: Value) -> Result<String, PolicyError> {
     let mut engine = compiled.engine.clone();
     engine.set_input(input);
-    let value = engine
-        .eval_rule(compiled.rule.clone())
-        .map_err(|e| PolicyError(diagnostic::one_line(&e.to_string())))?;
+    let value = if compiled.package {
+        let results = engine
+            .eval_query(compiled.rule.clone(), false)
+            .map_err(eval_error)?;
+        results
+            .result
+            .into_iter()
+            .next()
+            .and_then(|r| r.expressions.into_iter().next())
+            .map_or(Value::Undefined, |e| e.value)
+    } else {
+        engine
+            .eval_rule(compiled.rule.clone())
+            .map_err(eval_error)?
+    };
     result_set(value)
+}
+
+/// An evaluation error on one line (the host names the entrypoint).
+fn eval_error(e: impl core::fmt::Display) -> PolicyError {
+    PolicyError(diagnostic::one_line(&e.to_string()))
 }
 
 /// OPA's result set: `[{"result": value}]`, or `[]` when the rule is undefined.
@@ -278,6 +340,77 @@ mod tests {
         assert_eq!(evaluate_compiled(&compiled[2], input("bob")).unwrap(), "[]");
         assert_eq!(p.evaluate(2, &data, input("bob")).unwrap(), "[]");
         assert!(p.evaluate(7, &data, input("x")).is_err());
+    }
+
+    /// `strict` decides what a builtin error is: an evaluation error (the default, so the host
+    /// denies) or an undefined expression (OPA's default), and the rule's `default` then applies.
+    #[test]
+    fn strict_decides_whether_a_builtin_error_fails_the_evaluation() {
+        let packed = |strict: Option<bool>| {
+            let mut doc = serde_json::json!({
+                "modules": {"p.rego": "package p\ndefault allow := false\nallow if to_number(input.n) > 1\n"},
+                "entrypoints": ["p/allow"],
+            });
+            if let Some(b) = strict {
+                doc["strict"] = serde_json::Value::Bool(b);
+            }
+            doc.to_string()
+        };
+        let input = Value::from_json_str(r#"{"n": "not a number"}"#).unwrap();
+        let data = Value::new_object();
+        for strict in [None, Some(true)] {
+            let p = Policy::from_json(&packed(strict)).unwrap();
+            assert!(p.strict());
+            let e = p.evaluate(0, &data, input.clone()).unwrap_err();
+            assert!(e.0.contains("could not parse string as number"), "{e}");
+        }
+        let lax = Policy::from_json(&packed(Some(false))).unwrap();
+        assert_eq!(
+            lax.evaluate(0, &data, input).unwrap(),
+            r#"[{"result":false}]"#
+        );
+        assert!(
+            Policy::from_json(
+                &packed(None).replace("\"entrypoints\"", "\"strict\": 1, \"entrypoints\"")
+            )
+            .is_err()
+        );
+    }
+
+    /// An entrypoint may name a package, or a prefix of packages, as OPA's `-e`: it evaluates
+    /// to the document below it (rules with values; undefined ones absent), and a conflict in
+    /// it is an error, as for a rule.
+    #[test]
+    fn a_package_entrypoint_evaluates_to_the_package_document() {
+        let packed = serde_json::json!({
+            "modules": {
+                "a.rego": "package t.a\np := 1\nq contains x if some x in [1, 2]\nr if false\n",
+                "b.rego": "package t.b\nc := input.c\n",
+            },
+            "entrypoints": ["t/a", "t", "t/b"],
+        })
+        .to_string();
+        let p = Policy::from_json(&packed).unwrap();
+        let data = Value::new_object();
+        let c = p.compile(&data).unwrap();
+        let input = |c: &str| Value::from_json_str(c).unwrap();
+        assert_eq!(
+            evaluate_compiled(&c[0], input("{}")).unwrap(),
+            r#"[{"result":{"p":1,"q":[1,2]}}]"#
+        );
+        assert_eq!(
+            evaluate_compiled(&c[1], input(r#"{"c": 3}"#)).unwrap(),
+            r#"[{"result":{"a":{"p":1,"q":[1,2]},"b":{"c":3}}}]"#
+        );
+        assert!(p.compile_entrypoint("t/zz", &data).is_err());
+        let conflict = serde_json::json!({
+            "modules": {"a.rego": "package t\nx := y if some y in [1, 2]\n"},
+            "entrypoints": ["t"],
+        })
+        .to_string();
+        let p = Policy::from_json(&conflict).unwrap();
+        let c = p.compile(&data).unwrap();
+        assert!(evaluate_compiled(&c[0], input("{}")).is_err());
     }
 
     #[test]

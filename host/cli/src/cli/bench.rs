@@ -46,6 +46,19 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The policy author's loop: a new policy through `policy build` and `policy eval` (new
+    /// processes), with the module cache warm vs cold, in one run.
+    Authoring {
+        /// Timed rounds with the cache warm.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Timed rounds with an empty cache (each compiles the engine module).
+        #[arg(long, default_value_t = 3)]
+        cold_rounds: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
     Kernels(KernelArgs),
     /// A load test of the daemon's API on loopback: concurrent submits and reads, latency
@@ -175,6 +188,11 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             json,
         } => policy(decisions, threads, seconds, json),
+        BenchCommand::Authoring {
+            rounds,
+            cold_rounds,
+            json,
+        } => authoring(rounds.max(1), cold_rounds.max(1), json),
     }
 }
 
@@ -444,5 +462,38 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
         (None, Some(note)) => println!("gpu: not measured: {note}"),
         (None, None) => {}
     }
+    Ok(())
+}
+
+fn authoring(rounds: usize, cold_rounds: usize, json: bool) -> anyhow::Result<()> {
+    let bar = super::progress(rounds.max(cold_rounds) as u64, "rounds");
+    let r = crate::bench::authoring::run(rounds, cold_rounds, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        "cache",
+        "rounds",
+        "build ms",
+        "eval ms",
+        "edit to decision ms",
+    ]);
+    for (name, s) in [("warm", &r.warm), ("cold (empty)", &r.cold)] {
+        t.row(vec![
+            name.into(),
+            s.rounds.to_string(),
+            format!("{:.0}", s.build_ms),
+            format!("{:.0}", s.eval_ms),
+            format!("{:.0}", s.total_ms),
+        ]);
+    }
+    print!("{t}");
+    println!(
+        "cold / warm: {:.1}x (medians; each step a new process)",
+        r.ratio
+    );
     Ok(())
 }

@@ -94,6 +94,10 @@ pub enum PolicyCommand {
         /// The bundle revision (default: a digest of the policy and data).
         #[arg(long)]
         revision: Option<String>,
+        /// Builtin errors fail the evaluation (`true`, the decision denies) or make the
+        /// expression undefined (`false`, OPA's default); the bundle carries the setting.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        strict: bool,
     },
     /// Sign a bundle the way `opa sign` does: writes /.signatures.json into it.
     Sign {
@@ -125,6 +129,10 @@ pub enum PolicyCommand {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Builtin errors fail the evaluation (`true`) or make the expression undefined
+        /// (`false`), as `policy build --strict`.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        strict: bool,
     },
     /// Evaluate one entrypoint of a bundle on an input and print OPA's result set; with
     /// `--inputs`, on many (JSON lines in, one result set per line out), loading the bundle once.
@@ -161,8 +169,16 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             entrypoints,
             output,
             revision,
-        } => build(ctx, &dir, &entrypoints, &output, revision.as_deref()),
-        PolicyCommand::Test { dir, json } => test(&dir, json),
+            strict,
+        } => build(
+            ctx,
+            &dir,
+            &entrypoints,
+            &output,
+            revision.as_deref(),
+            strict,
+        ),
+        PolicyCommand::Test { dir, json, strict } => test(&dir, json, strict),
         PolicyCommand::Sign {
             bundle,
             alg,
@@ -209,8 +225,12 @@ fn build(
     entrypoints: &[String],
     output: &std::path::Path,
     revision: Option<&str>,
+    strict: bool,
 ) -> anyhow::Result<()> {
-    let source = PolicySource::read(dir)?;
+    let source = PolicySource {
+        strict,
+        ..PolicySource::read(dir)?
+    };
     let bundle = gantry::policy::build(&source, entrypoints, revision)?;
     let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
     config.cache_dir = ctx.cache_dir.clone();
@@ -222,17 +242,21 @@ fn build(
     .context("the bundle does not load in the sandbox")?;
     bundle.write(output)?;
     eprintln!(
-        "wrote {} (revision {}, {} module(s), entrypoints: {})",
+        "wrote {} (revision {}, {} module(s), entrypoints: {}, strict: {})",
         output.display(),
         bundle.revision(),
         source.modules.len(),
-        entrypoints.join(", ")
+        entrypoints.join(", "),
+        source.strict
     );
     Ok(())
 }
 
-fn test(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let source = PolicySource::read(dir)?;
+fn test(dir: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<()> {
+    let source = PolicySource {
+        strict,
+        ..PolicySource::read(dir)?
+    };
     let outcomes = gantry::policy::rego_tests::run(&source)?;
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if json {
