@@ -15,6 +15,7 @@
 //! checked on the shipped policy by replaying every decision of its audit log.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use gantry::policy::decide::verdict;
 use gantry::policy::source::PolicySource;
@@ -118,7 +119,7 @@ fn every_sample_is_tested_and_listed() {
 /// bundle in the sandbox) and natively, and the inputs reach allows, denials and errors.
 fn differential(policy: &Policy) {
     let work = tempfile::tempdir().unwrap();
-    let cache = shared_cache();
+    let cache = warm_cache();
     let dir = repo().join(policy.dir);
     let out = gantry(&["policy", "test", dir.to_str().unwrap()], work.path());
     let (stdout, stderr) = text(&out);
@@ -168,6 +169,25 @@ fn differential(policy: &Policy) {
         "{}: allowed {allowed}, denied {denied}, errors {errors}",
         policy.dir
     );
+}
+
+/// The shared cache, holding the compiled engine module: the first test here to ask compiles it
+/// (one `gantry policy build`) while the others wait, rather than each of the processes they
+/// start in parallel compiling it (a minute each in a debug build) while the cache is cold.
+/// Every bundle carries the same module, the daemon's too.
+fn warm_cache() -> PathBuf {
+    static WARM: OnceLock<()> = OnceLock::new();
+    WARM.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("warm.tar.gz");
+        build_policy(
+            &repo().join(SHIPPED.dir),
+            SHIPPED.entrypoint,
+            &bundle,
+            &shared_cache(),
+        );
+    });
+    shared_cache()
 }
 
 /// `gantry policy eval --inputs` of `inputs` on `bundle` (files written in `dir`): each input's
@@ -421,6 +441,7 @@ fn datasets_input(rng: &mut Rng) -> Value {
 #[test]
 fn every_decision_the_daemon_recorded_replays_the_same_through_policy_eval() {
     let dir = tempfile::tempdir().unwrap();
+    warm_cache();
     let data = run_a_daemon(dir.path());
     let records = recorded_decisions(&data, dir.path());
     let inputs: Vec<Value> = records

@@ -1249,7 +1249,10 @@ fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
         stdout.contains("FAIL data.p_test.test_a_bad_number_denies"),
         "{stdout}"
     );
-    assert!(stdout.contains("could not parse string as number"), "{stdout}");
+    assert!(
+        stdout.contains("could not parse string as number"),
+        "{stdout}"
+    );
     let out = gantry(&["policy", "test", d, "--strict", "false"], work.path());
     assert!(out.status.success(), "{:?}", text(&out));
 
@@ -1274,7 +1277,10 @@ fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
         let (stdout, stderr) = text(&out);
         if strict == "true" {
             assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-            assert!(stderr.contains("could not parse string as number"), "{stderr}");
+            assert!(
+                stderr.contains("could not parse string as number"),
+                "{stderr}"
+            );
         } else {
             assert!(out.status.success(), "{stderr}");
             let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
