@@ -115,35 +115,57 @@ fn every_sample_is_tested_and_listed() {
     }
 }
 
-/// `policy test` passes; then every generated input decides alike in `policy eval` (the built
-/// bundle in the sandbox) and natively, and the inputs reach allows, denials and errors.
+/// For each strict setting (`--strict true`, the default: a builtin error fails the decision;
+/// `false`: it is undefined, as OPA's default), [`decide_alike`]; the inputs must reach allows,
+/// denials and, in strict mode, errors, or the comparison proves little.
 fn differential(policy: &Policy) {
+    let mut rng = Rng(policy.seed);
+    let inputs: Vec<Value> = (0..INPUTS).map(|_| (policy.input)(&mut rng)).collect();
+    for strict in [true, false] {
+        let (allowed, denied, errors) = decide_alike(policy, strict, &inputs);
+        assert!(
+            allowed >= 20 && denied >= 50 && (errors >= 3 || !strict),
+            "{} (strict {strict}): allowed {allowed}, denied {denied}, errors {errors}",
+            policy.dir
+        );
+    }
+}
+
+/// `policy test --strict` passes; then every input decides alike in `policy eval` (the bundle
+/// built with the same `--strict`, in the sandbox) and natively: how many were allowed, denied
+/// and failed.
+fn decide_alike(policy: &Policy, strict: bool, inputs: &[Value]) -> (usize, usize, usize) {
     let work = tempfile::tempdir().unwrap();
     let cache = warm_cache();
     let dir = repo().join(policy.dir);
-    let out = gantry(&["policy", "test", dir.to_str().unwrap()], work.path());
+    let (d, s) = (dir.to_str().unwrap(), strict.to_string());
+    let out = gantry(&["policy", "test", d, "--strict", &s], work.path());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 
     let bundle = work.path().join("bundle.tar.gz");
-    build_policy(&dir, policy.entrypoint, &bundle, &cache);
-    let mut rng = Rng(policy.seed);
-    let inputs: Vec<Value> = (0..INPUTS).map(|_| (policy.input)(&mut rng)).collect();
-    let decided = eval_lines(&bundle, policy.entrypoint, &inputs, work.path());
-
+    let b = bundle.to_str().unwrap();
+    let build = ["policy", "build", d, "-e", policy.entrypoint, "-o", b];
+    let out = gantry(&[&build[..], &["--strict", &s]].concat(), &cache);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let decided = eval_lines(&bundle, policy.entrypoint, inputs, work.path());
     // The same file names as the build's, so that errors name the same place.
-    let mut native = PolicySource::read(&dir).unwrap().engine(false).unwrap();
-    let (mut allowed, mut denied, mut errors) = (0, 0, 0);
+    let source = PolicySource {
+        strict,
+        ..PolicySource::read(&dir).unwrap()
+    };
+    let mut native = source.engine(false).unwrap();
+    let mut counts = (0, 0, 0);
     for (i, (input, got)) in inputs.iter().zip(&decided).enumerate() {
         let want = native_result_set(&mut native, policy.entrypoint, input);
+        let at = format!("{} (strict {strict}): input {i}: {input}", policy.dir);
         match (&want, got) {
             (Ok(want), Ok(got)) => {
-                assert_eq!(got, want, "{}: input {i}: {input}", policy.dir);
-                if verdict(&Ok(got.clone())).0 {
-                    allowed += 1;
-                } else {
-                    denied += 1;
+                assert_eq!(got, want, "{at}");
+                match verdict(&Ok(got.clone())).0 {
+                    true => counts.0 += 1,
+                    false => counts.1 += 1,
                 }
             }
             (Err(want), Err(got)) => {
@@ -152,23 +174,14 @@ fn differential(policy: &Policy) {
                 let first = rendered.lines().next().unwrap_or_default();
                 assert!(
                     first.contains(".rego:") && got.contains(first),
-                    "{}: input {i}: {input}\nnative: {rendered}\npolicy eval: {got}",
-                    policy.dir
+                    "{at}\nnative: {rendered}\npolicy eval: {got}"
                 );
-                errors += 1;
+                counts.2 += 1;
             }
-            _ => panic!(
-                "{}: input {i}: {input}\nnative: {want:?}\npolicy eval: {got:?}",
-                policy.dir
-            ),
+            _ => panic!("{at}\nnative: {want:?}\npolicy eval: {got:?}"),
         }
     }
-    // The generator must reach every outcome, or the comparison proves little.
-    assert!(
-        allowed >= 20 && denied >= 50 && errors >= 3,
-        "{}: allowed {allowed}, denied {denied}, errors {errors}",
-        policy.dir
-    );
+    counts
 }
 
 /// The shared cache, holding the compiled engine module: the first test here to ask compiles it
