@@ -5,8 +5,9 @@
 //! `gantry` binary: `gantry policy test` passes, `gantry policy build` makes the bundle, and a few
 //! hundred seeded inputs shaped like the policy's own (missing fields, unknown names and wrong
 //! types among them) are decided by `gantry policy eval --inputs` and by the interpreter
-//! `policy test` runs (`PolicySource::engine` and `eval_rule`). Every input must get the same
-//! result set from both, or an error from both, at the same place in the Rego.
+//! `policy test` runs (`PolicySource::engine` and `eval_rule`), in both strict settings
+//! (`--strict true`, the default, and `false`). Every input must get the same result set from
+//! both, or an error from both, at the same place in the Rego.
 //!
 //! The daemon leg runs the shipped policy only: the daemon asks the questions of `gantry.authz`
 //! (`{"subject", "action", "resource"}` of its own requests), so no API request reaches the
