@@ -434,7 +434,8 @@ fn datasets_input(rng: &mut Rng) -> Value {
         "operation": pick(rng, json!(["read", "read", "read", "write", "share", "delete"])),
     });
     for path in [
-        &["subject", "purpose"][..],
+        &["subject", "user"][..],
+        &["subject", "purpose"],
         &["subject", "region"],
         &["dataset", "region"],
     ] {

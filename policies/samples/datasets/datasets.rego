@@ -40,6 +40,9 @@ purposes_of := {label: purposes |
 	purposes := object.get(data.labels, [label, "purposes"], ["any"])
 }
 
+# Every other reason names the user: without one, none of them could be given.
+deny contains "the request names no user" if not is_string(input.subject.user)
+
 deny contains msg if {
 	not input.operation in {"read", "write", "share"}
 	msg := sprintf("unknown operation %v", [input.operation])

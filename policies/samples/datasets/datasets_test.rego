@@ -74,3 +74,9 @@ test_public_datasets_are_readable_by_anyone if {
 test_unknown_operations_are_refused if {
 	datasets.deny == {"unknown operation delete"} with input as ask("lee", ["language-team"], "delete", chats)
 }
+
+test_a_request_without_a_user_is_refused if {
+	photos_reader := {"subject": {"groups": ["vision-team"], "purpose": "training", "region": "us"}, "dataset": photos, "operation": "read"}
+	datasets.deny == {"the request names no user"} with input as photos_reader
+	not datasets.allow with input as {"dataset": photos, "operation": "read"}
+}
