@@ -1,0 +1,249 @@
+//! What a case expects, what an engine gave, and how the two compare (OPA's runner, the design's
+//! §4.3): result sets as sets of binding rows, numbers compared numerically.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regorus::Value;
+
+use crate::cases::Case;
+
+/// A result set: one object of bindings per row.
+pub type Rows = BTreeSet<Value>;
+
+/// What an engine did with a case.
+#[derive(Debug, Clone)]
+pub enum Got {
+    Rows(Rows),
+    /// Evaluation failed (any error; a denial on the decision path).
+    Error(String),
+    /// `gantry::policy::build` refused the policy.
+    Refused(String),
+    /// The bundle did not load.
+    LoadFailed(String),
+    /// The case cannot be put to this engine at all (why).
+    Unmappable(String),
+}
+
+/// The outcome of one case on one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Pass,
+    /// An error or nothing where OPA has a value, or the wrong error: it denies more.
+    FailSafe,
+    /// A value where OPA errors or is undefined.
+    FailOpen,
+    /// A value other than OPA's.
+    WrongValue,
+    BuildRefused,
+    LoadFailed,
+    Unmappable,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of the columns of the reports.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Pass,
+        Outcome::FailSafe,
+        Outcome::FailOpen,
+        Outcome::WrongValue,
+        Outcome::BuildRefused,
+        Outcome::LoadFailed,
+        Outcome::Unmappable,
+    ];
+
+    /// The outcome's name in the lists and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::FailSafe => "fail-safe",
+            Outcome::FailOpen => "fail-open",
+            Outcome::WrongValue => "wrong-value",
+            Outcome::BuildRefused => "build-refused",
+            Outcome::LoadFailed => "load-failed",
+            Outcome::Unmappable => "unmappable",
+        }
+    }
+}
+
+/// A JSON value as regorus compares values (1 == 1.0; sets are written as arrays by then).
+pub fn value(json: &serde_json::Value) -> Value {
+    Value::from_json_str(&json.to_string()).expect("JSON text reads as a regorus value")
+}
+
+/// One row as OPA's runner keeps it: generated variables dropped when the case says so, array
+/// bindings sorted under `sort_bindings`.
+pub fn row(case: &Case, bindings: &serde_json::Map<String, serde_json::Value>) -> Value {
+    let mut kept = BTreeMap::new();
+    for (name, v) in bindings {
+        if case.ignore_generated_vars && name.starts_with("__localq") {
+            continue;
+        }
+        let mut v = value(v);
+        if case.sort_bindings
+            && let Ok(items) = v.as_array_mut()
+        {
+            items.sort();
+        }
+        kept.insert(Value::from(name.as_str()), v);
+    }
+    Value::from(kept)
+}
+
+/// What OPA gives for the case.
+#[derive(Debug)]
+pub enum Expected {
+    /// An error; `conflict` when OPA's code is `eval_conflict_error`.
+    Error {
+        conflict: bool,
+    },
+    Rows(Rows),
+}
+
+/// The case's expectation (no `want_result` and no error: an empty result set).
+pub fn expected(case: &Case) -> Expected {
+    if case.want_error.is_some() || case.want_error_code.is_some() {
+        let conflict = case.want_error_code.as_deref() == Some("eval_conflict_error");
+        return Expected::Error { conflict };
+    }
+    let rows = case.want_result.iter().flatten();
+    Expected::Rows(rows.map(|r| row(case, r)).collect())
+}
+
+/// regorus's wording of a conflict OPA reports as `eval_conflict_error` (the last one is an
+/// object comprehension's).
+fn is_conflict(message: &str) -> bool {
+    let words = [
+        "multiple outputs",
+        "conflict",
+        "must be unique",
+        "generated multiple times",
+    ];
+    words.iter().any(|w| message.contains(w))
+}
+
+/// How `got` compares with what OPA gives.
+pub fn classify(expected: &Expected, got: &Got) -> Outcome {
+    match (expected, got) {
+        (_, Got::Refused(_)) => Outcome::BuildRefused,
+        (_, Got::LoadFailed(_)) => Outcome::LoadFailed,
+        (_, Got::Unmappable(_)) => Outcome::Unmappable,
+        (Expected::Error { conflict }, Got::Error(message)) => {
+            if !conflict || is_conflict(message) {
+                Outcome::Pass
+            } else {
+                Outcome::FailSafe
+            }
+        }
+        (Expected::Error { .. }, Got::Rows(rows)) if rows.is_empty() => Outcome::FailSafe,
+        (Expected::Error { .. }, Got::Rows(_)) => Outcome::FailOpen,
+        (Expected::Rows(_), Got::Error(_)) => Outcome::FailSafe,
+        (Expected::Rows(want), Got::Rows(rows)) if want == rows => Outcome::Pass,
+        (Expected::Rows(want), Got::Rows(_)) if want.is_empty() => Outcome::FailOpen,
+        (Expected::Rows(_), Got::Rows(rows)) if rows.is_empty() => Outcome::FailSafe,
+        (Expected::Rows(_), Got::Rows(_)) => Outcome::WrongValue,
+    }
+}
+
+/// Whether a result set is an allow, as a decision reads it: exactly one row, with exactly one
+/// binding, the boolean `true`.
+pub fn allows(rows: &Rows) -> bool {
+    let [only] = rows.iter().collect::<Vec<_>>()[..] else {
+        return false;
+    };
+    only.as_object()
+        .is_ok_and(|o| o.len() == 1 && o.values().all(|v| *v == Value::Bool(true)))
+}
+
+/// Whether the engine allows where OPA does not (an error or anything but a lone `true`).
+pub fn allows_where_opa_denies(expected: &Expected, got: &Got) -> bool {
+    let opa_allows = matches!(expected, Expected::Rows(rows) if allows(rows));
+    matches!(got, Got::Rows(rows) if allows(rows)) && !opa_allows
+}
+
+/// A short account of what an engine gave, for reports (one line).
+pub fn describe(got: &Got) -> String {
+    let text = match got {
+        Got::Rows(rows) => {
+            let all: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            format!("rows [{}]", all.join(", "))
+        }
+        Got::Error(e) => format!("error: {e}"),
+        Got::Refused(e) => format!("refused: {e}"),
+        Got::LoadFailed(e) => format!("load failed: {e}"),
+        Got::Unmappable(e) => format!("unmappable: {e}"),
+    };
+    let line = text.replace(['\n', '\t'], " ");
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
+    }
+}
+
+#[test]
+fn outcomes_and_allows_read_result_sets_as_opa_does() {
+    let rows =
+        |json: serde_json::Value| -> Rows { json.as_array().unwrap().iter().map(value).collect() };
+    let want = |json| Expected::Rows(rows(json));
+    let got = |json| Got::Rows(rows(json));
+    let conflict = Expected::Error { conflict: true };
+    use serde_json::json;
+    // Numbers by value, rows as a set.
+    assert_eq!(
+        classify(
+            &want(json!([{"x": 1}, {"x": 2}])),
+            &got(json!([{"x": 2.0}, {"x": 1}]))
+        ),
+        Outcome::Pass
+    );
+    assert_eq!(
+        classify(&want(json!([{"x": 1}])), &got(json!([]))),
+        Outcome::FailSafe
+    );
+    assert_eq!(
+        classify(&want(json!([{"x": 1}])), &Got::Error("e".into())),
+        Outcome::FailSafe
+    );
+    assert_eq!(
+        classify(&want(json!([])), &got(json!([{"x": 1}]))),
+        Outcome::FailOpen
+    );
+    assert_eq!(
+        classify(&want(json!([{"x": 1}])), &got(json!([{"x": 2}]))),
+        Outcome::WrongValue
+    );
+    assert_eq!(
+        classify(
+            &conflict,
+            &Got::Error("rule conflicts with rule at p.rego:1:1".into())
+        ),
+        Outcome::Pass
+    );
+    assert_eq!(
+        classify(&conflict, &Got::Error("divide by zero".into())),
+        Outcome::FailSafe
+    );
+    assert_eq!(
+        classify(&conflict, &got(json!([{"x": true}]))),
+        Outcome::FailOpen
+    );
+    assert!(allows_where_opa_denies(
+        &conflict,
+        &got(json!([{"x": true}]))
+    ));
+    assert!(allows_where_opa_denies(
+        &want(json!([{"x": false}])),
+        &got(json!([{"x": true}]))
+    ));
+    assert!(!allows_where_opa_denies(
+        &want(json!([{"x": true}])),
+        &got(json!([{"x": true}]))
+    ));
+    assert!(!allows_where_opa_denies(
+        &want(json!([])),
+        &got(json!([{"x": true}, {"x": 1}]))
+    ));
+    assert!(!allows_where_opa_denies(
+        &want(json!([])),
+        &got(json!([{"x": "true"}]))
+    ));
+}
