@@ -401,7 +401,26 @@ fn images_input(rng: &mut Rng) -> Value {
     if rng.below(40) == 0 {
         input["egress"] = json!(["10.0.0.0/8", "not-a-range"]);
     }
+    sometimes_malformed(rng, &mut input);
     input
+}
+
+/// Rarely, a list of a `samples.images` input that is not one, or an entry its rules cannot read.
+fn sometimes_malformed(rng: &mut Rng, input: &mut Value) {
+    // [field, value]
+    let malformed = pick(
+        rng,
+        json!([
+            ["mounts", ["/etc"]],
+            ["mounts", {"path": "/etc"}],
+            ["env", ["HF_TOKEN=x"]],
+            ["egress", "0.0.0.0/0"],
+            ["capabilities", "SYS_ADMIN"],
+        ]),
+    );
+    if rng.below(15) == 0 {
+        input[malformed[0].as_str().unwrap()] = malformed[1].clone();
+    }
 }
 
 /// An input of `samples.datasets`: subjects of every group (and none), datasets owned, shared

@@ -18,6 +18,33 @@ decision := {"allow": allow, "reasons": sort([d | some d in deny])}
 
 deny contains "the request names no image" if not is_string(input.image)
 
+# The input's list `field`: empty when absent, or when it is not a list (refused below), so the
+# rules that read it never fail on it.
+list(field) := value if {
+	value := input[field]
+	is_array(value)
+} else := []
+
+# Lists must be lists, and their entries what the rules read: anything else could hide an entry
+# from the rules.
+deny contains msg if {
+	some field in ["mounts", "env", "egress", "capabilities"]
+	not is_array(object.get(input, field, []))
+	msg := sprintf("%v must be a list", [field])
+}
+
+deny contains msg if {
+	some m in list("mounts")
+	not is_string(m.path)
+	msg := sprintf("mount %v names no path", [m])
+}
+
+deny contains msg if {
+	some e in list("env")
+	not is_string(e.name)
+	msg := sprintf("environment entry %v names no variable", [e])
+}
+
 deny contains msg if {
 	input.user in data.denied_users
 	msg := sprintf("user %v may not start containers", [input.user])
@@ -56,7 +83,7 @@ deny contains msg if {
 }
 
 deny contains msg if {
-	some cap in input.capabilities
+	some cap in list("capabilities")
 	cap in data.denied_capabilities
 	msg := sprintf("capability %v is denied", [cap])
 }
@@ -73,13 +100,13 @@ mount_writable(path) if {
 }
 
 deny contains msg if {
-	some m in input.mounts
+	some m in list("mounts")
 	not mount_allowed(m.path)
 	msg := sprintf("mount %v is outside the allowed prefixes", [m.path])
 }
 
 deny contains msg if {
-	some m in input.mounts
+	some m in list("mounts")
 	mount_allowed(m.path)
 	not m.read_only == true
 	not mount_writable(m.path)
@@ -88,7 +115,7 @@ deny contains msg if {
 
 # Every egress range lies inside an allowed one.
 egress_contained if {
-	every range in object.get(input, "egress", []) {
+	every range in list("egress") {
 		some allowed in data.egress
 		net.cidr_contains(allowed, range)
 	}
@@ -97,7 +124,7 @@ egress_contained if {
 deny contains "egress reaches outside the allowed ranges" if not egress_contained
 
 deny contains msg if {
-	some e in input.env
+	some e in list("env")
 	e.name in data.secret_env
 	e.value != ""
 	msg := sprintf("secret %v is passed in plain text (use a secret mount)", [e.name])

@@ -67,3 +67,11 @@ test_secrets_are_not_passed_in_plain_environment_variables if {
 test_a_request_without_an_image_is_refused if {
 	images.decision == {"allow": false, "reasons": ["the request names no image"]} with input as {"user": "ada"}
 }
+
+test_malformed_lists_and_entries_are_refused if {
+	images.deny == {"capabilities must be a list", "egress must be a list"} with input as with_fields({"capabilities": "SYS_ADMIN", "egress": "0.0.0.0/0"})
+	images.deny == {
+		"mount /etc names no path",
+		"environment entry HF_TOKEN=x names no variable",
+	} with input as with_fields({"mounts": ["/etc"], "env": ["HF_TOKEN=x"]})
+}

@@ -61,6 +61,16 @@ violations contains msg if {
 violations contains "a job needs at least one GPU" if gpus < 1
 
 violations contains msg if {
+	not whole_number(gpus)
+	msg := sprintf("the GPU count %v is not a whole number", [gpus])
+}
+
+whole_number(n) if {
+	is_number(n)
+	n == floor(n)
+}
+
+violations contains msg if {
 	gpus > limits.max_job_gpus
 	msg := sprintf("the job asks for %v GPUs; tenant %v allows at most %v per job", [gpus, tenant, limits.max_job_gpus])
 }

@@ -64,6 +64,11 @@ test_a_job_needs_a_gpu if {
 	"a job needs at least one GPU" in quotas.violations with input as job("vision", 0, 1, 0)
 }
 
+test_gpus_come_whole if {
+	quotas.violations == {"the GPU count 2.5 is not a whole number"} with input as job("vision", 2.5, 1, 0)
+	quotas.allow with input as job("vision", 2.0, 1, 0)
+}
+
 test_size_classes if {
 	quotas.size_class(8) == "small"
 	quotas.size_class(9) == "medium"
