@@ -1288,3 +1288,109 @@ fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
         }
     }
 }
+
+/// `policy test --coverage` reports the lines of the policy's modules its tests evaluated (the
+/// tests' own lines left out), names the lines none did, counts a module no test reached at 0%,
+/// and `--threshold` fails the run below it, as `opa test --coverage --threshold`.
+#[test]
+fn policy_test_coverage_names_the_lines_no_test_reached_and_enforces_a_threshold() {
+    use crate::support::{gantry, text};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("p");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.rego"),
+        "package p\n\nallow if input.role == \"admin\"\n\ndeny if {\n\tinput.role == \"guest\"\n\tinput.x == 1\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("q.rego"),
+        "package q\n\nblock if input.role == \"bot\"\n",
+    )
+    .unwrap();
+    let tests = dir.join("p_test.rego");
+    std::fs::write(
+        &tests,
+        "package p_test\nimport data.p\ntest_admin if p.allow with input as {\"role\": \"admin\"}\n",
+    )
+    .unwrap();
+    let d = dir.to_str().unwrap();
+    let out = gantry(&["policy", "test", d, "--coverage"], work.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("p.rego: 66.7% (2/3 lines), not covered: lines 7"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("q.rego: 0.0% (0/1 lines), not covered: lines 3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("coverage: 50.0% (2/4 lines)"), "{stdout}");
+    assert!(!stdout.contains("p_test.rego"), "{stdout}");
+    let out = gantry(&["policy", "test", d, "--threshold", "60"], work.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("coverage 50.0% is below the threshold of 60%"),
+        "{stderr}"
+    );
+    let out = gantry(&["policy", "test", d, "--threshold", "101"], work.path());
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+
+    // Tests that reach `deny` and `q`: every line covered, and the JSON report says so.
+    let more = "test_guest if p.deny with input as {\"role\": \"guest\", \"x\": 1}\n\
+                test_bot if data.q.block with input as {\"role\": \"bot\"}\n";
+    let text_now = std::fs::read_to_string(&tests).unwrap();
+    std::fs::write(&tests, format!("{text_now}{more}")).unwrap();
+    let out = gantry(
+        &["policy", "test", d, "--threshold", "100", "--json"],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["coverage"]["percent"], 100.0, "{v}");
+    assert_eq!(
+        v["coverage"]["files"][0]["not_covered"],
+        serde_json::json!([])
+    );
+}
+
+/// Builtins compiled into the engine module (issue 12): the deterministic ones regorus has
+/// beyond the first set (`base64url`, `json.patch`, `graph.reachable`, `walk`, `yaml`,
+/// `uuid.parse`) decide in the sandbox as `policy test` decides them; `uuid.rfc4122` needs
+/// entropy the sandbox does not have, so it fails there, and the decision denies.
+#[test]
+fn deterministic_builtins_decide_in_the_sandbox_and_entropy_fails_closed() {
+    let (host, _, _) = loaded();
+    let rego = r#"package b
+enc := base64url.encode("hi?")
+patched := json.patch({"a": 1}, [{"op": "add", "path": "/b", "value": 2}])
+reach := graph.reachable({"a": ["b"], "b": ["c"], "c": []}, ["a"])
+walked := count([p | walk({"x": [1, 2]}, [p, _])])
+y := yaml.unmarshal("a: [1, 2]")
+u := uuid.parse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+r := uuid.rfc4122("k")
+"#;
+    let source = small(rego, "{}");
+    let names = ["enc", "patched", "reach", "walked", "y", "u"];
+    let mut entrypoints: Vec<String> = names.iter().map(|n| format!("b/{n}")).collect();
+    entrypoints.push("b/r".into());
+    let bundle = policy::build(&source, &entrypoints, None).unwrap();
+    let sandbox =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    let mut native = source.engine(false).unwrap();
+    for name in names {
+        let want = native.eval_rule(format!("data.b.{name}")).unwrap();
+        assert_ne!(want, regorus::Value::Undefined, "{name}");
+        let want = serde_json::json!([{ "result": serde_json::to_value(&want).unwrap() }]);
+        let got = eval_on(&sandbox, &format!("b/{name}"), serde_json::json!({}));
+        assert_eq!(got, want, "{name}");
+    }
+    let err = gantry::blocking::block_on(sandbox.evaluate("b/r", &serde_json::json!({})))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("b/r"), "{err}");
+}

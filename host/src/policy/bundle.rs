@@ -39,7 +39,9 @@ pub fn write_files(path: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Polic
     ));
     let result = (|| -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
-        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        // The fastest level: the engine module (2.6 MB) dominates, and level 6 spends about
+        // 100 ms more of every `policy build` (the author's loop) to save 15% of its size.
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         for (name, bytes) in files {
             let name = format!("/{name}");

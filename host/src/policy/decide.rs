@@ -46,19 +46,24 @@ struct Ready {
 /// a module once however many bundles carry it: every bundle `gantry policy build` writes
 /// carries the same engine module.
 #[derive(Clone, Default)]
-pub(crate) struct CompiledModules(Arc<Mutex<Vec<(String, Module)>>>);
+pub(crate) struct CompiledModules {
+    kept: Arc<Mutex<Vec<(String, Module)>>>,
+    /// Held while a module compiles, so loads that miss at once compile it once: the others wait
+    /// and find it kept. Policy loads are rare; serialising their compiles costs nothing.
+    compiling: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl CompiledModules {
     /// Modules kept: the engine's, and a few foreign ones (`opa build -t wasm`).
     const KEPT: usize = 4;
 
     fn get(&self, sha: &str) -> Option<Module> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.iter().find(|(s, _)| s == sha).map(|(_, m)| m.clone())
     }
 
     fn put(&self, sha: String, module: Module) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.retain(|(s, _)| *s != sha);
         if kept.len() == Self::KEPT {
             kept.remove(0);
@@ -136,6 +141,10 @@ impl PolicyLoader {
     /// blocking pool.
     async fn module(&self, wasm: &[u8]) -> Result<(Module, CacheOutcome), PolicyError> {
         let sha = crate::plugin::cache::sha256_hex(wasm);
+        if let Some(module) = self.compiled.get(&sha) {
+            return Ok((module, CacheOutcome::Hit));
+        }
+        let _turn = self.compiled.compiling.lock().await;
         if let Some(module) = self.compiled.get(&sha) {
             return Ok((module, CacheOutcome::Hit));
         }
@@ -425,6 +434,26 @@ pub fn verdict(result: &Result<serde_json::Value, PolicyError>) -> (bool, Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reported by the conformance suite's two workers: loads that missed the kept modules at
+    /// once each compiled the engine module (a minute each in a debug build). Now the second
+    /// waits for the first and finds the module kept. Before the fix both came back `Disabled`
+    /// (compiled, with no disk cache).
+    #[test]
+    fn loads_that_miss_at_once_compile_the_module_once() {
+        let mut config = crate::HostConfig::new(crate::cluster::Cluster::uniform(1, 1, 1, 1));
+        config.cache_dir = None;
+        let host = crate::Host::new(config).unwrap();
+        let loader = host.policy_loader();
+        // The smallest module: what is compiled does not matter, only how often.
+        let wasm = b"\0asm\x01\0\0\0".to_vec();
+        let (a, b) = crate::blocking::block_on(async {
+            tokio::join!(loader.module(&wasm), loader.module(&wasm))
+        });
+        let mut outcomes = [a.unwrap().1, b.unwrap().1];
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(outcomes, [CacheOutcome::Disabled, CacheOutcome::Hit]);
+    }
 
     fn of(set: serde_json::Value) -> (bool, Vec<String>) {
         verdict(&Ok(set))

@@ -1,6 +1,7 @@
 //! `gantry policy test`: runs the `test_` rules of a policy directory's `*_test.rego` modules,
 //! like `opa test`: each rule passes when it evaluates to `true`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -44,9 +45,134 @@ fn tests_of(text: &str) -> (Option<String>, Vec<String>) {
     (package, rules)
 }
 
+/// Lines of one module of the policy that the tests evaluated.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCoverage {
+    /// The module's file.
+    pub file: String,
+    /// Lines evaluated by at least one test.
+    pub covered: usize,
+    /// Lines that hold something to evaluate.
+    pub coverable: usize,
+    /// `covered / coverable`, in percent (100 when nothing is coverable).
+    pub percent: f64,
+    /// The lines no test evaluated.
+    pub not_covered: Vec<u32>,
+}
+
+/// What `gantry policy test --coverage` reports: the lines of the policy's modules (its tests
+/// left out) that its tests evaluated, as `opa test --coverage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    /// Each module, in file order.
+    pub files: Vec<FileCoverage>,
+    /// Lines covered in all modules.
+    pub covered: usize,
+    /// Coverable lines in all modules.
+    pub coverable: usize,
+    /// `covered / coverable`, in percent.
+    pub percent: f64,
+}
+
+fn percent(covered: usize, coverable: usize) -> f64 {
+    if coverable == 0 {
+        100.0
+    } else {
+        covered as f64 * 100.0 / coverable as f64
+    }
+}
+
+/// Coverage gathered test by test: lines covered by any, and every coverable line.
+#[derive(Default)]
+struct Lines(BTreeMap<String, (BTreeSet<u32>, BTreeSet<u32>)>);
+
+impl Lines {
+    fn add(&mut self, engine: &regorus::Engine) -> Result<(), PolicyError> {
+        let report = engine
+            .get_coverage_report()
+            .map_err(|e| PolicyError::Source(format!("coverage: {e}")))?;
+        for f in report.files {
+            let (covered, coverable) = self.0.entry(f.path).or_default();
+            coverable.extend(f.covered.iter().chain(&f.not_covered));
+            covered.extend(f.covered);
+        }
+        Ok(())
+    }
+
+    /// Adds the coverable lines of the modules no test reached (regorus reports only modules an
+    /// evaluation touched): each such module's package evaluated once without input, errors
+    /// ignored, as only which lines hold something to evaluate matters.
+    fn add_unreached(&mut self, source: &PolicySource) -> Result<(), PolicyError> {
+        let mut engine = source.engine(false)?;
+        engine.set_enable_coverage(true);
+        let packages = engine.get_packages().unwrap_or_default();
+        for ((file, _), package) in source.modules.iter().zip(packages) {
+            if self.0.contains_key(file) {
+                continue;
+            }
+            let mut engine = engine.clone();
+            let _ = engine.eval_query(package, false);
+            let report = engine
+                .get_coverage_report()
+                .map_err(|e| PolicyError::Source(format!("coverage: {e}")))?;
+            let lines: BTreeSet<u32> = report
+                .files
+                .into_iter()
+                .filter(|f| f.path == *file)
+                .flat_map(|f| f.covered.into_iter().chain(f.not_covered))
+                .collect();
+            self.0.insert(file.clone(), (BTreeSet::new(), lines));
+        }
+        Ok(())
+    }
+
+    fn report(self, source: &PolicySource) -> Coverage {
+        let files: Vec<FileCoverage> = source
+            .modules
+            .iter()
+            .map(|(file, _)| {
+                let (covered, coverable) = self.0.get(file).cloned().unwrap_or_default();
+                FileCoverage {
+                    file: file.clone(),
+                    covered: covered.len(),
+                    coverable: coverable.len(),
+                    percent: percent(covered.len(), coverable.len()),
+                    not_covered: coverable.difference(&covered).copied().collect(),
+                }
+            })
+            .collect();
+        let covered = files.iter().map(|f| f.covered).sum();
+        let coverable = files.iter().map(|f| f.coverable).sum();
+        Coverage {
+            files,
+            covered,
+            coverable,
+            percent: percent(covered, coverable),
+        }
+    }
+}
+
 /// Runs every test rule; an error only when the policy itself does not load.
 pub fn run(source: &PolicySource) -> Result<Vec<TestOutcome>, PolicyError> {
-    let engine = source.engine(true)?;
+    run_tests(source, None)
+}
+
+/// Runs every test rule as [`run`], and reports which lines of the policy they evaluated.
+pub fn run_with_coverage(
+    source: &PolicySource,
+) -> Result<(Vec<TestOutcome>, Coverage), PolicyError> {
+    let mut lines = Lines::default();
+    let outcomes = run_tests(source, Some(&mut lines))?;
+    lines.add_unreached(source)?;
+    Ok((outcomes, lines.report(source)))
+}
+
+fn run_tests(
+    source: &PolicySource,
+    mut coverage: Option<&mut Lines>,
+) -> Result<Vec<TestOutcome>, PolicyError> {
+    let mut engine = source.engine(true)?;
+    engine.set_enable_coverage(coverage.is_some());
     let mut outcomes = Vec::new();
     for (file, text) in &source.tests {
         let (package, rules) = tests_of(text);
@@ -61,6 +187,9 @@ pub fn run(source: &PolicySource) -> Result<Vec<TestOutcome>, PolicyError> {
             let start = Instant::now();
             let result = engine.eval_rule(name.clone());
             let duration_us = start.elapsed().as_secs_f64() * 1e6;
+            if let Some(lines) = coverage.as_deref_mut() {
+                lines.add(&engine)?;
+            }
             let failure = match result {
                 Ok(regorus::Value::Bool(true)) => None,
                 Ok(regorus::Value::Undefined) => {

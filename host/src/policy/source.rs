@@ -132,8 +132,7 @@ impl PolicySource {
     /// A native `regorus` engine with the modules (and, with `tests`, the test modules) and the
     /// data loaded; Rego errors name the file, line and column.
     pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
-        let mut engine = Engine::new();
-        engine.set_strict_builtin_errors(self.strict);
+        let mut engine = gantry_policy_engine::policy::engine(self.strict);
         let extra = if tests { &self.tests[..] } else { &[] };
         for (name, text) in self.modules.iter().chain(extra) {
             engine

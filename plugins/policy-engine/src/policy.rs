@@ -62,6 +62,19 @@ fn error(context: &str, e: impl core::fmt::Display) -> PolicyError {
     ))
 }
 
+/// A regorus engine set up as every Gantry path uses one (the module, `policy test`, `policy
+/// build`'s checks): builtin errors as `strict` says, and lines as long as OPA accepts them
+/// (regorus stops at 1,024 columns by default; policies inline certificates and tokens).
+pub fn engine(strict: bool) -> Engine {
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(strict);
+    engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
+        max_col: core::num::NonZeroU32::new(1 << 20).unwrap_or(core::num::NonZeroU32::MIN),
+        ..Default::default()
+    });
+    engine
+}
+
 /// The rule an entrypoint evaluates: `gantry/authz/allow` -> `data.gantry.authz.allow`.
 pub fn rule_of(entrypoint: &str) -> String {
     alloc::format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
@@ -114,9 +127,8 @@ impl Policy {
         }
         // Every module must parse, whichever entrypoints reach it. Set up as
         // `regorus::compile_policy_with_entrypoint` does, but parsed once for every entrypoint.
-        let mut engine = Engine::new();
+        let mut engine = engine(strict);
         engine.set_gather_prints(true);
-        engine.set_strict_builtin_errors(strict);
         for m in &modules {
             engine
                 .add_policy(m.id.to_string(), m.content.to_string())
@@ -411,6 +423,23 @@ mod tests {
         let p = Policy::from_json(&conflict).unwrap();
         let c = p.compile(&data).unwrap();
         assert!(evaluate_compiled(&c[0], input("{}")).is_err());
+    }
+
+    /// OPA's cases inline certificates and tokens on one line; regorus's default lexer stops at
+    /// 1,024 columns, which refused them at build.
+    #[test]
+    fn a_line_of_thousands_of_columns_parses() {
+        let long = "a".repeat(5000);
+        let packed = serde_json::json!({
+            "modules": {"p.rego": alloc::format!("package p\nx := \"{long}\"\n")},
+            "entrypoints": ["p/x"],
+        })
+        .to_string();
+        let p = Policy::from_json(&packed).unwrap();
+        let out = p
+            .evaluate(0, &Value::new_object(), Value::new_object())
+            .unwrap();
+        assert_eq!(out.len(), long.len() + 15, "{}", &out[..20]);
     }
 
     #[test]

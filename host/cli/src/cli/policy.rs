@@ -133,6 +133,8 @@ pub enum PolicyCommand {
         /// (`false`), as `policy build --strict`.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         strict: bool,
+        #[command(flatten)]
+        coverage: CoverageArgs,
     },
     /// Evaluate one entrypoint of a bundle on an input and print OPA's result set; with
     /// `--inputs`, on many (JSON lines in, one result set per line out), loading the bundle once.
@@ -178,7 +180,12 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             revision.as_deref(),
             strict,
         ),
-        PolicyCommand::Test { dir, json, strict } => test(&dir, json, strict),
+        PolicyCommand::Test {
+            dir,
+            json,
+            strict,
+            coverage,
+        } => test(&dir, json, strict, &coverage),
         PolicyCommand::Sign {
             bundle,
             alg,
@@ -252,17 +259,41 @@ fn build(
     Ok(())
 }
 
-fn test(dir: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<()> {
+/// `--coverage` and `--threshold` of `policy test`.
+#[derive(Debug, clap::Args)]
+pub struct CoverageArgs {
+    /// Report the lines of the policy's modules (its tests left out) that the tests evaluated,
+    /// as `opa test --coverage`.
+    #[arg(long)]
+    coverage: bool,
+    /// Fail (exit 1) when that coverage is below PERCENT (implies --coverage).
+    #[arg(long, value_name = "PERCENT", value_parser = percentage)]
+    threshold: Option<f64>,
+}
+
+fn percentage(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
+    }
+}
+
+fn test(dir: &std::path::Path, json: bool, strict: bool, cov: &CoverageArgs) -> anyhow::Result<()> {
     let source = PolicySource {
         strict,
         ..PolicySource::read(dir)?
     };
-    let outcomes = gantry::policy::rego_tests::run(&source)?;
+    let (outcomes, coverage) = if cov.coverage || cov.threshold.is_some() {
+        let (outcomes, coverage) = gantry::policy::rego_tests::run_with_coverage(&source)?;
+        (outcomes, Some(coverage))
+    } else {
+        (gantry::policy::rego_tests::run(&source)?, None)
+    };
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if json {
         println!(
             "{}",
-            serde_json::json!({"passed": outcomes.len() - failed, "failed": failed, "tests": outcomes})
+            serde_json::json!({"passed": outcomes.len() - failed, "failed": failed, "tests": outcomes, "coverage": coverage})
         );
     } else {
         for o in &outcomes {
@@ -272,6 +303,9 @@ fn test(dir: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<()> {
             }
         }
         println!("{} passed, {failed} failed", outcomes.len() - failed);
+        if let Some(c) = &coverage {
+            print_coverage(c);
+        }
     }
     if outcomes.is_empty() {
         anyhow::bail!("{}: no test_ rules in *_test.rego files", dir.display());
@@ -279,7 +313,52 @@ fn test(dir: &std::path::Path, json: bool, strict: bool) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} test(s) failed");
     }
+    if let (Some(c), Some(threshold)) = (&coverage, cov.threshold)
+        && c.percent < threshold
+    {
+        anyhow::bail!(
+            "coverage {:.1}% is below the threshold of {threshold}%",
+            c.percent
+        );
+    }
     Ok(())
+}
+
+fn print_coverage(c: &gantry::policy::rego_tests::Coverage) {
+    for f in &c.files {
+        let missed = if f.not_covered.is_empty() {
+            String::new()
+        } else {
+            format!(", not covered: lines {}", ranges(&f.not_covered))
+        };
+        println!(
+            "coverage {}: {:.1}% ({}/{} lines){missed}",
+            f.file, f.percent, f.covered, f.coverable
+        );
+    }
+    println!(
+        "coverage: {:.1}% ({}/{} lines)",
+        c.percent, c.covered, c.coverable
+    );
+}
+
+/// `1, 3-5, 9` for `[1, 3, 4, 5, 9]` (sorted).
+fn ranges(lines: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let mut j = i;
+        while j + 1 < lines.len() && lines[j + 1] == lines[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            lines[i].to_string()
+        } else {
+            format!("{}-{}", lines[i], lines[j])
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 /// Signs `bundle` in place with `key` (read from `key_path`).
