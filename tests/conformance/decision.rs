@@ -97,9 +97,25 @@ fn wrapper(query: &str, vars: &[String]) -> String {
     )
 }
 
-/// The case's input as JSON, `null` when it has none (opa-wasm always sends one).
+/// The case's input as JSON. opa-wasm always sends one, so a case without an input maps only
+/// when it never reads it (`null` is sent): an undefined input and a `null` one decide apart,
+/// and no production path decides without an input.
 fn input(named: &Named) -> Result<serde_json::Value, String> {
     let Some(v) = oracle::input(named)? else {
+        let case = &named.case;
+        // A query of one expression `... with input as v` replaces the input wherever it is read.
+        let replaced = !case.query.contains([';', '\n']) && case.query.contains("with input as");
+        if !replaced
+            && std::iter::once(&case.query)
+                .chain(&case.modules)
+                .any(|text| reads_input(text))
+        {
+            return Err(
+                "the case has no input and reads it: the decision path always sends one \
+                        (opa-wasm), an undefined input cannot be"
+                    .into(),
+            );
+        }
         return Ok(serde_json::Value::Null);
     };
     let json: serde_json::Value =
@@ -109,6 +125,43 @@ fn input(named: &Named) -> Result<serde_json::Value, String> {
         return Err("the input is not JSON (a set, or a key that is not a string)".into());
     }
     Ok(json)
+}
+
+/// Whether Rego source names the root document `input` (outside strings and comments); a name
+/// such as `inputs` or `x.input` is not it.
+fn reads_input(text: &str) -> bool {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut code = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // Up to the closing quote, escapes skipped.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => drop(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                code.push(' ');
+            }
+            '`' => {
+                chars.by_ref().find(|&c| c == '`');
+                code.push(' ');
+            }
+            '#' => {
+                chars.by_ref().find(|&c| c == '\n');
+                code.push('\n');
+            }
+            c => code.push(c),
+        }
+    }
+    code.match_indices("input").any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + "input".len()..].chars().next();
+        !before.is_some_and(|c| name_char(c) || c == '.') && !after.is_some_and(name_char)
+    })
 }
 
 /// Runs the case through the decision path.
@@ -215,4 +268,37 @@ fn queries_that_bind_one_path_are_told_apart_from_the_rest() {
     ] {
         assert_eq!(path_and_var(other), None, "{other}");
     }
+}
+
+#[test]
+fn a_case_without_input_that_reads_it_is_unmappable_not_sent_null() {
+    let named = |query: &str, modules: &[&str]| Named {
+        id: "t".into(),
+        case: serde_json::from_value(serde_json::json!({
+            "note": "t", "query": query, "modules": modules,
+        }))
+        .expect("a case"),
+        rego_v0: false,
+    };
+    // OPA's withkeyword/builtin-value: arity-1, input must still be defined: sending `null`
+    // made `input` defined, and the rule allowed where OPA's is undefined.
+    let reads = named(
+        "data.test.p = x",
+        &["package test\nf(_) := 1\np if { input; f(1) == 1 } # input"],
+    );
+    let err = input(&reads).expect_err("no input, and the module reads it");
+    assert!(err.contains("no input"), "{err}");
+    assert!(input(&named("input.x = 1", &[])).is_err());
+    assert!(input(&named("input.x = 1; x = 1 with input as 1", &[])).is_err());
+    let replaced = named(
+        "data.test.p = x with input as {}",
+        &["package test\np := input"],
+    );
+    assert_eq!(input(&replaced), Ok(serde_json::Value::Null));
+    // Only strings, comments and other names mention it: `null` is sent, the case runs.
+    let never = named(
+        "data.test.p = x",
+        &["package test\n# input\ninputs := 1\np := [\"input\", `input`, inputs, x.input]"],
+    );
+    assert_eq!(input(&never), Ok(serde_json::Value::Null));
 }
