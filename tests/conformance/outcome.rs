@@ -121,6 +121,33 @@ fn is_conflict(message: &str) -> bool {
     words.iter().any(|w| message.contains(w))
 }
 
+/// The function an error says is missing, when that is all it says: regorus's `could not find
+/// function f`, or an output variable found unsafe because the call binding it (on the line the
+/// error quotes) is to a dotted name that is no builtin of this build (`net.cidr_merge(a, x)`:
+/// `var x is unsafe`). Bare names are left alone: they may be the case's own functions.
+pub fn missing_function(message: &str) -> Option<String> {
+    if let Some((_, rest)) = message.split_once("could not find function ") {
+        return Some(
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    if !message.contains(" is unsafe (path ") {
+        return None;
+    }
+    let mut calls = message.match_indices('(').filter_map(|(at, _)| {
+        let head = &message[..at];
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+        let start = head.rfind(|c| !name_char(c)).map_or(0, |i| i + 1);
+        Some(&head[start..]).filter(|name| name.contains('.') && !name.starts_with('.'))
+    });
+    calls
+        .find(|name| !name.starts_with("data.") && !regorus::unstable::BUILTINS.contains_key(*name))
+        .map(str::to_string)
+}
+
 /// How `got` compares with what OPA gives.
 pub fn classify(expected: &Expected, got: &Got) -> Outcome {
     match (expected, got) {
@@ -128,7 +155,10 @@ pub fn classify(expected: &Expected, got: &Got) -> Outcome {
         (_, Got::LoadFailed(_)) => Outcome::LoadFailed,
         (_, Got::Unmappable(_)) => Outcome::Unmappable,
         (Expected::Error { conflict }, Got::Error(message)) => {
-            if !conflict || is_conflict(message) {
+            if missing_function(message).is_some() {
+                // OPA errs for what the builtin does, not for its absence.
+                Outcome::FailSafe
+            } else if !conflict || is_conflict(message) {
                 Outcome::Pass
             } else {
                 Outcome::FailSafe
@@ -246,4 +276,37 @@ fn outcomes_and_allows_read_result_sets_as_opa_does() {
         &want(json!([])),
         &got(json!([{"x": "true"}]))
     ));
+}
+
+#[test]
+fn an_expected_error_is_not_passed_by_a_missing_builtin() {
+    let error = Expected::Error { conflict: false };
+    let got = |m: &str| classify(&error, &Got::Error(m.into()));
+    // As regorus words them (OPA's cases json_match_schema/invalid schema, netcidrmerge/cidr
+    // ipv6 without prefix): the builtin is not in the build, so OPA's error was never reached.
+    let not_found = " --> test-0.rego:10:23\n   |\n10 | p := json.match_schema(document, schema)\n   \
+                     |                       ^\nerror: could not find function json.match_schema";
+    assert_eq!(
+        missing_function(not_found).as_deref(),
+        Some("json.match_schema")
+    );
+    assert_eq!(got(not_found), Outcome::FailSafe);
+    let unsafe_output = " --> test-0.rego:4:64\n  |\n4 |  net.cidr_merge([\"2601::1\"], x)\n  \
+                         |   ^\nerror: var x is unsafe (path [\"generated\", \"x\"], scopes [{}])";
+    assert_eq!(
+        missing_function(unsafe_output).as_deref(),
+        Some("net.cidr_merge")
+    );
+    assert_eq!(got(unsafe_output), Outcome::FailSafe);
+    // A builtin the build has, a rule of the case, or no call at all: a real error.
+    for real in [
+        "4 |  semver.compare(\"1\", \"1.0.0\", x)\nerror: var x is unsafe (path [], scopes [])",
+        "4 |  data.lib.f(1, x)\nerror: var x is unsafe (path [], scopes [])",
+        "4 |  f(1, x)\nerror: var x is unsafe (path [], scopes [])",
+        "4 |  p := x\nerror: var x is unsafe (path [], scopes [])",
+        "error: `bits.and` expects integer arguments. Got `7.2`",
+    ] {
+        assert_eq!(missing_function(real), None, "{real}");
+        assert_eq!(got(real), Outcome::Pass, "{real}");
+    }
 }
