@@ -1359,10 +1359,11 @@ fn policy_test_coverage_names_the_lines_no_test_reached_and_enforces_a_threshold
 
 /// Builtins compiled into the engine module (issue 12): the deterministic ones regorus has
 /// beyond the first set (`base64url`, `json.patch`, `graph.reachable`, `walk`, `yaml`,
-/// `uuid.parse`) decide in the sandbox as `policy test` decides them; `uuid.rfc4122` needs
-/// entropy the sandbox does not have, so it fails there, and the decision denies.
+/// `uuid.parse`) decide in the sandbox as `policy test` decides them; `uuid.rfc4122` and
+/// `rand.intn` need entropy the sandbox does not have, so build refuses them (before, the
+/// bundle built and `rand.intn` trapped the module at the first decision that reached it).
 #[test]
-fn deterministic_builtins_decide_in_the_sandbox_and_entropy_fails_closed() {
+fn deterministic_builtins_decide_in_the_sandbox_and_entropy_is_refused_at_build() {
     let (host, _, _) = loaded();
     let rego = r#"package b
 enc := base64url.encode("hi?")
@@ -1371,12 +1372,10 @@ reach := graph.reachable({"a": ["b"], "b": ["c"], "c": []}, ["a"])
 walked := count([p | walk({"x": [1, 2]}, [p, _])])
 y := yaml.unmarshal("a: [1, 2]")
 u := uuid.parse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
-r := uuid.rfc4122("k")
 "#;
     let source = small(rego, "{}");
     let names = ["enc", "patched", "reach", "walked", "y", "u"];
-    let mut entrypoints: Vec<String> = names.iter().map(|n| format!("b/{n}")).collect();
-    entrypoints.push("b/r".into());
+    let entrypoints: Vec<String> = names.iter().map(|n| format!("b/{n}")).collect();
     let bundle = policy::build(&source, &entrypoints, None).unwrap();
     let sandbox =
         gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
@@ -1389,8 +1388,16 @@ r := uuid.rfc4122("k")
         let got = eval_on(&sandbox, &format!("b/{name}"), serde_json::json!({}));
         assert_eq!(got, want, "{name}");
     }
-    let err = gantry::blocking::block_on(sandbox.evaluate("b/r", &serde_json::json!({})))
+    let entropy = small(
+        "package b\nr := uuid.rfc4122(\"k\")\nn := rand.intn(\"k\", 10)\n",
+        "{}",
+    );
+    let err = policy::build(&entropy, &["b/r".to_string()], None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("b/r"), "{err}");
+    assert!(
+        err.contains("t.rego:2:6: uuid.rfc4122 needs entropy"),
+        "{err}"
+    );
+    assert!(err.contains("t.rego:3:6: rand.intn needs entropy"), "{err}");
 }

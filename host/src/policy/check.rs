@@ -4,6 +4,7 @@
 //! - entrypoints that are not slash-separated paths below `data` (`a/b/allow`, as with
 //!   `opa build -e`), with the spelling to use;
 //! - Rego that does not parse;
+//! - calls to builtins that need entropy the sandbox does not have (`rand.intn`, `uuid.rfc4122`);
 //! - calls to functions that do not exist (neither a builtin of the engine nor a function of the
 //!   policy, directly, by package path or through an import) or that get the wrong number of
 //!   arguments: the interpreter fails on them only when it reaches them, so, as OPA's compiler
@@ -230,12 +231,23 @@ impl Scope {
         if path == "print" {
             return Ok(None);
         }
+        if NEEDS_ENTROPY.contains(&path) {
+            return Err(format!(
+                "{path} needs entropy, which the sandbox does not have and the host does not \
+                 provide yet"
+            ));
+        }
         match regorus::unstable::BUILTINS.get(path) {
             Some((_, n)) => Ok(Some(usize::from(*n))),
             None => Err(format!("undefined function {path}")),
         }
     }
 }
+
+/// Builtins the engine module has but cannot run: they draw random numbers, and the sandbox has
+/// no entropy (regorus would panic or fail on every decision that reaches them). Refused at
+/// build, where the author sees it, rather than at the first request.
+const NEEDS_ENTROPY: [&str; 2] = ["rand.intn", "uuid.rfc4122"];
 
 /// Calls to undefined functions, or with the wrong number of arguments, in every module.
 fn calls(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
