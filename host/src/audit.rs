@@ -129,6 +129,10 @@ pub struct Decision<'a> {
     pub revision: &'a str,
     /// Evaluation time, microseconds.
     pub latency_us: f64,
+    /// What the host gave the policy: its clock reading and random draws (absent when none), so
+    /// that a decision that depended on them can be explained.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub given: &'a [crate::policy::decide::HostValue],
 }
 
 impl Decision<'_> {

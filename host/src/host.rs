@@ -916,13 +916,13 @@ impl Decider {
         let decision_id = crate::audit::new_decision_id();
         let start = Instant::now();
         let input = request.input();
-        let (allow, reasons, revision) = match &self.policy {
-            None => (true, Vec::new(), String::new()),
+        let (allow, reasons, revision, given) = match &self.policy {
+            None => (true, Vec::new(), String::new(), Vec::new()),
             Some(slot) => {
                 let policy = slot.current();
-                let result = policy.evaluate(DECISION_ENTRYPOINT, &input).await;
+                let (result, given) = policy.evaluate_given(DECISION_ENTRYPOINT, &input).await;
                 let (allow, reasons) = crate::policy::decide::verdict(&result);
-                (allow, reasons, policy.revision().to_string())
+                (allow, reasons, policy.revision().to_string(), given)
             }
         };
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
@@ -937,6 +937,7 @@ impl Decider {
                 reasons: reasons.clone(),
                 revision: &revision,
                 latency_us,
+                given: &given,
             }
             .record();
             let log = log.clone();

@@ -27,6 +27,7 @@ fn write_log(path: &Path, dir: &Path, n: usize) -> Vec<String> {
             },
             revision: "r1",
             latency_us: 12.5,
+            given: &[],
         })
         .unwrap();
         if i == 5 {

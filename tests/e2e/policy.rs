@@ -1364,11 +1364,9 @@ fn policy_test_coverage_names_the_lines_no_test_reached_and_enforces_a_threshold
 
 /// Builtins compiled into the engine module (issue 12): the deterministic ones regorus has
 /// beyond the first set (`base64url`, `json.patch`, `graph.reachable`, `walk`, `yaml`,
-/// `uuid.parse`) decide in the sandbox as `policy test` decides them; `uuid.rfc4122` and
-/// `rand.intn` need entropy the sandbox does not have, so build refuses them (before, the
-/// bundle built and `rand.intn` trapped the module at the first decision that reached it).
+/// `uuid.parse`) decide in the sandbox as `policy test` decides them.
 #[test]
-fn deterministic_builtins_decide_in_the_sandbox_and_entropy_is_refused_at_build() {
+fn deterministic_builtins_decide_in_the_sandbox_as_in_policy_test() {
     let (host, _, _) = loaded();
     let rego = r#"package b
 enc := base64url.encode("hi?")
@@ -1393,16 +1391,187 @@ u := uuid.parse("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
         let got = eval_on(&sandbox, &format!("b/{name}"), serde_json::json!({}));
         assert_eq!(got, want, "{name}");
     }
-    let entropy = small(
-        "package b\nr := uuid.rfc4122(\"k\")\nn := rand.intn(\"k\", 10)\n",
-        "{}",
-    );
-    let err = policy::build(&entropy, &["b/r".to_string()], None)
-        .unwrap_err()
-        .to_string();
+}
+
+/// The builtins that need the world outside a sandbox (issue 12): `time.now_ns`, `rand.intn` and
+/// `uuid.rfc4122` decide in the sandbox with the host's clock and draws (OPA's `opa_builtin*`
+/// imports), one value per key in a query as in OPA, fresh draws for the next decision, and every
+/// value the host gave recorded in the decision's audit entry. Before, build refused `rand.intn`
+/// and `uuid.rfc4122` (the sandbox had no entropy) and `time.now_ns` did not exist.
+#[test]
+fn host_builtins_decide_with_the_hosts_clock_and_draws_and_the_audit_entry_records_them() {
+    use crate::support::{gantry, policy_eval, text};
+    let rego = r#"package b
+d := {
+    "now": time.now_ns(),
+    "same_now": time.now_ns() == time.now_ns(),
+    "n": rand.intn("k", 1152921504606846976),
+    "same_n": rand.intn("k", 1152921504606846976) == rand.intn("k", -1152921504606846976),
+    "u": uuid.rfc4122("a"),
+    "same_u": uuid.rfc4122("a") == uuid.rfc4122("a"),
+    "other_u": uuid.rfc4122("a") != uuid.rfc4122("b"),
+}
+"#;
+    let source = small(rego, "{}");
+    let bundle = policy::build(&source, &["b/d".to_string()], None).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("b.tar.gz");
+    bundle.write(&path).unwrap();
+    let (host, _, _) = loaded();
+    let sandbox =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64
+    };
+    let before = wall();
+    let (first, given) =
+        gantry::blocking::block_on(sandbox.evaluate_given("b/d", &serde_json::json!({})));
+    let after = wall();
+    let d = &first.unwrap()[0]["result"];
+    let now = d["now"].as_i64().unwrap();
     assert!(
-        err.contains("t.rego:2:6: uuid.rfc4122 needs entropy"),
-        "{err}"
+        before <= now && now <= after,
+        "{before} <= {now} <= {after}"
     );
-    assert!(err.contains("t.rego:3:6: rand.intn needs entropy"), "{err}");
+    for same in ["same_now", "same_n", "same_u", "other_u"] {
+        assert_eq!(d[same], true, "{same}: {d}");
+    }
+    let u = d["u"].as_str().unwrap();
+    let v4 = |u: &str| u.len() == 36 && &u[14..15] == "4" && "89ab".contains(&u[19..20]);
+    assert!(v4(u), "{u}");
+    // What the host gave, each once: the clock, the draw for ("k", 2^60), two draws per uuid.
+    let names: Vec<String> = given
+        .iter()
+        .map(|g| format!("{} {}", g.builtin, serde_json::Value::from(g.args.clone())))
+        .collect();
+    assert_eq!(given.len(), 6, "{names:?}");
+    let of = |builtin: &str, args: serde_json::Value| {
+        given
+            .iter()
+            .find(|g| g.builtin == builtin && serde_json::Value::from(g.args.clone()) == args)
+            .map(|g| g.value.clone())
+            .unwrap_or_else(|| panic!("{builtin} {args} not among {names:?}"))
+    };
+    assert_eq!(of("time.now_ns", serde_json::json!([])), now);
+    assert_eq!(
+        of(
+            "rand.intn",
+            serde_json::json!(["k", 1152921504606846976i64])
+        ),
+        d["n"]
+    );
+    for key in [
+        "uuid.rfc4122(a)/0",
+        "uuid.rfc4122(a)/1",
+        "uuid.rfc4122(b)/0",
+    ] {
+        of("rand.intn", serde_json::json!([key, 1i64 << 61]));
+    }
+    // The next decision draws afresh (two equal draws of 60 bits: one chance in 2^60).
+    let (second, _) =
+        gantry::blocking::block_on(sandbox.evaluate_given("b/d", &serde_json::json!({})));
+    let e = &second.unwrap()[0]["result"];
+    assert_ne!((&e["n"], &e["u"]), (&d["n"], &d["u"]));
+
+    // Through `policy eval --audit`: the entry holds what the host gave.
+    let key = work.path().join("host.pk8");
+    let out = gantry(
+        &["audit", "keygen", "-o", key.to_str().unwrap()],
+        work.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let log = work.path().join("audit.log");
+    let out = policy_eval(
+        &path,
+        "b/d",
+        "{}",
+        &[
+            "--audit",
+            log.to_str().unwrap(),
+            "--audit-key",
+            key.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let decided: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let line = std::fs::read_to_string(&log).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let given = entry["record"]["given"].as_array().unwrap();
+    assert_eq!(given.len(), 6, "{given:?}");
+    let recorded = |builtin: &str, args: serde_json::Value| {
+        given
+            .iter()
+            .find(|g| g["builtin"] == builtin && g.get("args").cloned().unwrap_or_default() == args)
+            .map(|g| g["value"].clone())
+    };
+    assert_eq!(
+        recorded("time.now_ns", serde_json::Value::Null),
+        Some(decided[0]["result"]["now"].clone())
+    );
+    assert_eq!(
+        recorded(
+            "rand.intn",
+            serde_json::json!(["k", 1152921504606846976i64])
+        ),
+        Some(decided[0]["result"]["n"].clone())
+    );
+}
+
+/// The `time.*` builtins run in the module (issue 12), except for the machine's local time zone:
+/// regorus's date library reaches JavaScript for it on wasm, and those imports are traps in the
+/// finished module. A decision that asks for it fails (so denies) and the policy keeps deciding;
+/// one that names its zone decides as natively.
+#[test]
+fn the_local_time_zone_fails_the_decision_and_named_zones_decide() {
+    let (host, _, _) = loaded();
+    let rego =
+        "package b\nlocal := time.date([0, \"Local\"])\nnamed := time.date([0, \"Asia/Tokyo\"])\n";
+    let source = small(rego, "{}");
+    let entrypoints = ["b/local".to_string(), "b/named".to_string()];
+    let bundle = policy::build(&source, &entrypoints, None).unwrap();
+    let sandbox =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    for _ in 0..2 {
+        let local = gantry::blocking::block_on(sandbox.evaluate("b/local", &serde_json::json!({})));
+        assert!(local.is_err(), "{local:?}");
+        let named = eval_on(&sandbox, "b/named", serde_json::json!({}));
+        assert_eq!(named, serde_json::json!([{"result": [1970, 1, 1]}]));
+    }
+}
+
+/// `policy test` runs every test through the engine that decides as well (the policy and its
+/// tests built into a bundle as `policy build` builds one, decided in the sandbox), with the
+/// interpreter as its oracle: where the two disagree the test fails and names both answers. A
+/// test that relies on having no input at all is such a case: a decision always has one.
+#[test]
+fn policy_test_runs_the_tests_in_the_sandbox_and_fails_where_the_engines_disagree() {
+    use crate::support::{gantry, text};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("p");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("p.rego"), "package p\nallow if input.ok\n").unwrap();
+    std::fs::write(
+        dir.join("p_test.rego"),
+        "package p_test\nimport data.p\ntest_ok if p.allow with input as {\"ok\": true}\n\
+         test_no_input if not input\n",
+    )
+    .unwrap();
+    let out = gantry(&["policy", "test", dir.to_str().unwrap()], work.path());
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("PASS data.p_test.test_ok"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL data.p_test.test_no_input")
+            && stdout
+                .contains("the engines disagree: the sandbox decided [], the interpreter true"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
 }

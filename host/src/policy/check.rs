@@ -4,7 +4,6 @@
 //! - entrypoints that are not slash-separated paths below `data` (`a/b/allow`, as with
 //!   `opa build -e`), with the spelling to use;
 //! - Rego that does not parse;
-//! - calls to builtins that need entropy the sandbox does not have (`rand.intn`, `uuid.rfc4122`);
 //! - calls to functions that do not exist (neither a builtin of the engine nor a function of the
 //!   policy, directly, by package path or through an import) or that get the wrong number of
 //!   arguments: the interpreter fails on them only when it reaches them, so, as OPA's compiler
@@ -18,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_policy_engine::diagnostic::{self, Diagnostic};
+use gantry_policy_engine::host_builtins::HOST_BUILTINS;
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span};
 use regorus::utils::get_path_string;
 
@@ -89,8 +89,11 @@ fn load(
     engine: &mut regorus::Engine,
 ) -> Result<(), PolicyError> {
     let description = source.policy_description(entrypoints).to_string();
-    let policy = gantry_policy_engine::policy::Policy::from_json(&description)
-        .map_err(|e| PolicyError::Source(e.to_string()))?;
+    let policy = gantry_policy_engine::policy::Policy::from_json(
+        &description,
+        &super::source::native_host(),
+    )
+    .map_err(|e| PolicyError::Source(e.to_string()))?;
     let data = source.data_value()?;
     let rules = rule_paths(engine.get_modules());
     for e in entrypoints {
@@ -231,11 +234,8 @@ impl Scope {
         if path == "print" {
             return Ok(None);
         }
-        if NEEDS_ENTROPY.contains(&path) {
-            return Err(format!(
-                "{path} needs entropy, which the sandbox does not have and the host does not \
-                 provide yet"
-            ));
+        if let Some((_, n)) = HOST_BUILTINS.iter().find(|(name, _)| *name == path) {
+            return Ok(Some(usize::from(*n)));
         }
         match regorus::unstable::BUILTINS.get(path) {
             Some((_, n)) => Ok(Some(usize::from(*n))),
@@ -243,11 +243,6 @@ impl Scope {
         }
     }
 }
-
-/// Builtins the engine module has but cannot run: they draw random numbers, and the sandbox has
-/// no entropy (regorus would panic or fail on every decision that reaches them). Refused at
-/// build, where the author sees it, rather than at the first request.
-const NEEDS_ENTROPY: [&str; 2] = ["rand.intn", "uuid.rfc4122"];
 
 /// Calls to undefined functions, or with the wrong number of arguments, in every module.
 fn calls(modules: &[Ref<Module>]) -> Vec<Diagnostic> {

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opa_wasm::{DefaultContext, Policy, Runtime};
+use opa_wasm::{EvaluationContext, Policy, Runtime};
 use wasmtime::{Engine, Module, Store, Trap};
 
 use super::PolicyError;
@@ -39,7 +39,106 @@ impl Default for PolicyLimits {
 
 struct Ready {
     store: Store<PluginLimiter>,
-    policy: Policy<DefaultContext>,
+    policy: Policy<HostContext>,
+    /// What the host gave the instance's last evaluation (shared with its context).
+    given: Arc<Mutex<Vec<HostValue>>>,
+}
+
+/// A value the host gave a policy during one evaluation: the clock or a random draw, which the
+/// sandbox cannot produce itself (`gantry_policy_engine::host_builtins`). A decision's audit
+/// entry records them, so that it can be explained (and replayed) later.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostValue {
+    /// The builtin: `time.now_ns` or `rand.intn` (a uuid is two draws keyed
+    /// `uuid.rfc4122(<key>)/0` and `/1`).
+    pub builtin: String,
+    /// Its arguments (`rand.intn`: the key and the bound).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<serde_json::Value>,
+    /// What the host answered.
+    pub value: serde_json::Value,
+}
+
+/// The host's side of the builtins a module imports (`opa_builtin*`, dispatched by `opa-wasm`):
+/// one clock reading per evaluation, draws from the thread's generator (a CSPRNG seeded by the
+/// operating system), each draw kept for the evaluation (OPA: one value per key and bound in a
+/// query). Every value given is recorded in `given`.
+struct HostContext {
+    cache: std::collections::HashMap<String, serde_json::Value>,
+    now: chrono::DateTime<chrono::Utc>,
+    given: Arc<Mutex<Vec<HostValue>>>,
+}
+
+impl HostContext {
+    fn give(&self, value: HostValue) {
+        self.given
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(value);
+    }
+}
+
+impl EvaluationContext for HostContext {
+    type Rng = rand::rngs::ThreadRng;
+
+    fn get_rng(&mut self) -> Self::Rng {
+        rand::rng()
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let ns = self.now.timestamp_nanos_opt();
+        let given = self.given.lock().unwrap_or_else(|e| e.into_inner());
+        let read = given.iter().any(|v| v.builtin == "time.now_ns");
+        drop(given);
+        if !read {
+            self.give(HostValue {
+                builtin: "time.now_ns".into(),
+                args: Vec::new(),
+                value: ns.into(),
+            });
+        }
+        self.now
+    }
+
+    fn evaluation_start(&mut self) {
+        self.cache.clear();
+        self.now = chrono::Utc::now();
+        self.given.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn cache_get<K: serde::Serialize, C: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &K,
+    ) -> anyhow::Result<Option<C>> {
+        let key = serde_json::to_string(key)?;
+        self.cache
+            .get(&key)
+            .map(|v| serde_json::from_value(v.clone()))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Only `rand.intn` keeps values (keyed `["rand", key, bound]`): each is a draw given.
+    fn cache_set<K: serde::Serialize, C: serde::Serialize>(
+        &mut self,
+        key: &K,
+        content: &C,
+    ) -> anyhow::Result<()> {
+        let key = serde_json::to_value(key)?;
+        let content = serde_json::to_value(content)?;
+        let (kind, args) = match key.as_array().map(Vec::as_slice) {
+            Some([kind, args @ ..]) => (kind.as_str().unwrap_or_default(), args.to_vec()),
+            _ => ("", Vec::new()),
+        };
+        let builtin = if kind == "rand" { "rand.intn" } else { kind };
+        self.give(HostValue {
+            builtin: builtin.into(),
+            args,
+            value: content.clone(),
+        });
+        self.cache.insert(key.to_string(), content);
+        Ok(())
+    }
 }
 
 /// Compiled policy modules kept in memory by the sha256 of their bytes, so that a host compiles
@@ -264,8 +363,14 @@ impl LoadedPolicy {
     async fn instantiate(&self) -> Result<Ready, PolicyError> {
         let mut store = self.store();
         let deadline = Duration::from_millis(self.limits.deadline_ms);
+        let given = Arc::new(Mutex::new(Vec::new()));
+        let context = HostContext {
+            cache: std::collections::HashMap::new(),
+            now: chrono::Utc::now(),
+            given: given.clone(),
+        };
         let load = async {
-            let runtime = Runtime::new(&mut store, &self.module)
+            let runtime = Runtime::new_with_evaluation_context(&mut store, &self.module, context)
                 .await
                 .map_err(module_error)?;
             runtime
@@ -276,7 +381,11 @@ impl LoadedPolicy {
         let policy = tokio::time::timeout(deadline, load)
             .await
             .map_err(|_| PolicyError::Module("loading exceeded the deadline".into()))??;
-        Ok(Ready { store, policy })
+        Ok(Ready {
+            store,
+            policy,
+            given,
+        })
     }
 
     /// Evaluates `entrypoint` on `input` and returns OPA's result set (`[{"result": ..}]`, or
@@ -286,31 +395,43 @@ impl LoadedPolicy {
         entrypoint: &str,
         input: &serde_json::Value,
     ) -> Result<serde_json::Value, PolicyError> {
-        let fail = |message: String| PolicyError::Eval {
-            entrypoint: entrypoint.to_string(),
-            message,
-        };
+        self.evaluate_given(entrypoint, input).await.0
+    }
+
+    /// [`LoadedPolicy::evaluate`], and what the host gave the evaluation (its clock reading and
+    /// random draws, in the order given), also when it failed.
+    pub async fn evaluate_given(
+        &self,
+        entrypoint: &str,
+        input: &serde_json::Value,
+    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
         let Ok(at) = self
             .entrypoints
             .binary_search_by(|(name, _)| name.as_str().cmp(entrypoint))
         else {
-            return Err(fail(format!(
+            let message = format!(
                 "no such entrypoint (the bundle has: {})",
                 self.entrypoints().join(", ")
-            )));
+            );
+            return (Err(self.eval_error(entrypoint, message)), Vec::new());
         };
         let id = self.entrypoints[at].1.as_str();
         let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut ready = match pooled {
             Some(r) => r,
-            None => self.instantiate().await?,
+            None => match self.instantiate().await {
+                Ok(r) => r,
+                Err(e) => return (Err(e), Vec::new()),
+            },
         };
         self.arm(&mut ready.store);
         let deadline = Duration::from_millis(self.limits.deadline_ms);
         let call = ready
             .policy
             .evaluate::<_, serde_json::Value, _>(&mut ready.store, id, input);
-        match tokio::time::timeout(deadline, call).await {
+        let outcome = tokio::time::timeout(deadline, call).await;
+        let given = std::mem::take(&mut *ready.given.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = match outcome {
             Ok(Ok(result)) => {
                 let mut pool = self.ready.lock().unwrap_or_else(|e| e.into_inner());
                 if pool.len() < self.limits.pool {
@@ -319,32 +440,37 @@ impl LoadedPolicy {
                 Ok(result)
             }
             // The instance is dropped: its state after a failure is not trusted.
-            Ok(Err(e)) => {
-                if ready.store.data().exceeded {
-                    return Err(fail(format!(
-                        "memory limit of {} MiB hit",
-                        self.limits.memory_mib
-                    )));
-                }
-                if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    return Err(fail(format!(
-                        "deadline of {} ms exceeded",
-                        self.limits.deadline_ms
-                    )));
-                }
-                // The module reports a Rego error through `opa_abort`; the wasm backtrace wrapped
-                // around it says nothing to a policy's author (it goes to the debug log).
-                if let Some(backtrace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
-                    tracing::debug!(entrypoint, %backtrace, "policy evaluation failed");
-                    return Err(fail(e.root_cause().to_string()));
-                }
-                Err(fail(format!("{e:#}")))
-            }
-            Err(_) => Err(fail(format!(
-                "deadline of {} ms exceeded",
-                self.limits.deadline_ms
-            ))),
+            Ok(Err(e)) => Err(self.eval_error(entrypoint, self.failure(&ready, &e))),
+            Err(_) => Err(self.eval_error(
+                entrypoint,
+                format!("deadline of {} ms exceeded", self.limits.deadline_ms),
+            )),
+        };
+        (result, given)
+    }
+
+    fn eval_error(&self, entrypoint: &str, message: String) -> PolicyError {
+        PolicyError::Eval {
+            entrypoint: entrypoint.to_string(),
+            message,
         }
+    }
+
+    /// Why an evaluation failed, in the policy author's terms.
+    fn failure(&self, ready: &Ready, e: &anyhow::Error) -> String {
+        if ready.store.data().exceeded {
+            return format!("memory limit of {} MiB hit", self.limits.memory_mib);
+        }
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return format!("deadline of {} ms exceeded", self.limits.deadline_ms);
+        }
+        // The module reports a Rego error through `opa_abort`; the wasm backtrace wrapped around
+        // it says nothing to a policy's author (it goes to the debug log).
+        if let Some(backtrace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+            tracing::debug!(%backtrace, "policy evaluation failed");
+            return e.root_cause().to_string();
+        }
+        format!("{e:#}")
     }
 }
 

@@ -167,6 +167,57 @@ pub fn run_with_coverage(
     Ok((outcomes, lines.report(source)))
 }
 
+/// Runs the test rules of `outcomes` (from [`run`]) again through the decision engine: the
+/// policy and its tests built into a bundle as `gantry policy build` builds one (each test rule
+/// an entrypoint), loaded in the sandbox by `loader`, each rule decided there on an empty input.
+/// A test passes only when both engines say `true`; where they disagree the outcome fails and
+/// names both answers. The interpreter run natively is the oracle of the engine that decides.
+pub async fn check_in_sandbox(
+    source: &PolicySource,
+    loader: &super::decide::PolicyLoader,
+    outcomes: &mut [TestOutcome],
+) -> Result<(), PolicyError> {
+    let combined = PolicySource {
+        modules: source
+            .modules
+            .iter()
+            .chain(&source.tests)
+            .cloned()
+            .collect(),
+        tests: Vec::new(),
+        ..source.clone()
+    };
+    let max = gantry_policy_engine::policy::MAX_ENTRYPOINTS;
+    for chunk in outcomes.chunks_mut(max) {
+        let entrypoints: Vec<String> = chunk
+            .iter()
+            .map(|o| o.name.trim_start_matches("data.").replace('.', "/"))
+            .collect();
+        let bundle = super::build(&combined, &entrypoints, Some("policy-test"))?;
+        // A test may take longer than a request's decision is given; the machine may be busy.
+        let limits = super::decide::PolicyLimits {
+            deadline_ms: 10_000,
+            ..Default::default()
+        };
+        let loaded = loader.load(bundle, limits).await?;
+        let input = serde_json::json!({});
+        for (outcome, entrypoint) in chunk.iter_mut().zip(&entrypoints) {
+            let decided = loaded.evaluate(entrypoint, &input).await;
+            let passed =
+                matches!(&decided, Ok(set) if *set == serde_json::json!([{"result": true}]));
+            if passed != outcome.passed {
+                let sandbox = decided.map_or_else(|e| e.to_string(), |set| set.to_string());
+                let interpreter = outcome.failure.take().unwrap_or_else(|| "true".into());
+                outcome.passed = false;
+                outcome.failure = Some(format!(
+                    "the engines disagree: the sandbox decided {sandbox}, the interpreter {interpreter}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run_tests(
     source: &PolicySource,
     mut coverage: Option<&mut Lines>,

@@ -132,7 +132,7 @@ impl PolicySource {
     /// A native `regorus` engine with the modules (and, with `tests`, the test modules) and the
     /// data loaded; Rego errors name the file, line and column.
     pub fn engine(&self, tests: bool) -> Result<Engine, PolicyError> {
-        let mut engine = gantry_policy_engine::policy::engine(self.strict);
+        let mut engine = gantry_policy_engine::policy::engine(self.strict, &native_host());
         let extra = if tests { &self.tests[..] } else { &[] };
         for (name, text) in self.modules.iter().chain(extra) {
             engine
@@ -170,3 +170,42 @@ impl PolicySource {
 }
 
 pub use gantry_policy_engine::policy::rule_of;
+
+/// The host builtins for a policy run natively (`policy test`, `policy build`'s load): the clock
+/// read once, when this is called (so one value for a whole test run), and draws from the
+/// operating system's generator, one per key and bound for as long as this host lives.
+pub fn native_host() -> gantry_policy_engine::policy::Host {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let drawn: Arc<Mutex<HashMap<(String, i64), i64>>> = Arc::default();
+    gantry_policy_engine::policy::Host {
+        now_ns: Arc::new(move || Ok(now)),
+        intn: Arc::new(move |key: &str, n: i64| {
+            let mut drawn = drawn.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = drawn.get(&(key.to_string(), n)) {
+                return Ok(*v);
+            }
+            let v = draw_below(n)?;
+            drawn.insert((key.to_string(), n), v);
+            Ok(v)
+        }),
+    }
+}
+
+/// A uniform draw from `0..n` (`n > 0`) from the operating system's generator, by rejection.
+fn draw_below(n: i64) -> Result<i64, String> {
+    let n = u64::try_from(n).map_err(|_| format!("rand.intn: bound {n} is not positive"))?;
+    let zone = u64::MAX - u64::MAX % n;
+    loop {
+        let mut bytes = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| "rand.intn: the operating system gave no random bytes".to_string())?;
+        let x = u64::from_le_bytes(bytes);
+        if x < zone {
+            return Ok(i64::try_from(x % n).unwrap_or(0));
+        }
+    }
+}

@@ -28,6 +28,51 @@ unsafe extern "C" {
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
     fn opa_abort(message: *const u8);
+    fn opa_builtin0(builtin: i32, ctx: i32) -> i32;
+    fn opa_builtin2(builtin: i32, ctx: i32, a: i32, b: i32) -> i32;
+}
+
+/// The builtins the host provides, by the ids [`builtins`] gives them.
+const TIME_NOW_NS: i32 = 0;
+const RAND_INTN: i32 = 1;
+
+/// Set while the host runs a builtin: the value it hands back through `opa_json_parse` is a
+/// result, not data to compile the policy for.
+static IN_BUILTIN: Global<bool> = Global(UnsafeCell::new(false));
+
+/// Calls host builtin `id` with the values at `args` (addresses of boxed values); its result
+/// as an integer.
+fn call_host(id: i32, name: &str, args: &[i32]) -> Result<i64, String> {
+    *IN_BUILTIN.get() = true;
+    // SAFETY: the imports of OPA's ABI; the arguments are boxed values, which the host reads
+    // back through `opa_json_dump`.
+    let addr = unsafe {
+        match args {
+            [] => opa_builtin0(id, 0),
+            [a, b] => opa_builtin2(id, 0, *a, *b),
+            _ => 0,
+        }
+    };
+    *IN_BUILTIN.get() = false;
+    if addr == 0 {
+        return Err(alloc::format!("{name}: the host gave no value"));
+    }
+    // SAFETY: a nonzero address from the host came from `opa_json_parse`.
+    unsafe { value(addr) }
+        .as_i64()
+        .map_err(|_| alloc::format!("{name}: the host gave a value that is not an integer"))
+}
+
+/// The host builtins, through the imports.
+fn host() -> policy::Host {
+    use alloc::sync::Arc;
+    policy::Host {
+        now_ns: Arc::new(|| call_host(TIME_NOW_NS, "time.now_ns", &[])),
+        intn: Arc::new(|key: &str, n: i64| {
+            let args = [boxed(Value::from(key)), boxed(Value::from(n))];
+            call_host(RAND_INTN, "rand.intn", &args)
+        }),
+    }
 }
 
 /// Reports `message` to the host through `env.opa_abort` (which traps); never returns.
@@ -129,7 +174,7 @@ fn load_policy(blob: &Value) {
     }
     let text = serde_json::to_string(blob)
         .unwrap_or_else(|_| abort("gantry policy engine: the policy is not JSON"));
-    match Policy::from_json(&text) {
+    match Policy::from_json(&text, &host()) {
         Ok(p) => state.policy = Some(p),
         Err(e) => abort(&alloc::format!("gantry policy engine: {e}")),
     }
@@ -240,7 +285,9 @@ pub unsafe extern "C" fn opa_json_parse(ptr: i32, len: i32) -> i32 {
     match Value::from_json_str(text) {
         Ok(v) => {
             let addr = boxed(v);
-            STATE.get().last_parsed = addr;
+            if !*IN_BUILTIN.get() {
+                STATE.get().last_parsed = addr;
+            }
             addr
         }
         Err(_) => 0,
@@ -272,10 +319,14 @@ pub unsafe extern "C" fn opa_value_dump(addr: i32) -> i32 {
     unsafe { opa_json_dump(addr) }
 }
 
-/// The builtins the host must provide: none, regorus implements its own.
+/// The builtins the host must provide: the clock and entropy (see [`crate::host_builtins`];
+/// `uuid.rfc4122` is built here from two draws).
 #[unsafe(no_mangle)]
 pub extern "C" fn builtins() -> i32 {
-    boxed(Value::new_object())
+    let mut map = alloc::collections::BTreeMap::new();
+    map.insert(Value::from("time.now_ns"), Value::from(TIME_NOW_NS as i64));
+    map.insert(Value::from("rand.intn"), Value::from(RAND_INTN as i64));
+    boxed(Value::from(map))
 }
 
 /// `{"0": 0, "1": 1, ...}`: the ids of every entrypoint a policy may have, declared before the

@@ -9,11 +9,13 @@
 //!
 //! - [`policy`]: the policy description and its evaluation (plain Rust, tested natively).
 //! - [`diagnostic`]: regorus's errors as `file:line:col: message`.
+//! - [`host_builtins`]: the clock and entropy, which the host provides (`opa_builtin*`).
 //! - `abi` (wasm only): the ABI exports, the bump heap the ABI expects, the `env` imports.
 
 extern crate alloc;
 
 pub mod diagnostic;
+pub mod host_builtins;
 pub mod policy;
 
 #[cfg(target_family = "wasm")]

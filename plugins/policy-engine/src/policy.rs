@@ -18,6 +18,8 @@ use regorus::utils::get_path_string;
 use regorus::{Engine, PolicyModule, Value};
 
 use crate::diagnostic;
+use crate::host_builtins;
+pub use crate::host_builtins::Host;
 
 /// The key of a bundle's `data.json` that carries the policy to the module: the module's code is
 /// the same for every policy (so hosts compile it once), and the policy arrives with the data.
@@ -63,10 +65,15 @@ fn error(context: &str, e: impl core::fmt::Display) -> PolicyError {
 }
 
 /// A regorus engine set up as every Gantry path uses one (the module, `policy test`, `policy
-/// build`'s checks): builtin errors as `strict` says, and lines as long as OPA accepts them
-/// (regorus stops at 1,024 columns by default; policies inline certificates and tokens).
-pub fn engine(strict: bool) -> Engine {
+/// build`'s checks): builtin errors as `strict` says, lines as long as OPA accepts them
+/// (regorus stops at 1,024 columns by default; policies inline certificates and tokens), and the
+/// clock and entropy from `host` ([`host_builtins`]).
+pub fn engine(strict: bool, host: &Host) -> Engine {
     let mut engine = Engine::new();
+    if let Err(e) = host_builtins::register(&mut engine, host, strict) {
+        // Only a name registered twice fails, and each is registered once on a new engine.
+        unreachable!("host builtins: {e}");
+    }
     engine.set_strict_builtin_errors(strict);
     engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
         max_col: core::num::NonZeroU32::new(1 << 20).unwrap_or(core::num::NonZeroU32::MIN),
@@ -81,8 +88,9 @@ pub fn rule_of(entrypoint: &str) -> String {
 }
 
 impl Policy {
-    /// Parses the description and the Rego it holds.
-    pub fn from_json(packed: &str) -> Result<Self, PolicyError> {
+    /// Parses the description and the Rego it holds; the policy's clock and entropy come from
+    /// `host`.
+    pub fn from_json(packed: &str, host: &Host) -> Result<Self, PolicyError> {
         let doc: serde_json::Value = serde_json::from_str(packed)
             .map_err(|e| error("the bundle's policy (`$gantry`)", e))?;
         let modules: Vec<PolicyModule> = doc["modules"]
@@ -127,7 +135,7 @@ impl Policy {
         }
         // Every module must parse, whichever entrypoints reach it. Set up as
         // `regorus::compile_policy_with_entrypoint` does, but parsed once for every entrypoint.
-        let mut engine = engine(strict);
+        let mut engine = engine(strict, host);
         engine.set_gather_prints(true);
         for m in &modules {
             engine
@@ -320,6 +328,14 @@ fn result_set(value: Value) -> Result<String, PolicyError> {
 mod tests {
     use super::*;
 
+    /// A host whose clock stands still and whose draws are the key's length modulo the bound.
+    fn fixed_host() -> Host {
+        Host {
+            now_ns: alloc::sync::Arc::new(|| Ok(1_700_000_000_000_000_000)),
+            intn: alloc::sync::Arc::new(|key: &str, n: i64| Ok(key.len() as i64 % n)),
+        }
+    }
+
     const PACKED: &str = r#"{
         "modules": {"p.rego": "package demo\nimport rego.v1\ndefault allow := false\nallow if input.user in data.admins\nreasons contains \"not an admin\" if not allow\nmaybe if input.x == 1\n"},
         "entrypoints": ["demo/allow", "demo/reasons", "demo/maybe"],
@@ -328,7 +344,7 @@ mod tests {
 
     #[test]
     fn evaluates_entrypoints_as_result_sets() {
-        let p = Policy::from_json(PACKED).unwrap();
+        let p = Policy::from_json(PACKED, &fixed_host()).unwrap();
         assert_eq!(
             p.entrypoints(),
             ["demo/allow", "demo/reasons", "demo/maybe"]
@@ -371,19 +387,20 @@ mod tests {
         let input = Value::from_json_str(r#"{"n": "not a number"}"#).unwrap();
         let data = Value::new_object();
         for strict in [None, Some(true)] {
-            let p = Policy::from_json(&packed(strict)).unwrap();
+            let p = Policy::from_json(&packed(strict), &fixed_host()).unwrap();
             assert!(p.strict());
             let e = p.evaluate(0, &data, input.clone()).unwrap_err();
             assert!(e.0.contains("could not parse string as number"), "{e}");
         }
-        let lax = Policy::from_json(&packed(Some(false))).unwrap();
+        let lax = Policy::from_json(&packed(Some(false)), &fixed_host()).unwrap();
         assert_eq!(
             lax.evaluate(0, &data, input).unwrap(),
             r#"[{"result":false}]"#
         );
         assert!(
             Policy::from_json(
-                &packed(None).replace("\"entrypoints\"", "\"strict\": 1, \"entrypoints\"")
+                &packed(None).replace("\"entrypoints\"", "\"strict\": 1, \"entrypoints\""),
+                &fixed_host()
             )
             .is_err()
         );
@@ -402,7 +419,7 @@ mod tests {
             "entrypoints": ["t/a", "t", "t/b"],
         })
         .to_string();
-        let p = Policy::from_json(&packed).unwrap();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
         let data = Value::new_object();
         let c = p.compile(&data).unwrap();
         let input = |c: &str| Value::from_json_str(c).unwrap();
@@ -420,9 +437,46 @@ mod tests {
             "entrypoints": ["t"],
         })
         .to_string();
-        let p = Policy::from_json(&conflict).unwrap();
+        let p = Policy::from_json(&conflict, &fixed_host()).unwrap();
         let c = p.compile(&data).unwrap();
         assert!(evaluate_compiled(&c[0], input("{}")).is_err());
+    }
+
+    /// The clock and the draws come from the host; their arguments are checked here, as OPA
+    /// checks them (a bound of 0 draws nothing, a negative one counts as its magnitude).
+    #[test]
+    fn host_builtins_take_the_hosts_clock_and_draws() {
+        let eval = |rego: &str, strict: bool| {
+            let packed = serde_json::json!({
+                "modules": {"p.rego": rego}, "entrypoints": ["p/x"], "strict": strict,
+            })
+            .to_string();
+            Policy::from_json(&packed, &fixed_host())
+                .unwrap()
+                .evaluate(0, &Value::new_object(), Value::new_object())
+                .map_err(|e| e.0)
+        };
+        let ok = |rego: &str| eval(rego, true).unwrap();
+        assert_eq!(
+            ok("package p\nx := time.now_ns()\n"),
+            r#"[{"result":1700000000000000000}]"#
+        );
+        // The fixed host draws the key's length modulo the bound: "abc" -> 3.
+        assert_eq!(
+            ok(
+                "package p\nx := [rand.intn(\"abc\", 10), rand.intn(\"abc\", -10), rand.intn(\"abc\", 0)]\n"
+            ),
+            r#"[{"result":[3,3,0]}]"#
+        );
+        let bad = "package p\nx := rand.intn(\"abc\", 1.5)\n";
+        assert!(eval(bad, true).unwrap_err().contains("operand 2"));
+        assert_eq!(eval(bad, false).unwrap(), "[]");
+        // Two draws of 61 bits, keyed by the uuid's key: "uuid.rfc4122(k)/0" is 17 long.
+        let want = crate::host_builtins::uuid_v4((17 << 61) | 17);
+        assert_eq!(
+            ok("package p\nx := uuid.rfc4122(\"k\")\n"),
+            format!(r#"[{{"result":"{want}"}}]"#)
+        );
     }
 
     /// OPA's cases inline certificates and tokens on one line; regorus's default lexer stops at
@@ -435,7 +489,7 @@ mod tests {
             "entrypoints": ["p/x"],
         })
         .to_string();
-        let p = Policy::from_json(&packed).unwrap();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
         let out = p
             .evaluate(0, &Value::new_object(), Value::new_object())
             .unwrap();
@@ -446,6 +500,7 @@ mod tests {
     fn bad_rego_names_the_module() {
         let e = Policy::from_json(
             r#"{"modules": {"bad.rego": "package x\nallow if {"}, "entrypoints": [], "data": {}}"#,
+            &fixed_host(),
         )
         .err()
         .unwrap();
@@ -462,7 +517,7 @@ mod tests {
             "data": {},
         })
         .to_string();
-        let p = Policy::from_json(&packed).unwrap();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
         let input = Value::from_json_str(input).unwrap();
         let sandbox = p
             .compile(&Value::new_object())
@@ -572,7 +627,7 @@ mod tests {
             let packed = serde_json::json!({
                 "modules": modules, "entrypoints": ["x/allow"], "data": {},
             });
-            Policy::from_json(&packed.to_string())
+            Policy::from_json(&packed.to_string(), &fixed_host())
                 .map(|_| ())
                 .map_err(|e| e.0)
         };

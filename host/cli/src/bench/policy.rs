@@ -266,8 +266,9 @@ fn compile_native(source: &PolicySource) -> Result<gantry_policy_engine::policy:
     let description = source
         .policy_description(&[ENTRYPOINT.to_string()])
         .to_string();
-    let engine_policy =
-        gantry_policy_engine::policy::Policy::from_json(&description).map_err(|e| e.to_string())?;
+    let host = gantry::policy::source::native_host();
+    let engine_policy = gantry_policy_engine::policy::Policy::from_json(&description, &host)
+        .map_err(|e| e.to_string())?;
     engine_policy
         .compile_entrypoint(ENTRYPOINT, &data_value)
         .map_err(|e| e.to_string())

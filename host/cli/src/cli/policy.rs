@@ -185,7 +185,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             json,
             strict,
             coverage,
-        } => test(&dir, json, strict, &coverage),
+        } => test(ctx, &dir, json, strict, &coverage),
         PolicyCommand::Sign {
             bundle,
             alg,
@@ -278,17 +278,33 @@ fn percentage(text: &str) -> Result<f64, String> {
     }
 }
 
-fn test(dir: &std::path::Path, json: bool, strict: bool, cov: &CoverageArgs) -> anyhow::Result<()> {
+fn test(
+    ctx: &super::Context,
+    dir: &std::path::Path,
+    json: bool,
+    strict: bool,
+    cov: &CoverageArgs,
+) -> anyhow::Result<()> {
     let source = PolicySource {
         strict,
         ..PolicySource::read(dir)?
     };
-    let (outcomes, coverage) = if cov.coverage || cov.threshold.is_some() {
+    let (mut outcomes, coverage) = if cov.coverage || cov.threshold.is_some() {
         let (outcomes, coverage) = gantry::policy::rego_tests::run_with_coverage(&source)?;
         (outcomes, Some(coverage))
     } else {
         (gantry::policy::rego_tests::run(&source)?, None)
     };
+    // The same tests through the engine that decides, the interpreter as its oracle.
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
+    config.cache_dir = ctx.cache_dir.clone();
+    let host = Host::new(config)?;
+    gantry::blocking::block_on(gantry::policy::rego_tests::check_in_sandbox(
+        &source,
+        &host.policy_loader(),
+        &mut outcomes,
+    ))
+    .context("running the tests in the sandbox")?;
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if json {
         println!(
@@ -484,14 +500,14 @@ fn eval(
     // The log is closed (a signed checkpoint) even when a decision fails, as for one input.
     let decided = inputs.iter().try_for_each(|(at, input)| {
         let start = std::time::Instant::now();
-        let result = gantry::blocking::block_on(policy.evaluate(entrypoint, input));
+        let (result, given) = gantry::blocking::block_on(policy.evaluate_given(entrypoint, input));
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
         if let Some(log) = &log {
             record(
                 log,
                 input,
                 entrypoint,
-                &result,
+                (&result, &given),
                 policy.revision(),
                 latency_us,
             )?;
@@ -523,7 +539,10 @@ fn record(
     log: &gantry::audit::AuditLog,
     input: &serde_json::Value,
     entrypoint: &str,
-    result: &Result<serde_json::Value, gantry::policy::PolicyError>,
+    (result, given): (
+        &Result<serde_json::Value, gantry::policy::PolicyError>,
+        &[gantry::policy::decide::HostValue],
+    ),
     revision: &str,
     latency_us: f64,
 ) -> anyhow::Result<()> {
@@ -540,6 +559,7 @@ fn record(
         reasons,
         revision,
         latency_us,
+        given,
     })?;
     Ok(())
 }
