@@ -468,10 +468,27 @@ impl LoadedPolicy {
         // it says nothing to a policy's author (it goes to the debug log).
         if let Some(backtrace) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
             tracing::debug!(%backtrace, "policy evaluation failed");
+            if trapped_in_a_javascript_stand_in(backtrace) {
+                return "the policy asked for the machine's local time zone (`\"Local\"`), which \
+                        the sandbox does not have: name a zone, e.g. `\"UTC\"`"
+                    .into();
+            }
             return e.root_cause().to_string();
         }
         format!("{e:#}")
     }
+}
+
+/// Whether the evaluation trapped in one of the functions that stand in for the JavaScript
+/// imports of regorus's date library (`pack`): they keep the imports' names, all wasm-bindgen's
+/// (`wasm_bindgen::__wbindgen_describe`, `__wbg_getTimezoneOffset_...`), and only the machine's
+/// local time zone reaches them.
+fn trapped_in_a_javascript_stand_in(backtrace: &wasmtime::WasmBacktrace) -> bool {
+    backtrace
+        .frames()
+        .first()
+        .and_then(|frame| frame.func_name())
+        .is_some_and(|name| name.contains("wbindgen") || name.contains("__wbg"))
 }
 
 /// The active policy of a host, swapped atomically on reload: a decision takes the current

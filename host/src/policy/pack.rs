@@ -435,7 +435,10 @@ mod tests {
         let layout = Layout::read(crate::policy::ENGINE_WASM).unwrap();
         let finisher = Finisher::new(&layout);
         assert!(finisher.functions.is_none());
-        assert!(!finisher.stubs.is_empty(), "the engine imports no JavaScript any more?");
+        assert!(
+            !finisher.stubs.is_empty(),
+            "the engine imports no JavaScript any more?"
+        );
     }
 
     #[test]
