@@ -97,26 +97,12 @@ fn wrapper(query: &str, vars: &[String]) -> String {
     )
 }
 
-/// The case's input as JSON. opa-wasm always sends one, so a case without an input maps only
-/// when it never reads it (`null` is sent): an undefined input and a `null` one decide apart,
-/// and no production path decides without an input.
-fn input(named: &Named) -> Result<serde_json::Value, String> {
+/// The case's input as JSON, or `None` when it has none: the engine module then evaluates the
+/// entrypoint without an input (`input` undefined, as in OPA), which no value, `null` included,
+/// stands for.
+fn input(named: &Named) -> Result<Option<serde_json::Value>, String> {
     let Some(v) = oracle::input(named)? else {
-        let case = &named.case;
-        // A query of one expression `... with input as v` replaces the input wherever it is read.
-        let replaced = !case.query.contains([';', '\n']) && case.query.contains("with input as");
-        if !replaced
-            && std::iter::once(&case.query)
-                .chain(&case.modules)
-                .any(|text| reads_input(text))
-        {
-            return Err(
-                "the case has no input and reads it: the decision path always sends one \
-                        (opa-wasm), an undefined input cannot be"
-                    .into(),
-            );
-        }
-        return Ok(serde_json::Value::Null);
+        return Ok(None);
     };
     let json: serde_json::Value =
         serde_json::from_str(&v.to_json_str().map_err(|e| e.to_string())?)
@@ -124,44 +110,7 @@ fn input(named: &Named) -> Result<serde_json::Value, String> {
     if value(&json) != v {
         return Err("the input is not JSON (a set, or a key that is not a string)".into());
     }
-    Ok(json)
-}
-
-/// Whether Rego source names the root document `input` (outside strings and comments); a name
-/// such as `inputs` or `x.input` is not it.
-fn reads_input(text: &str) -> bool {
-    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut code = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                // Up to the closing quote, escapes skipped.
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => drop(chars.next()),
-                        '"' => break,
-                        _ => {}
-                    }
-                }
-                code.push(' ');
-            }
-            '`' => {
-                chars.by_ref().find(|&c| c == '`');
-                code.push(' ');
-            }
-            '#' => {
-                chars.by_ref().find(|&c| c == '\n');
-                code.push('\n');
-            }
-            c => code.push(c),
-        }
-    }
-    code.match_indices("input").any(|(at, _)| {
-        let before = code[..at].chars().next_back();
-        let after = code[at + "input".len()..].chars().next();
-        !before.is_some_and(|c| name_char(c) || c == '.') && !after.is_some_and(name_char)
-    })
+    Ok(Some(json))
 }
 
 /// Runs the case through the decision path.
@@ -213,7 +162,11 @@ pub fn run(loader: &PolicyLoader, named: &Named) -> Got {
         Ok(loaded) => loaded,
         Err(e) => return Got::LoadFailed(e.to_string()),
     };
-    match gantry::blocking::block_on(loaded.evaluate(&entrypoint, &input)) {
+    let decided = match &input {
+        Some(input) => gantry::blocking::block_on(loaded.evaluate(&entrypoint, input)),
+        None => gantry::blocking::block_on(loaded.evaluate_without_input(&entrypoint)).0,
+    };
+    match decided {
         Ok(set) => rows(named, &form, &set),
         Err(e) => Got::Error(e.to_string()),
     }
@@ -271,34 +224,27 @@ fn queries_that_bind_one_path_are_told_apart_from_the_rest() {
 }
 
 #[test]
-fn a_case_without_input_that_reads_it_is_unmappable_not_sent_null() {
-    let named = |query: &str, modules: &[&str]| Named {
-        id: "t".into(),
-        case: serde_json::from_value(serde_json::json!({
-            "note": "t", "query": query, "modules": modules,
-        }))
-        .expect("a case"),
-        rego_v0: false,
+fn a_case_without_input_is_evaluated_without_one_not_with_null() {
+    let named = |query: &str, modules: &[&str], input: Option<serde_json::Value>| {
+        let mut case = serde_json::json!({"note": "t", "query": query, "modules": modules});
+        if let Some(input) = input {
+            case["input"] = input;
+        }
+        Named {
+            id: "t".into(),
+            case: serde_json::from_value(case).expect("a case"),
+            rego_v0: false,
+        }
     };
-    // OPA's withkeyword/builtin-value: arity-1, input must still be defined: sending `null`
-    // made `input` defined, and the rule allowed where OPA's is undefined.
+    // OPA's withkeyword/builtin-value (arity-1): the rule reads `input`, which is undefined.
+    // Sending `null` made it defined, and the rule allowed where OPA's is undefined; then such
+    // cases were left unmappable. Now they are evaluated without an input.
     let reads = named(
         "data.test.p = x",
-        &["package test\nf(_) := 1\np if { input; f(1) == 1 } # input"],
+        &["package test\nf(_) := 1\np if { input; f(1) == 1 }"],
+        None,
     );
-    let err = input(&reads).expect_err("no input, and the module reads it");
-    assert!(err.contains("no input"), "{err}");
-    assert!(input(&named("input.x = 1", &[])).is_err());
-    assert!(input(&named("input.x = 1; x = 1 with input as 1", &[])).is_err());
-    let replaced = named(
-        "data.test.p = x with input as {}",
-        &["package test\np := input"],
-    );
-    assert_eq!(input(&replaced), Ok(serde_json::Value::Null));
-    // Only strings, comments and other names mention it: `null` is sent, the case runs.
-    let never = named(
-        "data.test.p = x",
-        &["package test\n# input\ninputs := 1\np := [\"input\", `input`, inputs, x.input]"],
-    );
-    assert_eq!(input(&never), Ok(serde_json::Value::Null));
+    assert_eq!(input(&reads), Ok(None));
+    let given = named("input.x = 1", &[], Some(serde_json::json!({"x": 1})));
+    assert_eq!(input(&given), Ok(Some(serde_json::json!({"x": 1}))));
 }

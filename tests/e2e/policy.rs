@@ -1549,8 +1549,10 @@ fn the_local_time_zone_fails_the_decision_and_named_zones_decide() {
 
 /// `policy test` runs every test through the engine that decides as well (the policy and its
 /// tests built into a bundle as `policy build` builds one, decided in the sandbox), with the
-/// interpreter as its oracle: where the two disagree the test fails and names both answers. A
-/// test that relies on having no input at all is such a case: a decision always has one.
+/// interpreter as its oracle: where the two disagree the test fails and names both answers. The
+/// machine's local time zone is such a case: the interpreter has it, the sandbox does not. Tests
+/// run without an input in both (before, the sandbox decided with `{}`, and a test that relied on
+/// having no input disagreed).
 #[test]
 fn policy_test_runs_the_tests_in_the_sandbox_and_fails_where_the_engines_disagree() {
     use crate::support::{gantry, text};
@@ -1561,7 +1563,7 @@ fn policy_test_runs_the_tests_in_the_sandbox_and_fails_where_the_engines_disagre
     std::fs::write(
         dir.join("p_test.rego"),
         "package p_test\nimport data.p\ntest_ok if p.allow with input as {\"ok\": true}\n\
-         test_no_input if not input\n",
+         test_no_input if not input\ntest_local if time.date([0, \"Local\"])\n",
     )
     .unwrap();
     let out = gantry(&["policy", "test", dir.to_str().unwrap()], work.path());
@@ -1569,10 +1571,15 @@ fn policy_test_runs_the_tests_in_the_sandbox_and_fails_where_the_engines_disagre
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("PASS data.p_test.test_ok"), "{stdout}");
     assert!(
-        stdout.contains("FAIL data.p_test.test_no_input")
-            && stdout
-                .contains("the engines disagree: the sandbox decided [], the interpreter true"),
+        stdout.contains("PASS data.p_test.test_no_input"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL data.p_test.test_local")
+            && stdout.contains("the engines disagree: the sandbox decided ")
+            && stdout.contains("local time zone")
+            && stdout.contains(", the interpreter true"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed, 1 failed"), "{stdout}");
 }

@@ -179,6 +179,8 @@ pub struct LoadedPolicy {
     revision: String,
     /// Each entrypoint's name and the name the module knows it by, sorted by name.
     entrypoints: Vec<(String, String)>,
+    /// Whether the module declares each entrypoint again, evaluated without an input.
+    without_input: bool,
     limits: PolicyLimits,
     cache: CacheOutcome,
     ready: Mutex<Vec<Ready>>,
@@ -316,12 +318,16 @@ impl LoadedPolicy {
             revision: bundle.revision().to_string(),
             data: bundle.data,
             entrypoints: Vec::new(),
+            without_input: false,
             limits,
             cache: outcome,
             ready: Mutex::new(Vec::new()),
         };
         let ready = policy.instantiate().await?;
-        policy.entrypoints = entrypoint_names(&policy.data, ready.policy.entrypoints())?;
+        let module_names = ready.policy.entrypoints();
+        policy.without_input = !policy.data[POLICY_KEY].is_null()
+            && module_names.contains(gantry_policy_engine::policy::without_input_name(0).as_str());
+        policy.entrypoints = entrypoint_names(&policy.data, module_names)?;
         policy
             .ready
             .lock()
@@ -405,6 +411,25 @@ impl LoadedPolicy {
         entrypoint: &str,
         input: &serde_json::Value,
     ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
+        self.decide(entrypoint, Some(input)).await
+    }
+
+    /// [`LoadedPolicy::evaluate_given`] with no input at all, as `opa test` runs a test and
+    /// `opa eval` evaluates without `-i`: `input` is undefined, which no input value is. Only
+    /// the engine module `gantry policy build` packs can (OPA's ABI always passes an input; the
+    /// engine declares a second id for each entrypoint that ignores it).
+    pub async fn evaluate_without_input(
+        &self,
+        entrypoint: &str,
+    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
+        self.decide(entrypoint, None).await
+    }
+
+    async fn decide(
+        &self,
+        entrypoint: &str,
+        input: Option<&serde_json::Value>,
+    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
         let Ok(at) = self
             .entrypoints
             .binary_search_by(|(name, _)| name.as_str().cmp(entrypoint))
@@ -415,7 +440,22 @@ impl LoadedPolicy {
             );
             return (Err(self.eval_error(entrypoint, message)), Vec::new());
         };
-        let id = self.entrypoints[at].1.as_str();
+        let named = self.entrypoints[at].1.as_str();
+        let (id, input) = match input {
+            Some(input) => (named.to_string(), input),
+            None => match named.parse::<usize>() {
+                Ok(position) if self.without_input => (
+                    gantry_policy_engine::policy::without_input_name(position),
+                    &serde_json::Value::Null,
+                ),
+                _ => {
+                    let message = "this module cannot evaluate without an input (only the engine \
+                                   module `gantry policy build` packs can)";
+                    return (Err(self.eval_error(entrypoint, message.into())), Vec::new());
+                }
+            },
+        };
+        let id = id.as_str();
         let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut ready = match pooled {
             Some(r) => r,

@@ -169,7 +169,7 @@ pub fn run_with_coverage(
 
 /// Runs the test rules of `outcomes` (from [`run`]) again through the decision engine: the
 /// policy and its tests built into a bundle as `gantry policy build` builds one (each test rule
-/// an entrypoint), loaded in the sandbox by `loader`, each rule decided there on an empty input.
+/// an entrypoint), loaded in the sandbox by `loader`, each rule decided there without an input.
 /// A test passes only when both engines say `true`; where they disagree the outcome fails and
 /// names both answers. The interpreter run natively is the oracle of the engine that decides.
 pub async fn check_in_sandbox(
@@ -200,9 +200,9 @@ pub async fn check_in_sandbox(
             ..Default::default()
         };
         let loaded = loader.load(bundle, limits).await?;
-        let input = serde_json::json!({});
         for (outcome, entrypoint) in chunk.iter_mut().zip(&entrypoints) {
-            let decided = loaded.evaluate(entrypoint, &input).await;
+            // As the interpreter runs a test: with no input at all.
+            let (decided, _) = loaded.evaluate_without_input(entrypoint).await;
             let passed =
                 matches!(&decided, Ok(set) if *set == serde_json::json!([{"result": true}]));
             if passed != outcome.passed {

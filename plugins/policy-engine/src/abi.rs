@@ -229,6 +229,11 @@ fn compile_for_last_data() {
 }
 
 fn evaluate(entry: i32, data: i32, input: Value) -> String {
+    // The second set of ids evaluates the same entrypoints without an input (see `entrypoints`).
+    let (entry, input) = match policy::without_input(entry as usize) {
+        Some(entry) => (entry as i32, Value::Undefined),
+        None => (entry, input),
+    };
     let state = STATE.get();
     let result = if data != 0 && data == state.compiled_for {
         match state.compiled.get(entry as usize) {
@@ -330,12 +335,20 @@ pub extern "C" fn builtins() -> i32 {
 }
 
 /// `{"0": 0, "1": 1, ...}`: the ids of every entrypoint a policy may have, declared before the
-/// policy is loaded; the host maps names to ids from the bundle's `$gantry.entrypoints`.
+/// policy is loaded; the host maps names to ids from the bundle's `$gantry.entrypoints`. And
+/// `{"0 without input": 256, ...}`: the same entrypoints evaluated with no input at all (as
+/// `opa eval` without `-i`, or `opa test`), which OPA's ABI cannot say otherwise: a host always
+/// passes an input value, and an undefined input decides apart from any value, `null` included.
 #[unsafe(no_mangle)]
 pub extern "C" fn entrypoints() -> i32 {
     let mut map = alloc::collections::BTreeMap::new();
     for id in 0..MAX_ENTRYPOINTS {
         map.insert(Value::from(alloc::format!("{id}")), Value::from(id as u64));
+        let without = policy::without_input_name(id);
+        map.insert(
+            Value::from(without),
+            Value::from((id + MAX_ENTRYPOINTS) as u64),
+        );
     }
     boxed(Value::from(map))
 }

@@ -82,6 +82,20 @@ pub fn engine(strict: bool, host: &Host) -> Engine {
     engine
 }
 
+/// The name a module gives entrypoint `id` evaluated without an input; its id is
+/// `id + MAX_ENTRYPOINTS`.
+pub fn without_input_name(id: usize) -> String {
+    alloc::format!("{id} without input")
+}
+
+/// The entrypoint an id of the second set names (evaluated without an input), or `None` for an
+/// id of the first set.
+pub fn without_input(id: usize) -> Option<usize> {
+    (MAX_ENTRYPOINTS..2 * MAX_ENTRYPOINTS)
+        .contains(&id)
+        .then(|| id - MAX_ENTRYPOINTS)
+}
+
 /// The rule an entrypoint evaluates: `gantry/authz/allow` -> `data.gantry.authz.allow`.
 pub fn rule_of(entrypoint: &str) -> String {
     alloc::format!("data.{}", entrypoint.trim_matches('/').replace('/', "."))
@@ -477,6 +491,27 @@ mod tests {
             ok("package p\nx := uuid.rfc4122(\"k\")\n"),
             format!(r#"[{{"result":"{want}"}}]"#)
         );
+    }
+
+    /// Without an input, `input` is undefined (as in `opa test` and `opa eval` without `-i`),
+    /// which no input value, `null` included, is.
+    #[test]
+    fn an_entrypoint_without_input_sees_an_undefined_input() {
+        let packed = serde_json::json!({
+            "modules": {"p.rego": "package p\nnone if not input\n"},
+            "entrypoints": ["p/none"],
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let data = Value::new_object();
+        assert_eq!(
+            p.evaluate(0, &data, Value::Undefined).unwrap(),
+            r#"[{"result":true}]"#
+        );
+        assert_eq!(p.evaluate(0, &data, Value::Null).unwrap(), "[]");
+        assert_eq!(without_input(MAX_ENTRYPOINTS + 3), Some(3));
+        assert_eq!(without_input(3), None);
+        assert_eq!(without_input(2 * MAX_ENTRYPOINTS), None);
     }
 
     /// OPA's cases inline certificates and tokens on one line; regorus's default lexer stops at
