@@ -1547,6 +1547,37 @@ fn the_local_time_zone_fails_the_decision_and_named_zones_decide() {
     }
 }
 
+/// `policy eval` without `--input` evaluates with no input at all, as `opa eval` without `-i`:
+/// `input` is undefined, which no input value is (`null` included). Before, it refused to run
+/// without `--input` or `--inputs`, and the sandbox could not express an absent input.
+#[test]
+fn policy_eval_without_input_evaluates_with_input_undefined() {
+    use crate::support::{gantry, text};
+    let source = small(
+        "package b\nnone if not input\nnull_input if input == null\n",
+        "{}",
+    );
+    let entrypoints = ["b/none".to_string(), "b/null_input".to_string()];
+    let bundle = policy::build(&source, &entrypoints, None).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("b.tar.gz");
+    bundle.write(&path).unwrap();
+    let b = path.to_str().unwrap();
+    let eval = |entrypoint: &str, input: Option<&str>| {
+        let mut args = vec!["policy", "eval", "--bundle", b, "-e", entrypoint];
+        args.extend(input.map(|i| ["--input", i]).into_iter().flatten());
+        let out = gantry(&args, work.path());
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let yes = serde_json::json!([{"result": true}]);
+    assert_eq!(eval("b/none", None), yes);
+    assert_eq!(eval("b/none", Some("null")), serde_json::json!([]));
+    assert_eq!(eval("b/null_input", Some("null")), yes);
+    assert_eq!(eval("b/null_input", None), serde_json::json!([]));
+}
+
 /// `policy test` runs every test through the engine that decides as well (the policy and its
 /// tests built into a bundle as `policy build` builds one, decided in the sandbox), with the
 /// interpreter as its oracle: where the two disagree the test fails and names both answers. The

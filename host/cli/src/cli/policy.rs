@@ -145,8 +145,10 @@ pub enum PolicyCommand {
         /// The entrypoint, as package/path/rule.
         #[arg(short = 'e', long)]
         entrypoint: String,
-        /// The input: JSON text, or @FILE to read it from a file.
-        #[arg(long, required_unless_present = "inputs", conflicts_with = "inputs")]
+        /// The input: JSON text, or @FILE to read it from a file. Without `--input` and
+        /// `--inputs` the entrypoint is evaluated with no input at all (`input` is undefined), as
+        /// `opa eval` without `-i`.
+        #[arg(long, conflicts_with = "inputs")]
         input: Option<String>,
         /// Many inputs, one JSON document per line (blank lines skipped), from FILE or `-`
         /// (standard input). Every line is read and checked before the first decision.
@@ -213,9 +215,15 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             // The spelling is checked first, so that `a.b.allow` gets the hint `build` gives.
             gantry::policy::check::entrypoint_syntax(&entrypoint)?;
             let (inputs, pretty) = match (input, inputs) {
-                (Some(input), _) => (vec![(None, eval_input(input)?)], true),
-                (None, Some(file)) => (eval_inputs(&file)?, false),
-                (None, None) => anyhow::bail!("give --input or --inputs"),
+                (Some(input), _) => (vec![(None, Some(eval_input(input)?))], true),
+                (None, Some(file)) => {
+                    let lines = eval_inputs(&file)?;
+                    (
+                        lines.into_iter().map(|(at, v)| (at, Some(v))).collect(),
+                        false,
+                    )
+                }
+                (None, None) => (vec![(None, None)], true),
             };
             let audit = audit.zip(audit_key);
             eval(ctx, &bundle, &verify, &entrypoint, &inputs, pretty, audit)
@@ -471,15 +479,16 @@ fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, se
         .collect()
 }
 
-/// The decisions of `bundle`'s `entrypoint` on `inputs`, printed in order (one input: pretty
-/// JSON; `--inputs`: one line each), each recorded in the audit log `(log, key)` when one is
+/// The decisions of `bundle`'s `entrypoint` on `inputs` (`None`: no input at all), printed in
+/// order (one input: pretty JSON; `--inputs`: one line each), each recorded in the audit log
+/// `(log, key)` when one is
 /// given. The bundle is loaded once.
 fn eval(
     ctx: &super::Context,
     bundle: &std::path::Path,
     verify: &VerifyArgs,
     entrypoint: &str,
-    inputs: &[(Option<String>, serde_json::Value)],
+    inputs: &[(Option<String>, Option<serde_json::Value>)],
     pretty: bool,
     audit: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
@@ -500,12 +509,17 @@ fn eval(
     // The log is closed (a signed checkpoint) even when a decision fails, as for one input.
     let decided = inputs.iter().try_for_each(|(at, input)| {
         let start = std::time::Instant::now();
-        let (result, given) = gantry::blocking::block_on(policy.evaluate_given(entrypoint, input));
+        let (result, given) = gantry::blocking::block_on(async {
+            match input {
+                Some(input) => policy.evaluate_given(entrypoint, input).await,
+                None => policy.evaluate_without_input(entrypoint).await,
+            }
+        });
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
         if let Some(log) = &log {
             record(
                 log,
-                input,
+                input.as_ref().unwrap_or(&serde_json::Value::Null),
                 entrypoint,
                 (&result, &given),
                 policy.revision(),
