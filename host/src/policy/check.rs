@@ -17,7 +17,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gantry_policy_engine::diagnostic::{self, Diagnostic};
-use gantry_policy_engine::host_builtins::HOST_BUILTINS;
 use regorus::unstable::{Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span};
 use regorus::utils::get_path_string;
 
@@ -233,9 +232,6 @@ impl Scope {
         }
         if path == "print" {
             return Ok(None);
-        }
-        if let Some((_, n)) = HOST_BUILTINS.iter().find(|(name, _)| *name == path) {
-            return Ok(Some(usize::from(*n)));
         }
         match regorus::unstable::BUILTINS.get(path) {
             Some((_, n)) => Ok(Some(usize::from(*n))),

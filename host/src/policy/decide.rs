@@ -442,10 +442,12 @@ impl LoadedPolicy {
         };
         let named = self.entrypoints[at].1.as_str();
         let (id, input) = match input {
-            Some(input) => (named.to_string(), input),
+            Some(input) => (std::borrow::Cow::Borrowed(named), input),
             None => match named.parse::<usize>() {
                 Ok(position) if self.without_input => (
-                    gantry_policy_engine::policy::without_input_name(position),
+                    std::borrow::Cow::Owned(gantry_policy_engine::policy::without_input_name(
+                        position,
+                    )),
                     &serde_json::Value::Null,
                 ),
                 _ => {
@@ -455,7 +457,7 @@ impl LoadedPolicy {
                 }
             },
         };
-        let id = id.as_str();
+        let id: &str = &id;
         let pooled = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut ready = match pooled {
             Some(r) => r,

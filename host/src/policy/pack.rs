@@ -150,6 +150,12 @@ impl Finisher {
         }
     }
 
+    fn stub_types(&self, functions: &mut FunctionSection) {
+        for ty in &self.stubs {
+            functions.function(*ty);
+        }
+    }
+
     fn stub_bodies(&self, code: &mut CodeSection) {
         for _ in &self.stubs {
             let mut trap = Function::new([]);
@@ -194,17 +200,14 @@ impl Reencode for Finisher {
         functions: &mut FunctionSection,
         section: wasmparser::FunctionSectionReader<'_>,
     ) -> Result<(), Reencoding<PackError>> {
+        // The traps go where `Finisher::new` numbered them: first when every index stays.
         let in_place = self.functions.is_none();
         if in_place {
-            for ty in &self.stubs {
-                functions.function(*ty);
-            }
+            self.stub_types(functions);
         }
         utils::parse_function_section(self, functions, section)?;
         if !in_place {
-            for ty in &self.stubs {
-                functions.function(*ty);
-            }
+            self.stub_types(functions);
         }
         Ok(())
     }

@@ -14,10 +14,6 @@ use alloc::sync::Arc;
 
 use regorus::{Engine, Value};
 
-/// The host builtins and their arities.
-pub const HOST_BUILTINS: [(&str, u8); 3] =
-    [("time.now_ns", 0), ("rand.intn", 2), ("uuid.rfc4122", 1)];
-
 /// The host's clock: the evaluation's time, in nanoseconds since the Unix epoch.
 pub type Clock = Arc<dyn Fn() -> Result<i64, String> + Send + Sync>;
 
