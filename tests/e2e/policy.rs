@@ -1523,6 +1523,36 @@ d := {
     );
 }
 
+/// The host keeps every draw of a decision outside the sandbox's memory cap and records them in
+/// the audit entry: a policy that draws without end, or with huge keys, fails the decision (so
+/// denies) instead of growing the host. Before the bound, this policy made the host keep 5,000
+/// draws (and would have kept as many as the deadline allowed).
+#[test]
+fn a_policy_cannot_make_the_host_keep_draws_without_bound() {
+    let (host, _, _) = loaded();
+    let rego = "package b\nmany := [rand.intn(sprintf(\"%d\", [i]), 10) | some i in numbers.range(1, 5000)]\n\
+                long := rand.intn(concat(\"\", [\"k\" | some _ in numbers.range(1, 2000)]), 10)\n\
+                fine := count([rand.intn(sprintf(\"%d\", [i]), 10) | some i in numbers.range(1, 1000)])\n";
+    let source = small(rego, "{}");
+    let names = ["b/many", "b/long", "b/fine"].map(String::from);
+    let bundle = policy::build(&source, &names, None).unwrap();
+    let sandbox =
+        gantry::blocking::block_on(host.policy_loader().load(bundle, PolicyLimits::default()))
+            .unwrap();
+    let (many, given) =
+        gantry::blocking::block_on(sandbox.evaluate_given("b/many", &serde_json::json!({})));
+    let e = many.unwrap_err().to_string();
+    assert!(e.contains("over 1024 distinct draws"), "{e}");
+    assert!(given.len() <= 1024, "{}", given.len());
+    let long = gantry::blocking::block_on(sandbox.evaluate("b/long", &serde_json::json!({})));
+    let e = long.unwrap_err().to_string();
+    assert!(e.contains("a key of 2000 bytes"), "{e}");
+    assert_eq!(
+        eval_on(&sandbox, "b/fine", serde_json::json!({})),
+        serde_json::json!([{"result": 1000}])
+    );
+}
+
 /// The `time.*` builtins run in the module (issue 12), except for the machine's local time zone:
 /// regorus's date library reaches JavaScript for it on wasm, and those imports are traps in the
 /// finished module. A decision that asks for it fails (so denies), saying so, and the policy keeps deciding;

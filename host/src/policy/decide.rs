@@ -14,6 +14,7 @@ use super::PolicyError;
 use super::bundle::Bundle;
 use crate::plugin::limits::PluginLimiter;
 use crate::plugin::{ArtifactCache, CacheOutcome, Limits};
+use gantry_policy_engine::host_builtins::MAX_DRAWS;
 use gantry_policy_engine::policy::POLICY_KEY;
 
 /// Limits of one policy evaluation.
@@ -131,6 +132,9 @@ impl EvaluationContext for HostContext {
             _ => ("", Vec::new()),
         };
         let builtin = if kind == "rand" { "rand.intn" } else { kind };
+        if self.cache.len() >= MAX_DRAWS {
+            anyhow::bail!("{builtin}: over {MAX_DRAWS} distinct draws in one decision");
+        }
         self.give(HostValue {
             builtin: builtin.into(),
             args,

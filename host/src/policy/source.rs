@@ -188,6 +188,12 @@ pub fn native_host() -> gantry_policy_engine::policy::Host {
             if let Some(v) = drawn.get(&(key.to_string(), n)) {
                 return Ok(*v);
             }
+            if drawn.len() >= gantry_policy_engine::host_builtins::MAX_DRAWS {
+                return Err(format!(
+                    "rand.intn: over {} distinct draws",
+                    gantry_policy_engine::host_builtins::MAX_DRAWS
+                ));
+            }
             let v = draw_below(n)?;
             drawn.insert((key.to_string(), n), v);
             Ok(v)

@@ -29,6 +29,24 @@ pub struct Host {
     pub intn: Draw,
 }
 
+/// The most distinct draws (keys and bounds) one evaluation may ask the host for, and the longest
+/// key: the host keeps every draw of an evaluation, outside the sandbox's memory cap, and records
+/// them in the decision's audit entry, so a policy must not make either grow without bound.
+pub const MAX_DRAWS: usize = 1024;
+/// See [`MAX_DRAWS`].
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// `host.intn(key, n)`, refusing a key over [`MAX_KEY_BYTES`].
+fn draw(host: &Host, key: &str, n: i64) -> anyhow::Result<i64> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(anyhow::Error::msg(format!(
+            "rand.intn: a key of {} bytes, over the {MAX_KEY_BYTES} a decision may use",
+            key.len()
+        )));
+    }
+    (host.intn)(key, n).map_err(anyhow::Error::msg)
+}
+
 /// A uuid needs 122 random bits: two draws of 61.
 const UUID_DRAW: i64 = 1 << 61;
 
@@ -64,7 +82,7 @@ pub fn register(engine: &mut Engine, host: &Host, strict: bool) -> Result<(), St
             return Ok(Value::from(0i64));
         }
         let n = n.checked_abs().unwrap_or(i64::MAX);
-        Ok(Value::from((h.intn)(key, n).map_err(anyhow::Error::msg)?))
+        Ok(Value::from(draw(&h, key, n)?))
     };
     let h = host.clone();
     let uuid = move |args: alloc::vec::Vec<Value>| -> anyhow::Result<Value> {
@@ -72,9 +90,8 @@ pub fn register(engine: &mut Engine, host: &Host, strict: bool) -> Result<(), St
             return bad("uuid.rfc4122: operand 1 must be string".into());
         };
         let draw = |i: u8| {
-            (h.intn)(&format!("uuid.rfc4122({k})/{i}"), UUID_DRAW)
+            draw(&h, &format!("uuid.rfc4122({k})/{i}"), UUID_DRAW)
                 .map(|v| (v as u128) & (UUID_DRAW as u128 - 1))
-                .map_err(anyhow::Error::msg)
         };
         let bits = (draw(0)? << 61) | draw(1)?;
         Ok(Value::from(uuid_v4(bits)))
