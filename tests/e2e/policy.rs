@@ -1232,20 +1232,21 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
 /// decide alike, and the bundle's manifest records it.
 #[test]
 fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
-    use crate::support::{gantry, policy_eval, text};
+    use crate::support::{gantry, policy_dir, policy_eval, text};
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("p");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("p.rego"),
-        "package p\ndefault allow := false\nallow if to_number(input.n) > 1\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("p_test.rego"),
-        "package p_test\nimport data.p\ntest_a_bad_number_denies if not p.allow with input as {\"n\": \"x\"}\n",
-    )
-    .unwrap();
+    let dir = policy_dir(
+        work.path(),
+        &[
+            (
+                "p.rego",
+                "package p\ndefault allow := false\nallow if to_number(input.n) > 1\n",
+            ),
+            (
+                "p_test.rego",
+                "package p_test\nimport data.p\ntest_a_bad_number_denies if not p.allow with input as {\"n\": \"x\"}\n",
+            ),
+        ],
+    );
     let d = dir.to_str().unwrap();
     let out = gantry(&["policy", "test", d], work.path());
     let (stdout, stderr) = text(&out);
@@ -1299,26 +1300,23 @@ fn strict_decides_builtin_errors_in_policy_test_and_in_the_bundle_alike() {
 /// and `--threshold` fails the run below it, as `opa test --coverage --threshold`.
 #[test]
 fn policy_test_coverage_names_the_lines_no_test_reached_and_enforces_a_threshold() {
-    use crate::support::{gantry, text};
+    use crate::support::{gantry, policy_dir, text};
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("p");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("p.rego"),
-        "package p\n\nallow if input.role == \"admin\"\n\ndeny if {\n\tinput.role == \"guest\"\n\tinput.x == 1\n}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("q.rego"),
-        "package q\n\nblock if input.role == \"bot\"\n",
-    )
-    .unwrap();
+    let dir = policy_dir(
+        work.path(),
+        &[
+            (
+                "p.rego",
+                "package p\n\nallow if input.role == \"admin\"\n\ndeny if {\n\tinput.role == \"guest\"\n\tinput.x == 1\n}\n",
+            ),
+            ("q.rego", "package q\n\nblock if input.role == \"bot\"\n"),
+            (
+                "p_test.rego",
+                "package p_test\nimport data.p\ntest_admin if p.allow with input as {\"role\": \"admin\"}\n",
+            ),
+        ],
+    );
     let tests = dir.join("p_test.rego");
-    std::fs::write(
-        &tests,
-        "package p_test\nimport data.p\ntest_admin if p.allow with input as {\"role\": \"admin\"}\n",
-    )
-    .unwrap();
     let d = dir.to_str().unwrap();
     let out = gantry(&["policy", "test", d, "--coverage"], work.path());
     let (stdout, stderr) = text(&out);
@@ -1616,17 +1614,19 @@ fn policy_eval_without_input_evaluates_with_input_undefined() {
 /// having no input disagreed).
 #[test]
 fn policy_test_runs_the_tests_in_the_sandbox_and_fails_where_the_engines_disagree() {
-    use crate::support::{gantry, text};
+    use crate::support::{gantry, policy_dir, text};
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("p");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("p.rego"), "package p\nallow if input.ok\n").unwrap();
-    std::fs::write(
-        dir.join("p_test.rego"),
-        "package p_test\nimport data.p\ntest_ok if p.allow with input as {\"ok\": true}\n\
-         test_no_input if not input\ntest_local if time.date([0, \"Local\"])\n",
-    )
-    .unwrap();
+    let dir = policy_dir(
+        work.path(),
+        &[
+            ("p.rego", "package p\nallow if input.ok\n"),
+            (
+                "p_test.rego",
+                "package p_test\nimport data.p\ntest_ok if p.allow with input as {\"ok\": true}\n\
+                 test_no_input if not input\ntest_local if time.date([0, \"Local\"])\n",
+            ),
+        ],
+    );
     let out = gantry(&["policy", "test", dir.to_str().unwrap()], work.path());
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");

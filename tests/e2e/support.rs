@@ -213,6 +213,17 @@ pub fn build_policy(source: &Path, entrypoint: &str, bundle: &Path, cache: &Path
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
+/// A policy directory `dir/p` holding `files` (`(name, text)`: modules, tests, `data.json`);
+/// returns its path.
+pub fn policy_dir(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let p = dir.join("p");
+    std::fs::create_dir(&p).unwrap();
+    for (name, text) in files {
+        std::fs::write(p.join(name), text).unwrap();
+    }
+    p
+}
+
 /// A copy of the shipped policy in `dir/name`, its `data.json` with `from` replaced by `to`;
 /// returns the copy's directory.
 pub fn shipped_policy_with(dir: &Path, name: &str, from: &str, to: &str) -> PathBuf {
