@@ -1,7 +1,7 @@
 # Access control for the Gantry host: who may do what to which resource.
 #
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
-#         "action": "job.submit" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
+#         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
 #                   "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
@@ -24,7 +24,7 @@ roles := {r | some r in input.subject.roles}
 is_admin if "admin" in roles
 
 actions := {
-	"job.submit", "job.cancel", "job.read", "job.list",
+	"job.submit", "job.exec", "job.cancel", "job.read", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
 	"cluster.read", "gpu.health",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
@@ -44,7 +44,7 @@ reasons contains "the request names no user" if {
 # queue, jobs no larger than the subject's largest role allows, the tenant's GPU quota kept.
 
 reasons contains msg if {
-	input.action in {"job.submit", "job.cancel", "job.read"}
+	input.action in {"job.submit", "job.exec", "job.cancel", "job.read"}
 	not is_admin
 	not input.resource.tenant in {t | some t in input.subject.tenants}
 	msg := sprintf("user %v is not a member of tenant %v", [input.subject.user, input.resource.tenant])
@@ -84,6 +84,17 @@ reasons contains msg if {
 	held := input.resource.tenant_used_gpus + input.resource.gpus
 	held > quota
 	msg := sprintf("placing %v GPUs would give tenant %v %v, over its quota of %v", [input.resource.gpus, input.resource.tenant, held, quota])
+}
+
+# Command jobs (job.exec, resource: {"tenant", "job", "program"}): a program the user brings, run
+# on the GPUs the job is placed on, as the daemon's job user. Asked besides job.submit; off unless
+# the subject holds the `runner` role (or is an admin), and only in the subject's own tenants.
+
+reasons contains msg if {
+	input.action == "job.exec"
+	not is_admin
+	not "runner" in roles
+	msg := sprintf("user %v may not run commands (needs the runner role)", [input.subject.user])
 }
 
 # Datasets (resource: {"name", "classification"}): the subject's clearance must reach the

@@ -51,6 +51,24 @@ test_request_without_user_is_refused if {
 	not authz.allow with input as {"subject": {"roles": ["admin"]}, "action": "audit.read", "resource": {}}
 }
 
+exec(subject, tenant) := {
+	"subject": subject,
+	"action": "job.exec",
+	"resource": {"tenant": tenant, "job": "sweep", "program": "torchrun"},
+}
+
+runner := {"user": "rae", "roles": ["researcher", "runner"], "tenants": ["vision"], "clearance": "internal"}
+
+test_commands_are_off_without_the_runner_role if {
+	authz.decision == {"allow": false, "reasons": ["user ada may not run commands (needs the runner role)"]} with input as exec(researcher, "vision")
+}
+
+test_runners_run_commands_in_their_tenants_only if {
+	authz.allow with input as exec(runner, "vision")
+	authz.decision == {"allow": false, "reasons": ["user rae is not a member of tenant language"]} with input as exec(runner, "language")
+	authz.allow with input as exec(admin, "language")
+}
+
 read(subject, label) := {"subject": subject, "action": "dataset.read", "resource": {"name": "scans", "classification": label}}
 
 test_clearance_must_reach_classification if {

@@ -4,6 +4,7 @@
 mod audit;
 mod bundle_signatures;
 mod cli;
+mod commands;
 mod crash;
 mod daemon;
 mod daemon_plugins;

@@ -34,6 +34,7 @@ pub fn start_daemon(
         tls: None,
         trust: Default::default(),
         train_limits: Default::default(),
+        commands: Default::default(),
         conn_limits: Default::default(),
         shipped_policy: false,
     })

@@ -333,6 +333,9 @@ pub struct JobRecord {
     /// The training job (`TRAIN.toml` text), if it trains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<String>,
+    /// The program it runs, if it is a command job ([`crate::command`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::command::CommandSpec>,
     /// What training reported (loss, accuracy, steps, throughput), once it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -574,6 +577,8 @@ const MIGRATIONS: &[&str] = &[
        WHERE job IN (SELECT id FROM jobs);
      UPDATE jobs SET id = tenant || '/' || id;
      UPDATE datasets SET name = tenant || '/' || name;",
+    // 4: command jobs (the program, as JSON).
+    "ALTER TABLE jobs ADD COLUMN command TEXT;",
 ];
 
 impl Db {
@@ -1128,9 +1133,9 @@ impl JobStore for Db {
         let n = conn
             .execute(
                 "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
-                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train)
+                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train, command)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11)",
+                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11, ?12)",
                 params![
                     job.id,
                     job.tenant,
@@ -1143,6 +1148,9 @@ impl JobStore for Db {
                     job.reason,
                     job.submitted_at,
                     job.train,
+                    job.command
+                        .as_ref()
+                        .map(|c| serde_json::to_string(c).expect("a command serialises")),
                 ],
             )
             .ctx("inserting a job")?;
@@ -1368,7 +1376,7 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
-    gpu_ids, reason, submitted_at, train, result, crashes, not_before FROM jobs";
+    gpu_ids, reason, submitted_at, train, result, crashes, not_before, command FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: String = r.get(0)?;
@@ -1388,6 +1396,10 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         None => None,
         Some(_) => Some(json_column(r, 11, "jobs", &id, "result")?),
     };
+    let command = match r.get::<_, Option<String>>(14)? {
+        None => None,
+        Some(_) => Some(json_column(r, 14, "jobs", &id, "command")?),
+    };
     Ok(JobRecord {
         tenant: r.get(1)?,
         owner: r.get(2)?,
@@ -1399,6 +1411,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         reason: r.get(8)?,
         submitted_at: r.get(9)?,
         train: r.get(10)?,
+        command,
         result,
         crashes: r.get(12)?,
         not_before: r.get(13)?,
@@ -1442,6 +1455,7 @@ mod tests {
             reason: None,
             submitted_at: 0.0,
             train: None,
+            command: None,
             result: None,
             crashes: 0,
             not_before: 0.0,

@@ -23,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub(crate) mod body;
+pub mod command;
 pub mod curve;
 pub mod datadir;
 pub mod db;
@@ -69,6 +70,8 @@ pub struct DaemonConfig {
     pub trust: gantry::PluginTrust,
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
+    /// How command jobs run: as whom, their wall time, the grace after SIGTERM, their output.
+    pub commands: command::CommandLimits,
     /// What connections may hold (caps and timeouts against slow or hostile clients).
     pub conn_limits: serve::ConnLimits,
     /// Start with the shipped policy, replacing one an admin installed (which then no longer
@@ -116,6 +119,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
+    /// How command jobs run.
+    pub commands: command::CommandLimits,
     /// Refused requests no policy decided, counted for the audit log's aggregate.
     pub rejections: rejections::Rejections,
     /// The runs of training jobs under way, by job id (see [`lifecycle`]).
@@ -262,6 +267,7 @@ impl Daemon {
             audit,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
+            commands: config.commands.clone(),
             rejections: Default::default(),
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),

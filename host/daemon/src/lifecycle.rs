@@ -170,6 +170,9 @@ impl Daemon {
         let _ = self.jobs.log(&a.job_id, &placed);
         match self.jobs.job(&a.job_id) {
             Ok(Some(job)) if job.train.is_some() => super::runner::start(self.clone(), job),
+            Ok(Some(job)) if job.command.is_some() => {
+                super::runner::start_command(self.clone(), job)
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
         }
@@ -204,10 +207,17 @@ impl Daemon {
             .is_some()
         {
             control.request(StopReason::Cancel(reason.clone()));
-            let _ = self.jobs.log(
-                &job.id,
-                &format!("cancel asked by {by}; stopping after this step"),
-            );
+            let how = if job.command.is_some() {
+                format!(
+                    "SIGTERM, then SIGKILL after {} s",
+                    self.commands.kill_grace.as_secs_f64()
+                )
+            } else {
+                "after this step".to_string()
+            };
+            let _ = self
+                .jobs
+                .log(&job.id, &format!("cancel asked by {by}; stopping ({how})"));
             return Ok(Some(left(JobState::Cancelling, job.gpu_ids.clone())));
         }
         let to = JobState::Cancelled;
@@ -576,6 +586,7 @@ mod tests {
             reason: None,
             submitted_at: 0.0,
             train: None,
+            command: None,
             result: None,
             crashes: 1,
             not_before: 0.0,

@@ -14,11 +14,54 @@ use gantry::training::csv::{CsvReader, Targets};
 use gantry::training::limits::{RowBudget, TrainLimits};
 use gantry::training::{self, CheckpointSink, Hooks, Job, TrainConfig, TrainError};
 
-/// Starts `job` (whose `train` is set) on a thread of its own. The run is registered with
-/// the daemon first, so a cancel or a lost GPU can stop it; it ends through
-/// [`Daemon::run_ended`], which records the outcome and frees the GPUs. A panic inside the run
-/// is caught there and fails the job, never the daemon.
+/// Starts `job` (whose `train` is set) on a thread of its own: see [`spawn_run`].
 pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
+    spawn_run(daemon, job, |daemon, job, control| {
+        let end = match run(daemon, job, control) {
+            Ok(o) => {
+                tracing::info!(steps = o.steps, "training job succeeded");
+                RunEnd::Finished(result_json(&o), summary(&o))
+            }
+            Err(TrainError::Stopped { step }) => {
+                tracing::info!(step, "training job stopped");
+                RunEnd::Stopped
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "training job failed");
+                RunEnd::Failed(e.to_string())
+            }
+        };
+        if let Some(curve) = daemon.set_live_curve(&job.id, None)
+            && let Err(e) = daemon.jobs.set_curve(&job.id, &curve)
+        {
+            tracing::error!(error = %e, "saving a job's metrics");
+        }
+        end
+    });
+}
+
+/// Starts command job `job` (whose `command` is set) on a thread of its own, which supervises
+/// the program to its end ([`crate::command::run`]): see [`spawn_run`].
+pub fn start_command(daemon: Arc<Daemon>, job: JobRecord) {
+    spawn_run(daemon, job, |daemon, job, control| {
+        let end = crate::command::run(daemon, job, control);
+        match &end {
+            RunEnd::Failed(e) => tracing::warn!(error = %e, "command job failed"),
+            _ => tracing::info!(?end, "command job ended"),
+        }
+        end
+    });
+}
+
+/// Runs `body` for `job` on a thread of its own. The run is registered with the daemon first, so
+/// a cancel or a lost GPU can stop it; it ends through [`Daemon::run_ended`], which records the
+/// outcome and frees the GPUs. A panic inside the run is caught there and fails the job, never
+/// the daemon.
+fn spawn_run(
+    daemon: Arc<Daemon>,
+    job: JobRecord,
+    body: impl FnOnce(&Arc<Daemon>, &JobRecord, &RunControl) -> RunEnd + Send + 'static,
+) {
     let id = job.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("gantry-job-{id}"))
@@ -33,40 +76,21 @@ pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
                 false
             });
             let end = if started {
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&daemon, &job, &control)
-                }));
-                match outcome {
-                    Ok(Ok(o)) => {
-                        tracing::info!(steps = o.steps, "training job succeeded");
-                        RunEnd::Finished(result_json(&o), summary(&o))
-                    }
-                    Ok(Err(TrainError::Stopped { step })) => {
-                        tracing::info!(step, "training job stopped");
-                        RunEnd::Stopped
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "training job failed");
-                        RunEnd::Failed(e.to_string())
-                    }
-                    Err(panic) => {
-                        let message = panic_message(panic.as_ref());
-                        tracing::error!(panic = %message, "training job panicked");
-                        RunEnd::Failed(format!("the training run panicked: {message}"))
-                    }
-                }
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    body(&daemon, &job, &control)
+                }))
+                .unwrap_or_else(|panic| {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(panic = %message, "a job's run panicked");
+                    RunEnd::Failed(format!("the run panicked: {message}"))
+                })
             } else {
                 RunEnd::Stopped
             };
-            if let Some(curve) = daemon.set_live_curve(&job.id, None)
-                && let Err(e) = daemon.jobs.set_curve(&job.id, &curve)
-            {
-                tracing::error!(error = %e, "saving a job's metrics");
-            }
             daemon.run_ended(&job, &control, started, end);
         });
     if let Err(e) = spawned {
-        tracing::error!(job = %id, error = %e, "starting a training thread");
+        tracing::error!(job = %id, error = %e, "starting a job's thread");
     }
 }
 

@@ -38,6 +38,7 @@ impl TestDaemon {
             tls: None,
             trust: Default::default(),
             train_limits,
+            commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,
         };
@@ -74,6 +75,7 @@ impl TestDaemon {
             reason: None,
             submitted_at: super::db::now(),
             train: train.map(str::to_string),
+            command: None,
             result: None,
             crashes: 0,
             not_before: 0.0,

@@ -82,6 +82,9 @@ macro_rules! actions {
 actions! {
     /// Queue a job (resource: [`Resource::Admission`]).
     JobSubmit = "job.submit",
+    /// Run a program the user brings as a job ([`Resource::Command`]); asked besides
+    /// `job.submit`.
+    JobExec = "job.exec",
     /// Cancel a job ([`Resource::Job`]).
     JobCancel = "job.cancel",
     /// See one job ([`Resource::Job`]).
@@ -139,6 +142,8 @@ pub enum Resource {
     Admission(Admission),
     /// A dataset (`dataset.read`, `dataset.write`).
     Dataset(DatasetRef),
+    /// A program to run as a job (`job.exec`).
+    Command(CommandRef),
     /// A GPU (`gpu.health`).
     Gpu {
         /// Its id.
@@ -187,6 +192,17 @@ pub struct JobRef {
     pub tenant: String,
     /// Its name within the tenant.
     pub job: String,
+}
+
+/// A command job: its tenant, its name and the program it runs (`argv[0]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandRef {
+    /// The tenant whose queue it goes to.
+    pub tenant: String,
+    /// Its name within the tenant.
+    pub job: String,
+    /// The program, as given (a name looked up in `PATH`, or a path).
+    pub program: String,
 }
 
 /// A job's GPUs against its tenant's quota.
@@ -271,6 +287,12 @@ impl From<Admission> for Resource {
 impl From<DatasetRef> for Resource {
     fn from(r: DatasetRef) -> Self {
         Resource::Dataset(r)
+    }
+}
+
+impl From<CommandRef> for Resource {
+    fn from(r: CommandRef) -> Self {
+        Resource::Command(r)
     }
 }
 

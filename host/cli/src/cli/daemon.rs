@@ -46,6 +46,16 @@ pub struct UpArgs {
     /// loads, say); recorded in the audit log.
     #[arg(long)]
     shipped_policy: bool,
+    /// Run command jobs as this unprivileged user (needed when the daemon runs as root; without
+    /// it command jobs run as the daemon's own user, and a root daemon refuses them).
+    #[arg(long, value_name = "USER")]
+    job_user: Option<String>,
+    /// Seconds a stopped command job has between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    kill_grace_s: f64,
+    /// The longest wall time a command job may ask for, and what it gets when it asks for none.
+    #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
+    max_wall_time_s: f64,
 }
 
 /// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
@@ -146,8 +156,20 @@ pub struct SubmitArgs {
     #[arg(long)]
     memory_per_gpu_mib: Option<u64>,
     /// Train: this `TRAIN.toml` (its data a synthetic set, or a dataset uploaded to the daemon).
-    #[arg(long, value_name = "TRAIN.toml")]
+    #[arg(long, value_name = "TRAIN.toml", conflicts_with = "command")]
     train: Option<std::path::PathBuf>,
+    /// A variable of the command's environment (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", requires = "command")]
+    env: Vec<String>,
+    /// The command's working directory (default: a fresh scratch directory).
+    #[arg(long, value_name = "DIR", requires = "command")]
+    cwd: Option<String>,
+    /// Seconds the command may run (default and most: the daemon's --max-wall-time-s).
+    #[arg(long, value_name = "SECONDS", requires = "command")]
+    wall_time_s: Option<f64>,
+    /// Run this program on the placed GPUs (after `--`): a command job, decided as `job.exec`.
+    #[arg(last = true, value_name = "PROGRAM [ARGS]")]
+    command: Vec<String>,
     #[command(flatten)]
     client: Client,
 }
@@ -172,6 +194,22 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shipped_policy: args.shipped_policy,
+        commands: gantry_daemon::command::CommandLimits {
+            user: args
+                .job_user
+                .as_deref()
+                .map(gantry_daemon::command::JobUser::lookup)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            kill_grace: std::time::Duration::try_from_secs_f64(args.kill_grace_s)
+                .context("--kill-grace-s: a number of seconds, 0 or more")?,
+            max_wall_time_s: if args.max_wall_time_s.is_finite() && args.max_wall_time_s > 0.0 {
+                args.max_wall_time_s
+            } else {
+                anyhow::bail!("--max-wall-time-s: a number of seconds above 0")
+            },
+            ..Default::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -423,6 +461,22 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         body["train"] = text.into();
+    }
+    if !args.command.is_empty() {
+        let mut env = serde_json::Map::new();
+        for pair in &args.env {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("--env {pair}: expected NAME=VALUE"))?;
+            env.insert(name.to_string(), value.into());
+        }
+        body["command"] = serde_json::json!({"argv": args.command, "env": env});
+        if let Some(cwd) = args.cwd {
+            body["command"]["cwd"] = cwd.into();
+        }
+        if let Some(w) = args.wall_time_s {
+            body["command"]["wall_time_s"] = w.into();
+        }
     }
     let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
     println!("{}", job["id"].as_str().unwrap_or_default());

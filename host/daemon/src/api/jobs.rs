@@ -16,7 +16,7 @@ use super::{
 use crate::body;
 use crate::db::{JobRecord, JobState, User};
 use gantry::cluster::{JobSpec, Topology};
-use gantry::policy::request::{Action, JobRef, Resource};
+use gantry::policy::request::{Action, CommandRef, JobRef, Resource};
 
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,10 @@ pub struct SubmitRequest {
     /// store).
     #[serde(default)]
     pub train: Option<String>,
+    /// A command job: the program to run on the placed GPUs (see [`crate::command`]); asked of
+    /// the policy as `job.exec`.
+    #[serde(default)]
+    pub command: Option<crate::command::CommandSpec>,
 }
 
 fn default_memory() -> u64 {
@@ -87,6 +91,26 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             StatusCode::BAD_REQUEST,
             "field `id`: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'",
         ));
+    }
+    if req.train.is_some() && req.command.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a job trains (`train`) or runs a command (`command`), not both",
+        ));
+    }
+    if let Some(command) = &req.command {
+        crate::command::check(command, &state.daemon.commands)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("job {id}: {e}")))?;
+        authorize(
+            state,
+            &user,
+            Action::JobExec,
+            CommandRef {
+                tenant: req.tenant.clone(),
+                job: id.clone(),
+                program: command.argv[0].clone(),
+            },
+        )?;
     }
     if let Some(text) = &req.train {
         let origin = format!("job {id}: train");
@@ -137,6 +161,7 @@ fn new_job(user: &User, id: &str, req: SubmitRequest) -> JobRecord {
         reason: None,
         submitted_at: crate::db::now(),
         train: req.train,
+        command: req.command,
         result: None,
         crashes: 0,
         not_before: 0.0,

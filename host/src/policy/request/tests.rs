@@ -58,6 +58,16 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
         ),
         asks(Action::JobList, empty(), json!({})),
         asks(
+            Action::JobExec,
+            CommandRef {
+                tenant: "vision".into(),
+                job: "sweep-1".into(),
+                program: "torchrun".into(),
+            }
+            .into(),
+            json!({"tenant": "vision", "job": "sweep-1", "program": "torchrun"}),
+        ),
+        asks(
             Action::DatasetRead,
             dataset.clone().into(),
             dataset_json.clone(),

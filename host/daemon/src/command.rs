@@ -1,0 +1,693 @@
+//! Command jobs: a program the user brings (`argv`, environment, working directory), run on this
+//! machine in a process group of its own, under the unprivileged user the operator names, and
+//! seeing only the GPUs it was placed on (`CUDA_VISIBLE_DEVICES`). Its output goes into the job's
+//! log while it runs (bounded); its exit status decides `succeeded` or `failed`; its wall-time
+//! limit and a cancel stop it with SIGTERM, then SIGKILL after a grace period. However it ends,
+//! its whole process group is killed then, so nothing it started keeps the GPUs.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Daemon;
+use super::db::JobRecord;
+use super::lifecycle::{RunControl, RunEnd};
+
+/// What a command job runs (the `command` field of `POST /v1/jobs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// The program and its arguments; the program is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<String>,
+    /// Environment variables, on top of a minimal `PATH` and `HOME`; the daemon's own
+    /// environment is never passed on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute); default: a fresh scratch directory, removed after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Seconds it may run before it is stopped and fails; default and most: the daemon's
+    /// `--max-wall-time-s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_s: Option<f64>,
+}
+
+/// The most arguments (program included) a command may have.
+pub const MAX_ARGS: usize = 256;
+/// The most environment variables a command may set.
+pub const MAX_ENV: usize = 128;
+/// The longest argument, variable value or working directory, in bytes.
+pub const MAX_STRING: usize = 4096;
+/// The most bytes of arguments, variables and working directory together.
+pub const MAX_TOTAL: usize = 64 << 10;
+/// The longest output line kept; the rest of a longer line is dropped (and marked).
+pub const MAX_LINE: usize = 4096;
+/// Variables the daemon sets and a command may not: what it is given is decided by its placement.
+const RESERVED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "PATH", "HOME"];
+/// The prefix of the variables the daemon sets about the job.
+const GANTRY_ENV: &str = "GANTRY_";
+
+/// How the daemon runs command jobs (`gantry up --job-user`, `--kill-grace-s`, ...).
+#[derive(Debug, Clone)]
+pub struct CommandLimits {
+    /// Whom commands run as; `None`: the daemon's own user, which must not be root.
+    pub user: Option<JobUser>,
+    /// How long a stopped command has between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// The longest wall time a command may ask for, and what it gets when it asks for none.
+    pub max_wall_time_s: f64,
+    /// The most bytes of a run's output kept in its log; the rest is read and dropped.
+    pub max_output_bytes: u64,
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        Self {
+            user: None,
+            kill_grace: Duration::from_secs(10),
+            max_wall_time_s: 7.0 * 24.0 * 3600.0,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+/// An unprivileged user commands run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    /// The name the operator gave.
+    pub name: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+}
+
+impl JobUser {
+    /// Looks `name` up in the user database; root (uid 0) is refused: it is not unprivileged.
+    pub fn lookup(name: &str) -> Result<Self, String> {
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| format!("--job-user {name:?}: a user name has no NUL byte"))?;
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16 << 10];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf` outlives `pwd`'s use below.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c_name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc != 0 || found.is_null() {
+            return Err(format!("--job-user {name}: no such user on this machine"));
+        }
+        if pwd.pw_uid == 0 {
+            return Err(format!(
+                "--job-user {name}: is root (uid 0); commands run as an unprivileged user"
+            ));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        })
+    }
+}
+
+/// Whom commands run as under `limits`: the named user, or the daemon's own when it is not
+/// root. A daemon running as root without `--job-user` refuses command jobs: a user's program
+/// never runs as root.
+pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
+    match &limits.user {
+        Some(user) => Ok(Some(user)),
+        // SAFETY: geteuid has no preconditions.
+        None if unsafe { libc::geteuid() } == 0 => Err(
+            "this daemon runs as root and was started without --job-user: command jobs are \
+             refused (a user's program never runs as root)"
+                .to_string(),
+        ),
+        None => Ok(None),
+    }
+}
+
+/// Checks `spec` against `limits`: every size bounded, names and paths well formed. The error
+/// names the field (`command.argv[2]`, `command.env.NAME`, ...).
+pub fn check(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
+    let field = |name: &str, problem: &str| format!("field `command.{name}`: {problem}");
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err(field("argv", "names no program"));
+    }
+    if spec.argv.len() > MAX_ARGS {
+        return Err(field(
+            "argv",
+            &format!("{} arguments, over the most ({MAX_ARGS})", spec.argv.len()),
+        ));
+    }
+    if spec.env.len() > MAX_ENV {
+        return Err(field(
+            "env",
+            &format!("{} variables, over the most ({MAX_ENV})", spec.env.len()),
+        ));
+    }
+    let text = |name: &str, value: &str| -> Result<(), String> {
+        if value.len() > MAX_STRING {
+            return Err(field(
+                name,
+                &format!("{} bytes, over the most ({MAX_STRING})", value.len()),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(field(name, "contains a NUL byte"));
+        }
+        Ok(())
+    };
+    for (i, arg) in spec.argv.iter().enumerate() {
+        text(&format!("argv[{i}]"), arg)?;
+    }
+    for (name, value) in &spec.env {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(field(
+                &format!("env.{name}"),
+                "a variable's name is 1-128 of letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if RESERVED_ENV.contains(&name.as_str()) || name.starts_with(GANTRY_ENV) {
+            return Err(field(
+                &format!("env.{name}"),
+                "set by the daemon (CUDA_VISIBLE_DEVICES from the placement, PATH, HOME, GANTRY_*)",
+            ));
+        }
+        text(&format!("env.{name}"), value)?;
+    }
+    if let Some(cwd) = &spec.cwd {
+        text("cwd", cwd)?;
+        if !cwd.starts_with('/') {
+            return Err(field("cwd", "must be an absolute path"));
+        }
+    }
+    let total: usize = spec.argv.iter().map(String::len).sum::<usize>()
+        + spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + spec.cwd.as_ref().map_or(0, String::len);
+    if total > MAX_TOTAL {
+        return Err(field(
+            "argv",
+            &format!(
+                "arguments, variables and directory take {total} bytes, over the most ({MAX_TOTAL})"
+            ),
+        ));
+    }
+    if let Some(w) = spec.wall_time_s
+        && !(w.is_finite() && w > 0.0 && w <= limits.max_wall_time_s)
+    {
+        return Err(field(
+            "wall_time_s",
+            &format!(
+                "must be a number of seconds above 0 and at most {} (the daemon's --max-wall-time-s)",
+                limits.max_wall_time_s
+            ),
+        ));
+    }
+    runs_as(limits)?;
+    Ok(())
+}
+
+/// `CUDA_VISIBLE_DEVICES` for GPUs `gpu_ids` (`<node>/gpu<k>`): the ordinals `k`, in the
+/// placement's order. A placement on several nodes cannot run as one process here.
+pub fn visible_devices(gpu_ids: &[String]) -> Result<String, String> {
+    let mut node = None;
+    let mut ordinals = Vec::with_capacity(gpu_ids.len());
+    for id in gpu_ids {
+        let Some((n, k)) = id
+            .rsplit_once("/gpu")
+            .and_then(|(n, k)| k.parse::<u32>().ok().map(|k| (n, k)))
+        else {
+            return Err(format!("GPU id `{id}` is not `<node>/gpu<ordinal>`"));
+        };
+        match node {
+            None => node = Some(n),
+            Some(first) if first != n => {
+                return Err(format!(
+                    "placed on GPUs of more than one node ({first}, {n}): a command job runs as one \
+                     process group on one node"
+                ));
+            }
+            Some(_) => {}
+        }
+        ordinals.push(k.to_string());
+    }
+    Ok(ordinals.join(","))
+}
+
+/// Which of the program's streams a line came from.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Lines in flight between a run's output readers and its supervisor: a program that writes
+/// faster than its log takes lines blocks on its pipe, rather than growing the daemon's memory
+/// (at most this many lines of [`MAX_LINE`] bytes).
+const LINES_IN_FLIGHT: usize = 1024;
+
+/// Reads `from` in lines of at most [`MAX_LINE`] bytes and sends them, until end of file.
+fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, String)>) {
+    let mut line = Vec::new();
+    let mut cut = false;
+    let mut buf = [0u8; 8192];
+    let send = |line: &mut Vec<u8>, cut: bool| {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if cut {
+            text.push_str(" [line cut]");
+        }
+        line.clear();
+        to.send((stream, text)).is_ok()
+    };
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if !send(&mut line, cut) {
+                    return;
+                }
+                cut = false;
+            } else if line.len() < MAX_LINE {
+                line.push(b);
+            } else {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() || cut {
+        send(&mut line, cut);
+    }
+}
+
+/// Signals process group `pgid`; a group that is gone already is fine.
+fn signal_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; a negative pid names a process group.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// A run's output on its way into the job's log: lines of a tick are written as one entry (each
+/// entry is a durable commit), up to the byte budget.
+struct Output<'a> {
+    daemon: &'a Daemon,
+    job: &'a str,
+    left: u64,
+    dropped: u64,
+}
+
+impl Output<'_> {
+    fn write(&mut self, lines: Vec<(Stream, String)>) {
+        let mut entry = String::new();
+        for (stream, line) in lines {
+            let cost = line.len() as u64 + 1;
+            if cost > self.left {
+                self.dropped += cost;
+                self.left = 0;
+                continue;
+            }
+            self.left -= cost;
+            if !entry.is_empty() {
+                entry.push('\n');
+            }
+            if let Stream::Err = stream {
+                entry.push_str("stderr: ");
+            }
+            entry.push_str(&line);
+        }
+        if !entry.is_empty() {
+            let _ = self.daemon.jobs.log(self.job, &entry);
+        }
+    }
+
+    fn finish(&self) {
+        if self.dropped > 0 {
+            let _ = self.daemon.jobs.log(
+                self.job,
+                &format!(
+                    "{} more bytes of output were dropped (the log keeps at most {} per run)",
+                    self.dropped, self.daemon.commands.max_output_bytes
+                ),
+            );
+        }
+    }
+}
+
+/// Why the daemon stopped a run before it exited, if it did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stopped {
+    /// The run control asked (a cancel, a lost GPU, the daemon stopping).
+    Asked,
+    /// Its wall time ran out.
+    WallTime,
+}
+
+/// Runs command job `job` to its end.
+pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
+    let limits = &daemon.commands;
+    let Some(spec) = &job.command else {
+        return RunEnd::Failed("the job has no command".to_string());
+    };
+    // Checked again at run time, against the limits the daemon runs with now (see
+    // `runner::train_config` for why a stored job is not trusted to have passed submission).
+    if let Err(e) = check(spec, limits) {
+        return RunEnd::Failed(e);
+    }
+    let devices = match visible_devices(&job.gpu_ids) {
+        Ok(d) => d,
+        Err(e) => return RunEnd::Failed(e),
+    };
+    let user = match runs_as(limits) {
+        Ok(u) => u,
+        Err(e) => return RunEnd::Failed(e),
+    };
+    let scratch = match &spec.cwd {
+        Some(_) => None,
+        None => match scratch_dir(user) {
+            Ok(dir) => Some(dir),
+            Err(e) => return RunEnd::Failed(format!("making its scratch directory: {e}")),
+        },
+    };
+    let cwd = match (&spec.cwd, &scratch) {
+        (Some(cwd), _) => std::path::PathBuf::from(cwd),
+        (None, Some(dir)) => dir.path().to_path_buf(),
+        (None, None) => unreachable!("a scratch directory is made when no cwd is given"),
+    };
+    let wall = spec.wall_time_s.unwrap_or(limits.max_wall_time_s);
+    let mut command = Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &cwd)
+        .envs(&spec.env)
+        .env("CUDA_VISIBLE_DEVICES", &devices)
+        .env("GANTRY_JOB", super::db::name_of(&job.id))
+        .env("GANTRY_TENANT", &job.tenant)
+        .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a stop signals everything it started, and only that.
+        .process_group(0);
+    if let Some(u) = user {
+        // std drops root's supplementary groups when it changes the uid.
+        command.uid(u.uid).gid(u.gid);
+    }
+    // SAFETY: prctl is async-signal-safe. The program dies with this thread (the run's
+    // supervisor), so a daemon that dies does not leave it holding the GPUs.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => return RunEnd::Failed(format!("could not start `{}`: {e}", spec.argv[0])),
+    };
+    let pgid = child.id() as i32;
+    let _ = daemon.jobs.log(
+        &job.id,
+        &format!(
+            "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}), wall time {wall} s",
+            spec.argv[0],
+            user.map_or_else(|| "the daemon's user".to_string(), |u| u.name.clone()),
+            job.gpu_ids.join(", "),
+        ),
+    );
+    let (lines, output) = mpsc::sync_channel(LINES_IN_FLIGHT);
+    for (stream, pipe) in [
+        (
+            Stream::Out,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            Stream::Err,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let Some(pipe) = pipe else { continue };
+        let lines = lines.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gantry-job-output-{pgid}"))
+            .spawn(move || pump(stream, pipe, lines));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting a reader of a command's output");
+        }
+    }
+    drop(lines);
+    let mut out = Output {
+        daemon,
+        job: &job.id,
+        left: limits.max_output_bytes,
+        dropped: 0,
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(wall);
+    let mut stopped: Option<(Stopped, Instant)> = None;
+    let status: ExitStatus = loop {
+        // Wait for output for a tick, then take whatever else came.
+        let mut batch: Vec<(Stream, String)> = Vec::new();
+        if let Ok(first) = output.recv_timeout(Duration::from_millis(50)) {
+            batch.push(first);
+            batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
+        }
+        out.write(batch);
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for a command");
+                signal_group(pgid, libc::SIGKILL);
+                let _ = child.wait();
+                out.finish();
+                return RunEnd::Failed(format!("waiting for the command: {e}"));
+            }
+        }
+        let now = Instant::now();
+        match stopped {
+            None => {
+                let why = if control.stopping() {
+                    Some(Stopped::Asked)
+                } else if now >= deadline {
+                    Some(Stopped::WallTime)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    signal_group(pgid, libc::SIGTERM);
+                    stopped = Some((why, now));
+                }
+            }
+            Some((_, at)) if now.duration_since(at) >= limits.kill_grace => {
+                signal_group(pgid, libc::SIGKILL);
+            }
+            Some(_) => {}
+        }
+    };
+    // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.
+    signal_group(pgid, libc::SIGKILL);
+    // The rest of its output: readers end when the last writer of each pipe is gone, which the
+    // kill above makes prompt; a process that left the group may hold a pipe, so wait a little only.
+    let drain_until = Instant::now() + Duration::from_secs(1);
+    while let Some(left) = drain_until.checked_duration_since(Instant::now()) {
+        match output.recv_timeout(left) {
+            Ok(line) => {
+                let mut batch = vec![line];
+                batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
+                out.write(batch);
+            }
+            Err(_) => break,
+        }
+    }
+    out.finish();
+    drop(scratch);
+    end(&spec.argv[0], status, stopped.map(|(why, _)| why), wall)
+}
+
+/// How a run ended, from its exit status and whether the daemon stopped it.
+fn end(program: &str, status: ExitStatus, stopped: Option<Stopped>, wall: f64) -> RunEnd {
+    match stopped {
+        Some(Stopped::Asked) => return RunEnd::Stopped,
+        Some(Stopped::WallTime) => {
+            return RunEnd::Failed(format!(
+                "`{program}` exceeded its wall time of {wall} s and was stopped"
+            ));
+        }
+        None => {}
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) => RunEnd::Finished(
+            serde_json::json!({"exit_code": 0}),
+            format!("succeeded: `{program}` exited with status 0"),
+        ),
+        (Some(code), _) => RunEnd::Failed(format!("`{program}` exited with status {code}")),
+        (None, Some(signal)) => {
+            RunEnd::Failed(format!("`{program}` was killed by signal {signal}"))
+        }
+        (None, None) => RunEnd::Failed(format!("`{program}` ended without a status")),
+    }
+}
+
+/// A fresh private directory for a run without a working directory, owned by the user it runs
+/// as; removed when dropped.
+fn scratch_dir(user: Option<&JobUser>) -> std::io::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("gantry-job-").tempdir()?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir.path(), Some(u.uid), Some(u.gid))?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> CommandSpec {
+        CommandSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+            wall_time_s: None,
+        }
+    }
+
+    fn limits() -> CommandLimits {
+        CommandLimits {
+            user: Some(JobUser {
+                name: "nobody".into(),
+                uid: 65534,
+                gid: 65534,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_command_is_bounded_and_its_errors_name_the_field() {
+        let l = limits();
+        assert!(check(&spec(&["sh", "-c", "true"]), &l).is_ok());
+        let cases: Vec<(CommandSpec, &str)> = vec![
+            (spec(&[]), "command.argv"),
+            (spec(&[""]), "command.argv"),
+            (spec(&vec!["x"; MAX_ARGS + 1]), "command.argv"),
+            (
+                spec(&["sh", &"a".repeat(MAX_STRING + 1)]),
+                "command.argv[1]",
+            ),
+            (spec(&["sh", "a\0b"]), "command.argv[1]"),
+            (
+                CommandSpec {
+                    env: [("CUDA_VISIBLE_DEVICES".to_string(), "0".to_string())].into(),
+                    ..spec(&["sh"])
+                },
+                "command.env.CUDA_VISIBLE_DEVICES",
+            ),
+            (
+                CommandSpec {
+                    env: [("GANTRY_JOB".to_string(), "x".to_string())].into(),
+                    ..spec(&["sh"])
+                },
+                "command.env.GANTRY_JOB",
+            ),
+            (
+                CommandSpec {
+                    env: [("1A".to_string(), "x".to_string())].into(),
+                    ..spec(&["sh"])
+                },
+                "command.env.1A",
+            ),
+            (
+                CommandSpec {
+                    env: (0..=MAX_ENV)
+                        .map(|i| (format!("V{i}"), String::new()))
+                        .collect(),
+                    ..spec(&["sh"])
+                },
+                "command.env",
+            ),
+            (
+                CommandSpec {
+                    cwd: Some("relative".into()),
+                    ..spec(&["sh"])
+                },
+                "command.cwd",
+            ),
+            (
+                CommandSpec {
+                    argv: vec!["a".repeat(MAX_STRING); 17],
+                    ..spec(&[])
+                },
+                "command.argv",
+            ),
+        ];
+        for (s, field) in cases {
+            let e = check(&s, &l).unwrap_err();
+            assert!(e.starts_with(&format!("field `{field}`")), "{field}: {e}");
+        }
+        for w in [0.0, -1.0, f64::NAN, f64::INFINITY, l.max_wall_time_s * 2.0] {
+            let s = CommandSpec {
+                wall_time_s: Some(w),
+                ..spec(&["sh"])
+            };
+            assert!(check(&s, &l).unwrap_err().contains("command.wall_time_s"));
+        }
+    }
+
+    #[test]
+    fn a_root_daemon_without_a_job_user_refuses_commands() {
+        let none = CommandLimits::default();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(runs_as(&none).is_err(), root);
+        assert!(JobUser::lookup("root").unwrap_err().contains("uid 0"));
+        assert!(JobUser::lookup("no-such-user-here").is_err());
+    }
+
+    #[test]
+    fn visible_devices_are_the_placed_ordinals_on_one_node() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            visible_devices(&ids(&["node-0001/gpu3", "node-0001/gpu5"])).unwrap(),
+            "3,5"
+        );
+        assert!(
+            visible_devices(&ids(&["node-0001/gpu3", "node-0002/gpu3"]))
+                .unwrap_err()
+                .contains("more than one node")
+        );
+        assert!(visible_devices(&ids(&["gpu-0"])).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! Command jobs through `gantry up` as a real process: a program the user brings runs on the GPUs
+//! it was placed on, as the job user, its output in the job's log, its exit status its outcome;
+//! a cancel and its wall time stop its whole process group; the policy decides who may.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, cancel, request, submit, wait_for_state, wait_until_over};
+use crate::support::{add_user, init_data_dir, shared_cache};
+
+/// Whether these tests run as root: then the daemon is given `--job-user nobody` (a root daemon
+/// refuses command jobs without one).
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Job `job`'s log messages, joined by newlines.
+fn log_of(url: &str, token: &str, job: &str) -> String {
+    let (status, lines) = request(
+        &format!("{url}/v1/jobs/{job}/logs"),
+        "GET",
+        Some(token),
+        None,
+    );
+    assert_eq!(status, 200, "{lines}");
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until job `job`'s log contains `text`; returns the log.
+fn wait_for_log(url: &str, token: &str, job: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = log_of(url, token, job);
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{job}'s log never said {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many GPUs jobs hold now.
+fn busy_gpus(url: &str, token: &str) -> u64 {
+    let (status, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(token), None);
+    assert_eq!(status, 200, "{gpus}");
+    gpus["busy"].as_u64().unwrap()
+}
+
+fn command_job(id: &str, gpus: u32, command: Value) -> Value {
+    json!({"id": id, "tenant": "vision", "gpus": gpus, "command": command})
+}
+
+/// Whether process `pid` is still alive (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn command_jobs_run_on_their_placed_gpus_as_the_job_user_and_end_by_their_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut extra = vec!["--kill-grace-s", "1"];
+    if root() {
+        extra.extend(["--job-user", "nobody"]);
+    }
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+
+    // The policy decides who may run programs: not a plain researcher.
+    let say = json!({"argv": ["sh", "-c", "echo hi"]});
+    let (s, v) = submit(&url, &ada, &command_job("c0", 1, say.clone()));
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0].as_str().unwrap().contains("runner role"),
+        "{v}"
+    );
+    // Bad commands are refused by field, and store nothing.
+    for (body, field) in [
+        (command_job("c0", 1, json!({"argv": []})), "command.argv"),
+        (
+            command_job("c0", 1, json!({"argv": ["sh"], "cwd": "tmp"})),
+            "command.cwd",
+        ),
+        (
+            command_job(
+                "c0",
+                1,
+                json!({"argv": ["sh"], "env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}}),
+            ),
+            "command.env.CUDA_VISIBLE_DEVICES",
+        ),
+        (
+            command_job("c0", 1, json!({"argv": ["sh"], "wall_time_s": -1})),
+            "command.wall_time_s",
+        ),
+    ] {
+        let (s, v) = submit(&url, &rae, &body);
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{field}: {v}");
+    }
+    let (s, v) = submit(
+        &url,
+        &rae,
+        &json!({"id": "c0", "tenant": "vision", "gpus": 1, "train": "x", "command": say}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        request(&format!("{url}/v1/jobs/c0"), "GET", Some(&rae), None).0,
+        404
+    );
+
+    // A failing program: its exit status fails the job; both streams are in its log, and it saw
+    // exactly its placed GPUs, as the job user, with the daemon's environment withheld.
+    let script = "echo devices=$CUDA_VISIBLE_DEVICES ids=$GANTRY_GPU_IDS uid=$(id -u) \
+                  job=$GANTRY_JOB home=${GANTRY_CACHE_DIR:-unset}; echo to-stderr >&2; exit 3";
+    let (s, v) = submit(
+        &url,
+        &rae,
+        &command_job("c1", 2, json!({"argv": ["sh", "-c", script]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let job = wait_until_over(&format!("{url}/v1/jobs/c1"), &rae, 60);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 3"),
+        "{job}"
+    );
+    let gpus: Vec<&str> = job["gpu_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(gpus.len(), 2, "{job}");
+    let ordinals: Vec<&str> = gpus
+        .iter()
+        .map(|g| g.rsplit_once("/gpu").unwrap().1)
+        .collect();
+    let log = log_of(&url, &rae, "c1");
+    let uid = if root() {
+        "65534".to_string()
+    } else {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }.to_string()
+    };
+    let saw = format!(
+        "devices={} ids={} uid={uid} job=c1 home=unset",
+        ordinals.join(","),
+        gpus.join(",")
+    );
+    assert!(log.contains(&saw), "expected {saw:?} in:\n{log}");
+    assert!(log.contains("stderr: to-stderr"), "{log}");
+
+    // A succeeding one, with its own environment and working directory.
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        cwd.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let ok = json!({"argv": ["sh", "-c", "echo color=$COLOR in=$(pwd)"], "env": {"COLOR": "teal"},
+                    "cwd": cwd.path().to_str().unwrap()});
+    assert_eq!(submit(&url, &rae, &command_job("c2", 1, ok)).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c2"), &rae, 60);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["exit_code"], 0, "{job}");
+    let log = log_of(&url, &rae, "c2");
+    assert!(
+        log.contains(&format!("color=teal in={}", cwd.path().display())),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut extra = vec!["--kill-grace-s", "1"];
+    if root() {
+        extra.extend(["--job-user", "nobody"]);
+    }
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+
+    // It ignores SIGTERM and leaves a child behind: SIGKILL after the grace takes both.
+    let stubborn = "trap '' TERM; sleep 300 & echo child=$!; wait; wait";
+    let body = command_job("c3", 2, json!({"argv": ["sh", "-c", stubborn]}));
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    wait_for_state(&url, &rae, "c3", "running");
+    let log = wait_for_log(&url, &rae, "c3", "child=");
+    let pid = |log: &str, key: &str| -> u32 {
+        let at = log.find(key).unwrap() + key.len();
+        log[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (leader, child) = (pid(&log, "(pid "), pid(&log, "child="));
+    assert!(alive(leader) && alive(child), "{log}");
+    assert_eq!(busy_gpus(&url, &rae), 2);
+    let (s, v) = cancel(&url, &rae, "c3");
+    assert_eq!((s, &v["state"]), (202, &json!("cancelling")), "{v}");
+    wait_for_state(&url, &rae, "c3", "cancelled");
+    assert!(
+        !alive(leader) && !alive(child),
+        "the process group outlived its job"
+    );
+    assert_eq!(busy_gpus(&url, &rae), 0);
+
+    // Past its wall time it is stopped and fails, saying why.
+    let body = command_job(
+        "c4",
+        1,
+        json!({"argv": ["sleep", "300"], "wall_time_s": 0.5}),
+    );
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c4"), &rae, 60);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded its wall time of 0.5 s"),
+        "{job}"
+    );
+
+    // Output beyond the log's budget is drained and dropped, not kept: the program still ends.
+    let loud = "yes 0123456789abcdef | head -c 3000000; echo done";
+    let body = command_job("c5", 1, json!({"argv": ["sh", "-c", loud]}));
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c5"), &rae, 60);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let log = log_of(&url, &rae, "c5");
+    assert!(
+        log.len() < (1 << 20) + 64 * 1024,
+        "{} bytes kept",
+        log.len()
+    );
+    assert!(
+        log.contains("more bytes of output were dropped"),
+        "{}",
+        &log[log.len() - 300..]
+    );
+}
