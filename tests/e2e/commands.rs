@@ -266,3 +266,114 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
         &log[log.len() - 300..]
     );
 }
+
+/// Whether a daemon run by these tests can make cgroups here (root, and a cgroup v2 file system
+/// or v1's memory controller).
+fn cgroups_here() -> bool {
+    let root_dir = std::path::Path::new("/sys/fs/cgroup");
+    root()
+        && (root_dir.join("cgroup.controllers").is_file()
+            || root_dir.join("memory/cgroup.procs").is_file())
+}
+
+/// The number after `key` in `log`.
+fn number_after(log: &str, key: &str) -> u32 {
+    let at = log
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {log}"))
+        + key.len();
+    log[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut extra = vec!["--kill-grace-s", "1"];
+    if root() {
+        extra.extend(["--job-user", "nobody"]);
+    }
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+
+    // Over its memory limit, the kernel kills it and the job fails saying so.
+    let hog = json!({"argv": ["sh", "-c", "head -c 400000000 /dev/zero | tail -n 1 > /dev/null"],
+                     "memory_mib": 64});
+    assert_eq!(submit(&url, &rae, &command_job("c6", 1, hog)).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c6"), &rae, 60);
+    assert_eq!(job["state"], "failed", "{job}");
+    let reason = job["reason"].as_str().unwrap();
+    if !cgroups_here() {
+        // Nothing here could enforce the limit, and the job says so rather than run unlimited.
+        assert!(reason.contains("no cgroups"), "{job}");
+        return;
+    }
+    assert!(
+        reason.contains("reached its memory limit of 64 MiB"),
+        "{job}"
+    );
+
+    // Its limits are its cgroup's, as the program itself reads them.
+    let limits = r#"if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+          p=$(sed -n 's/^0:://p' /proc/self/cgroup)
+          echo "cpu=$(cut -d' ' -f1 /sys/fs/cgroup$p/cpu.max) mem=$(cat /sys/fs/cgroup$p/memory.max)"
+        else
+          c=$(grep -E '^[0-9]+:([^:]*,)?cpu(,[^:]*)?:' /proc/self/cgroup | cut -d: -f3)
+          m=$(grep -E '^[0-9]+:([^:]*,)?memory(,[^:]*)?:' /proc/self/cgroup | cut -d: -f3)
+          echo "cpu=$(cat /sys/fs/cgroup/cpu$c/cpu.cfs_quota_us) mem=$(cat /sys/fs/cgroup/memory$m/memory.limit_in_bytes)"
+        fi"#;
+    let body = command_job(
+        "c9",
+        1,
+        json!({"argv": ["sh", "-c", limits], "memory_mib": 128, "cpus": 0.5}),
+    );
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c9"), &rae, 60);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let log = log_of(&url, &rae, "c9");
+    assert!(log.contains("cpu=50000 mem=134217728"), "{log}");
+
+    // What leaves its process group (setsid) is still in its cgroup, and dies with the job.
+    let escape = "setsid sleep 300 & echo escaped=$!; sleep 0.2";
+    let body = command_job("c7", 1, json!({"argv": ["sh", "-c", escape]}));
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/c7"), &rae, 60);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let escaped = number_after(&log_of(&url, &rae, "c7"), "escaped=");
+    assert!(
+        !alive(escaped),
+        "a process that left the group outlived its job"
+    );
+
+    // A crash of the daemon (kill -9) kills the program it ran, but not what the program started;
+    // the next daemon on this data directory kills that before any job runs again.
+    let body = command_job(
+        "c8",
+        1,
+        json!({"argv": ["sh", "-c", "setsid sleep 300 & echo escaped=$!; sleep 300"]}),
+    );
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    let escaped = number_after(&wait_for_log(&url, &rae, "c8", "escaped="), "escaped=");
+    assert!(alive(escaped));
+    daemon.signal("-9");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        alive(escaped),
+        "a process outside the group survives the crash"
+    );
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    assert!(
+        !alive(escaped),
+        "the restarted daemon left the crashed run's process alive"
+    );
+    // The job runs again (its crash counted), once.
+    wait_for_state(&daemon.url, &rae, "c8", "running");
+    assert_eq!(cancel(&daemon.url, &rae, "c8").0, 202);
+    wait_for_state(&daemon.url, &rae, "c8", "cancelled");
+}

@@ -35,7 +35,18 @@ pub struct CommandSpec {
     /// `--max-wall-time-s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_time_s: Option<f64>,
+    /// Memory it may use, MiB (its cgroup's limit; the kernel's OOM killer acts beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// CPUs it may use (its cgroup's CPU quota; 0.5 is half of one core's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
+
+/// The most memory a command may ask for, MiB (16 TiB).
+pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+/// The most CPUs a command may ask for.
+pub const MAX_CPUS: f64 = 4096.0;
 
 /// The most arguments (program included) a command may have.
 pub const MAX_ARGS: usize = 256;
@@ -222,6 +233,19 @@ pub fn check(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
             ),
         ));
     }
+    if let Some(m) = spec.memory_mib
+        && !(1..=MAX_MEMORY_MIB).contains(&m)
+    {
+        return Err(field(
+            "memory_mib",
+            &format!("must be 1 to {MAX_MEMORY_MIB} MiB"),
+        ));
+    }
+    if let Some(c) = spec.cpus
+        && !(0.01..=MAX_CPUS).contains(&c)
+    {
+        return Err(field("cpus", &format!("must be 0.01 to {MAX_CPUS}")));
+    }
     runs_as(limits)?;
     Ok(())
 }
@@ -396,6 +420,24 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         (None, None) => unreachable!("a scratch directory is made when no cwd is given"),
     };
     let wall = spec.wall_time_s.unwrap_or(limits.max_wall_time_s);
+    let resources = crate::cgroup::Resources {
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+    };
+    let group = match &daemon.cgroups {
+        Some(cgroups) => match cgroups.create(&run_name(&job.id), resources) {
+            Ok(g) => Some(g),
+            Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
+        },
+        None if resources != crate::cgroup::Resources::default() => {
+            return RunEnd::Failed(
+                "it asks for memory or CPU limits, and this machine gives the daemon no cgroups \
+                 to enforce them"
+                    .to_string(),
+            );
+        }
+        None => None,
+    };
     let mut command = Command::new(&spec.argv[0]);
     command
         .args(&spec.argv[1..])
@@ -413,14 +455,25 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         .stderr(Stdio::piped())
         // Its own process group: a stop signals everything it started, and only that.
         .process_group(0);
-    if let Some(u) = user {
-        // std drops root's supplementary groups when it changes the uid.
-        command.uid(u.uid).gid(u.gid);
-    }
-    // SAFETY: prctl is async-signal-safe. The program dies with this thread (the run's
-    // supervisor), so a daemon that dies does not leave it holding the GPUs.
+    let join = group.as_ref().map(crate::cgroup::RunGroup::joiner);
+    let ids = user.map(|u| (u.uid, u.gid));
+    // SAFETY: only async-signal-safe calls between fork and exec: the cgroup's file written,
+    // then the ids given up (after joining: an unprivileged user may not move itself), then the
+    // death signal set (changing ids clears it). The program dies with this thread (the run's
+    // supervisor), so a daemon that dies does not leave it running; what it started stays in
+    // its cgroup, which the next daemon's start empties.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            if let Some(join) = &join {
+                join()?;
+            }
+            if let Some((uid, gid)) = ids
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -533,8 +586,47 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         }
     }
     out.finish();
+    let oom_kills = group.as_ref().map_or(0, crate::cgroup::RunGroup::oom_kills);
+    // Everything left in its cgroup goes too (what left its process group), and the cgroup.
+    drop(group);
     drop(scratch);
-    end(&spec.argv[0], status, stopped.map(|(why, _)| why), wall)
+    let end = end(&spec.argv[0], status, stopped.map(|(why, _)| why), wall);
+    match (end, oom_kills, spec.memory_mib) {
+        (RunEnd::Failed(reason), 1.., Some(mib)) => RunEnd::Failed(format!(
+            "{reason}: it reached its memory limit of {mib} MiB ({oom_kills} process(es) killed by \
+             the kernel's OOM killer)"
+        )),
+        (end, 1.., Some(mib)) => {
+            let _ = daemon.jobs.log(
+                &job.id,
+                &format!(
+                    "{oom_kills} of its processes reached the memory limit of {mib} MiB and were \
+                     killed by the kernel's OOM killer"
+                ),
+            );
+            end
+        }
+        (end, ..) => end,
+    }
+}
+
+/// A run's cgroup name: the job's key made a file name, and the time, so a run that starts while
+/// a previous one's cgroup is still being removed gets its own.
+fn run_name(job: &str) -> String {
+    let safe: String = job
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{safe}-{nanos}")
 }
 
 /// How a run ended, from its exit status and whether the daemon stopped it.
@@ -581,6 +673,8 @@ mod tests {
             env: BTreeMap::new(),
             cwd: None,
             wall_time_s: None,
+            memory_mib: None,
+            cpus: None,
         }
     }
 
@@ -656,6 +750,20 @@ mod tests {
         for (s, field) in cases {
             let e = check(&s, &l).unwrap_err();
             assert!(e.starts_with(&format!("field `{field}`")), "{field}: {e}");
+        }
+        for (m, c, field) in [
+            (Some(0), None, "command.memory_mib"),
+            (Some(MAX_MEMORY_MIB + 1), None, "command.memory_mib"),
+            (None, Some(0.0), "command.cpus"),
+            (None, Some(f64::NAN), "command.cpus"),
+            (None, Some(MAX_CPUS * 2.0), "command.cpus"),
+        ] {
+            let s = CommandSpec {
+                memory_mib: m,
+                cpus: c,
+                ..spec(&["sh"])
+            };
+            assert!(check(&s, &l).unwrap_err().contains(field), "{field}");
         }
         for w in [0.0, -1.0, f64::NAN, f64::INFINITY, l.max_wall_time_s * 2.0] {
             let s = CommandSpec {

@@ -23,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub(crate) mod body;
+pub mod cgroup;
 pub mod command;
 pub mod curve;
 pub mod datadir;
@@ -121,6 +122,8 @@ pub struct Daemon {
     pub train_limits: gantry::training::TrainLimits,
     /// How command jobs run.
     pub commands: command::CommandLimits,
+    /// The cgroups command jobs run in, where this machine lets the daemon make them.
+    pub cgroups: Option<cgroup::Cgroups>,
     /// Refused requests no policy decided, counted for the audit log's aggregate.
     pub rejections: rejections::Rejections,
     /// The runs of training jobs under way, by job id (see [`lifecycle`]).
@@ -202,6 +205,17 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("gantry.db")
 }
 
+/// The name of this data directory's cgroups: a hash of its canonical path, the same across
+/// restarts and versions.
+fn cgroup_scope(data_dir: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = ring::digest::digest(&ring::digest::SHA256, path.as_os_str().as_encoded_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Daemon {
     /// Opens the data directory (locked for the daemon's life, swept, its database and audit log
     /// checked: see [`datadir::DataDir::open`]), the policy an admin installed (else the shipped
@@ -247,6 +261,21 @@ impl Daemon {
                 "GPUs marked unhealthy by admins stay out of service"
             );
         }
+        // What command jobs of this data directory a crash left running goes before any job runs
+        // again: a job never runs twice at once.
+        let cgroups = cgroup::Cgroups::detect(&cgroup_scope(&config.data_dir));
+        match &cgroups {
+            Some(c) => match c.reap_leftovers() {
+                0 => {}
+                n => tracing::warn!(
+                    processes = n,
+                    "killed what command jobs left running when the daemon last stopped"
+                ),
+            },
+            None => tracing::info!(
+                "no writable cgroups here: command jobs run without memory or CPU limits"
+            ),
+        }
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
@@ -268,6 +297,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             commands: config.commands.clone(),
+            cgroups,
             rejections: Default::default(),
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),

@@ -167,6 +167,12 @@ pub struct SubmitArgs {
     /// Seconds the command may run (default and most: the daemon's --max-wall-time-s).
     #[arg(long, value_name = "SECONDS", requires = "command")]
     wall_time_s: Option<f64>,
+    /// Memory the command may use, MiB (its cgroup's limit).
+    #[arg(long, value_name = "MiB", requires = "command")]
+    memory_mib: Option<u64>,
+    /// CPUs the command may use (its cgroup's quota).
+    #[arg(long, value_name = "N", requires = "command")]
+    cpus: Option<f64>,
     /// Run this program on the placed GPUs (after `--`): a command job, decided as `job.exec`.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
     command: Vec<String>,
@@ -476,6 +482,12 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         }
         if let Some(w) = args.wall_time_s {
             body["command"]["wall_time_s"] = w.into();
+        }
+        if let Some(m) = args.memory_mib {
+            body["command"]["memory_mib"] = m.into();
+        }
+        if let Some(c) = args.cpus {
+            body["command"]["cpus"] = c.into();
         }
     }
     let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;

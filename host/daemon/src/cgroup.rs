@@ -1,0 +1,350 @@
+//! Control groups for command jobs: each run gets a cgroup of its own, with its memory and CPU
+//! limits where the machine has those controllers (cgroup v2, or v1's `memory` and `cpu`); its
+//! program joins it before it execs, so everything it starts is in it, including what leaves its
+//! process group (`setsid`). When the run ends everything in the cgroup is killed, and a daemon
+//! that starts again kills what its previous life left running (a crash, `kill -9`): a command
+//! job never runs twice at once on this machine.
+//!
+//! The cgroups of one daemon live under `gantry-<scope>` (the scope names its data directory) in
+//! the daemon's own cgroup, so daemons of different data directories never touch each other's.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The hierarchy this daemon puts runs in.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    /// Directories holding the runs' cgroups, one per hierarchy used (v2: one).
+    scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone)]
+struct Scope {
+    dir: PathBuf,
+    controller: Controller,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Controller {
+    /// cgroup v2: memory and CPU in one directory.
+    Unified,
+    /// cgroup v1 `memory`.
+    Memory,
+    /// cgroup v1 `cpu`.
+    Cpu,
+}
+
+/// What a run may use; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    /// Memory, MiB.
+    pub memory_mib: Option<u64>,
+    /// CPUs (a fraction is a share of one core's time).
+    pub cpus: Option<f64>,
+}
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The daemon's own cgroup path in the hierarchy whose `/proc/self/cgroup` line is `wanted`
+/// (`""` for v2, a controller name for v1).
+fn own_path(wanted: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if wanted.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == wanted)
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+/// `mount/own/gantry-<scope>` where the daemon may create it (made with the first run, removed
+/// with the last, so a daemon that runs no command leaves nothing); falls back to the mount's
+/// root when the daemon's own cgroup is not visible there (a cgroup namespace).
+fn scope_dir(mount: &Path, own: Option<String>, scope: &str) -> Option<PathBuf> {
+    let own = own
+        .map(|p| mount.join(p.trim_start_matches('/')))
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| mount.to_path_buf());
+    let c_own = CString::new(own.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid C string; access has no other preconditions.
+    let writable = unsafe { libc::access(c_own.as_ptr(), libc::W_OK) } == 0;
+    writable.then(|| own.join(format!("gantry-{scope}")))
+}
+
+impl Cgroups {
+    /// The cgroups this daemon can make for runs on this machine, under a directory named for
+    /// `scope`; `None` where it can make none (no cgroup file system, or not writable).
+    pub fn detect(scope: &str) -> Option<Self> {
+        let root = Path::new(ROOT);
+        if root.join("cgroup.controllers").is_file() {
+            let dir = scope_dir(root, own_path(""), scope)?;
+            return Some(Self {
+                scopes: vec![Scope {
+                    dir,
+                    controller: Controller::Unified,
+                }],
+            });
+        }
+        let scopes: Vec<Scope> = [("memory", Controller::Memory), ("cpu", Controller::Cpu)]
+            .into_iter()
+            .filter_map(|(name, controller)| {
+                let mount = root.join(name);
+                mount.join("cgroup.procs").is_file().then_some(())?;
+                let dir = scope_dir(&mount, own_path(name), scope)?;
+                Some(Scope { dir, controller })
+            })
+            .collect();
+        scopes
+            .iter()
+            .any(|s| s.controller == Controller::Memory)
+            .then_some(Self { scopes })
+    }
+
+    /// What the runs' cgroups can limit: (memory, CPU).
+    pub fn limits_available(&self) -> (bool, bool) {
+        let has = |file: &str| {
+            self.scopes.iter().any(|s| match s.controller {
+                Controller::Unified => {
+                    std::fs::read_to_string(s.dir.join("cgroup.subtree_control"))
+                        .is_ok_and(|c| c.split_whitespace().any(|x| x == file))
+                }
+                Controller::Memory => file == "memory",
+                Controller::Cpu => file == "cpu",
+            })
+        };
+        (has("memory"), has("cpu"))
+    }
+
+    /// Kills everything in the runs' cgroups a previous daemon of this scope left behind and
+    /// removes them; returns how many processes were killed.
+    pub fn reap_leftovers(&self) -> usize {
+        let mut killed = 0;
+        for scope in &self.scopes {
+            let Ok(entries) = std::fs::read_dir(&scope.dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                if dir.is_dir() {
+                    killed += kill_all(&dir);
+                    remove(&dir);
+                }
+            }
+            let _ = std::fs::remove_dir(&scope.dir);
+        }
+        killed
+    }
+
+    /// A new cgroup for run `run` with `resources` set; a limit the machine cannot enforce is
+    /// an error.
+    pub fn create(&self, run: &str, resources: Resources) -> std::io::Result<RunGroup> {
+        for scope in &self.scopes {
+            std::fs::create_dir_all(&scope.dir)?;
+            if scope.controller == Controller::Unified {
+                // Limits need the controllers enabled for the runs' directories; without them
+                // the cgroup still gathers and kills everything a run starts.
+                let _ = std::fs::write(scope.dir.join("cgroup.subtree_control"), "+memory +cpu");
+            }
+        }
+        let (memory, cpu) = self.limits_available();
+        let refuse = |what: &str| {
+            Err(std::io::Error::other(format!(
+                "this machine's cgroups have no {what} controller for jobs"
+            )))
+        };
+        if resources.memory_mib.is_some() && !memory {
+            return refuse("memory");
+        }
+        if resources.cpus.is_some() && !cpu {
+            return refuse("cpu");
+        }
+        let mut group = RunGroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            memory: None,
+        };
+        for scope in &self.scopes {
+            let dir = scope.dir.join(run);
+            make_run_dir(&scope.dir, &dir)?;
+            group.dirs.push(dir.clone());
+            set_limits(&dir, scope.controller, resources)?;
+            if matches!(scope.controller, Controller::Unified | Controller::Memory) {
+                group.memory = Some((dir.clone(), scope.controller));
+            }
+            let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+                .map_err(std::io::Error::other)?;
+            group.procs.push(procs);
+        }
+        Ok(group)
+    }
+}
+
+/// Creates run directory `dir` in `scope`, which the last run of another may be removing: made
+/// again when it vanished in between.
+fn make_run_dir(scope: &Path, dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 8 => {
+                tries += 1;
+                std::fs::create_dir_all(scope)?;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn set_limits(dir: &Path, controller: Controller, r: Resources) -> std::io::Result<()> {
+    let write = |file: &str, value: String| std::fs::write(dir.join(file), value);
+    const PERIOD_US: u64 = 100_000;
+    let quota = |cpus: f64| ((cpus * PERIOD_US as f64).round() as u64).max(1_000);
+    match controller {
+        Controller::Unified => {
+            if let Some(mib) = r.memory_mib {
+                write("memory.max", (mib << 20).to_string())?;
+                // Held to its memory, not spilling into swap.
+                let _ = write("memory.swap.max", "0".into());
+            }
+            if let Some(cpus) = r.cpus {
+                write("cpu.max", format!("{} {PERIOD_US}", quota(cpus)))?;
+            }
+        }
+        Controller::Memory => {
+            if let Some(mib) = r.memory_mib {
+                write("memory.limit_in_bytes", (mib << 20).to_string())?;
+                // Memory and swap together, where swap is accounted: no spilling into swap.
+                let _ = write("memory.memsw.limit_in_bytes", (mib << 20).to_string());
+            }
+        }
+        Controller::Cpu => {
+            if let Some(cpus) = r.cpus {
+                write("cpu.cfs_period_us", PERIOD_US.to_string())?;
+                write("cpu.cfs_quota_us", quota(cpus).to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pids in cgroup `dir`.
+fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills everything in cgroup `dir` (also what forks meanwhile) and returns how many it killed.
+fn kill_all(dir: &Path) -> usize {
+    // cgroup v2 kills the whole cgroup atomically where the kernel has `cgroup.kill` (5.14+).
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let mut killed = 0;
+    for _ in 0..200 {
+        let pids = pids(dir);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed
+}
+
+/// Removes cgroup `dir` once its processes are gone (they leave it as they are reaped).
+fn remove(dir: &Path) {
+    for _ in 0..200 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!(cgroup = %dir.display(), "a run's cgroup could not be removed");
+}
+
+/// Moves the calling process into the cgroups whose `cgroup.procs` are `procs` (async-signal-safe).
+fn join(procs: &[CString]) -> std::io::Result<()> {
+    for procs in procs {
+        // SAFETY: `procs` is a valid C string; open, write and close are async-signal-safe.
+        unsafe {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run's cgroup (a directory per hierarchy): everything in it is killed, and it is removed,
+/// when dropped.
+#[derive(Debug)]
+pub struct RunGroup {
+    dirs: Vec<PathBuf>,
+    /// `cgroup.procs` of each, ready for the child between fork and exec.
+    procs: Vec<CString>,
+    /// Where its memory is accounted.
+    memory: Option<(PathBuf, Controller)>,
+}
+
+impl RunGroup {
+    /// What moves the calling process into the run's cgroups: for the child between fork and
+    /// exec (before it gives up root), so only async-signal-safe calls.
+    pub fn joiner(&self) -> impl Fn() -> std::io::Result<()> + Send + Sync + 'static {
+        let procs = self.procs.clone();
+        move || join(&procs)
+    }
+
+    /// Kills everything in the run's cgroups.
+    pub fn kill_all(&self) {
+        for dir in &self.dirs {
+            kill_all(dir);
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process of the run for its memory limit.
+    pub fn oom_kills(&self) -> u64 {
+        let Some((dir, controller)) = &self.memory else {
+            return 0;
+        };
+        let file = match controller {
+            Controller::Unified => "memory.events",
+            _ => "memory.oom_control",
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RunGroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            remove(dir);
+            // The daemon's directory goes with its last run (another run keeps it).
+            if let Some(scope) = dir.parent() {
+                let _ = std::fs::remove_dir(scope);
+            }
+        }
+    }
+}
