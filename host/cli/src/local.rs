@@ -20,6 +20,19 @@ pub fn add_users(dir: &Path, holder: &str, users: &[User]) -> anyhow::Result<Vec
     Ok(tokens)
 }
 
+/// How a daemon started here runs command jobs: as `nobody` when this process is root (a root
+/// daemon refuses command jobs without a job user), else as this process's user.
+fn local_commands() -> gantry_daemon::command::CommandLimits {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    gantry_daemon::command::CommandLimits {
+        user: root
+            .then(|| gantry_daemon::command::JobUser::lookup("nobody").ok())
+            .flatten(),
+        ..Default::default()
+    }
+}
+
 /// Starts a daemon on `dir` on a free loopback port, plain HTTP, every limit at its default.
 pub fn start_daemon(
     dir: &Path,
@@ -34,7 +47,7 @@ pub fn start_daemon(
         tls: None,
         trust: Default::default(),
         train_limits: Default::default(),
-        commands: Default::default(),
+        commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,
     })

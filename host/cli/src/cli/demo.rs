@@ -85,9 +85,10 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
 
     step(
         4,
-        "vision-train: spirals.csv decrypted, standardised in the sandbox, trained natively",
+        "vision-train trains natively on spirals.csv (decrypted, standardised in the sandbox); vision-eval runs a program on its GPUs",
     );
     let job = train(addr, &ada)?;
+    command_job(&ada)?;
 
     step(5, "what the host did");
     summary(addr, &ada, &lee, &job["result"], preprocess_mb_s)?;
@@ -125,7 +126,7 @@ fn start(
         .iter()
         .map(|(name, tenant)| User {
             name: (*name).into(),
-            roles: vec!["researcher".into(), "writer".into()],
+            roles: vec!["researcher".into(), "writer".into(), "runner".into()],
             tenants: vec![(*tenant).into()],
             clearance: "internal".into(),
         })
@@ -198,18 +199,62 @@ fn upload_spirals(addr: SocketAddr, ada: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a demo job runs: nothing (it holds its GPUs), a training run, or a program.
+enum Job {
+    Train,
+    Command,
+}
+
+/// vision-eval's program: it says which GPUs it was given and as whom it runs.
+const EVAL_SCRIPT: &str = "echo \"vision-eval sees CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES \
+                           ($GANTRY_GPU_IDS) as user $(id -un 2>/dev/null || id -u)\"";
+
+/// Step 4, continued: vision-eval, a program of ada's, run on its placed GPUs; its state and
+/// what it printed.
+fn command_job(ada: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let job = loop {
+        let job = call(ada, "GET", "/v1/jobs/vision-eval", None)?;
+        let state = job["state"].as_str().unwrap_or_default();
+        if matches!(state, "succeeded" | "failed" | "cancelled") || Instant::now() > deadline {
+            break job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let logs = call(ada, "GET", "/v1/jobs/vision-eval/logs", None)?;
+    let printed: Vec<&str> = logs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|m| m.starts_with("vision-eval sees"))
+        .collect();
+    println!(
+        "  vision-eval (a command job) {}{}: it printed {:?}",
+        job["state"].as_str().unwrap_or_default(),
+        job["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        printed.first().copied().unwrap_or("nothing")
+    );
+    Ok(())
+}
+
 /// Four submissions, two of them across tenants; each accepted or refused by the policy.
 fn submit_jobs(ada: &Client, lee: &Client) {
     let submissions = [
-        (ada, "ada", "vision-train", "vision", 8, Some(train_toml())),
-        (ada, "ada", "vision-eval", "vision", 4, None),
+        (ada, "ada", "vision-train", "vision", 8, Some(Job::Train)),
+        (ada, "ada", "vision-eval", "vision", 4, Some(Job::Command)),
         (lee, "lee", "lee-in-vision", "vision", 8, None),
         (lee, "lee", "language-big", "language", 16, None),
     ];
-    for (who, name, id, tenant, gpus, train) in submissions {
+    for (who, name, id, tenant, gpus, job) in submissions {
         let mut body = json!({"id": id, "tenant": tenant, "gpus": gpus});
-        if let Some(train) = train {
-            body["train"] = json!(train);
+        match job {
+            Some(Job::Train) => body["train"] = json!(train_toml()),
+            Some(Job::Command) => body["command"] = json!({"argv": ["sh", "-c", EVAL_SCRIPT]}),
+            None => {}
         }
         match call(who, "POST", "/v1/jobs", Some(body)) {
             Ok(_) => println!("  {name} -> {id} on {tenant}: accepted"),
