@@ -3,7 +3,7 @@
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
 #         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
-#                   "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
+#                   "node.heartbeat" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
 #                   "audit.read" | "placement.apply",
 #         "resource": {...}}  (fields per action, below)
@@ -26,7 +26,7 @@ is_admin if "admin" in roles
 actions := {
 	"job.submit", "job.exec", "job.cancel", "job.read", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
-	"cluster.read", "gpu.health",
+	"cluster.read", "gpu.health", "node.heartbeat",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
 	"policy.replace", "policy.read", "key.rotate", "user.manage", "audit.read", "placement.apply",
 }
@@ -95,6 +95,15 @@ reasons contains msg if {
 	not is_admin
 	not "runner" in roles
 	msg := sprintf("user %v may not run commands (needs the runner role)", [input.subject.user])
+}
+
+# Node agents (node.heartbeat, resource: {"node"}): only a node's identity (the `node` role)
+# renews a node's lease and reports its GPUs; no person, admins included, speaks for a node.
+
+reasons contains msg if {
+	input.action == "node.heartbeat"
+	not "node" in roles
+	msg := sprintf("user %v may not act as node %v (needs the node role)", [input.subject.user, input.resource.node])
 }
 
 # Datasets (resource: {"name", "classification"}): the subject's clearance must reach the

@@ -69,6 +69,13 @@ test_runners_run_commands_in_their_tenants_only if {
 	authz.allow with input as exec(admin, "language")
 }
 
+heartbeat(subject) := {"subject": subject, "action": "node.heartbeat", "resource": {"node": "node-000"}}
+
+test_only_node_identities_heartbeat if {
+	authz.allow with input as heartbeat({"user": "agent-000", "roles": ["node"]})
+	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as heartbeat(admin)
+}
+
 read(subject, label) := {"subject": subject, "action": "dataset.read", "resource": {"name": "scans", "classification": label}}
 
 test_clearance_must_reach_classification if {

@@ -311,6 +311,8 @@ pub struct Host {
     generation: u64,
     policy: Option<Arc<PolicySlot>>,
     audit: Option<Arc<AuditLog>>,
+    /// What jobs are admitted against, when not the GPUs in service now ([`Host::admit_against`]).
+    capacity: Option<Cluster>,
 }
 
 impl Host {
@@ -335,7 +337,17 @@ impl Host {
             generation: 0,
             policy: None,
             audit: None,
+            capacity: None,
         })
+    }
+
+    /// Admits jobs against `cluster`, what the cluster has, instead of the GPUs in service now:
+    /// for a host whose GPUs leave service for a while and come back (a node whose agent lost
+    /// its lease, an admin's mark). A job is then refused only when `cluster` could never hold
+    /// it; one that fits only GPUs out of service now waits in the queue, and a job requeued
+    /// from a lost node is queued again rather than refused.
+    pub fn admit_against(&mut self, cluster: Cluster) {
+        self.capacity = Some(cluster);
     }
 
     /// Loads a scheduler plugin (without installing it): see [`PluginLoader`].
@@ -568,7 +580,8 @@ impl Host {
     /// Checks `job` against the cluster (its fields, its tenant, whether it could ever run);
     /// the error names the field.
     pub fn check(&self, job: JobSpec) -> Result<CheckedJob, HostError> {
-        match files::check_job(&job, &self.state.cluster) {
+        let cluster = self.capacity.as_ref().unwrap_or(&self.state.cluster);
+        match files::check_job(&job, cluster) {
             Ok(()) => Ok(CheckedJob {
                 spec: job,
                 generation: self.generation,

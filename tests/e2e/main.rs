@@ -1,6 +1,7 @@
 //! End-to-end tests: the `gantry` binary and the library together, with real wasm plugins
 //! (the shipped ones and the hostile fixtures in `tests/fixtures/`).
 
+mod agents;
 mod audit;
 mod bundle_signatures;
 mod cli;

@@ -88,6 +88,9 @@ enum Command {
     User(daemon::UserCommand),
     /// Submit a job to a running daemon.
     Submit(daemon::SubmitArgs),
+    /// Run a node's agent: holds the node's lease with the control plane (`gantry up
+    /// --agent-lease-s`) and reports its GPUs, real or emulated.
+    Agent(daemon::AgentArgs),
     /// List the jobs a running daemon shows you.
     Jobs {
         #[command(flatten)]
@@ -197,6 +200,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => daemon::up(&ctx, args),
         Command::User(cmd) => daemon::user(cmd),
         Command::Submit(args) => daemon::submit(args),
+        Command::Agent(args) => daemon::run_agent(args),
         Command::Jobs { client, json } => daemon::jobs(client, json),
         Command::Cancel { id, client } => daemon::cancel(client, &id),
         Command::Logs { id, client } => daemon::logs(client, &id),

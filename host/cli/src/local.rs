@@ -47,6 +47,7 @@ pub fn start_daemon(
         tls: None,
         trust: Default::default(),
         train_limits: Default::default(),
+        agent_lease: None,
         commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,

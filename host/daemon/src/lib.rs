@@ -32,6 +32,7 @@ pub mod jobstore;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod nodes;
 pub mod persisted;
 pub mod recovery;
 pub mod rejections;
@@ -73,6 +74,9 @@ pub struct DaemonConfig {
     pub train_limits: gantry::training::TrainLimits,
     /// How command jobs run: as whom, their wall time, the grace after SIGTERM, their output.
     pub commands: command::CommandLimits,
+    /// With node agents: how long a heartbeat's lease lasts; nodes serve only while their agent
+    /// holds one ([`nodes`]). `None`: every node of the cluster serves (one machine).
+    pub agent_lease: Option<std::time::Duration>,
     /// What connections may hold (caps and timeouts against slow or hostile clients).
     pub conn_limits: serve::ConnLimits,
     /// Start with the shipped policy, replacing one an admin installed (which then no longer
@@ -124,6 +128,10 @@ pub struct Daemon {
     pub commands: command::CommandLimits,
     /// The cgroups command jobs run in, where this machine lets the daemon make them.
     pub cgroups: Option<cgroup::Cgroups>,
+    /// The node agents' leases, when agents are on.
+    pub nodes: Option<nodes::Nodes>,
+    /// GPUs the cluster file declares unhealthy.
+    file_unhealthy: std::collections::HashSet<String>,
     /// Refused requests no policy decided, counted for the audit log's aggregate.
     pub rejections: rejections::Rejections,
     /// The runs of training jobs under way, by job id (see [`lifecycle`]).
@@ -261,6 +269,23 @@ impl Daemon {
                 "GPUs marked unhealthy by admins stay out of service"
             );
         }
+        let file_unhealthy: std::collections::HashSet<String> = config
+            .cluster
+            .gpus
+            .iter()
+            .filter(|g| !g.gpu.healthy)
+            .map(|g| g.id.clone())
+            .collect();
+        // Jobs are admitted against what the cluster has: GPUs out of service for a while (an
+        // admin's mark, a node whose agent is away) come back, and a job requeued from them is
+        // queued again, not refused.
+        host.admit_against(config.cluster.clone());
+        if config.agent_lease.is_some() {
+            // With agents, a node serves once its agent holds a lease: none does yet.
+            for g in &config.cluster.gpus {
+                host.set_gpu_health(&g.id, false);
+            }
+        }
         // What command jobs of this data directory a crash left running goes before any job runs
         // again: a job never runs twice at once.
         let cgroups = cgroup::Cgroups::detect(&cgroup_scope(&config.data_dir));
@@ -298,6 +323,8 @@ impl Daemon {
             train_limits: config.train_limits.clone(),
             commands: config.commands.clone(),
             cgroups,
+            nodes: config.agent_lease.map(nodes::Nodes::new),
+            file_unhealthy,
             rejections: Default::default(),
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),
@@ -621,6 +648,8 @@ fn spawn_loops(
         let daemon = daemon.clone();
         tokio::spawn(async move {
             loop {
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || d.expire_leases()).await;
                 daemon.schedule().await;
                 tokio::select! {
                     _ = wake.notified() => {}

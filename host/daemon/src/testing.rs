@@ -38,6 +38,7 @@ impl TestDaemon {
             tls: None,
             trust: Default::default(),
             train_limits,
+            agent_lease: None,
             commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,

@@ -101,6 +101,8 @@ actions! {
     ClusterRead = "cluster.read",
     /// Mark a GPU healthy or not ([`Resource::Gpu`]).
     GpuHealth = "gpu.health",
+    /// A node's agent renews its lease and reports its GPUs ([`Resource::Node`]).
+    NodeHeartbeat = "node.heartbeat",
     /// List plugins ([`Resource::Empty`]).
     PluginRead = "plugin.read",
     /// Upload a plugin ([`Resource::Plugin`]).
@@ -151,6 +153,11 @@ pub enum Resource {
     },
     /// A plugin (`plugin.upload`, `plugin.load`, `plugin.unload`).
     Plugin(PluginRef),
+    /// A node of the cluster (`node.heartbeat`).
+    Node {
+        /// Its name.
+        node: String,
+    },
     /// A user (`user.manage`).
     User {
         /// Their name.
@@ -177,6 +184,11 @@ impl Resource {
     /// GPU `gpu`.
     pub fn gpu(gpu: impl Into<String>) -> Self {
         Resource::Gpu { gpu: gpu.into() }
+    }
+
+    /// Node `node`.
+    pub fn node(node: impl Into<String>) -> Self {
+        Resource::Node { node: node.into() }
     }
 
     /// User `user`.

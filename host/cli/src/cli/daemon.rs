@@ -56,6 +56,27 @@ pub struct UpArgs {
     /// The longest wall time a command job may ask for, and what it gets when it asks for none.
     #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
     max_wall_time_s: f64,
+    /// Node agents: a node serves only while its agent (`gantry agent`) holds a lease, renewed
+    /// by each heartbeat, of this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    agent_lease_s: Option<f64>,
+}
+
+/// Arguments of `gantry agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The node this agent speaks for (its name in the control plane's cluster).
+    #[arg(long)]
+    node: String,
+    /// Advertise this many emulated GPUs (run on the CPU, bound like real ones) instead of the
+    /// GPUs the CUDA driver finds.
+    #[arg(long, value_name = "N")]
+    emulate_gpus: Option<u32>,
+    /// Seconds between heartbeats (keep it well under the control plane's lease).
+    #[arg(long, default_value_t = 1.0)]
+    heartbeat_s: f64,
+    #[command(flatten)]
+    client: Client,
 }
 
 /// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
@@ -200,6 +221,15 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shipped_policy: args.shipped_policy,
+        agent_lease: args
+            .agent_lease_s
+            .map(|s| {
+                std::time::Duration::try_from_secs_f64(s)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .context("--agent-lease-s: a number of seconds above 0")
+            })
+            .transpose()?,
         commands: gantry_daemon::command::CommandLimits {
             user: args
                 .job_user
@@ -493,6 +523,78 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
     println!("{}", job["id"].as_str().unwrap_or_default());
     Ok(())
+}
+
+/// The GPUs this agent reports: emulated ones, or those the CUDA driver finds.
+fn agent_gpus(emulate: Option<u32>) -> anyhow::Result<serde_json::Value> {
+    if let Some(n) = emulate {
+        return Ok((0..n)
+            .map(|ordinal| {
+                serde_json::json!({"ordinal": ordinal, "name": "emulated (CPU)",
+                                   "memory_mib": 81920, "healthy": true})
+            })
+            .collect());
+    }
+    let report = gantry::training::device::detect();
+    if report.gpus.is_empty() {
+        anyhow::bail!(
+            "no GPUs found ({}); give --emulate-gpus N to advertise emulated ones",
+            report
+                .cuda_unavailable
+                .as_deref()
+                .unwrap_or("none reported")
+        );
+    }
+    Ok(report
+        .gpus
+        .iter()
+        .map(|g| {
+            serde_json::json!({"ordinal": g.ordinal, "name": g.name,
+                               "memory_mib": g.memory_bytes >> 20, "healthy": true})
+        })
+        .collect())
+}
+
+/// Runs `gantry agent`: heartbeats until stopped; a failed heartbeat is reported and retried
+/// (the control plane takes the node out of service when the lease runs out meanwhile).
+pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let period = std::time::Duration::try_from_secs_f64(args.heartbeat_s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--heartbeat-s: a number of seconds above 0")?;
+    let gpus = agent_gpus(args.emulate_gpus)?;
+    let body = serde_json::json!({"gpus": gpus, "emulated": args.emulate_gpus.is_some()});
+    let path = format!("/v1/nodes/{}/heartbeat", args.node);
+    let mut serving: Option<serde_json::Value> = None;
+    loop {
+        match call(&args.client, "POST", &path, Some(body.clone())) {
+            Ok(answer) => {
+                if serving.as_ref() != Some(&answer["serving"]) {
+                    println!(
+                        "node {}: serving {} (lease {} s){}",
+                        args.node,
+                        answer["serving"],
+                        answer["lease_s"],
+                        match answer["not_in_cluster"].as_array() {
+                            Some(u) if !u.is_empty() => {
+                                format!(
+                                    "; ordinals not in the cluster: {}",
+                                    answer["not_in_cluster"]
+                                )
+                            }
+                            _ => String::new(),
+                        }
+                    );
+                    serving = Some(answer["serving"].clone());
+                }
+            }
+            Err(e) => {
+                eprintln!("node {}: heartbeat failed: {e:#}", args.node);
+                serving = None;
+            }
+        }
+        std::thread::sleep(period);
+    }
 }
 
 /// Runs `gantry jobs`.

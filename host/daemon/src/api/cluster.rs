@@ -134,6 +134,46 @@ fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(json!({ "nodes": nodes })))
 }
 
+/// `POST /v1/nodes/{node}/heartbeat`: a node's agent renews its lease and reports its GPUs (see
+/// [`crate::nodes`]); decided by the policy as `node.heartbeat`. Answers the node's GPUs in
+/// service, the reported ordinals the cluster does not have, and the lease's length.
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    caller: Caller,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller.user(&state).await?;
+    let beat: crate::nodes::Heartbeat = body::json(body, MAX_BODY).await?;
+    beat.check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let answer = blocking(&state, move |state| {
+        authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
+        let daemon = &state.daemon;
+        let nodes = daemon.nodes.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "this daemon runs without node agents (start it with --agent-lease-s)",
+            )
+        })?;
+        let (serving, unknown) = daemon.heartbeat(&node, nodes, &beat).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no node `{node}` in the cluster"),
+            )
+        })?;
+        Ok(json!({
+            "node": node,
+            "lease_s": nodes.lease().as_secs_f64(),
+            "serving": serving,
+            "not_in_cluster": unknown,
+        }))
+    })
+    .await?;
+    state.wake.notify_one();
+    Ok(Json(answer))
+}
+
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,19 +217,25 @@ async fn set_gpu_health(
     let lost = blocking(state, move |state| {
         authorize(state, &user, Action::GpuHealth, Resource::gpu(&id))?;
         let daemon = &state.daemon;
-        let lost = daemon
+        if !daemon
             .host()
-            .set_gpu_health(&id, healthy)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no GPU `{id}`")))?;
-        // Out of service (or back) until an admin says otherwise, restarts included.
-        daemon.db.set_gpu_health(&id, healthy, &user.name)?;
-        if healthy {
-            return Ok(Vec::new());
+            .state()
+            .cluster
+            .gpus
+            .iter()
+            .any(|g| g.id == id)
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no GPU `{id}`"),
+            ));
         }
-        // The whole gang starts over elsewhere; a job with a run under way keeps its GPUs
+        // Out of service (or back) until an admin says otherwise, restarts included; back in
+        // service only where its node's agent (when agents are on) serves it too. The whole
+        // gang of a job on it starts over elsewhere; a job with a run under way keeps its GPUs
         // until the run has stopped, at its next step.
-        daemon.requeue_lost(&lost, "its GPU became unhealthy");
-        Ok(lost)
+        daemon.db.set_gpu_health(&id, healthy, &user.name)?;
+        Ok(daemon.apply_gpu_health(&[id], "its GPU became unhealthy"))
     })
     .await?;
     state.wake.notify_one();

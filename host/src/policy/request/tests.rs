@@ -82,6 +82,11 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
         ),
         asks(Action::PluginRead, empty(), json!({})),
         asks(
+            Action::NodeHeartbeat,
+            Resource::node("node-007"),
+            json!({"node": "node-007"}),
+        ),
+        asks(
             Action::PluginUpload,
             PluginRef::before_body("mine").into(),
             json!({"name": "mine", "signed": true, "before_body": true}),

@@ -1,0 +1,319 @@
+//! Node agents (`gantry agent`): with `gantry up --agent-lease-s S`, a node of the cluster is in
+//! service only while its agent holds a lease. An agent renews it with every heartbeat
+//! (`POST /v1/nodes/{node}/heartbeat`, decided by the policy as `node.heartbeat`), reporting the
+//! node's GPUs and their health; a GPU it does not report, or reports unhealthy, stays out of
+//! service. A node whose lease ends (its agent stopped, crashed or lost the network) leaves
+//! service, and its jobs go back to the queue.
+//!
+//! Whether a GPU is in service has three sources: the cluster file, an admin's mark
+//! (`gpu.health`), and its node's agent. [`crate::Daemon::apply_gpu_health`] is the one place
+//! that combines them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The most GPUs a heartbeat may report.
+pub const MAX_REPORTED_GPUS: usize = 1024;
+/// The longest text field of a heartbeat, bytes.
+pub const MAX_FIELD: usize = 256;
+
+/// The body of `POST /v1/nodes/{node}/heartbeat`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The node's GPUs as the agent found them.
+    pub gpus: Vec<ReportedGpu>,
+    /// Whether they are emulated (`gantry agent --emulate-gpus`): run on the CPU, bound alike.
+    #[serde(default)]
+    pub emulated: bool,
+}
+
+/// One GPU an agent reports.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedGpu {
+    /// Its ordinal on the node (`CUDA_VISIBLE_DEVICES`): the `k` of the cluster's `<node>/gpu<k>`.
+    pub ordinal: u32,
+    /// Its model, as the driver names it.
+    #[serde(default)]
+    pub name: String,
+    /// Its memory, MiB.
+    #[serde(default)]
+    pub memory_mib: u64,
+    /// Its PCI bus id, where the driver gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<String>,
+    /// Whether the agent finds it fit to run jobs.
+    pub healthy: bool,
+}
+
+impl Heartbeat {
+    /// Checks every size; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.gpus.len() > MAX_REPORTED_GPUS {
+            return Err(format!(
+                "field `gpus`: {} GPUs, over the most ({MAX_REPORTED_GPUS})",
+                self.gpus.len()
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, g) in self.gpus.iter().enumerate() {
+            for (name, value) in [
+                ("name", Some(&g.name)),
+                ("pci_bus_id", g.pci_bus_id.as_ref()),
+            ] {
+                if value.is_some_and(|v| v.len() > MAX_FIELD) {
+                    return Err(format!("field `gpus[{i}].{name}`: over {MAX_FIELD} bytes"));
+                }
+            }
+            if !seen.insert(g.ordinal) {
+                return Err(format!(
+                    "field `gpus[{i}].ordinal`: ordinal {} reported twice",
+                    g.ordinal
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the daemon knows of one node's agent.
+#[derive(Debug, Clone)]
+struct Lease {
+    expires: Instant,
+    /// The node's GPUs (ids) the agent reported fit.
+    fit: BTreeSet<String>,
+}
+
+/// The agents' leases, by node name.
+#[derive(Debug)]
+pub struct Nodes {
+    lease: Duration,
+    leases: Mutex<HashMap<String, Lease>>,
+}
+
+impl Nodes {
+    /// Leases of `lease` each.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            leases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long a heartbeat's lease lasts.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether node `node`'s agent keeps GPU `gpu` in service now: a live lease, and the GPU
+    /// reported fit.
+    pub fn serves(&self, node: &str, gpu: &str) -> bool {
+        self.leases()
+            .get(node)
+            .is_some_and(|l| l.expires > Instant::now() && l.fit.contains(gpu))
+    }
+
+    /// Renews node `node`'s lease with the GPUs (ids) its agent reported fit; returns the GPUs
+    /// whose service changed (to be applied).
+    pub fn renew(&self, node: &str, fit: BTreeSet<String>, declared: &[String]) -> Vec<String> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        let before: BTreeSet<String> = leases
+            .get(node)
+            .filter(|l| l.expires > now)
+            .map(|l| l.fit.clone())
+            .unwrap_or_default();
+        let changed = declared
+            .iter()
+            .filter(|g| before.contains(*g) != fit.contains(*g))
+            .cloned()
+            .collect();
+        leases.insert(
+            node.to_string(),
+            Lease {
+                expires: now + self.lease,
+                fit,
+            },
+        );
+        changed
+    }
+
+    /// The nodes whose lease ended since the last call, with the GPUs they served: each is
+    /// returned once.
+    pub fn expire(&self) -> Vec<(String, Vec<String>)> {
+        let now = Instant::now();
+        let mut leases = self.leases();
+        let ended: Vec<String> = leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        ended
+            .into_iter()
+            .filter_map(|n| leases.remove(&n).map(|l| (n, l.fit.into_iter().collect())))
+            .collect()
+    }
+}
+
+impl crate::Daemon {
+    /// The GPU ids of node `node` in the cluster, in order; `None` when it has no such node.
+    pub(crate) fn node_gpus(&self, node: &str) -> Option<Vec<String>> {
+        let host = self.host();
+        let cluster = &host.state().cluster;
+        let index = cluster.nodes.iter().position(|n| n.name == node)?;
+        Some(
+            cluster
+                .gpus
+                .iter()
+                .filter(|g| g.gpu.node as usize == index)
+                .map(|g| g.id.clone())
+                .collect(),
+        )
+    }
+
+    /// Brings GPUs `ids` in or out of service as their three sources say together (the cluster
+    /// file, an admin's mark, the node's agent when agents are on): the one place that decides.
+    /// Jobs that lose a GPU go back to the queue for `reason`; returns their ids.
+    pub(crate) fn apply_gpu_health(&self, ids: &[String], reason: &str) -> Vec<String> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let marked: HashMap<String, bool> = match self.db.gpu_health() {
+            Ok(marks) => marks.into_iter().map(|g| (g.gpu, g.healthy)).collect(),
+            Err(e) => {
+                // Unknown marks: keep the GPUs out rather than serve one an admin took out.
+                tracing::error!(error = %e, "reading GPU health; keeping the GPUs out of service");
+                ids.iter().map(|id| (id.clone(), false)).collect()
+            }
+        };
+        let mut lost = Vec::new();
+        {
+            let mut host = self.host();
+            for id in ids {
+                let node = id.rsplit_once('/').map_or("", |(n, _)| n);
+                let serves = !self.file_unhealthy.contains(id)
+                    && marked.get(id).copied().unwrap_or(true)
+                    && self.nodes.as_ref().is_none_or(|n| n.serves(node, id));
+                if let Some(jobs) = host.set_gpu_health(id, serves) {
+                    lost.extend(jobs);
+                }
+            }
+        }
+        lost.sort();
+        lost.dedup();
+        self.requeue_lost(&lost, reason);
+        lost
+    }
+
+    /// Takes the GPUs of nodes whose agent's lease ended out of service; whether any did.
+    pub(crate) fn expire_leases(&self) -> bool {
+        let Some(nodes) = &self.nodes else {
+            return false;
+        };
+        let ended = nodes.expire();
+        for (node, gpus) in &ended {
+            tracing::warn!(%node, gpus = gpus.len(), "a node's agent lease ended; its GPUs leave service");
+            let lost = self.apply_gpu_health(gpus, "its node's agent stopped renewing its lease");
+            if !lost.is_empty() {
+                tracing::warn!(%node, jobs = ?lost, "jobs requeued from a lost node");
+            }
+        }
+        !ended.is_empty()
+    }
+
+    /// Node `node`'s agent reported `beat`: its lease renewed, and its GPUs in or out of service
+    /// as reported. Returns the node's GPUs in service and the ordinals not in the cluster;
+    /// `None` when the cluster has no such node.
+    pub(crate) fn heartbeat(
+        &self,
+        node: &str,
+        nodes: &Nodes,
+        beat: &Heartbeat,
+    ) -> Option<(Vec<String>, Vec<u32>)> {
+        let declared = self.node_gpus(node)?;
+        let id_of = |ordinal: u32| format!("{node}/gpu{ordinal}");
+        let fit: BTreeSet<String> = beat
+            .gpus
+            .iter()
+            .filter(|g| g.healthy)
+            .map(|g| id_of(g.ordinal))
+            .filter(|id| declared.contains(id))
+            .collect();
+        let unknown: Vec<u32> = beat
+            .gpus
+            .iter()
+            .map(|g| g.ordinal)
+            .filter(|o| !declared.contains(&id_of(*o)))
+            .collect();
+        let changed = nodes.renew(node, fit.clone(), &declared);
+        if !changed.is_empty() {
+            tracing::info!(%node, changed = ?changed, "a node's agent changed which of its GPUs serve");
+            self.apply_gpu_health(&changed, "its node's agent reported its GPU unfit");
+        }
+        Some((fit.into_iter().collect(), unknown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_serves_its_fit_gpus_until_it_ends_and_ends_once() {
+        let nodes = Nodes::new(Duration::from_millis(100));
+        let declared = vec!["n/gpu0".to_string(), "n/gpu1".to_string()];
+        let fit: BTreeSet<String> = ["n/gpu0".to_string()].into();
+        assert_eq!(nodes.renew("n", fit.clone(), &declared), vec!["n/gpu0"]);
+        assert!(nodes.serves("n", "n/gpu0") && !nodes.serves("n", "n/gpu1"));
+        assert!(nodes.renew("n", fit, &declared).is_empty());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!nodes.serves("n", "n/gpu0"));
+        assert_eq!(
+            nodes.expire(),
+            vec![("n".to_string(), vec!["n/gpu0".to_string()])]
+        );
+        assert!(nodes.expire().is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_is_bounded_and_its_errors_name_the_field() {
+        let gpu = |ordinal| ReportedGpu {
+            ordinal,
+            name: "H200".into(),
+            memory_mib: 1,
+            pci_bus_id: None,
+            healthy: true,
+        };
+        let ok = Heartbeat {
+            gpus: vec![gpu(0), gpu(1)],
+            emulated: false,
+        };
+        assert!(ok.check().is_ok());
+        let twice = Heartbeat {
+            gpus: vec![gpu(0), gpu(0)],
+            emulated: false,
+        };
+        assert!(twice.check().unwrap_err().contains("gpus[1].ordinal"));
+        let long = Heartbeat {
+            gpus: vec![ReportedGpu {
+                name: "x".repeat(MAX_FIELD + 1),
+                ..gpu(0)
+            }],
+            emulated: false,
+        };
+        assert!(long.check().unwrap_err().contains("gpus[0].name"));
+        let many = Heartbeat {
+            gpus: (0..=MAX_REPORTED_GPUS as u32).map(gpu).collect(),
+            emulated: false,
+        };
+        assert!(many.check().unwrap_err().contains("field `gpus`"));
+    }
+}

@@ -1,0 +1,210 @@
+//! Node agents: `gantry up --agent-lease-s` and `gantry agent` processes on loopback. A node
+//! serves only while its agent holds a lease; a killed agent's node leaves service and its jobs
+//! go back to the queue; only node identities speak for nodes.
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, request, submit, wait_for_state};
+use crate::support::{add_user, init_data_dir, shared_cache};
+
+const TWO_NODES: &str = r#"
+[[tenants]]
+name = "vision"
+
+[[nodes]]
+name = "node-a"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+
+[[nodes]]
+name = "node-b"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+"#;
+
+/// A `gantry agent` process, killed when dropped.
+struct Agent(Child);
+
+impl Agent {
+    fn start(url: &str, token: &str, node: &str, gpus: u32) -> Agent {
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["agent", "--node", node, "--heartbeat-s", "0.2"])
+            .args(["--emulate-gpus", &gpus.to_string(), "--url", url])
+            .env("GANTRY_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting gantry agent");
+        Agent(child)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn heartbeat(url: &str, token: &str, node: &str, body: &Value) -> (u16, Value) {
+    request(
+        &format!("{url}/v1/nodes/{node}/heartbeat"),
+        "POST",
+        Some(token),
+        Some(&body.to_string()),
+    )
+}
+
+fn job(url: &str, token: &str, id: &str) -> Value {
+    request(&format!("{url}/v1/jobs/{id}"), "GET", Some(token), None).1
+}
+
+fn serving_gpus(url: &str, token: &str) -> u64 {
+    let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(token), None);
+    gpus["healthy"].as_u64().unwrap()
+}
+
+#[test]
+fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let ops = add_user(&data, "ops", "admin", "vision", "secret");
+    let node = add_user(&data, "agent", "node", "vision", "public");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "1.5",
+        ],
+    );
+    let url = daemon.url.clone();
+
+    // No agent yet: no GPU serves, and a job waits.
+    assert_eq!(serving_gpus(&url, &ada), 0);
+    let (s, v) = submit(
+        &url,
+        &ada,
+        &json!({"id": "j1", "tenant": "vision", "gpus": 2}),
+    );
+    assert_eq!(s, 201, "{v}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(job(&url, &ada, "j1")["state"], "pending");
+
+    // Only a node identity speaks for a node (not a researcher, not an admin), only for a node
+    // of the cluster, and with a well-formed report.
+    let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
+    for token in [&ada, &ops] {
+        let (s, v) = heartbeat(&url, token, "node-a", &two);
+        assert_eq!(s, 403, "{v}");
+        assert!(
+            v["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("needs the node role"),
+            "{v}"
+        );
+    }
+    assert_eq!(heartbeat(&url, &node, "node-z", &two).0, 404);
+    let twice = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 0, "healthy": true}]});
+    let (s, v) = heartbeat(&url, &node, "node-a", &twice);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("gpus[1].ordinal"),
+        "{v}"
+    );
+    // A GPU its agent reports unfit stays out; ordinals the cluster lacks are named back.
+    let (s, v) = heartbeat(
+        &url,
+        &node,
+        "node-b",
+        &json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": false},
+                         {"ordinal": 7, "healthy": true}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["serving"], json!(["node-b/gpu0"]), "{v}");
+    assert_eq!(v["not_in_cluster"], json!([7]), "{v}");
+    assert_eq!(serving_gpus(&url, &ada), 1);
+
+    // An agent on node-a with two emulated GPUs: the job is placed there.
+    let agent_a = Agent::start(&url, &node, "node-a", 2);
+    wait_for_state(&url, &ada, "j1", "scheduled");
+    let placed = job(&url, &ada, "j1");
+    assert_eq!(
+        placed["gpu_ids"],
+        json!(["node-a/gpu0", "node-a/gpu1"]),
+        "{placed}"
+    );
+
+    // The agent dies (kill -9): when its lease ends the node leaves service and the job is
+    // queued again; an agent on node-b takes it.
+    drop(agent_a);
+    wait_for_state(&url, &ada, "j1", "pending");
+    let requeued = job(&url, &ada, "j1");
+    assert!(
+        requeued["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its node's agent stopped renewing its lease"),
+        "{requeued}"
+    );
+    // node-b's one heartbeat above has run out too: nothing serves.
+    assert_eq!(serving_gpus(&url, &ada), 0);
+    let _agent_b = Agent::start(&url, &node, "node-b", 2);
+    wait_for_state(&url, &ada, "j1", "scheduled");
+    let placed = job(&url, &ada, "j1");
+    assert_eq!(
+        placed["gpu_ids"],
+        json!(["node-b/gpu0", "node-b/gpu1"]),
+        "{placed}"
+    );
+}
+
+/// Regression: a job requeued from GPUs that left service was checked against the GPUs still in
+/// service, refused ("can never run"), and left pending in the database but in no queue: it
+/// never ran again, even once its GPUs were back.
+#[test]
+fn a_job_requeued_from_gpus_out_of_service_runs_when_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let ops = add_user(&data, "ops", "admin", "vision", "secret");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &["--cluster", cluster.to_str().unwrap()],
+    );
+    let url = daemon.url.clone();
+    let body = json!({"id": "big", "tenant": "vision", "gpus": 4});
+    assert_eq!(submit(&url, &ada, &body).0, 201);
+    wait_for_state(&url, &ada, "big", "scheduled");
+    let mark = |health: &str, gpu: &str| {
+        let (s, v) = request(
+            &format!("{url}/v1/gpus/{health}"),
+            "POST",
+            Some(&ops),
+            Some(&json!({"gpu": gpu}).to_string()),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    mark("unhealthy", "node-a/gpu0");
+    wait_for_state(&url, &ada, "big", "pending");
+    // While the cluster has 3 GPUs in service a gang of 4 waits; new ones are admitted too.
+    let (s, v) = submit(
+        &url,
+        &ada,
+        &json!({"id": "big2", "tenant": "vision", "gpus": 4}),
+    );
+    assert_eq!(s, 201, "{v}");
+    mark("healthy", "node-a/gpu0");
+    wait_for_state(&url, &ada, "big", "scheduled");
+}
