@@ -29,15 +29,30 @@ struct Agent(Child);
 
 impl Agent {
     fn start(url: &str, token: &str, node: &str, gpus: u32) -> Agent {
+        Self::start_with(url, token, node, gpus, &[])
+    }
+
+    fn start_with(url: &str, token: &str, node: &str, gpus: u32, extra: &[&str]) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["agent", "--node", node, "--heartbeat-s", "0.2"])
             .args(["--emulate-gpus", &gpus.to_string(), "--url", url])
+            .args(extra)
             .env("GANTRY_TOKEN", token)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting gantry agent");
         Agent(child)
+    }
+}
+
+impl Agent {
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 
@@ -207,4 +222,144 @@ fn a_job_requeued_from_gpus_out_of_service_runs_when_they_return() {
     assert_eq!(s, 201, "{v}");
     mark("healthy", "node-a/gpu0");
     wait_for_state(&url, &ada, "big", "scheduled");
+}
+
+/// Whether process `pid` is alive (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Job `job`'s log, one string.
+fn log_of(url: &str, token: &str, job: &str) -> String {
+    request(
+        &format!("{url}/v1/jobs/{job}/logs"),
+        "GET",
+        Some(token),
+        None,
+    )
+    .1
+    .to_string()
+}
+
+/// Waits (up to 30 s) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The number after `key` in `text`.
+fn number_after(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+        + key.len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "agent", "node", "vision", "public");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "1.5",
+        ],
+    );
+    let url = daemon.url.clone();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut extra = vec!["--kill-grace-s", "0.5"];
+    if root {
+        extra.extend(["--job-user", "nobody"]);
+    }
+    let agent_a = Agent::start_with(&url, &node, "node-a", 2, &extra);
+
+    // The job runs on its node's agent (the program is the agent's child), on its placed GPUs.
+    let script = "echo on=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES parent=$PPID; \
+                  sleep 300 & echo child=$!; wait";
+    let body = json!({"id": "c1", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sh", "-c", script]}});
+    let (s, v) = submit(&url, &rae, &body);
+    assert_eq!(s, 201, "{v}");
+    eventually("c1 prints its child", || {
+        log_of(&url, &rae, "c1").contains("child=")
+    });
+    wait_for_state(&url, &rae, "c1", "running");
+    let log = log_of(&url, &rae, "c1");
+    assert!(
+        log.contains("on=node-a/gpu0,node-a/gpu1 devices=0,1"),
+        "{log}"
+    );
+    assert_eq!(
+        number_after(&log, "parent="),
+        u64::from(agent_a.0.id()),
+        "{log}"
+    );
+    let child_a = number_after(&log, "child=") as u32;
+    let attempt = number_after(&log, "(attempt ");
+
+    // Reports of anything but the current attempt on its node are refused.
+    let report = |node_name: &str, attempt: u64| {
+        request(
+            &format!("{url}/v1/nodes/{node_name}/runs"),
+            "POST",
+            Some(&node),
+            Some(
+                &json!({"job": "vision/c1", "attempt": attempt, "event": "log",
+                        "entry": "forged"})
+                .to_string(),
+            ),
+        )
+    };
+    let (s, v) = report("node-a", attempt + 1);
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = report("node-b", attempt);
+    assert_eq!(s, 409, "{v}");
+    assert!(!log_of(&url, &rae, "c1").contains("forged"));
+
+    // Agent A stops (SIGSTOP) past its lease: the control plane gives its run up and hands the job
+    // to node-b's agent as a new attempt. When A resumes, its stale run is stopped (its
+    // processes die) and its reports are refused; the job runs on, on node-b.
+    let _agent_b = Agent::start_with(&url, &node, "node-b", 2, &extra);
+    agent_a.signal("-STOP");
+    eventually("c1 runs again on node-b", || {
+        let j = job(&url, &rae, "c1");
+        j["state"] == "running" && j["gpu_ids"] == json!(["node-b/gpu0", "node-b/gpu1"])
+    });
+    assert!(
+        alive(child_a),
+        "the stopped agent's run is still there, frozen with it"
+    );
+    agent_a.signal("-CONT");
+    eventually("the stale run on node-a is stopped", || !alive(child_a));
+    let j = job(&url, &rae, "c1");
+    assert_eq!(j["state"], "running", "{j}");
+    assert_eq!(j["gpu_ids"], json!(["node-b/gpu0", "node-b/gpu1"]), "{j}");
+
+    // A cancel reaches the agent that runs it.
+    let (s, v) = crate::daemon::cancel(&url, &rae, "c1");
+    assert_eq!(s, 202, "{v}");
+    wait_for_state(&url, &rae, "c1", "cancelled");
 }

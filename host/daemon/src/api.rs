@@ -88,6 +88,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/gpus/unhealthy", post(cluster::mark_unhealthy))
         .route("/v1/gpus/healthy", post(cluster::mark_healthy))
         .route("/v1/nodes/{node}/heartbeat", post(cluster::heartbeat))
+        .route("/v1/nodes/{node}/runs", post(cluster::run_report))
         .route("/v1/keys/rotate", post(keys::rotate_key))
         .route("/v1/users/{name}/revoke", post(users::revoke_tokens))
         .route("/v1/audit/head", get(audit::audit_head))

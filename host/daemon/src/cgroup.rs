@@ -47,6 +47,17 @@ pub struct Resources {
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// A scope name for `identity` (a data directory's path, an agent's control plane and node): a
+/// hash, the same across restarts and versions, so a restarted daemon or agent finds (and kills)
+/// what its previous life left, and never another's.
+pub fn scope_for(identity: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, identity);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The daemon's own cgroup path in the hierarchy whose `/proc/self/cgroup` line is `wanted`
 /// (`""` for v2, a controller name for v1).
 fn own_path(wanted: &str) -> Option<String> {

@@ -246,7 +246,6 @@ pub fn check(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
     {
         return Err(field("cpus", &format!("must be 0.01 to {MAX_CPUS}")));
     }
-    runs_as(limits)?;
     Ok(())
 }
 
@@ -335,15 +334,14 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
 
 /// A run's output on its way into the job's log: lines of a tick are written as one entry (each
 /// entry is a durable commit), up to the byte budget.
-struct Output<'a> {
-    daemon: &'a Daemon,
-    job: &'a str,
+struct Output {
+    max: u64,
     left: u64,
     dropped: u64,
 }
 
-impl Output<'_> {
-    fn write(&mut self, lines: Vec<(Stream, String)>) {
+impl Output {
+    fn write(&mut self, sink: &mut dyn RunSink, lines: Vec<(Stream, String)>) {
         let mut entry = String::new();
         for (stream, line) in lines {
             let cost = line.len() as u64 + 1;
@@ -362,20 +360,56 @@ impl Output<'_> {
             entry.push_str(&line);
         }
         if !entry.is_empty() {
-            let _ = self.daemon.jobs.log(self.job, &entry);
+            sink.log(&entry);
         }
     }
 
-    fn finish(&self) {
+    fn finish(&self, sink: &mut dyn RunSink) {
         if self.dropped > 0 {
-            let _ = self.daemon.jobs.log(
-                self.job,
-                &format!(
-                    "{} more bytes of output were dropped (the log keeps at most {} per run)",
-                    self.dropped, self.daemon.commands.max_output_bytes
-                ),
-            );
+            sink.log(&format!(
+                "{} more bytes of output were dropped (the log keeps at most {} per run)",
+                self.dropped, self.max
+            ));
         }
+    }
+}
+
+/// Where a run reports: the job's log and whether to stop. In the daemon, its job log and run
+/// control; on a node, its agent's control plane.
+pub trait RunSink {
+    /// Appends an entry to the job's log.
+    fn log(&mut self, entry: &str);
+    /// Whether the run is asked to stop (a cancel, a lost GPU, the daemon or agent stopping).
+    fn stopping(&self) -> bool;
+}
+
+/// What a run needs of its job.
+#[derive(Debug, Clone, Copy)]
+pub struct RunJob<'a> {
+    /// The job's key (`tenant/name`).
+    pub key: &'a str,
+    /// Its tenant.
+    pub tenant: &'a str,
+    /// The GPUs it was placed on.
+    pub gpu_ids: &'a [String],
+    /// Its program.
+    pub spec: &'a CommandSpec,
+}
+
+/// The daemon running a command itself: its job log and run control.
+struct DaemonSink<'a> {
+    daemon: &'a Daemon,
+    job: &'a str,
+    control: &'a RunControl,
+}
+
+impl RunSink for DaemonSink<'_> {
+    fn log(&mut self, entry: &str) {
+        let _ = self.daemon.jobs.log(self.job, entry);
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.stopping()
     }
 }
 
@@ -388,18 +422,47 @@ enum Stopped {
     WallTime,
 }
 
-/// Runs command job `job` to its end.
+/// Runs command job `job` to its end, in the daemon.
 pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
-    let limits = &daemon.commands;
     let Some(spec) = &job.command else {
         return RunEnd::Failed("the job has no command".to_string());
     };
+    let run = RunJob {
+        key: &job.id,
+        tenant: &job.tenant,
+        gpu_ids: &job.gpu_ids,
+        spec,
+    };
+    let mut sink = DaemonSink {
+        daemon,
+        job: &job.id,
+        control,
+    };
+    execute(
+        run,
+        &daemon.commands,
+        daemon.cgroups.as_ref(),
+        &mut sink,
+        "the daemon's user",
+    )
+}
+
+/// Runs `job`'s program to its end under `limits`, in a cgroup of `cgroups` where there are
+/// any, reporting to `sink`; `own_user` names whom it runs as without a job user.
+pub fn execute(
+    job: RunJob<'_>,
+    limits: &CommandLimits,
+    cgroups: Option<&crate::cgroup::Cgroups>,
+    sink: &mut dyn RunSink,
+    own_user: &str,
+) -> RunEnd {
+    let spec = job.spec;
     // Checked again at run time, against the limits the daemon runs with now (see
     // `runner::train_config` for why a stored job is not trusted to have passed submission).
     if let Err(e) = check(spec, limits) {
         return RunEnd::Failed(e);
     }
-    let devices = match visible_devices(&job.gpu_ids) {
+    let devices = match visible_devices(job.gpu_ids) {
         Ok(d) => d,
         Err(e) => return RunEnd::Failed(e),
     };
@@ -424,8 +487,8 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
     };
-    let group = match &daemon.cgroups {
-        Some(cgroups) => match cgroups.create(&run_name(&job.id), resources) {
+    let group = match cgroups {
+        Some(cgroups) => match cgroups.create(&run_name(job.key), resources) {
             Ok(g) => Some(g),
             Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
         },
@@ -446,8 +509,8 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         .env("HOME", &cwd)
         .envs(&spec.env)
         .env("CUDA_VISIBLE_DEVICES", &devices)
-        .env("GANTRY_JOB", super::db::name_of(&job.id))
-        .env("GANTRY_TENANT", &job.tenant)
+        .env("GANTRY_JOB", super::db::name_of(job.key))
+        .env("GANTRY_TENANT", job.tenant)
         .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
         .current_dir(&cwd)
         .stdin(Stdio::null())
@@ -485,15 +548,12 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         Err(e) => return RunEnd::Failed(format!("could not start `{}`: {e}", spec.argv[0])),
     };
     let pgid = child.id() as i32;
-    let _ = daemon.jobs.log(
-        &job.id,
-        &format!(
-            "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}), wall time {wall} s",
-            spec.argv[0],
-            user.map_or_else(|| "the daemon's user".to_string(), |u| u.name.clone()),
-            job.gpu_ids.join(", "),
-        ),
-    );
+    sink.log(&format!(
+        "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}), wall time {wall} s",
+        spec.argv[0],
+        user.map_or(own_user, |u| u.name.as_str()),
+        job.gpu_ids.join(", "),
+    ));
     let (lines, output) = mpsc::sync_channel(LINES_IN_FLIGHT);
     for (stream, pipe) in [
         (
@@ -522,8 +582,7 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
     }
     drop(lines);
     let mut out = Output {
-        daemon,
-        job: &job.id,
+        max: limits.max_output_bytes,
         left: limits.max_output_bytes,
         dropped: 0,
     };
@@ -537,7 +596,7 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
             batch.push(first);
             batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
         }
-        out.write(batch);
+        out.write(sink, batch);
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
@@ -545,14 +604,14 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
                 tracing::error!(error = %e, "waiting for a command");
                 signal_group(pgid, libc::SIGKILL);
                 let _ = child.wait();
-                out.finish();
+                out.finish(sink);
                 return RunEnd::Failed(format!("waiting for the command: {e}"));
             }
         }
         let now = Instant::now();
         match stopped {
             None => {
-                let why = if control.stopping() {
+                let why = if sink.stopping() {
                     Some(Stopped::Asked)
                 } else if now >= deadline {
                     Some(Stopped::WallTime)
@@ -580,12 +639,12 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
             Ok(line) => {
                 let mut batch = vec![line];
                 batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
-                out.write(batch);
+                out.write(sink, batch);
             }
             Err(_) => break,
         }
     }
-    out.finish();
+    out.finish(sink);
     let oom_kills = group.as_ref().map_or(0, crate::cgroup::RunGroup::oom_kills);
     // Everything left in its cgroup goes too (what left its process group), and the cgroup.
     drop(group);
@@ -597,13 +656,10 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
              the kernel's OOM killer)"
         )),
         (end, 1.., Some(mib)) => {
-            let _ = daemon.jobs.log(
-                &job.id,
-                &format!(
-                    "{oom_kills} of its processes reached the memory limit of {mib} MiB and were \
-                     killed by the kernel's OOM killer"
-                ),
-            );
+            sink.log(&format!(
+                "{oom_kills} of its processes reached the memory limit of {mib} MiB and were \
+                 killed by the kernel's OOM killer"
+            ));
             end
         }
         (end, ..) => end,

@@ -217,11 +217,7 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 /// restarts and versions.
 fn cgroup_scope(data_dir: &std::path::Path) -> String {
     let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let digest = ring::digest::digest(&ring::digest::SHA256, path.as_os_str().as_encoded_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    cgroup::scope_for(path.as_os_str().as_encoded_bytes())
 }
 
 impl Daemon {
@@ -648,8 +644,10 @@ fn spawn_loops(
         let daemon = daemon.clone();
         tokio::spawn(async move {
             loop {
-                let d = daemon.clone();
-                let _ = tokio::task::spawn_blocking(move || d.expire_leases()).await;
+                if daemon.nodes.is_some() {
+                    let d = daemon.clone();
+                    let _ = tokio::task::spawn_blocking(move || d.expire_leases()).await;
+                }
                 daemon.schedule().await;
                 tokio::select! {
                     _ = wake.notified() => {}

@@ -170,9 +170,11 @@ impl Daemon {
         let _ = self.jobs.log(&a.job_id, &placed);
         match self.jobs.job(&a.job_id) {
             Ok(Some(job)) if job.train.is_some() => super::runner::start(self.clone(), job),
-            Ok(Some(job)) if job.command.is_some() => {
-                super::runner::start_command(self.clone(), job)
-            }
+            Ok(Some(job)) if job.command.is_some() => match &self.nodes {
+                // With agents, a command runs on its node, by the node's agent.
+                Some(nodes) => self.hand_to_agent(nodes, job),
+                None => super::runner::start_command(self.clone(), job),
+            },
             Ok(_) => {}
             Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
         }

@@ -10,10 +10,13 @@
 //! that combines them.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::db::JobRecord;
+use crate::lifecycle::{RunControl, RunEnd, StopReason};
 
 /// The most GPUs a heartbeat may report.
 pub const MAX_REPORTED_GPUS: usize = 1024;
@@ -88,20 +91,170 @@ struct Lease {
     fit: BTreeSet<String>,
 }
 
-/// The agents' leases, by node name.
+/// The agents' leases, by node name, and the runs handed to them.
 #[derive(Debug)]
 pub struct Nodes {
     lease: Duration,
     leases: Mutex<HashMap<String, Lease>>,
+    /// Command runs handed to agents, by job key: one current attempt per job.
+    remote: Mutex<HashMap<String, Remote>>,
+    /// The last attempt number given; starts from the clock, so a restarted control plane never
+    /// gives again a number an agent may still hold.
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// A command run handed to a node's agent.
+#[derive(Debug, Clone)]
+struct Remote {
+    node: String,
+    attempt: u64,
+    job: JobRecord,
+    control: Arc<RunControl>,
+    started: bool,
+}
+
+/// What an agent reports about a run it was handed (`POST /v1/nodes/{node}/runs`). Only the
+/// current attempt of a job on the node it was handed to is heard: anything else is a stale
+/// run's, refused (409), so a run the control plane gave up on can change nothing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RunReport {
+    /// The job's key (`tenant/name`).
+    pub job: String,
+    /// The attempt it was handed as.
+    pub attempt: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: RunEvent,
+}
+
+/// An event of a run on a node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The agent is starting it: the job becomes `running` (or the answer says stop).
+    Started,
+    /// An entry for the job's log.
+    Log {
+        /// The entry.
+        entry: String,
+    },
+    /// It ended.
+    Ended(WireEnd),
+}
+
+/// How a run ended, as an agent reports it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum WireEnd {
+    /// Exit status 0.
+    Succeeded {
+        /// The job's result.
+        result: serde_json::Value,
+        /// The log's line for it.
+        summary: String,
+    },
+    /// Any other end.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Stopped because it was asked to.
+    Stopped,
+}
+
+impl From<RunEnd> for WireEnd {
+    fn from(end: RunEnd) -> Self {
+        match end {
+            RunEnd::Finished(result, summary) => WireEnd::Succeeded { result, summary },
+            RunEnd::Failed(reason) => WireEnd::Failed { reason },
+            RunEnd::Stopped => WireEnd::Stopped,
+        }
+    }
+}
+
+impl From<WireEnd> for RunEnd {
+    fn from(end: WireEnd) -> Self {
+        match end {
+            WireEnd::Succeeded { result, summary } => RunEnd::Finished(result, summary),
+            WireEnd::Failed { reason } => RunEnd::Failed(reason),
+            WireEnd::Stopped => RunEnd::Stopped,
+        }
+    }
+}
+
+/// The longest log entry or reason a report may carry, bytes.
+pub const MAX_REPORT_TEXT: usize = 256 << 10;
+
+impl RunReport {
+    /// Checks every size; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let text = match &self.event {
+            RunEvent::Log { entry } => Some(("entry", entry)),
+            RunEvent::Ended(WireEnd::Failed { reason }) => Some(("reason", reason)),
+            RunEvent::Ended(WireEnd::Succeeded { summary, .. }) => Some(("summary", summary)),
+            _ => None,
+        };
+        match text {
+            Some((field, t)) if t.len() > MAX_REPORT_TEXT => Err(format!(
+                "field `{field}`: {} bytes, over the most ({MAX_REPORT_TEXT})",
+                t.len()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A run as a heartbeat's answer hands it to an agent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HandedRun {
+    /// The job's key.
+    pub job: String,
+    /// Its attempt: every report about it names it.
+    pub attempt: u64,
+    /// The job's tenant.
+    pub tenant: String,
+    /// The GPUs it was placed on.
+    pub gpu_ids: Vec<String>,
+    /// What to run.
+    pub command: crate::command::CommandSpec,
+    /// Whether to stop it (a cancel, its GPUs lost).
+    pub stop: bool,
 }
 
 impl Nodes {
     /// Leases of `lease` each.
     pub fn new(lease: Duration) -> Self {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         Self {
             lease,
             leases: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            attempts: std::sync::atomic::AtomicU64::new(clock),
         }
+    }
+
+    fn remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
+        self.remote.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The runs handed to node `node`'s agent.
+    pub fn handed(&self, node: &str) -> Vec<HandedRun> {
+        self.remote()
+            .values()
+            .filter(|r| r.node == node)
+            .filter_map(|r| {
+                Some(HandedRun {
+                    job: r.job.id.clone(),
+                    attempt: r.attempt,
+                    tenant: r.job.tenant.clone(),
+                    gpu_ids: r.job.gpu_ids.clone(),
+                    command: r.job.command.clone()?,
+                    stop: r.control.stopping(),
+                })
+            })
+            .collect()
     }
 
     /// How long a heartbeat's lease lasts.
@@ -213,20 +366,118 @@ impl crate::Daemon {
         lost
     }
 
-    /// Takes the GPUs of nodes whose agent's lease ended out of service; whether any did.
+    /// Takes the GPUs of nodes whose agent's lease ended out of service, and gives up the runs
+    /// handed to them (their jobs go back to the queue; the stale runs' reports are refused from
+    /// then on); whether any lease ended.
     pub(crate) fn expire_leases(&self) -> bool {
         let Some(nodes) = &self.nodes else {
             return false;
         };
         let ended = nodes.expire();
+        let reason = "its node's agent stopped renewing its lease";
         for (node, gpus) in &ended {
             tracing::warn!(%node, gpus = gpus.len(), "a node's agent lease ended; its GPUs leave service");
-            let lost = self.apply_gpu_health(gpus, "its node's agent stopped renewing its lease");
+            let lost = self.apply_gpu_health(gpus, reason);
             if !lost.is_empty() {
                 tracing::warn!(%node, jobs = ?lost, "jobs requeued from a lost node");
             }
+            let given_up: Vec<Remote> = {
+                let mut remote = nodes.remote();
+                let keys: Vec<String> = remote
+                    .iter()
+                    .filter(|(_, r)| &r.node == node)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.iter().filter_map(|k| remote.remove(k)).collect()
+            };
+            for r in given_up {
+                r.control.request(StopReason::Requeue(reason.to_string()));
+                self.run_ended(&r.job, &r.control, r.started, RunEnd::Stopped);
+            }
         }
         !ended.is_empty()
+    }
+
+    /// Hands command job `job`, just placed, to its node's agent as a new attempt.
+    pub(crate) fn hand_to_agent(&self, nodes: &Nodes, job: JobRecord) {
+        let Some(control) = self.claim_run(&job.id) else {
+            return;
+        };
+        let node = job
+            .gpu_ids
+            .first()
+            .and_then(|g| g.rsplit_once('/'))
+            .map_or_else(String::new, |(n, _)| n.to_string());
+        let attempt = nodes
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let _ = self.jobs.log(
+            &job.id,
+            &format!("handed to node {node}'s agent (attempt {attempt})"),
+        );
+        nodes.remote().insert(
+            job.id.clone(),
+            Remote {
+                node,
+                attempt,
+                job,
+                control,
+                started: false,
+            },
+        );
+    }
+
+    /// A report of node `node`'s agent about a run it was handed: `Err` (a stale run's report,
+    /// refused) unless it names the job's current attempt on that node. Answers whether the run
+    /// should stop.
+    pub(crate) fn run_report(
+        &self,
+        nodes: &Nodes,
+        node: &str,
+        report: RunReport,
+    ) -> Result<bool, String> {
+        let current = {
+            let remote = nodes.remote();
+            match remote.get(&report.job) {
+                Some(r) if r.node == node && r.attempt == report.attempt => r.clone(),
+                Some(r) => {
+                    return Err(format!(
+                        "stale run: job {}'s current attempt is {} on node {}",
+                        crate::db::name_of(&report.job),
+                        r.attempt,
+                        r.node
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "stale run: job {} has no run handed to an agent",
+                        crate::db::name_of(&report.job)
+                    ));
+                }
+            }
+        };
+        match report.event {
+            RunEvent::Started => {
+                let started = self.run_starting(&report.job).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "starting a run");
+                    false
+                });
+                if let Some(r) = nodes.remote().get_mut(&report.job) {
+                    r.started = started;
+                }
+                Ok(!started || current.control.stopping())
+            }
+            RunEvent::Log { entry } => {
+                let _ = self.jobs.log(&report.job, &entry);
+                Ok(current.control.stopping())
+            }
+            RunEvent::Ended(end) => {
+                nodes.remote().remove(&report.job);
+                self.run_ended(&current.job, &current.control, current.started, end.into());
+                Ok(true)
+            }
+        }
     }
 
     /// Node `node`'s agent reported `beat`: its lease renewed, and its GPUs in or out of service
@@ -237,7 +488,7 @@ impl crate::Daemon {
         node: &str,
         nodes: &Nodes,
         beat: &Heartbeat,
-    ) -> Option<(Vec<String>, Vec<u32>)> {
+    ) -> Option<(Vec<String>, Vec<u32>, Vec<HandedRun>)> {
         let declared = self.node_gpus(node)?;
         let id_of = |ordinal: u32| format!("{node}/gpu{ordinal}");
         let fit: BTreeSet<String> = beat
@@ -258,7 +509,7 @@ impl crate::Daemon {
             tracing::info!(%node, changed = ?changed, "a node's agent changed which of its GPUs serve");
             self.apply_gpu_health(&changed, "its node's agent reported its GPU unfit");
         }
-        Some((fit.into_iter().collect(), unknown))
+        Some((fit.into_iter().collect(), unknown, nodes.handed(node)))
     }
 }
 

@@ -75,6 +75,12 @@ pub struct AgentArgs {
     /// Seconds between heartbeats (keep it well under the control plane's lease).
     #[arg(long, default_value_t = 1.0)]
     heartbeat_s: f64,
+    /// Run command jobs as this unprivileged user (needed when the agent runs as root).
+    #[arg(long, value_name = "USER")]
+    job_user: Option<String>,
+    /// Seconds a stopped command job has between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    kill_grace_s: f64,
     #[command(flatten)]
     client: Client,
 }
@@ -148,7 +154,7 @@ pub enum UserCommand {
 }
 
 /// Where the API is and who is asking.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Client {
     /// The daemon's URL.
     #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
@@ -555,46 +561,205 @@ fn agent_gpus(emulate: Option<u32>) -> anyhow::Result<serde_json::Value> {
         .collect())
 }
 
-/// Runs `gantry agent`: heartbeats until stopped; a failed heartbeat is reported and retried
-/// (the control plane takes the node out of service when the lease runs out meanwhile).
+/// Runs `gantry agent`: heartbeats until stopped, and runs the command jobs the control plane
+/// hands it. A failed heartbeat is reported and retried; once no heartbeat has succeeded for a
+/// whole lease, the control plane has given its runs up, so it stops them itself. A run the
+/// control plane no longer lists (it gave the job to another attempt) is stopped too.
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    use gantry_daemon::nodes::HandedRun;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     let period = std::time::Duration::try_from_secs_f64(args.heartbeat_s)
         .ok()
         .filter(|d| !d.is_zero())
         .context("--heartbeat-s: a number of seconds above 0")?;
+    let limits = Arc::new(gantry_daemon::command::CommandLimits {
+        user: args
+            .job_user
+            .as_deref()
+            .map(gantry_daemon::command::JobUser::lookup)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        kill_grace: std::time::Duration::try_from_secs_f64(args.kill_grace_s)
+            .context("--kill-grace-s: a number of seconds, 0 or more")?,
+        ..Default::default()
+    });
+    // The agent's cgroups are its node's at its control plane: a restarted agent kills what
+    // its previous life left running, and never another agent's.
+    let identity = format!("agent\n{}\n{}", args.client.url, args.node);
+    let cgroups = Arc::new(gantry_daemon::cgroup::Cgroups::detect(
+        &gantry_daemon::cgroup::scope_for(identity.as_bytes()),
+    ));
+    if let Some(c) = cgroups.as_ref() {
+        let killed = c.reap_leftovers();
+        if killed > 0 {
+            eprintln!(
+                "node {}: killed {killed} processes an earlier agent's runs left",
+                args.node
+            );
+        }
+    }
     let gpus = agent_gpus(args.emulate_gpus)?;
     let body = serde_json::json!({"gpus": gpus, "emulated": args.emulate_gpus.is_some()});
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
+    let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
+    // Attempts that ran here and ended: never started again, whatever a heartbeat lists.
+    let mut done: std::collections::HashSet<(String, u64)> = Default::default();
+    let mut last_ok = std::time::Instant::now();
+    let mut lease = std::time::Duration::from_secs(10);
     loop {
         match call(&args.client, "POST", &path, Some(body.clone())) {
             Ok(answer) => {
+                last_ok = std::time::Instant::now();
+                if let Some(s) = answer["lease_s"].as_f64() {
+                    lease = std::time::Duration::from_secs_f64(s.max(0.0));
+                }
                 if serving.as_ref() != Some(&answer["serving"]) {
                     println!(
-                        "node {}: serving {} (lease {} s){}",
-                        args.node,
-                        answer["serving"],
-                        answer["lease_s"],
-                        match answer["not_in_cluster"].as_array() {
-                            Some(u) if !u.is_empty() => {
-                                format!(
-                                    "; ordinals not in the cluster: {}",
-                                    answer["not_in_cluster"]
-                                )
-                            }
-                            _ => String::new(),
-                        }
+                        "node {}: serving {} (lease {} s)",
+                        args.node, answer["serving"], answer["lease_s"]
                     );
                     serving = Some(answer["serving"].clone());
+                }
+                let handed: Vec<HandedRun> =
+                    serde_json::from_value(answer["runs"].clone()).unwrap_or_default();
+                let listed: std::collections::HashSet<(String, u64)> =
+                    handed.iter().map(|r| (r.job.clone(), r.attempt)).collect();
+                for (key, stop) in &runs {
+                    if !listed.contains(key) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                done.retain(|key| listed.contains(key));
+                for run in handed {
+                    let key = (run.job.clone(), run.attempt);
+                    if done.contains(&key) {
+                        continue;
+                    }
+                    if let Some(stop) = runs.get(&key) {
+                        if run.stop {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
+                    if run.stop {
+                        continue;
+                    }
+                    let stop = Arc::new(AtomicBool::new(false));
+                    runs.insert(key, stop.clone());
+                    let (client, node) = (args.client.clone(), args.node.clone());
+                    let (limits, cgroups) = (limits.clone(), cgroups.clone());
+                    std::thread::Builder::new()
+                        .name(format!("gantry-agent-run-{}", run.attempt))
+                        .spawn(move || {
+                            agent_run(
+                                &client,
+                                &node,
+                                &run,
+                                &limits,
+                                cgroups.as_ref().as_ref(),
+                                &stop,
+                            )
+                        })
+                        .context("starting a run's thread")?;
                 }
             }
             Err(e) => {
                 eprintln!("node {}: heartbeat failed: {e:#}", args.node);
                 serving = None;
+                if last_ok.elapsed() > lease {
+                    // The control plane has given these runs up: they must not go on.
+                    for stop in runs.values() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
             }
         }
+        // Runs that ended (their thread cleared the flag's last other owner) are forgotten.
+        runs.retain(|key, stop| {
+            let going = Arc::strong_count(stop) > 1;
+            if !going {
+                done.insert(key.clone());
+            }
+            going
+        });
         std::thread::sleep(period);
     }
+}
+
+/// Where an agent's run reports: the control plane, as the run's attempt. A refused report
+/// (the attempt is stale) stops the run.
+struct AgentSink<'a> {
+    client: &'a Client,
+    path: String,
+    job: &'a str,
+    attempt: u64,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl AgentSink<'_> {
+    fn report(&self, event: serde_json::Value) -> bool {
+        let mut body = event;
+        body["job"] = self.job.into();
+        body["attempt"] = self.attempt.into();
+        match call(self.client, "POST", &self.path, Some(body)) {
+            Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
+            Err(e) => {
+                let refused = e.to_string().starts_with("409");
+                eprintln!(
+                    "run {} (attempt {}): report failed: {e:#}",
+                    self.job, self.attempt
+                );
+                refused
+            }
+        }
+    }
+}
+
+impl gantry_daemon::command::RunSink for AgentSink<'_> {
+    fn log(&mut self, entry: &str) {
+        if self.report(serde_json::json!({"event": "log", "entry": entry})) {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Runs one handed run to its end and reports it.
+fn agent_run(
+    client: &Client,
+    node: &str,
+    run: &gantry_daemon::nodes::HandedRun,
+    limits: &gantry_daemon::command::CommandLimits,
+    cgroups: Option<&gantry_daemon::cgroup::Cgroups>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut sink = AgentSink {
+        client,
+        path: format!("/v1/nodes/{node}/runs"),
+        job: &run.job,
+        attempt: run.attempt,
+        stop,
+    };
+    if sink.report(serde_json::json!({"event": "started"})) {
+        return;
+    }
+    let job = gantry_daemon::command::RunJob {
+        key: &run.job,
+        tenant: &run.tenant,
+        gpu_ids: &run.gpu_ids,
+        spec: &run.command,
+    };
+    let end = gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user");
+    let end = gantry_daemon::nodes::WireEnd::from(end);
+    let mut body = serde_json::to_value(&end).unwrap_or_default();
+    body["event"] = "ended".into();
+    sink.report(body);
 }
 
 /// Runs `gantry jobs`.

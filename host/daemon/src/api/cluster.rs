@@ -156,7 +156,7 @@ pub(super) async fn heartbeat(
                 "this daemon runs without node agents (start it with --agent-lease-s)",
             )
         })?;
-        let (serving, unknown) = daemon.heartbeat(&node, nodes, &beat).ok_or_else(|| {
+        let (serving, unknown, runs) = daemon.heartbeat(&node, nodes, &beat).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no node `{node}` in the cluster"),
@@ -167,11 +167,45 @@ pub(super) async fn heartbeat(
             "lease_s": nodes.lease().as_secs_f64(),
             "serving": serving,
             "not_in_cluster": unknown,
+            "runs": runs,
         }))
     })
     .await?;
     state.wake.notify_one();
     Ok(Json(answer))
+}
+
+/// `POST /v1/nodes/{node}/runs`: a node's agent reports on a run it was handed (started, a log
+/// entry, its end); decided as `node.heartbeat`. A report of any but the job's current attempt
+/// on this node is refused (409): a run the control plane gave up on changes nothing. Answers
+/// whether the run should stop.
+pub(super) async fn run_report(
+    State(state): State<AppState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    caller: Caller,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller.user(&state).await?;
+    let report: crate::nodes::RunReport = body::json(body, MAX_BODY).await?;
+    report
+        .check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let stop = blocking(&state, move |state| {
+        authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
+        let daemon = &state.daemon;
+        let nodes = daemon.nodes.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "this daemon runs without node agents (start it with --agent-lease-s)",
+            )
+        })?;
+        daemon
+            .run_report(nodes, &node, report)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+    })
+    .await?;
+    state.wake.notify_one();
+    Ok(Json(json!({ "stop": stop })))
 }
 
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).

@@ -99,7 +99,13 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
         ));
     }
     if let Some(command) = &req.command {
-        crate::command::check(command, &state.daemon.commands)
+        let limits = &state.daemon.commands;
+        // Where the program would run as whom: here, unless node agents run it (each decides).
+        crate::command::check(command, limits)
+            .and_then(|()| match state.daemon.nodes {
+                Some(_) => Ok(()),
+                None => crate::command::runs_as(limits).map(|_| ()),
+            })
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("job {id}: {e}")))?;
         authorize(
             state,
