@@ -97,13 +97,21 @@ reasons contains msg if {
 	msg := sprintf("user %v may not run commands (needs the runner role)", [input.subject.user])
 }
 
-# Node agents (node.heartbeat, resource: {"node"}): only a node's identity (the `node` role)
-# renews a node's lease and reports its GPUs; no person, admins included, speaks for a node.
+# Node agents (node.heartbeat, resource: {"node"}): only a node's own identity (the `node` role,
+# named as the node) renews its lease, reports its GPUs and its runs; no person, admins included,
+# speaks for a node, and no node for another.
 
 reasons contains msg if {
 	input.action == "node.heartbeat"
 	not "node" in roles
 	msg := sprintf("user %v may not act as node %v (needs the node role)", [input.subject.user, input.resource.node])
+}
+
+reasons contains msg if {
+	input.action == "node.heartbeat"
+	"node" in roles
+	input.subject.user != input.resource.node
+	msg := sprintf("node identity %v may not act as node %v", [input.subject.user, input.resource.node])
 }
 
 # Datasets (resource: {"name", "classification"}): the subject's clearance must reach the

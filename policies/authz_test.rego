@@ -72,7 +72,8 @@ test_runners_run_commands_in_their_tenants_only if {
 heartbeat(subject) := {"subject": subject, "action": "node.heartbeat", "resource": {"node": "node-000"}}
 
 test_only_node_identities_heartbeat if {
-	authz.allow with input as heartbeat({"user": "agent-000", "roles": ["node"]})
+	authz.allow with input as heartbeat({"user": "node-000", "roles": ["node"]})
+	authz.decision == {"allow": false, "reasons": ["node identity node-001 may not act as node node-000"]} with input as heartbeat({"user": "node-001", "roles": ["node"]})
 	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as heartbeat(admin)
 }
 

@@ -89,7 +89,9 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
     std::fs::write(&cluster, TWO_NODES).unwrap();
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let ops = add_user(&data, "ops", "admin", "vision", "secret");
-    let node = add_user(&data, "agent", "node", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let node_b = add_user(&data, "node-b", "node", "vision", "public");
+    let node_z = add_user(&data, "node-z", "node", "vision", "public");
     let daemon = Daemon::start_with(
         &data,
         &shared_cache(),
@@ -127,7 +129,16 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
             "{v}"
         );
     }
-    assert_eq!(heartbeat(&url, &node, "node-z", &two).0, 404);
+    let (s, v) = heartbeat(&url, &node, "node-b", &two);
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("may not act as node node-b"),
+        "{v}"
+    );
+    assert_eq!(heartbeat(&url, &node_z, "node-z", &two).0, 404);
     let twice = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 0, "healthy": true}]});
     let (s, v) = heartbeat(&url, &node, "node-a", &twice);
     assert_eq!(s, 400, "{v}");
@@ -138,7 +149,7 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
     // A GPU its agent reports unfit stays out; ordinals the cluster lacks are named back.
     let (s, v) = heartbeat(
         &url,
-        &node,
+        &node_b,
         "node-b",
         &json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": false},
                          {"ordinal": 7, "healthy": true}]}),
@@ -172,7 +183,7 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
     );
     // node-b's one heartbeat above has run out too: nothing serves.
     assert_eq!(serving_gpus(&url, &ada), 0);
-    let _agent_b = Agent::start(&url, &node, "node-b", 2);
+    let _agent_b = Agent::start(&url, &node_b, "node-b", 2);
     wait_for_state(&url, &ada, "j1", "scheduled");
     let placed = job(&url, &ada, "j1");
     assert_eq!(
@@ -276,7 +287,8 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let cluster = dir.path().join("cluster.toml");
     std::fs::write(&cluster, TWO_NODES).unwrap();
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
-    let node = add_user(&data, "agent", "node", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let node_b = add_user(&data, "node-b", "node", "vision", "public");
     let daemon = Daemon::start_with(
         &data,
         &shared_cache(),
@@ -321,11 +333,11 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let attempt = number_after(&log, "(attempt ");
 
     // Reports of anything but the current attempt on its node are refused.
-    let report = |node_name: &str, attempt: u64| {
+    let report = |node_name: &str, token: &str, attempt: u64| {
         request(
             &format!("{url}/v1/nodes/{node_name}/runs"),
             "POST",
-            Some(&node),
+            Some(token),
             Some(
                 &json!({"job": "vision/c1", "attempt": attempt, "event": "log",
                         "entry": "forged"})
@@ -333,16 +345,16 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
             ),
         )
     };
-    let (s, v) = report("node-a", attempt + 1);
+    let (s, v) = report("node-a", &node, attempt + 1);
     assert_eq!(s, 409, "{v}");
-    let (s, v) = report("node-b", attempt);
+    let (s, v) = report("node-b", &node_b, attempt);
     assert_eq!(s, 409, "{v}");
     assert!(!log_of(&url, &rae, "c1").contains("forged"));
 
     // Agent A stops (SIGSTOP) past its lease: the control plane gives its run up and hands the job
     // to node-b's agent as a new attempt. When A resumes, its stale run is stopped (its
     // processes die) and its reports are refused; the job runs on, on node-b.
-    let _agent_b = Agent::start_with(&url, &node, "node-b", 2, &extra);
+    let _agent_b = Agent::start_with(&url, &node_b, "node-b", 2, &extra);
     agent_a.signal("-STOP");
     eventually("c1 runs again on node-b", || {
         let j = job(&url, &rae, "c1");
@@ -362,4 +374,46 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let (s, v) = crate::daemon::cancel(&url, &rae, "c1");
     assert_eq!(s, 202, "{v}");
     wait_for_state(&url, &rae, "c1", "cancelled");
+}
+
+/// Regression: a command run cancelled before its agent started it was never ended (the agent
+/// skips a run it is told to stop, so no end was ever reported): the job stayed `cancelling` and
+/// kept its GPUs.
+#[test]
+fn a_run_cancelled_before_its_agent_started_it_ends_and_frees_its_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "30",
+        ],
+    );
+    let url = daemon.url.clone();
+    // The test is node-a's agent: it heartbeats, and never starts what it is handed.
+    let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
+    assert_eq!(heartbeat(&url, &node, "node-a", &two).0, 200);
+    let body = json!({"id": "c2", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sleep", "300"]}});
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    wait_for_state(&url, &rae, "c2", "scheduled");
+    let (_, v) = heartbeat(&url, &node, "node-a", &two);
+    assert_eq!(v["runs"][0]["job"], "vision/c2", "{v}");
+    assert_eq!(v["runs"][0]["stop"], false, "{v}");
+    let (s, v) = crate::daemon::cancel(&url, &rae, "c2");
+    assert_eq!(s, 202, "{v}");
+    // The next heartbeat ends it: nothing is handed, the job is cancelled, its GPUs are free.
+    let (_, v) = heartbeat(&url, &node, "node-a", &two);
+    assert_eq!(v["runs"], json!([]), "{v}");
+    wait_for_state(&url, &rae, "c2", "cancelled");
+    let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&rae), None);
+    assert_eq!(gpus["busy"], 0, "{gpus}");
 }

@@ -505,6 +505,20 @@ impl crate::Daemon {
             .filter(|o| !declared.contains(&id_of(*o)))
             .collect();
         let changed = nodes.renew(node, fit.clone(), &declared);
+        // A run asked to stop before its agent started it (a cancel, its GPUs lost) ends here:
+        // its agent will not start it, so nobody else would ever report its end.
+        let unstarted: Vec<Remote> = {
+            let mut remote = nodes.remote();
+            let keys: Vec<String> = remote
+                .iter()
+                .filter(|(_, r)| r.node == node && !r.started && r.control.stopping())
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| remote.remove(k)).collect()
+        };
+        for r in unstarted {
+            self.run_ended(&r.job, &r.control, false, RunEnd::Stopped);
+        }
         if !changed.is_empty() {
             tracing::info!(%node, changed = ?changed, "a node's agent changed which of its GPUs serve");
             self.apply_gpu_health(&changed, "its node's agent reported its GPU unfit");
