@@ -417,3 +417,94 @@ fn a_run_cancelled_before_its_agent_started_it_ends_and_frees_its_gpus() {
     let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&rae), None);
     assert_eq!(gpus["busy"], 0, "{gpus}");
 }
+
+/// A TCP proxy on loopback to `to` that can cut the network: while cut, every open connection is
+/// shut and new ones are dropped at once.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(to: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(to) else {
+                    continue;
+                };
+                o.lock().unwrap().push(client.try_clone().unwrap());
+                let pump = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        Proxy { addr, cut, open }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Regression: an agent whose report of a run's end was lost on the way (the network cut as the
+/// run ended) never sent it again: the job stayed running, holding its GPUs.
+#[test]
+fn a_runs_end_lost_on_the_way_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "30",
+        ],
+    );
+    let url = daemon.url.clone();
+    let proxy = Proxy::start(url.trim_start_matches("http://").parse().unwrap());
+    // SAFETY: geteuid has no preconditions.
+    let extra: &[&str] = if unsafe { libc::geteuid() } == 0 {
+        &["--job-user", "nobody"]
+    } else {
+        &[]
+    };
+    let _agent = Agent::start_with(&format!("http://{}", proxy.addr), &node, "node-a", 2, extra);
+    let body = json!({"id": "c3", "tenant": "vision", "gpus": 1,
+                      "command": {"argv": ["sh", "-c", "echo begun; sleep 1.5"]}});
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    eventually("c3 begins", || log_of(&url, &rae, "c3").contains("begun"));
+    // The network is cut while the run ends, and back after.
+    proxy.set_cut(true);
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert_eq!(job(&url, &rae, "c3")["state"], "running");
+    proxy.set_cut(false);
+    eventually("c3's end arrives", || {
+        job(&url, &rae, "c3")["state"] == "succeeded"
+    });
+}

@@ -607,6 +607,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
     // Attempts that ran here and ended: never started again, whatever a heartbeat lists.
     let mut done: std::collections::HashSet<(String, u64)> = Default::default();
+    let unsent: Arc<Unsent> = Default::default();
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
     loop {
@@ -633,6 +634,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     }
                 }
                 done.retain(|key| listed.contains(key));
+                resend_ends(&args.client, &args.node, &unsent, &listed);
                 for run in handed {
                     let key = (run.job.clone(), run.attempt);
                     if done.contains(&key) {
@@ -651,6 +653,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     runs.insert(key, stop.clone());
                     let (client, node) = (args.client.clone(), args.node.clone());
                     let (limits, cgroups) = (limits.clone(), cgroups.clone());
+                    let unsent = unsent.clone();
                     std::thread::Builder::new()
                         .name(format!("gantry-agent-run-{}", run.attempt))
                         .spawn(move || {
@@ -661,6 +664,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                                 &limits,
                                 cgroups.as_ref().as_ref(),
                                 &stop,
+                                &unsent,
                             )
                         })
                         .context("starting a run's thread")?;
@@ -689,6 +693,33 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Ends of runs whose report was lost on the way, by (job, attempt): sent again.
+type Unsent = std::sync::Mutex<std::collections::HashMap<(String, u64), serde_json::Value>>;
+
+/// Sends again the ends whose report was lost, for attempts the control plane still lists
+/// (`listed`); the others it gave up, and their ends are dropped.
+fn resend_ends(
+    client: &Client,
+    node: &str,
+    unsent: &Unsent,
+    listed: &std::collections::HashSet<(String, u64)>,
+) {
+    let mut unsent = unsent.lock().unwrap_or_else(|e| e.into_inner());
+    unsent.retain(|key, _| listed.contains(key));
+    let path = format!("/v1/nodes/{node}/runs");
+    unsent.retain(
+        |_, body| match call(client, "POST", &path, Some(body.clone())) {
+            Ok(_) => false,
+            Err(e) => !refused(&e),
+        },
+    );
+}
+
+/// Whether a failed report was refused as a stale run's (409), not lost on the way.
+fn refused(e: &anyhow::Error) -> bool {
+    e.to_string().starts_with("409")
+}
+
 /// Where an agent's run reports: the control plane, as the run's attempt. A refused report
 /// (the attempt is stale) stops the run.
 struct AgentSink<'a> {
@@ -700,19 +731,23 @@ struct AgentSink<'a> {
 }
 
 impl AgentSink<'_> {
-    fn report(&self, event: serde_json::Value) -> bool {
+    fn body(&self, event: serde_json::Value) -> serde_json::Value {
         let mut body = event;
         body["job"] = self.job.into();
         body["attempt"] = self.attempt.into();
-        match call(self.client, "POST", &self.path, Some(body)) {
+        body
+    }
+
+    /// Reports `event`; whether the run should stop (asked to, or its reports are refused).
+    fn report(&self, event: serde_json::Value) -> bool {
+        match call(self.client, "POST", &self.path, Some(self.body(event))) {
             Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
             Err(e) => {
-                let refused = e.to_string().starts_with("409");
                 eprintln!(
                     "run {} (attempt {}): report failed: {e:#}",
                     self.job, self.attempt
                 );
-                refused
+                refused(&e)
             }
         }
     }
@@ -738,6 +773,7 @@ fn agent_run(
     limits: &gantry_daemon::command::CommandLimits,
     cgroups: Option<&gantry_daemon::cgroup::Cgroups>,
     stop: &std::sync::atomic::AtomicBool,
+    unsent: &Unsent,
 ) {
     let mut sink = AgentSink {
         client,
@@ -757,9 +793,25 @@ fn agent_run(
     };
     let end = gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user");
     let end = gantry_daemon::nodes::WireEnd::from(end);
-    let mut body = serde_json::to_value(&end).unwrap_or_default();
-    body["event"] = "ended".into();
-    sink.report(body);
+    let mut event = serde_json::to_value(&end).unwrap_or_default();
+    event["event"] = "ended".into();
+    let body = sink.body(event);
+    match call(client, "POST", &sink.path, Some(body.clone())) {
+        Ok(_) => {}
+        Err(e) if refused(&e) => {}
+        Err(e) => {
+            // Lost on the way: sent again after the next heartbeats while the control plane
+            // still lists this attempt, or the job would stay running with its GPUs held.
+            eprintln!(
+                "run {} (attempt {}): its end is kept to be sent again: {e:#}",
+                run.job, run.attempt
+            );
+            unsent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((run.job.clone(), run.attempt), body);
+        }
+    }
 }
 
 /// Runs `gantry jobs`.
