@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, submit, wait_for_state};
-use crate::support::{add_user, init_data_dir, shared_cache};
+use crate::support::{
+    add_user, alive, init_data_dir, job_user_args, log_of, number_after, shared_cache,
+};
 
 const TWO_NODES: &str = r#"
 [[tenants]]
@@ -63,6 +65,23 @@ impl Drop for Agent {
     }
 }
 
+/// Starts a daemon over the two-node cluster whose nodes serve while their agents hold leases
+/// of `lease_s` seconds (the users it needs are added to `data` before).
+fn two_nodes_with_agents(dir: &std::path::Path, data: &std::path::Path, lease_s: &str) -> Daemon {
+    let cluster = dir.join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    Daemon::start_with(
+        data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            lease_s,
+        ],
+    )
+}
+
 fn heartbeat(url: &str, token: &str, node: &str, body: &Value) -> (u16, Value) {
     request(
         &format!("{url}/v1/nodes/{node}/heartbeat"),
@@ -85,23 +104,12 @@ fn serving_gpus(url: &str, token: &str) -> u64 {
 fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, TWO_NODES).unwrap();
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let ops = add_user(&data, "ops", "admin", "vision", "secret");
     let node = add_user(&data, "node-a", "node", "vision", "public");
     let node_b = add_user(&data, "node-b", "node", "vision", "public");
     let node_z = add_user(&data, "node-z", "node", "vision", "public");
-    let daemon = Daemon::start_with(
-        &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "1.5",
-        ],
-    );
+    let daemon = two_nodes_with_agents(dir.path(), &data, "1.5");
     let url = daemon.url.clone();
 
     // No agent yet: no GPU serves, and a job waits.
@@ -235,28 +243,6 @@ fn a_job_requeued_from_gpus_out_of_service_runs_when_they_return() {
     wait_for_state(&url, &ada, "big", "scheduled");
 }
 
-/// Whether process `pid` is alive (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Job `job`'s log, one string.
-fn log_of(url: &str, token: &str, job: &str) -> String {
-    request(
-        &format!("{url}/v1/jobs/{job}/logs"),
-        "GET",
-        Some(token),
-        None,
-    )
-    .1
-    .to_string()
-}
-
 /// Waits (up to 30 s) until `check` holds.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -266,46 +252,17 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// The number after `key` in `text`.
-fn number_after(text: &str, key: &str) -> u64 {
-    let at = text
-        .find(key)
-        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
-        + key.len();
-    text[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, TWO_NODES).unwrap();
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let node = add_user(&data, "node-a", "node", "vision", "public");
     let node_b = add_user(&data, "node-b", "node", "vision", "public");
-    let daemon = Daemon::start_with(
-        &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "1.5",
-        ],
-    );
+    let daemon = two_nodes_with_agents(dir.path(), &data, "1.5");
     let url = daemon.url.clone();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let mut extra = vec!["--kill-grace-s", "0.5"];
-    if root {
-        extra.extend(["--job-user", "nobody"]);
-    }
+    extra.extend(job_user_args());
     let agent_a = Agent::start_with(&url, &node, "node-a", 2, &extra);
 
     // The job runs on its node's agent (the program is the agent's child), on its placed GPUs.
@@ -383,20 +340,9 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
 fn a_run_cancelled_before_its_agent_started_it_ends_and_frees_its_gpus() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, TWO_NODES).unwrap();
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let node = add_user(&data, "node-a", "node", "vision", "public");
-    let daemon = Daemon::start_with(
-        &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "30",
-        ],
-    );
+    let daemon = two_nodes_with_agents(dir.path(), &data, "30");
     let url = daemon.url.clone();
     // The test is node-a's agent: it heartbeats, and never starts what it is handed.
     let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
@@ -472,29 +418,18 @@ impl Proxy {
 fn a_runs_end_lost_on_the_way_is_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, TWO_NODES).unwrap();
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let node = add_user(&data, "node-a", "node", "vision", "public");
-    let daemon = Daemon::start_with(
-        &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "30",
-        ],
-    );
+    let daemon = two_nodes_with_agents(dir.path(), &data, "30");
     let url = daemon.url.clone();
     let proxy = Proxy::start(url.trim_start_matches("http://").parse().unwrap());
-    // SAFETY: geteuid has no preconditions.
-    let extra: &[&str] = if unsafe { libc::geteuid() } == 0 {
-        &["--job-user", "nobody"]
-    } else {
-        &[]
-    };
-    let _agent = Agent::start_with(&format!("http://{}", proxy.addr), &node, "node-a", 2, extra);
+    let _agent = Agent::start_with(
+        &format!("http://{}", proxy.addr),
+        &node,
+        "node-a",
+        2,
+        &job_user_args(),
+    );
     let body = json!({"id": "c3", "tenant": "vision", "gpus": 1,
                       "command": {"argv": ["sh", "-c", "echo begun; sleep 1.5"]}});
     assert_eq!(submit(&url, &rae, &body).0, 201);

@@ -7,32 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, cancel, request, submit, wait_for_state, wait_until_over};
-use crate::support::{add_user, init_data_dir, shared_cache};
-
-/// Whether these tests run as root: then the daemon is given `--job-user nobody` (a root daemon
-/// refuses command jobs without one).
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Job `job`'s log messages, joined by newlines.
-fn log_of(url: &str, token: &str, job: &str) -> String {
-    let (status, lines) = request(
-        &format!("{url}/v1/jobs/{job}/logs"),
-        "GET",
-        Some(token),
-        None,
-    );
-    assert_eq!(status, 200, "{lines}");
-    lines
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use crate::support::{
+    add_user, alive, init_data_dir, job_user_args, log_of, number_after, root, shared_cache,
+};
 
 /// Waits until job `job`'s log contains `text`; returns the log.
 fn wait_for_log(url: &str, token: &str, job: &str, text: &str) -> String {
@@ -61,16 +38,6 @@ fn command_job(id: &str, gpus: u32, command: Value) -> Value {
     json!({"id": id, "tenant": "vision", "gpus": gpus, "command": command})
 }
 
-/// Whether process `pid` is still alive (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn command_jobs_run_on_their_placed_gpus_as_the_job_user_and_end_by_their_exit_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,9 +45,7 @@ fn command_jobs_run_on_their_placed_gpus_as_the_job_user_and_end_by_their_exit_s
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let mut extra = vec!["--kill-grace-s", "1"];
-    if root() {
-        extra.extend(["--job-user", "nobody"]);
-    }
+    extra.extend(job_user_args());
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
 
@@ -198,9 +163,7 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let mut extra = vec!["--kill-grace-s", "1"];
-    if root() {
-        extra.extend(["--job-user", "nobody"]);
-    }
+    extra.extend(job_user_args());
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
 
@@ -276,29 +239,13 @@ fn cgroups_here() -> bool {
             || root_dir.join("memory/cgroup.procs").is_file())
 }
 
-/// The number after `key` in `log`.
-fn number_after(log: &str, key: &str) -> u32 {
-    let at = log
-        .find(key)
-        .unwrap_or_else(|| panic!("no {key:?} in {log}"))
-        + key.len();
-    log[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let mut extra = vec!["--kill-grace-s", "1"];
-    if root() {
-        extra.extend(["--job-user", "nobody"]);
-    }
+    extra.extend(job_user_args());
     let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
 
@@ -345,7 +292,7 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
     assert_eq!(submit(&url, &rae, &body).0, 201);
     let job = wait_until_over(&format!("{url}/v1/jobs/c7"), &rae, 60);
     assert_eq!(job["state"], "succeeded", "{job}");
-    let escaped = number_after(&log_of(&url, &rae, "c7"), "escaped=");
+    let escaped = number_after(&log_of(&url, &rae, "c7"), "escaped=") as u32;
     assert!(
         !alive(escaped),
         "a process that left the group outlived its job"
@@ -359,7 +306,7 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
         json!({"argv": ["sh", "-c", "setsid sleep 300 & echo escaped=$!; sleep 300"]}),
     );
     assert_eq!(submit(&url, &rae, &body).0, 201);
-    let escaped = number_after(&wait_for_log(&url, &rae, "c8", "escaped="), "escaped=");
+    let escaped = number_after(&wait_for_log(&url, &rae, "c8", "escaped="), "escaped=") as u32;
     assert!(alive(escaped));
     daemon.signal("-9");
     std::thread::sleep(Duration::from_millis(300));

@@ -300,3 +300,61 @@ pub fn policy_eval(
     ];
     gantry(&[&args[..], extra].concat(), cache)
 }
+
+/// Whether these tests run as root: then daemons and agents are given `--job-user nobody` (a
+/// root daemon refuses command jobs without one).
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The flags that name a job user when these tests run as root (none otherwise).
+pub fn job_user_args() -> Vec<&'static str> {
+    if root() {
+        vec!["--job-user", "nobody"]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether process `pid` is still alive (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The number after `key` in `text`.
+pub fn number_after(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+        + key.len();
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Job `job`'s log messages, joined by newlines.
+pub fn log_of(url: &str, token: &str, job: &str) -> String {
+    let (status, lines) = crate::daemon::request(
+        &format!("{url}/v1/jobs/{job}/logs"),
+        "GET",
+        Some(token),
+        None,
+    );
+    assert_eq!(status, 200, "{lines}");
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -229,28 +229,12 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         shipped_policy: args.shipped_policy,
         agent_lease: args
             .agent_lease_s
-            .map(|s| {
-                std::time::Duration::try_from_secs_f64(s)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .context("--agent-lease-s: a number of seconds above 0")
-            })
+            .map(|s| seconds_above_zero(s, "--agent-lease-s"))
             .transpose()?,
         commands: gantry_daemon::command::CommandLimits {
-            user: args
-                .job_user
-                .as_deref()
-                .map(gantry_daemon::command::JobUser::lookup)
-                .transpose()
-                .map_err(anyhow::Error::msg)?,
-            kill_grace: std::time::Duration::try_from_secs_f64(args.kill_grace_s)
-                .context("--kill-grace-s: a number of seconds, 0 or more")?,
-            max_wall_time_s: if args.max_wall_time_s.is_finite() && args.max_wall_time_s > 0.0 {
-                args.max_wall_time_s
-            } else {
-                anyhow::bail!("--max-wall-time-s: a number of seconds above 0")
-            },
-            ..Default::default()
+            max_wall_time_s: seconds_above_zero(args.max_wall_time_s, "--max-wall-time-s")?
+                .as_secs_f64(),
+            ..command_limits(args.job_user.as_deref(), args.kill_grace_s)?
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -260,6 +244,31 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         .context("starting the daemon's runtime")?;
     runtime.block_on(daemon::serve(config))?;
     Ok(())
+}
+
+/// A duration flag that must be a number of seconds above 0.
+fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag}: a number of seconds above 0"))
+}
+
+/// The limits on command runs that `gantry up` and `gantry agent` share: who runs them
+/// (`--job-user`) and how long a stopped run has before SIGKILL (`--kill-grace-s`).
+fn command_limits(
+    job_user: Option<&str>,
+    kill_grace_s: f64,
+) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
+    Ok(gantry_daemon::command::CommandLimits {
+        user: job_user
+            .map(gantry_daemon::command::JobUser::lookup)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        kill_grace: std::time::Duration::try_from_secs_f64(kill_grace_s)
+            .context("--kill-grace-s: a number of seconds, 0 or more")?,
+        ..Default::default()
+    })
 }
 
 /// A lifetime option: `None` for the directory's default.
@@ -570,21 +579,8 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let period = std::time::Duration::try_from_secs_f64(args.heartbeat_s)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .context("--heartbeat-s: a number of seconds above 0")?;
-    let limits = Arc::new(gantry_daemon::command::CommandLimits {
-        user: args
-            .job_user
-            .as_deref()
-            .map(gantry_daemon::command::JobUser::lookup)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        kill_grace: std::time::Duration::try_from_secs_f64(args.kill_grace_s)
-            .context("--kill-grace-s: a number of seconds, 0 or more")?,
-        ..Default::default()
-    });
+    let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
+    let limits = Arc::new(command_limits(args.job_user.as_deref(), args.kill_grace_s)?);
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
     let identity = format!("agent\n{}\n{}", args.client.url, args.node);

@@ -150,12 +150,7 @@ pub(super) async fn heartbeat(
     let answer = blocking(&state, move |state| {
         authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
         let daemon = &state.daemon;
-        let nodes = daemon.nodes.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "this daemon runs without node agents (start it with --agent-lease-s)",
-            )
-        })?;
+        let nodes = agents(daemon)?;
         let (serving, unknown, runs) = daemon.heartbeat(&node, nodes, &beat).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -193,12 +188,7 @@ pub(super) async fn run_report(
     let stop = blocking(&state, move |state| {
         authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
         let daemon = &state.daemon;
-        let nodes = daemon.nodes.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "this daemon runs without node agents (start it with --agent-lease-s)",
-            )
-        })?;
+        let nodes = agents(daemon)?;
         daemon
             .run_report(nodes, &node, report)
             .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
@@ -206,6 +196,16 @@ pub(super) async fn run_report(
     .await?;
     state.wake.notify_one();
     Ok(Json(json!({ "stop": stop })))
+}
+
+/// The daemon's node agents; 409 when it runs without them.
+fn agents(daemon: &crate::Daemon) -> ApiResult<&crate::nodes::Nodes> {
+    daemon.nodes.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "this daemon runs without node agents (start it with --agent-lease-s)",
+        )
+    })
 }
 
 /// The body of `POST /v1/gpus/unhealthy` (GPU ids hold `/`, so not a path segment).
