@@ -443,3 +443,61 @@ fn a_runs_end_lost_on_the_way_is_sent_again() {
         job(&url, &rae, "c3")["state"] == "succeeded"
     });
 }
+
+/// Regression: the control plane kept every log entry a node reported for its current run, so
+/// whoever held a node's token could grow a job's log, and the store, without bound. It keeps
+/// what a run on the daemon itself may keep, and says once that the rest was dropped.
+#[test]
+fn a_node_cannot_log_more_for_a_run_than_a_run_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "30");
+    let url = daemon.url.clone();
+    let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
+    assert_eq!(heartbeat(&url, &node, "node-a", &two).0, 200);
+    let body = json!({"id": "c4", "tenant": "vision", "gpus": 1,
+                      "command": {"argv": ["sleep", "300"]}});
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    wait_for_state(&url, &rae, "c4", "scheduled");
+    let (_, v) = heartbeat(&url, &node, "node-a", &two);
+    let attempt = v["runs"][0]["attempt"].as_u64().expect("a handed run");
+    let report = |event: Value| {
+        let mut body = json!({"job": "vision/c4", "attempt": attempt});
+        body.as_object_mut()
+            .unwrap()
+            .extend(event.as_object().unwrap().clone());
+        let (s, v) = request(
+            &format!("{url}/v1/nodes/node-a/runs"),
+            "POST",
+            Some(&node),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    report(json!({"event": "started"}));
+    wait_for_state(&url, &rae, "c4", "running");
+    // 40 entries of 60 KiB: 2.3 MiB, over twice what a run keeps (1 MiB).
+    let entry = "x".repeat(60 << 10);
+    for _ in 0..40 {
+        report(json!({"event": "log", "entry": entry}));
+    }
+    let log = log_of(&url, &rae, "c4");
+    assert!(
+        log.len() < (1 << 20) + (64 << 10),
+        "{} bytes kept",
+        log.len()
+    );
+    assert!(
+        log.len() > (1 << 20) - (64 << 10),
+        "{} bytes kept",
+        log.len()
+    );
+    assert_eq!(
+        log.matches("the rest is dropped").count(),
+        1,
+        "{}",
+        &log[log.len() - 400..]
+    );
+}

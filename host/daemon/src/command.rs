@@ -332,6 +332,19 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
+/// What one log entry costs a run's log budget beyond its bytes (each entry is a row and a
+/// durable commit), so that many tiny entries cannot outrun the budget either.
+pub const LOG_ENTRY_COST: u64 = 64;
+
+/// Room in a run's log budget for what its runner says itself (how it ended, what it dropped),
+/// beyond the output it keeps.
+pub const RUNNER_NOTES: u64 = 16 << 10;
+
+/// What entry `entry` costs a run's log budget.
+pub fn log_cost(entry: &str) -> u64 {
+    entry.len() as u64 + LOG_ENTRY_COST
+}
+
 /// A run's output on its way into the job's log: lines of a tick are written as one entry (each
 /// entry is a durable commit), up to the byte budget.
 struct Output {
@@ -344,7 +357,11 @@ impl Output {
     fn write(&mut self, sink: &mut dyn RunSink, lines: Vec<(Stream, String)>) {
         let mut entry = String::new();
         for (stream, line) in lines {
-            let cost = line.len() as u64 + 1;
+            // Counted as `log_cost` counts the entry, so a control plane holding a node's
+            // runs to that budget keeps all an honest agent sends.
+            let prefix = if let Stream::Err = stream { 8 } else { 0 };
+            let own = if entry.is_empty() { LOG_ENTRY_COST } else { 0 };
+            let cost = line.len() as u64 + 1 + prefix + own;
             if cost > self.left {
                 self.dropped += cost;
                 self.left = 0;

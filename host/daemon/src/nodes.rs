@@ -111,6 +111,8 @@ struct Remote {
     job: JobRecord,
     control: Arc<RunControl>,
     started: bool,
+    /// What its log entries have cost so far ([`crate::command::log_cost`]).
+    logged: u64,
 }
 
 /// What an agent reports about a run it was handed (`POST /v1/nodes/{node}/runs`). Only the
@@ -424,6 +426,7 @@ impl crate::Daemon {
                 job,
                 control,
                 started: false,
+                logged: 0,
             },
         );
     }
@@ -468,8 +471,8 @@ impl crate::Daemon {
                 }
                 Ok(!started || current.control.stopping())
             }
-            RunEvent::Log { entry } => {
-                let _ = self.jobs.log(&report.job, &entry);
+            RunEvent::Log { ref entry } => {
+                self.remote_log(nodes, node, &report, entry);
                 Ok(current.control.stopping())
             }
             RunEvent::Ended(end) => {
@@ -477,6 +480,34 @@ impl crate::Daemon {
                 self.run_ended(&current.job, &current.control, current.started, end.into());
                 Ok(true)
             }
+        }
+    }
+
+    /// Keeps a log entry of a node's run while the run's log is within what a run on the daemon
+    /// itself keeps (its output budget and the runner's own notes); past it, says once that the
+    /// rest is dropped. A node's token alone must not be able to grow a job's log without bound.
+    fn remote_log(&self, nodes: &Nodes, node: &str, report: &RunReport, entry: &str) {
+        use crate::command::{RUNNER_NOTES, log_cost};
+        let budget = self.commands.max_output_bytes + RUNNER_NOTES;
+        let (before, after) = match nodes.remote().get_mut(&report.job) {
+            Some(r) => {
+                let before = r.logged;
+                r.logged = before.saturating_add(log_cost(entry));
+                (before, r.logged)
+            }
+            None => return,
+        };
+        if after <= budget {
+            let _ = self.jobs.log(&report.job, entry);
+        } else if before <= budget {
+            let _ = self.jobs.log(
+                &report.job,
+                &format!(
+                    "node {node}'s agent reported more log for attempt {} than a run keeps \
+                     ({budget} bytes); the rest is dropped",
+                    report.attempt
+                ),
+            );
         }
     }
 
