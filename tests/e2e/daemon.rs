@@ -979,3 +979,62 @@ fn admins_replace_the_policy_with_a_bundle_and_it_decides_from_then_on() {
     let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
     assert!(log.contains("policy.swap"), "the swap is audited");
 }
+
+/// Without TLS nothing crosses the network in the clear unless asked: `gantry up` refuses an
+/// address beyond loopback, and the CLI refuses to send its token to one over `http://`;
+/// `--insecure` allows it.
+#[test]
+fn plain_http_beyond_loopback_is_refused_without_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let up = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        c.args(["up", "--listen", "0.0.0.0:0", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env("GANTRY_CACHE_DIR", shared_cache())
+            .env_remove("RUST_LOG");
+        c
+    };
+    let o = up(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--listen 0.0.0.0:0") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
+    let mut child = up(&["--insecure"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().rsplit_once(':').map(|(_, p)| p.to_string());
+    let health = port.map(|p| {
+        request(
+            &format!("http://127.0.0.1:{p}/v1/health"),
+            "GET",
+            None,
+            None,
+        )
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health.map(|h| h.0), Some(200), "{line}");
+
+    // The CLI: no token to another machine over plain HTTP, whatever the spelling.
+    for url in [
+        "http://192.0.2.1:7070",
+        "HTTP://example.com",
+        "http://user@[2001:db8::1]:80/x",
+    ] {
+        let o = gantry(&["jobs", "--url", url, "--token", "t"], &shared_cache());
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains("in the clear"), "{url}: {stderr}");
+    }
+}

@@ -45,6 +45,7 @@ pub fn start_daemon(
         cluster,
         cache_dir,
         tls: None,
+        insecure: false,
         trust: Default::default(),
         train_limits: Default::default(),
         agent_lease: None,

@@ -68,6 +68,9 @@ pub struct DaemonConfig {
     /// Serve HTTPS with this PEM certificate chain and PEM private key (none: plain HTTP, for
     /// loopback).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve plain HTTP beyond loopback anyway (`--insecure`): bearer tokens then cross the
+    /// network in the clear. Without it, a non-loopback address without TLS is refused.
+    pub insecure: bool,
     /// Whose signatures make an uploaded plugin loadable.
     pub trust: gantry::PluginTrust,
     /// The largest sizes a training job may imply.
@@ -572,6 +575,14 @@ pub async fn serve_until(
         None => None,
     };
     if tls.is_none() && !config.listen.ip().is_loopback() {
+        if !config.insecure {
+            return Err(DaemonError::Setup(format!(
+                "--listen {}: beyond loopback the daemon serves only HTTPS, or bearer tokens \
+                 would cross the network in the clear: give --tls-cert and --tls-key (or \
+                 --insecure to serve plain HTTP anyway)",
+                config.listen
+            )));
+        }
         tracing::warn!(
             listen = %config.listen,
             "serving plain HTTP beyond loopback: bearer tokens cross the network in the clear \

@@ -36,6 +36,7 @@ impl TestDaemon {
             // daemon's start in a debug build.
             cache_dir: Some(std::env::temp_dir().join("gantry-daemon-unit-tests-cache")),
             tls: None,
+            insecure: false,
             trust: Default::default(),
             train_limits,
             agent_lease: None,

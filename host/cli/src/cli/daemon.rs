@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// The certificate's PEM private key.
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address beyond loopback (refused without it: bearer tokens would
+    /// cross the network in the clear).
+    #[arg(long)]
+    insecure: bool,
     /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
     /// default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -165,6 +169,43 @@ pub struct Client {
     /// Trust this PEM certificate for an `https://` URL (a self-signed daemon's, say).
     #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
     pub(super) ca_cert: Option<PathBuf>,
+    /// Send the token over plain `http://` to an address beyond loopback (refused without it:
+    /// it would cross the network in the clear).
+    #[arg(long, env = "GANTRY_INSECURE")]
+    pub(super) insecure: bool,
+}
+
+impl Client {
+    /// Refuses to send the bearer token in the clear beyond this machine: an `http://` URL must
+    /// name a loopback host unless `--insecure` is given.
+    fn check_transport(&self) -> anyhow::Result<()> {
+        let url = self.url.trim();
+        let plain = url
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        if !plain || self.insecure || loopback_host(&url[7..]) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "--url {url}: plain HTTP beyond loopback would send the token in the clear; use \
+             https:// (with --ca-cert for a self-signed daemon), or give --insecure"
+        )
+    }
+}
+
+/// Whether the authority at the start of `rest` (what follows `http://`) names this machine:
+/// `localhost` or a loopback address.
+fn loopback_host(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Arguments of `gantry submit`.
@@ -215,6 +256,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         cluster: super::cluster(args.cluster.as_ref())?,
         cache_dir: ctx.cache_dir.clone(),
         tls: args.tls_cert.zip(args.tls_key),
+        insecure: args.insecure,
         trust: ctx.trust.clone(),
         train_limits: match &args.train_limits {
             Some(path) => gantry::training::TrainLimits::load(path)?,
@@ -399,6 +441,8 @@ fn user_revoke(
                 url: holder.url.clone().unwrap_or_default(),
                 token: admin,
                 ca_cert,
+                // The daemon that holds this directory, on this machine.
+                insecure: true,
             };
             let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
             let path = format!("/v1/users/{name}/revoke{query}");
@@ -444,6 +488,7 @@ pub(super) fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
+    client.check_transport()?;
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
     let agent = agent(client.ca_cert.as_deref())?;
     let auth = format!("Bearer {}", client.token);
@@ -886,4 +931,33 @@ pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
         println!("test accuracy {:.1} %", 100.0 * a);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_count_as_this_machine() {
+        for rest in [
+            "127.0.0.1:7070",
+            "127.3.2.1",
+            "localhost:1/v1",
+            "LOCALHOST",
+            "[::1]:7070/x",
+            "user:pw@127.0.0.1:1",
+        ] {
+            assert!(loopback_host(rest), "{rest}");
+        }
+        for rest in [
+            "10.0.0.1:7070",
+            "localhost.example.com",
+            "127.0.0.1.example.com:1",
+            "[2001:db8::1]:80",
+            "127.0.0.1@evil.example:1",
+            "",
+        ] {
+            assert!(!loopback_host(rest), "{rest}");
+        }
+    }
 }

@@ -146,6 +146,7 @@ fn start(
         url: format!("http://{addr}"),
         token: tokens[i].clone(),
         ca_cert: None,
+        insecure: false,
     };
     let (ada, lee) = (client(0), client(1));
     Ok((server, ada, lee))
