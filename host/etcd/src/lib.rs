@@ -1,0 +1,493 @@
+//! The control plane's etcd (issue 13): a blocking client of etcd's v3 API and, on it, leader
+//! election among `gantry up` replicas ([`election`]).
+//!
+//! The client speaks the v3 API through etcd's own JSON gateway (`POST /v3/kv/range`, ...), the
+//! same RPCs as its gRPC port, served by etcd itself. Why not the `etcd-client` crate: its build
+//! runs `protoc` (tonic-prost-build), which a fresh machine does not have, and the README's
+//! commands must build there; the gateway needs nothing beyond the HTTP client the CLI already
+//! uses. Keys and values are bytes (base64 on the wire); 64-bit numbers travel as strings.
+//!
+//! Every call goes to one endpoint and moves on to the next when that one cannot be reached, so
+//! a client of a three-member cluster keeps working while one member is down. Answers are
+//! bounded ([`MAX_ANSWER`]) before they are read.
+
+pub mod election;
+pub mod testing;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The largest answer read from etcd, bytes (etcd's own request limit is 1.5 MiB; a range over
+/// many keys may be larger).
+pub const MAX_ANSWER: u64 = 64 << 20;
+
+/// What went wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// An endpoint given is not a `http://host:port` URL.
+    #[error("etcd endpoint `{0}`: expected http://HOST:PORT")]
+    BadEndpoint(String),
+    /// No endpoint answered.
+    #[error("no etcd endpoint answered ({endpoints}): {last}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last endpoint's failure.
+        last: String,
+    },
+    /// etcd answered with an error.
+    #[error("etcd at {endpoint}: {message} (code {code})")]
+    Server {
+        /// Which endpoint.
+        endpoint: String,
+        /// etcd's gRPC status code (5: not found, 9: failed precondition, ...).
+        code: i64,
+        /// Its message.
+        message: String,
+    },
+    /// An answer that is not what the v3 API sends.
+    #[error("etcd at {endpoint}: malformed answer: {message}")]
+    Malformed {
+        /// Which endpoint.
+        endpoint: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// A key and its value as etcd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key (0: it does not exist).
+    pub create_revision: i64,
+    /// The revision of its last change.
+    pub mod_revision: i64,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+/// A condition of a transaction on one key.
+#[derive(Debug, Clone)]
+pub enum Compare {
+    /// The key's create revision equals this (0: the key does not exist).
+    Created(Vec<u8>, i64),
+    /// The key's mod revision equals this.
+    Modified(Vec<u8>, i64),
+    /// The key's value equals this.
+    Value(Vec<u8>, Vec<u8>),
+}
+
+/// An operation of a transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Sets a key, attached to a lease when not 0.
+    Put(Vec<u8>, Vec<u8>, i64),
+    /// Deletes a key.
+    Delete(Vec<u8>),
+    /// Reads a key.
+    Get(Vec<u8>),
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// Whether every compare held (then the success ops ran, else the failure ops).
+    pub succeeded: bool,
+    /// The store's revision after it.
+    pub revision: i64,
+    /// What each `Get` among the ops that ran found, in order.
+    pub gets: Vec<Option<Kv>>,
+}
+
+/// A client of an etcd cluster.
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+    /// The endpoint that answered last: tried first.
+    current: AtomicUsize,
+}
+
+impl Etcd {
+    /// A client of the cluster at `endpoints` (`http://host:port`), each call bounded by
+    /// `timeout`. Nothing is contacted yet.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
+        if endpoints.is_empty() {
+            return Err(EtcdError::BadEndpoint(String::new()));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let e = e.trim().trim_end_matches('/');
+                let rest = e
+                    .strip_prefix("http://")
+                    .ok_or_else(|| EtcdError::BadEndpoint(e.into()))?;
+                if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+                    return Err(EtcdError::BadEndpoint(e.into()));
+                }
+                Ok(e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Ok(Etcd {
+            endpoints,
+            agent,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Calls `path` with `body` on the first endpoint that answers.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..self.endpoints.len() {
+            let at = (start + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[at];
+            let response = match self
+                .agent
+                .post(&format!("{endpoint}{path}"))
+                .send_json(body)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{endpoint}: {e}");
+                    continue;
+                }
+            };
+            self.current.store(at, Ordering::Relaxed);
+            let status = response.status().as_u16();
+            let malformed = |message: String| EtcdError::Malformed {
+                endpoint: endpoint.clone(),
+                message,
+            };
+            let value: Value = response
+                .into_body()
+                .with_config()
+                .limit(MAX_ANSWER)
+                .read_json()
+                .map_err(|e| malformed(format!("{path}: {e}")))?;
+            if let Some(message) = value.get("error").and_then(Value::as_str) {
+                return Err(EtcdError::Server {
+                    endpoint: endpoint.clone(),
+                    code: value.get("code").and_then(Value::as_i64).unwrap_or(-1),
+                    message: message.to_string(),
+                });
+            }
+            if status != 200 {
+                return Err(malformed(format!("{path}: HTTP {status}")));
+            }
+            return Ok(value);
+        }
+        Err(EtcdError::Unreachable {
+            endpoints: self.endpoints.join(","),
+            last,
+        })
+    }
+
+    fn malformed(&self, message: impl Into<String>) -> EtcdError {
+        EtcdError::Malformed {
+            endpoint: self.endpoints[self.current.load(Ordering::Relaxed)].clone(),
+            message: message.into(),
+        }
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdError> {
+        let answer = self.call("/v3/kv/range", &json!({ "key": B64.encode(key) }))?;
+        Ok(self.kvs(&answer)?.into_iter().next())
+    }
+
+    /// Every key that starts with `prefix`, in key order; at most `limit` of them (0: all).
+    pub fn prefix(&self, prefix: &[u8], limit: u64) -> Result<Vec<Kv>, EtcdError> {
+        let body = json!({
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(prefix_end(prefix)),
+            "limit": limit.to_string(),
+        });
+        let answer = self.call("/v3/kv/range", &body)?;
+        self.kvs(&answer)
+    }
+
+    /// Sets `key` to `value` (attached to `lease` when not 0); returns the new revision.
+    pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let answer = self.call("/v3/kv/put", &put_body(key, value, lease))?;
+        self.revision(&answer)
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, EtcdError> {
+        let answer = self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))?;
+        Ok(number(&answer, "deleted").unwrap_or(0) > 0)
+    }
+
+    /// Runs `success` if every compare holds, else `failure`, as one atomic step.
+    pub fn txn(
+        &self,
+        compare: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<TxnOutcome, EtcdError> {
+        let compare: Vec<Value> = compare.iter().map(compare_json).collect();
+        let ops = |ops: &[Op]| ops.iter().map(op_json).collect::<Vec<_>>();
+        let body = json!({ "compare": compare, "success": ops(success), "failure": ops(failure) });
+        let answer = self.call("/v3/kv/txn", &body)?;
+        let succeeded = answer
+            .get("succeeded")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut gets = Vec::new();
+        let responses = answer.get("responses").and_then(Value::as_array);
+        for r in responses.into_iter().flatten() {
+            if let Some(range) = r.get("response_range") {
+                gets.push(self.kvs(range)?.into_iter().next());
+            }
+        }
+        Ok(TxnOutcome {
+            succeeded,
+            revision: self.revision(&answer)?,
+            gets,
+        })
+    }
+
+    /// A new lease of `ttl_s` seconds; returns its id.
+    pub fn grant(&self, ttl_s: i64) -> Result<i64, EtcdError> {
+        let answer = self.call("/v3/lease/grant", &json!({ "TTL": ttl_s.to_string() }))?;
+        number(&answer, "ID").ok_or_else(|| self.malformed("a lease without an ID"))
+    }
+
+    /// Renews lease `id`; returns the seconds it has left, or `None` if it has expired.
+    pub fn keep_alive(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        let answer = self.call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))?;
+        let ttl = answer.get("result").and_then(|r| number(r, "TTL"));
+        Ok(ttl.filter(|t| *t > 0))
+    }
+
+    /// Ends lease `id` at once: the keys attached to it are deleted. An expired lease is no
+    /// error.
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self.call("/v3/lease/revoke", &json!({ "ID": id.to_string() })) {
+            Err(EtcdError::Server { code: 5, .. }) | Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn revision(&self, answer: &Value) -> Result<i64, EtcdError> {
+        answer
+            .get("header")
+            .and_then(|h| number(h, "revision"))
+            .ok_or_else(|| self.malformed("an answer without a revision"))
+    }
+
+    fn kvs(&self, answer: &Value) -> Result<Vec<Kv>, EtcdError> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            key: String,
+            #[serde(default)]
+            value: String,
+            #[serde(default)]
+            create_revision: Option<String>,
+            #[serde(default)]
+            mod_revision: Option<String>,
+            #[serde(default)]
+            lease: Option<String>,
+        }
+        let Some(kvs) = answer.get("kvs") else {
+            return Ok(Vec::new());
+        };
+        let wire: Vec<Wire> =
+            serde_json::from_value(kvs.clone()).map_err(|e| self.malformed(format!("kvs: {e}")))?;
+        let int = |s: Option<String>| -> Result<i64, EtcdError> {
+            s.map_or(Ok(0), |s| {
+                s.parse()
+                    .map_err(|_| self.malformed(format!("`{s}` is not a number")))
+            })
+        };
+        wire.into_iter()
+            .map(|w| {
+                Ok(Kv {
+                    key: B64
+                        .decode(&w.key)
+                        .map_err(|e| self.malformed(format!("key: {e}")))?,
+                    value: B64
+                        .decode(&w.value)
+                        .map_err(|e| self.malformed(format!("value: {e}")))?,
+                    create_revision: int(w.create_revision)?,
+                    mod_revision: int(w.mod_revision)?,
+                    lease: int(w.lease)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A 64-bit number etcd sent as a string (proto3 JSON), or absent (0 is left out).
+fn number(v: &Value, field: &str) -> Option<i64> {
+    match v.get(field)? {
+        Value::String(s) => s.parse().ok(),
+        n => n.as_i64(),
+    }
+}
+
+/// The end of the range of keys that start with `prefix` (etcd's `range_end`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): to the end of the key space.
+    vec![0]
+}
+
+fn put_body(key: &[u8], value: &[u8], lease: i64) -> Value {
+    let mut body = json!({ "key": B64.encode(key), "value": B64.encode(value) });
+    if lease != 0 {
+        body["lease"] = json!(lease.to_string());
+    }
+    body
+}
+
+fn compare_json(c: &Compare) -> Value {
+    match c {
+        Compare::Created(key, rev) => json!({
+            "key": B64.encode(key), "result": "EQUAL", "target": "CREATE",
+            "create_revision": rev.to_string(),
+        }),
+        Compare::Modified(key, rev) => json!({
+            "key": B64.encode(key), "result": "EQUAL", "target": "MOD",
+            "mod_revision": rev.to_string(),
+        }),
+        Compare::Value(key, value) => json!({
+            "key": B64.encode(key), "result": "EQUAL", "target": "VALUE",
+            "value": B64.encode(value),
+        }),
+    }
+}
+
+fn op_json(op: &Op) -> Value {
+    match op {
+        Op::Put(key, value, lease) => json!({ "request_put": put_body(key, value, *lease) }),
+        Op::Delete(key) => json!({ "request_delete_range": { "key": B64.encode(key) } }),
+        Op::Get(key) => json!({ "request_range": { "key": B64.encode(key) } }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::EtcdProcess;
+
+    #[test]
+    fn prefix_ends_are_the_next_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"jobs/"), b"jobs0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls_of_a_host_and_port() {
+        for bad in [
+            "127.0.0.1:2379",
+            "http://",
+            "http://host",
+            "https//x:1",
+            "http://h:1/x",
+        ] {
+            let e = Etcd::new(&[bad.to_string()], Duration::from_secs(1)).unwrap_err();
+            assert!(
+                e.to_string().contains("expected http://HOST:PORT"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(Etcd::new(&[], Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn keys_values_transactions_and_leases_on_a_real_etcd() {
+        let Some(etcd) = EtcdProcess::start_or_skip("keys_values_transactions_and_leases") else {
+            return;
+        };
+        let c = etcd.client();
+        assert_eq!(c.get(b"a/1").unwrap(), None);
+        let r1 = c.put(b"a/1", b"one", 0).unwrap();
+        c.put(b"a/2", &[0, 255, 7], 0).unwrap();
+        c.put(b"b/1", b"other", 0).unwrap();
+        let kv = c.get(b"a/1").unwrap().unwrap();
+        assert_eq!((kv.value.as_slice(), kv.mod_revision), (&b"one"[..], r1));
+        let all: Vec<_> = c.prefix(b"a/", 0).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].value, vec![0, 255, 7]);
+        assert_eq!(c.prefix(b"a/", 1).unwrap().len(), 1);
+
+        // A compare-and-set: only the writer that saw the current revision wins.
+        let put = |v: &[u8]| vec![Op::Put(b"a/1".to_vec(), v.to_vec(), 0)];
+        let won = c
+            .txn(&[Compare::Modified(b"a/1".to_vec(), r1)], &put(b"two"), &[])
+            .unwrap();
+        assert!(won.succeeded);
+        let lost = c
+            .txn(
+                &[Compare::Modified(b"a/1".to_vec(), r1)],
+                &put(b"three"),
+                &[Op::Get(b"a/1".to_vec())],
+            )
+            .unwrap();
+        assert!(!lost.succeeded);
+        assert_eq!(lost.gets[0].as_ref().unwrap().value, b"two".to_vec());
+        let created = c
+            .txn(
+                &[Compare::Created(b"a/3".to_vec(), 0)],
+                &[Op::Put(b"a/3".to_vec(), b"x".to_vec(), 0)],
+                &[],
+            )
+            .unwrap();
+        assert!(created.succeeded);
+        assert!(c.delete(b"a/3").unwrap());
+        assert!(!c.delete(b"a/3").unwrap());
+
+        // A key on a lease goes when the lease is revoked; an ended lease renews to nothing.
+        let lease = c.grant(30).unwrap();
+        c.put(b"a/leased", b"x", lease).unwrap();
+        assert_eq!(c.get(b"a/leased").unwrap().unwrap().lease, lease);
+        assert!(c.keep_alive(lease).unwrap().is_some());
+        c.revoke(lease).unwrap();
+        assert_eq!(c.get(b"a/leased").unwrap(), None);
+        assert_eq!(c.keep_alive(lease).unwrap(), None);
+        c.revoke(lease).unwrap();
+    }
+
+    #[test]
+    fn a_client_moves_on_to_the_next_endpoint_when_one_is_down() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_client_moves_on") else {
+            return;
+        };
+        let dead = format!("http://{}", testing::free_addr());
+        let c = Etcd::new(&[dead.clone(), etcd.url()], Duration::from_secs(2)).unwrap();
+        c.put(b"k", b"v", 0).unwrap();
+        assert_eq!(c.get(b"k").unwrap().unwrap().value, b"v".to_vec());
+        let alone = Etcd::new(&[dead], Duration::from_secs(2)).unwrap();
+        let e = alone.get(b"k").unwrap_err();
+        assert!(matches!(e, EtcdError::Unreachable { .. }), "{e}");
+    }
+}
