@@ -1439,28 +1439,9 @@ pub fn now() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::jobstore::JobStore;
+    use super::super::jobstore::{JobStore, contract};
     use super::*;
-
-    fn job(id: &str) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            tenant: "vision".into(),
-            owner: "ada".into(),
-            gpus: 1,
-            memory_per_gpu_mib: 1000,
-            est_runtime_s: 1.0,
-            state: JobState::Pending,
-            gpu_ids: Vec::new(),
-            reason: None,
-            submitted_at: 0.0,
-            train: None,
-            command: None,
-            result: None,
-            crashes: 0,
-            not_before: 0.0,
-        }
-    }
+    use contract::job;
 
     /// Flips one bit of every occurrence of `text` in the database file (the row, and an index
     /// entry when the column is indexed, so the file stays consistent and only the value is
@@ -1480,73 +1461,22 @@ mod tests {
         std::fs::write(path, bytes).unwrap();
     }
 
-    /// The lifecycle whole, as a table: every pair of states is a legal move or not.
-    const LEGAL: [(JobState, JobState); 13] = {
-        use JobState::*;
-        [
-            (Pending, Scheduled),
-            (Pending, Failed),
-            (Pending, Cancelled),
-            (Scheduled, Pending),
-            (Scheduled, Running),
-            (Scheduled, Cancelling),
-            (Scheduled, Failed),
-            (Scheduled, Cancelled),
-            (Running, Pending),
-            (Running, Cancelling),
-            (Running, Succeeded),
-            (Running, Failed),
-            (Cancelling, Cancelled),
-        ]
-    };
-
-    /// A stored job `id` brought to `state` by legal moves.
-    fn job_in<S: JobStore>(db: &S, id: &str, state: JobState) {
-        use JobState::*;
-        assert!(db.insert_job(&job(id)).unwrap());
-        let path: &[JobState] = match state {
-            Pending => &[],
-            Scheduled => &[Scheduled],
-            Running => &[Scheduled, Running],
-            Cancelling => &[Scheduled, Cancelling],
-            Succeeded => &[Scheduled, Running, Succeeded],
-            Failed => &[Failed],
-            Cancelled => &[Cancelled],
-        };
-        for to in path {
-            db.transition(id, None, *to, &[], None).unwrap();
-        }
-        assert_eq!(db.job(id).unwrap().unwrap().state, state);
-    }
-
     #[test]
     fn the_stored_transition_relation_is_exactly_the_lifecycle_table() {
         let dir = tempfile::tempdir().unwrap();
-        transition_table(&Db::open(&dir.path().join("gantry.db")).unwrap());
+        contract::transition_table(&Db::open(&dir.path().join("gantry.db")).unwrap());
     }
 
-    /// Any [`JobStore`] (SQLite here; an etcd one of issue 13 the same way) keeps the table.
-    fn transition_table<S: JobStore>(db: &S) {
-        for (i, from) in JobState::ALL.into_iter().enumerate() {
-            for (j, to) in JobState::ALL.into_iter().enumerate() {
-                let legal = LEGAL.contains(&(from, to));
-                assert_eq!(from.may_become(to), legal, "{from:?} -> {to:?}");
-                let id = format!("j{i}{j}");
-                job_in(db, &id, from);
-                match db.transition(&id, Some(from), to, &[], None) {
-                    Ok(was) => assert!(legal && was == from, "{from:?} -> {to:?} was made"),
-                    Err(TransitionError::Illegal { from: f, to: t, .. }) => {
-                        assert!(!legal && (f, t) == (from, to), "{from:?} -> {to:?} refused")
-                    }
-                    Err(e) => panic!("{from:?} -> {to:?}: {e}"),
-                }
-                let stored = db.job(&id).unwrap().unwrap().state;
-                assert_eq!(stored, if legal { to } else { from });
-            }
-        }
-        for s in JobState::ALL.into_iter().filter(|s| s.is_final()) {
-            assert!(JobState::ALL.iter().all(|t| !s.may_become(*t)), "{s:?}");
-        }
+    #[test]
+    fn sqlite_keeps_records_logs_and_checkpoints_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::records_logs_and_checkpoints(&Db::open(&dir.path().join("gantry.db")).unwrap());
+    }
+
+    #[test]
+    fn in_sqlite_racing_moves_of_a_job_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::racing_moves_have_one_winner(&Db::open(&dir.path().join("gantry.db")).unwrap());
     }
 
     /// A cancel wins over the end of the run it stopped: the run's late "succeeded" (or a
@@ -1554,61 +1484,7 @@ mod tests {
     #[test]
     fn a_late_success_after_a_cancel_is_refused_and_the_job_stays_cancelled() {
         let dir = tempfile::tempdir().unwrap();
-        terminal_is_final(&Db::open(&dir.path().join("gantry.db")).unwrap());
-    }
-
-    fn terminal_is_final<S: JobStore>(db: &S) {
-        use JobState::*;
-        job_in(db, "j", Scheduled);
-        assert_eq!(db.run_started("j").unwrap(), Scheduled);
-        db.transition(
-            "j",
-            Some(Running),
-            Cancelling,
-            &["g0".into()],
-            Some("by ada"),
-        )
-        .unwrap();
-        db.transition("j", None, Cancelled, &[], Some("by ada"))
-            .unwrap();
-        let late = db.transition("j", Some(Running), Succeeded, &["g0".into()], None);
-        assert!(
-            matches!(
-                &late,
-                Err(TransitionError::Moved {
-                    expected: Running,
-                    now: Cancelled,
-                    ..
-                })
-            ),
-            "{late:?}"
-        );
-        let late = db.transition("j", None, Succeeded, &["g0".into()], None);
-        assert!(
-            matches!(
-                &late,
-                Err(TransitionError::Illegal {
-                    from: Cancelled,
-                    to: Succeeded,
-                    ..
-                })
-            ),
-            "{late:?}"
-        );
-        let again = db.run_started("j");
-        assert!(
-            matches!(&again, Err(TransitionError::Moved { .. })),
-            "{again:?}"
-        );
-        let j = db.job("j").unwrap().unwrap();
-        assert_eq!(
-            (j.state, j.reason.as_deref(), j.crashes),
-            (Cancelled, Some("by ada"), 1)
-        );
-        assert!(matches!(
-            db.transition("nobody", None, Running, &[], None),
-            Err(TransitionError::NoJob(_))
-        ));
+        contract::terminal_is_final(&Db::open(&dir.path().join("gantry.db")).unwrap());
     }
 
     /// Issue 10, section 3: one flipped bit in SQLite row data turned a user's tenants into none

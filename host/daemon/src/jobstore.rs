@@ -74,3 +74,263 @@ pub trait JobStore: Send + Sync {
     /// The newest checkpoint of `job`: `(step, object)`.
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, Self::Error>;
 }
+
+/// The contract every [`JobStore`] keeps, as checks any store runs in its own tests (SQLite in
+/// [`crate::db`], etcd in [`crate::etcdstore`]).
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::JobStore;
+    use crate::db::{JobRecord, JobState, TransitionError};
+
+    pub(crate) fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            tenant: id.split_once('/').map_or("vision", |(t, _)| t).into(),
+            owner: "ada".into(),
+            gpus: 1,
+            memory_per_gpu_mib: 1000,
+            est_runtime_s: 1.0,
+            state: JobState::Pending,
+            gpu_ids: Vec::new(),
+            reason: None,
+            submitted_at: 0.0,
+            train: None,
+            command: None,
+            result: None,
+            crashes: 0,
+            not_before: 0.0,
+        }
+    }
+
+    /// The lifecycle whole, as a table: every pair of states is a legal move or not.
+    const LEGAL: [(JobState, JobState); 13] = {
+        use JobState::*;
+        [
+            (Pending, Scheduled),
+            (Pending, Failed),
+            (Pending, Cancelled),
+            (Scheduled, Pending),
+            (Scheduled, Running),
+            (Scheduled, Cancelling),
+            (Scheduled, Failed),
+            (Scheduled, Cancelled),
+            (Running, Pending),
+            (Running, Cancelling),
+            (Running, Succeeded),
+            (Running, Failed),
+            (Cancelling, Cancelled),
+        ]
+    };
+
+    /// A stored job `id` brought to `state` by legal moves.
+    pub(crate) fn job_in<S: JobStore>(db: &S, id: &str, state: JobState) {
+        use JobState::*;
+        assert!(db.insert_job(&job(id)).unwrap());
+        let path: &[JobState] = match state {
+            Pending => &[],
+            Scheduled => &[Scheduled],
+            Running => &[Scheduled, Running],
+            Cancelling => &[Scheduled, Cancelling],
+            Succeeded => &[Scheduled, Running, Succeeded],
+            Failed => &[Failed],
+            Cancelled => &[Cancelled],
+        };
+        for to in path {
+            db.transition(id, None, *to, &[], None).unwrap();
+        }
+        assert_eq!(db.job(id).unwrap().unwrap().state, state);
+    }
+
+    /// `db` keeps the lifecycle table: every legal move is made, every other refused.
+    pub(crate) fn transition_table<S: JobStore>(db: &S) {
+        for (i, from) in JobState::ALL.into_iter().enumerate() {
+            for (j, to) in JobState::ALL.into_iter().enumerate() {
+                let legal = LEGAL.contains(&(from, to));
+                assert_eq!(from.may_become(to), legal, "{from:?} -> {to:?}");
+                let id = format!("j{i}{j}");
+                job_in(db, &id, from);
+                match db.transition(&id, Some(from), to, &[], None) {
+                    Ok(was) => assert!(legal && was == from, "{from:?} -> {to:?} was made"),
+                    Err(TransitionError::Illegal { from: f, to: t, .. }) => {
+                        assert!(!legal && (f, t) == (from, to), "{from:?} -> {to:?} refused")
+                    }
+                    Err(e) => panic!("{from:?} -> {to:?}: {e}"),
+                }
+                let stored = db.job(&id).unwrap().unwrap().state;
+                assert_eq!(stored, if legal { to } else { from });
+            }
+        }
+        for s in JobState::ALL.into_iter().filter(|s| s.is_final()) {
+            assert!(JobState::ALL.iter().all(|t| !s.may_become(*t)), "{s:?}");
+        }
+    }
+
+    pub(crate) fn terminal_is_final<S: JobStore>(db: &S) {
+        use JobState::*;
+        job_in(db, "j", Scheduled);
+        assert_eq!(db.run_started("j").unwrap(), Scheduled);
+        db.transition(
+            "j",
+            Some(Running),
+            Cancelling,
+            &["g0".into()],
+            Some("by ada"),
+        )
+        .unwrap();
+        db.transition("j", None, Cancelled, &[], Some("by ada"))
+            .unwrap();
+        let late = db.transition("j", Some(Running), Succeeded, &["g0".into()], None);
+        assert!(
+            matches!(
+                &late,
+                Err(TransitionError::Moved {
+                    expected: Running,
+                    now: Cancelled,
+                    ..
+                })
+            ),
+            "{late:?}"
+        );
+        let late = db.transition("j", None, Succeeded, &["g0".into()], None);
+        assert!(
+            matches!(
+                &late,
+                Err(TransitionError::Illegal {
+                    from: Cancelled,
+                    to: Succeeded,
+                    ..
+                })
+            ),
+            "{late:?}"
+        );
+        let again = db.run_started("j");
+        assert!(
+            matches!(&again, Err(TransitionError::Moved { .. })),
+            "{again:?}"
+        );
+        let j = db.job("j").unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.reason.as_deref(), j.crashes),
+            (Cancelled, Some("by ada"), 1)
+        );
+        assert!(matches!(
+            db.transition("nobody", None, Running, &[], None),
+            Err(TransitionError::NoJob(_))
+        ));
+    }
+
+    /// `db` keeps what it is given, in order: jobs in submission order (ids per tenant), their
+    /// fields, logs in the order written, metrics, the newest checkpoint.
+    pub(crate) fn records_logs_and_checkpoints<S: JobStore>(db: &S) {
+        for id in ["vision/b", "vision/a", "nlp/a"] {
+            assert!(db.insert_job(&job(id)).unwrap());
+        }
+        assert!(
+            !db.insert_job(&job("vision/a")).unwrap(),
+            "an id is taken once"
+        );
+        let ids: Vec<String> = db.jobs().unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, ["vision/b", "vision/a", "nlp/a"]);
+        let named: Vec<String> = db
+            .jobs_named("a")
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(named, ["vision/a", "nlp/a"]);
+        db.transition("nlp/a", None, JobState::Failed, &[], Some("bad"))
+            .unwrap();
+        assert_eq!(
+            db.counts_by_state().unwrap(),
+            [("failed".to_string(), 1), ("pending".to_string(), 2)]
+        );
+        db.transition(
+            "vision/a",
+            None,
+            JobState::Scheduled,
+            &["n/g1".into()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(db.run_started("vision/a").unwrap(), JobState::Scheduled);
+        assert_eq!(db.job("vision/a").unwrap().unwrap().crashes, 1);
+        db.run_ended("vision/a").unwrap();
+        db.set_not_before("vision/a", 42.5).unwrap();
+        db.set_result("vision/a", &serde_json::json!({"loss": 0.25}))
+            .unwrap();
+        let a = db.job("vision/a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.gpu_ids.as_slice(), a.crashes, a.not_before),
+            (JobState::Running, &["n/g1".to_string()][..], 0, 42.5)
+        );
+        assert_eq!(a.result, Some(serde_json::json!({"loss": 0.25})));
+        assert_eq!(
+            db.job("nlp/a").unwrap().unwrap().reason.as_deref(),
+            Some("bad")
+        );
+        assert_eq!(db.job("vision/zz").unwrap(), None);
+
+        for i in 0..12 {
+            db.log("vision/a", &format!("line {i}")).unwrap();
+        }
+        db.log("vision/ab", "another job's").unwrap();
+        let lines: Vec<String> = db
+            .logs("vision/a")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.1)
+            .collect();
+        assert_eq!(
+            lines,
+            (0..12).map(|i| format!("line {i}")).collect::<Vec<_>>()
+        );
+
+        assert_eq!(db.curve("vision/a").unwrap(), None);
+        let mut curve = crate::curve::Curve::default();
+        curve.rewind(0);
+        db.set_curve("vision/a", &curve).unwrap();
+        assert_eq!(db.curve("vision/a").unwrap(), Some(curve));
+
+        assert_eq!(db.latest_checkpoint("vision/a").unwrap(), None);
+        for step in [10, 200, 30] {
+            db.add_checkpoint("vision/a", step, &format!("obj{step}"))
+                .unwrap();
+        }
+        assert_eq!(
+            db.latest_checkpoint("vision/a").unwrap(),
+            Some((200, "obj200".to_string()))
+        );
+    }
+
+    /// Moves of one job raced from several threads: exactly one of the conflicting moves wins.
+    pub(crate) fn racing_moves_have_one_winner<S: JobStore + Sync>(db: &S) {
+        for round in 0..5 {
+            let id = format!("vision/race{round}");
+            job_in(db, &id, JobState::Scheduled);
+            let wins = std::sync::atomic::AtomicU32::new(0);
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let (id, wins) = (&id, &wins);
+                    s.spawn(move || {
+                        let won = if t % 2 == 0 {
+                            db.run_started(id).is_ok()
+                        } else {
+                            db.transition(
+                                id,
+                                Some(JobState::Scheduled),
+                                JobState::Cancelling,
+                                &[],
+                                None,
+                            )
+                            .is_ok()
+                        };
+                        if won {
+                            wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    });
+                }
+            });
+            assert_eq!(wins.into_inner(), 1, "{id}");
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod command;
 pub mod curve;
 pub mod datadir;
 pub mod db;
+pub mod etcdstore;
 pub mod jobstore;
 pub mod labels;
 pub mod lifecycle;

@@ -1,0 +1,473 @@
+//! Jobs in etcd (issue 13): the [`JobStore`] a control plane of several replicas shares, as the
+//! SQLite [`crate::db::Db`] is one machine's. The same contract, checked by the same tests
+//! ([`crate::jobstore::contract`]).
+//!
+//! Layout under a root prefix: `jobs/<tenant>/<name>` holds a job's record as JSON (the key is
+//! the authority for its id), `logs/<job>/<unique>` one log entry each, `curves/<job>` its
+//! metrics, `checkpoints/<job>/<step>` its checkpoints. Submission and log order are etcd's own
+//! commit order (each key's create revision). Every change of a job is a compare-and-set on the
+//! job's mod revision, so two writers never both win a move; and every write carries the
+//! leader's fence when one is given ([`gantry_etcd::election::Candidate::fence`]), so a replica
+//! that no longer leads can change nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
+
+use crate::curve::Curve;
+use crate::db::{JobRecord, JobState, TransitionError, now};
+use crate::jobstore::JobStore;
+
+/// The compare a leader's writes carry; `None` while this replica does not lead.
+pub type Fence = Arc<dyn Fn() -> Option<Compare> + Send + Sync>;
+
+/// How often a job's compare-and-set is retried against other writers before giving up.
+const MAX_RETRIES: u32 = 64;
+
+/// What went wrong keeping jobs in etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdStoreError {
+    /// etcd failed or could not be reached.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// A stored value this version cannot read (corruption is an error, never a default).
+    #[error("etcd key `{key}`: {problem}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        problem: String,
+    },
+    /// This replica does not lead (any more): its write was refused.
+    #[error("this control plane does not lead: the write was refused")]
+    NotLeader,
+    /// Other writers kept changing the job first.
+    #[error("job `{0}`: other writers kept changing it first ({MAX_RETRIES} tries)")]
+    Contended(String),
+}
+
+/// Jobs kept in etcd under a root prefix.
+pub struct EtcdJobs {
+    etcd: Arc<Etcd>,
+    root: String,
+    fence: Option<Fence>,
+    /// Makes log keys unique within this process.
+    entries: AtomicU64,
+}
+
+impl std::fmt::Debug for EtcdJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdJobs")
+            .field("endpoints", &self.etcd.endpoints())
+            .field("root", &self.root)
+            .field("fenced", &self.fence.is_some())
+            .finish()
+    }
+}
+
+impl EtcdJobs {
+    /// Jobs under `root` (`gantry`, say) in `etcd`; every write carries `fence` when given.
+    pub fn new(etcd: Arc<Etcd>, root: &str, fence: Option<Fence>) -> EtcdJobs {
+        EtcdJobs {
+            etcd,
+            root: root.trim_end_matches('/').to_string(),
+            fence,
+            entries: AtomicU64::new(0),
+        }
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> Vec<u8> {
+        format!("{}/{kind}/{rest}", self.root).into_bytes()
+    }
+
+    /// A transaction with the leader's fence added to `compare`.
+    fn write(
+        &self,
+        mut compare: Vec<Compare>,
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<gantry_etcd::TxnOutcome, EtcdStoreError> {
+        if let Some(fence) = &self.fence {
+            compare.push(fence().ok_or(EtcdStoreError::NotLeader)?);
+        }
+        Ok(self.etcd.txn(&compare, success, failure)?)
+    }
+
+    /// A write that only the fence can refuse.
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), EtcdStoreError> {
+        let outcome = self.write(Vec::new(), &[Op::Put(key, value, 0)], &[])?;
+        if outcome.succeeded {
+            Ok(())
+        } else {
+            Err(EtcdStoreError::NotLeader)
+        }
+    }
+
+    fn decode_job(&self, kv: &Kv) -> Result<JobRecord, EtcdStoreError> {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let corrupt = |problem: String| EtcdStoreError::Corrupt {
+            key: key.clone(),
+            problem,
+        };
+        let prefix = format!("{}/jobs/", self.root);
+        let id = key
+            .strip_prefix(&prefix)
+            .ok_or_else(|| corrupt("not a job's key".into()))?
+            .to_string();
+        let mut job: JobRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+        // The record shows its name only; the key says whose it is.
+        job.id = id;
+        Ok(job)
+    }
+
+    fn read_job(&self, id: &str) -> Result<Option<(JobRecord, i64)>, EtcdStoreError> {
+        match self.etcd.get(&self.key("jobs", id))? {
+            Some(kv) => Ok(Some((self.decode_job(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Changes job `id` by `change` as one compare-and-set, retried while other writers win;
+    /// returns the job as it was.
+    fn update(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut JobRecord) -> Result<(), TransitionError<EtcdStoreError>>,
+    ) -> Result<JobRecord, TransitionError<EtcdStoreError>> {
+        let key = self.key("jobs", id);
+        for _ in 0..MAX_RETRIES {
+            let (was, revision) = self
+                .read_job(id)?
+                .ok_or_else(|| TransitionError::NoJob(id.to_string()))?;
+            let mut job = was.clone();
+            change(&mut job)?;
+            let value = serde_json::to_vec(&job).expect("a job serialises");
+            let outcome = self.write(
+                vec![Compare::Modified(key.clone(), revision)],
+                &[Op::Put(key.clone(), value, 0)],
+                &[Op::Get(key.clone())],
+            )?;
+            if outcome.succeeded {
+                return Ok(was);
+            }
+            // Refused with the job unchanged: the fence, not another writer, said no.
+            let now = outcome.gets.into_iter().flatten().next();
+            if now.is_some_and(|kv| kv.mod_revision == revision) {
+                return Err(EtcdStoreError::NotLeader.into());
+            }
+        }
+        Err(EtcdStoreError::Contended(id.to_string()).into())
+    }
+
+    /// Every key under `kind/<rest>`, in commit order.
+    fn in_commit_order(&self, kind: &str, rest: &str) -> Result<Vec<Kv>, EtcdStoreError> {
+        let mut kvs = self.etcd.prefix(&self.key(kind, rest), 0)?;
+        kvs.sort_by_key(|kv| kv.create_revision);
+        Ok(kvs)
+    }
+}
+
+/// A job's move to `to` from `from` (`None`: whatever it is in), checked as the SQLite store
+/// checks it.
+fn check_move(
+    job: &JobRecord,
+    from: Option<JobState>,
+    to: JobState,
+) -> Result<(), TransitionError<EtcdStoreError>> {
+    if let Some(expected) = from.filter(|f| *f != job.state) {
+        return Err(TransitionError::Moved {
+            id: job.id.clone(),
+            expected,
+            now: job.state,
+        });
+    }
+    if !job.state.may_become(to) {
+        return Err(TransitionError::Illegal {
+            id: job.id.clone(),
+            from: job.state,
+            to,
+        });
+    }
+    Ok(())
+}
+
+impl JobStore for EtcdJobs {
+    type Error = EtcdStoreError;
+
+    fn insert_job(&self, job: &JobRecord) -> Result<bool, EtcdStoreError> {
+        let key = self.key("jobs", &job.id);
+        let value = serde_json::to_vec(job).expect("a job serialises");
+        let outcome = self.write(
+            vec![Compare::Created(key.clone(), 0)],
+            &[Op::Put(key.clone(), value, 0)],
+            &[Op::Get(key)],
+        )?;
+        if outcome.succeeded {
+            return Ok(true);
+        }
+        match outcome.gets.into_iter().flatten().next() {
+            Some(_) => Ok(false),
+            // Refused though the id is free: the fence said no.
+            None => Err(EtcdStoreError::NotLeader),
+        }
+    }
+
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, EtcdStoreError> {
+        Ok(self.read_job(id)?.map(|(job, _)| job))
+    }
+
+    fn jobs(&self) -> Result<Vec<JobRecord>, EtcdStoreError> {
+        self.in_commit_order("jobs", "")?
+            .iter()
+            .map(|kv| self.decode_job(kv))
+            .collect()
+    }
+
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, EtcdStoreError> {
+        let mut jobs = self.jobs()?;
+        jobs.retain(|j| crate::db::name_of(&j.id) == name);
+        Ok(jobs)
+    }
+
+    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, EtcdStoreError> {
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for job in self.jobs()? {
+            *counts.entry(job.state.as_str().to_string()).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        from: Option<JobState>,
+        to: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<JobState, TransitionError<EtcdStoreError>> {
+        let was = self.update(id, |job| {
+            check_move(job, from, to)?;
+            job.state = to;
+            job.gpu_ids = gpu_ids.to_vec();
+            job.reason = reason.map(str::to_string);
+            Ok(())
+        })?;
+        Ok(was.state)
+    }
+
+    fn run_started(&self, id: &str) -> Result<JobState, TransitionError<EtcdStoreError>> {
+        let was = self.update(id, |job| {
+            check_move(job, Some(JobState::Scheduled), JobState::Running)?;
+            job.state = JobState::Running;
+            job.crashes += 1;
+            Ok(())
+        })?;
+        Ok(was.state)
+    }
+
+    fn run_ended(&self, id: &str) -> Result<(), EtcdStoreError> {
+        self.change(id, |job| job.crashes = job.crashes.saturating_sub(1))
+    }
+
+    fn set_not_before(&self, id: &str, at: f64) -> Result<(), EtcdStoreError> {
+        self.change(id, |job| job.not_before = at)
+    }
+
+    fn log(&self, id: &str, message: &str) -> Result<(), EtcdStoreError> {
+        let at = now();
+        let n = self.entries.fetch_add(1, Ordering::Relaxed);
+        let unique = format!("{:020}-{}-{n}", (at * 1e9) as u64, std::process::id());
+        let value = serde_json::to_vec(&serde_json::json!({ "at": at, "message": message }))
+            .expect("an entry serialises");
+        self.put(self.key("logs", &format!("{id}/{unique}")), value)
+    }
+
+    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, EtcdStoreError> {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            at: f64,
+            message: String,
+        }
+        self.in_commit_order("logs", &format!("{id}/"))?
+            .into_iter()
+            .map(|kv| {
+                let e: Entry =
+                    serde_json::from_slice(&kv.value).map_err(|e| EtcdStoreError::Corrupt {
+                        key: String::from_utf8_lossy(&kv.key).into_owned(),
+                        problem: e.to_string(),
+                    })?;
+                Ok((e.at, e.message))
+            })
+            .collect()
+    }
+
+    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), EtcdStoreError> {
+        self.change(id, |job| job.result = Some(result.clone()))
+    }
+
+    fn set_curve(&self, id: &str, curve: &Curve) -> Result<(), EtcdStoreError> {
+        let value = serde_json::to_vec(curve).expect("a curve serialises");
+        self.put(self.key("curves", id), value)
+    }
+
+    fn curve(&self, id: &str) -> Result<Option<Curve>, EtcdStoreError> {
+        let key = self.key("curves", id);
+        match self.etcd.get(&key)? {
+            None => Ok(None),
+            Some(kv) => {
+                serde_json::from_slice(&kv.value)
+                    .map(Some)
+                    .map_err(|e| EtcdStoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        problem: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), EtcdStoreError> {
+        let key = self.key("checkpoints", &format!("{job}/{step:010}"));
+        self.put(key, object.as_bytes().to_vec())
+    }
+
+    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, EtcdStoreError> {
+        let prefix = format!("{}/checkpoints/{job}/", self.root);
+        let kvs = self.etcd.prefix(prefix.as_bytes(), 0)?;
+        let Some(kv) = kvs.last() else {
+            return Ok(None);
+        };
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let step = key[prefix.len()..]
+            .parse()
+            .map_err(|_| EtcdStoreError::Corrupt {
+                key: key.clone(),
+                problem: "not a step number".into(),
+            })?;
+        let object = String::from_utf8(kv.value.clone()).map_err(|e| EtcdStoreError::Corrupt {
+            key,
+            problem: e.to_string(),
+        })?;
+        Ok(Some((step, object)))
+    }
+}
+
+impl EtcdJobs {
+    /// A change of a job's record that is not a move of its state.
+    fn change(&self, id: &str, mut f: impl FnMut(&mut JobRecord)) -> Result<(), EtcdStoreError> {
+        match self.update(id, |job| {
+            f(job);
+            Ok(())
+        }) {
+            Ok(_) | Err(TransitionError::NoJob(_)) => Ok(()),
+            Err(TransitionError::Db(e)) => Err(e),
+            Err(e) => unreachable!("a change that moves no state was refused: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobstore::contract;
+    use gantry_etcd::testing::EtcdProcess;
+
+    fn store(etcd: &EtcdProcess) -> EtcdJobs {
+        EtcdJobs::new(Arc::new(etcd.client()), "gantry", None)
+    }
+
+    #[test]
+    fn the_etcd_store_keeps_the_lifecycle_table() {
+        let Some(etcd) = EtcdProcess::start_or_skip("the_etcd_store_keeps_the_lifecycle_table")
+        else {
+            return;
+        };
+        contract::transition_table(&store(&etcd));
+    }
+
+    #[test]
+    fn in_etcd_a_late_success_after_a_cancel_is_refused() {
+        let Some(etcd) = EtcdProcess::start_or_skip("in_etcd_a_late_success") else {
+            return;
+        };
+        contract::terminal_is_final(&store(&etcd));
+    }
+
+    #[test]
+    fn the_etcd_store_keeps_records_logs_and_checkpoints_in_order() {
+        let Some(etcd) = EtcdProcess::start_or_skip("the_etcd_store_keeps_records") else {
+            return;
+        };
+        contract::records_logs_and_checkpoints(&store(&etcd));
+    }
+
+    #[test]
+    fn in_etcd_racing_moves_of_a_job_have_one_winner() {
+        let Some(etcd) = EtcdProcess::start_or_skip("in_etcd_racing_moves") else {
+            return;
+        };
+        contract::racing_moves_have_one_winner(&store(&etcd));
+    }
+
+    #[test]
+    fn a_replica_without_the_fence_changes_nothing() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_replica_without_the_fence") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let leader = EtcdJobs::new(client.clone(), "gantry", None);
+        contract::job_in(&leader, "vision/a", JobState::Scheduled);
+        // A deposed leader: its fence compares a term that is not the leader key's.
+        let stale: Fence = Arc::new(|| Some(Compare::Created(b"gantry/leader".to_vec(), 12345)));
+        let deposed = EtcdJobs::new(client.clone(), "gantry", Some(stale));
+        let refused = deposed.transition("vision/a", None, JobState::Running, &[], None);
+        assert!(
+            matches!(refused, Err(TransitionError::Db(EtcdStoreError::NotLeader))),
+            "{refused:?}"
+        );
+        let job = contract::job("vision/b");
+        assert!(matches!(
+            deposed.insert_job(&job),
+            Err(EtcdStoreError::NotLeader)
+        ));
+        assert!(matches!(
+            deposed.log("vision/a", "x"),
+            Err(EtcdStoreError::NotLeader)
+        ));
+        // One that does not lead at all refuses before it asks.
+        let follower = EtcdJobs::new(client, "gantry", Some(Arc::new(|| None)));
+        assert!(matches!(
+            follower.insert_job(&job),
+            Err(EtcdStoreError::NotLeader)
+        ));
+        assert_eq!(
+            leader.job("vision/a").unwrap().unwrap().state,
+            JobState::Scheduled
+        );
+        assert_eq!(leader.job("vision/b").unwrap(), None);
+        assert!(leader.logs("vision/a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_that_does_not_read_is_an_error_naming_its_key() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_job_that_does_not_read") else {
+            return;
+        };
+        let s = store(&etcd);
+        contract::job_in(&s, "vision/a", JobState::Succeeded);
+        let key = b"gantry/jobs/vision/a";
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&etcd.client().get(key).unwrap().unwrap().value).unwrap();
+        value["state"] = "finished-ish".into();
+        etcd.client()
+            .put(key, value.to_string().as_bytes(), 0)
+            .unwrap();
+        let e = s.job("vision/a").unwrap_err().to_string();
+        assert!(
+            e.contains("gantry/jobs/vision/a") && e.contains("finished-ish"),
+            "{e}"
+        );
+        assert!(s.jobs().is_err());
+    }
+}
