@@ -6,6 +6,7 @@ mod audit;
 mod bundle_signatures;
 mod cli;
 mod commands;
+mod control_plane;
 mod crash;
 mod daemon;
 mod daemon_plugins;

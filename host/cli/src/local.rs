@@ -52,5 +52,6 @@ pub fn start_daemon(
         commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,
+        control_plane: None,
     })
 }

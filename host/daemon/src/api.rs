@@ -232,6 +232,19 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+/// A failure of the job store answers 500, but 503 from a control plane that no longer leads
+/// (its writes are fenced): the client should ask the leader.
+impl From<crate::jobstore::JobsError> for ApiError {
+    fn from(e: crate::jobstore::JobsError) -> Self {
+        match e {
+            crate::jobstore::JobsError::Etcd(crate::etcdstore::EtcdStoreError::NotLeader) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            e => Self::internal(e),
+        }
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Runs `work` on the core's bounded blocking pool ([`gantry::blocking::run`]): SQLite, audit

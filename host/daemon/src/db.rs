@@ -79,6 +79,18 @@ pub enum TransitionError<E = DbError> {
 }
 
 impl<E> TransitionError<E> {
+    /// The same refusal, with the store's failure as a wider error.
+    pub fn widen<F: From<E>>(self) -> TransitionError<F> {
+        match self {
+            TransitionError::Illegal { id, from, to } => TransitionError::Illegal { id, from, to },
+            TransitionError::Moved { id, expected, now } => {
+                TransitionError::Moved { id, expected, now }
+            }
+            TransitionError::NoJob(id) => TransitionError::NoJob(id),
+            TransitionError::Db(e) => TransitionError::Db(e.into()),
+        }
+    }
+
     /// The database failure, if that is why; `None` when the job was in no state to move (a
     /// refusal the caller may expect: a race it lost, or a job that is over).
     pub fn into_db(self) -> Option<E> {

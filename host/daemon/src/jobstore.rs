@@ -75,6 +75,90 @@ pub trait JobStore: Send + Sync {
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, Self::Error>;
 }
 
+/// The failure of whichever store keeps the daemon's jobs.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// The embedded SQLite store.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The control plane's etcd.
+    #[error(transparent)]
+    Etcd(#[from] crate::etcdstore::EtcdStoreError),
+}
+
+/// The daemon's jobs, in whichever store keeps them.
+pub type Jobs = std::sync::Arc<dyn JobStore<Error = JobsError>>;
+
+/// A store seen with the daemon's one error type ([`JobsError`]).
+#[derive(Debug)]
+pub struct Erased<S>(pub std::sync::Arc<S>);
+
+impl<S> JobStore for Erased<S>
+where
+    S: JobStore,
+    JobsError: From<S::Error>,
+{
+    type Error = JobsError;
+
+    fn insert_job(&self, job: &JobRecord) -> Result<bool, JobsError> {
+        Ok(self.0.insert_job(job)?)
+    }
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, JobsError> {
+        Ok(self.0.job(id)?)
+    }
+    fn jobs(&self) -> Result<Vec<JobRecord>, JobsError> {
+        Ok(self.0.jobs()?)
+    }
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, JobsError> {
+        Ok(self.0.jobs_named(name)?)
+    }
+    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, JobsError> {
+        Ok(self.0.counts_by_state()?)
+    }
+    fn transition(
+        &self,
+        id: &str,
+        from: Option<JobState>,
+        to: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<JobState, TransitionError<JobsError>> {
+        self.0
+            .transition(id, from, to, gpu_ids, reason)
+            .map_err(TransitionError::widen)
+    }
+    fn run_started(&self, id: &str) -> Result<JobState, TransitionError<JobsError>> {
+        self.0.run_started(id).map_err(TransitionError::widen)
+    }
+    fn run_ended(&self, id: &str) -> Result<(), JobsError> {
+        Ok(self.0.run_ended(id)?)
+    }
+    fn set_not_before(&self, id: &str, at: f64) -> Result<(), JobsError> {
+        Ok(self.0.set_not_before(id, at)?)
+    }
+    fn log(&self, id: &str, message: &str) -> Result<(), JobsError> {
+        Ok(self.0.log(id, message)?)
+    }
+    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, JobsError> {
+        Ok(self.0.logs(id)?)
+    }
+    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), JobsError> {
+        Ok(self.0.set_result(id, result)?)
+    }
+    fn set_curve(&self, id: &str, curve: &Curve) -> Result<(), JobsError> {
+        Ok(self.0.set_curve(id, curve)?)
+    }
+    fn curve(&self, id: &str) -> Result<Option<Curve>, JobsError> {
+        Ok(self.0.curve(id)?)
+    }
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), JobsError> {
+        Ok(self.0.add_checkpoint(job, step, object)?)
+    }
+    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, JobsError> {
+        Ok(self.0.latest_checkpoint(job)?)
+    }
+}
+
 /// The contract every [`JobStore`] keeps, as checks any store runs in its own tests (SQLite in
 /// [`crate::db`], etcd in [`crate::etcdstore`]).
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod nodes;
 pub mod persisted;
 pub mod recovery;
 pub mod rejections;
+pub mod replicas;
 pub mod runner;
 pub mod serve;
 pub mod tls;
@@ -52,8 +53,7 @@ use gantry::audit::AuditLog;
 use gantry::cluster::Cluster;
 use gantry::{Host, HostConfig, PluginSource, builtin};
 
-use self::db::{Db, DbError, JobState};
-use self::jobstore::JobStore;
+use self::db::{Db, JobState};
 
 /// What `gantry up` serves.
 #[derive(Debug, Clone)]
@@ -86,6 +86,9 @@ pub struct DaemonConfig {
     /// Start with the shipped policy, replacing one an admin installed (which then no longer
     /// loads, say); recorded in the audit log.
     pub shipped_policy: bool,
+    /// With several replicas on etcd: elect a leader, keep jobs in etcd ([`replicas`]).
+    /// `None`: one daemon, jobs in the data directory's SQLite (the default).
+    pub control_plane: Option<replicas::ControlPlane>,
 }
 
 /// A daemon failed to start.
@@ -108,9 +111,12 @@ pub enum DaemonError {
 pub struct Daemon {
     /// Users, tokens, settings, datasets and plugins (the SQLite database).
     pub db: Arc<Db>,
-    /// Jobs: every job operation of the lifecycle goes through this trait; today the same
-    /// SQLite database as [`Daemon::db`], the embedded default.
-    pub jobs: Arc<dyn JobStore<Error = DbError>>,
+    /// Jobs: every job operation of the lifecycle goes through this trait: the same SQLite
+    /// database as [`Daemon::db`] (the embedded default), or etcd for a replicated control
+    /// plane.
+    pub jobs: jobstore::Jobs,
+    /// This replica's leadership, when it is the leader of a replicated control plane.
+    pub leadership: Option<gantry_etcd::election::Fencer>,
     /// Cluster state, scheduler plugin, policy and audit log.
     pub host: std::sync::RwLock<Host>,
     /// The policy and the audit log, without the host's lock: every request's decision.
@@ -230,6 +236,15 @@ impl Daemon {
     /// one), the GPU health admins set, and the active scheduler; requeues every job the database
     /// says is not over (a restart after a crash loses no accepted job).
     pub fn open(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
+        Self::open_leading(config, None)
+    }
+
+    /// [`Daemon::open`] for the leader of a replicated control plane: its jobs in etcd, every
+    /// write fenced by `leadership`.
+    pub fn open_leading(
+        config: &DaemonConfig,
+        leadership: Option<gantry_etcd::election::Fencer>,
+    ) -> Result<Daemon, DaemonError> {
         let setup = |m: String| DaemonError::Setup(m);
         let datadir::DataDir {
             store, db, audit, ..
@@ -305,7 +320,20 @@ impl Daemon {
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
         let db = Arc::new(db);
-        let jobs: Arc<dyn JobStore<Error = DbError>> = db.clone();
+        let jobs: jobstore::Jobs = match (&config.control_plane, &leadership) {
+            (Some(cp), Some(lead)) => {
+                let lead = lead.clone();
+                let fence: etcdstore::Fence = Arc::new(move || lead.fence());
+                let store = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
+                Arc::new(jobstore::Erased(Arc::new(store)))
+            }
+            (Some(_), None) => {
+                return Err(setup(
+                    "a replica of a control plane opens the daemon only once it leads".into(),
+                ));
+            }
+            _ => Arc::new(jobstore::Erased(db.clone())),
+        };
         let (requeued, deferred) =
             lifecycle::recover_jobs(&*jobs, &mut host, db::now()).map_err(setup)?;
         tracing::info!(requeued, "daemon state recovered");
@@ -314,6 +342,7 @@ impl Daemon {
         Ok(Daemon {
             db,
             jobs,
+            leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
             host: std::sync::RwLock::new(host),
@@ -454,7 +483,7 @@ impl Daemon {
     }
 
     /// Job `id`'s training metrics: live while it runs, else as last saved.
-    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, db::DbError> {
+    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, jobstore::JobsError> {
         match self.live_curve(id) {
             Some(c) => Ok(Some(c)),
             None => self.jobs.curve(id),
@@ -594,7 +623,6 @@ pub async fn serve_until(
         .conn_limits
         .clone()
         .fitted(serve::raise_descriptor_limit());
-    let daemon = Arc::new(tokio::task::block_in_place(|| Daemon::open(&config))?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| DaemonError::Listen {
@@ -606,18 +634,91 @@ pub async fn serve_until(
         error,
     })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut ready = Some(ready);
+    // A replica of a control plane answers as a follower until it leads.
+    let candidate = match &config.control_plane {
+        None => None,
+        Some(cp) => {
+            if let Some(ready) = ready.take() {
+                ready(addr);
+            }
+            let me = cp
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
+            let candidate = gantry_etcd::election::Candidate::new(
+                cp.etcd.clone(),
+                &cp.leader_key(),
+                &me,
+                cp.lease,
+            );
+            let leader = replicas::Leader::default();
+            let won = Arc::new(Mutex::new(None));
+            let campaign = {
+                let (won, leader, stop) = (won.clone(), leader.clone(), stop.clone());
+                async move {
+                    let c = replicas::campaign(candidate, leader, stop).await;
+                    *won.lock().unwrap_or_else(|e| e.into_inner()) = c;
+                }
+            };
+            let app = replicas::follower_app(leader);
+            serve::serve(
+                &listener,
+                acceptor.clone(),
+                app,
+                limits.clone(),
+                || {},
+                campaign,
+            )
+            .await;
+            let won = won.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match won {
+                Some(c) => Some(c),
+                None => return Ok(()), // stopped while following
+            }
+        }
+    };
+    let leadership = candidate.as_ref().map(|c| c.fencer());
+    let daemon = Arc::new(tokio::task::block_in_place(|| {
+        Daemon::open_leading(&config, leadership)
+    })?);
     if let Some(lock) = daemon.store.dir_lock() {
         // Where `gantry key rotate` and other commands reach the daemon that holds the directory.
         lock.set_url(&format!("{scheme}://{addr}"))
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
-    ready(addr);
+    if let Some(ready) = ready.take() {
+        ready(addr);
+    }
     // Scheduling is woken by submissions (and every second).
     let wake = Arc::new(tokio::sync::Notify::new());
     let loops = spawn_loops(&daemon, wake.clone());
     let app = api::router(daemon.clone(), wake);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    serve::serve(listener, acceptor, app, limits, daemon.clone(), shutdown).await;
+    // The leader serves until stopped or until it loses the leadership.
+    let kept = Arc::new(Mutex::new(None));
+    let deposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let until = {
+        let (kept, deposed, mut stop) = (kept.clone(), deposed.clone(), stop.clone());
+        async move {
+            match candidate {
+                Some(c) => match replicas::hold(c, stop).await {
+                    Some(c) => *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+                    None => deposed.store(true, std::sync::atomic::Ordering::SeqCst),
+                },
+                None => {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+            }
+        }
+    };
+    let refused = || metrics::Metrics::inc(&daemon.metrics.connections_refused);
+    serve::serve(&listener, acceptor, app, limits, refused, until).await;
     for task in loops {
         task.abort();
     }
@@ -630,6 +731,18 @@ pub async fn serve_until(
     })
     .await;
     daemon.close();
+    // Only once its runs have stopped does a leader hand over.
+    let kept = kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut c) = kept {
+        let _ = tokio::task::spawn_blocking(move || c.resign()).await;
+    }
+    if deposed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(DaemonError::Setup(
+            "this control plane lost the leadership (its lease ended): its runs were stopped \
+             and its writes are refused; start it again to follow the new leader"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

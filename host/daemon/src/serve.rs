@@ -22,8 +22,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::metrics::Metrics;
-
 /// What connections may hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnLimits {
@@ -146,16 +144,16 @@ impl Drop for SourceSlot {
 pub struct Peer(pub SocketAddr);
 
 /// Serves `app` on `listener` (through `tls` when given) under `limits`, until `shutdown`
-/// completes; then lets requests in flight finish for up to `limits.drain_timeout`.
+/// completes; then lets requests in flight finish for up to `limits.drain_timeout`. `refused`
+/// counts each connection turned away at a cap.
 pub async fn serve(
-    listener: TcpListener,
+    listener: &TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnLimits,
-    daemon: Arc<super::Daemon>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    refused: impl Fn(),
+    shutdown: impl Future<Output = ()>,
 ) {
-    let metrics = &daemon.metrics;
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
     let sources = Arc::new(PerSource::default());
@@ -177,12 +175,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            Metrics::inc(&metrics.connections_refused);
+            refused();
             continue; // dropping the stream closes it
         };
         let Some(slot) = PerSource::take(&sources, peer.ip(), limits.max_connections_per_source)
         else {
-            Metrics::inc(&metrics.connections_refused);
+            refused();
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -43,6 +43,7 @@ impl TestDaemon {
             commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,
+            control_plane: None,
         };
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         // Policy loads run in the runtime's context, as in `gantry up`.

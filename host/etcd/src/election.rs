@@ -8,7 +8,7 @@
 //! renewal, and gives itself [`LEAD_FRACTION`] of the TTL, so two replicas never both believe
 //! they lead unless their clocks' rates differ by more than the margin.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{Compare, Etcd, EtcdError, Op};
@@ -48,6 +48,35 @@ pub struct Candidate {
     me: String,
     ttl: Duration,
     held: Option<Held>,
+    view: Fencer,
+}
+
+/// A shared, cheap view of a candidate's leadership for the writers it fences: what
+/// [`Candidate::fence`] says, without waiting for a round of the election in progress.
+#[derive(Debug, Clone)]
+pub struct Fencer {
+    key: Vec<u8>,
+    /// The term, and until when this replica may act in it.
+    lead: Arc<Mutex<Option<(i64, Instant)>>>,
+}
+
+impl Fencer {
+    /// The term this replica leads in now, if it does.
+    pub fn term(&self) -> Option<i64> {
+        let lead = *self.lead.lock().unwrap_or_else(|e| e.into_inner());
+        lead.filter(|(_, until)| Instant::now() < *until)
+            .map(|(term, _)| term)
+    }
+
+    /// The compare that fences a write ([`Candidate::fence`]).
+    pub fn fence(&self) -> Option<Compare> {
+        self.term()
+            .map(|term| Compare::Created(self.key.clone(), term))
+    }
+
+    fn set(&self, lead: Option<(i64, Instant)>) {
+        *self.lead.lock().unwrap_or_else(|e| e.into_inner()) = lead;
+    }
 }
 
 impl Candidate {
@@ -60,7 +89,27 @@ impl Candidate {
             me: me.to_string(),
             ttl: Duration::from_secs(ttl.as_secs().max(2)),
             held: None,
+            view: Fencer {
+                key: key.as_bytes().to_vec(),
+                lead: Arc::default(),
+            },
         }
+    }
+
+    /// The view of this candidate's leadership its writers share.
+    pub fn fencer(&self) -> Fencer {
+        self.view.clone()
+    }
+
+    /// One round: renews the leadership this replica holds, or takes it when nobody holds it;
+    /// the shared view ([`Candidate::fencer`]) follows. An error (etcd unreachable) leaves held
+    /// leadership to run out by [`Candidate::leads`].
+    pub fn step(&mut self) -> Result<Role, EtcdError> {
+        let role = self.round();
+        let until = self.ttl.mul_f64(LEAD_FRACTION);
+        self.view
+            .set(self.held.map(|h| (h.term, h.renewed + until)));
+        role
     }
 
     /// The lease's TTL; run [`Candidate::step`] several times within it (a third of it, say).
@@ -68,9 +117,7 @@ impl Candidate {
         self.ttl
     }
 
-    /// One round: renews the leadership this replica holds, or takes it when nobody holds it.
-    /// An error (etcd unreachable) leaves held leadership to run out by [`Candidate::leads`].
-    pub fn step(&mut self) -> Result<Role, EtcdError> {
+    fn round(&mut self) -> Result<Role, EtcdError> {
         if let Some(held) = self.held {
             let sent = Instant::now();
             if self.etcd.keep_alive(held.lease)?.is_some() {
@@ -145,6 +192,7 @@ impl Candidate {
     /// Steps down (on shutdown): the lease is revoked, so another replica takes over at its
     /// next round rather than after the TTL.
     pub fn resign(&mut self) {
+        self.view.set(None);
         if let Some(held) = self.held.take() {
             let _ = self.etcd.revoke(held.lease);
         }
@@ -183,8 +231,10 @@ mod tests {
         assert_eq!(b.step().unwrap(), follower);
         assert_eq!(a.step().unwrap(), Role::Leader { term });
         assert_eq!((a.leads(), b.leads()), (Some(term), None));
+        let view = a.fencer();
+        assert_eq!((view.term(), b.fencer().term()), (Some(term), None));
         a.resign();
-        assert_eq!(a.leads(), None);
+        assert_eq!((a.leads(), view.term()), (None, None));
         let Role::Leader { term: next } = b.step().unwrap() else {
             panic!("b takes over at once")
         };

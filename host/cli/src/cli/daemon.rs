@@ -32,6 +32,21 @@ pub struct UpArgs {
     /// cross the network in the clear).
     #[arg(long)]
     insecure: bool,
+    /// A replicated control plane: keep jobs in this etcd cluster (its client URLs, comma
+    /// separated) and elect a leader among the replicas started with the same URLs.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// This replica's URL for clients, as followers name the leader (default: its listening
+    /// address).
+    #[arg(long, value_name = "URL", requires = "etcd")]
+    advertise: Option<String>,
+    /// The leader's lease in seconds (whole, at least 2): a leader that dies is replaced
+    /// within about this long.
+    #[arg(long, default_value_t = 5, requires = "etcd")]
+    leader_lease_s: u64,
+    /// The prefix of this control plane's keys in etcd (several may share one etcd).
+    #[arg(long, default_value = "gantry", requires = "etcd")]
+    etcd_prefix: String,
     /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
     /// default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -250,6 +265,7 @@ pub struct SubmitArgs {
 
 /// Runs `gantry up`.
 pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
+    let control_plane = control_plane(&args)?;
     let config = DaemonConfig {
         data_dir: args.dir.path()?,
         listen: args.listen,
@@ -269,6 +285,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shipped_policy: args.shipped_policy,
+        control_plane,
         agent_lease: args
             .agent_lease_s
             .map(|s| seconds_above_zero(s, "--agent-lease-s"))
@@ -286,6 +303,29 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         .context("starting the daemon's runtime")?;
     runtime.block_on(daemon::serve(config))?;
     Ok(())
+}
+
+/// The replicated control plane `gantry up --etcd` asks for, if it does.
+fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas::ControlPlane>> {
+    if args.etcd.is_empty() {
+        return Ok(None);
+    }
+    if args.leader_lease_s < 2 {
+        anyhow::bail!("--leader-lease-s: at least 2 seconds (etcd raises shorter leases)");
+    }
+    let prefix = args.etcd_prefix.trim_matches('/');
+    if prefix.is_empty() {
+        anyhow::bail!("--etcd-prefix: a non-empty key prefix");
+    }
+    let lease = std::time::Duration::from_secs(args.leader_lease_s);
+    // Each call to etcd is bounded well within the lease.
+    let etcd = gantry_etcd::Etcd::new(&args.etcd, lease / 3).context("--etcd")?;
+    Ok(Some(gantry_daemon::replicas::ControlPlane {
+        etcd: std::sync::Arc::new(etcd),
+        root: prefix.to_string(),
+        advertise: args.advertise.clone(),
+        lease,
+    }))
 }
 
 /// A duration flag that must be a number of seconds above 0.
@@ -488,6 +528,45 @@ pub(super) fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
+    match call_once(client, method, path, body.clone()) {
+        // A follower of a replicated control plane names its leader: ask it, once.
+        Err(e) => match e.downcast_ref::<Follower>() {
+            Some(f) if f.leader != client.url => {
+                let leader = Client {
+                    url: f.leader.clone(),
+                    ..client.clone()
+                };
+                call_once(&leader, method, path, body)
+            }
+            _ => Err(e),
+        },
+        answer => answer,
+    }
+}
+
+/// A follower's answer: it does not lead, `leader` does.
+#[derive(Debug)]
+struct Follower {
+    leader: String,
+    message: String,
+}
+
+impl std::fmt::Display for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Follower {}
+
+/// One request: its JSON answer, or an error with the daemon's message ([`Follower`] when a
+/// follower named its leader).
+fn call_once(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
     client.check_transport()?;
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
     let agent = agent(client.ca_cert.as_deref())?;
@@ -515,6 +594,10 @@ pub(super) fn call(
             for r in reasons {
                 message += &format!("\n  - {}", r.as_str().unwrap_or_default());
             }
+        }
+        if let (503, Some(leader)) = (status.as_u16(), value["leader"].as_str()) {
+            let leader = leader.to_string();
+            return Err(Follower { leader, message }.into());
         }
         anyhow::bail!(message);
     }

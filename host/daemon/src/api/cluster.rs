@@ -42,8 +42,12 @@ pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
         .into_response())
 }
 
-pub(super) async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+pub(super) async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    match &state.daemon.leadership {
+        // The leader of a replicated control plane (followers answer with their own app).
+        Some(lead) => Json(json!({"status": "ok", "role": "leader", "term": lead.term()})),
+        None => Json(json!({"status": "ok"})),
+    }
 }
 
 /// `GET /v1/gpus`: every GPU, its node and health, and the job holding it.

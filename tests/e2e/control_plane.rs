@@ -1,0 +1,349 @@
+//! A replicated control plane: three `gantry up --etcd` processes on one real etcd (Debian's
+//! etcd-server, on loopback). One leads; followers send clients to it; `kill -9` of the leader,
+//! again and again while jobs are submitted and run, loses no accepted job and never gives a
+//! GPU to two jobs, and a new leader answers within the bound the README states (twice the
+//! lease); a leader paused past its lease is replaced, and on waking it stops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_etcd::testing::EtcdProcess;
+use serde_json::{Value, json};
+
+use crate::support::{add_user, init_data_dir, job_user_args, shared_cache};
+
+/// The leader's lease in these tests, seconds.
+const LEASE_S: u64 = 2;
+
+/// Eight GPUs, so that jobs wait for each other's and placements are contended (on one node:
+/// a command job runs on one node).
+const EIGHT_GPUS: &str = r#"
+[[tenants]]
+name = "vision"
+
+[[nodes]]
+name = "node-a"
+rack = "r0"
+gpus = { count = 8, model = "H100-80GB", memory_mib = 81920 }
+"#;
+
+/// A `gantry up --etcd` replica on its own copy of the data directory.
+struct Replica {
+    dir: PathBuf,
+    etcd: String,
+    child: Option<Child>,
+    url: String,
+}
+
+impl Replica {
+    fn start(dir: &Path, etcd: &str) -> Replica {
+        let mut r = Replica {
+            dir: dir.to_path_buf(),
+            etcd: etcd.to_string(),
+            child: None,
+            url: String::new(),
+        };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let lease = LEASE_S.to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--etcd", &self.etcd, "--leader-lease-s", &lease])
+            .arg("--cluster")
+            .arg(self.dir.join("cluster.toml"))
+            .args(job_user_args())
+            .args(["--kill-grace-s", "0.5"])
+            .env("GANTRY_CACHE_DIR", shared_cache())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting gantry up --etcd");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("gantry up --etcd said {line:?}"));
+        self.url = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Whether it leads, by its health.
+    fn leads(&self) -> bool {
+        self.child.is_some()
+            && try_request(&format!("{}/v1/health", self.url), "GET", None, None)
+                .is_some_and(|(_, v)| v["role"] == "leader")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A request that may find nobody listening (`None`), bounded in time.
+fn try_request(
+    url: &str,
+    method: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "POST" => {
+            let mut r = agent.post(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send_json(body.cloned().unwrap_or(Value::Null))
+        }
+        _ => {
+            let mut r = agent.get(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+    }
+    .ok()?;
+    let status = response.status().as_u16();
+    let value = response.into_body().read_json().unwrap_or(Value::Null);
+    Some((status, value))
+}
+
+/// `POST /v1/jobs` as a client of the control plane does it: through any replica, then to the
+/// leader a follower names; while a dead leader is still named (until its lease ends), again.
+fn submit_through(via: &str, token: &str, body: &Value) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(4 * LEASE_S + 10);
+    loop {
+        let answer = try_request(&format!("{via}/v1/jobs"), "POST", Some(token), Some(body));
+        let answer = match answer {
+            Some((503, v)) => match v["leader"].as_str() {
+                Some(l) => try_request(&format!("{l}/v1/jobs"), "POST", Some(token), Some(body)),
+                None => None,
+            },
+            a => a,
+        };
+        match answer {
+            Some((503, _)) | None => {}
+            Some(a) => return a,
+        }
+        assert!(Instant::now() < deadline, "no leader took {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The index of the replica that leads, waiting up to `within`; and how long it took.
+fn leader_within(replicas: &[Replica], within: Duration) -> (usize, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(i) = replicas.iter().position(Replica::leads) {
+            return (i, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "no leader within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A copy of directory `from` at `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A small fixed-seed generator (the seed is printed; `GANTRY_KILL_SEED` replays another).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
+    let Some(etcd) = EtcdProcess::start_or_skip("killing_the_leader_again_and_again") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
+    for d in &dirs {
+        copy_dir(&data, d);
+        std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+    }
+    let mut replicas: Vec<Replica> = dirs
+        .iter()
+        .map(|d| Replica::start(d, &etcd.url()))
+        .collect();
+    let bound = Duration::from_secs(2 * LEASE_S);
+    let (mut leader, _) = leader_within(&replicas, bound + Duration::from_secs(10));
+
+    let seed = std::env::var("GANTRY_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261203);
+    eprintln!("kill loop seed {seed}");
+    let mut rng = Lcg(seed);
+    let mut accepted: Vec<String> = Vec::new();
+    let mut failovers = Vec::new();
+    for round in 0..20 {
+        // Jobs submitted through any replica: followers send the client to the leader.
+        for k in 0..=rng.below(3) {
+            let id = format!("j{round}-{k}");
+            let pause = format!("0.{}", 1 + rng.below(5));
+            let body = json!({"id": id, "tenant": "vision", "gpus": 1 + rng.below(4),
+                              "command": {"argv": ["sleep", pause]}});
+            let via = &replicas[rng.below(3) as usize].url;
+            let (s, v) = submit_through(via, &rae, &body);
+            assert_eq!(s, 201, "round {round}: {v}");
+            accepted.push(id);
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(600)));
+        replicas[leader].kill();
+        let (next, took) = leader_within(&replicas, bound + Duration::from_secs(10));
+        failovers.push(took);
+        assert!(
+            took <= bound,
+            "round {round}: a new leader after {took:?}, over {bound:?}"
+        );
+        replicas[leader].restart();
+        leader = next;
+        check_jobs(&replicas[leader].url, &rae, &accepted, round);
+    }
+    failovers.sort();
+    eprintln!(
+        "failover over 20 kills of the leader: median {:?}, max {:?}",
+        failovers[failovers.len() / 2],
+        failovers.last().unwrap()
+    );
+
+    // A leader paused past its lease is replaced; on waking it finds it no longer leads and
+    // stops, its writes refused.
+    replicas[leader].signal("-STOP");
+    std::thread::sleep(Duration::from_secs(LEASE_S));
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let start = Instant::now();
+    while !others.iter().any(|i| replicas[*i].leads()) {
+        assert!(
+            start.elapsed() < bound + Duration::from_secs(10),
+            "nobody took over"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replicas[leader].signal("-CONT");
+    let child = replicas[leader].child.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the paused leader never stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "a deposed leader exits with an error");
+    let (now_leader, _) = leader_within(&replicas, bound);
+    check_jobs(&replicas[now_leader].url, &rae, &accepted, 20);
+    // And every accepted job comes to its end: those a killed leader was running ran again,
+    // unless the control plane went down while they ran too often (the daemon's crash-loop
+    // guard, which cannot tell a kill from the outside from a job that brings it down).
+    let url = &replicas[now_leader].url;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, jobs) = try_request(&format!("{url}/v1/jobs"), "GET", Some(&rae), None)
+            .expect("the leader answers");
+        let jobs = jobs.as_array().unwrap();
+        let open: Vec<&Value> = jobs
+            .iter()
+            .filter(|j| !["succeeded", "failed"].contains(&j["state"].as_str().unwrap()))
+            .collect();
+        if open.is_empty() {
+            let guard = "the daemon went down 3 times while this job ran";
+            for j in jobs.iter().filter(|j| j["state"] == "failed") {
+                let reason = j["reason"].as_str().unwrap_or_default();
+                assert!(reason.starts_with(guard), "{j}");
+            }
+            let done = jobs.iter().filter(|j| j["state"] == "succeeded").count();
+            eprintln!("{done} of {} jobs succeeded", jobs.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs that never ended: {open:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every accepted job is there, and no GPU is held by two jobs.
+fn check_jobs(url: &str, token: &str, accepted: &[String], round: usize) {
+    let (s, jobs) = try_request(&format!("{url}/v1/jobs"), "GET", Some(token), None)
+        .unwrap_or_else(|| panic!("round {round}: the leader at {url} answers"));
+    assert_eq!(s, 200, "{jobs}");
+    let jobs = jobs.as_array().unwrap();
+    for id in accepted {
+        assert!(
+            jobs.iter().any(|j| j["id"] == id.as_str()),
+            "round {round}: accepted job {id} lost"
+        );
+    }
+    let mut held: Vec<&str> = jobs
+        .iter()
+        .filter(|j| ["scheduled", "running", "cancelling"].contains(&j["state"].as_str().unwrap()))
+        .flat_map(|j| {
+            j["gpu_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap())
+        })
+        .collect();
+    let all = held.len();
+    held.sort();
+    held.dedup();
+    assert_eq!(held.len(), all, "round {round}: a GPU held by two jobs");
+}
