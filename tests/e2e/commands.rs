@@ -324,3 +324,68 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
     assert_eq!(cancel(&daemon.url, &rae, "c8").0, 202);
     wait_for_state(&daemon.url, &rae, "c8", "cancelled");
 }
+
+/// Regression: a command job placed on GPUs of two nodes (the only free ones) failed at once
+/// ("placed on GPUs of more than one node"), though it only had to wait. It now waits, queued
+/// again, until one node has its GPUs, and runs there.
+#[test]
+fn a_command_job_placed_across_nodes_waits_for_one_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let ops = add_user(&data, "ops", "admin", "vision", "secret");
+    let cluster = dir.path().join("cluster.toml");
+    let nodes = r#"
+[[tenants]]
+name = "vision"
+
+[[nodes]]
+name = "node-a"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+
+[[nodes]]
+name = "node-b"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+"#;
+    std::fs::write(&cluster, nodes).unwrap();
+    let mut extra = vec!["--cluster", cluster.to_str().unwrap()];
+    extra.extend(job_user_args());
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+    let mark = |health: &str, gpu: &str| {
+        let body = json!({ "gpu": gpu }).to_string();
+        let (s, v) = request(
+            &format!("{url}/v1/gpus/{health}"),
+            "POST",
+            Some(&ops),
+            Some(&body),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    // One free GPU on each node: a 2-GPU job can only be placed across them.
+    mark("unhealthy", "node-a/gpu0");
+    mark("unhealthy", "node-b/gpu0");
+    let say = json!({"argv": ["sh", "-c", "echo on $CUDA_VISIBLE_DEVICES of $GANTRY_GPU_IDS"]});
+    let (s, v) = submit(&url, &rae, &command_job("c1", 2, say));
+    assert_eq!(s, 201, "{v}");
+    let log = wait_for_log(&url, &rae, "c1", "waits for 2 GPUs on one node");
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, job) = request(&format!("{url}/v1/jobs/c1"), "GET", Some(&rae), None);
+    assert_eq!(job["state"], "pending", "{job}\n{log}");
+    assert_eq!(busy_gpus(&url, &rae), 0);
+    // Once one node has two GPUs, it runs there.
+    mark("healthy", "node-a/gpu0");
+    wait_for_state(&url, &rae, "c1", "succeeded");
+    let log = log_of(&url, &rae, "c1");
+    assert!(
+        log.contains("of node-a/gpu") && !log.contains("node-b/gpu"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("waits for 2 GPUs on one node").count(),
+        1,
+        "{log}"
+    );
+}

@@ -249,6 +249,16 @@ pub fn check(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether GPUs `gpu_ids` (`<node>/gpu<k>`) are on more than one node, where a command job
+/// cannot run: it runs as one process group.
+pub fn spans_nodes(gpu_ids: &[String]) -> bool {
+    let mut nodes = gpu_ids
+        .iter()
+        .filter_map(|id| id.rsplit_once("/gpu").map(|(node, _)| node));
+    let first = nodes.next();
+    nodes.any(|n| Some(n) != first)
+}
+
 /// `CUDA_VISIBLE_DEVICES` for GPUs `gpu_ids` (`<node>/gpu<k>`): the ordinals `k`, in the
 /// placement's order. A placement on several nodes cannot run as one process here.
 pub fn visible_devices(gpu_ids: &[String]) -> Result<String, String> {

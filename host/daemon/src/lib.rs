@@ -148,6 +148,8 @@ pub struct Daemon {
     running: Mutex<std::collections::HashMap<String, Arc<lifecycle::RunControl>>>,
     /// Jobs waiting out a backoff before they are queued again: (Unix seconds, job id).
     deferred: Mutex<Vec<(f64, String)>>,
+    /// Command jobs told that they wait for one node's GPUs ([`lifecycle::SPLIT_RETRY_S`]).
+    split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
 }
@@ -357,6 +359,7 @@ impl Daemon {
             rejections: Default::default(),
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),
+            split: Mutex::default(),
             curves: Mutex::new(Default::default()),
         })
     }
@@ -429,6 +432,14 @@ impl Daemon {
             }
         })
         .await;
+    }
+
+    /// Queues job `id` again at `at` (Unix seconds), if it is still pending then.
+    fn defer(&self, id: &str, at: f64) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((at, id.to_string()));
     }
 
     /// Queues the deferred jobs whose backoff has ended (and are still pending).

@@ -113,6 +113,9 @@ fn outcome(
     }
 }
 
+/// Seconds before a command job placed across nodes is queued again ([`Daemon::placed`]).
+pub const SPLIT_RETRY_S: f64 = 2.0;
+
 /// Seconds to wait before queueing again a job whose runs were interrupted by `crashes`
 /// crashes of the daemon: the first crash may have nothing to do with the job, so it retries at
 /// once; later ones back off.
@@ -144,6 +147,13 @@ impl Daemon {
     /// the job trains. A placement of a job that stopped being pending meanwhile (a cancel won
     /// the race) is released instead.
     pub(crate) fn placed(self: &Arc<Self>, a: &Assignment) {
+        if self.split_command(a) {
+            return;
+        }
+        self.split
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&a.job_id);
         let placed = format!(
             "scheduled on {} GPU(s): {}",
             a.gpus.len(),
@@ -179,6 +189,40 @@ impl Daemon {
             Ok(_) => {}
             Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
         }
+    }
+
+    /// A command job placed on GPUs of several nodes cannot run (it is one process group): the
+    /// placement is given back and the job queued again after [`SPLIT_RETRY_S`], to wait for
+    /// GPUs on one node (its log says so once). The scheduler is asked for one node
+    /// ([`crate::api::spec`]), but that is a preference a plugin may not honour.
+    fn split_command(&self, a: &Assignment) -> bool {
+        if !crate::command::spans_nodes(&a.gpus) {
+            return false;
+        }
+        match self.jobs.job(&a.job_id) {
+            Ok(Some(job)) if job.command.is_some() => {}
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::error!(job = %a.job_id, error = %e, "reading a placed job");
+                return false;
+            }
+        }
+        self.host().complete(a.alloc_id);
+        self.defer(&a.job_id, crate::db::now() + SPLIT_RETRY_S);
+        let first = self
+            .split
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(a.job_id.clone());
+        if first {
+            let line = format!(
+                "waits for {} GPUs on one node (a command job runs as one process group; it was \
+                 placed across nodes)",
+                a.gpus.len()
+            );
+            let _ = self.jobs.log(&a.job_id, &line);
+        }
+        true
     }
 
     /// Cancels `job` on behalf of `by`. A job whose run is under way becomes `cancelling` and

@@ -62,7 +62,12 @@ pub fn spec(job: &JobRecord) -> JobSpec {
         gpus: job.gpus,
         memory_per_gpu_mib: job.memory_per_gpu_mib.min(u64::from(u32::MAX)) as u32,
         gang: true,
-        topology: Topology::None,
+        // A command job runs as one process group: on one node.
+        topology: if job.command.is_some() {
+            Topology::SameNode
+        } else {
+            Topology::None
+        },
         est_runtime_s: job.est_runtime_s,
         submit_time_s: job.submitted_at,
     }
