@@ -291,6 +291,18 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     assert!(!status.success(), "a deposed leader exits with an error");
     let (now_leader, _) = leader_within(&replicas, bound);
     check_jobs(&replicas[now_leader].url, &rae, &accepted, 20);
+    // The CLI given every replica's URL finds the leader, past one that is down and through a
+    // follower.
+    let follower = (0..3).find(|i| *i != now_leader && *i != leader);
+    if let Some(f) = follower {
+        let urls = format!("http://127.0.0.1:1,{}", replicas[f].url);
+        let out =
+            crate::support::gantry(&["jobs", "--url", &urls, "--token", &rae], &shared_cache());
+        let (stdout, stderr) = crate::support::text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains(accepted[0].as_str()), "{stdout}");
+    }
+
     // And every accepted job comes to its end: those a killed leader was running ran again,
     // unless the control plane went down while they ran too often (the daemon's crash-loop
     // guard, which cannot tell a kill from the outside from a job that brings it down).

@@ -1026,6 +1026,26 @@ fn plain_http_beyond_loopback_is_refused_without_insecure() {
     let _ = child.wait();
     assert_eq!(health.map(|h| h.0), Some(200), "{line}");
 
+    // Nor jobs to an etcd on another machine (its client speaks plain HTTP).
+    let mut etcd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    etcd.args([
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        "http://192.0.2.1:2379",
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .env("GANTRY_CACHE_DIR", shared_cache());
+    let o = etcd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--etcd http://192.0.2.1:2379") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
     // The CLI: no token to another machine over plain HTTP, whatever the spelling.
     for url in [
         "http://192.0.2.1:7070",

@@ -175,7 +175,8 @@ pub enum UserCommand {
 /// Where the API is and who is asking.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Client {
-    /// The daemon's URL.
+    /// The daemon's URL; for a replicated control plane, its replicas' URLs, comma separated
+    /// (tried in turn while one cannot be reached; a follower's answer leads to the leader).
     #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
     pub(super) url: String,
     /// A bearer token (`gantry user add`).
@@ -316,6 +317,17 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
     let prefix = args.etcd_prefix.trim_matches('/');
     if prefix.is_empty() {
         anyhow::bail!("--etcd-prefix: a non-empty key prefix");
+    }
+    // The etcd client speaks plain HTTP: jobs would cross the network in the clear.
+    if let Some(far) = args.etcd.iter().find(|u| {
+        let rest = u.trim().strip_prefix("http://").unwrap_or(u);
+        !loopback_host(rest)
+    }) && !args.insecure
+    {
+        anyhow::bail!(
+            "--etcd {far}: etcd is reached over plain HTTP, so beyond loopback its traffic \
+             crosses the network in the clear; give --insecure on a trusted network"
+        );
     }
     let lease = std::time::Duration::from_secs(args.leader_lease_s);
     // Each call to etcd is bounded well within the lease.
@@ -528,21 +540,53 @@ pub(super) fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    match call_once(client, method, path, body.clone()) {
-        // A follower of a replicated control plane names its leader: ask it, once.
-        Err(e) => match e.downcast_ref::<Follower>() {
-            Some(f) if f.leader != client.url => {
-                let leader = Client {
-                    url: f.leader.clone(),
-                    ..client.clone()
-                };
-                call_once(&leader, method, path, body)
-            }
-            _ => Err(e),
-        },
-        answer => answer,
+    let urls: Vec<&str> = client
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut last = None;
+    for url in &urls {
+        let one = Client {
+            url: url.to_string(),
+            ..client.clone()
+        };
+        match call_once(&one, method, path, body.clone()) {
+            // A follower of a replicated control plane names its leader: ask it, once.
+            Err(e) => match e.downcast_ref::<Follower>() {
+                Some(f) if f.leader != one.url => {
+                    let leader = Client {
+                        url: f.leader.clone(),
+                        ..client.clone()
+                    };
+                    match call_once(&leader, method, path, body.clone()) {
+                        // A leader that died: the lease names it a while longer.
+                        Err(e) if e.is::<Unreachable>() => last = Some(e),
+                        answer => return answer,
+                    }
+                }
+                // A replica that cannot be reached: the next one may be.
+                _ if e.is::<Unreachable>() => last = Some(e),
+                _ => return Err(e),
+            },
+            answer => return answer,
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("--url: no URL given")))
+}
+
+/// Nothing answered at a URL (refused, timed out, a broken connection).
+#[derive(Debug)]
+struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reach {}", self.0)
     }
 }
+
+impl std::error::Error for Unreachable {}
 
 /// A follower's answer: it does not lead, `leader` does.
 #[derive(Debug)]
@@ -577,7 +621,7 @@ fn call_once(
         ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
         _ => agent.get(&url).header("Authorization", &auth).call(),
     }
-    .with_context(|| format!("cannot reach {url}"))?;
+    .map_err(|e| anyhow::Error::new(e).context(Unreachable(url.clone())))?;
     let status = response.status();
     let value: serde_json::Value = response
         .into_body()
