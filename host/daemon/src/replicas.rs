@@ -96,7 +96,8 @@ pub async fn campaign(
         let mut stop = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = stop.changed() => {}
+            // The sender gone is a stop too (never a loop without its pause).
+            changed = stop.changed() => if changed.is_err() { return None },
         }
     }
 }
@@ -109,11 +110,11 @@ pub async fn hold(
 ) -> Option<Candidate> {
     let period = candidate.ttl() / 3;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
+        let gone = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            changed = stop.changed() => changed.is_err(),
+        };
+        if gone || *stop.borrow() {
             return Some(candidate);
         }
         let Ok((c, role)) = tokio::task::spawn_blocking(move || {
