@@ -1058,3 +1058,34 @@ fn plain_http_beyond_loopback_is_refused_without_insecure() {
         assert!(stderr.contains("in the clear"), "{url}: {stderr}");
     }
 }
+
+/// Regression: a job with neither a program nor training held its GPUs until someone cancelled
+/// it (nothing ever ran it). It is a reservation: it holds them for its estimated runtime, then
+/// succeeds and frees them; a cancel before then still wins.
+#[test]
+fn a_job_with_neither_program_nor_training_ends_after_its_estimated_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let short = json!({"id": "r1", "tenant": "vision", "gpus": 2, "est_runtime_s": 1.5});
+    let long = json!({"id": "r2", "tenant": "vision", "gpus": 2, "est_runtime_s": 1.5});
+    assert_eq!(submit(&url, &ada, &short).0, 201);
+    assert_eq!(submit(&url, &ada, &long).0, 201);
+    wait_for_state(&url, &ada, "r1", "scheduled");
+    wait_for_state(&url, &ada, "r2", "scheduled");
+    let (s, v) = cancel(&url, &ada, "r2");
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    wait_for_state(&url, &ada, "r1", "succeeded");
+    let (_, logs) = request(&format!("{url}/v1/jobs/r1/logs"), "GET", Some(&ada), None);
+    assert!(
+        logs.to_string().contains("the reservation of 1.5 s ended"),
+        "{logs}"
+    );
+    let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&ada), None);
+    assert_eq!(gpus["busy"], 0, "{gpus}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, r2) = request(&format!("{url}/v1/jobs/r2"), "GET", Some(&ada), None);
+    assert_eq!(r2["state"], "cancelled", "{r2}");
+}

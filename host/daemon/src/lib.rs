@@ -148,6 +148,9 @@ pub struct Daemon {
     running: Mutex<std::collections::HashMap<String, Arc<lifecycle::RunControl>>>,
     /// Jobs waiting out a backoff before they are queued again: (Unix seconds, job id).
     deferred: Mutex<Vec<(f64, String)>>,
+    /// Reservations (jobs with neither a program nor training) placed: when each ends (Unix
+    /// seconds; [`Daemon::end_reservations`]).
+    reservations: Mutex<std::collections::HashMap<String, f64>>,
     /// Command jobs told that they wait for one node's GPUs ([`lifecycle::SPLIT_RETRY_S`]).
     split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
@@ -360,6 +363,7 @@ impl Daemon {
             running: Mutex::new(Default::default()),
             deferred: Mutex::new(deferred),
             split: Mutex::default(),
+            reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
         })
     }
@@ -780,10 +784,14 @@ fn spawn_loops(
         let daemon = daemon.clone();
         tokio::spawn(async move {
             loop {
-                if daemon.nodes.is_some() {
-                    let d = daemon.clone();
-                    let _ = tokio::task::spawn_blocking(move || d.expire_leases()).await;
-                }
+                let d = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if d.nodes.is_some() {
+                        d.expire_leases();
+                    }
+                    d.end_reservations();
+                })
+                .await;
                 daemon.schedule().await;
                 tokio::select! {
                     _ = wake.notified() => {}

@@ -186,7 +186,15 @@ impl Daemon {
                 Some(nodes) => self.hand_to_agent(nodes, job),
                 None => super::runner::start_command(self.clone(), job),
             },
-            Ok(_) => {}
+            // Neither: a reservation, which holds its GPUs for its estimated runtime.
+            Ok(Some(job)) => {
+                let until = crate::db::now() + job.est_runtime_s;
+                self.reservations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(job.id, until);
+            }
+            Ok(None) => {}
             Err(e) => tracing::error!(job = %a.job_id, error = %e, "reading a placed job"),
         }
     }
@@ -223,6 +231,62 @@ impl Daemon {
             let _ = self.jobs.log(&a.job_id, &line);
         }
         true
+    }
+
+    /// Ends the reservations (jobs with neither a program nor training) whose time is up: each
+    /// held its GPUs for its `est_runtime_s` from its placement, and then succeeds. One that
+    /// stopped being scheduled meanwhile (cancelled, requeued) is left as it is.
+    pub(crate) fn end_reservations(&self) {
+        let now = crate::db::now();
+        let due: Vec<String> = {
+            let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+            let due: Vec<String> = held
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &due {
+                held.remove(id);
+            }
+            due
+        };
+        for id in due {
+            let job = match self.jobs.job(&id) {
+                Ok(Some(job)) if job.state == JobState::Scheduled => job,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "reading a reservation");
+                    continue;
+                }
+            };
+            // Through `running`, the lifecycle's one way to `succeeded`; not a run a crash
+            // could interrupt, so not counted as one.
+            if !matches!(moved(self.jobs.run_started(&id)), Ok(Some(_))) {
+                continue;
+            }
+            if let Err(e) = self.jobs.run_ended(&id) {
+                tracing::error!(job = %id, error = %e, "ending a reservation");
+            }
+            let ended = self.jobs.transition(
+                &id,
+                Some(JobState::Running),
+                JobState::Succeeded,
+                &job.gpu_ids,
+                None,
+            );
+            match moved(ended) {
+                Ok(Some(from)) => {
+                    let line = format!(
+                        "the reservation of {} s ended; its GPUs are free",
+                        job.est_runtime_s
+                    );
+                    let _ = self.jobs.log(&id, &line);
+                    self.follow(&id, from, JobState::Succeeded);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(job = %id, error = %e, "ending a reservation"),
+            }
+        }
     }
 
     /// Cancels `job` on behalf of `by`. A job whose run is under way becomes `cancelling` and
