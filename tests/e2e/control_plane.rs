@@ -359,3 +359,30 @@ fn check_jobs(url: &str, token: &str, accepted: &[String], round: usize) {
     held.dedup();
     assert_eq!(held.len(), all, "round {round}: a GPU held by two jobs");
 }
+
+/// `gantry bench cluster` runs both stores (etcd here, where it is installed) and loses nothing.
+#[test]
+fn a_short_cluster_bench_measures_both_stores() {
+    let out = crate::support::gantry(
+        &[
+            "bench", "cluster", "--nodes", "16", "--jobs", "10", "--json",
+        ],
+        &shared_cache(),
+    );
+    let (stdout, stderr) = crate::support::text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["nodes"].as_u64(), v["gpus"].as_u64()),
+        (Some(16), Some(128)),
+        "{v}"
+    );
+    assert_eq!(v["sqlite"]["lost_jobs"], 0, "{v}");
+    assert_eq!(v["sqlite"]["to_scheduled"]["requests"], 10, "{v}");
+    if gantry_etcd::testing::etcd_binary().is_some() {
+        assert_eq!(v["etcd"]["lost_jobs"], 0, "{v}");
+        assert!(v["to_scheduled_p50_ratio"].as_f64().unwrap() > 0.0, "{v}");
+    } else {
+        assert!(v["etcd_skipped"].is_string(), "{v}");
+    }
+}

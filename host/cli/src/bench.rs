@@ -5,6 +5,7 @@
 pub mod api;
 pub mod attack;
 pub mod authoring;
+pub mod cluster;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

@@ -39,6 +39,16 @@ pub fn start_daemon(
     cluster: Cluster,
     cache_dir: Option<PathBuf>,
 ) -> Result<Background, DaemonError> {
+    start_daemon_with(dir, cluster, cache_dir, None)
+}
+
+/// [`start_daemon`], as a replica of `control_plane` when given.
+pub fn start_daemon_with(
+    dir: &Path,
+    cluster: Cluster,
+    cache_dir: Option<PathBuf>,
+    control_plane: Option<gantry_daemon::replicas::ControlPlane>,
+) -> Result<Background, DaemonError> {
     Background::start(DaemonConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("an address"),
@@ -52,6 +62,6 @@ pub fn start_daemon(
         commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,
-        control_plane: None,
+        control_plane,
     })
 }

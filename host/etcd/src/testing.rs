@@ -48,8 +48,13 @@ impl EtcdProcess {
 
     /// A single-member etcd from `binary`, answering before this returns.
     pub fn start(binary: &std::path::Path) -> EtcdProcess {
+        Self::try_start(binary).expect("starting etcd")
+    }
+
+    /// [`EtcdProcess::start`], failing with a message rather than a panic.
+    pub fn try_start(binary: &std::path::Path) -> Result<EtcdProcess, String> {
         let (client, peer) = (free_addr(), free_addr());
-        let data = tempfile::tempdir().expect("a temporary directory");
+        let data = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let child = Command::new(binary)
             .arg("--name=gantry-test")
             .arg(format!("--data-dir={}", data.path().join("etcd").display()))
@@ -61,7 +66,7 @@ impl EtcdProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting etcd");
+            .map_err(|e| e.to_string())?;
         let process = EtcdProcess {
             child,
             client,
@@ -70,10 +75,12 @@ impl EtcdProcess {
         let c = process.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         while c.get(b"ready?").is_err() {
-            assert!(Instant::now() < deadline, "etcd did not answer within 20 s");
+            if Instant::now() > deadline {
+                return Err("etcd did not answer within 20 s".into());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        process
+        Ok(process)
     }
 
     /// Its client URL.

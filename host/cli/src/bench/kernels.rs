@@ -379,7 +379,7 @@ pub(crate) fn run_peers_on(
     serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable peer output: {e}"))
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -74,6 +74,20 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The control plane's two stores side by side: jobs submitted one at a time to a daemon
+    /// keeping them in SQLite and to the leader of a control plane on etcd (started on
+    /// loopback; skipped where etcd is not installed): submit and submit-to-scheduled latency.
+    Cluster {
+        /// Nodes of 8 GPUs in the cluster.
+        #[arg(long, default_value_t = 1000)]
+        nodes: u32,
+        /// Jobs submitted, one at a time.
+        #[arg(long, default_value_t = 200)]
+        jobs: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hostile clients against a real `gantry up` (a child process) on loopback: a slowloris
     /// (health latency during it), unauthenticated 60 MiB uploads (the daemon's peak memory), a
     /// flood of junk requests (what it adds to the audit log).
@@ -144,6 +158,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             submits,
             json,
         } => api(ctx, clients, submits, json),
+        BenchCommand::Cluster { nodes, jobs, json } => cluster(ctx, nodes, jobs, json),
         BenchCommand::Attack {
             connections,
             seconds,
@@ -246,6 +261,47 @@ fn api(ctx: &super::Context, clients: usize, submits: usize, json: bool) -> anyh
     );
     if r.errors > 0 || r.lost_jobs > 0 {
         anyhow::bail!("the load test saw errors or lost jobs");
+    }
+    Ok(())
+}
+
+fn cluster(ctx: &super::Context, nodes: u32, jobs: usize, json: bool) -> anyhow::Result<()> {
+    let params = bench::cluster::ClusterParams {
+        nodes: nodes.clamp(1, 100_000),
+        jobs: jobs.clamp(1, 100_000),
+    };
+    let r = bench::cluster::run(params, ctx.cache_dir.clone())?;
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    println!(
+        "{} nodes, {} GPUs, {} jobs one at a time, on {}",
+        r.nodes, r.gpus, params.jobs, r.cpu
+    );
+    let mut t = Table::new(&["store", "measure", "p50 ms", "p99 ms", "max ms"]);
+    for run in std::iter::once(&r.sqlite).chain(r.etcd.as_ref()) {
+        for (k, l) in [
+            ("POST /v1/jobs", &run.submit),
+            ("submit to scheduled", &run.to_scheduled),
+        ] {
+            t.row(vec![
+                run.store.into(),
+                k.into(),
+                format!("{:.2}", l.p50_ms),
+                format!("{:.2}", l.p99_ms),
+                format!("{:.2}", l.max_ms),
+            ]);
+        }
+    }
+    print!("{t}");
+    match (&r.to_scheduled_p50_ratio, &r.etcd_skipped) {
+        (Some(ratio), _) => println!("etcd / sqlite, median submit to scheduled: {ratio:.2}x"),
+        (None, Some(why)) => println!("etcd: skipped, {why}"),
+        _ => {}
+    }
+    let lost = r.sqlite.lost_jobs + r.etcd.as_ref().map_or(0, |e| e.lost_jobs);
+    if lost > 0 {
+        anyhow::bail!("{lost} accepted jobs were lost");
     }
     Ok(())
 }
