@@ -360,6 +360,41 @@ fn check_jobs(url: &str, token: &str, accepted: &[String], round: usize) {
     assert_eq!(held.len(), all, "round {round}: a GPU held by two jobs");
 }
 
+/// On a three-member etcd, the control plane survives losing one member (its client moves to
+/// the others), and then its leader.
+#[test]
+fn a_control_plane_on_three_etcd_members_survives_one_member_and_its_leader() {
+    let Some(mut etcd) = gantry_etcd::testing::EtcdCluster::start_or_skip("three_etcd_members", 3)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("r{i}"));
+            copy_dir(&data, &d);
+            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+            Replica::start(&d, &etcd.urls())
+        })
+        .collect();
+    let (leader, _) = leader_within(&replicas, Duration::from_secs(20));
+    let job = |id: &str| json!({"id": id, "tenant": "vision", "gpus": 1});
+    assert_eq!(
+        submit_through(&replicas[1 - leader].url, &ada, &job("a")).0,
+        201
+    );
+    etcd.members[0].kill();
+    let (s, v) = submit_through(&replicas[1 - leader].url, &ada, &job("b"));
+    assert_eq!(s, 201, "{v}");
+    replicas[leader].kill();
+    let (next, _) = leader_within(&replicas, Duration::from_secs(20));
+    assert_eq!(next, 1 - leader);
+    check_jobs(&replicas[next].url, &ada, &["a".into(), "b".into()], 0);
+    assert_eq!(submit_through(&replicas[next].url, &ada, &job("c")).0, 201);
+}
+
 /// `gantry bench cluster` runs both stores (etcd here, where it is installed) and loses nothing.
 #[test]
 fn a_short_cluster_bench_measures_both_stores() {

@@ -291,4 +291,42 @@ mod tests {
         );
         assert!(b.fence().is_some());
     }
+
+    #[test]
+    fn on_three_members_leadership_survives_one_member_and_ends_without_a_quorum() {
+        use crate::testing::EtcdCluster;
+        let Some(mut etcd) = EtcdCluster::start_or_skip("on_three_members", 3) else {
+            return;
+        };
+        // Calls bounded well within the lease, as `gantry up --etcd` bounds them.
+        let urls: Vec<String> = etcd.members.iter().map(|m| m.url()).collect();
+        let client = Etcd::new(&urls, Duration::from_millis(500)).unwrap();
+        let mut a = Candidate::new(
+            Arc::new(client),
+            "gantry/leader",
+            "http://a:1",
+            Duration::from_secs(2),
+        );
+        let Role::Leader { term } = a.step().unwrap() else {
+            panic!("a leads")
+        };
+        // One member down: the others hold a quorum, and the leader renews through them.
+        etcd.members[0].kill();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(a.step().unwrap(), Role::Leader { term });
+        }
+        // Two down: no quorum, no renewal; the leader stops believing it leads, by its own
+        // clock, within its lease of the last renewal (a round that waits on etcd included).
+        etcd.members[1].kill();
+        let lost = Instant::now();
+        while a.leads().is_some() {
+            assert!(a.step().is_err(), "a renewal without a quorum");
+            assert!(
+                lost.elapsed() < a.ttl() * 2,
+                "still leading without a quorum"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

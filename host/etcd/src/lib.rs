@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 /// many keys may be larger).
 pub const MAX_ANSWER: u64 = 64 << 20;
 
+/// The pause between rounds of a call while no member answers or none has a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -115,11 +118,13 @@ pub struct Etcd {
     agent: ureq::Agent,
     /// The endpoint that answered last: tried first.
     current: AtomicUsize,
+    /// How long a call may take, retries included.
+    timeout: Duration,
 }
 
 impl Etcd {
     /// A client of the cluster at `endpoints` (`http://host:port`), each call bounded by
-    /// `timeout`. Nothing is contacted yet.
+    /// `timeout` per request, and its retries by `timeout` in all. Nothing is contacted yet.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::BadEndpoint(String::new()));
@@ -146,6 +151,7 @@ impl Etcd {
             endpoints,
             agent,
             current: AtomicUsize::new(0),
+            timeout,
         })
     }
 
@@ -155,9 +161,30 @@ impl Etcd {
     }
 
     /// Calls `path` with `body` on the first endpoint that answers.
+    /// Calls `path` with `body`: each endpoint in turn from the one that answered last, again
+    /// after a pause while none answers or the members are between leaders (etcd's
+    /// `Unavailable`: no leader, leader changed), until the client's timeout has passed.
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            match self.call_round(path, body) {
+                Err(e @ (EtcdError::Unreachable { .. } | EtcdError::Server { code: 14, .. }))
+                    if std::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::debug!(error = %e, "etcd: trying again");
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One round of [`Etcd::call`]: the endpoints in turn while they cannot be reached or have
+    /// no leader.
+    fn call_round(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
+        let mut unavailable = None;
         for i in 0..self.endpoints.len() {
             let at = (start + i) % self.endpoints.len();
             let endpoint = &self.endpoints[at];
@@ -185,21 +212,28 @@ impl Etcd {
                 .read_json()
                 .map_err(|e| malformed(format!("{path}: {e}")))?;
             if let Some(message) = value.get("error").and_then(Value::as_str) {
-                return Err(EtcdError::Server {
+                let code = value.get("code").and_then(Value::as_i64).unwrap_or(-1);
+                let error = EtcdError::Server {
                     endpoint: endpoint.clone(),
-                    code: value.get("code").and_then(Value::as_i64).unwrap_or(-1),
+                    code,
                     message: message.to_string(),
-                });
+                };
+                // A member without a leader: another may have one.
+                if code == 14 {
+                    unavailable = Some(error);
+                    continue;
+                }
+                return Err(error);
             }
             if status != 200 {
                 return Err(malformed(format!("{path}: HTTP {status}")));
             }
             return Ok(value);
         }
-        Err(EtcdError::Unreachable {
+        Err(unavailable.unwrap_or(EtcdError::Unreachable {
             endpoints: self.endpoints.join(","),
             last,
-        })
+        }))
     }
 
     fn malformed(&self, message: impl Into<String>) -> EtcdError {
