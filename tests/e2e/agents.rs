@@ -8,23 +8,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, submit, wait_for_state};
 use crate::support::{
-    add_user, alive, init_data_dir, job_user_args, log_of, number_after, shared_cache,
+    TWO_NODES, add_user, alive, init_data_dir, job_user_args, log_of, number_after, shared_cache,
 };
-
-const TWO_NODES: &str = r#"
-[[tenants]]
-name = "vision"
-
-[[nodes]]
-name = "node-a"
-rack = "r0"
-gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
-
-[[nodes]]
-name = "node-b"
-rack = "r0"
-gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
-"#;
 
 /// A `gantry agent` process, killed when dropped.
 struct Agent(Child);
@@ -80,6 +65,24 @@ fn two_nodes_with_agents(dir: &std::path::Path, data: &std::path::Path, lease_s:
             lease_s,
         ],
     )
+}
+
+/// A heartbeat reporting node-a's two GPUs healthy.
+fn two_gpus() -> Value {
+    json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]})
+}
+
+/// The test as node-a's agent (token `node`): it reports its two GPUs, has job `id` (`sleep
+/// 300` on `gpus` GPUs) submitted by `rae`, and returns the run it is handed at its next
+/// heartbeat.
+fn handed_run(url: &str, rae: &str, node: &str, id: &str, gpus: u32) -> Value {
+    assert_eq!(heartbeat(url, node, "node-a", &two_gpus()).0, 200);
+    let body = json!({"id": id, "tenant": "vision", "gpus": gpus,
+                      "command": {"argv": ["sleep", "300"]}});
+    assert_eq!(submit(url, rae, &body).0, 201);
+    wait_for_state(url, rae, id, "scheduled");
+    let (_, v) = heartbeat(url, node, "node-a", &two_gpus());
+    v["runs"][0].clone()
 }
 
 fn heartbeat(url: &str, token: &str, node: &str, body: &Value) -> (u16, Value) {
@@ -345,15 +348,10 @@ fn a_run_cancelled_before_its_agent_started_it_ends_and_frees_its_gpus() {
     let daemon = two_nodes_with_agents(dir.path(), &data, "30");
     let url = daemon.url.clone();
     // The test is node-a's agent: it heartbeats, and never starts what it is handed.
-    let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
-    assert_eq!(heartbeat(&url, &node, "node-a", &two).0, 200);
-    let body = json!({"id": "c2", "tenant": "vision", "gpus": 2,
-                      "command": {"argv": ["sleep", "300"]}});
-    assert_eq!(submit(&url, &rae, &body).0, 201);
-    wait_for_state(&url, &rae, "c2", "scheduled");
-    let (_, v) = heartbeat(&url, &node, "node-a", &two);
-    assert_eq!(v["runs"][0]["job"], "vision/c2", "{v}");
-    assert_eq!(v["runs"][0]["stop"], false, "{v}");
+    let two = two_gpus();
+    let run = handed_run(&url, &rae, &node, "c2", 2);
+    assert_eq!(run["job"], "vision/c2", "{run}");
+    assert_eq!(run["stop"], false, "{run}");
     let (s, v) = crate::daemon::cancel(&url, &rae, "c2");
     assert_eq!(s, 202, "{v}");
     // The next heartbeat ends it: nothing is handed, the job is cancelled, its GPUs are free.
@@ -455,14 +453,8 @@ fn a_node_cannot_log_more_for_a_run_than_a_run_keeps() {
     let node = add_user(&data, "node-a", "node", "vision", "public");
     let daemon = two_nodes_with_agents(dir.path(), &data, "30");
     let url = daemon.url.clone();
-    let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
-    assert_eq!(heartbeat(&url, &node, "node-a", &two).0, 200);
-    let body = json!({"id": "c4", "tenant": "vision", "gpus": 1,
-                      "command": {"argv": ["sleep", "300"]}});
-    assert_eq!(submit(&url, &rae, &body).0, 201);
-    wait_for_state(&url, &rae, "c4", "scheduled");
-    let (_, v) = heartbeat(&url, &node, "node-a", &two);
-    let attempt = v["runs"][0]["attempt"].as_u64().expect("a handed run");
+    let run = handed_run(&url, &rae, &node, "c4", 1);
+    let attempt = run["attempt"].as_u64().expect("a handed run");
     let report = |event: Value| {
         let mut body = json!({"job": "vision/c4", "attempt": attempt});
         body.as_object_mut()

@@ -335,21 +335,7 @@ fn a_command_job_placed_across_nodes_waits_for_one_node() {
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let ops = add_user(&data, "ops", "admin", "vision", "secret");
     let cluster = dir.path().join("cluster.toml");
-    let nodes = r#"
-[[tenants]]
-name = "vision"
-
-[[nodes]]
-name = "node-a"
-rack = "r0"
-gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
-
-[[nodes]]
-name = "node-b"
-rack = "r0"
-gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
-"#;
-    std::fs::write(&cluster, nodes).unwrap();
+    std::fs::write(&cluster, crate::support::TWO_NODES).unwrap();
     let mut extra = vec!["--cluster", cluster.to_str().unwrap()];
     extra.extend(job_user_args());
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);

@@ -358,3 +358,19 @@ pub fn log_of(url: &str, token: &str, job: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A cluster of two nodes (`node-a`, `node-b`) of two GPUs each, one tenant (`vision`).
+pub const TWO_NODES: &str = r#"
+[[tenants]]
+name = "vision"
+
+[[nodes]]
+name = "node-a"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+
+[[nodes]]
+name = "node-b"
+rack = "r0"
+gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
+"#;
