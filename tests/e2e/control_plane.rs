@@ -32,15 +32,22 @@ gpus = { count = 8, model = "H100-80GB", memory_mib = 81920 }
 struct Replica {
     dir: PathBuf,
     etcd: String,
+    cache: PathBuf,
     child: Option<Child>,
     url: String,
 }
 
 impl Replica {
     fn start(dir: &Path, etcd: &str) -> Replica {
+        Self::start_cached(dir, etcd, &shared_cache())
+    }
+
+    /// A replica compiling its plugins and policy into `cache`.
+    fn start_cached(dir: &Path, etcd: &str, cache: &Path) -> Replica {
         let mut r = Replica {
             dir: dir.to_path_buf(),
             etcd: etcd.to_string(),
+            cache: cache.to_path_buf(),
             child: None,
             url: String::new(),
         };
@@ -58,7 +65,7 @@ impl Replica {
             .arg(self.dir.join("cluster.toml"))
             .args(job_user_args())
             .args(["--kill-grace-s", "0.5"])
-            .env("GANTRY_CACHE_DIR", shared_cache())
+            .env("GANTRY_CACHE_DIR", &self.cache)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -168,15 +175,39 @@ fn submit_through(via: &str, token: &str, body: &Value) -> (u16, Value) {
 }
 
 /// The index of the replica that leads, waiting up to `within`; and how long it took.
-fn leader_within(replicas: &[Replica], within: Duration) -> (usize, Duration) {
+fn leader_within(replicas: &mut [Replica], within: Duration) -> (usize, Duration) {
     let start = Instant::now();
     loop {
+        supervise(replicas);
         if let Some(i) = replicas.iter().position(Replica::leads) {
             return (i, start.elapsed());
         }
         assert!(start.elapsed() < within, "no leader within {within:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Starts again every replica whose process ended by itself (a leader that lost its lease
+/// exits, for its supervisor to start it again), as systemd would.
+fn supervise(replicas: &mut [Replica]) {
+    for r in replicas.iter_mut() {
+        let ended = r
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        if ended {
+            r.child = None;
+            r.restart();
+        }
+    }
+}
+
+/// The control-plane tests run one at a time: each is a handful of processes on a lease, and
+/// they would starve each other's renewals on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A copy of directory `from` at `to`.
@@ -208,6 +239,7 @@ impl Lcg {
 
 #[test]
 fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
+    let _serial = one_at_a_time();
     let Some(etcd) = EtcdProcess::start_or_skip("killing_the_leader_again_and_again") else {
         return;
     };
@@ -224,7 +256,7 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
         .map(|d| Replica::start(d, &etcd.url()))
         .collect();
     let bound = Duration::from_secs(2 * LEASE_S);
-    let (mut leader, _) = leader_within(&replicas, bound + Duration::from_secs(10));
+    let (mut leader, _) = leader_within(&mut replicas, bound + Duration::from_secs(10));
 
     let seed = std::env::var("GANTRY_KILL_SEED")
         .ok()
@@ -248,7 +280,7 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
         }
         std::thread::sleep(Duration::from_millis(rng.below(600)));
         replicas[leader].kill();
-        let (next, took) = leader_within(&replicas, bound + Duration::from_secs(10));
+        let (next, took) = leader_within(&mut replicas, bound + Duration::from_secs(10));
         failovers.push(took);
         assert!(
             took <= bound,
@@ -289,7 +321,7 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success(), "a deposed leader exits with an error");
-    let (now_leader, _) = leader_within(&replicas, bound);
+    let (now_leader, _) = leader_within(&mut replicas, bound);
     check_jobs(&replicas[now_leader].url, &rae, &accepted, 20);
     // The CLI given every replica's URL finds the leader, past one that is down and through a
     // follower.
@@ -364,6 +396,7 @@ fn check_jobs(url: &str, token: &str, accepted: &[String], round: usize) {
 /// the others), and then its leader.
 #[test]
 fn a_control_plane_on_three_etcd_members_survives_one_member_and_its_leader() {
+    let _serial = one_at_a_time();
     let Some(mut etcd) = gantry_etcd::testing::EtcdCluster::start_or_skip("three_etcd_members", 3)
     else {
         return;
@@ -379,7 +412,7 @@ fn a_control_plane_on_three_etcd_members_survives_one_member_and_its_leader() {
             Replica::start(&d, &etcd.urls())
         })
         .collect();
-    let (leader, _) = leader_within(&replicas, Duration::from_secs(20));
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
     let job = |id: &str| json!({"id": id, "tenant": "vision", "gpus": 1});
     assert_eq!(
         submit_through(&replicas[1 - leader].url, &ada, &job("a")).0,
@@ -389,15 +422,63 @@ fn a_control_plane_on_three_etcd_members_survives_one_member_and_its_leader() {
     let (s, v) = submit_through(&replicas[1 - leader].url, &ada, &job("b"));
     assert_eq!(s, 201, "{v}");
     replicas[leader].kill();
-    let (next, _) = leader_within(&replicas, Duration::from_secs(20));
+    let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
     assert_eq!(next, 1 - leader);
     check_jobs(&replicas[next].url, &ada, &["a".into(), "b".into()], 0);
     assert_eq!(submit_through(&replicas[next].url, &ada, &job("c")).0, 201);
 }
 
+/// Regression: a replica whose opening (the policy compiled from a cold cache, jobs recovered)
+/// outlasted its lease lost it while opening, then led again in a new term with what it had
+/// loaded in the old one. Its lease is renewed while it opens, and a new term is a loss.
+#[test]
+fn a_replica_slower_to_open_than_its_lease_keeps_leading() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_replica_slower_to_open") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let d = dir.path().join("r0");
+    copy_dir(&data, &d);
+    std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+    // A cold cache: compiling the policy takes longer than the 2 s lease in a debug build.
+    let cold = dir.path().join("cold-cache");
+    let started = Instant::now();
+    let mut replicas = vec![Replica::start_cached(&d, &etcd.url(), &cold)];
+    leader_within(&mut replicas, Duration::from_secs(120));
+    let opening = started.elapsed();
+    let term = |r: &Replica| {
+        try_request(&format!("{}/v1/health", r.url), "GET", None, None)
+            .map(|(_, v)| v["term"].clone())
+    };
+    let first = term(&replicas[0]);
+    std::thread::sleep(Duration::from_secs(2 * LEASE_S));
+    let child = replicas[0].child.as_mut().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the replica stopped (opened in {opening:?})"
+    );
+    assert!(replicas[0].leads());
+    assert_eq!(
+        term(&replicas[0]),
+        first,
+        "it leads in another term (opened in {opening:?})"
+    );
+    let (s, v) = submit_through(
+        &replicas[0].url,
+        &ada,
+        &json!({"id": "a", "tenant": "vision", "gpus": 1}),
+    );
+    assert_eq!(s, 201, "{v}");
+    eprintln!("opened from a cold cache in {opening:?}");
+}
+
 /// `gantry bench cluster` runs both stores (etcd here, where it is installed) and loses nothing.
 #[test]
 fn a_short_cluster_bench_measures_both_stores() {
+    let _serial = one_at_a_time();
     let out = crate::support::gantry(
         &[
             "bench", "cluster", "--nodes", "16", "--jobs", "10", "--json",

@@ -700,9 +700,38 @@ pub async fn serve_until(
         }
     };
     let leadership = candidate.as_ref().map(|c| c.fencer());
-    let daemon = Arc::new(tokio::task::block_in_place(|| {
-        Daemon::open_leading(&config, leadership)
-    })?);
+    // Opening (the policy compiled, jobs recovered) may outlast the lease: it is renewed
+    // meanwhile, or replicas slower to open than their lease would depose each other forever.
+    let (opened, opening) = tokio::sync::watch::channel(false);
+    let renewing = candidate.map(|c| tokio::spawn(replicas::hold(c, opening)));
+    let open = tokio::task::block_in_place(|| Daemon::open_leading(&config, leadership));
+    let _ = opened.send(true);
+    let candidate = match renewing {
+        None => None,
+        Some(task) => match task.await {
+            Ok(Some(c)) => Some(c),
+            _ => {
+                if let Ok(daemon) = &open {
+                    daemon.close();
+                }
+                return Err(DaemonError::Setup(
+                    "this control plane lost the leadership while it opened (etcd unreachable \
+                     for its lease); start it again to follow the new leader"
+                        .into(),
+                ));
+            }
+        },
+    };
+    let daemon = match open {
+        Ok(daemon) => Arc::new(daemon),
+        Err(e) => {
+            // Hand over at once rather than when the lease runs out.
+            if let Some(mut c) = candidate {
+                let _ = tokio::task::spawn_blocking(move || c.resign()).await;
+            }
+            return Err(e);
+        }
+    };
     if let Some(lock) = daemon.store.dir_lock() {
         // Where `gantry key rotate` and other commands reach the daemon that holds the directory.
         lock.set_url(&format!("{scheme}://{addr}"))

@@ -104,11 +104,14 @@ pub async fn campaign(
 
 /// Keeps renewing the leadership until it is lost (`None`) or `stop` is set (the candidate,
 /// still leading: it resigns once its runs have stopped, so another replica takes over at once).
+/// Leading again in another term is a loss too: others may have led in between, and what this
+/// replica holds in memory (placements, runs) is of its own term.
 pub async fn hold(
     mut candidate: Candidate,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<Candidate> {
     let period = candidate.ttl() / 3;
+    let term = candidate.term();
     loop {
         let gone = tokio::select! {
             _ = tokio::time::sleep(period) => false,
@@ -127,7 +130,16 @@ pub async fn hold(
         };
         candidate = c;
         match role {
-            Ok(Role::Leader { .. }) => {}
+            Ok(Role::Leader { term: now }) if Some(now) == term => {}
+            Ok(Role::Leader { term: now }) => {
+                tracing::error!(
+                    ?term,
+                    now,
+                    "this control plane lost its term (it leads again, in a new one)"
+                );
+                let _ = tokio::task::spawn_blocking(move || candidate.resign()).await;
+                return None;
+            }
             Ok(Role::Follower { leader }) => {
                 tracing::error!(?leader, "this control plane lost the leadership");
                 return None;

@@ -174,6 +174,11 @@ impl Candidate {
         }
     }
 
+    /// The term of the leadership this replica holds, however long ago it was renewed.
+    pub fn term(&self) -> Option<i64> {
+        self.held.map(|h| h.term)
+    }
+
     /// The term this replica leads in now, if it does: it holds the key, and less than
     /// [`LEAD_FRACTION`] of the TTL has passed since it sent its last renewal that succeeded.
     pub fn leads(&self) -> Option<i64> {
