@@ -232,15 +232,24 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
-/// A failure of the job store answers 500, but 503 from a control plane that no longer leads
-/// (its writes are fenced): the client should ask the leader.
+/// A failure of the job store answers 500, but 503 where trying again is the answer: a
+/// control plane that no longer leads (its writes are fenced; ask the leader), or an etcd that
+/// cannot be reached or is between leaders.
 impl From<crate::jobstore::JobsError> for ApiError {
     fn from(e: crate::jobstore::JobsError) -> Self {
-        match e {
-            crate::jobstore::JobsError::Etcd(crate::etcdstore::EtcdStoreError::NotLeader) => {
+        use crate::etcdstore::EtcdStoreError;
+        use gantry_etcd::EtcdError;
+        match &e {
+            crate::jobstore::JobsError::Etcd(
+                EtcdStoreError::NotLeader
+                | EtcdStoreError::Etcd(
+                    EtcdError::Unreachable { .. } | EtcdError::Server { code: 14, .. },
+                ),
+            ) => {
+                tracing::warn!(error = %e, "the job store is unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
-            e => Self::internal(e),
+            _ => Self::internal(e),
         }
     }
 }

@@ -223,7 +223,7 @@ fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> 
         }
         Err(e) => {
             host.cancel(&job.id);
-            Err(ApiError::internal(e))
+            Err(e.into())
         }
     }
 }
