@@ -34,8 +34,8 @@ run)
   done
   links=$(mktemp -d)
   for lib in nccl nvrtc cublas; do
-    so=$(ldconfig -p 2>/dev/null | awk -v l="lib$lib.so." '$1 ~ "^"l {print $NF; exit}')
-    [ -z "$so" ] && so=$(IFS=:; for d in $LD_LIBRARY_PATH; do ls "$d"/lib$lib.so.* 2>/dev/null; done | head -1)
+    so=$(ldconfig -p 2>/dev/null | awk -v l="lib$lib.so." '!found && $1 ~ "^"l {print $NF; found = 1}')
+    [ -z "$so" ] && so=$(IFS=:; for d in $LD_LIBRARY_PATH; do ls "$d"/lib$lib.so.* 2>/dev/null; done | sed -n 1p)
     [ -n "$so" ] && ln -sf "$so" "$links/lib$lib.so"
   done
   export LD_LIBRARY_PATH="$links:$LD_LIBRARY_PATH"
