@@ -502,3 +502,32 @@ fn a_short_cluster_bench_measures_both_stores() {
         assert!(v["etcd_skipped"].is_string(), "{v}");
     }
 }
+
+/// `gantry up --etcd` refuses control-plane flags out of their range, naming the flag, before
+/// it reaches etcd (an hour-long lease would leave the cluster without a leader for an hour).
+#[test]
+fn control_plane_flags_out_of_range_are_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = init_data_dir(tmp.path());
+    let d = data.to_str().unwrap();
+    let etcd = "http://127.0.0.1:9";
+    for (bad, flag) in [
+        (
+            vec!["--etcd", etcd, "--leader-lease-s", "1"],
+            "--leader-lease-s",
+        ),
+        (
+            vec!["--etcd", etcd, "--leader-lease-s", "86400"],
+            "--leader-lease-s",
+        ),
+        (vec!["--etcd", etcd, "--etcd-prefix", "/"], "--etcd-prefix"),
+        (vec!["--etcd", "http://192.0.2.1:2379"], "--etcd"),
+    ] {
+        let mut args = vec!["up", "--data-dir", d, "--listen", "127.0.0.1:0"];
+        args.extend(&bad);
+        let out = crate::support::gantry(&args, &shared_cache());
+        let (_, stderr) = crate::support::text(&out);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(stderr.contains(flag), "{bad:?}: {stderr}");
+    }
+}

@@ -105,18 +105,12 @@ impl EtcdJobs {
     }
 
     fn decode_job(&self, kv: &Kv) -> Result<JobRecord, EtcdStoreError> {
-        let key = String::from_utf8_lossy(&kv.key).into_owned();
-        let corrupt = |problem: String| EtcdStoreError::Corrupt {
-            key: key.clone(),
-            problem,
-        };
         let prefix = format!("{}/jobs/", self.root);
-        let id = key
+        let id = String::from_utf8_lossy(&kv.key)
             .strip_prefix(&prefix)
-            .ok_or_else(|| corrupt("not a job's key".into()))?
+            .ok_or_else(|| corrupt(&kv.key, "not a job's key"))?
             .to_string();
-        let mut job: JobRecord =
-            serde_json::from_slice(&kv.value).map_err(|e| corrupt(e.to_string()))?;
+        let mut job: JobRecord = decode(&kv.key, &kv.value)?;
         // The record shows its name only; the key says whose it is.
         job.id = id;
         Ok(job)
@@ -167,6 +161,22 @@ impl EtcdJobs {
         kvs.sort_by_key(|kv| kv.create_revision);
         Ok(kvs)
     }
+}
+
+/// A value of `key` that this version cannot read.
+pub(crate) fn corrupt(key: &[u8], problem: impl Into<String>) -> EtcdStoreError {
+    EtcdStoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// `key`'s JSON value, or an error naming the key.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, EtcdStoreError> {
+    serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
 /// A job's move to `to` from `from` (`None`: whatever it is in), checked as the SQLite store
@@ -226,8 +236,18 @@ impl JobStore for EtcdJobs {
     }
 
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, EtcdStoreError> {
-        let mut jobs = self.jobs()?;
-        jobs.retain(|j| crate::db::name_of(&j.id) == name);
+        // The names alone, then only the jobs called `name`: `GET /v1/jobs/{name}` is asked
+        // often and must not read every job.
+        let mut named = self.etcd.prefix_keys(&self.key("jobs", ""))?;
+        named.retain(|kv| crate::db::name_of(&String::from_utf8_lossy(&kv.key)) == name);
+        named.sort_by_key(|kv| kv.create_revision);
+        let mut jobs = Vec::new();
+        for kv in named {
+            // Gone since the names were read: no longer one of them.
+            if let Some(kv) = self.etcd.get(&kv.key)? {
+                jobs.push(self.decode_job(&kv)?);
+            }
+        }
         Ok(jobs)
     }
 
@@ -293,11 +313,7 @@ impl JobStore for EtcdJobs {
         self.in_commit_order("logs", &format!("{id}/"))?
             .into_iter()
             .map(|kv| {
-                let e: Entry =
-                    serde_json::from_slice(&kv.value).map_err(|e| EtcdStoreError::Corrupt {
-                        key: String::from_utf8_lossy(&kv.key).into_owned(),
-                        problem: e.to_string(),
-                    })?;
+                let e: Entry = decode(&kv.key, &kv.value)?;
                 Ok((e.at, e.message))
             })
             .collect()
@@ -316,14 +332,7 @@ impl JobStore for EtcdJobs {
         let key = self.key("curves", id);
         match self.etcd.get(&key)? {
             None => Ok(None),
-            Some(kv) => {
-                serde_json::from_slice(&kv.value)
-                    .map(Some)
-                    .map_err(|e| EtcdStoreError::Corrupt {
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        problem: e.to_string(),
-                    })
-            }
+            Some(kv) => decode(&kv.key, &kv.value).map(Some),
         }
     }
 
@@ -338,17 +347,12 @@ impl JobStore for EtcdJobs {
         let Some(kv) = kvs.last() else {
             return Ok(None);
         };
-        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let key = String::from_utf8_lossy(&kv.key);
         let step = key[prefix.len()..]
             .parse()
-            .map_err(|_| EtcdStoreError::Corrupt {
-                key: key.clone(),
-                problem: "not a step number".into(),
-            })?;
-        let object = String::from_utf8(kv.value.clone()).map_err(|e| EtcdStoreError::Corrupt {
-            key,
-            problem: e.to_string(),
-        })?;
+            .map_err(|_| corrupt(&kv.key, "not a step number"))?;
+        let object =
+            String::from_utf8(kv.value.clone()).map_err(|e| corrupt(&kv.key, e.to_string()))?;
         Ok(Some((step, object)))
     }
 }

@@ -26,6 +26,11 @@ use serde_json::{Value, json};
 /// many keys may be larger).
 pub const MAX_ANSWER: u64 = 64 << 20;
 
+/// How many keys one range read asks for at most: a page of values of up to 128 KiB (the
+/// control plane writes none larger: a request body is at most 64 KiB) is at most 11 MiB as
+/// base64, well under [`MAX_ANSWER`] and read within a call's timeout.
+pub const PAGE: u64 = 64;
+
 /// The pause between rounds of a call while no member answers or none has a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -251,13 +256,56 @@ impl Etcd {
 
     /// Every key that starts with `prefix`, in key order; at most `limit` of them (0: all).
     pub fn prefix(&self, prefix: &[u8], limit: u64) -> Result<Vec<Kv>, EtcdError> {
-        let body = json!({
-            "key": B64.encode(prefix),
-            "range_end": B64.encode(prefix_end(prefix)),
-            "limit": limit.to_string(),
-        });
-        let answer = self.call("/v3/kv/range", &body)?;
-        self.kvs(&answer)
+        self.range_pages(prefix, limit, false)
+    }
+
+    /// The keys (and their revisions, without values) that start with `prefix`, in key order.
+    pub fn prefix_keys(&self, prefix: &[u8]) -> Result<Vec<Kv>, EtcdError> {
+        self.range_pages(prefix, 0, true)
+    }
+
+    /// A range read in pages of [`PAGE`] keys, all at the revision of the first, so that no
+    /// answer grows with the store (one answer is at most [`MAX_ANSWER`]) and the whole is one
+    /// consistent view.
+    fn range_pages(
+        &self,
+        prefix: &[u8],
+        limit: u64,
+        keys_only: bool,
+    ) -> Result<Vec<Kv>, EtcdError> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut revision: Option<i64> = None;
+        let mut all = Vec::new();
+        loop {
+            let want = match limit {
+                0 => PAGE,
+                l => PAGE.min(l - all.len() as u64),
+            };
+            let mut body = json!({
+                "key": B64.encode(&from),
+                "range_end": B64.encode(&end),
+                "limit": want.to_string(),
+                "keys_only": keys_only,
+            });
+            if let Some(r) = revision {
+                body["revision"] = r.to_string().into();
+            }
+            let answer = self.call("/v3/kv/range", &body)?;
+            revision.get_or_insert(self.revision(&answer)?);
+            let page = self.kvs(&answer)?;
+            let more = answer.get("more").and_then(Value::as_bool).unwrap_or(false);
+            let Some(last) = page.last() else {
+                return Ok(all);
+            };
+            // The next page starts just after this one's last key.
+            from = last.key.clone();
+            from.push(0);
+            all.extend(page);
+            if !more || (limit != 0 && all.len() as u64 >= limit) {
+                return Ok(all);
+            }
+        }
     }
 
     /// Sets `key` to `value` (attached to `lease` when not 0); returns the new revision.
@@ -509,6 +557,37 @@ mod tests {
         assert_eq!(c.get(b"a/leased").unwrap(), None);
         assert_eq!(c.keep_alive(lease).unwrap(), None);
         c.revoke(lease).unwrap();
+    }
+
+    #[test]
+    fn a_range_larger_than_one_answer_is_read_in_pages() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_range_larger_than_one_answer") else {
+            return;
+        };
+        let c = etcd.client();
+        // 640 values of 100 KiB: 85 MiB as base64, more than one answer may hold (before, the
+        // whole range was one answer, refused as too large).
+        let value = vec![7u8; 100 << 10];
+        for i in 0..640 {
+            c.put(format!("big/{i:04}").as_bytes(), &value, 0).unwrap();
+        }
+        c.put(b"bigger", b"not in the range", 0).unwrap();
+        let all = c.prefix(b"big/", 0).unwrap();
+        assert_eq!(all.len(), 640);
+        assert!(all.iter().all(|kv| kv.value == value));
+        let keys: Vec<_> = all.iter().map(|kv| kv.key.clone()).collect();
+        let expected: Vec<_> = (0..640)
+            .map(|i| format!("big/{i:04}").into_bytes())
+            .collect();
+        assert_eq!(keys, expected);
+        assert_eq!(c.prefix(b"big/", 300).unwrap().len(), 300);
+        let names = c.prefix_keys(b"big/").unwrap();
+        assert_eq!(names.len(), 640);
+        assert!(
+            names
+                .iter()
+                .all(|kv| kv.value.is_empty() && kv.create_revision > 0)
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct UpArgs {
     /// address).
     #[arg(long, value_name = "URL", requires = "etcd")]
     advertise: Option<String>,
-    /// The leader's lease in seconds (whole, at least 2): a leader that dies is replaced
+    /// The leader's lease in seconds (whole, 2 to 3600): a leader that dies is replaced
     /// within about this long.
     #[arg(long, default_value_t = 5, requires = "etcd")]
     leader_lease_s: u64,
@@ -311,8 +311,12 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
     if args.etcd.is_empty() {
         return Ok(None);
     }
-    if args.leader_lease_s < 2 {
-        anyhow::bail!("--leader-lease-s: at least 2 seconds (etcd raises shorter leases)");
+    if !(2..=3600).contains(&args.leader_lease_s) {
+        anyhow::bail!(
+            "--leader-lease-s {}: 2 to 3600 seconds (etcd raises shorter leases; a longer one \
+             leaves the cluster without a leader for as long when one dies)",
+            args.leader_lease_s
+        );
     }
     let prefix = args.etcd_prefix.trim_matches('/');
     if prefix.is_empty() {
