@@ -531,3 +531,77 @@ fn control_plane_flags_out_of_range_are_refused_naming_them() {
         assert!(stderr.contains(flag), "{bad:?}: {stderr}");
     }
 }
+
+/// Regression: users and tokens lived in each replica's copy of the data directory, so a token
+/// revoked through the leader still worked once another replica led, and a user added through
+/// one replica was unknown to the others. They live in etcd now, copied in once from the first
+/// leader's directory, and are managed through the API (`gantry user ... --url`).
+#[test]
+fn a_token_revoked_through_one_leader_is_refused_by_the_next() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_token_revoked_through_one_leader") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let grace = add_user(&data, "grace", "admin", "vision", "public");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("r{i}"));
+            copy_dir(&data, &d);
+            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+            Replica::start(&d, &etcd.url())
+        })
+        .collect();
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(60));
+    let status = |url: &str, token: &str| {
+        try_request(&format!("{url}/v1/jobs"), "GET", Some(token), None).map(|(s, _)| s)
+    };
+    assert_eq!(status(&replicas[leader].url, &ada), Some(200));
+
+    // Through the leader: ada's tokens revoked, lin added.
+    let url = replicas[leader].url.clone();
+    let (s, v) = try_request(
+        &format!("{url}/v1/users/ada/revoke"),
+        "POST",
+        Some(&grace),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(status(&url, &ada), Some(401));
+    let lin = json!({"name": "lin", "roles": ["researcher"], "tenants": ["vision"]});
+    let (s, v) = try_request(&format!("{url}/v1/users"), "POST", Some(&grace), Some(&lin)).unwrap();
+    assert_eq!(s, 201, "{v}");
+    let lin = v["token"].as_str().unwrap().to_string();
+    // Only admins manage users (the shipped policy's `user.manage`).
+    let eve = json!({"name": "eve", "roles": ["admin"]});
+    let (s, _) = try_request(&format!("{url}/v1/users"), "POST", Some(&lin), Some(&eve)).unwrap();
+    assert_eq!(s, 403);
+
+    replicas[leader].kill();
+    let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    assert_eq!(next, 1 - leader);
+    let url = replicas[next].url.clone();
+    assert_eq!(status(&url, &ada), Some(401), "a revoked token works again");
+    assert_eq!(status(&url, &lin), Some(200), "a user added is unknown");
+
+    // `gantry user token --url` with every replica's URL (the dead one first) finds the leader.
+    let urls = format!("{},{url}", replicas[leader].url);
+    let out = crate::support::gantry(
+        &[
+            "user",
+            "token",
+            "ada",
+            "--url",
+            &urls,
+            "--admin-token",
+            &grace,
+        ],
+        &shared_cache(),
+    );
+    let (stdout, stderr) = crate::support::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(status(&url, stdout.trim()), Some(200), "{stderr}");
+}

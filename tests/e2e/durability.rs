@@ -619,6 +619,84 @@ fn user_changes_are_audited_and_expired_or_revoked_tokens_get_401() {
     assert_eq!(log.matches("\"kind\":\"user.revoke\"").count(), 2);
 }
 
+/// Users are added and issued tokens through a running daemon (`gantry user add --url`, an
+/// admin's token), with no restart: checked like the offline command, audited, admins only.
+#[test]
+fn users_are_added_and_issued_tokens_through_a_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ops = add_user(&data, "ops", "admin", "vision", "public");
+    let lee = add_user(&data, "lee", "researcher", "vision", "public");
+    let daemon = Daemon::start(&data, &shared_cache());
+    let jobs = format!("{}/v1/jobs", daemon.url);
+    let through = |token: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", &daemon.url, "--admin-token", token]);
+        gantry(&all, &shared_cache())
+    };
+    let add = [
+        "user",
+        "add",
+        "zoe",
+        "--roles",
+        "researcher",
+        "--tenants",
+        "vision",
+    ];
+    let zoe = must(through(&ops, &add)).trim().to_string();
+    assert_eq!(request(&jobs, "GET", Some(&zoe), None).0, 200);
+    let again = must(through(&ops, &["user", "token", "zoe", "--expires", "1h"]));
+    assert_eq!(request(&jobs, "GET", Some(again.trim()), None).0, 200);
+
+    let refused = |token: &str, args: &[&str], code: &str, says: &str| {
+        let out = through(token, args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr.contains(code) && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    };
+    refused(&lee, &add, "403", "admins");
+    refused(
+        &ops,
+        &["user", "add", "../x", "--roles", "a"],
+        "400",
+        "user name",
+    );
+    refused(
+        &ops,
+        &["user", "add", "x", "--roles", "a b"],
+        "400",
+        "roles",
+    );
+    refused(
+        &ops,
+        &["user", "token", "x", "--expires", "3w"],
+        "400",
+        "expires",
+    );
+    refused(&ops, &["user", "token", "nobody"], "404", "nobody");
+    let many = vec!["r"; 65].join(",");
+    refused(
+        &ops,
+        &["user", "add", "x", "--roles", &many],
+        "400",
+        "at most 64",
+    );
+    let mut daemon = daemon;
+    // A stop seals the log's tail.
+    daemon.signal("-TERM");
+    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    assert_eq!(log.matches("\"kind\":\"user.add\"").count(), 3, "{log}");
+    assert_eq!(log.matches("\"kind\":\"token.issue\"").count(), 1);
+    assert!(
+        !log.contains(&zoe[20..]),
+        "a token's secret never reaches the log"
+    );
+    must(run(&data, &["audit", "verify"]));
+}
+
 /// The audit log's lines, and rewriting them.
 pub(crate) fn log_lines(data: &Path) -> Vec<String> {
     std::fs::read_to_string(data.join("audit.log"))

@@ -90,6 +90,8 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/nodes/{node}/heartbeat", post(cluster::heartbeat))
         .route("/v1/nodes/{node}/runs", post(cluster::run_report))
         .route("/v1/keys/rotate", post(keys::rotate_key))
+        .route("/v1/users", post(users::add_user))
+        .route("/v1/users/{name}/tokens", post(users::issue_token))
         .route("/v1/users/{name}/revoke", post(users::revoke_tokens))
         .route("/v1/audit/head", get(audit::audit_head))
         .route("/v1/plugins", get(plugins::plugins))
@@ -235,12 +237,12 @@ impl From<crate::db::DbError> for ApiError {
 /// A failure of the job store answers 500, but 503 where trying again is the answer: a
 /// control plane that no longer leads (its writes are fenced; ask the leader), or an etcd that
 /// cannot be reached or is between leaders.
-impl From<crate::jobstore::JobsError> for ApiError {
-    fn from(e: crate::jobstore::JobsError) -> Self {
+impl From<crate::jobstore::StateError> for ApiError {
+    fn from(e: crate::jobstore::StateError) -> Self {
         use crate::etcdstore::EtcdStoreError;
         use gantry_etcd::EtcdError;
         match &e {
-            crate::jobstore::JobsError::Etcd(
+            crate::jobstore::StateError::Etcd(
                 EtcdStoreError::NotLeader
                 | EtcdStoreError::Etcd(
                     EtcdError::Unreachable { .. } | EtcdError::Server { code: 14, .. },
@@ -310,9 +312,8 @@ impl Caller {
         work: impl FnOnce(&AppState, User) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
         blocking(state, move |state| {
-            let user = super::auth::check(&state.daemon.db, &self.0)
-                .map_err(ApiError::internal)?
-                .ok_or_else(unauthorized)?;
+            let user =
+                super::auth::check(&*state.daemon.accounts, &self.0)?.ok_or_else(unauthorized)?;
             work(state, user)
         })
         .await

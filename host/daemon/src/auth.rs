@@ -5,7 +5,9 @@
 
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::db::{Db, DbError, User};
+use super::accounts::AccountStore;
+use super::db::User;
+use super::jobstore::StateError;
 
 /// How long a token lives unless the operator says otherwise (`gantry user ttl`).
 pub const DEFAULT_TTL_S: f64 = 90.0 * 86400.0;
@@ -50,28 +52,23 @@ pub fn parse_ttl(text: &str) -> Result<Option<f64>, String> {
     Ok(Some(f64::from(n) * scale))
 }
 
-/// The data directory's default token lifetime in seconds (`None`: tokens do not expire).
-pub fn default_ttl(db: &Db) -> Result<Option<f64>, DbError> {
-    Ok(match db.setting(TTL_SETTING)? {
+/// The default token lifetime in seconds (`None`: tokens do not expire).
+pub fn default_ttl(db: &dyn AccountStore) -> Result<Option<f64>, StateError> {
+    Ok(match db.token_ttl()? {
         None => Some(DEFAULT_TTL_S),
         Some(v) if v == "never" => None,
         // Written only by `set_default_ttl`; anything else is a corrupt value, refused.
-        Some(v) => Some(v.parse::<f64>().map_err(|_| DbError::Corrupt {
-            context: "reading the default token lifetime".into(),
-            bad: super::db::BadValue {
-                table: "settings",
-                row: TTL_SETTING.into(),
-                column: "value",
-                problem: format!("`{v}` is not a number of seconds"),
-            },
+        Some(v) => Some(v.parse::<f64>().map_err(|_| StateError::Corrupt {
+            what: format!("the default token lifetime (setting `{TTL_SETTING}`)"),
+            problem: format!("`{v}` is not a number of seconds"),
         })?),
     })
 }
 
-/// Sets the data directory's default token lifetime (`None`: tokens do not expire).
-pub fn set_default_ttl(db: &Db, ttl_s: Option<f64>) -> Result<(), DbError> {
+/// Sets the default token lifetime (`None`: tokens do not expire).
+pub fn set_default_ttl(db: &dyn AccountStore, ttl_s: Option<f64>) -> Result<(), StateError> {
     let value = ttl_s.map_or_else(|| "never".to_string(), |s| s.to_string());
-    db.set_setting(TTL_SETTING, &value)
+    db.set_token_ttl(&value)
 }
 
 /// Why tokens could not be revoked.
@@ -88,13 +85,17 @@ pub enum RevokeError {
         /// The token id asked for.
         token: String,
     },
-    /// The database failed.
+    /// The store failed.
     #[error(transparent)]
-    Db(#[from] DbError),
+    Store(#[from] StateError),
 }
 
 /// Revokes every live token of user `name` (or only `token`, by id); returns the ids revoked.
-pub fn revoke(db: &Db, name: &str, token: Option<&str>) -> Result<Vec<String>, RevokeError> {
+pub fn revoke(
+    db: &dyn AccountStore,
+    name: &str,
+    token: Option<&str>,
+) -> Result<Vec<String>, RevokeError> {
     if db.user(name)?.is_none() {
         return Err(RevokeError::NoUser(name.to_string()));
     }
@@ -109,13 +110,17 @@ pub fn revoke(db: &Db, name: &str, token: Option<&str>) -> Result<Vec<String>, R
 }
 
 /// Issues a token for `user` (who must exist) with the default lifetime.
-pub fn issue(db: &Db, user: &str) -> Result<String, DbError> {
+pub fn issue(db: &dyn AccountStore, user: &str) -> Result<String, StateError> {
     let ttl = default_ttl(db)?;
     Ok(issue_for(db, user, ttl)?.token)
 }
 
 /// Issues a token for `user` (who must exist) that lives `ttl_s` seconds (`None`: forever).
-pub fn issue_for(db: &Db, user: &str, ttl_s: Option<f64>) -> Result<Issued, DbError> {
+pub fn issue_for(
+    db: &dyn AccountStore,
+    user: &str,
+    ttl_s: Option<f64>,
+) -> Result<Issued, StateError> {
     let rng = SystemRandom::new();
     let mut id = [0u8; 6];
     let mut secret = [0u8; 32];
@@ -143,7 +148,7 @@ fn hash(salt: &[u8], secret: &str) -> Vec<u8> {
 
 /// The user a bearer token belongs to, or `None` for a malformed, unknown, wrong, expired or
 /// revoked token.
-pub fn check(db: &Db, token: &str) -> Result<Option<User>, DbError> {
+pub fn check(db: &dyn AccountStore, token: &str) -> Result<Option<User>, StateError> {
     let Some((id, secret)) = token
         .strip_prefix("gantry_")
         .and_then(|rest| rest.split_once('_'))
@@ -169,6 +174,7 @@ pub fn check(db: &Db, token: &str) -> Result<Option<User>, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::Db;
 
     /// A fresh database holding user `ada` (a researcher of `vision`) with `clearance`.
     fn db_with_ada(clearance: &str) -> (tempfile::TempDir, Db, User) {

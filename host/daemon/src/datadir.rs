@@ -38,6 +38,9 @@ pub enum DataDirError {
     /// A database operation failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// Reading or changing users and tokens failed.
+    #[error(transparent)]
+    State(#[from] crate::jobstore::StateError),
     /// The host's signing key.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -160,18 +163,7 @@ impl DataDir {
         user: &User,
         ttl_s: Option<Option<f64>>,
     ) -> Result<Issued, DataDirError> {
-        let name = &user.name;
-        let valid = (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && !name.starts_with('.');
-        if !valid {
-            return Err(DataDirError::Refused(format!(
-                "user name `{name}`: 1-64 characters of letters, digits, '-', '_' and '.', not \
-                 starting with '.'"
-            )));
-        }
+        crate::accounts::check_user(user).map_err(DataDirError::Refused)?;
         self.db.put_user(user)?;
         let ttl = match ttl_s {
             Some(t) => t,
@@ -213,7 +205,7 @@ impl DataDir {
     /// Returns the ids revoked.
     pub fn revoke(&self, name: &str, token: Option<&str>) -> Result<Vec<String>, DataDirError> {
         let revoked = auth::revoke(&self.db, name, token).map_err(|e| match e {
-            auth::RevokeError::Db(e) => DataDirError::Db(e),
+            auth::RevokeError::Store(e) => DataDirError::State(e),
             refused => DataDirError::Refused(refused.to_string()),
         })?;
         self.record(

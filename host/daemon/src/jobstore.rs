@@ -75,44 +75,53 @@ pub trait JobStore: Send + Sync {
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, Self::Error>;
 }
 
-/// The failure of whichever store keeps the daemon's jobs.
+/// The failure of whichever store keeps the control plane's state: its jobs and its accounts
+/// ([`crate::accounts`]).
 #[derive(Debug, thiserror::Error)]
-pub enum JobsError {
+pub enum StateError {
     /// The embedded SQLite store.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     /// The control plane's etcd.
     #[error(transparent)]
     Etcd(#[from] crate::etcdstore::EtcdStoreError),
+    /// A stored value this version cannot read, in either store.
+    #[error("{what}: {problem}")]
+    Corrupt {
+        /// What the value is.
+        what: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// The daemon's jobs, in whichever store keeps them.
-pub type Jobs = std::sync::Arc<dyn JobStore<Error = JobsError>>;
+pub type Jobs = std::sync::Arc<dyn JobStore<Error = StateError>>;
 
-/// A store seen with the daemon's one error type ([`JobsError`]).
+/// A store seen with the daemon's one error type ([`StateError`]).
 #[derive(Debug)]
 pub struct Erased<S>(pub std::sync::Arc<S>);
 
 impl<S> JobStore for Erased<S>
 where
     S: JobStore,
-    JobsError: From<S::Error>,
+    StateError: From<S::Error>,
 {
-    type Error = JobsError;
+    type Error = StateError;
 
-    fn insert_job(&self, job: &JobRecord) -> Result<bool, JobsError> {
+    fn insert_job(&self, job: &JobRecord) -> Result<bool, StateError> {
         Ok(self.0.insert_job(job)?)
     }
-    fn job(&self, id: &str) -> Result<Option<JobRecord>, JobsError> {
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StateError> {
         Ok(self.0.job(id)?)
     }
-    fn jobs(&self) -> Result<Vec<JobRecord>, JobsError> {
+    fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
         Ok(self.0.jobs()?)
     }
-    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, JobsError> {
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, StateError> {
         Ok(self.0.jobs_named(name)?)
     }
-    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, JobsError> {
+    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
         Ok(self.0.counts_by_state()?)
     }
     fn transition(
@@ -122,39 +131,39 @@ where
         to: JobState,
         gpu_ids: &[String],
         reason: Option<&str>,
-    ) -> Result<JobState, TransitionError<JobsError>> {
+    ) -> Result<JobState, TransitionError<StateError>> {
         self.0
             .transition(id, from, to, gpu_ids, reason)
             .map_err(TransitionError::widen)
     }
-    fn run_started(&self, id: &str) -> Result<JobState, TransitionError<JobsError>> {
+    fn run_started(&self, id: &str) -> Result<JobState, TransitionError<StateError>> {
         self.0.run_started(id).map_err(TransitionError::widen)
     }
-    fn run_ended(&self, id: &str) -> Result<(), JobsError> {
+    fn run_ended(&self, id: &str) -> Result<(), StateError> {
         Ok(self.0.run_ended(id)?)
     }
-    fn set_not_before(&self, id: &str, at: f64) -> Result<(), JobsError> {
+    fn set_not_before(&self, id: &str, at: f64) -> Result<(), StateError> {
         Ok(self.0.set_not_before(id, at)?)
     }
-    fn log(&self, id: &str, message: &str) -> Result<(), JobsError> {
+    fn log(&self, id: &str, message: &str) -> Result<(), StateError> {
         Ok(self.0.log(id, message)?)
     }
-    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, JobsError> {
+    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, StateError> {
         Ok(self.0.logs(id)?)
     }
-    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), JobsError> {
+    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), StateError> {
         Ok(self.0.set_result(id, result)?)
     }
-    fn set_curve(&self, id: &str, curve: &Curve) -> Result<(), JobsError> {
+    fn set_curve(&self, id: &str, curve: &Curve) -> Result<(), StateError> {
         Ok(self.0.set_curve(id, curve)?)
     }
-    fn curve(&self, id: &str) -> Result<Option<Curve>, JobsError> {
+    fn curve(&self, id: &str) -> Result<Option<Curve>, StateError> {
         Ok(self.0.curve(id)?)
     }
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), JobsError> {
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), StateError> {
         Ok(self.0.add_checkpoint(job, step, object)?)
     }
-    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, JobsError> {
+    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, StateError> {
         Ok(self.0.latest_checkpoint(job)?)
     }
 }

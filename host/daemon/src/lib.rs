@@ -20,6 +20,7 @@
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub(crate) mod body;
@@ -28,6 +29,7 @@ pub mod command;
 pub mod curve;
 pub mod datadir;
 pub mod db;
+pub mod etcdaccounts;
 pub mod etcdstore;
 pub mod jobstore;
 pub mod labels;
@@ -115,6 +117,9 @@ pub struct Daemon {
     /// database as [`Daemon::db`] (the embedded default), or etcd for a replicated control
     /// plane.
     pub jobs: jobstore::Jobs,
+    /// Users and tokens: the SQLite database's, or etcd's for a replicated control plane
+    /// (seeded once from the first leader's data directory).
+    pub accounts: accounts::Accounts,
     /// This replica's leadership, when it is the leader of a replicated control plane.
     pub leadership: Option<gantry_etcd::election::Fencer>,
     /// Cluster state, scheduler plugin, policy and audit log.
@@ -325,20 +330,38 @@ impl Daemon {
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
         let db = Arc::new(db);
-        let jobs: jobstore::Jobs = match (&config.control_plane, &leadership) {
-            (Some(cp), Some(lead)) => {
-                let lead = lead.clone();
-                let fence: etcdstore::Fence = Arc::new(move || lead.fence());
-                let store = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
-                Arc::new(jobstore::Erased(Arc::new(store)))
-            }
-            (Some(_), None) => {
-                return Err(setup(
-                    "a replica of a control plane opens the daemon only once it leads".into(),
-                ));
-            }
-            _ => Arc::new(jobstore::Erased(db.clone())),
-        };
+        let (jobs, accounts): (jobstore::Jobs, accounts::Accounts) =
+            match (&config.control_plane, &leadership) {
+                (Some(cp), Some(lead)) => {
+                    let lead = lead.clone();
+                    let fence: etcdstore::Fence = Arc::new(move || lead.fence());
+                    let store = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
+                    let accounts = etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root);
+                    if let Some(seeded) = etcdaccounts::seed(&*db, &accounts)
+                        .map_err(|e| setup(format!("copying the accounts into etcd: {e}")))?
+                    {
+                        tracing::info!(
+                            users = seeded.users,
+                            tokens = seeded.tokens,
+                            "accounts copied from this data directory into etcd, once"
+                        );
+                        let record =
+                            serde_json::json!({"users": seeded.users, "tokens": seeded.tokens});
+                        api::here(host.record("accounts.seeded", record))
+                            .map_err(|e| setup(e.to_string()))?;
+                    }
+                    (
+                        Arc::new(jobstore::Erased(Arc::new(store))),
+                        Arc::new(accounts),
+                    )
+                }
+                (Some(_), None) => {
+                    return Err(setup(
+                        "a replica of a control plane opens the daemon only once it leads".into(),
+                    ));
+                }
+                _ => (Arc::new(jobstore::Erased(db.clone())), db.clone()),
+            };
         let (requeued, deferred) =
             lifecycle::recover_jobs(&*jobs, &mut host, db::now()).map_err(setup)?;
         tracing::info!(requeued, "daemon state recovered");
@@ -347,6 +370,7 @@ impl Daemon {
         Ok(Daemon {
             db,
             jobs,
+            accounts,
             leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
@@ -498,7 +522,7 @@ impl Daemon {
     }
 
     /// Job `id`'s training metrics: live while it runs, else as last saved.
-    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, jobstore::JobsError> {
+    pub fn curve(&self, id: &str) -> Result<Option<curve::Curve>, jobstore::StateError> {
         match self.live_curve(id) {
             Some(c) => Ok(Some(c)),
             None => self.jobs.curve(id),

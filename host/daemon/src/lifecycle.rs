@@ -15,7 +15,7 @@ use super::Daemon;
 use super::api::spec;
 use super::db::{JobRecord, JobState, MAX_CRASHES, TransitionError};
 use super::jobstore::JobStore;
-use super::jobstore::JobsError;
+use super::jobstore::StateError;
 use gantry::Assignment;
 
 /// Why a run was asked to stop. When several ask, the strongest wins: a user's cancel over a
@@ -298,7 +298,7 @@ impl Daemon {
         &self,
         job: &JobRecord,
         by: &str,
-    ) -> Result<Option<JobRecord>, JobsError> {
+    ) -> Result<Option<JobRecord>, StateError> {
         let reason = format!("cancelled by {by}");
         let left = |state: JobState, gpu_ids: Vec<String>| JobRecord {
             state,
@@ -403,7 +403,7 @@ impl Daemon {
 
     /// Moves a scheduled job to `running` as its run starts; false when it is no longer
     /// scheduled (a cancel came first), in which case the run must not start.
-    pub(crate) fn run_starting(&self, id: &str) -> Result<bool, JobsError> {
+    pub(crate) fn run_starting(&self, id: &str) -> Result<bool, StateError> {
         Ok(moved(self.jobs.run_started(id))?.is_some())
     }
 
@@ -524,7 +524,7 @@ pub fn recovery(job: &JobRecord, now: f64) -> Recovery {
 /// (recorded), or pending again and queued in `host` (now, or once its backoff ends). Returns
 /// how many were queued now, and the deferred ones: (Unix seconds, job id).
 pub(crate) fn recover_jobs(
-    jobs: &dyn JobStore<Error = JobsError>,
+    jobs: &dyn JobStore<Error = StateError>,
     host: &mut gantry::Host,
     now: f64,
 ) -> Result<(usize, Vec<(f64, String)>), String> {
@@ -635,7 +635,7 @@ mod tests {
     #[test]
     fn the_lifecycle_runs_through_the_job_store_trait_over_sqlite() {
         let t = crate::testing::TestDaemon::new();
-        let jobs: &dyn JobStore<Error = JobsError> = &*t.daemon.jobs;
+        let jobs: &dyn JobStore<Error = StateError> = &*t.daemon.jobs;
         let job = t.submit("placed");
         t.daemon.host().submit(spec(&job)).unwrap();
         t.runtime.block_on(t.daemon.schedule());

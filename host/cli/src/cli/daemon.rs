@@ -105,6 +105,7 @@ pub struct AgentArgs {
 }
 
 /// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
+/// or, with `--url`, through a running daemon or replicated control plane (an admin's token);
 /// each recorded in the audit log.
 #[derive(Debug, clap::Subcommand)]
 pub enum UserCommand {
@@ -126,6 +127,8 @@ pub enum UserCommand {
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
         #[command(flatten)]
+        via: ViaDaemon,
+        #[command(flatten)]
         dir: super::store::DataDir,
     },
     /// Print another bearer token for an existing user (shown once).
@@ -135,6 +138,8 @@ pub enum UserCommand {
         /// How long the token lives (as for `user add`).
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+        #[command(flatten)]
+        via: ViaDaemon,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -147,12 +152,8 @@ pub enum UserCommand {
         /// Only this token (its id: the hex digits after `gantry_`).
         #[arg(long, value_name = "ID")]
         token: Option<String>,
-        /// An admin's bearer token, to revoke through the daemon that holds the directory.
-        #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// Trust this PEM certificate when the daemon serves HTTPS.
-        #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
-        ca_cert: Option<PathBuf>,
+        #[command(flatten)]
+        via: ViaDaemon,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -170,6 +171,39 @@ pub enum UserCommand {
         #[command(flatten)]
         dir: super::store::DataDir,
     },
+}
+
+/// A user command sent through a daemon rather than done on the data directory.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViaDaemon {
+    /// Do it through this daemon (for a replicated control plane, its replicas' URLs, comma
+    /// separated: the accounts live in etcd), as an admin.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// An admin's bearer token, for `--url` (or the daemon that holds the directory).
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Trust this PEM certificate when the daemon serves HTTPS.
+    #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
+    ca_cert: Option<PathBuf>,
+    /// Send the token over plain `http://` beyond loopback (as for `gantry submit`).
+    #[arg(long, env = "GANTRY_INSECURE")]
+    insecure: bool,
+}
+
+impl ViaDaemon {
+    /// The client for `url`, with the admin's token.
+    fn client(&self, url: &str) -> anyhow::Result<Client> {
+        let Some(token) = self.admin_token.clone() else {
+            anyhow::bail!("an admin's bearer token is needed (--admin-token or GANTRY_TOKEN)");
+        };
+        Ok(Client {
+            url: url.to_string(),
+            token,
+            ca_cert: self.ca_cert.clone(),
+            insecure: self.insecure,
+        })
+    }
 }
 
 /// Where the API is and who is asking.
@@ -392,6 +426,7 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             tenants,
             clearance,
             expires,
+            via,
             dir,
         } => {
             let user = User {
@@ -400,9 +435,28 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
                 tenants,
                 clearance,
             };
-            user_add(&user, expires.as_deref(), &dir)
+            match &via.url {
+                Some(url) => {
+                    let body = serde_json::json!({"name": user.name, "roles": user.roles,
+                        "tenants": user.tenants, "clearance": user.clearance, "expires": expires});
+                    let v = call(&via.client(url)?, "POST", "/v1/users", Some(body))?;
+                    print_issued(&v)
+                }
+                None => user_add(&user, expires.as_deref(), &dir),
+            }
         }
-        UserCommand::Token { name, expires, dir } => {
+        UserCommand::Token {
+            name,
+            expires,
+            via,
+            dir,
+        } => {
+            if let Some(url) = &via.url {
+                let body = serde_json::json!({ "expires": expires });
+                let path = format!("/v1/users/{name}/tokens");
+                let v = call(&via.client(url)?, "POST", &path, Some(body))?;
+                return print_issued(&v);
+            }
             let ttl = ttl(expires.as_deref())?;
             let d = open_offline(&dir, "gantry user token")?;
             let issued = d.issue_token(&name, ttl)?;
@@ -418,10 +472,9 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Revoke {
             name,
             token,
-            admin_token,
-            ca_cert,
+            via,
             dir,
-        } => user_revoke(&name, token, admin_token, ca_cert, &dir),
+        } => user_revoke(&name, token, &via, &dir),
         UserCommand::Tokens { name, dir } => user_tokens(name.as_deref(), &dir),
         UserCommand::Ttl { duration, dir } => {
             let ttl = daemon::auth::parse_ttl(&duration).map_err(|m| anyhow::anyhow!(m))?;
@@ -471,41 +524,22 @@ fn user_add(user: &User, expires: Option<&str>, dir: &super::store::DataDir) -> 
 fn user_revoke(
     name: &str,
     token: Option<String>,
-    admin_token: Option<String>,
-    ca_cert: Option<PathBuf>,
+    via: &ViaDaemon,
     dir: &super::store::DataDir,
 ) -> anyhow::Result<()> {
-    let root = dir.path()?;
-    let revoked: Vec<String> = match DataDir::open(&root, "gantry user revoke") {
-        Ok(d) => {
-            let revoked = d.revoke(name, token.as_deref())?;
-            d.close()?;
-            revoked
-        }
-        Err(gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
-            holder,
-            ..
-        })) if holder.url.is_some() => {
-            let Some(admin) = admin_token else {
-                anyhow::bail!(
-                    "{}: held by {holder}; to revoke through it, give an admin's token \
-                     (--admin-token or GANTRY_TOKEN)",
-                    root.display()
-                );
-            };
-            let client = Client {
-                url: holder.url.clone().unwrap_or_default(),
-                token: admin,
-                ca_cert,
-                // The daemon that holds this directory, on this machine.
-                insecure: true,
-            };
-            let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
-            let path = format!("/v1/users/{name}/revoke{query}");
-            let v = call(&client, "POST", &path, None)?;
-            serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")?
-        }
-        Err(e) => return Err(e.into()),
+    let query = token
+        .as_ref()
+        .map(|t| format!("?token={t}"))
+        .unwrap_or_default();
+    let path = format!("/v1/users/{name}/revoke{query}");
+    let through = |client: &Client| -> anyhow::Result<Vec<String>> {
+        let v = call(client, "POST", &path, None)?;
+        serde_json::from_value(v["revoked"].clone()).context("the daemon's answer")
+    };
+    let revoked: Vec<String> = if let Some(url) = &via.url {
+        through(&via.client(url)?)?
+    } else {
+        revoke_here(name, token.as_deref(), via, dir, through)?
     };
     println!(
         "revoked {} token(s) of {name}: {}",
@@ -513,6 +547,59 @@ fn user_revoke(
         revoked.join(", ")
     );
     Ok(())
+}
+
+/// The answer of `POST /v1/users` or `.../tokens`: the token on stdout, the rest on stderr.
+fn print_issued(v: &serde_json::Value) -> anyhow::Result<()> {
+    let (Some(token), Some(id), Some(user)) =
+        (v["token"].as_str(), v["id"].as_str(), v["user"].as_str())
+    else {
+        anyhow::bail!("the daemon's answer has no token: {v}");
+    };
+    eprintln!(
+        "token {id} for {user} ({})",
+        expiry(v["expires_at"].as_f64())
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// A revocation in the data directory, or through the daemon that holds it.
+fn revoke_here(
+    name: &str,
+    token: Option<&str>,
+    via: &ViaDaemon,
+    dir: &super::store::DataDir,
+    through: impl Fn(&Client) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Vec<String>> {
+    let root = dir.path()?;
+    Ok(match DataDir::open(&root, "gantry user revoke") {
+        Ok(d) => {
+            let revoked = d.revoke(name, token)?;
+            d.close()?;
+            revoked
+        }
+        Err(gantry_daemon::datadir::DataDirError::Store(gantry::storage::StoreError::Locked {
+            holder,
+            ..
+        })) if holder.url.is_some() => {
+            if via.admin_token.is_none() {
+                anyhow::bail!(
+                    "{}: held by {holder}; to revoke through it, give an admin's token \
+                     (--admin-token or GANTRY_TOKEN)",
+                    root.display()
+                );
+            }
+            // The daemon that holds this directory, on this machine.
+            let here = ViaDaemon {
+                insecure: true,
+                ..via.clone()
+            };
+            let url = holder.url.clone().unwrap_or_default();
+            through(&here.client(&url)?)?
+        }
+        Err(e) => return Err(e.into()),
+    })
 }
 
 /// `gantry user tokens`: ids, age and state, never the tokens.

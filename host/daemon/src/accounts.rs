@@ -1,0 +1,213 @@
+//! Who may act: users, their tokens (salted hashes only) and the default lifetime of new
+//! tokens, as a trait. One daemon keeps them in its data directory's SQLite ([`Db`]); a
+//! replicated control plane keeps them in etcd ([`crate::etcdaccounts`]), so that a user added
+//! or a token revoked through one leader holds for the next. [`crate::auth`] issues and checks
+//! tokens through it.
+
+use crate::db::{Db, StoredToken, TokenInfo, User};
+use crate::jobstore::StateError;
+
+/// The daemon's accounts, in whichever store keeps them.
+pub type Accounts = std::sync::Arc<dyn AccountStore>;
+
+/// A store of users and tokens.
+pub trait AccountStore: Send + Sync {
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<User>, StateError>;
+
+    /// The user called `name`.
+    fn user(&self, name: &str) -> Result<Option<User>, StateError>;
+
+    /// Adds (or replaces) a user.
+    fn put_user(&self, user: &User) -> Result<(), StateError>;
+
+    /// Stores a new token's salted hash for `user` (who must exist), refused after
+    /// `expires_at` (Unix seconds).
+    fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), StateError>;
+
+    /// A token's salt, hash, user, expiry and revocation; `None` for an unknown id (or a
+    /// token whose user is gone).
+    fn token(&self, id: &str) -> Result<Option<StoredToken>, StateError>;
+
+    /// The tokens of `user` (every user's with `None`), oldest first.
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StateError>;
+
+    /// Revokes every live token of `user` (or, with `token`, that one of theirs); returns the
+    /// ids revoked.
+    fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError>;
+
+    /// The default lifetime of new tokens as stored (seconds, or `never`); `None` when unset.
+    fn token_ttl(&self) -> Result<Option<String>, StateError>;
+
+    /// Stores the default lifetime of new tokens (seconds, or `never`).
+    fn set_token_ttl(&self, value: &str) -> Result<(), StateError>;
+}
+
+impl AccountStore for Db {
+    fn users(&self) -> Result<Vec<User>, StateError> {
+        Ok(Db::users(self)?)
+    }
+    fn user(&self, name: &str) -> Result<Option<User>, StateError> {
+        Ok(Db::user(self, name)?)
+    }
+    fn put_user(&self, user: &User) -> Result<(), StateError> {
+        Ok(Db::put_user(self, user)?)
+    }
+    fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), StateError> {
+        Ok(Db::put_token(self, id, user, salt, hash, expires_at)?)
+    }
+    fn token(&self, id: &str) -> Result<Option<StoredToken>, StateError> {
+        Ok(Db::token(self, id)?)
+    }
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StateError> {
+        Ok(Db::tokens(self, user)?)
+    }
+    fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError> {
+        Ok(Db::revoke_tokens(self, user, token)?)
+    }
+    fn token_ttl(&self) -> Result<Option<String>, StateError> {
+        Ok(self.setting(crate::auth::TTL_SETTING)?)
+    }
+    fn set_token_ttl(&self, value: &str) -> Result<(), StateError> {
+        Ok(self.set_setting(crate::auth::TTL_SETTING, value)?)
+    }
+}
+
+/// The most roles or tenants a user may have.
+pub const MAX_LIST: usize = 64;
+
+/// Whether `user` may be stored: a name of 1-64 letters, digits, `-`, `_` and `.` (not
+/// starting with `.`), and roles, tenants and clearance of the same kind, at most
+/// [`MAX_LIST`] of each; the error names the field.
+pub fn check_user(user: &User) -> Result<(), String> {
+    fn word(field: &str, w: &str) -> Result<(), String> {
+        let valid = (1..=64).contains(&w.len())
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && !w.starts_with('.');
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "{field} `{w}`: 1-64 characters of letters, digits, '-', '_' and '.', not \
+                 starting with '.'"
+            ))
+        }
+    }
+    word("user name", &user.name)?;
+    for (field, list) in [("roles", &user.roles), ("tenants", &user.tenants)] {
+        if list.len() > MAX_LIST {
+            return Err(format!("{field}: at most {MAX_LIST}, not {}", list.len()));
+        }
+        for w in list {
+            word(field, w)?;
+        }
+    }
+    word("clearance", &user.clearance)
+}
+
+/// What [`seed`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seeded {
+    /// Users copied.
+    pub users: usize,
+    /// Tokens copied (revoked and expired ones too, as they are).
+    pub tokens: usize,
+}
+
+/// Checks that every store keeps the same contract (run against SQLite and etcd).
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+
+    pub(crate) fn user(name: &str, roles: &[&str]) -> User {
+        User {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            tenants: vec!["vision".into()],
+            clearance: "internal".into(),
+        }
+    }
+
+    /// Users by name, replaced in place; tokens for existing users only, listed oldest first,
+    /// revoked one at a time or all at once, never twice; the default lifetime.
+    pub(crate) fn users_tokens_and_revocations(s: &dyn AccountStore) {
+        assert_eq!(s.users().unwrap(), vec![]);
+        s.put_user(&user("grace", &["admin"])).unwrap();
+        s.put_user(&user("ada", &["researcher"])).unwrap();
+        s.put_user(&user("ada", &["researcher", "runner"])).unwrap();
+        let names: Vec<String> = s.users().unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["ada", "grace"]);
+        assert_eq!(
+            s.user("ada").unwrap(),
+            Some(user("ada", &["researcher", "runner"]))
+        );
+        assert_eq!(s.user("nobody").unwrap(), None);
+
+        s.put_token("t1", "ada", b"salt1", b"hash1", None).unwrap();
+        s.put_token("t2", "ada", b"salt2", b"hash2", Some(4e9))
+            .unwrap();
+        s.put_token("t3", "grace", b"salt3", b"hash3", None)
+            .unwrap();
+        assert!(
+            s.put_token("t4", "nobody", b"s", b"h", None).is_err(),
+            "a token needs a user"
+        );
+        let t1 = s.token("t1").unwrap().unwrap();
+        assert_eq!(
+            (
+                t1.salt.as_slice(),
+                t1.hash.as_slice(),
+                t1.user.name.as_str()
+            ),
+            (&b"salt1"[..], &b"hash1"[..], "ada")
+        );
+        assert_eq!(t1.user.roles, ["researcher", "runner"]);
+        assert_eq!((t1.expires_at, t1.revoked_at), (None, None));
+        assert_eq!(s.token("t2").unwrap().unwrap().expires_at, Some(4e9));
+        assert!(s.token("t9").unwrap().is_none());
+        let ids =
+            |user| -> Vec<String> { s.tokens(user).unwrap().into_iter().map(|t| t.id).collect() };
+        assert_eq!(ids(Some("ada")), ["t1", "t2"]);
+        assert_eq!(ids(None), ["t1", "t2", "t3"]);
+
+        assert_eq!(s.revoke_tokens("ada", Some("t2")).unwrap(), ["t2"]);
+        assert!(s.revoke_tokens("ada", Some("t2")).unwrap().is_empty());
+        assert!(
+            s.revoke_tokens("ada", Some("t3")).unwrap().is_empty(),
+            "not hers"
+        );
+        assert!(s.token("t2").unwrap().unwrap().revoked_at.is_some());
+        assert_eq!(s.revoke_tokens("ada", None).unwrap(), ["t1"]);
+        assert!(s.token("t1").unwrap().unwrap().revoked_at.is_some());
+        assert_eq!(s.token("t3").unwrap().unwrap().revoked_at, None);
+        let infos = s.tokens(Some("ada")).unwrap();
+        assert!(infos.iter().all(|t| t.revoked_at.is_some()), "{infos:?}");
+
+        assert_eq!(s.token_ttl().unwrap(), None);
+        s.set_token_ttl("3600").unwrap();
+        s.set_token_ttl("never").unwrap();
+        assert_eq!(s.token_ttl().unwrap().as_deref(), Some("never"));
+    }
+
+    #[test]
+    fn sqlite_keeps_users_tokens_and_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("g.db")).unwrap();
+        users_tokens_and_revocations(&db);
+    }
+}

@@ -1,0 +1,371 @@
+//! Accounts in etcd (issue 13): the [`AccountStore`] the replicas of a control plane share, so
+//! that a token revoked through one leader is refused by the next, and a user added through
+//! one is known to all. The same contract as SQLite's ([`crate::accounts::contract`]).
+//!
+//! Layout under a root prefix: `accounts/users/<name>` (a user as JSON), `accounts/tokens/<id>`
+//! (a token's salted hash, never the token), `accounts/token_ttl`, and `accounts/seeded`,
+//! written once the first leader has copied its data directory's accounts in ([`seed`]).
+//! Writes are not fenced by leadership: a revocation must land whoever sends it, and every
+//! write is a compare-and-set on what it changes.
+
+use std::sync::Arc;
+
+use data_encoding::BASE64;
+use gantry_etcd::{Compare, Etcd, Kv, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{AccountStore, Seeded};
+use crate::db::{StoredToken, TokenInfo, User, now};
+use crate::etcdstore::{EtcdStoreError, corrupt, decode};
+use crate::jobstore::StateError;
+
+/// How often a token's revocation is retried against other writers.
+const MAX_RETRIES: u32 = 64;
+
+/// A token as etcd keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenValue {
+    user: String,
+    /// Base64.
+    salt: String,
+    /// Base64 of SHA-256(salt, secret).
+    hash: String,
+    created_at: f64,
+    expires_at: Option<f64>,
+    revoked_at: Option<f64>,
+}
+
+/// Users and tokens kept in etcd under a root prefix.
+#[derive(Debug)]
+pub struct EtcdAccounts {
+    etcd: Arc<Etcd>,
+    root: String,
+}
+
+impl EtcdAccounts {
+    /// Accounts under `root` (`gantry`, say) in `etcd`.
+    pub fn new(etcd: Arc<Etcd>, root: &str) -> EtcdAccounts {
+        EtcdAccounts {
+            etcd,
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}/accounts/{rest}", self.root).into_bytes()
+    }
+
+    fn read_token(&self, id: &str) -> Result<Option<(TokenValue, Kv)>, EtcdStoreError> {
+        match self.etcd.get(&self.key(&format!("tokens/{id}")))? {
+            Some(kv) => Ok(Some((decode(&kv.key, &kv.value)?, kv))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every token with its id, in no particular order.
+    fn all_tokens(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
+        let prefix = self.key("tokens/");
+        self.etcd
+            .prefix(&prefix, 0)?
+            .into_iter()
+            .map(|kv| {
+                let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                let token: TokenValue = decode(&kv.key, &kv.value)?;
+                Ok((id, token, kv))
+            })
+            .collect()
+    }
+
+    /// Creates `key` with `value` unless it exists; returns whether it did.
+    fn create(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, EtcdStoreError> {
+        let outcome = self.etcd.txn(
+            &[Compare::Created(key.clone(), 0)],
+            &[Op::Put(key, value, 0)],
+            &[],
+        )?;
+        Ok(outcome.succeeded)
+    }
+
+    /// Whether the accounts have been seeded ([`seed`]).
+    pub fn seeded(&self) -> Result<bool, EtcdStoreError> {
+        Ok(self.etcd.get(&self.key("seeded"))?.is_some())
+    }
+}
+
+fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
+    BASE64
+        .decode(text.as_bytes())
+        .map_err(|e| corrupt(key, format!("{field}: {e}")))
+}
+
+impl AccountStore for EtcdAccounts {
+    fn users(&self) -> Result<Vec<User>, StateError> {
+        // Keys are in name order.
+        Ok(self
+            .etcd
+            .prefix(&self.key("users/"), 0)
+            .map_err(EtcdStoreError::from)?
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>, StateError> {
+        let key = self.key(&format!("users/{name}"));
+        match self.etcd.get(&key).map_err(EtcdStoreError::from)? {
+            Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_user(&self, user: &User) -> Result<(), StateError> {
+        let value = serde_json::to_vec(user).expect("a user serialises");
+        self.etcd
+            .put(&self.key(&format!("users/{}", user.name)), &value, 0)
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+
+    fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), StateError> {
+        let user_key = self.key(&format!("users/{user}"));
+        let Some(owner) = self.etcd.get(&user_key).map_err(EtcdStoreError::from)? else {
+            return Err(corrupt(&user_key, "a token for a user that does not exist").into());
+        };
+        let key = self.key(&format!("tokens/{id}"));
+        let value = TokenValue {
+            user: user.to_string(),
+            salt: BASE64.encode(salt),
+            hash: BASE64.encode(hash),
+            created_at: now(),
+            expires_at,
+            revoked_at: None,
+        };
+        // Only while the user still exists, and never over another token.
+        let outcome = self
+            .etcd
+            .txn(
+                &[
+                    Compare::Created(user_key.clone(), owner.create_revision),
+                    Compare::Created(key.clone(), 0),
+                ],
+                &[Op::Put(
+                    key.clone(),
+                    serde_json::to_vec(&value).expect("a token serialises"),
+                    0,
+                )],
+                &[],
+            )
+            .map_err(EtcdStoreError::from)?;
+        if !outcome.succeeded {
+            return Err(corrupt(&key, "taken, or its user was removed meanwhile").into());
+        }
+        Ok(())
+    }
+
+    fn token(&self, id: &str) -> Result<Option<StoredToken>, StateError> {
+        let Some((token, kv)) = self.read_token(id)? else {
+            return Ok(None);
+        };
+        let Some(user) = self.user(&token.user)? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredToken {
+            salt: bytes(&kv.key, "salt", &token.salt)?,
+            hash: bytes(&kv.key, "hash", &token.hash)?,
+            user,
+            expires_at: token.expires_at,
+            revoked_at: token.revoked_at,
+        }))
+    }
+
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StateError> {
+        let mut infos: Vec<TokenInfo> = self
+            .all_tokens()?
+            .into_iter()
+            .filter(|(_, t, _)| user.is_none_or(|u| t.user == u))
+            .map(|(id, t, _)| TokenInfo {
+                id,
+                user: t.user,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                revoked_at: t.revoked_at,
+            })
+            .collect();
+        infos.sort_by(|a, b| {
+            a.created_at
+                .total_cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(infos)
+    }
+
+    fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError> {
+        let mut revoked = Vec::new();
+        let mut live: Vec<(String, TokenValue, Kv)> = self
+            .all_tokens()?
+            .into_iter()
+            .filter(|(id, t, _)| {
+                t.user == user && t.revoked_at.is_none() && token.is_none_or(|want| want == id)
+            })
+            .collect();
+        let mut tries = 0;
+        while let Some((id, mut value, kv)) = live.pop() {
+            value.revoked_at = Some(now());
+            let outcome = self
+                .etcd
+                .txn(
+                    &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
+                    &[Op::Put(
+                        kv.key.clone(),
+                        serde_json::to_vec(&value).expect("a token serialises"),
+                        0,
+                    )],
+                    &[],
+                )
+                .map_err(EtcdStoreError::from)?;
+            if outcome.succeeded {
+                revoked.push(id);
+                continue;
+            }
+            // Changed meanwhile (revoked by another writer, say): look again.
+            tries += 1;
+            if tries > MAX_RETRIES {
+                return Err(EtcdStoreError::Contended(id).into());
+            }
+            if let Some((now, kv)) = self.read_token(&id)?
+                && now.revoked_at.is_none()
+            {
+                live.push((id, now, kv));
+            }
+        }
+        revoked.sort();
+        Ok(revoked)
+    }
+
+    fn token_ttl(&self) -> Result<Option<String>, StateError> {
+        let key = self.key("token_ttl");
+        match self.etcd.get(&key).map_err(EtcdStoreError::from)? {
+            Some(kv) => Ok(Some(
+                String::from_utf8(kv.value).map_err(|e| corrupt(&key, e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn set_token_ttl(&self, value: &str) -> Result<(), StateError> {
+        self.etcd
+            .put(&self.key("token_ttl"), value.as_bytes(), 0)
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+}
+
+/// Copies `from`'s users, tokens (as they are: revoked ones stay revoked) and default token
+/// lifetime into `to` once, the first time a leader opens: the replicas' data directories are
+/// copies of one, made before the first start. After that etcd is the authority, and nothing
+/// is copied again (a token revoked in etcd is never brought back by a replica's older copy);
+/// `None` when it was done before. Each copy is a create that never overwrites, so a seed cut
+/// short is finished by the next leader.
+pub fn seed(from: &dyn AccountStore, to: &EtcdAccounts) -> Result<Option<Seeded>, StateError> {
+    if to.seeded()? {
+        return Ok(None);
+    }
+    let mut copied = Seeded {
+        users: 0,
+        tokens: 0,
+    };
+    for user in from.users()? {
+        let value = serde_json::to_vec(&user).expect("a user serialises");
+        copied.users += usize::from(to.create(to.key(&format!("users/{}", user.name)), value)?);
+    }
+    for info in from.tokens(None)? {
+        let Some(stored) = from.token(&info.id)? else {
+            continue;
+        };
+        let value = TokenValue {
+            user: info.user,
+            salt: BASE64.encode(&stored.salt),
+            hash: BASE64.encode(&stored.hash),
+            created_at: info.created_at,
+            expires_at: info.expires_at,
+            revoked_at: info.revoked_at,
+        };
+        let value = serde_json::to_vec(&value).expect("a token serialises");
+        copied.tokens += usize::from(to.create(to.key(&format!("tokens/{}", info.id)), value)?);
+    }
+    if let Some(ttl) = from.token_ttl()? {
+        to.create(to.key("token_ttl"), ttl.into_bytes())?;
+    }
+    let marker = serde_json::json!({"at": now(), "users": copied.users, "tokens": copied.tokens});
+    to.create(to.key("seeded"), marker.to_string().into_bytes())?;
+    Ok(Some(copied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::contract;
+    use crate::db::Db;
+    use gantry_etcd::testing::EtcdProcess;
+
+    #[test]
+    fn etcd_keeps_users_tokens_and_revocations() {
+        let Some(etcd) = EtcdProcess::start_or_skip("etcd_keeps_users_tokens") else {
+            return;
+        };
+        let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
+        contract::users_tokens_and_revocations(&s);
+    }
+
+    /// The first leader copies its data directory's accounts in once; a revocation made in
+    /// etcd afterwards is never undone by a replica's older copy.
+    #[test]
+    fn accounts_are_seeded_once_and_a_revocation_is_never_undone() {
+        let Some(etcd) = EtcdProcess::start_or_skip("accounts_are_seeded_once") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("g.db")).unwrap();
+        db.put_user(&contract::user("ada", &["researcher"]))
+            .unwrap();
+        let issued = crate::auth::issue_for(&db, "ada", None).unwrap();
+        db.set_setting(crate::auth::TTL_SETTING, "7200").unwrap();
+        let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
+        assert_eq!(
+            seed(&db, &s).unwrap(),
+            Some(Seeded {
+                users: 1,
+                tokens: 1
+            })
+        );
+        let ada = crate::auth::check(&s, &issued.token).unwrap().unwrap();
+        assert_eq!(ada.name, "ada");
+        assert_eq!(s.token_ttl().unwrap().as_deref(), Some("7200"));
+        s.revoke_tokens("ada", None).unwrap();
+        assert_eq!(seed(&db, &s).unwrap(), None, "seeded once");
+        assert_eq!(crate::auth::check(&s, &issued.token).unwrap(), None);
+        assert!(crate::auth::check(&db, &issued.token).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_token_that_does_not_read_is_an_error_naming_its_key() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_token_that_does_not_read") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let s = EtcdAccounts::new(client.clone(), "gantry");
+        s.put_user(&contract::user("ada", &[])).unwrap();
+        client
+            .put(b"gantry/accounts/tokens/t1", b"{\"user\": 7}", 0)
+            .unwrap();
+        let e = s.token("t1").unwrap_err().to_string();
+        assert!(e.contains("gantry/accounts/tokens/t1"), "{e}");
+    }
+}
