@@ -532,14 +532,15 @@ fn control_plane_flags_out_of_range_are_refused_naming_them() {
     }
 }
 
-/// Regression: users and tokens lived in each replica's copy of the data directory, so a token
-/// revoked through the leader still worked once another replica led, and a user added through
-/// one replica was unknown to the others. They live in etcd now, copied in once from the first
-/// leader's directory, and are managed through the API (`gantry user ... --url`).
+/// Regression: users, tokens and the admins' GPU marks lived in each replica's copy of the data
+/// directory, so a token revoked through the leader still worked once another replica led, a
+/// user added through one replica was unknown to the others, and a GPU an admin took out came
+/// back into service. They live in etcd now, copied in once from the first leader's directory,
+/// and users are managed through the API (`gantry user ... --url`).
 #[test]
-fn a_token_revoked_through_one_leader_is_refused_by_the_next() {
+fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     let _serial = one_at_a_time();
-    let Some(etcd) = EtcdProcess::start_or_skip("a_token_revoked_through_one_leader") else {
+    let Some(etcd) = EtcdProcess::start_or_skip("what_an_admin_changed") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -579,6 +580,15 @@ fn a_token_revoked_through_one_leader_is_refused_by_the_next() {
     let eve = json!({"name": "eve", "roles": ["admin"]});
     let (s, _) = try_request(&format!("{url}/v1/users"), "POST", Some(&lin), Some(&eve)).unwrap();
     assert_eq!(s, 403);
+    let gpu = json!({"gpu": "node-a/gpu3"});
+    let (s, v) = try_request(
+        &format!("{url}/v1/gpus/unhealthy"),
+        "POST",
+        Some(&grace),
+        Some(&gpu),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
 
     replicas[leader].kill();
     let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
@@ -586,6 +596,13 @@ fn a_token_revoked_through_one_leader_is_refused_by_the_next() {
     let url = replicas[next].url.clone();
     assert_eq!(status(&url, &ada), Some(401), "a revoked token works again");
     assert_eq!(status(&url, &lin), Some(200), "a user added is unknown");
+    let (s, gpus) = try_request(&format!("{url}/v1/gpus"), "GET", Some(&grace), None).unwrap();
+    assert_eq!(s, 200, "{gpus}");
+    let gpu3 = gpus["gpus"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["id"] == "node-a/gpu3"))
+        .unwrap_or_else(|| panic!("{gpus}"));
+    assert_eq!(gpu3["healthy"], false, "a GPU taken out came back: {gpu3}");
 
     // `gantry user token --url` with every replica's URL (the dead one first) finds the leader.
     let urls = format!("{},{url}", replicas[leader].url);

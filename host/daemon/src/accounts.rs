@@ -4,11 +4,34 @@
 //! or a token revoked through one leader holds for the next. [`crate::auth`] issues and checks
 //! tokens through it.
 
-use crate::db::{Db, StoredToken, TokenInfo, User};
+use crate::db::{Db, GpuHealth, StoredToken, TokenInfo, User};
 use crate::jobstore::StateError;
 
 /// The daemon's accounts, in whichever store keeps them.
 pub type Accounts = std::sync::Arc<dyn AccountStore>;
+
+/// The admins' GPU marks, in whichever store keeps them.
+pub type Marks = std::sync::Arc<dyn GpuMarks>;
+
+/// GPUs an admin took out of service or put back (`POST /v1/gpus/unhealthy|healthy`): kept
+/// where the accounts are, so that a new leader keeps out a GPU an admin took out through the
+/// last one.
+pub trait GpuMarks: Send + Sync {
+    /// Records GPU `gpu`'s health, as set by `by`.
+    fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), StateError>;
+
+    /// Every GPU health an admin set, by GPU id.
+    fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError>;
+}
+
+impl GpuMarks for Db {
+    fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), StateError> {
+        Ok(Db::set_gpu_health(self, gpu, healthy, by)?)
+    }
+    fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
+        Ok(Db::gpu_health(self)?)
+    }
+}
 
 /// A store of users and tokens.
 pub trait AccountStore: Send + Sync {
@@ -204,10 +227,32 @@ pub(crate) mod contract {
         assert_eq!(s.token_ttl().unwrap().as_deref(), Some("never"));
     }
 
+    /// Marks by GPU id, the last one of a GPU kept, with who set it.
+    pub(crate) fn gpu_marks(s: &dyn GpuMarks) {
+        assert!(s.gpu_health().unwrap().is_empty());
+        s.set_gpu_health("n/gpu1", false, "grace").unwrap();
+        s.set_gpu_health("n/gpu0", false, "grace").unwrap();
+        s.set_gpu_health("n/gpu0", true, "ops").unwrap();
+        let marks: Vec<(String, bool, String)> = s
+            .gpu_health()
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.gpu, g.healthy, g.by))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("n/gpu0".into(), true, "ops".into()),
+                ("n/gpu1".into(), false, "grace".into())
+            ]
+        );
+    }
+
     #[test]
     fn sqlite_keeps_users_tokens_and_revocations() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("g.db")).unwrap();
         users_tokens_and_revocations(&db);
+        gpu_marks(&db);
     }
 }

@@ -462,7 +462,7 @@ pub struct TokenInfo {
 }
 
 /// A GPU's health as an admin set it (`POST /v1/gpus/unhealthy`), applied at every start.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuHealth {
     /// The GPU's id.
     pub gpu: String,

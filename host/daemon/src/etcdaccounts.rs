@@ -1,10 +1,13 @@
 //! Accounts in etcd (issue 13): the [`AccountStore`] the replicas of a control plane share, so
 //! that a token revoked through one leader is refused by the next, and a user added through
-//! one is known to all. The same contract as SQLite's ([`crate::accounts::contract`]).
+//! one is known to all; and the admins' [`GpuMarks`], so that a GPU taken out through one
+//! leader stays out under the next. The same contracts as SQLite's
+//! ([`crate::accounts::contract`]).
 //!
 //! Layout under a root prefix: `accounts/users/<name>` (a user as JSON), `accounts/tokens/<id>`
-//! (a token's salted hash, never the token), `accounts/token_ttl`, and `accounts/seeded`,
-//! written once the first leader has copied its data directory's accounts in ([`seed`]).
+//! (a token's salted hash, never the token), `accounts/token_ttl`, `gpu_health/<gpu>` (an
+//! admin's mark), and `accounts/seeded`, written once the first leader has copied its data
+//! directory's in ([`seed`]).
 //! Writes are not fenced by leadership: a revocation must land whoever sends it, and every
 //! write is a compare-and-set on what it changes.
 
@@ -14,8 +17,8 @@ use data_encoding::BASE64;
 use gantry_etcd::{Compare, Etcd, Kv, Op};
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{AccountStore, Seeded};
-use crate::db::{StoredToken, TokenInfo, User, now};
+use crate::accounts::{AccountStore, GpuMarks, Seeded};
+use crate::db::{GpuHealth, StoredToken, TokenInfo, User, now};
 use crate::etcdstore::{EtcdStoreError, corrupt, decode};
 use crate::jobstore::StateError;
 
@@ -53,6 +56,10 @@ impl EtcdAccounts {
 
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}/accounts/{rest}", self.root).into_bytes()
+    }
+
+    fn mark_key(&self, gpu: &str) -> Vec<u8> {
+        format!("{}/gpu_health/{gpu}", self.root).into_bytes()
     }
 
     fn read_token(&self, id: &str) -> Result<Option<(TokenValue, Kv)>, EtcdStoreError> {
@@ -267,13 +274,43 @@ impl AccountStore for EtcdAccounts {
     }
 }
 
-/// Copies `from`'s users, tokens (as they are: revoked ones stay revoked) and default token
-/// lifetime into `to` once, the first time a leader opens: the replicas' data directories are
+impl GpuMarks for EtcdAccounts {
+    fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), StateError> {
+        let mark = GpuHealth {
+            gpu: gpu.to_string(),
+            healthy,
+            by: by.to_string(),
+            at: now(),
+        };
+        let value = serde_json::to_vec(&mark).expect("a mark serialises");
+        self.etcd
+            .put(&self.mark_key(gpu), &value, 0)
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+
+    fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
+        // Keys are in GPU id order.
+        Ok(self
+            .etcd
+            .prefix(&self.mark_key(""), 0)
+            .map_err(EtcdStoreError::from)?
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// Copies `from`'s users, tokens (as they are: revoked ones stay revoked), default token
+/// lifetime and GPU marks into `to` once, the first time a leader opens: the replicas' data directories are
 /// copies of one, made before the first start. After that etcd is the authority, and nothing
 /// is copied again (a token revoked in etcd is never brought back by a replica's older copy);
 /// `None` when it was done before. Each copy is a create that never overwrites, so a seed cut
 /// short is finished by the next leader.
-pub fn seed(from: &dyn AccountStore, to: &EtcdAccounts) -> Result<Option<Seeded>, StateError> {
+pub fn seed<S: AccountStore + GpuMarks>(
+    from: &S,
+    to: &EtcdAccounts,
+) -> Result<Option<Seeded>, StateError> {
     if to.seeded()? {
         return Ok(None);
     }
@@ -303,6 +340,10 @@ pub fn seed(from: &dyn AccountStore, to: &EtcdAccounts) -> Result<Option<Seeded>
     if let Some(ttl) = from.token_ttl()? {
         to.create(to.key("token_ttl"), ttl.into_bytes())?;
     }
+    for mark in from.gpu_health()? {
+        let value = serde_json::to_vec(&mark).expect("a mark serialises");
+        to.create(to.mark_key(&mark.gpu), value)?;
+    }
     let marker = serde_json::json!({"at": now(), "users": copied.users, "tokens": copied.tokens});
     to.create(to.key("seeded"), marker.to_string().into_bytes())?;
     Ok(Some(copied))
@@ -322,6 +363,7 @@ mod tests {
         };
         let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
         contract::users_tokens_and_revocations(&s);
+        contract::gpu_marks(&s);
     }
 
     /// The first leader copies its data directory's accounts in once; a revocation made in
@@ -337,6 +379,7 @@ mod tests {
             .unwrap();
         let issued = crate::auth::issue_for(&db, "ada", None).unwrap();
         db.set_setting(crate::auth::TTL_SETTING, "7200").unwrap();
+        db.set_gpu_health("n/gpu3", false, "grace").unwrap();
         let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
         assert_eq!(
             seed(&db, &s).unwrap(),
@@ -348,6 +391,8 @@ mod tests {
         let ada = crate::auth::check(&s, &issued.token).unwrap().unwrap();
         assert_eq!(ada.name, "ada");
         assert_eq!(s.token_ttl().unwrap().as_deref(), Some("7200"));
+        let marks = GpuMarks::gpu_health(&s).unwrap();
+        assert_eq!((marks[0].gpu.as_str(), marks[0].healthy), ("n/gpu3", false));
         s.revoke_tokens("ada", None).unwrap();
         assert_eq!(seed(&db, &s).unwrap(), None, "seeded once");
         assert_eq!(crate::auth::check(&s, &issued.token).unwrap(), None);

@@ -120,6 +120,8 @@ pub struct Daemon {
     /// Users and tokens: the SQLite database's, or etcd's for a replicated control plane
     /// (seeded once from the first leader's data directory).
     pub accounts: accounts::Accounts,
+    /// GPUs admins took out of service (or put back): where the accounts are.
+    pub marks: accounts::Marks,
     /// This replica's leadership, when it is the leader of a replicated control plane.
     pub leadership: Option<gantry_etcd::election::Fencer>,
     /// Cluster state, scheduler plugin, policy and audit log.
@@ -287,7 +289,10 @@ impl Daemon {
         }
         host.set_shared_audit_log(audit.clone());
         Self::start_policy(&mut host, &db, &store, config.shipped_policy).map_err(setup)?;
-        let unhealthy = persisted::apply_gpu_health(&mut host, &db).map_err(setup)?;
+        let db = Arc::new(db);
+        let (jobs, accounts, marks) =
+            Self::stores(config, leadership.as_ref(), &db, &mut host).map_err(setup)?;
+        let unhealthy = persisted::apply_gpu_health(&mut host, &*marks).map_err(setup)?;
         if unhealthy > 0 {
             tracing::info!(
                 gpus = unhealthy,
@@ -329,39 +334,6 @@ impl Daemon {
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
-        let db = Arc::new(db);
-        let (jobs, accounts): (jobstore::Jobs, accounts::Accounts) =
-            match (&config.control_plane, &leadership) {
-                (Some(cp), Some(lead)) => {
-                    let lead = lead.clone();
-                    let fence: etcdstore::Fence = Arc::new(move || lead.fence());
-                    let store = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
-                    let accounts = etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root);
-                    if let Some(seeded) = etcdaccounts::seed(&*db, &accounts)
-                        .map_err(|e| setup(format!("copying the accounts into etcd: {e}")))?
-                    {
-                        tracing::info!(
-                            users = seeded.users,
-                            tokens = seeded.tokens,
-                            "accounts copied from this data directory into etcd, once"
-                        );
-                        let record =
-                            serde_json::json!({"users": seeded.users, "tokens": seeded.tokens});
-                        api::here(host.record("accounts.seeded", record))
-                            .map_err(|e| setup(e.to_string()))?;
-                    }
-                    (
-                        Arc::new(jobstore::Erased(Arc::new(store))),
-                        Arc::new(accounts),
-                    )
-                }
-                (Some(_), None) => {
-                    return Err(setup(
-                        "a replica of a control plane opens the daemon only once it leads".into(),
-                    ));
-                }
-                _ => (Arc::new(jobstore::Erased(db.clone())), db.clone()),
-            };
         let (requeued, deferred) =
             lifecycle::recover_jobs(&*jobs, &mut host, db::now()).map_err(setup)?;
         tracing::info!(requeued, "daemon state recovered");
@@ -371,6 +343,7 @@ impl Daemon {
             db,
             jobs,
             accounts,
+            marks,
             leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
@@ -390,6 +363,46 @@ impl Daemon {
             reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
         })
+    }
+
+    /// Where jobs, accounts and GPU marks live: this directory's SQLite `db`, or etcd for the
+    /// leader of a replicated control plane (its accounts and marks copied in from `db` the
+    /// first time, recorded in `host`'s audit log).
+    fn stores(
+        config: &DaemonConfig,
+        leadership: Option<&gantry_etcd::election::Fencer>,
+        db: &Arc<Db>,
+        host: &mut Host,
+    ) -> Result<(jobstore::Jobs, accounts::Accounts, accounts::Marks), String> {
+        let Some(cp) = &config.control_plane else {
+            return Ok((
+                Arc::new(jobstore::Erased(db.clone())),
+                db.clone(),
+                db.clone(),
+            ));
+        };
+        let Some(lead) = leadership.cloned() else {
+            return Err("a replica of a control plane opens the daemon only once it leads".into());
+        };
+        let fence: etcdstore::Fence = Arc::new(move || lead.fence());
+        let jobs = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
+        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root));
+        let seeded = etcdaccounts::seed(&**db, &accounts)
+            .map_err(|e| format!("copying the accounts into etcd: {e}"))?;
+        if let Some(seeded) = seeded {
+            tracing::info!(
+                users = seeded.users,
+                tokens = seeded.tokens,
+                "accounts copied from this data directory into etcd, once"
+            );
+            let record = serde_json::json!({"users": seeded.users, "tokens": seeded.tokens});
+            api::here(host.record("accounts.seeded", record)).map_err(|e| e.to_string())?;
+        }
+        Ok((
+            Arc::new(jobstore::Erased(Arc::new(jobs))),
+            accounts.clone(),
+            accounts,
+        ))
     }
 
     /// Installs the policy to start with ([`persisted::policy_to_start_with`]) and says which.

@@ -341,7 +341,7 @@ impl crate::Daemon {
         if ids.is_empty() {
             return Vec::new();
         }
-        let marked: HashMap<String, bool> = match self.db.gpu_health() {
+        let marked: HashMap<String, bool> = match self.marks.gpu_health() {
             Ok(marks) => marks.into_iter().map(|g| (g.gpu, g.healthy)).collect(),
             Err(e) => {
                 // Unknown marks: keep the GPUs out rather than serve one an admin took out.

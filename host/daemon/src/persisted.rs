@@ -127,9 +127,12 @@ pub fn policy_in_force(host: &Host, db: &Db) -> Result<PolicyInForce, String> {
 
 /// Marks out of service every GPU an admin marked unhealthy; returns how many. A GPU the
 /// cluster no longer has is reported and skipped.
-pub fn apply_gpu_health(host: &mut Host, db: &Db) -> Result<usize, String> {
+pub fn apply_gpu_health(
+    host: &mut Host,
+    marks: &dyn crate::accounts::GpuMarks,
+) -> Result<usize, String> {
     let mut applied = 0;
-    for g in db.gpu_health().map_err(|e| e.to_string())? {
+    for g in marks.gpu_health().map_err(|e| e.to_string())? {
         if g.healthy {
             continue;
         }

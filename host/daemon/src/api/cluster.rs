@@ -272,7 +272,7 @@ async fn set_gpu_health(
         // service only where its node's agent (when agents are on) serves it too. The whole
         // gang of a job on it starts over elsewhere; a job with a run under way keeps its GPUs
         // until the run has stopped, at its next step.
-        daemon.db.set_gpu_health(&id, healthy, &user.name)?;
+        daemon.marks.set_gpu_health(&id, healthy, &user.name)?;
         Ok(daemon.apply_gpu_health(&[id], "its GPU became unhealthy"))
     })
     .await?;
