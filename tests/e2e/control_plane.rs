@@ -532,11 +532,12 @@ fn control_plane_flags_out_of_range_are_refused_naming_them() {
     }
 }
 
-/// Regression: users, tokens and the admins' GPU marks lived in each replica's copy of the data
-/// directory, so a token revoked through the leader still worked once another replica led, a
-/// user added through one replica was unknown to the others, and a GPU an admin took out came
-/// back into service. They live in etcd now, copied in once from the first leader's directory,
-/// and users are managed through the API (`gantry user ... --url`).
+/// Regression: users, tokens, the admins' GPU marks and the installed policy lived in each
+/// replica's copy of the data directory, so a token revoked through the leader still worked
+/// once another replica led, a user added through one replica was unknown to the others, a GPU
+/// an admin took out came back into service, and a stricter policy gave way to an older one.
+/// They live in etcd now, copied in once from the first leader's directory, and users are
+/// managed through the API (`gantry user ... --url`).
 #[test]
 fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     let _serial = one_at_a_time();
@@ -589,6 +590,22 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     )
     .unwrap();
     assert_eq!(s, 200, "{v}");
+    // A stricter policy: researchers may ask for at most 2 GPUs.
+    let bundle = dir.path().join("strict.tar.gz");
+    crate::support::build_policy(
+        &crate::support::strict_policy(dir.path()),
+        "gantry/authz/decision",
+        &bundle,
+        &shared_cache(),
+    );
+    let (s, v) = crate::support::send_raw(
+        "POST",
+        &format!("{url}/v1/policy"),
+        &grace,
+        &std::fs::read(&bundle).unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let strict = v["revision"].clone();
 
     replicas[leader].kill();
     let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
@@ -603,6 +620,14 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
         .and_then(|g| g.iter().find(|g| g["id"] == "node-a/gpu3"))
         .unwrap_or_else(|| panic!("{gpus}"));
     assert_eq!(gpu3["healthy"], false, "a GPU taken out came back: {gpu3}");
+    let (_, v) = try_request(&format!("{url}/v1/policy"), "GET", Some(&grace), None).unwrap();
+    assert_eq!(
+        (&v["source"], &v["revision"]),
+        (&json!("installed"), &strict)
+    );
+    let four = json!({"id": "four", "tenant": "vision", "gpus": 4});
+    let (s, v) = submit_through(&url, &lin, &four);
+    assert_eq!(s, 403, "an older policy decides: {v}");
 
     // `gantry user token --url` with every replica's URL (the dead one first) finds the leader.
     let urls = format!("{},{url}", replicas[leader].url);

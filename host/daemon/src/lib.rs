@@ -37,6 +37,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod nodes;
 pub mod persisted;
+pub mod policystore;
 pub mod recovery;
 pub mod rejections;
 pub mod replicas;
@@ -93,6 +94,14 @@ pub struct DaemonConfig {
     pub control_plane: Option<replicas::ControlPlane>,
 }
 
+/// Where a daemon keeps what its replicas must share ([`Daemon::stores`]).
+struct Stores {
+    jobs: jobstore::Jobs,
+    accounts: accounts::Accounts,
+    marks: accounts::Marks,
+    policies: policystore::Policies,
+}
+
 /// A daemon failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -122,6 +131,8 @@ pub struct Daemon {
     pub accounts: accounts::Accounts,
     /// GPUs admins took out of service (or put back): where the accounts are.
     pub marks: accounts::Marks,
+    /// The policy an admin installed: this directory's store, or etcd.
+    pub policies: policystore::Policies,
     /// This replica's leadership, when it is the leader of a replicated control plane.
     pub leadership: Option<gantry_etcd::election::Fencer>,
     /// Cluster state, scheduler plugin, policy and audit log.
@@ -134,7 +145,7 @@ pub struct Daemon {
     /// while holding the host's lock.
     pub installs: Mutex<()>,
     /// Datasets, checkpoints and artifacts, encrypted (holding the data directory's lock).
-    pub store: gantry::storage::Store,
+    pub store: Arc<gantry::storage::Store>,
     /// The audit log (also the host's): sealed by a timer, and its head served.
     pub audit: Arc<AuditLog>,
     /// Counters for `/metrics`.
@@ -288,10 +299,14 @@ impl Daemon {
                 .map_err(|e| setup(e.to_string()))?;
         }
         host.set_shared_audit_log(audit.clone());
-        Self::start_policy(&mut host, &db, &store, config.shipped_policy).map_err(setup)?;
-        let db = Arc::new(db);
-        let (jobs, accounts, marks) =
-            Self::stores(config, leadership.as_ref(), &db, &mut host).map_err(setup)?;
+        let (db, store) = (Arc::new(db), Arc::new(store));
+        let Stores {
+            jobs,
+            accounts,
+            marks,
+            policies,
+        } = Self::stores(config, leadership.as_ref(), &db, &store, &mut host).map_err(setup)?;
+        Self::start_policy(&mut host, &*policies, config.shipped_policy).map_err(setup)?;
         let unhealthy = persisted::apply_gpu_health(&mut host, &*marks).map_err(setup)?;
         if unhealthy > 0 {
             tracing::info!(
@@ -344,6 +359,7 @@ impl Daemon {
             jobs,
             accounts,
             marks,
+            policies,
             leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
@@ -365,21 +381,28 @@ impl Daemon {
         })
     }
 
-    /// Where jobs, accounts and GPU marks live: this directory's SQLite `db`, or etcd for the
-    /// leader of a replicated control plane (its accounts and marks copied in from `db` the
-    /// first time, recorded in `host`'s audit log).
+    /// Where jobs, accounts, GPU marks and the installed policy live: this directory's SQLite
+    /// `db` and `store`, or etcd for the leader of a replicated control plane (accounts, marks
+    /// and policy copied in from this directory the first time, recorded in `host`'s audit
+    /// log).
     fn stores(
         config: &DaemonConfig,
         leadership: Option<&gantry_etcd::election::Fencer>,
         db: &Arc<Db>,
+        store: &Arc<gantry::storage::Store>,
         host: &mut Host,
-    ) -> Result<(jobstore::Jobs, accounts::Accounts, accounts::Marks), String> {
+    ) -> Result<Stores, String> {
+        let local = policystore::LocalPolicy {
+            db: db.clone(),
+            store: store.clone(),
+        };
         let Some(cp) = &config.control_plane else {
-            return Ok((
-                Arc::new(jobstore::Erased(db.clone())),
-                db.clone(),
-                db.clone(),
-            ));
+            return Ok(Stores {
+                jobs: Arc::new(jobstore::Erased(db.clone())),
+                accounts: db.clone(),
+                marks: db.clone(),
+                policies: Arc::new(local),
+            });
         };
         let Some(lead) = leadership.cloned() else {
             return Err("a replica of a control plane opens the daemon only once it leads".into());
@@ -398,25 +421,32 @@ impl Daemon {
             let record = serde_json::json!({"users": seeded.users, "tokens": seeded.tokens});
             api::here(host.record("accounts.seeded", record)).map_err(|e| e.to_string())?;
         }
-        Ok((
-            Arc::new(jobstore::Erased(Arc::new(jobs))),
-            accounts.clone(),
-            accounts,
-        ))
+        let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
+        if let Some(revision) = policystore::seed(&local, &policies)
+            .map_err(|e| format!("copying the installed policy into etcd: {e}"))?
+        {
+            let record = serde_json::json!({ "revision": revision });
+            api::here(host.record("policy.seeded", record)).map_err(|e| e.to_string())?;
+        }
+        Ok(Stores {
+            jobs: Arc::new(jobstore::Erased(Arc::new(jobs))),
+            accounts: accounts.clone(),
+            marks: accounts,
+            policies: Arc::new(policies),
+        })
     }
 
     /// Installs the policy to start with ([`persisted::policy_to_start_with`]) and says which.
     fn start_policy(
         host: &mut Host,
-        db: &Db,
-        store: &gantry::storage::Store,
+        policies: &dyn policystore::PolicyStore,
         shipped: bool,
     ) -> Result<(), String> {
-        let replaced = db
-            .setting(persisted::POLICY_REVISION)
-            .map_err(|e| e.to_string())?
+        let replaced = policies
+            .installed()?
+            .map(|i| i.revision)
             .filter(|_| shipped);
-        let (policy, info) = persisted::policy_to_start_with(host, db, store, shipped)?;
+        let (policy, info) = persisted::policy_to_start_with(host, policies, shipped)?;
         api::here(host.set_policy(policy)).map_err(|e| e.to_string())?;
         if let Some(revision) = replaced {
             let record =

@@ -1,18 +1,16 @@
 //! State an admin sets through the API that must survive a restart: the access-control policy
-//! (`POST /v1/policy`: the bundle as an object of the encrypted store, its object id and revision
-//! in the database) and GPU health (`POST /v1/gpus/unhealthy`, `/healthy`: in the database). Both
-//! are applied at every start, before a request is decided or a job placed.
+//! (`POST /v1/policy`: kept by a [`PolicyStore`], this directory's encrypted store or etcd) and
+//! GPU health (`POST /v1/gpus/unhealthy`, `/healthy`: [`crate::accounts::GpuMarks`]). Both are
+//! applied at every start, before a request is decided or a job placed.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::policystore::PolicyStore;
 use gantry::Host;
 use gantry::policy::bundle::Bundle;
 use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
-use gantry::storage::Store;
-
-use super::db::Db;
 
 /// The settings key naming the store object of the policy bundle an admin installed.
 pub const POLICY_OBJECT: &str = "policy.object";
@@ -54,16 +52,12 @@ pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
 /// replaces it.
 pub fn policy_to_start_with(
     host: &Host,
-    db: &Db,
-    store: &Store,
+    policies: &dyn PolicyStore,
     shipped: bool,
 ) -> Result<(Arc<LoadedPolicy>, PolicyInForce), String> {
-    let installed = db.setting(POLICY_OBJECT).map_err(|e| e.to_string())?;
-    if let (Some(object), false) = (&installed, shipped) {
-        let revision = db
-            .setting(POLICY_REVISION)
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
+    let installed = policies.installed()?;
+    if let (Some(kept), false) = (&installed, shipped) {
+        let (object, revision) = (&kept.object, &kept.revision);
         let failed = |e: String| {
             format!(
                 "the installed policy (revision {revision}, object {object}) does not load: {e}; \
@@ -71,7 +65,7 @@ pub fn policy_to_start_with(
                  (recorded in the audit log), then install a working bundle"
             )
         };
-        let bytes = store.get(object).map_err(|e| failed(e.to_string()))?;
+        let bytes = policies.bundle(kept).map_err(failed)?;
         let bundle =
             bundle_from_bytes(&bytes, &format!("policy object {object}")).map_err(failed)?;
         let policy = super::api::here(host.policy_loader().load(bundle, PolicyLimits::default()))
@@ -85,7 +79,7 @@ pub fn policy_to_start_with(
     }
     let policy = shipped_policy(host)?;
     if installed.is_some() {
-        forget_installed_policy(db)?;
+        policies.forget()?;
         tracing::warn!("the installed policy is replaced by the shipped one (--shipped-policy)");
     }
     let info = PolicyInForce {
@@ -96,32 +90,21 @@ pub fn policy_to_start_with(
     Ok((policy, info))
 }
 
-/// Records `object` (a bundle in the store, of `revision`) as the policy to start with.
-pub fn remember_policy(db: &Db, object: &str, revision: &str) -> Result<(), String> {
-    db.set_setting(POLICY_REVISION, revision)
-        .and_then(|()| db.set_setting(POLICY_OBJECT, object))
-        .map_err(|e| e.to_string())
-}
-
-fn forget_installed_policy(db: &Db) -> Result<(), String> {
-    db.delete_setting(POLICY_OBJECT)
-        .and_then(|()| db.delete_setting(POLICY_REVISION))
-        .map_err(|e| e.to_string())
-}
-
 /// The policy in force on `host`, as [`policy_to_start_with`] describes it.
-pub fn policy_in_force(host: &Host, db: &Db) -> Result<PolicyInForce, String> {
+pub fn policy_in_force(host: &Host, policies: &dyn PolicyStore) -> Result<PolicyInForce, String> {
     let revision = host
         .policy()
         .map(|slot| slot.current().revision().to_string())
         .unwrap_or_default();
-    let object = db.setting(POLICY_OBJECT).map_err(|e| e.to_string())?;
-    let installed_revision = db.setting(POLICY_REVISION).map_err(|e| e.to_string())?;
-    let installed = object.is_some() && installed_revision.as_deref() == Some(revision.as_str());
+    let installed = policies.installed()?.filter(|i| i.revision == revision);
     Ok(PolicyInForce {
         revision,
-        source: if installed { "installed" } else { "shipped" },
-        object: object.filter(|_| installed),
+        source: if installed.is_some() {
+            "installed"
+        } else {
+            "shipped"
+        },
+        object: installed.map(|i| i.object),
     })
 }
 

@@ -53,14 +53,15 @@ fn install(state: &AppState, user: &User, body: &[u8]) -> ApiResult<serde_json::
         )));
     }
     let revision = policy.revision().to_string();
-    // The bundle is kept (encrypted) and named as the policy to start with, before it
-    // decides: a restart never silently goes back to the shipped policy.
-    let object = daemon.store.put_bytes(body).map_err(ApiError::internal)?;
-    // Remembered and swapped in one turn, so concurrent installs leave the policy in force, the
-    // one a restart reads and the log agreeing; the swap and its record take no lock of the
-    // host's, so cycles and requests go on meanwhile.
+    // The bundle is kept and named as the policy to start with, before it decides: a restart
+    // (or the next leader) never silently goes back to an older policy. Kept and swapped in one
+    // turn, so concurrent installs leave the policy in force, the one a restart reads and the
+    // log agreeing; the swap and its record take no lock of the host's, so cycles and requests
+    // go on meanwhile.
     let _turn = daemon.installs.lock().unwrap_or_else(|e| e.into_inner());
-    crate::persisted::remember_policy(&daemon.db, &object, &revision)
+    daemon
+        .policies
+        .install(body, &revision)
         .map_err(ApiError::internal)?;
     let previous = here(daemon.decider.swap_policy(policy))
         .map_err(ApiError::internal)?
@@ -83,7 +84,7 @@ pub(super) async fn policy_info(
             Resource::Empty {},
             |state, _| {
                 let daemon = &state.daemon;
-                crate::persisted::policy_in_force(&daemon.host_read(), &daemon.db)
+                crate::persisted::policy_in_force(&daemon.host_read(), &*daemon.policies)
                     .map(Json)
                     .map_err(ApiError::internal)
             },

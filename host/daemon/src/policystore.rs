@@ -1,0 +1,337 @@
+//! Where the policy an admin installed (`POST /v1/policy`) is kept, as a trait: one daemon keeps
+//! the bundle in its encrypted store and names it in its database ([`LocalPolicy`]); a
+//! replicated control plane keeps it in etcd ([`EtcdPolicy`]), so that the next leader decides
+//! with the policy the last one was given, never with an older copy.
+
+use std::sync::Arc;
+
+use gantry_etcd::{Compare, Etcd, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+use crate::persisted::{POLICY_OBJECT, POLICY_REVISION};
+
+/// The bundle an admin installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Where it is kept: a store object, or its SHA-256 in etcd.
+    pub object: String,
+    /// The bundle's revision.
+    pub revision: String,
+}
+
+/// A place for the installed policy.
+pub trait PolicyStore: Send + Sync {
+    /// The bundle an admin installed, if any.
+    fn installed(&self) -> Result<Option<Installed>, String>;
+
+    /// The bytes of bundle `installed`.
+    fn bundle(&self, installed: &Installed) -> Result<Vec<u8>, String>;
+
+    /// Keeps `bytes` (a bundle of `revision`) and names it the policy to start with.
+    fn install(&self, bytes: &[u8], revision: &str) -> Result<Installed, String>;
+
+    /// Forgets the installed policy: the shipped one is started with.
+    fn forget(&self) -> Result<(), String>;
+}
+
+/// The daemon's installed policy, wherever it is kept.
+pub type Policies = Arc<dyn PolicyStore>;
+
+/// One daemon's: the bundle in the encrypted store, named in the database's settings.
+pub struct LocalPolicy {
+    /// The database.
+    pub db: Arc<Db>,
+    /// The encrypted store.
+    pub store: Arc<gantry::storage::Store>,
+}
+
+impl PolicyStore for LocalPolicy {
+    fn installed(&self) -> Result<Option<Installed>, String> {
+        let object = self.db.setting(POLICY_OBJECT).map_err(|e| e.to_string())?;
+        let revision = self
+            .db
+            .setting(POLICY_REVISION)
+            .map_err(|e| e.to_string())?;
+        Ok(object.map(|object| Installed {
+            object,
+            revision: revision.unwrap_or_default(),
+        }))
+    }
+
+    fn bundle(&self, installed: &Installed) -> Result<Vec<u8>, String> {
+        self.store.get(&installed.object).map_err(|e| e.to_string())
+    }
+
+    fn install(&self, bytes: &[u8], revision: &str) -> Result<Installed, String> {
+        let object = self.store.put_bytes(bytes).map_err(|e| e.to_string())?;
+        self.db
+            .set_setting(POLICY_REVISION, revision)
+            .and_then(|()| self.db.set_setting(POLICY_OBJECT, &object))
+            .map_err(|e| e.to_string())?;
+        Ok(Installed {
+            object,
+            revision: revision.to_string(),
+        })
+    }
+
+    fn forget(&self) -> Result<(), String> {
+        self.db
+            .delete_setting(POLICY_OBJECT)
+            .and_then(|()| self.db.delete_setting(POLICY_REVISION))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The most bytes of a bundle one etcd value holds (etcd refuses requests over 1.5 MiB).
+const CHUNK: usize = 1 << 20;
+
+/// What `policy/installed` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pointer {
+    /// SHA-256 of the bundle, hex.
+    object: String,
+    revision: String,
+    size: usize,
+    chunks: usize,
+}
+
+/// A control plane's, in etcd under a root prefix: `policy/bundles/<sha256>/<n>` the bundle in
+/// chunks of 1 MiB, `policy/installed` naming it (written after every chunk, so it never names
+/// a bundle not all there), `policy/seeded` once the first leader copied its own in
+/// ([`seed`]). The bundle is checked against its SHA-256 when read.
+#[derive(Debug)]
+pub struct EtcdPolicy {
+    etcd: Arc<Etcd>,
+    root: String,
+}
+
+impl EtcdPolicy {
+    /// The policy under `root` in `etcd`.
+    pub fn new(etcd: Arc<Etcd>, root: &str) -> EtcdPolicy {
+        EtcdPolicy {
+            etcd,
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}/policy/{rest}", self.root).into_bytes()
+    }
+
+    fn chunk_key(&self, object: &str, n: usize) -> Vec<u8> {
+        self.key(&format!("bundles/{object}/{n:06}"))
+    }
+
+    fn pointer(&self) -> Result<Option<Pointer>, String> {
+        let key = self.key("installed");
+        match self.etcd.get(&key).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key))),
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+impl PolicyStore for EtcdPolicy {
+    fn installed(&self) -> Result<Option<Installed>, String> {
+        Ok(self.pointer()?.map(|p| Installed {
+            object: p.object,
+            revision: p.revision,
+        }))
+    }
+
+    fn bundle(&self, installed: &Installed) -> Result<Vec<u8>, String> {
+        let pointer = self
+            .pointer()?
+            .filter(|p| p.object == installed.object)
+            .ok_or_else(|| format!("bundle {} is no longer installed", installed.object))?;
+        if pointer.size > crate::api::MAX_UPLOAD || pointer.chunks != pointer.size.div_ceil(CHUNK) {
+            return Err(format!(
+                "etcd key `{}`: {} bytes in {} chunks is not a bundle this version wrote",
+                String::from_utf8_lossy(&self.key("installed")),
+                pointer.size,
+                pointer.chunks
+            ));
+        }
+        let mut bytes = Vec::with_capacity(pointer.size);
+        for n in 0..pointer.chunks {
+            let key = self.chunk_key(&pointer.object, n);
+            let kv = self
+                .etcd
+                .get(&key)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!("etcd key `{}` is missing", String::from_utf8_lossy(&key))
+                })?;
+            bytes.extend_from_slice(&kv.value);
+        }
+        if bytes.len() != pointer.size || sha256_hex(&bytes) != pointer.object {
+            return Err(format!(
+                "the policy bundle in etcd under `{}` does not match its SHA-256",
+                String::from_utf8_lossy(&self.key(&format!("bundles/{}", pointer.object)))
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn install(&self, bytes: &[u8], revision: &str) -> Result<Installed, String> {
+        let object = sha256_hex(bytes);
+        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            self.etcd
+                .put(&self.chunk_key(&object, n), chunk, 0)
+                .map_err(|e| e.to_string())?;
+        }
+        let previous = self.pointer().ok().flatten();
+        let pointer = Pointer {
+            object: object.clone(),
+            revision: revision.to_string(),
+            size: bytes.len(),
+            chunks: chunks.len(),
+        };
+        let value = serde_json::to_vec(&pointer).expect("a pointer serialises");
+        self.etcd
+            .put(&self.key("installed"), &value, 0)
+            .map_err(|e| e.to_string())?;
+        // The bundle it replaced goes (a failure only leaves it behind).
+        if let Some(old) = previous.filter(|p| p.object != object) {
+            self.drop_bundle(&old);
+        }
+        Ok(Installed {
+            object,
+            revision: revision.to_string(),
+        })
+    }
+
+    fn forget(&self) -> Result<(), String> {
+        let previous = self.pointer().ok().flatten();
+        self.etcd
+            .delete(&self.key("installed"))
+            .map_err(|e| e.to_string())?;
+        if let Some(old) = previous {
+            self.drop_bundle(&old);
+        }
+        Ok(())
+    }
+}
+
+impl EtcdPolicy {
+    /// Deletes bundle `old`'s chunks once nothing names it (a failure only leaves them behind).
+    fn drop_bundle(&self, old: &Pointer) {
+        for n in 0..old.chunks {
+            let _ = self.etcd.delete(&self.chunk_key(&old.object, n));
+        }
+    }
+}
+
+/// Copies the policy `from` has installed (if any) into `to` once, the first time a leader
+/// opens (the replicas' data directories are copies of one); never again, so that no older
+/// copy replaces a policy installed through the control plane. Returns the revision copied.
+pub fn seed(from: &dyn PolicyStore, to: &EtcdPolicy) -> Result<Option<String>, String> {
+    let marker = to.key("seeded");
+    if to.etcd.get(&marker).map_err(|e| e.to_string())?.is_some() {
+        return Ok(None);
+    }
+    let mut copied = None;
+    if let Some(installed) = from.installed()?
+        && to.installed()?.is_none()
+    {
+        let bytes = from.bundle(&installed)?;
+        to.install(&bytes, &installed.revision)?;
+        copied = Some(installed.revision);
+    }
+    to.etcd
+        .txn(
+            &[Compare::Created(marker.clone(), 0)],
+            &[Op::Put(marker, b"1".to_vec(), 0)],
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_etcd::testing::EtcdProcess;
+
+    /// Both places keep what is installed, give it back byte for byte, and forget it.
+    fn keeps_and_forgets(s: &dyn PolicyStore) {
+        assert_eq!(s.installed().unwrap(), None);
+        // Over two etcd values, and not a multiple of one.
+        let big: Vec<u8> = (0..CHUNK + 4321).map(|i| (i * 7 % 251) as u8).collect();
+        let first = s.install(&big, "r1").unwrap();
+        assert_eq!(s.installed().unwrap(), Some(first.clone()));
+        assert_eq!(s.bundle(&first).unwrap(), big);
+        let second = s.install(b"small", "r2").unwrap();
+        assert_eq!(s.installed().unwrap().unwrap().revision, "r2");
+        assert_eq!(s.bundle(&second).unwrap(), b"small");
+        s.forget().unwrap();
+        assert_eq!(s.installed().unwrap(), None);
+    }
+
+    #[test]
+    fn the_local_store_keeps_the_installed_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gantry::storage::Store::init(&dir.path().join("store")).unwrap();
+        let db = Db::open(&dir.path().join("g.db")).unwrap();
+        keeps_and_forgets(&LocalPolicy {
+            db: Arc::new(db),
+            store: Arc::new(store),
+        });
+    }
+
+    #[test]
+    fn etcd_keeps_the_installed_policy_and_checks_it() {
+        let Some(etcd) = EtcdProcess::start_or_skip("etcd_keeps_the_installed_policy") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let s = EtcdPolicy::new(client.clone(), "gantry");
+        keeps_and_forgets(&s);
+        // Only the bundle in force is kept.
+        assert_eq!(
+            client.prefix(b"gantry/policy/bundles/", 0).unwrap().len(),
+            0
+        );
+        let installed = s.install(&[1u8; 3 * CHUNK], "r3").unwrap();
+        assert_eq!(
+            client.prefix(b"gantry/policy/bundles/", 0).unwrap().len(),
+            3
+        );
+        // A chunk changed under it: refused, naming where.
+        let chunk = format!("gantry/policy/bundles/{}/000001", installed.object);
+        client.put(chunk.as_bytes(), &[2u8; CHUNK], 0).unwrap();
+        let e = s.bundle(&installed).unwrap_err();
+        assert!(
+            e.contains("SHA-256") && e.contains(&installed.object),
+            "{e}"
+        );
+    }
+
+    /// The first leader copies its installed policy in once; one installed through the control
+    /// plane afterwards is never replaced by a replica's older copy.
+    #[test]
+    fn the_policy_is_seeded_once() {
+        let Some(etcd) = EtcdProcess::start_or_skip("the_policy_is_seeded_once") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalPolicy {
+            db: Arc::new(Db::open(&dir.path().join("g.db")).unwrap()),
+            store: Arc::new(gantry::storage::Store::init(&dir.path().join("store")).unwrap()),
+        };
+        local.install(b"old bundle", "r-old").unwrap();
+        let s = EtcdPolicy::new(Arc::new(etcd.client()), "gantry");
+        assert_eq!(seed(&local, &s).unwrap().as_deref(), Some("r-old"));
+        let new = s.install(b"new bundle", "r-new").unwrap();
+        assert_eq!(seed(&local, &s).unwrap(), None);
+        assert_eq!(s.installed().unwrap(), Some(new));
+    }
+}
