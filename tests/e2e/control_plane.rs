@@ -532,10 +532,11 @@ fn control_plane_flags_out_of_range_are_refused_naming_them() {
     }
 }
 
-/// Regression: users, tokens, the admins' GPU marks and the installed policy lived in each
-/// replica's copy of the data directory, so a token revoked through the leader still worked
-/// once another replica led, a user added through one replica was unknown to the others, a GPU
-/// an admin took out came back into service, and a stricter policy gave way to an older one.
+/// Regression: users, tokens, the admins' GPU marks, the installed policy and the active
+/// scheduler lived in each replica's copy of the data directory, so a token revoked through the
+/// leader still worked once another replica led, a user added through one replica was unknown
+/// to the others, a GPU an admin took out came back into service, a stricter policy gave way
+/// to an older one, and the scheduler went back to the one the copy named.
 /// They live in etcd now, copied in once from the first leader's directory, and users are
 /// managed through the API (`gantry user ... --url`).
 #[test]
@@ -606,6 +607,15 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     );
     assert_eq!(s, 200, "{v}");
     let strict = v["revision"].clone();
+    let topology = json!({"name": "topology"});
+    let (s, v) = try_request(
+        &format!("{url}/v1/plugins/scheduler"),
+        "POST",
+        Some(&grace),
+        Some(&topology),
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
 
     replicas[leader].kill();
     let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
@@ -625,6 +635,8 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
         (&v["source"], &v["revision"]),
         (&json!("installed"), &strict)
     );
+    let (_, v) = try_request(&format!("{url}/v1/plugins"), "GET", Some(&grace), None).unwrap();
+    assert_eq!(v["scheduler"]["name"], "topology", "{v}");
     let four = json!({"id": "four", "tenant": "vision", "gpus": 4});
     let (s, v) = submit_through(&url, &lin, &four);
     assert_eq!(s, 403, "an older policy decides: {v}");

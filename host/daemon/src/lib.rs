@@ -30,6 +30,7 @@ pub mod curve;
 pub mod datadir;
 pub mod db;
 pub mod etcdaccounts;
+pub mod etcdblobs;
 pub mod etcdstore;
 pub mod jobstore;
 pub mod labels;
@@ -37,6 +38,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod nodes;
 pub mod persisted;
+pub mod pluginstore;
 pub mod policystore;
 pub mod recovery;
 pub mod rejections;
@@ -100,6 +102,9 @@ struct Stores {
     accounts: accounts::Accounts,
     marks: accounts::Marks,
     policies: policystore::Policies,
+    plugins: pluginstore::Plugins,
+    /// What was copied into etcd from this directory, this time (the first leader's).
+    seeded: Vec<serde_json::Value>,
 }
 
 /// A daemon failed to start.
@@ -133,6 +138,8 @@ pub struct Daemon {
     pub marks: accounts::Marks,
     /// The policy an admin installed: this directory's store, or etcd.
     pub policies: policystore::Policies,
+    /// Uploaded plugins and the active scheduler: this directory's store, or etcd.
+    pub plugins: pluginstore::Plugins,
     /// This replica's leadership, when it is the leader of a replicated control plane.
     pub leadership: Option<gantry_etcd::election::Fencer>,
     /// Cluster state, scheduler plugin, policy and audit log.
@@ -184,20 +191,18 @@ pub const DEFAULT_SCHEDULER: &str = "binpack";
 /// Where scheduler plugin `name` comes from: shipped in the binary, or uploaded (its component
 /// read back from the encrypted store). The error says which lookup failed.
 pub fn plugin_source(
-    db: &Db,
-    store: &gantry::storage::Store,
+    plugins: &dyn pluginstore::PluginStore,
     name: &str,
 ) -> Result<PluginSource, String> {
     if builtin::scheduler(name).is_some() {
         return Ok(PluginSource::Builtin(name.to_string()));
     }
-    let record = db
-        .plugins(Some(name))
-        .map_err(|e| e.to_string())?
+    let record = plugins
+        .plugins(Some(name))?
         .pop()
         .filter(|r| r.kind == KIND_SCHEDULER)
         .ok_or_else(|| format!("no scheduler plugin `{name}` (shipped or uploaded)"))?;
-    let wasm = store.get(&record.object).map_err(|e| e.to_string())?;
+    let wasm = plugins.component(&record)?;
     Ok(PluginSource::Uploaded(Box::new(gantry::UploadedPlugin {
         name: record.name,
         manifest: record.manifest,
@@ -215,8 +220,7 @@ pub const KIND_PREPROCESS: &str = "preprocess";
 /// An uploaded one must still carry a signature the host trusts (unless unsigned plugins are
 /// allowed): trust withdrawn after the upload stops it from running.
 pub fn preprocess_plugin(
-    db: &Db,
-    store: &gantry::storage::Store,
+    plugins: &dyn pluginstore::PluginStore,
     host: &Host,
     name: &str,
 ) -> Result<gantry::preprocess::PreprocessPlugin, String> {
@@ -225,16 +229,16 @@ pub fn preprocess_plugin(
             .load_preprocess_plugin(name, None)
             .map_err(|e| e.to_string());
     }
-    let record = db
-        .plugins(Some(name))
-        .map_err(|e| e.to_string())?
+    let record = plugins
+        .plugins(Some(name))?
         .pop()
         .filter(|r| r.kind == KIND_PREPROCESS)
         .ok_or_else(|| format!("no preprocessing plugin `{name}` (shipped or uploaded)"))?;
+    let wasm = plugins.component(&record)?;
     let plugin = gantry::UploadedPlugin {
         name: record.name,
         manifest: record.manifest,
-        wasm: store.get(&record.object).map_err(|e| e.to_string())?,
+        wasm,
         signature: record.signature,
     };
     host.load_preprocess_plugin(name, Some(&plugin))
@@ -285,13 +289,22 @@ impl Daemon {
             ),
             Err(e) => tracing::warn!(error = %e, "sweeping the compiled-plugin cache"),
         }
+        let (db, store) = (Arc::new(db), Arc::new(store));
+        let Stores {
+            jobs,
+            accounts,
+            marks,
+            policies,
+            plugins,
+            seeded,
+        } = Self::stores(config, leadership.as_ref(), &db, &store).map_err(setup)?;
         // The scheduler an admin made active survives restarts; one that no longer loads (a
         // trust key withdrawn, say) gives way to the shipped default, with a warning.
-        let active = db
-            .setting(ACTIVE_SCHEDULER)
-            .map_err(|e| setup(e.to_string()))?
+        let active = plugins
+            .active_scheduler()
+            .map_err(setup)?
             .unwrap_or_else(|| DEFAULT_SCHEDULER.to_string());
-        let loaded = plugin_source(&db, &store, &active)
+        let loaded = plugin_source(&*plugins, &active)
             .and_then(|source| host.load_scheduler(&source).map_err(|e| e.to_string()));
         if let Err(e) = loaded {
             tracing::warn!(plugin = %active, error = %e, "the active scheduler plugin does not load; using {DEFAULT_SCHEDULER}");
@@ -299,13 +312,10 @@ impl Daemon {
                 .map_err(|e| setup(e.to_string()))?;
         }
         host.set_shared_audit_log(audit.clone());
-        let (db, store) = (Arc::new(db), Arc::new(store));
-        let Stores {
-            jobs,
-            accounts,
-            marks,
-            policies,
-        } = Self::stores(config, leadership.as_ref(), &db, &store, &mut host).map_err(setup)?;
+        for record in seeded {
+            tracing::info!(%record, "copied from this data directory into etcd, once");
+            api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
+        }
         Self::start_policy(&mut host, &*policies, config.shipped_policy).map_err(setup)?;
         let unhealthy = persisted::apply_gpu_health(&mut host, &*marks).map_err(setup)?;
         if unhealthy > 0 {
@@ -360,6 +370,7 @@ impl Daemon {
             accounts,
             marks,
             policies,
+            plugins,
             leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
@@ -381,18 +392,21 @@ impl Daemon {
         })
     }
 
-    /// Where jobs, accounts, GPU marks and the installed policy live: this directory's SQLite
-    /// `db` and `store`, or etcd for the leader of a replicated control plane (accounts, marks
-    /// and policy copied in from this directory the first time, recorded in `host`'s audit
-    /// log).
+    /// Where jobs, accounts, GPU marks, the installed policy and plugins live: this
+    /// directory's SQLite `db` and `store`, or etcd for the leader of a replicated control plane
+    /// (all but jobs copied in from this directory the first time, which the stores' `seeded`
+    /// says, for the audit log).
     fn stores(
         config: &DaemonConfig,
         leadership: Option<&gantry_etcd::election::Fencer>,
         db: &Arc<Db>,
         store: &Arc<gantry::storage::Store>,
-        host: &mut Host,
     ) -> Result<Stores, String> {
-        let local = policystore::LocalPolicy {
+        let local_policy = policystore::LocalPolicy {
+            db: db.clone(),
+            store: store.clone(),
+        };
+        let local_plugins = pluginstore::LocalPlugins {
             db: db.clone(),
             store: store.clone(),
         };
@@ -401,7 +415,9 @@ impl Daemon {
                 jobs: Arc::new(jobstore::Erased(db.clone())),
                 accounts: db.clone(),
                 marks: db.clone(),
-                policies: Arc::new(local),
+                policies: Arc::new(local_policy),
+                plugins: Arc::new(local_plugins),
+                seeded: Vec::new(),
             });
         };
         let Some(lead) = leadership.cloned() else {
@@ -410,29 +426,34 @@ impl Daemon {
         let fence: etcdstore::Fence = Arc::new(move || lead.fence());
         let jobs = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
         let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root));
-        let seeded = etcdaccounts::seed(&**db, &accounts)
-            .map_err(|e| format!("copying the accounts into etcd: {e}"))?;
-        if let Some(seeded) = seeded {
-            tracing::info!(
-                users = seeded.users,
-                tokens = seeded.tokens,
-                "accounts copied from this data directory into etcd, once"
-            );
-            let record = serde_json::json!({"users": seeded.users, "tokens": seeded.tokens});
-            api::here(host.record("accounts.seeded", record)).map_err(|e| e.to_string())?;
-        }
         let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
-        if let Some(revision) = policystore::seed(&local, &policies)
-            .map_err(|e| format!("copying the installed policy into etcd: {e}"))?
+        let plugins = pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root);
+        fn copying(what: &'static str) -> impl Fn(String) -> String {
+            move |e| format!("copying {what} into etcd: {e}")
+        }
+        let mut seeded = Vec::new();
+        if let Some(n) = etcdaccounts::seed(&**db, &accounts)
+            .map_err(|e| copying("the accounts")(e.to_string()))?
         {
-            let record = serde_json::json!({ "revision": revision });
-            api::here(host.record("policy.seeded", record)).map_err(|e| e.to_string())?;
+            seeded.push(serde_json::json!({"users": n.users, "tokens": n.tokens}));
+        }
+        if let Some(revision) =
+            policystore::seed(&local_policy, &policies).map_err(copying("the installed policy"))?
+        {
+            seeded.push(serde_json::json!({ "policy": revision }));
+        }
+        if let Some(n) =
+            pluginstore::seed(&local_plugins, &plugins).map_err(copying("the plugins"))?
+        {
+            seeded.push(serde_json::json!({ "plugins": n }));
         }
         Ok(Stores {
             jobs: Arc::new(jobstore::Erased(Arc::new(jobs))),
             accounts: accounts.clone(),
             marks: accounts,
             policies: Arc::new(policies),
+            plugins: Arc::new(plugins),
+            seeded,
         })
     }
 

@@ -9,6 +9,7 @@ use gantry_etcd::{Compare, Etcd, Op};
 use serde::{Deserialize, Serialize};
 
 use crate::db::Db;
+use crate::etcdblobs::{Blob, EtcdBlobs};
 use crate::persisted::{POLICY_OBJECT, POLICY_REVISION};
 
 /// The bundle an admin installed.
@@ -83,44 +84,37 @@ impl PolicyStore for LocalPolicy {
     }
 }
 
-/// The most bytes of a bundle one etcd value holds (etcd refuses requests over 1.5 MiB).
-const CHUNK: usize = 1 << 20;
-
 /// What `policy/installed` holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct Pointer {
-    /// SHA-256 of the bundle, hex.
-    object: String,
+    #[serde(flatten)]
+    blob: Blob,
     revision: String,
-    size: usize,
-    chunks: usize,
 }
 
-/// A control plane's, in etcd under a root prefix: `policy/bundles/<sha256>/<n>` the bundle in
-/// chunks of 1 MiB, `policy/installed` naming it (written after every chunk, so it never names
-/// a bundle not all there), `policy/seeded` once the first leader copied its own in
-/// ([`seed`]). The bundle is checked against its SHA-256 when read.
+/// A control plane's, in etcd under a root prefix: `policy/bundles/` the bundle as a blob
+/// ([`crate::etcdblobs`]), `policy/installed` naming it, `policy/seeded` once the first leader
+/// copied its own in ([`seed`]).
 #[derive(Debug)]
 pub struct EtcdPolicy {
     etcd: Arc<Etcd>,
     root: String,
+    blobs: EtcdBlobs,
 }
 
 impl EtcdPolicy {
     /// The policy under `root` in `etcd`.
     pub fn new(etcd: Arc<Etcd>, root: &str) -> EtcdPolicy {
+        let root = root.trim_end_matches('/').to_string();
         EtcdPolicy {
+            blobs: EtcdBlobs::new(etcd.clone(), &format!("{root}/policy/bundles")),
             etcd,
-            root: root.trim_end_matches('/').to_string(),
+            root,
         }
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}/policy/{rest}", self.root).into_bytes()
-    }
-
-    fn chunk_key(&self, object: &str, n: usize) -> Vec<u8> {
-        self.key(&format!("bundles/{object}/{n:06}"))
     }
 
     fn pointer(&self) -> Result<Option<Pointer>, String> {
@@ -134,14 +128,10 @@ impl EtcdPolicy {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
 impl PolicyStore for EtcdPolicy {
     fn installed(&self) -> Result<Option<Installed>, String> {
         Ok(self.pointer()?.map(|p| Installed {
-            object: p.object,
+            object: p.blob.object,
             revision: p.revision,
         }))
     }
@@ -149,62 +139,27 @@ impl PolicyStore for EtcdPolicy {
     fn bundle(&self, installed: &Installed) -> Result<Vec<u8>, String> {
         let pointer = self
             .pointer()?
-            .filter(|p| p.object == installed.object)
+            .filter(|p| p.blob.object == installed.object)
             .ok_or_else(|| format!("bundle {} is no longer installed", installed.object))?;
-        if pointer.size > crate::api::MAX_UPLOAD || pointer.chunks != pointer.size.div_ceil(CHUNK) {
-            return Err(format!(
-                "etcd key `{}`: {} bytes in {} chunks is not a bundle this version wrote",
-                String::from_utf8_lossy(&self.key("installed")),
-                pointer.size,
-                pointer.chunks
-            ));
-        }
-        let mut bytes = Vec::with_capacity(pointer.size);
-        for n in 0..pointer.chunks {
-            let key = self.chunk_key(&pointer.object, n);
-            let kv = self
-                .etcd
-                .get(&key)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!("etcd key `{}` is missing", String::from_utf8_lossy(&key))
-                })?;
-            bytes.extend_from_slice(&kv.value);
-        }
-        if bytes.len() != pointer.size || sha256_hex(&bytes) != pointer.object {
-            return Err(format!(
-                "the policy bundle in etcd under `{}` does not match its SHA-256",
-                String::from_utf8_lossy(&self.key(&format!("bundles/{}", pointer.object)))
-            ));
-        }
-        Ok(bytes)
+        self.blobs.get(&pointer.blob, crate::api::MAX_UPLOAD)
     }
 
     fn install(&self, bytes: &[u8], revision: &str) -> Result<Installed, String> {
-        let object = sha256_hex(bytes);
-        let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
-            self.etcd
-                .put(&self.chunk_key(&object, n), chunk, 0)
-                .map_err(|e| e.to_string())?;
-        }
+        let blob = self.blobs.put(bytes)?;
         let previous = self.pointer().ok().flatten();
         let pointer = Pointer {
-            object: object.clone(),
+            blob: blob.clone(),
             revision: revision.to_string(),
-            size: bytes.len(),
-            chunks: chunks.len(),
         };
         let value = serde_json::to_vec(&pointer).expect("a pointer serialises");
         self.etcd
             .put(&self.key("installed"), &value, 0)
             .map_err(|e| e.to_string())?;
-        // The bundle it replaced goes (a failure only leaves it behind).
-        if let Some(old) = previous.filter(|p| p.object != object) {
-            self.drop_bundle(&old);
+        if let Some(old) = previous.filter(|p| p.blob.object != blob.object) {
+            self.blobs.delete(&old.blob);
         }
         Ok(Installed {
-            object,
+            object: blob.object,
             revision: revision.to_string(),
         })
     }
@@ -215,18 +170,9 @@ impl PolicyStore for EtcdPolicy {
             .delete(&self.key("installed"))
             .map_err(|e| e.to_string())?;
         if let Some(old) = previous {
-            self.drop_bundle(&old);
+            self.blobs.delete(&old.blob);
         }
         Ok(())
-    }
-}
-
-impl EtcdPolicy {
-    /// Deletes bundle `old`'s chunks once nothing names it (a failure only leaves them behind).
-    fn drop_bundle(&self, old: &Pointer) {
-        for n in 0..old.chunks {
-            let _ = self.etcd.delete(&self.chunk_key(&old.object, n));
-        }
     }
 }
 
@@ -259,6 +205,7 @@ pub fn seed(from: &dyn PolicyStore, to: &EtcdPolicy) -> Result<Option<String>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etcdblobs::CHUNK;
     use gantry_etcd::testing::EtcdProcess;
 
     /// Both places keep what is installed, give it back byte for byte, and forget it.

@@ -321,9 +321,8 @@ impl Stored<'_> {
             )))
         };
         let mut rows = FeatureRows::new(&daemon.train_limits);
-        let plugin =
-            super::preprocess_plugin(&daemon.db, &daemon.store, &daemon.host_read(), plugin)
-                .map_err(unavailable)?;
+        let plugin = super::preprocess_plugin(&*daemon.plugins, &daemon.host_read(), plugin)
+            .map_err(unavailable)?;
         gantry::pipeline::run(
             &open,
             &plugin,

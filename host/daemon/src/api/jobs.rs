@@ -131,7 +131,7 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             && gantry::builtin::preprocessor(plugin).is_none()
             && !state
                 .daemon
-                .db
+                .plugins
                 .plugins(Some(plugin))
                 .map_err(ApiError::internal)?
                 .iter()

@@ -39,7 +39,11 @@ fn plugins_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> 
             .collect()
     };
     drop(host);
-    let uploaded = state.daemon.db.plugins(None)?;
+    let uploaded = state
+        .daemon
+        .plugins
+        .plugins(None)
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "scheduler": active,
         "schedulers": shipped(gantry::builtin::SCHEDULERS),
@@ -90,11 +94,12 @@ fn activate(state: &AppState, user: &User, name: Option<String>) -> ApiResult<se
     let name = match name {
         Some(name) => name,
         None => daemon
-            .db
-            .setting(crate::ACTIVE_SCHEDULER)?
+            .plugins
+            .active_scheduler()
+            .map_err(ApiError::internal)?
             .unwrap_or_else(|| crate::DEFAULT_SCHEDULER.to_string()),
     };
-    let source = crate::plugin_source(&daemon.db, &daemon.store, &name)
+    let source = crate::plugin_source(&*daemon.plugins, &name)
         .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
     // Decided and compiled (seconds, for a new component) without the host's lock: cycles and
     // requests go on meanwhile; only the swap takes it.
@@ -112,7 +117,10 @@ fn activate(state: &AppState, user: &User, name: Option<String>) -> ApiResult<se
         json!({"name": p.name(), "version": p.manifest().version, "sha256": p.wasm_sha256()})
     };
     crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
-    daemon.db.set_setting(crate::ACTIVE_SCHEDULER, &name)?;
+    daemon
+        .plugins
+        .set_active_scheduler(&name)
+        .map_err(ApiError::internal)?;
     Ok(loaded)
 }
 
@@ -199,21 +207,20 @@ fn store_plugin(
     authorize(state, &user, Action::PluginUpload, decided)?;
     let daemon = &state.daemon;
     let (sha256, kind) = check_plugin(daemon, &plugin, manifest.kind)?;
-    let object = daemon
-        .store
-        .put_bytes(&plugin.wasm)
-        .map_err(ApiError::internal)?;
     let record = crate::db::PluginRecord {
         name: plugin.name,
         kind: kind.to_string(),
         version: manifest.version.clone(),
         manifest: plugin.manifest,
-        object,
+        object: String::new(),
         signature: plugin.signature,
         owner: user.name,
         created_at: crate::db::now(),
     };
-    daemon.db.put_plugin(&record)?;
+    let record = daemon
+        .plugins
+        .put_plugin(record, &plugin.wasm)
+        .map_err(ApiError::internal)?;
     daemon
         .decider
         .record(

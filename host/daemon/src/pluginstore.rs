@@ -1,0 +1,300 @@
+//! Where uploaded plugins and the active scheduler are kept, as a trait: one daemon keeps a
+//! plugin's component in its encrypted store and its record and the active scheduler in its
+//! database ([`LocalPlugins`]); a replicated control plane keeps them in etcd
+//! ([`EtcdPlugins`]), so that the next leader schedules with the plugin the last one was told
+//! to, and every replica knows every upload.
+
+use std::sync::Arc;
+
+use gantry_etcd::{Compare, Etcd, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::ACTIVE_SCHEDULER;
+use crate::db::{Db, PluginRecord};
+use crate::etcdblobs::{Blob, EtcdBlobs};
+
+/// A place for uploaded plugins and the active scheduler.
+pub trait PluginStore: Send + Sync {
+    /// Uploaded plugins, by name; with `name`, only that one.
+    fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, String>;
+
+    /// The component (wasm) of `record`.
+    fn component(&self, record: &PluginRecord) -> Result<Vec<u8>, String>;
+
+    /// Keeps `wasm` and adds (or replaces) plugin `record.name` with it; returns the record as
+    /// kept (its `object` naming the component).
+    fn put_plugin(&self, record: PluginRecord, wasm: &[u8]) -> Result<PluginRecord, String>;
+
+    /// The scheduler plugin made active, if one was.
+    fn active_scheduler(&self) -> Result<Option<String>, String>;
+
+    /// Makes `name` the scheduler plugin to start with.
+    fn set_active_scheduler(&self, name: &str) -> Result<(), String>;
+}
+
+/// The daemon's plugins, wherever they are kept.
+pub type Plugins = Arc<dyn PluginStore>;
+
+/// One daemon's: components in the encrypted store, records and the active scheduler in the
+/// database.
+pub struct LocalPlugins {
+    /// The database.
+    pub db: Arc<Db>,
+    /// The encrypted store.
+    pub store: Arc<gantry::storage::Store>,
+}
+
+impl PluginStore for LocalPlugins {
+    fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, String> {
+        self.db.plugins(name).map_err(|e| e.to_string())
+    }
+
+    fn component(&self, record: &PluginRecord) -> Result<Vec<u8>, String> {
+        self.store.get(&record.object).map_err(|e| e.to_string())
+    }
+
+    fn put_plugin(&self, mut record: PluginRecord, wasm: &[u8]) -> Result<PluginRecord, String> {
+        record.object = self.store.put_bytes(wasm).map_err(|e| e.to_string())?;
+        self.db.put_plugin(&record).map_err(|e| e.to_string())?;
+        Ok(record)
+    }
+
+    fn active_scheduler(&self) -> Result<Option<String>, String> {
+        self.db.setting(ACTIVE_SCHEDULER).map_err(|e| e.to_string())
+    }
+
+    fn set_active_scheduler(&self, name: &str) -> Result<(), String> {
+        self.db
+            .set_setting(ACTIVE_SCHEDULER, name)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A plugin as etcd keeps it: its record and where its component is.
+#[derive(Debug, Serialize, Deserialize)]
+struct Kept {
+    record: PluginRecord,
+    /// The record's manifest, which its JSON leaves out (the API lists records without it).
+    manifest: String,
+    blob: Blob,
+}
+
+/// A control plane's, in etcd under a root prefix: `plugins/records/<name>` a plugin's record
+/// and component blob, `plugins/components/` the components ([`crate::etcdblobs`]),
+/// `plugins/active_scheduler`, and `plugins/seeded` once the first leader copied its own in
+/// ([`seed`]).
+#[derive(Debug)]
+pub struct EtcdPlugins {
+    etcd: Arc<Etcd>,
+    root: String,
+    blobs: EtcdBlobs,
+}
+
+impl EtcdPlugins {
+    /// The plugins under `root` in `etcd`.
+    pub fn new(etcd: Arc<Etcd>, root: &str) -> EtcdPlugins {
+        let root = root.trim_end_matches('/').to_string();
+        EtcdPlugins {
+            blobs: EtcdBlobs::new(etcd.clone(), &format!("{root}/plugins/components")),
+            etcd,
+            root,
+        }
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}/plugins/{rest}", self.root).into_bytes()
+    }
+
+    fn kept(&self, name: Option<&str>) -> Result<Vec<Kept>, String> {
+        let prefix = self.key("records/");
+        let kvs = match name {
+            Some(n) => {
+                let key = self.key(&format!("records/{n}"));
+                self.etcd
+                    .get(&key)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .collect()
+            }
+            // Small values (a manifest is at most 64 KiB): read in pages.
+            None => self.etcd.prefix(&prefix, 0).map_err(|e| e.to_string())?,
+        };
+        kvs.iter()
+            .map(|kv| {
+                let mut kept: Kept = serde_json::from_slice(&kv.value)
+                    .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&kv.key)))?;
+                kept.record.manifest = std::mem::take(&mut kept.manifest);
+                Ok(kept)
+            })
+            .collect()
+    }
+}
+
+impl PluginStore for EtcdPlugins {
+    fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, String> {
+        Ok(self.kept(name)?.into_iter().map(|k| k.record).collect())
+    }
+
+    fn component(&self, record: &PluginRecord) -> Result<Vec<u8>, String> {
+        let kept = self
+            .kept(Some(&record.name))?
+            .pop()
+            .filter(|k| k.record.object == record.object)
+            .ok_or_else(|| format!("plugin `{}` was replaced or removed", record.name))?;
+        self.blobs.get(&kept.blob, crate::api::MAX_UPLOAD)
+    }
+
+    fn put_plugin(&self, mut record: PluginRecord, wasm: &[u8]) -> Result<PluginRecord, String> {
+        let blob = self.blobs.put(wasm)?;
+        record.object = blob.object.clone();
+        let previous = self.kept(Some(&record.name))?.pop();
+        let kept = Kept {
+            manifest: record.manifest.clone(),
+            record: record.clone(),
+            blob,
+        };
+        let value = serde_json::to_vec(&kept).expect("a plugin serialises");
+        self.etcd
+            .put(&self.key(&format!("records/{}", record.name)), &value, 0)
+            .map_err(|e| e.to_string())?;
+        // The component it replaced goes, unless another plugin has the same one.
+        if let Some(old) = previous.filter(|p| p.blob.object != kept.blob.object) {
+            let shared = self
+                .kept(None)?
+                .iter()
+                .any(|k| k.blob.object == old.blob.object);
+            if !shared {
+                self.blobs.delete(&old.blob);
+            }
+        }
+        Ok(record)
+    }
+
+    fn active_scheduler(&self) -> Result<Option<String>, String> {
+        let key = self.key("active_scheduler");
+        match self.etcd.get(&key).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(kv) => String::from_utf8(kv.value)
+                .map(Some)
+                .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key))),
+        }
+    }
+
+    fn set_active_scheduler(&self, name: &str) -> Result<(), String> {
+        self.etcd
+            .put(&self.key("active_scheduler"), name.as_bytes(), 0)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Copies `from`'s uploaded plugins and active scheduler into `to` once, the first time a
+/// leader opens (the replicas' data directories are copies of one); never again, so that no
+/// older copy replaces what was changed through the control plane. Returns how many plugins
+/// were copied.
+pub fn seed(from: &dyn PluginStore, to: &EtcdPlugins) -> Result<Option<usize>, String> {
+    let marker = to.key("seeded");
+    if to.etcd.get(&marker).map_err(|e| e.to_string())?.is_some() {
+        return Ok(None);
+    }
+    let mut copied = 0;
+    for record in from.plugins(None)? {
+        if to.kept(Some(&record.name))?.is_empty() {
+            let wasm = from.component(&record)?;
+            to.put_plugin(record, &wasm)?;
+            copied += 1;
+        }
+    }
+    if let (Some(active), None) = (from.active_scheduler()?, to.active_scheduler()?) {
+        to.set_active_scheduler(&active)?;
+    }
+    to.etcd
+        .txn(
+            &[Compare::Created(marker.clone(), 0)],
+            &[Op::Put(marker, b"1".to_vec(), 0)],
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(Some(copied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_etcd::testing::EtcdProcess;
+
+    fn record(name: &str, version: &str) -> PluginRecord {
+        PluginRecord {
+            name: name.into(),
+            kind: crate::KIND_SCHEDULER.into(),
+            version: version.into(),
+            manifest: format!("name = \"{name}\""),
+            object: String::new(),
+            signature: None,
+            owner: "pat".into(),
+            created_at: 1.0,
+        }
+    }
+
+    /// Both places keep plugins by name (an upload replaces one), their components byte for
+    /// byte, and the active scheduler.
+    fn keeps_plugins(s: &dyn PluginStore) {
+        assert!(s.plugins(None).unwrap().is_empty());
+        assert_eq!(s.active_scheduler().unwrap(), None);
+        let b1 = s.put_plugin(record("b", "1"), b"wasm b1").unwrap();
+        let a = s.put_plugin(record("a", "1"), b"wasm a").unwrap();
+        let b2 = s.put_plugin(record("b", "2"), b"wasm b2").unwrap();
+        assert_ne!(b1.object, b2.object);
+        let names: Vec<(String, String)> = s
+            .plugins(None)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.version))
+            .collect();
+        assert_eq!(names, [("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(s.plugins(Some("b")).unwrap(), vec![b2.clone()]);
+        assert_eq!(s.component(&b2).unwrap(), b"wasm b2");
+        assert_eq!(s.component(&a).unwrap(), b"wasm a");
+        s.set_active_scheduler("b").unwrap();
+        assert_eq!(s.active_scheduler().unwrap().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn the_local_store_keeps_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        keeps_plugins(&LocalPlugins {
+            db: Arc::new(Db::open(&dir.path().join("g.db")).unwrap()),
+            store: Arc::new(gantry::storage::Store::init(&dir.path().join("store")).unwrap()),
+        });
+    }
+
+    #[test]
+    fn etcd_keeps_plugins_and_seeds_them_once() {
+        let Some(etcd) = EtcdProcess::start_or_skip("etcd_keeps_plugins") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let s = EtcdPlugins::new(client.clone(), "gantry");
+        keeps_plugins(&s);
+        // The replaced component went.
+        let components = client.prefix(b"gantry/plugins/components/", 0).unwrap();
+        assert_eq!(components.len(), 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalPlugins {
+            db: Arc::new(Db::open(&dir.path().join("g.db")).unwrap()),
+            store: Arc::new(gantry::storage::Store::init(&dir.path().join("store")).unwrap()),
+        };
+        local.put_plugin(record("c", "1"), b"wasm c").unwrap();
+        local.put_plugin(record("b", "0"), b"older b").unwrap();
+        local.set_active_scheduler("c").unwrap();
+        let fresh = EtcdPlugins::new(client.clone(), "other");
+        assert_eq!(seed(&local, &fresh).unwrap(), Some(2));
+        assert_eq!(fresh.active_scheduler().unwrap().as_deref(), Some("c"));
+        fresh.set_active_scheduler("b").unwrap();
+        assert_eq!(seed(&local, &fresh).unwrap(), None, "seeded once");
+        assert_eq!(fresh.active_scheduler().unwrap().as_deref(), Some("b"));
+        let b = fresh.plugins(Some("b")).unwrap().pop().unwrap();
+        assert_eq!(fresh.component(&b).unwrap(), b"older b");
+    }
+}
