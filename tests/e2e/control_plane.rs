@@ -522,6 +522,15 @@ fn control_plane_flags_out_of_range_are_refused_naming_them() {
         ),
         (vec!["--etcd", etcd, "--etcd-prefix", "/"], "--etcd-prefix"),
         (vec!["--etcd", "http://192.0.2.1:2379"], "--etcd"),
+        (vec!["--etcd", "https://127.0.0.1:9"], "--etcd-ca-cert"),
+        (
+            vec!["--etcd", etcd, "--etcd-ca-cert", "nowhere.pem"],
+            "nowhere.pem",
+        ),
+        (
+            vec!["--etcd", etcd, "--etcd-cert", "c.pem"],
+            "--etcd-ca-cert",
+        ),
     ] {
         let mut args = vec!["up", "--data-dir", d, "--listen", "127.0.0.1:0"];
         args.extend(&bad);
@@ -658,4 +667,68 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     let (stdout, stderr) = crate::support::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(status(&url, stdout.trim()), Some(200), "{stderr}");
+}
+
+/// A control plane reaches etcd over TLS (`https://`, `--etcd-ca-cert`, and a client
+/// certificate for an etcd that asks for one): its replica leads and takes jobs; the same etcd
+/// over plain HTTP is not reached.
+#[test]
+fn a_control_plane_reaches_etcd_over_tls() {
+    let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = gantry_etcd::testing::pki(dir.path());
+    let Some(etcd) =
+        EtcdProcess::start_tls_or_skip("a_control_plane_reaches_etcd_over_tls", &server)
+    else {
+        return;
+    };
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    std::fs::write(data.join("cluster.toml"), EIGHT_GPUS).unwrap();
+    let pem = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .args(["--etcd", &etcd.url(), "--leader-lease-s", "2"])
+        .args(["--etcd-ca-cert", &pem("ca.pem")])
+        .args([
+            "--etcd-cert",
+            &pem("client.pem"),
+            "--etcd-key",
+            &pem("client.key"),
+        ])
+        .arg("--cluster")
+        .arg(data.join("cluster.toml"))
+        .env("GANTRY_CACHE_DIR", shared_cache())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
+    let (s, v) = submit_through(
+        &url,
+        &ada,
+        &json!({"id": "a", "tenant": "vision", "gpus": 1}),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(s, 201, "{v}");
+    assert!(
+        etcd.client()
+            .prefix(b"gantry/jobs/vision/a", 0)
+            .unwrap()
+            .len()
+            == 1,
+        "the job is in the TLS etcd"
+    );
 }

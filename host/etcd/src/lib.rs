@@ -37,9 +37,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    /// An endpoint given is not a `http://host:port` URL.
-    #[error("etcd endpoint `{0}`: expected http://HOST:PORT")]
+    /// An endpoint given is not a `http://host:port` URL (`https://` with TLS).
+    #[error("etcd endpoint `{0}`: expected http://HOST:PORT, or https://HOST:PORT with TLS")]
     BadEndpoint(String),
+    /// The TLS certificates or key given do not read.
+    #[error("TLS to etcd: {0}")]
+    BadTls(String),
     /// No endpoint answered.
     #[error("no etcd endpoint answered ({endpoints}): {last}")]
     Unreachable {
@@ -116,6 +119,47 @@ pub struct TxnOutcome {
     pub gets: Vec<Option<Kv>>,
 }
 
+/// TLS to etcd: the CA that signed its members' certificates, and this client's certificate
+/// and key (PEM) for an etcd that asks for one (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA's certificate(s), PEM.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate chain and private key, PEM.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTls {
+    fn config(&self) -> Result<ureq::tls::TlsConfig, EtcdError> {
+        use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, parse_pem};
+        let certs = |pem: &[u8], what: &str| {
+            let certs: Vec<_> = parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(EtcdError::BadTls(format!("{what}: no PEM certificate")));
+            }
+            Ok(certs)
+        };
+        let mut config = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&certs(&self.ca_pem, "the CA")?));
+        if let Some((chain, key)) = &self.client {
+            let key = parse_pem(key)
+                .find_map(|item| match item {
+                    Ok(PemItem::PrivateKey(k)) => Some(k),
+                    _ => None,
+                })
+                .ok_or_else(|| EtcdError::BadTls("the client key: no PEM private key".into()))?;
+            let chain = certs(chain, "the client certificate")?;
+            config = config.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+        }
+        Ok(config.build())
+    }
+}
+
 /// A client of an etcd cluster.
 #[derive(Debug)]
 pub struct Etcd {
@@ -131,15 +175,25 @@ impl Etcd {
     /// A client of the cluster at `endpoints` (`http://host:port`), each call bounded by
     /// `timeout` per request, and its retries by `timeout` in all. Nothing is contacted yet.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, EtcdError> {
+        Self::new_tls(endpoints, timeout, None)
+    }
+
+    /// [`Etcd::new`], over TLS when `tls` is given (then every endpoint is `https://`).
+    pub fn new_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Etcd, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::BadEndpoint(String::new()));
         }
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
         let endpoints = endpoints
             .iter()
             .map(|e| {
                 let e = e.trim().trim_end_matches('/');
                 let rest = e
-                    .strip_prefix("http://")
+                    .strip_prefix(scheme)
                     .ok_or_else(|| EtcdError::BadEndpoint(e.into()))?;
                 if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
                     return Err(EtcdError::BadEndpoint(e.into()));
@@ -147,11 +201,13 @@ impl Etcd {
                 Ok(e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+            .http_status_as_error(false);
+        if let Some(tls) = tls {
+            config = config.tls_config(tls.config()?);
+        }
+        let agent = config.build().new_agent();
         Ok(Etcd {
             endpoints,
             agent,
@@ -588,6 +644,64 @@ mod tests {
                 .iter()
                 .all(|kv| kv.value.is_empty() && kv.create_revision > 0)
         );
+    }
+
+    /// An etcd beyond loopback is reached over TLS: its certificate checked against the CA
+    /// given, this client's presented (etcd's `--client-cert-auth`).
+    #[test]
+    fn a_client_reaches_etcd_over_tls_with_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, stranger) = testing::pki(dir.path());
+        let Some(etcd) = EtcdProcess::start_tls_or_skip("a_client_reaches_etcd_over_tls", &server)
+        else {
+            return;
+        };
+        let url = etcd.url();
+        assert!(url.starts_with("https://"), "{url}");
+        let c = etcd.client();
+        c.put(b"k", b"v", 0).unwrap();
+        assert_eq!(c.get(b"k").unwrap().unwrap().value, b"v".to_vec());
+
+        let short = Duration::from_secs(1);
+        let refused = |tls: Option<&EtcdTls>| {
+            Etcd::new_tls(std::slice::from_ref(&url), short, tls)
+                .unwrap()
+                .get(b"k")
+                .unwrap_err()
+        };
+        // Without a client certificate, or trusting another CA: no answer.
+        let anonymous = EtcdTls {
+            client: None,
+            ..server.client.clone()
+        };
+        assert!(matches!(
+            refused(Some(&anonymous)),
+            EtcdError::Unreachable { .. }
+        ));
+        assert!(matches!(
+            refused(Some(&stranger)),
+            EtcdError::Unreachable { .. }
+        ));
+        // Plain HTTP to it, or an http:// endpoint with TLS: refused.
+        let plain = url.replace("https://", "http://");
+        assert!(
+            Etcd::new(std::slice::from_ref(&plain), short)
+                .unwrap()
+                .get(b"k")
+                .is_err()
+        );
+        assert!(matches!(
+            Etcd::new_tls(&[plain], short, Some(&server.client)),
+            Err(EtcdError::BadEndpoint(_))
+        ));
+        let bad = EtcdTls {
+            ca_pem: b"not a certificate".to_vec(),
+            client: None,
+        };
+        assert!(matches!(
+            Etcd::new_tls(&[url], short, Some(&bad)),
+            Err(EtcdError::BadTls(_))
+        ));
     }
 
     #[test]

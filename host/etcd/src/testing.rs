@@ -8,7 +8,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Etcd;
+use crate::{Etcd, EtcdTls};
+
+/// What an etcd serving TLS is started with (PEM files), and what its clients trust and present.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The member's certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA whose client certificates it accepts (it asks every client for one).
+    pub ca: PathBuf,
+    /// What a client of it is given.
+    pub client: EtcdTls,
+}
 
 /// A free port on loopback (bound, then released for the caller to use).
 pub fn free_addr() -> SocketAddr {
@@ -34,6 +47,7 @@ pub fn etcd_binary() -> Option<PathBuf> {
 pub struct EtcdProcess {
     child: Option<Child>,
     client: SocketAddr,
+    tls: Option<EtcdTls>,
     _data: tempfile::TempDir,
 }
 
@@ -51,7 +65,18 @@ impl EtcdProcess {
 
     /// [`EtcdProcess::start`], failing with a message rather than a panic.
     pub fn try_start(binary: &Path) -> Result<EtcdProcess, String> {
-        let mut members = start_members(binary, 1)?;
+        Self::start_with(binary, None)
+    }
+
+    /// A single-member etcd serving its clients over TLS only (and asking each for a
+    /// certificate), or `None` (said on stderr) where etcd is not installed.
+    pub fn start_tls_or_skip(test: &str, tls: &ServerTls) -> Option<EtcdProcess> {
+        let binary = binary_or_skip(test)?;
+        Some(Self::start_with(&binary, Some(tls)).expect("starting etcd with TLS"))
+    }
+
+    fn start_with(binary: &Path, tls: Option<&ServerTls>) -> Result<EtcdProcess, String> {
+        let mut members = start_members(binary, 1, tls)?;
         let process = members.pop().expect("one member");
         wait_until_answering(&process.client())?;
         Ok(process)
@@ -59,12 +84,13 @@ impl EtcdProcess {
 
     /// Its client URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// A client of it alone.
     pub fn client(&self) -> Etcd {
-        Etcd::new(&[self.url()], Duration::from_secs(5)).expect("a client")
+        Etcd::new_tls(&[self.url()], Duration::from_secs(5), self.tls.as_ref()).expect("a client")
     }
 
     /// Kills it (`kill -9`).
@@ -94,7 +120,7 @@ impl EtcdCluster {
     /// stderr) where etcd is not installed.
     pub fn start_or_skip(test: &str, n: usize) -> Option<EtcdCluster> {
         let binary = binary_or_skip(test)?;
-        let members = start_members(&binary, n).expect("starting etcd members");
+        let members = start_members(&binary, n, None).expect("starting etcd members");
         let cluster = EtcdCluster { members };
         wait_until_answering(&cluster.client()).expect("an etcd cluster");
         Some(cluster)
@@ -122,7 +148,12 @@ fn binary_or_skip(test: &str) -> Option<PathBuf> {
 }
 
 /// `n` members of one new cluster from `binary`, started (not yet answering).
-fn start_members(binary: &Path, n: usize) -> Result<Vec<EtcdProcess>, String> {
+fn start_members(
+    binary: &Path,
+    n: usize,
+    tls: Option<&ServerTls>,
+) -> Result<Vec<EtcdProcess>, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..n).map(|_| (free_addr(), free_addr())).collect();
     let initial: Vec<String> = addrs
         .iter()
@@ -133,22 +164,35 @@ fn start_members(binary: &Path, n: usize) -> Result<Vec<EtcdProcess>, String> {
     let mut members = Vec::with_capacity(n);
     for (i, (client, peer)) in addrs.into_iter().enumerate() {
         let data = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg(format!("--name=m{i}"))
             .arg(format!("--data-dir={}", data.path().join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://{client}"))
-            .arg(format!("--advertise-client-urls=http://{client}"))
+            .arg(format!("--listen-client-urls={scheme}://{client}"))
+            .arg(format!("--advertise-client-urls={scheme}://{client}"))
             .arg(format!("--listen-peer-urls=http://{peer}"))
             .arg(format!("--initial-advertise-peer-urls=http://{peer}"))
             .arg(format!("--initial-cluster={initial}"))
             .arg("--initial-cluster-state=new")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its log where a test's failure needs it: `GANTRY_ETCD_LOG=1`.
+            .stderr(match std::env::var_os("GANTRY_ETCD_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()
             .map_err(|e| format!("{}: {e}", binary.display()))?;
         members.push(EtcdProcess {
             child: Some(child),
             client,
+            tls: tls.map(|t| t.client.clone()),
             _data: data,
         });
     }
@@ -165,4 +209,53 @@ fn wait_until_answering(client: &Etcd) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// A CA, a certificate for an etcd member on loopback (good for clients too: etcd's own gateway
+/// presents it to its gRPC server) and one for its client, written under `dir`; and a client's
+/// TLS that trusts another CA, to be refused.
+#[cfg(any(test, feature = "pki"))]
+pub fn pki(dir: &Path) -> (ServerTls, EtcdTls) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose as Eku, IsCa,
+        KeyPair,
+    };
+    let ca_of = || {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a key")).expect("a CA")
+    };
+    let (ca, other_ca) = (ca_of(), ca_of());
+    let signed = |names: Vec<String>, purposes: Vec<Eku>| {
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(names).expect("certificate parameters");
+        params.extended_key_usages = purposes;
+        let cert = params.signed_by(&key, &ca).expect("a certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let (server_cert, server_key) = signed(names, vec![Eku::ServerAuth, Eku::ClientAuth]);
+    let (client_cert, client_key) = signed(vec![], vec![Eku::ClientAuth]);
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("writing a PEM file");
+        path
+    };
+    write("client.pem", &client_cert);
+    write("client.key", &client_key);
+    let client = EtcdTls {
+        ca_pem: ca.pem().into_bytes(),
+        client: Some((client_cert.into_bytes(), client_key.into_bytes())),
+    };
+    let server = ServerTls {
+        cert: write("server.pem", &server_cert),
+        key: write("server.key", &server_key),
+        ca: write("ca.pem", &ca.pem()),
+        client: client.clone(),
+    };
+    let stranger = EtcdTls {
+        ca_pem: other_ca.pem().into_bytes(),
+        ..client
+    };
+    (server, stranger)
 }

@@ -47,6 +47,16 @@ pub struct UpArgs {
     /// The prefix of this control plane's keys in etcd (several may share one etcd).
     #[arg(long, default_value = "gantry", requires = "etcd")]
     etcd_prefix: String,
+    /// Reach etcd over TLS (`https://` URLs in --etcd), trusting this CA's certificate (PEM).
+    #[arg(long, value_name = "CA.pem", requires = "etcd")]
+    etcd_ca_cert: Option<PathBuf>,
+    /// This replica's client certificate for etcd (PEM; for an etcd started with
+    /// `--client-cert-auth`), with --etcd-key.
+    #[arg(long, value_name = "CERT.pem", requires_all = ["etcd_ca_cert", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
     /// default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -356,25 +366,52 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
     if prefix.is_empty() {
         anyhow::bail!("--etcd-prefix: a non-empty key prefix");
     }
-    // The etcd client speaks plain HTTP: jobs would cross the network in the clear.
+    let tls = etcd_tls(args)?;
+    // Over plain HTTP, jobs and accounts would cross the network in the clear.
     if let Some(far) = args.etcd.iter().find(|u| {
-        let rest = u.trim().strip_prefix("http://").unwrap_or(u);
-        !loopback_host(rest)
+        u.trim()
+            .strip_prefix("http://")
+            .is_some_and(|rest| !loopback_host(rest))
     }) && !args.insecure
     {
         anyhow::bail!(
-            "--etcd {far}: etcd is reached over plain HTTP, so beyond loopback its traffic \
-             crosses the network in the clear; give --insecure on a trusted network"
+            "--etcd {far}: plain HTTP beyond loopback crosses the network in the clear; reach \
+             etcd over TLS (https:// and --etcd-ca-cert), or give --insecure on a trusted network"
         );
     }
     let lease = std::time::Duration::from_secs(args.leader_lease_s);
     // Each call to etcd is bounded well within the lease.
-    let etcd = gantry_etcd::Etcd::new(&args.etcd, lease / 3).context("--etcd")?;
+    let etcd = gantry_etcd::Etcd::new_tls(&args.etcd, lease / 3, tls.as_ref()).map_err(|e| {
+        let flags = match (&e, &tls) {
+            (gantry_etcd::EtcdError::BadTls(_), _) => "--etcd-ca-cert/--etcd-cert/--etcd-key",
+            (_, Some(_)) => "--etcd (with --etcd-ca-cert, every URL is https://)",
+            (_, None) => "--etcd (an https:// URL needs --etcd-ca-cert)",
+        };
+        anyhow::Error::new(e).context(flags)
+    })?;
     Ok(Some(gantry_daemon::replicas::ControlPlane {
         etcd: std::sync::Arc::new(etcd),
         root: prefix.to_string(),
         advertise: args.advertise.clone(),
         lease,
+    }))
+}
+
+/// TLS to etcd as `--etcd-ca-cert`, `--etcd-cert` and `--etcd-key` say; `None` without them.
+fn etcd_tls(args: &UpArgs) -> anyhow::Result<Option<gantry_etcd::EtcdTls>> {
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let Some(ca) = &args.etcd_ca_cert else {
+        return Ok(None);
+    };
+    let client = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?)),
+        _ => None,
+    };
+    Ok(Some(gantry_etcd::EtcdTls {
+        ca_pem: read(ca, "--etcd-ca-cert")?,
+        client,
     }))
 }
 
