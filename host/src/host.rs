@@ -619,6 +619,53 @@ impl Host {
         Ok(())
     }
 
+    /// Takes back a job that was running before a restart: queues `job` and gives it GPUs
+    /// `gpu_ids` at once, as it held them. Refused when a GPU is unknown or held already, or
+    /// they are not as many as the job asks for.
+    pub fn adopt(&mut self, job: JobSpec, gpu_ids: &[String], now_s: f64) -> Result<(), HostError> {
+        let refused = |message: String| HostError::Job {
+            id: job.id.clone(),
+            message,
+        };
+        let gpus = &self.state.cluster.gpus;
+        let indices: Vec<u32> = gpu_ids
+            .iter()
+            .map(|id| {
+                gpus.iter()
+                    .position(|g| &g.id == id)
+                    .map(|i| i as u32)
+                    .ok_or_else(|| refused(format!("GPU `{id}` is not in the cluster")))
+            })
+            .collect::<Result<_, _>>()?;
+        if indices.len() != job.gpus as usize {
+            return Err(refused(format!(
+                "it held {} GPUs and asks for {}",
+                indices.len(),
+                job.gpus
+            )));
+        }
+        if let Some(&held) = indices
+            .iter()
+            .find(|&&i| self.state.holder[i as usize].is_some())
+        {
+            return Err(refused(format!(
+                "GPU `{}` is held by another job",
+                gpus[held as usize].id
+            )));
+        }
+        let id = job.id.clone();
+        self.submit(job)?;
+        let state = self.state_mut();
+        let position = state
+            .pending
+            .iter()
+            .position(|p| p.spec.id == id)
+            .expect("the job was just queued");
+        state.allocate(position, indices, now_s);
+        state.prune_pending();
+        Ok(())
+    }
+
     /// Takes job `job_id` out of the queue and ends every allocation it holds; false when it is
     /// neither queued nor running.
     pub fn cancel(&mut self, job_id: &str) -> bool {

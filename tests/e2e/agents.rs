@@ -493,3 +493,56 @@ fn a_node_cannot_log_more_for_a_run_than_a_run_keeps() {
         &log[log.len() - 400..]
     );
 }
+
+/// A run a node's agent is running goes on when its control plane restarts: the new one adopts
+/// it (its attempt, its GPUs) from the placement it recorded, instead of requeueing the job and
+/// starting it again (before, every command run on an agent was killed and started over, and
+/// counted against the job's crash guard).
+#[test]
+fn a_restarted_control_plane_adopts_the_runs_its_agents_are_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let mut daemon = two_nodes_with_agents(dir.path(), &data, "10");
+    let url = daemon.url.clone();
+    let mut extra = vec!["--kill-grace-s", "0.5"];
+    extra.extend(job_user_args());
+    let _agent = Agent::start_with(&url, &node, "node-a", 2, &extra);
+    let script = "echo child=$$; sleep 8; echo done";
+    let body = json!({"id": "c1", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sh", "-c", script]}});
+    let (s, v) = submit(&url, &rae, &body);
+    assert_eq!(s, 201, "{v}");
+    eventually("c1 runs", || log_of(&url, &rae, "c1").contains("child="));
+    let child = number_after(&log_of(&url, &rae, "c1"), "child=") as u32;
+
+    daemon.signal("-9");
+    let listen = url.trim_start_matches("http://");
+    let cluster = dir.path().join("cluster.toml");
+    let _again = Daemon::start_on(
+        listen,
+        &[],
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "10",
+        ],
+    );
+    let j = job(&url, &rae, "c1");
+    assert_eq!(j["state"], "running", "{j}");
+    assert_eq!(j["gpu_ids"], json!(["node-a/gpu0", "node-a/gpu1"]), "{j}");
+    assert!(alive(child), "the run goes on through the restart");
+    wait_for_state(&url, &rae, "c1", "succeeded");
+    let log = log_of(&url, &rae, "c1");
+    assert_eq!(
+        log.matches("handed to node").count(),
+        1,
+        "started again: {log}"
+    );
+    assert!(log.contains("adopted") && log.contains("done"), "{log}");
+    assert!(!log.contains("requeued"), "{log}");
+}

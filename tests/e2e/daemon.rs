@@ -38,6 +38,18 @@ impl Daemon {
         cache: &Path,
         extra: &[&str],
     ) -> Daemon {
+        Self::start_on("127.0.0.1:0", wrapper, data, cache, extra)
+    }
+
+    /// Starts `gantry up` listening on `listen` (a daemon started again where the last one
+    /// was, say).
+    pub(crate) fn start_on(
+        listen: &str,
+        wrapper: &[&str],
+        data: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Daemon {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -47,7 +59,7 @@ impl Daemon {
             None => Command::new(env!("CARGO_BIN_EXE_gantry")),
         };
         let mut child = command
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["up", "--listen", listen, "--data-dir"])
             .arg(data)
             .args(extra)
             .env("GANTRY_CACHE_DIR", cache)

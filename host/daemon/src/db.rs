@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use gantry::audit::Head;
 
-use super::jobstore::JobStore;
+use super::jobstore::{JobStore, Placement};
 
 /// A database failure, naming what was being done, or the table, row and column of a stored
 /// value that does not read (corruption is an error, never a default).
@@ -591,6 +591,13 @@ const MIGRATIONS: &[&str] = &[
      UPDATE datasets SET name = tenant || '/' || name;",
     // 4: command jobs (the program, as JSON).
     "ALTER TABLE jobs ADD COLUMN command TEXT;",
+    // 5: the node agent and attempt a job's run was handed to, for a daemon starting over to
+    // adopt it.
+    "CREATE TABLE placements (
+         job TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+         node TEXT NOT NULL,
+         attempt INTEGER NOT NULL
+     );",
 ];
 
 impl Db {
@@ -1338,6 +1345,35 @@ impl JobStore for Db {
             .optional()
             .ctx("reading checkpoints")
     }
+
+    fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), DbError> {
+        let conn = self.conn();
+        match placement {
+            Some(p) => conn.execute(
+                "INSERT OR REPLACE INTO placements(job, node, attempt) VALUES (?1, ?2, ?3)",
+                params![id, p.node, p.attempt as i64],
+            ),
+            None => conn.execute("DELETE FROM placements WHERE job = ?1", params![id]),
+        }
+        .ctx("recording a placement")?;
+        Ok(())
+    }
+
+    fn placement(&self, id: &str) -> Result<Option<Placement>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT node, attempt FROM placements WHERE job = ?1",
+                params![id],
+                |r| {
+                    Ok(Placement {
+                        node: r.get(0)?,
+                        attempt: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .ctx("reading a placement")
+    }
 }
 
 /// Applies the [`MIGRATIONS`] a database has not had yet.
@@ -1482,7 +1518,9 @@ mod tests {
     #[test]
     fn sqlite_keeps_records_logs_and_checkpoints_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        contract::records_logs_and_checkpoints(&Db::open(&dir.path().join("gantry.db")).unwrap());
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        contract::records_logs_and_checkpoints(&db);
+        contract::placements(&db);
     }
 
     #[test]

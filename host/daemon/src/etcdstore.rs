@@ -17,7 +17,7 @@ use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
 
 use crate::curve::Curve;
 use crate::db::{JobRecord, JobState, TransitionError, now};
-use crate::jobstore::JobStore;
+use crate::jobstore::{JobStore, Placement};
 
 /// The compare a leader's writes carry; `None` while this replica does not lead.
 pub type Fence = Arc<dyn Fn() -> Option<Compare> + Send + Sync>;
@@ -355,6 +355,31 @@ impl JobStore for EtcdJobs {
             String::from_utf8(kv.value.clone()).map_err(|e| corrupt(&kv.key, e.to_string()))?;
         Ok(Some((step, object)))
     }
+
+    fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), EtcdStoreError> {
+        let key = self.key("placements", id);
+        let op = match placement {
+            Some(p) => Op::Put(
+                key,
+                serde_json::to_vec(p).expect("a placement serialises"),
+                0,
+            ),
+            None => Op::Delete(key),
+        };
+        let outcome = self.write(Vec::new(), &[op], &[])?;
+        if outcome.succeeded {
+            Ok(())
+        } else {
+            Err(EtcdStoreError::NotLeader)
+        }
+    }
+
+    fn placement(&self, id: &str) -> Result<Option<Placement>, EtcdStoreError> {
+        match self.etcd.get(&self.key("placements", id))? {
+            Some(kv) => decode(&kv.key, &kv.value).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 impl EtcdJobs {
@@ -404,6 +429,7 @@ mod tests {
             return;
         };
         contract::records_logs_and_checkpoints(&store(&etcd));
+        contract::placements(&store(&etcd));
     }
 
     #[test]

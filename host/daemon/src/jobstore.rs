@@ -73,6 +73,23 @@ pub trait JobStore: Send + Sync {
 
     /// The newest checkpoint of `job`: `(step, object)`.
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, Self::Error>;
+
+    /// Records that job `id`'s run was handed to a node's agent as `placement` (`None`: it has
+    /// no run on an agent now), so that a control plane starting over adopts the run rather
+    /// than starting it again.
+    fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), Self::Error>;
+
+    /// Where job `id`'s run was handed, if it was ([`JobStore::set_placement`]).
+    fn placement(&self, id: &str) -> Result<Option<Placement>, Self::Error>;
+}
+
+/// A run handed to a node's agent: the node, and the run's attempt number.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// The node.
+    pub node: String,
+    /// The attempt the agent runs.
+    pub attempt: u64,
 }
 
 /// The failure of whichever store keeps the control plane's state: its jobs and its accounts
@@ -166,6 +183,12 @@ where
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, StateError> {
         Ok(self.0.latest_checkpoint(job)?)
     }
+    fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), StateError> {
+        Ok(self.0.set_placement(id, placement)?)
+    }
+    fn placement(&self, id: &str) -> Result<Option<Placement>, StateError> {
+        Ok(self.0.placement(id)?)
+    }
 }
 
 /// The contract every [`JobStore`] keeps, as checks any store runs in its own tests (SQLite in
@@ -216,6 +239,22 @@ pub(crate) mod contract {
     };
 
     /// A stored job `id` brought to `state` by legal moves.
+    /// A job's placement is kept, replaced and forgotten.
+    pub(crate) fn placements<S: JobStore>(db: &S) {
+        job_in(db, "vision/p", JobState::Running);
+        assert_eq!(db.placement("vision/p").unwrap(), None);
+        for (node, attempt) in [("node-a", 7), ("node-b", 8)] {
+            let p = super::Placement {
+                node: node.into(),
+                attempt,
+            };
+            db.set_placement("vision/p", Some(&p)).unwrap();
+            assert_eq!(db.placement("vision/p").unwrap(), Some(p));
+        }
+        db.set_placement("vision/p", None).unwrap();
+        assert_eq!(db.placement("vision/p").unwrap(), None);
+    }
+
     pub(crate) fn job_in<S: JobStore>(db: &S, id: &str, state: JobState) {
         use JobState::*;
         assert!(db.insert_job(&job(id)).unwrap());

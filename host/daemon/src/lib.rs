@@ -359,12 +359,16 @@ impl Daemon {
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
-        let (requeued, deferred) =
-            lifecycle::recover_jobs(&*jobs, &mut host, db::now()).map_err(setup)?;
-        tracing::info!(requeued, "daemon state recovered");
+        let lifecycle::Recovered {
+            requeued,
+            deferred,
+            adopted,
+        } = lifecycle::recover_jobs(&*jobs, &mut host, db::now(), config.agent_lease.is_some())
+            .map_err(setup)?;
+        tracing::info!(requeued, adopted = adopted.len(), "daemon state recovered");
         // What starting recorded (the policy in force, say) is sealed before the first request.
         audit.seal().map_err(|e| setup(e.to_string()))?;
-        Ok(Daemon {
+        let daemon = Daemon {
             db,
             jobs,
             accounts,
@@ -389,7 +393,9 @@ impl Daemon {
             split: Mutex::default(),
             reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
-        })
+        };
+        daemon.adopt_runs(adopted);
+        Ok(daemon)
     }
 
     /// Where jobs, accounts, GPU marks, the installed policy and plugins live: this

@@ -520,18 +520,39 @@ pub fn recovery(job: &JobRecord, now: f64) -> Recovery {
     }
 }
 
-/// At start: brings every live job of `jobs` back as [`recovery`] says, at time `now`: over
-/// (recorded), or pending again and queued in `host` (now, or once its backoff ends). Returns
-/// how many were queued now, and the deferred ones: (Unix seconds, job id).
+/// What [`recover_jobs`] found.
+pub(crate) struct Recovered {
+    /// Jobs queued now.
+    pub requeued: usize,
+    /// Jobs queued once their backoff ends: (Unix seconds, job id).
+    pub deferred: Vec<(f64, String)>,
+    /// Runs node agents were running, taken back with their GPUs (see [`adopt`]).
+    pub adopted: Vec<(crate::db::JobRecord, crate::jobstore::Placement)>,
+}
+
+/// At start: brings every live job of `jobs` back at time `now`: a run handed to a node's agent
+/// (with `agents` on) adopted with its GPUs in `host`, as that run goes on; anything else as
+/// [`recovery`] says: over (recorded), or pending again and queued (now, or once its backoff
+/// ends).
 pub(crate) fn recover_jobs(
     jobs: &dyn JobStore<Error = StateError>,
     host: &mut gantry::Host,
     now: f64,
-) -> Result<(usize, Vec<(f64, String)>), String> {
-    let (mut requeued, mut deferred) = (0, Vec::new());
+    agents: bool,
+) -> Result<Recovered, String> {
+    let (mut requeued, mut deferred, mut adopted) = (0, Vec::new(), Vec::new());
     for job in jobs.jobs().map_err(|e| e.to_string())? {
         if job.state.is_final() {
             continue;
+        }
+        if agents && let Some(placement) = adopt(jobs, host, &job, now)? {
+            adopted.push((job, placement));
+            continue;
+        }
+        if matches!(job.state, JobState::Scheduled | JobState::Running) {
+            // Its run is over, whoever ran it: never to be adopted later.
+            jobs.set_placement(&job.id, None)
+                .map_err(|e| e.to_string())?;
         }
         let moved = |to: JobState, reason: &str| {
             moved(jobs.transition(&job.id, Some(job.state), to, &[], Some(reason)))
@@ -566,7 +587,50 @@ pub(crate) fn recover_jobs(
             }
         }
     }
-    Ok((requeued, deferred))
+    Ok(Recovered {
+        requeued,
+        deferred,
+        adopted,
+    })
+}
+
+/// Takes back `job` if its run was handed to a node's agent (a placement is recorded, on the
+/// node of the GPUs it holds) and its GPUs are free in `host`: they are its again, and the run
+/// goes on. A placement that cannot be taken back is forgotten, and the job recovered as any
+/// other.
+fn adopt(
+    jobs: &dyn JobStore<Error = StateError>,
+    host: &mut gantry::Host,
+    job: &crate::db::JobRecord,
+    now: f64,
+) -> Result<Option<crate::jobstore::Placement>, String> {
+    if !matches!(job.state, JobState::Scheduled | JobState::Running) || job.command.is_none() {
+        return Ok(None);
+    }
+    let Some(placement) = jobs.placement(&job.id).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let on_its_node = !job.gpu_ids.is_empty()
+        && job
+            .gpu_ids
+            .iter()
+            .all(|g| g.rsplit_once('/').is_some_and(|(n, _)| n == placement.node));
+    let taken = match on_its_node {
+        true => host.adopt(spec(job), &job.gpu_ids, now),
+        false => Err(gantry::HostError::Job {
+            id: job.id.clone(),
+            message: format!("its GPUs are not on node {}", placement.node),
+        }),
+    };
+    match taken {
+        Ok(()) => Ok(Some(placement)),
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "a run handed to an agent is not adopted");
+            jobs.set_placement(&job.id, None)
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -661,9 +725,8 @@ mod tests {
         assert_eq!(log[1], "cancelled by ada");
         // A run a crash interrupted: pending again at the restart, and queued.
         let (running, _control) = t.running("crashed");
-        let (queued, deferred) =
-            recover_jobs(jobs, &mut t.daemon.host(), crate::db::now()).unwrap();
-        assert_eq!((queued, deferred.len()), (1, 0));
+        let recovered = recover_jobs(jobs, &mut t.daemon.host(), crate::db::now(), false).unwrap();
+        assert_eq!((recovered.requeued, recovered.deferred.len()), (1, 0));
         let recovered = jobs.job(&running.id).unwrap().unwrap();
         assert_eq!((recovered.state, recovered.crashes), (JobState::Pending, 1));
         let counts = jobs.counts_by_state().unwrap();

@@ -259,6 +259,17 @@ impl Nodes {
             .collect()
     }
 
+    /// Gives node `node` one lease to send a heartbeat, serving nothing meanwhile (unless it
+    /// holds one already): a run adopted on it is given up if its agent does not come back.
+    fn await_agent(&self, node: &str) {
+        self.leases()
+            .entry(node.to_string())
+            .or_insert_with(|| Lease {
+                expires: Instant::now() + self.lease,
+                fit: BTreeSet::new(),
+            });
+    }
+
     /// How long a heartbeat's lease lasts.
     pub fn lease(&self) -> Duration {
         self.lease
@@ -357,7 +368,11 @@ impl crate::Daemon {
                 let serves = !self.file_unhealthy.contains(id)
                     && marked.get(id).copied().unwrap_or(true)
                     && self.nodes.as_ref().is_none_or(|n| n.serves(node, id));
-                if let Some(jobs) = host.set_gpu_health(id, serves) {
+                // A GPU coming into service keeps its jobs (a run adopted at start holds
+                // GPUs its agent has yet to report).
+                if let Some(jobs) = host.set_gpu_health(id, serves)
+                    && !serves
+                {
                     lost.extend(jobs);
                 }
             }
@@ -394,10 +409,57 @@ impl crate::Daemon {
             };
             for r in given_up {
                 r.control.request(StopReason::Requeue(reason.to_string()));
-                self.run_ended(&r.job, &r.control, r.started, RunEnd::Stopped);
+                self.remote_ended(r, RunEnd::Stopped);
             }
         }
         !ended.is_empty()
+    }
+
+    /// A run handed to an agent is over (reported, given up, never started): its placement is
+    /// forgotten first, so that a control plane starting over never adopts it, then the run
+    /// ends as [`crate::Daemon::run_ended`] records.
+    fn remote_ended(&self, r: Remote, end: RunEnd) {
+        if let Err(e) = self.jobs.set_placement(&r.job.id, None) {
+            tracing::error!(job = %r.job.id, error = %e, "forgetting a placement");
+        }
+        self.run_ended(&r.job, &r.control, r.started, end);
+    }
+
+    /// Takes back runs that agents were running when this control plane started (`adopted`:
+    /// the job and where its run was handed; the host holds their GPUs already): each is
+    /// listed to its agent again under its attempt, and its node has one lease to send a
+    /// heartbeat, or the run is given up and the job requeued.
+    pub(crate) fn adopt_runs(&self, adopted: Vec<(JobRecord, crate::jobstore::Placement)>) {
+        let Some(nodes) = &self.nodes else {
+            return;
+        };
+        for (job, placement) in adopted {
+            let Some(control) = self.claim_run(&job.id) else {
+                continue;
+            };
+            tracing::info!(job = %job.id, node = %placement.node, attempt = placement.attempt,
+                "adopted a run its node's agent is running");
+            let _ = self.jobs.log(
+                &job.id,
+                &format!(
+                    "adopted: still running on node {}'s agent (attempt {}) as the control \
+                     plane started",
+                    placement.node, placement.attempt
+                ),
+            );
+            nodes.await_agent(&placement.node);
+            nodes.remote().insert(
+                job.id.clone(),
+                Remote {
+                    node: placement.node,
+                    attempt: placement.attempt,
+                    started: job.state == crate::db::JobState::Running,
+                    job,
+                    control,
+                    logged: 0,
+                },
+            );
+        }
     }
 
     /// Hands command job `job`, just placed, to its node's agent as a new attempt.
@@ -418,6 +480,15 @@ impl crate::Daemon {
             &job.id,
             &format!("handed to node {node}'s agent (attempt {attempt})"),
         );
+        // Kept before the agent can hear of it, so that a control plane starting over adopts
+        // this run rather than starting the job again.
+        let placement = crate::jobstore::Placement {
+            node: node.clone(),
+            attempt,
+        };
+        if let Err(e) = self.jobs.set_placement(&job.id, Some(&placement)) {
+            tracing::error!(job = %job.id, error = %e, "recording a placement");
+        }
         nodes.remote().insert(
             job.id.clone(),
             Remote {
@@ -477,7 +548,7 @@ impl crate::Daemon {
             }
             RunEvent::Ended(end) => {
                 nodes.remote().remove(&report.job);
-                self.run_ended(&current.job, &current.control, current.started, end.into());
+                self.remote_ended(current, end.into());
                 Ok(true)
             }
         }
@@ -548,7 +619,7 @@ impl crate::Daemon {
             keys.iter().filter_map(|k| remote.remove(k)).collect()
         };
         for r in unstarted {
-            self.run_ended(&r.job, &r.control, false, RunEnd::Stopped);
+            self.remote_ended(r, RunEnd::Stopped);
         }
         if !changed.is_empty() {
             tracing::info!(%node, changed = ?changed, "a node's agent changed which of its GPUs serve");

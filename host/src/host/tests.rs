@@ -36,6 +36,39 @@ fn a_checked_job_is_checked_again_only_when_the_state_changed_since() {
     assert_eq!(queued, ["a"]);
 }
 
+/// A job taken back after a restart holds exactly the GPUs it held, and only free GPUs of the
+/// cluster, as many as it asks for.
+#[test]
+fn an_adopted_job_holds_the_gpus_it_held_and_nothing_else() {
+    let mut host = Host::new(HostConfig::new(Cluster::uniform(1, 1, 4, 1))).unwrap();
+    let gpus: Vec<String> = (host.state().cluster.gpus.iter())
+        .map(|g| g.id.clone())
+        .collect();
+    host.adopt(job("a", 2), &gpus[1..3], 10.0).unwrap();
+    let state = host.state();
+    assert!(state.pending.is_empty());
+    assert_eq!(state.running.len(), 1);
+    assert_eq!(state.running[0].gpus, [1, 2]);
+    assert_eq!(state.busy_gpus(), 2);
+    for (id, held, why) in [
+        ("b", &gpus[2..4], "held by another job"),
+        ("c", &gpus[3..4], "held 1 GPUs and asks for 2"),
+    ] {
+        let e = host.adopt(job(id, 2), held, 10.0).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = host
+        .adopt(job("d", 1), &["elsewhere/gpu0".to_string()], 10.0)
+        .unwrap_err();
+    assert!(e.to_string().contains("not in the cluster"), "{e}");
+    assert_eq!(
+        host.state().running.len(),
+        1,
+        "a refused adoption holds nothing"
+    );
+    assert!(host.state().pending.is_empty());
+}
+
 /// The shipped policy built under `revision` (one module for every revision: compiled once).
 fn shipped_policy(host: &Host, revision: &str) -> std::sync::Arc<LoadedPolicy> {
     let (name, rego, data) = crate::builtin::AUTHZ_POLICY;
