@@ -92,11 +92,6 @@ impl EtcdAccounts {
         )?;
         Ok(outcome.succeeded)
     }
-
-    /// Whether the accounts have been seeded ([`seed`]).
-    pub fn seeded(&self) -> Result<bool, EtcdStoreError> {
-        Ok(self.etcd.get(&self.key("seeded"))?.is_some())
-    }
 }
 
 fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
@@ -302,18 +297,17 @@ impl GpuMarks for EtcdAccounts {
 }
 
 /// Copies `from`'s users, tokens (as they are: revoked ones stay revoked), default token
-/// lifetime and GPU marks into `to` once, the first time a leader opens: the replicas' data directories are
-/// copies of one, made before the first start. After that etcd is the authority, and nothing
-/// is copied again (a token revoked in etcd is never brought back by a replica's older copy);
-/// `None` when it was done before. Each copy is a create that never overwrites, so a seed cut
-/// short is finished by the next leader.
+/// lifetime and GPU marks into `to`, once ([`crate::etcdstore::seed_once`]: a token revoked
+/// in etcd is never brought back by a replica's older copy). Each copy is a create that never
+/// overwrites.
 pub fn seed<S: AccountStore + GpuMarks>(
     from: &S,
     to: &EtcdAccounts,
-) -> Result<Option<Seeded>, StateError> {
-    if to.seeded()? {
-        return Ok(None);
-    }
+) -> Result<Option<Seeded>, String> {
+    crate::etcdstore::seed_once(&to.etcd, &to.key("seeded"), || copy(from, to))
+}
+
+fn copy<S: AccountStore + GpuMarks>(from: &S, to: &EtcdAccounts) -> Result<Seeded, StateError> {
     let mut copied = Seeded {
         users: 0,
         tokens: 0,
@@ -344,9 +338,7 @@ pub fn seed<S: AccountStore + GpuMarks>(
         let value = serde_json::to_vec(&mark).expect("a mark serialises");
         to.create(to.mark_key(&mark.gpu), value)?;
     }
-    let marker = serde_json::json!({"at": now(), "users": copied.users, "tokens": copied.tokens});
-    to.create(to.key("seeded"), marker.to_string().into_bytes())?;
-    Ok(Some(copied))
+    Ok(copied)
 }
 
 #[cfg(test)]

@@ -163,6 +163,28 @@ impl EtcdJobs {
     }
 }
 
+/// Runs `copy` unless `marker` exists in `etcd`, then creates `marker`: what the first leader
+/// copies from its data directory into etcd, once (never again, so that no replica's older copy
+/// undoes what was changed through the control plane since). `copy` only creates what is absent,
+/// so a copy cut short is finished by the next leader. `None` when it was done before.
+pub(crate) fn seed_once<T, E: std::fmt::Display>(
+    etcd: &Etcd,
+    marker: &[u8],
+    copy: impl FnOnce() -> Result<T, E>,
+) -> Result<Option<T>, String> {
+    if etcd.get(marker).map_err(|e| e.to_string())?.is_some() {
+        return Ok(None);
+    }
+    let copied = copy().map_err(|e| e.to_string())?;
+    etcd.txn(
+        &[Compare::Created(marker.to_vec(), 0)],
+        &[Op::Put(marker.to_vec(), b"1".to_vec(), 0)],
+        &[],
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Some(copied))
+}
+
 /// A value of `key` that this version cannot read.
 pub(crate) fn corrupt(key: &[u8], problem: impl Into<String>) -> EtcdStoreError {
     EtcdStoreError::Corrupt {

@@ -438,9 +438,7 @@ impl Daemon {
             move |e| format!("copying {what} into etcd: {e}")
         }
         let mut seeded = Vec::new();
-        if let Some(n) = etcdaccounts::seed(&**db, &accounts)
-            .map_err(|e| copying("the accounts")(e.to_string()))?
-        {
+        if let Some(n) = etcdaccounts::seed(&**db, &accounts).map_err(copying("the accounts"))? {
             seeded.push(serde_json::json!({"users": n.users, "tokens": n.tokens}));
         }
         if let Some(revision) =

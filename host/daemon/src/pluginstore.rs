@@ -6,12 +6,13 @@
 
 use std::sync::Arc;
 
-use gantry_etcd::{Compare, Etcd, Op};
+use gantry_etcd::Etcd;
 use serde::{Deserialize, Serialize};
 
 use crate::ACTIVE_SCHEDULER;
 use crate::db::{Db, PluginRecord};
 use crate::etcdblobs::{Blob, EtcdBlobs};
+use crate::etcdstore::seed_once;
 
 /// A place for uploaded plugins and the active scheduler.
 pub trait PluginStore: Send + Sync {
@@ -188,34 +189,23 @@ impl PluginStore for EtcdPlugins {
     }
 }
 
-/// Copies `from`'s uploaded plugins and active scheduler into `to` once, the first time a
-/// leader opens (the replicas' data directories are copies of one); never again, so that no
-/// older copy replaces what was changed through the control plane. Returns how many plugins
-/// were copied.
+/// Copies `from`'s uploaded plugins and active scheduler into `to`, once
+/// ([`crate::etcdstore::seed_once`]); returns how many plugins were copied.
 pub fn seed(from: &dyn PluginStore, to: &EtcdPlugins) -> Result<Option<usize>, String> {
-    let marker = to.key("seeded");
-    if to.etcd.get(&marker).map_err(|e| e.to_string())?.is_some() {
-        return Ok(None);
-    }
-    let mut copied = 0;
-    for record in from.plugins(None)? {
-        if to.kept(Some(&record.name))?.is_empty() {
-            let wasm = from.component(&record)?;
-            to.put_plugin(record, &wasm)?;
-            copied += 1;
+    seed_once(&to.etcd, &to.key("seeded"), || {
+        let mut copied = 0;
+        for record in from.plugins(None)? {
+            if to.kept(Some(&record.name))?.is_empty() {
+                let wasm = from.component(&record)?;
+                to.put_plugin(record, &wasm)?;
+                copied += 1;
+            }
         }
-    }
-    if let (Some(active), None) = (from.active_scheduler()?, to.active_scheduler()?) {
-        to.set_active_scheduler(&active)?;
-    }
-    to.etcd
-        .txn(
-            &[Compare::Created(marker.clone(), 0)],
-            &[Op::Put(marker, b"1".to_vec(), 0)],
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
-    Ok(Some(copied))
+        if let (Some(active), None) = (from.active_scheduler()?, to.active_scheduler()?) {
+            to.set_active_scheduler(&active)?;
+        }
+        Ok::<_, String>(copied)
+    })
 }
 
 #[cfg(test)]

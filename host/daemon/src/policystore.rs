@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use gantry_etcd::{Compare, Etcd, Op};
+use gantry_etcd::Etcd;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Db;
 use crate::etcdblobs::{Blob, EtcdBlobs};
+use crate::etcdstore::seed_once;
 use crate::persisted::{POLICY_OBJECT, POLICY_REVISION};
 
 /// The bundle an admin installed.
@@ -176,30 +177,21 @@ impl PolicyStore for EtcdPolicy {
     }
 }
 
-/// Copies the policy `from` has installed (if any) into `to` once, the first time a leader
-/// opens (the replicas' data directories are copies of one); never again, so that no older
-/// copy replaces a policy installed through the control plane. Returns the revision copied.
+/// Copies the policy `from` has installed (if any) into `to`, once
+/// ([`crate::etcdstore::seed_once`]); returns the revision copied.
 pub fn seed(from: &dyn PolicyStore, to: &EtcdPolicy) -> Result<Option<String>, String> {
-    let marker = to.key("seeded");
-    if to.etcd.get(&marker).map_err(|e| e.to_string())?.is_some() {
-        return Ok(None);
-    }
-    let mut copied = None;
-    if let Some(installed) = from.installed()?
-        && to.installed()?.is_none()
-    {
+    let copied = seed_once(&to.etcd, &to.key("seeded"), || {
+        let Some(installed) = from.installed()? else {
+            return Ok::<_, String>(None);
+        };
+        if to.installed()?.is_some() {
+            return Ok(None);
+        }
         let bytes = from.bundle(&installed)?;
         to.install(&bytes, &installed.revision)?;
-        copied = Some(installed.revision);
-    }
-    to.etcd
-        .txn(
-            &[Compare::Created(marker.clone(), 0)],
-            &[Op::Put(marker, b"1".to_vec(), 0)],
-            &[],
-        )
-        .map_err(|e| e.to_string())?;
-    Ok(copied)
+        Ok(Some(installed.revision))
+    })?;
+    Ok(copied.flatten())
 }
 
 #[cfg(test)]
