@@ -3,7 +3,7 @@
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
 #         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
-#                   "node.heartbeat" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
+#                   "node.heartbeat" | "node.data" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
 #                   "audit.read" | "placement.apply",
 #         "resource": {...}}  (fields per action, below)
@@ -26,7 +26,7 @@ is_admin if "admin" in roles
 actions := {
 	"job.submit", "job.exec", "job.cancel", "job.read", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
-	"cluster.read", "gpu.health", "node.heartbeat",
+	"cluster.read", "gpu.health", "node.heartbeat", "node.data",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
 	"policy.replace", "policy.read", "key.rotate", "user.manage", "audit.read", "placement.apply",
 }
@@ -100,18 +100,27 @@ reasons contains msg if {
 # Node agents (node.heartbeat, resource: {"node"}): only a node's own identity (the `node` role,
 # named as the node) renews its lease, reports its GPUs and its runs; no person, admins included,
 # speaks for a node, and no node for another.
+# What a run needs (node.data, resource: {"node", "tenant", "job", "placed"}: a job's dataset and
+# checkpoints): the node's own identity, and only for a job whose current run was handed to that
+# node (`placed`, as the control plane knows it). A node gets no other job's data.
 
 reasons contains msg if {
-	input.action == "node.heartbeat"
+	input.action in {"node.heartbeat", "node.data"}
 	not "node" in roles
 	msg := sprintf("user %v may not act as node %v (needs the node role)", [input.subject.user, input.resource.node])
 }
 
 reasons contains msg if {
-	input.action == "node.heartbeat"
+	input.action in {"node.heartbeat", "node.data"}
 	"node" in roles
 	input.subject.user != input.resource.node
 	msg := sprintf("node identity %v may not act as node %v", [input.subject.user, input.resource.node])
+}
+
+reasons contains msg if {
+	input.action == "node.data"
+	input.resource.placed != true
+	msg := sprintf("job %v/%v has no run on node %v", [input.resource.tenant, input.resource.job, input.resource.node])
 }
 
 # Datasets (resource: {"name", "classification"}): the subject's clearance must reach the

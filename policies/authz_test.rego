@@ -77,6 +77,16 @@ test_only_node_identities_heartbeat if {
 	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as heartbeat(admin)
 }
 
+run_data(subject, placed) := {"subject": subject, "action": "node.data", "resource": {"node": "node-000", "tenant": "vision", "job": "j1", "placed": placed}}
+
+test_a_node_reads_only_the_data_of_runs_placed_on_it if {
+	node := {"user": "node-000", "roles": ["node"]}
+	authz.allow with input as run_data(node, true)
+	authz.decision == {"allow": false, "reasons": ["job vision/j1 has no run on node node-000"]} with input as run_data(node, false)
+	authz.decision == {"allow": false, "reasons": ["node identity node-001 may not act as node node-000"]} with input as run_data({"user": "node-001", "roles": ["node"]}, true)
+	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as run_data(admin, true)
+}
+
 read(subject, label) := {"subject": subject, "action": "dataset.read", "resource": {"name": "scans", "classification": label}}
 
 test_clearance_must_reach_classification if {

@@ -546,3 +546,101 @@ fn a_restarted_control_plane_adopts_the_runs_its_agents_are_running() {
     assert!(log.contains("adopted") && log.contains("done"), "{log}");
     assert!(!log.contains("requeued"), "{log}");
 }
+
+/// The test as node `node`'s agent asking for job `job`'s newest checkpoint as `attempt`: the
+/// status, and the answer's bytes as text where they are (an error's JSON).
+fn checkpoint_as(url: &str, token: &str, node: &str, job: &str, attempt: u64) -> (u16, String) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let response = agent
+        .get(&format!(
+            "{url}/v1/nodes/{node}/runs/checkpoint?job=vision/{job}&attempt={attempt}"
+        ))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("the daemon answers");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().read_to_vec().unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[test]
+fn training_runs_on_its_nodes_agent_and_resumes_from_its_checkpoint_on_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let node_a = add_user(&data, "node-a", "node", "vision", "public");
+    let node_b = add_user(&data, "node-b", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "1.5");
+    let url = daemon.url.clone();
+    let agent_a = Agent::start(&url, &node_a, "node-a", 2);
+
+    // The job trains on node-a's agent, on the two GPUs it was placed on (emulated: one CPU
+    // replica each); its checkpoints go into the control plane's store.
+    let train = crate::daemon::train_toml(60);
+    let body = json!({"id": "t1", "tenant": "vision", "gpus": 2, "train": train});
+    let (s, v) = submit(&url, &ada, &body);
+    assert_eq!(s, 201, "{v}");
+    eventually("t1 checkpoints on node-a", || {
+        log_of(&url, &ada, "t1").contains("checkpoint at step")
+    });
+    let log = log_of(&url, &ada, "t1");
+    assert!(
+        log.contains("training on node node-a, GPUs node-a/gpu0, node-a/gpu1 (emulated GPUs 0,1"),
+        "{log}"
+    );
+    let attempt = number_after(&log, "(attempt ");
+    let (_, m) = request(
+        &format!("{url}/v1/jobs/t1/metrics"),
+        "GET",
+        Some(&ada),
+        None,
+    );
+    assert!(
+        m["step"].as_u64().unwrap() >= 100,
+        "steps reach the metrics: {m}"
+    );
+
+    // Only the node the run is on reads its data, as the run's current attempt.
+    assert_eq!(checkpoint_as(&url, &node_a, "node-a", "t1", attempt).0, 200);
+    let (s, v) = checkpoint_as(&url, &node_b, "node-b", "t1", attempt);
+    assert_eq!(s, 403, "{v}");
+    assert!(v.contains("has no run on node node-b"), "{v}");
+    assert_eq!(checkpoint_as(&url, &ada, "node-a", "t1", attempt).0, 403);
+    let (s, v) = checkpoint_as(&url, &node_a, "node-a", "t1", attempt + 1);
+    assert_eq!(s, 409, "{v}");
+    let forged = request(
+        &format!(
+            "{url}/v1/nodes/node-a/runs/checkpoint?job=vision/t1&attempt={}&step=1",
+            attempt + 1
+        ),
+        "PUT",
+        Some(&node_a),
+        Some("not a checkpoint"),
+    );
+    assert_eq!(forged.0, 409, "{forged:?}");
+
+    // node-a's agent is killed: the lease ends, the job is requeued and node-b's agent resumes
+    // it from its newest checkpoint.
+    let _agent_b = Agent::start(&url, &node_b, "node-b", 2);
+    agent_a.signal("-KILL");
+    let job = crate::daemon::wait_until_over(&format!("{url}/v1/jobs/t1"), &ada, 240);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["gpu_ids"],
+        json!(["node-b/gpu0", "node-b/gpu1"]),
+        "{job}"
+    );
+    let result = &job["result"];
+    assert_eq!(result["ran_on"]["node"], "node-b", "{job}");
+    assert_eq!(result["steps"], 60 * 30, "{job}");
+    assert!(result["resumed_at_step"].as_u64().unwrap() >= 100, "{job}");
+    let log = log_of(&url, &ada, "t1");
+    assert!(
+        log.contains("resuming from the checkpoint at step"),
+        "{log}"
+    );
+    assert!(log.contains("training on node node-b"), "{log}");
+}

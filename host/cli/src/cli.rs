@@ -1,5 +1,6 @@
 //! Commands, argument parsing and output.
 
+mod agent_train;
 mod audit;
 mod bench;
 mod daemon;

@@ -29,6 +29,9 @@ mod cluster;
 mod datasets;
 mod jobs;
 mod keys;
+mod noderuns;
+
+pub use noderuns::STEP_HEADER;
 mod plugins;
 mod policy;
 mod users;
@@ -89,6 +92,11 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/gpus/healthy", post(cluster::mark_healthy))
         .route("/v1/nodes/{node}/heartbeat", post(cluster::heartbeat))
         .route("/v1/nodes/{node}/runs", post(cluster::run_report))
+        .route("/v1/nodes/{node}/runs/dataset", get(noderuns::dataset))
+        .route(
+            "/v1/nodes/{node}/runs/checkpoint",
+            get(noderuns::latest_checkpoint).put(noderuns::put_checkpoint),
+        )
         .route("/v1/keys/rotate", post(keys::rotate_key))
         .route("/v1/users", post(users::add_user))
         .route("/v1/users/{name}/tokens", post(users::issue_token))
@@ -459,14 +467,20 @@ async fn large_body(
 /// A 413 for a request whose `Content-Length` declares more than [`MAX_UPLOAD`] bytes, before
 /// any of its body is read; `what` names what it carries (`a dataset`).
 fn within_upload_limit(headers: &HeaderMap, what: &str) -> ApiResult<()> {
+    within_limit(headers, what, MAX_UPLOAD as u64)
+}
+
+/// Whether a body's declared size is within `limit` bytes (the body itself is bounded as it is
+/// read; this refuses a declared oversize before anything is read).
+fn within_limit(headers: &HeaderMap, what: &str, limit: u64) -> ApiResult<()> {
     let declared: Option<u64> = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("{what} is at most {MAX_UPLOAD} bytes"),
+            format!("{what} is at most {limit} bytes"),
         ));
     }
     Ok(())

@@ -15,7 +15,9 @@
 //! `POST /v1/plugins/scheduler`, `POST /v1/plugins/scheduler/reload`; `GET /v1/audit/verify`,
 //! `GET /v1/audit/head` (the sealed position, for anchoring); `POST /v1/policy` (a bundle,
 //! admins; kept for restarts), `GET /v1/policy` (the revision in force); `POST /v1/gpus/healthy`;
-//! `POST /v1/keys/rotate` (admins);
+//! `POST /v1/keys/rotate` (admins); node agents' `POST /v1/nodes/{node}/heartbeat`,
+//! `POST /v1/nodes/{node}/runs` (a run's events) and, for a training run,
+//! `GET /v1/nodes/{node}/runs/dataset`, `GET`/`PUT /v1/nodes/{node}/runs/checkpoint`;
 //! and `GET /metrics` (Prometheus text; like health, it needs no
 //! token and shows counts only). Errors are `{"error": ..., "reasons": [...]}` with 400, 401,
 //! 403, 404, 409 or 413.

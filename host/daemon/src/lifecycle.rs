@@ -180,12 +180,14 @@ impl Daemon {
         }
         let _ = self.jobs.log(&a.job_id, &placed);
         match self.jobs.job(&a.job_id) {
+            // With agents, a job runs on its node, by the node's agent.
+            Ok(Some(job)) if let Some(nodes) = self.agent_for(&job) => {
+                self.hand_to_agent(nodes, job)
+            }
             Ok(Some(job)) if job.train.is_some() => super::runner::start(self.clone(), job),
-            Ok(Some(job)) if job.command.is_some() => match &self.nodes {
-                // With agents, a command runs on its node, by the node's agent.
-                Some(nodes) => self.hand_to_agent(nodes, job),
-                None => super::runner::start_command(self.clone(), job),
-            },
+            Ok(Some(job)) if job.command.is_some() => {
+                super::runner::start_command(self.clone(), job)
+            }
             // Neither: a reservation, which holds its GPUs for its estimated runtime.
             Ok(Some(job)) => {
                 let until = crate::db::now() + job.est_runtime_s;
@@ -199,22 +201,37 @@ impl Daemon {
         }
     }
 
-    /// A command job placed on GPUs of several nodes cannot run (it is one process group): the
-    /// placement is given back and the job queued again after [`SPLIT_RETRY_S`], to wait for
+    /// The agents that run placed job `job` on its node, if one does: with agents on, a command
+    /// job, and a training job unless its data goes through a preprocessing plugin (plugins run
+    /// in this control plane's sandbox; such a job trains here, as without agents).
+    fn agent_for(&self, job: &JobRecord) -> Option<&super::nodes::Nodes> {
+        let nodes = self.nodes.as_ref()?;
+        let on_agent = match (&job.command, &job.train) {
+            (Some(_), _) => true,
+            (None, Some(text)) => super::runner::train_config(&self.train_limits, &job.id, text)
+                .map_or(true, |c| c.data.preprocess.is_none()),
+            (None, None) => false,
+        };
+        on_agent.then_some(nodes)
+    }
+
+    /// A command job placed on GPUs of several nodes cannot run (it is one process group), nor
+    /// can a job an agent runs (an agent runs its own node's GPUs): the placement is given back and the job queued again after [`SPLIT_RETRY_S`], to wait for
     /// GPUs on one node (its log says so once). The scheduler is asked for one node
     /// ([`crate::api::spec`]), but that is a preference a plugin may not honour.
     fn split_command(&self, a: &Assignment) -> bool {
         if !crate::command::spans_nodes(&a.gpus) {
             return false;
         }
-        match self.jobs.job(&a.job_id) {
-            Ok(Some(job)) if job.command.is_some() => {}
+        let what = match self.jobs.job(&a.job_id) {
+            Ok(Some(job)) if job.command.is_some() => "a command job runs as one process group",
+            Ok(Some(job)) if self.agent_for(&job).is_some() => "a job runs on one node's agent",
             Ok(_) => return false,
             Err(e) => {
                 tracing::error!(job = %a.job_id, error = %e, "reading a placed job");
                 return false;
             }
-        }
+        };
         self.host().complete(a.alloc_id);
         self.defer(&a.job_id, crate::db::now() + SPLIT_RETRY_S);
         let first = self
@@ -224,8 +241,7 @@ impl Daemon {
             .insert(a.job_id.clone());
         if first {
             let line = format!(
-                "waits for {} GPUs on one node (a command job runs as one process group; it was \
-                 placed across nodes)",
+                "waits for {} GPUs on one node ({what}; it was placed across nodes)",
                 a.gpus.len()
             );
             let _ = self.jobs.log(&a.job_id, &line);
@@ -604,7 +620,8 @@ fn adopt(
     job: &crate::db::JobRecord,
     now: f64,
 ) -> Result<Option<crate::jobstore::Placement>, String> {
-    if !matches!(job.state, JobState::Scheduled | JobState::Running) || job.command.is_none() {
+    let on_agents = job.command.is_some() || job.train.is_some();
+    if !matches!(job.state, JobState::Scheduled | JobState::Running) || !on_agents {
         return Ok(None);
     }
     let Some(placement) = jobs.placement(&job.id).map_err(|e| e.to_string())? else {

@@ -113,6 +113,19 @@ struct Remote {
     started: bool,
     /// What its log entries have cost so far ([`crate::command::log_cost`]).
     logged: u64,
+    /// Rows per step of a training run (0 for a command), for the daemon's metrics.
+    batch: u64,
+}
+
+/// Why a request about a run handed to an agent was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RunRefusal {
+    /// The run is not the job's current one on that node.
+    #[error("{0}")]
+    Stale(String),
+    /// The control plane's state could not be written.
+    #[error(transparent)]
+    State(#[from] crate::jobstore::StateError),
 }
 
 /// What an agent reports about a run it was handed (`POST /v1/nodes/{node}/runs`). Only the
@@ -139,6 +152,11 @@ pub enum RunEvent {
     Log {
         /// The entry.
         entry: String,
+    },
+    /// Steps a training run took since its last report.
+    Progress {
+        /// Each step, in order.
+        steps: Vec<gantry::training::Progress>,
     },
     /// It ended.
     Ended(WireEnd),
@@ -186,10 +204,21 @@ impl From<WireEnd> for RunEnd {
 
 /// The longest log entry or reason a report may carry, bytes.
 pub const MAX_REPORT_TEXT: usize = 256 << 10;
+/// The most training steps one report may carry (an agent reports about twice a second; a
+/// report's JSON stays within the API's body limit).
+pub const MAX_REPORTED_STEPS: usize = 256;
 
 impl RunReport {
     /// Checks every size; the error names the field.
     pub fn check(&self) -> Result<(), String> {
+        if let RunEvent::Progress { steps } = &self.event
+            && steps.len() > MAX_REPORTED_STEPS
+        {
+            return Err(format!(
+                "field `steps`: {} steps, over the most ({MAX_REPORTED_STEPS})",
+                steps.len()
+            ));
+        }
         let text = match &self.event {
             RunEvent::Log { entry } => Some(("entry", entry)),
             RunEvent::Ended(WireEnd::Failed { reason }) => Some(("reason", reason)),
@@ -217,8 +246,13 @@ pub struct HandedRun {
     pub tenant: String,
     /// The GPUs it was placed on.
     pub gpu_ids: Vec<String>,
-    /// What to run.
-    pub command: crate::command::CommandSpec,
+    /// The program to run, for a command job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::command::CommandSpec>,
+    /// The training configuration (TOML) to run, for a training job: its dataset and its
+    /// checkpoints go through the control plane (`/v1/nodes/{node}/runs/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<String>,
     /// Whether to stop it (a cancel, its GPUs lost).
     pub stop: bool,
 }
@@ -246,17 +280,39 @@ impl Nodes {
         self.remote()
             .values()
             .filter(|r| r.node == node)
-            .filter_map(|r| {
-                Some(HandedRun {
-                    job: r.job.id.clone(),
-                    attempt: r.attempt,
-                    tenant: r.job.tenant.clone(),
-                    gpu_ids: r.job.gpu_ids.clone(),
-                    command: r.job.command.clone()?,
-                    stop: r.control.stopping(),
-                })
+            .map(|r| HandedRun {
+                job: r.job.id.clone(),
+                attempt: r.attempt,
+                tenant: r.job.tenant.clone(),
+                gpu_ids: r.job.gpu_ids.clone(),
+                command: r.job.command.clone(),
+                train: r.job.train.clone(),
+                stop: r.control.stopping(),
             })
             .collect()
+    }
+
+    /// Whether job `job`'s current run was handed to node `node`.
+    pub fn placed_on(&self, job: &str, node: &str) -> bool {
+        self.remote().get(job).is_some_and(|r| r.node == node)
+    }
+
+    /// Job `job`'s current run, if it is attempt `attempt` on node `node`; else why not (a
+    /// stale run's request, refused).
+    fn current(&self, node: &str, job: &str, attempt: u64) -> Result<Remote, String> {
+        match self.remote().get(job) {
+            Some(r) if r.node == node && r.attempt == attempt => Ok(r.clone()),
+            Some(r) => Err(format!(
+                "stale run: job {}'s current attempt is {} on node {}",
+                crate::db::name_of(job),
+                r.attempt,
+                r.node
+            )),
+            None => Err(format!(
+                "stale run: job {} has no run handed to an agent",
+                crate::db::name_of(job)
+            )),
+        }
     }
 
     /// Gives node `node` one lease to send a heartbeat, serving nothing meanwhile (unless it
@@ -422,6 +478,7 @@ impl crate::Daemon {
         if let Err(e) = self.jobs.set_placement(&r.job.id, None) {
             tracing::error!(job = %r.job.id, error = %e, "forgetting a placement");
         }
+        self.keep_curve(&r.job.id);
         self.run_ended(&r.job, &r.control, r.started, end);
     }
 
@@ -448,18 +505,82 @@ impl crate::Daemon {
                 ),
             );
             nodes.await_agent(&placement.node);
+            if job.train.is_some() && job.state == crate::db::JobState::Running {
+                // Its steps go on arriving: they continue the curve from its newest checkpoint
+                // (those reported to the control plane before this one are not known).
+                self.continue_curve(&job.id, self.resumes_at(&job.id));
+            }
             nodes.remote().insert(
                 job.id.clone(),
                 Remote {
                     node: placement.node,
                     attempt: placement.attempt,
                     started: job.state == crate::db::JobState::Running,
+                    batch: self.batch_of(&job),
                     job,
                     control,
                     logged: 0,
                 },
             );
         }
+    }
+
+    /// The step of job `id`'s newest checkpoint (0 without one).
+    fn resumes_at(&self, id: &str) -> u32 {
+        self.jobs
+            .latest_checkpoint(id)
+            .ok()
+            .flatten()
+            .map_or(0, |(step, _)| step)
+    }
+
+    /// Rows per step of training job `job` (0 for any other, or a configuration that no longer
+    /// reads: its run fails on the agent, saying why).
+    fn batch_of(&self, job: &JobRecord) -> u64 {
+        job.train
+            .as_deref()
+            .and_then(|text| crate::runner::train_config(&self.train_limits, &job.id, text).ok())
+            .map_or(0, |c| c.batch_size as u64)
+    }
+
+    /// Records checkpoint `object` at `step` that the current run of job `id`, attempt
+    /// `attempt` on node `node`, wrote; `Err` (refused) when that run is stale, checked after
+    /// the upload as well as before, so a run given up meanwhile records nothing.
+    pub(crate) fn remote_checkpoint(
+        &self,
+        nodes: &Nodes,
+        node: &str,
+        id: &str,
+        attempt: u64,
+        step: u32,
+        object: &str,
+    ) -> Result<(), RunRefusal> {
+        let current = nodes
+            .current(node, id, attempt)
+            .map_err(RunRefusal::Stale)?;
+        if current.job.train.is_none() {
+            return Err(RunRefusal::Stale(format!(
+                "job {} is not a training job",
+                crate::db::name_of(id)
+            )));
+        }
+        self.record_checkpoint(id, step, object)
+            .map_err(RunRefusal::State)
+    }
+
+    /// Job `id`'s current run, if it is attempt `attempt` on node `node` (else why not), and
+    /// whether its current run is on `node` at all (what the policy is told).
+    pub(crate) fn handed_job(
+        &self,
+        nodes: &Nodes,
+        node: &str,
+        id: &str,
+        attempt: u64,
+    ) -> (Result<JobRecord, String>, bool) {
+        (
+            nodes.current(node, id, attempt).map(|r| r.job),
+            nodes.placed_on(id, node),
+        )
     }
 
     /// Hands command job `job`, just placed, to its node's agent as a new attempt.
@@ -494,6 +615,7 @@ impl crate::Daemon {
             Remote {
                 node,
                 attempt,
+                batch: self.batch_of(&job),
                 job,
                 control,
                 started: false,
@@ -511,32 +633,18 @@ impl crate::Daemon {
         node: &str,
         report: RunReport,
     ) -> Result<bool, String> {
-        let current = {
-            let remote = nodes.remote();
-            match remote.get(&report.job) {
-                Some(r) if r.node == node && r.attempt == report.attempt => r.clone(),
-                Some(r) => {
-                    return Err(format!(
-                        "stale run: job {}'s current attempt is {} on node {}",
-                        crate::db::name_of(&report.job),
-                        r.attempt,
-                        r.node
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "stale run: job {} has no run handed to an agent",
-                        crate::db::name_of(&report.job)
-                    ));
-                }
-            }
-        };
+        let current = nodes.current(node, &report.job, report.attempt)?;
         match report.event {
             RunEvent::Started => {
                 let started = self.run_starting(&report.job).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "starting a run");
                     false
                 });
+                if started && current.job.train.is_some() {
+                    // The agent resumes from the newest checkpoint (only this attempt may add
+                    // one), so the curve continues from its step.
+                    self.continue_curve(&report.job, self.resumes_at(&report.job));
+                }
                 if let Some(r) = nodes.remote().get_mut(&report.job) {
                     r.started = started;
                 }
@@ -544,6 +652,17 @@ impl crate::Daemon {
             }
             RunEvent::Log { ref entry } => {
                 self.remote_log(nodes, node, &report, entry);
+                Ok(current.control.stopping())
+            }
+            RunEvent::Progress { ref steps } => {
+                use std::sync::atomic::Ordering::Relaxed;
+                for p in steps {
+                    self.record_step(&report.job, p);
+                }
+                let m = &self.metrics;
+                m.train_steps.fetch_add(steps.len() as u64, Relaxed);
+                m.train_samples
+                    .fetch_add(steps.len() as u64 * current.batch, Relaxed);
                 Ok(current.control.stopping())
             }
             RunEvent::Ended(end) => {

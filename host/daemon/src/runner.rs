@@ -31,13 +31,45 @@ pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
                 RunEnd::Failed(e.to_string())
             }
         };
-        if let Some(curve) = daemon.set_live_curve(&job.id, None)
-            && let Err(e) = daemon.jobs.set_curve(&job.id, &curve)
-        {
-            tracing::error!(error = %e, "saving a job's metrics");
-        }
+        daemon.keep_curve(&job.id);
         end
     });
+}
+
+impl Daemon {
+    /// Starts job `id`'s live metrics from those saved, without the steps after `resumes_at`
+    /// (a resumed run takes them again).
+    pub(crate) fn continue_curve(&self, id: &str, resumes_at: u32) {
+        let mut curve = self.jobs.curve(id).ok().flatten().unwrap_or_default();
+        curve.rewind(resumes_at);
+        self.set_live_curve(id, Some(curve));
+    }
+
+    /// Ends job `id`'s live metrics, saving them.
+    pub(crate) fn keep_curve(&self, id: &str) {
+        if let Some(curve) = self.set_live_curve(id, None)
+            && let Err(e) = self.jobs.set_curve(id, &curve)
+        {
+            tracing::error!(job = %id, error = %e, "saving a job's metrics");
+        }
+    }
+
+    /// Records job `id`'s checkpoint at `step`, stored as `object`: in the job's state (with
+    /// its metrics so far, so a resumed run's curve continues from it) and in its log.
+    pub(crate) fn record_checkpoint(
+        &self,
+        id: &str,
+        step: u32,
+        object: &str,
+    ) -> Result<(), super::jobstore::StateError> {
+        self.jobs.add_checkpoint(id, step, object)?;
+        if let Some(curve) = self.live_curve(id) {
+            self.jobs.set_curve(id, &curve)?;
+        }
+        let short = &object[..object.len().min(16)];
+        self.jobs
+            .log(id, &format!("checkpoint at step {step} (object {short})"))
+    }
 }
 
 /// Starts command job `job` (whose `command` is set) on a thread of its own, which supervises
@@ -104,7 +136,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// What a finished run records as the job's result.
-fn result_json(o: &training::Outcome) -> serde_json::Value {
+pub fn result_json(o: &training::Outcome) -> serde_json::Value {
     serde_json::json!({
         "steps": o.steps,
         "resumed_at_step": o.resumed_at_step,
@@ -117,7 +149,7 @@ fn result_json(o: &training::Outcome) -> serde_json::Value {
 }
 
 /// The job log's line for a finished run.
-fn summary(o: &training::Outcome) -> String {
+pub fn summary(o: &training::Outcome) -> String {
     format!(
         "succeeded after {} steps: train loss {:.4}{}",
         o.steps,
@@ -174,14 +206,7 @@ fn run(
     let mut store = StoreCheckpoints { daemon, job };
     let run = Job::new(config, data)?.resume_from(store.latest()?.map(|(_, c)| c));
     // The curve continues from the checkpoint: the steps after it are taken again.
-    let mut curve = daemon
-        .jobs
-        .curve(&job.id)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    curve.rewind(run.resumes_at().unwrap_or(0));
-    daemon.set_live_curve(&job.id, Some(curve));
+    daemon.continue_curve(&job.id, run.resumes_at().unwrap_or(0));
     let line = format!(
         "training on {} ({})",
         run.data().source,
@@ -222,18 +247,8 @@ impl CheckpointSink for StoreCheckpoints<'_> {
             .store
             .put_bytes(&checkpoint::to_bytes(c))
             .map_err(unavailable)?;
-        let step = c.state.step;
         daemon
-            .jobs
-            .add_checkpoint(id, step, &object)
-            .and_then(|()| match daemon.live_curve(id) {
-                Some(curve) => daemon.jobs.set_curve(id, &curve),
-                None => Ok(()),
-            })
-            .and_then(|()| {
-                let line = format!("checkpoint at step {step} (object {})", &object[..16]);
-                daemon.jobs.log(id, &line)
-            })
+            .record_checkpoint(id, c.state.step, &object)
             .map_err(unavailable)?;
         Ok(object)
     }
@@ -277,17 +292,40 @@ fn load_dataset(
         label,
     };
     let dataset = match &config.data.preprocess {
-        None => stored.parse()?,
+        None => {
+            let input = daemon.store.reader(&record.object).map_err(unavailable)?;
+            return stored_rows(input, name, config, &daemon.train_limits);
+        }
         Some(plugin) => stored.preprocess(plugin)?,
     };
+    prepared(config, dataset, name, &daemon.train_limits)
+}
+
+/// Stored dataset `name`'s records (CSV without a header, parsed as they stream from `input`),
+/// split into training and held-out rows as `config` says: a daemon's run, or a node agent's
+/// with the records streamed through the control plane.
+pub fn stored_rows(
+    input: impl std::io::Read,
+    name: &str,
+    config: &TrainConfig,
+    limits: &TrainLimits,
+) -> Result<training::data::Loaded, TrainError> {
+    let source = format!("dataset `{name}`");
+    let targets = Targets::Index(config.data.label_column.unwrap_or(0));
+    let dataset =
+        CsvReader::new(input, std::path::Path::new(&source), targets, None, limits)?.read()?;
+    prepared(config, dataset, name, limits)
+}
+
+/// A stored dataset's rows, split as `config` says.
+fn prepared(
+    config: &TrainConfig,
+    dataset: gantry_kernels::Dataset,
+    name: &str,
+    limits: &TrainLimits,
+) -> Result<training::data::Loaded, TrainError> {
     // Records are lines (no header): row 0 is line 1.
-    training::data::prepare(
-        config,
-        dataset,
-        format!("dataset {name}"),
-        &daemon.train_limits,
-        Some(1),
-    )
+    training::data::prepare(config, dataset, format!("dataset {name}"), limits, Some(1))
 }
 
 /// A stored dataset's records (CSV without a header) and the column of their labels.
@@ -299,15 +337,6 @@ struct Stored<'a> {
 }
 
 impl Stored<'_> {
-    /// The records, parsed by the training CSV reader as they stream from the store.
-    fn parse(&self) -> Result<gantry_kernels::Dataset, TrainError> {
-        let input = self.daemon.store.reader(self.object).map_err(unavailable)?;
-        let source = format!("dataset `{}`", self.name);
-        let targets = Targets::Index(self.label);
-        let limits = &self.daemon.train_limits;
-        CsvReader::new(input, std::path::Path::new(&source), targets, None, limits)?.read()
-    }
-
     /// The records' feature columns through preprocessing plugin `plugin`, the labels beside.
     fn preprocess(&self, plugin: &str) -> Result<gantry_kernels::Dataset, TrainError> {
         let (daemon, name) = (self.daemon, self.name);

@@ -103,6 +103,9 @@ actions! {
     GpuHealth = "gpu.health",
     /// A node's agent renews its lease and reports its GPUs ([`Resource::Node`]).
     NodeHeartbeat = "node.heartbeat",
+    /// A node's agent reads or writes what a run handed to it needs: the job's dataset and
+    /// checkpoints ([`Resource::NodeJob`]).
+    NodeData = "node.data",
     /// List plugins ([`Resource::Empty`]).
     PluginRead = "plugin.read",
     /// Upload a plugin ([`Resource::Plugin`]).
@@ -158,6 +161,8 @@ pub enum Resource {
         /// Its name.
         node: String,
     },
+    /// A job as a node's agent asks for its data (`node.data`).
+    NodeJob(NodeJobRef),
     /// A user (`user.manage`).
     User {
         /// Their name.
@@ -204,6 +209,20 @@ pub struct JobRef {
     pub tenant: String,
     /// Its name within the tenant.
     pub job: String,
+}
+
+/// A job whose data a node's agent asks for, and whether its current run was handed to that
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeJobRef {
+    /// The node.
+    pub node: String,
+    /// The job's tenant.
+    pub tenant: String,
+    /// Its name within the tenant.
+    pub job: String,
+    /// Whether the job's current run is on `node`.
+    pub placed: bool,
 }
 
 /// A command job: its tenant, its name and the program it runs (`argv[0]`).

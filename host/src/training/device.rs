@@ -172,6 +172,77 @@ pub fn select(report: &DeviceReport, devices: &DevicesConfig) -> Result<Selected
     }
 }
 
+/// The GPUs a job was placed on: their CUDA ordinals on this machine, and whether they are
+/// emulated (a node agent's `--emulate-gpus`: bound like real ones, computed on the CPU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The ordinals, in the placement's order.
+    pub ordinals: Vec<usize>,
+    /// Whether they are emulated.
+    pub emulated: bool,
+}
+
+/// Picks the backend for a job placed on `placed`: its data-parallel replicas are exactly those
+/// GPUs, one each, whatever `[devices] replicas` says (the placement is the scheduler's, the
+/// policy's and the quota's decision). Real GPUs must all be found, or the job fails rather
+/// than run on a GPU it was not given; emulated ones run as CPU replicas, one per GPU.
+pub fn select_placed(
+    report: &DeviceReport,
+    devices: &DevicesConfig,
+    placed: &Placed,
+) -> Result<Selected, TrainError> {
+    let replicas = placed.ordinals.len();
+    if replicas == 0 {
+        return Err(TrainError::Unavailable(
+            "the job was placed on no GPU".into(),
+        ));
+    }
+    let list = placed
+        .ordinals
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let cpu = |reason: String| {
+        let threads = if devices.threads == 0 {
+            report.cpu_cores
+        } else {
+            devices.threads
+        };
+        Selected::Cpu {
+            replicas,
+            threads_each: (threads / replicas).max(1),
+            reason,
+        }
+    };
+    if placed.emulated {
+        return Ok(cpu(format!("emulated GPUs {list}: one CPU replica each")));
+    }
+    if devices.backend == BackendChoice::Cpu {
+        return Ok(cpu(format!(
+            "the CPU was asked for ([devices] backend = \"cpu\"), one replica per placed GPU ({list})"
+        )));
+    }
+    if let Some(missing) = placed
+        .ordinals
+        .iter()
+        .find(|o| !report.gpus.iter().any(|g| g.ordinal == **o))
+    {
+        let why = report
+            .cuda_unavailable
+            .clone()
+            .unwrap_or_else(|| format!("the driver lists {} GPU(s)", report.gpus.len()));
+        return Err(TrainError::Unavailable(format!(
+            "placed on GPU ordinal {missing}, which this machine does not have ({why})"
+        )));
+    }
+    Ok(Selected::Cuda {
+        ordinals: placed.ordinals.clone(),
+        precision: devices.precision,
+        reason: format!("placed on GPUs {list}"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +295,35 @@ mod tests {
         };
         assert!(select(&report(0), &bf16).is_err());
         assert!(detect().cpu_cores >= 1);
+    }
+
+    fn placed(ordinals: &[usize], emulated: bool) -> Placed {
+        Placed {
+            ordinals: ordinals.to_vec(),
+            emulated,
+        }
+    }
+
+    #[test]
+    fn a_placed_job_runs_one_replica_on_each_of_its_gpus_and_no_other() {
+        let auto = devices(BackendChoice::Auto, 1);
+        match select_placed(&report(4), &auto, &placed(&[2, 3], false)).unwrap() {
+            Selected::Cuda { ordinals, .. } => assert_eq!(ordinals, vec![2, 3]),
+            other => panic!("{other:?}"),
+        }
+        let e = select_placed(&report(2), &auto, &placed(&[1, 5], false)).unwrap_err();
+        assert!(e.to_string().contains("GPU ordinal 5"), "{e}");
+        let e = select_placed(&report(0), &auto, &placed(&[0], false)).unwrap_err();
+        assert!(e.to_string().contains("no libcuda"), "{e}");
+        match select_placed(&report(0), &auto, &placed(&[0, 1, 2], true)).unwrap() {
+            Selected::Cpu {
+                replicas, reason, ..
+            } => {
+                assert_eq!(replicas, 3);
+                assert!(reason.contains("emulated GPUs 0,1,2"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(select_placed(&report(4), &auto, &placed(&[], false)).is_err());
     }
 }

@@ -37,6 +37,28 @@ impl Job {
         })
     }
 
+    /// A job training `config` on `data` on the GPUs it was placed on, and no others: one
+    /// data-parallel replica each (see [`device::select_placed`]), the configuration checked
+    /// against `limits` again with that many replicas.
+    pub fn placed(
+        mut config: TrainConfig,
+        data: Loaded,
+        placed: &device::Placed,
+        limits: &TrainLimits,
+    ) -> Result<Self, TrainError> {
+        config.devices.replicas = placed.ordinals.len().max(1);
+        config.check_limits(limits, std::path::Path::new("the placed job"), None)?;
+        let devices = device::detect();
+        let selected = device::select_placed(&devices, &config.devices, placed)?;
+        Ok(Self {
+            config,
+            data,
+            devices,
+            selected,
+            resume: None,
+        })
+    }
+
     /// A job training `config` on the data it names (a file or a synthetic set), every size
     /// bounded by `limits` before it is allocated.
     pub fn load(config: TrainConfig, limits: &TrainLimits) -> Result<Self, TrainError> {

@@ -16,8 +16,8 @@ use super::data::Loaded;
 use super::device::Selected;
 use super::score::Score;
 
-/// Reported after every step.
-#[derive(Debug, Clone, Copy)]
+/// Reported after every step (a node's agent sends them to its control plane).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Progress {
     /// The epoch (from 0).
     pub epoch: u64,

@@ -668,6 +668,35 @@ pub(super) fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
+    across(client, |one| call_once(one, method, path, body.clone()))
+}
+
+/// A request whose body and answer are bytes (a dataset, a checkpoint), to the control plane as
+/// [`call`] finds it: the response of a success, its body unread; else the daemon's message.
+pub(super) fn call_bytes(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+    across(client, |one| {
+        let response = send_once(one, method, path, body.map(Payload::Bytes))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let url = format!("{}{path}", one.url.trim_end_matches('/'));
+        let value: serde_json::Value = response
+            .into_body()
+            .read_json()
+            .with_context(|| format!("{url}: the response is not JSON"))?;
+        Err(failure(status, &value))
+    })
+}
+
+/// Runs `once` against each of `client`'s URLs in turn while one cannot be reached; a
+/// follower's answer naming its leader is asked of the leader, once.
+fn across<T>(client: &Client, once: impl Fn(&Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let urls: Vec<&str> = client
         .url
         .split(',')
@@ -680,7 +709,7 @@ pub(super) fn call(
             url: url.to_string(),
             ..client.clone()
         };
-        match call_once(&one, method, path, body.clone()) {
+        match once(&one) {
             // A follower of a replicated control plane names its leader: ask it, once.
             Err(e) => match e.downcast_ref::<Follower>() {
                 Some(f) if f.leader != one.url => {
@@ -688,7 +717,7 @@ pub(super) fn call(
                         url: f.leader.clone(),
                         ..client.clone()
                     };
-                    match call_once(&leader, method, path, body.clone()) {
+                    match once(&leader) {
                         // A leader that died: the lease names it a while longer.
                         Err(e) if e.is::<Unreachable>() => last = Some(e),
                         answer => return answer,
@@ -739,41 +768,74 @@ fn call_once(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
-    client.check_transport()?;
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let agent = agent(client.ca_cert.as_deref())?;
-    let auth = format!("Bearer {}", client.token);
-    let response = match (method, body) {
-        ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
-        ("POST", None) => agent.post(&url).header("Authorization", &auth).send_empty(),
-        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
-        _ => agent.get(&url).header("Authorization", &auth).call(),
-    }
-    .map_err(|e| anyhow::Error::new(e).context(Unreachable(url.clone())))?;
+    let response = send_once(client, method, path, body.map(Payload::Json))?;
     let status = response.status();
     let value: serde_json::Value = response
         .into_body()
         .read_json()
         .with_context(|| format!("{url}: the response is not JSON"))?;
     if !status.is_success() {
-        let mut message = format!(
-            "{} {}: {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            value["error"].as_str().unwrap_or("error")
-        );
-        if let Some(reasons) = value["reasons"].as_array() {
-            for r in reasons {
-                message += &format!("\n  - {}", r.as_str().unwrap_or_default());
-            }
-        }
-        if let (503, Some(leader)) = (status.as_u16(), value["leader"].as_str()) {
-            let leader = leader.to_string();
-            return Err(Follower { leader, message }.into());
-        }
-        anyhow::bail!(message);
+        return Err(failure(status, &value));
     }
     Ok(value)
+}
+
+/// A request's body.
+enum Payload<'a> {
+    Json(serde_json::Value),
+    Bytes(&'a [u8]),
+}
+
+/// One request to one URL: its response, whatever its status ([`Unreachable`] when none came).
+fn send_once(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<Payload<'_>>,
+) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+    client.check_transport()?;
+    let url = format!("{}{path}", client.url.trim_end_matches('/'));
+    let agent = agent(client.ca_cert.as_deref())?;
+    let auth = format!("Bearer {}", client.token);
+    let octets = "application/octet-stream";
+    match (method, body) {
+        ("POST", Some(Payload::Json(b))) => {
+            agent.post(&url).header("Authorization", &auth).send_json(b)
+        }
+        ("POST", _) => agent.post(&url).header("Authorization", &auth).send_empty(),
+        ("PUT", Some(Payload::Json(b))) => {
+            agent.put(&url).header("Authorization", &auth).send_json(b)
+        }
+        ("PUT", Some(Payload::Bytes(b))) => agent
+            .put(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", octets)
+            .send(b),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .map_err(|e| anyhow::Error::new(e).context(Unreachable(url.clone())))
+}
+
+/// The error of a failed request: the daemon's message and reasons ([`Follower`] when a
+/// follower named its leader).
+fn failure(status: ureq::http::StatusCode, value: &serde_json::Value) -> anyhow::Error {
+    let mut message = format!(
+        "{} {}: {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        value["error"].as_str().unwrap_or("error")
+    );
+    if let Some(reasons) = value["reasons"].as_array() {
+        for r in reasons {
+            message += &format!("\n  - {}", r.as_str().unwrap_or_default());
+        }
+    }
+    if let (503, Some(leader)) = (status.as_u16(), value["leader"].as_str()) {
+        let leader = leader.to_string();
+        return Follower { leader, message }.into();
+    }
+    anyhow::anyhow!(message)
 }
 
 /// A client, trusting `ca_cert` (PEM) for HTTPS when given.
@@ -880,12 +942,12 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
-    let limits = Arc::new(command_limits(args.job_user.as_deref(), args.kill_grace_s)?);
+    let limits = command_limits(args.job_user.as_deref(), args.kill_grace_s)?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
     let identity = format!("agent\n{}\n{}", args.client.url, args.node);
-    let cgroups = Arc::new(gantry_daemon::cgroup::Cgroups::detect(
-        &gantry_daemon::cgroup::scope_for(identity.as_bytes()),
+    let cgroups = gantry_daemon::cgroup::Cgroups::detect(&gantry_daemon::cgroup::scope_for(
+        identity.as_bytes(),
     ));
     if let Some(c) = cgroups.as_ref() {
         let killed = c.reap_leftovers();
@@ -904,6 +966,14 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     // Attempts that ran here and ended: never started again, whatever a heartbeat lists.
     let mut done: std::collections::HashSet<(String, u64)> = Default::default();
     let unsent: Arc<Unsent> = Default::default();
+    let node = Arc::new(AgentNode {
+        client: args.client.clone(),
+        name: args.node.clone(),
+        limits,
+        cgroups,
+        emulated: args.emulate_gpus.is_some(),
+        unsent: unsent.clone(),
+    });
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
     loop {
@@ -947,22 +1017,10 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     }
                     let stop = Arc::new(AtomicBool::new(false));
                     runs.insert(key, stop.clone());
-                    let (client, node) = (args.client.clone(), args.node.clone());
-                    let (limits, cgroups) = (limits.clone(), cgroups.clone());
-                    let unsent = unsent.clone();
+                    let node = node.clone();
                     std::thread::Builder::new()
                         .name(format!("gantry-agent-run-{}", run.attempt))
-                        .spawn(move || {
-                            agent_run(
-                                &client,
-                                &node,
-                                &run,
-                                &limits,
-                                cgroups.as_ref().as_ref(),
-                                &stop,
-                                &unsent,
-                            )
-                        })
+                        .spawn(move || agent_run(&node, &run, &stop))
                         .context("starting a run's thread")?;
                 }
             }
@@ -1018,7 +1076,7 @@ fn refused(e: &anyhow::Error) -> bool {
 
 /// Where an agent's run reports: the control plane, as the run's attempt. A refused report
 /// (the attempt is stale) stops the run.
-struct AgentSink<'a> {
+pub(super) struct AgentSink<'a> {
     client: &'a Client,
     path: String,
     job: &'a str,
@@ -1032,6 +1090,23 @@ impl AgentSink<'_> {
         body["job"] = self.job.into();
         body["attempt"] = self.attempt.into();
         body
+    }
+
+    /// Reports `event`, and stops the run if the answer says so.
+    pub(super) fn report_stop(&self, event: serde_json::Value) {
+        if self.report(event) {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Adds `entry` to the job's log.
+    pub(super) fn log_line(&self, entry: &str) {
+        self.report_stop(serde_json::json!({"event": "log", "entry": entry}));
+    }
+
+    /// Whether the run should stop.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Reports `event`; whether the run should stop (asked to, or its reports are refused).
@@ -1051,26 +1126,35 @@ impl AgentSink<'_> {
 
 impl gantry_daemon::command::RunSink for AgentSink<'_> {
     fn log(&mut self, entry: &str) {
-        if self.report(serde_json::json!({"event": "log", "entry": entry})) {
-            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
+        self.log_line(entry);
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+        AgentSink::stopping(self)
     }
+}
+
+/// What every run on an agent's node shares.
+struct AgentNode {
+    client: Client,
+    /// The node's name.
+    name: String,
+    limits: gantry_daemon::command::CommandLimits,
+    cgroups: Option<gantry_daemon::cgroup::Cgroups>,
+    /// Whether its GPUs are emulated.
+    emulated: bool,
+    unsent: std::sync::Arc<Unsent>,
 }
 
 /// Runs one handed run to its end and reports it.
 fn agent_run(
-    client: &Client,
-    node: &str,
+    agent: &AgentNode,
     run: &gantry_daemon::nodes::HandedRun,
-    limits: &gantry_daemon::command::CommandLimits,
-    cgroups: Option<&gantry_daemon::cgroup::Cgroups>,
     stop: &std::sync::atomic::AtomicBool,
-    unsent: &Unsent,
 ) {
+    let (client, node) = (&agent.client, agent.name.as_str());
+    let (limits, cgroups, unsent) = (&agent.limits, agent.cgroups.as_ref(), &*agent.unsent);
+    let emulated = agent.emulated;
     let mut sink = AgentSink {
         client,
         path: format!("/v1/nodes/{node}/runs"),
@@ -1081,13 +1165,21 @@ fn agent_run(
     if sink.report(serde_json::json!({"event": "started"})) {
         return;
     }
-    let job = gantry_daemon::command::RunJob {
-        key: &run.job,
-        tenant: &run.tenant,
-        gpu_ids: &run.gpu_ids,
-        spec: &run.command,
+    let end = match (&run.command, &run.train) {
+        (Some(spec), _) => {
+            let job = gantry_daemon::command::RunJob {
+                key: &run.job,
+                tenant: &run.tenant,
+                gpu_ids: &run.gpu_ids,
+                spec,
+            };
+            gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user")
+        }
+        (None, Some(text)) => super::agent_train::train(client, node, run, text, emulated, &sink),
+        (None, None) => gantry_daemon::lifecycle::RunEnd::Failed(
+            "the control plane handed a run with nothing to run".into(),
+        ),
     };
-    let end = gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user");
     let end = gantry_daemon::nodes::WireEnd::from(end);
     let mut event = serde_json::to_value(&end).unwrap_or_default();
     event["event"] = "ended".into();

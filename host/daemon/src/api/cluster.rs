@@ -203,7 +203,7 @@ pub(super) async fn run_report(
 }
 
 /// The daemon's node agents; 409 when it runs without them.
-fn agents(daemon: &crate::Daemon) -> ApiResult<&crate::nodes::Nodes> {
+pub(super) fn agents(daemon: &crate::Daemon) -> ApiResult<&crate::nodes::Nodes> {
     daemon.nodes.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,

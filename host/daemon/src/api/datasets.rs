@@ -50,7 +50,7 @@ pub(super) async fn upload(
             move |state, user| may_upload(state, user, &name, query, fits)
         })
         .await?;
-    let (object, bytes) = store_body(&state, body).await?;
+    let (object, bytes) = store_body(&state, body, MAX_UPLOAD).await?;
     let record = crate::db::DatasetRecord {
         name: crate::db::key(&q.tenant, &name),
         tenant: q.tenant,
@@ -121,11 +121,15 @@ fn taken(name: &str, tenant: &str) -> ApiError {
     )
 }
 
-/// Streams `body` into the store, once one of the [`TRANSFER_SLOTS`] is free: the object's
-/// name and its size.
-async fn store_body(state: &AppState, body: Body) -> ApiResult<(String, u64)> {
+/// Streams `body` (at most `limit` bytes) into the store, once one of the [`TRANSFER_SLOTS`] is
+/// free: the object's name and its size.
+pub(super) async fn store_body(
+    state: &AppState,
+    body: Body,
+    limit: usize,
+) -> ApiResult<(String, u64)> {
     let transfer = transfer_slot(state).await?;
-    let (reader, feeder) = body::stream(body, MAX_UPLOAD);
+    let (reader, feeder) = body::stream(body, limit);
     let daemon = state.daemon.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let _transfer = transfer;
@@ -144,7 +148,9 @@ async fn store_body(state: &AppState, body: Body) -> ApiResult<(String, u64)> {
 /// takes. Waiting (a task, no thread) rather than refusing at once matters because the refusal
 /// comes before the body is read: a client still sending a large body sees its connection
 /// closed under it, not the 503.
-async fn transfer_slot(state: &AppState) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
+pub(super) async fn transfer_slot(
+    state: &AppState,
+) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
     match tokio::time::timeout(TRANSFER_WAIT, state.transfers.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(ApiError::new(

@@ -87,6 +87,16 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
             json!({"node": "node-007"}),
         ),
         asks(
+            Action::NodeData,
+            Resource::NodeJob(NodeJobRef {
+                node: "node-007".into(),
+                tenant: "vision".into(),
+                job: "j1".into(),
+                placed: true,
+            }),
+            json!({"node": "node-007", "tenant": "vision", "job": "j1", "placed": true}),
+        ),
+        asks(
             Action::PluginUpload,
             PluginRef::before_body("mine").into(),
             json!({"name": "mine", "signed": true, "before_body": true}),

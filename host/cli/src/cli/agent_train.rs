@@ -1,0 +1,214 @@
+//! A training run a node's agent was handed: it trains on the GPUs it was placed on and no
+//! others (one data-parallel replica each; emulated GPUs as CPU replicas), its stored dataset
+//! and its checkpoints streamed through the control plane as this run's attempt (a stale
+//! attempt reads nothing and writes no checkpoint), its steps reported for the job's metrics.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use gantry::training::checkpoint::{self, Checkpoint};
+use gantry::training::device::Placed;
+use gantry::training::{self, CheckpointSink, Hooks, Job, Progress, TrainError, TrainLimits};
+use gantry_daemon::lifecycle::RunEnd;
+use gantry_daemon::nodes::{HandedRun, MAX_REPORTED_STEPS};
+
+use super::daemon::{AgentSink, Client, call_bytes};
+
+/// How often steps are reported (and a stop asked for is heard).
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs training configuration `text` of `run` to its end: how it ended.
+pub(super) fn train(
+    client: &Client,
+    node: &str,
+    run: &HandedRun,
+    text: &str,
+    emulated: bool,
+    sink: &AgentSink<'_>,
+) -> RunEnd {
+    match train_run(client, node, run, text, emulated, sink) {
+        Ok(o) => {
+            let mut result = gantry_daemon::runner::result_json(&o);
+            result["ran_on"] = serde_json::json!({"node": node, "gpus": run.gpu_ids,
+                                                 "emulated": emulated});
+            RunEnd::Finished(result, gantry_daemon::runner::summary(&o))
+        }
+        Err(TrainError::Stopped { .. }) => RunEnd::Stopped,
+        Err(e) => RunEnd::Failed(e.to_string()),
+    }
+}
+
+fn train_run(
+    client: &Client,
+    node: &str,
+    run: &HandedRun,
+    text: &str,
+    emulated: bool,
+    sink: &AgentSink<'_>,
+) -> Result<training::Outcome, TrainError> {
+    let limits = TrainLimits::default();
+    // Checked here too, against this agent's limits: the run trusts no one's parse.
+    let config = gantry_daemon::runner::train_config(&limits, &run.job, text)?;
+    let at = RunAt {
+        client,
+        query: format!("job={}&attempt={}", run.job, run.attempt),
+        node,
+    };
+    let data = match &config.data.dataset {
+        Some(_) if config.data.preprocess.is_some() => {
+            return Err(TrainError::Unavailable(
+                "a dataset through a preprocessing plugin is prepared by the control plane; \
+                 this run was handed to an agent by mistake"
+                    .into(),
+            ));
+        }
+        Some(name) => {
+            let input = at.get("dataset")?.into_body().into_reader();
+            gantry_daemon::runner::stored_rows(input, name, &config, &limits)?
+        }
+        None => training::data::load(&config, &limits)?,
+    };
+    let ordinals = gantry_daemon::command::visible_devices(&run.gpu_ids)
+        .map_err(TrainError::Unavailable)?
+        .split(',')
+        .map(|o| o.parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Unavailable(format!("the placement's ordinals: {e}")))?;
+    let placed = Placed { ordinals, emulated };
+    let steps = RefCell::new(Steps::default());
+    let mut checkpoints = NodeCheckpoints {
+        at: &at,
+        sink,
+        steps: &steps,
+    };
+    let job = Job::placed(config, data, &placed, &limits)?.resume_from(checkpoints.newest()?);
+    sink.log_line(&format!(
+        "training on node {node}, GPUs {} ({}), data: {}",
+        run.gpu_ids.join(", "),
+        job.selected().reason(),
+        job.data().source
+    ));
+    let stop = || sink.stopping();
+    let mut progress = |p: &Progress| {
+        let due = {
+            let mut s = steps.borrow_mut();
+            s.pending.push(*p);
+            s.pending.len() >= MAX_REPORTED_STEPS || s.sent.elapsed() >= REPORT_EVERY
+        };
+        if due {
+            flush(&steps, sink);
+        }
+    };
+    let hooks = Hooks::new()
+        .progress(&mut progress)
+        .stop(&stop)
+        .checkpoints(&mut checkpoints);
+    let outcome = job.run(hooks);
+    flush(&steps, sink);
+    outcome
+}
+
+/// Steps not yet reported, and when steps were last sent.
+struct Steps {
+    pending: Vec<Progress>,
+    sent: Instant,
+}
+
+impl Default for Steps {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            sent: Instant::now(),
+        }
+    }
+}
+
+/// Reports the steps not yet reported (in reports of at most [`MAX_REPORTED_STEPS`]); a stop
+/// in the answer stops the run.
+fn flush(steps: &RefCell<Steps>, sink: &AgentSink<'_>) {
+    let pending = {
+        let mut s = steps.borrow_mut();
+        s.sent = Instant::now();
+        std::mem::take(&mut s.pending)
+    };
+    for chunk in pending.chunks(MAX_REPORTED_STEPS) {
+        sink.report_stop(serde_json::json!({"event": "progress", "steps": chunk}));
+    }
+}
+
+/// A run's requests about itself: `/v1/nodes/{node}/runs/{what}?job=..&attempt=..`.
+struct RunAt<'a> {
+    client: &'a Client,
+    query: String,
+    node: &'a str,
+}
+
+impl RunAt<'_> {
+    fn path(&self, what: &str, extra: &str) -> String {
+        format!("/v1/nodes/{}/runs/{what}?{}{extra}", self.node, self.query)
+    }
+
+    fn get(&self, what: &str) -> Result<ureq::http::Response<ureq::Body>, TrainError> {
+        call_bytes(self.client, "GET", &self.path(what, ""), None)
+            .map_err(|e| TrainError::Unavailable(format!("{e:#}")))
+    }
+}
+
+/// The job's checkpoints, in the control plane's store. The steps taken before a checkpoint
+/// are reported before it is written, so the job's metrics saved with it hold them.
+struct NodeCheckpoints<'a> {
+    at: &'a RunAt<'a>,
+    sink: &'a AgentSink<'a>,
+    steps: &'a RefCell<Steps>,
+}
+
+impl NodeCheckpoints<'_> {
+    /// The newest checkpoint, verified (its digest, its network), or none.
+    fn newest(&mut self) -> Result<Option<Checkpoint>, TrainError> {
+        Ok(self.latest()?.map(|(_, c)| c))
+    }
+}
+
+impl CheckpointSink for NodeCheckpoints<'_> {
+    fn save(&mut self, c: &Checkpoint) -> Result<String, TrainError> {
+        flush(self.steps, self.sink);
+        let step = c.state.step;
+        let path = self.at.path("checkpoint", &format!("&step={step}"));
+        let bytes = checkpoint::to_bytes(c);
+        call_bytes(self.at.client, "PUT", &path, Some(&bytes)).map_err(|e| {
+            TrainError::Unavailable(format!("writing the checkpoint at step {step}: {e:#}"))
+        })?;
+        Ok(format!("step {step}"))
+    }
+
+    fn latest(&mut self) -> Result<Option<(String, Checkpoint)>, TrainError> {
+        let response = match self.at.get("checkpoint") {
+            Err(TrainError::Unavailable(e)) if e.starts_with("404") => return Ok(None),
+            other => other?,
+        };
+        let step: Option<u32> = response
+            .headers()
+            .get(gantry_daemon::api::STEP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = response
+            .into_body()
+            .into_with_config()
+            .limit(checkpoint::max_file_bytes())
+            .read_to_vec()
+            .map_err(|e| TrainError::Unavailable(format!("reading the checkpoint: {e}")))?;
+        let name = format!("the checkpoint at step {}", step.unwrap_or(0));
+        let c = checkpoint::from_bytes(&bytes, std::path::Path::new(&name))?;
+        if step != Some(c.state.step) {
+            return Err(TrainError::Unavailable(format!(
+                "{name} holds step {}",
+                c.state.step
+            )));
+        }
+        self.sink.log_line(&format!(
+            "resuming from the checkpoint at step {}",
+            c.state.step
+        ));
+        Ok(Some((format!("step {}", c.state.step), c)))
+    }
+}

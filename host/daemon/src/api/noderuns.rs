@@ -1,0 +1,211 @@
+//! What a node's agent needs for a training run it was handed: the job's dataset and its
+//! checkpoints, through the control plane (agents never reach its store). Each request names the
+//! run (`?job=tenant/name&attempt=N`); the policy decides it as `node.data` (the node's own
+//! identity, for a job whose current run is on that node), and a run that is not the job's
+//! current attempt on that node is refused (409): a stale run reads nothing and writes no
+//! checkpoint.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiResult, AppState, Caller, authorize, within_limit};
+use crate::db::{JobRecord, User};
+use gantry::policy::request::{Action, NodeJobRef, Resource};
+
+/// The answer header that says a checkpoint's step.
+pub const STEP_HEADER: &str = "x-gantry-checkpoint-step";
+
+/// `?job=tenant/name&attempt=N` (and `&step=S` for a checkpoint written).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunQuery {
+    job: String,
+    attempt: u64,
+    #[serde(default)]
+    step: Option<u32>,
+}
+
+type RunQueryResult = Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The run `query` names, if it is the job's current attempt on `node` and the policy lets
+/// `user` act for it (blocking).
+fn handed(
+    state: &AppState,
+    user: &User,
+    node: &str,
+    query: &RunQuery,
+) -> ApiResult<(JobRecord, gantry::training::TrainConfig)> {
+    let daemon = &state.daemon;
+    let nodes = super::cluster::agents(daemon)?;
+    let (tenant, name) = query.job.split_once('/').ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "field `job`: a job's key, `tenant/name`",
+        )
+    })?;
+    let (current, placed) = daemon.handed_job(nodes, node, &query.job, query.attempt);
+    let resource = NodeJobRef {
+        node: node.to_string(),
+        tenant: tenant.to_string(),
+        job: name.to_string(),
+        placed,
+    };
+    authorize(state, user, Action::NodeData, Resource::NodeJob(resource))?;
+    let job = current.map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+    let Some(text) = job.train.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("job {} is not a training job", query.job),
+        ));
+    };
+    let config = crate::runner::train_config(&daemon.train_limits, &job.id, text)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    Ok((job, config))
+}
+
+fn query_of(query: RunQueryResult) -> ApiResult<RunQuery> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// `GET /v1/nodes/{node}/runs/dataset?job=..&attempt=..`: the stored dataset the run's
+/// configuration names, streamed (decrypted and authenticated chunk by chunk).
+pub(super) async fn dataset(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    query: RunQueryResult,
+    caller: Caller,
+) -> ApiResult<Response> {
+    let reader = caller
+        .then(&state, move |state, user| {
+            let query = query_of(query)?;
+            let (job, config) = handed(state, &user, &node, &query)?;
+            let name = config.data.dataset.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("job {} trains on no stored dataset", query.job),
+                )
+            })?;
+            let record = state
+                .daemon
+                .db
+                .dataset(&crate::db::key(&job.tenant, &name))?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no dataset `{name}` in tenant {}", job.tenant),
+                    )
+                })?;
+            state
+                .daemon
+                .store
+                .reader(&record.object)
+                .map_err(ApiError::internal)
+        })
+        .await?;
+    let transfer = super::datasets::transfer_slot(&state).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        crate::body::from_reader(reader, transfer),
+    )
+        .into_response())
+}
+
+/// `GET /v1/nodes/{node}/runs/checkpoint?job=..&attempt=..`: the job's newest checkpoint,
+/// streamed, its step in [`STEP_HEADER`]; 404 when it has none.
+pub(super) async fn latest_checkpoint(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    query: RunQueryResult,
+    caller: Caller,
+) -> ApiResult<Response> {
+    let (step, reader) = caller
+        .then(&state, move |state, user| {
+            let query = query_of(query)?;
+            let (job, _) = handed(state, &user, &node, &query)?;
+            let (step, object) =
+                state
+                    .daemon
+                    .jobs
+                    .latest_checkpoint(&job.id)?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            format!("job {} has no checkpoint", query.job),
+                        )
+                    })?;
+            let reader = state
+                .daemon
+                .store
+                .reader(&object)
+                .map_err(ApiError::internal)?;
+            Ok((step, reader))
+        })
+        .await?;
+    let transfer = super::datasets::transfer_slot(&state).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static(STEP_HEADER),
+                step.to_string(),
+            ),
+        ],
+        crate::body::from_reader(reader, transfer),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/nodes/{node}/runs/checkpoint?job=..&attempt=..&step=..`: a checkpoint the run
+/// wrote, streamed into the encrypted store (at most the largest checkpoint a job may write)
+/// and recorded as the job's newest, unless the run stopped being current meanwhile. The agent
+/// checks a checkpoint's digest and network when it resumes from it.
+pub(super) async fn put_checkpoint(
+    State(state): State<AppState>,
+    Path(node): Path<String>,
+    query: RunQueryResult,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let limit = gantry::training::checkpoint::max_file_bytes();
+    let fits = within_limit(&headers, "a checkpoint", limit);
+    let (query, step) = caller
+        .then(&state, {
+            let node = node.clone();
+            move |state, user| {
+                let query = query_of(query)?;
+                handed(state, &user, &node, &query)?;
+                fits?;
+                let step = query.step.ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "field `step`: missing")
+                })?;
+                Ok((query, step))
+            }
+        })
+        .await?;
+    let (object, bytes) =
+        super::datasets::store_body(&state, body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .await?;
+    super::blocking(&state, move |state| {
+        let daemon = &state.daemon;
+        let nodes = super::cluster::agents(daemon)?;
+        daemon
+            .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
+            .map_err(|e| match e {
+                crate::nodes::RunRefusal::Stale(e) => ApiError::new(StatusCode::CONFLICT, e),
+                crate::nodes::RunRefusal::State(e) => e.into(),
+            })
+    })
+    .await?;
+    Ok(Json(json!({ "step": step, "bytes": bytes })))
+}
