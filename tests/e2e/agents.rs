@@ -644,3 +644,56 @@ fn training_runs_on_its_nodes_agent_and_resumes_from_its_checkpoint_on_another_n
     );
     assert!(log.contains("training on node node-b"), "{log}");
 }
+
+#[test]
+fn a_training_run_on_an_agent_reads_its_stored_dataset_raw_or_through_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let node_a = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "5");
+    let url = daemon.url.clone();
+    let _agent = Agent::start(&url, &node_a, "node-a", 2);
+    let put = |name: &str, bytes: &[u8]| {
+        let at = format!("{url}/v1/datasets/{name}?tenant=vision&classification=internal");
+        let (s, v) = crate::daemon::put(&at, &ada, bytes);
+        assert_eq!(s, 201, "{v}");
+    };
+    put("spirals.csv", crate::daemon::spirals_csv().as_bytes());
+    put("bad.csv", b"1,0,2\n3,1,4\n5,x,6\n");
+
+    // Through the plugin: the control plane standardises the records in its sandbox and the
+    // agent trains on what the plugin made. Raw: the agent parses the records as they stream.
+    let train = crate::daemon::spirals_train(80);
+    let raw = train
+        .replace("preprocess = \"standardize\"\n", "")
+        .replace("epochs = 80", "epochs = 2");
+    let bad = train.replace("spirals.csv", "bad.csv");
+    for (id, train) in [("ds1", &train), ("ds2", &raw), ("ds3", &bad)] {
+        let body = json!({"id": id, "tenant": "vision", "gpus": 1, "train": train});
+        let (s, v) = submit(&url, &ada, &body);
+        assert_eq!(s, 201, "{v}");
+    }
+    let over = |id: &str| crate::daemon::wait_until_over(&format!("{url}/v1/jobs/{id}"), &ada, 120);
+    let job = over("ds1");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["ran_on"]["node"], "node-a", "{job}");
+    assert!(
+        job["result"]["test"]["accuracy"].as_f64().unwrap() > 0.9,
+        "{job}"
+    );
+    let job = over("ds2");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["steps"], 2 * (720 / 32 + 1), "{job}");
+    let job = over("ds3");
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("line 3: label `x` is not a number"),
+        "{job}"
+    );
+    let log = log_of(&url, &ada, "ds3");
+    assert!(log.contains("handed to node node-a's agent"), "{log}");
+}

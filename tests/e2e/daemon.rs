@@ -757,6 +757,35 @@ fn a_failed_gpu_requeues_its_job_which_resumes_elsewhere() {
     assert!(v["entries"].as_u64().unwrap() >= 5, "{v}");
 }
 
+/// 900 spirals as CSV without a header, features scaled and shifted far from zero (so
+/// standardising matters), the class id in column 1 of 3.
+pub(crate) fn spirals_csv() -> String {
+    let set = gantry_kernels::synthetic::spirals(3, 300, 0.15, 4);
+    let mut csv = String::new();
+    for r in 0..set.rows() {
+        let (x, y) = (set.features[2 * r], set.features[2 * r + 1]);
+        csv += &format!(
+            "{},{},{}\n",
+            1000.0 + 50.0 * x,
+            set.targets[r],
+            -300.0 + 20.0 * y
+        );
+    }
+    csv
+}
+
+/// Trains on `spirals.csv` (class id in column 1) through `standardize`, on the CPU.
+pub(crate) fn spirals_train(epochs: u64) -> String {
+    TrainToml {
+        seed: 2,
+        epochs,
+        batch_size: 32,
+        backend: Some(BackendChoice::Cpu),
+        ..TrainToml::new(TrainData::dataset("spirals.csv", 1, Some("standardize")))
+    }
+    .to_string()
+}
+
 #[test]
 fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     let dir = tempfile::tempdir().unwrap();
@@ -769,20 +798,7 @@ fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     );
     let daemon = Daemon::start(&data, &shared_cache());
     let url = daemon.url.clone();
-
-    // Spirals as CSV, features scaled and shifted far from zero (so standardising matters),
-    // the class id in column 1 of 3.
-    let set = gantry_kernels::synthetic::spirals(3, 300, 0.15, 4);
-    let mut csv = String::new();
-    for r in 0..set.rows() {
-        let (x, y) = (set.features[2 * r], set.features[2 * r + 1]);
-        csv += &format!(
-            "{},{},{}\n",
-            1000.0 + 50.0 * x,
-            set.targets[r],
-            -300.0 + 20.0 * y
-        );
-    }
+    let csv = spirals_csv();
     let (s, v) = put(
         &format!("{url}/v1/datasets/spirals.csv?tenant=vision&classification=internal"),
         &ada,
@@ -790,14 +806,7 @@ fn a_job_trains_on_a_stored_dataset_through_the_preprocessing_plugin() {
     );
     assert_eq!(s, 201, "{v}");
 
-    let train = TrainToml {
-        seed: 2,
-        epochs: 80,
-        batch_size: 32,
-        backend: Some(BackendChoice::Cpu),
-        ..TrainToml::new(TrainData::dataset("spirals.csv", 1, Some("standardize")))
-    }
-    .to_string();
+    let train = spirals_train(80);
     let jobs = format!("{url}/v1/jobs");
     // Another tenant's dataset is not there for lee; an unknown plugin is a 400.
     let theirs = json!({"id": "x", "tenant": "language", "gpus": 1, "train": train});

@@ -202,17 +202,10 @@ impl Daemon {
     }
 
     /// The agents that run placed job `job` on its node, if one does: with agents on, a command
-    /// job, and a training job unless its data goes through a preprocessing plugin (plugins run
-    /// in this control plane's sandbox; such a job trains here, as without agents).
+    /// job or a training job.
     fn agent_for(&self, job: &JobRecord) -> Option<&super::nodes::Nodes> {
         let nodes = self.nodes.as_ref()?;
-        let on_agent = match (&job.command, &job.train) {
-            (Some(_), _) => true,
-            (None, Some(text)) => super::runner::train_config(&self.train_limits, &job.id, text)
-                .map_or(true, |c| c.data.preprocess.is_none()),
-            (None, None) => false,
-        };
-        on_agent.then_some(nodes)
+        (job.command.is_some() || job.train.is_some()).then_some(nodes)
     }
 
     /// A command job placed on GPUs of several nodes cannot run (it is one process group), nor

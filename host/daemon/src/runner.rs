@@ -294,24 +294,25 @@ fn load_dataset(
     let dataset = match &config.data.preprocess {
         None => {
             let input = daemon.store.reader(&record.object).map_err(unavailable)?;
-            return stored_rows(input, name, config, &daemon.train_limits);
+            return stored_rows(input, name, label, config, &daemon.train_limits);
         }
         Some(plugin) => stored.preprocess(plugin)?,
     };
     prepared(config, dataset, name, &daemon.train_limits)
 }
 
-/// Stored dataset `name`'s records (CSV without a header, parsed as they stream from `input`),
-/// split into training and held-out rows as `config` says: a daemon's run, or a node agent's
-/// with the records streamed through the control plane.
+/// Stored dataset `name`'s records (CSV without a header, the label in column `label`, parsed
+/// as they stream from `input`), split into training and held-out rows as `config` says: a
+/// daemon's run, or a node agent's with the records streamed through the control plane.
 pub fn stored_rows(
     input: impl std::io::Read,
     name: &str,
+    label: usize,
     config: &TrainConfig,
     limits: &TrainLimits,
 ) -> Result<training::data::Loaded, TrainError> {
     let source = format!("dataset `{name}`");
-    let targets = Targets::Index(config.data.label_column.unwrap_or(0));
+    let targets = Targets::Index(label);
     let dataset =
         CsvReader::new(input, std::path::Path::new(&source), targets, None, limits)?.read()?;
     prepared(config, dataset, name, limits)
@@ -326,6 +327,42 @@ fn prepared(
 ) -> Result<training::data::Loaded, TrainError> {
     // Records are lines (no header): row 0 is line 1.
     training::data::prepare(config, dataset, format!("dataset {name}"), limits, Some(1))
+}
+
+/// Job `job`'s stored dataset `name` through preprocessing plugin `plugin` in this daemon's
+/// sandbox, as CSV records without a header: the label first, then the features the plugin
+/// made (each `f32` written so that it reads back exactly). What a node's agent trains on when
+/// its job's data goes through a plugin: plugins run in the control plane.
+pub fn preprocessed_records(
+    daemon: &Daemon,
+    job: &JobRecord,
+    config: &TrainConfig,
+    name: &str,
+    plugin: &str,
+) -> Result<Vec<u8>, TrainError> {
+    use std::fmt::Write as _;
+    let record = daemon
+        .db
+        .dataset(&super::db::key(&job.tenant, name))
+        .map_err(unavailable)?
+        .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
+    let stored = Stored {
+        daemon,
+        object: &record.object,
+        name,
+        label: config.data.label_column.unwrap_or(0),
+    };
+    let set = stored.preprocess(plugin)?;
+    let width = set.inputs.max(1);
+    let mut out = String::new();
+    for (row, label) in set.features.chunks(width).zip(&set.targets) {
+        let _ = write!(out, "{label}");
+        for v in row {
+            let _ = write!(out, ",{v}");
+        }
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }
 
 /// A stored dataset's records (CSV without a header) and the column of their labels.

@@ -55,16 +55,14 @@ fn train_run(
         node,
     };
     let data = match &config.data.dataset {
-        Some(_) if config.data.preprocess.is_some() => {
-            return Err(TrainError::Unavailable(
-                "a dataset through a preprocessing plugin is prepared by the control plane; \
-                 this run was handed to an agent by mistake"
-                    .into(),
-            ));
-        }
         Some(name) => {
             let input = at.get("dataset")?.into_body().into_reader();
-            gantry_daemon::runner::stored_rows(input, name, &config, &limits)?
+            // Through a plugin, the control plane sends the plugin's records, the label first.
+            let label = match config.data.preprocess {
+                Some(_) => 0,
+                None => config.data.label_column.unwrap_or(0),
+            };
+            gantry_daemon::runner::stored_rows(input, name, label, &config, &limits)?
         }
         None => training::data::load(&config, &limits)?,
     };

@@ -75,7 +75,9 @@ fn query_of(query: RunQueryResult) -> ApiResult<RunQuery> {
 }
 
 /// `GET /v1/nodes/{node}/runs/dataset?job=..&attempt=..`: the stored dataset the run's
-/// configuration names, streamed (decrypted and authenticated chunk by chunk).
+/// configuration names, streamed (decrypted and authenticated chunk by chunk); when it goes
+/// through a preprocessing plugin, the plugin's records instead, the label first (plugins run
+/// in this daemon's sandbox; see [`crate::runner::preprocessed_records`]).
 pub(super) async fn dataset(
     State(state): State<AppState>,
     Path(node): Path<String>,
@@ -86,14 +88,21 @@ pub(super) async fn dataset(
         .then(&state, move |state, user| {
             let query = query_of(query)?;
             let (job, config) = handed(state, &user, &node, &query)?;
-            let name = config.data.dataset.ok_or_else(|| {
+            let name = config.data.dataset.clone().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("job {} trains on no stored dataset", query.job),
                 )
             })?;
-            let record = state
-                .daemon
+            let daemon = &state.daemon;
+            if let Some(plugin) = &config.data.preprocess {
+                let records =
+                    crate::runner::preprocessed_records(daemon, &job, &config, &name, plugin)
+                        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+                let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(records));
+                return Ok(reader);
+            }
+            let record = daemon
                 .db
                 .dataset(&crate::db::key(&job.tenant, &name))?
                 .ok_or_else(|| {
@@ -102,11 +111,11 @@ pub(super) async fn dataset(
                         format!("no dataset `{name}` in tenant {}", job.tenant),
                     )
                 })?;
-            state
-                .daemon
+            let reader = daemon
                 .store
                 .reader(&record.object)
-                .map_err(ApiError::internal)
+                .map_err(ApiError::internal)?;
+            Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
         })
         .await?;
     let transfer = super::datasets::transfer_slot(&state).await?;
