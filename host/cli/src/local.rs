@@ -50,6 +50,15 @@ pub fn start_daemon_with(
     control_plane: Option<gantry_daemon::replicas::ControlPlane>,
 ) -> Result<Background, DaemonError> {
     Background::start(DaemonConfig {
+        control_plane,
+        ..daemon_config(dir, cluster, cache_dir)
+    })
+}
+
+/// What [`start_daemon`] starts: a daemon on `dir` on a free loopback port, plain HTTP, every
+/// limit at its default, without agents.
+pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -> DaemonConfig {
+    DaemonConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         cluster,
@@ -62,6 +71,6 @@ pub fn start_daemon_with(
         commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,
-        control_plane,
-    })
+        control_plane: None,
+    }
 }

@@ -201,6 +201,17 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
+/// Every value under `prefix`, in key order, each decoded as [`decode`] does.
+pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(
+    etcd: &gantry_etcd::Etcd,
+    prefix: &[u8],
+) -> Result<Vec<T>, EtcdStoreError> {
+    etcd.prefix(prefix, 0)?
+        .iter()
+        .map(|kv| decode(&kv.key, &kv.value))
+        .collect()
+}
+
 /// A job's move to `to` from `from` (`None`: whatever it is in), checked as the SQLite store
 /// checks it.
 fn check_move(

@@ -66,9 +66,13 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
 }
 
 fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
-    step(1, "a host on a fresh data directory");
-    let (server, ada, lee) = start(ctx, dir)?;
+    step(
+        1,
+        "a host on a fresh data directory, and an agent on each of four nodes",
+    );
+    let (server, ada, lee, nodes) = start(ctx, dir)?;
     let addr = server.addr;
+    let _agents = Agents::start(addr, &nodes, &ada)?;
 
     step(
         2,
@@ -85,7 +89,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
 
     step(
         4,
-        "vision-train trains natively on spirals.csv (decrypted, standardised in the sandbox); vision-eval runs a program on its GPUs",
+        "vision-train trains natively on spirals.csv (decrypted, standardised in the sandbox) and vision-eval runs a program, each by its node's agent on the GPUs it was placed on",
     );
     let job = train(addr, &ada)?;
     command_job(&ada)?;
@@ -110,12 +114,20 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 1: the store, two users (ada on vision, lee on language) and the daemon, in this
-/// process on a free loopback port.
+/// The nodes of the built-in cluster that run an agent in the demo.
+const AGENT_NODES: [&str; 4] = ["node-000", "node-001", "node-002", "node-003"];
+/// Nodes and their agents' tokens.
+type NodeTokens = Vec<(String, String)>;
+
+/// GPUs each agent advertises (emulated: bound like real ones, run on the CPU).
+const AGENT_GPUS: u32 = 8;
+
+/// Step 1: the store, two users (ada on vision, lee on language), a node identity for each
+/// agent, and the daemon with node agents on, in this process on a free loopback port.
 fn start(
     ctx: &super::Context,
     dir: &std::path::Path,
-) -> anyhow::Result<(daemon::Background, Client, Client)> {
+) -> anyhow::Result<(daemon::Background, Client, Client, NodeTokens)> {
     let master = Store::init(dir)?.master_id();
     println!(
         "  {}: encrypted store (master key {master}), host signing key",
@@ -130,17 +142,31 @@ fn start(
             tenants: vec![(*tenant).into()],
             clearance: "internal".into(),
         })
+        .chain(AGENT_NODES.iter().map(|node| User {
+            name: (*node).into(),
+            roles: vec!["node".into()],
+            tenants: Vec::new(),
+            clearance: "public".into(),
+        }))
         .collect();
     // As `gantry user add` does it: under the directory's lock, each recorded in the audit log.
     let tokens = crate::local::add_users(dir, "gantry demo", &users)?;
     for (name, tenant) in people {
         println!("  user {name} (tenant {tenant}) with a bearer token");
     }
+    let nodes = AGENT_NODES
+        .iter()
+        .zip(&tokens[people.len()..])
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
 
-    let server = crate::local::start_daemon(dir, super::cluster(None)?, ctx.cache_dir.clone())?;
+    let server = gantry_daemon::Background::start(gantry_daemon::DaemonConfig {
+        agent_lease: Some(std::time::Duration::from_secs(5)),
+        ..crate::local::daemon_config(dir, super::cluster(None)?, ctx.cache_dir.clone())
+    })?;
     let addr = server.addr;
     println!(
-        "  gantry up: listening on http://{addr} (binpack scheduler, gantry.authz policy, audit log)"
+        "  gantry up: listening on http://{addr} (binpack scheduler, gantry.authz policy, audit log, node agents)"
     );
     let client = |i: usize| Client {
         url: format!("http://{addr}"),
@@ -149,7 +175,69 @@ fn start(
         insecure: false,
     };
     let (ada, lee) = (client(0), client(1));
-    Ok((server, ada, lee))
+    Ok((server, ada, lee, nodes))
+}
+
+/// `gantry agent` processes, one per node, killed when dropped.
+struct Agents(Vec<std::process::Child>);
+
+impl Agents {
+    /// Starts an agent for each of `nodes` (name, token) with [`AGENT_GPUS`] emulated GPUs, and
+    /// waits until all of their GPUs serve.
+    fn start(addr: SocketAddr, nodes: &[(String, String)], ada: &Client) -> anyhow::Result<Agents> {
+        let exe = std::env::current_exe().context("finding the gantry binary")?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut agents = Agents(Vec::new());
+        for (node, token) in nodes {
+            let mut agent = std::process::Command::new(&exe);
+            agent
+                .args(["agent", "--node", node, "--heartbeat-s", "0.5"])
+                .args(["--emulate-gpus", &AGENT_GPUS.to_string()])
+                .args(["--url", &format!("http://{addr}")])
+                .env("GANTRY_TOKEN", token)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if root {
+                agent.args(["--job-user", "nobody"]);
+            }
+            agents
+                .0
+                .push(agent.spawn().context("starting `gantry agent`")?);
+        }
+        let want = AGENT_GPUS as usize * nodes.len();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let serving = call(ada, "GET", "/v1/gpus", None)?["healthy"]
+                .as_u64()
+                .unwrap_or(0) as usize;
+            if serving >= want {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the node agents did not report within 30 s ({serving} GPUs serve)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        println!(
+            "  gantry agent on {}: {AGENT_GPUS} emulated GPUs each (run on the CPU, bound like real ones), {want} GPUs in service",
+            nodes
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(agents)
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for agent in &mut self.0 {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
 }
 
 /// `PUT /v1/datasets/{name}` in tenant vision, classified internal, as `who` (`what` names the
@@ -210,6 +298,18 @@ enum Job {
 const EVAL_SCRIPT: &str = "echo \"vision-eval sees CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES \
                            ($GANTRY_GPU_IDS) as user $(id -un 2>/dev/null || id -u)\"";
 
+/// The first line of job `id`'s log that starts with `prefix`.
+fn log_line(who: &Client, id: &str, prefix: &str) -> anyhow::Result<Option<String>> {
+    let logs = call(who, "GET", &format!("/v1/jobs/{id}/logs"), None)?;
+    Ok(logs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.starts_with(prefix))
+        .map(str::to_string))
+}
+
 /// Step 4, continued: vision-eval, a program of ada's, run on its placed GPUs; its state and
 /// what it printed.
 fn command_job(ada: &Client) -> anyhow::Result<()> {
@@ -222,14 +322,8 @@ fn command_job(ada: &Client) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let logs = call(ada, "GET", "/v1/jobs/vision-eval/logs", None)?;
-    let printed: Vec<&str> = logs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["message"].as_str())
-        .filter(|m| m.starts_with("vision-eval sees"))
-        .collect();
+    let printed = log_line(ada, "vision-eval", "vision-eval sees")?;
+    let handed = log_line(ada, "vision-eval", "handed to node")?;
     println!(
         "  vision-eval (a command job) {}{}: it printed {:?}",
         job["state"].as_str().unwrap_or_default(),
@@ -237,8 +331,11 @@ fn command_job(ada: &Client) -> anyhow::Result<()> {
             .as_str()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
-        printed.first().copied().unwrap_or("nothing")
+        printed.as_deref().unwrap_or("nothing")
     );
+    if let Some(handed) = handed {
+        println!("    ({handed})");
+    }
     Ok(())
 }
 
@@ -366,6 +463,9 @@ fn train(addr: SocketAddr, ada: &Client) -> anyhow::Result<serde_json::Value> {
         result["samples_per_s"].as_f64().unwrap_or(0.0),
         result["backend"].as_str().unwrap_or("?")
     );
+    if let Some(line) = log_line(ada, "vision-train", "training on node")? {
+        println!("    ({line})");
+    }
     Ok(job)
 }
 
@@ -390,17 +490,27 @@ fn summary(
         .chain(lee_jobs.as_array())
         .flatten()
     {
-        let gpus = j["gpu_ids"].as_array().map(Vec::len).unwrap_or(0);
+        let ids: Vec<&str> = j["gpu_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str())
+            .collect();
+        let mut on: Vec<&str> = ids
+            .iter()
+            .filter_map(|g| g.rsplit_once('/').map(|(n, _)| n))
+            .collect();
+        on.dedup();
         t.row(vec![
             j["id"].as_str().unwrap_or_default().into(),
             j["tenant"].as_str().unwrap_or_default().into(),
             j["owner"].as_str().unwrap_or_default().into(),
             j["gpus"].to_string(),
             j["state"].as_str().unwrap_or_default().into(),
-            if gpus > 0 {
-                format!("{gpus} GPUs")
-            } else {
+            if ids.is_empty() {
                 "-".into()
+            } else {
+                format!("{} GPUs of {}", ids.len(), on.join(", "))
             },
         ]);
     }
