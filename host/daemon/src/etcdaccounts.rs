@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::{AccountStore, GpuMarks, Seeded};
 use crate::db::{GpuHealth, StoredToken, TokenInfo, User, now};
-use crate::etcdstore::{EtcdStoreError, corrupt, decode};
+use crate::etcdstore::{EtcdStoreError, corrupt, decode, decode_prefix};
 use crate::jobstore::StateError;
 
 /// How often a token's revocation is retried against other writers.
@@ -38,11 +38,31 @@ struct TokenValue {
     revoked_at: Option<f64>,
 }
 
+/// How long a read of a user or a token is kept.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// The most reads kept (unknown token ids too): past it, the cache starts over.
+const MAX_CACHED: usize = 4096;
+
 /// Users and tokens kept in etcd under a root prefix.
+///
+/// Every API request reads its token and the token's user; those reads are kept for
+/// [`CACHE_FOR`] (about 1 ms of each request, measured). That is safe because only the leader
+/// writes accounts, and its own writes empty the cache: another leader exists only once this
+/// one lost its lease (and exits), and the age bound covers a leader paused past its lease that
+/// serves a read before it finds out.
 #[derive(Debug)]
 pub struct EtcdAccounts {
     etcd: Arc<Etcd>,
     root: String,
+    cache: std::sync::Mutex<Cache>,
+}
+
+/// Reads kept, by etcd key, and a count of writes (a read that began before a write is not
+/// kept: it may hold what the write replaced).
+#[derive(Debug, Default)]
+struct Cache {
+    reads: std::collections::HashMap<Vec<u8>, (std::time::Instant, Option<Kv>)>,
+    writes: u64,
 }
 
 impl EtcdAccounts {
@@ -51,7 +71,49 @@ impl EtcdAccounts {
         EtcdAccounts {
             etcd,
             root: root.trim_end_matches('/').to_string(),
+            cache: Default::default(),
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `key`'s value, read within the last [`CACHE_FOR`] or from etcd.
+    fn cached_get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdStoreError> {
+        let writes = {
+            let cache = self.cache();
+            if let Some((at, kv)) = cache.reads.get(key)
+                && at.elapsed() < CACHE_FOR
+            {
+                return Ok(kv.clone());
+            }
+            cache.writes
+        };
+        let kv = self.etcd.get(key)?;
+        let mut cache = self.cache();
+        if cache.writes == writes {
+            if cache.reads.len() >= MAX_CACHED {
+                cache.reads.clear();
+            }
+            let read = (std::time::Instant::now(), kv.clone());
+            cache.reads.insert(key.to_vec(), read);
+        }
+        Ok(kv)
+    }
+
+    /// Runs `write`, forgetting every read before and after it: no read from before the write
+    /// ends is kept.
+    fn writing<T>(&self, write: impl FnOnce() -> T) -> T {
+        let forget = || {
+            let mut cache = self.cache();
+            cache.reads.clear();
+            cache.writes += 1;
+        };
+        forget();
+        let done = write();
+        forget();
+        done
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
@@ -69,66 +131,8 @@ impl EtcdAccounts {
         }
     }
 
-    /// Every token with its id, in no particular order.
-    fn all_tokens(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
-        let prefix = self.key("tokens/");
-        self.etcd
-            .prefix(&prefix, 0)?
-            .into_iter()
-            .map(|kv| {
-                let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-                let token: TokenValue = decode(&kv.key, &kv.value)?;
-                Ok((id, token, kv))
-            })
-            .collect()
-    }
-
-    /// Creates `key` with `value` unless it exists; returns whether it did.
-    fn create(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, EtcdStoreError> {
-        let outcome = self.etcd.txn(
-            &[Compare::Created(key.clone(), 0)],
-            &[Op::Put(key, value, 0)],
-            &[],
-        )?;
-        Ok(outcome.succeeded)
-    }
-}
-
-fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
-    BASE64
-        .decode(text.as_bytes())
-        .map_err(|e| corrupt(key, format!("{field}: {e}")))
-}
-
-impl AccountStore for EtcdAccounts {
-    fn users(&self) -> Result<Vec<User>, StateError> {
-        // Keys are in name order.
-        Ok(self
-            .etcd
-            .prefix(&self.key("users/"), 0)
-            .map_err(EtcdStoreError::from)?
-            .iter()
-            .map(|kv| decode(&kv.key, &kv.value))
-            .collect::<Result<_, _>>()?)
-    }
-
-    fn user(&self, name: &str) -> Result<Option<User>, StateError> {
-        let key = self.key(&format!("users/{name}"));
-        match self.etcd.get(&key).map_err(EtcdStoreError::from)? {
-            Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_user(&self, user: &User) -> Result<(), StateError> {
-        let value = serde_json::to_vec(user).expect("a user serialises");
-        self.etcd
-            .put(&self.key(&format!("users/{}", user.name)), &value, 0)
-            .map_err(EtcdStoreError::from)?;
-        Ok(())
-    }
-
-    fn put_token(
+    /// Adds token `id` of `user`, unless the id is taken or the user gone.
+    fn add_token(
         &self,
         id: &str,
         user: &str,
@@ -171,44 +175,8 @@ impl AccountStore for EtcdAccounts {
         Ok(())
     }
 
-    fn token(&self, id: &str) -> Result<Option<StoredToken>, StateError> {
-        let Some((token, kv)) = self.read_token(id)? else {
-            return Ok(None);
-        };
-        let Some(user) = self.user(&token.user)? else {
-            return Ok(None);
-        };
-        Ok(Some(StoredToken {
-            salt: bytes(&kv.key, "salt", &token.salt)?,
-            hash: bytes(&kv.key, "hash", &token.hash)?,
-            user,
-            expires_at: token.expires_at,
-            revoked_at: token.revoked_at,
-        }))
-    }
-
-    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StateError> {
-        let mut infos: Vec<TokenInfo> = self
-            .all_tokens()?
-            .into_iter()
-            .filter(|(_, t, _)| user.is_none_or(|u| t.user == u))
-            .map(|(id, t, _)| TokenInfo {
-                id,
-                user: t.user,
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-                revoked_at: t.revoked_at,
-            })
-            .collect();
-        infos.sort_by(|a, b| {
-            a.created_at
-                .total_cmp(&b.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        Ok(infos)
-    }
-
-    fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError> {
+    /// Revokes `user`'s tokens (only `token`, when given) that are not revoked yet; their ids.
+    fn revoke(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError> {
         let mut revoked = Vec::new();
         let mut live: Vec<(String, TokenValue, Kv)> = self
             .all_tokens()?
@@ -251,6 +219,112 @@ impl AccountStore for EtcdAccounts {
         Ok(revoked)
     }
 
+    /// Every token with its id, in no particular order.
+    fn all_tokens(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
+        let prefix = self.key("tokens/");
+        self.etcd
+            .prefix(&prefix, 0)?
+            .into_iter()
+            .map(|kv| {
+                let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                let token: TokenValue = decode(&kv.key, &kv.value)?;
+                Ok((id, token, kv))
+            })
+            .collect()
+    }
+
+    /// Creates `key` with `value` unless it exists; returns whether it did.
+    fn create(&self, key: Vec<u8>, value: Vec<u8>) -> Result<bool, EtcdStoreError> {
+        let outcome = self.etcd.txn(
+            &[Compare::Created(key.clone(), 0)],
+            &[Op::Put(key, value, 0)],
+            &[],
+        )?;
+        Ok(outcome.succeeded)
+    }
+}
+
+fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
+    BASE64
+        .decode(text.as_bytes())
+        .map_err(|e| corrupt(key, format!("{field}: {e}")))
+}
+
+impl AccountStore for EtcdAccounts {
+    fn users(&self) -> Result<Vec<User>, StateError> {
+        // Keys are in name order.
+        Ok(decode_prefix(&self.etcd, &self.key("users/"))?)
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>, StateError> {
+        let key = self.key(&format!("users/{name}"));
+        match self.cached_get(&key)? {
+            Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_user(&self, user: &User) -> Result<(), StateError> {
+        let value = serde_json::to_vec(user).expect("a user serialises");
+        let key = self.key(&format!("users/{}", user.name));
+        self.writing(|| self.etcd.put(&key, &value, 0))
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+
+    fn put_token(
+        &self,
+        id: &str,
+        user: &str,
+        salt: &[u8],
+        hash: &[u8],
+        expires_at: Option<f64>,
+    ) -> Result<(), StateError> {
+        self.writing(|| self.add_token(id, user, salt, hash, expires_at))
+    }
+
+    fn token(&self, id: &str) -> Result<Option<StoredToken>, StateError> {
+        let Some(kv) = self.cached_get(&self.key(&format!("tokens/{id}")))? else {
+            return Ok(None);
+        };
+        let token: TokenValue = decode(&kv.key, &kv.value)?;
+        let Some(user) = self.user(&token.user)? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredToken {
+            salt: bytes(&kv.key, "salt", &token.salt)?,
+            hash: bytes(&kv.key, "hash", &token.hash)?,
+            user,
+            expires_at: token.expires_at,
+            revoked_at: token.revoked_at,
+        }))
+    }
+
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, StateError> {
+        let mut infos: Vec<TokenInfo> = self
+            .all_tokens()?
+            .into_iter()
+            .filter(|(_, t, _)| user.is_none_or(|u| t.user == u))
+            .map(|(id, t, _)| TokenInfo {
+                id,
+                user: t.user,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                revoked_at: t.revoked_at,
+            })
+            .collect();
+        infos.sort_by(|a, b| {
+            a.created_at
+                .total_cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(infos)
+    }
+
+    fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, StateError> {
+        self.writing(|| self.revoke(user, token))
+    }
+
     fn token_ttl(&self) -> Result<Option<String>, StateError> {
         let key = self.key("token_ttl");
         match self.etcd.get(&key).map_err(EtcdStoreError::from)? {
@@ -286,13 +360,7 @@ impl GpuMarks for EtcdAccounts {
 
     fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
         // Keys are in GPU id order.
-        Ok(self
-            .etcd
-            .prefix(&self.mark_key(""), 0)
-            .map_err(EtcdStoreError::from)?
-            .iter()
-            .map(|kv| decode(&kv.key, &kv.value))
-            .collect::<Result<_, _>>()?)
+        Ok(decode_prefix(&self.etcd, &self.mark_key(""))?)
     }
 }
 
@@ -356,6 +424,32 @@ mod tests {
         let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
         contract::users_tokens_and_revocations(&s);
         contract::gpu_marks(&s);
+    }
+
+    /// Reads are kept a while, but never past this store's own writes: a token just read (so
+    /// kept) and then revoked is refused at once, and a user's new roles hold at once.
+    #[test]
+    fn a_kept_read_never_outlives_a_write() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_kept_read_never_outlives_a_write") else {
+            return;
+        };
+        let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
+        s.put_user(&contract::user("ada", &["researcher"])).unwrap();
+        s.put_token("t1", "ada", b"salt", b"hash", None).unwrap();
+        for _ in 0..2 {
+            assert_eq!(s.token("t1").unwrap().unwrap().revoked_at, None);
+        }
+        assert_eq!(s.cache().reads.len(), 2, "the token and its user are kept");
+        assert_eq!(s.revoke_tokens("ada", None).unwrap(), vec!["t1"]);
+        assert!(s.token("t1").unwrap().unwrap().revoked_at.is_some());
+        s.put_user(&contract::user("ada", &["researcher", "runner"]))
+            .unwrap();
+        assert_eq!(s.user("ada").unwrap().unwrap().roles.len(), 2);
+        // Reads of unknown tokens fill the cache no further than its bound.
+        for i in 0..MAX_CACHED + 10 {
+            assert!(s.token(&format!("x{i}")).unwrap().is_none());
+        }
+        assert!(s.cache().reads.len() <= MAX_CACHED);
     }
 
     /// The first leader copies its data directory's accounts in once; a revocation made in
