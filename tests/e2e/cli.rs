@@ -309,6 +309,10 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "standardize: 200000 records -> 200000 x 8 features",
         "vision-train succeeded: test accuracy",
         "vision-eval (a command job) succeeded: it printed \"vision-eval sees CUDA_VISIBLE_DEVICES=",
+        "32 GPUs in service",
+        "(training on node node-00",
+        "(emulated GPUs 0,1,2,3,4,5,6,7: one CPU replica each)",
+        "(handed to node node-00",
         "audit log verified",
     ] {
         assert!(stdout.contains(want), "`{want}` missing in\n{stdout}");
