@@ -12,14 +12,22 @@ use crate::support::{
 };
 
 /// A `gantry agent` process, killed when dropped.
-struct Agent(Child);
+pub(crate) struct Agent(Child);
 
 impl Agent {
-    fn start(url: &str, token: &str, node: &str, gpus: u32) -> Agent {
+    pub(crate) fn start(url: &str, token: &str, node: &str, gpus: u32) -> Agent {
         Self::start_with(url, token, node, gpus, &[])
     }
 
-    fn start_with(url: &str, token: &str, node: &str, gpus: u32, extra: &[&str]) -> Agent {
+    /// An agent of `node` with `gpus` emulated GPUs, reporting to `url` (URLs, comma
+    /// separated, for a replicated control plane).
+    pub(crate) fn start_with(
+        url: &str,
+        token: &str,
+        node: &str,
+        gpus: u32,
+        extra: &[&str],
+    ) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["agent", "--node", node, "--heartbeat-s", "0.2"])
             .args(["--emulate-gpus", &gpus.to_string(), "--url", url])

@@ -28,6 +28,30 @@ rack = "r0"
 gpus = { count = 8, model = "H100-80GB", memory_mib = 81920 }
 "#;
 
+/// Three nodes of four GPUs, each served by its agent.
+const THREE_NODES: &str = r#"
+[[tenants]]
+name = "vision"
+
+[[nodes]]
+name = "node-a"
+rack = "r0"
+gpus = { count = 4, model = "H100-80GB", memory_mib = 81920 }
+
+[[nodes]]
+name = "node-b"
+rack = "r0"
+gpus = { count = 4, model = "H100-80GB", memory_mib = 81920 }
+
+[[nodes]]
+name = "node-c"
+rack = "r0"
+gpus = { count = 4, model = "H100-80GB", memory_mib = 81920 }
+"#;
+
+/// What a command job of the kill loop runs: it prints the GPUs it saw, then sleeps `{pause}`.
+const SAW: &str = "echo saw=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES; sleep {pause}";
+
 /// A `gantry up --etcd` replica on its own copy of the data directory.
 struct Replica {
     dir: PathBuf,
@@ -35,6 +59,8 @@ struct Replica {
     cache: PathBuf,
     child: Option<Child>,
     url: String,
+    /// More arguments of `gantry up`.
+    extra: Vec<String>,
 }
 
 impl Replica {
@@ -44,27 +70,40 @@ impl Replica {
 
     /// A replica compiling its plugins and policy into `cache`.
     fn start_cached(dir: &Path, etcd: &str, cache: &Path) -> Replica {
+        Self::start_with(dir, etcd, cache, &[])
+    }
+
+    /// A replica given `extra` arguments of `gantry up` besides.
+    fn start_with(dir: &Path, etcd: &str, cache: &Path, extra: &[&str]) -> Replica {
         let mut r = Replica {
             dir: dir.to_path_buf(),
             etcd: etcd.to_string(),
             cache: cache.to_path_buf(),
             child: None,
             url: String::new(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         r.restart();
         r
     }
 
+    /// Starts it (again: on the address it had, so that agents given every replica's URL
+    /// find it).
     fn restart(&mut self) {
         let lease = LEASE_S.to_string();
+        let listen = match self.url.strip_prefix("http://") {
+            Some(addr) => addr.to_string(),
+            None => "127.0.0.1:0".to_string(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["up", "--listen", &listen, "--data-dir"])
             .arg(&self.dir)
             .args(["--etcd", &self.etcd, "--leader-lease-s", &lease])
             .arg("--cluster")
             .arg(self.dir.join("cluster.toml"))
             .args(job_user_args())
             .args(["--kill-grace-s", "0.5"])
+            .args(&self.extra)
             .env("GANTRY_CACHE_DIR", &self.cache)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -290,6 +329,10 @@ impl Lcg {
     }
 }
 
+/// Three control planes and three node agents (emulated GPUs): jobs of both kinds run on the
+/// agents while the leader is killed again and again; no accepted job is lost, no GPU is held by
+/// two jobs, a new leader answers within the bound, and every run saw exactly the GPUs its job
+/// was placed on.
 #[test]
 fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     let _serial = one_at_a_time();
@@ -299,17 +342,33 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(&dir.path().join("d0"));
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let nodes = ["node-a", "node-b", "node-c"];
+    let node_tokens: Vec<String> = nodes
+        .iter()
+        .map(|n| add_user(&data, n, "node", "vision", "public"))
+        .collect();
     let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
     for d in &dirs {
         copy_dir(&data, d);
-        std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+        std::fs::write(d.join("cluster.toml"), THREE_NODES).unwrap();
     }
+    let agent_lease = ["--agent-lease-s", "3"];
     let mut replicas: Vec<Replica> = dirs
         .iter()
-        .map(|d| Replica::start(d, &etcd.url()))
+        .map(|d| Replica::start_with(d, &etcd.url(), &shared_cache(), &agent_lease))
         .collect();
     let bound = Duration::from_secs(2 * LEASE_S);
     let (mut leader, _) = leader_within(&mut replicas, bound + Duration::from_secs(10));
+    // Each agent is given every replica's URL, as the README's three-node setup does.
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    let urls = urls.join(",");
+    let mut extra = vec!["--kill-grace-s", "0.5"];
+    extra.extend(job_user_args());
+    let _agents: Vec<crate::agents::Agent> = nodes
+        .iter()
+        .zip(&node_tokens)
+        .map(|(n, t)| crate::agents::Agent::start_with(&urls, t, n, 4, &extra))
+        .collect();
 
     let seed = std::env::var("GANTRY_KILL_SEED")
         .ok()
@@ -323,9 +382,14 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
         // Jobs submitted through any replica: followers send the client to the leader.
         for k in 0..=rng.below(3) {
             let id = format!("j{round}-{k}");
-            let pause = format!("0.{}", 1 + rng.below(5));
-            let body = json!({"id": id, "tenant": "vision", "gpus": 1 + rng.below(4),
-                              "command": {"argv": ["sleep", pause]}});
+            let body = if rng.below(3) == 0 {
+                json!({"id": id, "tenant": "vision", "gpus": 1 + rng.below(2),
+                       "train": crate::daemon::train_toml(1 + rng.below(2) as u32)})
+            } else {
+                let pause = format!("0.{}", 1 + rng.below(5));
+                json!({"id": id, "tenant": "vision", "gpus": 1 + rng.below(4),
+                       "command": {"argv": ["sh", "-c", SAW.replace("{pause}", &pause)]}})
+            };
             let via = &replicas[rng.below(3) as usize].url;
             let (s, v) = submit_through(via, &rae, &body);
             assert_eq!(s, 201, "round {round}: {v}");
@@ -407,13 +471,45 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
                 let reason = j["reason"].as_str().unwrap_or_default();
                 assert!(reason.starts_with(guard), "{j}");
             }
-            let done = jobs.iter().filter(|j| j["state"] == "succeeded").count();
-            eprintln!("{done} of {} jobs succeeded", jobs.len());
+            let done: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "succeeded").collect();
+            eprintln!("{} of {} jobs succeeded", done.len(), jobs.len());
+            for j in done {
+                ran_on_its_gpus(url, &rae, j);
+            }
             break;
         }
         assert!(Instant::now() < deadline, "jobs that never ended: {open:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Job `j` (succeeded) ran on an agent on exactly the GPUs it was placed on: a command saw them
+/// (`CUDA_VISIBLE_DEVICES` their ordinals), a training run names them.
+fn ran_on_its_gpus(url: &str, token: &str, j: &Value) {
+    let id = j["id"].as_str().unwrap();
+    let gpus: Vec<&str> = j["gpu_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    let log = crate::support::log_of(url, token, id);
+    if j["result"]["ran_on"].is_object() {
+        assert_eq!(j["result"]["ran_on"]["gpus"], json!(gpus), "{j}");
+        assert!(log.contains(&format!("GPUs {}", gpus.join(", "))), "{log}");
+    } else {
+        let ordinals: Vec<&str> = gpus
+            .iter()
+            .map(|g| g.rsplit_once("/gpu").unwrap().1)
+            .collect();
+        let saw = format!("saw={} devices={}", gpus.join(","), ordinals.join(","));
+        assert!(log.contains(&saw), "{id} did not see {saw}: {log}");
+    }
+    let node = gpus[0].split_once('/').unwrap().0;
+    assert!(
+        log.contains(&format!("handed to node {node}'s agent")),
+        "{log}"
+    );
 }
 
 /// Every accepted job is there, and no GPU is held by two jobs.

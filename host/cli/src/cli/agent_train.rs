@@ -12,7 +12,7 @@ use gantry::training::{self, CheckpointSink, Hooks, Job, Progress, TrainError, T
 use gantry_daemon::lifecycle::RunEnd;
 use gantry_daemon::nodes::{HandedRun, MAX_REPORTED_STEPS};
 
-use super::daemon::{AgentSink, Client, call_bytes};
+use super::daemon::{AgentSink, Client, call_bytes, transient};
 
 /// How often steps are reported (and a stop asked for is heard).
 const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -53,6 +53,7 @@ fn train_run(
         client,
         query: format!("job={}&attempt={}", run.job, run.attempt),
         node,
+        sink,
     };
     let data = match &config.data.dataset {
         Some(name) => {
@@ -134,11 +135,15 @@ fn flush(steps: &RefCell<Steps>, sink: &AgentSink<'_>) {
     }
 }
 
+/// How long a run waits before asking a control plane that did not answer again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
 /// A run's requests about itself: `/v1/nodes/{node}/runs/{what}?job=..&attempt=..`.
 struct RunAt<'a> {
     client: &'a Client,
     query: String,
     node: &'a str,
+    sink: &'a AgentSink<'a>,
 }
 
 impl RunAt<'_> {
@@ -147,8 +152,25 @@ impl RunAt<'_> {
     }
 
     fn get(&self, what: &str) -> Result<ureq::http::Response<ureq::Body>, TrainError> {
-        call_bytes(self.client, "GET", &self.path(what, ""), None)
-            .map_err(|e| TrainError::Unavailable(format!("{e:#}")))
+        self.send("GET", &self.path(what, ""), None)
+    }
+
+    /// A request, asked again while no control plane answers it (a replicated one electing a
+    /// new leader, say) until the run is stopped: the agent stops its runs once its heartbeats
+    /// have failed for a whole lease, as the control plane has given them up by then.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<ureq::http::Response<ureq::Body>, TrainError> {
+        loop {
+            match call_bytes(self.client, method, path, body) {
+                Ok(response) => return Ok(response),
+                Err(e) if transient(&e) && !self.sink.stopping() => std::thread::sleep(RETRY_AFTER),
+                Err(e) => return Err(TrainError::Unavailable(format!("{e:#}"))),
+            }
+        }
     }
 }
 
@@ -173,8 +195,8 @@ impl CheckpointSink for NodeCheckpoints<'_> {
         let step = c.state.step;
         let path = self.at.path("checkpoint", &format!("&step={step}"));
         let bytes = checkpoint::to_bytes(c);
-        call_bytes(self.at.client, "PUT", &path, Some(&bytes)).map_err(|e| {
-            TrainError::Unavailable(format!("writing the checkpoint at step {step}: {e:#}"))
+        self.at.send("PUT", &path, Some(&bytes)).map_err(|e| {
+            TrainError::Unavailable(format!("writing the checkpoint at step {step}: {e}"))
         })?;
         Ok(format!("step {step}"))
     }

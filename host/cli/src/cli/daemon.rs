@@ -1074,6 +1074,13 @@ fn refused(e: &anyhow::Error) -> bool {
     e.to_string().starts_with("409")
 }
 
+/// Whether a request failed for want of a control plane to answer it (none reachable, a
+/// follower whose leader is gone, a 5xx): worth asking again shortly, as while a replicated
+/// control plane elects a new leader.
+pub(super) fn transient(e: &anyhow::Error) -> bool {
+    e.is::<Unreachable>() || e.is::<Follower>() || e.to_string().starts_with('5')
+}
+
 /// Where an agent's run reports: the control plane, as the run's attempt. A refused report
 /// (the attempt is stale) stops the run.
 pub(super) struct AgentSink<'a> {
@@ -1110,15 +1117,24 @@ impl AgentSink<'_> {
     }
 
     /// Reports `event`; whether the run should stop (asked to, or its reports are refused).
+    /// While no control plane answers (a replicated one electing a new leader, say), it is
+    /// sent again until the run is stopped (the agent stops its runs once its heartbeats have
+    /// failed for a whole lease), so a run's output outlives a failover.
     fn report(&self, event: serde_json::Value) -> bool {
-        match call(self.client, "POST", &self.path, Some(self.body(event))) {
-            Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
-            Err(e) => {
-                eprintln!(
-                    "run {} (attempt {}): report failed: {e:#}",
-                    self.job, self.attempt
-                );
-                refused(&e)
+        let body = self.body(event);
+        loop {
+            match call(self.client, "POST", &self.path, Some(body.clone())) {
+                Ok(answer) => return answer["stop"].as_bool().unwrap_or(false),
+                Err(e) if transient(&e) && !self.stopping() => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "run {} (attempt {}): report failed: {e:#}",
+                        self.job, self.attempt
+                    );
+                    return refused(&e);
+                }
             }
         }
     }
