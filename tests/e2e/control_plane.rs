@@ -634,7 +634,17 @@ fn a_short_cluster_bench_measures_both_stores() {
     let _serial = one_at_a_time();
     let out = crate::support::gantry(
         &[
-            "bench", "cluster", "--nodes", "16", "--jobs", "10", "--json",
+            "bench",
+            "cluster",
+            "--nodes",
+            "16",
+            "--jobs",
+            "10",
+            "--heartbeat-s",
+            "0.5",
+            "--failovers",
+            "2",
+            "--json",
         ],
         &shared_cache(),
     );
@@ -648,8 +658,28 @@ fn a_short_cluster_bench_measures_both_stores() {
     );
     assert_eq!(v["sqlite"]["lost_jobs"], 0, "{v}");
     assert_eq!(v["sqlite"]["to_scheduled"]["requests"], 10, "{v}");
+    // Again with every node registered by its agent's heartbeats.
+    let agents = &v["sqlite_agents"]["agents"];
+    assert_eq!(
+        (agents["nodes"].as_u64(), agents["failed"].as_u64()),
+        (Some(16), Some(0)),
+        "{v}"
+    );
+    assert!(
+        agents["heartbeat"]["requests"].as_u64().unwrap() >= 16,
+        "{v}"
+    );
+    assert_eq!(v["sqlite_agents"]["to_scheduled"]["requests"], 10, "{v}");
     if gantry_etcd::testing::etcd_binary().is_some() {
         assert_eq!(v["etcd"]["lost_jobs"], 0, "{v}");
+        assert_eq!(v["etcd_agents"]["agents"]["failed"], 0, "{v}");
+        let failover = &v["failover"];
+        assert_eq!(
+            (failover["kills"].as_u64(), failover["lost_jobs"].as_u64()),
+            (Some(2), Some(0)),
+            "{v}"
+        );
+        assert!(failover["max_s"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["to_scheduled_p50_ratio"].as_f64().unwrap() > 0.0, "{v}");
     } else {
         assert!(v["etcd_skipped"].is_string(), "{v}");

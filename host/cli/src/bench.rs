@@ -6,6 +6,7 @@ pub mod api;
 pub mod attack;
 pub mod authoring;
 pub mod cluster;
+pub mod failover;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

@@ -5,7 +5,10 @@
 //! GPUs, jobs submitted one at a time: the latency of `POST /v1/jobs` (policy decision, audit
 //! record, the store's commit) and from submission to `scheduled` (a scheduling cycle and the
 //! placement's compare-and-set). Each job is cancelled once measured, so the cluster is as free
-//! for the last as for the first.
+//! for the last as for the first. With `heartbeat_s`, each store runs again with every node
+//! registered by its agent's heartbeats (`node.heartbeat`, each node's own token; the agents
+//! are threads of the bench, a heartbeat every `heartbeat_s` per node) while the jobs are
+//! submitted: what a thousand nodes' heartbeats cost the control plane, and their latency.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,30 @@ pub struct ClusterParams {
     pub nodes: u32,
     /// Jobs submitted (one at a time), each waited for until scheduled.
     pub jobs: usize,
+    /// Seconds between two heartbeats of a node's agent; 0: no run with agents.
+    pub heartbeat_s: f64,
+    /// Leaders of three replicas killed, one after another (with etcd); 0: none.
+    pub failovers: usize,
+}
+
+/// Threads that send the nodes' heartbeats.
+const HEARTBEAT_THREADS: usize = 4;
+
+/// The agents' load during a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentLoad {
+    /// Nodes, each with its agent.
+    pub nodes: u32,
+    /// Seconds between a node's heartbeats.
+    pub heartbeat_s: f64,
+    /// From the first heartbeat to every node's GPUs in service, seconds.
+    pub registered_s: f64,
+    /// `POST /v1/nodes/{node}/heartbeat`, over the whole run.
+    pub heartbeat: Latency,
+    /// Heartbeats answered per second.
+    pub heartbeats_per_s: f64,
+    /// Heartbeats not answered 200.
+    pub failed: usize,
 }
 
 /// One store's figures.
@@ -35,6 +62,9 @@ pub struct StoreRun {
     pub to_scheduled: Latency,
     /// Accepted jobs the daemon did not list afterwards.
     pub lost_jobs: usize,
+    /// With agents: their heartbeats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<AgentLoad>,
 }
 
 /// What `gantry bench cluster --json` prints.
@@ -50,8 +80,14 @@ pub struct ClusterReport {
     pub sqlite: StoreRun,
     /// The replicated control plane's leader, when etcd is installed.
     pub etcd: Option<StoreRun>,
+    /// SQLite again, every node registered by its agent's heartbeats.
+    pub sqlite_agents: Option<StoreRun>,
+    /// etcd again, every node registered by its agent's heartbeats.
+    pub etcd_agents: Option<StoreRun>,
     /// Why there is no etcd run.
     pub etcd_skipped: Option<String>,
+    /// Three replicas, their leader killed `failovers` times.
+    pub failover: Option<super::failover::Failover>,
     /// etcd's median submit-to-scheduled latency over SQLite's.
     pub to_scheduled_p50_ratio: Option<f64>,
 }
@@ -61,28 +97,44 @@ pub fn run(
     params: ClusterParams,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ClusterReport> {
-    let sqlite = super::in_scratch_dir("cluster-sqlite", |dir| {
-        one(dir, params, None, cache_dir.clone())
-    })?;
-    let (etcd, etcd_skipped) = match gantry_etcd::testing::etcd_binary() {
+    let agents = params.heartbeat_s > 0.0;
+    let sqlite_run = |agents: bool| {
+        super::in_scratch_dir("cluster-sqlite", |dir| {
+            one(dir, params, None, agents, cache_dir.clone())
+        })
+    };
+    let sqlite = sqlite_run(false)?;
+    let sqlite_agents = agents.then(|| sqlite_run(true)).transpose()?;
+    let (etcd, etcd_agents, failover, etcd_skipped) = match gantry_etcd::testing::etcd_binary() {
         None => (
+            None,
+            None,
             None,
             Some("no etcd here (Debian: apt-get install etcd-server)".to_string()),
         ),
         Some(binary) => {
-            let process = gantry_etcd::testing::EtcdProcess::try_start(&binary)
-                .map_err(|e| anyhow::anyhow!("starting {}: {e}", binary.display()))?;
-            let lease = Duration::from_secs(5);
-            let plane = gantry_daemon::replicas::ControlPlane {
-                etcd: std::sync::Arc::new(gantry_etcd::Etcd::new(&[process.url()], lease / 3)?),
-                root: "gantry-bench".into(),
-                advertise: None,
-                lease,
+            let etcd_run = |agents: bool| -> anyhow::Result<StoreRun> {
+                // A fresh etcd for each run: the first's keys do not weigh on the second.
+                let process = gantry_etcd::testing::EtcdProcess::try_start(&binary)
+                    .map_err(|e| anyhow::anyhow!("starting {}: {e}", binary.display()))?;
+                let lease = Duration::from_secs(5);
+                let etcd = gantry_etcd::Etcd::new(&[process.url()], lease / 3)?;
+                let plane = gantry_daemon::replicas::ControlPlane {
+                    etcd: std::sync::Arc::new(etcd),
+                    root: "gantry-bench".into(),
+                    advertise: None,
+                    lease,
+                };
+                super::in_scratch_dir("cluster-etcd", |dir| {
+                    one(dir, params, Some(plane), agents, cache_dir.clone())
+                })
             };
-            let run = super::in_scratch_dir("cluster-etcd", |dir| {
-                one(dir, params, Some(plane), cache_dir.clone())
-            })?;
-            (Some(run), None)
+            let plain = etcd_run(false)?;
+            let with_agents = agents.then(|| etcd_run(true)).transpose()?;
+            let failover = (params.failovers > 0)
+                .then(|| super::failover::run(&binary, params.failovers, cache_dir.clone()))
+                .transpose()?;
+            (Some(plain), with_agents, failover, None)
         }
     };
     let to_scheduled_p50_ratio = etcd
@@ -95,6 +147,9 @@ pub fn run(
         gpus: racks * per_rack * 8,
         sqlite,
         etcd,
+        sqlite_agents,
+        etcd_agents,
+        failover,
         etcd_skipped,
         to_scheduled_p50_ratio,
     })
@@ -106,26 +161,47 @@ fn shape(nodes: u32) -> (u32, u32) {
     (nodes.div_ceil(per_rack).max(1), per_rack)
 }
 
-/// One daemon on `dir`, its jobs in SQLite or (with `plane`) in etcd: the workload, measured.
+/// One daemon on `dir`, its jobs in SQLite or (with `plane`) in etcd, its nodes served by
+/// agents' heartbeats or not: the workload, measured.
 fn one(
     dir: &std::path::Path,
     params: ClusterParams,
     plane: Option<gantry_daemon::replicas::ControlPlane>,
+    agents: bool,
     cache_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<StoreRun> {
     let store = if plane.is_some() { "etcd" } else { "sqlite" };
     gantry::storage::Store::init(dir)?;
+    let (racks, per_rack) = shape(params.nodes);
+    let mut cluster = gantry::cluster::Cluster::uniform(racks, per_rack, 8, 1);
+    cluster.tenants[0].name = "vision".into();
     let user = User {
         name: "bench".into(),
         roles: vec!["admin".into()],
         tenants: vec!["vision".into()],
         clearance: "public".into(),
     };
-    let token = crate::local::add_users(dir, "gantry bench cluster", &[user])?.remove(0);
-    let (racks, per_rack) = shape(params.nodes);
-    let mut cluster = gantry::cluster::Cluster::uniform(racks, per_rack, 8, 1);
-    cluster.tenants[0].name = "vision".into();
-    let server = crate::local::start_daemon_with(dir, cluster, cache_dir, plane)?;
+    let node_names: Vec<String> = match agents {
+        true => cluster.nodes.iter().map(|n| n.name.clone()).collect(),
+        false => Vec::new(),
+    };
+    let users: Vec<User> = std::iter::once(user)
+        .chain(node_names.iter().map(|n| User {
+            name: n.clone(),
+            roles: vec!["node".into()],
+            tenants: Vec::new(),
+            clearance: "public".into(),
+        }))
+        .collect();
+    let mut tokens = crate::local::add_users(dir, "gantry bench cluster", &users)?;
+    let token = tokens.remove(0);
+    // A node's lease outlasts a few missed heartbeats.
+    let lease = Duration::from_secs_f64((5.0 * params.heartbeat_s).max(5.0));
+    let server = gantry_daemon::Background::start(gantry_daemon::DaemonConfig {
+        control_plane: plane,
+        agent_lease: agents.then_some(lease),
+        ..crate::local::daemon_config(dir, cluster, cache_dir)
+    })?;
     let base = format!("http://{}", server.addr);
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -146,6 +222,29 @@ fn one(
         anyhow::ensure!(Instant::now() < deadline, "the control plane never led");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let beats = agents.then(|| {
+        Heartbeats::start(
+            &base,
+            node_names.into_iter().zip(tokens).collect(),
+            params.heartbeat_s,
+        )
+    });
+    let registered_s = match &beats {
+        Some(_) => {
+            let t = Instant::now();
+            let all = u64::from(racks * per_rack) * 8;
+            let deadline = t + Duration::from_secs(300);
+            while get("/v1/gpus")?["healthy"].as_u64().unwrap_or(0) < all {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{store}: the nodes never all served"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            t.elapsed().as_secs_f64()
+        }
+        None => 0.0,
+    };
     let (mut submits, mut scheduled, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..params.jobs {
         let id = format!("bench-{i}");
@@ -185,11 +284,107 @@ fn one(
         .iter()
         .filter(|id| !listed.contains(id.as_str()))
         .count();
+    let agents = beats.map(|b| {
+        let (times, failed, seconds) = b.stop();
+        AgentLoad {
+            nodes: racks * per_rack,
+            heartbeat_s: params.heartbeat_s,
+            registered_s,
+            heartbeats_per_s: times.len() as f64 / seconds.max(1e-9),
+            heartbeat: latency(times),
+            failed,
+        }
+    });
     server.stop()?;
     Ok(StoreRun {
         store,
         submit: latency(submits),
         to_scheduled: latency(scheduled),
         lost_jobs,
+        agents,
     })
+}
+
+/// Node agents as threads: each node's heartbeat (8 healthy emulated GPUs, its own token) every
+/// `period` seconds, spread over [`HEARTBEAT_THREADS`] threads.
+struct Heartbeats {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<f64>, usize)>>,
+    started: Instant,
+}
+
+impl Heartbeats {
+    fn start(base: &str, nodes: Vec<(String, String)>, period: f64) -> Heartbeats {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = json!({"emulated": true, "gpus": (0..8).map(|o| json!({"ordinal": o,
+            "name": "emulated (CPU)", "memory_mib": 81920, "healthy": true}))
+            .collect::<Vec<_>>()});
+        let per = nodes.len().div_ceil(HEARTBEAT_THREADS).max(1);
+        let threads = nodes
+            .chunks(per)
+            .map(|mine| {
+                let (mine, stop, body) = (mine.to_vec(), stop.clone(), body.clone());
+                let base = base.to_string();
+                std::thread::spawn(move || beat(&base, &mine, &body, period, &stop))
+            })
+            .collect();
+        Heartbeats {
+            stop,
+            threads,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops them: every heartbeat's latency (ms), the failed ones, and the seconds they ran.
+    fn stop(self) -> (Vec<f64>, usize, f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let (mut times, mut failed) = (Vec::new(), 0);
+        for t in self.threads {
+            if let Ok((ms, f)) = t.join() {
+                times.extend(ms);
+                failed += f;
+            }
+        }
+        (times, failed, seconds)
+    }
+}
+
+/// One thread's nodes: each sends a heartbeat every `period` seconds, until `stop`.
+fn beat(
+    base: &str,
+    nodes: &[(String, String)],
+    body: &Value,
+    period: f64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<f64>, usize) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent();
+    let gap = Duration::from_secs_f64(period / nodes.len().max(1) as f64);
+    let (mut times, mut failed) = (Vec::new(), 0);
+    let mut next = Instant::now();
+    'run: loop {
+        for (node, token) in nodes {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break 'run;
+            }
+            let t = Instant::now();
+            let r = agent
+                .post(&format!("{base}/v1/nodes/{node}/heartbeat"))
+                .header("Authorization", &format!("Bearer {token}"))
+                .send_json(body);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            if !r.is_ok_and(|r| r.status() == 200) {
+                failed += 1;
+            }
+            next += gap;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    (times, failed)
 }

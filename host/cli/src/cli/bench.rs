@@ -84,6 +84,14 @@ pub enum BenchCommand {
         /// Jobs submitted, one at a time.
         #[arg(long, default_value_t = 200)]
         jobs: usize,
+        /// Seconds between a node agent's heartbeats in the runs with agents (every node
+        /// registered by its agent); 0: no runs with agents.
+        #[arg(long, default_value_t = 2.0)]
+        heartbeat_s: f64,
+        /// Leaders of three `gantry up --etcd` replicas killed one after another (SIGKILL),
+        /// each new leader timed; 0: none.
+        #[arg(long, default_value_t = 20)]
+        failovers: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -158,7 +166,13 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             submits,
             json,
         } => api(ctx, clients, submits, json),
-        BenchCommand::Cluster { nodes, jobs, json } => cluster(ctx, nodes, jobs, json),
+        BenchCommand::Cluster {
+            nodes,
+            jobs,
+            heartbeat_s,
+            failovers,
+            json,
+        } => cluster(ctx, nodes, jobs, heartbeat_s, failovers.min(1000), json),
         BenchCommand::Attack {
             connections,
             seconds,
@@ -265,10 +279,22 @@ fn api(ctx: &super::Context, clients: usize, submits: usize, json: bool) -> anyh
     Ok(())
 }
 
-fn cluster(ctx: &super::Context, nodes: u32, jobs: usize, json: bool) -> anyhow::Result<()> {
+fn cluster(
+    ctx: &super::Context,
+    nodes: u32,
+    jobs: usize,
+    heartbeat_s: f64,
+    failovers: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !(heartbeat_s == 0.0 || (0.1..=60.0).contains(&heartbeat_s)) {
+        anyhow::bail!("--heartbeat-s: 0 (no agents) or 0.1 to 60 seconds, not {heartbeat_s}");
+    }
     let params = bench::cluster::ClusterParams {
         nodes: nodes.clamp(1, 100_000),
         jobs: jobs.clamp(1, 100_000),
+        heartbeat_s,
+        failovers,
     };
     let r = bench::cluster::run(params, ctx.cache_dir.clone())?;
     if printed_json(json, &r)? {
@@ -279,13 +305,26 @@ fn cluster(ctx: &super::Context, nodes: u32, jobs: usize, json: bool) -> anyhow:
         r.nodes, r.gpus, params.jobs, r.cpu
     );
     let mut t = Table::new(&["store", "measure", "p50 ms", "p99 ms", "max ms"]);
-    for run in std::iter::once(&r.sqlite).chain(r.etcd.as_ref()) {
-        for (k, l) in [
-            ("POST /v1/jobs", &run.submit),
-            ("submit to scheduled", &run.to_scheduled),
-        ] {
+    let runs = [
+        &Some(r.sqlite.clone()),
+        &r.sqlite_agents,
+        &r.etcd,
+        &r.etcd_agents,
+    ];
+    for run in runs.into_iter().flatten() {
+        let store = match &run.agents {
+            Some(a) => format!("{} + {} agents", run.store, a.nodes),
+            None => run.store.to_string(),
+        };
+        let beat = run.agents.as_ref().map(|a| ("heartbeat", &a.heartbeat));
+        let measures = [
+            Some(("POST /v1/jobs", &run.submit)),
+            Some(("submit to scheduled", &run.to_scheduled)),
+            beat,
+        ];
+        for (k, l) in measures.into_iter().flatten() {
             t.row(vec![
-                run.store.into(),
+                store.clone(),
                 k.into(),
                 format!("{:.2}", l.p50_ms),
                 format!("{:.2}", l.p99_ms),
@@ -294,6 +333,22 @@ fn cluster(ctx: &super::Context, nodes: u32, jobs: usize, json: bool) -> anyhow:
         }
     }
     print!("{t}");
+    for a in [&r.sqlite_agents, &r.etcd_agents]
+        .into_iter()
+        .flatten()
+        .filter_map(|run| run.agents.as_ref().map(|a| (run.store, a)))
+    {
+        println!(
+            "{}: {} nodes registered by their agents in {:.1} s; {:.0} heartbeats/s, {} failed",
+            a.0, a.1.nodes, a.1.registered_s, a.1.heartbeats_per_s, a.1.failed
+        );
+    }
+    if let Some(f) = &r.failover {
+        println!(
+            "failover: {} kills of the leader of 3 replicas ({} s lease): a new leader after {:.2} s (median), {:.2} s (max); {} jobs lost",
+            f.kills, f.lease_s, f.median_s, f.max_s, f.lost_jobs
+        );
+    }
     match (&r.to_scheduled_p50_ratio, &r.etcd_skipped) {
         (Some(ratio), _) => println!("etcd / sqlite, median submit to scheduled: {ratio:.2}x"),
         (None, Some(why)) => println!("etcd: skipped, {why}"),
