@@ -64,6 +64,60 @@ impl Cluster {
             .map(|i| i as u32)
     }
 
+    /// Adds node `name` in rack `rack` (a new rack if there is none of that name) with `gpus`
+    /// (each: its id, its model and its memory in MiB), as a node that registers itself does;
+    /// its GPUs are out of service (`healthy` false) until told otherwise. Refused when a node
+    /// of that name exists, or a GPU id is taken.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<(), String> {
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(format!("a node `{name}` exists"));
+        }
+        if let Some((id, ..)) = gpus
+            .iter()
+            .find(|(id, ..)| self.gpus.iter().any(|g| &g.id == id))
+        {
+            return Err(format!("a GPU `{id}` exists"));
+        }
+        let index = |list: &mut Vec<String>, value: &str| match list.iter().position(|v| v == value)
+        {
+            Some(i) => i as u32,
+            None => {
+                list.push(value.to_string());
+                list.len() as u32 - 1
+            }
+        };
+        let rack = index(&mut self.racks, rack);
+        let node = self.nodes.len() as u32;
+        self.nodes.push(NodeInfo {
+            name: name.to_string(),
+            rack,
+        });
+        self.nvlink_domains.push(name.to_string());
+        let nvlink_domain = self.nvlink_domains.len() as u32 - 1;
+        for (id, model, memory_mib) in gpus {
+            let model = index(&mut self.models, model);
+            self.gpus.push(GpuInfo {
+                id: id.clone(),
+                gpu: Gpu {
+                    node,
+                    nvlink_domain,
+                    rack,
+                    model,
+                    memory_total_mib: *memory_mib,
+                    memory_free_mib: *memory_mib,
+                    healthy: false,
+                    busy: false,
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// A uniform cluster for benchmarks and examples: `racks` racks of `nodes_per_rack` nodes with
     /// `gpus_per_node` H100-80GB GPUs each (one NVLink domain per node), and `tenants` tenants
     /// named `tenant-0`.. without quotas.

@@ -201,6 +201,9 @@ pub enum HostError {
     /// The wasm engine could not be created.
     #[error("cannot create the wasm engine: {0}")]
     Engine(String),
+    /// A change to the cluster was refused (a node registering under a name taken, say).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A plugin could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -575,6 +578,38 @@ impl Host {
     /// starting point) and returns the old one.
     pub fn replace_state(&mut self, state: ClusterState) -> ClusterState {
         std::mem::replace(self.state_mut(), state)
+    }
+
+    /// Adds a node that registered itself, and its GPUs (out of service until its agent's
+    /// heartbeat brings them in): to the cluster the scheduler places on and to the one jobs
+    /// are admitted against. See [`Cluster::add_node`].
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<(), HostError> {
+        let grown = match &self.capacity {
+            Some(capacity) => {
+                let mut grown = capacity.clone();
+                grown
+                    .add_node(name, rack, gpus)
+                    .map_err(HostError::Cluster)?;
+                // What the cluster has: the new GPUs count for admission from now on.
+                for g in grown.gpus.iter_mut().skip(capacity.gpus.len()) {
+                    g.gpu.healthy = true;
+                }
+                Some(grown)
+            }
+            None => None,
+        };
+        self.state_mut()
+            .add_node(name, rack, gpus)
+            .map_err(HostError::Cluster)?;
+        if grown.is_some() {
+            self.capacity = grown;
+        }
+        Ok(())
     }
 
     /// Checks `job` against the cluster (its fields, its tenant, whether it could ever run);

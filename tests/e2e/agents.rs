@@ -134,8 +134,8 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(job(&url, &ada, "j1")["state"], "pending");
 
-    // Only a node identity speaks for a node (not a researcher, not an admin), only for a node
-    // of the cluster, and with a well-formed report.
+    // Only a node identity speaks for a node (not a researcher, not an admin), and with a
+    // well-formed report; a node the cluster lacks registers only with a GPU and a good rack.
     let two = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 1, "healthy": true}]});
     for token in [&ada, &ops] {
         let (s, v) = heartbeat(&url, token, "node-a", &two);
@@ -157,7 +157,13 @@ fn nodes_serve_while_their_agent_holds_a_lease_and_their_jobs_requeue_when_it_en
             .contains("may not act as node node-b"),
         "{v}"
     );
-    assert_eq!(heartbeat(&url, &node_z, "node-z", &two).0, 404);
+    let (s, v) = heartbeat(&url, &node_z, "node-z", &json!({"gpus": []}));
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("at least one GPU"), "{v}");
+    let bad_rack = json!({"gpus": [{"ordinal": 0, "healthy": true}], "rack": "r 1/.."});
+    let (s, v) = heartbeat(&url, &node_z, "node-z", &bad_rack);
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("field `rack`"), "{v}");
     let twice = json!({"gpus": [{"ordinal": 0, "healthy": true}, {"ordinal": 0, "healthy": true}]});
     let (s, v) = heartbeat(&url, &node, "node-a", &twice);
     assert_eq!(s, 400, "{v}");
@@ -704,4 +710,78 @@ fn a_training_run_on_an_agent_reads_its_stored_dataset_raw_or_through_the_plugin
     );
     let log = log_of(&url, &ada, "ds3");
     assert!(log.contains("handed to node node-a's agent"), "{log}");
+}
+
+#[test]
+fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node_z = add_user(&data, "node-z", "node", "vision", "public");
+    let mut daemon = two_nodes_with_agents(dir.path(), &data, "10");
+    let url = daemon.url.clone();
+    let nodes = |url: &str| request(&format!("{url}/v1/nodes"), "GET", Some(&rae), None).1;
+
+    // node-z is in no cluster file: its agent registers it (rack r9, 3 GPUs), its GPUs serve,
+    // and a job too large for any other node runs there. node-a and node-b have no agent.
+    let mut extra = vec!["--rack", "r9"];
+    extra.extend(job_user_args());
+    let agent = Agent::start_with(&url, &node_z, "node-z", 3, &extra);
+    eventually("node-z registers and serves", || {
+        serving_gpus(&url, &rae) == 3
+    });
+    let listed = nodes(&url);
+    let z = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-z")
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(
+        (z["rack"].as_str(), z["gpus"].as_u64()),
+        (Some("r9"), Some(3)),
+        "{z}"
+    );
+    let body = json!({"id": "z1", "tenant": "vision", "gpus": 3,
+                      "command": {"argv": ["sh", "-c", "echo on=$GANTRY_GPU_IDS"]}});
+    let (s, v) = submit(&url, &rae, &body);
+    assert_eq!(s, 201, "{v}");
+    wait_for_state(&url, &rae, "z1", "succeeded");
+    let log = log_of(&url, &rae, "z1");
+    assert!(
+        log.contains("on=node-z/gpu0,node-z/gpu1,node-z/gpu2"),
+        "{log}"
+    );
+
+    // A restart keeps the registration: the node is known (out of service) before its agent
+    // comes back.
+    drop(agent);
+    daemon.signal("-9");
+    let listen = url.trim_start_matches("http://");
+    let cluster = dir.path().join("cluster.toml");
+    let _again = Daemon::start_on(
+        listen,
+        &[],
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "10",
+        ],
+    );
+    let listed = nodes(&url);
+    assert!(
+        listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "node-z" && n["gpus"] == 3),
+        "{listed}"
+    );
+    assert_eq!(serving_gpus(&url, &rae), 0);
+    let _back = Agent::start_with(&url, &node_z, "node-z", 3, &extra);
+    eventually("node-z serves again", || serving_gpus(&url, &rae) == 3);
 }

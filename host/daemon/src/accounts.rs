@@ -13,15 +13,22 @@ pub type Accounts = std::sync::Arc<dyn AccountStore>;
 /// The admins' GPU marks, in whichever store keeps them.
 pub type Marks = std::sync::Arc<dyn GpuMarks>;
 
-/// GPUs an admin took out of service or put back (`POST /v1/gpus/unhealthy|healthy`): kept
-/// where the accounts are, so that a new leader keeps out a GPU an admin took out through the
-/// last one.
+/// What changes the cluster at run time, kept where the accounts are so that a new leader
+/// (or a restart) keeps it: GPUs an admin took out of service or put back
+/// (`POST /v1/gpus/unhealthy|healthy`), and nodes that registered through their agents.
 pub trait GpuMarks: Send + Sync {
     /// Records GPU `gpu`'s health, as set by `by`.
     fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), StateError>;
 
     /// Every GPU health an admin set, by GPU id.
     fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError>;
+
+    /// Registers `node` (not in the cluster file; as its agent first reported it), unless a
+    /// node of its name is registered already: the first registration holds.
+    fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError>;
+
+    /// The registered nodes, by name.
+    fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError>;
 }
 
 impl GpuMarks for Db {
@@ -30,6 +37,12 @@ impl GpuMarks for Db {
     }
     fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
         Ok(Db::gpu_health(self)?)
+    }
+    fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
+        Ok(Db::register_node(self, node)?)
+    }
+    fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError> {
+        Ok(Db::registered_nodes(self)?)
     }
 }
 
@@ -229,6 +242,28 @@ pub(crate) mod contract {
 
     /// Marks by GPU id, the last one of a GPU kept, with who set it.
     pub(crate) fn gpu_marks(s: &dyn GpuMarks) {
+        use crate::nodes::{RegisteredGpu, RegisteredNode};
+        assert!(s.registered_nodes().unwrap().is_empty());
+        let node = |name: &str, gpus: u32| RegisteredNode {
+            name: name.into(),
+            rack: "r9".into(),
+            gpus: (0..gpus)
+                .map(|ordinal| RegisteredGpu {
+                    ordinal,
+                    model: "H200".into(),
+                    memory_mib: 141_000,
+                })
+                .collect(),
+            at: 1.0,
+        };
+        s.register_node(&node("node-z", 2)).unwrap();
+        s.register_node(&node("node-y", 1)).unwrap();
+        s.register_node(&node("node-z", 8)).unwrap();
+        assert_eq!(
+            s.registered_nodes().unwrap(),
+            [node("node-y", 1), node("node-z", 2)],
+            "by name; the first registration holds"
+        );
         assert!(s.gpu_health().unwrap().is_empty());
         s.set_gpu_health("n/gpu1", false, "grace").unwrap();
         s.set_gpu_health("n/gpu0", false, "grace").unwrap();

@@ -598,6 +598,11 @@ const MIGRATIONS: &[&str] = &[
          node TEXT NOT NULL,
          attempt INTEGER NOT NULL
      );",
+    // 6: nodes that registered through their agents (not in the cluster file), as JSON.
+    "CREATE TABLE registered_nodes (
+         name TEXT PRIMARY KEY,
+         record TEXT NOT NULL
+     );",
 ];
 
 impl Db {
@@ -899,6 +904,43 @@ impl Db {
             )
             .ctx("recording a GPU's health")?;
         Ok(())
+    }
+
+    /// Registers `node`, unless a node of its name is registered already (the first
+    /// registration holds).
+    pub fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), DbError> {
+        let record = serde_json::to_string(node).expect("a node serialises");
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO registered_nodes(name, record) VALUES (?1, ?2)",
+                params![node.name, record],
+            )
+            .ctx("registering a node")?;
+        Ok(())
+    }
+
+    /// The registered nodes, by name.
+    pub fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, record FROM registered_nodes ORDER BY name")
+            .ctx("reading registered nodes")?;
+        let rows = stmt
+            .query_map([], |r| {
+                let (name, record): (String, String) = (r.get(0)?, r.get(1)?);
+                serde_json::from_str(&record).map_err(|e| {
+                    BadValue {
+                        table: "registered_nodes",
+                        row: name,
+                        column: "record",
+                        problem: e.to_string(),
+                    }
+                    .into_sqlite()
+                })
+            })
+            .ctx("reading registered nodes")?;
+        rows.collect::<Result<_, _>>()
+            .ctx("reading registered nodes")
     }
 
     /// Every GPU health an admin set, by GPU id.

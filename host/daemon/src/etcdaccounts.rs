@@ -124,6 +124,10 @@ impl EtcdAccounts {
         format!("{}/gpu_health/{gpu}", self.root).into_bytes()
     }
 
+    fn node_key(&self, node: &str) -> Vec<u8> {
+        format!("{}/nodes/{node}", self.root).into_bytes()
+    }
+
     fn read_token(&self, id: &str) -> Result<Option<(TokenValue, Kv)>, EtcdStoreError> {
         match self.etcd.get(&self.key(&format!("tokens/{id}")))? {
             Some(kv) => Ok(Some((decode(&kv.key, &kv.value)?, kv))),
@@ -361,6 +365,17 @@ impl GpuMarks for EtcdAccounts {
     fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
         // Keys are in GPU id order.
         Ok(decode_prefix(&self.etcd, &self.mark_key(""))?)
+    }
+
+    fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
+        let value = serde_json::to_vec(node).expect("a node serialises");
+        self.create(self.node_key(&node.name), value)?;
+        Ok(())
+    }
+
+    fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError> {
+        // Keys are in name order.
+        Ok(decode_prefix(&self.etcd, &self.node_key(""))?)
     }
 }
 

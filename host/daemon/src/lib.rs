@@ -319,6 +319,24 @@ impl Daemon {
             api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
         }
         Self::start_policy(&mut host, &*policies, config.shipped_policy).map_err(setup)?;
+        // Nodes that registered through their agents, before anything refers to their GPUs
+        // (an admin's marks, the jobs on them).
+        let registered = marks.registered_nodes().map_err(|e| setup(e.to_string()))?;
+        let mut capacity = config.cluster.clone();
+        for n in &registered {
+            if config.cluster.nodes.iter().any(|c| c.name == n.name) {
+                tracing::warn!(node = %n.name, "a registered node is in the cluster file now: the file's holds");
+                continue;
+            }
+            let gpus = n.gpus();
+            host.add_node(&n.name, &n.rack, &gpus)
+                .map_err(|e| setup(e.to_string()))?;
+            let before = capacity.gpus.len();
+            capacity.add_node(&n.name, &n.rack, &gpus).map_err(setup)?;
+            for g in &mut capacity.gpus[before..] {
+                g.gpu.healthy = true;
+            }
+        }
         let unhealthy = persisted::apply_gpu_health(&mut host, &*marks).map_err(setup)?;
         if unhealthy > 0 {
             tracing::info!(
@@ -336,7 +354,7 @@ impl Daemon {
         // Jobs are admitted against what the cluster has: GPUs out of service for a while (an
         // admin's mark, a node whose agent is away) come back, and a job requeued from them is
         // queued again, not refused.
-        host.admit_against(config.cluster.clone());
+        host.admit_against(capacity);
         if config.agent_lease.is_some() {
             // With agents, a node serves once its agent holds a lease: none does yet.
             for g in &config.cluster.gpus {

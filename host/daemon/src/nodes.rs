@@ -32,7 +32,17 @@ pub struct Heartbeat {
     /// Whether they are emulated (`gantry agent --emulate-gpus`): run on the CPU, bound alike.
     #[serde(default)]
     pub emulated: bool,
+    /// The node's rack, for a node that registers (one not in the cluster file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
+
+/// What a heartbeat is answered: the node's GPUs in service, the ordinals it reported that the
+/// cluster lacks, and the runs handed to it.
+pub(crate) type HeartbeatAnswer = (Vec<String>, Vec<u32>, Vec<HandedRun>);
+
+/// The most nodes a cluster may have, registered ones included.
+pub const MAX_NODES: usize = 100_000;
 
 /// One GPU an agent reports.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -62,6 +72,15 @@ impl Heartbeat {
                 self.gpus.len()
             ));
         }
+        if let Some(rack) = &self.rack
+            && (rack.is_empty()
+                || rack.len() > 64
+                || !rack
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err("field `rack`: 1-64 letters, digits, '-', '_' or '.'".to_string());
+        }
         let mut seen = BTreeSet::new();
         for (i, g) in self.gpus.iter().enumerate() {
             for (name, value) in [
@@ -80,6 +99,53 @@ impl Heartbeat {
             }
         }
         Ok(())
+    }
+}
+
+/// A node that registered through its agent (it is not in the cluster file), as its agent
+/// first reported it: kept, so that a restart or a new leader knows its GPUs (and the jobs on
+/// them) before its agent's next heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredNode {
+    /// Its name: its node identity's.
+    pub name: String,
+    /// Its rack.
+    pub rack: String,
+    /// Its GPUs.
+    pub gpus: Vec<RegisteredGpu>,
+    /// When it registered, Unix seconds.
+    pub at: f64,
+}
+
+/// A GPU of a registered node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredGpu {
+    /// Its ordinal on the node: its id is `<node>/gpu<ordinal>`.
+    pub ordinal: u32,
+    /// Its model, as the driver names it.
+    pub model: String,
+    /// Its memory, MiB.
+    pub memory_mib: u32,
+}
+
+impl RegisteredNode {
+    /// Its GPUs as the cluster model takes them: id, model, memory.
+    pub fn gpus(&self) -> Vec<(String, String, u32)> {
+        self.gpus
+            .iter()
+            .map(|g| {
+                let model = if g.model.is_empty() {
+                    "unknown"
+                } else {
+                    &g.model
+                };
+                (
+                    format!("{}/gpu{}", self.name, g.ordinal),
+                    model.to_string(),
+                    g.memory_mib,
+                )
+            })
+            .collect()
     }
 }
 
@@ -702,15 +768,19 @@ impl crate::Daemon {
     }
 
     /// Node `node`'s agent reported `beat`: its lease renewed, and its GPUs in or out of service
-    /// as reported. Returns the node's GPUs in service and the ordinals not in the cluster;
-    /// `None` when the cluster has no such node.
+    /// as reported. A node the cluster does not have registers (see [`Daemon::register`]).
+    /// Returns the node's GPUs in service, the ordinals not in the cluster and its runs; `Err`
+    /// when the node could not register.
     pub(crate) fn heartbeat(
         &self,
         node: &str,
         nodes: &Nodes,
         beat: &Heartbeat,
-    ) -> Option<(Vec<String>, Vec<u32>, Vec<HandedRun>)> {
-        let declared = self.node_gpus(node)?;
+    ) -> Result<HeartbeatAnswer, String> {
+        let declared = match self.node_gpus(node) {
+            Some(declared) => declared,
+            None => self.register(node, beat)?,
+        };
         let id_of = |ordinal: u32| format!("{node}/gpu{ordinal}");
         let fit: BTreeSet<String> = beat
             .gpus
@@ -744,7 +814,57 @@ impl crate::Daemon {
             tracing::info!(%node, changed = ?changed, "a node's agent changed which of its GPUs serve");
             self.apply_gpu_health(&changed, "its node's agent reported its GPU unfit");
         }
-        Some((fit.into_iter().collect(), unknown, nodes.handed(node)))
+        Ok((fit.into_iter().collect(), unknown, nodes.handed(node)))
+    }
+
+    /// Registers node `node`, which the cluster does not have, with the GPUs its agent reports
+    /// in `beat` (at least one; its rack as reported): kept in the store of cluster changes (a
+    /// restart or a new leader knows it), recorded in the audit log, and added to the cluster,
+    /// its GPUs out of service until the heartbeat brings them in. Who may register is the
+    /// policy's: only node `node`'s own identity sends its heartbeat. Returns its GPUs' ids.
+    fn register(&self, node: &str, beat: &Heartbeat) -> Result<Vec<String>, String> {
+        if self.host_read().state().cluster.nodes.len() >= MAX_NODES {
+            return Err(format!(
+                "node `{node}` cannot register: the cluster has {MAX_NODES} nodes, the most"
+            ));
+        }
+        if beat.gpus.is_empty() {
+            return Err(format!(
+                "node `{node}` is not in the cluster; it registers with at least one GPU"
+            ));
+        }
+        let record = RegisteredNode {
+            name: node.to_string(),
+            rack: beat.rack.clone().unwrap_or_else(|| "default".into()),
+            gpus: beat
+                .gpus
+                .iter()
+                .map(|g| RegisteredGpu {
+                    ordinal: g.ordinal,
+                    model: g.name.clone(),
+                    memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            at: crate::db::now(),
+        };
+        self.marks
+            .register_node(&record)
+            .map_err(|e| format!("registering node `{node}`: {e}"))?;
+        let added = self.host().add_node(node, &record.rack, &record.gpus());
+        match added {
+            Ok(()) => {
+                tracing::info!(%node, rack = %record.rack, gpus = record.gpus.len(), "a node registered");
+                let entry = serde_json::json!({"node": node, "rack": record.rack,
+                                               "gpus": record.gpus.len()});
+                if let Err(e) = self.decider.record("node.registered", entry) {
+                    tracing::error!(error = %e, "recording a node's registration in the audit log");
+                }
+            }
+            // Another heartbeat of the same node registered it meanwhile.
+            Err(_) if self.node_gpus(node).is_some() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(self.node_gpus(node).unwrap_or_default())
     }
 }
 
@@ -781,11 +901,13 @@ mod tests {
         let ok = Heartbeat {
             gpus: vec![gpu(0), gpu(1)],
             emulated: false,
+            rack: None,
         };
         assert!(ok.check().is_ok());
         let twice = Heartbeat {
             gpus: vec![gpu(0), gpu(0)],
             emulated: false,
+            rack: None,
         };
         assert!(twice.check().unwrap_err().contains("gpus[1].ordinal"));
         let long = Heartbeat {
@@ -794,11 +916,13 @@ mod tests {
                 ..gpu(0)
             }],
             emulated: false,
+            rack: None,
         };
         assert!(long.check().unwrap_err().contains("gpus[0].name"));
         let many = Heartbeat {
             gpus: (0..=MAX_REPORTED_GPUS as u32).map(gpu).collect(),
             emulated: false,
+            rack: None,
         };
         assert!(many.check().unwrap_err().contains("field `gpus`"));
     }

@@ -69,6 +69,48 @@ fn an_adopted_job_holds_the_gpus_it_held_and_nothing_else() {
     assert!(host.state().pending.is_empty());
 }
 
+#[test]
+fn a_registered_node_is_placed_on_once_in_service_and_admits_jobs_at_once() {
+    let mut host = Host::new(HostConfig::new(Cluster::uniform(1, 1, 2, 1))).unwrap();
+    host.admit_against(host.state().cluster.clone());
+    let gpu = |k: u32| (format!("node-z/gpu{k}"), "H200".to_string(), 141_000);
+    // Four GPUs: more than the cluster had, so admitted only once the node is there.
+    assert!(host.check(job("big", 4)).is_err());
+    host.add_node("node-z", "rack-9", &[gpu(0), gpu(1), gpu(2), gpu(3)])
+        .unwrap();
+    let c = &host.state().cluster;
+    assert_eq!(
+        (c.nodes.len(), c.gpus.len(), host.state().holder.len()),
+        (2, 6, 6)
+    );
+    assert_eq!(c.racks[c.nodes[1].rack as usize], "rack-9");
+    assert_eq!(c.models[c.gpus[5].gpu.model as usize], "H200");
+    assert!(
+        c.gpus[2..].iter().all(|g| !g.gpu.healthy),
+        "out of service until its agent says"
+    );
+    host.check(job("big", 4)).unwrap();
+    for e in [
+        host.add_node("node-z", "rack-9", &[]).unwrap_err(),
+        host.add_node("node-y", "rack-9", &[gpu(0)]).unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("exists"), "{e}");
+    }
+    assert_eq!(
+        host.state().cluster.nodes.len(),
+        2,
+        "a refused node adds nothing"
+    );
+    for k in 0..4 {
+        host.set_gpu_health(&format!("node-z/gpu{k}"), true);
+    }
+    host.submit(job("big", 4)).unwrap();
+    let report = crate::blocking::block_on(host.schedule_cycle(10.0));
+    assert_eq!(report.placements.len(), 1, "{report:?}");
+    let gpus = &report.placements[0].gpus;
+    assert!(gpus.iter().all(|g| g.starts_with("node-z/")), "{gpus:?}");
+}
+
 /// The shipped policy built under `revision` (one module for every revision: compiled once).
 fn shipped_policy(host: &Host, revision: &str) -> std::sync::Arc<LoadedPolicy> {
     let (name, rego, data) = crate::builtin::AUTHZ_POLICY;

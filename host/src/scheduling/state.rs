@@ -60,6 +60,18 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Adds a node and its GPUs, out of service and free: see [`Cluster::add_node`].
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<(), String> {
+        self.cluster.add_node(name, rack, gpus)?;
+        self.holder.resize(self.cluster.gpus.len(), None);
+        Ok(())
+    }
+
     /// An idle cluster.
     pub fn new(cluster: Cluster) -> Self {
         let tenants = cluster.tenants.len();

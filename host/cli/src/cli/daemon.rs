@@ -94,9 +94,13 @@ pub struct UpArgs {
 /// Arguments of `gantry agent`.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// The node this agent speaks for (its name in the control plane's cluster).
+    /// The node this agent speaks for: its name in the control plane's cluster, or, for a node
+    /// the cluster file does not list, the name it registers under (its node identity's).
     #[arg(long)]
     node: String,
+    /// The node's rack, reported when it registers (a node not in the cluster file).
+    #[arg(long)]
+    rack: Option<String>,
     /// Advertise this many emulated GPUs (run on the CPU, bound like real ones) instead of the
     /// GPUs the CUDA driver finds.
     #[arg(long, value_name = "N")]
@@ -959,7 +963,10 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let gpus = agent_gpus(args.emulate_gpus)?;
-    let body = serde_json::json!({"gpus": gpus, "emulated": args.emulate_gpus.is_some()});
+    let mut body = serde_json::json!({"gpus": gpus, "emulated": args.emulate_gpus.is_some()});
+    if let Some(rack) = &args.rack {
+        body["rack"] = rack.as_str().into();
+    }
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();

@@ -155,12 +155,9 @@ pub(super) async fn heartbeat(
         authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
         let daemon = &state.daemon;
         let nodes = agents(daemon)?;
-        let (serving, unknown, runs) = daemon.heartbeat(&node, nodes, &beat).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no node `{node}` in the cluster"),
-            )
-        })?;
+        let (serving, unknown, runs) = daemon
+            .heartbeat(&node, nodes, &beat)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
         Ok(json!({
             "node": node,
             "lease_s": nodes.lease().as_secs_f64(),
