@@ -28,10 +28,20 @@ impl Agent {
         gpus: u32,
         extra: &[&str],
     ) -> Agent {
+        let gpus = gpus.to_string();
+        let args: Vec<&str> = ["--emulate-gpus", gpus.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::spawn(url, token, node, &args)
+    }
+
+    /// An agent of `node` given `args` besides its node, URL and heartbeat period.
+    fn spawn(url: &str, token: &str, node: &str, args: &[&str]) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["agent", "--node", node, "--heartbeat-s", "0.2"])
-            .args(["--emulate-gpus", &gpus.to_string(), "--url", url])
-            .args(extra)
+            .args(["--url", url])
+            .args(args)
             .env("GANTRY_TOKEN", token)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -784,4 +794,68 @@ fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registere
     assert_eq!(serving_gpus(&url, &rae), 0);
     let _back = Agent::start_with(&url, &node_z, "node-z", 3, &extra);
     eventually("node-z serves again", || serving_gpus(&url, &rae) == 3);
+}
+
+/// A devices file of node-a's two GPUs, `healthy` saying which are fit.
+fn devices(healthy: [bool; 2]) -> String {
+    (0..2)
+        .map(|k| {
+            format!(
+                "[[gpus]]\nordinal = {k}\nname = \"H100-80GB\"\nmemory_mib = 81920\n\
+                 pci_bus_id = \"0000:1{k}:00.0\"\nhealthy = {}\n",
+                healthy[k]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_gpu_its_devices_file_calls_unfit_leaves_service_and_its_job_is_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "10");
+    let url = daemon.url.clone();
+
+    // A devices file that does not read stops the agent at once, naming the file and line.
+    let file = dir.path().join("devices.toml");
+    std::fs::write(&file, "[[gpus]]\nordinal = 0\nhealthy = maybe\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["agent", "--node", "node-a", "--url", &url, "--devices"])
+        .arg(&file)
+        .env("GANTRY_TOKEN", &node)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("devices.toml") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, devices([true, true])).unwrap();
+    let mut args = vec!["--devices", file.to_str().unwrap(), "--kill-grace-s", "0.5"];
+    args.extend(job_user_args());
+    let _agent = Agent::spawn(&url, &node, "node-a", &args);
+    eventually("both GPUs serve", || serving_gpus(&url, &rae) == 2);
+    let body = json!({"id": "c1", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sleep", "300"]}});
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    wait_for_state(&url, &rae, "c1", "running");
+
+    // The file calls GPU 1 unfit: it leaves service, and the job on it goes back to the queue
+    // (its run stopped).
+    std::fs::write(&file, devices([true, false])).unwrap();
+    eventually("GPU 1 leaves service", || serving_gpus(&url, &rae) == 1);
+    wait_for_state(&url, &rae, "c1", "pending");
+    let log = log_of(&url, &rae, "c1");
+    assert!(log.contains("reported its GPU unfit"), "{log}");
+    // A file that stops reading changes nothing: the last report stands.
+    std::fs::write(&file, "[[gpus]\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(serving_gpus(&url, &rae), 1);
+    // Fit again: the job runs again.
+    std::fs::write(&file, devices([true, true])).unwrap();
+    wait_for_state(&url, &rae, "c1", "running");
 }

@@ -1,5 +1,6 @@
 //! Commands, argument parsing and output.
 
+mod agent_devices;
 mod agent_train;
 mod audit;
 mod bench;

@@ -103,8 +103,13 @@ pub struct AgentArgs {
     rack: Option<String>,
     /// Advertise this many emulated GPUs (run on the CPU, bound like real ones) instead of the
     /// GPUs the CUDA driver finds.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "devices")]
     emulate_gpus: Option<u32>,
+    /// Advertise the emulated GPUs this TOML file lists (`[[gpus]]` of `ordinal`, `name`,
+    /// `memory_mib`, `pci_bus_id`, `healthy`), read again before every heartbeat: a GPU the file
+    /// says is unfit leaves service, and its jobs are requeued.
+    #[arg(long, value_name = "FILE")]
+    devices: Option<PathBuf>,
     /// Seconds between heartbeats (keep it well under the control plane's lease).
     #[arg(long, default_value_t = 1.0)]
     heartbeat_s: f64,
@@ -906,36 +911,6 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The GPUs this agent reports: emulated ones, or those the CUDA driver finds.
-fn agent_gpus(emulate: Option<u32>) -> anyhow::Result<serde_json::Value> {
-    if let Some(n) = emulate {
-        return Ok((0..n)
-            .map(|ordinal| {
-                serde_json::json!({"ordinal": ordinal, "name": "emulated (CPU)",
-                                   "memory_mib": 81920, "healthy": true})
-            })
-            .collect());
-    }
-    let report = gantry::training::device::detect();
-    if report.gpus.is_empty() {
-        anyhow::bail!(
-            "no GPUs found ({}); give --emulate-gpus N to advertise emulated ones",
-            report
-                .cuda_unavailable
-                .as_deref()
-                .unwrap_or("none reported")
-        );
-    }
-    Ok(report
-        .gpus
-        .iter()
-        .map(|g| {
-            serde_json::json!({"ordinal": g.ordinal, "name": g.name,
-                               "memory_mib": g.memory_bytes >> 20, "healthy": true})
-        })
-        .collect())
-}
-
 /// Runs `gantry agent`: heartbeats until stopped, and runs the command jobs the control plane
 /// hands it. A failed heartbeat is reported and retried; once no heartbeat has succeeded for a
 /// whole lease, the control plane has given its runs up, so it stops them itself. A run the
@@ -962,11 +937,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let gpus = agent_gpus(args.emulate_gpus)?;
-    let mut body = serde_json::json!({"gpus": gpus, "emulated": args.emulate_gpus.is_some()});
-    if let Some(rack) = &args.rack {
-        body["rack"] = rack.as_str().into();
-    }
+    let mut devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
@@ -978,13 +949,18 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         name: args.node.clone(),
         limits,
         cgroups,
-        emulated: args.emulate_gpus.is_some(),
+        emulated: devices.emulated(),
         unsent: unsent.clone(),
     });
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
     loop {
-        match call(&args.client, "POST", &path, Some(body.clone())) {
+        let mut body =
+            serde_json::json!({"gpus": devices.report(), "emulated": devices.emulated()});
+        if let Some(rack) = &args.rack {
+            body["rack"] = rack.as_str().into();
+        }
+        match call(&args.client, "POST", &path, Some(body)) {
             Ok(answer) => {
                 last_ok = std::time::Instant::now();
                 if let Some(s) = answer["lease_s"].as_f64() {

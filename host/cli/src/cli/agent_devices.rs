@@ -1,0 +1,118 @@
+//! The GPUs a node's agent reports, and their health: emulated ones (`--emulate-gpus N`), the
+//! ones a devices file lists (`--devices FILE`, read again before every heartbeat, so that a
+//! GPU leaves service when the file says it is unfit: what a health checker beside the agent
+//! writes), or the ones the CUDA driver finds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use gantry_daemon::nodes::{Heartbeat, ReportedGpu};
+
+/// The largest devices file read, bytes.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Where an agent's GPUs come from.
+pub(super) enum Devices {
+    /// `--emulate-gpus N`: healthy, run on the CPU.
+    Emulated(Vec<ReportedGpu>),
+    /// `--devices FILE` (emulated too: run on the CPU, bound like real ones); the last report
+    /// that read, kept while the file does not.
+    File {
+        path: PathBuf,
+        last: Vec<ReportedGpu>,
+    },
+    /// The CUDA driver's.
+    Driver(Vec<ReportedGpu>),
+}
+
+/// A devices file: `[[gpus]]` tables of `ordinal`, `name`, `memory_mib`, `pci_bus_id` and
+/// `healthy`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesFile {
+    gpus: Vec<ReportedGpu>,
+}
+
+impl Devices {
+    /// The agent's devices; a devices file that does not read is an error naming it.
+    pub(super) fn new(emulate: Option<u32>, file: Option<PathBuf>) -> anyhow::Result<Devices> {
+        if let Some(path) = file {
+            let last = read(&path)?;
+            return Ok(Devices::File { path, last });
+        }
+        if let Some(n) = emulate {
+            let gpu = |ordinal| ReportedGpu {
+                ordinal,
+                name: "emulated (CPU)".into(),
+                memory_mib: 81920,
+                pci_bus_id: None,
+                healthy: true,
+            };
+            return Ok(Devices::Emulated((0..n).map(gpu).collect()));
+        }
+        let report = gantry::training::device::detect();
+        if report.gpus.is_empty() {
+            anyhow::bail!(
+                "no GPUs found ({}); give --emulate-gpus N or --devices FILE to advertise emulated ones",
+                report
+                    .cuda_unavailable
+                    .as_deref()
+                    .unwrap_or("none reported")
+            );
+        }
+        let gpus = report.gpus.iter().map(|g| ReportedGpu {
+            ordinal: g.ordinal as u32,
+            name: g.name.clone(),
+            memory_mib: g.memory_bytes >> 20,
+            pci_bus_id: None,
+            healthy: true,
+        });
+        Ok(Devices::Driver(gpus.collect()))
+    }
+
+    /// Whether the GPUs are emulated (run on the CPU).
+    pub(super) fn emulated(&self) -> bool {
+        !matches!(self, Devices::Driver(_))
+    }
+
+    /// The GPUs to report now: a devices file is read again (one that no longer reads is
+    /// reported on standard error, and the last report that read stands).
+    pub(super) fn report(&mut self) -> &[ReportedGpu] {
+        match self {
+            Devices::Emulated(gpus) | Devices::Driver(gpus) => gpus,
+            Devices::File { path, last } => {
+                match read(path) {
+                    Ok(gpus) => *last = gpus,
+                    Err(e) => eprintln!("{e:#}; reporting what it said before"),
+                }
+                last
+            }
+        }
+    }
+}
+
+/// Reads and checks devices file `path` (bounded; every error names the file, and the line or
+/// the field).
+fn read(path: &Path) -> anyhow::Result<Vec<ReportedGpu>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("--devices {}", path.display()))?
+        .len();
+    if size > MAX_FILE {
+        anyhow::bail!(
+            "--devices {}: {size} bytes, over the most ({MAX_FILE})",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--devices {}", path.display()))?;
+    let file: DevicesFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("--devices {}: {e}", path.display()))?;
+    let beat = Heartbeat {
+        gpus: file.gpus,
+        emulated: true,
+        rack: None,
+    };
+    beat.check()
+        .map_err(|e| anyhow::anyhow!("--devices {}: {e}", path.display()))?;
+    Ok(beat.gpus)
+}
