@@ -339,6 +339,23 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     let Some(etcd) = EtcdProcess::start_or_skip("killing_the_leader_again_and_again") else {
         return;
     };
+    kill_loop(&etcd.url(), 20261203);
+}
+
+/// The kill loop again, the control plane's state on a three-member etcd cluster.
+#[test]
+fn killing_the_leader_again_and_again_on_three_etcd_members_loses_no_job() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = gantry_etcd::testing::EtcdCluster::start_or_skip("kill_loop_three_members", 3)
+    else {
+        return;
+    };
+    kill_loop(&etcd.urls(), 20261204);
+}
+
+/// Three replicas on etcd `etcd` (URLs) and three node agents; the leader killed 20 times
+/// (seeded by `seed`, or `GANTRY_KILL_SEED`) while jobs of both kinds are submitted and run.
+fn kill_loop(etcd: &str, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(&dir.path().join("d0"));
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
@@ -355,7 +372,7 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     let agent_lease = ["--agent-lease-s", "3"];
     let mut replicas: Vec<Replica> = dirs
         .iter()
-        .map(|d| Replica::start_with(d, &etcd.url(), &shared_cache(), &agent_lease))
+        .map(|d| Replica::start_with(d, etcd, &shared_cache(), &agent_lease))
         .collect();
     let bound = Duration::from_secs(2 * LEASE_S);
     let (mut leader, _) = leader_within(&mut replicas, bound + Duration::from_secs(10));
@@ -373,7 +390,7 @@ fn killing_the_leader_again_and_again_loses_no_job_and_never_shares_a_gpu() {
     let seed = std::env::var("GANTRY_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20261203);
+        .unwrap_or(seed);
     eprintln!("kill loop seed {seed}");
     let mut rng = Lcg(seed);
     let mut accepted: Vec<String> = Vec::new();
