@@ -114,21 +114,28 @@ impl Selected {
     }
 }
 
+/// `replicas` CPU replicas sharing the threads `devices` gives (every core for 0).
+fn cpu_replicas(
+    report: &DeviceReport,
+    devices: &DevicesConfig,
+    replicas: usize,
+    reason: String,
+) -> Selected {
+    let threads = match devices.threads {
+        0 => report.cpu_cores,
+        n => n,
+    };
+    Selected::Cpu {
+        replicas,
+        threads_each: (threads / replicas).max(1),
+        reason,
+    }
+}
+
 /// Picks the backend for `devices` on a machine described by `report`.
 pub fn select(report: &DeviceReport, devices: &DevicesConfig) -> Result<Selected, TrainError> {
     let replicas = devices.replicas;
-    let cpu = |reason: String| {
-        let threads = if devices.threads == 0 {
-            report.cpu_cores
-        } else {
-            devices.threads
-        };
-        Selected::Cpu {
-            replicas,
-            threads_each: (threads / replicas).max(1),
-            reason,
-        }
-    };
+    let cpu = |reason: String| cpu_replicas(report, devices, replicas, reason);
     let cuda = |reason: String| -> Result<Selected, TrainError> {
         if replicas > report.gpus.len() {
             return Err(TrainError::Unavailable(format!(
@@ -203,18 +210,7 @@ pub fn select_placed(
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let cpu = |reason: String| {
-        let threads = if devices.threads == 0 {
-            report.cpu_cores
-        } else {
-            devices.threads
-        };
-        Selected::Cpu {
-            replicas,
-            threads_each: (threads / replicas).max(1),
-            reason,
-        }
-    };
+    let cpu = |reason: String| cpu_replicas(report, devices, replicas, reason);
     if placed.emulated {
         return Ok(cpu(format!("emulated GPUs {list}: one CPU replica each")));
     }
