@@ -150,6 +150,15 @@ pub struct Rotation {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// An object as a store keeps it, still encrypted ([`Store::sealed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedObject {
+    /// Its authenticated chunks.
+    pub chunks: Vec<u8>,
+    /// Its data key, wrapped by a master key.
+    pub key: Vec<u8>,
+}
+
 /// The master keys a store knows, and which one new objects use.
 struct Masters {
     keys: Vec<MasterKey>,
@@ -515,6 +524,55 @@ impl Store {
             _ => io(&path)(e),
         })?;
         ObjectReader::open(id, key, file)
+    }
+
+    /// Object `id` as it is stored, still encrypted: its sealed chunks and its wrapped data
+    /// key, for another store holding the same master keys (a replica of a control plane) to
+    /// [`Store::put_sealed`]. `NotFound` when it is not here, `Corrupt` when its chunks are over
+    /// `max` bytes.
+    pub fn sealed(&self, id: &str, max: u64) -> Result<SealedObject, StoreError> {
+        check_id(id)?;
+        let read = |path: PathBuf, limit: u64| {
+            durable::read_bounded(&path, limit).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::NotFound(id.to_string()),
+                std::io::ErrorKind::InvalidData => StoreError::Corrupt {
+                    id: id.to_string(),
+                    message: format!("over {limit} bytes"),
+                },
+                _ => io(&path)(e),
+            })
+        };
+        Ok(SealedObject {
+            key: read(self.key_path(id), 4096)?,
+            chunks: read(self.object_path(id), max)?,
+        })
+    }
+
+    /// Keeps `sealed`, object `id` as another store with the same master keys sealed it, unless
+    /// a readable object `id` is here already. It must read as object `id` (every chunk, its
+    /// digest, its key unwrapped by a master this store knows), or nothing of it is kept.
+    pub fn put_sealed(&self, id: &str, sealed: &SealedObject) -> Result<(), StoreError> {
+        check_id(id)?;
+        self.writable()?;
+        let _stripe = self.stripe(id);
+        match self.authenticate(id) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(object = %id, error = %e,
+                "an unreadable copy of this object is replaced by a sealed copy"),
+        }
+        let path = self.object_path(id);
+        let dir = path.parent().expect("objects/ab");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = self.key_path(id);
+        durable::write(&key, &sealed.key, Mode::Private).map_err(io(&key))?;
+        durable::write(&path, &sealed.chunks, Mode::Private).map_err(io(&path))?;
+        if let Err(e) = self.authenticate(id) {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&key);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The whole of object `id`.

@@ -251,18 +251,23 @@ fn submit_supervised(
             }
         }
         if start.elapsed() > within {
-            for r in replicas.iter() {
-                let log = std::fs::read_to_string(r.dir.join("replica.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!(
-                    "--- {} (tail, newest first)\n{}",
-                    r.dir.display(),
-                    tail.join("\n")
-                );
-            }
+            show_logs(replicas);
             panic!("no replica took {body} within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints the tail of each replica's log, for a failing test.
+fn show_logs(replicas: &[Replica]) {
+    for r in replicas {
+        let log = std::fs::read_to_string(r.dir.join("replica.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!(
+            "--- {} (tail, newest first)\n{}",
+            r.dir.display(),
+            tail.join("\n")
+        );
     }
 }
 
@@ -930,5 +935,79 @@ fn a_control_plane_reaches_etcd_over_tls() {
             .len()
             == 1,
         "the job is in the TLS etcd"
+    );
+}
+
+/// Regression: a checkpoint went only into the store of the leader that received it, so a
+/// training run that started again under a later leader (its node lost) found its newest
+/// checkpoint in no store there, and failed. The leader keeps each job's newest checkpoint in
+/// etcd too, sealed; a replica that lacks it brings it in.
+#[test]
+fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_received() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_training_run_resumes_under_a_new_leader") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let node_a = add_user(&data, "node-a", "node", "vision", "public");
+    let node_b = add_user(&data, "node-b", "node", "vision", "public");
+    let dirs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("r{i}"))).collect();
+    for d in &dirs {
+        copy_dir(&data, d);
+        std::fs::write(d.join("cluster.toml"), THREE_NODES).unwrap();
+    }
+    let agent_lease = ["--agent-lease-s", "3"];
+    let mut replicas: Vec<Replica> = dirs
+        .iter()
+        .map(|d| Replica::start_with(d, &etcd.url(), &shared_cache(), &agent_lease))
+        .collect();
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    let urls = urls.join(",");
+    let agent_a = crate::agents::Agent::start_with(&urls, &node_a, "node-a", 4, &[]);
+    let body = json!({"id": "t1", "tenant": "vision", "gpus": 2,
+                      "train": crate::daemon::train_toml(60)});
+    let (s, v) = submit_supervised(&mut replicas, &ada, &body, Duration::from_secs(30));
+    assert_eq!(s, 201, "{v}");
+    let url = replicas[leader].url.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crate::support::log_of(&url, &ada, "t1").contains("checkpoint at step") {
+        assert!(Instant::now() < deadline, "t1 never checkpointed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The leader and node-a go down together; node-b's agent takes the job under the next
+    // leader, which never received the checkpoint.
+    let _agent_b = crate::agents::Agent::start_with(&urls, &node_b, "node-b", 4, &[]);
+    drop(agent_a);
+    replicas[leader].kill();
+    let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    assert_ne!(next, leader);
+    let url = replicas[next].url.clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let (_, job) = try_request(&format!("{url}/v1/jobs/t1"), "GET", Some(&ada), None)
+            .expect("the new leader answers");
+        if ["succeeded", "failed"].contains(&job["state"].as_str().unwrap_or_default()) {
+            break job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "t1 never ended: {job}\n{}",
+            crate::support::log_of(&url, &ada, "t1")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = crate::support::log_of(&url, &ada, "t1");
+    if job["state"] != "succeeded" {
+        show_logs(&replicas);
+    }
+    assert_eq!(job["state"], "succeeded", "{job}\n{log}");
+    assert_eq!(job["result"]["ran_on"]["node"], "node-b", "{job}");
+    assert!(
+        job["result"]["resumed_at_step"].as_u64().unwrap() >= 100,
+        "{job}"
     );
 }

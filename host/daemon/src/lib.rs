@@ -47,6 +47,7 @@ pub mod rejections;
 pub mod replicas;
 pub mod runner;
 pub mod serve;
+pub mod sharedcheckpoints;
 pub mod tls;
 
 #[cfg(test)]
@@ -107,6 +108,8 @@ struct Stores {
     plugins: pluginstore::Plugins,
     /// What was copied into etcd from this directory, this time (the first leader's).
     seeded: Vec<serde_json::Value>,
+    /// For a replicated control plane: the jobs' newest checkpoints, in etcd.
+    shared: Option<sharedcheckpoints::SharedCheckpoints>,
 }
 
 /// A daemon failed to start.
@@ -182,6 +185,9 @@ pub struct Daemon {
     split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
+    /// For a replicated control plane: the jobs' newest checkpoints, kept in etcd for every
+    /// replica.
+    shared: Option<sharedcheckpoints::SharedCheckpoints>,
 }
 
 /// The settings key naming the active scheduler plugin.
@@ -299,6 +305,7 @@ impl Daemon {
             policies,
             plugins,
             seeded,
+            shared,
         } = Self::stores(config, leadership.as_ref(), &db, &store).map_err(setup)?;
         // The scheduler an admin made active survives restarts; one that no longer loads (a
         // trust key withdrawn, say) gives way to the shipped default, with a warning.
@@ -413,6 +420,7 @@ impl Daemon {
             split: Mutex::default(),
             reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
+            shared,
         };
         daemon.adopt_runs(adopted);
         Ok(daemon)
@@ -444,6 +452,7 @@ impl Daemon {
                 policies: Arc::new(local_policy),
                 plugins: Arc::new(local_plugins),
                 seeded: Vec::new(),
+                shared: None,
             });
         };
         let Some(lead) = leadership.cloned() else {
@@ -478,6 +487,10 @@ impl Daemon {
             policies: Arc::new(policies),
             plugins: Arc::new(plugins),
             seeded,
+            shared: Some(sharedcheckpoints::SharedCheckpoints::new(
+                cp.etcd.clone(),
+                &cp.root,
+            )),
         })
     }
 

@@ -458,6 +458,12 @@ impl Daemon {
                     }
                     return;
                 }
+                if matches!(
+                    to,
+                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                ) {
+                    self.forget_checkpoints(id);
+                }
                 self.follow(id, from, to);
             }
             Ok(None) => {

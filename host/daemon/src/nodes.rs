@@ -190,8 +190,8 @@ pub enum RunRefusal {
     #[error("{0}")]
     Stale(String),
     /// The control plane's state could not be written.
-    #[error(transparent)]
-    State(#[from] crate::jobstore::StateError),
+    #[error("{0}")]
+    State(String),
 }
 
 /// What an agent reports about a run it was handed (`POST /v1/nodes/{node}/runs`). Only the

@@ -55,20 +55,52 @@ impl Daemon {
     }
 
     /// Records job `id`'s checkpoint at `step`, stored as `object`: in the job's state (with
-    /// its metrics so far, so a resumed run's curve continues from it) and in its log.
+    /// its metrics so far, so a resumed run's curve continues from it) and in its log; on a
+    /// replicated control plane, kept in etcd first, for a later leader to read.
     pub(crate) fn record_checkpoint(
         &self,
         id: &str,
         step: u32,
         object: &str,
-    ) -> Result<(), super::jobstore::StateError> {
-        self.jobs.add_checkpoint(id, step, object)?;
-        if let Some(curve) = self.live_curve(id) {
-            self.jobs.set_curve(id, &curve)?;
+    ) -> Result<(), String> {
+        if let Some(shared) = &self.shared {
+            shared
+                .share(&self.store, id, object)
+                .map_err(|e| format!("keeping the checkpoint at step {step} in etcd: {e}"))?;
         }
-        let short = &object[..object.len().min(16)];
-        self.jobs
-            .log(id, &format!("checkpoint at step {step} (object {short})"))
+        let recorded = || -> Result<(), super::jobstore::StateError> {
+            self.jobs.add_checkpoint(id, step, object)?;
+            if let Some(curve) = self.live_curve(id) {
+                self.jobs.set_curve(id, &curve)?;
+            }
+            let short = &object[..object.len().min(16)];
+            self.jobs
+                .log(id, &format!("checkpoint at step {step} (object {short})"))
+        };
+        recorded().map_err(|e| e.to_string())
+    }
+
+    /// A reader over job `id`'s checkpoint `object`: from this daemon's store, where a replica
+    /// of a control plane first brings it from etcd when another leader received it.
+    pub(crate) fn checkpoint_reader(
+        &self,
+        id: &str,
+        object: &str,
+    ) -> Result<gantry::storage::ObjectReader, String> {
+        match (self.store.reader(object), &self.shared) {
+            (Err(gantry::storage::StoreError::NotFound(_)), Some(shared)) => {
+                shared.fetch(&self.store, id, object)?;
+                self.store.reader(object).map_err(|e| e.to_string())
+            }
+            (reader, _) => reader.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Job `id` is over: a replicated control plane forgets its checkpoint in etcd.
+    pub(crate) fn forget_checkpoints(&self, id: &str) {
+        if let Some(shared) = &self.shared {
+            shared.forget(id);
+        }
     }
 }
 
@@ -258,7 +290,12 @@ impl CheckpointSink for StoreCheckpoints<'_> {
         let Some((step, object)) = daemon.jobs.latest_checkpoint(id).map_err(unavailable)? else {
             return Ok(None);
         };
-        let bytes = daemon.store.get(&object).map_err(unavailable)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut daemon.checkpoint_reader(id, &object).map_err(unavailable)?,
+            &mut bytes,
+        )
+        .map_err(unavailable)?;
         tracing::info!(step, object = %object, "resuming from checkpoint");
         let _ = daemon
             .jobs

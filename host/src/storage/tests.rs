@@ -325,3 +325,59 @@ fn a_read_only_store_refuses_writes_and_a_second_writer_is_refused() {
     // The reader learns the new master from disk.
     assert_eq!(reader.get(&id).unwrap(), b"shared");
 }
+
+/// Copies the master keys of the store under `from` into a new store under `to` (a replica's
+/// copy of one data directory).
+fn replica_of(from: &Path, to: &Path) -> Store {
+    std::fs::create_dir_all(to.join("keys")).unwrap();
+    for entry in std::fs::read_dir(from.join("keys")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join("keys").join(entry.file_name())).unwrap();
+    }
+    for dir in ["objects", "objects/tmp"] {
+        std::fs::create_dir_all(to.join(dir)).unwrap();
+    }
+    Store::open_exclusive(to, "a test").unwrap()
+}
+
+#[test]
+fn a_sealed_object_moves_to_a_store_of_the_same_keys_and_nowhere_else() {
+    let (dir, a) = store();
+    let data = bytes(CHUNK + 17, 5);
+    let id = a.put_bytes(&data).unwrap();
+    let sealed = a.sealed(&id, 4 * CHUNK as u64).unwrap();
+    assert!(
+        !sealed
+            .chunks
+            .windows(64)
+            .any(|w| data.windows(64).next() == Some(w)),
+        "still encrypted"
+    );
+    assert!(matches!(
+        a.sealed(&id, CHUNK as u64),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        a.sealed(&"0".repeat(64), u64::MAX),
+        Err(StoreError::NotFound(_))
+    ));
+
+    let b = replica_of(a.root(), &dir.path().join("b"));
+    b.put_sealed(&id, &sealed).unwrap();
+    assert!(b.get(&id).unwrap() == data);
+    b.put_sealed(&id, &sealed).unwrap();
+
+    // A flipped bit, another object's id, or a store of other keys: refused, nothing kept.
+    let c = replica_of(a.root(), &dir.path().join("c"));
+    let mut flipped = sealed.clone();
+    flipped.chunks[100] ^= 1;
+    assert!(c.put_sealed(&id, &flipped).is_err());
+    let other = a.put_bytes(b"another object").unwrap();
+    assert!(c.put_sealed(&other, &sealed).is_err());
+    let (_e, elsewhere) = store();
+    assert!(elsewhere.put_sealed(&id, &sealed).is_err());
+    for s in [&c, &elsewhere] {
+        assert!(matches!(s.get(&id), Err(StoreError::NotFound(_))));
+        assert!(matches!(s.get(&other), Err(StoreError::NotFound(_))));
+    }
+}

@@ -1058,10 +1058,14 @@ fn refused(e: &anyhow::Error) -> bool {
 }
 
 /// Whether a request failed for want of a control plane to answer it (none reachable, a
-/// follower whose leader is gone, a 5xx): worth asking again shortly, as while a replicated
-/// control plane elects a new leader.
+/// follower whose leader is gone, a 502, 503 or 504 on the way): worth asking again shortly,
+/// as while a replicated control plane elects a new leader. A 500 is the control plane's own
+/// failure, and asking again would not mend it.
 pub(super) fn transient(e: &anyhow::Error) -> bool {
-    e.is::<Unreachable>() || e.is::<Follower>() || e.to_string().starts_with('5')
+    let status = e.to_string();
+    e.is::<Unreachable>()
+        || e.is::<Follower>()
+        || ["502", "503", "504"].iter().any(|s| status.starts_with(s))
 }
 
 /// Where an agent's run reports: the control plane, as the run's attempt. A refused report

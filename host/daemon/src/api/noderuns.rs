@@ -151,8 +151,7 @@ pub(super) async fn latest_checkpoint(
                     })?;
             let reader = state
                 .daemon
-                .store
-                .reader(&object)
+                .checkpoint_reader(&job.id, &object)
                 .map_err(ApiError::internal)?;
             Ok((step, reader))
         })
@@ -212,7 +211,7 @@ pub(super) async fn put_checkpoint(
             .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
             .map_err(|e| match e {
                 crate::nodes::RunRefusal::Stale(e) => ApiError::new(StatusCode::CONFLICT, e),
-                crate::nodes::RunRefusal::State(e) => e.into(),
+                crate::nodes::RunRefusal::State(e) => ApiError::internal(e),
             })
     })
     .await?;
