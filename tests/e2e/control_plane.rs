@@ -1010,4 +1010,10 @@ fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_recei
         job["result"]["resumed_at_step"].as_u64().unwrap() >= 100,
         "{job}"
     );
+    // The job is over: etcd keeps none of its checkpoints.
+    let kept = etcd
+        .client()
+        .prefix(b"gantry/sealed-checkpoints/", 0)
+        .unwrap();
+    assert!(kept.is_empty(), "{} keys left", kept.len());
 }

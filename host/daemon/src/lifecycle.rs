@@ -375,6 +375,9 @@ impl Daemon {
     /// `pending` again is queued anew. Placements and runs starting or stopping change nothing
     /// here: the host made the placement, and a run keeps its GPUs until it has stopped.
     fn follow(&self, id: &str, from: JobState, to: JobState) {
+        if to.is_final() {
+            self.forget_checkpoints(id);
+        }
         let queue = if to == JobState::Pending {
             match self.jobs.job(id) {
                 Ok(Some(record)) => Some(spec(&record)),
@@ -457,12 +460,6 @@ impl Daemon {
                         self.follow(id, from, to);
                     }
                     return;
-                }
-                if matches!(
-                    to,
-                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
-                ) {
-                    self.forget_checkpoints(id);
                 }
                 self.follow(id, from, to);
             }
