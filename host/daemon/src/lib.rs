@@ -30,6 +30,7 @@ pub mod cgroup;
 pub mod command;
 pub mod curve;
 pub mod datadir;
+pub mod datasetstore;
 pub mod db;
 pub mod etcdaccounts;
 pub mod etcdblobs;
@@ -46,8 +47,8 @@ pub mod recovery;
 pub mod rejections;
 pub mod replicas;
 pub mod runner;
+pub mod sealedobjects;
 pub mod serve;
-pub mod sharedcheckpoints;
 pub mod tls;
 
 #[cfg(test)]
@@ -108,8 +109,10 @@ struct Stores {
     plugins: pluginstore::Plugins,
     /// What was copied into etcd from this directory, this time (the first leader's).
     seeded: Vec<serde_json::Value>,
-    /// For a replicated control plane: the jobs' newest checkpoints, in etcd.
-    shared: Option<sharedcheckpoints::SharedCheckpoints>,
+    /// The datasets' records.
+    datasets: datasetstore::Datasets,
+    /// For a replicated control plane: checkpoints and datasets, sealed, in etcd.
+    shared: Option<sealedobjects::SealedObjects>,
 }
 
 /// A daemon failed to start.
@@ -185,9 +188,11 @@ pub struct Daemon {
     split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
-    /// For a replicated control plane: the jobs' newest checkpoints, kept in etcd for every
-    /// replica.
-    shared: Option<sharedcheckpoints::SharedCheckpoints>,
+    /// The datasets' records: this directory's SQLite, or etcd for a replicated control plane.
+    pub datasets: datasetstore::Datasets,
+    /// For a replicated control plane: the jobs' newest checkpoints and the datasets, sealed,
+    /// kept in etcd for every replica.
+    shared: Option<sealedobjects::SealedObjects>,
 }
 
 /// The settings key naming the active scheduler plugin.
@@ -305,6 +310,7 @@ impl Daemon {
             policies,
             plugins,
             seeded,
+            datasets,
             shared,
         } = Self::stores(config, leadership.as_ref(), &db, &store).map_err(setup)?;
         // The scheduler an admin made active survives restarts; one that no longer loads (a
@@ -420,6 +426,7 @@ impl Daemon {
             split: Mutex::default(),
             reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
+            datasets,
             shared,
         };
         daemon.adopt_runs(adopted);
@@ -452,6 +459,7 @@ impl Daemon {
                 policies: Arc::new(local_policy),
                 plugins: Arc::new(local_plugins),
                 seeded: Vec::new(),
+                datasets: db.clone(),
                 shared: None,
             });
         };
@@ -480,6 +488,16 @@ impl Daemon {
         {
             seeded.push(serde_json::json!({ "plugins": n }));
         }
+        let sealed = sealedobjects::SealedObjects::new(cp.etcd.clone(), &cp.root);
+        let datasets = datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root);
+        let share = |d: &db::DatasetRecord| {
+            sealed.share(store, &format!("dataset/{}", d.object), &d.object)
+        };
+        if let Some(n) =
+            datasetstore::seed(db, &datasets, share).map_err(copying("the datasets"))?
+        {
+            seeded.push(serde_json::json!({ "datasets": n }));
+        }
         Ok(Stores {
             jobs: Arc::new(jobstore::Erased(Arc::new(jobs))),
             accounts: accounts.clone(),
@@ -487,10 +505,8 @@ impl Daemon {
             policies: Arc::new(policies),
             plugins: Arc::new(plugins),
             seeded,
-            shared: Some(sharedcheckpoints::SharedCheckpoints::new(
-                cp.etcd.clone(),
-                &cp.root,
-            )),
+            datasets: Arc::new(datasets),
+            shared: Some(sealed),
         })
     }
 

@@ -65,7 +65,7 @@ impl Daemon {
     ) -> Result<(), String> {
         if let Some(shared) = &self.shared {
             shared
-                .share(&self.store, id, object)
+                .share(&self.store, &format!("checkpoint/{id}"), object)
                 .map_err(|e| format!("keeping the checkpoint at step {step} in etcd: {e}"))?;
         }
         let recorded = || -> Result<(), super::jobstore::StateError> {
@@ -80,26 +80,53 @@ impl Daemon {
         recorded().map_err(|e| e.to_string())
     }
 
-    /// A reader over job `id`'s checkpoint `object`: from this daemon's store, where a replica
-    /// of a control plane first brings it from etcd when another leader received it.
+    /// A reader over job `id`'s checkpoint `object`: see [`Daemon::object_reader`].
     pub(crate) fn checkpoint_reader(
         &self,
         id: &str,
         object: &str,
     ) -> Result<gantry::storage::ObjectReader, String> {
+        self.object_reader(&format!("checkpoint/{id}"), object)
+    }
+
+    /// A reader over object `object` of `owner` (`checkpoint/<job>`, `dataset/<object>`): from
+    /// this daemon's store, where a replica of a control plane first brings it from etcd when
+    /// another leader received it.
+    pub(crate) fn object_reader(
+        &self,
+        owner: &str,
+        object: &str,
+    ) -> Result<gantry::storage::ObjectReader, String> {
         match (self.store.reader(object), &self.shared) {
             (Err(gantry::storage::StoreError::NotFound(_)), Some(shared)) => {
-                shared.fetch(&self.store, id, object)?;
+                shared.fetch(&self.store, owner, object)?;
                 self.store.reader(object).map_err(|e| e.to_string())
             }
             (reader, _) => reader.map_err(|e| e.to_string()),
         }
     }
 
+    /// A reader over the dataset stored as `object`: see [`Daemon::object_reader`].
+    pub(crate) fn dataset_reader(
+        &self,
+        object: &str,
+    ) -> Result<gantry::storage::ObjectReader, String> {
+        self.object_reader(&format!("dataset/{object}"), object)
+    }
+
+    /// A replicated control plane keeps the dataset just stored as `object` in etcd, for every
+    /// replica to read (nothing to do on one machine).
+    pub(crate) fn share_dataset(&self, object: &str) -> Result<(), String> {
+        match &self.shared {
+            Some(shared) => shared.share(&self.store, &format!("dataset/{object}"), object),
+            None => Ok(()),
+        }
+    }
+
     /// Job `id` is over: a replicated control plane forgets its checkpoint in etcd.
     pub(crate) fn forget_checkpoints(&self, id: &str) {
         if let Some(shared) = &self.shared {
-            shared.forget(id);
+            shared.forget(&format!("checkpoint/{id}"));
         }
     }
 }
@@ -317,7 +344,7 @@ fn load_dataset(
     name: &str,
 ) -> Result<training::data::Loaded, TrainError> {
     let record = daemon
-        .db
+        .datasets
         .dataset(&super::db::key(&job.tenant, name))
         .map_err(unavailable)?
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
@@ -330,7 +357,7 @@ fn load_dataset(
     };
     let dataset = match &config.data.preprocess {
         None => {
-            let input = daemon.store.reader(&record.object).map_err(unavailable)?;
+            let input = daemon.dataset_reader(&record.object).map_err(unavailable)?;
             return stored_rows(input, name, label, config, &daemon.train_limits);
         }
         Some(plugin) => stored.preprocess(plugin)?,
@@ -379,7 +406,7 @@ pub fn preprocessed_records(
 ) -> Result<Vec<u8>, TrainError> {
     use std::fmt::Write as _;
     let record = daemon
-        .db
+        .datasets
         .dataset(&super::db::key(&job.tenant, name))
         .map_err(unavailable)?
         .ok_or_else(|| unavailable(format!("no dataset `{name}` in tenant {}", job.tenant)))?;
@@ -414,6 +441,8 @@ impl Stored<'_> {
     /// The records' feature columns through preprocessing plugin `plugin`, the labels beside.
     fn preprocess(&self, plugin: &str) -> Result<gantry_kernels::Dataset, TrainError> {
         let (daemon, name) = (self.daemon, self.name);
+        // Here first (a replica brings it from etcd), for the passes below to read.
+        drop(daemon.dataset_reader(self.object).map_err(unavailable)?);
         let labels = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let open = || -> Result<Box<dyn std::io::Read + Send>, gantry::storage::StoreError> {
             let reader = daemon.store.reader(self.object)?;

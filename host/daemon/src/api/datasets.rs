@@ -51,6 +51,15 @@ pub(super) async fn upload(
         })
         .await?;
     let (object, bytes) = store_body(&state, body, MAX_UPLOAD).await?;
+    // A replicated control plane keeps the bytes in etcd before the record names them.
+    let shared = object.clone();
+    blocking(&state, move |state| {
+        state
+            .daemon
+            .share_dataset(&shared)
+            .map_err(ApiError::internal)
+    })
+    .await?;
     let record = crate::db::DatasetRecord {
         name: crate::db::key(&q.tenant, &name),
         tenant: q.tenant,
@@ -61,7 +70,7 @@ pub(super) async fn upload(
         created_at: crate::db::now(),
     };
     let record = blocking(&state, move |state| {
-        match state.daemon.db.insert_dataset(&record)? {
+        match state.daemon.datasets.insert_dataset(&record)? {
             true => Ok(record),
             false => Err(taken(crate::db::name_of(&record.name), &record.tenant)),
         }
@@ -104,7 +113,7 @@ fn may_upload(
     // decides a race between two uploads of one name). Names are per tenant.
     if state
         .daemon
-        .db
+        .datasets
         .dataset(&crate::db::key(&q.tenant, name))?
         .is_some()
     {
@@ -170,7 +179,7 @@ pub(super) async fn datasets(
             Action::DatasetList,
             Resource::Empty {},
             |state, user| {
-                let all = state.daemon.db.datasets()?;
+                let all = state.daemon.datasets.datasets()?;
                 Ok(Json(
                     all.into_iter()
                         .filter(|d| dataset_visible(&user, d))
@@ -188,7 +197,7 @@ pub(super) fn readable_dataset(
     tenant: Option<&str>,
 ) -> ApiResult<crate::db::DatasetRecord> {
     let found = one_visible(
-        state.daemon.db.datasets_named(name)?,
+        state.daemon.datasets.datasets_named(name)?,
         |d| dataset_visible(user, d),
         |d| &d.tenant,
         tenant,
@@ -223,8 +232,7 @@ pub(super) async fn download(
             let found = readable_dataset(state, &user, &name, tenant?.as_deref())?;
             state
                 .daemon
-                .store
-                .reader(&found.object)
+                .dataset_reader(&found.object)
                 .map_err(ApiError::internal)
         })
         .await?;

@@ -103,7 +103,7 @@ pub(super) async fn dataset(
                 return Ok(reader);
             }
             let record = daemon
-                .db
+                .datasets
                 .dataset(&crate::db::key(&job.tenant, &name))?
                 .ok_or_else(|| {
                     ApiError::new(
@@ -112,8 +112,7 @@ pub(super) async fn dataset(
                     )
                 })?;
             let reader = daemon
-                .store
-                .reader(&record.object)
+                .dataset_reader(&record.object)
                 .map_err(ApiError::internal)?;
             Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
         })
