@@ -303,24 +303,32 @@ mod tests {
         let Some(mut etcd) = EtcdCluster::start_or_skip("on_three_members", 3) else {
             return;
         };
-        // Calls bounded well within the lease, as `gantry up --etcd` bounds them.
+        // Calls bounded well within the lease (a third of it), as `gantry up --etcd` bounds them.
         let urls: Vec<String> = etcd.members.iter().map(|m| m.url()).collect();
-        let client = Etcd::new(&urls, Duration::from_millis(500)).unwrap();
+        let client = Etcd::new(&urls, Duration::from_secs(2)).unwrap();
         let mut a = Candidate::new(
             Arc::new(client),
             "gantry/leader",
             "http://a:1",
-            Duration::from_secs(2),
+            Duration::from_secs(6),
         );
         let Role::Leader { term } = a.step().unwrap() else {
             panic!("a leads")
         };
-        // One member down: the others hold a quorum, and the leader renews through them.
+        // One member down: the others hold a quorum, and the leader renews through them. (A
+        // renewal may fail while etcd elects a new raft leader, when the member killed led it;
+        // regression: the test once asked every renewal to succeed, and failed on CI.)
         etcd.members[0].kill();
-        for _ in 0..4 {
+        let (mut renewed, start) = (0, Instant::now());
+        while start.elapsed() < Duration::from_secs(4) {
             std::thread::sleep(Duration::from_millis(500));
-            assert_eq!(a.step().unwrap(), Role::Leader { term });
+            if let Ok(role) = a.step() {
+                assert_eq!(role, Role::Leader { term });
+                renewed += 1;
+            }
         }
+        assert!(renewed >= 2, "renewed {renewed} times with one member down");
+        assert_eq!(a.leads(), Some(term), "it kept leading, in its term");
         // Two down: no quorum, no renewal; the leader stops believing it leads, by its own
         // clock, within its lease of the last renewal (a round that waits on etcd included).
         etcd.members[1].kill();

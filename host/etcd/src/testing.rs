@@ -23,11 +23,25 @@ pub struct ServerTls {
     pub client: EtcdTls,
 }
 
-/// A free port on loopback (bound, then released for the caller to use).
+/// A free port on loopback (bound, then released for the caller to use), never one given before
+/// in this process: tests start etcd members side by side, and two must not be handed one port.
+/// (Another process may still take it meanwhile: members that do not come up are started again
+/// on other ports, see [`start_answering`].)
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port");
+        if GIVEN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.port())
+        {
+            return addr;
+        }
+    }
 }
 
 /// The `etcd` binary: `$GANTRY_ETCD`, or `etcd` on the `PATH`.
@@ -76,10 +90,8 @@ impl EtcdProcess {
     }
 
     fn start_with(binary: &Path, tls: Option<&ServerTls>) -> Result<EtcdProcess, String> {
-        let mut members = start_members(binary, 1, tls)?;
-        let process = members.pop().expect("one member");
-        wait_until_answering(&process.client())?;
-        Ok(process)
+        let mut members = start_answering(binary, 1, tls)?;
+        Ok(members.pop().expect("one member"))
     }
 
     /// Its client URL.
@@ -120,10 +132,8 @@ impl EtcdCluster {
     /// stderr) where etcd is not installed.
     pub fn start_or_skip(test: &str, n: usize) -> Option<EtcdCluster> {
         let binary = binary_or_skip(test)?;
-        let members = start_members(&binary, n, None).expect("starting etcd members");
-        let cluster = EtcdCluster { members };
-        wait_until_answering(&cluster.client()).expect("an etcd cluster");
-        Some(cluster)
+        let members = start_answering(&binary, n, None).expect("an etcd cluster");
+        Some(EtcdCluster { members })
     }
 
     /// Every member's client URL, comma separated (as `gantry up --etcd` takes them).
@@ -200,9 +210,44 @@ fn start_members(
 }
 
 /// Waits (up to 20 s) until `client` is answered: the cluster has a leader.
-fn wait_until_answering(client: &Etcd) -> Result<(), String> {
+/// `n` members of one new cluster, answering (with a leader): started again on other ports, up
+/// to three times, when one exits or they do not answer (a port taken by another process
+/// between [`free_addr`] and etcd's bind).
+fn start_answering(
+    binary: &Path,
+    n: usize,
+    tls: Option<&ServerTls>,
+) -> Result<Vec<EtcdProcess>, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let mut members = start_members(binary, n, tls)?;
+        let client = match n {
+            1 => members[0].client(),
+            _ => {
+                let urls: Vec<String> = members.iter().map(EtcdProcess::url).collect();
+                Etcd::new(&urls, Duration::from_secs(5)).map_err(|e| e.to_string())?
+            }
+        };
+        match wait_until_answering(&client, &mut members) {
+            Ok(()) => return Ok(members),
+            // Dropped: killed, their data removed.
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn wait_until_answering(client: &Etcd, members: &mut [EtcdProcess]) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while client.put(b"ready?", b"", 0).is_err() {
+        let exited = members.iter_mut().any(|m| {
+            m.child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        });
+        if exited {
+            return Err("an etcd member exited before answering (its port taken?)".into());
+        }
         if Instant::now() > deadline {
             return Err("etcd did not answer within 20 s".into());
         }
