@@ -12,7 +12,7 @@ use gantry::training::{self, CheckpointSink, Hooks, Job, Progress, TrainError, T
 use gantry_daemon::lifecycle::RunEnd;
 use gantry_daemon::nodes::{HandedRun, MAX_REPORTED_STEPS};
 
-use super::daemon::{AgentSink, Client, call_bytes, transient};
+use super::daemon::{AgentSink, Client, call_bytes};
 
 /// How often steps are reported (and a stop asked for is heard).
 const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -135,9 +135,6 @@ fn flush(steps: &RefCell<Steps>, sink: &AgentSink<'_>) {
     }
 }
 
-/// How long a run waits before asking a control plane that did not answer again.
-const RETRY_AFTER: Duration = Duration::from_millis(200);
-
 /// A run's requests about itself: `/v1/nodes/{node}/runs/{what}?job=..&attempt=..`.
 struct RunAt<'a> {
     client: &'a Client,
@@ -156,21 +153,16 @@ impl RunAt<'_> {
     }
 
     /// A request, asked again while no control plane answers it (a replicated one electing a
-    /// new leader, say) until the run is stopped: the agent stops its runs once its heartbeats
-    /// have failed for a whole lease, as the control plane has given them up by then.
+    /// new leader, say): see [`AgentSink::retrying`].
     fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<ureq::http::Response<ureq::Body>, TrainError> {
-        loop {
-            match call_bytes(self.client, method, path, body) {
-                Ok(response) => return Ok(response),
-                Err(e) if transient(&e) && !self.sink.stopping() => std::thread::sleep(RETRY_AFTER),
-                Err(e) => return Err(TrainError::Unavailable(format!("{e:#}"))),
-            }
-        }
+        self.sink
+            .retrying(|| call_bytes(self.client, method, path, body))
+            .map_err(|e| TrainError::Unavailable(format!("{e:#}")))
     }
 }
 

@@ -1109,19 +1109,28 @@ impl AgentSink<'_> {
     /// failed for a whole lease), so a run's output outlives a failover.
     fn report(&self, event: serde_json::Value) -> bool {
         let body = self.body(event);
+        match self.retrying(|| call(self.client, "POST", &self.path, Some(body.clone()))) {
+            Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
+            Err(e) => {
+                eprintln!(
+                    "run {} (attempt {}): report failed: {e:#}",
+                    self.job, self.attempt
+                );
+                refused(&e)
+            }
+        }
+    }
+
+    /// Runs `request` again, shortly after, while it fails for want of a control plane to
+    /// answer ([`transient`]) and the run is not stopped: the agent stops its runs once its
+    /// heartbeats have failed for a whole lease, as the control plane has given them up then.
+    pub(super) fn retrying<T>(&self, request: impl Fn() -> anyhow::Result<T>) -> anyhow::Result<T> {
         loop {
-            match call(self.client, "POST", &self.path, Some(body.clone())) {
-                Ok(answer) => return answer["stop"].as_bool().unwrap_or(false),
+            match request() {
                 Err(e) if transient(&e) && !self.stopping() => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
-                Err(e) => {
-                    eprintln!(
-                        "run {} (attempt {}): report failed: {e:#}",
-                        self.job, self.attempt
-                    );
-                    return refused(&e);
-                }
+                done => return done,
             }
         }
     }
