@@ -701,11 +701,21 @@ impl crate::Daemon {
     ) -> Result<bool, String> {
         let current = nodes.current(node, &report.job, report.attempt)?;
         match report.event {
+            // Sent again (its answer was lost, or a new leader adopted the run the old one
+            // had started): it is running, and the answer is as for any report.
+            RunEvent::Started if current.started => Ok(current.control.stopping()),
             RunEvent::Started => {
                 let started = self.run_starting(&report.job).unwrap_or_else(|e| {
                     tracing::error!(error = %e, "starting a run");
                     false
                 });
+                if !started {
+                    // The agent will not run it, so no end will be reported: the next
+                    // heartbeat ends it (a cancel's stop, else back to the queue).
+                    current
+                        .control
+                        .request(StopReason::Requeue("its run could not start".into()));
+                }
                 if started && current.job.train.is_some() {
                     // The agent resumes from the newest checkpoint (only this attempt may add
                     // one), so the curve continues from its step.
@@ -714,7 +724,7 @@ impl crate::Daemon {
                 if let Some(r) = nodes.remote().get_mut(&report.job) {
                     r.started = started;
                 }
-                Ok(!started || current.control.stopping())
+                Ok(current.control.stopping())
             }
             RunEvent::Log { ref entry } => {
                 self.remote_log(nodes, node, &report, entry);
@@ -887,6 +897,93 @@ mod tests {
             vec![("n".to_string(), vec!["n/gpu0".to_string()])]
         );
         assert!(nodes.expire().is_empty());
+    }
+
+    /// The node of the test daemon's cluster.
+    const NODE: &str = "node-0000";
+
+    /// Job `name`, placed on a GPU of [`NODE`] and handed to its agent.
+    fn handed(td: &crate::testing::TestDaemon, name: &str) -> JobRecord {
+        let d = &td.daemon;
+        let job = td.submit(name);
+        let gpus = vec![format!("{NODE}/gpu0")];
+        let pending = Some(crate::db::JobState::Pending);
+        d.jobs
+            .transition(
+                &job.id,
+                pending,
+                crate::db::JobState::Scheduled,
+                &gpus,
+                None,
+            )
+            .unwrap();
+        let job = d.jobs.job(&job.id).unwrap().unwrap();
+        d.hand_to_agent(d.nodes.as_ref().unwrap(), job.clone());
+        job
+    }
+
+    /// A run's `started` report sent again (its answer lost in a failover, or heard first by
+    /// a leader that went down after recording it) once left the run stopped on its agent and
+    /// its job running forever: the agent took the second answer's "stop", and never reported
+    /// an end.
+    #[test]
+    fn a_started_report_sent_again_keeps_the_run_going_and_its_job_ends() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = handed(&td, "twice");
+        let attempt = nodes.handed(NODE)[0].attempt;
+        let report = |event| RunReport {
+            job: job.id.clone(),
+            attempt,
+            event,
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                d.run_report(nodes, NODE, report(RunEvent::Started)),
+                Ok(false)
+            );
+        }
+        let end = WireEnd::Succeeded {
+            result: serde_json::json!({}),
+            summary: "done".into(),
+        };
+        assert_eq!(
+            d.run_report(nodes, NODE, report(RunEvent::Ended(end))),
+            Ok(true)
+        );
+        let stored = d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, crate::db::JobState::Succeeded);
+        assert!(nodes.handed(NODE).is_empty());
+    }
+
+    /// A run that cannot start (its job cancelled before its agent started it) is told to
+    /// stop, and its agent's next heartbeat ends it: nothing else would report its end.
+    #[test]
+    fn a_run_that_cannot_start_is_ended_by_the_next_heartbeat() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = handed(&td, "late");
+        let attempt = nodes.handed(NODE)[0].attempt;
+        // Moved under the run, as a write that raced it would: the start is refused.
+        d.jobs
+            .transition(&job.id, None, crate::db::JobState::Pending, &[], None)
+            .unwrap();
+        let started = RunReport {
+            job: job.id.clone(),
+            attempt,
+            event: RunEvent::Started,
+        };
+        assert_eq!(d.run_report(nodes, NODE, started), Ok(true));
+        let beat = Heartbeat {
+            gpus: Vec::new(),
+            emulated: true,
+            rack: None,
+        };
+        d.heartbeat(NODE, nodes, &beat).unwrap();
+        assert!(nodes.handed(NODE).is_empty(), "the run is over");
+        assert!(!d.has_run(&job.id));
     }
 
     #[test]

@@ -24,6 +24,18 @@ impl TestDaemon {
 
     /// [`TestDaemon::new`], holding training jobs to `train_limits`.
     pub fn with_limits(train_limits: gantry::training::TrainLimits) -> TestDaemon {
+        Self::build(train_limits, None)
+    }
+
+    /// [`TestDaemon::new`] with node agents on, each heartbeat a lease of `lease`.
+    pub fn with_agents(lease: std::time::Duration) -> TestDaemon {
+        Self::build(Default::default(), Some(lease))
+    }
+
+    fn build(
+        train_limits: gantry::training::TrainLimits,
+        agent_lease: Option<std::time::Duration>,
+    ) -> TestDaemon {
         let dir = tempfile::tempdir().expect("a temporary directory");
         gantry::storage::Store::init(dir.path()).expect("a data directory");
         let mut cluster = gantry::cluster::Cluster::uniform(1, 1, 2, 1);
@@ -39,7 +51,7 @@ impl TestDaemon {
             insecure: false,
             trust: Default::default(),
             train_limits,
-            agent_lease: None,
+            agent_lease,
             commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,

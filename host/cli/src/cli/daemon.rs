@@ -943,14 +943,14 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
     // Attempts that ran here and ended: never started again, whatever a heartbeat lists.
     let mut done: std::collections::HashSet<(String, u64)> = Default::default();
-    let unsent: Arc<Unsent> = Default::default();
+    let ends: Arc<Ends> = Default::default();
     let node = Arc::new(AgentNode {
         client: args.client.clone(),
         name: args.node.clone(),
         limits,
         cgroups,
         emulated: devices.emulated(),
-        unsent: unsent.clone(),
+        ends: ends.clone(),
     });
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
@@ -983,7 +983,7 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     }
                 }
                 done.retain(|key| listed.contains(key));
-                resend_ends(&args.client, &args.node, &unsent, &listed);
+                resend_ends(&args.client, &args.node, &ends, &listed);
                 for run in handed {
                     let key = (run.job.clone(), run.attempt);
                     if done.contains(&key) {
@@ -1030,23 +1030,27 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Ends of runs whose report was lost on the way, by (job, attempt): sent again.
-type Unsent = std::sync::Mutex<std::collections::HashMap<(String, u64), serde_json::Value>>;
+/// The reports of runs' ends, by (job, attempt), kept while the control plane lists the
+/// attempt: a report can be lost on the way, and a leader can answer one and go down before
+/// its successor reads what it recorded. An end is over for the control plane only once it
+/// stops listing the run.
+type Ends = std::sync::Mutex<std::collections::HashMap<(String, u64), serde_json::Value>>;
 
-/// Sends again the ends whose report was lost, for attempts the control plane still lists
-/// (`listed`); the others it gave up, and their ends are dropped.
+/// Sends again the ends of the attempts the control plane still lists (`listed`); the others
+/// it recorded or gave up, and their ends are dropped, as are those it refuses (409: an end it
+/// has, or a run it gave up).
 fn resend_ends(
     client: &Client,
     node: &str,
-    unsent: &Unsent,
+    ends: &Ends,
     listed: &std::collections::HashSet<(String, u64)>,
 ) {
-    let mut unsent = unsent.lock().unwrap_or_else(|e| e.into_inner());
-    unsent.retain(|key, _| listed.contains(key));
+    let mut ends = ends.lock().unwrap_or_else(|e| e.into_inner());
+    ends.retain(|key, _| listed.contains(key));
     let path = format!("/v1/nodes/{node}/runs");
-    unsent.retain(
+    ends.retain(
         |_, body| match call(client, "POST", &path, Some(body.clone())) {
-            Ok(_) => false,
+            Ok(_) => true,
             Err(e) => !refused(&e),
         },
     );
@@ -1155,7 +1159,8 @@ struct AgentNode {
     cgroups: Option<gantry_daemon::cgroup::Cgroups>,
     /// Whether its GPUs are emulated.
     emulated: bool,
-    unsent: std::sync::Arc<Unsent>,
+    /// Its runs' ends, sent again while the control plane lists their runs.
+    ends: std::sync::Arc<Ends>,
 }
 
 /// Runs one handed run to its end and reports it.
@@ -1165,7 +1170,7 @@ fn agent_run(
     stop: &std::sync::atomic::AtomicBool,
 ) {
     let (client, node) = (&agent.client, agent.name.as_str());
-    let (limits, cgroups, unsent) = (&agent.limits, agent.cgroups.as_ref(), &*agent.unsent);
+    let (limits, cgroups, ends) = (&agent.limits, agent.cgroups.as_ref(), &*agent.ends);
     let emulated = agent.emulated;
     let mut sink = AgentSink {
         client,
@@ -1196,21 +1201,20 @@ fn agent_run(
     let mut event = serde_json::to_value(&end).unwrap_or_default();
     event["event"] = "ended".into();
     let body = sink.body(event);
-    match call(client, "POST", &sink.path, Some(body.clone())) {
+    // Kept first: the job would stay running with its GPUs held if this end were lost, so it
+    // goes again with every heartbeat that still lists this attempt ([`Ends`]).
+    let key = (run.job.clone(), run.attempt);
+    let kept = || ends.lock().unwrap_or_else(|e| e.into_inner());
+    kept().insert(key.clone(), body.clone());
+    match call(client, "POST", &sink.path, Some(body)) {
         Ok(_) => {}
-        Err(e) if refused(&e) => {}
-        Err(e) => {
-            // Lost on the way: sent again after the next heartbeats while the control plane
-            // still lists this attempt, or the job would stay running with its GPUs held.
-            eprintln!(
-                "run {} (attempt {}): its end is kept to be sent again: {e:#}",
-                run.job, run.attempt
-            );
-            unsent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((run.job.clone(), run.attempt), body);
+        Err(e) if refused(&e) => {
+            kept().remove(&key);
         }
+        Err(e) => eprintln!(
+            "run {} (attempt {}): its end is kept to be sent again: {e:#}",
+            run.job, run.attempt
+        ),
     }
 }
 
