@@ -874,6 +874,112 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     assert_eq!(status(&url, stdout.trim()), Some(200), "{stderr}");
 }
 
+/// A follower answers reads of what etcd holds itself (jobs, their logs, the policy in force),
+/// decided by the policy the leader installed and with the accounts the leader changed, and
+/// sends everything else to the leader (503 with its address); when the leader dies it takes
+/// over, its reads closed first (one holder of its data directory at a time).
+#[test]
+fn a_follower_answers_reads_itself_and_sends_the_rest_to_the_leader() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_follower_answers_reads") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let grace = add_user(&data, "grace", "admin", "vision", "public");
+    let mut replicas: Vec<Replica> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("r{i}"));
+            copy_dir(&data, &d);
+            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
+            Replica::start(&d, &etcd.url())
+        })
+        .collect();
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(60));
+    let (lead, follow) = (
+        replicas[leader].url.clone(),
+        replicas[1 - leader].url.clone(),
+    );
+    let job = json!({"id": "seen", "tenant": "vision", "gpus": 1});
+    let (s, v) = submit_through(&lead, &ada, &job);
+    assert_eq!(s, 201, "{v}");
+
+    // Reads, answered by the follower.
+    let get = |path: &str, token: Option<&str>| {
+        try_request(&format!("{follow}{path}"), "GET", token, None).expect("the follower answers")
+    };
+    let (s, jobs) = get("/v1/jobs", Some(&ada));
+    assert_eq!(s, 200, "{jobs}");
+    assert!(
+        jobs.as_array().unwrap().iter().any(|j| j["id"] == "seen"),
+        "{jobs}"
+    );
+    let (s, v) = get("/v1/jobs/seen", Some(&ada));
+    assert_eq!((s, &v["owner"]), (200, &json!("ada")), "{v}");
+    let (s, v) = get("/v1/jobs/seen/logs", Some(&ada));
+    assert_eq!(s, 200, "{v}");
+    assert!(v.to_string().contains("submitted by ada"), "{v}");
+    assert_eq!(get("/v1/jobs", None).0, 401, "a read without a token");
+    assert_eq!(get("/v1/jobs/nope", Some(&ada)).0, 404);
+    // Everything else is the leader's: writes, and what only the leader knows.
+    for (method, path) in [("POST", "/v1/jobs"), ("GET", "/v1/gpus")] {
+        let (s, v) = try_request(&format!("{follow}{path}"), method, Some(&ada), Some(&job))
+            .expect("the follower answers");
+        assert_eq!(
+            (s, v["leader"].as_str()),
+            (503, Some(lead.as_str())),
+            "{method} {path}: {v}"
+        );
+    }
+
+    // What the leader changes, the follower decides by: a stricter policy, a revoked token.
+    let bundle = dir.path().join("strict.tar.gz");
+    crate::support::build_policy(
+        &crate::support::strict_policy(dir.path()),
+        "gantry/authz/decision",
+        &bundle,
+        &shared_cache(),
+    );
+    let (s, v) = crate::support::send_raw(
+        "POST",
+        &format!("{lead}/v1/policy"),
+        &grace,
+        &std::fs::read(&bundle).unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    let strict = v["revision"].clone();
+    let (s, v) = try_request(
+        &format!("{lead}/v1/users/ada/revoke"),
+        "POST",
+        Some(&grace),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, policy) = get("/v1/policy", Some(&grace));
+        let revoked = get("/v1/jobs", Some(&ada)).0 == 401;
+        if policy["revision"] == strict && revoked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower still decides by the old policy or token: {policy}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The leader dies: the follower takes over, and takes writes.
+    replicas[leader].kill();
+    let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    assert_eq!(next, 1 - leader);
+    let two = json!({"id": "after", "tenant": "vision", "gpus": 2});
+    let (s, v) = submit_through(&follow, &grace, &two);
+    assert_eq!(s, 201, "{v}");
+}
+
 /// A control plane reaches etcd over TLS (`https://`, `--etcd-ca-cert`, and a client
 /// certificate for an etcd that asks for one): its replica leads and takes jobs; the same etcd
 /// over plain HTTP is not reached.

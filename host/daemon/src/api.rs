@@ -67,14 +67,72 @@ struct AppState {
     transfers: Arc<Semaphore>,
 }
 
+impl AppState {
+    fn new(daemon: Arc<Daemon>, wake: Arc<Notify>) -> AppState {
+        AppState {
+            daemon,
+            wake,
+            large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
+            transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
+        }
+    }
+}
+
+/// The routes (`GET`) a follower of a replicated control plane answers itself: reads of what
+/// every replica finds in etcd. What the leader alone knows (its GPUs, nodes, runs, audit log)
+/// is the leader's to answer.
+const FOLLOWER_READS: [&str; 6] = [
+    "/v1/jobs",
+    "/v1/jobs/{id}",
+    "/v1/jobs/{id}/logs",
+    "/v1/jobs/{id}/metrics",
+    "/v1/datasets",
+    "/v1/policy",
+];
+
+/// Whether a follower answers `GET path` itself ([`follower_reads`]).
+pub fn follower_serves(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    FOLLOWER_READS.iter().any(|route| {
+        let pattern: Vec<&str> = route.split('/').collect();
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(&segments)
+                .all(|(p, s)| p == s || (p.starts_with('{') && !s.is_empty()))
+    })
+}
+
+/// The routes of [`FOLLOWER_READS`] over a follower's daemon ([`Daemon::open_following`]),
+/// decided and answered as the leader's are.
+pub fn follower_reads(daemon: Arc<Daemon>) -> Router {
+    let state = AppState::new(daemon.clone(), Arc::new(Notify::new()));
+    let [
+        all_jobs,
+        one_job,
+        job_logs,
+        job_metrics,
+        all_datasets,
+        policy_info,
+    ] = FOLLOWER_READS;
+    Router::new()
+        .route(all_jobs, get(jobs::list))
+        .route(one_job, get(jobs::job))
+        .route(job_logs, get(jobs::job_logs))
+        .route(job_metrics, get(jobs::job_metrics))
+        .route(all_datasets, get(datasets::datasets))
+        .route(policy_info, get(policy::policy_info))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            daemon,
+            count_responses,
+        ))
+        .with_state(state)
+}
+
 /// The API's routes.
 pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
-    let state = AppState {
-        daemon: daemon.clone(),
-        wake,
-        large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
-        transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
-    };
+    let state = AppState::new(daemon.clone(), wake);
     Router::new()
         .route("/v1/health", get(cluster::health))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
@@ -489,22 +547,42 @@ fn within_limit(headers: &HeaderMap, what: &str, limit: u64) -> ApiResult<()> {
 /// What the handlers' tests share.
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use tokio::sync::Semaphore;
-
-    use super::{ApiResult, AppState, LARGE_BODY_SLOTS, TRANSFER_SLOTS};
+    use super::{ApiResult, AppState};
     use crate::db::User;
     use crate::testing::TestDaemon;
 
     /// The routes' state over `t`'s daemon.
     pub(super) fn app_state(t: &TestDaemon) -> AppState {
-        AppState {
-            daemon: t.daemon.clone(),
-            wake: Default::default(),
-            large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
-            transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
+        AppState::new(t.daemon.clone(), Default::default())
+    }
+
+    #[test]
+    fn a_follower_answers_only_reads_of_what_etcd_holds() {
+        use super::follower_serves;
+        for path in [
+            "/v1/jobs",
+            "/v1/jobs/",
+            "/v1/jobs/a",
+            "/v1/jobs/a/logs",
+            "/v1/jobs/a/metrics",
+            "/v1/datasets",
+            "/v1/policy",
+        ] {
+            assert!(follower_serves(path), "{path}");
+        }
+        for path in [
+            "/v1/gpus",
+            "/v1/nodes",
+            "/v1/jobs//logs",
+            "/v1/jobs/a/cancel",
+            "/v1/datasets/d/content",
+            "/v1/audit/head",
+            "/v1/nodes/n/runs/dataset",
+            "/metrics",
+        ] {
+            assert!(!follower_serves(path), "{path}");
         }
     }
 

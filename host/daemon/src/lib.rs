@@ -193,7 +193,13 @@ pub struct Daemon {
     /// For a replicated control plane: the jobs' newest checkpoints and the datasets, sealed,
     /// kept in etcd for every replica.
     shared: Option<sealedobjects::SealedObjects>,
+    /// For a follower: when it last looked at the policy the leader installed, and which
+    /// object that was ([`Daemon::follow_policy`]).
+    followed_policy: Mutex<(std::time::Instant, Option<String>)>,
 }
+
+/// How often a follower looks for a policy the leader installed.
+pub const FOLLOW_POLICY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The settings key naming the active scheduler plugin.
 pub const ACTIVE_SCHEDULER: &str = "scheduler";
@@ -401,13 +407,119 @@ impl Daemon {
         tracing::info!(requeued, adopted = adopted.len(), "daemon state recovered");
         // What starting recorded (the policy in force, say) is sealed before the first request.
         audit.seal().map_err(|e| setup(e.to_string()))?;
-        let daemon = Daemon {
-            db,
+        let stores = Stores {
             jobs,
             accounts,
             marks,
             policies,
             plugins,
+            seeded: Vec::new(),
+            datasets,
+            shared,
+        };
+        let mut daemon = Self::assemble(config, (db, store, audit), host, stores, leadership);
+        daemon.cgroups = cgroups;
+        daemon.nodes = config.agent_lease.map(nodes::Nodes::new);
+        daemon.file_unhealthy = file_unhealthy;
+        daemon.deferred = Mutex::new(deferred);
+        daemon.adopt_runs(adopted);
+        Ok(daemon)
+    }
+
+    /// The read side of a follower of a replicated control plane ([`replicas`]): it answers
+    /// reads of what lives in etcd (jobs, their logs, their metrics as last saved, datasets,
+    /// the policy in force) as the leader would: the same stores, the policy the leader
+    /// installed ([`Daemon::follow_policy`]), its decisions in this replica's audit log. It
+    /// writes nothing the replicas share (its job store refuses every write, and no loop, run
+    /// or agent is its), and it holds this data directory until it is dropped.
+    pub fn open_following(config: &DaemonConfig) -> Result<Daemon, DaemonError> {
+        let setup = |m: String| DaemonError::Setup(m);
+        let Some(cp) = &config.control_plane else {
+            return Err(setup("only a replica of a control plane follows".into()));
+        };
+        let datadir::DataDir {
+            store, db, audit, ..
+        } = datadir::DataDir::open(&config.data_dir, "gantry up (following)")
+            .map_err(|e| setup(e.to_string()))?;
+        let mut host_config = HostConfig::new(config.cluster.clone());
+        host_config.cache_dir = config.cache_dir.clone();
+        host_config.trust = config.trust.clone();
+        let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
+        host.set_shared_audit_log(audit.clone());
+        let never: etcdstore::Fence = Arc::new(|| None);
+        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root));
+        let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
+        let (policy, info) =
+            persisted::policy_to_start_with(&host, &policies, false).map_err(setup)?;
+        api::here(host.set_policy(policy)).map_err(|e| setup(e.to_string()))?;
+        let stores = Stores {
+            jobs: Arc::new(jobstore::Erased(Arc::new(etcdstore::EtcdJobs::new(
+                cp.etcd.clone(),
+                &cp.root,
+                Some(never),
+            )))),
+            accounts: accounts.clone(),
+            marks: accounts,
+            policies: Arc::new(policies),
+            plugins: Arc::new(pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root)),
+            seeded: Vec::new(),
+            datasets: Arc::new(datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root)),
+            shared: Some(sealedobjects::SealedObjects::new(cp.etcd.clone(), &cp.root)),
+        };
+        let (db, store) = (Arc::new(db), Arc::new(store));
+        let daemon = Self::assemble(config, (db, store, audit), host, stores, None);
+        *daemon
+            .followed_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (std::time::Instant::now(), info.object);
+        Ok(daemon)
+    }
+
+    /// Whether this daemon may act as the control plane now: one machine's always; a replica's
+    /// while it holds the leadership.
+    pub fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| l.term().is_some())
+    }
+
+    /// A follower ([`Daemon::open_following`]) puts in force the policy the leader installed
+    /// since it last looked, looking at most once per [`FOLLOW_POLICY_EVERY`]. Blocks.
+    pub fn follow_policy(&self) -> Result<(), String> {
+        let mut followed = self
+            .followed_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if followed.0.elapsed() < FOLLOW_POLICY_EVERY {
+            return Ok(());
+        }
+        followed.0 = std::time::Instant::now();
+        let installed = self.policies.installed()?.map(|i| i.object);
+        if installed == followed.1 {
+            return Ok(());
+        }
+        let (policy, info) =
+            persisted::policy_to_start_with(&self.host_read(), &*self.policies, false)?;
+        api::here(self.host().set_policy(policy)).map_err(|e| e.to_string())?;
+        tracing::info!(revision = %info.revision, "a follower follows the leader's new policy");
+        followed.1 = info.object;
+        Ok(())
+    }
+
+    /// A daemon of `config` over an open data directory (its database, store and audit log),
+    /// `host` and `stores`; no runs, agents or cgroups (the leader's open adds them).
+    fn assemble(
+        config: &DaemonConfig,
+        (db, store, audit): (Arc<Db>, Arc<gantry::storage::Store>, Arc<AuditLog>),
+        host: Host,
+        stores: Stores,
+        leadership: Option<gantry_etcd::election::Fencer>,
+    ) -> Daemon {
+        Daemon {
+            db,
+            jobs: stores.jobs,
+            accounts: stores.accounts,
+            marks: stores.marks,
+            policies: stores.policies,
+            plugins: stores.plugins,
             leadership,
             decider: host.decider(),
             installs: Mutex::new(()),
@@ -417,20 +529,19 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             commands: config.commands.clone(),
-            cgroups,
-            nodes: config.agent_lease.map(nodes::Nodes::new),
-            file_unhealthy,
+            cgroups: None,
+            nodes: None,
+            file_unhealthy: Default::default(),
             rejections: Default::default(),
             running: Mutex::new(Default::default()),
-            deferred: Mutex::new(deferred),
+            deferred: Mutex::default(),
             split: Mutex::default(),
             reservations: Mutex::default(),
             curves: Mutex::new(Default::default()),
-            datasets,
-            shared,
-        };
-        daemon.adopt_runs(adopted);
-        Ok(daemon)
+            datasets: stores.datasets,
+            shared: stores.shared,
+            followed_policy: Mutex::new((std::time::Instant::now(), None)),
+        }
     }
 
     /// Where jobs, accounts, GPU marks, the installed policy and plugins live: this
@@ -823,7 +934,11 @@ pub async fn serve_until(
                     *won.lock().unwrap_or_else(|e| e.into_inner()) = c;
                 }
             };
-            let app = replicas::follower_app(leader);
+            let following = config.clone();
+            let reads = replicas::FollowerReads::new(Box::new(move || {
+                Daemon::open_following(&following).map_err(|e| e.to_string())
+            }));
+            let app = replicas::follower_app(leader, reads.clone());
             serve::serve(
                 &listener,
                 acceptor.clone(),
@@ -833,9 +948,19 @@ pub async fn serve_until(
                 campaign,
             )
             .await;
+            // Its data directory is the leader's to open next.
+            let closed = reads.close(limits.drain_timeout).await;
             let won = won.lock().unwrap_or_else(|e| e.into_inner()).take();
             match won {
-                Some(c) => Some(c),
+                Some(c) if closed => Some(c),
+                Some(mut c) => {
+                    let _ = tokio::task::spawn_blocking(move || c.resign()).await;
+                    return Err(DaemonError::Setup(
+                        "this control plane won the election, but reads it served as a \
+                         follower still hold its data directory; start it again"
+                            .into(),
+                    ));
+                }
                 None => return Ok(()), // stopped while following
             }
         }

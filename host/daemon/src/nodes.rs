@@ -192,6 +192,9 @@ pub enum RunRefusal {
     /// The control plane's state could not be written.
     #[error("{0}")]
     State(String),
+    /// The job store failed (on a leader deposed meanwhile: its writes are fenced).
+    #[error(transparent)]
+    Store(#[from] crate::jobstore::StateError),
 }
 
 /// What an agent reports about a run it was handed (`POST /v1/nodes/{node}/runs`). Only the
@@ -698,17 +701,18 @@ impl crate::Daemon {
         nodes: &Nodes,
         node: &str,
         report: RunReport,
-    ) -> Result<bool, String> {
-        let current = nodes.current(node, &report.job, report.attempt)?;
+    ) -> Result<bool, RunRefusal> {
+        let current = nodes
+            .current(node, &report.job, report.attempt)
+            .map_err(RunRefusal::Stale)?;
         match report.event {
             // Sent again (its answer was lost, or a new leader adopted the run the old one
             // had started): it is running, and the answer is as for any report.
             RunEvent::Started if current.started => Ok(current.control.stopping()),
             RunEvent::Started => {
-                let started = self.run_starting(&report.job).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "starting a run");
-                    false
-                });
+                // A store that fails (this leader deposed, say) is the agent's to ask again,
+                // of the next leader: the run is neither started nor given up here.
+                let started = self.run_starting(&report.job)?;
                 if !started {
                     // The agent will not run it, so no end will be reported: the next
                     // heartbeat ends it (a cancel's stop, else back to the queue).
@@ -727,7 +731,7 @@ impl crate::Daemon {
                 Ok(current.control.stopping())
             }
             RunEvent::Log { ref entry } => {
-                self.remote_log(nodes, node, &report, entry);
+                self.remote_log(nodes, node, &report, entry)?;
                 Ok(current.control.stopping())
             }
             RunEvent::Progress { ref steps } => {
@@ -752,29 +756,37 @@ impl crate::Daemon {
     /// Keeps a log entry of a node's run while the run's log is within what a run on the daemon
     /// itself keeps (its output budget and the runner's own notes); past it, says once that the
     /// rest is dropped. A node's token alone must not be able to grow a job's log without bound.
-    fn remote_log(&self, nodes: &Nodes, node: &str, report: &RunReport, entry: &str) {
+    /// `Err` when the store failed: the entry is not counted, and the agent sends it again.
+    fn remote_log(
+        &self,
+        nodes: &Nodes,
+        node: &str,
+        report: &RunReport,
+        entry: &str,
+    ) -> Result<(), crate::jobstore::StateError> {
         use crate::command::{RUNNER_NOTES, log_cost};
         let budget = self.commands.max_output_bytes + RUNNER_NOTES;
-        let (before, after) = match nodes.remote().get_mut(&report.job) {
-            Some(r) => {
-                let before = r.logged;
-                r.logged = before.saturating_add(log_cost(entry));
-                (before, r.logged)
-            }
-            None => return,
+        let cost = log_cost(entry);
+        let Some(before) = nodes.remote().get(&report.job).map(|r| r.logged) else {
+            return Ok(());
         };
+        let after = before.saturating_add(cost);
         if after <= budget {
-            let _ = self.jobs.log(&report.job, entry);
+            self.jobs.log(&report.job, entry)?;
         } else if before <= budget {
-            let _ = self.jobs.log(
+            self.jobs.log(
                 &report.job,
                 &format!(
                     "node {node}'s agent reported more log for attempt {} than a run keeps \
                      ({budget} bytes); the rest is dropped",
                     report.attempt
                 ),
-            );
+            )?;
         }
+        if let Some(r) = nodes.remote().get_mut(&report.job) {
+            r.logged = r.logged.saturating_add(cost);
+        }
+        Ok(())
     }
 
     /// Node `node`'s agent reported `beat`: its lease renewed, and its GPUs in or out of service
@@ -939,19 +951,15 @@ mod tests {
             event,
         };
         for _ in 0..2 {
-            assert_eq!(
-                d.run_report(nodes, NODE, report(RunEvent::Started)),
-                Ok(false)
-            );
+            let stop = d.run_report(nodes, NODE, report(RunEvent::Started));
+            assert!(!stop.unwrap(), "the run goes on");
         }
         let end = WireEnd::Succeeded {
             result: serde_json::json!({}),
             summary: "done".into(),
         };
-        assert_eq!(
-            d.run_report(nodes, NODE, report(RunEvent::Ended(end))),
-            Ok(true)
-        );
+        let ended = d.run_report(nodes, NODE, report(RunEvent::Ended(end)));
+        assert!(ended.unwrap());
         let stored = d.jobs.job(&job.id).unwrap().unwrap();
         assert_eq!(stored.state, crate::db::JobState::Succeeded);
         assert!(nodes.handed(NODE).is_empty());
@@ -975,7 +983,7 @@ mod tests {
             attempt,
             event: RunEvent::Started,
         };
-        assert_eq!(d.run_report(nodes, NODE, started), Ok(true));
+        assert!(d.run_report(nodes, NODE, started).unwrap());
         let beat = Heartbeat {
             gpus: Vec::new(),
             emulated: true,

@@ -1,7 +1,9 @@
 //! Several `gantry up` replicas on one etcd (issue 13, `gantry up --etcd`): they elect a leader
 //! ([`gantry_etcd::election`]); only the leader opens the daemon (its jobs in etcd, fenced by
-//! its term), schedules and answers the API. A follower answers every request but its health
-//! with 503 and the leader's address, which the CLI and agents follow. A leader that loses its
+//! its term), schedules and answers writes. A follower answers reads of what lives in etcd
+//! itself ([`FollowerReads`]: jobs, their logs and metrics, datasets, the policy in force), and
+//! everything else with 503 and the leader's address, which the CLI and agents follow. A
+//! leader that loses its
 //! lease (paused, cut off from etcd) stops: its writes are refused from that moment, and it
 //! exits so that a supervisor starts it again as a follower.
 
@@ -38,30 +40,136 @@ impl ControlPlane {
 /// Who leads, as a follower last saw it.
 pub type Leader = Arc<Mutex<Option<String>>>;
 
-/// The API of a follower: its health (with the leader's address), and 503 with the leader's
-/// address for everything else.
-pub fn follower_app(leader: Leader) -> axum::Router {
-    let current = move || leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let for_health = current.clone();
+/// The API of a follower: its health (with the leader's address), the reads it answers
+/// itself (`reads`), and 503 with the leader's address for everything else.
+pub fn follower_app(leader: Leader, reads: Arc<FollowerReads>) -> axum::Router {
+    let for_health = leader.clone();
+    let for_others = leader.clone();
     axum::Router::new()
         .route(
             "/v1/health",
             axum::routing::get(move || async move {
-                Json(json!({"status": "ok", "role": "follower", "leader": for_health()}))
+                let leader = current(&for_health);
+                Json(json!({"status": "ok", "role": "follower", "leader": leader}))
             }),
         )
-        .fallback(move || async move {
-            let leader = current();
-            let error = match &leader {
-                Some(url) => format!("this control plane does not lead: ask the leader at {url}"),
-                None => "this control plane does not lead, and no leader is elected yet: try again shortly".to_string(),
-            };
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"error": error, "leader": leader})),
-            )
-                .into_response()
+        .fallback(move |request: axum::extract::Request| async move {
+            let read = request.method() == axum::http::Method::GET
+                && crate::api::follower_serves(request.uri().path());
+            if !read {
+                return leader_only(current(&for_others), None);
+            }
+            match reads.router(leader).await {
+                Ok(mut router) => {
+                    use tower_service::Service;
+                    match router.call(request).await {
+                        Ok(response) => response.into_response(),
+                        Err(never) => match never {},
+                    }
+                }
+                Err(e) => leader_only(current(&for_others), Some(e)),
+            }
         })
+}
+
+fn current(leader: &Leader) -> Option<String> {
+    leader.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A follower's answer to what only the leader does: 503 and the leader's address (and why
+/// this replica could not read, where it tried).
+fn leader_only(leader: Option<String>, unread: Option<String>) -> axum::response::Response {
+    let mut error = match &leader {
+        Some(url) => format!("this control plane does not lead: ask the leader at {url}"),
+        None => "this control plane does not lead, and no leader is elected yet: try again shortly"
+            .to_string(),
+    };
+    if let Some(e) = unread {
+        error.push_str(&format!(" (this follower cannot read: {e})"));
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": error, "leader": leader})),
+    )
+        .into_response()
+}
+
+/// What opens a follower's daemon ([`crate::Daemon::open_following`]).
+pub type OpenFollower = Box<dyn Fn() -> Result<crate::Daemon, String> + Send + Sync>;
+
+/// A follower's reads: its daemon ([`crate::Daemon::open_following`]), opened by the first read
+/// (a replica nobody reads through spends nothing on it) and kept while it follows, then
+/// closed before this replica opens its daemon as the leader (one holder of its data
+/// directory at a time).
+pub struct FollowerReads {
+    open: OpenFollower,
+    /// The daemon and its routes; `None` before the first read, and once closed.
+    opened: tokio::sync::Mutex<Option<(Arc<crate::Daemon>, axum::Router)>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl FollowerReads {
+    /// Reads opened by `open` when first asked for.
+    pub fn new(open: OpenFollower) -> Arc<FollowerReads> {
+        Arc::new(FollowerReads {
+            open,
+            opened: tokio::sync::Mutex::new(None),
+            closed: Default::default(),
+        })
+    }
+
+    /// The routes a follower answers, its 503 for any other (`leader`), opening the follower's
+    /// daemon first if no read has yet; the policy in force followed ([`crate::Daemon::follow_policy`]).
+    async fn router(self: &Arc<Self>, leader: Leader) -> Result<axum::Router, String> {
+        let mut opened = self.opened.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("it is taking over as the leader".into());
+        }
+        let daemon = match &*opened {
+            Some((daemon, _)) => daemon.clone(),
+            None => {
+                let this = self.clone();
+                let daemon = tokio::task::spawn_blocking(move || (this.open)())
+                    .await
+                    .map_err(|e| e.to_string())??;
+                let daemon = Arc::new(daemon);
+                let others = move || async move { leader_only(current(&leader), None) };
+                let router = crate::api::follower_reads(daemon.clone())
+                    .fallback(others.clone())
+                    .method_not_allowed_fallback(others);
+                *opened = Some((daemon.clone(), router));
+                daemon
+            }
+        };
+        let router = opened.as_ref().map(|(_, r)| r.clone());
+        drop(opened);
+        let followed = tokio::task::spawn_blocking(move || daemon.follow_policy()).await;
+        if let Ok(Err(e)) = followed {
+            tracing::warn!(error = %e, "following the leader's policy");
+        }
+        router.ok_or_else(|| "it is taking over as the leader".into())
+    }
+
+    /// Closes the follower's daemon, if a read opened it, and waits up to `wait` for requests
+    /// still holding it to let go of its data directory; whether they did.
+    pub async fn close(&self, wait: Duration) -> bool {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let Some((daemon, router)) = self.opened.lock().await.take() else {
+            return true;
+        };
+        drop(router);
+        daemon.close();
+        let held = Arc::downgrade(&daemon);
+        drop(daemon);
+        let deadline = tokio::time::Instant::now() + wait;
+        while held.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 /// Runs the election until this replica leads (`Some`, leading) or `stop` is set (`None`);

@@ -192,11 +192,27 @@ pub(super) async fn run_report(
         let nodes = agents(daemon)?;
         daemon
             .run_report(nodes, &node, report)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))
+            .map_err(|e| refusal(daemon, e))
     })
     .await?;
     state.wake.notify_one();
     Ok(Json(json!({ "stop": stop })))
+}
+
+/// The answer to a refused request about a run handed to an agent: 409 for a stale run's; for
+/// a failure of the control plane's state, 503 where the agent should ask again (the job store
+/// unavailable, or this replica no longer leads: the next leader has the run), else 500.
+pub(super) fn refusal(daemon: &crate::Daemon, e: crate::nodes::RunRefusal) -> ApiError {
+    use crate::nodes::RunRefusal;
+    match e {
+        RunRefusal::Stale(e) => ApiError::new(StatusCode::CONFLICT, e),
+        _ if !daemon.leads() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this control plane no longer leads: {e}"),
+        ),
+        RunRefusal::Store(e) => e.into(),
+        RunRefusal::State(e) => ApiError::internal(e),
+    }
 }
 
 /// The daemon's node agents; 409 when it runs without them.

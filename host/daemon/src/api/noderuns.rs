@@ -208,10 +208,7 @@ pub(super) async fn put_checkpoint(
         let nodes = super::cluster::agents(daemon)?;
         daemon
             .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
-            .map_err(|e| match e {
-                crate::nodes::RunRefusal::Stale(e) => ApiError::new(StatusCode::CONFLICT, e),
-                crate::nodes::RunRefusal::State(e) => ApiError::internal(e),
-            })
+            .map_err(|e| super::cluster::refusal(daemon, e))
     })
     .await?;
     Ok(Json(json!({ "step": step, "bytes": bytes })))
