@@ -978,6 +978,18 @@ fn a_follower_answers_reads_itself_and_sends_the_rest_to_the_leader() {
     let two = json!({"id": "after", "tenant": "vision", "gpus": 2});
     let (s, v) = submit_through(&follow, &grace, &two);
     assert_eq!(s, 201, "{v}");
+    // Its audit log, with the decisions it made as a follower, verifies under its own key.
+    let verified = try_request(
+        &format!("{follow}/v1/audit/verify"),
+        "GET",
+        Some(&grace),
+        None,
+    );
+    assert_eq!(
+        verified.as_ref().map(|(s, _)| *s),
+        Some(200),
+        "{verified:?}"
+    );
 }
 
 /// A control plane reaches etcd over TLS (`https://`, `--etcd-ca-cert`, and a client

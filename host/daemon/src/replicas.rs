@@ -138,6 +138,7 @@ impl FollowerReads {
                     .fallback(others.clone())
                     .method_not_allowed_fallback(others);
                 *opened = Some((daemon.clone(), router));
+                self.keep_audit();
                 daemon
             }
         };
@@ -150,6 +151,30 @@ impl FollowerReads {
         router.ok_or_else(|| "it is taking over as the leader".into())
     }
 
+    /// Keeps the follower's audit log as the leader keeps its own: sealed at least every
+    /// [`gantry::audit::SEAL_INTERVAL`], the refusals no policy decided recorded in aggregate,
+    /// until the reads close (a close waits for the work under way).
+    fn keep_audit(self: &Arc<Self>) {
+        let this = self.clone();
+        let every = gantry::audit::SEAL_INTERVAL.min(crate::rejections::FLUSH_EVERY);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let opened = this.opened.lock().await;
+                let Some((daemon, _)) = opened.as_ref() else {
+                    return;
+                };
+                let daemon = daemon.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    daemon.record_rejections();
+                    daemon.seal_audit();
+                })
+                .await;
+                drop(opened);
+            }
+        });
+    }
+
     /// Closes the follower's daemon, if a read opened it, and waits up to `wait` for requests
     /// still holding it to let go of its data directory; whether they did.
     pub async fn close(&self, wait: Duration) -> bool {
@@ -158,6 +183,11 @@ impl FollowerReads {
             return true;
         };
         drop(router);
+        let _ = tokio::task::spawn_blocking({
+            let daemon = daemon.clone();
+            move || daemon.record_rejections()
+        })
+        .await;
         daemon.close();
         let held = Arc::downgrade(&daemon);
         drop(daemon);
