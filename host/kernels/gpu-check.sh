@@ -5,12 +5,51 @@
 #   host/kernels/gpu-check.sh build         # -> target/gpu-check/{gantry,cuda-tests,dense.toml}
 #   host/kernels/gpu-check.sh run [OUTDIR]  # on the GPU machine, from the repo root, with
 #                                           # target/gpu-check carried; logs into OUTDIR
+#   host/kernels/gpu-check.sh agent [OUTDIR] # its node-agent check alone
 #
 # `run` needs CUDA 13's libcuda, libcublas, libnvrtc (and libnccl for NCCL) on the library
 # path, and a Python with PyTorch for the peers (optional).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=target/gpu-check
+
+# A node agent discovers this machine's GPUs (PCI addresses, NVML health) and registers them
+# with a control plane on loopback; a training job placed on one of them runs there, and its
+# log names the GPU by its PCI address. Logs into $1. Without a GPU it can be tried with
+# AGENT_DEVICES="--emulate-gpus 2" and TRAIN=host/assets/train/dense.toml.
+agent_check() {
+  local out=$1 work url id state
+  work=$(mktemp -d)
+  "$dir/gantry" init --data-dir "$work/data" >/dev/null 2>&1
+  local rae node
+  rae=$("$dir/gantry" user add rae --roles researcher --tenants vision --data-dir "$work/data" 2>/dev/null)
+  node=$("$dir/gantry" user add gpu-node --roles node --tenants vision --data-dir "$work/data" 2>/dev/null)
+  # One node that never serves (it has no agent): the GPU node registers with its heartbeat.
+  printf '[[tenants]]\nname = "vision"\n\n[[nodes]]\nname = "spare"\nrack = "r0"\ngpus = { count = 1, model = "none", memory_mib = 1024 }\n' >"$work/cluster.toml"
+  "$dir/gantry" up --data-dir "$work/data" --listen 127.0.0.1:0 --cluster "$work/cluster.toml" \
+    --agent-lease-s 10 >"$work/up.out" 2>"$out/agent-check-up.log" &
+  local up=$!
+  for _ in $(seq 150); do grep -q "^listening on" "$work/up.out" && break; sleep 0.2; done
+  url=http://$(sed -n 's/^listening on //p' "$work/up.out")
+  # shellcheck disable=SC2086 # AGENT_DEVICES is a list of arguments
+  GANTRY_TOKEN=$node timeout 600 "$dir/gantry" agent --node gpu-node --url "$url" ${AGENT_DEVICES:-} \
+    >"$out/agent.log" 2>&1 &
+  local agent=$!
+  for _ in $(seq 150); do grep -q "serving" "$out/agent.log" && break; sleep 0.2; done
+  id=$(GANTRY_TOKEN=$rae "$dir/gantry" submit --url "$url" --tenant vision --gpus 1 --train "${TRAIN:-$dir/dense.toml}")
+  state=
+  for _ in $(seq 600); do
+    state=$(GANTRY_TOKEN=$rae "$dir/gantry" jobs --url "$url" --json |
+      python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id'] == '$id'))")
+    case $state in succeeded | failed) break ;; esac
+    sleep 0.5
+  done
+  GANTRY_TOKEN=$rae "$dir/gantry" logs --url "$url" "$id" | tee "$out/agent-job-log.txt"
+  kill "$agent" "$up" 2>/dev/null || true
+  wait "$agent" "$up" 2>/dev/null || true
+  echo "agent check: job $id $state"
+  [ "$state" = succeeded ] && grep -q "runs on node gpu-node: GPUs gpu-node/gpu" "$out/agent-job-log.txt"
+}
 
 case "${1:-}" in
 build)
@@ -44,9 +83,17 @@ run)
   GANTRY_REQUIRE_GPU=1 "$dir/cuda-tests" --test-threads=1 2>&1 | tee "$out/cuda-tests.txt"
   "$dir/gantry" train --config "$dir/dense.toml" --json | tee "$out/train.json"
   "$dir/gantry" bench kernels --json --rounds 1 | tee "$out/bench-kernels.json"
+  "$dir/gantry" devices --json | tee "$out/devices.json"
+  agent_check "$out"
+  ;;
+agent)
+  # The agent check alone (see agent_check), with the binary at target/gpu-check/gantry.
+  out=${2:-${OUT:-target/gpu-check/out}}
+  mkdir -p "$out"
+  agent_check "$out"
   ;;
 *)
-  echo "usage: $0 build | run [OUTDIR]" >&2
+  echo "usage: $0 build | run [OUTDIR] | agent [OUTDIR]" >&2
   exit 2
   ;;
 esac

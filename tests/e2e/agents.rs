@@ -843,6 +843,12 @@ fn a_gpu_its_devices_file_calls_unfit_leaves_service_and_its_job_is_requeued() {
                       "command": {"argv": ["sleep", "300"]}});
     assert_eq!(submit(&url, &rae, &body).0, 201);
     wait_for_state(&url, &rae, "c1", "running");
+    // Its log names the devices it runs on by their PCI addresses.
+    let line =
+        "runs on node node-a: GPUs node-a/gpu0, node-a/gpu1 (PCI 0000:10:00.0, 0000:11:00.0)";
+    eventually("the devices line", || {
+        log_of(&url, &rae, "c1").contains(line)
+    });
 
     // The file calls GPU 1 unfit: it leaves service, and the job on it goes back to the queue
     // (its run stopped).

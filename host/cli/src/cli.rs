@@ -1,6 +1,7 @@
 //! Commands, argument parsing and output.
 
 mod agent_devices;
+mod agent_health;
 mod agent_train;
 mod audit;
 mod bench;

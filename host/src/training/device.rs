@@ -29,6 +29,8 @@ pub struct GpuInfo {
     pub name: String,
     /// Total memory in bytes.
     pub memory_bytes: u64,
+    /// Its PCI address ("0000:19:00.0"), where the driver gives one.
+    pub pci_bus_id: Option<String>,
 }
 
 /// What this machine offers.
@@ -74,6 +76,7 @@ fn detect_gpus() -> (Vec<GpuInfo>, Option<String>) {
                     ordinal: d.ordinal,
                     name: d.name,
                     memory_bytes: d.memory_bytes,
+                    pci_bus_id: Some(d.pci_bus_id),
                 })
                 .collect(),
             None,
@@ -251,6 +254,7 @@ mod tests {
                     ordinal,
                     name: "H200".into(),
                     memory_bytes: 141 << 30,
+                    pci_bus_id: None,
                 })
                 .collect(),
             cuda_unavailable: (gpus == 0).then(|| "no libcuda".into()),

@@ -1,7 +1,8 @@
 //! The GPUs a node's agent reports, and their health: emulated ones (`--emulate-gpus N`), the
 //! ones a devices file lists (`--devices FILE`, read again before every heartbeat, so that a
 //! GPU leaves service when the file says it is unfit: what a health checker beside the agent
-//! writes), or the ones the CUDA driver finds.
+//! writes), or the ones the CUDA driver finds, their health read through NVML where the driver
+//! installed it ([`super::agent_health`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,13 @@ pub(super) enum Devices {
         path: PathBuf,
         last: Vec<ReportedGpu>,
     },
-    /// The CUDA driver's.
-    Driver(Vec<ReportedGpu>),
+    /// The CUDA driver's, their health NVML's where it loads.
+    Driver {
+        gpus: Vec<ReportedGpu>,
+        health: Option<super::agent_health::Health>,
+        /// Why each unfit GPU (by ordinal) is, as last reported: a change is said once.
+        unfit: std::collections::HashMap<u32, String>,
+    },
 }
 
 /// A devices file: `[[gpus]]` tables of `ordinal`, `name`, `memory_mib`, `pci_bus_id` and
@@ -64,22 +70,53 @@ impl Devices {
             ordinal: g.ordinal as u32,
             name: g.name.clone(),
             memory_mib: g.memory_bytes >> 20,
-            pci_bus_id: None,
+            pci_bus_id: g.pci_bus_id.clone(),
             healthy: true,
         });
-        Ok(Devices::Driver(gpus.collect()))
+        let health = super::agent_health::Health::load()
+            .inspect_err(|why| eprintln!("GPU health from the CUDA driver only: {why}"))
+            .ok();
+        Ok(Devices::Driver {
+            gpus: gpus.collect(),
+            health,
+            unfit: Default::default(),
+        })
     }
 
     /// Whether the GPUs are emulated (run on the CPU).
     pub(super) fn emulated(&self) -> bool {
-        !matches!(self, Devices::Driver(_))
+        !matches!(self, Devices::Driver { .. })
     }
 
     /// The GPUs to report now: a devices file is read again (one that no longer reads is
     /// reported on standard error, and the last report that read stands).
     pub(super) fn report(&mut self) -> &[ReportedGpu] {
         match self {
-            Devices::Emulated(gpus) | Devices::Driver(gpus) => gpus,
+            Devices::Emulated(gpus) => gpus,
+            Devices::Driver {
+                gpus,
+                health,
+                unfit,
+            } => {
+                if let Some(health) = health {
+                    for g in gpus.iter_mut() {
+                        let Some(bus) = &g.pci_bus_id else { continue };
+                        let why = super::agent_health::unfit(&health.read(bus));
+                        g.healthy = why.is_none();
+                        match why {
+                            Some(why) if unfit.get(&g.ordinal) != Some(&why) => {
+                                eprintln!("GPU {} ({bus}) is unfit: {why}", g.ordinal);
+                                unfit.insert(g.ordinal, why);
+                            }
+                            None if unfit.remove(&g.ordinal).is_some() => {
+                                eprintln!("GPU {} ({bus}) is fit again", g.ordinal);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                gpus
+            }
             Devices::File { path, last } => {
                 match read(path) {
                     Ok(gpus) => *last = gpus,

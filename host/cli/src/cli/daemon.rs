@@ -951,12 +951,17 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         cgroups,
         emulated: devices.emulated(),
         ends: ends.clone(),
+        pci: Default::default(),
     });
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
     loop {
-        let mut body =
-            serde_json::json!({"gpus": devices.report(), "emulated": devices.emulated()});
+        let gpus = devices.report();
+        *node.pci.lock().unwrap_or_else(|e| e.into_inner()) = gpus
+            .iter()
+            .filter_map(|g| Some((g.ordinal, g.pci_bus_id.clone()?)))
+            .collect();
+        let mut body = serde_json::json!({"gpus": gpus, "emulated": devices.emulated()});
         if let Some(rack) = &args.rack {
             body["rack"] = rack.as_str().into();
         }
@@ -1161,6 +1166,32 @@ struct AgentNode {
     emulated: bool,
     /// Its runs' ends, sent again while the control plane lists their runs.
     ends: std::sync::Arc<Ends>,
+    /// Its GPUs' PCI addresses, by ordinal, as last reported.
+    pci: std::sync::Mutex<std::collections::HashMap<u32, String>>,
+}
+
+impl AgentNode {
+    /// The job log's line naming the devices run `run` has: its GPUs, and their PCI addresses
+    /// where the node knows them.
+    fn devices_line(&self, run: &gantry_daemon::nodes::HandedRun) -> String {
+        let pci = self.pci.lock().unwrap_or_else(|e| e.into_inner());
+        let addresses: Vec<&str> = run
+            .gpu_ids
+            .iter()
+            .filter_map(|g| g.rsplit_once("/gpu")?.1.parse::<u32>().ok())
+            .filter_map(|ordinal| pci.get(&ordinal).map(String::as_str))
+            .collect();
+        let at = match addresses.len() {
+            0 if self.emulated => "emulated, run on the CPU".to_string(),
+            0 => "no PCI address known".to_string(),
+            _ => format!("PCI {}", addresses.join(", ")),
+        };
+        format!(
+            "runs on node {}: GPUs {} ({at})",
+            self.name,
+            run.gpu_ids.join(", ")
+        )
+    }
 }
 
 /// Runs one handed run to its end and reports it.
@@ -1182,6 +1213,7 @@ fn agent_run(
     if sink.report(serde_json::json!({"event": "started"})) {
         return;
     }
+    sink.log_line(&agent.devices_line(run));
     let end = match (&run.command, &run.train) {
         (Some(spec), _) => {
             let job = gantry_daemon::command::RunJob {

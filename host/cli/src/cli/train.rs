@@ -94,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = TrainConfig::load_with(&args.config, &limits)?;
     let (resume_from, resume) = resume(&args, &config)?;
     let job = Job::load(config, &limits)?.resume_from(resume);
-    eprintln!("devices: {}", describe_devices(job.devices()));
+    eprintln!("devices: {}", describe_devices(job.devices(), None));
     eprintln!("backend: {}", job.selected().reason());
     if let Some(p) = &resume_from {
         eprintln!("resuming from {p}");
@@ -229,7 +229,8 @@ fn summary(outcome: &training::Outcome, source: &str, plot: Option<&std::path::P
     t
 }
 
-fn describe_devices(r: &device::DeviceReport) -> String {
+/// `r` in one line, with each GPU's health where `health` is given.
+fn describe_devices(r: &device::DeviceReport, health: Option<&GpuHealth>) -> String {
     let mut s = format!("{} CPU core(s)", r.cpu_cores);
     if r.gpus.is_empty() {
         s += &format!(
@@ -239,22 +240,68 @@ fn describe_devices(r: &device::DeviceReport) -> String {
     }
     for g in &r.gpus {
         s += &format!(
-            "; GPU {}: {} ({:.1} GiB)",
+            "; GPU {}: {} ({:.1} GiB",
             g.ordinal,
             g.name,
             g.memory_bytes as f64 / (1u64 << 30) as f64
         );
+        if let Some(bus) = &g.pci_bus_id {
+            s += &format!(", PCI {bus}");
+        }
+        match health.and_then(|h| h.as_ref().ok()?.get(&g.ordinal)) {
+            Some((_, Some(why))) => s += &format!(", unfit: {why})"),
+            Some((_, None)) => s += ", fit)",
+            None => s += ")",
+        }
+    }
+    if let (false, Some(Err(why))) = (r.gpus.is_empty(), health) {
+        s += &format!("; GPU health unknown: {why}");
     }
     s
+}
+
+/// Each GPU's NVML readings and why it is unfit (if it is), by ordinal; or why NVML cannot
+/// tell.
+type GpuHealth = Result<
+    std::collections::BTreeMap<usize, (super::agent_health::Readings, Option<String>)>,
+    String,
+>;
+
+/// What NVML says of `report`'s GPUs, as a node's agent reads them before a heartbeat.
+fn gpu_health(report: &device::DeviceReport) -> GpuHealth {
+    if report.gpus.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut health = super::agent_health::Health::load()?;
+    Ok(report
+        .gpus
+        .iter()
+        .filter_map(|g| {
+            let readings = health.read(g.pci_bus_id.as_deref()?);
+            let unfit = super::agent_health::unfit(&readings);
+            Some((g.ordinal, (readings, unfit)))
+        })
+        .collect())
 }
 
 /// Runs `gantry devices`.
 pub fn devices(json: bool) -> anyhow::Result<()> {
     let report = device::detect();
+    let health = gpu_health(&report);
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["health"] = match &health {
+            Ok(gpus) => serde_json::json!(
+                gpus.iter()
+                    .map(|(ordinal, (readings, unfit))| serde_json::json!(
+                        {"ordinal": ordinal, "readings": readings, "unfit": unfit}))
+                    .collect::<Vec<_>>()
+            ),
+            Err(why) => serde_json::json!({ "unknown": why }),
+        };
+        println!("{}", serde_json::to_string(&value)?);
     } else {
-        println!("{}", describe_devices(&report));
+        println!("{}", describe_devices(&report, Some(&health)));
     }
     Ok(())
 }

@@ -22,6 +22,9 @@ pub struct DeviceInfo {
     pub memory_bytes: u64,
     /// Compute capability, major and minor (9.0 for Hopper).
     pub compute_capability: (i32, i32),
+    /// Its PCI address, `domain:bus:device.function` in hex ("0000:19:00.0"): how NVML and
+    /// operators name it, whatever ordinal `CUDA_VISIBLE_DEVICES` gives it.
+    pub pci_bus_id: String,
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -76,6 +79,8 @@ fn info(ordinal: usize) -> std::result::Result<DeviceInfo, DriverError> {
     use sys::CUdevice_attribute::{
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+        CU_DEVICE_ATTRIBUTE_PCI_BUS_ID as BUS, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID as SLOT,
+        CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID as DOMAIN,
     };
     Ok(DeviceInfo {
         ordinal,
@@ -83,6 +88,12 @@ fn info(ordinal: usize) -> std::result::Result<DeviceInfo, DriverError> {
         // SAFETY: `dev` came from cuDeviceGet.
         memory_bytes: unsafe { result::device::total_mem(dev) }? as u64,
         compute_capability: (attribute(MAJOR)?, attribute(MINOR)?),
+        pci_bus_id: format!(
+            "{:04x}:{:02x}:{:02x}.0",
+            attribute(DOMAIN)?,
+            attribute(BUS)?,
+            attribute(SLOT)?
+        ),
     })
 }
 
