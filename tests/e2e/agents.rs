@@ -865,3 +865,38 @@ fn a_gpu_its_devices_file_calls_unfit_leaves_service_and_its_job_is_requeued() {
     std::fs::write(&file, devices([true, true])).unwrap();
     wait_for_state(&url, &rae, "c1", "running");
 }
+
+/// A training job on node agents trains with a replica per GPU it is placed on: its sizes are
+/// checked that way when it is submitted (a job over the limits that way was once accepted,
+/// and failed only when its run started).
+#[test]
+fn a_training_job_is_checked_at_submission_with_a_replica_per_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher", "vision", "public");
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(&limits, "max_replicas = 1\n").unwrap();
+    let args = [
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--agent-lease-s",
+        "10",
+        "--train-limits",
+        limits.to_str().unwrap(),
+    ];
+    let daemon = Daemon::start_with(&data, &shared_cache(), &args);
+    let job = |gpus: u32| {
+        json!({"id": format!("t{gpus}"), "tenant": "vision", "gpus": gpus,
+               "train": crate::daemon::train_toml(1)})
+    };
+    let (s, v) = submit(&daemon.url, &rae, &job(2));
+    assert_eq!(s, 400, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("on 2 GPU(s)") && error.contains("replicas"),
+        "{v}"
+    );
+    assert_eq!(submit(&daemon.url, &rae, &job(1)).0, 201);
+}

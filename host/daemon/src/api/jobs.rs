@@ -125,8 +125,19 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
     }
     if let Some(text) = &req.train {
         let origin = format!("job {id}: train");
-        let config = crate::runner::train_config(&state.daemon.train_limits, &id, text)
+        let limits = &state.daemon.train_limits;
+        let config = crate::runner::train_config(limits, &id, text)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        if state.daemon.nodes.is_some() {
+            // On a node's agent it trains with one replica per GPU it is placed on, whatever
+            // `[devices] replicas` says: its sizes are checked as it will run, not at run time.
+            let mut placed = config.clone();
+            placed.devices.replicas = usize::try_from(req.gpus).unwrap_or(usize::MAX).max(1);
+            let what = format!("{origin} on {} GPU(s), a replica each", req.gpus);
+            placed
+                .check_limits(limits, std::path::Path::new(&what), None)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        }
         if let Some(plugin) = &config.data.preprocess
             && gantry::builtin::preprocessor(plugin).is_none()
             && !state
