@@ -5,7 +5,7 @@
 #   host/kernels/gpu-check.sh build         # -> target/gpu-check/{gantry,cuda-tests,dense.toml}
 #   host/kernels/gpu-check.sh run [OUTDIR]  # on the GPU machine, from the repo root, with
 #                                           # target/gpu-check carried; logs into OUTDIR
-#   host/kernels/gpu-check.sh agent [OUTDIR] # its node-agent check alone
+#   host/kernels/gpu-check.sh agent|local [OUTDIR] # one of its node-agent checks alone
 #
 # `run` needs CUDA 13's libcuda, libcublas, libnvrtc (and libnccl for NCCL) on the library
 # path, and a Python with PyTorch for the peers (optional).
@@ -13,12 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=target/gpu-check
 
-# A node agent discovers this machine's GPUs (PCI addresses, NVML health) and registers them
-# with a control plane on loopback; a training job placed on one of them runs there, and its
-# log names the GPU by its PCI address. Logs into $1. Without a GPU it can be tried with
-# AGENT_DEVICES="--emulate-gpus 2" and TRAIN=host/assets/train/dense.toml.
+# A node agent discovers this machine's GPUs (PCI addresses, NVML health): as `gantry agent`
+# registering them with a control plane on loopback (mode `agent`), or as the agent inside a
+# plain `gantry up` (mode `local`, node `local`); a training job placed on one of them runs
+# there, and its log names the GPU by its PCI address. Logs into $2. Without a GPU it can be
+# tried with AGENT_DEVICES="--emulate-gpus 2" and TRAIN=host/assets/train/dense.toml.
 agent_check() {
-  local out=$1 work url id state
+  local mode=$1 out=$2 work url id state
+  local node_name=gpu-node
+  [ "$mode" = local ] && node_name=local
   work=$(mktemp -d)
   "$dir/gantry" init --data-dir "$work/data" >/dev/null 2>&1
   local rae node
@@ -26,16 +29,27 @@ agent_check() {
   node=$("$dir/gantry" user add gpu-node --roles node --tenants vision --data-dir "$work/data" 2>/dev/null)
   # One node that never serves (it has no agent): the GPU node registers with its heartbeat.
   printf '[[tenants]]\nname = "vision"\n\n[[nodes]]\nname = "spare"\nrack = "r0"\ngpus = { count = 1, model = "none", memory_mib = 1024 }\n' >"$work/cluster.toml"
-  "$dir/gantry" up --data-dir "$work/data" --listen 127.0.0.1:0 --cluster "$work/cluster.toml" \
-    --agent-lease-s 10 >"$work/up.out" 2>"$out/agent-check-up.log" &
-  local up=$!
+  local up agent=
+  if [ "$mode" = local ]; then
+    # shellcheck disable=SC2086 # AGENT_DEVICES is a list of arguments
+    "$dir/gantry" up --data-dir "$work/data" --listen 127.0.0.1:0 ${AGENT_DEVICES:-} \
+      >"$work/up.out" 2>"$out/$mode-check-up.log" &
+    up=$!
+    for _ in $(seq 150); do grep -q "serving" "$out/$mode-check-up.log" && break; sleep 0.2; done
+  else
+    "$dir/gantry" up --data-dir "$work/data" --listen 127.0.0.1:0 --cluster "$work/cluster.toml" \
+      --agent-lease-s 10 >"$work/up.out" 2>"$out/$mode-check-up.log" &
+    up=$!
+  fi
   for _ in $(seq 150); do grep -q "^listening on" "$work/up.out" && break; sleep 0.2; done
   url=http://$(sed -n 's/^listening on //p' "$work/up.out")
-  # shellcheck disable=SC2086 # AGENT_DEVICES is a list of arguments
-  GANTRY_TOKEN=$node timeout 600 "$dir/gantry" agent --node gpu-node --url "$url" ${AGENT_DEVICES:-} \
-    >"$out/agent.log" 2>&1 &
-  local agent=$!
-  for _ in $(seq 150); do grep -q "serving" "$out/agent.log" && break; sleep 0.2; done
+  if [ "$mode" = agent ]; then
+    # shellcheck disable=SC2086 # AGENT_DEVICES is a list of arguments
+    GANTRY_TOKEN=$node timeout 600 "$dir/gantry" agent --node gpu-node --url "$url" ${AGENT_DEVICES:-} \
+      >"$out/agent.log" 2>&1 &
+    agent=$!
+    for _ in $(seq 150); do grep -q "serving" "$out/agent.log" && break; sleep 0.2; done
+  fi
   id=$(GANTRY_TOKEN=$rae "$dir/gantry" submit --url "$url" --tenant vision --gpus 1 --train "${TRAIN:-$dir/dense.toml}")
   state=
   for _ in $(seq 600); do
@@ -44,11 +58,12 @@ agent_check() {
     case $state in succeeded | failed) break ;; esac
     sleep 0.5
   done
-  GANTRY_TOKEN=$rae "$dir/gantry" logs --url "$url" "$id" | tee "$out/agent-job-log.txt"
-  kill "$agent" "$up" 2>/dev/null || true
-  wait "$agent" "$up" 2>/dev/null || true
-  echo "agent check: job $id $state"
-  [ "$state" = succeeded ] && grep -q "runs on node gpu-node: GPUs gpu-node/gpu" "$out/agent-job-log.txt"
+  GANTRY_TOKEN=$rae "$dir/gantry" logs --url "$url" "$id" | tee "$out/$mode-job-log.txt"
+  # shellcheck disable=SC2086 # no agent process in mode local
+  kill $agent "$up" 2>/dev/null || true
+  wait 2>/dev/null || true
+  echo "$mode check: job $id $state"
+  [ "$state" = succeeded ] && grep -q "runs on node $node_name: GPUs $node_name/gpu" "$out/$mode-job-log.txt"
 }
 
 case "${1:-}" in
@@ -84,16 +99,17 @@ run)
   "$dir/gantry" train --config "$dir/dense.toml" --json | tee "$out/train.json"
   "$dir/gantry" bench kernels --json --rounds 1 | tee "$out/bench-kernels.json"
   "$dir/gantry" devices --json | tee "$out/devices.json"
-  agent_check "$out"
+  agent_check agent "$out"
+  agent_check local "$out"
   ;;
-agent)
-  # The agent check alone (see agent_check), with the binary at target/gpu-check/gantry.
+agent | local)
+  # One agent check alone (see agent_check), with the binary at target/gpu-check/gantry.
   out=${2:-${OUT:-target/gpu-check/out}}
   mkdir -p "$out"
-  agent_check "$out"
+  agent_check "$1" "$out"
   ;;
 *)
-  echo "usage: $0 build | run [OUTDIR] | agent [OUTDIR]" >&2
+  echo "usage: $0 build | run [OUTDIR] | agent [OUTDIR] | local [OUTDIR]" >&2
   exit 2
   ;;
 esac

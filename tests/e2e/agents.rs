@@ -900,3 +900,63 @@ fn a_training_job_is_checked_at_submission_with_a_replica_per_gpu() {
     );
     assert_eq!(submit(&daemon.url, &rae, &job(1)).0, 201);
 }
+
+/// `gantry up --emulate-gpus 2` (what `gantry up` does with the real GPUs on a machine whose
+/// CUDA driver finds some): this machine is one node, run by an agent inside the daemon under
+/// a node identity of its own. A command job and a training job run on their placed GPUs; a
+/// SIGTERM stops the agent's runs first, their ends reported (the training job back in the
+/// queue), and the next start resumes it from its checkpoint.
+#[test]
+fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut extra = vec!["--emulate-gpus", "2", "--kill-grace-s", "0.5"];
+    extra.extend(job_user_args());
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+    let saw = json!({"id": "saw", "tenant": "vision", "gpus": 1, "command": {"argv":
+        ["sh", "-c", "echo saw=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES"]}});
+    assert_eq!(submit(&url, &rae, &saw).0, 201);
+    let long = json!({"id": "long", "tenant": "vision", "gpus": 1,
+                      "train": crate::daemon::train_toml(60)});
+    assert_eq!(submit(&url, &rae, &long).0, 201);
+    wait_for_state(&url, &rae, "saw", "succeeded");
+    let log = log_of(&url, &rae, "saw");
+    assert!(log.contains("runs on node local: GPUs local/gpu"), "{log}");
+    assert!(
+        log.contains("saw=local/gpu") && log.contains("devices="),
+        "{log}"
+    );
+    eventually("a checkpoint of the training job", || {
+        log_of(&url, &rae, "long").contains("checkpoint at step")
+    });
+    let log = log_of(&url, &rae, "long");
+    assert!(
+        log.contains("training on node local, GPUs local/gpu"),
+        "{log}"
+    );
+
+    let stopping = std::time::Instant::now();
+    daemon.signal("-TERM");
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(30),
+        "the daemon and its agent took {:?} to stop",
+        stopping.elapsed()
+    );
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let job = loop {
+        let (_, v) = request(&format!("{url}/v1/jobs/long"), "GET", Some(&rae), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ended: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let log = log_of(&url, &rae, "long");
+    assert_eq!(job["state"], "succeeded", "{job}\n{log}");
+    assert!(log.contains("the daemon stopped"), "{log}");
+    assert!(job["result"]["resumed_at_step"].as_u64() > Some(0), "{job}");
+}

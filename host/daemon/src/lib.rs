@@ -845,6 +845,17 @@ impl Drop for Background {
 
 /// Serves until SIGINT or SIGTERM; prints `listening on ADDR` on stdout once ready.
 pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
+    serve_then(config, |_| {}, async {}).await
+}
+
+/// [`serve`], running `then` with the address once it listens (after "listening on"), and
+/// `stopping` to its end on SIGINT or SIGTERM while the daemon still serves (what `gantry up`
+/// runs beside it winds down first).
+pub async fn serve_then(
+    config: DaemonConfig,
+    then: impl FnOnce(SocketAddr),
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");
@@ -852,12 +863,14 @@ pub async fn serve(config: DaemonConfig) -> Result<(), DaemonError> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        stopping.await;
     };
     serve_until(config, shutdown, |addr| {
         use std::io::Write;
         let mut out = std::io::stdout();
         let _ = writeln!(out, "listening on {addr}");
         let _ = out.flush();
+        then(addr);
     })
     .await
 }

@@ -89,6 +89,134 @@ pub struct UpArgs {
     /// by each heartbeat, of this many seconds.
     #[arg(long, value_name = "SECONDS")]
     agent_lease_s: Option<f64>,
+    /// This machine as a one-node cluster of this many emulated GPUs (run on the CPU, bound
+    /// like real ones), served by an agent inside `gantry up`. Without it, on a machine whose
+    /// CUDA driver finds GPUs, `gantry up` with no --cluster does this with the real ones.
+    #[arg(long, value_name = "N", conflicts_with_all = ["cluster", "etcd"])]
+    emulate_gpus: Option<u32>,
+    /// This machine's node name (and its agent's identity, a user with the `node` role), when
+    /// `gantry up` runs its own agent.
+    #[arg(long, default_value = "local")]
+    node: String,
+}
+
+/// This machine as a one-node cluster, run by an agent inside `gantry up` (issue 13: the
+/// single-machine default needs no setup): its GPUs as the agent reports them.
+struct LocalNode {
+    name: String,
+    emulate: Option<u32>,
+    gpus: Vec<gantry_daemon::nodes::ReportedGpu>,
+}
+
+impl LocalNode {
+    /// The node `gantry up` runs itself, if it does: with --emulate-gpus, or where the CUDA
+    /// driver finds GPUs and neither a cluster file, etcd nor outside agents are asked for.
+    fn of(args: &UpArgs) -> anyhow::Result<Option<LocalNode>> {
+        let outside =
+            args.cluster.is_some() || !args.etcd.is_empty() || args.agent_lease_s.is_some();
+        if args.emulate_gpus.is_none()
+            && (outside || gantry::training::device::detect().gpus.is_empty())
+        {
+            return Ok(None);
+        }
+        let mut devices = super::agent_devices::Devices::new(args.emulate_gpus, None)?;
+        Ok(Some(LocalNode {
+            name: args.node.clone(),
+            emulate: args.emulate_gpus,
+            gpus: devices.report().to_vec(),
+        }))
+    }
+
+    /// The cluster: the default cluster's tenants, and this node with its GPUs.
+    fn cluster(&self) -> anyhow::Result<gantry::cluster::Cluster> {
+        let tenants = super::cluster(None)?.tenants;
+        let mut cluster = gantry::cluster::Cluster {
+            tenants,
+            ..Default::default()
+        };
+        let gpus: Vec<(String, String, u32)> = self
+            .gpus
+            .iter()
+            .map(|g| {
+                let memory = u32::try_from(g.memory_mib).unwrap_or(u32::MAX);
+                (
+                    format!("{}/gpu{}", self.name, g.ordinal),
+                    g.name.clone(),
+                    memory,
+                )
+            })
+            .collect();
+        cluster
+            .add_node(&self.name, "local", &gpus)
+            .map_err(|e| anyhow::anyhow!("--node {}: {e}", self.name))?;
+        for g in &mut cluster.gpus {
+            g.gpu.healthy = true;
+        }
+        Ok(cluster)
+    }
+
+    /// A token for the node's identity (a user of that name with the `node` role, made if
+    /// missing), issued for this run of `gantry up`: the ones earlier runs issued are revoked.
+    /// Both audited in the data directory.
+    fn identity(
+        &self,
+        dir: &super::store::DataDir,
+        tenants: Vec<String>,
+    ) -> anyhow::Result<String> {
+        let d = open_offline(dir, "gantry up (this machine's agent)")?;
+        let issued = match d.db.user(&self.name)? {
+            Some(u) if u.roles != ["node"] => anyhow::bail!(
+                "--node {}: a user of that name exists with roles {:?}; this machine's agent \
+                 needs a node identity of its own: name another with --node",
+                self.name,
+                u.roles
+            ),
+            Some(_) => {
+                d.revoke(&self.name, None)?;
+                d.issue_token(&self.name, Some(None))?
+            }
+            None => {
+                let user = User {
+                    name: self.name.clone(),
+                    roles: vec!["node".into()],
+                    tenants,
+                    clearance: "public".into(),
+                };
+                d.add_user(&user, Some(None))?
+            }
+        };
+        d.close()?;
+        Ok(issued.token)
+    }
+
+    /// The agent's arguments, reaching the daemon at `addr` with `token`.
+    fn agent(&self, args: &UpArgs, addr: SocketAddr, token: String) -> AgentArgs {
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        AgentArgs {
+            node: self.name.clone(),
+            rack: None,
+            emulate_gpus: self.emulate,
+            devices: None,
+            heartbeat_s: 1.0,
+            job_user: args.job_user.clone(),
+            kill_grace_s: args.kill_grace_s,
+            client: Client {
+                url: format!("{scheme}://{host}:{}", addr.port()),
+                token,
+                ca_cert: args.tls_cert.clone(),
+                insecure: false,
+            },
+        }
+    }
 }
 
 /// Arguments of `gantry agent`.
@@ -320,12 +448,24 @@ pub struct SubmitArgs {
 /// Runs `gantry up`.
 pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     let control_plane = control_plane(&args)?;
+    let local = LocalNode::of(&args)?;
+    let cluster = match &local {
+        Some(node) => node.cluster()?,
+        None => super::cluster(args.cluster.as_ref())?,
+    };
+    let token = match &local {
+        Some(node) => {
+            let tenants = cluster.tenants.iter().map(|t| t.name.clone()).collect();
+            Some(node.identity(&args.dir, tenants)?)
+        }
+        None => None,
+    };
     let config = DaemonConfig {
         data_dir: args.dir.path()?,
         listen: args.listen,
-        cluster: super::cluster(args.cluster.as_ref())?,
+        cluster,
         cache_dir: ctx.cache_dir.clone(),
-        tls: args.tls_cert.zip(args.tls_key),
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         insecure: args.insecure,
         trust: ctx.trust.clone(),
         train_limits: match &args.train_limits {
@@ -340,10 +480,11 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         },
         shipped_policy: args.shipped_policy,
         control_plane,
-        agent_lease: args
-            .agent_lease_s
-            .map(|s| seconds_above_zero(s, "--agent-lease-s"))
-            .transpose()?,
+        agent_lease: match (args.agent_lease_s, &local) {
+            (Some(s), _) => Some(seconds_above_zero(s, "--agent-lease-s")?),
+            (None, Some(_)) => Some(std::time::Duration::from_secs(10)),
+            (None, None) => None,
+        },
         commands: gantry_daemon::command::CommandLimits {
             max_wall_time_s: seconds_above_zero(args.max_wall_time_s, "--max-wall-time-s")?
                 .as_secs_f64(),
@@ -355,7 +496,58 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         .thread_name("gantry-daemon")
         .build()
         .context("starting the daemon's runtime")?;
-    runtime.block_on(daemon::serve(config))?;
+    let (Some(node), Some(token)) = (local, token) else {
+        runtime.block_on(daemon::serve(config))?;
+        return Ok(());
+    };
+    // This machine's agent runs beside the daemon once it listens, and stops its runs (their
+    // ends reported) before the daemon stops.
+    let quit = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let start = {
+        let (quit, thread) = (quit.clone(), thread.clone());
+        move |addr: SocketAddr| {
+            let agent = node.agent(&args, addr, token);
+            eprintln!(
+                "this machine's agent: node {}, {} GPU(s) ({})",
+                node.name,
+                node.gpus.len(),
+                if node.emulate.is_some() {
+                    "emulated"
+                } else {
+                    "the CUDA driver's"
+                }
+            );
+            let spawned = std::thread::Builder::new()
+                .name("gantry-agent".into())
+                .spawn(move || {
+                    let on_stderr = |line: &str| {
+                        use std::io::Write;
+                        let _ = writeln!(std::io::stderr(), "{line}");
+                    };
+                    let run =
+                        std::panic::AssertUnwindSafe(|| run_agent_until(agent, &quit, &on_stderr));
+                    // The daemon serves on; the node leaves service when its lease ends.
+                    match std::panic::catch_unwind(run) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => on_stderr(&format!("this machine's agent stopped: {e:#}")),
+                        Err(_) => on_stderr("this machine's agent stopped: it panicked"),
+                    }
+                });
+            match spawned {
+                Ok(handle) => *thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+                Err(e) => eprintln!("this machine's agent did not start: {e}"),
+            }
+        }
+    };
+    let stopping = async move {
+        quit.store(true, std::sync::atomic::Ordering::SeqCst);
+        let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    };
+    runtime.block_on(gantry_daemon::serve_then(config, start, stopping))?;
     Ok(())
 }
 
@@ -916,6 +1108,21 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// whole lease, the control plane has given its runs up, so it stops them itself. A run the
 /// control plane no longer lists (it gave the job to another attempt) is stopped too.
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let on_stdout = |line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    run_agent_until(args, &std::sync::atomic::AtomicBool::new(false), &on_stdout)
+}
+
+/// Runs a node's agent until `quit` is set; then its runs are stopped (their ends reported,
+/// the control plane still serving) and it returns. What it serves is said through `say`
+/// (never a panic: a closed output must not end the agent).
+fn run_agent_until(
+    args: AgentArgs,
+    quit: &std::sync::atomic::AtomicBool,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<()> {
     use gantry_daemon::nodes::HandedRun;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -956,6 +1163,20 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut last_ok = std::time::Instant::now();
     let mut lease = std::time::Duration::from_secs(10);
     loop {
+        if quit.load(Ordering::SeqCst) {
+            for stop in runs.values() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            // A command gets its grace after SIGTERM; a training run stops after its step.
+            let deadline = std::time::Instant::now()
+                + std::time::Duration::from_secs_f64(args.kill_grace_s.max(0.0) + 10.0);
+            while runs.values().any(|s| Arc::strong_count(s) > 1)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            return Ok(());
+        }
         let gpus = devices.report();
         *node.pci.lock().unwrap_or_else(|e| e.into_inner()) = gpus
             .iter()
@@ -972,10 +1193,10 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     lease = std::time::Duration::from_secs_f64(s.max(0.0));
                 }
                 if serving.as_ref() != Some(&answer["serving"]) {
-                    println!(
+                    say(&format!(
                         "node {}: serving {} (lease {} s)",
                         args.node, answer["serving"], answer["lease_s"]
-                    );
+                    ));
                     serving = Some(answer["serving"].clone());
                 }
                 let handed: Vec<HandedRun> =
