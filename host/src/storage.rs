@@ -42,9 +42,9 @@ pub use self::lock::{DirLock, Holder};
 pub use self::object::ObjectReader;
 use self::object::{aead_key, read_error, seal_into};
 
-pub use self::object::CHUNK;
 #[cfg(test)]
 use self::object::TAG;
+pub use self::object::{CHUNK, sealed_len};
 
 /// The format of objects and key files (bound into every chunk and wrapped key).
 const FORMAT: u32 = 1;

@@ -64,10 +64,6 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(dir: &Path, etcd: &str) -> Replica {
-        Self::start_cached(dir, etcd, &shared_cache())
-    }
-
     /// A replica compiling its plugins and policy into `cache`.
     fn start_cached(dir: &Path, etcd: &str, cache: &Path) -> Replica {
         Self::start_with(dir, etcd, cache, &[])
@@ -308,6 +304,46 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A copy of directory `from` at `to`.
+/// `n` replicas on etcd `etcd` (URLs), each on its own copy (`dir/r0`, ...) of data directory
+/// `data` with cluster file `cluster`, given `extra` arguments of `gantry up` besides.
+fn replicas_on(
+    dir: &Path,
+    data: &Path,
+    etcd: &str,
+    n: usize,
+    cluster: &str,
+    extra: &[&str],
+) -> Vec<Replica> {
+    (0..n)
+        .map(|i| {
+            let d = dir.join(format!("r{i}"));
+            copy_dir(data, &d);
+            std::fs::write(d.join("cluster.toml"), cluster).unwrap();
+            Replica::start_with(&d, etcd, &shared_cache(), extra)
+        })
+        .collect()
+}
+
+/// Installs, through the leader at `url` as admin `admin`, the shipped policy with researchers
+/// held to 2 GPUs a job (built under `dir`); its revision.
+fn install_strict_policy(dir: &Path, url: &str, admin: &str) -> Value {
+    let bundle = dir.join("strict.tar.gz");
+    crate::support::build_policy(
+        &crate::support::strict_policy(dir),
+        "gantry/authz/decision",
+        &bundle,
+        &shared_cache(),
+    );
+    let (s, v) = crate::support::send_raw(
+        "POST",
+        &format!("{url}/v1/policy"),
+        admin,
+        &std::fs::read(&bundle).unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["revision"].clone()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -369,16 +405,8 @@ fn kill_loop(etcd: &str, seed: u64) {
         .iter()
         .map(|n| add_user(&data, n, "node", "vision", "public"))
         .collect();
-    let dirs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("r{i}"))).collect();
-    for d in &dirs {
-        copy_dir(&data, d);
-        std::fs::write(d.join("cluster.toml"), THREE_NODES).unwrap();
-    }
     let agent_lease = ["--agent-lease-s", "3"];
-    let mut replicas: Vec<Replica> = dirs
-        .iter()
-        .map(|d| Replica::start_with(d, etcd, &shared_cache(), &agent_lease))
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, etcd, 3, THREE_NODES, &agent_lease);
     let bound = Duration::from_secs(2 * LEASE_S);
     let (mut leader, _) = leader_within(&mut replicas, bound + Duration::from_secs(10));
     // Each agent is given every replica's URL, as the README's three-node setup does.
@@ -575,14 +603,7 @@ fn a_control_plane_on_three_etcd_members_survives_one_member_and_its_leader() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(&dir.path().join("d0"));
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| {
-            let d = dir.path().join(format!("r{i}"));
-            copy_dir(&data, &d);
-            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
-            Replica::start(&d, &etcd.urls())
-        })
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.urls(), 2, EIGHT_GPUS, &[]);
     let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
     let job = |id: &str| json!({"id": id, "tenant": "vision", "gpus": 1});
     assert_eq!(
@@ -763,14 +784,7 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     let data = init_data_dir(&dir.path().join("d0"));
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let grace = add_user(&data, "grace", "admin", "vision", "public");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| {
-            let d = dir.path().join(format!("r{i}"));
-            copy_dir(&data, &d);
-            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
-            Replica::start(&d, &etcd.url())
-        })
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, EIGHT_GPUS, &[]);
     let (leader, _) = leader_within(&mut replicas, Duration::from_secs(60));
     let status = |url: &str, token: &str| {
         try_request(&format!("{url}/v1/jobs"), "GET", Some(token), None).map(|(s, _)| s)
@@ -806,21 +820,7 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
     .unwrap();
     assert_eq!(s, 200, "{v}");
     // A stricter policy: researchers may ask for at most 2 GPUs.
-    let bundle = dir.path().join("strict.tar.gz");
-    crate::support::build_policy(
-        &crate::support::strict_policy(dir.path()),
-        "gantry/authz/decision",
-        &bundle,
-        &shared_cache(),
-    );
-    let (s, v) = crate::support::send_raw(
-        "POST",
-        &format!("{url}/v1/policy"),
-        &grace,
-        &std::fs::read(&bundle).unwrap(),
-    );
-    assert_eq!(s, 200, "{v}");
-    let strict = v["revision"].clone();
+    let strict = install_strict_policy(dir.path(), &url, &grace);
     let topology = json!({"name": "topology"});
     let (s, v) = try_request(
         &format!("{url}/v1/plugins/scheduler"),
@@ -888,14 +888,7 @@ fn a_follower_answers_reads_itself_and_sends_the_rest_to_the_leader() {
     let data = init_data_dir(&dir.path().join("d0"));
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let grace = add_user(&data, "grace", "admin", "vision", "public");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| {
-            let d = dir.path().join(format!("r{i}"));
-            copy_dir(&data, &d);
-            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
-            Replica::start(&d, &etcd.url())
-        })
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, EIGHT_GPUS, &[]);
     let (leader, _) = leader_within(&mut replicas, Duration::from_secs(60));
     let (lead, follow) = (
         replicas[leader].url.clone(),
@@ -934,21 +927,7 @@ fn a_follower_answers_reads_itself_and_sends_the_rest_to_the_leader() {
     }
 
     // What the leader changes, the follower decides by: a stricter policy, a revoked token.
-    let bundle = dir.path().join("strict.tar.gz");
-    crate::support::build_policy(
-        &crate::support::strict_policy(dir.path()),
-        "gantry/authz/decision",
-        &bundle,
-        &shared_cache(),
-    );
-    let (s, v) = crate::support::send_raw(
-        "POST",
-        &format!("{lead}/v1/policy"),
-        &grace,
-        &std::fs::read(&bundle).unwrap(),
-    );
-    assert_eq!(s, 200, "{v}");
-    let strict = v["revision"].clone();
+    let strict = install_strict_policy(dir.path(), &lead, &grace);
     let (s, v) = try_request(
         &format!("{lead}/v1/users/ada/revoke"),
         "POST",
@@ -1071,16 +1050,8 @@ fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_recei
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
     let node_a = add_user(&data, "node-a", "node", "vision", "public");
     let node_b = add_user(&data, "node-b", "node", "vision", "public");
-    let dirs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("r{i}"))).collect();
-    for d in &dirs {
-        copy_dir(&data, d);
-        std::fs::write(d.join("cluster.toml"), THREE_NODES).unwrap();
-    }
     let agent_lease = ["--agent-lease-s", "3"];
-    let mut replicas: Vec<Replica> = dirs
-        .iter()
-        .map(|d| Replica::start_with(d, &etcd.url(), &shared_cache(), &agent_lease))
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, THREE_NODES, &agent_lease);
     let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
     let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
     let urls = urls.join(",");
@@ -1148,14 +1119,7 @@ fn a_dataset_uploaded_through_one_leader_is_there_under_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(&dir.path().join("d0"));
     let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
-    let mut replicas: Vec<Replica> = (0..2)
-        .map(|i| {
-            let d = dir.path().join(format!("r{i}"));
-            copy_dir(&data, &d);
-            std::fs::write(d.join("cluster.toml"), EIGHT_GPUS).unwrap();
-            Replica::start(&d, &etcd.url())
-        })
-        .collect();
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, EIGHT_GPUS, &[]);
     let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
     let csv = crate::daemon::spirals_csv();
     let url = replicas[leader].url.clone();

@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::etcdblobs::{Blob, EtcdBlobs};
 
-/// The largest object a replicated control plane keeps in etcd, bytes (datasets' uploads are
-/// bounded by the same figure).
-pub const MAX_SHARED: usize = crate::api::MAX_UPLOAD;
+/// The largest object a replicated control plane keeps in etcd, sealed, bytes: one of the
+/// largest upload ([`crate::api::MAX_UPLOAD`], a dataset's), which bounds a checkpoint's upload
+/// too on a replicated control plane.
+pub const MAX_SHARED: usize = gantry::storage::sealed_len(crate::api::MAX_UPLOAD as u64) as usize;
 
 /// An owner's object, as etcd keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,17 @@ pub const CHUNK: usize = 1 << 20;
 pub(super) const TAG: usize = 16;
 const OBJECT_MAGIC: &[u8; 16] = b"GANTRY-OBJECT 1\n";
 
+/// The size on disk (sealed) of an object of `plain` bytes: the magic and chunk size, then each
+/// chunk (at least one) with its length and tag.
+pub const fn sealed_len(plain: u64) -> u64 {
+    let chunks = if plain == 0 {
+        1
+    } else {
+        plain.div_ceil(CHUNK as u64)
+    };
+    (OBJECT_MAGIC.len() + 4) as u64 + chunks * (4 + TAG as u64) + plain
+}
+
 /// Encrypts everything `reader` yields into a new file `tmp` under `key_bytes`, synced; returns
 /// the plaintext's SHA-256 (the object's id).
 pub(super) fn seal_into(

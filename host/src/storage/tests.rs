@@ -25,6 +25,11 @@ fn round_trips_of_every_size_and_content_addressing() {
         assert_eq!(store.put_bytes(&data).unwrap(), id);
     }
     assert_eq!(store.list().unwrap().len(), 6);
+    for id in store.list().unwrap() {
+        let plain = store.get(&id).unwrap().len() as u64;
+        let on_disk = std::fs::metadata(store.object_path(&id)).unwrap().len();
+        assert_eq!(sealed_len(plain), on_disk, "{plain} bytes");
+    }
     // Nothing is left in tmp, and nothing stored is plaintext.
     assert_eq!(
         std::fs::read_dir(store.root().join("objects/tmp"))

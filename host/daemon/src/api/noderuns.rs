@@ -172,6 +172,17 @@ pub(super) async fn latest_checkpoint(
         .into_response())
 }
 
+/// The most bytes a checkpoint's upload may have: the largest checkpoint a job may write
+/// (`largest`), and on a replicated control plane (`replicated`) no more than it keeps in etcd
+/// for the next leader ([`crate::sealedobjects::MAX_SHARED`], sealed), refused before any byte
+/// is read rather than after the upload.
+fn checkpoint_limit(largest: u64, replicated: bool) -> u64 {
+    match replicated {
+        true => largest.min(super::MAX_UPLOAD as u64),
+        false => largest,
+    }
+}
+
 /// `PUT /v1/nodes/{node}/runs/checkpoint?job=..&attempt=..&step=..`: a checkpoint the run
 /// wrote, streamed into the encrypted store (at most the largest checkpoint a job may write)
 /// and recorded as the job's newest, unless the run stopped being current meanwhile. The agent
@@ -184,7 +195,10 @@ pub(super) async fn put_checkpoint(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let limit = gantry::training::checkpoint::max_file_bytes();
+    let limit = checkpoint_limit(
+        gantry::training::checkpoint::max_file_bytes(),
+        state.daemon.leadership.is_some(),
+    );
     let fits = within_limit(&headers, "a checkpoint", limit);
     let (query, step) = caller
         .then(&state, {
@@ -212,4 +226,22 @@ pub(super) async fn put_checkpoint(
     })
     .await?;
     Ok(Json(json!({ "step": step, "bytes": bytes })))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A replicated control plane once read a checkpoint of up to 32 GiB, then failed to keep
+    /// it in etcd (64 MiB): the upload is bounded by what etcd keeps, before it is read.
+    #[test]
+    fn a_replicated_control_plane_bounds_a_checkpoint_by_what_it_keeps_in_etcd() {
+        let largest = 32u64 << 30;
+        assert_eq!(super::checkpoint_limit(largest, false), largest);
+        let replicated = super::checkpoint_limit(largest, true);
+        assert!(replicated < largest);
+        let sealed = gantry::storage::sealed_len(replicated);
+        assert!(
+            sealed <= crate::sealedobjects::MAX_SHARED as u64,
+            "{sealed}"
+        );
+    }
 }
