@@ -960,3 +960,189 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     assert!(log.contains("the daemon stopped"), "{log}");
     assert!(job["result"]["resumed_at_step"].as_u64() > Some(0), "{job}");
 }
+
+/// A CA, a server certificate for loopback and client certificates naming `nodes`, signed by
+/// it, and one naming node-a from a stranger CA: PEM files under `dir` (`ca.pem`, `server.pem`,
+/// `server.key`, `<node>.pem`, `<node>.key`, `stranger.pem`, `stranger.key`).
+fn node_pki(dir: &std::path::Path, nodes: &[&str]) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose as Eku, IsCa,
+        KeyPair,
+    };
+    let ca_of = || {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (ca, stranger) = (ca_of(), ca_of());
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    let sign = |name: &str, names: Vec<String>, usage: Eku, by: &CertifiedIssuer<'_, KeyPair>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        write(
+            &format!("{name}.pem"),
+            &params.signed_by(&key, by).unwrap().pem(),
+        );
+        write(&format!("{name}.key"), &key.serialize_pem());
+    };
+    write("ca.pem", &ca.pem());
+    sign("server", vec!["127.0.0.1".into()], Eku::ServerAuth, &ca);
+    for node in nodes {
+        sign(node, vec![node.to_string()], Eku::ClientAuth, &ca);
+    }
+    sign(
+        "stranger",
+        vec!["node-a".into()],
+        Eku::ClientAuth,
+        &stranger,
+    );
+}
+
+/// A heartbeat of node-a over HTTPS trusting `dir/ca.pem`, presenting `dir/<cert>.pem` when
+/// given: its status, or `None` when the connection failed (a handshake refused).
+fn heartbeat_with(
+    url: &str,
+    dir: &std::path::Path,
+    cert: Option<&str>,
+    token: &str,
+) -> Option<u16> {
+    let read = |name: String| std::fs::read(dir.join(name)).unwrap();
+    let pem_certs = |pem: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
+        ureq::tls::parse_pem(pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(
+        &pem_certs(&read("ca.pem".into())),
+    ));
+    if let Some(name) = cert {
+        let key_pem = read(format!("{name}.key"));
+        let key = ureq::tls::parse_pem(&key_pem)
+            .find_map(|i| match i {
+                Ok(ureq::tls::PemItem::PrivateKey(k)) => Some(k.to_owned()),
+                _ => None,
+            })
+            .unwrap();
+        let chain = pem_certs(&read(format!("{name}.pem")));
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+    }
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls.build())
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let response = agent
+        .post(format!("{url}/v1/nodes/node-a/heartbeat"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .send_json(two_gpus())
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// With `gantry up --client-ca`, a node's requests need a client certificate of that CA naming
+/// the node, besides its token: the node's token alone, or with another node's certificate, is
+/// refused (403), a certificate of another CA fails the handshake; users need none; an agent
+/// given its certificate serves and runs its jobs.
+#[test]
+fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("data"));
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node_a = add_user(&data, "node-a", "node", "vision", "public");
+    let pki = dir.path();
+    node_pki(pki, &["node-a", "node-b"]);
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, TWO_NODES).unwrap();
+    let path = |name: &str| pki.join(name).to_str().unwrap().to_string();
+    let (server, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let args = [
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--agent-lease-s",
+        "10",
+        "--tls-cert",
+        &server,
+        "--tls-key",
+        &key,
+        "--client-ca",
+        &ca,
+    ];
+    let daemon = Daemon::start_with(&data, &shared_cache(), &args);
+    let url = daemon.url.replace("http://", "https://");
+
+    assert_eq!(heartbeat_with(&url, pki, None, &node_a), Some(403));
+    assert_eq!(
+        heartbeat_with(&url, pki, Some("node-b"), &node_a),
+        Some(403)
+    );
+    assert_eq!(heartbeat_with(&url, pki, Some("stranger"), &node_a), None);
+    assert_eq!(
+        heartbeat_with(&url, pki, Some("node-a"), &node_a),
+        Some(200)
+    );
+
+    // The agent with its certificate; a user without one.
+    let mut agent_args = vec![
+        "--emulate-gpus",
+        "2",
+        "--ca-cert",
+        &ca,
+        "--kill-grace-s",
+        "0.5",
+    ];
+    let (cert, cert_key) = (path("node-a.pem"), path("node-a.key"));
+    agent_args.extend(["--client-cert", &cert, "--client-key", &cert_key]);
+    agent_args.extend(job_user_args());
+    let _agent = Agent::spawn(&url, &node_a, "node-a", &agent_args);
+    let out = crate::support::gantry(
+        &[
+            "submit",
+            "--url",
+            &url,
+            "--ca-cert",
+            &ca,
+            "--token",
+            &rae,
+            "--tenant",
+            "vision",
+            "--gpus",
+            "1",
+            "--id",
+            "c1",
+            "--",
+            "sh",
+            "-c",
+            "echo on $GANTRY_GPU_IDS",
+        ],
+        &shared_cache(),
+    );
+    let (_, stderr) = crate::support::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = crate::support::gantry(
+            &[
+                "logs",
+                "c1",
+                "--url",
+                &url,
+                "--ca-cert",
+                &ca,
+                "--token",
+                &rae,
+            ],
+            &shared_cache(),
+        );
+        let (log, _) = crate::support::text(&out);
+        if log.contains("on node-a/gpu") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -64,6 +64,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         cluster,
         cache_dir,
         tls: None,
+        client_ca: None,
         insecure: false,
         trust: Default::default(),
         train_limits: Default::default(),

@@ -178,10 +178,55 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         // Handlers read bodies themselves, after authentication (`body`); nothing else may.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            node_certificate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             daemon,
             count_responses,
         ))
         .with_state(state)
+}
+
+/// With `gantry up --client-ca`, a request of node `n` (`/v1/nodes/{n}/...`: its heartbeat,
+/// reports, its runs' data) must come over a connection whose client certificate, verified
+/// against that CA in the handshake, names the node (a DNS name among its subject alternative
+/// names): a node's token alone no longer speaks for it. Refused with 403 before any handler.
+async fn node_certificate(
+    State(daemon): State<Arc<Daemon>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let node = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/nodes/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|n| !n.is_empty());
+    if let (true, Some(node)) = (daemon.node_certs, node) {
+        let cert = request.extensions().get::<super::serve::PeerCert>();
+        if let Err(why) = names_node(cert, node) {
+            return ApiError::new(StatusCode::FORBIDDEN, format!("node {node}: {why}"))
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether client certificate `cert` (DER, verified in the handshake) names node `node`.
+fn names_node(cert: Option<&super::serve::PeerCert>, node: &str) -> Result<(), String> {
+    let cert = cert.ok_or(
+        "this control plane asks nodes for a client certificate (--client-ca), and none was \
+         presented",
+    )?;
+    let der = tokio_rustls::rustls::pki_types::CertificateDer::from(cert.0.as_slice());
+    let parsed = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| format!("its client certificate does not read: {e}"))?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(node)
+        .map_err(|_| "not a name a certificate can hold".to_string())?;
+    parsed
+        .verify_is_valid_for_subject_name(&name)
+        .map_err(|_| "its client certificate names another node".to_string())
 }
 
 /// Counts every response by status class, and counts every refused request (4xx) that no

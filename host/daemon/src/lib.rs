@@ -78,6 +78,9 @@ pub struct DaemonConfig {
     /// Serve HTTPS with this PEM certificate chain and PEM private key (none: plain HTTP, for
     /// loopback).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With TLS: the CA (PEM) whose client certificates nodes present (`--client-ca`); a node's
+    /// requests then need one naming the node, besides its token.
+    pub client_ca: Option<PathBuf>,
     /// Serve plain HTTP beyond loopback anyway (`--insecure`): bearer tokens then cross the
     /// network in the clear. Without it, a non-loopback address without TLS is refused.
     pub insecure: bool,
@@ -196,6 +199,8 @@ pub struct Daemon {
     /// For a follower: when it last looked at the policy the leader installed, and which
     /// object that was ([`Daemon::follow_policy`]).
     followed_policy: Mutex<(std::time::Instant, Option<String>)>,
+    /// Whether a node's requests need a client certificate naming the node (`--client-ca`).
+    pub node_certs: bool,
 }
 
 /// How often a follower looks for a policy the leader installed.
@@ -541,6 +546,7 @@ impl Daemon {
             datasets: stores.datasets,
             shared: stores.shared,
             followed_policy: Mutex::new((std::time::Instant::now(), None)),
+            node_certs: config.client_ca.is_some(),
         }
     }
 
@@ -881,7 +887,7 @@ pub async fn serve_until(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), DaemonError> {
     let tls = match &config.tls {
-        Some((cert, key)) => Some(tls::server_config(cert, key)?),
+        Some((cert, key)) => Some(tls::server_config(cert, key, config.client_ca.as_deref())?),
         None => None,
     };
     if tls.is_none() && !config.listen.ip().is_loopback() {

@@ -143,6 +143,11 @@ impl Drop for SourceSlot {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The certificate a TLS client presented, verified against the daemon's client CA (`gantry up
+/// --client-ca`), DER: in the extensions of every request of that connection.
+#[derive(Debug, Clone)]
+pub struct PeerCert(pub Arc<Vec<u8>>);
+
 /// Serves `app` on `listener` (through `tls` when given) under `limits`, until `shutdown`
 /// completes; then lets requests in flight finish for up to `limits.drain_timeout`. `refused`
 /// counts each connection turned away at a cap.
@@ -184,11 +189,12 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection {
+        let mut conn = Connection {
             app: app.clone(),
             peer,
             limits: limits.clone(),
             stop: stop_rx.clone(),
+            cert: None,
         };
         let (tls, handshakes) = (tls.clone(), handshakes.clone());
         tokio::spawn(async move {
@@ -200,6 +206,12 @@ pub async fn serve(
                     else {
                         return;
                     };
+                    conn.cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|c| PeerCert(Arc::new(c.as_ref().to_vec())));
                     conn.run(stream).await
                 }
             }
@@ -246,6 +258,8 @@ struct Connection {
     peer: SocketAddr,
     limits: Arc<ConnLimits>,
     stop: watch::Receiver<bool>,
+    /// The client's certificate, where it presented one the client CA verified.
+    cert: Option<PeerCert>,
 }
 
 impl Connection {
@@ -255,8 +269,12 @@ impl Connection {
     {
         let peer = self.peer;
         let app = self.app.clone();
+        let cert = self.cert.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(Peer(peer));
+            if let Some(cert) = &cert {
+                request.extensions_mut().insert(cert.clone());
+            }
             let mut app = app.clone();
             // Boxed, so that the connection is Unpin and can be taken apart when it is done.
             Box::pin(async move {

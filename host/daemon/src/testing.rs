@@ -48,6 +48,7 @@ impl TestDaemon {
             // daemon's start in a debug build.
             cache_dir: Some(std::env::temp_dir().join("gantry-daemon-unit-tests-cache")),
             tls: None,
+            client_ca: None,
             insecure: false,
             trust: Default::default(),
             train_limits,

@@ -28,6 +28,15 @@ pub struct UpArgs {
     /// The certificate's PEM private key.
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Ask TLS clients for a certificate of this CA (PEM): a node's requests (its agent's)
+    /// then need one naming the node (a DNS name of the certificate), besides its token.
+    #[arg(
+        long,
+        value_name = "CA.pem",
+        requires = "tls_cert",
+        conflicts_with = "emulate_gpus"
+    )]
+    client_ca: Option<PathBuf>,
     /// Serve plain HTTP on an address beyond loopback (refused without it: bearer tokens would
     /// cross the network in the clear).
     #[arg(long)]
@@ -112,8 +121,10 @@ impl LocalNode {
     /// The node `gantry up` runs itself, if it does: with --emulate-gpus, or where the CUDA
     /// driver finds GPUs and neither a cluster file, etcd nor outside agents are asked for.
     fn of(args: &UpArgs) -> anyhow::Result<Option<LocalNode>> {
-        let outside =
-            args.cluster.is_some() || !args.etcd.is_empty() || args.agent_lease_s.is_some();
+        let outside = args.cluster.is_some()
+            || !args.etcd.is_empty()
+            || args.agent_lease_s.is_some()
+            || args.client_ca.is_some();
         if args.emulate_gpus.is_none()
             && (outside || gantry::training::device::detect().gpus.is_empty())
         {
@@ -214,6 +225,8 @@ impl LocalNode {
                 token,
                 ca_cert: args.tls_cert.clone(),
                 insecure: false,
+                client_cert: None,
+                client_key: None,
             },
         }
     }
@@ -349,6 +362,8 @@ impl ViaDaemon {
             token,
             ca_cert: self.ca_cert.clone(),
             insecure: self.insecure,
+            client_cert: None,
+            client_key: None,
         })
     }
 }
@@ -370,6 +385,23 @@ pub struct Client {
     /// it would cross the network in the clear).
     #[arg(long, env = "GANTRY_INSECURE")]
     pub(super) insecure: bool,
+    /// Present this PEM client certificate over `https://` (a node's agent, where the control
+    /// plane asks nodes for one: `gantry up --client-ca`), with --client-key.
+    #[arg(
+        long,
+        env = "GANTRY_CLIENT_CERT",
+        value_name = "CERT.pem",
+        requires = "client_key"
+    )]
+    pub(super) client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(
+        long,
+        env = "GANTRY_CLIENT_KEY",
+        value_name = "KEY.pem",
+        requires = "client_cert"
+    )]
+    pub(super) client_key: Option<PathBuf>,
 }
 
 impl Client {
@@ -466,6 +498,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         cluster,
         cache_dir: ctx.cache_dir.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        client_ca: args.client_ca.clone(),
         insecure: args.insecure,
         trust: ctx.trust.clone(),
         train_limits: match &args.train_limits {
@@ -997,7 +1030,7 @@ fn send_once(
 ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
     client.check_transport()?;
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let agent = agent(client.ca_cert.as_deref())?;
+    let agent = agent(client)?;
     let auth = format!("Bearer {}", client.token);
     let octets = "application/octet-stream";
     match (method, body) {
@@ -1040,26 +1073,42 @@ fn failure(status: ureq::http::StatusCode, value: &serde_json::Value) -> anyhow:
 }
 
 /// A client, trusting `ca_cert` (PEM) for HTTPS when given.
-pub(super) fn agent(ca_cert: Option<&std::path::Path>) -> anyhow::Result<ureq::Agent> {
+pub(super) fn agent(client: &Client) -> anyhow::Result<ureq::Agent> {
     let mut config = ureq::Agent::config_builder().http_status_as_error(false);
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let certs = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = &client.ca_cert {
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&pem_certs(path)?));
+    }
+    if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
+        let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+        let private = ureq::tls::parse_pem(&pem)
+            .find_map(|item| match item {
+                Ok(ureq::tls::PemItem::PrivateKey(k)) => Some(k),
                 _ => None,
             })
-            .collect::<Vec<_>>();
-        if certs.is_empty() {
-            anyhow::bail!("{}: no PEM certificate", path.display());
-        }
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                .build(),
-        );
+            .with_context(|| format!("{}: no PEM private key", key.display()))?;
+        let chain = pem_certs(cert)?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, private)));
+    }
+    if client.ca_cert.is_some() || client.client_cert.is_some() {
+        config = config.tls_config(tls.build());
     }
     Ok(config.build().new_agent())
+}
+
+/// The certificates of PEM file `path` (at least one).
+fn pem_certs(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        anyhow::bail!("{}: no PEM certificate", path.display());
+    }
+    Ok(certs)
 }
 
 /// Runs `gantry submit`.

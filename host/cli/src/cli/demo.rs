@@ -173,6 +173,8 @@ fn start(
         token: tokens[i].clone(),
         ca_cert: None,
         insecure: false,
+        client_cert: None,
+        client_key: None,
     };
     let (ada, lee) = (client(0), client(1));
     Ok((server, ada, lee, nodes))

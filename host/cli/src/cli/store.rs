@@ -128,6 +128,8 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
                         ca_cert,
                         // The daemon that holds this directory, on this machine.
                         insecure: true,
+                        client_cert: None,
+                        client_key: None,
                     };
                     let v = super::daemon::call(&client, "POST", "/v1/keys/rotate", None)?;
                     serde_json::from_value(v).context("the daemon's answer")?
