@@ -106,7 +106,13 @@ pub struct FollowerReads {
     /// The daemon and its routes; `None` before the first read, and once closed.
     opened: tokio::sync::Mutex<Option<(Arc<crate::Daemon>, axum::Router)>>,
     closed: std::sync::atomic::AtomicBool,
+    /// When opening last failed, and why: reads are answered with that for
+    /// [`REOPEN_AFTER`] rather than each trying again.
+    failed: Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a follower whose read side did not open answers reads with why, before trying again.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 
 impl FollowerReads {
     /// Reads opened by `open` when first asked for.
@@ -115,6 +121,7 @@ impl FollowerReads {
             open,
             opened: tokio::sync::Mutex::new(None),
             closed: Default::default(),
+            failed: Mutex::new(None),
         })
     }
 
@@ -128,10 +135,28 @@ impl FollowerReads {
         let daemon = match &*opened {
             Some((daemon, _)) => daemon.clone(),
             None => {
+                let recent = self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some((_, why)) = recent.filter(|(at, _)| at.elapsed() < REOPEN_AFTER) {
+                    return Err(why);
+                }
                 let this = self.clone();
-                let daemon = tokio::task::spawn_blocking(move || (this.open)())
+                let opening = tokio::task::spawn_blocking(move || (this.open)())
                     .await
-                    .map_err(|e| e.to_string())??;
+                    .map_err(|e| e.to_string())
+                    .and_then(|opened| opened);
+                let daemon = match opening {
+                    Ok(daemon) => daemon,
+                    Err(why) => {
+                        tracing::warn!(error = %why, "a follower's read side does not open");
+                        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((std::time::Instant::now(), why.clone()));
+                        return Err(why);
+                    }
+                };
                 let daemon = Arc::new(daemon);
                 let others = move || async move { leader_only(current(&leader), None) };
                 let router = crate::api::follower_reads(daemon.clone())
@@ -290,5 +315,32 @@ pub async fn hold(
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A read side that does not open (its data directory held, say) is not opened again by
+    /// every read: reads are answered with why until [`REOPEN_AFTER`] has passed.
+    #[tokio::test]
+    async fn a_read_side_that_does_not_open_is_not_retried_by_every_read() {
+        let tries = Arc::new(AtomicUsize::new(0));
+        let counted = tries.clone();
+        let reads = FollowerReads::new(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Err("the data directory is held".into())
+        }));
+        for _ in 0..3 {
+            let answer = reads.router(Leader::default()).await;
+            assert_eq!(answer.err().as_deref(), Some("the data directory is held"));
+        }
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        assert!(
+            reads.close(Duration::from_secs(1)).await,
+            "nothing to close"
+        );
     }
 }
