@@ -61,6 +61,9 @@ pub struct ReportedGpu {
     pub pci_bus_id: Option<String>,
     /// Whether the agent finds it fit to run jobs.
     pub healthy: bool,
+    /// The node's other GPUs (ordinals) it reaches over NVLink, where NVML says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvlink_peers: Vec<u32>,
 }
 
 impl Heartbeat {
@@ -95,6 +98,18 @@ impl Heartbeat {
                 return Err(format!(
                     "field `gpus[{i}].ordinal`: ordinal {} reported twice",
                     g.ordinal
+                ));
+            }
+        }
+        for (i, g) in self.gpus.iter().enumerate() {
+            let stranger = g
+                .nvlink_peers
+                .iter()
+                .find(|p| **p == g.ordinal || !seen.contains(*p));
+            if g.nvlink_peers.len() > MAX_REPORTED_GPUS || stranger.is_some() {
+                return Err(format!(
+                    "field `gpus[{i}].nvlink_peers`: the ordinals of the node's other reported \
+                     GPUs, each once"
                 ));
             }
         }
@@ -1002,6 +1017,7 @@ mod tests {
             memory_mib: 1,
             pci_bus_id: None,
             healthy: true,
+            nvlink_peers: Vec::new(),
         };
         let ok = Heartbeat {
             gpus: vec![gpu(0), gpu(1)],
@@ -1015,6 +1031,22 @@ mod tests {
             rack: None,
         };
         assert!(twice.check().unwrap_err().contains("gpus[1].ordinal"));
+        let linked = |peers: Vec<u32>| Heartbeat {
+            gpus: vec![
+                ReportedGpu {
+                    nvlink_peers: peers,
+                    ..gpu(0)
+                },
+                gpu(1),
+            ],
+            emulated: false,
+            rack: None,
+        };
+        assert!(linked(vec![1]).check().is_ok());
+        for bad in [vec![0], vec![7], vec![1; MAX_REPORTED_GPUS + 1]] {
+            let refused = linked(bad).check().unwrap_err();
+            assert!(refused.contains("gpus[0].nvlink_peers"), "{refused}");
+        }
         let long = Heartbeat {
             gpus: vec![ReportedGpu {
                 name: "x".repeat(MAX_FIELD + 1),

@@ -53,6 +53,7 @@ impl Devices {
                 memory_mib: 81920,
                 pci_bus_id: None,
                 healthy: true,
+                nvlink_peers: Vec::new(),
             };
             return Ok(Devices::Emulated((0..n).map(gpu).collect()));
         }
@@ -72,12 +73,24 @@ impl Devices {
             memory_mib: g.memory_bytes >> 20,
             pci_bus_id: g.pci_bus_id.clone(),
             healthy: true,
+            nvlink_peers: Vec::new(),
         });
+        let mut gpus: Vec<ReportedGpu> = gpus.collect();
         let health = super::agent_health::Health::load()
             .inspect_err(|why| eprintln!("GPU health from the CUDA driver only: {why}"))
             .ok();
+        if let Some(health) = &health {
+            // The topology does not change while the agent runs: read once.
+            let buses: Vec<(u32, Option<String>)> = gpus
+                .iter()
+                .map(|g| (g.ordinal, g.pci_bus_id.clone()))
+                .collect();
+            for g in &mut gpus {
+                g.nvlink_peers = health.nvlink_peers(g.pci_bus_id.as_deref(), &buses);
+            }
+        }
         Ok(Devices::Driver {
-            gpus: gpus.collect(),
+            gpus,
             health,
             unfit: Default::default(),
         })

@@ -150,6 +150,30 @@ impl Health {
         }
     }
 
+    /// The GPUs of `others` (ordinal, PCI address) that the GPU at `bus_id` reaches over
+    /// NVLink, as NVML's peer-to-peer status says; none where it cannot tell.
+    pub(super) fn nvlink_peers(
+        &self,
+        bus_id: Option<&str>,
+        others: &[(u32, Option<String>)],
+    ) -> Vec<u32> {
+        use nvml_wrapper::enum_wrappers::device::{P2pCapabilitiesIndex, P2pStatus};
+        let Some(Ok(device)) = bus_id.map(|b| self.nvml.device_by_pci_bus_id(b)) else {
+            return Vec::new();
+        };
+        others
+            .iter()
+            .filter(|(_, other)| other.as_deref() != bus_id)
+            .filter_map(|(ordinal, other)| {
+                let peer = self.nvml.device_by_pci_bus_id(other.as_deref()?).ok()?;
+                let status = device
+                    .p2p_status(&peer, P2pCapabilitiesIndex::NvLink)
+                    .ok()?;
+                (status == P2pStatus::Ok).then_some(*ordinal)
+            })
+            .collect()
+    }
+
     /// Takes the XID events waiting (at most [`MAX_EVENTS`]), keeping the hardware ones by
     /// the PCI address of their GPU.
     fn drain_events(&mut self) {

@@ -248,9 +248,14 @@ fn describe_devices(r: &device::DeviceReport, health: Option<&GpuHealth>) -> Str
         if let Some(bus) = &g.pci_bus_id {
             s += &format!(", PCI {bus}");
         }
-        match health.and_then(|h| h.as_ref().ok()?.get(&g.ordinal)) {
-            Some((_, Some(why))) => s += &format!(", unfit: {why})"),
-            Some((_, None)) => s += ", fit)",
+        let known = health.and_then(|h| h.as_ref().ok()?.get(&g.ordinal));
+        if let Some((_, _, peers)) = known.filter(|(_, _, p)| !p.is_empty()) {
+            let peers: Vec<String> = peers.iter().map(u32::to_string).collect();
+            s += &format!(", NVLink to GPU {}", peers.join(", "));
+        }
+        match known {
+            Some((_, Some(why), _)) => s += &format!(", unfit: {why})"),
+            Some((_, None, _)) => s += ", fit)",
             None => s += ")",
         }
     }
@@ -260,10 +265,10 @@ fn describe_devices(r: &device::DeviceReport, health: Option<&GpuHealth>) -> Str
     s
 }
 
-/// Each GPU's NVML readings and why it is unfit (if it is), by ordinal; or why NVML cannot
-/// tell.
+/// Each GPU's NVML readings, why it is unfit (if it is) and the GPUs it reaches over NVLink,
+/// by ordinal; or why NVML cannot tell.
 type GpuHealth = Result<
-    std::collections::BTreeMap<usize, (super::agent_health::Readings, Option<String>)>,
+    std::collections::BTreeMap<usize, (super::agent_health::Readings, Option<String>, Vec<u32>)>,
     String,
 >;
 
@@ -273,13 +278,20 @@ fn gpu_health(report: &device::DeviceReport) -> GpuHealth {
         return Ok(Default::default());
     }
     let mut health = super::agent_health::Health::load()?;
+    let buses: Vec<(u32, Option<String>)> = report
+        .gpus
+        .iter()
+        .map(|g| (g.ordinal as u32, g.pci_bus_id.clone()))
+        .collect();
     Ok(report
         .gpus
         .iter()
         .filter_map(|g| {
-            let readings = health.read(g.pci_bus_id.as_deref()?);
+            let bus = g.pci_bus_id.as_deref()?;
+            let readings = health.read(bus);
             let unfit = super::agent_health::unfit(&readings);
-            Some((g.ordinal, (readings, unfit)))
+            let peers = health.nvlink_peers(Some(bus), &buses);
+            Some((g.ordinal, (readings, unfit, peers)))
         })
         .collect())
 }
@@ -293,8 +305,9 @@ pub fn devices(json: bool) -> anyhow::Result<()> {
         value["health"] = match &health {
             Ok(gpus) => serde_json::json!(
                 gpus.iter()
-                    .map(|(ordinal, (readings, unfit))| serde_json::json!(
-                        {"ordinal": ordinal, "readings": readings, "unfit": unfit}))
+                    .map(|(ordinal, (readings, unfit, peers))| serde_json::json!(
+                        {"ordinal": ordinal, "readings": readings, "unfit": unfit,
+                         "nvlink_peers": peers}))
                     .collect::<Vec<_>>()
             ),
             Err(why) => serde_json::json!({ "unknown": why }),
