@@ -1146,3 +1146,30 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `gantry up` running its own agent, as root without `--job-user`: a command job, which its
+/// agent would refuse to run as root, is refused when submitted (it was accepted, then failed
+/// on the agent). As another user the same job is accepted and runs.
+#[test]
+fn a_command_job_this_machines_agent_cannot_run_is_refused_when_submitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let daemon = Daemon::start_with(&data, &shared_cache(), &["--emulate-gpus", "1"]);
+    let body = json!({"id": "c1", "tenant": "vision", "gpus": 1,
+                      "command": {"argv": ["true"]}});
+    let (s, v) = submit(&daemon.url, &rae, &body);
+    if crate::support::root() {
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("--job-user"),
+            "{v}"
+        );
+    } else {
+        assert_eq!(s, 201, "{v}");
+        wait_for_state(&daemon.url, &rae, "c1", "succeeded");
+    }
+}

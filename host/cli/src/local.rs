@@ -65,6 +65,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         cache_dir,
         tls: None,
         client_ca: None,
+        agent_here: false,
         insecure: false,
         trust: Default::default(),
         train_limits: Default::default(),

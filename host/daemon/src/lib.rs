@@ -93,6 +93,9 @@ pub struct DaemonConfig {
     /// With node agents: how long a heartbeat's lease lasts; nodes serve only while their agent
     /// holds one ([`nodes`]). `None`: every node of the cluster serves (one machine).
     pub agent_lease: Option<std::time::Duration>,
+    /// The node agent runs inside this process (`gantry up` on one machine), under this
+    /// daemon's command limits: a command job that cannot run here is refused when submitted.
+    pub agent_here: bool,
     /// What connections may hold (caps and timeouts against slow or hostile clients).
     pub conn_limits: serve::ConnLimits,
     /// Start with the shipped policy, replacing one an admin installed (which then no longer
@@ -201,6 +204,8 @@ pub struct Daemon {
     followed_policy: Mutex<(std::time::Instant, Option<String>)>,
     /// Whether a node's requests need a client certificate naming the node (`--client-ca`).
     pub node_certs: bool,
+    /// Whether the node agent runs inside this process ([`DaemonConfig::agent_here`]).
+    pub agent_here: bool,
 }
 
 /// How often a follower looks for a policy the leader installed.
@@ -547,6 +552,7 @@ impl Daemon {
             shared: stores.shared,
             followed_policy: Mutex::new((std::time::Instant::now(), None)),
             node_certs: config.client_ca.is_some(),
+            agent_here: config.agent_here,
         }
     }
 

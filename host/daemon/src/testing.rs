@@ -53,6 +53,7 @@ impl TestDaemon {
             trust: Default::default(),
             train_limits,
             agent_lease,
+            agent_here: false,
             commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,

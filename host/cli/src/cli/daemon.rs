@@ -513,6 +513,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         },
         shipped_policy: args.shipped_policy,
         control_plane,
+        agent_here: local.is_some(),
         agent_lease: match (args.agent_lease_s, &local) {
             (Some(s), _) => Some(seconds_above_zero(s, "--agent-lease-s")?),
             (None, Some(_)) => Some(std::time::Duration::from_secs(10)),

@@ -105,11 +105,13 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
     }
     if let Some(command) = &req.command {
         let limits = &state.daemon.commands;
-        // Where the program would run as whom: here, unless node agents run it (each decides).
+        // Where the program would run as whom: here (or by the agent inside this process,
+        // under these limits), unless agents elsewhere run it (each decides).
+        let elsewhere = state.daemon.nodes.is_some() && !state.daemon.agent_here;
         crate::command::check(command, limits)
-            .and_then(|()| match state.daemon.nodes {
-                Some(_) => Ok(()),
-                None => crate::command::runs_as(limits).map(|_| ()),
+            .and_then(|()| match elsewhere {
+                true => Ok(()),
+                false => crate::command::runs_as(limits).map(|_| ()),
             })
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("job {id}: {e}")))?;
         authorize(
