@@ -57,7 +57,12 @@ impl Devices {
             };
             return Ok(Devices::Emulated((0..n).map(gpu).collect()));
         }
-        let report = gantry::training::device::detect();
+        Devices::found(gantry::training::device::detect())
+    }
+
+    /// The GPUs the CUDA driver found (`report`), their health NVML's where it loads; none
+    /// found is an error saying why.
+    pub(super) fn found(report: gantry::training::device::DeviceReport) -> anyhow::Result<Devices> {
         if report.gpus.is_empty() {
             anyhow::bail!(
                 "no GPUs found ({}); give --emulate-gpus N or --devices FILE to advertise emulated ones",

@@ -115,6 +115,8 @@ struct LocalNode {
     name: String,
     emulate: Option<u32>,
     gpus: Vec<gantry_daemon::nodes::ReportedGpu>,
+    /// The agent's devices, found once here and handed to it.
+    devices: super::agent_devices::Devices,
 }
 
 impl LocalNode {
@@ -125,16 +127,22 @@ impl LocalNode {
             || !args.etcd.is_empty()
             || args.agent_lease_s.is_some()
             || args.client_ca.is_some();
-        if args.emulate_gpus.is_none()
-            && (outside || gantry::training::device::detect().gpus.is_empty())
-        {
-            return Ok(None);
-        }
-        let mut devices = super::agent_devices::Devices::new(args.emulate_gpus, None)?;
+        let mut devices = match args.emulate_gpus {
+            Some(n) => super::agent_devices::Devices::new(Some(n), None)?,
+            None if outside => return Ok(None),
+            None => {
+                let found = gantry::training::device::detect();
+                if found.gpus.is_empty() {
+                    return Ok(None);
+                }
+                super::agent_devices::Devices::found(found)?
+            }
+        };
         Ok(Some(LocalNode {
             name: args.node.clone(),
             emulate: args.emulate_gpus,
             gpus: devices.report().to_vec(),
+            devices,
         }))
     }
 
@@ -201,7 +209,7 @@ impl LocalNode {
     }
 
     /// The agent's arguments, reaching the daemon at `addr` with `token`.
-    fn agent(&self, args: &UpArgs, addr: SocketAddr, token: String) -> AgentArgs {
+    fn agent_args(&self, args: &UpArgs, addr: SocketAddr, token: String) -> AgentArgs {
         let scheme = if args.tls_cert.is_some() {
             "https"
         } else {
@@ -541,7 +549,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     let start = {
         let (quit, thread) = (quit.clone(), thread.clone());
         move |addr: SocketAddr| {
-            let agent = node.agent(&args, addr, token);
+            let agent = node.agent_args(&args, addr, token);
             eprintln!(
                 "this machine's agent: node {}, {} GPU(s) ({})",
                 node.name,
@@ -559,8 +567,9 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                         use std::io::Write;
                         let _ = writeln!(std::io::stderr(), "{line}");
                     };
-                    let run =
-                        std::panic::AssertUnwindSafe(|| run_agent_until(agent, &quit, &on_stderr));
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        run_agent_until(agent, node.devices, &quit, &on_stderr)
+                    });
                     // The daemon serves on; the node leaves service when its lease ends.
                     match std::panic::catch_unwind(run) {
                         Ok(Ok(())) => {}
@@ -1073,7 +1082,10 @@ fn failure(status: ureq::http::StatusCode, value: &serde_json::Value) -> anyhow:
     anyhow::anyhow!(message)
 }
 
-/// A client, trusting `ca_cert` (PEM) for HTTPS when given.
+/// A client, trusting `ca_cert` (PEM) for HTTPS when given, presenting the client certificate
+/// when given. Built for each request on purpose: an agent runs for months while its
+/// certificates are rotated under it (cert-manager and the like renew them in place), and
+/// reading three small files a heartbeat costs far less than an agent shut out by an expired one.
 pub(super) fn agent(client: &Client) -> anyhow::Result<ureq::Agent> {
     let mut config = ureq::Agent::config_builder().http_status_as_error(false);
     let mut tls = ureq::tls::TlsConfig::builder();
@@ -1162,14 +1174,17 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{line}");
     };
-    run_agent_until(args, &std::sync::atomic::AtomicBool::new(false), &on_stdout)
+    let devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
+    let quit = std::sync::atomic::AtomicBool::new(false);
+    run_agent_until(args, devices, &quit, &on_stdout)
 }
 
-/// Runs a node's agent until `quit` is set; then its runs are stopped (their ends reported,
+/// Runs a node's agent, reporting `devices`, until `quit` is set; then its runs are stopped (their ends reported,
 /// the control plane still serving) and it returns. What it serves is said through `say`
 /// (never a panic: a closed output must not end the agent).
 fn run_agent_until(
     args: AgentArgs,
+    mut devices: super::agent_devices::Devices,
     quit: &std::sync::atomic::AtomicBool,
     say: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
@@ -1194,7 +1209,6 @@ fn run_agent_until(
             );
         }
     }
-    let mut devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
