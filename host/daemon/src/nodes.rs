@@ -761,8 +761,14 @@ impl crate::Daemon {
                 Ok(current.control.stopping())
             }
             RunEvent::Ended(end) => {
-                nodes.remote().remove(&report.job);
-                self.remote_ended(current, end.into());
+                // Its placement is forgotten first (see `remote_ended`): a store that refuses
+                // that (this leader deposed) leaves the run as it was, listed to its agent,
+                // which reports the end again, here or to the next leader, who adopted it.
+                self.jobs.set_placement(&report.job, None)?;
+                // Once, however often it is reported at once.
+                if nodes.remote().remove(&report.job).is_some() {
+                    self.remote_ended(current, end.into());
+                }
                 Ok(true)
             }
         }
@@ -978,6 +984,51 @@ mod tests {
         let stored = d.jobs.job(&job.id).unwrap().unwrap();
         assert_eq!(stored.state, crate::db::JobState::Succeeded);
         assert!(nodes.handed(NODE).is_empty());
+    }
+
+    /// A run's end that the store refused (a leader deposed under the report) was answered as
+    /// recorded and the run forgotten: its agent sent it no more, and the job stayed running
+    /// (or, its placement forgotten, was run again by the next leader). A refused report is
+    /// refused now (503 for the agent), the run still listed, and the report sent again ends it.
+    #[test]
+    fn a_report_the_store_refuses_is_refused_and_counts_when_sent_again() {
+        let mut td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));
+        let store = crate::testing::Deposable::over(Arc::get_mut(&mut td.daemon).unwrap());
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = handed(&td, "refused");
+        let attempt = nodes.handed(NODE)[0].attempt;
+        let report = |event| RunReport {
+            job: job.id.clone(),
+            attempt,
+            event,
+        };
+        let end = || {
+            RunEvent::Ended(WireEnd::Succeeded {
+                result: serde_json::json!({}),
+                summary: "done".into(),
+            })
+        };
+        store.depose();
+        let refused = d.run_report(nodes, NODE, report(RunEvent::Started));
+        assert!(matches!(refused, Err(RunRefusal::Store(_))), "{refused:?}");
+        store.restore();
+        assert!(
+            !d.run_report(nodes, NODE, report(RunEvent::Started))
+                .unwrap()
+        );
+        store.depose();
+        let refused = d.run_report(nodes, NODE, report(end()));
+        assert!(matches!(refused, Err(RunRefusal::Store(_))), "{refused:?}");
+        assert_eq!(nodes.handed(NODE).len(), 1, "still its agent's to report");
+        assert!(d.jobs.placement(&job.id).unwrap().is_some());
+        store.restore();
+        assert!(d.run_report(nodes, NODE, report(end())).unwrap());
+        let stored = d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, crate::db::JobState::Succeeded);
+        assert!(nodes.handed(NODE).is_empty() && d.jobs.placement(&job.id).unwrap().is_none());
+        let again = d.run_report(nodes, NODE, report(end()));
+        assert!(matches!(again, Err(RunRefusal::Stale(_))), "{again:?}");
     }
 
     /// A run that cannot start (its job cancelled before its agent started it) is told to

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::db::{JobRecord, JobState};
+use super::curve::Curve;
+use super::db::{JobRecord, JobState, TransitionError};
+use super::jobstore::{JobStore, Placement, StateError};
 use super::lifecycle::RunControl;
 use super::{Daemon, DaemonConfig};
 
@@ -128,5 +130,120 @@ impl TestDaemon {
         let job = d.jobs.job(&job.id).expect("read").expect("stored");
         assert_eq!(job.state, JobState::Running);
         (job, control)
+    }
+}
+
+/// A job store that refuses every write once [`Deposable::depose`] is called, as a leader's
+/// fenced etcd store does once the replica no longer leads; reads go on. Put in place of a
+/// test daemon's store with [`Deposable::over`].
+pub struct Deposable {
+    inner: crate::jobstore::Jobs,
+    deposed: std::sync::atomic::AtomicBool,
+}
+
+impl Deposable {
+    /// `daemon`'s store, wrapped (in its place): the wrapper, to depose it later.
+    pub fn over(daemon: &mut Daemon) -> Arc<Deposable> {
+        let wrapped = Arc::new(Deposable {
+            inner: daemon.jobs.clone(),
+            deposed: Default::default(),
+        });
+        daemon.jobs = wrapped.clone();
+        wrapped
+    }
+
+    /// From now on, every write fails.
+    pub fn depose(&self) {
+        self.deposed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes go through again (a replica that leads again).
+    pub fn restore(&self) {
+        self.deposed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn write(&self) -> Result<(), StateError> {
+        match self.deposed.load(std::sync::atomic::Ordering::SeqCst) {
+            true => Err(crate::etcdstore::EtcdStoreError::NotLeader.into()),
+            false => Ok(()),
+        }
+    }
+}
+
+impl JobStore for Deposable {
+    type Error = StateError;
+
+    fn insert_job(&self, job: &JobRecord) -> Result<bool, StateError> {
+        self.write()?;
+        self.inner.insert_job(job)
+    }
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StateError> {
+        self.inner.job(id)
+    }
+    fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        self.inner.jobs()
+    }
+    fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, StateError> {
+        self.inner.jobs_named(name)
+    }
+    fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
+        self.inner.counts_by_state()
+    }
+    fn transition(
+        &self,
+        id: &str,
+        from: Option<JobState>,
+        to: JobState,
+        gpu_ids: &[String],
+        reason: Option<&str>,
+    ) -> Result<JobState, TransitionError<StateError>> {
+        self.write()?;
+        self.inner.transition(id, from, to, gpu_ids, reason)
+    }
+    fn run_started(&self, id: &str) -> Result<JobState, TransitionError<StateError>> {
+        self.write()?;
+        self.inner.run_started(id)
+    }
+    fn run_ended(&self, id: &str) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.run_ended(id)
+    }
+    fn set_not_before(&self, id: &str, at: f64) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.set_not_before(id, at)
+    }
+    fn log(&self, id: &str, message: &str) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.log(id, message)
+    }
+    fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, StateError> {
+        self.inner.logs(id)
+    }
+    fn set_result(&self, id: &str, result: &serde_json::Value) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.set_result(id, result)
+    }
+    fn set_curve(&self, id: &str, curve: &Curve) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.set_curve(id, curve)
+    }
+    fn curve(&self, id: &str) -> Result<Option<Curve>, StateError> {
+        self.inner.curve(id)
+    }
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.add_checkpoint(job, step, object)
+    }
+    fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, StateError> {
+        self.inner.latest_checkpoint(job)
+    }
+    fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), StateError> {
+        self.write()?;
+        self.inner.set_placement(id, placement)
+    }
+    fn placement(&self, id: &str) -> Result<Option<Placement>, StateError> {
+        self.inner.placement(id)
     }
 }
