@@ -946,15 +946,7 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     );
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let job = loop {
-        let (_, v) = request(&format!("{url}/v1/jobs/long"), "GET", Some(&rae), None);
-        if v["state"] == "succeeded" || v["state"] == "failed" {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ended: {v}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
+    let job = crate::support::until_over(&url, &rae, "long", std::time::Duration::from_secs(120));
     let log = log_of(&url, &rae, "long");
     assert_eq!(job["state"], "succeeded", "{job}\n{log}");
     assert!(log.contains("the daemon stopped"), "{log}");
@@ -1123,8 +1115,7 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
     );
     let (_, stderr) = crate::support::text(&out);
     assert!(out.status.success(), "{stderr}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    eventually("c1 runs on node-a, its log read over TLS", || {
         let out = crate::support::gantry(
             &[
                 "logs",
@@ -1138,13 +1129,8 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
             ],
             &shared_cache(),
         );
-        let (log, _) = crate::support::text(&out);
-        if log.contains("on node-a/gpu") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never ran: {log}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+        crate::support::text(&out).0.contains("on node-a/gpu")
+    });
 }
 
 /// `gantry up` running its own agent, as root without `--job-user`: a command job, which its

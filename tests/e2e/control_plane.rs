@@ -1075,20 +1075,7 @@ fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_recei
     let (next, _) = leader_within(&mut replicas, Duration::from_secs(20));
     assert_ne!(next, leader);
     let url = replicas[next].url.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let (_, job) = try_request(&format!("{url}/v1/jobs/t1"), "GET", Some(&ada), None)
-            .expect("the new leader answers");
-        if ["succeeded", "failed"].contains(&job["state"].as_str().unwrap_or_default()) {
-            break job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "t1 never ended: {job}\n{}",
-            crate::support::log_of(&url, &ada, "t1")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = crate::support::until_over(&url, &ada, "t1", Duration::from_secs(120));
     let log = crate::support::log_of(&url, &ada, "t1");
     if job["state"] != "succeeded" {
         show_logs(&replicas);
@@ -1145,14 +1132,6 @@ fn a_dataset_uploaded_through_one_leader_is_there_under_the_next() {
                       "train": crate::daemon::spirals_train(20)});
     let (s, v) = submit_supervised(&mut replicas, &ada, &body, Duration::from_secs(30));
     assert_eq!(s, 201, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let (_, job) = try_request(&format!("{url}/v1/jobs/ds1"), "GET", Some(&ada), None).unwrap();
-        if ["succeeded", "failed"].contains(&job["state"].as_str().unwrap_or_default()) {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "ds1 never ended: {job}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = crate::support::until_over(&url, &ada, "ds1", Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "{job}");
 }

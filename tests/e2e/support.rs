@@ -341,6 +341,28 @@ pub fn number_after(text: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// Job `job` at `url` once it is over (succeeded or failed), asked every 100 ms for at most
+/// `within`; the test fails naming the job, its state and its log if it is not.
+pub fn until_over(
+    url: &str,
+    token: &str,
+    job: &str,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (_, v) =
+            crate::daemon::request(&format!("{url}/v1/jobs/{job}"), "GET", Some(token), None);
+        if v["state"] == "succeeded" || v["state"] == "failed" {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("{job} never ended: {v}\n{}", log_of(url, token, job));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Job `job`'s log messages, joined by newlines.
 pub fn log_of(url: &str, token: &str, job: &str) -> String {
     let (status, lines) = crate::daemon::request(
