@@ -64,6 +64,42 @@ pub struct CompileTimes {
     pub cache_hit_ms: f64,
 }
 
+/// The machine a benchmark ran on, printed beside its figures: machines differ between runs
+/// (AMD and Intel, 2 to many cores), and a ratio means little without them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// The CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// Threads the FMA peak was measured on.
+    pub threads: usize,
+    /// f32 FMA throughput measured on `threads` threads with the widest vectors, GFLOP/s.
+    pub f32_peak_gflops: f64,
+}
+
+impl Machine {
+    /// This machine, its peak measured now on `threads` threads (about 0.1 s).
+    pub fn measure(threads: usize) -> Machine {
+        let threads = threads.max(1);
+        let iters = kernels::KernelParams::default().peak_iters;
+        Machine {
+            cpu: kernels::cpu_model(),
+            threads,
+            f32_peak_gflops: kernels::fma_peak_gflops(threads, iters),
+        }
+    }
+
+    /// One line for a human reader.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({} thread{}; f32 FMA peak {:.0} GFLOP/s)",
+            self.cpu,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.f32_peak_gflops
+        )
+    }
+}
+
 /// What `gantry bench schedule --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduleReport {
@@ -94,6 +130,8 @@ pub struct ScheduleReport {
     pub trivial_call_us: f64,
     /// Compile times of the plugin.
     pub compile: CompileTimes,
+    /// Where it ran (a cycle runs on one thread).
+    pub machine: Machine,
 }
 
 /// Runs `f` in a throwaway directory, `gantry-bench-<name>-<pid>` under the temporary one,
@@ -167,6 +205,7 @@ pub fn schedule(
         fresh_instance_us: median(&mut fresh),
         trivial_call_us: median(&mut trivial),
         compile,
+        machine: Machine::measure(1),
     })
 }
 

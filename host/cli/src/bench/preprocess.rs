@@ -56,6 +56,8 @@ pub struct PreprocessReport {
     pub batch: usize,
     /// Largest difference between the two sides' outputs (they should be identical).
     pub max_abs_difference: f32,
+    /// Where it ran.
+    pub machine: super::Machine,
 }
 
 /// Splits `batches` over `threads` workers (batch `i` to worker `i % threads`).
@@ -131,6 +133,7 @@ pub fn run(params: PreprocessParams) -> Result<PreprocessReport, PluginError> {
         threads,
         batch: params.batch,
         max_abs_difference,
+        machine: super::Machine::measure(threads),
     })
 }
 

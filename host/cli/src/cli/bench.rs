@@ -421,6 +421,7 @@ fn preprocess(rows: usize, batch: usize, threads: Option<usize>, json: bool) -> 
             "largest output difference",
             format!("{}", r.max_abs_difference),
         ),
+        ("machine", r.machine.describe()),
     ]);
     Ok(())
 }
@@ -465,6 +466,7 @@ fn schedule(
             "load, cache hit",
             format!("{:.1} ms", r.compile.cache_hit_ms),
         ),
+        ("machine", r.machine.describe()),
     ]);
     Ok(())
 }
