@@ -30,6 +30,8 @@ pub fn build_and_export(target: &str, guests: &[(&str, &str)]) {
         "wit",
         "tests/fixtures",
         "Cargo.lock",
+        // The guests' own flags (their initial memory, say).
+        ".cargo/config.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
