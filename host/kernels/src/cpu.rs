@@ -17,9 +17,12 @@ const PARALLEL_MIN: usize = 1 << 15;
 const CHUNK: usize = 1 << 13;
 
 /// `b` operands used transposed with at least this many values are transposed into scratch
-/// memory first: the `gemm` crate runs `A * B^T` at about half the speed of `A * B`. Measured
-/// on the MLP step's 256x1024x1024 backward product: 2.3-2.4 ms as `A * B^T`, 1.45-1.5 ms as
-/// a 0.3 ms transpose and `A * B`; the whole step 7.3-7.7 ms -> 6.8-7.1 ms.
+/// memory first when the `gemm` crate's own threads run the product: so run, it takes
+/// `A * B^T` at about half the speed of `A * B`. Measured on the MLP step's 256x1024x1024
+/// backward product on the AMD Zen 5: 2.3-2.4 ms as `A * B^T`, 1.45-1.5 ms as a 0.3 ms
+/// transpose and `A * B`. On one thread per part (see `BAND_MIN`) the crate does not lose so
+/// much, and the transpose costs more than it saves: on the Intel Xeon, 2 threads, 1.76 ms as
+/// `A * B^T` in bands against 0.45 + 1.60 ms; on one thread 3.5 ms against about 0.8 + 3.1.
 const TRANSPOSE_B_MIN: usize = 1 << 16;
 
 /// Columns of c each thread must get at least for the GEMM to be split in bands of columns,
@@ -92,13 +95,18 @@ impl CpuBackend {
         self.threads
     }
 
+    /// Whether a GEMM whose c has `n` columns runs on one thread per part: all of it on the one
+    /// thread, or a band of columns on each (rather than on the `gemm` crate's own threads).
+    fn in_single_threaded_parts(&self, n: usize) -> bool {
+        self.threads == 1 || n / self.threads >= BAND_MIN
+    }
+
     /// The GEMM on the operands as stored, transposes expressed as strides. Lengths checked.
     fn gemm_strided(&self, s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
         let a_cols = if s.op_a == Op::N { s.k } else { s.m };
         let b_cols = if s.op_b == Op::N { s.n } else { s.k };
         let (a_rs, a_cs) = strides(s.op_a, a_cols, s.m);
         let (b_rs, b_cs) = strides(s.op_b, b_cols, s.k);
-        let bands = self.threads;
         let c_ptr = Shared(c.as_mut_ptr());
         // One band of columns `j0..j0 + width` of c, on the calling thread unless `parallelism`.
         let band = |j0: usize, width: usize, parallelism: gemm::Parallelism| {
@@ -133,10 +141,10 @@ impl CpuBackend {
         };
         if self.threads == 1 {
             band(0, s.n, gemm::Parallelism::None);
-        } else if s.n / bands >= BAND_MIN {
+        } else if self.in_single_threaded_parts(s.n) {
             // A band of columns per thread, each one single-threaded: no barrier between the
             // crate's blocks, and each thread packs only its part of b.
-            let width = s.n.div_ceil(bands).next_multiple_of(16);
+            let width = s.n.div_ceil(self.threads).next_multiple_of(16);
             self.pool.install(|| {
                 rayon::scope(|scope| {
                     for j0 in (0..s.n).step_by(width) {
@@ -220,7 +228,11 @@ impl Backend for CpuBackend {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        if s.op_a == Op::N && s.op_b == Op::T && b.len() >= TRANSPOSE_B_MIN {
+        if s.op_a == Op::N
+            && s.op_b == Op::T
+            && b.len() >= TRANSPOSE_B_MIN
+            && !self.in_single_threaded_parts(s.n)
+        {
             let mut scratch = self
                 .scratch
                 .lock()
