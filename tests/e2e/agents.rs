@@ -603,7 +603,9 @@ fn training_runs_on_its_nodes_agent_and_resumes_from_its_checkpoint_on_another_n
 
     // The job trains on node-a's agent, on the two GPUs it was placed on (emulated: one CPU
     // replica each); its checkpoints go into the control plane's store.
-    let train = crate::daemon::train_toml(60);
+    // 18,000 steps: still running when node-a's agent is killed below, however fast the CPU
+    // backend gets.
+    let train = crate::daemon::train_toml(600);
     let body = json!({"id": "t1", "tenant": "vision", "gpus": 2, "train": train});
     let (s, v) = submit(&url, &ada, &body);
     assert_eq!(s, 201, "{v}");
@@ -659,7 +661,7 @@ fn training_runs_on_its_nodes_agent_and_resumes_from_its_checkpoint_on_another_n
     );
     let result = &job["result"];
     assert_eq!(result["ran_on"]["node"], "node-b", "{job}");
-    assert_eq!(result["steps"], 60 * 30, "{job}");
+    assert_eq!(result["steps"], 600 * 30, "{job}");
     assert!(result["resumed_at_step"].as_u64().unwrap() >= 100, "{job}");
     let log = log_of(&url, &ada, "t1");
     assert!(
@@ -918,8 +920,11 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     let saw = json!({"id": "saw", "tenant": "vision", "gpus": 1, "command": {"argv":
         ["sh", "-c", "echo saw=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES"]}});
     assert_eq!(submit(&url, &rae, &saw).0, 201);
+    // Long enough to be running still when the SIGTERM below reaches the agent (up to a
+    // heartbeat later): 18,000 steps. With 1,800, once the CPU backend stopped handing each
+    // GEMM to a pool thread, the job finished first (0.6 s in a debug build).
     let long = json!({"id": "long", "tenant": "vision", "gpus": 1,
-                      "train": crate::daemon::train_toml(60)});
+                      "train": crate::daemon::train_toml(600)});
     assert_eq!(submit(&url, &rae, &long).0, 201);
     wait_for_state(&url, &rae, "saw", "succeeded");
     let log = log_of(&url, &rae, "saw");

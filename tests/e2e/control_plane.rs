@@ -1056,8 +1056,9 @@ fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_recei
     let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
     let urls = urls.join(",");
     let agent_a = crate::agents::Agent::start_with(&urls, &node_a, "node-a", 4, &[]);
+    // 18,000 steps: still running when the leader and node-a go down below.
     let body = json!({"id": "t1", "tenant": "vision", "gpus": 2,
-                      "train": crate::daemon::train_toml(60)});
+                      "train": crate::daemon::train_toml(600)});
     let (s, v) = submit_supervised(&mut replicas, &ada, &body, Duration::from_secs(30));
     assert_eq!(s, 201, "{v}");
     let url = replicas[leader].url.clone();
