@@ -8,15 +8,17 @@ fn backends() -> Vec<CpuBackend> {
 
 #[test]
 fn gemm_matches_the_reference_for_every_transpose_and_odd_sizes() {
-    // (37, 300, 250), on 2 threads: a transposed b that large is transposed into scratch first,
-    // with ragged 16 x 16 tile edges on both sides. (9, 530, 40) and (5, 530, 130), on 2
-    // threads: split in bands of columns (272 and a ragged 258), b read transposed in place.
+    // (37, 300, 250) and (37, 200, 410), on 2 threads: too narrow for bands, so a transposed b
+    // that large is transposed into scratch first, with ragged 16 x 16 tile edges. (9, 530, 40)
+    // and (5, 530, 130), on 2 threads: split in bands of columns (272 and a ragged 258), b read
+    // transposed in place.
     let sizes = [
         (1, 1, 1),
         (7, 5, 3),
         (33, 65, 17),
         (130, 70, 300),
         (37, 300, 250),
+        (37, 200, 410),
         (9, 530, 40),
         (5, 530, 130),
     ];
