@@ -34,6 +34,10 @@ pub(super) fn train(
             RunEnd::Finished(result, gantry_daemon::runner::summary(&o))
         }
         Err(TrainError::Stopped { .. }) => RunEnd::Stopped,
+        // Asked to stop (its agent's lease lapsed while the leader changed, say), a run stops
+        // asking an unreachable control plane; that is its stop, not a failure of the job. The
+        // kill loop once failed a job so: "writing the checkpoint at step 60: cannot reach".
+        Err(TrainError::Unavailable(_)) if sink.stopping() => RunEnd::Stopped,
         Err(e) => RunEnd::Failed(e.to_string()),
     }
 }
