@@ -228,3 +228,70 @@ impl CheckpointSink for NodeCheckpoints<'_> {
         Ok(Some((format!("step {}", c.state.step), c)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// A control plane nobody answers on: a loopback port just closed.
+    fn unreachable() -> Client {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a loopback port")
+            .port();
+        Client {
+            url: format!("http://127.0.0.1:{port}"),
+            token: "node-token".into(),
+            ca_cert: None,
+            insecure: false,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    /// Trains spirals as attempt 3 of `job-1` on `node-a` against an unreachable control
+    /// plane; `stop` is set `after` the run starts (`None`: before it).
+    fn end_with_stop(after: Option<Duration>) -> RunEnd {
+        let client = unreachable();
+        let run = HandedRun {
+            job: "job-1".into(),
+            attempt: 3,
+            tenant: "team-a".into(),
+            gpu_ids: vec!["node-a/gpu0".into()],
+            command: None,
+            train: None,
+            stop: false,
+        };
+        let stop = AtomicBool::new(after.is_none());
+        let sink = AgentSink::new(&client, "node-a", &run, &stop);
+        let text = include_str!("../../../assets/train/spirals.toml");
+        std::thread::scope(|s| {
+            if let Some(after) = after {
+                let stop = &stop;
+                s.spawn(move || {
+                    std::thread::sleep(after);
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            train(&client, "node-a", &run, text, true, &sink)
+        })
+    }
+
+    /// The kill loop once failed a job so ("writing the checkpoint at step 60: cannot reach"):
+    /// its agent had been told to stop, then lost the control plane.
+    #[test]
+    fn a_run_asked_to_stop_that_cannot_reach_the_control_plane_ends_stopped_not_failed() {
+        let end = end_with_stop(None);
+        assert!(matches!(end, RunEnd::Stopped), "{end:?}");
+    }
+
+    /// A run waits for an unreachable control plane (a leader changing) until its agent stops
+    /// it, its lease lapsed: that too is a stop, not a failure of the job.
+    #[test]
+    fn a_run_waiting_for_the_control_plane_ends_stopped_when_its_agent_stops_it() {
+        let end = end_with_stop(Some(Duration::from_millis(300)));
+        assert!(matches!(end, RunEnd::Stopped), "{end:?}");
+    }
+}

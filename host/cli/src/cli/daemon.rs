@@ -1372,7 +1372,23 @@ pub(super) struct AgentSink<'a> {
     stop: &'a std::sync::atomic::AtomicBool,
 }
 
-impl AgentSink<'_> {
+impl<'a> AgentSink<'a> {
+    /// The sink of `run` on `node`, stopped through `stop`.
+    pub(super) fn new(
+        client: &'a Client,
+        node: &str,
+        run: &'a gantry_daemon::nodes::HandedRun,
+        stop: &'a std::sync::atomic::AtomicBool,
+    ) -> Self {
+        Self {
+            client,
+            path: format!("/v1/nodes/{node}/runs"),
+            job: &run.job,
+            attempt: run.attempt,
+            stop,
+        }
+    }
+
     fn body(&self, event: serde_json::Value) -> serde_json::Value {
         let mut body = event;
         body["job"] = self.job.into();
@@ -1488,13 +1504,7 @@ fn agent_run(
     let (client, node) = (&agent.client, agent.name.as_str());
     let (limits, cgroups, ends) = (&agent.limits, agent.cgroups.as_ref(), &*agent.ends);
     let emulated = agent.emulated;
-    let mut sink = AgentSink {
-        client,
-        path: format!("/v1/nodes/{node}/runs"),
-        job: &run.job,
-        attempt: run.attempt,
-        stop,
-    };
+    let mut sink = AgentSink::new(client, node, run, stop);
     if sink.report(serde_json::json!({"event": "started"})) {
         return;
     }
