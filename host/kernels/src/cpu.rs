@@ -193,7 +193,7 @@ impl Backend for CpuBackend {
             "cpu ({} thread{}; GEMM: the gemm crate's {} kernels; Adam: {}; transposes: {})",
             self.threads,
             if self.threads == 1 { "" } else { "s" },
-            simd_level(),
+            wide::level(),
             wide::level(),
             transpose::level(),
         )
@@ -509,28 +509,6 @@ impl Backend for CpuBackend {
     }
 }
 
-/// The widest SIMD level the `gemm` crate will use here.
-fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512";
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            return "avx2+fma";
-        }
-        "sse2"
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        "neon"
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        "scalar"
-    }
-}
-
 /// Adam's per-step scalars, bias corrections folded in.
 struct AdamScalars {
     b1: f32,
@@ -565,34 +543,28 @@ impl AdamScalars {
 mod wide {
     use super::AdamScalars;
 
-    /// The width picked here.
+    use super::vectors::{Vectors, vectors};
+
+    /// The width picked here; the `gemm` crate picks the same (it needs FMA beyond the
+    /// baseline).
     pub(super) fn level() -> &'static str {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return "avx512";
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return "avx2";
-            }
+        match vectors() {
+            v @ (Vectors::Avx512 | Vectors::Avx2Fma) => v.name(),
+            _ => Vectors::Baseline.name(),
         }
-        "baseline vectors"
     }
 
     /// [`AdamScalars::update`] at the widest width here.
     pub(super) fn adam(k: &AdamScalars, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512 F, checked just above.
-                return unsafe { adam_avx512(k, p, g, m, v) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { adam_avx2(k, p, g, m, v) };
-            }
+        match vectors() {
+            // SAFETY: the CPU has AVX-512 F: its level says so.
+            #[cfg(target_arch = "x86_64")]
+            Vectors::Avx512 => unsafe { adam_avx512(k, p, g, m, v) },
+            // SAFETY: the CPU has AVX2: its level says so.
+            #[cfg(target_arch = "x86_64")]
+            Vectors::Avx2Fma => unsafe { adam_avx2(k, p, g, m, v) },
+            _ => k.update(p, g, m, v),
         }
-        k.update(p, g, m, v);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -612,4 +584,7 @@ mod wide {
 mod tests;
 
 mod transpose;
+pub mod vectors;
+
 use transpose::transpose;
+pub use vectors::{Vectors, vectors};

@@ -411,14 +411,15 @@ pub fn fma_peak_gflops(threads: usize, iters: u64) -> f64 {
 fn fma_loop(iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
+        use gantry_kernels::cpu::{Vectors, vectors};
+        if vectors() == Vectors::Avx512 {
+            // SAFETY: the CPU has AVX-512 F: its level says so.
             let sink = unsafe { fma::avx512(iters) };
             std::hint::black_box(sink);
             return iters as f64 * fma::CHAINS as f64 * 16.0 * 2.0;
         }
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has FMA and AVX, checked just above.
+        if vectors() == Vectors::Avx2Fma {
+            // SAFETY: the CPU has FMA and AVX2: its level says so.
             let sink = unsafe { fma::avx2(iters) };
             std::hint::black_box(sink);
             return iters as f64 * fma::CHAINS as f64 * 8.0 * 2.0;

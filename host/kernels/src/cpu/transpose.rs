@@ -26,11 +26,15 @@ pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
 
 /// How tiles are transposed here.
 pub(super) fn level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") {
+    if avx() {
         return "16 x 16 tiles, avx";
     }
     "16 x 16 tiles, scalar"
+}
+
+/// Whether the AVX tiles can run here.
+fn avx() -> bool {
+    cfg!(target_arch = "x86_64") && super::vectors() >= super::Vectors::Avx
 }
 
 /// Output rows `c0..c0 + out.len() / rows` (input columns).
@@ -38,7 +42,7 @@ fn transpose_band(src: &[f32], rows: usize, cols: usize, c0: usize, out: &mut [f
     let width = out.len() / rows;
     let mut r0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if width == T && std::arch::is_x86_feature_detected!("avx") {
+    if width == T && avx() {
         while r0 + T <= rows {
             for (dr, dc) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
                 let from = (r0 + dr) * cols + c0 + dc;
