@@ -250,7 +250,6 @@ impl FreeIndex {
             return None;
         }
         let mut chosen = Vec::with_capacity(count as usize);
-        let mut taken: Vec<u32> = Vec::new();
         let mut left = count;
         for c in (1..self.buckets.len()).rev() {
             // Nodes are visited in index order, and at most `left / c + 1` of this bucket are
@@ -268,19 +267,15 @@ impl FreeIndex {
                 }
                 if c as u32 <= left {
                     chosen.extend_from_slice(self.node_free(node));
-                    taken.push(node);
                     left -= c as u32;
                     continue;
                 }
-                // The remainder fits in one node: the tightest untaken node that holds it.
-                let best = (left as usize..=c)
-                    .find_map(|b| {
-                        self.buckets[b]
-                            .iter()
-                            .copied()
-                            .filter(|n| !taken.contains(n))
-                            .min()
-                    })
+                // The remainder fits in one node: the tightest untaken node that holds it. The
+                // nodes taken so far are all in buckets `c` and above, and in bucket `c` they are
+                // the ones below `node`: so a tighter bucket's lowest node, else `node` itself,
+                // without reading the (largest, early in a cycle) bucket `c` again.
+                let best = (left as usize..c)
+                    .find_map(|b| self.buckets[b].iter().copied().min())
                     .unwrap_or(node);
                 chosen.extend(self.choose_on_node(best, left, 0));
                 return Some(chosen);

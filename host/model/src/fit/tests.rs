@@ -33,6 +33,38 @@ fn bucket_walk_chooses_exactly_like_the_scan() {
     }
 }
 
+/// The same after GPUs were taken one placement at a time (buckets reordered by `take`).
+#[test]
+fn bucket_walk_chooses_exactly_like_the_scan_after_takes() {
+    let mut state = 11;
+    for _ in 0..100 {
+        let snapshot = cluster(3, 6, 8);
+        let mut index = FreeIndex::new(&snapshot);
+        while index.total_free() > 0 {
+            for count in 1..=index.total_free() + 1 {
+                assert_eq!(
+                    index.choose_across_buckets(count),
+                    index.choose_across_scan(count, 0, None),
+                    "count {count}"
+                );
+            }
+            let want = 1 + (rng(&mut state) % u64::from(index.total_free().min(20))) as u32;
+            let gpus = index.choose_across_buckets(want).expect("enough free GPUs");
+            let gpus: Vec<u32> = gpus
+                .into_iter()
+                .filter(|_| !rng(&mut state).is_multiple_of(4))
+                .collect();
+            let gpus = if gpus.is_empty() {
+                let node = (0..index.node_count() as u32).find(|&n| !index.node_free(n).is_empty());
+                vec![index.node_free(node.expect("a free GPU"))[0]]
+            } else {
+                gpus
+            };
+            index.take(0, &gpus);
+        }
+    }
+}
+
 #[test]
 fn priority_order_is_priority_then_submission_then_position() {
     let mut state = 3;
