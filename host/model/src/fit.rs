@@ -27,12 +27,6 @@ pub struct FreeIndex {
     buckets: Vec<Vec<u32>>,
     /// Position of each node inside its bucket.
     bucket_pos: Vec<u32>,
-    /// The same buckets as bit sets over node indices (`words` words each, bucket after
-    /// bucket): multi-node placement reads a bucket's lowest nodes off them in index order
-    /// without copying or sorting the bucket.
-    bucket_bits: Vec<u64>,
-    /// Words per bucket in `bucket_bits`.
-    words: usize,
     /// GPUs each tenant may still take (`u32::MAX` when it has no quota).
     quota_left: Vec<u32>,
     total_free: u32,
@@ -80,13 +74,10 @@ impl FreeIndex {
         let max_capacity = node_capacity.iter().copied().max().unwrap_or(0) as usize;
         let mut buckets = vec![Vec::new(); max_capacity + 1];
         let mut bucket_pos = vec![0u32; nodes];
-        let words = nodes.div_ceil(64);
-        let mut bucket_bits = vec![0u64; words * (max_capacity + 1)];
         for (node, &c) in len.iter().enumerate() {
             let c = c as usize;
             bucket_pos[node] = buckets[c].len() as u32;
             buckets[c].push(node as u32);
-            bucket_bits[c * words + node / 64] |= 1 << (node % 64);
         }
         let min_free_memory = free
             .iter()
@@ -111,8 +102,6 @@ impl FreeIndex {
             gpu_memory,
             buckets,
             bucket_pos,
-            bucket_bits,
-            words,
             quota_left,
             total_free,
             min_free_memory,
@@ -264,9 +253,15 @@ impl FreeIndex {
         let mut left = count;
         for c in (1..self.buckets.len()).rev() {
             // Nodes are visited in index order, and at most `left / c + 1` of this bucket are
-            // reached (whole nodes, then one that holds the remainder): read off its bits.
+            // reached (whole nodes, then one that holds the remainder): select those, sort them.
+            let mut nodes = self.buckets[c].clone();
             let reach = left as usize / c + 1;
-            for node in self.bucket_nodes(c).take(reach) {
+            if reach < nodes.len() {
+                nodes.select_nth_unstable(reach);
+                nodes.truncate(reach);
+            }
+            nodes.sort_unstable();
+            for node in nodes {
                 if left == 0 {
                     return Some(chosen);
                 }
@@ -280,7 +275,7 @@ impl FreeIndex {
                 // the ones below `node`: so a tighter bucket's lowest node, else `node` itself,
                 // without reading the (largest, early in a cycle) bucket `c` again.
                 let best = (left as usize..c)
-                    .find_map(|b| self.bucket_nodes(b).next())
+                    .find_map(|b| self.buckets[b].iter().copied().min())
                     .unwrap_or(node);
                 chosen.extend(self.choose_on_node(best, left, 0));
                 return Some(chosen);
@@ -354,25 +349,7 @@ impl FreeIndex {
         }
     }
 
-    /// The nodes of bucket `c`, ascending.
-    fn bucket_nodes(&self, c: usize) -> impl Iterator<Item = u32> + '_ {
-        let words = &self.bucket_bits[c * self.words..(c + 1) * self.words];
-        words.iter().enumerate().flat_map(|(w, &word)| {
-            let mut rest = word;
-            std::iter::from_fn(move || {
-                (rest != 0).then(|| {
-                    let bit = rest.trailing_zeros();
-                    rest &= rest - 1;
-                    (w * 64) as u32 + bit
-                })
-            })
-        })
-    }
-
     fn move_bucket(&mut self, node: u32, from: usize, to: usize) {
-        let (word, bit) = (node as usize / 64, 1u64 << (node % 64));
-        self.bucket_bits[from * self.words + word] &= !bit;
-        self.bucket_bits[to * self.words + word] |= bit;
         let pos = self.bucket_pos[node as usize] as usize;
         let bucket = &mut self.buckets[from];
         bucket.swap_remove(pos);
