@@ -189,12 +189,12 @@ impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
 
     fn describe(&self) -> String {
+        // The `gemm` crate picks the same width as Adam's loops (see `wide::level`).
+        let wide = wide::level();
         format!(
-            "cpu ({} thread{}; GEMM: the gemm crate's {} kernels; Adam: {}; transposes: {})",
+            "cpu ({} thread{}; GEMM: the gemm crate's {wide} kernels; Adam: {wide}; transposes: {})",
             self.threads,
             if self.threads == 1 { "" } else { "s" },
-            wide::level(),
-            wide::level(),
             transpose::level(),
         )
     }
@@ -543,7 +543,7 @@ impl AdamScalars {
 mod wide {
     use super::AdamScalars;
 
-    use super::vectors::{Vectors, vectors};
+    use super::{Vectors, vectors};
 
     /// The width picked here; the `gemm` crate picks the same (it needs FMA beyond the
     /// baseline).
@@ -584,7 +584,7 @@ mod wide {
 mod tests;
 
 mod transpose;
-pub mod vectors;
+mod vectors;
 
 use transpose::transpose;
 pub use vectors::{Vectors, vectors};
