@@ -6,7 +6,9 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, GemmShape, KernelError, Result, check_adam, check_len, check_rows};
+use crate::backend::{
+    Backend, GemmShape, KernelError, Precision, Result, check_adam, check_len, check_rows,
+};
 use crate::reference::{Adam, Op};
 
 /// Below this many values an element-wise loop runs on the calling thread: a pool dispatch
@@ -57,19 +59,46 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     /// Scratch for transposed GEMM operands, kept between calls.
     scratch: std::sync::Mutex<Vec<f32>>,
+    /// The GEMM's inputs: f32, or bf16 on AMX tiles.
+    precision: Precision,
+    /// Scratch for the bf16 GEMM's packed operands, kept between calls.
+    packed: std::sync::Mutex<Vec<u32>>,
 }
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
             .field("threads", &self.threads)
+            .field("precision", &self.precision)
             .finish()
     }
 }
 
 impl CpuBackend {
-    /// A backend with `threads` worker threads (0: one per available core).
+    /// A backend with `threads` worker threads (0: one per available core), f32 throughout.
     pub fn new(threads: usize) -> Result<Self> {
+        Self::with_precision(threads, Precision::F32)
+    }
+
+    /// A backend whose GEMM takes its inputs in `precision`: f32, or bf16 where the CPU has
+    /// AMX ([`Self::bf16_available`]); parameters, gradients and everything else stay f32.
+    pub fn with_precision(threads: usize, precision: Precision) -> Result<Self> {
+        match precision {
+            Precision::F32 => {}
+            Precision::Bf16 if amx::available() => {}
+            Precision::Bf16 => {
+                return Err(KernelError::Unsupported(
+                    "bf16 GEMM on the CPU needs Intel AMX (AMX-BF16 and AMX-TILE, Linux), \
+                     which this machine does not offer; use precision = \"f32\""
+                        .into(),
+                ));
+            }
+            Precision::Tf32 => {
+                return Err(KernelError::Unsupported(
+                    "tf32 is a GPU tensor-core format; the CPU computes in f32 or bf16".into(),
+                ));
+            }
+        }
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
@@ -87,7 +116,19 @@ impl CpuBackend {
             threads,
             pool,
             scratch: std::sync::Mutex::new(Vec::new()),
+            precision,
+            packed: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether this machine can run the bf16 GEMM (Intel AMX, granted by Linux).
+    pub fn bf16_available() -> bool {
+        amx::available()
+    }
+
+    /// The GEMM's input precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The number of worker threads.
@@ -191,8 +232,12 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         // The `gemm` crate picks the same width as Adam's loops (see `wide::level`).
         let wide = wide::level();
+        let gemm = match self.precision {
+            Precision::Bf16 => "bf16 on AMX tiles".to_string(),
+            _ => format!("the gemm crate's {wide} kernels"),
+        };
         format!(
-            "cpu ({} thread{}; GEMM: the gemm crate's {wide} kernels; Adam: {wide}; transposes: {})",
+            "cpu ({} thread{}; GEMM: {gemm}; Adam: {wide}; transposes: {})",
             self.threads,
             if self.threads == 1 { "" } else { "s" },
             transpose::level(),
@@ -226,6 +271,14 @@ impl Backend for CpuBackend {
     fn gemm(&self, s: GemmShape, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<()> {
         s.check(a.len(), b.len(), c.len())?;
         if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        if self.precision == Precision::Bf16 {
+            let mut packed = self
+                .packed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            amx::gemm(&self.pool, s, a, b, c, &mut packed);
             return Ok(());
         }
         if s.op_a == Op::N
@@ -583,6 +636,7 @@ mod wide {
 #[cfg(test)]
 mod tests;
 
+mod amx;
 mod transpose;
 mod vectors;
 

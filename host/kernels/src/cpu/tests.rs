@@ -189,3 +189,167 @@ fn results_do_not_depend_on_the_thread_count() {
     }
     assert!(sums[0] == sums[1]);
 }
+
+/// A bf16 backend on `threads` threads, or `None` (with a note) where the CPU has no AMX.
+fn bf16_backend(test: &str, threads: usize) -> Option<CpuBackend> {
+    if !CpuBackend::bf16_available() {
+        eprintln!("{test}: skipped, this CPU has no AMX-BF16 (or Linux refused its tile state)");
+        return None;
+    }
+    Some(CpuBackend::with_precision(threads, Precision::Bf16).unwrap())
+}
+
+/// `x` rounded to bf16 (nearest, ties to even) and widened back: written out apart from the
+/// packing code it checks.
+fn bf16_round(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
+#[test]
+fn bf16_gemm_matches_the_reference_on_bf16_inputs_for_every_transpose_and_edge() {
+    // Sizes around the 32 x 32 blocks and 32-value k steps: single values, ragged edges on
+    // every side, exact multiples, and blocks whole in one dimension and ragged in another.
+    let sizes = [
+        (1, 1, 1),
+        (7, 5, 3),
+        (32, 32, 32),
+        (33, 65, 17),
+        (16, 48, 64),
+        (64, 96, 95),
+        (130, 70, 300),
+        (5, 530, 130),
+        (96, 33, 257),
+    ];
+    for threads in [1, 2] {
+        let Some(cpu) = bf16_backend("bf16_gemm_matches_the_reference", threads) else {
+            return;
+        };
+        for mut case in gemm_cases(&sizes) {
+            // Inputs already bf16: only the f32 accumulation's order differs from the f64
+            // reference, so the tolerance is f32's.
+            let s = case.shape;
+            case.a.iter_mut().for_each(|x| *x = bf16_round(*x));
+            case.b.iter_mut().for_each(|x| *x = bf16_round(*x));
+            let mut want = case.c.clone();
+            reference::gemm(
+                s.op_a, s.op_b, s.m, s.n, s.k, s.alpha, &case.a, &case.b, s.beta, &mut want,
+            );
+            let mut got = case.c.clone();
+            cpu.gemm(s, &case.a, &case.b, &mut got).unwrap();
+            assert_close(&got, &want, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn bf16_gemm_rounds_its_inputs_to_nearest_even() {
+    let Some(cpu) = bf16_backend("bf16_gemm_rounds_its_inputs_to_nearest_even", 1) else {
+        return;
+    };
+    // bf16 keeps 7 mantissa bits: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (ties to the even
+    // 1), 1 + 3 * 2^-8 halfway between 1 + 2^-7 and 1 + 2^-6 (ties to the even 1 + 2^-6).
+    let e = f32::EPSILON * 2f32.powi(15); // 2^-8
+    let inputs = [
+        1.0 + e,
+        1.0 + 3.0 * e,
+        1.0 + 1.1 * e,
+        -(1.0 + 0.9 * e),
+        3.0e38,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    for x in inputs {
+        let mut got = vec![0.0f32];
+        cpu.gemm(
+            GemmShape::new(Op::N, Op::N, 1, 1, 1),
+            &vec![x],
+            &vec![1.0],
+            &mut got,
+        )
+        .unwrap();
+        let want = bf16_round(x);
+        assert!(
+            got[0] == want || (got[0].is_nan() && want.is_nan()),
+            "{x:e}: got {:e}, want {want:e}",
+            got[0]
+        );
+    }
+    assert_eq!(bf16_round(1.0 + e), 1.0);
+    assert_eq!(bf16_round(1.0 + 3.0 * e), 1.0 + 4.0 * e);
+}
+
+#[test]
+fn bf16_gemm_is_the_same_on_one_thread_and_two() {
+    let (Some(one), Some(two)) = (
+        bf16_backend("bf16_gemm_is_the_same_on_one_thread_and_two", 1),
+        bf16_backend("bf16_gemm_is_the_same_on_one_thread_and_two", 2),
+    ) else {
+        return;
+    };
+    for case in gemm_cases(&[(96, 200, 300), (100, 130, 70)]) {
+        let (mut c1, mut c2) = (case.c.clone(), case.c.clone());
+        one.gemm(case.shape, &case.a, &case.b, &mut c1).unwrap();
+        two.gemm(case.shape, &case.a, &case.b, &mut c2).unwrap();
+        assert!(c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()));
+        // Unrounded inputs here: the answer is the reference's on their bf16 roundings.
+        let s = case.shape;
+        let round = |v: &[f32]| v.iter().map(|&x| bf16_round(x)).collect::<Vec<_>>();
+        let mut want = case.c.clone();
+        reference::gemm(
+            s.op_a,
+            s.op_b,
+            s.m,
+            s.n,
+            s.k,
+            s.alpha,
+            &round(&case.a),
+            &round(&case.b),
+            s.beta,
+            &mut want,
+        );
+        assert_close(&c1, &want, 1e-5);
+    }
+}
+
+#[test]
+fn bf16_gemm_with_beta_zero_ignores_nan_in_c() {
+    let Some(cpu) = bf16_backend("bf16_gemm_with_beta_zero_ignores_nan_in_c", 2) else {
+        return;
+    };
+    // A ragged block (through the scratch block) and a whole one (stored straight into c).
+    for (m, n) in [(2, 2), (32, 64)] {
+        let mut c = vec![f32::NAN; m * n];
+        let (a, b) = (vec![1.0; m], vec![3.0; n]);
+        cpu.gemm(GemmShape::new(Op::N, Op::N, m, n, 1), &a, &b, &mut c)
+            .unwrap();
+        assert!(c.iter().all(|&v| v == 3.0), "{m} x {n}");
+    }
+}
+
+#[test]
+fn precisions_the_cpu_cannot_run_are_clear_errors() {
+    let err = CpuBackend::with_precision(1, Precision::Tf32).unwrap_err();
+    assert!(
+        err.to_string().contains("tf32 is a GPU tensor-core format"),
+        "{err}"
+    );
+    match CpuBackend::with_precision(1, Precision::Bf16) {
+        Ok(cpu) => {
+            assert!(CpuBackend::bf16_available());
+            assert!(
+                cpu.describe().contains("bf16 on AMX tiles"),
+                "{}",
+                cpu.describe()
+            );
+        }
+        Err(err) => {
+            assert!(!CpuBackend::bf16_available());
+            assert!(err.to_string().contains("needs Intel AMX"), "{err}");
+        }
+    }
+}
