@@ -56,7 +56,7 @@ pub enum Precision {
     F32,
     /// Tensor-core TF32 inputs (10-bit mantissa), f32 accumulation. CUDA only.
     Tf32,
-    /// bfloat16 inputs, f32 accumulation and output. CUDA only.
+    /// bfloat16 inputs, f32 accumulation and output: CUDA, or a CPU with Intel AMX.
     Bf16,
 }
 

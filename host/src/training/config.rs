@@ -26,7 +26,7 @@
 //! backend = "auto"                    # auto | cpu | cuda
 //! replicas = 1                        # data-parallel replicas (GPUs, or CPU thread groups)
 //! threads = 0                         # CPU threads in all (0: every core)
-//! precision = "f32"                   # CUDA GEMM inputs: f32 | tf32 | bf16
+//! precision = "f32"                   # GEMM inputs: f32 | tf32 (CUDA) | bf16 (CUDA or AMX)
 //!
 //! [checkpoint]
 //! dir = "checkpoints"
@@ -185,7 +185,7 @@ pub struct DevicesConfig {
     /// CPU threads in all, shared among replicas (0: every core).
     #[serde(default)]
     pub threads: usize,
-    /// GEMM input precision on CUDA.
+    /// GEMM input precision: tf32 on CUDA only, bf16 on CUDA or a CPU with Intel AMX.
     #[serde(default)]
     pub precision: Precision,
 }

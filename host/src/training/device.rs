@@ -1,5 +1,6 @@
 //! Which backend a training job runs on, and why: CUDA devices when the build has CUDA
-//! support and the driver finds GPUs, else the CPU.
+//! support and the driver finds GPUs, else the CPU (its GEMM in bf16 where asked and the CPU has
+//! Intel AMX).
 
 use serde::Deserialize;
 
@@ -42,6 +43,8 @@ pub struct DeviceReport {
     pub gpus: Vec<GpuInfo>,
     /// Why there are no GPUs, when there are none.
     pub cuda_unavailable: Option<String>,
+    /// Whether the CPU can run the bf16 GEMM (Intel AMX, granted by Linux).
+    pub cpu_bf16: bool,
 }
 
 /// Looks for devices. Never panics: missing CUDA libraries are a reason, not a crash.
@@ -52,6 +55,7 @@ pub fn detect() -> DeviceReport {
         cpu_cores,
         gpus,
         cuda_unavailable,
+        cpu_bf16: gantry_kernels::CpuBackend::bf16_available(),
     }
 }
 
@@ -94,6 +98,8 @@ pub enum Selected {
         replicas: usize,
         /// Threads per replica.
         threads_each: usize,
+        /// GEMM input precision: f32, or bf16 on AMX.
+        precision: Precision,
         /// Why the CPU.
         reason: String,
     },
@@ -117,11 +123,13 @@ impl Selected {
     }
 }
 
-/// `replicas` CPU replicas sharing the threads `devices` gives (every core for 0).
+/// `replicas` CPU replicas sharing the threads `devices` gives (every core for 0), their GEMM
+/// in `precision`.
 fn cpu_replicas(
     report: &DeviceReport,
     devices: &DevicesConfig,
     replicas: usize,
+    precision: Precision,
     reason: String,
 ) -> Selected {
     let threads = match devices.threads {
@@ -131,14 +139,46 @@ fn cpu_replicas(
     Selected::Cpu {
         replicas,
         threads_each: (threads / replicas).max(1),
+        precision,
         reason,
+    }
+}
+
+/// The precision the CPU runs `devices`' GEMM in, or why it cannot run the one asked for.
+fn cpu_precision(report: &DeviceReport, devices: &DevicesConfig) -> Result<Precision, String> {
+    match devices.precision {
+        Precision::F32 => Ok(Precision::F32),
+        Precision::Bf16 if report.cpu_bf16 => Ok(Precision::Bf16),
+        Precision::Bf16 => {
+            Err("bf16 GEMM needs CUDA or a CPU with Intel AMX, which this one lacks".into())
+        }
+        Precision::Tf32 => Err("tf32 GEMM is CUDA-only".into()),
+    }
+}
+
+/// CPU replicas in the precision asked for where the CPU has it, else in f32 with the reason
+/// added to `reason`.
+fn cpu_or_f32(
+    report: &DeviceReport,
+    devices: &DevicesConfig,
+    replicas: usize,
+    reason: String,
+) -> Selected {
+    match cpu_precision(report, devices) {
+        Ok(precision) => cpu_replicas(report, devices, replicas, precision, reason),
+        Err(why) => cpu_replicas(
+            report,
+            devices,
+            replicas,
+            Precision::F32,
+            format!("{reason}; {why}, so f32"),
+        ),
     }
 }
 
 /// Picks the backend for `devices` on a machine described by `report`.
 pub fn select(report: &DeviceReport, devices: &DevicesConfig) -> Result<Selected, TrainError> {
     let replicas = devices.replicas;
-    let cpu = |reason: String| cpu_replicas(report, devices, replicas, reason);
     let cuda = |reason: String| -> Result<Selected, TrainError> {
         if replicas > report.gpus.len() {
             return Err(TrainError::Unavailable(format!(
@@ -157,27 +197,29 @@ pub fn select(report: &DeviceReport, devices: &DevicesConfig) -> Result<Selected
         .clone()
         .unwrap_or_else(|| "no GPU found".into());
     match devices.backend {
-        BackendChoice::Cpu if devices.precision != Precision::F32 => {
-            Err(TrainError::Unavailable(format!(
-                "precision {} needs the CUDA backend; the CPU computes in f32",
+        BackendChoice::Cpu => match cpu_precision(report, devices) {
+            Ok(precision) => Ok(cpu_replicas(
+                report,
+                devices,
+                replicas,
+                precision,
+                "the CPU was asked for ([devices] backend = \"cpu\")".into(),
+            )),
+            Err(why) => Err(TrainError::Unavailable(format!(
+                "precision = \"{}\" on the CPU: {why}; use precision = \"f32\"",
                 devices.precision
-            )))
-        }
-        BackendChoice::Cpu => Ok(cpu(
-            "the CPU was asked for ([devices] backend = \"cpu\")".into()
-        )),
+            ))),
+        },
         BackendChoice::Cuda if report.gpus.is_empty() => Err(TrainError::Unavailable(format!(
             "the CUDA backend was asked for, but {no_gpu}"
         ))),
         BackendChoice::Cuda => cuda("the CUDA backend was asked for".into()),
-        BackendChoice::Auto if report.gpus.is_empty() => {
-            let precision = if devices.precision == Precision::F32 {
-                String::new()
-            } else {
-                format!("; {} GEMM is CUDA-only, so f32", devices.precision)
-            };
-            Ok(cpu(format!("CPU, since {no_gpu}{precision}")))
-        }
+        BackendChoice::Auto if report.gpus.is_empty() => Ok(cpu_or_f32(
+            report,
+            devices,
+            replicas,
+            format!("CPU, since {no_gpu}"),
+        )),
         BackendChoice::Auto => cuda(format!("{} GPU(s) found", report.gpus.len())),
     }
 }
@@ -213,7 +255,7 @@ pub fn select_placed(
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let cpu = |reason: String| cpu_replicas(report, devices, replicas, reason);
+    let cpu = |reason: String| cpu_or_f32(report, devices, replicas, reason);
     if placed.emulated {
         return Ok(cpu(format!("emulated GPUs {list}: one CPU replica each")));
     }
@@ -258,6 +300,7 @@ mod tests {
                 })
                 .collect(),
             cuda_unavailable: (gpus == 0).then(|| "no libcuda".into()),
+            cpu_bf16: false,
         }
     }
 
@@ -277,6 +320,7 @@ mod tests {
             Selected::Cpu {
                 replicas: 2,
                 threads_each: 2,
+                precision: Precision::F32,
                 reason: "CPU, since no libcuda".into()
             }
         );
@@ -295,6 +339,48 @@ mod tests {
         };
         assert!(select(&report(0), &bf16).is_err());
         assert!(detect().cpu_cores >= 1);
+    }
+
+    #[test]
+    fn bf16_runs_on_a_cpu_with_amx_and_falls_back_or_fails_clearly_elsewhere() {
+        let bf16 = |backend| DevicesConfig {
+            precision: Precision::Bf16,
+            ..devices(backend, 1)
+        };
+        let amx = DeviceReport {
+            cpu_bf16: true,
+            ..report(0)
+        };
+        for backend in [BackendChoice::Cpu, BackendChoice::Auto] {
+            match select(&amx, &bf16(backend)).unwrap() {
+                Selected::Cpu { precision, .. } => assert_eq!(precision, Precision::Bf16),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without AMX: asked for the CPU, a clear error; left to choose, f32 and the reason.
+        let e = select(&report(0), &bf16(BackendChoice::Cpu)).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "precision = \"bf16\" on the CPU: bf16 GEMM needs CUDA or a CPU with Intel AMX"
+            ),
+            "{e}"
+        );
+        match select(&report(0), &bf16(BackendChoice::Auto)).unwrap() {
+            Selected::Cpu {
+                precision, reason, ..
+            } => {
+                assert_eq!(precision, Precision::F32);
+                assert!(reason.ends_with("lacks, so f32"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // tf32 is CUDA's alone, AMX or not.
+        let tf32 = DevicesConfig {
+            precision: Precision::Tf32,
+            ..devices(BackendChoice::Cpu, 1)
+        };
+        let e = select(&amx, &tf32).unwrap_err();
+        assert!(e.to_string().contains("tf32 GEMM is CUDA-only"), "{e}");
     }
 
     fn placed(ordinals: &[usize], emulated: bool) -> Placed {

@@ -174,10 +174,11 @@ pub(super) fn train(
         Selected::Cpu {
             replicas,
             threads_each,
+            precision,
             reason,
         } => {
             let backends = (0..*replicas)
-                .map(|_| CpuBackend::new(*threads_each))
+                .map(|_| CpuBackend::with_precision(*threads_each, *precision))
                 .collect::<Result<Vec<_>, _>>()?;
             run(config, data, backends, reason, resume, hooks)
         }

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use gantry_kernels::{
-    Adam, Backend, CpuBackend, GemmShape, MlpSpec, Op, Optimizer, Trainer, agreement, synthetic,
+    Adam, Backend, CpuBackend, GemmShape, MlpSpec, Op, Optimizer, Precision, Trainer, agreement,
+    synthetic,
 };
 use serde::Serialize;
 
@@ -79,6 +80,36 @@ pub struct StepRow {
     pub gemm_gflop: f64,
 }
 
+/// The CPU's bf16 GEMM (Intel AMX) beside its f32 one: the same sizes and step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bf16Report {
+    /// The bf16 backend, described.
+    pub backend: String,
+    /// GEMM at each size of the f32 table.
+    pub gemm: Vec<Bf16Gemm>,
+    /// The training step with bf16 GEMM inputs, median ms.
+    pub step_ms: f64,
+    /// The f32 step's time over this one (above 1: bf16 is faster).
+    pub step_speedup: f64,
+    /// PyTorch CPU's step under `torch.autocast(bfloat16)`; `null` if it could not run.
+    pub peer_step_ms: Option<f64>,
+    /// `step_ms / peer_step_ms`.
+    pub peer_ratio: Option<f64>,
+}
+
+/// One bf16 GEMM size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bf16Gemm {
+    /// `n` of `n x n x n`.
+    pub n: usize,
+    /// Ours, bf16 inputs, f32 accumulation.
+    pub gflops: f64,
+    /// Over our f32 GEMM at the same size.
+    pub speedup: f64,
+    /// PyTorch's `torch.mm` on bf16 tensors (oneDNN); `null` if it could not run.
+    pub peer_gflops: Option<f64>,
+}
+
 /// What `gantry bench kernels --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelReport {
@@ -97,6 +128,10 @@ pub struct KernelReport {
     pub gemm: Vec<GemmRow>,
     /// The training step.
     pub train_step: StepRow,
+    /// The bf16 GEMM and step where the CPU has AMX (`null` elsewhere; `bf16_note` says why).
+    pub bf16: Option<Bf16Report>,
+    /// Why there is no bf16 half.
+    pub bf16_note: Option<String>,
     /// The peers' versions (NumPy and its BLAS, PyTorch and its Adam).
     pub peers: Vec<String>,
     /// Why a peer is missing, when one is.
@@ -115,6 +150,11 @@ pub(crate) struct PeerOutput {
     /// GFLOP/s by size on the CPU; TFLOP/s by precision on a GPU.
     pub(crate) gemm: std::collections::BTreeMap<String, f64>,
     pub(crate) train_step_ms: Option<f64>,
+    /// PyTorch's bf16 figures on the CPU, where asked for: GFLOP/s by size, and the step.
+    #[serde(default)]
+    pub(crate) gemm_bf16: std::collections::BTreeMap<String, f64>,
+    #[serde(default)]
+    pub(crate) train_step_bf16_ms: Option<f64>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -137,15 +177,50 @@ fn median_secs(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
 /// Our side of one round.
 struct Ours {
     peak_gflops: f64,
+    f32: Measured,
+    bf16: Option<Measured>,
+}
+
+/// One backend's GEMM rates (by size) and step time.
+#[derive(Clone)]
+struct Measured {
     gemm_gflops: Vec<f64>,
     step_ms: f64,
+}
+
+impl Measured {
+    /// The best of two rounds, figure by figure.
+    fn best_with(self, other: Measured) -> Measured {
+        Measured {
+            gemm_gflops: self
+                .gemm_gflops
+                .iter()
+                .zip(&other.gemm_gflops)
+                .map(|(x, y)| x.max(*y))
+                .collect(),
+            step_ms: self.step_ms.min(other.step_ms),
+        }
+    }
 }
 
 fn measure_ours(
     params: &KernelParams,
     cpu: &CpuBackend,
+    bf16: Option<&CpuBackend>,
 ) -> Result<Ours, gantry_kernels::KernelError> {
     let peak_gflops = fma_peak_gflops(params.threads, params.peak_iters);
+    Ok(Ours {
+        peak_gflops,
+        f32: measure(params, cpu)?,
+        bf16: bf16.map(|b| measure(params, b)).transpose()?,
+    })
+}
+
+/// GEMM at each size, then the training step, on `cpu`.
+fn measure(
+    params: &KernelParams,
+    cpu: &CpuBackend,
+) -> Result<Measured, gantry_kernels::KernelError> {
     let mut gemm_gflops = Vec::new();
     for &(n, reps) in &params.gemm {
         let a = agreement::values(n * n, 1);
@@ -162,7 +237,7 @@ fn measure_ours(
     let mut trainer = Trainer::new(
         spec,
         Optimizer::Adam(Adam::default()),
-        vec![CpuBackend::new(params.threads)?],
+        vec![CpuBackend::with_precision(params.threads, cpu.precision())?],
         1,
     )?;
     let mut failed = None;
@@ -173,8 +248,7 @@ fn measure_ours(
     });
     match failed {
         Some(e) => Err(e),
-        None => Ok(Ours {
-            peak_gflops,
+        None => Ok(Measured {
             gemm_gflops,
             step_ms: step_secs * 1e3,
         }),
@@ -199,18 +273,21 @@ pub fn run(
     let rounds = params.rounds.max(1);
     let total = 2 * rounds as u64;
     let cpu = CpuBackend::new(params.threads)?;
+    let bf16 = CpuBackend::bf16_available()
+        .then(|| CpuBackend::with_precision(params.threads, Precision::Bf16))
+        .transpose()?;
     let mut best: Option<Ours> = None;
     let mut peer: Option<PeerOutput> = None;
     let mut peer_error = None;
     for round in 0..rounds {
-        let ours = measure_ours(params, &cpu)?;
+        let ours = measure_ours(params, &cpu, bf16.as_ref())?;
         best = Some(match best {
             None => ours,
             Some(b) => b.best_with(ours),
         });
         progress(2 * round as u64 + 1, total);
         if let Some(python) = &params.python {
-            match run_peers(python, params) {
+            match run_peers(python, params, bf16.is_some()) {
                 Ok(p) => {
                     peer = Some(match peer {
                         None => p,
@@ -222,7 +299,13 @@ pub fn run(
         }
         progress(2 * round as u64 + 2, total);
     }
-    let mut report = report_ours(params, &cpu, rounds, best.expect("at least one round"));
+    let mut report = report_ours(
+        params,
+        &cpu,
+        bf16.as_ref(),
+        rounds,
+        best.expect("at least one round"),
+    );
     match (&params.python, peer) {
         (None, _) => report.peer_note = Some("peers skipped (--no-peers)".into()),
         (Some(_), None) => report.peer_note = peer_error,
@@ -246,13 +329,11 @@ impl Ours {
     fn best_with(self, other: Ours) -> Ours {
         Ours {
             peak_gflops: self.peak_gflops.max(other.peak_gflops),
-            gemm_gflops: self
-                .gemm_gflops
-                .iter()
-                .zip(&other.gemm_gflops)
-                .map(|(x, y)| x.max(*y))
-                .collect(),
-            step_ms: self.step_ms.min(other.step_ms),
+            f32: self.f32.best_with(other.f32),
+            bf16: match (self.bf16, other.bf16) {
+                (Some(x), Some(y)) => Some(x.best_with(y)),
+                (x, y) => x.or(y),
+            },
         }
     }
 }
@@ -264,17 +345,48 @@ impl PeerOutput {
             let e = self.gemm.entry(n).or_insert(g);
             *e = e.max(g);
         }
-        self.train_step_ms = match (self.train_step_ms, other.train_step_ms) {
+        let least = |x: Option<f64>, y: Option<f64>| match (x, y) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, y) => x.or(y),
         };
+        self.train_step_ms = least(self.train_step_ms, other.train_step_ms);
+        self.train_step_bf16_ms = least(self.train_step_bf16_ms, other.train_step_bf16_ms);
+        for (n, g) in other.gemm_bf16 {
+            let e = self.gemm_bf16.entry(n).or_insert(g);
+            *e = e.max(g);
+        }
         self
     }
 }
 
 /// The report of our side alone (no peers, no GPU half yet).
-fn report_ours(params: &KernelParams, cpu: &CpuBackend, rounds: usize, ours: Ours) -> KernelReport {
+fn report_ours(
+    params: &KernelParams,
+    cpu: &CpuBackend,
+    bf16: Option<&CpuBackend>,
+    rounds: usize,
+    ours: Ours,
+) -> KernelReport {
     let spec = step_spec(params);
+    let f32 = &ours.f32;
+    let bf16_report = bf16.zip(ours.bf16.as_ref()).map(|(backend, b)| Bf16Report {
+        backend: backend.describe(),
+        gemm: params
+            .gemm
+            .iter()
+            .zip(b.gemm_gflops.iter().zip(&f32.gemm_gflops))
+            .map(|(&(n, _), (&gflops, &f32_gflops))| Bf16Gemm {
+                n,
+                gflops,
+                speedup: gflops / f32_gflops,
+                peer_gflops: None,
+            })
+            .collect(),
+        step_ms: b.step_ms,
+        step_speedup: f32.step_ms / b.step_ms,
+        peer_step_ms: None,
+        peer_ratio: None,
+    });
     KernelReport {
         backend: cpu.describe(),
         threads: params.threads,
@@ -284,7 +396,7 @@ fn report_ours(params: &KernelParams, cpu: &CpuBackend, rounds: usize, ours: Our
         gemm: params
             .gemm
             .iter()
-            .zip(&ours.gemm_gflops)
+            .zip(&f32.gemm_gflops)
             .map(|(&(n, _), &gflops)| GemmRow {
                 n,
                 gflops,
@@ -294,11 +406,15 @@ fn report_ours(params: &KernelParams, cpu: &CpuBackend, rounds: usize, ours: Our
             })
             .collect(),
         train_step: StepRow {
-            ms: ours.step_ms,
+            ms: f32.step_ms,
             peer_ms: None,
             ratio: None,
             gemm_gflop: step_gemm_flops(&spec, params.step_batch) / 1e9,
         },
+        bf16_note: bf16_report
+            .is_none()
+            .then(|| "the CPU has no AMX-BF16 (or Linux refused its tile state): f32 only".into()),
+        bf16: bf16_report,
         peers: Vec::new(),
         peer_note: None,
         gpu: None,
@@ -315,6 +431,13 @@ impl KernelReport {
         }
         self.train_step.peer_ms = peer.train_step_ms;
         self.train_step.ratio = peer.train_step_ms.map(|p| self.train_step.ms / p);
+        if let Some(b) = &mut self.bf16 {
+            for row in &mut b.gemm {
+                row.peer_gflops = peer.gemm_bf16.get(&row.n.to_string()).copied();
+            }
+            b.peer_step_ms = peer.train_step_bf16_ms;
+            b.peer_ratio = peer.train_step_bf16_ms.map(|p| b.step_ms / p);
+        }
         self.peers = [
             peer.numpy.map(|v| format!("numpy {v}")),
             peer.torch.map(|v| format!("torch {v}")),
@@ -341,8 +464,12 @@ pub fn step_gemm_flops(spec: &MlpSpec, batch: usize) -> f64 {
         .sum()
 }
 
-fn run_peers(python: &std::path::Path, params: &KernelParams) -> Result<PeerOutput, String> {
-    run_peers_on(python, params, "cpu", 0)
+fn run_peers(
+    python: &std::path::Path,
+    params: &KernelParams,
+    bf16: bool,
+) -> Result<PeerOutput, String> {
+    run_peers_on(python, params, "cpu", 0, bf16)
 }
 
 /// Runs the peers' script on `device` (`cpu`, or `cuda` with GEMMs of `gpu_n` cubed).
@@ -351,10 +478,12 @@ pub(crate) fn run_peers_on(
     params: &KernelParams,
     device: &str,
     gpu_n: usize,
+    bf16: bool,
 ) -> Result<PeerOutput, String> {
     let args = serde_json::json!({
         "device": device,
         "gpu_n": gpu_n,
+        "bf16": bf16,
         "threads": params.threads,
         "gemm": params.gemm,
         "step": {"sizes": params.step_sizes, "batch": params.step_batch, "reps": params.step_reps},

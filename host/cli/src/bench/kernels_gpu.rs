@@ -67,7 +67,7 @@ pub fn run(params: &KernelParams) -> Result<GpuReport, String> {
     let peer = params
         .python
         .as_ref()
-        .map(|python| run_peers_on(python, params, "cuda", n));
+        .map(|python| run_peers_on(python, params, "cuda", n, false));
     let (peer, mut peer_note): (Option<PeerOutput>, Option<String>) = match peer {
         None => (None, Some("peers skipped (--no-peers)".into())),
         Some(Ok(p)) => {

@@ -1,12 +1,21 @@
 # Peers for `gantry bench kernels`, run by the gantry binary in the same session:
 # NumPy's matmul (OpenBLAS in PyPI wheels) for f32 GEMM, and a PyTorch CPU training step of the
-# same MLP. Prints one JSON object; a peer that cannot run is null with a note saying why.
+# same MLP; with "bf16", PyTorch's bf16 matmul (oneDNN) and the step under bf16 autocast too.
+# Prints one JSON object; a peer that cannot run is null with a note saying why.
 import json, os, statistics, sys, time
 
 args = json.loads(sys.argv[1])
 threads = args["threads"]
 device = args.get("device", "cpu")
-out = {"numpy": None, "torch": None, "gemm": {}, "train_step_ms": None, "notes": []}
+out = {
+    "numpy": None,
+    "torch": None,
+    "gemm": {},
+    "train_step_ms": None,
+    "gemm_bf16": {},
+    "train_step_bf16_ms": None,
+    "notes": [],
+}
 
 
 def median_time(fn, reps, warmup):
@@ -106,6 +115,22 @@ try:
         loss.item()
 
     out["train_step_ms"] = 1e3 * median_time(step, reps, 5)
+    if device == "cpu" and args.get("bf16"):
+        # bf16 GEMM inputs, f32 parameters and Adam: the same split as Gantry's bf16 path.
+        def bf16_step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            loss.item()
+
+        out["train_step_bf16_ms"] = 1e3 * median_time(bf16_step, reps, 5)
+        for n, r in args["gemm"]:
+            a = torch.randn(n, n).bfloat16()
+            b = torch.randn(n, n).bfloat16()
+            t = median_time(lambda: torch.mm(a, b), r, 2)
+            out["gemm_bf16"][str(n)] = 2.0 * n**3 / t / 1e9
 except ImportError as e:
     out["notes"].append("PyTorch is not installed for " + sys.executable + ": " + str(e))
 

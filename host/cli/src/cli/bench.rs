@@ -564,6 +564,29 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
         format!("{:.2}", s.gemm_gflop),
     ]);
     print!("{t}");
+    match (&r.bf16, &r.bf16_note) {
+        (Some(b), _) => {
+            println!("bf16: {}", b.backend);
+            let mut t = Table::new(&["bf16 GEMM", "gantry GFLOP/s", "x f32", "PyTorch GFLOP/s"]);
+            for g in &b.gemm {
+                t.row(vec![
+                    format!("{0}x{0}x{0}", g.n),
+                    format!("{:.1}", g.gflops),
+                    format!("{:.2}", g.speedup),
+                    opt(g.peer_gflops, 1),
+                ]);
+            }
+            t.row(vec![
+                "MLP step, ms".into(),
+                format!("{:.2}", b.step_ms),
+                format!("{:.2}", b.step_speedup),
+                opt(b.peer_step_ms, 2),
+            ]);
+            print!("{t}");
+        }
+        (None, Some(note)) => println!("bf16: not measured: {note}"),
+        (None, None) => {}
+    }
     if !r.peers.is_empty() {
         println!("peers: {}", r.peers.join(", "));
     }

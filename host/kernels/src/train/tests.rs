@@ -188,3 +188,33 @@ fn prefetching_the_next_batch_changes_nothing() {
     let err = staged.step_staged(None).unwrap_err().to_string();
     assert!(err.contains("no batch staged"), "{err}");
 }
+
+#[test]
+fn bf16_training_learns_what_f32_training_learns() {
+    if !CpuBackend::bf16_available() {
+        eprintln!("bf16_training_learns_what_f32_training_learns: skipped, this CPU has no AMX");
+        return;
+    }
+    let data = synthetic::spirals(3, 300, 0.15, 1);
+    let held_out = synthetic::spirals(3, 100, 0.15, 2);
+    let train = |precision| {
+        let cpus = vec![CpuBackend::with_precision(1, precision).unwrap()];
+        let mut t = Trainer::new(classifier(vec![2, 64, 64, 3]), adam(0.01), cpus, 7).unwrap();
+        let loss = fit(&mut t, &data, 150, 64, 7);
+        (loss, t.evaluate(&held_out, 256).unwrap().accuracy.unwrap())
+    };
+    let (f32_loss, f32_accuracy) = train(crate::Precision::F32);
+    let (bf16_loss, bf16_accuracy) = train(crate::Precision::Bf16);
+    assert!(
+        bf16_accuracy >= 0.9,
+        "bf16 held-out accuracy {bf16_accuracy}"
+    );
+    assert!(
+        (bf16_accuracy - f32_accuracy).abs() <= 0.03,
+        "held-out accuracy: bf16 {bf16_accuracy}, f32 {f32_accuracy}"
+    );
+    assert!(
+        bf16_loss <= 1.5 * f32_loss + 0.02,
+        "last epoch's loss: bf16 {bf16_loss}, f32 {f32_loss}"
+    );
+}
