@@ -247,6 +247,25 @@ fn bf16_gemm_matches_the_reference_on_bf16_inputs_for_every_transpose_and_edge()
 }
 
 #[test]
+fn bf16_gemm_in_panels_matches_the_reference() {
+    // Packed a larger than L2 (4 bytes a pair of bf16 values): b is taken in panels of block
+    // columns, here two tasks of two blocks, the last ragged.
+    let Some(cpu) = bf16_backend("bf16_gemm_in_panels_matches_the_reference", 2) else {
+        return;
+    };
+    let (n, k) = (100, 32);
+    let m = amx::l2_bytes() / 2 / k + 40;
+    let round = |v: Vec<f32>| v.into_iter().map(bf16_round).collect::<Vec<_>>();
+    let (a, b) = (round(values(m * k, 7)), round(values(k * n, 8)));
+    let mut want = vec![0.0; m * n];
+    reference::gemm(Op::N, Op::N, m, n, k, 1.0, &a, &b, 0.0, &mut want);
+    let mut got = vec![f32::NAN; m * n];
+    cpu.gemm(GemmShape::new(Op::N, Op::N, m, n, k), &a, &b, &mut got)
+        .unwrap();
+    assert_close(&got, &want, 1e-5);
+}
+
+#[test]
 fn bf16_gemm_rounds_its_inputs_to_nearest_even() {
     let Some(cpu) = bf16_backend("bf16_gemm_rounds_its_inputs_to_nearest_even", 1) else {
         return;
