@@ -232,6 +232,9 @@ fn summary(outcome: &training::Outcome, source: &str, plot: Option<&std::path::P
 /// `r` in one line, with each GPU's health where `health` is given.
 fn describe_devices(r: &device::DeviceReport, health: Option<&GpuHealth>) -> String {
     let mut s = format!("{} CPU core(s)", r.cpu_cores);
+    if r.cpu_bf16 {
+        s += " with AMX (bf16 GEMM)";
+    }
     if r.gpus.is_empty() {
         s += &format!(
             "; no GPU ({})",
