@@ -6,7 +6,9 @@
 //! walk over k in steps of 32, so every value of `c` is summed in the same order whatever the
 //! thread count. Both operands are packed first, in parallel: `a` into tiles of 16 rows x 32 k
 //! values, `b` into AMX's pair-interleaved layout (16 pairs of k x 16 columns). The tile
-//! instructions are written in `asm!` (their intrinsics are not stable Rust).
+//! instructions are written in `asm!` (their intrinsics are not stable Rust). `tdpbf16ps`
+//! treats subnormal bf16 inputs as zero and flushes subnormal results (Intel's definition of
+//! the instruction): values below 1.2e-38 in magnitude count as zero here.
 
 use std::sync::OnceLock;
 
@@ -139,14 +141,28 @@ impl<'a> Strided<'a> {
         }
     }
 
-    /// Element `(i, p)`, zero outside the matrix (the padding of edge tiles).
+    /// The 32 x 32 elements from `(i0, p0)`, zero outside the matrix (the padding of edge
+    /// tiles), read along whichever direction is contiguous.
     #[inline(always)]
-    fn at(&self, i: usize, p: usize) -> f32 {
-        if i < self.rows && p < self.cols {
-            self.data[i * self.rs + p * self.cs]
+    fn square(&self, i0: usize, p0: usize) -> [[f32; BLOCK]; BLOCK] {
+        let mut square = [[0.0; BLOCK]; BLOCK];
+        let rows = self.rows.saturating_sub(i0).min(BLOCK);
+        let cols = self.cols.saturating_sub(p0).min(BLOCK);
+        if self.cs == 1 {
+            for (r, dst) in square.iter_mut().enumerate().take(rows) {
+                let at = (i0 + r) * self.rs + p0;
+                dst[..cols].copy_from_slice(&self.data[at..at + cols]);
+            }
         } else {
-            0.0
+            debug_assert_eq!(self.rs, 1, "one direction of an operand is contiguous");
+            for p in 0..cols {
+                let at = (p0 + p) * self.cs + i0;
+                for (dst, &x) in square.iter_mut().zip(&self.data[at..at + rows]) {
+                    dst[p] = x;
+                }
+            }
         }
+        square
     }
 }
 
@@ -207,7 +223,7 @@ fn transposed(columns: &[[u32; ROWS]; ROWS], tile: &mut [u32]) {
     }
 }
 
-/// `len` values of `data` from `at`, as an array reference.
+/// `N` values of `data` from `at`, as an array reference.
 #[inline(always)]
 fn run<const N: usize>(data: &[f32], at: usize) -> &[f32; N] {
     data[at..at + N].try_into().expect("N values")
@@ -247,12 +263,11 @@ unsafe fn pack_a(a: Strided, steps: usize, i0: usize, out: &mut [u32]) {
             }
         }
     }
+    // The edges (a ragged block, the last k step): through a zero-padded copy.
     for step in fast..steps {
-        for r in 0..BLOCK {
-            for q in 0..ROWS {
-                let p = step * K_STEP + 2 * q;
-                out[word(steps, step, r, q)] = pair(a.at(i0 + r, p), a.at(i0 + r, p + 1));
-            }
+        let square = a.square(i0, step * K_STEP);
+        for (r, row) in square.iter().enumerate() {
+            out[word(steps, step, r, 0)..][..ROWS].copy_from_slice(&narrow(row));
         }
     }
 }
@@ -288,12 +303,14 @@ unsafe fn pack_b(b: Strided, steps: usize, j0: usize, out: &mut [u32]) {
             }
         }
     }
+    // The edges (a ragged block, the last k step): through a zero-padded copy.
     for step in fast..steps {
-        for pr in 0..ROWS {
-            let p = step * K_STEP + 2 * pr;
-            for c in 0..BLOCK {
-                out[word(steps, step, (c / ROWS) * ROWS + pr, c % ROWS)] =
-                    pair(b.at(p, j0 + c), b.at(p + 1, j0 + c));
+        let square = b.square(step * K_STEP, j0);
+        for t in 0..2 {
+            for pr in 0..ROWS {
+                let half = |p: usize| run::<ROWS>(&square[p], t * ROWS);
+                out[word(steps, step, t * ROWS + pr, 0)..][..ROWS]
+                    .copy_from_slice(&zip(half(2 * pr), half(2 * pr + 1)));
             }
         }
     }
