@@ -35,6 +35,16 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `x` rounded to bf16 (nearest, ties to even) and widened back, NaNs left as they are: what a
+/// bf16 GEMM's inputs become, written apart from any backend's conversion it checks.
+pub fn bf16_round(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
 /// The stored transpose of a `rows x cols` row-major matrix.
 pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     (0..cols)

@@ -8,7 +8,8 @@
 #![cfg(feature = "cuda")]
 
 use gantry_kernels::agreement::{
-    adam_cases, assert_close, assert_staging_changes_nothing, fit, gemm_cases, transpose, values,
+    adam_cases, assert_close, assert_staging_changes_nothing, bf16_round, fit, gemm_cases,
+    transpose, values,
 };
 use gantry_kernels::cuda::{self, CudaBackend};
 use gantry_kernels::{
@@ -153,13 +154,6 @@ fn gemm_matches_the_reference_for_every_transpose_and_precision() {
             assert_close(&to_host(&gpu, &gc), &case.want, tol);
         }
     }
-}
-
-/// Rounds to bf16 (nearest, ties to even) and back, as the backend's convert kernel does.
-fn bf16_round(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(rounded)
 }
 
 #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::agreement::{adam_cases, assert_close, gemm_cases, values};
+use crate::agreement::{adam_cases, assert_close, bf16_round, gemm_cases, values};
 use crate::reference;
 
 fn backends() -> Vec<CpuBackend> {
@@ -197,17 +197,6 @@ fn bf16_backend(test: &str, threads: usize) -> Option<CpuBackend> {
         return None;
     }
     Some(CpuBackend::with_precision(threads, Precision::Bf16).unwrap())
-}
-
-/// `x` rounded to bf16 (nearest, ties to even) and widened back: written out apart from the
-/// packing code it checks.
-fn bf16_round(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(rounded)
 }
 
 #[test]
