@@ -375,3 +375,43 @@ fn a_command_job_placed_across_nodes_waits_for_one_node() {
         "{log}"
     );
 }
+
+/// Regression: a command run's scratch directory (no `cwd` given) was a temporary directory
+/// removed when the run ended, so a daemon killed mid-run (kill -9) left it in `/tmp` for good,
+/// one more per crash. The next daemon now removes it before any job runs again.
+#[test]
+fn a_crashed_daemons_run_scratch_directory_is_removed_by_the_next_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut extra = vec!["--kill-grace-s", "1"];
+    extra.extend(job_user_args());
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let work = "echo scratch=$(pwd); echo data > out; sleep 300";
+    let body = command_job("s1", 1, json!({"argv": ["sh", "-c", work]}));
+    assert_eq!(submit(&daemon.url, &rae, &body).0, 201);
+    let log = wait_for_log(&daemon.url, &rae, "s1", "scratch=");
+    let scratch = log
+        .lines()
+        .find_map(|l| l.split("scratch=").nth(1))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap();
+    assert!(scratch.is_absolute() && scratch.is_dir(), "{log}");
+
+    daemon.signal("-9");
+    assert!(scratch.is_dir(), "the crash itself removes nothing");
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    assert!(
+        !scratch.exists(),
+        "{} outlived the daemon that made it",
+        scratch.display()
+    );
+    // The job runs again (its crash counted), in a directory of its own.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_of(&daemon.url, &rae, "s1").matches("scratch=").count() < 2 {
+        assert!(Instant::now() < deadline, "s1 never ran again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cancel(&daemon.url, &rae, "s1").0, 202);
+    wait_for_state(&daemon.url, &rae, "s1", "cancelled");
+}

@@ -28,7 +28,8 @@ pub struct CommandSpec {
     /// environment is never passed on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Working directory (absolute); default: a fresh scratch directory, removed after the run.
+    /// Working directory (absolute); default: a fresh scratch directory, removed after the run (or,
+    /// after a crash, by the next daemon or agent: see [`crate::scratch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Seconds it may run before it is stopped and fails; default and most: the daemon's
@@ -499,7 +500,10 @@ pub fn execute(
     };
     let scratch = match &spec.cwd {
         Some(_) => None,
-        None => match scratch_dir(user) {
+        None => match crate::scratch::Scratch::process()
+            .map_err(str::to_string)
+            .and_then(|s| s.run_dir(user).map_err(|e| e.to_string()))
+        {
             Ok(dir) => Some(dir),
             Err(e) => return RunEnd::Failed(format!("making its scratch directory: {e}")),
         },
@@ -734,16 +738,6 @@ fn end(program: &str, status: ExitStatus, stopped: Option<Stopped>, wall: f64) -
         }
         (None, None) => RunEnd::Failed(format!("`{program}` ended without a status")),
     }
-}
-
-/// A fresh private directory for a run without a working directory, owned by the user it runs
-/// as; removed when dropped.
-fn scratch_dir(user: Option<&JobUser>) -> std::io::Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("gantry-job-").tempdir()?;
-    if let Some(u) = user {
-        std::os::unix::fs::chown(dir.path(), Some(u.uid), Some(u.gid))?;
-    }
-    Ok(dir)
 }
 
 #[cfg(test)]

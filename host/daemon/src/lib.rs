@@ -47,6 +47,7 @@ pub mod recovery;
 pub mod rejections;
 pub mod replicas;
 pub mod runner;
+pub mod scratch;
 pub mod sealedobjects;
 pub mod serve;
 pub mod tls;
@@ -318,6 +319,8 @@ impl Daemon {
             ),
             Err(e) => tracing::warn!(error = %e, "sweeping the compiled-plugin cache"),
         }
+        // What a crashed daemon's (or agent's) command runs left in their scratch goes now.
+        scratch::sweep_dead_owners();
         let (db, store) = (Arc::new(db), Arc::new(store));
         let Stores {
             jobs,

@@ -1209,6 +1209,8 @@ fn run_agent_until(
             );
         }
     }
+    // Likewise the scratch directories of runs whose agent (or daemon) was killed.
+    gantry_daemon::scratch::sweep_dead_owners();
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
     let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
