@@ -427,11 +427,11 @@ mod tests {
     use crate::{HostConfig, PluginSource};
 
     fn simulate(plugin: &str, cluster: &Cluster, trace: &[TraceJob]) -> SimResult {
-        // One compiled-plugin cache for the whole test binary: each plugin compiles once.
-        static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-        let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
+        // One compiled-plugin cache for every run of these tests, at a fixed place (as the
+        // host's own tests do): each plugin compiles once. A temporary directory in a static
+        // was never dropped, and left 2 MB in /tmp per run.
         let mut config = HostConfig::new(cluster.clone());
-        config.cache_dir = Some(cache.path().to_path_buf());
+        config.cache_dir = Some(std::env::temp_dir().join("gantry-simulate-tests-cache"));
         let mut host = Host::new(config).unwrap();
         host.load_scheduler(&PluginSource::Builtin(plugin.into()))
             .unwrap();
