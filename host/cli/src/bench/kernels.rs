@@ -65,6 +65,8 @@ pub struct GemmRow {
     pub ratio: Option<f64>,
     /// `gflops` as a fraction of the measured FMA peak.
     pub of_peak: f64,
+    /// `gflops` as a fraction of [`KernelReport::l1_ceiling_gflops`].
+    pub of_ceiling: Option<f64>,
 }
 
 /// The training step.
@@ -124,6 +126,12 @@ pub struct KernelReport {
     /// f32 FMA throughput measured on `threads` threads with the widest vector FMA: the
     /// practical peak every GEMM is measured against.
     pub peak_gflops: f64,
+    /// f32 GFLOP/s of a GEMM's inner loop alone on `threads` threads: the best of two
+    /// register-blocked tiles, their operands in L1, no packing, no cache miss, no edge. What
+    /// any GEMM can reach on this machine, at most (`null` without AVX2 or AVX-512).
+    pub l1_ceiling_gflops: Option<f64>,
+    /// `l1_ceiling_gflops / peak_gflops`.
+    pub ceiling_of_peak: Option<f64>,
     /// GEMM at each size.
     pub gemm: Vec<GemmRow>,
     /// The training step.
@@ -177,6 +185,7 @@ fn median_secs(reps: usize, warmup: usize, mut f: impl FnMut()) -> f64 {
 /// Our side of one round.
 struct Ours {
     peak_gflops: f64,
+    ceiling_gflops: Option<f64>,
     f32: Measured,
     bf16: Option<Measured>,
 }
@@ -209,8 +218,10 @@ fn measure_ours(
     bf16: Option<&CpuBackend>,
 ) -> Result<Ours, gantry_kernels::KernelError> {
     let peak_gflops = fma_peak_gflops(params.threads, params.peak_iters);
+    let ceiling_gflops = l1_ceiling_gflops(params.threads, params.peak_iters);
     Ok(Ours {
         peak_gflops,
+        ceiling_gflops,
         f32: measure(params, cpu)?,
         bf16: bf16.map(|b| measure(params, b)).transpose()?,
     })
@@ -329,6 +340,10 @@ impl Ours {
     fn best_with(self, other: Ours) -> Ours {
         Ours {
             peak_gflops: self.peak_gflops.max(other.peak_gflops),
+            ceiling_gflops: match (self.ceiling_gflops, other.ceiling_gflops) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            },
             f32: self.f32.best_with(other.f32),
             bf16: match (self.bf16, other.bf16) {
                 (Some(x), Some(y)) => Some(x.best_with(y)),
@@ -393,6 +408,8 @@ fn report_ours(
         cpu: cpu_model(),
         rounds,
         peak_gflops: ours.peak_gflops,
+        l1_ceiling_gflops: ours.ceiling_gflops,
+        ceiling_of_peak: ours.ceiling_gflops.map(|c| c / ours.peak_gflops),
         gemm: params
             .gemm
             .iter()
@@ -403,6 +420,7 @@ fn report_ours(
                 peer_gflops: None,
                 ratio: None,
                 of_peak: gflops / ours.peak_gflops,
+                of_ceiling: ours.ceiling_gflops.map(|c| gflops / c),
             })
             .collect(),
         train_step: StepRow {
@@ -536,6 +554,48 @@ pub fn fma_peak_gflops(threads: usize, iters: u64) -> f64 {
     flops_per_thread / start.elapsed().as_secs_f64() / 1e9
 }
 
+/// f32 GFLOP/s of a GEMM's inner loop on `threads` threads, its operands in L1 (see
+/// [`KernelReport::l1_ceiling_gflops`]): the better of two tiles, each run for about as many
+/// flops as the peak loop's `iters` rounds.
+pub fn l1_ceiling_gflops(threads: usize, iters: u64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use gantry_kernels::cpu::{Vectors, vectors};
+        let flops = iters as f64 * fma::CHAINS as f64 * 32.0;
+        let rate = |run: fn(f64) -> (f64, f32)| {
+            let start = Instant::now();
+            let done: f64 = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads.max(1))
+                    .map(|_| s.spawn(move || std::hint::black_box(run(flops)).0))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("tile thread"))
+                    .sum()
+            });
+            done / start.elapsed().as_secs_f64() / 1e9
+        };
+        // SAFETY (each closure): the CPU has the instructions its level says it has.
+        match vectors() {
+            Vectors::Avx512 => {
+                return Some(
+                    rate(|f| unsafe { fma::tile_avx512::<12, 2>(f) })
+                        .max(rate(|f| unsafe { fma::tile_avx512::<14, 2>(f) })),
+                );
+            }
+            Vectors::Avx2Fma => {
+                return Some(
+                    rate(|f| unsafe { fma::tile_avx2::<6, 2>(f) })
+                        .max(rate(|f| unsafe { fma::tile_avx2::<4, 3>(f) })),
+                );
+            }
+            _ => {}
+        }
+    }
+    let _ = (threads, iters);
+    None
+}
+
 /// Runs `iters` rounds of independent FMAs; returns the flops done.
 fn fma_loop(iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
@@ -589,6 +649,89 @@ mod fma {
         _mm512_reduce_add_ps(sum)
     }
 
+    /// Depth of the tiles' operands: A (MR x 256) and B (256 x up to 48) stay in L1.
+    const DEPTH: usize = 256;
+
+    /// Operands of a tile: A packed depth-major (MR values per step), B row by row.
+    fn operands(mr: usize, nr: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..DEPTH * mr).map(|i| (i % 7) as f32 * 0.01).collect();
+        let b = (0..DEPTH * nr).map(|i| (i % 5) as f32 * 0.01).collect();
+        (a, b)
+    }
+
+    /// A GEMM microkernel's loop, C (MR x 16 NV) += A (MR x 256) B (256 x 16 NV), its C in
+    /// registers, repeated for at least `flops`; returns the flops done and the sum of C.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_avx512<const MR: usize, const NV: usize>(flops: f64) -> (f64, f32) {
+        let (a, b) = operands(MR, 16 * NV);
+        let per_pass = (2 * MR * 16 * NV * DEPTH) as f64;
+        let passes = (flops / per_pass).ceil() as usize;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for _ in 0..passes {
+            for (pa, pb) in a.chunks_exact(MR).zip(b.chunks_exact(16 * NV)) {
+                let mut bv = [_mm512_setzero_ps(); NV];
+                for (j, v) in bv.iter_mut().enumerate() {
+                    // SAFETY: `pb` holds 16 NV floats.
+                    *v = unsafe { _mm512_loadu_ps(pb.as_ptr().add(16 * j)) };
+                }
+                for (row, &x) in acc.iter_mut().zip(pa) {
+                    let av = _mm512_set1_ps(x);
+                    for (c, v) in row.iter_mut().zip(&bv) {
+                        *c = _mm512_fmadd_ps(av, *v, *c);
+                    }
+                }
+            }
+        }
+        let mut sum = _mm512_setzero_ps();
+        for c in acc.iter().flatten() {
+            sum = _mm512_add_ps(sum, *c);
+        }
+        (passes as f64 * per_pass, _mm512_reduce_add_ps(sum))
+    }
+
+    /// [`tile_avx512`] with 8-wide vectors: C (MR x 8 NV).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_avx2<const MR: usize, const NV: usize>(flops: f64) -> (f64, f32) {
+        let (a, b) = operands(MR, 8 * NV);
+        let per_pass = (2 * MR * 8 * NV * DEPTH) as f64;
+        let passes = (flops / per_pass).ceil() as usize;
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        for _ in 0..passes {
+            for (pa, pb) in a.chunks_exact(MR).zip(b.chunks_exact(8 * NV)) {
+                let mut bv = [_mm256_setzero_ps(); NV];
+                for (j, v) in bv.iter_mut().enumerate() {
+                    // SAFETY: `pb` holds 8 NV floats.
+                    *v = unsafe { _mm256_loadu_ps(pb.as_ptr().add(8 * j)) };
+                }
+                for (row, &x) in acc.iter_mut().zip(pa) {
+                    let av = _mm256_set1_ps(x);
+                    for (c, v) in row.iter_mut().zip(&bv) {
+                        *c = _mm256_fmadd_ps(av, *v, *c);
+                    }
+                }
+            }
+        }
+        let mut sum = _mm256_setzero_ps();
+        for c in acc.iter().flatten() {
+            sum = _mm256_add_ps(sum, *c);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        (passes as f64 * per_pass, lanes.iter().sum())
+    }
+
+    /// The sum of C after one pass of an MR x NR tile, computed plainly: what the tiles must
+    /// give (their work is real, not optimised away).
+    #[cfg(test)]
+    pub fn tile_sum(mr: usize, nr: usize) -> f32 {
+        let (a, b) = operands(mr, nr);
+        a.chunks_exact(mr)
+            .zip(b.chunks_exact(nr))
+            .map(|(pa, pb)| pa.iter().sum::<f32>() * pb.iter().sum::<f32>())
+            .sum()
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn avx2(iters: u64) -> f32 {
         let mul = _mm256_set1_ps(0.999_999);
@@ -626,6 +769,32 @@ mod tests {
         assert!((f - 2.4479).abs() < 1e-3, "{f}");
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_inner_loop_tiles_compute_what_they_claim() {
+        use gantry_kernels::cpu::{Vectors, vectors};
+        let close = |got: f32, want: f32| (got - want).abs() <= 1e-3 * want.abs();
+        // One pass each (a tiny flop count): its flops, and C's sum against plain arithmetic.
+        if vectors() >= Vectors::Avx2Fma {
+            // SAFETY: the CPU has AVX2 and FMA.
+            let (flops, sum) = unsafe { fma::tile_avx2::<6, 2>(1.0) };
+            assert_eq!(flops, (2 * 6 * 16 * 256) as f64);
+            assert!(close(sum, fma::tile_sum(6, 16)), "{sum}");
+            // SAFETY: as above.
+            let (_, sum) = unsafe { fma::tile_avx2::<4, 3>(1.0) };
+            assert!(close(sum, fma::tile_sum(4, 24)), "{sum}");
+        }
+        if vectors() == Vectors::Avx512 {
+            // SAFETY: the CPU has AVX-512 F.
+            let (flops, sum) = unsafe { fma::tile_avx512::<12, 2>(1.0) };
+            assert_eq!(flops, (2 * 12 * 32 * 256) as f64);
+            assert!(close(sum, fma::tile_sum(12, 32)), "{sum}");
+            // SAFETY: as above.
+            let (_, sum) = unsafe { fma::tile_avx512::<14, 2>(1.0) };
+            assert!(close(sum, fma::tile_sum(14, 32)), "{sum}");
+        }
+    }
+
     #[test]
     fn a_tiny_run_without_peers_reports_every_field() {
         let params = KernelParams {
@@ -642,6 +811,11 @@ mod tests {
         assert_eq!(r.gemm.len(), 1);
         assert!(r.gemm[0].gflops > 0.0 && r.gemm[0].peer_gflops.is_none());
         assert!(r.train_step.ms > 0.0 && r.peak_gflops > 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if gantry_kernels::cpu::vectors() >= gantry_kernels::cpu::Vectors::Avx2Fma {
+            let ceiling = r.l1_ceiling_gflops.expect("a vector FMA here");
+            assert!(ceiling > 0.0 && r.gemm[0].of_ceiling.is_some());
+        }
         assert_eq!(r.peer_note.as_deref(), Some("peers skipped (--no-peers)"));
     }
 }

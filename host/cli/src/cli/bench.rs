@@ -537,12 +537,20 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
         "{} on {} ({} threads); measured f32 FMA peak {:.0} GFLOP/s",
         r.backend, r.cpu, r.threads, r.peak_gflops
     );
+    if let (Some(ceiling), Some(of_peak)) = (r.l1_ceiling_gflops, r.ceiling_of_peak) {
+        println!(
+            "a GEMM's inner loop alone, its operands in L1: {ceiling:.0} GFLOP/s ({:.0} % of \
+             the peak): no GEMM reaches more here",
+            100.0 * of_peak
+        );
+    }
     let mut t = Table::new(&[
         "f32 GEMM",
         "gantry GFLOP/s",
         "NumPy GFLOP/s",
         "ratio",
         "of peak",
+        "of inner loop",
     ]);
     for g in &r.gemm {
         t.row(vec![
@@ -551,6 +559,8 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
             opt(g.peer_gflops, 1),
             opt(g.ratio, 2),
             format!("{:.0} %", 100.0 * g.of_peak),
+            g.of_ceiling
+                .map_or("-".into(), |c| format!("{:.0} %", 100.0 * c)),
         ]);
     }
     print!("{t}");
