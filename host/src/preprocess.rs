@@ -372,11 +372,27 @@ pub fn tensor_fault(shape: &[u32], data: &[f32], records: usize) -> Option<Strin
     if shape.first().map(|&d| d as usize) != Some(records) {
         return Some(format!("tensor of shape {shape:?} for {records} records"));
     }
-    let i = data.iter().position(|v| !v.is_finite())?;
+    let i = first_non_finite(data)?;
     Some(format!(
         "tensor value {i} is {}, not a finite number",
         data[i]
     ))
+}
+
+/// The index of `data`'s first value that is not finite. Every tensor a plugin returns is read
+/// whole here, so it is read in blocks the compiler vectorizes, with no early exit inside a
+/// block; a value-by-value search cost 1 % of a preprocessing run's time.
+pub(crate) fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 256;
+    for (b, block) in data.chunks(BLOCK).enumerate() {
+        if block.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+            return block
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| b * BLOCK + i);
+        }
+    }
+    None
 }
 
 /// Adds `partial` into `totals` element by element (the first pass's reduction); a length

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 
-use super::tensor_fault;
+use super::{first_non_finite, tensor_fault};
 use gantry_fuzz as fuzz;
 
 /// Shapes of 0-4 dimensions, small or extreme, with data near what they imply.
@@ -39,5 +39,19 @@ proptest! {
                 prop_assert!(data.iter().all(|v| v.is_finite()));
             }
         }
+    }
+
+    #[test]
+    fn the_blocked_search_finds_the_first_value_that_is_not_finite(
+        len in 0usize..1200,
+        bad in prop::collection::vec((0usize..1200, 0u8..3), 0..4),
+    ) {
+        let mut data: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 100.0).collect();
+        for (at, kind) in bad {
+            if at < len {
+                data[at] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][kind as usize];
+            }
+        }
+        prop_assert_eq!(first_non_finite(&data), data.iter().position(|v| !v.is_finite()));
     }
 }
