@@ -360,6 +360,42 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     wait_for_state(&url, &rae, "c1", "cancelled");
 }
 
+/// Regression: a command run's scratch directory on an agent (no `cwd` given) stayed in `/tmp`
+/// for good when its agent was killed mid-run. The agent, started again, removes it.
+#[test]
+fn a_killed_agents_run_scratch_directory_is_removed_when_it_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "1.5");
+    let url = daemon.url.clone();
+    let mut extra = vec!["--kill-grace-s", "0.5"];
+    extra.extend(job_user_args());
+    let agent = Agent::start_with(&url, &node, "node-a", 2, &extra);
+    let body = json!({"id": "s1", "tenant": "vision", "gpus": 1,
+                      "command": {"argv": ["sh", "-c", "echo scratch=$(pwd); sleep 300"]}});
+    assert_eq!(submit(&url, &rae, &body).0, 201);
+    eventually("s1 prints its directory", || {
+        log_of(&url, &rae, "s1").contains("scratch=")
+    });
+    let log = log_of(&url, &rae, "s1");
+    let scratch = log
+        .lines()
+        .find_map(|l| l.split("scratch=").nth(1))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap();
+    assert!(scratch.is_absolute() && scratch.is_dir(), "{log}");
+
+    agent.signal("-9");
+    drop(agent);
+    let _agent = Agent::start_with(&url, &node, "node-a", 2, &extra);
+    eventually(
+        "the restarted agent removes the killed run's directory",
+        || !scratch.exists(),
+    );
+}
+
 /// Regression: a command run cancelled before its agent started it was never ended (the agent
 /// skips a run it is told to stop, so no end was ever reported): the job stayed `cancelling` and
 /// kept its GPUs.

@@ -398,8 +398,8 @@ fn a_crashed_daemons_run_scratch_directory_is_removed_by_the_next_daemon() {
         .unwrap();
     assert!(scratch.is_absolute() && scratch.is_dir(), "{log}");
 
+    // (No check that the crash left it: another test's daemon, starting meanwhile, may sweep it.)
     daemon.signal("-9");
-    assert!(scratch.is_dir(), "the crash itself removes nothing");
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     assert!(
         !scratch.exists(),
