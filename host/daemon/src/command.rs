@@ -501,7 +501,6 @@ pub fn execute(
     let scratch = match &spec.cwd {
         Some(_) => None,
         None => match crate::scratch::Scratch::process()
-            .map_err(str::to_string)
             .and_then(|s| s.run_dir(user).map_err(|e| e.to_string()))
         {
             Ok(dir) => Some(dir),

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use crate::command::JobUser;
 
@@ -63,25 +63,33 @@ pub struct Swept {
 impl Scratch {
     /// The process's owner directory under the system's temporary directory, claimed (and dead
     /// owners swept) on first use, the first command run; every daemon, agent and run in the
-    /// process shares it.
-    pub fn process() -> Result<&'static Scratch, &'static str> {
-        static CLAIMED: OnceLock<Result<Scratch, String>> = OnceLock::new();
-        CLAIMED
-            .get_or_init(|| {
-                let claimed = Scratch::claim_in(&std::env::temp_dir());
-                match &claimed {
-                    Ok((s, swept)) if swept.owners > 0 => tracing::warn!(
+    /// process shares it. A claim that fails is tried again at the next run: a root an operator
+    /// has since fixed, or a transient error, does not refuse commands until a restart.
+    pub fn process() -> Result<&'static Scratch, String> {
+        static CLAIMED: OnceLock<Scratch> = OnceLock::new();
+        static CLAIMING: Mutex<()> = Mutex::new(());
+        if let Some(s) = CLAIMED.get() {
+            return Ok(s);
+        }
+        let _one_at_a_time = CLAIMING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = CLAIMED.get() {
+            return Ok(s);
+        }
+        match Scratch::claim_in(&std::env::temp_dir()) {
+            Ok((s, swept)) => {
+                if swept.owners > 0 {
+                    tracing::warn!(
                         owners = swept.owners,
-                        dir = %s.dir.display(),
                         "removed the scratch directories of runs whose daemon or agent was killed"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "no scratch directory for command runs"),
+                    );
                 }
-                claimed.map(|(s, _)| s).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(String::as_str)
+                Ok(CLAIMED.get_or_init(|| s))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no scratch directory for command runs");
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Claims a fresh owner directory under `base`'s per-user root, after removing every dead
