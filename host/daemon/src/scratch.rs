@@ -103,6 +103,7 @@ impl Scratch {
             .mode(0o711)
             .create(&dir)
             .map_err(io_at(&dir))?;
+        traversable(&dir)?;
         Ok((Scratch { dir, _lock: lock }, swept))
     }
 
@@ -171,7 +172,15 @@ fn own_root(root: &Path, uid: u32) -> Result<(), ScratchError> {
             path: root.to_path_buf(),
         });
     }
-    Ok(())
+    traversable(root)
+}
+
+/// Sets `dir` to 0711, whatever the umask made of it: under a umask of 077 it would be 0700, and
+/// a job user could not reach its own run directory inside. (A sticky /tmp keeps others from
+/// swapping the checked directory first.)
+fn traversable(dir: &Path) -> Result<(), ScratchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io_at(dir))
 }
 
 /// Removes the directory and lock file of every owner whose lock can be taken (its process is
@@ -333,6 +342,20 @@ mod tests {
         let err = Scratch::claim_in(base.path()).unwrap_err().to_string();
         assert!(err.contains("not a directory owned by this user"), "{err}");
         assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn job_users_can_reach_their_run_directory_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A root made under a umask of 077 (0700): a job user could not pass through it.
+        let base = tempfile::tempdir().unwrap();
+        let root = root_in(base.path());
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let (scratch, _) = Scratch::claim_in(base.path()).unwrap();
+        assert_eq!(mode(&root), 0o711);
+        assert_eq!(mode(scratch.dir()), 0o711);
     }
 
     #[test]
