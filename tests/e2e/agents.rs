@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, submit, wait_for_state};
 use crate::support::{
-    TWO_NODES, add_user, alive, init_data_dir, job_user_args, log_of, number_after, shared_cache,
+    TWO_NODES, add_user, alive, init_data_dir, job_user_args, log_of, number_after, path_after,
+    shared_cache,
 };
 
 /// A `gantry agent` process, killed when dropped.
@@ -380,11 +381,7 @@ fn a_killed_agents_run_scratch_directory_is_removed_when_it_starts_again() {
         log_of(&url, &rae, "s1").contains("scratch=")
     });
     let log = log_of(&url, &rae, "s1");
-    let scratch = log
-        .lines()
-        .find_map(|l| l.split("scratch=").nth(1))
-        .map(|p| std::path::PathBuf::from(p.trim()))
-        .unwrap();
+    let scratch = path_after(&log, "scratch=");
     assert!(scratch.is_absolute() && scratch.is_dir(), "{log}");
 
     agent.signal("-9");

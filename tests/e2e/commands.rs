@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, cancel, request, submit, wait_for_state, wait_until_over};
 use crate::support::{
-    add_user, alive, init_data_dir, job_user_args, log_of, number_after, root, shared_cache,
+    add_user, alive, init_data_dir, job_user_args, log_of, number_after, path_after, root,
+    shared_cache,
 };
 
 /// Waits until job `job`'s log contains `text`; returns the log.
@@ -391,11 +392,7 @@ fn a_crashed_daemons_run_scratch_directory_is_removed_by_the_next_daemon() {
     let body = command_job("s1", 1, json!({"argv": ["sh", "-c", work]}));
     assert_eq!(submit(&daemon.url, &rae, &body).0, 201);
     let log = wait_for_log(&daemon.url, &rae, "s1", "scratch=");
-    let scratch = log
-        .lines()
-        .find_map(|l| l.split("scratch=").nth(1))
-        .map(|p| std::path::PathBuf::from(p.trim()))
-        .unwrap();
+    let scratch = path_after(&log, "scratch=");
     assert!(scratch.is_absolute() && scratch.is_dir(), "{log}");
 
     // (No check that the crash left it: another test's daemon, starting meanwhile, may sweep it.)

@@ -327,6 +327,14 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The path printed after `key` on a line of `text` (to the line's end).
+pub fn path_after(text: &str, key: &str) -> std::path::PathBuf {
+    text.lines()
+        .find_map(|l| l.split(key).nth(1))
+        .map(|p| std::path::PathBuf::from(p.trim()))
+        .unwrap_or_else(|| panic!("no {key:?} in {text}"))
+}
+
 /// The number after `key` in `text`.
 pub fn number_after(text: &str, key: &str) -> u64 {
     let at = text
