@@ -2,10 +2,14 @@
 //!
 //! A run's scratch directory is removed when the run ends, but a process killed outright (kill
 //! -9, the OOM killer, a power cut) never gets there, and its runs' directories would stay in
-//! `/tmp` for good. So every process that runs commands claims an owner directory under one root
-//! per user, `$TMPDIR/gantry-jobs-<uid>/<owner>/`, and holds an exclusive `flock` on
+//! `/tmp` for good. So every process that runs commands claims an owner directory under a root
+//! of its user, `$TMPDIR/gantry-jobs-<uid>-<random>/<owner>/`, and holds an exclusive `flock` on
 //! `<owner>.lock` beside it for its whole life. An owner whose lock can be taken is dead: the
 //! next daemon or agent to start (or process to claim) removes its directory, whoever it was.
+//!
+//! Roots are found by listing, not by a fixed name: in a directory everyone may write to, a fixed
+//! name could be taken first by another user, and every run refused. A root counts only when it
+//! is a directory of this user that no one else may write to; anything else is passed over.
 
 use std::fs::File;
 use std::io;
@@ -19,15 +23,6 @@ use crate::command::JobUser;
 /// Why no owner directory could be claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScratchError {
-    /// The root exists but is not this user's alone: someone else could swap a run's directory.
-    #[error(
-        "{path}: not a directory owned by this user and writable by it alone; remove it or set \
-         TMPDIR elsewhere"
-    )]
-    UnsafeRoot {
-        /// The root.
-        path: PathBuf,
-    },
     /// The file system refused.
     #[error("{path}: {source}")]
     Io {
@@ -96,7 +91,11 @@ impl Scratch {
     /// owner's.
     pub fn claim_in(base: &Path) -> Result<(Scratch, Swept), ScratchError> {
         let swept = sweep_in(base)?;
-        let root = root_in(base);
+        let root = match roots(base)?.into_iter().next() {
+            Some(root) => root,
+            None => new_root(base)?,
+        };
+        traversable(&root)?;
         let (name, lock) = live_lock(&root)?;
         let dir = root.join(name);
         std::fs::DirBuilder::new()
@@ -142,42 +141,57 @@ pub fn sweep_dead_owners() {
     }
 }
 
-/// The per-user root under `base`.
-fn root_in(base: &Path) -> PathBuf {
+/// This user's roots under `base`, oldest name first: directories named
+/// `gantry-jobs-<uid>-...`, owned by this user and writable by no one else. What else bears the
+/// name (another user's, a link, a file) is passed over, never entered.
+fn roots(base: &Path) -> Result<Vec<PathBuf>, ScratchError> {
     // SAFETY: geteuid has no preconditions.
-    base.join(format!("gantry-jobs-{}", unsafe { libc::geteuid() }))
+    let uid = unsafe { libc::geteuid() };
+    let prefix = format!("gantry-jobs-{uid}-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(base).map_err(io_at(base))? {
+        let entry = entry.map_err(io_at(base))?;
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow a link.
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o022 == 0 {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
-/// Removes the owner directories of processes that are gone from `base`'s per-user root (made
-/// when missing, refused when not this user's alone).
+/// A new root under `base`, its name unguessable (so no one can take it first).
+fn new_root(base: &Path) -> Result<PathBuf, ScratchError> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("gantry-jobs-{uid}-"))
+        .tempdir_in(base)
+        .map_err(io_at(base))?;
+    Ok(dir.keep())
+}
+
+/// Removes the owner directories of processes that are gone, in every root of this user under
+/// `base`.
 pub fn sweep_in(base: &Path) -> Result<Swept, ScratchError> {
-    let root = root_in(base);
-    // SAFETY: geteuid has no preconditions.
-    own_root(&root, unsafe { libc::geteuid() })?;
-    sweep(&root)
-}
-
-/// Makes `root` (traversable by job users, listable and writable by `uid` alone) or checks that
-/// the one there is exactly that: a root another user could write to would let it swap a run's
-/// directory for a link of its choosing.
-fn own_root(root: &Path, uid: u32) -> Result<(), ScratchError> {
-    match std::fs::DirBuilder::new().mode(0o711).create(root) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_at(root)(e)),
+    let mut swept = Swept::default();
+    for root in roots(base)? {
+        swept.owners += sweep(&root)?.owners;
     }
-    let meta = std::fs::symlink_metadata(root).map_err(io_at(root))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        return Err(ScratchError::UnsafeRoot {
-            path: root.to_path_buf(),
-        });
-    }
-    traversable(root)
+    Ok(swept)
 }
 
 /// Sets `dir` to 0711, whatever the umask made of it: under a umask of 077 it would be 0700, and
 /// a job user could not reach its own run directory inside. (A sticky /tmp keeps others from
-/// swapping the checked directory first.)
+/// swapping a checked directory of this user's.)
 fn traversable(dir: &Path) -> Result<(), ScratchError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(io_at(dir))
@@ -280,6 +294,12 @@ fn live_lock(root: &Path) -> Result<(String, File), ScratchError> {
 mod tests {
     use super::*;
 
+    fn the_root(base: &Path) -> PathBuf {
+        let mut roots = roots(base).unwrap();
+        assert_eq!(roots.len(), 1, "{roots:?}");
+        roots.remove(0)
+    }
+
     #[test]
     fn a_claim_removes_dead_owners_and_keeps_live_ones() {
         let base = tempfile::tempdir().unwrap();
@@ -295,6 +315,7 @@ mod tests {
         assert_eq!(swept, Swept::default());
         assert!(run.join("out").is_file());
         assert_ne!(second.dir(), first.dir());
+        assert_eq!(second.dir().parent(), first.dir().parent(), "one root");
 
         // Dead (its lock released, as the kernel does for a killed process): swept, lock file
         // too, while the live second owner stays.
@@ -306,15 +327,15 @@ mod tests {
         assert!(second.dir().is_dir());
 
         // A directory without a lock file (a sweep that stopped half-way) is nobody's.
-        let orphan = root_in(base.path()).join("123-abc-0");
+        let orphan = the_root(base.path()).join("123-abc-0");
         std::fs::create_dir_all(orphan.join("deep")).unwrap();
-        let (_fourth, swept) = Scratch::claim_in(base.path()).unwrap();
+        let (fourth, swept) = Scratch::claim_in(base.path()).unwrap();
         assert_eq!(swept.owners, 1);
         assert!(!orphan.exists());
 
         // A sweep alone (a daemon starting) removes the dead and claims nothing.
-        drop(_fourth);
-        let entries = || std::fs::read_dir(root_in(base.path())).unwrap().count();
+        drop(fourth);
+        let entries = || std::fs::read_dir(the_root(base.path())).unwrap().count();
         let before = entries();
         assert_eq!(sweep_in(base.path()).unwrap().owners, 1);
         assert_eq!(
@@ -325,23 +346,28 @@ mod tests {
     }
 
     #[test]
-    fn a_root_someone_else_could_write_to_is_refused_by_name() {
+    fn a_root_another_user_could_write_to_or_a_link_is_passed_over() {
         use std::os::unix::fs::PermissionsExt;
         let base = tempfile::tempdir().unwrap();
-        let root = root_in(base.path());
-        std::fs::create_dir(&root).unwrap();
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Scratch::claim_in(base.path()).unwrap_err().to_string();
-        assert!(err.contains(&root.display().to_string()), "{err}");
-        assert!(err.contains("writable by it alone"), "{err}");
-
-        // Nor a link to a directory that would pass.
-        std::fs::remove_dir(&root).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        // Taken first under the name a root would have: writable by all, and a link to a
+        // directory that would pass. Neither blocks a claim, and neither is entered or swept.
+        let open = base.path().join(format!("gantry-jobs-{uid}-aaaa"));
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::create_dir(open.join("123-abc-0")).unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(elsewhere.path(), &root).unwrap();
-        let err = Scratch::claim_in(base.path()).unwrap_err().to_string();
-        assert!(err.contains("not a directory owned by this user"), "{err}");
-        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        std::fs::create_dir(elsewhere.path().join("123-abc-0")).unwrap();
+        let link = base.path().join(format!("gantry-jobs-{uid}-aaab"));
+        std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+
+        let (scratch, swept) = Scratch::claim_in(base.path()).unwrap();
+        assert_eq!(swept, Swept::default());
+        let root = scratch.dir().parent().unwrap();
+        assert!(root != open && root != link, "{}", root.display());
+        assert!(open.join("123-abc-0").is_dir());
+        assert!(elsewhere.path().join("123-abc-0").is_dir());
     }
 
     #[test]
@@ -350,10 +376,14 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         // A root made under a umask of 077 (0700): a job user could not pass through it.
         let base = tempfile::tempdir().unwrap();
-        let root = root_in(base.path());
+        // SAFETY: geteuid has no preconditions.
+        let root = base
+            .path()
+            .join(format!("gantry-jobs-{}-x", unsafe { libc::geteuid() }));
         std::fs::create_dir(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
         let (scratch, _) = Scratch::claim_in(base.path()).unwrap();
+        assert_eq!(scratch.dir().parent(), Some(root.as_path()));
         assert_eq!(mode(&root), 0o711);
         assert_eq!(mode(scratch.dir()), 0o711);
     }
