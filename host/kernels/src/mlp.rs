@@ -262,8 +262,12 @@ pub fn forward_loaded<B: Backend>(
         let (done, rest) = ws.acts.split_at_mut(l);
         let x = if l == 0 { &ws.input } else { &done[l - 1] };
         let out = &mut rest[0];
-        let shape = GemmShape::new(Op::N, Op::N, ws.rows, spec.sizes[l + 1], spec.sizes[l]);
-        backend.gemm(shape, x, &params.tensors[2 * l], out)?;
+        backend.gemm(
+            forward_gemm(spec, ws.rows, l),
+            x,
+            &params.tensors[2 * l],
+            out,
+        )?;
         let relu = l + 1 < layers && spec.activation == Activation::Relu;
         backend.bias_activation(out, &params.tensors[2 * l + 1], relu)?;
     }
@@ -313,24 +317,18 @@ pub fn backward<B: Backend>(
 ) -> Result<()> {
     let rows = ws.rows;
     for l in (0..spec.layers()).rev() {
-        let (fan_in, fan_out) = (spec.sizes[l], spec.sizes[l + 1]);
         let (lower, upper) = ws.deltas.split_at_mut(l);
         let delta = &upper[0];
         let x = if l == 0 { &ws.input } else { &ws.acts[l - 1] };
         // dW = x^T * delta, db = column sums of delta
         let (dw, db) = grads.tensors[2 * l..2 * l + 2].split_at_mut(1);
-        backend.gemm(
-            GemmShape::new(Op::T, Op::N, fan_in, fan_out, rows),
-            x,
-            delta,
-            &mut dw[0],
-        )?;
+        backend.gemm(weight_grad_gemm(spec, rows, l), x, delta, &mut dw[0])?;
         backend.bias_grad(delta, &mut db[0])?;
         if l > 0 {
             // delta_below = delta * W^T, then through the activation
             let below = &mut lower[l - 1];
             backend.gemm(
-                GemmShape::new(Op::N, Op::T, rows, fan_in, fan_out),
+                input_grad_gemm(spec, rows, l),
                 delta,
                 &params.tensors[2 * l],
                 below,
@@ -341,6 +339,34 @@ pub fn backward<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// Layer `l`'s forward product on `rows` rows: `x * W`.
+fn forward_gemm(spec: &MlpSpec, rows: usize, l: usize) -> GemmShape {
+    GemmShape::new(Op::N, Op::N, rows, spec.sizes[l + 1], spec.sizes[l])
+}
+
+/// Layer `l`'s weight gradient: `x^T * delta`.
+fn weight_grad_gemm(spec: &MlpSpec, rows: usize, l: usize) -> GemmShape {
+    GemmShape::new(Op::T, Op::N, spec.sizes[l], spec.sizes[l + 1], rows)
+}
+
+/// The delta below layer `l` (`l > 0`): `delta * W^T`.
+fn input_grad_gemm(spec: &MlpSpec, rows: usize, l: usize) -> GemmShape {
+    GemmShape::new(Op::N, Op::T, rows, spec.sizes[l], spec.sizes[l + 1])
+}
+
+/// Every GEMM of one training step on `rows` rows, in the order the step runs them: each
+/// layer's forward product, then from the last layer down its weight gradient and (but for the
+/// first layer) the delta below it.
+pub fn step_gemms(spec: &MlpSpec, rows: usize) -> Vec<GemmShape> {
+    let layers = spec.layers();
+    let forward = (0..layers).map(|l| forward_gemm(spec, rows, l));
+    let backward = (0..layers).rev().flat_map(|l| {
+        std::iter::once(weight_grad_gemm(spec, rows, l))
+            .chain((l > 0).then(|| input_grad_gemm(spec, rows, l)))
+    });
+    forward.chain(backward).collect()
 }
 
 /// An optimizer and its hyper-parameters.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use gantry_kernels::mlp::step_gemms;
 use gantry_kernels::{
     Adam, Backend, CpuBackend, GemmShape, MlpSpec, Op, Optimizer, Precision, Trainer, agreement,
     synthetic,
@@ -80,6 +81,27 @@ pub struct StepRow {
     pub ratio: Option<f64>,
     /// GEMM work in one step, GFLOP.
     pub gemm_gflop: f64,
+    /// The step's GEMM floor: `gemm_gflop` at the best GEMM rate of this run's table.
+    pub floor_ms: f64,
+    /// `ms / floor_ms`: how far the whole step is from its GEMMs at full speed.
+    pub of_floor: f64,
+    /// The step's own GEMMs, each timed alone (its operands warm in cache), summed.
+    pub gemms_ms: f64,
+    /// `gemms_ms / floor_ms`: how much the step's shapes lose against the table's GEMM.
+    pub gemms_of_floor: f64,
+    /// Each of the step's GEMMs, in the order the step runs them.
+    pub gemms: Vec<ProductRow>,
+}
+
+/// One of the training step's GEMMs, timed alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductRow {
+    /// `m x n x k`, and how `a` and `b` are used (`N`: as stored, `T`: transposed).
+    pub shape: String,
+    /// Median milliseconds.
+    pub ms: f64,
+    /// GFLOP/s.
+    pub gflops: f64,
 }
 
 /// The CPU's bf16 GEMM (Intel AMX) beside its f32 one: the same sizes and step.
@@ -190,11 +212,12 @@ struct Ours {
     bf16: Option<Measured>,
 }
 
-/// One backend's GEMM rates (by size) and step time.
+/// One backend's GEMM rates (by size), step time and the step's GEMMs alone (ms each).
 #[derive(Clone)]
 struct Measured {
     gemm_gflops: Vec<f64>,
     step_ms: f64,
+    product_ms: Vec<f64>,
 }
 
 impl Measured {
@@ -208,6 +231,12 @@ impl Measured {
                 .map(|(x, y)| x.max(*y))
                 .collect(),
             step_ms: self.step_ms.min(other.step_ms),
+            product_ms: self
+                .product_ms
+                .iter()
+                .zip(&other.product_ms)
+                .map(|(x, y)| x.min(*y))
+                .collect(),
         }
     }
 }
@@ -244,6 +273,16 @@ fn measure(
         gemm_gflops.push(shape.flops() / secs / 1e9);
     }
     let spec = step_spec(params);
+    let mut product_ms = Vec::new();
+    for shape in step_gemms(&spec, params.step_batch) {
+        let a = agreement::values(shape.m * shape.k, 1);
+        let b = agreement::values(shape.k * shape.n, 2);
+        let mut c = vec![0.0; shape.m * shape.n];
+        let secs = median_secs(params.step_reps, 2, || {
+            cpu.gemm(shape, &a, &b, &mut c).expect("shapes match");
+        });
+        product_ms.push(secs * 1e3);
+    }
     let data = synthetic::dense_classes(params.step_batch, spec.inputs(), spec.outputs(), 1);
     let mut trainer = Trainer::new(
         spec,
@@ -262,6 +301,7 @@ fn measure(
         None => Ok(Measured {
             gemm_gflops,
             step_ms: step_secs * 1e3,
+            product_ms,
         }),
     }
 }
@@ -423,12 +463,7 @@ fn report_ours(
                 of_ceiling: ours.ceiling_gflops.map(|c| gflops / c),
             })
             .collect(),
-        train_step: StepRow {
-            ms: f32.step_ms,
-            peer_ms: None,
-            ratio: None,
-            gemm_gflop: step_gemm_flops(&spec, params.step_batch) / 1e9,
-        },
+        train_step: step_row(&spec, params.step_batch, f32),
         bf16_note: bf16_report
             .is_none()
             .then(|| "the CPU has no AMX-BF16 (or Linux refused its tile state): f32 only".into()),
@@ -469,17 +504,36 @@ impl KernelReport {
     }
 }
 
-/// GEMM floating-point operations of one training step: forward `x W` per layer, and in the
-/// backward pass `x^T delta` per layer and `delta W^T` for every layer but the first.
+/// The step's row: its time against its GEMM floor, and its GEMMs alone.
+fn step_row(spec: &MlpSpec, batch: usize, f32: &Measured) -> StepRow {
+    let gemm_gflop = step_gemm_flops(spec, batch) / 1e9;
+    let best_rate = f32.gemm_gflops.iter().copied().fold(0.0, f64::max);
+    let floor_ms = gemm_gflop / best_rate * 1e3;
+    let gemms_ms = f32.product_ms.iter().sum::<f64>();
+    StepRow {
+        ms: f32.step_ms,
+        peer_ms: None,
+        ratio: None,
+        gemm_gflop,
+        floor_ms,
+        of_floor: f32.step_ms / floor_ms,
+        gemms_ms,
+        gemms_of_floor: gemms_ms / floor_ms,
+        gemms: step_gemms(spec, batch)
+            .iter()
+            .zip(&f32.product_ms)
+            .map(|(s, &ms)| ProductRow {
+                shape: format!("{}x{}x{} ({:?},{:?})", s.m, s.n, s.k, s.op_a, s.op_b),
+                ms,
+                gflops: s.flops() / ms / 1e6,
+            })
+            .collect(),
+    }
+}
+
+/// GEMM floating-point operations of one training step (see [`step_gemms`]).
 pub fn step_gemm_flops(spec: &MlpSpec, batch: usize) -> f64 {
-    spec.sizes
-        .windows(2)
-        .enumerate()
-        .map(|(l, w)| {
-            let one = 2.0 * batch as f64 * w[0] as f64 * w[1] as f64;
-            if l == 0 { 2.0 * one } else { 3.0 * one }
-        })
-        .sum()
+    step_gemms(spec, batch).iter().map(GemmShape::flops).sum()
 }
 
 fn run_peers(
@@ -811,6 +865,28 @@ mod tests {
         assert_eq!(r.gemm.len(), 1);
         assert!(r.gemm[0].gflops > 0.0 && r.gemm[0].peer_gflops.is_none());
         assert!(r.train_step.ms > 0.0 && r.peak_gflops > 0.0);
+        // The step's five GEMMs (two forward, two weight gradients, one delta), each timed.
+        let shapes: Vec<&str> = r.train_step.gemms.iter().map(|g| &g.shape[..]).collect();
+        assert_eq!(
+            shapes,
+            [
+                "8x16x8 (N,N)",
+                "8x4x16 (N,N)",
+                "16x4x8 (T,N)",
+                "8x16x4 (N,T)",
+                "8x16x8 (T,N)"
+            ]
+        );
+        assert!(
+            r.train_step
+                .gemms
+                .iter()
+                .all(|g| g.ms > 0.0 && g.gflops > 0.0)
+        );
+        let s = &r.train_step;
+        assert!((s.gemms_ms - s.gemms.iter().map(|g| g.ms).sum::<f64>()).abs() < 1e-9);
+        assert!((s.floor_ms - s.gemm_gflop / r.gemm[0].gflops * 1e3).abs() < 1e-9);
+        assert!((s.of_floor - s.ms / s.floor_ms).abs() < 1e-9);
         #[cfg(target_arch = "x86_64")]
         if gantry_kernels::cpu::vectors() >= gantry_kernels::cpu::Vectors::Avx2Fma {
             let ceiling = r.l1_ceiling_gflops.expect("a vector FMA here");

@@ -35,9 +35,22 @@ pub struct GpuReport {
     /// GEMM figures.
     pub gemm: Vec<GpuGemmRow>,
     /// The MLP step on the CUDA backend (f32), milliseconds, and PyTorch CUDA's.
-    pub train_step: super::kernels::StepRow,
+    pub train_step: GpuStep,
     /// Why a peer figure is missing.
     pub peer_note: Option<String>,
+}
+
+/// The MLP step on the GPU.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuStep {
+    /// Ours, median milliseconds.
+    pub ms: f64,
+    /// PyTorch CUDA's; `null` if it could not run.
+    pub peer_ms: Option<f64>,
+    /// `ms / peer_ms`.
+    pub ratio: Option<f64>,
+    /// GEMM work in one step, GFLOP.
+    pub gemm_gflop: f64,
 }
 
 /// Dense (no sparsity) peak TFLOP/s by device name and precision, from the vendors' data sheets.
@@ -99,7 +112,7 @@ pub fn run(params: &KernelParams) -> Result<GpuReport, String> {
     Ok(GpuReport {
         device: info.to_string(),
         gemm,
-        train_step: super::kernels::StepRow {
+        train_step: GpuStep {
             ms,
             peer_ms,
             ratio: peer_ms.map(|p| ms / p),

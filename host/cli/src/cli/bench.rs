@@ -574,6 +574,20 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
         format!("{:.2}", s.gemm_gflop),
     ]);
     print!("{t}");
+    println!(
+        "the step is {:.2}x its GEMM floor ({:.2} ms: its GFLOP at the best GEMM rate above); \
+         its GEMMs timed alone take {:.2} ms ({:.2}x the floor)",
+        s.of_floor, s.floor_ms, s.gemms_ms, s.gemms_of_floor
+    );
+    let mut t = Table::new(&["step GEMM (m x n x k)", "ms", "GFLOP/s"]);
+    for g in &s.gemms {
+        t.row(vec![
+            g.shape.clone(),
+            format!("{:.3}", g.ms),
+            format!("{:.1}", g.gflops),
+        ]);
+    }
+    print!("{t}");
     match (&r.bf16, &r.bf16_note) {
         (Some(b), _) => {
             println!("bf16: {}", b.backend);
