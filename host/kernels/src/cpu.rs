@@ -400,8 +400,11 @@ impl Backend for CpuBackend {
             let label = label as usize;
             *loss = f64::from(total.ln() - (z[label] - max));
             let inv = grad_scale / total;
+            // A confident network's far-off classes give subnormal gradients, which every
+            // product of the backward pass would then compute on in microcode (see
+            // `AdamScalars::update`): zero instead.
             for g in g.iter_mut() {
-                *g *= inv;
+                *g = normal_or_zero(*g * inv);
             }
             g[label] -= grad_scale;
         };
@@ -620,20 +623,33 @@ struct AdamScalars {
 
 impl AdamScalars {
     /// One Adam update of `p` by gradient `g`, moments `m` and `v`.
+    ///
+    /// Subnormal gradients and moments count as zero. Where a parameter's gradient stays zero
+    /// (a unit no input activates), its first moment decays by `beta1` a step and turns
+    /// subnormal after some 600 steps, and x86 CPUs compute on subnormals in microcode: training
+    /// `dense` went from 11.4 to 17-23 ms a step on the Intel Xeon from step 700 on, half a
+    /// million of its 1.86 M first moments subnormal. A subnormal moment moves its parameter by
+    /// less than 1e-38 of the learning rate; zero moves it by nothing.
     #[inline(always)]
     fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let n = p.len();
         let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
         for i in 0..n {
-            let g = g[i];
-            let mi = self.b1 * m[i] + (1.0 - self.b1) * g;
-            let vi = self.b2 * v[i] + (1.0 - self.b2) * g * g;
+            let g = normal_or_zero(g[i]);
+            let mi = normal_or_zero(self.b1 * m[i] + (1.0 - self.b1) * g);
+            let vi = normal_or_zero(self.b2 * v[i] + (1.0 - self.b2) * g * g);
             m[i] = mi;
             v[i] = vi;
             p[i] =
                 p[i] * self.decay - self.step_size * mi / (vi.sqrt() * self.inv_sqrt_c2 + self.eps);
         }
     }
+}
+
+/// `x`, or zero where it is subnormal (branch-free, so loops around it vectorise).
+#[inline(always)]
+fn normal_or_zero(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
 }
 
 /// Element-wise loops compiled again for the widest vectors the CPU has, picked at run time

@@ -198,6 +198,55 @@ fn adam_matches_the_reference_over_several_steps() {
 }
 
 #[test]
+fn adam_moments_never_turn_subnormal_which_made_long_training_up_to_2x_slower() {
+    // Parameters whose gradient stays zero: their moments decay by beta1 / beta2 each step,
+    // and from just above the smallest normal f32 they would turn subnormal at once. Sizes
+    // that run inline and on the pool, and a gradient that is itself subnormal.
+    for cpu in backends() {
+        for n in [37, 70_000] {
+            let mut p = values(n, 40);
+            let mut m = vec![1.1 * f32::MIN_POSITIVE; n];
+            let mut v = vec![1.0001 * f32::MIN_POSITIVE; n];
+            let mut g = vec![0.0; n];
+            g[0] = f32::MIN_POSITIVE / 4.0;
+            let before = p.clone();
+            for step in 1..=3 {
+                cpu.adam_step(&Adam::default(), step, &mut p, &g, &mut m, &mut v)
+                    .unwrap();
+            }
+            let subnormal = |x: &[f32]| x.iter().filter(|x| x.is_subnormal()).count();
+            assert_eq!((subnormal(&m), subnormal(&v)), (0, 0), "n = {n}");
+            assert!(m.iter().chain(&v).all(|x| *x == 0.0), "n = {n}");
+            // What they would have moved the parameters by is below f32's resolution anyway.
+            assert_close(&p, &before, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn a_confident_rows_softmax_gradient_is_zero_not_subnormal() {
+    // exp(-100) is subnormal in f32; the backward pass's products would compute on it in
+    // microcode. Rows inline and on the pool.
+    for cpu in backends() {
+        for rows in [2, 5000] {
+            let classes = 10;
+            let mut logits = vec![-100.0f32; rows * classes];
+            let labels: Vec<f32> = (0..rows).map(|r| (r % classes) as f32).collect();
+            for (r, l) in labels.iter().enumerate() {
+                logits[r * classes + *l as usize] = 0.0;
+            }
+            let mut grad = vec![f32::NAN; rows * classes];
+            let loss = cpu
+                .softmax_cross_entropy(&logits, &labels, classes, 1.0 / rows as f32, &mut grad)
+                .unwrap();
+            assert!(grad.iter().all(|g| !g.is_subnormal() && g.is_finite()));
+            assert!(grad.iter().all(|g| *g == 0.0), "{:?}", &grad[..classes]);
+            assert!((0.0..1e-30).contains(&loss), "{loss}");
+        }
+    }
+}
+
+#[test]
 fn all_reduce_sums_into_every_replica_in_replica_order() {
     let pools = [
         CpuBackend::new(1).unwrap(),
