@@ -394,17 +394,14 @@ impl Backend for CpuBackend {
             let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
             for (g, &z) in g.iter_mut().zip(z) {
-                *g = (z - max).exp();
+                *g = normal_or_zero((z - max).exp());
                 total += *g;
             }
             let label = label as usize;
             *loss = f64::from(total.ln() - (z[label] - max));
             let inv = grad_scale / total;
-            // A confident network's far-off classes give subnormal gradients, which every
-            // product of the backward pass would then compute on in microcode (see
-            // `AdamScalars::update`): zero instead.
             for g in g.iter_mut() {
-                *g = normal_or_zero(*g * inv);
+                *g = at_least(*g * inv, NEGLIGIBLE_GRADIENT);
             }
             g[label] -= grad_scale;
         };
@@ -441,7 +438,7 @@ impl Backend for CpuBackend {
         for ((g, p), t) in grad.iter_mut().zip(prediction).zip(target) {
             let d = p - t;
             total += f64::from(d) * f64::from(d);
-            *g = 2.0 * d * grad_scale;
+            *g = at_least(2.0 * d * grad_scale, NEGLIGIBLE_GRADIENT);
         }
         Ok(total)
     }
@@ -472,6 +469,8 @@ impl Backend for CpuBackend {
             decay,
             step_size,
             inv_sqrt_c2,
+            g_min: AdamScalars::least_gradient(b1, b2),
+            u_min: AdamScalars::least_update(step_size),
         };
         let update = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             wide::adam(&k, p, g, m, v);
@@ -553,6 +552,15 @@ impl Backend for CpuBackend {
     }
 }
 
+/// Loss gradients smaller than this count as zero. A confident network's far-off classes give
+/// gradients of 1e-37 and less, and their products with weights and activations in the backward
+/// pass turn subnormal, which x86 CPUs compute on in microcode (training `dense` on the Intel
+/// Xeon: the two backward products below the last layer 1.4x slower in the steps where they
+/// did). 2^-100 leaves 26 binary orders of magnitude of products above the smallest normal
+/// f32, and drops only what f32 cannot carry anyway: a class probability that small is lost in
+/// the label's own gradient, `p - 1`, below 2^-24.
+const NEGLIGIBLE_GRADIENT: f32 = 1.0 / (1u128 << 100) as f32;
+
 /// Columns of c a bias-gradient band must have at least for the sums to be split over threads.
 const BIAS_BAND_MIN: usize = 64;
 
@@ -619,37 +627,64 @@ struct AdamScalars {
     decay: f32,
     step_size: f32,
     inv_sqrt_c2: f32,
+    /// Smaller gradients count as zero: `(1 - b1) g` or `(1 - b2) g^2` would be subnormal.
+    g_min: f32,
+    /// Smaller `m / (sqrt(v) + eps)` count as zero: `step_size` times it would be subnormal.
+    u_min: f32,
 }
 
 impl AdamScalars {
+    /// The least gradient that counts: below it `(1 - b1) g` or `(1 - b2) g^2` is subnormal.
+    fn least_gradient(b1: f32, b2: f32) -> f32 {
+        let min = f64::from(f32::MIN_POSITIVE);
+        let below = |scale: f64| if scale == 0.0 { 0.0 } else { min / scale };
+        let (s1, s2) = (f64::from(1.0 - b1).abs(), f64::from(1.0 - b2).abs());
+        below(s1).max(below(s2).sqrt()).max(min) as f32
+    }
+
+    /// The least `m / (sqrt(v) + eps)` that counts: below it `step_size` times it is subnormal.
+    fn least_update(step_size: f32) -> f32 {
+        if step_size == 0.0 {
+            return 0.0;
+        }
+        (f64::from(f32::MIN_POSITIVE) / f64::from(step_size).abs()) as f32
+    }
+
     /// One Adam update of `p` by gradient `g`, moments `m` and `v`.
     ///
-    /// Subnormal gradients and moments count as zero. Where a parameter's gradient stays zero
-    /// (a unit no input activates), its first moment decays by `beta1` a step and turns
-    /// subnormal after some 600 steps, and x86 CPUs compute on subnormals in microcode: training
-    /// `dense` went from 11.4 to 17-23 ms a step on the Intel Xeon from step 700 on, half a
-    /// million of its 1.86 M first moments subnormal. A subnormal moment moves its parameter by
-    /// less than 1e-38 of the learning rate; zero moves it by nothing.
+    /// No step computes on or makes a subnormal: gradients, moments and updates that would be
+    /// count as zero. Where a parameter's gradient stays zero (a unit no input activates), its
+    /// first moment decays by `beta1` a step, and its update `step_size * m / ...` turns
+    /// subnormal some 600 steps in; x86 CPUs compute on subnormals in microcode. Training
+    /// `dense` went from 11.4 to 17-23 ms a step on the Intel Xeon from step 700 on, with half a
+    /// million of its 1.86 M first moments subnormal. What is dropped would move a parameter by
+    /// less than the smallest normal f32.
     #[inline(always)]
     fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let n = p.len();
         let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
         for i in 0..n {
-            let g = normal_or_zero(g[i]);
+            let g = at_least(g[i], self.g_min);
             let mi = normal_or_zero(self.b1 * m[i] + (1.0 - self.b1) * g);
             let vi = normal_or_zero(self.b2 * v[i] + (1.0 - self.b2) * g * g);
             m[i] = mi;
             v[i] = vi;
-            p[i] =
-                p[i] * self.decay - self.step_size * mi / (vi.sqrt() * self.inv_sqrt_c2 + self.eps);
+            let u = at_least(mi / (vi.sqrt() * self.inv_sqrt_c2 + self.eps), self.u_min);
+            p[i] = p[i] * self.decay - self.step_size * u;
         }
     }
+}
+
+/// `x`, or zero where `|x| < min` (branch-free, so loops around it vectorise).
+#[inline(always)]
+fn at_least(x: f32, min: f32) -> f32 {
+    if x.abs() < min { 0.0 } else { x }
 }
 
 /// `x`, or zero where it is subnormal (branch-free, so loops around it vectorise).
 #[inline(always)]
 fn normal_or_zero(x: f32) -> f32 {
-    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
+    at_least(x, f32::MIN_POSITIVE)
 }
 
 /// Element-wise loops compiled again for the widest vectors the CPU has, picked at run time
