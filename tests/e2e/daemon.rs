@@ -775,11 +775,17 @@ pub(crate) fn spirals_csv() -> String {
 }
 
 /// Trains on `spirals.csv` (class id in column 1) through `standardize`, on the CPU.
+///
+/// Adam at 0.005: at the default 0.01 this network sat at the edge of stability, and a change
+/// of rounding alone (the CPU backend's own kernels for the 3-wide last layer) sent seed 2 to
+/// 0.856 test accuracy while seeds 1 and 3-8 reached 0.978-1.0. At 0.005 seeds 1-8 reach
+/// 0.978-1.0 with either rounding.
 pub(crate) fn spirals_train(epochs: u64) -> String {
     TrainToml {
         seed: 2,
         epochs,
         batch_size: 32,
+        lr: 0.005,
         backend: Some(BackendChoice::Cpu),
         ..TrainToml::new(TrainData::dataset("spirals.csv", 1, Some("standardize")))
     }
