@@ -205,6 +205,39 @@ pub trait Backend: Send + Sync + Sized {
     /// `grad[i] = 0` where the ReLU's output `activated[i]` is 0.
     fn relu_backward(&self, grad: &mut Self::Buffer, activated: &Self::Buffer) -> Result<()>;
 
+    /// A dense layer's forward pass: [`Backend::gemm`] into `c`, then
+    /// [`Backend::bias_activation`] on it. A backend may apply the epilogue to each part of c
+    /// as it is computed, while that part is still in cache; the result is the same.
+    fn gemm_bias_activation(
+        &self,
+        shape: GemmShape,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        c: &mut Self::Buffer,
+        bias: &Self::Buffer,
+        relu: bool,
+    ) -> Result<()> {
+        self.gemm(shape, a, b, c)?;
+        self.bias_activation(c, bias, relu)
+    }
+
+    /// The delta below a ReLU layer, and that layer's bias gradient: [`Backend::gemm`] into
+    /// `c`, [`Backend::relu_backward`] on it against `activated`, then [`Backend::bias_grad`]
+    /// of it into `bias_grad`. Fused like [`Backend::gemm_bias_activation`], same result.
+    fn gemm_relu_backward(
+        &self,
+        shape: GemmShape,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        c: &mut Self::Buffer,
+        activated: &Self::Buffer,
+        bias_grad: &mut Self::Buffer,
+    ) -> Result<()> {
+        self.gemm(shape, a, b, c)?;
+        self.relu_backward(c, activated)?;
+        self.bias_grad(c, bias_grad)
+    }
+
     /// `out[j] = sum_i grad[i][j]`: the bias gradient (column sums), overwriting `out`.
     fn bias_grad(&self, grad: &Self::Buffer, out: &mut Self::Buffer) -> Result<()>;
 

@@ -42,6 +42,9 @@ const TRANSPOSE_B_MIN: usize = 1 << 16;
 /// and 1024 and 2048 cubed gain 2-3 %.
 const BAND_MIN: usize = 256;
 
+/// What runs on each band of a GEMM's c once computed: `(c, j0, width)`.
+type Epilogue<'a> = dyn Fn(Shared, usize, usize) + Sync + 'a;
+
 /// A pointer into `c` that the band threads share: each writes only its own columns.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -150,8 +153,28 @@ impl CpuBackend {
         self.threads == 1 || n / self.threads >= BAND_MIN
     }
 
+    /// Whether [`Backend::gemm`] runs `s` in bands of columns on [`Self::gemm_strided`] (f32,
+    /// neither narrow nor transposed into scratch first): then an epilogue can run on each band
+    /// as soon as it is computed, on the thread that computed it.
+    fn fuses_epilogues(&self, s: &GemmShape) -> bool {
+        self.precision == Precision::F32
+            && !narrow::applies(s)
+            && self.in_single_threaded_parts(s.n)
+            && s.m > 0
+            && s.n > 0
+    }
+
     /// The GEMM on the operands as stored, transposes expressed as strides. Lengths checked.
-    fn gemm_strided(&self, s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
+    /// `epilogue(c, j0, width)`, if given, runs on columns `j0..j0 + width` of c (a pointer to
+    /// c's first value) right after they are computed, on the same thread.
+    fn gemm_strided(
+        &self,
+        s: GemmShape,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        epilogue: Option<&Epilogue>,
+    ) -> Result<()> {
         let a_cols = if s.op_a == Op::N { s.k } else { s.m };
         let b_cols = if s.op_b == Op::N { s.n } else { s.k };
         let (a_rs, a_cs) = strides(s.op_a, a_cols, s.m);
@@ -186,6 +209,9 @@ impl CpuBackend {
                     false,
                     parallelism,
                 );
+            }
+            if let Some(epilogue) = epilogue {
+                epilogue(c_ptr, j0, width);
             }
         };
         if self.threads == 1 {
@@ -314,9 +340,70 @@ impl Backend for CpuBackend {
             let scratch: &mut Vec<f32> = &mut scratch;
             self.pool.install(|| transpose(b, s.n, s.k, scratch));
             let shape = GemmShape { op_b: Op::N, ..s };
-            return self.gemm_strided(shape, a, scratch, c);
+            return self.gemm_strided(shape, a, scratch, c, None);
         }
-        self.gemm_strided(s, a, b, c)
+        self.gemm_strided(s, a, b, c, None)
+    }
+
+    fn gemm_bias_activation(
+        &self,
+        s: GemmShape,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        c: &mut Vec<f32>,
+        bias: &Vec<f32>,
+        relu: bool,
+    ) -> Result<()> {
+        if !self.fuses_epilogues(&s) {
+            self.gemm(s, a, b, c)?;
+            return self.bias_activation(c, bias, relu);
+        }
+        s.check(a.len(), b.len(), c.len())?;
+        check_len("gemm_bias_activation", "bias", bias.len(), s.n)?;
+        let (m, n) = (s.m, s.n);
+        let epilogue = |c: Shared, j0: usize, width: usize| {
+            for i in 0..m {
+                // SAFETY: columns j0..j0 + width of row i are inside c, and only this band's
+                // thread touches them now (see `gemm_strided`).
+                let row = unsafe { std::slice::from_raw_parts_mut(c.at(i * n + j0), width) };
+                wide::add_bias(row, &bias[j0..j0 + width], relu);
+            }
+        };
+        self.gemm_strided(s, a, b, c, Some(&epilogue))
+    }
+
+    fn gemm_relu_backward(
+        &self,
+        s: GemmShape,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        c: &mut Vec<f32>,
+        activated: &Vec<f32>,
+        bias_grad: &mut Vec<f32>,
+    ) -> Result<()> {
+        if !self.fuses_epilogues(&s) {
+            self.gemm(s, a, b, c)?;
+            self.relu_backward(c, activated)?;
+            return self.bias_grad(c, bias_grad);
+        }
+        s.check(a.len(), b.len(), c.len())?;
+        check_len("gemm_relu_backward", "activated", activated.len(), c.len())?;
+        check_len("gemm_relu_backward", "bias_grad", bias_grad.len(), s.n)?;
+        let (m, n) = (s.m, s.n);
+        let sums = Shared(bias_grad.as_mut_ptr());
+        // The same values as `relu_backward` then `bias_grad`: each column summed over the rows
+        // in order, from zero.
+        let epilogue = |c: Shared, j0: usize, width: usize| {
+            // SAFETY: columns j0..j0 + width of the bias gradient, this band's alone.
+            let sums = unsafe { std::slice::from_raw_parts_mut(sums.at(j0), width) };
+            sums.fill(0.0);
+            for i in 0..m {
+                // SAFETY: as in `gemm_bias_activation`.
+                let row = unsafe { std::slice::from_raw_parts_mut(c.at(i * n + j0), width) };
+                wide::mask_and_sum(row, &activated[i * n + j0..][..width], sums);
+            }
+        };
+        self.gemm_strided(s, a, b, c, Some(&epilogue))
     }
 
     fn bias_activation(&self, x: &mut Vec<f32>, bias: &Vec<f32>, relu: bool) -> Result<()> {
@@ -591,6 +678,15 @@ fn mask_inactive(g: &mut [f32], a: &[f32]) {
     }
 }
 
+/// [`mask_inactive`] on one row of the gradient, then its values added to `sums`.
+#[inline(always)]
+fn mask_and_sum(g: &mut [f32], a: &[f32], sums: &mut [f32]) {
+    for ((g, a), s) in g.iter_mut().zip(a).zip(sums.iter_mut()) {
+        *g = if *a > 0.0 { *g } else { 0.0 };
+        *s += *g;
+    }
+}
+
 /// `sums[j] = sum over rows of grad[row][first + j]`, rows in order.
 #[inline(always)]
 fn sum_columns(grad: &[f32], cols: usize, first: usize, sums: &mut [f32]) {
@@ -743,6 +839,10 @@ mod wide {
     widened! {
         /// [`super::mask_inactive`] at the widest width here.
         fn mask_inactive(g: &mut [f32], a: &[f32]) = super::mask_inactive;
+    }
+    widened! {
+        /// [`super::mask_and_sum`] at the widest width here.
+        fn mask_and_sum(g: &mut [f32], a: &[f32], sums: &mut [f32]) = super::mask_and_sum;
     }
     widened! {
         /// [`super::sum_columns`] at the widest width here.

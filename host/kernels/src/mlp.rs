@@ -262,14 +262,9 @@ pub fn forward_loaded<B: Backend>(
         let (done, rest) = ws.acts.split_at_mut(l);
         let x = if l == 0 { &ws.input } else { &done[l - 1] };
         let out = &mut rest[0];
-        backend.gemm(
-            forward_gemm(spec, ws.rows, l),
-            x,
-            &params.tensors[2 * l],
-            out,
-        )?;
         let relu = l + 1 < layers && spec.activation == Activation::Relu;
-        backend.bias_activation(out, &params.tensors[2 * l + 1], relu)?;
+        let (w, bias) = (&params.tensors[2 * l], &params.tensors[2 * l + 1]);
+        backend.gemm_bias_activation(forward_gemm(spec, ws.rows, l), x, w, out, bias, relu)?;
     }
     Ok(())
 }
@@ -316,25 +311,27 @@ pub fn backward<B: Backend>(
     grads: &mut Params<B>,
 ) -> Result<()> {
     let rows = ws.rows;
-    for l in (0..spec.layers()).rev() {
+    let top = spec.layers() - 1;
+    // db of the top layer: column sums of the loss gradient. Every layer below gets its db
+    // with its delta, in the same call.
+    backend.bias_grad(&ws.deltas[top], &mut grads.tensors[2 * top + 1])?;
+    for l in (0..=top).rev() {
         let (lower, upper) = ws.deltas.split_at_mut(l);
         let delta = &upper[0];
         let x = if l == 0 { &ws.input } else { &ws.acts[l - 1] };
-        // dW = x^T * delta, db = column sums of delta
-        let (dw, db) = grads.tensors[2 * l..2 * l + 2].split_at_mut(1);
-        backend.gemm(weight_grad_gemm(spec, rows, l), x, delta, &mut dw[0])?;
-        backend.bias_grad(delta, &mut db[0])?;
+        // dW = x^T * delta
+        let (below_grads, grads_l) = grads.tensors.split_at_mut(2 * l);
+        backend.gemm(weight_grad_gemm(spec, rows, l), x, delta, &mut grads_l[0])?;
         if l > 0 {
-            // delta_below = delta * W^T, then through the activation
-            let below = &mut lower[l - 1];
-            backend.gemm(
-                input_grad_gemm(spec, rows, l),
-                delta,
-                &params.tensors[2 * l],
-                below,
-            )?;
+            // delta_below = delta * W^T, then through the activation; db below = its column sums
+            let (below, db_below) = (&mut lower[l - 1], &mut below_grads[2 * l - 1]);
+            let (shape, w) = (input_grad_gemm(spec, rows, l), &params.tensors[2 * l]);
             if spec.activation == Activation::Relu {
-                backend.relu_backward(below, &ws.acts[l - 1])?;
+                let activated = &ws.acts[l - 1];
+                backend.gemm_relu_backward(shape, delta, w, below, activated, db_below)?;
+            } else {
+                backend.gemm(shape, delta, w, below)?;
+                backend.bias_grad(below, db_below)?;
             }
         }
     }

@@ -70,6 +70,38 @@ fn narrow_products_are_the_same_on_one_thread_and_two() {
 }
 
 #[test]
+fn fused_epilogues_give_the_same_bits_as_the_separate_calls() {
+    // Bands of columns with the epilogue inside (1 thread: one band; 2 threads: 256 x 1024 x
+    // 784 and 37 x 530 x 40, ragged), and shapes that fall back to the separate calls: too
+    // narrow for bands on 2 threads (5 x 300 x 20), a narrow product (9 x 10 x 50).
+    for cpu in backends() {
+        for (m, n, k) in [(256, 1024, 784), (37, 530, 40), (5, 300, 20), (9, 10, 50)] {
+            for op_b in [Op::N, Op::T] {
+                let s = GemmShape::new(Op::N, op_b, m, n, k);
+                let (a, b) = (values(m * k, 50), values(k * n, 51));
+                let (bias, activated) = (values(n, 52), values(m * n, 53));
+                for relu in [true, false] {
+                    let (mut fused, mut apart) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                    cpu.gemm_bias_activation(s, &a, &b, &mut fused, &bias, relu)
+                        .unwrap();
+                    cpu.gemm(s, &a, &b, &mut apart).unwrap();
+                    cpu.bias_activation(&mut apart, &bias, relu).unwrap();
+                    assert!(fused == apart, "{s:?}, relu {relu}");
+                }
+                let (mut fused, mut apart) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                let (mut db_fused, mut db_apart) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                cpu.gemm_relu_backward(s, &a, &b, &mut fused, &activated, &mut db_fused)
+                    .unwrap();
+                cpu.gemm(s, &a, &b, &mut apart).unwrap();
+                cpu.relu_backward(&mut apart, &activated).unwrap();
+                cpu.bias_grad(&apart, &mut db_apart).unwrap();
+                assert!(fused == apart && db_fused == db_apart, "{s:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn gemm_with_beta_zero_ignores_nan_in_c() {
     let cpu = CpuBackend::new(1).unwrap();
     let mut c = vec![f32::NAN; 4];
