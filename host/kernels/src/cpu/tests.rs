@@ -6,6 +6,17 @@ fn backends() -> Vec<CpuBackend> {
     vec![CpuBackend::new(1).unwrap(), CpuBackend::new(2).unwrap()]
 }
 
+/// Every transpose and `alpha`/`beta` of each size, on 1 and 2 threads, against the reference.
+fn assert_gemms_match_the_reference(sizes: &[(usize, usize, usize)]) {
+    for cpu in backends() {
+        for case in gemm_cases(sizes) {
+            let mut got = case.c.clone();
+            cpu.gemm(case.shape, &case.a, &case.b, &mut got).unwrap();
+            assert_close(&got, &case.want, 1e-4);
+        }
+    }
+}
+
 #[test]
 fn gemm_matches_the_reference_for_every_transpose_and_odd_sizes() {
     // (37, 300, 250) and (37, 200, 410), on 2 threads: too narrow for bands, so a transposed b
@@ -22,13 +33,7 @@ fn gemm_matches_the_reference_for_every_transpose_and_odd_sizes() {
         (9, 530, 40),
         (5, 530, 130),
     ];
-    for cpu in backends() {
-        for case in gemm_cases(&sizes) {
-            let mut got = case.c.clone();
-            cpu.gemm(case.shape, &case.a, &case.b, &mut got).unwrap();
-            assert_close(&got, &case.want, 1e-4);
-        }
-    }
+    assert_gemms_match_the_reference(&sizes);
 }
 
 #[test]
@@ -49,13 +54,7 @@ fn narrow_products_match_the_reference_for_every_transpose_and_edge() {
         (5, 17, 3),
         (70, 33, 1),
     ];
-    for cpu in backends() {
-        for case in gemm_cases(&sizes) {
-            let mut got = case.c.clone();
-            cpu.gemm(case.shape, &case.a, &case.b, &mut got).unwrap();
-            assert_close(&got, &case.want, 1e-4);
-        }
-    }
+    assert_gemms_match_the_reference(&sizes);
 }
 
 #[test]
