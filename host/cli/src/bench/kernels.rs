@@ -224,21 +224,16 @@ impl Measured {
     /// The best of two rounds, figure by figure.
     fn best_with(self, other: Measured) -> Measured {
         Measured {
-            gemm_gflops: self
-                .gemm_gflops
-                .iter()
-                .zip(&other.gemm_gflops)
-                .map(|(x, y)| x.max(*y))
-                .collect(),
+            gemm_gflops: pairwise(&self.gemm_gflops, &other.gemm_gflops, f64::max),
             step_ms: self.step_ms.min(other.step_ms),
-            product_ms: self
-                .product_ms
-                .iter()
-                .zip(&other.product_ms)
-                .map(|(x, y)| x.min(*y))
-                .collect(),
+            product_ms: pairwise(&self.product_ms, &other.product_ms, f64::min),
         }
     }
+}
+
+/// `f` of each pair of figures of two rounds.
+fn pairwise(x: &[f64], y: &[f64], f: fn(f64, f64) -> f64) -> Vec<f64> {
+    x.iter().zip(y).map(|(x, y)| f(*x, *y)).collect()
 }
 
 fn measure_ours(
@@ -261,28 +256,19 @@ fn measure(
     params: &KernelParams,
     cpu: &CpuBackend,
 ) -> Result<Measured, gantry_kernels::KernelError> {
-    let mut gemm_gflops = Vec::new();
-    for &(n, reps) in &params.gemm {
-        let a = agreement::values(n * n, 1);
-        let b = agreement::values(n * n, 2);
-        let mut c = vec![0.0; n * n];
-        let shape = GemmShape::new(Op::N, Op::N, n, n, n);
-        let secs = median_secs(reps, 2, || {
-            cpu.gemm(shape, &a, &b, &mut c).expect("shapes match");
-        });
-        gemm_gflops.push(shape.flops() / secs / 1e9);
-    }
+    let gemm_gflops = params
+        .gemm
+        .iter()
+        .map(|&(n, reps)| {
+            let shape = GemmShape::new(Op::N, Op::N, n, n, n);
+            shape.flops() / gemm_secs(cpu, shape, reps) / 1e9
+        })
+        .collect();
     let spec = step_spec(params);
-    let mut product_ms = Vec::new();
-    for shape in step_gemms(&spec, params.step_batch) {
-        let a = agreement::values(shape.m * shape.k, 1);
-        let b = agreement::values(shape.k * shape.n, 2);
-        let mut c = vec![0.0; shape.m * shape.n];
-        let secs = median_secs(params.step_reps, 2, || {
-            cpu.gemm(shape, &a, &b, &mut c).expect("shapes match");
-        });
-        product_ms.push(secs * 1e3);
-    }
+    let product_ms = step_gemms(&spec, params.step_batch)
+        .into_iter()
+        .map(|shape| gemm_secs(cpu, shape, params.step_reps) * 1e3)
+        .collect();
     let data = synthetic::dense_classes(params.step_batch, spec.inputs(), spec.outputs(), 1);
     let mut trainer = Trainer::new(
         spec,
@@ -304,6 +290,16 @@ fn measure(
             product_ms,
         }),
     }
+}
+
+/// Median seconds of `reps` GEMMs of `shape` on `cpu` (after 2 untimed), fixed operands.
+fn gemm_secs(cpu: &CpuBackend, shape: GemmShape, reps: usize) -> f64 {
+    let a = agreement::values(shape.m * shape.k, 1);
+    let b = agreement::values(shape.k * shape.n, 2);
+    let mut c = vec![0.0; shape.m * shape.n];
+    median_secs(reps, 2, || {
+        cpu.gemm(shape, &a, &b, &mut c).expect("shapes match");
+    })
 }
 
 pub(crate) fn step_spec(params: &KernelParams) -> MlpSpec {

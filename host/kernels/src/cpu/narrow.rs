@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::{Shared, Vectors, vectors};
+use super::{Shared, Vectors, transpose, vectors};
 use crate::backend::GemmShape;
 use crate::reference::Op;
 
@@ -51,13 +51,9 @@ pub(super) fn gemm(
         }
         (scratch, WIDE)
     } else if s.op_b == Op::T {
-        scratch.clear();
+        // b is stored n x k; its transpose, k x n, in the backend's tiles.
         scratch.resize(s.k * s.n, 0.0);
-        for (p, row) in scratch.chunks_exact_mut(s.n).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = b[j * s.k + p];
-            }
-        }
+        pool.install(|| transpose(b, s.n, s.k, scratch));
         (scratch, s.n)
     } else {
         (b, s.n)
