@@ -49,6 +49,17 @@ pub enum TrainError {
         /// Steps taken.
         step: u32,
     },
+    /// The run diverged at `step`: its loss, or a parameter, turned NaN or infinite. Nothing
+    /// from that step on was kept: the newest checkpoint, if any, is from before it.
+    #[error("training diverged at step {step} (epoch {epoch}): {reason}")]
+    Diverged {
+        /// The step whose loss or parameters were not finite.
+        step: u32,
+        /// Its epoch, counted from 1.
+        epoch: u64,
+        /// What was not finite, and what may help.
+        reason: String,
+    },
     /// A kernel or device failed.
     #[error(transparent)]
     Kernel(#[from] gantry_kernels::KernelError),

@@ -216,6 +216,34 @@ fn bad_configs_exit_1_naming_the_line_and_write_nothing() {
     assert!(text(&out).1.contains("/no/such/train.toml"));
 }
 
+/// Found by a hostile config: with `lr = 1e30` the loss was NaN from step 2 on, and `gantry
+/// train` went on to its last epoch, wrote NaN checkpoints and exited 0.
+#[test]
+fn a_run_that_diverges_exits_1_keeping_only_the_checkpoints_from_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let table = format!(
+        "[checkpoint]\ndir = \"{}\"\nevery_steps = 1\n",
+        ckpt.display()
+    );
+    let path = config(dir.path(), 2, &table);
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("lr = 0.01", "lr = 1e30")).unwrap();
+    let out = gantry(&["train", "--config", path.to_str().unwrap()], dir.path());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("training diverged at step 2 (epoch 1): its batch's loss was NaN"),
+        "{stderr}"
+    );
+    let mut kept: Vec<String> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-00000001.ckpt"]);
+}
+
 /// Three classes of points around three centres as CSV (`x,y,class`): `rows` rows, spread by
 /// `seed`; `mangle` edits each line (1-based line number, text) before it is written.
 fn blobs(path: &Path, rows: usize, seed: u64, mangle: impl Fn(usize, String) -> String) {

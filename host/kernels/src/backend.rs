@@ -33,6 +33,10 @@ pub enum KernelError {
     /// The backend cannot do this (a precision it lacks, say).
     #[error("{0}")]
     Unsupported(String),
+    /// A value outside the domain where training is defined: an optimizer setting (see
+    /// [`crate::Optimizer::invalid_setting`]), or a saved state holding NaN or infinity.
+    #[error("{0}")]
+    Invalid(String),
     /// The device, its driver or a library on it failed.
     #[error("{context}: {message}")]
     Device {

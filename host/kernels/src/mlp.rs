@@ -385,6 +385,70 @@ pub enum Optimizer {
     Adam(Adam),
 }
 
+impl Optimizer {
+    /// The learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            Optimizer::Sgd { lr, .. } => lr,
+            Optimizer::Adam(a) => a.lr,
+        }
+    }
+
+    /// The first setting outside the range where its update is defined, as `(field, message)`;
+    /// `None` when all are inside. PyTorch's ranges, closed where an end point breaks the
+    /// update: a beta of 1 makes Adam's bias correction divide by zero and above 1 its moments
+    /// grow without bound, a zero `eps` divides zero by zero for a parameter with no gradient
+    /// yet, a momentum of 1 or more never forgets, and AdamW's decay `1 - lr * weight_decay`
+    /// must stay a decay.
+    pub fn invalid_setting(&self) -> Option<(&'static str, String)> {
+        let positive = |field, v: f32| {
+            (!(v > 0.0 && v.is_finite())).then_some((field, "a positive finite number", v))
+        };
+        let non_negative = |field, v: f32| {
+            (!(v >= 0.0 && v.is_finite())).then_some((field, "a finite number of at least 0", v))
+        };
+        let below_one =
+            |field, v: f32| (!(0.0..1.0).contains(&v)).then_some((field, "in [0, 1)", v));
+        let bad = match *self {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => positive("lr", lr)
+                .or(below_one("momentum", momentum))
+                .or(non_negative("weight_decay", weight_decay)),
+            Optimizer::Adam(a) => positive("lr", a.lr)
+                .or(below_one("beta1", a.beta1))
+                .or(below_one("beta2", a.beta2))
+                .or(positive("eps", a.eps))
+                .or(non_negative("weight_decay", a.weight_decay))
+                .or_else(|| {
+                    below_one("weight_decay", a.lr * a.weight_decay).map(|_| {
+                        (
+                            "weight_decay",
+                            "such that lr * weight_decay is below 1",
+                            a.weight_decay,
+                        )
+                    })
+                }),
+        };
+        bad.map(|(field, range, v)| {
+            (
+                field,
+                format!("`optimizer.{field}` must be {range}, not {v}"),
+            )
+        })
+    }
+
+    /// [`Optimizer::invalid_setting`] as an error.
+    pub fn check(&self) -> Result<()> {
+        match self.invalid_setting() {
+            Some((_, message)) => Err(KernelError::Invalid(message)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An optimizer's per-parameter state: the step count and up to two moment tensors per
 /// parameter tensor (SGD momentum uses `m` as its velocity).
 pub struct OptimizerState<B: Backend> {

@@ -128,6 +128,38 @@ pub struct TrainState {
     pub v: Vec<Vec<f32>>,
 }
 
+impl TrainState {
+    /// Refuses a state training cannot continue from: an optimizer setting outside its range,
+    /// or a parameter or moment that is NaN or infinite, or a negative second moment (the run
+    /// that saved it had diverged, or the state was made by hand).
+    pub fn check(&self) -> Result<()> {
+        self.optimizer.check()?;
+        for (what, tensors) in [("parameter", &self.params), ("first moment", &self.m)] {
+            if let Some((t, i, v)) = first(tensors, |v| !v.is_finite()) {
+                return Err(KernelError::Invalid(format!(
+                    "the saved {what} {i} of tensor {t} is {v}: the run that saved it had diverged"
+                )));
+            }
+        }
+        if let Some((t, i, v)) = first(&self.v, |v| !(v >= 0.0 && v.is_finite())) {
+            return Err(KernelError::Invalid(format!(
+                "the saved second moment {i} of tensor {t} is {v}, not a finite value of at least 0"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The first value of `tensors` for which `bad` holds: `(tensor, index, value)`.
+fn first(tensors: &[Vec<f32>], bad: impl Fn(f32) -> bool) -> Option<(usize, usize, f32)> {
+    tensors.iter().enumerate().find_map(|(t, values)| {
+        values
+            .iter()
+            .position(|&v| bad(v))
+            .map(|i| (t, i, values[i]))
+    })
+}
+
 struct Replica<B: Backend> {
     backend: B,
     params: Params<B>,
@@ -253,6 +285,7 @@ impl<B: Backend> Trainer<B> {
     /// each).
     pub fn new(spec: MlpSpec, optimizer: Optimizer, backends: Vec<B>, seed: u64) -> Result<Self> {
         spec.validate()?;
+        optimizer.check()?;
         let initial = spec.initial_parameters(seed);
         Self::with_parameters(spec, optimizer, backends, &initial)
     }
@@ -486,6 +519,7 @@ impl<B: Backend> Trainer<B> {
                 crate::backend::check_len("restore", what, t.len(), *want)?;
             }
         }
+        state.check()?;
         self.optimizer = state.optimizer;
         for r in &mut self.replicas {
             r.params.write(&r.backend, &state.params)?;

@@ -20,7 +20,9 @@
 //!
 //! [optimizer]
 //! kind = "adam"                       # or "sgd" (lr, momentum, weight_decay)
-//! lr = 0.01
+//! lr = 0.01                           # > 0
+//! # beta1 = 0.9, beta2 = 0.999          (each in [0, 1)); eps = 1e-8 (> 0)
+//! # weight_decay = 0.0                  (>= 0; AdamW's lr * weight_decay below 1)
 //!
 //! [devices]
 //! backend = "auto"                    # auto | cpu | cuda
@@ -32,6 +34,9 @@
 //! dir = "checkpoints"
 //! every_steps = 100                   # also one at the end
 //! ```
+//!
+//! A run whose loss or parameters turn NaN or infinite stops there with an error (see
+//! [`super::TrainError::Diverged`]); no checkpoint is written from that step on.
 
 use std::path::{Path, PathBuf};
 
@@ -323,37 +328,10 @@ impl TrainConfig {
         fault.map_or(Ok(()), |m| Err(("[data]", m.into())))
     }
 
-    /// A positive learning rate and finite hyper-parameters.
+    /// Every optimizer setting inside its range (the kernels' [`Optimizer::invalid_setting`],
+    /// the one place the ranges are written).
     fn check_optimizer(&self) -> Result<(), Bad> {
-        let (lr, hyper) = match self.optimizer {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => (
-                lr,
-                vec![("momentum", momentum), ("weight_decay", weight_decay)],
-            ),
-            Optimizer::Adam(a) => (
-                a.lr,
-                vec![
-                    ("beta1", a.beta1),
-                    ("beta2", a.beta2),
-                    ("eps", a.eps),
-                    ("weight_decay", a.weight_decay),
-                ],
-            ),
-        };
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(("lr", format!("`optimizer.lr` must be positive, not {lr}")));
-        }
-        match hyper.into_iter().find(|(_, v)| !v.is_finite()) {
-            Some((name, v)) => Err((
-                name,
-                format!("`optimizer.{name}` must be a finite number, not {v}"),
-            )),
-            None => Ok(()),
-        }
+        self.optimizer.invalid_setting().map_or(Ok(()), Err)
     }
 
     /// `model.classes`: for a classification only, and at least 2.
@@ -539,7 +517,36 @@ lr = 0.01
                 .unwrap_err()
                 .to_string();
             assert!(e.starts_with("t.toml:") && e.contains(field), "{to}: {e}");
-            assert!(e.contains("finite"), "{to}: {e}");
+            assert!(["NaN", "inf"].iter().any(|v| e.contains(v)), "{to}: {e}");
+        }
+    }
+
+    /// Found by a hostile config: `beta1 = 1`, `beta2 = 1.5` and `eps = 0` were accepted and
+    /// trained to a NaN loss that `gantry train` reported as a success.
+    #[test]
+    fn optimizer_settings_outside_their_range_are_refused_naming_the_line() {
+        for (to, want) in [
+            (
+                "lr = 0.01\nbeta1 = 1.0",
+                "t.toml:13: `optimizer.beta1` must be in [0, 1), not 1",
+            ),
+            (
+                "lr = 0.01\nbeta2 = 1.5",
+                "t.toml:13: `optimizer.beta2` must be in [0, 1), not 1.5",
+            ),
+            (
+                "lr = 0.01\neps = 0.0",
+                "t.toml:13: `optimizer.eps` must be a positive",
+            ),
+            (
+                "lr = 0.01\nweight_decay = 200.0",
+                "t.toml:13: `optimizer.weight_decay`",
+            ),
+        ] {
+            let e = TrainConfig::parse(&GOOD.replace("lr = 0.01", to), "t.toml".as_ref())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{to}: {e}");
         }
     }
 

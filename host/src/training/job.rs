@@ -205,4 +205,40 @@ checkpoint = { dir = "never-written", every_steps = 4 }
             "the final checkpoints differ"
         );
     }
+
+    /// Found by a hostile config: a run whose loss turned NaN (`lr = 1e30`) trained on to its
+    /// last epoch, wrote NaN checkpoints over good ones and reported success. It now fails at
+    /// the first step whose loss is not finite, and keeps nothing from that step on.
+    #[test]
+    fn a_run_whose_loss_turns_nan_fails_at_that_step_and_keeps_nothing_from_it() {
+        let text = CONFIG
+            .replace("lr = 0.01", "lr = 1e30")
+            .replace("every_steps = 4", "every_steps = 1");
+        let config = TrainConfig::parse(&text, "t.toml".as_ref()).unwrap();
+        let mut kept = Kept::default();
+        let e = Job::load(config, &TrainLimits::default())
+            .unwrap()
+            .run(Hooks::new().checkpoints(&mut kept))
+            .unwrap_err();
+        // Step 1 moves every parameter by about lr (finite); step 2's loss is NaN.
+        assert!(
+            matches!(
+                e,
+                TrainError::Diverged {
+                    step: 2,
+                    epoch: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains("loss was NaN") && e.contains("kept #1") && e.contains("1e30"),
+            "{e}"
+        );
+        let steps: Vec<u32> = kept.0.iter().map(|c| c.state.step).collect();
+        assert_eq!(steps, [1]);
+        assert!(kept.0[0].state.check().is_ok());
+    }
 }

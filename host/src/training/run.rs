@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gantry_kernels::train::epoch_order;
-use gantry_kernels::{Backend, CpuBackend, Evaluation, MlpSpec, Trainer};
+use gantry_kernels::{Backend, CpuBackend, Evaluation, MlpSpec, TrainState, Trainer};
 use serde::Serialize;
 
 use super::TrainError;
@@ -235,6 +235,8 @@ fn run<B: Backend>(
     let seconds = run.started.elapsed().as_secs_f64();
     if config.checkpoint.is_some() && resumed_at_step != Some(run.trainer.step_count()) {
         run.checkpoint(run.position)?;
+    } else {
+        run.finite_state()?;
     }
     let evaluated = run.evaluate()?;
     Ok(Outcome {
@@ -419,6 +421,10 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
 
     /// After a step of `rows` rows: the curve, the hooks, and a checkpoint when one is due.
     fn stepped(&mut self, rows: usize, loss: f64) -> Result<(), TrainError> {
+        if !loss.is_finite() {
+            // Every later step would train on it, and every later checkpoint keep it.
+            return Err(self.diverged(format!("its batch's loss was {loss}")));
+        }
         self.trained_rows += rows;
         self.epoch_losses.push(loss);
         self.position.batch += 1;
@@ -456,21 +462,52 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
 
     /// Hands a checkpoint continuing at `position` to the sink.
     fn checkpoint(&mut self, position: Position) -> Result<(), TrainError> {
-        let Some(sink) = self.sink.as_mut() else {
+        if self.sink.is_none() {
             return Ok(());
-        };
+        }
         let snapshot = Checkpoint {
-            state: self.trainer.snapshot()?,
+            state: self.finite_state()?,
             position,
             seed: self.config.seed,
             batch_size: self.config.batch_size,
             curve: self.curve.clone(),
             columns: self.data.columns.clone(),
         };
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(());
+        };
         let at = sink.save(&snapshot)?;
         tracing::debug!(at = %at, step = self.trainer.step_count(), "checkpoint written");
         self.last_checkpoint = Some(at);
         Ok(())
+    }
+
+    /// The trainer's state, refused when a parameter or moment is no longer finite: a NaN
+    /// parameter can leave the loss finite (a ReLU unit it silences), so a run is not trusted
+    /// on its losses alone before its state is kept or reported.
+    fn finite_state(&self) -> Result<TrainState, TrainError> {
+        let state = self.trainer.snapshot()?;
+        match state.check() {
+            Ok(()) => Ok(state),
+            Err(e) => Err(self.diverged(e.to_string())),
+        }
+    }
+
+    /// The error for a run that diverged at the current step, `what` saying how.
+    fn diverged(&self, what: String) -> TrainError {
+        let lr = self.config.optimizer.lr();
+        let kept = self
+            .last_checkpoint
+            .as_ref()
+            .map_or("nothing from it was kept".to_string(), |c| {
+                format!("nothing from it was kept: the newest checkpoint, {c}, is from before it")
+            });
+        TrainError::Diverged {
+            step: self.trainer.step_count(),
+            // Past the last epoch once the run has ended: then the last one.
+            epoch: (self.position.epoch + 1).min(self.config.epochs),
+            reason: format!("{what}; {kept}. A lower `optimizer.lr` (now {lr:?}) may help"),
+        }
     }
 
     /// Scores the held-out rows and `[data] test_file`.

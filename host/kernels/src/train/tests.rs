@@ -218,3 +218,90 @@ fn bf16_training_learns_what_f32_training_learns() {
         "last epoch's loss: bf16 {bf16_loss}, f32 {f32_loss}"
     );
 }
+
+/// Found by a hostile config: `beta1 = 1`, `beta2 = 1.5` and `eps = 0` were accepted (only
+/// finiteness was checked) and trained to a NaN loss, which the run then reported as a
+/// success. Every setting is now held to the range where its update is defined.
+#[test]
+fn optimizer_settings_that_trained_to_nan_are_refused_naming_the_setting() {
+    let adam_with = |f: fn(&mut Adam)| {
+        let mut a = Adam::default();
+        f(&mut a);
+        Optimizer::Adam(a)
+    };
+    let sgd = |lr, momentum, weight_decay| Optimizer::Sgd {
+        lr,
+        momentum,
+        weight_decay,
+    };
+    for (optimizer, field) in [
+        (adam_with(|a| a.beta1 = 1.0), "beta1"),
+        (adam_with(|a| a.beta1 = -0.1), "beta1"),
+        (adam_with(|a| a.beta2 = 1.5), "beta2"),
+        (adam_with(|a| a.beta2 = f32::NAN), "beta2"),
+        (adam_with(|a| a.eps = 0.0), "eps"),
+        (adam_with(|a| a.lr = 0.0), "lr"),
+        (adam_with(|a| a.weight_decay = -1e-4), "weight_decay"),
+        // AdamW scales every parameter by 1 - lr * weight_decay a step: 0 or below is no decay.
+        (
+            adam_with(|a| {
+                a.lr = 0.1;
+                a.weight_decay = 10.0;
+            }),
+            "weight_decay",
+        ),
+        (sgd(0.1, 1.0, 0.0), "momentum"),
+        (sgd(0.1, 0.9, -1.0), "weight_decay"),
+        (sgd(f32::INFINITY, 0.0, 0.0), "lr"),
+    ] {
+        let e = match Trainer::new(classifier(vec![2, 4, 3]), optimizer, cpus(1, 1), 1) {
+            Ok(_) => panic!("{optimizer:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(&format!("`optimizer.{field}`")),
+            "{optimizer:?}: {e}"
+        );
+        assert_eq!(optimizer.invalid_setting().map(|(f, _)| f), Some(field));
+    }
+    // The ends that are inside: no momentum, no decay, betas of 0.
+    for optimizer in [
+        sgd(0.1, 0.0, 0.0),
+        adam_with(|a| {
+            a.beta1 = 0.0;
+            a.beta2 = 0.0;
+        }),
+    ] {
+        assert!(optimizer.invalid_setting().is_none(), "{optimizer:?}");
+    }
+}
+
+/// A saved state with a NaN parameter (a run that diverged) or a negative second moment
+/// cannot be continued from: refused on resume and on restore, naming the value.
+#[test]
+fn a_saved_state_holding_nan_or_a_negative_second_moment_is_refused() {
+    let spec = classifier(vec![2, 4, 3]);
+    let trainer = Trainer::new(spec, adam(0.01), cpus(1, 1), 1).unwrap();
+    let good = trainer.snapshot().unwrap();
+    assert!(good.check().is_ok());
+    for (poke, want) in [
+        (
+            (|s: &mut TrainState| s.params[2][5] = f32::NAN) as fn(&mut TrainState),
+            "parameter 5 of tensor 2 is NaN",
+        ),
+        (
+            |s| s.m[0][1] = f32::INFINITY,
+            "first moment 1 of tensor 0 is inf",
+        ),
+        (|s| s.v[1][0] = -1.0, "second moment 0 of tensor 1 is -1"),
+        (|s| s.optimizer = adam(-1.0), "`optimizer.lr`"),
+    ] {
+        let mut bad = good.clone();
+        poke(&mut bad);
+        let e = Trainer::resume(&bad, cpus(1, 1)).err().expect("resumed");
+        assert!(e.to_string().contains(want), "{e}");
+        let mut other = Trainer::resume(&good, cpus(1, 1)).unwrap();
+        let e = other.restore(&bad).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
