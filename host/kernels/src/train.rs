@@ -130,20 +130,20 @@ pub struct TrainState {
 
 impl TrainState {
     /// Refuses a state training cannot continue from: an optimizer setting outside its range,
-    /// or a parameter or moment that is NaN or infinite, or a negative second moment (the run
-    /// that saved it had diverged, or the state was made by hand).
+    /// a parameter or moment that is NaN or infinite, or a negative second moment (a run that
+    /// diverged, or a state made by hand).
     pub fn check(&self) -> Result<()> {
         self.optimizer.check()?;
         for (what, tensors) in [("parameter", &self.params), ("first moment", &self.m)] {
             if let Some((t, i, v)) = first(tensors, |v| !v.is_finite()) {
                 return Err(KernelError::Invalid(format!(
-                    "the saved {what} {i} of tensor {t} is {v}: the run that saved it had diverged"
+                    "{what} {i} of tensor {t} is {v}"
                 )));
             }
         }
         if let Some((t, i, v)) = first(&self.v, |v| !(v >= 0.0 && v.is_finite())) {
             return Err(KernelError::Invalid(format!(
-                "the saved second moment {i} of tensor {t} is {v}, not a finite value of at least 0"
+                "second moment {i} of tensor {t} is {v}, not a finite value of at least 0"
             )));
         }
         Ok(())
@@ -519,7 +519,11 @@ impl<B: Backend> Trainer<B> {
                 crate::backend::check_len("restore", what, t.len(), *want)?;
             }
         }
-        state.check()?;
+        if let Err(e) = state.check() {
+            return Err(KernelError::Invalid(format!(
+                "cannot continue from the saved state: {e}"
+            )));
+        }
         self.optimizer = state.optimizer;
         for r in &mut self.replicas {
             r.params.write(&r.backend, &state.params)?;

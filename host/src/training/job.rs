@@ -241,4 +241,34 @@ checkpoint = { dir = "never-written", every_steps = 4 }
         assert_eq!(steps, [1]);
         assert!(kept.0[0].state.check().is_ok());
     }
+
+    /// Found with inputs of scale 1e37: their squared gradients overflowed Adam's second
+    /// moments to infinity, the updates then stopped, the loss stayed finite, and the run
+    /// reported success. Its state is checked before it is kept or reported.
+    #[test]
+    fn a_run_whose_state_overflows_while_its_loss_stays_finite_fails_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: String = (0..96)
+            .map(|i| format!("{}e37,{},{}\n", 1 + i % 3, i % 5, i % 3))
+            .collect();
+        std::fs::write(dir.path().join("d.csv"), format!("x,y,class\n{rows}")).unwrap();
+        let text = CONFIG
+            .replace(
+                "data.synthetic = { kind = \"spirals\", classes = 3, rows_per_class = 40 }",
+                &format!(
+                    "data = {{ file = \"{}\", label = \"class\" }}",
+                    dir.path().join("d.csv").display()
+                ),
+            )
+            .replace("every_steps = 4", "every_steps = 100");
+        let config = TrainConfig::parse(&text, &dir.path().join("t.toml")).unwrap();
+        let mut kept = Kept::default();
+        let e = Job::load(config, &TrainLimits::default())
+            .unwrap()
+            .run(Hooks::new().checkpoints(&mut kept))
+            .unwrap_err();
+        assert!(matches!(e, TrainError::Diverged { .. }), "{e}");
+        assert!(e.to_string().contains("is inf"), "{e}");
+        assert!(kept.0.is_empty());
+    }
 }

@@ -506,7 +506,9 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
             step: self.trainer.step_count(),
             // Past the last epoch once the run has ended: then the last one.
             epoch: (self.position.epoch + 1).min(self.config.epochs),
-            reason: format!("{what}; {kept}. A lower `optimizer.lr` (now {lr:?}) may help"),
+            reason: format!(
+                "{what}; {kept}. A lower `optimizer.lr` (now {lr:?}), or inputs of a smaller scale, may help"
+            ),
         }
     }
 
