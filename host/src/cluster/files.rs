@@ -459,20 +459,25 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
         return Err("memory_per_gpu_mib: must be positive".into());
     }
     check_fits(job, cluster)?;
-    if !(job.est_runtime_s > 0.0 && job.est_runtime_s.is_finite()) {
+    if !(job.est_runtime_s > 0.0 && job.est_runtime_s <= MAX_TIME_S) {
         return Err(format!(
-            "est_runtime_s: must be positive, got {}",
+            "est_runtime_s: must be positive and at most {MAX_TIME_S:e} (about 31 years), got {}",
             job.est_runtime_s
         ));
     }
-    if !(job.submit_time_s >= 0.0 && job.submit_time_s.is_finite()) {
+    if !(job.submit_time_s >= 0.0 && job.submit_time_s <= MAX_TIME_S) {
         return Err(format!(
-            "submit_time_s: must be >= 0, got {}",
+            "submit_time_s: must be >= 0 and at most {MAX_TIME_S:e} (about 31 years), got {}",
             job.submit_time_s
         ));
     }
     Ok(())
 }
+
+/// Largest runtime and submit time a job may state, seconds (about 31.7 years). A job's end,
+/// at most twice this, then stays exact in the simulator's clock of u64 nanoseconds (which
+/// holds 584 years): beyond it ends saturated to one instant and the metrics were nonsense.
+pub const MAX_TIME_S: f64 = 1e9;
 
 /// Checks that `job` could ever run on `cluster`, whatever else runs: enough healthy GPUs with
 /// its memory free (all of its GPUs for a gang, one for a job that may run in parts), and a
@@ -648,6 +653,44 @@ est_runtime_s = 60
         let ok = parse_jobs(&text.replace("nobody", "vision"), Path::new("j.toml"), &c).unwrap();
         assert_eq!(ok.len(), 2);
         assert!(ok[0].gang, "gang defaults to true");
+    }
+
+    /// Found by a hostile trace: a duration or submit time of 1e300 s was accepted, the
+    /// simulator's nanosecond clock saturated, and `simulate` reported a makespan of 584 years
+    /// (2^64 ns) with exit 0.
+    #[test]
+    fn times_beyond_what_the_simulator_clock_holds_are_refused_with_their_line() {
+        let c = cluster();
+        let job = |field: &str, value: &str| {
+            format!(
+                "[[jobs]]\nid = \"j\"\ntenant = \"vision\"\ngpus = 1\nmemory_per_gpu_mib = 1000\n\
+                 est_runtime_s = 60\n{field} = {value}\n"
+            )
+        };
+        for (field, value) in [
+            ("est_runtime_s", "1e300"),
+            ("est_runtime_s", "1.0000001e9"),
+            ("submit_time_s", "1e300"),
+            ("submit_time_s", "inf"),
+        ] {
+            let text =
+                job(field, value).replace("est_runtime_s = 60\nest_runtime_s", "est_runtime_s");
+            let err = parse_jobs(&text, Path::new("j.toml"), &c)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("{field}: must be")) && err.contains("at most 1e9"),
+                "{field} = {value}: {err}"
+            );
+        }
+        for (field, value) in [("est_runtime_s", "1e9"), ("submit_time_s", "1e9")] {
+            let text =
+                job(field, value).replace("est_runtime_s = 60\nest_runtime_s", "est_runtime_s");
+            assert!(
+                parse_jobs(&text, Path::new("j.toml"), &c).is_ok(),
+                "{field}"
+            );
+        }
     }
 
     /// The review's finding: jobs that no GPU of the cluster could ever hold were accepted and
