@@ -247,10 +247,14 @@ fn tenants(src: Source, files: &[TenantFile]) -> Result<Vec<TenantInfo>, ModelEr
                 format!("tenants[{i}].name: duplicate tenant `{}`", t.name),
             ));
         }
-        if !(t.weight > 0.0 && t.weight.is_finite()) {
+        if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&t.weight) {
             return Err(src.invalid(
                 &t.name,
-                format!("tenants[{i}].weight: must be positive, got {}", t.weight),
+                format!(
+                    "tenants[{i}].weight: must be from {MIN_WEIGHT:e} to {MAX_WEIGHT:e} (a share \
+                     relative to the other tenants'), got {}",
+                    t.weight
+                ),
             ));
         }
         tenants.push(TenantInfo {
@@ -474,6 +478,13 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
+/// The range of a tenant's weight. Weights are shares relative to each other, and every
+/// strategy and metric divides by their sum: three weights of 1e308 summed to infinity and
+/// the simulator reported perfect fairness (1.0) for a run that was not.
+pub const MIN_WEIGHT: f64 = 1e-6;
+/// See [`MIN_WEIGHT`].
+pub const MAX_WEIGHT: f64 = 1e6;
+
 /// Largest runtime and submit time a job may state, seconds (about 31.7 years). A job's end,
 /// at most twice this, then stays exact in the simulator's clock of u64 nanoseconds (which
 /// holds 584 years): beyond it ends saturated to one instant and the metrics were nonsense.
@@ -653,6 +664,32 @@ est_runtime_s = 60
         let ok = parse_jobs(&text.replace("nobody", "vision"), Path::new("j.toml"), &c).unwrap();
         assert_eq!(ok.len(), 2);
         assert!(ok[0].gang, "gang defaults to true");
+    }
+
+    /// Found by a hostile cluster file: three tenants of weight 1e308 (finite, so accepted)
+    /// summed to infinity, and `simulate` reported a fairness of 1.0 and no deficit for a run
+    /// whose fairness with any equal finite weights is 0.994.
+    #[test]
+    fn tenant_weights_whose_sum_could_overflow_are_refused_with_their_line() {
+        let text = |w: &str| {
+            format!(
+                "[[tenants]]\nname = \"a\"\nweight = {w}\n\n[[nodes]]\nname = \"n\"\n\
+                 rack = \"r\"\ngpus = {{ count = 1, model = \"m\", memory_mib = 1000 }}\n"
+            )
+        };
+        for w in ["1e308", "1e-320", "0", "-1", "1000001"] {
+            let err = parse_cluster(&text(w), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("c.toml:")
+                    && err.contains("tenants[0].weight: must be from 1e-6 to 1e6"),
+                "{w}: {err}"
+            );
+        }
+        for w in ["1e-6", "0.5", "1e6"] {
+            parse_cluster(&text(w), Path::new("c.toml")).unwrap();
+        }
     }
 
     /// Found by a hostile trace: a duration or submit time of 1e300 s was accepted, the
