@@ -83,8 +83,49 @@ pub struct PipelineStats {
     pub max_in_flight: usize,
 }
 
-/// Cuts a stream of newline-separated records into batches and sends them numbered, stopping
-/// (without error) when the receivers are gone.
+/// Longest record a dataset may hold, in bytes (its newline not counted). A record is read
+/// whole before it goes to a plugin, so without a bound one line without a newline (a 20 GB
+/// object, or a stream that never ends) was read into the host's memory entire.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Most record bytes in one batch: a batch is cut before it grows past this (a record alone
+/// may reach [`MAX_RECORD_BYTES`]), so the reader's memory is bounded whatever the records'
+/// sizes and the batch's record count, and offsets stay far inside `u32`.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Reads the next record into `line` (its newline stripped): `Ok(false)` at the end of the
+/// stream, an `InvalidData` error naming record `number` (counted from 1) when it is longer
+/// than [`MAX_RECORD_BYTES`]. Reads at most one byte past the limit.
+fn read_record(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    number: usize,
+    bytes: &mut usize,
+) -> std::io::Result<bool> {
+    line.clear();
+    let n = input
+        .by_ref()
+        .take(MAX_RECORD_BYTES as u64 + 1)
+        .read_until(b'\n', line)?;
+    *bytes += n;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "record {number} is longer than {MAX_RECORD_BYTES} bytes, the most a record may \
+                 hold (is the file newline-separated?)"
+            ),
+        ));
+    }
+    Ok(n > 0)
+}
+
+/// Cuts a stream of newline-separated records into batches of at most `batch_records`
+/// records and [`MAX_BATCH_BYTES`] bytes and sends them numbered, stopping (without error)
+/// when the receivers are gone.
 fn read_batches(
     input: impl Read,
     batch_records: usize,
@@ -92,22 +133,27 @@ fn read_batches(
     in_flight: &InFlight,
 ) -> std::io::Result<(usize, usize)> {
     let mut input = BufReader::with_capacity(1 << 20, input);
-    let (mut seq, mut bytes) = (0usize, 0usize);
+    let (mut seq, mut bytes, mut records) = (0usize, 0usize, 0usize);
     let mut line = Vec::new();
+    // Whether `line` holds a record read but left for the next batch.
+    let mut held = false;
     loop {
         let mut batch = RecordBatch {
             data: Vec::new(),
             offsets: vec![0],
         };
         while batch.offsets.len() <= batch_records {
-            line.clear();
-            let n = input.read_until(b'\n', &mut line)?;
-            if n == 0 {
+            if !held {
+                if !read_record(&mut input, &mut line, records + 1, &mut bytes)? {
+                    break;
+                }
+                records += 1;
+            }
+            held = batch.offsets.len() > 1 && batch.data.len() + line.len() > MAX_BATCH_BYTES;
+            if held {
                 break;
             }
-            bytes += n;
-            let record = line.strip_suffix(b"\n").unwrap_or(&line);
-            batch.data.extend_from_slice(record);
+            batch.data.extend_from_slice(&line);
             batch.offsets.push(batch.data.len() as u32);
         }
         if batch.offsets.len() == 1 {
@@ -258,22 +304,19 @@ pub fn run(
     let mut totals: Vec<f64> = Vec::new();
     let mut two_passes = false;
     let probe = {
-        let mut input = open()?;
         let mut first = Vec::new();
-        BufReader::new(&mut input)
-            .take(1 << 16)
-            .read_until(b'\n', &mut first)
+        let read = read_record(&mut BufReader::new(open()?), &mut first, 1, &mut 0)
             .map_err(PipelineError::Read)?;
-        let batch = RecordBatch {
-            offsets: vec![0, first.strip_suffix(b"\n").unwrap_or(&first).len() as u32],
-            data: first.strip_suffix(b"\n").unwrap_or(&first).to_vec(),
-        };
-        if first.is_empty() {
-            Vec::new()
-        } else {
+        if read {
+            let batch = RecordBatch {
+                offsets: vec![0, first.len() as u32],
+                data: first,
+            };
             workers[0]
                 .observe_blocking(&batch)
                 .map_err(PipelineError::Worker)?
+        } else {
+            Vec::new()
         }
     };
     if !probe.is_empty() {

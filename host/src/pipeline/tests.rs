@@ -103,3 +103,66 @@ fn a_bad_record_names_its_batch_and_a_corrupt_object_stops_the_stream() {
         .to_string();
     assert!(e.contains("does not authenticate"), "{e}");
 }
+
+/// Runs the pipeline over the bytes `make()` streams, returning its stats or error text.
+fn run_stream(
+    make: impl Fn() -> Box<dyn Read + Send> + Sync,
+    batch_records: usize,
+) -> Result<PipelineStats, String> {
+    let config = PipelineConfig {
+        batch_records,
+        workers: 2,
+        depth: 1,
+    };
+    let open = || -> Result<Box<dyn Read + Send>, StoreError> { Ok(make()) };
+    run(&open, &plugin(), config, &mut |_| Ok(())).map_err(|e| e.to_string())
+}
+
+/// Found by a hostile dataset: a record without a newline was read whole into the host's
+/// memory (a 400 MB line took 838 MB; a 20 GB object, or a stream that never ends, took the
+/// host down), and a first record over 64 KiB reached the plugin cut short, which then
+/// reported an empty field. Records are now read to a bound and refused beyond it by number.
+#[test]
+fn a_record_longer_than_the_limit_is_refused_by_number_without_being_read_whole() {
+    let endless = |head: &'static [u8]| {
+        move || -> Box<dyn Read + Send> {
+            Box::new(head.chain(std::io::repeat(b'7').take(3 * MAX_RECORD_BYTES as u64)))
+        }
+    };
+    for (head, number) in [(&b""[..], 1), (&b"1,2\n3,4\n"[..], 3)] {
+        let e = run_stream(endless(head), 4096).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "record {number} is longer than {MAX_RECORD_BYTES} bytes"
+            )),
+            "{e}"
+        );
+    }
+    // A record of exactly the limit is read (and refused by the plugin for its own reasons).
+    let exact = || -> Box<dyn Read + Send> {
+        Box::new(
+            std::io::repeat(b'7')
+                .take(MAX_RECORD_BYTES as u64)
+                .chain(&b"\n"[..]),
+        )
+    };
+    let e = run_stream(exact, 4096).unwrap_err();
+    assert!(!e.contains("is longer than"), "{e}");
+}
+
+/// Batches stop growing at `MAX_BATCH_BYTES`, whatever their record count: 40 records of
+/// just over 512 KiB make batches of 31 and 9, not one of 40 (20 MiB).
+#[test]
+fn batches_are_cut_at_the_byte_bound_before_the_record_count() {
+    let record: Vec<u8> = b"1.5,"
+        .iter()
+        .copied()
+        .cycle()
+        .take(512 << 10)
+        .chain(*b"9\n")
+        .collect();
+    let text: Vec<u8> = record.repeat(40);
+    let stats = run_stream(|| Box::new(std::io::Cursor::new(text.clone())), 4096).unwrap();
+    assert_eq!((stats.records, stats.batches), (40, 2));
+    assert_eq!(stats.bytes, text.len());
+}
