@@ -26,7 +26,7 @@ pub enum Targets<'a> {
 /// CSV records being read into a [`Dataset`].
 pub struct CsvReader<'a, R: Read> {
     source: &'a Path,
-    records: ::csv::Reader<R>,
+    records: ::csv::Reader<Bounded<R>>,
     /// The trimmed header, when the input has one.
     header: Option<Vec<String>>,
     targets: Targets<'a>,
@@ -50,7 +50,7 @@ impl<'a, R: Read> CsvReader<'a, R> {
         let has_header = !matches!(targets, Targets::Index(_));
         let records = ::csv::ReaderBuilder::new()
             .has_headers(has_header)
-            .from_reader(input);
+            .from_reader(Bounded::new(input));
         let mut reader = Self {
             source,
             records,
@@ -72,14 +72,27 @@ impl<'a, R: Read> CsvReader<'a, R> {
 
     /// Reads the header and finds the target columns in it.
     fn read_header(&mut self) -> Result<(), TrainError> {
-        let header: Vec<String> = match self.records.headers() {
-            Ok(h) => h.iter().map(|h| h.trim().to_string()).collect(),
-            Err(e) => return Err(self.invalid(Some(1), format!("unreadable header: {e}"))),
-        };
         let named: Vec<&str> = match self.targets {
             Targets::Label(l) => vec![l],
             Targets::Named(t) => t.iter().map(String::as_str).collect(),
             Targets::Index(_) => unreachable!("records without a header have no names"),
+        };
+        let most = self.budget.max_features() + named.len() as u64;
+        let header: Vec<String> = match self.records.headers() {
+            // Counted before a name is copied: a header of 200 million one-letter columns
+            // took 16 GB.
+            Ok(h) if h.len() as u64 > most => {
+                let m = format!(
+                    "the header has {} columns, more than the limit of {} features and {} \
+                     target(s)",
+                    h.len(),
+                    self.budget.max_features(),
+                    named.len()
+                );
+                return Err(self.invalid(Some(1), m));
+            }
+            Ok(h) => h.iter().map(|h| h.trim().to_string()).collect(),
+            Err(e) => return Err(self.invalid(Some(1), format!("unreadable header: {e}"))),
         };
         let mut target_at = Vec::new();
         for t in named {
@@ -227,6 +240,61 @@ impl<'a, R: Read> CsvReader<'a, R> {
 }
 
 /// The feature columns (every one but the targets, in order) and the target columns.
+/// The input of the CSV parser, failing at a record longer than
+/// [`crate::pipeline::MAX_RECORD_BYTES`] (bytes between newlines outside quotes, as the parser
+/// reads them): the parser keeps a record whole, so one line without a newline was read into
+/// memory entire (a 400 MB line took 2.4 GB).
+pub(crate) struct Bounded<R> {
+    inner: R,
+    /// Bytes of the record being read so far.
+    run: usize,
+    quoted: bool,
+    /// The line its record starts on.
+    line: u64,
+}
+
+impl<R> Bounded<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            run: 0,
+            quoted: false,
+            line: 1,
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            match b {
+                // A doubled quote (an escaped one) toggles twice: the state stays right.
+                b'"' => self.quoted = !self.quoted,
+                b'\n' if !self.quoted => {
+                    self.run = 0;
+                    self.line += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            self.run += 1;
+            if self.run > crate::pipeline::MAX_RECORD_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the record from line {} is longer than {} bytes, the most a record may \
+                         hold",
+                        self.line,
+                        crate::pipeline::MAX_RECORD_BYTES
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn split_columns(width: usize, target_at: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     let features = (0..width).filter(|i| !target_at.contains(i)).collect();
     (features, target_at)
@@ -281,5 +349,45 @@ mod tests {
         let text = "0,0,0,0\n".repeat((1 << 16) + 1);
         let e = read(&text, Targets::Index(0), &limits).unwrap_err();
         assert!(e.starts_with("d.csv:65537: the features outgrow"), "{e}");
+    }
+
+    /// Found by a hostile file: the parser keeps a record whole, so a 400 MB line took 2.4 GB
+    /// and a header of 200 million one-letter columns 16 GB. A record is now refused at the
+    /// byte bound as it streams, and a header's width is counted before its names are kept.
+    #[test]
+    fn a_record_or_header_past_the_bounds_is_refused_before_it_is_kept() {
+        let limits = TrainLimits::default();
+        let over = crate::pipeline::MAX_RECORD_BYTES as u64 + 100;
+        let read_from = |input: Box<dyn Read>, targets| {
+            CsvReader::new(input, Path::new("d.csv"), targets, None, &limits)
+                .and_then(CsvReader::read)
+                .unwrap_err()
+                .to_string()
+        };
+        let endless = |head: &'static [u8]| Box::new(head.chain(std::io::repeat(b'1').take(over)));
+        let e = read_from(endless(b"x,y\n1,2\n3,4\n"), Targets::Label("y"));
+        assert!(e.contains("the record from line 4 is longer than"), "{e}");
+        let e = read_from(endless(b"1,2\n"), Targets::Index(0));
+        assert!(e.contains("the record from line 2 is longer than"), "{e}");
+        let e = read_from(endless(b"x,"), Targets::Label("y"));
+        assert!(
+            e.starts_with("d.csv:1: unreadable header") && e.contains("line 1"),
+            "{e}"
+        );
+        // A newline inside quotes does not end a record, so it does not reset the count.
+        let quoted = Box::new(b"x,y\n\"".chain(std::io::repeat(b'\n').take(over)));
+        let e = read_from(quoted, Targets::Label("y"));
+        assert!(e.contains("the record from line 2 is longer than"), "{e}");
+
+        let narrow = TrainLimits {
+            max_features: 3,
+            ..TrainLimits::default()
+        };
+        let e = read("a,b,c,d,e,y\n1,2,3,4,5,6\n", Targets::Label("y"), &narrow).unwrap_err();
+        assert_eq!(
+            e,
+            "d.csv:1: the header has 6 columns, more than the limit of 3 features and 1 target(s)"
+        );
+        assert!(read("a,b,c,y\n1,2,3,4\n", Targets::Label("y"), &narrow).is_ok());
     }
 }

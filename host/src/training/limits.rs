@@ -102,6 +102,11 @@ impl RowBudget {
         }
     }
 
+    /// The most features a row may have.
+    pub fn max_features(&self) -> u64 {
+        self.max_features
+    }
+
     /// The feature width of the rows taken (the first row's).
     pub fn width(&self) -> Option<usize> {
         self.width
