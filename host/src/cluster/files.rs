@@ -126,7 +126,7 @@ struct JobsFile {
 }
 
 fn read(path: &Path) -> Result<String, ModelError> {
-    std::fs::read_to_string(path).map_err(|error| ModelError::Io {
+    crate::plugin::files::read_text(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
         error,
     })

@@ -166,6 +166,31 @@ pub fn read_named(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     read_regular(File::from(fd), path, limit)
 }
 
+/// Largest text file a command or the daemon reads whole: a config, cluster, job, trace,
+/// limits or policy file.
+pub const MAX_TEXT_FILE_BYTES: u64 = 64 << 20;
+
+/// [`read_named`] as UTF-8 text of at most [`MAX_TEXT_FILE_BYTES`], its errors as
+/// [`std::io::Error`]s without the path (callers name it in their own errors). A config named
+/// `/dev/zero` was read until memory ran out; a FIFO blocked the command.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    let bytes = read_named(path, MAX_TEXT_FILE_BYTES).map_err(|e| match e {
+        FileError::Io { error, .. } => error,
+        FileError::NotRegular { kind, .. } => Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file ({kind}), which is never read"),
+        ),
+        FileError::TooLarge { limit, .. } => Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the {limit}-byte limit of a text file"),
+        ),
+        other => Error::other(other.to_string()),
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
+}
+
 fn read_regular(file: File, path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     let io = |error| FileError::Io {
         path: path.to_path_buf(),
@@ -246,6 +271,38 @@ fn is_link_on_the_way(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by naming `/dev/zero` as a config, trace or cluster file: it was read until memory
+    /// ran out (2 GB under a 4 GB cap, all of the machine without one). Every text file a
+    /// command or the daemon reads whole goes through `read_text`: regular files only, bounded.
+    #[test]
+    fn text_files_are_read_only_when_regular_and_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.toml");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        for (path, want) in [
+            (Path::new("/dev/zero"), "not a regular file (a device)"),
+            (fifo.as_path(), "not a regular file (a FIFO)"),
+            (dir.path(), "not a regular file (a directory)"),
+        ] {
+            let e = read_text(path).unwrap_err().to_string();
+            assert!(e.contains(want), "{}: {e}", path.display());
+        }
+        let big = dir.path().join("big.toml");
+        let file = File::create(&big).unwrap();
+        file.set_len(MAX_TEXT_FILE_BYTES + 1).unwrap();
+        let e = read_text(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than the 67108864-byte limit"), "{e}");
+        std::fs::write(&big, "a = 1\n").unwrap();
+        assert_eq!(read_text(&big).unwrap(), "a = 1\n");
+        // Through a loader: the cluster file names the path and what it is.
+        let e = crate::cluster::files::load_cluster(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/dev/zero") && e.contains("a device"), "{e}");
+    }
 
     #[test]
     fn reads_a_regular_file_in_a_subdirectory() {

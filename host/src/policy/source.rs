@@ -63,7 +63,7 @@ impl PolicySource {
         let mut modules = Vec::new();
         let mut tests = Vec::new();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let text = crate::plugin::files::read_text(&path).map_err(io(&path))?;
             let name = path.display().to_string();
             if name.ends_with("_test.rego") {
                 tests.push((name, text));
@@ -73,7 +73,7 @@ impl PolicySource {
         }
         let data_path = dir.join("data.json");
         let data = if data_path.exists() {
-            let text = std::fs::read_to_string(&data_path).map_err(io(&data_path))?;
+            let text = crate::plugin::files::read_text(&data_path).map_err(io(&data_path))?;
             let data: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 PolicyError::Source(format!(
                     "{}:{}:{}: {e}",

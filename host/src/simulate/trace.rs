@@ -85,7 +85,7 @@ const COLUMNS: [&str; 8] = [
 
 /// Reads a CSV trace and checks it against `cluster` (tenants exist, jobs fit in it).
 pub fn load(path: &Path, cluster: &Cluster) -> Result<Vec<TraceJob>, TraceError> {
-    let text = std::fs::read_to_string(path).map_err(|error| TraceError::Io {
+    let text = crate::plugin::files::read_text(path).map_err(|error| TraceError::Io {
         path: path.to_path_buf(),
         error,
     })?;

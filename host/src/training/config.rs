@@ -235,7 +235,7 @@ impl TrainConfig {
 
     /// Reads and checks `path`, every size it implies bounded by `limits`.
     pub fn load_with(path: &Path, limits: &TrainLimits) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let text = crate::plugin::files::read_text(path).map_err(|e| TrainError::io(path, e))?;
         let mut config = Self::parse_with(&text, path, limits)?;
         let base = path.parent().unwrap_or(Path::new(""));
         for file in [&mut config.data.file, &mut config.data.test_file]

@@ -63,7 +63,7 @@ impl Default for TrainLimits {
 impl TrainLimits {
     /// Reads limits from a TOML file (every field optional; unknown ones refused).
     pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let text = crate::plugin::files::read_text(path).map_err(|e| TrainError::io(path, e))?;
         parse_toml(&text, path)
     }
 

@@ -158,8 +158,8 @@ fn read(path: &Path) -> anyhow::Result<Vec<ReportedGpu>> {
             path.display()
         );
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("--devices {}", path.display()))?;
+    let text = gantry::plugin::files::read_text(path)
+        .with_context(|| format!("--devices {}", path.display()))?;
     let file: DevicesFile =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("--devices {}: {e}", path.display()))?;
     let beat = Heartbeat {

@@ -1134,7 +1134,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         body["memory_per_gpu_mib"] = m.into();
     }
     if let Some(path) = &args.train {
-        let text = std::fs::read_to_string(path)
+        let text = gantry::plugin::files::read_text(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         body["train"] = text.into();
     }

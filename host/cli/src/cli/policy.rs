@@ -426,7 +426,7 @@ fn keygen(output: &std::path::Path) -> anyhow::Result<()> {
 /// The `--input` of `eval`: JSON text, or `@FILE`.
 fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
     let text = match input.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(file)
+        Some(file) => gantry::plugin::files::read_text(file.as_ref())
             .with_context(|| format!("reading the input from {file}"))?,
         None => input,
     };
