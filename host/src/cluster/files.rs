@@ -465,13 +465,13 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
     check_fits(job, cluster)?;
     if !(job.est_runtime_s > 0.0 && job.est_runtime_s <= MAX_TIME_S) {
         return Err(format!(
-            "est_runtime_s: must be positive and at most {MAX_TIME_S:e} (about 31 years), got {}",
+            "est_runtime_s: must be positive and at most {MAX_TIME_S:e} (about 31 years), got {:?}",
             job.est_runtime_s
         ));
     }
     if !(job.submit_time_s >= 0.0 && job.submit_time_s <= MAX_TIME_S) {
         return Err(format!(
-            "submit_time_s: must be >= 0 and at most {MAX_TIME_S:e} (about 31 years), got {}",
+            "submit_time_s: must be >= 0 and at most {MAX_TIME_S:e} (about 31 years), got {:?}",
             job.submit_time_s
         ));
     }
