@@ -496,3 +496,38 @@ fn simulate_writes_one_row_per_job() {
         assert_eq!(field(2, "jct_s").parse::<f64>().unwrap(), 100.0);
     }
 }
+
+/// Found by asking for a billion synthetic jobs, or a bench cluster of 2^32 racks: the command
+/// allocated all of it at once (56 GB, 103 GB) and aborted. Sizes are refused naming the flag.
+#[test]
+fn sizes_of_synthetic_traces_and_bench_clusters_are_bounded_before_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, code, want) in [
+        (
+            &["simulate", "--jobs", "1000000000"][..],
+            2,
+            "'--jobs <JOBS>': 1000000000 is not in 1..=10000000",
+        ),
+        (
+            &["trace", "generate", "--jobs", "0", "--out", "t.csv"][..],
+            2,
+            "is not in 1..=10000000",
+        ),
+        (
+            &["bench", "schedule", "--racks", "4294967295"][..],
+            1,
+            "make 274877906880 GPUs: from 1 to 1048576 GPUs",
+        ),
+        (
+            &["bench", "schedule", "--jobs", "20000000"][..],
+            2,
+            "20000000 is not in 1..=10000000",
+        ),
+    ] {
+        let out = gantry(args, dir.path());
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join("t.csv").exists());
+}

@@ -255,6 +255,14 @@ pub fn cluster(path: Option<&PathBuf>) -> anyhow::Result<Cluster> {
     })
 }
 
+/// The parser of a synthetic trace's `--jobs`: from 1 to
+/// [`gantry::simulate::trace::MAX_SYNTHETIC_JOBS`], refused by clap (exit 2, the flag named)
+/// before anything is allocated.
+pub fn synthetic_jobs() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new()
+        .range(1..=gantry::simulate::trace::MAX_SYNTHETIC_JOBS as u64)
+}
+
 /// A progress bar on stderr (hidden when stderr is not a terminal).
 pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);

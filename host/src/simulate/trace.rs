@@ -261,6 +261,10 @@ impl Rng {
     }
 }
 
+/// Most jobs a synthetic trace may hold (about 560 MB of them): `--jobs 1000000000` asked for
+/// 56 GB at once and aborted the command.
+pub const MAX_SYNTHETIC_JOBS: usize = 10_000_000;
+
 /// Parameters of a synthetic trace.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Synthetic {

@@ -18,7 +18,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         gpus_per_node: u32,
         /// Pending jobs.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = super::synthetic_jobs())]
         jobs: usize,
         /// Timed cycles per side.
         #[arg(long, default_value_t = 30)]
@@ -202,6 +202,15 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             plugin,
             json,
         } => {
+            // The cluster is built whole before anything runs: bound it as a cluster file is.
+            let gpus = u64::from(racks) * 8 * u64::from(gpus_per_node);
+            if racks == 0 || gpus_per_node == 0 || gpus > gantry::cluster::files::MAX_GPUS as u64 {
+                anyhow::bail!(
+                    "--racks {racks} x 8 nodes x --gpus-per-node {gpus_per_node} make {gpus} GPUs: \
+                     from 1 to {} GPUs",
+                    gantry::cluster::files::MAX_GPUS
+                );
+            }
             let params = ScheduleParams {
                 racks,
                 gpus_per_node,

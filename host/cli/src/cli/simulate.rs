@@ -42,7 +42,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct SyntheticArgs {
     /// Jobs in the synthetic trace.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = super::synthetic_jobs())]
     jobs: usize,
     /// Seed of the synthetic trace.
     #[arg(long, default_value_t = 42)]
