@@ -497,8 +497,9 @@ fn simulate_writes_one_row_per_job() {
     }
 }
 
-/// Found by asking for a billion synthetic jobs, or a bench cluster of 2^32 racks: the command
-/// allocated all of it at once (56 GB, 103 GB) and aborted. Sizes are refused naming the flag.
+/// Found by asking for a billion synthetic jobs, a bench cluster of 2^32 racks or 10^11 rows to
+/// preprocess: the command allocated all of it at once (56 GB, 103 GB, 16 TB) and aborted.
+/// Every count flag that sizes an allocation is bounded, refused naming the flag.
 #[test]
 fn sizes_of_synthetic_traces_and_bench_clusters_are_bounded_before_allocation() {
     let dir = tempfile::tempdir().unwrap();
@@ -522,6 +523,11 @@ fn sizes_of_synthetic_traces_and_bench_clusters_are_bounded_before_allocation() 
             &["bench", "schedule", "--jobs", "20000000"][..],
             2,
             "20000000 is not in 1..=10000000",
+        ),
+        (
+            &["bench", "preprocess", "--rows", "100000000000"][..],
+            2,
+            "100000000000 is not in 1..=10000000",
         ),
     ] {
         let out = gantry(args, dir.path());

@@ -259,8 +259,27 @@ pub fn cluster(path: Option<&PathBuf>) -> anyhow::Result<Cluster> {
 /// [`gantry::simulate::trace::MAX_SYNTHETIC_JOBS`], refused by clap (exit 2, the flag named)
 /// before anything is allocated.
 pub fn synthetic_jobs() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new()
-        .range(1..=gantry::simulate::trace::MAX_SYNTHETIC_JOBS as u64)
+    count(gantry::simulate::trace::MAX_SYNTHETIC_JOBS as u64)
+}
+
+/// The parser of a count flag from 1 to `max`: every count that sizes what a command
+/// allocates is bounded by its flag (`bench preprocess --rows 100000000000` asked for 16 TB at
+/// once and aborted).
+pub fn count<T>(max: u64) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    clap::builder::RangedU64ValueParser::new().range(1..=max)
+}
+
+/// [`count`] where 0 is allowed (it means none).
+pub fn count_or_none<T>(max: u64) -> clap::builder::RangedU64ValueParser<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    clap::builder::RangedU64ValueParser::new().range(0..=max)
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).

@@ -21,7 +21,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000, value_parser = super::synthetic_jobs())]
         jobs: usize,
         /// Timed cycles per side.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = super::count::<usize>(100_000))]
         iterations: usize,
         /// Plugin to measure against native bin packing: a shipped name, a directory or a
         /// manifest.
@@ -34,10 +34,10 @@ pub enum BenchCommand {
     /// Decisions of the shipped authz policy: sandboxed engine module vs native regorus.
     Policy {
         /// Timed decisions per side for the latency percentiles.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = super::count::<usize>(10_000_000))]
         decisions: usize,
         /// Threads for the throughput figure (default: every core).
-        #[arg(long)]
+        #[arg(long, value_parser = super::count::<usize>(1024))]
         threads: Option<usize>,
         /// Seconds each side runs for the throughput figure.
         #[arg(long, default_value_t = 2.0)]
@@ -50,10 +50,10 @@ pub enum BenchCommand {
     /// processes), with the module cache warm vs cold, in one run.
     Authoring {
         /// Timed rounds with the cache warm.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = super::count::<usize>(1000))]
         rounds: usize,
         /// Timed rounds with an empty cache (each compiles the engine module).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = super::count::<usize>(100))]
         cold_rounds: usize,
         /// Print one JSON object.
         #[arg(long)]
@@ -65,10 +65,10 @@ pub enum BenchCommand {
     /// percentiles, errors and lost jobs.
     Api {
         /// Concurrent clients.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = super::count::<usize>(1024))]
         clients: usize,
         /// Submissions per client (each read back once).
-        #[arg(long, default_value_t = 250)]
+        #[arg(long, default_value_t = 250, value_parser = super::count::<usize>(1_000_000))]
         submits: usize,
         /// Print one JSON object.
         #[arg(long)]
@@ -79,10 +79,10 @@ pub enum BenchCommand {
     /// loopback; skipped where etcd is not installed): submit and submit-to-scheduled latency.
     Cluster {
         /// Nodes of 8 GPUs in the cluster.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = super::count::<u32>(131_072))]
         nodes: u32,
         /// Jobs submitted, one at a time.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, value_parser = super::count::<usize>(1_000_000))]
         jobs: usize,
         /// Seconds between a node agent's heartbeats in the runs with agents (every node
         /// registered by its agent); 0: no runs with agents.
@@ -90,7 +90,7 @@ pub enum BenchCommand {
         heartbeat_s: f64,
         /// Leaders of three `gantry up --etcd` replicas killed one after another (SIGKILL),
         /// each new leader timed; 0: none.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = super::count_or_none::<usize>(1000))]
         failovers: usize,
         /// Print one JSON object.
         #[arg(long)]
@@ -101,13 +101,13 @@ pub enum BenchCommand {
     /// flood of junk requests (what it adds to the audit log).
     Attack {
         /// Slow connections (from 127.0.0.2).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = super::count::<usize>(100_000))]
         connections: usize,
         /// Seconds the slowloris lasts.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
         /// Junk requests.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = super::count::<usize>(1_000_000))]
         junk: usize,
         /// The `gantry` binary whose daemon is attacked (default: this one), to compare another
         /// build side by side.
@@ -120,13 +120,13 @@ pub enum BenchCommand {
     /// CSV standardisation through the wasm `standardize` plugin vs the same code native.
     Preprocess {
         /// CSV rows in the generated dataset.
-        #[arg(long, default_value_t = 400_000)]
+        #[arg(long, default_value_t = 400_000, value_parser = super::count::<usize>(10_000_000))]
         rows: usize,
         /// Records per batch.
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, value_parser = super::count::<usize>(1_000_000))]
         batch: usize,
         /// Worker threads per side (default: every core).
-        #[arg(long)]
+        #[arg(long, value_parser = super::count::<usize>(1024))]
         threads: Option<usize>,
         /// Print one JSON object.
         #[arg(long)]
@@ -138,7 +138,7 @@ pub enum BenchCommand {
 #[derive(Debug, clap::Args)]
 pub struct KernelArgs {
     /// Threads for every side (default: every core).
-    #[arg(long)]
+    #[arg(long, value_parser = super::count::<usize>(1024))]
     threads: Option<usize>,
     /// Python interpreter with NumPy and PyTorch for the peers.
     #[arg(long, default_value = "python3", value_name = "PYTHON")]
@@ -147,10 +147,10 @@ pub struct KernelArgs {
     #[arg(long)]
     no_peers: bool,
     /// Timed training steps.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = super::count::<usize>(100_000))]
     steps: usize,
     /// Rounds of (Gantry, peers); each side's best round is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::count::<usize>(1000))]
     rounds: usize,
     /// Print one JSON object.
     #[arg(long)]
