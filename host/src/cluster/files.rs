@@ -463,15 +463,15 @@ pub fn check_job(job: &JobSpec, cluster: &Cluster) -> Result<(), String> {
         return Err("memory_per_gpu_mib: must be positive".into());
     }
     check_fits(job, cluster)?;
-    if !(job.est_runtime_s > 0.0 && job.est_runtime_s <= MAX_TIME_S) {
+    if !(job.est_runtime_s > 0.0 && job.est_runtime_s <= MAX_RUNTIME_S) {
         return Err(format!(
-            "est_runtime_s: must be positive and at most {MAX_TIME_S:e} (about 31 years), got {:?}",
+            "est_runtime_s: must be positive and at most {MAX_RUNTIME_S:e} (about 31 years), got {:?}",
             job.est_runtime_s
         ));
     }
-    if !(job.submit_time_s >= 0.0 && job.submit_time_s <= MAX_TIME_S) {
+    if !(job.submit_time_s >= 0.0 && job.submit_time_s <= MAX_SUBMIT_TIME_S) {
         return Err(format!(
-            "submit_time_s: must be >= 0 and at most {MAX_TIME_S:e} (about 31 years), got {:?}",
+            "submit_time_s: must be >= 0 and at most {MAX_SUBMIT_TIME_S:e} (a Unix time in 2286), got {:?}",
             job.submit_time_s
         ));
     }
@@ -485,10 +485,14 @@ pub const MIN_WEIGHT: f64 = 1e-6;
 /// See [`MIN_WEIGHT`].
 pub const MAX_WEIGHT: f64 = 1e6;
 
-/// Largest runtime and submit time a job may state, seconds (about 31.7 years). A job's end,
-/// at most twice this, then stays exact in the simulator's clock of u64 nanoseconds (which
-/// holds 584 years): beyond it ends saturated to one instant and the metrics were nonsense.
-pub const MAX_TIME_S: f64 = 1e9;
+/// Largest runtime a job may state, seconds (about 31.7 years). With [`MAX_SUBMIT_TIME_S`] a
+/// job's end stays inside the simulator's clock of u64 nanoseconds (1.8e10 s): beyond it ends
+/// saturated to one instant and the metrics were nonsense.
+pub const MAX_RUNTIME_S: f64 = 1e9;
+
+/// Latest submit time a job may state, seconds: a trace's offset from its start, or the
+/// daemon's Unix time (1.8e9 in 2026), up to the year 2286.
+pub const MAX_SUBMIT_TIME_S: f64 = 1e10;
 
 /// Checks that `job` could ever run on `cluster`, whatever else runs: enough healthy GPUs with
 /// its memory free (all of its GPUs for a gang, one for a job that may run in parts), and a
@@ -704,11 +708,12 @@ est_runtime_s = 60
                  est_runtime_s = 60\n{field} = {value}\n"
             )
         };
-        for (field, value) in [
-            ("est_runtime_s", "1e300"),
-            ("est_runtime_s", "1.0000001e9"),
-            ("submit_time_s", "1e300"),
-            ("submit_time_s", "inf"),
+        for (field, value, most) in [
+            ("est_runtime_s", "1e300", "at most 1e9"),
+            ("est_runtime_s", "1.0000001e9", "at most 1e9"),
+            ("submit_time_s", "1e300", "at most 1e10"),
+            ("submit_time_s", "1.0000001e10", "at most 1e10"),
+            ("submit_time_s", "inf", "at most 1e10"),
         ] {
             let text =
                 job(field, value).replace("est_runtime_s = 60\nest_runtime_s", "est_runtime_s");
@@ -716,11 +721,12 @@ est_runtime_s = 60
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains(&format!("{field}: must be")) && err.contains("at most 1e9"),
+                err.contains(&format!("{field}: must be")) && err.contains(most),
                 "{field} = {value}: {err}"
             );
         }
-        for (field, value) in [("est_runtime_s", "1e9"), ("submit_time_s", "1e9")] {
+        // The daemon's submit times are Unix times: 1.8e9 today.
+        for (field, value) in [("est_runtime_s", "1e9"), ("submit_time_s", "1.8e9")] {
             let text =
                 job(field, value).replace("est_runtime_s = 60\nest_runtime_s", "est_runtime_s");
             assert!(
