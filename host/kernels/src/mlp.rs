@@ -423,13 +423,11 @@ impl Optimizer {
                 .or(positive("eps", a.eps))
                 .or(non_negative("weight_decay", a.weight_decay))
                 .or_else(|| {
-                    below_one("weight_decay", a.lr * a.weight_decay).map(|_| {
-                        (
-                            "weight_decay",
-                            "such that lr * weight_decay is below 1",
-                            a.weight_decay,
-                        )
-                    })
+                    (a.lr * a.weight_decay >= 1.0).then_some((
+                        "weight_decay",
+                        "such that lr * weight_decay is below 1",
+                        a.weight_decay,
+                    ))
                 }),
         };
         bad.map(|(field, range, v)| {

@@ -473,9 +473,7 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
             curve: self.curve.clone(),
             columns: self.data.columns.clone(),
         };
-        let Some(sink) = self.sink.as_mut() else {
-            return Ok(());
-        };
+        let sink = self.sink.as_mut().expect("checked above");
         let at = sink.save(&snapshot)?;
         tracing::debug!(at = %at, step = self.trainer.step_count(), "checkpoint written");
         self.last_checkpoint = Some(at);
