@@ -29,7 +29,8 @@ fn standardize_a_file_and_a_stored_object_into_f32_features() {
     let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
     assert_eq!(v["records"], 5000);
     assert_eq!(v["two_passes"], true);
-    let features = gantry::training::data::read_f32(&out).unwrap();
+    let features =
+        gantry::training::data::read_f32(&out, &gantry::training::TrainLimits::default()).unwrap();
     assert_eq!((features.rows(), features.inputs), (5000, 3));
     // Standardised: every column has mean 0 and (population) deviation 1, except the constant
     // one, which is all zeros.

@@ -68,6 +68,24 @@ pub enum FileError {
 }
 
 impl FileError {
+    /// The reason as an [`std::io::Error`] without the path, for callers that name the file in
+    /// their own errors.
+    pub fn into_io(self) -> std::io::Error {
+        use std::io::{Error, ErrorKind};
+        match self {
+            FileError::Io { error, .. } => error,
+            FileError::NotRegular { kind, .. } => Error::new(
+                ErrorKind::InvalidInput,
+                format!("not a regular file ({kind}), which is never read"),
+            ),
+            FileError::TooLarge { limit, .. } => Error::new(
+                ErrorKind::InvalidData,
+                format!("larger than the {limit}-byte limit"),
+            ),
+            other => Error::other(other.to_string()),
+        }
+    }
+
     /// True when the file does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, FileError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
@@ -161,9 +179,23 @@ pub fn read_within(dir: &Path, relative: &Path, limit: u64) -> Result<Vec<u8>, F
 /// Reads the file `path` names (the operator's own path: links are followed), with the same
 /// checks as [`read_within`] on what it is and its size.
 pub fn read_named(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    read_regular(open_following(path)?, path, limit)
+}
+
+/// Opens the file `path` names (links followed) for streaming, if it is a regular file, with
+/// its length at the open: the checks of [`read_named`], for readers that bound what they keep
+/// as they go (a training CSV or `.f32`).
+pub fn open_named(path: &Path) -> Result<(File, u64), FileError> {
+    let file = open_following(path)?;
+    let len = regular_len(&file, path)?;
+    Ok((file, len))
+}
+
+/// `path` opened without blocking (a FIFO opens at once) and without becoming a terminal.
+fn open_following(path: &Path) -> Result<File, FileError> {
     let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     let fd = open_at(None, path.as_os_str(), flags).map_err(|e| classify_open(path, e))?;
-    read_regular(File::from(fd), path, limit)
+    Ok(File::from(fd))
 }
 
 /// Largest text file a command or the daemon reads whole: a config, cluster, job, trace,
@@ -174,29 +206,44 @@ pub const MAX_TEXT_FILE_BYTES: u64 = 64 << 20;
 /// [`std::io::Error`]s without the path (callers name it in their own errors). A config named
 /// `/dev/zero` was read until memory ran out; a FIFO blocked the command.
 pub fn read_text(path: &Path) -> std::io::Result<String> {
-    use std::io::{Error, ErrorKind};
-    let bytes = read_named(path, MAX_TEXT_FILE_BYTES).map_err(|e| match e {
-        FileError::Io { error, .. } => error,
-        FileError::NotRegular { kind, .. } => Error::new(
-            ErrorKind::InvalidInput,
-            format!("not a regular file ({kind}), which is never read"),
-        ),
-        FileError::TooLarge { limit, .. } => Error::new(
-            ErrorKind::InvalidData,
-            format!("larger than the {limit}-byte limit of a text file"),
-        ),
-        other => Error::other(other.to_string()),
-    })?;
-    String::from_utf8(bytes)
-        .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
+    let bytes = read_named(path, MAX_TEXT_FILE_BYTES).map_err(FileError::into_io)?;
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 fn read_regular(file: File, path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
-    let io = |error| FileError::Io {
+    let len = regular_len(&file, path)?;
+    let too_large = || FileError::TooLarge {
+        path: path.to_path_buf(),
+        limit,
+    };
+    if len > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| FileError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The length of `file` if it is a regular file; a FIFO, a device, a directory or a socket
+/// (which could block a reader or never end) is refused, naming what it is.
+fn regular_len(file: &File, path: &Path) -> Result<u64, FileError> {
+    let meta = file.metadata().map_err(|error| FileError::Io {
         path: path.to_path_buf(),
         error,
-    };
-    let meta = file.metadata().map_err(io)?;
+    })?;
     let kind = meta.file_type();
     if !kind.is_file() {
         let kind = if kind.is_fifo() {
@@ -215,19 +262,7 @@ fn read_regular(file: File, path: &Path, limit: u64) -> Result<Vec<u8>, FileErro
             kind,
         });
     }
-    let too_large = || FileError::TooLarge {
-        path: path.to_path_buf(),
-        limit,
-    };
-    if meta.len() > limit {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large());
-    }
-    Ok(bytes)
+    Ok(meta.len())
 }
 
 /// `openat(at, name, flags)`, or `open` without `at`.

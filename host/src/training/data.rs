@@ -68,7 +68,7 @@ pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainE
         ),
         (None, Some(path)) => {
             let (data, first_line) = match path.extension().and_then(|e| e.to_str()) {
-                Some("f32") => (read_f32(path)?, None),
+                Some("f32") => (read_f32(path, limits)?, None),
                 // Row 0 is on line 2, under the header.
                 Some("csv") => {
                     let (label, targets) = (d.label.as_deref(), d.targets.as_deref());
@@ -103,7 +103,7 @@ pub fn load(config: &TrainConfig, limits: &TrainLimits) -> Result<Loaded, TrainE
                 targets_per_row: loaded.train.targets_per_row,
                 classes: (config.model.loss == Loss::SoftmaxCrossEntropy).then_some(loaded.outputs),
                 columns: loaded.columns.as_ref(),
-                max_rows: limits.max_rows,
+                limits: limits.clone(),
             },
             d.label.as_deref(),
             d.targets.as_deref(),
@@ -295,79 +295,66 @@ pub(super) fn csv_targets<'a>(
     }
 }
 
-/// Opens `path` for reading if it is a regular file, with its length. A FIFO, a device such as
-/// `/dev/zero` or a directory could hang the reader or never end, so they are refused; the file
-/// is opened non-blocking so that not even the open waits on a FIFO.
+/// Opens `path` for streaming if it is a regular file, with its length (see
+/// [`crate::plugin::files::open_named`]: a FIFO, a device such as `/dev/zero` or a directory
+/// could hang the reader or never end).
 pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64), TrainError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path).map_err(|e| TrainError::io(path, e))?;
-    let meta = file.metadata().map_err(|e| TrainError::io(path, e))?;
-    if !meta.is_file() {
-        return Err(TrainError::invalid(
-            path,
-            None,
-            "not a regular file (a device, FIFO or directory is never read)",
-        ));
-    }
-    Ok((file, meta.len()))
+    crate::plugin::files::open_named(path).map_err(|e| TrainError::io(path, e.into_io()))
 }
 
-/// The bytes of the regular file `path`, refused unless it holds at most `max` bytes; never more
-/// than its length at the open is read.
+/// The bytes of the regular file `path`, refused unless it holds at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, TrainError> {
-    let (file, len) = open_regular(path)?;
-    if len > max {
-        return Err(TrainError::invalid(
-            path,
-            None,
-            format!("{len} bytes, above the limit of {max}"),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(len)
-        .read_to_end(&mut bytes)
-        .map_err(|e| TrainError::io(path, e))?;
-    Ok(bytes)
+    crate::plugin::files::read_named(path, max).map_err(|e| TrainError::io(path, e.into_io()))
 }
 
-/// Reads the binary `f32` format.
-pub fn read_f32(path: &Path) -> Result<Dataset, TrainError> {
-    let bytes = read_regular(path, u64::MAX)?;
+/// Reads the binary `f32` format. The sizes its header promises are checked against the file's
+/// length and against `limits` (rows, features, the job's memory) before anything is allocated
+/// for them, and the rows are converted as they stream: a 16 GB file within its header's promise
+/// was read whole, then copied, before its row count was ever compared with a limit.
+pub fn read_f32(path: &Path, limits: &TrainLimits) -> Result<Dataset, TrainError> {
+    let (file, len) = open_regular(path)?;
     let invalid = |m: String| TrainError::invalid(path, None, m);
-    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(len));
+    let mut header = [0u8; HEADER];
+    if len < HEADER as u64 || reader.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
         return Err(invalid(
             "not a Gantry f32 dataset (no `GNTRYF32` header)".into(),
         ));
     }
-    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let u32_at = |o: usize| u32::from_le_bytes(header[o..o + 4].try_into().expect("4 bytes"));
     let version = u32_at(8);
     if version != 1 {
         return Err(invalid(format!(
             "format version {version}; this build reads 1"
         )));
     }
-    let rows = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let rows = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
     let (inputs, targets) = (u32_at(20) as usize, u32_at(24) as usize);
     let width = inputs + targets;
     let want = (rows as u128) * (width as u128) * 4 + HEADER as u128;
-    if inputs == 0 || want != bytes.len() as u128 {
+    if inputs == 0 || want != u128::from(len) {
         return Err(invalid(format!(
             "the header promises {rows} rows of {inputs} features and {targets} targets \
-             ({want} bytes), the file has {} bytes",
-            bytes.len()
+             ({want} bytes), the file has {len} bytes"
         )));
     }
+    super::limits::RowBudget::new(limits)
+        .take(rows, inputs, targets)
+        .map_err(|m| invalid(format!("the header promises {m}")))?;
+    // Within the budget, so these sizes fit in memory and in `usize`.
+    let rows = rows as usize;
     let mut data = Dataset {
         inputs,
         targets_per_row: targets,
-        features: Vec::with_capacity(rows as usize * inputs),
-        targets: Vec::with_capacity(rows as usize * targets),
+        features: Vec::with_capacity(rows * inputs),
+        targets: Vec::with_capacity(rows * targets),
     };
-    for (row, chunk) in bytes[HEADER..].chunks_exact(width * 4).enumerate() {
-        for (j, v) in chunk.chunks_exact(4).enumerate() {
+    let mut row_bytes = vec![0u8; width * 4];
+    for row in 0..rows {
+        reader
+            .read_exact(&mut row_bytes)
+            .map_err(|e| TrainError::io(path, e))?;
+        for (j, v) in row_bytes.chunks_exact(4).enumerate() {
             let v = f32::from_le_bytes(v.try_into().expect("4 bytes"));
             if !v.is_finite() {
                 return Err(invalid(format!(
@@ -537,12 +524,57 @@ mod tests {
         let data = synthetic::regression(10, 3, 0.1, 1);
         let p = dir.path().join("d.f32");
         write_f32(&p, &data).unwrap();
-        assert_eq!(read_f32(&p).unwrap(), data);
+        let limits = TrainLimits::default();
+        assert_eq!(read_f32(&p, &limits).unwrap(), data);
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
-        let e = read_f32(&p).unwrap_err().to_string();
+        let e = read_f32(&p, &limits).unwrap_err().to_string();
         assert!(e.contains("promises 10 rows") && e.contains("d.f32"), "{e}");
         std::fs::write(&p, b"hello world, not data at all").unwrap();
-        assert!(read_f32(&p).unwrap_err().to_string().contains("GNTRYF32"));
+        let e = read_f32(&p, &limits).unwrap_err().to_string();
+        assert!(e.contains("GNTRYF32"), "{e}");
+    }
+
+    /// An `.f32` file as large as its header says, but beyond the operator's limits, was read
+    /// whole and then copied before its rows were counted against them: a 64 GiB file asked for
+    /// 64 GiB at once and aborted the process (the daemon with it). Its header is checked
+    /// against the limits first now, and nothing is allocated for it.
+    #[test]
+    fn an_f32_file_beyond_the_limits_is_refused_from_its_header_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = |rows: u64, inputs: u32, targets: u32| {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&1u32.to_le_bytes());
+            bytes.extend_from_slice(&rows.to_le_bytes());
+            bytes.extend_from_slice(&inputs.to_le_bytes());
+            bytes.extend_from_slice(&targets.to_le_bytes());
+            bytes
+        };
+        // Sparse: 64 GiB of zero rows (valid, finite values) that take no disk.
+        let p = dir.path().join("huge.f32");
+        std::fs::write(&p, header(1 << 28, 63, 1)).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(HEADER as u64 + (1u64 << 28) * 64 * 4).unwrap();
+        let limits = TrainLimits::default();
+        let e = read_f32(&p, &limits).unwrap_err().to_string();
+        assert!(
+            e.contains("huge.f32") && e.contains("more than 20000000 rows"),
+            "{e}"
+        );
+        // Within the rows but not the memory, and no rows but 2^32 - 1 targets each.
+        let small = TrainLimits {
+            max_memory_mib: 1,
+            ..TrainLimits::default()
+        };
+        let p = write(dir.path(), "wide.f32", "");
+        std::fs::write(&p, header(1 << 12, 127, 1)).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(HEADER as u64 + (1u64 << 12) * 128 * 4)
+            .unwrap();
+        let e = read_f32(&p, &small).unwrap_err().to_string();
+        assert!(e.contains("job memory limit of 1 MiB"), "{e}");
+        std::fs::write(&p, header(0, 1, u32::MAX)).unwrap();
+        let e = read_f32(&p, &limits).unwrap_err().to_string();
+        assert!(e.contains("4294967295 targets per row"), "{e}");
     }
 }

@@ -141,6 +141,14 @@ impl RowBudget {
                 self.max_features
             ));
         }
+        // Target columns are columns of the data too: bounded like features, before a row of
+        // them is allocated.
+        if targets as u64 > self.max_features {
+            return Err(format!(
+                "{targets} targets per row, more than {} (the operator's feature limit)",
+                self.max_features
+            ));
+        }
         self.bytes += u128::from(rows) * (features as u128 + targets as u128) * 4;
         if self.bytes > u128::from(self.max_memory_mib) << 20 {
             return Err(format!(

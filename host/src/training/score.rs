@@ -16,7 +16,7 @@ use super::csv::{CsvReader, Targets};
 use super::data::{self, Columns};
 
 /// What a model takes, to check data against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Expected<'a> {
     /// Features per row.
     pub inputs: usize,
@@ -26,8 +26,8 @@ pub struct Expected<'a> {
     pub classes: Option<usize>,
     /// The CSV columns it was trained on, if known.
     pub columns: Option<&'a Columns>,
-    /// The most rows to score (see [`super::TrainLimits::max_rows`]).
-    pub max_rows: u64,
+    /// The operator's limits on what may be read (rows, features, memory).
+    pub limits: super::TrainLimits,
 }
 
 impl<'a> Expected<'a> {
@@ -38,7 +38,7 @@ impl<'a> Expected<'a> {
             targets_per_row: spec.targets_per_row(),
             classes: (spec.loss == Loss::SoftmaxCrossEntropy).then(|| spec.outputs()),
             columns,
-            max_rows: super::TrainLimits::default().max_rows,
+            limits: super::TrainLimits::default(),
         }
     }
 }
@@ -80,7 +80,7 @@ pub fn read_for(
     let data = match path.extension().and_then(|e| e.to_str()) {
         Some("csv") => read_csv_for(path, expected, label, targets)?,
         Some("f32") => {
-            let data = data::read_f32(path)?;
+            let data = data::read_f32(path, &expected.limits)?;
             check_f32(path, &data, expected)?;
             data
         }
@@ -95,14 +95,14 @@ pub fn read_for(
     if data.rows() == 0 {
         return Err(TrainError::invalid(path, None, "no rows to score"));
     }
-    if data.rows() as u64 > expected.max_rows {
+    if data.rows() as u64 > expected.limits.max_rows {
         return Err(TrainError::invalid(
             path,
             None,
             format!(
                 "{} rows, above the limit of {} rows",
                 data.rows(),
-                expected.max_rows
+                expected.limits.max_rows
             ),
         ));
     }
@@ -130,12 +130,8 @@ fn read_csv_for(
         Some(_) => Targets::Label(&named[0]),
         None => Targets::Named(&named),
     };
-    let limits = super::TrainLimits {
-        max_rows: expected.max_rows,
-        ..super::TrainLimits::default()
-    };
     let file = data::open_regular(path)?.0;
-    let reader = CsvReader::new(file, path, targets, expected.classes, &limits)?;
+    let reader = CsvReader::new(file, path, targets, expected.classes, &expected.limits)?;
     // The columns first, from the header alone, so a wrong file is named before its rows.
     let columns = reader.columns().expect("a CSV file has a header");
     check_columns(path, expected, &columns)?;
@@ -366,9 +362,12 @@ mod tests {
             let e = result.unwrap_err().to_string();
             assert!(e.contains("not a regular file"), "{}: {e}", path.display());
         }
-        let e = data::read_f32(Path::new("/dev/zero"))
-            .unwrap_err()
-            .to_string();
+        let e = data::read_f32(
+            Path::new("/dev/zero"),
+            &crate::training::TrainLimits::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         let e = data::read_csv(Path::new("/dev/zero"), Some("y"), None)
             .unwrap_err()

@@ -186,7 +186,7 @@ proptest! {
         }
         let bytes = fuzz::apply(&bytes, Syntax::Json, &edits);
         let path = scratch("d.f32", &bytes);
-        match read_f32(&path) {
+        match read_f32(&path, &TrainLimits::default()) {
             Ok(d) => {
                 check_dataset(&d, false);
                 prop_assert!((d.features.len() + d.targets.len()) * 4 + HEADER == bytes.len());
@@ -209,7 +209,7 @@ fn an_f32_header_promising_more_than_memory_is_refused_before_allocation() {
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
     bytes.extend_from_slice(&u32::MAX.to_le_bytes());
     bytes.extend_from_slice(&[0; 64]);
-    let e = read_f32(&scratch("huge.f32", &bytes))
+    let e = read_f32(&scratch("huge.f32", &bytes), &TrainLimits::default())
         .unwrap_err()
         .to_string();
     assert!(
