@@ -555,6 +555,7 @@ impl Host {
             self.loader.engine.clone(),
             self.loader.cache.clone(),
             self.loader.policy_modules.clone(),
+            self.loader.compile,
         )
     }
 

@@ -38,6 +38,11 @@ pub fn engine_module() -> Result<&'static [u8], PolicyError> {
         .map_err(|e| PolicyError::Module(e.clone()))
 }
 
+/// Whether `wasm` is the engine module of [`engine_module`], byte for byte.
+pub fn is_engine_module(wasm: &[u8]) -> bool {
+    engine_module().is_ok_and(|engine| engine == wasm)
+}
+
 /// What can go wrong with a policy, named after the file or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -308,6 +308,7 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
         memory_mib: 64,
         deadline_ms: 300,
         pool: 2,
+        ..PolicyLimits::default()
     };
     let runaway = gantry::blocking::block_on(host.policy_loader().load(bundle, limits)).unwrap();
     let err = gantry::blocking::block_on(runaway.evaluate("runaway/allow", &serde_json::json!({})))

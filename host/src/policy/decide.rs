@@ -26,6 +26,9 @@ pub struct PolicyLimits {
     pub deadline_ms: u64,
     /// Ready instances kept for reuse; more are created under concurrent load.
     pub pool: usize,
+    /// Longest result set, as the JSON text the module writes, that is parsed into values:
+    /// parsed, a result costs many times its text (256 MiB of `[0,0,...]` took 4.7 GB).
+    pub max_result_bytes: usize,
 }
 
 impl Default for PolicyLimits {
@@ -34,6 +37,7 @@ impl Default for PolicyLimits {
             memory_mib: 256,
             deadline_ms: 1000,
             pool: 8,
+            max_result_bytes: 4 << 20,
         }
     }
 }
@@ -200,7 +204,35 @@ impl std::fmt::Debug for LoadedPolicy {
 }
 
 fn module_error(e: impl std::fmt::Display) -> PolicyError {
-    PolicyError::Module(format!("{e:#}"))
+    PolicyError::Module(crate::plugin::Fault::text(format!("{e:#}")))
+}
+
+/// Runs a call into `opa-wasm`, whose code panics on what a module or a builtin's arguments can
+/// make it see (a heap pointer near `i32::MAX`, `time.add_date` with a year chrono cannot hold):
+/// the panic ends this call alone, as its error (a denial), and never the thread serving the
+/// request (which took the daemon's connection with it, every request after a bad policy's
+/// install, restarts included).
+async fn unwinding<T>(
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut call = Box::pin(call);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                std::task::Poll::Ready(Err(anyhow::anyhow!(
+                    "the policy engine failed on what the module gave it: {what}"
+                )))
+            }
+        },
+    )
+    .await
 }
 
 /// What loading a policy bundle takes: a host's engine and its compiled-artifact cache
@@ -212,6 +244,8 @@ pub struct PolicyLoader {
     engine: Engine,
     cache: ArtifactCache,
     compiled: CompiledModules,
+    /// Bounds on compiling a module other than the engine the binary ships.
+    compile: crate::plugin::compile::CompileLimits,
 }
 
 impl std::fmt::Debug for PolicyLoader {
@@ -221,12 +255,19 @@ impl std::fmt::Debug for PolicyLoader {
 }
 
 impl PolicyLoader {
-    /// A loader compiling on `engine` through `cache`, keeping what it compiled in `compiled`.
-    pub(crate) fn new(engine: Engine, cache: ArtifactCache, compiled: CompiledModules) -> Self {
+    /// A loader compiling on `engine` through `cache`, keeping what it compiled in `compiled`;
+    /// a module other than the shipped engine is compiled only within `compile`.
+    pub(crate) fn new(
+        engine: Engine,
+        cache: ArtifactCache,
+        compiled: CompiledModules,
+        compile: crate::plugin::compile::CompileLimits,
+    ) -> Self {
         Self {
             engine,
             cache,
             compiled,
+            compile,
         }
     }
 
@@ -242,6 +283,16 @@ impl PolicyLoader {
         LoadedPolicy::load(&self.engine, module, outcome, bundle, limits).await
     }
 
+    /// The bounds on compiling `wasm`: none for the engine module the binary ships (ours, and
+    /// large), the host's bounds for plugins for any other.
+    fn compile_limits(&self, wasm: &[u8]) -> crate::plugin::compile::CompileLimits {
+        if super::is_engine_module(wasm) {
+            crate::plugin::compile::CompileLimits::trusted()
+        } else {
+            self.compile
+        }
+    }
+
     /// The compiled module of `wasm`: kept in memory, else from the cache or compiled on the
     /// blocking pool.
     async fn module(&self, wasm: &[u8]) -> Result<(Module, CacheOutcome), PolicyError> {
@@ -253,7 +304,14 @@ impl PolicyLoader {
         if let Some(module) = self.compiled.get(&sha) {
             return Ok((module, CacheOutcome::Hit));
         }
-        let (engine, cache, wasm_bytes) = (self.engine.clone(), self.cache.clone(), wasm.to_vec());
+        // An uploaded module is as untrusted as a plugin: Cranelift's time and memory grow with
+        // it (a 60 MB module compiled for minutes at 3.5 GB, holding the compile slot), so it is
+        // measured and bounded first. The engine the binary ships is ours, and large.
+        let cache = self
+            .cache
+            .clone()
+            .with_compile_limits(self.compile_limits(wasm));
+        let (engine, wasm_bytes) = (self.engine.clone(), wasm.to_vec());
         let key = sha.clone();
         let (module, outcome) = crate::blocking::run(move || {
             cache.load_or_compile::<Module>(&engine, &wasm_bytes, &key)
@@ -380,11 +438,14 @@ impl LoadedPolicy {
             given: given.clone(),
         };
         let load = async {
-            let runtime = Runtime::new_with_evaluation_context(&mut store, &self.module, context)
-                .await
-                .map_err(module_error)?;
-            runtime
-                .with_data(&mut store, &self.data)
+            let runtime = unwinding(Runtime::new_with_evaluation_context(
+                &mut store,
+                &self.module,
+                context,
+            ))
+            .await
+            .map_err(module_error)?;
+            unwinding(runtime.with_data(&mut store, &self.data))
                 .await
                 .map_err(module_error)
         };
@@ -472,18 +533,21 @@ impl LoadedPolicy {
         };
         self.arm(&mut ready.store);
         let deadline = Duration::from_millis(self.limits.deadline_ms);
-        let call = ready
-            .policy
-            .evaluate::<_, serde_json::Value, _>(&mut ready.store, id, input);
+        // The result is taken as text first: its length is checked before it is parsed.
+        let call = unwinding(
+            ready
+                .policy
+                .evaluate::<_, Box<serde_json::value::RawValue>, _>(&mut ready.store, id, input),
+        );
         let outcome = tokio::time::timeout(deadline, call).await;
         let given = std::mem::take(&mut *ready.given.lock().unwrap_or_else(|e| e.into_inner()));
         let result = match outcome {
-            Ok(Ok(result)) => {
+            Ok(Ok(text)) => {
                 let mut pool = self.ready.lock().unwrap_or_else(|e| e.into_inner());
                 if pool.len() < self.limits.pool {
                     pool.push(ready);
                 }
-                Ok(result)
+                self.parse_result(entrypoint, &text)
             }
             // The instance is dropped: its state after a failure is not trusted.
             Ok(Err(e)) => Err(self.eval_error(entrypoint, self.failure(&ready, &e))),
@@ -495,11 +559,32 @@ impl LoadedPolicy {
         (result, given)
     }
 
+    /// Module-chosen text (an `opa_abort` message, say) is cut to one bounded line.
     fn eval_error(&self, entrypoint: &str, message: String) -> PolicyError {
         PolicyError::Eval {
             entrypoint: entrypoint.to_string(),
-            message,
+            message: crate::plugin::Fault::text(message),
         }
+    }
+
+    /// The result set of `text`, refused when longer than the limit.
+    fn parse_result(
+        &self,
+        entrypoint: &str,
+        text: &serde_json::value::RawValue,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let text = text.get();
+        if text.len() > self.limits.max_result_bytes {
+            return Err(self.eval_error(
+                entrypoint,
+                format!(
+                    "the result is {} bytes of JSON, over the limit of {}",
+                    text.len(),
+                    self.limits.max_result_bytes
+                ),
+            ));
+        }
+        serde_json::from_str(text).map_err(|e| self.eval_error(entrypoint, e.to_string()))
     }
 
     /// Why an evaluation failed, in the policy author's terms.
@@ -642,6 +727,276 @@ mod tests {
         let mut outcomes = [a.unwrap().1, b.unwrap().1];
         outcomes.sort_by_key(|o| format!("{o:?}"));
         assert_eq!(outcomes, [CacheOutcome::Disabled, CacheOutcome::Hit]);
+    }
+
+    /// What a hand-made OPA-ABI module (ABI 1.2, with the `opa_eval` fast path) does.
+    struct Abi<'a> {
+        /// What `opa_heap_ptr_get` answers.
+        heap: i32,
+        /// The result set `opa_eval` returns, as JSON text.
+        result: &'a str,
+        /// Whether `opa_eval` first calls the host's `time.add_date(0, 2^31 - 1, 0, 0)`.
+        add_date: bool,
+    }
+
+    /// A module following OPA's Wasm ABI with one entrypoint, `main`, that answers `abi.result`
+    /// whatever it is asked: what `opa build -t wasm` writes, reduced to constants.
+    fn opa_abi_module(abi: &Abi) -> Vec<u8> {
+        use wasm_encoder::{
+            CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection, Function,
+            FunctionSection, GlobalSection, GlobalType, ImportSection, Instruction as I,
+            MemoryType, Module, TypeSection, ValType::I32,
+        };
+        const RESULT: i32 = 1024;
+        let mut types = TypeSection::new();
+        for (params, results) in [
+            (0, 1), // 0: () -> i32
+            (1, 1), // 1: (i32) -> i32
+            (2, 0), // 2: (i32, i32)
+            (1, 0), // 3: (i32)
+            (2, 1), // 4: (i32, i32) -> i32
+            (7, 1), // 5: opa_eval
+            (6, 1), // 6: opa_builtin4
+        ] {
+            types.ty().function(vec![I32; params], vec![I32; results]);
+        }
+        let mut imports = ImportSection::new();
+        let memory = MemoryType {
+            minimum: 4,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        };
+        imports.import("env", "memory", EntityType::Memory(memory));
+        imports.import("env", "opa_builtin4", EntityType::Function(6));
+        let constant = |v: i32| vec![I::I32Const(v)];
+        let builtin_call = if abi.add_date {
+            vec![
+                I::I32Const(0),
+                I::I32Const(0),
+                I::I32Const(128),
+                I::I32Const(136),
+                I::I32Const(128),
+                I::I32Const(128),
+                I::Call(0),
+                I::Drop,
+                I::I32Const(RESULT),
+            ]
+        } else {
+            constant(RESULT)
+        };
+        let bodies: Vec<(&str, u32, Vec<I>)> = vec![
+            ("builtins", 0, constant(0)),
+            ("entrypoints", 0, constant(64)),
+            ("opa_eval_ctx_new", 0, constant(0)),
+            ("eval", 1, constant(0)),
+            ("opa_eval_ctx_set_input", 2, vec![]),
+            ("opa_eval_ctx_set_data", 2, vec![]),
+            ("opa_eval_ctx_set_entrypoint", 2, vec![]),
+            ("opa_eval_ctx_get_result", 1, constant(RESULT)),
+            ("opa_malloc", 1, constant(4096)),
+            ("opa_free", 3, vec![]),
+            ("opa_json_parse", 4, constant(0)),
+            ("opa_json_dump", 1, vec![I::LocalGet(0)]),
+            ("opa_heap_ptr_set", 3, vec![]),
+            ("opa_heap_ptr_get", 0, constant(abi.heap)),
+            ("opa_eval", 5, builtin_call),
+        ];
+        let (mut functions, mut code, mut exports) = (
+            FunctionSection::new(),
+            CodeSection::new(),
+            ExportSection::new(),
+        );
+        for (index, (name, ty, body)) in bodies.iter().enumerate() {
+            functions.function(*ty);
+            let mut f = Function::new([]);
+            for instruction in body {
+                f.instruction(instruction);
+            }
+            f.instruction(&I::End);
+            code.function(&f);
+            exports.export(name, ExportKind::Func, index as u32 + 1);
+        }
+        let mut globals = GlobalSection::new();
+        for (index, (name, value)) in [
+            ("opa_wasm_abi_version", 1),
+            ("opa_wasm_abi_minor_version", 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ty = GlobalType {
+                val_type: I32,
+                mutable: false,
+                shared: false,
+            };
+            globals.global(ty, &ConstExpr::i32_const(value));
+            exports.export(name, ExportKind::Global, index as u32);
+        }
+        let builtins: &[u8] = if abi.add_date {
+            b"{\"time.add_date\":0}\0"
+        } else {
+            b"{}\0"
+        };
+        let mut data = DataSection::new();
+        for (at, bytes) in [
+            (0, builtins.to_vec()),
+            (64, b"{\"main\":0}\0".to_vec()),
+            (128, b"0\0".to_vec()),
+            (136, b"2147483647\0".to_vec()),
+            (RESULT, [abi.result.as_bytes(), b"\0"].concat()),
+        ] {
+            data.active(0, &ConstExpr::i32_const(at), bytes);
+        }
+        let mut module = Module::new();
+        module
+            .section(&types)
+            .section(&imports)
+            .section(&functions)
+            .section(&globals)
+            .section(&exports)
+            .section(&code)
+            .section(&data);
+        module.finish()
+    }
+
+    /// Loads `wasm` as a bundle with empty data on a fresh host, within `limits`.
+    fn load(
+        wasm: Vec<u8>,
+        limits: PolicyLimits,
+        compile: Option<crate::plugin::compile::CompileLimits>,
+    ) -> Result<Arc<LoadedPolicy>, PolicyError> {
+        let mut config = crate::HostConfig::new(crate::cluster::Cluster::uniform(1, 1, 1, 1));
+        config.cache_dir = None;
+        if let Some(compile) = compile {
+            config.compile = compile;
+        }
+        let host = crate::Host::new(config).unwrap();
+        let bundle = Bundle {
+            wasm,
+            data: serde_json::json!({}),
+            manifest: serde_json::json!({}),
+            signatures: None,
+        };
+        crate::blocking::block_on(host.policy_loader().load(bundle, limits))
+    }
+
+    fn evaluate(policy: &LoadedPolicy) -> Result<serde_json::Value, PolicyError> {
+        crate::blocking::block_on(policy.evaluate("main", &serde_json::json!({"a": 1})))
+    }
+
+    /// The module this test builds answers as OPA's do: the fixtures below differ from it in
+    /// one thing each.
+    #[test]
+    fn a_hand_made_opa_abi_module_decides() {
+        let abi = Abi {
+            heap: 8192,
+            result: r#"[{"result":true}]"#,
+            add_date: false,
+        };
+        let policy = load(opa_abi_module(&abi), PolicyLimits::default(), None).unwrap();
+        assert_eq!(
+            evaluate(&policy).unwrap(),
+            serde_json::json!([{"result": true}])
+        );
+    }
+
+    /// Reported by a review: opa-wasm panics on what a module gives it (a heap pointer near
+    /// `i32::MAX`; `time.add_date` with a year past chrono's range, which any request field
+    /// passed to it reaches), and the panic took the thread serving the request: every request
+    /// to a daemon with such a policy lost its connection, restarts included. Each is now that
+    /// evaluation's error, a denial, and the policy goes on deciding.
+    #[test]
+    fn a_module_that_makes_the_policy_runtime_panic_fails_that_decision_alone() {
+        for (abi, what) in [
+            (
+                Abi {
+                    heap: i32::MAX,
+                    result: r#"[{"result":true}]"#,
+                    add_date: false,
+                },
+                "heap pointer",
+            ),
+            (
+                Abi {
+                    heap: 8192,
+                    result: r#"[{"result":true}]"#,
+                    add_date: true,
+                },
+                "time.add_date",
+            ),
+        ] {
+            let policy = load(opa_abi_module(&abi), PolicyLimits::default(), None).unwrap();
+            for _ in 0..2 {
+                let e = evaluate(&policy).unwrap_err().to_string();
+                assert!(e.contains("the policy engine failed"), "{what}: {e}");
+                assert!(!verdict(&Err(PolicyError::Module(e))).0);
+            }
+        }
+    }
+
+    /// Reported by a review: a result set was parsed into values whatever its size (256 MiB of
+    /// `[0,0,...]` took 4.7 GB and 10 s, outside the module's memory cap and deadline). Its
+    /// text is measured first now.
+    #[test]
+    fn a_result_set_over_the_limit_is_refused_before_it_is_parsed() {
+        let abi = Abi {
+            heap: 8192,
+            result: r#"[{"result":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}]"#,
+            add_date: false,
+        };
+        let limits = PolicyLimits {
+            max_result_bytes: 32,
+            ..PolicyLimits::default()
+        };
+        let policy = load(opa_abi_module(&abi), limits, None).unwrap();
+        let e = evaluate(&policy).unwrap_err().to_string();
+        assert!(
+            e.contains("the result is 46 bytes of JSON, over the limit of 32"),
+            "{e}"
+        );
+        let roomy = PolicyLimits {
+            max_result_bytes: 46,
+            ..PolicyLimits::default()
+        };
+        let policy = load(opa_abi_module(&abi), roomy, None).unwrap();
+        assert!(evaluate(&policy).is_ok());
+    }
+
+    /// Reported by a review: uploaded policy modules were compiled with no bounds (a 60 MB
+    /// module compiled for minutes at 3.5 GB, holding the compile slot every plugin upload
+    /// waits for). They are measured first now, like plugins; the engine the binary ships
+    /// still loads whatever the bounds.
+    #[test]
+    fn policy_modules_are_bounded_before_compiling_except_the_shipped_engine() {
+        let tight = crate::plugin::compile::CompileLimits {
+            max_function_bytes: 8,
+            ..crate::plugin::compile::CompileLimits::default()
+        };
+        let abi = Abi {
+            heap: 8192,
+            result: r#"[{"result":true}]"#,
+            add_date: true,
+        };
+        let e = load(opa_abi_module(&abi), PolicyLimits::default(), Some(tight))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refused before compiling: bytes in one function"),
+            "{e}"
+        );
+        // Compiling the engine takes a minute in a debug build: the choice of bounds is checked.
+        let mut config = crate::HostConfig::new(crate::cluster::Cluster::uniform(1, 1, 1, 1));
+        config.compile = tight;
+        config.cache_dir = None;
+        let loader = crate::Host::new(config).unwrap().policy_loader();
+        let engine = crate::policy::engine_module().unwrap();
+        assert_eq!(
+            loader.compile_limits(engine),
+            crate::plugin::compile::CompileLimits::trusted()
+        );
+        assert_eq!(loader.compile_limits(&engine[1..]), tight);
     }
 
     fn of(set: serde_json::Value) -> (bool, Vec<String>) {
