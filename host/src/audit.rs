@@ -3,7 +3,8 @@
 //!
 //! The chain makes a changed, removed, inserted or reordered entry visible at the next line; the
 //! signed checkpoints make a rewrite of the whole chain visible too (the hashes are unkeyed, the
-//! signatures are not). A log verifies only if it ends in a checkpoint signed by the expected key
+//! signatures are not), and each signs every field of its own line, which no later line covers
+//! when it is the last. A log verifies only if it ends in a checkpoint signed by the expected key
 //! and no run of entries between checkpoints is longer than the writer ever leaves one
 //! ([`CHECKPOINT_EVERY`]): stripping checkpoints and recomputing the chain, or cutting the tail
 //! mid-way, fails. A log cut back to an earlier checkpoint still ends sealed; that is caught by
@@ -45,8 +46,10 @@ pub const SEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5)
 /// longer line is refused by verification before it is read whole.
 pub const MAX_LINE: usize = 1 << 20;
 
-/// One line of the log.
+/// One line of the log. A field the writer never writes is refused by verification: the last
+/// line is covered by no later `prev`, only by its signature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Position in the log, from 1.
     pub seq: u64,
@@ -63,7 +66,8 @@ pub struct Entry {
     pub record: Option<serde_json::Value>,
     /// Hex SHA-256 of the previous line's bytes ([`GENESIS`] for the first).
     pub prev: String,
-    /// Checkpoints: hex Ed25519 signature of [`checkpoint_message`].
+    /// Checkpoints: `v2:` and the hex Ed25519 signature of [`checkpoint_message`] (logs written
+    /// before: the hex signature of [`legacy_checkpoint_message`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
     /// Checkpoints: hex public key of the signer.
@@ -159,9 +163,21 @@ pub fn new_decision_id() -> String {
     hex(&bytes)
 }
 
-/// The bytes a checkpoint signs: it covers its position and, through `prev`, every line before.
-pub fn checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
+/// The bytes a checkpoint of the first format signed: its position and, through `prev`, every
+/// line before, but not its own time, so the last line of a log could be altered and still
+/// verify. Still verified in logs written before [`checkpoint_message`] replaced it.
+pub fn legacy_checkpoint_message(seq: u64, prev: &str) -> Vec<u8> {
     format!("gantry-audit-checkpoint\n{seq}\n{prev}").into_bytes()
+}
+
+/// What a checkpoint's signature tells apart from the first format's: it starts its `signature`.
+pub const CHECKPOINT_SIGNATURE_V2: &str = "v2:";
+
+/// The bytes a checkpoint signs: every field of its own line (its position, time and key) and,
+/// through `prev`, every line before. Its `signature` is [`CHECKPOINT_SIGNATURE_V2`] and the
+/// hex signature.
+pub fn checkpoint_message(seq: u64, time_ms: u64, prev: &str, key: &str) -> Vec<u8> {
+    format!("gantry-audit-checkpoint-v2\n{seq}\n{time_ms}\n{prev}\n{key}").into_bytes()
 }
 
 /// Audit log failures, naming the file and, for verification, the first bad line.
@@ -503,9 +519,11 @@ impl AuditLog {
             key: None,
         };
         if kind == "checkpoint" {
-            let sig = self.key.sign(&checkpoint_message(seq, &tail.prev));
-            entry.signature = Some(hex(sig.as_ref()));
-            entry.key = Some(hex(self.key.public_key().as_ref()));
+            let key = hex(self.key.public_key().as_ref());
+            let message = checkpoint_message(seq, entry.time_ms, &tail.prev, &key);
+            let sig = self.key.sign(&message);
+            entry.signature = Some(format!("{CHECKPOINT_SIGNATURE_V2}{}", hex(sig.as_ref())));
+            entry.key = Some(key);
         }
         let mut line = serde_json::to_vec(&entry).expect("an entry serializes");
         if line.len() >= MAX_LINE {

@@ -357,6 +357,57 @@ fn entries_a_crash_left_unsealed_are_sealed_at_open_and_counted() {
     );
 }
 
+/// Reported by a review: a checkpoint's signature covered its position and `prev` only, so the
+/// last line of a log (a checkpoint, covered by no later `prev`) could be given another time, a
+/// forged `record` or any field, and still verified without `--head`. It signs every field of
+/// its line now, a checkpoint with a record or a line with a field the writer never writes is
+/// refused, and logs whose checkpoints were signed the first way still verify.
+#[test]
+fn the_last_checkpoint_line_cannot_be_altered_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let clean = write_log(&path, dir.path(), 20);
+    let last = clean.len() - 1;
+    assert!(
+        clean[last].contains("\"kind\":\"checkpoint\""),
+        "{}",
+        clean[last]
+    );
+    let edit = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut t = clean.clone();
+        let mut e: serde_json::Value = serde_json::from_str(&t[last]).unwrap();
+        change(&mut e);
+        t[last] = serde_json::to_string(&e).unwrap();
+        save(&path, &t);
+        bad_line(&path)
+    };
+    let (line, reason) = edit(&|e| e["time_ms"] = (e["time_ms"].as_u64().unwrap() + 1).into());
+    assert_eq!(line, last + 1);
+    assert!(reason.contains("signature does not verify"), "{reason}");
+    let (_, reason) = edit(&|e| e["record"] = serde_json::json!({"allow": true}));
+    assert!(reason.contains("a checkpoint with a record"), "{reason}");
+    let (_, reason) = edit(&|e| e["note"] = "nothing to see".into());
+    assert!(reason.contains("unknown field `note`"), "{reason}");
+
+    // A log signed the first way (position and `prev` only) still verifies.
+    let pair = gantry::keys::load(&dir.path().join("host.pk8")).unwrap();
+    let mut legacy = clean.clone();
+    for i in 0..legacy.len() {
+        if i > 0 {
+            rechain(&mut legacy[i - 1..=i], 1);
+        }
+        let mut e: audit::Entry = serde_json::from_str(&legacy[i]).unwrap();
+        if e.kind == "checkpoint" {
+            let sig = pair.sign(&audit::legacy_checkpoint_message(e.seq, &e.prev));
+            e.signature = Some(gantry::plugin::cache::hex(sig.as_ref()));
+            legacy[i] = serde_json::to_string(&e).unwrap();
+        }
+    }
+    assert!(legacy.iter().all(|l| !l.contains("v2:")));
+    save(&path, &legacy);
+    audit::verify(&path, None).unwrap();
+}
+
 #[test]
 fn a_rewritten_chain_fails_at_the_next_signed_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,10 @@ use std::path::Path;
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::Serialize;
 
-use super::{AuditError, CHECKPOINT_EVERY, Entry, GENESIS, Head, MAX_LINE, checkpoint_message};
+use super::{
+    AuditError, CHECKPOINT_EVERY, CHECKPOINT_SIGNATURE_V2, Entry, GENESIS, Head, MAX_LINE,
+    checkpoint_message, legacy_checkpoint_message,
+};
 use crate::keys;
 use crate::plugin::cache::sha256_hex;
 
@@ -226,10 +229,24 @@ fn check_line(
     Ok(())
 }
 
-/// A checkpoint's signature, by `key` (learned from the first checkpoint when not pinned).
+/// A checkpoint's signature, by `key` (learned from the first checkpoint when not pinned), over
+/// every field of its line; a checkpoint carries no record.
 fn check_signature(entry: &Entry, key: &mut Option<String>) -> Result<(), String> {
     let (Some(sig), Some(signer)) = (&entry.signature, &entry.key) else {
         return Err("checkpoint without signature or key".into());
+    };
+    if entry.record.is_some() {
+        return Err("a checkpoint with a record, which checkpoints never carry".into());
+    }
+    let (sig, message) = match sig.strip_prefix(CHECKPOINT_SIGNATURE_V2) {
+        Some(sig) => (
+            sig,
+            checkpoint_message(entry.seq, entry.time_ms, &entry.prev, signer),
+        ),
+        None => (
+            sig.as_str(),
+            legacy_checkpoint_message(entry.seq, &entry.prev),
+        ),
     };
     let expected = key.get_or_insert_with(|| signer.clone());
     if signer != expected {
@@ -241,9 +258,10 @@ fn check_signature(entry: &Entry, key: &mut Option<String>) -> Result<(), String
         return Err("checkpoint signature or key is not hex".into());
     };
     UnparsedPublicKey::new(&ED25519, signer)
-        .verify(&checkpoint_message(entry.seq, &entry.prev), &sig)
+        .verify(&message, &sig)
         .map_err(|_| {
-            "checkpoint signature does not verify: the entries before it were rewritten".into()
+            "checkpoint signature does not verify: it or the entries before it were rewritten"
+                .into()
         })
 }
 
