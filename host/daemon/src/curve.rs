@@ -56,8 +56,13 @@ impl Default for Curve {
 }
 
 impl Curve {
-    /// Records one step.
+    /// Records one step. Steps only go forward (a resumed job [`Self::rewind`]s first): one at
+    /// or before the latest is dropped, so a node that repeats or invents steps cannot grow the
+    /// curve (1,000 reports of step 0 made it 256,256 points, each report slower than the last).
     pub fn record(&mut self, p: &gantry::training::Progress, at: f64) {
+        if p.step <= self.step {
+            return;
+        }
         self.step = p.step;
         self.total_steps = p.total_steps;
         self.epoch = p.epoch;
@@ -72,7 +77,9 @@ impl Curve {
                 at,
             });
         }
-        if self.points.len() > MAX_POINTS {
+        // Steps increase, so few of them are multiples of a large stride: this ends, at the
+        // latest when the stride reaches 2^31, with at most three points left.
+        while self.points.len() > MAX_POINTS && self.stride < 1 << 31 {
             self.stride = self.stride.max(1) * 2;
             let stride = self.stride;
             let total = self.total_steps;
@@ -134,6 +141,32 @@ mod tests {
         );
         assert!(c.points.windows(2).all(|w| w[0].step < w[1].step));
         assert_eq!((c.step, c.progress()), (10_000, 1.0));
+    }
+
+    /// Reported by a review: a node's progress reports of step 0 (a multiple of every stride,
+    /// so never dropped) grew a curve to 256,256 points, each step O(points) under the lock the
+    /// metrics endpoint takes too; and the stride doubled without bound (it wraps at 2^32).
+    #[test]
+    fn a_node_repeating_or_inventing_steps_cannot_grow_the_curve() {
+        let mut c = Curve::default();
+        for s in 1..=100 {
+            step(&mut c, s, 1000);
+        }
+        for _ in 0..10_000 {
+            step(&mut c, 0, 1000);
+            step(&mut c, 50, 1000);
+            step(&mut c, 100, 1000);
+        }
+        assert_eq!(c.points.len(), 100);
+        assert_eq!(c.step, 100);
+        // Steps spread over the whole `u32` range: the stride stops growing, the curve stays
+        // bounded.
+        let mut c = Curve::default();
+        for k in 1..=u32::MAX / (1 << 22) {
+            step(&mut c, k << 22, u64::from(u32::MAX));
+        }
+        assert!(c.points.len() <= MAX_POINTS, "{} points", c.points.len());
+        assert!(c.stride <= 1 << 31);
     }
 
     #[test]
