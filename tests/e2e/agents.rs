@@ -361,6 +361,130 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     wait_for_state(&url, &rae, "c1", "cancelled");
 }
 
+/// A loopback proxy to `to` that can freeze: from then on it accepts connections and never
+/// answers, like a control plane that hangs or a network that drops packets.
+struct FreezingProxy {
+    url: String,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    fn to(to: &str) -> FreezingProxy {
+        use std::io::copy;
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = to.trim_start_matches("http://").to_string();
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen_too = frozen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming().flatten() {
+                if frozen_too.load(SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c2, mut s2) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FreezingProxy { url, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Reported by a review: a job ran twice at once. An agent whose control plane stopped
+/// answering (connections accepted, never answered) waited on its heartbeat for ever, so it
+/// never saw its lease lapse, and its run went on beside the attempt the control plane gave to
+/// another node; and an agent that came back after its lease (SIGSTOP, SIGCONT) stopped its
+/// given-up run with the grace of a stop (SIGTERM, then SIGKILL after `--kill-grace-s`), so a
+/// program ignoring SIGTERM ran on beside its new attempt for the whole grace. Now every request
+/// of an agent is bounded well under its lease, each run kills itself the moment its agent's
+/// lease (counted from when the heartbeat was sent) lapses, and a run the control plane no
+/// longer lists is killed at once.
+#[test]
+fn a_given_up_run_is_killed_before_its_job_runs_elsewhere_however_its_agent_was_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let node_b = add_user(&data, "node-b", "node", "vision", "public");
+    let daemon = two_nodes_with_agents(dir.path(), &data, "2");
+    let url = daemon.url.clone();
+    // A grace far longer than the test: only a kill without it ends these programs in time.
+    let mut extra = vec!["--kill-grace-s", "600"];
+    extra.extend(job_user_args());
+    let script = "trap '' TERM; sleep 300 & echo child=$!; wait";
+    let runs_on = |id: &str, node: &str| {
+        let j = job(&url, &rae, id);
+        j["state"] == "running"
+            && j["gpu_ids"] == json!([format!("{node}/gpu0"), format!("{node}/gpu1")])
+    };
+
+    // The control plane stops answering agent A.
+    let proxy = FreezingProxy::to(&url);
+    let agent_a = Agent::start_with(&proxy.url, &node, "node-a", 2, &extra);
+    let body = json!({"id": "h1", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sh", "-c", script]}});
+    let (s, v) = submit(&url, &rae, &body);
+    assert_eq!(s, 201, "{v}");
+    eventually("h1 prints its child", || {
+        log_of(&url, &rae, "h1").contains("child=")
+    });
+    let child = number_after(&log_of(&url, &rae, "h1"), "child=") as u32;
+    let agent_b = Agent::start_with(&url, &node_b, "node-b", 2, &extra);
+    proxy.freeze();
+    eventually("h1 runs again on node-b", || runs_on("h1", "node-b"));
+    assert!(
+        !alive(child),
+        "the run of the agent cut off from its control plane outlived its lease"
+    );
+    let (s, v) = crate::daemon::cancel(&url, &rae, "h1");
+    assert_eq!(s, 202, "{v}");
+    drop(agent_a);
+    drop(agent_b);
+    eventually("no node serves", || serving_gpus(&url, &rae) == 0);
+    wait_for_state(&url, &rae, "h1", "cancelled");
+
+    // Agent A is stopped past its lease, then goes on.
+    let agent_a = Agent::start_with(&url, &node, "node-a", 2, &extra);
+    eventually("node-a serves", || serving_gpus(&url, &rae) == 2);
+    let body = json!({"id": "h2", "tenant": "vision", "gpus": 2,
+                      "command": {"argv": ["sh", "-c", script]}});
+    let (s, v) = submit(&url, &rae, &body);
+    assert_eq!(s, 201, "{v}");
+    eventually("h2 runs on node-a", || {
+        runs_on("h2", "node-a") && log_of(&url, &rae, "h2").contains("child=")
+    });
+    let child = number_after(&log_of(&url, &rae, "h2"), "child=") as u32;
+    let _agent_b = Agent::start_with(&url, &node_b, "node-b", 2, &extra);
+    agent_a.signal("-STOP");
+    eventually("h2 runs again on node-b", || runs_on("h2", "node-b"));
+    agent_a.signal("-CONT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive(child) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the given-up run was still alive 10 s after its agent went on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Regression: a command run's scratch directory on an agent (no `cwd` given) stayed in `/tmp`
 /// for good when its agent was killed mid-run. The agent, started again, removes it.
 #[test]

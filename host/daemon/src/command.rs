@@ -409,6 +409,11 @@ pub trait RunSink {
     fn log(&mut self, entry: &str);
     /// Whether the run is asked to stop (a cancel, a lost GPU, the daemon or agent stopping).
     fn stopping(&self) -> bool;
+    /// Whether the run was fenced off (its agent's lease lapsed: the control plane may run the
+    /// job elsewhere now): its program is killed at once, without the grace of a stop.
+    fn fenced(&self) -> bool {
+        false
+    }
 }
 
 /// What a run needs of its job.
@@ -542,7 +547,6 @@ pub fn execute(
         .env("GANTRY_JOB", super::db::name_of(job.key))
         .env("GANTRY_TENANT", job.tenant)
         .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
-        .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -550,11 +554,16 @@ pub fn execute(
         .process_group(0);
     let join = group.as_ref().map(crate::cgroup::RunGroup::joiner);
     let ids = user.map(|u| (u.uid, u.gid));
+    let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
+        return RunEnd::Failed(format!("its directory {} holds a NUL byte", cwd.display()));
+    };
     // SAFETY: only async-signal-safe calls between fork and exec: the cgroup's file written,
     // then the ids given up (after joining: an unprivileged user may not move itself), then the
-    // death signal set (changing ids clears it). The program dies with this thread (the run's
-    // supervisor), so a daemon that dies does not leave it running; what it started stays in
-    // its cgroup, which the next daemon's start empties.
+    // directory entered, as the user: entered before (`current_dir`), a `cwd` under a directory
+    // only root may pass let the program read what lay below it. Then the death signal set
+    // (changing ids clears it). The program dies with this thread (the run's supervisor), so a
+    // daemon that dies does not leave it running; what it started stays in its cgroup, which
+    // the next daemon's start empties.
     unsafe {
         command.pre_exec(move || {
             if let Some(join) = &join {
@@ -567,6 +576,9 @@ pub fn execute(
             {
                 return Err(std::io::Error::last_os_error());
             }
+            if libc::chdir(directory.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -575,7 +587,14 @@ pub fn execute(
     }
     let mut child = match command.spawn() {
         Ok(c) => c,
-        Err(e) => return RunEnd::Failed(format!("could not start `{}`: {e}", spec.argv[0])),
+        Err(e) => {
+            return RunEnd::Failed(format!(
+                "could not start `{}` in {} as {}: {e}",
+                spec.argv[0],
+                cwd.display(),
+                user.map_or(own_user, |u| u.name.as_str()),
+            ));
+        }
     };
     let pgid = child.id() as i32;
     sink.log(&format!(
@@ -639,6 +658,11 @@ pub fn execute(
             }
         }
         let now = Instant::now();
+        if sink.fenced() {
+            signal_group(pgid, libc::SIGKILL);
+            stopped.get_or_insert((Stopped::Asked, now));
+            continue;
+        }
         match stopped {
             None => {
                 let why = if sink.stopping() {
@@ -858,6 +882,75 @@ mod tests {
         assert_eq!(runs_as(&none).is_err(), root);
         assert!(JobUser::lookup("root").unwrap_err().contains("uid 0"));
         assert!(JobUser::lookup("no-such-user-here").is_err());
+    }
+
+    /// A log kept in memory.
+    #[derive(Default)]
+    struct Lines(Vec<String>);
+
+    impl RunSink for Lines {
+        fn log(&mut self, entry: &str) {
+            self.0.push(entry.to_string());
+        }
+        fn stopping(&self) -> bool {
+            false
+        }
+    }
+
+    /// Reported by a review: the job's `cwd` was entered by the daemon (root) before the ids
+    /// were given up, so a `cwd` below a directory only root may pass (`/x/priv/pub`, `priv`
+    /// 0700) let the job user read what lay there. The directory is entered as the job user
+    /// now, and the run fails saying it could not. Root only (it needs another user).
+    #[test]
+    fn a_cwd_the_job_user_may_not_reach_is_refused_not_entered_as_root() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to run a job as another user");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = dir.path().join("priv");
+        let public = private.join("pub");
+        std::fs::create_dir_all(&public).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(public.join("key.txt"), "TOP-SECRET").unwrap();
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            ..CommandLimits::default()
+        };
+        let run = |cwd: &std::path::Path| {
+            let spec = CommandSpec {
+                cwd: Some(cwd.to_str().unwrap().to_string()),
+                ..spec(&["/bin/cat", "key.txt"])
+            };
+            let gpus = ["node-0001/gpu0".to_string()];
+            let job = RunJob {
+                key: "vision/peek",
+                tenant: "vision",
+                gpu_ids: &gpus,
+                spec: &spec,
+            };
+            let mut lines = Lines::default();
+            let end = execute(job, &limits, None, &mut lines, "root");
+            (end, lines.0.join("\n"))
+        };
+        let (end, log) = run(&public);
+        assert!(!log.contains("TOP-SECRET"), "{log}");
+        match end {
+            RunEnd::Failed(e) => assert!(
+                e.contains("could not start `/bin/cat` in") && e.contains("as nobody"),
+                "{e}"
+            ),
+            _ => panic!("the run was not refused: {log}"),
+        }
+        // Where the user may go, it runs there.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (end, log) = run(&public);
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("TOP-SECRET"), "{log}");
     }
 
     #[test]

@@ -248,6 +248,7 @@ mod tests {
             insecure: false,
             client_cert: None,
             client_key: None,
+            timeout: None,
         }
     }
 

@@ -235,6 +235,7 @@ impl LocalNode {
                 insecure: false,
                 client_cert: None,
                 client_key: None,
+                timeout: None,
             },
         }
     }
@@ -372,6 +373,7 @@ impl ViaDaemon {
             insecure: self.insecure,
             client_cert: None,
             client_key: None,
+            timeout: None,
         })
     }
 }
@@ -410,6 +412,12 @@ pub struct Client {
         requires = "client_cert"
     )]
     pub(super) client_key: Option<PathBuf>,
+    /// The longest a JSON request may take, its answer read (`None`: no bound). An agent's
+    /// heartbeats and run reports are bounded well under its lease: one left waiting on a
+    /// control plane that accepted the connection and never answered kept the agent from
+    /// noticing that its lease had lapsed, and its runs ran on beside their requeued attempts.
+    #[arg(skip)]
+    pub(super) timeout: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -924,7 +932,7 @@ pub(super) fn call_bytes(
     body: Option<&[u8]>,
 ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
     across(client, |one| {
-        let response = send_once(one, method, path, body.map(Payload::Bytes))?;
+        let response = send_once(one, method, path, body.map(Payload::Bytes), None)?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -1013,7 +1021,13 @@ fn call_once(
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let response = send_once(client, method, path, body.map(Payload::Json))?;
+    let response = send_once(
+        client,
+        method,
+        path,
+        body.map(Payload::Json),
+        client.timeout,
+    )?;
     let status = response.status();
     let value: serde_json::Value = response
         .into_body()
@@ -1031,16 +1045,18 @@ enum Payload<'a> {
     Bytes(&'a [u8]),
 }
 
-/// One request to one URL: its response, whatever its status ([`Unreachable`] when none came).
+/// One request to one URL: its response, whatever its status ([`Unreachable`] when none came);
+/// the whole of it, answer read, within `within` when given.
 fn send_once(
     client: &Client,
     method: &str,
     path: &str,
     body: Option<Payload<'_>>,
+    within: Option<std::time::Duration>,
 ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
     client.check_transport()?;
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
-    let agent = agent(client)?;
+    let agent = agent(client, within)?;
     let auth = format!("Bearer {}", client.token);
     let octets = "application/octet-stream";
     match (method, body) {
@@ -1086,8 +1102,11 @@ fn failure(status: ureq::http::StatusCode, value: &serde_json::Value) -> anyhow:
 /// when given. Built for each request on purpose: an agent runs for months while its
 /// certificates are rotated under it (cert-manager and the like renew them in place), and
 /// reading three small files a heartbeat costs far less than an agent shut out by an expired one.
-pub(super) fn agent(client: &Client) -> anyhow::Result<ureq::Agent> {
-    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+/// Each request, answer included, takes at most `within` when given.
+fn agent(client: &Client, within: Option<std::time::Duration>) -> anyhow::Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(within);
     let mut tls = ureq::tls::TlsConfig::builder();
     if let Some(path) = &client.ca_cert {
         tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&pem_certs(path)?));
@@ -1190,7 +1209,7 @@ fn run_agent_until(
 ) -> anyhow::Result<()> {
     use gantry_daemon::nodes::HandedRun;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
     let limits = command_limits(args.job_user.as_deref(), args.kill_grace_s)?;
@@ -1213,7 +1232,7 @@ fn run_agent_until(
     gantry_daemon::scratch::sweep_dead_owners();
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
-    let mut runs: std::collections::HashMap<(String, u64), Arc<AtomicBool>> = Default::default();
+    let mut runs: std::collections::HashMap<(String, u64), Arc<RunFlags>> = Default::default();
     // Attempts that ran here and ended: never started again, whatever a heartbeat lists.
     let mut done: std::collections::HashSet<(String, u64)> = Default::default();
     let ends: Arc<Ends> = Default::default();
@@ -1225,13 +1244,12 @@ fn run_agent_until(
         emulated: devices.emulated(),
         ends: ends.clone(),
         pci: Default::default(),
+        lease: Lease::new(std::time::Duration::from_secs(10)),
     });
-    let mut last_ok = std::time::Instant::now();
-    let mut lease = std::time::Duration::from_secs(10);
     loop {
         if quit.load(Ordering::SeqCst) {
-            for stop in runs.values() {
-                stop.store(true, Ordering::SeqCst);
+            for flags in runs.values() {
+                flags.stop.store(true, Ordering::SeqCst);
             }
             // A command gets its grace after SIGTERM; a training run stops after its step.
             let deadline = std::time::Instant::now()
@@ -1252,11 +1270,16 @@ fn run_agent_until(
         if let Some(rack) = &args.rack {
             body["rack"] = rack.as_str().into();
         }
-        match call(&args.client, "POST", &path, Some(body)) {
+        let bounded = Client {
+            timeout: Some(node.lease.call_bound()),
+            ..args.client.clone()
+        };
+        let sent = std::time::Instant::now();
+        match call(&bounded, "POST", &path, Some(body)) {
             Ok(answer) => {
-                last_ok = std::time::Instant::now();
-                if let Some(s) = answer["lease_s"].as_f64() {
-                    lease = std::time::Duration::from_secs_f64(s.max(0.0));
+                if let Some(s) = answer["lease_s"].as_f64().filter(|s| s.is_finite()) {
+                    let lease = std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
+                    node.lease.renew(sent, lease);
                 }
                 if serving.as_ref() != Some(&answer["serving"]) {
                     say(&format!(
@@ -1269,9 +1292,12 @@ fn run_agent_until(
                     serde_json::from_value(answer["runs"].clone()).unwrap_or_default();
                 let listed: std::collections::HashSet<(String, u64)> =
                     handed.iter().map(|r| (r.job.clone(), r.attempt)).collect();
-                for (key, stop) in &runs {
+                // A run it no longer lists was given up (requeued, perhaps running elsewhere
+                // already): killed at once, not stopped with a grace.
+                for (key, flags) in &runs {
                     if !listed.contains(key) {
-                        stop.store(true, Ordering::SeqCst);
+                        flags.fence.store(true, Ordering::SeqCst);
+                        flags.stop.store(true, Ordering::SeqCst);
                     }
                 }
                 done.retain(|key| listed.contains(key));
@@ -1281,38 +1307,53 @@ fn run_agent_until(
                     if done.contains(&key) {
                         continue;
                     }
-                    if let Some(stop) = runs.get(&key) {
+                    if let Some(flags) = runs.get(&key) {
                         if run.stop {
-                            stop.store(true, Ordering::SeqCst);
+                            flags.stop.store(true, Ordering::SeqCst);
                         }
                         continue;
                     }
                     if run.stop {
                         continue;
                     }
-                    let stop = Arc::new(AtomicBool::new(false));
-                    runs.insert(key, stop.clone());
+                    // A run still ending here keeps its GPUs until it has: the new one starts
+                    // at a later heartbeat (it stays listed), never beside it.
+                    let busy = runs.values().any(|other| {
+                        Arc::strong_count(other) > 1
+                            && other.gpus.iter().any(|g| run.gpu_ids.contains(g))
+                    });
+                    if busy {
+                        continue;
+                    }
+                    let flags = Arc::new(RunFlags {
+                        gpus: run.gpu_ids.clone(),
+                        ..RunFlags::default()
+                    });
+                    runs.insert(key, flags.clone());
                     let node = node.clone();
                     std::thread::Builder::new()
                         .name(format!("gantry-agent-run-{}", run.attempt))
-                        .spawn(move || agent_run(&node, &run, &stop))
+                        .spawn(move || agent_run(&node, &run, &flags))
                         .context("starting a run's thread")?;
                 }
             }
             Err(e) => {
                 eprintln!("node {}: heartbeat failed: {e:#}", args.node);
                 serving = None;
-                if last_ok.elapsed() > lease {
-                    // The control plane has given these runs up: they must not go on.
-                    for stop in runs.values() {
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
             }
         }
-        // Runs that ended (their thread cleared the flag's last other owner) are forgotten.
-        runs.retain(|key, stop| {
-            let going = Arc::strong_count(stop) > 1;
+        // Past its lease the control plane may have given these runs up: each run kills itself
+        // when it sees the lease lapse (`AgentSink::fenced`); this marks the ones between
+        // checks, so that none is started again.
+        if node.lease.lapsed() {
+            for flags in runs.values() {
+                flags.fence.store(true, Ordering::SeqCst);
+                flags.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        // Runs that ended (their thread dropped its share of the flags) are forgotten.
+        runs.retain(|key, flags| {
+            let going = Arc::strong_count(flags) > 1;
             if !going {
                 done.insert(key.clone());
             }
@@ -1372,6 +1413,48 @@ pub(super) struct AgentSink<'a> {
     job: &'a str,
     attempt: u64,
     stop: &'a std::sync::atomic::AtomicBool,
+    /// The run's fence and its agent's lease, for a run of an agent's loop.
+    fence: Option<(&'a std::sync::atomic::AtomicBool, &'a Lease)>,
+}
+
+/// Until when an agent's runs may go on: its lease as the agent counts it, from when it *sent*
+/// its last answered heartbeat (the control plane counts from when that arrived, later), less a
+/// margin for killing them. Past it the control plane may give their jobs to other nodes, so
+/// they are killed at once, however their heartbeats or reports are stuck meanwhile.
+#[derive(Debug)]
+pub(super) struct Lease(std::sync::Mutex<(std::time::Instant, std::time::Duration)>);
+
+impl Lease {
+    /// A lease of `lease` from now.
+    pub(super) fn new(lease: std::time::Duration) -> Self {
+        let lease_start = std::time::Instant::now();
+        Self(std::sync::Mutex::new((
+            lease_start + lease - Self::margin(lease),
+            lease,
+        )))
+    }
+
+    /// The control plane answered a heartbeat sent at `sent` with a lease of `lease`.
+    pub(super) fn renew(&self, sent: std::time::Instant, lease: std::time::Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            (sent + lease - Self::margin(lease), lease);
+    }
+
+    /// Whether the runs must be dead by now.
+    pub(super) fn lapsed(&self) -> bool {
+        std::time::Instant::now() >= self.0.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// How long one request to the control plane may take: well inside the margin, so a run
+    /// whose report is stuck still sees its lease lapse in time.
+    pub(super) fn call_bound(&self) -> std::time::Duration {
+        let lease = self.0.lock().unwrap_or_else(|e| e.into_inner()).1;
+        (lease / 8).max(std::time::Duration::from_millis(100))
+    }
+
+    fn margin(lease: std::time::Duration) -> std::time::Duration {
+        lease / 4
+    }
 }
 
 impl<'a> AgentSink<'a> {
@@ -1388,6 +1471,41 @@ impl<'a> AgentSink<'a> {
             job: &run.job,
             attempt: run.attempt,
             stop,
+            fence: None,
+        }
+    }
+
+    /// The sink, its run killed at once when `fence` is set or `lease` lapses.
+    pub(super) fn fenced_by(
+        mut self,
+        fence: &'a std::sync::atomic::AtomicBool,
+        lease: &'a Lease,
+    ) -> Self {
+        self.fence = Some((fence, lease));
+        self
+    }
+
+    /// Whether the run was fenced off: the control plane stopped listing it, or the agent's
+    /// lease lapsed (then it stays fenced, whatever later heartbeats say).
+    pub(super) fn fenced(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some((fence, lease)) = self.fence else {
+            return false;
+        };
+        if !fence.load(SeqCst) && lease.lapsed() {
+            fence.store(true, SeqCst);
+        }
+        fence.load(SeqCst)
+    }
+
+    /// The control plane client, each request bounded by the lease.
+    fn client(&self) -> std::borrow::Cow<'a, Client> {
+        match self.fence {
+            Some((_, lease)) => std::borrow::Cow::Owned(Client {
+                timeout: Some(lease.call_bound()),
+                ..self.client.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(self.client),
         }
     }
 
@@ -1412,7 +1530,7 @@ impl<'a> AgentSink<'a> {
 
     /// Whether the run should stop.
     pub(super) fn stopping(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+        self.stop.load(std::sync::atomic::Ordering::SeqCst) || self.fenced()
     }
 
     /// Reports `event`; whether the run should stop (asked to, or its reports are refused).
@@ -1421,7 +1539,8 @@ impl<'a> AgentSink<'a> {
     /// failed for a whole lease), so a run's output outlives a failover.
     fn report(&self, event: serde_json::Value) -> bool {
         let body = self.body(event);
-        match self.retrying(|| call(self.client, "POST", &self.path, Some(body.clone()))) {
+        let client = self.client();
+        match self.retrying(|| call(&client, "POST", &self.path, Some(body.clone()))) {
             Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
             Err(e) => {
                 eprintln!(
@@ -1456,6 +1575,10 @@ impl gantry_daemon::command::RunSink for AgentSink<'_> {
     fn stopping(&self) -> bool {
         AgentSink::stopping(self)
     }
+
+    fn fenced(&self) -> bool {
+        AgentSink::fenced(self)
+    }
 }
 
 /// What every run on an agent's node shares.
@@ -1471,6 +1594,19 @@ struct AgentNode {
     ends: std::sync::Arc<Ends>,
     /// Its GPUs' PCI addresses, by ordinal, as last reported.
     pci: std::sync::Mutex<std::collections::HashMap<u32, String>>,
+    /// Its lease, as it counts it.
+    lease: Lease,
+}
+
+/// What an agent's loop tells one of its runs.
+#[derive(Debug, Default)]
+struct RunFlags {
+    /// Stop (a cancel, a lost GPU, the agent stopping): a command gets its grace.
+    stop: std::sync::atomic::AtomicBool,
+    /// Fenced off: killed at once.
+    fence: std::sync::atomic::AtomicBool,
+    /// The GPUs it holds until its thread ends.
+    gpus: Vec<String>,
 }
 
 impl AgentNode {
@@ -1498,15 +1634,12 @@ impl AgentNode {
 }
 
 /// Runs one handed run to its end and reports it.
-fn agent_run(
-    agent: &AgentNode,
-    run: &gantry_daemon::nodes::HandedRun,
-    stop: &std::sync::atomic::AtomicBool,
-) {
+fn agent_run(agent: &AgentNode, run: &gantry_daemon::nodes::HandedRun, flags: &RunFlags) {
     let (client, node) = (&agent.client, agent.name.as_str());
     let (limits, cgroups, ends) = (&agent.limits, agent.cgroups.as_ref(), &*agent.ends);
     let emulated = agent.emulated;
-    let mut sink = AgentSink::new(client, node, run, stop);
+    let mut sink =
+        AgentSink::new(client, node, run, &flags.stop).fenced_by(&flags.fence, &agent.lease);
     if sink.report(serde_json::json!({"event": "started"})) {
         return;
     }
@@ -1535,7 +1668,7 @@ fn agent_run(
     let key = (run.job.clone(), run.attempt);
     let kept = || ends.lock().unwrap_or_else(|e| e.into_inner());
     kept().insert(key.clone(), body.clone());
-    match call(client, "POST", &sink.path, Some(body)) {
+    match call(&sink.client(), "POST", &sink.path, Some(body)) {
         Ok(_) => {}
         Err(e) if refused(&e) => {
             kept().remove(&key);

@@ -175,6 +175,7 @@ fn start(
         insecure: false,
         client_cert: None,
         client_key: None,
+        timeout: None,
     };
     let (ada, lee) = (client(0), client(1));
     Ok((server, ada, lee, nodes))

@@ -130,6 +130,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
                         insecure: true,
                         client_cert: None,
                         client_key: None,
+                        timeout: None,
                     };
                     let v = super::daemon::call(&client, "POST", "/v1/keys/rotate", None)?;
                     serde_json::from_value(v).context("the daemon's answer")?
