@@ -54,6 +54,17 @@ pub enum PluginSource {
     Uploaded(Box<UploadedPlugin>),
 }
 
+impl PluginSource {
+    /// How the policy names it: a shipped or uploaded plugin's name, a path as given.
+    fn name(&self) -> String {
+        match self {
+            PluginSource::Builtin(name) => name.clone(),
+            PluginSource::Path(path) => path.display().to_string(),
+            PluginSource::Uploaded(up) => up.name.clone(),
+        }
+    }
+}
+
 /// A plugin's files held in memory rather than on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadedPlugin {
@@ -794,30 +805,63 @@ impl PluginLoader {
         subject: &Subject,
         source: &PluginSource,
     ) -> Result<PreparedScheduler, HostError> {
-        let resource = self.plugin_ref(source);
+        // Read once: the policy decides on the bytes that then load. Read twice, files swapped
+        // between the reads loaded unsigned code that the decision recorded as signed.
+        let read = self.read_scheduler(source);
+        let resource = match &read {
+            Ok(read) => self.plugin_ref(read),
+            Err(_) => PluginRef::new(source.name(), false),
+        };
         let verdict = decider
             .require(&Request::new(subject.clone(), Action::PluginLoad, resource))
             .await?;
-        let (loader, source) = (self.clone(), source.clone());
-        let plugin = crate::blocking::run(move || loader.load_scheduler_plugin(&source)).await?;
+        let (loader, read) = (self.clone(), read?);
+        let plugin = crate::blocking::run(move || loader.load_read(read)).await?;
         Ok(PreparedScheduler {
             plugin,
             decision_id: verdict.decision_id,
         })
     }
 
-    /// The policy's view of the plugin at `source`: its name, and whether a trusted key signed
-    /// it (shipped plugins are part of the signed-off binary).
-    fn plugin_ref(&self, source: &PluginSource) -> PluginRef {
-        match source {
-            PluginSource::Builtin(name) => PluginRef::new(name.clone(), true),
-            PluginSource::Path(path) => {
-                PluginRef::new(path.display().to_string(), self.signature_holds(path))
-            }
-            PluginSource::Uploaded(up) => {
+    /// The policy's view of the plugin read: its name, and whether a trusted key signed it
+    /// (shipped plugins are part of the signed-off binary).
+    fn plugin_ref(&self, read: &ReadScheduler) -> PluginRef {
+        match read {
+            ReadScheduler::Builtin { name, .. } => PluginRef::new(name.clone(), true),
+            ReadScheduler::Files { given, files } => PluginRef::new(
+                given.display().to_string(),
+                self.files_signed(files).is_ok(),
+            ),
+            ReadScheduler::Uploaded(up) => {
                 PluginRef::new(up.name.clone(), up.verify(&self.trust.trusted_keys).is_ok())
             }
         }
+    }
+
+    /// Reads the scheduler plugin at `source`, once.
+    fn read_scheduler(&self, source: &PluginSource) -> Result<ReadScheduler, LoadError> {
+        Ok(match source {
+            PluginSource::Builtin(name) => {
+                let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
+                    path: PathBuf::from(name),
+                    message: "no shipped plugin of that name".into(),
+                })?;
+                let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
+                ReadScheduler::Builtin {
+                    name: name.clone(),
+                    manifest: Manifest::parse(b.manifest, &origin)?,
+                    wasm: b.wasm.to_vec(),
+                    origin,
+                }
+            }
+            // Only regular files inside the plugin's directory, under size limits: they are
+            // read before the signature over them can be checked.
+            PluginSource::Path(path) => ReadScheduler::Files {
+                given: path.clone(),
+                files: Box::new(plugin::files::PluginFiles::read(path)?),
+            },
+            PluginSource::Uploaded(up) => ReadScheduler::Uploaded(up.clone()),
+        })
     }
 
     /// Loads a scheduler plugin (without installing it).
@@ -825,38 +869,34 @@ impl PluginLoader {
         &self,
         source: &PluginSource,
     ) -> Result<SchedulerPlugin, LoadError> {
-        let (manifest, wasm, origin) = match source {
-            PluginSource::Builtin(name) => {
-                let b = builtin::scheduler(name).ok_or_else(|| LoadError::Manifest {
-                    path: PathBuf::from(name),
-                    message: "no shipped plugin of that name".into(),
-                })?;
-                let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
-                (
-                    Manifest::parse(b.manifest, &origin)?,
-                    b.wasm.to_vec(),
-                    origin,
-                )
-            }
-            PluginSource::Path(path) => {
-                // Only regular files inside the plugin's directory, under size limits: they are
-                // read before the signature over them can be checked.
-                let files = plugin::files::PluginFiles::read(path)?;
-                self.check_signature(&files)?;
+        self.load_read(self.read_scheduler(source)?)
+    }
+
+    /// Loads the scheduler plugin `read`, if the trust settings let it.
+    fn load_read(&self, read: ReadScheduler) -> Result<SchedulerPlugin, LoadError> {
+        // What ships in the binary is ours; everything else compiles within the bounds.
+        let cache = match &read {
+            ReadScheduler::Builtin { .. } => self.cache.clone(),
+            _ => self.bounded_cache(),
+        };
+        let (manifest, wasm, origin) = match read {
+            ReadScheduler::Builtin {
+                manifest,
+                wasm,
+                origin,
+                ..
+            } => (manifest, wasm, origin),
+            ReadScheduler::Files { files, .. } => {
+                self.trust_or_refuse(&files.manifest_path, self.files_signed(&files))?;
                 (files.manifest, files.wasm, files.wasm_path)
             }
-            PluginSource::Uploaded(up) => {
+            ReadScheduler::Uploaded(up) => {
                 let origin = up.origin();
                 let manifest = Manifest::parse(&up.manifest, &origin)?;
                 let verified = up.verify(&self.trust.trusted_keys);
                 self.trust_or_refuse(&origin, verified)?;
-                (manifest, up.wasm.clone(), origin)
+                (manifest, up.wasm, origin)
             }
-        };
-        // What ships in the binary is ours; everything else compiles within the bounds.
-        let cache = match source {
-            PluginSource::Builtin(_) => self.cache.clone(),
-            _ => self.bounded_cache(),
         };
         SchedulerPlugin::load(
             &self.engine,
@@ -898,16 +938,16 @@ impl PluginLoader {
         )
     }
 
-    /// A plugin from disk loads only when signed by a trusted key, unless unsigned plugins are
-    /// allowed (then with a warning). Shipped plugins are part of the binary and need none.
-    fn check_signature(&self, files: &plugin::files::PluginFiles) -> Result<(), LoadError> {
-        let checked = plugin::signature::check(
+    /// Whether a trusted key signed the plugin files read: a plugin from disk loads only then,
+    /// unless unsigned plugins are allowed (then with a warning). Shipped plugins are part of
+    /// the binary and need none.
+    fn files_signed(&self, files: &plugin::files::PluginFiles) -> Result<(), String> {
+        plugin::signature::check(
             &files.manifest_path,
             &files.manifest_bytes,
             &files.wasm,
             &self.trust.trusted_keys,
-        );
-        self.trust_or_refuse(&files.manifest_path, checked)
+        )
     }
 
     /// A signature check's verdict under the trust settings: unsigned plugins pass (with a
@@ -932,18 +972,24 @@ impl PluginLoader {
             }),
         }
     }
+}
 
-    fn signature_holds(&self, plugin: &std::path::Path) -> bool {
-        plugin::files::PluginFiles::read(plugin).is_ok_and(|f| {
-            plugin::signature::check(
-                &f.manifest_path,
-                &f.manifest_bytes,
-                &f.wasm,
-                &self.trust.trusted_keys,
-            )
-            .is_ok()
-        })
-    }
+/// A scheduler plugin's files, read once (see [`PluginLoader::prepare_scheduler_as`]).
+enum ReadScheduler {
+    /// Shipped in the binary.
+    Builtin {
+        name: String,
+        manifest: Manifest,
+        wasm: Vec<u8>,
+        origin: PathBuf,
+    },
+    /// From disk, at the path `given`.
+    Files {
+        given: PathBuf,
+        files: Box<plugin::files::PluginFiles>,
+    },
+    /// Uploaded to a daemon.
+    Uploaded(Box<UploadedPlugin>),
 }
 
 /// A scheduler plugin the policy allowed to load, compiled: what

@@ -136,6 +136,46 @@ fn unauthenticated_large_bodies_are_never_read() {
     );
 }
 
+/// Reported by a review: `POST /v1/users` and `POST /v1/users/{name}/tokens` read their body
+/// before checking the token, so any `Bearer x` made the daemon wait for and read a body. Every
+/// route that takes a body now knows who asks first: a bad token is answered at once, its body
+/// never awaited.
+#[test]
+fn a_bad_token_is_refused_before_any_body_is_awaited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let daemon = Daemon::start(&data, &shared_cache());
+    let url = daemon.url.clone();
+    let routes = [
+        "POST /v1/users",
+        "POST /v1/users/ada/tokens",
+        "POST /v1/jobs",
+        "PUT /v1/datasets/d.csv?tenant=vision&classification=internal",
+        "PUT /v1/plugins/evil",
+        "POST /v1/policy",
+        "POST /v1/plugins/scheduler",
+        "POST /v1/gpus/unhealthy",
+        "POST /v1/nodes/node-a/heartbeat",
+    ];
+    for route in routes {
+        let mut conn = TcpStream::connect(addr(&url)).unwrap();
+        let head = format!(
+            "{route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not-a-token\r\n\
+             Content-Length: 60000\r\nContent-Type: application/json\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).unwrap();
+        // The body is never sent: only an answer from the headers alone comes back.
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = [0u8; 512];
+        let n = conn.read(&mut answer).unwrap_or(0);
+        let line = status_line(&answer[..n]);
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains(" 401 ")),
+            "{route}: {line:?} (no answer: the body was awaited)"
+        );
+    }
+}
+
 /// The review: one client made 2,360 unauthenticated refusals in 4 s, each an fsynced audit
 /// entry (~10 GB/day). Refusals are now counted per source, route and status and recorded in
 /// aggregate: accountable, but nobody grows the log at will.

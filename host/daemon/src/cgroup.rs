@@ -1,5 +1,7 @@
 //! Control groups for command jobs: each run gets a cgroup of its own, with its memory and CPU
-//! limits where the machine has those controllers (cgroup v2, or v1's `memory` and `cpu`); its
+//! limits where the machine has those controllers (cgroup v2, or v1's `memory` and `cpu`), and
+//! a bound on its tasks (processes and threads) where it has `pids`, so a fork bomb stops at
+//! it instead of taking the node with it; its
 //! program joins it before it execs, so everything it starts is in it, including what leaves its
 //! process group (`setsid`). When the run ends everything in the cgroup is killed, and a daemon
 //! that starts again kills what its previous life left running (a crash, `kill -9`): a command
@@ -34,6 +36,8 @@ enum Controller {
     Memory,
     /// cgroup v1 `cpu`.
     Cpu,
+    /// cgroup v1 `pids`.
+    Pids,
 }
 
 /// What a run may use; `None`: no limit.
@@ -44,6 +48,11 @@ pub struct Resources {
     /// CPUs (a fraction is a share of one core's time).
     pub cpus: Option<f64>,
 }
+
+/// The most tasks (processes and threads) one run may have at once, where the machine has the
+/// `pids` controller: the operator's bound on every run (`--max-job-pids`), not a job's ask,
+/// and set wherever it can be (a machine without the controller runs jobs without it).
+pub const DEFAULT_MAX_PIDS: u64 = 16_384;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -102,15 +111,19 @@ impl Cgroups {
                 }],
             });
         }
-        let scopes: Vec<Scope> = [("memory", Controller::Memory), ("cpu", Controller::Cpu)]
-            .into_iter()
-            .filter_map(|(name, controller)| {
-                let mount = root.join(name);
-                mount.join("cgroup.procs").is_file().then_some(())?;
-                let dir = scope_dir(&mount, own_path(name), scope)?;
-                Some(Scope { dir, controller })
-            })
-            .collect();
+        let scopes: Vec<Scope> = [
+            ("memory", Controller::Memory),
+            ("cpu", Controller::Cpu),
+            ("pids", Controller::Pids),
+        ]
+        .into_iter()
+        .filter_map(|(name, controller)| {
+            let mount = root.join(name);
+            mount.join("cgroup.procs").is_file().then_some(())?;
+            let dir = scope_dir(&mount, own_path(name), scope)?;
+            Some(Scope { dir, controller })
+        })
+        .collect();
         scopes
             .iter()
             .any(|s| s.controller == Controller::Memory)
@@ -127,6 +140,7 @@ impl Cgroups {
                 }
                 Controller::Memory => file == "memory",
                 Controller::Cpu => file == "cpu",
+                Controller::Pids => file == "pids",
             })
         };
         (has("memory"), has("cpu"))
@@ -152,15 +166,24 @@ impl Cgroups {
         killed
     }
 
-    /// A new cgroup for run `run` with `resources` set; a limit the machine cannot enforce is
+    /// A new cgroup for run `run` with `resources` set, and at most `max_pids` tasks where the
+    /// machine has the `pids` controller; a limit of `resources` the machine cannot enforce is
     /// an error.
-    pub fn create(&self, run: &str, resources: Resources) -> std::io::Result<RunGroup> {
+    pub fn create(
+        &self,
+        run: &str,
+        resources: Resources,
+        max_pids: u64,
+    ) -> std::io::Result<RunGroup> {
         for scope in &self.scopes {
             std::fs::create_dir_all(&scope.dir)?;
             if scope.controller == Controller::Unified {
                 // Limits need the controllers enabled for the runs' directories; without them
                 // the cgroup still gathers and kills everything a run starts.
-                let _ = std::fs::write(scope.dir.join("cgroup.subtree_control"), "+memory +cpu");
+                let _ = std::fs::write(
+                    scope.dir.join("cgroup.subtree_control"),
+                    "+memory +cpu +pids",
+                );
             }
         }
         let (memory, cpu) = self.limits_available();
@@ -185,6 +208,10 @@ impl Cgroups {
             make_run_dir(&scope.dir, &dir)?;
             group.dirs.push(dir.clone());
             set_limits(&dir, scope.controller, resources)?;
+            if matches!(scope.controller, Controller::Unified | Controller::Pids) {
+                // Where v2 has no `pids` enabled the file is missing: no bound to set there.
+                let _ = std::fs::write(dir.join("pids.max"), max_pids.to_string());
+            }
             if matches!(scope.controller, Controller::Unified | Controller::Memory) {
                 group.memory = Some((dir.clone(), scope.controller));
             }
@@ -239,6 +266,7 @@ fn set_limits(dir: &Path, controller: Controller, r: Resources) -> std::io::Resu
                 write("cpu.cfs_quota_us", quota(cpus).to_string())?;
             }
         }
+        Controller::Pids => {}
     }
     Ok(())
 }

@@ -75,6 +75,9 @@ pub struct CommandLimits {
     pub max_wall_time_s: f64,
     /// The most bytes of a run's output kept in its log; the rest is read and dropped.
     pub max_output_bytes: u64,
+    /// The most tasks (processes and threads) a run may have at once, where the machine's
+    /// cgroups can bound them (see [`crate::cgroup::DEFAULT_MAX_PIDS`]).
+    pub max_pids: u64,
 }
 
 impl Default for CommandLimits {
@@ -84,6 +87,7 @@ impl Default for CommandLimits {
             kill_grace: Duration::from_secs(10),
             max_wall_time_s: 7.0 * 24.0 * 3600.0,
             max_output_bytes: 1 << 20,
+            max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
         }
     }
 }
@@ -523,7 +527,7 @@ pub fn execute(
         cpus: spec.cpus,
     };
     let group = match cgroups {
-        Some(cgroups) => match cgroups.create(&run_name(job.key), resources) {
+        Some(cgroups) => match cgroups.create(&run_name(job.key), resources, limits.max_pids) {
             Ok(g) => Some(g),
             Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
         },
@@ -951,6 +955,61 @@ mod tests {
         let (end, log) = run(&public);
         assert!(matches!(end, RunEnd::Finished(..)), "{log}");
         assert!(log.contains("TOP-SECRET"), "{log}");
+    }
+
+    /// Reported by a review: a run's cgroup bounded its memory and CPU but not its tasks, so a
+    /// fork bomb took the node (and every other tenant's runs on it) down. Runs are held to
+    /// `max_pids` where the machine has the `pids` controller. Root with cgroups only.
+    #[test]
+    fn a_fork_bomb_stops_at_the_runs_task_bound() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make cgroups");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: a fork bomb");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        if !std::path::Path::new("/sys/fs/cgroup/pids").is_dir()
+            && !std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "pids"))
+        {
+            eprintln!("skipped: no pids controller");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_pids: 16,
+            ..CommandLimits::default()
+        };
+        let spec = CommandSpec {
+            wall_time_s: Some(10.0),
+            ..spec(&[
+                "/bin/sh",
+                "-c",
+                "i=0; while [ $i -lt 64 ]; do sleep 30 & i=$((i+1)); done; echo started $i; wait",
+            ])
+        };
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/bomb",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        let mut lines = Lines::default();
+        let started = std::time::Instant::now();
+        let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Failed(_)), "{log}");
+        assert!(!log.contains("started 64"), "{log}");
+        assert!(log.to_lowercase().contains("fork"), "{log}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(9),
+            "{log}"
+        );
     }
 
     #[test]

@@ -179,3 +179,46 @@ fn swaps(path: &std::path::Path) -> Vec<(Option<String>, String)> {
         })
         .collect()
 }
+
+/// Reported by a review: a plugin from disk was read once for the policy's question (is it
+/// signed?) and again to load, so files swapped between the two reads loaded unsigned code that
+/// the decision had recorded as signed. It is read once now: the bytes the policy was asked about
+/// are the bytes that load.
+#[test]
+fn a_plugin_from_disk_loads_the_bytes_the_policy_decided_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let binpack = crate::builtin::scheduler("binpack").unwrap();
+    let manifest = dir.path().join("plugin.toml");
+    let wasm = dir.path().join("gantry_plugin_binpack.wasm");
+    std::fs::write(&manifest, binpack.manifest).unwrap();
+    std::fs::write(&wasm, binpack.wasm).unwrap();
+    let key = crate::keys::generate(&dir.path().join("team.pk8")).unwrap();
+    let sig = crate::plugin::signature::sign(&key, binpack.wasm, binpack.manifest.as_bytes());
+    std::fs::write(
+        crate::plugin::signature::path_for(&manifest),
+        serde_json::to_vec(&sig).unwrap(),
+    )
+    .unwrap();
+    let mut config = HostConfig::new(Cluster::uniform(1, 1, 8, 1));
+    config.cache_dir = None;
+    config.trust = crate::PluginTrust {
+        trusted_keys: vec![crate::keys::public_hex(&key)],
+        allow_unsigned: false,
+    };
+    let host = Host::new(config).unwrap();
+    let loader = host.loader();
+    let source = crate::PluginSource::Path(dir.path().to_path_buf());
+    let read = loader.read_scheduler(&source).unwrap();
+    assert_eq!(loader.plugin_ref(&read).signed, Some(true));
+    // Swapped once the policy was asked: another component, signed by no one.
+    let spread = crate::builtin::scheduler("spread").unwrap();
+    std::fs::write(&wasm, spread.wasm).unwrap();
+    let loaded = loader.load_read(read).unwrap();
+    assert_eq!(
+        loaded.wasm_sha256(),
+        crate::plugin::cache::sha256_hex(binpack.wasm)
+    );
+    // Read afresh, the swapped files are what they are: unsigned, refused.
+    let e = loader.load_scheduler_plugin(&source).err().unwrap();
+    assert!(e.to_string().contains("changed after signing"), "{e}");
+}

@@ -91,6 +91,11 @@ pub struct UpArgs {
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
+    /// The most tasks (processes and threads) one command job may have at once, where the
+    /// machine has the cgroup `pids` controller: a fork bomb stops there.
+    #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
+          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    max_job_pids: u64,
     /// The longest wall time a command job may ask for, and what it gets when it asks for none.
     #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
     max_wall_time_s: f64,
@@ -228,6 +233,7 @@ impl LocalNode {
             heartbeat_s: 1.0,
             job_user: args.job_user.clone(),
             kill_grace_s: args.kill_grace_s,
+            max_job_pids: args.max_job_pids,
             client: Client {
                 url: format!("{scheme}://{host}:{}", addr.port()),
                 token,
@@ -269,6 +275,11 @@ pub struct AgentArgs {
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
+    /// The most tasks (processes and threads) one command job may have at once, where the
+    /// machine has the cgroup `pids` controller: a fork bomb stops there.
+    #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
+          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    max_job_pids: u64,
     #[command(flatten)]
     client: Client,
 }
@@ -538,7 +549,11 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         commands: gantry_daemon::command::CommandLimits {
             max_wall_time_s: seconds_above_zero(args.max_wall_time_s, "--max-wall-time-s")?
                 .as_secs_f64(),
-            ..command_limits(args.job_user.as_deref(), args.kill_grace_s)?
+            ..command_limits(
+                args.job_user.as_deref(),
+                args.kill_grace_s,
+                args.max_job_pids,
+            )?
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -680,8 +695,10 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
 fn command_limits(
     job_user: Option<&str>,
     kill_grace_s: f64,
+    max_pids: u64,
 ) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
     Ok(gantry_daemon::command::CommandLimits {
+        max_pids,
         user: job_user
             .map(gantry_daemon::command::JobUser::lookup)
             .transpose()
@@ -1212,7 +1229,11 @@ fn run_agent_until(
     use std::sync::atomic::Ordering;
 
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
-    let limits = command_limits(args.job_user.as_deref(), args.kill_grace_s)?;
+    let limits = command_limits(
+        args.job_user.as_deref(),
+        args.kill_grace_s,
+        args.max_job_pids,
+    )?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
     let identity = format!("agent\n{}\n{}", args.client.url, args.node);

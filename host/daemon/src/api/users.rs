@@ -81,6 +81,8 @@ pub(super) async fn add_user(
     caller: Caller,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    // Who asks first: a client without a valid token has no body read.
+    let by = caller.user(&state).await?;
     let new: NewUser = crate::body::json(body, super::MAX_BODY).await?;
     let user = crate::db::User {
         name: new.name,
@@ -90,21 +92,16 @@ pub(super) async fn add_user(
     };
     crate::accounts::check_user(&user).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let ttl = lifetime(new.expires.as_deref())?;
-    caller
-        .may(
-            &state,
-            Action::UserManage,
-            Resource::user(&user.name),
-            move |state, by| {
-                state.daemon.accounts.put_user(&user)?;
-                let fields = json!({"user": user.name, "roles": user.roles,
-                    "tenants": user.tenants, "clearance": user.clearance,
-                    "by": {"user": by.name}});
-                let answer = issue(state, &user.name, ttl, "user.add", fields)?;
-                Ok((StatusCode::CREATED, Json(answer)))
-            },
-        )
-        .await
+    super::blocking(&state, move |state| {
+        authorize(state, &by, Action::UserManage, Resource::user(&user.name))?;
+        state.daemon.accounts.put_user(&user)?;
+        let fields = json!({"user": user.name, "roles": user.roles,
+            "tenants": user.tenants, "clearance": user.clearance,
+            "by": {"user": by.name}});
+        let answer = issue(state, &user.name, ttl, "user.add", fields)?;
+        Ok((StatusCode::CREATED, Json(answer)))
+    })
+    .await
 }
 
 /// `POST /v1/users/{name}/tokens` (the policy's `user.manage`, admins): another token for an
@@ -115,6 +112,7 @@ pub(super) async fn issue_token(
     caller: Caller,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let by = caller.user(&state).await?;
     // No body at all: the defaults.
     let bytes = crate::body::bytes(body, super::MAX_BODY).await?;
     let asked: NewToken = if bytes.is_empty() {
@@ -123,24 +121,19 @@ pub(super) async fn issue_token(
         crate::body::parse_json(&bytes)?
     };
     let ttl = lifetime(asked.expires.as_deref())?;
-    caller
-        .may(
-            &state,
-            Action::UserManage,
-            Resource::user(&name),
-            move |state, by| {
-                if state.daemon.accounts.user(&name)?.is_none() {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("no user `{name}`"),
-                    ));
-                }
-                let fields = json!({"user": name, "by": {"user": by.name}});
-                let answer = issue(state, &name, ttl, "token.issue", fields)?;
-                Ok((StatusCode::CREATED, Json(answer)))
-            },
-        )
-        .await
+    super::blocking(&state, move |state| {
+        authorize(state, &by, Action::UserManage, Resource::user(&name))?;
+        if state.daemon.accounts.user(&name)?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no user `{name}`"),
+            ));
+        }
+        let fields = json!({"user": name, "by": {"user": by.name}});
+        let answer = issue(state, &name, ttl, "token.issue", fields)?;
+        Ok((StatusCode::CREATED, Json(answer)))
+    })
+    .await
 }
 
 /// `?token=ID` of a revocation: only that token.
