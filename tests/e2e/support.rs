@@ -301,19 +301,19 @@ pub fn policy_eval(
     gantry(&[&args[..], extra].concat(), cache)
 }
 
-/// Whether these tests run as root: then daemons and agents are given `--job-user nobody` (a
-/// root daemon refuses command jobs without one).
+/// Whether these tests run as root: then daemons and agents are given `--job-user nobody`.
 pub fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The flags that name a job user when these tests run as root (none otherwise).
+/// The flags that say whom command jobs run as: `nobody` when these tests run as root, else
+/// the test's own user (a throwaway directory; without either, command jobs are refused).
 pub fn job_user_args() -> Vec<&'static str> {
     if root() {
         vec!["--job-user", "nobody"]
     } else {
-        Vec::new()
+        vec!["--jobs-as-own-user"]
     }
 }
 

@@ -21,7 +21,8 @@ pub fn add_users(dir: &Path, holder: &str, users: &[User]) -> anyhow::Result<Vec
 }
 
 /// How a daemon started here runs command jobs: as `nobody` when this process is root (a root
-/// daemon refuses command jobs without a job user), else as this process's user.
+/// daemon refuses command jobs without a job user), else as this process's user (a throwaway
+/// directory of the person running it: the demo's, a benchmark's).
 fn local_commands() -> gantry_daemon::command::CommandLimits {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -29,6 +30,7 @@ fn local_commands() -> gantry_daemon::command::CommandLimits {
         user: root
             .then(|| gantry_daemon::command::JobUser::lookup("nobody").ok())
             .flatten(),
+        own_user: !root,
         ..Default::default()
     }
 }

@@ -67,8 +67,13 @@ const GANTRY_ENV: &str = "GANTRY_";
 /// How the daemon runs command jobs (`gantry up --job-user`, `--kill-grace-s`, ...).
 #[derive(Debug, Clone)]
 pub struct CommandLimits {
-    /// Whom commands run as; `None`: the daemon's own user, which must not be root.
+    /// Whom commands run as; `None`: the daemon's own user, only where [`Self::own_user`]
+    /// says so and never root.
     pub user: Option<JobUser>,
+    /// Without a job user, run commands as the daemon's own user (`--jobs-as-own-user`): for a
+    /// machine one person uses. A program running as that user can read the daemon's keys,
+    /// database and token, and signal the daemon, so it is never the default.
+    pub own_user: bool,
     /// How long a stopped command has between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// The longest wall time a command may ask for, and what it gets when it asks for none.
@@ -84,6 +89,7 @@ impl Default for CommandLimits {
     fn default() -> Self {
         Self {
             user: None,
+            own_user: false,
             kill_grace: Duration::from_secs(10),
             max_wall_time_s: 7.0 * 24.0 * 3600.0,
             max_output_bytes: 1 << 20,
@@ -137,9 +143,10 @@ impl JobUser {
     }
 }
 
-/// Whom commands run as under `limits`: the named user, or the daemon's own when it is not
-/// root. A daemon running as root without `--job-user` refuses command jobs: a user's program
-/// never runs as root.
+/// Whom commands run as under `limits`: the named user, or the daemon's own where the operator
+/// said so (`--jobs-as-own-user`) and it is not root. Otherwise command jobs are refused: a
+/// user's program never runs as root, nor as the user that owns the daemon's keys, database
+/// and token (it could read them, and signal the daemon) unless the operator chose that.
 pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
     match &limits.user {
         Some(user) => Ok(Some(user)),
@@ -149,7 +156,13 @@ pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
              refused (a user's program never runs as root)"
                 .to_string(),
         ),
-        None => Ok(None),
+        None if limits.own_user => Ok(None),
+        None => Err(
+            "this daemon was started without --job-user: command jobs are refused (a user's \
+             program never runs as the daemon's own user, which owns its keys and database, \
+             unless the operator says so with --jobs-as-own-user, for a machine one person uses)"
+                .to_string(),
+        ),
     }
 }
 
@@ -878,12 +891,21 @@ mod tests {
         }
     }
 
+    /// Reported by a review: without `--job-user`, a daemon that is not root ran every
+    /// tenant's program as itself, and a program could read the keys (forging the audit log,
+    /// decrypting every dataset) and kill other tenants' jobs. It runs as the daemon's user
+    /// only where the operator says so; as root, never.
     #[test]
-    fn a_root_daemon_without_a_job_user_refuses_commands() {
+    fn without_a_job_user_commands_are_refused_unless_the_operator_chose_the_own_user() {
         let none = CommandLimits::default();
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        assert_eq!(runs_as(&none).is_err(), root);
+        assert!(runs_as(&none).unwrap_err().contains("--job-user"));
+        let own = CommandLimits {
+            own_user: true,
+            ..CommandLimits::default()
+        };
+        assert_eq!(runs_as(&own).is_err(), root);
         assert!(JobUser::lookup("root").unwrap_err().contains("uid 0"));
         assert!(JobUser::lookup("no-such-user-here").is_err());
     }

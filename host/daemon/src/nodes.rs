@@ -399,6 +399,22 @@ impl Nodes {
         }
     }
 
+    /// A new attempt number, above every one given or adopted so far.
+    fn next_attempt(&self) -> u64 {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Attempt `attempt`, handed out by an earlier control plane, is running: the attempts this
+    /// one gives come after it. Numbered from this machine's clock alone, a control plane whose
+    /// clock was behind its predecessor's could give a requeued job the number of its adopted
+    /// run, and that stale run's reports would pass for the new one's.
+    fn adopted(&self, attempt: u64) {
+        self.attempts
+            .fetch_max(attempt, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Gives node `node` one lease to send a heartbeat, serving nothing meanwhile (unless it
     /// holds one already): a run adopted on it is given up if its agent does not come back.
     fn await_agent(&self, node: &str) {
@@ -588,6 +604,7 @@ impl crate::Daemon {
                     placement.node, placement.attempt
                 ),
             );
+            nodes.adopted(placement.attempt);
             nodes.await_agent(&placement.node);
             if job.train.is_some() && job.state == crate::db::JobState::Running {
                 // Its steps go on arriving: they continue the curve from its newest checkpoint
@@ -677,10 +694,7 @@ impl crate::Daemon {
             .first()
             .and_then(|g| g.rsplit_once('/'))
             .map_or_else(String::new, |(n, _)| n.to_string());
-        let attempt = nodes
-            .attempts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
+        let attempt = nodes.next_attempt();
         let _ = self.jobs.log(
             &job.id,
             &format!("handed to node {node}'s agent (attempt {attempt})"),
@@ -959,6 +973,19 @@ mod tests {
     /// a leader that went down after recording it) once left the run stopped on its agent and
     /// its job running forever: the agent took the second answer's "stop", and never reported
     /// an end.
+    /// Reported by a review: attempt numbers started from this machine's clock, so a control
+    /// plane whose clock was behind its predecessor's could give a requeued job the number of
+    /// the run it adopted. They now come after every adopted one.
+    #[test]
+    fn attempts_come_after_every_adopted_one_whatever_the_clock() {
+        let nodes = Nodes::new(Duration::from_secs(1));
+        let first = nodes.next_attempt();
+        let ahead = first + (1 << 40);
+        nodes.adopted(ahead);
+        nodes.adopted(first);
+        assert!(nodes.next_attempt() > ahead);
+    }
+
     #[test]
     fn a_started_report_sent_again_keeps_the_run_going_and_its_job_ends() {
         let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));

@@ -84,10 +84,14 @@ pub struct UpArgs {
     /// loads, say); recorded in the audit log.
     #[arg(long)]
     shipped_policy: bool,
-    /// Run command jobs as this unprivileged user (needed when the daemon runs as root; without
-    /// it command jobs run as the daemon's own user, and a root daemon refuses them).
+    /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
+    /// jobs are refused).
     #[arg(long, value_name = "USER")]
     job_user: Option<String>,
+    /// Without --job-user, run command jobs as this daemon's own user (never root): for a
+    /// machine one person uses, as a program running as it can read the daemon's keys.
+    #[arg(long, conflicts_with = "job_user")]
+    jobs_as_own_user: bool,
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
@@ -232,6 +236,7 @@ impl LocalNode {
             devices: None,
             heartbeat_s: 1.0,
             job_user: args.job_user.clone(),
+            jobs_as_own_user: args.jobs_as_own_user,
             kill_grace_s: args.kill_grace_s,
             max_job_pids: args.max_job_pids,
             client: Client {
@@ -269,9 +274,14 @@ pub struct AgentArgs {
     /// Seconds between heartbeats (keep it well under the control plane's lease).
     #[arg(long, default_value_t = 1.0)]
     heartbeat_s: f64,
-    /// Run command jobs as this unprivileged user (needed when the agent runs as root).
+    /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
+    /// jobs are refused).
     #[arg(long, value_name = "USER")]
     job_user: Option<String>,
+    /// Without --job-user, run command jobs as this agent's own user (never root): for a
+    /// machine one person uses, as a program running as it can read the agent's node token.
+    #[arg(long, conflicts_with = "job_user")]
+    jobs_as_own_user: bool,
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
@@ -551,6 +561,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                 .as_secs_f64(),
             ..command_limits(
                 args.job_user.as_deref(),
+                args.jobs_as_own_user,
                 args.kill_grace_s,
                 args.max_job_pids,
             )?
@@ -694,11 +705,13 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
 /// (`--job-user`) and how long a stopped run has before SIGKILL (`--kill-grace-s`).
 fn command_limits(
     job_user: Option<&str>,
+    own_user: bool,
     kill_grace_s: f64,
     max_pids: u64,
 ) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
     Ok(gantry_daemon::command::CommandLimits {
         max_pids,
+        own_user,
         user: job_user
             .map(gantry_daemon::command::JobUser::lookup)
             .transpose()
@@ -1231,6 +1244,7 @@ fn run_agent_until(
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
     let limits = command_limits(
         args.job_user.as_deref(),
+        args.jobs_as_own_user,
         args.kill_grace_s,
         args.max_job_pids,
     )?;

@@ -201,8 +201,11 @@ impl Agents {
                 .env("GANTRY_TOKEN", token)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
+            // The demo's own machine and throwaway directory: as this user, unless root.
             if root {
                 agent.args(["--job-user", "nobody"]);
+            } else {
+                agent.arg("--jobs-as-own-user");
             }
             agents
                 .0
