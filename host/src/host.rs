@@ -849,7 +849,7 @@ impl PluginLoader {
                 let origin = PathBuf::from(format!("<builtin>/{}/plugin.toml", b.name));
                 ReadScheduler::Builtin {
                     name: name.clone(),
-                    manifest: Manifest::parse(b.manifest, &origin)?,
+                    manifest: Box::new(Manifest::parse(b.manifest, &origin)?),
                     wasm: b.wasm.to_vec(),
                     origin,
                 }
@@ -885,7 +885,7 @@ impl PluginLoader {
                 wasm,
                 origin,
                 ..
-            } => (manifest, wasm, origin),
+            } => (*manifest, wasm, origin),
             ReadScheduler::Files { files, .. } => {
                 self.trust_or_refuse(&files.manifest_path, self.files_signed(&files))?;
                 (files.manifest, files.wasm, files.wasm_path)
@@ -979,7 +979,7 @@ enum ReadScheduler {
     /// Shipped in the binary.
     Builtin {
         name: String,
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         wasm: Vec<u8>,
         origin: PathBuf,
     },

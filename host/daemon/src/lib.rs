@@ -105,7 +105,15 @@ pub struct DaemonConfig {
     /// With several replicas on etcd: elect a leader, keep jobs in etcd ([`replicas`]).
     /// `None`: one daemon, jobs in the data directory's SQLite (the default).
     pub control_plane: Option<replicas::ControlPlane>,
+    /// The most jobs one tenant may have waiting to be placed; a submission past it is refused
+    /// (429) until some are placed or cancelled ([`DEFAULT_MAX_QUEUED_PER_TENANT`]).
+    pub max_queued_per_tenant: usize,
 }
+
+/// The default of [`DaemonConfig::max_queued_per_tenant`]: room for any real queue, while one
+/// tenant submitting in a loop (100 jobs a second, 2,483 in 25 s in a review) cannot grow the
+/// queue, the job table and every listing without end.
+pub const DEFAULT_MAX_QUEUED_PER_TENANT: usize = 10_000;
 
 /// Where a daemon keeps what its replicas must share ([`Daemon::stores`]).
 struct Stores {
@@ -176,6 +184,8 @@ pub struct Daemon {
     pub train_limits: gantry::training::TrainLimits,
     /// How command jobs run.
     pub commands: command::CommandLimits,
+    /// The most jobs one tenant may have waiting ([`DaemonConfig::max_queued_per_tenant`]).
+    pub max_queued_per_tenant: usize,
     /// The cgroups command jobs run in, where this machine lets the daemon make them.
     pub cgroups: Option<cgroup::Cgroups>,
     /// The node agents' leases, when agents are on.
@@ -542,6 +552,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             commands: config.commands.clone(),
+            max_queued_per_tenant: config.max_queued_per_tenant,
             cgroups: None,
             nodes: None,
             file_unhealthy: Default::default(),

@@ -60,6 +60,7 @@ impl TestDaemon {
             conn_limits: Default::default(),
             shipped_policy: false,
             control_plane: None,
+            max_queued_per_tenant: crate::DEFAULT_MAX_QUEUED_PER_TENANT,
         };
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         // Policy loads run in the runtime's context, as in `gantry up`.

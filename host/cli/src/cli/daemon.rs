@@ -100,6 +100,10 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
           value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     max_job_pids: u64,
+    /// The most jobs one tenant may have waiting to be placed (a submission past it: 429).
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_queued_jobs_per_tenant: u64,
     /// The longest wall time a command job may ask for, and what it gets when it asks for none.
     #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
     max_wall_time_s: f64,
@@ -550,6 +554,8 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         },
         shipped_policy: args.shipped_policy,
         control_plane,
+        max_queued_per_tenant: usize::try_from(args.max_queued_jobs_per_tenant)
+            .unwrap_or(usize::MAX),
         agent_here: local.is_some(),
         agent_lease: match (args.agent_lease_s, &local) {
             (Some(s), _) => Some(seconds_above_zero(s, "--agent-lease-s")?),

@@ -206,6 +206,22 @@ fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> 
         }
         Err(e) => return Err(ApiError::internal(e)),
     };
+    let queued = host
+        .state()
+        .pending
+        .iter()
+        .filter(|p| p.spec.tenant == job.tenant)
+        .count();
+    if queued >= daemon.max_queued_per_tenant {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant {} has {queued} jobs waiting to be placed, the most one tenant may \
+                 (--max-queued-jobs-per-tenant): submit more as these are placed or cancelled",
+                job.tenant
+            ),
+        ));
+    }
     let m = &daemon.metrics;
     match here(host.submit_checked_as(&user.subject(), checked)) {
         Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
