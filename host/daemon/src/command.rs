@@ -67,9 +67,13 @@ const GANTRY_ENV: &str = "GANTRY_";
 /// How the daemon runs command jobs (`gantry up --job-user`, `--kill-grace-s`, ...).
 #[derive(Debug, Clone)]
 pub struct CommandLimits {
-    /// Whom commands run as; `None`: the daemon's own user, only where [`Self::own_user`]
-    /// says so and never root.
+    /// Whom commands run as; `None`: a uid of [`Self::uids`], or the daemon's own user, only
+    /// where [`Self::own_user`] says so and never root.
     pub user: Option<JobUser>,
+    /// Run each command as a uid of its own from this range (`--job-uids FIRST-LAST`, root):
+    /// no two runs alive on the machine share one, so no run can signal another tenant's or read
+    /// its memory or environment, as runs sharing one `--job-user` could.
+    pub uids: Option<UidRange>,
     /// Without a job user, run commands as the daemon's own user (`--jobs-as-own-user`): for a
     /// machine one person uses. A program running as that user can read the daemon's keys,
     /// database and token, and signal the daemon, so it is never the default.
@@ -89,6 +93,7 @@ impl Default for CommandLimits {
     fn default() -> Self {
         Self {
             user: None,
+            uids: None,
             own_user: false,
             kill_grace: Duration::from_secs(10),
             max_wall_time_s: 7.0 * 24.0 * 3600.0,
@@ -143,6 +148,116 @@ impl JobUser {
     }
 }
 
+/// Numeric uids to run commands as, one per run (see [`CommandLimits::uids`]); each run's group
+/// is the same number. They need no entry in the user database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    /// The first uid.
+    pub first: u32,
+    /// The last uid (included).
+    pub last: u32,
+}
+
+/// Where the leases on uids are held: one lock file per uid, shared by every daemon and agent
+/// of the machine (tests run several agents on one), held with `flock` for the life of the run,
+/// so a process that dies gives its uids back with it.
+const UID_LEASES: &str = "/run/gantry-job-uids";
+
+impl UidRange {
+    /// Parses `FIRST-LAST`: unprivileged uids (not 0, not the nobody uid 65534 and beyond the
+    /// 16-bit range's end, which many systems reserve), at most 1,000,000 of them.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("--job-uids {text}: expected FIRST-LAST, e.g. 200000-200999");
+        let (first, last) = text.split_once('-').ok_or_else(bad)?;
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first || last - first >= 1_000_000 || last >= u32::MAX - 1 {
+            return Err(format!(
+                "--job-uids {text}: a range of 1 to 1,000,000 uids, above 0 and below {}",
+                u32::MAX - 1
+            ));
+        }
+        if (first..=last).contains(&65534) {
+            return Err(format!(
+                "--job-uids {text}: holds 65534 (nobody), which other programs run as"
+            ));
+        }
+        Ok(Self { first, last })
+    }
+
+    /// A uid of the range no other run on this machine holds, held until the lease is dropped.
+    pub fn lease(&self) -> Result<UidLease, String> {
+        use std::os::fd::AsRawFd;
+        let dir = std::path::Path::new(UID_LEASES);
+        std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+        let count = u64::from(self.last - self.first) + 1;
+        // From a random place: runs rarely take a uid another just left.
+        let mut start = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut start);
+        let start = u64::from_le_bytes(start) % count;
+        for i in 0..count {
+            let uid = self.first + ((start + i) % count) as u32;
+            let path = dir.join(uid.to_string());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            // SAFETY: a valid descriptor; flock has no memory preconditions.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(UidLease {
+                    user: JobUser {
+                        name: format!("uid {uid}"),
+                        uid,
+                        gid: uid,
+                    },
+                    _held: file,
+                });
+            }
+        }
+        Err(format!(
+            "all {count} uids of --job-uids {}-{} are in use by runs on this machine",
+            self.first, self.last
+        ))
+    }
+}
+
+/// A uid held for one run ([`UidRange::lease`]); given back when dropped, once every process
+/// left running as it is killed.
+#[derive(Debug)]
+pub struct UidLease {
+    /// The uid (and group) as a job user.
+    pub user: JobUser,
+    _held: std::fs::File,
+}
+
+impl Drop for UidLease {
+    /// Whatever of the run is left (a process that left its group, on a machine without
+    /// cgroups to gather it) dies before the uid can go to another run: a child that takes the
+    /// uid signals every process of it (`kill(-1)` spares the caller alone).
+    fn drop(&mut self) {
+        let (uid, gid) = (self.user.uid, self.user.gid);
+        // SAFETY: between fork and _exit the child makes only async-signal-safe calls.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                if libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setgid(gid) == 0
+                    && libc::setuid(uid) == 0
+                {
+                    libc::kill(-1, libc::SIGKILL);
+                }
+                libc::_exit(0);
+            }
+            if pid > 0 {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+}
+
 /// Whom commands run as under `limits`: the named user, or the daemon's own where the operator
 /// said so (`--jobs-as-own-user`) and it is not root. Otherwise command jobs are refused: a
 /// user's program never runs as root, nor as the user that owns the daemon's keys, database
@@ -151,6 +266,12 @@ pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
     match &limits.user {
         Some(user) => Ok(Some(user)),
         // SAFETY: geteuid has no preconditions.
+        None if limits.uids.is_some() && unsafe { libc::geteuid() } != 0 => Err(
+            "--job-uids needs the daemon (or agent) to run as root, to switch to them".to_string(),
+        ),
+        // A uid of the range, chosen when the run starts.
+        None if limits.uids.is_some() => Ok(None),
+        // SAFETY: geteuid has no preconditions.
         None if unsafe { libc::geteuid() } == 0 => Err(
             "this daemon runs as root and was started without --job-user: command jobs are \
              refused (a user's program never runs as root)"
@@ -158,9 +279,10 @@ pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
         ),
         None if limits.own_user => Ok(None),
         None => Err(
-            "this daemon was started without --job-user: command jobs are refused (a user's \
-             program never runs as the daemon's own user, which owns its keys and database, \
-             unless the operator says so with --jobs-as-own-user, for a machine one person uses)"
+            "this daemon was started without --job-user or --job-uids: command jobs are refused \
+             (a user's program never runs as the daemon's own user, which owns its keys and \
+             database, unless the operator says so with --jobs-as-own-user, for a machine one \
+             person uses)"
                 .to_string(),
         ),
     }
@@ -520,6 +642,15 @@ pub fn execute(
         Ok(u) => u,
         Err(e) => return RunEnd::Failed(e),
     };
+    // Held until the run's last process is gone (the cgroup and scratch go first, below).
+    let lease = match (user, &limits.uids) {
+        (None, Some(range)) => match range.lease() {
+            Ok(lease) => Some(lease),
+            Err(e) => return RunEnd::Failed(e),
+        },
+        _ => None,
+    };
+    let user = user.or(lease.as_ref().map(|l| &l.user));
     let scratch = match &spec.cwd {
         Some(_) => None,
         None => match crate::scratch::Scratch::process()
@@ -1032,6 +1163,81 @@ mod tests {
             started.elapsed() < std::time::Duration::from_secs(9),
             "{log}"
         );
+    }
+
+    /// Reported by a review: every tenant's command jobs ran as the one `--job-user`, so a job
+    /// of one tenant killed another's (`pkill -9 -u nobody`) and read its environment from
+    /// `/proc` (an `HF_TOKEN`). With `--job-uids` each run has a uid of its own: two runs at once
+    /// get two uids, and neither can signal the other or read its environment. Root only.
+    #[test]
+    fn runs_with_uids_of_their_own_cannot_signal_or_read_each_other() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to run jobs as other uids");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let at = dir.path().display().to_string();
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231000-231009").unwrap()),
+            ..CommandLimits::default()
+        };
+        let run = |key: &str, script: String, env: &[(&str, &str)]| {
+            let spec = CommandSpec {
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                wall_time_s: Some(20.0),
+                ..spec(&["/bin/sh", "-c", &script])
+            };
+            let gpus = ["node-0001/gpu0".to_string()];
+            let job = RunJob {
+                key,
+                tenant: key.split('/').next().unwrap(),
+                gpu_ids: &gpus,
+                spec: &spec,
+            };
+            let mut lines = Lines::default();
+            let end = execute(job, &limits, None, &mut lines, "root");
+            (end, lines.0.join("\n"))
+        };
+        let victim = format!(
+            "echo uid=$(id -u); echo $$ > {at}/victim.pid; \
+             while [ ! -e {at}/done ]; do sleep 0.1; done; echo survived"
+        );
+        let attacker = format!(
+            "echo uid=$(id -u); while [ ! -s {at}/victim.pid ]; do sleep 0.1; done; \
+             v=$(cat {at}/victim.pid); \
+             kill -9 $v 2>/dev/null && echo killed || echo kill-refused; \
+             cat /proc/$v/environ 2>/dev/null | tr '\\0' '\\n' | grep SECRET || echo read-refused; \
+             touch {at}/done"
+        );
+        let (victim, attacker) = std::thread::scope(|s| {
+            let v = s.spawn(|| run("language/victim", victim, &[("SECRET", "hunter2")]));
+            let a = s.spawn(|| run("vision/attacker", attacker, &[]));
+            (v.join().unwrap(), a.join().unwrap())
+        });
+        let uid = |log: &str| {
+            log.lines()
+                .find_map(|l| l.strip_prefix("uid="))
+                .map(str::to_string)
+        };
+        assert!(matches!(victim.0, RunEnd::Finished(..)), "{}", victim.1);
+        assert!(victim.1.contains("survived"), "{}", victim.1);
+        assert!(attacker.1.contains("kill-refused"), "{}", attacker.1);
+        assert!(attacker.1.contains("read-refused"), "{}", attacker.1);
+        assert!(!attacker.1.contains("hunter2"), "{}", attacker.1);
+        let (a, b) = (uid(&victim.1).unwrap(), uid(&attacker.1).unwrap());
+        assert_ne!(a, b);
+        assert!((231000..=231009).contains(&a.parse::<u32>().unwrap()));
+        // The range is checked: no root, no nobody, bounded.
+        assert!(UidRange::parse("0-10").is_err());
+        assert!(UidRange::parse("65000-66000").is_err());
+        assert!(UidRange::parse("1000-99999999").is_err());
+        assert!(UidRange::parse("2000-1000").is_err());
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct UpArgs {
     /// machine one person uses, as a program running as it can read the daemon's keys.
     #[arg(long, conflicts_with = "job_user")]
     jobs_as_own_user: bool,
+    /// Run each command job as a uid of its own from FIRST-LAST (root; no user entries
+    /// needed): runs never share a uid, so none can signal or read another tenant's.
+    #[arg(long, value_name = "FIRST-LAST", conflicts_with_all = ["job_user", "jobs_as_own_user"],
+          value_parser = gantry_daemon::command::UidRange::parse)]
+    job_uids: Option<gantry_daemon::command::UidRange>,
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
@@ -241,6 +246,7 @@ impl LocalNode {
             heartbeat_s: 1.0,
             job_user: args.job_user.clone(),
             jobs_as_own_user: args.jobs_as_own_user,
+            job_uids: args.job_uids,
             kill_grace_s: args.kill_grace_s,
             max_job_pids: args.max_job_pids,
             client: Client {
@@ -286,6 +292,11 @@ pub struct AgentArgs {
     /// machine one person uses, as a program running as it can read the agent's node token.
     #[arg(long, conflicts_with = "job_user")]
     jobs_as_own_user: bool,
+    /// Run each command job as a uid of its own from FIRST-LAST (root; no user entries
+    /// needed): runs never share a uid, so none can signal or read another tenant's.
+    #[arg(long, value_name = "FIRST-LAST", conflicts_with_all = ["job_user", "jobs_as_own_user"],
+          value_parser = gantry_daemon::command::UidRange::parse)]
+    job_uids: Option<gantry_daemon::command::UidRange>,
     /// Seconds a stopped command job has between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     kill_grace_s: f64,
@@ -567,6 +578,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                 .as_secs_f64(),
             ..command_limits(
                 args.job_user.as_deref(),
+                args.job_uids,
                 args.jobs_as_own_user,
                 args.kill_grace_s,
                 args.max_job_pids,
@@ -711,12 +723,14 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
 /// (`--job-user`) and how long a stopped run has before SIGKILL (`--kill-grace-s`).
 fn command_limits(
     job_user: Option<&str>,
+    uids: Option<gantry_daemon::command::UidRange>,
     own_user: bool,
     kill_grace_s: f64,
     max_pids: u64,
 ) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
     Ok(gantry_daemon::command::CommandLimits {
         max_pids,
+        uids,
         own_user,
         user: job_user
             .map(gantry_daemon::command::JobUser::lookup)
@@ -1250,6 +1264,7 @@ fn run_agent_until(
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
     let limits = command_limits(
         args.job_user.as_deref(),
+        args.job_uids,
         args.jobs_as_own_user,
         args.kill_grace_s,
         args.max_job_pids,
