@@ -537,6 +537,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job, step)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs(tenant, seq);
 CREATE TABLE IF NOT EXISTS plugins (
     name TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -1235,6 +1237,45 @@ impl JobStore for Db {
             .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
             .ctx("listing jobs")?;
         let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing jobs")
+    }
+
+    fn jobs_page(
+        &self,
+        tenants: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, DbError> {
+        let mut sql = format!("{SELECT_JOB} WHERE seq > ?1");
+        if let Some(tenants) = tenants {
+            let marks: Vec<String> = (0..tenants.len()).map(|i| format!("?{}", i + 3)).collect();
+            sql += &format!(" AND tenant IN ({})", marks.join(", "));
+        }
+        sql += " ORDER BY seq LIMIT ?2";
+        let conn = self.conn();
+        let start: i64 = match after {
+            Some(key) => match conn
+                .query_row("SELECT seq FROM jobs WHERE id = ?1", params![key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .ctx("listing jobs")?
+            {
+                Some(seq) => seq,
+                None => return Ok(Vec::new()),
+            },
+            None => i64::MIN,
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&start, &limit];
+        if let Some(tenants) = tenants {
+            values.extend(tenants.iter().map(|t| t as &dyn rusqlite::ToSql));
+        }
+        let mut stmt = conn.prepare(&sql).ctx("listing jobs")?;
+        let rows = stmt
+            .query_map(values.as_slice(), row_to_job)
+            .ctx("listing jobs")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing jobs")
     }

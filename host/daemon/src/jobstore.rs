@@ -25,6 +25,31 @@ pub trait JobStore: Send + Sync {
     /// The jobs called `name`, in any tenant, in submission order.
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, Self::Error>;
 
+    /// At most `limit` jobs of `tenants` (`None`: every tenant's), in submission order, those
+    /// submitted after job `after` (a key) when given: a listing's page, what it reads bounded
+    /// by the page whatever the table holds. A store that cannot do better reads every job.
+    fn jobs_page(
+        &self,
+        tenants: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, Self::Error> {
+        let jobs = self.jobs()?;
+        let start = match after {
+            Some(key) => match jobs.iter().position(|j| j.id == key) {
+                Some(at) => at + 1,
+                None => return Ok(Vec::new()),
+            },
+            None => 0,
+        };
+        Ok(jobs
+            .into_iter()
+            .skip(start)
+            .filter(|j| tenants.is_none_or(|t| t.contains(&j.tenant)))
+            .take(limit)
+            .collect())
+    }
+
     /// How many jobs are in each state (by the state's name).
     fn counts_by_state(&self) -> Result<Vec<(String, u64)>, Self::Error>;
 
@@ -137,6 +162,14 @@ where
     }
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, StateError> {
         Ok(self.0.jobs_named(name)?)
+    }
+    fn jobs_page(
+        &self,
+        tenants: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StateError> {
+        Ok(self.0.jobs_page(tenants, after, limit)?)
     }
     fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
         Ok(self.0.counts_by_state()?)

@@ -189,6 +189,14 @@ impl JobStore for Deposable {
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, StateError> {
         self.inner.jobs_named(name)
     }
+    fn jobs_page(
+        &self,
+        tenants: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StateError> {
+        self.inner.jobs_page(tenants, after, limit)
+    }
     fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
         self.inner.counts_by_state()
     }

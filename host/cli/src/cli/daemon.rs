@@ -1738,7 +1738,27 @@ fn agent_run(agent: &AgentNode, run: &gantry_daemon::nodes::HandedRun, flags: &R
 
 /// Runs `gantry jobs`.
 pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
-    let jobs = call(&client, "GET", "/v1/jobs", None)?;
+    // Page by page: a full page means there may be more after its last job.
+    const PAGE: usize = 1000;
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let path = match all.last() {
+            None => format!("/v1/jobs?limit={PAGE}"),
+            Some(last) => format!(
+                "/v1/jobs?limit={PAGE}&after={}/{}",
+                last["tenant"].as_str().unwrap_or_default(),
+                last["id"].as_str().unwrap_or_default()
+            ),
+        };
+        let page = call(&client, "GET", &path, None)?;
+        let page = page.as_array().cloned().unwrap_or_default();
+        let full = page.len() == PAGE;
+        all.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let jobs = serde_json::Value::Array(all);
     if json {
         println!("{jobs}");
         return Ok(());
