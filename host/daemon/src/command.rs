@@ -164,8 +164,9 @@ pub struct UidRange {
 const UID_LEASES: &str = "/run/gantry-job-uids";
 
 impl UidRange {
-    /// Parses `FIRST-LAST`: unprivileged uids (not 0, not the nobody uid 65534 and beyond the
-    /// 16-bit range's end, which many systems reserve), at most 1,000,000 of them.
+    /// Parses `FIRST-LAST`: at most 1,000,000 uids above 0, without 65534 (`nobody`, which
+    /// other programs run as) and below 2^32 - 2 (`(uid_t)-1` and `-2` mean "none"). The range
+    /// should be one no user of the machine has: its runs may be signalled by nothing else.
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("--job-uids {text}: expected FIRST-LAST, e.g. 200000-200999");
         let (first, last) = text.split_once('-').ok_or_else(bad)?;

@@ -106,7 +106,9 @@ impl Heartbeat {
                 .nvlink_peers
                 .iter()
                 .find(|p| **p == g.ordinal || !seen.contains(*p));
-            if g.nvlink_peers.len() > MAX_REPORTED_GPUS || stranger.is_some() {
+            let mut peers = std::collections::HashSet::new();
+            let repeated = g.nvlink_peers.iter().any(|p| !peers.insert(*p));
+            if g.nvlink_peers.len() > MAX_REPORTED_GPUS || stranger.is_some() || repeated {
                 return Err(format!(
                     "field `gpus[{i}].nvlink_peers`: the ordinals of the node's other reported \
                      GPUs, each once"
@@ -1121,7 +1123,8 @@ mod tests {
             rack: None,
         };
         assert!(linked(vec![1]).check().is_ok());
-        for bad in [vec![0], vec![7], vec![1; MAX_REPORTED_GPUS + 1]] {
+        // A peer named twice, as the message says, is refused too (it was accepted).
+        for bad in [vec![0], vec![7], vec![1, 1], vec![1; MAX_REPORTED_GPUS + 1]] {
             let refused = linked(bad).check().unwrap_err();
             assert!(refused.contains("gpus[0].nvlink_peers"), "{refused}");
         }
