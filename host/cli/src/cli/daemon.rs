@@ -1485,7 +1485,7 @@ impl Lease {
     pub(super) fn new(lease: std::time::Duration) -> Self {
         let lease_start = std::time::Instant::now();
         Self(std::sync::Mutex::new((
-            lease_start + lease - Self::margin(lease),
+            lease_start + lease.saturating_sub(Self::margin(lease)),
             lease,
         )))
     }
@@ -1493,7 +1493,7 @@ impl Lease {
     /// The control plane answered a heartbeat sent at `sent` with a lease of `lease`.
     pub(super) fn renew(&self, sent: std::time::Instant, lease: std::time::Duration) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
-            (sent + lease - Self::margin(lease), lease);
+            (sent + lease.saturating_sub(Self::margin(lease)), lease);
     }
 
     /// Whether the runs must be dead by now.
@@ -1504,12 +1504,15 @@ impl Lease {
     /// How long one request to the control plane may take: well inside the margin, so a run
     /// whose report is stuck still sees its lease lapse in time.
     pub(super) fn call_bound(&self) -> std::time::Duration {
-        let lease = self.0.lock().unwrap_or_else(|e| e.into_inner()).1;
-        (lease / 8).max(std::time::Duration::from_millis(100))
+        Self::margin(self.0.lock().unwrap_or_else(|e| e.into_inner()).1)
     }
 
+    /// As long as one request may take ([`Self::call_bound`]): a run stuck in a report sees the
+    /// lapse no later than the control plane's lease ends. No more: past its lapse a run stops
+    /// reporting (its output then is lost), and a failover of the control plane near a lease
+    /// long would cost more runs than it must.
     fn margin(lease: std::time::Duration) -> std::time::Duration {
-        lease / 4
+        (lease / 8).max(std::time::Duration::from_millis(100))
     }
 }
 
