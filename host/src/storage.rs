@@ -191,6 +191,42 @@ pub struct Store {
     rng: SystemRandom,
     /// The directory's lock, when this store may write.
     lock: Option<Arc<DirLock>>,
+    /// Objects just stored and not yet named by a record ([`Pinned`]): never removed.
+    pins: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// An object just stored, which [`Store::remove_unused`] leaves in place until this is dropped:
+/// held from the put until whatever names the object is recorded, since the store is
+/// content-addressed and another owner of the same content may be letting it go meanwhile.
+#[must_use = "the object is protected only while this is held"]
+pub struct Pinned {
+    id: String,
+    pins: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Pinned {
+    /// The object's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pinned").field(&self.id).finish()
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.pins);
+        if let Some(n) = pins.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -250,6 +286,7 @@ impl Store {
             rotating: Mutex::new(()),
             rng: SystemRandom::new(),
             lock,
+            pins: Arc::default(),
         }
     }
 
@@ -345,6 +382,12 @@ impl Store {
     /// concurrency: storing content already present (and readable) changes nothing; concurrent
     /// puts of one content all return its id, and it reads.
     pub fn put(&self, reader: impl Read) -> Result<String, StoreError> {
+        self.put_pinned(reader).map(|pinned| pinned.id.clone())
+    }
+
+    /// [`Store::put`], the object kept from [`Store::remove_unused`] while the [`Pinned`] lives:
+    /// what a writer that records the object somewhere uses, holding it until the record is made.
+    pub fn put_pinned(&self, reader: impl Read) -> Result<Pinned, StoreError> {
         self.writable()?;
         let mut key_bytes = [0u8; 32];
         self.rng
@@ -368,19 +411,66 @@ impl Store {
         };
         let published = self.publish(&id, &tmp, &key_bytes);
         let _ = std::fs::remove_file(&tmp);
-        published.map(|()| id)
+        published
+    }
+
+    /// Pins object `id`; under its stripe lock, like every removal.
+    fn pin(&self, id: &str) -> Pinned {
+        *lock(&self.pins).entry(id.to_string()).or_insert(0) += 1;
+        Pinned {
+            id: id.to_string(),
+            pins: self.pins.clone(),
+        }
+    }
+
+    /// Removes object `id` unless it is pinned ([`Store::put_pinned`]) or `in_use` says something
+    /// still names it; asked under the object's lock, so no put of the same content can slip
+    /// between the question and the removal. `Ok(true)` when removed (or already gone). The
+    /// object goes before its key file: a crash between leaves an orphan key, swept on open.
+    pub fn remove_unused<E: std::fmt::Display>(
+        &self,
+        id: &str,
+        in_use: impl FnOnce() -> Result<bool, E>,
+    ) -> Result<bool, StoreError> {
+        check_id(id)?;
+        self.writable()?;
+        let _stripe = self.stripe(id);
+        if lock(&self.pins).contains_key(id) {
+            return Ok(false);
+        }
+        match in_use() {
+            Ok(false) => {}
+            Ok(true) => return Ok(false),
+            Err(e) => {
+                return Err(StoreError::Layout {
+                    path: self.object_path(id),
+                    message: format!("kept: whether anything still names it is unknown: {e}"),
+                });
+            }
+        }
+        for path in [self.object_path(id), self.key_path(id)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        let object = self.object_path(id);
+        let dir = object.parent().expect("objects/ab");
+        durable::sync_dir(dir).map_err(io(dir))?;
+        Ok(true)
     }
 
     /// Makes the sealed temporary `tmp` object `id`, unless a readable object `id` is already
     /// there. Under the id's stripe lock, so the check and the publication are one step for
     /// every thread; the key file is written before the object is renamed into place (an object
     /// without its key would be unreadable; a key without its object is an orphan, swept).
-    fn publish(&self, id: &str, tmp: &Path, key_bytes: &[u8; 32]) -> Result<(), StoreError> {
+    fn publish(&self, id: &str, tmp: &Path, key_bytes: &[u8; 32]) -> Result<Pinned, StoreError> {
         let _stripe = self.stripe(id);
         let path = self.object_path(id);
         if path.exists() || self.key_path(id).exists() {
             match self.authenticate(id) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(self.pin(id)),
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => tracing::warn!(
                     object = %id,
@@ -397,7 +487,8 @@ impl Store {
         let masters = self.masters();
         self.write_key(id, key_bytes, &masters, masters.current)?;
         std::fs::rename(tmp, &path).map_err(io(&path))?;
-        durable::sync_dir(dir).map_err(io(dir))
+        durable::sync_dir(dir).map_err(io(dir))?;
+        Ok(self.pin(id))
     }
 
     /// Reads object `id` whole, checking every chunk and its digest.
@@ -688,6 +779,8 @@ impl Store {
             let _stripe = self.stripe(&id);
             let (key_bytes, used) = match self.unwrap_key(&id) {
                 Ok(k) => k,
+                // Removed since the listing: nothing to re-wrap.
+                Err(StoreError::NotFound(_)) => continue,
                 Err(e) => {
                     unreadable.push((id.clone(), e.to_string()));
                     continue;
@@ -724,7 +817,12 @@ impl Store {
     fn retire_unused(&self) -> Result<Vec<String>, StoreError> {
         let mut named = std::collections::HashSet::new();
         for id in self.list()? {
-            named.insert(self.key_file(&id)?.master);
+            match self.key_file(&id) {
+                Ok(file) => named.insert(file.master),
+                // Removed since the listing ([`Store::remove_unused`]).
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
         }
         let mut masters = self.masters_mut();
         let current_id = masters.keys[masters.current].id.clone();

@@ -174,6 +174,99 @@ fn concurrent_uploads_of_one_content_under_different_names_all_stay_readable() {
     must(run(&data, &["store", "verify"]));
 }
 
+/// Found by a review: datasets are never replaced, and one tenant could upload under new names
+/// without end (empty ones too), filling the disk and the table for every tenant. A tenant's
+/// datasets are bounded in count and bytes: an upload past either is refused (429), before
+/// its body when its declared length is over, else as its record is made, so uploads racing
+/// for the last room keep one; a refused upload leaves nothing in the store, and other tenants
+/// are unaffected.
+#[test]
+fn a_tenants_datasets_are_bounded_in_count_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let lee = add_user(&data, "lee", "researcher,writer", "language", "internal");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--max-datasets-per-tenant",
+            "3",
+            "--max-dataset-bytes-per-tenant",
+            "100000",
+        ],
+    );
+    let put = |token: &str, tenant: &str, name: &str, body: &[u8]| {
+        let url = format!(
+            "{}/v1/datasets/{name}?tenant={tenant}&classification=public",
+            daemon.url
+        );
+        put_raw(&url, token, body)
+    };
+    let (s, v) = put(&ada, "vision", "d1", &bytes(60_000, 1));
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = put(&ada, "vision", "big", &bytes(50_000, 2));
+    assert_eq!(s, 429, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("tenant vision's datasets hold 60000 bytes")
+            && error.contains("--max-dataset-bytes-per-tenant"),
+        "{v}"
+    );
+    // Four uploads, each of which fits alone, racing for the room of one.
+    let raced: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u64)
+            .map(|i| {
+                let put = &put;
+                let ada = &ada;
+                s.spawn(move || put(ada, "vision", &format!("r{i}"), &bytes(30_000, 10 + i)).0)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(raced.iter().filter(|s| **s == 201).count(), 1, "{raced:?}");
+    assert!(raced.iter().all(|s| *s == 201 || *s == 429), "{raced:?}");
+    let (s, v) = put(&ada, "vision", "tiny", b"1");
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = put(&ada, "vision", "tiny2", b"");
+    assert_eq!(s, 429, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("tenant vision has 3 datasets"),
+        "{v}"
+    );
+    // Another tenant's room is its own.
+    let (s, v) = put(&lee, "language", "d1", &bytes(90_000, 3));
+    assert_eq!(s, 201, "{v}");
+    // Nothing refused was kept: the store holds the datasets listed, no more.
+    let (s, listed) = request(
+        &format!("{}/v1/datasets", daemon.url),
+        "GET",
+        Some(&ada),
+        None,
+    );
+    assert_eq!(s, 200, "{listed}");
+    let mut named: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["object"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named.len(), 3, "{listed}");
+    let (_, theirs) = request(
+        &format!("{}/v1/datasets", daemon.url),
+        "GET",
+        Some(&lee),
+        None,
+    );
+    named.push(theirs[0]["object"].as_str().unwrap().to_string());
+    named.sort();
+    let stored = gantry::storage::Store::open(&data).unwrap().list().unwrap();
+    assert_eq!(stored, named);
+}
+
 /// Issue 10, section 3: `gantry key rotate` against a running daemon deleted the master key it
 /// held, and a second `gantry up` on the same directory started too.
 #[test]

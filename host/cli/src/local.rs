@@ -76,6 +76,6 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         conn_limits: Default::default(),
         shipped_policy: false,
         control_plane: None,
-        max_queued_per_tenant: gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT,
+        tenant_limits: Default::default(),
     }
 }

@@ -24,6 +24,12 @@ pub trait DatasetStore: Send + Sync {
 
     /// The datasets called `name`, in any tenant, by key.
     fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, StateError>;
+
+    /// Whether a dataset is stored as `object`.
+    fn dataset_uses(&self, object: &str) -> Result<bool, StateError>;
+
+    /// How many datasets `tenant` has, and their bytes together.
+    fn tenant_usage(&self, tenant: &str) -> Result<(usize, u64), StateError>;
 }
 
 /// The daemon's dataset records, in whichever store keeps them.
@@ -41,6 +47,12 @@ impl DatasetStore for Db {
     }
     fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, StateError> {
         Ok(Db::datasets_named(self, name)?)
+    }
+    fn dataset_uses(&self, object: &str) -> Result<bool, StateError> {
+        Ok(Db::dataset_uses(self, object)?)
+    }
+    fn tenant_usage(&self, tenant: &str) -> Result<(usize, u64), StateError> {
+        Ok(Db::dataset_usage(self, tenant)?)
     }
 }
 
@@ -143,6 +155,16 @@ impl DatasetStore for EtcdDatasets {
             .into_iter()
             .filter(|d| crate::db::name_of(&d.name) == name)
             .collect())
+    }
+
+    fn dataset_uses(&self, object: &str) -> Result<bool, StateError> {
+        Ok(self.datasets()?.iter().any(|d| d.object == object))
+    }
+
+    fn tenant_usage(&self, tenant: &str) -> Result<(usize, u64), StateError> {
+        let all: Vec<Stored> = decode_prefix(&self.etcd, &self.key(&format!("{tenant}/")))?;
+        let bytes = all.iter().map(|d| d.bytes).fold(0u64, u64::saturating_add);
+        Ok((all.len(), bytes))
     }
 }
 

@@ -536,6 +536,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     object TEXT NOT NULL,
     PRIMARY KEY (job, step)
 );
+CREATE INDEX IF NOT EXISTS checkpoints_by_object ON checkpoints(object);
+CREATE INDEX IF NOT EXISTS datasets_by_object ON datasets(object);
+CREATE INDEX IF NOT EXISTS datasets_by_tenant ON datasets(tenant);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_by_seq ON jobs(seq);
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs(tenant, seq);
@@ -1072,6 +1075,33 @@ impl Db {
             .ctx("listing datasets")
     }
 
+    /// How many datasets `tenant` has, and their bytes together.
+    pub fn dataset_usage(&self, tenant: &str) -> Result<(usize, u64), DbError> {
+        let (count, bytes): (i64, i64) = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM datasets WHERE tenant = ?1",
+                params![tenant],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ctx("reading datasets")?;
+        Ok((
+            usize::try_from(count).unwrap_or(usize::MAX),
+            u64::try_from(bytes).unwrap_or(0),
+        ))
+    }
+
+    /// Whether a dataset is stored as `object`.
+    pub fn dataset_uses(&self, object: &str) -> Result<bool, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM datasets WHERE object = ?1)",
+                params![object],
+                |r| r.get(0),
+            )
+            .ctx("reading datasets")
+    }
+
     /// The datasets called `name`, in any tenant.
     pub fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, DbError> {
         let conn = self.conn();
@@ -1408,14 +1438,38 @@ impl JobStore for Db {
             .ctx("reading a job's metrics")
     }
 
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), DbError> {
-        self.conn()
-            .execute(
-                "INSERT OR REPLACE INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
-                params![job, step, object],
-            )
+    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<Vec<String>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx("recording a checkpoint")?;
+        let before = {
+            let mut stmt = tx
+                .prepare("SELECT DISTINCT object FROM checkpoints WHERE job = ?1")
+                .ctx("recording a checkpoint")?;
+            let rows = stmt
+                .query_map(params![job], |r| r.get::<_, String>(0))
+                .ctx("recording a checkpoint")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("recording a checkpoint")?
+        };
+        tx.execute("DELETE FROM checkpoints WHERE job = ?1", params![job])
             .ctx("recording a checkpoint")?;
-        Ok(())
+        tx.execute(
+            "INSERT INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
+            params![job, step, object],
+        )
+        .ctx("recording a checkpoint")?;
+        tx.commit().ctx("recording a checkpoint")?;
+        Ok(before.into_iter().filter(|o| o != object).collect())
+    }
+
+    fn checkpoint_uses(&self, object: &str) -> Result<bool, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM checkpoints WHERE object = ?1)",
+                params![object],
+                |r| r.get(0),
+            )
+            .ctx("reading checkpoints")
     }
 
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {

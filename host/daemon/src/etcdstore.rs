@@ -369,9 +369,38 @@ impl JobStore for EtcdJobs {
         }
     }
 
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), EtcdStoreError> {
+    fn add_checkpoint(
+        &self,
+        job: &str,
+        step: u32,
+        object: &str,
+    ) -> Result<Vec<String>, EtcdStoreError> {
+        let prefix = format!("{}/checkpoints/{job}/", self.root);
+        let before = self.etcd.prefix(prefix.as_bytes(), 0)?;
         let key = self.key("checkpoints", &format!("{job}/{step:010}"));
-        self.put(key, object.as_bytes().to_vec())
+        let mut ops: Vec<Op> = before
+            .iter()
+            .filter(|kv| kv.key != key)
+            .map(|kv| Op::Delete(kv.key.clone()))
+            .collect();
+        ops.push(Op::Put(key, object.as_bytes().to_vec(), 0));
+        if !self.write(Vec::new(), &ops, &[])?.succeeded {
+            return Err(EtcdStoreError::NotLeader);
+        }
+        let mut forgotten: Vec<String> = before
+            .into_iter()
+            .filter_map(|kv| String::from_utf8(kv.value).ok())
+            .filter(|o| o != object)
+            .collect();
+        forgotten.dedup();
+        Ok(forgotten)
+    }
+
+    fn checkpoint_uses(&self, object: &str) -> Result<bool, EtcdStoreError> {
+        // Every job's checkpoint: one per job (`add_checkpoint` keeps no more).
+        let prefix = format!("{}/checkpoints/", self.root);
+        let kvs = self.etcd.prefix(prefix.as_bytes(), 0)?;
+        Ok(kvs.iter().any(|kv| kv.value == object.as_bytes()))
     }
 
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, EtcdStoreError> {

@@ -93,8 +93,19 @@ pub trait JobStore: Send + Sync {
     /// Job `id`'s saved training metrics.
     fn curve(&self, id: &str) -> Result<Option<Curve>, Self::Error>;
 
-    /// Records a checkpoint of `job` after `step` steps, stored as `object`.
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), Self::Error>;
+    /// Records a checkpoint of `job` after `step` steps, stored as `object`, as the job's one
+    /// checkpoint: the ones before it are forgotten in the same step (a run resumes from the
+    /// newest only, and each would otherwise stay on disk for ever). Returns the objects they
+    /// named that `object` is not, for the caller to let go ([`crate::Daemon::let_go`]).
+    fn add_checkpoint(
+        &self,
+        job: &str,
+        step: u32,
+        object: &str,
+    ) -> Result<Vec<String>, Self::Error>;
+
+    /// Whether a checkpoint of any job is stored as `object`.
+    fn checkpoint_uses(&self, object: &str) -> Result<bool, Self::Error>;
 
     /// The newest checkpoint of `job`: `(step, object)`.
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, Self::Error>;
@@ -210,8 +221,16 @@ where
     fn curve(&self, id: &str) -> Result<Option<Curve>, StateError> {
         Ok(self.0.curve(id)?)
     }
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), StateError> {
+    fn add_checkpoint(
+        &self,
+        job: &str,
+        step: u32,
+        object: &str,
+    ) -> Result<Vec<String>, StateError> {
         Ok(self.0.add_checkpoint(job, step, object)?)
+    }
+    fn checkpoint_uses(&self, object: &str) -> Result<bool, StateError> {
+        Ok(self.0.checkpoint_uses(object)?)
     }
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, StateError> {
         Ok(self.0.latest_checkpoint(job)?)
@@ -457,14 +476,33 @@ pub(crate) mod contract {
         assert_eq!(db.curve("vision/a").unwrap(), Some(curve));
 
         assert_eq!(db.latest_checkpoint("vision/a").unwrap(), None);
+        let mut forgotten = Vec::new();
         for step in [10, 200, 30] {
-            db.add_checkpoint("vision/a", step, &format!("obj{step}"))
-                .unwrap();
+            forgotten.push(
+                db.add_checkpoint("vision/a", step, &format!("obj{step}"))
+                    .unwrap(),
+            );
         }
         assert_eq!(
             db.latest_checkpoint("vision/a").unwrap(),
-            Some((200, "obj200".to_string()))
+            Some((30, "obj30".to_string())),
+            "the one recorded last"
         );
+        assert_eq!(forgotten, [vec![], vec!["obj10"], vec!["obj200"]]);
+        assert!(db.checkpoint_uses("obj30").unwrap());
+        assert!(!db.checkpoint_uses("obj200").unwrap());
+        db.add_checkpoint("vision/b", 5, "obj30").unwrap();
+        assert_eq!(
+            db.add_checkpoint("vision/a", 40, "obj30").unwrap(),
+            Vec::<String>::new(),
+            "an object the new checkpoint is stays"
+        );
+        assert_eq!(
+            db.add_checkpoint("vision/a", 50, "obj50").unwrap(),
+            ["obj30"],
+            "another job's use of an object is the caller's to ask"
+        );
+        assert!(db.checkpoint_uses("obj30").unwrap());
     }
 
     /// Moves of one job raced from several threads: exactly one of the conflicting moves wins.

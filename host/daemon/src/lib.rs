@@ -105,15 +105,44 @@ pub struct DaemonConfig {
     /// With several replicas on etcd: elect a leader, keep jobs in etcd ([`replicas`]).
     /// `None`: one daemon, jobs in the data directory's SQLite (the default).
     pub control_plane: Option<replicas::ControlPlane>,
-    /// The most jobs one tenant may have waiting to be placed; a submission past it is refused
-    /// (429) until some are placed or cancelled ([`DEFAULT_MAX_QUEUED_PER_TENANT`]).
-    pub max_queued_per_tenant: usize,
+    /// What one tenant may have: waiting jobs, datasets.
+    pub tenant_limits: TenantLimits,
 }
 
-/// The default of [`DaemonConfig::max_queued_per_tenant`]: room for any real queue, while one
-/// tenant submitting in a loop (100 jobs a second, 2,483 in 25 s in a review) cannot grow the
-/// queue, the job table and every listing without end.
+/// What one tenant may have at once, so that one tenant cannot take the daemon's queue or disk
+/// from the others. A request past a bound is refused (429) naming it and its flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Jobs waiting to be placed (`--max-queued-jobs-per-tenant`).
+    pub queued_jobs: usize,
+    /// Datasets (`--max-datasets-per-tenant`).
+    pub datasets: usize,
+    /// Bytes of all its datasets together (`--max-dataset-bytes-per-tenant`).
+    pub dataset_bytes: u64,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        TenantLimits {
+            queued_jobs: DEFAULT_MAX_QUEUED_PER_TENANT,
+            datasets: DEFAULT_MAX_DATASETS_PER_TENANT,
+            dataset_bytes: DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
+        }
+    }
+}
+
+/// The default of [`TenantLimits::queued_jobs`]: room for any real queue, while one tenant
+/// submitting in a loop (100 jobs a second, 2,483 in 25 s in a review) cannot grow the queue,
+/// the job table and every listing without end.
 pub const DEFAULT_MAX_QUEUED_PER_TENANT: usize = 10_000;
+
+/// The default of [`TenantLimits::datasets`]: datasets are never replaced, so without a bound
+/// one tenant uploading under new names (empty ones included) grows the table without end.
+pub const DEFAULT_MAX_DATASETS_PER_TENANT: usize = 10_000;
+
+/// The default of [`TenantLimits::dataset_bytes`] (64 GiB): a thousand of the largest uploads
+/// ([`api::MAX_UPLOAD`]), where one tenant's uploads could otherwise fill the disk.
+pub const DEFAULT_MAX_DATASET_BYTES_PER_TENANT: u64 = 64 << 30;
 
 /// Where a daemon keeps what its replicas must share ([`Daemon::stores`]).
 struct Stores {
@@ -184,8 +213,11 @@ pub struct Daemon {
     pub train_limits: gantry::training::TrainLimits,
     /// How command jobs run.
     pub commands: command::CommandLimits,
-    /// The most jobs one tenant may have waiting ([`DaemonConfig::max_queued_per_tenant`]).
-    pub max_queued_per_tenant: usize,
+    /// What one tenant may have ([`DaemonConfig::tenant_limits`]).
+    pub tenant_limits: TenantLimits,
+    /// Held while a dataset's record is checked against its tenant's limits and inserted, so
+    /// that two uploads cannot both pass the check with room for one.
+    pub dataset_inserts: Mutex<()>,
     /// The cgroups command jobs run in, where this machine lets the daemon make them.
     pub cgroups: Option<cgroup::Cgroups>,
     /// The node agents' leases, when agents are on.
@@ -552,7 +584,8 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             commands: config.commands.clone(),
-            max_queued_per_tenant: config.max_queued_per_tenant,
+            tenant_limits: config.tenant_limits,
+            dataset_inserts: Mutex::new(()),
             cgroups: None,
             nodes: None,
             file_unhealthy: Default::default(),

@@ -31,6 +31,9 @@ pub trait PluginStore: Send + Sync {
 
     /// Makes `name` the scheduler plugin to start with.
     fn set_active_scheduler(&self, name: &str) -> Result<(), String>;
+
+    /// Whether a plugin's component is object `object` of the daemon's encrypted store.
+    fn uses(&self, object: &str) -> Result<bool, String>;
 }
 
 /// The daemon's plugins, wherever they are kept.
@@ -55,9 +58,16 @@ impl PluginStore for LocalPlugins {
     }
 
     fn put_plugin(&self, mut record: PluginRecord, wasm: &[u8]) -> Result<PluginRecord, String> {
-        record.object = self.store.put_bytes(wasm).map_err(|e| e.to_string())?;
+        // Pinned until the record names it: see `Store::remove_unused`.
+        let pinned = self.store.put_pinned(wasm).map_err(|e| e.to_string())?;
+        record.object = pinned.id().to_string();
         self.db.put_plugin(&record).map_err(|e| e.to_string())?;
         Ok(record)
+    }
+
+    fn uses(&self, object: &str) -> Result<bool, String> {
+        let plugins = self.plugins(None)?;
+        Ok(plugins.iter().any(|p| p.object == object))
     }
 
     fn active_scheduler(&self) -> Result<Option<String>, String> {
@@ -186,6 +196,11 @@ impl PluginStore for EtcdPlugins {
             .put(&self.key("active_scheduler"), name.as_bytes(), 0)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn uses(&self, _object: &str) -> Result<bool, String> {
+        // Components are kept in etcd, none in the daemon's store.
+        Ok(false)
     }
 }
 

@@ -35,6 +35,9 @@ pub trait PolicyStore: Send + Sync {
 
     /// Forgets the installed policy: the shipped one is started with.
     fn forget(&self) -> Result<(), String>;
+
+    /// Whether the installed bundle is object `object` of the daemon's encrypted store.
+    fn uses(&self, object: &str) -> Result<bool, String>;
 }
 
 /// The daemon's installed policy, wherever it is kept.
@@ -66,7 +69,9 @@ impl PolicyStore for LocalPolicy {
     }
 
     fn install(&self, bytes: &[u8], revision: &str) -> Result<Installed, String> {
-        let object = self.store.put_bytes(bytes).map_err(|e| e.to_string())?;
+        // Pinned until the setting names it: see `Store::remove_unused`.
+        let pinned = self.store.put_pinned(bytes).map_err(|e| e.to_string())?;
+        let object = pinned.id().to_string();
         self.db
             .set_setting(POLICY_REVISION, revision)
             .and_then(|()| self.db.set_setting(POLICY_OBJECT, &object))
@@ -82,6 +87,10 @@ impl PolicyStore for LocalPolicy {
             .delete_setting(POLICY_OBJECT)
             .and_then(|()| self.db.delete_setting(POLICY_REVISION))
             .map_err(|e| e.to_string())
+    }
+
+    fn uses(&self, object: &str) -> Result<bool, String> {
+        Ok(self.installed()?.is_some_and(|i| i.object == object))
     }
 }
 
@@ -174,6 +183,11 @@ impl PolicyStore for EtcdPolicy {
             self.blobs.delete(&old.blob);
         }
         Ok(())
+    }
+
+    fn uses(&self, _object: &str) -> Result<bool, String> {
+        // The bundle is kept in etcd, not in the daemon's store.
+        Ok(false)
     }
 }
 

@@ -60,7 +60,7 @@ impl TestDaemon {
             conn_limits: Default::default(),
             shipped_policy: false,
             control_plane: None,
-            max_queued_per_tenant: crate::DEFAULT_MAX_QUEUED_PER_TENANT,
+            tenant_limits: Default::default(),
         };
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         // Policy loads run in the runtime's context, as in `gantry up`.
@@ -241,9 +241,17 @@ impl JobStore for Deposable {
     fn curve(&self, id: &str) -> Result<Option<Curve>, StateError> {
         self.inner.curve(id)
     }
-    fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<(), StateError> {
+    fn add_checkpoint(
+        &self,
+        job: &str,
+        step: u32,
+        object: &str,
+    ) -> Result<Vec<String>, StateError> {
         self.write()?;
         self.inner.add_checkpoint(job, step, object)
+    }
+    fn checkpoint_uses(&self, object: &str) -> Result<bool, StateError> {
+        self.inner.checkpoint_uses(object)
     }
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, StateError> {
         self.inner.latest_checkpoint(job)

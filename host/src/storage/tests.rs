@@ -386,3 +386,76 @@ fn a_sealed_object_moves_to_a_store_of_the_same_keys_and_nowhere_else() {
         assert!(matches!(s.get(&other), Err(StoreError::NotFound(_))));
     }
 }
+
+/// Content-addressed objects are shared by whoever stores the same bytes: one owner letting an
+/// object go while another has just stored the same content (and not yet recorded it) lost the
+/// other's object. A pinned object, or one something still names, is never removed; a removal
+/// racing puts of the same content never loses a recorded object.
+#[test]
+fn an_object_is_removed_only_when_unpinned_and_unnamed_whatever_puts_race_it() {
+    let (_d, store) = store();
+    let data = bytes(3000, 77);
+    let pinned = store.put_pinned(&data[..]).unwrap();
+    let id = pinned.id().to_string();
+    let unused = || Ok::<bool, String>(false);
+    assert!(!store.remove_unused(&id, unused).unwrap(), "pinned: kept");
+    drop(pinned);
+    assert!(
+        !store
+            .remove_unused(&id, || Ok::<bool, String>(true))
+            .unwrap()
+    );
+    assert!(store.remove_unused(&id, || Err("no answer")).is_err());
+    assert_eq!(store.get(&id).unwrap(), data);
+    assert!(store.remove_unused(&id, unused).unwrap());
+    assert!(matches!(store.get(&id), Err(StoreError::NotFound(_))));
+    assert!(store.list().unwrap().is_empty(), "object and key file gone");
+    assert_eq!(store.put_bytes(&data).unwrap(), id, "stored again afresh");
+    assert_eq!(store.get(&id).unwrap(), data);
+
+    // Writers store the same few contents and record them while a remover lets records go:
+    // every object recorded at the end reads.
+    let records = Mutex::new(std::collections::HashMap::<String, usize>::new());
+    let contents: Vec<Vec<u8>> = (0..3)
+        .map(|i| bytes(CHUNK + 10 * i, 900 + i as u64))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let (store, records, contents) = (&store, &records, &contents);
+            s.spawn(move || {
+                for i in 0..40 {
+                    let pinned = store.put_pinned(&contents[(t + i) % 3][..]).unwrap();
+                    *records
+                        .lock()
+                        .unwrap()
+                        .entry(pinned.id().to_string())
+                        .or_default() += 1;
+                    drop(pinned);
+                    // Let the record go again, as a job's older checkpoint goes.
+                    let id = store.put_bytes(&contents[(t + i + 1) % 3]).unwrap();
+                    let dropped = {
+                        let mut r = records.lock().unwrap();
+                        match r.get_mut(&id) {
+                            Some(n) if *n > 1 => {
+                                *n -= 1;
+                                false
+                            }
+                            Some(_) => r.remove(&id).is_some(),
+                            None => false,
+                        }
+                    };
+                    if dropped {
+                        store
+                            .remove_unused(&id, || {
+                                Ok::<bool, String>(records.lock().unwrap().contains_key(&id))
+                            })
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    for id in records.lock().unwrap().keys() {
+        store.get(id).expect("every recorded object reads");
+    }
+}

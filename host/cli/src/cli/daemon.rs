@@ -109,6 +109,14 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     max_queued_jobs_per_tenant: u64,
+    /// The most datasets one tenant may have (an upload past it: 429).
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_DATASETS_PER_TENANT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    max_datasets_per_tenant: u64,
+    /// The most bytes one tenant's datasets may hold together (an upload past it: 429).
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_dataset_bytes_per_tenant: u64,
     /// The longest wall time a command job may ask for, and what it gets when it asks for none.
     #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
     max_wall_time_s: f64,
@@ -565,8 +573,11 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         },
         shipped_policy: args.shipped_policy,
         control_plane,
-        max_queued_per_tenant: usize::try_from(args.max_queued_jobs_per_tenant)
-            .unwrap_or(usize::MAX),
+        tenant_limits: gantry_daemon::TenantLimits {
+            queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),
+            datasets: usize::try_from(args.max_datasets_per_tenant).unwrap_or(usize::MAX),
+            dataset_bytes: args.max_dataset_bytes_per_tenant,
+        },
         agent_here: local.is_some(),
         agent_lease: match (args.agent_lease_s, &local) {
             (Some(s), _) => Some(seconds_above_zero(s, "--agent-lease-s")?),

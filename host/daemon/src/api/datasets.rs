@@ -34,7 +34,8 @@ type UploadQueryResult =
 
 /// `PUT /v1/datasets/{name}?tenant=..&classification=..`: the raw body, streamed into the
 /// encrypted store once the caller is known, a member of the tenant and allowed
-/// `dataset.write`; nothing is kept unless all of it arrived (within [`MAX_UPLOAD`]).
+/// `dataset.write`, and the tenant has room for it ([`crate::TenantLimits`]); nothing is kept
+/// unless all of it arrived (within [`MAX_UPLOAD`]) and its record was made.
 pub(super) async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -44,50 +45,104 @@ pub(super) async fn upload(
     body: Body,
 ) -> ApiResult<Response> {
     let fits = within_upload_limit(&headers, "a dataset");
-    let (user, q) = caller
+    let declared = declared_length(&headers);
+    let (user, q, room) = caller
         .then(&state, {
             let name = name.clone();
-            move |state, user| may_upload(state, user, &name, query, fits)
+            move |state, user| may_upload(state, user, &name, query, fits, declared)
         })
         .await?;
-    let (object, bytes) = store_body(&state, body, MAX_UPLOAD).await?;
-    // A replicated control plane keeps the bytes in etcd before the record names them.
-    let shared = object.clone();
-    blocking(&state, move |state| {
-        state
-            .daemon
-            .share_dataset(&shared)
-            .map_err(ApiError::internal)
-    })
-    .await?;
+    let limit = usize::try_from(room).unwrap_or(usize::MAX).min(MAX_UPLOAD);
+    let (pinned, bytes) = store_body(&state, body, limit).await?;
     let record = crate::db::DatasetRecord {
         name: crate::db::key(&q.tenant, &name),
         tenant: q.tenant,
         classification: q.classification,
-        object,
+        object: pinned.id().to_string(),
         bytes,
         owner: user.name,
         created_at: crate::db::now(),
     };
     let record = blocking(&state, move |state| {
-        match state.daemon.datasets.insert_dataset(&record)? {
-            true => Ok(record),
-            false => Err(taken(crate::db::name_of(&record.name), &record.tenant)),
+        let daemon = &state.daemon;
+        let kept = keep_dataset(daemon, &record);
+        // Unpinned once recorded; an upload that is not kept leaves nothing behind.
+        drop(pinned);
+        if kept.is_err() {
+            daemon.let_go(std::slice::from_ref(&record.object));
         }
+        kept.map(|()| record)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
+/// Records dataset `record`, just stored: on a replicated control plane its bytes kept in etcd
+/// first, then, if its tenant still has room for it and its name is free, its record.
+fn keep_dataset(daemon: &crate::Daemon, record: &crate::db::DatasetRecord) -> ApiResult<()> {
+    daemon
+        .share_dataset(&record.object)
+        .map_err(ApiError::internal)?;
+    let _one = daemon
+        .dataset_inserts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    room_for_dataset(daemon, &record.tenant, record.bytes)?;
+    match daemon.datasets.insert_dataset(record)? {
+        true => Ok(()),
+        false => Err(taken(crate::db::name_of(&record.name), &record.tenant)),
+    }
+}
+
+/// A body's declared length (`Content-Length`), if it has one that reads.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The bytes `tenant` may still store in datasets once one of `adding` bytes is added, or a
+/// 429 naming the bound it would pass ([`crate::TenantLimits`]).
+fn room_for_dataset(daemon: &crate::Daemon, tenant: &str, adding: u64) -> ApiResult<u64> {
+    let limits = daemon.tenant_limits;
+    let (count, bytes) = daemon.datasets.tenant_usage(tenant)?;
+    if count >= limits.datasets {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant {tenant} has {count} datasets, the most one tenant may \
+                 (--max-datasets-per-tenant)"
+            ),
+        ));
+    }
+    let after = bytes.saturating_add(adding);
+    if after > limits.dataset_bytes {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant {tenant}'s datasets hold {bytes} bytes; {adding} more would pass the \
+                 {} one tenant may store (--max-dataset-bytes-per-tenant)",
+                limits.dataset_bytes
+            ),
+        ));
+    }
+    Ok(limits.dataset_bytes - after)
+}
+
 /// Whether `user` may upload dataset `name` as `query` says (blocking): a good name, a member
-/// of the tenant, a declared size that `fits`, the policy's `dataset.write`, and the name free.
+/// of the tenant, a declared size that `fits`, the policy's `dataset.write`, the name free and
+/// room in the tenant for the `declared` bytes; with the bytes the tenant may still store.
 fn may_upload(
     state: &AppState,
     user: User,
     name: &str,
     query: UploadQueryResult,
     fits: ApiResult<()>,
-) -> ApiResult<(User, UploadQuery)> {
+    declared: Option<u64>,
+) -> ApiResult<(User, UploadQuery, u64)> {
     if !valid_id(name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -119,7 +174,8 @@ fn may_upload(
     {
         return Err(taken(name, &q.tenant));
     }
-    Ok((user, q))
+    let room = room_for_dataset(&state.daemon, &q.tenant, declared.unwrap_or(0))?;
+    Ok((user, q, room + declared.unwrap_or(0)))
 }
 
 /// The answer to an upload of a dataset name `tenant` has already.
@@ -131,18 +187,18 @@ fn taken(name: &str, tenant: &str) -> ApiError {
 }
 
 /// Streams `body` (at most `limit` bytes) into the store, once one of the [`TRANSFER_SLOTS`] is
-/// free: the object's name and its size.
+/// free: the object, pinned until whatever names it is recorded, and its size.
 pub(super) async fn store_body(
     state: &AppState,
     body: Body,
     limit: usize,
-) -> ApiResult<(String, u64)> {
+) -> ApiResult<(gantry::storage::Pinned, u64)> {
     let transfer = transfer_slot(state).await?;
     let (reader, feeder) = body::stream(body, limit);
     let daemon = state.daemon.clone();
     let stored = tokio::task::spawn_blocking(move || {
         let _transfer = transfer;
-        daemon.store.put(reader)
+        daemon.store.put_pinned(reader)
     })
     .await
     .map_err(ApiError::internal)?;

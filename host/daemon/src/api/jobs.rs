@@ -212,7 +212,7 @@ fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> 
         .iter()
         .filter(|p| p.spec.tenant == job.tenant)
         .count();
-    if queued >= daemon.max_queued_per_tenant {
+    if queued >= daemon.tenant_limits.queued_jobs {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(

@@ -214,15 +214,23 @@ pub(super) async fn put_checkpoint(
             }
         })
         .await?;
-    let (object, bytes) =
+    let (pinned, bytes) =
         super::datasets::store_body(&state, body, usize::try_from(limit).unwrap_or(usize::MAX))
             .await?;
     super::blocking(&state, move |state| {
         let daemon = &state.daemon;
-        let nodes = super::cluster::agents(daemon)?;
-        daemon
-            .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
-            .map_err(|e| super::cluster::refusal(daemon, e))
+        let object = pinned.id().to_string();
+        let recorded = super::cluster::agents(daemon).and_then(|nodes| {
+            daemon
+                .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
+                .map_err(|e| super::cluster::refusal(daemon, e))
+        });
+        // A refused checkpoint (a stale run's) leaves nothing behind.
+        drop(pinned);
+        if recorded.is_err() {
+            daemon.let_go(&[object]);
+        }
+        recorded
     })
     .await?;
     Ok(Json(json!({ "step": step, "bytes": bytes })))
