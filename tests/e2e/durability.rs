@@ -148,13 +148,14 @@ fn concurrent_uploads_of_one_content_under_different_names_all_stay_readable() {
             .map(|i| {
                 let (url, ada, content) = (&daemon.url, &ada, &content);
                 s.spawn(move || {
-                    // The daemon bounds transfers at once (503: try again), as a client would.
+                    // The daemon bounds transfers at once, in all and per tenant (503, 429:
+                    // try again), as a client would.
                     let url =
                         format!("{url}/v1/datasets/copy{i}?tenant=vision&classification=public");
                     let deadline = Instant::now() + Duration::from_secs(120);
                     loop {
                         let (status, v) = put_raw(&url, ada, content);
-                        if status != 503 || Instant::now() > deadline {
+                        if (status != 503 && status != 429) || Instant::now() > deadline {
                             return (status, v);
                         }
                         std::thread::sleep(Duration::from_millis(50));

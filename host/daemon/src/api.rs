@@ -34,6 +34,7 @@ mod noderuns;
 pub use noderuns::STEP_HEADER;
 mod plugins;
 mod policy;
+mod transfers;
 mod users;
 
 pub use jobs::{SubmitRequest, spec};
@@ -52,9 +53,17 @@ pub const MAX_ERROR: usize = 4 << 10;
 /// counted.
 pub const LARGE_BODY_SLOTS: usize = 2;
 
-/// Streamed transfers (dataset uploads and downloads) at once; more wait up to
-/// [`TRANSFER_WAIT`] for a turn, then are answered 503.
+/// Streamed transfers of tenants (dataset uploads and downloads) at once, and of node agents
+/// (their runs' datasets and checkpoints) in a pool of their own; more wait up to
+/// [`TRANSFER_WAIT`] for a turn, then are answered 503 ([`transfers`]).
 pub const TRANSFER_SLOTS: usize = 8;
+
+/// The most of the [`TRANSFER_SLOTS`] one tenant may hold at once (more wait, then 429).
+pub const TRANSFER_SLOTS_PER_TENANT: usize = 2;
+
+/// The most of the node agents' [`TRANSFER_SLOTS`] one node may hold at once (more wait, then
+/// 429).
+pub const TRANSFER_SLOTS_PER_NODE: usize = 4;
 
 /// How long a transfer waits for one of the [`TRANSFER_SLOTS`].
 pub const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -64,7 +73,10 @@ struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
     large_bodies: Arc<Semaphore>,
-    transfers: Arc<Semaphore>,
+    /// Tenants' streamed transfers.
+    transfers: Arc<transfers::Transfers>,
+    /// Node agents' streamed transfers.
+    node_transfers: Arc<transfers::Transfers>,
 }
 
 impl AppState {
@@ -73,7 +85,18 @@ impl AppState {
             daemon,
             wake,
             large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
-            transfers: Arc::new(Semaphore::new(TRANSFER_SLOTS)),
+            transfers: Arc::new(transfers::Transfers::new(
+                "tenant",
+                TRANSFER_SLOTS,
+                TRANSFER_SLOTS_PER_TENANT,
+                TRANSFER_WAIT,
+            )),
+            node_transfers: Arc::new(transfers::Transfers::new(
+                "node",
+                TRANSFER_SLOTS,
+                TRANSFER_SLOTS_PER_NODE,
+                TRANSFER_WAIT,
+            )),
         }
     }
 }
@@ -274,6 +297,7 @@ async fn count_responses(
 }
 
 /// An error response: a status and `{"error", "reasons"?, "decision_id"?}`.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
     body: serde_json::Value,

@@ -184,15 +184,32 @@ impl Read for BodyReader {
 /// A response body fed from a blocking reader (a decrypting [`gantry::storage::ObjectReader`]),
 /// one chunk at a time through a small channel: a slow client slows the reader instead of
 /// making the daemon buffer the object. A read error aborts the response, so a client never
-/// mistakes a corrupt object's partial bytes for the whole.
+/// mistakes a corrupt object's partial bytes for the whole. So does a client that takes its
+/// bytes slower than [`MIN_RATE`] once [`WHOLE`] has passed: a trickle would hold the blocking
+/// thread and `guard` for as long as it lasted.
 ///
 /// `guard` is held until the reader is done (a slot of a bounded number of transfers).
 pub fn from_reader(reader: impl Read + Send + 'static, guard: impl Send + 'static) -> Body {
+    from_reader_paced(reader, guard, WHOLE, MIN_RATE)
+}
+
+/// [`from_reader`], the client given `grace` before it must keep up `min_rate` bytes a second.
+fn from_reader_paced(
+    reader: impl Read + Send + 'static,
+    guard: impl Send + 'static,
+    grace: Duration,
+    min_rate: u64,
+) -> Body {
     const CHUNK: usize = 64 << 10;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let too_slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = too_slow.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _guard = guard;
         let mut reader = reader;
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u64;
         loop {
             let mut chunk = vec![0u8; CHUNK];
             let item = match reader.read(&mut chunk) {
@@ -204,16 +221,26 @@ pub fn from_reader(reader: impl Read + Send + 'static, guard: impl Send + 'stati
                 Err(e) => Err(e),
             };
             let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return;
+            // By when the client must have taken what was sent before this chunk.
+            let due = start + grace.max(Duration::from_secs_f64(sent as f64 / min_rate as f64));
+            sent += item.as_ref().map_or(0, |b| b.len() as u64);
+            match runtime.block_on(tokio::time::timeout_at(due, tx.send(item))) {
+                Ok(Ok(())) if !failed => {}
+                Ok(_) => return,
+                Err(_) => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
             }
         }
     });
-    Body::new(ChannelBody { rx })
+    Body::new(ChannelBody { rx, too_slow })
 }
 
 struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    /// The feeder gave up on a client too slow: the body ends in an error, not as if whole.
+    too_slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -224,8 +251,60 @@ impl http_body::Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(http_body::Frame::data)))
+        let too_slow = self.too_slow.clone();
+        self.rx.poll_recv(cx).map(|item| match item {
+            Some(r) => Some(r.map(http_body::Frame::data)),
+            None if too_slow.load(std::sync::atomic::Ordering::SeqCst) => {
+                Some(Err(std::io::Error::other(format!(
+                    "the client takes the response slower than {} KiB/s",
+                    MIN_RATE >> 10
+                ))))
+            }
+            None => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a review: a download's feeder waited on its client without end (a write may
+    /// stall 30 s, and a client taking a byte every 29 s never stalls that long), so a few slow
+    /// readers held every transfer slot and blocking thread. A client slower than the floor
+    /// once the grace is over gets its slot back from it, and a body that ends in an error,
+    /// never one that looks whole.
+    #[test]
+    fn a_download_taken_slower_than_the_floor_gives_back_its_slot_and_fails() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let (slot, given_back) = tokio::sync::oneshot::channel::<()>();
+            let object = std::io::Cursor::new(vec![7u8; 4 << 20]);
+            let mut body = from_reader_paced(object, slot, Duration::from_millis(200), 1 << 20);
+            let first = body.frame().await.unwrap().unwrap();
+            assert!(first.is_data());
+            // Then nothing taken for a second: the feeder gives up and drops the slot.
+            tokio::time::timeout(Duration::from_secs(10), given_back)
+                .await
+                .expect("the slot is given back")
+                .expect_err("dropped, not used");
+            let mut error = None;
+            while let Some(frame) = body.frame().await {
+                if let Err(e) = frame {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            let error = error.expect("the body ends in an error");
+            assert!(error.contains("slower than"), "{error}");
+        });
+        // A client that keeps up gets the whole.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let object = std::io::Cursor::new(vec![7u8; 1 << 20]);
+            let body = from_reader_paced(object, (), Duration::from_millis(200), 1 << 20);
+            let whole = body.collect().await.expect("whole").to_bytes();
+            assert_eq!(whole.len(), 1 << 20);
+        });
     }
 }

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{
-    ApiError, ApiResult, AppState, Caller, MAX_UPLOAD, TRANSFER_SLOTS, TRANSFER_WAIT, TenantQuery,
-    authorize, blocking, in_tenant, one_visible, valid_id, within_upload_limit,
+    ApiError, ApiResult, AppState, Caller, MAX_UPLOAD, TenantQuery, authorize, blocking, in_tenant,
+    one_visible, valid_id, within_upload_limit,
 };
 use crate::body;
 use crate::db::User;
@@ -53,7 +53,8 @@ pub(super) async fn upload(
         })
         .await?;
     let limit = usize::try_from(room).unwrap_or(usize::MAX).min(MAX_UPLOAD);
-    let (pinned, bytes) = store_body(&state, body, limit).await?;
+    let transfer = state.transfers.slot(&q.tenant).await?;
+    let (pinned, bytes) = store_body(&state, transfer, body, limit).await?;
     let record = crate::db::DatasetRecord {
         name: crate::db::key(&q.tenant, &name),
         tenant: q.tenant,
@@ -186,14 +187,15 @@ fn taken(name: &str, tenant: &str) -> ApiError {
     )
 }
 
-/// Streams `body` (at most `limit` bytes) into the store, once one of the [`TRANSFER_SLOTS`] is
-/// free: the object, pinned until whatever names it is recorded, and its size.
+/// Streams `body` (at most `limit` bytes) into the store, holding `transfer` (a slot of
+/// [`super::transfers`]) meanwhile: the object, pinned until whatever names it is recorded,
+/// and its size.
 pub(super) async fn store_body(
     state: &AppState,
+    transfer: super::transfers::Transfer,
     body: Body,
     limit: usize,
 ) -> ApiResult<(gantry::storage::Pinned, u64)> {
-    let transfer = transfer_slot(state).await?;
     let (reader, feeder) = body::stream(body, limit);
     let daemon = state.daemon.clone();
     let stored = tokio::task::spawn_blocking(move || {
@@ -206,23 +208,6 @@ pub(super) async fn store_body(
     let bytes = feeder.await.map_err(ApiError::internal)??;
     let object = stored.map_err(ApiError::internal)?;
     Ok((object, bytes))
-}
-
-/// One of the [`TRANSFER_SLOTS`] (streamed uploads and downloads), waited for at most
-/// [`TRANSFER_WAIT`], or a 503: a transfer holds a blocking thread for as long as its client
-/// takes. Waiting (a task, no thread) rather than refusing at once matters because the refusal
-/// comes before the body is read: a client still sending a large body sees its connection
-/// closed under it, not the 503.
-pub(super) async fn transfer_slot(
-    state: &AppState,
-) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-    match tokio::time::timeout(TRANSFER_WAIT, state.transfers.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => Ok(permit),
-        _ => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{TRANSFER_SLOTS} transfers are under way; try again shortly"),
-        )),
-    }
 }
 
 pub(super) async fn datasets(
@@ -283,16 +268,17 @@ pub(super) async fn download(
     caller: Caller,
 ) -> ApiResult<Response> {
     let tenant = in_tenant(query);
-    let reader = caller
+    let (tenant, reader) = caller
         .then(&state, move |state, user| {
             let found = readable_dataset(state, &user, &name, tenant?.as_deref())?;
-            state
+            let reader = state
                 .daemon
                 .dataset_reader(&found.object)
-                .map_err(ApiError::internal)
+                .map_err(ApiError::internal)?;
+            Ok((found.tenant, reader))
         })
         .await?;
-    let transfer = transfer_slot(&state).await?;
+    let transfer = state.transfers.slot(&tenant).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         body::from_reader(reader, transfer),

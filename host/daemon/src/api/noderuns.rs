@@ -84,6 +84,7 @@ pub(super) async fn dataset(
     query: RunQueryResult,
     caller: Caller,
 ) -> ApiResult<Response> {
+    let holder = node.clone();
     let reader = caller
         .then(&state, move |state, user| {
             let query = query_of(query)?;
@@ -117,7 +118,7 @@ pub(super) async fn dataset(
             Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
         })
         .await?;
-    let transfer = super::datasets::transfer_slot(&state).await?;
+    let transfer = state.node_transfers.slot(&holder).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         crate::body::from_reader(reader, transfer),
@@ -133,6 +134,7 @@ pub(super) async fn latest_checkpoint(
     query: RunQueryResult,
     caller: Caller,
 ) -> ApiResult<Response> {
+    let holder = node.clone();
     let (step, reader) = caller
         .then(&state, move |state, user| {
             let query = query_of(query)?;
@@ -155,7 +157,7 @@ pub(super) async fn latest_checkpoint(
             Ok((step, reader))
         })
         .await?;
-    let transfer = super::datasets::transfer_slot(&state).await?;
+    let transfer = state.node_transfers.slot(&holder).await?;
     Ok((
         [
             (
@@ -214,9 +216,9 @@ pub(super) async fn put_checkpoint(
             }
         })
         .await?;
-    let (pinned, bytes) =
-        super::datasets::store_body(&state, body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .await?;
+    let transfer = state.node_transfers.slot(&node).await?;
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let (pinned, bytes) = super::datasets::store_body(&state, transfer, body, limit).await?;
     super::blocking(&state, move |state| {
         let daemon = &state.daemon;
         let object = pinned.id().to_string();
