@@ -1482,6 +1482,9 @@ pub(super) struct AgentSink<'a> {
     stop: &'a std::sync::atomic::AtomicBool,
     /// The run's fence and its agent's lease, for a run of an agent's loop.
     fence: Option<(&'a std::sync::atomic::AtomicBool, &'a Lease)>,
+    /// Until when a fenced run's reports are sent again while no control plane answers: see
+    /// [`AgentSink::may_retry`].
+    fenced_retries: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Until when an agent's runs may go on: its lease as the agent counts it, from when it *sent*
@@ -1505,6 +1508,11 @@ impl Lease {
     pub(super) fn renew(&self, sent: std::time::Instant, lease: std::time::Duration) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
             (sent + lease.saturating_sub(Self::margin(lease)), lease);
+    }
+
+    /// The lease's length, as the control plane last gave it.
+    fn length(&self) -> std::time::Duration {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     /// Whether the runs must be dead by now.
@@ -1542,6 +1550,7 @@ impl<'a> AgentSink<'a> {
             attempt: run.attempt,
             stop,
             fence: None,
+            fenced_retries: Default::default(),
         }
     }
 
@@ -1623,17 +1632,39 @@ impl<'a> AgentSink<'a> {
     }
 
     /// Runs `request` again, shortly after, while it fails for want of a control plane to
-    /// answer ([`transient`]) and the run is not stopped: the agent stops its runs once its
-    /// heartbeats have failed for a whole lease, as the control plane has given them up then.
+    /// answer ([`transient`]) and [`AgentSink::may_retry`] says so.
     pub(super) fn retrying<T>(&self, request: impl Fn() -> anyhow::Result<T>) -> anyhow::Result<T> {
         loop {
             match request() {
-                Err(e) if transient(&e) && !self.stopping() => {
+                Err(e) if transient(&e) && self.may_retry() => {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 done => return done,
             }
         }
+    }
+
+    /// Whether a report no control plane answered is worth sending again: not once the run was
+    /// told to stop (or its reports refused); while it runs, yes (the agent fences its runs
+    /// once its heartbeats have failed for its lease); once fenced, for one lease more in all,
+    /// no longer. A fenced run was killed, but what it wrote before and its end are still
+    /// wanted when the control plane, counting its lease from later than the agent does, still
+    /// holds the attempt current (a failover near the lease's end): the control plane decides,
+    /// refusing a stale attempt's reports. Giving up at once lost a succeeded job's last lines
+    /// (CI, the control plane's kill loop).
+    fn may_retry(&self) -> bool {
+        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let Some((_, lease)) = self.fence.filter(|_| self.fenced()) else {
+            return true;
+        };
+        let mut until = self
+            .fenced_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let until = *until.get_or_insert_with(|| std::time::Instant::now() + lease.length());
+        std::time::Instant::now() < until
     }
 }
 
@@ -1874,5 +1905,108 @@ mod tests {
         ] {
             assert!(!loopback_host(rest), "{rest}");
         }
+    }
+
+    /// A loopback control plane answering 503 (no leader yet) to the first `unavailable`
+    /// requests, then 200 `{"stop": false}` (never, for `None`); the bodies it accepted.
+    fn electing(
+        unavailable: Option<usize>,
+    ) -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let (status, answer) = match unavailable {
+                    Some(k) if n >= k => {
+                        let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+                        ("200 OK", r#"{"stop": false}"#)
+                    }
+                    _ => (
+                        "503 Service Unavailable",
+                        r#"{"error": "electing a leader"}"#,
+                    ),
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url, rx)
+    }
+
+    /// CI (the control plane's kill loop) lost a succeeded job's last log line: its agent had
+    /// fenced the run (its lease, counted from earlier than the control plane counts it, had
+    /// lapsed during a failover) and then sent its reports once, giving up on the 503 of the
+    /// election, though the new leader still held the attempt current. A fenced run's reports
+    /// are sent again while no control plane answers, for one lease, no longer; the control
+    /// plane decides whether they still count.
+    #[test]
+    fn a_fenced_runs_reports_outlive_a_failover_for_a_lease_and_no_longer() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+        let run = gantry_daemon::nodes::HandedRun {
+            job: "vision/j".into(),
+            attempt: 7,
+            tenant: "vision".into(),
+            gpu_ids: Vec::new(),
+            command: None,
+            train: None,
+            stop: false,
+        };
+        let client = |url: String| super::Client {
+            url,
+            token: "t".into(),
+            ca_cert: None,
+            insecure: false,
+            client_cert: None,
+            client_key: None,
+            timeout: None,
+        };
+        let (stop, fenced) = (AtomicBool::new(false), AtomicBool::new(true));
+        let lease = super::Lease::new(Duration::from_secs(3));
+
+        let (url, accepted) = electing(Some(3));
+        let client_a = client(url);
+        let sink = super::AgentSink::new(&client_a, "n1", &run, &stop).fenced_by(&fenced, &lease);
+        sink.log_line("the last line");
+        let got = accepted
+            .try_recv()
+            .expect("the report arrived after the election");
+        assert_eq!(
+            (got["entry"].as_str(), got["attempt"].as_u64()),
+            (Some("the last line"), Some(7))
+        );
+
+        // A control plane that stays away: the run's reports end within about its lease.
+        let (url, _) = electing(None);
+        let client_b = client(url);
+        let sink = super::AgentSink::new(&client_b, "n1", &run, &stop).fenced_by(&fenced, &lease);
+        let started = Instant::now();
+        sink.log_line("unheard");
+        sink.log_line("unheard either");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
