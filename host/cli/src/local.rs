@@ -71,6 +71,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         insecure: false,
         trust: Default::default(),
         train_limits: Default::default(),
+        train_memory_mib: None,
         agent_lease: None,
         commands: local_commands(),
         conn_limits: Default::default(),

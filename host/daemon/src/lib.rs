@@ -26,6 +26,7 @@ pub mod accounts;
 pub mod api;
 pub mod auth;
 pub(crate) mod body;
+pub mod budget;
 pub mod cgroup;
 pub mod command;
 pub mod curve;
@@ -89,6 +90,9 @@ pub struct DaemonConfig {
     pub trust: gantry::PluginTrust,
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
+    /// The memory the daemon's own training runs may take together, MiB ([`budget`]); `None`:
+    /// [`budget::TrainBudget::default_mib`]. At least the limits' `max_memory_mib`.
+    pub train_memory_mib: Option<u64>,
     /// How command jobs run: as whom, their wall time, the grace after SIGTERM, their output.
     pub commands: command::CommandLimits,
     /// With node agents: how long a heartbeat's lease lasts; nodes serve only while their agent
@@ -211,6 +215,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
+    /// The memory the daemon's own training runs may take together.
+    pub train_budget: budget::TrainBudget,
     /// How command jobs run.
     pub commands: command::CommandLimits,
     /// What one tenant may have ([`DaemonConfig::tenant_limits`]).
@@ -345,6 +351,8 @@ impl Daemon {
         leadership: Option<gantry_etcd::election::Fencer>,
     ) -> Result<Daemon, DaemonError> {
         let setup = |m: String| DaemonError::Setup(m);
+        let job_mib = config.train_limits.max_memory_mib;
+        budget::TrainBudget::total_for(config.train_memory_mib, job_mib).map_err(setup)?;
         let datadir::DataDir {
             store, db, audit, ..
         } = datadir::DataDir::open(&config.data_dir, "gantry up")
@@ -583,6 +591,14 @@ impl Daemon {
             audit,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
+            // Refused when opening a leader; a follower runs no training.
+            train_budget: {
+                let job_mib = config.train_limits.max_memory_mib;
+                budget::TrainBudget::new(
+                    budget::TrainBudget::total_for(config.train_memory_mib, job_mib)
+                        .unwrap_or(job_mib),
+                )
+            },
             commands: config.commands.clone(),
             tenant_limits: config.tenant_limits,
             dataset_inserts: Mutex::new(()),

@@ -14,9 +14,16 @@ use gantry::training::csv::{CsvReader, Targets};
 use gantry::training::limits::{RowBudget, TrainLimits};
 use gantry::training::{self, CheckpointSink, Hooks, Job, TrainConfig, TrainError};
 
-/// Starts `job` (whose `train` is set) on a thread of its own: see [`spawn_run`].
+/// Starts `job` (whose `train` is set) on a thread of its own, once the daemon's training
+/// budget has room for what its configuration may need ([`crate::budget`]): see [`spawn_run`].
 pub fn start(daemon: Arc<Daemon>, job: JobRecord) {
-    spawn_run(daemon, job, |daemon, job, control| {
+    // A configuration that no longer reads fails in the run, saying why; it reserves little.
+    let mib = job
+        .train
+        .as_deref()
+        .and_then(|text| train_config(&daemon.train_limits, &job.id, text).ok())
+        .map_or(1, |c| c.memory_bound_mib(&daemon.train_limits));
+    spawn_run(daemon, job, Some(mib), |daemon, job, control| {
         let end = match run(daemon, job, control) {
             Ok(o) => {
                 tracing::info!(steps = o.steps, "training job succeeded");
@@ -170,7 +177,7 @@ impl Daemon {
 /// Starts command job `job` (whose `command` is set) on a thread of its own, which supervises
 /// the program to its end ([`crate::command::run`]): see [`spawn_run`].
 pub fn start_command(daemon: Arc<Daemon>, job: JobRecord) {
-    spawn_run(daemon, job, |daemon, job, control| {
+    spawn_run(daemon, job, None, |daemon, job, control| {
         let end = crate::command::run(daemon, job, control);
         match &end {
             RunEnd::Failed(e) => tracing::warn!(error = %e, "command job failed"),
@@ -181,12 +188,14 @@ pub fn start_command(daemon: Arc<Daemon>, job: JobRecord) {
 }
 
 /// Runs `body` for `job` on a thread of its own. The run is registered with the daemon first, so
-/// a cancel or a lost GPU can stop it; it ends through [`Daemon::run_ended`], which records the
-/// outcome and frees the GPUs. A panic inside the run is caught there and fails the job, never
-/// the daemon.
+/// a cancel or a lost GPU can stop it; with `memory_mib`, it then waits for that much of the
+/// daemon's training budget, held until it ends; it ends through [`Daemon::run_ended`], which
+/// records the outcome and frees the GPUs. A panic inside the run is caught there and fails
+/// the job, never the daemon.
 fn spawn_run(
     daemon: Arc<Daemon>,
     job: JobRecord,
+    memory_mib: Option<u64>,
     body: impl FnOnce(&Arc<Daemon>, &JobRecord, &RunControl) -> RunEnd + Send + 'static,
 ) {
     let id = job.id.clone();
@@ -197,6 +206,14 @@ fn spawn_run(
             let _entered = span.enter();
             let Some(control) = daemon.claim_run(&job.id) else {
                 return;
+            };
+            let _reserved = match memory_mib.map(|mib| reserve(&daemon, &job, &control, mib)) {
+                None => None,
+                Some(Ok(Some(reserved))) => Some(reserved),
+                Some(Ok(None)) => return daemon.run_ended(&job, &control, false, RunEnd::Stopped),
+                Some(Err(e)) => {
+                    return daemon.run_ended(&job, &control, false, RunEnd::Failed(e));
+                }
             };
             let started = daemon.run_starting(&job.id).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "starting a run");
@@ -219,6 +236,30 @@ fn spawn_run(
     if let Err(e) = spawned {
         tracing::error!(job = %id, error = %e, "starting a job's thread");
     }
+}
+
+/// `mib` of the daemon's training budget for `job`'s run, waited for (the job's log says so)
+/// while other runs leave no room; `None` when the run is asked to stop first.
+fn reserve<'d>(
+    daemon: &'d Daemon,
+    job: &JobRecord,
+    control: &RunControl,
+    mib: u64,
+) -> Result<Option<crate::budget::Reserved<'d>>, String> {
+    let budget = &daemon.train_budget;
+    budget.reserve(
+        mib,
+        || control.stopping(),
+        |used| {
+            let line = format!(
+                "waiting for memory: it may need {mib} MiB, and the daemon's training runs have \
+                 {used} of their {} MiB (--train-memory-mib)",
+                budget.total_mib()
+            );
+            tracing::info!("{line}");
+            let _ = daemon.jobs.log(&job.id, &line);
+        },
+    )
 }
 
 /// A panic's message, if it carried text.
@@ -782,5 +823,67 @@ mod tests {
         let again = d.store.put_pinned(&b"a at step 4"[..]).unwrap();
         record(&a, 5, b"a at step 5");
         assert!(reads(again.id()), "pinned by a put under way");
+    }
+
+    /// Found by a review: each training job was held to the limits by itself (8 GiB), but the
+    /// daemon ran as many at once as the cluster model had GPUs for (256 built in), so a few
+    /// large jobs took more memory than the machine had, and the daemon down with every
+    /// tenant's work. Runs reserve what they may need from one budget: one that does not fit
+    /// waits, saying so in its log, and starts when another gives its memory back.
+    #[test]
+    fn training_runs_wait_for_room_in_the_daemons_memory_budget() {
+        let limits = TrainLimits {
+            max_memory_mib: 30,
+            ..TrainLimits::default()
+        };
+        // Two hidden layers of 1,024: about 17 MiB each, so two do not fit in 30.
+        let text = train(SPIRALS).replace("hidden = [4]", "hidden = [1024, 1024]");
+        let config = train_config(&limits, "t", &text).unwrap();
+        let mib = config.memory_bound_mib(&limits);
+        assert!((16..=30).contains(&mib), "{mib}");
+        let t = TestDaemon::with_budget(limits, 30);
+        let (a, b) = (t.scheduled("a", Some(&text)), t.scheduled("b", Some(&text)));
+        start(t.daemon.clone(), a.clone());
+        start(t.daemon.clone(), b.clone());
+        let jobs = &t.daemon.jobs;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let ended = |id: &str| {
+            let job = jobs.job(id).unwrap().unwrap();
+            matches!(job.state, JobState::Succeeded | JobState::Failed).then_some(job.state)
+        };
+        while ended(&a.id).is_none() || ended(&b.id).is_none() {
+            assert!(Instant::now() < deadline, "the runs did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            (ended(&a.id), ended(&b.id)),
+            (Some(JobState::Succeeded), Some(JobState::Succeeded))
+        );
+        // One waited for the other: its training began after the other's ended.
+        let log = |id: &str| jobs.logs(id).unwrap();
+        let at = |lines: &[(f64, String)], prefix: &str| {
+            lines
+                .iter()
+                .find(|(_, l)| l.starts_with(prefix))
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| panic!("no `{prefix}` in {lines:?}"))
+        };
+        let (la, lb) = (log(&a.id), log(&b.id));
+        let (first, second) = match lb.iter().any(|(_, l)| l.starts_with("waiting for memory")) {
+            true => (la, lb),
+            false => (lb, la),
+        };
+        let waited = at(&second, "waiting for memory");
+        assert!(
+            second[..]
+                .iter()
+                .any(|(_, l)| l.contains("the daemon's training runs have")),
+            "{second:?}"
+        );
+        assert!(
+            at(&second, "training on") >= at(&first, "succeeded after"),
+            "{first:?}\n{second:?}"
+        );
+        assert!(waited <= at(&first, "succeeded after"));
     }
 }

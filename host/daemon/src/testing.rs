@@ -26,17 +26,23 @@ impl TestDaemon {
 
     /// [`TestDaemon::new`], holding training jobs to `train_limits`.
     pub fn with_limits(train_limits: gantry::training::TrainLimits) -> TestDaemon {
-        Self::build(train_limits, None)
+        Self::build(train_limits, None, None)
+    }
+
+    /// [`TestDaemon::with_limits`], its training runs taking at most `mib` together.
+    pub fn with_budget(train_limits: gantry::training::TrainLimits, mib: u64) -> TestDaemon {
+        Self::build(train_limits, None, Some(mib))
     }
 
     /// [`TestDaemon::new`] with node agents on, each heartbeat a lease of `lease`.
     pub fn with_agents(lease: std::time::Duration) -> TestDaemon {
-        Self::build(Default::default(), Some(lease))
+        Self::build(Default::default(), Some(lease), None)
     }
 
     fn build(
         train_limits: gantry::training::TrainLimits,
         agent_lease: Option<std::time::Duration>,
+        train_memory_mib: Option<u64>,
     ) -> TestDaemon {
         let dir = tempfile::tempdir().expect("a temporary directory");
         gantry::storage::Store::init(dir.path()).expect("a data directory");
@@ -54,6 +60,7 @@ impl TestDaemon {
             insecure: false,
             trust: Default::default(),
             train_limits,
+            train_memory_mib,
             agent_lease,
             agent_here: false,
             commands: Default::default(),

@@ -326,6 +326,34 @@ impl TrainConfig {
         )
     }
 
+    /// The memory a run of this configuration may need, in MiB, as far as the configuration
+    /// alone says: [`memory_estimate`]'s when its data is synthetic (the shape is in the
+    /// configuration), else the most one job may need (`limits.max_memory_mib`): a file's or a
+    /// dataset's size is known only once it is read, and is held to that limit then.
+    pub fn memory_bound_mib(&self, limits: &TrainLimits) -> u64 {
+        let Some(s) = &self.data.synthetic else {
+            return limits.max_memory_mib;
+        };
+        let (rows, features, classes) = s.shape();
+        let outputs = self
+            .model
+            .classes
+            .map_or(classes.unwrap_or(1), |c| c as u64);
+        let hidden: Vec<u64> = self.model.hidden.iter().map(|&w| w as u64).collect();
+        let bytes = memory_estimate(
+            u64::try_from(rows).unwrap_or(u64::MAX),
+            features,
+            1,
+            &hidden,
+            outputs,
+            self.batch_size as u64,
+            self.devices.replicas as u64,
+        );
+        u64::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u64::MAX)
+            .clamp(1, limits.max_memory_mib.max(1))
+    }
+
     /// Checks the sizes of the data this configuration trains on (`rows` of `features`, `targets`
     /// per row, `outputs` wide at the end) and what they imply: steps and memory.
     pub fn check_size(

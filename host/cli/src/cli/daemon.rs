@@ -70,6 +70,11 @@ pub struct UpArgs {
     /// default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
     train_limits: Option<PathBuf>,
+    /// The memory this daemon's own training runs may take together, MiB (a run waits, still
+    /// `scheduled`, while the others leave no room); at least one job's `max_memory_mib`.
+    /// Default: three quarters of this machine's memory.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib: Option<u64>,
     /// Connections open at once, in all (lowered to fit the descriptor limit).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -565,6 +570,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             Some(path) => gantry::training::TrainLimits::load(path)?,
             None => Default::default(),
         },
+        train_memory_mib: args.train_memory_mib,
         conn_limits: gantry_daemon::serve::ConnLimits {
             max_connections: args.max_connections,
             max_connections_per_source: args.max_connections_per_source,

@@ -1,0 +1,168 @@
+//! The memory the daemon's own training runs may take together. Each run is held to the
+//! training limits by itself (`max_memory_mib`), but runs are placed on GPUs of a cluster model
+//! (the built-in one has 256), so without a bound of the whole a tenant's few large jobs, all
+//! placed at once, took more memory than the machine has and the daemon down with them. A run
+//! reserves what its configuration may need before it starts, and waits (still `scheduled`)
+//! while the reservations of the runs going on leave no room for it.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// The training runs' memory, in MiB: in all, and reserved now.
+#[derive(Debug)]
+pub struct TrainBudget {
+    total_mib: u64,
+    used_mib: Mutex<u64>,
+    freed: Condvar,
+}
+
+/// A run's reservation, given back when dropped.
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    budget: &'a TrainBudget,
+    mib: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used();
+        *used = used.saturating_sub(self.mib);
+        drop(used);
+        self.budget.freed.notify_all();
+    }
+}
+
+/// How often a waiting run looks whether it was asked to stop.
+const LOOK: Duration = Duration::from_millis(200);
+
+impl TrainBudget {
+    /// A budget of `total_mib`.
+    pub fn new(total_mib: u64) -> TrainBudget {
+        TrainBudget {
+            total_mib,
+            used_mib: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// The budget an operator asked for (`None`: three quarters of this machine's memory, at
+    /// least `job_mib`), refused when below `job_mib`, the most one job may need: a job within
+    /// the limits could never run.
+    pub fn total_for(asked: Option<u64>, job_mib: u64) -> Result<u64, String> {
+        match asked {
+            None => Ok(machine_mib().map_or(job_mib, |m| m / 4 * 3).max(job_mib)),
+            Some(mib) if mib >= job_mib => Ok(mib),
+            Some(mib) => Err(format!(
+                "--train-memory-mib {mib} is below the {job_mib} MiB one training job may need \
+                 (the training limits' max_memory_mib): such a job could never run"
+            )),
+        }
+    }
+
+    /// The budget in all, MiB.
+    pub fn total_mib(&self) -> u64 {
+        self.total_mib
+    }
+
+    fn used(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.used_mib.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves `mib`, waiting while the runs going on leave no room (`waiting` is told once,
+    /// with the MiB taken, when it must wait); `Ok(None)` when `stopping` says so first, an
+    /// error when `mib` is more than the whole budget (it would never fit).
+    pub fn reserve(
+        &self,
+        mib: u64,
+        stopping: impl Fn() -> bool,
+        waiting: impl FnOnce(u64),
+    ) -> Result<Option<Reserved<'_>>, String> {
+        if mib > self.total_mib {
+            return Err(format!(
+                "this job may need {mib} MiB, more than the {} MiB the daemon's training runs \
+                 may take together (--train-memory-mib)",
+                self.total_mib
+            ));
+        }
+        let mut waiting = Some(waiting);
+        let mut used = self.used();
+        while *used + mib > self.total_mib {
+            if stopping() {
+                return Ok(None);
+            }
+            if let Some(tell) = waiting.take() {
+                tell(*used);
+            }
+            used = self
+                .freed
+                .wait_timeout(used, LOOK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *used += mib;
+        Ok(Some(Reserved { budget: self, mib }))
+    }
+}
+
+/// This machine's memory in MiB (`MemTotal` of `/proc/meminfo`), where it says.
+fn machine_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The budget is never overdrawn: a run waits for room, is told once that it waits, gets
+    /// its turn when another gives room back, and stops waiting when asked to.
+    #[test]
+    fn runs_wait_for_room_in_the_training_budget() {
+        let budget = TrainBudget::new(10);
+        let a = budget
+            .reserve(6, || false, |_| panic!("room"))
+            .unwrap()
+            .unwrap();
+        assert!(budget.reserve(11, || false, |_| {}).is_err(), "never fits");
+        let stop = AtomicBool::new(false);
+        let told = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                budget
+                    .reserve(5, || false, |used| told.lock().unwrap().push(used))
+                    .unwrap()
+                    .map(|r| r.mib)
+            });
+            let stopped = s.spawn(|| {
+                budget
+                    .reserve(9, || stop.load(Ordering::SeqCst), |_| {})
+                    .unwrap()
+                    .is_none()
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!waiter.is_finished(), "6 + 5 > 10");
+            stop.store(true, Ordering::SeqCst);
+            assert!(stopped.join().unwrap(), "a stopped waiter gives up");
+            drop(a);
+            assert_eq!(waiter.join().unwrap(), Some(5));
+        });
+        assert_eq!(*told.lock().unwrap(), [6]);
+        assert_eq!(*budget.used(), 0, "every reservation given back");
+        assert!(TrainBudget::total_for(None, 8192).unwrap() >= 8192);
+        assert_eq!(TrainBudget::total_for(Some(9000), 8192), Ok(9000));
+        let refused = TrainBudget::total_for(Some(10), 8192).unwrap_err();
+        assert!(
+            refused.contains("--train-memory-mib 10 is below"),
+            "{refused}"
+        );
+    }
+}
