@@ -1171,6 +1171,7 @@ fn spawn_loops(
                 let _ = tokio::task::spawn_blocking(move || {
                     if d.nodes.is_some() {
                         d.expire_leases();
+                        d.give_up_overdue_runs();
                     }
                     d.end_reservations();
                 })

@@ -198,6 +198,8 @@ struct Remote {
     logged: u64,
     /// Rows per step of a training run (0 for a command), for the daemon's metrics.
     batch: u64,
+    /// By when a command run must have reported its end ([`crate::Daemon::run_deadline`]).
+    deadline: Option<Instant>,
 }
 
 /// Why a request about a run handed to an agent was refused.
@@ -620,6 +622,8 @@ impl crate::Daemon {
                     attempt: placement.attempt,
                     started: job.state == crate::db::JobState::Running,
                     batch: self.batch_of(&job),
+                    // Counted from now: when it started is not known.
+                    deadline: self.run_deadline(&job, nodes.lease()),
                     job,
                     control,
                     logged: 0,
@@ -716,12 +720,55 @@ impl crate::Daemon {
                 node,
                 attempt,
                 batch: self.batch_of(&job),
+                deadline: self.run_deadline(&job, nodes.lease()),
                 job,
                 control,
                 started: false,
                 logged: 0,
             },
         );
+    }
+
+    /// By when a command run handed (or adopted) now must have reported its end: its wall time
+    /// (at most this control plane's `--max-wall-time-s`), the kill grace, and two leases (to
+    /// start, and for its end to arrive). `None` for a training run, which has no wall time.
+    /// An agent enforces the wall time itself; this bound is the control plane's own, so that
+    /// an agent that keeps its lease but never reports a run's end (stuck, or hostile) cannot
+    /// hold the run's GPUs for ever.
+    fn run_deadline(&self, job: &JobRecord, lease: Duration) -> Option<Instant> {
+        let spec = job.command.as_ref()?;
+        let most = self.commands.max_wall_time_s;
+        let wall = spec.wall_time_s.unwrap_or(most).min(most);
+        let bound = Duration::try_from_secs_f64(wall).unwrap_or(Duration::MAX);
+        Instant::now().checked_add(bound.saturating_add(self.commands.kill_grace + lease * 2))
+    }
+
+    /// Gives up the command runs whose end their agents did not report in time
+    /// ([`crate::Daemon::run_deadline`]): their jobs fail, saying so, and their GPUs are free;
+    /// the runs are no longer listed to their agents, which kill them.
+    pub(crate) fn give_up_overdue_runs(&self) {
+        let Some(nodes) = &self.nodes else {
+            return;
+        };
+        let now = Instant::now();
+        let overdue: Vec<Remote> = {
+            let mut remote = nodes.remote();
+            let keys: Vec<String> = remote
+                .iter()
+                .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| remote.remove(k)).collect()
+        };
+        for r in overdue {
+            let message = format!(
+                "node {}'s agent did not report the end of its run (attempt {}) within its wall \
+                 time, the kill grace and two leases: given up",
+                r.node, r.attempt
+            );
+            tracing::warn!(job = %r.job.id, node = %r.node, "{message}");
+            self.remote_ended(r, RunEnd::Failed(message));
+        }
     }
 
     /// A report of node `node`'s agent about a run it was handed: `Err` (a stale run's report,
@@ -1087,6 +1134,63 @@ mod tests {
         d.heartbeat(NODE, nodes, &beat).unwrap();
         assert!(nodes.handed(NODE).is_empty(), "the run is over");
         assert!(!d.has_run(&job.id));
+    }
+
+    /// Found by a review: a command run handed to an agent ended only when its agent said so
+    /// (or lost its lease), so an agent that kept heartbeating but never reported a run's end,
+    /// stuck or hostile, held the run's GPUs for ever. The control plane gives a run up once its
+    /// wall time, the kill grace and two leases have passed: its job fails, saying why.
+    #[test]
+    fn a_command_run_whose_end_never_arrives_is_given_up_after_its_wall_time() {
+        let lease = Duration::from_millis(100);
+        let mut td = crate::testing::TestDaemon::with_agents(lease);
+        Arc::get_mut(&mut td.daemon).unwrap().commands.kill_grace = Duration::from_millis(10);
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = td.submit("silent");
+        let gpus = vec![format!("{NODE}/gpu0")];
+        let pending = Some(crate::db::JobState::Pending);
+        d.jobs
+            .transition(
+                &job.id,
+                pending,
+                crate::db::JobState::Scheduled,
+                &gpus,
+                None,
+            )
+            .unwrap();
+        let mut job = d.jobs.job(&job.id).unwrap().unwrap();
+        job.command = Some(crate::command::CommandSpec {
+            argv: vec!["sleep".into(), "1000".into()],
+            env: Default::default(),
+            cwd: None,
+            wall_time_s: Some(0.3),
+            memory_mib: None,
+            cpus: None,
+        });
+        d.hand_to_agent(nodes, job.clone());
+        let attempt = nodes.handed(NODE)[0].attempt;
+        let started = RunReport {
+            job: job.id.clone(),
+            attempt,
+            event: RunEvent::Started,
+        };
+        assert!(!d.run_report(nodes, NODE, started).unwrap());
+        d.give_up_overdue_runs();
+        assert_eq!(nodes.handed(NODE).len(), 1, "within its wall time");
+        // 0.3 s + 10 ms + two leases of 100 ms.
+        std::thread::sleep(Duration::from_millis(600));
+        d.give_up_overdue_runs();
+        assert!(nodes.handed(NODE).is_empty(), "given up");
+        assert!(!d.has_run(&job.id));
+        let stored = d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, crate::db::JobState::Failed);
+        let reason = stored.reason.unwrap_or_default();
+        assert!(
+            reason.contains("did not report the end of its run"),
+            "{reason}"
+        );
+        assert!(d.jobs.placement(&job.id).unwrap().is_none());
     }
 
     #[test]
