@@ -1658,6 +1658,7 @@ mod tests {
         let db = Db::open(&dir.path().join("gantry.db")).unwrap();
         contract::records_logs_and_checkpoints(&db);
         contract::placements(&db);
+        contract::pages(&db);
     }
 
     #[test]

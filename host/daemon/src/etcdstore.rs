@@ -268,6 +268,49 @@ impl JobStore for EtcdJobs {
             .collect()
     }
 
+    fn jobs_page(
+        &self,
+        tenants: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, EtcdStoreError> {
+        // The keys alone (no values), of the callers' tenants alone, in submission order; then
+        // the values of the page's jobs, read together: a listing reads every job no more.
+        let mut keys = Vec::new();
+        match tenants {
+            None => keys = self.etcd.prefix_keys(&self.key("jobs", ""))?,
+            Some(tenants) => {
+                for tenant in tenants {
+                    let prefix = self.key("jobs", &format!("{tenant}/"));
+                    keys.extend(self.etcd.prefix_keys(&prefix)?);
+                }
+            }
+        }
+        keys.sort_by_key(|kv| kv.create_revision);
+        let start = match after {
+            None => 0,
+            Some(id) => {
+                let key = self.key("jobs", id);
+                match keys.iter().position(|kv| kv.key == key) {
+                    Some(at) => at + 1,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let page: Vec<&Kv> = keys.iter().skip(start).take(limit).collect();
+        let mut jobs = Vec::with_capacity(page.len());
+        // A transaction's operations are bounded (etcd's --max-txn-ops, 128 by default).
+        for chunk in page.chunks(100) {
+            let gets: Vec<Op> = chunk.iter().map(|kv| Op::Get(kv.key.clone())).collect();
+            let outcome = self.etcd.txn(&[], &gets, &[])?;
+            // One gone since the keys were read is no longer one of them.
+            for kv in outcome.gets.into_iter().flatten() {
+                jobs.push(self.decode_job(&kv)?);
+            }
+        }
+        Ok(jobs)
+    }
+
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, EtcdStoreError> {
         // The names alone, then only the jobs called `name`: `GET /v1/jobs/{name}` is asked
         // often and must not read every job.
@@ -492,6 +535,7 @@ mod tests {
         };
         contract::records_logs_and_checkpoints(&store(&etcd));
         contract::placements(&store(&etcd));
+        contract::pages(&store(&etcd));
     }
 
     #[test]

@@ -291,6 +291,36 @@ pub(crate) mod contract {
     };
 
     /// A stored job `id` brought to `state` by legal moves.
+    /// A listing's pages: the callers' tenants' jobs alone, in submission order, `limit` at a
+    /// time, each page after the last one's final job; nothing after an unknown key. (Tenants of
+    /// their own: `db` may hold other jobs.)
+    pub(crate) fn pages<S: JobStore>(db: &S) {
+        let ids = ["pgv/p1", "pgn/p2", "pgv/p3", "pgv/p4", "pgn/p5", "pgv/p6"];
+        for id in ids {
+            assert!(db.insert_job(&job(id)).unwrap());
+        }
+        let page = |tenants: Option<&[String]>, after: Option<&str>, limit| -> Vec<String> {
+            let jobs = db.jobs_page(tenants, after, limit).unwrap();
+            jobs.into_iter().map(|j| j.id).collect()
+        };
+        let pgv = ["pgv".to_string()];
+        assert_eq!(page(Some(&pgv), None, 2), ["pgv/p1", "pgv/p3"]);
+        assert_eq!(page(Some(&pgv), Some("pgv/p3"), 2), ["pgv/p4", "pgv/p6"]);
+        assert!(page(Some(&pgv), Some("pgv/p6"), 2).is_empty());
+        assert!(page(Some(&pgv), Some("pgv/zz"), 2).is_empty());
+        let both = ["pgn".to_string(), "pgv".to_string()];
+        assert_eq!(
+            page(Some(&both), Some("pgv/p1"), 3),
+            ["pgn/p2", "pgv/p3", "pgv/p4"]
+        );
+        let all = page(None, Some("pgv/p4"), 10);
+        assert!(
+            all.starts_with(&["pgn/p5".to_string(), "pgv/p6".to_string()]),
+            "{all:?}"
+        );
+        assert!(page(Some(&["none".to_string()]), None, 10).is_empty());
+    }
+
     /// A job's placement is kept, replaced and forgotten.
     pub(crate) fn placements<S: JobStore>(db: &S) {
         job_in(db, "vision/p", JobState::Running);
