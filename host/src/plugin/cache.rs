@@ -4,6 +4,11 @@
 //! (wasmtime version, target, compiler settings): a different engine never loads a stale
 //! artifact. Entries are written to a temporary file and renamed into place, so a crash never
 //! leaves a torn artifact behind; an unreadable entry is recompiled and overwritten.
+//!
+//! A compiled artifact is native code that is loaded and run as it is: whoever can write an
+//! entry runs code in this process. So an entry is loaded only when it, and the directory it
+//! is in, are this user's own and no one else may write them (as `ssh` treats `~/.ssh`); the
+//! directory is created private. Otherwise the cache is not used: the plugin is compiled.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -117,10 +122,21 @@ impl ArtifactCache {
         let Some(path) = self.entry(wasm_sha256) else {
             return Ok((self.compile(engine, wasm)?, CacheOutcome::Disabled));
         };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        tighten(dir);
+        if let Err(e) = only_ours(dir) {
+            tracing::warn!("not using the compiled-plugin cache: {e}");
+            return Ok((self.compile(engine, wasm)?, CacheOutcome::Disabled));
+        }
         if path.exists() {
-            // SAFETY: the file was written by `store` below from `serialize` of this engine
-            // configuration (the engine key is in its name); a truncated or foreign file fails
-            // the header checks and is recompiled.
+            if let Err(e) = only_ours(&path) {
+                tracing::warn!("recompiling: {e}");
+                return Ok((self.compile(engine, wasm)?, CacheOutcome::Disabled));
+            }
+            // SAFETY: the file is this user's, in a directory of this user's that no one else
+            // may write (`only_ours`), written by `store` below from `serialize` of this engine
+            // configuration (the engine key is in its name); a truncated file fails the header
+            // checks and is recompiled.
             match unsafe { A::deserialize_file(engine, &path) } {
                 Ok(artifact) => return Ok((artifact, CacheOutcome::Hit)),
                 Err(e) => {
@@ -185,13 +201,143 @@ impl Artifact for wasmtime::Module {
     }
 }
 
+/// Whether `path` (a cache entry or its directory) may be trusted: itself, not a link, owned
+/// by this process's user, and writable by no one else.
+#[cfg(unix)]
+fn only_ours(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        // Made private when the first entry is written.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let problem = if meta.file_type().is_symlink() {
+        Some("a symbolic link".to_string())
+    } else if meta.uid() != me {
+        Some(format!("owned by uid {}, not this user ({me})", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by others (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!(
+            "{} is {p}: whoever can write it could run code in this process",
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+fn only_ours(_: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+/// Takes others' write permission off `dir` when it is this user's own (made under a umask of
+/// 002, say): what others may have put in it meanwhile is theirs, and [`only_ours`] refuses
+/// each such entry.
+#[cfg(unix)]
+fn tighten(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 != 0 {
+        let mode = meta.mode() & 0o7755;
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => {
+                tracing::warn!(dir = %dir.display(), "the compiled-plugin cache was writable by others; it is not any more")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot make the compiled-plugin cache private: {e}")
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn tighten(_: &Path) {}
+
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    // A temporary of this write's own (threads and processes share the cache), renamed whole.
-    crate::durable::write(path, bytes, crate::durable::Mode::Default)
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    // A temporary of this write's own (threads and processes share the cache), renamed whole;
+    // this user's alone (see `only_ours`).
+    crate::durable::write(path, bytes, crate::durable::Mode::Private)
 }
 
 /// Temporaries in a cache directory older than this are what a crash left behind: removed by
 /// [`ArtifactCache::sweep`] (younger ones may be another process's write in progress).
 pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A compiled artifact is native code run as it is: an entry in a cache directory others may
+    /// write (a shared `--cache-dir`, a world-writable parent's default) was loaded, so whoever
+    /// planted it ran code in the daemon. Such entries are not loaded: the plugin is compiled.
+    #[test]
+    fn a_cache_entry_others_may_write_is_never_loaded() {
+        let engine = Engine::default();
+        // The empty module.
+        let wasm = b"\0asm\x01\0\0\0".to_vec();
+        let sha = sha256_hex(&wasm);
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("cache");
+        let cache = ArtifactCache::new(&engine, Some(dir.clone()));
+        let load = || {
+            cache
+                .load_or_compile::<wasmtime::Module>(&engine, &wasm, &sha)
+                .unwrap()
+                .1
+        };
+        assert_eq!(load(), CacheOutcome::Miss);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "made private");
+        assert_eq!(load(), CacheOutcome::Hit);
+
+        let entry = cache.entry(&sha).unwrap();
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(load(), CacheOutcome::Disabled, "an entry others may write");
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load(), CacheOutcome::Hit);
+        // This user's own directory, made writable by others: made private again, and what
+        // others may have put in it meanwhile is theirs (above).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(load(), CacheOutcome::Hit);
+        assert_eq!(mode(&dir), 0o755);
+
+        // A directory of another user's (where this user may change owners: root).
+        if std::os::unix::fs::chown(&dir, Some(65534), None).is_ok() {
+            assert_eq!(load(), CacheOutcome::Disabled, "another user's directory");
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            std::os::unix::fs::chown(&dir, Some(me), None).unwrap();
+            assert_eq!(load(), CacheOutcome::Hit);
+        }
+
+        // A link planted in place of an entry.
+        let elsewhere = base.path().join("planted.cwasm");
+        std::fs::rename(&entry, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+        assert_eq!(load(), CacheOutcome::Disabled, "a link");
+    }
+}
