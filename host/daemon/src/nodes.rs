@@ -200,7 +200,14 @@ struct Remote {
     batch: u64,
     /// By when a command run must have reported its end ([`crate::Daemon::run_deadline`]).
     deadline: Option<Instant>,
+    /// How often its agent fetched its dataset ([`Nodes::count_fetch`]).
+    fetches: u32,
 }
+
+/// The most times one run may fetch its dataset: each fetch decrypts it, and one that goes
+/// through a preprocessing plugin runs the plugin over all of it, in the control plane; an agent
+/// asks once per run, and again only after a failure on the way.
+pub const MAX_DATASET_FETCHES: u32 = 8;
 
 /// Why a request about a run handed to an agent was refused.
 #[derive(Debug, thiserror::Error)]
@@ -401,6 +408,30 @@ impl Nodes {
                 crate::db::name_of(job)
             )),
         }
+    }
+
+    /// Counts a fetch of the dataset of job `job`'s run `attempt` on `node`; an error (the run is
+    /// not current, or has fetched [`MAX_DATASET_FETCHES`] times) refuses it.
+    pub(crate) fn count_fetch(&self, node: &str, job: &str, attempt: u64) -> Result<(), String> {
+        let mut remote = self.remote();
+        let Some(run) = remote
+            .get_mut(job)
+            .filter(|r| r.node == node && r.attempt == attempt)
+        else {
+            return Err(format!(
+                "stale run: job {} has no such run",
+                crate::db::name_of(job)
+            ));
+        };
+        if run.fetches >= MAX_DATASET_FETCHES {
+            return Err(format!(
+                "run {attempt} of job {} fetched its dataset {MAX_DATASET_FETCHES} times, the \
+                 most one run may",
+                crate::db::name_of(job)
+            ));
+        }
+        run.fetches += 1;
+        Ok(())
     }
 
     /// A new attempt number, above every one given or adopted so far.
@@ -627,6 +658,7 @@ impl crate::Daemon {
                     job,
                     control,
                     logged: 0,
+                    fetches: 0,
                 },
             );
         }
@@ -725,6 +757,7 @@ impl crate::Daemon {
                 control,
                 started: false,
                 logged: 0,
+                fetches: 0,
             },
         );
     }
@@ -1134,6 +1167,27 @@ mod tests {
         d.heartbeat(NODE, nodes, &beat).unwrap();
         assert!(nodes.handed(NODE).is_empty(), "the run is over");
         assert!(!d.has_run(&job.id));
+    }
+
+    /// Found by a review: every fetch of a run's dataset decrypted it and ran its preprocessing
+    /// plugin over all of it in the control plane, so a node (its token) fetching in a loop
+    /// kept the control plane's plugin sandbox and blocking threads busy for every tenant. A
+    /// run may fetch its dataset a few times (an agent asks once, and again after a failure),
+    /// no more; a stale run not at all.
+    #[test]
+    fn a_run_fetches_its_dataset_a_bounded_number_of_times() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = handed(&td, "fetching");
+        let attempt = nodes.handed(NODE)[0].attempt;
+        for _ in 0..MAX_DATASET_FETCHES {
+            nodes.count_fetch(NODE, &job.id, attempt).unwrap();
+        }
+        let refused = nodes.count_fetch(NODE, &job.id, attempt).unwrap_err();
+        assert!(refused.contains("fetched its dataset 8 times"), "{refused}");
+        let stale = nodes.count_fetch(NODE, &job.id, attempt + 1).unwrap_err();
+        assert!(stale.starts_with("stale run"), "{stale}");
     }
 
     /// Found by a review: a command run handed to an agent ended only when its agent said so

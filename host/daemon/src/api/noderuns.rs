@@ -89,6 +89,9 @@ pub(super) async fn dataset(
         .then(&state, move |state, user| {
             let query = query_of(query)?;
             let (job, config) = handed(state, &user, &node, &query)?;
+            super::cluster::agents(&state.daemon)?
+                .count_fetch(&node, &job.id, query.attempt)
+                .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))?;
             let name = config.data.dataset.clone().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
