@@ -395,8 +395,21 @@ impl Nodes {
     /// Job `job`'s current run, if it is attempt `attempt` on node `node`; else why not (a
     /// stale run's request, refused).
     fn current(&self, node: &str, job: &str, attempt: u64) -> Result<Remote, String> {
-        match self.remote().get(job) {
-            Some(r) if r.node == node && r.attempt == attempt => Ok(r.clone()),
+        self.holding_current(node, job, attempt)
+            .map(|runs| runs[job].clone())
+    }
+
+    /// The runs, locked (none given up or handed while it is held), if job `job`'s current run
+    /// is attempt `attempt` on node `node`; else why not.
+    fn holding_current(
+        &self,
+        node: &str,
+        job: &str,
+        attempt: u64,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, Remote>>, String> {
+        let runs = self.remote();
+        match runs.get(job) {
+            Some(r) if r.node == node && r.attempt == attempt => Ok(runs),
             Some(r) => Err(format!(
                 "stale run: job {}'s current attempt is {} on node {}",
                 crate::db::name_of(job),
@@ -703,8 +716,15 @@ impl crate::Daemon {
                 crate::db::name_of(id)
             )));
         }
-        self.record_checkpoint(id, step, object)
-            .map_err(RunRefusal::State)
+        // Recorded only while it is still current: given up during the upload, or while its
+        // copy went into etcd, it records nothing.
+        self.record_checkpoint(id, step, object, || {
+            nodes.holding_current(node, id, attempt)
+        })
+        .map_err(|e| match e {
+            crate::runner::Unrecorded::Stale(e) => RunRefusal::Stale(e),
+            crate::runner::Unrecorded::Failed(e) => RunRefusal::State(e),
+        })
     }
 
     /// Job `id`'s current run, if it is attempt `attempt` on node `node` (else why not), and

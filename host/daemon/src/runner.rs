@@ -65,22 +65,51 @@ impl Daemon {
     /// this returns): in the job's state as its one checkpoint (with its metrics so far, so a
     /// resumed run's curve continues from it) and in its log; on a replicated control plane,
     /// kept in etcd first, for a later leader to read. The checkpoint it replaces is let go.
-    pub(crate) fn record_checkpoint(
+    ///
+    /// `current` is asked just before the record and what it returns held until the record is
+    /// made: a run on an agent records only while it is its job's current run (the runs' lock
+    /// is held, so it cannot be given up in between). A refused one leaves nothing: its etcd
+    /// copy, under an owner of its own, never stood in for the job's recorded one.
+    pub(crate) fn record_checkpoint<G>(
         &self,
         id: &str,
         step: u32,
         object: &str,
-    ) -> Result<(), String> {
+        current: impl FnOnce() -> Result<G, String>,
+    ) -> Result<(), Unrecorded> {
+        let owner = checkpoint_owner(id, object);
         if let Some(shared) = &self.shared {
-            shared
-                .share(&self.store, &format!("checkpoint/{id}"), object)
-                .map_err(|e| format!("keeping the checkpoint at step {step} in etcd: {e}"))?;
+            shared.share(&self.store, &owner, object).map_err(|e| {
+                Unrecorded::Failed(format!(
+                    "keeping the checkpoint at step {step} in etcd: {e}"
+                ))
+            })?;
         }
-        let forgotten = self
-            .jobs
-            .add_checkpoint(id, step, object)
-            .map_err(|e| e.to_string())?;
+        let recorded = match current() {
+            Ok(held) => {
+                let forgotten = self.jobs.add_checkpoint(id, step, object);
+                drop(held);
+                forgotten.map_err(|e| Unrecorded::Failed(e.to_string()))
+            }
+            Err(stale) => Err(Unrecorded::Stale(stale)),
+        };
+        let forgotten = match recorded {
+            Ok(forgotten) => forgotten,
+            Err(e) => {
+                if let Some(shared) = &self.shared {
+                    shared.forget(&owner);
+                }
+                return Err(e);
+            }
+        };
         self.let_go(&forgotten);
+        if let Some(shared) = &self.shared {
+            for old in &forgotten {
+                shared.forget(&checkpoint_owner(id, old));
+            }
+            // Where a control plane of an earlier version kept the job's one checkpoint.
+            shared.forget(&format!("checkpoint/{id}"));
+        }
         let recorded = || -> Result<(), super::jobstore::StateError> {
             if let Some(curve) = self.live_curve(id) {
                 self.jobs.set_curve(id, &curve)?;
@@ -89,7 +118,7 @@ impl Daemon {
             self.jobs
                 .log(id, &format!("checkpoint at step {step} (object {short})"))
         };
-        recorded().map_err(|e| e.to_string())
+        recorded().map_err(|e| Unrecorded::Failed(e.to_string()))
     }
 
     /// Removes from the store each of `objects` that nothing names any more: no checkpoint,
@@ -129,7 +158,13 @@ impl Daemon {
         id: &str,
         object: &str,
     ) -> Result<gantry::storage::ObjectReader, String> {
-        self.object_reader(&format!("checkpoint/{id}"), object)
+        match self.object_reader(&checkpoint_owner(id, object), object) {
+            // Kept by a control plane of an earlier version, under the job's one owner.
+            Err(e) if self.shared.is_some() => self
+                .object_reader(&format!("checkpoint/{id}"), object)
+                .map_err(|_| e),
+            read => read,
+        }
     }
 
     /// A reader over object `object` of `owner` (`checkpoint/<job>`, `dataset/<object>`): from
@@ -169,7 +204,34 @@ impl Daemon {
     /// Job `id` is over: a replicated control plane forgets its checkpoint in etcd.
     pub(crate) fn forget_checkpoints(&self, id: &str) {
         if let Some(shared) = &self.shared {
+            if let Ok(Some((_, object))) = self.jobs.latest_checkpoint(id) {
+                shared.forget(&checkpoint_owner(id, &object));
+            }
             shared.forget(&format!("checkpoint/{id}"));
+        }
+    }
+}
+
+/// The owner, in etcd, of job `id`'s checkpoint `object` ([`crate::sealedobjects`]): one per
+/// object, so that a share by a run that turns out stale never replaces the copy of the one
+/// the job's record names.
+fn checkpoint_owner(id: &str, object: &str) -> String {
+    format!("checkpoint/{id}/{object}")
+}
+
+/// Why a checkpoint was not recorded.
+#[derive(Debug)]
+pub(crate) enum Unrecorded {
+    /// The run that wrote it is not its job's current run.
+    Stale(String),
+    /// The store, the database or etcd failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unrecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unrecorded::Stale(e) | Unrecorded::Failed(e) => f.write_str(e),
         }
     }
 }
@@ -384,7 +446,7 @@ impl CheckpointSink for StoreCheckpoints<'_> {
             .put_pinned(&checkpoint::to_bytes(c)[..])
             .map_err(unavailable)?;
         let object = pinned.id().to_string();
-        let recorded = daemon.record_checkpoint(id, c.state.step, &object);
+        let recorded = daemon.record_checkpoint(id, c.state.step, &object, || Ok(()));
         drop(pinned);
         if recorded.is_err() {
             // Not recorded: nothing is to name it.
@@ -788,7 +850,8 @@ mod tests {
         // As a run does: stored (pinned), recorded, unpinned.
         let record = |job: &str, step: u32, bytes: &[u8]| {
             let pinned = d.store.put_pinned(bytes).unwrap();
-            d.record_checkpoint(job, step, pinned.id()).unwrap();
+            d.record_checkpoint(job, step, pinned.id(), || Ok(()))
+                .unwrap();
             pinned.id().to_string()
         };
         let reads = |object: &str| d.store.get(object).is_ok();
@@ -823,6 +886,28 @@ mod tests {
         let again = d.store.put_pinned(&b"a at step 4"[..]).unwrap();
         record(&a, 5, b"a at step 5");
         assert!(reads(again.id()), "pinned by a put under way");
+    }
+
+    /// A run on an agent given up while its checkpoint was on its way into etcd (seconds for a
+    /// large one) still had it recorded as its job's newest, over the checkpoint of the job's
+    /// new run, and its copy replaced the job's one copy in etcd. The record is made only while
+    /// the run is still current (its check held until the record is made); a stale one records
+    /// nothing, and the job keeps the checkpoint it had.
+    #[test]
+    fn a_checkpoint_whose_run_was_given_up_meanwhile_records_nothing() {
+        let t = TestDaemon::new();
+        let d = &t.daemon;
+        let a = t.submit("a").id;
+        let kept = d.store.put_pinned(&b"the current run's"[..]).unwrap();
+        d.record_checkpoint(&a, 1, kept.id(), || Ok(())).unwrap();
+        let stale = d.store.put_pinned(&b"a given-up run's"[..]).unwrap();
+        let refused = d.record_checkpoint(&a, 2, stale.id(), || Err::<(), _>("given up".into()));
+        assert!(matches!(refused, Err(Unrecorded::Stale(_))), "{refused:?}");
+        assert_eq!(
+            d.jobs.latest_checkpoint(&a).unwrap(),
+            Some((1, kept.id().to_string()))
+        );
+        assert!(d.store.get(kept.id()).is_ok());
     }
 
     /// Found by a review: each training job was held to the limits by itself (8 GiB), but the

@@ -4,8 +4,9 @@
 //! also keeps them in etcd, still sealed as its store sealed them (chunks and data key
 //! encrypted; the replicas share their master keys, being copies of one data directory), and a
 //! replica that lacks one brings it into its own store before reading it. Each under an
-//! *owner*, one object per owner: `checkpoint/<job>` (the job's newest, forgotten when the job
-//! ends) or `dataset/<object>` (datasets are never replaced); at most [`MAX_SHARED`] bytes each,
+//! *owner*, one object per owner: `checkpoint/<job>/<object>` (each forgotten when the job's
+//! record no longer names it, or the job ends; one of a run refused as stale at once) or
+//! `dataset/<object>` (datasets are never replaced); at most [`MAX_SHARED`] bytes each,
 //! under `<root>/sealed/<owner>/`.
 
 use std::sync::Arc;
