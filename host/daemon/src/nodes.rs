@@ -1053,6 +1053,15 @@ mod tests {
 
     /// Job `name`, placed on a GPU of [`NODE`] and handed to its agent.
     fn handed(td: &crate::testing::TestDaemon, name: &str) -> JobRecord {
+        handed_running(td, name, None)
+    }
+
+    /// [`handed`], running `command` when given.
+    fn handed_running(
+        td: &crate::testing::TestDaemon,
+        name: &str,
+        command: Option<crate::command::CommandSpec>,
+    ) -> JobRecord {
         let d = &td.daemon;
         let job = td.submit(name);
         let gpus = vec![format!("{NODE}/gpu0")];
@@ -1066,7 +1075,8 @@ mod tests {
                 None,
             )
             .unwrap();
-        let job = d.jobs.job(&job.id).unwrap().unwrap();
+        let mut job = d.jobs.job(&job.id).unwrap().unwrap();
+        job.command = command;
         d.hand_to_agent(d.nodes.as_ref().unwrap(), job.clone());
         job
     }
@@ -1221,28 +1231,15 @@ mod tests {
         Arc::get_mut(&mut td.daemon).unwrap().commands.kill_grace = Duration::from_millis(10);
         let d = &td.daemon;
         let nodes = d.nodes.as_ref().expect("agents on");
-        let job = td.submit("silent");
-        let gpus = vec![format!("{NODE}/gpu0")];
-        let pending = Some(crate::db::JobState::Pending);
-        d.jobs
-            .transition(
-                &job.id,
-                pending,
-                crate::db::JobState::Scheduled,
-                &gpus,
-                None,
-            )
-            .unwrap();
-        let mut job = d.jobs.job(&job.id).unwrap().unwrap();
-        job.command = Some(crate::command::CommandSpec {
+        let sleep = crate::command::CommandSpec {
             argv: vec!["sleep".into(), "1000".into()],
             env: Default::default(),
             cwd: None,
             wall_time_s: Some(0.3),
             memory_mib: None,
             cpus: None,
-        });
-        d.hand_to_agent(nodes, job.clone());
+        };
+        let job = handed_running(&td, "silent", Some(sleep));
         let attempt = nodes.handed(NODE)[0].attempt;
         let started = RunReport {
             job: job.id.clone(),
