@@ -162,18 +162,21 @@ fn line_of(text: &str, name: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Names to indices, in the order first seen: looked up by hash, since a cluster file may name
+/// hundreds of thousands of nodes (a search per name made loading quadratic: 100,000 nodes,
+/// each its own NVLink domain, took 25 s).
 #[derive(Default)]
-struct Interner(Vec<String>);
+struct Interner(Vec<String>, std::collections::HashMap<String, u32>);
 
 impl Interner {
     fn get(&mut self, name: &str) -> u32 {
-        match self.0.iter().position(|n| n == name) {
-            Some(i) => i as u32,
-            None => {
-                self.0.push(name.to_string());
-                (self.0.len() - 1) as u32
-            }
+        if let Some(&i) = self.1.get(name) {
+            return i;
         }
+        let i = self.0.len() as u32;
+        self.0.push(name.to_string());
+        self.1.insert(name.to_string(), i);
+        i
     }
 }
 

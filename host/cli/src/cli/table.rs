@@ -34,10 +34,15 @@ impl fmt::Display for Table {
             }
         }
         let line = |f: &mut fmt::Formatter<'_>, cells: &[String]| -> fmt::Result {
+            // Padded by hand: a formatting width over 65,535 panics, and a cell may be wider
+            // (a job placed on 17,600 GPUs lists them all).
             let text: Vec<String> = cells
                 .iter()
                 .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
+                .map(|(c, w)| {
+                    let pad = w.saturating_sub(c.chars().count());
+                    format!("{c}{}", " ".repeat(pad))
+                })
                 .collect();
             writeln!(f, "{}", text.join("  ").trim_end())
         };
@@ -48,5 +53,30 @@ impl fmt::Display for Table {
             line(f, row)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Table;
+
+    /// Found by a review: `gantry schedule` exited 101 ("Formatting argument out of range")
+    /// for a job placed on 17,600 GPUs: its cell was padded with a formatting width, which
+    /// may not pass 65,535. Cells of any width are padded.
+    #[test]
+    fn a_cell_wider_than_a_formatting_width_may_be_is_printed() {
+        let mut t = Table::new(&["job", "placed on"]);
+        let wide = "n/gpu0,".repeat(20_000);
+        t.row(vec!["big".into(), wide.clone()]);
+        t.row(vec!["a-longer-name".into(), "x".into()]);
+        let text = t.to_string();
+        assert!(text.contains(&wide));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[2].starts_with("big            n/gpu0"),
+            "{}",
+            &lines[2][..40]
+        );
+        assert_eq!(lines[3], "a-longer-name  x");
     }
 }
