@@ -201,6 +201,7 @@ pub struct Store {
 #[must_use = "the object is protected only while this is held"]
 pub struct Pinned {
     id: String,
+    created: bool,
     pins: Arc<Mutex<std::collections::HashMap<String, usize>>>,
 }
 
@@ -208,6 +209,13 @@ impl Pinned {
     /// The object's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether this put made the object (rather than finding its content stored already): what
+    /// a writer whose record then fails may remove, and no other's (an operator's `store put`
+    /// of the same bytes, say).
+    pub fn created(&self) -> bool {
+        self.created
     }
 }
 
@@ -414,11 +422,13 @@ impl Store {
         published
     }
 
-    /// Pins object `id`; under its stripe lock, like every removal.
-    fn pin(&self, id: &str) -> Pinned {
+    /// Pins object `id` (made by this put: `created`); under its stripe lock, like every
+    /// removal.
+    fn pin(&self, id: &str, created: bool) -> Pinned {
         *lock(&self.pins).entry(id.to_string()).or_insert(0) += 1;
         Pinned {
             id: id.to_string(),
+            created,
             pins: self.pins.clone(),
         }
     }
@@ -470,7 +480,7 @@ impl Store {
         let path = self.object_path(id);
         if path.exists() || self.key_path(id).exists() {
             match self.authenticate(id) {
-                Ok(()) => return Ok(self.pin(id)),
+                Ok(()) => return Ok(self.pin(id, false)),
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => tracing::warn!(
                     object = %id,
@@ -488,7 +498,7 @@ impl Store {
         self.write_key(id, key_bytes, &masters, masters.current)?;
         std::fs::rename(tmp, &path).map_err(io(&path))?;
         durable::sync_dir(dir).map_err(io(dir))?;
-        Ok(self.pin(id))
+        Ok(self.pin(id, true))
     }
 
     /// Reads object `id` whole, checking every chunk and its digest.
@@ -602,6 +612,11 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether object `id` is in the store (its file is there; not read, not checked).
+    pub fn has(&self, id: &str) -> bool {
+        check_id(id).is_ok() && self.object_path(id).exists()
     }
 
     /// A reader over object `id` that checks every chunk before returning its bytes and the

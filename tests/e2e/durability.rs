@@ -268,6 +268,64 @@ fn a_tenants_datasets_are_bounded_in_count_and_bytes() {
     assert_eq!(stored, named);
 }
 
+/// Found by a review: a client that hung up right after sending its body dropped its request's
+/// handler, and with it the record the stored object was waiting for: 30 such uploads past a
+/// 1 MiB quota kept 27 MB in the store, no dataset listed. The store and the record now run to
+/// their end whatever the client does: each upload is kept as a dataset, or refused and gone.
+#[test]
+fn an_upload_whose_client_hangs_up_after_its_body_leaves_nothing_unnamed() {
+    use std::net::{Shutdown, TcpStream};
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &["--max-dataset-bytes-per-tenant", "1048576"],
+    );
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    for i in 0..4u64 {
+        let body = bytes(900_000, 40 + i);
+        let mut s = TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "PUT /v1/datasets/gone{i}?tenant=vision&classification=public HTTP/1.1\r\n\
+             Host: {addr}\r\nAuthorization: Bearer {ada}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    // Whatever the store keeps, a dataset names (one fits the quota; a refused one is gone).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, listed) = request(
+            &format!("{}/v1/datasets", daemon.url),
+            "GET",
+            Some(&ada),
+            None,
+        );
+        assert_eq!(status, 200, "{listed}");
+        let mut named: Vec<String> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["object"].as_str().unwrap().to_string())
+            .collect();
+        named.sort();
+        let stored = gantry::storage::Store::open(&data).unwrap().list().unwrap();
+        if stored == named && named.len() <= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored:?}, named by datasets {named:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Issue 10, section 3: `gantry key rotate` against a running daemon deleted the master key it
 /// held, and a second `gantry up` on the same directory started too.
 #[test]

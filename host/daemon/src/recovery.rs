@@ -69,8 +69,9 @@ pub struct Restored {
 
 /// Replaces the database of data directory `root` by the backup `from` (checked first), keeping
 /// the one it replaces (with its WAL and shared-memory files) beside it as evidence. Jobs,
-/// users and tokens written after the backup are lost; objects are not (the store keeps every
-/// object). The audit log's sealed position is taken from the log itself (verified with the host's
+/// users and tokens written after the backup are lost; objects are not, but for the checkpoints
+/// a job replaced since (a job keeps its newest alone): a job whose recorded checkpoint is gone
+/// starts from the beginning, its log saying so. The audit log's sealed position is taken from the log itself (verified with the host's
 /// key), since the backup's is older. Recorded in the audit log as `db.restored`.
 pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     let store = Store::open_exclusive(root, "gantry db restore")?;

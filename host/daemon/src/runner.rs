@@ -96,7 +96,12 @@ impl Daemon {
         let forgotten = match recorded {
             Ok(forgotten) => forgotten,
             Err(e) => {
-                if let Some(shared) = &self.shared {
+                // Its copy goes, unless the job's record names the same bytes (a report sent
+                // again after its answer was lost): that copy is the record's.
+                let named = self.jobs.latest_checkpoint(id).ok().flatten();
+                if let Some(shared) = &self.shared
+                    && named.is_none_or(|(_, o)| o != object)
+                {
                     shared.forget(&owner);
                 }
                 return Err(e);
@@ -138,6 +143,17 @@ impl Daemon {
         }
     }
 
+    /// Drops `pinned`, an object just stored whose record was not made, and removes it if this
+    /// put made it and nothing names it: a refused upload leaves nothing behind, and takes
+    /// nothing that was there before it (an operator's `gantry store put` of the same bytes).
+    pub(crate) fn let_go_unrecorded(&self, pinned: gantry::storage::Pinned) {
+        let (object, created) = (pinned.id().to_string(), pinned.created());
+        drop(pinned);
+        if created {
+            self.let_go(&[object]);
+        }
+    }
+
     /// Whether anything the daemon keeps names store object `object`.
     fn object_in_use(&self, object: &str) -> Result<bool, String> {
         Ok(self
@@ -165,6 +181,24 @@ impl Daemon {
                 .map_err(|_| e),
             read => read,
         }
+    }
+
+    /// Whether job `id`'s recorded checkpoint `object` (at `step`) is gone from the store, and
+    /// from etcd where a replicated control plane keeps copies: a database restored from a
+    /// backup names the checkpoint of then, which the job replaced since (a job keeps one). Its
+    /// run then starts over, its log saying why, rather than failing.
+    pub(crate) fn checkpoint_gone(&self, id: &str, step: u32, object: &str) -> bool {
+        if self.store.has(object) {
+            return false;
+        }
+        let line = format!(
+            "its checkpoint at step {step} (object {}) is no longer stored (a restored \
+             database names one replaced since): starting from the beginning",
+            &object[..object.len().min(16)]
+        );
+        tracing::warn!(job = %id, "{line}");
+        let _ = self.jobs.log(id, &line);
+        true
     }
 
     /// A reader over object `object` of `owner` (`checkpoint/<job>`, `dataset/<object>`): from
@@ -447,10 +481,9 @@ impl CheckpointSink for StoreCheckpoints<'_> {
             .map_err(unavailable)?;
         let object = pinned.id().to_string();
         let recorded = daemon.record_checkpoint(id, c.state.step, &object, || Ok(()));
-        drop(pinned);
-        if recorded.is_err() {
-            // Not recorded: nothing is to name it.
-            daemon.let_go(std::slice::from_ref(&object));
+        match recorded {
+            Ok(()) => drop(pinned),
+            Err(_) => daemon.let_go_unrecorded(pinned),
         }
         recorded.map_err(unavailable)?;
         Ok(object)
@@ -461,12 +494,13 @@ impl CheckpointSink for StoreCheckpoints<'_> {
         let Some((step, object)) = daemon.jobs.latest_checkpoint(id).map_err(unavailable)? else {
             return Ok(None);
         };
+        let mut reader = match daemon.checkpoint_reader(id, &object) {
+            Ok(reader) => reader,
+            Err(_) if daemon.checkpoint_gone(id, step, &object) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut daemon.checkpoint_reader(id, &object).map_err(unavailable)?,
-            &mut bytes,
-        )
-        .map_err(unavailable)?;
+        std::io::Read::read_to_end(&mut reader, &mut bytes).map_err(unavailable)?;
         tracing::info!(step, object = %object, "resuming from checkpoint");
         let _ = daemon
             .jobs
@@ -886,6 +920,61 @@ mod tests {
         let again = d.store.put_pinned(&b"a at step 4"[..]).unwrap();
         record(&a, 5, b"a at step 5");
         assert!(reads(again.id()), "pinned by a put under way");
+    }
+
+    /// Found by a review: a tenant's upload refused after its body (a name taken meanwhile)
+    /// removed its object, though the same bytes were an operator's `gantry store put` object,
+    /// which nothing in the daemon names: the operator's object was gone. A refused upload
+    /// removes only what it made itself.
+    #[test]
+    fn a_refused_upload_never_takes_bytes_stored_before_it() {
+        let t = TestDaemon::new();
+        let d = &t.daemon;
+        let operators = d.store.put_bytes(b"an operator's object").unwrap();
+        let upload = d.store.put_pinned(&b"an operator's object"[..]).unwrap();
+        assert!(!upload.created());
+        d.let_go_unrecorded(upload);
+        assert!(
+            d.store.get(&operators).is_ok(),
+            "the operator's object stays"
+        );
+        let own = d.store.put_pinned(&b"the upload's own bytes"[..]).unwrap();
+        let id = own.id().to_string();
+        d.let_go_unrecorded(own);
+        assert!(d.store.get(&id).is_err(), "its own is gone");
+    }
+
+    /// Found by a review: `gantry db restore` brought back a database naming a checkpoint its
+    /// job had replaced since (a job keeps one, the rest leave the store), and the job failed
+    /// ("no object ..."). A run whose recorded checkpoint is no longer stored starts from the
+    /// beginning, its log saying why; one that is stored but does not read still fails.
+    #[test]
+    fn a_run_whose_recorded_checkpoint_is_gone_starts_over() {
+        let text = format!("{}[checkpoint]\nevery_steps = 1\n", train(SPIRALS));
+        let t = TestDaemon::new();
+        let job = t.scheduled("r", Some(&text));
+        let gone = "ab".repeat(32);
+        t.daemon.jobs.add_checkpoint(&job.id, 7, &gone).unwrap();
+        start(t.daemon.clone(), job.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ended = loop {
+            let now = t.daemon.jobs.job(&job.id).unwrap().unwrap();
+            if matches!(now.state, JobState::Succeeded | JobState::Failed) {
+                break now;
+            }
+            assert!(Instant::now() < deadline, "the run did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(ended.state, JobState::Succeeded, "{ended:?}");
+        assert_eq!(
+            ended.result.unwrap()["resumed_at_step"],
+            serde_json::Value::Null
+        );
+        let logs = t.daemon.jobs.logs(&job.id).unwrap();
+        assert!(
+            logs.iter().any(|(_, l)| l.contains("is no longer stored")),
+            "{logs:?}"
+        );
     }
 
     /// A run on an agent given up while its checkpoint was on its way into etcd (seconds for a

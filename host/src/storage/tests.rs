@@ -397,6 +397,11 @@ fn an_object_is_removed_only_when_unpinned_and_unnamed_whatever_puts_race_it() {
     let data = bytes(3000, 77);
     let pinned = store.put_pinned(&data[..]).unwrap();
     let id = pinned.id().to_string();
+    assert!(pinned.created());
+    assert!(
+        !store.put_pinned(&data[..]).unwrap().created(),
+        "found stored"
+    );
     let unused = || Ok::<bool, String>(false);
     assert!(!store.remove_unused(&id, unused).unwrap(), "pinned: kept");
     drop(pinned);

@@ -17,6 +17,7 @@ pub(super) async fn rotate_key(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.may(&state, Action::KeyRotate, Resource::Empty {}, move |state, user| {
         let daemon = &state.daemon;
+        refuse_when_replicated(daemon.leadership.is_some())?;
         let r = daemon.store.rotate().map_err(ApiError::internal)?;
         let by = json!({"user": user.name});
         daemon
@@ -27,4 +28,31 @@ pub(super) async fn rotate_key(
         Ok(Json(serde_json::to_value(r).map_err(ApiError::internal)?))
     })
     .await
+}
+
+/// A replicated control plane's replicas share their master keys (copies of one data
+/// directory), and the objects kept in etcd are sealed under them: a rotation makes a new
+/// master key in this replica's directory alone, so what it seals next no other replica can
+/// read, and the key it retires still seals copies in etcd (a review: a dataset uploaded after
+/// a rotation answered 500 under the next leader). Refused until master keys are distributed.
+fn refuse_when_replicated(replicated: bool) -> ApiResult<()> {
+    match replicated {
+        false => Ok(()),
+        true => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "a replicated control plane cannot rotate its master key: the new key would be in \
+             this replica's data directory alone, and what it seals the other replicas could \
+             not read",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_replicated_control_plane_refuses_to_rotate_its_master_key() {
+        assert!(super::refuse_when_replicated(false).is_ok());
+        let refused = super::refuse_when_replicated(true).expect_err("refused");
+        assert_eq!(refused.status, axum::http::StatusCode::CONFLICT);
+    }
 }

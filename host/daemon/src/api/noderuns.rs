@@ -153,10 +153,18 @@ pub(super) async fn latest_checkpoint(
                             format!("job {} has no checkpoint", query.job),
                         )
                     })?;
-            let reader = state
-                .daemon
-                .checkpoint_reader(&job.id, &object)
-                .map_err(ApiError::internal)?;
+            let daemon = &state.daemon;
+            let reader = match daemon.checkpoint_reader(&job.id, &object) {
+                Ok(reader) => reader,
+                // The agent's run starts from the beginning, as one on this daemon would.
+                Err(_) if daemon.checkpoint_gone(&job.id, step, &object) => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("job {}'s checkpoint is no longer stored", query.job),
+                    ));
+                }
+                Err(e) => return Err(ApiError::internal(e)),
+            };
             Ok((step, reader))
         })
         .await?;
@@ -221,21 +229,25 @@ pub(super) async fn put_checkpoint(
         .await?;
     let transfer = state.node_transfers.slot(&node).await?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let (pinned, bytes) = super::datasets::store_body(&state, transfer, body, limit).await?;
-    super::blocking(&state, move |state| {
-        let daemon = &state.daemon;
-        let object = pinned.id().to_string();
-        let recorded = super::cluster::agents(daemon).and_then(|nodes| {
-            daemon
-                .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
-                .map_err(|e| super::cluster::refusal(daemon, e))
-        });
-        // A refused checkpoint (a stale run's) leaves nothing behind.
-        drop(pinned);
-        if recorded.is_err() {
-            daemon.let_go(&[object]);
-        }
-        recorded
+    let bytes = super::datasets::to_the_end(&state, move |state| async move {
+        let (pinned, bytes) = super::datasets::store_body(&state, transfer, body, limit).await?;
+        super::blocking(&state, move |state| {
+            let daemon = &state.daemon;
+            let object = pinned.id().to_string();
+            let recorded = super::cluster::agents(daemon).and_then(|nodes| {
+                daemon
+                    .remote_checkpoint(nodes, &node, &query.job, query.attempt, step, &object)
+                    .map_err(|e| super::cluster::refusal(daemon, e))
+            });
+            // A refused checkpoint (a stale run's) leaves nothing behind.
+            match recorded {
+                Ok(()) => drop(pinned),
+                Err(_) => daemon.let_go_unrecorded(pinned),
+            }
+            recorded
+        })
+        .await?;
+        Ok(bytes)
     })
     .await?;
     Ok(Json(json!({ "step": step, "bytes": bytes })))
