@@ -193,6 +193,8 @@ pub struct Store {
     lock: Option<Arc<DirLock>>,
     /// Objects just stored and not yet named by a record ([`Pinned`]): never removed.
     pins: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// Objects let go while pinned: asked about again by [`Store::deferred`]'s caller.
+    deferred: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An object just stored, which [`Store::remove_unused`] leaves in place until this is dropped:
@@ -295,6 +297,7 @@ impl Store {
             rng: SystemRandom::new(),
             lock,
             pins: Arc::default(),
+            deferred: Mutex::default(),
         }
     }
 
@@ -433,6 +436,22 @@ impl Store {
         }
     }
 
+    /// The objects [`Store::remove_unused`] kept because they were pinned then and are not now:
+    /// for the caller to ask about again (each is handed out once).
+    pub fn deferred(&self) -> Vec<String> {
+        let pins = lock(&self.pins);
+        let mut deferred = lock(&self.deferred);
+        let free: Vec<String> = deferred
+            .iter()
+            .filter(|id| !pins.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &free {
+            deferred.remove(id);
+        }
+        free
+    }
+
     /// Removes object `id` unless it is pinned ([`Store::put_pinned`]) or `in_use` says something
     /// still names it; asked under the object's lock, so no put of the same content can slip
     /// between the question and the removal. `Ok(true)` when removed (or already gone). The
@@ -446,6 +465,8 @@ impl Store {
         self.writable()?;
         let _stripe = self.stripe(id);
         if lock(&self.pins).contains_key(id) {
+            // Its put may yet fail to be recorded: asked about again later.
+            lock(&self.deferred).insert(id.to_string());
             return Ok(false);
         }
         match in_use() {

@@ -148,6 +148,11 @@ pub const DEFAULT_MAX_DATASETS_PER_TENANT: usize = 10_000;
 /// ([`api::MAX_UPLOAD`]), where one tenant's uploads could otherwise fill the disk.
 pub const DEFAULT_MAX_DATASET_BYTES_PER_TENANT: u64 = 64 << 30;
 
+/// [`DEFAULT_MAX_DATASET_BYTES_PER_TENANT`] on a replicated control plane (1 GiB), which keeps
+/// every dataset in etcd too: etcd's whole database is at most 8 GiB (2 GiB by default), and
+/// one full etcd stops every write of the control plane.
+pub const DEFAULT_MAX_DATASET_BYTES_PER_TENANT_ON_ETCD: u64 = 1 << 30;
+
 /// Where a daemon keeps what its replicas must share ([`Daemon::stores`]).
 struct Stores {
     jobs: jobstore::Jobs,

@@ -131,7 +131,9 @@ impl Daemon {
     /// may have stored the same bytes) and no put under way ([`gantry::storage::Pinned`]).
     /// A failure only leaves an object behind.
     pub(crate) fn let_go(&self, objects: &[String]) {
-        for object in objects {
+        // And those let go earlier while a put of the same bytes had them pinned.
+        let later = self.store.deferred();
+        for object in objects.iter().chain(&later) {
             match self
                 .store
                 .remove_unused(object, || self.object_in_use(object))

@@ -191,6 +191,9 @@ fn start_members(
             .arg(format!("--initial-advertise-peer-urls=http://{peer}"))
             .arg(format!("--initial-cluster={initial}"))
             .arg("--initial-cluster-state=new")
+            // As the README tells operators: history compacted, so that it cannot fill etcd.
+            .arg("--auto-compaction-mode=revision")
+            .arg("--auto-compaction-retention=1000")
             .stdout(Stdio::null())
             // Its log where a test's failure needs it: `GANTRY_ETCD_LOG=1`.
             .stderr(match std::env::var_os("GANTRY_ETCD_LOG") {

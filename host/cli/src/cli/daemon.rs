@@ -119,9 +119,10 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     max_datasets_per_tenant: u64,
     /// The most bytes one tenant's datasets may hold together (an upload past it: 429).
-    #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    max_dataset_bytes_per_tenant: u64,
+    /// Default: 64 GiB; with --etcd, 1 GiB (every dataset is kept in etcd too, whose whole
+    /// database is at most 8 GiB).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_dataset_bytes_per_tenant: Option<u64>,
     /// The longest wall time a command job may ask for, and what it gets when it asks for none.
     #[arg(long, default_value_t = 7.0 * 24.0 * 3600.0)]
     max_wall_time_s: f64,
@@ -582,7 +583,12 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         tenant_limits: gantry_daemon::TenantLimits {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),
             datasets: usize::try_from(args.max_datasets_per_tenant).unwrap_or(usize::MAX),
-            dataset_bytes: args.max_dataset_bytes_per_tenant,
+            dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
+                match args.etcd.is_empty() {
+                    true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
+                    false => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT_ON_ETCD,
+                },
+            ),
         },
         agent_here: local.is_some(),
         agent_lease: match (args.agent_lease_s, &local) {
