@@ -406,7 +406,11 @@ fn an_object_is_removed_only_when_unpinned_and_unnamed_whatever_puts_race_it() {
     assert!(!store.remove_unused(&id, unused).unwrap(), "pinned: kept");
     assert!(store.deferred().is_empty(), "still pinned");
     drop(pinned);
-    assert_eq!(store.deferred(), [id.clone()], "to be asked about again");
+    assert_eq!(
+        store.deferred(),
+        std::slice::from_ref(&id),
+        "to be asked about again"
+    );
     assert!(store.deferred().is_empty(), "once");
     assert!(
         !store
