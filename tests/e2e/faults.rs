@@ -123,6 +123,19 @@ fn a_loop_in_configure_is_reported_as_configure() {
     );
 }
 
+/// Found by a review: a cold instance's `configure` and its `schedule` each had the whole
+/// deadline, so a plugin slow in both took twice its deadline every cycle and was never
+/// faulted. One deadline covers the whole call.
+#[test]
+fn setup_and_schedule_share_one_deadline() {
+    let (class, reason) = fault("slow-both", "deadline_ms = 200");
+    assert_eq!(class, Some("deadline"), "{reason}");
+    assert_eq!(
+        reason,
+        "plugin `hostile-slow-both` (schedule): exceeded its 200 ms deadline"
+    );
+}
+
 #[test]
 fn a_huge_error_string_is_cut_like_a_log_line() {
     let (class, reason) = fault("huge-error", "memory_mib = 256\ndeadline_ms = 20000");

@@ -204,6 +204,15 @@ pub enum Fault {
 }
 
 impl PluginError {
+    /// This error, a missed deadline naming `limit_ms` (the whole deadline, where the call had
+    /// what its setup left of it).
+    pub fn with_deadline(mut self, limit_ms: u64) -> Self {
+        if let Fault::Deadline { limit_ms: l } = &mut self.fault {
+            *l = limit_ms;
+        }
+        self
+    }
+
     /// A failure of `call` into `plugin`.
     pub fn new(plugin: impl Into<String>, call: Call, fault: Fault) -> Self {
         Self {

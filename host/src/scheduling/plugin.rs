@@ -222,6 +222,7 @@ impl SchedulerPlugin {
         let span = tracing::debug_span!("gantry_scheduling.plugin_call", plugin = %self.name);
         let (snapshot, queue) = wire::columns(snapshot, queue);
         let seed = seed(&self.name, &snapshot, &queue);
+        let began = std::time::Instant::now();
         let warm = self.warm.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut store, bindings) = match warm {
             Some(ready) => {
@@ -236,7 +237,14 @@ impl SchedulerPlugin {
         };
         // Configure drew from the generator: start the call from the seed again.
         store.data().env().set(snapshot.now_s, seed);
-        plugin::arm_deadline(&mut store, self.limits.deadline_ms);
+        // One deadline for the whole call: a cold instance's setup (its `configure`) counts,
+        // or a plugin slow in both would take twice its deadline every cycle, never a fault.
+        let spent = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let limits = Limits {
+            deadline_ms: self.limits.deadline_ms.saturating_sub(spent).max(1),
+            ..self.limits.clone()
+        };
+        plugin::arm_deadline(&mut store, limits.deadline_ms);
         let call = async {
             let result = bindings
                 .gantry_scheduler_strategy()
@@ -252,10 +260,10 @@ impl SchedulerPlugin {
             store.data_mut().end_call();
             result
         };
-        let placements =
-            plugin::driver::within_deadline(&self.name, Call::Schedule, &self.limits, call)
-                .instrument(span)
-                .await?;
+        let placements = plugin::driver::within_deadline(&self.name, Call::Schedule, &limits, call)
+            .instrument(span)
+            .await
+            .map_err(|e| e.with_deadline(self.limits.deadline_ms))?;
         let placements = wire::placements(placements).map_err(|reason| {
             PluginError::new(
                 self.name.as_ref(),
