@@ -74,8 +74,9 @@ impl<R: Read> LabelSplit<R> {
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| {
                     invalid(format!(
-                        "line {}: label `{text}` is not a number",
-                        self.number
+                        "line {}: label `{}` is not a number",
+                        self.number,
+                        gantry::plugin::error::cap_line(text, 64)
                     ))
                 })?;
             labels.push(value);

@@ -104,13 +104,33 @@ fn outcome(
                 .to_string(),
             None,
         ),
-        (RunEnd::Failed(e), _) => (
-            JobState::Failed,
-            Some(e.clone()),
-            format!("failed: {e}"),
-            None,
-        ),
+        (RunEnd::Failed(e), _) => {
+            // Kept twice (the reason and a log line) and read with every listing: bounded,
+            // whatever a run's error quoted (a review: an 8 MB CSV field, 16 MB a job).
+            let e = cut(&e, MAX_REASON);
+            (
+                JobState::Failed,
+                Some(e.clone()),
+                format!("failed: {e}"),
+                None,
+            )
+        }
     }
+}
+
+/// The longest reason a failed job keeps, bytes (more is cut, and says so).
+pub const MAX_REASON: usize = 4096;
+
+/// `text`, at most `cap` bytes (cut at a character, saying how much went).
+fn cut(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_string();
+    }
+    let mut at = cap;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..at], text.len() - at)
 }
 
 /// Seconds before a command job placed across nodes is queued again ([`Daemon::placed`]).
@@ -666,6 +686,25 @@ mod tests {
         assert!(JobState::Cancelling.holds_gpus());
         assert!(!JobState::Cancelling.may_become(JobState::Succeeded));
         assert!(!JobState::Cancelled.may_become(JobState::Succeeded));
+    }
+
+    /// Found by a review: a run's error quoting an 8 MB CSV field was kept whole as the job's
+    /// reason and again in its log (`gantry.db` grew 16 MB a job, and every listing read it).
+    /// A failed job keeps at most [`MAX_REASON`] bytes of why, and says what was cut.
+    #[test]
+    fn a_failed_jobs_reason_is_bounded() {
+        let t = crate::testing::TestDaemon::new();
+        let (job, control) = t.running("huge");
+        let error = format!("bad field `{}`", "é".repeat(4 << 20));
+        t.daemon
+            .run_ended(&job, &control, true, RunEnd::Failed(error));
+        let stored = t.daemon.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Failed);
+        let reason = stored.reason.unwrap();
+        assert!(reason.len() < MAX_REASON + 64, "{} bytes", reason.len());
+        assert!(reason.starts_with("bad field `éé") && reason.ends_with("more bytes cut)"));
+        let logs = t.daemon.jobs.logs(&job.id).unwrap();
+        assert!(logs.iter().all(|(_, l)| l.len() < MAX_REASON + 64));
     }
 
     /// Issue 11: the cancel handler read the job again to answer, so a run that stopped between

@@ -194,9 +194,14 @@ impl<'a, R: Read> CsvReader<'a, R> {
         let text = record[i].trim();
         match text.parse::<f32>() {
             Ok(v) if v.is_finite() => Ok(v),
+            // The field cut: it may be megabytes, and the message is kept as a job's reason.
             _ => Err(self.invalid(
                 line,
-                format!("{}: `{text}` is not a finite number", self.column(i)),
+                format!(
+                    "{}: `{}` is not a finite number",
+                    self.column(i),
+                    crate::plugin::error::cap_line(text, 64)
+                ),
             )),
         }
     }

@@ -160,9 +160,15 @@ impl RowBudget {
     }
 }
 
+/// Rows scored at once when a run evaluates its held-out rows (whatever its batch size).
+pub const EVAL_BATCH: u64 = 1024;
+
 /// Bytes a job needs, roughly: its rows twice (the loaded data and its shuffled copy), the
-/// parameters four times per replica (weights, gradients and Adam's two moments), and a
-/// batch's activations and their gradients. An estimate, on the high side.
+/// parameters four times per replica (weights, gradients and Adam's two moments) and six times
+/// more for a checkpoint (the snapshot and its bytes), and a batch's activations and their
+/// gradients, the batch being at least what evaluation scores at once ([`EVAL_BATCH`], or the
+/// rows if fewer). An estimate, on the high side: what both the limit check and the daemon's
+/// memory budget go by.
 pub fn memory_estimate(
     rows: u64,
     features: u64,
@@ -172,15 +178,18 @@ pub fn memory_estimate(
     batch: u64,
     replicas: u64,
 ) -> u128 {
+    let rows_u64 = |r: u128| u64::try_from(r).unwrap_or(u64::MAX);
     let rows = u128::from(rows);
-    let data = 2 * rows * u128::from(features + targets) * 4;
+    let data = 2 * rows * u128::from(features.saturating_add(targets)) * 4;
     let mut widths = vec![u128::from(features)];
     widths.extend(hidden.iter().map(|&w| u128::from(w)));
     widths.push(u128::from(outputs));
     let params: u128 = widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum();
     let model = params * 4 * 4 * u128::from(replicas.max(1));
-    let activations = u128::from(batch) * widths.iter().sum::<u128>() * 4 * 3;
-    data + model + activations
+    let checkpoint = params * 4 * 6;
+    let batch = u128::from(batch.max(EVAL_BATCH.min(rows_u64(rows))));
+    let activations = batch * widths.iter().sum::<u128>() * 4 * 3;
+    data + model + checkpoint + activations
 }
 
 /// A field that breaks its limit.
@@ -348,7 +357,7 @@ impl TrainConfig {
             outputs,
             self.batch_size as u64,
             self.devices.replicas as u64,
-        );
+        ) + generator_bytes(s);
         u64::try_from(bytes.div_ceil(1 << 20))
             .unwrap_or(u64::MAX)
             .clamp(1, limits.max_memory_mib.max(1))
@@ -409,6 +418,16 @@ impl TrainConfig {
 
 /// The dense generator holds a centre per class and feature beside the `rows` it draws; the
 /// model comes after, so the two are bounded apart.
+/// What generating synthetic set `s` holds beside its rows: the dense generator's class centres.
+fn generator_bytes(s: &Synthetic) -> u128 {
+    match *s {
+        Synthetic::Dense {
+            inputs, classes, ..
+        } => classes as u128 * inputs as u128 * 4,
+        _ => 0,
+    }
+}
+
 fn dense_within(s: &Synthetic, rows: u128, limits: &TrainLimits) -> Result<(), Bad> {
     let Synthetic::Dense {
         inputs, classes, ..
@@ -416,8 +435,7 @@ fn dense_within(s: &Synthetic, rows: u128, limits: &TrainLimits) -> Result<(), B
     else {
         return Ok(());
     };
-    let centres = classes as u128 * inputs as u128;
-    let mib = ((centres + rows * (inputs as u128 + 1)) * 4).div_ceil(1 << 20);
+    let mib = (generator_bytes(s) + rows * (inputs as u128 + 1) * 4).div_ceil(1 << 20);
     if mib > u128::from(limits.max_memory_mib) {
         return Err((
             "synthetic",
@@ -517,5 +535,51 @@ mod tests {
             assert!(err.contains(needle), "{to}: {err}");
             assert!(err.starts_with("t.toml"), "{err}");
         }
+    }
+
+    /// Found by a review: the memory a run reserved from the daemon's budget (and the limit it
+    /// was checked against) left out what a run holds beyond its batch: the dense generator's
+    /// class centres (8 jobs estimated at 3 MiB took 4.7 GiB), evaluation's batch of 1,024 rows
+    /// (65,536 classes at batch 1: 4.3 MiB estimated, 972 MiB used) and a checkpoint's copies
+    /// of the parameters. One estimate counts them all.
+    #[test]
+    fn the_memory_bound_counts_what_a_run_holds_beyond_its_batch() {
+        let roomy = TrainLimits {
+            max_memory_mib: 1 << 20,
+            ..TrainLimits::default()
+        };
+        let bound = |data: &str, batch: u32| {
+            let text = BASE
+                .replace(
+                    r#"synthetic = { kind = "spirals", classes = 3, rows_per_class = 100 }"#,
+                    data,
+                )
+                .replace("batch_size = 32", &format!("batch_size = {batch}"));
+            TrainConfig::parse_with(&text, Path::new("t.toml"), &roomy)
+                .unwrap()
+                .memory_bound_mib(&roomy)
+        };
+        let centres = bound(
+            r#"synthetic = { kind = "dense", rows = 1, inputs = 65536, classes = 4000 }"#,
+            1,
+        );
+        assert!(
+            centres >= 1000,
+            "4,000 centres of 65,536 features: {centres} MiB"
+        );
+        let scored = bound(
+            r#"synthetic = { kind = "spirals", classes = 65536, rows_per_class = 1 }"#,
+            1,
+        );
+        // Evaluation's 1,024 rows of 65,536 outputs, three buffers of f32.
+        assert!(scored >= 768, "{scored} MiB");
+        let wide = BASE.replace("hidden = [16]", "hidden = [4096, 4096]");
+        let c = TrainConfig::parse_with(&wide, Path::new("t.toml"), &roomy).unwrap();
+        // 16.8 M parameters: 16 bytes each for training, 24 more for a checkpoint.
+        assert!(
+            c.memory_bound_mib(&roomy) >= 640,
+            "{}",
+            c.memory_bound_mib(&roomy)
+        );
     }
 }

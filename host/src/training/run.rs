@@ -514,7 +514,10 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
     fn evaluate(&mut self) -> Result<(Option<Evaluation>, Option<Score>), TrainError> {
         let data = self.data;
         let test = if data.test.rows() > 0 {
-            Some(self.trainer.evaluate(&data.test, 1024)?)
+            Some(
+                self.trainer
+                    .evaluate(&data.test, super::limits::EVAL_BATCH as usize)?,
+            )
         } else {
             None
         };
@@ -522,7 +525,8 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
             Some(t) => Some(Score::new(
                 t.source.clone(),
                 t.data.rows(),
-                self.trainer.evaluate(&t.data, 1024)?,
+                self.trainer
+                    .evaluate(&t.data, super::limits::EVAL_BATCH as usize)?,
             )),
             None => None,
         };
