@@ -1160,6 +1160,57 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     assert!(job["result"]["resumed_at_step"].as_u64() > Some(0), "{job}");
 }
 
+/// Found by a review: runs handed to an agent reserved nothing from the training budget, and
+/// agents held them to the built-in limits, not the operator's: under `gantry up
+/// --emulate-gpus` (its own agent runs the jobs, in its process) three jobs of 673 MiB each
+/// ran at once under a 1,200 MiB budget, and one over `--train-limits` ran. An agent's runs
+/// share its budget (with its daemon, for `gantry up`'s own) and its limits.
+#[test]
+fn an_agents_training_runs_share_the_memory_budget_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(&limits, "max_memory_mib = 100\n").unwrap();
+    let extra = [
+        "--emulate-gpus",
+        "2",
+        "--train-limits",
+        limits.to_str().unwrap(),
+        "--train-memory-mib",
+        "100",
+    ];
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+    // Two hidden layers of 1,024: about 65 MiB each, so two do not fit in 100.
+    let text = crate::daemon::train_toml(2).replace("hidden = [32, 32]", "hidden = [1024, 1024]");
+    assert!(text.contains("[1024, 1024]"), "{text}");
+    for id in ["m1", "m2"] {
+        let job = json!({"id": id, "tenant": "vision", "gpus": 1, "train": text});
+        let (s, v) = submit(&url, &rae, &job);
+        assert_eq!(s, 201, "{v}");
+    }
+    for id in ["m1", "m2"] {
+        let job = crate::support::until_over(&url, &rae, id, std::time::Duration::from_secs(240));
+        assert_eq!(
+            job["state"],
+            "succeeded",
+            "{job}\n{}",
+            log_of(&url, &rae, id)
+        );
+    }
+    let waited = ["m1", "m2"]
+        .iter()
+        .filter(|id| log_of(&url, &rae, id).contains("waiting for memory"))
+        .count();
+    assert_eq!(waited, 1, "one waited for the other");
+    // Over the operator's limits: refused at submission, as the agent would refuse it.
+    let big = crate::daemon::train_toml(2).replace("hidden = [32, 32]", "hidden = [2048, 2048]");
+    let job = json!({"id": "big", "tenant": "vision", "gpus": 1, "train": big});
+    let (s, v) = submit(&url, &rae, &job);
+    assert_eq!(s, 400, "{v}");
+}
+
 /// A CA, a server certificate for loopback and client certificates naming `nodes`, signed by
 /// it, and one naming node-a from a stranger CA: PEM files under `dir` (`ca.pem`, `server.pem`,
 /// `server.key`, `<node>.pem`, `<node>.key`, `stranger.pem`, `stranger.key`).

@@ -72,6 +72,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         trust: Default::default(),
         train_limits: Default::default(),
         train_memory_mib: None,
+        train_budget: None,
         agent_lease: None,
         commands: local_commands(),
         conn_limits: Default::default(),

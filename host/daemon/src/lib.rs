@@ -91,8 +91,11 @@ pub struct DaemonConfig {
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
     /// The memory the daemon's own training runs may take together, MiB ([`budget`]); `None`:
-    /// [`budget::TrainBudget::default_mib`]. At least the limits' `max_memory_mib`.
+    /// [`budget::TrainBudget::total_for`]'s default. At least the limits' `max_memory_mib`.
     pub train_memory_mib: Option<u64>,
+    /// The budget to take that memory from, when this process shares it with a node agent of
+    /// its own (`gantry up` on a GPU machine): one budget for both; `None`: one of its own.
+    pub train_budget: Option<Arc<budget::TrainBudget>>,
     /// How command jobs run: as whom, their wall time, the grace after SIGTERM, their output.
     pub commands: command::CommandLimits,
     /// With node agents: how long a heartbeat's lease lasts; nodes serve only while their agent
@@ -221,7 +224,7 @@ pub struct Daemon {
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
     /// The memory the daemon's own training runs may take together.
-    pub train_budget: budget::TrainBudget,
+    pub train_budget: Arc<budget::TrainBudget>,
     /// How command jobs run.
     pub commands: command::CommandLimits,
     /// What one tenant may have ([`DaemonConfig::tenant_limits`]).
@@ -597,13 +600,13 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
             // Refused when opening a leader; a follower runs no training.
-            train_budget: {
+            train_budget: config.train_budget.clone().unwrap_or_else(|| {
                 let job_mib = config.train_limits.max_memory_mib;
-                budget::TrainBudget::new(
+                Arc::new(budget::TrainBudget::new(
                     budget::TrainBudget::total_for(config.train_memory_mib, job_mib)
                         .unwrap_or(job_mib),
-                )
-            },
+                ))
+            }),
             commands: config.commands.clone(),
             tenant_limits: config.tenant_limits,
             dataset_inserts: Mutex::new(()),

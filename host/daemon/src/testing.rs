@@ -61,6 +61,7 @@ impl TestDaemon {
             trust: Default::default(),
             train_limits,
             train_memory_mib,
+            train_budget: None,
             agent_lease,
             agent_here: false,
             commands: Default::default(),

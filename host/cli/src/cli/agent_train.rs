@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use gantry::training::checkpoint::{self, Checkpoint};
 use gantry::training::device::Placed;
-use gantry::training::{self, CheckpointSink, Hooks, Job, Progress, TrainError, TrainLimits};
+use gantry::training::{self, CheckpointSink, Hooks, Job, Progress, TrainError};
 use gantry_daemon::lifecycle::RunEnd;
 use gantry_daemon::nodes::{HandedRun, MAX_REPORTED_STEPS};
 
-use super::daemon::{AgentSink, Client, call_bytes};
+use super::daemon::{AgentSink, Client, Training, call_bytes};
 
 /// How often steps are reported (and a stop asked for is heard).
 const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -24,9 +24,10 @@ pub(super) fn train(
     run: &HandedRun,
     text: &str,
     emulated: bool,
+    training: &Training,
     sink: &AgentSink<'_>,
 ) -> RunEnd {
-    match train_run(client, node, run, text, emulated, sink) {
+    match train_run(client, node, run, text, emulated, training, sink) {
         Ok(o) => {
             let mut result = gantry_daemon::runner::result_json(&o);
             result["ran_on"] = serde_json::json!({"node": node, "gpus": run.gpu_ids,
@@ -48,11 +49,38 @@ fn train_run(
     run: &HandedRun,
     text: &str,
     emulated: bool,
+    training: &Training,
     sink: &AgentSink<'_>,
 ) -> Result<training::Outcome, TrainError> {
-    let limits = TrainLimits::default();
+    let limits = &training.limits;
     // Checked here too, against this agent's limits: the run trusts no one's parse.
-    let config = gantry_daemon::runner::train_config(&limits, &run.job, text)?;
+    let config = gantry_daemon::runner::train_config(limits, &run.job, text)?;
+    // What it may need, from the memory this agent's runs share (its daemon's too, for the
+    // agent `gantry up` runs): held until the run ends.
+    let mib = config.memory_bound_mib(limits);
+    let budget = &training.budget;
+    let reserved = budget.reserve(
+        mib,
+        || sink.stopping(),
+        |used| {
+            sink.log_line(&format!(
+                "waiting for memory: it may need {mib} MiB, and node {node}'s training runs \
+                 have {used} of their {} MiB (--train-memory-mib)",
+                budget.total_mib()
+            ))
+        },
+    );
+    let _reserved = match reserved {
+        Ok(Some(reserved)) => reserved,
+        Ok(None) => return Err(TrainError::Stopped { step: 0 }),
+        Err(e) => {
+            return Err(TrainError::Invalid {
+                path: std::path::PathBuf::from(format!("job {}: train", run.job)),
+                line: None,
+                message: e,
+            });
+        }
+    };
     let at = RunAt {
         client,
         query: format!("job={}&attempt={}", run.job, run.attempt),
@@ -67,9 +95,9 @@ fn train_run(
                 Some(_) => 0,
                 None => config.data.label_column.unwrap_or(0),
             };
-            gantry_daemon::runner::stored_rows(input, name, label, &config, &limits)?
+            gantry_daemon::runner::stored_rows(input, name, label, &config, limits)?
         }
-        None => training::data::load(&config, &limits)?,
+        None => training::data::load(&config, limits)?,
     };
     let ordinals = gantry_daemon::command::visible_devices(&run.gpu_ids)
         .map_err(TrainError::Unavailable)?
@@ -84,7 +112,7 @@ fn train_run(
         sink,
         steps: &steps,
     };
-    let job = Job::placed(config, data, &placed, &limits)?.resume_from(checkpoints.newest()?);
+    let job = Job::placed(config, data, &placed, limits)?.resume_from(checkpoints.newest()?);
     sink.log_line(&format!(
         "training on node {node}, GPUs {} ({}), data: {}",
         run.gpu_ids.join(", "),
@@ -276,7 +304,8 @@ mod tests {
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 });
             }
-            train(&client, "node-a", &run, text, true, &sink)
+            let training = Training::of(None, None).unwrap();
+            train(&client, "node-a", &run, text, true, &training, &sink)
         })
     }
 

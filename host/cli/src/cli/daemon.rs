@@ -263,6 +263,9 @@ impl LocalNode {
             job_uids: args.job_uids,
             kill_grace_s: args.kill_grace_s,
             max_job_pids: args.max_job_pids,
+            train_limits: None,
+            train_memory_mib: None,
+            training: None,
             client: Client {
                 url: format!("{scheme}://{host}:{}", addr.port()),
                 token,
@@ -319,8 +322,48 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
           value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     max_job_pids: u64,
+    /// Size limits of the training runs this agent is handed (TOML, as `gantry up
+    /// --train-limits`); default: the built-in ones.
+    #[arg(long, value_name = "LIMITS.toml")]
+    train_limits: Option<PathBuf>,
+    /// The memory this agent's training runs may take together, MiB (a run waits while the
+    /// others leave no room); at least one job's `max_memory_mib`. Default: three quarters of
+    /// this machine's memory.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib: Option<u64>,
+    /// Given by `gantry up` to its own agent: the daemon's limits and budget.
+    #[arg(skip)]
+    training: Option<Training>,
     #[command(flatten)]
     client: Client,
+}
+
+/// What training runs in one process are held to: the limits of each, and one memory budget
+/// for them all ([`gantry_daemon::budget`]).
+#[derive(Debug, Clone)]
+pub(super) struct Training {
+    pub(super) limits: gantry::training::TrainLimits,
+    pub(super) budget: std::sync::Arc<gantry_daemon::budget::TrainBudget>,
+}
+
+impl Training {
+    /// From `--train-limits` and `--train-memory-mib`.
+    pub(super) fn of(
+        limits: Option<&std::path::Path>,
+        memory_mib: Option<u64>,
+    ) -> anyhow::Result<Training> {
+        let limits = match limits {
+            Some(path) => gantry::training::TrainLimits::load(path)?,
+            None => Default::default(),
+        };
+        let total =
+            gantry_daemon::budget::TrainBudget::total_for(memory_mib, limits.max_memory_mib)
+                .map_err(anyhow::Error::msg)?;
+        Ok(Training {
+            limits,
+            budget: std::sync::Arc::new(gantry_daemon::budget::TrainBudget::new(total)),
+        })
+    }
 }
 
 /// `gantry user ...`: offline commands on the data directory (refused while a daemon holds it),
@@ -558,6 +601,9 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The daemon's training runs and its own agent's (on this machine's GPUs) share one
+    // budget and one set of limits.
+    let training = Training::of(args.train_limits.as_deref(), args.train_memory_mib)?;
     let config = DaemonConfig {
         data_dir: args.dir.path()?,
         listen: args.listen,
@@ -567,11 +613,9 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         client_ca: args.client_ca.clone(),
         insecure: args.insecure,
         trust: ctx.trust.clone(),
-        train_limits: match &args.train_limits {
-            Some(path) => gantry::training::TrainLimits::load(path)?,
-            None => Default::default(),
-        },
+        train_limits: training.limits.clone(),
         train_memory_mib: args.train_memory_mib,
+        train_budget: Some(training.budget.clone()),
         conn_limits: gantry_daemon::serve::ConnLimits {
             max_connections: args.max_connections,
             max_connections_per_source: args.max_connections_per_source,
@@ -624,7 +668,8 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     let start = {
         let (quit, thread) = (quit.clone(), thread.clone());
         move |addr: SocketAddr| {
-            let agent = node.agent_args(&args, addr, token);
+            let mut agent = node.agent_args(&args, addr, token);
+            agent.training = Some(training.clone());
             eprintln!(
                 "this machine's agent: node {}, {} GPU(s) ({})",
                 node.name,
@@ -1285,6 +1330,10 @@ fn run_agent_until(
     use std::sync::atomic::Ordering;
 
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
+    let training = match args.training.clone() {
+        Some(shared) => shared,
+        None => Training::of(args.train_limits.as_deref(), args.train_memory_mib)?,
+    };
     let limits = command_limits(
         args.job_user.as_deref(),
         args.job_uids,
@@ -1319,6 +1368,7 @@ fn run_agent_until(
         client: args.client.clone(),
         name: args.node.clone(),
         limits,
+        training,
         cgroups,
         emulated: devices.emulated(),
         ends: ends.clone(),
@@ -1700,6 +1750,8 @@ struct AgentNode {
     /// The node's name.
     name: String,
     limits: gantry_daemon::command::CommandLimits,
+    /// What its training runs are held to.
+    training: Training,
     cgroups: Option<gantry_daemon::cgroup::Cgroups>,
     /// Whether its GPUs are emulated.
     emulated: bool,
@@ -1767,7 +1819,9 @@ fn agent_run(agent: &AgentNode, run: &gantry_daemon::nodes::HandedRun, flags: &R
             };
             gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user")
         }
-        (None, Some(text)) => super::agent_train::train(client, node, run, text, emulated, &sink),
+        (None, Some(text)) => {
+            super::agent_train::train(client, node, run, text, emulated, &agent.training, &sink)
+        }
         (None, None) => gantry_daemon::lifecycle::RunEnd::Failed(
             "the control plane handed a run with nothing to run".into(),
         ),
