@@ -104,6 +104,18 @@ impl TrainBudget {
     }
 }
 
+impl TrainBudget {
+    /// Reserves `mib` if there is room now; `None` if not.
+    pub fn try_reserve(&self, mib: u64) -> Option<Reserved<'_>> {
+        let mut used = self.used();
+        if used.saturating_add(mib) > self.total_mib {
+            return None;
+        }
+        *used += mib;
+        Some(Reserved { budget: self, mib })
+    }
+}
+
 /// This machine's memory in MiB (`MemTotal` of `/proc/meminfo`), where it says.
 fn machine_mib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -157,6 +169,10 @@ mod tests {
         });
         assert_eq!(*told.lock().unwrap(), [6]);
         assert_eq!(*budget.used(), 0, "every reservation given back");
+        let held = budget.try_reserve(7).expect("room");
+        assert!(budget.try_reserve(4).is_none(), "no room now");
+        drop(held);
+        assert!(budget.try_reserve(10).is_some());
         assert!(TrainBudget::total_for(None, 8192).unwrap() >= 8192);
         assert_eq!(TrainBudget::total_for(Some(9000), 8192), Ok(9000));
         let refused = TrainBudget::total_for(Some(10), 8192).unwrap_err();

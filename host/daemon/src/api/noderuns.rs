@@ -84,14 +84,18 @@ pub(super) async fn dataset(
     query: RunQueryResult,
     caller: Caller,
 ) -> ApiResult<Response> {
-    let holder = node.clone();
+    // The slot first: the preprocessing below is as costly as the transfer.
+    let transfer = state.node_transfers.slot(&node).await?;
     let reader = caller
         .then(&state, move |state, user| {
             let query = query_of(query)?;
             let (job, config) = handed(state, &user, &node, &query)?;
-            super::cluster::agents(&state.daemon)?
-                .count_fetch(&node, &job.id, query.attempt)
-                .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))?;
+            // Counted once it is served (a fetch told to try again is not).
+            let count = || {
+                super::cluster::agents(&state.daemon)?
+                    .count_fetch(&node, &job.id, query.attempt)
+                    .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))
+            };
             let name = config.data.dataset.clone().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -100,12 +104,27 @@ pub(super) async fn dataset(
             })?;
             let daemon = &state.daemon;
             if let Some(plugin) = &config.data.preprocess {
+                // What the plugin makes of the dataset is known once it has run: the most a job
+                // may take, from the daemon's training memory, or try again later (no waiting
+                // here, on a blocking thread every request shares).
+                let budget = &daemon.train_budget;
+                let _reserved = budget
+                    .try_reserve(daemon.train_limits.max_memory_mib)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the control plane's training memory is taken (--train-memory-mib): \
+                         try again shortly",
+                        )
+                    })?;
+                count()?;
                 let records =
                     crate::runner::preprocessed_records(daemon, &job, &config, &name, plugin)
                         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
                 let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(records));
                 return Ok(reader);
             }
+            count()?;
             let record = daemon
                 .datasets
                 .dataset(&crate::db::key(&job.tenant, &name))?
@@ -121,7 +140,6 @@ pub(super) async fn dataset(
             Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
         })
         .await?;
-    let transfer = state.node_transfers.slot(&holder).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         crate::body::from_reader(reader, transfer),
