@@ -77,11 +77,12 @@ impl Cluster {
         if self.nodes.iter().any(|n| n.name == name) {
             return Err(format!("a node `{name}` exists"));
         }
-        if let Some((id, ..)) = gpus
-            .iter()
-            .find(|(id, ..)| self.gpus.iter().any(|g| &g.id == id))
-        {
-            return Err(format!("a GPU `{id}` exists"));
+        // One pass over the GPUs there are (a node registers under the host's write lock, and
+        // comparing each new id with every GPU was O(new x all)).
+        let new: std::collections::HashSet<&str> =
+            gpus.iter().map(|(id, ..)| id.as_str()).collect();
+        if let Some(g) = self.gpus.iter().find(|g| new.contains(g.id.as_str())) {
+            return Err(format!("a GPU `{}` exists", g.id));
         }
         let index = |list: &mut Vec<String>, value: &str| match list.iter().position(|v| v == value)
         {
