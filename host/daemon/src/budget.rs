@@ -3,7 +3,8 @@
 //! (the built-in one has 256), so without a bound of the whole a tenant's few large jobs, all
 //! placed at once, took more memory than the machine has and the daemon down with them. A run
 //! reserves what its configuration may need before it starts, and waits (still `scheduled`)
-//! while the reservations of the runs going on leave no room for it.
+//! while the reservations of the runs going on leave no room for it. Waiters are served in the
+//! order they came: a large run is not passed for ever by small ones that fit before it.
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -12,8 +13,16 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct TrainBudget {
     total_mib: u64,
-    used_mib: Mutex<u64>,
+    used_mib: Mutex<Ledger>,
     freed: Condvar,
+}
+
+/// What is reserved, and who waits, in order.
+#[derive(Debug, Default)]
+struct Ledger {
+    used: u64,
+    next: u64,
+    waiting: std::collections::VecDeque<u64>,
 }
 
 /// A run's reservation, given back when dropped.
@@ -25,9 +34,9 @@ pub struct Reserved<'a> {
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        let mut used = self.budget.used();
-        *used = used.saturating_sub(self.mib);
-        drop(used);
+        let mut ledger = self.budget.ledger();
+        ledger.used = ledger.used.saturating_sub(self.mib);
+        drop(ledger);
         self.budget.freed.notify_all();
     }
 }
@@ -40,7 +49,7 @@ impl TrainBudget {
     pub fn new(total_mib: u64) -> TrainBudget {
         TrainBudget {
             total_mib,
-            used_mib: Mutex::new(0),
+            used_mib: Mutex::new(Ledger::default()),
             freed: Condvar::new(),
         }
     }
@@ -64,7 +73,7 @@ impl TrainBudget {
         self.total_mib
     }
 
-    fn used(&self) -> std::sync::MutexGuard<'_, u64> {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.used_mib.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -85,21 +94,32 @@ impl TrainBudget {
             ));
         }
         let mut waiting = Some(waiting);
-        let mut used = self.used();
-        while *used + mib > self.total_mib {
+        let mut ledger = self.ledger();
+        let ticket = ledger.next;
+        ledger.next += 1;
+        ledger.waiting.push_back(ticket);
+        // Its turn: first in line, and room for it.
+        while ledger.waiting.front() != Some(&ticket) || ledger.used + mib > self.total_mib {
             if stopping() {
+                ledger.waiting.retain(|t| *t != ticket);
+                drop(ledger);
+                self.freed.notify_all();
                 return Ok(None);
             }
             if let Some(tell) = waiting.take() {
-                tell(*used);
+                tell(ledger.used);
             }
-            used = self
+            ledger = self
                 .freed
-                .wait_timeout(used, LOOK)
+                .wait_timeout(ledger, LOOK)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        *used += mib;
+        ledger.waiting.pop_front();
+        ledger.used += mib;
+        drop(ledger);
+        // The next in line may fit too.
+        self.freed.notify_all();
         Ok(Some(Reserved { budget: self, mib }))
     }
 }
@@ -107,11 +127,12 @@ impl TrainBudget {
 impl TrainBudget {
     /// Reserves `mib` if there is room now; `None` if not.
     pub fn try_reserve(&self, mib: u64) -> Option<Reserved<'_>> {
-        let mut used = self.used();
-        if used.saturating_add(mib) > self.total_mib {
+        let mut ledger = self.ledger();
+        // Not ahead of those waiting in line.
+        if !ledger.waiting.is_empty() || ledger.used.saturating_add(mib) > self.total_mib {
             return None;
         }
-        *used += mib;
+        ledger.used += mib;
         Some(Reserved { budget: self, mib })
     }
 }
@@ -168,7 +189,8 @@ mod tests {
             assert_eq!(waiter.join().unwrap(), Some(5));
         });
         assert_eq!(*told.lock().unwrap(), [6]);
-        assert_eq!(*budget.used(), 0, "every reservation given back");
+        assert_eq!(budget.ledger().used, 0, "every reservation given back");
+        assert!(budget.ledger().waiting.is_empty());
         let held = budget.try_reserve(7).expect("room");
         assert!(budget.try_reserve(4).is_none(), "no room now");
         drop(held);
@@ -180,5 +202,42 @@ mod tests {
             refused.contains("--train-memory-mib 10 is below"),
             "{refused}"
         );
+    }
+
+    /// Waiters are served in the order they came: a large run first in line is not passed by
+    /// small ones that would fit before it (it would wait for ever behind a stream of them).
+    #[test]
+    fn a_large_run_first_in_line_is_not_passed_by_small_ones() {
+        let budget = TrainBudget::new(10);
+        let held = budget.reserve(6, || false, |_| {}).unwrap().unwrap();
+        let order = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let large = s.spawn(|| {
+                let r = budget.reserve(8, || false, |_| {}).unwrap().unwrap();
+                order.lock().unwrap().push("large");
+                std::thread::sleep(Duration::from_millis(100));
+                drop(r);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            let small = s.spawn(|| {
+                // 6 + 3 fit now, but not beside the large one's 8 once it is in.
+                let r = budget.reserve(3, || false, |_| {}).unwrap().unwrap();
+                order.lock().unwrap().push("small");
+                drop(r);
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                order.lock().unwrap().is_empty(),
+                "the small one fits, but waits its turn"
+            );
+            assert!(
+                budget.try_reserve(1).is_none(),
+                "nor does anyone jump the line"
+            );
+            drop(held);
+            large.join().unwrap();
+            small.join().unwrap();
+        });
+        assert_eq!(*order.lock().unwrap(), ["large", "small"]);
     }
 }
