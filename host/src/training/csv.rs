@@ -50,6 +50,7 @@ impl<'a, R: Read> CsvReader<'a, R> {
         let has_header = !matches!(targets, Targets::Index(_));
         let records = ::csv::ReaderBuilder::new()
             .has_headers(has_header)
+            .buffer_capacity(READ_AHEAD)
             .from_reader(Bounded::new(input));
         let mut reader = Self {
             source,
@@ -78,22 +79,24 @@ impl<'a, R: Read> CsvReader<'a, R> {
             Targets::Index(_) => unreachable!("records without a header have no names"),
         };
         let most = self.budget.max_features() + named.len() as u64;
-        let header: Vec<String> = match self.records.headers() {
+        let max_features = self.budget.max_features();
+        let header = match self.records.headers() {
             // Counted before a name is copied: a header of 200 million one-letter columns
             // took 16 GB.
-            Ok(h) if h.len() as u64 > most => {
-                let m = format!(
-                    "the header has {} columns, more than the limit of {} features and {} \
-                     target(s)",
-                    h.len(),
-                    self.budget.max_features(),
-                    named.len()
-                );
-                return Err(self.invalid(Some(1), m));
-            }
-            Ok(h) => h.iter().map(|h| h.trim().to_string()).collect(),
-            Err(e) => return Err(self.invalid(Some(1), format!("unreadable header: {e}"))),
+            Ok(h) if h.len() as u64 > most => Err(format!(
+                "the header has {} columns, more than the limit of {max_features} features and \
+                 {} target(s)",
+                h.len(),
+                named.len()
+            )),
+            Ok(h) => Ok(h.iter().map(|h| h.trim().to_string()).collect::<Vec<_>>()),
+            Err(e) => Err(format!("unreadable header: {e}")),
         };
+        let next = self.records.position().clone();
+        let header = (self.records.get_mut().next_record_at(&next))
+            .map_err(|line| format!("unreadable header: {}", too_long(line)))
+            .and(header)
+            .map_err(|m| self.invalid(Some(1), m))?;
         let mut target_at = Vec::new();
         for t in named {
             match header.iter().position(|h| h == t) {
@@ -126,7 +129,12 @@ impl<'a, R: Read> CsvReader<'a, R> {
         let mut data = Dataset::default();
         let mut record = ::csv::StringRecord::new();
         loop {
-            match self.records.read_record(&mut record) {
+            let read = self.records.read_record(&mut record);
+            let next = self.records.position().clone();
+            if let Err(line) = self.records.get_mut().next_record_at(&next) {
+                return Err(self.invalid(Some(line), too_long(line)));
+            }
+            match read {
                 Ok(true) => self.row(&record, &mut data)?,
                 Ok(false) => break,
                 Err(e) => {
@@ -244,17 +252,22 @@ impl<'a, R: Read> CsvReader<'a, R> {
     }
 }
 
-/// The feature columns (every one but the targets, in order) and the target columns.
-/// The input of the CSV parser, failing at a record longer than
-/// [`crate::pipeline::MAX_RECORD_BYTES`] (bytes between newlines outside quotes, as the parser
-/// reads them): the parser keeps a record whole, so one line without a newline was read into
-/// memory entire (a 400 MB line took 2.4 GB).
+/// How much the parser reads ahead of the record it is parsing (its buffer's capacity).
+const READ_AHEAD: usize = 64 << 10;
+
+/// The input of the CSV parser, failing once the record being parsed is longer than
+/// [`crate::pipeline::MAX_RECORD_BYTES`]: the parser keeps a record whole, so one line without
+/// a newline was read into memory entire (a 400 MB line took 2.4 GB). Where a record starts is
+/// the parser's own answer ([`CsvReader`] tells this after each record), never a second reading
+/// of quotes and newlines: one that read them differently (a stray quote in an unquoted field
+/// toggled it) let the parser read a 200 MB quoted field while the count restarted at every
+/// newline.
 pub(crate) struct Bounded<R> {
     inner: R,
-    /// Bytes of the record being read so far.
-    run: usize,
-    quoted: bool,
-    /// The line its record starts on.
+    /// Bytes read from `inner` so far.
+    read: u64,
+    /// Where the record being parsed starts (a byte offset) and its line, as the parser said.
+    start: u64,
     line: u64,
 }
 
@@ -262,9 +275,22 @@ impl<R> Bounded<R> {
     fn new(inner: R) -> Self {
         Self {
             inner,
-            run: 0,
-            quoted: false,
+            read: 0,
+            start: 0,
             line: 1,
+        }
+    }
+
+    /// The parser has finished a record: the next starts at `position`. An error (the line it
+    /// started on) when the one finished was longer than the bound: the read-ahead let it
+    /// through whole.
+    fn next_record_at(&mut self, position: &::csv::Position) -> Result<(), u64> {
+        let (length, line) = (position.byte().saturating_sub(self.start), self.line);
+        self.start = position.byte();
+        self.line = position.line();
+        match length > crate::pipeline::MAX_RECORD_BYTES as u64 {
+            true => Err(line),
+            false => Ok(()),
         }
     }
 }
@@ -272,34 +298,28 @@ impl<R> Bounded<R> {
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        for &b in &buf[..n] {
-            match b {
-                // A doubled quote (an escaped one) toggles twice: the state stays right.
-                b'"' => self.quoted = !self.quoted,
-                b'\n' if !self.quoted => {
-                    self.run = 0;
-                    self.line += 1;
-                    continue;
-                }
-                _ => {}
-            }
-            self.run += 1;
-            if self.run > crate::pipeline::MAX_RECORD_BYTES {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the record from line {} is longer than {} bytes, the most a record may \
-                         hold",
-                        self.line,
-                        crate::pipeline::MAX_RECORD_BYTES
-                    ),
-                ));
-            }
+        self.read += n as u64;
+        // The parser holds at most its record and what it read ahead: past both, the record
+        // itself is longer than the bound.
+        if self.read - self.start > (crate::pipeline::MAX_RECORD_BYTES + READ_AHEAD) as u64 {
+            let message = too_long(self.line);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                message,
+            ));
         }
         Ok(n)
     }
 }
 
+fn too_long(line: u64) -> String {
+    format!(
+        "the record from line {line} is longer than {} bytes, the most a record may hold",
+        crate::pipeline::MAX_RECORD_BYTES
+    )
+}
+
+/// The feature columns (every one but the targets, in order) and the target columns.
 fn split_columns(width: usize, target_at: Vec<usize>) -> (Vec<usize>, Vec<usize>) {
     let features = (0..width).filter(|i| !target_at.contains(i)).collect();
     (features, target_at)
@@ -394,5 +414,36 @@ mod tests {
             "d.csv:1: the header has 6 columns, more than the limit of 3 features and 1 target(s)"
         );
         assert!(read("a,b,c,y\n1,2,3,4\n", Targets::Label("y"), &narrow).is_ok());
+    }
+
+    /// Found by a hostile file: the bound kept its own reading of quotes, toggled by any quote,
+    /// where the parser opens a quoted field only at a field's start. A stray quote in an
+    /// unquoted field put the two out of step, and the parser then read a quoted field of any
+    /// size while the bound restarted at every newline.
+    #[test]
+    fn a_stray_quote_cannot_put_the_record_bound_out_of_step_with_the_parser() {
+        let limits = TrainLimits::default();
+        let over = 2 * crate::pipeline::MAX_RECORD_BYTES as u64;
+        let read_from = |input: Box<dyn Read>, targets| {
+            CsvReader::new(input, Path::new("d.csv"), targets, None, &limits)
+                .and_then(CsvReader::read)
+                .unwrap_err()
+                .to_string()
+        };
+        let field = |head: &'static [u8]| Box::new(head.chain(std::io::repeat(b'\n').take(over)));
+        let e = read_from(field(b"x\"z,y\n\""), Targets::Label("y"));
+        assert!(e.contains("the record from line 2 is longer than"), "{e}");
+        let e = read_from(field(b"x,y,q\"\n1,2,3\n\""), Targets::Label("y"));
+        assert!(e.contains("the record from line 3 is longer than"), "{e}");
+    }
+
+    /// The parser ends a record at a lone carriage return too: a file with such line ends is
+    /// not one long record.
+    #[test]
+    fn records_ended_by_carriage_returns_are_each_bounded_not_the_file() {
+        let rows = crate::pipeline::MAX_RECORD_BYTES / 8 + 1;
+        let text = format!("x,y\r{}", "1.5,1\r".repeat(rows));
+        let d = read(&text, Targets::Label("y"), &TrainLimits::default()).unwrap();
+        assert_eq!(d.rows(), rows);
     }
 }
