@@ -26,7 +26,7 @@ pub mod testing;
 mod types;
 pub mod world;
 
-pub use check::validate;
+pub use check::{Checker, validate};
 pub use types::{
     Allocation, Gpu, Gpus, Job, Jobs, Node, Placement, Snapshot, Tenant, Topology, UnknownTopology,
 };

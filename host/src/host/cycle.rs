@@ -150,20 +150,23 @@ impl Host {
             .map(|(i, p)| (p.key, i as u32))
             .collect();
         let mut kept = Vec::with_capacity(placements.len());
+        // Each checked once beside those kept (not all kept again per placement).
+        let mut checker = gantry_model::Checker::new(&snap, &queue);
         for p in placements {
             let Some(&job) = position.get(&job_keys[p.job as usize]) else {
                 tracing::warn!("placement dropped: its job left the queue during the cycle");
                 continue;
             };
             let id = &self.state.pending[job as usize].spec.id;
-            kept.push(Placement { job, gpus: p.gpus });
-            if let Err(reason) = validate::validate(&snap, &queue, &kept) {
-                kept.pop();
+            let p = Placement { job, gpus: p.gpus };
+            if let Err(reason) = checker.add(kept.len(), &p) {
                 tracing::warn!(
                     job = %id,
                     "placement dropped: the state changed during the cycle ({reason})"
                 );
+                continue;
             }
+            kept.push(p);
         }
         kept
     }

@@ -193,4 +193,35 @@ proptest! {
             }
         }
     }
+
+    /// The host re-checks an answer against a state that changed by keeping what passes one
+    /// placement at a time. It checked the whole kept answer again per placement (quadratic
+    /// under the host's lock); `Checker` checks each once and leaves nothing of a refused one:
+    /// it keeps exactly what the whole-answer check would.
+    #[test]
+    fn checking_one_at_a_time_keeps_what_checking_the_whole_answer_keeps(
+        setup in setup(),
+        columns in columns(),
+    ) {
+        let state = state(&setup);
+        let (snap, queue) = snapshot::build(&state, 0.0);
+        let Ok(placements) = wire::placements(answer(&columns, &snap, &queue)) else {
+            return Ok(());
+        };
+        let (mut whole, mut one) = (Vec::new(), Vec::new());
+        let mut checker = gantry_model::Checker::new(&snap, &queue);
+        for p in placements {
+            whole.push(p.clone());
+            let by_whole = validate(&snap, &queue, &whole);
+            if by_whole.is_err() {
+                whole.pop();
+            }
+            let by_one = checker.add(one.len(), &p);
+            if by_one.is_ok() {
+                one.push(p);
+            }
+            prop_assert_eq!(by_whole.is_ok(), by_one.is_ok(), "{:?} {:?}", by_whole, by_one);
+        }
+        prop_assert_eq!(whole, one);
+    }
 }
