@@ -244,6 +244,15 @@ pub enum AuditError {
     /// The log was closed; nothing more is appended.
     #[error("{0}: the audit log is closed")]
     Closed(PathBuf),
+    /// A failed write left part of an entry that could not be cut off again: nothing more is
+    /// appended until the log is opened again (which cuts it).
+    #[error("{path}: a failed write left a partial entry that could not be cut off ({error})")]
+    Broken {
+        /// The log.
+        path: PathBuf,
+        /// Why it could not be cut off.
+        error: String,
+    },
 }
 
 /// What the writer of a log expects of it when it opens it: the latest sealed position it
@@ -329,6 +338,10 @@ pub struct AuditLog {
 /// The appending end of the log.
 struct Tail {
     file: File,
+    /// The log's length: whole entries only.
+    bytes: u64,
+    /// Why appends are refused after a failed write could not be undone.
+    broken: Option<String>,
     seq: u64,
     prev: String,
     since_checkpoint: u64,
@@ -393,6 +406,7 @@ impl AuditLog {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(path).map_err(io)?;
+        let bytes = file.metadata().map_err(io)?.len();
         let sync_file = file.try_clone().map_err(io)?;
         let report = &found.report;
         let log = Self {
@@ -400,6 +414,8 @@ impl AuditLog {
             key,
             tail: Mutex::new(Tail {
                 file,
+                bytes,
+                broken: None,
                 seq: report.entries,
                 prev: found.prev.clone(),
                 since_checkpoint: report.unsigned_tail,
@@ -508,6 +524,12 @@ impl AuditLog {
         if tail.closed {
             return Err(AuditError::Closed(self.path.clone()));
         }
+        if let Some(error) = &tail.broken {
+            return Err(AuditError::Broken {
+                path: self.path.clone(),
+                error: error.clone(),
+            });
+        }
         let seq = tail.seq + 1;
         let mut entry = Entry {
             seq,
@@ -536,10 +558,18 @@ impl AuditLog {
         }
         let hash = sha256_hex(&line);
         line.push(b'\n');
-        tail.file.write_all(&line).map_err(|error| AuditError::Io {
-            path: self.path.clone(),
-            error,
-        })?;
+        if let Err(error) = tail.file.write_all(&line) {
+            // Part of the line may be written (a full disk): cut back to the last whole entry,
+            // or every later one would follow a fragment and the log would no longer open.
+            if let Err(e) = tail.file.set_len(tail.bytes) {
+                tail.broken = Some(e.to_string());
+            }
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                error,
+            });
+        }
+        tail.bytes += line.len() as u64;
         tail.seq = seq;
         if kind == "checkpoint" {
             tail.since_checkpoint = 0;

@@ -561,3 +561,61 @@ fn concurrent_appends_share_syncs_and_the_log_verifies() {
         .count();
     assert_eq!(events, threads * each, "{report:?}");
 }
+
+/// Found by a review: a write the disk could not take whole (a full disk) left part of an
+/// entry in the log, and the next entry, once there was room again, followed that fragment in
+/// the middle of the file: the log no longer verified, and the daemon no longer started on it.
+/// A failed write is cut back to the last whole entry.
+#[test]
+fn a_write_the_disk_cannot_take_whole_leaves_no_fragment_before_the_next_entry() {
+    // A file size limit (RLIMIT_FSIZE) stands in for the full disk: it is the whole process's,
+    // so the test runs again in a process of its own.
+    const CHILD: &str = "GANTRY_TEST_AUDIT_FSIZE_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let name =
+            "audit::a_write_the_disk_cannot_take_whole_leaves_no_fragment_before_the_next_entry";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(&path, key(dir.path(), "host.pk8")).unwrap();
+    log.append("plugin.load", serde_json::json!({"plugin": "binpack"}))
+        .unwrap();
+    let written = std::fs::metadata(&path).unwrap().len();
+    let limit = |soft: libc::rlim_t| {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `l` is a valid rlimit for both calls; this process alone runs this test.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut l), 0);
+            l.rlim_cur = soft;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &l), 0);
+        }
+    };
+    // SAFETY: ignoring a signal; the write past the limit then fails with EFBIG instead.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    limit(written + 100);
+    let big = serde_json::json!({"plugin": "x".repeat(400)});
+    let e = log.append("plugin.load", big).unwrap_err();
+    assert!(matches!(e, AuditError::Io { .. }), "{e}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        written,
+        "the part written was cut off"
+    );
+    limit(libc::RLIM_INFINITY);
+    log.append("policy.swap", serde_json::json!({"revision": "r2"}))
+        .unwrap();
+    log.close().unwrap();
+    let report = audit::verify(&path, None).unwrap();
+    assert_eq!(report.unsigned_tail, 0);
+}
