@@ -472,13 +472,22 @@ fn a_key_rotation_killed_at_random_points_loses_nothing() {
 /// Issue 10, section 3: the database and the audit log were 0644 in a 0755 directory.
 #[test]
 fn the_data_directory_its_database_and_audit_log_are_private() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    // Found by a review: key files left readable by others (a copy, an editor) stayed so.
+    let keys: Vec<PathBuf> = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(keys.len() >= 3, "{keys:?}");
+    for key in &keys {
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let daemon = Daemon::start(&data, &shared_cache());
     let body = json!({"id": "j", "tenant": "vision", "gpus": 1});
     assert_eq!(submit(&daemon.url, &ada, &body).0, 201);
-    use std::os::unix::fs::PermissionsExt;
     let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(data.clone()), 0o700);
     for f in [
@@ -490,6 +499,46 @@ fn the_data_directory_its_database_and_audit_log_are_private() {
     ] {
         assert_eq!(mode(data.join(f)), 0o600, "{f}");
     }
+    for key in keys {
+        assert_eq!(mode(key.clone()), 0o600, "{}", key.display());
+    }
+}
+
+/// Found by a review: a data directory whose database was gone (a restore interrupted between
+/// setting the old one aside and moving the backup in, a mistake) started as a new, empty
+/// installation: every user, token, job and dataset record silently gone. And `gantry db check`
+/// on a directory without one created it. Both refuse now, naming the way back.
+#[test]
+fn a_data_directory_that_lost_its_database_is_refused_not_started_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    add_user(&data, "ada", "researcher", "vision", "public");
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data.join(format!("gantry.db{suffix}"));
+        if from.exists() {
+            std::fs::rename(&from, data.join(format!("gantry.db.damaged-1{suffix}"))).unwrap();
+        }
+    }
+    let e = start_refused(&data, &[]);
+    assert!(
+        e.contains("no such database, but this data directory was used")
+            && e.contains("gantry db restore"),
+        "{e}"
+    );
+    assert!(
+        !data.join("gantry.db").exists(),
+        "no empty database in its place"
+    );
+    let out = gantry(
+        &["db", "check", "--data-dir", data.to_str().unwrap()],
+        &shared_cache(),
+    );
+    let (_, e) = text(&out);
+    assert!(
+        !out.status.success() && e.contains("no such database"),
+        "{e}"
+    );
+    assert!(!data.join("gantry.db").exists());
 }
 
 /// A job's state column, as it is in the database file: one bit flipped in every copy.

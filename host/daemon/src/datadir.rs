@@ -109,7 +109,18 @@ impl DataDir {
     pub fn open_with(store: Store, holder: &str) -> Result<DataDir, DataDirError> {
         let root = &store.root().to_path_buf();
         make_private(root)?;
-        let db = Db::open(&super::db_path(root))?;
+        let db_path = super::db_path(root);
+        // Created at a data directory's first opening, never again: one without its database
+        // that was used (its audit log is there) lost it (an interrupted restore, a mistake),
+        // and an empty database in its place would silently drop every user, job and dataset.
+        if !db_path.exists() && audit_path(root).exists() {
+            return Err(DbError::Missing {
+                path: db_path,
+                why: ", but this data directory was used (its audit log is there)".into(),
+            }
+            .into());
+        }
+        let db = Db::open(&db_path)?;
         let rows = db
             .check()
             .map_err(|source| DataDirError::DamagedDb { source })?;
@@ -131,7 +142,7 @@ impl DataDir {
             db.set_audit_head(&head, false)?;
         }
         // A connection of its own: the log seals from whichever thread appends.
-        let heads = Db::open(&super::db_path(root))?;
+        let heads = Db::open_existing(&super::db_path(root))?;
         audit.set_on_seal(Box::new(move |head, closed| {
             if let Err(e) = heads.set_audit_head(head, closed) {
                 tracing::error!(error = %e, head = %head, "recording the audit log's sealed position");
@@ -298,6 +309,23 @@ pub fn make_private(root: &Path) -> Result<(), DataDirError> {
             audit_path(root),
         ] {
             set(&file, 0o600)?;
+        }
+        // Every key file too (master keys, the host's signing key, which key is current): a
+        // copy or an editor may have left one readable by others.
+        let keys = root.join("keys");
+        let entries = match std::fs::read_dir(&keys) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(DataDirError::Io { path: keys, error }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|error| DataDirError::Io {
+                path: keys.clone(),
+                error,
+            })?;
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                set(&entry.path(), 0o600)?;
+            }
         }
     }
     Ok(())

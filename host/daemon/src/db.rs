@@ -43,6 +43,18 @@ pub enum DbError {
         /// What `PRAGMA quick_check` said (its first lines).
         detail: String,
     },
+    /// The database is not there (only a data directory's first opening creates it).
+    #[error(
+        "{}: no such database{why}; restore a backup (`gantry db restore --data-dir DIR BACKUP`) \
+         (a `gantry.db.damaged-*` beside it may be the one an interrupted restore set aside)",
+        path.display()
+    )]
+    Missing {
+        /// The database file.
+        path: PathBuf,
+        /// What says there was one (", but ..."), or nothing.
+        why: String,
+    },
 }
 
 /// Why a job did not move ([`JobStore::transition`]); `E`
@@ -370,6 +382,11 @@ pub fn name_of(key: &str) -> &str {
     key.rsplit_once('/').map_or(key, |(_, name)| name)
 }
 
+/// The tenant part of a [`key`].
+pub fn tenant_of(key: &str) -> &str {
+    key.split_once('/').map_or("", |(tenant, _)| tenant)
+}
+
 fn as_name<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(name_of(key))
 }
@@ -613,6 +630,18 @@ const MIGRATIONS: &[&str] = &[
 impl Db {
     /// Opens (creating) the database at `path`. A new file is created owner-only (0600), and
     /// SQLite gives its WAL and shared-memory files the same mode.
+    /// Opens the database at `path`, which must exist: the commands that read or repair a data
+    /// directory never create an empty one in its place.
+    pub fn open_existing(path: &Path) -> Result<Db, DbError> {
+        if !path.exists() {
+            return Err(DbError::Missing {
+                path: path.to_path_buf(),
+                why: String::new(),
+            });
+        }
+        Db::open(path)
+    }
+
     pub fn open(path: &Path) -> Result<Db, DbError> {
         #[cfg(unix)]
         if !path.exists() {

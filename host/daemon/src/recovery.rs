@@ -41,7 +41,7 @@ pub fn backup_db(root: &Path, out: &Path) -> Result<u64, DataDirError> {
             out.display()
         )));
     }
-    let db = Db::open(&super::db_path(root))?;
+    let db = Db::open_existing(&super::db_path(root))?;
     // Created empty and private first: SQLite writes into an empty file, keeping its mode.
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -148,7 +148,7 @@ pub struct Recovered {
 /// wrong; the damaged log is kept beside it. Refused when the log is fine.
 pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDirError> {
     let store = Store::open_exclusive(root, "gantry audit recover")?;
-    let db = Db::open(&super::db_path(root))?;
+    let db = Db::open_existing(&super::db_path(root))?;
     db.check()
         .map_err(|source| DataDirError::DamagedDb { source })?;
     let key = gantry::keys::load(&root.join("keys/host.pk8"))?;

@@ -1011,7 +1011,7 @@ fn revoke_here(
 
 /// `gantry user tokens`: ids, age and state, never the tokens.
 fn user_tokens(name: Option<&str>, dir: &super::store::DataDir) -> anyhow::Result<()> {
-    let db = Db::open(&daemon::db_path(&dir.path()?))?;
+    let db = Db::open_existing(&daemon::db_path(&dir.path()?))?;
     let mut t = Table::new(&["id", "user", "created", "state"]);
     let now = daemon::db::now();
     for token in db.tokens(name)? {

@@ -49,7 +49,7 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
         }
         DbCommand::Check { dir } => {
             let path = gantry_daemon::db_path(&dir.path()?);
-            let rows = gantry_daemon::db::Db::open(&path)?.check()?;
+            let rows = gantry_daemon::db::Db::open_existing(&path)?.check()?;
             println!("{}: {rows} rows, all readable", path.display());
         }
     }
