@@ -58,7 +58,8 @@ pub const LARGE_BODY_SLOTS: usize = 2;
 /// [`TRANSFER_WAIT`] for a turn, then are answered 503 ([`transfers`]).
 pub const TRANSFER_SLOTS: usize = 8;
 
-/// The most of the [`TRANSFER_SLOTS`] one tenant may hold at once (more wait, then 429).
+/// The most of the [`TRANSFER_SLOTS`] one tenant, or one user, may hold at once (more wait,
+/// then 429).
 pub const TRANSFER_SLOTS_PER_TENANT: usize = 2;
 
 /// The most of the node agents' [`TRANSFER_SLOTS`] one node may hold at once (more wait, then
@@ -86,13 +87,11 @@ impl AppState {
             wake,
             large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
             transfers: Arc::new(transfers::Transfers::new(
-                "tenant",
                 TRANSFER_SLOTS,
                 TRANSFER_SLOTS_PER_TENANT,
                 TRANSFER_WAIT,
             )),
             node_transfers: Arc::new(transfers::Transfers::new(
-                "node",
                 TRANSFER_SLOTS,
                 TRANSFER_SLOTS_PER_NODE,
                 TRANSFER_WAIT,

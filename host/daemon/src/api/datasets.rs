@@ -53,7 +53,9 @@ pub(super) async fn upload(
         })
         .await?;
     let limit = usize::try_from(room).unwrap_or(usize::MAX).min(MAX_UPLOAD);
-    let transfer = state.transfers.slot(&q.tenant).await?;
+    let transfer = (state.transfers)
+        .slot(&[("tenant", &q.tenant), ("user", &user.name)])
+        .await?;
     let record = to_the_end(&state, move |state| async move {
         let (pinned, bytes) = store_body(&state, transfer, body, limit).await?;
         let record = crate::db::DatasetRecord {
@@ -292,17 +294,19 @@ pub(super) async fn download(
     caller: Caller,
 ) -> ApiResult<Response> {
     let tenant = in_tenant(query);
-    let (tenant, reader) = caller
+    let (tenant, user, reader) = caller
         .then(&state, move |state, user| {
             let found = readable_dataset(state, &user, &name, tenant?.as_deref())?;
             let reader = state
                 .daemon
                 .dataset_reader(&found.object)
                 .map_err(ApiError::internal)?;
-            Ok((found.tenant, reader))
+            Ok((found.tenant, user.name, reader))
         })
         .await?;
-    let transfer = state.transfers.slot(&tenant).await?;
+    let transfer = (state.transfers)
+        .slot(&[("tenant", &tenant), ("user", &user)])
+        .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         body::from_reader(reader, transfer),

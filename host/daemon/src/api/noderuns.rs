@@ -85,7 +85,7 @@ pub(super) async fn dataset(
     caller: Caller,
 ) -> ApiResult<Response> {
     // The slot first: the preprocessing below is as costly as the transfer.
-    let transfer = state.node_transfers.slot(&node).await?;
+    let transfer = state.node_transfers.slot(&[("node", &node)]).await?;
     let reader = caller
         .then(&state, move |state, user| {
             let query = query_of(query)?;
@@ -186,7 +186,7 @@ pub(super) async fn latest_checkpoint(
             Ok((step, reader))
         })
         .await?;
-    let transfer = state.node_transfers.slot(&holder).await?;
+    let transfer = state.node_transfers.slot(&[("node", &holder)]).await?;
     Ok((
         [
             (
@@ -245,7 +245,7 @@ pub(super) async fn put_checkpoint(
             }
         })
         .await?;
-    let transfer = state.node_transfers.slot(&node).await?;
+    let transfer = state.node_transfers.slot(&[("node", &node)]).await?;
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let bytes = super::datasets::to_the_end(&state, move |state| async move {
         let (pinned, bytes) = super::datasets::store_body(&state, transfer, body, limit).await?;
