@@ -1211,6 +1211,51 @@ fn an_agents_training_runs_share_the_memory_budget_and_limits() {
     assert_eq!(s, 400, "{v}");
 }
 
+/// Found by a review: a run handed to an agent trains with a replica per GPU it was placed on,
+/// but reserved from the budget what its text's `replicas` (one) needs: a job on two GPUs
+/// (81 MiB) reserved 65, so it and a one-GPU job (65) ran at once under a 140 MiB budget.
+#[test]
+fn a_run_on_several_gpus_reserves_memory_for_a_replica_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(&limits, "max_memory_mib = 100\n").unwrap();
+    let extra = [
+        "--emulate-gpus",
+        "3",
+        "--train-limits",
+        limits.to_str().unwrap(),
+        "--train-memory-mib",
+        "140",
+    ];
+    let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
+    let url = daemon.url.clone();
+    // Two hidden layers of 1,024: 65 MiB with one replica, 81 with two.
+    let text = crate::daemon::train_toml(2).replace("hidden = [32, 32]", "hidden = [1024, 1024]");
+    for (id, gpus) in [("two", 2), ("one", 1)] {
+        let job = json!({"id": id, "tenant": "vision", "gpus": gpus, "train": text});
+        let (s, v) = submit(&url, &rae, &job);
+        assert_eq!(s, 201, "{v}");
+    }
+    for id in ["two", "one"] {
+        let job = crate::support::until_over(&url, &rae, id, std::time::Duration::from_secs(240));
+        let log = log_of(&url, &rae, id);
+        assert_eq!(job["state"], "succeeded", "{job}\n{log}");
+    }
+    let waited: Vec<String> = ["two", "one"]
+        .iter()
+        .map(|id| log_of(&url, &rae, id))
+        .filter(|log| log.contains("waiting for memory"))
+        .collect();
+    assert_eq!(waited.len(), 1, "one waited for the other: {waited:?}");
+    assert!(
+        waited[0].contains("it may need 81 MiB") || waited[0].contains("have 81 of"),
+        "the two-GPU run counts two replicas: {}",
+        waited[0]
+    );
+}
+
 /// A CA, a server certificate for loopback and client certificates naming `nodes`, signed by
 /// it, and one naming node-a from a stranger CA: PEM files under `dir` (`ca.pem`, `server.pem`,
 /// `server.key`, `<node>.pem`, `<node>.key`, `stranger.pem`, `stranger.key`).

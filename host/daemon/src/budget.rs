@@ -3,9 +3,13 @@
 //! (the built-in one has 256), so without a bound of the whole a tenant's few large jobs, all
 //! placed at once, took more memory than the machine has and the daemon down with them. A run
 //! reserves what its configuration may need before it starts, and waits (still `scheduled`)
-//! while the reservations of the runs going on leave no room for it. Waiters are served in the
-//! order they came: a large run is not passed for ever by small ones that fit before it.
+//! while the reservations of the runs going on leave no room for it. Waiters are served one at
+//! a time, never passed by smaller ones that fit before them (a large run would wait for ever
+//! behind a stream of them), and in turn by tenant: the next is the first waiter of the tenant
+//! holding least now, and of those the one served least lately, so one tenant's queue of runs
+//! does not keep another's behind all of it.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -17,18 +21,52 @@ pub struct TrainBudget {
     freed: Condvar,
 }
 
-/// What is reserved, and who waits, in order.
+/// What is reserved, by whom, and who waits, in the order they came.
 #[derive(Debug, Default)]
 struct Ledger {
     used: u64,
+    /// Each tenant's reservations, MiB (tenants holding none have no entry).
+    held: HashMap<String, u64>,
+    /// When each tenant holding or waiting was last given room (a count of reservations);
+    /// gone with its last reservation and waiter.
+    served: HashMap<String, u64>,
     next: u64,
-    waiting: std::collections::VecDeque<u64>,
+    waiting: VecDeque<(u64, String)>,
+}
+
+impl Ledger {
+    /// Whose turn it is: the first waiter of the tenant holding least, of equals the one served
+    /// least lately, then the earliest.
+    fn turn(&self) -> Option<u64> {
+        let mut seen = HashSet::new();
+        let of = |map: &HashMap<String, u64>, tenant: &str| map.get(tenant).copied().unwrap_or(0);
+        self.waiting
+            .iter()
+            .filter(|(_, tenant)| seen.insert(tenant.as_str()))
+            .min_by_key(|(ticket, t)| (of(&self.held, t), of(&self.served, t), *ticket))
+            .map(|(ticket, _)| *ticket)
+    }
+
+    fn take(&mut self, tenant: &str, mib: u64) {
+        self.used += mib;
+        self.next += 1;
+        *self.held.entry(tenant.to_string()).or_default() += mib;
+        self.served.insert(tenant.to_string(), self.next);
+    }
+
+    /// Forgets `tenant`'s turn once it neither holds nor waits.
+    fn forget_idle(&mut self, tenant: &str) {
+        if !self.held.contains_key(tenant) && !self.waiting.iter().any(|(_, t)| t == tenant) {
+            self.served.remove(tenant);
+        }
+    }
 }
 
 /// A run's reservation, given back when dropped.
 #[derive(Debug)]
 pub struct Reserved<'a> {
     budget: &'a TrainBudget,
+    tenant: String,
     mib: u64,
 }
 
@@ -36,6 +74,13 @@ impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         let mut ledger = self.budget.ledger();
         ledger.used = ledger.used.saturating_sub(self.mib);
+        if let Some(held) = ledger.held.get_mut(&self.tenant) {
+            *held = held.saturating_sub(self.mib);
+            if *held == 0 {
+                ledger.held.remove(&self.tenant);
+            }
+        }
+        ledger.forget_idle(&self.tenant);
         drop(ledger);
         self.budget.freed.notify_all();
     }
@@ -77,11 +122,12 @@ impl TrainBudget {
         self.used_mib.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves `mib`, waiting while the runs going on leave no room (`waiting` is told once,
-    /// with the MiB taken, when it must wait); `Ok(None)` when `stopping` says so first, an
-    /// error when `mib` is more than the whole budget (it would never fit).
+    /// Reserves `mib` for a run of `tenant`, waiting for its turn and for room (`waiting` is
+    /// told once, with the MiB taken, when it must wait); `Ok(None)` when `stopping` says so
+    /// first, an error when `mib` is more than the whole budget (it would never fit).
     pub fn reserve(
         &self,
+        tenant: &str,
         mib: u64,
         stopping: impl Fn() -> bool,
         waiting: impl FnOnce(u64),
@@ -97,11 +143,12 @@ impl TrainBudget {
         let mut ledger = self.ledger();
         let ticket = ledger.next;
         ledger.next += 1;
-        ledger.waiting.push_back(ticket);
-        // Its turn: first in line, and room for it.
-        while ledger.waiting.front() != Some(&ticket) || ledger.used + mib > self.total_mib {
+        ledger.waiting.push_back((ticket, tenant.to_string()));
+        // Its turn, and room for it.
+        while ledger.turn() != Some(ticket) || ledger.used + mib > self.total_mib {
             if stopping() {
-                ledger.waiting.retain(|t| *t != ticket);
+                ledger.waiting.retain(|(t, _)| *t != ticket);
+                ledger.forget_idle(tenant);
                 drop(ledger);
                 self.freed.notify_all();
                 return Ok(None);
@@ -115,25 +162,33 @@ impl TrainBudget {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        ledger.waiting.pop_front();
-        ledger.used += mib;
+        ledger.waiting.retain(|(t, _)| *t != ticket);
+        ledger.take(tenant, mib);
         drop(ledger);
         // The next in line may fit too.
         self.freed.notify_all();
-        Ok(Some(Reserved { budget: self, mib }))
+        Ok(Some(Reserved {
+            budget: self,
+            tenant: tenant.to_string(),
+            mib,
+        }))
     }
 }
 
 impl TrainBudget {
-    /// Reserves `mib` if there is room now; `None` if not.
-    pub fn try_reserve(&self, mib: u64) -> Option<Reserved<'_>> {
+    /// Reserves `mib` for `tenant` if there is room now; `None` if not.
+    pub fn try_reserve(&self, tenant: &str, mib: u64) -> Option<Reserved<'_>> {
         let mut ledger = self.ledger();
         // Not ahead of those waiting in line.
         if !ledger.waiting.is_empty() || ledger.used.saturating_add(mib) > self.total_mib {
             return None;
         }
-        ledger.used += mib;
-        Some(Reserved { budget: self, mib })
+        ledger.take(tenant, mib);
+        Some(Reserved {
+            budget: self,
+            tenant: tenant.to_string(),
+            mib,
+        })
     }
 }
 
@@ -162,22 +217,25 @@ mod tests {
     fn runs_wait_for_room_in_the_training_budget() {
         let budget = TrainBudget::new(10);
         let a = budget
-            .reserve(6, || false, |_| panic!("room"))
+            .reserve("t", 6, || false, |_| panic!("room"))
             .unwrap()
             .unwrap();
-        assert!(budget.reserve(11, || false, |_| {}).is_err(), "never fits");
+        assert!(
+            budget.reserve("t", 11, || false, |_| {}).is_err(),
+            "never fits"
+        );
         let stop = AtomicBool::new(false);
         let told = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
             let waiter = s.spawn(|| {
                 budget
-                    .reserve(5, || false, |used| told.lock().unwrap().push(used))
+                    .reserve("t", 5, || false, |used| told.lock().unwrap().push(used))
                     .unwrap()
                     .map(|r| r.mib)
             });
             let stopped = s.spawn(|| {
                 budget
-                    .reserve(9, || stop.load(Ordering::SeqCst), |_| {})
+                    .reserve("t", 9, || stop.load(Ordering::SeqCst), |_| {})
                     .unwrap()
                     .is_none()
             });
@@ -190,11 +248,12 @@ mod tests {
         });
         assert_eq!(*told.lock().unwrap(), [6]);
         assert_eq!(budget.ledger().used, 0, "every reservation given back");
+        assert!(budget.ledger().held.is_empty());
         assert!(budget.ledger().waiting.is_empty());
-        let held = budget.try_reserve(7).expect("room");
-        assert!(budget.try_reserve(4).is_none(), "no room now");
+        let held = budget.try_reserve("t", 7).expect("room");
+        assert!(budget.try_reserve("t", 4).is_none(), "no room now");
         drop(held);
-        assert!(budget.try_reserve(10).is_some());
+        assert!(budget.try_reserve("t", 10).is_some());
         assert!(TrainBudget::total_for(None, 8192).unwrap() >= 8192);
         assert_eq!(TrainBudget::total_for(Some(9000), 8192), Ok(9000));
         let refused = TrainBudget::total_for(Some(10), 8192).unwrap_err();
@@ -209,11 +268,11 @@ mod tests {
     #[test]
     fn a_large_run_first_in_line_is_not_passed_by_small_ones() {
         let budget = TrainBudget::new(10);
-        let held = budget.reserve(6, || false, |_| {}).unwrap().unwrap();
+        let held = budget.reserve("t", 6, || false, |_| {}).unwrap().unwrap();
         let order = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
             let large = s.spawn(|| {
-                let r = budget.reserve(8, || false, |_| {}).unwrap().unwrap();
+                let r = budget.reserve("t", 8, || false, |_| {}).unwrap().unwrap();
                 order.lock().unwrap().push("large");
                 std::thread::sleep(Duration::from_millis(100));
                 drop(r);
@@ -221,7 +280,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             let small = s.spawn(|| {
                 // 6 + 3 fit now, but not beside the large one's 8 once it is in.
-                let r = budget.reserve(3, || false, |_| {}).unwrap().unwrap();
+                let r = budget.reserve("t", 3, || false, |_| {}).unwrap().unwrap();
                 order.lock().unwrap().push("small");
                 drop(r);
             });
@@ -231,7 +290,7 @@ mod tests {
                 "the small one fits, but waits its turn"
             );
             assert!(
-                budget.try_reserve(1).is_none(),
+                budget.try_reserve("t", 1).is_none(),
                 "nor does anyone jump the line"
             );
             drop(held);
@@ -239,5 +298,42 @@ mod tests {
             small.join().unwrap();
         });
         assert_eq!(*order.lock().unwrap(), ["large", "small"]);
+    }
+
+    /// Found by a review: waiters were served in the order they came, whoever they were, so
+    /// a tenant's queue of runs, each taking most of the budget, kept every other tenant's
+    /// run behind all of them. The next waiter is now the first of the tenant holding least.
+    #[test]
+    fn a_tenants_queue_of_runs_does_not_keep_another_tenants_run_behind_all_of_it() {
+        let budget = TrainBudget::new(10);
+        let held = budget.reserve("a", 6, || false, |_| {}).unwrap().unwrap();
+        let order = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let run = |tenant: &'static str, name: &'static str| {
+                let (budget, order) = (&budget, &order);
+                move || {
+                    let r = budget
+                        .reserve(tenant, 6, || false, |_| {})
+                        .unwrap()
+                        .unwrap();
+                    order.lock().unwrap().push(name);
+                    std::thread::sleep(Duration::from_millis(50));
+                    drop(r);
+                }
+            };
+            let mut runs = Vec::new();
+            for (tenant, name) in [("a", "a2"), ("a", "a3"), ("a", "a4"), ("b", "b1")] {
+                runs.push(s.spawn(run(tenant, name)));
+                // Each in line before the next.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(held);
+            for r in runs {
+                r.join().unwrap();
+            }
+        });
+        // b, served least lately, first; then a's in their order.
+        assert_eq!(*order.lock().unwrap(), ["b1", "a2", "a3", "a4"]);
+        assert!(budget.ledger().held.is_empty() && budget.ledger().served.is_empty());
     }
 }

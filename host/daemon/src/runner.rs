@@ -346,6 +346,7 @@ fn reserve<'d>(
 ) -> Result<Option<crate::budget::Reserved<'d>>, String> {
     let budget = &daemon.train_budget;
     budget.reserve(
+        &job.tenant,
         mib,
         || control.stopping(),
         |used| {

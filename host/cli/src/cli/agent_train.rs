@@ -54,12 +54,22 @@ fn train_run(
 ) -> Result<training::Outcome, TrainError> {
     let limits = &training.limits;
     // Checked here too, against this agent's limits: the run trusts no one's parse.
-    let config = gantry_daemon::runner::train_config(limits, &run.job, text)?;
+    let mut config = gantry_daemon::runner::train_config(limits, &run.job, text)?;
+    // It trains with a replica per GPU it was placed on ([`Job::placed`]), whatever its text
+    // says: what it reserves counts them (one replica's need was reserved for eight).
+    config.devices.replicas = run.gpu_ids.len().max(1);
+    let what = format!(
+        "job {}: train on {} GPU(s), a replica each",
+        run.job,
+        run.gpu_ids.len()
+    );
+    config.check_limits(limits, std::path::Path::new(&what), None)?;
     // What it may need, from the memory this agent's runs share (its daemon's too, for the
     // agent `gantry up` runs): held until the run ends.
     let mib = config.memory_bound_mib(limits);
     let budget = &training.budget;
     let reserved = budget.reserve(
+        gantry_daemon::db::tenant_of(&run.job),
         mib,
         || sink.stopping(),
         |used| {

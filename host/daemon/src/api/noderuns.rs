@@ -109,7 +109,7 @@ pub(super) async fn dataset(
                 // here, on a blocking thread every request shares).
                 let budget = &daemon.train_budget;
                 let _reserved = budget
-                    .try_reserve(daemon.train_limits.max_memory_mib)
+                    .try_reserve(&job.tenant, daemon.train_limits.max_memory_mib)
                     .ok_or_else(|| {
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
