@@ -1136,3 +1136,69 @@ fn a_dataset_uploaded_through_one_leader_is_there_under_the_next() {
     let job = crate::support::until_over(&url, &ada, "ds1", Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "{job}");
 }
+
+/// Found by a review: a leader running a command job itself (no agents) that was paused
+/// (`SIGSTOP`) past its lease left its run going (a process of its own, which a frozen daemon
+/// cannot stop) while the next leader started the job again on the same GPU: the two ran side
+/// by side for as long as the pause lasted. The run's lease guard kills it when the leader's
+/// lease lapses, before any other replica may lead.
+#[test]
+fn a_paused_leaders_own_run_dies_with_its_lease_before_the_next_leader_runs_the_job() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_paused_leaders_own_run_dies") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, EIGHT_GPUS, &[]);
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    let body = json!({"id": "c1", "tenant": "vision", "gpus": 1,
+                      "command": {"argv": ["sh", "-c", "sleep 300"]}});
+    let (s, v) = submit_supervised(&mut replicas, &rae, &body, Duration::from_secs(30));
+    assert_eq!(s, 201, "{v}");
+    let url = replicas[leader].url.clone();
+    let started = |url: &str| -> Vec<u64> {
+        crate::support::log_of(url, &rae, "c1")
+            .split("started `sh` (pid ")
+            .skip(1)
+            .filter_map(|rest| rest.split(',').next()?.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(&pid) = started(&url).first() {
+            break pid as u32;
+        }
+        assert!(Instant::now() < deadline, "c1 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    replicas[leader].signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The paused replica is not asked (it would not answer).
+    let next = loop {
+        let other = (0..replicas.len()).find(|&i| i != leader && replicas[i].leads());
+        if let Some(i) = other
+            && started(&replicas[i].url).len() > 1
+        {
+            break i;
+        }
+        if Instant::now() > deadline {
+            replicas[leader].signal("-CONT");
+            show_logs(&replicas);
+            panic!("c1 never started again under another leader");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let outlived = crate::support::alive(first);
+    replicas[leader].signal("-CONT");
+    if outlived {
+        show_logs(&replicas);
+    }
+    assert!(
+        !outlived,
+        "the paused leader's run outlived its lease: it ran beside the next leader's"
+    );
+    let again = started(&replicas[next].url);
+    assert_ne!(again.last(), Some(&u64::from(first)), "{again:?}");
+}

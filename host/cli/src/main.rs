@@ -14,6 +14,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A command run's lease guard is this binary started again (see `runguard`).
+    gantry_daemon::runguard::main_if_asked();
     let args = cli::Cli::parse();
     // Like other Unix tools, end quietly when a reader closes the pipe (`gantry ... | head`)
     // instead of panicking in `println!`. Not the daemon: it must never die of a signal.

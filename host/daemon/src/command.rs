@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Daemon;
 use super::db::JobRecord;
 use super::lifecycle::{RunControl, RunEnd};
+use crate::runguard::RunGuard;
 
 /// What a command job runs (the `command` field of `POST /v1/jobs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -554,6 +555,12 @@ pub trait RunSink {
     fn fenced(&self) -> bool {
         false
     }
+    /// When the lease the run holds lapses (an agent's, a replicated control plane's
+    /// leadership), past which the job may run elsewhere; `None` when it holds none. The run's
+    /// [`crate::runguard::RunGuard`] kills it then, whatever its holder is doing.
+    fn lease_until(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// What a run needs of its job.
@@ -583,6 +590,17 @@ impl RunSink for DaemonSink<'_> {
 
     fn stopping(&self) -> bool {
         self.control.stopping()
+    }
+
+    /// A replica that no longer leads kills its runs at once: the next leader starts them
+    /// again (it waited out the lease this one acted under).
+    fn fenced(&self) -> bool {
+        (self.daemon.leadership.as_ref()).is_some_and(|lead| lead.term().is_none())
+    }
+
+    fn lease_until(&self) -> Option<Instant> {
+        let lead = self.daemon.leadership.as_ref()?;
+        Some(lead.until().unwrap_or_else(Instant::now))
     }
 }
 
@@ -746,6 +764,19 @@ pub fn execute(
         }
     };
     let pgid = child.id() as i32;
+    // Started before anything else can wait: the run must not outlive its lease even when
+    // this holder stops being scheduled.
+    let mut guard = match sink.lease_until().map(|until| RunGuard::start(pgid, until)) {
+        None => None,
+        Some(Ok(guard)) => Some(guard),
+        Some(Err(e)) => {
+            signal_group(pgid, libc::SIGKILL);
+            let _ = child.wait();
+            return RunEnd::Failed(format!(
+                "could not start the guard that ends it with its lease: {e}"
+            ));
+        }
+    };
     sink.log(&format!(
         "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}), wall time {wall} s",
         spec.argv[0],
@@ -795,6 +826,9 @@ pub fn execute(
             batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
         }
         out.write(sink, batch);
+        if let (Some(guard), Some(until)) = (guard.as_mut(), sink.lease_until()) {
+            guard.renew(until);
+        }
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
@@ -834,6 +868,7 @@ pub fn execute(
     };
     // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.
     signal_group(pgid, libc::SIGKILL);
+    drop(guard);
     // The rest of its output: readers end when the last writer of each pipe is gone, which the
     // kill above makes prompt; a process that left the group may hold a pipe, so wait a little only.
     let drain_until = Instant::now() + Duration::from_secs(1);

@@ -47,6 +47,7 @@ pub mod policystore;
 pub mod recovery;
 pub mod rejections;
 pub mod replicas;
+pub mod runguard;
 pub mod runner;
 pub mod scratch;
 pub mod sealedobjects;

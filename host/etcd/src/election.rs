@@ -68,6 +68,13 @@ impl Fencer {
             .map(|(term, _)| term)
     }
 
+    /// Until when this replica may act in its term, if it leads now.
+    pub fn until(&self) -> Option<Instant> {
+        let lead = *self.lead.lock().unwrap_or_else(|e| e.into_inner());
+        lead.map(|(_, until)| until)
+            .filter(|until| Instant::now() < *until)
+    }
+
     /// The compare that fences a write ([`Candidate::fence`]).
     pub fn fence(&self) -> Option<Compare> {
         self.term()

@@ -1577,6 +1577,11 @@ impl Lease {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
+    /// When the runs must be dead.
+    pub(super) fn lapses_at(&self) -> std::time::Instant {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     /// Whether the runs must be dead by now.
     pub(super) fn lapsed(&self) -> bool {
         std::time::Instant::now() >= self.0.lock().unwrap_or_else(|e| e.into_inner()).0
@@ -1741,6 +1746,14 @@ impl gantry_daemon::command::RunSink for AgentSink<'_> {
 
     fn fenced(&self) -> bool {
         AgentSink::fenced(self)
+    }
+
+    fn lease_until(&self) -> Option<std::time::Instant> {
+        let (_, lease) = self.fence?;
+        Some(match self.fenced() {
+            true => std::time::Instant::now(),
+            false => lease.lapses_at(),
+        })
     }
 }
 
