@@ -648,14 +648,18 @@ impl Host {
 
     /// Queues a checked job, checked again only when the state changed since (the cluster may
     /// have lost GPUs); a job whose id is queued or running already is refused.
+    /// Whether job `id` is queued or running here.
+    pub fn holds(&self, id: &str) -> bool {
+        self.state.pending.iter().any(|p| p.spec.id == id)
+            || self.state.running.iter().any(|a| a.job_id == id)
+    }
+
     fn enqueue(&mut self, job: CheckedJob) -> Result<(), HostError> {
         let job = match job.generation == self.generation {
             true => job.spec,
             false => self.check(job.spec)?.spec,
         };
-        if self.state.pending.iter().any(|p| p.spec.id == job.id)
-            || self.state.running.iter().any(|a| a.job_id == job.id)
-        {
+        if self.holds(&job.id) {
             return Err(HostError::Job {
                 id: job.id,
                 message: "id: a job with this id is already queued or running".into(),

@@ -277,3 +277,39 @@ fn a_job_whose_runs_keep_taking_the_daemon_down_ends_failed() {
     }
     wait_for_state(&daemon.url, &ada, "calm", "running");
 }
+
+/// Found by a review: a job accepted on one cluster that the cluster after a restart can never
+/// hold (4 GPUs asked of a cluster of 1) was left pending for ever, its log saying nothing:
+/// the scheduler's refusal to queue it was dropped. It ends failed now, saying why.
+#[test]
+fn a_job_the_cluster_after_a_restart_cannot_hold_fails_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, crate::support::TWO_NODES).unwrap();
+    let with = |cluster: &std::path::Path| ["--cluster".to_string(), cluster.display().to_string()];
+    let args = with(&cluster);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with(&data, &shared_cache(), &args);
+    // `hold` takes every GPU (a reservation: scheduled, holding them), so `big` waits.
+    for (id, gpus) in [("hold", 4), ("big", 4)] {
+        let body = json!({"id": id, "tenant": "vision", "gpus": gpus});
+        let (s, v) = submit(&daemon.url, &ada, &body);
+        assert_eq!(s, 201, "{v}");
+    }
+    wait_for_state(&daemon.url, &ada, "hold", "scheduled");
+    drop(daemon);
+    let small = dir.path().join("small.toml");
+    std::fs::write(&small, ONE_GPU).unwrap();
+    let args = with(&small);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_with(&data, &shared_cache(), &args);
+    let job = wait_until_over(&format!("{}/v1/jobs/big", daemon.url), &ada, 30);
+    assert_eq!(job["state"], "failed", "{job}");
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("it can no longer be queued") && reason.contains("gpus"),
+        "{reason}"
+    );
+}

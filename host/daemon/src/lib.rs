@@ -794,8 +794,14 @@ impl Daemon {
         for id in due {
             match self.jobs.job(&id) {
                 Ok(Some(job)) if job.state == JobState::Pending => {
-                    if let Err(e) = self.host().submit(api::spec(&job)) {
-                        tracing::error!(job = %id, error = %e, "queueing a job after its backoff");
+                    let refused = {
+                        let mut host = self.host();
+                        host.submit(api::spec(&job))
+                            .err()
+                            .filter(|_| !host.holds(&id))
+                    };
+                    if let Some(e) = refused {
+                        self.fail_unqueueable(&id, &e.to_string());
                     }
                 }
                 Ok(_) => {}

@@ -414,10 +414,34 @@ impl Daemon {
         if to.is_final() || (from.holds_gpus() && !to.holds_gpus()) {
             host.cancel(id);
         }
-        if let Some(spec) = queue
-            && let Err(e) = host.submit(spec)
-        {
-            tracing::error!(job = %id, error = %e, "requeueing a job");
+        // Refused, unless because it is queued already.
+        let refused = queue.and_then(|spec| host.submit(spec).err().filter(|_| !host.holds(id)));
+        drop(host);
+        if let Some(e) = refused {
+            self.fail_unqueueable(id, &e.to_string());
+        }
+    }
+
+    /// Ends pending job `id`, which the scheduler refuses to queue (`why`: the cluster it was
+    /// accepted on changed, its tenant left it), as failed, saying why: left pending it would
+    /// wait for ever, never placed nor ended.
+    pub(crate) fn fail_unqueueable(&self, id: &str, why: &str) {
+        let reason = format!("it can no longer be queued: {why}");
+        let failed = self.jobs.transition(
+            id,
+            Some(JobState::Pending),
+            JobState::Failed,
+            &[],
+            Some(&reason),
+        );
+        match moved(failed) {
+            Ok(Some(_)) => {
+                tracing::warn!(job = %id, "{reason}");
+                let _ = self.jobs.log(id, &reason);
+                self.forget_checkpoints(id);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(job = %id, error = %e, "failing a job it cannot queue"),
         }
     }
 
@@ -613,8 +637,19 @@ pub(crate) fn recover_jobs(
                         .map_err(|e| e.to_string())?;
                     tracing::warn!(job = %job.id, crashes = job.crashes, wait_s = at - now, "requeued after a backoff");
                     deferred.push((at, job.id.clone()));
-                } else if host.submit(spec(&job)).is_ok() {
-                    requeued += 1;
+                } else {
+                    match host.submit(spec(&job)) {
+                        Ok(_) => requeued += 1,
+                        // Accepted on a cluster that changed since: it would wait for ever.
+                        Err(_) if host.holds(&job.id) => {}
+                        Err(e) => {
+                            let reason = format!("it can no longer be queued: {e}");
+                            if moved(JobState::Failed, &reason)? {
+                                tracing::warn!(job = %job.id, "{reason}");
+                                let _ = jobs.log(&job.id, &reason);
+                            }
+                        }
+                    }
                 }
             }
         }
