@@ -97,6 +97,17 @@ reasons contains msg if {
 	msg := sprintf("user %v may not run commands (needs the runner role)", [input.subject.user])
 }
 
+# A node identity does a node's work and nothing else: whatever tenants it was given (a node user
+# made a member of every tenant could list, read and cancel their jobs and download their datasets
+# with its token), it is no person.
+node_actions := {"node.heartbeat", "node.data"}
+
+reasons contains msg if {
+	"node" in roles
+	not input.action in node_actions
+	msg := sprintf("node identity %v acts only as its node (%v is not a node's action)", [input.subject.user, input.action])
+}
+
 # Node agents (node.heartbeat, resource: {"node"}): only a node's own identity (the `node` role,
 # named as the node) renews its lease, reports its GPUs and its runs; no person, admins included,
 # speaks for a node, and no node for another.

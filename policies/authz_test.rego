@@ -159,3 +159,10 @@ test_placements_keep_the_quota if {
 	authz.decision == {"allow": false, "reasons": ["placing 29 GPUs would give tenant robotics 129, over its quota of 128"]} with input as place("robotics", 29, 100)
 	authz.allow with input as place("no-quota-here", 4096, 0)
 }
+
+test_a_node_identity_does_only_a_nodes_work if {
+	node := {"user": "node-000", "roles": ["node"], "tenants": ["vision"], "clearance": "public"}
+	authz.decision == {"allow": false, "reasons": ["node identity node-000 acts only as its node (job.list is not a node's action)"]} with input as {"subject": node, "action": "job.list", "resource": {}}
+	authz.decision == {"allow": false, "reasons": ["node identity node-000 acts only as its node (job.cancel is not a node's action)"]} with input as {"subject": node, "action": "job.cancel", "resource": {"tenant": "vision"}}
+	authz.allow with input as heartbeat(node)
+}

@@ -209,11 +209,7 @@ impl LocalNode {
     /// A token for the node's identity (a user of that name with the `node` role, made if
     /// missing), issued for this run of `gantry up`: the ones earlier runs issued are revoked.
     /// Both audited in the data directory.
-    fn identity(
-        &self,
-        dir: &super::store::DataDir,
-        tenants: Vec<String>,
-    ) -> anyhow::Result<String> {
+    fn identity(&self, dir: &super::store::DataDir) -> anyhow::Result<String> {
         let d = open_offline(dir, "gantry up (this machine's agent)")?;
         let issued = match d.db.user(&self.name)? {
             Some(u) if u.roles != ["node"] => anyhow::bail!(
@@ -230,7 +226,7 @@ impl LocalNode {
                 let user = User {
                     name: self.name.clone(),
                     roles: vec!["node".into()],
-                    tenants,
+                    tenants: Vec::new(),
                     clearance: "public".into(),
                 };
                 d.add_user(&user, Some(None))?
@@ -594,11 +590,10 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         Some(node) => node.cluster()?,
         None => super::cluster(args.cluster.as_ref())?,
     };
+    // A node identity of no tenant: it needs none (the policy decides a node's reads by where
+    // runs were placed), and one of every tenant was every tenant's member.
     let token = match &local {
-        Some(node) => {
-            let tenants = cluster.tenants.iter().map(|t| t.name.clone()).collect();
-            Some(node.identity(&args.dir, tenants)?)
-        }
+        Some(node) => Some(node.identity(&args.dir)?),
         None => None,
     };
     // The daemon's training runs and its own agent's (on this machine's GPUs) share one
