@@ -84,62 +84,68 @@ pub(super) async fn dataset(
     query: RunQueryResult,
     caller: Caller,
 ) -> ApiResult<Response> {
-    // The slot first: the preprocessing below is as costly as the transfer.
-    let transfer = state.node_transfers.slot(&[("node", &node)]).await?;
-    let reader = caller
+    // The caller and the run checked first (a node's slot is never held for anyone else, a
+    // review found tokenless requests queueing ahead of its agent), then the slot: the
+    // preprocessing below is as costly as the transfer.
+    let holder = node.clone();
+    let (job, config, query) = caller
         .then(&state, move |state, user| {
             let query = query_of(query)?;
-            let (job, config) = handed(state, &user, &node, &query)?;
-            // Counted once it is served (a fetch told to try again is not).
-            let count = || {
-                super::cluster::agents(&state.daemon)?
-                    .count_fetch(&node, &job.id, query.attempt)
-                    .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))
-            };
-            let name = config.data.dataset.clone().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("job {} trains on no stored dataset", query.job),
-                )
-            })?;
-            let daemon = &state.daemon;
-            if let Some(plugin) = &config.data.preprocess {
-                // What the plugin makes of the dataset is known once it has run: the most a job
-                // may take, from the daemon's training memory, or try again later (no waiting
-                // here, on a blocking thread every request shares).
-                let budget = &daemon.train_budget;
-                let _reserved = budget
-                    .try_reserve(&job.tenant, daemon.train_limits.max_memory_mib)
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the control plane's training memory is taken (--train-memory-mib): \
-                         try again shortly",
-                        )
-                    })?;
-                count()?;
-                let records =
-                    crate::runner::preprocessed_records(daemon, &job, &config, &name, plugin)
-                        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
-                let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(records));
-                return Ok(reader);
-            }
-            count()?;
-            let record = daemon
-                .datasets
-                .dataset(&crate::db::key(&job.tenant, &name))?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("no dataset `{name}` in tenant {}", job.tenant),
-                    )
-                })?;
-            let reader = daemon
-                .dataset_reader(&record.object)
-                .map_err(ApiError::internal)?;
-            Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
+            let (job, config) = handed(state, &user, &holder, &query)?;
+            Ok((job, config, query))
         })
         .await?;
+    let transfer = state.node_transfers.slot(&[("node", &node)]).await?;
+    let reader = super::blocking(&state, move |state| {
+        // Counted once it is served (a fetch told to try again is not).
+        let count = || {
+            super::cluster::agents(&state.daemon)?
+                .count_fetch(&node, &job.id, query.attempt)
+                .map_err(|e| ApiError::new(StatusCode::TOO_MANY_REQUESTS, e))
+        };
+        let name = config.data.dataset.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("job {} trains on no stored dataset", query.job),
+            )
+        })?;
+        let daemon = &state.daemon;
+        if let Some(plugin) = &config.data.preprocess {
+            // What the plugin makes of the dataset is known once it has run: the most a job
+            // may take, from the daemon's training memory, or try again later (no waiting
+            // here, on a blocking thread every request shares).
+            let budget = &daemon.train_budget;
+            let _reserved = budget
+                .try_reserve(&job.tenant, daemon.train_limits.max_memory_mib)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the control plane's training memory is taken (--train-memory-mib): \
+                         try again shortly",
+                    )
+                })?;
+            count()?;
+            let records = crate::runner::preprocessed_records(daemon, &job, &config, &name, plugin)
+                .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+            let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(records));
+            return Ok(reader);
+        }
+        count()?;
+        let record = daemon
+            .datasets
+            .dataset(&crate::db::key(&job.tenant, &name))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no dataset `{name}` in tenant {}", job.tenant),
+                )
+            })?;
+        let reader = daemon
+            .dataset_reader(&record.object)
+            .map_err(ApiError::internal)?;
+        Ok(Box::new(reader) as Box<dyn std::io::Read + Send>)
+    })
+    .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         crate::body::from_reader(reader, transfer),
