@@ -1306,6 +1306,17 @@ fn heartbeat_with(
     cert: Option<&str>,
     token: &str,
 ) -> Option<u16> {
+    heartbeat_as(url, "node-a", dir, cert, token)
+}
+
+/// [`heartbeat_with`], as node `node`.
+fn heartbeat_as(
+    url: &str,
+    node: &str,
+    dir: &std::path::Path,
+    cert: Option<&str>,
+    token: &str,
+) -> Option<u16> {
     let read = |name: String| std::fs::read(dir.join(name)).unwrap();
     let pem_certs = |pem: &[u8]| -> Vec<ureq::tls::Certificate<'static>> {
         ureq::tls::parse_pem(pem)
@@ -1383,6 +1394,12 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
     assert_eq!(
         heartbeat_with(&url, pki, Some("node-a"), &node_a),
         Some(200)
+    );
+    // Found by a review: certificates match names as DNS does (case aside), so node-a's passed
+    // for a node NODE-A, whose token then spoke as it. One spelling only.
+    assert_eq!(
+        heartbeat_as(&url, "NODE-A", pki, Some("node-a"), &upper),
+        Some(403)
     );
 
     // The agent with its certificate; a user without one.

@@ -241,6 +241,14 @@ fn names_node(cert: Option<&super::serve::PeerCert>, node: &str) -> Result<(), S
         "this control plane asks nodes for a client certificate (--client-ca), and none was \
          presented",
     )?;
+    // Certificates name DNS names, matched without regard to case or a final dot; node names
+    // are matched exactly everywhere else (tokens, placements), so only the one spelling is
+    // taken: `NODE-000` passed a certificate of node-000.
+    if node != node.to_ascii_lowercase() || node.ends_with('.') {
+        return Err(format!(
+            "node `{node}`: under --client-ca a node's name is lowercase, without a final dot"
+        ));
+    }
     let der = tokio_rustls::rustls::pki_types::CertificateDer::from(cert.0.as_slice());
     let parsed = webpki::EndEntityCert::try_from(&der)
         .map_err(|e| format!("its client certificate does not read: {e}"))?;
