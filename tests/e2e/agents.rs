@@ -1347,7 +1347,7 @@ fn heartbeat_as(
         .build()
         .new_agent();
     let response = agent
-        .post(format!("{url}/v1/nodes/node-a/heartbeat"))
+        .post(format!("{url}/v1/nodes/{node}/heartbeat"))
         .header("Authorization", &format!("Bearer {token}"))
         .send_json(two_gpus())
         .ok()?;
@@ -1364,6 +1364,7 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
     let data = init_data_dir(&dir.path().join("data"));
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let node_a = add_user(&data, "node-a", "node", "vision", "public");
+    let upper = add_user(&data, "NODE-A", "node", "vision", "public");
     let pki = dir.path();
     node_pki(pki, &["node-a", "node-b"]);
     let cluster = dir.path().join("cluster.toml");

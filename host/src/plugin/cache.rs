@@ -9,6 +9,9 @@
 //! entry runs code in this process. So an entry is loaded only when it, and the directory it
 //! is in, are this user's own and no one else may write them (as `ssh` treats `~/.ssh`); the
 //! directory is created private. Otherwise the cache is not used: the plugin is compiled.
+//! And an entry carries the SHA-256 of its artifact, checked on the bytes read before they are
+//! loaded: a damaged entry (a bad disk, a stray write) passed wasmtime's header checks and ran
+//! as code, and the daemon died of it at every start (`SIGTRAP`); it is recompiled instead.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -133,15 +136,18 @@ impl ArtifactCache {
                 tracing::warn!("recompiling: {e}");
                 return Ok((self.compile(engine, wasm)?, CacheOutcome::Disabled));
             }
-            // SAFETY: the file is this user's, in a directory of this user's that no one else
-            // may write (`only_ours`), written by `store` below from `serialize` of this engine
-            // configuration (the engine key is in its name); a truncated file fails the header
-            // checks and is recompiled.
-            match unsafe { A::deserialize_file(engine, &path) } {
-                Ok(artifact) => return Ok((artifact, CacheOutcome::Hit)),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "recompiling: cached artifact unusable: {e}")
-                }
+            match read_checked(&path) {
+                // SAFETY: the bytes are those `store` below wrote, from `serialize` of this
+                // engine configuration (the engine key is in the entry's name), as their digest
+                // says, read from a file of this user's in a directory of this user's that no one
+                // else may write (`only_ours`).
+                Ok(bytes) => match unsafe { A::deserialize(engine, &bytes) } {
+                    Ok(artifact) => return Ok((artifact, CacheOutcome::Hit)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "recompiling: cached artifact unusable: {e}")
+                    }
+                },
+                Err(e) => tracing::warn!(path = %path.display(), "recompiling: {e}"),
             }
         }
         let start = Instant::now();
@@ -151,7 +157,7 @@ impl ArtifactCache {
             kind = A::KIND,
             "compiled"
         );
-        if let Err(e) = store(&path, &artifact.serialize()?) {
+        if let Err(e) = store(&path, &with_digest(artifact.serialize()?)) {
             tracing::warn!(path = %path.display(), "cannot write compiled artifact: {e}");
         }
         Ok((artifact, CacheOutcome::Miss))
@@ -167,8 +173,8 @@ pub trait Artifact: Sized + Send + 'static {
     /// Loads a serialized artifact.
     ///
     /// # Safety
-    /// `path` must hold the output of [`Artifact::serialize`] for a compatible engine.
-    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self>;
+    /// `bytes` must be the output of [`Artifact::serialize`] for a compatible engine.
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self>;
     /// The artifact's serialized form.
     fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
 }
@@ -178,9 +184,9 @@ impl Artifact for Component {
     fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
         Component::new(engine, wasm)
     }
-    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
         // SAFETY: forwarded contract.
-        unsafe { Component::deserialize_file(engine, path) }
+        unsafe { Component::deserialize(engine, bytes) }
     }
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         Component::serialize(self)
@@ -192,9 +198,9 @@ impl Artifact for wasmtime::Module {
     fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<Self> {
         wasmtime::Module::new(engine, wasm)
     }
-    unsafe fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Self> {
+    unsafe fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Self> {
         // SAFETY: forwarded contract.
-        unsafe { wasmtime::Module::deserialize_file(engine, path) }
+        unsafe { wasmtime::Module::deserialize(engine, bytes) }
     }
     fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
         wasmtime::Module::serialize(self)
@@ -266,6 +272,34 @@ fn tighten(dir: &Path) {
 
 #[cfg(not(unix))]
 fn tighten(_: &Path) {}
+
+/// How an entry starts: the SHA-256 of the artifact that follows.
+const DIGEST: usize = 32;
+
+/// `artifact` as an entry holds it: its digest first.
+fn with_digest(artifact: Vec<u8>) -> Vec<u8> {
+    let digest = ring::digest::digest(&SHA256, &artifact);
+    let mut entry = Vec::with_capacity(DIGEST + artifact.len());
+    entry.extend_from_slice(digest.as_ref());
+    entry.extend(artifact);
+    entry
+}
+
+/// The artifact of entry `path`, read once and checked against its digest (never mapped from
+/// the file after the check, which another write could change).
+fn read_checked(path: &Path) -> Result<Vec<u8>, String> {
+    let mut entry = std::fs::read(path).map_err(|e| format!("cached artifact unreadable: {e}"))?;
+    if entry.len() < DIGEST
+        || ring::digest::digest(&SHA256, &entry[DIGEST..]).as_ref() != &entry[..DIGEST]
+    {
+        return Err(
+            "cached artifact damaged (or written by an earlier version): its digest does not match"
+                .into(),
+        );
+    }
+    entry.drain(..DIGEST);
+    Ok(entry)
+}
 
 fn store(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -339,5 +373,34 @@ mod tests {
         std::fs::rename(&entry, &elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
         assert_eq!(load(), CacheOutcome::Disabled, "a link");
+    }
+
+    /// Found by a review: an entry whose code was overwritten (its header intact) was loaded
+    /// and run, and the daemon died of it at every start. A damaged entry is recompiled and
+    /// replaced.
+    #[test]
+    fn a_damaged_cache_entry_is_recompiled_not_run() {
+        let engine = Engine::default();
+        let wasm = b"\0asm\x01\0\0\0".to_vec();
+        let sha = sha256_hex(&wasm);
+        let base = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(&engine, Some(base.path().join("cache")));
+        let load = || {
+            cache
+                .load_or_compile::<wasmtime::Module>(&engine, &wasm, &sha)
+                .unwrap()
+                .1
+        };
+        assert_eq!(load(), CacheOutcome::Miss);
+        assert_eq!(load(), CacheOutcome::Hit);
+        let entry = cache.entry(&sha).unwrap();
+        let mut bytes = std::fs::read(&entry).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xcc;
+        std::fs::write(&entry, &bytes).unwrap();
+        assert_eq!(load(), CacheOutcome::Miss, "recompiled");
+        assert_eq!(load(), CacheOutcome::Hit, "and replaced");
+        std::fs::write(&entry, b"short").unwrap();
+        assert_eq!(load(), CacheOutcome::Miss);
     }
 }
