@@ -1202,3 +1202,99 @@ fn a_paused_leaders_own_run_dies_with_its_lease_before_the_next_leader_runs_the_
     let again = started(&replicas[next].url);
     assert_ne!(again.last(), Some(&u64::from(first)), "{again:?}");
 }
+
+/// Found by a review: only job writes were fenced by the leader's term. A leader paused (SIGSTOP)
+/// in the middle of a dataset upload, deposed meanwhile, finished the upload on waking and
+/// recorded the dataset in etcd (201), past the quota its successor was keeping (a tenant
+/// allowed one dataset held two). Every write of a leader's stores is fenced now: the deposed
+/// leader's is refused and nothing of it lands.
+#[test]
+fn a_deposed_leaders_upload_in_flight_lands_nothing() {
+    use std::io::{Read, Write};
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_deposed_leaders_upload_in_flight") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "public");
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 2, EIGHT_GPUS, &[]);
+    let (leader, _) = leader_within(&mut replicas, Duration::from_secs(20));
+    // An upload to the leader, all but its last byte sent.
+    let body = b"1,2\n3,4\n".repeat(1000);
+    let addr = replicas[leader]
+        .url
+        .strip_prefix("http://")
+        .unwrap()
+        .to_string();
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "PUT /v1/datasets/old.csv?tenant=vision&classification=public HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {ada}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    held.write_all(head.as_bytes()).unwrap();
+    held.write_all(&body[..body.len() - 1]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Paused past its lease: the other replica leads, and takes an upload.
+    replicas[leader].signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        if let Some(i) = (0..replicas.len()).find(|&i| i != leader && replicas[i].leads()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no other leader");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let url = replicas[next].url.clone();
+    let at = format!("{url}/v1/datasets/new.csv?tenant=vision&classification=public");
+    let (s, v) = crate::durability::put_raw(&at, &ada, &body);
+    assert_eq!(s, 201, "{v}");
+    // Awake, the old leader gets the last byte.
+    replicas[leader].signal("-CONT");
+    held.write_all(&body[body.len() - 1..]).unwrap();
+    let mut answer = String::new();
+    let _ = held.read_to_string(&mut answer);
+    let status = answer.split(' ').nth(1).unwrap_or("").to_string();
+    let kept: Vec<String> = etcd
+        .client()
+        .prefix(b"gantry/datasets/vision/", 0)
+        .unwrap()
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert_eq!(
+        kept,
+        ["gantry/datasets/vision/new.csv"],
+        "the deposed leader answered {answer:?}"
+    );
+    assert_ne!(status, "201", "{answer}");
+}
+
+/// Found by a review: only the API refused to rotate a replica's master key; `gantry key
+/// rotate` on a replica's directory, offline, retired the key that sealed what the replicas keep
+/// in etcd, and under that replica as leader every dataset answered 500. Refused offline too.
+#[test]
+fn a_replicas_data_directory_refuses_key_rotation_offline_too() {
+    let _serial = one_at_a_time();
+    let Some(etcd) = EtcdProcess::start_or_skip("a_replicas_data_directory_refuses") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(&dir.path().join("d0"));
+    let mut replicas = replicas_on(dir.path(), &data, &etcd.url(), 1, EIGHT_GPUS, &[]);
+    leader_within(&mut replicas, Duration::from_secs(20));
+    replicas[0].kill();
+    let r0 = dir.path().join("r0");
+    let out = crate::support::gantry(
+        &["key", "rotate", "--data-dir", r0.to_str().unwrap()],
+        &shared_cache(),
+    );
+    let (_, e) = crate::support::text(&out);
+    assert!(
+        !out.status.success() && e.contains("a replica's of a control plane on etcd"),
+        "{e}"
+    );
+}

@@ -94,6 +94,17 @@ impl std::fmt::Debug for DataDir {
     }
 }
 
+/// The setting that marks a data directory as a replica's of a control plane on etcd.
+pub const REPLICATED: &str = "control_plane.replicated";
+
+/// Marks the data directory of `db` as a replica's ([`REPLICATED`]), once: for good.
+pub fn mark_replicated(db: &Db) -> Result<(), DbError> {
+    if db.setting(REPLICATED)?.is_none() {
+        db.set_setting(REPLICATED, "1")?;
+    }
+    Ok(())
+}
+
 /// The audit log of a data directory.
 pub fn audit_path(root: &Path) -> PathBuf {
     root.join("audit.log")
@@ -238,6 +249,17 @@ impl DataDir {
 
     /// Rotates the master key ([`Store::rotate`]); audited as `key.rotate`.
     pub fn rotate_key(&self) -> Result<gantry::storage::Rotation, DataDirError> {
+        // Offline too, not only through the API: what the replicas keep in etcd is wrapped by
+        // this key, which rotation retires (a rotated copy of a replica's directory could no
+        // longer read a dataset another replica had uploaded).
+        if self.db.setting(REPLICATED)?.is_some() {
+            return Err(DataDirError::Refused(
+                "this data directory is a replica's of a control plane on etcd: its master key \
+                 is shared with the other replicas' and seals what they keep in etcd, so it is \
+                 not rotated (a new key would be in this directory alone)"
+                    .into(),
+            ));
+        }
         let r = self.store.rotate()?;
         self.record("key.rotate", rotation_record(&r, self.actor()))?;
         Ok(r)

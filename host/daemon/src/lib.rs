@@ -366,6 +366,9 @@ impl Daemon {
             store, db, audit, ..
         } = datadir::DataDir::open(&config.data_dir, "gantry up")
             .map_err(|e| setup(e.to_string()))?;
+        if config.control_plane.is_some() {
+            datadir::mark_replicated(&db).map_err(|e| setup(e.to_string()))?;
+        }
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
@@ -513,6 +516,7 @@ impl Daemon {
             store, db, audit, ..
         } = datadir::DataDir::open(&config.data_dir, "gantry up (following)")
             .map_err(|e| setup(e.to_string()))?;
+        datadir::mark_replicated(&db).map_err(|e| setup(e.to_string()))?;
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
