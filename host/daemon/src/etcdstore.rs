@@ -20,7 +20,7 @@ use crate::db::{JobRecord, JobState, TransitionError, now};
 use crate::jobstore::{JobStore, Placement};
 
 /// The compare a leader's writes carry; `None` while this replica does not lead.
-pub type Fence = Arc<dyn Fn() -> Option<Compare> + Send + Sync>;
+pub use gantry_etcd::Fence;
 
 /// How often a job's compare-and-set is retried against other writers before giving up.
 const MAX_RETRIES: u32 = 64;
@@ -30,7 +30,7 @@ const MAX_RETRIES: u32 = 64;
 pub enum EtcdStoreError {
     /// etcd failed or could not be reached.
     #[error(transparent)]
-    Etcd(#[from] EtcdError),
+    Etcd(EtcdError),
     /// A stored value this version cannot read (corruption is an error, never a default).
     #[error("etcd key `{key}`: {problem}")]
     Corrupt {
@@ -45,6 +45,15 @@ pub enum EtcdStoreError {
     /// Other writers kept changing the job first.
     #[error("job `{0}`: other writers kept changing it first ({MAX_RETRIES} tries)")]
     Contended(String),
+}
+
+impl From<EtcdError> for EtcdStoreError {
+    fn from(e: EtcdError) -> Self {
+        match e {
+            EtcdError::Fenced => EtcdStoreError::NotLeader,
+            e => EtcdStoreError::Etcd(e),
+        }
+    }
 }
 
 /// Jobs kept in etcd under a root prefix.

@@ -666,10 +666,13 @@ impl Daemon {
             return Err("a replica of a control plane opens the daemon only once it leads".into());
         };
         let fence: etcdstore::Fence = Arc::new(move || lead.fence());
-        let jobs = etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(fence));
-        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root));
-        let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
-        let plugins = pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root);
+        // Every store writes through the leader's fenced client: nothing a replica that no
+        // longer leads still does (a request in flight, a task run to its end) lands.
+        let etcd = Arc::new(cp.etcd.fenced(fence.clone()));
+        let jobs = etcdstore::EtcdJobs::new(etcd.clone(), &cp.root, Some(fence));
+        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(etcd.clone(), &cp.root));
+        let policies = policystore::EtcdPolicy::new(etcd.clone(), &cp.root);
+        let plugins = pluginstore::EtcdPlugins::new(etcd.clone(), &cp.root);
         fn copying(what: &'static str) -> impl Fn(String) -> String {
             move |e| format!("copying {what} into etcd: {e}")
         }
@@ -687,8 +690,8 @@ impl Daemon {
         {
             seeded.push(serde_json::json!({ "plugins": n }));
         }
-        let sealed = sealedobjects::SealedObjects::new(cp.etcd.clone(), &cp.root);
-        let datasets = datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root);
+        let sealed = sealedobjects::SealedObjects::new(etcd.clone(), &cp.root);
+        let datasets = datasetstore::EtcdDatasets::new(etcd.clone(), &cp.root);
         let share = |d: &db::DatasetRecord| {
             sealed.share(store, &format!("dataset/{}", d.object), &d.object)
         };

@@ -69,7 +69,15 @@ pub enum EtcdError {
         /// What was wrong.
         message: String,
     },
+    /// A write through a fenced client ([`Etcd::fenced`]) whose fence did not hold: this
+    /// replica does not lead (any more), and nothing was written.
+    #[error("this control plane does not lead: the write was refused")]
+    Fenced,
 }
+
+/// What every write of a fenced client must hold: the compare (a leader's term) that makes it
+/// land only while its writer leads, or `None` when no write may go (it leads no more).
+pub type Fence = std::sync::Arc<dyn Fn() -> Option<Compare> + Send + Sync>;
 
 /// A key and its value as etcd holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +103,26 @@ pub enum Compare {
     Modified(Vec<u8>, i64),
     /// The key's value equals this.
     Value(Vec<u8>, Vec<u8>),
+}
+
+impl Compare {
+    /// The key it compares.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Compare::Created(k, _) | Compare::Modified(k, _) | Compare::Value(k, _) => k,
+        }
+    }
+
+    /// Whether it holds of `kv` (`None`: the key does not exist).
+    pub fn holds(&self, kv: Option<&Kv>) -> bool {
+        match (self, kv) {
+            (Compare::Created(_, 0), None) => true,
+            (Compare::Created(_, r), Some(kv)) => kv.create_revision == *r,
+            (Compare::Modified(_, r), Some(kv)) => kv.mod_revision == *r,
+            (Compare::Value(_, v), Some(kv)) => kv.value == *v,
+            _ => false,
+        }
+    }
 }
 
 /// An operation of a transaction.
@@ -161,7 +189,6 @@ impl EtcdTls {
 }
 
 /// A client of an etcd cluster.
-#[derive(Debug)]
 pub struct Etcd {
     endpoints: Vec<String>,
     agent: ureq::Agent,
@@ -169,6 +196,17 @@ pub struct Etcd {
     current: AtomicUsize,
     /// How long a call may take, retries included.
     timeout: Duration,
+    /// What each write must hold, for a leader's client ([`Etcd::fenced`]).
+    fence: Option<Fence>,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("fenced", &self.fence.is_some())
+            .finish()
+    }
 }
 
 impl Etcd {
@@ -213,7 +251,22 @@ impl Etcd {
             agent,
             current: AtomicUsize::new(0),
             timeout,
+            fence: None,
         })
+    }
+
+    /// This client, each of its writes (`put`, `delete`, `txn`) made to hold `fence` in the
+    /// same transaction: a leader's writes through it land only while it leads, whichever of
+    /// its stores makes them (one such write not fenced let a deposed leader, paused and
+    /// resumed, record a dataset past a tenant's quota). Reads are as they were.
+    pub fn fenced(&self, fence: Fence) -> Etcd {
+        Etcd {
+            endpoints: self.endpoints.clone(),
+            agent: self.agent.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+            timeout: self.timeout,
+            fence: Some(fence),
+        }
     }
 
     /// The endpoints, as given.
@@ -366,18 +419,59 @@ impl Etcd {
 
     /// Sets `key` to `value` (attached to `lease` when not 0); returns the new revision.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        if self.fence.is_some() {
+            let op = Op::Put(key.to_vec(), value.to_vec(), lease);
+            return Ok(self.txn(&[], &[op], &[])?.revision);
+        }
         let answer = self.call("/v3/kv/put", &put_body(key, value, lease))?;
         self.revision(&answer)
     }
 
-    /// Deletes `key`; returns whether it existed.
+    /// Deletes `key`; returns whether it existed (through a fenced client: whether it was
+    /// there just before).
     pub fn delete(&self, key: &[u8]) -> Result<bool, EtcdError> {
+        if self.fence.is_some() {
+            let ops = [Op::Get(key.to_vec()), Op::Delete(key.to_vec())];
+            let outcome = self.txn(&[], &ops, &[])?;
+            return Ok(outcome.gets.first().is_some_and(Option::is_some));
+        }
         let answer = self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))?;
         Ok(number(&answer, "deleted").unwrap_or(0) > 0)
     }
 
-    /// Runs `success` if every compare holds, else `failure`, as one atomic step.
+    /// Runs `success` if every compare holds, else `failure`, as one atomic step. Through a
+    /// fenced client, the fence is one more compare, and a transaction it fails is an error
+    /// ([`EtcdError::Fenced`]), never a failure the caller's compares would explain; `failure`
+    /// may then only read (`Op::Get`): it would run whichever compare failed.
     pub fn txn(
+        &self,
+        compare: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+    ) -> Result<TxnOutcome, EtcdError> {
+        let Some(fence) = &self.fence else {
+            return self.txn_unfenced(compare, success, failure);
+        };
+        assert!(
+            failure.iter().all(|op| matches!(op, Op::Get(_))),
+            "a fenced transaction's failure ops only read"
+        );
+        let fence = fence().ok_or(EtcdError::Fenced)?;
+        let mut compares = compare.to_vec();
+        compares.push(fence.clone());
+        let mut failure = failure.to_vec();
+        failure.push(Op::Get(fence.key().to_vec()));
+        let mut outcome = self.txn_unfenced(&compares, success, &failure)?;
+        if !outcome.succeeded {
+            let found = outcome.gets.pop().flatten();
+            if !fence.holds(found.as_ref()) {
+                return Err(EtcdError::Fenced);
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn txn_unfenced(
         &self,
         compare: &[Compare],
         success: &[Op],
@@ -613,6 +707,66 @@ mod tests {
         assert_eq!(c.get(b"a/leased").unwrap(), None);
         assert_eq!(c.keep_alive(lease).unwrap(), None);
         c.revoke(lease).unwrap();
+    }
+
+    /// Found by a review: only the job store fenced its writes by the leader's term, so a
+    /// deposed leader's other writes (a dataset past a quota, an account, a policy) landed. A
+    /// fenced client fences every write; a caller's own compare failing is still an answer.
+    #[test]
+    fn a_fenced_client_writes_only_while_its_fence_holds() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_fenced_client_writes_only") else {
+            return;
+        };
+        let c = etcd.client();
+        let term = c.put(b"leader", b"me", 0).unwrap();
+        let leads = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let fence: Fence = {
+            let leads = leads.clone();
+            std::sync::Arc::new(move || {
+                leads
+                    .load(Ordering::SeqCst)
+                    .then(|| Compare::Created(b"leader".to_vec(), term))
+            })
+        };
+        let f = c.fenced(fence);
+        f.put(b"k/1", b"one", 0).unwrap();
+        assert!(f.delete(b"k/1").unwrap());
+        assert!(!f.delete(b"k/1").unwrap());
+        let created = f
+            .txn(
+                &[Compare::Created(b"k/2".to_vec(), 0)],
+                &[Op::Put(b"k/2".to_vec(), b"two".to_vec(), 0)],
+                &[],
+            )
+            .unwrap();
+        assert!(created.succeeded);
+        let again = f
+            .txn(
+                &[Compare::Created(b"k/2".to_vec(), 0)],
+                &[Op::Put(b"k/2".to_vec(), b"2".to_vec(), 0)],
+                &[Op::Get(b"k/2".to_vec())],
+            )
+            .unwrap();
+        assert!(
+            !again.succeeded,
+            "the caller's compare failed, not the fence"
+        );
+        assert_eq!(again.gets.len(), 1, "{:?}", again.gets);
+        // Another replica leads now: nothing lands, and the write says why.
+        c.delete(b"leader").unwrap();
+        c.put(b"leader", b"other", 0).unwrap();
+        assert!(matches!(f.put(b"k/3", b"x", 0), Err(EtcdError::Fenced)));
+        assert!(matches!(f.delete(b"k/2"), Err(EtcdError::Fenced)));
+        assert_eq!(c.get(b"k/3").unwrap(), None);
+        assert!(c.get(b"k/2").unwrap().is_some());
+        // It knows it leads no more: refused without asking.
+        leads.store(false, Ordering::SeqCst);
+        assert!(matches!(f.put(b"k/3", b"x", 0), Err(EtcdError::Fenced)));
+        // Reads are as they were.
+        assert_eq!(
+            f.get(b"k/2").unwrap().map(|kv| kv.value),
+            Some(b"two".to_vec())
+        );
     }
 
     #[test]
