@@ -599,3 +599,29 @@ fn a_refusal_before_the_body_reaches_a_client_still_sending_it() {
     assert_eq!(s, 200);
     daemon.signal("-TERM");
 }
+
+/// Found by a review: `/metrics` needs no token, and each request counted every job the store
+/// holds (in etcd, read every record): anyone reaching the port could make the control plane
+/// scan its whole store in a loop. It is rendered at most once a second, and served again
+/// meanwhile: two requests in a row get the same text (each response counted would otherwise
+/// change it).
+#[test]
+fn metrics_asked_in_a_loop_are_rendered_at_most_once_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let daemon = Daemon::start(&data, &shared_cache());
+    let get = || {
+        ureq::get(&format!("{}/metrics", daemon.url))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    let first = get();
+    let second = get();
+    assert!(first.contains("gantry_"), "{first}");
+    assert_eq!(first, second, "rendered again within the second");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ne!(get(), first, "rendered again once it is a second old");
+}

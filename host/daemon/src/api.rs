@@ -74,6 +74,8 @@ struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
     large_bodies: Arc<Semaphore>,
+    /// `/metrics` as last rendered, and when ([`cluster::METRICS_FRESH`]).
+    metrics_text: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
     /// Tenants' streamed transfers.
     transfers: Arc<transfers::Transfers>,
     /// Node agents' streamed transfers.
@@ -86,6 +88,7 @@ impl AppState {
             daemon,
             wake,
             large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
+            metrics_text: Arc::default(),
             transfers: Arc::new(transfers::Transfers::new(
                 TRANSFER_SLOTS,
                 TRANSFER_SLOTS_PER_TENANT,

@@ -13,8 +13,35 @@ use crate::body;
 use crate::db::User;
 use gantry::policy::request::{Action, Resource};
 
+/// How long a rendering of `/metrics` is served again: it needs no token, and its counts read
+/// every job (in etcd, every record), so a client asking in a loop made each request a scan of
+/// the whole store. Rendered at most this often, one rendering at a time, the waiters holding
+/// no blocking thread.
+pub(super) const METRICS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let text = blocking(&state, |state| {
+    let mut last = state.metrics_text.lock().await;
+    let text = match &*last {
+        Some((at, text)) if at.elapsed() < METRICS_FRESH => text.clone(),
+        _ => {
+            let text = render_metrics(&state).await?;
+            *last = Some((std::time::Instant::now(), text.clone()));
+            text
+        }
+    };
+    drop(last);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn render_metrics(state: &AppState) -> ApiResult<String> {
+    blocking(state, |state| {
         let daemon = &state.daemon;
         let counts = daemon.jobs.counts_by_state()?;
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
@@ -31,15 +58,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response
             &running,
         ))
     })
-    .await?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
-    )
-        .into_response())
+    .await
 }
 
 pub(super) async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
