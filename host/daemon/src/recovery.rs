@@ -78,6 +78,10 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     let target = super::db_path(root);
     let incoming = gantry::durable::temporary_beside(&target);
     std::fs::copy(from, &incoming).map_err(io(from))?;
+    // On disk before it is renamed into place: a power loss must not leave a torn database.
+    std::fs::File::open(&incoming)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&incoming))?;
     let checked = Db::open(&incoming).and_then(|db| {
         let rows = db.check()?;
         Ok((db, rows))
