@@ -625,3 +625,64 @@ fn metrics_asked_in_a_loop_are_rendered_at_most_once_a_second() {
     std::thread::sleep(Duration::from_millis(1100));
     assert_ne!(get(), first, "rendered again once it is a second old");
 }
+
+/// Found by a review: one user with any token, asking to list jobs from 48 threads, wrote
+/// 0.75 MB a second of audit log (a decision each, synced) and filled the disk in 20 s; every
+/// tenant's requests then failed. A user's requests are paced (`--max-requests-per-user-per-s`):
+/// past their rate they get 429, counted with the refusals, not an audit entry each, and
+/// another user is served meanwhile.
+#[test]
+fn one_users_requests_as_fast_as_they_can_are_paced_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let eve = add_user(&data, "eve", "researcher", "vision", "public");
+    let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &["--max-requests-per-user-per-s", "20"],
+    );
+    let list = |token: &str| {
+        request(
+            &format!("{}/v1/jobs?limit=1", daemon.url),
+            "GET",
+            Some(token),
+            None,
+        )
+    };
+    let log = data.join("audit.log");
+    let decisions = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"decision\"") && l.contains("\"eve\""))
+            .count()
+    };
+    let before = decisions();
+    let start = Instant::now();
+    let (mut served, mut paced) = (0, 0);
+    for _ in 0..300 {
+        match list(&eve) {
+            (200, _) => served += 1,
+            (429, v) => {
+                paced += 1;
+                let e = v["error"].as_str().unwrap_or_default().to_string();
+                assert!(
+                    e.contains("user eve sends more than 20 requests a second"),
+                    "{e}"
+                );
+            }
+            (s, v) => panic!("{s}: {v}"),
+        }
+    }
+    let most = 40.0 + 20.0 * start.elapsed().as_secs_f64() + 2.0;
+    assert!(
+        paced > 0 && f64::from(served) <= most,
+        "served {served}, paced {paced}"
+    );
+    assert_eq!(list(&ada).0, 200, "another user is served");
+    assert!(
+        decisions() - before <= served as usize,
+        "a paced request records no decision"
+    );
+}

@@ -30,6 +30,7 @@ mod datasets;
 mod jobs;
 mod keys;
 mod noderuns;
+mod pace;
 
 pub use noderuns::STEP_HEADER;
 mod plugins;
@@ -74,6 +75,8 @@ struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
     large_bodies: Arc<Semaphore>,
+    /// How fast each user's requests are served.
+    pace: Arc<pace::Pace>,
     /// `/metrics` as last rendered, and when ([`cluster::METRICS_FRESH`]).
     metrics_text: Arc<tokio::sync::Mutex<Option<(std::time::Instant, String)>>>,
     /// Tenants' streamed transfers.
@@ -85,6 +88,7 @@ struct AppState {
 impl AppState {
     fn new(daemon: Arc<Daemon>, wake: Arc<Notify>) -> AppState {
         AppState {
+            pace: Arc::new(pace::Pace::new(daemon.tenant_limits.user_requests_per_s)),
             daemon,
             wake,
             large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
@@ -459,6 +463,8 @@ impl Caller {
         blocking(state, move |state| {
             let user =
                 super::auth::check(&*state.daemon.accounts, &self.0)?.ok_or_else(unauthorized)?;
+            // Before anything is decided, recorded or read for them.
+            state.pace.take(&user)?;
             work(state, user)
         })
         .await

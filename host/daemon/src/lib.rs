@@ -127,6 +127,9 @@ pub struct TenantLimits {
     pub datasets: usize,
     /// Bytes of all its datasets together (`--max-dataset-bytes-per-tenant`).
     pub dataset_bytes: u64,
+    /// Requests a second one user's token may send (`--max-requests-per-user-per-s`; twice as
+    /// many at once after a pause; 0: not paced). Admins and node identities are not paced.
+    pub user_requests_per_s: u32,
 }
 
 impl Default for TenantLimits {
@@ -135,9 +138,15 @@ impl Default for TenantLimits {
             queued_jobs: DEFAULT_MAX_QUEUED_PER_TENANT,
             datasets: DEFAULT_MAX_DATASETS_PER_TENANT,
             dataset_bytes: DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
+            user_requests_per_s: DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
         }
     }
 }
+
+/// The default of [`TenantLimits::user_requests_per_s`]: more than a person or a script polling
+/// a job needs, while one user asking as fast as they can (1,600 requests a second in a review,
+/// each an audit entry synced to disk) no longer fills the disk for every tenant in minutes.
+pub const DEFAULT_MAX_REQUESTS_PER_USER_PER_S: u32 = 100;
 
 /// The default of [`TenantLimits::queued_jobs`]: room for any real queue, while one tenant
 /// submitting in a loop (100 jobs a second, 2,483 in 25 s in a review) cannot grow the queue,

@@ -114,6 +114,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     max_queued_jobs_per_tenant: u64,
+    /// Requests a second one user may send (twice as many at once after a pause; past it: 429);
+    /// 0: not paced. Admins and node identities are not paced.
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    max_requests_per_user_per_s: u32,
     /// The most datasets one tenant may have (an upload past it: 429).
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_DATASETS_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -622,6 +627,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         tenant_limits: gantry_daemon::TenantLimits {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),
             datasets: usize::try_from(args.max_datasets_per_tenant).unwrap_or(usize::MAX),
+            user_requests_per_s: args.max_requests_per_user_per_s,
             dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
                 match args.etcd.is_empty() {
                     true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
