@@ -360,6 +360,21 @@ impl ApiError {
 
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
+        // A full disk is the operator's to mend, not a fault of the request: said so (507),
+        // so a client and a load balancer can tell it from a bug. Every failure reaches here as
+        // text (the store's, SQLite's, the audit log's), so it is told by its text.
+        let text = e.to_string();
+        let full = [
+            "(os error 28)",
+            "(os error 122)",
+            "database or disk is full",
+        ];
+        if full.iter().any(|f| text.contains(f)) {
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the daemon's disk is full; try again once its operator has made room",
+            );
+        }
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
 }
@@ -641,6 +656,22 @@ mod tests {
     /// The routes' state over `t`'s daemon.
     pub(super) fn app_state(t: &TestDaemon) -> AppState {
         AppState::new(t.daemon.clone(), Default::default())
+    }
+
+    /// Found by a review: a full disk was answered 500 "internal error", the same as a bug,
+    /// and only the daemon's log said why. 507, saying the disk is full.
+    #[test]
+    fn a_full_disk_is_answered_insufficient_storage_not_internal_error() {
+        use axum::http::StatusCode;
+        let full = [
+            super::ApiError::internal(std::io::Error::from_raw_os_error(28)),
+            super::ApiError::internal("database recording x: database or disk is full"),
+        ];
+        for e in full {
+            assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE, "{}", e.body);
+        }
+        let bug = super::ApiError::internal("something else");
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
