@@ -455,7 +455,9 @@ fn run(
         m.train_samples.fetch_add(batch, Ordering::Relaxed);
         daemon.record_step(&job.id, p);
     };
-    let stop = || control.stopping();
+    // A replica that no longer leads stops its runs at the next step (the next leader runs
+    // the job again), not once its requests have drained.
+    let stop = || control.stopping() || !daemon.leads();
     let hooks = Hooks::new()
         .progress(&mut progress)
         .stop(&stop)
