@@ -112,8 +112,24 @@ struct SourceSlot {
     ip: IpAddr,
 }
 
+/// The source a connection from `ip` counts against: an IPv4 address (one mapped into IPv6
+/// too), or an IPv6 address's /64, which one host is routinely given whole: counted one
+/// address each, one host had 2^64 sources, each with a whole share of the connections.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 impl PerSource {
     fn take(table: &Arc<PerSource>, ip: IpAddr, limit: usize) -> Option<SourceSlot> {
+        let ip = source_of(ip);
         let mut map = table.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= limit {
@@ -420,5 +436,27 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a review: connections were counted per address, and one IPv6 host has a /64 of
+    /// them: each address a whole share, so a few hosts took every connection. A /64 is one
+    /// source; an IPv4 address mapped into IPv6 is that IPv4 address.
+    #[test]
+    fn an_ipv6_hosts_addresses_are_one_source() {
+        let table = Arc::new(PerSource::default());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = PerSource::take(&table, ip("2001:db8:1:2::1"), 2).unwrap();
+        let b = PerSource::take(&table, ip("2001:db8:1:2:ffff::9"), 2).unwrap();
+        assert!(PerSource::take(&table, ip("2001:db8:1:2::77"), 2).is_none());
+        let other = PerSource::take(&table, ip("2001:db8:1:3::1"), 2).expect("another /64");
+        let v4 = PerSource::take(&table, ip("192.0.2.7"), 1).unwrap();
+        assert!(PerSource::take(&table, ip("::ffff:192.0.2.7"), 1).is_none());
+        drop((a, b, other, v4));
+        assert!(table.0.lock().unwrap().is_empty());
     }
 }
