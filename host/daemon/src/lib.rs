@@ -257,6 +257,10 @@ pub struct Daemon {
     /// Reservations (jobs with neither a program nor training) placed: when each ends (Unix
     /// seconds; [`Daemon::end_reservations`]).
     reservations: Mutex<std::collections::HashMap<String, f64>>,
+    /// Ends of runs the job store failed to record (a full disk, etcd away), tried again each
+    /// tick ([`Daemon::record_unrecorded_ends`]): dropped, their jobs stayed `running` holding
+    /// their GPUs until the next restart.
+    unrecorded_ends: Mutex<Vec<lifecycle::UnrecordedEnd>>,
     /// Command jobs told that they wait for one node's GPUs ([`lifecycle::SPLIT_RETRY_S`]).
     split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
@@ -632,6 +636,7 @@ impl Daemon {
             deferred: Mutex::default(),
             split: Mutex::default(),
             reservations: Mutex::default(),
+            unrecorded_ends: Mutex::default(),
             curves: Mutex::new(Default::default()),
             datasets: stores.datasets,
             shared: stores.shared,
@@ -1204,6 +1209,7 @@ fn spawn_loops(
                         d.expire_leases();
                         d.give_up_overdue_runs();
                     }
+                    d.record_unrecorded_ends();
                     d.end_reservations();
                 })
                 .await;

@@ -280,18 +280,31 @@ impl Daemon {
             due
         };
         for id in due {
+            // Kept to be tried again at the next tick when the store fails (its job would stay
+            // `scheduled`, holding its GPUs, until a restart).
+            let retry = |id: &String| {
+                let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+                held.insert(id.clone(), now);
+            };
             let job = match self.jobs.job(&id) {
                 Ok(Some(job)) if job.state == JobState::Scheduled => job,
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "reading a reservation");
+                    retry(&id);
                     continue;
                 }
             };
             // Through `running`, the lifecycle's one way to `succeeded`; not a run a crash
             // could interrupt, so not counted as one.
-            if !matches!(moved(self.jobs.run_started(&id)), Ok(Some(_))) {
-                continue;
+            match moved(self.jobs.run_started(&id)) {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "ending a reservation");
+                    retry(&id);
+                    continue;
+                }
             }
             if let Err(e) = self.jobs.run_ended(&id) {
                 tracing::error!(job = %id, error = %e, "ending a reservation");
@@ -313,7 +326,77 @@ impl Daemon {
                     self.follow(&id, from, JobState::Succeeded);
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(job = %id, error = %e, "ending a reservation"),
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "ending a reservation");
+                    // `running` now: its end is recorded at a later tick.
+                    self.unrecorded(UnrecordedEnd {
+                        id: id.clone(),
+                        to: JobState::Succeeded,
+                        gpu_ids: job.gpu_ids.clone(),
+                        reason: None,
+                        message: format!(
+                            "the reservation of {} s ended; its GPUs are free",
+                            job.est_runtime_s
+                        ),
+                        result: None,
+                    });
+                }
+            }
+        }
+    }
+
+    fn unrecorded(&self, end: UnrecordedEnd) {
+        let mut ends = self
+            .unrecorded_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ends.push(end);
+    }
+
+    /// Records the ends of runs the job store failed to record before, as the runs ended;
+    /// those it fails again are kept for the next tick.
+    pub(crate) fn record_unrecorded_ends(&self) {
+        let ends = std::mem::take(
+            &mut *self
+                .unrecorded_ends
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for end in ends {
+            if let Some(result) = &end.result
+                && let Err(e) = self.jobs.set_result(&end.id, result)
+            {
+                tracing::error!(job = %end.id, error = %e, "recording a result");
+                self.unrecorded(end);
+                continue;
+            }
+            // Still as the run left it (running, or being cancelled): else moved meanwhile
+            // (requeued, given up), and the end is no longer this run's to record.
+            let recorded = match self.jobs.job(&end.id) {
+                Ok(Some(job)) if matches!(job.state, JobState::Running | JobState::Cancelling) => {
+                    self.jobs.transition(
+                        &end.id,
+                        Some(job.state),
+                        end.to,
+                        &end.gpu_ids,
+                        end.reason.as_deref(),
+                    )
+                }
+                Ok(_) => continue,
+                Err(e) => Err(TransitionError::Db(e)),
+            };
+            match moved(recorded) {
+                Ok(Some(from)) => {
+                    tracing::info!(job = %end.id, state = end.to.as_str(), "a run's end recorded late");
+                    let _ = self.jobs.log(&end.id, &end.message);
+                    self.follow(&end.id, from, end.to);
+                }
+                // Moved meanwhile (cancelled, given up): nothing left to record.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(job = %end.id, error = %e, "recording the end of a run");
+                    self.unrecorded(end);
+                }
             }
         }
     }
@@ -478,10 +561,12 @@ impl Daemon {
             tracing::error!(job = %id, error = %e, "recording the end of a run");
         }
         let (to, reason, message, result) = outcome(end, control.reason());
+        let mut unrecorded_result = None;
         if let Some(result) = result
             && let Err(e) = self.jobs.set_result(id, &result)
         {
             tracing::error!(job = %id, error = %e, "recording a result");
+            unrecorded_result = Some(result);
         }
         let gpu_ids = if to == JobState::Pending {
             Vec::new()
@@ -510,7 +595,18 @@ impl Daemon {
             Ok(None) => {
                 // Moved by someone else (cancelled before the run started): theirs to release.
             }
-            Err(e) => tracing::error!(job = %id, error = %e, "recording the end of a run"),
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "recording the end of a run");
+                // Tried again each tick: the run is over, and its job must not hold its GPUs.
+                self.unrecorded(UnrecordedEnd {
+                    id: id.clone(),
+                    to,
+                    gpu_ids,
+                    reason,
+                    message,
+                    result: unrecorded_result,
+                });
+            }
         }
         runs.remove(id);
     }
@@ -574,6 +670,18 @@ pub fn recovery(job: &JobRecord, now: f64) -> Recovery {
         JobState::Running => Recovery::Queue(now + crash_backoff_s(job.crashes)),
         _ => Recovery::Queue(job.not_before),
     }
+}
+
+/// The end of a run the job store failed to record ([`Daemon::record_unrecorded_ends`]).
+#[derive(Debug, Clone)]
+pub(crate) struct UnrecordedEnd {
+    id: String,
+    to: JobState,
+    gpu_ids: Vec<String>,
+    reason: Option<String>,
+    message: String,
+    /// A finished run's result, when the store failed to record it too.
+    result: Option<serde_json::Value>,
 }
 
 /// What [`recover_jobs`] found.
@@ -821,6 +929,35 @@ mod tests {
             counts,
             vec![("cancelled".to_string(), 1), ("pending".to_string(), 1)]
         );
+    }
+
+    /// Found by a review: a run's end the job store failed to record (a full disk, etcd away)
+    /// was only logged: its job stayed `running`, holding its GPUs, until the next restart. It
+    /// is recorded at a later tick, result and all.
+    #[test]
+    fn a_runs_end_the_store_failed_to_record_is_recorded_at_a_later_tick() {
+        let mut td = crate::testing::TestDaemon::new();
+        let store = crate::testing::Deposable::over(Arc::get_mut(&mut td.daemon).unwrap());
+        let (job, control) = td.running("late");
+        let d = &td.daemon;
+        store.depose();
+        let result = serde_json::json!({"final_loss": 0.5});
+        d.run_ended(
+            &job,
+            &control,
+            true,
+            RunEnd::Finished(result.clone(), "done".into()),
+        );
+        let state = || d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(state().state, JobState::Running, "not recorded yet");
+        d.record_unrecorded_ends();
+        assert_eq!(state().state, JobState::Running, "the store still refuses");
+        store.restore();
+        d.record_unrecorded_ends();
+        let ended = state();
+        assert_eq!(ended.state, JobState::Succeeded);
+        assert_eq!(ended.result, Some(result));
+        assert!(d.unrecorded_ends.lock().unwrap().is_empty());
     }
 
     #[test]
