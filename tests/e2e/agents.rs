@@ -355,6 +355,13 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
         "the frozen agent's run outlived its lease: it ran beside the job's next attempt"
     );
     agent_a.signal("-CONT");
+    // Found by a review: woken, the agent renewed its run's guard, gone (it had killed the run),
+    // and died of SIGPIPE, every other run of its node with it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        alive(agent_a.0.id()),
+        "the agent did not survive its run's guard"
+    );
     let j = job(&url, &rae, "c1");
     assert_eq!(j["state"], "running", "{j}");
     assert_eq!(j["gpu_ids"], json!(["node-b/gpu0", "node-b/gpu1"]), "{j}");

@@ -168,9 +168,10 @@ pub fn init_tracing(verbose: u8) {
 }
 
 impl Cli {
-    /// Whether this runs the daemon (`gantry up`).
+    /// Whether this runs a long-lived service (`gantry up`, `gantry agent`), which must never
+    /// die of a signal such as SIGPIPE (a run's guard gone, a peer hung up).
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Up(_))
+        matches!(self.command, Command::Up(_) | Command::Agent(_))
     }
 }
 

@@ -829,6 +829,11 @@ pub fn execute(
         if let (Some(guard), Some(until)) = (guard.as_mut(), sink.lease_until()) {
             guard.renew(until);
         }
+        // Its guard goes before it is reaped: once reaped, its group's id may be another's, and
+        // a guard whose deadline passed would kill that.
+        if guard.is_some() && exited(pgid) {
+            drop(guard.take());
+        }
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
@@ -901,6 +906,16 @@ pub fn execute(
             end
         }
         (end, ..) => end,
+    }
+}
+
+/// Whether child `pid` has exited, without reaping it (it stays a zombie, its id its own).
+fn exited(pid: i32) -> bool {
+    // SAFETY: `info` is a valid siginfo for waitid to fill; WNOWAIT leaves the child waitable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) == 0 && info.si_pid() == pid
     }
 }
 

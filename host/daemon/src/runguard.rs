@@ -24,7 +24,8 @@ pub const GUARD_ARG: &str = "__gantry-run-guard";
 /// A run's guard, stopped (never the run) when dropped.
 pub struct RunGuard {
     child: Child,
-    renewals: std::fs::File,
+    /// Where renewals go; `None` once a write failed (the guard is gone: it killed the run).
+    renewals: Option<std::fs::File>,
     /// The last deadline sent, so an unchanged lease costs no write.
     sent: u64,
 }
@@ -34,6 +35,7 @@ impl RunGuard {
     pub fn start(pgid: i32, until: Instant) -> std::io::Result<RunGuard> {
         let (read, write) = pipe()?;
         let first = monotonic_ns_at(until);
+        use std::os::unix::process::CommandExt;
         let child = Command::new("/proc/self/exe")
             .arg(GUARD_ARG)
             .arg(pgid.to_string())
@@ -41,11 +43,13 @@ impl RunGuard {
             .stdin(Stdio::from(read))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            // Out of its holder's process group: a Ctrl-C or a service manager's stop of the
+            // holder's group does not take the guard away from the runs it guards.
+            .process_group(0)
             .spawn()?;
-        let renewals = std::fs::File::from(write);
         Ok(RunGuard {
             child,
-            renewals,
+            renewals: Some(std::fs::File::from(write)),
             sent: first,
         })
     }
@@ -57,8 +61,15 @@ impl RunGuard {
         if deadline.abs_diff(self.sent) < 1_000_000 {
             return;
         }
-        if self.renewals.write_all(&deadline.to_ne_bytes()).is_ok() {
-            self.sent = deadline;
+        let Some(renewals) = &mut self.renewals else {
+            return;
+        };
+        match renewals.write_all(&deadline.to_ne_bytes()) {
+            Ok(()) => self.sent = deadline,
+            // Full (the guard stopped reading): the deadline it has stands. Anything else (it
+            // is gone: it killed the run) is for good.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => self.renewals = None,
         }
     }
 }
@@ -115,11 +126,25 @@ fn monotonic_ns_at(until: Instant) -> u64 {
 /// When this process was started as a guard (its first argument [`GUARD_ARG`]), guards and
 /// exits; otherwise returns at once. Call it first thing in `main`.
 pub fn main_if_asked() {
-    let args: Vec<String> = std::env::args().skip(1).take(4).collect();
-    if args.first().map(String::as_str) != Some(GUARD_ARG) {
+    // `args_os`: any other command's arguments may be bytes that are not UTF-8.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take(4).collect();
+    if args.first().map(|a| a.as_os_str()) != Some(std::ffi::OsStr::new(GUARD_ARG)) {
         return;
     }
-    let parsed = match (args.get(1), args.get(2)) {
+    // Stopped only by its holder (a kill) or its deadline: not by signals meant for the
+    // holder's terminal or service.
+    for signal in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+    ] {
+        // SAFETY: setting a signal's disposition to ignored, before any thread starts.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    let number = |i: usize| args.get(i).and_then(|a| a.to_str());
+    let parsed = match (number(1), number(2)) {
         (Some(pgid), Some(first)) => pgid.parse::<i32>().ok().zip(first.parse::<u64>().ok()),
         _ => None,
     };
