@@ -32,19 +32,30 @@ struct Ledger {
     served: HashMap<String, u64>,
     next: u64,
     waiting: VecDeque<(u64, String)>,
+    /// The waiter whose turn it is, kept until it is served or stops waiting: chosen again at
+    /// every wake-up, a tenant's large run could be passed for ever by others' small ones, each
+    /// ranking first when it came back.
+    head: Option<u64>,
 }
 
 impl Ledger {
-    /// Whose turn it is: the first waiter of the tenant holding least, of equals the one served
-    /// least lately, then the earliest.
-    fn turn(&self) -> Option<u64> {
+    /// Whose turn it is: the waiter chosen before, while it waits; else the first waiter of the
+    /// tenant holding least, of equals the one served least lately, then the earliest.
+    fn turn(&mut self) -> Option<u64> {
+        if let Some(head) = self.head
+            && self.waiting.iter().any(|(t, _)| *t == head)
+        {
+            return Some(head);
+        }
         let mut seen = HashSet::new();
         let of = |map: &HashMap<String, u64>, tenant: &str| map.get(tenant).copied().unwrap_or(0);
-        self.waiting
+        self.head = self
+            .waiting
             .iter()
             .filter(|(_, tenant)| seen.insert(tenant.as_str()))
             .min_by_key(|(ticket, t)| (of(&self.held, t), of(&self.served, t), *ticket))
-            .map(|(ticket, _)| *ticket)
+            .map(|(ticket, _)| *ticket);
+        self.head
     }
 
     fn take(&mut self, tenant: &str, mib: u64) {
@@ -300,9 +311,18 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), ["large", "small"]);
     }
 
+    /// Waits until `n` runs wait in line.
+    fn until_waiting(budget: &TrainBudget, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while budget.ledger().waiting.len() < n {
+            assert!(std::time::Instant::now() < deadline, "never {n} waiting");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Found by a review: waiters were served in the order they came, whoever they were, so
     /// a tenant's queue of runs, each taking most of the budget, kept every other tenant's
-    /// run behind all of them. The next waiter is now the first of the tenant holding least.
+    /// run behind all of it. The next waiter is now the first of the tenant holding least.
     #[test]
     fn a_tenants_queue_of_runs_does_not_keep_another_tenants_run_behind_all_of_it() {
         let budget = TrainBudget::new(10);
@@ -317,23 +337,60 @@ mod tests {
                         .unwrap()
                         .unwrap();
                     order.lock().unwrap().push(name);
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(20));
                     drop(r);
                 }
             };
             let mut runs = Vec::new();
-            for (tenant, name) in [("a", "a2"), ("a", "a3"), ("a", "a4"), ("b", "b1")] {
+            for (n, (tenant, name)) in [("a", "a2"), ("a", "a3"), ("a", "a4"), ("b", "b1")]
+                .into_iter()
+                .enumerate()
+            {
                 runs.push(s.spawn(run(tenant, name)));
                 // Each in line before the next.
-                std::thread::sleep(Duration::from_millis(50));
+                until_waiting(&budget, n + 1);
             }
             drop(held);
             for r in runs {
                 r.join().unwrap();
             }
         });
-        // b, served least lately, first; then a's in their order.
-        assert_eq!(*order.lock().unwrap(), ["b1", "a2", "a3", "a4"]);
+        // The first in line keeps its turn; then b, served least lately, before a's next.
+        assert_eq!(*order.lock().unwrap(), ["a2", "b1", "a3", "a4"]);
         assert!(budget.ledger().held.is_empty() && budget.ledger().served.is_empty());
+    }
+
+    /// Found by a review of the turns by tenant: chosen again at every wake-up, a tenant's large
+    /// run waiting for room was passed by other tenants' small ones, each ranking first (holding
+    /// nothing) when it came: the large one waited for ever. A waiter keeps its turn.
+    #[test]
+    fn a_waiter_keeps_its_turn_whoever_comes_after_it() {
+        let budget = TrainBudget::new(10);
+        let held = budget.reserve("a", 2, || false, |_| {}).unwrap().unwrap();
+        let order = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let large = s.spawn(|| {
+                let r = budget.reserve("a", 9, || false, |_| {}).unwrap().unwrap();
+                order.lock().unwrap().push("large");
+                drop(r);
+            });
+            until_waiting(&budget, 1);
+            let small = s.spawn(|| {
+                // 2 + 1 fit now, and b holds less than a: still after a's waiting run.
+                let r = budget.reserve("b", 1, || false, |_| {}).unwrap().unwrap();
+                order.lock().unwrap().push("small");
+                drop(r);
+            });
+            until_waiting(&budget, 2);
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                order.lock().unwrap().is_empty(),
+                "the small one waits its turn"
+            );
+            drop(held);
+            large.join().unwrap();
+            small.join().unwrap();
+        });
+        assert_eq!(*order.lock().unwrap(), ["large", "small"]);
     }
 }
