@@ -339,6 +339,7 @@ impl Daemon {
                             job.est_runtime_s
                         ),
                         result: None,
+                        move_owed: true,
                     });
                 }
             }
@@ -362,18 +363,31 @@ impl Daemon {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for end in ends {
-            if let Some(result) = &end.result
-                && let Err(e) = self.jobs.set_result(&end.id, result)
-            {
-                tracing::error!(job = %end.id, error = %e, "recording a result");
-                self.unrecorded(end);
+        for mut end in ends {
+            // A run of the job under way again: this end is no longer its to record.
+            if self.runs().contains_key(&end.id) {
                 continue;
             }
-            // Still as the run left it (running, or being cancelled): else moved meanwhile
-            // (requeued, given up), and the end is no longer this run's to record.
+            if let Some(result) = &end.result {
+                if let Err(e) = self.jobs.set_result(&end.id, result) {
+                    tracing::error!(job = %end.id, error = %e, "recording a result");
+                    self.unrecorded(end);
+                    continue;
+                }
+                end.result = None;
+            }
+            if !end.move_owed {
+                continue;
+            }
+            // Still as the run left it (placed, running, or being cancelled): else moved
+            // meanwhile (requeued, given up), and the end is no longer this run's to record.
             let recorded = match self.jobs.job(&end.id) {
-                Ok(Some(job)) if matches!(job.state, JobState::Running | JobState::Cancelling) => {
+                Ok(Some(job))
+                    if matches!(
+                        job.state,
+                        JobState::Scheduled | JobState::Running | JobState::Cancelling
+                    ) =>
+                {
                     self.jobs.transition(
                         &end.id,
                         Some(job.state),
@@ -605,10 +619,26 @@ impl Daemon {
                     reason,
                     message,
                     result: unrecorded_result,
+                    move_owed: true,
                 });
+                runs.remove(id);
+                return;
             }
         }
         runs.remove(id);
+        // The move recorded, its result not: that is tried again alone.
+        if let Some(result) = unrecorded_result {
+            drop(runs);
+            self.unrecorded(UnrecordedEnd {
+                id: id.clone(),
+                to,
+                gpu_ids: Vec::new(),
+                reason: None,
+                message: String::new(),
+                result: Some(result),
+                move_owed: false,
+            });
+        }
     }
 
     /// At shutdown: asks every run to stop after its step and waits for them (up to `wait`);
@@ -680,8 +710,10 @@ pub(crate) struct UnrecordedEnd {
     gpu_ids: Vec<String>,
     reason: Option<String>,
     message: String,
-    /// A finished run's result, when the store failed to record it too.
+    /// A finished run's result, when the store failed to record it.
     result: Option<serde_json::Value>,
+    /// Whether the move to `to` is still to be recorded (else only the result is).
+    move_owed: bool,
 }
 
 /// What [`recover_jobs`] found.
@@ -958,6 +990,20 @@ mod tests {
         assert_eq!(ended.state, JobState::Succeeded);
         assert_eq!(ended.result, Some(result));
         assert!(d.unrecorded_ends.lock().unwrap().is_empty());
+        // A run that failed before it started leaves its job placed (`scheduled`): recorded too.
+        let early = td.scheduled("early", None);
+        let control = d.claim_run(&early.id).expect("one run");
+        store.depose();
+        d.run_ended(
+            &early,
+            &control,
+            false,
+            RunEnd::Failed("no such program".into()),
+        );
+        store.restore();
+        d.record_unrecorded_ends();
+        let early = d.jobs.job(&early.id).unwrap().unwrap();
+        assert_eq!(early.state, JobState::Failed, "{early:?}");
     }
 
     #[test]
