@@ -646,14 +646,14 @@ impl Host {
         self.enqueue(job)
     }
 
-    /// Queues a checked job, checked again only when the state changed since (the cluster may
-    /// have lost GPUs); a job whose id is queued or running already is refused.
     /// Whether job `id` is queued or running here.
     pub fn holds(&self, id: &str) -> bool {
         self.state.pending.iter().any(|p| p.spec.id == id)
             || self.state.running.iter().any(|a| a.job_id == id)
     }
 
+    /// Queues a checked job, checked again only when the state changed since (the cluster may
+    /// have lost GPUs); a job whose id is queued or running already is refused.
     fn enqueue(&mut self, job: CheckedJob) -> Result<(), HostError> {
         let job = match job.generation == self.generation {
             true => job.spec,

@@ -258,7 +258,8 @@ impl Etcd {
     /// This client, each of its writes (`put`, `delete`, `txn`) made to hold `fence` in the
     /// same transaction: a leader's writes through it land only while it leads, whichever of
     /// its stores makes them (one such write not fenced let a deposed leader, paused and
-    /// resumed, record a dataset past a tenant's quota). Reads are as they were.
+    /// resumed, record a dataset past a tenant's quota). Plain reads (`get`, `prefix`) are as
+    /// they were; a transaction is fenced whatever its ops, reads only included.
     pub fn fenced(&self, fence: Fence) -> Etcd {
         Etcd {
             endpoints: self.endpoints.clone(),

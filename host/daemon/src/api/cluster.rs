@@ -20,16 +20,21 @@ use gantry::policy::request::{Action, Resource};
 pub(super) const METRICS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let mut last = state.metrics_text.lock().await;
-    let text = match &*last {
-        Some((at, text)) if at.elapsed() < METRICS_FRESH => text.clone(),
-        _ => {
+    let mut last = state.metrics_text.clone().lock_owned().await;
+    let fresh =
+        (last.as_ref()).and_then(|(at, text)| (at.elapsed() < METRICS_FRESH).then(|| text.clone()));
+    let text = match fresh {
+        Some(text) => text,
+        // Rendered by a task of its own, holding the lock: a client that hangs up does not
+        // let another rendering start beside its own.
+        None => tokio::spawn(async move {
             let text = render_metrics(&state).await?;
             *last = Some((std::time::Instant::now(), text.clone()));
-            text
-        }
+            Ok::<_, ApiError>(text)
+        })
+        .await
+        .map_err(ApiError::internal)??,
     };
-    drop(last);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -118,9 +118,13 @@ mod tests {
         let later = t0 + Duration::from_millis(100);
         pace.take_at("eve", later).unwrap();
         assert!(pace.take_at("eve", later).is_err());
+        // Through the clock: one a second, two at once.
         let eve = user("eve", &["researcher"]);
+        let slow = Pace::new(1);
+        slow.take(&eve).unwrap();
+        slow.take(&eve).unwrap();
         assert_eq!(
-            pace.take(&eve).unwrap_err().status,
+            slow.take(&eve).unwrap_err().status,
             StatusCode::TOO_MANY_REQUESTS
         );
         for exempt in [user("root", &["admin"]), user("node-a", &["node"])] {
