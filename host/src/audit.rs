@@ -333,6 +333,8 @@ pub struct AuditLog {
     sync_file: File,
     opened: Opened,
     on_seal: Mutex<Option<Arc<OnSeal>>>,
+    /// Why the last append failed, until one succeeds ([`AuditLog::failing`]).
+    failing: Mutex<Option<String>>,
 }
 
 /// The appending end of the log.
@@ -430,6 +432,7 @@ impl AuditLog {
                 torn_bytes: report.torn_bytes,
             },
             on_seal: Mutex::new(None),
+            failing: Mutex::new(None),
         };
         if report.unsigned_tail > 0 || report.torn_bytes > 0 {
             log.seal_tail(report.entries)?;
@@ -604,6 +607,18 @@ impl AuditLog {
     /// Appends an event (`plugin.load`, `policy.swap`, ...), with a signed checkpoint every
     /// [`CHECKPOINT_EVERY`] entries, and returns the entry's sequence number once it is on disk.
     pub fn append(&self, kind: &str, record: serde_json::Value) -> Result<u64, AuditError> {
+        let appended = self.append_entry(kind, record);
+        *guard(&self.failing) = appended.as_ref().err().map(ToString::to_string);
+        appended
+    }
+
+    /// Why the last append failed (a full disk, say), while no later one has succeeded: every
+    /// request that must be recorded fails meanwhile, which a health check should say.
+    pub fn failing(&self) -> Option<String> {
+        guard(&self.failing).clone()
+    }
+
+    fn append_entry(&self, kind: &str, record: serde_json::Value) -> Result<u64, AuditError> {
         let (seq, last, sealed) = {
             let mut tail = self.tail();
             let seq = self.write(&mut tail, kind, Some(record))?;

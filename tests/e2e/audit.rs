@@ -607,6 +607,11 @@ fn a_write_the_disk_cannot_take_whole_leaves_no_fragment_before_the_next_entry()
     let big = serde_json::json!({"plugin": "x".repeat(400)});
     let e = log.append("plugin.load", big).unwrap_err();
     assert!(matches!(e, AuditError::Io { .. }), "{e}");
+    // Said until an append succeeds (a health check reads it).
+    assert!(
+        log.failing()
+            .is_some_and(|why| why.contains("File too large"))
+    );
     assert_eq!(
         std::fs::metadata(&path).unwrap().len(),
         written,
@@ -615,6 +620,7 @@ fn a_write_the_disk_cannot_take_whole_leaves_no_fragment_before_the_next_entry()
     limit(libc::RLIM_INFINITY);
     log.append("policy.swap", serde_json::json!({"revision": "r2"}))
         .unwrap();
+    assert_eq!(log.failing(), None);
     log.close().unwrap();
     let report = audit::verify(&path, None).unwrap();
     assert_eq!(report.unsigned_tail, 0);

@@ -66,12 +66,19 @@ async fn render_metrics(state: &AppState) -> ApiResult<String> {
     .await
 }
 
-pub(super) async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(super) async fn health(State(state): State<AppState>) -> Response {
+    // An audit log that cannot be written fails every request that must be recorded (most):
+    // said here (503), not "ok", so a health check takes the daemon out and its operator learns.
+    if let Some(why) = state.daemon.audit.failing() {
+        let body = json!({"status": "failing", "audit_log": why});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match &state.daemon.leadership {
         // The leader of a replicated control plane (followers answer with their own app).
         Some(lead) => Json(json!({"status": "ok", "role": "leader", "term": lead.term()})),
         None => Json(json!({"status": "ok"})),
     }
+    .into_response()
 }
 
 /// `GET /v1/gpus`: every GPU, its node and health, and the job holding it.
