@@ -475,6 +475,8 @@ impl Caller {
         state: &AppState,
         work: impl FnOnce(&AppState, User) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
+        // A user past their rate is answered before their token is looked up.
+        state.pace.before_lookup(&self.0)?;
         blocking(state, move |state| {
             let user =
                 super::auth::check(&*state.daemon.accounts, &self.0)?.ok_or_else(unauthorized)?;
