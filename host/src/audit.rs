@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugin::cache::{hex, sha256_hex};
 
+pub mod tally;
 mod verify;
 
 pub use self::verify::{VerifyOptions, VerifyReport, last_verified, verify, verify_with};
@@ -335,6 +336,10 @@ pub struct AuditLog {
     on_seal: Mutex<Option<Arc<OnSeal>>>,
     /// Why the last append failed, until one succeeds ([`AuditLog::failing`]).
     failing: Mutex<Option<String>>,
+    /// Allowed decisions recorded in aggregate ([`AuditLog::decision_in_aggregate`]).
+    tallies: tally::Tallies,
+    /// Whether every decision is an entry of its own ([`AuditLog::record_each_decision`]).
+    each_decision: std::sync::atomic::AtomicBool,
 }
 
 /// The appending end of the log.
@@ -433,6 +438,8 @@ impl AuditLog {
             },
             on_seal: Mutex::new(None),
             failing: Mutex::new(None),
+            tallies: tally::Tallies::default(),
+            each_decision: std::sync::atomic::AtomicBool::new(false),
         };
         if report.unsigned_tail > 0 || report.torn_bytes > 0 {
             log.seal_tail(report.entries)?;
@@ -642,6 +649,40 @@ impl AuditLog {
         self.append("decision", decision.record())
     }
 
+    /// Records every decision as an entry of its own, reads included (an operator's choice:
+    /// `gantry up --audit-each-read`), or counts allowed reads in aggregate (the default).
+    pub fn record_each_decision(&self, each: bool) {
+        self.each_decision
+            .store(each, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether allowed decisions of `action` go into the next `decision.summary` entry rather
+    /// than an entry of their own ([`tally`]).
+    pub fn aggregates(&self, action: crate::policy::Action) -> bool {
+        action.aggregated_when_allowed()
+            && !self
+                .each_decision
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `decision`, allowed, into the next `decision.summary` entry
+    /// ([`AuditLog::record_tallies`]) instead of appending an entry of its own: see
+    /// [`tally`] for which decisions and why.
+    pub fn decision_in_aggregate(&self, decision: &Decision<'_>) {
+        debug_assert!(decision.allow, "refusals are recorded each");
+        decision.record();
+        self.tallies.note(decision);
+    }
+
+    /// Appends the decisions counted since the last time as one `decision.summary` entry (none
+    /// when there were none). The daemon calls it every few seconds and before closing the log.
+    pub fn record_tallies(&self) -> Result<(), AuditError> {
+        match self.tallies.drain() {
+            Some(record) => self.append("decision.summary", record).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Appends a signed checkpoint covering every entry so far; returns the sealed position.
     pub fn checkpoint(&self) -> Result<Head, AuditError> {
         let head = {
@@ -666,6 +707,9 @@ impl AuditLog {
     /// Ends the log with a checkpoint, so every entry is covered by a signature, and refuses
     /// every append after it.
     pub fn close(&self) -> Result<(), AuditError> {
+        if !self.tail().closed {
+            self.record_tallies()?;
+        }
         let head = {
             let mut tail = self.tail();
             if tail.closed {

@@ -1073,7 +1073,7 @@ impl Decider {
         };
         let latency_us = start.elapsed().as_secs_f64() * 1e6;
         if let Some(log) = &self.audit {
-            let record = Decision {
+            let decision = Decision {
                 decision_id: &decision_id,
                 subject: &input["subject"],
                 action: &input["action"],
@@ -1084,10 +1084,14 @@ impl Decider {
                 revision: &revision,
                 latency_us,
                 given: &given,
+            };
+            if allow && log.aggregates(request.action) {
+                log.decision_in_aggregate(&decision);
+            } else {
+                let record = decision.record();
+                let log = log.clone();
+                crate::blocking::run(move || log.append("decision", record)).await?;
             }
-            .record();
-            let log = log.clone();
-            crate::blocking::run(move || log.append("decision", record)).await?;
         } else {
             let action = request.action.as_str();
             tracing::info!(target: "gantry::audit", decision_id, allow, action, "policy decision");

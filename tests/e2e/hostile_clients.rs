@@ -686,3 +686,73 @@ fn one_users_requests_as_fast_as_they_can_are_paced_and_others_are_served() {
         "a paced request records no decision"
     );
 }
+
+/// Found by a review: every allowed decision was an audit entry of its own, synced (~450
+/// bytes), so a user polling within their pace (100 requests a second) still wrote 45 KB a
+/// second, 3.9 GB a day, and an agent's heartbeats one entry each. Allowed reads are counted per
+/// user, action and resource into one `decision.summary` entry every few seconds (and at a
+/// clean stop); a change (the submission) and every refusal are still an entry each, and
+/// `--audit-each-read` keeps one entry per read.
+#[test]
+fn a_user_polling_a_job_adds_a_summary_to_the_audit_log_not_an_entry_per_request() {
+    for each in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = init_data_dir(dir.path());
+        let eve = add_user(&data, "eve", "researcher", "vision", "public");
+        let extra: &[&str] = if each { &["--audit-each-read"] } else { &[] };
+        let mut daemon = Daemon::start_with(&data, &shared_cache(), extra);
+        let job = json!({"id": "polled", "tenant": "vision", "gpus": 1}).to_string();
+        let (s, v) = request(
+            &format!("{}/v1/jobs", daemon.url),
+            "POST",
+            Some(&eve),
+            Some(&job),
+        );
+        assert_eq!(s, 201, "{v}");
+        for _ in 0..150 {
+            let (s, v) = request(
+                &format!("{}/v1/jobs/polled", daemon.url),
+                "GET",
+                Some(&eve),
+                None,
+            );
+            assert_eq!(s, 200, "{v}");
+        }
+        daemon.signal("-TERM");
+        let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+        let entries: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let of = |kind: &str, action: &str| -> Vec<&serde_json::Value> {
+            entries
+                .iter()
+                .filter(|e| e["kind"] == kind && e["record"]["action"] == action)
+                .collect()
+        };
+        assert_eq!(of("decision", "job.submit").len(), 1, "a change: an entry");
+        let summed: u64 = entries
+            .iter()
+            .filter(|e| e["kind"] == "decision.summary")
+            .flat_map(|e| e["record"]["tallies"].as_array().unwrap().clone())
+            .filter(|t| t["action"] == "job.read" && t["subject"]["user"] == "eve")
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum();
+        let reads = of("decision", "job.read").len() as u64;
+        if each {
+            assert_eq!(
+                (reads, summed),
+                (150, 0),
+                "--audit-each-read: an entry each"
+            );
+        } else {
+            assert_eq!((reads, summed), (0, 150), "counted, not an entry each");
+        }
+        let key = gantry::keys::load(&data.join("keys/host.pk8")).unwrap();
+        gantry::audit::verify(
+            &data.join("audit.log"),
+            Some(&gantry::keys::public_hex(&key)),
+        )
+        .unwrap();
+    }
+}

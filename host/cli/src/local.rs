@@ -77,6 +77,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         commands: local_commands(),
         conn_limits: Default::default(),
         shipped_policy: false,
+        audit_each_read: false,
         control_plane: None,
         tenant_limits: Default::default(),
     }

@@ -110,6 +110,9 @@ pub struct DaemonConfig {
     /// Start with the shipped policy, replacing one an admin installed (which then no longer
     /// loads, say); recorded in the audit log.
     pub shipped_policy: bool,
+    /// Record every allowed read in the audit log as an entry of its own, not counted into a
+    /// `decision.summary` every few seconds ([`gantry::audit::tally`]).
+    pub audit_each_read: bool,
     /// With several replicas on etcd: elect a leader, keep jobs in etcd ([`replicas`]).
     /// `None`: one daemon, jobs in the data directory's SQLite (the default).
     pub control_plane: Option<replicas::ControlPlane>,
@@ -611,6 +614,7 @@ impl Daemon {
             plugins: stores.plugins,
             leadership,
             decider: host.decider(),
+        audit.record_each_decision(config.audit_each_read);
             installs: Mutex::new(()),
             host: std::sync::RwLock::new(host),
             store,
@@ -885,6 +889,9 @@ impl Daemon {
     }
 }
 
+        if let Err(e) = self.audit.record_tallies() {
+            tracing::error!(error = %e, "recording allowed reads in the audit log");
+        }
 /// A daemon serving from a thread of this process (the demo, benchmarks, embedding).
 pub struct Background {
     /// Where it listens.

@@ -67,6 +67,7 @@ impl TestDaemon {
             commands: Default::default(),
             conn_limits: Default::default(),
             shipped_policy: false,
+            audit_each_read: false,
             control_plane: None,
             tenant_limits: Default::default(),
         };

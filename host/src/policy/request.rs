@@ -128,6 +128,25 @@ actions! {
     PlacementApply = "placement.apply",
 }
 
+impl Action {
+    /// Whether an allowed decision of it is recorded in aggregate ([`crate::audit::tally`]):
+    /// the requests repeated by scripts polling and by agents heartbeating, which read what the
+    /// control plane keeps about jobs, the cluster, plugins and the policy, or renew a node's
+    /// lease. Not a dataset's bytes (`dataset.read`, `node.data`), the audit log, or any change.
+    pub fn aggregated_when_allowed(self) -> bool {
+        matches!(
+            self,
+            Action::JobRead
+                | Action::JobList
+                | Action::DatasetList
+                | Action::ClusterRead
+                | Action::NodeHeartbeat
+                | Action::PluginRead
+                | Action::PolicyRead
+        )
+    }
+}
+
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -89,6 +89,11 @@ pub struct UpArgs {
     /// loads, say); recorded in the audit log.
     #[arg(long)]
     shipped_policy: bool,
+    /// Record every allowed read (a job, a listing, the cluster, a heartbeat) in the audit log
+    /// as an entry of its own; by default they are counted, per user, action and resource, into
+    /// one `decision.summary` entry every 10 s. Refusals and changes are always an entry each.
+    #[arg(long)]
+    audit_each_read: bool,
     /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
     /// jobs are refused).
     #[arg(long, value_name = "USER")]
@@ -628,6 +633,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),
             datasets: usize::try_from(args.max_datasets_per_tenant).unwrap_or(usize::MAX),
             user_requests_per_s: args.max_requests_per_user_per_s,
+        audit_each_read: args.audit_each_read,
             dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
                 match args.etcd.is_empty() {
                     true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
