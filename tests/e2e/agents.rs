@@ -417,6 +417,109 @@ fn a_tenants_waiting_jobs_are_bounded() {
     assert_eq!(s, 201, "{v}");
 }
 
+/// Found by a review: finished jobs were kept for ever and counted against no bound, so one
+/// user submitting and cancelling in a loop (50 stored jobs a second) grew the job table, every
+/// lookup and every listing without end. A tenant keeps its newest finished jobs
+/// (`--keep-finished-jobs-per-tenant`); older ones are forgotten, log and all, as it submits
+/// more; another tenant's are not touched. Listings show each job's kind, not its body, and a
+/// page asked for after a forgotten job says so rather than reading as the end.
+#[test]
+fn a_tenant_submitting_and_cancelling_in_a_loop_keeps_its_newest_finished_jobs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher", "vision", "public");
+    let lee = add_user(&data, "lee", "researcher", "language", "public");
+    let cluster = dir.path().join("cluster.toml");
+    let two_tenants = TWO_NODES.replacen(
+        "[[tenants]]",
+        "[[tenants]]\nname = \"language\"\n\n[[tenants]]",
+        1,
+    );
+    std::fs::write(&cluster, two_tenants).unwrap();
+    // No agent: no GPU serves, so every job waits until cancelled.
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--agent-lease-s",
+            "10",
+            "--keep-finished-jobs-per-tenant",
+            "3",
+        ],
+    );
+    let url = daemon.url.clone();
+    let (s, v) = submit(
+        &url,
+        &lee,
+        &json!({"id": "l1", "tenant": "language", "gpus": 1}),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert!(crate::daemon::cancel(&url, &lee, "l1").0 < 300);
+    for i in 1..=10 {
+        let id = format!("j{i}");
+        let (s, v) = submit(
+            &url,
+            &rae,
+            &json!({"id": id, "tenant": "vision", "gpus": 1}),
+        );
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = crate::daemon::cancel(&url, &rae, &id);
+        assert!(s == 200 || s == 202, "{v}");
+    }
+    let (s, v) = submit(
+        &url,
+        &rae,
+        &json!({"id": "last", "tenant": "vision", "gpus": 1, "train": crate::daemon::train_toml(1)}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let list = |token: &str, query: &str| {
+        request(&format!("{url}/v1/jobs{query}"), "GET", Some(token), None)
+    };
+    let (s, jobs) = list(&rae, "");
+    assert_eq!(s, 200, "{jobs}");
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["j8", "j9", "j10", "last"],
+        "the newest three to end, and the waiting one"
+    );
+    let last = &jobs.as_array().unwrap()[3];
+    assert_eq!(last["kind"], "train", "{last}");
+    assert!(
+        last.get("train").is_none(),
+        "a listing leaves the body out: {last}"
+    );
+    let (s, one) = request(&format!("{url}/v1/jobs/last"), "GET", Some(&rae), None);
+    assert!(s == 200 && one["train"].is_string(), "{one}");
+    for gone in ["/v1/jobs/j1", "/v1/jobs/j1/logs"] {
+        let (s, v) = request(&format!("{url}{gone}"), "GET", Some(&rae), None);
+        assert_eq!(s, 404, "{gone}: {v}");
+    }
+    let (s, v) = list(&rae, "?after=vision/j1");
+    assert_eq!(s, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("list again"), "{v}");
+    let (s, v) = list(&lee, "");
+    assert_eq!(
+        (s, v[0]["id"].as_str()),
+        (200, Some("l1")),
+        "another tenant's stays: {v}"
+    );
+    // Its name is free again.
+    let (s, v) = submit(
+        &url,
+        &rae,
+        &json!({"id": "j1", "tenant": "vision", "gpus": 1}),
+    );
+    assert_eq!(s, 201, "{v}");
+}
+
 /// A loopback proxy to `to` that can freeze: from then on it accepts connections and never
 /// answers, like a control plane that hangs or a network that drops packets.
 struct FreezingProxy {

@@ -481,7 +481,7 @@ impl Caller {
             let user =
                 super::auth::check(&*state.daemon.accounts, &self.0)?.ok_or_else(unauthorized)?;
             // Before anything is decided, recorded or read for them.
-            state.pace.take(&user)?;
+            state.pace.take_for(&self.0, &user)?;
             work(state, user)
         })
         .await

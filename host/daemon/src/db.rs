@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use gantry::audit::Head;
 
-use super::jobstore::{JobStore, Placement};
+use super::jobstore::{JobKind, JobStore, Listed, Placement};
 
 /// A database failure, naming what was being done, or the table, row and column of a stored
 /// value that does not read (corruption is an error, never a default).
@@ -628,7 +628,22 @@ const MIGRATIONS: &[&str] = &[
          name TEXT PRIMARY KEY,
          record TEXT NOT NULL
      );",
+    // 7: the order finished jobs ended in, per tenant (those beyond the newest are forgotten);
+    // jobs finished before it count as ended in submission order.
+    "ALTER TABLE jobs ADD COLUMN ended INTEGER;
+     UPDATE jobs SET ended = seq WHERE state IN ('succeeded', 'failed', 'cancelled');
+     CREATE INDEX jobs_by_end ON jobs(tenant, ended);",
 ];
+
+/// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
+/// the next in the tenant's order of ends when the state is final, else none.
+fn ended(tenant: &str) -> String {
+    format!(
+        "CASE WHEN ?1 IN ('succeeded', 'failed', 'cancelled')
+           THEN (SELECT COALESCE(MAX(e.ended), 0) + 1 FROM jobs AS e WHERE e.tenant = {tenant})
+         END"
+    )
+}
 
 impl Db {
     /// Opens (creating) the database at `path`. A new file is created owner-only (0600), and
@@ -1064,7 +1079,10 @@ impl Db {
         all.extend_from_slice(values);
         let n = conn
             .execute(
-                &format!("UPDATE jobs SET state = ?1{set} WHERE id = ?2 AND state = ?3"),
+                &format!(
+                    "UPDATE jobs SET state = ?1, ended = {}{set} WHERE id = ?2 AND state = ?3",
+                    ended("jobs.tenant")
+                ),
                 all.as_slice(),
             )
             .ctx("updating a job's state")?;
@@ -1255,18 +1273,22 @@ impl JobStore for Db {
         let conn = self.conn();
         let n = conn
             .execute(
-                "INSERT OR IGNORE INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib,
-                   est_runtime_s, state, gpu_ids, reason, submitted_at, seq, train, command)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                   (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11, ?12)",
+                &format!(
+                    "INSERT OR IGNORE INTO jobs(state, tenant, id, owner, gpus,
+                       memory_per_gpu_mib, est_runtime_s, gpu_ids, reason, submitted_at, seq,
+                       train, command, ended)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                       (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11, ?12, {})",
+                    ended("?2")
+                ),
                 params![
-                    job.id,
+                    job.state.as_str(),
                     job.tenant,
+                    job.id,
                     job.owner,
                     job.gpus,
                     job.memory_per_gpu_mib as i64,
                     job.est_runtime_s,
-                    job.state.as_str(),
                     serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
                     job.reason,
                     job.submitted_at,
@@ -1306,8 +1328,9 @@ impl JobStore for Db {
         tenants: Option<&[String]>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, DbError> {
-        let mut sql = format!("{SELECT_JOB} WHERE seq > ?1");
+    ) -> Result<Vec<Listed>, DbError> {
+        // Without the bodies: their kind alone is read.
+        let mut sql = format!("{SELECT_LISTED} WHERE seq > ?1");
         if let Some(tenants) = tenants {
             let marks: Vec<String> = (0..tenants.len()).map(|i| format!("?{}", i + 3)).collect();
             sql += &format!(" AND tenant IN ({})", marks.join(", "));
@@ -1334,7 +1357,15 @@ impl JobStore for Db {
         }
         let mut stmt = conn.prepare(&sql).ctx("listing jobs")?;
         let rows = stmt
-            .query_map(values.as_slice(), row_to_job)
+            .query_map(values.as_slice(), |r| {
+                let kind = match r.get::<_, Option<String>>(15)?.as_deref() {
+                    Some("train") => JobKind::Train,
+                    Some("command") => JobKind::Command,
+                    _ => JobKind::Reservation,
+                };
+                let job = row_to_job(r)?;
+                Ok(Listed { job, kind })
+            })
             .ctx("listing jobs")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing jobs")
@@ -1539,6 +1570,61 @@ impl JobStore for Db {
             .optional()
             .ctx("reading a placement")
     }
+    fn forget_finished(
+        &self,
+        tenant: &str,
+        keep: usize,
+        at_most: usize,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        const CTX: &str = "forgetting finished jobs";
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx(CTX)?;
+        let ended: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND ended IS NOT NULL",
+                params![tenant],
+                |r| r.get(0),
+            )
+            .ctx(CTX)?;
+        let over = usize::try_from(ended).unwrap_or(0).saturating_sub(keep);
+        let n = i64::try_from(over.min(at_most)).unwrap_or(i64::MAX);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id FROM jobs WHERE tenant = ?1 AND ended IS NOT NULL
+                     ORDER BY ended LIMIT ?2",
+                )
+                .ctx(CTX)?;
+            let rows = stmt.query_map(params![tenant, n], |r| r.get(0)).ctx(CTX)?;
+            rows.collect::<rusqlite::Result<_>>().ctx(CTX)?
+        };
+        let mut objects = Vec::new();
+        for id in &ids {
+            let mut stmt = tx
+                .prepare_cached("SELECT DISTINCT object FROM checkpoints WHERE job = ?1")
+                .ctx(CTX)?;
+            let rows = stmt
+                .query_map(params![id], |r| Ok((id.clone(), r.get::<_, String>(0)?)))
+                .ctx(CTX)?;
+            objects.extend(rows.collect::<rusqlite::Result<Vec<_>>>().ctx(CTX)?);
+            for table in [
+                "DELETE FROM checkpoints WHERE job = ?1",
+                "DELETE FROM job_events WHERE job = ?1",
+                "DELETE FROM job_curves WHERE job = ?1",
+                "DELETE FROM placements WHERE job = ?1",
+                "DELETE FROM jobs WHERE id = ?1",
+            ] {
+                tx.prepare_cached(table)
+                    .and_then(|mut s| s.execute(params![id]))
+                    .ctx(CTX)?;
+            }
+        }
+        tx.commit().ctx(CTX)?;
+        Ok(objects)
+    }
 }
 
 /// Applies the [`MIGRATIONS`] a database has not had yet.
@@ -1595,6 +1681,13 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
     gpu_ids, reason, submitted_at, train, result, crashes, not_before, command FROM jobs";
+
+/// [`SELECT_JOB`]'s columns without the bodies (`train`, `command`: NULL), then the job's
+/// kind ([`Listed`]).
+const SELECT_LISTED: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s,
+    state, gpu_ids, reason, submitted_at, NULL, result, crashes, not_before, NULL,
+    CASE WHEN train IS NOT NULL THEN 'train' WHEN command IS NOT NULL THEN 'command' END
+    FROM jobs";
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
     let id: String = r.get(0)?;
@@ -1733,6 +1826,7 @@ mod tests {
         contract::records_logs_and_checkpoints(&db);
         contract::placements(&db);
         contract::pages(&db);
+        contract::forgets_finished(&db);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
 
 use crate::curve::Curve;
 use crate::db::{JobRecord, JobState, TransitionError, now};
-use crate::jobstore::{JobStore, Placement};
+use crate::jobstore::{JobStore, Listed, Placement};
 
 /// The compare a leader's writes carry; `None` while this replica does not lead.
 pub use gantry_etcd::Fence;
@@ -147,9 +147,15 @@ impl EtcdJobs {
             let mut job = was.clone();
             change(&mut job)?;
             let value = serde_json::to_vec(&job).expect("a job serialises");
+            let mut ops = vec![Op::Put(key.clone(), value, 0)];
+            if job.state.is_final() && !was.state.is_final() {
+                // The tenant's order of ends (its key's create revision), for
+                // `forget_finished`.
+                ops.push(Op::Put(self.key("ended", id), Vec::new(), 0));
+            }
             let outcome = self.write(
                 vec![Compare::Modified(key.clone(), revision)],
-                &[Op::Put(key.clone(), value, 0)],
+                &ops,
                 &[Op::Get(key.clone())],
             )?;
             if outcome.succeeded {
@@ -282,7 +288,7 @@ impl JobStore for EtcdJobs {
         tenants: Option<&[String]>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, EtcdStoreError> {
+    ) -> Result<Vec<Listed>, EtcdStoreError> {
         // The keys alone (no values), of the callers' tenants alone, in submission order; then
         // the values of the page's jobs, read together: a listing reads every job no more.
         let mut keys = Vec::new();
@@ -314,7 +320,7 @@ impl JobStore for EtcdJobs {
             let outcome = self.etcd.txn(&[], &gets, &[])?;
             // One gone since the keys were read is no longer one of them.
             for kv in outcome.gets.into_iter().flatten() {
-                jobs.push(self.decode_job(&kv)?);
+                jobs.push(Listed::from(self.decode_job(&kv)?));
             }
         }
         Ok(jobs)
@@ -494,6 +500,39 @@ impl JobStore for EtcdJobs {
             None => Ok(None),
         }
     }
+    fn forget_finished(
+        &self,
+        tenant: &str,
+        keep: usize,
+        at_most: usize,
+    ) -> Result<Vec<(String, String)>, EtcdStoreError> {
+        // The keys alone, in the order the jobs ended.
+        let prefix = self.key("ended", &format!("{tenant}/"));
+        let mut ended = self.etcd.prefix_keys(&prefix)?;
+        let over = ended.len().saturating_sub(keep).min(at_most);
+        ended.sort_by_key(|kv| kv.create_revision);
+        let root = self.key("ended", "");
+        let mut objects = Vec::new();
+        for kv in &ended[..over] {
+            let id = String::from_utf8_lossy(&kv.key[root.len()..]).into_owned();
+            let checkpoints = self.key("checkpoints", &format!("{id}/"));
+            for kv in self.etcd.prefix(&checkpoints, 0)? {
+                objects.extend(String::from_utf8(kv.value).ok().map(|o| (id.clone(), o)));
+            }
+            let ops = [
+                Op::Delete(self.key("jobs", &id)),
+                Op::Delete(self.key("curves", &id)),
+                Op::Delete(self.key("placements", &id)),
+                Op::DeletePrefix(self.key("logs", &format!("{id}/"))),
+                Op::DeletePrefix(checkpoints),
+                Op::Delete(kv.key.clone()),
+            ];
+            if !self.write(Vec::new(), &ops, &[])?.succeeded {
+                return Err(EtcdStoreError::NotLeader);
+            }
+        }
+        Ok(objects)
+    }
 }
 
 impl EtcdJobs {
@@ -545,6 +584,7 @@ mod tests {
         contract::records_logs_and_checkpoints(&store(&etcd));
         contract::placements(&store(&etcd));
         contract::pages(&store(&etcd));
+        contract::forgets_finished(&store(&etcd));
     }
 
     #[test]

@@ -26,14 +26,15 @@ pub trait JobStore: Send + Sync {
     fn jobs_named(&self, name: &str) -> Result<Vec<JobRecord>, Self::Error>;
 
     /// At most `limit` jobs of `tenants` (`None`: every tenant's), in submission order, those
-    /// submitted after job `after` (a key) when given: a listing's page, what it reads bounded
-    /// by the page whatever the table holds. A store that cannot do better reads every job.
+    /// submitted after job `after` (a key) when given, as a listing shows them ([`Listed`]): a
+    /// listing's page, what it reads bounded by the page whatever the table holds. A store that
+    /// cannot do better reads every job.
     fn jobs_page(
         &self,
         tenants: Option<&[String]>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, Self::Error> {
+    ) -> Result<Vec<Listed>, Self::Error> {
         let jobs = self.jobs()?;
         let start = match after {
             Some(key) => match jobs.iter().position(|j| j.id == key) {
@@ -47,6 +48,7 @@ pub trait JobStore: Send + Sync {
             .skip(start)
             .filter(|j| tenants.is_none_or(|t| t.contains(&j.tenant)))
             .take(limit)
+            .map(Listed::from)
             .collect())
     }
 
@@ -117,6 +119,55 @@ pub trait JobStore: Send + Sync {
 
     /// Where job `id`'s run was handed, if it was ([`JobStore::set_placement`]).
     fn placement(&self, id: &str) -> Result<Option<Placement>, Self::Error>;
+
+    /// Forgets `tenant`'s finished jobs beyond the `keep` that ended last, at most `at_most` of
+    /// them in one call, each with its log, metrics, checkpoints and placement: a tenant's
+    /// stored jobs are bounded by its waiting, running and `keep` finished ones, however many it
+    /// ever submitted. Returns the `(job, object)` of their checkpoints, for the caller to let
+    /// go.
+    fn forget_finished(
+        &self,
+        tenant: &str,
+        keep: usize,
+        at_most: usize,
+    ) -> Result<Vec<(String, String)>, Self::Error>;
+}
+
+/// What a job does, as a listing says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// It trains (`train`).
+    Train,
+    /// It runs a program (`command`).
+    Command,
+    /// Neither: it holds its GPUs for its estimated runtime.
+    Reservation,
+}
+
+/// A job as a listing shows it: its record without its bodies (`train` and `command`, each up
+/// to the submission's bound: a page of a thousand was tens of megabytes, read under the
+/// store's lock), and its kind. `GET /v1/jobs/{id}` shows one whole.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Listed {
+    /// The record, `train` and `command` left out.
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// What it does.
+    pub kind: JobKind,
+}
+
+impl From<JobRecord> for Listed {
+    fn from(mut job: JobRecord) -> Listed {
+        let kind = match (&job.train, &job.command) {
+            (Some(_), _) => JobKind::Train,
+            (None, Some(_)) => JobKind::Command,
+            (None, None) => JobKind::Reservation,
+        };
+        job.train = None;
+        job.command = None;
+        Listed { job, kind }
+    }
 }
 
 /// A run handed to a node's agent: the node, and the run's attempt number.
@@ -179,7 +230,7 @@ where
         tenants: Option<&[String]>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, StateError> {
+    ) -> Result<Vec<Listed>, StateError> {
         Ok(self.0.jobs_page(tenants, after, limit)?)
     }
     fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
@@ -241,6 +292,14 @@ where
     fn placement(&self, id: &str) -> Result<Option<Placement>, StateError> {
         Ok(self.0.placement(id)?)
     }
+    fn forget_finished(
+        &self,
+        tenant: &str,
+        keep: usize,
+        at_most: usize,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        Ok(self.0.forget_finished(tenant, keep, at_most)?)
+    }
 }
 
 /// The contract every [`JobStore`] keeps, as checks any store runs in its own tests (SQLite in
@@ -297,11 +356,33 @@ pub(crate) mod contract {
     pub(crate) fn pages<S: JobStore>(db: &S) {
         let ids = ["pgv/p1", "pgn/p2", "pgv/p3", "pgv/p4", "pgn/p5", "pgv/p6"];
         for id in ids {
-            assert!(db.insert_job(&job(id)).unwrap());
+            let mut job = job(id);
+            if id == "pgv/p3" {
+                job.train = Some("x".repeat(60_000));
+            }
+            assert!(db.insert_job(&job).unwrap());
         }
+        // A listing leaves the bodies out and says what each job is.
+        let listed = db.jobs_page(Some(&["pgv".to_string()]), None, 3).unwrap();
+        let kinds: Vec<_> = listed
+            .iter()
+            .map(|l| (l.kind, l.job.train.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (super::JobKind::Reservation, false),
+                (super::JobKind::Train, false),
+                (super::JobKind::Reservation, false)
+            ]
+        );
+        assert_eq!(
+            db.job("pgv/p3").unwrap().unwrap().train.map(|t| t.len()),
+            Some(60_000)
+        );
         let page = |tenants: Option<&[String]>, after: Option<&str>, limit| -> Vec<String> {
             let jobs = db.jobs_page(tenants, after, limit).unwrap();
-            jobs.into_iter().map(|j| j.id).collect()
+            jobs.into_iter().map(|j| j.job.id).collect()
         };
         let pgv = ["pgv".to_string()];
         assert_eq!(page(Some(&pgv), None, 2), ["pgv/p1", "pgv/p3"]);
@@ -319,6 +400,70 @@ pub(crate) mod contract {
             "{all:?}"
         );
         assert!(page(Some(&["none".to_string()]), None, 10).is_empty());
+    }
+
+    /// A tenant's finished jobs beyond the newest to end are forgotten, whole, oldest end
+    /// first and a bounded number at a time; its waiting and running jobs, the newest finished
+    /// and other tenants' jobs stay.
+    pub(crate) fn forgets_finished<S: JobStore>(db: &S) {
+        // Submitted in this order, ended in another: a job submitted first ended last.
+        for (id, state) in [
+            ("fgv/long", JobState::Running),
+            ("fgv/a", JobState::Failed),
+            ("fgv/b", JobState::Cancelled),
+            ("fgv/c", JobState::Succeeded),
+            ("fgv/wait", JobState::Pending),
+            ("fgn/other", JobState::Failed),
+        ] {
+            job_in(db, id, state);
+        }
+        db.log("fgv/a", "a's line").unwrap();
+        db.add_checkpoint("fgv/a", 3, "obj-a").unwrap();
+        db.set_placement(
+            "fgv/a",
+            Some(&super::Placement {
+                node: "n".into(),
+                attempt: 1,
+            }),
+        )
+        .unwrap();
+        db.set_curve("fgv/a", &crate::curve::Curve::default())
+            .unwrap();
+        db.transition("fgv/long", None, JobState::Succeeded, &[], None)
+            .unwrap();
+        let names =
+            |db: &S| -> Vec<String> { db.jobs().unwrap().into_iter().map(|j| j.id).collect() };
+        assert!(db.forget_finished("fgv", 4, 10).unwrap().is_empty());
+        assert_eq!(
+            db.forget_finished("fgv", 2, 1).unwrap(),
+            [("fgv/a".to_string(), "obj-a".to_string())],
+            "one at most"
+        );
+        assert!(!names(db).contains(&"fgv/a".to_string()));
+        assert_eq!(db.job("fgv/a").unwrap(), None);
+        assert!(db.logs("fgv/a").unwrap().is_empty());
+        assert_eq!(db.latest_checkpoint("fgv/a").unwrap(), None);
+        assert!(!db.checkpoint_uses("obj-a").unwrap());
+        assert_eq!(db.placement("fgv/a").unwrap(), None);
+        assert_eq!(db.curve("fgv/a").unwrap(), None);
+        assert!(
+            db.forget_finished("fgv", 2, 10).unwrap().is_empty(),
+            "b had none"
+        );
+        let kept: Vec<String> = names(db)
+            .into_iter()
+            .filter(|n| n.starts_with("fg"))
+            .collect();
+        assert_eq!(kept, ["fgv/long", "fgv/c", "fgv/wait", "fgn/other"]);
+        db.forget_finished("fgv", 0, 10).unwrap();
+        let kept: Vec<String> = names(db)
+            .into_iter()
+            .filter(|n| n.starts_with("fg"))
+            .collect();
+        assert_eq!(kept, ["fgv/wait", "fgn/other"], "the newest to end, last");
+        // Its name is free again.
+        assert!(db.insert_job(&job("fgv/a")).unwrap());
+        assert!(db.logs("fgv/a").unwrap().is_empty());
     }
 
     /// A job's placement is kept, replaced and forgotten.

@@ -133,6 +133,9 @@ pub struct TenantLimits {
     /// Requests a second one user's token may send (`--max-requests-per-user-per-s`; twice as
     /// many at once after a pause; 0: not paced). Admins and node identities are not paced.
     pub user_requests_per_s: u32,
+    /// Finished jobs kept (`--keep-finished-jobs-per-tenant`): those beyond the newest to end
+    /// are forgotten, with their logs, metrics and checkpoints, as the tenant submits more.
+    pub finished_jobs: usize,
 }
 
 impl Default for TenantLimits {
@@ -142,9 +145,15 @@ impl Default for TenantLimits {
             datasets: DEFAULT_MAX_DATASETS_PER_TENANT,
             dataset_bytes: DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
             user_requests_per_s: DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
+            finished_jobs: DEFAULT_KEPT_FINISHED_PER_TENANT,
         }
     }
 }
+
+/// The default of [`TenantLimits::finished_jobs`]. Finished jobs were kept for ever: one user
+/// submitting and cancelling in a loop (50 jobs a second in a review) grew the job table, every
+/// lookup and every listing without end.
+pub const DEFAULT_KEPT_FINISHED_PER_TENANT: usize = 1_000;
 
 /// The default of [`TenantLimits::user_requests_per_s`]: more than a person or a script polling
 /// a job needs, while one user asking as fast as they can (1,600 requests a second in a review,
@@ -605,6 +614,7 @@ impl Daemon {
         stores: Stores,
         leadership: Option<gantry_etcd::election::Fencer>,
     ) -> Daemon {
+        audit.record_each_decision(config.audit_each_read);
         Daemon {
             db,
             jobs: stores.jobs,
@@ -614,7 +624,6 @@ impl Daemon {
             plugins: stores.plugins,
             leadership,
             decider: host.decider(),
-        audit.record_each_decision(config.audit_each_read);
             installs: Mutex::new(()),
             host: std::sync::RwLock::new(host),
             store,
@@ -872,12 +881,16 @@ impl Daemon {
         }
     }
 
-    /// Writes the refusals counted since the last time into the audit log, as one entry.
+    /// Writes the refusals no policy decided, and the allowed reads decided, counted since the
+    /// last time into the audit log: an entry each.
     pub fn record_rejections(&self) {
         if let Some(record) = self.rejections.drain()
             && let Err(e) = self.decider.record("request.rejected", record)
         {
             tracing::error!(error = %e, "recording refused requests in the audit log");
+        }
+        if let Err(e) = self.audit.record_tallies() {
+            tracing::error!(error = %e, "recording allowed reads in the audit log");
         }
     }
 
@@ -889,9 +902,6 @@ impl Daemon {
     }
 }
 
-        if let Err(e) = self.audit.record_tallies() {
-            tracing::error!(error = %e, "recording allowed reads in the audit log");
-        }
 /// A daemon serving from a thread of this process (the demo, benchmarks, embedding).
 pub struct Background {
     /// Where it listens.

@@ -145,6 +145,30 @@ impl Daemon {
         }
     }
 
+    /// Forgets `tenant`'s finished jobs beyond those it keeps ([`crate::TenantLimits`]), a
+    /// bounded number at a time (a store grown under an earlier version shrinks over several
+    /// submissions), and lets go of what their checkpoints named. A failure only keeps them.
+    pub(crate) fn forget_finished(&self, tenant: &str) {
+        /// At most this many per call: each submission forgets more than it adds.
+        const AT_MOST: usize = 64;
+        let keep = self.tenant_limits.finished_jobs;
+        let forgotten = match self.jobs.forget_finished(tenant, keep, AT_MOST) {
+            Ok(forgotten) => forgotten,
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "keeping finished jobs");
+                return;
+            }
+        };
+        let objects: Vec<String> = forgotten.iter().map(|(_, o)| o.clone()).collect();
+        self.let_go(&objects);
+        if let Some(shared) = &self.shared {
+            for (job, object) in &forgotten {
+                shared.forget(&checkpoint_owner(job, object));
+                shared.forget(&format!("checkpoint/{job}"));
+            }
+        }
+    }
+
     /// Drops `pinned`, an object just stored whose record was not made, and removes it if this
     /// put made it and nothing names it: a refused upload leaves nothing behind, and takes
     /// nothing that was there before it (an operator's `gantry store put` of the same bytes).

@@ -203,7 +203,7 @@ impl JobStore for Deposable {
         tenants: Option<&[String]>,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<JobRecord>, StateError> {
+    ) -> Result<Vec<crate::jobstore::Listed>, StateError> {
         self.inner.jobs_page(tenants, after, limit)
     }
     fn counts_by_state(&self) -> Result<Vec<(String, u64)>, StateError> {
@@ -271,5 +271,14 @@ impl JobStore for Deposable {
     }
     fn placement(&self, id: &str) -> Result<Option<Placement>, StateError> {
         self.inner.placement(id)
+    }
+    fn forget_finished(
+        &self,
+        tenant: &str,
+        keep: usize,
+        at_most: usize,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        self.write()?;
+        self.inner.forget_finished(tenant, keep, at_most)
     }
 }

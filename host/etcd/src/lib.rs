@@ -132,6 +132,8 @@ pub enum Op {
     Put(Vec<u8>, Vec<u8>, i64),
     /// Deletes a key.
     Delete(Vec<u8>),
+    /// Deletes every key that starts with a prefix.
+    DeletePrefix(Vec<u8>),
     /// Reads a key.
     Get(Vec<u8>),
 }
@@ -622,6 +624,10 @@ fn op_json(op: &Op) -> Value {
     match op {
         Op::Put(key, value, lease) => json!({ "request_put": put_body(key, value, *lease) }),
         Op::Delete(key) => json!({ "request_delete_range": { "key": B64.encode(key) } }),
+        Op::DeletePrefix(prefix) => json!({ "request_delete_range": {
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(prefix_end(prefix)),
+        } }),
         Op::Get(key) => json!({ "request_range": { "key": B64.encode(key) } }),
     }
 }

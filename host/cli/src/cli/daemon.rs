@@ -119,6 +119,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     max_queued_jobs_per_tenant: u64,
+    /// Finished jobs kept per tenant: beyond these, the oldest to end are forgotten (record,
+    /// log, metrics and checkpoint) as the tenant submits more.
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_KEPT_FINISHED_PER_TENANT as u64,
+          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    keep_finished_jobs_per_tenant: u64,
     /// Requests a second one user may send (twice as many at once after a pause; past it: 429);
     /// 0: not paced. Admins and node identities are not paced.
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
@@ -628,12 +633,14 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shipped_policy: args.shipped_policy,
+        audit_each_read: args.audit_each_read,
         control_plane,
         tenant_limits: gantry_daemon::TenantLimits {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),
             datasets: usize::try_from(args.max_datasets_per_tenant).unwrap_or(usize::MAX),
             user_requests_per_s: args.max_requests_per_user_per_s,
-        audit_each_read: args.audit_each_read,
+            finished_jobs: usize::try_from(args.keep_finished_jobs_per_tenant)
+                .unwrap_or(usize::MAX),
             dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
                 match args.etcd.is_empty() {
                     true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
@@ -1872,6 +1879,9 @@ pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
     // Page by page: a full page means there may be more after its last job.
     const PAGE: usize = 1000;
     let mut all: Vec<serde_json::Value> = Vec::new();
+    // A page's last job forgotten before the next page was asked for (a finished job beyond
+    // those its tenant keeps): the listing starts again, a few times at most.
+    let mut restarts = 0;
     loop {
         let path = match all.last() {
             None => format!("/v1/jobs?limit={PAGE}"),
@@ -1881,7 +1891,14 @@ pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
                 last["id"].as_str().unwrap_or_default()
             ),
         };
-        let page = call(&client, "GET", &path, None)?;
+        let page = match call(&client, "GET", &path, None) {
+            Err(e) if !all.is_empty() && restarts < 3 && e.to_string().starts_with("404") => {
+                restarts += 1;
+                all.clear();
+                continue;
+            }
+            answer => answer?,
+        };
         let page = page.as_array().cloned().unwrap_or_default();
         let full = page.len() == PAGE;
         all.extend(page);

@@ -168,7 +168,10 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             })?;
         }
     }
-    admit(state, &user, new_job(&user, &id, req))
+    let job = admit(state, &user, new_job(&user, &id, req))?;
+    // Where a tenant's stored jobs grow, its oldest finished ones go.
+    state.daemon.forget_finished(&job.tenant);
+    Ok(job)
 }
 
 /// A new job `id` of `user`'s, pending.
@@ -286,7 +289,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     page: Result<axum::extract::Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<JobRecord>>> {
+) -> ApiResult<Json<Vec<crate::jobstore::Listed>>> {
     let axum::extract::Query(page) =
         page.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let limit = match page.limit {
@@ -310,7 +313,21 @@ pub(super) async fn list(
                     .daemon
                     .jobs
                     .jobs_page(tenants, page.after.as_deref(), limit)?;
-                debug_assert!(jobs.iter().all(|j| visible(&user, j)));
+                if let Some(after) = page.after.as_deref()
+                    && jobs.is_empty()
+                    && state.daemon.jobs.job(after)?.is_none()
+                {
+                    // Never an empty page that reads as the listing's end.
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "`after` = {after}: no such job (finished jobs beyond the newest \
+                             {} of a tenant are forgotten): list again from the start",
+                            state.daemon.tenant_limits.finished_jobs
+                        ),
+                    ));
+                }
+                debug_assert!(jobs.iter().all(|j| visible(&user, &j.job)));
                 Ok(Json(jobs))
             },
         )
