@@ -190,8 +190,13 @@ impl UidRange {
     /// A uid of the range no other run on this machine holds, held until the lease is dropped.
     pub fn lease(&self) -> Result<UidLease, String> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = std::path::Path::new(UID_LEASES);
         std::fs::create_dir_all(dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+        // Root's alone: a job that could open a lease file could hold its lock, and with all
+        // of them every other tenant's command jobs.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("making {} private: {e}", dir.display()))?;
         let count = u64::from(self.last - self.first) + 1;
         // From a random place: runs rarely take a uid another just left.
         let mut start = [0u8; 8];
@@ -204,8 +209,11 @@ impl UidRange {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("making {} private: {e}", path.display()))?;
             // SAFETY: a valid descriptor; flock has no memory preconditions.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Ok(UidLease {
@@ -222,6 +230,40 @@ impl UidRange {
             "all {count} uids of --job-uids {}-{} are in use by runs on this machine",
             self.first, self.last
         ))
+    }
+}
+
+/// Marks every descriptor from `first` on close-on-exec, so that none the process holds
+/// reaches a program it executes. Async-signal-safe: called between fork and exec.
+fn close_on_exec_from(first: libc::c_int) {
+    // close_range(2), Linux 5.11 (the same number on x86-64 and arm64).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        const SYS_CLOSE_RANGE: libc::c_long = 436;
+        // SAFETY: a plain system call on descriptor numbers.
+        let done = unsafe {
+            libc::syscall(
+                SYS_CLOSE_RANGE,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+    }
+    // Older kernels: each possible descriptor in turn.
+    // SAFETY: getrlimit and fcntl are async-signal-safe; an unused number fails harmlessly.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        let most = match libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) {
+            0 => limit.rlim_cur.min(1 << 20) as libc::c_int,
+            _ => 1024,
+        };
+        for fd in first..most {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 
@@ -255,6 +297,38 @@ impl Drop for UidLease {
             if pid > 0 {
                 let mut status = 0;
                 libc::waitpid(pid, &mut status, 0);
+            }
+        }
+        remove_files_of(uid);
+    }
+}
+
+/// The directories every uid may write in, where a run's files would outlive it.
+const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Removes what `uid` left in the directories every uid may write in ([`SHARED_TMP`]), its
+/// processes gone: the next run given the uid, another tenant's, would own and read it.
+fn remove_files_of(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in SHARED_TMP {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Not followed: a link is removed, never what it names.
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.uid() != uid {
+                continue;
+            }
+            let removed = match meta.is_dir() {
+                true => std::fs::remove_dir_all(&path),
+                false => std::fs::remove_file(&path),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), uid, error = %e, "keeping a run's file");
             }
         }
     }
@@ -716,23 +790,34 @@ pub fn execute(
         .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a stop signals everything it started, and only that.
-        .process_group(0);
+        .stderr(Stdio::piped());
+    if scratch.is_some() {
+        // Its temporary files in its own scratch, not in the /tmp every run shares.
+        command.env("TMPDIR", &cwd);
+    }
     let join = group.as_ref().map(crate::cgroup::RunGroup::joiner);
     let ids = user.map(|u| (u.uid, u.gid));
     let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
         return RunEnd::Failed(format!("its directory {} holds a NUL byte", cwd.display()));
     };
-    // SAFETY: only async-signal-safe calls between fork and exec: the cgroup's file written,
-    // then the ids given up (after joining: an unprivileged user may not move itself), then the
-    // directory entered, as the user: entered before (`current_dir`), a `cwd` under a directory
-    // only root may pass let the program read what lay below it. Then the death signal set
-    // (changing ids clears it). The program dies with this thread (the run's supervisor), so a
-    // daemon that dies does not leave it running; what it started stays in its cgroup, which
-    // the next daemon's start empties.
+    // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
+    // without the daemon's terminal (in the daemon's session, a job started from an operator's
+    // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
+    // group is the run's: a stop signals everything it started, and only that. The cgroup's
+    // file written, then the ids given up (after joining: an unprivileged user may not move
+    // itself), and no privilege to gain again (a set-uid file, planted by an earlier run of the
+    // same uid, ran as that uid inside another tenant's run). Files it makes are its own (umask
+    // 077), and no descriptor of the daemon's beyond its three crosses the exec (the daemon's
+    // launcher's pipes did). Then the directory entered, as the user: entered before
+    // (`current_dir`), a `cwd` under a directory only root may pass let the program read what
+    // lay below it. Then the death signal set (changing ids clears it). The program dies with
+    // this thread (the run's supervisor), so a daemon that dies does not leave it running;
+    // what it started stays in its cgroup, which the next daemon's start empties.
     unsafe {
         command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(join) = &join {
                 join()?;
             }
@@ -743,6 +828,11 @@ pub fn execute(
             {
                 return Err(std::io::Error::last_os_error());
             }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::umask(0o077);
+            close_on_exec_from(3);
             if libc::chdir(directory.as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -1289,6 +1379,78 @@ mod tests {
         assert!(UidRange::parse("65000-66000").is_err());
         assert!(UidRange::parse("1000-99999999").is_err());
         assert!(UidRange::parse("2000-1000").is_err());
+    }
+
+    /// Found by a review: a job stayed in the daemon's session, so one started from an
+    /// operator's shell typed commands into its terminal as root (`TIOCSTI`); it inherited the
+    /// descriptors the daemon's launcher left open (a writable pipe); a set-uid copy of a shell
+    /// that one run left in /tmp ran as its uid inside a later run of another tenant given the
+    /// same uid, and read that run's secrets; and the lease files were anyone's to lock. A run
+    /// now has a session of its own, the daemon's three descriptors alone, no privilege to gain
+    /// (`no_new_privs`), umask 077 and its scratch as `TMPDIR`; what its uid left in the shared
+    /// temporary directories goes with the lease. Root only.
+    #[test]
+    fn a_run_has_its_own_session_no_inherited_descriptor_no_privilege_to_gain_and_leaves_nothing_behind()
+     {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to run jobs as other uids");
+            return;
+        }
+        // A descriptor the launcher left open, not close-on-exec.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: duplicating a valid descriptor onto a free high number.
+        let leaked = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 251) };
+        assert_eq!(leaked, 251);
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231100-231100").unwrap()),
+            ..CommandLimits::default()
+        };
+        let script = "read -r pid comm state ppid pgrp sid rest < /proc/$$/stat; \
+             [ \"$sid\" = \"$$\" ] && echo own-session; \
+             [ -e /proc/$$/fd/251 ] && echo fd-leaked || echo fd-closed; \
+             grep NoNewPrivs /proc/$$/status; echo umask=$(umask); \
+             [ \"$TMPDIR\" = \"$PWD\" ] && echo tmpdir-is-scratch; \
+             u=$(id -u); touch /tmp/gantry-left-$u /dev/shm/gantry-left-$u; \
+             mkdir /var/tmp/gantry-left-$u && touch /var/tmp/gantry-left-$u/f; echo uid=$u";
+        let spec = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", script])
+        };
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/left",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &limits, None, &mut lines, "root");
+        // SAFETY: closing the descriptor this test made.
+        unsafe { libc::close(251) };
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        for said in [
+            "own-session",
+            "fd-closed",
+            "NoNewPrivs:\t1",
+            "umask=0077",
+            "tmpdir-is-scratch",
+            "uid=231100",
+        ] {
+            assert!(log.contains(said), "{said}: {log}");
+        }
+        for left in [
+            "/tmp/gantry-left-231100",
+            "/dev/shm/gantry-left-231100",
+            "/var/tmp/gantry-left-231100",
+        ] {
+            assert!(!std::path::Path::new(left).exists(), "{left} stayed");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(UID_LEASES), 0o700);
+        assert_eq!(mode(&format!("{UID_LEASES}/231100")), 0o600);
     }
 
     #[test]

@@ -1321,6 +1321,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// whole lease, the control plane has given its runs up, so it stops them itself. A run the
 /// control plane no longer lists (it gave the job to another attempt) is stopped too.
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    token_off_the_command_line(std::env::args_os())?;
     let on_stdout = |line: &str| {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{line}");
@@ -1328,6 +1329,25 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
     let quit = std::sync::atomic::AtomicBool::new(false);
     run_agent_until(args, devices, &quit, &on_stdout)
+}
+
+/// Refuses a node token given in `args`, the agent's command line: every process of the node
+/// reads it (`/proc/PID/cmdline`), the jobs the agent runs included, and one that did spoke as
+/// the node for every other tenant's run there. The environment (`GANTRY_TOKEN`) is the
+/// agent's user's alone to read, and jobs do not inherit it.
+fn token_off_the_command_line(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> anyhow::Result<()> {
+    for arg in args {
+        let arg = arg.to_string_lossy();
+        if arg == "--token" || arg.starts_with("--token=") {
+            anyhow::bail!(
+                "gantry agent: --token: a token on the command line can be read by every process \
+                 of this machine, the jobs this agent runs included; give it in GANTRY_TOKEN"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs a node's agent, reporting `devices`, until `quit` is set; then its runs are stopped (their ends reported,
@@ -1984,7 +2004,27 @@ pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::loopback_host;
+    use super::{loopback_host, token_off_the_command_line};
+
+    /// Found by a review: the README's `gantry agent --token $NODE_TOKEN` put the node's token
+    /// where every process of the node reads it (`/proc/PID/cmdline`); a job read it and spoke
+    /// as the node. The agent takes it from `GANTRY_TOKEN` alone.
+    #[test]
+    fn an_agents_token_on_its_command_line_is_refused() {
+        let line = |args: &[&str]| {
+            args.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+        };
+        for given in [
+            line(&["gantry", "agent", "--node", "n", "--token", "gantry_x"]),
+            line(&["gantry", "agent", "--token=gantry_x", "--node", "n"]),
+        ] {
+            let e = token_off_the_command_line(given).unwrap_err().to_string();
+            assert!(e.contains("GANTRY_TOKEN"), "{e}");
+        }
+        token_off_the_command_line(line(&["gantry", "agent", "--node", "n"])).unwrap();
+    }
 
     #[test]
     fn only_loopback_hosts_count_as_this_machine() {
