@@ -520,7 +520,7 @@ fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, Strin
     let mut cut = false;
     let mut buf = [0u8; 8192];
     let send = |line: &mut Vec<u8>, cut: bool| {
-        let mut text = String::from_utf8_lossy(line).into_owned();
+        let mut text = shown(&String::from_utf8_lossy(line));
         if cut {
             text.push_str(" [line cut]");
         }
@@ -550,6 +550,23 @@ fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, Strin
     }
 }
 
+/// `text` with its control characters (but tabs) shown as escapes (`\x1b`, `\u{9b}`): what a
+/// program printed is kept as text, never as terminal commands for whoever reads the log.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out += &format!("\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => out += &format!("\\u{{{:x}}}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Signals process group `pgid`; a group that is gone already is fine.
 fn signal_group(pgid: i32, signal: libc::c_int) {
     // SAFETY: kill has no memory preconditions; a negative pid names a process group.
@@ -571,8 +588,12 @@ pub fn log_cost(entry: &str) -> u64 {
     entry.len() as u64 + LOG_ENTRY_COST
 }
 
+/// The most bytes of output one log entry holds: escaped as JSON (at most twice as long, with
+/// control characters already shown as text: [`shown`]) it fits an agent's report.
+const MAX_ENTRY: usize = 16 << 10;
+
 /// A run's output on its way into the job's log: lines of a tick are written as one entry (each
-/// entry is a durable commit), up to the byte budget.
+/// entry is a durable commit) of at most [`MAX_ENTRY`] bytes, up to the byte budget.
 struct Output {
     max: u64,
     left: u64,
@@ -586,6 +607,11 @@ impl Output {
             // Counted as `log_cost` counts the entry, so a control plane holding a node's
             // runs to that budget keeps all an honest agent sends.
             let prefix = if let Stream::Err = stream { 8 } else { 0 };
+            if !entry.is_empty() && entry.len() + 1 + prefix as usize + line.len() > MAX_ENTRY {
+                // An entry travels whole in one request of an agent's (64 KiB at most): a
+                // batch of long lines in one entry was refused whole, and lost.
+                sink.log(&std::mem::take(&mut entry));
+            }
             let own = if entry.is_empty() { LOG_ENTRY_COST } else { 0 };
             let cost = line.len() as u64 + 1 + prefix + own;
             if cost > self.left {
@@ -1193,6 +1219,43 @@ mod tests {
         fn stopping(&self) -> bool {
             false
         }
+    }
+
+    /// Found by a review: a tick's lines went into one log entry however long, and an agent
+    /// sends each entry in one report of at most 64 KiB: 1,024 lines of 5,000 bytes were
+    /// refused whole and lost, while the budget counted them kept. Entries are cut at
+    /// [`MAX_ENTRY`], every line kept in order, and control characters are shown as text.
+    #[test]
+    fn a_ticks_long_lines_go_into_entries_an_agent_can_send() {
+        let mut out = Output {
+            max: 8 << 20,
+            left: 8 << 20,
+            dropped: 0,
+        };
+        let mut sink = Lines::default();
+        let lines: Vec<(Stream, String)> = (0..1024)
+            .map(|i| (Stream::Out, format!("{i:05}{}", "x".repeat(4000))))
+            .collect();
+        out.write(&mut sink, lines);
+        assert!(sink.0.len() > 1);
+        assert!(
+            sink.0.iter().all(|e| e.len() <= MAX_ENTRY),
+            "an entry is bounded"
+        );
+        let kept: Vec<&str> = sink.0.iter().flat_map(|e| e.split('\n')).collect();
+        assert_eq!(kept.len(), 1024);
+        assert!(
+            kept.iter()
+                .enumerate()
+                .all(|(i, l)| l.starts_with(&format!("{i:05}")))
+        );
+        assert_eq!(out.dropped, 0);
+        let body = serde_json::json!({"event": "log", "entry": sink.0[0]}).to_string();
+        assert!(body.len() < 64 << 10);
+        assert_eq!(
+            shown("a\u{1b}[2Jb\u{0}\u{9b}\tc"),
+            "a\\x1b[2Jb\\x00\\u{9b}\tc"
+        );
     }
 
     /// Reported by a review: the job's `cwd` was entered by the daemon (root) before the ids

@@ -1966,13 +1966,25 @@ pub fn cancel(client: Client, id: &str) -> anyhow::Result<()> {
 pub fn logs(client: Client, id: &str) -> anyhow::Result<()> {
     let lines = call(&client, "GET", &format!("/v1/jobs/{id}/logs"), None)?;
     for l in lines.as_array().into_iter().flatten() {
-        println!(
-            "{:.3}  {}",
-            l["at"].as_f64().unwrap_or_default(),
-            l["message"].as_str().unwrap_or_default()
+        let at = l["at"].as_f64().unwrap_or_default();
+        print!(
+            "{}",
+            log_entry(at, l["message"].as_str().unwrap_or_default())
         );
     }
     Ok(())
+}
+
+/// A log entry as `gantry logs` prints it: each of its lines after the entry's time, control
+/// characters shown escaped. A job's output is its own text: printed raw, it wrote terminal
+/// escapes to whoever read the log (an admin's clipboard, `OSC 52`), and a line of a batch,
+/// printed without a time, passed for an entry of the runner's with a time of the job's.
+fn log_entry(at: f64, message: &str) -> String {
+    let mut out = String::new();
+    for line in message.split('\n') {
+        out += &format!("{at:.3}  {}\n", gantry_daemon::command::shown(line));
+    }
+    out
 }
 
 /// Runs `gantry metrics`.
@@ -2005,6 +2017,21 @@ pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{loopback_host, token_off_the_command_line};
+
+    /// Found by a review: a job's output reached `gantry logs` raw (a clipboard write, `OSC
+    /// 52`, in an admin's terminal), and a line of a batch printed without a time passed for
+    /// an entry of the runner's.
+    #[test]
+    fn a_logs_control_characters_are_shown_escaped_and_every_line_has_its_entrys_time() {
+        let printed = super::log_entry(
+            7.0,
+            "ok\n1796487909.909  succeeded: fake\n\u{1b}]52;c;aGk=\u{7}\tx\u{9b}",
+        );
+        assert_eq!(
+            printed,
+            "7.000  ok\n7.000  1796487909.909  succeeded: fake\n7.000  \\x1b]52;c;aGk=\\x07\tx\\u{9b}\n"
+        );
+    }
 
     /// Found by a review: the README's `gantry agent --token $NODE_TOKEN` put the node's token
     /// where every process of the node reads it (`/proc/PID/cmdline`); a job read it and spoke
