@@ -1521,6 +1521,23 @@ impl JobStore for Db {
         Ok(before.into_iter().filter(|o| o != object).collect())
     }
 
+    fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, DbError> {
+        const CTX: &str = "forgetting a job's checkpoints";
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx(CTX)?;
+        let objects = {
+            let mut stmt = tx
+                .prepare("SELECT DISTINCT object FROM checkpoints WHERE job = ?1")
+                .ctx(CTX)?;
+            let rows = stmt.query_map(params![id], |r| r.get(0)).ctx(CTX)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>().ctx(CTX)?
+        };
+        tx.execute("DELETE FROM checkpoints WHERE job = ?1", params![id])
+            .ctx(CTX)?;
+        tx.commit().ctx(CTX)?;
+        Ok(objects)
+    }
+
     fn checkpoint_uses(&self, object: &str) -> Result<bool, DbError> {
         self.conn()
             .query_row(

@@ -454,6 +454,24 @@ impl JobStore for EtcdJobs {
         Ok(forgotten)
     }
 
+    fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, EtcdStoreError> {
+        let prefix = self.key("checkpoints", &format!("{id}/"));
+        let mut objects: Vec<String> = self
+            .etcd
+            .prefix(&prefix, 0)?
+            .into_iter()
+            .filter_map(|kv| String::from_utf8(kv.value).ok())
+            .collect();
+        if !self
+            .write(Vec::new(), &[Op::DeletePrefix(prefix)], &[])?
+            .succeeded
+        {
+            return Err(EtcdStoreError::NotLeader);
+        }
+        objects.dedup();
+        Ok(objects)
+    }
+
     fn checkpoint_uses(&self, object: &str) -> Result<bool, EtcdStoreError> {
         // Every job's checkpoint: one per job (`add_checkpoint` keeps no more).
         let prefix = format!("{}/checkpoints/", self.root);

@@ -106,6 +106,10 @@ pub trait JobStore: Send + Sync {
         object: &str,
     ) -> Result<Vec<String>, Self::Error>;
 
+    /// Forgets job `id`'s checkpoints (it is over: nothing resumes from them); returns the
+    /// objects they named, for the caller to let go.
+    fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, Self::Error>;
+
     /// Whether a checkpoint of any job is stored as `object`.
     fn checkpoint_uses(&self, object: &str) -> Result<bool, Self::Error>;
 
@@ -280,6 +284,9 @@ where
     ) -> Result<Vec<String>, StateError> {
         Ok(self.0.add_checkpoint(job, step, object)?)
     }
+    fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, StateError> {
+        Ok(self.0.forget_checkpoints(id)?)
+    }
     fn checkpoint_uses(&self, object: &str) -> Result<bool, StateError> {
         Ok(self.0.checkpoint_uses(object)?)
     }
@@ -431,6 +438,11 @@ pub(crate) mod contract {
             .unwrap();
         db.transition("fgv/long", None, JobState::Succeeded, &[], None)
             .unwrap();
+        db.add_checkpoint("fgv/c", 9, "obj-c").unwrap();
+        assert_eq!(db.forget_checkpoints("fgv/c").unwrap(), ["obj-c"]);
+        assert_eq!(db.latest_checkpoint("fgv/c").unwrap(), None);
+        assert!(!db.checkpoint_uses("obj-c").unwrap());
+        assert!(db.forget_checkpoints("fgv/c").unwrap().is_empty());
         let names =
             |db: &S| -> Vec<String> { db.jobs().unwrap().into_iter().map(|j| j.id).collect() };
         assert!(db.forget_finished("fgv", 4, 10).unwrap().is_empty());

@@ -261,11 +261,21 @@ impl Daemon {
         }
     }
 
-    /// Job `id` is over: a replicated control plane forgets its checkpoint in etcd.
+    /// Job `id` is over: nothing resumes from its checkpoint, which is forgotten and let go
+    /// (a finished job's kept its up to 64 MiB on disk, and in etcd, until the job itself was
+    /// forgotten). A failure only keeps it until then ([`Daemon::forget_finished`]).
     pub(crate) fn forget_checkpoints(&self, id: &str) {
+        let objects = match self.jobs.forget_checkpoints(id) {
+            Ok(objects) => objects,
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "keeping a finished job's checkpoint");
+                return;
+            }
+        };
+        self.let_go(&objects);
         if let Some(shared) = &self.shared {
-            if let Ok(Some((_, object))) = self.jobs.latest_checkpoint(id) {
-                shared.forget(&checkpoint_owner(id, &object));
+            for object in &objects {
+                shared.forget(&checkpoint_owner(id, object));
             }
             shared.forget(&format!("checkpoint/{id}"));
         }
@@ -871,8 +881,9 @@ mod tests {
 
     /// A review's `[checkpoint] every_steps = 1` wrote 76 MB/s into the store and nothing was
     /// ever deleted (2.3 GB in 30 s, kept after the job ended). A job keeps one checkpoint: each
-    /// new one replaces the one before, whose object leaves the store. Two jobs training alike
-    /// write the same bytes (one object, content-addressed): neither takes the other's away.
+    /// new one replaces the one before, whose object leaves the store; and a job that ended
+    /// keeps none (nothing resumes it: each finished job's last checkpoint, up to 64 MiB, stayed
+    /// until the job itself was forgotten).
     #[test]
     fn a_jobs_checkpoints_do_not_pile_up_in_the_store() {
         let text = format!("{}[checkpoint]\nevery_steps = 1\n", train(SPIRALS));
@@ -888,18 +899,14 @@ mod tests {
             .filter(|(_, l)| l.starts_with("checkpoint at step"))
             .count();
         assert!(written >= 10, "{logs:?}");
-        let mut named: Vec<String> = jobs
-            .iter()
-            .map(|j| t.daemon.jobs.latest_checkpoint(&j.id).unwrap().unwrap().1)
-            .collect();
-        named.dedup();
-        assert_eq!(t.daemon.store.list().unwrap(), named, "{written} written");
-        for object in &named {
-            t.daemon
-                .store
-                .get(object)
-                .expect("the kept checkpoint reads");
+        for job in &jobs {
+            assert_eq!(t.daemon.jobs.latest_checkpoint(&job.id).unwrap(), None);
         }
+        assert_eq!(
+            t.daemon.store.list().unwrap(),
+            Vec::<String>::new(),
+            "{written} written, none kept once the jobs ended"
+        );
     }
 
     /// The store is content-addressed: an object a job's older checkpoint let go may be what

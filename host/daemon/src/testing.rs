@@ -259,6 +259,10 @@ impl JobStore for Deposable {
         self.write()?;
         self.inner.add_checkpoint(job, step, object)
     }
+    fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, StateError> {
+        self.write()?;
+        self.inner.forget_checkpoints(id)
+    }
     fn checkpoint_uses(&self, object: &str) -> Result<bool, StateError> {
         self.inner.checkpoint_uses(object)
     }
