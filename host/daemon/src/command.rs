@@ -847,6 +847,14 @@ pub fn execute(
             if let Some(join) = &join {
                 join()?;
             }
+            // The first the kernel kills when the machine runs out of memory, before the
+            // daemon, its agent or anything else of the node's (set before the ids change:
+            // after, the file is no longer the process's to write).
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if adj >= 0 {
+                libc::write(adj, b"1000".as_ptr().cast(), 4);
+                libc::close(adj);
+            }
             if let Some((uid, gid)) = ids
                 && (libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
@@ -1450,8 +1458,9 @@ mod tests {
     /// that one run left in /tmp ran as its uid inside a later run of another tenant given the
     /// same uid, and read that run's secrets; and the lease files were anyone's to lock. A run
     /// now has a session of its own, the daemon's three descriptors alone, no privilege to gain
-    /// (`no_new_privs`), umask 077 and its scratch as `TMPDIR`; what its uid left in the shared
-    /// temporary directories goes with the lease. Root only.
+    /// (`no_new_privs`), umask 077, its scratch as `TMPDIR`, and is the first the kernel kills
+    /// when memory runs out; what its uid left in the shared temporary directories goes with
+    /// the lease. Root only.
     #[test]
     fn a_run_has_its_own_session_no_inherited_descriptor_no_privilege_to_gain_and_leaves_nothing_behind()
      {
@@ -1473,6 +1482,7 @@ mod tests {
              [ \"$sid\" = \"$$\" ] && echo own-session; \
              [ -e /proc/$$/fd/251 ] && echo fd-leaked || echo fd-closed; \
              grep NoNewPrivs /proc/$$/status; echo umask=$(umask); \
+             echo oom=$(cat /proc/$$/oom_score_adj); \
              [ \"$TMPDIR\" = \"$PWD\" ] && echo tmpdir-is-scratch; \
              u=$(id -u); touch /tmp/gantry-left-$u /dev/shm/gantry-left-$u; \
              mkdir /var/tmp/gantry-left-$u && touch /var/tmp/gantry-left-$u/f; echo uid=$u";
@@ -1498,6 +1508,7 @@ mod tests {
             "fd-closed",
             "NoNewPrivs:\t1",
             "umask=0077",
+            "oom=1000",
             "tmpdir-is-scratch",
             "uid=231100",
         ] {
