@@ -481,17 +481,41 @@ impl Host {
 
     /// Asks the policy whether `subject` may submit `job` (recorded with the decision).
     async fn admit(&self, subject: &Subject, job: &JobSpec) -> Result<(), HostError> {
+        self.decider()
+            .require(&Request::new(
+                subject.clone(),
+                Action::JobSubmit,
+                self.admission(job),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// What the policy is asked to admit `job` against (`job.submit`): the GPUs its tenant
+    /// holds now.
+    pub fn admission(&self, job: &JobSpec) -> Admission {
         let tenant = self.state.cluster.tenant_index(&job.tenant);
-        let admission = Admission {
+        Admission {
             tenant: job.tenant.clone(),
             gpus: u64::from(job.gpus),
             tenant_used_gpus: tenant.map_or(0, |t| u64::from(self.state.used_gpus[t as usize])),
             job: job.id.clone(),
-        };
-        self.decider()
-            .require(&Request::new(subject.clone(), Action::JobSubmit, admission))
-            .await?;
-        Ok(())
+        }
+    }
+
+    /// Queues `job`, which the policy admitted against `decided` ([`Host::admission`]) off the
+    /// host's lock, if what it would be admitted against now is the same; `Ok(false)`, with
+    /// nothing queued, when it changed meanwhile (the caller decides again). So a caller
+    /// sharing the host need not hold its lock across the decision and its synced record.
+    pub fn enqueue_admitted(
+        &mut self,
+        job: CheckedJob,
+        decided: &Admission,
+    ) -> Result<bool, HostError> {
+        if self.admission(&job.spec) != *decided {
+            return Ok(false);
+        }
+        self.enqueue(job).map(|()| true)
     }
 
     /// [`Host::load_scheduler`] on behalf of `subject`, after the policy allowed `plugin.load`

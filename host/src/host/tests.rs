@@ -36,6 +36,29 @@ fn a_checked_job_is_checked_again_only_when_the_state_changed_since() {
     assert_eq!(queued, ["a"]);
 }
 
+/// A submission decided off the host's lock is queued only against the quota the policy saw:
+/// once the tenant's GPUs in use changed between the decision and the queueing, nothing is
+/// queued and the caller decides again.
+#[test]
+fn a_job_admitted_off_the_lock_is_queued_only_if_its_tenants_gpus_are_as_decided() {
+    let mut host = Host::new(HostConfig::new(Cluster::uniform(1, 1, 4, 1))).unwrap();
+    let decided = host.admission(&job("b", 1));
+    let checked = host.check(job("b", 1)).unwrap();
+    let gpus: Vec<String> = (host.state().cluster.gpus.iter())
+        .map(|g| g.id.clone())
+        .collect();
+    // Meanwhile the tenant took two GPUs.
+    host.adopt(job("a", 2), &gpus[0..2], 10.0).unwrap();
+    assert_ne!(host.admission(&job("b", 1)), decided);
+    assert!(!host.enqueue_admitted(checked, &decided).unwrap());
+    assert!(host.state().pending.is_empty(), "nothing queued");
+    let decided = host.admission(&job("b", 1));
+    assert_eq!(decided.tenant_used_gpus, 2);
+    let checked = host.check(job("b", 1)).unwrap();
+    assert!(host.enqueue_admitted(checked, &decided).unwrap());
+    assert_eq!(host.state().pending.len(), 1);
+}
+
 /// A job taken back after a restart holds exactly the GPUs it held, and only free GPUs of the
 /// cluster, as many as it asks for.
 #[test]

@@ -196,68 +196,100 @@ fn new_job(user: &User, id: &str, req: SubmitRequest) -> JobRecord {
 }
 
 /// Checks `job` against the cluster, asks the policy to admit it for `user` and stores it.
-/// Decided, checked and stored under the host's lock, so the quota the policy saw is the quota
-/// the job is admitted against.
+/// Decided off the host's lock (the decision's record is synced to disk), then queued and
+/// stored under it only if what the policy saw, the GPUs the tenant holds, is what it holds
+/// still; decided again if not, a few times, then under the lock: so the quota the policy saw
+/// is the quota the job is admitted against, and no other request waits on the host for a
+/// submission's sync (every submission held the host's write lock across the decision's audit
+/// sync and two database commits).
 fn admit(state: &AppState, user: &User, job: JobRecord) -> ApiResult<JobRecord> {
+    /// Decisions off the lock before one under it.
+    const TRIES: usize = 3;
     let daemon = &state.daemon;
     let spec = spec(&job);
-    let mut host = daemon.host();
-    let checked = match host.check(spec) {
-        Ok(checked) => checked,
-        Err(gantry::HostError::Job { message, .. }) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, message));
+    for attempt in 0..=TRIES {
+        let (checked, admission) = {
+            let host = daemon.host_read();
+            let checked = checked_job(&host, spec.clone())?;
+            queue_room(daemon, &host, &job.tenant)?;
+            (checked, host.admission(&spec))
+        };
+        // The last try holds the lock across its decision.
+        let held = (attempt == TRIES).then(|| daemon.host());
+        let decided = match &held {
+            Some(host) => host.admission(&spec),
+            None => admission,
+        };
+        let request =
+            gantry::policy::Request::new(user.subject(), Action::JobSubmit, decided.clone());
+        here(daemon.decider.require(&request)).map_err(|e| refused(daemon, e))?;
+        crate::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
+        let mut host = held.unwrap_or_else(|| daemon.host());
+        queue_room(daemon, &host, &job.tenant)?;
+        match host.enqueue_admitted(checked, &decided) {
+            Ok(true) => {}
+            // The tenant's GPUs changed while it was decided: again.
+            Ok(false) => continue,
+            Err(gantry::HostError::Job { message, .. }) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, message));
+            }
+            Err(e) => return Err(ApiError::internal(e)),
         }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    let queued = host
-        .state()
-        .pending
-        .iter()
-        .filter(|p| p.spec.tenant == job.tenant)
-        .count();
-    if queued >= daemon.tenant_limits.queued_jobs {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "tenant {} has {queued} jobs waiting to be placed, the most one tenant may \
-                 (--max-queued-jobs-per-tenant): submit more as these are placed or cancelled",
-                job.tenant
-            ),
-        ));
-    }
-    let m = &daemon.metrics;
-    match here(host.submit_checked_as(&user.subject(), checked)) {
-        Ok(()) => crate::metrics::Metrics::inc(&m.decisions_allowed),
-        Err(gantry::HostError::Job { message, .. }) => {
-            // Decided and allowed, then refused as a duplicate.
-            crate::metrics::Metrics::inc(&m.decisions_allowed);
-            return Err(ApiError::new(StatusCode::CONFLICT, message));
-        }
-        Err(e) => return Err(refused(daemon, e)),
-    }
-    match daemon.jobs.insert_job(&job) {
-        Ok(true) => {
-            let _ = daemon
-                .jobs
-                .log(&job.id, &format!("submitted by {}", job.owner));
-            Ok(job)
-        }
-        Ok(false) => {
+        let stored = daemon.jobs.insert_job(&job);
+        if !matches!(stored, Ok(true)) {
             host.cancel(&job.id);
-            Err(ApiError::new(
+        }
+        drop(host);
+        return match stored {
+            Ok(true) => {
+                let _ = daemon
+                    .jobs
+                    .log(&job.id, &format!("submitted by {}", job.owner));
+                Ok(job)
+            }
+            Ok(false) => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(
                     "a job `{}` already exists in tenant {}",
                     crate::db::name_of(&job.id),
                     job.tenant
                 ),
-            ))
-        }
-        Err(e) => {
-            host.cancel(&job.id);
-            Err(e.into())
-        }
+            )),
+            Err(e) => Err(e.into()),
+        };
     }
+    unreachable!("the last try decides under the lock, where nothing changes")
+}
+
+/// `spec` checked against the cluster, or a 400 saying why not.
+fn checked_job(host: &gantry::Host, spec: JobSpec) -> ApiResult<gantry::CheckedJob> {
+    match host.check(spec) {
+        Ok(checked) => Ok(checked),
+        Err(gantry::HostError::Job { message, .. }) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, message))
+        }
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// A 429 when `tenant` has as many jobs waiting as one tenant may.
+fn queue_room(daemon: &crate::Daemon, host: &gantry::Host, tenant: &str) -> ApiResult<()> {
+    let queued = host
+        .state()
+        .pending
+        .iter()
+        .filter(|p| p.spec.tenant == tenant)
+        .count();
+    if queued >= daemon.tenant_limits.queued_jobs {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "tenant {tenant} has {queued} jobs waiting to be placed, the most one tenant may \
+                 (--max-queued-jobs-per-tenant): submit more as these are placed or cancelled"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a listing shows `job` to `user`: admins all, others their tenants' jobs (the shipped
