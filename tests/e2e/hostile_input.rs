@@ -110,7 +110,7 @@ fn mutated_json_bodies_get_a_json_4xx_or_success_and_the_daemon_lives() {
     let root = add_user(&data, "root", "admin", "vision", "secret");
     let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
     let (upload, public) = signed_upload(dir.path(), &cache);
-    let daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let mut daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
     let url = daemon.url.clone();
     let (s, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&root), None);
     assert_eq!(s, 200, "{gpus}");
@@ -245,4 +245,27 @@ fn mutated_json_bodies_get_a_json_4xx_or_success_and_the_daemon_lives() {
     // What the refusals and successes wrote to the audit log still verifies.
     let (s, verified) = request(&format!("{url}/v1/audit/verify"), "GET", Some(&root), None);
     assert_eq!(s, 200, "{verified}");
+    // Nothing accepted breaks the data directory for later: a review's job of 2^64-1 MiB a GPU
+    // was stored wrapped, and `gantry db check` and the next start failed on it.
+    let huge = json!({"id": "huge", "tenant": "vision", "gpus": 1, "memory_per_gpu_mib": u64::MAX});
+    let (s, v) = request(
+        &format!("{url}/v1/jobs"),
+        "POST",
+        Some(&ada),
+        Some(&huge.to_string()),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("memory_per_gpu_mib"),
+        "{v}"
+    );
+    daemon.signal("-TERM");
+    let out = crate::support::gantry(
+        &["db", "check", "--data-dir", data.to_str().unwrap()],
+        &cache,
+    );
+    assert!(out.status.success(), "{}", crate::support::text(&out).1);
+    let daemon = Daemon::start_with(&data, &cache, &["--trust", &public]);
+    let (s, listed) = request(&format!("{}/v1/jobs", daemon.url), "GET", Some(&root), None);
+    assert_eq!(s, 200, "{listed}");
 }

@@ -928,7 +928,7 @@ impl Db {
                 "INSERT INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET seq = ?1, hash = ?2, closed = ?3
                  WHERE ?1 >= audit_head.seq",
-                params![head.seq as i64, head.hash, closed],
+                params![head.seq, head.hash, closed],
             )
             .ctx("recording the audit head")?;
         Ok(())
@@ -940,7 +940,7 @@ impl Db {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO audit_head(id, seq, hash, closed) VALUES (1, ?1, ?2, ?3)",
-                params![head.seq as i64, head.hash, closed],
+                params![head.seq, head.hash, closed],
             )
             .ctx("resetting the audit head")?;
         Ok(())
@@ -1105,7 +1105,7 @@ impl Db {
                     d.tenant,
                     d.classification,
                     d.object,
-                    d.bytes as i64,
+                    d.bytes,
                     d.owner,
                     d.created_at
                 ],
@@ -1287,7 +1287,7 @@ impl JobStore for Db {
                     job.id,
                     job.owner,
                     job.gpus,
-                    job.memory_per_gpu_mib as i64,
+                    job.memory_per_gpu_mib,
                     job.est_runtime_s,
                     serde_json::to_string(&job.gpu_ids).expect("strings serialise"),
                     job.reason,
@@ -1499,7 +1499,7 @@ impl JobStore for Db {
 
     fn add_checkpoint(&self, job: &str, step: u32, object: &str) -> Result<Vec<String>, DbError> {
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("recording a checkpoint")?;
+        let tx = write_transaction(&mut conn).ctx("recording a checkpoint")?;
         let before = {
             let mut stmt = tx
                 .prepare("SELECT DISTINCT object FROM checkpoints WHERE job = ?1")
@@ -1524,7 +1524,7 @@ impl JobStore for Db {
     fn forget_checkpoints(&self, id: &str) -> Result<Vec<String>, DbError> {
         const CTX: &str = "forgetting a job's checkpoints";
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx(CTX)?;
+        let tx = write_transaction(&mut conn).ctx(CTX)?;
         let objects = {
             let mut stmt = tx
                 .prepare("SELECT DISTINCT object FROM checkpoints WHERE job = ?1")
@@ -1564,7 +1564,7 @@ impl JobStore for Db {
         match placement {
             Some(p) => conn.execute(
                 "INSERT OR REPLACE INTO placements(job, node, attempt) VALUES (?1, ?2, ?3)",
-                params![id, p.node, p.attempt as i64],
+                params![id, p.node, p.attempt],
             ),
             None => conn.execute("DELETE FROM placements WHERE job = ?1", params![id]),
         }
@@ -1595,7 +1595,7 @@ impl JobStore for Db {
     ) -> Result<Vec<(String, String)>, DbError> {
         const CTX: &str = "forgetting finished jobs";
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx(CTX)?;
+        let tx = write_transaction(&mut conn).ctx(CTX)?;
         let ended: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE tenant = ?1 AND ended IS NOT NULL",
@@ -1642,6 +1642,14 @@ impl JobStore for Db {
         tx.commit().ctx(CTX)?;
         Ok(objects)
     }
+}
+
+/// A transaction that will write: the write lock taken at its start (`BEGIN IMMEDIATE`), waiting
+/// on another connection's for the busy timeout. A deferred one that read first was refused
+/// its upgrade at once ("database is locked") whenever another connection (the audit log's
+/// seal) had committed meanwhile, whatever the timeout.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 /// Applies the [`MIGRATIONS`] a database has not had yet.
@@ -1770,6 +1778,66 @@ mod tests {
     use super::super::jobstore::{JobStore, contract};
     use super::*;
     use contract::job;
+
+    /// Found by a review: a job asking for 2^64-1 MiB a GPU was stored as -1 (`as i64`), and
+    /// every listing, the job's own reads and the daemon's next start failed on the row. A
+    /// value the database cannot hold is refused, never wrapped (the API bounds it first).
+    #[test]
+    fn a_value_the_database_cannot_hold_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        let huge = JobRecord {
+            memory_per_gpu_mib: u64::MAX,
+            ..job("vision/huge")
+        };
+        assert!(db.insert_job(&huge).is_err());
+        assert_eq!(db.job("vision/huge").unwrap(), None);
+        db.check().expect("the database still checks");
+    }
+
+    /// Found by a review: another tenant's requests made a training job fail, "database is
+    /// locked". A checkpoint's record read, then wrote, in a deferred transaction; when the
+    /// audit log's seal (a connection of its own) committed in between, SQLite refused the
+    /// upgrade to a write at once (its busy timeout does not apply to it), and the job failed.
+    /// Transactions that write take the write lock first, and wait for it.
+    #[test]
+    fn a_write_racing_another_connections_commits_waits_rather_than_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let db = Db::open(&path).unwrap();
+        let seals = Db::open(&path).unwrap();
+        assert!(db.insert_job(&job("vision/a")).unwrap());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut seq = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    seq += 1;
+                    let head = Head {
+                        seq,
+                        hash: format!("{seq:064}"),
+                    };
+                    seals.set_audit_head(&head, false).unwrap();
+                }
+            });
+            let mut failed = Vec::new();
+            for step in 0..400 {
+                if let Err(e) = db.add_checkpoint("vision/a", step, &format!("o{step}")) {
+                    failed.push(e.to_string());
+                }
+                if let Err(e) = db.forget_finished("vision", 0, 1) {
+                    failed.push(e.to_string());
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                failed.is_empty(),
+                "{} failed: {:?}",
+                failed.len(),
+                failed.first()
+            );
+        });
+    }
 
     /// Found by a review: a job (or dataset) looked up by name, as every `GET /v1/jobs/{id}`
     /// does, compared each row's key with its own tenant column: no index could serve it, so

@@ -31,7 +31,7 @@ pub struct SubmitRequest {
     pub gpus: u32,
     /// Memory per GPU, MiB.
     #[serde(default = "default_memory")]
-    pub memory_per_gpu_mib: u64,
+    pub memory_per_gpu_mib: u32,
     /// Estimated runtime, seconds.
     #[serde(default = "default_runtime")]
     pub est_runtime_s: f64,
@@ -45,7 +45,7 @@ pub struct SubmitRequest {
     pub command: Option<crate::command::CommandSpec>,
 }
 
-fn default_memory() -> u64 {
+fn default_memory() -> u32 {
     16_000
 }
 
@@ -60,7 +60,8 @@ pub fn spec(job: &JobRecord) -> JobSpec {
         tenant: job.tenant.clone(),
         priority: 0,
         gpus: job.gpus,
-        memory_per_gpu_mib: job.memory_per_gpu_mib.min(u64::from(u32::MAX)) as u32,
+        // A stored job's is at most `u32::MAX` (the submission's type).
+        memory_per_gpu_mib: u32::try_from(job.memory_per_gpu_mib).unwrap_or(u32::MAX),
         gang: true,
         // A command job runs as one process group: on one node.
         topology: if job.command.is_some() {
@@ -181,7 +182,7 @@ fn new_job(user: &User, id: &str, req: SubmitRequest) -> JobRecord {
         tenant: req.tenant,
         owner: user.name.clone(),
         gpus: req.gpus,
-        memory_per_gpu_mib: req.memory_per_gpu_mib,
+        memory_per_gpu_mib: u64::from(req.memory_per_gpu_mib),
         est_runtime_s: req.est_runtime_s,
         state: JobState::Pending,
         gpu_ids: Vec::new(),
