@@ -93,6 +93,21 @@ impl Heartbeat {
                 if value.is_some_and(|v| v.len() > MAX_FIELD) {
                     return Err(format!("field `gpus[{i}].{name}`: over {MAX_FIELD} bytes"));
                 }
+                // Shown to users (`GET /v1/gpus`, terminals): text, never terminal commands.
+                if value.is_some_and(|v| v.chars().any(char::is_control)) {
+                    return Err(format!(
+                        "field `gpus[{i}].{name}`: holds control characters"
+                    ));
+                }
+            }
+            // As the cluster keeps it (`u32` MiB, 4 PiB): a larger value was cut to fit, and
+            // a job asking for more memory than any GPU could have was admitted against it.
+            if u32::try_from(g.memory_mib).is_err() {
+                return Err(format!(
+                    "field `gpus[{i}].memory_mib`: {} MiB, over the most a GPU may report ({})",
+                    g.memory_mib,
+                    u32::MAX
+                ));
             }
             if !seen.insert(g.ordinal) {
                 return Err(format!(
@@ -304,6 +319,21 @@ pub const MAX_REPORT_TEXT: usize = 256 << 10;
 pub const MAX_REPORTED_STEPS: usize = 256;
 
 impl RunReport {
+    /// Its text (a log entry, a reason, a summary) with control characters shown as escapes
+    /// ([`crate::command::shown`]), as a run here keeps its output: a node's report is kept and
+    /// shown to users as it says, and a node's text went around the agent's own escaping.
+    pub fn show_text(&mut self) {
+        let text = match &mut self.event {
+            RunEvent::Log { entry } => entry,
+            RunEvent::Ended(WireEnd::Failed { reason }) => reason,
+            RunEvent::Ended(WireEnd::Succeeded { summary, .. }) => summary,
+            _ => return,
+        };
+        // Lines stay lines: a log entry is a batch of them.
+        let shown: Vec<String> = text.split('\n').map(crate::command::shown).collect();
+        *text = shown.join("\n");
+    }
+
     /// Checks every size; the error names the field.
     pub fn check(&self) -> Result<(), String> {
         if let RunEvent::Progress { steps } = &self.event
@@ -1313,6 +1343,35 @@ mod tests {
         };
         assert!(long.check().unwrap_err().contains("gpus[0].name"));
         let many = Heartbeat {
+        // Found by a review: a GPU of 2^64-1 MiB was kept cut to 2^32-1, and a job asking for
+        // 2^63 MiB a GPU admitted against it; names with terminal escapes reached users.
+        let beyond = |g: ReportedGpu| Heartbeat {
+            gpus: vec![g],
+            emulated: false,
+            rack: None,
+        };
+        let huge = beyond(ReportedGpu {
+            memory_mib: u64::from(u32::MAX) + 1,
+            ..gpu(0)
+        });
+        assert!(huge.check().unwrap_err().contains("gpus[0].memory_mib"));
+        let mut report = RunReport {
+            job: "vision/a".into(),
+            attempt: 1,
+            event: RunEvent::Log {
+                entry: "ok\n\u{0}\u{1b}[2J\u{202e} x".into(),
+            },
+        };
+        report.show_text();
+        let RunEvent::Log { entry } = report.event else {
+            unreachable!()
+        };
+        assert_eq!(entry, "ok\n\\x00\\x1b[2J\\u{202e} x");
+        let escape = beyond(ReportedGpu {
+            name: "H200\u{1b}[2J".into(),
+            ..gpu(0)
+        });
+        assert!(escape.check().unwrap_err().contains("gpus[0].name"));
             gpus: (0..=MAX_REPORTED_GPUS as u32).map(gpu).collect(),
             emulated: false,
             rack: None,
