@@ -1180,3 +1180,19 @@ fn a_listing_reads_one_page_of_the_callers_tenants_jobs() {
     let (s, v) = list(&ada, "?after=vision/no-such-job");
     assert_eq!(s, 404, "{v}");
 }
+    // Found by a review: a page after another tenant's job said it existed (200, its later
+    // jobs) where a missing one got 404. It answers as missing.
+    let (s, missing) = list(&ada, "?after=language/no-such-job");
+    assert_eq!(s, 404, "{missing}");
+    let (s, other) = list(&ada, "?after=language/l0");
+    assert_eq!(
+        (s, &other),
+        (
+            404,
+            &missing
+                .to_string()
+                .replace("no-such-job", "l0")
+                .parse::<Value>()
+                .unwrap()
+        )
+    );

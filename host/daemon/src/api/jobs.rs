@@ -29,7 +29,9 @@ pub struct SubmitRequest {
     pub tenant: String,
     /// GPUs.
     pub gpus: u32,
-    /// Memory per GPU, MiB.
+    /// Memory per GPU, MiB: at most `u32::MAX` (4 PiB), as the scheduler counts it (a larger
+    /// value, cut to fit for the scheduler, was stored wrapped and broke every listing and the
+    /// daemon's next start).
     #[serde(default = "default_memory")]
     pub memory_per_gpu_mib: u32,
     /// Estimated runtime, seconds.
@@ -342,13 +344,20 @@ pub(super) async fn list(
             Resource::Empty {},
             move |state, user| {
                 let tenants = (!user.is_admin()).then_some(user.tenants.as_slice());
-                let jobs = state
-                    .daemon
-                    .jobs
-                    .jobs_page(tenants, page.after.as_deref(), limit)?;
+                // Another tenant's job answers as a missing one: a page after it said whether
+                // it existed, and when it was submitted.
+                let hidden = |after: &str| {
+                    let tenant = after.split_once('/').map_or("", |(t, _)| t);
+                    tenants.is_some_and(|t| !t.iter().any(|t| t == tenant))
+                };
+                let after = page.after.as_deref().filter(|a| !hidden(a));
+                let jobs = match (page.after.as_deref(), after) {
+                    (Some(_), None) => Vec::new(),
+                    _ => state.daemon.jobs.jobs_page(tenants, after, limit)?,
+                };
                 if let Some(after) = page.after.as_deref()
                     && jobs.is_empty()
-                    && state.daemon.jobs.job(after)?.is_none()
+                    && (hidden(after) || state.daemon.jobs.job(after)?.is_none())
                 {
                     // Never an empty page that reads as the listing's end.
                     return Err(ApiError::new(
