@@ -1274,6 +1274,44 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     assert!(job["result"]["resumed_at_step"].as_u64() > Some(0), "{job}");
 }
 
+/// Found by a review: an admin's `POST /v1/users` for the name of `gantry up`'s own node
+/// identity (`local`) replaced its roles: its heartbeats were refused from then on, its GPUs
+/// left service, and the daemon refused its next start. A node identity stays one, and no
+/// user becomes one, by an update (409).
+#[test]
+fn an_update_of_a_user_never_takes_over_or_makes_a_node_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let root = add_user(&data, "root", "admin", "vision", "secret");
+    add_user(&data, "rae", "researcher", "vision", "public");
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &["--emulate-gpus", "2"]);
+    let url = daemon.url.clone();
+    eventually("this machine's GPUs in service", || {
+        serving_gpus(&url, &root) == 2
+    });
+    let users = format!("{url}/v1/users");
+    for (name, roles) in [("local", json!(["admin"])), ("rae", json!(["node"]))] {
+        let body = json!({"name": name, "roles": roles, "tenants": ["vision"]}).to_string();
+        let (s, v) = request(&users, "POST", Some(&root), Some(&body));
+        assert_eq!(s, 409, "{name}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("node identity"),
+            "{v}"
+        );
+    }
+    let body = json!({"name": "rae", "roles": ["researcher", "runner"], "tenants": ["vision"]});
+    let (s, v) = request(&users, "POST", Some(&root), Some(&body.to_string()));
+    assert_eq!(s, 201, "an update that keeps what it is: {v}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(serving_gpus(&url, &root), 2, "its GPUs stay in service");
+    daemon.signal("-TERM");
+    let daemon = Daemon::start_with(&data, &shared_cache(), &["--emulate-gpus", "2"]);
+    assert_eq!(
+        request(&format!("{}/v1/health", daemon.url), "GET", None, None).0,
+        200
+    );
+}
+
 /// Found by a review: runs handed to an agent reserved nothing from the training budget, and
 /// agents held them to the built-in limits, not the operator's: under `gantry up
 /// --emulate-gpus` (its own agent runs the jobs, in its process) three jobs of 673 MiB each

@@ -94,6 +94,23 @@ pub(super) async fn add_user(
     let ttl = lifetime(new.expires.as_deref())?;
     super::blocking(&state, move |state| {
         authorize(state, &by, Action::UserManage, Resource::user(&user.name))?;
+        // A node identity stays one, and no user becomes one by an update: replacing the
+        // roles of `gantry up`'s own node identity took its GPUs out of service, and the
+        // daemon then refused to start.
+        let node = |u: &crate::db::User| u.roles.iter().any(|r| r == "node");
+        if let Some(existing) = state.daemon.accounts.user(&user.name)?
+            && node(&existing) != node(&user)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "user `{}` {} a node identity: an update keeps it so (a node's roles are \
+                     `node` alone; give a person or a node a name of its own)",
+                    user.name,
+                    if node(&existing) { "is" } else { "is not" }
+                ),
+            ));
+        }
         state.daemon.accounts.put_user(&user)?;
         let fields = json!({"user": user.name, "roles": user.roles,
             "tenants": user.tenants, "clearance": user.clearance,
