@@ -561,6 +561,7 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     let wendy = user("wendy", "researcher,writer", "vision", "confidential");
     let ada = user("ada", "researcher", "vision", "internal");
     let lee = user("lee", "researcher,writer", "language", "secret");
+    let root = user("root", "admin", "vision", "secret");
     let daemon = Daemon::start(&data, &shared_cache());
     let base = format!("{}/v1/datasets", daemon.url);
     let csv = b"1,2,3\n4,5,6\n".repeat(1000);
@@ -641,6 +642,17 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     let raw = std::fs::read(data.join("objects").join(&object[..2]).join(object)).unwrap();
     assert!(!raw.windows(12).any(|w| w == b"1,2,3\n4,5,6\n"));
     assert!(store.get(object).unwrap() == csv);
+    // Found by a review: an admin's upload to a tenant the cluster does not have (`a/b`, ``,
+    // `../..`) was stored where no read reached it again, holding quota for ever.
+    for tenant in ["a%2Fb", "", "..%2F..", "nobody"] {
+        let (s, v) = put(
+            &format!("{base}/r2?tenant={tenant}&classification=public"),
+            &root,
+            b"1",
+        );
+        assert_eq!(s, 400, "{tenant}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("tenant"), "{v}");
+    }
 }
 
 #[test]
@@ -1179,7 +1191,6 @@ fn a_listing_reads_one_page_of_the_callers_tenants_jobs() {
     // Never an empty page that reads as the listing's end.
     let (s, v) = list(&ada, "?after=vision/no-such-job");
     assert_eq!(s, 404, "{v}");
-}
     // Found by a review: a page after another tenant's job said it existed (200, its later
     // jobs) where a missing one got 404. It answers as missing.
     let (s, missing) = list(&ada, "?after=language/no-such-job");
@@ -1196,3 +1207,4 @@ fn a_listing_reads_one_page_of_the_callers_tenants_jobs() {
                 .unwrap()
         )
     );
+}

@@ -184,6 +184,24 @@ fn may_upload(
             format!("user {} is not a member of tenant {}", user.name, q.tenant),
         ));
     }
+    // A tenant of the cluster, whoever asks: an admin's upload to `a/b`, `` or `../..` was
+    // stored under a name no read could reach again, holding quota for ever.
+    if state
+        .daemon
+        .host_read()
+        .state()
+        .cluster
+        .tenant_index(&q.tenant)
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "field `tenant`: unknown tenant `{}`",
+                q.tenant.escape_debug()
+            ),
+        ));
+    }
     fits?;
     let dataset = gantry::policy::request::DatasetRef {
         name: name.to_string(),
