@@ -550,8 +550,9 @@ fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, Strin
     }
 }
 
-/// `text` with its control characters (but tabs) shown as escapes (`\x1b`, `\u{9b}`): what a
-/// program printed is kept as text, never as terminal commands for whoever reads the log.
+/// `text` with its control characters (but tabs) and bidirectional marks shown as escapes
+/// (`\x1b`, `\u{9b}`, `\u{202e}`): what a program printed is kept as text, never as terminal
+/// commands for whoever reads the log.
 pub fn shown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -560,7 +561,12 @@ pub fn shown(text: &str) -> String {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out += &format!("\\x{:02x}", c as u32);
             }
-            c if c.is_control() => out += &format!("\\u{{{:x}}}", c as u32),
+            // And the marks that reorder what a terminal shows (a line that reads otherwise).
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out += &format!("\\u{{{:x}}}", c as u32)
+            }
             c => out.push(c),
         }
     }

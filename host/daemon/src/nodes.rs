@@ -1031,6 +1031,7 @@ impl crate::Daemon {
                 .map(|g| RegisteredGpu {
                     ordinal: g.ordinal,
                     model: g.name.clone(),
+                    // Bounded by the heartbeat's check.
                     memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
                 })
                 .collect(),
@@ -1342,7 +1343,6 @@ mod tests {
             rack: None,
         };
         assert!(long.check().unwrap_err().contains("gpus[0].name"));
-        let many = Heartbeat {
         // Found by a review: a GPU of 2^64-1 MiB was kept cut to 2^32-1, and a job asking for
         // 2^63 MiB a GPU admitted against it; names with terminal escapes reached users.
         let beyond = |g: ReportedGpu| Heartbeat {
@@ -1372,6 +1372,7 @@ mod tests {
             ..gpu(0)
         });
         assert!(escape.check().unwrap_err().contains("gpus[0].name"));
+        let many = Heartbeat {
             gpus: (0..=MAX_REPORTED_GPUS as u32).map(gpu).collect(),
             emulated: false,
             rack: None,

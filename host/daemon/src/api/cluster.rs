@@ -213,10 +213,11 @@ pub(super) async fn run_report(
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller.user(&state).await?;
-    let report: crate::nodes::RunReport = body::json(body, MAX_BODY).await?;
+    let mut report: crate::nodes::RunReport = body::json(body, MAX_BODY).await?;
     report
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    report.show_text();
     let stop = blocking(&state, move |state| {
         authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
         let daemon = &state.daemon;
