@@ -7,7 +7,9 @@
 //! a time, never passed by smaller ones that fit before them (a large run would wait for ever
 //! behind a stream of them), and in turn by tenant: the next is the first waiter of the tenant
 //! holding least now, and of those the one served least lately, so one tenant's queue of runs
-//! does not keep another's behind all of it.
+//! does not keep another's behind all of it. And no tenant holds more than its share (half the
+//! budget by default, at least one run's most): a tenant's two long runs, placed first, held
+//! every MiB for days while every other tenant's training waited.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -17,6 +19,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct TrainBudget {
     total_mib: u64,
+    /// The most one tenant's runs may hold together.
+    share_mib: u64,
     used_mib: Mutex<Ledger>,
     freed: Condvar,
 }
@@ -31,7 +35,8 @@ struct Ledger {
     /// gone with its last reservation and waiter.
     served: HashMap<String, u64>,
     next: u64,
-    waiting: VecDeque<(u64, String)>,
+    /// Tickets, tenants and the MiB each asks for.
+    waiting: VecDeque<(u64, String, u64)>,
     /// The waiter whose turn it is, kept until it is served or stops waiting: chosen again at
     /// every wake-up, a tenant's large run could be passed for ever by others' small ones, each
     /// ranking first when it came back.
@@ -39,11 +44,13 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// Whose turn it is: the waiter chosen before, while it waits; else the first waiter of the
-    /// tenant holding least, of equals the one served least lately, then the earliest.
-    fn turn(&mut self) -> Option<u64> {
+    /// Whose turn it is: the waiter chosen before, while it waits; else, of the tenants whose
+    /// first waiter fits their `share` (when it is less than the whole: a tenant past it must
+    /// not hold the line), the first waiter of the tenant holding least, of equals the one
+    /// served least lately, then the earliest.
+    fn turn(&mut self, share: Option<u64>) -> Option<u64> {
         if let Some(head) = self.head
-            && self.waiting.iter().any(|(t, _)| *t == head)
+            && self.waiting.iter().any(|(t, _, _)| *t == head)
         {
             return Some(head);
         }
@@ -52,9 +59,10 @@ impl Ledger {
         self.head = self
             .waiting
             .iter()
-            .filter(|(_, tenant)| seen.insert(tenant.as_str()))
-            .min_by_key(|(ticket, t)| (of(&self.held, t), of(&self.served, t), *ticket))
-            .map(|(ticket, _)| *ticket);
+            .filter(|(_, tenant, _)| seen.insert(tenant.as_str()))
+            .filter(|(_, tenant, mib)| share.is_none_or(|s| of(&self.held, tenant) + mib <= s))
+            .min_by_key(|(ticket, t, _)| (of(&self.held, t), of(&self.served, t), *ticket))
+            .map(|(ticket, _, _)| *ticket);
         self.head
     }
 
@@ -67,7 +75,7 @@ impl Ledger {
 
     /// Forgets `tenant`'s turn once it neither holds nor waits.
     fn forget_idle(&mut self, tenant: &str) {
-        if !self.held.contains_key(tenant) && !self.waiting.iter().any(|(_, t)| t == tenant) {
+        if !self.held.contains_key(tenant) && !self.waiting.iter().any(|(_, t, _)| t == tenant) {
             self.served.remove(tenant);
         }
     }
@@ -101,12 +109,31 @@ impl Drop for Reserved<'_> {
 const LOOK: Duration = Duration::from_millis(200);
 
 impl TrainBudget {
-    /// A budget of `total_mib`.
+    /// A budget of `total_mib`, any of it one tenant's.
     pub fn new(total_mib: u64) -> TrainBudget {
+        TrainBudget::with_share(total_mib, total_mib)
+    }
+
+    /// A budget of `total_mib`, of which one tenant's runs hold at most `share_mib` together.
+    pub fn with_share(total_mib: u64, share_mib: u64) -> TrainBudget {
         TrainBudget {
             total_mib,
+            share_mib: share_mib.min(total_mib),
             used_mib: Mutex::new(Ledger::default()),
             freed: Condvar::new(),
+        }
+    }
+
+    /// The share an operator asked for (`None`: half of `total_mib`), at least `job_mib`, the
+    /// most one run may need (a run within the limits must be able to start), at most all.
+    pub fn share_for(asked: Option<u64>, total_mib: u64, job_mib: u64) -> Result<u64, String> {
+        match asked {
+            None => Ok((total_mib / 2).max(job_mib).min(total_mib)),
+            Some(mib) if mib >= job_mib => Ok(mib.min(total_mib)),
+            Some(mib) => Err(format!(
+                "--train-memory-mib-per-tenant {mib} is below the {job_mib} MiB one training job \
+                 may need (the training limits' max_memory_mib): such a job could never run"
+            )),
         }
     }
 
@@ -143,22 +170,24 @@ impl TrainBudget {
         stopping: impl Fn() -> bool,
         waiting: impl FnOnce(u64),
     ) -> Result<Option<Reserved<'_>>, String> {
-        if mib > self.total_mib {
+        if mib > self.share_mib {
             return Err(format!(
-                "this job may need {mib} MiB, more than the {} MiB the daemon's training runs \
-                 may take together (--train-memory-mib)",
-                self.total_mib
+                "this job may need {mib} MiB, more than the {} MiB one tenant's training runs \
+                 may take together (--train-memory-mib-per-tenant, of the {} MiB of \
+                 --train-memory-mib)",
+                self.share_mib, self.total_mib
             ));
         }
         let mut waiting = Some(waiting);
         let mut ledger = self.ledger();
         let ticket = ledger.next;
         ledger.next += 1;
-        ledger.waiting.push_back((ticket, tenant.to_string()));
-        // Its turn, and room for it.
-        while ledger.turn() != Some(ticket) || ledger.used + mib > self.total_mib {
+        ledger.waiting.push_back((ticket, tenant.to_string(), mib));
+        // Its turn (within its tenant's share), and room for it.
+        let share = (self.share_mib < self.total_mib).then_some(self.share_mib);
+        while ledger.turn(share) != Some(ticket) || ledger.used + mib > self.total_mib {
             if stopping() {
-                ledger.waiting.retain(|(t, _)| *t != ticket);
+                ledger.waiting.retain(|(t, _, _)| *t != ticket);
                 ledger.forget_idle(tenant);
                 drop(ledger);
                 self.freed.notify_all();
@@ -173,7 +202,7 @@ impl TrainBudget {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        ledger.waiting.retain(|(t, _)| *t != ticket);
+        ledger.waiting.retain(|(t, _, _)| *t != ticket);
         ledger.take(tenant, mib);
         drop(ledger);
         // The next in line may fit too.
@@ -191,7 +220,11 @@ impl TrainBudget {
     pub fn try_reserve(&self, tenant: &str, mib: u64) -> Option<Reserved<'_>> {
         let mut ledger = self.ledger();
         // Not ahead of those waiting in line.
-        if !ledger.waiting.is_empty() || ledger.used.saturating_add(mib) > self.total_mib {
+        let held = ledger.held.get(tenant).copied().unwrap_or(0);
+        if !ledger.waiting.is_empty()
+            || ledger.used.saturating_add(mib) > self.total_mib
+            || held.saturating_add(mib) > self.share_mib
+        {
             return None;
         }
         ledger.take(tenant, mib);
@@ -392,5 +425,48 @@ mod tests {
             small.join().unwrap();
         });
         assert_eq!(*order.lock().unwrap(), ["large", "small"]);
+    }
+
+    /// Found by a review: one tenant's two long runs, placed first, reserved the whole budget
+    /// and every other tenant's training waited for days. A tenant holds at most its share:
+    /// its next run waits while another tenant's starts at once in the room left, and it is
+    /// served once its own runs give room back.
+    #[test]
+    fn a_tenant_holds_at_most_its_share_and_another_tenants_run_starts_meanwhile() {
+        assert_eq!(TrainBudget::share_for(None, 10, 3), Ok(5));
+        assert_eq!(
+            TrainBudget::share_for(None, 10, 8),
+            Ok(8),
+            "one run's most fits"
+        );
+        assert!(TrainBudget::share_for(Some(2), 10, 3).is_err());
+        let budget = TrainBudget::with_share(10, 5);
+        let first = budget
+            .reserve("mal", 5, || false, |_| panic!("room"))
+            .unwrap()
+            .unwrap();
+        assert!(budget.try_reserve("mal", 1).is_none(), "past its share");
+        assert!(
+            budget.reserve("mal", 6, || false, |_| {}).is_err(),
+            "more than a share never fits"
+        );
+        std::thread::scope(|s| {
+            let second = s.spawn(|| {
+                budget
+                    .reserve("mal", 4, || false, |_| {})
+                    .unwrap()
+                    .map(|r| r.mib)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!second.is_finished(), "5 + 4 is past mal's share of 5");
+            let good = budget
+                .reserve("good", 4, || false, |_| panic!("good's run starts at once"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(budget.ledger().used, 9);
+            drop(good);
+            drop(first);
+            assert_eq!(second.join().unwrap(), Some(4));
+        });
     }
 }

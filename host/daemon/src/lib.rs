@@ -633,10 +633,10 @@ impl Daemon {
             // Refused when opening a leader; a follower runs no training.
             train_budget: config.train_budget.clone().unwrap_or_else(|| {
                 let job_mib = config.train_limits.max_memory_mib;
-                Arc::new(budget::TrainBudget::new(
-                    budget::TrainBudget::total_for(config.train_memory_mib, job_mib)
-                        .unwrap_or(job_mib),
-                ))
+                let total = budget::TrainBudget::total_for(config.train_memory_mib, job_mib)
+                    .unwrap_or(job_mib);
+                let share = budget::TrainBudget::share_for(None, total, job_mib).unwrap_or(total);
+                Arc::new(budget::TrainBudget::with_share(total, share))
             }),
             commands: config.commands.clone(),
             tenant_limits: config.tenant_limits,

@@ -75,6 +75,11 @@ pub struct UpArgs {
     /// Default: three quarters of this machine's memory.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     train_memory_mib: Option<u64>,
+    /// The most of it one tenant's training runs may hold together, MiB; at least one job's
+    /// `max_memory_mib`. Default: half of --train-memory-mib (all of it suits a machine one
+    /// tenant uses).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib_per_tenant: Option<u64>,
     /// Connections open at once, in all (lowered to fit the descriptor limit).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -276,6 +281,7 @@ impl LocalNode {
             max_job_pids: args.max_job_pids,
             train_limits: None,
             train_memory_mib: None,
+            train_memory_mib_per_tenant: None,
             training: None,
             client: Client {
                 url: format!("{scheme}://{host}:{}", addr.port()),
@@ -342,6 +348,10 @@ pub struct AgentArgs {
     /// this machine's memory.
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     train_memory_mib: Option<u64>,
+    /// The most of it one tenant's runs may hold together, MiB; at least one job's
+    /// `max_memory_mib`. Default: half of --train-memory-mib.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib_per_tenant: Option<u64>,
     /// Given by `gantry up` to its own agent: the daemon's limits and budget.
     #[arg(skip)]
     training: Option<Training>,
@@ -358,21 +368,24 @@ pub(super) struct Training {
 }
 
 impl Training {
-    /// From `--train-limits` and `--train-memory-mib`.
+    /// From `--train-limits`, `--train-memory-mib` and `--train-memory-mib-per-tenant`.
     pub(super) fn of(
         limits: Option<&std::path::Path>,
         memory_mib: Option<u64>,
+        per_tenant_mib: Option<u64>,
     ) -> anyhow::Result<Training> {
+        use gantry_daemon::budget::TrainBudget;
         let limits = match limits {
             Some(path) => gantry::training::TrainLimits::load(path)?,
             None => Default::default(),
         };
-        let total =
-            gantry_daemon::budget::TrainBudget::total_for(memory_mib, limits.max_memory_mib)
-                .map_err(anyhow::Error::msg)?;
+        let job_mib = limits.max_memory_mib;
+        let total = TrainBudget::total_for(memory_mib, job_mib).map_err(anyhow::Error::msg)?;
+        let share =
+            TrainBudget::share_for(per_tenant_mib, total, job_mib).map_err(anyhow::Error::msg)?;
         Ok(Training {
             limits,
-            budget: std::sync::Arc::new(gantry_daemon::budget::TrainBudget::new(total)),
+            budget: std::sync::Arc::new(TrainBudget::with_share(total, share)),
         })
     }
 }
@@ -613,7 +626,11 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     };
     // The daemon's training runs and its own agent's (on this machine's GPUs) share one
     // budget and one set of limits.
-    let training = Training::of(args.train_limits.as_deref(), args.train_memory_mib)?;
+    let training = Training::of(
+        args.train_limits.as_deref(),
+        args.train_memory_mib,
+        args.train_memory_mib_per_tenant,
+    )?;
     let config = DaemonConfig {
         data_dir: args.dir.path()?,
         listen: args.listen,
@@ -1366,7 +1383,11 @@ fn run_agent_until(
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
     let training = match args.training.clone() {
         Some(shared) => shared,
-        None => Training::of(args.train_limits.as_deref(), args.train_memory_mib)?,
+        None => Training::of(
+            args.train_limits.as_deref(),
+            args.train_memory_mib,
+            args.train_memory_mib_per_tenant,
+        )?,
     };
     let limits = command_limits(
         args.job_user.as_deref(),
