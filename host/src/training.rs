@@ -49,6 +49,18 @@ pub enum TrainError {
         /// Steps taken.
         step: u32,
     },
+    /// The run took longer than it may (`max_run_time_s` of the training limits): stopped
+    /// after `step`, its newest checkpoint kept.
+    #[error(
+        "ran past the {limit_s} s a training run may take (max_run_time_s of the training \
+         limits); stopped after step {step}"
+    )]
+    RanTooLong {
+        /// Steps taken.
+        step: u32,
+        /// The limit, seconds.
+        limit_s: u64,
+    },
     /// The run diverged at `step`: its loss, or a parameter, turned NaN or infinite. Nothing
     /// from that step on was kept: the newest checkpoint, if any, is from before it.
     #[error("training diverged at step {step} (epoch {epoch}): {reason}")]

@@ -495,6 +495,7 @@ fn run(
     let hooks = Hooks::new()
         .progress(&mut progress)
         .stop(&stop)
+        .time_limit_s(daemon.train_limits.max_run_time_s)
         .checkpoints(&mut store);
     run.run(hooks)
 }

@@ -148,6 +148,26 @@ checkpoint = { dir = "never-written", every_steps = 4 }
         Job::load(config, &TrainLimits::default()).unwrap()
     }
 
+    /// Found by a review: a run's steps were bounded in number, not in time, so a tenant's
+    /// runs of slow steps held their memory for days. A run past its time limit ends, failed,
+    /// after the step going on, its newest checkpoint kept.
+    #[test]
+    fn a_run_past_its_time_limit_ends_with_its_checkpoints_kept() {
+        let long = CONFIG.replace("epochs = 3", "epochs = 1000000");
+        let config = TrainConfig::parse(&long, "t.toml".as_ref()).unwrap();
+        let job = Job::load(config, &TrainLimits::default()).unwrap();
+        let mut kept = Kept::default();
+        let e = job
+            .run(Hooks::new().time_limit_s(1).checkpoints(&mut kept))
+            .unwrap_err();
+        let TrainError::RanTooLong { step, limit_s } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(*limit_s, 1);
+        assert!(*step > 0 && !kept.0.is_empty(), "{step}");
+        assert!(e.to_string().contains("max_run_time_s"), "{e}");
+    }
+
     #[test]
     fn hooks_see_progress_stop_between_steps_and_a_resumed_job_ends_where_an_uninterrupted_one_does()
      {

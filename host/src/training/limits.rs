@@ -40,6 +40,9 @@ pub struct TrainLimits {
     pub max_replicas: u64,
     /// Memory one job may need, by the estimate of [`memory_estimate`], in MiB.
     pub max_memory_mib: u64,
+    /// Seconds one run may take from its start (0: no limit); past it, the job fails, its
+    /// newest checkpoint kept.
+    pub max_run_time_s: u64,
 }
 
 impl Default for TrainLimits {
@@ -56,6 +59,8 @@ impl Default for TrainLimits {
             max_threads: 0,
             max_replicas: 64,
             max_memory_mib: 8 << 10,
+            // A week, as a command job's wall time (`--max-wall-time-s`).
+            max_run_time_s: 7 * 24 * 3600,
         }
     }
 }

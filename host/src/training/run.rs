@@ -132,6 +132,8 @@ pub struct Hooks<'a> {
     progress: Option<&'a mut dyn FnMut(&Progress)>,
     stop: Option<&'a dyn Fn() -> bool>,
     checkpoints: Option<&'a mut dyn CheckpointSink>,
+    /// The most seconds the run may take, from its start.
+    time_limit_s: Option<u64>,
 }
 
 impl<'a> Hooks<'a> {
@@ -151,6 +153,15 @@ impl<'a> Hooks<'a> {
     /// with [`TrainError::Stopped`].
     pub fn stop(mut self, hook: &'a dyn Fn() -> bool) -> Self {
         self.stop = Some(hook);
+        self
+    }
+
+    /// The most the run may take, from when it starts (`max_run_time_s` of the training
+    /// limits; 0: no limit): past it, it ends with [`TrainError::RanTooLong`] after the step
+    /// going on. A run's steps are bounded in number, not in cost, so a few slow ones held
+    /// their memory and cores for weeks.
+    pub fn time_limit_s(mut self, seconds: u64) -> Self {
+        self.time_limit_s = (seconds > 0).then_some(seconds);
         self
     }
 
@@ -223,12 +234,14 @@ fn run<B: Backend>(
         progress,
         stop,
         checkpoints,
+        time_limit_s,
     } = hooks;
     let sink: Option<&mut dyn CheckpointSink> = match checkpoints {
         Some(sink) => Some(sink),
         None => files.as_mut().map(|f| f as &mut dyn CheckpointSink),
     };
     let mut run = Run::new(config, data, start, progress, stop, sink);
+    run.time_limit_s = time_limit_s;
     while run.position.epoch < config.epochs {
         run.epoch()?;
     }
@@ -388,6 +401,7 @@ struct Run<'a, 'h, B: Backend> {
     batches_per_epoch: u64,
     total_steps: u64,
     started: Instant,
+    time_limit_s: Option<u64>,
     trained_rows: usize,
     last_checkpoint: Option<String>,
     /// The sum and count of this epoch's losses (this process's steps).
@@ -420,6 +434,7 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
             batches_per_epoch,
             total_steps: batches_per_epoch * config.epochs,
             started: Instant::now(),
+            time_limit_s: None,
             trained_rows: 0,
             last_checkpoint: None,
             epoch_losses: (0.0, 0),
@@ -486,6 +501,11 @@ impl<'a, 'h, B: Backend> Run<'a, 'h, B> {
         }
         if self.stop.is_some_and(|stop| stop()) {
             return Err(TrainError::Stopped { step });
+        }
+        if let Some(limit_s) = self.time_limit_s
+            && self.started.elapsed().as_secs_f64() > limit_s as f64
+        {
+            return Err(TrainError::RanTooLong { step, limit_s });
         }
         if let Some(c) = &self.config.checkpoint
             && c.every_steps > 0

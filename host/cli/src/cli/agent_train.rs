@@ -143,6 +143,7 @@ fn train_run(
     let hooks = Hooks::new()
         .progress(&mut progress)
         .stop(&stop)
+        .time_limit_s(limits.max_run_time_s)
         .checkpoints(&mut checkpoints);
     let outcome = job.run(hooks);
     flush(&steps, sink);
