@@ -1001,6 +1001,13 @@ pub fn execute(
             Some(_) => {}
         }
     };
+    // Ended past its lease: its guard killed it (or would have), the job may be running
+    // elsewhere now, and the end is its holder's stop, not the program's failure (reported as
+    // "killed by signal 9", a job that a leader's failover had stopped ended failed).
+    let lapsed = sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
+    if lapsed && stopped.is_none() {
+        stopped = Some((Stopped::Asked, Instant::now()));
+    }
     // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.
     signal_group(pgid, libc::SIGKILL);
     drop(guard);
@@ -1270,6 +1277,45 @@ mod tests {
             shown("a\u{1b}[2Jb\u{0}\u{9b}\tc"),
             "a\\x1b[2Jb\\x00\\u{9b}\tc"
         );
+    }
+
+    /// A sink holding a lease that lapses at a fixed time and is never renewed.
+    struct Lapsing(Instant);
+
+    impl RunSink for Lapsing {
+        fn log(&mut self, _: &str) {}
+        fn stopping(&self) -> bool {
+            false
+        }
+        fn lease_until(&self) -> Option<Instant> {
+            Some(self.0)
+        }
+    }
+
+    /// Found by the kill loop: a run that ended past its holder's lease (its guard's SIGKILL, a
+    /// leader's failover) was reported failed, "killed by signal 9", though it was stopped and
+    /// its job may be running elsewhere already. A run that ends past its lease ends stopped.
+    #[test]
+    fn a_run_that_ends_past_its_lease_is_stopped_not_failed() {
+        let spec = spec(&["/bin/sh", "-c", "sleep 1; kill -9 $$"]);
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/lapsed",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let limits = match unsafe { libc::geteuid() } {
+            0 => limits(),
+            _ => CommandLimits {
+                own_user: true,
+                ..CommandLimits::default()
+            },
+        };
+        let mut sink = Lapsing(Instant::now() + Duration::from_millis(200));
+        let end = execute(job, &limits, None, &mut sink, "root");
+        assert!(matches!(end, RunEnd::Stopped), "{end:?}");
     }
 
     /// Reported by a review: the job's `cwd` was entered by the daemon (root) before the ids
