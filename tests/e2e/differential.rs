@@ -532,7 +532,8 @@ fn run_a_daemon(dir: &Path) -> PathBuf {
             )
         })
         .collect();
-    let mut daemon = Daemon::start(&data, &shared_cache());
+    // Every decision an entry of its own, allowed reads too, for each to be replayed.
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &["--audit-each-read"]);
     for (name, tenant, token) in &tokens {
         drive(&daemon.url, name, tenant, token);
     }
