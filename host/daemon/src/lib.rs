@@ -277,6 +277,9 @@ pub struct Daemon {
     split: Mutex<std::collections::HashSet<String>>,
     /// Training metrics of the jobs running now, by job id.
     curves: Mutex<std::collections::HashMap<String, curve::Curve>>,
+    /// Each running job's checkpoints recorded, and when its log last said so
+    /// ([`Daemon::record_checkpoint`]).
+    checkpoint_lines: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
     /// The datasets' records: this directory's SQLite, or etcd for a replicated control plane.
     pub datasets: datasetstore::Datasets,
     /// For a replicated control plane: the jobs' newest checkpoints and the datasets, sealed,
@@ -651,6 +654,7 @@ impl Daemon {
             reservations: Mutex::default(),
             unrecorded_ends: Mutex::default(),
             curves: Mutex::new(Default::default()),
+            checkpoint_lines: Mutex::new(Default::default()),
             datasets: stores.datasets,
             shared: stores.shared,
             followed_policy: Mutex::new((std::time::Instant::now(), None)),

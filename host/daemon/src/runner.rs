@@ -119,11 +119,36 @@ impl Daemon {
             if let Some(curve) = self.live_curve(id) {
                 self.jobs.set_curve(id, &curve)?;
             }
-            let short = &object[..object.len().min(16)];
-            self.jobs
-                .log(id, &format!("checkpoint at step {step} (object {short})"))
+            match self.checkpoint_line(id) {
+                Some(count) => {
+                    let short = &object[..object.len().min(16)];
+                    let line =
+                        format!("checkpoint at step {step} (object {short}; {count} so far)");
+                    self.jobs.log(id, &line)
+                }
+                None => Ok(()),
+            }
         };
         recorded().map_err(|e| Unrecorded::Failed(e.to_string()))
+    }
+
+    /// Counts a checkpoint of job `id`; the count so far when the job's log should say so: the
+    /// first, then at most one line every [`CHECKPOINT_LINE_EVERY`]. A line per checkpoint
+    /// (`every_steps = 1`: 250 a second) grew a job's log without bound, read whole by each
+    /// `GET .../logs`.
+    fn checkpoint_line(&self, id: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut lines = self
+            .checkpoint_lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (said, count) = lines.entry(id.to_string()).or_insert((now, 0));
+        *count += 1;
+        if *count == 1 || now.duration_since(*said) >= CHECKPOINT_LINE_EVERY {
+            *said = now;
+            return Some(*count);
+        }
+        None
     }
 
     /// Removes from the store each of `objects` that nothing names any more: no checkpoint,
@@ -265,6 +290,10 @@ impl Daemon {
     /// (a finished job's kept its up to 64 MiB on disk, and in etcd, until the job itself was
     /// forgotten). A failure only keeps it until then ([`Daemon::forget_finished`]).
     pub(crate) fn forget_checkpoints(&self, id: &str) {
+        self.checkpoint_lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         let objects = match self.jobs.forget_checkpoints(id) {
             Ok(objects) => objects,
             Err(e) => {
@@ -281,6 +310,9 @@ impl Daemon {
         }
     }
 }
+
+/// The least time between two lines of a job's log about its checkpoints.
+const CHECKPOINT_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The owner, in etcd, of job `id`'s checkpoint `object` ([`crate::sealedobjects`]): one per
 /// object, so that a share by a run that turns out stale never replaces the copy of the one
@@ -895,11 +927,22 @@ mod tests {
             job
         });
         let logs = t.daemon.jobs.logs(&jobs[0].id).unwrap();
-        let written = logs
+        let said: Vec<&String> = logs
             .iter()
-            .filter(|(_, l)| l.starts_with("checkpoint at step"))
-            .count();
-        assert!(written >= 10, "{logs:?}");
+            .map(|(_, l)| l)
+            .filter(|l| l.starts_with("checkpoint at step"))
+            .collect();
+        assert_eq!(
+            said.len(),
+            1,
+            "one line per 10 s, not one per checkpoint: {logs:?}"
+        );
+        let written: u64 = said[0]
+            .rsplit_once("; ")
+            .and_then(|(_, n)| n.strip_suffix(" so far)"))
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert_eq!(written, 1, "the first line says the first");
         for job in &jobs {
             assert_eq!(t.daemon.jobs.latest_checkpoint(&job.id).unwrap(), None);
         }
