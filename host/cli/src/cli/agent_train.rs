@@ -315,7 +315,7 @@ mod tests {
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 });
             }
-            let training = Training::of(None, None).unwrap();
+            let training = Training::of(None, None, None).unwrap();
             train(&client, "node-a", &run, text, true, &training, &sink)
         })
     }
