@@ -185,7 +185,9 @@ pub fn memory_estimate(
 ) -> u128 {
     let rows_u64 = |r: u128| u64::try_from(r).unwrap_or(u64::MAX);
     let rows = u128::from(rows);
-    let data = 2 * rows * u128::from(features.saturating_add(targets)) * 4;
+    // Its rows twice (as read, and shuffled into the training and held-out parts) and the
+    // shuffle's order.
+    let data = 2 * rows * u128::from(features.saturating_add(targets)) * 4 + rows * 8;
     let mut widths = vec![u128::from(features)];
     widths.extend(hidden.iter().map(|&w| u128::from(w)));
     widths.push(u128::from(outputs));
