@@ -269,6 +269,12 @@ fn checked_job(host: &gantry::Host, spec: JobSpec) -> ApiResult<gantry::CheckedJ
     match host.check(spec) {
         Ok(checked) => Ok(checked),
         Err(gantry::HostError::Job { message, .. }) => {
+            // The cluster's tenants are not every caller's to list (the check names them, for
+            // an operator's cluster and job files).
+            let message = match message.split_once(" (known: ") {
+                Some((unknown, _)) if message.starts_with("tenant: ") => unknown.to_string(),
+                _ => message,
+            };
             Err(ApiError::new(StatusCode::BAD_REQUEST, message))
         }
         Err(e) => Err(ApiError::internal(e)),
