@@ -518,6 +518,18 @@ fn a_tenant_submitting_and_cancelling_in_a_loop_keeps_its_newest_finished_jobs_o
         &json!({"id": "j1", "tenant": "vision", "gpus": 1}),
     );
     assert_eq!(s, 201, "{v}");
+    // Found by a review: an unknown tenant's refusal listed every tenant of the cluster.
+    let (s, v) = submit(
+        &url,
+        &rae,
+        &json!({"id": "x", "tenant": "nowhere", "gpus": 1}),
+    );
+    assert_eq!(s, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("unknown tenant `nowhere`") && !e.contains("language"),
+        "{v}"
+    );
 }
 
 /// A loopback proxy to `to` that can freeze: from then on it accepts connections and never
