@@ -393,6 +393,15 @@ impl TrainConfig {
                 "features",
             ));
         }
+        // As `data::prepare` holds them out: refused here, where the rows are known before the
+        // job runs (synthetic data at submission), not once it has started.
+        let held_out = (rows as f64 * self.data.test_fraction).round() as u64;
+        if rows > 0 && held_out >= rows {
+            return fail(format!(
+                "`data.test_fraction` = {} holds out all {rows} rows: none left to train on",
+                self.data.test_fraction
+            ));
+        }
         let steps_per_epoch = rows.div_ceil(self.batch_size.max(1) as u64);
         let steps = u128::from(self.epochs) * u128::from(steps_per_epoch);
         let step_limit = limits.max_steps.min(u64::from(u32::MAX));
@@ -459,6 +468,20 @@ fn dense_within(s: &Synthetic, rows: u128, limits: &TrainLimits) -> Result<(), B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: `test_fraction = 0.9999999` passed at submission and the job failed
+    /// once it ran ("no rows left"); the rows of synthetic data are known before.
+    #[test]
+    fn a_test_fraction_that_holds_out_every_row_is_refused_before_the_run() {
+        let text = "seed = 1\nepochs = 1\nbatch_size = 8\n\
+                    data = { test_fraction = 0.9999999, synthetic = { kind = \"regression\", rows = 100, inputs = 2 } }\n\
+                    model = { hidden = [2], loss = \"mse\" }\n\
+                    optimizer = { kind = \"sgd\", lr = 0.1 }\n";
+        let checked = TrainConfig::parse(text, "t.toml".as_ref())
+            .and_then(|c| c.check_limits(&TrainLimits::default(), "t.toml".as_ref(), None));
+        let e = checked.unwrap_err().to_string();
+        assert!(e.contains("none left to train on"), "{e}");
+    }
 
     use crate::training::config::tests::GOOD as BASE;
 
