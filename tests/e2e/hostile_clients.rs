@@ -756,3 +756,39 @@ fn a_user_polling_a_job_adds_a_summary_to_the_audit_log_not_an_entry_per_request
         .unwrap();
     }
 }
+
+/// Found by a review: a job's scratch and /tmp share the data directory's disk, and one
+/// tenant's job writing until the disk was full made every other tenant's submission fail while
+/// `/v1/health` said ok. Below its reserve (`--min-free-disk-mib`) the daemon refuses new work
+/// (507) and says so on `/v1/health` (503 `low_disk`), while reads go on; the work under way
+/// keeps the room to be recorded.
+#[test]
+fn below_its_disk_reserve_the_daemon_refuses_new_work_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    // A reserve no disk has free: always below it.
+    let daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &["--min-free-disk-mib", "1000000000"],
+    );
+    let url = daemon.url.clone();
+    let (s, v) = request(&format!("{url}/v1/health"), "GET", None, None);
+    assert_eq!((s, v["status"].as_str()), (503, Some("low_disk")), "{v}");
+    let job = json!({"id": "j", "tenant": "vision", "gpus": 1}).to_string();
+    let (s, v) = request(&format!("{url}/v1/jobs"), "POST", Some(&ada), Some(&job));
+    assert_eq!(s, 507, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--min-free-disk-mib"),
+        "{v}"
+    );
+    let (s, v) = put(
+        &format!("{url}/v1/datasets/d.csv?tenant=vision&classification=public"),
+        &ada,
+        b"1,2\n",
+    );
+    assert_eq!(s, 507, "{v}");
+    let (s, v) = request(&format!("{url}/v1/jobs"), "GET", Some(&ada), None);
+    assert_eq!(s, 200, "reads go on: {v}");
+}

@@ -78,6 +78,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         conn_limits: Default::default(),
         shipped_policy: false,
         audit_each_read: false,
+        min_free_disk_mib: 0,
         control_plane: None,
         tenant_limits: Default::default(),
     }

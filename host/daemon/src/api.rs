@@ -358,6 +358,22 @@ impl ApiError {
         }
     }
 
+    /// A 507 for new work while the daemon's disk is below its reserve
+    /// ([`crate::Daemon::disk_room`]): what is under way keeps the room to be recorded.
+    fn disk_room(daemon: &crate::Daemon) -> Result<(), Self> {
+        daemon.disk_room().map_err(|(free, reserve)| {
+            Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "the daemon's disk has {} MiB free, below the {} MiB it keeps for the work \
+                     under way (--min-free-disk-mib): try again once its operator has made room",
+                    free >> 20,
+                    reserve >> 20
+                ),
+            )
+        })
+    }
+
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "request failed");
         // A full disk is the operator's to mend, not a fault of the request: said so (507),

@@ -352,3 +352,18 @@ pub fn make_private(root: &Path) -> Result<(), DataDirError> {
     }
     Ok(())
 }
+
+/// The bytes an unprivileged writer may still use on the file system holding `dir`, where the
+/// system says.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `stat` is a valid statvfs for the call to fill; `path` is NUL-terminated.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stat) != 0 {
+            return None;
+        }
+        Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
+}

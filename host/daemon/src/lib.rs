@@ -113,6 +113,10 @@ pub struct DaemonConfig {
     /// Record every allowed read in the audit log as an entry of its own, not counted into a
     /// `decision.summary` every few seconds ([`gantry::audit::tally`]).
     pub audit_each_read: bool,
+    /// Space the data directory's disk keeps free for recording the work under way, MiB: below
+    /// it, submissions and uploads are refused (507) and `/v1/health` says so (503), before the
+    /// disk is full and every write of every tenant fails.
+    pub min_free_disk_mib: u64,
     /// With several replicas on etcd: elect a leader, keep jobs in etcd ([`replicas`]).
     /// `None`: one daemon, jobs in the data directory's SQLite (the default).
     pub control_plane: Option<replicas::ControlPlane>,
@@ -280,6 +284,8 @@ pub struct Daemon {
     /// Each running job's checkpoints recorded, and when its log last said so
     /// ([`Daemon::record_checkpoint`]).
     checkpoint_lines: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+    /// [`DaemonConfig::min_free_disk_mib`], in bytes.
+    min_free_disk: u64,
     /// The datasets' records: this directory's SQLite, or etcd for a replicated control plane.
     pub datasets: datasetstore::Datasets,
     /// For a replicated control plane: the jobs' newest checkpoints and the datasets, sealed,
@@ -655,6 +661,7 @@ impl Daemon {
             unrecorded_ends: Mutex::default(),
             curves: Mutex::new(Default::default()),
             checkpoint_lines: Mutex::new(Default::default()),
+            min_free_disk: config.min_free_disk_mib.saturating_mul(1 << 20),
             datasets: stores.datasets,
             shared: stores.shared,
             followed_policy: Mutex::new((std::time::Instant::now(), None)),
@@ -882,6 +889,17 @@ impl Daemon {
         match self.live_curve(id) {
             Some(c) => Ok(Some(c)),
             None => self.jobs.curve(id),
+        }
+    }
+
+    /// The data directory's disk: `Err((free, reserve))` in bytes while it has less free than
+    /// the daemon keeps for recording the work under way ([`DaemonConfig::min_free_disk_mib`]).
+    /// A machine that cannot say counts as having room.
+    pub fn disk_room(&self) -> Result<(), (u64, u64)> {
+        let dir = self.db.path().parent().unwrap_or(std::path::Path::new("."));
+        match datadir::free_bytes(dir) {
+            Some(free) if free < self.min_free_disk => Err((free, self.min_free_disk)),
+            _ => Ok(()),
         }
     }
 

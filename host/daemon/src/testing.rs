@@ -68,6 +68,7 @@ impl TestDaemon {
             conn_limits: Default::default(),
             shipped_policy: false,
             audit_each_read: false,
+            min_free_disk_mib: 0,
             control_plane: None,
             tenant_limits: Default::default(),
         };

@@ -99,6 +99,11 @@ pub struct UpArgs {
     /// one `decision.summary` entry every 10 s. Refusals and changes are always an entry each.
     #[arg(long)]
     audit_each_read: bool,
+    /// Space the data directory's disk keeps free for recording the work under way, MiB: below
+    /// it, submissions and uploads get 507 and /v1/health answers 503 "low_disk", before a full
+    /// disk fails every tenant's writes (jobs' scratch and /tmp often share that disk).
+    #[arg(long, default_value_t = 512)]
+    min_free_disk_mib: u64,
     /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
     /// jobs are refused).
     #[arg(long, value_name = "USER")]
@@ -651,6 +656,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         },
         shipped_policy: args.shipped_policy,
         audit_each_read: args.audit_each_read,
+        min_free_disk_mib: args.min_free_disk_mib,
         control_plane,
         tenant_limits: gantry_daemon::TenantLimits {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),

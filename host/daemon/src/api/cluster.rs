@@ -73,6 +73,10 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         let body = json!({"status": "failing", "audit_log": why});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    if let Err((free, reserve)) = state.daemon.disk_room() {
+        let body = json!({"status": "low_disk", "free_bytes": free, "reserve_bytes": reserve});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     match &state.daemon.leadership {
         // The leader of a replicated control plane (followers answer with their own app).
         Some(lead) => Json(json!({"status": "ok", "role": "leader", "term": lead.term()})),

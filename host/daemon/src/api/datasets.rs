@@ -170,6 +170,7 @@ fn may_upload(
     fits: ApiResult<()>,
     declared: Option<u64>,
 ) -> ApiResult<(User, UploadQuery, u64)> {
+    ApiError::disk_room(&state.daemon)?;
     if !valid_id(name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -90,6 +90,7 @@ pub(super) async fn submit(
 
 /// Checks, decides and stores a submission (blocking).
 fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<JobRecord> {
+    ApiError::disk_room(&state.daemon)?;
     let id = req
         .id
         .clone()
