@@ -529,14 +529,25 @@ impl JobStore for EtcdJobs {
         let mut ended = self.etcd.prefix_keys(&prefix)?;
         let over = ended.len().saturating_sub(keep).min(at_most);
         ended.sort_by_key(|kv| kv.create_revision);
+        self.forget_ended(&ended[..over])
+    }
+}
+
+impl EtcdJobs {
+    /// Forgets the jobs whose `ended/` keys were read as `ended` (a listing that may be stale
+    /// by now): each only if its key is still the one read.
+    fn forget_ended(&self, ended: &[Kv]) -> Result<Vec<(String, String)>, EtcdStoreError> {
         let root = self.key("ended", "");
         let mut objects = Vec::new();
-        for kv in &ended[..over] {
+        for kv in ended {
             let id = String::from_utf8_lossy(&kv.key[root.len()..]).into_owned();
             let checkpoints = self.key("checkpoints", &format!("{id}/"));
-            for kv in self.etcd.prefix(&checkpoints, 0)? {
-                objects.extend(String::from_utf8(kv.value).ok().map(|o| (id.clone(), o)));
-            }
+            let named: Vec<(String, String)> = self
+                .etcd
+                .prefix(&checkpoints, 0)?
+                .into_iter()
+                .filter_map(|kv| String::from_utf8(kv.value).ok().map(|o| (id.clone(), o)))
+                .collect();
             let ops = [
                 Op::Delete(self.key("jobs", &id)),
                 Op::Delete(self.key("curves", &id)),
@@ -545,7 +556,18 @@ impl JobStore for EtcdJobs {
                 Op::DeletePrefix(checkpoints),
                 Op::Delete(kv.key.clone()),
             ];
-            if !self.write(Vec::new(), &ops, &[])?.succeeded {
+            // The job that ended then, and no other: another submission's call may have
+            // forgotten it meanwhile, and a new job taken its name (deleted unseen, it was queued
+            // and stored nowhere).
+            let same = Compare::Created(kv.key.clone(), kv.create_revision);
+            let outcome = self.write(vec![same], &ops, &[Op::Get(kv.key.clone())])?;
+            if outcome.succeeded {
+                objects.extend(named);
+                continue;
+            }
+            let still = outcome.gets.into_iter().flatten().next();
+            if still.is_some_and(|k| k.create_revision == kv.create_revision) {
+                // Refused with the key as it was: the fence said no.
                 return Err(EtcdStoreError::NotLeader);
             }
         }
@@ -650,6 +672,28 @@ mod tests {
         );
         assert_eq!(leader.job("vision/b").unwrap(), None);
         assert!(leader.logs("vision/a").unwrap().is_empty());
+    }
+
+    /// Found by a review: the calls of two submissions read the same finished jobs, and the
+    /// later deleted, without a compare, a new job that had taken a forgotten one's name in
+    /// between: queued in the host, stored nowhere. A stale listing forgets nothing new.
+    #[test]
+    fn a_stale_listing_of_finished_jobs_never_forgets_a_new_job_of_the_same_name() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_stale_listing_of_finished_jobs") else {
+            return;
+        };
+        let s = store(&etcd);
+        contract::job_in(&s, "vision/x", JobState::Failed);
+        let stale = s.etcd.prefix_keys(&s.key("ended", "vision/")).unwrap();
+        assert_eq!(stale.len(), 1);
+        s.forget_finished("vision", 0, 10).unwrap();
+        assert!(s.insert_job(&contract::job("vision/x")).unwrap());
+        assert!(s.forget_ended(&stale).unwrap().is_empty());
+        assert_eq!(
+            s.job("vision/x").unwrap().map(|j| j.state),
+            Some(JobState::Pending),
+            "the new job stays"
+        );
     }
 
     #[test]
