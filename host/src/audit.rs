@@ -666,20 +666,31 @@ impl AuditLog {
     }
 
     /// Counts `decision`, allowed, into the next `decision.summary` entry
-    /// ([`AuditLog::record_tallies`]) instead of appending an entry of its own: see
-    /// [`tally`] for which decisions and why.
-    pub fn decision_in_aggregate(&self, decision: &Decision<'_>) {
+    /// ([`AuditLog::record_tallies`]) instead of appending an entry of its own: see [`tally`]
+    /// for which decisions and why. `false` when it could not be counted (the interval's keys
+    /// are full): the caller appends it as an entry of its own.
+    pub fn decision_in_aggregate(&self, decision: &Decision<'_>) -> bool {
         debug_assert!(decision.allow, "refusals are recorded each");
-        decision.record();
-        self.tallies.note(decision);
+        let counted = self.tallies.note(decision);
+        if counted {
+            decision.record();
+        }
+        counted
     }
 
     /// Appends the decisions counted since the last time as one `decision.summary` entry (none
     /// when there were none). The daemon calls it every few seconds and before closing the log.
+    /// Counts that could not be written are kept for the next time.
     pub fn record_tallies(&self) -> Result<(), AuditError> {
-        match self.tallies.drain() {
-            Some(record) => self.append("decision.summary", record).map(|_| ()),
-            None => Ok(()),
+        let Some(taken) = self.tallies.take() else {
+            return Ok(());
+        };
+        match self.append("decision.summary", taken.record()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.tallies.put_back(taken);
+                Err(e)
+            }
         }
     }
 
@@ -707,8 +718,11 @@ impl AuditLog {
     /// Ends the log with a checkpoint, so every entry is covered by a signature, and refuses
     /// every append after it.
     pub fn close(&self) -> Result<(), AuditError> {
-        if !self.tail().closed {
-            self.record_tallies()?;
+        // A summary that cannot be written does not keep the log from being sealed.
+        if !self.tail().closed
+            && let Err(e) = self.record_tallies()
+        {
+            tracing::error!(error = %e, "recording allowed reads before closing the audit log");
         }
         let head = {
             let mut tail = self.tail();

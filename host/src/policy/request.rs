@@ -130,9 +130,10 @@ actions! {
 
 impl Action {
     /// Whether an allowed decision of it is recorded in aggregate ([`crate::audit::tally`]):
-    /// the requests repeated by scripts polling and by agents heartbeating, which read what the
-    /// control plane keeps about jobs, the cluster, plugins and the policy, or renew a node's
-    /// lease. Not a dataset's bytes (`dataset.read`, `node.data`), the audit log, or any change.
+    /// the requests repeated by scripts polling, which read what the control plane keeps about
+    /// jobs, the cluster, plugins and the policy. Not a dataset's bytes (`dataset.read`,
+    /// `node.data`), the audit log, or any change: not `node.heartbeat` either, which also
+    /// authorizes a node's reports of its runs (a job's end among them).
     pub fn aggregated_when_allowed(self) -> bool {
         matches!(
             self,
@@ -140,7 +141,6 @@ impl Action {
                 | Action::JobList
                 | Action::DatasetList
                 | Action::ClusterRead
-                | Action::NodeHeartbeat
                 | Action::PluginRead
                 | Action::PolicyRead
         )

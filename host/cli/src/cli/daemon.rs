@@ -94,7 +94,7 @@ pub struct UpArgs {
     /// loads, say); recorded in the audit log.
     #[arg(long)]
     shipped_policy: bool,
-    /// Record every allowed read (a job, a listing, the cluster, a heartbeat) in the audit log
+    /// Record every allowed read (a job, a listing, the cluster, plugins, the policy) in the audit log
     /// as an entry of its own; by default they are counted, per user, action and resource, into
     /// one `decision.summary` entry every 10 s. Refusals and changes are always an entry each.
     #[arg(long)]
