@@ -50,7 +50,7 @@ pub enum TrainError {
         step: u32,
     },
     /// The run took longer than it may (`max_run_time_s` of the training limits): stopped
-    /// after `step`, its newest checkpoint kept.
+    /// after `step`.
     #[error(
         "ran past the {limit_s} s a training run may take (max_run_time_s of the training \
          limits); stopped after step {step}"

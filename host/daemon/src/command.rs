@@ -1004,8 +1004,10 @@ pub fn execute(
     // Ended past its lease: its guard killed it (or would have), the job may be running
     // elsewhere now, and the end is its holder's stop, not the program's failure (reported as
     // "killed by signal 9", a job that a leader's failover had stopped ended failed).
+    // Killed, not ended by itself: a program that exits on its own as the lease lapses keeps
+    // its status (stopped, its job would run again).
     let lapsed = sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
-    if lapsed && stopped.is_none() {
+    if lapsed && stopped.is_none() && status.signal() == Some(libc::SIGKILL) {
         stopped = Some((Stopped::Asked, Instant::now()));
     }
     // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.

@@ -1818,6 +1818,8 @@ mod tests {
                         hash: format!("{seq:064}"),
                     };
                     seals.set_audit_head(&head, false).unwrap();
+                    // A gap for the other connection's writes, as between real seals.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
                 }
             });
             let mut failed = Vec::new();

@@ -40,8 +40,8 @@ pub struct TrainLimits {
     pub max_replicas: u64,
     /// Memory one job may need, by the estimate of [`memory_estimate`], in MiB.
     pub max_memory_mib: u64,
-    /// Seconds one run may take from its start (0: no limit); past it, the job fails, its
-    /// newest checkpoint kept.
+    /// Seconds one run may take from its start (0: no limit; a run resumed after a restart
+    /// counts from its own start); past it, the job fails.
     pub max_run_time_s: u64,
 }
 

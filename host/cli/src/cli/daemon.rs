@@ -1947,11 +1947,12 @@ pub fn jobs(client: Client, json: bool) -> anyhow::Result<()> {
             answer => answer?,
         };
         let page = page.as_array().cloned().unwrap_or_default();
-        let full = page.len() == PAGE;
-        all.extend(page);
-        if !full {
+        // Until an empty page: a page may come back short with more after it (a job of it
+        // forgotten between the store's reads of its keys and of their values).
+        if page.is_empty() {
             break;
         }
+        all.extend(page);
     }
     let jobs = serde_json::Value::Array(all);
     if json {

@@ -98,6 +98,17 @@ pub(super) async fn add_user(
         // roles of `gantry up`'s own node identity took its GPUs out of service, and the
         // daemon then refused to start.
         let node = |u: &crate::db::User| u.roles.iter().any(|r| r == "node");
+        // And a node identity is a node's alone (`gantry up` refuses its own node identity
+        // with any other role: `node` and `admin` together stopped the next start).
+        if node(&user) && user.roles != ["node"] {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "field `roles`: a node identity's roles are `node` alone, not {:?}",
+                    user.roles
+                ),
+            ));
+        }
         if let Some(existing) = state.daemon.accounts.user(&user.name)?
             && node(&existing) != node(&user)
         {
