@@ -321,14 +321,15 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(100));
                 drop(r);
             });
-            std::thread::sleep(Duration::from_millis(100));
+            // In line first (a fixed sleep let a loaded machine start the small one first).
+            until_waiting(&budget, 1);
             let small = s.spawn(|| {
                 // 6 + 3 fit now, but not beside the large one's 8 once it is in.
                 let r = budget.reserve("t", 3, || false, |_| {}).unwrap().unwrap();
                 order.lock().unwrap().push("small");
                 drop(r);
             });
-            std::thread::sleep(Duration::from_millis(300));
+            until_waiting(&budget, 2);
             assert!(
                 order.lock().unwrap().is_empty(),
                 "the small one fits, but waits its turn"
