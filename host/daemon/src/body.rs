@@ -54,12 +54,21 @@ pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Ap
 
 /// A body read whole ([`bytes`]) as the JSON of `T`, or a 400 saying why not.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let refused = |e: &dyn std::fmt::Display| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not the JSON this endpoint takes: {e}"),
         )
-    })
+    };
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    // The field named: a value of the wrong type or size said only its line and column.
+    let value =
+        serde_path_to_error::deserialize(&mut json).map_err(|e| match e.path().to_string() {
+            path if path == "." => refused(e.inner()),
+            path => refused(&format!("field `{path}`: {}", e.inner())),
+        })?;
+    json.end().map_err(|e| refused(&e))?;
+    Ok(value)
 }
 
 /// The next data frame of `body` (trailers are skipped), waiting at most [`IDLE`] for it.
