@@ -534,6 +534,28 @@ impl JobStore for EtcdJobs {
 }
 
 impl EtcdJobs {
+    /// Gives each job that finished under an earlier version (before the `ended/` index) its
+    /// index key, once ([`seed_once`]); how many. Without it they were never forgotten, and
+    /// counted against no tenant's kept finished jobs. In submission order, and older than any
+    /// end to come: the next leader's first act.
+    pub fn index_ended_once(&self) -> Result<Option<usize>, String> {
+        let marker = self.key("seeded", "ended");
+        seed_once(&self.etcd, &marker, || {
+            let mut indexed = 0;
+            for kv in self.in_commit_order("jobs", "")? {
+                let job = self.decode_job(&kv)?;
+                if !job.state.is_final() {
+                    continue;
+                }
+                let ended = self.key("ended", &job.id);
+                let absent = Compare::Created(ended.clone(), 0);
+                let outcome = self.write(vec![absent], &[Op::Put(ended, Vec::new(), 0)], &[])?;
+                indexed += usize::from(outcome.succeeded);
+            }
+            Ok::<_, EtcdStoreError>(indexed)
+        })
+    }
+
     /// Forgets the jobs whose `ended/` keys were read as `ended` (a listing that may be stale
     /// by now): each only if its key is still the one read.
     fn forget_ended(&self, ended: &[Kv]) -> Result<Vec<(String, String)>, EtcdStoreError> {
@@ -672,6 +694,34 @@ mod tests {
         );
         assert_eq!(leader.job("vision/b").unwrap(), None);
         assert!(leader.logs("vision/a").unwrap().is_empty());
+    }
+
+    /// Found by a review of this change: jobs that finished before the `ended/` index were
+    /// never forgotten. The first leader of this version indexes them, once.
+    #[test]
+    fn jobs_finished_before_the_index_are_indexed_once_and_then_forgotten() {
+        let Some(etcd) = EtcdProcess::start_or_skip("jobs_finished_before_the_index") else {
+            return;
+        };
+        let s = store(&etcd);
+        let old = JobRecord {
+            state: JobState::Failed,
+            ..contract::job("vision/old")
+        };
+        // As an earlier version left it: the record alone.
+        s.etcd
+            .put(
+                &s.key("jobs", "vision/old"),
+                &serde_json::to_vec(&old).unwrap(),
+                0,
+            )
+            .unwrap();
+        contract::job_in(&s, "vision/waits", JobState::Pending);
+        assert_eq!(s.index_ended_once(), Ok(Some(1)));
+        assert_eq!(s.index_ended_once(), Ok(None), "once");
+        s.forget_finished("vision", 0, 10).unwrap();
+        assert_eq!(s.job("vision/old").unwrap(), None);
+        assert!(s.job("vision/waits").unwrap().is_some());
     }
 
     /// Found by a review: the calls of two submissions read the same finished jobs, and the

@@ -715,6 +715,13 @@ impl Daemon {
             move |e| format!("copying {what} into etcd: {e}")
         }
         let mut seeded = Vec::new();
+        if let Some(n) = jobs
+            .index_ended_once()
+            .map_err(|e| format!("indexing the jobs that ended: {e}"))?
+            && n > 0
+        {
+            seeded.push(serde_json::json!({ "ended_jobs_indexed": n }));
+        }
         if let Some(n) = etcdaccounts::seed(&**db, &accounts).map_err(copying("the accounts"))? {
             seeded.push(serde_json::json!({"users": n.users, "tokens": n.tokens}));
         }
