@@ -372,6 +372,21 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     wait_for_state(&url, &rae, "c1", "cancelled");
 }
 
+/// `gantry up` on `cluster` (TOML, written under `dir`) whose nodes need agents, with none: no
+/// GPU serves, so every job waits (until cancelled).
+fn without_agents(
+    dir: &std::path::Path,
+    data: &std::path::Path,
+    cluster: &str,
+    extra: &[&str],
+) -> Daemon {
+    let file = dir.join("cluster.toml");
+    std::fs::write(&file, cluster).unwrap();
+    let mut args = vec!["--cluster", file.to_str().unwrap(), "--agent-lease-s", "10"];
+    args.extend(extra);
+    Daemon::start_with(data, &shared_cache(), &args)
+}
+
 /// Reported by a review: one tenant submitted 2,483 jobs in 25 s (a reservation holding the
 /// GPUs, every other job waiting), and each listing of jobs took seconds while the table grew
 /// without end. A tenant's waiting jobs are bounded (`--max-queued-jobs-per-tenant`): past it a
@@ -381,20 +396,11 @@ fn a_tenants_waiting_jobs_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher", "vision", "public");
-    let cluster = dir.path().join("cluster.toml");
-    std::fs::write(&cluster, TWO_NODES).unwrap();
-    // No agent: no GPU serves, so every job waits.
-    let daemon = Daemon::start_with(
+    let daemon = without_agents(
+        dir.path(),
         &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "10",
-            "--max-queued-jobs-per-tenant",
-            "3",
-        ],
+        TWO_NODES,
+        &["--max-queued-jobs-per-tenant", "3"],
     );
     let url = daemon.url.clone();
     let job = |id: &str| json!({"id": id, "tenant": "vision", "gpus": 1});
@@ -429,25 +435,16 @@ fn a_tenant_submitting_and_cancelling_in_a_loop_keeps_its_newest_finished_jobs_o
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher", "vision", "public");
     let lee = add_user(&data, "lee", "researcher", "language", "public");
-    let cluster = dir.path().join("cluster.toml");
     let two_tenants = TWO_NODES.replacen(
         "[[tenants]]",
         "[[tenants]]\nname = \"language\"\n\n[[tenants]]",
         1,
     );
-    std::fs::write(&cluster, two_tenants).unwrap();
-    // No agent: no GPU serves, so every job waits until cancelled.
-    let daemon = Daemon::start_with(
+    let daemon = without_agents(
+        dir.path(),
         &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "10",
-            "--keep-finished-jobs-per-tenant",
-            "3",
-        ],
+        &two_tenants,
+        &["--keep-finished-jobs-per-tenant", "3"],
     );
     let url = daemon.url.clone();
     let (s, v) = submit(
