@@ -300,6 +300,48 @@ impl Drop for UidLease {
             }
         }
         remove_files_of(uid);
+        remove_ipc_of(uid);
+    }
+}
+
+/// Removes the System V shared memory segments, message queues and semaphore sets `uid` made
+/// or owns, its processes gone: they outlive their makers, and the next run given the uid,
+/// another tenant's, could read or hold them.
+fn remove_ipc_of(uid: u32) {
+    // (the table, its id column, its owner and creator uid columns, how to remove one)
+    type Remove = fn(libc::c_int) -> libc::c_int;
+    let tables: [(&str, usize, usize, usize, Remove); 3] = [
+        ("/proc/sysvipc/shm", 1, 7, 9, |id| {
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) }
+        }),
+        ("/proc/sysvipc/msg", 1, 7, 9, |id| {
+            // SAFETY: IPC_RMID takes no buffer.
+            unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) }
+        }),
+        ("/proc/sysvipc/sem", 1, 4, 6, |id| {
+            // SAFETY: IPC_RMID takes no further argument.
+            unsafe { libc::semctl(id, 0, libc::IPC_RMID) }
+        }),
+    ];
+    for (table, id_at, uid_at, cuid_at, remove) in tables {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let number = |at: usize| fields.get(at).and_then(|f| f.parse::<u64>().ok());
+            let theirs = [uid_at, cuid_at]
+                .into_iter()
+                .any(|at| number(at) == Some(u64::from(uid)));
+            if let (true, Some(id)) = (theirs, number(id_at)) {
+                let id = libc::c_int::try_from(id).unwrap_or(-1);
+                if remove(id) != 0 {
+                    let e = std::io::Error::last_os_error();
+                    tracing::warn!(table, id, uid, error = %e, "keeping a run's IPC object");
+                }
+            }
+        }
     }
 }
 
@@ -1513,8 +1555,8 @@ mod tests {
     /// same uid, and read that run's secrets; and the lease files were anyone's to lock. A run
     /// now has a session of its own, the daemon's three descriptors alone, no privilege to gain
     /// (`no_new_privs`), umask 077, its scratch as `TMPDIR`, and is the first the kernel kills
-    /// when memory runs out; what its uid left in the shared temporary directories goes with
-    /// the lease. Root only.
+    /// when memory runs out; what its uid left in the shared temporary directories, and its
+    /// System V IPC objects, go with the lease. Root only.
     #[test]
     fn a_run_has_its_own_session_no_inherited_descriptor_no_privilege_to_gain_and_leaves_nothing_behind()
      {
@@ -1539,7 +1581,9 @@ mod tests {
              echo oom=$(cat /proc/$$/oom_score_adj); \
              [ \"$TMPDIR\" = \"$PWD\" ] && echo tmpdir-is-scratch; \
              u=$(id -u); touch /tmp/gantry-left-$u /dev/shm/gantry-left-$u; \
-             mkdir /var/tmp/gantry-left-$u && touch /var/tmp/gantry-left-$u/f; echo uid=$u";
+             mkdir /var/tmp/gantry-left-$u && touch /var/tmp/gantry-left-$u/f; \
+             ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null && echo made-ipc; \
+             echo uid=$u";
         let spec = CommandSpec {
             wall_time_s: Some(20.0),
             ..spec(&["/bin/sh", "-c", script])
@@ -1564,6 +1608,7 @@ mod tests {
             "umask=0077",
             "oom=1000",
             "tmpdir-is-scratch",
+            "made-ipc",
             "uid=231100",
         ] {
             assert!(log.contains(said), "{said}: {log}");
@@ -1574,6 +1619,20 @@ mod tests {
             "/var/tmp/gantry-left-231100",
         ] {
             assert!(!std::path::Path::new(left).exists(), "{left} stayed");
+        }
+        // Nor its System V IPC objects (where `ipcmk` made them).
+        for table in [
+            "/proc/sysvipc/shm",
+            "/proc/sysvipc/msg",
+            "/proc/sysvipc/sem",
+        ] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            let theirs = text
+                .lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().any(|f| f == "231100"))
+                .count();
+            assert_eq!(theirs, 0, "{table}:\n{text}");
         }
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
