@@ -52,6 +52,29 @@ pub async fn json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, Ap
     parse_json(&bytes(body, limit).await?)
 }
 
+/// [`json`] for a `T` whose fields serde cannot hold to its own (a flattened, tagged enum
+/// takes no `deny_unknown_fields`): a top-level field that `T` does not write back is refused
+/// by name, as every other body's unknown fields are.
+pub async fn json_exact<T: DeserializeOwned + serde::Serialize>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = bytes(body, limit).await?;
+    let value: T = parse_json(&bytes)?;
+    let raw: serde_json::Value = parse_json(&bytes)?;
+    // What it writes back is what it knows.
+    let known = serde_json::to_value(&value).unwrap_or_default();
+    if let (Some(raw), Some(known)) = (raw.as_object(), known.as_object())
+        && let Some(unknown) = raw.keys().find(|k| !known.contains_key(*k))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not the JSON this endpoint takes: unknown field `{unknown}`"),
+        ));
+    }
+    Ok(value)
+}
+
 /// A body read whole ([`bytes`]) as the JSON of `T`, or a 400 saying why not.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let refused = |e: &dyn std::fmt::Display| {
@@ -277,6 +300,28 @@ impl http_body::Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by a review: a node's run report took any unknown field (`"junk": 1`), where every
+    /// other body refuses them: its tagged event is flattened, which serde cannot hold to its
+    /// fields. A field the report does not know is refused by name.
+    #[test]
+    fn a_run_report_with_a_field_it_does_not_know_is_refused_by_name() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let parse = |text: &str| {
+            let body = Body::from(text.to_string());
+            runtime.block_on(json_exact::<crate::nodes::RunReport>(body, 1 << 16))
+        };
+        let ok = r#"{"job": "vision/a", "attempt": 3, "event": "log", "entry": "hi"}"#;
+        assert!(parse(ok).is_ok());
+        let ended = r#"{"job": "vision/a", "attempt": 3, "event": "ended", "outcome": "failed", "reason": "x"}"#;
+        assert!(parse(ended).is_ok());
+        let junk = r#"{"job": "vision/a", "attempt": 3, "event": "log", "entry": "hi", "junk": 1}"#;
+        let e = format!("{:?}", parse(junk).unwrap_err());
+        assert!(
+            e.contains("400") && e.contains("unknown field `junk`"),
+            "{e}"
+        );
+    }
 
     /// Found by a review: a download's feeder waited on its client without end (a write may
     /// stall 30 s, and a client taking a byte every 29 s never stalls that long), so a few slow

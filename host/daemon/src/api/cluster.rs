@@ -217,7 +217,7 @@ pub(super) async fn run_report(
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
     let user = caller.user(&state).await?;
-    let mut report: crate::nodes::RunReport = body::json(body, MAX_BODY).await?;
+    let mut report: crate::nodes::RunReport = body::json_exact(body, MAX_BODY).await?;
     report
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
