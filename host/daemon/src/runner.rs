@@ -107,14 +107,7 @@ impl Daemon {
                 return Err(e);
             }
         };
-        self.let_go(&forgotten);
-        if let Some(shared) = &self.shared {
-            for old in &forgotten {
-                shared.forget(&checkpoint_owner(id, old));
-            }
-            // Where a control plane of an earlier version kept the job's one checkpoint.
-            shared.forget(&format!("checkpoint/{id}"));
-        }
+        self.let_go_checkpoints(id, &forgotten);
         let recorded = || -> Result<(), super::jobstore::StateError> {
             if let Some(curve) = self.live_curve(id) {
                 self.jobs.set_curve(id, &curve)?;
@@ -184,13 +177,25 @@ impl Daemon {
                 return;
             }
         };
-        let objects: Vec<String> = forgotten.iter().map(|(_, o)| o.clone()).collect();
-        self.let_go(&objects);
+        let mut by_job: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (job, object) in &forgotten {
+            by_job.entry(job).or_default().push(object.clone());
+        }
+        for (job, objects) in by_job {
+            self.let_go_checkpoints(job, &objects);
+        }
+    }
+
+    /// Lets go of `objects`, checkpoints job `id` no longer names: from the store, and on a
+    /// replicated control plane from etcd, with the copy an earlier version kept there.
+    fn let_go_checkpoints(&self, id: &str, objects: &[String]) {
+        self.let_go(objects);
         if let Some(shared) = &self.shared {
-            for (job, object) in &forgotten {
-                shared.forget(&checkpoint_owner(job, object));
-                shared.forget(&format!("checkpoint/{job}"));
+            for object in objects {
+                shared.forget(&checkpoint_owner(id, object));
             }
+            // Where a control plane of an earlier version kept the job's one checkpoint.
+            shared.forget(&format!("checkpoint/{id}"));
         }
     }
 
@@ -301,13 +306,7 @@ impl Daemon {
                 return;
             }
         };
-        self.let_go(&objects);
-        if let Some(shared) = &self.shared {
-            for object in &objects {
-                shared.forget(&checkpoint_owner(id, object));
-            }
-            shared.forget(&format!("checkpoint/{id}"));
-        }
+        self.let_go_checkpoints(id, &objects);
     }
 }
 
