@@ -31,6 +31,8 @@ fn local_commands() -> gantry_daemon::command::CommandLimits {
             .then(|| gantry_daemon::command::JobUser::lookup("nobody").ok())
             .flatten(),
         own_user: !root,
+        max_memory_mib: gantry_daemon::command::machine_memory_mib()
+            .map(gantry_daemon::command::default_max_memory_mib),
         ..Default::default()
     }
 }

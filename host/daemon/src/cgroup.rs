@@ -49,6 +49,16 @@ pub struct Resources {
     pub cpus: Option<f64>,
 }
 
+/// What the operator holds every run to, wherever the machine's controllers can (a machine
+/// without one runs jobs without that bound), whatever the job asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// The most tasks at once (`pids`).
+    pub max_pids: u64,
+    /// The memory limit of a run that asks for none, MiB.
+    pub memory_mib: Option<u64>,
+}
+
 /// The most tasks (processes and threads) one run may have at once, where the machine has the
 /// `pids` controller: the operator's bound on every run (`--max-job-pids`), not a job's ask,
 /// and set wherever it can be (a machine without the controller runs jobs without it).
@@ -166,14 +176,13 @@ impl Cgroups {
         killed
     }
 
-    /// A new cgroup for run `run` with `resources` set, and at most `max_pids` tasks where the
-    /// machine has the `pids` controller; a limit of `resources` the machine cannot enforce is
-    /// an error.
+    /// A new cgroup for run `run` with `resources` set, held to `bounds` where the machine has
+    /// their controllers; a limit of `resources` the machine cannot enforce is an error.
     pub fn create(
         &self,
         run: &str,
         resources: Resources,
-        max_pids: u64,
+        bounds: Bounds,
     ) -> std::io::Result<RunGroup> {
         for scope in &self.scopes {
             std::fs::create_dir_all(&scope.dir)?;
@@ -198,10 +207,17 @@ impl Cgroups {
         if resources.cpus.is_some() && !cpu {
             return refuse("cpu");
         }
+        let resources = Resources {
+            memory_mib: resources
+                .memory_mib
+                .or(bounds.memory_mib.filter(|_| memory)),
+            ..resources
+        };
         let mut group = RunGroup {
             dirs: Vec::new(),
             procs: Vec::new(),
             memory: None,
+            memory_mib: resources.memory_mib,
         };
         for scope in &self.scopes {
             let dir = scope.dir.join(run);
@@ -210,7 +226,7 @@ impl Cgroups {
             set_limits(&dir, scope.controller, resources)?;
             if matches!(scope.controller, Controller::Unified | Controller::Pids) {
                 // Where v2 has no `pids` enabled the file is missing: no bound to set there.
-                let _ = std::fs::write(dir.join("pids.max"), max_pids.to_string());
+                let _ = std::fs::write(dir.join("pids.max"), bounds.max_pids.to_string());
             }
             if matches!(scope.controller, Controller::Unified | Controller::Memory) {
                 group.memory = Some((dir.clone(), scope.controller));
@@ -339,9 +355,16 @@ pub struct RunGroup {
     procs: Vec<CString>,
     /// Where its memory is accounted.
     memory: Option<(PathBuf, Controller)>,
+    /// Its memory limit, MiB, where it has one.
+    memory_mib: Option<u64>,
 }
 
 impl RunGroup {
+    /// Its memory limit, MiB: what it asked for, or the operator's bound; `None`: unbounded.
+    pub fn memory_mib(&self) -> Option<u64> {
+        self.memory_mib
+    }
+
     /// What moves the calling process into the run's cgroups: for the child between fork and
     /// exec (before it gives up root), so only async-signal-safe calls.
     pub fn joiner(&self) -> impl Fn() -> std::io::Result<()> + Send + Sync + 'static {

@@ -88,6 +88,12 @@ pub struct CommandLimits {
     /// The most tasks (processes and threads) a run may have at once, where the machine's
     /// cgroups can bound them (see [`crate::cgroup::DEFAULT_MAX_PIDS`]).
     pub max_pids: u64,
+    /// The most memory one run may use, MiB (`--max-job-memory-mib`; by default the machine's
+    /// memory less what its daemon and system keep, [`default_max_memory_mib`]): a command
+    /// naming none gets it as its cgroup's limit where the machine has the memory controller,
+    /// and one asking for more is refused. `None`: no bound (a control plane whose jobs run on
+    /// other machines, which each hold runs to their own).
+    pub max_memory_mib: Option<u64>,
 }
 
 impl Default for CommandLimits {
@@ -100,8 +106,28 @@ impl Default for CommandLimits {
             max_wall_time_s: 7.0 * 24.0 * 3600.0,
             max_output_bytes: 1 << 20,
             max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
+            max_memory_mib: None,
         }
     }
+}
+
+/// The default of [`CommandLimits::max_memory_mib`] on a machine of `total_mib` MiB: all but a
+/// tenth of it (at least 1 GiB, at most 8 GiB, never more than half) for the daemon or agent,
+/// the page cache and the system. Without a bound, one run that grows past the machine's
+/// memory drives the whole node into reclaim and then its OOM killer: its heartbeats stall, the
+/// node is declared lost and every tenant's runs on it are requeued. Within its cgroup's limit
+/// the kernel stops that run alone, at once.
+pub fn default_max_memory_mib(total_mib: u64) -> u64 {
+    let kept = (total_mib / 10).clamp(1024, 8 << 10).min(total_mib / 2);
+    total_mib - kept
+}
+
+/// This machine's memory, MiB (`MemTotal` in `/proc/meminfo`), where it can be read.
+pub fn machine_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// An unprivileged user commands run as.
@@ -403,6 +429,19 @@ pub fn runs_as(limits: &CommandLimits) -> Result<Option<&JobUser>, String> {
              person uses)"
                 .to_string(),
         ),
+    }
+}
+
+/// Whether `spec` asks for no more memory than runs on this machine may use
+/// ([`CommandLimits::max_memory_mib`]): checked at submission where this daemon (or its own
+/// agent) runs commands, and by whatever runs it, before anything starts.
+pub fn fits_here(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
+    match (spec.memory_mib, limits.max_memory_mib) {
+        (Some(asked), Some(most)) if asked > most => Err(format!(
+            "field `command.memory_mib`: {asked} MiB is more than a command may use on this \
+             machine ({most} MiB, its --max-job-memory-mib)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -798,7 +837,7 @@ pub fn execute(
     let spec = job.spec;
     // Checked again at run time, against the limits the daemon runs with now (see
     // `runner::train_config` for why a stored job is not trusted to have passed submission).
-    if let Err(e) = check(spec, limits) {
+    if let Err(e) = check(spec, limits).and_then(|()| fits_here(spec, limits)) {
         return RunEnd::Failed(e);
     }
     let devices = match visible_devices(job.gpu_ids) {
@@ -833,16 +872,22 @@ pub fn execute(
         (None, None) => unreachable!("a scratch directory is made when no cwd is given"),
     };
     let wall = spec.wall_time_s.unwrap_or(limits.max_wall_time_s);
-    let resources = crate::cgroup::Resources {
+    let asked = crate::cgroup::Resources {
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
     };
+    // A command naming no memory is held to the machine's bound, wherever it can be: a machine
+    // without the controller runs it unbounded, as it runs it without a task bound.
+    let bounds = crate::cgroup::Bounds {
+        max_pids: limits.max_pids,
+        memory_mib: limits.max_memory_mib,
+    };
     let group = match cgroups {
-        Some(cgroups) => match cgroups.create(&run_name(job.key), resources, limits.max_pids) {
+        Some(cgroups) => match cgroups.create(&run_name(job.key), asked, bounds) {
             Ok(g) => Some(g),
             Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
         },
-        None if resources != crate::cgroup::Resources::default() => {
+        None if asked != crate::cgroup::Resources::default() => {
             return RunEnd::Failed(
                 "it asks for memory or CPU limits, and this machine gives the daemon no cgroups \
                  to enforce them"
@@ -1070,11 +1115,12 @@ pub fn execute(
     }
     out.finish(sink);
     let oom_kills = group.as_ref().map_or(0, crate::cgroup::RunGroup::oom_kills);
+    let memory_mib = group.as_ref().and_then(crate::cgroup::RunGroup::memory_mib);
     // Everything left in its cgroup goes too (what left its process group), and the cgroup.
     drop(group);
     drop(scratch);
     let end = end(&spec.argv[0], status, stopped.map(|(why, _)| why), wall);
-    match (end, oom_kills, spec.memory_mib) {
+    match (end, oom_kills, memory_mib) {
         (RunEnd::Failed(reason), 1.., Some(mib)) => RunEnd::Failed(format!(
             "{reason}: it reached its memory limit of {mib} MiB ({oom_kills} process(es) killed by \
              the kernel's OOM killer)"
@@ -1471,6 +1517,73 @@ mod tests {
             started.elapsed() < std::time::Duration::from_secs(9),
             "{log}"
         );
+    }
+
+    /// A command that named no memory had no limit: one run growing past the machine's memory
+    /// drove the node into reclaim and its OOM killer, its heartbeats stalled and every
+    /// tenant's runs on it were requeued. It is held to the machine's bound
+    /// (`--max-job-memory-mib`) now, and stops there alone. Root with a memory cgroup only.
+    #[test]
+    fn a_command_naming_no_memory_is_held_to_the_machines_bound() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make cgroups");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: the machine's memory bound");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        if !cgroups.limits_available().0 {
+            eprintln!("skipped: no memory controller");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_memory_mib: Some(64),
+            ..CommandLimits::default()
+        };
+        // `tail` keeps the one 300 MB line it is given whole.
+        let spec = CommandSpec {
+            wall_time_s: Some(60.0),
+            ..spec(&[
+                "/bin/sh",
+                "-c",
+                "head -c 300000000 /dev/zero | tail | wc -c; exit 0",
+            ])
+        };
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/hog",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+        let log = lines.0.join("\n");
+        assert!(!log.contains("300000000"), "{end:?} {log}");
+        assert!(log.contains("memory limit of 64 MiB"), "{end:?} {log}");
+
+        // Asking for more than the bound is refused before anything runs, naming the field.
+        let greedy = CommandSpec {
+            memory_mib: Some(65),
+            ..spec.clone()
+        };
+        let job = RunJob {
+            spec: &greedy,
+            ..job
+        };
+        let mut lines = Lines::default();
+        match execute(job, &limits, Some(&cgroups), &mut lines, "root") {
+            RunEnd::Failed(e) => assert!(
+                e.contains("command.memory_mib") && e.contains("--max-job-memory-mib"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(lines.0.is_empty(), "{:?}", lines.0);
     }
 
     /// Reported by a review: every tenant's command jobs ran as the one `--job-user`, so a job

@@ -125,6 +125,12 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
           value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     max_job_pids: u64,
+    /// The most memory one command job may use, MiB: the limit of its cgroup when it names none
+    /// (where the machine has the memory controller), and the most it may ask for. Default:
+    /// this machine's memory less a tenth (1 to 8 GiB), kept for the daemon and the system.
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
+    max_job_memory_mib: Option<u64>,
     /// The most jobs one tenant may have waiting to be placed (a submission past it: 429).
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -284,6 +290,7 @@ impl LocalNode {
             job_uids: args.job_uids,
             kill_grace_s: args.kill_grace_s,
             max_job_pids: args.max_job_pids,
+            max_job_memory_mib: args.max_job_memory_mib,
             train_limits: None,
             train_memory_mib: None,
             train_memory_mib_per_tenant: None,
@@ -344,6 +351,12 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
           value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
     max_job_pids: u64,
+    /// The most memory one command job may use, MiB: the limit of its cgroup when it names none
+    /// (where the machine has the memory controller), and the most it may ask for. Default:
+    /// this machine's memory less a tenth (1 to 8 GiB), kept for the daemon and the system.
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
+    max_job_memory_mib: Option<u64>,
     /// Size limits of the training runs this agent is handed (TOML, as `gantry up
     /// --train-limits`); default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -686,6 +699,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                 args.jobs_as_own_user,
                 args.kill_grace_s,
                 args.max_job_pids,
+                args.max_job_memory_mib,
             )?
         },
     };
@@ -825,16 +839,20 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
 }
 
 /// The limits on command runs that `gantry up` and `gantry agent` share: who runs them
-/// (`--job-user`) and how long a stopped run has before SIGKILL (`--kill-grace-s`).
+/// (`--job-user`), how long a stopped run has before SIGKILL (`--kill-grace-s`), and what it
+/// may use (`--max-job-pids`, `--max-job-memory-mib`).
 fn command_limits(
     job_user: Option<&str>,
     uids: Option<gantry_daemon::command::UidRange>,
     own_user: bool,
     kill_grace_s: f64,
     max_pids: u64,
+    max_memory_mib: Option<u64>,
 ) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
+    use gantry_daemon::command::{default_max_memory_mib, machine_memory_mib};
     Ok(gantry_daemon::command::CommandLimits {
         max_pids,
+        max_memory_mib: max_memory_mib.or(machine_memory_mib().map(default_max_memory_mib)),
         uids,
         own_user,
         user: job_user
@@ -1401,6 +1419,7 @@ fn run_agent_until(
         args.jobs_as_own_user,
         args.kill_grace_s,
         args.max_job_pids,
+        args.max_job_memory_mib,
     )?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.

@@ -115,7 +115,8 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
         crate::command::check(command, limits)
             .and_then(|()| match elsewhere {
                 true => Ok(()),
-                false => crate::command::runs_as(limits).map(|_| ()),
+                false => crate::command::runs_as(limits)
+                    .and_then(|_| crate::command::fits_here(command, limits)),
             })
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("job {id}: {e}")))?;
         authorize(
