@@ -3,7 +3,7 @@
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
 #         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
-#                   "node.heartbeat" | "node.data" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
+#                   "node.heartbeat" | "node.report" | "node.data" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
 #                   "audit.read" | "placement.apply",
 #         "resource": {...}}  (fields per action, below)
@@ -26,7 +26,7 @@ is_admin if "admin" in roles
 actions := {
 	"job.submit", "job.exec", "job.cancel", "job.read", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
-	"cluster.read", "gpu.health", "node.heartbeat", "node.data",
+	"cluster.read", "gpu.health", "node.heartbeat", "node.report", "node.data",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
 	"policy.replace", "policy.read", "key.rotate", "user.manage", "audit.read", "placement.apply",
 }
@@ -100,7 +100,7 @@ reasons contains msg if {
 # A node identity does a node's work and nothing else: whatever tenants it was given (a node user
 # made a member of every tenant could list, read and cancel their jobs and download their datasets
 # with its token), it is no person.
-node_actions := {"node.heartbeat", "node.data"}
+node_actions := {"node.heartbeat", "node.report", "node.data"}
 
 reasons contains msg if {
 	"node" in roles
@@ -108,21 +108,22 @@ reasons contains msg if {
 	msg := sprintf("node identity %v acts only as its node (%v is not a node's action)", [input.subject.user, input.action])
 }
 
-# Node agents (node.heartbeat, resource: {"node"}): only a node's own identity (the `node` role,
-# named as the node) renews its lease, reports its GPUs and its runs; no person, admins included,
-# speaks for a node, and no node for another.
+# Node agents (node.heartbeat: its lease and GPUs; node.report: its runs' starts, logs and ends;
+# resource: {"node"}): only a node's own identity (the `node` role, named as the node) renews its
+# lease, reports its GPUs and its runs; no person, admins included, speaks for a node, and no node
+# for another.
 # What a run needs (node.data, resource: {"node", "tenant", "job", "placed"}: a job's dataset and
 # checkpoints): the node's own identity, and only for a job whose current run was handed to that
 # node (`placed`, as the control plane knows it). A node gets no other job's data.
 
 reasons contains msg if {
-	input.action in {"node.heartbeat", "node.data"}
+	input.action in node_actions
 	not "node" in roles
 	msg := sprintf("user %v may not act as node %v (needs the node role)", [input.subject.user, input.resource.node])
 }
 
 reasons contains msg if {
-	input.action in {"node.heartbeat", "node.data"}
+	input.action in node_actions
 	"node" in roles
 	input.subject.user != input.resource.node
 	msg := sprintf("node identity %v may not act as node %v", [input.subject.user, input.resource.node])

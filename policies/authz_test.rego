@@ -77,6 +77,15 @@ test_only_node_identities_heartbeat if {
 	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as heartbeat(admin)
 }
 
+report(subject) := {"subject": subject, "action": "node.report", "resource": {"node": "node-000"}}
+
+test_only_a_nodes_own_identity_reports_its_runs if {
+	authz.allow with input as report({"user": "node-000", "roles": ["node"]})
+	authz.decision == {"allow": false, "reasons": ["node identity node-001 may not act as node node-000"]} with input as report({"user": "node-001", "roles": ["node"]})
+	authz.decision == {"allow": false, "reasons": ["user root may not act as node node-000 (needs the node role)"]} with input as report(admin)
+	authz.decision == {"allow": false, "reasons": ["user rae may not act as node node-000 (needs the node role)"]} with input as report(runner)
+}
+
 run_data(subject, placed) := {"subject": subject, "action": "node.data", "resource": {"node": "node-000", "tenant": "vision", "job": "j1", "placed": placed}}
 
 test_a_node_reads_only_the_data_of_runs_placed_on_it if {

@@ -372,6 +372,90 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     wait_for_state(&url, &rae, "c1", "cancelled");
 }
 
+/// Left by a review: one action, `node.heartbeat`, authorized both a node's heartbeats and its
+/// reports on its runs (a job's start and end), so heartbeats could not be counted in the
+/// audit log like other repeated requests and 1,000 nodes wrote a thousand synced entries a
+/// second. Run reports are `node.report` now, an entry each; heartbeats are counted.
+#[test]
+fn a_nodes_heartbeats_are_counted_in_the_audit_log_and_its_run_reports_are_entries_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
+    let node = add_user(&data, "node-a", "node", "vision", "public");
+    let mut daemon = two_nodes_with_agents(dir.path(), &data, "30");
+    let url = daemon.url.clone();
+    for _ in 0..40 {
+        assert_eq!(heartbeat(&url, &node, "node-a", &two_gpus()).0, 200);
+    }
+    let run = handed_run(&url, &rae, &node, "counted", 1);
+    let attempt = run["attempt"].as_u64().unwrap();
+    for event in [
+        json!({"event": "started"}),
+        json!({"event": "log", "entry": "hello"}),
+    ] {
+        let mut body = json!({"job": "vision/counted", "attempt": attempt});
+        body.as_object_mut()
+            .unwrap()
+            .extend(event.as_object().unwrap().clone());
+        let (s, v) = request(
+            &format!("{url}/v1/nodes/node-a/runs"),
+            "POST",
+            Some(&node),
+            Some(&body.to_string()),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    // A person is no node, whatever their roles: refused as `node.report`, an entry.
+    let (s, v) = request(
+        &format!("{url}/v1/nodes/node-a/runs"),
+        "POST",
+        Some(&rae),
+        Some(&json!({"job": "vision/counted", "attempt": attempt, "event": "started"}).to_string()),
+    );
+    assert_eq!(s, 403, "{v}");
+    daemon.signal("-TERM");
+    let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
+    let entries: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decisions = |action: &str, allow: bool| {
+        entries
+            .iter()
+            .filter(|e| {
+                e["kind"] == "decision"
+                    && e["record"]["action"] == action
+                    && e["record"]["allow"] == allow
+            })
+            .count()
+    };
+    let counted: u64 = entries
+        .iter()
+        .filter(|e| e["kind"] == "decision.summary")
+        .flat_map(|e| e["record"]["tallies"].as_array().unwrap().clone())
+        .filter(|t| t["action"] == "node.heartbeat" && t["subject"]["user"] == "node-a")
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        decisions("node.heartbeat", true),
+        0,
+        "heartbeats are counted"
+    );
+    assert_eq!(counted, 42, "40 heartbeats and the 2 of handed_run");
+    assert_eq!(
+        decisions("node.report", true),
+        2,
+        "a report is an entry each"
+    );
+    assert_eq!(decisions("node.report", false), 1, "and a refusal too");
+    let key = gantry::keys::load(&data.join("keys/host.pk8")).unwrap();
+    gantry::audit::verify(
+        &data.join("audit.log"),
+        Some(&gantry::keys::public_hex(&key)),
+    )
+    .unwrap();
+}
+
 /// `gantry up` on `cluster` (TOML, written under `dir`) whose nodes need agents, with none: no
 /// GPU serves, so every job waits (until cancelled).
 fn without_agents(

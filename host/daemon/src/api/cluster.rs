@@ -207,7 +207,7 @@ pub(super) async fn heartbeat(
 }
 
 /// `POST /v1/nodes/{node}/runs`: a node's agent reports on a run it was handed (started, a log
-/// entry, its end); decided as `node.heartbeat`. A report of any but the job's current attempt
+/// entry, its end); decided as `node.report`. A report of any but the job's current attempt
 /// on this node is refused (409): a run the control plane gave up on changes nothing. Answers
 /// whether the run should stop.
 pub(super) async fn run_report(
@@ -223,7 +223,7 @@ pub(super) async fn run_report(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     report.show_text();
     let stop = blocking(&state, move |state| {
-        authorize(state, &user, Action::NodeHeartbeat, Resource::node(&node))?;
+        authorize(state, &user, Action::NodeReport, Resource::node(&node))?;
         let daemon = &state.daemon;
         let nodes = agents(daemon)?;
         daemon

@@ -87,6 +87,11 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
             json!({"node": "node-007"}),
         ),
         asks(
+            Action::NodeReport,
+            Resource::node("node-007"),
+            json!({"node": "node-007"}),
+        ),
+        asks(
             Action::NodeData,
             Resource::NodeJob(NodeJobRef {
                 node: "node-007".into(),
