@@ -466,9 +466,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> ApiResult<Self> {
-        let token = parts
+        let mut given = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
+            .get_all(axum::http::header::AUTHORIZATION)
+            .iter();
+        let first = given.next();
+        if given.next().is_some() {
+            // Two credentials: a proxy in front may check one and this daemon act on the other.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a request carries one Authorization header, not several",
+            ));
+        }
+        let token = first
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
@@ -690,6 +700,39 @@ mod tests {
         }
         let bug = super::ApiError::internal("something else");
         assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    /// Left by a review: with two Authorization headers the daemon used the first, whichever
+    /// a proxy in front of it had checked. A request with several is refused.
+    #[test]
+    fn a_request_with_two_authorization_headers_is_refused() {
+        use axum::extract::FromRequestParts;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let caller = |tokens: &[&str]| {
+            let mut request = axum::http::Request::builder().uri("/v1/jobs");
+            for t in tokens {
+                request = request.header("Authorization", format!("Bearer {t}"));
+            }
+            let (mut parts, ()) = request.body(()).unwrap().into_parts();
+            runtime.block_on(super::Caller::from_request_parts(&mut parts, &()))
+        };
+        assert_eq!(
+            caller(&["gantry_a"]).map(|c| c.0).ok().as_deref(),
+            Some("gantry_a")
+        );
+        let e = caller(&["gantry_a", "gantry_b"]).err().unwrap();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{}", e.body);
+        assert!(
+            e.body.to_string().contains("one Authorization header"),
+            "{}",
+            e.body
+        );
+        assert_eq!(
+            caller(&[]).err().unwrap().status,
+            axum::http::StatusCode::UNAUTHORIZED
+        );
     }
 
     #[test]
