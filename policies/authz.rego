@@ -42,12 +42,27 @@ reasons contains "the request names no user" if {
 
 # Jobs (resource: {"tenant", "gpus", "tenant_used_gpus"}): members of the tenant that owns the
 # queue, jobs no larger than the subject's largest role allows, the tenant's GPU quota kept.
+# Whatever concerns the tenant itself (its quota, what it holds) is said to its members and
+# admins only: a refusal told anyone who named a tenant what it held (its quota less the GPUs
+# asked).
+
+member(tenant) if is_admin
+
+member(tenant) if tenant in {t | some t in input.subject.tenants}
 
 reasons contains msg if {
 	input.action in {"job.submit", "job.exec", "job.cancel", "job.read"}
-	not is_admin
-	not input.resource.tenant in {t | some t in input.subject.tenants}
+	not member(input.resource.tenant)
 	msg := sprintf("user %v is not a member of tenant %v", [input.subject.user, input.resource.tenant])
+}
+
+# Cancelling changes a tenant's work: a member whose roles run jobs (an auditor or a writer only
+# reads), or an admin.
+reasons contains msg if {
+	input.action == "job.cancel"
+	not is_admin
+	max_job_gpus == 0
+	msg := sprintf("user %v may not cancel jobs (no role of theirs runs jobs)", [input.subject.user])
 }
 
 default max_job_gpus := 0
@@ -62,6 +77,7 @@ reasons contains msg if {
 
 reasons contains msg if {
 	input.action == "job.submit"
+	member(input.resource.tenant)
 	quota := data.quotas[input.resource.tenant]
 	held := object.get(input.resource, "tenant_used_gpus", 0) + input.resource.gpus
 	held > quota
@@ -70,6 +86,7 @@ reasons contains msg if {
 
 reasons contains msg if {
 	input.action == "job.submit"
+	member(input.resource.tenant)
 	not data.quotas[input.resource.tenant]
 	msg := sprintf("tenant %v has no GPU quota", [input.resource.tenant])
 }

@@ -39,6 +39,27 @@ test_quota_is_kept if {
 	authz.decision == {"allow": false, "reasons": ["tenant vision would hold 513 GPUs, over its quota of 512"]} with input as submit(researcher, "vision", 13, 500)
 }
 
+# Found by a review: a refusal told a non-member what another tenant held (its quota less the
+# GPUs asked, in one request) and whether it has a quota.
+test_a_non_member_learns_nothing_of_a_tenants_quota_or_usage if {
+	authz.decision == {"allow": false, "reasons": ["user ada is not a member of tenant language"]} with input as submit(researcher, "language", 8, 1020)
+	authz.decision == {"allow": false, "reasons": ["user ada is not a member of tenant research"]} with input as submit(researcher, "research", 1, 0)
+}
+
+cancel(subject) := {"subject": subject, "action": "job.cancel", "resource": {"tenant": "vision", "job": "j1"}}
+
+# Found by a review: any member cancelled any job of the tenant, an auditor (who only reads)
+# included.
+test_only_members_whose_roles_run_jobs_cancel_them if {
+	authz.allow with input as cancel(researcher)
+	authz.allow with input as cancel(intern)
+	authz.allow with input as cancel(admin)
+	auditor := {"user": "aud", "roles": ["auditor"], "tenants": ["vision"], "clearance": "public"}
+	authz.decision == {"allow": false, "reasons": ["user aud may not cancel jobs (no role of theirs runs jobs)"]} with input as cancel(auditor)
+	outsider := object.union(researcher, {"tenants": ["language"]})
+	authz.decision == {"allow": false, "reasons": ["user ada is not a member of tenant vision"]} with input as cancel(outsider)
+}
+
 test_tenant_without_quota_is_refused if {
 	"tenant unknown has no GPU quota" in authz.reasons with input as submit(admin, "unknown", 1, 0)
 }
@@ -172,6 +193,7 @@ test_placements_keep_the_quota if {
 test_a_node_identity_does_only_a_nodes_work if {
 	node := {"user": "node-000", "roles": ["node"], "tenants": ["vision"], "clearance": "public"}
 	authz.decision == {"allow": false, "reasons": ["node identity node-000 acts only as its node (job.list is not a node's action)"]} with input as {"subject": node, "action": "job.list", "resource": {}}
-	authz.decision == {"allow": false, "reasons": ["node identity node-000 acts only as its node (job.cancel is not a node's action)"]} with input as {"subject": node, "action": "job.cancel", "resource": {"tenant": "vision"}}
+	authz.decision == {"allow": false, "reasons": ["node identity node-000 acts only as its node (job.read is not a node's action)"]} with input as {"subject": node, "action": "job.read", "resource": {"tenant": "vision", "job": "j1"}}
+	"node identity node-000 acts only as its node (job.cancel is not a node's action)" in authz.reasons with input as {"subject": node, "action": "job.cancel", "resource": {"tenant": "vision"}}
 	authz.allow with input as heartbeat(node)
 }
