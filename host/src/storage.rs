@@ -265,17 +265,14 @@ impl Store {
         if root.join("keys/current").exists() {
             return Err(refuse());
         }
-        std::fs::create_dir_all(root).map_err(io(root))?;
-        private_dir(root)?;
+        make_private_dir(root)?;
         let lock = Arc::new(DirLock::acquire(root, "gantry init")?);
         // Again under the lock: another init may have finished meanwhile.
         if root.join("keys/current").exists() {
             return Err(refuse());
         }
         for dir in ["keys", "objects", "objects/tmp"] {
-            let d = root.join(dir);
-            std::fs::create_dir_all(&d).map_err(io(&d))?;
-            private_dir(&d)?;
+            make_private_dir(&root.join(dir))?;
         }
         let rng = SystemRandom::new();
         let master = new_master(root, &rng)?;
@@ -511,7 +508,7 @@ impl Store {
             }
         }
         let dir = path.parent().expect("objects/ab");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        make_private_dir(dir)?;
         // Wrapped with the current master under the masters' read lock, held until the object
         // is in place: a rotation switches masters only between publications, so it sees every
         // published object wrapped by a master it knows.
@@ -689,8 +686,7 @@ impl Store {
                 "an unreadable copy of this object is replaced by a sealed copy"),
         }
         let path = self.object_path(id);
-        let dir = path.parent().expect("objects/ab");
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        make_private_dir(path.parent().expect("objects/ab"))?;
         let key = self.key_path(id);
         durable::write(&key, &sealed.key, Mode::Private).map_err(io(&key))?;
         durable::write(&path, &sealed.chunks, Mode::Private).map_err(io(&path))?;
@@ -762,7 +758,7 @@ impl Store {
     fn sweep(&self) -> Result<usize, StoreError> {
         let mut removed = 0;
         let tmp = self.root.join("objects/tmp");
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        make_private_dir(&tmp)?;
         for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))? {
             let path = entry.map_err(io(&tmp))?.path();
             if path.is_file() {
@@ -774,6 +770,8 @@ impl Store {
         let keys = self.root.join("keys");
         removed += durable::sweep(&keys, now).map_err(io(&keys))?.len();
         for shard in self.shards()? {
+            // Earlier versions made the shards with the process's umask (0755).
+            private_dir(&shard)?;
             removed += durable::sweep(&shard, now).map_err(io(&shard))?.len();
             for entry in std::fs::read_dir(&shard).map_err(io(&shard))? {
                 let path = entry.map_err(io(&shard))?.path();
@@ -933,6 +931,29 @@ fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
             message: format!("names master key {current_id}, which is not in keys/"),
         })?;
     Ok((masters, current))
+}
+
+/// Creates `dir` and any parent it lacks, each owner-only (0700), and makes `dir` owner-only
+/// if it was there: every directory of a data directory is made through here (the objects'
+/// shards were once made with the process's umask, 0755).
+pub fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let new = !dir.is_dir();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if new && let Some(parent) = dir.parent() {
+        // A new directory's entry is durable before anything in it is acknowledged.
+        durable::sync_dir(parent).map_err(io(parent))?;
+    }
+    private_dir(dir)
 }
 
 /// Makes `dir` owner-only (0700).

@@ -173,6 +173,42 @@ fn init_refuses_an_existing_directory_and_keys_are_private() {
     assert!(root.join("keys/host.pk8").exists());
 }
 
+/// Found by a review: the objects' shard directories (`objects/ab`) were made with the
+/// process's umask, 0755, where the README promises an owner-only data directory. Every
+/// directory is made owner-only, and those an earlier version made are mended on open.
+#[cfg(unix)]
+#[test]
+fn every_directory_of_the_store_is_owner_only_and_older_ones_are_mended_on_open() {
+    use std::os::unix::fs::PermissionsExt;
+    fn loose_dirs(dir: &Path, found: &mut Vec<PathBuf>) {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        if mode & 0o077 != 0 {
+            found.push(dir.to_path_buf());
+        }
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                loose_dirs(&path, found);
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let store = Store::init(&root).unwrap();
+    for seed in 0..8 {
+        store.put_bytes(&bytes(100, seed)).unwrap();
+    }
+    let mut loose = Vec::new();
+    loose_dirs(&root, &mut loose);
+    assert!(loose.is_empty(), "not owner-only: {loose:?}");
+    let shard = store.shards().unwrap().remove(0);
+    drop(store);
+    std::fs::set_permissions(&shard, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _store = Store::open_exclusive(&root, "test").unwrap();
+    loose_dirs(&root, &mut loose);
+    assert!(loose.is_empty(), "not owner-only after open: {loose:?}");
+}
+
 /// Issue 10, section 3: concurrent uploads of one content under different names paired one
 /// put's key file with another's object, so every copy became unreadable.
 #[test]
