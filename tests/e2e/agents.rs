@@ -1403,6 +1403,25 @@ fn an_update_of_a_user_never_takes_over_or_makes_a_node_identity() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(serving_gpus(&url, &root), 2, "its GPUs stay in service");
     daemon.signal("-TERM");
+    // Found by a review: `gantry user add` on the stopped daemon's directory skipped both
+    // rules: a person made a node kept their token, which then spoke for a node.
+    for (name, roles) in [("rae", "node"), ("local", "admin"), ("mixed", "node,admin")] {
+        let out = crate::support::gantry(
+            &[
+                "user",
+                "add",
+                name,
+                "--roles",
+                roles,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        let (_, err) = crate::support::text(&out);
+        assert!(!out.status.success(), "{name} as {roles}");
+        assert!(err.contains("node identity"), "{name} as {roles}: {err}");
+    }
     let daemon = Daemon::start_with(&data, &shared_cache(), &["--emulate-gpus", "2"]);
     assert_eq!(
         request(&format!("{}/v1/health", daemon.url), "GET", None, None).0,

@@ -126,10 +126,40 @@ impl AccountStore for Db {
 /// The most roles or tenants a user may have.
 pub const MAX_LIST: usize = 64;
 
+/// Whether `user` is a node's identity (the `node` role).
+pub fn is_node(user: &User) -> bool {
+    user.roles.iter().any(|r| r == "node")
+}
+
+/// Whether `user` may replace `existing` (the user of that name, if any): a node identity
+/// stays one, and no person becomes one by an update (replacing the roles of `gantry up`'s own
+/// node identity took its GPUs out of service and the daemon then refused to start; a person
+/// made a node kept their token, which then spoke for a node). Every path that stores a user
+/// checks it: the API, and `gantry user add` on a stopped daemon's directory.
+pub fn check_update(existing: Option<&User>, user: &User) -> Result<(), String> {
+    match existing {
+        Some(existing) if is_node(existing) != is_node(user) => Err(format!(
+            "user `{}` {} a node identity: an update keeps it so (a node's roles are `node` \
+             alone; give a person or a node a name of its own)",
+            user.name,
+            if is_node(existing) { "is" } else { "is not" }
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `user` may be stored: a name of 1-64 letters, digits, `-`, `_` and `.` (not
 /// starting with `.`), and roles, tenants and clearance of the same kind, at most
-/// [`MAX_LIST`] of each; the error names the field.
+/// [`MAX_LIST`] of each; a node identity's roles are `node` alone (`gantry up` refuses its
+/// own node identity with any other role: `node` and `admin` together stopped the next
+/// start). The error names the field.
 pub fn check_user(user: &User) -> Result<(), String> {
+    if is_node(user) && user.roles != ["node"] {
+        return Err(format!(
+            "field `roles`: a node identity's roles are `node` alone, not {:?}",
+            user.roles
+        ));
+    }
     fn word(field: &str, w: &str) -> Result<(), String> {
         let valid = (1..=64).contains(&w.len())
             && w.bytes()

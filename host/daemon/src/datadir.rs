@@ -186,6 +186,8 @@ impl DataDir {
         ttl_s: Option<Option<f64>>,
     ) -> Result<Issued, DataDirError> {
         crate::accounts::check_user(user).map_err(DataDirError::Refused)?;
+        crate::accounts::check_update(self.db.user(&user.name)?.as_ref(), user)
+            .map_err(DataDirError::Refused)?;
         self.db.put_user(user)?;
         let ttl = match ttl_s {
             Some(t) => t,

@@ -94,34 +94,9 @@ pub(super) async fn add_user(
     let ttl = lifetime(new.expires.as_deref())?;
     super::blocking(&state, move |state| {
         authorize(state, &by, Action::UserManage, Resource::user(&user.name))?;
-        // A node identity stays one, and no user becomes one by an update: replacing the
-        // roles of `gantry up`'s own node identity took its GPUs out of service, and the
-        // daemon then refused to start.
-        let node = |u: &crate::db::User| u.roles.iter().any(|r| r == "node");
-        // And a node identity is a node's alone (`gantry up` refuses its own node identity
-        // with any other role: `node` and `admin` together stopped the next start).
-        if node(&user) && user.roles != ["node"] {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "field `roles`: a node identity's roles are `node` alone, not {:?}",
-                    user.roles
-                ),
-            ));
-        }
-        if let Some(existing) = state.daemon.accounts.user(&user.name)?
-            && node(&existing) != node(&user)
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "user `{}` {} a node identity: an update keeps it so (a node's roles are \
-                     `node` alone; give a person or a node a name of its own)",
-                    user.name,
-                    if node(&existing) { "is" } else { "is not" }
-                ),
-            ));
-        }
+        let existing = state.daemon.accounts.user(&user.name)?;
+        crate::accounts::check_update(existing.as_ref(), &user)
+            .map_err(|m| ApiError::new(StatusCode::CONFLICT, m))?;
         state.daemon.accounts.put_user(&user)?;
         let fields = json!({"user": user.name, "roles": user.roles,
             "tenants": user.tenants, "clearance": user.clearance,
