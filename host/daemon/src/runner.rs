@@ -435,7 +435,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_string())
 }
 
-/// What a finished run records as the job's result.
+/// What a finished run records as the job's result. Not its last checkpoint: a job that ends
+/// lets go of it ([`Daemon::forget_checkpoints`]), and a result naming it named an object the
+/// store no longer held (found by a review).
 pub fn result_json(o: &training::Outcome) -> serde_json::Value {
     serde_json::json!({
         "steps": o.steps,
@@ -444,7 +446,6 @@ pub fn result_json(o: &training::Outcome) -> serde_json::Value {
         "test": o.test,
         "samples_per_s": o.samples_per_s,
         "backend": o.backend,
-        "checkpoint": o.checkpoint,
     })
 }
 
@@ -944,6 +945,9 @@ mod tests {
         assert_eq!(written, 1, "the first line says the first");
         for job in &jobs {
             assert_eq!(t.daemon.jobs.latest_checkpoint(&job.id).unwrap(), None);
+            // Found by a review: the result named the checkpoint the job's end let go.
+            let result = job.result.as_ref().unwrap();
+            assert!(result.get("checkpoint").is_none(), "{result}");
         }
         assert_eq!(
             t.daemon.store.list().unwrap(),
