@@ -64,16 +64,9 @@ impl Cluster {
             .map(|i| i as u32)
     }
 
-    /// Adds node `name` in rack `rack` (a new rack if there is none of that name) with `gpus`
-    /// (each: its id, its model and its memory in MiB), as a node that registers itself does;
-    /// its GPUs are out of service (`healthy` false) until told otherwise. Refused when a node
-    /// of that name exists, or a GPU id is taken.
-    pub fn add_node(
-        &mut self,
-        name: &str,
-        rack: &str,
-        gpus: &[(String, String, u32)],
-    ) -> Result<(), String> {
+    /// Whether [`Cluster::add_node`] would add node `name` with `gpus`: no node of that name
+    /// and none of its GPU ids taken.
+    pub fn can_add_node(&self, name: &str, gpus: &[(String, String, u32)]) -> Result<(), String> {
         if self.nodes.iter().any(|n| n.name == name) {
             return Err(format!("a node `{name}` exists"));
         }
@@ -84,6 +77,20 @@ impl Cluster {
         if let Some(g) = self.gpus.iter().find(|g| new.contains(g.id.as_str())) {
             return Err(format!("a GPU `{}` exists", g.id));
         }
+        Ok(())
+    }
+
+    /// Adds node `name` in rack `rack` (a new rack if there is none of that name) with `gpus`
+    /// (each: its id, its model and its memory in MiB), as a node that registers itself does;
+    /// its GPUs are out of service (`healthy` false) until told otherwise. Refused when a node
+    /// of that name exists, or a GPU id is taken.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<(), String> {
+        self.can_add_node(name, gpus)?;
         let index = |list: &mut Vec<String>, value: &str| match list.iter().position(|v| v == value)
         {
             Some(i) => i as u32,

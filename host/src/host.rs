@@ -616,6 +616,24 @@ impl Host {
         std::mem::replace(self.state_mut(), state)
     }
 
+    /// Whether [`Host::add_node`] would add node `name` with `gpus` (checked before a
+    /// registration is kept, so that one kept is one the host takes again at its next start).
+    pub fn can_add_node(
+        &self,
+        name: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<(), HostError> {
+        if let Some(capacity) = &self.capacity {
+            capacity
+                .can_add_node(name, gpus)
+                .map_err(HostError::Cluster)?;
+        }
+        self.state
+            .cluster
+            .can_add_node(name, gpus)
+            .map_err(HostError::Cluster)
+    }
+
     /// Adds a node that registered itself, and its GPUs (out of service until its agent's
     /// heartbeat brings them in): to the cluster the scheduler places on and to the one jobs
     /// are admitted against. See [`Cluster::add_node`].
@@ -625,6 +643,7 @@ impl Host {
         rack: &str,
         gpus: &[(String, String, u32)],
     ) -> Result<(), HostError> {
+        self.can_add_node(name, gpus)?;
         let grown = match &self.capacity {
             Some(capacity) => {
                 let mut grown = capacity.clone();

@@ -457,6 +457,17 @@ impl Daemon {
                 continue;
             }
             let gpus = n.gpus();
+            // One that no longer fits the cluster (the file took its name or a GPU id since)
+            // stays out, said, rather than stopping every start: its agent's next heartbeat is
+            // refused, saying why.
+            if let Err(e) = host.can_add_node(&n.name, &gpus).and_then(|()| {
+                capacity
+                    .can_add_node(&n.name, &gpus)
+                    .map_err(gantry::HostError::Cluster)
+            }) {
+                tracing::error!(node = %n.name, error = %e, "a registered node does not fit the cluster; left out");
+                continue;
+            }
             host.add_node(&n.name, &n.rack, &gpus)
                 .map_err(|e| setup(e.to_string()))?;
             let before = capacity.gpus.len();

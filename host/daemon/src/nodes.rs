@@ -1037,10 +1037,18 @@ impl crate::Daemon {
                 .collect(),
             at: crate::db::now(),
         };
-        self.marks
-            .register_node(&record)
-            .map_err(|e| format!("registering node `{node}`: {e}"))?;
-        let added = self.host().add_node(node, &record.rack, &record.gpus());
+        // Checked, kept and added under the host's write lock: a registration the host would
+        // refuse was kept before (a GPU id of the cluster file's), and then every start of the
+        // daemon failed on it.
+        let gpus = record.gpus();
+        let mut host = self.host();
+        let added = host.can_add_node(node, &gpus).and_then(|()| {
+            self.marks.register_node(&record).map_err(|e| {
+                gantry::HostError::Cluster(format!("registering node `{node}`: {e}"))
+            })?;
+            host.add_node(node, &record.rack, &gpus)
+        });
+        drop(host);
         match added {
             Ok(()) => {
                 tracing::info!(%node, rack = %record.rack, gpus = record.gpus.len(), "a node registered");
