@@ -1133,6 +1133,17 @@ fn a_job_with_neither_program_nor_training_ends_after_its_estimated_runtime() {
     std::thread::sleep(Duration::from_secs(2));
     let (_, r2) = request(&format!("{url}/v1/jobs/r2"), "GET", Some(&ada), None);
     assert_eq!(r2["state"], "cancelled", "{r2}");
+
+    // Found by a review: a reservation of 1e9 s (31 years) was accepted and held its GPUs past
+    // any wall time a command may have. Refused past --max-wall-time-s, naming the field.
+    let forever = json!({"id": "r3", "tenant": "vision", "gpus": 2, "est_runtime_s": 1e9});
+    let (s, v) = submit(&url, &ada, &forever);
+    assert_eq!(s, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("est_runtime_s") && e.contains("--max-wall-time-s"),
+        "{e}"
+    );
 }
 
 /// Reported by a review: `GET /v1/jobs` read every job of every tenant (train configurations

@@ -210,7 +210,8 @@ impl Daemon {
             }
             // Neither: a reservation, which holds its GPUs for its estimated runtime.
             Ok(Some(job)) => {
-                let until = crate::db::now() + job.est_runtime_s;
+                // Held to the wall time of now, whatever it was accepted under.
+                let until = crate::db::now() + job.est_runtime_s.min(self.commands.max_wall_time_s);
                 self.reservations
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -107,6 +107,18 @@ fn submit_job(state: &AppState, user: User, req: SubmitRequest) -> ApiResult<Job
             "a job trains (`train`) or runs a command (`command`), not both",
         ));
     }
+    let most = state.daemon.commands.max_wall_time_s;
+    if req.train.is_none() && req.command.is_none() && req.est_runtime_s > most {
+        // A reservation holds its GPUs for its estimated runtime: a review's held a tenant's
+        // GPUs for 1e9 s (31 years), past any wall time a command may have.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "field `est_runtime_s`: a job with neither `train` nor `command` holds its GPUs \
+                 for its estimated runtime, at most {most} s (the daemon's --max-wall-time-s)"
+            ),
+        ));
+    }
     if let Some(command) = &req.command {
         let limits = &state.daemon.commands;
         // Where the program would run as whom: here (or by the agent inside this process,
