@@ -253,6 +253,9 @@ pub struct Daemon {
     pub train_budget: Arc<budget::TrainBudget>,
     /// How command jobs run.
     pub commands: command::CommandLimits,
+    /// Beyond its time limit or a stop, what a training run handed to an agent may take to end
+    /// ([`nodes::STOP_SLACK`]).
+    pub train_stop_slack: std::time::Duration,
     /// What one tenant may have ([`DaemonConfig::tenant_limits`]).
     pub tenant_limits: TenantLimits,
     /// Held while a dataset's record is checked against its tenant's limits and inserted, so
@@ -650,6 +653,7 @@ impl Daemon {
             audit,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
+            train_stop_slack: nodes::STOP_SLACK,
             // Refused when opening a leader; a follower runs no training.
             train_budget: config.train_budget.clone().unwrap_or_else(|| {
                 let job_mib = config.train_limits.max_memory_mib;

@@ -37,6 +37,8 @@ pub enum StopReason {
 pub struct RunControl {
     stop: AtomicBool,
     reason: std::sync::Mutex<Option<StopReason>>,
+    /// When a stop was first asked for.
+    asked: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl RunControl {
@@ -47,7 +49,13 @@ impl RunControl {
         if current.as_ref().is_none_or(|c| *c < reason) {
             *current = Some(reason);
         }
+        let _ = self.asked.set(std::time::Instant::now());
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// When a stop was first asked for, if one was.
+    pub fn stop_asked_at(&self) -> Option<std::time::Instant> {
+        self.asked.get().copied()
     }
 
     /// Whether the run should stop.

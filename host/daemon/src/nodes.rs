@@ -213,11 +213,15 @@ struct Remote {
     logged: u64,
     /// Rows per step of a training run (0 for a command), for the daemon's metrics.
     batch: u64,
-    /// By when a command run must have reported its end ([`crate::Daemon::run_deadline`]).
+    /// By when it must have reported its end ([`crate::Daemon::run_deadline`]).
     deadline: Option<Instant>,
     /// How often its agent fetched its dataset ([`Nodes::count_fetch`]).
     fetches: u32,
 }
+
+/// Beyond its time limit or a stop, what a training run handed to an agent may take to finish
+/// the step under way and write its last checkpoint before the control plane gives it up.
+pub const STOP_SLACK: Duration = Duration::from_secs(300);
 
 /// The most times one run may fetch its dataset: each fetch decrypts it, and one that goes
 /// through a preprocessing plugin runs the plugin over all of it, in the control plane; an agent
@@ -812,45 +816,83 @@ impl crate::Daemon {
         );
     }
 
-    /// By when a command run handed (or adopted) now must have reported its end: its wall time
-    /// (at most this control plane's `--max-wall-time-s`), the kill grace, and two leases (to
-    /// start, and for its end to arrive). `None` for a training run, which has no wall time.
-    /// An agent enforces the wall time itself; this bound is the control plane's own, so that
-    /// an agent that keeps its lease but never reports a run's end (stuck, or hostile) cannot
-    /// hold the run's GPUs for ever.
+    /// By when a run handed (or adopted) now must have reported its end: a command's wall time
+    /// (at most this control plane's `--max-wall-time-s`) or a training run's time limit (the
+    /// training limits' `max_run_time_s`, and [`Daemon::train_stop_slack`] for the step under
+    /// way and its last checkpoint), the kill grace, and two leases (to start, and for its end to arrive).
+    /// An agent enforces these limits itself; this bound is the control plane's own, so that an
+    /// agent that keeps its lease but never reports a run's end (stuck, or hostile) cannot hold
+    /// the run's GPUs for ever (a review's held a training job's for ever, cancelled or not).
     fn run_deadline(&self, job: &JobRecord, lease: Duration) -> Option<Instant> {
-        let spec = job.command.as_ref()?;
-        let most = self.commands.max_wall_time_s;
-        let wall = spec.wall_time_s.unwrap_or(most).min(most);
-        let bound = Duration::try_from_secs_f64(wall).unwrap_or(Duration::MAX);
-        Instant::now().checked_add(bound.saturating_add(self.commands.kill_grace + lease * 2))
+        let limit = match &job.command {
+            Some(spec) => {
+                let most = self.commands.max_wall_time_s;
+                let wall = spec.wall_time_s.unwrap_or(most).min(most);
+                Duration::try_from_secs_f64(wall).unwrap_or(Duration::MAX)
+            }
+            None => Duration::from_secs(self.train_limits.max_run_time_s),
+        };
+        Instant::now().checked_add(limit.saturating_add(self.stop_bound(job, lease)))
     }
 
-    /// Gives up the command runs whose end their agents did not report in time
-    /// ([`crate::Daemon::run_deadline`]): their jobs fail, saying so, and their GPUs are free;
-    /// the runs are no longer listed to their agents, which kill them.
+    /// How long run of `job` asked to stop has to report its end: the kill grace and two
+    /// leases, and for a training run [`Daemon::train_stop_slack`] too.
+    fn stop_bound(&self, job: &JobRecord, lease: Duration) -> Duration {
+        let slack = match job.command {
+            Some(_) => Duration::ZERO,
+            None => self.train_stop_slack,
+        };
+        self.commands.kill_grace + slack + lease * 2
+    }
+
+    /// Gives up the runs whose end their agents did not report in time
+    /// ([`crate::Daemon::run_deadline`]; or, asked to stop, within its stop bound): a run
+    /// past its limits fails, saying so, one asked to stop ends as the stop asked (a cancel:
+    /// cancelled), and their GPUs are free; the runs are no longer listed to their agents,
+    /// which kill them.
     pub(crate) fn give_up_overdue_runs(&self) {
         let Some(nodes) = &self.nodes else {
             return;
         };
         let now = Instant::now();
-        let overdue: Vec<Remote> = {
+        let lease = nodes.lease();
+        let overdue: Vec<(Remote, bool)> = {
             let mut remote = nodes.remote();
-            let keys: Vec<String> = remote
+            let keys: Vec<(String, bool)> = remote
                 .iter()
-                .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
-                .map(|(k, _)| k.clone())
+                .filter_map(|(k, r)| {
+                    let stopped = r
+                        .control
+                        .stop_asked_at()
+                        .is_some_and(|at| at + self.stop_bound(&r.job, lease) <= now);
+                    let late = r.deadline.is_some_and(|d| d <= now);
+                    (stopped || late).then(|| (k.clone(), stopped))
+                })
                 .collect();
-            keys.iter().filter_map(|k| remote.remove(k)).collect()
+            keys.iter()
+                .filter_map(|(k, stopped)| remote.remove(k).map(|r| (r, *stopped)))
+                .collect()
         };
-        for r in overdue {
-            let message = format!(
-                "node {}'s agent did not report the end of its run (attempt {}) within its wall \
-                 time, the kill grace and two leases: given up",
-                r.node, r.attempt
-            );
+        for (r, stopped) in overdue {
+            let message = match stopped {
+                true => format!(
+                    "node {}'s agent did not report the end of its run (attempt {}) within the \
+                     kill grace and two leases of being asked to stop: given up",
+                    r.node, r.attempt
+                ),
+                false => format!(
+                    "node {}'s agent did not report the end of its run (attempt {}) within its \
+                     time limit, the kill grace and two leases: given up",
+                    r.node, r.attempt
+                ),
+            };
             tracing::warn!(job = %r.job.id, node = %r.node, "{message}");
-            self.remote_ended(r, RunEnd::Failed(message));
+            let _ = self.jobs.log(&r.job.id, &message);
+            let end = match stopped {
+                true => RunEnd::Stopped,
+                false => RunEnd::Failed(message),
+            };
+            self.remote_ended(r, end);
         }
     }
 
@@ -1301,6 +1343,79 @@ mod tests {
             "{reason}"
         );
         assert!(d.jobs.placement(&job.id).unwrap().is_none());
+    }
+
+    /// Found by a review: a training run handed to an agent had no deadline at the control
+    /// plane, and a cancelled run none either, so an agent that kept its lease but never
+    /// reported the end held the job's GPUs for ever, `cancelling`. A training run is given up
+    /// past its time limit, and any run asked to stop past its stop bound: cancelled, its GPUs
+    /// free.
+    #[test]
+    fn a_run_whose_end_never_arrives_is_given_up_past_its_time_limit_or_its_stop() {
+        let lease = Duration::from_millis(100);
+        let mut td = crate::testing::TestDaemon::with_agents(lease);
+        {
+            let d = Arc::get_mut(&mut td.daemon).unwrap();
+            d.commands.kill_grace = Duration::from_millis(10);
+            d.train_limits.max_run_time_s = 0;
+            d.train_stop_slack = Duration::from_millis(10);
+        }
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let start = |job: &JobRecord| {
+            let attempt = nodes
+                .handed(NODE)
+                .iter()
+                .find(|r| r.job == job.id)
+                .unwrap()
+                .attempt;
+            let started = RunReport {
+                job: job.id.clone(),
+                attempt,
+                event: RunEvent::Started,
+            };
+            assert!(!d.run_report(nodes, NODE, started).unwrap());
+        };
+        // A training run: given up past its time limit (0 s here), the slack and two leases.
+        let job = handed_running(&td, "trains", None);
+        start(&job);
+        std::thread::sleep(Duration::from_millis(400));
+        d.give_up_overdue_runs();
+        assert!(nodes.handed(NODE).is_empty(), "given up");
+        let stored = d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, crate::db::JobState::Failed, "{stored:?}");
+        assert!(d.jobs.placement(&job.id).unwrap().is_none());
+
+        // A command run with a week of wall time, cancelled: given up once the kill grace and
+        // two leases have passed since the cancel, cancelled.
+        let week = crate::command::CommandSpec {
+            argv: vec!["sleep".into(), "1000".into()],
+            env: Default::default(),
+            cwd: None,
+            wall_time_s: None,
+            memory_mib: None,
+            cpus: None,
+        };
+        let job = handed_running(&td, "cancelled", Some(week));
+        start(&job);
+        let running = d.jobs.job(&job.id).unwrap().unwrap();
+        let left = d.cancel_job(&running, "ada").unwrap().unwrap();
+        assert_eq!(left.state, crate::db::JobState::Cancelling);
+        d.give_up_overdue_runs();
+        assert_eq!(nodes.handed(NODE).len(), 1, "within its stop bound");
+        std::thread::sleep(Duration::from_millis(400));
+        d.give_up_overdue_runs();
+        assert!(nodes.handed(NODE).is_empty(), "given up");
+        assert!(!d.has_run(&job.id));
+        let stored = d.jobs.job(&job.id).unwrap().unwrap();
+        assert_eq!(stored.state, crate::db::JobState::Cancelled, "{stored:?}");
+        assert!(d.jobs.placement(&job.id).unwrap().is_none());
+        let logs = d.jobs.logs(&job.id).unwrap();
+        assert!(
+            logs.iter()
+                .any(|(_, l)| l.contains("of being asked to stop")),
+            "{logs:?}"
+        );
     }
 
     #[test]
