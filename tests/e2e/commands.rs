@@ -156,6 +156,9 @@ fn command_jobs_run_on_their_placed_gpus_as_the_job_user_and_end_by_their_exit_s
         log.contains(&format!("color=teal in={}", cwd.path().display())),
         "{log}"
     );
+    // Found by a review: every member of the tenant read a job's environment values back (an
+    // `HF_TOKEN`); the API shows their names only.
+    assert_eq!(job["command"]["env"], json!({"COLOR": "(hidden)"}), "{job}");
 }
 
 #[test]

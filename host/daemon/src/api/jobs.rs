@@ -85,7 +85,7 @@ pub(super) async fn submit(
     let req: SubmitRequest = body::json(body, MAX_BODY).await?;
     let outcome = blocking(&state, move |state| submit_job(state, user, req)).await?;
     state.wake.notify_one();
-    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+    Ok((StatusCode::CREATED, Json(shown(outcome))).into_response())
 }
 
 /// Checks, decides and stores a submission (blocking).
@@ -431,10 +431,25 @@ pub(super) async fn job(
     let tenant = in_tenant(query);
     caller
         .then(&state, move |state, user| {
-            Ok(Json(find(state, &user, &id, tenant?.as_deref())?))
+            Ok(Json(shown(find(state, &user, &id, tenant?.as_deref())?)))
         })
         .await
 }
+
+/// Job `job` as the API shows it: a command's environment by its names, each value hidden.
+/// Values are what a job is given to run (an `HF_TOKEN`, say), and every member of its tenant
+/// reads its jobs: a review read another user's token back from `GET /v1/jobs/{id}`.
+fn shown(mut job: JobRecord) -> JobRecord {
+    if let Some(command) = &mut job.command {
+        for value in command.env.values_mut() {
+            *value = HIDDEN.to_string();
+        }
+    }
+    job
+}
+
+/// What the API shows for a command's environment value.
+pub const HIDDEN: &str = "(hidden)";
 
 /// `POST /v1/jobs/{id}/cancel`: 200 with the job `cancelled`, or 202 with it `cancelling` when
 /// its run is under way (it stops at its next step and keeps its GPUs until then).
@@ -451,7 +466,7 @@ pub(super) async fn cancel(
         })
         .await?;
     state.wake.notify_one();
-    Ok((status, Json(job)).into_response())
+    Ok((status, Json(shown(job))).into_response())
 }
 
 /// Cancels job `id` (in `tenant`) for `user`, if the policy allows `job.cancel`: the answer's
