@@ -242,6 +242,24 @@ pub enum AuditError {
         /// Entries after it.
         entries: u64,
     },
+    /// The log was sealed by its own key past the position recorded outside it as a clean
+    /// close: what recorded that position (the data directory's database) is older than the
+    /// log.
+    #[error(
+        "{path}: the log was sealed with this directory's key up to seq {sealed}, past seq \
+         {recorded}, where the database records its last clean close: the database is older than \
+         the log (copied back from an earlier copy, or its WAL lost). Restore the newest backup \
+         (`gantry db restore`), which takes the log's position; do not set the log aside \
+         (`gantry audit recover`): it is the newer of the two"
+    )]
+    RecordBehind {
+        /// The log.
+        path: PathBuf,
+        /// The position recorded outside it.
+        recorded: u64,
+        /// The log's last sealed position.
+        sealed: u64,
+    },
     /// The log was closed; nothing more is appended.
     #[error("{0}: the audit log is closed")]
     Closed(PathBuf),
@@ -298,6 +316,16 @@ fn examine_scan(path: &Path, key: &str, expected: &Expected) -> Result<verify::S
     if let Some(head) = expected.head.as_ref().filter(|_| expected.closed)
         && found.report.entries > head.seq
     {
+        // Sealed past it by this log's own key: its writer went on, and the position recorded
+        // outside is old (a database copied back, or its WAL lost). A review followed the
+        // advice below for this case, set the good log aside and ran on the stale database.
+        if let Some(sealed) = found.report.head.as_ref().filter(|s| s.seq > head.seq) {
+            return Err(AuditError::RecordBehind {
+                path: path.to_path_buf(),
+                recorded: head.seq,
+                sealed: sealed.seq,
+            });
+        }
         return Err(AuditError::AfterClose {
             path: path.to_path_buf(),
             seq: head.seq,

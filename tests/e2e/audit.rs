@@ -268,6 +268,23 @@ fn a_writer_refuses_another_key_a_cut_log_and_entries_after_a_clean_close() {
     };
     let e = AuditLog::open_expecting(&path, ours(), &expected).unwrap_err();
     assert!(matches!(e, AuditError::Behind { .. }), "{e}");
+    // Found by a review: the whole log, sealed by our key past a clean close recorded at its
+    // first checkpoint (the database copied back from an older copy), was blamed on someone
+    // appending to the log, and the advice given (set the log aside) ran on the stale
+    // database. It says the database is the older of the two.
+    let early = audit::verify(&path, None).unwrap().head.unwrap();
+    save(&path, &clean);
+    let rolled_back = audit::Expected {
+        head: Some(early.clone()),
+        closed: true,
+    };
+    let e = AuditLog::open_expecting(&path, ours(), &rolled_back).unwrap_err();
+    assert!(
+        matches!(&e, AuditError::RecordBehind { recorded, sealed, .. }
+            if *recorded == early.seq && *sealed == head.seq),
+        "{e}"
+    );
+    assert!(e.to_string().contains("gantry db restore"), "{e}");
     // Whole, plus two forged entries chained after the clean close.
     let mut t = clean.clone();
     t.push(t[3].clone());

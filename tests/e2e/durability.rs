@@ -569,6 +569,8 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let ada = add_user(&data, "ada", "researcher", "vision", "public");
+    let ops = add_user(&data, "ops", "admin", "vision", "public");
+    let eve = add_user(&data, "eve", "researcher", "vision", "public");
     let mut daemon = Daemon::start(&data, &shared_cache());
     let jobs = format!("{}/v1/jobs", daemon.url);
     let body = json!({"id": "done", "tenant": "vision", "gpus": 1}).to_string();
@@ -581,6 +583,16 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
         &data,
         &["db", "backup", "-o", backup.to_str().unwrap()],
     ));
+    // Found by a review: a restore brought back every token revoked since the backup, and
+    // every user's roles as they were. Eve's token is revoked after the backup; ada loses the
+    // researcher role (an auditor now).
+    let users = format!("{}/v1/users", daemon.url);
+    let (s, v) = request(&format!("{users}/eve/revoke"), "POST", Some(&ops), None);
+    assert_eq!(s, 200, "{v}");
+    let demoted = json!({"name": "ada", "roles": ["auditor"], "tenants": ["vision"],
+                         "clearance": "public"});
+    let (s, v) = request(&users, "POST", Some(&ops), Some(&demoted.to_string()));
+    assert_eq!(s, 201, "{v}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
@@ -605,6 +617,10 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
 
     let out = must(run(&data, &["db", "restore", backup.to_str().unwrap()]));
     assert!(out.contains("kept as"), "{out}");
+    assert!(
+        out.contains("later change(s) to users and tokens made again"),
+        "{out}"
+    );
     let kept = std::fs::read_dir(&data)
         .unwrap()
         .filter(|e| {
@@ -621,8 +637,55 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
         None,
     );
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    let (s, v) = request(
+        &format!("{}/v1/jobs/done", daemon.url),
+        "GET",
+        Some(&eve),
+        None,
+    );
+    assert_eq!(
+        s, 401,
+        "a token revoked after the backup stays revoked: {v}"
+    );
+    let body = json!({"id": "after", "tenant": "vision", "gpus": 1}).to_string();
+    let (s, v) = request(
+        &format!("{}/v1/jobs", daemon.url),
+        "POST",
+        Some(&ada),
+        Some(&body),
+    );
+    assert_eq!(s, 403, "ada's roles are as they were made last: {v}");
     let log = std::fs::read_to_string(data.join("audit.log")).unwrap();
     assert!(log.contains("\"db.restored\""));
+}
+
+/// Found by a review: an object deleted from the store passed every check (`db check`,
+/// `store verify`, which lists only what is there) while reading its dataset answered 500.
+/// `gantry db check` looks for every object the database names, naming what names it.
+#[test]
+fn db_check_finds_an_object_the_database_names_and_the_store_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ada = add_user(&data, "ada", "researcher,writer", "vision", "internal");
+    let mut daemon = Daemon::start(&data, &shared_cache());
+    let url = format!(
+        "{}/v1/datasets/lost.csv?tenant=vision&classification=public",
+        daemon.url
+    );
+    let (s, v) = put_raw(&url, &ada, &bytes(5_000, 7));
+    assert_eq!(s, 201, "{v}");
+    let object = v["object"].as_str().unwrap().to_string();
+    daemon.signal("-TERM");
+    let ok = must(run(&data, &["db", "check"]));
+    assert!(ok.contains("objects they name are in the store"), "{ok}");
+    std::fs::remove_file(data.join("objects").join(&object[..2]).join(&object)).unwrap();
+    let out = run(&data, &["db", "check"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("dataset vision/lost.csv names object {object}")),
+        "{err}"
+    );
 }
 
 /// Issue 10, section 3: a policy replaced through `POST /v1/policy` was back to the shipped one

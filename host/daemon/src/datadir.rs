@@ -52,6 +52,13 @@ pub enum DataDirError {
         /// The cause.
         source: AuditError,
     },
+    /// The database is older than the audit log ([`AuditError::RecordBehind`]): the log is
+    /// the one to keep.
+    #[error("{source}\n(see {RECOVERY})")]
+    OlderDb {
+        /// The cause.
+        source: AuditError,
+    },
     /// Appending to the audit log failed.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -139,7 +146,10 @@ impl DataDir {
         pin_host_key(&db, &gantry::keys::public_hex(&key))?;
         let (head, closed) = db.audit_head()?;
         let audit = AuditLog::open_expecting(&audit_path(root), key, &Expected { head, closed })
-            .map_err(|source| DataDirError::DamagedAudit { source })?;
+            .map_err(|source| match source {
+                AuditError::RecordBehind { .. } => DataDirError::OlderDb { source },
+                source => DataDirError::DamagedAudit { source },
+            })?;
         let opened = audit.opened();
         tracing::info!(
             root = %root.display(),

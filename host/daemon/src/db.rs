@@ -694,6 +694,39 @@ impl Db {
         &self.path
     }
 
+    /// Every store object a row names, with what names it (`dataset vision/scans.csv`,
+    /// `plugin binpack 1.0.0`, `checkpoint of job vision/j1`): what `gantry db check` looks
+    /// for in the store.
+    pub fn named_objects(&self) -> Result<Vec<(String, String)>, DbError> {
+        let mut named: Vec<(String, String)> = self
+            .datasets()?
+            .into_iter()
+            .map(|d| (format!("dataset {}", d.name), d.object))
+            .collect();
+        named.extend(
+            self.plugins(None)?
+                .into_iter()
+                .map(|p| (format!("plugin {} {}", p.name, p.version), p.object)),
+        );
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT job, object FROM checkpoints ORDER BY job")
+            .ctx("listing checkpoints")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    format!("checkpoint of job {}", r.get::<_, String>(0)?),
+                    r.get(1)?,
+                ))
+            })
+            .ctx("listing checkpoints")?;
+        named.extend(
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("listing checkpoints")?,
+        );
+        Ok(named)
+    }
+
     /// Checks the database whole: SQLite's `PRAGMA quick_check` (every page and record is well
     /// formed), then every stored value through the same strict readers the daemon uses, so a
     /// corrupt value stops the start, naming its table, row and column, instead of surfacing in

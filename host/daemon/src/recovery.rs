@@ -65,6 +65,9 @@ pub struct Restored {
     pub damaged: PathBuf,
     /// Rows in the restored database.
     pub rows: u64,
+    /// Changes to users and tokens the audit log holds from after the backup, made again
+    /// ([`replay_accounts`]).
+    pub replayed: u64,
 }
 
 /// Replaces the database of data directory `root` by the backup `from` (checked first), keeping
@@ -96,13 +99,17 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
             )));
         }
     };
-    // The log is ahead of any backup: take its sealed position (it must verify, with our key).
+    // The log is ahead of any backup: take its sealed position (it must verify, with our key),
+    // and make again what it says was done to users and tokens since the backup's position.
     let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
     let public = gantry::keys::public_hex(&key);
     let log = audit_path(root);
+    let mut replayed = 0;
     if log.exists() {
         let report = gantry::audit::examine(&log, &public, &Default::default())
             .map_err(|source| DataDirError::DamagedAudit { source })?;
+        let since = db.audit_head()?.0.map_or(0, |h| h.seq);
+        replayed = replay_accounts(&db, &log, since)?;
         if let Some(head) = report.head {
             db.reset_audit_head(&head, false)?;
         }
@@ -125,10 +132,78 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
         "db.restored",
         serde_json::json!({"backup": from.display().to_string(),
                            "damaged": damaged.display().to_string(), "rows": rows,
-                           "by": dir.actor()}),
+                           "replayed": replayed, "by": dir.actor()}),
     )?;
     dir.close()?;
-    Ok(Restored { damaged, rows })
+    Ok(Restored {
+        damaged,
+        rows,
+        replayed,
+    })
+}
+
+/// Makes again in `db` (a restored backup) the changes to users and tokens that the verified
+/// audit log at `log` records after position `since` (the backup's own sealed position), in
+/// order: a revocation (`user.revoke`), a user's roles, tenants and clearance (`user.add`), the
+/// tokens' default lifetime (`token.ttl`). A restore went back on every such change made since
+/// the backup: a revoked token worked again (found by a review). Tokens issued since are not
+/// brought back (the log keeps their ids, never the tokens): their users need new ones.
+/// Returns how many changes were made again.
+fn replay_accounts(db: &Db, log: &Path, since: u64) -> Result<u64, DataDirError> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(log).map_err(io(log))?;
+    let mut replayed = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(io(log))?;
+        // Verified just before: a line that does not parse is none of these changes.
+        let Ok(entry) = serde_json::from_str::<gantry::audit::Entry>(&line) else {
+            continue;
+        };
+        let Some(record) = entry.record.filter(|_| entry.seq > since) else {
+            continue;
+        };
+        let text = |field: &str| record[field].as_str().map(str::to_string);
+        let list = |field: &str| -> Vec<String> {
+            record[field]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        match entry.kind.as_str() {
+            "user.revoke" => {
+                let Some(user) = text("user") else { continue };
+                for token in list("tokens") {
+                    db.revoke_tokens(&user, Some(&token))?;
+                }
+            }
+            "user.add" => {
+                let (Some(name), Some(clearance)) = (text("user"), text("clearance")) else {
+                    continue;
+                };
+                let user = crate::db::User {
+                    name,
+                    roles: list("roles"),
+                    tenants: list("tenants"),
+                    clearance,
+                };
+                if crate::accounts::check_user(&user).is_err() {
+                    continue;
+                }
+                db.put_user(&user)?;
+            }
+            "token.ttl" => {
+                let seconds = record["seconds"].as_f64();
+                crate::auth::set_default_ttl(db, seconds)?;
+            }
+            _ => continue,
+        }
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// What [`recover_audit_log`] did.

@@ -97,6 +97,7 @@ fn verify(
     json: bool,
 ) -> anyhow::Result<()> {
     let mut path = log;
+    let mut closed = false;
     if let Some(root) = &data_dir {
         path.get_or_insert_with(|| gantry_daemon::datadir::audit_path(root));
         let db = gantry_daemon::db::Db::open_existing(&gantry_daemon::db_path(root))?;
@@ -111,10 +112,19 @@ fn verify(
             };
         }
         if head.is_none() {
-            head = db.audit_head()?.0;
+            (head, closed) = db.audit_head()?;
         }
     }
     let log = path.context("no log given")?;
+    if let (Some(_), Some(key)) = (&data_dir, &key) {
+        // What a daemon's start checks too (a review's rolled-back database passed here and
+        // stopped the daemon): nothing follows a clean close, unless the log's own key sealed it.
+        let expected = gantry::audit::Expected {
+            head: head.clone(),
+            closed,
+        };
+        gantry::audit::examine(&log, key, &expected)?;
+    }
     let options = VerifyOptions {
         key: key.as_deref(),
         head: head.as_ref(),
