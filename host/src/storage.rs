@@ -195,6 +195,10 @@ pub struct Store {
     pins: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     /// Objects let go while pinned: asked about again by [`Store::deferred`]'s caller.
     deferred: Mutex<std::collections::HashSet<String>>,
+    /// Shard directories (`objects/ab`) made, and their entry in `objects/` synced, by this
+    /// store: each is made and synced once, under this lock, before any put in it is
+    /// acknowledged (puts in one shard take different stripes).
+    shards: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 /// An object just stored, which [`Store::remove_unused`] leaves in place until this is dropped:
@@ -295,6 +299,7 @@ impl Store {
             lock,
             pins: Arc::default(),
             deferred: Mutex::default(),
+            shards: Mutex::default(),
         }
     }
 
@@ -367,6 +372,21 @@ impl Store {
     fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
         let byte = u8::from_str_radix(id.get(..2).unwrap_or("00"), 16).unwrap_or(0);
         lock(&self.stripes[usize::from(byte) % STRIPES])
+    }
+
+    /// Makes shard directory `dir` (owner-only) and syncs its entry in `objects/`, once per
+    /// store: a put acknowledged in a shard another put had just made (and not yet synced) was
+    /// lost with it at a power cut.
+    fn make_shard(&self, dir: &Path) -> Result<(), StoreError> {
+        let mut made = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        if made.contains(dir) {
+            return Ok(());
+        }
+        make_private_dir(dir)?;
+        let objects = self.root.join("objects");
+        durable::sync_dir(&objects).map_err(io(&objects))?;
+        made.insert(dir.to_path_buf());
+        Ok(())
     }
 
     fn object_path(&self, id: &str) -> PathBuf {
@@ -508,7 +528,7 @@ impl Store {
             }
         }
         let dir = path.parent().expect("objects/ab");
-        make_private_dir(dir)?;
+        self.make_shard(dir)?;
         // Wrapped with the current master under the masters' read lock, held until the object
         // is in place: a rotation switches masters only between publications, so it sees every
         // published object wrapped by a master it knows.
@@ -686,7 +706,7 @@ impl Store {
                 "an unreadable copy of this object is replaced by a sealed copy"),
         }
         let path = self.object_path(id);
-        make_private_dir(path.parent().expect("objects/ab"))?;
+        self.make_shard(path.parent().expect("objects/ab"))?;
         let key = self.key_path(id);
         durable::write(&key, &sealed.key, Mode::Private).map_err(io(&key))?;
         durable::write(&path, &sealed.chunks, Mode::Private).map_err(io(&path))?;
@@ -937,7 +957,6 @@ fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
 /// if it was there: every directory of a data directory is made through here (the objects'
 /// shards were once made with the process's umask, 0755).
 pub fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let new = !dir.is_dir();
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -949,10 +968,6 @@ pub fn make_private_dir(dir: &Path) -> Result<(), StoreError> {
     }
     #[cfg(not(unix))]
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if new && let Some(parent) = dir.parent() {
-        // A new directory's entry is durable before anything in it is acknowledged.
-        durable::sync_dir(parent).map_err(io(parent))?;
-    }
     private_dir(dir)
 }
 

@@ -688,6 +688,61 @@ fn db_check_finds_an_object_the_database_names_and_the_store_lost() {
     );
 }
 
+/// Found by a review of the change that made a node's reports on its runs `node.report`: a
+/// policy installed before it (written from the shipped one of its day) refuses it as an
+/// unknown action, and every agent's runs were then handed out and never reported. Where
+/// agents are on, a policy that refuses a node's own identity its work is refused: at install
+/// (400) and at start, saying what to do.
+#[test]
+fn a_policy_that_refuses_nodes_their_work_is_refused_where_agents_are_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let ops = add_user(&data, "ops", "admin", "vision", "public");
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    let shipped = crate::support::repo().join("policies");
+    let rego = std::fs::read_to_string(shipped.join("authz.rego")).unwrap();
+    let before = rego.replace("\"node.report\", ", "");
+    assert_ne!(before, rego, "the shipped policy changed shape");
+    std::fs::write(old.join("authz.rego"), before).unwrap();
+    std::fs::copy(shipped.join("data.json"), old.join("data.json")).unwrap();
+    let bundle = dir.path().join("old.tar.gz");
+    build_policy(&old, "gantry/authz/decision", &bundle, &shared_cache());
+    let bundle = std::fs::read(&bundle).unwrap();
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, crate::support::TWO_NODES).unwrap();
+    let agents = [
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--agent-lease-s",
+        "10",
+    ];
+
+    let mut daemon = Daemon::start_with(&data, &shared_cache(), &agents);
+    let (s, v) = post_raw(&format!("{}/v1/policy", daemon.url), &ops, &bundle);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("`node.report`"),
+        "{v}"
+    );
+    daemon.signal("-TERM");
+
+    let mut daemon = Daemon::start(&data, &shared_cache());
+    let (s, v) = post_raw(&format!("{}/v1/policy", daemon.url), &ops, &bundle);
+    assert_eq!(s, 200, "without agents it decides nothing of theirs: {v}");
+    daemon.signal("-TERM");
+    let e = start_refused(&data, &agents);
+    assert!(
+        e.contains("`node.report`") && e.contains("--shipped-policy"),
+        "{e}"
+    );
+    let _daemon = Daemon::start_with(
+        &data,
+        &shared_cache(),
+        &[&agents[..], &["--shipped-policy"]].concat(),
+    );
+}
+
 /// Issue 10, section 3: a policy replaced through `POST /v1/policy` was back to the shipped one
 /// after a restart, and a GPU marked unhealthy was healthy again.
 #[test]

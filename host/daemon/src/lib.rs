@@ -253,9 +253,9 @@ pub struct Daemon {
     pub train_budget: Arc<budget::TrainBudget>,
     /// How command jobs run.
     pub commands: command::CommandLimits,
-    /// Beyond its time limit or a stop, what a training run handed to an agent may take to end
+    /// Beyond its limit or a stop, what a run handed to an agent may take to end
     /// ([`nodes::STOP_SLACK`]).
-    pub train_stop_slack: std::time::Duration,
+    pub stop_slack: std::time::Duration,
     /// What one tenant may have ([`DaemonConfig::tenant_limits`]).
     pub tenant_limits: TenantLimits,
     /// Held while a dataset's record is checked against its tenant's limits and inserted, so
@@ -449,7 +449,13 @@ impl Daemon {
             tracing::info!(%record, "copied from this data directory into etcd, once");
             api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
         }
-        Self::start_policy(&mut host, &*policies, config.shipped_policy).map_err(setup)?;
+        Self::start_policy(
+            &mut host,
+            &*policies,
+            config.shipped_policy,
+            config.agent_lease.is_some(),
+        )
+        .map_err(setup)?;
         // Nodes that registered through their agents, before anything refers to their GPUs
         // (an admin's marks, the jobs on them).
         let registered = marks.registered_nodes().map_err(|e| setup(e.to_string()))?;
@@ -653,7 +659,7 @@ impl Daemon {
             audit,
             metrics: metrics::Metrics::default(),
             train_limits: config.train_limits.clone(),
-            train_stop_slack: nodes::STOP_SLACK,
+            stop_slack: nodes::STOP_SLACK,
             // Refused when opening a leader; a follower runs no training.
             train_budget: config.train_budget.clone().unwrap_or_else(|| {
                 let job_mib = config.train_limits.max_memory_mib;
@@ -777,12 +783,21 @@ impl Daemon {
         host: &mut Host,
         policies: &dyn policystore::PolicyStore,
         shipped: bool,
+        agents: bool,
     ) -> Result<(), String> {
         let replaced = policies
             .installed()?
             .map(|i| i.revision)
             .filter(|_| shipped);
         let (policy, info) = persisted::policy_to_start_with(host, policies, shipped)?;
+        if agents {
+            persisted::lets_nodes_work(&policy).map_err(|e| {
+                format!(
+                    "{e}; install such a policy, or start with `gantry up --shipped-policy` \
+                     (recorded in the audit log)"
+                )
+            })?;
+        }
         api::here(host.set_policy(policy)).map_err(|e| e.to_string())?;
         if let Some(revision) = replaced {
             let record =

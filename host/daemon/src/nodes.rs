@@ -219,8 +219,9 @@ struct Remote {
     fetches: u32,
 }
 
-/// Beyond its time limit or a stop, what a training run handed to an agent may take to finish
-/// the step under way and write its last checkpoint before the control plane gives it up.
+/// Beyond its limit or a stop, what a run handed to an agent may take to end before the control
+/// plane gives it up: a training run's step under way and last checkpoint, or an agent's own
+/// kill grace (`gantry agent --kill-grace-s`), which may be longer than the control plane's.
 pub const STOP_SLACK: Duration = Duration::from_secs(300);
 
 /// The most times one run may fetch its dataset: each fetch decrypts it, and one that goes
@@ -818,8 +819,8 @@ impl crate::Daemon {
 
     /// By when a run handed (or adopted) now must have reported its end: a command's wall time
     /// (at most this control plane's `--max-wall-time-s`) or a training run's time limit (the
-    /// training limits' `max_run_time_s`, and [`Daemon::train_stop_slack`] for the step under
-    /// way and its last checkpoint), the kill grace, and two leases (to start, and for its end to arrive).
+    /// training limits' `max_run_time_s`; none when 0), and the time to stop
+    /// ([`Self::stop_bound`]) (to start, and for its end to arrive).
     /// An agent enforces these limits itself; this bound is the control plane's own, so that an
     /// agent that keeps its lease but never reports a run's end (stuck, or hostile) cannot hold
     /// the run's GPUs for ever (a review's held a training job's for ever, cancelled or not).
@@ -830,19 +831,18 @@ impl crate::Daemon {
                 let wall = spec.wall_time_s.unwrap_or(most).min(most);
                 Duration::try_from_secs_f64(wall).unwrap_or(Duration::MAX)
             }
+            // 0: no time limit (as the runners read it), so no deadline either.
+            None if self.train_limits.max_run_time_s == 0 => return None,
             None => Duration::from_secs(self.train_limits.max_run_time_s),
         };
-        Instant::now().checked_add(limit.saturating_add(self.stop_bound(job, lease)))
+        Instant::now().checked_add(limit.saturating_add(self.stop_bound(lease)))
     }
 
-    /// How long run of `job` asked to stop has to report its end: the kill grace and two
-    /// leases, and for a training run [`Daemon::train_stop_slack`] too.
-    fn stop_bound(&self, job: &JobRecord, lease: Duration) -> Duration {
-        let slack = match job.command {
-            Some(_) => Duration::ZERO,
-            None => self.train_stop_slack,
-        };
-        self.commands.kill_grace + slack + lease * 2
+    /// How long a run asked to stop (or past its limit) has to report its end: the kill grace,
+    /// [`crate::Daemon::stop_slack`] (a training run's step under way and last checkpoint; an
+    /// agent's own kill grace, which may be longer than this control plane's) and two leases.
+    fn stop_bound(&self, lease: Duration) -> Duration {
+        self.commands.kill_grace + self.stop_slack + lease * 2
     }
 
     /// Gives up the runs whose end their agents did not report in time
@@ -864,7 +864,7 @@ impl crate::Daemon {
                     let stopped = r
                         .control
                         .stop_asked_at()
-                        .is_some_and(|at| at + self.stop_bound(&r.job, lease) <= now);
+                        .is_some_and(|at| at + self.stop_bound(lease) <= now);
                     let late = r.deadline.is_some_and(|d| d <= now);
                     (stopped || late).then(|| (k.clone(), stopped))
                 })
@@ -877,12 +877,12 @@ impl crate::Daemon {
             let message = match stopped {
                 true => format!(
                     "node {}'s agent did not report the end of its run (attempt {}) within the \
-                     kill grace and two leases of being asked to stop: given up",
+                     time to stop and two leases of being asked to stop: given up",
                     r.node, r.attempt
                 ),
                 false => format!(
                     "node {}'s agent did not report the end of its run (attempt {}) within its \
-                     time limit, the kill grace and two leases: given up",
+                     time limit, the time to stop and two leases: given up",
                     r.node, r.attempt
                 ),
             };
@@ -1079,18 +1079,23 @@ impl crate::Daemon {
                 .collect(),
             at: crate::db::now(),
         };
-        // Checked, kept and added under the host's write lock: a registration the host would
-        // refuse was kept before (a GPU id of the cluster file's), and then every start of the
-        // daemon failed on it.
+        // Checked before it is kept: a registration the host would refuse was kept before (a
+        // GPU id of the cluster file's), and then every start of the daemon failed on it. Kept
+        // without the host's lock (with etcd, a round trip every decision would wait for); one
+        // that a racing registration made unfit meanwhile is refused below, and left out, said,
+        // at the next start.
         let gpus = record.gpus();
-        let mut host = self.host();
-        let added = host.can_add_node(node, &gpus).and_then(|()| {
-            self.marks.register_node(&record).map_err(|e| {
-                gantry::HostError::Cluster(format!("registering node `{node}`: {e}"))
-            })?;
-            host.add_node(node, &record.rack, &gpus)
-        });
-        drop(host);
+        let fits = self.host_read().can_add_node(node, &gpus);
+        match fits {
+            Ok(()) => {}
+            // Another heartbeat of the same node registered it meanwhile.
+            Err(_) if let Some(serving) = self.node_gpus(node) => return Ok(serving),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.marks
+            .register_node(&record)
+            .map_err(|e| format!("registering node `{node}`: {e}"))?;
+        let added = self.host().add_node(node, &record.rack, &gpus);
         match added {
             Ok(()) => {
                 tracing::info!(%node, rack = %record.rack, gpus = record.gpus.len(), "a node registered");
@@ -1309,7 +1314,11 @@ mod tests {
     fn a_command_run_whose_end_never_arrives_is_given_up_after_its_wall_time() {
         let lease = Duration::from_millis(100);
         let mut td = crate::testing::TestDaemon::with_agents(lease);
-        Arc::get_mut(&mut td.daemon).unwrap().commands.kill_grace = Duration::from_millis(10);
+        {
+            let d = Arc::get_mut(&mut td.daemon).unwrap();
+            d.commands.kill_grace = Duration::from_millis(10);
+            d.stop_slack = Duration::from_millis(10);
+        }
         let d = &td.daemon;
         let nodes = d.nodes.as_ref().expect("agents on");
         let sleep = crate::command::CommandSpec {
@@ -1330,7 +1339,7 @@ mod tests {
         assert!(!d.run_report(nodes, NODE, started).unwrap());
         d.give_up_overdue_runs();
         assert_eq!(nodes.handed(NODE).len(), 1, "within its wall time");
-        // 0.3 s + 10 ms + two leases of 100 ms.
+        // 0.3 s + 10 ms + 10 ms + two leases of 100 ms.
         std::thread::sleep(Duration::from_millis(600));
         d.give_up_overdue_runs();
         assert!(nodes.handed(NODE).is_empty(), "given up");
@@ -1357,8 +1366,8 @@ mod tests {
         {
             let d = Arc::get_mut(&mut td.daemon).unwrap();
             d.commands.kill_grace = Duration::from_millis(10);
-            d.train_limits.max_run_time_s = 0;
-            d.train_stop_slack = Duration::from_millis(10);
+            d.train_limits.max_run_time_s = 1;
+            d.stop_slack = Duration::from_millis(10);
         }
         let d = &td.daemon;
         let nodes = d.nodes.as_ref().expect("agents on");
@@ -1376,10 +1385,12 @@ mod tests {
             };
             assert!(!d.run_report(nodes, NODE, started).unwrap());
         };
-        // A training run: given up past its time limit (0 s here), the slack and two leases.
+        // A training run: given up past its time limit (1 s here), the slack and two leases.
         let job = handed_running(&td, "trains", None);
         start(&job);
-        std::thread::sleep(Duration::from_millis(400));
+        d.give_up_overdue_runs();
+        assert_eq!(nodes.handed(NODE).len(), 1, "within its time limit");
+        std::thread::sleep(Duration::from_millis(1400));
         d.give_up_overdue_runs();
         assert!(nodes.handed(NODE).is_empty(), "given up");
         let stored = d.jobs.job(&job.id).unwrap().unwrap();

@@ -50,6 +50,39 @@ pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
 /// installed policy that no longer loads stops the start (failing open to the shipped policy
 /// would silently undo the admin's choice) unless `shipped` asks for the shipped one, which then
 /// replaces it.
+/// Whether `policy` lets a node's own identity (the `node` role, named as its node) do a node's
+/// work: renew its lease (`node.heartbeat`) and report on its runs (`node.report`). A policy
+/// that refuses either stops every agent: its runs are handed out and never reported started
+/// or ended. Checked where agents are on, when the daemon starts and when an admin installs a
+/// policy: a policy written before `node.report` existed refuses it as an unknown action (a
+/// review's upgrade did). The error says which and why.
+pub fn lets_nodes_work(policy: &LoadedPolicy) -> Result<(), String> {
+    use gantry::policy::request::{Action, Request, Resource, Subject};
+    let node = "gantry-probe-node";
+    let subject = Subject {
+        user: node.into(),
+        roles: vec!["node".into()],
+        tenants: Some(Vec::new()),
+        clearance: Some("public".into()),
+    };
+    for action in [Action::NodeHeartbeat, Action::NodeReport] {
+        let input = Request::new(subject.clone(), action, Resource::node(node)).input();
+        let result = super::api::here(policy.evaluate(gantry::DECISION_ENTRYPOINT, &input));
+        let (allow, reasons) = gantry::policy::decide::verdict(&result);
+        if !allow {
+            return Err(format!(
+                "the policy (revision {}) refuses `{action}` to a node's own identity ({}): \
+                 agents could not renew their leases or report on their runs; allow it as \
+                 policies/authz.rego does (`node.report` is a node's report on its runs, \
+                 decided apart from `node.heartbeat` since this version)",
+                policy.revision(),
+                reasons.join("; ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn policy_to_start_with(
     host: &Host,
     policies: &dyn PolicyStore,

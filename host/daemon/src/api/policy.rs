@@ -52,6 +52,9 @@ fn install(state: &AppState, user: &User, body: &[u8]) -> ApiResult<serde_json::
             policy.entrypoints()
         )));
     }
+    if daemon.nodes.is_some() {
+        crate::persisted::lets_nodes_work(&policy).map_err(bad)?;
+    }
     let revision = policy.revision().to_string();
     // The bundle is kept and named as the policy to start with, before it decides: a restart
     // (or the next leader) never silently goes back to an older policy. Kept and swapped in one
