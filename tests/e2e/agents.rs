@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, submit, wait_for_state};
 use crate::support::{
-    TWO_NODES, add_user, alive, init_data_dir, job_user_args, log_of, number_after, path_after,
-    shared_cache,
+    TWO_NODES, add_user, alive, eventually, init_data_dir, job_user_args, log_of, number_after,
+    path_after, shared_cache,
 };
 
 /// A `gantry agent` process, killed when dropped.
@@ -272,14 +272,6 @@ fn a_job_requeued_from_gpus_out_of_service_runs_when_they_return() {
 }
 
 /// Waits (up to 30 s) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !check() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let dir = tempfile::tempdir().unwrap();

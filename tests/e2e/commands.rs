@@ -196,7 +196,7 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
         !alive(leader) && !alive(child),
         "the process group outlived its job"
     );
-    assert_eq!(busy_gpus(&url, &rae), 0);
+    crate::support::eventually("its GPUs are free", || busy_gpus(&url, &rae) == 0);
 
     // Past its wall time it is stopped and fails, saying why.
     let body = command_job(
@@ -364,7 +364,7 @@ fn a_command_job_placed_across_nodes_waits_for_one_node() {
     std::thread::sleep(Duration::from_secs(3));
     let (_, job) = request(&format!("{url}/v1/jobs/c1"), "GET", Some(&rae), None);
     assert_eq!(job["state"], "pending", "{job}\n{log}");
-    assert_eq!(busy_gpus(&url, &rae), 0);
+    crate::support::eventually("its GPUs are free", || busy_gpus(&url, &rae) == 0);
     // Once one node has two GPUs, it runs there.
     mark("healthy", "node-a/gpu0");
     wait_for_state(&url, &rae, "c1", "succeeded");

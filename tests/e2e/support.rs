@@ -53,6 +53,17 @@ pub fn add_user(data: &Path, name: &str, roles: &str, tenant: &str, clearance: &
     text(&out).0.trim().to_string()
 }
 
+/// Waits (at most 30 s) until `check` holds; fails saying `what` never did. For what follows a
+/// job's end in its own time (its GPUs freed in the scheduler's view, its checkpoints let go):
+/// the end is recorded first.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Runs the `gantry` binary with an isolated cache.
 pub fn gantry(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
