@@ -41,6 +41,11 @@ pub struct Heartbeat {
 /// cluster lacks, and the runs handed to it.
 pub(crate) type HeartbeatAnswer = (Vec<String>, Vec<u32>, Vec<HandedRun>);
 
+/// The most GPUs a node may register with (a cluster file may declare more).
+pub const MAX_REGISTERED_GPUS: usize = 256;
+/// The most memory a registering node's GPU may have, MiB (1 TiB).
+pub const MAX_REGISTERED_GPU_MEMORY_MIB: u64 = 1 << 20;
+
 /// The most nodes a cluster may have, registered ones included.
 pub const MAX_NODES: usize = 100_000;
 
@@ -1064,6 +1069,25 @@ impl crate::Daemon {
                 "node `{node}` is not in the cluster; it registers with at least one GPU"
             ));
         }
+        // What a node says of itself when it registers counts as the cluster's capacity from
+        // then on (jobs are admitted against it): a review's registered 600 GPUs of 4 PiB
+        // each, and jobs no GPU could hold were accepted to wait for ever.
+        if beat.gpus.len() > MAX_REGISTERED_GPUS {
+            return Err(format!(
+                "node `{node}` registers with {} GPUs, over the most a node may have \
+                 ({MAX_REGISTERED_GPUS})",
+                beat.gpus.len()
+            ));
+        }
+        if let Some((i, g)) = (beat.gpus.iter().enumerate())
+            .find(|(_, g)| g.memory_mib > MAX_REGISTERED_GPU_MEMORY_MIB)
+        {
+            return Err(format!(
+                "field `gpus[{i}].memory_mib`: node `{node}` registers a GPU of {} MiB, over the \
+                 most a GPU may have ({MAX_REGISTERED_GPU_MEMORY_MIB} MiB, 1 TiB)",
+                g.memory_mib
+            ));
+        }
         let record = RegisteredNode {
             name: node.to_string(),
             rack: beat.rack.clone().unwrap_or_else(|| "default".into()),
@@ -1427,6 +1451,41 @@ mod tests {
                 .any(|(_, l)| l.contains("of being asked to stop")),
             "{logs:?}"
         );
+    }
+
+    /// Found by a review: a node registered 600 GPUs of 4 PiB each, counted as the cluster's
+    /// capacity for ever, and a job asking 4 PiB a GPU was accepted. A registration is bounded.
+    #[test]
+    fn a_registration_is_bounded_in_gpus_and_their_memory() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(10));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let beat = |count: u32, memory_mib: u64| Heartbeat {
+            gpus: (0..count)
+                .map(|ordinal| ReportedGpu {
+                    ordinal,
+                    name: "H200".into(),
+                    memory_mib,
+                    pci_bus_id: None,
+                    healthy: true,
+                    nvlink_peers: Vec::new(),
+                })
+                .collect(),
+            emulated: false,
+            rack: None,
+        };
+        let many = d.heartbeat("stray", nodes, &beat(257, 1024)).unwrap_err();
+        assert!(
+            many.contains("257 GPUs") && many.contains("(256)"),
+            "{many}"
+        );
+        let huge = d
+            .heartbeat("stray", nodes, &beat(2, u64::from(u32::MAX)))
+            .unwrap_err();
+        assert!(huge.contains("gpus[0].memory_mib"), "{huge}");
+        assert!(d.node_gpus("stray").is_none(), "nothing registered");
+        d.heartbeat("stray", nodes, &beat(8, 143_771)).unwrap();
+        assert!(d.node_gpus("stray").is_some());
     }
 
     #[test]
