@@ -278,6 +278,17 @@ impl Store {
         for dir in ["keys", "objects", "objects/tmp"] {
             make_private_dir(&root.join(dir))?;
         }
+        // The layout's entries durable before the keys that rely on it are written.
+        for dir in [root.join("objects"), root.to_path_buf()]
+            .into_iter()
+            .chain(
+                root.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf),
+            )
+        {
+            durable::sync_dir(&dir).map_err(io(&dir))?;
+        }
         let rng = SystemRandom::new();
         let master = new_master(root, &rng)?;
         let signing = root.join("keys/host.pk8");

@@ -618,7 +618,7 @@ fn a_corrupt_database_stops_the_daemon_naming_the_row_and_a_backup_restores_it()
     let out = must(run(&data, &["db", "restore", backup.to_str().unwrap()]));
     assert!(out.contains("kept as"), "{out}");
     assert!(
-        out.contains("later change(s) to users and tokens made again"),
+        out.contains("change(s) to users and tokens made again from the audit log"),
         "{out}"
     );
     let kept = std::fs::read_dir(&data)
@@ -698,6 +698,7 @@ fn a_policy_that_refuses_nodes_their_work_is_refused_where_agents_are_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let ops = add_user(&data, "ops", "admin", "vision", "public");
+    add_user(&data, "node-a", "node", "vision", "public");
     let old = dir.path().join("old");
     std::fs::create_dir(&old).unwrap();
     let shipped = crate::support::repo().join("policies");

@@ -449,11 +449,20 @@ impl Daemon {
             tracing::info!(%record, "copied from this data directory into etcd, once");
             api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
         }
+        let node_identities = match config.agent_lease {
+            Some(_) => accounts
+                .users()
+                .map_err(|e| setup(e.to_string()))?
+                .into_iter()
+                .filter(accounts::is_node)
+                .collect(),
+            None => Vec::new(),
+        };
         Self::start_policy(
             &mut host,
             &*policies,
             config.shipped_policy,
-            config.agent_lease.is_some(),
+            &node_identities,
         )
         .map_err(setup)?;
         // Nodes that registered through their agents, before anything refers to their GPUs
@@ -783,21 +792,20 @@ impl Daemon {
         host: &mut Host,
         policies: &dyn policystore::PolicyStore,
         shipped: bool,
-        agents: bool,
+        node_identities: &[db::User],
     ) -> Result<(), String> {
         let replaced = policies
             .installed()?
             .map(|i| i.revision)
             .filter(|_| shipped);
         let (policy, info) = persisted::policy_to_start_with(host, policies, shipped)?;
-        if agents {
-            persisted::lets_nodes_work(&policy).map_err(|e| {
-                format!(
-                    "{e}; install such a policy, or start with `gantry up --shipped-policy` \
-                     (recorded in the audit log)"
-                )
-            })?;
-        }
+        persisted::lets_nodes_work(&policy, node_identities).map_err(|e| {
+            format!(
+                "{e}; start without agents (no --agent-lease-s) and install such a policy \
+                 (POST /v1/policy), or start with `gantry up --shipped-policy` (recorded in the \
+                 audit log)"
+            )
+        })?;
         api::here(host.set_policy(policy)).map_err(|e| e.to_string())?;
         if let Some(revision) = replaced {
             let record =

@@ -50,37 +50,45 @@ pub fn shipped_policy(host: &Host) -> Result<Arc<LoadedPolicy>, String> {
 /// installed policy that no longer loads stops the start (failing open to the shipped policy
 /// would silently undo the admin's choice) unless `shipped` asks for the shipped one, which then
 /// replaces it.
-/// Whether `policy` lets a node's own identity (the `node` role, named as its node) do a node's
-/// work: renew its lease (`node.heartbeat`) and report on its runs (`node.report`). A policy
-/// that refuses either stops every agent: its runs are handed out and never reported started
-/// or ended. Checked where agents are on, when the daemon starts and when an admin installs a
-/// policy: a policy written before `node.report` existed refuses it as an unknown action (a
-/// review's upgrade did). The error says which and why.
-pub fn lets_nodes_work(policy: &LoadedPolicy) -> Result<(), String> {
-    use gantry::policy::request::{Action, Request, Resource, Subject};
-    let node = "gantry-probe-node";
-    let subject = Subject {
-        user: node.into(),
-        roles: vec!["node".into()],
-        tenants: Some(Vec::new()),
-        clearance: Some("public".into()),
-    };
-    for action in [Action::NodeHeartbeat, Action::NodeReport] {
-        let input = Request::new(subject.clone(), action, Resource::node(node)).input();
-        let result = super::api::here(policy.evaluate(gantry::DECISION_ENTRYPOINT, &input));
-        let (allow, reasons) = gantry::policy::decide::verdict(&result);
-        if !allow {
-            return Err(format!(
-                "the policy (revision {}) refuses `{action}` to a node's own identity ({}): \
-                 agents could not renew their leases or report on their runs; allow it as \
-                 policies/authz.rego does (`node.report` is a node's report on its runs, \
-                 decided apart from `node.heartbeat` since this version)",
-                policy.revision(),
-                reasons.join("; ")
-            ));
+/// Whether `policy` lets the cluster's node identities (`nodes`: its users with the `node` role,
+/// each as itself, for its own node) do a node's work: renew its lease (`node.heartbeat`) and
+/// report on its runs (`node.report`). A policy that refuses every one of them stops every
+/// agent: runs are handed out and never reported started or ended. Checked where agents are
+/// on, when the daemon starts and when an admin installs a policy: a policy written before
+/// `node.report` existed refuses it as an unknown action (a review's upgrade did). A policy may
+/// refuse some node identities (one that lists the nodes it trusts); it is refused only when it
+/// refuses them all. No node identity yet: nothing to check.
+pub fn lets_nodes_work(policy: &LoadedPolicy, nodes: &[crate::db::User]) -> Result<(), String> {
+    use gantry::policy::request::{Action, Request, Resource};
+    let mut refused = None;
+    for node in nodes {
+        let refusal = [Action::NodeHeartbeat, Action::NodeReport]
+            .into_iter()
+            .find_map(|action| {
+                let input =
+                    Request::new(node.subject(), action, Resource::node(&node.name)).input();
+                let result = super::api::here(policy.evaluate(gantry::DECISION_ENTRYPOINT, &input));
+                let (allow, reasons) = gantry::policy::decide::verdict(&result);
+                (!allow).then_some((action, reasons))
+            });
+        match refusal {
+            None => return Ok(()),
+            Some(r) => {
+                refused.get_or_insert((node.name.clone(), r));
+            }
         }
     }
-    Ok(())
+    match refused {
+        None => Ok(()),
+        Some((node, (action, reasons))) => Err(format!(
+            "the policy (revision {}) refuses every node identity a node's work: `{action}` for \
+             node `{node}` ({}), so agents could not renew their leases or report on their runs; \
+             allow it as policies/authz.rego does (`node.report` is a node's report on its runs, \
+             decided apart from `node.heartbeat` since this version)",
+            policy.revision(),
+            reasons.join("; ")
+        )),
+    }
 }
 
 pub fn policy_to_start_with(

@@ -65,9 +65,11 @@ pub struct Restored {
     pub damaged: PathBuf,
     /// Rows in the restored database.
     pub rows: u64,
-    /// Changes to users and tokens the audit log holds from after the backup, made again
-    /// ([`replay_accounts`]).
+    /// Changes to users and tokens the audit log holds, made again ([`replay_accounts`]).
     pub replayed: u64,
+    /// Users the log records that no longer pass the checks of a user (a node identity with
+    /// another role, say), left as the backup has them: each needs an admin's look.
+    pub skipped: Vec<String>,
 }
 
 /// Replaces the database of data directory `root` by the backup `from` (checked first), keeping
@@ -104,16 +106,24 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
     let public = gantry::keys::public_hex(&key);
     let log = audit_path(root);
-    let mut replayed = 0;
+    let mut replayed = (0, Vec::new());
     if log.exists() {
-        let report = gantry::audit::examine(&log, &public, &Default::default())
-            .map_err(|source| DataDirError::DamagedAudit { source })?;
-        let since = db.audit_head()?.0.map_or(0, |h| h.seq);
-        replayed = replay_accounts(&db, &log, since)?;
-        if let Some(head) = report.head {
-            db.reset_audit_head(&head, false)?;
+        let replay = gantry::audit::examine(&log, &public, &Default::default())
+            .map_err(|source| DataDirError::DamagedAudit { source })
+            .and_then(|report| {
+                replayed = replay_accounts(&db, &log)?;
+                if let Some(head) = report.head {
+                    db.reset_audit_head(&head, false)?;
+                }
+                Ok(())
+            });
+        if let Err(e) = replay {
+            drop(db);
+            let _ = std::fs::remove_file(&incoming);
+            return Err(e);
         }
     }
+    let (replayed, skipped) = replayed;
     drop(db);
     let damaged = aside(&target);
     for suffix in ["", "-wal", "-shm"] {
@@ -132,34 +142,38 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
         "db.restored",
         serde_json::json!({"backup": from.display().to_string(),
                            "damaged": damaged.display().to_string(), "rows": rows,
-                           "replayed": replayed, "by": dir.actor()}),
+                           "replayed": replayed, "skipped": skipped, "by": dir.actor()}),
     )?;
     dir.close()?;
     Ok(Restored {
         damaged,
         rows,
         replayed,
+        skipped,
     })
 }
 
 /// Makes again in `db` (a restored backup) the changes to users and tokens that the verified
-/// audit log at `log` records after position `since` (the backup's own sealed position), in
-/// order: a revocation (`user.revoke`), a user's roles, tenants and clearance (`user.add`), the
-/// tokens' default lifetime (`token.ttl`). A restore went back on every such change made since
-/// the backup: a revoked token worked again (found by a review). Tokens issued since are not
-/// brought back (the log keeps their ids, never the tokens): their users need new ones.
-/// Returns how many changes were made again.
-fn replay_accounts(db: &Db, log: &Path, since: u64) -> Result<u64, DataDirError> {
+/// audit log at `log` records, all of them, in order: a revocation (`user.revoke`), a user's
+/// roles, tenants and clearance (`user.add`), the tokens' default lifetime (`token.ttl`). Each
+/// sets a value, so making again those the backup already holds changes nothing, and the
+/// whole log is read rather than what follows the backup's position, which may not be in this
+/// log (one started by `gantry audit recover` counts from 1 again). A restore went back on
+/// every such change made since the backup: a revoked token worked again (found by a review).
+/// Tokens issued since are not brought back (the log keeps their ids, never the tokens): their
+/// users need new ones. Returns how many changes were made again, and the users whose record
+/// no longer passes [`crate::accounts::check_user`] (left as the backup has them).
+fn replay_accounts(db: &Db, log: &Path) -> Result<(u64, Vec<String>), DataDirError> {
     use std::io::BufRead;
     let file = std::fs::File::open(log).map_err(io(log))?;
-    let mut replayed = 0;
+    let (mut replayed, mut skipped) = (0, Vec::new());
     for line in std::io::BufReader::new(file).lines() {
         let line = line.map_err(io(log))?;
         // Verified just before: a line that does not parse is none of these changes.
         let Ok(entry) = serde_json::from_str::<gantry::audit::Entry>(&line) else {
             continue;
         };
-        let Some(record) = entry.record.filter(|_| entry.seq > since) else {
+        let Some(record) = entry.record else {
             continue;
         };
         let text = |field: &str| record[field].as_str().map(str::to_string);
@@ -191,6 +205,9 @@ fn replay_accounts(db: &Db, log: &Path, since: u64) -> Result<u64, DataDirError>
                     clearance,
                 };
                 if crate::accounts::check_user(&user).is_err() {
+                    if !skipped.contains(&user.name) {
+                        skipped.push(user.name);
+                    }
                     continue;
                 }
                 db.put_user(&user)?;
@@ -203,7 +220,7 @@ fn replay_accounts(db: &Db, log: &Path, since: u64) -> Result<u64, DataDirError>
         }
         replayed += 1;
     }
-    Ok(replayed)
+    Ok((replayed, skipped))
 }
 
 /// What [`recover_audit_log`] did.
@@ -244,6 +261,12 @@ pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDir
                 "{}: verifies with the host's key and holds the sealed position the database \
                  records; nothing to recover",
                 log.display()
+            )));
+        }
+        // The log is the newer of the two: setting it aside would run on the older database.
+        Err(e @ gantry::audit::AuditError::RecordBehind { .. }) => {
+            return Err(DataDirError::Refused(format!(
+                "{e}; nothing of the log's to recover"
             )));
         }
         Err(e) => e.to_string(),

@@ -53,7 +53,10 @@ fn install(state: &AppState, user: &User, body: &[u8]) -> ApiResult<serde_json::
         )));
     }
     if daemon.nodes.is_some() {
-        crate::persisted::lets_nodes_work(&policy).map_err(bad)?;
+        let nodes: Vec<User> = (daemon.accounts.users()?.into_iter())
+            .filter(crate::accounts::is_node)
+            .collect();
+        crate::persisted::lets_nodes_work(&policy, &nodes).map_err(bad)?;
     }
     let revision = policy.revision().to_string();
     // The bundle is kept and named as the policy to start with, before it decides: a restart
