@@ -410,8 +410,10 @@ mod tests {
             });
             until_waiting(&budget, 1);
             let small = s.spawn(|| {
-                // 2 + 1 fit now, and b holds less than a: still after a's waiting run.
-                let r = budget.reserve("b", 1, || false, |_| {}).unwrap().unwrap();
+                // 2 + 2 fit now, and b holds less than a: still after a's waiting run. (It
+                // cannot fit beside the large one, 9 + 2 > 10, so the order recorded is the
+                // order served: with 1 it started beside the large one and raced its push.)
+                let r = budget.reserve("b", 2, || false, |_| {}).unwrap().unwrap();
                 order.lock().unwrap().push("small");
                 drop(r);
             });
