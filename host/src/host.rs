@@ -112,6 +112,10 @@ pub const DECISION_ENTRYPOINT: &str = "gantry/authz/decision";
 /// The host-wide cap on a scheduler call's deadline, milliseconds.
 pub const DEFAULT_MAX_SCHEDULER_DEADLINE_MS: u64 = 10_000;
 
+/// Seconds a job waits before GPUs are held for it against later jobs, by default (see
+/// [`HostConfig::reserve_after_s`]).
+pub const DEFAULT_RESERVE_AFTER_S: f64 = 300.0;
+
 /// How to build a [`Host`].
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -129,6 +133,11 @@ pub struct HostConfig {
     pub compile: plugin::compile::CompileLimits,
     /// Which plugins on disk may load.
     pub trust: PluginTrust,
+    /// Seconds a job that could run waits before GPUs are held for it: later jobs are then
+    /// placed only where they cannot delay it (the guard of [`gantry_model::reserve`], applied
+    /// to every strategy's answer), so a large gang is not starved by a stream of small jobs.
+    /// 0 holds for the first waiting job at once (EASY backfill); infinity never holds.
+    pub reserve_after_s: f64,
 }
 
 /// Which plugins on disk a host loads: those signed by a trusted key, or (for development) any,
@@ -191,6 +200,7 @@ impl HostConfig {
             max_scheduler_deadline_ms: DEFAULT_MAX_SCHEDULER_DEADLINE_MS,
             compile: plugin::compile::CompileLimits::default(),
             trust: PluginTrust::default(),
+            reserve_after_s: DEFAULT_RESERVE_AFTER_S,
         }
     }
 }
@@ -288,10 +298,25 @@ pub struct CycleReport {
     pub placements: Vec<Assignment>,
     /// Placements the policy refused (job id, reasons); those jobs stay pending.
     pub policy_refused: Vec<(String, Vec<String>)>,
+    /// The job GPUs were held for this cycle, when one had waited long enough (see
+    /// [`HostConfig::reserve_after_s`]).
+    pub reserved: Option<Reserved>,
     /// Jobs still pending afterwards.
     pub pending: usize,
     /// Wall time of the cycle, microseconds.
     pub elapsed_us: f64,
+}
+
+/// GPUs held for a job that waited: its id, when enough are expected free, and the jobs whose
+/// placements were held back (they stay pending).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reserved {
+    /// The job held for.
+    pub job_id: String,
+    /// When enough GPUs for it are expected to be free, on the host's clock.
+    pub shadow_s: f64,
+    /// Jobs the strategy placed that would have delayed it.
+    pub held_back: Vec<String>,
 }
 
 /// A job [`Host::check`] found fit for the host's cluster; only that check makes one, so a
@@ -327,6 +352,8 @@ pub struct Host {
     audit: Option<Arc<AuditLog>>,
     /// What jobs are admitted against, when not the GPUs in service now ([`Host::admit_against`]).
     capacity: Option<Cluster>,
+    /// See [`HostConfig::reserve_after_s`].
+    reserve_after_s: f64,
 }
 
 impl Host {
@@ -352,6 +379,7 @@ impl Host {
             policy: None,
             audit: None,
             capacity: None,
+            reserve_after_s: config.reserve_after_s,
         })
     }
 
@@ -362,6 +390,11 @@ impl Host {
     /// from a lost node is queued again rather than refused.
     pub fn admit_against(&mut self, cluster: Cluster) {
         self.capacity = Some(cluster);
+    }
+
+    /// Sets [`HostConfig::reserve_after_s`] (seconds; infinity never holds GPUs for a job).
+    pub fn set_reserve_after_s(&mut self, seconds: f64) {
+        self.reserve_after_s = seconds;
     }
 
     /// Loads a scheduler plugin (without installing it): see [`PluginLoader`].

@@ -42,9 +42,9 @@ pub mod storage;
 pub mod training;
 
 pub use host::{
-    Assignment, CheckedJob, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DecidedCycle, Decider,
-    Host, HostConfig, HostError, PluginSource, PluginTrust, PreparedScheduler, RecordedScheduler,
-    UploadedPlugin, Verdict, default_cache_dir,
+    Assignment, CheckedJob, CyclePlan, CycleReport, DECISION_ENTRYPOINT, DEFAULT_RESERVE_AFTER_S,
+    DecidedCycle, Decider, Host, HostConfig, HostError, PluginSource, PluginTrust,
+    PreparedScheduler, RecordedScheduler, Reserved, UploadedPlugin, Verdict, default_cache_dir,
 };
 
 /// The tests' allocator: the system's, counting what each thread holds, so that a test can

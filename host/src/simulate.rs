@@ -561,6 +561,55 @@ mod tests {
         }
     }
 
+    /// The review's finding: with a 1-GPU job arriving every 1.25 s, an 8-GPU gang waited as
+    /// long as the stream lasted under every shipped plugin (20,000 s in its run): GPUs freed
+    /// one at a time were taken again before eight were free together. Past
+    /// `reserve_after_s`, GPUs are held for it: it starts within the threshold plus the
+    /// longest run then holding GPUs, whichever plugin decides.
+    #[test]
+    fn a_gang_behind_a_stream_of_small_jobs_starts_soon_after_it_has_waited_the_threshold() {
+        let cluster = Cluster::uniform(1, 1, 8, 2);
+        let small = |i: usize| TraceJob {
+            submit_s: 1.25 * i as f64,
+            duration_s: 8.0,
+            gpus: 1,
+            memory_mib: 1000,
+            tenant: "tenant-1".into(),
+            priority: 0,
+            gang: true,
+            topology: Topology::None,
+        };
+        let mut trace: Vec<TraceJob> = (0..2400).map(small).collect();
+        let gang = TraceJob {
+            submit_s: 5.1,
+            duration_s: 100.0,
+            gpus: 8,
+            tenant: "tenant-0".into(),
+            ..small(0)
+        };
+        trace.insert(5, gang);
+        let stream_end_s = trace.last().unwrap().submit_s;
+        let gang_wait = |plugin: &str, reserve_after_s: f64| {
+            let mut config = HostConfig::new(cluster.clone());
+            config.cache_dir = Some(std::env::temp_dir().join("gantry-simulate-tests-cache"));
+            config.reserve_after_s = reserve_after_s;
+            let mut host = Host::new(config).unwrap();
+            host.load_scheduler(&PluginSource::Builtin(plugin.into()))
+                .unwrap();
+            let result = run(&mut host, &trace, &mut |_, _| {});
+            assert_eq!(result.jobs[5].gpus, 8);
+            result.jobs[5].wait_s
+        };
+        // Without holding, the stream starves it (the trace reproduces the finding).
+        let starved = gang_wait("binpack", f64::INFINITY);
+        assert!(starved > stream_end_s - 100.0, "waited {starved} s");
+        for plugin in ["binpack", "spread", "topology", "fairshare"] {
+            let wait = gang_wait(plugin, 300.0);
+            // The threshold, the longest small run (8 s), and a cycle's granularity.
+            assert!(wait <= 300.0 + 8.0 + 1.25, "{plugin}: waited {wait} s");
+        }
+    }
+
     /// Utilisation counts a slowed-down job's whole time as busy; goodput counts only the
     /// GPU-time the job asked for.
     #[test]

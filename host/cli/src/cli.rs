@@ -263,6 +263,19 @@ pub fn synthetic_jobs() -> clap::builder::RangedU64ValueParser<usize> {
     count(gantry::simulate::trace::MAX_SYNTHETIC_JOBS as u64)
 }
 
+/// The parser of `--reserve-after-s`: seconds (finite, not negative) or `never`.
+pub fn reserve_after_s(text: &str) -> Result<f64, String> {
+    if text.eq_ignore_ascii_case("never") {
+        return Ok(f64::INFINITY);
+    }
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds (0 or more) or `never`"
+        )),
+    }
+}
+
 /// The parser of a count flag from 1 to `max`: every count that sizes what a command
 /// allocates is bounded by its flag (`bench preprocess --rows 100000000000` asked for 16 TB at
 /// once and aborted).

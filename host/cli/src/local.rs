@@ -81,6 +81,7 @@ pub fn daemon_config(dir: &Path, cluster: Cluster, cache_dir: Option<PathBuf>) -
         shipped_policy: false,
         audit_each_read: false,
         min_free_disk_mib: 0,
+        reserve_after_s: gantry::DEFAULT_RESERVE_AFTER_S,
         control_plane: None,
         tenant_limits: Default::default(),
     }

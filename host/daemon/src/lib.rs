@@ -122,6 +122,9 @@ pub struct DaemonConfig {
     pub control_plane: Option<replicas::ControlPlane>,
     /// What one tenant may have: waiting jobs, datasets.
     pub tenant_limits: TenantLimits,
+    /// Seconds a job that could run waits before GPUs are held for it against later jobs
+    /// ([`gantry::HostConfig::reserve_after_s`]).
+    pub reserve_after_s: f64,
 }
 
 /// What one tenant may have at once, so that one tenant cannot take the daemon's queue or disk
@@ -409,6 +412,7 @@ impl Daemon {
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
+        host_config.reserve_after_s = config.reserve_after_s;
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
         match host.sweep_cache() {
             Ok(0) => {}
@@ -583,6 +587,7 @@ impl Daemon {
         let mut host_config = HostConfig::new(config.cluster.clone());
         host_config.cache_dir = config.cache_dir.clone();
         host_config.trust = config.trust.clone();
+        host_config.reserve_after_s = config.reserve_after_s;
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
         host.set_shared_audit_log(audit.clone());
         let never: etcdstore::Fence = Arc::new(|| None);

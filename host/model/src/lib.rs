@@ -9,6 +9,7 @@
 //! - [`fit`]: the free-GPU index with best-fit and worst-fit pickers that strategies build on;
 //! - [`binpack`]: least-fragmentation bin packing, run in the sandbox by the `binpack` plugin and
 //!   natively by the host as its fallback strategy and benchmark baseline;
+//! - [`reserve`]: the host's guard against starvation by backfill, applied to every answer;
 //! - [`validate`]: the host's checks on a strategy's answer, which the plugins' tests apply too;
 //! - [`world`]: the names of the WIT worlds plugins implement;
 //! - [`testing`]: builders of snapshots and queues for strategies' unit tests.
@@ -22,6 +23,7 @@ pub mod binpack;
 mod check;
 pub mod columns;
 pub mod fit;
+pub mod reserve;
 pub mod testing;
 mod types;
 pub mod world;

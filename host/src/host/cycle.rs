@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::{Assignment, CycleReport, Decider, Host};
+use super::{Assignment, CycleReport, Decider, Host, Reserved};
 use crate::plugin::{Call, Fault, PluginError};
 use crate::policy::request::{Action, Admission, Request, Subject};
 use crate::scheduling::model::{Jobs, Placement, Snapshot};
 use crate::scheduling::{SchedulerPlugin, native, snapshot, validate};
+use gantry_model::reserve::{Backfill, Reservation};
 
 /// What a cycle decides on, taken from the host's state at one moment (see the module docs).
 pub struct CyclePlan {
@@ -32,6 +33,8 @@ pub struct CyclePlan {
     job_ids: Vec<String>,
     plugin: Option<Arc<SchedulerPlugin>>,
     decider: Decider,
+    /// See [`HostConfig::reserve_after_s`](crate::HostConfig::reserve_after_s).
+    reserve_after_s: f64,
     report: CycleReport,
 }
 
@@ -39,6 +42,8 @@ pub struct CyclePlan {
 pub struct DecidedCycle {
     plan: CyclePlan,
     placements: Vec<Placement>,
+    /// GPUs held for a job that waited, by queue position.
+    reservation: Option<gantry_model::reserve::Reservation>,
     /// Nothing to apply: nothing was pending, or the fallback's answer was invalid.
     finished: bool,
 }
@@ -81,6 +86,7 @@ impl Host {
             },
             plugin,
             decider: self.decider(),
+            reserve_after_s: self.reserve_after_s,
             report: CycleReport {
                 now_s,
                 decided_by: native::NAME.into(),
@@ -88,6 +94,7 @@ impl Host {
                 fault: None,
                 placements: Vec::new(),
                 policy_refused: Vec::new(),
+                reserved: None,
                 pending,
                 elapsed_us: 0.0,
             },
@@ -102,6 +109,7 @@ impl Host {
         let DecidedCycle {
             plan,
             placements,
+            reservation,
             finished,
         } = decided;
         let _span = plan.span.enter();
@@ -109,6 +117,7 @@ impl Host {
         if finished {
             return report;
         }
+        report.reserved = reservation.and_then(|r| self.reserved(&plan.job_keys, r));
         let placements = if plan.generation == self.generation {
             placements
         } else {
@@ -135,6 +144,35 @@ impl Host {
         report.pending = state.pending.len();
         report.elapsed_us = plan.start.elapsed().as_secs_f64() * 1e6;
         report
+    }
+
+    /// A reservation by queue position at plan time, named by the jobs' ids now (a job that left
+    /// the queue meanwhile is left out).
+    fn reserved(
+        &self,
+        job_keys: &[u64],
+        r: gantry_model::reserve::Reservation,
+    ) -> Option<Reserved> {
+        let id = |position: u32| {
+            let key = job_keys[position as usize];
+            (self.state.pending.iter())
+                .find(|p| p.key == key)
+                .map(|p| p.spec.id.clone())
+        };
+        let reserved = Reserved {
+            job_id: id(r.job)?,
+            shadow_s: r.shadow_s,
+            held_back: r.held_back.into_iter().filter_map(id).collect(),
+        };
+        if !reserved.held_back.is_empty() {
+            tracing::debug!(
+                job = %reserved.job_id,
+                shadow_s = reserved.shadow_s,
+                held_back = reserved.held_back.len(),
+                "GPUs held for a waiting job: later jobs that would delay it wait"
+            );
+        }
+        Some(reserved)
     }
 
     /// Placements decided on an older state, renumbered to the queue now and kept only while
@@ -194,10 +232,21 @@ impl CyclePlan {
                 self.report.elapsed_us = self.start.elapsed().as_secs_f64() * 1e6;
                 return self.finished();
             }
+            let (mut placements, reservation) = gantry_model::reserve::guard(
+                &self.snap,
+                &self.queue,
+                placements,
+                self.reserve_after_s,
+            );
+            if let Some(r) = reservation.as_ref().filter(|r| !r.held_back.is_empty()) {
+                let more = self.backfill(&placements, r).await;
+                placements.extend(more);
+            }
             let placements = self.policy_filter(placements).await;
             DecidedCycle {
                 plan: self,
                 placements,
+                reservation,
                 finished: false,
             }
         }
@@ -209,6 +258,7 @@ impl CyclePlan {
         DecidedCycle {
             plan: self,
             placements: Vec::new(),
+            reservation: None,
             finished: true,
         }
     }
@@ -277,6 +327,43 @@ impl CyclePlan {
         report.fault = Some(error.class());
         report.fallback_reason = Some(error.to_string());
         fallback
+    }
+
+    /// What the strategy that decided this cycle places of the [`Backfill`] left by the guard
+    /// holding back placements (`kept` stands): nothing when it has no job, or the strategy's
+    /// answer is wrong or faults (a fault counts towards the plugin's quarantine as any other).
+    async fn backfill(&mut self, kept: &[Placement], reservation: &Reservation) -> Vec<Placement> {
+        let Some(backfill) = Backfill::after(&self.snap, &self.queue, kept, reservation) else {
+            return Vec::new();
+        };
+        let plugin = self
+            .plugin
+            .clone()
+            .filter(|_| self.report.decided_by != native::NAME);
+        let invalid = |reason: String| Fault::InvalidAnswer {
+            reason: Fault::text(reason),
+        };
+        let answer = match &plugin {
+            None => Ok(native::schedule(&backfill.snapshot, &backfill.queue)),
+            Some(p) => (p.schedule(&backfill.snapshot, &backfill.queue).await).map_err(|e| e.fault),
+        };
+        let checked = answer.and_then(|answer| {
+            let mine = backfill.placements(answer).map_err(invalid)?;
+            // Beside what stands, on the cycle's own snapshot: a last check.
+            let all: Vec<Placement> = kept.iter().chain(&mine).cloned().collect();
+            validate::validate(&self.snap, &self.queue, &all).map_err(invalid)?;
+            Ok(mine)
+        });
+        checked.unwrap_or_else(|fault| {
+            tracing::warn!(
+                decided_by = %self.report.decided_by,
+                "the backfill after held-back placements places nothing: {fault}"
+            );
+            if let Some(p) = &plugin {
+                p.health().fault(&fault);
+            }
+            Vec::new()
+        })
     }
 
     /// Asks the policy about each placement (`placement.apply`, with the tenant's GPUs held so

@@ -94,6 +94,12 @@ pub struct UpArgs {
     /// loads, say); recorded in the audit log.
     #[arg(long)]
     shipped_policy: bool,
+    /// Seconds a job that could run waits before GPUs are held for it: later jobs are then
+    /// placed only where they cannot delay it, so a large gang is not starved by a stream of
+    /// small jobs, whichever scheduler plugin decides (0: at once; `never`: no holding).
+    #[arg(long, value_name = "SECS|never", default_value_t = gantry::DEFAULT_RESERVE_AFTER_S,
+          value_parser = super::reserve_after_s)]
+    reserve_after_s: f64,
     /// Record every allowed read (a job, a listing, the cluster, plugins, the policy) in the audit log
     /// as an entry of its own; by default they are counted, per user, action and resource, into
     /// one `decision.summary` entry every 10 s. Refusals and changes are always an entry each.
@@ -670,6 +676,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         shipped_policy: args.shipped_policy,
         audit_each_read: args.audit_each_read,
         min_free_disk_mib: args.min_free_disk_mib,
+        reserve_after_s: args.reserve_after_s,
         control_plane,
         tenant_limits: gantry_daemon::TenantLimits {
             queued_jobs: usize::try_from(args.max_queued_jobs_per_tenant).unwrap_or(usize::MAX),

@@ -21,6 +21,11 @@ pub struct Args {
     plugin: String,
     #[command(flatten)]
     synthetic: SyntheticArgs,
+    /// Seconds a job that could run waits before GPUs are held for it: later jobs are then
+    /// placed only where they cannot delay it (0: at once; `never`: no holding). As `gantry up`.
+    #[arg(long, value_name = "SECS|never", default_value_t = gantry::DEFAULT_RESERVE_AFTER_S,
+          value_parser = super::reserve_after_s)]
+    reserve_after_s: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -90,6 +95,7 @@ pub fn run(ctx: &super::Context, args: Args) -> anyhow::Result<()> {
     };
     let healthy = cluster.gpus.iter().filter(|g| g.gpu.healthy).count();
     let mut host = ctx.host(cluster, &args.plugin)?;
+    host.set_reserve_after_s(args.reserve_after_s);
     args.policy.install(&mut host)?;
     let bar = super::progress(jobs.len() as u64, "simulating");
     let result = simulate::run(&mut host, &jobs, &mut |done, _| bar.set_position(done));
