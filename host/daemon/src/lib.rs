@@ -453,6 +453,9 @@ impl Daemon {
             tracing::info!(%record, "copied from this data directory into etcd, once");
             api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
         }
+        if config.agent_lease.is_some() {
+            nodes::agents_can_name(&config.cluster).map_err(setup)?;
+        }
         let node_identities = match config.agent_lease {
             Some(_) => accounts
                 .users()

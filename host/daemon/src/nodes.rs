@@ -194,6 +194,28 @@ struct Lease {
     fit: BTreeSet<String>,
 }
 
+/// Refuses a cluster whose GPUs agents could never bring into service: an agent reports its
+/// node's GPUs by ordinal, and GPU `N` of node `n` is `n/gpuN`; a GPU of the cluster file named
+/// otherwise (`n4-a`) would stay out of service for ever, unsaid.
+pub fn agents_can_name(cluster: &gantry::cluster::Cluster) -> Result<(), String> {
+    for g in &cluster.gpus {
+        let node = &cluster.nodes[g.gpu.node as usize].name;
+        let ordinal = (g.id.strip_prefix(node.as_str()))
+            .and_then(|rest| rest.strip_prefix("/gpu"))
+            .filter(|n| !n.starts_with('+') && (n.len() == 1 || !n.starts_with('0')))
+            .and_then(|n| n.parse::<u32>().ok());
+        if ordinal.is_none() {
+            return Err(format!(
+                "the cluster's GPU `{}` of node `{node}`: with node agents a GPU's id is \
+                 `{node}/gpu<ordinal>`, the name its agent reports it by (as the cluster file's \
+                 `gpus = {{ count = ... }}` names them)",
+                g.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The agents' leases, by node name, and the runs handed to them.
 #[derive(Debug)]
 pub struct Nodes {
@@ -1156,6 +1178,33 @@ mod tests {
             vec![("n".to_string(), vec!["n/gpu0".to_string()])]
         );
         assert!(nodes.expire().is_empty());
+    }
+
+    /// Found by a review: a cluster file may name a GPU `n4-a`; with agents, which report GPUs
+    /// by ordinal (`n4/gpu0`), it never came into service and nothing said why. A daemon with
+    /// agents refuses such a cluster, naming the GPU.
+    #[test]
+    fn with_agents_a_cluster_gpu_no_agent_could_report_is_refused() {
+        let text = |id: &str| {
+            format!(
+                "[[nodes]]\nname = \"n4\"\nrack = \"r\"\n[[nodes.gpu]]\nid = \"{id}\"\n\
+                 model = \"m\"\nmemory_total_mib = 1\n"
+            )
+        };
+        for ok in ["n4/gpu0", "n4/gpu17"] {
+            let cluster = gantry::cluster::files::parse_cluster(&text(ok), "c.toml".as_ref());
+            agents_can_name(&cluster.unwrap()).unwrap();
+        }
+        for bad in ["n4-a", "n4/gpu", "n4/gpu01", "n5/gpu0", "n4/gpu0/x"] {
+            let cluster = gantry::cluster::files::parse_cluster(&text(bad), "c.toml".as_ref());
+            let err = agents_can_name(&cluster.unwrap()).unwrap_err();
+            assert!(
+                err.contains(&format!("`{bad}`")) && err.contains("n4/gpu<ordinal>"),
+                "{err}"
+            );
+        }
+        let uniform = gantry::cluster::Cluster::uniform(1, 2, 4, 1);
+        agents_can_name(&uniform).unwrap();
     }
 
     /// The node of the test daemon's cluster.

@@ -244,6 +244,7 @@ fn tenants(src: Source, files: &[TenantFile]) -> Result<Vec<TenantInfo>, ModelEr
     let mut seen = HashSet::new();
     let mut tenants = Vec::with_capacity(files.len());
     for (i, t) in files.iter().enumerate() {
+        check_name(src, &format!("tenants[{i}].name"), &t.name, Name::Word)?;
         if !seen.insert(t.name.as_str()) {
             return Err(src.invalid(
                 &t.name,
@@ -267,6 +268,57 @@ fn tenants(src: Source, files: &[TenantFile]) -> Result<Vec<TenantInfo>, ModelEr
         });
     }
     Ok(tenants)
+}
+
+/// What a name in a cluster file may hold.
+#[derive(Clone, Copy)]
+enum Name {
+    /// A tenant, node, rack or NVLink domain: 1-64 letters, digits, '-', '_' or '.', not
+    /// starting with '.', as users' tenants and node identities are named.
+    Word,
+    /// A GPU id: words joined by '/' (`node-000/gpu0`), at most 128 bytes.
+    Path,
+    /// A GPU model as a driver names it (`NVIDIA H100 80GB HBM3`): 1-128 printable ASCII
+    /// characters.
+    Text,
+}
+
+/// Refuses a name that could not be carried where names go (tokens' identities, agents'
+/// reports, logs, keys in etcd): a NUL, a control character, a path of its own.
+fn check_name(src: Source, field: &str, name: &str, kind: Name) -> Result<(), ModelError> {
+    let word = |w: &str| {
+        (1..=64).contains(&w.len())
+            && !w.starts_with('.')
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let (valid, rule) = match kind {
+        Name::Word => (
+            word(name),
+            "1-64 letters, digits, '-', '_' or '.', not starting with '.'",
+        ),
+        Name::Path => (
+            name.len() <= 128 && name.split('/').all(word),
+            "words of letters, digits, '-', '_' or '.' (not starting with '.') joined by '/', \
+             at most 128 bytes",
+        ),
+        Name::Text => (
+            (1..=128).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                && name.trim() == name,
+            "1-128 printable ASCII characters, not starting or ending with a space",
+        ),
+    };
+    if valid {
+        return Ok(());
+    }
+    Err(src.invalid(
+        name,
+        format!(
+            "{field}: `{}` is not a valid name ({rule})",
+            name.escape_debug()
+        ),
+    ))
 }
 
 /// The counts are the file's word: all of them bounded before a GPU record is built.
@@ -298,6 +350,8 @@ fn add_node<'f>(
     node: &'f NodeFile,
 ) -> Result<(), ModelError> {
     let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
+    check_name(src, &format!("nodes[{n}].name"), &node.name, Name::Word)?;
+    check_name(src, &at("rack"), &node.rack, Name::Word)?;
     if !names.nodes.insert(node.name.as_str()) {
         return Err(src.invalid(&node.name, format!("{}: duplicate node name", at("name"))));
     }
@@ -308,6 +362,11 @@ fn add_node<'f>(
         rack,
     });
     for g in node_gpus(src, node, &at)? {
+        check_name(src, &at("gpu.id"), &g.id, Name::Path)?;
+        check_name(src, &at("gpu.model"), &g.model, Name::Text)?;
+        if let Some(domain) = &g.nvlink_domain {
+            check_name(src, &at("gpu.nvlink_domain"), domain, Name::Word)?;
+        }
         if !names.gpu_ids.insert(g.id.clone()) {
             return Err(src.invalid(
                 &g.id,
@@ -620,6 +679,39 @@ nvlink_domain = "n0"
     /// Found by the property tests: a GPU group's `count` was trusted, so `count = 4294967295`
     /// (or many nodes of large groups) made the loader build billions of GPU records until the
     /// process ran out of memory. The cluster's GPUs are bounded before any is built.
+    /// Found by a review: a cluster file's names were taken as they came, a NUL, a bare `/`
+    /// or a control character included, and carried into logs, tokens' identities and etcd
+    /// keys. Each is refused naming its field and line.
+    #[test]
+    fn names_that_could_not_be_carried_are_refused_naming_the_field() {
+        for (from, to, field) in [
+            ("name = \"n1\"", "name = \"n1\\u0000\"", "nodes[1].name"),
+            ("name = \"vision\"", "name = \"a b\"", "tenants[0].name"),
+            ("rack = \"r0\"\n[[", "rack = \".r\"\n[[", ".rack"),
+            ("id = \"n1/a\"", "id = \"/\"", ".gpu.id"),
+            ("id = \"n1/a\"", "id = \"n1//a\"", ".gpu.id"),
+            ("model = \"A100\"", "model = \"A100\\n\"", ".gpu.model"),
+            (
+                "nvlink_domain = \"n0\"",
+                "nvlink_domain = \"\"",
+                ".gpu.nvlink_domain",
+            ),
+        ] {
+            assert!(CLUSTER.contains(from), "{from}");
+            let bad = CLUSTER.replacen(from, to, 1);
+            let err = parse_cluster(&bad, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(field) && err.contains("not a valid name"),
+                "{to}: {err}"
+            );
+        }
+        // Drivers' model names have spaces.
+        let spaced = CLUSTER.replace("model = \"A100\"", "model = \"NVIDIA A100 40GB\"");
+        parse_cluster(&spaced, Path::new("c.toml")).unwrap();
+    }
+
     #[test]
     fn a_gpu_count_far_beyond_memory_is_refused_before_allocation() {
         let huge = CLUSTER.replace("count = 4,", "count = 4294967295,");
