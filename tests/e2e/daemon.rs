@@ -616,6 +616,13 @@ fn datasets_are_stored_encrypted_and_guarded_by_clearance_and_tenant() {
     let (_, listed) = request(&base, "GET", Some(&wendy), None);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(objects(), stored, "a refused upload left an object behind");
+    // Found by a review: the listing gave every member the object's id, the SHA-256 of the
+    // bytes, which confirms a guess of a dataset above one's clearance: only the uploader
+    // sees it.
+    let (_, seen) = request(&base, "GET", Some(&ada), None);
+    assert_eq!(seen[0]["name"], "pets.csv", "{seen}");
+    assert!(seen[0].get("object").is_none(), "{seen}");
+    assert_eq!(seen[0]["bytes"], listed[0]["bytes"], "{seen}");
 
     // Reading: same tenant and enough clearance; another tenant sees nothing.
     let agent = ureq::Agent::new_with_defaults();

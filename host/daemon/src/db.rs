@@ -405,7 +405,10 @@ pub struct DatasetRecord {
     pub tenant: String,
     /// `public`, `internal`, `confidential` or `secret` (the policy's levels).
     pub classification: String,
-    /// The store object holding it.
+    /// The store object holding it: the SHA-256 of its bytes, so the API shows it only to the
+    /// dataset's uploader (empty, and left out, in what others see: an unsalted hash of a
+    /// dataset above one's clearance confirms a guess of its content).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
     /// Its size.
     pub bytes: u64,

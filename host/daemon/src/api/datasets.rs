@@ -269,6 +269,13 @@ pub(super) async fn datasets(
                 Ok(Json(
                     all.into_iter()
                         .filter(|d| dataset_visible(&user, d))
+                        .map(|mut d| {
+                            // Its content's hash, to the one who knows the content.
+                            if d.owner != user.name {
+                                d.object.clear();
+                            }
+                            d
+                        })
                         .collect(),
                 ))
             },
