@@ -589,24 +589,105 @@ mod tests {
         };
         trace.insert(5, gang);
         let stream_end_s = trace.last().unwrap().submit_s;
-        let gang_wait = |plugin: &str, reserve_after_s: f64| {
+        let gang_wait = |plugin: &str, reserve_after_s: f64, trace: &[TraceJob]| {
             let mut config = HostConfig::new(cluster.clone());
             config.cache_dir = Some(std::env::temp_dir().join("gantry-simulate-tests-cache"));
             config.reserve_after_s = reserve_after_s;
             let mut host = Host::new(config).unwrap();
             host.load_scheduler(&PluginSource::Builtin(plugin.into()))
                 .unwrap();
-            let result = run(&mut host, &trace, &mut |_, _| {});
+            let result = run(&mut host, trace, &mut |_, _| {});
             assert_eq!(result.jobs[5].gpus, 8);
             result.jobs[5].wait_s
         };
         // Without holding, the stream starves it (the trace reproduces the finding).
-        let starved = gang_wait("binpack", f64::INFINITY);
+        let starved = gang_wait("binpack", f64::INFINITY, &trace);
         assert!(starved > stream_end_s - 100.0, "waited {starved} s");
         for plugin in ["binpack", "spread", "topology", "fairshare"] {
-            let wait = gang_wait(plugin, 300.0);
+            let wait = gang_wait(plugin, 300.0, &trace);
             // The threshold, the longest small run (8 s), and a cycle's granularity.
             assert!(wait <= 300.0 + 8.0 + 1.25, "{plugin}: waited {wait} s");
+        }
+        // Found by a reading of the guard: with the stream on the first tenant, `fairshare`
+        // gave it the GPUs each time all were free (a tie between tenants holding nothing,
+        // broken by index) and the gang waited as long as the stream lasted.
+        for job in &mut trace {
+            job.tenant = match job.gpus {
+                8 => "tenant-1",
+                _ => "tenant-0",
+            }
+            .into();
+        }
+        for plugin in ["binpack", "spread", "topology", "fairshare"] {
+            let wait = gang_wait(plugin, 300.0, &trace);
+            assert!(
+                wait <= 300.0 + 8.0 + 1.25,
+                "{plugin}, swapped: waited {wait} s"
+            );
+        }
+    }
+
+    /// Found by a review of the guard, two ways a gang still starved: its tenant's own small
+    /// jobs kept its quota busy (no room *now*, so nothing was held for it), and a gang kept to
+    /// one NVLink domain by the `topology` plugin saw enough GPUs free at its shadow time, but
+    /// on different nodes. Each now starts within the threshold and the longest small run.
+    #[test]
+    fn a_gang_starts_soon_after_the_threshold_when_its_quota_or_its_scope_is_what_is_busy() {
+        let small = |i: usize, tenant: &str, every_s: f64, duration_s: f64| TraceJob {
+            submit_s: every_s * i as f64,
+            duration_s,
+            gpus: 1,
+            memory_mib: 1000,
+            tenant: tenant.into(),
+            priority: 0,
+            gang: true,
+            topology: Topology::None,
+        };
+        let wait = |plugin: &str, cluster: &Cluster, trace: &[TraceJob], gang: usize| {
+            let result = simulate(plugin, cluster, trace);
+            assert_eq!(result.jobs[gang].gpus, trace[gang].gpus);
+            result.jobs[gang].wait_s
+        };
+        // 16 GPUs; tenant-1 (quota 8) runs a 20 s job every 2.6 s and submits an 8-GPU gang.
+        let mut quota = Cluster::uniform(1, 2, 8, 2);
+        quota.tenants[1].quota_gpus = Some(8);
+        let mut trace: Vec<TraceJob> = (0..800).map(|i| small(i, "tenant-1", 2.6, 20.0)).collect();
+        let gang = TraceJob {
+            submit_s: 100.1,
+            duration_s: 100.0,
+            gpus: 8,
+            ..small(0, "tenant-1", 0.0, 0.0)
+        };
+        trace.insert(39, gang);
+        assert!(trace[38].submit_s < 100.1 && trace[40].submit_s > 100.1);
+        for plugin in ["binpack", "spread", "topology", "fairshare"] {
+            let w = wait(plugin, &quota, &trace, 39);
+            assert!(w <= 300.0 + 20.0 + 2.6, "{plugin}, quota: waited {w} s");
+        }
+        // 8 nodes of 4 GPUs (a domain each); 1-GPU jobs of 5-60 s, one a second; a 4-GPU
+        // gang that wants one domain.
+        let scope = Cluster::uniform(4, 2, 4, 1);
+        let mut state = 7u64;
+        let mut trace: Vec<TraceJob> = (0..1500)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let duration_s = 5.0 + ((state >> 33) % 56) as f64;
+                small(i, "tenant-0", 1.0, duration_s)
+            })
+            .collect();
+        let gang = TraceJob {
+            submit_s: 100.5,
+            duration_s: 100.0,
+            gpus: 4,
+            topology: Topology::SameNvlinkDomain,
+            ..small(0, "tenant-0", 0.0, 0.0)
+        };
+        trace.insert(101, gang);
+        for plugin in ["binpack", "spread", "topology", "fairshare"] {
+            let w = wait(plugin, &scope, &trace, 101);
+            assert!(w <= 300.0 + 60.0 + 1.0, "{plugin}, scope: waited {w} s");
         }
     }
 

@@ -153,11 +153,13 @@ impl Host {
         job_keys: &[u64],
         r: gantry_model::reserve::Reservation,
     ) -> Option<Reserved> {
+        // One map, not a scan of the queue per job held back (under the host's lock).
+        let ids: HashMap<u64, &str> = (self.state.pending.iter())
+            .map(|p| (p.key, p.spec.id.as_str()))
+            .collect();
         let id = |position: u32| {
-            let key = job_keys[position as usize];
-            (self.state.pending.iter())
-                .find(|p| p.key == key)
-                .map(|p| p.spec.id.clone())
+            ids.get(&job_keys[position as usize])
+                .map(|id| id.to_string())
         };
         let reserved = Reserved {
             job_id: id(r.job)?,
@@ -359,8 +361,16 @@ impl CyclePlan {
                 decided_by = %self.report.decided_by,
                 "the backfill after held-back placements places nothing: {fault}"
             );
+            // A fault of the second call counts as any other: reported, towards quarantine.
             if let Some(p) = &plugin {
-                p.health().fault(&fault);
+                let error = PluginError::new(p.name(), Call::Schedule, fault);
+                if p.health().fault(&error.fault) {
+                    tracing::error!(
+                        plugin = p.name(),
+                        "plugin quarantined; the native fallback decides until it is reloaded"
+                    );
+                }
+                self.report.fault = Some(error.class());
             }
             Vec::new()
         })

@@ -48,6 +48,7 @@ fn a_small_job_that_would_delay_a_gang_waiting_past_the_threshold_is_held_back()
             job: 0,
             shadow_s: 1016.0,
             held_back: vec![1],
+            fits_now: false,
         })
     );
 }
@@ -88,15 +89,17 @@ fn placements_that_cannot_delay_the_waiting_job_stand() {
     assert!(kept.is_empty());
 }
 
-/// The guard holds back, it never reorders: when the waiting job fits in what is free now, the
-/// strategy chose another (fair share's order, say) and that stands; so do placements of jobs
-/// ahead of it in priority order.
+/// When the waiting job fits in what is free now, the strategy's choice of a job of a tenant
+/// holding less (fair share's order) stands; so do placements of jobs ahead of it in priority
+/// order. A gang over its tenant's quota is not held for: it could never start.
 #[test]
-fn the_strategys_choice_stands_when_the_waiting_job_fits_now_or_others_come_first() {
+fn the_strategys_choice_stands_when_it_serves_a_less_served_tenant_or_others_come_first() {
     let (mut snapshot, queue) = gang_behind_small_runs();
     let mut fits = snapshot.clone();
     fits.gpus.busy = vec![0; 8];
     fits.running.clear();
+    fits.tenants[0].used_gpus = 8;
+    fits.tenants[1].used_gpus = 2;
     let (kept, reservation) = guard(&fits, &queue, small_on_gpu_7(), 300.0);
     assert_eq!((kept, reservation), (small_on_gpu_7(), None));
 
@@ -111,12 +114,42 @@ fn the_strategys_choice_stands_when_the_waiting_job_fits_now_or_others_come_firs
         (1060.0, vec![])
     );
 
-    // A gang over its tenant's quota could not start anyway: nothing is held for it.
     snapshot.tenants[0].quota_gpus = Some(4);
-    let mut over = queue.clone();
-    over.gpus[0] = 8;
-    let (kept, reservation) = guard(&snapshot, &over, small_on_gpu_7(), 300.0);
+    let (kept, reservation) = guard(&snapshot, &queue, small_on_gpu_7(), 300.0);
     assert_eq!((kept, reservation), (small_on_gpu_7(), None));
+}
+
+/// Found by a reading of the guard: when the waiting gang fit in what was free, whatever the
+/// strategy placed instead stood, and `fairshare`, breaking a tie between tenants holding
+/// nothing by their index, gave the GPUs to the first tenant's stream each time: the second
+/// tenant's gang waited as long as the stream lasted. Placements of tenants holding no less
+/// are held back, and the backfill offers the waiting job alone.
+#[test]
+fn a_job_that_fits_now_is_not_passed_over_for_a_tenant_holding_as_much() {
+    let (snapshot, queue) = gang_behind_small_runs();
+    let mut fits = snapshot.clone();
+    fits.gpus.busy = vec![0; 8];
+    fits.running.clear();
+    fits.tenants[1].used_gpus = 0;
+    let (kept, reservation) = guard(&fits, &queue, small_on_gpu_7(), 300.0);
+    assert!(kept.is_empty());
+    let reservation = reservation.unwrap();
+    assert_eq!(
+        reservation,
+        Reservation {
+            job: 0,
+            shadow_s: 1000.0,
+            held_back: vec![1],
+            fits_now: true,
+        }
+    );
+    let backfill = Backfill::after(&fits, &queue, &kept, &reservation).unwrap();
+    assert_eq!(backfill.queue.gpus, vec![8], "the gang alone");
+    let gang = vec![Placement {
+        job: 0,
+        gpus: (0..8).collect(),
+    }];
+    assert_eq!(backfill.placements(gang.clone()).unwrap(), gang);
 }
 
 /// GPUs a waiting job could never use (too little memory, unhealthy) are not held for it, and
@@ -126,6 +159,7 @@ fn only_gpus_the_waiting_job_can_use_are_held() {
     let (mut snapshot, mut queue) = gang_behind_small_runs();
     queue.gpus[0] = 7;
     snapshot.gpus.memory_free_mib[7] = 1000;
+    queue.memory_per_gpu_mib[1] = 1000;
     let (kept, reservation) = guard(&snapshot, &queue, small_on_gpu_7(), 300.0);
     assert_eq!(kept, small_on_gpu_7(), "GPU 7 is no use to the gang");
     assert_eq!(reservation.map(|r| r.shadow_s), Some(1016.0));
@@ -156,14 +190,17 @@ fn placements_ahead_count_until_their_end_and_odd_estimates_are_safe() {
     assert_eq!(kept, placements);
     assert_eq!(reservation.map(|r| r.shadow_s), Some(1100.0));
 
-    // Overdue runs end "now", not in the past; NaN estimates never end in time.
+    // Found by a reading of the guard: a run past its expected end was taken to end now, and
+    // every later job was held back for as long as it ran on (days, past a default estimate).
+    // It is expected to run as long again as it has: these started at 990, so 1010. NaN
+    // estimates never end in time.
     for a in &mut snapshot.running {
         a.expected_end_s = 0.0;
     }
     queue.est_runtime_s[1] = f64::NAN;
     let (kept, reservation) = guard(&snapshot, &queue, small_on_gpu_7(), 300.0);
     assert!(kept.is_empty());
-    assert_eq!(reservation.map(|r| r.shadow_s), Some(1000.0));
+    assert_eq!(reservation.map(|r| r.shadow_s), Some(1010.0));
     let (kept, _) = guard(&snapshot, &queue, small_on_gpu_7(), f64::NAN);
     assert_eq!(kept, small_on_gpu_7());
 }
@@ -222,6 +259,7 @@ fn the_backfill_offers_what_was_held_back_to_jobs_that_end_in_time() {
         job: 0,
         shadow_s: 1016.0,
         held_back: vec![],
+        fits_now: false,
     };
     let backfill = Backfill::after(&snapshot, &two, &placements, &reservation).unwrap();
     assert_eq!(backfill.queue.len(), 1);
@@ -231,4 +269,131 @@ fn the_backfill_offers_what_was_held_back_to_jobs_that_end_in_time() {
         backfill.snapshot.running.last().unwrap().expected_end_s,
         1001.0
     );
+}
+
+/// Found by a review of the guard: a gang whose tenant's own 1-GPU jobs kept its quota busy
+/// was never held for (its quota had no room *now*), and waited as long as the stream lasted.
+/// The quota is held like the GPUs: placements of the tenant that outlive the shadow time wait.
+#[test]
+fn a_gang_blocked_by_its_tenants_own_small_jobs_is_held_for_by_quota() {
+    // Two nodes of 8; tenant b (quota 8) holds 7 with 1-GPU runs ending at 1010..1016.
+    let mut snapshot = cluster(1, 2, 8);
+    snapshot.now_s = 1000.0;
+    snapshot.tenants[1].quota_gpus = Some(8);
+    for g in 0..7u32 {
+        snapshot.gpus.busy[g as usize] = 1;
+        snapshot.running.push(Allocation {
+            tenant: 1,
+            priority: 0,
+            gpus: vec![g],
+            start_s: 990.0,
+            expected_end_s: 1010.0 + f64::from(g),
+        });
+    }
+    snapshot.tenants[1].used_gpus = 7;
+    let small = Job {
+        submit_s: 1000.0,
+        est_runtime_s: 60.0,
+        ..job(1, 1)
+    };
+    let queue = jobs([job(1, 8), small, Job { tenant: 0, ..small }]);
+    let placements = vec![
+        Placement {
+            job: 1,
+            gpus: vec![8],
+        },
+        Placement {
+            job: 2,
+            gpus: vec![9],
+        },
+    ];
+    let (kept, reservation) = guard(&snapshot, &queue, placements, 300.0);
+    // b's small job would take the last of its quota past 1016; a's takes none of it.
+    assert_eq!(
+        kept,
+        vec![Placement {
+            job: 2,
+            gpus: vec![9]
+        }]
+    );
+    let reservation = reservation.unwrap();
+    assert_eq!(
+        (reservation.shadow_s, reservation.held_back),
+        (1016.0, vec![1])
+    );
+}
+
+/// Found by a review of the guard: a same-node gang was held for by count across the cluster;
+/// at its shadow time enough GPUs were free, but on different nodes, so a strategy keeping it to
+/// a node did not place it and small jobs took them again. GPUs are held in the group of the
+/// tightest scope that could hold it, the one that frees first.
+#[test]
+fn a_gang_that_wants_one_node_is_held_for_on_the_node_that_frees_first() {
+    // Two nodes of 4: node 0 has GPU 3 free and runs ending at 1010..1012 on 0-2; node 1 has
+    // GPUs 6 and 7 free and runs on 4-5 ending at 1100.
+    let mut snapshot = cluster(1, 2, 4);
+    snapshot.now_s = 1000.0;
+    for (g, end) in [
+        (0, 1010.0),
+        (1, 1011.0),
+        (2, 1012.0),
+        (4, 1100.0),
+        (5, 1100.0),
+    ] {
+        snapshot.gpus.busy[g as usize] = 1;
+        snapshot.running.push(Allocation {
+            tenant: 1,
+            priority: 0,
+            gpus: vec![g],
+            start_s: 990.0,
+            expected_end_s: end,
+        });
+    }
+    let gang = Job {
+        topology: Topology::SameNode,
+        ..job(0, 4)
+    };
+    let small = Job {
+        submit_s: 1000.0,
+        est_runtime_s: 60.0,
+        ..job(1, 1)
+    };
+    let queue = jobs([gang, small, small]);
+    let placements = vec![
+        Placement {
+            job: 1,
+            gpus: vec![3],
+        },
+        Placement {
+            job: 2,
+            gpus: vec![6],
+        },
+    ];
+    let (kept, reservation) = guard(&snapshot, &queue, placements, 300.0);
+    // Node 0 is whole at 1012: the small job on it waits; the one on node 1 stands.
+    assert_eq!(
+        kept,
+        vec![Placement {
+            job: 2,
+            gpus: vec![6]
+        }]
+    );
+    let reservation = reservation.unwrap();
+    assert_eq!(
+        (reservation.shadow_s, reservation.held_back),
+        (1012.0, vec![1])
+    );
+
+    // Without the preference, count across the cluster: 3 free now, a fourth at 1010.
+    let mut anywhere = queue.clone();
+    anywhere.topology[0] = Topology::None.code();
+    let (_, reservation) = guard(&snapshot, &anywhere, vec![], 300.0);
+    assert!(reservation.is_none(), "nothing to hold back");
+    let one = vec![Placement {
+        job: 1,
+        gpus: vec![3],
+    }];
+    let (kept, reservation) = guard(&snapshot, &anywhere, one, 300.0);
+    assert!(kept.is_empty());
+    assert_eq!(reservation.unwrap().shadow_s, 1010.0);
 }
