@@ -402,6 +402,10 @@ impl Daemon {
         let setup = |m: String| DaemonError::Setup(m);
         let job_mib = config.train_limits.max_memory_mib;
         budget::TrainBudget::total_for(config.train_memory_mib, job_mib).map_err(setup)?;
+        // Of the configuration alone: before anything is opened, swept or recorded.
+        if config.agent_lease.is_some() {
+            nodes::agents_can_name(&config.cluster).map_err(setup)?;
+        }
         let datadir::DataDir {
             store, db, audit, ..
         } = datadir::DataDir::open(&config.data_dir, "gantry up")
@@ -452,9 +456,6 @@ impl Daemon {
         for record in seeded {
             tracing::info!(%record, "copied from this data directory into etcd, once");
             api::here(host.record("etcd.seeded", record)).map_err(|e| setup(e.to_string()))?;
-        }
-        if config.agent_lease.is_some() {
-            nodes::agents_can_name(&config.cluster).map_err(setup)?;
         }
         let node_identities = match config.agent_lease {
             Some(_) => accounts

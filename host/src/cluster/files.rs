@@ -219,6 +219,27 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
+    /// The line of `name` in entry `index` of `[[table]]` (a TOML file): where it is written
+    /// there, else the entry's header (a name with escapes is not written as it reads); else
+    /// where it first appears in the file.
+    fn line_in_table(&self, table: &str, index: usize, name: &str) -> Option<usize> {
+        let header = format!("[[{table}]]");
+        let lines: Vec<&str> = self.text.lines().collect();
+        let start = (lines.iter().enumerate())
+            .filter(|(_, l)| l.trim() == header)
+            .nth(index)
+            .map(|(i, _)| i);
+        let Some(start) = start else {
+            return line_of(self.text, name);
+        };
+        let quoted = format!("\"{name}\"");
+        let end = (lines.iter().enumerate().skip(start + 1))
+            .find(|(_, l)| l.trim() == header)
+            .map_or(lines.len(), |(i, _)| i);
+        let within = (start..end).find(|&i| lines[i].contains(&quoted));
+        Some(within.unwrap_or(start) + 1)
+    }
+
     /// `message` about the entry named `name`, at the line where the name first appears.
     fn invalid(&self, name: &str, message: String) -> ModelError {
         ModelError::Invalid {
@@ -244,7 +265,14 @@ fn tenants(src: Source, files: &[TenantFile]) -> Result<Vec<TenantInfo>, ModelEr
     let mut seen = HashSet::new();
     let mut tenants = Vec::with_capacity(files.len());
     for (i, t) in files.iter().enumerate() {
-        check_name(src, &format!("tenants[{i}].name"), &t.name, Name::Word)?;
+        let table = ("tenants", i);
+        check_name(
+            src,
+            table,
+            &format!("tenants[{i}].name"),
+            &t.name,
+            Name::Word,
+        )?;
         if !seen.insert(t.name.as_str()) {
             return Err(src.invalid(
                 &t.name,
@@ -285,7 +313,13 @@ enum Name {
 
 /// Refuses a name that could not be carried where names go (tokens' identities, agents'
 /// reports, logs, keys in etcd): a NUL, a control character, a path of its own.
-fn check_name(src: Source, field: &str, name: &str, kind: Name) -> Result<(), ModelError> {
+fn check_name(
+    src: Source,
+    (table, index): (&str, usize),
+    field: &str,
+    name: &str,
+    kind: Name,
+) -> Result<(), ModelError> {
     let word = |w: &str| {
         (1..=64).contains(&w.len())
             && !w.starts_with('.')
@@ -312,13 +346,14 @@ fn check_name(src: Source, field: &str, name: &str, kind: Name) -> Result<(), Mo
     if valid {
         return Ok(());
     }
-    Err(src.invalid(
-        name,
-        format!(
+    Err(ModelError::Invalid {
+        path: src.path.to_path_buf(),
+        line: src.line_in_table(table, index, name),
+        message: format!(
             "{field}: `{}` is not a valid name ({rule})",
             name.escape_debug()
         ),
-    ))
+    })
 }
 
 /// The counts are the file's word: all of them bounded before a GPU record is built.
@@ -350,8 +385,15 @@ fn add_node<'f>(
     node: &'f NodeFile,
 ) -> Result<(), ModelError> {
     let at = |field: &str| format!("nodes[{n}] (`{}`).{field}", node.name);
-    check_name(src, &format!("nodes[{n}].name"), &node.name, Name::Word)?;
-    check_name(src, &at("rack"), &node.rack, Name::Word)?;
+    let table = ("nodes", n);
+    check_name(
+        src,
+        table,
+        &format!("nodes[{n}].name"),
+        &node.name,
+        Name::Word,
+    )?;
+    check_name(src, table, &at("rack"), &node.rack, Name::Word)?;
     if !names.nodes.insert(node.name.as_str()) {
         return Err(src.invalid(&node.name, format!("{}: duplicate node name", at("name"))));
     }
@@ -362,10 +404,10 @@ fn add_node<'f>(
         rack,
     });
     for g in node_gpus(src, node, &at)? {
-        check_name(src, &at("gpu.id"), &g.id, Name::Path)?;
-        check_name(src, &at("gpu.model"), &g.model, Name::Text)?;
+        check_name(src, table, &at("gpu.id"), &g.id, Name::Path)?;
+        check_name(src, table, &at("gpu.model"), &g.model, Name::Text)?;
         if let Some(domain) = &g.nvlink_domain {
-            check_name(src, &at("gpu.nvlink_domain"), domain, Name::Word)?;
+            check_name(src, table, &at("gpu.nvlink_domain"), domain, Name::Word)?;
         }
         if !names.gpu_ids.insert(g.id.clone()) {
             return Err(src.invalid(
@@ -676,9 +718,6 @@ nvlink_domain = "n0"
         assert!(err.contains("duplicate node name"), "{err}");
     }
 
-    /// Found by the property tests: a GPU group's `count` was trusted, so `count = 4294967295`
-    /// (or many nodes of large groups) made the loader build billions of GPU records until the
-    /// process ran out of memory. The cluster's GPUs are bounded before any is built.
     /// Found by a review: a cluster file's names were taken as they came, a NUL, a bare `/`
     /// or a control character included, and carried into logs, tokens' identities and etcd
     /// keys. Each is refused naming its field and line.
@@ -706,12 +745,26 @@ nvlink_domain = "n0"
                 err.contains(field) && err.contains("not a valid name"),
                 "{to}: {err}"
             );
+            // A line, even for a name written with escapes (it names its entry's).
+            assert!(err.starts_with("c.toml:"), "{to}: {err}");
         }
+        // The line of the entry the name is in, not where the same text came first.
+        let twice = (CLUSTER.replace("rack = \"r0\"\n[[", "rack = \"H 1\"\n[["))
+            .replace("model = \"H100\"", "model = \"H 1\"");
+        let err = parse_cluster(&twice, Path::new("c.toml"));
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.starts_with("c.toml:13:") && err.contains(".rack"),
+            "{err}"
+        );
         // Drivers' model names have spaces.
         let spaced = CLUSTER.replace("model = \"A100\"", "model = \"NVIDIA A100 40GB\"");
         parse_cluster(&spaced, Path::new("c.toml")).unwrap();
     }
 
+    /// Found by the property tests: a GPU group's `count` was trusted, so `count = 4294967295`
+    /// (or many nodes of large groups) made the loader build billions of GPU records until the
+    /// process ran out of memory. The cluster's GPUs are bounded before any is built.
     #[test]
     fn a_gpu_count_far_beyond_memory_is_refused_before_allocation() {
         let huge = CLUSTER.replace("count = 4,", "count = 4294967295,");
