@@ -66,6 +66,37 @@ pub const DEFAULT_MAX_PIDS: u64 = 16_384;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
+/// Of the tasks the daemon may have (its cgroup's `pids.max` and those above it, the kernel's
+/// `pid_max` and `threads-max`), what all its runs together may hold: the rest, a quarter and at
+/// least 512, is the daemon's own. Found by a review: under systemd's default `TasksMax` (4,915
+/// here), one tenant's run within its own bound (16,384) took every task the daemon's cgroup
+/// had; the daemon's agent could not start a thread, stopped, and every tenant's GPUs left
+/// service.
+pub fn runs_task_budget(limits: impl IntoIterator<Item = u64>) -> Option<u64> {
+    let available = limits.into_iter().min()?;
+    Some(available.saturating_sub((available / 4).max(512)).max(1))
+}
+
+/// The task limits above a runs' directory whose parent is `own` in the hierarchy mounted at
+/// `mount` (each `pids.max` up to the mount, `max` being none), and the kernel's.
+fn task_limits(mount: &Path, own: &Path) -> Vec<u64> {
+    let number = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    let mut limits: Vec<u64> = ["/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"]
+        .iter()
+        .filter_map(|p| number(Path::new(p)))
+        .collect();
+    let mut dir = Some(own);
+    while let Some(d) = dir.filter(|d| d.starts_with(mount) && *d != mount) {
+        limits.extend(number(&d.join("pids.max")));
+        dir = d.parent();
+    }
+    limits
+}
+
 /// A scope name for `identity` (a data directory's path, an agent's control plane and node): a
 /// hash, the same across restarts and versions, so a restarted daemon or agent finds (and kills)
 /// what its previous life left, and never another's.
@@ -186,6 +217,14 @@ impl Cgroups {
     ) -> std::io::Result<RunGroup> {
         for scope in &self.scopes {
             std::fs::create_dir_all(&scope.dir)?;
+            if matches!(scope.controller, Controller::Unified | Controller::Pids) {
+                // All runs together, below the daemon's own bound (where the controller is on).
+                let mount = Path::new(ROOT);
+                let own = scope.dir.parent().unwrap_or(mount);
+                if let Some(budget) = runs_task_budget(task_limits(mount, own)) {
+                    let _ = std::fs::write(scope.dir.join("pids.max"), budget.to_string());
+                }
+            }
             if scope.controller == Controller::Unified {
                 // Limits need the controllers enabled for the runs' directories; without them
                 // the cgroup still gathers and kills everything a run starts.
@@ -408,5 +447,40 @@ impl Drop for RunGroup {
                 let _ = std::fs::remove_dir(scope);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a review: one tenant's run, within its own task bound, took every task the
+    /// daemon's cgroup had (systemd's `TasksMax`), and the daemon's agent, unable to start a
+    /// thread, stopped: every tenant's GPUs left service. All runs together are held below the
+    /// daemon's own bound, a quarter of it (at least 512 tasks) kept for the daemon.
+    #[test]
+    fn all_runs_together_leave_the_daemon_tasks_of_its_own() {
+        assert_eq!(runs_task_budget([4915, 32768, 190_000]), Some(3687));
+        assert_eq!(runs_task_budget([1000]), Some(488));
+        assert_eq!(
+            runs_task_budget([100]),
+            Some(1),
+            "never 0: a run could not start"
+        );
+        assert_eq!(runs_task_budget([]), None);
+        // The limits above a runs' directory: each cgroup's up to the mount, and the kernel's.
+        let mount = tempfile::tempdir().unwrap();
+        let own = mount.path().join("system.slice/gantry.service");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("pids.max"), "4915\n").unwrap();
+        std::fs::write(mount.path().join("system.slice/pids.max"), "max\n").unwrap();
+        std::fs::write(mount.path().join("pids.max"), "7\n").unwrap();
+        let limits = task_limits(mount.path(), &own);
+        assert!(limits.contains(&4915), "{limits:?}");
+        assert!(
+            !limits.contains(&7),
+            "the mount's own is not a cgroup's: {limits:?}"
+        );
+        assert!(runs_task_budget(limits) <= Some(3687));
     }
 }

@@ -1239,7 +1239,10 @@ fn send_once(
     let agent = agent(client, within)?;
     let auth = format!("Bearer {}", client.token);
     let octets = "application/octet-stream";
-    match (method, body) {
+    // The HTTP client starts a thread to resolve a name and panics when it cannot (a machine
+    // out of tasks): a failed request, not a dead agent (found by a review: a tenant's fork
+    // bomb stopped this machine's agent, and every tenant's GPUs left service).
+    let send = std::panic::AssertUnwindSafe(|| match (method, body) {
         ("POST", Some(Payload::Json(b))) => {
             agent.post(&url).header("Authorization", &auth).send_json(b)
         }
@@ -1253,8 +1256,14 @@ fn send_once(
             .header("Content-Type", octets)
             .send(b),
         _ => agent.get(&url).header("Authorization", &auth).call(),
+    });
+    match std::panic::catch_unwind(send) {
+        Ok(sent) => sent.map_err(|e| anyhow::Error::new(e).context(Unreachable(url.clone()))),
+        Err(_) => Err(anyhow::anyhow!(
+            "the request to {url} failed: the HTTP client panicked (out of threads?)"
+        )
+        .context(Unreachable(url.clone()))),
     }
-    .map_err(|e| anyhow::Error::new(e).context(Unreachable(url.clone())))
 }
 
 /// The error of a failed request: the daemon's message and reasons ([`Follower`] when a
@@ -1545,12 +1554,18 @@ fn run_agent_until(
                         gpus: run.gpu_ids.clone(),
                         ..RunFlags::default()
                     });
-                    runs.insert(key, flags.clone());
+                    runs.insert(key.clone(), flags.clone());
                     let node = node.clone();
-                    std::thread::Builder::new()
-                        .name(format!("gantry-agent-run-{}", run.attempt))
-                        .spawn(move || agent_run(&node, &run, &flags))
-                        .context("starting a run's thread")?;
+                    let attempt = run.attempt;
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("gantry-agent-run-{attempt}"))
+                        .spawn(move || agent_run(&node, &run, &flags));
+                    // A machine out of tasks: the run starts at a later heartbeat; the agent
+                    // (and every other run) goes on.
+                    if let Err(e) = spawned {
+                        eprintln!("run {} (attempt {attempt}): not started now: {e}", key.0);
+                        runs.remove(&key);
+                    }
                 }
             }
             Err(e) => {
@@ -1900,32 +1915,18 @@ impl AgentNode {
 
 /// Runs one handed run to its end and reports it.
 fn agent_run(agent: &AgentNode, run: &gantry_daemon::nodes::HandedRun, flags: &RunFlags) {
-    let (client, node) = (&agent.client, agent.name.as_str());
-    let (limits, cgroups, ends) = (&agent.limits, agent.cgroups.as_ref(), &*agent.ends);
-    let emulated = agent.emulated;
+    let (client, node, ends) = (&agent.client, agent.name.as_str(), &*agent.ends);
     let mut sink =
         AgentSink::new(client, node, run, &flags.stop).fenced_by(&flags.fence, &agent.lease);
     if sink.report(serde_json::json!({"event": "started"})) {
         return;
     }
-    sink.log_line(&agent.devices_line(run));
-    let end = match (&run.command, &run.train) {
-        (Some(spec), _) => {
-            let job = gantry_daemon::command::RunJob {
-                key: &run.job,
-                tenant: &run.tenant,
-                gpu_ids: &run.gpu_ids,
-                spec,
-            };
-            gantry_daemon::command::execute(job, limits, cgroups, &mut sink, "the agent's user")
-        }
-        (None, Some(text)) => {
-            super::agent_train::train(client, node, run, text, emulated, &agent.training, &sink)
-        }
-        (None, None) => gantry_daemon::lifecycle::RunEnd::Failed(
-            "the control plane handed a run with nothing to run".into(),
-        ),
-    };
+    // A run whose thread panics ends failed, its GPUs freed: it stayed `running`, holding them,
+    // until its wall time (a week by default) when a review's fork bomb made it panic.
+    let body = std::panic::AssertUnwindSafe(|| run_body(agent, run, &mut sink));
+    let end = std::panic::catch_unwind(body).unwrap_or_else(|_| {
+        gantry_daemon::lifecycle::RunEnd::Failed("the agent's run of it panicked".into())
+    });
     let end = gantry_daemon::nodes::WireEnd::from(end);
     let mut event = serde_json::to_value(&end).unwrap_or_default();
     event["event"] = "ended".into();
@@ -1943,6 +1944,35 @@ fn agent_run(agent: &AgentNode, run: &gantry_daemon::nodes::HandedRun, flags: &R
         Err(e) => eprintln!(
             "run {} (attempt {}): its end is kept to be sent again: {e:#}",
             run.job, run.attempt
+        ),
+    }
+}
+
+/// What a run does once started, to its end.
+fn run_body(
+    agent: &AgentNode,
+    run: &gantry_daemon::nodes::HandedRun,
+    sink: &mut AgentSink,
+) -> gantry_daemon::lifecycle::RunEnd {
+    let (client, node) = (&agent.client, agent.name.as_str());
+    let (limits, cgroups) = (&agent.limits, agent.cgroups.as_ref());
+    sink.log_line(&agent.devices_line(run));
+    match (&run.command, &run.train) {
+        (Some(spec), _) => {
+            let job = gantry_daemon::command::RunJob {
+                key: &run.job,
+                tenant: &run.tenant,
+                gpu_ids: &run.gpu_ids,
+                spec,
+            };
+            gantry_daemon::command::execute(job, limits, cgroups, sink, "the agent's user")
+        }
+        (None, Some(text)) => {
+            let emulated = agent.emulated;
+            super::agent_train::train(client, node, run, text, emulated, &agent.training, sink)
+        }
+        (None, None) => gantry_daemon::lifecycle::RunEnd::Failed(
+            "the control plane handed a run with nothing to run".into(),
         ),
     }
 }
