@@ -371,14 +371,49 @@ fn remove_ipc_of(uid: u32) {
     }
 }
 
-/// The directories every uid may write in, where a run's files would outlive it.
-const SHARED_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// Where world-writable directories are looked for: the usual ones, the top of the file
+/// system's usual parents, and every mount point.
+const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 
-/// Removes what `uid` left in the directories every uid may write in ([`SHARED_TMP`]), its
+/// The directories every uid may write in on this machine, where a run's files would outlive
+/// it: those of [`SHARED_TMP`], the children of `/`, `/var`, `/run` and `/dev` and the mount
+/// points that are world-writable, each once (links resolved). Found once, by class: a fixed
+/// list missed `/run/lock`, and a review's second tenant read the first one's file there.
+fn shared_dirs() -> &'static [std::path::PathBuf] {
+    use std::os::unix::fs::PermissionsExt;
+    static DIRS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let children = ["/", "/var", "/run", "/dev"]
+            .into_iter()
+            .flat_map(|parent| {
+                (std::fs::read_dir(parent).into_iter().flatten().flatten()).map(|e| e.path())
+            });
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mounted = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(std::path::PathBuf::from)
+            .collect::<Vec<_>>();
+        let mut dirs: Vec<std::path::PathBuf> = (SHARED_TMP.iter().map(std::path::PathBuf::from))
+            .chain(children)
+            .chain(mounted)
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o002 != 0)
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    })
+}
+
+/// Removes what `uid` left in the directories every uid may write in ([`shared_dirs`]), its
 /// processes gone: the next run given the uid, another tenant's, would own and read it.
 fn remove_files_of(uid: u32) {
     use std::os::unix::fs::MetadataExt;
-    for dir in SHARED_TMP {
+    for dir in shared_dirs() {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -1694,6 +1729,7 @@ mod tests {
              echo oom=$(cat /proc/$$/oom_score_adj); \
              [ \"$TMPDIR\" = \"$PWD\" ] && echo tmpdir-is-scratch; \
              u=$(id -u); touch /tmp/gantry-left-$u /dev/shm/gantry-left-$u; \
+             touch /run/lock/gantry-left-$u 2>/dev/null; \
              mkdir /var/tmp/gantry-left-$u && touch /var/tmp/gantry-left-$u/f; \
              ipcmk -M 4096 >/dev/null && ipcmk -Q >/dev/null && ipcmk -S 1 >/dev/null && echo made-ipc; \
              echo uid=$u";
@@ -1726,10 +1762,13 @@ mod tests {
         ] {
             assert!(log.contains(said), "{said}: {log}");
         }
+        // Found by a review: `/run/lock` was not swept, and the next tenant given the uid read
+        // what the last one left there.
         for left in [
             "/tmp/gantry-left-231100",
             "/dev/shm/gantry-left-231100",
             "/var/tmp/gantry-left-231100",
+            "/run/lock/gantry-left-231100",
         ] {
             assert!(!std::path::Path::new(left).exists(), "{left} stayed");
         }
