@@ -10,11 +10,13 @@
 //! - [`policy`]: the policy description and its evaluation (plain Rust, tested natively).
 //! - [`diagnostic`]: regorus's errors as `file:line:col: message`.
 //! - [`host_builtins`]: the clock and entropy, which the host provides (`opa_builtin*`).
+//! - [`go_builtins`]: builtins OPA takes from Go's standard library, read as Go reads them.
 //! - `abi` (wasm only): the ABI exports, the bump heap the ABI expects, the `env` imports.
 
 extern crate alloc;
 
 pub mod diagnostic;
+pub mod go_builtins;
 pub mod host_builtins;
 pub mod policy;
 

@@ -74,6 +74,9 @@ pub fn engine(strict: bool, host: &Host) -> Engine {
         // Only a name registered twice fails, and each is registered once on a new engine.
         unreachable!("host builtins: {e}");
     }
+    if let Err(e) = crate::go_builtins::register(&mut engine, strict) {
+        unreachable!("Go's builtins: {e}");
+    }
     engine.set_strict_builtin_errors(strict);
     engine.set_policy_length_config(regorus::utils::limits::PolicyLengthConfig {
         max_col: core::num::NonZeroU32::new(1 << 20).unwrap_or(core::num::NonZeroU32::MIN),

@@ -1,0 +1,267 @@
+//! Builtins whose meaning in OPA is Go's standard library, where regorus's differ in a way a
+//! policy can turn into an allow that OPA denies (found by a review running OPA's sources
+//! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding),
+//! `time.parse_rfc3339_ns` (Go's `time.RFC3339`: a `T`, an upper-case `Z`), `net.cidr_contains`
+//! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one) and
+//! `strings.count` (Go's `strings.Count`: matches that do not overlap). Registered over
+//! regorus's own, on every engine Gantry makes.
+//!
+//! Where Go accepts more than is written here (hexadecimal floats, say), the call is an error:
+//! the engine may deny more than OPA, never allow more.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use regorus::{Engine, Value};
+
+/// Registers the builtins on `engine`. With `strict` off an error makes the call undefined, as
+/// any builtin error is then.
+pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
+    let fail = move |message: String| -> anyhow::Result<Value> {
+        match strict {
+            true => Err(anyhow::Error::msg(message)),
+            false => Ok(Value::Undefined),
+        }
+    };
+    let to_number = move |args: Vec<Value>| match &args[0] {
+        Value::Null => Ok(Value::from(0u64)),
+        Value::Bool(b) => Ok(Value::from(u64::from(*b))),
+        Value::Number(_) => Ok(args[0].clone()),
+        Value::String(s) => match go_decimal(s).and_then(|j| Value::from_json_str(&j).ok()) {
+            Some(n @ Value::Number(_)) => Ok(n),
+            _ => fail(format!("to_number: could not parse string {s:?} as number")),
+        },
+        _ => fail("to_number: operand 1 must be one of {boolean, null, number, string}".into()),
+    };
+    let parse_rfc3339_ns = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(s) => match rfc3339_ns(s) {
+            Ok(ns) => Ok(Value::from(ns)),
+            Err(e) => fail(format!("time.parse_rfc3339_ns: {s:?}: {e}")),
+        },
+        Err(_) => fail("time.parse_rfc3339_ns: operand 1 must be string".into()),
+    };
+    let cidr_contains = move |args: Vec<Value>| match (args[0].as_string(), args[1].as_string()) {
+        (Ok(cidr), Ok(other)) => match cidr_contains(cidr, other) {
+            Ok(b) => Ok(Value::from(b)),
+            Err(e) => fail(format!("net.cidr_contains: {e}")),
+        },
+        _ => fail("net.cidr_contains: operands must be strings".into()),
+    };
+    let count = move |args: Vec<Value>| match (args[0].as_string(), args[1].as_string()) {
+        (Ok(s), Ok(sub)) => Ok(Value::from(go_count(s, sub) as u64)),
+        _ => fail("strings.count: operands must be strings".into()),
+    };
+    let add = |engine: &mut Engine, name: &str, n: u8, f: Box<dyn regorus::Extension>| {
+        engine
+            .add_extension(name.into(), n, f)
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    add(engine, "to_number", 1, Box::new(to_number))?;
+    add(engine, "time.parse_rfc3339_ns", 1, Box::new(parse_rfc3339_ns))?;
+    add(engine, "net.cidr_contains", 2, Box::new(cidr_contains))?;
+    add(engine, "strings.count", 2, Box::new(count))
+}
+
+/// Go's `strings.Count`: non-overlapping matches; an empty `sub` counts the characters, plus 1.
+fn go_count(s: &str, sub: &str) -> usize {
+    match sub.is_empty() {
+        true => s.chars().count() + 1,
+        false => s.matches(sub).count(),
+    }
+}
+
+/// A decimal number as Go's `strconv.ParseFloat` reads it (`+1`, `.5`, `1.`, `007`, `1e5`; no
+/// spaces), as JSON; `None` for anything else (hexadecimal floats and underscores included,
+/// which Go reads and this refuses; `inf` and `nan`, which OPA refuses).
+fn go_decimal(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let digits = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut i = 0;
+    let negative = matches!(b.first(), Some(b'-'));
+    if matches!(b.first(), Some(b'+' | b'-')) {
+        i = 1;
+    }
+    let end = digits(i);
+    let int = &s[i..end];
+    i = end;
+    let mut frac = "";
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        frac = &s[i + 1..end];
+        i = end;
+    }
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut exponent = "";
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let start = i + 1;
+        let sign = usize::from(matches!(b.get(start), Some(b'+' | b'-')));
+        let end = digits(start + sign);
+        if end == start + sign {
+            return None;
+        }
+        exponent = &s[start..end];
+        i = end;
+    }
+    if i != b.len() {
+        return None;
+    }
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        int => int,
+    };
+    let mut json = String::new();
+    if negative {
+        json.push('-');
+    }
+    json.push_str(int);
+    if !frac.is_empty() {
+        json.push('.');
+        json.push_str(frac);
+    }
+    if !exponent.is_empty() {
+        json.push('e');
+        json.push_str(exponent);
+    }
+    Some(json)
+}
+
+/// Nanoseconds since the Unix epoch of `s` as Go's `time.Parse(time.RFC3339, s)` reads it:
+/// `YYYY-MM-DDTHH:MM:SS`, an optional fraction after `.`, then `Z` or `±HH:MM`.
+fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Result<i64, &'static str> {
+        let part = b.get(from..from + len).ok_or("too short")?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)");
+        }
+        Ok(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let at = |i: usize, c: u8| match b.get(i) == Some(&c) {
+        true => Ok(()),
+        false => Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)"),
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    at(4, b'-')?;
+    at(7, b'-')?;
+    at(10, b'T')?;
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    at(13, b':')?;
+    at(16, b':')?;
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return Err("a fraction of a second without digits");
+        }
+        // Nanoseconds: the first nine digits, padded.
+        let digits = &s[start..i.min(start + 9)];
+        nanos = digits.bytes().fold(0, |n, d| n * 10 + i64::from(d - b'0'))
+            * 10i64.pow(9 - digits.len() as u32);
+    }
+    let offset = match b.get(i) {
+        Some(b'Z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() => {
+            at(i + 3, b':')?;
+            let (h, m) = (num(i + 1, 2)?, num(i + 4, 2)?);
+            if h > 23 || m > 59 {
+                return Err("time zone offset out of range");
+            }
+            let seconds = h * 3600 + m * 60;
+            if *sign == b'-' { -seconds } else { seconds }
+        }
+        _ => return Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)"),
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err("month out of range"),
+    };
+    if !(1..=days_in_month).contains(&day) {
+        return Err("day out of range");
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err("time out of range");
+    }
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset;
+    seconds
+        .checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(nanos))
+        .ok_or("outside the nanoseconds an int64 holds")
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// An address or network: an IPv4-mapped IPv6 one is the IPv4 one, as Go compares them.
+fn network(s: &str, cidr: bool) -> Result<(IpAddr, u32), String> {
+    let (address, prefix) = match (cidr, s.split_once('/')) {
+        (true, Some((a, p))) if !p.is_empty() && p.bytes().all(|d| d.is_ascii_digit()) => {
+            (a, p.parse::<u32>().map_err(|e| e.to_string())?)
+        }
+        (true, _) => return Err(format!("invalid CIDR address: {s}")),
+        (false, _) => (s, u32::MAX),
+    };
+    let ip: IpAddr = address
+        .parse()
+        .map_err(|_| format!("invalid IP address: {s}"))?;
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = if prefix == u32::MAX { bits } else { prefix };
+    if prefix > bits {
+        return Err(format!("invalid CIDR address: {s}"));
+    }
+    Ok(match ip {
+        IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), prefix - 96),
+            None => (ip, prefix),
+        },
+        _ => (ip, prefix),
+    })
+}
+
+/// OPA's `net.cidr_contains(cidr, cidr_or_ip)`.
+fn cidr_contains(cidr: &str, other: &str) -> Result<bool, String> {
+    let (net, prefix) = network(cidr, true)?;
+    let (ip, other_prefix) = network(other, other.contains('/'))?;
+    let bits = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    if net.is_ipv4() != ip.is_ipv4() || other_prefix < prefix {
+        return Ok(false);
+    }
+    // Both families sit in the top bits: a prefix is the top bits of either.
+    let mask = match prefix {
+        0 => 0,
+        w => u128::MAX << (128 - w),
+    };
+    Ok(bits(net) & mask == bits(ip) & mask)
+}
+
+#[cfg(test)]
+mod tests;

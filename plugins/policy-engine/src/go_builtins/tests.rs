@@ -1,0 +1,88 @@
+use super::*;
+
+/// Found by a review against OPA's sources: `to_number("4 ")` was 4 (JSON's reading, padding
+/// allowed), so `to_number(input.gpus) <= 8` allowed what OPA refuses; Go's forms regorus
+/// refused (`+1`, `.5`, `1.`, `007`) read as Go reads them.
+#[test]
+fn to_number_reads_strings_as_go_does() {
+    for (text, json) in [
+        ("4", "4"),
+        ("+1", "1"),
+        ("-0.5", "-0.5"),
+        (".5", "0.5"),
+        ("1.", "1"),
+        ("00012", "12"),
+        ("+.5e1", "0.5e1"),
+        ("1E-3", "1e-3"),
+    ] {
+        assert_eq!(go_decimal(text).as_deref(), Some(json), "{text}");
+    }
+    for bad in [
+        "4 ", " 1", "\t1", "\n1", "", "+", ".", "1e", "1e+", "0x1p4", "1_000", "inf", "NaN", "1.2.3",
+        "--1",
+    ] {
+        assert_eq!(go_decimal(bad), None, "{bad:?}");
+    }
+}
+
+/// Found by a review: `time.parse_rfc3339_ns("2030-01-01 00:00:00Z")` had a value (OPA errors,
+/// so a policy comparing it denies). Go's layout: a `T`, an upper-case `Z` or an offset.
+#[test]
+fn rfc3339_is_read_as_go_reads_it() {
+    assert_eq!(rfc3339_ns("1970-01-01T00:00:00Z"), Ok(0));
+    assert_eq!(rfc3339_ns("2024-02-29T12:00:00Z"), Ok(1_709_208_000_000_000_000));
+    assert_eq!(rfc3339_ns("2024-02-29T12:00:00.5+01:00"), Ok(1_709_204_400_500_000_000));
+    assert_eq!(rfc3339_ns("1969-12-31T23:59:59.999999999999Z"), Ok(-1));
+    assert_eq!(rfc3339_ns("2000-01-01T00:00:00-00:30"), Ok(946_686_600_000_000_000));
+    for bad in [
+        "2030-01-01 00:00:00Z",
+        "2024-01-01t00:00:00z",
+        "2024-01-01T00:00:00z",
+        "2024-01-01T00:00:00",
+        "2023-02-29T00:00:00Z",
+        "2024-13-01T00:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T00:00:60Z",
+        "2024-01-01T00:00:00.Z",
+        "2024-01-01T00:00:00+0100",
+        "9999-01-01T00:00:00Z",
+        "",
+    ] {
+        assert!(rfc3339_ns(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Found by a review: `net.cidr_contains("10.0.0.0/8", "::ffff:10.1.2.3")` was false (OPA: true,
+/// Go compares an IPv4-mapped address as IPv4), so a deny-list of networks let it through.
+#[test]
+fn cidr_contains_compares_ipv4_mapped_addresses_as_ipv4() {
+    let yes = |a: &str, b: &str| cidr_contains(a, b).unwrap();
+    assert!(yes("10.0.0.0/8", "10.1.2.3"));
+    assert!(yes("10.0.0.0/8", "::ffff:10.1.2.3"));
+    assert!(yes("::ffff:10.0.0.0/104", "10.1.2.3"));
+    assert!(yes("10.0.0.0/8", "10.1.0.0/16"));
+    assert!(!yes("10.0.0.0/16", "10.0.0.0/8"), "a wider network is not within");
+    assert!(!yes("10.0.0.0/8", "11.0.0.1"));
+    assert!(yes("0.0.0.0/0", "192.168.1.1"));
+    assert!(yes("2001:db8::/32", "2001:db8:1::1"));
+    assert!(!yes("2001:db8::/32", "10.1.2.3"));
+    assert!(yes("10.1.2.3/32", "10.1.2.3"));
+    for (a, b) in [
+        ("10.0.0.0", "10.0.0.1"),
+        ("10.0.0.0/33", "10.0.0.1"),
+        ("10.0.0.0/8", "10.0.0"),
+        ("10.0.0.0/x", "10.0.0.1"),
+        ("10.0.0.0/8", "010.0.0.1"),
+    ] {
+        assert!(cidr_contains(a, b).is_err(), "{a} {b}");
+    }
+}
+
+/// Found by a review: `strings.count("aaaa", "aa")` was 3 (overlapping); Go's is 2.
+#[test]
+fn strings_count_counts_matches_that_do_not_overlap() {
+    assert_eq!(go_count("aaaa", "aa"), 2);
+    assert_eq!(go_count("cheese", "e"), 3);
+    assert_eq!(go_count("five", ""), 5);
+    assert_eq!(go_count("héé", "é"), 2);
+}
