@@ -2,9 +2,12 @@
 //! policy can turn into an allow that OPA denies (found by a review running OPA's sources
 //! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding),
 //! `time.parse_rfc3339_ns` (Go's `time.RFC3339`: a `T`, an upper-case `Z`), `net.cidr_contains`
-//! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one) and
-//! `strings.count` (Go's `strings.Count`: matches that do not overlap). Registered over
-//! regorus's own, on every engine Gantry makes.
+//! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
+//! `strings.count` (Go's `strings.Count`: matches that do not overlap) and `yaml.unmarshal`
+//! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
+//! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
+//! error here, until the engine reads YAML 1.1). Registered over regorus's own, on every engine
+//! Gantry makes.
 //!
 //! Where Go accepts more than is written here (hexadecimal floats, say), the call is an error:
 //! the engine may deny more than OPA, never allow more.
@@ -32,7 +35,9 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         Value::Number(_) => Ok(args[0].clone()),
         Value::String(s) => match go_decimal(s).and_then(|j| Value::from_json_str(&j).ok()) {
             Some(n @ Value::Number(_)) => Ok(n),
-            _ => fail(format!("to_number: could not parse string {s:?} as number")),
+            _ => fail(format!(
+                "to_number: could not parse string as number: {s:?}"
+            )),
         },
         _ => fail("to_number: operand 1 must be one of {boolean, null, number, string}".into()),
     };
@@ -60,9 +65,60 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
             .map_err(|e| format!("{name}: {e}"))
     };
     add(engine, "to_number", 1, Box::new(to_number))?;
-    add(engine, "time.parse_rfc3339_ns", 1, Box::new(parse_rfc3339_ns))?;
+    add(
+        engine,
+        "time.parse_rfc3339_ns",
+        1,
+        Box::new(parse_rfc3339_ns),
+    )?;
     add(engine, "net.cidr_contains", 2, Box::new(cidr_contains))?;
-    add(engine, "strings.count", 2, Box::new(count))
+    let unmarshal = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(text) => match yaml_11_ambiguous(text) {
+            Some(token) => fail(format!(
+                "yaml.unmarshal: the plain scalar `{token}` reads differently in YAML 1.1 \
+                 (OPA) and 1.2: quote it"
+            )),
+            None => match Value::from_yaml_str(text) {
+                Ok(v) => Ok(v),
+                Err(e) => fail(format!("yaml.unmarshal: could not deserialize yaml: {e}")),
+            },
+        },
+        Err(_) => fail("yaml.unmarshal: operand 1 must be string".into()),
+    };
+    add(engine, "strings.count", 2, Box::new(count))?;
+    add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))
+}
+
+/// The first plain (unquoted) scalar of `text` that YAML 1.1 (go-yaml v2, OPA's) resolves to a
+/// boolean or a number where YAML 1.2 (regorus's) reads a string, or another number: `y`, `yes`,
+/// `on`, `off`, `no` in their cases; integers with a leading zero, `0b`/`0o`, underscores;
+/// sexagesimal `12:30`. Text inside quotes that splits into such a word (`'a yes b'`) counts too:
+/// an error where OPA has a value, never a different value.
+fn yaml_11_ambiguous(text: &str) -> Option<&str> {
+    const WORDS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let number = |t: &str| {
+        let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+        let digits = |t: &str, ok: fn(char) -> bool| !t.is_empty() && t.chars().all(ok);
+        let octal = |c: char| matches!(c, '0'..='7' | '_');
+        (t.len() > 1 && t.starts_with('0') && digits(&t[1..], octal))
+            || t.strip_prefix("0b")
+                .is_some_and(|b| digits(b, |c| matches!(c, '0' | '1' | '_')))
+            || t.strip_prefix("0o").is_some_and(|o| digits(o, octal))
+            || (t.contains('_')
+                && t.starts_with(|c: char| c.is_ascii_digit())
+                && t.chars()
+                    .all(|c| c.is_ascii_hexdigit() || matches!(c, '_' | '.' | 'x')))
+            || (t.contains(':')
+                && t.split(':')
+                    .all(|p| digits(p, |c| c.is_ascii_digit() || c == '_'))
+                && t.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    text.split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | ']' | '{' | '}'))
+        .map(|t| t.strip_suffix(':').unwrap_or(t))
+        .find(|t| WORDS.contains(t) || number(t))
 }
 
 /// Go's `strings.Count`: non-overlapping matches; an empty `sub` counts the characters, plus 1.
@@ -200,8 +256,8 @@ fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
     if hour > 23 || minute > 59 || second > 59 {
         return Err("time out of range");
     }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset;
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
     seconds
         .checked_mul(1_000_000_000)
         .and_then(|ns| ns.checked_add(nanos))

@@ -18,8 +18,8 @@ fn to_number_reads_strings_as_go_does() {
         assert_eq!(go_decimal(text).as_deref(), Some(json), "{text}");
     }
     for bad in [
-        "4 ", " 1", "\t1", "\n1", "", "+", ".", "1e", "1e+", "0x1p4", "1_000", "inf", "NaN", "1.2.3",
-        "--1",
+        "4 ", " 1", "\t1", "\n1", "", "+", ".", "1e", "1e+", "0x1p4", "1_000", "inf", "NaN",
+        "1.2.3", "--1",
     ] {
         assert_eq!(go_decimal(bad), None, "{bad:?}");
     }
@@ -30,10 +30,19 @@ fn to_number_reads_strings_as_go_does() {
 #[test]
 fn rfc3339_is_read_as_go_reads_it() {
     assert_eq!(rfc3339_ns("1970-01-01T00:00:00Z"), Ok(0));
-    assert_eq!(rfc3339_ns("2024-02-29T12:00:00Z"), Ok(1_709_208_000_000_000_000));
-    assert_eq!(rfc3339_ns("2024-02-29T12:00:00.5+01:00"), Ok(1_709_204_400_500_000_000));
+    assert_eq!(
+        rfc3339_ns("2024-02-29T12:00:00Z"),
+        Ok(1_709_208_000_000_000_000)
+    );
+    assert_eq!(
+        rfc3339_ns("2024-02-29T12:00:00.5+01:00"),
+        Ok(1_709_204_400_500_000_000)
+    );
     assert_eq!(rfc3339_ns("1969-12-31T23:59:59.999999999999Z"), Ok(-1));
-    assert_eq!(rfc3339_ns("2000-01-01T00:00:00-00:30"), Ok(946_686_600_000_000_000));
+    assert_eq!(
+        rfc3339_ns("2000-01-01T00:00:00-00:30"),
+        Ok(946_686_600_000_000_000)
+    );
     for bad in [
         "2030-01-01 00:00:00Z",
         "2024-01-01t00:00:00z",
@@ -61,7 +70,10 @@ fn cidr_contains_compares_ipv4_mapped_addresses_as_ipv4() {
     assert!(yes("10.0.0.0/8", "::ffff:10.1.2.3"));
     assert!(yes("::ffff:10.0.0.0/104", "10.1.2.3"));
     assert!(yes("10.0.0.0/8", "10.1.0.0/16"));
-    assert!(!yes("10.0.0.0/16", "10.0.0.0/8"), "a wider network is not within");
+    assert!(
+        !yes("10.0.0.0/16", "10.0.0.0/8"),
+        "a wider network is not within"
+    );
     assert!(!yes("10.0.0.0/8", "11.0.0.1"));
     assert!(yes("0.0.0.0/0", "192.168.1.1"));
     assert!(yes("2001:db8::/32", "2001:db8:1::1"));
@@ -85,4 +97,41 @@ fn strings_count_counts_matches_that_do_not_overlap() {
     assert_eq!(go_count("cheese", "e"), 3);
     assert_eq!(go_count("five", ""), 5);
     assert_eq!(go_count("héé", "é"), 2);
+}
+
+/// Found by a review: `yaml.unmarshal("privileged: yes")` gave the string `yes` (YAML 1.2) where
+/// OPA (go-yaml v2, YAML 1.1) gives `true`, so `not doc.privileged == true` allowed it. A plain
+/// scalar the two read differently is an error until the engine reads YAML 1.1.
+#[test]
+fn yaml_scalars_yaml_1_1_reads_otherwise_are_refused() {
+    for ambiguous in [
+        "privileged: yes",
+        "a: on",
+        "- NO",
+        "[y, 1]",
+        "{k: Off}",
+        "mode: 017",
+        "count: 1_000",
+        "t: 12:30",
+        "b: 0b101",
+        "o: 0o17",
+        "yes: 1",
+    ] {
+        assert!(yaml_11_ambiguous(ambiguous).is_some(), "{ambiguous}");
+    }
+    for plain in [
+        "privileged: true",
+        "privileged: \"yes\"",
+        "a: 'on'",
+        "count: 1000",
+        "x: 0",
+        "h: 0x1F",
+        "f: 1.5",
+        "t: \"12:30\"",
+        "name: nobody",
+        "url: http://x",
+        "k: -1",
+    ] {
+        assert_eq!(yaml_11_ambiguous(plain), None, "{plain}");
+    }
 }
