@@ -100,8 +100,14 @@ fn handed_run(url: &str, rae: &str, node: &str, id: &str, gpus: u32) -> Value {
                       "command": {"argv": ["sleep", "300"]}});
     assert_eq!(submit(url, rae, &body).0, 201);
     wait_for_state(url, rae, id, "scheduled");
-    let (_, v) = heartbeat(url, node, "node-a", &two_gpus());
-    v["runs"][0].clone()
+    // Handed once the placement is followed, which a CI run's heartbeat came before.
+    let mut run = Value::Null;
+    eventually("the run is handed to node-a", || {
+        let (_, v) = heartbeat(url, node, "node-a", &two_gpus());
+        run = v["runs"][0].clone();
+        !run.is_null()
+    });
+    run
 }
 
 fn heartbeat(url: &str, token: &str, node: &str, body: &Value) -> (u16, Value) {
@@ -783,8 +789,12 @@ fn a_run_cancelled_before_its_agent_started_it_ends_and_frees_its_gpus() {
     let (_, v) = heartbeat(&url, &node, "node-a", &two);
     assert_eq!(v["runs"], json!([]), "{v}");
     wait_for_state(&url, &rae, "c2", "cancelled");
-    let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&rae), None);
-    assert_eq!(gpus["busy"], 0, "{gpus}");
+    // The end is recorded, then followed (the GPUs freed in the scheduler's view): a CI run
+    // read them in between.
+    eventually("the cancelled run's GPUs are free", || {
+        let (_, gpus) = request(&format!("{url}/v1/gpus"), "GET", Some(&rae), None);
+        gpus["busy"] == 0
+    });
 }
 
 /// A TCP proxy on loopback to `to` that can cut the network: while cut, every open connection is
