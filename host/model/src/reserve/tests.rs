@@ -2,36 +2,51 @@ use super::*;
 use crate::testing::{cluster, job, jobs};
 use crate::{Allocation, Job};
 
-/// One node of 8 GPUs at t = 1000 s: GPUs 0-6 held by 1-GPU runs ending at 1010 + g, GPU 7
-/// free; an 8-GPU gang submitted at 0 waits; a 1-GPU job submitted now would take GPU 7.
-fn gang_behind_small_runs() -> (Snapshot, Jobs) {
-    let mut snapshot = cluster(1, 1, 8);
-    snapshot.now_s = 1000.0;
-    for g in 0..7u32 {
+/// Marks each `(gpu, end)` busy with a 1-GPU run of tenant 1 started at 990 s.
+fn run_small(snapshot: &mut Snapshot, runs: impl IntoIterator<Item = (u32, f64)>) {
+    for (g, end) in runs {
         snapshot.gpus.busy[g as usize] = 1;
         snapshot.running.push(Allocation {
             tenant: 1,
             priority: 0,
             gpus: vec![g],
             start_s: 990.0,
-            expected_end_s: 1010.0 + f64::from(g),
+            expected_end_s: end,
         });
     }
-    snapshot.tenants[1].used_gpus = 7;
-    let gang = job(0, 8);
-    let small = Job {
+}
+
+/// A 1-GPU job of `tenant` submitted at 1000 s, for 60 s.
+fn small(tenant: u32) -> Job {
+    Job {
         submit_s: 1000.0,
         est_runtime_s: 60.0,
-        ..job(1, 1)
-    };
+        ..job(tenant, 1)
+    }
+}
+
+/// Job `job` on GPU `gpu`.
+fn on(job: u32, gpu: u32) -> Placement {
+    Placement {
+        job,
+        gpus: vec![gpu],
+    }
+}
+
+/// One node of 8 GPUs at t = 1000 s: GPUs 0-6 held by 1-GPU runs ending at 1010 + g, GPU 7
+/// free; an 8-GPU gang submitted at 0 waits; a 1-GPU job submitted now would take GPU 7.
+fn gang_behind_small_runs() -> (Snapshot, Jobs) {
+    let mut snapshot = cluster(1, 1, 8);
+    snapshot.now_s = 1000.0;
+    run_small(&mut snapshot, (0..7u32).map(|g| (g, 1010.0 + f64::from(g))));
+    snapshot.tenants[1].used_gpus = 7;
+    let gang = job(0, 8);
+    let small = small(1);
     (snapshot, jobs([gang, small]))
 }
 
 fn small_on_gpu_7() -> Vec<Placement> {
-    vec![Placement {
-        job: 1,
-        gpus: vec![7],
-    }]
+    vec![on(1, 7)]
 }
 
 /// The review's finding: a stream of 1-GPU jobs kept an 8-GPU gang waiting for as long as it
@@ -182,10 +197,7 @@ fn placements_ahead_count_until_their_end_and_odd_estimates_are_safe() {
         ..job(1, 1)
     };
     queue.push(ahead);
-    let placements = vec![Placement {
-        job: 2,
-        gpus: vec![7],
-    }];
+    let placements = vec![on(2, 7)];
     let (kept, reservation) = guard(&snapshot, &queue, placements.clone(), 300.0);
     assert_eq!(kept, placements);
     assert_eq!(reservation.map(|r| r.shadow_s), Some(1100.0));
@@ -227,34 +239,17 @@ fn the_backfill_offers_what_was_held_back_to_jobs_that_end_in_time() {
     let backfill = Backfill::after(&snapshot, &queue, &kept, &reservation).unwrap();
     assert_eq!(backfill.queue.len(), 1, "only the 5 s job ends in time");
     assert_eq!(backfill.queue.est_runtime_s, vec![5.0]);
-    let placed = backfill
-        .placements(vec![Placement {
-            job: 0,
-            gpus: vec![7],
-        }])
-        .unwrap();
-    assert_eq!(
-        placed,
-        vec![Placement {
-            job: 2,
-            gpus: vec![7]
-        }]
-    );
+    let placed = backfill.placements(vec![on(0, 7)]).unwrap();
+    assert_eq!(placed, vec![on(2, 7)]);
     // Checked against the backfill's own snapshot: a busy GPU is refused.
-    let busy = backfill.placements(vec![Placement {
-        job: 0,
-        gpus: vec![0],
-    }]);
+    let busy = backfill.placements(vec![on(0, 0)]);
     assert!(busy.unwrap_err().contains("already allocated"));
 
     // What stands is running in the backfill's snapshot, and its job is not offered again.
     let mut two = queue.clone();
     two.est_runtime_s[1] = 1.0;
     two.est_runtime_s[2] = 1.0;
-    let placements = vec![Placement {
-        job: 1,
-        gpus: vec![7],
-    }];
+    let placements = vec![on(1, 7)];
     let reservation = Reservation {
         job: 0,
         shadow_s: 1016.0,
@@ -280,42 +275,14 @@ fn a_gang_blocked_by_its_tenants_own_small_jobs_is_held_for_by_quota() {
     let mut snapshot = cluster(1, 2, 8);
     snapshot.now_s = 1000.0;
     snapshot.tenants[1].quota_gpus = Some(8);
-    for g in 0..7u32 {
-        snapshot.gpus.busy[g as usize] = 1;
-        snapshot.running.push(Allocation {
-            tenant: 1,
-            priority: 0,
-            gpus: vec![g],
-            start_s: 990.0,
-            expected_end_s: 1010.0 + f64::from(g),
-        });
-    }
+    run_small(&mut snapshot, (0..7u32).map(|g| (g, 1010.0 + f64::from(g))));
     snapshot.tenants[1].used_gpus = 7;
-    let small = Job {
-        submit_s: 1000.0,
-        est_runtime_s: 60.0,
-        ..job(1, 1)
-    };
+    let small = small(1);
     let queue = jobs([job(1, 8), small, Job { tenant: 0, ..small }]);
-    let placements = vec![
-        Placement {
-            job: 1,
-            gpus: vec![8],
-        },
-        Placement {
-            job: 2,
-            gpus: vec![9],
-        },
-    ];
+    let placements = vec![on(1, 8), on(2, 9)];
     let (kept, reservation) = guard(&snapshot, &queue, placements, 300.0);
     // b's small job would take the last of its quota past 1016; a's takes none of it.
-    assert_eq!(
-        kept,
-        vec![Placement {
-            job: 2,
-            gpus: vec![9]
-        }]
-    );
+    assert_eq!(kept, vec![on(2, 9)]);
     let reservation = reservation.unwrap();
     assert_eq!(
         (reservation.shadow_s, reservation.held_back),
@@ -333,51 +300,24 @@ fn a_gang_that_wants_one_node_is_held_for_on_the_node_that_frees_first() {
     // GPUs 6 and 7 free and runs on 4-5 ending at 1100.
     let mut snapshot = cluster(1, 2, 4);
     snapshot.now_s = 1000.0;
-    for (g, end) in [
+    let ends = [
         (0, 1010.0),
         (1, 1011.0),
         (2, 1012.0),
         (4, 1100.0),
         (5, 1100.0),
-    ] {
-        snapshot.gpus.busy[g as usize] = 1;
-        snapshot.running.push(Allocation {
-            tenant: 1,
-            priority: 0,
-            gpus: vec![g],
-            start_s: 990.0,
-            expected_end_s: end,
-        });
-    }
+    ];
+    run_small(&mut snapshot, ends);
     let gang = Job {
         topology: Topology::SameNode,
         ..job(0, 4)
     };
-    let small = Job {
-        submit_s: 1000.0,
-        est_runtime_s: 60.0,
-        ..job(1, 1)
-    };
+    let small = small(1);
     let queue = jobs([gang, small, small]);
-    let placements = vec![
-        Placement {
-            job: 1,
-            gpus: vec![3],
-        },
-        Placement {
-            job: 2,
-            gpus: vec![6],
-        },
-    ];
+    let placements = vec![on(1, 3), on(2, 6)];
     let (kept, reservation) = guard(&snapshot, &queue, placements, 300.0);
     // Node 0 is whole at 1012: the small job on it waits; the one on node 1 stands.
-    assert_eq!(
-        kept,
-        vec![Placement {
-            job: 2,
-            gpus: vec![6]
-        }]
-    );
+    assert_eq!(kept, vec![on(2, 6)]);
     let reservation = reservation.unwrap();
     assert_eq!(
         (reservation.shadow_s, reservation.held_back),
@@ -389,10 +329,7 @@ fn a_gang_that_wants_one_node_is_held_for_on_the_node_that_frees_first() {
     anywhere.topology[0] = Topology::None.code();
     let (_, reservation) = guard(&snapshot, &anywhere, vec![], 300.0);
     assert!(reservation.is_none(), "nothing to hold back");
-    let one = vec![Placement {
-        job: 1,
-        gpus: vec![3],
-    }];
+    let one = vec![on(1, 3)];
     let (kept, reservation) = guard(&snapshot, &anywhere, one, 300.0);
     assert!(kept.is_empty());
     assert_eq!(reservation.unwrap().shadow_s, 1010.0);
