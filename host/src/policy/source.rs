@@ -140,7 +140,7 @@ impl PolicySource {
                 .map_err(|e| PolicyError::Source(render(&e.to_string())))?;
         }
         // What the engine module refuses at load beyond parsing, refused by `policy test` too.
-        gantry_policy_engine::policy::one_default_per_rule(engine.get_modules())
+        gantry_policy_engine::policy::check_modules(engine.get_modules())
             .map_err(|e| PolicyError::Source(e.to_string()))?;
         engine
             .add_data(self.data_value()?)

@@ -86,7 +86,147 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         Err(_) => fail("yaml.unmarshal: operand 1 must be string".into()),
     };
     add(engine, "strings.count", 2, Box::new(count))?;
-    add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))
+    add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))?;
+    for (name, n, f) in regex_builtins(fail) {
+        add(engine, name, n, f)?;
+    }
+    Ok(())
+}
+
+/// OPA's `regex.*` builtins on Go's syntax and match iteration ([`crate::go_regex`]). A pattern Go
+/// refuses is a builtin error; one too large to compile is an evaluation error whatever the mode.
+#[allow(clippy::type_complexity)]
+fn regex_builtins(
+    fail: impl Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static,
+) -> Vec<(&'static str, u8, Box<dyn regorus::Extension>)> {
+    use crate::go_regex::{self, Error};
+    let compile = move |name: &str, pattern: &str| match go_regex::compile(pattern) {
+        Ok(re) => Ok(re),
+        Err(Error::TooBig) => Err(Err(anyhow::Error::msg(format!(
+            "{name}: {pattern:?}: {}",
+            Error::TooBig
+        )))),
+        Err(e) => Err(fail(format!("{name}: {e}"))),
+    };
+    let strings = move |name: &str, args: &[Value]| -> Result<Vec<String>, anyhow::Result<Value>> {
+        args.iter()
+            .enumerate()
+            .map(|(i, a)| match a.as_string() {
+                Ok(s) => Ok(s.to_string()),
+                Err(_) => Err(fail(format!("{name}: operand {} must be string", i + 1))),
+            })
+            .collect()
+    };
+    let count = move |name: &str, v: &Value| match v.as_i64() {
+        Ok(n) => Ok(n),
+        Err(_) => Err(fail(format!("{name}: operand 3 must be an integer"))),
+    };
+    let strings_of = |v: Vec<&str>| Value::from(v.into_iter().map(Value::from).collect::<Vec<_>>());
+
+    let matches = move |args: Vec<Value>| {
+        let name = "regex.match";
+        let [pattern, value] = match strings(name, &args) {
+            Ok(s) => <[String; 2]>::try_from(s).expect("two operands"),
+            Err(e) => return e,
+        };
+        match compile(name, &pattern) {
+            Ok(re) => Ok(Value::from(re.is_match(&value))),
+            Err(e) => e,
+        }
+    };
+    let is_valid = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(pattern) => match go_regex::compile(pattern) {
+            Ok(_) => Ok(Value::from(true)),
+            Err(Error::TooBig) => Err(anyhow::Error::msg(format!(
+                "regex.is_valid: {pattern:?}: {}",
+                Error::TooBig
+            ))),
+            Err(Error::Syntax(_)) => Ok(Value::from(false)),
+        },
+        Err(_) => Ok(Value::from(false)),
+    };
+    let find_n = move |args: Vec<Value>| {
+        let name = "regex.find_n";
+        let (strs, n) = match (strings(name, &args[..2]), count(name, &args[2])) {
+            (Ok(s), Ok(n)) => (s, n),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        match compile(name, &strs[0]) {
+            Ok(re) => Ok(strings_of(
+                go_regex::all_matches(&re, &strs[1], n)
+                    .iter()
+                    .map(|c| c.get(0).map_or("", |m| m.as_str()))
+                    .collect(),
+            )),
+            Err(e) => e,
+        }
+    };
+    let submatches = move |args: Vec<Value>| {
+        let name = "regex.find_all_string_submatch_n";
+        let (strs, n) = match (strings(name, &args[..2]), count(name, &args[2])) {
+            (Ok(s), Ok(n)) => (s, n),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        match compile(name, &strs[0]) {
+            Ok(re) => Ok(Value::from(
+                go_regex::all_matches(&re, &strs[1], n)
+                    .iter()
+                    .map(|c| strings_of(c.iter().map(|g| g.map_or("", |m| m.as_str())).collect()))
+                    .collect::<Vec<_>>(),
+            )),
+            Err(e) => e,
+        }
+    };
+    let split = move |args: Vec<Value>| {
+        let name = "regex.split";
+        let [pattern, value] = match strings(name, &args) {
+            Ok(s) => <[String; 2]>::try_from(s).expect("two operands"),
+            Err(e) => return e,
+        };
+        match compile(name, &pattern) {
+            Ok(re) => Ok(strings_of(go_regex::split(&re, &pattern, &value))),
+            Err(e) => e,
+        }
+    };
+    let replace = move |args: Vec<Value>| {
+        let name = "regex.replace";
+        let [base, pattern, value] = match strings(name, &args) {
+            Ok(s) => <[String; 3]>::try_from(s).expect("three operands"),
+            Err(e) => return e,
+        };
+        match compile(name, &pattern) {
+            Ok(re) => Ok(Value::from(go_regex::replace_all(&re, &base, &value))),
+            Err(e) => e,
+        }
+    };
+    let template_match = move |args: Vec<Value>| {
+        let name = "regex.template_match";
+        let [template, value, start, end] = match strings(name, &args) {
+            Ok(s) => <[String; 4]>::try_from(s).expect("four operands"),
+            Err(e) => return e,
+        };
+        match go_regex::template_match(&template, &value, &start, &end) {
+            Ok(b) => Ok(Value::from(b)),
+            Err(Error::TooBig) => Err(anyhow::Error::msg(format!(
+                "{name}: {template:?}: {}",
+                Error::TooBig
+            ))),
+            Err(e) => fail(format!("{name}: {e}")),
+        }
+    };
+    alloc::vec![
+        (
+            "regex.match",
+            2,
+            Box::new(matches) as Box<dyn regorus::Extension>
+        ),
+        ("regex.is_valid", 1, Box::new(is_valid)),
+        ("regex.find_n", 3, Box::new(find_n)),
+        ("regex.find_all_string_submatch_n", 3, Box::new(submatches)),
+        ("regex.split", 2, Box::new(split)),
+        ("regex.replace", 3, Box::new(replace)),
+        ("regex.template_match", 4, Box::new(template_match)),
+    ]
 }
 
 /// The first plain (unquoted) scalar of `text` that YAML 1.1 (go-yaml v2, OPA's) resolves to a

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use alloc::collections::BTreeMap;
 
-use regorus::unstable::{Module, Ref, Rule};
+use regorus::unstable::{Module, Ref, Rule, Span};
 use regorus::utils::get_path_string;
 use regorus::{Engine, PolicyModule, Value};
 
@@ -159,7 +159,7 @@ impl Policy {
                 .add_policy(m.id.to_string(), m.content.to_string())
                 .map_err(|e| error(&m.id, e))?;
         }
-        one_default_per_rule(engine.get_modules())?;
+        check_modules(engine.get_modules())?;
         Ok(Self {
             engine,
             entrypoints,
@@ -255,6 +255,114 @@ pub fn warm_up() {
     }
 }
 
+/// What the module refuses at load beyond parsing (`policy build` and `policy test` too): two
+/// defaults for one rule ([`one_default_per_rule`]), a constant pattern Go would not compile
+/// ([`constant_patterns_compile`]).
+pub fn check_modules(modules: &[Ref<Module>]) -> Result<(), PolicyError> {
+    one_default_per_rule(modules)?;
+    constant_patterns_compile(modules)
+}
+
+/// `file:line:col` of `span`.
+fn location(span: &Span) -> String {
+    let here = diagnostic::parse(&span.message("error", "here"))
+        .into_iter()
+        .next()
+        .map(|d| d.headline())
+        .unwrap_or_default();
+    here.strip_suffix(": here").unwrap_or(&here).to_string()
+}
+
+/// Refuses a `regex.*` call whose pattern is a string literal Go would not compile: every
+/// evaluation of it would be an error (undefined under non-strict builtin errors, so a deny rule
+/// using it would never fire), a mistake better named at build than found in production. The
+/// patterns are found by token, as written: `regex.match("...", ...)`, and the second operand of
+/// `regex.replace`.
+pub fn constant_patterns_compile(modules: &[Ref<Module>]) -> Result<(), PolicyError> {
+    use regorus::unstable::{Lexer, Token, TokenKind};
+    for module in modules {
+        let source = &module.package.span.source;
+        let mut lexer = Lexer::new(source);
+        lexer
+            .set_max_col(core::num::NonZeroU32::new(1 << 20).unwrap_or(core::num::NonZeroU32::MIN));
+        let mut tokens: Vec<Token> = Vec::new();
+        while let Ok(t) = lexer.next_token() {
+            if matches!(t.0, TokenKind::Eof) {
+                break;
+            }
+            tokens.push(t);
+        }
+        let is = |t: Option<&Token>, kind: fn(&TokenKind) -> bool, text: &str| {
+            t.is_some_and(|t| kind(&t.0) && t.1.text() == text)
+        };
+        let symbol = |k: &TokenKind| matches!(k, TokenKind::Symbol);
+        let ident = |k: &TokenKind| matches!(k, TokenKind::Ident);
+        for i in 0..tokens.len() {
+            if !(is(tokens.get(i), ident, "regex") && is(tokens.get(i + 1), symbol, ".")) {
+                continue;
+            }
+            let Some(f) = tokens.get(i + 2).filter(|t| ident(&t.0)) else {
+                continue;
+            };
+            let operand = match f.1.text() {
+                "match" | "find_n" | "find_all_string_submatch_n" | "split" => 0,
+                "replace" => 1,
+                _ => continue,
+            };
+            if !is(tokens.get(i + 3), symbol, "(") {
+                continue;
+            }
+            // The operand's tokens: from the `(` to the `,` or `)` that ends it at depth 0.
+            let mut depth = 0usize;
+            let mut n = 0;
+            let mut range = Vec::new();
+            for (j, t) in tokens.iter().enumerate().skip(i + 4) {
+                let text = if symbol(&t.0) { t.1.text() } else { "" };
+                match text {
+                    "(" | "[" | "{" => depth += 1,
+                    ")" | "]" | "}" if depth == 0 => break,
+                    ")" | "]" | "}" => depth -= 1,
+                    "," if depth == 0 => {
+                        n += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+                if n == operand {
+                    range.push(j);
+                } else if n > operand {
+                    break;
+                }
+            }
+            let [at] = range[..] else {
+                continue;
+            };
+            let literal = &tokens[at];
+            let pattern = match literal.0 {
+                TokenKind::String => {
+                    match serde_json::from_str::<String>(&alloc::format!(
+                        "\"{}\"",
+                        literal.1.text()
+                    )) {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    }
+                }
+                TokenKind::RawString => literal.1.text().to_string(),
+                _ => continue,
+            };
+            if let Err(e) = crate::go_regex::compile(&pattern) {
+                return Err(PolicyError(alloc::format!(
+                    "{}: regex.{}: pattern {pattern:?}: {e}",
+                    location(&literal.1),
+                    f.1.text()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a rule or function with more than one `default` (in one module or across the
 /// modules of its package), as OPA's compiler does: regorus would keep the first, so the policy
 /// would have two values and decide one without an error.
@@ -271,12 +379,7 @@ pub fn one_default_per_rule(modules: &[Ref<Module>]) -> Result<(), PolicyError> 
             let Ok(path) = get_path_string(refr, Some(&package)) else {
                 continue;
             };
-            let here = diagnostic::parse(&span.message("error", "default"))
-                .into_iter()
-                .next()
-                .map(|d| d.headline())
-                .unwrap_or_default();
-            let here = here.strip_suffix(": default").unwrap_or(&here).to_string();
+            let here = location(span);
             if let Some(first) = seen.get(&path) {
                 return Err(PolicyError(alloc::format!(
                     "{here}: multiple default rules for {path} (the first at {first})"
@@ -698,6 +801,82 @@ mod tests {
             "q.rego": "package y\ndefault allow := false\n",
         }))
         .unwrap();
+    }
+
+    /// Found by a review: `\d`, `\w`, `(?i)` and `\pL` made every `regex.*` call an "invalid
+    /// regex" error, so under non-strict builtin errors (OPA's default) a deny rule using them
+    /// never fired and the request was allowed. They now decide as in OPA, strict or not.
+    #[test]
+    fn a_deny_rule_with_perl_classes_fires_under_non_strict_builtin_errors() {
+        let rego = r#"package p
+import rego.v1
+default allow := false
+allow if not deny
+deny if regex.match(`^\d+$`, input.uid)
+deny if regex.match(`(?i)^root$`, input.user)
+deny if regex.match(`\pL`, input.tag)
+"#;
+        for strict in [false, true] {
+            let packed = serde_json::json!({
+                "modules": {"p.rego": rego}, "entrypoints": ["p/allow"], "strict": strict,
+            })
+            .to_string();
+            let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+            let decide = |input: &str| {
+                p.evaluate(
+                    0,
+                    &Value::new_object(),
+                    Value::from_json_str(input).unwrap(),
+                )
+                .unwrap()
+            };
+            let ok = r#"{"uid": "u-1", "user": "ada", "tag": "1-2"}"#;
+            assert_eq!(decide(ok), r#"[{"result":true}]"#, "strict {strict}");
+            for bad in [
+                r#"{"uid": "0", "user": "ada", "tag": "1"}"#,
+                r#"{"uid": "u", "user": "ROOT", "tag": "1"}"#,
+                r#"{"uid": "u", "user": "ada", "tag": "é"}"#,
+            ] {
+                assert_eq!(
+                    decide(bad),
+                    r#"[{"result":false}]"#,
+                    "strict {strict}: {bad}"
+                );
+            }
+        }
+    }
+
+    /// A `regex.*` call on a constant pattern Go refuses is refused at load, naming the place;
+    /// a pattern from the input is the evaluation's business.
+    #[test]
+    fn a_constant_pattern_go_refuses_is_refused_at_load() {
+        let load = |rego: &str| {
+            let packed = serde_json::json!({
+                "modules": {"p.rego": rego}, "entrypoints": ["p/allow"],
+            });
+            Policy::from_json(&packed.to_string(), &fixed_host())
+                .map(|_| ())
+                .map_err(|e| e.0)
+        };
+        let e = load("package p\nallow if regex.match(\"[a-\", input.x)\n").unwrap_err();
+        assert!(
+            e.contains("p.rego:2:23") && e.contains("missing closing ]"),
+            "{e}"
+        );
+        let e = load(
+            "package p\nallow if {\n  x := regex.replace(input.s, `a**`, \"b\")\n  x == \"\"\n}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("p.rego:3:") && e.contains("regex.replace"),
+            "{e}"
+        );
+        let e =
+            load("package p\nallow if count(regex.split(\"\\\\e\", input.x)) > 1\n").unwrap_err();
+        assert!(e.contains("invalid escape"), "{e}");
+        load("package p\nallow if regex.match(input.p, input.x)\nok if regex.is_valid(\"[\")\n")
+            .unwrap();
+        load("package p\nallow if regex.match(`^\\d{2,}$`, input.x)\n").unwrap();
     }
 
     /// The same shapes where every value agrees decide, on both paths, alike.

@@ -1,0 +1,776 @@
+//! Regular expressions as OPA's `regex.*` builtins read them: Go's `regexp` (RE2 syntax, Perl
+//! flags), run on Rust's `regex` crate.
+//!
+//! The two syntaxes look alike and differ where a policy can turn the difference into a
+//! decision: Rust reads `\d`, `\w`, `\s` and `\b` as Unicode (Go: ASCII), `[a&&b]`, `[a--b]` and
+//! `[[x]]` as set operations (Go: literal characters), `\<` and `\b{start}` as word assertions
+//! (Go: `<`, and `{start}` as text), and regorus builds `regex` without its Unicode tables, so
+//! `(?i)`, `\pL` and every Perl class were "invalid regex" (undefined under non-strict
+//! builtin errors: a deny rule that never fires). So a pattern is parsed here by Go's grammar
+//! (`regexp/syntax/parse.go`) and written out as the Rust pattern with the same meaning: every
+//! literal escaped, every class spelled out, anything Go refuses refused. The builtins then
+//! iterate matches as Go does (an empty match right after a match is skipped), which Rust's
+//! iterators do not.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use regex::{Regex, RegexBuilder};
+
+/// The most a compiled pattern may take (bytes of the NFA, the `regex` crate's own default):
+/// bounds the memory and the time a pattern from the input can cost. A Unicode class is tens of
+/// kilobytes, so `^[\pL\pN ._-]{1,64}$` needs megabytes; Go's own bound is about 3.3 million
+/// instructions, larger still, so a pattern between the two is refused here alone. So is one
+/// nested deeper than the `regex` crate's 250 (Go's bound is 1,000): its compiler recurses, and
+/// 1,000 levels overflow a thread's stack.
+pub const SIZE_LIMIT: usize = 10 << 20;
+
+/// The largest product of nested counted repetitions (`(a{10}){100}`), Go's `repeatIsValid`.
+const MAX_REPEAT: u64 = 1000;
+
+/// Why a pattern cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// Go refuses it (`regexp.Compile` fails): a builtin error, as in OPA.
+    Syntax(String),
+    /// It compiles to more than [`SIZE_LIMIT`]: refused whatever the builtin-error mode, as a
+    /// resource limit.
+    TooBig,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Syntax(m) => f.write_str(m),
+            Error::TooBig => write!(f, "the pattern compiles to more than {SIZE_LIMIT} bytes"),
+        }
+    }
+}
+
+/// Compiles a Go pattern.
+pub fn compile(pattern: &str) -> Result<Regex, Error> {
+    let rust = translate(pattern)?;
+    RegexBuilder::new(&rust)
+        .size_limit(SIZE_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => Error::TooBig,
+            e => Error::Syntax(format!(
+                "error parsing regexp: {}",
+                last_line(&e.to_string())
+            )),
+        })
+}
+
+/// The `error: ...` line of the `regex` crate's multi-line message.
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or(s).trim()
+}
+
+/// The Rust pattern that means what the Go pattern `pattern` means, or Go's refusal.
+pub fn translate(pattern: &str) -> Result<String, Error> {
+    let mut t = Translator {
+        rest: pattern,
+        out: String::with_capacity(pattern.len() + 16),
+        groups: Vec::new(),
+        last_weight: 1,
+        weight: 1,
+    };
+    t.run()
+        .map_err(|m| Error::Syntax(format!("error parsing regexp: {m}")))?;
+    Ok(t.out)
+}
+
+struct Translator<'a> {
+    rest: &'a str,
+    out: String,
+    /// For each open group, the heaviest item before it ([`Translator::weight`] of the
+    /// enclosing level, saved).
+    groups: Vec<u64>,
+    /// The product of the counted repetitions in the last item (1: none): Go refuses one whose
+    /// nested counts multiply past [`MAX_REPEAT`].
+    last_weight: u64,
+    /// The heaviest item so far at this level of groups.
+    weight: u64,
+}
+
+type Step = Result<(), String>;
+
+const PERL_CLASSES: [(char, &str, bool); 6] = [
+    ('d', "0-9", false),
+    ('D', "0-9", true),
+    ('s', r"\t\n\x0C\r ", false),
+    ('S', r"\t\n\x0C\r ", true),
+    ('w', "0-9A-Za-z_", false),
+    ('W', "0-9A-Za-z_", true),
+];
+
+const POSIX_CLASSES: [&str; 14] = [
+    "alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph", "lower", "print", "punct",
+    "space", "upper", "word", "xdigit",
+];
+
+impl Translator<'_> {
+    fn peek(&self) -> Option<char> {
+        self.rest.chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.rest = &self.rest[c.len_utf8()..];
+        Some(c)
+    }
+
+    fn eat(&mut self, prefix: &str) -> bool {
+        match self.rest.strip_prefix(prefix) {
+            Some(rest) => {
+                self.rest = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn run(&mut self) -> Step {
+        // Whether the last item was a repetition: Perl mode refuses `a**`, `a{2}{3}`.
+        let mut last_repeat = false;
+        while let Some(c) = self.peek() {
+            let repeat = match c {
+                '*' | '+' | '?' => {
+                    self.bump();
+                    self.out.push(c);
+                    true
+                }
+                '{' => match repeat_braces(self.rest)? {
+                    Some((len, count)) => {
+                        // Go's `repeatIsValid`: counts nested in counts multiply.
+                        if count > 0 {
+                            let weight = self.last_weight.saturating_mul(count);
+                            if weight > MAX_REPEAT {
+                                return Err(format!(
+                                    "invalid repeat count: `{}`",
+                                    &self.rest[..len]
+                                ));
+                            }
+                            self.last_weight = weight;
+                            self.weight = self.weight.max(weight);
+                        }
+                        self.out.push_str(&self.rest[..len]);
+                        self.rest = &self.rest[len..];
+                        true
+                    }
+                    // Not a repetition: `{` is itself.
+                    None => {
+                        self.bump();
+                        self.out.push_str(r"\{");
+                        false
+                    }
+                },
+                _ => {
+                    self.last_weight = 1;
+                    self.item()?;
+                    self.weight = self.weight.max(self.last_weight);
+                    false
+                }
+            };
+            if repeat {
+                if last_repeat {
+                    return Err(format!("invalid nested repetition operator: `{c}`"));
+                }
+                if self.eat("?") {
+                    self.out.push('?');
+                }
+            }
+            last_repeat = repeat;
+        }
+        Ok(())
+    }
+
+    /// One item that is not a repetition.
+    fn item(&mut self) -> Step {
+        let Some(c) = self.bump() else {
+            return Ok(());
+        };
+        match c {
+            '(' => {
+                let before = self.out.len();
+                self.group()?;
+                // A group (not a flag change): its items weigh in at its close.
+                if self.out.len() > before && self.out.ends_with(['(', ':', '>']) {
+                    self.groups.push(self.weight);
+                    self.weight = 1;
+                }
+                Ok(())
+            }
+            ')' => {
+                self.out.push(')');
+                self.last_weight = self.weight;
+                self.weight = self.groups.pop().unwrap_or(1);
+                Ok(())
+            }
+            '|' | '^' | '$' | '.' => {
+                self.out.push(c);
+                Ok(())
+            }
+            '[' => self.class(),
+            '\\' => self.escape_outside(),
+            c => {
+                literal(&mut self.out, c);
+                Ok(())
+            }
+        }
+    }
+
+    fn group(&mut self) -> Step {
+        if !self.eat("?") {
+            self.out.push('(');
+            return Ok(());
+        }
+        if self.eat("P<") || self.eat("<") {
+            let end = self
+                .rest
+                .find('>')
+                .ok_or_else(|| format!("invalid named capture: `{}`", self.rest))?;
+            let name = &self.rest[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid named capture: `(?P<{name}>`"));
+            }
+            self.out.push_str("(?P<");
+            self.out.push_str(name);
+            self.out.push('>');
+            self.rest = &self.rest[end + 1..];
+            return Ok(());
+        }
+        // Flags: `(?i)`, `(?i-s:...)`; Go knows i, m, s and U.
+        let mut flags = String::new();
+        let mut negated = false;
+        let mut after_minus = false;
+        loop {
+            match self.bump() {
+                Some(f @ ('i' | 'm' | 's' | 'U')) => {
+                    flags.push(f);
+                    after_minus = false;
+                }
+                Some('-') if !negated => {
+                    flags.push('-');
+                    negated = true;
+                    after_minus = true;
+                }
+                // `(?:` is a group without a capture, `(?)` changes nothing.
+                Some(')') if flags.is_empty() => return Ok(()),
+                Some(end @ (':' | ')')) if !after_minus => {
+                    self.out.push_str("(?");
+                    self.out.push_str(&flags);
+                    self.out.push(end);
+                    return Ok(());
+                }
+                _ => return Err("missing argument to repetition operator or invalid or unsupported Perl syntax: `(?`".into()),
+            }
+        }
+    }
+
+    fn escape_outside(&mut self) -> Step {
+        let Some(c) = self.peek() else {
+            return Err("trailing backslash at end of expression".into());
+        };
+        match c {
+            'A' | 'z' => {
+                self.bump();
+                self.out.push('\\');
+                self.out.push(c);
+            }
+            // Go's word boundary is ASCII.
+            'b' | 'B' => {
+                self.bump();
+                self.out.push_str("(?-u:\\");
+                self.out.push(c);
+                self.out.push(')');
+            }
+            'C' => return Err("invalid escape sequence: `\\C`".into()),
+            'Q' => {
+                self.bump();
+                let (lit, rest) = match self.rest.find("\\E") {
+                    Some(i) => (&self.rest[..i], &self.rest[i + 2..]),
+                    None => (self.rest, ""),
+                };
+                for ch in lit.chars() {
+                    literal(&mut self.out, ch);
+                }
+                self.rest = rest;
+            }
+            'p' | 'P' => {
+                let class = self.unicode_class()?;
+                self.out.push_str(&class);
+            }
+            _ => {
+                if let Some((negated, ranges)) = perl_class(c) {
+                    self.bump();
+                    self.out.push_str(if negated { "[^" } else { "[" });
+                    self.out.push_str(ranges);
+                    self.out.push(']');
+                } else {
+                    let ch = self.char_escape()?;
+                    literal(&mut self.out, ch);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the backslash: Go's `parseEscape` (octal, hex, `\a\f\n\r\t\v`, punctuation).
+    fn char_escape(&mut self) -> Result<char, String> {
+        let start = self.rest;
+        let c = self
+            .bump()
+            .ok_or("trailing backslash at end of expression")?;
+        let invalid = |rest: &str| {
+            let used = &start[..start.len() - rest.len()];
+            format!("invalid escape sequence: `\\{used}`")
+        };
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            return Ok(c);
+        }
+        match c {
+            '1'..='7' if !self.peek().is_some_and(|d| ('0'..='7').contains(&d)) => {
+                Err(invalid(self.rest))
+            }
+            '0'..='7' => {
+                let mut v = c as u32 - '0' as u32;
+                for _ in 0..2 {
+                    match self.peek() {
+                        Some(d @ '0'..='7') => {
+                            self.bump();
+                            v = v * 8 + (d as u32 - '0' as u32);
+                        }
+                        _ => break,
+                    }
+                }
+                char::from_u32(v).ok_or_else(|| invalid(self.rest))
+            }
+            'x' => {
+                let digits = if self.eat("{") {
+                    let end = self.rest.find('}').ok_or_else(|| invalid(""))?;
+                    let d = &self.rest[..end];
+                    self.rest = &self.rest[end + 1..];
+                    d
+                } else {
+                    let two = self.rest.get(..2).ok_or_else(|| invalid(""))?;
+                    self.rest = &self.rest[2..];
+                    two
+                };
+                if digits.is_empty() || !digits.chars().all(|d| d.is_ascii_hexdigit()) {
+                    return Err(invalid(self.rest));
+                }
+                u32::from_str_radix(digits, 16)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or_else(|| invalid(self.rest))
+            }
+            'a' => Ok('\x07'),
+            'f' => Ok('\x0C'),
+            'n' => Ok('\n'),
+            'r' => Ok('\r'),
+            't' => Ok('\t'),
+            'v' => Ok('\x0B'),
+            _ => Err(invalid(self.rest)),
+        }
+    }
+
+    /// `\pL`, `\p{Greek}`, `\P{L}`, `\p{^Greek}` (at the backslash's `p`), as Rust's class.
+    /// Names are Go's: general categories (and their long names), scripts, `Any`; a script is
+    /// Go's Script, not Rust's default Script_Extensions.
+    fn unicode_class(&mut self) -> Result<String, String> {
+        let mut negated = self.bump() == Some('P');
+        let name = if self.eat("{") {
+            let end = self
+                .rest
+                .find('}')
+                .ok_or_else(|| "invalid character class range: `\\p{`".to_string())?;
+            let n = &self.rest[..end];
+            self.rest = &self.rest[end + 1..];
+            n
+        } else {
+            let n = self
+                .rest
+                .get(..self.peek().map_or(0, char::len_utf8))
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| "invalid character class range: `\\p`".to_string())?;
+            self.rest = &self.rest[n.len()..];
+            n
+        };
+        let name = match name.strip_prefix('^') {
+            Some(n) => {
+                negated = !negated;
+                n
+            }
+            None => name,
+        };
+        let bad = || format!("invalid character class range: `\\p{{{name}}}`");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '-'))
+        {
+            return Err(bad());
+        }
+        let p = if negated { 'P' } else { 'p' };
+        let script = format!("\\{p}{{sc={name}}}");
+        if Regex::new(&script).is_ok() {
+            return Ok(script);
+        }
+        let class = format!("\\{p}{{{name}}}");
+        match Regex::new(&class) {
+            Ok(_) => Ok(class),
+            Err(_) => Err(bad()),
+        }
+    }
+
+    /// A bracketed class, after its `[`, by Go's `parseClass`.
+    fn class(&mut self) -> Step {
+        let whole_start = self.rest;
+        let mut out = String::from("[");
+        if self.eat("^") {
+            out.push('^');
+        }
+        let mut first = true;
+        loop {
+            let missing = || format!("missing closing ]: `[{whole_start}`");
+            match self.peek() {
+                None => return Err(missing()),
+                Some(']') if !first => {
+                    self.bump();
+                    break;
+                }
+                _ => {}
+            }
+            first = false;
+            // `[:alpha:]`: a POSIX class where `:]` closes it; a bad name is an error.
+            if self.rest.starts_with("[:")
+                && let Some(end) = self.rest[2..].find(":]")
+            {
+                let name = &self.rest[2..2 + end];
+                let bare = name.strip_prefix('^').unwrap_or(name);
+                if !POSIX_CLASSES.contains(&bare) {
+                    return Err(format!("invalid character class range: `[:{name}:]`"));
+                }
+                out.push_str("[:");
+                out.push_str(name);
+                out.push_str(":]");
+                self.rest = &self.rest[2 + end + 2..];
+                continue;
+            }
+            if self.rest.starts_with("\\p") || self.rest.starts_with("\\P") {
+                self.bump();
+                out.push_str(&self.unicode_class()?);
+                continue;
+            }
+            if let Some((negated, ranges)) = self
+                .rest
+                .strip_prefix('\\')
+                .and_then(|r| r.chars().next())
+                .and_then(perl_class)
+            {
+                self.rest = &self.rest[2..];
+                // A negated class inside a class: Rust's nested class is a union.
+                out.push_str(if negated { "[^" } else { "" });
+                out.push_str(ranges);
+                out.push_str(if negated { "]" } else { "" });
+                continue;
+            }
+            let lo = self.class_char().ok_or_else(missing)??;
+            let mut hi = lo;
+            if self.rest.len() >= 2
+                && self.rest.starts_with('-')
+                && !self.rest[1..].starts_with(']')
+            {
+                self.bump();
+                hi = self.class_char().ok_or_else(missing)??;
+                if hi < lo {
+                    return Err(format!("invalid character class range: `{lo}-{hi}`"));
+                }
+            }
+            literal(&mut out, lo);
+            if hi != lo {
+                out.push('-');
+                literal(&mut out, hi);
+            }
+        }
+        out.push(']');
+        self.out.push_str(&out);
+        Ok(())
+    }
+
+    fn class_char(&mut self) -> Option<Result<char, String>> {
+        match self.bump()? {
+            '\\' => Some(self.char_escape()),
+            c => Some(Ok(c)),
+        }
+    }
+}
+
+/// `\d`'s and its kin's ASCII ranges (Go's Perl classes), and whether it is negated.
+fn perl_class(c: char) -> Option<(bool, &'static str)> {
+    PERL_CLASSES
+        .iter()
+        .find(|(name, ..)| *name == c)
+        .map(|(_, ranges, negated)| (*negated, *ranges))
+}
+
+/// The length of a repetition `{n}`, `{n,}` or `{n,m}` at the start of `s` and the count Go
+/// weighs it by (`m`, or `n` when unbounded), `None` where Go reads the `{` as itself; an error
+/// for counts over 1,000 (Go's limit).
+fn repeat_braces(s: &str) -> Result<Option<(usize, u64)>, String> {
+    let Some(end) = s.find('}') else {
+        return Ok(None);
+    };
+    let inner = &s[1..end];
+    let (min, max) = match inner.split_once(',') {
+        Some((min, max)) => (min, Some(max)),
+        None => (inner, None),
+    };
+    // Go's parseInt: digits, no leading zero; too long is too large.
+    let number = |n: &str| -> Option<u64> {
+        let digits = !n.is_empty() && n.chars().all(|c| c.is_ascii_digit());
+        match digits && !(n.len() > 1 && n.starts_with('0')) {
+            true if n.len() > 9 => Some(u64::MAX),
+            true => n.parse().ok(),
+            false => None,
+        }
+    };
+    let Some(lo) = number(min) else {
+        return Ok(None);
+    };
+    let hi = match max {
+        None => Some(lo),
+        Some("") => None,
+        Some(m) => match number(m) {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+    };
+    if lo > 1000 || hi.is_some_and(|h| h > 1000 || h < lo) {
+        return Err(format!("invalid repeat count: `{}`", &s[..=end]));
+    }
+    Ok(Some((end + 1, hi.unwrap_or(lo))))
+}
+
+/// `c` as a literal, inside a class or outside: letters and digits as themselves, anything else
+/// by its code point, so no character means to Rust what Go would not mean by it.
+fn literal(out: &mut String, c: char) {
+    if c.is_alphanumeric() || c == '_' || c == ' ' {
+        out.push(c);
+    } else {
+        let _ = write!(out, "\\x{{{:X}}}", c as u32);
+    }
+}
+
+/// Where Go's `FindAll*` finds its matches: leftmost-first, non-overlapping, an empty match
+/// right after the previous match skipped; at most `n` (all when `n` is negative).
+pub fn all_matches<'h>(re: &Regex, haystack: &'h str, n: i64) -> Vec<regex::Captures<'h>> {
+    let mut found = Vec::new();
+    let mut pos = 0;
+    let mut prev_end: Option<usize> = None;
+    while (n < 0 || (found.len() as i64) < n) && pos <= haystack.len() {
+        let Some(caps) = re.captures_at(haystack, pos) else {
+            break;
+        };
+        let m = caps.get(0).expect("group 0 is the match");
+        let accept = !(m.end() == pos && Some(m.start()) == prev_end);
+        if m.end() == pos {
+            pos += haystack[pos..].chars().next().map_or(1, char::len_utf8);
+        } else {
+            pos = m.end();
+        }
+        prev_end = Some(m.end());
+        if accept {
+            found.push(caps);
+        }
+    }
+    found
+}
+
+/// Go's `Regexp.Split(s, -1)`; `pattern` is the Go pattern `re` was compiled from (whether it is
+/// empty decides an empty `s`'s split).
+pub fn split<'h>(re: &Regex, pattern: &str, s: &'h str) -> Vec<&'h str> {
+    if s.is_empty() && !pattern.is_empty() {
+        return alloc::vec![""];
+    }
+    let mut parts = Vec::new();
+    let mut beg = 0;
+    let mut end = 0;
+    for caps in all_matches(re, s, -1) {
+        let m = caps.get(0).expect("group 0 is the match");
+        end = m.start();
+        if m.end() != 0 {
+            parts.push(&s[beg..end]);
+        }
+        beg = m.end();
+    }
+    if end != s.len() {
+        parts.push(&s[beg..]);
+    }
+    parts
+}
+
+/// Go's `Regexp.ReplaceAllString`: `$1`, `${name}`, `$name` (the longest run of letters, digits
+/// and `_`), `$$`.
+pub fn replace_all(re: &Regex, src: &str, template: &str) -> String {
+    // Compiled per call: nothing allocated during an evaluation may outlive it (the module's
+    // heap is reset after each).
+    let letter_or_digit = Regex::new(r"^[\pL\p{Nd}]$").expect("a valid pattern");
+    let mut out = String::with_capacity(src.len());
+    let mut last_end = 0;
+    let mut search = 0;
+    while search <= src.len() {
+        let Some(caps) = re.captures_at(src, search) else {
+            break;
+        };
+        let m = caps.get(0).expect("group 0 is the match");
+        out.push_str(&src[last_end..m.start()]);
+        if m.end() > last_end || m.start() == 0 {
+            expand(re, &caps, template, &letter_or_digit, &mut out);
+        }
+        last_end = m.end();
+        let width = src[search..].chars().next().map_or(1, char::len_utf8);
+        if search + width > m.end() {
+            search += width;
+        } else if search + 1 > m.end() {
+            search += 1;
+        } else {
+            search = m.end();
+        }
+    }
+    out.push_str(&src[last_end..]);
+    out
+}
+
+/// Go's `Regexp.expand` for one match; `letter_or_digit` matches a character of `\pL` or `\p{Nd}`.
+fn expand(
+    re: &Regex,
+    caps: &regex::Captures<'_>,
+    mut template: &str,
+    letter_or_digit: &Regex,
+    out: &mut String,
+) {
+    while let Some(i) = template.find('$') {
+        out.push_str(&template[..i]);
+        template = &template[i + 1..];
+        if let Some(rest) = template.strip_prefix('$') {
+            out.push('$');
+            template = rest;
+            continue;
+        }
+        // Go's: letters (L) and decimal digits (Nd), `_`.
+        let name_char = |c: char| {
+            c == '_'
+                || c.is_ascii_alphanumeric()
+                || (!c.is_ascii() && letter_or_digit.is_match(c.encode_utf8(&mut [0; 4])))
+        };
+        let (name, rest) = match template.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(e) if e > 0 && braced[..e].chars().all(name_char) => {
+                    (&braced[..e], &braced[e + 1..])
+                }
+                _ => ("", template),
+            },
+            None => {
+                let e = template
+                    .char_indices()
+                    .find(|(_, c)| !name_char(*c))
+                    .map_or(template.len(), |(e, _)| e);
+                (&template[..e], &template[e..])
+            }
+        };
+        if name.is_empty() {
+            // Malformed: the `$` is itself.
+            out.push('$');
+            continue;
+        }
+        template = rest;
+        // A number without a leading zero is a group's index, anything else a name.
+        let index = (name.chars().all(|c| c.is_ascii_digit())
+            && !(name.len() > 1 && name.starts_with('0')))
+        .then(|| name.parse::<usize>().ok())
+        .flatten();
+        let group = match index {
+            Some(n) => caps.get(n),
+            None => re
+                .capture_names()
+                .position(|n| n == Some(name))
+                .and_then(|i| caps.get(i)),
+        };
+        if let Some(g) = group {
+            out.push_str(g.as_str());
+        }
+    }
+    out.push_str(template);
+}
+
+/// OPA's `regex.template_match`: `template` with patterns between the one-byte delimiters
+/// (balanced), the rest literal, matching the whole of `value`.
+pub fn template_match(template: &str, value: &str, start: &str, end: &str) -> Result<bool, Error> {
+    let one = |d: &str, which: &str| -> Result<u8, Error> {
+        match d.as_bytes() {
+            [b] => Ok(*b),
+            _ => Err(Error::Syntax(format!(
+                "{which} delimiter has to be exactly one character long but is {} long",
+                d.len()
+            ))),
+        }
+    };
+    let (open, close) = (one(start, "start")?, one(end, "end")?);
+    let unbalanced = || Error::Syntax(format!("unbalanced braces in {template:?}"));
+    let mut level = 0i64;
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for (i, b) in template.bytes().enumerate() {
+        if b == open {
+            level += 1;
+            if level == 1 {
+                at = i;
+            }
+        } else if b == close {
+            level -= 1;
+            if level == 0 {
+                spans.push((at, i + 1));
+            } else if level < 0 {
+                return Err(unbalanced());
+            }
+        }
+    }
+    if level != 0 {
+        return Err(unbalanced());
+    }
+    let mut pattern = String::from("^");
+    let mut last = 0;
+    for (s, e) in spans {
+        let inner = template.get(s + 1..e - 1).ok_or_else(unbalanced)?;
+        // Each variable's pattern must compile on its own, as OPA checks.
+        compile(&format!("^{inner}$"))?;
+        pattern.push_str(&quote_meta(template.get(last..s).ok_or_else(unbalanced)?));
+        pattern.push('(');
+        pattern.push_str(inner);
+        pattern.push(')');
+        last = e;
+    }
+    pattern.push_str(&quote_meta(template.get(last..).ok_or_else(unbalanced)?));
+    pattern.push('$');
+    Ok(compile(&pattern)?.is_match(value))
+}
+
+/// Go's `regexp.QuoteMeta`.
+fn quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+use super::*;
+
+fn is_match(pattern: &str, s: &str) -> bool {
+    compile(pattern)
+        .unwrap_or_else(|e| panic!("{pattern:?}: {e}"))
+        .is_match(s)
+}
+
+fn refused(pattern: &str) -> bool {
+    matches!(compile(pattern), Err(Error::Syntax(_)))
+}
+
+/// Found by a review: `\d`, `\w`, `\s`, `\b`, `(?i)` and `\pL` were "invalid regex" (regorus
+/// builds `regex` without Unicode tables), so under non-strict builtin errors a deny rule using
+/// them never fired. Go reads the Perl classes and the word boundary as ASCII.
+#[test]
+fn perl_classes_and_unicode_classes_compile_and_read_as_go_reads_them() {
+    assert!(is_match(r"^\d+$", "0123456789"));
+    assert!(
+        !is_match(r"^\d+$", "١٢٣"),
+        "Arabic-Indic digits are not Go's \\d"
+    );
+    assert!(is_match(r"^\w+$", "a_Z9"));
+    assert!(!is_match(r"^\w+$", "é"));
+    assert!(is_match(r"^\s+$", " \t\n\r\x0C"));
+    assert!(!is_match(r"^\s$", "\x0B"), "Go's \\s has no vertical tab");
+    assert!(!is_match(r"^\s$", "\u{a0}"));
+    assert!(is_match(r"^\D\W\S$", "éé\u{a0}"));
+    assert!(is_match(r"\bcat\b", "a cat!"));
+    assert!(
+        is_match(r"\bcat", "écat"),
+        "é is not a word character to Go's \\b"
+    );
+    assert!(!is_match(r"\Bcat", "écat"));
+    assert!(is_match(r"(?i)^straße$", "STRAßE"));
+    assert!(is_match(r"(?i)^é$", "É"));
+    assert!(is_match(r"^\pL+$", "héllo"));
+    assert!(is_match(r"^\p{Greek}+$", "αβγ"));
+    assert!(!is_match(r"^\P{Greek}$", "α"));
+    assert!(!is_match(r"^\p{^Greek}$", "α"));
+    assert!(is_match(r"^\p{Lu}\p{Ll}$", "Ab"));
+    assert!(is_match(r"^[\pL\d]+$", "a1é"));
+    assert!(is_match(r"^[^\d]$", "x"));
+    assert!(!is_match(r"^[^\d]$", "5"));
+    assert!(is_match(r"^[\D5]+$", "x5"));
+    assert!(!is_match(r"^[^\D]$", "x"));
+    assert!(is_match(r"^[[:alpha:]]+$", "abc"));
+    assert!(!is_match(r"^[[:^digit:]]$", "7"));
+    assert!(refused(r"\p{NoSuchScript}"));
+    assert!(refused(r"[[:nosuch:]]"));
+}
+
+/// What Rust's syntax reads as an operator and Go's as text: set operations and nested classes,
+/// `\<`, `\>`, `\b{start}`; a `{` that is no repetition.
+#[test]
+fn what_go_reads_as_text_stays_text() {
+    assert!(is_match(r"^[a&&b]$", "&"));
+    assert!(is_match(r"^[a~~b]$", "~"));
+    assert!(is_match(r"^[a-]$", "-"));
+    assert!(is_match(r"^[-a]$", "-"));
+    assert!(is_match(r"^[--a]$", "0"), "a range from `-`");
+    assert!(is_match(r"^[[x]$", "["));
+    assert!(is_match(r"^[[:alpha]+$", ":"), "no `:]`: the `[` is itself");
+    assert!(is_match(r"^[]a]+$", "]a"));
+    assert!(is_match(r"^\<a\>$", "<a>"));
+    assert!(is_match(r"a\b{start}", "a{start}"));
+    assert!(is_match(r"^a{,2}$", "a{,2}"));
+    assert!(is_match(r"^a{x}$", "a{x}"));
+    assert!(is_match(r"^a{01}$", "a{01}"), "a leading zero is no count");
+    assert!(is_match(r"^}$", "}"));
+    assert!(is_match(r"^\Q.*+?\E$", ".*+?"));
+    assert!(is_match(r"^\Qa.b", "a.b"));
+    assert!(!is_match(r"^\Qa.b", "axb"));
+    assert!(is_match(r"^\101\x41\x{41}\_$", "AAA_"));
+    assert!(is_match(r"^\0$", "\0"));
+    assert!(is_match(r"^ # x$", " # x"), "no verbose mode");
+}
+
+/// Go refuses what Rust would take, and the other way round.
+#[test]
+fn what_go_refuses_is_refused() {
+    for bad in [
+        r"a**",
+        r"a*+",
+        r"a{2}{3}",
+        r"a{2}*",
+        r"a*??",
+        r"a{1001}",
+        r"a{2,1}",
+        r"(?x)a",
+        r"(?u)a",
+        r"(?i-)a",
+        r"(?-)a",
+        r"(?P=n)",
+        r"(?P<>a)",
+        r"(?P<a.b>a)",
+        r"\1",
+        r"\8",
+        r"\e",
+        r"\Z",
+        r"\C",
+        r"\G",
+        r"\h",
+        r"[a",
+        r"[z-a]",
+        r"[a--]",
+        r"\",
+        r"\x",
+        r"\xZZ",
+        r"\x{110000}",
+        r"\pé",
+        r"\p{sc=Greek}",
+        r"[\b]",
+        r"(",
+        r"a)",
+    ] {
+        assert!(refused(bad), "{bad:?} should be refused");
+    }
+    for good in [
+        r"a*?",
+        r"a+?",
+        r"a??",
+        r"a{2}?",
+        r"a{2,}",
+        r"a{2,1000}",
+        r"(?:a)",
+        r"(?)a",
+        r"(?i)a",
+        r"(?i-s:a)",
+        r"(?-i)a",
+        r"(?P<n>a)",
+        r"(?<n>a)",
+        r"(?U)a+",
+        r"\Aa\z",
+        r"",
+        r"x|",
+        r"(|a)",
+    ] {
+        assert!(compile(good).is_ok(), "{good:?}: {:?}", compile(good));
+    }
+}
+
+#[test]
+fn a_pattern_too_large_to_compile_is_a_limit_not_a_syntax_error() {
+    assert_eq!(compile(r"\pL{1000}").unwrap_err(), Error::TooBig);
+}
+
+/// From a reading against Go's sources: a 1 MiB bound refused an ordinary Unicode pattern Go
+/// accepts, and nested counts, deep nesting were read otherwise than Go reads them.
+#[test]
+fn limits_are_gos() {
+    assert!(is_match(r"^[\p{L}\p{N} ._-]{1,64}$", "Zoë 42"));
+    assert!(is_match(r"^(\w+\s?){1,16}$", "a b c"));
+    // Counts nested in counts multiply, at most to 1,000 (Go's `repeatIsValid`).
+    assert!(refused(r"(a{100}){20}"));
+    assert!(refused(r"(?:\d{2}){600}"));
+    assert!(refused(r"((a{1000}){1}){2}"));
+    assert!(compile(r"(a{10}){100}").is_ok());
+    assert!(compile(r"(a{10}|b{100}){10}").is_ok());
+    assert!(refused(r"(a{10}|b{101}){10}"));
+    assert!(
+        compile(r"(a{500})(b{500}){2}").is_ok(),
+        "siblings do not multiply"
+    );
+    // Go nests groups to 1,000; the `regex` crate's compiler recurses, so here 250 (a deeper
+    // pattern is refused, never a stack overflow).
+    let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
+    assert!(is_match(&nested(200), "a"));
+    assert!(refused(&nested(990)));
+}
+
+fn found(pattern: &str, s: &str, n: i64) -> Vec<String> {
+    let re = compile(pattern).unwrap();
+    all_matches(&re, s, n)
+        .iter()
+        .map(|c| c[0].to_string())
+        .collect()
+}
+
+/// Go's `FindAll`: an empty match right after a match is skipped (Go's own test case).
+#[test]
+fn matches_are_iterated_as_go_iterates_them() {
+    assert_eq!(found("a*", "baaab", -1), ["", "aaa", ""]);
+    assert_eq!(found("a*", "baaab", 2), ["", "aaa"]);
+    assert_eq!(found("a*", "baaab", 0), Vec::<String>::new());
+    assert_eq!(found("", "é", -1), ["", ""]);
+    assert_eq!(found(r"\d", "a1b22", -1), ["1", "2", "2"]);
+}
+
+#[test]
+fn split_is_gos_split() {
+    fn split_of<'h>(p: &str, s: &'h str) -> Vec<&'h str> {
+        split(&compile(p).unwrap(), p, s)
+    }
+    assert_eq!(split_of("a", "banana"), ["b", "n", "n", ""]);
+    assert_eq!(split_of("", "abc"), ["a", "b", "c"]);
+    assert_eq!(split_of("x", ""), [""]);
+    assert_eq!(split_of("", ""), Vec::<&str>::new());
+    assert_eq!(
+        split_of("(?)", ""),
+        [""],
+        "Go asks whether its own pattern is empty"
+    );
+    assert_eq!(split_of("x*", "axbc"), ["a", "b", "c"]);
+}
+
+#[test]
+fn replace_is_gos_replace_all() {
+    let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
+    assert_eq!(replace("a*", "baaab", "-"), "-b-b-");
+    assert_eq!(replace(r"(\w+)@(\w+)", "ada@x", "$2 at $1"), "x at ada");
+    assert_eq!(replace(r"(\w+)", "ab", "$1x"), "", "`$1x` names group `1x`");
+    assert_eq!(replace(r"(\w+)", "ab", "${1}x"), "abx");
+    assert_eq!(replace(r"(?P<u>\w+)", "ab", "<$u>"), "<ab>");
+    assert_eq!(replace(r"(\w+)", "ab", "$$1"), "$1");
+    assert_eq!(
+        replace(r"(\w+)", "ab", "$01"),
+        "",
+        "`$01` is a name, not group 1"
+    );
+    assert_eq!(replace(r"(\w+)", "ab", "${"), "${");
+    assert_eq!(replace(r"(\w+)", "ab", "$"), "$");
+    assert_eq!(
+        replace("(a)", "ab", "$1²"),
+        "a²b",
+        "² is no decimal digit (Nd)"
+    );
+    assert_eq!(
+        replace("(a)", "ab", "$1é"),
+        "b",
+        "é is a letter: group `1é`"
+    );
+}
+
+#[test]
+fn template_match_is_opas() {
+    let t = |tpl: &str, v: &str| template_match(tpl, v, "{", "}");
+    assert_eq!(t("urn:foo:{.*}", "urn:foo:bar:baz"), Ok(true));
+    assert_eq!(t("urn:foo.bar:{[a-z]+}", "urn:foo.bar:baz"), Ok(true));
+    assert_eq!(t("urn:foo.bar:{[a-z]+}", "urn:fooxbar:baz"), Ok(false));
+    assert_eq!(t("urn:{\\d+}", "urn:12"), Ok(true));
+    assert_eq!(t("urn:{\\d+}", "urn:12x"), Ok(false));
+    assert!(t("urn:{.*", "urn:x").is_err());
+    assert!(t("urn:{[}", "urn:x").is_err());
+    assert!(template_match("a", "a", "{{", "}").is_err());
+}
