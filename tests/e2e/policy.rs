@@ -1199,6 +1199,40 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
     assert!(stderr.contains("bad.jsonl:3: not JSON"), "{stderr}");
     assert!(stdout.is_empty(), "decided before refusing: {stdout}");
 
+    // A number the host's 64-bit JSON reader would change (a review's revoked serial reached
+    // the policy as its neighbour) is refused by its line too, and by `--input`.
+    let big = work.path().join("big.jsonl");
+    std::fs::write(
+        &big,
+        format!("{}\n{{\"serial\": 1208925819614629174706175}}\n", inputs[0]),
+    )
+    .unwrap();
+    let out = eval_lines(&big);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "big.jsonl:2: the number 1208925819614629174706175 cannot be carried exactly"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "decided before refusing: {stdout}");
+    let out = policy_eval(
+        &bundle,
+        "gantry/authz/decision",
+        r#"{"serial": 0.30000000000000001}"#,
+        &[],
+        work.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("--input: the number 0.30000000000000001"),
+        "{}",
+        text(&out).1
+    );
+
     // A decision that fails (two values for one complete rule) is an error naming its line,
     // after the decisions before it, and the run's exit code says so.
     let conflict = work.path().join("conflict");

@@ -266,8 +266,15 @@ impl Bundle {
         let json = |name: &str, bytes: Option<Vec<u8>>| -> Result<serde_json::Value, PolicyError> {
             match bytes {
                 None => Ok(serde_json::json!({})),
-                Some(b) => serde_json::from_slice(&b)
-                    .map_err(|e| bad(format!("/{name}:{}:{}: {e}", e.line(), e.column()))),
+                Some(b) => {
+                    let value = serde_json::from_slice(&b)
+                        .map_err(|e| bad(format!("/{name}:{}:{}: {e}", e.line(), e.column())))?;
+                    // serde_json read the bytes, so they are UTF-8.
+                    let text = std::str::from_utf8(&b).unwrap_or_default();
+                    gantry_policy_engine::json::check_carried_exactly(text)
+                        .map_err(|e| bad(format!("/{name}: {e}")))?;
+                    Ok(value)
+                }
             }
         };
         Ok(Self {

@@ -439,6 +439,39 @@ fn push_children<'a>(
 mod tests {
     use super::*;
 
+    /// Found by a review: `data.json` (and `--input`) numbers went through serde_json's 64-bit
+    /// numbers, so a revoked serial `1208925819614629174706175` reached the sandbox as its
+    /// neighbour and `policy test` (exact Rego literals) passed while the bundle allowed. A number
+    /// the host cannot carry exactly is refused by file, line and column.
+    #[test]
+    fn a_number_the_host_cannot_carry_exactly_is_refused_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.rego"),
+            "package x
+allow := true
+",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("data.json"),
+            "{\"revoked\": [\n  1208925819614629174706175\n]}",
+        )
+        .unwrap();
+        let e = PolicySource::read(dir.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("data.json: the number 1208925819614629174706175 cannot be carried exactly")
+                && e.contains("line 2 column 3"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("data.json"),
+            "{\"revoked\": [\"1208925819614629174706175\", 7]}",
+        )
+        .unwrap();
+        PolicySource::read(dir.path()).unwrap();
+    }
+
     /// Two `default`s give a rule two values; the engine module refuses such a policy at load
     /// (see `gantry_policy_engine::policy::one_default_per_rule`), so `policy build` refuses it,
     /// and `policy test`, which ran the tests on the first default, refuses it too.

@@ -32,6 +32,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     }
 }
 
+/// Every number of `data.json` survives the host's 64-bit JSON reader unchanged (see
+/// `gantry_policy_engine::json::check_carried_exactly`): the data a policy sees in the sandbox is
+/// the data written, as `policy test` and OPA see it.
+pub(crate) fn check_numbers(text: &str, file: &str) -> Result<(), PolicyError> {
+    gantry_policy_engine::json::check_carried_exactly(text)
+        .map_err(|e| PolicyError::Source(format!("{file}: {e}")))
+}
+
 /// The top level of `data.json` is an object without the key the bundle's policy travels under.
 pub(crate) fn check_data(data: &serde_json::Value, file: &str) -> Result<(), PolicyError> {
     match data.as_object() {
@@ -83,6 +91,7 @@ impl PolicySource {
                 ))
             })?;
             check_data(&data, &data_path.display().to_string())?;
+            check_numbers(&text, &data_path.display().to_string())?;
             data
         } else {
             serde_json::json!({})
@@ -101,6 +110,7 @@ impl PolicySource {
             PolicyError::Source(format!("data.json:{}:{}: {e}", e.line(), e.column()))
         })?;
         check_data(&data, "data.json")?;
+        check_numbers(data_json, "data.json")?;
         Ok(Self {
             modules: modules
                 .iter()

@@ -287,7 +287,7 @@ pub unsafe extern "C" fn opa_json_parse(ptr: i32, len: i32) -> i32 {
     let Ok(text) = core::str::from_utf8(bytes) else {
         return 0;
     };
-    match Value::from_json_str(text) {
+    match crate::json::parse(text) {
         Ok(v) => {
             let addr = boxed(v);
             if !*IN_BUILTIN.get() {
@@ -418,7 +418,7 @@ pub unsafe extern "C" fn eval(ctx: i32) -> i32 {
         unsafe { value(ctx.input) }.clone()
     };
     let out = evaluate(ctx.entrypoint, ctx.data, input);
-    ctx.result = boxed(Value::from_json_str(&out).unwrap_or_else(|_| abort("result")));
+    ctx.result = boxed(crate::json::parse(&out).unwrap_or_else(|_| abort("result")));
     0
 }
 
@@ -442,7 +442,7 @@ pub unsafe extern "C" fn opa_eval(
     let bytes = unsafe { core::slice::from_raw_parts(input_ptr as *const u8, input_len as usize) };
     let input = core::str::from_utf8(bytes)
         .ok()
-        .and_then(|text| Value::from_json_str(text).ok())
+        .and_then(|text| crate::json::parse(text).ok())
         .unwrap_or_else(|| abort("gantry policy engine: input is not JSON"));
     c_string(evaluate(entrypoint, data, input))
 }

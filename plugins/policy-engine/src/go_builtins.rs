@@ -33,7 +33,7 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         Value::Null => Ok(Value::from(0u64)),
         Value::Bool(b) => Ok(Value::from(u64::from(*b))),
         Value::Number(_) => Ok(args[0].clone()),
-        Value::String(s) => match go_decimal(s).and_then(|j| Value::from_json_str(&j).ok()) {
+        Value::String(s) => match go_decimal(s).and_then(|j| crate::json::parse(&j).ok()) {
             Some(n @ Value::Number(_)) => Ok(n),
             _ => fail(format!(
                 "to_number: could not parse string as number: {s:?}"

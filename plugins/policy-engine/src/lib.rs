@@ -9,6 +9,7 @@
 //!
 //! - [`policy`]: the policy description and its evaluation (plain Rust, tested natively).
 //! - [`diagnostic`]: regorus's errors as `file:line:col: message`.
+//! - [`json`]: JSON text to a regorus value with exact numbers (inputs and data).
 //! - [`host_builtins`]: the clock and entropy, which the host provides (`opa_builtin*`).
 //! - [`go_builtins`]: builtins OPA takes from Go's standard library, read as Go reads them.
 //! - [`go_regex`]: Go's regular expressions (OPA's `regex.*`) on Rust's `regex` crate.
@@ -20,6 +21,7 @@ pub mod diagnostic;
 pub mod go_builtins;
 pub mod go_regex;
 pub mod host_builtins;
+pub mod json;
 pub mod policy;
 
 #[cfg(target_family = "wasm")]

@@ -430,13 +430,16 @@ fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
             .with_context(|| format!("reading the input from {file}"))?,
         None => input,
     };
-    serde_json::from_str(&text).map_err(|e| {
+    let input = serde_json::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "--input: not JSON (line {}, column {}): {e}",
             e.line(),
             e.column()
         )
-    })
+    })?;
+    gantry_policy_engine::json::check_carried_exactly(&text)
+        .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+    Ok(input)
 }
 
 /// Most bytes `--inputs` reads: inputs are held in memory, all checked before the first decision.
@@ -469,7 +472,11 @@ fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, se
         .map(|(i, line)| {
             let at = format!("{name}:{}", i + 1);
             match serde_json::from_str(line) {
-                Ok(input) => Ok((Some(at), input)),
+                Ok(input) => {
+                    gantry_policy_engine::json::check_carried_exactly(line)
+                        .map_err(|e| anyhow::anyhow!("--inputs {at}: {e}"))?;
+                    Ok((Some(at), input))
+                }
                 Err(e) => Err(anyhow::anyhow!(
                     "--inputs {at}: not JSON (column {}): {e}",
                     e.column()

@@ -137,3 +137,21 @@ fn a_duplicate_member_cannot_smuggle_unsigned_bytes_past_the_signature() {
     let b = Bundle::read_verified(&path, &[hs256()]).unwrap();
     assert_eq!(b.wasm, b"signed module");
 }
+
+/// A bundle's `data.json` holding a number the host's 64-bit reader would change is refused,
+/// whoever built the bundle (see `check::tests::a_number_the_host_cannot_carry_exactly_...`).
+#[test]
+fn a_bundle_whose_data_holds_a_number_the_host_cannot_carry_is_refused() {
+    let members: [(&str, &[u8]); 2] = [
+        ("/policy.wasm", b"module"),
+        ("/data.json", b"{\"serial\": 18446744073709551616}"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.tar.gz");
+    std::fs::write(&path, gzip(&tar_of(&members))).unwrap();
+    let e = Bundle::read(&path).err().unwrap().to_string();
+    assert!(
+        e.contains("/data.json") && e.contains("18446744073709551616 cannot be carried exactly"),
+        "{e}"
+    );
+}
