@@ -138,10 +138,35 @@ fn scope_dir(mount: &Path, own: Option<String>, scope: &str) -> Option<PathBuf> 
     writable.then(|| own.join(format!("gantry-{scope}")))
 }
 
+/// What a process holding a scope's cgroups marks in its scratch owner directory
+/// ([`crate::scratch::Scratch::mark`]), followed by the scope's directory name: a scope no live
+/// process marks is a dead daemon's or agent's ([`Cgroups::sweep_dead_scopes`]).
+const MARK_PREFIX: &str = "cgroup-";
+
+/// Whether `name` is a scope directory's name: `gantry-` and [`scope_for`]'s 16 hex digits.
+fn is_scope_name(name: &str) -> bool {
+    name.strip_prefix("gantry-")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl Cgroups {
     /// The cgroups this daemon can make for runs on this machine, under a directory named for
-    /// `scope`; `None` where it can make none (no cgroup file system, or not writable).
+    /// `scope`; `None` where it can make none (no cgroup file system, or not writable). The
+    /// process marks the scope as its own first, so no other's sweep takes it for a dead one.
     pub fn detect(scope: &str) -> Option<Self> {
+        let found = Self::detect_unmarked(scope)?;
+        match crate::scratch::Scratch::process() {
+            Ok(scratch) => {
+                if let Err(e) = scratch.mark(&format!("{MARK_PREFIX}gantry-{scope}")) {
+                    tracing::warn!(error = %e, "marking this process's cgroups as live");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "marking this process's cgroups as live"),
+        }
+        Some(found)
+    }
+
+    fn detect_unmarked(scope: &str) -> Option<Self> {
         let root = Path::new(ROOT);
         if root.join("cgroup.controllers").is_file() {
             let dir = scope_dir(root, own_path(""), scope)?;
@@ -205,6 +230,58 @@ impl Cgroups {
             let _ = std::fs::remove_dir(&scope.dir);
         }
         killed
+    }
+
+    /// Kills and removes the runs' cgroups of scopes beside this one (in the same parent, of this
+    /// user) that no live process marks: daemons and agents killed outright whose data
+    /// directory or node never started again (a day of tests left 118 such directories here).
+    /// Returns how many scopes it removed.
+    pub fn sweep_dead_scopes(&self) -> usize {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        // Directories first, marks second: a scope is marked before its directory is made, so a
+        // directory seen here is either marked in what is read next or its owner is gone.
+        let mut candidates = Vec::new();
+        for scope in &self.scopes {
+            let Some(Ok(entries)) = scope.dir.parent().map(std::fs::read_dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let ours = std::fs::symlink_metadata(&dir)
+                    .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == uid);
+                if is_scope_name(&name) && dir != scope.dir && ours {
+                    candidates.push((name, dir));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return 0;
+        }
+        let live = match crate::scratch::live_marks(MARK_PREFIX) {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading which cgroup scopes are live");
+                return 0;
+            }
+        };
+        let mut swept = 0;
+        for (name, dir) in candidates {
+            if live.contains(&format!("{MARK_PREFIX}{name}")) {
+                continue;
+            }
+            if let Ok(runs) = std::fs::read_dir(&dir) {
+                for run in runs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                    kill_all(&run);
+                    remove(&run);
+                }
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                swept += 1;
+            }
+        }
+        swept
     }
 
     /// A new cgroup for run `run` with `resources` set, held to `bounds` where the machine has
@@ -453,6 +530,82 @@ impl Drop for RunGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found at a cleanup: 118 empty `gantry-<scope>` directories (each with an empty run
+    /// cgroup inside) left by daemons killed in tests, whose data directories never started
+    /// again to reap them. A start sweeps the scopes beside its own that no live process
+    /// marks, killing what is still in them; a live one (marked) is left alone. Root with
+    /// cgroups only.
+    #[test]
+    fn a_start_sweeps_the_scopes_of_dead_daemons_and_leaves_live_ones() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make cgroups");
+            return;
+        }
+        let own = scope_for(b"cgroup tests: the sweeping daemon");
+        let Some(cgroups) = Cgroups::detect(&own) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        let run = cgroups
+            .create(
+                "vision-run",
+                Resources::default(),
+                Bounds {
+                    max_pids: 64,
+                    memory_mib: None,
+                },
+            )
+            .unwrap();
+        let dead = format!("gantry-{}", scope_for(b"cgroup tests: a killed daemon"));
+        let live = format!("gantry-{}", scope_for(b"cgroup tests: a live daemon"));
+        crate::scratch::Scratch::process()
+            .unwrap()
+            .mark(&format!("{MARK_PREFIX}{live}"))
+            .unwrap();
+        let parents: Vec<PathBuf> = cgroups
+            .scopes
+            .iter()
+            .filter_map(|s| s.dir.parent().map(Path::to_path_buf))
+            .collect();
+        for parent in &parents {
+            std::fs::create_dir_all(parent.join(&dead).join("left-run")).unwrap();
+            std::fs::create_dir_all(parent.join(&live).join("running")).unwrap();
+        }
+        // What the killed daemon's run left running is in its cgroup.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            parents[0].join(&dead).join("left-run/cgroup.procs"),
+            child.id().to_string(),
+        )
+        .unwrap();
+
+        assert!(cgroups.sweep_dead_scopes() >= parents.len());
+        for parent in &parents {
+            assert!(!parent.join(&dead).exists(), "{}", parent.display());
+            assert!(parent.join(&live).join("running").is_dir());
+        }
+        let waited = child.wait().unwrap();
+        assert!(
+            !waited.success(),
+            "the dead scope's process was killed: {waited:?}"
+        );
+        assert!(
+            cgroups
+                .scopes
+                .iter()
+                .all(|s| s.dir.join("vision-run").is_dir())
+        );
+        drop(run);
+        for parent in &parents {
+            let _ = std::fs::remove_dir(parent.join(&live).join("running"));
+            let _ = std::fs::remove_dir(parent.join(&live));
+        }
+    }
 
     /// Found by a review: one tenant's run, within its own task bound, took every task the
     /// daemon's cgroup had (systemd's `TasksMax`), and the daemon's agent, unable to start a

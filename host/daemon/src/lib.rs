@@ -530,13 +530,22 @@ impl Daemon {
         // again: a job never runs twice at once.
         let cgroups = cgroup::Cgroups::detect(&cgroup_scope(&config.data_dir));
         match &cgroups {
-            Some(c) => match c.reap_leftovers() {
-                0 => {}
-                n => tracing::warn!(
-                    processes = n,
-                    "killed what command jobs left running when the daemon last stopped"
-                ),
-            },
+            Some(c) => {
+                match c.reap_leftovers() {
+                    0 => {}
+                    n => tracing::warn!(
+                        processes = n,
+                        "killed what command jobs left running when the daemon last stopped"
+                    ),
+                }
+                match c.sweep_dead_scopes() {
+                    0 => {}
+                    n => tracing::warn!(
+                        scopes = n,
+                        "removed the cgroups of daemons and agents that were killed"
+                    ),
+                }
+            }
             None => tracing::info!(
                 "no writable cgroups here: command jobs run without memory or CPU limits"
             ),

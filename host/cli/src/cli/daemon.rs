@@ -1451,6 +1451,7 @@ fn run_agent_until(
                 args.node
             );
         }
+        c.sweep_dead_scopes();
     }
     // Likewise the scratch directories of runs whose agent (or daemon) was killed.
     gantry_daemon::scratch::sweep_dead_owners();
