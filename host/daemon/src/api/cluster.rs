@@ -77,10 +77,21 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         let body = json!({"status": "low_disk", "free_bytes": free, "reserve_bytes": reserve});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    // A cluster with GPUs none of which serves (its agents are gone, their leases lapsed, or
+    // every GPU reported faults) takes jobs it cannot run: said, without failing the check (a
+    // daemon waiting for its agents is up).
+    let status = {
+        let host = state.daemon.host_read();
+        let s = host.state();
+        match !s.cluster.gpus.is_empty() && s.healthy_gpus() == 0 {
+            true => "degraded: no GPU serves",
+            false => "ok",
+        }
+    };
     match &state.daemon.leadership {
         // The leader of a replicated control plane (followers answer with their own app).
-        Some(lead) => Json(json!({"status": "ok", "role": "leader", "term": lead.term()})),
-        None => Json(json!({"status": "ok"})),
+        Some(lead) => Json(json!({"status": status, "role": "leader", "term": lead.term()})),
+        None => Json(json!({"status": status})),
     }
     .into_response()
 }
