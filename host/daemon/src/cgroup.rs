@@ -13,6 +13,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The hierarchy this daemon puts runs in.
@@ -20,6 +21,8 @@ use std::time::Duration;
 pub struct Cgroups {
     /// Directories holding the runs' cgroups, one per hierarchy used (v2: one).
     scopes: Vec<Scope>,
+    /// The scope's lock, held while any copy lives ([`LOCKS`]).
+    _lock: Option<Arc<std::fs::File>>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,10 +141,12 @@ fn scope_dir(mount: &Path, own: Option<String>, scope: &str) -> Option<PathBuf> 
     writable.then(|| own.join(format!("gantry-{scope}")))
 }
 
-/// What a process holding a scope's cgroups marks in its scratch owner directory
-/// ([`crate::scratch::Scratch::mark`]), followed by the scope's directory name: a scope no live
-/// process marks is a dead daemon's or agent's ([`Cgroups::sweep_dead_scopes`]).
-const MARK_PREFIX: &str = "cgroup-";
+/// Where each scope's lock lives: a process holding a scope's cgroups holds a shared `flock` on
+/// `<LOCKS>/gantry-<scope>.lock` for its life, so a scope whose lock another can take exclusively
+/// belongs to a process that is gone ([`Cgroups::sweep_dead_scopes`]). A fixed, root-only place:
+/// not the temporary directory, which differs between processes (`PrivateTmp`, a shell's
+/// `TMPDIR`), and a scope found without a lock there is never taken for a dead one.
+const LOCKS: &str = "/run/gantry/cgroups";
 
 /// Whether `name` is a scope directory's name: `gantry-` and [`scope_for`]'s 16 hex digits.
 fn is_scope_name(name: &str) -> bool {
@@ -149,21 +154,68 @@ fn is_scope_name(name: &str) -> bool {
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Opens `path` (not following a link, creating it when `create`) and takes `operation`'s
+/// `flock`; `None` when it cannot.
+fn lock(path: &Path, create: bool, operation: libc::c_int) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    // SAFETY: the descriptor is open for the call.
+    (unsafe { libc::flock(file.as_raw_fd(), operation) } == 0).then_some(file)
+}
+
+/// This process's shared lock on scope directory `name` ([`LOCKS`]), held for its life; `None`
+/// where there is no root-only place for it (the scope then is never swept by another).
+fn hold(name: &str) -> Option<Arc<std::fs::File>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let dir = Path::new(LOCKS);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    let safe = std::fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0);
+    if !safe {
+        return None;
+    }
+    let path = dir.join(format!("{name}.lock"));
+    // A sweep removes a dead scope's lock file holding it exclusively: the shared lock waits
+    // for that, and is taken again on a fresh file when its file went meanwhile.
+    for _ in 0..8 {
+        let file = lock(&path, true, libc::LOCK_SH)?;
+        let ours = file.metadata().ok()?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(there) if there.ino() == ours.ino() && there.dev() == ours.dev() => {
+                return Some(Arc::new(file));
+            }
+            _ => continue,
+        }
+    }
+    None
+}
+
 impl Cgroups {
     /// The cgroups this daemon can make for runs on this machine, under a directory named for
     /// `scope`; `None` where it can make none (no cgroup file system, or not writable). The
-    /// process marks the scope as its own first, so no other's sweep takes it for a dead one.
+    /// scope's lock is taken first ([`LOCKS`]), so no other start takes it for a dead one.
     pub fn detect(scope: &str) -> Option<Self> {
+        let lock = hold(&format!("gantry-{scope}"));
         let found = Self::detect_unmarked(scope)?;
-        match crate::scratch::Scratch::process() {
-            Ok(scratch) => {
-                if let Err(e) = scratch.mark(&format!("{MARK_PREFIX}gantry-{scope}")) {
-                    tracing::warn!(error = %e, "marking this process's cgroups as live");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "marking this process's cgroups as live"),
-        }
-        Some(found)
+        Some(Self {
+            _lock: lock,
+            ..found
+        })
     }
 
     fn detect_unmarked(scope: &str) -> Option<Self> {
@@ -175,6 +227,7 @@ impl Cgroups {
                     dir,
                     controller: Controller::Unified,
                 }],
+                _lock: None,
             });
         }
         let scopes: Vec<Scope> = [
@@ -193,7 +246,10 @@ impl Cgroups {
         scopes
             .iter()
             .any(|s| s.controller == Controller::Memory)
-            .then_some(Self { scopes })
+            .then_some(Self {
+                scopes,
+                _lock: None,
+            })
     }
 
     /// What the runs' cgroups can limit: (memory, CPU).
@@ -232,16 +288,15 @@ impl Cgroups {
         killed
     }
 
-    /// Kills and removes the runs' cgroups of scopes beside this one (in the same parent, of this
-    /// user) that no live process marks: daemons and agents killed outright whose data
-    /// directory or node never started again (a day of tests left 118 such directories here).
-    /// Returns how many scopes it removed.
+    /// Removes the scopes beside this one (in the same parents, of this user) whose process is
+    /// gone (their lock free, [`LOCKS`]) and that hold nothing: daemons and agents killed
+    /// outright whose data directory or node never started again (a day of tests left 118 such
+    /// directories here). A scope with a process in it stays, for its own next start to reap;
+    /// one without a lock file is nobody's to judge. Returns how many scopes it removed.
     pub fn sweep_dead_scopes(&self) -> usize {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
-        // Directories first, marks second: a scope is marked before its directory is made, so a
-        // directory seen here is either marked in what is read next or its owner is gone.
-        let mut candidates = Vec::new();
+        let mut found: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
         for scope in &self.scopes {
             let Some(Ok(entries)) = scope.dir.parent().map(std::fs::read_dir) else {
                 continue;
@@ -252,33 +307,51 @@ impl Cgroups {
                 let ours = std::fs::symlink_metadata(&dir)
                     .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == uid);
                 if is_scope_name(&name) && dir != scope.dir && ours {
-                    candidates.push((name, dir));
+                    found.entry(name).or_default().push(dir);
                 }
             }
         }
-        if candidates.is_empty() {
-            return 0;
-        }
-        let live = match crate::scratch::live_marks(MARK_PREFIX) {
-            Ok(live) => live,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading which cgroup scopes are live");
-                return 0;
-            }
-        };
         let mut swept = 0;
-        for (name, dir) in candidates {
-            if live.contains(&format!("{MARK_PREFIX}{name}")) {
+        for (name, dirs) in found {
+            let path = Path::new(LOCKS).join(format!("{name}.lock"));
+            // Held exclusively while its directories go: a start of that scope waits for it.
+            let Some(_dead) = lock(&path, false, libc::LOCK_EX | libc::LOCK_NB) else {
                 continue;
-            }
-            if let Ok(runs) = std::fs::read_dir(&dir) {
-                for run in runs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-                    kill_all(&run);
-                    remove(&run);
+            };
+            let mut left = false;
+            for dir in &dirs {
+                if let Ok(runs) = std::fs::read_dir(dir) {
+                    for run in runs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                        // Only an empty cgroup can be removed: a busy one stays.
+                        let _ = std::fs::remove_dir(&run);
+                    }
                 }
+                left |= std::fs::remove_dir(dir).is_err();
             }
-            if std::fs::remove_dir(&dir).is_ok() {
+            if !left {
+                let _ = std::fs::remove_file(&path);
                 swept += 1;
+            }
+        }
+        // The lock files of processes that are gone and made no cgroups (most daemons run no
+        // command): removed too, held while they go.
+        let parents: Vec<&Path> = self.scopes.iter().filter_map(|s| s.dir.parent()).collect();
+        if let Ok(entries) = std::fs::read_dir(LOCKS) {
+            for path in entries.flatten().map(|e| e.path()) {
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".lock"))
+                    .filter(|n| is_scope_name(n))
+                else {
+                    continue;
+                };
+                if parents.iter().any(|p| p.join(name).exists()) {
+                    continue;
+                }
+                if let Some(_dead) = lock(&path, false, libc::LOCK_EX | libc::LOCK_NB) {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         swept
@@ -533,11 +606,12 @@ mod tests {
 
     /// Found at a cleanup: 118 empty `gantry-<scope>` directories (each with an empty run
     /// cgroup inside) left by daemons killed in tests, whose data directories never started
-    /// again to reap them. A start sweeps the scopes beside its own that no live process
-    /// marks, killing what is still in them; a live one (marked) is left alone. Root with
-    /// cgroups only.
+    /// again to reap them. A start removes the scopes beside its own whose process is gone (its
+    /// lock free) and that hold nothing. Never killed by another's start (a review: with marks
+    /// under `$TMPDIR`, a start with another `TMPDIR` killed every live daemon's jobs): a busy
+    /// dead scope, a live one, one without a lock file all stay. Root with cgroups only.
     #[test]
-    fn a_start_sweeps_the_scopes_of_dead_daemons_and_leaves_live_ones() {
+    fn a_start_sweeps_empty_scopes_of_dead_daemons_and_never_a_live_or_busy_one() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root to make cgroups");
@@ -558,53 +632,72 @@ mod tests {
                 },
             )
             .unwrap();
-        let dead = format!("gantry-{}", scope_for(b"cgroup tests: a killed daemon"));
-        let live = format!("gantry-{}", scope_for(b"cgroup tests: a live daemon"));
-        crate::scratch::Scratch::process()
-            .unwrap()
-            .mark(&format!("{MARK_PREFIX}{live}"))
-            .unwrap();
+        let name = |who: &str| format!("gantry-{}", scope_for(who.as_bytes()));
+        let (dead, busy, live, unknown) = (
+            name("cgroup tests: a killed daemon"),
+            name("cgroup tests: a killed daemon whose run lives on"),
+            name("cgroup tests: a live daemon"),
+            name("cgroup tests: a daemon of another kind"),
+        );
         let parents: Vec<PathBuf> = cgroups
             .scopes
             .iter()
             .filter_map(|s| s.dir.parent().map(Path::to_path_buf))
             .collect();
         for parent in &parents {
-            std::fs::create_dir_all(parent.join(&dead).join("left-run")).unwrap();
-            std::fs::create_dir_all(parent.join(&live).join("running")).unwrap();
+            for scope in [&dead, &busy, &live, &unknown] {
+                std::fs::create_dir_all(parent.join(scope).join("run")).unwrap();
+            }
         }
-        // What the killed daemon's run left running is in its cgroup.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
         std::fs::write(
-            parents[0].join(&dead).join("left-run/cgroup.procs"),
+            parents[0].join(&busy).join("run/cgroup.procs"),
             child.id().to_string(),
         )
         .unwrap();
+        let lock_of = |scope: &str| Path::new(LOCKS).join(format!("{scope}.lock"));
+        // Dead: lock files no process holds (made last: a sweep between sees no lock file).
+        std::fs::write(lock_of(&dead), b"").unwrap();
+        std::fs::write(lock_of(&busy), b"").unwrap();
+        let held = hold(&live).unwrap();
 
-        assert!(cgroups.sweep_dead_scopes() >= parents.len());
+        cgroups.sweep_dead_scopes();
         for parent in &parents {
             assert!(!parent.join(&dead).exists(), "{}", parent.display());
-            assert!(parent.join(&live).join("running").is_dir());
+            assert!(parent.join(&live).join("run").is_dir());
+            assert!(parent.join(&unknown).join("run").is_dir());
         }
-        let waited = child.wait().unwrap();
+        assert!(!lock_of(&dead).exists());
         assert!(
-            !waited.success(),
-            "the dead scope's process was killed: {waited:?}"
+            parents[0].join(&busy).join("run").is_dir(),
+            "a busy scope stays"
         );
+        assert!(child.try_wait().unwrap().is_none(), "and its process lives");
         assert!(
             cgroups
                 .scopes
                 .iter()
-                .all(|s| s.dir.join("vision-run").is_dir())
+                .all(|s| s.dir.join("vision-run").is_dir()),
+            "its own stays"
         );
+        // Once its process is gone, it goes too.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        cgroups.sweep_dead_scopes();
+        assert!(!parents[0].join(&busy).exists());
         drop(run);
+        drop(held);
         for parent in &parents {
-            let _ = std::fs::remove_dir(parent.join(&live).join("running"));
-            let _ = std::fs::remove_dir(parent.join(&live));
+            for scope in [&live, &unknown] {
+                let _ = std::fs::remove_dir(parent.join(scope).join("run"));
+                let _ = std::fs::remove_dir(parent.join(scope));
+            }
         }
+        let _ = std::fs::remove_file(lock_of(&live));
     }
 
     /// Found by a review: one tenant's run, within its own task bound, took every task the

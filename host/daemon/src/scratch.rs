@@ -111,12 +111,6 @@ impl Scratch {
         &self.dir
     }
 
-    /// Marks this process as holding `name` (a cgroup scope, say) for as long as it lives: see
-    /// [`live_marks`].
-    pub fn mark(&self, name: &str) -> io::Result<()> {
-        File::create(self.dir.join(name)).map(drop)
-    }
-
     /// A fresh private directory for one run, owned by `user` when given; removed when dropped.
     pub fn run_dir(&self, user: Option<&JobUser>) -> io::Result<tempfile::TempDir> {
         use std::os::unix::fs::PermissionsExt;
@@ -183,45 +177,6 @@ fn new_root(base: &Path) -> Result<PathBuf, ScratchError> {
         .tempdir_in(base)
         .map_err(io_at(base))?;
     Ok(dir.keep())
-}
-
-/// The marks ([`Scratch::mark`]) starting with `prefix` that processes of this user still alive
-/// hold, under the system's temporary directory: what a sweep of something they name must leave
-/// alone. An owner whose lock cannot be checked counts as alive.
-pub fn live_marks(prefix: &str) -> Result<std::collections::HashSet<String>, ScratchError> {
-    live_marks_in(&std::env::temp_dir(), prefix)
-}
-
-fn live_marks_in(
-    base: &Path,
-    prefix: &str,
-) -> Result<std::collections::HashSet<String>, ScratchError> {
-    let mut marks = std::collections::HashSet::new();
-    for root in roots(base)? {
-        for entry in std::fs::read_dir(&root).map_err(io_at(&root))?.flatten() {
-            let path = entry.path();
-            let Some(owner) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".lock"))
-            else {
-                continue;
-            };
-            if try_lock(&path).is_some() {
-                continue; // its process is gone (the lock is released as this one drops)
-            }
-            let Ok(names) = std::fs::read_dir(root.join(owner)) else {
-                continue;
-            };
-            marks.extend(
-                names
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().map(String::from))
-                    .filter(|n| n.starts_with(prefix)),
-            );
-        }
-    }
-    Ok(marks)
 }
 
 /// Removes the owner directories of processes that are gone, in every root of this user under
