@@ -852,6 +852,19 @@ impl Daemon {
         self.host.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the cluster has GPUs and none serves, when the host can be read without waiting
+    /// (a writer holds it across a decision's audit sync: `/v1/health` must not queue behind
+    /// that); `None` when it cannot now.
+    pub fn no_gpu_serves(&self) -> Option<bool> {
+        let host = match self.host.try_read() {
+            Ok(host) => host,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let s = host.state();
+        Some(!s.cluster.gpus.is_empty() && s.healthy_gpus() == 0)
+    }
+
     /// One scheduling cycle; placed jobs become `scheduled` in the database, and training jobs
     /// start (resuming from their newest checkpoint, if they have one). Jobs whose backoff
     /// ended join the queue first.

@@ -80,13 +80,10 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
     // A cluster with GPUs none of which serves (its agents are gone, their leases lapsed, or
     // every GPU reported faults) takes jobs it cannot run: said, without failing the check (a
     // daemon waiting for its agents is up).
-    let status = {
-        let host = state.daemon.host_read();
-        let s = host.state();
-        match !s.cluster.gpus.is_empty() && s.healthy_gpus() == 0 {
-            true => "degraded: no GPU serves",
-            false => "ok",
-        }
+    // Read without waiting: while a writer holds the host, it says ok (the next check reads).
+    let status = match state.daemon.no_gpu_serves() {
+        Some(true) => "degraded: no GPU serves",
+        Some(false) | None => "ok",
     };
     match &state.daemon.leadership {
         // The leader of a replicated control plane (followers answer with their own app).
