@@ -35,8 +35,8 @@ const MAX_REPEAT: u64 = 1000;
 pub enum Error {
     /// Go refuses it (`regexp.Compile` fails): a builtin error, as in OPA.
     Syntax(String),
-    /// It compiles to more than [`SIZE_LIMIT`]: refused whatever the builtin-error mode, as a
-    /// resource limit.
+    /// It compiles to more than [`SIZE_LIMIT`] or nests too deep: refused whatever the
+    /// builtin-error mode, as a resource limit (an evaluation error: the host denies).
     TooBig,
 }
 
@@ -44,7 +44,10 @@ impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Error::Syntax(m) => f.write_str(m),
-            Error::TooBig => write!(f, "the pattern compiles to more than {SIZE_LIMIT} bytes"),
+            Error::TooBig => write!(
+                f,
+                "the pattern compiles to more than {SIZE_LIMIT} bytes or nests deeper than 250"
+            ),
         }
     }
 }
@@ -57,6 +60,8 @@ pub fn compile(pattern: &str) -> Result<Regex, Error> {
         .build()
         .map_err(|e| match e {
             regex::Error::CompiledTooBig(_) => Error::TooBig,
+            // Nested deeper than the crate's compiler may recurse: a limit of this engine's.
+            e if e.to_string().contains("nested parentheses") => Error::TooBig,
             e => Error::Syntax(format!(
                 "error parsing regexp: {}",
                 last_line(&e.to_string())
@@ -110,6 +115,259 @@ const PERL_CLASSES: [(char, &str, bool); 6] = [
 const POSIX_CLASSES: [&str; 14] = [
     "alnum", "alpha", "ascii", "blank", "cntrl", "digit", "graph", "lower", "print", "punct",
     "space", "upper", "word", "xdigit",
+];
+
+/// General categories by their loose names (lower case, no `_`, `-` or space), as Go 1.25 reads
+/// them (Unicode's aliases), with the name the `regex` crate knows.
+const CATEGORIES: [(&str, &str); 80] = [
+    ("c", "Other"),
+    ("casedletter", "Cased_Letter"),
+    ("cc", "Control"),
+    ("cf", "Format"),
+    ("closepunctuation", "Close_Punctuation"),
+    ("cn", "Unassigned"),
+    ("cntrl", "Control"),
+    ("co", "Private_Use"),
+    ("combiningmark", "Mark"),
+    ("connectorpunctuation", "Connector_Punctuation"),
+    ("control", "Control"),
+    ("cs", "Surrogate"),
+    ("currencysymbol", "Currency_Symbol"),
+    ("dashpunctuation", "Dash_Punctuation"),
+    ("decimalnumber", "Decimal_Number"),
+    ("digit", "Decimal_Number"),
+    ("enclosingmark", "Enclosing_Mark"),
+    ("finalpunctuation", "Final_Punctuation"),
+    ("format", "Format"),
+    ("initialpunctuation", "Initial_Punctuation"),
+    ("l", "Letter"),
+    ("lc", "Cased_Letter"),
+    ("letter", "Letter"),
+    ("letternumber", "Letter_Number"),
+    ("lineseparator", "Line_Separator"),
+    ("ll", "Lowercase_Letter"),
+    ("lm", "Modifier_Letter"),
+    ("lo", "Other_Letter"),
+    ("lowercaseletter", "Lowercase_Letter"),
+    ("lt", "Titlecase_Letter"),
+    ("lu", "Uppercase_Letter"),
+    ("m", "Mark"),
+    ("mark", "Mark"),
+    ("mathsymbol", "Math_Symbol"),
+    ("mc", "Spacing_Mark"),
+    ("me", "Enclosing_Mark"),
+    ("mn", "Nonspacing_Mark"),
+    ("modifierletter", "Modifier_Letter"),
+    ("modifiersymbol", "Modifier_Symbol"),
+    ("n", "Number"),
+    ("nd", "Decimal_Number"),
+    ("nl", "Letter_Number"),
+    ("no", "Other_Number"),
+    ("nonspacingmark", "Nonspacing_Mark"),
+    ("number", "Number"),
+    ("openpunctuation", "Open_Punctuation"),
+    ("other", "Other"),
+    ("otherletter", "Other_Letter"),
+    ("othernumber", "Other_Number"),
+    ("otherpunctuation", "Other_Punctuation"),
+    ("othersymbol", "Other_Symbol"),
+    ("p", "Punctuation"),
+    ("paragraphseparator", "Paragraph_Separator"),
+    ("pc", "Connector_Punctuation"),
+    ("pd", "Dash_Punctuation"),
+    ("pe", "Close_Punctuation"),
+    ("pf", "Final_Punctuation"),
+    ("pi", "Initial_Punctuation"),
+    ("po", "Other_Punctuation"),
+    ("privateuse", "Private_Use"),
+    ("ps", "Open_Punctuation"),
+    ("punct", "Punctuation"),
+    ("punctuation", "Punctuation"),
+    ("s", "Symbol"),
+    ("sc", "Currency_Symbol"),
+    ("separator", "Separator"),
+    ("sk", "Modifier_Symbol"),
+    ("sm", "Math_Symbol"),
+    ("so", "Other_Symbol"),
+    ("spaceseparator", "Space_Separator"),
+    ("spacingmark", "Spacing_Mark"),
+    ("surrogate", "Surrogate"),
+    ("symbol", "Symbol"),
+    ("titlecaseletter", "Titlecase_Letter"),
+    ("unassigned", "Unassigned"),
+    ("uppercaseletter", "Uppercase_Letter"),
+    ("z", "Separator"),
+    ("zl", "Line_Separator"),
+    ("zp", "Paragraph_Separator"),
+    ("zs", "Space_Separator"),
+];
+
+/// Scripts of Unicode 15.0 (Go's tables), by their long names only: Go reads no script codes
+/// (`Latn`) and no `Is` prefix, where the `regex` crate would.
+const SCRIPTS: [&str; 163] = [
+    "Adlam",
+    "Ahom",
+    "Anatolian_Hieroglyphs",
+    "Arabic",
+    "Armenian",
+    "Avestan",
+    "Balinese",
+    "Bamum",
+    "Bassa_Vah",
+    "Batak",
+    "Bengali",
+    "Bhaiksuki",
+    "Bopomofo",
+    "Brahmi",
+    "Braille",
+    "Buginese",
+    "Buhid",
+    "Canadian_Aboriginal",
+    "Carian",
+    "Caucasian_Albanian",
+    "Chakma",
+    "Cham",
+    "Cherokee",
+    "Chorasmian",
+    "Common",
+    "Coptic",
+    "Cuneiform",
+    "Cypriot",
+    "Cypro_Minoan",
+    "Cyrillic",
+    "Deseret",
+    "Devanagari",
+    "Dives_Akuru",
+    "Dogra",
+    "Duployan",
+    "Egyptian_Hieroglyphs",
+    "Elbasan",
+    "Elymaic",
+    "Ethiopic",
+    "Georgian",
+    "Glagolitic",
+    "Gothic",
+    "Grantha",
+    "Greek",
+    "Gujarati",
+    "Gunjala_Gondi",
+    "Gurmukhi",
+    "Han",
+    "Hangul",
+    "Hanifi_Rohingya",
+    "Hanunoo",
+    "Hatran",
+    "Hebrew",
+    "Hiragana",
+    "Imperial_Aramaic",
+    "Inherited",
+    "Inscriptional_Pahlavi",
+    "Inscriptional_Parthian",
+    "Javanese",
+    "Kaithi",
+    "Kannada",
+    "Katakana",
+    "Kawi",
+    "Kayah_Li",
+    "Kharoshthi",
+    "Khitan_Small_Script",
+    "Khmer",
+    "Khojki",
+    "Khudawadi",
+    "Lao",
+    "Latin",
+    "Lepcha",
+    "Limbu",
+    "Linear_A",
+    "Linear_B",
+    "Lisu",
+    "Lycian",
+    "Lydian",
+    "Mahajani",
+    "Makasar",
+    "Malayalam",
+    "Mandaic",
+    "Manichaean",
+    "Marchen",
+    "Masaram_Gondi",
+    "Medefaidrin",
+    "Meetei_Mayek",
+    "Mende_Kikakui",
+    "Meroitic_Cursive",
+    "Meroitic_Hieroglyphs",
+    "Miao",
+    "Modi",
+    "Mongolian",
+    "Mro",
+    "Multani",
+    "Myanmar",
+    "Nabataean",
+    "Nag_Mundari",
+    "Nandinagari",
+    "New_Tai_Lue",
+    "Newa",
+    "Nko",
+    "Nushu",
+    "Nyiakeng_Puachue_Hmong",
+    "Ogham",
+    "Ol_Chiki",
+    "Old_Hungarian",
+    "Old_Italic",
+    "Old_North_Arabian",
+    "Old_Permic",
+    "Old_Persian",
+    "Old_Sogdian",
+    "Old_South_Arabian",
+    "Old_Turkic",
+    "Old_Uyghur",
+    "Oriya",
+    "Osage",
+    "Osmanya",
+    "Pahawh_Hmong",
+    "Palmyrene",
+    "Pau_Cin_Hau",
+    "Phags_Pa",
+    "Phoenician",
+    "Psalter_Pahlavi",
+    "Rejang",
+    "Runic",
+    "Samaritan",
+    "Saurashtra",
+    "Sharada",
+    "Shavian",
+    "Siddham",
+    "SignWriting",
+    "Sinhala",
+    "Sogdian",
+    "Sora_Sompeng",
+    "Soyombo",
+    "Sundanese",
+    "Syloti_Nagri",
+    "Syriac",
+    "Tagalog",
+    "Tagbanwa",
+    "Tai_Le",
+    "Tai_Tham",
+    "Tai_Viet",
+    "Takri",
+    "Tamil",
+    "Tangsa",
+    "Tangut",
+    "Telugu",
+    "Thaana",
+    "Thai",
+    "Tibetan",
+    "Tifinagh",
+    "Tirhuta",
+    "Toto",
+    "Ugaritic",
+    "Vai",
+    "Vithkuqi",
+    "Wancho",
+    "Warang_Citi",
+    "Yezidi",
+    "Yi",
+    "Zanabazar_Square",
 ];
 
 impl Translator<'_> {
@@ -379,8 +637,9 @@ impl Translator<'_> {
     }
 
     /// `\pL`, `\p{Greek}`, `\P{L}`, `\p{^Greek}` (at the backslash's `p`), as Rust's class.
-    /// Names are Go's: general categories (and their long names), scripts, `Any`; a script is
-    /// Go's Script, not Rust's default Script_Extensions.
+    /// Names are Go's (1.25: loose, Unicode's aliases): general categories, scripts by their
+    /// long names, `Any`, `ASCII`, `Assigned`; a script is Go's Script, not the `regex` crate's
+    /// default Script_Extensions. Looked up in tables, never by compiling a class.
     fn unicode_class(&mut self) -> Result<String, String> {
         let mut negated = self.bump() == Some('P');
         let name = if self.eat("{") {
@@ -408,22 +667,35 @@ impl Translator<'_> {
             None => name,
         };
         let bad = || format!("invalid character class range: `\\p{{{name}}}`");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '-'))
-        {
+        let p = if negated { 'P' } else { 'p' };
+        let loose: String = name
+            .chars()
+            .filter(|c| !matches!(c, '_' | '-' | ' '))
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if !name.is_ascii() || loose.is_empty() {
             return Err(bad());
         }
-        let p = if negated { 'P' } else { 'p' };
-        let script = format!("\\{p}{{sc={name}}}");
-        if Regex::new(&script).is_ok() {
-            return Ok(script);
+        let special = ["any", "ascii", "assigned"]
+            .iter()
+            .zip(["Any", "ASCII", "Assigned"])
+            .find(|(l, _)| **l == loose)
+            .map(|(_, n)| n);
+        if let Some(n) = special {
+            return Ok(format!("\\{p}{{{n}}}"));
         }
-        let class = format!("\\{p}{{{name}}}");
-        match Regex::new(&class) {
-            Ok(_) => Ok(class),
-            Err(_) => Err(bad()),
+        if let Some((_, n)) = CATEGORIES.iter().find(|(l, _)| *l == loose) {
+            return Ok(format!("\\{p}{{gc={n}}}"));
+        }
+        let script = SCRIPTS.iter().find(|n| {
+            n.chars()
+                .filter(|c| *c != '_')
+                .map(|c| c.to_ascii_lowercase())
+                .eq(loose.chars())
+        });
+        match script {
+            Some(n) => Ok(format!("\\{p}{{sc={n}}}")),
+            None => Err(bad()),
         }
     }
 
@@ -522,7 +794,15 @@ fn perl_class(c: char) -> Option<(bool, &'static str)> {
 /// weighs it by (`m`, or `n` when unbounded), `None` where Go reads the `{` as itself; an error
 /// for counts over 1,000 (Go's limit).
 fn repeat_braces(s: &str) -> Result<Option<(usize, u64)>, String> {
-    let Some(end) = s.find('}') else {
+    // Forward over what a repetition may hold only: a `}` further on is no business of this `{`
+    // (a pattern of many `{` stays linear).
+    let Some(end) = s
+        .bytes()
+        .skip(1)
+        .position(|b| !(b.is_ascii_digit() || b == b','))
+        .map(|i| i + 1)
+        .filter(|&i| s.as_bytes()[i] == b'}')
+    else {
         return Ok(None);
     };
     let inner = &s[1..end];
@@ -619,7 +899,9 @@ pub fn split<'h>(re: &Regex, pattern: &str, s: &'h str) -> Vec<&'h str> {
 pub fn replace_all(re: &Regex, src: &str, template: &str) -> String {
     // Compiled per call: nothing allocated during an evaluation may outlive it (the module's
     // heap is reset after each).
-    let letter_or_digit = Regex::new(r"^[\pL\p{Nd}]$").expect("a valid pattern");
+    let letter_or_digit = template
+        .contains('$')
+        .then(|| Regex::new(r"^[\pL\p{Nd}]$").expect("a valid pattern"));
     let mut out = String::with_capacity(src.len());
     let mut last_end = 0;
     let mut search = 0;
@@ -630,7 +912,7 @@ pub fn replace_all(re: &Regex, src: &str, template: &str) -> String {
         let m = caps.get(0).expect("group 0 is the match");
         out.push_str(&src[last_end..m.start()]);
         if m.end() > last_end || m.start() == 0 {
-            expand(re, &caps, template, &letter_or_digit, &mut out);
+            expand(re, &caps, template, letter_or_digit.as_ref(), &mut out);
         }
         last_end = m.end();
         let width = src[search..].chars().next().map_or(1, char::len_utf8);
@@ -651,7 +933,7 @@ fn expand(
     re: &Regex,
     caps: &regex::Captures<'_>,
     mut template: &str,
-    letter_or_digit: &Regex,
+    letter_or_digit: Option<&Regex>,
     out: &mut String,
 ) {
     while let Some(i) = template.find('$') {
@@ -666,7 +948,8 @@ fn expand(
         let name_char = |c: char| {
             c == '_'
                 || c.is_ascii_alphanumeric()
-                || (!c.is_ascii() && letter_or_digit.is_match(c.encode_utf8(&mut [0; 4])))
+                || (!c.is_ascii()
+                    && letter_or_digit.is_some_and(|r| r.is_match(c.encode_utf8(&mut [0; 4]))))
         };
         let (name, rest) = match template.strip_prefix('{') {
             Some(braced) => match braced.find('}') {

@@ -47,6 +47,37 @@ fn perl_classes_and_unicode_classes_compile_and_read_as_go_reads_them() {
     assert!(is_match(r"^[[:alpha:]]+$", "abc"));
     assert!(!is_match(r"^[[:^digit:]]$", "7"));
     assert!(refused(r"\p{NoSuchScript}"));
+    // Go 1.25's names: loose, Unicode's aliases for categories, scripts by their long names;
+    // never a script code or an `Is` prefix (a review: `\p{Latn}` allowed where OPA errs).
+    for good in [
+        r"\p{greek}",
+        r"\p{Old_Italic}",
+        r"\p{old italic}",
+        r"\p{Letter}",
+        r"\p{Cased_Letter}",
+        r"\p{digit}",
+        r"\p{Any}",
+        r"\p{ASCII}",
+        r"\p{Assigned}",
+        r"\p{LC}",
+        r"\p{Cn}",
+    ] {
+        assert!(compile(good).is_ok(), "{good}: {:?}", compile(good));
+    }
+    for bad in [
+        r"\p{Latn}",
+        r"\p{Grek}",
+        r"\p{isGreek}",
+        r"\p{Alphabetic}",
+        r"\p{Garay}",
+        r"\p{Zyyy}",
+        r"\p{White_Space}",
+        r"\p{Greek.}",
+    ] {
+        assert!(refused(bad), "{bad} should be refused");
+    }
+    assert!(is_match(r"^\p{Letter}+$", "Zoë"));
+    assert!(!is_match(r"^\p{digit}$", "x"));
     assert!(refused(r"[[:nosuch:]]"));
 }
 
@@ -66,6 +97,8 @@ fn what_go_reads_as_text_stays_text() {
     assert!(is_match(r"a\b{start}", "a{start}"));
     assert!(is_match(r"^a{,2}$", "a{,2}"));
     assert!(is_match(r"^a{x}$", "a{x}"));
+    assert!(is_match(r"^a{2}}$", "aa}"));
+    assert!(is_match(r"^{{{{$", "{{{{"));
     assert!(is_match(r"^a{01}$", "a{01}"), "a leading zero is no count");
     assert!(is_match(r"^}$", "}"));
     assert!(is_match(r"^\Q.*+?\E$", ".*+?"));
@@ -166,7 +199,11 @@ fn limits_are_gos() {
     // pattern is refused, never a stack overflow).
     let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")".repeat(n));
     assert!(is_match(&nested(200), "a"));
-    assert!(refused(&nested(990)));
+    assert_eq!(
+        compile(&nested(990)).unwrap_err(),
+        Error::TooBig,
+        "a limit, not Go's refusal"
+    );
 }
 
 fn found(pattern: &str, s: &str, n: i64) -> Vec<String> {
