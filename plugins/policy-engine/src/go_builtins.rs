@@ -3,7 +3,9 @@
 //! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding),
 //! `time.parse_rfc3339_ns` (Go's `time.RFC3339`: a `T`, an upper-case `Z`), `net.cidr_contains`
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
-//! `strings.count` (Go's `strings.Count`: matches that do not overlap) and `yaml.unmarshal`
+//! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
+//! simple case mappings, one character for one), `time.add_date` (Go's `AddDate`: overflow rolls
+//! into the next month), `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
 //! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
 //! error here, until the engine reads YAML 1.1). Registered over regorus's own, on every engine
@@ -33,7 +35,12 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         Value::Null => Ok(Value::from(0u64)),
         Value::Bool(b) => Ok(Value::from(u64::from(*b))),
         Value::Number(_) => Ok(args[0].clone()),
-        Value::String(s) => match go_decimal(s).and_then(|j| crate::json::parse(&j).ok()) {
+        // Go's `strconv.ParseFloat` decides (syntax, and range: `1e400` is an error); the value
+        // is the text's, exact (OPA keeps the string as its number).
+        Value::String(s) => match go_decimal(s)
+            .filter(|j| j.parse::<f64>().is_ok_and(f64::is_finite))
+            .and_then(|j| Value::from_numeric_string(&j).ok())
+        {
             Some(n @ Value::Number(_)) => Ok(n),
             _ => fail(format!(
                 "to_number: could not parse string as number: {s:?}"
@@ -87,6 +94,47 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
     };
     add(engine, "strings.count", 2, Box::new(count))?;
     add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))?;
+    // JSON text read as the engine reads inputs: integers exact (regorus's reader made a
+    // 25-digit serial its f64 neighbour), `1e400` a number as in Go.
+    let json_unmarshal = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(text) => match crate::json::parse(text) {
+            Ok(v) => Ok(v),
+            Err(e) => fail(format!("json.unmarshal: {e}")),
+        },
+        Err(_) => fail("json.unmarshal: operand 1 must be string".into()),
+    };
+    add(engine, "json.unmarshal", 1, Box::new(json_unmarshal))?;
+    let json_is_valid = move |args: Vec<Value>| {
+        let valid = args[0]
+            .as_string()
+            .is_ok_and(|t| crate::json::parse(t).is_ok());
+        Ok(Value::from(valid))
+    };
+    add(engine, "json.is_valid", 1, Box::new(json_is_valid))?;
+    // Go's `strings.ToLower`/`ToUpper`: one character for one, by Unicode's simple mappings.
+    let lower = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(s) => Ok(Value::from(s.chars().map(simple_lower).collect::<String>())),
+        Err(_) => fail("lower: operand 1 must be string".into()),
+    };
+    let upper = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(s) => Ok(Value::from(s.chars().map(simple_upper).collect::<String>())),
+        Err(_) => fail("upper: operand 1 must be string".into()),
+    };
+    add(engine, "lower", 1, Box::new(lower))?;
+    add(engine, "upper", 1, Box::new(upper))?;
+    let add_date = move |args: Vec<Value>| {
+        let ints: Option<Vec<i64>> = args.iter().map(|a| a.as_i64().ok()).collect();
+        match ints.as_deref() {
+            Some(&[ns, years, months, days]) => match go_add_date(ns, years, months, days) {
+                Some(ns) => Ok(Value::from(ns)),
+                None => fail(
+                    "time.add_date: the result is outside the nanoseconds an int64 holds".into(),
+                ),
+            },
+            _ => fail("time.add_date: operands must be integers".into()),
+        }
+    };
+    add(engine, "time.add_date", 4, Box::new(add_date))?;
     for (name, n, f) in regex_builtins(fail) {
         add(engine, name, n, f)?;
     }
@@ -402,6 +450,71 @@ fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
         .checked_mul(1_000_000_000)
         .and_then(|ns| ns.checked_add(nanos))
         .ok_or("outside the nanoseconds an int64 holds")
+}
+
+/// Go's `unicode.ToLower` of `c`: the simple mapping (Rust's is the full one, where `İ` becomes
+/// two characters; Go's gives `i`).
+fn simple_lower(c: char) -> char {
+    let mut l = c.to_lowercase();
+    match (l.next(), l.next()) {
+        (Some(one), None) => one,
+        _ if c == '\u{130}' => 'i',
+        _ => c,
+    }
+}
+
+/// Go's `unicode.ToUpper` of `c`: the simple mapping. Where Unicode's full mapping is several
+/// characters (`ß`, the ligatures `ﬁ` and `ﬆ`) the simple one keeps the character, except the
+/// Greek letters with a subscript iota, which map to their capitals with it.
+fn simple_upper(c: char) -> char {
+    let mut u = c.to_uppercase();
+    match (u.next(), u.next()) {
+        (Some(one), None) => one,
+        _ => {
+            let iota = match c as u32 {
+                n @ (0x1F80..=0x1F87 | 0x1F90..=0x1F97 | 0x1FA0..=0x1FA7) => n + 8,
+                0x1FB3 => 0x1FBC,
+                0x1FC3 => 0x1FCC,
+                0x1FF3 => 0x1FFC,
+                _ => c as u32,
+            };
+            char::from_u32(iota).unwrap_or(c)
+        }
+    }
+}
+
+/// Go's `time.Unix(0, ns).UTC().AddDate(years, months, days).UnixNano()`: the month and the day
+/// overflow into the next (March 31 less a month is March 2, not February's last day);
+/// `None` outside what an int64 of nanoseconds holds.
+fn go_add_date(ns: i64, years: i64, months: i64, days: i64) -> Option<i64> {
+    const BOUND: i64 = 1 << 40;
+    if years.abs() > BOUND || months.abs() > BOUND || days.abs() > BOUND {
+        return None;
+    }
+    let seconds = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let (day, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(day);
+    let m0 = m - 1 + months;
+    let (y, m) = (y + years + m0.div_euclid(12), m0.rem_euclid(12) + 1);
+    let day = days_from_civil(y, m, 1) + d - 1 + days;
+    day.checked_mul(86_400)?
+        .checked_add(time)?
+        .checked_mul(1_000_000_000)?
+        .checked_add(nanos)
+}
+
+/// The proleptic Gregorian date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).

@@ -846,6 +846,47 @@ deny if regex.match(`\pL`, input.tag)
         }
     }
 
+    /// Found by a review against OPA's sources: deny rules that fire in OPA and did not here, each
+    /// a builtin read otherwise than Go reads it: `json.unmarshal` and `to_number` made a 25-digit
+    /// serial its f64 neighbour, `to_number` of a long decimal errs on the JSON reader's bound,
+    /// `lower("ADMİN")` was not `"admin"`, `time.add_date` clamped March 31 less a month.
+    #[test]
+    fn deny_rules_on_builtins_go_defines_fire_as_in_opa() {
+        let rego = r#"package p
+import rego.v1
+deny contains "serial" if json.unmarshal(input.cert).serial == 1208925819614629174706175
+deny contains "number" if to_number(input.n) == 1208925819614629174706175
+deny contains "long" if to_number(input.long) > 5
+deny contains "lower" if lower(input.user) == "admin"
+deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
+"#;
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let day = 86_400_000_000_000i64;
+        let input = serde_json::json!({
+            "cert": "{\"serial\": 1208925819614629174706175}",
+            "n": "1208925819614629174706175",
+            "long": format!("9.{}", "0".repeat(1200)),
+            "user": "ADMİN",
+            "rotated": 19_783 * day,
+            "now": 19_813 * day,
+        });
+        let decided = p
+            .evaluate(
+                0,
+                &Value::new_object(),
+                crate::json::parse(&input.to_string()).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            decided,
+            r#"[{"result":["date","long","lower","number","serial"]}]"#
+        );
+    }
+
     /// A `regex.*` call on a constant pattern Go refuses is refused at load, naming the place;
     /// a pattern from the input is the evaluation's business.
     #[test]

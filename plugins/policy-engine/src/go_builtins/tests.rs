@@ -135,3 +135,47 @@ fn yaml_scalars_yaml_1_1_reads_otherwise_are_refused() {
         assert_eq!(yaml_11_ambiguous(plain), None, "{plain}");
     }
 }
+
+/// Found by a review: `lower("ADMİN")` was `"admi̇n"` (Rust's full mapping: `İ` became `i` and a
+/// combining dot), so `lower(input.user) in {"admin"}` did not fire where OPA's (Go's
+/// `strings.ToLower`) does; `upper("ﬆaff")` was `"STAFF"` where Go keeps the ligature.
+#[test]
+fn case_mappings_are_gos_simple_ones() {
+    let lower = |s: &str| s.chars().map(simple_lower).collect::<String>();
+    let upper = |s: &str| s.chars().map(simple_upper).collect::<String>();
+    assert_eq!(lower("ADMİN"), "admin");
+    assert_eq!(
+        lower("ΣΑΣ"),
+        "σασ",
+        "no final sigma: Go maps each letter alone"
+    );
+    assert_eq!(upper("ﬆaff"), "ﬆAFF");
+    assert_eq!(upper("straße"), "STRAßE");
+    assert_eq!(upper("ᾳ"), "ᾼ");
+    assert_eq!(upper("héllo"), "HÉLLO");
+    assert_eq!(lower("Kelvin K"), "kelvin k");
+}
+
+/// Found by a review: `time.add_date(March 31, 0, -1, 0)` was February 29 (clamped) where Go's
+/// `AddDate` gives March 2, so a key rotated March 1 passed a "rotated within a month" check.
+#[test]
+fn add_date_overflows_as_gos() {
+    let ns = |y, m, d| days_from_civil(y, m, d) * 86_400 * 1_000_000_000;
+    assert_eq!(go_add_date(ns(2024, 3, 31), 0, -1, 0), Some(ns(2024, 3, 2)));
+    assert_eq!(go_add_date(ns(2024, 1, 31), 0, 1, 0), Some(ns(2024, 3, 2)));
+    assert_eq!(go_add_date(ns(2024, 2, 29), 1, 0, 0), Some(ns(2025, 3, 1)));
+    assert_eq!(go_add_date(ns(2024, 12, 31), 0, 0, 1), Some(ns(2025, 1, 1)));
+    assert_eq!(
+        go_add_date(ns(1969, 12, 31) + 5, 0, 14, 0),
+        Some(ns(1971, 3, 3) + 5)
+    );
+    assert_eq!(
+        go_add_date(0, 1000, 0, 0),
+        None,
+        "past what an int64 of nanoseconds holds"
+    );
+    for day in [-800_000, -1, 0, 59, 19_000, 2_000_000] {
+        let (y, m, d) = civil_from_days(day);
+        assert_eq!(days_from_civil(y, m, d), day);
+    }
+}
