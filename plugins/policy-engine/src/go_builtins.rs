@@ -138,6 +138,7 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
     for (name, n, f) in regex_builtins(fail) {
         add(engine, name, n, f)?;
     }
+    add(engine, "glob.match", 3, crate::go_glob::builtin(fail))?;
     Ok(())
 }
 
