@@ -684,10 +684,10 @@ impl AuditLog {
             .store(each, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether allowed decisions of `action` go into the next `decision.summary` entry rather
+    /// Whether allowed decisions of `request` go into the next `decision.summary` entry rather
     /// than an entry of their own ([`tally`]).
-    pub fn aggregates(&self, action: crate::policy::Action) -> bool {
-        action.aggregated_when_allowed()
+    pub fn aggregates(&self, request: &crate::policy::Request) -> bool {
+        (request.action.aggregated_when_allowed() || request.routine)
             && !self
                 .each_decision
                 .load(std::sync::atomic::Ordering::Relaxed)

@@ -1161,7 +1161,7 @@ impl Decider {
                 latency_us,
                 given: &given,
             };
-            if allow && log.aggregates(request.action) && log.decision_in_aggregate(&decision) {
+            if allow && log.aggregates(request) && log.decision_in_aggregate(&decision) {
                 // Counted into the next summary.
             } else {
                 let record = decision.record();

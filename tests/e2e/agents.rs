@@ -373,9 +373,11 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
 /// Left by a review: one action, `node.heartbeat`, authorized both a node's heartbeats and its
 /// reports on its runs (a job's start and end), so heartbeats could not be counted in the
 /// audit log like other repeated requests and 1,000 nodes wrote a thousand synced entries a
-/// second. Run reports are `node.report` now, an entry each; heartbeats are counted.
+/// second. Run reports are `node.report` now; heartbeats are counted. A review then found a
+/// chatty run's log reports (a few a second, each an entry) wrote half a megabyte of audit log
+/// a minute: a run's output and progress are counted too, its start and end an entry each.
 #[test]
-fn a_nodes_heartbeats_are_counted_in_the_audit_log_and_its_run_reports_are_entries_each() {
+fn a_nodes_heartbeats_and_run_output_are_counted_in_the_audit_log_and_starts_and_ends_are_entries() {
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
@@ -390,6 +392,8 @@ fn a_nodes_heartbeats_are_counted_in_the_audit_log_and_its_run_reports_are_entri
     for event in [
         json!({"event": "started"}),
         json!({"event": "log", "entry": "hello"}),
+        json!({"event": "log", "entry": "again"}),
+        json!({"event": "log", "entry": "and again"}),
     ] {
         let mut body = json!({"job": "vision/counted", "attempt": attempt});
         body.as_object_mut()
@@ -427,24 +431,24 @@ fn a_nodes_heartbeats_are_counted_in_the_audit_log_and_its_run_reports_are_entri
             })
             .count()
     };
-    let counted: u64 = entries
-        .iter()
-        .filter(|e| e["kind"] == "decision.summary")
-        .flat_map(|e| e["record"]["tallies"].as_array().unwrap().clone())
-        .filter(|t| t["action"] == "node.heartbeat" && t["subject"]["user"] == "node-a")
-        .map(|t| t["count"].as_u64().unwrap())
-        .sum();
+    let counted_of = |action: &str| -> u64 {
+        entries
+            .iter()
+            .filter(|e| e["kind"] == "decision.summary")
+            .flat_map(|e| e["record"]["tallies"].as_array().unwrap().clone())
+            .filter(|t| t["action"] == action && t["subject"]["user"] == "node-a")
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum()
+    };
+    let counted = counted_of("node.heartbeat");
     assert_eq!(
         decisions("node.heartbeat", true),
         0,
         "heartbeats are counted"
     );
     assert_eq!(counted, 42, "40 heartbeats and the 2 of handed_run");
-    assert_eq!(
-        decisions("node.report", true),
-        2,
-        "a report is an entry each"
-    );
+    assert_eq!(decisions("node.report", true), 1, "the start is an entry");
+    assert_eq!(counted_of("node.report"), 3, "the three log reports are counted");
     assert_eq!(decisions("node.report", false), 1, "and a refusal too");
     let key = gantry::keys::load(&data.join("keys/host.pk8")).unwrap();
     gantry::audit::verify(

@@ -544,9 +544,13 @@ fn authorize(
     action: Action,
     resource: impl Into<Resource>,
 ) -> ApiResult<()> {
-    let request = Request::new(user.subject(), action, resource);
+    authorize_request(state, &Request::new(user.subject(), action, resource))
+}
+
+/// [`authorize`] of a request already made (one marked [`Request::routine`], say).
+fn authorize_request(state: &AppState, request: &Request) -> ApiResult<()> {
     let daemon = &state.daemon;
-    here(daemon.decider.require(&request)).map_err(|e| refused(daemon, e))?;
+    here(daemon.decider.require(request)).map_err(|e| refused(daemon, e))?;
     super::metrics::Metrics::inc(&daemon.metrics.decisions_allowed);
     Ok(())
 }

@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiResult, AppState, Caller, MAX_BODY, authorize, blocking};
+use super::{
+    ApiError, ApiResult, AppState, Caller, MAX_BODY, authorize, authorize_request, blocking,
+};
 use crate::body;
 use crate::db::User;
-use gantry::policy::request::{Action, Resource};
+use gantry::policy::request::{Action, Request, Resource};
 
 /// How long a rendering of `/metrics` is served again: it needs no token, and its counts read
 /// every job (in etcd, every record), so a client asking in a loop made each request a scan of
@@ -230,8 +232,16 @@ pub(super) async fn run_report(
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     report.show_text();
+    // A run's output and progress are routine, counted in the audit log's summary; its start
+    // and end are an entry each.
+    let routine = matches!(
+        report.event,
+        crate::nodes::RunEvent::Log { .. } | crate::nodes::RunEvent::Progress { .. }
+    );
     let stop = blocking(&state, move |state| {
-        authorize(state, &user, Action::NodeReport, Resource::node(&node))?;
+        let request = Request::new(user.subject(), Action::NodeReport, Resource::node(&node));
+        let request = if routine { request.routine() } else { request };
+        authorize_request(state, &request)?;
         let daemon = &state.daemon;
         let nodes = agents(daemon)?;
         daemon
