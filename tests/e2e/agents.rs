@@ -377,7 +377,8 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
 /// chatty run's log reports (a few a second, each an entry) wrote half a megabyte of audit log
 /// a minute: a run's output and progress are counted too, its start and end an entry each.
 #[test]
-fn a_nodes_heartbeats_and_run_output_are_counted_in_the_audit_log_and_starts_and_ends_are_entries() {
+fn a_nodes_heartbeats_and_run_output_are_counted_in_the_audit_log_and_starts_and_ends_are_entries()
+{
     let dir = tempfile::tempdir().unwrap();
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
@@ -448,7 +449,11 @@ fn a_nodes_heartbeats_and_run_output_are_counted_in_the_audit_log_and_starts_and
     );
     assert_eq!(counted, 42, "40 heartbeats and the 2 of handed_run");
     assert_eq!(decisions("node.report", true), 1, "the start is an entry");
-    assert_eq!(counted_of("node.report"), 3, "the three log reports are counted");
+    assert_eq!(
+        counted_of("node.report"),
+        3,
+        "the three log reports are counted"
+    );
     assert_eq!(decisions("node.report", false), 1, "and a refusal too");
     let key = gantry::keys::load(&data.join("keys/host.pk8")).unwrap();
     gantry::audit::verify(

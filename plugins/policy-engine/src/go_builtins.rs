@@ -139,6 +139,7 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         add(engine, name, n, f)?;
     }
     add(engine, "glob.match", 3, crate::go_glob::builtin(fail))?;
+    add(engine, "sprintf", 2, crate::go_fmt::builtin(fail))?;
     Ok(())
 }
 

@@ -14,12 +14,14 @@
 //! - [`go_builtins`]: builtins OPA takes from Go's standard library, read as Go reads them.
 //! - [`go_regex`]: Go's regular expressions (OPA's `regex.*`) on Rust's `regex` crate.
 //! - [`go_glob`]: gobwas/glob's globs (OPA's `glob.match`) on Rust's `regex` crate.
+//! - [`go_fmt`]: Go's `fmt.Sprintf` (OPA's `sprintf`), width, precision and error markers included.
 //! - `abi` (wasm only): the ABI exports, the bump heap the ABI expects, the `env` imports.
 
 extern crate alloc;
 
 pub mod diagnostic;
 pub mod go_builtins;
+pub mod go_fmt;
 pub mod go_glob;
 pub mod go_regex;
 pub mod host_builtins;
