@@ -39,7 +39,7 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         // is the text's, exact (OPA keeps the string as its number).
         Value::String(s) => match go_decimal(s)
             .filter(|j| j.parse::<f64>().is_ok_and(f64::is_finite))
-            .and_then(|j| Value::from_numeric_string(&j).ok())
+            .and_then(|j| exact_number(&j))
         {
             Some(n @ Value::Number(_)) => Ok(n),
             _ => fail(format!(
@@ -454,6 +454,20 @@ fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
         .ok_or("outside the nanoseconds an int64 holds")
 }
 
+/// The number decimal text `j` (from [`go_decimal`], within an f64's range) means, exact. A zero
+/// mantissa is 0 whatever its exponent: regorus would build `10^2147483647` for `0e2147483647`
+/// (a reading: any finite text reached it).
+fn exact_number(j: &str) -> Option<Value> {
+    let mantissa = j.split(['e', 'E']).next().unwrap_or(j);
+    if mantissa
+        .bytes()
+        .all(|b| matches!(b, b'0' | b'.' | b'-' | b'+'))
+    {
+        return Some(Value::from(0u64));
+    }
+    Value::from_numeric_string(j).ok()
+}
+
 /// Go's `unicode.ToLower` of `c`: the simple mapping (Rust's is the full one, where `İ` becomes
 /// two characters; Go's gives `i`).
 fn simple_lower(c: char) -> char {
@@ -490,7 +504,9 @@ fn simple_upper(c: char) -> char {
 /// `None` outside what an int64 of nanoseconds holds.
 fn go_add_date(ns: i64, years: i64, months: i64, days: i64) -> Option<i64> {
     const BOUND: i64 = 1 << 40;
-    if years.abs() > BOUND || months.abs() > BOUND || days.abs() > BOUND {
+    let bound = BOUND.unsigned_abs();
+    if years.unsigned_abs() > bound || months.unsigned_abs() > bound || days.unsigned_abs() > bound
+    {
         return None;
     }
     let seconds = ns.div_euclid(1_000_000_000);

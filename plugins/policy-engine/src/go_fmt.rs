@@ -26,7 +26,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use regex::Regex;
 use regorus::Value;
 
 #[cfg(test)]
@@ -173,51 +172,65 @@ fn rego_text(v: &Value, out: &mut String) {
     }
 }
 
-/// Go's `strconv.IsPrint`: letters, marks, numbers, punctuation, symbols and U+0020. Beyond
-/// Latin-1 it asks the `regex` crate's Unicode classes, compiled on first need into `class`:
-/// per call, never a static (the module's heap is reset after each evaluation, and what a
-/// static took from it there would be freed under it).
-fn is_print(c: char, class: &core::cell::OnceCell<Regex>) -> bool {
+/// Go's `strconv.IsPrint`: letters, marks, numbers, punctuation, symbols and U+0020; not
+/// controls, separators, format characters or private use. Unassigned code points count as
+/// printable here (Go escapes them): no tables are kept for them, and a class compiled per
+/// string made a long set of non-Latin strings cost a compilation each (a reading).
+fn is_print(c: char) -> bool {
     let r = c as u32;
     if r <= 0xFF {
         return (0x20..=0x7E).contains(&r) || ((0xA1..=0xFF).contains(&r) && r != 0xAD);
     }
-    let re = class
-        .get_or_init(|| Regex::new(r"\A[\p{L}\p{M}\p{N}\p{P}\p{S}]\z").expect("a valid class"));
-    let mut b = [0u8; 4];
-    re.is_match(c.encode_utf8(&mut b))
+    let format = matches!(
+        r,
+        0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    );
+    let private = matches!(r, 0xE000..=0xF8FF | 0xF0000..=0xFFFFD | 0x100000..=0x10FFFD);
+    !(c.is_control() || c.is_whitespace() || format || private)
 }
 
 /// `strconv.Quote` (`"`), `QuoteRune` (`'`), and their `ToASCII` forms.
 fn quote(s: &str, q: char, ascii: bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push(q);
-    let class = core::cell::OnceCell::new();
     for c in s.chars() {
-        push_escaped(&mut out, c, q, ascii, &class);
+        push_escaped(&mut out, c, q, ascii);
     }
     out.push(q);
     out
 }
 
-fn push_escaped(
-    out: &mut String,
-    c: char,
-    q: char,
-    ascii: bool,
-    class: &core::cell::OnceCell<Regex>,
-) {
+fn push_escaped(out: &mut String, c: char, q: char, ascii: bool) {
     if c == q || c == '\\' {
         out.push('\\');
         out.push(c);
         return;
     }
     if ascii {
-        if (c as u32) < 0x80 && is_print(c, class) {
+        if (c as u32) < 0x80 && is_print(c) {
             out.push(c);
             return;
         }
-    } else if is_print(c, class) {
+    } else if is_print(c) {
         out.push(c);
         return;
     }
@@ -397,7 +410,7 @@ impl Printer {
                 }
             }
 
-            if i + 1 < end && s[i] == b'.' {
+            if i < end && s[i] == b'.' {
                 i += 1;
                 if after_index {
                     self.good_arg_num = false;
@@ -654,7 +667,7 @@ impl Printer {
             }
             'q' => {
                 let mut q = String::from('\'');
-                push_escaped(&mut q, rune_of(v), '\'', self.f.plus, &Default::default());
+                push_escaped(&mut q, rune_of(v), '\'', self.f.plus);
                 q.push('\'');
                 self.pad(&q);
             }
@@ -735,7 +748,7 @@ impl Printer {
         let quoted = u32::try_from(u)
             .ok()
             .and_then(char::from_u32)
-            .filter(|&c| self.f.sharp && is_print(c, &Default::default()));
+            .filter(|&c| self.f.sharp && is_print(c));
         if let Some(c) = quoted {
             s.push_str(" '");
             s.push(c);

@@ -309,6 +309,9 @@ enum Node {
 }
 
 /// gobwas's parser (`syntax/ast/parser.go`); braces open at the end are closed there.
+/// How deep braces may nest (`{{{a}}}`): the `regex` crate refuses deeper patterns anyway.
+const MAX_BRACES: usize = 200;
+
 fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
     // The root pattern, then for each open brace its alternatives so far.
     let mut root: Vec<Node> = Vec::new();
@@ -331,6 +334,13 @@ fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
             Token::Single => Node::Single,
             Token::RangeOpen => parse_range(&mut it)?,
             Token::TermsOpen => {
+                // The tree is written out (and dropped) recursively: its depth is bounded
+                // here, below the `regex` crate's own nesting bound, which refuses it anyway.
+                if open.len() >= MAX_BRACES {
+                    return Err(format!(
+                        "glob nests braces deeper than {MAX_BRACES}: refused by this engine"
+                    ));
+                }
                 open.push(alloc::vec![Vec::new()]);
                 continue;
             }

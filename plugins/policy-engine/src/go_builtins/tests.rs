@@ -179,3 +179,19 @@ fn add_date_overflows_as_gos() {
         assert_eq!(days_from_civil(y, m, d), day);
     }
 }
+
+/// Found by a reading: `to_number("0e2147483647")` is finite (0), and regorus's reader built
+/// `10^2147483647` for it, past the memory cap. A zero mantissa is 0, and the value of any other
+/// finite text is bounded by its length.
+#[test]
+fn a_zero_with_a_huge_exponent_is_zero() {
+    for zero in ["0e2147483647", "-0.0e+2000000000", "0.000e-99999999"] {
+        assert_eq!(exact_number(zero), Some(Value::from(0u64)), "{zero}");
+    }
+    assert_eq!(exact_number("1e3"), Some(Value::from(1000u64)));
+    assert_eq!(
+        go_add_date(0, i64::MIN, 0, 0),
+        None,
+        "i64::MIN has no absolute value"
+    );
+}

@@ -346,7 +346,7 @@ fn arguments() {
         ("%.*d", vec![s("x"), i(42)], "%!(BADPREC)42"),
         ("%*d", vec![i(5)], "%!d(MISSING)"),
         ("%.d", vec![i(0)], ""),
-        ("%.", vec![i(1)], "%!.(int64=1)"),
+        ("%.", vec![i(1)], "%!(NOVERB)%!(EXTRA int64=1)"),
         ("%ü", vec![i(1)], "%!ü(int64=1)"),
         ("no verbs", vec![], "no verbs"),
     ]);

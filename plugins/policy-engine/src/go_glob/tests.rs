@@ -228,3 +228,12 @@ fn large_inputs_are_linear() {
     assert!(!m(&p, &[], &s));
     assert!(!m(&"{a,*}".repeat(40), &['.'], &(s.clone() + ".")));
 }
+
+/// Found by a reading: the parse was iterative but writing the tree out recursed once per level,
+/// so `{` repeated 20,000 times overflowed the stack. Nesting is bounded at the parse.
+#[test]
+fn deeply_nested_braces_are_refused_not_a_stack_overflow() {
+    let deep = "{".repeat(20_000);
+    assert!(compile(&deep, &[]).is_err());
+    assert!(compile(&format!("{}a{}", "{".repeat(100), "}".repeat(100)), &[]).is_ok());
+}
