@@ -174,7 +174,7 @@ fn lock(path: &Path, create: bool, operation: libc::c_int) -> Option<std::fs::Fi
 /// This process's shared lock on scope directory `name` ([`LOCKS`]), held for its life; `None`
 /// where there is no root-only place for it (the scope then is never swept by another).
 fn hold(name: &str) -> Option<Arc<std::fs::File>> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return None;
@@ -184,25 +184,59 @@ fn hold(name: &str) -> Option<Arc<std::fs::File>> {
         .recursive(true)
         .mode(0o700)
         .create(dir);
-    let safe = std::fs::symlink_metadata(dir)
-        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0);
-    if !safe {
+    if !locks_dir_safe() {
+        tracing::warn!(dir = LOCKS, "no safe place for this process's cgroup lock");
         return None;
     }
     let path = dir.join(format!("{name}.lock"));
     // A sweep removes a dead scope's lock file holding it exclusively: the shared lock waits
-    // for that, and is taken again on a fresh file when its file went meanwhile.
+    // for that, and is taken again on a fresh file when its file went meanwhile. A lock file
+    // that cannot be made (a read-only /run) may still be there: held read-only then.
     for _ in 0..8 {
-        let file = lock(&path, true, libc::LOCK_SH)?;
-        let ours = file.metadata().ok()?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(there) if there.ino() == ours.ino() && there.dev() == ours.dev() => {
-                return Some(Arc::new(file));
-            }
-            _ => continue,
+        let Some(file) =
+            lock(&path, true, libc::LOCK_SH).or_else(|| lock(&path, false, libc::LOCK_SH))
+        else {
+            tracing::error!(
+                lock = %path.display(),
+                "cannot hold this process's cgroup lock: another start may take its empty \
+                 cgroups for a dead process's"
+            );
+            return None;
+        };
+        if is_at(&file, &path) {
+            return Some(Arc::new(file));
         }
     }
     None
+}
+
+/// Whether `file` is still the file at `path` (not one a sweep removed from there meanwhile).
+fn is_at(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(ours), Ok(there)) => there.ino() == ours.ino() && there.dev() == ours.dev(),
+        _ => false,
+    }
+}
+
+/// Whether [`LOCKS`] and its parent are root's directories no one else may write to: only then
+/// do its lock files say who lives.
+fn locks_dir_safe() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new(LOCKS);
+    [Some(dir), dir.parent()].into_iter().flatten().all(|d| {
+        std::fs::symlink_metadata(d)
+            .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0)
+    })
+}
+
+/// Takes the lock of a scope whose process is gone: exclusively, on the file still at `path`,
+/// root's; `None` while a process holds it (or it is not such a file).
+fn take_dead(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = lock(path, false, libc::LOCK_EX | libc::LOCK_NB)?;
+    let root_owned = file.metadata().is_ok_and(|m| m.uid() == 0 && m.is_file());
+    (root_owned && is_at(&file, path)).then_some(file)
 }
 
 impl Cgroups {
@@ -311,11 +345,14 @@ impl Cgroups {
                 }
             }
         }
+        if !locks_dir_safe() {
+            return 0;
+        }
         let mut swept = 0;
         for (name, dirs) in found {
             let path = Path::new(LOCKS).join(format!("{name}.lock"));
             // Held exclusively while its directories go: a start of that scope waits for it.
-            let Some(_dead) = lock(&path, false, libc::LOCK_EX | libc::LOCK_NB) else {
+            let Some(_dead) = take_dead(&path) else {
                 continue;
             };
             let mut left = false;
@@ -349,7 +386,7 @@ impl Cgroups {
                 if parents.iter().any(|p| p.join(name).exists()) {
                     continue;
                 }
-                if let Some(_dead) = lock(&path, false, libc::LOCK_EX | libc::LOCK_NB) {
+                if let Some(_dead) = take_dead(&path) {
                     let _ = std::fs::remove_file(&path);
                 }
             }
