@@ -22,6 +22,11 @@ use core::net::IpAddr;
 
 use regorus::{Engine, Value};
 
+/// What a builtin does with its error: an error when builtin errors are strict, else an undefined
+/// value (see [`register`]).
+pub trait Fail: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static {}
+impl<F: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static> Fail for F {}
+
 /// Registers the builtins on `engine`. With `strict` off an error makes the call undefined, as
 /// any builtin error is then.
 pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
@@ -146,9 +151,7 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
 /// OPA's `regex.*` builtins on Go's syntax and match iteration ([`crate::go_regex`]). A pattern Go
 /// refuses is a builtin error; one too large to compile is an evaluation error whatever the mode.
 #[allow(clippy::type_complexity)]
-fn regex_builtins(
-    fail: impl Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static,
-) -> Vec<(&'static str, u8, Box<dyn regorus::Extension>)> {
+fn regex_builtins(fail: impl Fail) -> Vec<(&'static str, u8, Box<dyn regorus::Extension>)> {
     use crate::go_regex::{self, Error};
     let compile = move |name: &str, pattern: &str| match go_regex::compile(pattern) {
         Ok(re) => Ok(re),
@@ -195,11 +198,19 @@ fn regex_builtins(
         },
         Err(_) => Ok(Value::from(false)),
     };
+    // `(pattern, value, n)` of the `_n` builtins.
+    let counted = move |name: &str, args: &[Value]| match (
+        strings(name, &args[..2]),
+        count(name, &args[2]),
+    ) {
+        (Ok(s), Ok(n)) => Ok((s, n)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     let find_n = move |args: Vec<Value>| {
         let name = "regex.find_n";
-        let (strs, n) = match (strings(name, &args[..2]), count(name, &args[2])) {
-            (Ok(s), Ok(n)) => (s, n),
-            (Err(e), _) | (_, Err(e)) => return e,
+        let (strs, n) = match counted(name, &args) {
+            Ok(found) => found,
+            Err(e) => return e,
         };
         match compile(name, &strs[0]) {
             Ok(re) => Ok(strings_of(
@@ -213,9 +224,9 @@ fn regex_builtins(
     };
     let submatches = move |args: Vec<Value>| {
         let name = "regex.find_all_string_submatch_n";
-        let (strs, n) = match (strings(name, &args[..2]), count(name, &args[2])) {
-            (Ok(s), Ok(n)) => (s, n),
-            (Err(e), _) | (_, Err(e)) => return e,
+        let (strs, n) = match counted(name, &args) {
+            Ok(found) => found,
+            Err(e) => return e,
         };
         match compile(name, &strs[0]) {
             Ok(re) => Ok(Value::from(

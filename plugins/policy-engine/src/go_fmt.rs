@@ -59,9 +59,7 @@ impl Arg {
 }
 
 /// OPA's `sprintf(format, values)` builtin: operand 1 a string, operand 2 an array.
-pub fn builtin(
-    fail: impl Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static,
-) -> Box<dyn regorus::Extension> {
+pub fn builtin(fail: impl crate::go_builtins::Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| {
         let Ok(format) = args[0].as_string() else {
             return fail("sprintf: operand 1 must be string".into());
@@ -134,12 +132,7 @@ fn rego_text(v: &Value, out: &mut String) {
         Value::String(s) => out.push_str(&quote(s, '"', false)),
         Value::Array(items) => {
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                rego_text(item, out);
-            }
+            items_text(items.iter(), out);
             out.push(']');
         }
         Value::Set(items) => {
@@ -148,12 +141,7 @@ fn rego_text(v: &Value, out: &mut String) {
                 return;
             }
             out.push('{');
-            for (i, item) in items.iter_sorted().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                rego_text(item, out);
-            }
+            items_text(items.iter_sorted(), out);
             out.push('}');
         }
         Value::Object(fields) => {
@@ -169,6 +157,16 @@ fn rego_text(v: &Value, out: &mut String) {
             out.push('}');
         }
         Value::Undefined => out.push_str("undefined"),
+    }
+}
+
+/// `items` as Rego writes a collection's, separated by `, `.
+fn items_text<'a>(items: impl Iterator<Item = &'a Value>, out: &mut String) {
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        rego_text(item, out);
     }
 }
 

@@ -76,9 +76,7 @@ pub fn compile(pattern: &str, delimiters: &[char]) -> Result<Glob, String> {
 
 /// OPA's `glob.match(pattern, delimiters, match)`: `delimiters` is `null` (none) or an array of
 /// one-character strings, the empty array meaning `["."]`.
-pub fn builtin(
-    fail: impl Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static,
-) -> Box<dyn regorus::Extension> {
+pub fn builtin(fail: impl crate::go_builtins::Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| {
         let Ok(pattern) = args[0].as_string() else {
             return fail("glob.match: operand 1 must be string".into());
