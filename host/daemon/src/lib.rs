@@ -1183,7 +1183,7 @@ pub async fn serve_until(
                 acceptor.clone(),
                 app,
                 limits.clone(),
-                || {},
+                |_| {},
                 campaign,
             )
             .await;
@@ -1266,8 +1266,13 @@ pub async fn serve_until(
             }
         }
     };
-    let refused = || metrics::Metrics::inc(&daemon.metrics.connections_refused);
-    serve::serve(&listener, acceptor, app, limits, refused, until).await;
+    let at_cap = |what| {
+        metrics::Metrics::inc(match what {
+            serve::AtCap::Refused => &daemon.metrics.connections_refused,
+            serve::AtCap::Evicted => &daemon.metrics.connections_evicted,
+        })
+    };
+    serve::serve(&listener, acceptor, app, limits, at_cap, until).await;
     for task in loops {
         task.abort();
     }

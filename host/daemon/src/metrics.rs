@@ -26,6 +26,8 @@ pub struct Metrics {
     pub train_steps: AtomicU64,
     /// Connections closed at once: over the cap in all or from their source.
     pub connections_refused: AtomicU64,
+    /// Idle connections closed to let a new one in at a cap.
+    pub connections_evicted: AtomicU64,
     /// Refused requests recorded in the audit log in aggregate (see `rejections`).
     pub rejections: AtomicU64,
 }
@@ -88,8 +90,15 @@ fn requests(out: &mut String, m: &Metrics) {
         out,
         "gantry_connections_refused_total",
         "counter",
-        "Connections closed at once: over the cap in all or from their source address.",
+        "Connections closed at once: over a cap, with every connection in the way in a request.",
         &[("", get(&m.connections_refused))],
+    );
+    family(
+        out,
+        "gantry_connections_evicted_total",
+        "counter",
+        "Idle connections closed to let a new one in: over the cap in all or from its source.",
+        &[("", get(&m.connections_evicted))],
     );
     family(
         out,

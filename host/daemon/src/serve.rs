@@ -9,7 +9,7 @@
 //! is raised to its hard limit at start and the connection cap kept below it, so accepting never
 //! fails for lack of descriptors while health checks wait.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 /// What connections may hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,56 +102,227 @@ impl ConnLimits {
     }
 }
 
-/// Open connections per source address.
-#[derive(Default)]
-struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+/// The connections open, in all and per source, and which of them are idle (no request in
+/// progress: before the first request's headers, between kept-alive requests, in a TLS
+/// handshake or lingering at close).
+///
+/// Only a connection in a request holds its slot against newcomers. At a cap, a new connection
+/// takes the slot of the connection of that source (or, at the cap in all, of any source) idle
+/// for longest, and is refused only when none is idle. Found by a review: a command job on a
+/// node opened 256 connections from loopback and sent nothing; this machine's agent, from the
+/// same address, was refused its heartbeats and the node left service. Holding a slot now
+/// costs a client a request in progress, and bodies are read only after authentication
+/// ([`super::body`]), so an unauthenticated client holds nothing another needs.
+struct Slots {
+    max_connections: usize,
+    max_per_source: usize,
+    state: Mutex<SlotState>,
+}
 
-/// One connection counted against its source; uncounted when dropped.
-struct SourceSlot {
-    table: Arc<PerSource>,
-    ip: IpAddr,
+#[derive(Default)]
+struct SlotState {
+    /// Connection ids and idle stamps, from one counter: a smaller stamp is idle for longer.
+    next: u64,
+    open: HashMap<u64, Open>,
+    per_source: HashMap<IpAddr, usize>,
+    /// Idle connections by the stamp of when they went idle, longest idle first.
+    idle: BTreeMap<u64, u64>,
+}
+
+struct Open {
+    source: IpAddr,
+    idle_since: Option<u64>,
+    evict: Arc<Notify>,
+}
+
+/// What happened to a connection at a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtCap {
+    /// It was closed at once: every connection in its way was in a request.
+    Refused,
+    /// It took the slot of an idle connection, which was closed.
+    Evicted,
+}
+
+impl SlotState {
+    /// Closes `id`'s connection (its task is told through its `evict`) and frees its slot.
+    fn evict(&mut self, id: u64) {
+        if let Some(open) = self.forget(id) {
+            open.evict.notify_one();
+        }
+    }
+
+    /// Drops `id` from the tables, freeing its slot.
+    fn forget(&mut self, id: u64) -> Option<Open> {
+        let open = self.open.remove(&id)?;
+        if let Some(stamp) = open.idle_since {
+            self.idle.remove(&stamp);
+        }
+        if let Some(n) = self.per_source.get_mut(&open.source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&open.source);
+            }
+        }
+        Some(open)
+    }
+
+    /// The connection idle for longest, of `source` when given.
+    fn longest_idle(&self, source: Option<IpAddr>) -> Option<u64> {
+        self.idle
+            .values()
+            .copied()
+            .find(|id| source.is_none_or(|s| self.open.get(id).is_some_and(|o| o.source == s)))
+    }
+
+    fn stamp(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+impl Slots {
+    fn new(limits: &ConnLimits) -> Arc<Self> {
+        Arc::new(Self {
+            max_connections: limits.max_connections,
+            max_per_source: limits.max_connections_per_source,
+            state: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a new connection from `ip` (idle until its first request), taking an idle
+    /// connection's where a cap is reached; `None` when refused. `at_cap` hears of either.
+    fn take(self: &Arc<Self>, ip: IpAddr, at_cap: &impl Fn(AtCap)) -> Option<Slot> {
+        let source = source_of(ip);
+        let mut state = self.lock();
+        if state.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+            let Some(victim) = state.longest_idle(Some(source)) else {
+                at_cap(AtCap::Refused);
+                return None;
+            };
+            state.evict(victim);
+            at_cap(AtCap::Evicted);
+        }
+        if state.open.len() >= self.max_connections {
+            let Some(victim) = state.longest_idle(None) else {
+                at_cap(AtCap::Refused);
+                return None;
+            };
+            state.evict(victim);
+            at_cap(AtCap::Evicted);
+        }
+        let id = state.stamp();
+        let stamp = state.stamp();
+        let evict = Arc::new(Notify::new());
+        state.open.insert(
+            id,
+            Open {
+                source,
+                idle_since: Some(stamp),
+                evict: evict.clone(),
+            },
+        );
+        state.idle.insert(stamp, id);
+        *state.per_source.entry(source).or_insert(0) += 1;
+        Some(Slot {
+            slots: self.clone(),
+            id,
+            evict,
+        })
+    }
+
+    /// Connections open.
+    fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+}
+
+/// One connection's slot; freed when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    /// Told when the connection is to close to make room for another.
+    evict: Arc<Notify>,
+}
+
+impl Slot {
+    /// A handle the connection's requests mark it busy through.
+    fn handle(&self) -> SlotHandle {
+        SlotHandle {
+            slots: self.slots.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots.lock().forget(self.id);
+    }
+}
+
+#[derive(Clone)]
+struct SlotHandle {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl SlotHandle {
+    /// Marks the connection in a request (not to be evicted) until the guard is dropped.
+    fn busy(&self) -> Busy {
+        let mut state = self.slots.lock();
+        if let Some(stamp) = state
+            .open
+            .get_mut(&self.id)
+            .and_then(|o| o.idle_since.take())
+        {
+            state.idle.remove(&stamp);
+        }
+        Busy(self.clone())
+    }
+}
+
+/// A request in progress on a connection: from its headers until its response is written
+/// (the guard travels with the response body).
+struct Busy(SlotHandle);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.slots.lock();
+        let stamp = state.stamp();
+        let id = self.0.id;
+        if let Some(open) = state.open.get_mut(&id)
+            && open.idle_since.is_none()
+        {
+            open.idle_since = Some(stamp);
+            state.idle.insert(stamp, id);
+        }
+    }
 }
 
 /// The source a connection from `ip` counts against: an IPv4 address (one mapped into IPv6
 /// too), or an IPv6 address's /64, which one host is routinely given whole: counted one
-/// address each, one host had 2^64 sources, each with a whole share of the connections.
+/// address each, one host had 2^64 sources, each with a whole share of the connections. Every
+/// loopback address is this host's, one source (127.0.0.2 was a second share for any local
+/// process that bound it).
 fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    let ip = match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !u128::from(u64::MAX),
-            )),
+            None => IpAddr::V6(v6),
         },
-    }
-}
-
-impl PerSource {
-    fn take(table: &Arc<PerSource>, ip: IpAddr, limit: usize) -> Option<SourceSlot> {
-        let ip = source_of(ip);
-        let mut map = table.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            table: table.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+        v4 => v4,
+    };
+    match ip {
+        _ if ip.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !u128::from(u64::MAX),
+        )),
     }
 }
 
@@ -165,19 +336,18 @@ pub struct Peer(pub SocketAddr);
 pub struct PeerCert(pub Arc<Vec<u8>>);
 
 /// Serves `app` on `listener` (through `tls` when given) under `limits`, until `shutdown`
-/// completes; then lets requests in flight finish for up to `limits.drain_timeout`. `refused`
-/// counts each connection turned away at a cap.
+/// completes; then lets requests in flight finish for up to `limits.drain_timeout`. `at_cap`
+/// hears of each connection refused at a cap, or let in in an idle one's place.
 pub async fn serve(
     listener: &TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnLimits,
-    refused: impl Fn(),
+    at_cap: impl Fn(AtCap),
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
-    let sources = Arc::new(PerSource::default());
+    let slots = Slots::new(&limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
@@ -195,14 +365,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refused();
+        let Some(slot) = slots.take(peer.ip(), &at_cap) else {
             continue; // dropping the stream closes it
-        };
-        let Some(slot) = PerSource::take(&sources, peer.ip(), limits.max_connections_per_source)
-        else {
-            refused();
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let mut conn = Connection {
@@ -211,36 +375,43 @@ pub async fn serve(
             limits: limits.clone(),
             stop: stop_rx.clone(),
             cert: None,
+            slot: slot.handle(),
         };
         let (tls, handshakes) = (tls.clone(), handshakes.clone());
         tokio::spawn(async move {
-            let _held = (permit, slot);
-            match tls {
-                None => conn.run(stream).await,
-                Some(acceptor) => {
-                    let Some(stream) = handshake(&acceptor, stream, &handshakes, &conn).await
-                    else {
-                        return;
-                    };
-                    conn.cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|c| PeerCert(Arc::new(c.as_ref().to_vec())));
-                    conn.run(stream).await
+            let serving = async move {
+                match tls {
+                    None => conn.run(stream).await,
+                    Some(acceptor) => {
+                        let Some(stream) = handshake(&acceptor, stream, &handshakes, &conn).await
+                        else {
+                            return;
+                        };
+                        conn.cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|c| PeerCert(Arc::new(c.as_ref().to_vec())));
+                        conn.run(stream).await
+                    }
+                }
+            };
+            tokio::select! {
+                () = serving => {}
+                () = slot.evict.notified() => {
+                    tracing::debug!(%peer, "idle connection closed for a new one at a cap");
                 }
             }
+            drop(slot);
         });
     }
     let _ = stop_tx.send(true);
-    // Wait for the connections to drain (each holds a permit until it ends).
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(
-        limits.drain_timeout + Duration::from_secs(1),
-        connections.acquire_many(all),
-    )
-    .await;
+    // Wait for the connections to drain (each holds its slot until it ends).
+    let deadline = tokio::time::Instant::now() + limits.drain_timeout + Duration::from_secs(1);
+    while slots.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A TLS handshake, bounded in time and in how many run at once; `None` when refused, failed
@@ -276,6 +447,7 @@ struct Connection {
     stop: watch::Receiver<bool>,
     /// The client's certificate, where it presented one the client CA verified.
     cert: Option<PeerCert>,
+    slot: SlotHandle,
 }
 
 impl Connection {
@@ -286,7 +458,9 @@ impl Connection {
         let peer = self.peer;
         let app = self.app.clone();
         let cert = self.cert.clone();
+        let slot = self.slot.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            let busy = slot.busy();
             request.extensions_mut().insert(Peer(peer));
             if let Some(cert) = &cert {
                 request.extensions_mut().insert(cert.clone());
@@ -295,7 +469,16 @@ impl Connection {
             // Boxed, so that the connection is Unpin and can be taken apart when it is done.
             Box::pin(async move {
                 let request = request.map(axum::body::Body::new);
-                tower_service::Service::call(&mut app, request).await
+                let response = tower_service::Service::call(&mut app, request).await;
+                // Busy until the response body is written and dropped.
+                response.map(|r| {
+                    r.map(|body| {
+                        axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+                            let _held = &busy;
+                            e
+                        }))
+                    })
+                })
             })
         });
         let io = StallGuard::new(io, self.limits.write_stall_timeout);
@@ -443,20 +626,157 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
 mod tests {
     use super::*;
 
+    fn limits(max_connections: usize, per_source: usize) -> ConnLimits {
+        ConnLimits {
+            max_connections,
+            max_connections_per_source: per_source,
+            ..ConnLimits::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     /// Found by a review: connections were counted per address, and one IPv6 host has a /64 of
     /// them: each address a whole share, so a few hosts took every connection. A /64 is one
-    /// source; an IPv4 address mapped into IPv6 is that IPv4 address.
+    /// source; an IPv4 address mapped into IPv6 is that IPv4 address; every loopback address is
+    /// one source.
     #[test]
     fn an_ipv6_hosts_addresses_are_one_source() {
-        let table = Arc::new(PerSource::default());
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a = PerSource::take(&table, ip("2001:db8:1:2::1"), 2).unwrap();
-        let b = PerSource::take(&table, ip("2001:db8:1:2:ffff::9"), 2).unwrap();
-        assert!(PerSource::take(&table, ip("2001:db8:1:2::77"), 2).is_none());
-        let other = PerSource::take(&table, ip("2001:db8:1:3::1"), 2).expect("another /64");
-        let v4 = PerSource::take(&table, ip("192.0.2.7"), 1).unwrap();
-        assert!(PerSource::take(&table, ip("::ffff:192.0.2.7"), 1).is_none());
-        drop((a, b, other, v4));
-        assert!(table.0.lock().unwrap().is_empty());
+        assert_eq!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        for local in ["127.0.0.2", "127.9.8.7", "::1", "::ffff:127.0.0.5"] {
+            assert_eq!(source_of(ip(local)), ip("127.0.0.1"), "{local}");
+        }
+        let slots = Slots::new(&limits(16, 2));
+        let busy = |s: &Slot| std::mem::forget(s.handle().busy());
+        let a = slots.take(ip("2001:db8:1:2::1"), &|_| {}).unwrap();
+        let b = slots.take(ip("2001:db8:1:2:ffff::9"), &|_| {}).unwrap();
+        busy(&a);
+        busy(&b);
+        assert!(slots.take(ip("2001:db8:1:2::77"), &|_| {}).is_none());
+        let other = slots
+            .take(ip("2001:db8:1:3::1"), &|_| {})
+            .expect("another /64");
+        drop((a, b, other));
+        assert_eq!(slots.open(), 0);
+        assert!(slots.lock().per_source.is_empty() && slots.lock().idle.is_empty());
+    }
+
+    /// Found by a review: a command job opened 256 connections from loopback and sent nothing;
+    /// this machine's agent, from the same address, was refused its heartbeats and the node
+    /// left service. At a source's cap a newcomer takes the place of that source's connection
+    /// idle for longest; one in a request keeps its slot, and only when all are in requests
+    /// is the newcomer refused.
+    #[test]
+    fn at_a_sources_cap_a_new_connection_takes_the_longest_idle_ones_place() {
+        let slots = Slots::new(&limits(16, 3));
+        let heard = Mutex::new(Vec::new());
+        let at_cap = |what| heard.lock().unwrap().push(what);
+        let first = slots.take(ip("127.0.0.1"), &at_cap).unwrap();
+        let second = slots.take(ip("127.0.0.2"), &at_cap).unwrap();
+        let third = slots.take(ip("127.0.0.1"), &at_cap).unwrap();
+        let in_request = first.handle().busy();
+        // The fourth takes the second's place: the first is in a request.
+        let fourth = slots.take(ip("127.0.0.1"), &at_cap).unwrap();
+        assert!(
+            futures_ready(second.evict.notified()),
+            "the second is told to close"
+        );
+        assert!(!futures_ready(first.evict.notified()));
+        assert_eq!(slots.open(), 3);
+        // A request ended makes the first idle again, now the most recent idle one.
+        drop(in_request);
+        let _fifth = slots.take(ip("127.0.0.1"), &at_cap).unwrap();
+        assert!(
+            futures_ready(third.evict.notified()),
+            "the third was idle longest"
+        );
+        // All in requests: refused.
+        let _held: Vec<_> = [&first, &fourth, &_fifth]
+            .iter()
+            .map(|s| s.handle().busy())
+            .collect();
+        assert!(slots.take(ip("127.0.0.1"), &at_cap).is_none());
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [AtCap::Evicted, AtCap::Evicted, AtCap::Refused]
+        );
+        // Another source is not in the way.
+        assert!(slots.take(ip("192.0.2.1"), &at_cap).is_some());
+        drop((second, third));
+        assert_eq!(slots.open(), 3);
+    }
+
+    /// At the cap in all, the connection idle for longest of any source makes room.
+    #[test]
+    fn at_the_cap_in_all_the_longest_idle_connection_of_any_source_makes_room() {
+        let slots = Slots::new(&limits(2, 2));
+        let a = slots.take(ip("192.0.2.1"), &|_| {}).unwrap();
+        let b = slots.take(ip("192.0.2.2"), &|_| {}).unwrap();
+        let _busy = b.handle().busy();
+        let c = slots.take(ip("192.0.2.3"), &|_| {}).unwrap();
+        assert!(futures_ready(a.evict.notified()));
+        let _busy_c = c.handle().busy();
+        assert!(slots.take(ip("192.0.2.4"), &|_| {}).is_none());
+        drop(a);
+        assert_eq!(slots.open(), 2);
+    }
+
+    /// Whether `f` is ready at its first poll.
+    fn futures_ready<F: Future>(f: F) -> bool {
+        let mut f = std::pin::pin!(f);
+        let waker = std::task::Waker::noop();
+        f.as_mut().poll(&mut Context::from_waker(waker)).is_ready()
+    }
+
+    /// The review's attack end to end on a served router: the source's every slot held by
+    /// connections that send nothing, a client with a request is answered.
+    #[tokio::test]
+    async fn a_slowloris_at_its_sources_cap_does_not_keep_a_client_with_a_request_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "up" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(&listener, None, app, limits(64, 8), |_| {}, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(tokio::net::TcpStream::connect(to).await.unwrap());
+        }
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(Duration::from_secs(5), async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut c = tokio::net::TcpStream::connect(to).await?;
+                c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut answer = String::new();
+                c.read_to_string(&mut answer).await?;
+                std::io::Result::Ok(answer)
+            })
+            .await
+            .expect("answered in time");
+            let answer = answer.expect("answered through the slowloris");
+            assert!(
+                answer.starts_with("HTTP/1.1 200") && answer.ends_with("up"),
+                "{answer}"
+            );
+            held.push(tokio::net::TcpStream::connect(to).await.unwrap());
+        }
+        let _ = stop.send(());
+        drop(held);
+        server.await.unwrap();
     }
 }

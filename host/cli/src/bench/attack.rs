@@ -45,7 +45,7 @@ impl Default for AttackParams {
 /// What `gantry bench attack --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttackReport {
-    /// Slow connections opened (some are closed at once: over the per-source cap).
+    /// Slow connections opened (over the per-source cap, each closes the longest idle one).
     pub slow_connections: usize,
     /// `/v1/health` during the slowloris.
     pub health_under_slowloris: Latency,
