@@ -625,44 +625,154 @@ enum Stream {
     Err,
 }
 
-/// Lines in flight between a run's output readers and its supervisor: a program that writes
-/// faster than its log takes lines blocks on its pipe, rather than growing the daemon's memory
-/// (at most this many lines of [`MAX_LINE`] bytes).
+/// Output in flight between a run's readers and its supervisor, in chunks of at most
+/// [`CHUNK`] bytes: a program that writes faster than its log takes output blocks on its pipe,
+/// rather than growing the daemon's memory.
+const CHUNKS_IN_FLIGHT: usize = 256;
+
+/// The most one read of a run's pipe takes.
+const CHUNK: usize = 8192;
+
+/// The most lines one log entry gathers (beside [`MAX_ENTRY`]'s bound on its bytes).
 const LINES_IN_FLIGHT: usize = 1024;
 
-/// Reads `from` in lines of at most [`MAX_LINE`] bytes and sends them, until end of file.
-fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, String)>) {
-    let mut line = Vec::new();
-    let mut cut = false;
-    let mut buf = [0u8; 8192];
-    let send = |line: &mut Vec<u8>, cut: bool| {
-        let mut text = shown(&String::from_utf8_lossy(line));
-        if cut {
-            text.push_str(" [line cut]");
-        }
-        line.clear();
-        to.send((stream, text)).is_ok()
-    };
+/// Reads `from` in chunks and sends them, until end of file: cut into lines by the supervisor
+/// ([`LineCutter`]), which keeps the time (a line left unfinished is shown after a while).
+fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, Vec<u8>)>) {
+    let mut buf = [0u8; CHUNK];
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                if !send(&mut line, cut) {
-                    return;
+        if to.send((stream, buf[..n].to_vec())).is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a line may stay unfinished (no newline yet) before it is written as it stands.
+/// Found by a review: a program that printed `Loading...` and worked on, or drew a progress bar
+/// with carriage returns (tqdm), showed nothing of it until it exited.
+pub const PARTIAL_AFTER: Duration = Duration::from_secs(2);
+
+/// How often a line redrawn in place (`\r`) is written, its latest state each time: a progress
+/// bar redrawn ten times a second would otherwise spend the run's log budget on itself.
+pub const REDRAWN_EVERY: Duration = Duration::from_secs(30);
+
+/// One stream's output cut into lines of at most [`MAX_LINE`] bytes: `\n` ends a line (a `\r`
+/// before it dropped), a lone `\r` starts it over as a terminal does (a redrawn progress bar:
+/// only its latest state is kept), and a line unfinished for [`PARTIAL_AFTER`] is written as it
+/// stands (a redrawn one at most every [`REDRAWN_EVERY`]).
+#[derive(Debug, Default)]
+struct LineCutter {
+    line: Vec<u8>,
+    /// Bytes past [`MAX_LINE`] were dropped from `line`.
+    cut: bool,
+    /// The last byte was a `\r` (a `\n` next makes it a line end, anything else a redraw).
+    cr: bool,
+    /// `line` was started over by a `\r` since the line began.
+    redrawn: bool,
+    /// Since when the line has been unfinished and unwritten.
+    held_since: Option<Instant>,
+    /// When a redrawn line's state was last written.
+    redrawn_written: Option<Instant>,
+}
+
+impl LineCutter {
+    /// Cuts `bytes` into the lines they end, appended to `out`.
+    fn push(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<String>) {
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    out.push(self.take());
+                    self.cr = false;
+                    self.redrawn = false;
+                    self.redrawn_written = None;
                 }
-                cut = false;
-            } else if line.len() < MAX_LINE {
-                line.push(b);
-            } else {
-                cut = true;
+                b'\r' => self.cr = true,
+                _ => {
+                    if std::mem::take(&mut self.cr) {
+                        self.line.clear();
+                        self.cut = false;
+                        self.redrawn = true;
+                    }
+                    if self.line.len() < MAX_LINE {
+                        self.line.push(b);
+                    } else {
+                        self.cut = true;
+                    }
+                    self.held_since.get_or_insert(now);
+                }
             }
         }
     }
-    if !line.is_empty() || cut {
-        send(&mut line, cut);
+
+    /// The unfinished line, when it is due to be written now.
+    fn due(&mut self, now: Instant) -> Option<String> {
+        let held = now.duration_since(self.held_since?);
+        let paced = !self.redrawn
+            || self
+                .redrawn_written
+                .is_none_or(|at| now.duration_since(at) >= REDRAWN_EVERY);
+        if self.line.is_empty() || held < PARTIAL_AFTER || !paced {
+            return None;
+        }
+        if self.redrawn {
+            self.redrawn_written = Some(now);
+        }
+        Some(self.take())
+    }
+
+    /// What is left unfinished at the end.
+    fn finish(&mut self) -> Option<String> {
+        (!self.line.is_empty() || self.cut).then(|| self.take())
+    }
+
+    fn take(&mut self) -> String {
+        let mut text = shown(&String::from_utf8_lossy(&self.line));
+        if std::mem::take(&mut self.cut) {
+            text.push_str(" [line cut]");
+        }
+        self.line.clear();
+        self.held_since = None;
+        text
+    }
+}
+
+/// A run's two streams, cut into lines in the order their output arrived.
+#[derive(Debug, Default)]
+struct Cutters {
+    out: LineCutter,
+    err: LineCutter,
+}
+
+impl Cutters {
+    fn push(&mut self, (stream, bytes): (Stream, Vec<u8>), batch: &mut Vec<(Stream, String)>) {
+        let mut lines = Vec::new();
+        self.of(stream).push(&bytes, Instant::now(), &mut lines);
+        batch.extend(lines.into_iter().map(|l| (stream, l)));
+    }
+
+    fn of(&mut self, stream: Stream) -> &mut LineCutter {
+        match stream {
+            Stream::Out => &mut self.out,
+            Stream::Err => &mut self.err,
+        }
+    }
+
+    /// Unfinished lines due now (`end`: all that is left).
+    fn held(&mut self, end: bool, batch: &mut Vec<(Stream, String)>) {
+        let now = Instant::now();
+        for stream in [Stream::Out, Stream::Err] {
+            let cutter = self.of(stream);
+            let line = if end {
+                cutter.finish()
+            } else {
+                cutter.due(now)
+            };
+            batch.extend(line.map(|l| (stream, l)));
+        }
     }
 }
 
@@ -702,10 +812,11 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
 /// node a report the control plane decides and audits), some 370 a second; now at most a few.
 pub const GATHER: Duration = Duration::from_millis(200);
 
-/// Adds to `batch` the lines that come until `until` (or the readers end), at most
-/// [`LINES_IN_FLIGHT`] in all.
+/// Adds to `batch` the lines that the output coming until `until` (or the readers' end) ends,
+/// at most about [`LINES_IN_FLIGHT`].
 fn gather(
-    output: &mpsc::Receiver<(Stream, String)>,
+    output: &mpsc::Receiver<(Stream, Vec<u8>)>,
+    cutters: &mut Cutters,
     batch: &mut Vec<(Stream, String)>,
     until: Instant,
 ) {
@@ -714,7 +825,7 @@ fn gather(
             break;
         };
         match output.recv_timeout(left) {
-            Ok(line) => batch.push(line),
+            Ok(chunk) => cutters.push(chunk, batch),
             Err(_) => break,
         }
     }
@@ -977,6 +1088,13 @@ pub fn execute(
     let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
         return RunEnd::Failed(format!("its directory {} holds a NUL byte", cwd.display()));
     };
+    // Its own /tmp and /dev/shm, where the daemon can make them (root, switching ids).
+    let private = match ids {
+        Some(_) if crate::mountns::available() => {
+            crate::mountns::Plan::new(&cwd, spec.memory_mib.or(limits.max_memory_mib))
+        }
+        _ => None,
+    };
     // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
     // without the daemon's terminal (in the daemon's session, a job started from an operator's
     // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -985,7 +1103,8 @@ pub fn execute(
     // itself), and no privilege to gain again (a set-uid file, planted by an earlier run of the
     // same uid, ran as that uid inside another tenant's run). Files it makes are its own (umask
     // 077), and no descriptor of the daemon's beyond its three crosses the exec (the daemon's
-    // launcher's pipes did). Then the directory entered, as the user: entered before
+    // launcher's pipes did). Its own /tmp and /dev/shm ([`crate::mountns`]) mounted before
+    // the ids change. Then the directory entered, as the user: entered before
     // (`current_dir`), a `cwd` under a directory only root may pass let the program read what
     // lay below it. Then the death signal set (changing ids clears it). The program dies with
     // this thread (the run's supervisor), so a daemon that dies does not leave it running;
@@ -1006,12 +1125,16 @@ pub fn execute(
                 libc::write(adj, b"1000".as_ptr().cast(), 4);
                 libc::close(adj);
             }
-            if let Some((uid, gid)) = ids
-                && (libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
+            if let Some((uid, gid)) = ids {
+                if libc::setgroups(0, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(private) = &private {
+                    private.enter(uid, gid)?;
+                }
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -1058,7 +1181,7 @@ pub fn execute(
         user.map_or(own_user, |u| u.name.as_str()),
         job.gpu_ids.join(", "),
     ));
-    let (lines, output) = mpsc::sync_channel(LINES_IN_FLIGHT);
+    let (lines, output) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
     for (stream, pipe) in [
         (
             Stream::Out,
@@ -1093,13 +1216,15 @@ pub fn execute(
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(wall);
     let mut stopped: Option<(Stopped, Instant)> = None;
+    let mut cutters = Cutters::default();
     let status: ExitStatus = loop {
-        // Wait for output for a tick; from its first line, gather what comes for a while.
+        // Wait for output for a tick; from its first, gather what comes for a while.
         let mut batch: Vec<(Stream, String)> = Vec::new();
         if let Ok(first) = output.recv_timeout(Duration::from_millis(50)) {
-            batch.push(first);
-            gather(&output, &mut batch, Instant::now() + GATHER);
+            cutters.push(first, &mut batch);
+            gather(&output, &mut cutters, &mut batch, Instant::now() + GATHER);
         }
+        cutters.held(false, &mut batch);
         out.write(sink, batch);
         if let (Some(guard), Some(until)) = (guard.as_mut(), sink.lease_until()) {
             guard.renew(until);
@@ -1163,14 +1288,20 @@ pub fn execute(
     let drain_until = Instant::now() + Duration::from_secs(1);
     while let Some(left) = drain_until.checked_duration_since(Instant::now()) {
         match output.recv_timeout(left) {
-            Ok(line) => {
-                let mut batch = vec![line];
-                batch.extend(output.try_iter().take(LINES_IN_FLIGHT));
+            Ok(chunk) => {
+                let mut batch = Vec::new();
+                cutters.push(chunk, &mut batch);
+                for chunk in output.try_iter().take(CHUNKS_IN_FLIGHT) {
+                    cutters.push(chunk, &mut batch);
+                }
                 out.write(sink, batch);
             }
             Err(_) => break,
         }
     }
+    let mut rest = Vec::new();
+    cutters.held(true, &mut rest);
+    out.write(sink, rest);
     out.finish(sink);
     let oom_kills = group.as_ref().map_or(0, crate::cgroup::RunGroup::oom_kills);
     let memory_mib = group.as_ref().and_then(crate::cgroup::RunGroup::memory_mib);
@@ -1390,6 +1521,76 @@ mod tests {
         }
     }
 
+    /// Found by a review: a line without its newline (`Loading...` and then work, or a
+    /// progress bar redrawn with `\r`) showed nothing until the run exited, and a bar's every
+    /// state would have been a line. An unfinished line is written after [`PARTIAL_AFTER`], a
+    /// redrawn one's latest state at most every [`REDRAWN_EVERY`].
+    #[test]
+    fn an_unfinished_line_and_a_redrawn_progress_bar_are_shown_while_the_run_goes_on() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut c = LineCutter::default();
+        let mut lines = Vec::new();
+        c.push(b"Loading...", at(0.0), &mut lines);
+        assert!(lines.is_empty() && c.due(at(1.9)).is_none());
+        assert_eq!(c.due(at(2.0)).as_deref(), Some("Loading..."));
+        c.push(b" done\r\nnext\n", at(3.0), &mut lines);
+        assert_eq!(lines, [" done", "next"]);
+        lines.clear();
+        // A bar redrawn in place: its latest state, then no more often than REDRAWN_EVERY.
+        c.push(b"\r 10%", at(10.0), &mut lines);
+        c.push(b"\r 20%", at(11.0), &mut lines);
+        assert_eq!(c.due(at(12.0)).as_deref(), Some(" 20%"));
+        c.push(b"\r 30%", at(13.0), &mut lines);
+        c.push(b"\r 90%", at(30.0), &mut lines);
+        assert!(c.due(at(41.0)).is_none());
+        assert_eq!(c.due(at(42.0)).as_deref(), Some(" 90%"));
+        c.push(b"\r100%\n", at(43.0), &mut lines);
+        assert_eq!(lines, ["100%"]);
+        // Long lines are cut; what is left at the end is written.
+        lines.clear();
+        c.push(&[b'x'; MAX_LINE + 10], at(50.0), &mut lines);
+        c.push(b"\ntail", at(50.0), &mut lines);
+        assert_eq!(lines, [format!("{} [line cut]", "x".repeat(MAX_LINE))]);
+        assert_eq!(c.finish().as_deref(), Some("tail"));
+        assert_eq!(c.finish(), None);
+    }
+
+    /// The same through a real run: `Loading...` is its own entry before `done` is printed.
+    #[test]
+    fn a_runs_unfinished_line_is_in_its_log_before_the_line_ends() {
+        let spec = spec(&["/bin/sh", "-c", "printf Loading...; sleep 3; echo done"]);
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/partial",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let limits = if unsafe { libc::geteuid() } == 0 {
+            CommandLimits {
+                user: Some(JobUser::lookup("nobody").unwrap()),
+                ..CommandLimits::default()
+            }
+        } else {
+            CommandLimits {
+                own_user: true,
+                ..CommandLimits::default()
+            }
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &limits, None, &mut lines, "root");
+        assert!(matches!(end, RunEnd::Finished(..)), "{:?}", lines.0);
+        let loading = lines.0.iter().position(|e| e == "Loading...");
+        let done = lines.0.iter().position(|e| e == "done");
+        assert!(
+            matches!((loading, done), (Some(l), Some(d)) if l < d),
+            "{:?}",
+            lines.0
+        );
+    }
+
     /// Found by a review: a run printing a line every few milliseconds made a log entry of
     /// each (on a node, a report decided and audited: 370 a second). Its lines gather for
     /// [`GATHER`] into one entry, every line kept in order.
@@ -1425,7 +1626,7 @@ mod tests {
         let end = execute(job, &limits, None, &mut lines, "root");
         let windows = started.elapsed().as_millis() / GATHER.as_millis();
         let log = lines.0.join("\n");
-        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?} {log}");
         let kept: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
         let got: Vec<&str> = log.lines().filter(|l| l.starts_with("line ")).collect();
         assert_eq!(got, kept);
@@ -1703,7 +1904,8 @@ mod tests {
             return;
         }
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        // Where both runs meet: not /tmp, which is each run's own.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let at = dir.path().display().to_string();
         let limits = CommandLimits {
@@ -1860,6 +2062,88 @@ mod tests {
         let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(UID_LEASES), 0o700);
         assert_eq!(mode(&format!("{UID_LEASES}/231100")), 0o600);
+    }
+
+    /// Found by a review: runs under one `--job-user` shared `/tmp` and `/dev/shm`, so one
+    /// tenant's run read what another's left there, and what a run wrote to `/dev/shm`
+    /// (memory) outlived it. Each run now has its own, gone with it; its scratch directory and
+    /// a `cwd` under `/tmp` are still where they were, and a `cwd` below a directory the user
+    /// may not pass is still refused. Root only (and a machine that gives mount namespaces).
+    #[test]
+    fn runs_under_one_job_user_have_their_own_tmp_and_shm_and_leave_nothing_there() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::mountns::available() {
+            eprintln!("skipped: needs root and mount namespaces");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            ..CommandLimits::default()
+        };
+        let run = |argv: &[&str], cwd: Option<&std::path::Path>| {
+            let spec = CommandSpec {
+                wall_time_s: Some(20.0),
+                cwd: cwd.map(|c| c.to_str().unwrap().to_string()),
+                ..spec(argv)
+            };
+            let gpus = ["node-0001/gpu0".to_string()];
+            let job = RunJob {
+                key: "vision/tmp",
+                tenant: "vision",
+                gpu_ids: &gpus,
+                spec: &spec,
+            };
+            let mut lines = Lines::default();
+            let end = execute(job, &limits, None, &mut lines, "root");
+            (end, lines.0.join("\n"))
+        };
+        let tag = format!("gantry-private-{}", std::process::id());
+        let writes = format!(
+            "echo secret > /tmp/{tag} && echo secret > /dev/shm/{tag} && echo wrote; \
+             [ -w \"$TMPDIR\" ] && [ \"$TMPDIR\" = \"$PWD\" ] && echo scratch-ok"
+        );
+        let (end, log) = run(&["/bin/sh", "-c", &writes], None);
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("wrote") && log.contains("scratch-ok"), "{log}");
+        for left in [format!("/tmp/{tag}"), format!("/dev/shm/{tag}")] {
+            assert!(
+                !std::path::Path::new(&left).exists(),
+                "{left} is the machine's"
+            );
+        }
+        // Planted on the machine: a later run does not see it.
+        std::fs::write(format!("/dev/shm/{tag}"), "planted").unwrap();
+        let reads = format!("cat /tmp/{tag} /dev/shm/{tag} 2>/dev/null; ls /tmp /dev/shm | wc -l");
+        let (_, log) = run(&["/bin/sh", "-c", &reads], None);
+        std::fs::remove_file(format!("/dev/shm/{tag}")).unwrap();
+        assert!(!log.contains("secret") && !log.contains("planted"), "{log}");
+        // A cwd under /tmp the user may enter is there; one below a directory only root may
+        // pass is refused as before.
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        let shut = dir.path().join("shut");
+        std::fs::create_dir_all(open.join("inner")).unwrap();
+        std::fs::create_dir_all(shut.join("inner")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [(dir.path(), 0o755), (&open, 0o777), (&shut, 0o700)] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::set_permissions(open.join("inner"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        std::fs::set_permissions(shut.join("inner"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let (end, log) = run(
+            &["/bin/sh", "-c", "pwd; echo made > here"],
+            Some(&open.join("inner")),
+        );
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains(open.join("inner").to_str().unwrap()), "{log}");
+        assert!(
+            open.join("inner/here").exists(),
+            "written where the job said"
+        );
+        let (end, log) = run(&["/bin/sh", "-c", "echo in"], Some(&shut.join("inner")));
+        assert!(matches!(end, RunEnd::Failed(_)), "{log}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod jobstore;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod mountns;
 pub mod nodes;
 pub mod persisted;
 pub mod pluginstore;

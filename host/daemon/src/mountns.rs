@@ -1,0 +1,246 @@
+//! A command run's own `/tmp` and `/dev/shm`: a mount namespace per run, with a fresh tmpfs on
+//! each, gone with the run's last process.
+//!
+//! Without it, runs under one `--job-user` shared both: one tenant's program read what another's
+//! left there (same uid), and what a run wrote to `/dev/shm` (memory) outlived it, its memory
+//! limit and its cgroup, until the machine restarted. Where the run's working directory lies
+//! under `/tmp` (its scratch directory, or a `cwd` the job names), that one directory is bound
+//! back at its path, opened as the run's user first so that binding it shows nothing the user
+//! could not reach before. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
+//! that drops it) runs commands with the shared directories, and says so once.
+
+use std::ffi::CString;
+use std::path::{Component, Path};
+use std::sync::OnceLock;
+
+/// Everything [`Plan::enter`] needs, made before the fork (after it only async-signal-safe calls
+/// may run: no allocation).
+#[derive(Debug)]
+pub struct Plan {
+    /// tmpfs options: mode, and size where the run's memory is bounded.
+    options: CString,
+    /// Whether `/dev/shm` is a directory here (a private one is mounted only then).
+    shm: bool,
+    /// The run's directory and the directories above it inside `/tmp`, to be made in the new
+    /// tmpfs and the directory bound back at the last of them.
+    bind: Option<Bind>,
+}
+
+#[derive(Debug)]
+struct Bind {
+    /// The directory as the job gave it (absolute).
+    source: CString,
+    /// `/tmp/a`, `/tmp/a/b`, ... down to the directory itself.
+    chain: Vec<CString>,
+}
+
+/// Whether runs get their own `/tmp` and `/dev/shm` here, found once by trying it in a child.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let found = probe();
+        if let Err(e) = &found {
+            tracing::warn!(
+                error = %e,
+                "command runs under one --job-user share /tmp and /dev/shm: this machine gives \
+                 the daemon no mount namespaces (root's CAP_SYS_ADMIN)"
+            );
+        }
+        found.is_ok()
+    })
+}
+
+/// Starts `/bin/sh -c true` in a namespace made as a run's is.
+fn probe() -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+    }
+    let plan = Plan::new(Path::new("/"), Some(1)).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .args(["-c", "true"])
+        .stdin(std::process::Stdio::null());
+    // SAFETY: `enter` makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(move || plan.enter(0, 0));
+    }
+    let status = command.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("the probe ended {status}")))
+    }
+}
+
+impl Plan {
+    /// The plan for a run working in `cwd` whose memory is bounded at `memory_mib` (the tmpfs
+    /// is that size: what it holds counts against the run's memory where cgroups exist, and is
+    /// bounded where they do not); `None` when `cwd` cannot be written as a C string.
+    pub fn new(cwd: &Path, memory_mib: Option<u64>) -> Option<Plan> {
+        let options = match memory_mib {
+            Some(mib) => format!("mode=1777,size={}m", mib.max(1)),
+            None => "mode=1777".to_string(),
+        };
+        let bind = match cwd.strip_prefix("/tmp") {
+            Ok(rest) if rest.as_os_str().is_empty() => None,
+            // Bound back only where every part names a directory: a `..` would have the chain
+            // climb out of the tmpfs.
+            Ok(rest) if rest.components().all(|c| matches!(c, Component::Normal(_))) => {
+                let mut chain = Vec::new();
+                let mut at = std::path::PathBuf::from("/tmp");
+                for part in rest.components() {
+                    at.push(part);
+                    chain.push(CString::new(at.as_os_str().as_encoded_bytes()).ok()?);
+                }
+                Some(Bind {
+                    source: CString::new(cwd.as_os_str().as_encoded_bytes()).ok()?,
+                    chain,
+                })
+            }
+            _ => None,
+        };
+        let shm = std::fs::symlink_metadata("/dev/shm").is_ok_and(|m| m.is_dir());
+        Some(Plan {
+            options: CString::new(options).ok()?,
+            shm,
+            bind,
+        })
+    }
+
+    /// In the child, as root, before it takes the run's ids (`uid`, `gid`; its supplementary
+    /// groups already dropped): a mount namespace of its own whose mounts the machine's never
+    /// see (and whose unmounts it follows), the directory opened as the run's user, a tmpfs on
+    /// `/tmp` and `/dev/shm`, the directory bound back.
+    ///
+    /// # Safety
+    /// Only between fork and exec, in a single-threaded child: it changes the process's
+    /// effective ids and namespace.
+    pub unsafe fn enter(&self, uid: libc::uid_t, gid: libc::gid_t) -> std::io::Result<()> {
+        let fail = || Err(std::io::Error::last_os_error());
+        // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            // Opened in the new namespace (a mount of another cannot be bound here) and before
+            // the tmpfs hides it.
+            let mut dir = -1;
+            if let Some(bind) = &self.bind {
+                // Opened with the user's permissions: the effective ids switched for the open
+                // and back (the real and saved ids stay root's, so root's may be taken again).
+                if libc::setegid(gid) != 0 || libc::seteuid(uid) != 0 {
+                    return fail();
+                }
+                dir = libc::open(
+                    bind.source.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                let opened = std::io::Error::last_os_error();
+                if libc::seteuid(0) != 0 || libc::setegid(0) != 0 {
+                    return fail();
+                }
+                if dir < 0 {
+                    return Err(opened);
+                }
+            }
+            let tmpfs = |at: &std::ffi::CStr| {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    at.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    self.options.as_ptr().cast(),
+                ) == 0
+            };
+            if !tmpfs(c"/tmp") || (self.shm && !tmpfs(c"/dev/shm")) {
+                return fail();
+            }
+            if let Some(bind) = &self.bind {
+                for part in &bind.chain {
+                    if libc::mkdir(part.as_ptr(), 0o755) != 0 {
+                        return fail();
+                    }
+                }
+                // The descriptor's own link in /proc names the directory it opened.
+                let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+                write_decimal(&mut link[14..24], dir);
+                let target = bind.chain.last().map_or(c"/tmp".as_ptr(), |c| c.as_ptr());
+                let bound = libc::mount(
+                    link.as_ptr().cast(),
+                    target,
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                libc::close(dir);
+                if bound != 0 {
+                    return fail();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `n` (a descriptor: not negative) in decimal into `out`, NUL-terminated, without
+/// allocating.
+fn write_decimal(out: &mut [u8], n: i32) {
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (n.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        out[i] = *d;
+    }
+    out[len] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_binds_back_only_a_directory_below_tmp_named_part_by_part() {
+        let chain = |p: &str| {
+            Plan::new(Path::new(p), None).unwrap().bind.map(|b| {
+                b.chain
+                    .iter()
+                    .map(|c| c.to_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            chain("/tmp/a/b"),
+            Some(vec!["/tmp/a".to_string(), "/tmp/a/b".to_string()])
+        );
+        assert_eq!(chain("/tmp"), None);
+        assert_eq!(chain("/tmp/../etc"), None);
+        assert_eq!(chain("/tmpfoo/x"), None);
+        assert_eq!(chain("/home/x"), None);
+        let sized = Plan::new(Path::new("/"), Some(512)).unwrap();
+        assert_eq!(sized.options.to_str().unwrap(), "mode=1777,size=512m");
+        let mut out = [0xffu8; 11];
+        write_decimal(&mut out, 1234567890);
+        assert_eq!(&out, b"1234567890\0");
+        write_decimal(&mut out, 0);
+        assert_eq!(&out[..2], b"0\0");
+    }
+}
