@@ -142,7 +142,9 @@ impl TrainBudget {
     /// the limits could never run.
     pub fn total_for(asked: Option<u64>, job_mib: u64) -> Result<u64, String> {
         match asked {
-            None => Ok(machine_mib().map_or(job_mib, |m| m / 4 * 3).max(job_mib)),
+            None => Ok(crate::command::machine_memory_mib()
+                .map_or(job_mib, |m| m / 4 * 3)
+                .max(job_mib)),
             Some(mib) if mib >= job_mib => Ok(mib),
             Some(mib) => Err(format!(
                 "--train-memory-mib {mib} is below the {job_mib} MiB one training job may need \
@@ -234,20 +236,6 @@ impl TrainBudget {
             mib,
         })
     }
-}
-
-/// This machine's memory in MiB (`MemTotal` of `/proc/meminfo`), where it says.
-fn machine_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
 }
 
 #[cfg(test)]

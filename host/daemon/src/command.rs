@@ -122,12 +122,55 @@ pub fn default_max_memory_mib(total_mib: u64) -> u64 {
     total_mib - kept
 }
 
-/// This machine's memory, MiB (`MemTotal` in `/proc/meminfo`), where it can be read.
+/// The memory this process may use, MiB: the machine's (`MemTotal` in `/proc/meminfo`), or less
+/// where the cgroup it runs in, or one above it, is limited. Found by a review: in a container
+/// limited to a few GiB on a large host, the defaults were reckoned from the host's memory, and
+/// a run allowed the host's 90% took the container (daemon, agent and all) to its OOM killer.
+/// The one reading of it: command runs' default bound and training runs' budget both start here.
 pub fn machine_memory_mib() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    let total = kib / 1024;
+    let limit = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|own| cgroup_memory_limit_mib(std::path::Path::new("/sys/fs/cgroup"), &own));
+    Some(limit.map_or(total, |l| l.min(total)))
+}
+
+/// The least memory limit, MiB, of the cgroups that `own` (the text of `/proc/self/cgroup`)
+/// names and of those above them, read under `root`: cgroup v2's `memory.max`, v1's
+/// `memory/.../memory.limit_in_bytes` ("max" and v1's near-2^63 are no limit).
+fn cgroup_memory_limit_mib(root: &std::path::Path, own: &str) -> Option<u64> {
+    let mut least: Option<u64> = None;
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (base, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = base.join(path.trim_start_matches('/'));
+        loop {
+            let bytes = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(bytes) = bytes {
+                let mib = bytes >> 20;
+                least = Some(least.map_or(mib, |l| l.min(mib)));
+            }
+            if dir == base || !dir.pop() || !dir.starts_with(&base) {
+                break;
+            }
+        }
+    }
+    least
 }
 
 /// An unprivileged user commands run as.
@@ -2144,6 +2187,38 @@ mod tests {
         );
         let (end, log) = run(&["/bin/sh", "-c", "echo in"], Some(&shut.join("inner")));
         assert!(matches!(end, RunEnd::Failed(_)), "{log}");
+    }
+
+    /// Found by a review: the memory defaults were reckoned from the host's memory, whatever
+    /// the limit of the container the daemon runs in. The least limit of its cgroup and those
+    /// above it bounds them, on cgroup v1 and v2.
+    #[test]
+    fn the_memory_this_process_may_use_is_bounded_by_its_cgroups_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |path: &str, text: &str| {
+            let p = root.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        // v1: the container's own cgroup is limited, the one above it is not.
+        put("memory/docker/abc/memory.limit_in_bytes", "8589934592\n");
+        put(
+            "memory/docker/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        put("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        let v1 = "9:pids:/docker/abc\n4:memory:/docker/abc\n0::/\n";
+        assert_eq!(cgroup_memory_limit_mib(root.path(), v1), Some(8192));
+        // v2: unlimited itself ("max"), limited above.
+        put("kube/pod/app/memory.max", "max\n");
+        put("kube/pod/memory.max", "17179869184\n");
+        assert_eq!(
+            cgroup_memory_limit_mib(root.path(), "0::/kube/pod/app\n"),
+            Some(16384)
+        );
+        // No limit anywhere, or nothing to read: none.
+        assert_eq!(cgroup_memory_limit_mib(root.path(), "0::/\n"), None);
+        assert_eq!(cgroup_memory_limit_mib(root.path(), "garbage"), None);
     }
 
     #[test]
