@@ -235,7 +235,11 @@ impl Scope {
         }
         match regorus::unstable::BUILTINS.get(path) {
             Some((_, n)) => Ok(Some(usize::from(*n))),
-            None => Err(format!("undefined function {path}")),
+            // And those the policy engine adds (OPA's that regorus lacks).
+            None => match gantry_policy_engine::go_builtins::added_arity(path) {
+                Some(n) => Ok(Some(usize::from(n))),
+                None => Err(format!("undefined function {path}")),
+            },
         }
     }
 }

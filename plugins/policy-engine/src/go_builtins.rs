@@ -4,7 +4,8 @@
 //! `time.parse_rfc3339_ns` (Go's `time.RFC3339`: a `T`, an upper-case `Z`), `net.cidr_contains`
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
 //! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
-//! simple case mappings, one character for one), `time.add_date` (Go's `AddDate`: overflow rolls
+//! simple case mappings, one character for one), the network builtins regorus lacks
+//! (`go_net`), `time.add_date` (Go's `AddDate`: overflow rolls
 //! into the next month), `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
 //! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
@@ -21,6 +22,19 @@ use alloc::vec::Vec;
 use core::net::IpAddr;
 
 use regorus::{Engine, Value};
+
+/// The builtins registered here that regorus does not know, with their arities: the one list
+/// the host's build-time check (`gantry policy build`) reads beside regorus's own.
+pub const ADDED: &[(&str, u8)] = &[
+    ("net.cidr_intersects", 2),
+    ("net.cidr_contains_matches", 2),
+    ("net.cidr_merge", 1),
+];
+
+/// The arity of `name` when it is one of [`ADDED`].
+pub fn added_arity(name: &str) -> Option<u8> {
+    ADDED.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+}
 
 /// What a builtin does with its error: an error when builtin errors are strict, else an undefined
 /// value (see [`register`]).
@@ -144,6 +158,15 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
         add(engine, name, n, f)?;
     }
     add(engine, "glob.match", 3, crate::go_glob::builtin(fail))?;
+    for (name, n) in ADDED {
+        let f = match *name {
+            "net.cidr_intersects" => crate::go_net::intersects(fail),
+            "net.cidr_contains_matches" => crate::go_net::contains_matches(fail),
+            "net.cidr_merge" => crate::go_net::merge(fail),
+            _ => return Err(format!("{name}: listed as added, and not written")),
+        };
+        add(engine, name, *n, f)?;
+    }
     add(engine, "sprintf", 2, crate::go_fmt::builtin(fail))?;
     Ok(())
 }
@@ -557,7 +580,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// An address or network: an IPv4-mapped IPv6 one is the IPv4 one, as Go compares them.
-fn network(s: &str, cidr: bool) -> Result<(IpAddr, u32), String> {
+pub(crate) fn network(s: &str, cidr: bool) -> Result<(IpAddr, u32), String> {
     let (address, prefix) = match (cidr, s.split_once('/')) {
         (true, Some((a, p))) if !p.is_empty() && p.bytes().all(|d| d.is_ascii_digit()) => {
             (a, p.parse::<u32>().map_err(|e| e.to_string())?)
@@ -583,7 +606,7 @@ fn network(s: &str, cidr: bool) -> Result<(IpAddr, u32), String> {
 }
 
 /// OPA's `net.cidr_contains(cidr, cidr_or_ip)`.
-fn cidr_contains(cidr: &str, other: &str) -> Result<bool, String> {
+pub(crate) fn cidr_contains(cidr: &str, other: &str) -> Result<bool, String> {
     let (net, prefix) = network(cidr, true)?;
     let (ip, other_prefix) = network(other, other.contains('/'))?;
     let bits = |ip: IpAddr| match ip {

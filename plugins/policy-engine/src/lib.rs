@@ -23,6 +23,7 @@ pub mod diagnostic;
 pub mod go_builtins;
 pub mod go_fmt;
 pub mod go_glob;
+pub mod go_net;
 pub mod go_regex;
 pub mod host_builtins;
 pub mod json;
