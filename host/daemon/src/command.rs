@@ -2187,6 +2187,29 @@ mod tests {
         );
         let (end, log) = run(&["/bin/sh", "-c", "echo in"], Some(&shut.join("inner")));
         assert!(matches!(end, RunEnd::Failed(_)), "{log}");
+        // Found by the review of this: a `cwd` through a symbolic link (one a run made in its
+        // scratch) bound the machine's /dev/shm, and what the run wrote there stayed. A link
+        // on the way is refused.
+        std::os::unix::fs::symlink("/dev/shm", open.join("shm")).unwrap();
+        let (end, log) = run(
+            &["/bin/sh", "-c", &format!("echo in > {tag}-linked")],
+            Some(&open.join("shm")),
+        );
+        assert!(matches!(end, RunEnd::Failed(_)), "{log}");
+        assert!(!std::path::Path::new(&format!("/dev/shm/{tag}-linked")).exists());
+        // Its System V objects are its own, and go with it.
+        let nobodys = || {
+            std::fs::read_to_string("/proc/sysvipc/shm")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.split_whitespace().nth(7) == Some("65534"))
+                .count()
+        };
+        let before = nobodys();
+        let (end, log) = run(&["/bin/sh", "-c", "ipcmk -M 4096 && echo made"], None);
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("made"), "{log}");
+        assert_eq!(nobodys(), before, "a segment outlived its run");
     }
 
     /// Found by a review: the memory defaults were reckoned from the host's memory, whatever

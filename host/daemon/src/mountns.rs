@@ -28,8 +28,9 @@ pub struct Plan {
 
 #[derive(Debug)]
 struct Bind {
-    /// The directory as the job gave it (absolute).
-    source: CString,
+    /// The directory's path, a part at a time from `/` (`tmp`, `a`, `b`): walked one part at a
+    /// time without following a symbolic link.
+    parts: Vec<CString>,
     /// `/tmp/a`, `/tmp/a/b`, ... down to the directory itself.
     chain: Vec<CString>,
 }
@@ -89,15 +90,14 @@ impl Plan {
             // climb out of the tmpfs.
             Ok(rest) if rest.components().all(|c| matches!(c, Component::Normal(_))) => {
                 let mut chain = Vec::new();
+                let mut parts = vec![c"tmp".to_owned()];
                 let mut at = std::path::PathBuf::from("/tmp");
                 for part in rest.components() {
                     at.push(part);
                     chain.push(CString::new(at.as_os_str().as_encoded_bytes()).ok()?);
+                    parts.push(CString::new(part.as_os_str().as_encoded_bytes()).ok()?);
                 }
-                Some(Bind {
-                    source: CString::new(cwd.as_os_str().as_encoded_bytes()).ok()?,
-                    chain,
-                })
+                Some(Bind { parts, chain })
             }
             _ => None,
         };
@@ -111,8 +111,12 @@ impl Plan {
 
     /// In the child, as root, before it takes the run's ids (`uid`, `gid`; its supplementary
     /// groups already dropped): a mount namespace of its own whose mounts the machine's never
-    /// see (and whose unmounts it follows), the directory opened as the run's user, a tmpfs on
-    /// `/tmp` and `/dev/shm`, the directory bound back.
+    /// see (and whose unmounts it follows), and an IPC namespace of its own (System V objects
+    /// and POSIX queues, gone with it); the directory opened as the run's user, a part at a
+    /// time, no symbolic link followed (found by a review: a `cwd` through a link the run had
+    /// made in its scratch bound the machine's `/dev/shm`, `/tmp` or `/`, and what the run wrote
+    /// there stayed); a tmpfs on `/tmp` and `/dev/shm`; the directory bound back with what is
+    /// mounted below it (a bind of it alone showed what those mounts cover).
     ///
     /// # Safety
     /// Only between fork and exec, in a single-threaded child: it changes the process's
@@ -121,7 +125,7 @@ impl Plan {
         let fail = || Err(std::io::Error::last_os_error());
         // SAFETY (for the block): raw system calls on valid C strings made before the fork.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
                 return fail();
             }
             if libc::mount(
@@ -144,9 +148,21 @@ impl Plan {
                     return fail();
                 }
                 dir = libc::open(
-                    bind.source.as_ptr(),
+                    c"/".as_ptr(),
                     libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
                 );
+                for part in &bind.parts {
+                    if dir < 0 {
+                        break;
+                    }
+                    let next = libc::openat(
+                        dir,
+                        part.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    );
+                    libc::close(dir);
+                    dir = next;
+                }
                 let opened = std::io::Error::last_os_error();
                 if libc::seteuid(0) != 0 || libc::setegid(0) != 0 {
                     return fail();
@@ -181,7 +197,7 @@ impl Plan {
                     link.as_ptr().cast(),
                     target,
                     std::ptr::null(),
-                    libc::MS_BIND,
+                    libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
                 );
                 libc::close(dir);
