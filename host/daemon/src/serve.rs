@@ -20,7 +20,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 /// What connections may hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +116,7 @@ impl ConnLimits {
 struct Slots {
     max_connections: usize,
     max_per_source: usize,
+    max_handshakes: usize,
     state: Mutex<SlotState>,
 }
 
@@ -127,11 +128,14 @@ struct SlotState {
     per_source: HashMap<IpAddr, usize>,
     /// Idle connections by the stamp of when they went idle, longest idle first.
     idle: BTreeMap<u64, u64>,
+    /// Connections in a TLS handshake by when it began, oldest first.
+    handshakes: BTreeMap<u64, u64>,
 }
 
 struct Open {
     source: IpAddr,
     idle_since: Option<u64>,
+    handshake_since: Option<u64>,
     evict: Arc<Notify>,
 }
 
@@ -157,6 +161,9 @@ impl SlotState {
         let open = self.open.remove(&id)?;
         if let Some(stamp) = open.idle_since {
             self.idle.remove(&stamp);
+        }
+        if let Some(stamp) = open.handshake_since {
+            self.handshakes.remove(&stamp);
         }
         if let Some(n) = self.per_source.get_mut(&open.source) {
             *n -= 1;
@@ -186,6 +193,7 @@ impl Slots {
         Arc::new(Self {
             max_connections: limits.max_connections,
             max_per_source: limits.max_connections_per_source,
+            max_handshakes: limits.max_tls_handshakes.max(1),
             state: Mutex::default(),
         })
     }
@@ -223,6 +231,7 @@ impl Slots {
             Open {
                 source,
                 idle_since: Some(stamp),
+                handshake_since: None,
                 evict: evict.clone(),
             },
         );
@@ -259,6 +268,13 @@ impl Slot {
     }
 }
 
+#[cfg(test)]
+impl Slot {
+    fn handshake_for_test(&self) -> Handshaking {
+        self.handle().handshake()
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.lock().forget(self.id);
@@ -283,6 +299,50 @@ impl SlotHandle {
             state.idle.remove(&stamp);
         }
         Busy(self.clone())
+    }
+}
+
+/// A TLS handshake in progress on a connection; its place freed when dropped.
+struct Handshaking(SlotHandle);
+
+impl SlotHandle {
+    /// A place among the TLS handshakes in flight. At their bound, the oldest handshake of the
+    /// source with the most in flight is ended (found by a review: 64 connections that sent
+    /// nothing held every place, and no client of any source could complete a handshake).
+    fn handshake(&self) -> Handshaking {
+        let mut state = self.slots.lock();
+        if state.handshakes.len() >= self.slots.max_handshakes {
+            let mut by_source: HashMap<IpAddr, (usize, u64)> = HashMap::new();
+            for id in state.handshakes.values() {
+                if let Some(open) = state.open.get(id) {
+                    let entry = by_source.entry(open.source).or_insert((0, *id));
+                    entry.0 += 1;
+                }
+            }
+            // Oldest first in the map: each source's first id seen is its oldest.
+            if let Some((_, victim)) = by_source.into_values().max_by_key(|(n, _)| *n) {
+                state.evict(victim);
+            }
+        }
+        let stamp = state.stamp();
+        if let Some(open) = state.open.get_mut(&self.id) {
+            open.handshake_since = Some(stamp);
+            state.handshakes.insert(stamp, self.id);
+        }
+        Handshaking(self.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut state = self.0.slots.lock();
+        if let Some(stamp) = state
+            .open
+            .get_mut(&self.0.id)
+            .and_then(|o| o.handshake_since.take())
+        {
+            state.handshakes.remove(&stamp);
+        }
     }
 }
 
@@ -346,7 +406,6 @@ pub async fn serve(
     at_cap: impl Fn(AtCap),
     shutdown: impl Future<Output = ()>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(limits.max_tls_handshakes));
     let slots = Slots::new(&limits);
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
@@ -377,14 +436,13 @@ pub async fn serve(
             cert: None,
             slot: slot.handle(),
         };
-        let (tls, handshakes) = (tls.clone(), handshakes.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
             let serving = async move {
                 match tls {
                     None => conn.run(stream).await,
                     Some(acceptor) => {
-                        let Some(stream) = handshake(&acceptor, stream, &handshakes, &conn).await
-                        else {
+                        let Some(stream) = handshake(&acceptor, stream, &conn).await else {
                             return;
                         };
                         conn.cert = stream
@@ -414,18 +472,14 @@ pub async fn serve(
     }
 }
 
-/// A TLS handshake, bounded in time and in how many run at once; `None` when refused, failed
-/// or timed out.
+/// A TLS handshake, bounded in time and in how many run at once (the oldest of the source with
+/// most in flight ends at the bound); `None` when failed or timed out.
 async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
-    handshakes: &Semaphore,
     conn: &Connection,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let Ok(_permit) = handshakes.try_acquire() else {
-        tracing::debug!(peer = %conn.peer, "TLS handshake refused: too many in flight");
-        return None;
-    };
+    let _place = conn.slot.handshake();
     match tokio::time::timeout(conn.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
@@ -729,6 +783,32 @@ mod tests {
         assert!(slots.take(ip("192.0.2.4"), &|_| {}).is_none());
         drop(a);
         assert_eq!(slots.open(), 2);
+    }
+
+    /// Found by a review: 64 connections that sent nothing held every TLS handshake place and no
+    /// client could complete one. At the bound, the oldest handshake of the source with most
+    /// in flight ends; a handshake over gives its place back.
+    #[test]
+    fn at_the_bound_on_handshakes_the_oldest_of_the_busiest_source_ends() {
+        let slots = Slots::new(&ConnLimits {
+            max_tls_handshakes: 2,
+            ..limits(16, 16)
+        });
+        let a = slots.take(ip("192.0.2.1"), &|_| {}).unwrap();
+        let b = slots.take(ip("192.0.2.1"), &|_| {}).unwrap();
+        let c = slots.take(ip("198.51.100.1"), &|_| {}).unwrap();
+        let (_ha, _hb) = (a.handshake_for_test(), b.handshake_for_test());
+        let hc = c.handshake_for_test();
+        assert!(
+            futures_ready(a.evict.notified()),
+            "the oldest of the busiest source ends"
+        );
+        assert!(!futures_ready(b.evict.notified()) && !futures_ready(c.evict.notified()));
+        drop(hc);
+        let d = slots.take(ip("198.51.100.2"), &|_| {}).unwrap();
+        let _hd = d.handshake_for_test();
+        assert!(!futures_ready(b.evict.notified()), "a place was free");
+        assert_eq!(slots.lock().handshakes.len(), 2);
     }
 
     /// Whether `f` is ready at its first poll.
