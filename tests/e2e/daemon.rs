@@ -431,10 +431,20 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     assert_eq!(s, 201, "{v}");
     let db = gantry_daemon::db::Db::open(&gantry_daemon::db_path(&data)).unwrap();
     let at = wait_for_checkpoint(&db, "vision/t1", 200);
-    // Checkpoints are encrypted objects of the store, and authenticate.
-    let (_, object) = db.latest_checkpoint("vision/t1").unwrap().unwrap();
+    // Checkpoints are encrypted objects of the store, and authenticate. A job keeps one: the
+    // one read may be replaced (its object deleted) before it is fetched, so the newest is
+    // read again then (a race of this test, seen on a loaded machine).
     let store = gantry::storage::Store::open(&data).unwrap();
-    let bytes = store.get(&object).unwrap();
+    let bytes = (0..100)
+        .find_map(|_| {
+            let (_, object) = db.latest_checkpoint("vision/t1").unwrap().unwrap();
+            let got = store.get(&object).ok();
+            if got.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            got
+        })
+        .expect("a checkpoint stays in the store long enough to be read");
     assert!(gantry::training::checkpoint::from_bytes(&bytes, Path::new("c")).is_ok());
     // Live metrics while it runs: its step, loss and throughput, and on /metrics.
     let (s, m) = request(&format!("{jobs}/t1/metrics"), "GET", Some(&ada), None);
