@@ -27,6 +27,7 @@ use gantry::policy::request::{Action, Request, Resource};
 mod audit;
 mod cluster;
 mod datasets;
+mod inflight;
 mod jobs;
 mod keys;
 mod noderuns;
@@ -207,6 +208,10 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         // Handlers read bodies themselves, after authentication (`body`); nothing else may.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
+            Arc::new(inflight::InFlight::default()),
+            bounded_in_flight,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             daemon.clone(),
             node_certificate,
         ))
@@ -215,6 +220,35 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
             count_responses,
         ))
         .with_state(state)
+}
+
+/// At most [`inflight::MAX_IN_FLIGHT`] requests of one bearer token in progress, each counted
+/// until its response body is written; more are answered 429 at once.
+async fn bounded_in_flight(
+    State(table): State<Arc<inflight::InFlight>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256);
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let counted = match inflight::InFlight::take(&table, token) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    next.run(request).await.map(|body| {
+        axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
+            let _held = &counted;
+            e
+        }))
+    })
 }
 
 /// With `gantry up --client-ca`, a request of node `n` (`/v1/nodes/{n}/...`: its heartbeat,
