@@ -223,7 +223,8 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
 }
 
 /// At most [`inflight::MAX_IN_FLIGHT`] requests of one bearer token in progress, each counted
-/// until its response body is written; more are answered 429 at once.
+/// until its response is written (a successful one: until flushed, and its connection kept
+/// as in a request until then, [`super::serve::UntilWritten`]); more are answered 429 at once.
 async fn bounded_in_flight(
     State(table): State<Arc<inflight::InFlight>>,
     request: axum::extract::Request,
@@ -243,7 +244,15 @@ async fn bounded_in_flight(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    next.run(request).await.map(|body| {
+    let mut response = next.run(request).await;
+    if response.status().is_success() {
+        // Counted until written out: a body handed over whole may still be in the buffers.
+        response
+            .extensions_mut()
+            .insert(super::serve::UntilWritten(Box::new(counted)));
+        return response;
+    }
+    response.map(|body| {
         axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
             let _held = &counted;
             e

@@ -513,8 +513,11 @@ impl Connection {
         let app = self.app.clone();
         let cert = self.cert.clone();
         let slot = self.slot.clone();
+        let written = Written::default();
+        let on_flush = written.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             let busy = slot.busy();
+            let written = written.clone();
             request.extensions_mut().insert(Peer(peer));
             if let Some(cert) = &cert {
                 request.extensions_mut().insert(cert.clone());
@@ -524,18 +527,26 @@ impl Connection {
             Box::pin(async move {
                 let request = request.map(axum::body::Body::new);
                 let response = tower_service::Service::call(&mut app, request).await;
-                // Busy until the response body is written and dropped.
-                response.map(|r| {
+                // Busy until the response body is handed over whole (and dropped), or, for a
+                // response the app asks to keep ([`UntilWritten`]), until it is flushed too.
+                response.map(|mut r| {
+                    let keep = r.extensions_mut().remove::<UntilWritten>();
+                    let mut held = Handover {
+                        written,
+                        busy: Some(busy),
+                        keep,
+                    };
                     r.map(|body| {
                         axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
-                            let _held = &busy;
+                            held.note();
                             e
                         }))
                     })
                 })
             })
         });
-        let io = StallGuard::new(io, self.limits.write_stall_timeout);
+        let mut io = StallGuard::new(io, self.limits.write_stall_timeout);
+        io.written = Some(on_flush);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -584,6 +595,69 @@ async fn linger<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io) {
     }
 }
 
+/// A response extension: what it holds is kept until the response is written out (flushed to
+/// the kernel), and the connection counts as in a request until then. Found by a review: a
+/// connection counted idle once hyper had the body's last chunk in its buffer, and a flood of
+/// new connections evicted it with up to 400 KB of a download unsent. For successful answers
+/// to authenticated requests ([`crate::api`]'s bound on a token's requests in progress holds
+/// the token's count here too); an unauthenticated client that stops reading stays evictable.
+pub struct UntilWritten(pub Box<dyn std::any::Any + Send + Sync>);
+
+impl Clone for UntilWritten {
+    fn clone(&self) -> Self {
+        // Extensions must be cloneable; a clone holds nothing (only the original is kept).
+        UntilWritten(Box::new(()))
+    }
+}
+
+/// A response's hold on its connection (and on what the app asked to keep), moved here when
+/// its body is handed over whole; let go at the next completed flush (or with the connection).
+#[derive(Clone, Default)]
+struct Written(Arc<Mutex<Vec<Kept>>>);
+
+/// A response's hold kept until the next completed flush: its connection's busy mark and what
+/// the app asked to keep.
+struct Kept {
+    _busy: Busy,
+    _what: UntilWritten,
+}
+
+impl Written {
+    fn release(&self) {
+        let held = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(held);
+    }
+}
+
+/// Carried by a response body: when the body goes (handed over whole, or dropped), a response
+/// to keep moves its hold into [`Written`]; any other lets go at once.
+struct Handover {
+    written: Written,
+    busy: Option<Busy>,
+    keep: Option<UntilWritten>,
+}
+
+impl Handover {
+    /// Used by the body's closure so that it owns the handover (its drop is the signal).
+    fn note(&mut self) {}
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let (Some(busy), Some(what)) = (self.busy.take(), self.keep.take()) {
+            let kept = Kept {
+                _busy: busy,
+                _what: what,
+            };
+            self.written
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(kept);
+        }
+    }
+}
+
 /// An I/O stream whose writes may not stall for longer than a limit: a client that stops
 /// reading a response loses its connection instead of holding it (and whatever produces the
 /// response) for ever.
@@ -591,6 +665,8 @@ struct StallGuard<Io> {
     io: Io,
     limit: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What a response kept until written holds, let go at the next completed flush.
+    written: Option<Written>,
 }
 
 impl<Io> StallGuard<Io> {
@@ -599,6 +675,7 @@ impl<Io> StallGuard<Io> {
             io,
             limit,
             stalled: None,
+            written: None,
         }
     }
 
@@ -666,6 +743,10 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
             Poll::Pending => self.check(cx).map_ok(|_| ()),
             ready => {
                 self.stalled = None;
+                // Everything hyper buffered is with the kernel now.
+                if let (Poll::Ready(Ok(())), Some(written)) = (&ready, &self.written) {
+                    written.release();
+                }
                 ready
             }
         }
@@ -809,6 +890,60 @@ mod tests {
         let _hd = d.handshake_for_test();
         assert!(!futures_ready(b.evict.notified()), "a place was free");
         assert_eq!(slots.lock().handshakes.len(), 2);
+    }
+
+    /// Found by a review: a connection counted idle once hyper had the last of a download's
+    /// body in its buffer, and a flood of new connections evicted it with much of the download
+    /// unsent. A response kept until written ([`UntilWritten`]) keeps its connection in a request
+    /// until it is flushed: a slow reader gets all of it through a flood at the source's cap.
+    #[tokio::test]
+    async fn a_download_kept_until_written_is_not_cut_by_a_flood_of_new_connections() {
+        const SIZE: usize = 16 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async {
+                let mut response =
+                    axum::response::Response::new(axum::body::Body::from(vec![7u8; SIZE]));
+                response.extensions_mut().insert(UntilWritten(Box::new(())));
+                response
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            serve(&listener, None, app, limits(64, 4), |_| {}, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket.connect(to).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut flood = Vec::new();
+        for _ in 0..30 {
+            flood.push(tokio::net::TcpStream::connect(to).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut got))
+            .await
+            .expect("read in time")
+            .expect("read");
+        let body = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |at| got.len() - at - 4);
+        assert_eq!(body, SIZE, "the download was cut");
+        let _ = stop.send(());
+        drop(flood);
+        server.await.unwrap();
     }
 
     /// Whether `f` is ready at its first poll.
