@@ -668,6 +668,19 @@ enum Stream {
     Err,
 }
 
+impl Stream {
+    /// What every line of the stream starts with in the log. Found by a review: stdout lines
+    /// had none, so a program printed `stderr: ...` that read as its stderr, or a line that read
+    /// as the runner's own (`succeeded: ... exited with status 0`); now every line a program
+    /// prints names its stream, and a line without one is the runner's.
+    fn prefix(self) -> &'static str {
+        match self {
+            Stream::Out => "stdout: ",
+            Stream::Err => "stderr: ",
+        }
+    }
+}
+
 /// Output in flight between a run's readers and its supervisor, in chunks of at most
 /// [`CHUNK`] bytes: a program that writes faster than its log takes output blocks on its pipe,
 /// rather than growing the daemon's memory.
@@ -720,6 +733,22 @@ struct LineCutter {
     held_since: Option<Instant>,
     /// When a redrawn line's state was last written.
     redrawn_written: Option<Instant>,
+    /// Where a terminal control sequence being read stands ([`Escape`]).
+    escape: Escape,
+}
+
+/// A terminal control sequence being read: `ESC [` parameters and a final byte. The ones that
+/// start a line over as a carriage return does (`ESC [ G`, `ESC [ 1 G`, `ESC [ 2 K`: how rich,
+/// npm and cargo redraw a progress bar) count as one; found by a review: such a bar was written
+/// every 2 s, not every 30. Others stay in the line, shown as text.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    /// After `ESC`.
+    Started,
+    /// After `ESC [`, with the parameter bytes so far (a few, or `Other`).
+    Params(u8, u8),
 }
 
 impl LineCutter {
@@ -736,9 +765,11 @@ impl LineCutter {
                 b'\r' => self.cr = true,
                 _ => {
                     if std::mem::take(&mut self.cr) {
-                        self.line.clear();
-                        self.cut = false;
-                        self.redrawn = true;
+                        self.start_over();
+                    }
+                    if self.redraws(b) {
+                        self.held_since.get_or_insert(now);
+                        continue;
                     }
                     if self.line.len() < MAX_LINE {
                         self.line.push(b);
@@ -749,6 +780,37 @@ impl LineCutter {
                 }
             }
         }
+    }
+
+    /// The line started over: a redraw.
+    fn start_over(&mut self) {
+        self.line.clear();
+        self.cut = false;
+        self.redrawn = true;
+    }
+
+    /// Follows `b` through a control sequence; true when it ended one that starts the line
+    /// over (the sequence's bytes are then gone with the line).
+    fn redraws(&mut self, b: u8) -> bool {
+        self.escape = match (self.escape, b) {
+            (_, 0x1b) => Escape::Started,
+            (Escape::Started, b'[') => Escape::Params(0, 0),
+            (Escape::Params(n, first), 0x30..=0x3f) => {
+                Escape::Params(n.saturating_add(1), if n == 0 { b } else { first })
+            }
+            (Escape::Params(n, first), b'G') if n == 0 || (n == 1 && first == b'1') => {
+                self.escape = Escape::None;
+                self.start_over();
+                return true;
+            }
+            (Escape::Params(1, b'2'), b'K') => {
+                self.escape = Escape::None;
+                self.start_over();
+                return true;
+            }
+            _ => Escape::None,
+        };
+        false
     }
 
     /// The unfinished line, when it is due to be written now.
@@ -905,7 +967,7 @@ impl Output {
         for (stream, line) in lines {
             // Counted as `log_cost` counts the entry, so a control plane holding a node's
             // runs to that budget keeps all an honest agent sends.
-            let prefix = if let Stream::Err = stream { 8 } else { 0 };
+            let prefix = stream.prefix().len() as u64;
             if !entry.is_empty() && entry.len() + 1 + prefix as usize + line.len() > MAX_ENTRY {
                 // An entry travels whole in one request of an agent's (64 KiB at most): a
                 // batch of long lines in one entry was refused whole, and lost.
@@ -922,9 +984,7 @@ impl Output {
             if !entry.is_empty() {
                 entry.push('\n');
             }
-            if let Stream::Err = stream {
-                entry.push_str("stderr: ");
-            }
+            entry.push_str(stream.prefix());
             entry.push_str(&line);
         }
         if !entry.is_empty() {
@@ -1590,6 +1650,19 @@ mod tests {
         assert_eq!(c.due(at(42.0)).as_deref(), Some(" 90%"));
         c.push(b"\r100%\n", at(43.0), &mut lines);
         assert_eq!(lines, ["100%"]);
+        // Redrawn with terminal sequences rather than `\r`: the same.
+        lines.clear();
+        c.push(b"\x1b[2K\x1b[1G 10%", at(44.0), &mut lines);
+        c.push(b"\x1b[2K\x1b[1G 20%", at(45.0), &mut lines);
+        assert_eq!(c.due(at(46.0)).as_deref(), Some(" 20%"));
+        c.push(b"\x1b[2K\x1b[G 30%", at(47.0), &mut lines);
+        assert!(c.due(at(60.0)).is_none(), "paced as a redraw");
+        c.push(b"\n\x1b[1mbold\x1b[0m\n", at(61.0), &mut lines);
+        assert_eq!(
+            lines,
+            [" 30%", "\\x1b[1mbold\\x1b[0m"],
+            "other sequences stay, as text"
+        );
         // Long lines are cut; what is left at the end is written.
         lines.clear();
         c.push(&[b'x'; MAX_LINE + 10], at(50.0), &mut lines);
@@ -1625,8 +1698,8 @@ mod tests {
         let mut lines = Lines::default();
         let end = execute(job, &limits, None, &mut lines, "root");
         assert!(matches!(end, RunEnd::Finished(..)), "{:?}", lines.0);
-        let loading = lines.0.iter().position(|e| e == "Loading...");
-        let done = lines.0.iter().position(|e| e == "done");
+        let loading = lines.0.iter().position(|e| e == "stdout: Loading...");
+        let done = lines.0.iter().position(|e| e == "stdout: done");
         assert!(
             matches!((loading, done), (Some(l), Some(d)) if l < d),
             "{:?}",
@@ -1670,8 +1743,11 @@ mod tests {
         let windows = started.elapsed().as_millis() / GATHER.as_millis();
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?} {log}");
-        let kept: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
-        let got: Vec<&str> = log.lines().filter(|l| l.starts_with("line ")).collect();
+        let kept: Vec<String> = (0..100).map(|i| format!("stdout: line {i}")).collect();
+        let got: Vec<&str> = log
+            .lines()
+            .filter(|l| l.starts_with("stdout: line "))
+            .collect();
         assert_eq!(got, kept);
         // An entry per line would be 100; one per window of its run now (and the runner's own).
         let entries = lines.0.len() as u128;
@@ -1707,7 +1783,7 @@ mod tests {
         assert!(
             kept.iter()
                 .enumerate()
-                .all(|(i, l)| l.starts_with(&format!("{i:05}")))
+                .all(|(i, l)| l.starts_with(&format!("stdout: {i:05}")))
         );
         assert_eq!(out.dropped, 0);
         let body = serde_json::json!({"event": "log", "entry": sink.0[0]}).to_string();
@@ -1993,7 +2069,7 @@ mod tests {
         });
         let uid = |log: &str| {
             log.lines()
-                .find_map(|l| l.strip_prefix("uid="))
+                .find_map(|l| l.strip_prefix("stdout: uid="))
                 .map(str::to_string)
         };
         assert!(matches!(victim.0, RunEnd::Finished(..)), "{}", victim.1);

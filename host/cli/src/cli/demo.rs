@@ -328,7 +328,9 @@ fn command_job(ada: &Client) -> anyhow::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let printed = log_line(ada, "vision-eval", "vision-eval sees")?;
+    // What the program printed: its lines name their stream in the log.
+    let printed = log_line(ada, "vision-eval", "stdout: vision-eval sees")?
+        .map(|l| l.trim_start_matches("stdout: ").to_string());
     let handed = log_line(ada, "vision-eval", "handed to node")?;
     println!(
         "  vision-eval (a command job) {}{}: it printed {:?}",
