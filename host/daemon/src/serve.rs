@@ -125,11 +125,20 @@ struct SlotState {
     /// Connection ids and idle stamps, from one counter: a smaller stamp is idle for longer.
     next: u64,
     open: HashMap<u64, Open>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: HashMap<IpAddr, Source>,
     /// Idle connections by the stamp of when they went idle, longest idle first.
     idle: BTreeMap<u64, u64>,
     /// Connections in a TLS handshake by when it began, oldest first.
     handshakes: BTreeMap<u64, u64>,
+}
+
+/// One source's connections: how many, and its idle ones as [`SlotState::idle`] has them (a
+/// newcomer at the source's cap finds the longest idle one without a walk past every other
+/// source's).
+#[derive(Default)]
+struct Source {
+    open: usize,
+    idle: BTreeMap<u64, u64>,
 }
 
 struct Open {
@@ -158,16 +167,14 @@ impl SlotState {
 
     /// Drops `id` from the tables, freeing its slot.
     fn forget(&mut self, id: u64) -> Option<Open> {
+        self.mark_busy(id);
         let open = self.open.remove(&id)?;
-        if let Some(stamp) = open.idle_since {
-            self.idle.remove(&stamp);
-        }
         if let Some(stamp) = open.handshake_since {
             self.handshakes.remove(&stamp);
         }
-        if let Some(n) = self.per_source.get_mut(&open.source) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = self.per_source.get_mut(&open.source) {
+            entry.open -= 1;
+            if entry.open == 0 {
                 self.per_source.remove(&open.source);
             }
         }
@@ -176,10 +183,39 @@ impl SlotState {
 
     /// The connection idle for longest, of `source` when given.
     fn longest_idle(&self, source: Option<IpAddr>) -> Option<u64> {
-        self.idle
-            .values()
-            .copied()
-            .find(|id| source.is_none_or(|s| self.open.get(id).is_some_and(|o| o.source == s)))
+        match source {
+            Some(s) => self.per_source.get(&s)?.idle.values().next().copied(),
+            None => self.idle.values().next().copied(),
+        }
+    }
+
+    /// Marks `id` idle from now, unless it is already.
+    fn mark_idle(&mut self, id: u64) {
+        let stamp = self.stamp();
+        let Some(open) = self.open.get_mut(&id) else {
+            return;
+        };
+        if open.idle_since.is_some() {
+            return;
+        }
+        open.idle_since = Some(stamp);
+        self.idle.insert(stamp, id);
+        if let Some(entry) = self.per_source.get_mut(&open.source) {
+            entry.idle.insert(stamp, id);
+        }
+    }
+
+    /// Marks `id` in a request.
+    fn mark_busy(&mut self, id: u64) {
+        let Some(open) = self.open.get_mut(&id) else {
+            return;
+        };
+        if let Some(stamp) = open.idle_since.take() {
+            self.idle.remove(&stamp);
+            if let Some(entry) = self.per_source.get_mut(&open.source) {
+                entry.idle.remove(&stamp);
+            }
+        }
     }
 
     fn stamp(&mut self) -> u64 {
@@ -207,7 +243,7 @@ impl Slots {
     fn take(self: &Arc<Self>, ip: IpAddr, at_cap: &impl Fn(AtCap)) -> Option<Slot> {
         let source = source_of(ip);
         let mut state = self.lock();
-        if state.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
+        if state.per_source.get(&source).map_or(0, |s| s.open) >= self.max_per_source {
             let Some(victim) = state.longest_idle(Some(source)) else {
                 at_cap(AtCap::Refused);
                 return None;
@@ -224,19 +260,18 @@ impl Slots {
             at_cap(AtCap::Evicted);
         }
         let id = state.stamp();
-        let stamp = state.stamp();
         let evict = Arc::new(Notify::new());
         state.open.insert(
             id,
             Open {
                 source,
-                idle_since: Some(stamp),
+                idle_since: None,
                 handshake_since: None,
                 evict: evict.clone(),
             },
         );
-        state.idle.insert(stamp, id);
-        *state.per_source.entry(source).or_insert(0) += 1;
+        state.per_source.entry(source).or_default().open += 1;
+        state.mark_idle(id);
         Some(Slot {
             slots: self.clone(),
             id,
@@ -290,14 +325,7 @@ struct SlotHandle {
 impl SlotHandle {
     /// Marks the connection in a request (not to be evicted) until the guard is dropped.
     fn busy(&self) -> Busy {
-        let mut state = self.slots.lock();
-        if let Some(stamp) = state
-            .open
-            .get_mut(&self.id)
-            .and_then(|o| o.idle_since.take())
-        {
-            state.idle.remove(&stamp);
-        }
+        self.slots.lock().mark_busy(self.id);
         Busy(self.clone())
     }
 }
@@ -352,15 +380,7 @@ struct Busy(SlotHandle);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut state = self.0.slots.lock();
-        let stamp = state.stamp();
-        let id = self.0.id;
-        if let Some(open) = state.open.get_mut(&id)
-            && open.idle_since.is_none()
-        {
-            open.idle_since = Some(stamp);
-            state.idle.insert(stamp, id);
-        }
+        self.0.slots.lock().mark_idle(self.0.id);
     }
 }
 
