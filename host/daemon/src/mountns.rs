@@ -191,7 +191,7 @@ impl Plan {
                 }
                 // The descriptor's own link in /proc names the directory it opened.
                 let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-                write_decimal(&mut link[14..24], dir);
+                write_decimal(&mut link[14..], dir);
                 let target = bind.chain.last().map_or(c"/tmp".as_ptr(), |c| c.as_ptr());
                 let bound = libc::mount(
                     link.as_ptr().cast(),
