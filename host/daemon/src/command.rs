@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -692,11 +693,26 @@ const CHUNK: usize = 8192;
 /// The most lines one log entry gathers (beside [`MAX_ENTRY`]'s bound on its bytes).
 const LINES_IN_FLIGHT: usize = 1024;
 
+/// How long a reader waits between reads once the run's log budget is spent (or more was read
+/// than it holds): what the run prints then is mostly read to be dropped, at most [`CHUNK`]
+/// bytes per pause (found by a review: a run printing as fast as it could cost the daemon most
+/// of a core, whatever the run's own CPU bound).
+const SPENT_PAUSE: Duration = Duration::from_millis(20);
+
 /// Reads `from` in chunks and sends them, until end of file: cut into lines by the supervisor
-/// ([`LineCutter`]), which keeps the time (a line left unfinished is shown after a while).
-fn pump(stream: Stream, mut from: impl Read, to: mpsc::SyncSender<(Stream, Vec<u8>)>) {
+/// ([`LineCutter`]), which keeps the time (a line left unfinished is shown after a while). Once
+/// `spent` (the log budget), it reads slowly ([`SPENT_PAUSE`]).
+fn pump(
+    stream: Stream,
+    mut from: impl Read,
+    to: mpsc::SyncSender<(Stream, Vec<u8>)>,
+    spent: Arc<AtomicBool>,
+) {
     let mut buf = [0u8; CHUNK];
     loop {
+        if spent.load(Ordering::Relaxed) {
+            std::thread::sleep(SPENT_PAUSE);
+        }
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -850,10 +866,22 @@ impl LineCutter {
 struct Cutters {
     out: LineCutter,
     err: LineCutter,
+    /// Bytes read of both streams.
+    received: u64,
+    /// Told once more was read than the log could keep ([`SPENT_PAUSE`]).
+    spent: Option<(u64, Arc<AtomicBool>)>,
 }
 
 impl Cutters {
     fn push(&mut self, (stream, bytes): (Stream, Vec<u8>), batch: &mut Vec<(Stream, String)>) {
+        self.received += bytes.len() as u64;
+        if let Some((max, spent)) = &self.spent
+            && self.received > *max
+        {
+            // Lines past 4 KiB are cut as they come: a run printing one endless line spends
+            // no budget, and is read slowly from here all the same.
+            spent.store(true, Ordering::Relaxed);
+        }
         let mut lines = Vec::new();
         self.of(stream).push(&bytes, Instant::now(), &mut lines);
         batch.extend(lines.into_iter().map(|l| (stream, l)));
@@ -1285,6 +1313,7 @@ pub fn execute(
         job.gpu_ids.join(", "),
     ));
     let (lines, output) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let spent = Arc::new(AtomicBool::new(false));
     for (stream, pipe) in [
         (
             Stream::Out,
@@ -1302,10 +1331,10 @@ pub fn execute(
         ),
     ] {
         let Some(pipe) = pipe else { continue };
-        let lines = lines.clone();
+        let (lines, spent) = (lines.clone(), spent.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("gantry-job-output-{pgid}"))
-            .spawn(move || pump(stream, pipe, lines));
+            .spawn(move || pump(stream, pipe, lines, spent));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "starting a reader of a command's output");
         }
@@ -1319,7 +1348,10 @@ pub fn execute(
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(wall);
     let mut stopped: Option<(Stopped, Instant)> = None;
-    let mut cutters = Cutters::default();
+    let mut cutters = Cutters {
+        spent: Some((limits.max_output_bytes, spent.clone())),
+        ..Cutters::default()
+    };
     let status: ExitStatus = loop {
         // Wait for output for a tick; from its first, gather what comes for a while.
         let mut batch: Vec<(Stream, String)> = Vec::new();
@@ -1329,6 +1361,9 @@ pub fn execute(
         }
         cutters.held(false, &mut batch);
         out.write(sink, batch);
+        if out.left == 0 {
+            spent.store(true, Ordering::Relaxed);
+        }
         if let (Some(guard), Some(until)) = (guard.as_mut(), sink.lease_until()) {
             guard.renew(until);
         }
@@ -1670,6 +1705,42 @@ mod tests {
         assert_eq!(lines, [format!("{} [line cut]", "x".repeat(MAX_LINE))]);
         assert_eq!(c.finish().as_deref(), Some("tail"));
         assert_eq!(c.finish(), None);
+    }
+
+    /// Found by a review: a run printing as fast as it could cost the daemon most of a core
+    /// reading what it then dropped. Past the budget its output is read slowly; it still ends,
+    /// and the log says how much was dropped.
+    #[test]
+    fn a_run_past_its_log_budget_is_read_slowly_and_still_ends() {
+        let spec = spec(&[
+            "/bin/sh",
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' x; echo",
+        ]);
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/loud",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            spec: &spec,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            Some(JobUser::lookup("nobody").unwrap())
+        } else {
+            None
+        };
+        let limits = CommandLimits {
+            own_user: user.is_none(),
+            user,
+            max_output_bytes: 1000,
+            ..CommandLimits::default()
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &limits, None, &mut lines, "root");
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?} {log}");
+        assert!(log.contains("more bytes of output were dropped"), "{log}");
     }
 
     /// The same through a real run: `Loading...` is its own entry before `done` is printed.
