@@ -90,6 +90,20 @@ impl Transfers {
                     .entry(key.clone())
                     .or_insert_with(|| Arc::new(Semaphore::new(self.per_holder)))
                     .clone();
+                // Holders and waiters each keep a clone, the map one more. Found by a review:
+                // a user's 256 downloads all waited for their own tenant's share, each holding
+                // a connection for the wait, and this machine's agent was kept out; past as
+                // many waiting as the share holds, a transfer is refused at once.
+                if Arc::strong_count(&share) - 2 >= 2 * self.per_holder {
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "{kind} {name} has {} transfers under way and as many waiting, the \
+                             most one {kind} may; try again shortly",
+                            self.per_holder
+                        ),
+                    ));
+                }
                 entries.push(Holder {
                     key,
                     holders: self.holders.clone(),
@@ -188,6 +202,50 @@ mod tests {
                 "no entry outlives its holder's transfers"
             );
         });
+    }
+
+    /// Found by a review: a user's 256 downloads all waited their turn on the tenant's own
+    /// share, each holding a connection meanwhile. As many may wait as the share holds; more
+    /// are refused at once.
+    #[test]
+    fn no_more_transfers_wait_for_a_share_than_it_holds() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let pool = Transfers::new(8, 2, Duration::from_secs(5));
+            let held = [
+                pool.slot(&[("tenant", "vision")]).await.unwrap(),
+                pool.slot(&[("tenant", "vision")]).await.unwrap(),
+            ];
+            let waiting = [
+                pool.slot(&[("tenant", "vision")]),
+                pool.slot(&[("tenant", "vision")]),
+            ];
+            let mut waiting = waiting.map(Box::pin);
+            // Both wait (polled once: each takes its place in the queue).
+            for w in waiting.iter_mut() {
+                assert!(futures_pending(w.as_mut()).await);
+            }
+            let started = tokio::time::Instant::now();
+            let refused = pool.slot(&[("tenant", "vision")]).await.err().unwrap();
+            assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "refused at once"
+            );
+            drop(held);
+            for w in waiting {
+                w.await.expect("a waiter gets a slot given back");
+            }
+        });
+    }
+
+    /// Whether `f` is still pending after one poll.
+    async fn futures_pending<F: std::future::Future + Unpin>(f: F) -> bool {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx).is_pending())
+        })
+        .await
     }
 
     /// Found by a review: shares were a tenant's alone, so a user of four tenants held all 8
