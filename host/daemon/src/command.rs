@@ -814,7 +814,9 @@ impl LineCutter {
             (Escape::Params(n, first), 0x30..=0x3f) => {
                 Escape::Params(n.saturating_add(1), if n == 0 { b } else { first })
             }
-            (Escape::Params(n, first), b'G') if n == 0 || (n == 1 && first == b'1') => {
+            (Escape::Params(n, first), b'G')
+                if n == 0 || (n == 1 && matches!(first, b'0' | b'1')) =>
+            {
                 self.escape = Escape::None;
                 self.start_over();
                 return true;
@@ -922,7 +924,7 @@ pub fn shown(text: &str) -> String {
             }
             // And the marks that reorder what a terminal shows (a line that reads otherwise).
             c if c.is_control()
-                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
             {
                 out += &format!("\\u{{{:x}}}", c as u32)
             }
@@ -1862,6 +1864,12 @@ mod tests {
         assert_eq!(
             shown("a\u{1b}[2Jb\u{0}\u{9b}\tc"),
             "a\\x1b[2Jb\\x00\\u{9b}\tc"
+        );
+        // Found by a review: U+2028 and U+2029 end a line for a Unicode reader, and the text
+        // after one passed for a line of the runner's.
+        assert_eq!(
+            shown("u\u{2028}succeeded\u{2029}x"),
+            "u\\u{2028}succeeded\\u{2029}x"
         );
     }
 

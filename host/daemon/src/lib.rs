@@ -1267,10 +1267,11 @@ pub async fn serve_until(
             }
         }
     };
-    let at_cap = |what| {
+    let counted = daemon.clone();
+    let at_cap = move |what| {
         metrics::Metrics::inc(match what {
-            serve::AtCap::Refused => &daemon.metrics.connections_refused,
-            serve::AtCap::Evicted => &daemon.metrics.connections_evicted,
+            serve::AtCap::Refused => &counted.metrics.connections_refused,
+            serve::AtCap::Evicted => &counted.metrics.connections_evicted,
         })
     };
     serve::serve(&listener, acceptor, app, limits, at_cap, until).await;

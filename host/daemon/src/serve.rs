@@ -118,6 +118,9 @@ struct Slots {
     max_per_source: usize,
     max_handshakes: usize,
     state: Mutex<SlotState>,
+    /// Hears of a handshake ended to make room for another (connections at a cap are told
+    /// through [`Slots::take`]'s own).
+    at_cap: Arc<dyn Fn(AtCap) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -231,7 +234,17 @@ impl Slots {
             max_per_source: limits.max_connections_per_source,
             max_handshakes: limits.max_tls_handshakes.max(1),
             state: Mutex::default(),
+            at_cap: Arc::new(|_| {}),
         })
+    }
+
+    /// [`Slots::new`], telling `at_cap` of the handshakes ended at their bound.
+    fn hearing(limits: &ConnLimits, at_cap: Arc<dyn Fn(AtCap) + Send + Sync>) -> Arc<Self> {
+        let mut slots = Self::new(limits);
+        if let Some(s) = Arc::get_mut(&mut slots) {
+            s.at_cap = at_cap;
+        }
+        slots
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
@@ -240,7 +253,7 @@ impl Slots {
 
     /// A slot for a new connection from `ip` (idle until its first request), taking an idle
     /// connection's where a cap is reached; `None` when refused. `at_cap` hears of either.
-    fn take(self: &Arc<Self>, ip: IpAddr, at_cap: &impl Fn(AtCap)) -> Option<Slot> {
+    fn take(self: &Arc<Self>, ip: IpAddr, at_cap: &dyn Fn(AtCap)) -> Option<Slot> {
         let source = source_of(ip);
         let mut state = self.lock();
         if state.per_source.get(&source).map_or(0, |s| s.open) >= self.max_per_source {
@@ -340,16 +353,25 @@ impl SlotHandle {
     fn handshake(&self) -> Handshaking {
         let mut state = self.slots.lock();
         if state.handshakes.len() >= self.slots.max_handshakes {
-            let mut by_source: HashMap<IpAddr, (usize, u64)> = HashMap::new();
-            for id in state.handshakes.values() {
+            // Per source: how many in flight, and its oldest (the map is oldest first, so a
+            // source's first seen is its oldest).
+            let mut by_source: HashMap<IpAddr, (usize, u64, u64)> = HashMap::new();
+            for (stamp, id) in &state.handshakes {
                 if let Some(open) = state.open.get(id) {
-                    let entry = by_source.entry(open.source).or_insert((0, *id));
+                    let entry = by_source.entry(open.source).or_insert((0, *stamp, *id));
                     entry.0 += 1;
                 }
             }
-            // Oldest first in the map: each source's first id seen is its oldest.
-            if let Some((_, victim)) = by_source.into_values().max_by_key(|(n, _)| *n) {
+            // The most in flight; among sources tied, the one whose oldest is oldest (found
+            // by a review: a tie, as an attacker spread over many addresses makes, picked a
+            // source at random).
+            let victim = by_source
+                .into_values()
+                .min_by_key(|&(n, oldest, _)| (core::cmp::Reverse(n), oldest))
+                .map(|(_, _, id)| id);
+            if let Some(victim) = victim {
                 state.evict(victim);
+                (self.slots.at_cap)(AtCap::Evicted);
             }
         }
         let stamp = state.stamp();
@@ -423,10 +445,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     limits: ConnLimits,
-    at_cap: impl Fn(AtCap),
+    at_cap: impl Fn(AtCap) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Slots::new(&limits);
+    let at_cap: Arc<dyn Fn(AtCap) + Send + Sync> = Arc::new(at_cap);
+    let slots = Slots::hearing(&limits, at_cap.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
@@ -444,7 +467,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(slot) = slots.take(peer.ip(), &at_cap) else {
+        let Some(slot) = slots.take(peer.ip(), &*at_cap) else {
             continue; // dropping the stream closes it
         };
         let _ = stream.set_nodelay(true);
@@ -910,6 +933,38 @@ mod tests {
         let _hd = d.handshake_for_test();
         assert!(!futures_ready(b.evict.notified()), "a place was free");
         assert_eq!(slots.lock().handshakes.len(), 2);
+    }
+
+    /// Found by the review of that: with every source at one handshake (an attacker spread over
+    /// many addresses), the one ended was any source's. Among tied sources the oldest
+    /// handshake ends, and the end is counted.
+    #[test]
+    fn among_sources_tied_at_the_handshake_bound_the_oldest_ends_and_is_counted() {
+        let ended = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ended.clone();
+        let slots = Slots::hearing(
+            &ConnLimits {
+                max_tls_handshakes: 3,
+                ..limits(16, 16)
+            },
+            Arc::new(move |what| {
+                assert_eq!(what, AtCap::Evicted);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        let conns: Vec<Slot> = (1..=4)
+            .map(|i| {
+                slots
+                    .take(ip(&format!("2001:db8:{i}::1")), &|_| {})
+                    .unwrap()
+            })
+            .collect();
+        let _held: Vec<Handshaking> = conns.iter().map(Slot::handshake_for_test).collect();
+        assert!(futures_ready(conns[0].evict.notified()), "the oldest ends");
+        for c in &conns[1..] {
+            assert!(!futures_ready(c.evict.notified()));
+        }
+        assert_eq!(ended.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     /// Found by a review: a connection counted idle once hyper had the last of a download's
