@@ -146,6 +146,9 @@ struct Source {
 
 struct Open {
     source: IpAddr,
+    /// Requests in progress (more than one while a response kept until written is flushed
+    /// after the next request, pipelined, began).
+    busy: u32,
     idle_since: Option<u64>,
     handshake_since: Option<u64>,
     evict: Arc<Notify>,
@@ -192,13 +195,14 @@ impl SlotState {
         }
     }
 
-    /// Marks `id` idle from now, unless it is already.
+    /// Ends one of `id`'s requests; idle from now when none is left (unless it is already).
     fn mark_idle(&mut self, id: u64) {
         let stamp = self.stamp();
         let Some(open) = self.open.get_mut(&id) else {
             return;
         };
-        if open.idle_since.is_some() {
+        open.busy = open.busy.saturating_sub(1);
+        if open.busy > 0 || open.idle_since.is_some() {
             return;
         }
         open.idle_since = Some(stamp);
@@ -208,11 +212,12 @@ impl SlotState {
         }
     }
 
-    /// Marks `id` in a request.
+    /// Marks `id` in one more request.
     fn mark_busy(&mut self, id: u64) {
         let Some(open) = self.open.get_mut(&id) else {
             return;
         };
+        open.busy += 1;
         if let Some(stamp) = open.idle_since.take() {
             self.idle.remove(&stamp);
             if let Some(entry) = self.per_source.get_mut(&open.source) {
@@ -278,6 +283,7 @@ impl Slots {
             id,
             Open {
                 source,
+                busy: 0,
                 idle_since: None,
                 handshake_since: None,
                 evict: evict.clone(),
@@ -892,6 +898,26 @@ mod tests {
         assert!(slots.take(ip("192.0.2.1"), &at_cap).is_some());
         drop((second, third));
         assert_eq!(slots.open(), 3);
+    }
+
+    /// Found by reading (the second review): a connection was idle as soon as one request's
+    /// response was written, though a pipelined request after it was still in progress. It is
+    /// idle when its last request ends.
+    #[test]
+    fn a_connection_is_idle_only_when_its_last_request_in_progress_ends() {
+        let slots = Slots::new(&limits(16, 16));
+        let a = slots.take(ip("192.0.2.1"), &|_| {}).unwrap();
+        let (first, second) = (a.handle().busy(), a.handle().busy());
+        assert!(slots.lock().idle.is_empty());
+        drop(first);
+        assert!(
+            slots.lock().idle.is_empty(),
+            "a request is still in progress"
+        );
+        drop(second);
+        assert_eq!(slots.lock().idle.len(), 1);
+        drop(a);
+        assert!(slots.lock().idle.is_empty() && slots.lock().per_source.is_empty());
     }
 
     /// At the cap in all, the connection idle for longest of any source makes room.
