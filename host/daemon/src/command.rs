@@ -1533,6 +1533,36 @@ mod tests {
         }
     }
 
+    /// Runs `spec` as job `key` (`<tenant>/<name>`) on one GPU under `limits`: how it ended,
+    /// and its log.
+    fn run_job(key: &str, spec: &CommandSpec, limits: &CommandLimits) -> (RunEnd, Lines) {
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key,
+            tenant: key.split('/').next().unwrap_or(key),
+            gpu_ids: &gpus,
+            spec,
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, limits, None, &mut lines, "root");
+        (end, lines)
+    }
+
+    /// Limits that run commands as `nobody` where the tests run as root, else as this user.
+    fn job_user_limits() -> CommandLimits {
+        // SAFETY: geteuid has no preconditions.
+        match unsafe { libc::geteuid() } {
+            0 => CommandLimits {
+                user: Some(JobUser::lookup("nobody").unwrap()),
+                ..CommandLimits::default()
+            },
+            _ => CommandLimits {
+                own_user: true,
+                ..CommandLimits::default()
+            },
+        }
+    }
+
     fn limits() -> CommandLimits {
         CommandLimits {
             user: Some(JobUser {
@@ -1719,27 +1749,11 @@ mod tests {
             "-c",
             "head -c 200000 /dev/zero | tr '\\0' x; echo",
         ]);
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/loud",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            spec: &spec,
-        };
-        // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 {
-            Some(JobUser::lookup("nobody").unwrap())
-        } else {
-            None
-        };
         let limits = CommandLimits {
-            own_user: user.is_none(),
-            user,
             max_output_bytes: 1000,
-            ..CommandLimits::default()
+            ..job_user_limits()
         };
-        let mut lines = Lines::default();
-        let end = execute(job, &limits, None, &mut lines, "root");
+        let (end, lines) = run_job("vision/loud", &spec, &limits);
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?} {log}");
         assert!(log.contains("more bytes of output were dropped"), "{log}");
@@ -1749,27 +1763,7 @@ mod tests {
     #[test]
     fn a_runs_unfinished_line_is_in_its_log_before_the_line_ends() {
         let spec = spec(&["/bin/sh", "-c", "printf Loading...; sleep 3; echo done"]);
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/partial",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            spec: &spec,
-        };
-        // SAFETY: geteuid has no preconditions.
-        let limits = if unsafe { libc::geteuid() } == 0 {
-            CommandLimits {
-                user: Some(JobUser::lookup("nobody").unwrap()),
-                ..CommandLimits::default()
-            }
-        } else {
-            CommandLimits {
-                own_user: true,
-                ..CommandLimits::default()
-            }
-        };
-        let mut lines = Lines::default();
-        let end = execute(job, &limits, None, &mut lines, "root");
+        let (end, lines) = run_job("vision/partial", &spec, &job_user_limits());
         assert!(matches!(end, RunEnd::Finished(..)), "{:?}", lines.0);
         let loading = lines.0.iter().position(|e| e == "stdout: Loading...");
         let done = lines.0.iter().position(|e| e == "stdout: done");
@@ -1790,29 +1784,8 @@ mod tests {
             "-c",
             "i=0; while [ $i -lt 100 ]; do echo line $i; sleep 0.01; i=$((i+1)); done",
         ]);
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/chatty",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            spec: &spec,
-        };
-        let limits = CommandLimits {
-            own_user: true,
-            ..CommandLimits::default()
-        };
-        // SAFETY: geteuid has no preconditions.
-        let limits = if unsafe { libc::geteuid() } == 0 {
-            CommandLimits {
-                user: Some(JobUser::lookup("nobody").unwrap()),
-                ..CommandLimits::default()
-            }
-        } else {
-            limits
-        };
-        let mut lines = Lines::default();
         let started = Instant::now();
-        let end = execute(job, &limits, None, &mut lines, "root");
+        let (end, lines) = run_job("vision/chatty", &spec, &job_user_limits());
         let windows = started.elapsed().as_millis() / GATHER.as_millis();
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?} {log}");
@@ -1941,15 +1914,7 @@ mod tests {
                 cwd: Some(cwd.to_str().unwrap().to_string()),
                 ..spec(&["/bin/cat", "key.txt"])
             };
-            let gpus = ["node-0001/gpu0".to_string()];
-            let job = RunJob {
-                key: "vision/peek",
-                tenant: "vision",
-                gpu_ids: &gpus,
-                spec: &spec,
-            };
-            let mut lines = Lines::default();
-            let end = execute(job, &limits, None, &mut lines, "root");
+            let (end, lines) = run_job("vision/peek", &spec, &limits);
             (end, lines.0.join("\n"))
         };
         let (end, log) = run(&public);
@@ -2119,15 +2084,7 @@ mod tests {
                 wall_time_s: Some(20.0),
                 ..spec(&["/bin/sh", "-c", &script])
             };
-            let gpus = ["node-0001/gpu0".to_string()];
-            let job = RunJob {
-                key,
-                tenant: key.split('/').next().unwrap(),
-                gpu_ids: &gpus,
-                spec: &spec,
-            };
-            let mut lines = Lines::default();
-            let end = execute(job, &limits, None, &mut lines, "root");
+            let (end, lines) = run_job(key, &spec, &limits);
             (end, lines.0.join("\n"))
         };
         let victim = format!(
@@ -2207,15 +2164,7 @@ mod tests {
             wall_time_s: Some(20.0),
             ..spec(&["/bin/sh", "-c", script])
         };
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/left",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            spec: &spec,
-        };
-        let mut lines = Lines::default();
-        let end = execute(job, &limits, None, &mut lines, "root");
+        let (end, lines) = run_job("vision/left", &spec, &limits);
         // SAFETY: closing the descriptor this test made.
         unsafe { libc::close(251) };
         let log = lines.0.join("\n");
@@ -2284,15 +2233,7 @@ mod tests {
                 cwd: cwd.map(|c| c.to_str().unwrap().to_string()),
                 ..spec(argv)
             };
-            let gpus = ["node-0001/gpu0".to_string()];
-            let job = RunJob {
-                key: "vision/tmp",
-                tenant: "vision",
-                gpu_ids: &gpus,
-                spec: &spec,
-            };
-            let mut lines = Lines::default();
-            let end = execute(job, &limits, None, &mut lines, "root");
+            let (end, lines) = run_job("vision/tmp", &spec, &limits);
             (end, lines.0.join("\n"))
         };
         let tag = format!("gantry-private-{}", std::process::id());
