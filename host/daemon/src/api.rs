@@ -233,10 +233,8 @@ async fn bounded_in_flight(
     let token = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 256);
+        .and_then(bearer)
+        .filter(|t| !t.is_empty());
     let Some(token) = token else {
         return next.run(request).await;
     };
@@ -521,15 +519,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 "a request carries one Authorization header, not several",
             ));
         }
-        let token = first
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            // A token is short: a long one is junk, refused without a lookup.
-            .filter(|t| t.len() <= 256)
-            .ok_or_else(unauthorized)?;
+        let token = first.and_then(bearer).ok_or_else(unauthorized)?;
         Ok(Caller(token.to_string()))
     }
+}
+
+/// The token of an `Authorization: Bearer` header; `None` for any other header, or one longer
+/// than a token is (junk, refused without a lookup).
+fn bearer(value: &axum::http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| t.len() <= 256)
 }
 
 /// The answer to a request without a valid token.

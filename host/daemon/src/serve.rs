@@ -587,7 +587,8 @@ impl Connection {
                     };
                     r.map(|body| {
                         axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |e| {
-                            held.note();
+                            // The closure owns the handover: its drop is the signal.
+                            let _held = &held;
                             e
                         }))
                     })
@@ -684,11 +685,6 @@ struct Handover {
     written: Written,
     busy: Option<Busy>,
     keep: Option<UntilWritten>,
-}
-
-impl Handover {
-    /// Used by the body's closure so that it owns the handover (its drop is the signal).
-    fn note(&mut self) {}
 }
 
 impl Drop for Handover {

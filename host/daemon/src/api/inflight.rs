@@ -30,8 +30,7 @@ impl InFlight {
     /// Counts a request bearing `token`, or refuses it (429) when the token has
     /// [`MAX_IN_FLIGHT`] in progress.
     pub(crate) fn take(table: &Arc<InFlight>, token: &str) -> Result<Counted, ApiError> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-        let key: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let key = super::pace::digest(token);
         let mut map = table.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(key).or_insert(0);
         if *n >= MAX_IN_FLIGHT {

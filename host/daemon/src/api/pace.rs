@@ -29,7 +29,8 @@ pub(crate) struct Pace {
     tokens: Mutex<HashMap<[u8; 32], String>>,
 }
 
-fn digest(token: &str) -> [u8; 32] {
+/// A token's SHA-256: how tokens are told apart without being kept.
+pub(super) fn digest(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
