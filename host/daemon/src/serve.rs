@@ -580,7 +580,7 @@ impl Connection {
                 // response the app asks to keep ([`UntilWritten`]), until it is flushed too.
                 response.map(|mut r| {
                     let keep = r.extensions_mut().remove::<UntilWritten>();
-                    let mut held = Handover {
+                    let held = Handover {
                         written,
                         busy: Some(busy),
                         keep,
