@@ -116,18 +116,8 @@ fn rego_text(v: &Value, out: &mut String) {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                out.push_str(&i.to_string());
-            } else if let Some(b) = n.as_big() {
-                out.push_str(&b.to_string());
-            } else if let Some(f) = n.as_f64() {
-                match serde_json::Number::from_f64(f) {
-                    Some(j) => out.push_str(&j.to_string()),
-                    None => out.push_str(&n.format_decimal()),
-                }
-            } else {
-                out.push_str(&n.format_decimal());
-            }
+            // Integers in full; other numbers as OPA writes those its arithmetic makes.
+            out.push_str(&n.format_decimal());
         }
         Value::String(s) => out.push_str(&quote(s, '"', false)),
         Value::Array(items) => {

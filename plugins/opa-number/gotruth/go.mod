@@ -1,0 +1,3 @@
+module gantry/opanumber/gotruth
+
+go 1.19
