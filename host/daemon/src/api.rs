@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use super::Daemon;
 use super::db::User;
@@ -51,8 +51,9 @@ pub const MAX_UPLOAD: usize = 64 << 20;
 pub const MAX_ERROR: usize = 4 << 10;
 
 /// Requests with a large body (an upload of a plugin or a policy bundle, read whole) handled at
-/// once; more wait their turn before their body is read. Dataset uploads stream and are not
-/// counted.
+/// once; more wait their turn, up to [`TRANSFER_WAIT`], before their body is read: one of each
+/// user at a time, and one more waiting (more are answered 429 at once). Dataset uploads stream
+/// and are counted with the [`transfers`].
 pub const LARGE_BODY_SLOTS: usize = 2;
 
 /// Streamed transfers of tenants (dataset uploads and downloads) at once, and of node agents
@@ -75,7 +76,7 @@ pub const TRANSFER_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 struct AppState {
     daemon: Arc<Daemon>,
     wake: Arc<Notify>,
-    large_bodies: Arc<Semaphore>,
+    large_bodies: Arc<transfers::Transfers>,
     /// How fast each user's requests are served.
     pace: Arc<pace::Pace>,
     /// `/metrics` as last rendered, and when ([`cluster::METRICS_FRESH`]).
@@ -92,7 +93,11 @@ impl AppState {
             pace: Arc::new(pace::Pace::new(daemon.tenant_limits.user_requests_per_s)),
             daemon,
             wake,
-            large_bodies: Arc::new(Semaphore::new(LARGE_BODY_SLOTS)),
+            large_bodies: Arc::new(transfers::Transfers::new(
+                LARGE_BODY_SLOTS,
+                1,
+                TRANSFER_WAIT,
+            )),
             metrics_text: Arc::default(),
             transfers: Arc::new(transfers::Transfers::new(
                 TRANSFER_SLOTS,
@@ -681,22 +686,20 @@ fn in_tenant(query: TenantQuery) -> ApiResult<Option<String>> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
-/// A large body (a plugin or a policy bundle, `what`), read whole once its declared size is
-/// within [`MAX_UPLOAD`] and one of the [`LARGE_BODY_SLOTS`] is free: the slot is held while
-/// the request is handled.
+/// A large body (a plugin or a policy bundle, `what`) sent by `user`, read whole once its
+/// declared size is within [`MAX_UPLOAD`] and one of the [`LARGE_BODY_SLOTS`] is free: the slot
+/// is held while the request is handled. Found by reading: waiters were unbounded, each holding
+/// a connection that counts as in a request; now one user has one upload under way and one
+/// waiting, and a wait ends after [`TRANSFER_WAIT`].
 async fn large_body(
     state: &AppState,
+    user: &User,
     headers: &HeaderMap,
     body: axum::body::Body,
     what: &str,
-) -> ApiResult<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit)> {
+) -> ApiResult<(axum::body::Bytes, transfers::Transfer)> {
     within_upload_limit(headers, what)?;
-    let slot = state
-        .large_bodies
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
+    let slot = state.large_bodies.slot(&[("user", &user.name)]).await?;
     Ok((super::body::bytes(body, MAX_UPLOAD).await?, slot))
 }
 
@@ -811,6 +814,45 @@ mod tests {
         ] {
             assert!(!follower_serves(path), "{path}");
         }
+    }
+
+    /// Found by reading: uploads of plugins and policy bundles waited for a slot with no bound
+    /// on how many, each holding a connection counted as in a request. One user has one under
+    /// way and one waiting; a third is answered 429 at once, and another user still gets a turn.
+    #[test]
+    fn a_users_large_uploads_wait_in_a_bounded_line() {
+        let t = TestDaemon::new();
+        let state = app_state(&t);
+        let upload = |user: User| {
+            let state = state.clone();
+            async move {
+                let body = axum::body::Body::from("{}");
+                super::large_body(&state, &user, &Default::default(), body, "a plugin upload")
+                    .await
+                    .map(|(_, slot)| slot)
+            }
+        };
+        t.runtime.block_on(async {
+            let held = upload(admin()).await.expect("a free slot");
+            let waiting = tokio::spawn(upload(admin()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let third = tokio::time::timeout(Duration::from_secs(5), upload(admin()))
+                .await
+                .expect("a third is answered at once, not kept waiting")
+                .err()
+                .expect("a third is refused");
+            assert_eq!(third.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+            let other = User {
+                name: "ops".into(),
+                ..admin()
+            };
+            let _theirs = upload(other).await.expect("another user's turn");
+            drop(held);
+            waiting
+                .await
+                .unwrap()
+                .expect("the waiting one gets the slot given back");
+        });
     }
 
     /// An admin (the shipped policy lets admins load plugins and replace the policy).

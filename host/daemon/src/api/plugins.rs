@@ -165,7 +165,7 @@ pub(super) async fn upload_plugin(
             move |state, user| may_send_plugin(state, user, &name)
         })
         .await?;
-    let (body, _slot) = large_body(&state, &headers, body, "a plugin upload").await?;
+    let (body, _slot) = large_body(&state, &user, &headers, body, "a plugin upload").await?;
     let upload: PluginUpload = body::parse_json(&body)?;
     blocking(&state, move |state| store_plugin(state, user, name, upload)).await
 }

@@ -27,7 +27,7 @@ pub(super) async fn reload_policy(
             |_, user| Ok(user),
         )
         .await?;
-    let (body, _slot) = large_body(&state, &headers, body, "a policy bundle").await?;
+    let (body, _slot) = large_body(&state, &user, &headers, body, "a policy bundle").await?;
     let swapped = blocking(&state, move |state| install(state, &user, &body)).await?;
     Ok(Json(swapped))
 }
