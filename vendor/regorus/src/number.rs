@@ -570,8 +570,12 @@ impl Number {
         }
     }
 
-    /// 2^e, exact (for a negative `e`, 5^-e * 10^e).
+    /// 2^e, exact (for a negative `e`, 5^-e * 10^e); |e| at most 4096 (callers pass a unit's
+    /// exponent: the bound keeps any other from building a gigabyte integer).
     pub fn two_pow(e: i32) -> Result<Number> {
+        if e.unsigned_abs() > 4096 {
+            bail!("2^{e} is out of range");
+        }
         if e >= 0 {
             let mut value = BigInt::one();
             value <<= e as usize;
