@@ -476,6 +476,20 @@ allow := true
         PolicySource::read(dir.path()).unwrap();
     }
 
+    /// The builtins the policy engine adds (`go_builtins::ADDED`) are known to the build check:
+    /// a policy using OPA's digests and HS-signed tokens builds.
+    #[test]
+    fn build_accepts_the_engines_added_crypto_builtins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.rego"),
+            "package x\nimport rego.v1\n\nallow if {\n\tcrypto.hmac.equal(crypto.sha256(input.a), input.h)\n\t[true, _, _] := io.jwt.decode_verify(input.t, {\"secret\": \"s\"})\n}\n",
+        )
+        .unwrap();
+        let source = PolicySource::read(dir.path()).unwrap();
+        check(&source, &["x/allow".into()]).unwrap();
+    }
+
     /// Two `default`s give a rule two values; the engine module refuses such a policy at load
     /// (see `gantry_policy_engine::policy::one_default_per_rule`), so `policy build` refuses it,
     /// and `policy test`, which ran the tests on the first default, refuses it too.

@@ -5,7 +5,7 @@
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
 //! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
 //! simple case mappings, one character for one), the network builtins regorus lacks
-//! (`go_net`), `time.add_date` (Go's `AddDate`: overflow rolls
+//! (`go_net`), the digest, HMAC and JWT builtins it lacks (`go_crypto`), `time.add_date` (Go's `AddDate`: overflow rolls
 //! into the next month), `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
 //! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
@@ -23,12 +23,28 @@ use core::net::IpAddr;
 
 use regorus::{Engine, Value};
 
+use crate::go_crypto;
+use crate::host_builtins::Clock;
+
 /// The builtins registered here that regorus does not know, with their arities: the one list
 /// the host's build-time check (`gantry policy build`) reads beside regorus's own.
 pub const ADDED: &[(&str, u8)] = &[
     ("net.cidr_intersects", 2),
     ("net.cidr_contains_matches", 2),
     ("net.cidr_merge", 1),
+    ("crypto.md5", 1),
+    ("crypto.sha1", 1),
+    ("crypto.sha256", 1),
+    ("crypto.hmac.md5", 2),
+    ("crypto.hmac.sha1", 2),
+    ("crypto.hmac.sha256", 2),
+    ("crypto.hmac.sha512", 2),
+    ("crypto.hmac.equal", 2),
+    ("io.jwt.decode", 1),
+    ("io.jwt.verify_hs256", 2),
+    ("io.jwt.verify_hs384", 2),
+    ("io.jwt.verify_hs512", 2),
+    ("io.jwt.decode_verify", 2),
 ];
 
 /// The arity of `name` when it is one of [`ADDED`].
@@ -42,8 +58,9 @@ pub trait Fail: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'stat
 impl<F: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static> Fail for F {}
 
 /// Registers the builtins on `engine`. With `strict` off an error makes the call undefined, as
-/// any builtin error is then.
-pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
+/// any builtin error is then. `now_ns` is the host's clock (`io.jwt.decode_verify` without a
+/// `time` constraint reads it, as OPA reads the query's time).
+pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(), String> {
     let fail = move |message: String| -> anyhow::Result<Value> {
         match strict {
             true => Err(anyhow::Error::msg(message)),
@@ -163,6 +180,19 @@ pub fn register(engine: &mut Engine, strict: bool) -> Result<(), String> {
             "net.cidr_intersects" => crate::go_net::intersects(fail),
             "net.cidr_contains_matches" => crate::go_net::contains_matches(fail),
             "net.cidr_merge" => crate::go_net::merge(fail),
+            "crypto.md5" => go_crypto::md5(fail),
+            "crypto.sha1" => go_crypto::sha1(fail),
+            "crypto.sha256" => go_crypto::sha256(fail),
+            "crypto.hmac.md5" => go_crypto::hmac_md5(fail),
+            "crypto.hmac.sha1" => go_crypto::hmac_sha1(fail),
+            "crypto.hmac.sha256" => go_crypto::hmac_sha256(fail),
+            "crypto.hmac.sha512" => go_crypto::hmac_sha512(fail),
+            "crypto.hmac.equal" => go_crypto::hmac_equal(fail),
+            "io.jwt.decode" => go_crypto::decode(fail),
+            "io.jwt.verify_hs256" => go_crypto::verify_hs256(fail),
+            "io.jwt.verify_hs384" => go_crypto::verify_hs384(fail),
+            "io.jwt.verify_hs512" => go_crypto::verify_hs512(fail),
+            "io.jwt.decode_verify" => go_crypto::decode_verify(fail, now_ns.clone()),
             _ => return Err(format!("{name}: listed as added, and not written")),
         };
         add(engine, name, *n, f)?;

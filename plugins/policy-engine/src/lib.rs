@@ -12,6 +12,7 @@
 //! - [`json`]: JSON text to a regorus value with exact numbers (inputs and data).
 //! - [`host_builtins`]: the clock and entropy, which the host provides (`opa_builtin*`).
 //! - [`go_builtins`]: builtins OPA takes from Go's standard library, read as Go reads them.
+//! - [`go_crypto`]: OPA's digests, HMACs and HS-signed JSON Web Tokens (`crypto.*`, `io.jwt.*`).
 //! - [`go_regex`]: Go's regular expressions (OPA's `regex.*`) on Rust's `regex` crate.
 //! - [`go_glob`]: gobwas/glob's globs (OPA's `glob.match`) on Rust's `regex` crate.
 //! - [`go_fmt`]: Go's `fmt.Sprintf` (OPA's `sprintf`), width, precision and error markers included.
@@ -21,6 +22,7 @@ extern crate alloc;
 
 pub mod diagnostic;
 pub mod go_builtins;
+pub mod go_crypto;
 pub mod go_fmt;
 pub mod go_glob;
 pub mod go_net;

@@ -74,7 +74,7 @@ pub fn engine(strict: bool, host: &Host) -> Engine {
         // Only a name registered twice fails, and each is registered once on a new engine.
         unreachable!("host builtins: {e}");
     }
-    if let Err(e) = crate::go_builtins::register(&mut engine, strict) {
+    if let Err(e) = crate::go_builtins::register(&mut engine, strict, &host.now_ns) {
         unreachable!("Go's builtins: {e}");
     }
     engine.set_strict_builtin_errors(strict);
