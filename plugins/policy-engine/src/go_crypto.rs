@@ -171,10 +171,8 @@ pub fn hmac_equal(fail: impl Fail) -> Box<dyn regorus::Extension> {
 pub fn decode(fail: impl Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| {
         let name = "io.jwt.decode";
-        let decoded =
-            strings(name, &args).and_then(|s| jwt_decode(s[0]).map_err(|e| format!("{name}: {e}")));
-        match decoded {
-            Ok(v) => Ok(v),
+        match strings(name, &args) {
+            Ok(s) => jwt_decode(s[0]).or_else(|e| e.answer(name, fail)),
             Err(e) => fail(e),
         }
     })
@@ -220,9 +218,7 @@ pub fn decode_verify(fail: impl Fail, now_ns: Clock) -> Box<dyn regorus::Extensi
         let name = "io.jwt.decode_verify";
         match jwt_decode_verify(&args[0], &args[1], &now_ns) {
             Ok(v) => Ok(v),
-            Err(Error::Builtin(e)) => fail(format!("{name}: {e}")),
-            // A failing host is an error whatever the mode, as for `time.now_ns`.
-            Err(Error::Host(e)) => Err(anyhow::Error::msg(format!("{name}: {e}"))),
+            Err(e) => e.answer(name, fail),
         }
     })
 }
@@ -260,10 +256,10 @@ impl<'a> Token<'a> {
     }
 
     /// The header, a JSON object; a JWE's (with `enc`) is refused.
-    fn decoded_header(&self) -> Result<Value, String> {
+    fn decoded_header(&self) -> Result<Value, Error> {
         let text =
             base64url(self.header).map_err(|e| format!("JWT header had invalid encoding: {e}"))?;
-        let header = json_object(&text).map_err(|e| format!("bad JWT header: {e}"))?;
+        let header = json_object(&text).map_err(|e| e.context("bad JWT header"))?;
         if field(&header, "enc").is_some() {
             return Err("JWT is a JWE object, which is not supported".into());
         }
@@ -279,22 +275,35 @@ fn field<'v>(object: &'v Value, key: &str) -> Option<&'v Value> {
     object.as_object().ok()?.get(&Value::from(key))
 }
 
-/// OPA's `extractJSONObject`: `json.unmarshal`'s reading, an object.
-fn json_object(bytes: &[u8]) -> Result<Value, String> {
-    let text = core::str::from_utf8(bytes).map_err(|_| "invalid JSON: not UTF-8".to_string())?;
+/// OPA's `extractJSONObject`: `json.unmarshal`'s reading, an object. What this reader refuses
+/// Go's may read (invalid UTF-8 and lone surrogates replaced, a trailing `null`, exponents past
+/// 1000, nesting past 128): a hard error, never an undefined OPA would not have.
+fn json_object(bytes: &[u8]) -> Result<Value, Error> {
+    let unread = |e: &str| Error::Hard(format!("JSON Gantry cannot read: {e}"));
+    let text = core::str::from_utf8(bytes).map_err(|_| unread("not UTF-8"))?;
     match crate::json::parse(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err("decoded JSON type was not an Object".into()),
-        Err(e) => Err(format!("invalid JSON: {e}")),
+        Err(e) => Err(unread(&e)),
     }
 }
 
-fn utf8(bytes: Vec<u8>) -> Result<String, String> {
-    String::from_utf8(bytes).map_err(|_| "a nested JWT that is not UTF-8".to_string())
+impl Error {
+    /// The same failure, its message after `what`.
+    fn context(self, what: &str) -> Error {
+        match self {
+            Error::Builtin(e) => Error::Builtin(format!("{what}: {e}")),
+            Error::Hard(e) => Error::Hard(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, Error> {
+    String::from_utf8(bytes).map_err(|_| Error::Hard("a nested JWT that is not UTF-8".into()))
 }
 
 /// OPA's `builtinJWTDecode`.
-fn jwt_decode(jwt: &str) -> Result<Value, String> {
+fn jwt_decode(jwt: &str) -> Result<Value, Error> {
     let token = Token::split(jwt)?;
     let header = token.decoded_header()?;
     let payload = token.decoded_payload()?;
@@ -407,10 +416,25 @@ fn go_base64url(src: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A `decode_verify` failure: the builtin's (undefined unless strict) or the host's clock.
+/// A failure: the builtin's, as OPA has it (undefined unless strict), or one that fails the
+/// evaluation whatever the mode (`Hard`): the host's clock, and what Gantry cannot read or verify
+/// where OPA's Go might (a `cert`, JSON Go reads and this reader refuses). Found by a review: as
+/// undefined, such an error skipped `deny if { [valid, _, _] := io.jwt.decode_verify(...); not
+/// valid }` in a non-strict policy, and a forged token was allowed.
+#[derive(Debug)]
 enum Error {
     Builtin(String),
-    Host(String),
+    Hard(String),
+}
+
+impl Error {
+    /// The builtin's answer for this failure, `name` before its message.
+    fn answer(self, name: &str, fail: impl Fail) -> anyhow::Result<Value> {
+        match self {
+            Error::Builtin(e) => fail(format!("{name}: {e}")),
+            Error::Hard(e) => Err(anyhow::Error::msg(format!("{name}: {e}"))),
+        }
+    }
 }
 
 impl From<String> for Error {
@@ -477,11 +501,11 @@ impl Constraints {
                 // OPA verifies RSA, ECDSA and EdDSA keys (PEM or JWK) here; Gantry does not
                 // yet, and a token it cannot verify must never read as verified.
                 "cert" => {
-                    return Err(
+                    return Err(Error::Hard(
                         "cert constraint: certificate verification is not supported in Gantry \
                          yet (use a secret)"
                             .into(),
-                    );
+                    ));
                 }
                 "secret" => text(&mut c.secret)?,
                 "alg" => text(&mut c.alg)?,
@@ -496,7 +520,8 @@ impl Constraints {
             }
         }
         if c.time.is_none() {
-            let now = (now_ns)().map_err(Error::Host)?;
+            // A failing host is an error whatever the mode, as for `time.now_ns`.
+            let now = (now_ns)().map_err(Error::Hard)?;
             c.time = Some(time_of(&Value::from(now))?);
         }
         // OPA's `validate`: one key; an empty secret is none.

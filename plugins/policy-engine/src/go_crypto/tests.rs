@@ -126,36 +126,43 @@ fn decode_gives_header_payload_and_hex_signature() {
     assert_eq!(jwt_decode(NESTED).unwrap(), inner);
     assert_eq!(jwt_decode(NESTED_QUOTED).unwrap(), inner);
     assert_eq!(
-        jwt_decode("abc").unwrap_err(),
+        opa_error(jwt_decode("abc")),
         "encoded JWT had no period separators"
     );
     assert_eq!(
-        jwt_decode("a.b").unwrap_err(),
+        opa_error(jwt_decode("a.b")),
         "encoded JWT must have 3 sections, found 2"
     );
     assert_eq!(
-        jwt_decode(JWE).unwrap_err(),
+        opa_error(jwt_decode(JWE)),
         "JWT is a JWE object, which is not supported"
     );
     assert_eq!(
-        jwt_decode(ARRAY_PAYLOAD).unwrap_err(),
+        opa_error(jwt_decode(ARRAY_PAYLOAD)),
         "decoded JSON type was not an Object"
     );
     assert!(
-        jwt_decode("eyJhbGciOiJIUzI1NiJ9x.e30.")
-            .unwrap_err()
+        opa_error(jwt_decode("eyJhbGciOiJIUzI1NiJ9x.e30."))
             .starts_with("JWT header had invalid encoding: illegal base64")
     );
-    assert!(
-        jwt_decode("YWJj.e30.")
-            .unwrap_err()
-            .starts_with("bad JWT header: invalid JSON")
-    );
+    // Not JSON for Go either; a reader's refusal is a hard error whatever the mode.
+    assert!(matches!(
+        jwt_decode("YWJj.e30."),
+        Err(Error::Hard(e)) if e.starts_with("bad JWT header: JSON Gantry cannot read")
+    ));
     // An empty signature is an empty string.
     assert_eq!(
         jwt_decode("eyJhbGciOiJub25lIn0.e30.").unwrap(),
         json(r#"[{"alg":"none"},{},""]"#)
     );
+}
+
+/// An error OPA has too (the mode's: undefined unless strict).
+fn opa_error(got: Result<Value, Error>) -> String {
+    match got {
+        Err(Error::Builtin(e)) => e,
+        other => panic!("expected a builtin error, got {other:?}"),
+    }
 }
 
 fn run(f: Box<dyn regorus::Extension>, args: &[&str]) -> Value {
@@ -250,7 +257,7 @@ fn clock() -> Clock {
 fn verify(jwt: &str, constraints: &str) -> Result<Value, String> {
     match jwt_decode_verify(&Value::from(jwt), &json(constraints), &clock()) {
         Ok(v) => Ok(v),
-        Err(Error::Builtin(e) | Error::Host(e)) => Err(e),
+        Err(Error::Builtin(e) | Error::Hard(e)) => Err(e),
     }
 }
 
@@ -367,4 +374,36 @@ fn decode_verify_errors_as_opa_does_and_never_verifies_a_cert() {
         panic!("a constraint that is not an object");
     };
     assert_eq!(msg, "operand 2 must be object");
+}
+
+/// Found by a review: a header this reader refuses where Go's reads it (a trailing `null`, a
+/// byte that is not UTF-8, an exponent past 1000), and a `cert` constraint, were builtin errors,
+/// which a non-strict policy turns into undefined: `deny if { [valid, _, _] :=
+/// io.jwt.decode_verify(t, c); not valid }` did not fire and a forged token was allowed (OPA
+/// answers `[false, {}, {}]`). What Gantry cannot read or verify fails the evaluation in either
+/// mode; an error OPA has too stays the mode's.
+#[test]
+fn what_gantry_cannot_read_or_verify_fails_the_evaluation_in_either_mode() {
+    let lenient = |_: String| -> anyhow::Result<Value> { Ok(Value::Undefined) };
+    let secret = json(r#"{"secret": "s3cret"}"#);
+    for header in [
+        "eyJhbGciOiJIUzI1NiJ9IG51bGw",
+        "eyJhbGciOiJIUzI1NiIsIngiOiL_In0",
+        "eyJhbGciOiJIUzI1NiIsIngiOjFlNTAwMH0",
+    ] {
+        let token = format!("{header}.e30.AAAA");
+        let mut dv = decode_verify(lenient, clock());
+        let got = dv(alloc::vec![Value::from(token.as_str()), secret.clone()]);
+        assert!(got.is_err(), "{token}: {got:?}");
+        let mut decode = decode(lenient);
+        let got = decode(alloc::vec![Value::from(token.as_str())]);
+        assert!(got.is_err(), "{token}: {got:?}");
+    }
+    let mut dv = decode_verify(lenient, clock());
+    let cert = json(r#"{"cert": "-----BEGIN PUBLIC KEY-----"}"#);
+    assert!(dv(alloc::vec![Value::from(CLAIMS), cert]).is_err());
+    // OPA's own errors stay undefined when not strict.
+    let mut dv = decode_verify(lenient, clock());
+    let got = dv(alloc::vec![Value::from("abc"), secret]).unwrap();
+    assert_eq!(got, Value::Undefined);
 }
