@@ -824,6 +824,59 @@ impl Decimal {
     }
 }
 
+impl Decimal {
+    /// The exact product (Go's `big.Rat.Mul`), within the result bounds.
+    pub fn exact_mul(a: &Decimal, b: &Decimal) -> Result<Decimal, NumberError> {
+        if a.is_zero() || b.is_zero() {
+            return Ok(Decimal::zero());
+        }
+        if ndigits(&a.digits) + ndigits(&b.digits) > 2 * MAX_DIGITS as i64 + 1 {
+            return Err(NumberError::OutOfRange);
+        }
+        check(Decimal::make(
+            a.negative != b.negative,
+            &a.digits * &b.digits,
+            a.exp + b.exp,
+        ))
+    }
+
+    /// Go's `big.Rat.FloatString(places)` read back: rounded to `places` decimals, a half away
+    /// from zero.
+    pub fn round_places(&self, places: u32) -> Decimal {
+        let keep = -i64::from(places);
+        if self.exp >= keep {
+            return self.clone();
+        }
+        // digits * 10^exp = (digits / 10^(keep - exp)) * 10^keep, the quotient rounded.
+        let shift = (keep - self.exp) as u64;
+        if shift > ndigits(&self.digits) as u64 + 1 {
+            return Decimal::zero();
+        }
+        let div = pow10(shift);
+        let q = &self.digits / &div;
+        let r = &self.digits % &div;
+        let q = if r * 2u32 >= div { q + 1u32 } else { q };
+        Decimal::make(self.negative, q, keep)
+    }
+
+    /// OPA's `units.parse_bytes` product: `new(big.Float).SetString(a)` (64 bits) times `b`
+    /// (an integer below 2^64, exact at 64 bits), rounded to 64 bits, truncated toward zero
+    /// (`Float.Int`).
+    pub fn go_float_mul_trunc(a: &Decimal, b: &Decimal) -> Result<BigInt, NumberError> {
+        let product = a.to_big_float().mul(&b.to_big_float(), 64);
+        let (negative, magnitude) = product.trunc();
+        if ndigits(&magnitude) > MAX_RESULT_DIGITS {
+            return Err(NumberError::OutOfRange);
+        }
+        let sign = if negative && !magnitude.is_zero() {
+            Sign::Minus
+        } else {
+            Sign::Plus
+        };
+        Ok(BigInt::from_biguint(sign, magnitude))
+    }
+}
+
 /// Refuses results past the result bounds.
 fn check(d: Decimal) -> Result<Decimal, NumberError> {
     if d.is_zero() {

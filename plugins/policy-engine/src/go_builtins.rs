@@ -5,7 +5,8 @@
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
 //! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
 //! simple case mappings, one character for one), the network builtins regorus lacks
-//! (`go_net`), the digest, HMAC and JWT builtins it lacks (`go_crypto`), `time.add_date` (Go's `AddDate`: overflow rolls
+//! (`go_net`), the digest, HMAC and JWT builtins it lacks (`go_crypto`), `units.parse` and
+//! `units.parse_bytes` (`go_units`: Go's arithmetic and OPA's units), `time.add_date` (Go's `AddDate`: overflow rolls
 //! into the next month), `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
 //! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
@@ -72,16 +73,27 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         Value::Bool(b) => Ok(Value::from(u64::from(*b))),
         Value::Number(_) => Ok(args[0].clone()),
         // Go's `strconv.ParseFloat` decides (syntax, and range: `1e400` is an error); the value
-        // is the text's, exact (OPA keeps the string as its number).
-        Value::String(s) => match go_decimal(s)
-            .filter(|j| j.parse::<f64>().is_ok_and(f64::is_finite))
-            .and_then(|j| exact_number(&j))
-        {
-            Some(n @ Value::Number(_)) => Ok(n),
-            _ => fail(format!(
-                "to_number: could not parse string as number: {s:?}"
-            )),
-        },
+        // is the text's, exact (OPA keeps the string as its number). What Go reads and Gantry
+        // cannot hold (hexadecimal floats, underscores, beyond 1,000 digits or an exponent of
+        // ±100,000) fails the evaluation in either mode: found by a review, as undefined in a
+        // non-strict policy it skipped a `deny` OPA would fire.
+        Value::String(s) => {
+            match go_decimal(s).filter(|j| j.parse::<f64>().is_ok_and(f64::is_finite)) {
+                Some(j) => match exact_number(&j) {
+                    Some(n @ Value::Number(_)) => Ok(n),
+                    _ => Err(anyhow::Error::msg(format!(
+                        "to_number: {s:?} is beyond the numbers Gantry holds (1,000 digits, an \
+                     exponent within ±100,000)"
+                    ))),
+                },
+                None if go_reads_more(s) => Err(anyhow::Error::msg(format!(
+                    "to_number: {s:?}: hexadecimal floats and underscores are not read in Gantry"
+                ))),
+                None => fail(format!(
+                    "to_number: could not parse string as number: {s:?}"
+                )),
+            }
+        }
         _ => fail("to_number: operand 1 must be one of {boolean, null, number, string}".into()),
     };
     let parse_rfc3339_ns = move |args: Vec<Value>| match args[0].as_string() {
@@ -175,6 +187,13 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         add(engine, name, n, f)?;
     }
     add(engine, "glob.match", 3, crate::go_glob::builtin(fail))?;
+    add(engine, "units.parse", 1, crate::go_units::parse(fail))?;
+    add(
+        engine,
+        "units.parse_bytes",
+        1,
+        crate::go_units::parse_bytes(fail),
+    )?;
     for (name, n) in ADDED {
         let f = match *name {
             "net.cidr_intersects" => crate::go_net::intersects(fail),
@@ -381,6 +400,17 @@ fn go_count(s: &str, sub: &str) -> usize {
         true => s.chars().count() + 1,
         false => s.matches(sub).count(),
     }
+}
+
+/// Whether `s` may be one of the numbers Go's `ParseFloat` reads that [`go_decimal`] does not: a
+/// hexadecimal float (`0x1p-2`), digits with underscores.
+fn go_reads_more(s: &str) -> bool {
+    let unsigned = s.trim_start_matches(['+', '-']);
+    let hex = unsigned.starts_with("0x") || unsigned.starts_with("0X");
+    let underscored = s.contains('_')
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() || "_.+-xXpP".contains(c));
+    hex || underscored
 }
 
 /// A decimal number as Go's `strconv.ParseFloat` reads it (`+1`, `.5`, `1.`, `007`, `1e5`; no

@@ -887,6 +887,29 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
     }
 
+    /// Found by a review: what Go reads and Gantry cannot hold (`to_number` of `1e-100001`, of a
+    /// hexadecimal float) was a builtin error, which a non-strict policy makes undefined: a
+    /// `deny` OPA fires did not. It fails the evaluation whatever the mode; an error OPA has
+    /// too stays undefined when not strict.
+    #[test]
+    fn what_gantry_cannot_hold_fails_even_a_non_strict_evaluation() {
+        let rego = "package p\nimport rego.v1\ndeny contains \"small\" if to_number(input.n) < 1\n";
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |n: &str| {
+            let input = serde_json::json!({ "n": n }).to_string();
+            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
+        };
+        for held in ["1e-100001", "0x1p-2", "1_000"] {
+            assert!(decide(held).is_err(), "{held}");
+        }
+        assert_eq!(decide("0.5").unwrap(), r#"[{"result":["small"]}]"#);
+        assert_eq!(decide("x").unwrap(), r#"[{"result":[]}]"#);
+    }
+
     /// A `regex.*` call on a constant pattern Go refuses is refused at load, naming the place;
     /// a pattern from the input is the evaluation's business.
     #[test]
