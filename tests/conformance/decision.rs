@@ -101,6 +101,11 @@ fn wrapper(query: &str, vars: &[String]) -> String {
 /// entrypoint without an input (`input` undefined, as in OPA), which no value, `null` included,
 /// stands for.
 fn input(named: &Named) -> Result<Option<serde_json::Value>, String> {
+    // JSON as the case writes it: through a regorus value `1.0` would become `1`, where OPA
+    // (and the engine) keep a number written as no integer.
+    if let Some(input) = &named.case.input {
+        return Ok(Some(input.clone()));
+    }
     let Some(v) = oracle::input(named)? else {
         return Ok(None);
     };

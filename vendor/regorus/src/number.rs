@@ -66,7 +66,10 @@ const MAX_INTEGER_DIGITS: usize =
 pub enum Number {
     UInt(u64),
     Int(i64),
-    /// A number that is not an integer, exact (integers are always one of the other variants).
+    /// A number that is not an integer, or one written as none (`1.0`, `1e3`): exact. OPA keeps
+    /// a number's text, and text that is no integer literal is no integer to it (`a[1.0]` is
+    /// undefined, `substring(s, 1.0, 2)` an error) though it equals one (`1.0 == 1`). Results
+    /// of arithmetic that are integral are integers, as OPA prints them so.
     Float(Rc<Decimal>),
     BigInt(Rc<BigInt>),
 }
@@ -303,8 +306,9 @@ impl FromStr for Number {
             }
         }
 
+        // Not an integer literal: a Float even when integral, as OPA's text is no integer.
         Decimal::parse(normalized)
-            .map(Number::from_decimal)
+            .map(|d| Number::Float(Rc::new(d)))
             .map_err(|_| ParseNumberError)
     }
 }
@@ -474,6 +478,10 @@ impl Number {
     }
 
     pub fn modulo(self, rhs: &Self) -> Result<Number> {
+        // A number written as no integer: OPA's `rem` takes it when its value is one.
+        if Self::any_float(&self, rhs) {
+            return Self::decimal_op(&self, rhs, Decimal::opa_rem);
+        }
         let (a, b) = match (self.to_bigint_owned(), rhs.to_bigint_owned()) {
             (Some(a), Some(b)) => (a, b),
             _ => bail!("modulo on floating-point number"),

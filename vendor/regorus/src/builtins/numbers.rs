@@ -54,10 +54,12 @@ pub fn arithmetic_operation(
         ArithOp::Div => v1.divide(&v2)?,
         ArithOp::Mod if strict && v2 == Number::from(0u64) => bail!(span.error("modulo by zero")),
         ArithOp::Mod if v2 == Number::from(0u64) => return Ok(Value::Undefined),
-        ArithOp::Mod if !v1.is_integer() || !v2.is_integer() => {
-            bail!(span.error("modulo on floating-point number"))
-        }
-        ArithOp::Mod => v1.modulo(&v2)?,
+        // `modulo` decides (Gantry's patch): a number written as no integer (`1e1`) whose
+        // value is one is taken, as OPA's `rem` takes it.
+        ArithOp::Mod => match v1.modulo(&v2) {
+            Ok(n) => n,
+            Err(e) => bail!(span.error(&e.to_string())),
+        },
     }))
 }
 

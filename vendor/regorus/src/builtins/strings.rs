@@ -687,7 +687,10 @@ fn substring(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) ->
             let length = if length < 0 { s.len() } else { length as usize };
             Ok(Value::String(start.take(length).collect::<String>().into()))
         }
-        _ => Ok(Value::String("".into())),
+        // Gantry's patch: an offset or length that is no integer (`2.0`, as OPA reads its
+        // text) is OPA's operand error, not the empty string.
+        _ if strict => bail!(span.error("`substring` expects integer offset and length")),
+        _ => Ok(Value::Undefined),
     }
 }
 
