@@ -35,7 +35,9 @@ use num_traits::{One, ToPrimitive, Zero};
 /// Most significant digits accepted in a number's text.
 pub const MAX_DIGITS: usize = 1000;
 /// Largest decimal exponent (after normalization) accepted in a number's text.
-pub const MAX_EXP10: i64 = 100_000;
+/// (A review measured an operation near 10^-100000 at 0.7 s and 200 MB in the sandbox; at
+/// 10^-10000 the digits Go's shortest-text search builds are a tenth as many.)
+pub const MAX_EXP10: i64 = 10_000;
 /// Results may grow past the text bounds by this much before `OutOfRange`.
 const MAX_RESULT_DIGITS: i64 = MAX_DIGITS as i64 + MAX_EXP10;
 
@@ -556,7 +558,7 @@ impl Decimal {
     }
 
     /// `builtins.NumberToInt`: the exact integer of an integer value (bounded by the result
-    /// bounds, so 1e100000 builds at most ~101k digits).
+    /// bounds, so 1e10000 builds at most ~11k digits).
     fn opa_int(&self) -> Option<BigInt> {
         if !self.is_integer() {
             return None;

@@ -75,7 +75,7 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         // Go's `strconv.ParseFloat` decides (syntax, and range: `1e400` is an error); the value
         // is the text's, exact (OPA keeps the string as its number). What Go reads and Gantry
         // cannot hold (hexadecimal floats, underscores, beyond 1,000 digits or an exponent of
-        // ±100,000) fails the evaluation in either mode: found by a review, as undefined in a
+        // ±10,000) fails the evaluation in either mode: found by a review, as undefined in a
         // non-strict policy it skipped a `deny` OPA would fire.
         Value::String(s) => {
             match go_decimal(s).filter(|j| j.parse::<f64>().is_ok_and(f64::is_finite)) {
@@ -83,7 +83,7 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
                     Some(n @ Value::Number(_)) => Ok(n),
                     _ => Err(anyhow::Error::msg(format!(
                         "to_number: {s:?} is beyond the numbers Gantry holds (1,000 digits, an \
-                     exponent within ±100,000)"
+                     exponent within ±10,000)"
                     ))),
                 },
                 None if go_reads_more(s) => Err(anyhow::Error::msg(format!(

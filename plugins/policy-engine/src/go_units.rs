@@ -6,7 +6,7 @@
 //!
 //! The amount is Go's: `units.parse_bytes` multiplies a 64-bit `big.Float` and truncates,
 //! `units.parse` multiplies exactly (`big.Rat`) and rounds a fraction to 10 decimals. An amount
-//! Go reads and Gantry cannot hold (past 1,000 digits or an exponent of ±100,000) fails the
+//! Go reads and Gantry cannot hold (past 1,000 digits or an exponent of ±10,000) fails the
 //! evaluation in either mode.
 
 use alloc::boxed::Box;
@@ -143,7 +143,7 @@ fn amount(num: &str, name: &str, what: &str) -> Result<Decimal, Error> {
 fn beyond(name: &str, raw: &str, e: gantry_opa_number::NumberError) -> Error {
     Error::Hard(format!(
         "{name}: {raw:?}: {e}: beyond the numbers Gantry holds (1,000 digits, an exponent \
-         within ±100,000)"
+         within ±10,000)"
     ))
 }
 
