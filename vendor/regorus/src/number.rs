@@ -120,12 +120,14 @@ impl Number {
         }
     }
 
+    /// The integer value, also of a number written as no integer (`3.0`): OPA's `NumberToInt`
+    /// takes it where it wants an integer value (`numbers.range`, `bits.*`, `%`).
     fn to_bigint_owned(&self) -> Option<BigInt> {
         match self {
             Number::UInt(v) => Some(BigInt::from(*v)),
             Number::Int(v) => Some(BigInt::from(*v)),
             Number::BigInt(v) => Some((**v).clone()),
-            Number::Float(_) => None,
+            Number::Float(d) => d.to_bigint(MAX_INTEGER_DIGITS),
         }
     }
 
@@ -167,7 +169,8 @@ impl Number {
             Number::UInt(v) => u32::try_from(*v).ok(),
             Number::Int(v) => u32::try_from(*v).ok(),
             Number::BigInt(v) => v.to_u32(),
-            Number::Float(_) => None,
+            // A shift written `2.0` is OPA's 2 (`bits.lsh` reads its operands with `NumberToInt`).
+            Number::Float(d) => d.to_bigint(20)?.to_u32(),
         }
     }
 
@@ -395,8 +398,12 @@ impl Number {
         }
     }
 
+    /// An integer written as one (`3.0` is none, as OPA's `Number.Int` says).
     pub fn as_big(&self) -> Option<Rc<BigInt>> {
-        self.to_bigint_rc()
+        match self {
+            Number::Float(_) => None,
+            _ => self.to_bigint_rc(),
+        }
     }
 
     pub fn to_big(&self) -> Result<Rc<BigInt>> {
@@ -492,8 +499,13 @@ impl Number {
         Ok(Number::from_bigint_owned(a % &b))
     }
 
+    /// Whether the value is an integer (`3.0` is): what OPA's `NumberToInt` accepts. An
+    /// integer *written* as one is what `as_i64` and the like give.
     pub fn is_integer(&self) -> bool {
-        !matches!(self, Number::Float(_))
+        match self {
+            Number::Float(d) => d.is_integer(),
+            _ => true,
+        }
     }
 
     pub fn is_positive(&self) -> bool {
