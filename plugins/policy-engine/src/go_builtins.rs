@@ -58,6 +58,48 @@ pub fn added_arity(name: &str) -> Option<u8> {
 pub trait Fail: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static {}
 impl<F: Fn(String) -> anyhow::Result<Value> + Copy + Send + Sync + 'static> Fail for F {}
 
+/// A failure of a builtin written here: OPA's error (undefined unless strict), or one that fails
+/// the evaluation whatever the mode (`Hard`): the host's clock, and what Gantry cannot read, hold
+/// or verify where OPA's Go might (a JWT `cert`, JSON Go reads and this reader refuses, an amount
+/// past the number bounds). Found by reviews: as undefined, such an error skipped `deny if { [valid,
+/// _, _] := io.jwt.decode_verify(...); not valid }` in a non-strict policy, and a forged token was
+/// allowed.
+#[derive(Debug)]
+pub(crate) enum GoError {
+    Builtin(String),
+    Hard(String),
+}
+
+impl GoError {
+    /// The builtin's answer for this failure.
+    pub(crate) fn answer(self, fail: impl Fail) -> anyhow::Result<Value> {
+        match self {
+            GoError::Builtin(e) => fail(e),
+            GoError::Hard(e) => Err(anyhow::Error::msg(e)),
+        }
+    }
+
+    /// The same failure, its message after `what`.
+    pub(crate) fn context(self, what: &str) -> GoError {
+        match self {
+            GoError::Builtin(e) => GoError::Builtin(format!("{what}: {e}")),
+            GoError::Hard(e) => GoError::Hard(format!("{what}: {e}")),
+        }
+    }
+}
+
+impl From<String> for GoError {
+    fn from(e: String) -> Self {
+        GoError::Builtin(e)
+    }
+}
+
+impl From<&str> for GoError {
+    fn from(e: &str) -> Self {
+        GoError::Builtin(e.into())
+    }
+}
+
 /// Registers the builtins on `engine`. With `strict` off an error makes the call undefined, as
 /// any builtin error is then. `now_ns` is the host's clock (`io.jwt.decode_verify` without a
 /// `time` constraint reads it, as OPA reads the query's time).

@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use regorus::Value;
 use subtle::ConstantTimeEq;
 
-use crate::go_builtins::Fail;
+use crate::go_builtins::{Fail, GoError as Error};
 use crate::host_builtins::Clock;
 
 /// The hashes OPA's builtins name.
@@ -172,7 +172,7 @@ pub fn decode(fail: impl Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| {
         let name = "io.jwt.decode";
         match strings(name, &args) {
-            Ok(s) => jwt_decode(s[0]).or_else(|e| e.answer(name, fail)),
+            Ok(s) => jwt_decode(s[0]).or_else(|e| e.context(name).answer(fail)),
             Err(e) => fail(e),
         }
     })
@@ -218,7 +218,7 @@ pub fn decode_verify(fail: impl Fail, now_ns: Clock) -> Box<dyn regorus::Extensi
         let name = "io.jwt.decode_verify";
         match jwt_decode_verify(&args[0], &args[1], &now_ns) {
             Ok(v) => Ok(v),
-            Err(e) => e.answer(name, fail),
+            Err(e) => e.context(name).answer(fail),
         }
     })
 }
@@ -285,16 +285,6 @@ fn json_object(bytes: &[u8]) -> Result<Value, Error> {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err("decoded JSON type was not an Object".into()),
         Err(e) => Err(unread(&e)),
-    }
-}
-
-impl Error {
-    /// The same failure, its message after `what`.
-    fn context(self, what: &str) -> Error {
-        match self {
-            Error::Builtin(e) => Error::Builtin(format!("{what}: {e}")),
-            Error::Hard(e) => Error::Hard(format!("{what}: {e}")),
-        }
     }
 }
 
@@ -414,39 +404,6 @@ fn go_base64url(src: &[u8]) -> Result<Vec<u8>, String> {
         }
     }
     Ok(out)
-}
-
-/// A failure: the builtin's, as OPA has it (undefined unless strict), or one that fails the
-/// evaluation whatever the mode (`Hard`): the host's clock, and what Gantry cannot read or verify
-/// where OPA's Go might (a `cert`, JSON Go reads and this reader refuses). Found by a review: as
-/// undefined, such an error skipped `deny if { [valid, _, _] := io.jwt.decode_verify(...); not
-/// valid }` in a non-strict policy, and a forged token was allowed.
-#[derive(Debug)]
-enum Error {
-    Builtin(String),
-    Hard(String),
-}
-
-impl Error {
-    /// The builtin's answer for this failure, `name` before its message.
-    fn answer(self, name: &str, fail: impl Fail) -> anyhow::Result<Value> {
-        match self {
-            Error::Builtin(e) => fail(format!("{name}: {e}")),
-            Error::Hard(e) => Err(anyhow::Error::msg(format!("{name}: {e}"))),
-        }
-    }
-}
-
-impl From<String> for Error {
-    fn from(e: String) -> Self {
-        Error::Builtin(e)
-    }
-}
-
-impl From<&str> for Error {
-    fn from(e: &str) -> Self {
-        Error::Builtin(e.into())
-    }
 }
 
 /// The constraints of `decode_verify`, as OPA's `parseTokenConstraints` reads them.

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use gantry_opa_number::Decimal;
 use regorus::Value;
 
-use crate::go_builtins::Fail;
+use crate::go_builtins::{Fail, GoError as Error};
 
 /// Digits an exponent may have (OPA's `maxExponentDigits`).
 const MAX_EXPONENT_DIGITS: usize = 6;
@@ -25,24 +25,10 @@ const MAX_EXPONENT_DIGITS: usize = 6;
 /// The exact value of the float64 nearest 0.001: OPA's milli is `big.Rat.SetFloat64(0.001)`.
 const MILLI: &str = "0.001000000000000000020816681711721685132943093776702880859375";
 
-/// A failure: OPA's error (undefined unless strict), or an amount Gantry cannot hold.
-enum Error {
-    Opa(String),
-    Hard(String),
-}
-
-fn answer(result: Result<Value, Error>, fail: impl Fail) -> anyhow::Result<Value> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(Error::Opa(e)) => fail(e),
-        Err(Error::Hard(e)) => Err(anyhow::Error::msg(e)),
-    }
-}
-
 /// `units.parse_bytes(s)`.
 pub fn parse_bytes(fail: impl Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| match args[0].as_string() {
-        Ok(s) => answer(bytes(s), fail),
+        Ok(s) => bytes(s).or_else(|e| e.answer(fail)),
         Err(_) => fail("units.parse_bytes: operand 1 must be string".into()),
     })
 }
@@ -50,13 +36,13 @@ pub fn parse_bytes(fail: impl Fail) -> Box<dyn regorus::Extension> {
 /// `units.parse(s)`.
 pub fn parse(fail: impl Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| match args[0].as_string() {
-        Ok(s) => answer(units(s), fail),
+        Ok(s) => units(s).or_else(|e| e.answer(fail)),
         Err(_) => fail("units.parse: operand 1 must be string".into()),
     })
 }
 
 fn bytes(raw: &str) -> Result<Value, Error> {
-    let err = |m: &str| Error::Opa(format!("units.parse_bytes: {m}"));
+    let err = |m: &str| Error::Builtin(format!("units.parse_bytes: {m}"));
     let s = raw.to_lowercase().replace('"', "");
     if s.contains(' ') {
         return Err(err("spaces not allowed in resource strings"));
@@ -89,7 +75,7 @@ fn bytes(raw: &str) -> Result<Value, Error> {
 }
 
 fn units(raw: &str) -> Result<Value, Error> {
-    let err = |m: &str| Error::Opa(format!("units.parse: {m}"));
+    let err = |m: &str| Error::Builtin(format!("units.parse: {m}"));
     let s = raw.replace('"', "");
     if s.contains(' ') {
         return Err(err("spaces not allowed in resource strings"));
@@ -136,7 +122,7 @@ fn units(raw: &str) -> Result<Value, Error> {
 fn amount(num: &str, name: &str, what: &str) -> Result<Decimal, Error> {
     Decimal::parse(num).map_err(|e| match e {
         gantry_opa_number::NumberError::OutOfRange => beyond(name, num, e),
-        _ => Error::Opa(format!("{name}: could not parse {what} to a number")),
+        _ => Error::Builtin(format!("{name}: could not parse {what} to a number")),
     })
 }
 
@@ -199,7 +185,7 @@ mod tests {
 
     fn opa_error(r: Result<Value, Error>) -> String {
         match r {
-            Err(Error::Opa(e)) => e,
+            Err(Error::Builtin(e)) => e,
             Err(Error::Hard(e)) => panic!("a hard error: {e}"),
             Ok(v) => panic!("a value: {v}"),
         }
