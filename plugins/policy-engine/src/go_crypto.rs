@@ -1,16 +1,27 @@
 //! OPA's digest, HMAC and JSON Web Token builtins, which regorus lacks (a policy calling one was
 //! refused at build): `crypto.md5`/`sha1`/`sha256`, `crypto.hmac.*`, `io.jwt.decode`,
-//! `io.jwt.verify_hs256`/`384`/`512` and `io.jwt.decode_verify` with a `secret`, as OPA's
+//! `io.jwt.verify_hs256`/`384`/`512`, `io.jwt.verify_rs*`/`ps*`/`es*` (256, 384, 512) and
+//! `verify_eddsa`, and `io.jwt.decode_verify` with a `secret` or a `cert`, as OPA's
 //! `v1/topdown/crypto.go` and `v1/topdown/tokens.go` compute them: base64url read as
 //! `encoding.go`'s `base64.url_decode` reads it (padding added where missing, then Go's padded
 //! decoder, which skips `\r` and `\n`), header and payload as `json.unmarshal` reads them, MACs
 //! compared as Go's `hmac.Equal` does (in constant time).
 //!
-//! Not here: RSA, ECDSA and EdDSA signatures (`verify_rs256` and the like; `decode_verify` with
-//! a `cert` is an error, never a verified token), `io.jwt.encode_sign*` and `crypto.x509.*`.
-//! Where OPA's Go panics (a header `cty` or a payload `iss` that is not a string) the call is an
-//! error; so is a header or payload that is not UTF-8 (Go reads it with replacement characters):
-//! the engine may deny more than OPA, never allow more.
+//! A certificate argument (`verify_*`'s second, `decode_verify`'s `cert`) is read as OPA's
+//! `getKeysFromCertOrJWK` reads it (`keys`): one PEM `CERTIFICATE` or `PUBLIC KEY` and nothing
+//! after it (a chain is OPA's error), else a JWK or JWK set, its keys chosen by the token's `kid`
+//! and `alg` as OPA chooses them. Signatures are checked as Go's `crypto/rsa`, `crypto/ecdsa` and
+//! `crypto/ed25519` check them (`signatures`): OPA's own verifiers for `verify_*` (the
+//! builtin's hash whatever the header says, a PSS salt of any length, ECDSA halves of any length),
+//! jwx's `jwsbb.Verify` for `decode_verify` (the header's `alg`, salts as long as the hash, ECDSA
+//! signatures exactly twice the curve's size, a JWK `oct` key as an HMAC secret).
+//!
+//! Not here: `io.jwt.encode_sign*` and `crypto.x509.*`. Where OPA's Go panics (a header `cty` or
+//! a payload `iss` that is not a string) the call is an error; so is a header or payload that is
+//! not UTF-8 (Go reads it with replacement characters). What Gantry cannot read or verify where
+//! OPA might (a P-224 or DSA key, a private JWK, an RSA modulus past 16,384 bits, a certificate
+//! the `x509-cert` crate refuses, JWK forms jwx's versions read differently) fails the evaluation
+//! in either mode: the engine may deny more than OPA, never allow more.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -24,6 +35,12 @@ use subtle::ConstantTimeEq;
 
 use crate::go_builtins::{Fail, GoError as Error};
 use crate::host_builtins::Clock;
+
+mod keys;
+mod signatures;
+
+use keys::VerificationKey;
+use signatures::PublicKey;
 
 /// The hashes OPA's builtins name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +226,197 @@ pub fn verify_hs512(fail: impl Fail) -> Box<dyn regorus::Extension> {
     verify_hs("io.jwt.verify_hs512", Hash::Sha512, fail)
 }
 
+/// The signature families of OPA's `io.jwt.verify_*` with a certificate argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// RSASSA-PKCS1-v1_5 (`RS*`).
+    Rs,
+    /// RSASSA-PSS, the salt's length read from the signature (`PS*`).
+    Ps,
+    /// ECDSA, the signature's two halves `r` and `s` (`ES*`).
+    Es,
+    /// Ed25519 over the signed text itself (`EdDSA`).
+    EdDsa,
+}
+
+/// OPA's verifier of `family` (`verifyES`, `verifyEd25519`, `builtinJWTVerifyRSA`'s) with the
+/// builtin's hash, whatever the header's `alg`: a key of another type does not verify.
+fn builtin_verifier(
+    family: Family,
+    hash: Hash,
+    key: &PublicKey,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<bool, Error> {
+    Ok(match (family, key) {
+        (Family::Rs, PublicKey::Rsa(k)) => k.verify_pkcs1v15(hash, &hash.digest(signed), signature),
+        (Family::Ps, PublicKey::Rsa(k)) => {
+            k.verify_pss(hash, &hash.digest(signed), signature, None)
+        }
+        (Family::Es, PublicKey::Ec(k)) => {
+            let n = signature.len() / 2;
+            k.verify(&hash.digest(signed), &signature[..n], &signature[n..])
+        }
+        (Family::Es, PublicKey::Unsupported(e)) => return Err(Error::Hard(e.clone())),
+        (Family::EdDsa, PublicKey::Ed25519(k)) => signatures::verify_ed25519(k, signed, signature),
+        _ => false,
+    })
+}
+
+/// jwx's `jwsbb.Verify(key, alg, signed, signature)` (lestrrat-go/dsig underneath), as
+/// `decode_verify` calls it: the hash and scheme are the header's `alg`'s; PSS salts are as long
+/// as the hash; an ECDSA signature is exactly twice the key's curve size; an HMAC key is a JWK
+/// `oct` key, not empty. Any other `alg`, or a key of another type, does not verify.
+fn jws_verify(key: &PublicKey, alg: &str, signed: &[u8], signature: &[u8]) -> Result<bool, Error> {
+    let hash = match alg.get(2..) {
+        Some("256") => Hash::Sha256,
+        Some("384") => Hash::Sha384,
+        Some("512") => Hash::Sha512,
+        _ => Hash::Md5,
+    };
+    Ok(match (alg, key) {
+        ("HS256" | "HS384" | "HS512", PublicKey::Oct(k)) => {
+            !k.is_empty() && equal(signature, &hash.hmac(k, signed))
+        }
+        ("RS256" | "RS384" | "RS512", PublicKey::Rsa(k)) => {
+            k.verify_pkcs1v15(hash, &hash.digest(signed), signature)
+        }
+        ("PS256" | "PS384" | "PS512", PublicKey::Rsa(k)) => {
+            let salt = hash.digest(b"").len();
+            k.verify_pss(hash, &hash.digest(signed), signature, Some(salt))
+        }
+        ("ES256" | "ES384" | "ES512", PublicKey::Ec(k)) => {
+            let size = k.size();
+            signature.len() == 2 * size
+                && k.verify(&hash.digest(signed), &signature[..size], &signature[size..])
+        }
+        ("ES256" | "ES384" | "ES512", PublicKey::Unsupported(e)) => {
+            return Err(Error::Hard(e.clone()));
+        }
+        ("EdDSA", PublicKey::Ed25519(k)) => signatures::verify_ed25519(k, signed, signature),
+        // RFC 9864's `Ed25519`, which the newest jwx verifies as `EdDSA` and older ones refuse.
+        ("Ed25519", PublicKey::Ed25519(_)) => {
+            return Err(Error::Hard(
+                "the JWS algorithm Ed25519 is verified by some versions of OPA's jwx and not by \
+                 others; Gantry does not verify it"
+                    .into(),
+            ));
+        }
+        _ => false,
+    })
+}
+
+/// OPA's choice of keys (`builtinJWTVerify`, `constraints.verify`): the key whose `kid` is the
+/// header's, alone, when there is one; else each key in turn whose `alg`, if it has one, is the
+/// header's, until one verifies.
+fn verify_with_keys(
+    keys: &[VerificationKey],
+    header: &Header,
+    mut verify: impl FnMut(&PublicKey) -> Result<bool, Error>,
+) -> Result<bool, Error> {
+    if !header.kid.is_empty()
+        && let Some(key) = keys.iter().find(|k| k.kid == header.kid)
+    {
+        return verify(&key.key);
+    }
+    for key in keys {
+        if !key.alg.is_empty() && key.alg != header.alg {
+            continue;
+        }
+        if verify(&key.key)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// OPA's `builtinJWTVerify`: the token split, the certificate argument read, the signature and
+/// header decoded (the header's `alg`, `kid`, `cty`, `typ` and `crit` checked for their types,
+/// not for validity), then the keys tried.
+fn jwt_verify(args: &[Value], family: Family, hash: Hash) -> Result<bool, Error> {
+    let Ok(jwt) = args[0].as_string() else {
+        return Err("operand 1 must be string".into());
+    };
+    let token = Token::split(jwt)?;
+    let Ok(certificate) = args[1].as_string() else {
+        return Err("operand 2 must be string".into());
+    };
+    let keys = keys::keys_of(certificate)?;
+    let signature = base64url(token.signature)?;
+    let header = Header::parse(&token.decoded_header()?)?;
+    let signed = token.signed();
+    verify_with_keys(&keys, &header, |key| {
+        builtin_verifier(family, hash, key, signed.as_bytes(), &signature)
+    })
+}
+
+fn verify_asymmetric(
+    name: &'static str,
+    family: Family,
+    hash: Hash,
+    fail: impl Fail,
+) -> Box<dyn regorus::Extension> {
+    Box::new(
+        move |args: Vec<Value>| match jwt_verify(&args, family, hash) {
+            Ok(b) => Ok(Value::from(b)),
+            Err(e) => e.context(name).answer(fail),
+        },
+    )
+}
+
+/// `io.jwt.verify_rs256(jwt, certificate)`: whether an RSASSA-PKCS1-v1_5 SHA-256 signature
+/// verifies under a key of the certificate argument (a PEM certificate or public key, a JWK or
+/// a JWK set).
+pub fn verify_rs256(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_rs256", Family::Rs, Hash::Sha256, fail)
+}
+
+/// `io.jwt.verify_rs384(jwt, certificate)`.
+pub fn verify_rs384(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_rs384", Family::Rs, Hash::Sha384, fail)
+}
+
+/// `io.jwt.verify_rs512(jwt, certificate)`.
+pub fn verify_rs512(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_rs512", Family::Rs, Hash::Sha512, fail)
+}
+
+/// `io.jwt.verify_ps256(jwt, certificate)`: RSASSA-PSS, a salt of any length.
+pub fn verify_ps256(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_ps256", Family::Ps, Hash::Sha256, fail)
+}
+
+/// `io.jwt.verify_ps384(jwt, certificate)`.
+pub fn verify_ps384(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_ps384", Family::Ps, Hash::Sha384, fail)
+}
+
+/// `io.jwt.verify_ps512(jwt, certificate)`.
+pub fn verify_ps512(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_ps512", Family::Ps, Hash::Sha512, fail)
+}
+
+/// `io.jwt.verify_es256(jwt, certificate)`: ECDSA with SHA-256 on the key's curve.
+pub fn verify_es256(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_es256", Family::Es, Hash::Sha256, fail)
+}
+
+/// `io.jwt.verify_es384(jwt, certificate)`.
+pub fn verify_es384(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_es384", Family::Es, Hash::Sha384, fail)
+}
+
+/// `io.jwt.verify_es512(jwt, certificate)`.
+pub fn verify_es512(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    verify_asymmetric("io.jwt.verify_es512", Family::Es, Hash::Sha512, fail)
+}
+
+/// `io.jwt.verify_eddsa(jwt, certificate)`: Ed25519.
+pub fn verify_eddsa(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    // The hash is unused: Ed25519 signs the text itself.
+    verify_asymmetric("io.jwt.verify_eddsa", Family::EdDsa, Hash::Sha512, fail)
+}
+
 /// `io.jwt.decode_verify(jwt, constraints)`: `[true, header, payload]` when the signature
 /// verifies under the `secret` and the claims meet the constraints, else `[false, {}, {}]`. The
 /// time compared with `exp` and `nbf` is the `time` constraint (nanoseconds) or, as OPA's is the
@@ -330,20 +538,24 @@ fn base64url(text: &str) -> Result<Vec<u8>, String> {
             _ => return Err(format!("illegal base64url string: {s}")),
         }
     }
-    go_base64url(s.as_bytes())
+    go_base64(s.as_bytes(), URL_ALPHABET)
 }
 
-/// Go's `base64.URLEncoding.DecodeString` (padded, not strict): `\r` and `\n` skipped
-/// anywhere, unused trailing bits ignored, an unfinished quantum or bad padding an error at the
-/// offset Go names.
-fn go_base64url(src: &[u8]) -> Result<Vec<u8>, String> {
+/// The 62nd and 63rd digits of Go's `base64.URLEncoding` and `StdEncoding`.
+const URL_ALPHABET: [u8; 2] = [b'-', b'_'];
+const STD_ALPHABET: [u8; 2] = [b'+', b'/'];
+
+/// Go's padded `base64.Encoding.DecodeString` (not strict) with the alphabet ending in
+/// `alphabet`: `\r` and `\n` skipped anywhere, unused trailing bits ignored, an unfinished
+/// quantum or bad padding an error at the offset Go names.
+fn go_base64(src: &[u8], alphabet: [u8; 2]) -> Result<Vec<u8>, String> {
     let corrupt = |at: usize| Err(format!("illegal base64 data at input byte {at}"));
     let value = |c: u8| match c {
         b'A'..=b'Z' => Some(c - b'A'),
         b'a'..=b'z' => Some(c - b'a' + 26),
         b'0'..=b'9' => Some(c - b'0' + 52),
-        b'-' => Some(62),
-        b'_' => Some(63),
+        _ if c == alphabet[0] => Some(62),
+        _ if c == alphabet[1] => Some(63),
         _ => None,
     };
     let newline = |c: u8| c == b'\n' || c == b'\r';
@@ -355,6 +567,10 @@ fn go_base64url(src: &[u8]) -> Result<Vec<u8>, String> {
         let mut last = false;
         while j < 4 {
             if si == src.len() {
+                // Only newlines since the last quantum: the end (Go's `j == 0`).
+                if j == 0 {
+                    return Ok(out);
+                }
                 // Go's `si - j`: the quantum's start, newlines aside. Padding is required.
                 return corrupt(si - j);
             }
@@ -410,6 +626,8 @@ fn go_base64url(src: &[u8]) -> Result<Vec<u8>, String> {
 #[derive(Default)]
 struct Constraints {
     secret: String,
+    /// The `cert` constraint's keys (`Some` even when a JWK set gave none).
+    keys: Option<Vec<VerificationKey>>,
     alg: String,
     iss: String,
     aud: String,
@@ -455,15 +673,11 @@ impl Constraints {
                 ))),
             };
             match &**key {
-                // OPA verifies RSA, ECDSA and EdDSA keys (PEM or JWK) here; Gantry does not
-                // yet, and a token it cannot verify must never read as verified.
-                "cert" => {
-                    return Err(Error::Hard(
-                        "cert constraint: certificate verification is not supported in Gantry \
-                         yet (use a secret)"
-                            .into(),
-                    ));
-                }
+                // OPA's error of a key it cannot read comes without the constraint's name.
+                "cert" => match v.as_string() {
+                    Ok(text) => c.keys = Some(keys::keys_of(text)?),
+                    Err(_) => return Err("cert constraint: must be a string".into()),
+                },
                 "secret" => text(&mut c.secret)?,
                 "alg" => text(&mut c.alg)?,
                 "iss" => text(&mut c.iss)?,
@@ -481,11 +695,12 @@ impl Constraints {
             let now = (now_ns)().map_err(Error::Hard)?;
             c.time = Some(time_of(&Value::from(now))?);
         }
-        // OPA's `validate`: one key; an empty secret is none.
-        if c.secret.is_empty() {
-            return Err("no key constraint".into());
+        // OPA's `validate`: one key; an empty secret is none, a `cert` with no keys is one.
+        match (c.keys.is_some(), !c.secret.is_empty()) {
+            (true, true) => Err("duplicate key constraints".into()),
+            (false, false) => Err("no key constraint".into()),
+            _ => Ok(c),
         }
-        Ok(c)
     }
 
     /// OPA's `validAudience`: the claim, or one string of it, is the `aud` constraint.
@@ -504,6 +719,7 @@ impl Constraints {
 #[derive(Default)]
 struct Header {
     alg: String,
+    kid: String,
     cty: String,
     crit: Vec<String>,
     unknown: Vec<String>,
@@ -528,7 +744,8 @@ impl Header {
             match &**key {
                 "alg" => text(&mut h.alg)?,
                 "cty" => text(&mut h.cty)?,
-                "kid" | "typ" => text(&mut ignored)?,
+                "kid" => text(&mut h.kid)?,
+                "typ" => text(&mut ignored)?,
                 "crit" => {
                     let Value::Array(items) = v else {
                         return Err("crit: must be a list".into());
@@ -576,14 +793,22 @@ fn jwt_decode_verify(jwt: &Value, constraints: &Value, now_ns: &Clock) -> Result
             return unverified();
         }
         let signature = base64url(token.signature)?;
-        // The signature under the secret: an HMAC, by the header's `alg`; any other `alg` is
-        // not verified by a secret.
-        let verified = Hash::of_alg(&parsed.alg).is_some_and(|hash| {
-            equal(
-                &signature,
-                &hash.hmac(c.secret.as_bytes(), token.signed().as_bytes()),
-            )
-        });
+        let signed = token.signed();
+        let verified = match &c.keys {
+            // OPA's `constraints.verify` with keys: the one whose `kid` is the header's, else
+            // each whose `alg` (if any) is the header's, by jwx's `jwsbb.Verify`.
+            Some(keys) => verify_with_keys(keys, &parsed, |key| {
+                jws_verify(key, &parsed.alg, signed.as_bytes(), &signature)
+            })?,
+            // The signature under the secret: an HMAC, by the header's `alg`; any other `alg`
+            // is not verified by a secret.
+            None => Hash::of_alg(&parsed.alg).is_some_and(|hash| {
+                equal(
+                    &signature,
+                    &hash.hmac(c.secret.as_bytes(), signed.as_bytes()),
+                )
+            }),
+        };
         if !verified {
             return unverified();
         }
@@ -630,3 +855,6 @@ fn jwt_decode_verify(jwt: &Value, constraints: &Value, now_ns: &Clock) -> Result
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod asymmetric_tests;

@@ -36,12 +36,32 @@ pub fn check_carried_exactly(text: &str) -> Result<(), String> {
     read(text, true).map(|_| ())
 }
 
+/// [`parse`], refusing an object that repeats a key (JWKs, which jwx's versions read
+/// differently when a member repeats).
+pub fn parse_unique(text: &str) -> Result<Value, String> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        pos: 0,
+        depth: 0,
+        only_64_bit: false,
+        unique_keys: true,
+    };
+    p.ws();
+    let v = p.value()?;
+    p.ws();
+    if p.pos != p.s.len() {
+        return Err(p.error("trailing characters"));
+    }
+    Ok(v)
+}
+
 fn read(text: &str, only_64_bit: bool) -> Result<Value, String> {
     let mut p = Parser {
         s: text.as_bytes(),
         pos: 0,
         depth: 0,
         only_64_bit,
+        unique_keys: false,
     };
     p.ws();
     let v = p.value()?;
@@ -58,6 +78,8 @@ struct Parser<'a> {
     depth: usize,
     /// Refuse numbers a 64-bit reader would change ([`check_carried_exactly`]).
     only_64_bit: bool,
+    /// Refuse a key repeated in an object ([`parse_unique`]).
+    unique_keys: bool,
 }
 
 impl Parser<'_> {
@@ -157,7 +179,9 @@ impl Parser<'_> {
             self.ws();
             let value = self.value()?;
             // A repeated key keeps its last value, as serde_json and Go's encoding/json do.
-            fields.insert(Value::from(key), value);
+            if fields.insert(Value::from(key), value).is_some() && self.unique_keys {
+                return Err(self.error("a repeated key"));
+            }
             self.ws();
             match self.peek() {
                 Some(b',') => self.pos += 1,

@@ -12,7 +12,8 @@
 //! - [`json`]: JSON text to a regorus value with exact numbers (inputs and data).
 //! - [`host_builtins`]: the clock and entropy, which the host provides (`opa_builtin*`).
 //! - [`go_builtins`]: builtins OPA takes from Go's standard library, read as Go reads them.
-//! - [`go_crypto`]: OPA's digests, HMACs and HS-signed JSON Web Tokens (`crypto.*`, `io.jwt.*`).
+//! - [`go_crypto`]: OPA's digests, HMACs and JSON Web Tokens, HMAC, RSA, ECDSA and Ed25519
+//!   signed (`crypto.*`, `io.jwt.*`).
 //! - [`go_regex`]: Go's regular expressions (OPA's `regex.*`) on Rust's `regex` crate.
 //! - [`go_glob`]: gobwas/glob's globs (OPA's `glob.match`) on Rust's `regex` crate.
 //! - [`go_fmt`]: Go's `fmt.Sprintf` (OPA's `sprintf`), width, precision and error markers included.
