@@ -79,8 +79,8 @@ fn selected() -> Vec<Named> {
 /// Runs one case on both engines.
 fn run_case(loader: &gantry::policy::decide::PolicyLoader, named: &Named) -> CaseRun {
     let expected = outcome::expected(&named.case);
-    let interpreter_got = oracle::run(named);
-    let decision_got = decision::run(loader, named);
+    let interpreter_got = unpanicked(|| oracle::run(named));
+    let decision_got = unpanicked(|| decision::run(loader, named));
     CaseRun {
         id: named.id.clone(),
         topic: named.topic().to_string(),
@@ -90,6 +90,19 @@ fn run_case(loader: &gantry::policy::decide::PolicyLoader, named: &Named) -> Cas
         interpreter_got,
         decision_got,
     }
+}
+
+/// `run`'s outcome, or an error naming the panic that ended it: one case's panic (regorus's
+/// `strings.count` with an empty substring panicked) must not end the run of every other case.
+fn unpanicked(run: impl FnOnce() -> outcome::Got) -> outcome::Got {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        outcome::Got::Error(format!("panicked: {what}"))
+    })
 }
 
 /// Every selected case on both engines, on [`THREADS`] threads sharing one host's loader (the

@@ -1399,7 +1399,9 @@ impl Engine {
         query_module.num_expressions = parser.num_expressions();
         query_module.num_queries = parser.num_queries();
         query_module.num_statements = parser.num_statements();
-        let query_schedule = Analyzer::new().analyze_query_snippet(&self.modules, &query_node)?;
+        let query_schedule = Analyzer::new()
+            .with_extension_arities(self.interpreter.extension_arities())
+            .analyze_query_snippet(&self.modules, &query_node)?;
 
         // Populate loop hoisting for the query snippet
         // Query snippets are treated as if they're in a module appended at the end (same as analyzer)
@@ -1468,7 +1470,8 @@ impl Engine {
         // if the data/policies have changed or the interpreter has never been prepared
         if !self.prepared {
             // Analyze the modules and determine how statements must be scheduled.
-            let analyzer = Analyzer::new();
+            let analyzer =
+                Analyzer::new().with_extension_arities(self.interpreter.extension_arities());
             let schedule = Rc::new(analyzer.analyze(&self.modules)?);
 
             self.interpreter

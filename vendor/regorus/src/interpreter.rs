@@ -22,7 +22,7 @@ use crate::utils::*;
 #[cfg(not(feature = "std"))]
 use crate::utils::{
     append_path_component, append_path_value_component, format_path_components, format_string_path,
-    get_extra_arg, get_path_string, get_root_var, get_rule_path_components,
+    get_extra_arg_with_extensions, get_path_string, get_root_var, get_rule_path_components,
     split_canonical_path_root, FunctionTable, PathComponent,
 };
 use crate::value::*;
@@ -499,6 +499,12 @@ impl Interpreter {
         }
 
         if let Expr::Call { params, .. } = Self::loop_assignment_expr(loop_info).as_ref() {
+            // Gantry: `walk(x)` (one operand) has no output parameter: as OPA's relation, the
+            // call's value is each [path, value] pair in turn (`[p, v] := walk(x)`); its last
+            // parameter is the operand, not an output to destructure into.
+            if params.len() < 2 {
+                return Ok(Some(DestructuringPlan::Ignore));
+            }
             if let Some(last_param) = params.last() {
                 let module_idx = self.current_module_index;
                 let expr_idx = last_param.as_ref().eidx();
@@ -1187,10 +1193,11 @@ impl Interpreter {
                         expr,
                         fcn,
                         params,
-                        get_extra_arg(
+                        get_extra_arg_with_extensions(
                             expr,
                             Some(self.current_module_path.as_str()),
                             &self.compiled_policy.functions,
+                            &|path| self.extensions.get(path).map(|(n, _)| *n),
                         ),
                         true,
                     )?,
@@ -1232,10 +1239,11 @@ impl Interpreter {
                         expr,
                         fcn,
                         params,
-                        get_extra_arg(
+                        get_extra_arg_with_extensions(
                             expr,
                             Some(self.current_module_path.as_str()),
                             &self.compiled_policy.functions,
+                            &|path| self.extensions.get(path).map(|(n, _)| *n),
                         ),
                         false,
                     )?,
@@ -1633,10 +1641,11 @@ impl Interpreter {
             } = collection_expr.as_ref()
             {
                 // Handle walk(obj, output_param)
-                let extra_arg = get_extra_arg(
+                let extra_arg = get_extra_arg_with_extensions(
                     &collection_expr,
                     Some(self.current_module_path.as_str()),
                     &self.compiled_policy.functions,
+                    &|path| self.extensions.get(path).map(|(n, _)| *n),
                 );
                 // If there is an extra arg, ignore it while computing the loop value.
                 let params_slice: &[ExprRef] = if extra_arg.is_some() {
@@ -4662,6 +4671,14 @@ impl Interpreter {
             self.clear_rule_registrations();
         }
         result
+    }
+
+    /// Gantry: each extension's name and arity, for the analyzer.
+    pub fn extension_arities(&self) -> BTreeMap<String, u8> {
+        self.extensions
+            .iter()
+            .map(|(name, (n, _))| (name.clone(), *n))
+            .collect()
     }
 
     pub fn add_extension(

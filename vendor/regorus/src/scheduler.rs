@@ -239,6 +239,8 @@ pub struct Analyzer {
     functions: FunctionTable,
     current_module_path: String,
     current_module_index: u32,
+    // Gantry: the engine's extensions' arities (see `utils::get_extra_arg_with_extensions`).
+    extension_arities: BTreeMap<String, u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,7 +263,14 @@ impl Analyzer {
             functions: FunctionTable::new(),
             current_module_path: String::default(),
             current_module_index: 0,
+            extension_arities: BTreeMap::new(),
         }
+    }
+
+    /// Gantry: the analyzer for an engine with these extensions (name, arity).
+    pub fn with_extension_arities(mut self, arities: BTreeMap<String, u8>) -> Analyzer {
+        self.extension_arities = arities;
+        self
     }
 
     pub fn analyze(mut self, modules: &[Ref<Module>]) -> Result<Schedule> {
@@ -530,10 +539,12 @@ impl Analyzer {
                         gather_input_vars(expr, &self.scopes, scope)?;
                         gather_loop_vars(expr, &self.scopes, scope)?;
 
-                        let extra_arg = get_extra_arg(
+                        let arities = &self.extension_arities;
+                        let extra_arg = get_extra_arg_with_extensions(
                             expr,
                             Some(self.current_module_path.as_str()),
                             &self.functions,
+                            &|path| arities.get(path).copied(),
                         );
                         if let Some(ea) = extra_arg {
                             gather_vars(&ea, false, &self.scopes, scope)?;
@@ -1037,10 +1048,12 @@ impl Analyzer {
                     // TODO: vars in compr
                 }
                 Literal::Expr { expr, .. } => {
-                    let extra_arg = get_extra_arg(
+                    let arities = &self.extension_arities;
+                    let extra_arg = get_extra_arg_with_extensions(
                         expr,
                         Some(self.current_module_path.as_str()),
                         &self.functions,
+                        &|path| arities.get(path).copied(),
                     );
                     if let Some(ref ea) = extra_arg {
                         // Gather vars that are being bound

@@ -188,6 +188,7 @@ fn get_extra_arg_impl(
     expr: &Expr,
     module: Option<&str>,
     functions: &FunctionTable,
+    extension_arity: &dyn Fn(&str) -> Option<u8>,
 ) -> Result<Option<Ref<Expr>>> {
     if let Expr::Call { fcn, params, .. } = expr {
         let full_path = get_path_string(fcn, module)?;
@@ -199,6 +200,8 @@ fn get_extra_arg_impl(
                 *n_args
             } else if let Some((_, n_args)) = BUILTINS.get(path.as_str()) {
                 *n_args
+            } else if let Some(n_args) = extension_arity(path.as_str()) {
+                n_args
             } else {
                 return Ok(None);
             }
@@ -215,7 +218,19 @@ pub fn get_extra_arg(
     module: Option<&str>,
     functions: &FunctionTable,
 ) -> Option<Ref<Expr>> {
-    get_extra_arg_impl(expr, module, functions).unwrap_or_default()
+    get_extra_arg_impl(expr, module, functions, &|_| None).unwrap_or_default()
+}
+
+/// Gantry: [`get_extra_arg`] that also knows the engine's extensions' arities, so an extension
+/// called with its output as a last argument (`net.cidr_merge(xs, x)`, OPA's form for every
+/// builtin) binds it; without them `x` was read as an operand ("var x is unsafe").
+pub fn get_extra_arg_with_extensions(
+    expr: &Expr,
+    module: Option<&str>,
+    functions: &FunctionTable,
+    extension_arity: &dyn Fn(&str) -> Option<u8>,
+) -> Option<Ref<Expr>> {
+    get_extra_arg_impl(expr, module, functions, extension_arity).unwrap_or_default()
 }
 
 pub fn gather_functions(modules: &[Ref<Module>]) -> Result<FunctionTable> {
