@@ -193,6 +193,12 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         Err(_) => fail("yaml.unmarshal: operand 1 must be string".into()),
     };
     add(engine, "strings.count", 2, Box::new(count))?;
+    add(
+        engine,
+        "strings.replace_n",
+        2,
+        crate::go_strings::replace_n(fail),
+    )?;
     add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))?;
     // JSON text read as the engine reads inputs: integers exact (regorus's reader made a
     // 25-digit serial its f64 neighbour), `1e400` a number as in Go.
@@ -604,10 +610,10 @@ fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
     }
     let seconds =
         days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    seconds
-        .checked_mul(1_000_000_000)
-        .and_then(|ns| ns.checked_add(nanos))
-        .ok_or("outside the nanoseconds an int64 holds")
+    // In i128: the earliest instant an int64 holds has seconds that alone overflow it
+    // (`1677-09-21T00:12:43.145224192Z` is i64::MIN, found by OPA's own cases).
+    i64::try_from(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
+        .map_err(|_| "outside the nanoseconds an int64 holds")
 }
 
 /// The number decimal text `j` (from [`go_decimal`], within an f64's range) means, exact. A zero

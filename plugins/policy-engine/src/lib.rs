@@ -28,6 +28,7 @@ pub mod go_fmt;
 pub mod go_glob;
 pub mod go_net;
 pub mod go_regex;
+pub mod go_strings;
 pub mod go_units;
 pub mod host_builtins;
 pub mod json;

@@ -43,7 +43,15 @@ fn rfc3339_is_read_as_go_reads_it() {
         rfc3339_ns("2000-01-01T00:00:00-00:30"),
         Ok(946_686_600_000_000_000)
     );
+    // The ends of what an int64 of nanoseconds holds (OPA's own case): the earliest overflowed.
+    assert_eq!(
+        rfc3339_ns("1677-09-21T00:12:43.145224192-00:00"),
+        Ok(i64::MIN)
+    );
+    assert_eq!(rfc3339_ns("2262-04-11T23:47:16.854775807Z"), Ok(i64::MAX));
     for bad in [
+        "1677-09-21T00:12:43.145224191Z",
+        "2262-04-11T23:47:16.854775808Z",
         "2030-01-01 00:00:00Z",
         "2024-01-01t00:00:00z",
         "2024-01-01T00:00:00z",

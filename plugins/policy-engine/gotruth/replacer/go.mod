@@ -1,0 +1,3 @@
+module gantry/replacertruth
+
+go 1.19
