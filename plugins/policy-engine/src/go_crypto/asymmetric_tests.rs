@@ -369,6 +369,21 @@ fn what_gantry_cannot_verify_fails_the_evaluation_in_either_mode() {
     let many = alloc::format!(r#"{{"keys": [{}]}}"#, [RSA_JWK; 65].join(","));
     hard(verify_rs256, RS256, &many);
     hard(verify_rs256, RS256, &" ".repeat(513 * 1024));
+    // Five 16,384-bit keys tried (their exponent even: Go refuses them before any arithmetic)
+    // are past one call's bound on verification work; four are within it.
+    let big = alloc::format!(
+        r#"{{"kty":"RSA","e":"Ag","n":"{}"}}"#,
+        "_".repeat(2730) + "8"
+    );
+    assert!(keys_of(&big).is_ok());
+    let set = |n: usize| {
+        alloc::format!(
+            r#"{{"keys": [{}]}}"#,
+            alloc::vec![big.as_str(); n].join(",")
+        )
+    };
+    assert!(!verifies(verify_rs256, RS256, &set(4)));
+    hard(verify_rs256, RS256, &set(5));
     // OPA's own errors stay the mode's: undefined when not strict.
     let mut f = verify_rs256(lenient);
     let got = f(alloc::vec![Value::from(RS256), Value::from("not a key")]).unwrap();
@@ -480,4 +495,25 @@ fn decode_verify_with_a_cert_checks_the_signature_and_the_claims() {
         decode_verified(ES256_P224, &cert(P224_PEM)),
         Err(Error::Hard(_))
     ));
+}
+
+// Another RSA key's certificates (Python's `cryptography`): one with basic constraints, key
+// usage, a subject alternative name and key identifier; one whose key usage is a NULL.
+const EXT_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIC/zCCAeegAwIBAgIBBzANBgkqhkiG9w0BAQsFADAVMRMwEQYDVQQDDApnYW50\ncnktZXh0MB4XDTI0MDEwMTAwMDAwMFoXDTM0MDEwMTAwMDAwMFowFTETMBEGA1UE\nAwwKZ2FudHJ5LWV4dDCCASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBALtF\n1qCY6+2GUTaFE5OHnreAUd6CF1QkPbIkRCLlMJ17QKyNavjK9obeZNzAkDC+CMDs\nZVTY9IIWc0JFEPWHhSe6IVr95tKmAGt5JFR9dQ0o00MzA+Od8TuXH1vLbqHK+3Xt\n5Mnxo+S53M/1e5iYHitD4iYxnw+m2ZOj0S43umj3/V+xNGUoPliKKLsPi41Fwk1l\nK+EOKZo8vXej6IMVVZC/+kuwprAksLMuKjkhopvT5nTEqObTKBXnCQ62P182Vpgp\nvdS59Q2QHPnPeouqYngnfOMXt/GHkVwNEEXzKkoqUrVX81Yf0R0IezolGJcUphB6\nIM/nVXBDMvxIh4f6cmcCAwEAAaNaMFgwDAYDVR0TAQH/BAIwADAOBgNVHQ8BAf8E\nBAMCB4AwGQYDVR0RBBIwEIIOZ2FudHJ5LmV4YW1wbGUwHQYDVR0OBBYEFBFu2Ywh\nr9JOQpE83DjKvRVd6pyAMA0GCSqGSIb3DQEBCwUAA4IBAQAP0W8OKmql6Niy6ukY\nOxpm8xMIYD4vOPLTP+U3O8Ul0LH6Ze4Vz6DsW4y7lV2QARdaEucT30nEsKVv14AL\n71vcrH6liCIkid3PXLaspB0WhHxayX0CmB/KtiPkW9BC+b8jXqt/1sI1iMK3V+AW\nbWwjqswSjL+pX4RIe/1x2g9sjC7nptkorGvu/HlLiteHqk1W+DJu+yr7pmAWlN6K\nPE+opIqtrRc5+U/zgd4KRbm/HJ/SW448h/qhv7blXPPGbAsIY1AdM+uGDQZyxzrh\np/JT8QFVKngIgTq/2jWVywMafiZWudFKg1OinWryYdVHppSLtFLgu4Ibcyg+deda\nAsPY\n-----END CERTIFICATE-----\n";
+const BAD_KEY_USAGE_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIICtTCCAZ2gAwIBAgIBBzANBgkqhkiG9w0BAQsFADAVMRMwEQYDVQQDDApnYW50\ncnktZXh0MB4XDTI0MDEwMTAwMDAwMFoXDTM0MDEwMTAwMDAwMFowFTETMBEGA1UE\nAwwKZ2FudHJ5LWV4dDCCASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBALtF\n1qCY6+2GUTaFE5OHnreAUd6CF1QkPbIkRCLlMJ17QKyNavjK9obeZNzAkDC+CMDs\nZVTY9IIWc0JFEPWHhSe6IVr95tKmAGt5JFR9dQ0o00MzA+Od8TuXH1vLbqHK+3Xt\n5Mnxo+S53M/1e5iYHitD4iYxnw+m2ZOj0S43umj3/V+xNGUoPliKKLsPi41Fwk1l\nK+EOKZo8vXej6IMVVZC/+kuwprAksLMuKjkhopvT5nTEqObTKBXnCQ62P182Vpgp\nvdS59Q2QHPnPeouqYngnfOMXt/GHkVwNEEXzKkoqUrVX81Yf0R0IezolGJcUphB6\nIM/nVXBDMvxIh4f6cmcCAwEAAaMQMA4wDAYDVR0PAQH/BAIFADANBgkqhkiG9w0B\nAQsFAAOCAQEAAlG2xuJq1d5MTLcpj5rlmKVdBtBpJDVR1HrXLzV6ARyhgI/H+CDB\nI3a1YrSesBiENQvqsD8w9rEIG0o9pS7OZ9lvMAOPv8afgadFqVfjiDS0B5Z/zg6Y\n91HA+WZBuMsqny6eYbidSuVeUckGC2F+rdfR/tsR7KtqDqi/BBbwvGo9HmUTewfM\nWJKmoiw8IzApDkChDX4BZxZFK18B+NNG4fMZsFhIaezoefSR8oMtol9h0tuUDz1r\nC5T/BIcRIaFu0WEU5HFbwlUdjeK5OH7EZHtsDa2+vJj+0MAj/NSjLChBrxB8sZTQ\nMf2KYmp+VHBnNiBRdvYHzd3iFLoGdVVKMw==\n-----END CERTIFICATE-----\n";
+const RS256_EXT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJleHQifQ.Kbym4F2ge3w9YFQCvi4SvWN6KVfPvxd_691RLqEjv_fnEoZ2QgoAmaxhdEWFl_I9fuIuvfSHoMpg5a7SfBLiRn4az3M4M_Yj-wspUlOfK6feo1C4sGFBWAML21k39zNpUdYdyeUjB47RIRha6w9HKCLNQfb5qZ0t0E5n0Kaq9QYrvDEyEkWtk2wlIshwIYmoq87-xr6KkmyH_cBjaWEaBCn_YbCMkboZ38vuGFM6NoNkqyyiBoiCi14YKmrHza1_NaBiM-934RqDYcdaoEhUBduZ80xeeV9XasS7D6DnEHkPBanGvWKlqK3SAQaXnxicnnKR3Q55xhJpaPwKR5e01g";
+
+/// Go parses a certificate's known extensions and refuses one that does not parse: a key usage
+/// that is no bit string fails here too (hard: the x509-cert crate's reading is not Go's).
+#[test]
+fn certificate_extensions_go_refuses_fail_the_evaluation() {
+    assert!(verifies(verify_rs256, RS256_EXT, EXT_CERT));
+    assert!(!verifies(verify_rs256, RS256, EXT_CERT));
+    let mut f = verify_rs256(lenient);
+    let got = f(alloc::vec![
+        Value::from(RS256_EXT),
+        Value::from(BAD_KEY_USAGE_CERT)
+    ]);
+    let e = got.unwrap_err().to_string();
+    assert!(e.contains("certificate extension 2.5.29.15"), "{e}");
 }

@@ -445,6 +445,13 @@ fn certificate_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
                 return Err("x509: certificate contains duplicate extensions".into());
             }
         }
+        // Go parses these extensions and refuses the certificate when one does not parse.
+        if let Some(e) = extensions.iter().find(|e| !extension_readable(e)) {
+            return Err(hard(&format!(
+                "a certificate extension {} that the x509-cert crate refuses",
+                e.extn_id
+            )));
+        }
     }
     let info = &tbs.subject_public_key_info;
     let oid = info.algorithm.oid.as_bytes();
@@ -459,6 +466,42 @@ fn certificate_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
         .map_err(|e| hard(&format!("a certificate key the spki crate refuses ({e})")))?;
     let (params, key) = spki_parts(&info)?;
     parse_public_key(oid, &params, &key)
+}
+
+/// Whether an extension Go's `processExtensions` reads decodes (by the x509-cert crate's types):
+/// where one does not, Go may refuse the certificate, so Gantry does not use its key.
+fn extension_readable(e: &x509_cert::ext::Extension) -> bool {
+    use der::Decode;
+    use der::oid::AssociatedOid;
+    use x509_cert::ext::pkix::{
+        AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies,
+        CrlDistributionPoints, ExtendedKeyUsage, InhibitAnyPolicy, KeyUsage, NameConstraints,
+        PolicyConstraints, PolicyMappings, SubjectAltName, SubjectKeyIdentifier,
+    };
+    let value = e.extn_value.as_bytes();
+    macro_rules! decodes {
+        ($($t:ty),*) => {
+            $(if e.extn_id == <$t>::OID {
+                return <$t>::from_der(value).is_ok();
+            })*
+        };
+    }
+    decodes!(
+        KeyUsage,
+        BasicConstraints,
+        SubjectAltName,
+        NameConstraints,
+        CrlDistributionPoints,
+        AuthorityKeyIdentifier,
+        ExtendedKeyUsage,
+        SubjectKeyIdentifier,
+        CertificatePolicies,
+        AuthorityInfoAccessSyntax,
+        PolicyConstraints,
+        PolicyMappings,
+        InhibitAnyPolicy
+    );
+    true
 }
 
 // --- JWK ---

@@ -31,6 +31,17 @@ pub(super) enum PublicKey {
     Unsupported(alloc::string::String),
 }
 
+impl PublicKey {
+    /// What checking a signature under the key costs, in units of a 1,024-bit RSA verification
+    /// (the modulus's size squared); a curve's check is about one.
+    pub(super) fn cost(&self) -> usize {
+        match self {
+            PublicKey::Rsa(k) => k.n.bits().div_ceil(1024).pow(2),
+            _ => 1,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct RsaKey {
     pub(super) n: BigUint,
