@@ -56,6 +56,8 @@ pub const ADDED: &[(&str, u8)] = &[
     ("io.jwt.verify_es512", 2),
     ("io.jwt.verify_eddsa", 2),
     ("io.jwt.decode_verify", 2),
+    ("strings.split_n", 3),
+    ("array.flatten", 1),
 ];
 
 /// The arity of `name` when it is one of [`ADDED`].
@@ -280,6 +282,8 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
             "io.jwt.verify_es512" => go_crypto::verify_es512(fail),
             "io.jwt.verify_eddsa" => go_crypto::verify_eddsa(fail),
             "io.jwt.decode_verify" => go_crypto::decode_verify(fail, now_ns.clone()),
+            "strings.split_n" => crate::go_strings::split_n(fail),
+            "array.flatten" => crate::go_strings::flatten(fail),
             _ => return Err(format!("{name}: listed as added, and not written")),
         };
         add(engine, name, *n, f)?;

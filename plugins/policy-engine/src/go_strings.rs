@@ -1,4 +1,8 @@
-//! OPA's `strings.replace_n`, after its `v1/topdown/strings.go`: the pattern object's keys in
+//! OPA's `strings.split_n` and `array.flatten` (newer than regorus 0.14.1: a policy calling them
+//! was refused at build), and `strings.replace_n`, after OPA's `v1/topdown/strings.go` and
+//! `array.go`.
+//!
+//! `strings.replace_n`: the pattern object's keys in
 //! order (`ast.Compare`: bytewise), handed to Go's `strings.NewReplacer`, whose `Replace` scans
 //! the string once. Found by running OPA's own cases: regorus replaced one key after another
 //! over the whole string, so a replacement was replaced again (`{"a": "b", "b": "a"}` made
@@ -49,6 +53,81 @@ pub fn replace_n(fail: impl Fail) -> Box<dyn regorus::Extension> {
             Err(e) => e.context(name).answer(fail),
         }
     })
+}
+
+/// `strings.split_n(text, delimiter, n)`: the first `n` parts of Go's `strings.Split` (`n` >=
+/// 0), or the last `-n` (`n` < 0); `n` must be an integer written as one.
+pub fn split_n(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    Box::new(move |args: Vec<Value>| {
+        let name = "strings.split_n";
+        let (Ok(text), Ok(delimiter)) = (args[0].as_string(), args[1].as_string()) else {
+            return fail(format!("{name}: operands 1 and 2 must be strings"));
+        };
+        let Ok(n) = args[2].as_i64() else {
+            return fail(format!(
+                "{name}: operand 3 must be integer number but got {}",
+                type_name(&args[2])
+            ));
+        };
+        let parts = go_split(text, delimiter);
+        let kept: Vec<Value> = if n >= 0 {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            parts.into_iter().take(n).map(Value::from).collect()
+        } else {
+            let n = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
+            let start = parts.len().saturating_sub(n);
+            parts.into_iter().skip(start).map(Value::from).collect()
+        };
+        Ok(Value::from(kept))
+    })
+}
+
+/// Go's `strings.Split(s, sep)`: an empty separator splits after each character (and an empty
+/// string into no parts).
+fn go_split<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
+    if sep.is_empty() {
+        return s
+            .char_indices()
+            .map(|(i, c)| &s[i..i + c.len_utf8()])
+            .collect();
+    }
+    s.split(sep).collect()
+}
+
+/// `array.flatten(arr)`: the array with each element that is an array replaced by its elements
+/// (one level).
+pub fn flatten(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    Box::new(move |args: Vec<Value>| {
+        let Value::Array(items) = &args[0] else {
+            return fail(format!(
+                "array.flatten: operand 1 must be array but got {}",
+                type_name(&args[0])
+            ));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            match item {
+                Value::Array(inner) => out.extend(inner.iter().cloned()),
+                other => out.push(other.clone()),
+            }
+        }
+        Ok(Value::from(out))
+    })
+}
+
+/// OPA's name for a value's type in an operand error.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Number(n) if n.as_i64().is_none() => "floating-point number",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Bool(_) => "boolean",
+        Value::Null => "null",
+        Value::Array(_) => "array",
+        Value::Set(_) => "set",
+        Value::Object(_) => "object",
+        Value::Undefined => "undefined",
+    }
 }
 
 /// Go's `strings.NewReplacer(old1, new1, old2, new2, ...).Replace(s)` for `pairs` in that order:
