@@ -29,6 +29,9 @@ pub fn build_and_export(target: &str, guests: &[(&str, &str)]) {
         "host/model",
         "wit",
         "tests/fixtures",
+        // The vendored regorus the policy engine module is built from (a patch there left
+        // the module stale).
+        "vendor",
         "Cargo.lock",
         // The guests' own flags (their initial memory, say).
         ".cargo/config.toml",

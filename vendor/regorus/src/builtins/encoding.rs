@@ -341,8 +341,11 @@ fn yaml_is_valid(
     let name = "yaml.is_valid";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let yaml_str = ensure_string(name, &params[0], &args[0])?;
-    Ok(Value::Bool(Value::from_yaml_str(&yaml_str).is_ok()))
+    // Gantry: OPA's `yaml.is_valid` of a value that is no string is false, not an error.
+    let Value::String(yaml_str) = &args[0] else {
+        return Ok(Value::Bool(false));
+    };
+    Ok(Value::Bool(Value::from_yaml_str(yaml_str).is_ok()))
 }
 
 #[cfg(feature = "yaml")]
