@@ -25,7 +25,7 @@ const MAX_EXPONENT: u32 = 1_000;
 
 /// Parses one JSON value (RFC 8259), surrounded by whitespace only.
 pub fn parse(text: &str) -> Result<Value, String> {
-    read(text, false)
+    read(text, false, false)
 }
 
 /// Refuses JSON holding a number a 64-bit reader cannot carry exactly: an integer beyond 64 bits,
@@ -33,35 +33,22 @@ pub fn parse(text: &str) -> Result<Value, String> {
 /// serde_json, whose numbers are 64-bit; rather than hand the policy a neighbouring value (where
 /// OPA and `policy test` see the written one), it names the number: write it as a string.
 pub fn check_carried_exactly(text: &str) -> Result<(), String> {
-    read(text, true).map(|_| ())
+    read(text, true, false).map(|_| ())
 }
 
 /// [`parse`], refusing an object that repeats a key (JWKs, which jwx's versions read
 /// differently when a member repeats).
 pub fn parse_unique(text: &str) -> Result<Value, String> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        pos: 0,
-        depth: 0,
-        only_64_bit: false,
-        unique_keys: true,
-    };
-    p.ws();
-    let v = p.value()?;
-    p.ws();
-    if p.pos != p.s.len() {
-        return Err(p.error("trailing characters"));
-    }
-    Ok(v)
+    read(text, false, true)
 }
 
-fn read(text: &str, only_64_bit: bool) -> Result<Value, String> {
+fn read(text: &str, only_64_bit: bool, unique_keys: bool) -> Result<Value, String> {
     let mut p = Parser {
         s: text.as_bytes(),
         pos: 0,
         depth: 0,
         only_64_bit,
-        unique_keys: false,
+        unique_keys,
     };
     p.ws();
     let v = p.value()?;

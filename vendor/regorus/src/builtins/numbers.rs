@@ -102,25 +102,7 @@ fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Res
         _ => (),
     }
 
-    let (incr, num_elements) = match v2.sub(&v1)?.as_i64() {
-        Some(v) if v >= 0 => (1i64, v as usize + 1),
-        Some(v) => (-1i64, (-v + 1) as usize),
-        _ => bail!(span.error("could not determine number of elements")),
-    };
-
-    let mut values = Vec::with_capacity(num_elements);
-    let mut v = v1;
-    let incr = Number::from(incr);
-    while v != v2 {
-        values.push(Value::from(v.clone()));
-        v.add_assign(&incr)?;
-        // Guard vector growth while we enumerate the range.
-        enforce_limit()?;
-    }
-    values.push(Value::from(v));
-    // Guard the last push before materializing the array.
-    enforce_limit()?;
-    Ok(Value::from_array(values))
+    generate_range(v1, &v2, &Number::from(1u64))
 }
 
 fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
@@ -142,26 +124,35 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         _ => (),
     }
 
-    if strict && (!incr.is_integer() || incr <= Number::from(0u64)) {
-        bail!(params[2].span().error("step must be a positive integer"))
+    if !incr.is_integer() || incr <= Number::from(0u64) {
+        match strict {
+            true => bail!(params[2].span().error("step must be a positive integer")),
+            // Gantry: a step of 0 divided by zero (a panic), a negative one made a capacity
+            // from a negative count; OPA's error is undefined when not strict.
+            false => return Ok(Value::Undefined),
+        }
     }
+    generate_range(v1, &v2, &incr)
+}
 
-    let (incr, num_elements) = match (v2.sub(&v1)?.as_i64(), incr.as_i64()) {
-        (Some(v), Some(incr)) if v >= 0 => (incr, v / incr + 1),
-        (Some(v), Some(incr)) => (-incr, -v / incr + 1),
-        _ => bail!(span.error("could not determine number of elements")),
-    };
-
-    let mut values = Vec::with_capacity(num_elements as usize);
-    let incr = Number::from(incr);
-    let mut v = v1;
-    while (v <= v2 && incr.is_positive()) || (v >= v2 && !incr.is_positive()) {
+/// Gantry: OPA's `generateRange`: from `from` towards `to` by `step` (down when `from > to`),
+/// every value within. Nothing is reserved from the count the operands imply (upstream reserved
+/// it whole: `numbers.range(0, 1e17)` asked the allocator for 1.6 EB before the memory guard
+/// could see a value); the guard bounds the growth. A step past 64 bits is a step (OPA's
+/// `range_step(0, 10, 99999999999999999999)` is `[0]`; upstream could not count it).
+fn generate_range(from: Number, to: &Number, step: &Number) -> Result<Value> {
+    let up = from <= *to;
+    let mut values = Vec::new();
+    let mut v = from;
+    while (up && v <= *to) || (!up && v >= *to) {
         values.push(Value::from(v.clone()));
-        v.add_assign(&incr)?;
-        // Guard vector growth as the stepped range accumulates.
+        match up {
+            true => v.add_assign(step)?,
+            false => v.sub_assign(step)?,
+        }
+        // Guard vector growth as the range accumulates.
         enforce_limit()?;
     }
-
     Ok(Value::from_array(values))
 }
 
