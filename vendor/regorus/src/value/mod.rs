@@ -82,14 +82,16 @@ pub enum Value {
     /// JSON array.
     Array(Rc<Array>),
 
+    /// An object.
+    /// Unlike JSON, keys can be any value, not just string.
+    // Gantry: before `Set`, as in OPA's order (`ast.Compare`: array < object < set); the
+    // derived `Ord` follows the declaration.
+    Object(Rc<Object>),
+
     /// A set of values.
     /// No JSON equivalent.
     /// Sets are serialized as arrays in JSON.
     Set(Rc<Set>),
-
-    /// An object.
-    /// Unlike JSON, keys can be any value, not just string.
-    Object(Rc<Object>),
 
     /// Undefined value.
     /// Used to indicate the absence of a value.
