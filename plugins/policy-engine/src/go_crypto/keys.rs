@@ -423,7 +423,9 @@ fn pkix_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
 
 /// Go's `x509.ParseCertificate`, as far as the key: the certificate's structure (the x509-cert
 /// crate's reading, a hard error where it refuses), Go's refusal of negative serial numbers
-/// (since Go 1.23) and repeated extensions, then the key as Go's `parsePublicKey` reads it (a key
+/// (since Go 1.23) and repeated extensions, the checks of `go_certificate_checks` (signature
+/// algorithms, names) and `go_extension_checks` (alternative names, name constraints): a
+/// certificate Gantry is unsure Go would parse yields no key. Then the key as Go's `parsePublicKey` reads it (a key
 /// of an algorithm Go does not know is none: it verifies nothing).
 fn certificate_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
     use der::{Decode, Encode};
@@ -439,7 +441,11 @@ fn certificate_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
     {
         return Err("x509: negative serial number".into());
     }
+    go_certificate_checks(der_bytes)?;
     if let Some(extensions) = &tbs.extensions {
+        for e in extensions.iter() {
+            go_extension_checks(e)?;
+        }
         for (i, e) in extensions.iter().enumerate() {
             if extensions[..i].iter().any(|o| o.extn_id == e.extn_id) {
                 return Err("x509: certificate contains duplicate extensions".into());
@@ -466,6 +472,326 @@ fn certificate_key(der_bytes: &[u8]) -> Result<PublicKey, Error> {
         .map_err(|e| hard(&format!("a certificate key the spki crate refuses ({e})")))?;
     let (params, key) = spki_parts(&info)?;
     parse_public_key(oid, &params, &key)
+}
+
+/// What Go's `parseCertificate` refuses in the certificate's frame and names, read as its
+/// cryptobyte reads them (the certificate already read by the x509-cert crate: a frame it reads
+/// otherwise is a hard error): the TBS signature algorithm identifier must be the outer one, byte
+/// for byte; each issuer and subject attribute value a string `parseASN1String` takes.
+fn go_certificate_checks(der_bytes: &[u8]) -> Result<(), Error> {
+    let unread = || hard("a certificate Go's parser reads otherwise than the x509-cert crate");
+    let mut der = der_bytes;
+    let Some((TAG_SEQUENCE, mut cert)) = read_element(&mut der) else {
+        return Err(unread());
+    };
+    let Some((TAG_SEQUENCE, mut tbs)) = read_element(&mut cert) else {
+        return Err(unread());
+    };
+    let Some((TAG_SEQUENCE, outer_algorithm)) = read_element(&mut cert) else {
+        return Err(unread());
+    };
+    if tbs.first() == Some(&0xa0) {
+        read_element(&mut tbs).ok_or_else(unread)?;
+    }
+    let Some((TAG_INTEGER, _)) = read_element(&mut tbs) else {
+        return Err(unread());
+    };
+    let Some((TAG_SEQUENCE, inner_algorithm)) = read_element(&mut tbs) else {
+        return Err(unread());
+    };
+    if inner_algorithm != outer_algorithm {
+        return Err("x509: inner and outer signature algorithm identifiers don't match".into());
+    }
+    let Some((TAG_SEQUENCE, issuer)) = read_element(&mut tbs) else {
+        return Err(unread());
+    };
+    go_name_checks(issuer).ok_or_else(unread)??;
+    let Some((TAG_SEQUENCE, _validity)) = read_element(&mut tbs) else {
+        return Err(unread());
+    };
+    let Some((TAG_SEQUENCE, subject)) = read_element(&mut tbs) else {
+        return Err(unread());
+    };
+    go_name_checks(subject).ok_or_else(unread)??;
+    Ok(())
+}
+
+/// Go's `parseName` over an RDNSequence's contents: `None` where its frame does not read.
+fn go_name_checks(mut name: &[u8]) -> Option<Result<(), Error>> {
+    const TAG_SET: u8 = 0x31;
+    while !name.is_empty() {
+        let Some((TAG_SET, mut set)) = read_element(&mut name) else {
+            return None;
+        };
+        while !set.is_empty() {
+            let Some((TAG_SEQUENCE, mut attribute)) = read_element(&mut set) else {
+                return None;
+            };
+            let Some((TAG_OID, _)) = read_element(&mut attribute) else {
+                return None;
+            };
+            let (tag, value) = read_element(&mut attribute)?;
+            if let Err(e) = go_asn1_string(tag, value) {
+                return Some(Err(
+                    e.context("x509: invalid RDNSequence: invalid attribute value")
+                ));
+            }
+        }
+    }
+    Some(Ok(()))
+}
+
+/// Go's `isPrintable`: PrintableString's characters, with `*` and `&`, which Go allows.
+fn go_printable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b" '()+,-./:=?*&".contains(&b)
+}
+
+/// Go's `parseASN1String`: the string types Go takes in a name, and their contents.
+fn go_asn1_string(tag: u8, value: &[u8]) -> Result<(), Error> {
+    match tag {
+        // T61String: any bytes.
+        0x14 => Ok(()),
+        0x13 if value.iter().all(|&b| go_printable(b)) => Ok(()),
+        0x13 => Err("invalid PrintableString".into()),
+        0x0c if core::str::from_utf8(value).is_ok() => Ok(()),
+        0x0c => Err("invalid UTF-8 string".into()),
+        0x1e if !value.len().is_multiple_of(2) => Err("invalid BMPString".into()),
+        0x1e => {
+            // Newer Go refuses surrogates and noncharacters, older Go decodes them: not read.
+            let unsure = value.chunks(2).any(|c| {
+                let point = u16::from_be_bytes([c[0], c[1]]);
+                point == 0xfffe
+                    || point == 0xffff
+                    || (0xfdd0..=0xfdef).contains(&point)
+                    || (0xd800..=0xdfff).contains(&point)
+            });
+            if unsure {
+                Err(hard("a BMPString of surrogates or noncharacters"))
+            } else {
+                Ok(())
+            }
+        }
+        0x16 if value.is_ascii() => Ok(()),
+        0x16 => Err("invalid IA5String".into()),
+        0x12 if value.iter().all(|&b| b.is_ascii_digit() || b == b' ') => Ok(()),
+        0x12 => Err("invalid NumericString".into()),
+        _ => Err(format!("unsupported string type: {tag}").into()),
+    }
+}
+
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+const OID_NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
+
+/// Go's checks of a subject alternative name (`parseSANExtension`) or name constraints
+/// (`parseNameConstraintsExtension`) extension past their structure: an IP address of 4 or 16
+/// bytes, a URI Go's `url.Parse` surely takes (one it might refuse is a hard error), constraints
+/// not empty, an IP constraint of 8 or 32 bytes with a valid mask, and constraint names as Go
+/// reads them (hard where Gantry is unsure).
+fn go_extension_checks(e: &x509_cert::ext::Extension) -> Result<(), Error> {
+    let unread = || {
+        hard(&format!(
+            "a certificate extension {} Go's parser reads otherwise than the x509-cert crate",
+            e.extn_id
+        ))
+    };
+    let mut value = e.extn_value.as_bytes();
+    match e.extn_id.as_bytes() {
+        OID_SUBJECT_ALT_NAME => {
+            let Some((TAG_SEQUENCE, mut names)) = read_element(&mut value) else {
+                return Err(unread());
+            };
+            while !names.is_empty() {
+                let (tag, data) = read_element(&mut names).ok_or_else(unread)?;
+                match tag {
+                    0x81 | 0x82 if !data.is_ascii() => {
+                        return Err(if tag == 0x81 {
+                            "x509: SAN rfc822Name is malformed".into()
+                        } else {
+                            "x509: SAN dNSName is malformed".into()
+                        });
+                    }
+                    0x86 if !data.is_ascii() => {
+                        return Err("x509: SAN uniformResourceIdentifier is malformed".into());
+                    }
+                    0x86 => {
+                        // Printable ASCII: checked by `is_ascii` above.
+                        let uri = core::str::from_utf8(data).map_err(|_| unread())?;
+                        if !go_surely_parses_uri(uri) {
+                            return Err(hard(&format!(
+                                "a certificate URI {uri:?} Go's url.Parse might refuse"
+                            )));
+                        }
+                    }
+                    0x87 if data.len() != 4 && data.len() != 16 => {
+                        return Err(format!(
+                            "x509: cannot parse IP address of length {}",
+                            data.len()
+                        )
+                        .into());
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        OID_NAME_CONSTRAINTS => {
+            let Some((TAG_SEQUENCE, mut top)) = read_element(&mut value) else {
+                return Err(unread());
+            };
+            if !value.is_empty() {
+                return Err(unread());
+            }
+            let mut permitted = None;
+            let mut excluded = None;
+            if top.first() == Some(&0xa0) {
+                permitted = Some(read_element(&mut top).ok_or_else(unread)?.1);
+            }
+            if top.first() == Some(&0xa1) {
+                excluded = Some(read_element(&mut top).ok_or_else(unread)?.1);
+            }
+            if !top.is_empty() {
+                return Err(unread());
+            }
+            if permitted.unwrap_or_default().is_empty() && excluded.unwrap_or_default().is_empty() {
+                return Err("x509: empty name constraints extension".into());
+            }
+            for subtrees in [permitted, excluded].into_iter().flatten() {
+                go_subtrees_checks(subtrees).ok_or_else(unread)??;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `parseNameConstraintsExtension`'s `getValues`: `None` where its frame does not read.
+fn go_subtrees_checks(mut subtrees: &[u8]) -> Option<Result<(), Error>> {
+    while !subtrees.is_empty() {
+        let Some((TAG_SEQUENCE, mut subtree)) = read_element(&mut subtrees) else {
+            return None;
+        };
+        let (tag, value) = read_element(&mut subtree)?;
+        let checked = match tag {
+            0x81 | 0x82 | 0x86 if !value.is_ascii() => Err(
+                "x509: invalid constraint value: a name that cannot be encoded as an IA5String"
+                    .into(),
+            ),
+            0x87 if value.len() != 8 && value.len() != 32 => Err(format!(
+                "x509: IP constraint contained value of length {}",
+                value.len()
+            )
+            .into()),
+            0x87 if !go_valid_ip_mask(&value[value.len() / 2..]) => {
+                Err("x509: IP constraint contained invalid mask".into())
+            }
+            // A domain (DNS or URI constraint, a leading `.` allowed), or a mailbox or domain
+            // (email): Go's `domainToReverseLabels`, `parseRFC2821Mailbox` and `net.ParseIP`,
+            // read conservatively.
+            0x81 | 0x82 | 0x86 => {
+                let text = core::str::from_utf8(value).ok()?;
+                let sure = match tag {
+                    0x81 => match text.rsplit_once('@') {
+                        Some((local, domain)) => {
+                            simple_mailbox_local(local) && go_domain_labels(domain)
+                        }
+                        None => go_domain_labels(text.strip_prefix('.').unwrap_or(text)),
+                    },
+                    0x82 => go_domain_labels(text.strip_prefix('.').unwrap_or(text)),
+                    _ => {
+                        !text
+                            .bytes()
+                            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+                            && go_domain_labels(text.strip_prefix('.').unwrap_or(text))
+                    }
+                };
+                if sure {
+                    Ok(())
+                } else {
+                    Err(hard(&format!("a name constraint {text:?} Go might refuse")))
+                }
+            }
+            _ => Ok(()),
+        };
+        if checked.is_err() {
+            return Some(checked);
+        }
+    }
+    Some(Ok(()))
+}
+
+/// Go's `isValidIPMask`: ones, then zeros.
+fn go_valid_ip_mask(mask: &[u8]) -> bool {
+    let mut seen_zero = false;
+    for &b in mask {
+        if seen_zero {
+            if b != 0 {
+                return false;
+            }
+        } else if b != 0xff {
+            if !matches!(b, 0x00 | 0x80 | 0xc0 | 0xe0 | 0xf0 | 0xf8 | 0xfc | 0xfe) {
+                return false;
+            }
+            seen_zero = true;
+        }
+    }
+    true
+}
+
+/// Go's `domainToReverseLabels` succeeds: no empty label (none at the end either), each of
+/// characters 33 to 126. The empty domain passes.
+fn go_domain_labels(domain: &str) -> bool {
+    domain.is_empty()
+        || domain
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| (33..=126).contains(&b)))
+}
+
+/// A mailbox's local part Go's `parseRFC2821Mailbox` surely takes: dot-separated atoms.
+fn simple_mailbox_local(local: &str) -> bool {
+    const ATEXT: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+    local.split('.').all(|atom| {
+        !atom.is_empty()
+            && atom
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || ATEXT.contains(&b))
+    })
+}
+
+/// A SAN URI that Go's `url.Parse` (and x509's check of its host) surely takes, read
+/// conservatively: a scheme, then only unreserved and reserved characters other than `[`, `]`
+/// and `#` after the first, no `%`; an authority's host of non-empty labels with at most one `:`,
+/// followed by a port of digits.
+fn go_surely_parses_uri(uri: &str) -> bool {
+    const OTHER: &[u8] = b"-._~!$&'()*+,;=:@/?#";
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok
+        || !uri
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || OTHER.contains(&b))
+    {
+        return false;
+    }
+    let (rest, fragment) = rest.split_once('#').unwrap_or((rest, ""));
+    if fragment.contains('#') {
+        return false;
+    }
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let Some(authority) = rest.strip_prefix("//") else {
+        return true;
+    };
+    let authority = authority.split_once('/').map_or(authority, |(a, _)| a);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = host.split_once(':').map_or("0", |(_, p)| p);
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && go_domain_labels(host)
 }
 
 /// Whether an extension Go's `processExtensions` reads decodes (by the x509-cert crate's types):
