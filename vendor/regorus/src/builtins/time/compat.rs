@@ -137,14 +137,16 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
             return Err(ParseDurationError::InvalidDuration(orig.to_string()));
         }
 
-        // Consume unit.
-        let mut idx = 0;
-        for (i, c) in s.char_indices() {
-            if c == '.' || c.is_ascii_digit() {
-                break;
-            }
-            idx = i;
+        // Consume unit: up to the next digit or '.', as Go's loop over bytes does (Gantry:
+        // upstream sliced one byte past the last character's start, out of bounds after "5."
+        // and inside "µ" of "1µ": a panic; Go says "missing unit" / "unknown unit").
+        let end = s
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(s.len());
+        if end == 0 {
+            return Err(ParseDurationError::InvalidDuration(orig.to_string()));
         }
+        let idx = end - 1;
 
         let unit = match &s[..idx + 1] {
             "ns" => NANOSECOND,
@@ -175,7 +177,8 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
             }
         }
 
-        dur += v;
+        // Go's uint64 wraps (Gantry: a debug build panicked on the overflow).
+        dur = dur.wrapping_add(v);
         if dur > 1 << 63 {
             return Err(ParseDurationError::InvalidDuration(orig.to_string()));
         }
@@ -476,8 +479,9 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
                 token!(&literal, Space(literal));
             }
 
-            Some(_) => {
-                let literal = &self.reminder[..1];
+            Some(c) => {
+                // Gantry: the whole character (`[..1]` panicked inside a non-ASCII one).
+                let literal = &self.reminder[..c.len_utf8()];
                 token!(&literal, Literal(literal));
             }
 
@@ -488,34 +492,64 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
     }
 }
 
-// Adapted from chrono's `scan::timezone_offset_2822`:
-// https://github.com/chronotope/chrono/blob/baa55d084784e4e88b5332efe8e96af794a52e8a/src/format/scan.rs#L285-L322
-fn parse_legacy_timezone(parsed: &mut Parsed, val: &str) -> ParseResult<()> {
-    let upto = val
-        .as_bytes()
-        .iter()
-        .position(|&c| !c.is_ascii_alphabetic())
-        .unwrap_or(val.len());
-    if upto == 0 {
-        return Ok(());
+/// Gantry: the length of the zone name at the start of `value` as Go's `parseTimeZone` reads
+/// it (`UTC`, `ChST`/`MeST`, `GMT` with an optional signed hour offset up to 23, a signed offset
+/// alone, or three to five upper-case letters, four or five ending in `T`, or `WITA`).
+fn go_zone_len(value: &str) -> Option<usize> {
+    let b = value.as_bytes();
+    if b.len() < 3 {
+        return None;
     }
+    if b.starts_with(b"UTC") {
+        return Some(3);
+    }
+    if b.starts_with(b"ChST") || b.starts_with(b"MeST") {
+        return Some(4);
+    }
+    if b.starts_with(b"GMT") {
+        return Some(3 + go_signed_offset_len(&b[3..]).unwrap_or(0));
+    }
+    if b[0] == b'+' || b[0] == b'-' {
+        return go_signed_offset_len(b);
+    }
+    let upper = b.iter().take(6).take_while(|c| c.is_ascii_uppercase()).count();
+    match upper {
+        3 => Some(3),
+        4 if b[3] == b'T' || b.starts_with(b"WITA") => Some(4),
+        5 if b[4] == b'T' => Some(5),
+        _ => None,
+    }
+}
 
-    let name = &val.as_bytes()[..upto];
-    if name.eq_ignore_ascii_case(b"gmt") || name.eq_ignore_ascii_case(b"ut") {
-        parsed.set_offset(0)
-    } else if name.eq_ignore_ascii_case(b"edt") {
-        parsed.set_offset(-4 * 3600)
-    } else if name.eq_ignore_ascii_case(b"est") || name.eq_ignore_ascii_case(b"cdt") {
-        parsed.set_offset(-5 * 3600)
-    } else if name.eq_ignore_ascii_case(b"cst") || name.eq_ignore_ascii_case(b"mdt") {
-        parsed.set_offset(-6 * 3600)
-    } else if name.eq_ignore_ascii_case(b"mst") || name.eq_ignore_ascii_case(b"pdt") {
-        parsed.set_offset(-7 * 3600)
-    } else if name.eq_ignore_ascii_case(b"pst") {
-        parsed.set_offset(-8 * 3600)
-    } else {
-        Ok(())
+/// Gantry: chrono's error for `rest`: text no item takes ("trailing input"), or, when nothing
+/// is left, a value that ended where the layout wanted more ("premature end of input").
+fn go_parse_error(rest: &str) -> format::ParseError {
+    let year = iter::once(format::Item::Numeric(format::Numeric::Year, format::Pad::None));
+    let outcome = match rest.is_empty() {
+        true => format::parse(&mut Parsed::new(), rest, year),
+        false => format::parse(&mut Parsed::new(), rest, iter::empty::<format::Item>()),
+    };
+    match outcome {
+        Err(e) => e,
+        Ok(()) => unreachable!("chrono parsed a year from nothing, or text with no item"),
     }
+}
+
+/// Go's `parseSignedOffset`: a sign and an integer up to 23, its length.
+fn go_signed_offset_len(b: &[u8]) -> Option<usize> {
+    let (&sign, rest) = b.split_first()?;
+    if sign != b'+' && sign != b'-' {
+        return None;
+    }
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    // Go's leadingInt: an overflow is an error; past 23 is none.
+    let value = rest[..digits]
+        .iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+    (value <= 23).then_some(1 + digits)
 }
 
 // Parses a date in Go's time format like 'Mon Jan _2 15:04:05 2006'.
@@ -530,15 +564,26 @@ pub fn parse(layout: &str, value: &str) -> ParseResult<DateTime<FixedOffset>> {
             .take_while(|i| !matches!(i, format::Item::Fixed(Fixed::TimezoneName))),
     )?;
 
-    // The reason for splitting parsing procedure to two part is handling legacy
-    // time zone names like EDT, EST etc. They are supported by chrono but not
-    // exposed to us. As a workaround, we copied chrono's implementation to
-    // `parse_legacy_timezone` function and whenever we encounter a
-    // `Fixed::TimezoneName` we stop parsing with our regular parser,
-    // parse timezone with `parse_legacy_timezone` and then continue parsing.
-    if !remainder.is_empty() {
-        parse_legacy_timezone(&mut parsed, remainder)?;
-
+    // The parse stops at a zone name (`MST` in the layout), which chrono does not read as Go
+    // does, and goes on after it.
+    // Gantry: what is left must be a zone name Go's `parseTimeZone` reads, where the layout has
+    // one, followed by nothing or a space; else it is Go's error ("extra text", or a value that
+    // ends where the layout wants a zone). Upstream read any remainder as a zone, even where the
+    // layout has none (`2024-01-01PST` was 8 hours later than `2024-01-01`, `...Zxyz` a time).
+    // And a name does not move the instant: `time.Parse` makes an abbreviation it does not know
+    // (every one but `UTC` in a UTC process, OPA's usual) a zone of zero offset, `GMT+3`
+    // included; upstream applied EST's, PST's, ... hours.
+    let has_zone = GoTimeFormatItems::parse(layout)
+        .any(|i| matches!(i, format::Item::Fixed(Fixed::TimezoneName)));
+    if has_zone || !remainder.is_empty() {
+        let zone_ends = go_zone_len(remainder)
+            .is_some_and(|n| remainder[n..].chars().next().is_none_or(char::is_whitespace));
+        if !has_zone || !zone_ends {
+            return Err(go_parse_error(remainder));
+        }
+        if parsed.offset.is_none() {
+            parsed.set_offset(0)?;
+        }
         format::parse(
             &mut parsed,
             remainder,
