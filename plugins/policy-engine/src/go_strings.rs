@@ -10,8 +10,10 @@
 //! first; a policy normalising a name before comparing it decided on another string than OPA's.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use regorus::Value;
@@ -137,14 +139,14 @@ fn type_name(v: &Value) -> &'static str {
 /// an empty key can land inside a character, which a Rust string cannot hold: an error here,
 /// never another string.
 pub(crate) fn replace(pairs: &[(&str, &str)], s: &str) -> Result<String, GoError> {
+    let keys = KeyTrie::new(pairs);
     let bytes = s.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let (mut i, mut last, mut previous_empty) = (0, 0, false);
     while i <= bytes.len() {
-        let rest = &bytes[i..];
-        let found = pairs
-            .iter()
-            .find(|(k, _)| rest.starts_with(k.as_bytes()) && !(previous_empty && k.is_empty()));
+        let found = keys
+            .first_match(&bytes[i..], !previous_empty)
+            .map(|p| pairs[p]);
         previous_empty = found.is_some_and(|(k, _)| k.is_empty());
         match found {
             Some((k, v)) => {
@@ -169,6 +171,53 @@ pub(crate) fn replace(pairs: &[(&str, &str)], s: &str) -> Result<String, GoError
                 .into(),
         )
     })
+}
+
+/// The keys as a trie of their bytes (Go's generic replacer's lookup): the first key in order
+/// that starts a text is found by walking the text once, in time its longest key bounds, not
+/// by trying every key at every byte.
+struct KeyTrie {
+    /// Each node's children by byte, and the first pair whose key ends there.
+    nodes: Vec<(BTreeMap<u8, usize>, Option<usize>)>,
+}
+
+impl KeyTrie {
+    fn new(pairs: &[(&str, &str)]) -> KeyTrie {
+        let mut nodes = vec![(BTreeMap::new(), None)];
+        for (p, (k, _)) in pairs.iter().enumerate() {
+            let mut node = 0;
+            for &b in k.as_bytes() {
+                node = match nodes[node].0.get(&b) {
+                    Some(&next) => next,
+                    None => {
+                        nodes.push((BTreeMap::new(), None));
+                        let next = nodes.len() - 1;
+                        nodes[node].0.insert(b, next);
+                        next
+                    }
+                };
+            }
+            nodes[node].1.get_or_insert(p);
+        }
+        KeyTrie { nodes }
+    }
+
+    /// The first pair (in `pairs`' order) whose key starts `text`; the empty key only where
+    /// `empty_allowed`.
+    fn first_match(&self, text: &[u8], empty_allowed: bool) -> Option<usize> {
+        let mut best = self.nodes[0].1.filter(|_| empty_allowed);
+        let mut node = 0;
+        for b in text {
+            let Some(&next) = self.nodes[node].0.get(b) else {
+                break;
+            };
+            node = next;
+            if let Some(p) = self.nodes[node].1 {
+                best = Some(best.map_or(p, |q| q.min(p)));
+            }
+        }
+        best
+    }
 }
 
 #[cfg(test)]

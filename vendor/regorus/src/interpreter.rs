@@ -100,6 +100,8 @@ pub struct Interpreter {
     prints: Vec<String>,
 
     extensions: Map<String, (u8, Rc<Box<dyn Extension>>)>,
+    // Gantry: the extensions' arities, kept once for every analysis (not rebuilt per query).
+    extension_arities: Rc<BTreeMap<String, u8>>,
     module: Option<Ref<Module>>,
     current_module_path: String,
     current_module_index: u32,
@@ -147,6 +149,7 @@ impl Clone for Interpreter {
             traces: self.traces.clone(),
 
             extensions: self.extensions.clone(),
+            extension_arities: self.extension_arities.clone(),
 
             #[cfg(feature = "coverage")]
             coverage: self.coverage.clone(),
@@ -245,6 +248,7 @@ impl Interpreter {
             no_rules_lookup: false,
             traces: None,
             extensions: Map::default(),
+            extension_arities: Rc::default(),
 
             #[cfg(feature = "coverage")]
             coverage: Map::default(),
@@ -293,6 +297,13 @@ impl Interpreter {
             prints: Vec::default(),
 
             extensions: compiled_policy.extensions.clone(),
+            extension_arities: Rc::new(
+                compiled_policy
+                    .extensions
+                    .iter()
+                    .map(|(name, (n, _))| (name.clone(), *n))
+                    .collect(),
+            ),
             compiled_policy: compiled_policy.clone(),
             init_data: compiled_policy
                 .data
@@ -4673,12 +4684,9 @@ impl Interpreter {
         result
     }
 
-    /// Gantry: each extension's name and arity, for the analyzer.
-    pub fn extension_arities(&self) -> BTreeMap<String, u8> {
-        self.extensions
-            .iter()
-            .map(|(name, (n, _))| (name.clone(), *n))
-            .collect()
+    /// Gantry: each extension's name and arity, for the analyzer (shared, not copied).
+    pub fn extension_arities(&self) -> Rc<BTreeMap<String, u8>> {
+        self.extension_arities.clone()
     }
 
     pub fn add_extension(
@@ -4687,8 +4695,9 @@ impl Interpreter {
         nargs: u8,
         extension: Box<dyn Extension>,
     ) -> Result<()> {
-        if let MapEntry::Vacant(v) = self.extensions.entry(path) {
+        if let MapEntry::Vacant(v) = self.extensions.entry(path.clone()) {
             v.insert((nargs, Rc::new(extension)));
+            Rc::make_mut(&mut self.extension_arities).insert(path, nargs);
             Ok(())
         } else {
             bail!("extension already added");

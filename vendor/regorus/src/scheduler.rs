@@ -240,7 +240,7 @@ pub struct Analyzer {
     current_module_path: String,
     current_module_index: u32,
     // Gantry: the engine's extensions' arities (see `utils::get_extra_arg_with_extensions`).
-    extension_arities: BTreeMap<String, u8>,
+    extension_arities: Rc<BTreeMap<String, u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,12 +263,12 @@ impl Analyzer {
             functions: FunctionTable::new(),
             current_module_path: String::default(),
             current_module_index: 0,
-            extension_arities: BTreeMap::new(),
+            extension_arities: Rc::default(),
         }
     }
 
     /// Gantry: the analyzer for an engine with these extensions (name, arity).
-    pub fn with_extension_arities(mut self, arities: BTreeMap<String, u8>) -> Analyzer {
+    pub fn with_extension_arities(mut self, arities: Rc<BTreeMap<String, u8>>) -> Analyzer {
         self.extension_arities = arities;
         self
     }

@@ -92,3 +92,44 @@ fn replace_n_is_gos_replacer_on_a_table_go_wrote() {
     }
     assert_eq!(checked, 600);
 }
+
+/// The first key in order that starts at a place, by trying every key there: the definition
+/// the trie's lookup must keep (it replaced this scan, which cost pairs x length).
+fn first_by_scan(pairs: &[(&str, &str)], text: &[u8], empty_allowed: bool) -> Option<usize> {
+    pairs
+        .iter()
+        .position(|(k, _)| text.starts_with(k.as_bytes()) && (empty_allowed || !k.is_empty()))
+}
+
+#[test]
+fn the_key_trie_finds_the_key_a_scan_of_every_key_finds() {
+    // Keys over a 3-letter alphabet (many share prefixes), texts over the same letters.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+        (0..len)
+            .map(|_| ["a", "b", "c"][next(3) as usize])
+            .collect()
+    };
+    for _ in 0..500 {
+        let mut keys: Vec<String> = (0..next(6) + 1).map(|_| word(next(4), &mut next)).collect();
+        keys.sort();
+        keys.dedup();
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x")).collect();
+        let trie = super::KeyTrie::new(&pairs);
+        let text = word(next(8), &mut next);
+        for at in 0..=text.len() {
+            for empty_allowed in [true, false] {
+                let rest = &text.as_bytes()[at..];
+                assert_eq!(
+                    trie.first_match(rest, empty_allowed),
+                    first_by_scan(&pairs, rest, empty_allowed),
+                    "keys {keys:?}, text {text:?} at {at}"
+                );
+            }
+        }
+    }
+}
