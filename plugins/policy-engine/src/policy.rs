@@ -887,6 +887,47 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
     }
 
+    /// Found by reading regorus's lexer: an error past column 65,535 of a line (Gantry reads lines
+    /// up to 1 Mi columns) panicked writing its caret (a format width past `u16`), so a policy
+    /// with a long line ended `gantry policy test` instead of naming the place.
+    #[test]
+    fn an_error_past_column_65535_is_named_not_a_panic() {
+        let rego = alloc::format!("package p\n\np := [{}@]\n", "1, ".repeat(25_000));
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/p"],
+        })
+        .to_string();
+        let Err(e) = Policy::from_json(&packed, &fixed_host()) else {
+            panic!("a policy with a syntax error built");
+        };
+        let e = e.to_string();
+        assert!(e.contains("p.rego:3:75007"), "{}", &e[..e.len().min(300)]);
+    }
+
+    /// Found by reading regorus's builtins: `bits.lsh(1, 4294967295)` asked for 512 MiB before any
+    /// bound, and a shift past 32 bits was undefined (a non-strict `deny if not ...` skipped). A
+    /// shift past Gantry's bound fails the evaluation, strict or not; below it, OPA's value.
+    #[test]
+    fn a_left_shift_past_the_bound_fails_even_a_non_strict_evaluation() {
+        let rego =
+            "package p\nimport rego.v1\ndeny contains \"small\" if bits.lsh(1, input.n) < 1024\n";
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |n: u64| {
+            let input = serde_json::json!({ "n": n }).to_string();
+            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
+        };
+        for past in [(8 << 20) + 1, 4_294_967_295, u64::MAX] {
+            let e = decide(past).unwrap_err().to_string();
+            assert!(e.contains("more than Gantry holds"), "{past}: {e}");
+        }
+        assert_eq!(decide(3).unwrap(), r#"[{"result":["small"]}]"#);
+        assert_eq!(decide(100_000).unwrap(), r#"[{"result":[]}]"#);
+    }
+
     /// Found by a review: what Go reads and Gantry cannot hold (`to_number` of `1e-100001`, of a
     /// hexadecimal float) was a builtin error, which a non-strict policy makes undefined: a
     /// `deny` OPA fires did not. It fails the evaluation whatever the mode; an error OPA has

@@ -281,12 +281,14 @@ impl Source {
 
         let line_str = format!("{line}");
         let line_num_width = line_str.len().saturating_add(1);
-        let col_spaces = usize::try_from(col).unwrap_or(0).saturating_sub(1);
+        // Gantry: the caret's indent written out, not as a format width (a width past 65,535
+        // panicked: an error past that column of a long line ended the process).
+        let col_spaces = " ".repeat(usize::try_from(col).unwrap_or(0).saturating_sub(1));
 
         format!(
             "\n--> {}:{}:{}\n{:<line_num_width$}|\n\
 		{:<line_num_width$}| {}\n\
-		{:<line_num_width$}| {:<col_spaces$}^\n\
+		{:<line_num_width$}| {}^\n\
 		{}: {}",
             self.src.file,
             line,
@@ -295,7 +297,7 @@ impl Source {
             line,
             self.line(line.saturating_sub(1)),
             "",
-            "",
+            col_spaces,
             kind,
             msg
         )

@@ -164,16 +164,6 @@ impl Number {
         }
     }
 
-    fn as_u32(&self) -> Option<u32> {
-        match self {
-            Number::UInt(v) => u32::try_from(*v).ok(),
-            Number::Int(v) => u32::try_from(*v).ok(),
-            Number::BigInt(v) => v.to_u32(),
-            // A shift written `2.0` is OPA's 2 (`bits.lsh` reads its operands with `NumberToInt`).
-            Number::Float(d) => d.to_bigint(20)?.to_u32(),
-        }
-    }
-
     fn any_float(a: &Number, b: &Number) -> bool {
         matches!(a, Number::Float(_)) || matches!(b, Number::Float(_))
     }
@@ -541,18 +531,53 @@ impl Number {
         Some(Number::from_bigint_owned(a ^ b))
     }
 
-    pub fn lsh(&self, rhs: &Self) -> Option<Number> {
-        let shift = rhs.as_u32()? as usize;
-        let mut value = self.ensure_integer()?;
-        value <<= shift;
-        Some(Number::from_bigint_owned(value))
+    /// Gantry: the most bits a left shift may make (1 MiB of integer): past it an error, before
+    /// anything is allocated (`bits.lsh(1, 4294967295)` asked for 512 MiB, a larger shift was
+    /// silently undefined).
+    pub const MAX_SHIFTED_BITS: u64 = 8 << 20;
+
+    /// Gantry: OPA's shift count, `uint(b.Uint64())`: a non-negative integer's low 64 bits.
+    fn shift_count(rhs: &Self) -> Option<u64> {
+        let b = rhs.ensure_integer()?;
+        if b.is_negative() {
+            return None;
+        }
+        Some(b.to_u64_digits().1.first().copied().unwrap_or(0))
     }
 
+    /// `self << rhs`; `Err` where the result would be past [`Self::MAX_SHIFTED_BITS`].
+    pub fn lsh(&self, rhs: &Self) -> Result<Option<Number>> {
+        let (Some(value), Some(shift)) = (self.ensure_integer(), Self::shift_count(rhs)) else {
+            return Ok(None);
+        };
+        if value.is_zero() {
+            return Ok(Some(Number::from_bigint_owned(value)));
+        }
+        let bits = shift.saturating_add(value.bits());
+        if bits > Self::MAX_SHIFTED_BITS {
+            // A limit error, so that a non-strict evaluation fails too (not undefined).
+            return Err(anyhow::Error::new(crate::LimitError::MemoryLimitExceeded {
+                usage: bits / 8,
+                limit: Self::MAX_SHIFTED_BITS / 8,
+            })
+            .context(format!(
+                "the result would be past {} bits, more than Gantry holds",
+                Self::MAX_SHIFTED_BITS
+            )));
+        }
+        Ok(Some(Number::from_bigint_owned(value << shift)))
+    }
+
+    /// `self >> rhs`, rounding down as Go's `big.Int.Rsh` (a shift past the value's bits makes
+    /// 0, or -1 of a negative value: it was undefined past 32 bits).
     pub fn rsh(&self, rhs: &Self) -> Option<Number> {
-        let shift = rhs.as_u32()? as usize;
-        let mut value = self.ensure_integer()?;
-        value >>= shift;
-        Some(Number::from_bigint_owned(value))
+        let value = self.ensure_integer()?;
+        let shift = Self::shift_count(rhs)?;
+        if shift >= value.bits() {
+            let floor = if value.is_negative() { -1 } else { 0 };
+            return Some(Number::from_bigint_owned(BigInt::from(floor)));
+        }
+        Some(Number::from_bigint_owned(value >> shift))
     }
 
     pub fn neg(&self) -> Option<Number> {

@@ -9,7 +9,8 @@ use crate::lexer::Span;
 use crate::Rc;
 use crate::Value;
 
-use anyhow::Result;
+use alloc::format;
+use anyhow::{bail, Result};
 
 pub fn register(m: &mut builtins::BuiltinsMap<&'static str, builtins::BuiltinFcn>) {
     m.insert("array.concat", (concat, 2));
@@ -36,7 +37,7 @@ fn reverse(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
     Ok(Value::Array(v1))
 }
 
-fn slice(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+fn slice(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "array.slice";
     ensure_args_count(span, name, params, args, 3)?;
 
@@ -44,22 +45,20 @@ fn slice(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     let start = ensure_numeric(name, &params[1], &args[1].clone())?;
     let stop = ensure_numeric(name, &params[2], &args[2].clone())?;
 
-    if !start.is_integer() || !stop.is_integer() {
-        return Ok(Value::Undefined);
-    }
-
-    let start = match start.as_i64() {
-        Some(n) if n < 0 => 0,
-        Some(n) => n as usize,
+    // Gantry: an index OPA's `IntOperand` refuses (`2.0`, `1e300`, past 64 bits) is its operand
+    // error under strict builtin errors (it was undefined either way).
+    let (start, stop) = match (start.as_i64(), stop.as_i64()) {
+        (Some(start), Some(stop)) => (start, stop),
+        (start, _) if strict => {
+            let (pos, param) = if start.is_none() { (2, &params[1]) } else { (3, &params[2]) };
+            bail!(param.span().error(&format!(
+                "{name}: operand {pos} must be integer number but got floating-point number"
+            )))
+        }
         _ => return Ok(Value::Undefined),
     };
-
-    let stop = match stop.as_i64() {
-        Some(n) if n < 0 => 0,
-        Some(n) if n as usize > array.len() => array.len(),
-        Some(n) => n as usize,
-        _ => return Ok(Value::Undefined),
-    };
+    let start = usize::try_from(start).unwrap_or(0);
+    let stop = usize::try_from(stop).unwrap_or(0).min(array.len());
 
     if start >= stop {
         return Ok(Value::new_array());

@@ -52,8 +52,10 @@ fn lsh(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Resul
     }
 
     Ok(match v1.lsh(&v2) {
-        Some(v) => Value::from(v),
-        _ => Value::Undefined,
+        Ok(Some(v)) => Value::from(v),
+        Ok(None) => Value::Undefined,
+        // Gantry: a bound (a limit error, which fails even a non-strict evaluation).
+        Err(e) => return Err(e),
     })
 }
 

@@ -273,6 +273,8 @@ struct GoTimeFormatItems<'a> {
     reminder: &'a str,
     queue: &'static [format::Item<'static>],
     mode: GoTimeFormatItemsMode,
+    // Gantry: whether the instant formatted is at offset zero (Go writes `Z` for `Z07` then).
+    utc: bool,
 }
 
 impl GoTimeFormatItems<'_> {
@@ -281,14 +283,16 @@ impl GoTimeFormatItems<'_> {
             reminder,
             queue: &[],
             mode: GoTimeFormatItemsMode::Parse,
+            utc: false,
         }
     }
 
-    fn format(reminder: &str) -> GoTimeFormatItems<'_> {
+    fn format(reminder: &str, utc: bool) -> GoTimeFormatItems<'_> {
         GoTimeFormatItems {
             reminder,
             queue: &[],
             mode: GoTimeFormatItemsMode::Format,
+            utc,
         }
     }
 }
@@ -328,13 +332,18 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
             // January, Jan
             Some('J') => {
                 token!("January", Fixed(LongMonthName));
-                token!("Jan", Fixed(ShortMonthName));
+                // Gantry: as Go's nextStdChunk, `Jan` before a lower-case letter is text (`Janet`).
+                if !starts_with_lower(self.reminder.get(3..)) {
+                    token!("Jan", Fixed(ShortMonthName));
+                }
             }
 
             // Monday, Mon, MST
             Some('M') => {
                 token!("Monday", Fixed(LongWeekdayName));
-                token!("Mon", Fixed(ShortWeekdayName));
+                if !starts_with_lower(self.reminder.get(3..)) {
+                    token!("Mon", Fixed(ShortWeekdayName));
+                }
                 token!("MST", Fixed(TimezoneName));
             }
 
@@ -390,7 +399,12 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
             }
 
             Some('5') => {
-                token!("5", Numeric(Numeric::Second, Pad::None), Fixed(Nanosecond));
+                // Gantry: a fraction after `5` is read when parsing (as after `05`), never
+                // written: Go's `5` formats the whole seconds only.
+                if self.mode == GoTimeFormatItemsMode::Parse {
+                    token!("5", Numeric(Numeric::Second, Pad::None), Fixed(Nanosecond));
+                }
+                token!("5", Numeric(Numeric::Second, Pad::None));
             }
 
             // PM
@@ -405,6 +419,10 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
 
             // -070000, -07:00:00, -0700, -07:00, -07
             Some('-') => {
+                // Gantry: Go writes `-070000` without colons (zones' offsets are whole minutes).
+                if self.mode == GoTimeFormatItemsMode::Format {
+                    token!("-070000", Fixed(TimezoneOffset), Literal("00"));
+                }
                 token!("-070000", Fixed(TimezoneOffsetDoubleColon));
                 token!("-07:00:00", Fixed(TimezoneOffsetDoubleColon));
 
@@ -418,13 +436,30 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
 
             // Z070000, Z07:00:00, Z0700, Z07:00, Z07
             Some('Z') => {
-                // token!("Z070000", Fixed(TimezoneOffsetDoubleColonZ));
-                // token!("Z07:00:00", Fixed(TimezoneOffsetDoubleColonZ));
+                // Gantry: the forms chrono has no `Z` item for, when formatting (Go writes
+                // `Z` at offset zero, else the offset); parsing them is still refused.
+                if self.mode == GoTimeFormatItemsMode::Format {
+                    if self.utc {
+                        token!("Z070000", Literal("Z"));
+                        token!("Z07:00:00", Literal("Z"));
+                    }
+                    token!("Z070000", Fixed(TimezoneOffset), Literal("00"));
+                    token!("Z07:00:00", Fixed(TimezoneOffsetDoubleColon));
+                }
 
                 token!("Z0700", Fixed(TimezoneOffsetZ));
                 token!("Z07:00", Fixed(TimezoneOffsetColonZ));
 
-                // token!("Z07", Fixed(TimezoneOffsetTripleColonZ));
+                if self.mode == GoTimeFormatItemsMode::Format {
+                    token!(
+                        "Z07",
+                        if self.utc {
+                            Literal("Z")
+                        } else {
+                            Fixed(TimezoneOffsetTripleColon)
+                        }
+                    );
+                }
             }
 
             // ,000, or .000, or ,999, or .999 - repeated digits for fractional seconds.
@@ -488,8 +523,20 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
             None => {}
         }
 
+        // Gantry: a character that starts no token is text, as in Go's nextStdChunk (`Jx 2006`
+        // ended the layout at `J`, so time.format wrote "" where OPA writes "Jx 1970").
+        if let Some(c) = self.reminder.chars().next() {
+            let literal = &self.reminder[..c.len_utf8()];
+            token!(&literal, Literal(literal));
+        }
         None
     }
+}
+
+/// Go's `startsWithLowerCase`: whether `rest` starts with an ASCII lower-case letter.
+fn starts_with_lower(rest: Option<&str>) -> bool {
+    rest.and_then(|r| r.bytes().next())
+        .is_some_and(|b| b.is_ascii_lowercase())
 }
 
 /// Gantry: the length of the zone name at the start of `value` as Go's `parseTimeZone` reads
@@ -629,7 +676,8 @@ pub fn format<Tz: TimeZone>(date: DateTime<Tz>, fmt: &str) -> String
 where
     Tz::Offset: fmt::Display,
 {
-    date.format_with_items(GoTimeFormatItems::format(fmt))
+    let utc = chrono::Offset::fix(date.offset()).local_minus_utc() == 0;
+    date.format_with_items(GoTimeFormatItems::format(fmt, utc))
         .to_string()
 }
 
