@@ -187,8 +187,15 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
                 "yaml.unmarshal: the plain scalar `{token}` reads differently in YAML 1.1 \
                  (OPA) and 1.2: quote it"
             )),
-            None => match Value::from_yaml_str(text) {
-                Ok(v) => Ok(v),
+            // The first document, as go-yaml v2 reads it; a later one that does not read is
+            // an error whatever the mode: go-yaml sees some of those and not others.
+            None => match Value::from_yaml_stream(text) {
+                Ok((v, None)) => Ok(v),
+                Ok((_, Some(e))) => GoError::Hard(format!(
+                    "yaml.unmarshal: {e:#}: OPA reads the first document, and may refuse the \
+                     stream; Gantry refuses it"
+                ))
+                .answer(fail),
                 Err(e) => fail(format!("yaml.unmarshal: could not deserialize yaml: {e}")),
             },
         },

@@ -887,6 +887,33 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
     }
 
+    /// A YAML stream reads as its first document, as OPA's go-yaml v2 reads it; a later document
+    /// that does not read fails the evaluation, strict or not: go-yaml finds some such errors
+    /// (what it scans past the first document's end) and not others, so Gantry cannot say
+    /// whether OPA would have decided on the first document or refused the stream.
+    #[test]
+    fn a_yaml_stream_is_its_first_document_and_a_broken_later_one_fails_the_evaluation() {
+        let rego =
+            "package p\nimport rego.v1\ndeny contains \"root\" if yaml.unmarshal(input.y).root\n";
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |y: &str| {
+            let input = serde_json::json!({ "y": y }).to_string();
+            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
+        };
+        assert_eq!(
+            decide("root: true\n---\nb: 2\n").unwrap(),
+            r#"[{"result":["root"]}]"#
+        );
+        let e = decide("root: true\n---\nb: [2\n").unwrap_err().to_string();
+        assert!(e.contains("document 2 of the stream"), "{e}");
+        // A first document that does not read is OPA's builtin error: undefined when not strict.
+        assert_eq!(decide("root: [\n").unwrap(), r#"[{"result":[]}]"#);
+    }
+
     /// Found by reading regorus's lexer: an error past column 65,535 of a line (Gantry reads lines
     /// up to 1 Mi columns) panicked writing its caret (a format width past `u16`), so a policy
     /// with a long line ended `gantry policy test` instead of naming the place.

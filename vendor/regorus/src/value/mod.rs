@@ -633,10 +633,40 @@ impl Value {
     /// Note: Deserialization from YAML does not support arbitrary precision numbers.
     #[cfg(feature = "yaml")]
     #[cfg_attr(docsrs, doc(cfg(feature = "std")))]
+    ///
+    /// Gantry: of a stream of documents, the first, as go-yaml v2's `Unmarshal` (OPA's) reads it
+    /// (upstream refused a stream of more than one, so a non-strict `deny` on the first document of
+    /// `a: 1\n---\nb: 2` was skipped); an error in a later one is an error (see
+    /// [`Value::from_yaml_stream`]).
     pub fn from_yaml_str(yaml: &str) -> Result<Value> {
-        let value = yaml_serde::from_str(yaml)
-            .map_err(|err| anyhow::anyhow!("Failed to parse YAML: {}", err))?;
-        Ok(value)
+        match Self::from_yaml_stream(yaml)? {
+            (first, None) => Ok(first),
+            (_, Some(later)) => Err(later),
+        }
+    }
+
+    /// Gantry: a YAML stream's first document (null for an empty stream, as go-yaml v2 leaves it),
+    /// and the error of the first later document that does not read, if one does not: go-yaml
+    /// finds some of those errors (what it scans ahead of the first document's end) and not
+    /// others, so a caller that must not decide otherwise than OPA refuses such a stream.
+    #[cfg(feature = "yaml")]
+    pub fn from_yaml_stream(yaml: &str) -> Result<(Value, Option<anyhow::Error>)> {
+        let read = |document| {
+            Value::deserialize(document).map_err(|err| anyhow!("Failed to parse YAML: {err}"))
+        };
+        let mut documents = yaml_serde::Deserializer::from_str(yaml);
+        let Some(first) = documents.next() else {
+            return Ok((Value::Null, None));
+        };
+        let first = read(first)?;
+        // Stops at the first error: after one, the iterator may yield it again and again.
+        for (n, later) in documents.enumerate() {
+            if let Err(err) = read(later) {
+                let n = n.saturating_add(2);
+                return Ok((first, Some(err.context(format!("document {n} of the stream")))));
+            }
+        }
+        Ok((first, None))
     }
 
     /// Deserialize a value from a file containing YAML.
