@@ -1767,15 +1767,14 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
     agent_args.extend(["--client-cert", &cert, "--client-key", &cert_key]);
     agent_args.extend(job_user_args());
     let _agent = Agent::spawn(&url, &node_a, "node-a", &agent_args);
-    let out = crate::support::gantry(
+    let out = crate::support::gantry_as(
+        &rae,
         &[
             "submit",
             "--url",
             &url,
             "--ca-cert",
             &ca,
-            "--token",
-            &rae,
             "--tenant",
             "vision",
             "--gpus",
@@ -1792,17 +1791,9 @@ fn with_a_client_ca_a_node_speaks_only_with_a_certificate_naming_it() {
     let (_, stderr) = crate::support::text(&out);
     assert!(out.status.success(), "{stderr}");
     eventually("c1 runs on node-a, its log read over TLS", || {
-        let out = crate::support::gantry(
-            &[
-                "logs",
-                "c1",
-                "--url",
-                &url,
-                "--ca-cert",
-                &ca,
-                "--token",
-                &rae,
-            ],
+        let out = crate::support::gantry_as(
+            &rae,
+            &["logs", "c1", "--url", &url, "--ca-cert", &ca],
             &shared_cache(),
         );
         crate::support::text(&out).0.contains("on node-a/gpu")

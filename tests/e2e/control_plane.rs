@@ -495,8 +495,7 @@ fn kill_loop(etcd: &str, seed: u64) {
     let follower = (0..3).find(|i| *i != now_leader && *i != leader);
     if let Some(f) = follower {
         let urls = format!("http://127.0.0.1:1,{}", replicas[f].url);
-        let out =
-            crate::support::gantry(&["jobs", "--url", &urls, "--token", &rae], &shared_cache());
+        let out = crate::support::gantry_as(&rae, &["jobs", "--url", &urls], &shared_cache());
         let (stdout, stderr) = crate::support::text(&out);
         assert!(out.status.success(), "{stderr}");
         assert!(stdout.contains(accepted[0].as_str()), "{stdout}");
@@ -857,16 +856,9 @@ fn what_an_admin_changed_through_one_leader_holds_under_the_next() {
 
     // `gantry user token --url` with every replica's URL (the dead one first) finds the leader.
     let urls = format!("{},{url}", replicas[leader].url);
-    let out = crate::support::gantry(
-        &[
-            "user",
-            "token",
-            "ada",
-            "--url",
-            &urls,
-            "--admin-token",
-            &grace,
-        ],
+    let out = crate::support::gantry_as(
+        &grace,
+        &["user", "token", "ada", "--url", &urls],
         &shared_cache(),
     );
     let (stdout, stderr) = crate::support::text(&out);

@@ -12,8 +12,8 @@ use gantry_daemon::jobstore::JobStore;
 use serde_json::{Value, json};
 
 use crate::support::{
-    add_user, build_policy, gantry, init_data_dir, rejected_entries, rejected_tallies, send_raw,
-    shared_cache, strict_policy, text,
+    add_user, build_policy, gantry, gantry_as, init_data_dir, rejected_entries, rejected_tallies,
+    send_raw, shared_cache, strict_policy, text,
 };
 
 pub(crate) struct Daemon {
@@ -502,8 +502,8 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let loss = |p: &Value| p["loss"].as_f64().unwrap();
     assert!(loss(points.last().unwrap()) < loss(&points[0]), "{m}");
     // The CLI shows the same, and the log.
-    let client = ["--url", url.as_str(), "--token", ada.as_str()];
-    let out = gantry(&[&["metrics", "t1"][..], &client].concat(), &cache);
+    let client = ["--url", url.as_str()];
+    let out = gantry_as(&ada, &[&["metrics", "t1"][..], &client].concat(), &cache);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -511,7 +511,7 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
         "{stdout}"
     );
     assert!(stdout.contains("test accuracy"), "{stdout}");
-    let out = gantry(&[&["logs", "t1"][..], &client].concat(), &cache);
+    let out = gantry_as(&ada, &[&["logs", "t1"][..], &client].concat(), &cache);
     assert!(
         text(&out).0.contains("resuming from the checkpoint"),
         "{out:?}"
@@ -1114,7 +1114,7 @@ fn plain_http_beyond_loopback_is_refused_without_insecure() {
         "HTTP://example.com",
         "http://user@[2001:db8::1]:80/x",
     ] {
-        let o = gantry(&["jobs", "--url", url, "--token", "t"], &shared_cache());
+        let o = gantry_as("t", &["jobs", "--url", url], &shared_cache());
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{url}: {stderr}");
         assert!(stderr.contains("in the clear"), "{url}: {stderr}");

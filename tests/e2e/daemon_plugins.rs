@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, request, submit, wait_for_state, wait_until_over};
 use crate::support::{
-    add_user, gantry, hostile, hostile_from, init_data_dir, plugin_key, shared_cache, sign_plugin,
-    text, wrapped_hostile,
+    add_user, gantry_as, hostile, hostile_from, init_data_dir, plugin_key, shared_cache,
+    sign_plugin, text, wrapped_hostile,
 };
 
 /// What every test here starts from: a data directory with the admin `root`, and a plugin
@@ -57,10 +57,7 @@ impl Signer {
 
     /// The `gantry` CLI with `args`, as a client of the daemon at `url` with `token`.
     fn client(&self, args: &[&str], url: &str, token: &str) -> Output {
-        gantry(
-            &[args, &["--url", url, "--token", token]].concat(),
-            &self.cache,
-        )
+        gantry_as(token, &[args, &["--url", url]].concat(), &self.cache)
     }
 }
 

@@ -16,7 +16,8 @@ pub(crate) use gantry::scheduling::model::testing::Rng;
 
 use crate::daemon::{Daemon, request, submit};
 use crate::support::{
-    add_user, build_policy, gantry, init_data_dir, send_raw, shared_cache, strict_policy, text,
+    add_user, build_policy, gantry, gantry_as, init_data_dir, send_raw, shared_cache,
+    strict_policy, text,
 };
 
 /// `PUT` with a raw body: (status, JSON body); status 0 when the connection failed.
@@ -951,8 +952,8 @@ fn users_are_added_and_issued_tokens_through_a_running_daemon() {
     let jobs = format!("{}/v1/jobs", daemon.url);
     let through = |token: &str, args: &[&str]| {
         let mut all = args.to_vec();
-        all.extend(["--url", &daemon.url, "--admin-token", token]);
-        gantry(&all, &shared_cache())
+        all.extend(["--url", &daemon.url]);
+        gantry_as(token, &all, &shared_cache())
     };
     let add = [
         "user",

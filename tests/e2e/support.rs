@@ -66,13 +66,28 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Runs the `gantry` binary with an isolated cache.
 pub fn gantry(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gantry"))
+    gantry_command(args, cache)
+        .output()
+        .expect("running gantry")
+}
+
+/// [`gantry`] as the holder of `token`, given as a person gives it: in `GANTRY_TOKEN` (one on
+/// the command line is refused).
+pub fn gantry_as(token: &str, args: &[&str], cache: &Path) -> Output {
+    gantry_command(args, cache)
+        .env("GANTRY_TOKEN", token)
+        .output()
+        .expect("running gantry")
+}
+
+fn gantry_command(args: &[&str], cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    command
         .args(args)
         .env("GANTRY_CACHE_DIR", cache)
         .env_remove("RUST_LOG")
-        .current_dir(repo())
-        .output()
-        .expect("running gantry")
+        .current_dir(repo());
+    command
 }
 
 /// stdout and stderr as text.

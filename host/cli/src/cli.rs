@@ -168,10 +168,51 @@ pub fn init_tracing(verbose: u8) {
 }
 
 impl Cli {
+    /// The command line parsed as [`Parser::parse`] does (clap's own errors end the process), and
+    /// then refused where it holds a bearer token: see [`tokens_off_the_command_line`].
+    pub fn parse_refusing_tokens() -> anyhow::Result<Cli> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        tokens_off_the_command_line(&Cli::command(), &matches)?;
+        Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+    }
+
     /// Whether this runs a long-lived service (`gantry up`, `gantry agent`), which must never
     /// die of a signal such as SIGPIPE (a run's guard gone, a peer hung up).
     pub fn is_daemon(&self) -> bool {
         matches!(self.command, Command::Up(_) | Command::Agent(_))
+    }
+}
+
+/// The environment variable that carries a bearer token to every command.
+const TOKEN_ENV: &str = "GANTRY_TOKEN";
+
+/// Refuses a bearer token written on the command line (`--token`, `--admin-token`: every
+/// argument [`TOKEN_ENV`] also sets), for every command: every user of the machine reads a
+/// process's arguments (`ps`, `/proc/PID/cmdline`), on a shared login node as on a GPU node
+/// whose jobs run beside the agent, and the shell keeps them in its history. The environment is
+/// the user's alone to read.
+fn tokens_off_the_command_line(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<()> {
+    for arg in command.get_arguments() {
+        let from_line = matches.value_source(arg.get_id().as_str())
+            == Some(clap::parser::ValueSource::CommandLine);
+        if from_line && arg.get_env() == Some(std::ffi::OsStr::new(TOKEN_ENV)) {
+            anyhow::bail!(
+                "--{}: a token on the command line can be read by every user of this machine \
+                 (`ps`); give it in {TOKEN_ENV}",
+                arg.get_long().unwrap_or_default()
+            );
+        }
+    }
+    match matches.subcommand() {
+        Some((name, sub)) => match command.find_subcommand(name) {
+            Some(command) => tokens_off_the_command_line(command, sub),
+            None => Ok(()),
+        },
+        None => Ok(()),
     }
 }
 
@@ -308,4 +349,41 @@ pub fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::{Cli, tokens_off_the_command_line};
+
+    /// The check on `line`, as `gantry` runs it (clap's parse first).
+    fn checked(line: &str) -> anyhow::Result<()> {
+        let matches = Cli::command()
+            .try_get_matches_from(line.split_whitespace())
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        tokens_off_the_command_line(&Cli::command(), &matches)
+    }
+
+    /// Found by a review, first for the agent: `gantry agent --token $NODE_TOKEN` put the node's
+    /// token where every process of the node reads it, and a job read it and spoke as the node.
+    /// The same held for every client command (`gantry submit --token`, `user token
+    /// --admin-token`) on a shared login node. A token comes from `GANTRY_TOKEN` alone.
+    #[test]
+    fn a_bearer_token_on_any_commands_line_is_refused() {
+        for line in [
+            "gantry agent --node n --token gantry_x",
+            "gantry agent --token=gantry_x --node n",
+            "gantry jobs --url http://127.0.0.1:7070 --token gantry_x",
+            "gantry submit --tenant t --token gantry_x --gpus 1 -- true",
+            "gantry user token ada --url http://127.0.0.1:7070 --admin-token gantry_x",
+            "gantry key rotate --data-dir /d --token=gantry_x",
+        ] {
+            let e = checked(line).expect_err(line).to_string();
+            assert!(e.contains("GANTRY_TOKEN"), "{line}: {e}");
+        }
+        // `user revoke --token` names a token by its id, which is no secret.
+        checked("gantry user revoke lee --token 0a1b --data-dir /d").unwrap();
+        checked("gantry user tokens --data-dir /d").unwrap();
+    }
 }

@@ -11,12 +11,16 @@ mod local;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // A command run's lease guard is this binary started again (see `runguard`).
     gantry_daemon::runguard::main_if_asked();
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::parse_refusing_tokens() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Like other Unix tools, end quietly when a reader closes the pipe (`gantry ... | head`)
     // instead of panicking in `println!`. Not the daemon: it must never die of a signal.
     #[cfg(unix)]

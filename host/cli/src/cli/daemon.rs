@@ -490,7 +490,8 @@ pub struct ViaDaemon {
     /// separated: the accounts live in etcd), as an admin.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
-    /// An admin's bearer token, for `--url` (or the daemon that holds the directory).
+    /// An admin's bearer token, for `--url` (or the daemon that holds the directory); in
+    /// GANTRY_TOKEN only (refused on the command line, where every user reads it).
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Trust this PEM certificate when the daemon serves HTTPS.
@@ -505,7 +506,7 @@ impl ViaDaemon {
     /// The client for `url`, with the admin's token.
     fn client(&self, url: &str) -> anyhow::Result<Client> {
         let Some(token) = self.admin_token.clone() else {
-            anyhow::bail!("an admin's bearer token is needed (--admin-token or GANTRY_TOKEN)");
+            anyhow::bail!("an admin's bearer token is needed (in GANTRY_TOKEN)");
         };
         Ok(Client {
             url: url.to_string(),
@@ -526,7 +527,8 @@ pub struct Client {
     /// (tried in turn while one cannot be reached; a follower's answer leads to the leader).
     #[arg(long, env = "GANTRY_URL", default_value = "http://127.0.0.1:7070")]
     pub(super) url: String,
-    /// A bearer token (`gantry user add`).
+    /// A bearer token (`gantry user add`), in GANTRY_TOKEN only (refused on the command line,
+    /// where every user reads it).
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     pub(super) token: String,
     /// Trust this PEM certificate for an `https://` URL (a self-signed daemon's, say).
@@ -1055,7 +1057,7 @@ fn revoke_here(
             if via.admin_token.is_none() {
                 anyhow::bail!(
                     "{}: held by {holder}; to revoke through it, give an admin's token \
-                     (--admin-token or GANTRY_TOKEN)",
+                     (in GANTRY_TOKEN)",
                     root.display()
                 );
             }
@@ -1378,7 +1380,6 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// whole lease, the control plane has given its runs up, so it stops them itself. A run the
 /// control plane no longer lists (it gave the job to another attempt) is stopped too.
 pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    token_off_the_command_line(std::env::args_os())?;
     let on_stdout = |line: &str| {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{line}");
@@ -1386,25 +1387,6 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
     let quit = std::sync::atomic::AtomicBool::new(false);
     run_agent_until(args, devices, &quit, &on_stdout)
-}
-
-/// Refuses a node token given in `args`, the agent's command line: every process of the node
-/// reads it (`/proc/PID/cmdline`), the jobs the agent runs included, and one that did spoke as
-/// the node for every other tenant's run there. The environment (`GANTRY_TOKEN`) is the
-/// agent's user's alone to read, and jobs do not inherit it.
-fn token_off_the_command_line(
-    args: impl IntoIterator<Item = std::ffi::OsString>,
-) -> anyhow::Result<()> {
-    for arg in args {
-        let arg = arg.to_string_lossy();
-        if arg == "--token" || arg.starts_with("--token=") {
-            anyhow::bail!(
-                "gantry agent: --token: a token on the command line can be read by every process \
-                 of this machine, the jobs this agent runs included; give it in GANTRY_TOKEN"
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Runs a node's agent, reporting `devices`, until `quit` is set; then its runs are stopped (their ends reported,
@@ -2101,7 +2083,7 @@ pub fn metrics(client: Client, id: &str, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{loopback_host, token_off_the_command_line};
+    use super::loopback_host;
 
     /// Found by a review: a job's output reached `gantry logs` raw (a clipboard write, `OSC
     /// 52`, in an admin's terminal), and a line of a batch printed without a time passed for
@@ -2116,26 +2098,6 @@ mod tests {
             printed,
             "7.000  ok\n7.000  1796487909.909  succeeded: fake\n7.000  \\x1b]52;c;aGk=\\x07\tx\\u{9b}\n"
         );
-    }
-
-    /// Found by a review: the README's `gantry agent --token $NODE_TOKEN` put the node's token
-    /// where every process of the node reads it (`/proc/PID/cmdline`); a job read it and spoke
-    /// as the node. The agent takes it from `GANTRY_TOKEN` alone.
-    #[test]
-    fn an_agents_token_on_its_command_line_is_refused() {
-        let line = |args: &[&str]| {
-            args.iter()
-                .map(std::ffi::OsString::from)
-                .collect::<Vec<_>>()
-        };
-        for given in [
-            line(&["gantry", "agent", "--node", "n", "--token", "gantry_x"]),
-            line(&["gantry", "agent", "--token=gantry_x", "--node", "n"]),
-        ] {
-            let e = token_off_the_command_line(given).unwrap_err().to_string();
-            assert!(e.contains("GANTRY_TOKEN"), "{e}");
-        }
-        token_off_the_command_line(line(&["gantry", "agent", "--node", "n"])).unwrap();
     }
 
     #[test]

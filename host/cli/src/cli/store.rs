@@ -42,7 +42,8 @@ pub enum KeyCommand {
     Rotate {
         #[command(flatten)]
         dir: DataDir,
-        /// An admin's bearer token, to rotate through the daemon that holds the directory.
+        /// An admin's bearer token, to rotate through the daemon that holds the directory; in
+        /// GANTRY_TOKEN only (refused on the command line, where every user reads it).
         #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Trust this PEM certificate when the daemon serves HTTPS.
@@ -118,7 +119,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
                     let Some(token) = token else {
                         anyhow::bail!(
                             "{}: held by {holder}; to rotate through it, give an admin's token \
-                             (--token or GANTRY_TOKEN), or stop it first",
+                             (in GANTRY_TOKEN), or stop it first",
                             root.display()
                         );
                     };
