@@ -39,239 +39,284 @@ pub fn register(m: &mut builtins::BuiltinsMap<&'static str, builtins::BuiltinFcn
     }
 }
 
-fn json_filter_impl(v: &Value, filter: &Value) -> Result<Value> {
-    let filters = match filter {
-        Value::Object(fields) if fields.len() == 1 && filter[&Value::Null] == Value::Null => {
-            return Ok(v.clone())
-        }
-        Value::Object(fields) if !fields.is_empty() => fields,
-        _ => return Ok(v.clone()),
+// Gantry: `json.filter` and `json.remove` are OPA's (v1/topdown/json.go: `parsePath`,
+// `pathsToObject`, `jsonRemove`; v1/ast/term.go: `filterObject`); PATCHES.md lists where
+// upstream differed. No path nor document sets a depth of recursion: the merged paths are a
+// flat arena that ends where the document does, and the walk keeps its own stack (upstream's
+// filter tree was as deep as the path: a trap in the module, natively an abort).
+
+/// The merged paths, OPA's `pathsToObject` (a leaf is its `null`).
+struct PathTree {
+    nodes: Vec<PathNode>,
+}
+
+#[derive(Default)]
+struct PathNode {
+    /// A path ends here: the value goes (json.remove) or stays (json.filter) whole.
+    leaf: bool,
+    children: BTreeMap<Value, usize>,
+}
+
+/// `i` where `seg` is `strconv.Itoa(i)`: OPA looks array elements up by that string only.
+fn array_index(seg: &Value) -> Option<usize> {
+    let Value::String(s) = seg else {
+        return None;
     };
+    let canonical = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s.len() == 1 || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
 
-    match v {
-        Value::Array(_) => {
-            let mut items = vec![];
-            for (idx, filter) in filters.iter() {
-                // The string index must be parseable as a number.
-                // TODO: support integer indexes?
-                if let Value::String(idx) = idx {
-                    if let Ok(idx) = Value::from_json_str(idx) {
-                        let item = json_filter_impl(&v[&idx], filter)?;
-                        if item != Value::Undefined {
-                            items.push(item);
-                            // Guard array growth while filtering nested structures.
-                            enforce_limit()?;
-                        }
-                    }
-                }
-            }
-            Ok(Value::from_array(items))
-        }
-
-        Value::Set(s) => {
-            let mut items = BTreeSet::new();
-            for (item, filter) in filters.iter() {
-                if s.contains(item) {
-                    let item = json_filter_impl(item, filter)?;
-                    if item != Value::Undefined {
-                        items.insert(item);
-                        // Guard set growth when preserving matched entries.
-                        enforce_limit()?;
-                    }
-                }
-            }
-            Ok(Value::from_set(items))
-        }
-
-        Value::Object(_) => {
-            let mut items = BTreeMap::new();
-            for (key, filter) in filters.iter() {
-                let item = json_filter_impl(&v[key], filter)?;
-                if item != Value::Undefined {
-                    items.insert(key.clone(), item);
-                    // Guard map growth as filtered keys accumulate.
-                    enforce_limit()?;
-                }
-            }
-
-            Ok(Value::from_map(items))
-        }
-
-        _ => Ok(Value::Undefined),
+/// What the walk finds under `seg` in `doc` (an object's key, an array's index, a set's member).
+fn path_child(doc: &Value, seg: &Value) -> Option<Value> {
+    match doc {
+        Value::Object(o) => o.get(seg).cloned(),
+        Value::Array(a) => array_index(seg).and_then(|i| a.get(i)).cloned(),
+        Value::Set(s) => s.get(seg).cloned(),
+        _ => None,
     }
 }
 
-fn json_remove_impl(v: &Value, filter: &Value) -> Result<Value> {
-    let filters = match filter {
-        Value::Object(fields) if !fields.is_empty() => fields,
-        _ => return Ok(v.clone()),
-    };
+const fn is_collection(v: &Value) -> bool {
+    matches!(v, Value::Array(_) | Value::Object(_) | Value::Set(_))
+}
 
-    if filter[&Value::Null] == Value::Null {
-        return Ok(Value::Undefined);
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PathOp {
+    Filter,
+    Remove,
+}
+
+/// A collection being rebuilt: the members left, each with its node if a path goes there.
+struct Frame {
+    members: alloc::vec::IntoIter<(Value, Value, Option<usize>)>,
+    out: Built,
+    /// The key of the member being rebuilt in the frame above.
+    pending: Value,
+}
+
+enum Built {
+    Array(Vec<Value>),
+    Object(BTreeMap<Value, Value>),
+    Set(BTreeSet<Value>),
+}
+
+impl Built {
+    fn put(&mut self, key: Value, value: Value) -> Result<()> {
+        match self {
+            Built::Array(a) => a.push(value),
+            Built::Object(o) => {
+                o.insert(key, value);
+            }
+            Built::Set(s) => {
+                s.insert(value);
+            }
+        }
+        enforce_limit()
     }
 
-    match v {
-        Value::Array(a) => {
-            let mut items = vec![];
-            for (idx, item) in a.iter().enumerate() {
-                let idx = Value::String(format!("{idx}").into());
-                if let Some(f) = filters.get(&idx) {
-                    let v = json_remove_impl(item, f)?;
-                    if v != Value::Undefined {
-                        items.push(v);
-                        // Guard array size while removing JSON paths.
-                        enforce_limit()?;
-                    }
-                } else {
-                    // Retain the item.
-                    items.push(item.clone());
-                    // Guard array size while copying retained entries.
-                    enforce_limit()?;
-                }
-            }
-            Ok(Value::from_array(items))
+    fn into_value(self) -> Value {
+        match self {
+            Built::Array(a) => Value::from_array(a),
+            Built::Object(o) => Value::from_map(o),
+            Built::Set(s) => Value::from_set(s),
         }
-
-        Value::Set(s) => {
-            let mut items = BTreeSet::new();
-            for item in s.iter() {
-                if let Some(f) = filters.get(item) {
-                    let v = json_remove_impl(item, f)?;
-                    if v != Value::Undefined {
-                        items.insert(v);
-                        // Guard set size during filtered retention.
-                        enforce_limit()?;
-                    }
-                } else {
-                    // Retain the item.
-                    items.insert(item.clone());
-                    // Guard set size when keeping unmatched entries.
-                    enforce_limit()?;
-                }
-            }
-            Ok(Value::from_set(items))
-        }
-
-        Value::Object(obj) => {
-            let mut items = BTreeMap::new();
-            for (key, value) in obj.iter() {
-                if let Some(f) = filters.get(key) {
-                    let v = json_remove_impl(value, f)?;
-                    if v != Value::Undefined {
-                        items.insert(key.clone(), v);
-                        // Guard map size as filtered properties accumulate.
-                        enforce_limit()?;
-                    }
-                } else {
-                    items.insert(key.clone(), value.clone());
-                    // Guard map size while copying retained properties.
-                    enforce_limit()?;
-                }
-            }
-            Ok(Value::from_map(items))
-        }
-
-        _ => Ok(Value::Undefined),
     }
 }
 
-fn merge_filters(
-    name: &str,
-    param: &Expr,
-    itr: &mut dyn Iterator<Item = &Value>,
-    mut filters: Value,
-) -> Result<Value> {
-    loop {
-        match itr.next() {
-            Some(Value::String(s)) => {
-                let mut fc = filters;
-                let mut f = &mut fc;
-                for p in s.split('/') {
-                    let vref = f.make_or_get_value_mut(&[p])?;
-                    if *vref == Value::Undefined {
-                        *vref = Value::new_object();
-                    }
-                    f = vref;
-                    // Guard recursive filter construction as path objects materialize.
-                    enforce_limit()?;
-                }
-                if let Ok(f) = f.as_object_mut() {
-                    f.insert(Value::Null, Value::Null);
-                    // Guard filter map growth when marking terminal entries.
-                    enforce_limit()?;
-                };
-                filters = fc;
-            }
-            Some(Value::Array(a)) => {
-                let mut fc = filters;
-                let mut f = &mut fc;
-                for p in a.iter() {
-                    let vref = match f {
-                        Value::Object(obj) => {
-                            let obj = Rc::make_mut(obj);
-                            let entry = obj.get_or_insert_with(p.clone(), Value::new_object);
-                            // Guard filter map growth when creating nested objects.
-                            enforce_limit()?;
-                            entry
-                        }
-                        _ => break,
-                    };
-                    f = vref;
-                    // Guard recursive descent as additional path components attach.
-                    enforce_limit()?;
-                }
-                if let Ok(f) = f.as_object_mut() {
-                    f.insert(Value::Null, Value::Null);
-                    // Guard filter map growth when sealing terminal markers.
-                    enforce_limit()?;
-                };
-                filters = fc;
-            }
-            Some(_) => {
-                let span = param.span();
-                bail!(span.error(
-		    format!("`{name}` requires path to be '/' separated string or array of path components.").as_str()));
-            }
-            None => break,
+impl PathTree {
+    fn new() -> Self {
+        Self {
+            nodes: vec![PathNode::default()],
         }
     }
 
-    Ok(filters)
+    /// Adds a path, as `pathsToObject` does: an empty one adds nothing, a path through a leaf
+    /// nothing, a path ending at a node makes it a leaf. A segment past where `doc` ends (a
+    /// scalar, a missing member) cannot change either result and is not added.
+    fn add(&mut self, doc: &Value, path: impl Iterator<Item = Value>) -> Result<()> {
+        let mut path = path.peekable();
+        let mut node = 0;
+        let mut doc = doc.clone();
+        while let Some(seg) = path.next() {
+            let child_doc = path_child(&doc, &seg);
+            let fresh = self.nodes.len();
+            let Some(current) = self.nodes.get_mut(node) else {
+                break;
+            };
+            if current.leaf {
+                break;
+            }
+            let child = *current.children.entry(seg).or_insert(fresh);
+            if child == fresh {
+                self.nodes.push(PathNode::default());
+                enforce_limit()?;
+            }
+            if path.peek().is_none() {
+                if let Some(last) = self.nodes.get_mut(child) {
+                    last.leaf = true;
+                    last.children.clear();
+                }
+                break;
+            }
+            match child_doc {
+                Some(d) if is_collection(&d) => {
+                    doc = d;
+                    node = child;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame rebuilding `doc` below interior `node`; `None` for a scalar (kept whole).
+    fn open(&self, doc: &Value, node: usize, op: PathOp) -> Result<Option<Frame>> {
+        let Some(PathNode { children, .. }) = self.nodes.get(node) else {
+            return Ok(None);
+        };
+        let remove = op == PathOp::Remove;
+        let mut members = Vec::new();
+        let out = match doc {
+            Value::Object(o) if remove => {
+                for (k, v) in o.iter() {
+                    members.push((k.clone(), v.clone(), children.get(k).copied()));
+                }
+                Built::Object(BTreeMap::new())
+            }
+            Value::Object(o) => {
+                for (k, &c) in children {
+                    if let Some(v) = o.get(k) {
+                        members.push((k.clone(), v.clone(), Some(c)));
+                    }
+                }
+                Built::Object(BTreeMap::new())
+            }
+            Value::Array(a) => {
+                let by_index: BTreeMap<usize, usize> = children
+                    .iter()
+                    .filter_map(|(k, &c)| Some((array_index(k)?, c)))
+                    .collect();
+                if remove {
+                    for (i, v) in a.iter().enumerate() {
+                        members.push((Value::Null, v.clone(), by_index.get(&i).copied()));
+                    }
+                } else {
+                    // In the array's order, as `filterObject` walks it.
+                    for (i, c) in by_index {
+                        if let Some(v) = a.get(i) {
+                            members.push((Value::Null, v.clone(), Some(c)));
+                        }
+                    }
+                }
+                Built::Array(Vec::new())
+            }
+            Value::Set(s) if remove => {
+                for v in s.iter() {
+                    members.push((Value::Null, v.clone(), children.get(v).copied()));
+                }
+                Built::Set(BTreeSet::new())
+            }
+            Value::Set(s) => {
+                for (k, &c) in children {
+                    if let Some(v) = s.get(k) {
+                        members.push((Value::Null, v.clone(), Some(c)));
+                    }
+                }
+                Built::Set(BTreeSet::new())
+            }
+            _ => return Ok(None),
+        };
+        enforce_limit()?;
+        Ok(Some(Frame {
+            members: members.into_iter(),
+            out,
+            pending: Value::Null,
+        }))
+    }
+
+    /// `jsonRemove` / `filterObject` of `doc` (an object), without recursion.
+    fn apply(&self, doc: &Value, op: PathOp) -> Result<Value> {
+        let Some(root) = self.open(doc, 0, op)? else {
+            return Ok(doc.clone());
+        };
+        let mut stack = vec![root];
+        while let Some(top) = stack.last_mut() {
+            if let Some((key, value, node)) = top.members.next() {
+                let frame = match node.and_then(|n| Some((n, self.nodes.get(n)?.leaf))) {
+                    // A leaf: json.remove drops it, json.filter keeps it whole.
+                    Some((_, true)) if op == PathOp::Remove => continue,
+                    Some((n, false)) => self.open(&value, n, op)?,
+                    _ => None,
+                };
+                match frame {
+                    Some(frame) => {
+                        top.pending = key;
+                        stack.push(frame);
+                    }
+                    None => top.out.put(key, value)?,
+                }
+            } else {
+                let Some(done) = stack.pop() else {
+                    break;
+                };
+                let built = done.out.into_value();
+                let Some(parent) = stack.last_mut() else {
+                    return Ok(built);
+                };
+                let key = core::mem::replace(&mut parent.pending, Value::Null);
+                parent.out.put(key, built)?;
+            }
+        }
+        Ok(doc.clone())
+    }
+}
+
+/// OPA's `getJSONPaths` and `parsePath`, merged into a tree over `doc`.
+fn json_paths(name: &str, param: &Expr, doc: &Value, paths: &Value) -> Result<PathTree> {
+    let paths: Box<dyn Iterator<Item = &Value>> = match paths {
+        Value::Array(a) => Box::new(a.iter()),
+        Value::Set(s) => Box::new(s.iter()),
+        other => bail!(param.span().error(&format!(
+            "{name}: operand 2 must be one of {{set, array}} but got {}",
+            builtins::types::get_type(other)
+        ))),
+    };
+    let mut tree = PathTree::new();
+    for path in paths {
+        match path {
+            // OPA: "" is the empty path, which names nothing.
+            Value::String(s) if s.is_empty() => {}
+            Value::String(s) => {
+                let parts = s.trim_start_matches('/').split('/');
+                let segs = parts.map(|p| Value::String(p.replace("~1", "/").replace("~0", "~").into()));
+                tree.add(doc, segs)?;
+            }
+            Value::Array(a) => tree.add(doc, a.iter().cloned())?,
+            other => bail!(param.span().error(&format!(
+                "{name}: operand 2 must be one of {{set, array}} containing string paths or array of path segments but got {}",
+                builtins::types::get_type(other)
+            ))),
+        }
+    }
+    Ok(tree)
 }
 
 fn json_filter(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "json.filter";
     ensure_args_count(span, name, params, args, 2)?;
     ensure_object(name, &params[0], args[0].clone())?;
-
-    let filters = match &args[1] {
-        Value::Array(a) => merge_filters(name, &params[1], &mut a.iter(), Value::new_object())?,
-        Value::Set(s) => merge_filters(name, &params[1], &mut s.iter(), Value::new_object())?,
-        _ => bail!(span.error(format!("`{name}` requires set/array argument").as_str())),
-    };
-
-    if let Ok(v) = filters.as_object() {
-        if v.is_empty() {
-            return Ok(Value::new_object());
-        }
-    }
-
-    json_filter_impl(&args[0], &filters)
+    let tree = json_paths(name, &params[1], &args[0], &args[1])?;
+    tree.apply(&args[0], PathOp::Filter)
 }
 
 fn json_remove(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "json.remove";
     ensure_args_count(span, name, params, args, 2)?;
     ensure_object(name, &params[0], args[0].clone())?;
-
-    let filters = match &args[1] {
-        Value::Array(a) => merge_filters(name, &params[1], &mut a.iter(), Value::new_object())?,
-        Value::Set(s) => merge_filters(name, &params[1], &mut s.iter(), Value::new_object())?,
-        _ => bail!(span.error(format!("`{name}` requires set/array argument").as_str())),
-    };
-
-    json_remove_impl(&args[0], &filters)
+    let tree = json_paths(name, &params[1], &args[0], &args[1])?;
+    tree.apply(&args[0], PathOp::Remove)
 }
 
 fn filter(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
