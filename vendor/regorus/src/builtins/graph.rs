@@ -80,77 +80,123 @@ fn reachable(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) ->
     Ok(Value::from_set(reachable))
 }
 
-fn visit(
-    graph: &Object,
-    visited: &mut BTreeSet<Value>,
-    node: &Value,
-    path: &mut Vec<Value>,
-    paths: &mut BTreeSet<Value>,
+/// Gantry: the most path nodes `graph.reachable_paths` emits, over all its paths (each emitted
+/// path counted, kept or a duplicate): a bound on the result and on the work, which is
+/// proportional to it (every call below emits at least one node). Beyond it, an error that
+/// always propagates (a `LimitError`), not an undefined `deny`.
+const MAX_PATH_NODES: usize = 1 << 22;
+
+/// The neighbours of a node, as OPA's `foreachVertex`: an array's in order, a set's sorted;
+/// anything else (null, a number, an object) has none (`numberOfEdges` is 0).
+fn neighbours(edges: &Value) -> Vec<&Value> {
+    match edges {
+        Value::Array(arr) => arr.iter().collect(),
+        Value::Set(set) => set.iter_sorted().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The result set, and the nodes emitted so far.
+#[derive(Default)]
+struct Paths {
+    set: BTreeSet<Value>,
+    nodes: usize,
+}
+
+impl Paths {
+    /// Adds `path` repeated `times` (OPA's `paths` accumulates within one `pathBuilder` call),
+    /// counting it against [`MAX_PATH_NODES`] before it is built.
+    fn add(&mut self, path: &[Value], times: usize) -> Result<()> {
+        let len = path.len().saturating_mul(times).max(1);
+        self.nodes = self.nodes.saturating_add(len);
+        if self.nodes > MAX_PATH_NODES {
+            let size = core::mem::size_of::<Value>() as u64;
+            return Err(anyhow::Error::new(crate::LimitError::MemoryLimitExceeded {
+                usage: (self.nodes as u64).saturating_mul(size),
+                limit: (MAX_PATH_NODES as u64).saturating_mul(size),
+            })
+            .context(format!(
+                "graph.reachable_paths: the paths would hold more than {MAX_PATH_NODES} nodes"
+            )));
+        }
+        let mut array = Vec::with_capacity(len);
+        for _ in 0..times {
+            array.extend_from_slice(path);
+        }
+        self.set.insert(Value::from_array(array));
+        enforce_limit()
+    }
+}
+
+/// One `pathBuilder` call with neighbours left to visit.
+struct Frame<'g> {
+    root: &'g Value,
+    edges: Vec<&'g Value>,
+    next: usize,
+    /// How many neighbours were found reached: OPA appends `path` to the call's `paths` for
+    /// each and adds the whole accumulation (`[a, b, a, b]` on a second one).
+    hits: usize,
+}
+
+/// Gantry: OPA's `pathBuilder` (v1 `topdown/reachable.go`, OPA 1.0 to 1.15) from `first`, a
+/// neighbour of the initial `node`, with an explicit stack (OPA recurses as deep as the graph
+/// is long). `reached` is shared by the whole traversal and never cleared between branches; a
+/// node joins it when it recurses into a neighbour, so it is entered with neighbours to visit
+/// at most once, and OPA's answer is not every path (upstream listed every simple path: 2^n
+/// work on a ladder of n diamonds, and another answer than OPA's).
+fn path_builder<'g>(
+    graph: &'g Object,
+    node: &'g Value,
+    first: &'g Value,
+    paths: &mut Paths,
 ) -> Result<()> {
-    if let Value::String(s) = node {
-        if s.as_ref() == "" {
-            if !path.is_empty() {
-                paths.insert(Value::from_array(path.clone()));
-                // Guard path result growth when terminating at empty edge.
-                enforce_limit()?;
+    let mut reached: BTreeSet<&Value> = BTreeSet::new();
+    reached.insert(node);
+    let mut path = vec![node.clone()];
+    let mut stack: Vec<Frame<'g>> = Vec::new();
+    let mut enter = Some(first);
+    loop {
+        if let Some(root) = enter.take() {
+            match graph.get(root) {
+                // Not in the graph: the path so far, without it.
+                None => paths.add(&path, 1)?,
+                Some(edges) => {
+                    path.push(root.clone());
+                    let edges = neighbours(edges);
+                    if edges.is_empty() {
+                        paths.add(&path, 1)?;
+                        path.pop();
+                    } else {
+                        stack.push(Frame {
+                            root,
+                            edges,
+                            next: 0,
+                            hits: 0,
+                        });
+                    }
+                }
             }
+        }
+        let Some(frame) = stack.last_mut() else {
             return Ok(());
-        }
-    }
-
-    let neighbors = graph.get(node);
-    if neighbors.is_none() {
-        // Current node is not valid. Add path as is.
-        if !path.is_empty() {
-            paths.insert(Value::from_array(path.clone()));
-            // Guard path set growth when encountering missing nodes.
-            enforce_limit()?;
-        }
-        return Ok(());
-    }
-
-    if visited.contains(node) {
-        paths.insert(Value::from_array(path.clone()));
-        // Guard path set growth when detecting a cycle.
-        enforce_limit()?;
-    } else {
-        path.push(node.clone());
-        // Guard path stack growth while descending the graph.
-        enforce_limit()?;
-        visited.insert(node.clone());
-        // Guard visited set growth while marking nodes as seen.
-        enforce_limit()?;
-        let n = match neighbors {
-            Some(Value::Array(arr)) => {
-                for n in arr.iter().rev() {
-                    visit(graph, visited, n, path, paths)?;
-                }
-                arr.len()
-            }
-            Some(Value::Set(set)) => {
-                for n in set.iter().rev() {
-                    visit(graph, visited, n, path, paths)?;
-                }
-                set.len()
-            }
-            Some(&Value::Null) => 0,
-            _ => bail!(format!("neighbors for node `{node}` must be array/set.")),
         };
-
-        if n == 0 {
-            // Current node has no neighbors.
-            if !path.is_empty() {
-                paths.insert(Value::from_array(path.clone()));
-                // Guard path set growth when recording leaf nodes.
-                enforce_limit()?;
+        match frame.edges.get(frame.next) {
+            None => {
+                stack.pop();
+                path.pop();
+            }
+            Some(&neighbour) => {
+                frame.next += 1;
+                if reached.contains(neighbour) {
+                    frame.hits += 1;
+                    paths.add(&path, frame.hits)?;
+                } else {
+                    reached.insert(frame.root);
+                    enter = Some(neighbour);
+                }
             }
         }
-
-        visited.remove(node);
-        path.pop();
     }
-
-    Ok(())
 }
 
 fn reachable_paths(
@@ -163,26 +209,33 @@ fn reachable_paths(
     ensure_args_count(span, name, params, args, 2)?;
 
     let graph = ensure_object(name, &params[0], args[0].clone())?;
-    let mut visited = BTreeSet::new();
-    let mut path = vec![];
-    let mut paths = BTreeSet::new();
-
-    match &args[1] {
-        Value::Array(arr) => {
-            for node in arr.iter() {
-                visit(&graph, &mut visited, node, &mut path, &mut paths)?;
-            }
-        }
-        Value::Set(set) => {
-            for node in set.iter() {
-                visit(&graph, &mut visited, node, &mut path, &mut paths)?;
-            }
-        }
+    let initial: Vec<&Value> = match &args[1] {
+        Value::Array(arr) => arr.iter().collect(),
+        Value::Set(set) => set.iter_sorted().collect(),
         _ if strict => bail!(params[1].span().error("initial vertices must be array/set")),
         _ => return Ok(Value::Undefined),
+    };
+
+    // Gantry: OPA's `builtinReachablePaths`. Each (initial node, neighbour) starts afresh, so
+    // one seen before adds nothing new (a repeated initial node, a repeated edge): skipped.
+    let mut paths = Paths::default();
+    let mut started: BTreeSet<(&Value, &Value)> = BTreeSet::new();
+    for node in initial {
+        let Some(edges) = graph.get(node) else {
+            continue;
+        };
+        let edges = neighbours(edges);
+        if edges.is_empty() {
+            paths.add(core::slice::from_ref(node), 1)?;
+        }
+        for neighbour in edges {
+            if started.insert((node, neighbour)) {
+                path_builder(&graph, node, neighbour, &mut paths)?;
+            }
+        }
     }
 
-    Ok(Value::from_set(paths))
+    Ok(Value::from_set(paths.set))
 }
 
 fn walk_visit(path: &mut Vec<Value>, value: &Value, paths: &mut Vec<Value>) -> Result<()> {

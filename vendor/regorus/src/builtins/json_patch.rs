@@ -15,13 +15,36 @@ use crate::number::Number;
 use crate::value::Object;
 use crate::Value;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::format;
 use alloc::string::ToString as _;
+use alloc::vec;
 use alloc::vec::Vec;
 use anyhow::{anyhow, bail, Result};
 
+/// Gantry: the most weight (a value or key 1, a string its bytes more) the `copy` operations of
+/// one patch may add, together. A copy is shared (an `Rc` clone), but each doubles the
+/// document's logical size: 26 copies of 1 KB are 64 GB to anything that walks the result (its
+/// JSON text, `walk`, an equality). OPA builds them; here, beyond the bound, an error.
+const MAX_COPIED_WEIGHT: u64 = 1 << 24;
+
+/// Gantry: how deep a patch may place a value (its path's length plus its own nesting). Moves,
+/// copies and adds can build a document deeper than any reader gives (Gantry's JSON reader
+/// and serde_json stop at 128), and a `Value` is dropped, cloned, compared and written out
+/// recursively: past a few thousand levels that exhausts the stack (1 MiB in the sandbox).
+const MAX_PATCH_DEPTH: usize = 256;
+
+/// An error that always propagates (`json.patch` and a non-strict call turn others into
+/// undefined, which would let a bounded patch look like a failed one).
+fn limit_error(usage: u64, limit: u64, what: alloc::string::String) -> anyhow::Error {
+    anyhow::Error::new(crate::LimitError::MemoryLimitExceeded { usage, limit }).context(what)
+}
+
 #[derive(Debug)]
 enum EditNode {
-    Scalar(Value),
+    /// Gantry: a value no edit has reached into, kept whole (and shared: an `Rc` clone, as OPA's
+    /// edit tree keeps its terms), opened one level when one does. Upstream turned every value
+    /// into nodes on the way in and rebuilt it on the way out: a `copy` copied deeply.
+    Value(Value),
     Object(BTreeMap<Value, EditNode>),
     Array(VecDeque<EditNode>),
     // Sets are content-addressed. The rendered member is kept as the key and
@@ -30,41 +53,43 @@ enum EditNode {
 }
 
 impl EditNode {
-    fn from_value(value: &Value) -> Result<Self> {
-        enforce_limit()?;
-        Ok(match value {
-            Value::Object(object) => {
-                let mut fields = BTreeMap::new();
-                for (key, value) in object.iter() {
-                    fields.insert(key.clone(), Self::from_value(value)?);
-                    enforce_limit()?;
-                }
-                Self::Object(fields)
-            }
-            Value::Array(array) => {
-                let mut items = VecDeque::with_capacity(array.len());
-                for value in array.iter() {
-                    items.push_back(Self::from_value(value)?);
-                    enforce_limit()?;
-                }
-                Self::Array(items)
-            }
-            Value::Set(set) => {
-                let mut members = BTreeMap::new();
-                for value in set.iter() {
-                    members.insert(value.clone(), Self::from_value(value)?);
-                    enforce_limit()?;
-                }
-                Self::Set(members)
-            }
-            scalar => Self::Scalar(scalar.clone()),
-        })
+    fn from_value(value: &Value) -> Self {
+        Self::Value(value.clone())
+    }
+
+    /// Opens a whole composite value one level (its members stay whole).
+    fn open(&mut self) -> Result<()> {
+        let Self::Value(value) = self else {
+            return Ok(());
+        };
+        let opened = match value {
+            Value::Object(object) => Self::Object(
+                object
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Self::Value(value.clone())))
+                    .collect(),
+            ),
+            Value::Array(array) => Self::Array(
+                array
+                    .iter()
+                    .map(|value| Self::Value(value.clone()))
+                    .collect(),
+            ),
+            Value::Set(set) => Self::Set(
+                set.iter()
+                    .map(|value| (value.clone(), Self::Value(value.clone())))
+                    .collect(),
+            ),
+            _ => return Ok(()),
+        };
+        *self = opened;
+        enforce_limit()
     }
 
     fn render(&self) -> Result<Value> {
         enforce_limit()?;
         Ok(match self {
-            Self::Scalar(value) => value.clone(),
+            Self::Value(value) => value.clone(),
             Self::Object(fields) => {
                 let mut object = Object::new();
                 for (key, value) in fields {
@@ -92,28 +117,27 @@ impl EditNode {
         })
     }
 
-    fn get(&self, path: &[Value]) -> Result<&Self> {
-        let Some((head, rest)) = path.split_first() else {
-            return Ok(self);
-        };
-        match self {
-            Self::Object(fields) => fields
-                .get(head)
-                .ok_or_else(|| anyhow!("path {head} does not exist in object"))?
-                .get(rest),
-            Self::Array(items) => {
-                let index = array_index(items.len(), head, false)?;
-                items
-                    .get(index)
-                    .ok_or_else(|| anyhow!("array index disappeared"))?
-                    .get(rest)
-            }
-            Self::Set(members) => members
-                .get(head)
-                .ok_or_else(|| anyhow!("path {head} does not exist in set"))?
-                .get(rest),
-            Self::Scalar(value) => bail!("expected composite type, found value: {value}"),
+    /// The value at `path` (a loop: a path's length is the patch's to choose).
+    fn get(&self, path: &[Value]) -> Result<Value> {
+        let mut node = self;
+        for (at, head) in path.iter().enumerate() {
+            node = match node {
+                Self::Value(value) => return value_at(value, &path[at..]),
+                Self::Object(fields) => fields
+                    .get(head)
+                    .ok_or_else(|| anyhow!("path {head} does not exist in object"))?,
+                Self::Array(items) => {
+                    let index = array_index(items.len(), head, false)?;
+                    items
+                        .get(index)
+                        .ok_or_else(|| anyhow!("array index disappeared"))?
+                }
+                Self::Set(members) => members
+                    .get(head)
+                    .ok_or_else(|| anyhow!("path {head} does not exist in set"))?,
+            };
         }
+        node.render()
     }
 
     fn insert(&mut self, path: &[Value], value: EditNode) -> Result<()> {
@@ -122,6 +146,7 @@ impl EditNode {
             *self = value;
             return Ok(());
         };
+        self.open()?;
         match self {
             Self::Object(fields) => {
                 if rest.is_empty() {
@@ -160,7 +185,7 @@ impl EditNode {
                     members.insert(new_key, member);
                 }
             }
-            Self::Scalar(current) => {
+            Self::Value(current) => {
                 bail!("expected composite type, found value: {current}")
             }
         }
@@ -173,6 +198,7 @@ impl EditNode {
         let (head, rest) = path
             .split_first()
             .ok_or_else(|| anyhow!("cannot remove node without a path"))?;
+        self.open()?;
         let removed = match self {
             Self::Object(fields) => {
                 if rest.is_empty() {
@@ -214,7 +240,7 @@ impl EditNode {
                     removed
                 }
             }
-            Self::Scalar(current) => {
+            Self::Value(current) => {
                 bail!("expected composite type, found value: {current}")
             }
         };
@@ -229,6 +255,7 @@ impl EditNode {
             *self = value;
             return Ok(());
         };
+        self.open()?;
         match self {
             Self::Object(fields) => {
                 if rest.is_empty() {
@@ -266,7 +293,7 @@ impl EditNode {
                 let new_key = member.render()?;
                 members.insert(new_key, member);
             }
-            Self::Scalar(current) => {
+            Self::Value(current) => {
                 bail!("expected composite type, found value: {current}")
             }
         }
@@ -280,10 +307,10 @@ struct EditTree {
 }
 
 impl EditTree {
-    fn new(value: &Value) -> Result<Self> {
-        Ok(Self {
-            root: Some(EditNode::from_value(value)?),
-        })
+    fn new(value: &Value) -> Self {
+        Self {
+            root: Some(EditNode::from_value(value)),
+        }
     }
 
     fn root(&self) -> Result<&EditNode> {
@@ -299,16 +326,7 @@ impl EditTree {
     }
 
     fn insert_value(&mut self, path: &[Value], value: &Value) -> Result<()> {
-        let node = EditNode::from_value(value)?;
-        if path.is_empty() {
-            self.root = Some(node);
-        } else {
-            self.root_mut()?.insert(path, node)?;
-        }
-        Ok(())
-    }
-
-    fn insert_node(&mut self, path: &[Value], node: EditNode) -> Result<()> {
+        let node = EditNode::from_value(value);
         if path.is_empty() {
             self.root = Some(node);
         } else {
@@ -329,7 +347,7 @@ impl EditTree {
 
     #[cfg(test)]
     fn replace_value(&mut self, path: &[Value], value: &Value) -> Result<()> {
-        let node = EditNode::from_value(value)?;
+        let node = EditNode::from_value(value);
         if path.is_empty() {
             self.root = Some(node);
         } else {
@@ -346,8 +364,116 @@ impl EditTree {
     }
 }
 
+/// Gantry: the weight and nesting of values placed by a patch, each shared subtree measured
+/// once (by its `Rc`; a clone is kept so no address is reused): the work is the values'
+/// memory, not their logical size, which copies double.
+#[derive(Default)]
+struct Measure {
+    seen: BTreeMap<usize, (Value, u64, usize)>,
+}
+
+impl Measure {
+    fn shared(value: &Value) -> Option<usize> {
+        match value {
+            Value::Array(rc) => Some(crate::Rc::as_ptr(rc) as *const () as usize),
+            Value::Object(rc) => Some(crate::Rc::as_ptr(rc) as *const () as usize),
+            Value::Set(rc) => Some(crate::Rc::as_ptr(rc) as *const () as usize),
+            _ => None,
+        }
+    }
+
+    /// A value's (weight, nesting), or a scalar's straight away.
+    fn known(&self, value: &Value) -> Option<(u64, usize)> {
+        match Self::shared(value) {
+            Some(at) => self.seen.get(&at).map(|(_, w, d)| (*w, *d)),
+            None => Some((Self::scalar(value), 0)),
+        }
+    }
+
+    fn scalar(value: &Value) -> u64 {
+        match value {
+            Value::String(s) => 1 + s.len() as u64,
+            _ => 1,
+        }
+    }
+
+    /// Weight (1 a value, a string its bytes more, keys alike) and nesting (a scalar 0, a
+    /// composite one more than its deepest member), post-order over an explicit stack.
+    fn measure(&mut self, value: &Value) -> Result<(u64, usize)> {
+        let mut stack = vec![(value.clone(), false)];
+        while let Some((value, done)) = stack.pop() {
+            let Some(at) = Self::shared(&value) else {
+                continue;
+            };
+            if self.seen.contains_key(&at) {
+                continue;
+            }
+            if !done {
+                stack.push((value.clone(), true));
+                let mut open = |member: &Value| {
+                    if self.known(member).is_none() {
+                        stack.push((member.clone(), false));
+                    }
+                };
+                match &value {
+                    Value::Array(array) => array.iter().for_each(&mut open),
+                    Value::Set(set) => set.iter().for_each(&mut open),
+                    Value::Object(object) => object.iter().for_each(|(k, v)| {
+                        open(k);
+                        open(v);
+                    }),
+                    _ => (),
+                }
+                continue;
+            }
+            let (mut weight, mut depth) = (1u64, 0usize);
+            let mut add = |member: &Value| -> Result<()> {
+                let (w, d) = self
+                    .known(member)
+                    .ok_or_else(|| anyhow!("member measured out of order"))?;
+                weight = weight.saturating_add(w);
+                depth = depth.max(d);
+                Ok(())
+            };
+            match &value {
+                Value::Array(array) => array.iter().try_for_each(&mut add)?,
+                Value::Set(set) => set.iter().try_for_each(&mut add)?,
+                Value::Object(object) => object.iter().try_for_each(|(k, v)| {
+                    add(k)?;
+                    add(v)
+                })?,
+                _ => (),
+            }
+            self.seen.insert(at, (value, weight, depth + 1));
+            enforce_limit()?;
+        }
+        self.known(value)
+            .ok_or_else(|| anyhow!("value measured out of order"))
+    }
+
+    /// Refuses `value` placed at `path` deeper than [`MAX_PATCH_DEPTH`].
+    fn check_depth(&mut self, path: &[Value], value: &Value) -> Result<u64> {
+        let (weight, nesting) = self.measure(value)?;
+        let depth = path.len().saturating_add(nesting);
+        if depth > MAX_PATCH_DEPTH {
+            return Err(limit_error(
+                depth as u64,
+                MAX_PATCH_DEPTH as u64,
+                format!(
+                    "json.patch: a value would lie {depth} levels deep (at most {MAX_PATCH_DEPTH})"
+                ),
+            ));
+        }
+        Ok(weight)
+    }
+}
+
 pub(super) fn apply(target: &Value, operations: &[Value]) -> Result<Value> {
-    let mut tree = EditTree::new(target)?;
+    let mut tree = EditTree::new(target);
+    // Gantry: what each operation places is measured once placed (an operation OPA fails
+    // fails here first, the same way): its depth bounded, and the copies' weight.
+    let mut measure = Measure::default();
+    let mut copied = 0u64;
     for operation in operations {
         enforce_limit()?;
         let object = match operation {
@@ -369,7 +495,9 @@ pub(super) fn apply(target: &Value, operations: &[Value]) -> Result<Value> {
         match operation_name {
             "add" => {
                 let path = parse_path(field("path")?)?;
-                tree.insert_value(&path, field("value")?)?;
+                let value = field("value")?;
+                tree.insert_value(&path, value)?;
+                measure.check_depth(&path, value)?;
             }
             "remove" => {
                 let path = parse_path(field("path")?)?;
@@ -382,23 +510,34 @@ pub(super) fn apply(target: &Value, operations: &[Value]) -> Result<Value> {
                 // replacing member "a" at path ["a"] with "b" must fail
                 // rather than silently changing the set's membership key.
                 tree.remove(&path)?;
-                tree.insert_value(&path, field("value")?)?;
+                let value = field("value")?;
+                tree.insert_value(&path, value)?;
+                measure.check_depth(&path, value)?;
             }
             "move" => {
                 let from = parse_path(field("from")?)?;
                 let path = parse_path(field("path")?)?;
-                let node = tree.remove(&from)?;
-                tree.insert_node(&path, node)?;
+                let value = tree.remove(&from)?.render()?;
+                tree.insert_value(&path, &value)?;
+                measure.check_depth(&path, &value)?;
             }
             "copy" => {
                 let from = parse_path(field("from")?)?;
                 let path = parse_path(field("path")?)?;
-                let value = tree.root()?.get(&from)?.render()?;
+                let value = tree.root()?.get(&from)?;
                 tree.insert_value(&path, &value)?;
+                copied = copied.saturating_add(measure.check_depth(&path, &value)?);
+                if copied > MAX_COPIED_WEIGHT {
+                    return Err(limit_error(
+                        copied,
+                        MAX_COPIED_WEIGHT,
+                        format!("json.patch: copies would add more than {MAX_COPIED_WEIGHT} bytes"),
+                    ));
+                }
             }
             "test" => {
                 let path = parse_path(field("path")?)?;
-                let actual = tree.root()?.get(&path)?.render()?;
+                let actual = tree.root()?.get(&path)?;
                 let expected = field("value")?;
                 if &actual != expected {
                     bail!(
@@ -410,6 +549,29 @@ pub(super) fn apply(target: &Value, operations: &[Value]) -> Result<Value> {
         }
     }
     tree.render()
+}
+
+/// The member of a whole value at `path`, as [`EditNode::get`] finds it once opened.
+fn value_at(value: &Value, path: &[Value]) -> Result<Value> {
+    let mut value = value;
+    for head in path {
+        value = match value {
+            Value::Object(fields) => fields
+                .get(head)
+                .ok_or_else(|| anyhow!("path {head} does not exist in object"))?,
+            Value::Array(items) => {
+                let index = array_index(items.len(), head, false)?;
+                items
+                    .get(index)
+                    .ok_or_else(|| anyhow!("array index disappeared"))?
+            }
+            Value::Set(members) => members
+                .get(head)
+                .ok_or_else(|| anyhow!("path {head} does not exist in set"))?,
+            scalar => bail!("expected composite type, found value: {scalar}"),
+        };
+    }
+    Ok(value.clone())
 }
 
 fn parse_path(path: &Value) -> Result<Vec<Value>> {
@@ -530,7 +692,7 @@ mod tests {
         }
         let path = alloc::vec![key; DEPTH];
 
-        let mut tree = EditTree::new(&target).expect("tree construction must succeed");
+        let mut tree = EditTree::new(&target);
         tree.replace_value(&path, &Value::from(9))
             .expect("replace must succeed");
         let rendered = tree.render().expect("render must succeed");
