@@ -914,6 +914,40 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         assert_eq!(decide("root: [\n").unwrap(), r#"[{"result":[]}]"#);
     }
 
+    /// Found by a helper: regorus's memory guard (`enforce_limit`) bounds nothing in Gantry's
+    /// build (no allocator limits), so `numbers.range(0, 1e12)` grew until the module's memory
+    /// cap trapped, natively until the process died. The count is bounded before anything is
+    /// built, and past the bound the evaluation fails, strict or not (a `not` cannot turn it).
+    #[test]
+    fn a_range_past_the_bound_fails_even_a_non_strict_evaluation() {
+        let rego = "package p\nimport rego.v1\ndeny contains \"short\" if not count(numbers.range_step(0, input.n, input.step)) > 3\n";
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |n: &str, step: u64| {
+            let input = alloc::format!(r#"{{"n": {n}, "step": {step}}}"#);
+            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
+        };
+        let e30 = "1000000000000000000000000000000";
+        for (n, step) in [
+            ("1000000000000", 1),
+            ("-16777216", 1),
+            (e30, 1000),
+            (e30, u64::MAX),
+        ] {
+            let e = decide(n, step).unwrap_err().to_string();
+            assert!(e.contains("more than Gantry holds"), "{n}: {e}");
+        }
+        assert_eq!(decide("2", 1).unwrap(), r#"[{"result":["short"]}]"#);
+        assert_eq!(decide("16777215", 1).unwrap(), r#"[{"result":[]}]"#);
+        assert_eq!(
+            decide("100000000000000000000000", u64::MAX).unwrap(),
+            r#"[{"result":[]}]"#
+        );
+    }
+
     /// Found by reading regorus's lexer: an error past column 65,535 of a line (Gantry reads lines
     /// up to 1 Mi columns) panicked writing its caret (a format width past `u16`), so a policy
     /// with a long line ended `gantry policy test` instead of naming the place.

@@ -135,13 +135,28 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
     generate_range(v1, &v2, &incr)
 }
 
+/// Gantry: the most values a range may hold (16 Mi: more than a policy engine's 256 MiB hold).
+const MAX_RANGE_LEN: u64 = 1 << 24;
+
 /// Gantry: OPA's `generateRange`: from `from` towards `to` by `step` (down when `from > to`),
-/// every value within. Nothing is reserved from the count the operands imply (upstream reserved
-/// it whole: `numbers.range(0, 1e17)` asked the allocator for 1.6 EB before the memory guard
-/// could see a value); the guard bounds the growth. A step past 64 bits is a step (OPA's
-/// `range_step(0, 10, 99999999999999999999)` is `[0]`; upstream could not count it).
+/// every value within. The count the operands imply is bounded before anything is built
+/// (upstream reserved it whole: `numbers.range(0, 1e17)` asked the allocator for 1.6 EB; the
+/// memory guard that followed bounds nothing in Gantry's build, which has no allocator limits):
+/// past [`MAX_RANGE_LEN`] a limit error, which fails a non-strict evaluation too. A step past
+/// 64 bits is a step (OPA's `range_step(0, 10, 99999999999999999999)` is `[0]`; upstream could
+/// not count it).
 fn generate_range(from: Number, to: &Number, step: &Number) -> Result<Value> {
     let up = from <= *to;
+    let span = if up { to.sub(&from)? } else { from.sub(to)? };
+    if span >= step.mul(&Number::from(MAX_RANGE_LEN))? {
+        return Err(anyhow::Error::new(crate::LimitError::MemoryLimitExceeded {
+            usage: MAX_RANGE_LEN.saturating_add(1),
+            limit: MAX_RANGE_LEN,
+        })
+        .context(format!(
+            "the range would hold more than {MAX_RANGE_LEN} values, more than Gantry holds"
+        )));
+    }
     let mut values = Vec::new();
     let mut v = from;
     while (up && v <= *to) || (!up && v >= *to) {
