@@ -887,6 +887,17 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
     }
 
+    /// `data.p.deny` of the policy `rego` with builtin errors not strict, decided on an input
+    /// (JSON text).
+    fn non_strict_deny(rego: &str) -> impl Fn(&str) -> Result<String, PolicyError> {
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        move |input| p.evaluate(0, &Value::new_object(), crate::json::parse(input).unwrap())
+    }
+
     /// A YAML stream reads as its first document, as OPA's go-yaml v2 reads it; a later document
     /// that does not read fails the evaluation, strict or not: go-yaml finds some such errors
     /// (what it scans past the first document's end) and not others, so Gantry cannot say
@@ -895,15 +906,8 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
     fn a_yaml_stream_is_its_first_document_and_a_broken_later_one_fails_the_evaluation() {
         let rego =
             "package p\nimport rego.v1\ndeny contains \"root\" if yaml.unmarshal(input.y).root\n";
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
-        let decide = |y: &str| {
-            let input = serde_json::json!({ "y": y }).to_string();
-            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
-        };
+        let deny = non_strict_deny(rego);
+        let decide = |y: &str| deny(&serde_json::json!({ "y": y }).to_string());
         assert_eq!(
             decide("root: true\n---\nb: 2\n").unwrap(),
             r#"[{"result":["root"]}]"#
@@ -921,15 +925,8 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
     #[test]
     fn a_range_past_the_bound_fails_even_a_non_strict_evaluation() {
         let rego = "package p\nimport rego.v1\ndeny contains \"short\" if not count(numbers.range_step(0, input.n, input.step)) > 3\n";
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
-        let decide = |n: &str, step: u64| {
-            let input = alloc::format!(r#"{{"n": {n}, "step": {step}}}"#);
-            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
-        };
+        let deny = non_strict_deny(rego);
+        let decide = |n: &str, step: u64| deny(&alloc::format!(r#"{{"n": {n}, "step": {step}}}"#));
         let e30 = "1000000000000000000000000000000";
         for (n, step) in [
             ("1000000000000", 1),
@@ -972,15 +969,8 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
     fn a_left_shift_past_the_bound_fails_even_a_non_strict_evaluation() {
         let rego =
             "package p\nimport rego.v1\ndeny contains \"small\" if bits.lsh(1, input.n) < 1024\n";
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
-        let decide = |n: u64| {
-            let input = serde_json::json!({ "n": n }).to_string();
-            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
-        };
+        let deny = non_strict_deny(rego);
+        let decide = |n: u64| deny(&serde_json::json!({ "n": n }).to_string());
         for past in [(8 << 20) + 1, 4_294_967_295, u64::MAX] {
             let e = decide(past).unwrap_err().to_string();
             assert!(e.contains("more than Gantry holds"), "{past}: {e}");
@@ -996,15 +986,8 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
     #[test]
     fn what_gantry_cannot_hold_fails_even_a_non_strict_evaluation() {
         let rego = "package p\nimport rego.v1\ndeny contains \"small\" if to_number(input.n) < 1\n";
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
-        let decide = |n: &str| {
-            let input = serde_json::json!({ "n": n }).to_string();
-            p.evaluate(0, &Value::new_object(), crate::json::parse(&input).unwrap())
-        };
+        let deny = non_strict_deny(rego);
+        let decide = |n: &str| deny(&serde_json::json!({ "n": n }).to_string());
         for held in ["1e-100001", "0x1p-2", "1_000"] {
             assert!(decide(held).is_err(), "{held}");
         }
