@@ -385,12 +385,37 @@ fn json_is_valid(
     Ok(Value::Bool(Value::from_json_str(&json_str).is_ok()))
 }
 
+/// Gantry: `text` (JSON from serde_json) with the escapes Go's `json.Marshal` (OPA's) writes and
+/// serde_json does not: `<`, `>`, `&`, U+2028 and U+2029 as `\u003c`, `\u003e`, `\u0026`,
+/// `\u2028`, `\u2029`. serde_json writes them only inside strings, so escaping them anywhere in
+/// its output escapes them there (upstream's `json.marshal("<b>")` was not OPA's string, so a
+/// policy comparing or hashing one decided on another text).
+fn go_json_escapes(text: String) -> String {
+    if !text.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().saturating_add(16));
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn json_marshal(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "json.marshal";
     ensure_args_count(span, name, params, args, 1)?;
-    Ok(Value::from(serde_json::to_string(&args[0]).map_err(
-        |e| span.error(&format!("could not serialize to json\nCaused by\n{e}")),
-    )?))
+    Ok(Value::from(go_json_escapes(
+        serde_json::to_string(&args[0]).map_err(|e| {
+            span.error(&format!("could not serialize to json\nCaused by\n{e}"))
+        })?,
+    )))
 }
 
 fn json_marshal_with_options(
@@ -431,14 +456,19 @@ fn json_marshal_with_options(
     }
 
     if !pretty || options.is_empty() {
-        return Ok(Value::from(serde_json::to_string(&args[0]).map_err(
-            |e| span.error(&format!("could not serialize to json\nCaused by\n{e}")),
-        )?));
+        return Ok(Value::from(go_json_escapes(
+            serde_json::to_string(&args[0]).map_err(|e| {
+                span.error(&format!("could not serialize to json\nCaused by\n{e}"))
+            })?,
+        )));
     }
 
-    let lines: Vec<String> = serde_json::to_string_pretty(&args[0])
-        .map_err(|e| span.error(&format!("could not serialize to json\nCaused by\n{e}")))?
-        .split('\n')
+    // Escaped before the indent and prefix, which Go writes as they are.
+    let lines: Vec<String> = go_json_escapes(
+        serde_json::to_string_pretty(&args[0])
+            .map_err(|e| span.error(&format!("could not serialize to json\nCaused by\n{e}")))?,
+    )
+    .split('\n')
         .map(|line| {
             let mut line = line.to_string();
 
