@@ -11,7 +11,7 @@ use crate::value::Object;
 use crate::value::Value;
 use crate::*;
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 
@@ -104,11 +104,9 @@ struct Paths {
 }
 
 impl Paths {
-    /// Adds `path` repeated `times` (OPA's `paths` accumulates within one `pathBuilder` call),
-    /// counting it against [`MAX_PATH_NODES`] before it is built.
-    fn add(&mut self, path: &[Value], times: usize) -> Result<()> {
-        let len = path.len().saturating_mul(times).max(1);
-        self.nodes = self.nodes.saturating_add(len);
+    /// Adds `path`, counting it against [`MAX_PATH_NODES`] before it is built.
+    fn add(&mut self, path: &[Value]) -> Result<()> {
+        self.nodes = self.nodes.saturating_add(path.len().max(1));
         if self.nodes > MAX_PATH_NODES {
             let size = core::mem::size_of::<Value>() as u64;
             return Err(anyhow::Error::new(crate::LimitError::MemoryLimitExceeded {
@@ -119,39 +117,34 @@ impl Paths {
                 "graph.reachable_paths: the paths would hold more than {MAX_PATH_NODES} nodes"
             )));
         }
-        let mut array = Vec::with_capacity(len);
-        for _ in 0..times {
-            array.extend_from_slice(path);
-        }
-        self.set.insert(Value::from_array(array));
+        self.set.insert(Value::from_array(path.to_vec()));
         enforce_limit()
     }
 }
 
 /// One `pathBuilder` call with neighbours left to visit.
 struct Frame<'g> {
-    root: &'g Value,
     edges: Vec<&'g Value>,
     next: usize,
-    /// How many neighbours were found reached: OPA appends `path` to the call's `paths` for
-    /// each and adds the whole accumulation (`[a, b, a, b]` on a second one).
-    hits: usize,
 }
 
-/// Gantry: OPA's `pathBuilder` (v1 `topdown/reachable.go`, OPA 1.0 to 1.15) from `first`, a
-/// neighbour of the initial `node`, with an explicit stack (OPA recurses as deep as the graph
-/// is long). `reached` is shared by the whole traversal and never cleared between branches; a
-/// node joins it when it recurses into a neighbour, so it is entered with neighbours to visit
-/// at most once, and OPA's answer is not every path (upstream listed every simple path: 2^n
-/// work on a ladder of n diamonds, and another answer than OPA's).
+/// Gantry: OPA's `pathBuilder` (v1 `topdown/reachable.go`, as fixed by OPA's PR 8510 for its
+/// issues 5871 and 6128) from `first`, a neighbour of the initial `node`, with an explicit stack
+/// (OPA recurses as deep as the graph is long). Each call's `reached` is its caller's and its own
+/// root (OPA copies the set per call): the nodes on the path, so every simple path is listed,
+/// and a neighbour already on it ends the path there. OPA 1.0 to 1.15 shared one set and listed
+/// fewer paths (a path through a node reached on another branch was lost); upstream regorus
+/// listed every simple path too but recursed. Every call emits at least one path, so the bound
+/// on emitted nodes bounds the work (2^n paths on a ladder of n diamonds, in OPA too).
 fn path_builder<'g>(
     graph: &'g Object,
     node: &'g Value,
     first: &'g Value,
     paths: &mut Paths,
 ) -> Result<()> {
-    let mut reached: BTreeSet<&Value> = BTreeSet::new();
-    reached.insert(node);
+    // A multiset: the first call's root may be `node` itself (a self loop), which OPA enters.
+    let mut reached: BTreeMap<&Value, usize> = BTreeMap::new();
+    reached.insert(node, 1);
     let mut path = vec![node.clone()];
     let mut stack: Vec<Frame<'g>> = Vec::new();
     let mut enter = Some(first);
@@ -159,20 +152,17 @@ fn path_builder<'g>(
         if let Some(root) = enter.take() {
             match graph.get(root) {
                 // Not in the graph: the path so far, without it.
-                None => paths.add(&path, 1)?,
+                None => paths.add(&path)?,
                 Some(edges) => {
                     path.push(root.clone());
                     let edges = neighbours(edges);
                     if edges.is_empty() {
-                        paths.add(&path, 1)?;
+                        paths.add(&path)?;
                         path.pop();
                     } else {
-                        stack.push(Frame {
-                            root,
-                            edges,
-                            next: 0,
-                            hits: 0,
-                        });
+                        let n = reached.entry(root).or_insert(0);
+                        *n = n.saturating_add(1);
+                        stack.push(Frame { edges, next: 0 });
                     }
                 }
             }
@@ -183,15 +173,20 @@ fn path_builder<'g>(
         match frame.edges.get(frame.next) {
             None => {
                 stack.pop();
-                path.pop();
+                if let Some(root) = path.pop() {
+                    if let Some(n) = reached.get_mut(&root) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            reached.remove(&root);
+                        }
+                    }
+                }
             }
             Some(&neighbour) => {
                 frame.next += 1;
-                if reached.contains(neighbour) {
-                    frame.hits += 1;
-                    paths.add(&path, frame.hits)?;
+                if reached.contains_key(neighbour) {
+                    paths.add(&path)?;
                 } else {
-                    reached.insert(frame.root);
                     enter = Some(neighbour);
                 }
             }
@@ -226,7 +221,7 @@ fn reachable_paths(
         };
         let edges = neighbours(edges);
         if edges.is_empty() {
-            paths.add(core::slice::from_ref(node), 1)?;
+            paths.add(core::slice::from_ref(node))?;
         }
         for neighbour in edges {
             if started.insert((node, neighbour)) {
