@@ -408,14 +408,82 @@ fn go_json_escapes(text: String) -> String {
     out
 }
 
+/// Gantry: `v` as OPA hands it to Go's `json.Marshal` (`ast.JSON`): an object's key that is no
+/// string becomes its JSON text, and the keys then order (and, equal, merge) as the strings
+/// they are, as Go orders a map's keys (upstream ordered `{2: "a", 10: "b"}` by number); a
+/// set becomes the array of its members in their order. `None` where nothing changes.
+fn go_json_value(v: &Value) -> Result<Option<Value>> {
+    match v {
+        Value::Array(a) => {
+            let mut changed: Option<Vec<Value>> = None;
+            for (i, item) in a.iter().enumerate() {
+                if let Some(new) = go_json_value(item)? {
+                    let items = changed.get_or_insert_with(|| a.to_vec());
+                    if let Some(slot) = items.get_mut(i) {
+                        *slot = new;
+                    }
+                }
+            }
+            Ok(changed.map(Value::from_array))
+        }
+        Value::Set(s) => {
+            let mut changed = false;
+            let mut items = Vec::with_capacity(s.len());
+            for item in s.iter() {
+                match go_json_value(item)? {
+                    Some(new) => {
+                        changed = true;
+                        items.push(new);
+                    }
+                    None => items.push(item.clone()),
+                }
+            }
+            Ok(changed.then(|| Value::from_array(items)))
+        }
+        Value::Object(o) => {
+            let mut changed = false;
+            let mut out = alloc::collections::BTreeMap::new();
+            for (key, value) in o.iter() {
+                let key = match key {
+                    Value::String(_) => key.clone(),
+                    other => {
+                        changed = true;
+                        Value::from(go_json_text(other, false)?)
+                    }
+                };
+                let value = match go_json_value(value)? {
+                    Some(new) => {
+                        changed = true;
+                        new
+                    }
+                    None => value.clone(),
+                };
+                out.insert(key, value);
+            }
+            Ok(changed.then(|| Value::from_map(out)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Gantry: Go's `json.Marshal` (or `MarshalIndent` by two spaces, `pretty`) of `v` as OPA hands
+/// it over: [`go_json_value`], then [`go_json_escapes`].
+fn go_json_text(v: &Value, pretty: bool) -> Result<String> {
+    let converted = go_json_value(v)?;
+    let v = converted.as_ref().unwrap_or(v);
+    let text = match pretty {
+        true => serde_json::to_string_pretty(v)?,
+        false => serde_json::to_string(v)?,
+    };
+    Ok(go_json_escapes(text))
+}
+
 fn json_marshal(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "json.marshal";
     ensure_args_count(span, name, params, args, 1)?;
-    Ok(Value::from(go_json_escapes(
-        serde_json::to_string(&args[0]).map_err(|e| {
-            span.error(&format!("could not serialize to json\nCaused by\n{e}"))
-        })?,
-    )))
+    Ok(Value::from(go_json_text(&args[0], false).map_err(|e| {
+        span.error(&format!("could not serialize to json\nCaused by\n{e}"))
+    })?))
 }
 
 fn json_marshal_with_options(
@@ -455,20 +523,17 @@ fn json_marshal_with_options(
         }
     }
 
+    let serialize = |pretty| {
+        go_json_text(&args[0], pretty)
+            .map_err(|e| span.error(&format!("could not serialize to json\nCaused by\n{e}")))
+    };
     if !pretty || options.is_empty() {
-        return Ok(Value::from(go_json_escapes(
-            serde_json::to_string(&args[0]).map_err(|e| {
-                span.error(&format!("could not serialize to json\nCaused by\n{e}"))
-            })?,
-        )));
+        return Ok(Value::from(serialize(false)?));
     }
 
     // Escaped before the indent and prefix, which Go writes as they are.
-    let lines: Vec<String> = go_json_escapes(
-        serde_json::to_string_pretty(&args[0])
-            .map_err(|e| span.error(&format!("could not serialize to json\nCaused by\n{e}")))?,
-    )
-    .split('\n')
+    let lines: Vec<String> = serialize(true)?
+        .split('\n')
         .map(|line| {
             let mut line = line.to_string();
 
