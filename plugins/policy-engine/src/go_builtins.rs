@@ -209,6 +209,22 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         crate::go_strings::replace_n(fail),
     )?;
     add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))?;
+    // As `yaml.unmarshal` reads: a stream whose later document does not read is refused whatever
+    // the mode (false skipped a `deny if { yaml.is_valid(y); yaml.unmarshal(y).privileged }`
+    // where OPA, reading the first document only, may deny).
+    let yaml_is_valid = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(text) => match Value::from_yaml_stream(text) {
+            Ok((_, None)) => Ok(Value::from(true)),
+            Ok((_, Some(e))) => GoError::Hard(format!(
+                "yaml.is_valid: {e:#}: OPA reads the first document, and may refuse the stream; \
+                 Gantry refuses it"
+            ))
+            .answer(fail),
+            Err(_) => Ok(Value::from(false)),
+        },
+        Err(_) => Ok(Value::from(false)),
+    };
+    add(engine, "yaml.is_valid", 1, Box::new(yaml_is_valid))?;
     // JSON text read as the engine reads inputs: integers exact (regorus's reader made a
     // 25-digit serial its f64 neighbour), `1e400` a number as in Go.
     let json_unmarshal = move |args: Vec<Value>| match args[0].as_string() {

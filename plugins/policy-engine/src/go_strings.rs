@@ -10,7 +10,6 @@
 //! first; a policy normalising a name before comparing it decided on another string than OPA's.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -139,7 +138,7 @@ fn type_name(v: &Value) -> &'static str {
 /// an empty key can land inside a character, which a Rust string cannot hold: an error here,
 /// never another string.
 pub(crate) fn replace(pairs: &[(&str, &str)], s: &str) -> Result<String, GoError> {
-    let keys = KeyTrie::new(pairs);
+    let keys = KeyIndex::new(pairs);
     let bytes = s.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
     let (mut i, mut last, mut previous_empty) = (0, 0, false);
@@ -173,50 +172,49 @@ pub(crate) fn replace(pairs: &[(&str, &str)], s: &str) -> Result<String, GoError
     })
 }
 
-/// The keys as a trie of their bytes (Go's generic replacer's lookup): the first key in order
-/// that starts a text is found by walking the text once, in time its longest key bounds, not
-/// by trying every key at every byte.
-struct KeyTrie {
-    /// Each node's children by byte, and the first pair whose key ends there.
-    nodes: Vec<(BTreeMap<u8, usize>, Option<usize>)>,
+/// The keys indexed by their first byte (in `pairs`' order), and the first empty key: at each
+/// place only the keys that can start there are tried, each by a length check and one compare,
+/// as Go's generic replacer compares a node's prefix (`HasPrefix`). Memory is one index per key.
+/// (A trie of every key byte, tried first, cost 170 bytes per key byte and a map lookup per
+/// byte of a long key at every place: a 3 MiB key filled a decision's memory.)
+struct KeyIndex<'p> {
+    pairs: &'p [(&'p str, &'p str)],
+    by_first: Vec<Vec<usize>>,
+    empty: Option<usize>,
 }
 
-impl KeyTrie {
-    fn new(pairs: &[(&str, &str)]) -> KeyTrie {
-        let mut nodes = vec![(BTreeMap::new(), None)];
+impl<'p> KeyIndex<'p> {
+    fn new(pairs: &'p [(&'p str, &'p str)]) -> KeyIndex<'p> {
+        let mut by_first = vec![Vec::new(); 256];
+        let mut empty = None;
         for (p, (k, _)) in pairs.iter().enumerate() {
-            let mut node = 0;
-            for &b in k.as_bytes() {
-                node = match nodes[node].0.get(&b) {
-                    Some(&next) => next,
-                    None => {
-                        nodes.push((BTreeMap::new(), None));
-                        let next = nodes.len() - 1;
-                        nodes[node].0.insert(b, next);
-                        next
-                    }
-                };
+            match k.as_bytes().first() {
+                Some(&b) => by_first[usize::from(b)].push(p),
+                None => {
+                    empty.get_or_insert(p);
+                }
             }
-            nodes[node].1.get_or_insert(p);
         }
-        KeyTrie { nodes }
+        KeyIndex {
+            pairs,
+            by_first,
+            empty,
+        }
     }
 
     /// The first pair (in `pairs`' order) whose key starts `text`; the empty key only where
     /// `empty_allowed`.
     fn first_match(&self, text: &[u8], empty_allowed: bool) -> Option<usize> {
-        let mut best = self.nodes[0].1.filter(|_| empty_allowed);
-        let mut node = 0;
-        for b in text {
-            let Some(&next) = self.nodes[node].0.get(b) else {
-                break;
-            };
-            node = next;
-            if let Some(p) = self.nodes[node].1 {
-                best = Some(best.map_or(p, |q| q.min(p)));
-            }
-        }
-        best
+        let empty = self.empty.filter(|_| empty_allowed);
+        let starting = text
+            .first()
+            .and_then(|&b| self.by_first.get(usize::from(b)))
+            .and_then(|keys| {
+                keys.iter()
+                    .take_while(|&&p| empty.is_none_or(|e| p < e))
+                    .find(|&&p| text.starts_with(self.pairs[p].0.as_bytes()))
+            });
+        starting.copied().or(empty)
     }
 }
 

@@ -914,6 +914,23 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
         let e = decide("root: true\n---\nb: [2\n").unwrap_err().to_string();
         assert!(e.contains("document 2 of the stream"), "{e}");
+        // Found by a review: `yaml.is_valid` said false of that stream, so a deny guarded by it
+        // was skipped where OPA may deny; it is refused as `yaml.unmarshal` refuses it.
+        let guarded = non_strict_deny(
+            "package p\nimport rego.v1\ndeny contains \"root\" if { yaml.is_valid(input.y); yaml.unmarshal(input.y).root }\n",
+        );
+        let e = guarded(r#"{"y": "root: true\n---\n["}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("yaml.is_valid"), "{e}");
+        assert_eq!(
+            guarded(r#"{"y": "root: true\n---\nb: 1"}"#).unwrap(),
+            r#"[{"result":["root"]}]"#
+        );
+        assert_eq!(
+            guarded(r#"{"y": "root: ["}"#).unwrap(),
+            r#"[{"result":[]}]"#
+        );
         // A first document that does not read is OPA's builtin error: undefined when not strict.
         assert_eq!(decide("root: [\n").unwrap(), r#"[{"result":[]}]"#);
     }

@@ -94,7 +94,7 @@ fn replace_n_is_gos_replacer_on_a_table_go_wrote() {
 }
 
 /// The first key in order that starts at a place, by trying every key there: the definition
-/// the trie's lookup must keep (it replaced this scan, which cost pairs x length).
+/// the index's lookup must keep (it replaced this scan, which tried every key at every place).
 fn first_by_scan(pairs: &[(&str, &str)], text: &[u8], empty_allowed: bool) -> Option<usize> {
     pairs
         .iter()
@@ -102,7 +102,7 @@ fn first_by_scan(pairs: &[(&str, &str)], text: &[u8], empty_allowed: bool) -> Op
 }
 
 #[test]
-fn the_key_trie_finds_the_key_a_scan_of_every_key_finds() {
+fn the_key_index_finds_the_key_a_scan_of_every_key_finds() {
     // Keys over a 3-letter alphabet (many share prefixes), texts over the same letters.
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = |n: u64| {
@@ -119,13 +119,13 @@ fn the_key_trie_finds_the_key_a_scan_of_every_key_finds() {
         keys.sort();
         keys.dedup();
         let pairs: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x")).collect();
-        let trie = super::KeyTrie::new(&pairs);
+        let index = super::KeyIndex::new(&pairs);
         let text = word(next(8), &mut next);
         for at in 0..=text.len() {
             for empty_allowed in [true, false] {
                 let rest = &text.as_bytes()[at..];
                 assert_eq!(
-                    trie.first_match(rest, empty_allowed),
+                    index.first_match(rest, empty_allowed),
                     first_by_scan(&pairs, rest, empty_allowed),
                     "keys {keys:?}, text {text:?} at {at}"
                 );
