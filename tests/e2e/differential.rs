@@ -283,7 +283,15 @@ fn shipped_input(rng: &mut Rng) -> Value {
     let mut input = crate::policy::request(rng);
     match rng.below(30) {
         0 => input["resource"]["gpus"] = json!("8"),
-        1 => input["resource"]["tenant_used_gpus"] = json!("100"),
+        // A used count given as a string on a submission that reaches the quota rule: `+` on a
+        // string, a builtin error (the strict setting decides it). Roles given as a string
+        // (below) erred too until `some r in` a string iterated nothing, as OPA's does.
+        1 => {
+            input["action"] = json!("job.submit");
+            input["subject"]["tenants"] = json!(["vision"]);
+            input["resource"]["tenant"] = json!("vision");
+            input["resource"]["tenant_used_gpus"] = json!("100");
+        }
         2 => input["subject"]["roles"] = json!("admin"),
         3 => input["action"] = json!(7),
         4 => input["resource"] = json!(null),

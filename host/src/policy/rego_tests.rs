@@ -152,31 +152,64 @@ impl Lines {
     }
 }
 
-/// Runs every test rule; an error only when the policy itself does not load.
+/// Runs every test rule natively (the interpreter); an error only when the policy itself does not
+/// load.
 pub fn run(source: &PolicySource) -> Result<Vec<TestOutcome>, PolicyError> {
-    run_tests(source, None)
+    run_tests(source, &test_rules(source)?, None, &|_| None)
 }
 
-/// Runs every test rule as [`run`], and reports which lines of the policy they evaluated.
-pub fn run_with_coverage(
-    source: &PolicySource,
-) -> Result<(Vec<TestOutcome>, Coverage), PolicyError> {
-    let mut lines = Lines::default();
-    let outcomes = run_tests(source, Some(&mut lines))?;
-    lines.add_unreached(source)?;
-    Ok((outcomes, lines.report(source)))
-}
-
-/// Runs the test rules of `outcomes` (from [`run`]) again through the decision engine: the
-/// policy and its tests built into a bundle as `gantry policy build` builds one (each test rule
-/// an entrypoint), loaded in the sandbox by `loader`, each rule decided there without an input.
-/// A test passes only when both engines say `true`; where they disagree the outcome fails and
-/// names both answers. The interpreter run natively is the oracle of the engine that decides.
-pub async fn check_in_sandbox(
+/// Runs every test rule in the sandbox, decided by the engine that decides requests (the policy
+/// and its tests built into a bundle as `gantry policy build` builds one, each test rule an
+/// entrypoint, each decided without an input), and then natively, the interpreter as its
+/// oracle, each rule the sandbox finished: one whose evaluation the sandbox stopped (its memory
+/// cap, its deadline) is not run natively, where nothing bounds it (regorus's own guards bound
+/// nothing in this build) and it would take the process down. A test passes only when both
+/// engines say `true`; where they disagree the outcome fails and names both answers. With
+/// `coverage`, the lines of the policy the native runs evaluated.
+pub async fn run_checked(
     source: &PolicySource,
     loader: &super::decide::PolicyLoader,
-    outcomes: &mut [TestOutcome],
-) -> Result<(), PolicyError> {
+    coverage: bool,
+) -> Result<(Vec<TestOutcome>, Option<Coverage>), PolicyError> {
+    // The policy's own load errors first, as the interpreter words them.
+    source.engine(true)?;
+    let tests = test_rules(source)?;
+    let decided = decide_in_sandbox(source, loader, &tests).await?;
+    let stopped = |name: &str| match decided.get(name) {
+        Some(Err(e)) => Some(format!("error in the sandbox (not run natively): {e}")),
+        _ => None,
+    };
+    let mut lines = coverage.then(Lines::default);
+    let mut outcomes = run_tests(source, &tests, lines.as_mut(), &stopped)?;
+    for outcome in &mut outcomes {
+        let Some(Ok(set)) = decided.get(&outcome.name) else {
+            continue;
+        };
+        let passed = *set == serde_json::json!([{"result": true}]);
+        if passed != outcome.passed {
+            let interpreter = outcome.failure.take().unwrap_or_else(|| "true".into());
+            outcome.passed = false;
+            outcome.failure = Some(format!(
+                "the engines disagree: the sandbox decided {set}, the interpreter {interpreter}"
+            ));
+        }
+    }
+    let coverage = match lines {
+        Some(mut lines) => {
+            lines.add_unreached(source)?;
+            Some(lines.report(source))
+        }
+        None => None,
+    };
+    Ok((outcomes, coverage))
+}
+
+/// Each test rule (`data.<package>.<rule>`) decided in the sandbox: its result set, or why none.
+async fn decide_in_sandbox(
+    source: &PolicySource,
+    loader: &super::decide::PolicyLoader,
+    tests: &[(String, String)],
+) -> Result<BTreeMap<String, Result<serde_json::Value, String>>, PolicyError> {
     let combined = PolicySource {
         modules: source
             .modules
@@ -187,11 +220,17 @@ pub async fn check_in_sandbox(
         tests: Vec::new(),
         ..source.clone()
     };
-    let max = gantry_policy_engine::policy::MAX_ENTRYPOINTS;
-    for chunk in outcomes.chunks_mut(max) {
+    let names: Vec<&String> = tests
+        .iter()
+        .map(|(_, name)| name)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut decided = BTreeMap::new();
+    for chunk in names.chunks(gantry_policy_engine::policy::MAX_ENTRYPOINTS) {
         let entrypoints: Vec<String> = chunk
             .iter()
-            .map(|o| o.name.trim_start_matches("data.").replace('.', "/"))
+            .map(|name| name.trim_start_matches("data.").replace('.', "/"))
             .collect();
         let bundle = super::build(&combined, &entrypoints, Some("policy-test"))?;
         // A test may take longer than a request's decision is given; the machine may be busy.
@@ -200,66 +239,76 @@ pub async fn check_in_sandbox(
             ..Default::default()
         };
         let loaded = loader.load(bundle, limits).await?;
-        for (outcome, entrypoint) in chunk.iter_mut().zip(&entrypoints) {
+        for (name, entrypoint) in chunk.iter().zip(&entrypoints) {
             // As the interpreter runs a test: with no input at all.
-            let (decided, _) = loaded.evaluate_without_input(entrypoint).await;
-            let passed =
-                matches!(&decided, Ok(set) if *set == serde_json::json!([{"result": true}]));
-            if passed != outcome.passed {
-                let sandbox = decided.map_or_else(|e| e.to_string(), |set| set.to_string());
-                let interpreter = outcome.failure.take().unwrap_or_else(|| "true".into());
-                outcome.passed = false;
-                outcome.failure = Some(format!(
-                    "the engines disagree: the sandbox decided {sandbox}, the interpreter {interpreter}"
-                ));
-            }
+            let (result, _) = loaded.evaluate_without_input(entrypoint).await;
+            decided.insert((*name).clone(), result.map_err(|e| e.to_string()));
         }
     }
-    Ok(())
+    Ok(decided)
 }
 
-fn run_tests(
-    source: &PolicySource,
-    mut coverage: Option<&mut Lines>,
-) -> Result<Vec<TestOutcome>, PolicyError> {
-    let mut engine = source.engine(true)?;
-    engine.set_enable_coverage(coverage.is_some());
-    let mut outcomes = Vec::new();
+/// The test rules of the policy's test modules, in file order: (file, `data.<package>.<rule>`).
+fn test_rules(source: &PolicySource) -> Result<Vec<(String, String)>, PolicyError> {
+    let mut rules = Vec::new();
     for (file, text) in &source.tests {
-        let (package, rules) = tests_of(text);
+        let (package, names) = tests_of(text);
         let Some(package) = package else {
             return Err(PolicyError::Source(format!(
                 "{file}: no package declaration"
             )));
         };
-        for rule in rules {
-            let name = format!("data.{package}.{rule}");
-            let mut engine = engine.clone();
-            let start = Instant::now();
-            let result = engine.eval_rule(name.clone());
-            let duration_us = start.elapsed().as_secs_f64() * 1e6;
-            if let Some(lines) = coverage.as_deref_mut() {
-                lines.add(&engine)?;
-            }
-            let failure = match result {
-                Ok(regorus::Value::Bool(true)) => None,
-                Ok(regorus::Value::Undefined) => {
-                    Some("undefined (a condition did not hold)".into())
-                }
-                Ok(other) => Some(format!("evaluated to {other}")),
-                Err(e) => Some(format!(
-                    "error: {}",
-                    gantry_policy_engine::diagnostic::render(&e.to_string())
-                )),
-            };
-            outcomes.push(TestOutcome {
-                name,
-                file: file.clone(),
-                passed: failure.is_none(),
-                failure,
-                duration_us,
-            });
+        for rule in names {
+            rules.push((file.clone(), format!("data.{package}.{rule}")));
         }
+    }
+    Ok(rules)
+}
+
+/// Runs `tests` natively, each but those `skip` gives a failure for (that failure is theirs).
+fn run_tests(
+    source: &PolicySource,
+    tests: &[(String, String)],
+    mut coverage: Option<&mut Lines>,
+    skip: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<TestOutcome>, PolicyError> {
+    let mut engine = source.engine(true)?;
+    engine.set_enable_coverage(coverage.is_some());
+    let mut outcomes = Vec::new();
+    for (file, name) in tests {
+        if let Some(failure) = skip(name) {
+            outcomes.push(TestOutcome {
+                name: name.clone(),
+                file: file.clone(),
+                passed: false,
+                failure: Some(failure),
+                duration_us: 0.0,
+            });
+            continue;
+        }
+        let mut engine = engine.clone();
+        let start = Instant::now();
+        let result = engine.eval_rule(name.clone());
+        let duration_us = start.elapsed().as_secs_f64() * 1e6;
+        if let Some(lines) = coverage.as_deref_mut() {
+            lines.add(&engine)?;
+        }
+        let failure = match result {
+            Ok(regorus::Value::Bool(true)) => None,
+            Ok(regorus::Value::Undefined) => Some("undefined (a condition did not hold)".into()),
+            Ok(other) => Some(format!("evaluated to {other}")),
+            Err(e) => Some(format!(
+                "error: {}",
+                gantry_policy_engine::diagnostic::render(&e.to_string())
+            )),
+        };
+        outcomes.push(TestOutcome {
+            name: name.clone(),
+            file: file.clone(),
+            passed: failure.is_none(),
+            failure,
+            duration_us,
+        });
     }
     Ok(outcomes)
 }

@@ -297,22 +297,16 @@ fn test(
         strict,
         ..PolicySource::read(dir)?
     };
-    let (mut outcomes, coverage) = if cov.coverage || cov.threshold.is_some() {
-        let (outcomes, coverage) = gantry::policy::rego_tests::run_with_coverage(&source)?;
-        (outcomes, Some(coverage))
-    } else {
-        (gantry::policy::rego_tests::run(&source)?, None)
-    };
-    // The same tests through the engine that decides, the interpreter as its oracle.
+    // The tests through the engine that decides, the interpreter as its oracle.
     let mut config = HostConfig::new(Cluster::uniform(1, 1, 1, 1));
     config.cache_dir = ctx.cache_dir.clone();
     let host = Host::new(config)?;
-    gantry::blocking::block_on(gantry::policy::rego_tests::check_in_sandbox(
-        &source,
-        &host.policy_loader(),
-        &mut outcomes,
-    ))
-    .context("running the tests in the sandbox")?;
+    let (outcomes, coverage) =
+        gantry::blocking::block_on(gantry::policy::rego_tests::run_checked(
+            &source,
+            &host.policy_loader(),
+            cov.coverage || cov.threshold.is_some(),
+        ))?;
     let failed = outcomes.iter().filter(|o| !o.passed).count();
     if json {
         println!(
