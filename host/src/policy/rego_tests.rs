@@ -99,31 +99,17 @@ impl Lines {
         Ok(())
     }
 
-    /// Adds the coverable lines of the modules no test reached (regorus reports only modules an
-    /// evaluation touched): each such module's package evaluated once without input, errors
-    /// ignored, as only which lines hold something to evaluate matters.
-    fn add_unreached(&mut self, source: &PolicySource) -> Result<(), PolicyError> {
-        let mut engine = source.engine(false)?;
+    /// Adds the coverable lines of every module, those no test reached among them: regorus
+    /// reports each module of a prepared engine (Gantry's patch), its lines read from the AST, and
+    /// a query of `true` prepares the engine and evaluates no rule. Nothing of the policy runs
+    /// here, where nothing would bound it.
+    fn add_unreached(&mut self, engine: &regorus::Engine) -> Result<(), PolicyError> {
+        let mut engine = engine.clone();
         engine.set_enable_coverage(true);
-        let packages = engine.get_packages().unwrap_or_default();
-        for ((file, _), package) in source.modules.iter().zip(packages) {
-            if self.0.contains_key(file) {
-                continue;
-            }
-            let mut engine = engine.clone();
-            let _ = engine.eval_query(package, false);
-            let report = engine
-                .get_coverage_report()
-                .map_err(|e| PolicyError::Source(format!("coverage: {e}")))?;
-            let lines: BTreeSet<u32> = report
-                .files
-                .into_iter()
-                .filter(|f| f.path == *file)
-                .flat_map(|f| f.covered.into_iter().chain(f.not_covered))
-                .collect();
-            self.0.insert(file.clone(), (BTreeSet::new(), lines));
-        }
-        Ok(())
+        engine
+            .eval_query("true".into(), false)
+            .map_err(|e| PolicyError::Source(format!("coverage: {e}")))?;
+        self.add(&engine)
     }
 
     fn report(self, source: &PolicySource) -> Coverage {
@@ -155,7 +141,7 @@ impl Lines {
 /// Runs every test rule natively (the interpreter); an error only when the policy itself does not
 /// load.
 pub fn run(source: &PolicySource) -> Result<Vec<TestOutcome>, PolicyError> {
-    run_tests(source, &test_rules(source)?, None, &|_| None)
+    run_tests(&source.engine(true)?, &test_rules(source)?, None, &|_| None)
 }
 
 /// Runs every test rule in the sandbox, decided by the engine that decides requests (the policy
@@ -172,7 +158,7 @@ pub async fn run_checked(
     coverage: bool,
 ) -> Result<(Vec<TestOutcome>, Option<Coverage>), PolicyError> {
     // The policy's own load errors first, as the interpreter words them.
-    source.engine(true)?;
+    let engine = source.engine(true)?;
     let tests = test_rules(source)?;
     let decided = decide_in_sandbox(source, loader, &tests).await?;
     let stopped = |name: &str| match decided.get(name) {
@@ -180,7 +166,7 @@ pub async fn run_checked(
         _ => None,
     };
     let mut lines = coverage.then(Lines::default);
-    let mut outcomes = run_tests(source, &tests, lines.as_mut(), &stopped)?;
+    let mut outcomes = run_tests(&engine, &tests, lines.as_mut(), &stopped)?;
     for outcome in &mut outcomes {
         let Some(Ok(set)) = decided.get(&outcome.name) else {
             continue;
@@ -196,7 +182,7 @@ pub async fn run_checked(
     }
     let coverage = match lines {
         Some(mut lines) => {
-            lines.add_unreached(source)?;
+            lines.add_unreached(&engine)?;
             Some(lines.report(source))
         }
         None => None,
@@ -267,12 +253,12 @@ fn test_rules(source: &PolicySource) -> Result<Vec<(String, String)>, PolicyErro
 
 /// Runs `tests` natively, each but those `skip` gives a failure for (that failure is theirs).
 fn run_tests(
-    source: &PolicySource,
+    engine: &regorus::Engine,
     tests: &[(String, String)],
     mut coverage: Option<&mut Lines>,
     skip: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<TestOutcome>, PolicyError> {
-    let mut engine = source.engine(true)?;
+    let mut engine = engine.clone();
     engine.set_enable_coverage(coverage.is_some());
     let mut outcomes = Vec::new();
     for (file, name) in tests {
@@ -324,5 +310,49 @@ mod tests {
         );
         assert_eq!(package.as_deref(), Some("a.b_test"));
         assert_eq!(rules, ["test_one", "test_two"]);
+    }
+
+    /// `--coverage` lists the lines of a module no test reached without evaluating it: it
+    /// evaluated the module's package natively, where nothing bounds a rule (this one iterates
+    /// 10^15 times), so the command never ended.
+    #[test]
+    fn coverage_lists_an_untested_modules_lines_without_evaluating_it() {
+        let source = PolicySource {
+            modules: vec![
+                ("p.rego".into(), "package p\nallow := true\n".into()),
+                (
+                    "q.rego".into(),
+                    "package q\nforever if {\n\tsome a in numbers.range(1, 100000)\n\
+                     \tsome b in numbers.range(1, 100000)\n\
+                     \tsome c in numbers.range(1, 100000)\n\ta + b + c < 0\n}\n"
+                        .into(),
+                ),
+            ],
+            tests: vec![(
+                "p_test.rego".into(),
+                "package p_test\ntest_allow if data.p.allow\n".into(),
+            )],
+            data: serde_json::json!({}),
+            strict: true,
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let engine = source.engine(true).unwrap();
+            let mut lines = Lines::default();
+            let tests = test_rules(&source).unwrap();
+            let outcomes = run_tests(&engine, &tests, Some(&mut lines), &|_| None).unwrap();
+            lines.add_unreached(&engine).unwrap();
+            let _ = done.send((outcomes, lines.report(&source)));
+        });
+        // A guard against the hang, not a timing: the report takes milliseconds.
+        let (outcomes, report) = finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("coverage evaluated the untested module");
+        assert!(outcomes[0].passed, "{outcomes:?}");
+        let q = &report.files[1];
+        assert_eq!(q.file, "q.rego");
+        assert_eq!((q.covered, q.coverable), (0, 4), "{report:?}");
+        assert_eq!(q.not_covered, [3, 4, 5, 6]);
+        assert_eq!(report.files[0].not_covered, Vec::<u32>::new());
     }
 }
