@@ -1,7 +1,6 @@
 //! Builtins whose meaning in OPA is Go's standard library, where regorus's differ in a way a
 //! policy can turn into an allow that OPA denies (found by a review running OPA's sources
-//! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding),
-//! `time.parse_rfc3339_ns` (Go's `time.RFC3339`: a `T`, an upper-case `Z`), `net.cidr_contains`
+//! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding), `net.cidr_contains`
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
 //! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
 //! simple case mappings, one character for one), the network builtins regorus lacks
@@ -150,13 +149,6 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         }
         _ => fail("to_number: operand 1 must be one of {boolean, null, number, string}".into()),
     };
-    let parse_rfc3339_ns = move |args: Vec<Value>| match args[0].as_string() {
-        Ok(s) => match rfc3339_ns(s) {
-            Ok(ns) => Ok(Value::from(ns)),
-            Err(e) => fail(format!("time.parse_rfc3339_ns: {s:?}: {e}")),
-        },
-        Err(_) => fail("time.parse_rfc3339_ns: operand 1 must be string".into()),
-    };
     let cidr_contains = move |args: Vec<Value>| match (args[0].as_string(), args[1].as_string()) {
         (Ok(cidr), Ok(other)) => match cidr_contains(cidr, other) {
             Ok(b) => Ok(Value::from(b)),
@@ -174,12 +166,6 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
             .map_err(|e| format!("{name}: {e}"))
     };
     add(engine, "to_number", 1, Box::new(to_number))?;
-    add(
-        engine,
-        "time.parse_rfc3339_ns",
-        1,
-        Box::new(parse_rfc3339_ns),
-    )?;
     add(engine, "net.cidr_contains", 2, Box::new(cidr_contains))?;
     let unmarshal = move |args: Vec<Value>| match args[0].as_string() {
         Ok(text) => match yaml_11_ambiguous(text) {
@@ -568,79 +554,6 @@ fn go_decimal(s: &str) -> Option<String> {
         json.push_str(exponent);
     }
     Some(json)
-}
-
-/// Nanoseconds since the Unix epoch of `s` as Go's `time.Parse(time.RFC3339, s)` reads it:
-/// `YYYY-MM-DDTHH:MM:SS`, an optional fraction after `.`, then `Z` or `±HH:MM`.
-fn rfc3339_ns(s: &str) -> Result<i64, &'static str> {
-    let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Result<i64, &'static str> {
-        let part = b.get(from..from + len).ok_or("too short")?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)");
-        }
-        Ok(part.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    let at = |i: usize, c: u8| match b.get(i) == Some(&c) {
-        true => Ok(()),
-        false => Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)"),
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    at(4, b'-')?;
-    at(7, b'-')?;
-    at(10, b'T')?;
-    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    at(13, b':')?;
-    at(16, b':')?;
-    let mut i = 19;
-    let mut nanos = 0i64;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return Err("a fraction of a second without digits");
-        }
-        // Nanoseconds: the first nine digits, padded.
-        let digits = &s[start..i.min(start + 9)];
-        nanos = digits.bytes().fold(0, |n, d| n * 10 + i64::from(d - b'0'))
-            * 10i64.pow(9 - digits.len() as u32);
-    }
-    let offset = match b.get(i) {
-        Some(b'Z') if i + 1 == b.len() => 0,
-        Some(sign @ (b'+' | b'-')) if i + 6 == b.len() => {
-            at(i + 3, b':')?;
-            let (h, m) = (num(i + 1, 2)?, num(i + 4, 2)?);
-            if h > 23 || m > 59 {
-                return Err("time zone offset out of range");
-            }
-            let seconds = h * 3600 + m * 60;
-            if *sign == b'-' { -seconds } else { seconds }
-        }
-        _ => return Err("not RFC 3339 (YYYY-MM-DDTHH:MM:SSZ)"),
-    };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return Err("month out of range"),
-    };
-    if !(1..=days_in_month).contains(&day) {
-        return Err("day out of range");
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return Err("time out of range");
-    }
-    let seconds =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    // In i128: the earliest instant an int64 holds has seconds that alone overflow it
-    // (`1677-09-21T00:12:43.145224192Z` is i64::MIN, found by OPA's own cases).
-    i64::try_from(i128::from(seconds) * 1_000_000_000 + i128::from(nanos))
-        .map_err(|_| "outside the nanoseconds an int64 holds")
 }
 
 /// The number decimal text `j` (from [`go_decimal`], within an f64's range) means, exact. A zero

@@ -22,6 +22,7 @@ use chrono_tz::Tz;
 
 pub(in crate::builtins) mod compat;
 mod diff;
+mod go_parse;
 
 pub fn register(m: &mut builtins::BuiltinsMap<&'static str, builtins::BuiltinFcn>) {
     m.insert("time.add_date", (add_date, 4));
@@ -162,9 +163,18 @@ fn parse_ns(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
     let layout = ensure_string(name, &params[0], &args[0])?;
     let value = ensure_string(name, &params[1], &args[1])?;
 
-    let datetime = compat::parse(layout_with_predefined_formats(&layout), &value)
-        .map_err(|err| anyhow::anyhow!("Failed to parse datetime: {}", err))?;
-    safe_timestamp_nanos(span, strict, datetime.timestamp_nanos_opt())
+    // Gantry: Go's time.Parse, ported (go_parse.rs); an instant past i64 nanoseconds is the
+    // range error below.
+    go_nanos(span, strict, layout_with_predefined_formats(&layout), &value)
+}
+
+/// Gantry: `value` read as Go's `time.Parse` reads it with `layout`, in nanoseconds.
+fn go_nanos(span: &Span, strict: bool, layout: &str, value: &str) -> Result<Value> {
+    match go_parse::parse_ns(layout, value) {
+        Ok(ns) => safe_timestamp_nanos(span, strict, Some(ns)),
+        Err(e) if e == go_parse::OUT_OF_RANGE => safe_timestamp_nanos(span, strict, None),
+        Err(e) => Err(anyhow::anyhow!(e)),
+    }
 }
 
 fn parse_rfc3339_ns(
@@ -178,9 +188,9 @@ fn parse_rfc3339_ns(
 
     let value = ensure_string(name, &params[0], &args[0])?;
 
-    let datetime = DateTime::parse_from_rfc3339(&value)
-        .map_err(|err| anyhow::anyhow!("Failed to parse datetime: {}", err))?;
-    safe_timestamp_nanos(span, strict, datetime.timestamp_nanos_opt())
+    // Gantry: as OPA, Go's time.Parse with the RFC 3339 layout (chrono's RFC 3339 reader took
+    // what Go refuses: a space or a lower-case `t` for `T`, a lower-case `z`).
+    go_nanos(span, strict, "2006-01-02T15:04:05Z07:00", &value)
 }
 
 fn weekday(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
