@@ -15,14 +15,14 @@ use crate::*;
 use anyhow::{bail, Result};
 
 use chrono::{
-    DateTime, Datelike, Days, FixedOffset, Local, Months, SecondsFormat, TimeZone, Timelike, Utc,
+    DateTime, Datelike, Days, FixedOffset, Local, Months, TimeZone, Timelike, Utc,
     Weekday,
 };
 use chrono_tz::Tz;
 
 pub(in crate::builtins) mod compat;
 mod diff;
-mod go_parse;
+mod go_time;
 
 pub fn register(m: &mut builtins::BuiltinsMap<&'static str, builtins::BuiltinFcn>) {
     m.insert("time.add_date", (add_date, 4));
@@ -105,8 +105,13 @@ fn diff(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Res
     let name = "time.diff";
     ensure_args_count(span, name, params, args, 2)?;
 
-    let (datetime1, _) = parse_epoch(name, &params[0], &args[0])?;
-    let (datetime2, _) = parse_epoch(name, &params[1], &args[1])?;
+    // Gantry: as OPA, the second instant is read in the first one's zone, with the offset that
+    // zone has at that instant (upstream gave it the first one's offset, an hour off across a
+    // daylight saving change).
+    let (ns1, zone, _) = parse_zoned(name, &params[0], &args[0])?;
+    let (ns2, _, _) = parse_zoned(name, &params[1], &args[1])?;
+    let (datetime1, _) = zone.local(ns1);
+    let (datetime2, _) = zone.local(ns2);
 
     let (year, month, day, hour, min, sec) = diff::diff_between_datetimes(datetime1, datetime2)?;
 
@@ -125,14 +130,28 @@ fn format(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> R
     let name = "time.format";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let (datetime, format) = parse_epoch(name, &params[0], &args[0])?;
-
-    let result = match format {
-        Some(format) => compat::format(datetime, layout_with_predefined_formats(&format)),
-        None => datetime.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    // Gantry: Go's `Time.Format` (go_time.rs), the zone's abbreviation for `MST`; no layout,
+    // or an empty one, is RFC 3339 with nanoseconds, as OPA's.
+    let (ns, zone, layout) = parse_zoned(name, &params[0], &args[0])?;
+    let (t, abbreviation) = zone.local(ns);
+    let local = go_time::Local {
+        year: i64::from(t.year()),
+        month: t.month(),
+        day: t.day(),
+        yday: t.ordinal(),
+        weekday: t.weekday().num_days_from_sunday(),
+        hour: t.hour(),
+        minute: t.minute(),
+        second: t.second(),
+        nanosecond: t.nanosecond(),
+        offset: i64::from(t.offset().local_minus_utc()),
+        zone: &abbreviation,
     };
-
-    Ok(Value::String(result.into()))
+    let layout = match layout.as_deref() {
+        None | Some("") => "2006-01-02T15:04:05.999999999Z07:00",
+        Some(layout) => layout_with_predefined_formats(layout),
+    };
+    Ok(Value::String(go_time::format(&local, layout).into()))
 }
 
 fn now_ns(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
@@ -163,16 +182,16 @@ fn parse_ns(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
     let layout = ensure_string(name, &params[0], &args[0])?;
     let value = ensure_string(name, &params[1], &args[1])?;
 
-    // Gantry: Go's time.Parse, ported (go_parse.rs); an instant past i64 nanoseconds is the
+    // Gantry: Go's time.Parse, ported (go_time.rs); an instant past i64 nanoseconds is the
     // range error below.
     go_nanos(span, strict, layout_with_predefined_formats(&layout), &value)
 }
 
 /// Gantry: `value` read as Go's `time.Parse` reads it with `layout`, in nanoseconds.
 fn go_nanos(span: &Span, strict: bool, layout: &str, value: &str) -> Result<Value> {
-    match go_parse::parse_ns(layout, value) {
+    match go_time::parse_ns(layout, value) {
         Ok(ns) => safe_timestamp_nanos(span, strict, Some(ns)),
-        Err(e) if e == go_parse::OUT_OF_RANGE => safe_timestamp_nanos(span, strict, None),
+        Err(e) if e == go_time::OUT_OF_RANGE => safe_timestamp_nanos(span, strict, None),
         Err(e) => Err(anyhow::anyhow!(e)),
     }
 }
@@ -229,46 +248,76 @@ fn safe_timestamp_nanos(span: &Span, strict: bool, nanos: Option<i64>) -> Result
     }
 }
 
+/// Gantry: where an instant is read, as Go's `time.Location`.
+#[derive(Debug, Clone, Copy)]
+enum Zone {
+    Utc,
+    /// The machine's zone (`"Local"`).
+    Local,
+    Named(Tz),
+}
+
+impl Zone {
+    /// Instant `ns` in this zone, and the zone's abbreviation there (Go's `MST`): the tz
+    /// database's, or, where it writes the offset as the abbreviation (`+0545`), that offset as
+    /// it writes it, hours alone when the minutes are zero.
+    fn local(self, ns: i64) -> (DateTime<FixedOffset>, String) {
+        use chrono::Offset;
+        let utc = Utc.timestamp_nanos(ns);
+        let (offset, name) = match self {
+            Zone::Utc => return (utc.fixed_offset(), "UTC".into()),
+            Zone::Local => (Local.offset_from_utc_datetime(&utc.naive_utc()).fix(), None),
+            Zone::Named(tz) => {
+                let offset = tz.offset_from_utc_datetime(&utc.naive_utc());
+                let name = chrono_tz::OffsetName::abbreviation(&offset).map(String::from);
+                (offset.fix(), name)
+            }
+        };
+        let name = name.unwrap_or_else(|| {
+            let east = offset.local_minus_utc();
+            let (h, m) = (east.abs() / 3600, east.abs() / 60 % 60);
+            let sign = if east < 0 { '-' } else { '+' };
+            match m {
+                0 => format!("{sign}{h:02}"),
+                _ => format!("{sign}{h:02}{m:02}"),
+            }
+        });
+        (utc.with_timezone(&offset), name)
+    }
+}
+
+/// The local time of an epoch argument (`ns`, or `[ns, zone, layout]`) and its layout.
 fn parse_epoch(
     fcn: &str,
     arg: &Expr,
     val: &Value,
 ) -> Result<(DateTime<FixedOffset>, Option<String>)> {
-    match val {
-        Value::Number(num) => {
-            let ns = num.as_i64().ok_or_else(|| {
-                arg.span()
-                    .error("could not convert numeric value of `ns` to int64")
-            })?;
+    let (ns, zone, layout) = parse_zoned(fcn, arg, val)?;
+    Ok((zone.local(ns).0, layout))
+}
 
-            return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
-        }
+/// An epoch argument (`ns`, or `[ns, zone, layout]`): the instant, its zone and its layout.
+fn parse_zoned(fcn: &str, arg: &Expr, val: &Value) -> Result<(i64, Zone, Option<String>)> {
+    let nanos = |num: &crate::number::Number| {
+        num.as_i64().ok_or_else(|| {
+            arg.span()
+                .error("could not convert numeric value of `ns` to int64")
+        })
+    };
+    match val {
+        Value::Number(num) => return Ok((nanos(num)?, Zone::Utc, None)),
 
         Value::Array(arr) => match arr.as_slice() {
-            [Value::Number(num)] => {
-                let ns = num.as_i64().ok_or_else(|| {
-                    arg.span()
-                        .error("could not convert numeric value of `ns` to int64")
-                })?;
-
-                return Ok((Utc.timestamp_nanos(ns).fixed_offset(), None));
-            }
+            [Value::Number(num)] => return Ok((nanos(num)?, Zone::Utc, None)),
             [Value::Number(num), Value::String(tz), rest @ ..] => {
-                let ns = num.as_i64().ok_or_else(|| {
-                    arg.span()
-                        .error("could not convert numeric value of `ns` to int64")
-                })?;
-
-                let datetime = match tz.as_ref() {
-                    "UTC" | "" => Utc.timestamp_nanos(ns).fixed_offset(),
-                    "Local" => Local.timestamp_nanos(ns).fixed_offset(),
-                    _ => {
-                        let tz: Tz = match tz.parse() {
-                            Ok(tz) => tz,
-                            Err(e) => bail!(e),
-                        };
-                        tz.timestamp_nanos(ns).fixed_offset()
-                    }
+                let ns = nanos(num)?;
+                let zone = match tz.as_ref() {
+                    "UTC" | "" => Zone::Utc,
+                    "Local" => Zone::Local,
+                    _ => match tz.parse() {
+                        Ok(tz) => Zone::Named(tz),
+                        Err(e) => bail!(e),
+                    },
                 };
 
                 let format = match rest.first() {
@@ -281,7 +330,7 @@ fn parse_epoch(
                     None => None,
                 };
 
-                return Ok((datetime, format));
+                return Ok((ns, zone, format));
             }
             _ => {}
         },

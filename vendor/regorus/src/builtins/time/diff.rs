@@ -18,8 +18,9 @@ pub fn diff_between_datetimes(
     // Copyright 2021 icza
     // BEGIN REDISTRIBUTION FROM APACHE 2.0 LICENSED PROJECT
 
-    // Make sure both datetimes in the same timezone
-    let datetime2 = datetime2.with_timezone(&datetime1.timezone());
+    // Gantry: both are already local times in the first one's zone, each with the offset the
+    // zone has at its instant (the caller's); upstream moved the second to the first one's
+    // offset, an hour off across a daylight saving change.
 
     // Make sure `datetime1` is always the smallest one
     let (datetime1, datetime2) = if datetime1 > datetime2 {

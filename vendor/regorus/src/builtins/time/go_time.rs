@@ -1,6 +1,9 @@
-// Gantry: Go's `time.Parse`, which OPA's `time.parse_ns` and `time.parse_rfc3339_ns` call,
-// ported whole from Go's src/time/format.go (`nextStdChunk`, `parse` and their helpers; Go's
-// license is in compat.rs). Upstream mapped Go's layout onto chrono's parser, which reads
+// Gantry: Go's `time.Parse` and `Time.Format`, which OPA's `time.parse_ns`,
+// `time.parse_rfc3339_ns` and `time.format` call, ported whole from Go's src/time/format.go
+// (`nextStdChunk`, `parse`, `appendFormat` and their helpers; Go's license is in compat.rs).
+// Formatting was chrono's with Go's layout mapped onto it: `.999` wrote nine digits whatever its
+// length and kept trailing zeros, `,000` wrote a point, `MST` wrote an offset where Go writes the
+// zone's abbreviation (`UTC`, `EST`). Upstream mapped Go's layout onto chrono's parser, which reads
 // another grammar: a layout without a month or a day (`2006`, `Jan 2006`) was refused where Go
 // takes January and 1, a weekday that does not match the date was refused where Go ignores it,
 // an hour of a 12-hour clock without AM/PM, a fraction after `5`, a `Z` for `Z07`, ... Each
@@ -49,10 +52,11 @@ enum Std {
     NumShortTz,
     NumColonTz,
     NumColonSecondsTz,
-    /// `.000`: exactly this many digits.
-    FracSecond0(usize),
-    /// `.999`: any digits, or none.
-    FracSecond9,
+    /// `.000`: exactly this many digits, after this separator (`.` or `,`).
+    FracSecond0(usize, u8),
+    /// `.999`: when parsing, any digits or none; when formatting, at most this many, trailing
+    /// zeros left out.
+    FracSecond9(usize, u8),
 }
 
 fn at(s: &[u8], i: usize) -> Option<u8> {
@@ -171,9 +175,9 @@ fn next_std_chunk(layout: &[u8]) -> (&[u8], Option<Std>, &[u8]) {
                     // Only a fractional second if the digits end here.
                     if !is_digit(layout, j) {
                         let std = if ch == b'0' {
-                            FracSecond0(digits)
+                            FracSecond0(digits, c)
                         } else {
-                            FracSecond9
+                            FracSecond9(digits, c)
                         };
                         return (&layout[..i], Some(std), from(layout, j));
                     }
@@ -513,7 +517,7 @@ pub fn parse_ns(layout: &str, value: &str) -> Result<i64, String> {
                     // A fraction after the seconds where the layout has none next.
                     if matches!(at(value, 0), Some(b'.' | b',')) && is_digit(value, 1) {
                         let next = next_std_chunk(layout).1;
-                        if matches!(next, Some(FracSecond0(_) | FracSecond9)) {
+                        if matches!(next, Some(FracSecond0(..) | FracSecond9(..))) {
                             return Some(());
                         }
                         let n = 2 + from(value, 2).iter().take_while(|c| c.is_ascii_digit()).count();
@@ -619,7 +623,7 @@ pub fn parse_ns(layout: &str, value: &str) -> Result<i64, String> {
                     }
                     value = from(value, parse_time_zone(value)?);
                 }
-                FracSecond0(digits) => {
+                FracSecond0(digits, _) => {
                     let n = 1 + digits;
                     if value.len() < n {
                         return None;
@@ -632,7 +636,7 @@ pub fn parse_ns(layout: &str, value: &str) -> Result<i64, String> {
                         Err(None) => return None,
                     }
                 }
-                FracSecond9 => {
+                FracSecond9(..) => {
                     if !(matches!(at(value, 0), Some(b'.' | b',')) && is_digit(value, 1)) {
                         // The fraction left out.
                         return Some(());
@@ -709,4 +713,150 @@ pub fn parse_ns(layout: &str, value: &str) -> Result<i64, String> {
     };
     let nanos = i128::from(seconds) * 1_000_000_000 + i128::from(nsec);
     i64::try_from(nanos).map_err(|_| OUT_OF_RANGE.into())
+}
+
+/// Go's `appendInt`: `x` in decimal, zero-padded to `width` digits.
+fn append_int(out: &mut String, x: i64, width: usize) {
+    if x < 0 {
+        out.push('-');
+    }
+    let digits = x.unsigned_abs().to_string();
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(&digits);
+}
+
+/// An offset, seconds east, as Go writes `-07:00:00`'s parts (the sign is that of the whole
+/// minutes, as Go's).
+fn append_offset(out: &mut String, offset: i64, colon: bool, minutes: bool, seconds: bool) {
+    let (mut zone, mut abs) = (offset / 60, offset);
+    if zone < 0 {
+        out.push('-');
+        (zone, abs) = (-zone, -abs);
+    } else {
+        out.push('+');
+    }
+    append_int(out, zone / 60, 2);
+    if colon {
+        out.push(':');
+    }
+    if minutes {
+        append_int(out, zone % 60, 2);
+    }
+    if seconds {
+        if colon {
+            out.push(':');
+        }
+        append_int(out, abs % 60, 2);
+    }
+}
+
+/// A local time as Go's `Time.Format` reads it: the fields in its zone, the zone's offset
+/// (seconds east) and abbreviation.
+#[derive(Debug, Clone)]
+pub struct Local<'a> {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    /// Day of the year, from 1.
+    pub yday: u32,
+    /// 0 for Sunday.
+    pub weekday: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub nanosecond: u32,
+    pub offset: i64,
+    pub zone: &'a str,
+}
+
+/// Go's `Time.Format(layout)` of `t`.
+pub fn format(t: &Local<'_>, layout: &str) -> String {
+    use Std::*;
+    let mut out = String::new();
+    let mut layout = layout.as_bytes();
+    loop {
+        let (prefix, std, suffix) = next_std_chunk(layout);
+        // `prefix` ends where `layout` does or before an ASCII element: whole characters.
+        out.push_str(core::str::from_utf8(prefix).unwrap_or_default());
+        let Some(std) = std else {
+            break;
+        };
+        layout = suffix;
+        let hour12 = match t.hour % 12 {
+            0 => 12,
+            h => h,
+        };
+        let z = |std: Std| {
+            matches!(
+                std,
+                Iso8601Tz | Iso8601ColonTz | Iso8601SecondsTz | Iso8601ShortTz | Iso8601ColonSecondsTz
+            )
+        };
+        match std {
+            Year => append_int(&mut out, t.year.abs() % 100, 2),
+            LongYear => append_int(&mut out, t.year, 4),
+            Month => out.push_str(&LONG_MONTHS[(t.month - 1) as usize][..3]),
+            LongMonth => out.push_str(LONG_MONTHS[(t.month - 1) as usize]),
+            NumMonth => append_int(&mut out, i64::from(t.month), 0),
+            ZeroMonth => append_int(&mut out, i64::from(t.month), 2),
+            WeekDay => out.push_str(SHORT_DAYS[t.weekday as usize]),
+            LongWeekDay => out.push_str(LONG_DAYS[t.weekday as usize]),
+            Day => append_int(&mut out, i64::from(t.day), 0),
+            UnderDay => {
+                if t.day < 10 {
+                    out.push(' ');
+                }
+                append_int(&mut out, i64::from(t.day), 0);
+            }
+            ZeroDay => append_int(&mut out, i64::from(t.day), 2),
+            UnderYearDay => {
+                if t.yday < 100 {
+                    out.push(' ');
+                    if t.yday < 10 {
+                        out.push(' ');
+                    }
+                }
+                append_int(&mut out, i64::from(t.yday), 0);
+            }
+            ZeroYearDay => append_int(&mut out, i64::from(t.yday), 3),
+            Hour => append_int(&mut out, i64::from(t.hour), 2),
+            Hour12 => append_int(&mut out, i64::from(hour12), 0),
+            ZeroHour12 => append_int(&mut out, i64::from(hour12), 2),
+            Minute => append_int(&mut out, i64::from(t.minute), 0),
+            ZeroMinute => append_int(&mut out, i64::from(t.minute), 2),
+            Second => append_int(&mut out, i64::from(t.second), 0),
+            ZeroSecond => append_int(&mut out, i64::from(t.second), 2),
+            Pm => out.push_str(if t.hour >= 12 { "PM" } else { "AM" }),
+            LowerPm => out.push_str(if t.hour >= 12 { "pm" } else { "am" }),
+            // The `Z` forms write `Z` at offset zero, as ISO 8601.
+            std if z(std) && t.offset == 0 => out.push('Z'),
+            Iso8601Tz | NumTz => append_offset(&mut out, t.offset, false, true, false),
+            Iso8601ColonTz | NumColonTz => append_offset(&mut out, t.offset, true, true, false),
+            Iso8601ShortTz | NumShortTz => append_offset(&mut out, t.offset, false, false, false),
+            Iso8601SecondsTz | NumSecondsTz => {
+                append_offset(&mut out, t.offset, false, true, true);
+            }
+            Iso8601ColonSecondsTz | NumColonSecondsTz => {
+                append_offset(&mut out, t.offset, true, true, true);
+            }
+            Tz if !t.zone.is_empty() => out.push_str(t.zone),
+            // No zone name: Go writes the offset as `-0700`.
+            Tz => append_offset(&mut out, t.offset, false, true, false),
+            FracSecond0(digits, separator) | FracSecond9(digits, separator) => {
+                let nanos = format!("{:09}", t.nanosecond.min(999_999_999));
+                let mut n = digits.min(9);
+                if matches!(std, FracSecond9(..)) {
+                    n = nanos[..n].trim_end_matches('0').len();
+                    if n == 0 {
+                        continue;
+                    }
+                }
+                out.push(char::from(separator));
+                out.push_str(&nanos[..n]);
+            }
+        }
+    }
+    out
 }
