@@ -865,18 +865,29 @@ impl Decimal {
     /// (an integer below 2^64, exact at 64 bits), rounded to 64 bits, truncated toward zero
     /// (`Float.Int`).
     pub fn go_float_mul_trunc(a: &Decimal, b: &Decimal) -> Result<BigInt, NumberError> {
-        let product = a.to_big_float().mul(&b.to_big_float(), 64);
-        let (negative, magnitude) = product.trunc();
-        if ndigits(&magnitude) > MAX_RESULT_DIGITS {
-            return Err(NumberError::OutOfRange);
-        }
-        let sign = if negative && !magnitude.is_zero() {
-            Sign::Minus
-        } else {
-            Sign::Plus
-        };
-        Ok(BigInt::from_biguint(sign, magnitude))
+        truncated(&a.to_big_float().mul(&b.to_big_float(), 64))
     }
+
+    /// `builtins.NumberToFloat(n)` then `Float.Int`: the value at a 64-bit mantissa, truncated
+    /// toward zero (OPA's `format_int`: `-0.5` is 0, never `-0`; an integer past 64 bits
+    /// rounds as OPA's does).
+    pub fn go_float_trunc(&self) -> Result<BigInt, NumberError> {
+        truncated(&self.to_big_float())
+    }
+}
+
+/// `Float.Int` of `f`, bounded by the result bounds.
+fn truncated(f: &BigFloat) -> Result<BigInt, NumberError> {
+    let (negative, magnitude) = f.trunc();
+    if ndigits(&magnitude) > MAX_RESULT_DIGITS {
+        return Err(NumberError::OutOfRange);
+    }
+    let sign = if negative && !magnitude.is_zero() {
+        Sign::Minus
+    } else {
+        Sign::Plus
+    };
+    Ok(BigInt::from_biguint(sign, magnitude))
 }
 
 /// Refuses results past the result bounds.

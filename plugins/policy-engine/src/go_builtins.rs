@@ -2,7 +2,8 @@
 //! policy can turn into an allow that OPA denies (found by a review running OPA's sources
 //! against the engine): `to_number` (Go's `strconv.ParseFloat`: no padding), `net.cidr_contains`
 //! (Go's `net.IPNet.Contains`: an IPv4-mapped IPv6 address is the IPv4 one),
-//! `strings.count` (Go's `strings.Count`: matches that do not overlap), `lower`/`upper` (Go's
+//! `strings.count` (Go's `strings.Count`: matches that do not overlap), `replace` (Go's
+//! `strings.Replacer`, as `strings.replace_n`), `lower`/`upper` (Go's
 //! simple case mappings, one character for one), the network builtins regorus lacks
 //! (`go_net`), the digest, HMAC and JWT builtins it lacks (`go_crypto`), `units.parse` and
 //! `units.parse_bytes` (`go_units`: Go's arithmetic and OPA's units), `time.add_date` (Go's `AddDate`: overflow rolls
@@ -194,6 +195,7 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
         2,
         crate::go_strings::replace_n(fail),
     )?;
+    add(engine, "replace", 3, crate::go_strings::replace_one(fail))?;
     add(engine, "yaml.unmarshal", 1, Box::new(unmarshal))?;
     // As `yaml.unmarshal` reads: a stream whose later document does not read is refused whatever
     // the mode (false skipped a `deny if { yaml.is_valid(y); yaml.unmarshal(y).privileged }`

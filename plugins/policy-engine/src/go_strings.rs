@@ -56,6 +56,31 @@ pub fn replace_n(fail: impl Fail) -> Box<dyn regorus::Extension> {
     })
 }
 
+/// `replace(s, old, new)`: Go's `strings.NewReplacer(old, new).Replace(s)`, as OPA's, through
+/// the one replacer `strings.replace_n` uses. regorus's (Rust's `str::replace`) put an empty
+/// `old`'s value between characters, where Go's replacer steps over bytes: on a string that is
+/// not ASCII it gave another string than OPA's (`contains(replace(s, "", "-"), "é")` held);
+/// here that is an error, as for `strings.replace_n`. The output is bounded there too.
+pub fn replace_one(fail: impl Fail) -> Box<dyn regorus::Extension> {
+    Box::new(move |args: Vec<Value>| {
+        let name = "replace";
+        let (Ok(s), Ok(old), Ok(new)) = (
+            args[0].as_string(),
+            args[1].as_string(),
+            args[2].as_string(),
+        ) else {
+            let (i, _) = (args.iter().enumerate())
+                .find(|(_, a)| a.as_string().is_err())
+                .unwrap_or((0, &args[0]));
+            return fail(format!("{name}: operand {} must be string", i + 1));
+        };
+        match replace(&[(old.as_ref(), new.as_ref())], s) {
+            Ok(out) => Ok(Value::from(out)),
+            Err(e) => e.context(name).answer(fail),
+        }
+    })
+}
+
 /// `strings.split_n(text, delimiter, n)`: the first `n` parts of Go's `strings.Split` (`n` >=
 /// 0), or the last `-n` (`n` < 0); `n` must be an integer written as one.
 pub fn split_n(fail: impl Fail) -> Box<dyn regorus::Extension> {

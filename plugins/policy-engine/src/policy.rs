@@ -898,6 +898,21 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         move |input| p.evaluate(0, &Value::new_object(), crate::json::parse(input).unwrap())
     }
 
+    /// Found by a differential against Go's answers: `replace(s, "", x)` put `x` between
+    /// characters, where Go's replacer (OPA's) steps over bytes: of `"é"` it made `"-é-"` where
+    /// OPA writes bytes that are no UTF-8, so `contains(replace(s, "", "-"), "é")` held here and
+    /// not in OPA. Go's replacer now: ASCII as Go, an insertion inside a character an error
+    /// (Gantry's strings hold UTF-8 only), whatever the mode.
+    #[test]
+    fn replace_with_an_empty_old_steps_over_bytes_as_gos_replacer() {
+        let deny = non_strict_deny(
+            "package p\nimport rego.v1\ndeny contains r if r := replace(input.s, \"\", \"-\")\n",
+        );
+        assert_eq!(deny(r#"{"s": "ab"}"#).unwrap(), r#"[{"result":["-a-b-"]}]"#);
+        let e = deny(r#"{"s": "é"}"#).unwrap_err().to_string();
+        assert!(e.contains("replace"), "{e}");
+    }
+
     /// A YAML stream reads as its first document, as OPA's go-yaml v2 reads it; a later document
     /// that does not read fails the evaluation, strict or not: go-yaml finds some such errors
     /// (what it scans past the first document's end) and not others, so Gantry cannot say

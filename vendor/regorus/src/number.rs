@@ -110,6 +110,12 @@ impl Number {
         Number::Float(Rc::new(value))
     }
 
+    /// Gantry: OPA's `NumberToFloat` then `Float.Int`: the value at a 64-bit mantissa,
+    /// truncated toward zero (`format_int`).
+    pub fn go_float_trunc(&self) -> Option<BigInt> {
+        self.to_decimal().go_float_trunc().ok()
+    }
+
     /// The exact value as a decimal.
     pub fn to_decimal(&self) -> Decimal {
         match self {

@@ -76,21 +76,18 @@ fn endswith(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) ->
 fn format_int(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "format_int";
     ensure_args_count(span, name, params, args, 2)?;
-    let mut n = ensure_numeric(name, &params[0], &args[0])?;
-    let mut sign = "";
-    if n < Number::from(0u64) {
-        n = n.abs();
-        sign = "-";
-    }
-    let n = n.floor();
-
+    // Gantry: OPA's: the number through `NumberToFloat` (a 64-bit mantissa) truncated toward
+    // zero, written in the base (upstream floored the magnitude and kept the sign, so `-0.5`
+    // was "-0" where OPA writes "0", and an integer past 64 bits was exact where OPA's rounds;
+    // an integer that an int64 holds is exact either way).
+    let n = ensure_numeric(name, &params[0], &args[0])?;
+    let Some(n) = n.go_float_trunc() else {
+        bail!(params[0].span().error(&format!("`{name}` number out of range")));
+    };
     let base = ensure_numeric(name, &params[1], &args[1])?;
 
     let num = match base.as_u64() {
-        Some(2) => n.format_bin(),
-        Some(8) => n.format_octal(),
-        Some(10) => n.format_decimal(),
-        Some(16) => n.format_hex(),
+        Some(radix @ (2 | 8 | 10 | 16)) => n.to_str_radix(radix as u32),
         _ => {
             if strict {
                 let span = params[1].span();
@@ -101,14 +98,22 @@ fn format_int(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         }
     };
 
-    Ok(Value::String((sign.to_owned() + &num).into()))
+    Ok(Value::String(num.into()))
 }
 
-fn indexof(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+fn indexof(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "indexof";
     ensure_args_count(span, name, params, args, 2)?;
     let s1 = ensure_string(name, &params[0], &args[0])?;
     let s2 = ensure_string(name, &params[1], &args[1])?;
+    // Gantry: OPA refuses an empty search (upstream found it at 0, at every place for
+    // `indexof_n`).
+    if s2.is_empty() {
+        if strict {
+            bail!(params[1].span().error("empty search character"));
+        }
+        return Ok(Value::Undefined);
+    }
     for (pos, (idx, _)) in s1.char_indices().enumerate() {
         if s1[idx..].starts_with(s2.as_ref()) {
             return Ok(Value::from(Number::from(pos)));
@@ -117,11 +122,19 @@ fn indexof(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
     Ok(Value::from(Number::from(-1i64)))
 }
 
-fn indexof_n(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+fn indexof_n(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "indexof_n";
     ensure_args_count(span, name, params, args, 2)?;
     let s1 = ensure_string(name, &params[0], &args[0])?;
     let s2 = ensure_string(name, &params[1], &args[1])?;
+    // Gantry: OPA refuses an empty search (upstream found it at 0, at every place for
+    // `indexof_n`).
+    if s2.is_empty() {
+        if strict {
+            bail!(params[1].span().error("empty search character"));
+        }
+        return Ok(Value::Undefined);
+    }
 
     let mut positions = vec![];
     for (pos, (idx, _)) in s1.char_indices().enumerate() {
