@@ -82,6 +82,9 @@ pub fn translate(pattern: &str) -> Result<String, Error> {
         groups: Vec::new(),
         last_weight: 1,
         weight: 1,
+        named: 0,
+        item_start: 0,
+        repeatable: false,
     };
     t.run()
         .map_err(|m| Error::Syntax(format!("error parsing regexp: {m}")))?;
@@ -92,13 +95,20 @@ struct Translator<'a> {
     rest: &'a str,
     out: String,
     /// For each open group, the heaviest item before it ([`Translator::weight`] of the
-    /// enclosing level, saved).
-    groups: Vec<u64>,
+    /// enclosing level, saved), and where the group starts in `out`.
+    groups: Vec<(u64, usize)>,
     /// The product of the counted repetitions in the last item (1: none): Go refuses one whose
     /// nested counts multiply past [`MAX_REPEAT`].
     last_weight: u64,
     /// The heaviest item so far at this level of groups.
     weight: u64,
+    /// Named groups written so far.
+    named: usize,
+    /// Where the last item starts in `out` (a group's `(` for a group).
+    item_start: usize,
+    /// Whether the last item can be repeated: not at the start, nor after `|`, `(` or a flag
+    /// change (Go: "missing argument to repetition operator").
+    repeatable: bool,
 }
 
 type Step = Result<(), String>;
@@ -395,13 +405,30 @@ impl Translator<'_> {
         // Whether the last item was a repetition: Perl mode refuses `a**`, `a{2}{3}`.
         let mut last_repeat = false;
         while let Some(c) = self.peek() {
+            let missing = |op: &str| format!("missing argument to repetition operator: `{op}`");
             let repeat = match c {
+                '*' | '+' | '?' if !self.repeatable && !last_repeat => {
+                    return Err(missing(&self.rest[..1]));
+                }
                 '*' | '+' | '?' => {
                     self.bump();
                     self.out.push(c);
                     true
                 }
                 '{' => match repeat_braces(self.rest)? {
+                    Some((len, _)) if !self.repeatable && !last_repeat => {
+                        return Err(missing(&self.rest[..len]));
+                    }
+                    // `x{0}`: Go keeps the groups in `x` (they never take part); the `regex`
+                    // crate drops them, and every later group's number moved. Written as
+                    // `x` followed by a class of no character, optional: the same empty
+                    // match, the groups kept.
+                    Some((len, _)) if matches!(&self.rest[..len], "{0}" | "{0,0}") => {
+                        self.out.insert_str(self.item_start, "(?:");
+                        self.out.push_str(r"[^\x00-\x{10FFFF}])?");
+                        self.rest = &self.rest[len..];
+                        true
+                    }
                     Some((len, count)) => {
                         // Go's `repeatIsValid`: counts nested in counts multiply.
                         if count > 0 {
@@ -428,6 +455,7 @@ impl Translator<'_> {
                 },
                 _ => {
                     self.last_weight = 1;
+                    self.item_start = self.out.len();
                     self.item()?;
                     self.weight = self.weight.max(self.last_weight);
                     false
@@ -455,26 +483,38 @@ impl Translator<'_> {
             '(' => {
                 let before = self.out.len();
                 self.group()?;
+                self.repeatable = false;
                 // A group (not a flag change): its items weigh in at its close.
                 if self.out.len() > before && self.out.ends_with(['(', ':', '>']) {
-                    self.groups.push(self.weight);
+                    self.groups.push((self.weight, before));
                     self.weight = 1;
                 }
                 Ok(())
             }
             ')' => {
                 self.out.push(')');
+                self.repeatable = true;
                 self.last_weight = self.weight;
-                self.weight = self.groups.pop().unwrap_or(1);
+                let (weight, start) = self.groups.pop().unwrap_or((1, self.item_start));
+                self.weight = weight;
+                self.item_start = start;
                 Ok(())
             }
             '|' | '^' | '$' | '.' => {
                 self.out.push(c);
+                self.repeatable = c != '|';
                 Ok(())
             }
-            '[' => self.class(),
-            '\\' => self.escape_outside(),
+            '[' => {
+                self.repeatable = true;
+                self.class()
+            }
+            '\\' => {
+                self.repeatable = true;
+                self.escape_outside()
+            }
             c => {
+                self.repeatable = true;
                 literal(&mut self.out, c);
                 Ok(())
             }
@@ -495,9 +535,11 @@ impl Translator<'_> {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid named capture: `(?P<{name}>`"));
             }
-            self.out.push_str("(?P<");
-            self.out.push_str(name);
-            self.out.push('>');
+            // Go takes a name twice (`(?P<n>a)|(?P<n>b)`) and one that starts with a digit;
+            // the `regex` crate takes neither. Each is written as `_<k>.<name>`, unique, which
+            // no Go name can be (Go's have no `.`), read back by [`go_group_name`].
+            let _ = write!(self.out, "(?P<_{}.{name}>", self.named);
+            self.named += 1;
             self.rest = &self.rest[end + 1..];
             return Ok(());
         }
@@ -928,6 +970,11 @@ pub fn replace_all(re: &Regex, src: &str, template: &str) -> String {
     out
 }
 
+/// The Go name of a group the translator named (`_<k>.<name>`).
+fn go_group_name(rust: &str) -> Option<&str> {
+    Some(rust.strip_prefix('_')?.split_once('.')?.1)
+}
+
 /// Go's `Regexp.expand` for one match; `letter_or_digit` matches a character of `\pL` or `\p{Nd}`.
 fn expand(
     re: &Regex,
@@ -979,10 +1026,12 @@ fn expand(
         .flatten();
         let group = match index {
             Some(n) => caps.get(n),
+            // Go's: the first group of that name that took part in the match.
             None => re
                 .capture_names()
-                .position(|n| n == Some(name))
-                .and_then(|i| caps.get(i)),
+                .enumerate()
+                .filter(|(_, n)| n.and_then(go_group_name) == Some(name))
+                .find_map(|(i, _)| caps.get(i)),
         };
         if let Some(g) = group {
             out.push_str(g.as_str());

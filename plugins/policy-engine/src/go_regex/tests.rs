@@ -241,6 +241,32 @@ fn split_is_gos_split() {
     assert_eq!(split_of("x*", "axbc"), ["a", "b", "c"]);
 }
 
+/// Found by a differential against Go's `regexp`: Go takes a group name twice and a name that
+/// starts with a digit, the `regex` crate neither, so such a pattern was an error (a deny rule
+/// using it never fired, non-strict). `${n}` is the first group named `n` that took part.
+#[test]
+fn group_names_go_takes_twice_or_with_a_leading_digit_compile() {
+    let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
+    assert_eq!(replace("(?P<n>a)|(?P<n>b)", "ab", "[${n}${1}]"), "[aa][b]");
+    assert_eq!(replace("(?P<1>a)", "ab", "[${n}${1}]"), "[a]b");
+    assert_eq!(replace("(?P<_x>a)", "ab", "[$_x]"), "[a]b");
+}
+
+/// Found by a differential against Go's `regexp`: the `regex` crate drops the groups of an item
+/// repeated `{0}` times, so `find_all_string_submatch_n` gave fewer groups than OPA, and every
+/// later group's number moved (`$2` named another group than in Go).
+#[test]
+fn groups_repeated_zero_times_keep_their_numbers() {
+    let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
+    assert_eq!(replace("(a){0}(b)", "ab", "[$1|$2]"), "a[|b]");
+    assert_eq!(replace("(?:(a)|c){0,0}(b)", "ab", "[$1|$2]"), "a[|b]");
+    assert_eq!(replace("(a(b)){0}?(c)", "abc", "[$3]"), "ab[c]");
+    let re = compile("x(a){0}").unwrap();
+    let found = all_matches(&re, "xax", -1);
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().all(|c| c.len() == 2 && c.get(1).is_none()));
+}
+
 #[test]
 fn replace_is_gos_replace_all() {
     let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
