@@ -898,6 +898,23 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         move |input| p.evaluate(0, &Value::new_object(), crate::json::parse(input).unwrap())
     }
 
+    /// Found by a differential against Go's `encoding/base64` and `net/url`: `base64.is_valid`
+    /// said true of `"PWI=Lw=="` (padding inside the text; Go refuses it), so a deny of invalid
+    /// tokens did not fire where OPA's does; `"J9=="` (unused bits set, which Go ignores) was
+    /// refused; `urlquery.decode` parsed its text as a URL's query and lost `&`.
+    #[test]
+    fn encodings_read_as_gos_so_a_deny_on_invalid_base64_fires() {
+        let deny = non_strict_deny(
+            "package p\nimport rego.v1\ndeny contains \"bad\" if not base64.is_valid(input.t)\n\
+             deny contains d if d := base64.decode(input.t)\n\
+             deny contains q if q := urlquery.decode(input.q)\n",
+        );
+        let decide =
+            |t: &str, q: &str| deny(&serde_json::json!({"t": t, "q": q}).to_string()).unwrap();
+        assert_eq!(decide("PWI=Lw==", "a&b"), r#"[{"result":["a&b","bad"]}]"#);
+        assert_eq!(decide("J9==", "%zz"), r#"[{"result":["'"]}]"#);
+    }
+
     /// Found by a differential against Go's answers: `replace(s, "", x)` put `x` between
     /// characters, where Go's replacer (OPA's) steps over bytes: of `"é"` it made `"-é-"` where
     /// OPA writes bytes that are no UTF-8, so `contains(replace(s, "", "-"), "é")` held here and

@@ -66,16 +66,85 @@ fn base64_decode(
     ensure_args_count(span, name, params, args, 1)?;
 
     let encoded_str = ensure_string(name, &params[0], &args[0])?;
-    let decoded_bytes = data_encoding::BASE64
-        .decode(encoded_str.as_bytes())
-        .map_err(|e| {
-            params[0]
-                .span()
-                .error(&format!("decode failed\nCaused by\n{e}"))
-        })?;
+    let decoded_bytes = go_base64_decode(encoded_str.as_bytes(), false)
+        .map_err(|e| params[0].span().error(&e))?;
     Ok(Value::String(
         String::from_utf8_lossy(&decoded_bytes).into(),
     ))
+}
+
+/// Gantry: Go's `base64.StdEncoding.DecodeString` (or `URLEncoding`'s, `url`): padding
+/// required, `\r` and `\n` skipped anywhere, unused bits of the last character ignored (Go
+/// is not strict there). Upstream's decoder refused those bits (`"J9=="`, Go's `'`) and took
+/// padding inside the text (`"PWI=Lw=="`, an error in Go): `base64.is_valid` said true where
+/// OPA says false.
+#[cfg(any(feature = "base64", feature = "base64url"))]
+fn go_base64_decode(s: &[u8], url: bool) -> core::result::Result<Vec<u8>, String> {
+    let corrupt = |at: usize| format!("illegal base64 data at input byte {at}");
+    let value = |c: u8| -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' if !url => 62,
+            b'/' if !url => 63,
+            b'-' if url => 62,
+            b'_' if url => 63,
+            _ => return None,
+        }))
+    };
+    let newline = |c: &u8| *c == b'\n' || *c == b'\r';
+    let skip_newlines = |mut i: usize| {
+        while s.get(i).is_some_and(newline) {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let mut i = 0;
+    loop {
+        let mut quantum = [0u32; 4];
+        let mut len = 0;
+        while len < 4 {
+            let Some(&c) = s.get(i) else {
+                return match len {
+                    0 => Ok(out),
+                    _ => Err(corrupt(i - len)),
+                };
+            };
+            i += 1;
+            if let Some(v) = value(c) {
+                quantum[len] = v;
+                len += 1;
+                continue;
+            }
+            if newline(&c) {
+                continue;
+            }
+            if c != b'=' || len < 2 {
+                return Err(corrupt(i - 1));
+            }
+            if len == 2 {
+                // `==`: the second `=` after any newlines.
+                i = skip_newlines(i);
+                if s.get(i) != Some(&b'=') {
+                    return Err(corrupt(i.min(s.len())));
+                }
+                i += 1;
+            }
+            i = skip_newlines(i);
+            if i < s.len() {
+                return Err(corrupt(i));
+            }
+            break;
+        }
+        let v = quantum[0] << 18 | quantum[1] << 12 | quantum[2] << 6 | quantum[3];
+        let bytes = [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        out.extend_from_slice(&bytes[..len - 1]);
+        if len < 4 {
+            return Ok(out);
+        }
+    }
 }
 
 #[cfg(feature = "base64")]
@@ -106,7 +175,7 @@ fn base64_is_valid(
 
     let encoded_str = ensure_string(name, &params[0], &args[0])?;
     Ok(Value::Bool(
-        data_encoding::BASE64.decode(encoded_str.as_bytes()).is_ok(),
+        go_base64_decode(encoded_str.as_bytes(), false).is_ok(),
     ))
 }
 
@@ -121,21 +190,21 @@ fn base64url_decode(
     ensure_args_count(span, name, params, args, 1)?;
 
     let encoded_str = ensure_string(name, &params[0], &args[0])?;
-    let decoded_bytes = match data_encoding::BASE64URL.decode(encoded_str.as_bytes()) {
-        Ok(b) => b,
-        Err(_) => {
-            #[cfg(feature = "base64url")]
-            {
-                data_encoding::BASE64URL_NOPAD
-                    .decode(encoded_str.as_bytes())
-                    .map_err(|_| anyhow!(params[0].span().error("not a valid url")))?
-            }
-            #[cfg(not(feature = "base64url"))]
-            {
-                bail!(params[0].span().error("not a valid url"));
-            }
+    // Gantry: OPA's: padding added to a string that has none (RFC 7515, appendix C), then Go's
+    // `base64.URLEncoding` (upstream's decoders refused what Go reads, see `go_base64_decode`).
+    let mut padded = encoded_str.to_string();
+    if !padded.ends_with('=') {
+        match padded.len() % 4 {
+            0 => {}
+            2 => padded.push_str("=="),
+            3 => padded.push('='),
+            _ => bail!(params[0]
+                .span()
+                .error(&format!("illegal base64url string: {encoded_str}"))),
         }
-    };
+    }
+    let decoded_bytes =
+        go_base64_decode(padded.as_bytes(), true).map_err(|e| params[0].span().error(&e))?;
 
     Ok(Value::String(
         String::from_utf8_lossy(&decoded_bytes).into(),
@@ -218,21 +287,10 @@ fn urlquery_decode(
     ensure_args_count(span, name, params, args, 1)?;
 
     let string = ensure_string(name, &params[0], &args[0])?;
-    let url_string = "https://non-existent?".to_owned() + string.as_ref();
-    let url = match url::Url::parse(&url_string) {
-        Ok(v) => v,
-        Err(_) => bail!(params[0].span().error("not a valid url query")),
-    };
-
-    let mut query_str = "".to_owned();
-    for (k, v) in url.query_pairs() {
-        query_str += &k;
-        if !v.is_empty() {
-            query_str += "=";
-            query_str += &v;
-        }
-    }
-    Ok(Value::String(query_str.into()))
+    // Gantry: Go's `url.QueryUnescape` (upstream parsed the text as a URL's query, so `&` and
+    // spaces at its ends were lost, text after `#` dropped, and a bad escape kept as text).
+    let decoded = go_query_unescape(&string).map_err(|e| params[0].span().error(&e))?;
+    Ok(Value::String(decoded.into()))
 }
 
 #[cfg(feature = "urlquery")]
@@ -246,21 +304,13 @@ fn urlquery_decode_object(
     ensure_args_count(span, name, params, args, 1)?;
 
     let string = ensure_string(name, &params[0], &args[0])?;
-    let url_string = "https://non-existent?".to_owned() + string.as_ref();
-    let url = match url::Url::parse(&url_string) {
-        Ok(v) => v,
-        Err(_) => bail!(params[0].span().error("not a valid url query")),
-    };
-
+    // Gantry: Go's `url.ParseQuery` (OPA fails on its error: a bad escape, a `;`).
     let mut map = alloc::collections::BTreeMap::new();
-    for (k, v) in url.query_pairs() {
-        let key = Value::String(k.clone().into());
-        let value = Value::String(v.clone().into());
-        if let Ok(a) = map.entry(key).or_insert(Value::new_array()).as_array_mut() {
-            a.push(value);
-            // Guard decoded parameter accumulation while grouping duplicate keys.
-            enforce_limit()?;
-        }
+    for (k, vs) in go_parse_query(&string).map_err(|e| params[0].span().error(&e))? {
+        let values = vs.into_iter().map(|v| Value::String(v.into())).collect();
+        map.insert(Value::String(k.into()), Value::from_array(values));
+        // Guard decoded parameter accumulation while grouping duplicate keys.
+        enforce_limit()?;
     }
     Ok(Value::from_map(map))
 }
@@ -276,18 +326,8 @@ fn urlquery_encode(
     ensure_args_count(span, name, params, args, 1)?;
 
     let s = ensure_string(name, &params[0], &args[0])?;
-    let mut url = match url::Url::parse("https://non-existent") {
-        Ok(v) => v,
-        Err(_) => bail!(params[0].span().error("not a valid url query")),
-    };
-
-    url.query_pairs_mut().append_pair(&s, "");
-    let query_str = url.query().unwrap_or("");
-    if query_str.is_empty() {
-        Ok(Value::String("".into()))
-    } else {
-        Ok(Value::String(query_str[..query_str.len() - 1].into()))
-    }
+    // Gantry: Go's `url.QueryEscape` (upstream's form encoding kept `*` and escaped `~`).
+    Ok(Value::String(go_query_escape(&s).into()))
 }
 
 #[cfg(feature = "urlquery")]
@@ -301,34 +341,115 @@ fn urlquery_encode_object(
     ensure_args_count(span, name, params, args, 1)?;
 
     let obj = ensure_object(name, &params[0], args[0].clone())?;
-    let mut url = match url::Url::parse("https://non-existent") {
-        Ok(v) => v,
-        Err(_) => bail!(params[0].span().error("not a valid url query")),
-    };
-
-    {
-        let mut pairs = url.query_pairs_mut();
-        for (key, value) in obj.iter_sorted() {
-            let key = ensure_string(name, &params[0], key)?;
-            match value {
-                Value::String(v) => {
-                    pairs.append_pair(key.as_ref(), v.as_ref());
-                    // Guard encoded parameter growth when serializing string fields.
+    // Gantry: Go's `url.Values.Encode`: keys in order, each value `QueryEscape`d (upstream's
+    // form encoding kept `*` and escaped `~`).
+    let mut pairs: Vec<String> = Vec::new();
+    for (key, value) in obj.iter_sorted() {
+        let key = go_query_escape(&ensure_string(name, &params[0], key)?);
+        match value {
+            Value::String(v) => {
+                pairs.push(format!("{key}={}", go_query_escape(v)));
+                // Guard encoded parameter growth when serializing string fields.
+                enforce_limit()?;
+            }
+            _ => {
+                let values = ensure_string_collection(name, &params[0], value)?;
+                for v in values {
+                    pairs.push(format!("{key}={}", go_query_escape(v)));
+                    // Guard encoded parameter growth when serializing multi-valued fields.
                     enforce_limit()?;
-                }
-                _ => {
-                    let values = ensure_string_collection(name, &params[0], value)?;
-                    for v in values {
-                        pairs.append_pair(key.as_ref(), v);
-                        // Guard encoded parameter growth when serializing multi-valued fields.
-                        enforce_limit()?;
-                    }
                 }
             }
         }
     }
+    Ok(Value::String(pairs.join("&").into()))
+}
 
-    Ok(Value::String(url.query().unwrap_or("").into()))
+/// Gantry: Go's `url.QueryEscape`: letters, digits and `-_.~` as they are, a space as `+`,
+/// every other byte as `%XX`.
+#[cfg(feature = "urlquery")]
+fn go_query_escape(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+        }
+    }
+    out
+}
+
+/// Gantry: Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte, a `%` without two hex
+/// digits after it an error. Bytes that are no UTF-8 read as U+FFFD, as OPA's result string
+/// is written out.
+#[cfg(feature = "urlquery")]
+fn go_query_unescape(s: &str) -> core::result::Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = |j: usize| b.get(j).and_then(|&c| char::from(c).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    let bad = b.get(i..(i + 3).min(b.len())).unwrap_or_default();
+                    return Err(format!(
+                        "invalid URL escape {:?}",
+                        String::from_utf8_lossy(bad)
+                    ));
+                };
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or_default());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Gantry: Go's `url.ParseQuery`: `&`-separated `key=value` pairs, each unescaped; an empty
+/// pair skipped; a key holding `;` or a bad escape the error (the first one).
+#[cfg(feature = "urlquery")]
+fn go_parse_query(
+    s: &str,
+) -> core::result::Result<alloc::collections::BTreeMap<String, Vec<String>>, String> {
+    let mut map: alloc::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut error = None;
+    for pair in s.split('&') {
+        if pair.contains(';') {
+            error.get_or_insert_with(|| "invalid semicolon separator in query".to_string());
+            continue;
+        }
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (go_query_unescape(k), go_query_unescape(v)) {
+            (Ok(k), Ok(v)) => map.entry(k).or_default().push(v),
+            (Err(e), _) | (_, Err(e)) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(map),
+    }
 }
 
 #[cfg(feature = "yaml")]
