@@ -455,8 +455,13 @@ impl Translator<'_> {
                 },
                 _ => {
                     self.last_weight = 1;
+                    let before = (self.item_start, self.repeatable, self.out.len());
                     self.item_start = self.out.len();
                     self.item()?;
+                    // An item that wrote nothing (`\Q\E`) leaves the last one the last.
+                    if self.out.len() == before.2 {
+                        (self.item_start, self.repeatable) = (before.0, before.1);
+                    }
                     self.weight = self.weight.max(self.last_weight);
                     false
                 }
@@ -596,6 +601,8 @@ impl Translator<'_> {
                     None => (self.rest, ""),
                 };
                 for ch in lit.chars() {
+                    // Each character its own item: a repetition after `\E` takes the last.
+                    self.item_start = self.out.len();
                     literal(&mut self.out, ch);
                 }
                 self.rest = rest;

@@ -261,6 +261,11 @@ fn groups_repeated_zero_times_keep_their_numbers() {
     assert_eq!(replace("(a){0}(b)", "ab", "[$1|$2]"), "a[|b]");
     assert_eq!(replace("(?:(a)|c){0,0}(b)", "ab", "[$1|$2]"), "a[|b]");
     assert_eq!(replace("(a(b)){0}?(c)", "abc", "[$3]"), "ab[c]");
+    // A repetition after `\Q...\E` takes its last character; after an empty one, the item
+    // before it.
+    assert_eq!(replace(r"\Qab\E{0}", "aab", "<$0>"), "<a><a>b");
+    assert_eq!(replace(r"(x)\Q\E{0}(y)", "xy", "[$1|$2]"), "x[|y]");
+    assert!(compile(r"\Q\E*").is_err());
     let re = compile("x(a){0}").unwrap();
     let found = all_matches(&re, "xax", -1);
     assert_eq!(found.len(), 2);
