@@ -134,7 +134,7 @@ fn format(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> R
     // or an empty one, is RFC 3339 with nanoseconds, as OPA's.
     let (ns, zone, layout) = parse_zoned(name, &params[0], &args[0])?;
     let (t, abbreviation) = zone.local(ns);
-    let local = go_time::Local {
+    let local = go_time::Fields {
         year: i64::from(t.year()),
         month: t.month(),
         day: t.day(),
@@ -266,7 +266,13 @@ impl Zone {
         let utc = Utc.timestamp_nanos(ns);
         let (offset, name) = match self {
             Zone::Utc => return (utc.fixed_offset(), "UTC".into()),
-            Zone::Local => (Local.offset_from_utc_datetime(&utc.naive_utc()).fix(), None),
+            // Go's local zone is named; chrono's has no names: `UTC` where the offset is zero
+            // (a machine in UTC, OPA's usual), the offset otherwise.
+            Zone::Local => {
+                let offset = Local.offset_from_utc_datetime(&utc.naive_utc()).fix();
+                let name = (offset.local_minus_utc() == 0).then(|| "UTC".to_string());
+                (offset, name)
+            }
             Zone::Named(tz) => {
                 let offset = tz.offset_from_utc_datetime(&utc.naive_utc());
                 let name = chrono_tz::OffsetName::abbreviation(&offset).map(String::from);

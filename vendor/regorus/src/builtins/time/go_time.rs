@@ -755,7 +755,7 @@ fn append_offset(out: &mut String, offset: i64, colon: bool, minutes: bool, seco
 /// A local time as Go's `Time.Format` reads it: the fields in its zone, the zone's offset
 /// (seconds east) and abbreviation.
 #[derive(Debug, Clone)]
-pub struct Local<'a> {
+pub struct Fields<'a> {
     pub year: i64,
     pub month: u32,
     pub day: u32,
@@ -772,7 +772,7 @@ pub struct Local<'a> {
 }
 
 /// Go's `Time.Format(layout)` of `t`.
-pub fn format(t: &Local<'_>, layout: &str) -> String {
+pub fn format(t: &Fields<'_>, layout: &str) -> String {
     use Std::*;
     let mut out = String::new();
     let mut layout = layout.as_bytes();
