@@ -30,6 +30,9 @@ pub const SIZE_LIMIT: usize = 10 << 20;
 /// The largest product of nested counted repetitions (`(a{10}){100}`), Go's `repeatIsValid`.
 const MAX_REPEAT: u64 = 1000;
 
+/// The deepest groups may nest: Go refuses a pattern whose syntax tree is deeper than 1,000.
+const MAX_NESTING: usize = 1000;
+
 /// Why a pattern cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -493,6 +496,12 @@ impl Translator<'_> {
                 if self.out.len() > before && self.out.ends_with(['(', ':', '>']) {
                     self.groups.push((self.weight, before));
                     self.weight = 1;
+                    // Go's bound (its syntax tree is at least this deep). It also bounds the
+                    // `{0}` rewrite, which inserts at a group's start: each insertion moves at
+                    // most the text of the groups open around it.
+                    if self.groups.len() > MAX_NESTING {
+                        return Err("expression nests too deeply".into());
+                    }
                 }
                 Ok(())
             }

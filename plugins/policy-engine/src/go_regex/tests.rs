@@ -272,6 +272,19 @@ fn groups_repeated_zero_times_keep_their_numbers() {
     assert!(found.iter().all(|c| c.len() == 2 && c.get(1).is_none()));
 }
 
+/// Found by the closing review: the `{0}` rewrite inserts at a group's start, so groups nested
+/// 100,000 deep, each repeated `{0}` times, cost the square of the pattern (a `policy build`
+/// checking it natively did not end). Go refuses nesting past 1,000; so does the translator.
+#[test]
+fn groups_nested_past_gos_bound_are_refused_before_any_rewrite() {
+    let deep = |n: usize| format!("{}a{}", "(".repeat(n), "){0}".repeat(n));
+    assert!(matches!(
+        translate(&deep(100_000)),
+        Err(Error::Syntax(m)) if m.contains("nests too deeply")
+    ));
+    assert!(translate(&deep(1000)).is_ok());
+}
+
 #[test]
 fn replace_is_gos_replace_all() {
     let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
