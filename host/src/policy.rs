@@ -20,6 +20,7 @@ pub mod decide;
 pub mod pack;
 pub mod rego_tests;
 pub mod request;
+mod result_set;
 pub mod source;
 
 pub use request::{Action, Request, Resource, Subject};

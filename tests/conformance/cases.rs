@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// One case. Unknown fields are refused, so a typo in a hand-written case cannot pass silently.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,7 +19,9 @@ pub struct Case {
     pub data: Option<serde_json::Value>,
     pub input: Option<serde_json::Value>,
     pub input_term: Option<String>,
-    pub want_result: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// Each row's bindings as written: numbers read exactly ([`crate::outcome::value`]), not
+    /// through serde_json's 64-bit numbers.
+    pub want_result: Option<Vec<BTreeMap<String, Box<RawValue>>>>,
     pub want_error: Option<String>,
     pub want_error_code: Option<String>,
     /// Read by OPA's wasm end-to-end runner only; kept so those files load.

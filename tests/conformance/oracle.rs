@@ -23,7 +23,7 @@ pub fn engine(named: &Named) -> Result<Engine, String> {
             .map_err(text)?;
     }
     if let Some(data) = &case.data {
-        engine.add_data(value(data)).map_err(text)?;
+        engine.add_data(value(&data.to_string())).map_err(text)?;
     }
     Ok(engine)
 }
@@ -31,7 +31,7 @@ pub fn engine(named: &Named) -> Result<Engine, String> {
 /// The case's input: `input`, or `input_term` evaluated (it may hold sets), or none.
 pub fn input(named: &Named) -> Result<Option<Value>, String> {
     if let Some(input) = &named.case.input {
-        return Ok(Some(value(input)));
+        return Ok(Some(value(&input.to_string())));
     }
     let Some(term) = &named.case.input_term else {
         return Ok(None);
@@ -77,9 +77,7 @@ fn evaluate(named: &Named) -> Result<Rows, String> {
             continue;
         }
         // Sets become arrays, as they do in OPA's JSON results.
-        let json: serde_json::Value =
-            serde_json::from_str(&result.bindings.to_json_str().map_err(text)?).map_err(text)?;
-        let bindings = json.as_object().cloned().unwrap_or_default();
+        let bindings = value(&result.bindings.to_json_str().map_err(text)?);
         rows.insert(row(&named.case, &bindings));
     }
     Ok(rows)

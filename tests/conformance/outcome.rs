@@ -65,26 +65,31 @@ impl Outcome {
     }
 }
 
-/// A JSON value as regorus compares values (1 == 1.0; sets are written as arrays by then).
-pub fn value(json: &serde_json::Value) -> Value {
-    Value::from_json_str(&json.to_string()).expect("JSON text reads as a regorus value")
+/// A JSON text as regorus compares values (1 == 1.0; sets are written as arrays by then), its
+/// numbers exact: read by the engine's reader, not through serde_json's 64-bit numbers (an
+/// integer past 64 bits came out rounded on both sides of a comparison).
+pub fn value(json: &str) -> Value {
+    gantry_policy_engine::json::parse(json).expect("JSON text reads as a regorus value")
 }
 
-/// One row as OPA's runner keeps it: generated variables dropped when the case says so, array
-/// bindings sorted under `sort_bindings`.
-pub fn row(case: &Case, bindings: &serde_json::Map<String, serde_json::Value>) -> Value {
+/// One row as OPA's runner keeps it from `bindings` (an object of variables): generated
+/// variables dropped when the case says so, array bindings sorted under `sort_bindings`.
+pub fn row(case: &Case, bindings: &Value) -> Value {
     let mut kept = BTreeMap::new();
-    for (name, v) in bindings {
-        if case.ignore_generated_vars && name.starts_with("__localq") {
+    for (name, v) in bindings.as_object().into_iter().flat_map(|o| o.iter()) {
+        if case.ignore_generated_vars
+            && let Value::String(name) = name
+            && name.starts_with("__localq")
+        {
             continue;
         }
-        let mut v = value(v);
+        let mut v = v.clone();
         if case.sort_bindings
             && let Ok(items) = v.as_array_mut()
         {
             items.sort();
         }
-        kept.insert(Value::from(name.as_str()), v);
+        kept.insert(name.clone(), v);
     }
     Value::from(kept)
 }
@@ -106,7 +111,13 @@ pub fn expected(case: &Case) -> Expected {
         return Expected::Error { conflict };
     }
     let rows = case.want_result.iter().flatten();
-    Expected::Rows(rows.map(|r| row(case, r)).collect())
+    let bindings = |r: &BTreeMap<String, Box<serde_json::value::RawValue>>| {
+        let r = r
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), value(v.get())));
+        Value::from(r.collect::<BTreeMap<_, _>>())
+    };
+    Expected::Rows(rows.map(|r| row(case, &bindings(r))).collect())
 }
 
 /// regorus's wording of a conflict OPA reports as `eval_conflict_error` (the last one is an
@@ -211,8 +222,13 @@ pub fn describe(got: &Got) -> String {
 
 #[test]
 fn outcomes_and_allows_read_result_sets_as_opa_does() {
-    let rows =
-        |json: serde_json::Value| -> Rows { json.as_array().unwrap().iter().map(value).collect() };
+    let rows = |json: serde_json::Value| -> Rows {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| value(&v.to_string()))
+            .collect()
+    };
     let want = |json| Expected::Rows(rows(json));
     let got = |json| Got::Rows(rows(json));
     let conflict = Expected::Error { conflict: true };

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use gantry::policy::decide::verdict;
+use gantry::policy::decide::{ResultSet, verdict};
 use gantry::policy::source::PolicySource;
 use gantry::scheduling::model::testing::Rng;
 use serde_json::{Value, json};
@@ -164,7 +164,7 @@ fn decide_alike(policy: &Policy, strict: bool, inputs: &[Value]) -> (usize, usiz
         match (&want, got) {
             (Ok(want), Ok(got)) => {
                 assert_eq!(got, want, "{at}");
-                match verdict(&Ok(got.clone())).0 {
+                match verdict(&Ok(ResultSet::from_text(got.to_string()).unwrap())).0 {
                     true => counts.0 += 1,
                     false => counts.1 += 1,
                 }
@@ -507,7 +507,7 @@ fn every_decision_the_daemon_recorded_replays_the_same_through_policy_eval() {
         let replay = replay
             .as_ref()
             .unwrap_or_else(|e| panic!("input {input}: {e}"));
-        let (allow, reasons) = verdict(&Ok(replay.clone()));
+        let (allow, reasons) = verdict(&Ok(ResultSet::from_text(replay.to_string()).unwrap()));
         assert_eq!(
             (json!(allow), json!(reasons)),
             (record["allow"].clone(), record["reasons"].clone()),

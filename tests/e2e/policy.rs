@@ -125,7 +125,10 @@ fn small(rego: &str, data: &str) -> PolicySource {
 }
 
 fn eval_on(loaded: &LoadedPolicy, entrypoint: &str, input: serde_json::Value) -> serde_json::Value {
-    gantry::blocking::block_on(loaded.evaluate(entrypoint, &input)).unwrap()
+    gantry::blocking::block_on(loaded.evaluate(entrypoint, &input))
+        .unwrap()
+        .to_json()
+        .unwrap()
 }
 
 /// The authoring loop (issue 12): a new policy must not recompile the engine. Every bundle
@@ -214,15 +217,20 @@ fn the_packed_module_decides_like_native_regorus() {
     for i in 0..300 {
         let input = request(&mut rng);
         for entrypoint in ENTRYPOINTS {
-            let wasm = gantry::blocking::block_on(loaded.evaluate(entrypoint, &input)).unwrap();
+            let wasm = gantry::blocking::block_on(loaded.evaluate(entrypoint, &input))
+                .unwrap()
+                .to_json()
+                .unwrap();
             let expected = native_result_set(&mut native, entrypoint, &input).unwrap();
             assert_eq!(
                 wasm, expected,
                 "input {i}: {input}\nentrypoint {entrypoint}"
             );
         }
-        match gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input)).unwrap()[0]
-            ["result"]
+        match gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input))
+            .unwrap()
+            .to_json()
+            .unwrap()[0]["result"]
             .as_bool()
         {
             Some(true) => allowed += 1,
@@ -248,7 +256,10 @@ fn decisions_carry_reasons() {
         })
     };
     let decide = |input: &serde_json::Value| {
-        gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", input)).unwrap()
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/decision", input))
+            .unwrap()
+            .to_json()
+            .unwrap()
     };
     assert_eq!(
         decide(&submit("intern", 500))[0]["result"],
@@ -276,7 +287,10 @@ fn deep_or_huge_inputs_are_denied_and_the_policy_keeps_serving() {
     }
     let input = serde_json::json!({"subject": nested, "action": "audit.read", "resource": {}});
     assert_eq!(
-        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input)).unwrap(),
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &input))
+            .unwrap()
+            .to_json()
+            .unwrap(),
         serde_json::json!([{"result": false}])
     );
     // 300 MiB of input cannot fit under the 256 MiB cap: an error (a deny), not a crash.
@@ -287,7 +301,10 @@ fn deep_or_huge_inputs_are_denied_and_the_policy_keeps_serving() {
     // The next decision is unaffected.
     let ok = serde_json::json!({"subject": {"user": "root", "roles": ["admin"]}, "action": "audit.read", "resource": {}});
     assert_eq!(
-        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &ok)).unwrap(),
+        gantry::blocking::block_on(loaded.evaluate("gantry/authz/allow", &ok))
+            .unwrap()
+            .to_json()
+            .unwrap(),
         serde_json::json!([{"result": true}])
     );
 }
@@ -320,7 +337,10 @@ fn a_runaway_policy_hits_its_limits_and_is_denied() {
     );
     // The failed instance was dropped; a fresh one answers.
     assert_eq!(
-        gantry::blocking::block_on(runaway.evaluate("runaway/ok", &serde_json::json!({}))).unwrap(),
+        gantry::blocking::block_on(runaway.evaluate("runaway/ok", &serde_json::json!({})))
+            .unwrap()
+            .to_json()
+            .unwrap(),
         serde_json::json!([{"result": true}])
     );
 }
@@ -537,7 +557,10 @@ fn placements_pass_through_policy_whatever_the_scheduler_proposed() {
         "resource": {"tenant": "robotics", "gpus": 8, "tenant_used_gpus": 128}
     });
     assert_eq!(
-        gantry::blocking::block_on(in_flight.evaluate("gantry/authz/allow", &c)).unwrap(),
+        gantry::blocking::block_on(in_flight.evaluate("gantry/authz/allow", &c))
+            .unwrap()
+            .to_json()
+            .unwrap(),
         serde_json::json!([{"result": false}])
     );
     let cycle = gantry::blocking::block_on(host.schedule_cycle(1.0));
@@ -915,7 +938,8 @@ fn the_sandbox_agrees_with_policy_test_on_conflicts_functions_defaults_and_error
             let got = gantry::blocking::block_on(sandbox.evaluate(entrypoint, &input));
             match (&expected, &got) {
                 (Ok(want), Ok(have)) => {
-                    assert_eq!(have, want, "input {i}: {input}\nentrypoint {entrypoint}");
+                    let have = have.to_json().unwrap();
+                    assert_eq!(&have, want, "input {i}: {input}\nentrypoint {entrypoint}");
                     values += 1;
                 }
                 (Err(native_text), Err(have)) => {
@@ -1011,6 +1035,8 @@ fn what_builds_loads_and_decides() {
     let (_, sandbox) = edge();
     assert_eq!(
         gantry::blocking::block_on(sandbox.evaluate("wb/allow", &serde_json::json!({"gpus": 64})))
+            .unwrap()
+            .to_json()
             .unwrap(),
         serde_json::json!([{"result": true}])
     );
@@ -1261,6 +1287,58 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
     assert!(stderr.contains("conflict"), "{stderr}");
 }
 
+/// Reported by the conformance suite's Go-answered cases: a result past 64 bits left
+/// `policy eval` rounded (`units.parse_bytes("1e30Ti")` printed `1.0995116277759999e+42`): the
+/// engine wrote numbers through an f64, and the host read the result set into serde_json's
+/// 64-bit numbers. Both now keep the digits, and `json.marshal` writes them as OPA does.
+#[test]
+fn results_past_64_bits_leave_policy_eval_exact() {
+    use crate::support::{build_policy, gantry, policy_dir, policy_eval, text};
+    let work = tempfile::tempdir().unwrap();
+    let rego = "package t\n\n\
+                big := units.parse_bytes(\"1e30Ti\")\n\
+                r := {\"big\": big, \"text\": json.marshal([big, 2.5e-30]), \"pi\": 3.14159265358979323846}\n";
+    let dir = policy_dir(work.path(), &[("t.rego", rego)]);
+    let bundle = work.path().join("t.tar.gz");
+    build_policy(&dir, "t/r", &bundle, work.path());
+    let out = policy_eval(&bundle, "t/r", "{}", &[], work.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // OPA's value: 1e30 read at a 64-bit mantissa (big.Float), times 2^40.
+    let big = "1099511627776000000027153607276500459978752";
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "[\n  {{\n    \"result\": {{\n      \"big\": {big},\n      \
+             \"pi\": 3.14159265358979323846,\n      \"text\": \"[{big},2.5e-30]\"\n    }}\n  }}\n]"
+        )
+    );
+    let lines = work.path().join("inputs.jsonl");
+    std::fs::write(&lines, "{}\n").unwrap();
+    let b = bundle.to_str().unwrap();
+    let out = gantry(
+        &[
+            "policy",
+            "eval",
+            "--bundle",
+            b,
+            "-e",
+            "t/r",
+            "--inputs",
+            lines.to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            r#"[{{"result":{{"big":{big},"pi":3.14159265358979323846,"text":"[{big},2.5e-30]"}}}}]"#
+        )
+    );
+}
+
 /// `--strict` (issue 12): a builtin error fails the evaluation by default, so the decision
 /// denies with the error as its reason; `--strict false` makes it undefined, as OPA's default,
 /// and the rule's `default` applies. `policy test` and the bundle built with the same setting
@@ -1464,7 +1542,7 @@ d := {
     let (first, given) =
         gantry::blocking::block_on(sandbox.evaluate_given("b/d", &serde_json::json!({})));
     let after = wall();
-    let d = &first.unwrap()[0]["result"];
+    let d = &first.unwrap().to_json().unwrap()[0]["result"];
     let now = d["now"].as_i64().unwrap();
     assert!(
         before <= now && now <= after,
@@ -1507,7 +1585,7 @@ d := {
     // The next decision draws afresh (two equal draws of 60 bits: one chance in 2^60).
     let (second, _) =
         gantry::blocking::block_on(sandbox.evaluate_given("b/d", &serde_json::json!({})));
-    let e = &second.unwrap()[0]["result"];
+    let e = &second.unwrap().to_json().unwrap()[0]["result"];
     assert_ne!((&e["n"], &e["u"]), (&d["n"], &d["u"]));
 
     // Through `policy eval --audit`: the entry holds what the host gave.

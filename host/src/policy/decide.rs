@@ -12,6 +12,7 @@ use wasmtime::{Engine, Module, Store, Trap};
 
 use super::PolicyError;
 use super::bundle::Bundle;
+pub use super::result_set::ResultSet;
 use crate::plugin::limits::PluginLimiter;
 use crate::plugin::{ArtifactCache, CacheOutcome, Limits};
 use gantry_policy_engine::host_builtins::MAX_DRAWS;
@@ -460,12 +461,13 @@ impl LoadedPolicy {
     }
 
     /// Evaluates `entrypoint` on `input` and returns OPA's result set (`[{"result": ..}]`, or
-    /// `[]` when the rule is undefined). Any failure is an error, which callers treat as deny.
+    /// `[]` when the rule is undefined), its numbers exact. Any failure is an error, which
+    /// callers treat as deny.
     pub async fn evaluate(
         &self,
         entrypoint: &str,
         input: &serde_json::Value,
-    ) -> Result<serde_json::Value, PolicyError> {
+    ) -> Result<ResultSet, PolicyError> {
         self.evaluate_given(entrypoint, input).await.0
     }
 
@@ -475,7 +477,7 @@ impl LoadedPolicy {
         &self,
         entrypoint: &str,
         input: &serde_json::Value,
-    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
+    ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
         self.decide(entrypoint, Some(input)).await
     }
 
@@ -486,7 +488,7 @@ impl LoadedPolicy {
     pub async fn evaluate_without_input(
         &self,
         entrypoint: &str,
-    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
+    ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
         self.decide(entrypoint, None).await
     }
 
@@ -494,7 +496,7 @@ impl LoadedPolicy {
         &self,
         entrypoint: &str,
         input: Option<&serde_json::Value>,
-    ) -> (Result<serde_json::Value, PolicyError>, Vec<HostValue>) {
+    ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
         let Ok(at) = self
             .entrypoints
             .binary_search_by(|(name, _)| name.as_str().cmp(entrypoint))
@@ -547,7 +549,7 @@ impl LoadedPolicy {
                 if pool.len() < self.limits.pool {
                     pool.push(ready);
                 }
-                self.parse_result(entrypoint, &text)
+                self.parse_result(entrypoint, text)
             }
             // The instance is dropped: its state after a failure is not trusted.
             Ok(Err(e)) => Err(self.eval_error(entrypoint, self.failure(&ready, &e))),
@@ -571,20 +573,19 @@ impl LoadedPolicy {
     fn parse_result(
         &self,
         entrypoint: &str,
-        text: &serde_json::value::RawValue,
-    ) -> Result<serde_json::Value, PolicyError> {
-        let text = text.get();
-        if text.len() > self.limits.max_result_bytes {
+        text: Box<serde_json::value::RawValue>,
+    ) -> Result<ResultSet, PolicyError> {
+        let len = text.get().len();
+        if len > self.limits.max_result_bytes {
             return Err(self.eval_error(
                 entrypoint,
                 format!(
-                    "the result is {} bytes of JSON, over the limit of {}",
-                    text.len(),
+                    "the result is {len} bytes of JSON, over the limit of {}",
                     self.limits.max_result_bytes
                 ),
             ));
         }
-        serde_json::from_str(text).map_err(|e| self.eval_error(entrypoint, e.to_string()))
+        Ok(ResultSet::new(text))
     }
 
     /// Why an evaluation failed, in the policy author's terms.
@@ -672,36 +673,12 @@ impl PolicySlot {
 /// Allow and reasons of a result set (a boolean rule, or an object with `allow` and `reasons`).
 /// Only a boolean `true` allows: an error (fail closed, its text the reason), an undefined
 /// decision, a result set that is not exactly one result, or an `allow` that is not a boolean
-/// all deny, each with a reason saying so.
-pub fn verdict(result: &Result<serde_json::Value, PolicyError>) -> (bool, Vec<String>) {
-    let set = match result {
-        Err(e) => return (false, vec![e.to_string()]),
-        Ok(set) => set,
-    };
-    let value = match set.as_array().map(Vec::as_slice) {
-        Some([]) => return (false, vec!["the policy's decision is undefined".into()]),
-        Some([one]) => &one["result"],
-        _ => {
-            return (
-                false,
-                vec!["the policy returned a result set that is not one result".into()],
-            );
-        }
-    };
-    let mut reasons: Vec<String> = value["reasons"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    match value.as_bool().or_else(|| value["allow"].as_bool()) {
-        Some(allow) => (allow, reasons),
-        None => {
-            reasons.push("the policy's decision has no boolean `allow`".into());
-            (false, reasons)
-        }
+/// all deny, each with a reason saying so. Read from the result set's text, never through a
+/// number type.
+pub fn verdict(result: &Result<ResultSet, PolicyError>) -> (bool, Vec<String>) {
+    match result {
+        Err(e) => (false, vec![e.to_string()]),
+        Ok(set) => set.verdict(),
     }
 }
 
@@ -884,6 +861,7 @@ mod tests {
 
     fn evaluate(policy: &LoadedPolicy) -> Result<serde_json::Value, PolicyError> {
         crate::blocking::block_on(policy.evaluate("main", &serde_json::json!({"a": 1})))
+            .map(|set| set.to_json().unwrap())
     }
 
     /// The module this test builds answers as OPA's do: the fixtures below differ from it in
@@ -1000,7 +978,9 @@ mod tests {
     }
 
     fn of(set: serde_json::Value) -> (bool, Vec<String>) {
-        verdict(&Ok(set))
+        verdict(&Ok(ResultSet::new(
+            serde_json::value::to_raw_value(&set).unwrap(),
+        )))
     }
 
     #[test]

@@ -171,7 +171,7 @@ pub async fn run_checked(
         let Some(Ok(set)) = decided.get(&outcome.name) else {
             continue;
         };
-        let passed = *set == serde_json::json!([{"result": true}]);
+        let passed = set.is_true();
         if passed != outcome.passed {
             let interpreter = outcome.failure.take().unwrap_or_else(|| "true".into());
             outcome.passed = false;
@@ -195,7 +195,7 @@ async fn decide_in_sandbox(
     source: &PolicySource,
     loader: &super::decide::PolicyLoader,
     tests: &[(String, String)],
-) -> Result<BTreeMap<String, Result<serde_json::Value, String>>, PolicyError> {
+) -> Result<BTreeMap<String, Result<super::decide::ResultSet, String>>, PolicyError> {
     let combined = PolicySource {
         modules: source
             .modules

@@ -578,6 +578,15 @@ impl<'source> Lexer<'source> {
 
         let parsed_number = match serde_json::from_str::<Value>(num_slice) {
             Ok(value) => value,
+            // Gantry: past an f64's range (`1e400`) the literal is read exactly, within
+            // `Number`'s bounds on digits and exponent, as OPA keeps a literal's text; only
+            // serde_json's 64-bit reader refused it.
+            Err(e)
+                if e.to_string().contains("out of range")
+                    && <crate::number::Number as core::str::FromStr>::from_str(num_slice).is_ok() =>
+            {
+                Value::Null
+            }
             Err(e) => {
                 let serde_msg = &e.to_string();
                 let msg = match &serde_msg {

@@ -197,10 +197,51 @@ impl Serialize for Number {
     where
         S: Serializer,
     {
+        // Gantry: a number is written exactly, as OPA writes a number's digits whole. One that
+        // serde's 64-bit types carry (an integer in 64 bits, a decimal an f64's shortest text
+        // reads back as) goes as one, so that every serializer reads it; any other (an integer
+        // past 64 bits, a decimal with more digits than an f64 keeps, an exponent past its
+        // range) goes as its text through serde_json's `RawValue`, which serde_json's
+        // serializers write verbatim. It had gone through an f64: `json.marshal`, the engine's
+        // results and a value's text lost digits. Other serializers must round such a number
+        // first (`yaml.marshal` does, as OPA's YAML reads numbers through float64).
+        match self {
+            Number::UInt(v) => return serializer.serialize_u64(*v),
+            Number::Int(v) => return serializer.serialize_i64(*v),
+            _ => {}
+        }
         let s = self.format_decimal();
-        let v = serde_json::Number::from_str(&s)
-            .map_err(|_| serde::ser::Error::custom("could not serialize number"))?;
-        v.serialize(serializer)
+        match serde_json::Number::from_str(&s) {
+            Ok(v) if self.carried_by(&v) => v.serialize(serializer),
+            _ => serde_json::value::RawValue::from_string(s)
+                .map_err(|_| serde::ser::Error::custom("could not serialize number"))?
+                .serialize(serializer),
+        }
+    }
+}
+
+impl Number {
+    /// Gantry: whether serde_json's 64-bit `v` (this number's text read) is this number.
+    fn carried_by(&self, v: &serde_json::Number) -> bool {
+        let read = if let Some(u) = v.as_u64() {
+            Number::UInt(u)
+        } else if let Some(i) = v.as_i64() {
+            Number::Int(i)
+        } else if let Some(f) = v.as_f64() {
+            Number::from(f)
+        } else {
+            return false;
+        };
+        read == *self
+    }
+
+    /// Gantry: this number as serializers other than serde_json's can write it: past what an
+    /// f64 carries, the f64 nearest (OPA's YAML reads a number's text as a float64).
+    pub fn rounded_past_f64(&self) -> Number {
+        match serde_json::Number::from_str(&self.format_decimal()) {
+            Ok(v) if self.carried_by(&v) => self.clone(),
+            _ => Number::from(self.to_f64_lossy()),
+        }
     }
 }
 

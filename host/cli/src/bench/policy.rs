@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use gantry::policy::decide::{LoadedPolicy, PolicyLimits};
+use gantry::policy::decide::{LoadedPolicy, PolicyLimits, ResultSet};
 use gantry::policy::source::PolicySource;
 use gantry::{Host, HostConfig, HostError, builtin};
 
@@ -188,11 +188,10 @@ pub fn run(
 
     let requests = requests(4096, params.seed);
     let texts: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
-    let wasm_decide = |i: usize| -> Result<serde_json::Value, String> {
-        let out =
-            gantry::blocking::block_on(wasm.evaluate(ENTRYPOINT, &requests[i % requests.len()]))
-                .map_err(|e| e.to_string())?;
-        Ok(out[0]["result"].clone())
+    // Both sides end with the result set as JSON text.
+    let wasm_decide = |i: usize| -> Result<ResultSet, String> {
+        gantry::blocking::block_on(wasm.evaluate(ENTRYPOINT, &requests[i % requests.len()]))
+            .map_err(|e| e.to_string())
     };
     // The native side starts from the same JSON text the sandbox receives and, like the module,
     // ends with the result set as JSON text.
@@ -278,12 +277,12 @@ fn compile_native(source: &PolicySource) -> Result<gantry_policy_engine::policy:
 /// requests through both; how many were allowed.
 fn agreement(
     count: usize,
-    wasm_decide: &dyn Fn(usize) -> Result<serde_json::Value, String>,
+    wasm_decide: &dyn Fn(usize) -> Result<ResultSet, String>,
     native_decide: &dyn Fn(usize, usize) -> Result<String, String>,
 ) -> Result<usize, String> {
     let mut allowed = 0usize;
     for i in 0..count {
-        let w = wasm_decide(i)?;
+        let w = wasm_decide(i)?.to_json().map_err(|e| e.to_string())?[0]["result"].clone();
         let set: serde_json::Value =
             serde_json::from_str(&native_decide(0, i)?).map_err(|e| e.to_string())?;
         let n = set[0]["result"].clone();

@@ -535,10 +535,11 @@ fn eval(
             }
             (Err(e), None) => return Err(e.into()),
         };
+        // As the module wrote it: its numbers exact, whatever their size.
         let text = if pretty {
-            serde_json::to_string_pretty(&result)?
+            result.pretty()
         } else {
-            serde_json::to_string(&result)?
+            result.compact()
         };
         println!("{text}");
         anyhow::Ok(())
@@ -555,7 +556,7 @@ fn record(
     input: &serde_json::Value,
     entrypoint: &str,
     (result, given): (
-        &Result<serde_json::Value, gantry::policy::PolicyError>,
+        &Result<gantry::policy::decide::ResultSet, gantry::policy::PolicyError>,
         &[gantry::policy::decide::HostValue],
     ),
     revision: &str,

@@ -474,10 +474,32 @@ fn yaml_marshal(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool
     let name = "yaml.marshal";
     ensure_args_count(span, name, params, args, 1)?;
 
-    let serialized = yaml_serde::to_string(&args[0])
+    // Gantry: numbers past what an f64 carries are rounded first (OPA's YAML reads a number's
+    // text as a float64), as only serde_json writes them whole (`Number`'s `Serialize`).
+    let serialized = yaml_serde::to_string(&rounded_past_f64(&args[0]))
         .map_err(|err| span.error(&format!("could not serialize to yaml: {err}")))?;
 
     Ok(Value::String(serialized.into()))
+}
+
+/// Gantry: `v` with each number [`crate::number::Number::rounded_past_f64`].
+#[cfg(feature = "yaml")]
+fn rounded_past_f64(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => Value::Number(n.rounded_past_f64()),
+        Value::Array(a) => Value::from(a.iter().map(rounded_past_f64).collect::<Vec<_>>()),
+        Value::Set(s) => Value::from(
+            s.iter()
+                .map(rounded_past_f64)
+                .collect::<alloc::collections::BTreeSet<_>>(),
+        ),
+        Value::Object(o) => Value::from(
+            o.iter()
+                .map(|(k, v)| (rounded_past_f64(k), rounded_past_f64(v)))
+                .collect::<alloc::collections::BTreeMap<_, _>>(),
+        ),
+        other => other.clone(),
+    }
 }
 
 #[cfg(feature = "yaml")]
