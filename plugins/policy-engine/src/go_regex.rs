@@ -88,6 +88,9 @@ pub fn translate(pattern: &str) -> Result<String, Error> {
         named: 0,
         item_start: 0,
         repeatable: false,
+        repeats: 0,
+        flags_at: None,
+        ungreedy: false,
     };
     t.run()
         .map_err(|m| Error::Syntax(format!("error parsing regexp: {m}")))?;
@@ -98,8 +101,8 @@ struct Translator<'a> {
     rest: &'a str,
     out: String,
     /// For each open group, the heaviest item before it ([`Translator::weight`] of the
-    /// enclosing level, saved), and where the group starts in `out`.
-    groups: Vec<(u64, usize)>,
+    /// enclosing level, saved), where the group starts in `out`, and `ungreedy` before it.
+    groups: Vec<(u64, usize, bool)>,
     /// The product of the counted repetitions in the last item (1: none): Go refuses one whose
     /// nested counts multiply past [`MAX_REPEAT`].
     last_weight: u64,
@@ -109,9 +112,34 @@ struct Translator<'a> {
     named: usize,
     /// Where the last item starts in `out` (a group's `(` for a group).
     item_start: usize,
-    /// Whether the last item can be repeated: not at the start, nor after `|`, `(` or a flag
-    /// change (Go: "missing argument to repetition operator").
+    /// Whether the last item can be repeated: not at the start, nor after `|` or `(` (Go:
+    /// "missing argument to repetition operator").
     repeatable: bool,
+    /// How many repetitions the last item carries: more than one where something that is no
+    /// item came between (`a*(?i)*` repeats `a*` again), each a level of nesting.
+    repeats: usize,
+    /// Where flag changes written after the last item start in `out`, and `ungreedy` before
+    /// them: Go repeats the item before them (`a(?i)*` is `a*`), so they move past a repetition.
+    flags_at: Option<(usize, bool)>,
+    /// Whether `U` is in effect (repetitions lazy unless followed by `?`).
+    ungreedy: bool,
+}
+
+/// What [`Translator::item`] read.
+#[derive(PartialEq)]
+enum Read {
+    /// An item, or a group's opening or closing.
+    Item,
+    /// Nothing Go puts on its stack: a flag change, `(?)`, `\Q\E`. The item before stays
+    /// the last.
+    NoItem,
+}
+
+/// What [`Translator::group`] read after `(`, with the `U` flag it sets or clears, if any.
+enum Group {
+    Open(Option<bool>),
+    Flags(Option<bool>),
+    Nothing,
 }
 
 type Step = Result<(), String>;
@@ -405,140 +433,166 @@ impl Translator<'_> {
     }
 
     fn run(&mut self) -> Step {
-        // Whether the last item was a repetition: Perl mode refuses `a**`, `a{2}{3}`.
+        // Whether the last token was a repetition: Perl mode refuses `a**`, `a{2}{3}`.
         let mut last_repeat = false;
         while let Some(c) = self.peek() {
-            let missing = |op: &str| format!("missing argument to repetition operator: `{op}`");
-            let repeat = match c {
-                '*' | '+' | '?' if !self.repeatable && !last_repeat => {
-                    return Err(missing(&self.rest[..1]));
-                }
-                '*' | '+' | '?' => {
-                    self.bump();
-                    self.out.push(c);
-                    true
-                }
-                '{' => match repeat_braces(self.rest)? {
-                    Some((len, _)) if !self.repeatable && !last_repeat => {
-                        return Err(missing(&self.rest[..len]));
-                    }
-                    // `x{0}`: Go keeps the groups in `x` (they never take part); the `regex`
-                    // crate drops them, and every later group's number moved. Written as
-                    // `x` followed by a class of no character, optional: the same empty
-                    // match, the groups kept.
-                    Some((len, _)) if matches!(&self.rest[..len], "{0}" | "{0,0}") => {
-                        self.out.insert_str(self.item_start, "(?:");
-                        self.out.push_str(r"[^\x00-\x{10FFFF}])?");
-                        self.rest = &self.rest[len..];
-                        true
-                    }
-                    Some((len, count)) => {
-                        // Go's `repeatIsValid`: counts nested in counts multiply.
-                        if count > 0 {
-                            let weight = self.last_weight.saturating_mul(count);
-                            if weight > MAX_REPEAT {
-                                return Err(format!(
-                                    "invalid repeat count: `{}`",
-                                    &self.rest[..len]
-                                ));
-                            }
-                            self.last_weight = weight;
-                            self.weight = self.weight.max(weight);
-                        }
-                        self.out.push_str(&self.rest[..len]);
-                        self.rest = &self.rest[len..];
-                        true
-                    }
-                    // Not a repetition: `{` is itself.
-                    None => {
-                        self.bump();
-                        self.out.push_str(r"\{");
-                        false
-                    }
-                },
-                _ => {
-                    self.last_weight = 1;
-                    let before = (self.item_start, self.repeatable, self.out.len());
-                    self.item_start = self.out.len();
-                    self.item()?;
-                    // An item that wrote nothing (`\Q\E`) leaves the last one the last.
-                    if self.out.len() == before.2 {
-                        (self.item_start, self.repeatable) = (before.0, before.1);
-                    }
-                    self.weight = self.weight.max(self.last_weight);
-                    false
-                }
+            let (len, count) = match c {
+                '*' | '+' | '?' => (1, 0),
+                // `{` that starts no repetition is itself, an item.
+                '{' => repeat_braces(self.rest)?.unwrap_or((0, 0)),
+                _ => (0, 0),
             };
-            if repeat {
-                if last_repeat {
-                    return Err(format!("invalid nested repetition operator: `{c}`"));
-                }
-                if self.eat("?") {
-                    self.out.push('?');
-                }
+            if len == 0 {
+                self.next_item()?;
+                last_repeat = false;
+                continue;
             }
-            last_repeat = repeat;
+            let op = &self.rest[..len];
+            if !self.repeatable && !last_repeat {
+                return Err(format!("missing argument to repetition operator: `{op}`"));
+            }
+            if last_repeat {
+                return Err(format!("invalid nested repetition operator: `{c}`"));
+            }
+            // Go's `repeatIsValid`: counts nested in counts multiply.
+            if count > 0 {
+                let weight = self.last_weight.saturating_mul(count);
+                if weight > MAX_REPEAT {
+                    return Err(format!("invalid repeat count: `{op}`"));
+                }
+                self.last_weight = weight;
+                self.weight = self.weight.max(weight);
+            }
+            self.rest = &self.rest[len..];
+            let lazy = self.eat("?");
+            self.repeat(op, lazy)?;
+            last_repeat = true;
         }
         Ok(())
     }
 
+    /// The next item; one that is no item ([`Read::NoItem`]) leaves the last one the last.
+    fn next_item(&mut self) -> Step {
+        let last = (self.item_start, self.repeatable, self.last_weight);
+        let (at, ungreedy) = (self.out.len(), self.ungreedy);
+        self.last_weight = 1;
+        self.item_start = at;
+        if self.item()? == Read::Item {
+            (self.repeats, self.flags_at) = (0, None);
+        } else {
+            (self.item_start, self.repeatable, self.last_weight) = last;
+            if self.out.len() > at && self.flags_at.is_none() {
+                self.flags_at = Some((at, ungreedy));
+            }
+        }
+        self.weight = self.weight.max(self.last_weight);
+        Ok(())
+    }
+
+    /// Writes the repetition `op` of the last item (`lazy`: `op` was followed by `?`).
+    fn repeat(&mut self, op: &str, lazy: bool) -> Step {
+        // Flag changes between the item and `op` (`a(?i)*`) go after the repetition. Its
+        // laziness is Go's, of the flags at `op`; the `regex` crate reads the flags before them.
+        let (moved, ungreedy) = match self.flags_at.take() {
+            Some((at, ungreedy)) => (self.out.split_off(at), ungreedy),
+            None => (String::new(), self.ungreedy),
+        };
+        if self.repeats > 0 {
+            // Each a level deeper (and each insertion moves the item): Go's bound, as groups'.
+            if self.repeats + self.groups.len() > MAX_NESTING {
+                return Err("expression nests too deeply".into());
+            }
+            self.out.insert_str(self.item_start, "(?:");
+            self.out.push(')');
+        }
+        if matches!(op, "{0}" | "{0,0}") {
+            // `x{0}`: Go keeps the groups in `x` (they never take part); the `regex` crate
+            // drops them, and every later group's number moved. Written as `x` followed by a
+            // class of no character, optional: the same empty match, the groups kept.
+            self.out.insert_str(self.item_start, "(?:");
+            self.out.push_str(r"[^\x00-\x{10FFFF}])?");
+        } else {
+            self.out.push_str(op);
+        }
+        if lazy != (ungreedy != self.ungreedy) {
+            self.out.push('?');
+        }
+        self.out.push_str(&moved);
+        self.repeats += 1;
+        Ok(())
+    }
+
     /// One item that is not a repetition.
-    fn item(&mut self) -> Step {
+    fn item(&mut self) -> Result<Read, String> {
         let Some(c) = self.bump() else {
-            return Ok(());
+            return Ok(Read::NoItem);
         };
         match c {
             '(' => {
                 let before = self.out.len();
-                self.group()?;
-                self.repeatable = false;
-                // A group (not a flag change): its items weigh in at its close.
-                if self.out.len() > before && self.out.ends_with(['(', ':', '>']) {
-                    self.groups.push((self.weight, before));
-                    self.weight = 1;
-                    // Go's bound (its syntax tree is at least this deep). It also bounds the
-                    // `{0}` rewrite, which inserts at a group's start: each insertion moves at
-                    // most the text of the groups open around it.
-                    if self.groups.len() > MAX_NESTING {
-                        return Err("expression nests too deeply".into());
+                match self.group()? {
+                    Group::Open(ungreedy) => {
+                        self.repeatable = false;
+                        // Its items weigh in at its close.
+                        self.groups.push((self.weight, before, self.ungreedy));
+                        self.weight = 1;
+                        self.ungreedy = ungreedy.unwrap_or(self.ungreedy);
+                        // Go's bound (its syntax tree is at least this deep). It also bounds
+                        // the `{0}` rewrite, which inserts at a group's start: each insertion
+                        // moves at most the text of the groups open around it.
+                        if self.groups.len() > MAX_NESTING {
+                            return Err("expression nests too deeply".into());
+                        }
+                        Ok(Read::Item)
                     }
+                    Group::Flags(ungreedy) => {
+                        self.ungreedy = ungreedy.unwrap_or(self.ungreedy);
+                        Ok(Read::NoItem)
+                    }
+                    Group::Nothing => Ok(Read::NoItem),
                 }
-                Ok(())
             }
             ')' => {
                 self.out.push(')');
                 self.repeatable = true;
                 self.last_weight = self.weight;
-                let (weight, start) = self.groups.pop().unwrap_or((1, self.item_start));
-                self.weight = weight;
-                self.item_start = start;
-                Ok(())
+                let (weight, start, ungreedy) =
+                    self.groups
+                        .pop()
+                        .unwrap_or((1, self.item_start, self.ungreedy));
+                (self.weight, self.item_start, self.ungreedy) = (weight, start, ungreedy);
+                Ok(Read::Item)
             }
             '|' | '^' | '$' | '.' => {
                 self.out.push(c);
                 self.repeatable = c != '|';
-                Ok(())
+                Ok(Read::Item)
             }
             '[' => {
                 self.repeatable = true;
-                self.class()
+                self.class().map(|()| Read::Item)
             }
             '\\' => {
+                let before = self.out.len();
                 self.repeatable = true;
-                self.escape_outside()
+                self.escape_outside()?;
+                Ok(match self.out.len() > before {
+                    true => Read::Item,
+                    false => Read::NoItem,
+                })
             }
             c => {
                 self.repeatable = true;
                 literal(&mut self.out, c);
-                Ok(())
+                Ok(Read::Item)
             }
         }
     }
 
-    fn group(&mut self) -> Step {
+    fn group(&mut self) -> Result<Group, String> {
         if !self.eat("?") {
             self.out.push('(');
-            return Ok(());
+            return Ok(Group::Open(None));
         }
         if self.eat("P<") || self.eat("<") {
             let end = self
@@ -555,17 +609,22 @@ impl Translator<'_> {
             let _ = write!(self.out, "(?P<_{}.{name}>", self.named);
             self.named += 1;
             self.rest = &self.rest[end + 1..];
-            return Ok(());
+            return Ok(Group::Open(None));
         }
         // Flags: `(?i)`, `(?i-s:...)`; Go knows i, m, s and U.
         let mut flags = String::new();
         let mut negated = false;
         let mut after_minus = false;
+        // What it does to `U`: the last mention wins, as in Go.
+        let mut ungreedy = None;
         loop {
             match self.bump() {
                 Some(f @ ('i' | 'm' | 's' | 'U')) => {
                     flags.push(f);
                     after_minus = false;
+                    if f == 'U' {
+                        ungreedy = Some(!negated);
+                    }
                 }
                 Some('-') if !negated => {
                     flags.push('-');
@@ -573,12 +632,15 @@ impl Translator<'_> {
                     after_minus = true;
                 }
                 // `(?:` is a group without a capture, `(?)` changes nothing.
-                Some(')') if flags.is_empty() => return Ok(()),
+                Some(')') if flags.is_empty() => return Ok(Group::Nothing),
                 Some(end @ (':' | ')')) if !after_minus => {
                     self.out.push_str("(?");
                     self.out.push_str(&flags);
                     self.out.push(end);
-                    return Ok(());
+                    return Ok(match end {
+                        ':' => Group::Open(ungreedy),
+                        _ => Group::Flags(ungreedy),
+                    });
                 }
                 _ => return Err("missing argument to repetition operator or invalid or unsupported Perl syntax: `(?`".into()),
             }

@@ -272,6 +272,44 @@ fn groups_repeated_zero_times_keep_their_numbers() {
     assert!(found.iter().all(|c| c.len() == 2 && c.get(1).is_none()));
 }
 
+/// Go repeats the item before a flag change (`a(?i)*` is `a*`, the flags applying after it),
+/// lazily where the flags at the repetition say `U`; the `regex` crate reads a repetition of
+/// the flag change and refused the pattern. Each answer below is Go's (`regexp`, Go 1.19).
+#[test]
+fn a_repetition_after_a_flag_change_repeats_the_item_before_it() {
+    let find = |p: &str, s: &str| -> Option<(usize, usize)> {
+        compile(p).unwrap().find(s).map(|m| (m.start(), m.end()))
+    };
+    assert_eq!(find("^a(?i)*$", "aaa"), Some((0, 3)));
+    assert_eq!(find("^a(?i)*$", "AAA"), None);
+    assert_eq!(find("^a(?U)*", "aaa"), Some((0, 0)));
+    assert_eq!(find("(?U)a(?-U)*", "aaa"), Some((0, 3)));
+    assert_eq!(find("a(?U)+?", "aaa"), Some((0, 3)));
+    // An item repeated already is repeated again (Go reads no nested repetition here).
+    assert_eq!(find("^a*(?i)*$", "aaa"), Some((0, 3)));
+    let replace = |p: &str, s: &str, t: &str| replace_all(&compile(p).unwrap(), s, t);
+    assert_eq!(replace("(a)(?i){0}(b)", "ab", "[$1|$2]"), "a[|b]");
+    // Repeated again past Go's nesting bound: refused before the square of the pattern is spent.
+    assert!(translate(&format!("a{}", "*(?)".repeat(1000))).is_ok());
+    assert!(matches!(
+        translate(&format!("a{}", "*(?)".repeat(100_000))),
+        Err(Error::Syntax(m)) if m.contains("nests too deeply")
+    ));
+    // With nothing to repeat, still Go's error.
+    for p in ["(?i)*", "a|(?i)*", "((?i)*)"] {
+        assert!(compile(p).is_err(), "{p}");
+    }
+}
+
+/// A `{` that starts no repetition is an item itself: a repetition after it takes it (the
+/// `{0}` rewrite took the item before, so `^a{{0}$` did not match `a`).
+#[test]
+fn a_repetition_after_a_literal_brace_takes_the_brace() {
+    let re = compile("^a{{0}$").unwrap();
+    assert!(re.is_match("a"));
+    assert!(!re.is_match("a{"));
+}
+
 /// Found by the closing review: the `{0}` rewrite inserts at a group's start, so groups nested
 /// 100,000 deep, each repeated `{0}` times, cost the square of the pattern (a `policy build`
 /// checking it natively did not end). Go refuses nesting past 1,000; so does the translator.
