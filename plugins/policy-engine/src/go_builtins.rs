@@ -6,8 +6,8 @@
 //! `strings.Replacer`, as `strings.replace_n`), `lower`/`upper` (Go's
 //! simple case mappings, one character for one), the network builtins regorus lacks
 //! (`go_net`), the digest, HMAC and JWT builtins it lacks (`go_crypto`), `units.parse` and
-//! `units.parse_bytes` (`go_units`: Go's arithmetic and OPA's units), `time.add_date` (Go's `AddDate`: overflow rolls
-//! into the next month), `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
+//! `units.parse_bytes` (`go_units`: Go's arithmetic and OPA's units),
+//! `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
 //! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
 //! error here, until the engine reads YAML 1.1). Registered over regorus's own, on every engine
@@ -241,19 +241,6 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
     };
     add(engine, "lower", 1, Box::new(lower))?;
     add(engine, "upper", 1, Box::new(upper))?;
-    let add_date = move |args: Vec<Value>| {
-        let ints: Option<Vec<i64>> = args.iter().map(|a| a.as_i64().ok()).collect();
-        match ints.as_deref() {
-            Some(&[ns, years, months, days]) => match go_add_date(ns, years, months, days) {
-                Some(ns) => Ok(Value::from(ns)),
-                None => fail(
-                    "time.add_date: the result is outside the nanoseconds an int64 holds".into(),
-                ),
-            },
-            _ => fail("time.add_date: operands must be integers".into()),
-        }
-    };
-    add(engine, "time.add_date", 4, Box::new(add_date))?;
     for (name, n, f) in regex_builtins(fail) {
         add(engine, name, n, f)?;
     }
@@ -601,52 +588,6 @@ fn simple_upper(c: char) -> char {
             char::from_u32(iota).unwrap_or(c)
         }
     }
-}
-
-/// Go's `time.Unix(0, ns).UTC().AddDate(years, months, days).UnixNano()`: the month and the day
-/// overflow into the next (March 31 less a month is March 2, not February's last day);
-/// `None` outside what an int64 of nanoseconds holds.
-fn go_add_date(ns: i64, years: i64, months: i64, days: i64) -> Option<i64> {
-    const BOUND: i64 = 1 << 40;
-    let bound = BOUND.unsigned_abs();
-    if years.unsigned_abs() > bound || months.unsigned_abs() > bound || days.unsigned_abs() > bound
-    {
-        return None;
-    }
-    let seconds = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    let (day, time) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(day);
-    let m0 = m - 1 + months;
-    let (y, m) = (y + years + m0.div_euclid(12), m0.rem_euclid(12) + 1);
-    let day = days_from_civil(y, m, 1) + d - 1 + days;
-    day.checked_mul(86_400)?
-        .checked_add(time)?
-        .checked_mul(1_000_000_000)?
-        .checked_add(nanos)
-}
-
-/// The proleptic Gregorian date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// An address or network: an IPv4-mapped IPv6 one is the IPv4 one, as Go compares them.

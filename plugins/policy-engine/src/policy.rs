@@ -887,6 +887,35 @@ deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
         );
     }
 
+    /// `time.add_date` is Go's `AddDate` in the instant's zone, as OPA's (answers from Go 1.19):
+    /// a month's overflow rolls into the next, and with a zone the local clock is kept across a
+    /// DST change, a local time the change skips read as Go's `Date` reads it. The engine's own
+    /// version added in UTC and refused `[ns, zone]`; regorus's clamped and added in UTC.
+    #[test]
+    fn add_date_moves_the_local_date_in_the_instants_zone_as_gos() {
+        let rego = r#"package p
+r := [
+    time.add_date(1711886400000000000, 0, -1, 0),
+    time.add_date([1710003600000000000, "America/New_York"], 0, 0, 1),
+    time.add_date(1710003600000000000, 0, 0, 1),
+    time.add_date([1709969400000000000, "America/New_York"], 0, 0, 1),
+]
+far := time.add_date(0, 1000, 0, 0)
+"#;
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/r", "p/far"], "strict": true,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |entrypoint| p.evaluate(entrypoint, &Value::new_object(), Value::Null);
+        assert_eq!(
+            decide(0).unwrap(),
+            r#"[{"result":[1709380800000000000,1710086400000000000,1710090000000000000,1710052200000000000]}]"#
+        );
+        let far = decide(1).unwrap_err().to_string();
+        assert!(far.contains("time outside of valid range"), "{far}");
+    }
+
     /// `data.p.deny` of the policy `rego` with builtin errors not strict, decided on an input
     /// (JSON text).
     fn non_strict_deny(rego: &str) -> impl Fn(&str) -> Result<String, PolicyError> {

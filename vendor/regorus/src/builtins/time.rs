@@ -15,8 +15,7 @@ use crate::*;
 use anyhow::{bail, Result};
 
 use chrono::{
-    DateTime, Datelike, Days, FixedOffset, Local, Months, TimeZone, Timelike, Utc,
-    Weekday,
+    DateTime, Datelike, FixedOffset, Local, TimeZone, Timelike, Utc, Weekday,
 };
 use chrono_tz::Tz;
 
@@ -41,36 +40,19 @@ fn add_date(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
     let name = "time.add_date";
     ensure_args_count(span, name, params, args, 4)?;
 
-    let (datetime, _) = parse_epoch(name, &params[0], &args[0])?;
-    let years = ensure_i32(name, &params[1], &args[1])?;
-    let months = ensure_i32(name, &params[2], &args[2])?;
-    let days = ensure_i32(name, &params[3], &args[3])?;
-
-    let Some(new_year) = datetime.year().checked_add(years) else {
-        return Ok(Value::Undefined);
+    let (ns, zone, _) = parse_zoned(name, &params[0], &args[0])?;
+    let int = |i: usize| {
+        ensure_numeric(name, &params[i], &args[i])?
+            .as_i64()
+            .ok_or_else(|| params[i].span().error("could not convert to int64"))
     };
-
-    datetime
-        .with_year(new_year)
-        .and_then(|d| {
-            let rhs = Months::new(months.unsigned_abs());
-            if months >= 0 {
-                d.checked_add_months(rhs)
-            } else {
-                d.checked_sub_months(rhs)
-            }
-        })
-        .and_then(|d| {
-            let rhs = Days::new(days.unsigned_abs() as u64);
-            if days >= 0 {
-                d.checked_add_days(rhs)
-            } else {
-                d.checked_sub_days(rhs)
-            }
-        })
-        .map_or(Ok(Value::Undefined), |d| {
-            safe_timestamp_nanos(span, strict, d.timestamp_nanos_opt())
-        })
+    let (years, months, days) = (int(1)?, int(2)?, int(3)?);
+    // Gantry: Go's `AddDate` in the instant's zone (OPA's): a day or month past the end of the
+    // next overflows into the one after (chrono clamped: March 31 less a month was February's
+    // last day, where Go's is March 2), and the local clock is kept across a DST change (chrono
+    // added in UTC, and `[ns, zone]` was not read as a zone).
+    let nanos = go_time::add_date(ns, |second| zone.offset(second), years, months, days);
+    safe_timestamp_nanos(span, strict, nanos)
 }
 
 fn clock(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
@@ -231,13 +213,6 @@ fn weekday(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
     Ok(Value::String(weekday.into()))
 }
 
-fn ensure_i32(name: &str, arg: &Expr, v: &Value) -> Result<i32> {
-    ensure_numeric(name, arg, v)?
-        .as_i64()
-        .and_then(|n| n.try_into().ok())
-        .ok_or_else(|| arg.span().error("could not convert to int32"))
-}
-
 fn safe_timestamp_nanos(span: &Span, strict: bool, nanos: Option<i64>) -> Result<Value> {
     match nanos {
         Some(ns) => Ok(Value::Number(ns.into())),
@@ -258,6 +233,18 @@ enum Zone {
 }
 
 impl Zone {
+    /// The zone's offset, seconds east, at Unix second `second`; `None` past chrono's range.
+    fn offset(self, second: i64) -> Option<i64> {
+        use chrono::Offset;
+        let utc = DateTime::from_timestamp(second, 0)?.naive_utc();
+        let offset = match self {
+            Zone::Utc => return Some(0),
+            Zone::Local => Local.offset_from_utc_datetime(&utc).fix(),
+            Zone::Named(tz) => tz.offset_from_utc_datetime(&utc).fix(),
+        };
+        Some(i64::from(offset.local_minus_utc()))
+    }
+
     /// Instant `ns` in this zone, and the zone's abbreviation there (Go's `MST`): the tz
     /// database's, or, where it writes the offset as the abbreviation (`+0545`), that offset as
     /// it writes it, hours alone when the minutes are zero.

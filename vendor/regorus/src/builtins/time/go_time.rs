@@ -398,6 +398,53 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The proleptic Gregorian date of a day since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Go's `Time.AddDate` of instant `ns` in a zone whose offset (seconds east) at a Unix second
+/// is `offset(second)`: the local date moved by `years`, `months` and `days`, each overflowing
+/// into the next (March 31 less a month is March 2), the local clock kept, and that local time
+/// read back in the zone as Go's `Date` reads one. `None` outside what an int64 of nanoseconds
+/// holds (OPA's range error).
+pub fn add_date(
+    ns: i64,
+    offset: impl Fn(i64) -> Option<i64>,
+    years: i64,
+    months: i64,
+    days: i64,
+) -> Option<i64> {
+    // Far past the range already; keeps the arithmetic below in an i64.
+    const BOUND: u64 = 1 << 40;
+    if [years, months, days].iter().any(|v| v.unsigned_abs() > BOUND) {
+        return None;
+    }
+    let (seconds, nanos) = (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+    let local = seconds + offset(seconds)?;
+    let (day, clock) = (local.div_euclid(86_400), local.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(day);
+    let m0 = m - 1 + months;
+    let (y, m) = (y + years + m0.div_euclid(12), m0.rem_euclid(12) + 1);
+    let unix = (days_from_civil(y, m, 1) + d - 1 + days)
+        .checked_mul(86_400)?
+        .checked_add(clock)?;
+    // Go's `Date`: the offset at the local time taken as UTC, unless the instant that gives
+    // lies past that offset's period, then the offset there. Either way, the offset at it.
+    let utc = unix.checked_sub(offset(unix)?)?;
+    unix.checked_sub(offset(utc)?)?
+        .checked_mul(1_000_000_000)?
+        .checked_add(nanos)
+}
+
 /// OPA's error for an instant outside `i64` nanoseconds.
 pub const OUT_OF_RANGE: &str = "time outside of valid range";
 
