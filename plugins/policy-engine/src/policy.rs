@@ -916,6 +916,28 @@ far := time.add_date(0, 1000, 0, 0)
         assert!(far.contains("time outside of valid range"), "{far}");
     }
 
+    /// Past 2099 chrono-tz keeps a zone's last tabulated offset, where Go follows the zone's
+    /// rule: New York in July 2150 was EST (Go: EDT), Lord Howe in March 2261 +10:30 (Go: +11).
+    /// Answers from Go 1.19 with tzdata 2025b, chrono-tz's.
+    #[test]
+    fn zones_past_2099_follow_their_rule_as_gos() {
+        let rego = r#"package p
+r := [
+    time.format([5695963200000000000, "America/New_York", "15:04 MST"]),
+    time.format([9189072000000000000, "Australia/Lord_Howe", "15:04 MST"]),
+]
+"#;
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/r"], "strict": true,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        assert_eq!(
+            p.evaluate(0, &Value::new_object(), Value::Null).unwrap(),
+            r#"[{"result":["08:00 EDT","11:00 +11"]}]"#
+        );
+    }
+
     /// `data.p.deny` of the policy `rego` with builtin errors not strict, decided on an input
     /// (JSON text).
     fn non_strict_deny(rego: &str) -> impl Fn(&str) -> Result<String, PolicyError> {

@@ -240,7 +240,7 @@ impl Zone {
         let offset = match self {
             Zone::Utc => return Some(0),
             Zone::Local => Local.offset_from_utc_datetime(&utc).fix(),
-            Zone::Named(tz) => tz.offset_from_utc_datetime(&utc).fix(),
+            Zone::Named(tz) => tz_offset(tz, utc).fix(),
         };
         Some(i64::from(offset.local_minus_utc()))
     }
@@ -261,7 +261,7 @@ impl Zone {
                 (offset, name)
             }
             Zone::Named(tz) => {
-                let offset = tz.offset_from_utc_datetime(&utc.naive_utc());
+                let offset = tz_offset(tz, utc.naive_utc());
                 let name = chrono_tz::OffsetName::abbreviation(&offset).map(String::from);
                 (offset.fix(), name)
             }
@@ -277,6 +277,29 @@ impl Zone {
         });
         (utc.with_timezone(&offset), name)
     }
+}
+
+/// Gantry: `tz`'s offset at `utc`. chrono-tz tabulates a zone's changes up to 2099 and keeps
+/// its last offset past them, where Go follows the zone's rule (its tz file's footer): a zone
+/// still changing its clocks in 2099 is read, past 2099, at the same moment of the latest year
+/// before 2100 with the same calendar (weekday of January 1, leap or not), on whose days the
+/// rule puts the same changes.
+fn tz_offset(tz: Tz, utc: chrono::NaiveDateTime) -> chrono_tz::TzOffset {
+    use chrono::{NaiveDate, Offset};
+    let offset = tz.offset_from_utc_datetime(&utc);
+    let year = utc.year();
+    let day = |y, m, d| NaiveDate::from_ymd_opt(y, m, d);
+    let in_2099 = |m| day(2099, m, 15).map(|d| tz.offset_from_utc_datetime(&d.into()).fix());
+    if year < 2100 || in_2099(1) == in_2099(7) {
+        return offset;
+    }
+    let calendar = |y| (day(y, 1, 1).map(|d| d.weekday()), day(y, 2, 29).is_some());
+    let shifted = (2072..2100)
+        .rev()
+        .find(|&y| calendar(y) == calendar(year))
+        .and_then(|same| Some(day(same, 1, 1)?.signed_duration_since(day(year, 1, 1)?)))
+        .and_then(|shift| utc.checked_add_signed(shift));
+    shifted.map_or(offset, |at| tz.offset_from_utc_datetime(&at))
 }
 
 /// The local time of an epoch argument (`ns`, or `[ns, zone, layout]`) and its layout.
