@@ -938,6 +938,33 @@ r := [
         );
     }
 
+    /// `semver.*` read versions with the `semver` crate (SemVer 2.0), where OPA's own package
+    /// takes a leading `v` and leading zeros: `semver.compare("v1.3.0", "1.2.0") >= 0` failed
+    /// where OPA allows. Two versions OPA cannot order (its comparison does not end) are an
+    /// error, and `is_valid` of no string is false, in strict mode too.
+    #[test]
+    fn semver_reads_versions_as_opa_does() {
+        let rego = r#"package p
+r := [
+    semver.compare("v1.3.0", "1.2.0"),
+    semver.compare("01.2.3-rc.10", "1.2.3-rc.9+build"),
+    semver.is_valid("1.2.3-01"),
+    semver.is_valid("1.2"),
+    semver.is_valid(5),
+]
+loops := semver.compare("1.2.3-01", "1.2.3-1")
+"#;
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": ["p/r", "p/loops"], "strict": true,
+        })
+        .to_string();
+        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let decide = |entrypoint| p.evaluate(entrypoint, &Value::new_object(), Value::Null);
+        assert_eq!(decide(0).unwrap(), r#"[{"result":[1,1,true,false,false]}]"#);
+        let loops = decide(1).unwrap_err().to_string();
+        assert!(loops.contains("OPA cannot order"), "{loops}");
+    }
+
     /// `data.p.deny` of the policy `rego` with builtin errors not strict, decided on an input
     /// (JSON text).
     fn non_strict_deny(rego: &str) -> impl Fn(&str) -> Result<String, PolicyError> {
