@@ -860,11 +860,7 @@ deny contains "long" if to_number(input.long) > 5
 deny contains "lower" if lower(input.user) == "admin"
 deny contains "date" if input.rotated < time.add_date(input.now, 0, -1, 0)
 "#;
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let p = packed(rego, &["p/deny"], false);
         let day = 86_400_000_000_000i64;
         let input = serde_json::json!({
             "cert": "{\"serial\": 1208925819614629174706175}",
@@ -902,11 +898,7 @@ r := [
 ]
 far := time.add_date(0, 1000, 0, 0)
 "#;
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/r", "p/far"], "strict": true,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let p = packed(rego, &["p/r", "p/far"], true);
         let decide = |entrypoint| p.evaluate(entrypoint, &Value::new_object(), Value::Null);
         assert_eq!(
             decide(0).unwrap(),
@@ -927,11 +919,7 @@ r := [
     time.format([9189072000000000000, "Australia/Lord_Howe", "15:04 MST"]),
 ]
 "#;
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/r"], "strict": true,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let p = packed(rego, &["p/r"], true);
         assert_eq!(
             p.evaluate(0, &Value::new_object(), Value::Null).unwrap(),
             r#"[{"result":["08:00 EDT","11:00 +11"]}]"#
@@ -954,25 +942,26 @@ r := [
 ]
 loops := semver.compare("1.2.3-01", "1.2.3-1")
 "#;
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/r", "p/loops"], "strict": true,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let p = packed(rego, &["p/r", "p/loops"], true);
         let decide = |entrypoint| p.evaluate(entrypoint, &Value::new_object(), Value::Null);
         assert_eq!(decide(0).unwrap(), r#"[{"result":[1,1,true,false,false]}]"#);
         let loops = decide(1).unwrap_err().to_string();
         assert!(loops.contains("OPA cannot order"), "{loops}");
     }
 
+    /// The policy `rego` (module `p.rego`) packed with `entrypoints`.
+    fn packed(rego: &str, entrypoints: &[&str], strict: bool) -> Policy {
+        let packed = serde_json::json!({
+            "modules": {"p.rego": rego}, "entrypoints": entrypoints, "strict": strict,
+        })
+        .to_string();
+        Policy::from_json(&packed, &fixed_host()).unwrap()
+    }
+
     /// `data.p.deny` of the policy `rego` with builtin errors not strict, decided on an input
     /// (JSON text).
     fn non_strict_deny(rego: &str) -> impl Fn(&str) -> Result<String, PolicyError> {
-        let packed = serde_json::json!({
-            "modules": {"p.rego": rego}, "entrypoints": ["p/deny"], "strict": false,
-        })
-        .to_string();
-        let p = Policy::from_json(&packed, &fixed_host()).unwrap();
+        let p = packed(rego, &["p/deny"], false);
         move |input| p.evaluate(0, &Value::new_object(), crate::json::parse(input).unwrap())
     }
 
