@@ -47,10 +47,10 @@ fn add_date(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> 
             .ok_or_else(|| params[i].span().error("could not convert to int64"))
     };
     let (years, months, days) = (int(1)?, int(2)?, int(3)?);
-    // Gantry: Go's `AddDate` in the instant's zone (OPA's): a day or month past the end of the
-    // next overflows into the one after (chrono clamped: March 31 less a month was February's
-    // last day, where Go's is March 2), and the local clock is kept across a DST change (chrono
-    // added in UTC, and `[ns, zone]` was not read as a zone).
+    // Gantry: Go's `AddDate` in the instant's zone (OPA's): a day past a month's end overflows
+    // into the next month (chrono clamped: March 31 less a month was February's last day, where
+    // Go's is March 2), and the local clock is kept across a DST change (chrono added to the
+    // instant's fixed offset at the start, so the clock moved by the change).
     let nanos = go_time::add_date(ns, |second| zone.offset(second), years, months, days);
     safe_timestamp_nanos(span, strict, nanos)
 }
