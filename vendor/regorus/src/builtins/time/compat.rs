@@ -111,8 +111,10 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
         let previous_len = s.len();
         // v is the integers before the decimal point
         // Consume [0-9]*
-        let (mut v, rem) = leading_int(s)?;
-        s = rem;
+        let (mut v, rem) =
+            super::go_time::leading_int(s.as_bytes()).ok_or(ParseDurationError::Overflow)?;
+        // Gantry: the digits are ASCII, so the rest starts on a character boundary.
+        s = &s[s.len() - rem.len()..];
 
         // whether we consumed anything before a period
         let pre = previous_len != s.len();
@@ -192,33 +194,6 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
     }
 
     Ok(Duration::nanoseconds(dur as i64))
-}
-
-fn leading_int(s: &str) -> Result<(u64, &str), ParseDurationError> {
-    let mut last_idx = 0;
-    let mut num: u64 = 0;
-    for (i, c) in s.char_indices() {
-        last_idx = i;
-
-        let n = match c.to_digit(10) {
-            Some(n) => n as u64,
-            None => break,
-        };
-
-        if num > ((1 << 63) / 10) {
-            // overflow
-            return Err(ParseDurationError::Overflow);
-        }
-
-        num = num * 10 + n;
-
-        if num > 1 << 63 {
-            // overflow
-            return Err(ParseDurationError::Overflow);
-        }
-    }
-
-    Ok((num, &s[last_idx..]))
 }
 
 fn leading_fraction(s: &str) -> (u64, f64, &str) {

@@ -190,7 +190,7 @@ fn next_std_chunk(layout: &[u8]) -> (&[u8], Option<Std>, &[u8]) {
 }
 
 /// Go's `leadingInt`: the leading digits' value (an error past 2^63) and the rest.
-fn leading_int(s: &[u8]) -> Option<(u64, &[u8])> {
+pub(super) fn leading_int(s: &[u8]) -> Option<(u64, &[u8])> {
     let mut x: u64 = 0;
     let mut i = 0;
     while let Some(c @ b'0'..=b'9') = at(s, i) {
