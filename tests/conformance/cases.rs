@@ -17,7 +17,8 @@ pub struct Case {
     #[serde(default)]
     pub modules: Vec<String>,
     pub data: Option<serde_json::Value>,
-    pub input: Option<serde_json::Value>,
+    /// As written: its numbers reach the engine whole.
+    pub input: Option<Box<RawValue>>,
     pub input_term: Option<String>,
     /// Each row's bindings as written: numbers read exactly ([`crate::outcome::value`]), not
     /// through serde_json's 64-bit numbers.

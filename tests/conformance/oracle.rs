@@ -31,7 +31,7 @@ pub fn engine(named: &Named) -> Result<Engine, String> {
 /// The case's input: `input`, or `input_term` evaluated (it may hold sets), or none.
 pub fn input(named: &Named) -> Result<Option<Value>, String> {
     if let Some(input) = &named.case.input {
-        return Ok(Some(value(&input.to_string())));
+        return Ok(Some(value(input.get())));
     }
     let Some(term) = &named.case.input_term else {
         return Ok(None);

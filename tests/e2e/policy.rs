@@ -1225,40 +1225,6 @@ fn policy_eval_decides_json_lines_as_single_inputs_would_and_refuses_a_bad_line_
     assert!(stderr.contains("bad.jsonl:3: not JSON"), "{stderr}");
     assert!(stdout.is_empty(), "decided before refusing: {stdout}");
 
-    // A number the host's 64-bit JSON reader would change (a review's revoked serial reached
-    // the policy as its neighbour) is refused by its line too, and by `--input`.
-    let big = work.path().join("big.jsonl");
-    std::fs::write(
-        &big,
-        format!("{}\n{{\"serial\": 1208925819614629174706175}}\n", inputs[0]),
-    )
-    .unwrap();
-    let out = eval_lines(&big);
-    let (stdout, stderr) = text(&out);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(
-            "big.jsonl:2: the number 1208925819614629174706175 cannot be carried exactly"
-        ),
-        "{stderr}"
-    );
-    assert!(stdout.is_empty(), "decided before refusing: {stdout}");
-    let out = policy_eval(
-        &bundle,
-        "gantry/authz/decision",
-        r#"{"serial": 0.30000000000000001}"#,
-        &[],
-        work.path(),
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out)
-            .1
-            .contains("--input: the number 0.30000000000000001"),
-        "{}",
-        text(&out).1
-    );
-
     // A decision that fails (two values for one complete rule) is an error naming its line,
     // after the decisions before it, and the run's exit code says so.
     let conflict = work.path().join("conflict");
@@ -1297,7 +1263,8 @@ fn results_past_64_bits_leave_policy_eval_exact() {
     let work = tempfile::tempdir().unwrap();
     let rego = "package t\n\n\
                 big := units.parse_bytes(\"1e30Ti\")\n\
-                r := {\"big\": big, \"text\": json.marshal([big, 2.5e-30]), \"pi\": 3.14159265358979323846}\n";
+                r := {\"big\": big, \"text\": json.marshal([big, 2.5e-30]), \"pi\": 3.14159265358979323846}\n\
+                revoked := [input.serial, input.serial == 1208925819614629174706175]\n";
     let dir = policy_dir(work.path(), &[("t.rego", rego)]);
     let bundle = work.path().join("t.tar.gz");
     build_policy(&dir, "t/r", &bundle, work.path());
@@ -1337,6 +1304,25 @@ fn results_past_64_bits_leave_policy_eval_exact() {
             r#"[{{"result":{{"big":{big},"pi":3.14159265358979323846,"text":"[{big},2.5e-30]"}}}}]"#
         )
     );
+    // Inputs go in whole too (they were refused, the host reading them 64-bit): a revoked
+    // serial is the serial, and equals its literal.
+    let revoked = work.path().join("revoked.tar.gz");
+    build_policy(&dir, "t/revoked", &revoked, work.path());
+    let serial = "1208925819614629174706175";
+    let out = policy_eval(
+        &revoked,
+        "t/revoked",
+        &format!(r#"{{"serial": {serial}}}"#),
+        &[],
+        work.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()[0]["result"][1],
+        true
+    );
+    assert!(stdout.contains(&format!("{serial},")), "{stdout}");
 }
 
 /// `--strict` (issue 12): a builtin error fails the evaluation by default, so the decision

@@ -462,23 +462,24 @@ impl LoadedPolicy {
 
     /// Evaluates `entrypoint` on `input` and returns OPA's result set (`[{"result": ..}]`, or
     /// `[]` when the rule is undefined), its numbers exact. Any failure is an error, which
-    /// callers treat as deny.
-    pub async fn evaluate(
+    /// callers treat as deny. `input` is written as JSON for the module: a
+    /// `serde_json::value::RawValue` goes as its text, so a number past 64 bits arrives whole.
+    pub async fn evaluate<I: serde::Serialize + Sync + ?Sized>(
         &self,
         entrypoint: &str,
-        input: &serde_json::Value,
+        input: &I,
     ) -> Result<ResultSet, PolicyError> {
         self.evaluate_given(entrypoint, input).await.0
     }
 
     /// [`LoadedPolicy::evaluate`], and what the host gave the evaluation (its clock reading and
     /// random draws, in the order given), also when it failed.
-    pub async fn evaluate_given(
+    pub async fn evaluate_given<I: serde::Serialize + Sync + ?Sized>(
         &self,
         entrypoint: &str,
-        input: &serde_json::Value,
+        input: &I,
     ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
-        self.decide(entrypoint, Some(input)).await
+        self.decide(entrypoint, Input::Given(input)).await
     }
 
     /// [`LoadedPolicy::evaluate_given`] with no input at all, as `opa test` runs a test and
@@ -489,13 +490,13 @@ impl LoadedPolicy {
         &self,
         entrypoint: &str,
     ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
-        self.decide(entrypoint, None).await
+        self.decide::<()>(entrypoint, Input::Undefined).await
     }
 
-    async fn decide(
+    async fn decide<I: serde::Serialize + Sync + ?Sized>(
         &self,
         entrypoint: &str,
-        input: Option<&serde_json::Value>,
+        input: Input<'_, I>,
     ) -> (Result<ResultSet, PolicyError>, Vec<HostValue>) {
         let Ok(at) = self
             .entrypoints
@@ -508,14 +509,11 @@ impl LoadedPolicy {
             return (Err(self.eval_error(entrypoint, message)), Vec::new());
         };
         let named = self.entrypoints[at].1.as_str();
-        let (id, input) = match input {
-            Some(input) => (std::borrow::Cow::Borrowed(named), input),
-            None => match named.parse::<usize>() {
-                Ok(position) if self.without_input => (
-                    std::borrow::Cow::Owned(gantry_policy_engine::policy::without_input_name(
-                        position,
-                    )),
-                    &serde_json::Value::Null,
+        let id = match input {
+            Input::Given(_) => std::borrow::Cow::Borrowed(named),
+            Input::Undefined => match named.parse::<usize>() {
+                Ok(position) if self.without_input => std::borrow::Cow::Owned(
+                    gantry_policy_engine::policy::without_input_name(position),
                 ),
                 _ => {
                     let message = "this module cannot evaluate without an input (only the engine \
@@ -539,7 +537,7 @@ impl LoadedPolicy {
         let call = unwinding(
             ready
                 .policy
-                .evaluate::<_, Box<serde_json::value::RawValue>, _>(&mut ready.store, id, input),
+                .evaluate::<_, Box<serde_json::value::RawValue>, _>(&mut ready.store, id, &input),
         );
         let outcome = tokio::time::timeout(deadline, call).await;
         let given = std::mem::take(&mut *ready.given.lock().unwrap_or_else(|e| e.into_inner()));
@@ -608,6 +606,22 @@ impl LoadedPolicy {
             return e.root_cause().to_string();
         }
         format!("{e:#}")
+    }
+}
+
+/// The input of one evaluation: a value, or none at all (the module is handed `null`, which the
+/// engine's entrypoint without an input does not read).
+enum Input<'a, I: ?Sized> {
+    Given(&'a I),
+    Undefined,
+}
+
+impl<I: serde::Serialize + ?Sized> serde::Serialize for Input<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Input::Given(input) => input.serialize(serializer),
+            Input::Undefined => serializer.serialize_unit(),
+        }
     }
 }
 

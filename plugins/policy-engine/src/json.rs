@@ -29,9 +29,10 @@ pub fn parse(text: &str) -> Result<Value, String> {
 }
 
 /// Refuses JSON holding a number a 64-bit reader cannot carry exactly: an integer beyond 64 bits,
-/// a decimal with more digits than an f64 keeps. The host reads inputs and `data.json` with
-/// serde_json, whose numbers are 64-bit; rather than hand the policy a neighbouring value (where
-/// OPA and `policy test` see the written one), it names the number: write it as a string.
+/// a decimal with more digits than an f64 keeps. The host reads `data.json` with serde_json,
+/// whose numbers are 64-bit; rather than hand the policy a neighbouring value (where OPA and
+/// `policy test` see the written one), it names the number: write it as a string. (Inputs go
+/// to the engine as written.)
 pub fn check_carried_exactly(text: &str) -> Result<(), String> {
     read(text, true, false).map(|_| ())
 }

@@ -417,8 +417,13 @@ fn keygen(output: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An input as the module reads it: JSON text, kept as written (a number past 64 bits reaches
+/// the policy whole), within the engine's bounds (nesting, a number's length), which are
+/// checked here, by line and column, before any decision.
+type Input = Box<serde_json::value::RawValue>;
+
 /// The `--input` of `eval`: JSON text, or `@FILE`.
-fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
+fn eval_input(input: String) -> anyhow::Result<Input> {
     let text = match input.strip_prefix('@') {
         Some(file) => gantry::plugin::files::read_text(file.as_ref())
             .with_context(|| format!("reading the input from {file}"))?,
@@ -431,8 +436,7 @@ fn eval_input(input: String) -> anyhow::Result<serde_json::Value> {
             e.column()
         )
     })?;
-    gantry_policy_engine::json::check_carried_exactly(&text)
-        .map_err(|e| anyhow::anyhow!("--input: {e}"))?;
+    gantry_policy_engine::json::parse(&text).map_err(|e| anyhow::anyhow!("--input: {e}"))?;
     Ok(input)
 }
 
@@ -442,7 +446,7 @@ const MAX_INPUTS_BYTES: u64 = 256 << 20;
 /// The `--inputs` of `eval`: one JSON document per non-blank line of `file` (`-`: standard
 /// input), each with where it stands (`FILE:LINE`, for errors). A line that is not JSON is
 /// refused by its number, before anything is decided.
-fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, serde_json::Value)>> {
+fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, Input)>> {
     use std::io::Read;
     let name = file.display().to_string();
     let reader: Box<dyn Read> = if name == "-" {
@@ -467,7 +471,7 @@ fn eval_inputs(file: &std::path::Path) -> anyhow::Result<Vec<(Option<String>, se
             let at = format!("{name}:{}", i + 1);
             match serde_json::from_str(line) {
                 Ok(input) => {
-                    gantry_policy_engine::json::check_carried_exactly(line)
+                    gantry_policy_engine::json::parse(line)
                         .map_err(|e| anyhow::anyhow!("--inputs {at}: {e}"))?;
                     Ok((Some(at), input))
                 }
@@ -489,7 +493,7 @@ fn eval(
     bundle: &std::path::Path,
     verify: &VerifyArgs,
     entrypoint: &str,
-    inputs: &[(Option<String>, Option<serde_json::Value>)],
+    inputs: &[(Option<String>, Option<Input>)],
     pretty: bool,
     audit: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
@@ -512,7 +516,7 @@ fn eval(
         let start = std::time::Instant::now();
         let (result, given) = gantry::blocking::block_on(async {
             match input {
-                Some(input) => policy.evaluate_given(entrypoint, input).await,
+                Some(input) => policy.evaluate_given(entrypoint, &**input).await,
                 None => policy.evaluate_without_input(entrypoint).await,
             }
         });
@@ -520,7 +524,7 @@ fn eval(
         if let Some(log) = &log {
             record(
                 log,
-                input.as_ref().unwrap_or(&serde_json::Value::Null),
+                input.as_deref(),
                 entrypoint,
                 (&result, &given),
                 policy.revision(),
@@ -553,7 +557,7 @@ fn eval(
 /// Appends one decision of `eval` to the audit log.
 fn record(
     log: &gantry::audit::AuditLog,
-    input: &serde_json::Value,
+    input: Option<&serde_json::value::RawValue>,
     entrypoint: &str,
     (result, given): (
         &Result<gantry::policy::decide::ResultSet, gantry::policy::PolicyError>,
@@ -564,12 +568,14 @@ fn record(
 ) -> anyhow::Result<()> {
     let (allow, reasons) = gantry::policy::decide::verdict(result);
     let id = gantry::audit::new_decision_id();
-    let null = serde_json::Value::Null;
+    let members = input.and_then(|i| serde_json::from_str(i.get()).ok());
+    let [subject, action, resource] =
+        ["subject", "action", "resource"].map(|f| field(members.as_ref(), f));
     log.decision(&gantry::audit::Decision {
         decision_id: &id,
-        subject: input.get("subject").unwrap_or(&null),
-        action: input.get("action").unwrap_or(&null),
-        resource: input.get("resource").unwrap_or(&null),
+        subject: &subject,
+        action: &action,
+        resource: &resource,
         entrypoint,
         allow,
         reasons,
@@ -578,6 +584,20 @@ fn record(
         given,
     })?;
     Ok(())
+}
+
+/// Member `name` of an input object's `members` as the audit log records it (null when absent).
+/// The record's values are serde_json's, 64-bit: a member holding a number none carries
+/// (`1e400`) is recorded as its text, a string, rather than as another number.
+fn field(
+    members: Option<&std::collections::BTreeMap<String, &serde_json::value::RawValue>>,
+    name: &str,
+) -> serde_json::Value {
+    match members.and_then(|m| m.get(name)) {
+        None => serde_json::Value::Null,
+        Some(raw) => serde_json::from_str(raw.get())
+            .unwrap_or_else(|_| serde_json::Value::String(raw.get().into())),
+    }
 }
 
 /// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256).
