@@ -210,10 +210,9 @@ impl Serialize for Number {
             Number::Int(v) => return serializer.serialize_i64(*v),
             _ => {}
         }
-        let s = self.format_decimal();
-        match serde_json::Number::from_str(&s) {
-            Ok(v) if self.carried_by(&v) => v.serialize(serializer),
-            _ => serde_json::value::RawValue::from_string(s)
+        match self.as_serde() {
+            Some(v) => v.serialize(serializer),
+            None => serde_json::value::RawValue::from_string(self.format_decimal())
                 .map_err(|_| serde::ser::Error::custom("could not serialize number"))?
                 .serialize(serializer),
         }
@@ -221,26 +220,26 @@ impl Serialize for Number {
 }
 
 impl Number {
-    /// Gantry: whether serde_json's 64-bit `v` (this number's text read) is this number.
-    fn carried_by(&self, v: &serde_json::Number) -> bool {
+    /// Gantry: this number as serde_json's 64-bit `Number` (its text read), if that is this
+    /// number.
+    fn as_serde(&self) -> Option<serde_json::Number> {
+        let v = serde_json::Number::from_str(&self.format_decimal()).ok()?;
         let read = if let Some(u) = v.as_u64() {
             Number::UInt(u)
         } else if let Some(i) = v.as_i64() {
             Number::Int(i)
-        } else if let Some(f) = v.as_f64() {
-            Number::from(f)
         } else {
-            return false;
+            Number::from(v.as_f64()?)
         };
-        read == *self
+        (read == *self).then_some(v)
     }
 
     /// Gantry: this number as serializers other than serde_json's can write it: past what an
     /// f64 carries, the f64 nearest (OPA's YAML reads a number's text as a float64).
     pub fn rounded_past_f64(&self) -> Number {
-        match serde_json::Number::from_str(&self.format_decimal()) {
-            Ok(v) if self.carried_by(&v) => self.clone(),
-            _ => Number::from(self.to_f64_lossy()),
+        match self.as_serde() {
+            Some(_) => self.clone(),
+            None => Number::from(self.to_f64_lossy()),
         }
     }
 }

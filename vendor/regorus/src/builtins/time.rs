@@ -233,39 +233,38 @@ enum Zone {
 }
 
 impl Zone {
+    /// The zone's offset at `utc`, and its name there where it has one: the tz database's
+    /// abbreviation; for Go's local zone, named where chrono's is not, `UTC` where the offset is
+    /// zero (a machine in UTC, OPA's usual).
+    fn at(self, utc: chrono::NaiveDateTime) -> (FixedOffset, Option<String>) {
+        use chrono::Offset;
+        match self {
+            Zone::Utc => (Utc.fix(), Some("UTC".into())),
+            Zone::Local => {
+                let offset = Local.offset_from_utc_datetime(&utc).fix();
+                let name = (offset.local_minus_utc() == 0).then(|| "UTC".to_string());
+                (offset, name)
+            }
+            Zone::Named(tz) => {
+                let offset = tz_offset(tz, utc);
+                let name = chrono_tz::OffsetName::abbreviation(&offset).map(String::from);
+                (offset.fix(), name)
+            }
+        }
+    }
+
     /// The zone's offset, seconds east, at Unix second `second`; `None` past chrono's range.
     fn offset(self, second: i64) -> Option<i64> {
-        use chrono::Offset;
         let utc = DateTime::from_timestamp(second, 0)?.naive_utc();
-        let offset = match self {
-            Zone::Utc => return Some(0),
-            Zone::Local => Local.offset_from_utc_datetime(&utc).fix(),
-            Zone::Named(tz) => tz_offset(tz, utc).fix(),
-        };
-        Some(i64::from(offset.local_minus_utc()))
+        Some(i64::from(self.at(utc).0.local_minus_utc()))
     }
 
     /// Instant `ns` in this zone, and the zone's abbreviation there (Go's `MST`): the tz
     /// database's, or, where it writes the offset as the abbreviation (`+0545`), that offset as
     /// it writes it, hours alone when the minutes are zero.
     fn local(self, ns: i64) -> (DateTime<FixedOffset>, String) {
-        use chrono::Offset;
         let utc = Utc.timestamp_nanos(ns);
-        let (offset, name) = match self {
-            Zone::Utc => return (utc.fixed_offset(), "UTC".into()),
-            // Go's local zone is named; chrono's has no names: `UTC` where the offset is zero
-            // (a machine in UTC, OPA's usual), the offset otherwise.
-            Zone::Local => {
-                let offset = Local.offset_from_utc_datetime(&utc.naive_utc()).fix();
-                let name = (offset.local_minus_utc() == 0).then(|| "UTC".to_string());
-                (offset, name)
-            }
-            Zone::Named(tz) => {
-                let offset = tz_offset(tz, utc.naive_utc());
-                let name = chrono_tz::OffsetName::abbreviation(&offset).map(String::from);
-                (offset.fix(), name)
-            }
-        };
+        let (offset, name) = self.at(utc.naive_utc());
         let name = name.unwrap_or_else(|| {
             let east = offset.local_minus_utc();
             let (h, m) = (east.abs() / 3600, east.abs() / 60 % 60);
