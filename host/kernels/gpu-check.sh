@@ -25,7 +25,7 @@ agent_check() {
   work=$(mktemp -d)
   "$dir/gantry" init --data-dir "$work/data" >/dev/null 2>&1
   local rae node
-  rae=$("$dir/gantry" user add rae --roles researcher --tenants vision --data-dir "$work/data" 2>/dev/null)
+  rae=$("$dir/gantry" user add rae --roles researcher,runner --tenants vision --data-dir "$work/data" 2>/dev/null)
   node=$("$dir/gantry" user add gpu-node --roles node --tenants vision --data-dir "$work/data" 2>/dev/null)
   # One node that never serves (it has no agent): the GPU node registers with its heartbeat.
   printf '[[tenants]]\nname = "vision"\n\n[[nodes]]\nname = "spare"\nrack = "r0"\ngpus = { count = 1, model = "none", memory_mib = 1024 }\n' >"$work/cluster.toml"
@@ -45,25 +45,46 @@ agent_check() {
   url=http://$(sed -n 's/^listening on //p' "$work/up.out")
   if [ "$mode" = agent ]; then
     # shellcheck disable=SC2086 # AGENT_DEVICES is a list of arguments
-    GANTRY_TOKEN=$node timeout 600 "$dir/gantry" agent --node gpu-node --url "$url" ${AGENT_DEVICES:-} \
+    GANTRY_TOKEN=$node timeout 600 "$dir/gantry" agent --node gpu-node --url "$url" --job-user nobody ${AGENT_DEVICES:-} \
       >"$out/agent.log" 2>&1 &
     agent=$!
     for _ in $(seq 150); do grep -q "serving" "$out/agent.log" && break; sleep 0.2; done
   fi
+  # Waits for job $1 to end, its log into $2; says its state.
+  finish() {
+    local state=
+    for _ in $(seq 600); do
+      state=$(GANTRY_TOKEN=$rae "$dir/gantry" jobs --url "$url" --json |
+        python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id'] == '$1'))")
+      case $state in succeeded | failed) break ;; esac
+      sleep 0.5
+    done
+    GANTRY_TOKEN=$rae "$dir/gantry" logs --url "$url" "$1" >"$2"
+    echo "$state"
+  }
   id=$(GANTRY_TOKEN=$rae "$dir/gantry" submit --url "$url" --tenant vision --gpus 1 --train "${TRAIN:-$dir/dense.toml}")
-  state=
-  for _ in $(seq 600); do
-    state=$(GANTRY_TOKEN=$rae "$dir/gantry" jobs --url "$url" --json |
-      python3 -c "import json,sys; print(next(j['state'] for j in json.load(sys.stdin) if j['id'] == '$id'))")
-    case $state in succeeded | failed) break ;; esac
-    sleep 0.5
-  done
-  GANTRY_TOKEN=$rae "$dir/gantry" logs --url "$url" "$id" | tee "$out/$mode-job-log.txt"
+  state=$(finish "$id" "$out/$mode-job-log.txt")
+  cat "$out/$mode-job-log.txt"
+  # A command job on one GPU opens that GPU's device node and no other GPU's (its cgroup closes
+  # them: CUDA_VISIBLE_DEVICES alone only hides them from CUDA). Agent mode, run as `nobody`.
+  local nodes=ok
+  if [ "$mode" = agent ]; then
+    local cid cstate
+    cid=$(GANTRY_TOKEN=$rae "$dir/gantry" submit --url "$url" --tenant vision --gpus 1 -- sh -c \
+      'for n in /dev/nvidia[0-9]*; do if (exec 3<"$n") 2>/dev/null; then echo "$n open"; else echo "$n closed"; fi; done')
+    cstate=$(finish "$cid" "$out/$mode-command-log.txt")
+    cat "$out/$mode-command-log.txt"
+    echo "$mode check: command job $cid $cstate"
+    local want=0
+    ls /dev/nvidia[0-9]* >/dev/null 2>&1 && want=1
+    [ "$cstate" = succeeded ] && [ "$(grep -c ' open$' "$out/$mode-command-log.txt")" = "$want" ] || nodes=failed
+  fi
   # shellcheck disable=SC2086 # no agent process in mode local
   kill $agent "$up" 2>/dev/null || true
   wait 2>/dev/null || true
   echo "$mode check: job $id $state"
-  [ "$state" = succeeded ] && grep -q "runs on node $node_name: GPUs $node_name/gpu" "$out/$mode-job-log.txt"
+  [ "$nodes" = ok ] && [ "$state" = succeeded ] &&
+    grep -q "runs on node $node_name: GPUs $node_name/gpu" "$out/$mode-job-log.txt"
 }
 
 case "${1:-}" in

@@ -1412,8 +1412,21 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     extra.extend(job_user_args());
     let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
-    let saw = json!({"id": "saw", "tenant": "vision", "gpus": 1, "command": {"argv":
-        ["sh", "-c", "echo saw=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES"]}});
+    // It opens no GPU device node: its GPU is emulated, and CUDA_VISIBLE_DEVICES alone only hid
+    // GPUs from CUDA (a program that opened /dev/nvidia<N> itself reached every GPU).
+    // Not under /tmp: a run has a /tmp of its own.
+    let dev = tempfile::tempdir_in("/var/tmp").unwrap();
+    let nodes = crate::support::gpu_device_nodes(dev.path());
+    let mut argv = vec![
+        json!("sh"),
+        json!("-c"),
+        json!(
+            r#"echo saw=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES; for n in "$@"; do cat "$n" 2>&1; done; true"#
+        ),
+        json!("sh"),
+    ];
+    argv.extend(nodes.iter().map(|n| json!(n)));
+    let saw = json!({"id": "saw", "tenant": "vision", "gpus": 1, "command": {"argv": argv}});
     assert_eq!(submit(&url, &rae, &saw).0, 201);
     // Long enough to be running still when the SIGTERM below reaches the agent (up to a
     // heartbeat later): 18,000 steps. With 1,800, once the CPU backend stopped handing each
@@ -1428,6 +1441,21 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
         log.contains("saw=local/gpu") && log.contains("devices="),
         "{log}"
     );
+    // Where the machine's cgroups have device control (v2, or v1's `devices`), as here.
+    let v1_devices = std::path::Path::new("/sys/fs/cgroup/devices/cgroup.procs").is_file();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").is_file();
+    if crate::support::cgroups_here() && (v1_devices || v2) {
+        assert!(
+            log.contains("no NVIDIA GPU device node open to it"),
+            "{log}"
+        );
+        for node in &nodes {
+            assert!(
+                log.contains(&format!("{}: Operation not permitted", node.display())),
+                "{log}"
+            );
+        }
+    }
     eventually("a checkpoint of the training job", || {
         log_of(&url, &rae, "long").contains("checkpoint at step")
     });

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, cancel, request, submit, wait_for_state, wait_until_over};
 use crate::support::{
-    add_user, alive, init_data_dir, job_user_args, log_of, number_after, path_after, root,
-    shared_cache,
+    add_user, alive, cgroups_here, init_data_dir, job_user_args, log_of, number_after, path_after,
+    root, shared_cache,
 };
 
 /// Waits until job `job`'s log contains `text`; returns the log.
@@ -232,15 +232,6 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
         "{}",
         &log[log.len() - 300..]
     );
-}
-
-/// Whether a daemon run by these tests can make cgroups here (root, and a cgroup v2 file system
-/// or v1's memory controller).
-fn cgroups_here() -> bool {
-    let root_dir = std::path::Path::new("/sys/fs/cgroup");
-    root()
-        && (root_dir.join("cgroup.controllers").is_file()
-            || root_dir.join("memory/cgroup.procs").is_file())
 }
 
 #[test]

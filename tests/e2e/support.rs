@@ -333,6 +333,41 @@ pub fn root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether a daemon run by these tests can make cgroups here (root, and a cgroup v2 file system
+/// or v1's memory controller).
+pub fn cgroups_here() -> bool {
+    let root_dir = std::path::Path::new("/sys/fs/cgroup");
+    root()
+        && (root_dir.join("cgroup.controllers").is_file()
+            || root_dir.join("memory/cgroup.procs").is_file())
+}
+
+/// NVIDIA GPU device nodes (character devices 195:0 and 195:1, no driver behind them) made in
+/// `dir`, which every user may pass, for a job to try: where it is closed, opening one says
+/// "Operation not permitted", where it is open "No such device or address". Root only (none
+/// made otherwise).
+pub fn gpu_device_nodes(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    if !root() {
+        return Vec::new();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (0..2)
+        .map(|minor| {
+            let path = dir.join(format!("nvidia{minor}"));
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid C string.
+            let made = unsafe {
+                libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, minor))
+            };
+            assert_eq!(made, 0, "{}", std::io::Error::last_os_error());
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+            path
+        })
+        .collect()
+}
+
 /// The flags that say whom command jobs run as: `nobody` when these tests run as root, else
 /// the test's own user (a throwaway directory; without either, command jobs are refused).
 pub fn job_user_args() -> Vec<&'static str> {

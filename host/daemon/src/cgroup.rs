@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gpu_nodes::GpuNodes;
+
 /// The hierarchy this daemon puts runs in.
 #[derive(Debug, Clone)]
 pub struct Cgroups {
@@ -41,6 +43,8 @@ enum Controller {
     Cpu,
     /// cgroup v1 `pids`.
     Pids,
+    /// cgroup v1 `devices`: which device nodes a run may open ([`crate::gpu_nodes`]).
+    Devices,
 }
 
 /// What a run may use; `None`: no limit.
@@ -268,6 +272,7 @@ impl Cgroups {
             ("memory", Controller::Memory),
             ("cpu", Controller::Cpu),
             ("pids", Controller::Pids),
+            ("devices", Controller::Devices),
         ]
         .into_iter()
         .filter_map(|(name, controller)| {
@@ -297,6 +302,7 @@ impl Cgroups {
                 Controller::Memory => file == "memory",
                 Controller::Cpu => file == "cpu",
                 Controller::Pids => file == "pids",
+                Controller::Devices => false,
             })
         };
         (has("memory"), has("cpu"))
@@ -395,12 +401,15 @@ impl Cgroups {
     }
 
     /// A new cgroup for run `run` with `resources` set, held to `bounds` where the machine has
-    /// their controllers; a limit of `resources` the machine cannot enforce is an error.
+    /// their controllers, and opening no NVIDIA GPU node but `gpus`'s; a limit of `resources`
+    /// the machine cannot enforce is an error, and so are GPU nodes it cannot close on a machine
+    /// whose driver has GPUs.
     pub fn create(
         &self,
         run: &str,
         resources: Resources,
         bounds: Bounds,
+        gpus: &GpuNodes,
     ) -> std::io::Result<RunGroup> {
         for scope in &self.scopes {
             std::fs::create_dir_all(&scope.dir)?;
@@ -444,12 +453,29 @@ impl Cgroups {
             procs: Vec::new(),
             memory: None,
             memory_mib: resources.memory_mib,
+            gpus_closed: false,
         };
         for scope in &self.scopes {
             let dir = scope.dir.join(run);
             make_run_dir(&scope.dir, &dir)?;
             group.dirs.push(dir.clone());
             set_limits(&dir, scope.controller, resources)?;
+            if matches!(scope.controller, Controller::Unified | Controller::Devices) {
+                match close_gpu_nodes(&dir, scope.controller, gpus) {
+                    Ok(()) => group.gpus_closed = true,
+                    // Without the driver's GPUs there is nothing to close (and on cgroup v2
+                    // a machine may refuse device programs): the run goes on.
+                    Err(e) if !crate::gpu_nodes::driver_has_gpus() => {
+                        tracing::debug!(error = %e, "GPU device nodes not closed (no GPUs here)");
+                    }
+                    Err(e) => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("closing the nodes of GPUs it was not given: {e}"),
+                        ));
+                    }
+                }
+            }
             if matches!(scope.controller, Controller::Unified | Controller::Pids) {
                 // Where v2 has no `pids` enabled the file is missing: no bound to set there.
                 let _ = std::fs::write(dir.join("pids.max"), bounds.max_pids.to_string());
@@ -461,7 +487,33 @@ impl Cgroups {
                 .map_err(std::io::Error::other)?;
             group.procs.push(procs);
         }
+        if !group.gpus_closed && crate::gpu_nodes::driver_has_gpus() {
+            return Err(std::io::Error::other(
+                "this machine's cgroups have no device control (cgroup v2, or v1's `devices`) to \
+                 close the nodes of GPUs a run was not given",
+            ));
+        }
         Ok(group)
+    }
+}
+
+/// Closes every NVIDIA GPU node but `gpus`'s to cgroup `dir`: v1 refuses each closed minor
+/// (`devices.deny`, one rule a write; the default stays allow, so other devices are untouched),
+/// v2 runs a device program ([`crate::gpu_nodes::attach_program`]).
+fn close_gpu_nodes(dir: &Path, controller: Controller, gpus: &GpuNodes) -> std::io::Result<()> {
+    use std::io::Write;
+    match controller {
+        Controller::Unified => crate::gpu_nodes::attach_program(dir, gpus),
+        _ => {
+            let mut deny = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("devices.deny"))?;
+            for minor in gpus.closed() {
+                let rule = format!("c {}:{minor} rwm", crate::gpu_nodes::NVIDIA_MAJOR);
+                deny.write_all(rule.as_bytes())?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -508,7 +560,7 @@ fn set_limits(dir: &Path, controller: Controller, r: Resources) -> std::io::Resu
                 write("cpu.cfs_quota_us", quota(cpus).to_string())?;
             }
         }
-        Controller::Pids => {}
+        Controller::Pids | Controller::Devices => {}
     }
     Ok(())
 }
@@ -583,12 +635,20 @@ pub struct RunGroup {
     memory: Option<(PathBuf, Controller)>,
     /// Its memory limit, MiB, where it has one.
     memory_mib: Option<u64>,
+    /// Whether the nodes of GPUs it was not given are closed to it.
+    gpus_closed: bool,
 }
 
 impl RunGroup {
     /// Its memory limit, MiB: what it asked for, or the operator's bound; `None`: unbounded.
     pub fn memory_mib(&self) -> Option<u64> {
         self.memory_mib
+    }
+
+    /// Whether the nodes of GPUs the run was not given are closed to it (only where the machine
+    /// has no NVIDIA GPUs may they not be).
+    pub fn gpus_closed(&self) -> bool {
+        self.gpus_closed
     }
 
     /// What moves the calling process into the run's cgroups: for the child between fork and
@@ -667,6 +727,7 @@ mod tests {
                     max_pids: 64,
                     memory_mib: None,
                 },
+                &GpuNodes::none(),
             )
             .unwrap();
         let name = |who: &str| format!("gantry-{}", scope_for(who.as_bytes()));
@@ -735,6 +796,105 @@ mod tests {
             }
         }
         let _ = std::fs::remove_file(lock_of(&live));
+    }
+
+    /// What `cat` says of each of `nodes` when run in the cgroups whose `cgroup.procs` are
+    /// `procs`: one line per node.
+    fn opened_in(procs: Vec<CString>, nodes: &[PathBuf]) -> String {
+        use std::os::unix::process::CommandExt;
+        let mut cat = std::process::Command::new("sh");
+        cat.arg("-c")
+            .arg("for n in \"$@\"; do cat \"$n\" 2>&1 && echo \"$n: opened\"; done")
+            .arg("sh")
+            .args(nodes);
+        // SAFETY: `join` makes only async-signal-safe calls.
+        unsafe { cat.pre_exec(move || join(&procs)) };
+        let out = cat.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Found by reading issue 13's binding against a hostile job: `CUDA_VISIBLE_DEVICES` only
+    /// asks the CUDA runtime to hide GPUs; a program that unset it, or opened `/dev/nvidia<N>`
+    /// itself, reached every GPU of the node, other tenants' included. A run's cgroup now
+    /// closes every NVIDIA GPU node but its own GPUs', by device number, wherever the node is:
+    /// nodes made here (195:2, 195:3, and `nvidiactl`, 195:255), no driver behind them, so an
+    /// open node answers "No such device or address" and a closed one "Operation not
+    /// permitted". Through the machine's cgroups (v1 `devices` here), and through the cgroup v2
+    /// device program wherever a v2 hierarchy is mounted. Root with cgroups only.
+    #[test]
+    fn a_run_opens_the_device_nodes_of_its_own_gpus_and_no_other() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to make cgroups and device nodes");
+            return;
+        }
+        let dev = tempfile::tempdir().unwrap();
+        let nodes: Vec<PathBuf> = [("nvidia2", 2), ("nvidia3", 3), ("nvidiactl", 255)]
+            .iter()
+            .map(|(name, minor)| {
+                let path = dev.path().join(name);
+                let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+                let number = libc::makedev(crate::gpu_nodes::NVIDIA_MAJOR, *minor);
+                // SAFETY: a valid C string.
+                let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, number) };
+                assert_eq!(made, 0, "{}", std::io::Error::last_os_error());
+                path
+            })
+            .collect();
+        let expect = |said: &str, how: &str| {
+            let line = |n: usize| {
+                said.lines()
+                    .find(|l| l.contains(nodes[n].to_str().unwrap()))
+            };
+            assert!(
+                line(0).is_some_and(|l| l.contains("Operation not permitted")),
+                "{how}: another GPU's node is closed: {said}"
+            );
+            assert!(
+                line(1).is_some_and(|l| l.contains("No such device")),
+                "{how}: its own GPU's node is open: {said}"
+            );
+            assert!(
+                line(2).is_some_and(|l| l.contains("No such device")),
+                "{how}: nvidiactl is open: {said}"
+            );
+        };
+        let open = GpuNodes::only(vec![3]).unwrap();
+        let bounds = Bounds {
+            max_pids: 64,
+            memory_mib: None,
+        };
+        let mut unified_done = false;
+        match Cgroups::detect(&scope_for(b"cgroup tests: GPU nodes")) {
+            Some(cgroups)
+                if cgroups
+                    .scopes
+                    .iter()
+                    .any(|s| s.controller != Controller::Cpu) =>
+            {
+                let run = cgroups
+                    .create("gpu-run", Resources::default(), bounds, &open)
+                    .unwrap();
+                if run.gpus_closed() {
+                    expect(&opened_in(run.procs.clone(), &nodes), "the run's cgroups");
+                    unified_done = cgroups.scopes[0].controller == Controller::Unified;
+                } else {
+                    eprintln!("this machine's cgroups have no device control");
+                }
+            }
+            _ => eprintln!("this machine gives no cgroups"),
+        }
+        // The v2 device program, where a v2 hierarchy is mounted beside v1 (as here).
+        let unified = Path::new(ROOT).join("unified");
+        if !unified_done && unified.join("cgroup.procs").is_file() {
+            let dir = unified.join(format!("gantry-test-gpu-nodes-{}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            crate::gpu_nodes::attach_program(&dir, &open).unwrap();
+            let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+            let said = opened_in(vec![procs], &nodes);
+            std::fs::remove_dir(&dir).unwrap();
+            expect(&said, "the cgroup v2 device program");
+        }
     }
 
     /// Found by a review: one tenant's run, within its own task bound, took every task the

@@ -1061,6 +1061,8 @@ pub struct RunJob<'a> {
     pub tenant: &'a str,
     /// The GPUs it was placed on.
     pub gpu_ids: &'a [String],
+    /// The device nodes of those GPUs, the only NVIDIA GPU nodes it may open.
+    pub gpu_nodes: &'a crate::gpu_nodes::GpuNodes,
     /// Its program.
     pub spec: &'a CommandSpec,
 }
@@ -1111,6 +1113,9 @@ pub fn run(daemon: &Daemon, job: &JobRecord, control: &RunControl) -> RunEnd {
         key: &job.id,
         tenant: &job.tenant,
         gpu_ids: &job.gpu_ids,
+        // Run by the daemon, a job is placed on the model cluster's GPUs, none of this machine's
+        // (a machine with GPUs runs its jobs through its agent): it opens no GPU node.
+        gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
         spec,
     };
     let mut sink = DaemonSink {
@@ -1185,7 +1190,7 @@ pub fn execute(
         memory_mib: limits.max_memory_mib,
     };
     let group = match cgroups {
-        Some(cgroups) => match cgroups.create(&run_name(job.key), asked, bounds) {
+        Some(cgroups) => match cgroups.create(&run_name(job.key), asked, bounds, job.gpu_nodes) {
             Ok(g) => Some(g),
             Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
         },
@@ -1308,8 +1313,14 @@ pub fn execute(
             ));
         }
     };
+    let nodes = match &group {
+        Some(g) if g.gpus_closed() => format!("{} open to it", job.gpu_nodes.describe()),
+        _ if !crate::gpu_nodes::driver_has_gpus() => "no NVIDIA GPU on this machine".into(),
+        _ => "every GPU device node open to it (no cgroups to close them)".into(),
+    };
     sink.log(&format!(
-        "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}), wall time {wall} s",
+        "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}; {nodes}), \
+         wall time {wall} s",
         spec.argv[0],
         user.map_or(own_user, |u| u.name.as_str()),
         job.gpu_ids.join(", "),
@@ -1541,6 +1552,7 @@ mod tests {
             key,
             tenant: key.split('/').next().unwrap_or(key),
             gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
             spec,
         };
         let mut lines = Lines::default();
@@ -1870,6 +1882,7 @@ mod tests {
             key: "vision/lapsed",
             tenant: "vision",
             gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
             spec: &spec,
         };
         // SAFETY: geteuid has no preconditions.
@@ -1973,6 +1986,7 @@ mod tests {
             key: "vision/bomb",
             tenant: "vision",
             gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
             spec: &spec,
         };
         let mut lines = Lines::default();
@@ -2027,6 +2041,7 @@ mod tests {
             key: "vision/hog",
             tenant: "vision",
             gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
             spec: &spec,
         };
         let mut lines = Lines::default();

@@ -36,6 +36,7 @@ pub mod db;
 pub mod etcdaccounts;
 pub mod etcdblobs;
 pub mod etcdstore;
+pub mod gpu_nodes;
 pub mod jobstore;
 pub mod labels;
 pub mod lifecycle;

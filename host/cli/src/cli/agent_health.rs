@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use gantry_daemon::gpu_nodes::pci_address;
 use nvml_wrapper::Nvml;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
@@ -114,7 +115,7 @@ impl Health {
     /// Reads the GPU at PCI address `bus_id` now.
     pub(super) fn read(&mut self, bus_id: &str) -> Readings {
         self.drain_events();
-        let key = canonical(bus_id);
+        let key = pci_address(bus_id);
         let xids = key
             .as_ref()
             .and_then(|k| self.xids.get(k).cloned())
@@ -194,7 +195,7 @@ impl Health {
                 .device
                 .pci_info()
                 .ok()
-                .and_then(|p| canonical(&p.bus_id));
+                .and_then(|p| pci_address(&p.bus_id));
             if let Some(bus) = bus {
                 let seen = self.xids.entry(bus).or_default();
                 if seen.len() < 16 {
@@ -203,22 +204,6 @@ impl Health {
             }
         }
     }
-}
-
-/// PCI address `id` as one spelling: lowercase hex, the domain in 4 digits (the CUDA driver's
-/// "0000:19:00.0" and NVML's "00000000:19:00.0" are one GPU); `None` when it does not read.
-pub(super) fn canonical(id: &str) -> Option<String> {
-    let (domain, rest) = id.trim().split_once(':')?;
-    let (bus, rest) = rest.split_once(':')?;
-    let (device, function) = rest.split_once('.')?;
-    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-    Some(format!(
-        "{:04x}:{:02x}:{:02x}.{:x}",
-        hex(domain)?,
-        hex(bus)?,
-        hex(device)?,
-        hex(function)?
-    ))
 }
 
 #[cfg(test)]
@@ -277,18 +262,6 @@ mod tests {
             let verdict = unfit(&readings).unwrap_or_default();
             assert!(verdict.contains(why), "{readings:?}: {verdict:?}");
         }
-    }
-
-    #[test]
-    fn pci_addresses_of_one_gpu_read_as_one() {
-        assert_eq!(
-            canonical("00000000:19:00.0").as_deref(),
-            Some("0000:19:00.0")
-        );
-        assert_eq!(canonical("0000:19:00.0").as_deref(), Some("0000:19:00.0"));
-        assert_eq!(canonical("0000:AB:1F.0").as_deref(), Some("0000:ab:1f.0"));
-        assert_eq!(canonical("19:00.0"), None);
-        assert_eq!(canonical("zz:19:00.0"), None);
     }
 
     /// Where the driver is absent (CI, this build machine), loading says why; on a GPU machine

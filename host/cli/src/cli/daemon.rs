@@ -1873,6 +1873,29 @@ struct RunFlags {
 }
 
 impl AgentNode {
+    /// The device nodes of run `run`'s GPUs, the only GPU nodes it may open: none for emulated
+    /// GPUs (they run on the CPU); for real ones, each GPU's minor as the driver names it for
+    /// its PCI address (a GPU whose node cannot be named fails the run: it could not open it).
+    fn gpu_nodes(
+        &self,
+        run: &gantry_daemon::nodes::HandedRun,
+    ) -> Result<gantry_daemon::gpu_nodes::GpuNodes, String> {
+        use gantry_daemon::gpu_nodes::{DRIVER_GPUS, GpuNodes, minor_of};
+        if self.emulated {
+            return Ok(GpuNodes::none());
+        }
+        let pci = self.pci.lock().unwrap_or_else(|e| e.into_inner());
+        let minors = run.gpu_ids.iter().map(|id| {
+            let bus = id
+                .rsplit_once("/gpu")
+                .and_then(|(_, k)| pci.get(&k.parse::<u32>().ok()?))
+                .ok_or_else(|| format!("GPU {id}: this node reports no PCI address for it"))?;
+            minor_of(std::path::Path::new(DRIVER_GPUS), bus)
+                .map_err(|e| format!("GPU {id}'s device node: {e}"))
+        });
+        GpuNodes::only(minors.collect::<Result<_, _>>()?)
+    }
+
     /// The job log's line naming the devices run `run` has: its GPUs, and their PCI addresses
     /// where the node knows them.
     fn devices_line(&self, run: &gantry_daemon::nodes::HandedRun) -> String {
@@ -1942,10 +1965,15 @@ fn run_body(
     sink.log_line(&agent.devices_line(run));
     match (&run.command, &run.train) {
         (Some(spec), _) => {
+            let gpu_nodes = match agent.gpu_nodes(run) {
+                Ok(nodes) => nodes,
+                Err(e) => return gantry_daemon::lifecycle::RunEnd::Failed(e),
+            };
             let job = gantry_daemon::command::RunJob {
                 key: &run.job,
                 tenant: &run.tenant,
                 gpu_ids: &run.gpu_ids,
+                gpu_nodes: &gpu_nodes,
                 spec,
             };
             gantry_daemon::command::execute(job, limits, cgroups, sink, "the agent's user")
