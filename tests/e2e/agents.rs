@@ -292,8 +292,10 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let agent_a = Agent::start_with(&url, &node, "node-a", 2, &extra);
 
     // The job runs on its node's agent (the program is the agent's child), on its placed GPUs.
-    let script = "echo on=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES parent=$PPID; \
-                  sleep 300 & echo child=$!; wait";
+    let script = format!(
+        "echo on=$GANTRY_GPU_IDS devices=$CUDA_VISIBLE_DEVICES; sleep 300 & echo child=$! {}; wait",
+        crate::support::PIDNS
+    );
     let body = json!({"id": "c1", "tenant": "vision", "gpus": 2,
                       "command": {"argv": ["sh", "-c", script]}});
     let (s, v) = submit(&url, &rae, &body);
@@ -307,12 +309,18 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
         log.contains("on=node-a/gpu0,node-a/gpu1 devices=0,1"),
         "{log}"
     );
-    assert_eq!(
-        number_after(&log, "parent="),
-        u64::from(agent_a.0.id()),
-        "{log}"
-    );
-    let child_a = number_after(&log, "child=") as u32;
+    // The run's process (its pid in the log) is the agent's child.
+    let leader = number_after(&log, "(pid ");
+    let stat = std::fs::read_to_string(format!("/proc/{leader}/stat")).unwrap();
+    let parent = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    assert_eq!(parent, agent_a.0.id().to_string(), "{log}\n{stat}");
+    let child_a = crate::support::JobPid::from_log(&log, "child=");
     let attempt = number_after(&log, "(attempt ");
 
     // Reports of anything but the current attempt on its node are refused.
@@ -344,7 +352,7 @@ fn command_jobs_run_on_their_nodes_agent_and_a_stale_attempt_is_fenced() {
     let mut seen_dead = false;
     eventually("c1 runs again on node-b", || {
         // Dead first, seen before the job's move is.
-        seen_dead |= !alive(child_a);
+        seen_dead |= !child_a.alive();
         let j = job(&url, &rae, "c1");
         j["state"] == "running" && j["gpu_ids"] == json!(["node-b/gpu0", "node-b/gpu1"])
     });
@@ -687,7 +695,10 @@ fn a_given_up_run_is_killed_before_its_job_runs_elsewhere_however_its_agent_was_
     // A grace far longer than the test: only a kill without it ends these programs in time.
     let mut extra = vec!["--kill-grace-s", "600"];
     extra.extend(job_user_args());
-    let script = "trap '' TERM; sleep 300 & echo child=$!; wait";
+    let script = format!(
+        "trap '' TERM; sleep 300 & echo child=$! {}; wait",
+        crate::support::PIDNS
+    );
     let runs_on = |id: &str, node: &str| {
         let j = job(&url, &rae, id);
         j["state"] == "running"
@@ -704,12 +715,12 @@ fn a_given_up_run_is_killed_before_its_job_runs_elsewhere_however_its_agent_was_
     eventually("h1 prints its child", || {
         log_of(&url, &rae, "h1").contains("child=")
     });
-    let child = number_after(&log_of(&url, &rae, "h1"), "child=") as u32;
+    let child = crate::support::JobPid::from_log(&log_of(&url, &rae, "h1"), "child=");
     let agent_b = Agent::start_with(&url, &node_b, "node-b", 2, &extra);
     proxy.freeze();
     eventually("h1 runs again on node-b", || runs_on("h1", "node-b"));
     assert!(
-        !alive(child),
+        !child.alive(),
         "the run of the agent cut off from its control plane outlived its lease"
     );
     let (s, v) = crate::daemon::cancel(&url, &rae, "h1");
@@ -729,13 +740,13 @@ fn a_given_up_run_is_killed_before_its_job_runs_elsewhere_however_its_agent_was_
     eventually("h2 runs on node-a", || {
         runs_on("h2", "node-a") && log_of(&url, &rae, "h2").contains("child=")
     });
-    let child = number_after(&log_of(&url, &rae, "h2"), "child=") as u32;
+    let child = crate::support::JobPid::from_log(&log_of(&url, &rae, "h2"), "child=");
     let _agent_b = Agent::start_with(&url, &node_b, "node-b", 2, &extra);
     agent_a.signal("-STOP");
     eventually("h2 runs again on node-b", || runs_on("h2", "node-b"));
     agent_a.signal("-CONT");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while alive(child) {
+    while child.alive() {
         assert!(
             std::time::Instant::now() < deadline,
             "the given-up run was still alive 10 s after its agent went on"
@@ -953,13 +964,16 @@ fn a_restarted_control_plane_adopts_the_runs_its_agents_are_running() {
     let mut extra = vec!["--kill-grace-s", "0.5"];
     extra.extend(job_user_args());
     let _agent = Agent::start_with(&url, &node, "node-a", 2, &extra);
-    let script = "echo child=$$; sleep 8; echo done";
+    let script = format!(
+        "echo child=$$ {}; sleep 8; echo done",
+        crate::support::PIDNS
+    );
     let body = json!({"id": "c1", "tenant": "vision", "gpus": 2,
                       "command": {"argv": ["sh", "-c", script]}});
     let (s, v) = submit(&url, &rae, &body);
     assert_eq!(s, 201, "{v}");
     eventually("c1 runs", || log_of(&url, &rae, "c1").contains("child="));
-    let child = number_after(&log_of(&url, &rae, "c1"), "child=") as u32;
+    let child = crate::support::JobPid::from_log(&log_of(&url, &rae, "c1"), "child=");
 
     daemon.signal("-9");
     let listen = url.trim_start_matches("http://");
@@ -979,7 +993,7 @@ fn a_restarted_control_plane_adopts_the_runs_its_agents_are_running() {
     let j = job(&url, &rae, "c1");
     assert_eq!(j["state"], "running", "{j}");
     assert_eq!(j["gpu_ids"], json!(["node-a/gpu0", "node-a/gpu1"]), "{j}");
-    assert!(alive(child), "the run goes on through the restart");
+    assert!(child.alive(), "the run goes on through the restart");
     wait_for_state(&url, &rae, "c1", "succeeded");
     let log = log_of(&url, &rae, "c1");
     assert_eq!(

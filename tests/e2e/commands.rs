@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, cancel, request, submit, wait_for_state, wait_until_over};
 use crate::support::{
-    add_user, alive, cgroups_here, init_data_dir, job_user_args, log_of, number_after, path_after,
+    JobPid, PIDNS, add_user, alive, cgroups_here, init_data_dir, job_user_args, log_of, path_after,
     root, shared_cache,
 };
 
@@ -172,7 +172,7 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
     let url = daemon.url.clone();
 
     // It ignores SIGTERM and leaves a child behind: SIGKILL after the grace takes both.
-    let stubborn = "trap '' TERM; sleep 300 & echo child=$!; wait; wait";
+    let stubborn = format!("trap '' TERM; sleep 300 & echo child=$! {PIDNS}; wait; wait");
     let body = command_job("c3", 2, json!({"argv": ["sh", "-c", stubborn]}));
     assert_eq!(submit(&url, &rae, &body).0, 201);
     wait_for_state(&url, &rae, "c3", "running");
@@ -186,14 +186,14 @@ fn a_cancel_or_the_wall_time_stops_the_whole_process_group_and_frees_the_gpus() 
             .parse()
             .unwrap()
     };
-    let (leader, child) = (pid(&log, "(pid "), pid(&log, "child="));
-    assert!(alive(leader) && alive(child), "{log}");
+    let (leader, child) = (pid(&log, "(pid "), JobPid::from_log(&log, "child="));
+    assert!(alive(leader) && child.alive(), "{log}");
     assert_eq!(busy_gpus(&url, &rae), 2);
     let (s, v) = cancel(&url, &rae, "c3");
     assert_eq!((s, &v["state"]), (202, &json!("cancelling")), "{v}");
     wait_for_state(&url, &rae, "c3", "cancelled");
     assert!(
-        !alive(leader) && !alive(child),
+        !alive(leader) && !child.alive(),
         "the process group outlived its job"
     );
     crate::support::eventually("its GPUs are free", || busy_gpus(&url, &rae) == 0);
@@ -282,14 +282,14 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
     assert!(log.contains("cpu=50000 mem=134217728"), "{log}");
 
     // What leaves its process group (setsid) is still in its cgroup, and dies with the job.
-    let escape = "setsid sleep 300 & echo escaped=$!; sleep 0.2";
+    let escape = format!("setsid sleep 300 & echo escaped=$! {PIDNS}; sleep 0.2");
     let body = command_job("c7", 1, json!({"argv": ["sh", "-c", escape]}));
     assert_eq!(submit(&url, &rae, &body).0, 201);
     let job = wait_until_over(&format!("{url}/v1/jobs/c7"), &rae, 60);
     assert_eq!(job["state"], "succeeded", "{job}");
-    let escaped = number_after(&log_of(&url, &rae, "c7"), "escaped=") as u32;
+    let escaped = JobPid::from_log(&log_of(&url, &rae, "c7"), "escaped=");
     assert!(
-        !alive(escaped),
+        !escaped.alive(),
         "a process that left the group outlived its job"
     );
 
@@ -298,20 +298,23 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
     let body = command_job(
         "c8",
         1,
-        json!({"argv": ["sh", "-c", "setsid sleep 300 & echo escaped=$!; sleep 300"]}),
+        json!({"argv": ["sh", "-c", format!("setsid sleep 300 & echo escaped=$! {PIDNS}; sleep 300")]}),
     );
     assert_eq!(submit(&url, &rae, &body).0, 201);
-    let escaped = number_after(&wait_for_log(&url, &rae, "c8", "escaped="), "escaped=") as u32;
-    assert!(alive(escaped));
+    let escaped = JobPid::from_log(&wait_for_log(&url, &rae, "c8", "escaped="), "escaped=");
+    assert!(escaped.alive());
     daemon.signal("-9");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        alive(escaped),
-        "a process outside the group survives the crash"
+    // In a PID namespace of its own the run's processes die with it, all of them; without one,
+    // what left its group outlives the crash until the next daemon starts.
+    assert_eq!(
+        escaped.alive(),
+        !escaped.own_namespace(),
+        "a process outside the group dies with the crash only with the run's namespace"
     );
     let daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     assert!(
-        !alive(escaped),
+        !escaped.alive(),
         "the restarted daemon left the crashed run's process alive"
     );
     // The job runs again (its crash counted), once.

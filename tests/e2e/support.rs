@@ -379,6 +379,62 @@ pub fn job_user_args() -> Vec<&'static str> {
 }
 
 /// Whether process `pid` is still alive (a zombie counts as gone).
+/// A process a job printed the pid of (`child=$!`, with `pidns=$(readlink /proc/self/ns/pid)`
+/// beside): the number is its PID namespace's, and a run has a namespace of its own wherever the
+/// daemon can make one, so it is found through the machine's `/proc` (`NSpid`).
+#[derive(Debug)]
+pub struct JobPid {
+    ns: String,
+    pid: u32,
+}
+
+/// What a job prints for [`JobPid`]: its PID namespace.
+pub const PIDNS: &str = "pidns=$(readlink /proc/self/ns/pid)";
+
+impl JobPid {
+    /// The pid printed after `key` in `log`, in the namespace printed after `pidns=`.
+    pub fn from_log(log: &str, key: &str) -> JobPid {
+        let ns = log
+            .split("pidns=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no pidns= in {log}"));
+        JobPid {
+            ns: ns.to_string(),
+            pid: number_after(log, key) as u32,
+        }
+    }
+
+    /// Whether the job runs in a PID namespace of its own.
+    pub fn own_namespace(&self) -> bool {
+        std::fs::read_link("/proc/self/ns/pid").map_or(true, |own| own.to_str() != Some(&self.ns))
+    }
+
+    /// Whether it is alive (not a zombie).
+    pub fn alive(&self) -> bool {
+        if !self.own_namespace() {
+            return alive(self.pid);
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            let Some(host) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                return false;
+            };
+            let in_ns = std::fs::read_link(e.path().join("ns/pid"))
+                .is_ok_and(|l| l.to_str() == Some(&self.ns));
+            let numbered = std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|ids| ids.split_whitespace().last()?.parse::<u32>().ok())
+                    == Some(self.pid)
+            });
+            in_ns && numbered && alive(host)
+        })
+    }
+}
+
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {

@@ -1242,16 +1242,34 @@ pub fn execute(
     // same uid, ran as that uid inside another tenant's run). Files it makes are its own (umask
     // 077), and no descriptor of the daemon's beyond its three crosses the exec (the daemon's
     // launcher's pipes did). Its own /tmp and /dev/shm ([`crate::mountns`]) mounted before
-    // the ids change. Then the directory entered, as the user: entered before
-    // (`current_dir`), a `cwd` under a directory only root may pass let the program read what
-    // lay below it. Then the death signal set (changing ids clears it). The program dies with
-    // this thread (the run's supervisor), so a daemon that dies does not leave it running;
-    // what it started stays in its cgroup, which the next daemon's start empties.
+    // the ids change, and a PID namespace of its own ([`crate::pidns`]: from there on this is
+    // the program's process, the daemon's child waiting outside). Then the directory entered,
+    // as the user: entered before (`current_dir`), a `cwd` under a directory only root may pass
+    // let the program read what lay below it. Then the death signal set (changing ids clears
+    // it). The program dies with this thread (the run's supervisor), so a daemon that dies does
+    // not leave it running; what it started stays in its cgroup (in its PID namespace it dies
+    // too), which the next daemon's start empties.
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some((uid, gid)) = ids {
+                if libc::setgroups(0, std::ptr::null()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(private) = &private {
+                    private.enter(uid, gid)?;
+                    // From here on this is the program's process, pid 2 of its own namespace
+                    // (the process the daemon waits for stays outside).
+                    crate::pidns::enter()?;
+                }
+            }
+            // The program's process alone joins the run's cgroup and is first in line for the
+            // OOM killer: the two around it in its PID namespace are copies of the daemon (its
+            // memory counted as theirs), and one of them, taken by the run's OOM killer, ended
+            // a run whose program it should have stopped (a root run without the namespace
+            // has no such processes).
             if let Some(join) = &join {
                 join()?;
             }
@@ -1263,16 +1281,10 @@ pub fn execute(
                 libc::write(adj, b"1000".as_ptr().cast(), 4);
                 libc::close(adj);
             }
-            if let Some((uid, gid)) = ids {
-                if libc::setgroups(0, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(private) = &private {
-                    private.enter(uid, gid)?;
-                }
-                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some((uid, gid)) = ids
+                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -2070,6 +2082,68 @@ mod tests {
         assert!(lines.0.is_empty(), "{:?}", lines.0);
     }
 
+    /// Runs a victim (a secret in its environment) and an attacker at once under `limits`: the
+    /// attacker is handed the victim's pid as the machine numbers it (found by this test, root,
+    /// through the machine's `/proc`), signals it, signals every process it may (`kill -9 -1`),
+    /// and looks for the secret in every environment its `/proc` shows. Returns both runs' ends
+    /// and logs.
+    fn victim_and_attacker(limits: &CommandLimits) -> ((RunEnd, String), (RunEnd, String)) {
+        use std::os::unix::fs::PermissionsExt;
+        // Where both runs meet: not /tmp, which is each run's own.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let at = dir.path().display().to_string();
+        let run = |key: &str, script: String, env: &[(&str, &str)]| {
+            let spec = CommandSpec {
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                wall_time_s: Some(20.0),
+                ..spec(&["/bin/sh", "-c", &script])
+            };
+            let (end, lines) = run_job(key, &spec, limits);
+            (end, lines.0.join("\n"))
+        };
+        let victim = format!(
+            "echo uid=$(id -u); while [ ! -e {at}/done ]; do sleep 0.1; done; echo survived"
+        );
+        let attacker = format!(
+            "echo uid=$(id -u); while [ ! -s {at}/victim.pid ]; do sleep 0.1; done; \
+             v=$(cat {at}/victim.pid); \
+             kill -9 $v 2>/dev/null && echo killed || echo kill-refused; \
+             cat /proc/$v/environ 2>/dev/null | tr '\\0' '\\n' | grep SECRET || echo read-refused; \
+             kill -9 -1 2>/dev/null; \
+             for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep SECRET; done; \
+             touch {at}/done"
+        );
+        // The victim's processes, found by their environment.
+        let find_victim = || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                    let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let env = std::fs::read(e.path().join("environ")).ok()?;
+                    env.split(|&b| b == 0)
+                        .any(|v| v == b"SECRET=hunter2")
+                        .then_some(pid)
+                });
+                if let Some(pid) = found {
+                    std::fs::write(dir.path().join("victim.pid"), pid.to_string()).unwrap();
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the victim never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        std::thread::scope(|s| {
+            let v = s.spawn(|| run("language/victim", victim, &[("SECRET", "hunter2")]));
+            find_victim();
+            let a = s.spawn(|| run("vision/attacker", attacker, &[]));
+            (v.join().unwrap(), a.join().unwrap())
+        })
+    }
+
     /// Reported by a review: every tenant's command jobs ran as the one `--job-user`, so a job
     /// of one tenant killed another's (`pkill -9 -u nobody`) and read its environment from
     /// `/proc` (an `HF_TOKEN`). With `--job-uids` each run has a uid of its own: two runs at once
@@ -2081,43 +2155,11 @@ mod tests {
             eprintln!("skipped: needs root to run jobs as other uids");
             return;
         }
-        use std::os::unix::fs::PermissionsExt;
-        // Where both runs meet: not /tmp, which is each run's own.
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let at = dir.path().display().to_string();
         let limits = CommandLimits {
             uids: Some(UidRange::parse("231000-231009").unwrap()),
             ..CommandLimits::default()
         };
-        let run = |key: &str, script: String, env: &[(&str, &str)]| {
-            let spec = CommandSpec {
-                env: env
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                wall_time_s: Some(20.0),
-                ..spec(&["/bin/sh", "-c", &script])
-            };
-            let (end, lines) = run_job(key, &spec, &limits);
-            (end, lines.0.join("\n"))
-        };
-        let victim = format!(
-            "echo uid=$(id -u); echo $$ > {at}/victim.pid; \
-             while [ ! -e {at}/done ]; do sleep 0.1; done; echo survived"
-        );
-        let attacker = format!(
-            "echo uid=$(id -u); while [ ! -s {at}/victim.pid ]; do sleep 0.1; done; \
-             v=$(cat {at}/victim.pid); \
-             kill -9 $v 2>/dev/null && echo killed || echo kill-refused; \
-             cat /proc/$v/environ 2>/dev/null | tr '\\0' '\\n' | grep SECRET || echo read-refused; \
-             touch {at}/done"
-        );
-        let (victim, attacker) = std::thread::scope(|s| {
-            let v = s.spawn(|| run("language/victim", victim, &[("SECRET", "hunter2")]));
-            let a = s.spawn(|| run("vision/attacker", attacker, &[]));
-            (v.join().unwrap(), a.join().unwrap())
-        });
+        let (victim, attacker) = victim_and_attacker(&limits);
         let uid = |log: &str| {
             log.lines()
                 .find_map(|l| l.strip_prefix("stdout: uid="))
@@ -2136,6 +2178,35 @@ mod tests {
         assert!(UidRange::parse("65000-66000").is_err());
         assert!(UidRange::parse("1000-99999999").is_err());
         assert!(UidRange::parse("2000-1000").is_err());
+    }
+
+    /// Found by reading the README's caveat as an attacker would: runs under one `--job-user`
+    /// share a uid, so one tenant's `kill -9 -1` ended every other tenant's run, and a scan of
+    /// `/proc` read their environments. Each run now has a PID namespace of its own, its `/proc`
+    /// the namespace's: handed another run's pid, it finds no such process; `kill -9 -1` reaches
+    /// its own processes alone. Root with namespaces only.
+    #[test]
+    fn runs_under_one_job_user_cannot_signal_or_read_each_other() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::mountns::available() {
+            eprintln!("skipped: needs root and namespaces (else the attack is real)");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            ..CommandLimits::default()
+        };
+        let (victim, attacker) = victim_and_attacker(&limits);
+        assert!(matches!(victim.0, RunEnd::Finished(..)), "{}", victim.1);
+        assert!(victim.1.contains("survived"), "{}", victim.1);
+        assert!(attacker.1.contains("kill-refused"), "{}", attacker.1);
+        assert!(attacker.1.contains("read-refused"), "{}", attacker.1);
+        assert!(!attacker.1.contains("hunter2"), "{}", attacker.1);
+        assert!(
+            matches!(attacker.0, RunEnd::Finished(..)),
+            "its own kill -9 -1 spared its init: {}",
+            attacker.1
+        );
     }
 
     /// Found by a review: a job stayed in the daemon's session, so one started from an
@@ -2164,8 +2235,8 @@ mod tests {
             uids: Some(UidRange::parse("231100-231100").unwrap()),
             ..CommandLimits::default()
         };
-        let script = "read -r pid comm state ppid pgrp sid rest < /proc/$$/stat; \
-             [ \"$sid\" = \"$$\" ] && echo own-session; \
+        let script = "read -r pid comm state ppid pgrp sid tty rest < /proc/$$/stat; \
+             [ \"$tty\" = 0 ] && echo no-terminal; \
              [ -e /proc/$$/fd/251 ] && echo fd-leaked || echo fd-closed; \
              grep NoNewPrivs /proc/$$/status; echo umask=$(umask); \
              echo oom=$(cat /proc/$$/oom_score_adj); \
@@ -2185,7 +2256,7 @@ mod tests {
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{log}");
         for said in [
-            "own-session",
+            "no-terminal",
             "fd-closed",
             "NoNewPrivs:\t1",
             "umask=0077",

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod mountns;
 pub mod nodes;
 pub mod persisted;
+pub mod pidns;
 pub mod pluginstore;
 pub mod policystore;
 pub mod recovery;

@@ -35,7 +35,8 @@ struct Bind {
     chain: Vec<CString>,
 }
 
-/// Whether runs get their own `/tmp` and `/dev/shm` here, found once by trying it in a child.
+/// Whether runs get their own `/tmp`, `/dev/shm` and PID namespace ([`crate::pidns`]) here,
+/// found once by trying it in a child.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
@@ -43,8 +44,9 @@ pub fn available() -> bool {
         if let Err(e) = &found {
             tracing::warn!(
                 error = %e,
-                "command runs under one --job-user share /tmp and /dev/shm: this machine gives \
-                 the daemon no mount namespaces (root's CAP_SYS_ADMIN)"
+                "command runs under one --job-user share /tmp and /dev/shm and see each other's \
+                 processes: this machine gives the daemon no mount or PID namespaces (root's \
+                 CAP_SYS_ADMIN)"
             );
         }
         found.is_ok()
@@ -63,9 +65,12 @@ fn probe() -> std::io::Result<()> {
     command
         .args(["-c", "true"])
         .stdin(std::process::Stdio::null());
-    // SAFETY: `enter` makes only async-signal-safe calls.
+    // SAFETY: `enter` and `pidns::enter` make only async-signal-safe calls.
     unsafe {
-        command.pre_exec(move || plan.enter(0, 0));
+        command.pre_exec(move || {
+            plan.enter(0, 0)?;
+            crate::pidns::enter()
+        });
     }
     let status = command.status()?;
     if status.success() {
