@@ -13,7 +13,8 @@
 //! Layout under the data directory:
 //!
 //! ```text
-//! keys/master-<id>.key   master keys (32 bytes, mode 0600); keys/current names the one in use
+//! keys/master-<id>.key   master keys (32 bytes, mode 0600; sealed under `GANTRY_KEY_FILE`'s
+//!                        key where it names one: [`sealing`]); keys/current names the one in use
 //! keys/host.pk8          the host's Ed25519 signing key (audit checkpoints)
 //! objects/ab/abcd...     an object's chunks      objects/ab/abcd....key  its wrapped data key
 //! objects/tmp/           objects being written (never read)
@@ -25,6 +26,7 @@
 
 mod lock;
 mod object;
+mod sealing;
 
 use std::fs::File;
 use std::io::Read;
@@ -41,6 +43,7 @@ use crate::durable::{self, Mode};
 pub use self::lock::{DirLock, Holder};
 pub use self::object::ObjectReader;
 use self::object::{aead_key, read_error, seal_into};
+pub use self::sealing::KEY_FILE_ENV;
 
 #[cfg(test)]
 use self::object::TAG;
@@ -938,6 +941,17 @@ pub struct StoreReport {
 
 /// Every master key in `root/keys`, and the index of the current one.
 fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
+    let sealer = sealing::Sealer::from_env(root)?;
+    read_masters_with(root, sealer.as_ref(), false)
+}
+
+/// [`read_masters`] with `sealer` for sealed keys; unsealed ones refused while it is given
+/// unless `allow_unsealed`.
+fn read_masters_with(
+    root: &Path,
+    sealer: Option<&sealing::Sealer>,
+    allow_unsealed: bool,
+) -> Result<(Vec<MasterKey>, usize), StoreError> {
     let current_path = root.join("keys/current");
     let current_id = std::fs::read_to_string(&current_path)
         .map_err(|e| match e.kind() {
@@ -954,9 +968,20 @@ fn read_masters(root: &Path) -> Result<(Vec<MasterKey>, usize), StoreError> {
     for entry in std::fs::read_dir(&keys).map_err(io(&keys))? {
         let path = entry.map_err(io(&keys))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("master-") && name.ends_with(".key") {
-            let bytes = durable::read_bounded(&path, 64).map_err(io(&path))?;
-            masters.push(MasterKey::from_bytes(&bytes, &path)?);
+        if let Some(id) = name
+            .strip_prefix("master-")
+            .and_then(|n| n.strip_suffix(".key"))
+        {
+            let file = durable::read_bounded(&path, 128).map_err(io(&path))?;
+            let bytes = sealing::master_bytes(&file, id, &path, sealer, allow_unsealed)?;
+            let master = MasterKey::from_bytes(&bytes, &path)?;
+            if master.id != id {
+                return Err(StoreError::Layout {
+                    path: path.clone(),
+                    message: format!("holds master key {}, not the one it names", master.id),
+                });
+            }
+            masters.push(master);
         }
     }
     let current = masters
@@ -1013,15 +1038,62 @@ fn key_aad(id: &str) -> Vec<u8> {
     format!("gantry-data-key:v{FORMAT}:{id}").into_bytes()
 }
 
+/// A new master key, written into `root/keys` (sealed where `GANTRY_KEY_FILE` names a key).
 fn new_master(root: &Path, rng: &SystemRandom) -> Result<MasterKey, StoreError> {
+    let sealer = sealing::Sealer::from_env(root)?;
+    new_master_with(root, rng, sealer.as_ref())
+}
+
+fn new_master_with(
+    root: &Path,
+    rng: &SystemRandom,
+    sealer: Option<&sealing::Sealer>,
+) -> Result<MasterKey, StoreError> {
     let mut bytes = [0u8; 32];
     rng.fill(&mut bytes)
         .map_err(|_| StoreError::Random("no master key".into()))?;
     let path = root.join("keys/new-master.key");
     let master = MasterKey::from_bytes(&bytes, &path)?;
     let path = root.join("keys").join(format!("master-{}.key", master.id));
-    durable::write(&path, &bytes, Mode::Private).map_err(io(&path))?;
+    let file = match sealer {
+        Some(sealer) => sealer.seal(&master.id, &bytes, rng)?,
+        None => bytes.to_vec(),
+    };
+    durable::write(&path, &file, Mode::Private).map_err(io(&path))?;
     Ok(master)
+}
+
+/// Seals every unsealed master key of the data directory at `root` under the key
+/// `GANTRY_KEY_FILE` names (it must name one), holding the directory's lock (`holder`); returns
+/// how many it sealed. Each file is replaced atomically: a crash leaves every key readable.
+pub fn seal_master_keys(root: &Path, holder: &str) -> Result<usize, StoreError> {
+    let sealer = sealing::Sealer::from_env(root)?.ok_or_else(|| StoreError::Layout {
+        path: root.to_path_buf(),
+        message: format!("{KEY_FILE_ENV} names no key file to seal the master keys with"),
+    })?;
+    read_masters_with(root, Some(&sealer), true)?;
+    let _lock = DirLock::acquire(root, holder)?;
+    seal_unsealed(root, &sealer, &SystemRandom::new())
+}
+
+fn seal_unsealed(
+    root: &Path,
+    sealer: &sealing::Sealer,
+    rng: &SystemRandom,
+) -> Result<usize, StoreError> {
+    let (masters, _) = read_masters_with(root, Some(sealer), true)?;
+    let mut sealed = 0;
+    for master in masters {
+        let path = root.join("keys").join(format!("master-{}.key", master.id));
+        let file = durable::read_bounded(&path, 128).map_err(io(&path))?;
+        if sealing::is_sealed(&file) {
+            continue;
+        }
+        let file = sealer.seal(&master.id, &file, rng)?;
+        durable::write(&path, &file, Mode::Private).map_err(io(&path))?;
+        sealed += 1;
+    }
+    Ok(sealed)
 }
 
 fn set_current(root: &Path, id: &str) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::support::{gantry, language_capped_policy, repo, text};
+use crate::support::{gantry, gantry_with, language_capped_policy, repo, text};
 
 /// Runs `gantry` with `args` in `dir`, which must succeed printing JSON: (the JSON, stdout).
 fn json_of(args: &[&str], dir: &Path) -> (serde_json::Value, String) {
@@ -536,4 +536,72 @@ fn sizes_of_synthetic_traces_and_bench_clusters_are_bounded_before_allocation() 
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
     assert!(!dir.path().join("t.csv").exists());
+}
+
+/// Found by reading the data directory as a thief would: its master key sat beside the objects
+/// it unwraps. `gantry init` under `GANTRY_KEY_FILE` seals it under a key file kept apart;
+/// every command (and `gantry up`) then needs that file, a rotation's new key is sealed too, and
+/// `gantry key seal` seals a directory made without one.
+#[test]
+fn a_data_directory_sealed_under_a_key_file_opens_only_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, "5a".repeat(32)).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
+    let ok = |out: std::process::Output| {
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "{o}{e}");
+        o
+    };
+    ok(gantry_with(&["init", "--data-dir", d], &cache, &sealed));
+    let file = dir.path().join("secret.csv");
+    std::fs::write(&file, "a,b\n1,2\n").unwrap();
+    let put = ["store", "put", file.to_str().unwrap(), "--data-dir", d];
+    ok(gantry_with(&put, &cache, &sealed));
+    let verify = ["store", "verify", "--data-dir", d];
+    assert!(ok(gantry_with(&verify, &cache, &sealed)).contains("1 object(s) authenticated"));
+    ok(gantry_with(
+        &["key", "rotate", "--data-dir", d],
+        &cache,
+        &sealed,
+    ));
+    ok(gantry_with(&verify, &cache, &sealed));
+    for master in std::fs::read_dir(data.join("keys")).unwrap().flatten() {
+        if master.file_name().to_string_lossy().starts_with("master-") {
+            let bytes = std::fs::read(master.path()).unwrap();
+            assert!(bytes.starts_with(b"GSK1"), "{}", master.path().display());
+        }
+    }
+    // Without the key file: nothing opens, and the error says what is missing.
+    for args in [
+        &verify[..],
+        &["up", "--data-dir", d, "--listen", "127.0.0.1:0"][..],
+    ] {
+        let out = gantry(args, &cache);
+        let (_, e) = text(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(e.contains("GANTRY_KEY_FILE"), "{args:?}: {e}");
+    }
+    // A directory made without one is sealed in place, and then needs it.
+    let plain = dir.path().join("plain");
+    let p = plain.to_str().unwrap();
+    ok(gantry(&["init", "--data-dir", p], &cache));
+    let verify = ["store", "verify", "--data-dir", p];
+    let (_, e) = text(&gantry_with(&verify, &cache, &sealed));
+    assert!(e.contains("unsealed master key"), "{e}");
+    assert!(
+        ok(gantry_with(
+            &["key", "seal", "--data-dir", p],
+            &cache,
+            &sealed
+        ))
+        .contains("1 master key(s) sealed")
+    );
+    ok(gantry_with(&verify, &cache, &sealed));
+    assert!(!gantry(&verify, &cache).status.success());
 }

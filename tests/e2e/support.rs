@@ -80,6 +80,15 @@ pub fn gantry_as(token: &str, args: &[&str], cache: &Path) -> Output {
         .expect("running gantry")
 }
 
+/// [`gantry`] with variables `env` set.
+pub fn gantry_with(args: &[&str], cache: &Path, env: &[(&str, &Path)]) -> Output {
+    let mut command = gantry_command(args, cache);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("running gantry")
+}
+
 fn gantry_command(args: &[&str], cache: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gantry"));
     command

@@ -507,3 +507,95 @@ fn an_object_is_removed_only_when_unpinned_and_unnamed_whatever_puts_race_it() {
         store.get(id).expect("every recorded object reads");
     }
 }
+
+/// A key file for sealing, 0600, outside any data directory.
+fn key_file(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes(32, seed)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// Found by reading the data directory as a thief would: the master key sat beside the objects
+/// it unwraps (`keys/master-*.key`, 32 bytes as they are), so a copied disk, a backup or a
+/// replica's directory gave up every object. Sealed under a key file kept apart, a master key
+/// opens only with that file: without it, or with another, the directory does not open; an
+/// unsealed key beside sealed ones (planted, to have new objects wrapped under a key its planter
+/// knows) is refused; what was stored before sealing still reads after.
+#[test]
+fn master_keys_sealed_under_a_key_file_open_only_with_it() {
+    let (dir, store) = store();
+    let root = store.root().to_path_buf();
+    let data = bytes(3 * CHUNK / 2, 7);
+    let id = store.put_bytes(&data).unwrap();
+    drop(store);
+    let apart = tempfile::tempdir().unwrap();
+    let sealer = sealing::Sealer::from_file(&key_file(apart.path(), "kek", 1), &root).unwrap();
+    let rng = SystemRandom::new();
+    assert_eq!(seal_unsealed(&root, &sealer, &rng).unwrap(), 1);
+    assert_eq!(seal_unsealed(&root, &sealer, &rng).unwrap(), 0, "once");
+    let master = std::fs::read_dir(root.join("keys"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("master-"))
+        .unwrap();
+    let file = std::fs::read(&master).unwrap();
+    assert_eq!(file.len(), sealing::SEALED_LEN);
+
+    // With its key file: every object reads, and a new master key is written sealed.
+    let (keys, current) = read_masters_with(&root, Some(&sealer), false).unwrap();
+    let sealed = Store::new(&root, keys, current, None);
+    assert!(sealed.get(&id).unwrap() == data);
+    let fresh = new_master_with(&root, &rng, Some(&sealer)).unwrap();
+    let fresh_path = root.join(format!("keys/master-{}.key", fresh.id));
+    assert!(sealing::is_sealed(&std::fs::read(&fresh_path).unwrap()));
+    std::fs::remove_file(&fresh_path).unwrap();
+
+    // Without it, with another, or with the file altered: the directory does not open.
+    let error = |r: Result<(Vec<MasterKey>, usize), StoreError>| match r {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened"),
+    };
+    assert!(error(read_masters_with(&root, None, false)).contains("GANTRY_KEY_FILE"));
+    let other = sealing::Sealer::from_file(&key_file(apart.path(), "other", 2), &root).unwrap();
+    assert!(error(read_masters_with(&root, Some(&other), false)).contains("does not open"));
+    let mut altered = file.clone();
+    altered[20] ^= 1;
+    std::fs::write(&master, &altered).unwrap();
+    assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("does not open"));
+    std::fs::write(&master, &file[..40]).unwrap();
+    assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("cut short"));
+    std::fs::write(&master, &file).unwrap();
+    // A sealed key renamed to another id does not open (its id is bound in).
+    let renamed = root.join("keys/master-0000000000000000.key");
+    std::fs::write(&renamed, &file).unwrap();
+    assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("does not open"));
+    std::fs::remove_file(&renamed).unwrap();
+
+    // An unsealed key planted beside the sealed one is refused.
+    let planted = new_master_with(&root, &rng, None).unwrap();
+    assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("unsealed"));
+    std::fs::remove_file(root.join(format!("keys/master-{}.key", planted.id))).unwrap();
+    assert!(read_masters_with(&root, Some(&sealer), false).is_ok());
+
+    // The key file itself: only its owner's, 32 bytes or 64 hex digits, kept apart.
+    use std::os::unix::fs::PermissionsExt;
+    let loose = key_file(apart.path(), "loose", 3);
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = |path: &Path| match sealing::Sealer::from_file(path, &root) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{} taken", path.display()),
+    };
+    assert!(refused(&loose).contains("read by others"));
+    let inside = key_file(&root, "kek", 4);
+    assert!(refused(&inside).contains("inside the data directory"));
+    let short = key_file(apart.path(), "short", 5);
+    std::fs::write(&short, b"0123").unwrap();
+    assert!(refused(&short).contains("32 bytes or 64 hex digits"));
+    let hex = key_file(apart.path(), "hex", 6);
+    std::fs::write(&hex, format!("{}\n", "ab".repeat(32))).unwrap();
+    assert!(sealing::Sealer::from_file(&hex, &root).is_ok());
+    drop(dir);
+}

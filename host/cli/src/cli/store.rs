@@ -50,6 +50,13 @@ pub enum KeyCommand {
         #[arg(long, env = "GANTRY_CA_CERT", value_name = "CERT.pem")]
         ca_cert: Option<PathBuf>,
     },
+    /// Seal every master key of the data directory under the key file GANTRY_KEY_FILE names
+    /// (32 bytes, or 64 hex digits; mode 0600; outside the data directory): from then on the
+    /// directory opens only with that file, and an unsealed master key is refused.
+    Seal {
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 /// `gantry store ...`.
@@ -88,8 +95,12 @@ pub enum StoreCommand {
 pub fn init(dir: &DataDir) -> anyhow::Result<()> {
     let path = dir.path()?;
     let store = Store::init(&path)?;
+    let sealed = match std::env::var_os(gantry::storage::KEY_FILE_ENV) {
+        Some(f) if !f.is_empty() => format!(", sealed under {}", Path::new(&f).display()),
+        _ => String::new(),
+    };
     println!(
-        "initialised {} (master key {}, host signing key {})",
+        "initialised {} (master key {}{sealed}, host signing key {})",
         path.display(),
         store.master_id(),
         path.join("keys/host.pk8").display()
@@ -100,6 +111,16 @@ pub fn init(dir: &DataDir) -> anyhow::Result<()> {
 /// Runs `gantry key ...`.
 pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
+        KeyCommand::Seal { dir } => {
+            let root = dir.path()?;
+            let sealed = gantry::storage::seal_master_keys(&root, "gantry key seal")?;
+            println!(
+                "{}: {sealed} master key(s) sealed; the directory now opens only with {}",
+                root.display(),
+                gantry::storage::KEY_FILE_ENV
+            );
+            Ok(())
+        }
         KeyCommand::Rotate {
             dir,
             token,

@@ -1,0 +1,176 @@
+//! Master keys sealed at rest by a key kept apart from the data directory.
+//!
+//! A master key written as it is beside the objects it unwraps protects them from nothing that
+//! reads the directory: a stolen disk, a backup, a copied replica. With `GANTRY_KEY_FILE` naming a
+//! key file elsewhere (another disk, a secret store's mount, a systemd credential), every master
+//! key is written sealed under it (AES-256-GCM, its id bound in), a sealed key opens only with
+//! it, and a master key left unsealed is refused (one planted there, made current, would have
+//! every new object wrapped under a key its planter knows) until `gantry key seal` seals it.
+
+use std::path::{Path, PathBuf};
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::{StoreError, io};
+use crate::durable;
+
+/// The variable naming the key file that seals the master keys.
+pub const KEY_FILE_ENV: &str = "GANTRY_KEY_FILE";
+
+/// What a sealed master key file starts with.
+const MAGIC: &[u8; 4] = b"GSK1";
+/// A sealed master key file's length: magic, nonce, the key and its tag.
+pub(super) const SEALED_LEN: usize = 4 + NONCE_LEN + 32 + 16;
+
+/// The key that seals master keys.
+pub(super) struct Sealer {
+    key: LessSafeKey,
+    path: PathBuf,
+}
+
+impl Sealer {
+    /// The sealer `GANTRY_KEY_FILE` names for the data directory at `root`, if it names one: a
+    /// file of 32 bytes (or 64 hex digits), only its owner's to read, outside `root`.
+    pub(super) fn from_env(root: &Path) -> Result<Option<Sealer>, StoreError> {
+        match std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
+            Some(path) => Sealer::from_file(Path::new(&path), root).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn from_file(path: &Path, root: &Path) -> Result<Sealer, StoreError> {
+        let refuse = |message: String| StoreError::Layout {
+            path: path.to_path_buf(),
+            message: format!("{KEY_FILE_ENV}: {message}"),
+        };
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(refuse(format!(
+                    "the key file may be read by others (mode {mode:o}): make it 0600"
+                )));
+            }
+        }
+        if !meta.is_file() {
+            return Err(refuse("not a file".into()));
+        }
+        if let (Ok(file), Ok(dir)) = (path.canonicalize(), root.canonicalize())
+            && file.starts_with(&dir)
+        {
+            return Err(refuse(format!(
+                "the key file lies inside the data directory it seals ({}): keep it apart",
+                dir.display()
+            )));
+        }
+        let bytes = durable::read_bounded(path, 256).map_err(io(path))?;
+        let raw = match bytes.len() {
+            32 => bytes,
+            _ => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| {
+                    data_encoding::HEXLOWER_PERMISSIVE
+                        .decode(t.trim().as_bytes())
+                        .ok()
+                })
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| refuse("a key file holds 32 bytes or 64 hex digits".into()))?,
+        };
+        let key = UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| refuse("not a key".into()))?;
+        Ok(Sealer {
+            key: LessSafeKey::new(key),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Master key `bytes` (id `id`) sealed, as its file holds it.
+    pub(super) fn seal(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        rng: &SystemRandom,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce)
+            .map_err(|_| StoreError::Random("no nonce to seal a master key".into()))?;
+        let mut sealed = bytes.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(id)),
+                &mut sealed,
+            )
+            .map_err(|_| StoreError::Random("sealing a master key".into()))?;
+        let mut file = Vec::with_capacity(SEALED_LEN);
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&sealed);
+        Ok(file)
+    }
+
+    /// The master key sealed in `file` (at `path`, named for id `id`).
+    fn open(&self, id: &str, file: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
+        let (nonce, sealed) = file[MAGIC.len()..].split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| truncated(path))?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad(id)), &mut sealed)
+            .map_err(|_| StoreError::Layout {
+                path: path.to_path_buf(),
+                message: format!(
+                    "does not open with the key in {} ({KEY_FILE_ENV}): another data \
+                     directory's key, or the file was altered",
+                    self.path.display()
+                ),
+            })?;
+        Ok(plain.to_vec())
+    }
+}
+
+fn aad(id: &str) -> Vec<u8> {
+    format!("gantry-sealed-master:{id}").into_bytes()
+}
+
+fn truncated(path: &Path) -> StoreError {
+    StoreError::Layout {
+        path: path.to_path_buf(),
+        message: "a sealed master key, cut short".into(),
+    }
+}
+
+/// Whether master key file content `file` is sealed.
+pub(super) fn is_sealed(file: &[u8]) -> bool {
+    file.starts_with(MAGIC)
+}
+
+/// The master key (32 bytes) of file content `file` at `path`, named for id `id`: opened with
+/// `sealer` when sealed; an unsealed one is refused while a sealer is given unless
+/// `allow_unsealed` (sealing them).
+pub(super) fn master_bytes(
+    file: &[u8],
+    id: &str,
+    path: &Path,
+    sealer: Option<&Sealer>,
+    allow_unsealed: bool,
+) -> Result<Vec<u8>, StoreError> {
+    let refuse = |message: String| StoreError::Layout {
+        path: path.to_path_buf(),
+        message,
+    };
+    match (is_sealed(file), sealer) {
+        (true, _) if file.len() != SEALED_LEN => Err(truncated(path)),
+        (true, Some(sealer)) => sealer.open(id, file, path),
+        (true, None) => Err(refuse(format!(
+            "a sealed master key: set {KEY_FILE_ENV} to the file of the key that sealed it"
+        ))),
+        (false, Some(_)) if !allow_unsealed => Err(refuse(format!(
+            "an unsealed master key, while {KEY_FILE_ENV} is set: seal it with `gantry key \
+             seal` (an unsealed key could have been planted)"
+        ))),
+        (false, _) => Ok(file.to_vec()),
+    }
+}
