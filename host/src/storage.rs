@@ -272,6 +272,8 @@ impl Store {
         if root.join("keys/current").exists() {
             return Err(refuse());
         }
+        // Its key file checked before anything is made.
+        let sealer = sealing::Sealer::from_env(root)?;
         make_private_dir(root)?;
         let lock = Arc::new(DirLock::acquire(root, "gantry init")?);
         // Again under the lock: another init may have finished meanwhile.
@@ -293,12 +295,8 @@ impl Store {
             durable::sync_dir(&dir).map_err(io(&dir))?;
         }
         let rng = SystemRandom::new();
-        let master = new_master(root, &rng)?;
-        let signing = root.join("keys/host.pk8");
-        crate::keys::generate(&signing).map_err(|e| StoreError::Layout {
-            path: signing.clone(),
-            message: e.to_string(),
-        })?;
+        let master = new_master_with(root, &rng, sealer.as_ref())?;
+        new_host_key(root, &rng, sealer.as_ref())?;
         set_current(root, &master.id)?;
         Ok(Store::new(root, vec![master], 0, Some(lock)))
     }
@@ -973,7 +971,8 @@ fn read_masters_with(
             .and_then(|n| n.strip_suffix(".key"))
         {
             let file = durable::read_bounded(&path, 128).map_err(io(&path))?;
-            let bytes = sealing::master_bytes(&file, id, &path, sealer, allow_unsealed)?;
+            let label = sealing::master_label(id);
+            let bytes = sealing::key_bytes(&file, &label, &path, sealer, allow_unsealed)?;
             let master = MasterKey::from_bytes(&bytes, &path)?;
             if master.id != id {
                 return Err(StoreError::Layout {
@@ -1056,7 +1055,7 @@ fn new_master_with(
     let master = MasterKey::from_bytes(&bytes, &path)?;
     let path = root.join("keys").join(format!("master-{}.key", master.id));
     let file = match sealer {
-        Some(sealer) => sealer.seal(&master.id, &bytes, rng)?,
+        Some(sealer) => sealer.seal(&sealing::master_label(&master.id), &bytes, rng)?,
         None => bytes.to_vec(),
     };
     durable::write(&path, &file, Mode::Private).map_err(io(&path))?;
@@ -1089,11 +1088,63 @@ fn seal_unsealed(
         if sealing::is_sealed(&file) {
             continue;
         }
-        let file = sealer.seal(&master.id, &file, rng)?;
+        let file = sealer.seal(&sealing::master_label(&master.id), &file, rng)?;
+        durable::write(&path, &file, Mode::Private).map_err(io(&path))?;
+        sealed += 1;
+    }
+    let path = root.join(HOST_KEY);
+    let file = durable::read_bounded(&path, 4096).map_err(io(&path))?;
+    if !sealing::is_sealed(&file) {
+        host_key_from(&file, &path)?;
+        let file = sealer.seal(sealing::HOST_KEY_LABEL, &file, rng)?;
         durable::write(&path, &file, Mode::Private).map_err(io(&path))?;
         sealed += 1;
     }
     Ok(sealed)
+}
+
+/// The host's audit signing key, in the data directory.
+const HOST_KEY: &str = "keys/host.pk8";
+
+/// The host's signing key (audit checkpoints) of the data directory at `root`: opened with the
+/// key file `GANTRY_KEY_FILE` names where it is sealed (and refused unsealed while it names one).
+pub fn host_key(root: &Path) -> Result<ring::signature::Ed25519KeyPair, StoreError> {
+    let sealer = sealing::Sealer::from_env(root)?;
+    host_key_with(root, sealer.as_ref())
+}
+
+fn host_key_with(
+    root: &Path,
+    sealer: Option<&sealing::Sealer>,
+) -> Result<ring::signature::Ed25519KeyPair, StoreError> {
+    let path = root.join(HOST_KEY);
+    // A PKCS#8 Ed25519 key is 83-85 bytes (sealed, 32 more): anything much larger is not one.
+    let file = durable::read_bounded(&path, 4096).map_err(io(&path))?;
+    let bytes = sealing::key_bytes(&file, sealing::HOST_KEY_LABEL, &path, sealer, false)?;
+    host_key_from(&bytes, &path)
+}
+
+fn host_key_from(bytes: &[u8], path: &Path) -> Result<ring::signature::Ed25519KeyPair, StoreError> {
+    ring::signature::Ed25519KeyPair::from_pkcs8(bytes).map_err(|e| StoreError::Layout {
+        path: path.to_path_buf(),
+        message: format!("not an Ed25519 PKCS#8 private key ({e})"),
+    })
+}
+
+/// Writes a new host signing key into `root` (sealed under `sealer` where given).
+fn new_host_key(
+    root: &Path,
+    rng: &SystemRandom,
+    sealer: Option<&sealing::Sealer>,
+) -> Result<(), StoreError> {
+    let path = root.join(HOST_KEY);
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(rng)
+        .map_err(|_| StoreError::Random("no host signing key".into()))?;
+    let file = match sealer {
+        Some(sealer) => sealer.seal(sealing::HOST_KEY_LABEL, pkcs8.as_ref(), rng)?,
+        None => pkcs8.as_ref().to_vec(),
+    };
+    durable::write(&path, &file, Mode::Private).map_err(io(&path))
 }
 
 fn set_current(root: &Path, id: &str) -> Result<(), StoreError> {

@@ -142,7 +142,7 @@ impl DataDir {
         let rows = db
             .check()
             .map_err(|source| DataDirError::DamagedDb { source })?;
-        let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
+        let key = gantry::storage::host_key(root)?;
         pin_host_key(&db, &gantry::keys::public_hex(&key))?;
         let (head, closed) = db.audit_head()?;
         let audit = AuditLog::open_expecting(&audit_path(root), key, &Expected { head, closed })

@@ -103,7 +103,7 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     };
     // The log is ahead of any backup: take its sealed position (it must verify, with our key),
     // and make again what it says was done to users and tokens since the backup's position.
-    let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
+    let key = gantry::storage::host_key(root)?;
     let public = gantry::keys::public_hex(&key);
     let log = audit_path(root);
     let mut replayed = (0, Vec::new());
@@ -247,7 +247,7 @@ pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDir
     let db = Db::open_existing(&super::db_path(root))?;
     db.check()
         .map_err(|source| DataDirError::DamagedDb { source })?;
-    let key = gantry::keys::load(&root.join("keys/host.pk8"))?;
+    let key = gantry::storage::host_key(root)?;
     let public = gantry::keys::public_hex(&key);
     let log = audit_path(root);
     let (head, closed) = db.audit_head()?;

@@ -3,9 +3,10 @@
 //! A master key written as it is beside the objects it unwraps protects them from nothing that
 //! reads the directory: a stolen disk, a backup, a copied replica. With `GANTRY_KEY_FILE` naming a
 //! key file elsewhere (another disk, a secret store's mount, a systemd credential), every master
-//! key is written sealed under it (AES-256-GCM, its id bound in), a sealed key opens only with
-//! it, and a master key left unsealed is refused (one planted there, made current, would have
-//! every new object wrapped under a key its planter knows) until `gantry key seal` seals it.
+//! key, and the host's audit signing key, is written sealed under it (AES-256-GCM, what it is
+//! bound in), a sealed key opens only with it, and a key left unsealed is refused (a master key
+//! planted there, made current, would have every new object wrapped under a key its planter
+//! knows; a readable signing key signs a rewritten audit log) until `gantry key seal` seals it.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ pub const KEY_FILE_ENV: &str = "GANTRY_KEY_FILE";
 /// What a sealed master key file starts with.
 const MAGIC: &[u8; 4] = b"GSK1";
 /// A sealed master key file's length: magic, nonce, the key and its tag.
+#[cfg(test)]
 pub(super) const SEALED_LEN: usize = 4 + NONCE_LEN + 32 + 16;
 
 /// The key that seals master keys.
@@ -86,10 +88,11 @@ impl Sealer {
         })
     }
 
-    /// Master key `bytes` (id `id`) sealed, as its file holds it.
+    /// Key `bytes` (what `label` names: [`master_label`], [`HOST_KEY_LABEL`]) sealed, as its
+    /// file holds it.
     pub(super) fn seal(
         &self,
-        id: &str,
+        label: &str,
         bytes: &[u8],
         rng: &SystemRandom,
     ) -> Result<Vec<u8>, StoreError> {
@@ -100,25 +103,25 @@ impl Sealer {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(id)),
+                Aad::from(aad(label)),
                 &mut sealed,
             )
-            .map_err(|_| StoreError::Random("sealing a master key".into()))?;
-        let mut file = Vec::with_capacity(SEALED_LEN);
+            .map_err(|_| StoreError::Random("sealing a key".into()))?;
+        let mut file = Vec::with_capacity(MAGIC.len() + NONCE_LEN + sealed.len());
         file.extend_from_slice(MAGIC);
         file.extend_from_slice(&nonce);
         file.extend_from_slice(&sealed);
         Ok(file)
     }
 
-    /// The master key sealed in `file` (at `path`, named for id `id`).
-    fn open(&self, id: &str, file: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
+    /// The key sealed in `file` (at `path`, what `label` names).
+    fn open(&self, label: &str, file: &[u8], path: &Path) -> Result<Vec<u8>, StoreError> {
         let (nonce, sealed) = file[MAGIC.len()..].split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| truncated(path))?;
         let mut sealed = sealed.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(aad(id)), &mut sealed)
+            .open_in_place(nonce, Aad::from(aad(label)), &mut sealed)
             .map_err(|_| StoreError::Layout {
                 path: path.to_path_buf(),
                 message: format!(
@@ -131,14 +134,22 @@ impl Sealer {
     }
 }
 
-fn aad(id: &str) -> Vec<u8> {
-    format!("gantry-sealed-master:{id}").into_bytes()
+fn aad(label: &str) -> Vec<u8> {
+    format!("gantry-sealed-{label}").into_bytes()
 }
+
+/// What master key `id`'s sealing is bound to.
+pub(super) fn master_label(id: &str) -> String {
+    format!("master:{id}")
+}
+
+/// What the host's signing key's sealing is bound to.
+pub(super) const HOST_KEY_LABEL: &str = "host-signing-key";
 
 fn truncated(path: &Path) -> StoreError {
     StoreError::Layout {
         path: path.to_path_buf(),
-        message: "a sealed master key, cut short".into(),
+        message: "a sealed key, cut short".into(),
     }
 }
 
@@ -147,12 +158,12 @@ pub(super) fn is_sealed(file: &[u8]) -> bool {
     file.starts_with(MAGIC)
 }
 
-/// The master key (32 bytes) of file content `file` at `path`, named for id `id`: opened with
-/// `sealer` when sealed; an unsealed one is refused while a sealer is given unless
-/// `allow_unsealed` (sealing them).
-pub(super) fn master_bytes(
+/// The key in file content `file` at `path` (what `label` names): opened with `sealer` when
+/// sealed; an unsealed one is refused while a sealer is given unless `allow_unsealed` (sealing
+/// them).
+pub(super) fn key_bytes(
     file: &[u8],
-    id: &str,
+    label: &str,
     path: &Path,
     sealer: Option<&Sealer>,
     allow_unsealed: bool,
@@ -162,14 +173,14 @@ pub(super) fn master_bytes(
         message,
     };
     match (is_sealed(file), sealer) {
-        (true, _) if file.len() != SEALED_LEN => Err(truncated(path)),
-        (true, Some(sealer)) => sealer.open(id, file, path),
+        (true, _) if file.len() < MAGIC.len() + NONCE_LEN + 16 => Err(truncated(path)),
+        (true, Some(sealer)) => sealer.open(label, file, path),
         (true, None) => Err(refuse(format!(
-            "a sealed master key: set {KEY_FILE_ENV} to the file of the key that sealed it"
+            "a sealed key: set {KEY_FILE_ENV} to the file of the key that sealed it"
         ))),
         (false, Some(_)) if !allow_unsealed => Err(refuse(format!(
-            "an unsealed master key, while {KEY_FILE_ENV} is set: seal it with `gantry key \
-             seal` (an unsealed key could have been planted)"
+            "an unsealed key, while {KEY_FILE_ENV} is set: seal it with `gantry key seal` (an \
+             unsealed key could have been planted)"
         ))),
         (false, _) => Ok(file.to_vec()),
     }

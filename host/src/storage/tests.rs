@@ -508,6 +508,11 @@ fn an_object_is_removed_only_when_unpinned_and_unnamed_whatever_puts_race_it() {
     }
 }
 
+/// A sealer of another key than [`key_file`]'s first.
+fn sealer_of(apart: &tempfile::TempDir, root: &Path) -> sealing::Sealer {
+    sealing::Sealer::from_file(&key_file(apart.path(), "another", 9), root).unwrap()
+}
+
 /// A key file for sealing, 0600, outside any data directory.
 fn key_file(dir: &Path, name: &str, seed: u64) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -533,7 +538,11 @@ fn master_keys_sealed_under_a_key_file_open_only_with_it() {
     let apart = tempfile::tempdir().unwrap();
     let sealer = sealing::Sealer::from_file(&key_file(apart.path(), "kek", 1), &root).unwrap();
     let rng = SystemRandom::new();
-    assert_eq!(seal_unsealed(&root, &sealer, &rng).unwrap(), 1);
+    assert_eq!(
+        seal_unsealed(&root, &sealer, &rng).unwrap(),
+        2,
+        "master and host keys"
+    );
     assert_eq!(seal_unsealed(&root, &sealer, &rng).unwrap(), 0, "once");
     let master = std::fs::read_dir(root.join("keys"))
         .unwrap()
@@ -553,6 +562,25 @@ fn master_keys_sealed_under_a_key_file_open_only_with_it() {
     assert!(sealing::is_sealed(&std::fs::read(&fresh_path).unwrap()));
     std::fs::remove_file(&fresh_path).unwrap();
 
+    // The audit signing key too: sealed, it opens only with the key file.
+    let host = host_key_with(&root, Some(&sealer)).unwrap();
+    assert!(host_key_with(&root, None).is_err());
+    assert!(host_key_with(&root, Some(&sealer_of(&apart, &root))).is_err());
+    let sealed_host = std::fs::read(root.join(HOST_KEY)).unwrap();
+    new_host_key(&root, &rng, None).unwrap();
+    let refused = host_key_with(&root, Some(&sealer))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("unsealed"),
+        "a planted signing key: {refused}"
+    );
+    std::fs::write(root.join(HOST_KEY), &sealed_host).unwrap();
+    use ring::signature::KeyPair;
+    let again = host_key_with(&root, Some(&sealer)).unwrap();
+    assert_eq!(again.public_key().as_ref(), host.public_key().as_ref());
+
     // Without it, with another, or with the file altered: the directory does not open.
     let error = |r: Result<(Vec<MasterKey>, usize), StoreError>| match r {
         Err(e) => e.to_string(),
@@ -565,7 +593,7 @@ fn master_keys_sealed_under_a_key_file_open_only_with_it() {
     altered[20] ^= 1;
     std::fs::write(&master, &altered).unwrap();
     assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("does not open"));
-    std::fs::write(&master, &file[..40]).unwrap();
+    std::fs::write(&master, &file[..20]).unwrap();
     assert!(error(read_masters_with(&root, Some(&sealer), false)).contains("cut short"));
     std::fs::write(&master, &file).unwrap();
     // A sealed key renamed to another id does not open (its id is bound in).

@@ -115,7 +115,8 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
             let root = dir.path()?;
             let sealed = gantry::storage::seal_master_keys(&root, "gantry key seal")?;
             println!(
-                "{}: {sealed} master key(s) sealed; the directory now opens only with {}",
+                "{}: {sealed} key(s) sealed (master keys, audit signing key); the directory now \
+                 opens only with {}",
                 root.display(),
                 gantry::storage::KEY_FILE_ENV
             );
