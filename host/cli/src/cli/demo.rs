@@ -99,7 +99,7 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
 
     step(6, "stop, and verify the audit log");
     server.stop()?;
-    let key = gantry::storage::host_key(&dir)?;
+    let key = gantry::storage::host_key(dir)?;
     let report = gantry::audit::verify(
         &dir.join("audit.log"),
         Some(&gantry::keys::public_hex(&key)),
