@@ -1314,6 +1314,7 @@ pub fn execute(
     let pgid = child.id() as i32;
     // Started before anything else can wait: the run must not outlive its lease even when
     // this holder stops being scheduled.
+    let mut guard_lapsed = false;
     let mut guard = match sink.lease_until().map(|until| RunGuard::start(pgid, until)) {
         None => None,
         Some(Ok(guard)) => Some(guard),
@@ -1395,6 +1396,7 @@ pub fn execute(
         // Its guard goes before it is reaped: once reaped, its group's id may be another's, and
         // a guard whose deadline passed would kill that.
         if guard.is_some() && exited(pgid) {
+            guard_lapsed = guard.as_ref().is_some_and(RunGuard::lapsed);
             drop(guard.take());
         }
         match child.try_wait() {
@@ -1439,7 +1441,13 @@ pub fn execute(
     // "killed by signal 9", a job that a leader's failover had stopped ended failed).
     // Killed, not ended by itself: a program that exits on its own as the lease lapses keeps
     // its status (stopped, its job would run again).
-    let lapsed = sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
+    // The guard's own deadline counts too: found by the kill loop, a run's supervisor blocked
+    // in a report through a failover did not pass the renewed lease on to the guard, which
+    // killed the run at the old deadline; by the time its end was read the lease was renewed,
+    // and the job ended failed ("killed by signal 9") instead of going back to the queue.
+    guard_lapsed |= guard.as_ref().is_some_and(RunGuard::lapsed);
+    let lapsed =
+        guard_lapsed || sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
     if lapsed && stopped.is_none() && status.signal() == Some(libc::SIGKILL) {
         stopped = Some((Stopped::Asked, Instant::now()));
     }
@@ -1906,6 +1914,66 @@ mod tests {
             },
         };
         let mut sink = Lapsing(Instant::now() + Duration::from_millis(200));
+        let end = execute(job, &limits, None, &mut sink, "root");
+        assert!(matches!(end, RunEnd::Stopped), "{end:?}");
+    }
+
+    /// A sink whose first report blocks for `block` (a report retried through a failover)
+    /// while its lease lapses at `lapses`, renewed far ahead once the report went through.
+    struct Blocked {
+        block: Duration,
+        lapses: Instant,
+        renewed: bool,
+    }
+
+    impl RunSink for Blocked {
+        fn log(&mut self, _: &str) {
+            if !self.renewed {
+                std::thread::sleep(self.block);
+                self.renewed = true;
+            }
+        }
+        fn stopping(&self) -> bool {
+            false
+        }
+        fn lease_until(&self) -> Option<Instant> {
+            Some(match self.renewed {
+                true => Instant::now() + Duration::from_secs(60),
+                false => self.lapses,
+            })
+        }
+    }
+
+    /// Found by the kill loop (CI): a run's supervisor blocked in a report through a failover
+    /// did not pass the renewed lease on to the run's guard, which killed the run at the old
+    /// deadline; when the end was read the lease had been renewed, and the job ended failed
+    /// ("killed by signal 9") instead of going back to the queue. The guard's own deadline
+    /// counts: here the program's own SIGKILL stands for the guard's (a guard cannot run in
+    /// this test binary), past the deadline the guard last heard.
+    #[test]
+    fn a_run_its_guard_killed_at_a_deadline_since_renewed_is_stopped_not_failed() {
+        let spec = spec(&["/bin/sh", "-c", "sleep 1.5; kill -9 $$"]);
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/renewed",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
+            spec: &spec,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let limits = match unsafe { libc::geteuid() } {
+            0 => limits(),
+            _ => CommandLimits {
+                own_user: true,
+                ..CommandLimits::default()
+            },
+        };
+        let mut sink = Blocked {
+            block: Duration::from_millis(600),
+            lapses: Instant::now() + Duration::from_millis(200),
+            renewed: false,
+        };
         let end = execute(job, &limits, None, &mut sink, "root");
         assert!(matches!(end, RunEnd::Stopped), "{end:?}");
     }

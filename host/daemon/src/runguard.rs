@@ -54,6 +54,12 @@ impl RunGuard {
         })
     }
 
+    /// Whether the deadline the guard holds has passed: it killed the run (or is about to),
+    /// whatever its holder's lease says by now (renewed after the guard last heard of it).
+    pub fn lapsed(&self) -> bool {
+        monotonic_ns() >= self.sent
+    }
+
     /// The lease now lapses at `until`. A guard that cannot take it (gone, or not reading)
     /// keeps the deadline it has: the run then dies early, never late.
     pub fn renew(&mut self, until: Instant) {
