@@ -1878,6 +1878,30 @@ mod tests {
         );
     }
 
+    /// Runs job `key`, a program that kills itself (SIGKILL, as its guard would) after `seconds`,
+    /// reporting to `sink`.
+    fn killed_by_itself_after(seconds: &str, key: &str, sink: &mut dyn RunSink) -> RunEnd {
+        let script = format!("sleep {seconds}; kill -9 $$");
+        let spec = spec(&["/bin/sh", "-c", &script]);
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key,
+            tenant: "vision",
+            gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
+            spec: &spec,
+        };
+        // SAFETY: geteuid has no preconditions.
+        let limits = match unsafe { libc::geteuid() } {
+            0 => limits(),
+            _ => CommandLimits {
+                own_user: true,
+                ..CommandLimits::default()
+            },
+        };
+        execute(job, &limits, None, sink, "root")
+    }
+
     /// A sink holding a lease that lapses at a fixed time and is never renewed.
     struct Lapsing(Instant);
 
@@ -1896,25 +1920,8 @@ mod tests {
     /// its job may be running elsewhere already. A run that ends past its lease ends stopped.
     #[test]
     fn a_run_that_ends_past_its_lease_is_stopped_not_failed() {
-        let spec = spec(&["/bin/sh", "-c", "sleep 1; kill -9 $$"]);
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/lapsed",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
-            spec: &spec,
-        };
-        // SAFETY: geteuid has no preconditions.
-        let limits = match unsafe { libc::geteuid() } {
-            0 => limits(),
-            _ => CommandLimits {
-                own_user: true,
-                ..CommandLimits::default()
-            },
-        };
         let mut sink = Lapsing(Instant::now() + Duration::from_millis(200));
-        let end = execute(job, &limits, None, &mut sink, "root");
+        let end = killed_by_itself_after("1", "vision/lapsed", &mut sink);
         assert!(matches!(end, RunEnd::Stopped), "{end:?}");
     }
 
@@ -1952,29 +1959,12 @@ mod tests {
     /// this test binary), past the deadline the guard last heard.
     #[test]
     fn a_run_its_guard_killed_at_a_deadline_since_renewed_is_stopped_not_failed() {
-        let spec = spec(&["/bin/sh", "-c", "sleep 1.5; kill -9 $$"]);
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/renewed",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
-            spec: &spec,
-        };
-        // SAFETY: geteuid has no preconditions.
-        let limits = match unsafe { libc::geteuid() } {
-            0 => limits(),
-            _ => CommandLimits {
-                own_user: true,
-                ..CommandLimits::default()
-            },
-        };
         let mut sink = Blocked {
             block: Duration::from_millis(600),
             lapses: Instant::now() + Duration::from_millis(200),
             renewed: false,
         };
-        let end = execute(job, &limits, None, &mut sink, "root");
+        let end = killed_by_itself_after("1.5", "vision/renewed", &mut sink);
         assert!(matches!(end, RunEnd::Stopped), "{end:?}");
     }
 
