@@ -12,8 +12,9 @@ use crate::support::{
     path_after, shared_cache,
 };
 
-/// A `gantry agent` process, killed when dropped.
-pub(crate) struct Agent(Child);
+/// A `gantry agent` process, killed when dropped; what it said on stderr is shown when a
+/// test fails (an agent says there why a report or a run failed).
+pub(crate) struct Agent(Child, tempfile::NamedTempFile);
 
 impl Agent {
     pub(crate) fn start(url: &str, token: &str, node: &str, gpus: u32) -> Agent {
@@ -39,16 +40,17 @@ impl Agent {
 
     /// An agent of `node` given `args` besides its node, URL and heartbeat period.
     fn spawn(url: &str, token: &str, node: &str, args: &[&str]) -> Agent {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["agent", "--node", node, "--heartbeat-s", "0.2"])
             .args(["--url", url])
             .args(args)
             .env("GANTRY_TOKEN", token)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .spawn()
             .expect("starting gantry agent");
-        Agent(child)
+        Agent(child, stderr)
     }
 }
 
@@ -66,6 +68,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            // Nothing here may panic: a second panic aborts the test run.
+            let said = std::fs::read(self.1.path()).unwrap_or_default();
+            let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(16 << 10)..]);
+            eprintln!("agent {} said (its last 16 KiB):\n{tail}", self.0.id());
+        }
     }
 }
 

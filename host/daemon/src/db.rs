@@ -636,6 +636,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN ended INTEGER;
      UPDATE jobs SET ended = seq WHERE state IN ('succeeded', 'failed', 'cancelled');
      CREATE INDEX jobs_by_end ON jobs(tenant, ended);",
+    // 8: log entries kept once by their key (an agent's report sent again).
+    "ALTER TABLE job_events ADD COLUMN once TEXT;
+     CREATE UNIQUE INDEX job_events_once ON job_events(job, once) WHERE once IS NOT NULL;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -1489,6 +1492,18 @@ impl JobStore for Db {
         Ok(())
     }
 
+    fn log_once(&self, id: &str, key: &str, message: &str) -> Result<bool, DbError> {
+        let added = self
+            .conn()
+            .execute(
+                "INSERT INTO job_events(job, at, message, once) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (job, once) WHERE once IS NOT NULL DO NOTHING",
+                params![id, now(), message, key],
+            )
+            .ctx("writing a job's log")?;
+        Ok(added == 1)
+    }
+
     fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1947,6 +1962,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("gantry.db")).unwrap();
         contract::records_logs_and_checkpoints(&db);
+        contract::logs_once(&db);
         contract::placements(&db);
         contract::pages(&db);
         contract::forgets_finished(&db);

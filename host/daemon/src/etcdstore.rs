@@ -395,6 +395,24 @@ impl JobStore for EtcdJobs {
         self.put(self.key("logs", &format!("{id}/{unique}")), value)
     }
 
+    fn log_once(&self, id: &str, key: &str, message: &str) -> Result<bool, EtcdStoreError> {
+        // Reported entries' keys start with `once-`, the others' with digits: none collide.
+        let key = self.key("logs", &format!("{id}/once-{key}"));
+        let value = serde_json::to_vec(&serde_json::json!({ "at": now(), "message": message }))
+            .expect("an entry serialises");
+        let outcome = self.write(
+            vec![Compare::Created(key.clone(), 0)],
+            &[Op::Put(key.clone(), value, 0)],
+            &[Op::Get(key)],
+        )?;
+        match (outcome.succeeded, outcome.gets.first()) {
+            (true, _) => Ok(true),
+            (false, Some(Some(_))) => Ok(false),
+            // Not there, so the fence refused it.
+            (false, _) => Err(EtcdStoreError::NotLeader),
+        }
+    }
+
     fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, EtcdStoreError> {
         #[derive(serde::Deserialize)]
         struct Entry {
@@ -644,6 +662,7 @@ mod tests {
             return;
         };
         contract::records_logs_and_checkpoints(&store(&etcd));
+        contract::logs_once(&store(&etcd));
         contract::placements(&store(&etcd));
         contract::pages(&store(&etcd));
         contract::forgets_finished(&store(&etcd));

@@ -83,6 +83,11 @@ pub trait JobStore: Send + Sync {
     /// Appends a line to job `id`'s log.
     fn log(&self, id: &str, message: &str) -> Result<(), Self::Error>;
 
+    /// Appends a line to job `id`'s log unless one of `key` is there already; whether it did.
+    /// What a node's agent reports may arrive twice (its answer lost as a leader died, say, and
+    /// the agent sending it again, perhaps to the next leader): each entry is kept once.
+    fn log_once(&self, id: &str, key: &str, message: &str) -> Result<bool, Self::Error>;
+
     /// Job `id`'s log: `(unix seconds, message)`, oldest first.
     fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, Self::Error>;
 
@@ -263,6 +268,9 @@ where
     }
     fn log(&self, id: &str, message: &str) -> Result<(), StateError> {
         Ok(self.0.log(id, message)?)
+    }
+    fn log_once(&self, id: &str, key: &str, message: &str) -> Result<bool, StateError> {
+        Ok(self.0.log_once(id, key, message)?)
     }
     fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, StateError> {
         Ok(self.0.logs(id)?)
@@ -592,6 +600,39 @@ pub(crate) mod contract {
 
     /// `db` keeps what it is given, in order: jobs in submission order (ids per tenant), their
     /// fields, logs in the order written, metrics, the newest checkpoint.
+    /// Job `id`'s log, its messages only.
+    fn messages<S: JobStore>(db: &S, id: &str) -> Vec<String> {
+        db.logs(id).unwrap().into_iter().map(|l| l.1).collect()
+    }
+
+    /// Entries logged once by their key: kept once, in the order first written, per job.
+    pub(crate) fn logs_once<S: JobStore>(db: &S) {
+        assert!(db.insert_job(&job("vision/once")).unwrap());
+        db.log("vision/once", "first").unwrap();
+        for (key, line, added) in [
+            ("7-a-1", "reported", true),
+            ("7-a-1", "reported", false),
+            ("7-a-2", "reported", true),
+            ("8-a-1", "next attempt", true),
+        ] {
+            assert_eq!(
+                db.log_once("vision/once", key, line).unwrap(),
+                added,
+                "{key}"
+            );
+        }
+        db.log("vision/once", "last").unwrap();
+        assert!(
+            db.log_once("vision/other", "7-a-1", "another job's")
+                .unwrap()
+        );
+        let lines = messages(db, "vision/once");
+        assert_eq!(
+            lines,
+            ["first", "reported", "reported", "next attempt", "last"]
+        );
+    }
+
     pub(crate) fn records_logs_and_checkpoints<S: JobStore>(db: &S) {
         for id in ["vision/b", "vision/a", "nlp/a"] {
             assert!(db.insert_job(&job(id)).unwrap());
@@ -645,12 +686,7 @@ pub(crate) mod contract {
             db.log("vision/a", &format!("line {i}")).unwrap();
         }
         db.log("vision/ab", "another job's").unwrap();
-        let lines: Vec<String> = db
-            .logs("vision/a")
-            .unwrap()
-            .into_iter()
-            .map(|l| l.1)
-            .collect();
+        let lines = messages(db, "vision/a");
         assert_eq!(
             lines,
             (0..12).map(|i| format!("line {i}")).collect::<Vec<_>>()

@@ -279,6 +279,11 @@ pub struct RunReport {
     pub job: String,
     /// The attempt it was handed as.
     pub attempt: u64,
+    /// The report's id, unique among its attempt's (the agent's run instance and the report's
+    /// number in it): a report sent again (its answer lost) keeps it, so what it carries is
+    /// kept once. Absent from an agent of an earlier version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// What happened.
     #[serde(flatten)]
     pub event: RunEvent,
@@ -346,6 +351,8 @@ impl From<WireEnd> for RunEnd {
 
 /// The longest log entry or reason a report may carry, bytes.
 pub const MAX_REPORT_TEXT: usize = 256 << 10;
+/// The longest id a report may carry (it becomes part of a store key).
+pub const MAX_REPORT_ID: usize = 64;
 /// The most training steps one report may carry (an agent reports about twice a second; a
 /// report's JSON stays within the API's body limit).
 pub const MAX_REPORTED_STEPS: usize = 256;
@@ -368,6 +375,15 @@ impl RunReport {
 
     /// Checks every size; the error names the field.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(id) = &self.id
+            && (id.is_empty()
+                || id.len() > MAX_REPORT_ID
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(format!(
+                "field `id`: {id:?} is not 1 to {MAX_REPORT_ID} letters, digits or `-`"
+            ));
+        }
         if let RunEvent::Progress { steps } = &self.event
             && steps.len() > MAX_REPORTED_STEPS
         {
@@ -1008,7 +1024,19 @@ impl crate::Daemon {
         };
         let after = before.saturating_add(cost);
         if after <= budget {
-            self.jobs.log(&report.job, entry)?;
+            let added = match &report.id {
+                Some(id) => {
+                    let key = format!("{}-{id}", report.attempt);
+                    self.jobs.log_once(&report.job, &key, entry)?
+                }
+                None => {
+                    self.jobs.log(&report.job, entry)?;
+                    true
+                }
+            };
+            if !added {
+                return Ok(());
+            }
         } else if before <= budget {
             self.jobs.log(
                 &report.job,
@@ -1267,6 +1295,7 @@ mod tests {
         let report = |event| RunReport {
             job: job.id.clone(),
             attempt,
+            id: None,
             event,
         };
         for _ in 0..2 {
@@ -1284,6 +1313,56 @@ mod tests {
         assert!(nodes.handed(NODE).is_empty());
     }
 
+    /// Found by CI (the control plane's kill loop): a job's output line was lost, reported once
+    /// to a leader that failed or died before answering. Agents now send such a report again
+    /// with its id: it is kept once, and counted once against the run's log budget.
+    #[test]
+    fn a_log_report_sent_again_is_kept_once() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(60));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let job = handed(&td, "again");
+        let attempt = nodes.handed(NODE)[0].attempt;
+        let report = |id: &str, entry: &str| RunReport {
+            job: job.id.clone(),
+            attempt,
+            id: Some(id.into()),
+            event: RunEvent::Log {
+                entry: entry.into(),
+            },
+        };
+        for (id, entry) in [
+            ("a-1", "once"),
+            ("a-1", "once"),
+            ("a-2", "twice"),
+            ("a-3", "twice"),
+        ] {
+            assert!(!d.run_report(nodes, NODE, report(id, entry)).unwrap());
+        }
+        let lines: Vec<String> = d
+            .jobs
+            .logs(&job.id)
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l)
+            .filter(|l| l == "once" || l == "twice")
+            .collect();
+        assert_eq!(lines, ["once", "twice", "twice"]);
+        // An id becomes part of a store key: only letters, digits and `-`, and not many.
+        for bad in ["", "a/../b", "a b", &"x".repeat(MAX_REPORT_ID + 1)] {
+            let e = report(bad, "x").check().unwrap_err();
+            assert!(e.starts_with("field `id`"), "{e}");
+        }
+        report(&"x".repeat(MAX_REPORT_ID), "x").check().unwrap();
+        let logged = nodes.remote().get(&job.id).map(|r| r.logged);
+        let log_cost = crate::command::log_cost;
+        assert_eq!(
+            logged,
+            Some(log_cost("once") + 2 * log_cost("twice")),
+            "counted once"
+        );
+    }
+
     /// A run's end that the store refused (a leader deposed under the report) was answered as
     /// recorded and the run forgotten: its agent sent it no more, and the job stayed running
     /// (or, its placement forgotten, was run again by the next leader). A refused report is
@@ -1299,6 +1378,7 @@ mod tests {
         let report = |event| RunReport {
             job: job.id.clone(),
             attempt,
+            id: None,
             event,
         };
         let end = || {
@@ -1345,6 +1425,7 @@ mod tests {
         let started = RunReport {
             job: job.id.clone(),
             attempt,
+            id: None,
             event: RunEvent::Started,
         };
         assert!(d.run_report(nodes, NODE, started).unwrap());
@@ -1407,6 +1488,7 @@ mod tests {
         let started = RunReport {
             job: job.id.clone(),
             attempt,
+            id: None,
             event: RunEvent::Started,
         };
         assert!(!d.run_report(nodes, NODE, started).unwrap());
@@ -1454,6 +1536,7 @@ mod tests {
             let started = RunReport {
                 job: job.id.clone(),
                 attempt,
+                id: None,
                 event: RunEvent::Started,
             };
             assert!(!d.run_report(nodes, NODE, started).unwrap());
@@ -1600,6 +1683,7 @@ mod tests {
         let mut report = RunReport {
             job: "vision/a".into(),
             attempt: 1,
+            id: None,
             event: RunEvent::Log {
                 entry: "ok\n\u{0}\u{1b}[2J\u{202e} x".into(),
             },

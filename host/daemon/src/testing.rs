@@ -238,6 +238,10 @@ impl JobStore for Deposable {
         self.write()?;
         self.inner.log(id, message)
     }
+    fn log_once(&self, id: &str, key: &str, message: &str) -> Result<bool, StateError> {
+        self.write()?;
+        self.inner.log_once(id, key, message)
+    }
     fn logs(&self, id: &str) -> Result<Vec<(f64, String)>, StateError> {
         self.inner.logs(id)
     }

@@ -1286,7 +1286,34 @@ fn failure(status: ureq::http::StatusCode, value: &serde_json::Value) -> anyhow:
         let leader = leader.to_string();
         return Follower { leader, message }.into();
     }
-    anyhow::anyhow!(message)
+    Answered {
+        status: status.as_u16(),
+        message,
+    }
+    .into()
+}
+
+/// The control plane's answer to a request it did not carry out: its status and message.
+#[derive(Debug)]
+struct Answered {
+    status: u16,
+    message: String,
+}
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Answered {}
+
+/// The HTTP status a control plane answered a failed request with, if one answered.
+fn answered(e: &anyhow::Error) -> Option<u16> {
+    match e.downcast_ref::<Answered>() {
+        Some(a) => Some(a.status),
+        None => e.downcast_ref::<Follower>().map(|_| 503),
+    }
 }
 
 /// A client, trusting `ca_cert` (PEM) for HTTPS when given, presenting the client certificate
@@ -1605,7 +1632,14 @@ fn resend_ends(
 
 /// Whether a failed report was refused as a stale run's (409), not lost on the way.
 fn refused(e: &anyhow::Error) -> bool {
-    e.to_string().starts_with("409")
+    answered(e) == Some(409)
+}
+
+/// Whether the control plane did not judge a request: no answer came, or not all of it (the
+/// connection cut off mid-answer), or it failed itself (5xx). Such a request may or may not
+/// have been carried out; a 4xx says it was not, and why.
+fn unjudged(e: &anyhow::Error) -> bool {
+    !matches!(answered(e), Some(400..=499))
 }
 
 /// Whether a request failed for want of a control plane to answer it (none reachable, a
@@ -1613,10 +1647,7 @@ fn refused(e: &anyhow::Error) -> bool {
 /// as while a replicated control plane elects a new leader. A 500 is the control plane's own
 /// failure, and asking again would not mend it.
 pub(super) fn transient(e: &anyhow::Error) -> bool {
-    let status = e.to_string();
-    e.is::<Unreachable>()
-        || e.is::<Follower>()
-        || ["502", "503", "504"].iter().any(|s| status.starts_with(s))
+    e.is::<Unreachable>() || matches!(answered(e), Some(502..=504))
 }
 
 /// Where an agent's run reports: the control plane, as the run's attempt. A refused report
@@ -1632,6 +1663,9 @@ pub(super) struct AgentSink<'a> {
     /// Until when a fenced run's reports are sent again while no control plane answers: see
     /// [`AgentSink::may_retry`].
     fenced_retries: std::sync::Mutex<Option<std::time::Instant>>,
+    /// This run's reports' ids: this instance of the run, and a report's number in it.
+    instance: String,
+    reports: std::sync::atomic::AtomicU64,
 }
 
 /// Until when an agent's runs may go on: its lease as the agent counts it, from when it *sent*
@@ -1703,6 +1737,9 @@ impl<'a> AgentSink<'a> {
             stop,
             fence: None,
             fenced_retries: Default::default(),
+            // Unique however often the attempt runs here (an agent started again): 64 random bits.
+            instance: gantry::audit::new_decision_id()[..16].to_string(),
+            reports: Default::default(),
         }
     }
 
@@ -1740,10 +1777,15 @@ impl<'a> AgentSink<'a> {
         }
     }
 
+    /// A report of `event`, with its id: sent again, it counts once.
     fn body(&self, event: serde_json::Value) -> serde_json::Value {
+        let n = 1 + self
+            .reports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut body = event;
         body["job"] = self.job.into();
         body["attempt"] = self.attempt.into();
+        body["id"] = format!("{}-{n}", self.instance).into();
         body
     }
 
@@ -1767,20 +1809,40 @@ impl<'a> AgentSink<'a> {
     /// Reports `event`; whether the run should stop (asked to, or its reports are refused).
     /// While no control plane answers (a replicated one electing a new leader, say), it is
     /// sent again until the run is stopped (the agent stops its runs once its heartbeats have
-    /// failed for a whole lease), so a run's output outlives a failover.
+    /// failed for a whole lease), so a run's output outlives a failover. One the control plane
+    /// failed at or whose answer was cut off (its leader killed, say) may have counted or not:
+    /// it is sent again too, for one lease at most, and its id keeps it once. Found by CI (the
+    /// kill loop): a succeeded job's output line was lost, sent once to a dying leader.
     fn report(&self, event: serde_json::Value) -> bool {
         let body = self.body(event);
         let client = self.client();
-        match self.retrying(|| call(&client, "POST", &self.path, Some(body.clone()))) {
-            Ok(answer) => answer["stop"].as_bool().unwrap_or(false),
-            Err(e) => {
-                eprintln!(
-                    "run {} (attempt {}): report failed: {e:#}",
-                    self.job, self.attempt
-                );
-                refused(&e)
+        let send = || call(&client, "POST", &self.path, Some(body.clone()));
+        let mut failing_until = None;
+        loop {
+            match self.retrying(send) {
+                Ok(answer) => return answer["stop"].as_bool().unwrap_or(false),
+                Err(e) if unjudged(&e) && self.may_retry() && self.within(&mut failing_until) => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "run {} (attempt {}): report failed: {e:#}",
+                        self.job, self.attempt
+                    );
+                    return refused(&e);
+                }
             }
         }
+    }
+
+    /// Whether a report the control plane keeps failing at is still worth sending: for one
+    /// lease (or a minute, unfenced) from the first failure, kept in `until`.
+    fn within(&self, until: &mut Option<std::time::Instant>) -> bool {
+        let bound = match self.fence {
+            Some((_, lease)) => lease.length(),
+            None => std::time::Duration::from_secs(60),
+        };
+        std::time::Instant::now() < *until.get_or_insert_with(|| std::time::Instant::now() + bound)
     }
 
     /// Runs `request` again, shortly after, while it fails for want of a control plane to
@@ -2157,6 +2219,42 @@ mod tests {
     fn electing(
         unavailable: Option<usize>,
     ) -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+        let (url, asked) = scripted(move |n| match unavailable {
+            Some(k) if n >= k => Answer::Ok,
+            _ => Answer::Status(
+                "503 Service Unavailable",
+                r#"{"error": "electing a leader"}"#,
+            ),
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, body) in asked {
+                if unavailable.is_some_and(|k| n >= k) {
+                    let _ = tx.send(body);
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    /// What [`scripted`] answers a request.
+    enum Answer {
+        /// 200 `{"stop": false}`.
+        Ok,
+        /// This status line and JSON body.
+        Status(&'static str, &'static str),
+        /// The start of an answer, then the connection closed (a control plane killed).
+        Cut,
+    }
+
+    /// A loopback control plane answering its `n`th request (from 0) as `answer(n)` says;
+    /// every request's number and body, as they come.
+    fn scripted(
+        answer: impl Fn(usize) -> Answer + Send + 'static,
+    ) -> (
+        String,
+        std::sync::mpsc::Receiver<(usize, serde_json::Value)>,
+    ) {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -2177,25 +2275,89 @@ mod tests {
                 }
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
-                let (status, answer) = match unavailable {
-                    Some(k) if n >= k => {
-                        let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
-                        ("200 OK", r#"{"stop": false}"#)
-                    }
-                    _ => (
-                        "503 Service Unavailable",
-                        r#"{"error": "electing a leader"}"#,
-                    ),
+                let _ = tx.send((n, serde_json::from_slice(&body).unwrap_or_default()));
+                let (status, answer, cut) = match answer(n) {
+                    Answer::Ok => ("200 OK", r#"{"stop": false}"#, false),
+                    Answer::Status(status, answer) => (status, answer, false),
+                    Answer::Cut => ("200 OK", r#"{"stop": false}"#, true),
                 };
-                let _ = write!(
-                    stream,
+                let head = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                     content-length: {}\r\nconnection: close\r\n\r\n",
                     answer.len()
                 );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = match cut {
+                    true => stream.write_all(&answer.as_bytes()[..3]),
+                    false => stream.write_all(answer.as_bytes()),
+                };
             }
         });
         (url, rx)
+    }
+
+    fn test_client(url: String) -> super::Client {
+        super::Client {
+            url,
+            token: "t".into(),
+            ca_cert: None,
+            insecure: false,
+            client_cert: None,
+            client_key: None,
+            timeout: None,
+        }
+    }
+
+    fn test_run() -> gantry_daemon::nodes::HandedRun {
+        gantry_daemon::nodes::HandedRun {
+            job: "vision/j".into(),
+            attempt: 7,
+            tenant: "vision".into(),
+            gpu_ids: Vec::new(),
+            command: None,
+            train: None,
+            stop: false,
+        }
+    }
+
+    /// Found by CI (the control plane's kill loop): a succeeded job's output line was missing
+    /// from its log. Its agent sent the report once: a failure of the control plane (a 500 of
+    /// a leader whose store write failed) or an answer cut off (a leader killed mid-answer)
+    /// dropped it. Such a report is sent again now, with the id it had (the control plane keeps
+    /// it once); a 4xx, the control plane's judgement, is not.
+    #[test]
+    fn a_report_a_control_plane_failed_at_or_cut_off_is_sent_again_and_kept_once() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let run = test_run();
+        let stop = AtomicBool::new(false);
+        let lease = super::Lease::new(Duration::from_secs(30));
+        let fenced = AtomicBool::new(false);
+        let (url, asked) = scripted(|n| match n {
+            0 => Answer::Status(
+                "500 Internal Server Error",
+                r#"{"error": "internal error"}"#,
+            ),
+            1 => Answer::Cut,
+            3 => Answer::Status("409 Conflict", r#"{"error": "not the current attempt"}"#),
+            _ => Answer::Ok,
+        });
+        let client = test_client(url);
+        let sink = super::AgentSink::new(&client, "n1", &run, &stop).fenced_by(&fenced, &lease);
+        sink.log_line("the last line");
+        let sent: Vec<serde_json::Value> = asked.try_iter().map(|(_, b)| b).collect();
+        assert_eq!(sent.len(), 3, "sent until answered: {sent:?}");
+        assert!(sent.iter().all(|b| b["entry"] == "the last line"));
+        let id = sent[0]["id"].as_str().expect("a report carries its id");
+        assert!(sent.iter().all(|b| b["id"] == id), "{sent:?}");
+        assert!(!sink.stopping());
+
+        // Refused: sent once, and the run stops.
+        sink.log_line("a stale attempt's");
+        let sent: Vec<serde_json::Value> = asked.try_iter().map(|(_, b)| b).collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_ne!(sent[0]["id"].as_str(), Some(id), "each report its own id");
+        assert!(sink.stopping());
     }
 
     /// CI (the control plane's kill loop) lost a succeeded job's last log line: its agent had
@@ -2208,24 +2370,8 @@ mod tests {
     fn a_fenced_runs_reports_outlive_a_failover_for_a_lease_and_no_longer() {
         use std::sync::atomic::AtomicBool;
         use std::time::{Duration, Instant};
-        let run = gantry_daemon::nodes::HandedRun {
-            job: "vision/j".into(),
-            attempt: 7,
-            tenant: "vision".into(),
-            gpu_ids: Vec::new(),
-            command: None,
-            train: None,
-            stop: false,
-        };
-        let client = |url: String| super::Client {
-            url,
-            token: "t".into(),
-            ca_cert: None,
-            insecure: false,
-            client_cert: None,
-            client_key: None,
-            timeout: None,
-        };
+        let run = test_run();
+        let client = test_client;
         let (stop, fenced) = (AtomicBool::new(false), AtomicBool::new(true));
         let lease = super::Lease::new(Duration::from_secs(3));
 
