@@ -1,7 +1,7 @@
 # Access control for the Gantry host: who may do what to which resource.
 #
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
-#         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.list" | "dataset.read" |
+#         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.model" | "job.list" | "dataset.read" |
 #                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
 #                   "node.heartbeat" | "node.report" | "node.data" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
@@ -24,7 +24,7 @@ roles := {r | some r in input.subject.roles}
 is_admin if "admin" in roles
 
 actions := {
-	"job.submit", "job.exec", "job.cancel", "job.read", "job.list",
+	"job.submit", "job.exec", "job.cancel", "job.read", "job.model", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
 	"cluster.read", "gpu.health", "node.heartbeat", "node.report", "node.data",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
@@ -51,7 +51,7 @@ member(tenant) if is_admin
 member(tenant) if tenant in {t | some t in input.subject.tenants}
 
 reasons contains msg if {
-	input.action in {"job.submit", "job.exec", "job.cancel", "job.read"}
+	input.action in {"job.submit", "job.exec", "job.cancel", "job.read", "job.model"}
 	not member(input.resource.tenant)
 	msg := sprintf("user %v is not a member of tenant %v", [input.subject.user, input.resource.tenant])
 }
@@ -101,6 +101,28 @@ reasons contains msg if {
 	held := input.resource.tenant_used_gpus + input.resource.gpus
 	held > quota
 	msg := sprintf("placing %v GPUs would give tenant %v %v, over its quota of %v", [input.resource.gpus, input.resource.tenant, held, quota])
+}
+
+# A succeeded training job's model (job.model, resource: {"tenant", "job", "classification"}): a
+# member of its tenant whose clearance reaches the classification of the data it learned from (a
+# model can give back what it was trained on), as reading that dataset would need.
+
+reasons contains msg if {
+	input.action == "job.model"
+	not level(input.resource.classification)
+	msg := sprintf("the data job %v/%v learned from has no known classification", [input.resource.tenant, input.resource.job])
+}
+
+reasons contains msg if {
+	input.action == "job.model"
+	not level(input.subject.clearance)
+	msg := sprintf("user %v has no known clearance", [input.subject.user])
+}
+
+reasons contains msg if {
+	input.action == "job.model"
+	level(input.resource.classification) > level(input.subject.clearance)
+	msg := sprintf("job %v/%v learned from %v data, above the clearance %v of user %v", [input.resource.tenant, input.resource.job, input.resource.classification, input.subject.clearance, input.subject.user])
 }
 
 # Command jobs (job.exec, resource: {"tenant", "job", "program"}): a program the user brings, run

@@ -156,6 +156,16 @@ test_jobs_are_read_by_their_tenants_members if {
 	authz.allow with input as read_job(admin, "language")
 }
 
+model(subject, tenant, classification) := {"subject": subject, "action": "job.model", "resource": {"tenant": tenant, "job": "j1", "classification": classification}}
+
+test_a_model_is_read_by_members_cleared_for_its_training_data if {
+	authz.allow with input as model(researcher, "vision", "internal")
+	not authz.allow with input as model(researcher, "language", "public")
+	authz.decision == {"allow": false, "reasons": ["job vision/j1 learned from secret data, above the clearance internal of user ada"]} with input as model(researcher, "vision", "secret")
+	authz.decision == {"allow": false, "reasons": ["the data job vision/j1 learned from has no known classification"]} with input as model(researcher, "vision", "")
+	not authz.allow with input as model({"user": "node-000", "roles": ["node"], "tenants": ["vision"], "clearance": "secret"}, "vision", "public")
+}
+
 test_listings_and_the_cluster_are_open_to_named_users if {
 	every action in {"job.list", "dataset.list", "cluster.read", "plugin.read", "policy.read"} {
 		authz.allow with input as {"subject": researcher, "action": action, "resource": {}}

@@ -1079,14 +1079,23 @@ fn a_training_run_resumes_under_a_new_leader_from_a_checkpoint_the_old_one_recei
         job["result"]["resumed_at_step"].as_u64().unwrap() >= 100,
         "{job}"
     );
-    // The job is over: etcd keeps none of its checkpoints (let go just after its end is
-    // recorded).
-    crate::support::eventually("etcd keeps none of its checkpoints", || {
-        etcd.client()
+    // The job succeeded: etcd keeps one of its checkpoints, its model (the older ones are let
+    // go as each new one is recorded), which the leader serves. An object in etcd is a record
+    // (`.../object`) and its blobs.
+    let kept = || {
+        let kept = etcd
+            .client()
             .prefix(b"gantry/sealed/checkpoint/", 0)
-            .unwrap()
-            .is_empty()
-    });
+            .unwrap();
+        let keys = kept
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned());
+        keys.filter(|k| k.ends_with("/object")).count()
+    };
+    crate::support::eventually("etcd keeps its model only", || kept() == 1);
+    let (s, _) = try_request(&format!("{url}/v1/jobs/t1/model"), "GET", Some(&ada), None)
+        .expect("the leader answers");
+    assert_eq!(s, 200);
 }
 
 /// Regression: a dataset's record and bytes stayed in the data directory of the leader it was

@@ -539,11 +539,13 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
             && has("succeeded after 4500 steps"),
         "{lines:?}"
     );
-    // Over, it keeps no checkpoint: nothing resumes it.
-    assert_eq!(db.latest_checkpoint("vision/t1").unwrap(), None);
-    assert!(
-        store.list().unwrap().is_empty(),
-        "its checkpoint was let go"
+    // Over, it keeps one checkpoint, its model at its last step, and the store nothing else.
+    let (step, object) = db.latest_checkpoint("vision/t1").unwrap().unwrap();
+    assert_eq!(step, 4500);
+    assert_eq!(
+        store.list().unwrap(),
+        [object],
+        "its older checkpoints were let go"
     );
 
     // A running job stops when cancelled.
@@ -553,6 +555,101 @@ fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let (s, v) = cancel(&url, &ada, "t2");
     assert_eq!((s, v["state"].as_str()), (202, Some("cancelling")), "{v}");
     wait_for_state(&url, &ada, "t2", "cancelled");
+    daemon.signal("-TERM");
+}
+
+/// Training jobs kept no model: a job that ended let its last checkpoint go, and nothing
+/// could download a succeeded job's weights. A succeeded job keeps its model (its checkpoint at
+/// its last step) while it is kept, for members of its tenant cleared for the data it learned
+/// from (`job.model`); `gantry model` writes it, checked, for `gantry eval` to score.
+#[test]
+fn a_succeeded_jobs_model_is_kept_for_members_cleared_for_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_data_dir(dir.path());
+    let wendy = add_user(
+        &data,
+        "wendy",
+        "researcher,writer",
+        "vision",
+        "confidential",
+    );
+    let ivy = add_user(&data, "ivy", "researcher", "vision", "internal");
+    let bob = add_user(&data, "bob", "researcher", "language", "secret");
+    let cache = shared_cache();
+    let mut daemon = Daemon::start(&data, &cache);
+    let url = daemon.url.clone();
+    // Three classes around three centres, the label first (a stored dataset has no header).
+    let row = |i: usize| format!("{},{}.{},{}.5", i % 3, 3 * (i % 3), i % 7, i % 5);
+    let csv: String = (0..240).map(|i| row(i) + "\n").collect();
+    let dataset = format!("{url}/v1/datasets/blobs.csv?tenant=vision&classification=confidential");
+    assert_eq!(put(&dataset, &wendy, csv.as_bytes()).0, 201);
+    let train = "epochs = 3\nbatch_size = 16\n[data]\ndataset = \"blobs.csv\"\nlabel_column = 0\n\
+                 [model]\nhidden = [8]\nloss = \"softmax_cross_entropy\"\n\
+                 [optimizer]\nkind = \"adam\"\nlr = 0.02\n[devices]\nbackend = \"cpu\"\nthreads = 1\n";
+    let body = json!({"id": "m1", "tenant": "vision", "gpus": 1, "train": train});
+    assert_eq!(submit(&url, &wendy, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/m1"), &wendy, 120);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let steps = job["result"]["steps"].as_u64().unwrap();
+
+    let model = dir.path().join("m1.ckpt");
+    let get = |token: &str| {
+        let args = [
+            "model",
+            "m1",
+            "--out",
+            model.to_str().unwrap(),
+            "--url",
+            &url,
+        ];
+        gantry_as(token, &args, &cache)
+    };
+    let out = get(&wendy);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("(step {steps},")), "{stdout}");
+    // The model scores data of its kind.
+    let eval_csv = dir.path().join("eval.csv");
+    let rows: String = (0..30).map(|i| row(i) + "\n").collect();
+    std::fs::write(&eval_csv, format!("class,x,y\n{rows}")).unwrap();
+    let args = ["eval", "--checkpoint", model.to_str().unwrap()];
+    let args = [
+        &args[..],
+        &["--data", eval_csv.to_str().unwrap(), "--label", "class"],
+    ]
+    .concat();
+    let out = gantry(&args, dir.path());
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("accuracy"), "{}", text(&out).0);
+
+    // A member below the data's classification is refused, saying why; another tenant's user
+    // does not see the job; neither gets a file.
+    std::fs::remove_file(&model).unwrap();
+    let (s, v) = request(&format!("{url}/v1/jobs/m1/model"), "GET", Some(&ivy), None);
+    assert_eq!(s, 403, "{v}");
+    let reasons = v["reasons"].to_string();
+    assert!(reasons.contains("learned from confidential data"), "{v}");
+    let out = get(&ivy);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("confidential"), "{}", text(&out).1);
+    let (s, v) = request(&format!("{url}/v1/jobs/m1/model"), "GET", Some(&bob), None);
+    assert_eq!(s, 404, "{v}");
+    assert!(!model.exists(), "nothing written for a refused download");
+
+    // A cancelled job has no model, nor a command job.
+    let long = json!({"id": "m2", "tenant": "vision", "gpus": 1, "train": train_toml(100000)});
+    assert_eq!(submit(&url, &wendy, &long).0, 201);
+    wait_for_state(&url, &wendy, "m2", "running");
+    cancel(&url, &wendy, "m2");
+    wait_for_state(&url, &wendy, "m2", "cancelled");
+    let (s, v) = request(
+        &format!("{url}/v1/jobs/m2/model"),
+        "GET",
+        Some(&wendy),
+        None,
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is cancelled"), "{v}");
     daemon.signal("-TERM");
 }
 

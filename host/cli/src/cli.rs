@@ -119,6 +119,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A succeeded training job's model: its last checkpoint, written to `--out` (the file
+    /// `gantry eval --checkpoint` scores).
+    Model {
+        /// The job's id.
+        id: String,
+        /// Where to write it (written beside and renamed: never half-written).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        client: daemon::Client,
+    },
     /// Cancel a job.
     Cancel {
         /// The job's id.
@@ -250,6 +261,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel { id, client } => daemon::cancel(client, &id),
         Command::Logs { id, client } => daemon::logs(client, &id),
         Command::Metrics { id, client, json } => daemon::metrics(client, &id, json),
+        Command::Model { id, out, client } => daemon::model(client, &id, &out),
         Command::Init(dir) => store::init(&dir),
         Command::Key(cmd) => store::key(cmd),
         Command::Store(cmd) => store::store(cmd),

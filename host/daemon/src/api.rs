@@ -175,6 +175,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/logs", get(jobs::job_logs))
         .route("/v1/jobs/{id}/metrics", get(jobs::job_metrics))
+        .route("/v1/jobs/{id}/model", get(jobs::model))
         .route("/metrics", get(cluster::metrics))
         .route("/v1/datasets", get(datasets::datasets))
         .route("/v1/datasets/{name}", axum::routing::put(datasets::upload))

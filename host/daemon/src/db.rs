@@ -1638,6 +1638,20 @@ impl JobStore for Db {
             .optional()
             .ctx("reading a placement")
     }
+    fn kept_models(&self, tenant: &str) -> Result<Vec<String>, DbError> {
+        const CTX: &str = "reading a tenant's kept models";
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id FROM jobs WHERE tenant = ?1 AND ended IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM checkpoints WHERE checkpoints.job = jobs.id)
+                 ORDER BY ended",
+            )
+            .ctx(CTX)?;
+        let rows = stmt.query_map(params![tenant], |r| r.get(0)).ctx(CTX)?;
+        rows.collect::<rusqlite::Result<_>>().ctx(CTX)
+    }
+
     fn forget_finished(
         &self,
         tenant: &str,

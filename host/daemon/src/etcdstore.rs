@@ -536,6 +536,28 @@ impl JobStore for EtcdJobs {
             None => Ok(None),
         }
     }
+    fn kept_models(&self, tenant: &str) -> Result<Vec<String>, EtcdStoreError> {
+        // Keys only: `checkpoints/<tenant>/<name>/<step>`, `ended/<tenant>/<name>`.
+        let after =
+            |root: &[u8], key: &[u8]| String::from_utf8_lossy(&key[root.len()..]).into_owned();
+        let root = self.key("checkpoints", "");
+        let named: std::collections::BTreeSet<String> = (self.etcd)
+            .prefix_keys(&self.key("checkpoints", &format!("{tenant}/")))?
+            .iter()
+            .filter_map(|kv| Some(after(&root, &kv.key).rsplit_once('/')?.0.to_string()))
+            .collect();
+        let root = self.key("ended", "");
+        let mut ended = self
+            .etcd
+            .prefix_keys(&self.key("ended", &format!("{tenant}/")))?;
+        ended.sort_by_key(|kv| kv.create_revision);
+        Ok(ended
+            .iter()
+            .map(|kv| after(&root, &kv.key))
+            .filter(|id| named.contains(id))
+            .collect())
+    }
+
     fn forget_finished(
         &self,
         tenant: &str,

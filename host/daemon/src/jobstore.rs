@@ -140,6 +140,10 @@ pub trait JobStore: Send + Sync {
         keep: usize,
         at_most: usize,
     ) -> Result<Vec<(String, String)>, Self::Error>;
+
+    /// `tenant`'s ended jobs that still name a checkpoint (a succeeded job's is its model), in
+    /// the order they ended, oldest first.
+    fn kept_models(&self, tenant: &str) -> Result<Vec<String>, Self::Error>;
 }
 
 /// What a job does, as a listing says it.
@@ -315,6 +319,9 @@ where
     ) -> Result<Vec<(String, String)>, StateError> {
         Ok(self.0.forget_finished(tenant, keep, at_most)?)
     }
+    fn kept_models(&self, tenant: &str) -> Result<Vec<String>, StateError> {
+        Ok(self.0.kept_models(tenant)?)
+    }
 }
 
 /// The contract every [`JobStore`] keeps, as checks any store runs in its own tests (SQLite in
@@ -451,6 +458,17 @@ pub(crate) mod contract {
         assert_eq!(db.latest_checkpoint("fgv/c").unwrap(), None);
         assert!(!db.checkpoint_uses("obj-c").unwrap());
         assert!(db.forget_checkpoints("fgv/c").unwrap().is_empty());
+        // Models: ended jobs that name a checkpoint, in the order they ended; not a job still
+        // waiting, nor another tenant's.
+        db.add_checkpoint("fgv/long", 5, "obj-long").unwrap();
+        db.add_checkpoint("fgv/wait", 1, "obj-wait").unwrap();
+        db.add_checkpoint("fgn/other", 1, "obj-other").unwrap();
+        assert_eq!(db.kept_models("fgv").unwrap(), ["fgv/a", "fgv/long"]);
+        assert_eq!(db.kept_models("fgn").unwrap(), ["fgn/other"]);
+        assert!(
+            db.kept_models("fg").unwrap().is_empty(),
+            "a tenant by its whole name"
+        );
         let names =
             |db: &S| -> Vec<String> { db.jobs().unwrap().into_iter().map(|j| j.id).collect() };
         assert!(db.forget_finished("fgv", 4, 10).unwrap().is_empty());
@@ -476,6 +494,7 @@ pub(crate) mod contract {
             .collect();
         assert_eq!(kept, ["fgv/long", "fgv/c", "fgv/wait", "fgn/other"]);
         db.forget_finished("fgv", 0, 10).unwrap();
+        assert!(db.kept_models("fgv").unwrap().is_empty());
         let kept: Vec<String> = names(db)
             .into_iter()
             .filter(|n| n.starts_with("fg"))

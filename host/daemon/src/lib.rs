@@ -146,6 +146,9 @@ pub struct TenantLimits {
     /// Finished jobs kept (`--keep-finished-jobs-per-tenant`): those beyond the newest to end
     /// are forgotten, with their logs, metrics and checkpoints, as the tenant submits more.
     pub finished_jobs: usize,
+    /// Succeeded jobs whose model is kept (`--keep-models-per-tenant`): those beyond the newest
+    /// to end let theirs go as more succeed.
+    pub models: usize,
 }
 
 impl Default for TenantLimits {
@@ -156,6 +159,7 @@ impl Default for TenantLimits {
             dataset_bytes: DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
             user_requests_per_s: DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
             finished_jobs: DEFAULT_KEPT_FINISHED_PER_TENANT,
+            models: DEFAULT_KEPT_MODELS_PER_TENANT,
         }
     }
 }
@@ -164,6 +168,11 @@ impl Default for TenantLimits {
 /// submitting and cancelling in a loop (50 jobs a second in a review) grew the job table, every
 /// lookup and every listing without end.
 pub const DEFAULT_KEPT_FINISHED_PER_TENANT: usize = 1_000;
+
+/// The default of [`TenantLimits::models`]. A succeeded job keeps its model, a checkpoint of
+/// up to four times a job's memory: kept for each of a tenant's 1,000 finished jobs, one
+/// tenant's loop of small jobs with large networks would fill the disk (and etcd) for all.
+pub const DEFAULT_KEPT_MODELS_PER_TENANT: usize = 16;
 
 /// The default of [`TenantLimits::user_requests_per_s`]: more than a person or a script polling
 /// a job needs, while one user asking as fast as they can (1,600 requests a second in a review,

@@ -501,7 +501,11 @@ impl Daemon {
     /// `pending` again is queued anew. Placements and runs starting or stopping change nothing
     /// here: the host made the placement, and a run keeps its GPUs until it has stopped.
     fn follow(&self, id: &str, from: JobState, to: JobState) {
-        if to.is_final() {
+        // A succeeded job keeps its last checkpoint, its trained model, while the job is kept
+        // (`GET /v1/jobs/{id}/model`); nothing resumes any other that ended.
+        if to == JobState::Succeeded {
+            self.keep_newest_models(crate::db::tenant_of(id));
+        } else if to.is_final() {
             self.forget_checkpoints(id);
         }
         let queue = if to == JobState::Pending {

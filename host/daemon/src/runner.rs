@@ -291,9 +291,10 @@ impl Daemon {
         }
     }
 
-    /// Job `id` is over: nothing resumes from its checkpoint, which is forgotten and let go
-    /// (a finished job's kept its up to 64 MiB on disk, and in etcd, until the job itself was
-    /// forgotten). A failure only keeps it until then ([`Daemon::forget_finished`]).
+    /// Job `id` failed or was cancelled: nothing resumes from its checkpoint, which is forgotten
+    /// and let go (an ended job's kept its up to 64 MiB on disk, and in etcd, until the job
+    /// itself was forgotten). A succeeded job's is its model, kept until then
+    /// ([`Daemon::forget_finished`]), as is one a failure here kept.
     pub(crate) fn forget_checkpoints(&self, id: &str) {
         self.checkpoint_lines
             .lock()
@@ -307,6 +308,28 @@ impl Daemon {
             }
         };
         self.let_go_checkpoints(id, &objects);
+    }
+
+    /// Lets go of the models of `tenant`'s ended jobs beyond the newest it keeps
+    /// ([`crate::TenantLimits::models`]), each job's log saying so: a tenant's kept models are
+    /// bounded however many of its jobs succeed.
+    pub(crate) fn keep_newest_models(&self, tenant: &str) {
+        let keep = self.tenant_limits.models;
+        let kept = match self.jobs.kept_models(tenant) {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(tenant, error = %e, "reading a tenant's kept models");
+                return;
+            }
+        };
+        for id in &kept[..kept.len().saturating_sub(keep)] {
+            self.forget_checkpoints(id);
+            let line = format!(
+                "its model was let go: tenant {tenant} keeps those of its {keep} newest \
+                 succeeded jobs (--keep-models-per-tenant)"
+            );
+            let _ = self.jobs.log(id, &line);
+        }
     }
 }
 
@@ -435,9 +458,8 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_string())
 }
 
-/// What a finished run records as the job's result. Not its last checkpoint: a job that ends
-/// lets go of it ([`Daemon::forget_checkpoints`]), and a result naming it named an object the
-/// store no longer held (found by a review).
+/// What a finished run records as the job's result. Not its last checkpoint, the job's model
+/// (`GET /v1/jobs/{id}/model`): a result naming an object outlived it (found by a review).
 pub fn result_json(o: &training::Outcome) -> serde_json::Value {
     serde_json::json!({
         "steps": o.steps,
@@ -914,9 +936,8 @@ mod tests {
 
     /// A review's `[checkpoint] every_steps = 1` wrote 76 MB/s into the store and nothing was
     /// ever deleted (2.3 GB in 30 s, kept after the job ended). A job keeps one checkpoint: each
-    /// new one replaces the one before, whose object leaves the store; and a job that ended
-    /// keeps none (nothing resumes it: each finished job's last checkpoint, up to 64 MiB, stayed
-    /// until the job itself was forgotten).
+    /// new one replaces the one before, whose object leaves the store; a succeeded job keeps its
+    /// last, its model (until the job itself is forgotten), and nothing else.
     #[test]
     fn a_jobs_checkpoints_do_not_pile_up_in_the_store() {
         let text = format!("{}[checkpoint]\nevery_steps = 1\n", train(SPIRALS));
@@ -948,23 +969,64 @@ mod tests {
             let result = job.result.as_ref().unwrap();
             assert!(result.get("checkpoint").is_none(), "{result}");
         }
-        // The end is recorded first, then followed (checkpoints forgotten, objects let go): a
-        // CI run read the store in between.
+        let steps = jobs[0].result.as_ref().unwrap()["steps"].as_u64().unwrap();
+        let mut models: Vec<String> = (jobs.iter())
+            .map(|job| t.daemon.jobs.latest_checkpoint(&job.id).unwrap().unwrap())
+            .inspect(|(step, _)| assert_eq!(u64::from(*step), steps, "its last step"))
+            .map(|(_, object)| object)
+            .collect();
+        // Content-addressed: two jobs that trained alike share one object.
+        models.sort();
+        models.dedup();
+        let mut kept = t.daemon.store.list().unwrap();
+        kept.sort();
+        assert_eq!(kept, models, "{written} written");
+    }
+
+    /// A succeeded job keeps its model; a tenant keeps those of its newest succeeded jobs only
+    /// (`--keep-models-per-tenant`): the oldest let theirs go as more succeed, each log saying
+    /// so, and the store holds only what is still named. One tenant's loop of jobs cannot fill
+    /// the disk (or etcd) with models.
+    #[test]
+    fn a_tenant_keeps_the_models_of_its_newest_succeeded_jobs_only() {
+        let mut t = TestDaemon::new();
+        Arc::get_mut(&mut t.daemon).unwrap().tenant_limits.models = 2;
+        let ids: Vec<String> = (1..=3)
+            .map(|seed| {
+                let text = format!("seed = {seed}\n{}", train(SPIRALS));
+                let job = run_stored(&t, &format!("m{seed}"), &text);
+                assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+                job.id
+            })
+            .collect();
+        let d = &t.daemon;
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let named = (jobs.iter())
-                .filter_map(|job| t.daemon.jobs.latest_checkpoint(&job.id).unwrap())
-                .count();
-            let kept = t.daemon.store.list().unwrap();
-            if named == 0 && kept.is_empty() {
-                break;
+        let named = loop {
+            let named: Vec<Option<String>> = (ids.iter())
+                .map(|id| d.jobs.latest_checkpoint(id).unwrap().map(|(_, o)| o))
+                .collect();
+            if named.iter().map(Option::is_some).eq([false, true, true])
+                || Instant::now() > deadline
+            {
+                break named;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{written} written; once the jobs ended still named: {named}, kept: {kept:?}"
-            );
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        assert!(
+            named[0].is_none() && named[1].is_some() && named[2].is_some(),
+            "{named:?}"
+        );
+        let log = d.jobs.logs(&ids[0]).unwrap();
+        assert!(
+            log.iter()
+                .any(|(_, l)| l.starts_with("its model was let go")),
+            "{log:?}"
+        );
+        let mut kept = d.store.list().unwrap();
+        kept.sort();
+        let mut models: Vec<String> = named.into_iter().flatten().collect();
+        models.sort();
+        assert_eq!(kept, models, "the first model's object left the store");
     }
 
     /// The store is content-addressed: an object a job's older checkpoint let go may be what

@@ -291,4 +291,7 @@ impl JobStore for Deposable {
         self.write()?;
         self.inner.forget_finished(tenant, keep, at_most)
     }
+    fn kept_models(&self, tenant: &str) -> Result<Vec<String>, StateError> {
+        self.inner.kept_models(tenant)
+    }
 }

@@ -89,6 +89,8 @@ actions! {
     JobCancel = "job.cancel",
     /// See one job ([`Resource::Job`]).
     JobRead = "job.read",
+    /// Download a succeeded training job's model ([`Resource::Model`]).
+    JobModel = "job.model",
     /// List jobs ([`Resource::Empty`]; the host limits the listing to the user's tenants).
     JobList = "job.list",
     /// Read a dataset ([`Resource::Dataset`]).
@@ -168,6 +170,8 @@ pub enum Resource {
     Empty {},
     /// A job that exists (`job.read`, `job.cancel`).
     Job(JobRef),
+    /// A succeeded job's model (`job.model`).
+    Model(ModelRef),
     /// GPUs a job would hold in its tenant (`job.submit`, `placement.apply`).
     Admission(Admission),
     /// A dataset (`dataset.read`, `dataset.write`).
@@ -234,6 +238,19 @@ pub struct JobRef {
     pub tenant: String,
     /// Its name within the tenant.
     pub job: String,
+}
+
+/// A training job's model, and the classification of the data it learned from: a model can
+/// give back what it was trained on, so it is read as that data is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelRef {
+    /// The tenant whose job trained it.
+    pub tenant: String,
+    /// The job's name within the tenant.
+    pub job: String,
+    /// Its training data's classification: its stored dataset's (`public`, ..., the policy's
+    /// levels), `public` for synthetic rows, empty when its dataset is no longer known.
+    pub classification: String,
 }
 
 /// A job whose data a node's agent asks for, and whether its current run was handed to that
@@ -331,6 +348,12 @@ impl PluginRef {
 impl From<JobRef> for Resource {
     fn from(r: JobRef) -> Self {
         Resource::Job(r)
+    }
+}
+
+impl From<ModelRef> for Resource {
+    fn from(r: ModelRef) -> Self {
+        Resource::Model(r)
     }
 }
 

@@ -246,7 +246,10 @@ fn run<B: Backend>(
         run.epoch()?;
     }
     let seconds = run.started.elapsed().as_secs_f64();
-    if config.checkpoint.is_some() && resumed_at_step != Some(run.trainer.step_count()) {
+    // A run whose checkpoints go somewhere ends with one, the trained model: a daemon's job
+    // keeps it (its checkpoints go to the store, `[checkpoint]` or not) for its owners to take.
+    // One that resumed at its last step has it already.
+    if run.sink.is_some() && resumed_at_step != Some(run.trainer.step_count()) {
         run.checkpoint(run.position)?;
     } else {
         run.finite_state()?;

@@ -146,6 +146,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_KEPT_FINISHED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     keep_finished_jobs_per_tenant: u64,
+    /// Succeeded training jobs whose model is kept per tenant (`GET /v1/jobs/{id}/model`):
+    /// beyond these, the oldest to end let theirs go as more succeed.
+    #[arg(long, default_value_t = gantry_daemon::DEFAULT_KEPT_MODELS_PER_TENANT as u64,
+          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    keep_models_per_tenant: u64,
     /// Requests a second one user may send (twice as many at once after a pause; past it: 429);
     /// 0: not paced. Admins and node identities are not paced.
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
@@ -686,6 +691,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             user_requests_per_s: args.max_requests_per_user_per_s,
             finished_jobs: usize::try_from(args.keep_finished_jobs_per_tenant)
                 .unwrap_or(usize::MAX),
+            models: usize::try_from(args.keep_models_per_tenant).unwrap_or(usize::MAX),
             dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
                 match args.etcd.is_empty() {
                     true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
@@ -2142,6 +2148,30 @@ fn log_entry(at: f64, message: &str) -> String {
         out += &format!("{at:.3}  {}\n", gantry_daemon::command::shown(line));
     }
     out
+}
+
+/// Runs `gantry model`: job `id`'s model, read whole (no larger than a checkpoint may be) and
+/// checked as a checkpoint (its digest, its network) before it is written to `out`, through a
+/// synced temporary file and a rename.
+pub fn model(client: Client, id: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    use gantry::training::checkpoint;
+    let response = call_bytes(&client, "GET", &format!("/v1/jobs/{id}/model"), None)?;
+    let bytes = response
+        .into_body()
+        .into_with_config()
+        .limit(checkpoint::max_file_bytes())
+        .read_to_vec()
+        .with_context(|| format!("reading job {id}'s model"))?;
+    let name = format!("job {id}'s model");
+    let c = checkpoint::from_bytes(&bytes, std::path::Path::new(&name))?;
+    checkpoint::write_atomically(out, &bytes)?;
+    println!(
+        "wrote job {id}'s model (step {}, {} bytes) to {}",
+        c.state.step,
+        bytes.len(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// Runs `gantry metrics`.

@@ -16,7 +16,7 @@ use super::{
 use crate::body;
 use crate::db::{JobRecord, JobState, User};
 use gantry::cluster::{JobSpec, Topology};
-use gantry::policy::request::{Action, CommandRef, JobRef, Resource};
+use gantry::policy::request::{Action, CommandRef, JobRef, ModelRef, Resource};
 
 /// The body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -519,6 +519,89 @@ pub(super) async fn job_logs(
             )))
         })
         .await
+}
+
+/// `GET /v1/jobs/{id}/model`: a succeeded training job's model, its last checkpoint (the file
+/// `gantry eval --checkpoint` scores), streamed out of the store, each chunk decrypted and
+/// authenticated before it is sent, its step in [`super::STEP_HEADER`]. Decided as
+/// `job.model`, given the classification of the data it learned from (a model can give back
+/// what it was trained on). Kept while the job is, among its tenant's newest.
+pub(super) async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: TenantQuery,
+    caller: Caller,
+) -> ApiResult<Response> {
+    let tenant = in_tenant(query);
+    let (tenant, user, step, reader) = caller
+        .then(&state, move |state, user| {
+            let job = find(state, &user, &id, tenant?.as_deref())?;
+            let resource = ModelRef {
+                tenant: job.tenant.clone(),
+                job: crate::db::name_of(&job.id).to_string(),
+                classification: learned_from(&state.daemon, &job)?,
+            };
+            authorize(state, &user, Action::JobModel, resource)?;
+            let (step, object) = kept_model(&state.daemon, &job)?;
+            let reader = state
+                .daemon
+                .checkpoint_reader(&job.id, &object)
+                .map_err(ApiError::internal)?;
+            Ok((job.tenant, user.name, step, reader))
+        })
+        .await?;
+    let transfer = (state.transfers)
+        .slot(&[("tenant", &tenant), ("user", &user)])
+        .await?;
+    Ok(super::noderuns::checkpoint_response(step, reader, transfer))
+}
+
+/// The classification of the data training job `job` learned from: its stored dataset's,
+/// `public` for synthetic rows; empty (no level the policy knows) when its configuration or
+/// its dataset can no longer be read.
+fn learned_from(daemon: &crate::Daemon, job: &JobRecord) -> ApiResult<String> {
+    let Some(text) = &job.train else {
+        return Ok("public".into());
+    };
+    let Ok(config) = crate::runner::train_config(&daemon.train_limits, &job.id, text) else {
+        return Ok(String::new());
+    };
+    let Some(name) = &config.data.dataset else {
+        return Ok("public".into());
+    };
+    let record = daemon
+        .datasets
+        .dataset(&crate::db::key(&job.tenant, name))?;
+    Ok(record.map(|d| d.classification).unwrap_or_default())
+}
+
+/// Job `job`'s model: the step and object of the checkpoint it kept when it succeeded.
+fn kept_model(daemon: &crate::Daemon, job: &JobRecord) -> ApiResult<(u32, String)> {
+    let id = crate::db::name_of(&job.id);
+    if job.train.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("job `{id}` runs a command, not training: it has no model"),
+        ));
+    }
+    if job.state != JobState::Succeeded {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "job `{id}` is {}: a training job's model is kept once it succeeds",
+                job.state.as_str()
+            ),
+        ));
+    }
+    daemon.jobs.latest_checkpoint(&job.id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "job `{id}` keeps no model: its tenant keeps those of its newest succeeded jobs \
+                 (its log says when it let this one go)"
+            ),
+        )
+    })
 }
 
 /// `GET /v1/jobs/{id}/metrics`: a training job's progress (step of total, epoch, loss,

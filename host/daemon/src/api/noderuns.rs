@@ -193,7 +193,16 @@ pub(super) async fn latest_checkpoint(
         })
         .await?;
     let transfer = state.node_transfers.slot(&[("node", &holder)]).await?;
-    Ok((
+    Ok(checkpoint_response(step, reader, transfer))
+}
+
+/// A checkpoint at `step` streamed out of `reader`, holding `transfer` while it is sent.
+pub(super) fn checkpoint_response(
+    step: u32,
+    reader: gantry::storage::ObjectReader,
+    transfer: impl Send + 'static,
+) -> Response {
+    (
         [
             (
                 axum::http::header::CONTENT_TYPE,
@@ -206,7 +215,7 @@ pub(super) async fn latest_checkpoint(
         ],
         crate::body::from_reader(reader, transfer),
     )
-        .into_response())
+        .into_response()
 }
 
 /// The most bytes a checkpoint's upload may have: the largest checkpoint a job may write

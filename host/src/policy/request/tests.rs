@@ -58,6 +58,16 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
         ),
         asks(Action::JobList, empty(), json!({})),
         asks(
+            Action::JobModel,
+            ModelRef {
+                tenant: "vision".into(),
+                job: "train-1".into(),
+                classification: "internal".into(),
+            }
+            .into(),
+            json!({"tenant": "vision", "job": "train-1", "classification": "internal"}),
+        ),
+        asks(
             Action::JobExec,
             CommandRef {
                 tenant: "vision".into(),
