@@ -62,13 +62,18 @@ impl<'a> Cycle<'a> {
         }
     }
 
-    /// The tenant with jobs left and the lowest dominant share (ties: the lowest index).
+    /// The tenant with jobs left and the lowest dominant share; between equal shares, the one
+    /// whose next job comes first (priority, then submission): ties went to the lowest tenant
+    /// index, and a tenant listed first took every turn while shares stayed equal (a cluster
+    /// that one job fills, each job ending before the next cycle), however long another
+    /// tenant's jobs had waited.
     fn next_tenant(&self) -> Option<u32> {
-        let shares = &self.shares;
-        self.queues.active.iter().copied().min_by(|&a, &b| {
+        let (shares, queues) = (&self.shares, &self.queues);
+        queues.active.iter().copied().min_by(|&a, &b| {
             shares
                 .dominant(a)
                 .total_cmp(&shares.dominant(b))
+                .then_with(|| queues.head_rank(a).cmp(&queues.head_rank(b)))
                 .then(a.cmp(&b))
         })
     }
@@ -235,22 +240,23 @@ fn weight(tenant: &Tenant) -> f64 {
 
 /// The pending jobs of each tenant in priority order, consumed from the front.
 struct TenantQueues {
-    jobs: Vec<Vec<u32>>,
+    /// Each tenant's jobs in priority order: (rank in the whole queue's order, position).
+    jobs: Vec<Vec<(u32, u32)>>,
     next: Vec<usize>,
-    /// Tenants with jobs left; order is irrelevant (ties are broken by tenant index).
+    /// Tenants with jobs left; order is irrelevant (ties are broken by their next job).
     active: Vec<u32>,
 }
 
 impl TenantQueues {
     fn new(tenants: usize, queue: &Jobs) -> Self {
         let mut jobs = vec![Vec::new(); tenants];
-        for position in priority_order(queue) {
+        for (rank, position) in priority_order(queue).into_iter().enumerate() {
             let job = queue.row(position as usize);
             // A job of an unknown tenant or asking nothing can never be placed validly.
             if job.gpus > 0
                 && let Some(list) = jobs.get_mut(job.tenant as usize)
             {
-                list.push(position);
+                list.push((rank as u32, position));
             }
         }
         let active = (0..tenants as u32)
@@ -263,10 +269,21 @@ impl TenantQueues {
         }
     }
 
+    /// Where `tenant`'s head job comes in the whole queue's priority order (past every job
+    /// once it has none left).
+    fn head_rank(&self, tenant: u32) -> u32 {
+        let t = tenant as usize;
+        self.jobs[t]
+            .get(self.next[t])
+            .map_or(u32::MAX, |&(rank, _)| rank)
+    }
+
     /// The head job of `tenant`, retiring the tenant once its queue is empty.
     fn pop(&mut self, tenant: u32) -> Option<u32> {
         let t = tenant as usize;
-        let position = self.jobs[t].get(self.next[t]).copied();
+        let position = self.jobs[t]
+            .get(self.next[t])
+            .map(|&(_, position)| position);
         self.next[t] += 1;
         if self.next[t] >= self.jobs[t].len() {
             self.retire(tenant);

@@ -128,6 +128,38 @@ fn tenants_take_turns_as_usage_grows_within_the_cycle() {
     assert_eq!(placed_jobs(&placements), vec![0, 2, 1, 3]);
 }
 
+/// Ties of equal shares went to the lowest tenant index: on a cluster one job fills, each job
+/// ending before the next cycle, the first tenant took every turn while it had jobs, however
+/// long the second's had waited. A tie goes to the tenant whose next job comes first (priority,
+/// then submission).
+#[test]
+fn equal_shares_go_to_the_tenant_whose_job_waited_longest_not_the_first_listed() {
+    let snapshot = cluster(1, 1, 8);
+    let mut older = job(1, 8);
+    older.submit_s = 1.0;
+    let mut newer = job(0, 8);
+    newer.submit_s = 5.0;
+    // Tenant b's job was submitted first: whatever the queue's or the tenants' order, it goes.
+    assert_eq!(
+        placed_jobs(&checked(&snapshot, &jobs([newer, older]))),
+        vec![1]
+    );
+    assert_eq!(
+        placed_jobs(&checked(&snapshot, &jobs([older, newer]))),
+        vec![0]
+    );
+    // Priority comes before waiting, as within a tenant.
+    let mut urgent = job(0, 8);
+    urgent.submit_s = 9.0;
+    urgent.priority = 3;
+    let mut waited = job(1, 8);
+    waited.submit_s = 1.0;
+    assert_eq!(
+        placed_jobs(&checked(&snapshot, &jobs([waited, urgent]))),
+        vec![1]
+    );
+}
+
 #[test]
 fn weights_change_the_order() {
     let mut snapshot = cluster(1, 2, 8);
@@ -135,7 +167,7 @@ fn weights_change_the_order() {
     run(&mut snapshot, 1, 4..8, 1000.0);
     occupy(&mut snapshot, 8..12); // only 4 free
     let queue = jobs([job(0, 4), job(1, 4)]);
-    // Equal shares: the tie goes to the lower tenant index.
+    // Equal shares: the tie goes to the tenant whose next job was submitted first.
     assert_eq!(placed_jobs(&checked(&snapshot, &queue)), vec![0]);
     // Twice the weight halves b's share.
     snapshot.tenants[1].weight = 2.0;
