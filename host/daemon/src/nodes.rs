@@ -1022,32 +1022,34 @@ impl crate::Daemon {
         let Some(before) = nodes.remote().get(&report.job).map(|r| r.logged) else {
             return Ok(());
         };
-        let after = before.saturating_add(cost);
-        if after <= budget {
-            let added = match &report.id {
-                Some(id) => {
-                    let key = format!("{}-{id}", report.attempt);
-                    self.jobs.log_once(&report.job, &key, entry)?
-                }
-                None => {
-                    self.jobs.log(&report.job, entry)?;
-                    true
-                }
-            };
-            if !added {
-                return Ok(());
-            }
-        } else if before <= budget {
-            self.jobs.log(
-                &report.job,
-                &format!(
+        if before > budget {
+            return Ok(());
+        }
+        // The entry, or once past the budget the note that the rest is dropped: either is kept
+        // under the report's id, so a report sent again neither adds a line nor counts twice.
+        let dropped;
+        let line = match before.saturating_add(cost) <= budget {
+            true => entry,
+            false => {
+                dropped = format!(
                     "node {node}'s agent reported more log for attempt {} than a run keeps \
                      ({budget} bytes); the rest is dropped",
                     report.attempt
-                ),
-            )?;
-        }
-        if let Some(r) = nodes.remote().get_mut(&report.job) {
+                );
+                &dropped
+            }
+        };
+        let added = match &report.id {
+            Some(id) => {
+                let key = format!("{}-{id}", report.attempt);
+                self.jobs.log_once(&report.job, &key, line)?
+            }
+            None => {
+                self.jobs.log(&report.job, line)?;
+                true
+            }
+        };
+        if added && let Some(r) = nodes.remote().get_mut(&report.job) {
             r.logged = r.logged.saturating_add(cost);
         }
         Ok(())
@@ -1361,6 +1363,27 @@ mod tests {
             Some(log_cost("once") + 2 * log_cost("twice")),
             "counted once"
         );
+
+        // At the budget's edge: the entry that fills it, sent again, neither says the rest is
+        // dropped nor counts twice; the next one past it does, once.
+        let budget = d.commands.max_output_bytes + crate::command::RUNNER_NOTES;
+        let fill = "f".repeat((budget - logged.unwrap() - log_cost("")) as usize);
+        let dropped = || {
+            let log = d.jobs.logs(&job.id).unwrap();
+            assert_eq!(log.iter().filter(|(_, l)| *l == fill).count(), 1);
+            let notes = log
+                .iter()
+                .filter(|(_, l)| l.contains("the rest is dropped"));
+            notes.count()
+        };
+        for id in ["a-4", "a-4"] {
+            assert!(!d.run_report(nodes, NODE, report(id, &fill)).unwrap());
+        }
+        assert_eq!(dropped(), 0, "nothing was dropped");
+        for id in ["a-5", "a-5", "a-6"] {
+            assert!(!d.run_report(nodes, NODE, report(id, &fill)).unwrap());
+        }
+        assert_eq!(dropped(), 1);
     }
 
     /// A run's end that the store refused (a leader deposed under the report) was answered as
