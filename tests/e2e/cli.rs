@@ -308,6 +308,7 @@ fn demo_runs_end_to_end_and_cleans_up() {
         "user lee is not a member of tenant vision",
         "standardize: 200000 records -> 200000 x 8 features",
         "vision-train succeeded: test accuracy",
+        "wrote job vision-train's model (step ",
         "vision-eval (a command job) succeeded: it printed \"vision-eval sees CUDA_VISIBLE_DEVICES=",
         "32 GPUs in service",
         "(training on node node-00",

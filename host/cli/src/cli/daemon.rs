@@ -2154,8 +2154,18 @@ fn log_entry(at: f64, message: &str) -> String {
 /// checked as a checkpoint (its digest, its network) before it is written to `out`, through a
 /// synced temporary file and a rename.
 pub fn model(client: Client, id: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    println!("{}", fetch_model(&client, id, out)?);
+    Ok(())
+}
+
+/// Job `id`'s model written to `out` ([`model`]); what was written, in words.
+pub(super) fn fetch_model(
+    client: &Client,
+    id: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<String> {
     use gantry::training::checkpoint;
-    let response = call_bytes(&client, "GET", &format!("/v1/jobs/{id}/model"), None)?;
+    let response = call_bytes(client, "GET", &format!("/v1/jobs/{id}/model"), None)?;
     let bytes = response
         .into_body()
         .into_with_config()
@@ -2165,13 +2175,12 @@ pub fn model(client: Client, id: &str, out: &std::path::Path) -> anyhow::Result<
     let name = format!("job {id}'s model");
     let c = checkpoint::from_bytes(&bytes, std::path::Path::new(&name))?;
     checkpoint::write_atomically(out, &bytes)?;
-    println!(
+    Ok(format!(
         "wrote job {id}'s model (step {}, {} bytes) to {}",
         c.state.step,
         bytes.len(),
         out.display()
-    );
-    Ok(())
+    ))
 }
 
 /// Runs `gantry metrics`.

@@ -92,6 +92,14 @@ fn demo(ctx: &super::Context, dir: &std::path::Path) -> anyhow::Result<()> {
         "vision-train trains natively on spirals.csv (decrypted, standardised in the sandbox) and vision-eval runs a program, each by its node's agent on the GPUs it was placed on",
     );
     let job = train(addr, &ada)?;
+    if job["state"] == "succeeded" {
+        // The model it keeps, as its owners take it (decided as `job.model`).
+        let out = dir.join("vision-train.ckpt");
+        println!(
+            "  {}",
+            super::daemon::fetch_model(&ada, "vision-train", &out)?
+        );
+    }
     command_job(&ada)?;
 
     step(5, "what the host did");
