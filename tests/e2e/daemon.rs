@@ -576,7 +576,7 @@ fn a_succeeded_jobs_model_is_kept_for_members_cleared_for_its_data() {
     let ivy = add_user(&data, "ivy", "researcher", "vision", "internal");
     let bob = add_user(&data, "bob", "researcher", "language", "secret");
     let cache = shared_cache();
-    let mut daemon = Daemon::start(&data, &cache);
+    let mut daemon = Daemon::start_with(&data, &cache, &["--keep-models-per-tenant", "1"]);
     let url = daemon.url.clone();
     // Three classes around three centres, the label first (a stored dataset has no header).
     let row = |i: usize| format!("{},{}.{},{}.5", i % 3, 3 * (i % 3), i % 7, i % 5);
@@ -650,6 +650,25 @@ fn a_succeeded_jobs_model_is_kept_for_members_cleared_for_its_data() {
     );
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("is cancelled"), "{v}");
+
+    // The tenant keeps one model (`--keep-models-per-tenant 1`): the next to succeed takes its
+    // place, and the first's log says so.
+    let body = json!({"id": "m3", "tenant": "vision", "gpus": 1, "train": train});
+    assert_eq!(submit(&url, &wendy, &body).0, 201);
+    let job = wait_until_over(&format!("{url}/v1/jobs/m3"), &wendy, 120);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let model_of = |id: &str| {
+        let out = dir.path().join(format!("{id}.ckpt"));
+        let args = ["model", id, "--out", out.to_str().unwrap(), "--url", &url];
+        let out = gantry_as(&wendy, &args, &cache);
+        (out.status.success(), text(&out).1)
+    };
+    crate::support::eventually("m1 lets its model go", || !model_of("m1").0);
+    let (_, stderr) = model_of("m1");
+    assert!(stderr.contains("keeps no model"), "{stderr}");
+    assert!(model_of("m3").0);
+    let log = crate::support::log_of(&url, &wendy, "m1");
+    assert!(log.contains("its model was let go"), "{log}");
     daemon.signal("-TERM");
 }
 

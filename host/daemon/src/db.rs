@@ -2101,6 +2101,10 @@ mod tests {
         assert_eq!((job.state, job.crashes), (JobState::Running, 0));
         assert_eq!(db.jobs_named("t1").unwrap().len(), 1);
         assert_eq!(db.logs("vision/t1").unwrap().len(), 1);
+        // Entries kept once by a key, beside those that have none.
+        assert!(db.log_once("vision/t1", "1-a-1", "reported").unwrap());
+        assert!(!db.log_once("vision/t1", "1-a-1", "reported").unwrap());
+        assert_eq!(db.logs("vision/t1").unwrap().len(), 2);
         assert_eq!(
             db.latest_checkpoint("vision/t1").unwrap(),
             Some((100, "abc".to_string()))

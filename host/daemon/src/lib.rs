@@ -174,6 +174,10 @@ pub const DEFAULT_KEPT_FINISHED_PER_TENANT: usize = 1_000;
 /// tenant's loop of small jobs with large networks would fill the disk (and etcd) for all.
 pub const DEFAULT_KEPT_MODELS_PER_TENANT: usize = 16;
 
+/// [`DEFAULT_KEPT_MODELS_PER_TENANT`] on a replicated control plane, which keeps every model
+/// in etcd too (up to [`sealedobjects::MAX_SHARED`] each, in a database of at most 8 GiB).
+pub const DEFAULT_KEPT_MODELS_PER_TENANT_ON_ETCD: usize = 4;
+
 /// The default of [`TenantLimits::user_requests_per_s`]: more than a person or a script polling
 /// a job needs, while one user asking as fast as they can (1,600 requests a second in a review,
 /// each an audit entry synced to disk) no longer fills the disk for every tenant in minutes.

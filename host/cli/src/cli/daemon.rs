@@ -147,10 +147,10 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     keep_finished_jobs_per_tenant: u64,
     /// Succeeded training jobs whose model is kept per tenant (`GET /v1/jobs/{id}/model`):
-    /// beyond these, the oldest to end let theirs go as more succeed.
-    #[arg(long, default_value_t = gantry_daemon::DEFAULT_KEPT_MODELS_PER_TENANT as u64,
-          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
-    keep_models_per_tenant: u64,
+    /// beyond these, the oldest to end let theirs go as more succeed. Default: 16; with
+    /// --etcd, 4 (every model is kept in etcd too, up to 64 MiB each).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    keep_models_per_tenant: Option<u64>,
     /// Requests a second one user may send (twice as many at once after a pause; past it: 429);
     /// 0: not paced. Admins and node identities are not paced.
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_REQUESTS_PER_USER_PER_S,
@@ -691,7 +691,11 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
             user_requests_per_s: args.max_requests_per_user_per_s,
             finished_jobs: usize::try_from(args.keep_finished_jobs_per_tenant)
                 .unwrap_or(usize::MAX),
-            models: usize::try_from(args.keep_models_per_tenant).unwrap_or(usize::MAX),
+            models: match (args.keep_models_per_tenant, args.etcd.is_empty()) {
+                (Some(n), _) => usize::try_from(n).unwrap_or(usize::MAX),
+                (None, true) => gantry_daemon::DEFAULT_KEPT_MODELS_PER_TENANT,
+                (None, false) => gantry_daemon::DEFAULT_KEPT_MODELS_PER_TENANT_ON_ETCD,
+            },
             dataset_bytes: args.max_dataset_bytes_per_tenant.unwrap_or(
                 match args.etcd.is_empty() {
                     true => gantry_daemon::DEFAULT_MAX_DATASET_BYTES_PER_TENANT,
