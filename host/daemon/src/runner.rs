@@ -295,7 +295,8 @@ impl Daemon {
     /// and let go (an ended job's kept its up to 64 MiB on disk, and in etcd, until the job
     /// itself was forgotten). A succeeded job's is its model, kept until then
     /// ([`Daemon::forget_finished`]), as is one a failure here kept.
-    pub(crate) fn forget_checkpoints(&self, id: &str) {
+    /// Whether it named any.
+    pub(crate) fn forget_checkpoints(&self, id: &str) -> bool {
         self.checkpoint_lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -304,10 +305,11 @@ impl Daemon {
             Ok(objects) => objects,
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "keeping a finished job's checkpoint");
-                return;
+                return false;
             }
         };
         self.let_go_checkpoints(id, &objects);
+        !objects.is_empty()
     }
 
     /// Lets go of the models of `tenant`'s ended jobs beyond the newest it keeps
@@ -323,12 +325,14 @@ impl Daemon {
             }
         };
         for id in &kept[..kept.len().saturating_sub(keep)] {
-            self.forget_checkpoints(id);
-            let line = format!(
-                "its model was let go: tenant {tenant} keeps those of its {keep} newest \
-                 succeeded jobs (--keep-models-per-tenant)"
-            );
-            let _ = self.jobs.log(id, &line);
+            // Once, though two jobs' ends may ask at once.
+            if self.forget_checkpoints(id) {
+                let line = format!(
+                    "its model was let go: tenant {tenant} keeps those of its {keep} newest \
+                     succeeded jobs (--keep-models-per-tenant)"
+                );
+                let _ = self.jobs.log(id, &line);
+            }
         }
     }
 }
