@@ -1826,12 +1826,17 @@ impl<'a> AgentSink<'a> {
     fn report(&self, event: serde_json::Value) -> bool {
         let body = self.body(event);
         let client = self.client();
-        let send = || call(&client, "POST", &self.path, Some(body.clone()));
         let mut failing_until = None;
         loop {
-            match self.retrying(send) {
+            match call(&client, "POST", &self.path, Some(body.clone())) {
                 Ok(answer) => return answer["stop"].as_bool().unwrap_or(false),
-                Err(e) if unjudged(&e) && self.may_retry() && self.within(&mut failing_until) => {
+                // No control plane to answer: as [`AgentSink::retrying`]; one that failed at
+                // it: for one lease from the first such failure.
+                Err(e)
+                    if unjudged(&e)
+                        && self.may_retry()
+                        && (transient(&e) || self.within(&mut failing_until)) =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 Err(e) => {
