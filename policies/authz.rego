@@ -2,7 +2,7 @@
 #
 # Input: {"subject": {"user", "roles": [..], "tenants": [..], "clearance"},
 #         "action": "job.submit" | "job.exec" | "job.cancel" | "job.read" | "job.model" | "job.list" | "dataset.read" |
-#                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" |
+#                   "dataset.write" | "dataset.list" | "cluster.read" | "gpu.health" | "node.remove" |
 #                   "node.heartbeat" | "node.report" | "node.data" | "plugin.read" | "plugin.upload" | "plugin.load" | "plugin.unload" |
 #                   "policy.replace" | "policy.read" | "key.rotate" | "user.manage" |
 #                   "audit.read" | "placement.apply",
@@ -26,7 +26,7 @@ is_admin if "admin" in roles
 actions := {
 	"job.submit", "job.exec", "job.cancel", "job.read", "job.model", "job.list",
 	"dataset.read", "dataset.write", "dataset.list",
-	"cluster.read", "gpu.health", "node.heartbeat", "node.report", "node.data",
+	"cluster.read", "gpu.health", "node.remove", "node.heartbeat", "node.report", "node.data",
 	"plugin.read", "plugin.upload", "plugin.load", "plugin.unload",
 	"policy.replace", "policy.read", "key.rotate", "user.manage", "audit.read", "placement.apply",
 }
@@ -226,11 +226,17 @@ reasons contains msg if {
 # Listings and the cluster's shape (resource: {}): any named user; what a listing shows is
 # limited to the user's tenants by the host, by the same membership rule as job.read.
 
-# The host itself (resource: {"gpu"} for gpu.health, {"user"} for user.manage, {} for
-# policy.replace and key.rotate): admins only. Which policy is in force (policy.read) any named user may see.
+# The host itself (resource: {"gpu"} for gpu.health, {"node"} for node.remove, {"user"} for
+# user.manage, {} for policy.replace and key.rotate): admins only. Which policy is in force
+# (policy.read) any named user may see.
 
 reasons contains "only admins may change a GPU's health" if {
 	input.action == "gpu.health"
+	not is_admin
+}
+
+reasons contains "only admins may remove a node" if {
+	input.action == "node.remove"
 	not is_admin
 }
 

@@ -174,10 +174,18 @@ test_listings_and_the_cluster_are_open_to_named_users if {
 }
 
 test_host_operations_are_for_admins if {
-	every action in {"gpu.health", "policy.replace", "key.rotate", "user.manage"} {
+	every action in {"gpu.health", "node.remove", "policy.replace", "key.rotate", "user.manage"} {
 		authz.allow with input as {"subject": admin, "action": action, "resource": {}}
 		not authz.allow with input as {"subject": researcher, "action": action, "resource": {}}
 	}
+}
+
+remove(subject) := {"subject": subject, "action": "node.remove", "resource": {"node": "node-9"}}
+
+test_a_node_is_removed_by_admins_not_by_itself if {
+	authz.allow with input as remove(admin)
+	not authz.allow with input as remove({"user": "node-9", "roles": ["node"], "tenants": ["vision"]})
+	not authz.allow with input as remove(researcher)
 }
 
 audit(subject) := {"subject": subject, "action": "audit.read", "resource": {}}

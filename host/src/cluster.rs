@@ -91,15 +91,7 @@ impl Cluster {
         gpus: &[(String, String, u32)],
     ) -> Result<(), String> {
         self.can_add_node(name, gpus)?;
-        let index = |list: &mut Vec<String>, value: &str| match list.iter().position(|v| v == value)
-        {
-            Some(i) => i as u32,
-            None => {
-                list.push(value.to_string());
-                list.len() as u32 - 1
-            }
-        };
-        let rack = index(&mut self.racks, rack);
+        let rack = index_of(&mut self.racks, rack);
         let node = self.nodes.len() as u32;
         self.nodes.push(NodeInfo {
             name: name.to_string(),
@@ -107,23 +99,89 @@ impl Cluster {
         });
         self.nvlink_domains.push(name.to_string());
         let nvlink_domain = self.nvlink_domains.len() as u32 - 1;
-        for (id, model, memory_mib) in gpus {
-            let model = index(&mut self.models, model);
-            self.gpus.push(GpuInfo {
-                id: id.clone(),
-                gpu: Gpu {
-                    node,
-                    nvlink_domain,
-                    rack,
-                    model,
-                    memory_total_mib: *memory_mib,
-                    memory_free_mib: *memory_mib,
-                    healthy: false,
-                    busy: false,
-                },
-            });
+        for gpu in gpus {
+            self.push_out_of_service(node, nvlink_domain, rack, gpu);
         }
         Ok(())
+    }
+
+    /// Adds GPU `(id, model, memory in MiB)` of node `node` (its NVLink domain and rack), out of
+    /// service.
+    fn push_out_of_service(
+        &mut self,
+        node: u32,
+        nvlink_domain: u32,
+        rack: u32,
+        (id, model, memory_mib): &(String, String, u32),
+    ) {
+        let model = index_of(&mut self.models, model);
+        self.gpus.push(GpuInfo {
+            id: id.clone(),
+            gpu: Gpu {
+                node,
+                nvlink_domain,
+                rack,
+                model,
+                memory_total_mib: *memory_mib,
+                memory_free_mib: *memory_mib,
+                healthy: false,
+                busy: false,
+            },
+        });
+    }
+
+    /// Changes node `name` to what it has now, as a node that registers again does: its rack,
+    /// each of `gpus` (id, model, memory in MiB) kept at its index and updated, or added out of
+    /// service (`healthy` false). GPUs of the node missing from `gpus` stay at their indices
+    /// (allocations and the scheduler's rows refer to GPUs by index): returns theirs, for the
+    /// caller to retire. Refused when there is no such node or a GPU id is another node's.
+    pub fn update_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<Vec<usize>, String> {
+        let node = (self.nodes.iter().position(|n| n.name == name))
+            .ok_or_else(|| format!("no node `{name}`"))?;
+        let given: std::collections::HashMap<&str, usize> = (gpus.iter().enumerate())
+            .map(|(i, (id, ..))| (id.as_str(), i))
+            .collect();
+        if let Some(g) = (self.gpus.iter())
+            .find(|g| g.gpu.node as usize != node && given.contains_key(g.id.as_str()))
+        {
+            return Err(format!("a GPU `{}` exists on another node", g.id));
+        }
+        let rack = index_of(&mut self.racks, rack);
+        self.nodes[node].rack = rack;
+        let mut kept = vec![false; gpus.len()];
+        let mut missing = Vec::new();
+        for (i, g) in self.gpus.iter_mut().enumerate() {
+            if g.gpu.node as usize != node {
+                continue;
+            }
+            g.gpu.rack = rack;
+            match given.get(g.id.as_str()) {
+                Some(&k) => {
+                    let (_, model, memory_mib) = &gpus[k];
+                    g.gpu.model = index_of(&mut self.models, model);
+                    g.gpu.memory_total_mib = *memory_mib;
+                    g.gpu.memory_free_mib = *memory_mib;
+                    kept[k] = true;
+                }
+                None => missing.push(i),
+            }
+        }
+        let nvlink_domain = (self.gpus.iter())
+            .find(|g| g.gpu.node as usize == node)
+            .map(|g| g.gpu.nvlink_domain);
+        let nvlink_domain = match nvlink_domain {
+            Some(d) => d,
+            None => index_of(&mut self.nvlink_domains, name),
+        };
+        for (gpu, _) in gpus.iter().zip(&kept).filter(|(_, kept)| !**kept) {
+            self.push_out_of_service(node as u32, nvlink_domain, rack, gpu);
+        }
+        Ok(missing)
     }
 
     /// A uniform cluster for benchmarks and examples: `racks` racks of `nodes_per_rack` nodes with
@@ -224,6 +282,17 @@ impl JobSpec {
     /// The job, all-or-nothing (`gang`, the default) or placeable in parts.
     pub fn with_gang(self, gang: bool) -> Self {
         Self { gang, ..self }
+    }
+}
+
+/// The index of `value` in `list`, added at the end when it is not there.
+fn index_of(list: &mut Vec<String>, value: &str) -> u32 {
+    match list.iter().position(|v| v == value) {
+        Some(i) => i as u32,
+        None => {
+            list.push(value.to_string());
+            list.len() as u32 - 1
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 //! # }
 //! ```
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -352,6 +353,8 @@ pub struct Host {
     audit: Option<Arc<AuditLog>>,
     /// What jobs are admitted against, when not the GPUs in service now ([`Host::admit_against`]).
     capacity: Option<Cluster>,
+    /// GPUs whose node registered again without them ([`Host::update_node`]).
+    retired: HashSet<String>,
     /// See [`HostConfig::reserve_after_s`].
     reserve_after_s: f64,
 }
@@ -379,6 +382,7 @@ impl Host {
             policy: None,
             audit: None,
             capacity: None,
+            retired: HashSet::new(),
             reserve_after_s: config.reserve_after_s,
         })
     }
@@ -698,6 +702,48 @@ impl Host {
             self.capacity = grown;
         }
         Ok(())
+    }
+
+    /// Changes node `name` (one [`Host::add_node`] added) to what it has now, as its agent
+    /// registers it again: its rack, and `gpus` updated or added (out of service until its
+    /// agent's heartbeat brings them in). Its GPUs not in `gpus` are retired: they stay at
+    /// their indices, out of what jobs are admitted against, until a later registration names
+    /// them again; taking them out of service is the caller's (its jobs go back to the queue).
+    /// Returns the ids retired.
+    pub fn update_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<Vec<String>, HostError> {
+        // The admission cluster first: both refuse before changing anything.
+        if let Some(capacity) = &mut self.capacity {
+            let missing = (capacity.update_node(name, rack, gpus)).map_err(HostError::Cluster)?;
+            let given: HashSet<&str> = gpus.iter().map(|(id, ..)| id.as_str()).collect();
+            for g in &mut capacity.gpus {
+                if given.contains(g.id.as_str()) {
+                    g.gpu.healthy = true;
+                }
+            }
+            for i in missing {
+                capacity.gpus[i].gpu.healthy = false;
+            }
+        }
+        let missing =
+            (self.state_mut().update_node(name, rack, gpus)).map_err(HostError::Cluster)?;
+        for (id, ..) in gpus {
+            self.retired.remove(id);
+        }
+        let retired: Vec<String> = (missing.iter())
+            .map(|&i| self.state.cluster.gpus[i].id.clone())
+            .collect();
+        self.retired.extend(retired.iter().cloned());
+        Ok(retired)
+    }
+
+    /// Whether GPU `id` was retired: its node registered again without it.
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.retired.contains(id)
     }
 
     /// Checks `job` against the cluster (its fields, its tenant, whether it could ever run);

@@ -1172,6 +1172,7 @@ fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registere
     let data = init_data_dir(dir.path());
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let node_z = add_user(&data, "node-z", "node", "vision", "public");
+    let root = add_user(&data, "root", "admin", "vision", "secret");
     let mut daemon = two_nodes_with_agents(dir.path(), &data, "10");
     let url = daemon.url.clone();
     let nodes = |url: &str| request(&format!("{url}/v1/nodes"), "GET", Some(&rae), None).1;
@@ -1214,30 +1215,63 @@ fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registere
     daemon.signal("-9");
     let listen = url.trim_start_matches("http://");
     let cluster = dir.path().join("cluster.toml");
-    let _again = Daemon::start_on(
-        listen,
-        &[],
-        &data,
-        &shared_cache(),
-        &[
-            "--cluster",
-            cluster.to_str().unwrap(),
-            "--agent-lease-s",
-            "10",
-        ],
-    );
-    let listed = nodes(&url);
-    assert!(
-        listed["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["name"] == "node-z" && n["gpus"] == 3),
-        "{listed}"
-    );
+    let args = [
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--agent-lease-s",
+        "10",
+    ];
+    let mut again = Daemon::start_on(listen, &[], &data, &shared_cache(), &args);
+    let node_z_is = |gpus: u64, rack: &str| {
+        let listed = nodes(&url);
+        (listed["nodes"].as_array().unwrap().iter())
+            .any(|n| n["name"] == "node-z" && n["gpus"] == gpus && n["rack"] == rack)
+    };
+    assert!(node_z_is(3, "r9"), "{}", nodes(&url));
     assert_eq!(serving_gpus(&url, &rae), 0);
-    let _back = Agent::start_with(&url, &node_z, "node-z", 3, &extra);
+    let back = Agent::start_with(&url, &node_z, "node-z", 3, &extra);
     eventually("node-z serves again", || serving_gpus(&url, &rae) == 3);
+
+    // Its agent comes back with a GPU fewer, in another rack: the node is registered again as
+    // it is now (it was kept as it first registered, and a job only the GPU gone could hold
+    // was admitted to wait for ever), and a restart keeps that.
+    drop(back);
+    let mut moved = vec!["--rack", "r8"];
+    moved.extend(job_user_args());
+    let fewer = Agent::start_with(&url, &node_z, "node-z", 2, &moved);
+    eventually("node-z registers again", || node_z_is(2, "r8"));
+    let seven = json!({"id": "z7", "tenant": "vision", "gpus": 7,
+                       "command": {"argv": ["true"]}});
+    let (s, v) = submit(&url, &rae, &seven);
+    assert_eq!(s, 400, "the cluster has 6 GPUs now: {v}");
+    assert!(v.to_string().contains("gpus"), "{v}");
+    again.signal("-9");
+    let _third = Daemon::start_on(listen, &[], &data, &shared_cache(), &args);
+    assert!(node_z_is(2, "r8"), "{}", nodes(&url));
+
+    // Its agent gone for good, an admin removes it (no one else may): its GPUs no longer count.
+    drop(fewer);
+    let remove = |token: &str| {
+        request(
+            &format!("{url}/v1/nodes/node-z"),
+            "DELETE",
+            Some(token),
+            None,
+        )
+    };
+    assert_eq!(remove(&rae).0, 403);
+    eventually("node-z is removed once its lease ended", || {
+        remove(&root).0 == 200
+    });
+    let listed = nodes(&url);
+    let names: Vec<&str> = (listed["nodes"].as_array().unwrap().iter())
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["node-a", "node-b"], "{listed}");
+    let five = json!({"id": "z5", "tenant": "vision", "gpus": 5,
+                      "command": {"argv": ["true"]}});
+    assert_eq!(submit(&url, &rae, &five).0, 400);
+    assert_eq!(remove(&root).0, 404);
 }
 
 /// Found by a review: a node's registration was kept before the host checked it, so one the

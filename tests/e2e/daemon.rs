@@ -130,6 +130,13 @@ pub(crate) fn request(
             }
             r.send(body.unwrap_or("").as_bytes())
         }
+        "DELETE" => {
+            let mut r = agent.delete(url);
+            if let Some(t) = token {
+                r = r.header("Authorization", &format!("Bearer {t}"));
+            }
+            r.call()
+        }
         _ => {
             let mut r = agent.get(url);
             if let Some(t) = token {

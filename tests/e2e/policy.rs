@@ -356,7 +356,7 @@ fn policy_cli_builds_tests_and_evaluates() {
         stdout.contains("PASS data.gantry.authz_test.test_quota_is_kept"),
         "{stdout}"
     );
-    assert!(stdout.contains("26 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("27 passed, 0 failed"), "{stdout}");
 
     // A copy whose data breaks one test: that test fails, by name, and the exit code says so.
     let broken = work.path().join("broken");

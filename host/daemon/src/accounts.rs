@@ -27,6 +27,13 @@ pub trait GpuMarks: Send + Sync {
     /// node of its name is registered already: the first registration holds.
     fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError>;
 
+    /// Replaces the record of registered node `node.name`: its agent registered it again with
+    /// other GPUs or another rack.
+    fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError>;
+
+    /// Forgets registered node `name` (an admin removed it); nothing when it is not registered.
+    fn forget_node(&self, name: &str) -> Result<(), StateError>;
+
     /// The registered nodes, by name.
     fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError>;
 }
@@ -40,6 +47,13 @@ impl GpuMarks for Db {
     }
     fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
         Ok(Db::register_node(self, node)?)
+    }
+    fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
+        Ok(Db::register_node_again(self, node)?)
+    }
+    fn forget_node(&self, name: &str) -> Result<(), StateError> {
+        Db::forget_node(self, name)?;
+        Ok(())
     }
     fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError> {
         Ok(Db::registered_nodes(self)?)
@@ -294,6 +308,15 @@ pub(crate) mod contract {
             [node("node-y", 1), node("node-z", 2)],
             "by name; the first registration holds"
         );
+        s.register_node_again(&node("node-z", 3)).unwrap();
+        assert_eq!(
+            s.registered_nodes().unwrap(),
+            [node("node-y", 1), node("node-z", 3)],
+            "registered again, the record is replaced"
+        );
+        s.forget_node("node-z").unwrap();
+        s.forget_node("node-x").unwrap();
+        assert_eq!(s.registered_nodes().unwrap(), [node("node-y", 1)]);
         assert!(s.gpu_health().unwrap().is_empty());
         s.set_gpu_health("n/gpu1", false, "grace").unwrap();
         s.set_gpu_health("n/gpu0", false, "grace").unwrap();

@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -184,6 +184,7 @@ pub fn router(daemon: Arc<Daemon>, wake: Arc<Notify>) -> Router {
         .route("/v1/gpus", get(cluster::gpus))
         .route("/v1/gpus/unhealthy", post(cluster::mark_unhealthy))
         .route("/v1/gpus/healthy", post(cluster::mark_healthy))
+        .route("/v1/nodes/{node}", delete(cluster::remove_node))
         .route("/v1/nodes/{node}/heartbeat", post(cluster::heartbeat))
         .route("/v1/nodes/{node}/runs", post(cluster::run_report))
         .route("/v1/nodes/{node}/runs/dataset", get(noderuns::dataset))

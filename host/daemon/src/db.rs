@@ -1010,6 +1010,30 @@ impl Db {
         Ok(())
     }
 
+    /// Replaces the record of registered node `node.name` (its agent registered it again).
+    pub fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), DbError> {
+        let record = serde_json::to_string(node).expect("a node serialises");
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO registered_nodes(name, record) VALUES (?1, ?2)",
+                params![node.name, record],
+            )
+            .ctx("registering a node again")?;
+        Ok(())
+    }
+
+    /// Forgets registered node `name` (an admin removed it); whether it was registered.
+    pub fn forget_node(&self, name: &str) -> Result<bool, DbError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM registered_nodes WHERE name = ?1",
+                params![name],
+            )
+            .ctx("forgetting a registered node")?;
+        Ok(n > 0)
+    }
+
     /// The registered nodes, by name.
     pub fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, DbError> {
         let conn = self.conn();

@@ -373,6 +373,21 @@ impl GpuMarks for EtcdAccounts {
         Ok(())
     }
 
+    fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
+        let value = serde_json::to_vec(node).expect("a node serialises");
+        self.etcd
+            .put(&self.node_key(&node.name), &value, 0)
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+
+    fn forget_node(&self, name: &str) -> Result<(), StateError> {
+        self.etcd
+            .delete(&self.node_key(name))
+            .map_err(EtcdStoreError::from)?;
+        Ok(())
+    }
+
     fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError> {
         // Keys are in name order.
         Ok(decode_prefix(&self.etcd, &self.node_key(""))?)

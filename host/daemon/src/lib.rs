@@ -493,7 +493,8 @@ impl Daemon {
         // (an admin's marks, the jobs on them).
         let registered = marks.registered_nodes().map_err(|e| setup(e.to_string()))?;
         let mut capacity = config.cluster.clone();
-        for n in &registered {
+        let mut taken = Vec::new();
+        for n in registered {
             if config.cluster.nodes.iter().any(|c| c.name == n.name) {
                 tracing::warn!(node = %n.name, "a registered node is in the cluster file now: the file's holds");
                 continue;
@@ -517,6 +518,7 @@ impl Daemon {
             for g in &mut capacity.gpus[before..] {
                 g.gpu.healthy = true;
             }
+            taken.push(n);
         }
         let unhealthy = persisted::apply_gpu_health(&mut host, &*marks).map_err(setup)?;
         if unhealthy > 0 {
@@ -590,7 +592,8 @@ impl Daemon {
         };
         let mut daemon = Self::assemble(config, (db, store, audit), host, stores, leadership);
         daemon.cgroups = cgroups;
-        daemon.nodes = config.agent_lease.map(nodes::Nodes::new);
+        daemon.nodes =
+            (config.agent_lease).map(|lease| nodes::Nodes::with_registered(lease, taken));
         daemon.file_unhealthy = file_unhealthy;
         daemon.deferred = Mutex::new(deferred);
         daemon.adopt_runs(adopted);

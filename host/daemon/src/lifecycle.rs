@@ -535,7 +535,7 @@ impl Daemon {
     /// Ends pending job `id`, which the scheduler refuses to queue (`why`: the cluster it was
     /// accepted on changed, its tenant left it), as failed, saying why: left pending it would
     /// wait for ever, never placed nor ended.
-    pub(crate) fn fail_unqueueable(&self, id: &str, why: &str) {
+    pub(crate) fn fail_unqueueable(&self, id: &str, why: &str) -> bool {
         let reason = format!("it can no longer be queued: {why}");
         let failed = self.jobs.transition(
             id,
@@ -549,10 +549,37 @@ impl Daemon {
                 tracing::warn!(job = %id, "{reason}");
                 let _ = self.jobs.log(id, &reason);
                 self.forget_checkpoints(id);
+                true
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(job = %id, error = %e, "failing a job it cannot queue"),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "failing a job it cannot queue");
+                false
+            }
         }
+    }
+
+    /// Ends the queued jobs that the cluster, having lost GPUs for good (a node registered
+    /// again with fewer, or removed), can no longer hold, as [`Self::fail_unqueueable`] does:
+    /// left queued they would wait for ever. Returns their ids.
+    pub(crate) fn fail_beyond_capacity(&self) -> Vec<String> {
+        let refused: Vec<(String, String)> = {
+            let host = self.host_read();
+            (host.state().pending.iter())
+                .filter_map(|p| {
+                    let e = host.check(p.spec.clone()).err()?;
+                    Some((p.spec.id.clone(), e.to_string()))
+                })
+                .collect()
+        };
+        let mut failed = Vec::new();
+        for (id, why) in refused {
+            if self.fail_unqueueable(&id, &why) {
+                self.host().cancel(&id);
+                failed.push(id);
+            }
+        }
+        failed
     }
 
     /// Registers a run of `id`: `None` when one is registered already.

@@ -46,6 +46,10 @@ pub const MAX_REGISTERED_GPUS: usize = 256;
 /// The most memory a registering node's GPU may have, MiB (1 TiB).
 pub const MAX_REGISTERED_GPU_MEMORY_MIB: u64 = 1 << 20;
 
+/// The most GPUs the control plane keeps of one registered node, those retired since it last
+/// started included ([`crate::Daemon::heartbeat`]).
+pub const MAX_KEPT_GPUS: usize = 2 * MAX_REGISTERED_GPUS;
+
 /// The most nodes a cluster may have, registered ones included.
 pub const MAX_NODES: usize = 100_000;
 
@@ -226,6 +230,9 @@ pub struct Nodes {
     /// The last attempt number given; starts from the clock, so a restarted control plane never
     /// gives again a number an agent may still hold.
     attempts: std::sync::atomic::AtomicU64,
+    /// The nodes that registered through their agents, as they last did, by name (the cluster
+    /// file's nodes are not here: the file holds for them).
+    registered: Mutex<HashMap<String, RegisteredNode>>,
 }
 
 /// A command run handed to a node's agent.
@@ -255,6 +262,29 @@ pub const STOP_SLACK: Duration = Duration::from_secs(300);
 /// through a preprocessing plugin runs the plugin over all of it, in the control plane; an agent
 /// asks once per run, and again only after a failure on the way.
 pub const MAX_DATASET_FETCHES: u32 = 8;
+
+/// Why a node could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRemoval {
+    /// No such node registered.
+    #[error("no registered node `{0}`")]
+    Unknown(String),
+    /// The node is the cluster file's.
+    #[error("node `{0}` is in the cluster file: it is removed there")]
+    InFile(String),
+    /// Its agent holds a lease.
+    #[error(
+        "node `{0}`'s agent holds its lease: stop its agent (and revoke the node's tokens) \
+         first, or it registers again at its next heartbeat"
+    )]
+    Leased(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::jobstore::StateError),
+    /// The host refused the change.
+    #[error("{0}")]
+    Host(String),
+}
 
 /// Why a request about a run handed to an agent was refused.
 #[derive(Debug, thiserror::Error)]
@@ -441,7 +471,29 @@ impl Nodes {
             leases: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
             attempts: std::sync::atomic::AtomicU64::new(clock),
+            registered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Leases of `lease` each, knowing `registered`, the nodes registered through their agents
+    /// that the cluster took.
+    pub fn with_registered(lease: Duration, registered: Vec<RegisteredNode>) -> Self {
+        let nodes = Self::new(lease);
+        *nodes.registered() = (registered.into_iter())
+            .map(|n| (n.name.clone(), n))
+            .collect();
+        nodes
+    }
+
+    fn registered(&self) -> std::sync::MutexGuard<'_, HashMap<String, RegisteredNode>> {
+        self.registered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `record` differs from what node `record.name` registered with last, when it
+    /// registered through its agent (false for a node of the cluster file).
+    fn changed(&self, record: &RegisteredNode) -> bool {
+        (self.registered().get(&record.name))
+            .is_some_and(|last| last.rack != record.rack || last.gpus != record.gpus)
     }
 
     fn remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
@@ -561,6 +613,11 @@ impl Nodes {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether node `node`'s agent holds a live lease.
+    pub fn leased(&self, node: &str) -> bool {
+        (self.leases().get(node)).is_some_and(|l| l.expires > Instant::now())
+    }
+
     /// Whether node `node`'s agent keeps GPU `gpu` in service now: a live lease, and the GPU
     /// reported fit.
     pub fn serves(&self, node: &str, gpu: &str) -> bool {
@@ -673,28 +730,74 @@ impl crate::Daemon {
             return false;
         };
         let ended = nodes.expire();
-        let reason = "its node's agent stopped renewing its lease";
         for (node, gpus) in &ended {
             tracing::warn!(%node, gpus = gpus.len(), "a node's agent lease ended; its GPUs leave service");
-            let lost = self.apply_gpu_health(gpus, reason);
-            if !lost.is_empty() {
-                tracing::warn!(%node, jobs = ?lost, "jobs requeued from a lost node");
-            }
-            let given_up: Vec<Remote> = {
-                let mut remote = nodes.remote();
-                let keys: Vec<String> = remote
-                    .iter()
-                    .filter(|(_, r)| &r.node == node)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.iter().filter_map(|k| remote.remove(k)).collect()
-            };
-            for r in given_up {
-                r.control.request(StopReason::Requeue(reason.to_string()));
-                self.remote_ended(r, RunEnd::Stopped);
-            }
+            self.give_up_node(
+                nodes,
+                node,
+                gpus,
+                "its node's agent stopped renewing its lease",
+            );
         }
         !ended.is_empty()
+    }
+
+    /// Takes GPUs `gpus` of node `node` out of service and gives up the runs handed to it: their
+    /// jobs go back to the queue for `reason`, and the stale runs' reports are refused.
+    fn give_up_node(&self, nodes: &Nodes, node: &str, gpus: &[String], reason: &str) {
+        let lost = self.apply_gpu_health(gpus, reason);
+        if !lost.is_empty() {
+            tracing::warn!(%node, jobs = ?lost, "jobs requeued from a lost node");
+        }
+        let given_up: Vec<Remote> = {
+            let mut remote = nodes.remote();
+            let keys: Vec<String> = remote
+                .iter()
+                .filter(|(_, r)| r.node == node)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| remote.remove(k)).collect()
+        };
+        for r in given_up {
+            r.control.request(StopReason::Requeue(reason.to_string()));
+            self.remote_ended(r, RunEnd::Stopped);
+        }
+    }
+
+    /// Removes node `node`, which registered through its agent and whose agent is gone (no
+    /// lease): its record is forgotten, its GPUs retired (out of service and of what jobs are
+    /// admitted against), the runs handed to it given up. Its agent heartbeating again
+    /// registers it again: revoking the node's tokens keeps it out. Returns its GPUs retired.
+    pub(crate) fn remove_node(
+        &self,
+        nodes: &Nodes,
+        node: &str,
+    ) -> Result<Vec<String>, NodeRemoval> {
+        let record = nodes.registered().get(node).cloned();
+        let record = match record {
+            Some(record) if !record.gpus.is_empty() => record,
+            Some(_) => return Err(NodeRemoval::Unknown(node.to_string())),
+            None if self.node_gpus(node).is_some() => {
+                return Err(NodeRemoval::InFile(node.to_string()));
+            }
+            None => return Err(NodeRemoval::Unknown(node.to_string())),
+        };
+        if nodes.leased(node) {
+            return Err(NodeRemoval::Leased(node.to_string()));
+        }
+        self.marks.forget_node(node)?;
+        let retired = (self.host().update_node(node, &record.rack, &[]))
+            .map_err(|e| NodeRemoval::Host(e.to_string()))?;
+        // Kept with no GPUs: any heartbeat of its agent differs, and registers it again.
+        let removed = RegisteredNode {
+            gpus: Vec::new(),
+            ..record
+        };
+        nodes.registered().insert(node.to_string(), removed);
+        tracing::warn!(%node, gpus = retired.len(), "a node was removed; its GPUs are retired");
+        self.give_up_node(nodes, node, &retired, "its node was removed");
+        self.fail_beyond_capacity();
+        Ok(retired)
     }
 
     /// A run handed to an agent is over (reported, given up, never started): its placement is
@@ -1066,8 +1169,13 @@ impl crate::Daemon {
         beat: &Heartbeat,
     ) -> Result<HeartbeatAnswer, String> {
         let declared = match self.node_gpus(node) {
-            Some(declared) => declared,
-            None => self.register(node, beat)?,
+            Some(declared) => match record_of(node, beat) {
+                Ok(record) if nodes.changed(&record) => self.register_again(nodes, record)?,
+                // A registration the node could not make is refused when it changes: until
+                // then, what it had serves.
+                _ => declared,
+            },
+            None => self.register(node, nodes, beat)?,
         };
         let id_of = |ordinal: u32| format!("{node}/gpu{ordinal}");
         let fit: BTreeSet<String> = beat
@@ -1110,51 +1218,13 @@ impl crate::Daemon {
     /// restart or a new leader knows it), recorded in the audit log, and added to the cluster,
     /// its GPUs out of service until the heartbeat brings them in. Who may register is the
     /// policy's: only node `node`'s own identity sends its heartbeat. Returns its GPUs' ids.
-    fn register(&self, node: &str, beat: &Heartbeat) -> Result<Vec<String>, String> {
+    fn register(&self, node: &str, nodes: &Nodes, beat: &Heartbeat) -> Result<Vec<String>, String> {
         if self.host_read().state().cluster.nodes.len() >= MAX_NODES {
             return Err(format!(
                 "node `{node}` cannot register: the cluster has {MAX_NODES} nodes, the most"
             ));
         }
-        if beat.gpus.is_empty() {
-            return Err(format!(
-                "node `{node}` is not in the cluster; it registers with at least one GPU"
-            ));
-        }
-        // What a node says of itself when it registers counts as the cluster's capacity from
-        // then on (jobs are admitted against it): a review's registered 600 GPUs of 4 PiB
-        // each, and jobs no GPU could hold were accepted to wait for ever.
-        if beat.gpus.len() > MAX_REGISTERED_GPUS {
-            return Err(format!(
-                "node `{node}` registers with {} GPUs, over the most a node may have \
-                 ({MAX_REGISTERED_GPUS})",
-                beat.gpus.len()
-            ));
-        }
-        if let Some((i, g)) = (beat.gpus.iter().enumerate())
-            .find(|(_, g)| g.memory_mib > MAX_REGISTERED_GPU_MEMORY_MIB)
-        {
-            return Err(format!(
-                "field `gpus[{i}].memory_mib`: node `{node}` registers a GPU of {} MiB, over the \
-                 most a GPU may have ({MAX_REGISTERED_GPU_MEMORY_MIB} MiB, 1 TiB)",
-                g.memory_mib
-            ));
-        }
-        let record = RegisteredNode {
-            name: node.to_string(),
-            rack: beat.rack.clone().unwrap_or_else(|| "default".into()),
-            gpus: beat
-                .gpus
-                .iter()
-                .map(|g| RegisteredGpu {
-                    ordinal: g.ordinal,
-                    model: g.name.clone(),
-                    // Bounded by the heartbeat's check.
-                    memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
-                })
-                .collect(),
-            at: crate::db::now(),
-        };
+        let record = record_of(node, beat)?;
         // Checked before it is kept: a registration the host would refuse was kept before (a
         // GPU id of the cluster file's), and then every start of the daemon failed on it. Kept
         // without the host's lock (with etcd, a round trip every decision would wait for); one
@@ -1185,8 +1255,102 @@ impl crate::Daemon {
             Err(_) if self.node_gpus(node).is_some() => {}
             Err(e) => return Err(e.to_string()),
         }
+        nodes.registered().insert(node.to_string(), record);
         Ok(self.node_gpus(node).unwrap_or_default())
     }
+
+    /// Registers again a node that registered through its agent and now reports other GPUs or
+    /// another rack (a GPU taken out or added, a node moved): its record is replaced, so that
+    /// jobs are admitted against what it has now. GPUs it no longer reports are retired (they
+    /// leave service through the heartbeat that follows, their jobs back in the queue, and
+    /// admission no longer counts them); new ones join, out of service until the heartbeat
+    /// brings them in. Recorded in the audit log. Returns the node's GPUs' ids.
+    fn register_again(&self, nodes: &Nodes, record: RegisteredNode) -> Result<Vec<String>, String> {
+        let node = record.name.clone();
+        let gpus = record.gpus();
+        // Retired GPUs stay (at their indices) until the control plane restarts: bounded, so
+        // that a node naming new ordinals again and again cannot grow the cluster for ever.
+        let before = self.node_gpus(&node).unwrap_or_default();
+        let known: BTreeSet<&str> = before.iter().map(String::as_str).collect();
+        let kept = known.len()
+            + gpus
+                .iter()
+                .filter(|(id, ..)| !known.contains(id.as_str()))
+                .count();
+        if kept > MAX_KEPT_GPUS {
+            return Err(format!(
+                "node `{node}` cannot register again with these GPUs: with those it had, the \
+                 control plane would keep {kept} of its GPUs, over the most ({MAX_KEPT_GPUS}) \
+                 until it restarts"
+            ));
+        }
+        self.marks
+            .register_node_again(&record)
+            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
+        let retired = (self.host().update_node(&node, &record.rack, &gpus))
+            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
+        let added: Vec<&str> = (gpus.iter())
+            .map(|(id, ..)| id.as_str())
+            .filter(|id| !known.contains(id))
+            .collect();
+        tracing::warn!(%node, rack = %record.rack, gpus = gpus.len(), ?retired, ?added,
+                       "a node registered again with other GPUs or rack");
+        let entry = serde_json::json!({"node": node, "rack": record.rack, "gpus": gpus.len(),
+                                       "retired": retired, "added": added});
+        if let Err(e) = self.decider.record("node.registered_again", entry) {
+            tracing::error!(error = %e, "recording a node's new registration in the audit log");
+        }
+        nodes.registered().insert(node.clone(), record);
+        if !retired.is_empty() {
+            self.fail_beyond_capacity();
+        }
+        Ok(self.node_gpus(&node).unwrap_or_default())
+    }
+}
+
+/// The record node `node` registers with, as its heartbeat `beat` reports it (at least one GPU;
+/// each bounded); the error names the field.
+fn record_of(node: &str, beat: &Heartbeat) -> Result<RegisteredNode, String> {
+    if beat.gpus.is_empty() {
+        return Err(format!(
+            "node `{node}` is not in the cluster; it registers with at least one GPU"
+        ));
+    }
+    // What a node says of itself when it registers counts as the cluster's capacity from
+    // then on (jobs are admitted against it): a review's registered 600 GPUs of 4 PiB
+    // each, and jobs no GPU could hold were accepted to wait for ever.
+    if beat.gpus.len() > MAX_REGISTERED_GPUS {
+        return Err(format!(
+            "node `{node}` registers with {} GPUs, over the most a node may have \
+             ({MAX_REGISTERED_GPUS})",
+            beat.gpus.len()
+        ));
+    }
+    if let Some((i, g)) =
+        (beat.gpus.iter().enumerate()).find(|(_, g)| g.memory_mib > MAX_REGISTERED_GPU_MEMORY_MIB)
+    {
+        return Err(format!(
+            "field `gpus[{i}].memory_mib`: node `{node}` registers a GPU of {} MiB, over the \
+             most a GPU may have ({MAX_REGISTERED_GPU_MEMORY_MIB} MiB, 1 TiB)",
+            g.memory_mib
+        ));
+    }
+    let mut gpus: Vec<RegisteredGpu> = (beat.gpus.iter())
+        .map(|g| RegisteredGpu {
+            ordinal: g.ordinal,
+            model: g.name.clone(),
+            // Bounded by the heartbeat's check.
+            memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
+        })
+        .collect();
+    // By ordinal: an agent listing the same GPUs in another order has not changed.
+    gpus.sort_by_key(|g| g.ordinal);
+    Ok(RegisteredNode {
+        name: node.to_string(),
+        rack: beat.rack.clone().unwrap_or_else(|| "default".into()),
+        gpus,
+        at: crate::db::now(),
+    })
 }
 
 #[cfg(test)]
@@ -1641,6 +1805,154 @@ mod tests {
         assert!(d.node_gpus("stray").is_none(), "nothing registered");
         d.heartbeat("stray", nodes, &beat(8, 143_771)).unwrap();
         assert!(d.node_gpus("stray").is_some());
+    }
+
+    /// A heartbeat reporting healthy H200s of `ordinals`, in `rack`.
+    fn h200s(ordinals: &[u32], rack: Option<&str>) -> Heartbeat {
+        Heartbeat {
+            gpus: (ordinals.iter())
+                .map(|&ordinal| ReportedGpu {
+                    ordinal,
+                    name: "H200".into(),
+                    memory_mib: 143_771,
+                    pci_bus_id: None,
+                    healthy: true,
+                    nvlink_peers: Vec::new(),
+                })
+                .collect(),
+            emulated: false,
+            rack: rack.map(str::to_string),
+        }
+    }
+
+    /// Found by a review of issue 13: a node that registered through its agent kept its first
+    /// registration for ever. Registered again with fewer GPUs (one taken out, an agent given
+    /// fewer), the ones gone still counted for admission, so jobs only they could hold were
+    /// accepted to wait for ever; new GPUs were "not in the cluster". Its record now follows
+    /// what its agent reports: GPUs gone are retired, new ones join, both kept in the store.
+    #[test]
+    fn a_node_registered_again_with_other_gpus_is_admitted_against_what_it_has_now() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(10));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let beat = |ordinals: &[u32], rack: Option<&str>| h200s(ordinals, rack);
+        let ids = |ordinals: &[u32]| -> Vec<String> {
+            ordinals.iter().map(|o| format!("node-z/gpu{o}")).collect()
+        };
+        // Admitted against the cluster: the file's node has 2 GPUs.
+        let fits = |gpus: u32| {
+            let job = gantry::cluster::JobSpec::new("j", "vision", gpus, 1, 1.0);
+            d.host_read().check(job).is_ok()
+        };
+        let serving = |beat: &Heartbeat| d.heartbeat("node-z", nodes, beat).unwrap().0;
+        serving(&beat(&[0, 1, 2, 3], None));
+        assert_eq!(serving(&beat(&[3, 2, 1, 0], None)), ids(&[0, 1, 2, 3]));
+        assert!(fits(6) && !fits(7));
+
+        // Two GPUs taken out, the node moved: they leave service and admission at once.
+        assert_eq!(serving(&beat(&[0, 1], Some("r8"))), ids(&[0, 1]));
+        assert!(fits(4) && !fits(5), "the GPUs gone no longer count");
+        let host = d.host_read();
+        for id in ids(&[2, 3]) {
+            assert!(host.is_retired(&id), "{id}");
+            let gpu = host
+                .state()
+                .cluster
+                .gpus
+                .iter()
+                .find(|g| g.id == id)
+                .unwrap();
+            assert!(!gpu.gpu.healthy, "{id} out of service");
+        }
+        let c = &host.state().cluster;
+        let z = c.nodes.iter().find(|n| n.name == "node-z").unwrap();
+        assert_eq!(c.racks[z.rack as usize], "r8");
+        drop(host);
+        let kept = |ordinals: &[u32]| {
+            let stored = d.marks.registered_nodes().unwrap();
+            let z = stored.iter().find(|n| n.name == "node-z").unwrap();
+            assert_eq!(z.rack, "r8");
+            assert_eq!(
+                z.gpus.iter().map(|g| g.ordinal).collect::<Vec<_>>(),
+                ordinals,
+                "what a restart or a new leader takes"
+            );
+        };
+        kept(&[0, 1]);
+
+        // One comes back and one is new: both serve, and count.
+        assert_eq!(
+            serving(&beat(&[0, 1, 2, 5], Some("r8"))),
+            ids(&[0, 1, 2, 5])
+        );
+        assert!(fits(6) && !fits(7));
+        assert!(!d.host_read().is_retired("node-z/gpu2"));
+        assert!(d.host_read().is_retired("node-z/gpu3"));
+        kept(&[0, 1, 2, 5]);
+
+        // Retired GPUs stay until a restart, bounded: a node naming new ordinals again and
+        // again is refused, and what it had stands.
+        let many = |from: u32| (from..from + 256).collect::<Vec<u32>>();
+        serving(&beat(&many(1000), Some("r8")));
+        let refused = d
+            .heartbeat("node-z", nodes, &beat(&many(2000), Some("r8")))
+            .unwrap_err();
+        assert!(refused.contains(&format!("({MAX_KEPT_GPUS})")), "{refused}");
+        assert_eq!(d.node_gpus("node-z").unwrap().len(), 261);
+    }
+
+    /// Found by a review of issue 13: a registered node whose agent was gone for good could not
+    /// be removed, and its GPUs counted for admission for ever (jobs only they could hold waited
+    /// for ever). An admin removes it once its agent's lease has ended.
+    #[test]
+    fn a_node_whose_agent_is_gone_is_removed_and_no_longer_admits_jobs() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_millis(200));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let beat = h200s(&[0, 1, 2, 3], None);
+        let fits = |gpus: u32| {
+            let job = gantry::cluster::JobSpec::new("j", "vision", gpus, 1, 1.0);
+            d.host_read().check(job).is_ok()
+        };
+        d.heartbeat("node-z", nodes, &beat).unwrap();
+        assert!(fits(6));
+        // Queued, and only node-z's GPUs could hold it.
+        let big = JobRecord {
+            id: crate::db::key("vision", "big"),
+            gpus: 5,
+            ..td.submit("small")
+        };
+        assert!(d.jobs.insert_job(&big).unwrap());
+        d.host().submit(crate::api::spec(&big)).unwrap();
+        let leased = d.remove_node(nodes, "node-z").unwrap_err();
+        assert!(matches!(leased, NodeRemoval::Leased(_)), "{leased}");
+        let file = d.remove_node(nodes, NODE).unwrap_err();
+        assert!(matches!(file, NodeRemoval::InFile(_)), "{file}");
+        let none = d.remove_node(nodes, "node-y").unwrap_err();
+        assert!(matches!(none, NodeRemoval::Unknown(_)), "{none}");
+
+        std::thread::sleep(Duration::from_millis(300));
+        d.expire_leases();
+        let retired = d.remove_node(nodes, "node-z").unwrap();
+        assert_eq!(retired.len(), 4, "{retired:?}");
+        assert!(fits(2) && !fits(3), "its GPUs no longer count");
+        let big = d.jobs.job(&big.id).unwrap().unwrap();
+        assert_eq!(
+            big.state,
+            crate::db::JobState::Failed,
+            "not left to wait for ever"
+        );
+        let why = big.reason.unwrap_or_default();
+        assert!(why.contains("can no longer be queued"), "{why}");
+        assert!(!d.host_read().holds(&big.id));
+        assert!(d.marks.registered_nodes().unwrap().is_empty());
+        let again = d.remove_node(nodes, "node-z").unwrap_err();
+        assert!(matches!(again, NodeRemoval::Unknown(_)), "{again}");
+
+        // Its agent back, it registers again.
+        d.heartbeat("node-z", nodes, &beat).unwrap();
+        assert!(fits(6));
+        assert_eq!(d.marks.registered_nodes().unwrap().len(), 1);
     }
 
     #[test]

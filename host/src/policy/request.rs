@@ -105,6 +105,9 @@ actions! {
     GpuHealth = "gpu.health",
     /// A node's agent renews its lease and reports its GPUs ([`Resource::Node`]).
     NodeHeartbeat = "node.heartbeat",
+    /// Remove a node that registered through its agent, once its agent is gone
+    /// ([`Resource::Node`]).
+    NodeRemove = "node.remove",
     /// A node's agent reports on a run it was handed: started, a log entry, progress, its end
     /// ([`Resource::Node`]).
     NodeReport = "node.report",

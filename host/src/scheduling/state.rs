@@ -72,6 +72,18 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Changes a node to what it has now: see [`Cluster::update_node`].
+    pub fn update_node(
+        &mut self,
+        name: &str,
+        rack: &str,
+        gpus: &[(String, String, u32)],
+    ) -> Result<Vec<usize>, String> {
+        let missing = self.cluster.update_node(name, rack, gpus)?;
+        self.holder.resize(self.cluster.gpus.len(), None);
+        Ok(missing)
+    }
+
     /// An idle cluster.
     pub fn new(cluster: Cluster) -> Self {
         let tenants = cluster.tenants.len();

@@ -143,6 +143,7 @@ fn gpus_for(state: &AppState, user: User) -> ApiResult<Json<serde_json::Value>> 
                 "healthy": g.gpu.healthy,
                 "busy": s.holder[i].is_some(),
                 "job": holder_job(i),
+                "retired": host.is_retired(&g.id),
             })
         })
         .collect();
@@ -164,7 +165,14 @@ fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
     let host = state.daemon.host_read();
     let s = host.state();
     let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
+    // A retired GPU (its node registered again without it) is no longer the node's; a node
+    // whose every GPU is retired was removed.
+    let mut retired = vec![0u32; s.cluster.nodes.len()];
     for (i, g) in s.cluster.gpus.iter().enumerate() {
+        if host.is_retired(&g.id) {
+            retired[g.gpu.node as usize] += 1;
+            continue;
+        }
         let c = &mut counts[g.gpu.node as usize];
         c.0 += 1;
         c.1 += u32::from(g.gpu.healthy);
@@ -175,12 +183,42 @@ fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
         .nodes
         .iter()
         .zip(&counts)
-        .map(|(n, (total, healthy, busy))| {
+        .zip(&retired)
+        .filter(|((_, (total, ..)), retired)| *total > 0 || **retired == 0)
+        .map(|((n, (total, healthy, busy)), _)| {
             json!({"name": n.name, "rack": s.cluster.racks[n.rack as usize],
                    "gpus": total, "healthy_gpus": healthy, "busy_gpus": busy})
         })
         .collect();
     Ok(Json(json!({ "nodes": nodes })))
+}
+
+/// `DELETE /v1/nodes/{node}`: an admin (the policy's `node.remove`) removes a node that
+/// registered through its agent, once its agent is gone: its GPUs are retired (its jobs back in
+/// the queue) and no longer count when jobs are admitted. Answers the GPUs retired.
+pub(super) async fn remove_node(
+    State(state): State<AppState>,
+    axum::extract::Path(node): axum::extract::Path<String>,
+    caller: Caller,
+) -> ApiResult<Json<serde_json::Value>> {
+    use crate::nodes::NodeRemoval;
+    let user = caller.user(&state).await?;
+    let answer = blocking(&state, move |state| {
+        authorize(state, &user, Action::NodeRemove, Resource::node(&node))?;
+        let daemon = &state.daemon;
+        let retired = daemon.remove_node(agents(daemon)?, &node).map_err(|e| {
+            let status = match &e {
+                NodeRemoval::Unknown(_) => StatusCode::NOT_FOUND,
+                NodeRemoval::InFile(_) | NodeRemoval::Leased(_) => StatusCode::CONFLICT,
+                NodeRemoval::Store(_) | NodeRemoval::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError::new(status, e.to_string())
+        })?;
+        Ok(json!({"node": node, "retired": retired}))
+    })
+    .await?;
+    state.wake.notify_one();
+    Ok(Json(answer))
 }
 
 /// `POST /v1/nodes/{node}/heartbeat`: a node's agent renews its lease and reports its GPUs (see

@@ -97,6 +97,11 @@ fn cases() -> Vec<(Request, serde_json::Value)> {
             json!({"node": "node-007"}),
         ),
         asks(
+            Action::NodeRemove,
+            Resource::node("node-007"),
+            json!({"node": "node-007"}),
+        ),
+        asks(
             Action::NodeReport,
             Resource::node("node-007"),
             json!({"node": "node-007"}),
