@@ -1250,6 +1250,7 @@ fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registere
     assert!(node_z_is(2, "r8"), "{}", nodes(&url));
 
     // Its agent gone for good, an admin removes it (no one else may): its GPUs no longer count.
+    eventually("node-z serves again", || serving_gpus(&url, &rae) == 2);
     drop(fewer);
     let remove = |token: &str| {
         request(
@@ -1260,9 +1261,15 @@ fn a_node_the_cluster_file_lacks_registers_through_its_agent_and_stays_registere
         )
     };
     assert_eq!(remove(&rae).0, 403);
-    eventually("node-z is removed once its lease ended", || {
-        remove(&root).0 == 200
+    // Once its lease has ended, no heartbeat of the agent killed is still on its way (one
+    // would register the node again).
+    eventually("node-z's lease ends", || {
+        (nodes(&url)["nodes"].as_array().unwrap().iter())
+            .any(|n| n["name"] == "node-z" && n["healthy_gpus"] == 0)
     });
+    let (s, v) = remove(&root);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["retired"].as_array().map(Vec::len), Some(2), "{v}");
     let listed = nodes(&url);
     let names: Vec<&str> = (listed["nodes"].as_array().unwrap().iter())
         .filter_map(|n| n["name"].as_str())

@@ -606,3 +606,94 @@ fn a_data_directory_sealed_under_a_key_file_opens_only_with_it() {
     ok(gantry_with(&verify, &cache, &sealed));
     assert!(!gantry(&verify, &cache).status.success());
 }
+
+/// Found by reading the data directory as a writer of its disk would: under a key file the
+/// master keys were sealed, but `gantry.db` was not, so whoever could write it (without the key
+/// file) made a user an admin, planted a token of their own, or took back a revocation. Each
+/// user and token row now carries a MAC under a key derived from the key file: `gantry key
+/// seal` authenticates the rows a directory has, and a row changed outside Gantry is refused,
+/// naming it, by `gantry up`, `gantry db check` and `gantry user tokens`.
+#[test]
+fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, "7c".repeat(32)).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let ok = |out: Output| {
+        let (o, e) = text(&out);
+        assert!(out.status.success(), "{o}{e}");
+        o
+    };
+    // Made without a key file, with a user and a token; then sealed, its rows authenticated.
+    ok(gantry(&["init", "--data-dir", d], &cache));
+    let add = [
+        "user",
+        "add",
+        "ada",
+        "--roles",
+        "researcher",
+        "--tenants",
+        "vision",
+        "--data-dir",
+        d,
+    ];
+    ok(gantry(&add, &cache));
+    let seal = ["key", "seal", "--data-dir", d];
+    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("2 account row(s) authenticated"));
+    let check = ["db", "check", "--data-dir", d];
+    ok(gantry_with(&check, &cache, &sealed));
+    let tokens = ["user", "tokens", "--data-dir", d];
+    ok(gantry_with(&tokens, &cache, &sealed));
+    // Written under the key file, a new token and a revocation are authenticated too.
+    ok(gantry_with(&add, &cache, &sealed));
+    ok(gantry_with(
+        &["user", "revoke", "ada", "--data-dir", d],
+        &cache,
+        &sealed,
+    ));
+    ok(gantry_with(&check, &cache, &sealed));
+
+    let db = || rusqlite::Connection::open(gantry_daemon::db_path(&data)).unwrap();
+    let up = ["up", "--data-dir", d, "--listen", "127.0.0.1:0"];
+    // `gantry user tokens` reads the tokens alone.
+    let refused = |sql: &str, row: &str| {
+        db().execute_batch(sql).unwrap();
+        let commands = match row.starts_with("table tokens") {
+            true => vec![&check[..], &tokens[..], &up[..]],
+            false => vec![&check[..], &up[..]],
+        };
+        for args in commands {
+            let out = gantry_with(args, &cache, &sealed);
+            let (_, e) = text(&out);
+            assert!(!out.status.success(), "{sql}: {args:?} went on");
+            assert!(
+                e.contains(row) && e.contains("column mac"),
+                "{sql}: {args:?}: {e}"
+            );
+        }
+    };
+    let roles: String = db()
+        .query_row("SELECT roles FROM users WHERE name = 'ada'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    refused(
+        r#"UPDATE users SET roles = '["admin"]' WHERE name = 'ada'"#,
+        "table users, row ada",
+    );
+    // Put back as it was, the row verifies again: its content is what is authenticated.
+    db().execute("UPDATE users SET roles = ?1 WHERE name = 'ada'", [&roles])
+        .unwrap();
+    ok(gantry_with(&check, &cache, &sealed));
+    refused("UPDATE tokens SET revoked_at = NULL", "table tokens, row ");
+    db().execute_batch("UPDATE tokens SET revoked_at = 1, mac = NULL")
+        .unwrap();
+    refused("SELECT 1", "table tokens, row ");
+    // Without the key file nothing opens at all (the master keys are sealed).
+    assert!(!gantry(&check, &cache).status.success());
+}

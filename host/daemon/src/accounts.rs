@@ -343,4 +343,14 @@ pub(crate) mod contract {
         users_tokens_and_revocations(&db);
         gpu_marks(&db);
     }
+
+    /// The same, its rows authenticated as under a key file.
+    #[test]
+    fn sqlite_with_authenticated_rows_keeps_users_tokens_and_revocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("g.db")).unwrap();
+        db.authenticate_rows(&[3; 32]);
+        users_tokens_and_revocations(&db);
+        db.check().unwrap();
+    }
 }

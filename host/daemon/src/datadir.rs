@@ -139,6 +139,7 @@ impl DataDir {
             .into());
         }
         let db = Db::open(&db_path)?;
+        authenticate_rows(&db, root)?;
         let rows = db
             .check()
             .map_err(|source| DataDirError::DamagedDb { source })?;
@@ -292,6 +293,44 @@ impl DataDir {
     pub fn close(self) -> Result<(), AuditError> {
         self.audit.close()
     }
+}
+
+/// Authenticates `db`'s account rows under the key file, where one is in use for the data
+/// directory at `root` ([`Db::authenticate_rows`]).
+fn authenticate_rows(db: &Db, root: &Path) -> Result<(), DataDirError> {
+    if let Some(key) = gantry::storage::accounts_key(root)? {
+        db.authenticate_rows(&key);
+    }
+    Ok(())
+}
+
+/// The database of the data directory at `root`, which must exist, opened to be read (by
+/// `gantry db check`, `gantry user tokens`): its account rows checked where a key file is in use.
+pub fn open_db(root: &Path) -> Result<Db, DataDirError> {
+    let db = Db::open_existing(&super::db_path(root))?;
+    authenticate_rows(&db, root)?;
+    Ok(db)
+}
+
+/// Seals the data directory at `root` under the key file `GANTRY_KEY_FILE` names, as `holder`:
+/// its master keys and signing key ([`gantry::storage::seal_master_keys`]), then its account
+/// rows, each given its MAC (those there are are taken as they are: run it where the directory
+/// is trusted). Audited as `key.seal`. Returns the keys sealed and the rows authenticated.
+pub fn seal(root: &Path, holder: &str) -> Result<(usize, usize), DataDirError> {
+    let keys = gantry::storage::seal_master_keys(root, holder)?;
+    let store = Store::open_exclusive(root, holder)?;
+    let rows = match super::db_path(root).exists() {
+        true => open_db(root)?.authenticate_unmarked_rows()?,
+        false => 0,
+    };
+    let dir = DataDir::open_with(store, holder)?;
+    let by = dir.actor();
+    dir.record(
+        "key.seal",
+        serde_json::json!({"keys": keys, "account_rows": rows, "by": by}),
+    )?;
+    dir.close()?;
+    Ok((keys, rows))
 }
 
 /// The settings key holding the public key that signs this directory's audit log, recorded the

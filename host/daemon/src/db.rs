@@ -11,6 +11,9 @@ use gantry::audit::Head;
 
 use super::jobstore::{JobKind, JobStore, Listed, Placement};
 
+mod rowmac;
+use rowmac::{RowMac, TokenRow};
+
 /// A database failure, naming what was being done, or the table, row and column of a stored
 /// value that does not read (corruption is an error, never a default).
 #[derive(Debug, thiserror::Error)]
@@ -498,6 +501,9 @@ pub struct GpuHealth {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Set where a key file is in use: account rows are written with a MAC and read only when
+    /// theirs verifies ([`Db::authenticate_rows`]).
+    rows: std::sync::OnceLock<RowMac>,
 }
 
 impl std::fmt::Debug for Db {
@@ -639,6 +645,9 @@ const MIGRATIONS: &[&str] = &[
     // 8: log entries kept once by their key (an agent's report sent again).
     "ALTER TABLE job_events ADD COLUMN once TEXT;
      CREATE UNIQUE INDEX job_events_once ON job_events(job, once) WHERE once IS NOT NULL;",
+    // 9: account rows authenticated under the key file (`rowmac`).
+    "ALTER TABLE users ADD COLUMN mac TEXT;
+     ALTER TABLE tokens ADD COLUMN mac TEXT;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -692,6 +701,7 @@ impl Db {
         Ok(Db {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            rows: std::sync::OnceLock::new(),
         })
     }
 
@@ -805,10 +815,10 @@ impl Db {
     pub fn users(&self) -> Result<Vec<User>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT name, roles, tenants, clearance FROM users ORDER BY name")
+            .prepare("SELECT name, roles, tenants, clearance, mac FROM users ORDER BY name")
             .ctx("listing users")?;
         let rows = stmt
-            .query_map([], |r| row_to_user(r, 0))
+            .query_map([], |r| self.checked_user(r, 0, 4))
             .ctx("listing users")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing users")
@@ -818,9 +828,9 @@ impl Db {
     pub fn user(&self, name: &str) -> Result<Option<User>, DbError> {
         self.conn()
             .query_row(
-                "SELECT name, roles, tenants, clearance FROM users WHERE name = ?1",
+                "SELECT name, roles, tenants, clearance, mac FROM users WHERE name = ?1",
                 params![name],
-                |r| row_to_user(r, 0),
+                |r| self.checked_user(r, 0, 4),
             )
             .optional()
             .ctx("reading a user")
@@ -830,17 +840,97 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// From now on, authenticates account rows under `key` (the key file's,
+    /// [`gantry::storage::accounts_key`]): each `users` and `tokens` row is written with its MAC,
+    /// and one whose MAC is missing or does not verify is refused where it is read, naming it.
+    /// Set once, at opening.
+    pub fn authenticate_rows(&self, key: &[u8; 32]) {
+        let _ = self.rows.set(RowMac::new(key));
+    }
+
+    /// Gives every account row without a MAC its MAC ([`Db::authenticate_rows`] first): what
+    /// `gantry key seal` does for the rows written before. A row whose MAC does not verify is
+    /// left as it is (and refused). Returns how many rows it authenticated.
+    pub fn authenticate_unmarked_rows(&self) -> Result<usize, DbError> {
+        let Some(rows) = self.rows.get() else {
+            return Ok(0);
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx("authenticating account rows")?;
+        let users: Vec<User> = {
+            let mut stmt = tx
+                .prepare("SELECT name, roles, tenants, clearance FROM users WHERE mac IS NULL")
+                .ctx("authenticating account rows")?;
+            let found = stmt.query_map([], |r| row_to_user(r, 0));
+            found
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .ctx("authenticating account rows")?
+        };
+        for user in &users {
+            tx.execute(
+                "UPDATE users SET mac = ?2 WHERE name = ?1",
+                params![user.name, rows.user(user)],
+            )
+            .ctx("authenticating account rows")?;
+        }
+        let tokens: Vec<TokenColumns> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {} FROM tokens WHERE mac IS NULL",
+                    TokenColumns::SELECT
+                ))
+                .ctx("authenticating account rows")?;
+            let found = stmt.query_map([], TokenColumns::read);
+            found
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .ctx("authenticating account rows")?
+        };
+        for token in &tokens {
+            let mac = rows.token(&token.row());
+            tx.execute(
+                "UPDATE tokens SET mac = ?2 WHERE id = ?1",
+                params![token.id, mac],
+            )
+            .ctx("authenticating account rows")?;
+        }
+        tx.commit().ctx("authenticating account rows")?;
+        Ok(users.len() + tokens.len())
+    }
+
+    /// The user of a `users` row read at `at` (its MAC at `mac`), checked where rows are
+    /// authenticated.
+    fn checked_user(&self, r: &rusqlite::Row<'_>, at: usize, mac: usize) -> rusqlite::Result<User> {
+        let user = row_to_user(r, at)?;
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(mac)?;
+            rows.check_user(&user, mac.as_deref())
+                .map_err(BadValue::into_sqlite)?;
+        }
+        Ok(user)
+    }
+
+    /// Checks token row `t`'s MAC `mac` where rows are authenticated.
+    fn check_token(&self, t: &TokenRow<'_>, mac: Option<&str>) -> rusqlite::Result<()> {
+        match self.rows.get() {
+            Some(rows) => rows.check_token(t, mac).map_err(BadValue::into_sqlite),
+            None => Ok(()),
+        }
+    }
+
     /// Adds (or replaces) a user.
     pub fn put_user(&self, user: &User) -> Result<(), DbError> {
+        let mac = self.rows.get().map(|rows| rows.user(user));
         self.conn()
             .execute(
-                "INSERT INTO users(name, roles, tenants, clearance) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3, clearance = ?4",
+                "INSERT INTO users(name, roles, tenants, clearance, mac) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(name) DO UPDATE SET roles = ?2, tenants = ?3, clearance = ?4,
+                                                 mac = ?5",
                 params![
                     user.name,
                     serde_json::to_string(&user.roles).expect("strings serialise"),
                     serde_json::to_string(&user.tenants).expect("strings serialise"),
                     user.clearance,
+                    mac,
                 ],
             )
             .ctx("adding a user")?;
@@ -856,11 +946,20 @@ impl Db {
         hash: &[u8],
         expires_at: Option<f64>,
     ) -> Result<(), DbError> {
+        let row = TokenRow {
+            id,
+            user,
+            salt,
+            hash,
+            expires_at,
+            revoked_at: None,
+        };
+        let mac = self.rows.get().map(|rows| rows.token(&row));
         self.conn()
             .execute(
-                "INSERT INTO tokens(id, user, salt, hash, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id, user, salt, hash, now(), expires_at],
+                "INSERT INTO tokens(id, user, salt, hash, created_at, expires_at, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, user, salt, hash, now(), expires_at, mac],
             )
             .ctx("storing a token")?;
         Ok(())
@@ -871,17 +970,27 @@ impl Db {
         let conn = self.conn();
         conn.query_row(
             "SELECT u.name, u.roles, u.tenants, u.clearance, t.salt, t.hash, t.expires_at,
-                    t.revoked_at
+                    t.revoked_at, u.mac, t.mac
              FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
             params![id],
             |r| {
-                Ok(StoredToken {
-                    user: row_to_user(r, 0)?,
+                let token = StoredToken {
+                    user: self.checked_user(r, 0, 8)?,
                     salt: r.get(4)?,
                     hash: r.get(5)?,
                     expires_at: r.get(6)?,
                     revoked_at: r.get(7)?,
-                })
+                };
+                let row = TokenRow {
+                    id,
+                    user: &token.user.name,
+                    salt: &token.salt,
+                    hash: &token.hash,
+                    expires_at: token.expires_at,
+                    revoked_at: token.revoked_at,
+                };
+                self.check_token(&row, r.get::<_, Option<String>>(9)?.as_deref())?;
+                Ok(token)
             },
         )
         .optional()
@@ -893,19 +1002,30 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, user, created_at, expires_at, revoked_at FROM tokens
+                "SELECT id, user, created_at, expires_at, revoked_at, salt, hash, mac FROM tokens
                  WHERE ?1 IS NULL OR user = ?1 ORDER BY created_at, id",
             )
             .ctx("listing tokens")?;
         let rows = stmt
             .query_map(params![user], |r| {
-                Ok(TokenInfo {
+                let info = TokenInfo {
                     id: r.get(0)?,
                     user: r.get(1)?,
                     created_at: r.get(2)?,
                     expires_at: r.get(3)?,
                     revoked_at: r.get(4)?,
-                })
+                };
+                let (salt, hash): (Vec<u8>, Vec<u8>) = (r.get(5)?, r.get(6)?);
+                let row = TokenRow {
+                    id: &info.id,
+                    user: &info.user,
+                    salt: &salt,
+                    hash: &hash,
+                    expires_at: info.expires_at,
+                    revoked_at: info.revoked_at,
+                };
+                self.check_token(&row, r.get::<_, Option<String>>(7)?.as_deref())?;
+                Ok(info)
             })
             .ctx("listing tokens")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -915,19 +1035,57 @@ impl Db {
     /// Revokes every live token of `user` (or, with `token`, that one of theirs); returns the
     /// ids revoked.
     pub fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "UPDATE tokens SET revoked_at = ?3
-                 WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL
-                 RETURNING id",
+        let Some(rows) = self.rows.get() else {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare(
+                    "UPDATE tokens SET revoked_at = ?3
+                     WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL
+                     RETURNING id",
+                )
+                .ctx("revoking tokens")?;
+            let revoked = stmt
+                .query_map(params![user, token, now()], |r| r.get(0))
+                .ctx("revoking tokens")?;
+            return revoked
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("revoking tokens");
+        };
+        // Each row's MAC is written again with its revocation: checked first, so that a row
+        // changed outside Gantry is never authenticated by being revoked.
+        let mut conn = self.conn();
+        let tx = conn.transaction().ctx("revoking tokens")?;
+        let live: Vec<TokenColumns> = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {}, mac FROM tokens
+                     WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL",
+                    TokenColumns::SELECT
+                ))
+                .ctx("revoking tokens")?;
+            let found = stmt.query_map(params![user, token], |r| {
+                let token = TokenColumns::read(r)?;
+                self.check_token(&token.row(), r.get::<_, Option<String>>(6)?.as_deref())?;
+                Ok(token)
+            });
+            found
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .ctx("revoking tokens")?
+        };
+        let at = now();
+        for token in &live {
+            let revoked = TokenRow {
+                revoked_at: Some(at),
+                ..token.row()
+            };
+            tx.execute(
+                "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
+                params![token.id, at, rows.token(&revoked)],
             )
             .ctx("revoking tokens")?;
-        let rows = stmt
-            .query_map(params![user, token, now()], |r| r.get(0))
-            .ctx("revoking tokens")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("revoking tokens")
+        }
+        tx.commit().ctx("revoking tokens")?;
+        Ok(live.into_iter().map(|t| t.id).collect())
     }
 
     /// The audit log's latest sealed position as recorded here, and whether the log was closed
@@ -1845,6 +2003,43 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 /// A user from columns `at..at + 4` (name, roles, tenants, clearance).
+/// A `tokens` row's columns that its MAC covers, as read.
+struct TokenColumns {
+    id: String,
+    user: String,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+    expires_at: Option<f64>,
+    revoked_at: Option<f64>,
+}
+
+impl TokenColumns {
+    /// What [`TokenColumns::read`] reads, first in a `SELECT`.
+    const SELECT: &str = "id, user, salt, hash, expires_at, revoked_at";
+
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenColumns> {
+        Ok(TokenColumns {
+            id: r.get(0)?,
+            user: r.get(1)?,
+            salt: r.get(2)?,
+            hash: r.get(3)?,
+            expires_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    }
+
+    fn row(&self) -> TokenRow<'_> {
+        TokenRow {
+            id: &self.id,
+            user: &self.user,
+            salt: &self.salt,
+            hash: &self.hash,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
 fn row_to_user(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<User> {
     let name: String = r.get(at)?;
     Ok(User {
@@ -1867,6 +2062,57 @@ mod tests {
     use super::super::jobstore::{JobStore, contract};
     use super::*;
     use contract::job;
+
+    /// Under a key file, a users or tokens row changed while the database is open (by a writer
+    /// of the disk, not through Gantry) is refused where it is read: a token lookup names it.
+    #[test]
+    fn account_rows_changed_outside_gantry_are_refused_where_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        db.authenticate_rows(&[7; 32]);
+        let ada = User {
+            name: "ada".into(),
+            roles: vec!["researcher".into()],
+            tenants: vec!["vision".into()],
+            clearance: "public".into(),
+        };
+        db.put_user(&ada).unwrap();
+        db.put_token("t1", "ada", b"salt", b"hash", None).unwrap();
+        db.put_token("t2", "ada", b"salt", b"hash", Some(9e9))
+            .unwrap();
+        assert_eq!(db.token("t1").unwrap().unwrap().user, ada);
+        assert_eq!(db.revoke_tokens("ada", Some("t2")).unwrap(), ["t2"]);
+        assert!(db.token("t2").unwrap().unwrap().revoked_at.is_some());
+        db.check().unwrap();
+        let refused = |e: DbError, row: &str| {
+            let e = e.to_string();
+            assert!(e.contains(row) && e.contains("column mac"), "{e}");
+        };
+        let tamper = |sql: &str| db.conn().execute_batch(sql).unwrap();
+        tamper(r#"UPDATE users SET roles = '["admin"]'"#);
+        refused(db.token("t1").unwrap_err(), "table users, row ada");
+        refused(db.user("ada").unwrap_err(), "table users, row ada");
+        refused(db.check().unwrap_err(), "table users, row ada");
+        tamper(r#"UPDATE users SET roles = '["researcher"]'"#);
+        db.token("t1").unwrap();
+        // A hash of the writer's choosing; a revocation taken back; a row without a MAC.
+        tamper("UPDATE tokens SET hash = x'00' WHERE id = 't1'");
+        refused(db.token("t1").unwrap_err(), "table tokens, row t1");
+        refused(
+            db.revoke_tokens("ada", None).unwrap_err(),
+            "table tokens, row t1",
+        );
+        tamper("UPDATE tokens SET revoked_at = NULL WHERE id = 't2'");
+        refused(db.token("t2").unwrap_err(), "table tokens, row t2");
+        tamper(
+            "INSERT INTO tokens(id, user, salt, hash, created_at) VALUES ('t3', 'ada', x'00', x'00', 0)",
+        );
+        refused(db.token("t3").unwrap_err(), "table tokens, row t3");
+        refused(db.tokens(Some("ada")).unwrap_err(), "table tokens, row t");
+        // Without the key (no key file), rows are read as they are.
+        let plain = Db::open(&dir.path().join("gantry.db")).unwrap();
+        assert!(plain.token("t3").unwrap().is_some());
+    }
 
     /// Found by a review: a job asking for 2^64-1 MiB a GPU was stored as -1 (`as i64`), and
     /// every listing, the job's own reads and the daemon's next start failed on the row. A

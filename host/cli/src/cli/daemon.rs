@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use gantry_daemon::datadir::DataDir;
-use gantry_daemon::db::{Db, User};
+use gantry_daemon::db::User;
 use gantry_daemon::{self as daemon, DaemonConfig};
 
 use super::table::Table;
@@ -1085,7 +1085,7 @@ fn revoke_here(
 
 /// `gantry user tokens`: ids, age and state, never the tokens.
 fn user_tokens(name: Option<&str>, dir: &super::store::DataDir) -> anyhow::Result<()> {
-    let db = Db::open_existing(&daemon::db_path(&dir.path()?))?;
+    let db = daemon::datadir::open_db(&dir.path()?)?;
     let mut t = Table::new(&["id", "user", "created", "state"]);
     let now = daemon::db::now();
     for token in db.tokens(name)? {

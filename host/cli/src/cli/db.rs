@@ -59,7 +59,7 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
         DbCommand::Check { dir } => {
             let root = dir.path()?;
             let path = gantry_daemon::db_path(&root);
-            let db = gantry_daemon::db::Db::open_existing(&path)?;
+            let db = gantry_daemon::datadir::open_db(&root)?;
             let rows = db.check()?;
             // What the rows name must be in the store: a review deleted an object and every
             // check passed while reading its dataset answered 500.

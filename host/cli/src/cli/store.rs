@@ -51,8 +51,9 @@ pub enum KeyCommand {
         ca_cert: Option<PathBuf>,
     },
     /// Seal every master key of the data directory under the key file GANTRY_KEY_FILE names
-    /// (32 bytes, or 64 hex digits; mode 0600; outside the data directory): from then on the
-    /// directory opens only with that file, and an unsealed master key is refused.
+    /// (32 bytes, or 64 hex digits; mode 0600; outside the data directory), and authenticate its
+    /// users and tokens: from then on the directory opens only with that file, an unsealed
+    /// master key is refused, and so is a user or token row changed outside Gantry.
     Seal {
         #[command(flatten)]
         dir: DataDir,
@@ -113,10 +114,10 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Seal { dir } => {
             let root = dir.path()?;
-            let sealed = gantry::storage::seal_master_keys(&root, "gantry key seal")?;
+            let (sealed, rows) = gantry_daemon::datadir::seal(&root, "gantry key seal")?;
             println!(
-                "{}: {sealed} key(s) sealed (master keys, audit signing key); the directory now \
-                 opens only with {}",
+                "{}: {sealed} key(s) sealed (master keys, audit signing key), {rows} account \
+                 row(s) authenticated (users, tokens); the directory now opens only with {}",
                 root.display(),
                 gantry::storage::KEY_FILE_ENV
             );
