@@ -545,20 +545,12 @@ fn sizes_of_synthetic_traces_and_bench_clusters_are_bounded_before_allocation() 
 /// `gantry key seal` seals a directory made without one.
 #[test]
 fn a_data_directory_sealed_under_a_key_file_opens_only_with_it() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, "5a".repeat(32)).unwrap();
-    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kek = key_file(dir.path(), "5a");
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
     let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
-    let ok = |out: std::process::Output| {
-        let (o, e) = text(&out);
-        assert!(out.status.success(), "{o}{e}");
-        o
-    };
     ok(gantry_with(&["init", "--data-dir", d], &cache, &sealed));
     let file = dir.path().join("secret.csv");
     std::fs::write(&file, "a,b\n1,2\n").unwrap();
@@ -615,20 +607,12 @@ fn a_data_directory_sealed_under_a_key_file_opens_only_with_it() {
 /// naming it, by `gantry up`, `gantry db check` and `gantry user tokens`.
 #[test]
 fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let kek = dir.path().join("kek");
-    std::fs::write(&kek, "7c".repeat(32)).unwrap();
-    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kek = key_file(dir.path(), "7c");
     let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
-    let ok = |out: Output| {
-        let (o, e) = text(&out);
-        assert!(out.status.success(), "{o}{e}");
-        o
-    };
     // Made without a key file, with a user and a token; then sealed, its rows authenticated.
     ok(gantry(&["init", "--data-dir", d], &cache));
     let add = [
@@ -696,4 +680,20 @@ fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
     refused("SELECT 1", "table tokens, row ");
     // Without the key file nothing opens at all (the master keys are sealed).
     assert!(!gantry(&check, &cache).status.success());
+}
+
+/// A key file in `dir` (`byte`, two hex digits, 32 times), its owner's alone.
+fn key_file(dir: &Path, byte: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let kek = dir.join("kek");
+    std::fs::write(&kek, byte.repeat(32)).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    kek
+}
+
+/// What a command that succeeded printed; fails with its output otherwise.
+fn ok(out: Output) -> String {
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{o}{e}");
+    o
 }
