@@ -706,10 +706,11 @@ impl Host {
 
     /// Changes node `name` (one [`Host::add_node`] added) to what it has now, as its agent
     /// registers it again: its rack, and `gpus` updated or added (out of service until its
-    /// agent's heartbeat brings them in). Its GPUs not in `gpus` are retired: they stay at
-    /// their indices, out of what jobs are admitted against, until a later registration names
-    /// them again; taking them out of service is the caller's (its jobs go back to the queue).
-    /// Returns the ids retired.
+    /// agent's heartbeat brings them in), each counted when jobs are admitted. Its GPUs not in
+    /// `gpus` are retired (the node was removed: none at all): they stay at their indices, out
+    /// of what jobs are admitted against, until a later registration names them again; taking
+    /// them out of service is the caller's (its jobs go back to the queue). Returns the ids
+    /// retired.
     pub fn update_node(
         &mut self,
         name: &str,
@@ -741,7 +742,7 @@ impl Host {
         Ok(retired)
     }
 
-    /// Whether GPU `id` was retired: its node registered again without it.
+    /// Whether GPU `id` was retired ([`Host::update_node`]).
     pub fn is_retired(&self, id: &str) -> bool {
         self.retired.contains(id)
     }

@@ -296,6 +296,7 @@ pub(crate) mod contract {
                     ordinal,
                     model: "H200".into(),
                     memory_mib: 141_000,
+                    missing: ordinal == 2,
                 })
                 .collect(),
             at: 1.0,

@@ -9,7 +9,7 @@
 //! (`gpu.health`), and its node's agent. [`crate::Daemon::apply_gpu_health`] is the one place
 //! that combines them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,8 +46,8 @@ pub const MAX_REGISTERED_GPUS: usize = 256;
 /// The most memory a registering node's GPU may have, MiB (1 TiB).
 pub const MAX_REGISTERED_GPU_MEMORY_MIB: u64 = 1 << 20;
 
-/// The most GPUs the control plane keeps of one registered node, those retired since it last
-/// started included ([`crate::Daemon::heartbeat`]).
+/// The most GPUs the control plane keeps of one registered node, its missing ones and those of
+/// an earlier removal since it last started included ([`crate::Daemon::heartbeat`]).
 pub const MAX_KEPT_GPUS: usize = 2 * MAX_REGISTERED_GPUS;
 
 /// The most nodes a cluster may have, registered ones included.
@@ -167,6 +167,10 @@ pub struct RegisteredGpu {
     pub model: String,
     /// Its memory, MiB.
     pub memory_mib: u32,
+    /// Its agent no longer reports it: out of service, still counted when jobs are admitted
+    /// (it may come back) until the node is removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
 }
 
 impl RegisteredNode {
@@ -489,11 +493,25 @@ impl Nodes {
         self.registered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `record` differs from what node `record.name` registered with last, when it
-    /// registered through its agent (false for a node of the cluster file).
+    /// Whether `record` (as a heartbeat reports the node) differs from what node `record.name`
+    /// registered with last, when it registered through its agent (false for a node of the
+    /// cluster file).
     fn changed(&self, record: &RegisteredNode) -> bool {
-        (self.registered().get(&record.name))
-            .is_some_and(|last| last.rack != record.rack || last.gpus != record.gpus)
+        (self.registered().get(&record.name)).is_some_and(|last| {
+            let reported = (last.gpus.iter()).filter(|g| !g.missing);
+            last.rack != record.rack || !reported.eq(record.gpus.iter())
+        })
+    }
+
+    /// The GPUs (ids) of registered nodes that their agents no longer report.
+    pub fn missing_gpus(&self) -> HashSet<String> {
+        (self.registered().values())
+            .flat_map(|n| {
+                (n.gpus.iter())
+                    .filter(|g| g.missing)
+                    .map(|g| format!("{}/gpu{}", n.name, g.ordinal))
+            })
+            .collect()
     }
 
     fn remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
@@ -1260,50 +1278,63 @@ impl crate::Daemon {
     }
 
     /// Registers again a node that registered through its agent and now reports other GPUs or
-    /// another rack (a GPU taken out or added, a node moved): its record is replaced, so that
-    /// jobs are admitted against what it has now. GPUs it no longer reports are retired (they
-    /// leave service through the heartbeat that follows, their jobs back in the queue, and
-    /// admission no longer counts them); new ones join, out of service until the heartbeat
+    /// another rack (a GPU added, gone or changed, the node moved): its record is replaced. A GPU
+    /// it no longer reports is kept as missing: out of service (its jobs back in the queue), but
+    /// still counted when jobs are admitted, since a GPU fallen off the bus or out for repair
+    /// comes back (queued jobs wait for it rather than fail); an admin removes a node gone for
+    /// good ([`crate::Daemon::remove_node`]). New GPUs join, out of service until the heartbeat
     /// brings them in. Recorded in the audit log. Returns the node's GPUs' ids.
     fn register_again(&self, nodes: &Nodes, record: RegisteredNode) -> Result<Vec<String>, String> {
         let node = record.name.clone();
-        let gpus = record.gpus();
-        // Retired GPUs stay (at their indices) until the control plane restarts: bounded, so
-        // that a node naming new ordinals again and again cannot grow the cluster for ever.
+        let last = nodes.registered().get(&node).cloned();
+        let reported: BTreeSet<u32> = record.gpus.iter().map(|g| g.ordinal).collect();
+        let missing: Vec<RegisteredGpu> = (last.iter().flat_map(|l| &l.gpus))
+            .filter(|g| !reported.contains(&g.ordinal))
+            .map(|g| RegisteredGpu {
+                missing: true,
+                ..g.clone()
+            })
+            .collect();
+        let mut kept = record;
+        kept.gpus.extend(missing.iter().cloned());
+        kept.gpus.sort_by_key(|g| g.ordinal);
+        let gpus = kept.gpus();
+        // GPUs stay at their indices until the control plane restarts (those of a removed node
+        // too): bounded, so that a node naming new ordinals again and again cannot grow the
+        // cluster for ever.
         let before = self.node_gpus(&node).unwrap_or_default();
         let known: BTreeSet<&str> = before.iter().map(String::as_str).collect();
-        let kept = known.len()
-            + gpus
-                .iter()
-                .filter(|(id, ..)| !known.contains(id.as_str()))
-                .count();
-        if kept > MAX_KEPT_GPUS {
-            return Err(format!(
-                "node `{node}` cannot register again with these GPUs: with those it had, the \
-                 control plane would keep {kept} of its GPUs, over the most ({MAX_KEPT_GPUS}) \
-                 until it restarts"
-            ));
-        }
-        self.marks
-            .register_node_again(&record)
-            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
-        let retired = (self.host().update_node(&node, &record.rack, &gpus))
-            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
         let added: Vec<&str> = (gpus.iter())
             .map(|(id, ..)| id.as_str())
             .filter(|id| !known.contains(id))
             .collect();
-        tracing::warn!(%node, rack = %record.rack, gpus = gpus.len(), ?retired, ?added,
+        if known.len() + added.len() > MAX_KEPT_GPUS {
+            return Err(format!(
+                "node `{node}` cannot register again with these GPUs: with those it had, the \
+                 control plane would keep {} of its GPUs, over the most ({MAX_KEPT_GPUS}); an \
+                 admin removes the node (DELETE /v1/nodes/{node}) once its agent is stopped",
+                known.len() + added.len()
+            ));
+        }
+        self.marks
+            .register_node_again(&kept)
+            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
+        (self.host().update_node(&node, &kept.rack, &gpus))
+            .map_err(|e| format!("registering node `{node}` again: {e}"))?;
+        let missing: Vec<String> = (missing.iter())
+            .map(|g| format!("{node}/gpu{}", g.ordinal))
+            .collect();
+        tracing::warn!(%node, rack = %kept.rack, gpus = gpus.len(), ?missing, ?added,
                        "a node registered again with other GPUs or rack");
-        let entry = serde_json::json!({"node": node, "rack": record.rack, "gpus": gpus.len(),
-                                       "retired": retired, "added": added});
+        let entry = serde_json::json!({"node": node, "rack": kept.rack, "gpus": gpus.len(),
+                                       "missing": missing, "added": added});
         if let Err(e) = self.decider.record("node.registered_again", entry) {
             tracing::error!(error = %e, "recording a node's new registration in the audit log");
         }
-        nodes.registered().insert(node.clone(), record);
-        if !retired.is_empty() {
-            self.fail_beyond_capacity();
-        }
+        nodes.registered().insert(node.clone(), kept);
+        // A GPU with less memory than before (a MIG layout changed) may leave queued jobs that
+        // no GPU can hold.
+        self.fail_beyond_capacity();
         Ok(self.node_gpus(&node).unwrap_or_default())
     }
 }
@@ -1341,6 +1372,7 @@ fn record_of(node: &str, beat: &Heartbeat) -> Result<RegisteredNode, String> {
             model: g.name.clone(),
             // Bounded by the heartbeat's check.
             memory_mib: u32::try_from(g.memory_mib).unwrap_or(u32::MAX),
+            missing: false,
         })
         .collect();
     // By ordinal: an agent listing the same GPUs in another order has not changed.
@@ -1826,16 +1858,15 @@ mod tests {
     }
 
     /// Found by a review of issue 13: a node that registered through its agent kept its first
-    /// registration for ever. Registered again with fewer GPUs (one taken out, an agent given
-    /// fewer), the ones gone still counted for admission, so jobs only they could hold were
-    /// accepted to wait for ever; new GPUs were "not in the cluster". Its record now follows
-    /// what its agent reports: GPUs gone are retired, new ones join, both kept in the store.
+    /// registration for ever: GPUs it gained were "not in the cluster", a rack it moved to or
+    /// a GPU's new memory never counted. Its record now follows what its agent reports; a GPU
+    /// it no longer reports is kept as missing (out of service, still counted for admission:
+    /// it may come back), both kept in the store.
     #[test]
     fn a_node_registered_again_with_other_gpus_is_admitted_against_what_it_has_now() {
         let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(10));
         let d = &td.daemon;
         let nodes = d.nodes.as_ref().expect("agents on");
-        let beat = |ordinals: &[u32], rack: Option<&str>| h200s(ordinals, rack);
         let ids = |ordinals: &[u32]| -> Vec<String> {
             ordinals.iter().map(|o| format!("node-z/gpu{o}")).collect()
         };
@@ -1845,16 +1876,16 @@ mod tests {
             d.host_read().check(job).is_ok()
         };
         let serving = |beat: &Heartbeat| d.heartbeat("node-z", nodes, beat).unwrap().0;
-        serving(&beat(&[0, 1, 2, 3], None));
-        assert_eq!(serving(&beat(&[3, 2, 1, 0], None)), ids(&[0, 1, 2, 3]));
+        serving(&h200s(&[0, 1, 2, 3], None));
+        assert_eq!(serving(&h200s(&[3, 2, 1, 0], None)), ids(&[0, 1, 2, 3]));
         assert!(fits(6) && !fits(7));
 
-        // Two GPUs taken out, the node moved: they leave service and admission at once.
-        assert_eq!(serving(&beat(&[0, 1], Some("r8"))), ids(&[0, 1]));
-        assert!(fits(4) && !fits(5), "the GPUs gone no longer count");
+        // Two GPUs gone, the node moved: they leave service, and are missing, still counted.
+        assert_eq!(serving(&h200s(&[0, 1], Some("r8"))), ids(&[0, 1]));
+        assert!(fits(6) && !fits(7), "a GPU gone may come back");
+        assert_eq!(nodes.missing_gpus(), ids(&[2, 3]).into_iter().collect());
         let host = d.host_read();
         for id in ids(&[2, 3]) {
-            assert!(host.is_retired(&id), "{id}");
             let gpu = host
                 .state()
                 .cluster
@@ -1868,34 +1899,39 @@ mod tests {
         let z = c.nodes.iter().find(|n| n.name == "node-z").unwrap();
         assert_eq!(c.racks[z.rack as usize], "r8");
         drop(host);
-        let kept = |ordinals: &[u32]| {
+        let kept = |present: &[u32], missing: &[u32]| {
             let stored = d.marks.registered_nodes().unwrap();
             let z = stored.iter().find(|n| n.name == "node-z").unwrap();
             assert_eq!(z.rack, "r8");
+            let with = |m: bool| -> Vec<u32> {
+                (z.gpus.iter().filter(|g| g.missing == m))
+                    .map(|g| g.ordinal)
+                    .collect()
+            };
             assert_eq!(
-                z.gpus.iter().map(|g| g.ordinal).collect::<Vec<_>>(),
-                ordinals,
+                (with(false), with(true)),
+                (present.to_vec(), missing.to_vec()),
                 "what a restart or a new leader takes"
             );
         };
-        kept(&[0, 1]);
+        kept(&[0, 1], &[2, 3]);
 
-        // One comes back and one is new: both serve, and count.
-        assert_eq!(
-            serving(&beat(&[0, 1, 2, 5], Some("r8"))),
-            ids(&[0, 1, 2, 5])
-        );
-        assert!(fits(6) && !fits(7));
-        assert!(!d.host_read().is_retired("node-z/gpu2"));
-        assert!(d.host_read().is_retired("node-z/gpu3"));
-        kept(&[0, 1, 2, 5]);
+        // One comes back, one is new, with more memory: they serve and count.
+        let mut beat = h200s(&[0, 1, 2, 5], Some("r8"));
+        beat.gpus[3].memory_mib = 200_000;
+        assert_eq!(serving(&beat), ids(&[0, 1, 2, 5]));
+        assert!(fits(7) && !fits(8));
+        assert_eq!(nodes.missing_gpus(), ids(&[3]).into_iter().collect());
+        kept(&[0, 1, 2, 5], &[3]);
+        let big = gantry::cluster::JobSpec::new("j", "vision", 1, 190_000, 1.0);
+        d.host_read().check(big).unwrap();
 
-        // Retired GPUs stay until a restart, bounded: a node naming new ordinals again and
-        // again is refused, and what it had stands.
+        // Kept GPUs are bounded: a node naming new ordinals again and again is refused, and
+        // what it had stands.
         let many = |from: u32| (from..from + 256).collect::<Vec<u32>>();
-        serving(&beat(&many(1000), Some("r8")));
+        serving(&h200s(&many(1000), Some("r8")));
         let refused = d
-            .heartbeat("node-z", nodes, &beat(&many(2000), Some("r8")))
+            .heartbeat("node-z", nodes, &h200s(&many(2000), Some("r8")))
             .unwrap_err();
         assert!(refused.contains(&format!("({MAX_KEPT_GPUS})")), "{refused}");
         assert_eq!(d.node_gpus("node-z").unwrap().len(), 261);

@@ -116,6 +116,9 @@ async fn read_cluster(
 
 /// Every GPU as `user` may see it.
 fn gpus_for(state: &AppState, user: User) -> ApiResult<Json<serde_json::Value>> {
+    let missing = (state.daemon.nodes.as_ref())
+        .map(|n| n.missing_gpus())
+        .unwrap_or_default();
     let host = state.daemon.host_read();
     let s = host.state();
     // Which job holds a GPU is shown for the user's own tenants only (others see it busy).
@@ -144,6 +147,7 @@ fn gpus_for(state: &AppState, user: User) -> ApiResult<Json<serde_json::Value>> 
                 "busy": s.holder[i].is_some(),
                 "job": holder_job(i),
                 "retired": host.is_retired(&g.id),
+                "missing": missing.contains(&g.id),
             })
         })
         .collect();
