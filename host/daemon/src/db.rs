@@ -11,7 +11,7 @@ use gantry::audit::Head;
 
 use super::jobstore::{JobKind, JobStore, Listed, Placement};
 
-mod rowmac;
+pub(crate) mod rowmac;
 use rowmac::{RowMac, TokenRow};
 
 /// A database failure, naming what was being done, or the table, row and column of a stored

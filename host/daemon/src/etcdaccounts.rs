@@ -18,6 +18,7 @@ use gantry_etcd::{Compare, Etcd, Kv, Op};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{AccountStore, GpuMarks, Seeded};
+use crate::db::rowmac::{RowMac, TokenRow};
 use crate::db::{GpuHealth, StoredToken, TokenInfo, User, now};
 use crate::etcdstore::{EtcdStoreError, corrupt, decode, decode_prefix};
 use crate::jobstore::StateError;
@@ -36,6 +37,19 @@ struct TokenValue {
     created_at: f64,
     expires_at: Option<f64>,
     revoked_at: Option<f64>,
+    /// Its MAC under the key file, where one is in use ([`crate::db::rowmac`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// A user as etcd keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserValue {
+    #[serde(flatten)]
+    user: User,
+    /// Its MAC under the key file, where one is in use ([`crate::db::rowmac`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 /// How long a read of a user or a token is kept.
@@ -55,6 +69,8 @@ pub struct EtcdAccounts {
     etcd: Arc<Etcd>,
     root: String,
     cache: std::sync::Mutex<Cache>,
+    /// Set where a key file is in use, as [`crate::db::Db::authenticate_rows`].
+    rows: std::sync::OnceLock<RowMac>,
 }
 
 /// Reads kept, by etcd key, and a count of writes (a read that began before a write is not
@@ -72,7 +88,116 @@ impl EtcdAccounts {
             etcd,
             root: root.trim_end_matches('/').to_string(),
             cache: Default::default(),
+            rows: Default::default(),
         }
+    }
+
+    /// From now on, authenticates users and tokens under `key`, as
+    /// [`crate::db::Db::authenticate_rows`] does: the replicas share their key file (their
+    /// master keys are sealed under it), so each verifies what another wrote.
+    pub fn authenticate_rows(&self, key: &[u8; 32]) {
+        let _ = self.rows.set(RowMac::new(key));
+    }
+
+    /// These accounts, authenticated under the key file of the data directory at `data_dir`
+    /// where one is in use ([`EtcdAccounts::authenticate_rows`]).
+    pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdAccounts, String> {
+        let key = gantry::storage::accounts_key(data_dir).map_err(|e| e.to_string())?;
+        if let Some(key) = key {
+            self.authenticate_rows(&key);
+        }
+        Ok(self)
+    }
+
+    /// Gives every user and token in etcd without a MAC its MAC (rows are authenticated: see
+    /// [`EtcdAccounts::authenticate_rows`]): those written before the key file was in use, as
+    /// `gantry key seal` does a data directory's. One changed meanwhile is left to the next
+    /// call; one whose MAC does not verify stays refused. Returns how many it authenticated.
+    pub fn authenticate_unmarked(&self) -> Result<usize, String> {
+        if self.rows.get().is_none() {
+            return Err("no key file (GANTRY_KEY_FILE) to authenticate them with".into());
+        }
+        self.sign_unmarked().map_err(|e| e.to_string())
+    }
+
+    fn sign_unmarked(&self) -> Result<usize, EtcdStoreError> {
+        let mut writes = Vec::new();
+        for kv in self.etcd.prefix(&self.key("users/"), 0)? {
+            let value: UserValue = decode(&kv.key, &kv.value)?;
+            if value.mac.is_none() {
+                writes.push((kv, self.user_value(value.user)));
+            }
+        }
+        for (id, token, kv) in self.all_tokens_unchecked()? {
+            if token.mac.is_none() {
+                let signed = self.sign_token(&id, token)?;
+                writes.push((kv, signed));
+            }
+        }
+        let mut done = 0;
+        for (kv, value) in writes {
+            let outcome = self.writing(|| {
+                self.etcd.txn(
+                    &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
+                    &[Op::Put(kv.key.clone(), value, 0)],
+                    &[],
+                )
+            })?;
+            done += usize::from(outcome.succeeded);
+        }
+        Ok(done)
+    }
+
+    /// `user` as etcd keeps it, with its MAC where rows are authenticated.
+    fn user_value(&self, user: User) -> Vec<u8> {
+        let mac = self.rows.get().map(|rows| rows.user(&user));
+        serde_json::to_vec(&UserValue { user, mac }).expect("a user serialises")
+    }
+
+    /// The user in `kv`, checked where rows are authenticated.
+    fn user_of(&self, kv: &Kv) -> Result<User, EtcdStoreError> {
+        let value: UserValue = decode(&kv.key, &kv.value)?;
+        if let Some(rows) = self.rows.get() {
+            (rows.check_user(&value.user, value.mac.as_deref()))
+                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+        }
+        Ok(value.user)
+    }
+
+    /// `token` (id `id`) with its MAC where rows are authenticated.
+    fn sign_token(&self, id: &str, mut token: TokenValue) -> Result<Vec<u8>, EtcdStoreError> {
+        token.mac = None;
+        if let Some(rows) = self.rows.get() {
+            let (salt, hash) = token_bytes(&self.key(&format!("tokens/{id}")), &token)?;
+            token.mac = Some(rows.token(&TokenRow {
+                id,
+                user: &token.user,
+                salt: &salt,
+                hash: &hash,
+                expires_at: token.expires_at,
+                revoked_at: token.revoked_at,
+            }));
+        }
+        Ok(serde_json::to_vec(&token).expect("a token serialises"))
+    }
+
+    /// The token in `kv` (id `id`), checked where rows are authenticated.
+    fn token_of(&self, id: &str, kv: &Kv) -> Result<TokenValue, EtcdStoreError> {
+        let token: TokenValue = decode(&kv.key, &kv.value)?;
+        if let Some(rows) = self.rows.get() {
+            let (salt, hash) = token_bytes(&kv.key, &token)?;
+            let row = TokenRow {
+                id,
+                user: &token.user,
+                salt: &salt,
+                hash: &hash,
+                expires_at: token.expires_at,
+                revoked_at: token.revoked_at,
+            };
+            (rows.check_token(&row, token.mac.as_deref()))
+                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+        }
+        Ok(token)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -130,7 +255,7 @@ impl EtcdAccounts {
 
     fn read_token(&self, id: &str) -> Result<Option<(TokenValue, Kv)>, EtcdStoreError> {
         match self.etcd.get(&self.key(&format!("tokens/{id}")))? {
-            Some(kv) => Ok(Some((decode(&kv.key, &kv.value)?, kv))),
+            Some(kv) => Ok(Some((self.token_of(id, &kv)?, kv))),
             None => Ok(None),
         }
     }
@@ -156,7 +281,9 @@ impl EtcdAccounts {
             created_at: now(),
             expires_at,
             revoked_at: None,
+            mac: None,
         };
+        let value = self.sign_token(id, value)?;
         // Only while the user still exists, and never over another token.
         let outcome = self
             .etcd
@@ -165,11 +292,7 @@ impl EtcdAccounts {
                     Compare::Created(user_key.clone(), owner.create_revision),
                     Compare::Created(key.clone(), 0),
                 ],
-                &[Op::Put(
-                    key.clone(),
-                    serde_json::to_vec(&value).expect("a token serialises"),
-                    0,
-                )],
+                &[Op::Put(key.clone(), value, 0)],
                 &[],
             )
             .map_err(EtcdStoreError::from)?;
@@ -192,15 +315,12 @@ impl EtcdAccounts {
         let mut tries = 0;
         while let Some((id, mut value, kv)) = live.pop() {
             value.revoked_at = Some(now());
+            let value = self.sign_token(&id, value)?;
             let outcome = self
                 .etcd
                 .txn(
                     &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
-                    &[Op::Put(
-                        kv.key.clone(),
-                        serde_json::to_vec(&value).expect("a token serialises"),
-                        0,
-                    )],
+                    &[Op::Put(kv.key.clone(), value, 0)],
                     &[],
                 )
                 .map_err(EtcdStoreError::from)?;
@@ -223,8 +343,16 @@ impl EtcdAccounts {
         Ok(revoked)
     }
 
-    /// Every token with its id, in no particular order.
+    /// Every token with its id, in no particular order, each checked where rows are
+    /// authenticated.
     fn all_tokens(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
+        (self.all_tokens_unchecked()?.into_iter())
+            .map(|(id, _, kv)| Ok((id.clone(), self.token_of(&id, &kv)?, kv)))
+            .collect()
+    }
+
+    /// Every token with its id, as etcd has it.
+    fn all_tokens_unchecked(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
         let prefix = self.key("tokens/");
         self.etcd
             .prefix(&prefix, 0)?
@@ -248,6 +376,11 @@ impl EtcdAccounts {
     }
 }
 
+/// Token `t`'s salt and hash (at etcd key `key`), decoded.
+fn token_bytes(key: &[u8], t: &TokenValue) -> Result<(Vec<u8>, Vec<u8>), EtcdStoreError> {
+    Ok((bytes(key, "salt", &t.salt)?, bytes(key, "hash", &t.hash)?))
+}
+
 fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
     BASE64
         .decode(text.as_bytes())
@@ -257,19 +390,24 @@ fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError>
 impl AccountStore for EtcdAccounts {
     fn users(&self) -> Result<Vec<User>, StateError> {
         // Keys are in name order.
-        Ok(decode_prefix(&self.etcd, &self.key("users/"))?)
+        let users = self.etcd.prefix(&self.key("users/"), 0);
+        let users = users.map_err(EtcdStoreError::from)?;
+        Ok(users
+            .iter()
+            .map(|kv| self.user_of(kv))
+            .collect::<Result<_, _>>()?)
     }
 
     fn user(&self, name: &str) -> Result<Option<User>, StateError> {
         let key = self.key(&format!("users/{name}"));
         match self.cached_get(&key)? {
-            Some(kv) => Ok(Some(decode(&kv.key, &kv.value)?)),
+            Some(kv) => Ok(Some(self.user_of(&kv)?)),
             None => Ok(None),
         }
     }
 
     fn put_user(&self, user: &User) -> Result<(), StateError> {
-        let value = serde_json::to_vec(user).expect("a user serialises");
+        let value = self.user_value(user.clone());
         let key = self.key(&format!("users/{}", user.name));
         self.writing(|| self.etcd.put(&key, &value, 0))
             .map_err(EtcdStoreError::from)?;
@@ -291,7 +429,7 @@ impl AccountStore for EtcdAccounts {
         let Some(kv) = self.cached_get(&self.key(&format!("tokens/{id}")))? else {
             return Ok(None);
         };
-        let token: TokenValue = decode(&kv.key, &kv.value)?;
+        let token = self.token_of(id, &kv)?;
         let Some(user) = self.user(&token.user)? else {
             return Ok(None);
         };
@@ -411,7 +549,7 @@ fn copy<S: AccountStore + GpuMarks>(from: &S, to: &EtcdAccounts) -> Result<Seede
         tokens: 0,
     };
     for user in from.users()? {
-        let value = serde_json::to_vec(&user).expect("a user serialises");
+        let value = to.user_value(user.clone());
         copied.users += usize::from(to.create(to.key(&format!("users/{}", user.name)), value)?);
     }
     for info in from.tokens(None)? {
@@ -425,8 +563,9 @@ fn copy<S: AccountStore + GpuMarks>(from: &S, to: &EtcdAccounts) -> Result<Seede
             created_at: info.created_at,
             expires_at: info.expires_at,
             revoked_at: info.revoked_at,
+            mac: None,
         };
-        let value = serde_json::to_vec(&value).expect("a token serialises");
+        let value = to.sign_token(&info.id, value)?;
         copied.tokens += usize::from(to.create(to.key(&format!("tokens/{}", info.id)), value)?);
     }
     if let Some(ttl) = from.token_ttl()? {
@@ -454,6 +593,80 @@ mod tests {
         let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
         contract::users_tokens_and_revocations(&s);
         contract::gpu_marks(&s);
+    }
+
+    /// The same, its rows authenticated as under a key file.
+    #[test]
+    fn etcd_with_authenticated_rows_keeps_users_tokens_and_revocations() {
+        let Some(etcd) = EtcdProcess::start_or_skip("etcd_with_authenticated_rows") else {
+            return;
+        };
+        let s = EtcdAccounts::new(Arc::new(etcd.client()), "gantry");
+        s.authenticate_rows(&[5; 32]);
+        contract::users_tokens_and_revocations(&s);
+    }
+
+    /// Under a key file the accounts in etcd are authenticated too: a user or token changed
+    /// there by a writer of etcd without the key file (roles raised, a revocation taken back)
+    /// is refused, naming its key; those written before the key file was in use are refused
+    /// until authenticated, as asked (`gantry up --authenticate-etcd-accounts`).
+    #[test]
+    fn accounts_in_etcd_changed_outside_gantry_are_refused_under_a_key_file() {
+        let Some(etcd) = EtcdProcess::start_or_skip("accounts_in_etcd_changed") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        // Fresh stores: no read kept from before a change made behind their back.
+        let keyed = |key: u8| {
+            let s = EtcdAccounts::new(client.clone(), "gantry");
+            s.authenticate_rows(&[key; 32]);
+            s
+        };
+        let refused = |e: StateError, key: &str| {
+            let e = e.to_string();
+            assert!(e.contains(key) && e.contains("key file"), "{e}");
+        };
+        let ada = User {
+            name: "ada".into(),
+            roles: vec!["researcher".into()],
+            tenants: vec!["vision".into()],
+            clearance: "public".into(),
+        };
+        let before = EtcdAccounts::new(client.clone(), "gantry");
+        before.put_user(&ada).unwrap();
+        before
+            .put_token("t1", "ada", b"salt", b"hash", None)
+            .unwrap();
+        refused(keyed(5).token("t1").unwrap_err(), "accounts/tokens/t1");
+        assert!(keyed(5).authenticate_unmarked().unwrap() == 2);
+        assert_eq!(keyed(5).token("t1").unwrap().unwrap().user, ada);
+        assert_eq!(keyed(5).revoke_tokens("ada", None).unwrap(), ["t1"]);
+        assert!(keyed(5).token("t1").unwrap().unwrap().revoked_at.is_some());
+        assert!(
+            before.authenticate_unmarked().is_err(),
+            "no key, nothing signed"
+        );
+
+        let change = |key: &str, field: &str, to: serde_json::Value| {
+            let key = format!("gantry/accounts/{key}").into_bytes();
+            let kv = client.get(&key).unwrap().unwrap();
+            let mut value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            let was = std::mem::replace(&mut value[field], to);
+            client
+                .put(&key, &serde_json::to_vec(&value).unwrap(), 0)
+                .unwrap();
+            was
+        };
+        let roles = change("users/ada", "roles", serde_json::json!(["admin"]));
+        refused(keyed(5).user("ada").unwrap_err(), "accounts/users/ada");
+        refused(keyed(5).users().unwrap_err(), "accounts/users/ada");
+        change("users/ada", "roles", roles);
+        keyed(5).user("ada").unwrap();
+        change("tokens/t1", "revoked_at", serde_json::Value::Null);
+        refused(keyed(5).token("t1").unwrap_err(), "accounts/tokens/t1");
+        refused(keyed(5).tokens(None).unwrap_err(), "accounts/tokens/t1");
+        // Another key file's replica verifies nothing of this one's.
+        refused(keyed(6).users().unwrap_err(), "accounts/users/ada");
     }
 
     /// Reads are kept a while, but never past this store's own writes: a token just read (so

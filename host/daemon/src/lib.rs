@@ -623,7 +623,8 @@ impl Daemon {
         let mut host = Host::new(host_config).map_err(|e| setup(e.to_string()))?;
         host.set_shared_audit_log(audit.clone());
         let never: etcdstore::Fence = Arc::new(|| None);
-        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root));
+        let accounts = etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root);
+        let accounts = Arc::new(accounts.authenticated_as(&config.data_dir).map_err(setup)?);
         let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
         let (policy, info) =
             persisted::policy_to_start_with(&host, &policies, false).map_err(setup)?;
@@ -775,7 +776,8 @@ impl Daemon {
         // longer leads still does (a request in flight, a task run to its end) lands.
         let etcd = Arc::new(cp.etcd.fenced(fence.clone()));
         let jobs = etcdstore::EtcdJobs::new(etcd.clone(), &cp.root, Some(fence));
-        let accounts = Arc::new(etcdaccounts::EtcdAccounts::new(etcd.clone(), &cp.root));
+        let accounts = etcdaccounts::EtcdAccounts::new(etcd.clone(), &cp.root);
+        let accounts = Arc::new(accounts.authenticated_as(&config.data_dir)?);
         let policies = policystore::EtcdPolicy::new(etcd.clone(), &cp.root);
         let plugins = pluginstore::EtcdPlugins::new(etcd.clone(), &cp.root);
         fn copying(what: &'static str) -> impl Fn(String) -> String {
@@ -791,6 +793,11 @@ impl Daemon {
         }
         if let Some(n) = etcdaccounts::seed(&**db, &accounts).map_err(copying("the accounts"))? {
             seeded.push(serde_json::json!({"users": n.users, "tokens": n.tokens}));
+        }
+        if cp.authenticate_accounts {
+            let n = (accounts.authenticate_unmarked())
+                .map_err(|e| format!("authenticating the accounts in etcd: {e}"))?;
+            seeded.push(serde_json::json!({ "accounts_authenticated": n }));
         }
         if let Some(revision) =
             policystore::seed(&local_policy, &policies).map_err(copying("the installed policy"))?

@@ -28,6 +28,9 @@ pub struct ControlPlane {
     pub advertise: Option<String>,
     /// The leader's lease: a dead leader is replaced within about this long.
     pub lease: Duration,
+    /// Authenticate the users and tokens in etcd written before the key file was in use, as
+    /// this replica leads ([`crate::etcdaccounts::EtcdAccounts::authenticate_unmarked`]).
+    pub authenticate_accounts: bool,
 }
 
 impl ControlPlane {

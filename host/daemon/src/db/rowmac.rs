@@ -15,6 +15,12 @@ use super::{BadValue, User};
 /// The key rows are authenticated with.
 pub(crate) struct RowMac(hmac::Key);
 
+impl std::fmt::Debug for RowMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowMac")
+    }
+}
+
 /// What a token's MAC covers: every column that decides whether it lets someone in.
 pub(crate) struct TokenRow<'a> {
     pub id: &'a str,
@@ -71,7 +77,8 @@ impl RowMac {
         let Some(mac) = mac else {
             return Err(bad(
                 "not authenticated by the key file (GANTRY_KEY_FILE): written outside Gantry, \
-                 or before `gantry key seal` (which authenticates the rows there are)",
+                 or before the key file was in use (`gantry key seal` authenticates a data \
+                 directory's rows, `gantry up --authenticate-etcd-accounts` those in etcd)",
             ));
         };
         let tag = data_encoding::HEXLOWER
