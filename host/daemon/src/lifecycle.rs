@@ -559,9 +559,9 @@ impl Daemon {
         }
     }
 
-    /// Ends the queued jobs that the cluster, having lost GPUs for good (a node registered
-    /// again with fewer, or removed), can no longer hold, as [`Self::fail_unqueueable`] does:
-    /// left queued they would wait for ever. Returns their ids.
+    /// Ends the queued jobs that the cluster, having lost GPUs for good (a node removed, a
+    /// GPU's memory made smaller), can no longer hold, as [`Self::fail_unqueueable`] does: left
+    /// queued they would wait for ever. Returns their ids.
     pub(crate) fn fail_beyond_capacity(&self) -> Vec<String> {
         let refused: Vec<(String, String)> = {
             let host = self.host_read();

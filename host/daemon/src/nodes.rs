@@ -1331,10 +1331,15 @@ impl crate::Daemon {
         if let Err(e) = self.decider.record("node.registered_again", entry) {
             tracing::error!(error = %e, "recording a node's new registration in the audit log");
         }
-        nodes.registered().insert(node.clone(), kept);
         // A GPU with less memory than before (a MIG layout changed) may leave queued jobs that
         // no GPU can hold.
-        self.fail_beyond_capacity();
+        let smaller = (last.iter().flat_map(|l| &l.gpus)).any(|was| {
+            (kept.gpus.iter()).any(|g| g.ordinal == was.ordinal && g.memory_mib < was.memory_mib)
+        });
+        nodes.registered().insert(node.clone(), kept);
+        if smaller {
+            self.fail_beyond_capacity();
+        }
         Ok(self.node_gpus(&node).unwrap_or_default())
     }
 }
@@ -1923,8 +1928,24 @@ mod tests {
         assert!(fits(7) && !fits(8));
         assert_eq!(nodes.missing_gpus(), ids(&[3]).into_iter().collect());
         kept(&[0, 1, 2, 5], &[3]);
-        let big = gantry::cluster::JobSpec::new("j", "vision", 1, 190_000, 1.0);
-        d.host_read().check(big).unwrap();
+        // Queued for that memory; the GPU made smaller (a MIG layout changed), no GPU can hold
+        // it: it fails, saying why, rather than wait for ever.
+        let big = JobRecord {
+            id: crate::db::key("vision", "big"),
+            memory_per_gpu_mib: 190_000,
+            ..td.submit("small")
+        };
+        assert!(d.jobs.insert_job(&big).unwrap());
+        d.host().submit(crate::api::spec(&big)).unwrap();
+        beat.gpus[3].memory_mib = 100_000;
+        serving(&beat);
+        let big = d.jobs.job(&big.id).unwrap().unwrap();
+        assert_eq!(big.state, crate::db::JobState::Failed);
+        assert!(
+            big.reason
+                .unwrap_or_default()
+                .contains("memory_per_gpu_mib")
+        );
 
         // Kept GPUs are bounded: a node naming new ordinals again and again is refused, and
         // what it had stands.

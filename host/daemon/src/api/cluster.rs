@@ -169,8 +169,8 @@ fn nodes_now(state: &AppState, _: User) -> ApiResult<Json<serde_json::Value>> {
     let host = state.daemon.host_read();
     let s = host.state();
     let mut counts = vec![(0u32, 0u32, 0u32); s.cluster.nodes.len()];
-    // A retired GPU (its node registered again without it) is no longer the node's; a node
-    // whose every GPU is retired was removed.
+    // A retired GPU (its node was removed) is no longer the node's; a node whose every GPU is
+    // retired was removed.
     let mut retired = vec![0u32; s.cluster.nodes.len()];
     for (i, g) in s.cluster.gpus.iter().enumerate() {
         if host.is_retired(&g.id) {
