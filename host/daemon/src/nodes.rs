@@ -237,6 +237,11 @@ pub struct Nodes {
     /// The nodes that registered through their agents, as they last did, by name (the cluster
     /// file's nodes are not here: the file holds for them).
     registered: Mutex<HashMap<String, RegisteredNode>>,
+    /// When each node last registered again, and the least time between two of its
+    /// registrations, in milliseconds (a lease): a node whose report flaps writes the store
+    /// and the audit log at most that often, not at its heartbeats' pace.
+    registered_again: Mutex<HashMap<String, Instant>>,
+    reregister_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A command run handed to a node's agent.
@@ -476,7 +481,34 @@ impl Nodes {
             remote: Mutex::new(HashMap::new()),
             attempts: std::sync::atomic::AtomicU64::new(clock),
             registered: Mutex::new(HashMap::new()),
+            registered_again: Mutex::new(HashMap::new()),
+            reregister_ms: (lease.as_millis() as u64).into(),
         }
+    }
+
+    /// Whether node `node` may register again now (a lease after its last time); if so, it is
+    /// counted as doing so.
+    fn may_register_again(&self, node: &str) -> bool {
+        let least = Duration::from_millis(
+            self.reregister_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let mut last = self
+            .registered_again
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.get(node).is_some_and(|at| at.elapsed() < least) {
+            return false;
+        }
+        last.insert(node.to_string(), Instant::now());
+        true
+    }
+
+    /// Lets a node register again as often as its reports change (tests).
+    #[cfg(test)]
+    fn reregister_at_once(&self) {
+        self.reregister_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Leases of `lease` each, knowing `registered`, the nodes registered through their agents
@@ -1188,9 +1220,11 @@ impl crate::Daemon {
     ) -> Result<HeartbeatAnswer, String> {
         let declared = match self.node_gpus(node) {
             Some(declared) => match record_of(node, beat) {
-                Ok(record) if nodes.changed(&record) => self.register_again(nodes, record)?,
-                // A registration the node could not make is refused when it changes: until
-                // then, what it had serves.
+                Ok(record) if nodes.changed(&record) && nodes.may_register_again(node) => {
+                    self.register_again(nodes, record)?
+                }
+                // A registration the node could not make is refused when it changes, and one
+                // made too soon after the last waits: until then, what it had serves.
                 _ => declared,
             },
             None => self.register(node, nodes, beat)?,
@@ -1872,6 +1906,7 @@ mod tests {
         let td = crate::testing::TestDaemon::with_agents(Duration::from_secs(10));
         let d = &td.daemon;
         let nodes = d.nodes.as_ref().expect("agents on");
+        nodes.reregister_at_once();
         let ids = |ordinals: &[u32]| -> Vec<String> {
             ordinals.iter().map(|o| format!("node-z/gpu{o}")).collect()
         };
@@ -1956,6 +1991,39 @@ mod tests {
             .unwrap_err();
         assert!(refused.contains(&format!("({MAX_KEPT_GPUS})")), "{refused}");
         assert_eq!(d.node_gpus("node-z").unwrap().len(), 261);
+    }
+
+    /// A node whose report flaps (a failing GPU seen and lost by turns, or a hostile node)
+    /// registers again at most once a lease: not a store write and an audit entry at its
+    /// heartbeats' pace. Which of its GPUs serve follows each heartbeat; the record waits, and
+    /// is made once the lease has passed.
+    #[test]
+    fn a_node_whose_report_flaps_registers_again_at_most_once_a_lease() {
+        let td = crate::testing::TestDaemon::with_agents(Duration::from_millis(300));
+        let d = &td.daemon;
+        let nodes = d.nodes.as_ref().expect("agents on");
+        let serving = |ordinals: &[u32]| {
+            let answer = d.heartbeat("node-z", nodes, &h200s(ordinals, None));
+            answer.unwrap().0.len()
+        };
+        let missing = || {
+            let stored = d.marks.registered_nodes().unwrap();
+            (stored[0].gpus.iter().filter(|g| g.missing))
+                .map(|g| g.ordinal)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(serving(&[0, 1, 2, 3]), 4);
+        assert_eq!(serving(&[0, 1]), 2, "the first change is made at once");
+        assert_eq!(missing(), [2, 3]);
+        for _ in 0..20 {
+            assert_eq!(serving(&[0, 1, 2]), 3);
+            assert_eq!(serving(&[0, 1]), 2);
+        }
+        assert_eq!(serving(&[0, 1, 2]), 3);
+        assert_eq!(missing(), [2, 3], "the record waits");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(serving(&[0, 1, 2]), 3);
+        assert_eq!(missing(), [3], "made once the lease has passed");
     }
 
     /// Found by a review of issue 13: a registered node whose agent was gone for good could not
