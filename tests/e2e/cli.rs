@@ -659,6 +659,9 @@ fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
                 e.contains(row) && e.contains("column mac"),
                 "{sql}: {args:?}: {e}"
             );
+            if args != tokens {
+                assert!(e.contains("`gantry key seal`"), "what to do: {e}");
+            }
         }
     };
     let roles: String = db()

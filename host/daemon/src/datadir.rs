@@ -35,6 +35,14 @@ pub enum DataDirError {
         /// The cause.
         source: DbError,
     },
+    /// A user or token row does not verify under the key file ([`Db::authenticate_rows`]).
+    #[error(
+        "{source}\n(under a key file every user and token row carries a MAC: a directory sealed by an earlier version, or whose rows were written before its key file, is authenticated once with `gantry key seal`, run where the directory is trusted; a row changed outside Gantry is put back as it was, or the database restored from a backup with `gantry db restore`; see {RECOVERY})"
+    )]
+    UnauthenticatedRows {
+        /// The cause.
+        source: DbError,
+    },
     /// A database operation failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -140,9 +148,7 @@ impl DataDir {
         }
         let db = Db::open(&db_path)?;
         authenticate_rows(&db, root)?;
-        let rows = db
-            .check()
-            .map_err(|source| DataDirError::DamagedDb { source })?;
+        let rows = db.check().map_err(damaged)?;
         let key = gantry::storage::host_key(root)?;
         pin_host_key(&db, &gantry::keys::public_hex(&key))?;
         let (head, closed) = db.audit_head()?;
@@ -292,6 +298,15 @@ impl DataDir {
     /// the directory.
     pub fn close(self) -> Result<(), AuditError> {
         self.audit.close()
+    }
+}
+
+/// The refusal of a database whose check failed with `source`: one whose rows do not verify
+/// under the key file says how to authenticate them.
+pub fn damaged(source: DbError) -> DataDirError {
+    match source.unauthenticated() {
+        true => DataDirError::UnauthenticatedRows { source },
+        false => DataDirError::DamagedDb { source },
     }
 }
 

@@ -60,6 +60,14 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// Whether a user or token row does not verify under the key file
+    /// ([`Db::authenticate_rows`]).
+    pub fn unauthenticated(&self) -> bool {
+        matches!(self, DbError::Corrupt { bad, .. } if bad.column == "mac")
+    }
+}
+
 /// Why a job did not move ([`JobStore::transition`]); `E`
 /// is the store's own failure.
 #[derive(Debug, thiserror::Error)]

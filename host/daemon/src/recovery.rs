@@ -251,8 +251,7 @@ pub struct Recovered {
 pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDirError> {
     let store = Store::open_exclusive(root, "gantry audit recover")?;
     let db = Db::open_existing(&super::db_path(root))?;
-    db.check()
-        .map_err(|source| DataDirError::DamagedDb { source })?;
+    db.check().map_err(super::datadir::damaged)?;
     let key = gantry::storage::host_key(root)?;
     let public = gantry::keys::public_hex(&key);
     let log = audit_path(root);

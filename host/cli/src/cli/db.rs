@@ -60,7 +60,7 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
             let root = dir.path()?;
             let path = gantry_daemon::db_path(&root);
             let db = gantry_daemon::datadir::open_db(&root)?;
-            let rows = db.check()?;
+            let rows = db.check().map_err(gantry_daemon::datadir::damaged)?;
             // What the rows name must be in the store: a review deleted an object and every
             // check passed while reading its dataset answered 500.
             let store = gantry::storage::Store::open(&root)?;
