@@ -168,15 +168,8 @@ impl EtcdAccounts {
     fn sign_token(&self, id: &str, mut token: TokenValue) -> Result<Vec<u8>, EtcdStoreError> {
         token.mac = None;
         if let Some(rows) = self.rows.get() {
-            let (salt, hash) = token_bytes(&self.key(&format!("tokens/{id}")), &token)?;
-            token.mac = Some(rows.token(&TokenRow {
-                id,
-                user: &token.user,
-                salt: &salt,
-                hash: &hash,
-                expires_at: token.expires_at,
-                revoked_at: token.revoked_at,
-            }));
+            let key = self.key(&format!("tokens/{id}"));
+            token.mac = Some(on_row(&key, id, &token, |row| rows.token(row))?);
         }
         Ok(serde_json::to_vec(&token).expect("a token serialises"))
     }
@@ -185,17 +178,10 @@ impl EtcdAccounts {
     fn token_of(&self, id: &str, kv: &Kv) -> Result<TokenValue, EtcdStoreError> {
         let token: TokenValue = decode(&kv.key, &kv.value)?;
         if let Some(rows) = self.rows.get() {
-            let (salt, hash) = token_bytes(&kv.key, &token)?;
-            let row = TokenRow {
-                id,
-                user: &token.user,
-                salt: &salt,
-                hash: &hash,
-                expires_at: token.expires_at,
-                revoked_at: token.revoked_at,
-            };
-            (rows.check_token(&row, token.mac.as_deref()))
-                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+            on_row(&kv.key, id, &token, |row| {
+                rows.check_token(row, token.mac.as_deref())
+            })?
+            .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
         Ok(token)
     }
@@ -376,9 +362,22 @@ impl EtcdAccounts {
     }
 }
 
-/// Token `t`'s salt and hash (at etcd key `key`), decoded.
-fn token_bytes(key: &[u8], t: &TokenValue) -> Result<(Vec<u8>, Vec<u8>), EtcdStoreError> {
-    Ok((bytes(key, "salt", &t.salt)?, bytes(key, "hash", &t.hash)?))
+/// `f` of the columns token `t`'s MAC covers (its id `id`, at etcd key `key`).
+fn on_row<T>(
+    key: &[u8],
+    id: &str,
+    t: &TokenValue,
+    f: impl FnOnce(&TokenRow<'_>) -> T,
+) -> Result<T, EtcdStoreError> {
+    let (salt, hash) = (bytes(key, "salt", &t.salt)?, bytes(key, "hash", &t.hash)?);
+    Ok(f(&TokenRow {
+        id,
+        user: &t.user,
+        salt: &salt,
+        hash: &hash,
+        expires_at: t.expires_at,
+        revoked_at: t.revoked_at,
+    }))
 }
 
 fn bytes(key: &[u8], field: &str, text: &str) -> Result<Vec<u8>, EtcdStoreError> {
