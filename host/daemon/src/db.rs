@@ -917,12 +917,15 @@ impl Db {
         Ok(user)
     }
 
-    /// Checks token row `t`'s MAC `mac` where rows are authenticated.
-    fn check_token(&self, t: &TokenRow<'_>, mac: Option<&str>) -> rusqlite::Result<()> {
-        match self.rows.get() {
-            Some(rows) => rows.check_token(t, mac).map_err(BadValue::into_sqlite),
-            None => Ok(()),
+    /// The token of a `tokens` row read as [`TokenColumns::SELECT`] (its MAC at `mac`),
+    /// checked where rows are authenticated.
+    fn checked_token(&self, r: &rusqlite::Row<'_>, mac: usize) -> rusqlite::Result<TokenColumns> {
+        let token = TokenColumns::read(r)?;
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(mac)?;
+            (rows.check_token(&token.row(), mac.as_deref())).map_err(BadValue::into_sqlite)?;
         }
+        Ok(token)
     }
 
     /// Adds (or replaces) a user.
@@ -977,28 +980,21 @@ impl Db {
     pub fn token(&self, id: &str) -> Result<Option<StoredToken>, DbError> {
         let conn = self.conn();
         conn.query_row(
-            "SELECT u.name, u.roles, u.tenants, u.clearance, t.salt, t.hash, t.expires_at,
-                    t.revoked_at, u.mac, t.mac
-             FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
+            &format!(
+                "SELECT {}, t.mac, u.name, u.roles, u.tenants, u.clearance, u.mac
+                 FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?1",
+                TokenColumns::SELECT
+            ),
             params![id],
             |r| {
-                let token = StoredToken {
-                    user: self.checked_user(r, 0, 8)?,
-                    salt: r.get(4)?,
-                    hash: r.get(5)?,
-                    expires_at: r.get(6)?,
-                    revoked_at: r.get(7)?,
-                };
-                let row = TokenRow {
-                    id,
-                    user: &token.user.name,
-                    salt: &token.salt,
-                    hash: &token.hash,
+                let token = self.checked_token(r, 6)?;
+                Ok(StoredToken {
+                    user: self.checked_user(r, 7, 11)?,
+                    salt: token.salt,
+                    hash: token.hash,
                     expires_at: token.expires_at,
                     revoked_at: token.revoked_at,
-                };
-                self.check_token(&row, r.get::<_, Option<String>>(9)?.as_deref())?;
-                Ok(token)
+                })
             },
         )
         .optional()
@@ -1009,31 +1005,22 @@ impl Db {
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenInfo>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT id, user, created_at, expires_at, revoked_at, salt, hash, mac FROM tokens
+            .prepare(&format!(
+                "SELECT {}, mac, created_at FROM tokens
                  WHERE ?1 IS NULL OR user = ?1 ORDER BY created_at, id",
-            )
+                TokenColumns::SELECT
+            ))
             .ctx("listing tokens")?;
         let rows = stmt
             .query_map(params![user], |r| {
-                let info = TokenInfo {
-                    id: r.get(0)?,
-                    user: r.get(1)?,
-                    created_at: r.get(2)?,
-                    expires_at: r.get(3)?,
-                    revoked_at: r.get(4)?,
-                };
-                let (salt, hash): (Vec<u8>, Vec<u8>) = (r.get(5)?, r.get(6)?);
-                let row = TokenRow {
-                    id: &info.id,
-                    user: &info.user,
-                    salt: &salt,
-                    hash: &hash,
-                    expires_at: info.expires_at,
-                    revoked_at: info.revoked_at,
-                };
-                self.check_token(&row, r.get::<_, Option<String>>(7)?.as_deref())?;
-                Ok(info)
+                let token = self.checked_token(r, 6)?;
+                Ok(TokenInfo {
+                    id: token.id,
+                    user: token.user,
+                    created_at: r.get(7)?,
+                    expires_at: token.expires_at,
+                    revoked_at: token.revoked_at,
+                })
             })
             .ctx("listing tokens")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -1043,24 +1030,9 @@ impl Db {
     /// Revokes every live token of `user` (or, with `token`, that one of theirs); returns the
     /// ids revoked.
     pub fn revoke_tokens(&self, user: &str, token: Option<&str>) -> Result<Vec<String>, DbError> {
-        let Some(rows) = self.rows.get() else {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare(
-                    "UPDATE tokens SET revoked_at = ?3
-                     WHERE user = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL
-                     RETURNING id",
-                )
-                .ctx("revoking tokens")?;
-            let revoked = stmt
-                .query_map(params![user, token, now()], |r| r.get(0))
-                .ctx("revoking tokens")?;
-            return revoked
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .ctx("revoking tokens");
-        };
-        // Each row's MAC is written again with its revocation: checked first, so that a row
-        // changed outside Gantry is never authenticated by being revoked.
+        // Where rows are authenticated, each row's MAC is written again with its revocation:
+        // checked first, so that a row changed outside Gantry is never authenticated by being
+        // revoked.
         let mut conn = self.conn();
         let tx = conn.transaction().ctx("revoking tokens")?;
         let live: Vec<TokenColumns> = {
@@ -1071,11 +1043,7 @@ impl Db {
                     TokenColumns::SELECT
                 ))
                 .ctx("revoking tokens")?;
-            let found = stmt.query_map(params![user, token], |r| {
-                let token = TokenColumns::read(r)?;
-                self.check_token(&token.row(), r.get::<_, Option<String>>(6)?.as_deref())?;
-                Ok(token)
-            });
+            let found = stmt.query_map(params![user, token], |r| self.checked_token(r, 6));
             found
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .ctx("revoking tokens")?
@@ -1086,9 +1054,10 @@ impl Db {
                 revoked_at: Some(at),
                 ..token.row()
             };
+            let mac = self.rows.get().map(|rows| rows.token(&revoked));
             tx.execute(
                 "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
-                params![token.id, at, rows.token(&revoked)],
+                params![token.id, at, mac],
             )
             .ctx("revoking tokens")?;
         }
