@@ -1106,11 +1106,12 @@ fn seal_unsealed(
 /// The host's audit signing key, in the data directory.
 const HOST_KEY: &str = "keys/host.pk8";
 
-/// The key that authenticates the account rows (users, tokens) of the data directory at `root`:
-/// derived from the key file `GANTRY_KEY_FILE` names, `None` when it names none. With it, a
-/// writer of the directory who lacks the key file cannot give a user roles or add a token.
-pub fn accounts_key(root: &Path) -> Result<Option<[u8; 32]>, StoreError> {
-    Ok(sealing::Sealer::from_env(root)?.map(|s| s.accounts))
+/// The key that authenticates the rows (users, tokens, jobs, datasets) of the data directory at
+/// `root` (and of its control plane in etcd): derived from the key file `GANTRY_KEY_FILE` names,
+/// `None` when it names none. With it, a writer of the directory who lacks the key file cannot
+/// give a user roles, add a token, plant a job or lower a dataset's classification.
+pub fn rows_key(root: &Path) -> Result<Option<[u8; 32]>, StoreError> {
+    Ok(sealing::Sealer::from_env(root)?.map(|s| s.rows))
 }
 
 /// The host's signing key (audit checkpoints) of the data directory at `root`: opened with the

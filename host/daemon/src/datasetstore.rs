@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gantry_etcd::{Compare, Etcd, Op};
 use serde::{Deserialize, Serialize};
 
+use crate::db::rowmac::RowMac;
 use crate::db::{DatasetRecord, Db};
 use crate::etcdstore::{EtcdStoreError, decode, decode_prefix, seed_once};
 use crate::jobstore::StateError;
@@ -66,11 +67,15 @@ struct Stored {
     bytes: u64,
     owner: String,
     created_at: f64,
+    /// Its MAC, where rows are authenticated ([`EtcdDatasets::authenticated_as`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 impl From<&DatasetRecord> for Stored {
     fn from(d: &DatasetRecord) -> Self {
         Stored {
+            mac: None,
             key: d.name.clone(),
             tenant: d.tenant.clone(),
             classification: d.classification.clone(),
@@ -101,6 +106,9 @@ impl From<Stored> for DatasetRecord {
 pub struct EtcdDatasets {
     etcd: Arc<Etcd>,
     root: String,
+    /// Set where a key file is in use: each record is written with its MAC and read only when
+    /// its MAC verifies, as [`Db::authenticate_rows`].
+    rows: Option<RowMac>,
 }
 
 impl EtcdDatasets {
@@ -109,18 +117,74 @@ impl EtcdDatasets {
         EtcdDatasets {
             etcd,
             root: root.trim_end_matches('/').to_string(),
+            rows: None,
         }
+    }
+
+    /// These records, authenticated under the key file of the data directory at `data_dir`
+    /// where one is in use, as [`crate::etcdstore::EtcdJobs::authenticated_as`].
+    pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdDatasets, String> {
+        let rows = RowMac::of_data_dir(data_dir).map_err(|e| e.to_string())?;
+        Ok(self.with_rows(rows))
+    }
+
+    /// These records, authenticated under `rows` where given.
+    pub(crate) fn with_rows(mut self, rows: Option<RowMac>) -> EtcdDatasets {
+        self.rows = rows;
+        self
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}/datasets/{rest}", self.root).into_bytes()
+    }
+
+    /// `d` as etcd keeps it, with its MAC where rows are authenticated.
+    fn value(&self, d: &DatasetRecord) -> Vec<u8> {
+        let mut stored = Stored::from(d);
+        stored.mac = self.rows.as_ref().map(|rows| rows.dataset(d));
+        serde_json::to_vec(&stored).expect("a dataset serialises")
+    }
+
+    /// The record in `kv`, checked where rows are authenticated.
+    fn checked(&self, kv: &gantry_etcd::Kv) -> Result<DatasetRecord, EtcdStoreError> {
+        let stored: Stored = decode(&kv.key, &kv.value)?;
+        let mac = stored.mac.clone();
+        let d = DatasetRecord::from(stored);
+        if let Some(rows) = &self.rows {
+            (rows.check_dataset(&d, mac.as_deref()))
+                .map_err(|bad| crate::etcdstore::corrupt(&kv.key, bad.problem))?;
+        }
+        Ok(d)
+    }
+
+    /// Gives every record without a MAC its MAC, as
+    /// [`crate::etcdstore::EtcdJobs::authenticate_unmarked`] does jobs; how many.
+    pub fn authenticate_unmarked(&self) -> Result<usize, EtcdStoreError> {
+        if self.rows.is_none() {
+            return Ok(0);
+        }
+        let mut done = 0;
+        for kv in self.etcd.prefix(&self.key(""), 0)? {
+            let stored: Stored = decode(&kv.key, &kv.value)?;
+            if stored.mac.is_some() {
+                continue;
+            }
+            let value = self.value(&stored.into());
+            let outcome = self.etcd.txn(
+                &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
+                &[Op::Put(kv.key.clone(), value, 0)],
+                &[],
+            )?;
+            done += usize::from(outcome.succeeded);
+        }
+        Ok(done)
     }
 }
 
 impl DatasetStore for EtcdDatasets {
     fn insert_dataset(&self, d: &DatasetRecord) -> Result<bool, StateError> {
         let key = self.key(&d.name);
-        let value = serde_json::to_vec(&Stored::from(d)).expect("a dataset serialises");
+        let value = self.value(d);
         let outcome = self
             .etcd
             .txn(
@@ -138,15 +202,21 @@ impl DatasetStore for EtcdDatasets {
             .get(&self.key(key))
             .map_err(EtcdStoreError::from)?
         {
-            Some(kv) => Ok(Some(decode::<Stored>(&kv.key, &kv.value)?.into())),
+            Some(kv) => Ok(Some(self.checked(&kv)?)),
             None => Ok(None),
         }
     }
 
     fn datasets(&self) -> Result<Vec<DatasetRecord>, StateError> {
         // Keys are in `tenant/name` order, as SQLite's listing is.
-        let all: Vec<Stored> = decode_prefix(&self.etcd, &self.key(""))?;
-        Ok(all.into_iter().map(DatasetRecord::from).collect())
+        let all = self
+            .etcd
+            .prefix(&self.key(""), 0)
+            .map_err(EtcdStoreError::from)?;
+        Ok(all
+            .iter()
+            .map(|kv| self.checked(kv))
+            .collect::<Result<_, _>>()?)
     }
 
     fn datasets_named(&self, name: &str) -> Result<Vec<DatasetRecord>, StateError> {
@@ -255,5 +325,55 @@ mod tests {
         assert_eq!(shared.get(), 1, "its bytes were kept first");
         assert!(s.dataset("vision/local.csv").unwrap().is_some());
         assert_eq!(seed(&db, &s, share).unwrap(), None, "once");
+    }
+
+    /// Under a key file dataset records in etcd are authenticated: one whose classification a
+    /// writer of etcd lowered, or one planted, is refused where it is read; those written before
+    /// are authenticated once asked (`--authenticate-etcd-rows`).
+    #[test]
+    fn datasets_in_etcd_changed_outside_gantry_are_refused_under_a_key_file() {
+        let Some(etcd) = EtcdProcess::start_or_skip("datasets_in_etcd_changed") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let plain = EtcdDatasets::new(client.clone(), "gantry");
+        let keyed =
+            EtcdDatasets::new(client.clone(), "gantry").with_rows(Some(RowMac::new(&[5; 32])));
+        assert!(plain.insert_dataset(&record("vision", "old.csv")).unwrap());
+        let refused = |e: StateError, key: &str| {
+            let e = e.to_string();
+            assert!(e.contains(key) && e.contains("key file"), "{e}");
+        };
+        refused(
+            keyed.datasets().unwrap_err(),
+            "gantry/datasets/vision/old.csv",
+        );
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 1);
+        assert!(keyed.insert_dataset(&record("vision", "new.csv")).unwrap());
+        assert_eq!(keyed.datasets().unwrap().len(), 2);
+        contract(
+            &EtcdDatasets::new(client.clone(), "other").with_rows(Some(RowMac::new(&[5; 32]))),
+        );
+
+        let key = "gantry/datasets/vision/new.csv";
+        crate::testing::change_in_etcd(&client, key, "classification", "public".into());
+        refused(
+            keyed.dataset("vision/new.csv").unwrap_err(),
+            "vision/new.csv",
+        );
+        refused(
+            keyed.datasets_named("new.csv").unwrap_err(),
+            "vision/new.csv",
+        );
+        assert!(
+            plain.dataset("vision/new.csv").unwrap().is_some(),
+            "no key file"
+        );
+        let planted = serde_json::to_vec(&Stored::from(&record("vision", "planted.csv"))).unwrap();
+        client.put(key.as_bytes(), &planted, 0).unwrap();
+        refused(
+            keyed.dataset("vision/new.csv").unwrap_err(),
+            "vision/new.csv",
+        );
     }
 }

@@ -509,8 +509,8 @@ pub struct GpuHealth {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Set where a key file is in use: account rows are written with a MAC and read only when
-    /// theirs verifies ([`Db::authenticate_rows`]).
+    /// Set where a key file is in use: users, tokens, jobs and datasets are written with a MAC
+    /// and read only when theirs verifies ([`Db::authenticate_rows`]).
     rows: std::sync::OnceLock<RowMac>,
 }
 
@@ -656,6 +656,11 @@ const MIGRATIONS: &[&str] = &[
     // 9: account rows authenticated under the key file (`rowmac`).
     "ALTER TABLE users ADD COLUMN mac TEXT;
      ALTER TABLE tokens ADD COLUMN mac TEXT;",
+    // 10: jobs and datasets authenticated under the key file too; a job's listing checks its
+    // MAC against the digest of its bodies kept beside them (`rowmac::bodies_digest`).
+    "ALTER TABLE jobs ADD COLUMN mac TEXT;
+     ALTER TABLE jobs ADD COLUMN bodies_digest TEXT;
+     ALTER TABLE datasets ADD COLUMN mac TEXT;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -848,61 +853,66 @@ impl Db {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// From now on, authenticates account rows under `key` (the key file's,
-    /// [`gantry::storage::accounts_key`]): each `users` and `tokens` row is written with its MAC,
+    /// From now on, authenticates rows under `key` (the key file's,
+    /// [`gantry::storage::rows_key`]): each `users`, `tokens`, `jobs` and `datasets` row is
+    /// written with its MAC,
     /// and one whose MAC is missing or does not verify is refused where it is read, naming it.
     /// Set once, at opening.
     pub fn authenticate_rows(&self, key: &[u8; 32]) {
         let _ = self.rows.set(RowMac::new(key));
     }
 
-    /// Gives every account row without a MAC its MAC ([`Db::authenticate_rows`] first): what
+    /// Gives every row without a MAC its MAC ([`Db::authenticate_rows`] first): what
     /// `gantry key seal` does for the rows written before. A row whose MAC does not verify is
     /// left as it is (and refused). Returns how many rows it authenticated.
     pub fn authenticate_unmarked_rows(&self) -> Result<usize, DbError> {
+        const DOING: &str = "authenticating rows";
         let Some(rows) = self.rows.get() else {
             return Ok(0);
         };
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx("authenticating account rows")?;
-        let users: Vec<User> = {
-            let mut stmt = tx
-                .prepare("SELECT name, roles, tenants, clearance FROM users WHERE mac IS NULL")
-                .ctx("authenticating account rows")?;
-            let found = stmt.query_map([], |r| row_to_user(r, 0));
-            found
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .ctx("authenticating account rows")?
-        };
-        for user in &users {
-            tx.execute(
+        let tx = conn.transaction().ctx(DOING)?;
+        let mut signed = 0;
+        let users = "SELECT name, roles, tenants, clearance FROM users WHERE mac IS NULL";
+        for user in unmarked(&tx, users, |r| row_to_user(r, 0))? {
+            let mac = rows.user(&user);
+            signed += (tx.execute(
                 "UPDATE users SET mac = ?2 WHERE name = ?1",
-                params![user.name, rows.user(user)],
-            )
-            .ctx("authenticating account rows")?;
+                params![user.name, mac],
+            ))
+            .ctx(DOING)?;
         }
-        let tokens: Vec<TokenColumns> = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT {} FROM tokens WHERE mac IS NULL",
-                    TokenColumns::SELECT
-                ))
-                .ctx("authenticating account rows")?;
-            let found = stmt.query_map([], TokenColumns::read);
-            found
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .ctx("authenticating account rows")?
-        };
-        for token in &tokens {
+        let tokens = format!(
+            "SELECT {} FROM tokens WHERE mac IS NULL",
+            TokenColumns::SELECT
+        );
+        for token in unmarked(&tx, &tokens, TokenColumns::read)? {
             let mac = rows.token(&token.row());
-            tx.execute(
+            signed += (tx.execute(
                 "UPDATE tokens SET mac = ?2 WHERE id = ?1",
                 params![token.id, mac],
-            )
-            .ctx("authenticating account rows")?;
+            ))
+            .ctx(DOING)?;
         }
-        tx.commit().ctx("authenticating account rows")?;
-        Ok(users.len() + tokens.len())
+        for job in unmarked(&tx, &format!("{SELECT_JOB} WHERE mac IS NULL"), row_to_job)? {
+            let (mac, bodies) = (rows.job(&job), rowmac::bodies_digest(&job));
+            signed += (tx.execute(
+                "UPDATE jobs SET mac = ?2, bodies_digest = ?3 WHERE id = ?1",
+                params![job.id, mac, bodies],
+            ))
+            .ctx(DOING)?;
+        }
+        let datasets = format!("{SELECT_DATASET} WHERE mac IS NULL");
+        for d in unmarked(&tx, &datasets, row_to_dataset)? {
+            let mac = rows.dataset(&d);
+            signed += (tx.execute(
+                "UPDATE datasets SET mac = ?2 WHERE name = ?1",
+                params![d.name, mac],
+            ))
+            .ctx(DOING)?;
+        }
+        tx.commit().ctx(DOING)?;
+        Ok(signed)
     }
 
     /// The user of a `users` row read at `at` (its MAC at `mac`), checked where rows are
@@ -926,6 +936,32 @@ impl Db {
             (rows.check_token(&token.row(), mac.as_deref())).map_err(BadValue::into_sqlite)?;
         }
         Ok(token)
+    }
+
+    /// The job of a row read as [`SELECT_JOB`] (or, `listed`, as [`SELECT_LISTED`], without
+    /// its bodies: its MAC checked against the digest of them kept beside it), checked where
+    /// rows are authenticated.
+    fn checked_job(&self, r: &rusqlite::Row<'_>, listed: bool) -> rusqlite::Result<JobRecord> {
+        let job = row_to_job(r)?;
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(15)?;
+            let bodies = match listed {
+                true => r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+                false => rowmac::bodies_digest(&job),
+            };
+            (rows.check_job(&job, &bodies, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+        }
+        Ok(job)
+    }
+
+    /// The dataset of a row read as [`SELECT_DATASET`], checked where rows are authenticated.
+    fn checked_dataset(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
+        let dataset = row_to_dataset(r)?;
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(7)?;
+            (rows.check_dataset(&dataset, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+        }
+        Ok(dataset)
     }
 
     /// Adds (or replaces) a user.
@@ -1297,7 +1333,7 @@ impl Db {
             .conn()
             .execute(
                 "INSERT OR IGNORE INTO datasets(name, tenant, classification, object, bytes, owner,
-                   created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                   created_at, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     d.name,
                     d.tenant,
@@ -1305,7 +1341,8 @@ impl Db {
                     d.object,
                     d.bytes,
                     d.owner,
-                    d.created_at
+                    d.created_at,
+                    self.rows.get().map(|rows| rows.dataset(d)),
                 ],
             )
             .ctx("adding a dataset")?;
@@ -1318,7 +1355,9 @@ impl Db {
         let mut stmt = conn
             .prepare(&format!("{SELECT_DATASET} ORDER BY name"))
             .ctx("listing datasets")?;
-        let rows = stmt.query_map([], row_to_dataset).ctx("listing datasets")?;
+        let rows = stmt
+            .query_map([], |r| self.checked_dataset(r))
+            .ctx("listing datasets")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing datasets")
     }
@@ -1357,7 +1396,7 @@ impl Db {
             .prepare(&format!("{SELECT_DATASET} {DATASETS_NAMED}"))
             .ctx("reading datasets")?;
         let rows = stmt
-            .query_map(params![name], row_to_dataset)
+            .query_map(params![name], |r| self.checked_dataset(r))
             .ctx("reading datasets")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("reading datasets")
@@ -1369,7 +1408,7 @@ impl Db {
             .query_row(
                 &format!("{SELECT_DATASET} WHERE name = ?1"),
                 params![name],
-                row_to_dataset,
+                |r| self.checked_dataset(r),
             )
             .optional()
             .ctx("reading a dataset")
@@ -1474,9 +1513,9 @@ impl JobStore for Db {
                 &format!(
                     "INSERT OR IGNORE INTO jobs(state, tenant, id, owner, gpus,
                        memory_per_gpu_mib, est_runtime_s, gpu_ids, reason, submitted_at, seq,
-                       train, command, ended)
+                       train, command, ended, mac, bodies_digest)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                       (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11, ?12, {})",
+                       (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?11, ?12, {}, ?13, ?14)",
                     ended("?2")
                 ),
                 params![
@@ -1494,6 +1533,8 @@ impl JobStore for Db {
                     job.command
                         .as_ref()
                         .map(|c| serde_json::to_string(c).expect("a command serialises")),
+                    self.rows.get().map(|rows| rows.job(job)),
+                    rowmac::bodies_digest(job),
                 ],
             )
             .ctx("inserting a job")?;
@@ -1502,11 +1543,9 @@ impl JobStore for Db {
 
     fn job(&self, id: &str) -> Result<Option<JobRecord>, DbError> {
         let conn = self.conn();
-        conn.query_row(
-            &format!("{SELECT_JOB} WHERE id = ?1"),
-            params![id],
-            row_to_job,
-        )
+        conn.query_row(&format!("{SELECT_JOB} WHERE id = ?1"), params![id], |r| {
+            self.checked_job(r, false)
+        })
         .optional()
         .ctx("reading a job")
     }
@@ -1516,7 +1555,9 @@ impl JobStore for Db {
         let mut stmt = conn
             .prepare(&format!("{SELECT_JOB} ORDER BY seq"))
             .ctx("listing jobs")?;
-        let rows = stmt.query_map([], row_to_job).ctx("listing jobs")?;
+        let rows = stmt
+            .query_map([], |r| self.checked_job(r, false))
+            .ctx("listing jobs")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing jobs")
     }
@@ -1556,12 +1597,12 @@ impl JobStore for Db {
         let mut stmt = conn.prepare(&sql).ctx("listing jobs")?;
         let rows = stmt
             .query_map(values.as_slice(), |r| {
-                let kind = match r.get::<_, Option<String>>(15)?.as_deref() {
+                let kind = match r.get::<_, Option<String>>(17)?.as_deref() {
                     Some("train") => JobKind::Train,
                     Some("command") => JobKind::Command,
                     _ => JobKind::Reservation,
                 };
-                let job = row_to_job(r)?;
+                let job = self.checked_job(r, true)?;
                 Ok(Listed { job, kind })
             })
             .ctx("listing jobs")?;
@@ -1575,7 +1616,7 @@ impl JobStore for Db {
             .prepare(&format!("{SELECT_JOB} {JOBS_NAMED}"))
             .ctx("reading jobs")?;
         let rows = stmt
-            .query_map(params![name], row_to_job)
+            .query_map(params![name], |r| self.checked_job(r, false))
             .ctx("reading jobs")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("reading jobs")
@@ -1876,6 +1917,20 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
+/// The rows `sql` selects in `tx`, each read by `read`: those [`Db::authenticate_unmarked_rows`]
+/// authenticates.
+fn unmarked<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, DbError> {
+    let mut stmt = tx.prepare(sql).ctx("authenticating rows")?;
+    let found = stmt.query_map([], read);
+    found
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .ctx("authenticating rows")
+}
+
 /// Applies the [`MIGRATIONS`] a database has not had yet.
 fn migrate(conn: &Connection) -> Result<(), DbError> {
     let applied: i64 = conn
@@ -1913,7 +1968,7 @@ const JOBS_NAMED: &str = "WHERE substr(id, instr(id, '/') + 1) = ?1 ORDER BY seq
 const DATASETS_NAMED: &str = "WHERE substr(name, instr(name, '/') + 1) = ?1 ORDER BY name";
 
 const SELECT_DATASET: &str =
-    "SELECT name, tenant, classification, object, bytes, owner, created_at FROM datasets";
+    "SELECT name, tenant, classification, object, bytes, owner, created_at, mac FROM datasets";
 
 fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
     let name: String = r.get(0)?;
@@ -1929,12 +1984,14 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
-    gpu_ids, reason, submitted_at, train, result, crashes, not_before, command FROM jobs";
+    gpu_ids, reason, submitted_at, train, result, crashes, not_before, command, mac, bodies_digest
+    FROM jobs";
 
 /// [`SELECT_JOB`]'s columns without the bodies (`train`, `command`: NULL), then the job's
 /// kind ([`Listed`]).
 const SELECT_LISTED: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s,
-    state, gpu_ids, reason, submitted_at, NULL, result, crashes, not_before, NULL,
+    state, gpu_ids, reason, submitted_at, NULL, result, crashes, not_before, NULL, mac,
+    bodies_digest,
     CASE WHEN train IS NOT NULL THEN 'train' WHEN command IS NOT NULL THEN 'command' END
     FROM jobs";
 
@@ -2091,6 +2148,131 @@ mod tests {
         assert!(plain.token("t3").unwrap().is_some());
     }
 
+    /// Under a key file, a jobs or datasets row planted or changed by a writer of the disk (a
+    /// command of theirs run as a tenant's job, a dataset's classification lowered) is refused
+    /// where it is read, a listing too; the rows of an earlier version are authenticated once
+    /// asked (`gantry key seal`), and a job moving through its life keeps its MAC.
+    #[test]
+    fn job_and_dataset_rows_changed_outside_gantry_are_refused_where_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        // Written before the key file: read as they are until authenticated.
+        let before = Db::open(&path).unwrap();
+        let command: crate::command::CommandSpec =
+            serde_json::from_value(serde_json::json!({"argv": ["sh", "-c", "true"]})).unwrap();
+        let old = JobRecord {
+            command: Some(command.clone()),
+            ..job("vision/old")
+        };
+        before.insert_job(&old).unwrap();
+        let dataset = |name: &str| DatasetRecord {
+            name: key("vision", name),
+            tenant: "vision".into(),
+            classification: "secret".into(),
+            object: "ab".repeat(32),
+            bytes: 7,
+            owner: "ada".into(),
+            created_at: 1.5,
+        };
+        before.insert_dataset(&dataset("old.csv")).unwrap();
+        drop(before);
+        let db = Db::open(&path).unwrap();
+        db.authenticate_rows(&[7; 32]);
+        let refused = |e: DbError, row: &str| {
+            let e = e.to_string();
+            assert!(e.contains(row) && e.contains("column mac"), "{e}");
+        };
+        refused(
+            db.job("vision/old").unwrap_err(),
+            "table jobs, row vision/old",
+        );
+        refused(db.check().unwrap_err(), "row vision/old");
+        assert_eq!(db.authenticate_unmarked_rows().unwrap(), 2);
+        assert_eq!(db.job("vision/old").unwrap().unwrap(), old);
+        db.check().unwrap();
+
+        let trains = JobRecord {
+            train: Some("[model]\nlayers = [4, 2]\n".into()),
+            est_runtime_s: 0.1 + 0.2,
+            submitted_at: 1.0e9 / 3.0,
+            ..job("vision/trains")
+        };
+        db.insert_job(&trains).unwrap();
+        db.insert_dataset(&dataset("new.csv")).unwrap();
+        // Its life changes its state, placement and result, never its MAC's content.
+        db.transition(
+            "vision/trains",
+            None,
+            JobState::Scheduled,
+            &["g0".into()],
+            None,
+        )
+        .unwrap();
+        db.run_started("vision/trains").unwrap();
+        db.set_result("vision/trains", &serde_json::json!({"loss": 0.5}))
+            .unwrap();
+        db.transition("vision/trains", None, JobState::Succeeded, &[], None)
+            .unwrap();
+        assert_eq!(
+            db.job("vision/trains").unwrap().unwrap().train,
+            trains.train
+        );
+        assert_eq!(db.jobs_page(None, None, 10).unwrap().len(), 2);
+        db.check().unwrap();
+
+        let tamper = |sql: &str| db.conn().execute_batch(sql).unwrap();
+        // Another program: the listing, which reads no bodies, checks them by their digest.
+        tamper(
+            r#"UPDATE jobs SET command = '{"argv":["sh","-c","evil"]}' WHERE id = 'vision/old'"#,
+        );
+        refused(
+            db.job("vision/old").unwrap_err(),
+            "table jobs, row vision/old",
+        );
+        refused(db.jobs().unwrap_err(), "table jobs, row vision/old");
+        refused(db.jobs_named("old").unwrap_err(), "row vision/old");
+        refused(db.check().unwrap_err(), "table jobs, row vision/old");
+        tamper(r#"UPDATE jobs SET bodies_digest = NULL WHERE id = 'vision/old'"#);
+        refused(db.jobs_page(None, None, 10).unwrap_err(), "row vision/old");
+        tamper("DELETE FROM jobs WHERE id = 'vision/old'");
+        // Another owner, more GPUs, or a job planted whole.
+        tamper("UPDATE jobs SET owner = 'eve' WHERE id = 'vision/trains'");
+        refused(
+            db.jobs_page(None, None, 10).unwrap_err(),
+            "row vision/trains",
+        );
+        tamper("UPDATE jobs SET owner = 'ada', gpus = 8 WHERE id = 'vision/trains'");
+        refused(db.job("vision/trains").unwrap_err(), "row vision/trains");
+        tamper("UPDATE jobs SET gpus = 1 WHERE id = 'vision/trains'");
+        db.check().unwrap();
+        tamper(
+            r#"INSERT INTO jobs(id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
+                 submitted_at, seq, command)
+               VALUES ('vision/planted', 'vision', 'ada', 1, 1, 1, 'pending', 0, 99,
+                 '{"argv":["sh","-c","evil"]}')"#,
+        );
+        refused(db.job("vision/planted").unwrap_err(), "row vision/planted");
+        refused(
+            db.jobs_page(None, None, 10).unwrap_err(),
+            "row vision/planted",
+        );
+        tamper("DELETE FROM jobs WHERE id = 'vision/planted'");
+        // A secret dataset shown as public.
+        tamper("UPDATE datasets SET classification = 'public' WHERE name = 'vision/new.csv'");
+        refused(
+            db.dataset("vision/new.csv").unwrap_err(),
+            "table datasets, row vision/new.csv",
+        );
+        refused(db.datasets().unwrap_err(), "row vision/new.csv");
+        refused(
+            db.datasets_named("new.csv").unwrap_err(),
+            "row vision/new.csv",
+        );
+        refused(db.check().unwrap_err(), "row vision/new.csv");
+        tamper("UPDATE datasets SET classification = 'secret' WHERE name = 'vision/new.csv'");
+        db.check().unwrap();
+    }
+
     /// Found by a review: a job asking for 2^64-1 MiB a GPU was stored as -1 (`as i64`), and
     /// every listing, the job's own reads and the daemon's next start failed on the row. A
     /// value the database cannot hold is refused, never wrapped (the API bounds it first).
@@ -2227,6 +2409,20 @@ mod tests {
         contract::placements(&db);
         contract::pages(&db);
         contract::forgets_finished(&db);
+    }
+
+    /// The same, its rows authenticated as under a key file.
+    #[test]
+    fn sqlite_with_authenticated_rows_keeps_records_logs_and_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("gantry.db")).unwrap();
+        db.authenticate_rows(&[9; 32]);
+        contract::records_logs_and_checkpoints(&db);
+        contract::placements(&db);
+        contract::pages(&db);
+        contract::forgets_finished(&db);
+        contract::transition_table(&db);
+        db.check().unwrap();
     }
 
     #[test]

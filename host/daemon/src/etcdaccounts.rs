@@ -102,7 +102,7 @@ impl EtcdAccounts {
     /// These accounts, authenticated under the key file of the data directory at `data_dir`
     /// where one is in use ([`EtcdAccounts::authenticate_rows`]).
     pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdAccounts, String> {
-        let key = gantry::storage::accounts_key(data_dir).map_err(|e| e.to_string())?;
+        let key = gantry::storage::rows_key(data_dir).map_err(|e| e.to_string())?;
         if let Some(key) = key {
             self.authenticate_rows(&key);
         }
@@ -608,7 +608,7 @@ mod tests {
     /// Under a key file the accounts in etcd are authenticated too: a user or token changed
     /// there by a writer of etcd without the key file (roles raised, a revocation taken back)
     /// is refused, naming its key; those written before the key file was in use are refused
-    /// until authenticated, as asked (`gantry up --authenticate-etcd-accounts`).
+    /// until authenticated, as asked (`gantry up --authenticate-etcd-rows`).
     #[test]
     fn accounts_in_etcd_changed_outside_gantry_are_refused_under_a_key_file() {
         let Some(etcd) = EtcdProcess::start_or_skip("accounts_in_etcd_changed") else {
@@ -647,14 +647,7 @@ mod tests {
         );
 
         let change = |key: &str, field: &str, to: serde_json::Value| {
-            let key = format!("gantry/accounts/{key}").into_bytes();
-            let kv = client.get(&key).unwrap().unwrap();
-            let mut value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
-            let was = std::mem::replace(&mut value[field], to);
-            client
-                .put(&key, &serde_json::to_vec(&value).unwrap(), 0)
-                .unwrap();
-            was
+            crate::testing::change_in_etcd(&client, &format!("gantry/accounts/{key}"), field, to)
         };
         let roles = change("users/ada", "roles", serde_json::json!(["admin"]));
         refused(keyed(5).user("ada").unwrap_err(), "accounts/users/ada");

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
 
 use crate::curve::Curve;
+use crate::db::rowmac::RowMac;
 use crate::db::{JobRecord, JobState, TransitionError, now};
 use crate::jobstore::{JobStore, Listed, Placement};
 
@@ -63,6 +64,27 @@ pub struct EtcdJobs {
     fence: Option<Fence>,
     /// Makes log keys unique within this process.
     entries: AtomicU64,
+    /// Set where a key file is in use: each job is written with its MAC and read only when
+    /// its MAC verifies, as [`crate::db::Db::authenticate_rows`].
+    rows: Option<RowMac>,
+}
+
+/// A job as etcd keeps it: its record, and its MAC where rows are authenticated.
+#[derive(serde::Serialize)]
+struct JobValue<'a> {
+    #[serde(flatten)]
+    job: &'a JobRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<&'a str>,
+}
+
+/// A [`JobValue`] read back.
+#[derive(serde::Deserialize)]
+struct StoredJob {
+    #[serde(flatten)]
+    job: JobRecord,
+    #[serde(default)]
+    mac: Option<String>,
 }
 
 impl std::fmt::Debug for EtcdJobs {
@@ -83,7 +105,27 @@ impl EtcdJobs {
             root: root.trim_end_matches('/').to_string(),
             fence,
             entries: AtomicU64::new(0),
+            rows: None,
         }
+    }
+
+    /// These jobs, authenticated under the key file of the data directory at `data_dir` where
+    /// one is in use: the replicas share their key file (their master keys are sealed under
+    /// it), so each verifies what another wrote.
+    pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdJobs, String> {
+        let rows = RowMac::of_data_dir(data_dir).map_err(|e| e.to_string())?;
+        Ok(self.with_rows(rows))
+    }
+
+    /// These jobs, authenticated under `rows` where given.
+    pub(crate) fn with_rows(mut self, rows: Option<RowMac>) -> EtcdJobs {
+        self.rows = rows;
+        self
+    }
+
+    /// `job` as etcd keeps it, `mac` its MAC.
+    fn value(job: &JobRecord, mac: Option<&str>) -> Vec<u8> {
+        serde_json::to_vec(&JobValue { job, mac }).expect("a job serialises")
     }
 
     fn key(&self, kind: &str, rest: &str) -> Vec<u8> {
@@ -113,23 +155,64 @@ impl EtcdJobs {
         }
     }
 
-    fn decode_job(&self, kv: &Kv) -> Result<JobRecord, EtcdStoreError> {
+    /// The job in `kv`, and its MAC, unchecked.
+    fn decode_stored(&self, kv: &Kv) -> Result<StoredJob, EtcdStoreError> {
         let prefix = format!("{}/jobs/", self.root);
         let id = String::from_utf8_lossy(&kv.key)
             .strip_prefix(&prefix)
             .ok_or_else(|| corrupt(&kv.key, "not a job's key"))?
             .to_string();
-        let mut job: JobRecord = decode(&kv.key, &kv.value)?;
+        let mut stored: StoredJob = decode(&kv.key, &kv.value)?;
         // The record shows its name only; the key says whose it is.
-        job.id = id;
-        Ok(job)
+        stored.job.id = id;
+        Ok(stored)
     }
 
-    fn read_job(&self, id: &str) -> Result<Option<(JobRecord, i64)>, EtcdStoreError> {
+    /// The job in `kv`, and its MAC, checked where rows are authenticated.
+    fn checked(&self, kv: &Kv) -> Result<StoredJob, EtcdStoreError> {
+        let stored = self.decode_stored(kv)?;
+        if let Some(rows) = &self.rows {
+            let bodies = crate::db::rowmac::bodies_digest(&stored.job);
+            (rows.check_job(&stored.job, &bodies, stored.mac.as_deref()))
+                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+        }
+        Ok(stored)
+    }
+
+    fn decode_job(&self, kv: &Kv) -> Result<JobRecord, EtcdStoreError> {
+        Ok(self.checked(kv)?.job)
+    }
+
+    fn read_job(&self, id: &str) -> Result<Option<(StoredJob, i64)>, EtcdStoreError> {
         match self.etcd.get(&self.key("jobs", id))? {
-            Some(kv) => Ok(Some((self.decode_job(&kv)?, kv.mod_revision))),
+            Some(kv) => Ok(Some((self.checked(&kv)?, kv.mod_revision))),
             None => Ok(None),
         }
+    }
+
+    /// Gives every job without a MAC its MAC (rows are authenticated: see
+    /// [`EtcdJobs::authenticated_as`]): those written before the key file was in use. One
+    /// changed meanwhile is left to the next call; one whose MAC does not verify stays refused.
+    /// Returns how many it authenticated.
+    pub fn authenticate_unmarked(&self) -> Result<usize, EtcdStoreError> {
+        let Some(rows) = &self.rows else {
+            return Ok(0);
+        };
+        let mut done = 0;
+        for kv in self.etcd.prefix(&self.key("jobs", ""), 0)? {
+            let stored = self.decode_stored(&kv)?;
+            if stored.mac.is_some() {
+                continue;
+            }
+            let value = Self::value(&stored.job, Some(&rows.job(&stored.job)));
+            let outcome = self.write(
+                vec![Compare::Modified(kv.key.clone(), kv.mod_revision)],
+                &[Op::Put(kv.key.clone(), value, 0)],
+                &[],
+            )?;
+            done += usize::from(outcome.succeeded);
+        }
+        Ok(done)
     }
 
     /// Changes job `id` by `change` as one compare-and-set, retried while other writers win;
@@ -141,12 +224,13 @@ impl EtcdJobs {
     ) -> Result<JobRecord, TransitionError<EtcdStoreError>> {
         let key = self.key("jobs", id);
         for _ in 0..MAX_RETRIES {
-            let (was, revision) = self
+            let (StoredJob { job: was, mac }, revision) = self
                 .read_job(id)?
                 .ok_or_else(|| TransitionError::NoJob(id.to_string()))?;
             let mut job = was.clone();
             change(&mut job)?;
-            let value = serde_json::to_vec(&job).expect("a job serialises");
+            // What the MAC covers was submitted and never changes: it stays the job's.
+            let value = Self::value(&job, mac.as_deref());
             let mut ops = vec![Op::Put(key.clone(), value, 0)];
             if job.state.is_final() && !was.state.is_final() {
                 // The tenant's order of ends (its key's create revision), for
@@ -256,7 +340,8 @@ impl JobStore for EtcdJobs {
 
     fn insert_job(&self, job: &JobRecord) -> Result<bool, EtcdStoreError> {
         let key = self.key("jobs", &job.id);
-        let value = serde_json::to_vec(job).expect("a job serialises");
+        let mac = self.rows.as_ref().map(|rows| rows.job(job));
+        let value = Self::value(job, mac.as_deref());
         let outcome = self.write(
             vec![Compare::Created(key.clone(), 0)],
             &[Op::Put(key.clone(), value, 0)],
@@ -273,7 +358,7 @@ impl JobStore for EtcdJobs {
     }
 
     fn job(&self, id: &str) -> Result<Option<JobRecord>, EtcdStoreError> {
-        Ok(self.read_job(id)?.map(|(job, _)| job))
+        Ok(self.read_job(id)?.map(|(stored, _)| stored.job))
     }
 
     fn jobs(&self) -> Result<Vec<JobRecord>, EtcdStoreError> {
@@ -583,7 +668,8 @@ impl EtcdJobs {
         seed_once(&self.etcd, &marker, || {
             let mut indexed = 0;
             for kv in self.in_commit_order("jobs", "")? {
-                let job = self.decode_job(&kv)?;
+                // Its state alone: an index, which runs nothing.
+                let job = self.decode_stored(&kv)?.job;
                 if !job.state.is_final() {
                     continue;
                 }
@@ -688,6 +774,92 @@ mod tests {
         contract::placements(&store(&etcd));
         contract::pages(&store(&etcd));
         contract::forgets_finished(&store(&etcd));
+    }
+
+    /// The same, its rows authenticated as under a key file.
+    #[test]
+    fn etcd_with_authenticated_rows_keeps_records_logs_and_checkpoints() {
+        let Some(etcd) = EtcdProcess::start_or_skip("etcd_with_authenticated_rows_keeps") else {
+            return;
+        };
+        let store = || store(&etcd).with_rows(Some(RowMac::new(&[9; 32])));
+        contract::records_logs_and_checkpoints(&store());
+        contract::placements(&store());
+        contract::pages(&store());
+        contract::forgets_finished(&store());
+        contract::transition_table(&store());
+    }
+
+    /// Under a key file the jobs in etcd are authenticated as a data directory's are: one
+    /// planted or changed by a writer of etcd is refused where it is read (a move of it too);
+    /// those written before are authenticated once asked (`--authenticate-etcd-rows`).
+    #[test]
+    fn jobs_in_etcd_changed_outside_gantry_are_refused_under_a_key_file() {
+        let Some(etcd) = EtcdProcess::start_or_skip("jobs_in_etcd_changed") else {
+            return;
+        };
+        let plain = store(&etcd);
+        let keyed = store(&etcd).with_rows(Some(RowMac::new(&[5; 32])));
+        let command: crate::command::CommandSpec =
+            serde_json::from_value(serde_json::json!({"argv": ["sh", "-c", "true"]})).unwrap();
+        let old = JobRecord {
+            command: Some(command),
+            submitted_at: 1.0e9 / 3.0,
+            ..contract::job("vision/old")
+        };
+        assert!(plain.insert_job(&old).unwrap());
+        let refused = |e: EtcdStoreError, key: &str| {
+            let e = e.to_string();
+            assert!(e.contains(key) && e.contains("key file"), "{e}");
+        };
+        refused(
+            keyed.job("vision/old").unwrap_err(),
+            "gantry/jobs/vision/old",
+        );
+        refused(keyed.jobs().unwrap_err(), "gantry/jobs/vision/old");
+        assert_eq!(plain.authenticate_unmarked().unwrap(), 0, "no key");
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 1);
+        assert_eq!(keyed.job("vision/old").unwrap().unwrap(), old);
+        // Moves and changes keep its MAC.
+        keyed
+            .transition(
+                "vision/old",
+                None,
+                JobState::Scheduled,
+                &["g0".into()],
+                None,
+            )
+            .unwrap();
+        keyed.run_started("vision/old").unwrap();
+        keyed.set_not_before("vision/old", 7.0).unwrap();
+        assert_eq!(keyed.jobs_page(None, None, 10).unwrap().len(), 1);
+
+        let client = etcd.client();
+        let change = |key: &str, field: &str, to: serde_json::Value| {
+            crate::testing::change_in_etcd(&client, &format!("gantry/jobs/{key}"), field, to)
+        };
+        let argv = serde_json::json!({"argv": ["sh", "-c", "evil"]});
+        let was = change("vision/old", "command", argv);
+        refused(
+            keyed.job("vision/old").unwrap_err(),
+            "gantry/jobs/vision/old",
+        );
+        refused(keyed.jobs_page(None, None, 10).unwrap_err(), "vision/old");
+        refused(keyed.jobs_named("old").unwrap_err(), "vision/old");
+        let moved = keyed.transition("vision/old", None, JobState::Cancelling, &[], None);
+        assert!(matches!(moved, Err(TransitionError::Db(_))), "{moved:?}");
+        change("vision/old", "command", was);
+        let was = change("vision/old", "owner", "eve".into());
+        refused(keyed.job("vision/old").unwrap_err(), "vision/old");
+        change("vision/old", "owner", was);
+        keyed.job("vision/old").unwrap();
+        // Planted whole, or its MAC taken from another job.
+        let planted = contract::job("vision/planted");
+        assert!(plain.insert_job(&planted).unwrap());
+        refused(keyed.job("vision/planted").unwrap_err(), "vision/planted");
+        let mac = change("vision/old", "mac", serde_json::Value::Null);
+        change("vision/planted", "mac", mac);
+        refused(keyed.job("vision/planted").unwrap_err(), "vision/planted");
     }
 
     #[test]

@@ -630,17 +630,21 @@ impl Daemon {
             persisted::policy_to_start_with(&host, &policies, false).map_err(setup)?;
         api::here(host.set_policy(policy)).map_err(|e| setup(e.to_string()))?;
         let stores = Stores {
-            jobs: Arc::new(jobstore::Erased(Arc::new(etcdstore::EtcdJobs::new(
-                cp.etcd.clone(),
-                &cp.root,
-                Some(never),
-            )))),
+            jobs: Arc::new(jobstore::Erased(Arc::new(
+                etcdstore::EtcdJobs::new(cp.etcd.clone(), &cp.root, Some(never))
+                    .authenticated_as(&config.data_dir)
+                    .map_err(setup)?,
+            ))),
             accounts: accounts.clone(),
             marks: accounts,
             policies: Arc::new(policies),
             plugins: Arc::new(pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root)),
             seeded: Vec::new(),
-            datasets: Arc::new(datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root)),
+            datasets: Arc::new(
+                datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root)
+                    .authenticated_as(&config.data_dir)
+                    .map_err(setup)?,
+            ),
             shared: Some(sealedobjects::SealedObjects::new(cp.etcd.clone(), &cp.root)),
         };
         let (db, store) = (Arc::new(db), Arc::new(store));
@@ -775,9 +779,12 @@ impl Daemon {
         // Every store writes through the leader's fenced client: nothing a replica that no
         // longer leads still does (a request in flight, a task run to its end) lands.
         let etcd = Arc::new(cp.etcd.fenced(fence.clone()));
-        let jobs = etcdstore::EtcdJobs::new(etcd.clone(), &cp.root, Some(fence));
+        let jobs = etcdstore::EtcdJobs::new(etcd.clone(), &cp.root, Some(fence))
+            .authenticated_as(&config.data_dir)?;
         let accounts = etcdaccounts::EtcdAccounts::new(etcd.clone(), &cp.root);
         let accounts = Arc::new(accounts.authenticated_as(&config.data_dir)?);
+        let datasets = datasetstore::EtcdDatasets::new(etcd.clone(), &cp.root)
+            .authenticated_as(&config.data_dir)?;
         let policies = policystore::EtcdPolicy::new(etcd.clone(), &cp.root);
         let plugins = pluginstore::EtcdPlugins::new(etcd.clone(), &cp.root);
         fn copying(what: &'static str) -> impl Fn(String) -> String {
@@ -794,10 +801,15 @@ impl Daemon {
         if let Some(n) = etcdaccounts::seed(&**db, &accounts).map_err(copying("the accounts"))? {
             seeded.push(serde_json::json!({"users": n.users, "tokens": n.tokens}));
         }
-        if cp.authenticate_accounts {
-            let n = (accounts.authenticate_unmarked())
-                .map_err(|e| format!("authenticating the accounts in etcd: {e}"))?;
-            seeded.push(serde_json::json!({ "accounts_authenticated": n }));
+        if cp.authenticate_rows {
+            let authenticating = |e: String| format!("authenticating the rows in etcd: {e}");
+            let accounts = accounts.authenticate_unmarked().map_err(authenticating)?;
+            let jobs = (jobs.authenticate_unmarked()).map_err(|e| authenticating(e.to_string()))?;
+            let datasets =
+                (datasets.authenticate_unmarked()).map_err(|e| authenticating(e.to_string()))?;
+            seeded.push(serde_json::json!({
+                "rows_authenticated": {"accounts": accounts, "jobs": jobs, "datasets": datasets}
+            }));
         }
         if let Some(revision) =
             policystore::seed(&local_policy, &policies).map_err(copying("the installed policy"))?
@@ -810,7 +822,6 @@ impl Daemon {
             seeded.push(serde_json::json!({ "plugins": n }));
         }
         let sealed = sealedobjects::SealedObjects::new(etcd.clone(), &cp.root);
-        let datasets = datasetstore::EtcdDatasets::new(etcd.clone(), &cp.root);
         let share = |d: &db::DatasetRecord| {
             sealed.share(store, &format!("dataset/{}", d.object), &d.object)
         };

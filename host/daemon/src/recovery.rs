@@ -87,11 +87,11 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     std::fs::File::open(&incoming)
         .and_then(|f| f.sync_all())
         .map_err(io(&incoming))?;
-    // Its account rows authenticated as the directory's are: under a key file, a backup's
-    // users and tokens must carry their MACs (what replaying the audit log writes does).
-    let accounts_key = gantry::storage::accounts_key(root)?;
+    // Its rows authenticated as the directory's are: under a key file, a backup's users,
+    // tokens, jobs and datasets must carry their MACs (what replaying the audit log writes does).
+    let rows_key = gantry::storage::rows_key(root)?;
     let checked = Db::open(&incoming).and_then(|db| {
-        if let Some(key) = &accounts_key {
+        if let Some(key) = &rows_key {
             db.authenticate_rows(key);
         }
         let rows = db.check()?;

@@ -28,9 +28,10 @@ pub struct ControlPlane {
     pub advertise: Option<String>,
     /// The leader's lease: a dead leader is replaced within about this long.
     pub lease: Duration,
-    /// Authenticate the users and tokens in etcd written before the key file was in use, as
-    /// this replica leads ([`crate::etcdaccounts::EtcdAccounts::authenticate_unmarked`]).
-    pub authenticate_accounts: bool,
+    /// Authenticate the rows in etcd (users, tokens, jobs, datasets) written before the key
+    /// file was in use, as this replica leads
+    /// ([`crate::etcdaccounts::EtcdAccounts::authenticate_unmarked`] and the like).
+    pub authenticate_rows: bool,
 }
 
 impl ControlPlane {

@@ -295,3 +295,19 @@ impl JobStore for Deposable {
         self.inner.kept_models(tenant)
     }
 }
+
+/// Sets `field` of the JSON value at `key` in `etcd` to `to`, as a writer of etcd would, behind
+/// the control plane's back; returns what it was.
+pub(crate) fn change_in_etcd(
+    etcd: &gantry_etcd::Etcd,
+    key: &str,
+    field: &str,
+    to: serde_json::Value,
+) -> serde_json::Value {
+    let kv = etcd.get(key.as_bytes()).unwrap().unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+    let was = std::mem::replace(&mut value[field], to);
+    etcd.put(key.as_bytes(), &serde_json::to_vec(&value).unwrap(), 0)
+        .unwrap();
+    was
+}

@@ -29,8 +29,8 @@ pub(super) const SEALED_LEN: usize = 4 + NONCE_LEN + 32 + 16;
 pub(super) struct Sealer {
     key: LessSafeKey,
     path: PathBuf,
-    /// A key derived from it (HKDF-SHA256) that authenticates the database's account rows.
-    pub(super) accounts: [u8; 32],
+    /// A key derived from it (HKDF-SHA256) that authenticates the database's rows (`gantry_daemon`'s `rowmac`).
+    pub(super) rows: [u8; 32],
 }
 
 impl Sealer {
@@ -85,16 +85,16 @@ impl Sealer {
         };
         let key = UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| refuse("not a key".into()))?;
         // A key of its own for another use: the sealing key never authenticates rows itself.
-        let mut accounts = [0u8; 32];
+        let mut rows = [0u8; 32];
         ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"gantry-key-file")
             .extract(&raw)
             .expand(&[b"accounts-mac-v1"], ring::hkdf::HKDF_SHA256)
-            .and_then(|okm| okm.fill(&mut accounts))
+            .and_then(|okm| okm.fill(&mut rows))
             .map_err(|_| refuse("not a key".into()))?;
         Ok(Sealer {
             key: LessSafeKey::new(key),
             path: path.to_path_buf(),
-            accounts,
+            rows,
         })
     }
 

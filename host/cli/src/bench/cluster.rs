@@ -124,7 +124,7 @@ pub fn run(
                     root: "gantry-bench".into(),
                     advertise: None,
                     lease,
-                    authenticate_accounts: false,
+                    authenticate_rows: false,
                 };
                 super::in_scratch_dir("cluster-etcd", |dir| {
                     one(dir, params, Some(plane), agents, cache_dir.clone())

@@ -56,11 +56,12 @@ pub struct UpArgs {
     /// The prefix of this control plane's keys in etcd (several may share one etcd).
     #[arg(long, default_value = "gantry", requires = "etcd")]
     etcd_prefix: String,
-    /// Under a key file (GANTRY_KEY_FILE) taken into use after this control plane kept users
-    /// and tokens in etcd: authenticate those written before (as `gantry key seal` does a data
-    /// directory's), once, as this replica leads. Run it where etcd is trusted.
-    #[arg(long, requires = "etcd")]
-    authenticate_etcd_accounts: bool,
+    /// Under a key file (GANTRY_KEY_FILE) taken into use after this control plane kept its
+    /// rows in etcd (users, tokens, jobs, datasets): authenticate those written before (as
+    /// `gantry key seal` does a data directory's), once, as this replica leads. Run it where
+    /// etcd is trusted.
+    #[arg(long, requires = "etcd", alias = "authenticate-etcd-accounts")]
+    authenticate_etcd_rows: bool,
     /// Reach etcd over TLS (`https://` URLs in --etcd), trusting this CA's certificate (PEM).
     #[arg(long, value_name = "CA.pem", requires = "etcd")]
     etcd_ca_cert: Option<PathBuf>,
@@ -833,7 +834,7 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
         root: prefix.to_string(),
         advertise: args.advertise.clone(),
         lease,
-        authenticate_accounts: args.authenticate_etcd_accounts,
+        authenticate_rows: args.authenticate_etcd_rows,
     }))
 }
 

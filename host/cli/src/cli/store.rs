@@ -116,8 +116,8 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
             let root = dir.path()?;
             let (sealed, rows) = gantry_daemon::datadir::seal(&root, "gantry key seal")?;
             println!(
-                "{}: {sealed} key(s) sealed (master keys, audit signing key), {rows} account \
-                 row(s) authenticated (users, tokens); the directory now opens only with {}",
+                "{}: {sealed} key(s) sealed (master keys, audit signing key), {rows} \
+                 row(s) authenticated (users, tokens, jobs, datasets); the directory now opens only with {}",
                 root.display(),
                 gantry::storage::KEY_FILE_ENV
             );

@@ -1,18 +1,22 @@
-//! Account rows authenticated under the key file.
+//! Rows authenticated under the key file.
 //!
-//! With `GANTRY_KEY_FILE`, master keys are sealed, but `gantry.db` lay open to whoever could
-//! write the data directory: a changed `roles` column made anyone an admin, and a row added to
-//! `tokens` (a salt and hash of the writer's choosing) was a token. Every `users` and `tokens`
-//! row now carries a MAC (HMAC-SHA256 under a key derived from the key file) over every column
-//! that decides access, and one that does not verify is refused, naming its row. What a MAC
-//! cannot tell is a row put back as it was before (a revoked token's older row): the audit log
-//! records every revocation.
+//! With `GANTRY_KEY_FILE`, master keys are sealed, but `gantry.db` (and etcd) lay open to
+//! whoever could write them: a changed `roles` column made anyone an admin, a row added to
+//! `tokens` (a salt and hash of the writer's choosing) was a token, a row added to `jobs` ran a
+//! program of the writer's as a tenant's job, and a dataset's lowered classification showed it
+//! to those not cleared for it. Every `users`, `tokens`, `jobs` and `datasets` row now carries
+//! a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
+//! access or what runs, and one that does not verify is refused, naming its row. A job's MAC
+//! covers what was submitted (never changed after), not its state. What a MAC cannot tell is a
+//! row put back as it was before (a revoked token's older row), or a job's state moved back:
+//! the audit log records every revocation and every job's end.
 
 use ring::hmac;
 
-use super::{BadValue, User};
+use super::{BadValue, DatasetRecord, JobRecord, User};
 
 /// The key rows are authenticated with.
+#[derive(Clone)]
 pub(crate) struct RowMac(hmac::Key);
 
 impl std::fmt::Debug for RowMac {
@@ -32,9 +36,16 @@ pub(crate) struct TokenRow<'a> {
 }
 
 impl RowMac {
-    /// Rows authenticated under `key` ([`gantry::storage::accounts_key`]).
+    /// Rows authenticated under `key` ([`gantry::storage::rows_key`]).
     pub(crate) fn new(key: &[u8; 32]) -> RowMac {
         RowMac(hmac::Key::new(hmac::HMAC_SHA256, key))
+    }
+
+    /// The key of the key file of the data directory at `root`, where one is in use.
+    pub(crate) fn of_data_dir(
+        root: &std::path::Path,
+    ) -> Result<Option<RowMac>, gantry::storage::StoreError> {
+        Ok(gantry::storage::rows_key(root)?.map(|key| RowMac::new(&key)))
     }
 
     /// User `u`'s MAC, as its row keeps it.
@@ -47,6 +58,16 @@ impl RowMac {
         self.sign(&token_message(t))
     }
 
+    /// Job `j`'s MAC, as its row keeps it.
+    pub(crate) fn job(&self, j: &JobRecord) -> String {
+        self.sign(&job_message(j, &bodies_digest(j)))
+    }
+
+    /// Dataset `d`'s MAC, as its row keeps it.
+    pub(crate) fn dataset(&self, d: &DatasetRecord) -> String {
+        self.sign(&dataset_message(d))
+    }
+
     /// Checks user `u`'s row's MAC `mac`.
     pub(crate) fn check_user(&self, u: &User, mac: Option<&str>) -> Result<(), BadValue> {
         self.check(&user_message(u), mac, "users", &u.name)
@@ -55,6 +76,27 @@ impl RowMac {
     /// Checks token `t`'s row's MAC `mac`.
     pub(crate) fn check_token(&self, t: &TokenRow<'_>, mac: Option<&str>) -> Result<(), BadValue> {
         self.check(&token_message(t), mac, "tokens", t.id)
+    }
+
+    /// Checks job `j`'s row's MAC `mac`, `bodies` being the digest of its `train` and
+    /// `command` ([`bodies_digest`]): of the bodies read, or, where a listing reads none, as
+    /// kept beside them.
+    pub(crate) fn check_job(
+        &self,
+        j: &JobRecord,
+        bodies: &str,
+        mac: Option<&str>,
+    ) -> Result<(), BadValue> {
+        self.check(&job_message(j, bodies), mac, "jobs", &j.id)
+    }
+
+    /// Checks dataset `d`'s row's MAC `mac`.
+    pub(crate) fn check_dataset(
+        &self,
+        d: &DatasetRecord,
+        mac: Option<&str>,
+    ) -> Result<(), BadValue> {
+        self.check(&dataset_message(d), mac, "datasets", &d.name)
     }
 
     fn sign(&self, message: &[u8]) -> String {
@@ -78,7 +120,7 @@ impl RowMac {
             return Err(bad(
                 "not authenticated by the key file (GANTRY_KEY_FILE): written outside Gantry, \
                  or before the key file was in use (`gantry key seal` authenticates a data \
-                 directory's rows, `gantry up --authenticate-etcd-accounts` those in etcd)",
+                 directory's rows, `gantry up --authenticate-etcd-rows` those in etcd)",
             ));
         };
         let tag = data_encoding::HEXLOWER
@@ -110,6 +152,46 @@ fn token_message(t: &TokenRow<'_>) -> Vec<u8> {
         hex(t.hash),
         t.expires_at,
         t.revoked_at
+    ]);
+    serde_json::to_vec(&value).expect("JSON serialises")
+}
+
+/// The SHA-256 (hex) of job `j`'s bodies, its `train` and `command`: what its MAC covers of
+/// them, so that a listing, which reads no bodies, checks the rest against the digest kept
+/// beside them, and a whole read checks the bodies too.
+pub(crate) fn bodies_digest(j: &JobRecord) -> String {
+    let bodies = serde_json::json!([j.train, j.command]);
+    let bytes = serde_json::to_vec(&bodies).expect("JSON serialises");
+    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
+}
+
+/// What a job's MAC covers: what was submitted, by whom, for which tenant; never its state,
+/// placement or result, which the control plane changes as the job runs.
+fn job_message(j: &JobRecord, bodies: &str) -> Vec<u8> {
+    let value = serde_json::json!([
+        "job",
+        j.id,
+        j.tenant,
+        j.owner,
+        j.gpus,
+        j.memory_per_gpu_mib,
+        j.est_runtime_s,
+        j.submitted_at,
+        bodies
+    ]);
+    serde_json::to_vec(&value).expect("JSON serialises")
+}
+
+fn dataset_message(d: &DatasetRecord) -> Vec<u8> {
+    let value = serde_json::json!([
+        "dataset",
+        d.name,
+        d.tenant,
+        d.classification,
+        d.object,
+        d.bytes,
+        d.owner,
+        d.created_at
     ]);
     serde_json::to_vec(&value).expect("JSON serialises")
 }
