@@ -613,8 +613,8 @@ fn a_user_or_token_row_changed_outside_gantry_is_refused_under_a_key_file() {
     let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
     let d = data.to_str().unwrap();
     let add = [&ADD_ADA[..], &["--data-dir", d]].concat();
-    let seal = ["key", "seal", "--data-dir", d];
-    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("2 row(s) authenticated"));
+    // The user and their token (and the settings).
+    seal_counting(&data, &cache, &kek, 2);
     let check = ["db", "check", "--data-dir", d];
     ok(gantry_with(&check, &cache, &sealed));
     let tokens = ["user", "tokens", "--data-dir", d];
@@ -699,9 +699,8 @@ fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
         [&object],
     )
     .unwrap();
-    let seal = ["key", "seal", "--data-dir", d];
-    // A user and their token, a job, a dataset.
-    assert!(ok(gantry_with(&seal, &cache, &sealed)).contains("4 row(s) authenticated"));
+    // A user and their token, a job, a dataset (and the settings).
+    seal_counting(&data, &cache, &kek, 4);
     let check = ["db", "check", "--data-dir", d];
     ok(gantry_with(&check, &cache, &sealed));
 
@@ -730,6 +729,17 @@ fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
         "UPDATE datasets SET classification = 'public'",
         "table datasets, row vision/scans.csv",
     );
+    db().execute_batch("UPDATE datasets SET classification = 'secret'")
+        .unwrap();
+    ok(gantry_with(&check, &cache, &sealed));
+    // A key of the writer's recorded as the one that signs the audit log: `gantry audit verify`
+    // would take a log of theirs.
+    refused(
+        "UPDATE settings SET value = '00' WHERE key = 'audit.key'",
+        "table settings, row audit.key",
+    );
+    let verify = ["audit", "verify", "--data-dir", d];
+    refused_naming(&verify, &cache, &kek, "table settings, row audit.key", "");
 }
 
 /// `gantry user add` of `ada`, a researcher of `vision` (`--data-dir` to follow).
@@ -753,6 +763,20 @@ fn unsealed_with_ada() -> (tempfile::TempDir, PathBuf, PathBuf) {
     ok(gantry(&["init", "--data-dir", d], &cache));
     ok(gantry(&[&ADD_ADA[..], &["--data-dir", d]].concat(), &cache));
     (dir, cache, data)
+}
+
+/// Seals data directory `data` under key file `kek` (`gantry key seal`), which must say it
+/// authenticated `rows` rows and the settings.
+fn seal_counting(data: &Path, cache: &Path, kek: &Path, rows: usize) {
+    let db = rusqlite::Connection::open(gantry_daemon::db_path(data)).unwrap();
+    let settings: i64 = (db.query_row("SELECT COUNT(*) FROM settings", [], |r| r.get(0))).unwrap();
+    let seal = ["key", "seal", "--data-dir", data.to_str().unwrap()];
+    let sealing = ok(gantry_with(&seal, cache, &[("GANTRY_KEY_FILE", kek)]));
+    let rows = rows + settings as usize;
+    assert!(
+        sealing.contains(&format!("{rows} row(s) authenticated")),
+        "{sealing}"
+    );
 }
 
 /// Runs `args` under key file `kek`, which must fail naming `row` and its `mac` column (after

@@ -37,7 +37,7 @@ pub enum DataDirError {
     },
     /// A user or token row does not verify under the key file ([`Db::authenticate_rows`]).
     #[error(
-        "{source}\n(under a key file every user, token, job and dataset row carries a MAC: a directory sealed by an earlier version, or whose rows were written before its key file, is authenticated once with `gantry key seal`, run where the directory is trusted; a row changed outside Gantry is put back as it was, or the database restored from a backup with `gantry db restore`; see {RECOVERY})"
+        "{source}\n(under a key file every user, token, job, dataset and settings row carries a MAC: a directory sealed by an earlier version, or whose rows were written before its key file, is authenticated once with `gantry key seal`, run where the directory is trusted; a row changed outside Gantry is put back as it was, or the database restored from a backup with `gantry db restore`; see {RECOVERY})"
     )]
     UnauthenticatedRows {
         /// The cause.
@@ -329,7 +329,7 @@ pub fn open_db(root: &Path) -> Result<Db, DataDirError> {
 
 /// Seals the data directory at `root` under the key file `GANTRY_KEY_FILE` names, as `holder`:
 /// its master keys and signing key ([`gantry::storage::seal_master_keys`]), then its rows
-/// (users, tokens, jobs, datasets), each given its MAC (those there are are taken as they are: run it where the directory
+/// (users, tokens, jobs, datasets, settings), each given its MAC (those there are are taken as they are: run it where the directory
 /// is trusted). Audited as `key.seal`. Returns the keys sealed and the rows authenticated.
 pub fn seal(root: &Path, holder: &str) -> Result<(usize, usize), DataDirError> {
     let keys = gantry::storage::seal_master_keys(root, holder)?;

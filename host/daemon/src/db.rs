@@ -656,11 +656,12 @@ const MIGRATIONS: &[&str] = &[
     // 9: account rows authenticated under the key file (`rowmac`).
     "ALTER TABLE users ADD COLUMN mac TEXT;
      ALTER TABLE tokens ADD COLUMN mac TEXT;",
-    // 10: jobs and datasets authenticated under the key file too; a job's listing checks its
+    // 10: jobs, datasets and settings authenticated under the key file too; a job's listing checks its
     // MAC against the digest of its bodies kept beside them (`rowmac::bodies_digest`).
     "ALTER TABLE jobs ADD COLUMN mac TEXT;
      ALTER TABLE jobs ADD COLUMN bodies_digest TEXT;
-     ALTER TABLE datasets ADD COLUMN mac TEXT;",
+     ALTER TABLE datasets ADD COLUMN mac TEXT;
+     ALTER TABLE settings ADD COLUMN mac TEXT;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -781,6 +782,15 @@ impl Db {
         let mut rows = self.users()?.len() + self.tokens(None)?.len();
         rows += self.jobs()?.len() + self.datasets()?.len() + self.plugins(None)?.len();
         rows += self.gpu_health()?.len();
+        rows += {
+            let conn = self.conn();
+            let mut stmt =
+                (conn.prepare("SELECT key, value, mac FROM settings")).ctx("reading settings")?;
+            let read = stmt.query_map([], |r| self.checked_setting(r));
+            (read.and_then(|settings| settings.collect::<rusqlite::Result<Vec<_>>>()))
+                .ctx("reading settings")?
+                .len()
+        };
         let curves: Vec<String> = {
             let conn = self.conn();
             let mut stmt = conn
@@ -899,6 +909,16 @@ impl Db {
             signed += (tx.execute(
                 "UPDATE jobs SET mac = ?2, bodies_digest = ?3 WHERE id = ?1",
                 params![job.id, mac, bodies],
+            ))
+            .ctx(DOING)?;
+        }
+        let settings = "SELECT key, value FROM settings WHERE mac IS NULL";
+        let read = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+        for (key, value) in unmarked(&tx, settings, read)? {
+            let mac = rows.setting(&key, &value);
+            signed += (tx.execute(
+                "UPDATE settings SET mac = ?2 WHERE key = ?1",
+                params![key, mac],
             ))
             .ctx(DOING)?;
         }
@@ -1475,20 +1495,35 @@ impl Db {
     pub fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
         self.conn()
             .query_row(
-                "SELECT value FROM settings WHERE key = ?1",
+                "SELECT key, value, mac FROM settings WHERE key = ?1",
                 params![key],
-                |r| r.get(0),
+                |r| self.checked_setting(r).map(|(_, value)| value),
             )
             .optional()
             .ctx("reading a setting")
+    }
+
+    /// The key and value of a `settings` row read as (key, value, mac), checked where rows are
+    /// authenticated.
+    fn checked_setting(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String)> {
+        let (key, value): (String, String) = (r.get(0)?, r.get(1)?);
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(2)?;
+            (rows.check_setting(&key, &value, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+        }
+        Ok((key, value))
     }
 
     /// Sets a daemon setting.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<(), DbError> {
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO settings(key, value) VALUES (?1, ?2)",
-                params![key, value],
+                "INSERT OR REPLACE INTO settings(key, value, mac) VALUES (?1, ?2, ?3)",
+                params![
+                    key,
+                    value,
+                    self.rows.get().map(|rows| rows.setting(key, value))
+                ],
             )
             .ctx("writing a setting")?;
         Ok(())
@@ -2271,6 +2306,15 @@ mod tests {
         refused(db.check().unwrap_err(), "row vision/new.csv");
         tamper("UPDATE datasets SET classification = 'secret' WHERE name = 'vision/new.csv'");
         db.check().unwrap();
+        // Another key to check the audit log by.
+        db.set_setting("audit.key", "ab").unwrap();
+        assert_eq!(db.setting("audit.key").unwrap().as_deref(), Some("ab"));
+        tamper("UPDATE settings SET value = 'cd' WHERE key = 'audit.key'");
+        refused(
+            db.setting("audit.key").unwrap_err(),
+            "table settings, row audit.key",
+        );
+        refused(db.check().unwrap_err(), "table settings, row audit.key");
     }
 
     /// Found by a review: a job asking for 2^64-1 MiB a GPU was stored as -1 (`as i64`), and

@@ -250,7 +250,7 @@ pub struct Recovered {
 /// wrong; the damaged log is kept beside it. Refused when the log is fine.
 pub fn recover_audit_log(root: &Path, reason: &str) -> Result<Recovered, DataDirError> {
     let store = Store::open_exclusive(root, "gantry audit recover")?;
-    let db = Db::open_existing(&super::db_path(root))?;
+    let db = super::datadir::open_db(root)?;
     db.check().map_err(super::datadir::damaged)?;
     let key = gantry::storage::host_key(root)?;
     let public = gantry::keys::public_hex(&key);

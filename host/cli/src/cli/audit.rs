@@ -100,7 +100,8 @@ fn verify(
     let mut closed = false;
     if let Some(root) = &data_dir {
         path.get_or_insert_with(|| gantry_daemon::datadir::audit_path(root));
-        let db = gantry_daemon::db::Db::open_existing(&gantry_daemon::db_path(root))?;
+        // Its settings checked under the key file: the recorded key is one of them.
+        let db = gantry_daemon::datadir::open_db(root)?;
         if key.is_none() {
             // The key recorded when the log was first written, else the host key's.
             key = match db.setting(gantry_daemon::datadir::AUDIT_KEY)? {

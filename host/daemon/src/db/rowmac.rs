@@ -3,9 +3,9 @@
 //! With `GANTRY_KEY_FILE`, master keys are sealed, but `gantry.db` (and etcd) lay open to
 //! whoever could write them: a changed `roles` column made anyone an admin, a row added to
 //! `tokens` (a salt and hash of the writer's choosing) was a token, a row added to `jobs` ran a
-//! program of the writer's as a tenant's job, and a dataset's lowered classification showed it
-//! to those not cleared for it. Every `users`, `tokens`, `jobs` and `datasets` row now carries
-//! a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
+//! program of the writer's as a tenant's job, a dataset's lowered classification showed it to
+//! those not cleared for it, and a setting named another key as the one that signs the audit
+//! log. Every `users`, `tokens`, `jobs`, `datasets` and `settings` row now carries a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
 //! access or what runs, and one that does not verify is refused, naming its row. A job's MAC
 //! covers what was submitted (never changed after), not its state. What a MAC cannot tell is a
 //! row put back as it was before (a revoked token's older row), or a job's state moved back:
@@ -68,6 +68,11 @@ impl RowMac {
         self.sign(&dataset_message(d))
     }
 
+    /// Setting `key`'s MAC, its value being `value`.
+    pub(crate) fn setting(&self, key: &str, value: &str) -> String {
+        self.sign(&setting_message(key, value))
+    }
+
     /// Checks user `u`'s row's MAC `mac`.
     pub(crate) fn check_user(&self, u: &User, mac: Option<&str>) -> Result<(), BadValue> {
         self.check(&user_message(u), mac, "users", &u.name)
@@ -88,6 +93,16 @@ impl RowMac {
         mac: Option<&str>,
     ) -> Result<(), BadValue> {
         self.check(&job_message(j, bodies), mac, "jobs", &j.id)
+    }
+
+    /// Checks the MAC `mac` of setting `key`, its value being `value`.
+    pub(crate) fn check_setting(
+        &self,
+        key: &str,
+        value: &str,
+        mac: Option<&str>,
+    ) -> Result<(), BadValue> {
+        self.check(&setting_message(key, value), mac, "settings", key)
     }
 
     /// Checks dataset `d`'s row's MAC `mac`.
@@ -180,6 +195,12 @@ fn job_message(j: &JobRecord, bodies: &str) -> Vec<u8> {
         bodies
     ]);
     serde_json::to_vec(&value).expect("JSON serialises")
+}
+
+/// What a setting's MAC covers: among them the installed policy's object and the key that signs
+/// the audit log.
+fn setting_message(key: &str, value: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!(["setting", key, value])).expect("JSON serialises")
 }
 
 fn dataset_message(d: &DatasetRecord) -> Vec<u8> {
