@@ -756,23 +756,10 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                     "the CUDA driver's"
                 }
             );
+            let mut devices = node.devices;
             let spawned = std::thread::Builder::new()
                 .name("gantry-agent".into())
-                .spawn(move || {
-                    let on_stderr = |line: &str| {
-                        use std::io::Write;
-                        let _ = writeln!(std::io::stderr(), "{line}");
-                    };
-                    let run = std::panic::AssertUnwindSafe(|| {
-                        run_agent_until(agent, node.devices, &quit, &on_stderr)
-                    });
-                    // The daemon serves on; the node leaves service when its lease ends.
-                    match std::panic::catch_unwind(run) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => on_stderr(&format!("this machine's agent stopped: {e:#}")),
-                        Err(_) => on_stderr("this machine's agent stopped: it panicked"),
-                    }
-                });
+                .spawn(move || supervise_agent(&agent, &mut devices, &quit));
             match spawned {
                 Ok(handle) => *thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
                 Err(e) => eprintln!("this machine's agent did not start: {e}"),
@@ -1428,17 +1415,78 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{line}");
     };
-    let devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
+    let mut devices = super::agent_devices::Devices::new(args.emulate_gpus, args.devices.clone())?;
     let quit = std::sync::atomic::AtomicBool::new(false);
-    run_agent_until(args, devices, &quit, &on_stdout)
+    run_agent_until(&args, &mut devices, &quit, &on_stdout)
+}
+
+/// The longest this machine's agent waits before it starts again after it stopped.
+const AGENT_RESTART_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs this machine's agent inside `gantry up` until `quit` is set, starting it again whenever
+/// it stops otherwise (an error, a panic): found by a review, one panic of its loop stopped it
+/// for good while the daemon served on, every GPU of the machine out of service at its lease's
+/// end and no job run again until a restart. A life started again kills what the last one's
+/// runs left (their attempts are fenced).
+fn supervise_agent(
+    args: &AgentArgs,
+    devices: &mut super::agent_devices::Devices,
+    quit: &std::sync::atomic::AtomicBool,
+) {
+    let on_stderr = |line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
+    let first = std::time::Duration::from_secs(1);
+    supervise(quit, &on_stderr, first, || {
+        run_agent_until(args, devices, quit, &on_stderr)
+    });
+}
+
+/// Runs `life` until it returns with `quit` set, again after each other end (an error, a
+/// panic, a return before `quit`), said through `say`: `first` after a stop, twice as long after
+/// each stop that came within a minute of its start, at most [`AGENT_RESTART_MAX`].
+fn supervise(
+    quit: &std::sync::atomic::AtomicBool,
+    say: &dyn Fn(&str),
+    first: std::time::Duration,
+    mut life: impl FnMut() -> anyhow::Result<()>,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let mut wait = first;
+    loop {
+        let started = Instant::now();
+        let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut life)) {
+            Ok(Ok(())) if quit.load(Ordering::SeqCst) => return,
+            Ok(Ok(())) => "it returned".to_string(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "it panicked".to_string(),
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            wait = first;
+        }
+        say(&format!(
+            "this machine's agent stopped ({why}); starting it again in {:.1} s",
+            wait.as_secs_f64()
+        ));
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if quit.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(wait));
+        }
+        wait = (wait * 2).min(AGENT_RESTART_MAX);
+    }
 }
 
 /// Runs a node's agent, reporting `devices`, until `quit` is set; then its runs are stopped (their ends reported,
 /// the control plane still serving) and it returns. What it serves is said through `say`
 /// (never a panic: a closed output must not end the agent).
 fn run_agent_until(
-    args: AgentArgs,
-    mut devices: super::agent_devices::Devices,
+    args: &AgentArgs,
+    devices: &mut super::agent_devices::Devices,
     quit: &std::sync::atomic::AtomicBool,
     say: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
@@ -2243,6 +2291,37 @@ mod tests {
             printed,
             "7.000  ok\n7.000  1796487909.909  succeeded: fake\n7.000  \\x1b]52;c;aGk=\\x07\tx\\u{9b}\n"
         );
+    }
+
+    /// Found by a review: one panic of the agent inside `gantry up` stopped it for good while
+    /// the daemon served on (the machine's GPUs out of service at its lease's end, no job run
+    /// again). Its life is started again after a panic, an error or an early return, each said,
+    /// until it ends asked to.
+    #[test]
+    fn this_machines_agent_is_started_again_after_it_panics_or_fails() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let quit = AtomicBool::new(false);
+        let said = std::sync::Mutex::new(Vec::new());
+        let say = |line: &str| said.lock().unwrap().push(line.to_string());
+        let mut lives = 0;
+        super::supervise(&quit, &say, std::time::Duration::from_millis(5), || {
+            lives += 1;
+            match lives {
+                1 => panic!("a bug in the agent's loop"),
+                2 => anyhow::bail!("the node's cgroup went away"),
+                3 => Ok(()),
+                _ => {
+                    quit.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        });
+        assert_eq!(lives, 4);
+        let said = said.into_inner().unwrap();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].contains("it panicked") && said[0].contains("again in 0.0 s"));
+        assert!(said[1].contains("the node's cgroup went away"), "{said:?}");
+        assert!(said[2].contains("it returned"), "{said:?}");
     }
 
     #[test]
