@@ -690,17 +690,23 @@ fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
     // Rows an earlier version wrote (no MACs), authenticated where the directory is trusted.
     db().execute_batch(&job("queued", r#"["sh","-c","true"]"#))
         .unwrap();
-    let object = (gantry::storage::Store::open_exclusive(&data, "a test").unwrap())
-        .put_bytes(b"x,y\n1,2\n")
-        .unwrap();
+    let store = gantry::storage::Store::open_exclusive(&data, "a test").unwrap();
+    let object = store.put_bytes(b"x,y\n1,2\n").unwrap();
+    let weights = store.put_bytes(b"the queued job's weights").unwrap();
+    drop(store);
     db().execute(
         "INSERT INTO datasets(name, tenant, classification, object, bytes, owner, created_at)
          VALUES ('vision/scans.csv', 'vision', 'secret', ?1, 8, 'ada', 1.5)",
         [&object],
     )
     .unwrap();
-    // A user and their token, a job, a dataset (and the settings).
-    seal_counting(&data, &cache, &kek, 4);
+    db().execute(
+        "INSERT INTO checkpoints(job, step, object) VALUES ('vision/queued', 3, ?1)",
+        [&weights],
+    )
+    .unwrap();
+    // A user and their token, a job, a dataset, a checkpoint (and the settings).
+    seal_counting(&data, &cache, &kek, 5);
     let check = ["db", "check", "--data-dir", d];
     ok(gantry_with(&check, &cache, &sealed));
 
@@ -730,6 +736,15 @@ fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
         "table datasets, row vision/scans.csv",
     );
     db().execute_batch("UPDATE datasets SET classification = 'secret'")
+        .unwrap();
+    ok(gantry_with(&check, &cache, &sealed));
+    // Another object as the job's checkpoint (here the dataset: another tenant's weights, in
+    // a directory of several).
+    refused(
+        &format!("UPDATE checkpoints SET object = '{object}'"),
+        "table checkpoints, row vision/queued step 3",
+    );
+    db().execute("UPDATE checkpoints SET object = ?1", [&weights])
         .unwrap();
     ok(gantry_with(&check, &cache, &sealed));
     // A key of the writer's recorded as the one that signs the audit log: `gantry audit verify`

@@ -656,12 +656,13 @@ const MIGRATIONS: &[&str] = &[
     // 9: account rows authenticated under the key file (`rowmac`).
     "ALTER TABLE users ADD COLUMN mac TEXT;
      ALTER TABLE tokens ADD COLUMN mac TEXT;",
-    // 10: jobs, datasets and settings authenticated under the key file too; a job's listing checks its
+    // 10: jobs, datasets, settings and checkpoints authenticated under the key file too; a job's listing checks its
     // MAC against the digest of its bodies kept beside them (`rowmac::bodies_digest`).
     "ALTER TABLE jobs ADD COLUMN mac TEXT;
      ALTER TABLE jobs ADD COLUMN bodies_digest TEXT;
      ALTER TABLE datasets ADD COLUMN mac TEXT;
-     ALTER TABLE settings ADD COLUMN mac TEXT;",
+     ALTER TABLE settings ADD COLUMN mac TEXT;
+     ALTER TABLE checkpoints ADD COLUMN mac TEXT;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -782,15 +783,8 @@ impl Db {
         let mut rows = self.users()?.len() + self.tokens(None)?.len();
         rows += self.jobs()?.len() + self.datasets()?.len() + self.plugins(None)?.len();
         rows += self.gpu_health()?.len();
-        rows += {
-            let conn = self.conn();
-            let mut stmt =
-                (conn.prepare("SELECT key, value, mac FROM settings")).ctx("reading settings")?;
-            let read = stmt.query_map([], |r| self.checked_setting(r));
-            (read.and_then(|settings| settings.collect::<rusqlite::Result<Vec<_>>>()))
-                .ctx("reading settings")?
-                .len()
-        };
+        let settings = "SELECT key, value, mac FROM settings";
+        rows += self.count_checked(settings, |r| self.checked_setting(r))?;
         let curves: Vec<String> = {
             let conn = self.conn();
             let mut stmt = conn
@@ -820,8 +814,23 @@ impl Db {
                 },
             });
         }
+        let checkpoints = "SELECT job, step, object, mac FROM checkpoints";
+        rows += self.count_checked(checkpoints, |r| self.checked_checkpoint(r))?;
         self.audit_head()?;
         Ok((rows + curves.len()) as u64)
+    }
+
+    /// How many rows `sql` selects, each read by `read` (a check of it).
+    fn count_checked<T>(
+        &self,
+        sql: &str,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<usize, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).ctx("checking rows")?;
+        let rows = stmt.query_map([], read);
+        let rows = rows.and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        Ok(rows.ctx("checking rows")?.len())
     }
 
     /// Writes a consistent copy of the database into `out` (an empty or missing file): SQLite's
@@ -912,6 +921,18 @@ impl Db {
             ))
             .ctx(DOING)?;
         }
+        let checkpoints = "SELECT job, step, object FROM checkpoints WHERE mac IS NULL";
+        let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, u32, String)> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        };
+        for (job, step, object) in unmarked(&tx, checkpoints, read)? {
+            let mac = rows.checkpoint(&job, step, &object);
+            signed += (tx.execute(
+                "UPDATE checkpoints SET mac = ?3 WHERE job = ?1 AND step = ?2",
+                params![job, step, mac],
+            ))
+            .ctx(DOING)?;
+        }
         let settings = "SELECT key, value FROM settings WHERE mac IS NULL";
         let read = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
         for (key, value) in unmarked(&tx, settings, read)? {
@@ -972,6 +993,19 @@ impl Db {
             (rows.check_job(&job, &bodies, mac.as_deref())).map_err(BadValue::into_sqlite)?;
         }
         Ok(job)
+    }
+
+    /// The job, step and object of a `checkpoints` row read as (job, step, object, mac),
+    /// checked where rows are authenticated: a job pointed at another's checkpoint would resume
+    /// from (and its model show) another tenant's weights.
+    fn checked_checkpoint(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, String)> {
+        let (job, step, object): (String, u32, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(3)?;
+            (rows.check_checkpoint(&job, step, &object, mac.as_deref()))
+                .map_err(BadValue::into_sqlite)?;
+        }
+        Ok((job, step, object))
     }
 
     /// The dataset of a row read as [`SELECT_DATASET`], checked where rows are authenticated.
@@ -1798,9 +1832,13 @@ impl JobStore for Db {
         };
         tx.execute("DELETE FROM checkpoints WHERE job = ?1", params![job])
             .ctx("recording a checkpoint")?;
+        let mac = self
+            .rows
+            .get()
+            .map(|rows| rows.checkpoint(job, step, object));
         tx.execute(
-            "INSERT INTO checkpoints(job, step, object) VALUES (?1, ?2, ?3)",
-            params![job, step, object],
+            "INSERT INTO checkpoints(job, step, object, mac) VALUES (?1, ?2, ?3, ?4)",
+            params![job, step, object, mac],
         )
         .ctx("recording a checkpoint")?;
         tx.commit().ctx("recording a checkpoint")?;
@@ -1837,9 +1875,13 @@ impl JobStore for Db {
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, DbError> {
         self.conn()
             .query_row(
-                "SELECT step, object FROM checkpoints WHERE job = ?1 ORDER BY step DESC LIMIT 1",
+                "SELECT job, step, object, mac FROM checkpoints WHERE job = ?1
+                 ORDER BY step DESC LIMIT 1",
                 params![job],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    self.checked_checkpoint(r)
+                        .map(|(_, step, object)| (step, object))
+                },
             )
             .optional()
             .ctx("reading checkpoints")
@@ -2183,9 +2225,10 @@ mod tests {
         assert!(plain.token("t3").unwrap().is_some());
     }
 
-    /// Under a key file, a jobs or datasets row planted or changed by a writer of the disk (a
-    /// command of theirs run as a tenant's job, a dataset's classification lowered) is refused
-    /// where it is read, a listing too; the rows of an earlier version are authenticated once
+    /// Under a key file, a jobs, datasets, checkpoints or settings row planted or changed by a
+    /// writer of the disk (a command of theirs run as a tenant's job, a dataset's classification
+    /// lowered, a job resuming from another tenant's weights, another key for the audit log) is
+    /// refused where it is read, a listing too; the rows of an earlier version are authenticated once
     /// asked (`gantry key seal`), and a job moving through its life keeps its MAC.
     #[test]
     fn job_and_dataset_rows_changed_outside_gantry_are_refused_where_they_are_read() {
@@ -2210,6 +2253,7 @@ mod tests {
             created_at: 1.5,
         };
         before.insert_dataset(&dataset("old.csv")).unwrap();
+        before.add_checkpoint("vision/old", 3, "aa").unwrap();
         drop(before);
         let db = Db::open(&path).unwrap();
         db.authenticate_rows(&[7; 32]);
@@ -2222,7 +2266,15 @@ mod tests {
             "table jobs, row vision/old",
         );
         refused(db.check().unwrap_err(), "row vision/old");
-        assert_eq!(db.authenticate_unmarked_rows().unwrap(), 2);
+        refused(
+            db.latest_checkpoint("vision/old").unwrap_err(),
+            "table checkpoints, row vision/old step 3",
+        );
+        assert_eq!(db.authenticate_unmarked_rows().unwrap(), 3);
+        assert_eq!(
+            db.latest_checkpoint("vision/old").unwrap(),
+            Some((3, "aa".into()))
+        );
         assert_eq!(db.job("vision/old").unwrap().unwrap(), old);
         db.check().unwrap();
 
@@ -2269,7 +2321,9 @@ mod tests {
         refused(db.check().unwrap_err(), "table jobs, row vision/old");
         tamper(r#"UPDATE jobs SET bodies_digest = NULL WHERE id = 'vision/old'"#);
         refused(db.jobs_page(None, None, 10).unwrap_err(), "row vision/old");
-        tamper("DELETE FROM jobs WHERE id = 'vision/old'");
+        tamper(
+            "DELETE FROM checkpoints WHERE job = 'vision/old'; DELETE FROM jobs WHERE id = 'vision/old'",
+        );
         // Another owner, more GPUs, or a job planted whole.
         tamper("UPDATE jobs SET owner = 'eve' WHERE id = 'vision/trains'");
         refused(
@@ -2306,6 +2360,16 @@ mod tests {
         refused(db.check().unwrap_err(), "row vision/new.csv");
         tamper("UPDATE datasets SET classification = 'secret' WHERE name = 'vision/new.csv'");
         db.check().unwrap();
+        // Another tenant's checkpoint: the job would resume from (and its model show) their
+        // weights.
+        db.add_checkpoint("vision/trains", 5, "bb").unwrap();
+        tamper("UPDATE checkpoints SET object = 'cc' WHERE job = 'vision/trains'");
+        refused(
+            db.latest_checkpoint("vision/trains").unwrap_err(),
+            "row vision/trains step 5",
+        );
+        refused(db.check().unwrap_err(), "row vision/trains step 5");
+        tamper("UPDATE checkpoints SET object = 'bb' WHERE job = 'vision/trains'");
         // Another key to check the audit log by.
         db.set_setting("audit.key", "ab").unwrap();
         assert_eq!(db.setting("audit.key").unwrap().as_deref(), Some("ab"));

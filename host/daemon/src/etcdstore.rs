@@ -190,7 +190,7 @@ impl EtcdJobs {
         }
     }
 
-    /// Gives every job without a MAC its MAC (rows are authenticated: see
+    /// Gives every job and checkpoint without a MAC its MAC (rows are authenticated: see
     /// [`EtcdJobs::authenticated_as`]): those written before the key file was in use. One
     /// changed meanwhile is left to the next call; one whose MAC does not verify stays refused.
     /// Returns how many it authenticated.
@@ -198,13 +198,31 @@ impl EtcdJobs {
         let Some(rows) = &self.rows else {
             return Ok(0);
         };
-        let mut done = 0;
+        let mut writes = Vec::new();
         for kv in self.etcd.prefix(&self.key("jobs", ""), 0)? {
             let stored = self.decode_stored(&kv)?;
-            if stored.mac.is_some() {
-                continue;
+            if stored.mac.is_none() {
+                let value = Self::value(&stored.job, Some(&rows.job(&stored.job)));
+                writes.push((kv, value));
             }
-            let value = Self::value(&stored.job, Some(&rows.job(&stored.job)));
+        }
+        let checkpoints = self.key("checkpoints", "");
+        for kv in self.etcd.prefix(&checkpoints, 0)? {
+            let key = String::from_utf8_lossy(&kv.key[checkpoints.len()..]).into_owned();
+            let value = String::from_utf8_lossy(&kv.value).into_owned();
+            let Some((job, step)) = key.rsplit_once('/') else {
+                return Err(corrupt(&kv.key, "not a checkpoint's key"));
+            };
+            let step: u32 = step
+                .parse()
+                .map_err(|_| corrupt(&kv.key, "not a step number"))?;
+            if !value.contains(' ') {
+                let mac = rows.checkpoint(job, step, &value);
+                writes.push((kv, format!("{value} {mac}").into_bytes()));
+            }
+        }
+        let mut done = 0;
+        for (kv, value) in writes {
             let outcome = self.write(
                 vec![Compare::Modified(kv.key.clone(), kv.mod_revision)],
                 &[Op::Put(kv.key.clone(), value, 0)],
@@ -309,6 +327,13 @@ pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(
         .iter()
         .map(|kv| decode(&kv.key, &kv.value))
         .collect()
+}
+
+/// The object a checkpoint's value names: its first word (a MAC follows where rows are
+/// authenticated, [`EtcdJobs::authenticated_as`]). Unchecked: what is forgotten with it.
+fn checkpoint_object(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?;
+    Some(value.split(' ').next().unwrap_or(value).to_string())
 }
 
 /// A job's move to `to` from `from` (`None`: whatever it is in), checked as the SQLite store
@@ -544,13 +569,17 @@ impl JobStore for EtcdJobs {
             .filter(|kv| kv.key != key)
             .map(|kv| Op::Delete(kv.key.clone()))
             .collect();
-        ops.push(Op::Put(key, object.as_bytes().to_vec(), 0));
+        let mut value = object.to_string();
+        if let Some(rows) = &self.rows {
+            value = format!("{object} {}", rows.checkpoint(job, step, object));
+        }
+        ops.push(Op::Put(key, value.into_bytes(), 0));
         if !self.write(Vec::new(), &ops, &[])?.succeeded {
             return Err(EtcdStoreError::NotLeader);
         }
         let mut forgotten: Vec<String> = before
-            .into_iter()
-            .filter_map(|kv| String::from_utf8(kv.value).ok())
+            .iter()
+            .filter_map(|kv| checkpoint_object(&kv.value))
             .filter(|o| o != object)
             .collect();
         forgotten.dedup();
@@ -562,8 +591,8 @@ impl JobStore for EtcdJobs {
         let mut objects: Vec<String> = self
             .etcd
             .prefix(&prefix, 0)?
-            .into_iter()
-            .filter_map(|kv| String::from_utf8(kv.value).ok())
+            .iter()
+            .filter_map(|kv| checkpoint_object(&kv.value))
             .collect();
         if !self
             .write(Vec::new(), &[Op::DeletePrefix(prefix)], &[])?
@@ -579,7 +608,9 @@ impl JobStore for EtcdJobs {
         // Every job's checkpoint: one per job (`add_checkpoint` keeps no more).
         let prefix = format!("{}/checkpoints/", self.root);
         let kvs = self.etcd.prefix(prefix.as_bytes(), 0)?;
-        Ok(kvs.iter().any(|kv| kv.value == object.as_bytes()))
+        Ok(kvs
+            .iter()
+            .any(|kv| checkpoint_object(&kv.value).is_some_and(|o| o == object)))
     }
 
     fn latest_checkpoint(&self, job: &str) -> Result<Option<(u32, String)>, EtcdStoreError> {
@@ -592,9 +623,16 @@ impl JobStore for EtcdJobs {
         let step = key[prefix.len()..]
             .parse()
             .map_err(|_| corrupt(&kv.key, "not a step number"))?;
-        let object =
-            String::from_utf8(kv.value.clone()).map_err(|e| corrupt(&kv.key, e.to_string()))?;
-        Ok(Some((step, object)))
+        let value = std::str::from_utf8(&kv.value).map_err(|e| corrupt(&kv.key, e.to_string()))?;
+        let (object, mac) = match value.split_once(' ') {
+            Some((object, mac)) => (object, Some(mac)),
+            None => (value, None),
+        };
+        if let Some(rows) = &self.rows {
+            (rows.check_checkpoint(job, step, object, mac))
+                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+        }
+        Ok(Some((step, object.to_string())))
     }
 
     fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), EtcdStoreError> {
@@ -693,8 +731,8 @@ impl EtcdJobs {
             let named: Vec<(String, String)> = self
                 .etcd
                 .prefix(&checkpoints, 0)?
-                .into_iter()
-                .filter_map(|kv| String::from_utf8(kv.value).ok().map(|o| (id.clone(), o)))
+                .iter()
+                .filter_map(|kv| Some((id.clone(), checkpoint_object(&kv.value)?)))
                 .collect();
             let ops = [
                 Op::Delete(self.key("jobs", &id)),
@@ -812,14 +850,37 @@ mod tests {
             let e = e.to_string();
             assert!(e.contains(key) && e.contains("key file"), "{e}");
         };
+        plain.add_checkpoint("vision/old", 3, "aa").unwrap();
         refused(
             keyed.job("vision/old").unwrap_err(),
             "gantry/jobs/vision/old",
         );
         refused(keyed.jobs().unwrap_err(), "gantry/jobs/vision/old");
+        let checkpoint = "gantry/checkpoints/vision/old/0000000003";
+        refused(
+            keyed.latest_checkpoint("vision/old").unwrap_err(),
+            checkpoint,
+        );
         assert_eq!(plain.authenticate_unmarked().unwrap(), 0, "no key");
-        assert_eq!(keyed.authenticate_unmarked().unwrap(), 1);
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 2);
         assert_eq!(keyed.job("vision/old").unwrap().unwrap(), old);
+        let latest = keyed.latest_checkpoint("vision/old").unwrap();
+        assert_eq!(latest, Some((3, "aa".into())));
+        assert!(keyed.checkpoint_uses("aa").unwrap());
+        // Pointed at another tenant's checkpoint, its MAC kept.
+        let kv = etcd.client().get(checkpoint.as_bytes()).unwrap().unwrap();
+        let value = String::from_utf8(kv.value).unwrap().replacen("aa", "bb", 1);
+        (etcd
+            .client()
+            .put(checkpoint.as_bytes(), value.as_bytes(), 0))
+        .unwrap();
+        refused(
+            keyed.latest_checkpoint("vision/old").unwrap_err(),
+            checkpoint,
+        );
+        assert_eq!(keyed.add_checkpoint("vision/old", 4, "cc").unwrap(), ["bb"]);
+        let latest = keyed.latest_checkpoint("vision/old").unwrap();
+        assert_eq!(latest, Some((4, "cc".into())));
         // Moves and changes keep its MAC.
         keyed
             .transition(

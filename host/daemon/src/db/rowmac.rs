@@ -4,8 +4,9 @@
 //! whoever could write them: a changed `roles` column made anyone an admin, a row added to
 //! `tokens` (a salt and hash of the writer's choosing) was a token, a row added to `jobs` ran a
 //! program of the writer's as a tenant's job, a dataset's lowered classification showed it to
-//! those not cleared for it, and a setting named another key as the one that signs the audit
-//! log. Every `users`, `tokens`, `jobs`, `datasets` and `settings` row now carries a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
+//! those not cleared for it, a setting named another key as the one that signs the audit log, and
+//! a job's checkpoint named another tenant's (its model then theirs). Every `users`, `tokens`,
+//! `jobs`, `datasets`, `settings` and `checkpoints` row now carries a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
 //! access or what runs, and one that does not verify is refused, naming its row. A job's MAC
 //! covers what was submitted (never changed after), not its state. What a MAC cannot tell is a
 //! row put back as it was before (a revoked token's older row), or a job's state moved back:
@@ -73,6 +74,11 @@ impl RowMac {
         self.sign(&setting_message(key, value))
     }
 
+    /// The MAC of job `job`'s checkpoint at `step`, stored as `object`.
+    pub(crate) fn checkpoint(&self, job: &str, step: u32, object: &str) -> String {
+        self.sign(&checkpoint_message(job, step, object))
+    }
+
     /// Checks user `u`'s row's MAC `mac`.
     pub(crate) fn check_user(&self, u: &User, mac: Option<&str>) -> Result<(), BadValue> {
         self.check(&user_message(u), mac, "users", &u.name)
@@ -103,6 +109,23 @@ impl RowMac {
         mac: Option<&str>,
     ) -> Result<(), BadValue> {
         self.check(&setting_message(key, value), mac, "settings", key)
+    }
+
+    /// Checks the MAC `mac` of job `job`'s checkpoint at `step`, stored as `object`.
+    pub(crate) fn check_checkpoint(
+        &self,
+        job: &str,
+        step: u32,
+        object: &str,
+        mac: Option<&str>,
+    ) -> Result<(), BadValue> {
+        let row = format!("{job} step {step}");
+        self.check(
+            &checkpoint_message(job, step, object),
+            mac,
+            "checkpoints",
+            &row,
+        )
     }
 
     /// Checks dataset `d`'s row's MAC `mac`.
@@ -201,6 +224,12 @@ fn job_message(j: &JobRecord, bodies: &str) -> Vec<u8> {
 /// the audit log.
 fn setting_message(key: &str, value: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!(["setting", key, value])).expect("JSON serialises")
+}
+
+/// What a checkpoint's MAC covers: the job binds it to its owner's tenant.
+fn checkpoint_message(job: &str, step: u32, object: &str) -> Vec<u8> {
+    let value = serde_json::json!(["checkpoint", job, step, object]);
+    serde_json::to_vec(&value).expect("JSON serialises")
 }
 
 fn dataset_message(d: &DatasetRecord) -> Vec<u8> {
