@@ -7,9 +7,11 @@ use std::sync::Arc;
 use gantry_etcd::{Compare, Etcd, Op};
 use serde::{Deserialize, Serialize};
 
-use crate::db::rowmac::RowMac;
+use crate::db::rowmac::{Authenticated, Covered, RowMac};
 use crate::db::{DatasetRecord, Db};
-use crate::etcdstore::{EtcdStoreError, decode, decode_prefix, seed_once};
+use crate::etcdstore::{
+    EtcdStoreError, checked_value, decode_prefix, seed_once, sign_unmarked, signed_value,
+};
 use crate::jobstore::StateError;
 
 /// The datasets' records.
@@ -67,15 +69,22 @@ struct Stored {
     bytes: u64,
     owner: String,
     created_at: f64,
-    /// Its MAC, where rows are authenticated ([`EtcdDatasets::authenticated_as`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    mac: Option<String>,
+}
+
+/// What a record's MAC covers: what the database's covers.
+impl Covered for Stored {
+    const TABLE: &'static str = "datasets";
+    fn row(&self) -> String {
+        self.key.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        DatasetRecord::from(self.clone()).covered()
+    }
 }
 
 impl From<&DatasetRecord> for Stored {
     fn from(d: &DatasetRecord) -> Self {
         Stored {
-            mac: None,
             key: d.name.clone(),
             tenant: d.tenant.clone(),
             classification: d.classification.clone(),
@@ -111,6 +120,13 @@ pub struct EtcdDatasets {
     rows: Option<RowMac>,
 }
 
+impl Authenticated for EtcdDatasets {
+    fn with_rows(mut self, rows: Option<RowMac>) -> EtcdDatasets {
+        self.rows = rows;
+        self
+    }
+}
+
 impl EtcdDatasets {
     /// Datasets under `root` in `etcd`.
     pub fn new(etcd: Arc<Etcd>, root: &str) -> EtcdDatasets {
@@ -121,63 +137,27 @@ impl EtcdDatasets {
         }
     }
 
-    /// These records, authenticated under the key file of the data directory at `data_dir`
-    /// where one is in use, as [`crate::etcdstore::EtcdJobs::authenticated_as`].
-    pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdDatasets, String> {
-        let rows = RowMac::of_data_dir(data_dir).map_err(|e| e.to_string())?;
-        Ok(self.with_rows(rows))
-    }
-
-    /// These records, authenticated under `rows` where given.
-    pub(crate) fn with_rows(mut self, rows: Option<RowMac>) -> EtcdDatasets {
-        self.rows = rows;
-        self
-    }
-
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}/datasets/{rest}", self.root).into_bytes()
     }
 
     /// `d` as etcd keeps it, with its MAC where rows are authenticated.
     fn value(&self, d: &DatasetRecord) -> Vec<u8> {
-        let mut stored = Stored::from(d);
-        stored.mac = self.rows.as_ref().map(|rows| rows.dataset(d));
-        serde_json::to_vec(&stored).expect("a dataset serialises")
+        signed_value(self.rows.as_ref(), &Stored::from(d))
     }
 
     /// The record in `kv`, checked where rows are authenticated.
     fn checked(&self, kv: &gantry_etcd::Kv) -> Result<DatasetRecord, EtcdStoreError> {
-        let stored: Stored = decode(&kv.key, &kv.value)?;
-        let mac = stored.mac.clone();
-        let d = DatasetRecord::from(stored);
-        if let Some(rows) = &self.rows {
-            (rows.check_dataset(&d, mac.as_deref()))
-                .map_err(|bad| crate::etcdstore::corrupt(&kv.key, bad.problem))?;
-        }
-        Ok(d)
+        Ok(checked_value::<Stored>(self.rows.as_ref(), kv)?.into())
     }
 
     /// Gives every record without a MAC its MAC, as
     /// [`crate::etcdstore::EtcdJobs::authenticate_unmarked`] does jobs; how many.
     pub fn authenticate_unmarked(&self) -> Result<usize, EtcdStoreError> {
-        if self.rows.is_none() {
-            return Ok(0);
+        match &self.rows {
+            Some(rows) => sign_unmarked::<Stored>(&self.etcd, rows, &self.key("")),
+            None => Ok(0),
         }
-        let mut done = 0;
-        for kv in self.etcd.prefix(&self.key(""), 0)? {
-            let stored: Stored = decode(&kv.key, &kv.value)?;
-            if stored.mac.is_some() {
-                continue;
-            }
-            let value = self.value(&stored.into());
-            let outcome = self.etcd.txn(
-                &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
-                &[Op::Put(kv.key.clone(), value, 0)],
-                &[],
-            )?;
-            done += usize::from(outcome.succeeded);
-        }
-        Ok(done)
     }
 }
 

@@ -12,7 +12,7 @@ use gantry::audit::Head;
 use super::jobstore::{JobKind, JobStore, Listed, Placement};
 
 pub(crate) mod rowmac;
-use rowmac::{RowMac, TokenRow};
+use rowmac::{Checkpoint, Covered, Placed, RowMac, Setting, Submitted, TokenRow};
 
 /// A database failure, naming what was being done, or the table, row and column of a stored
 /// value that does not read (corruption is an error, never a default).
@@ -656,13 +656,18 @@ const MIGRATIONS: &[&str] = &[
     // 9: account rows authenticated under the key file (`rowmac`).
     "ALTER TABLE users ADD COLUMN mac TEXT;
      ALTER TABLE tokens ADD COLUMN mac TEXT;",
-    // 10: jobs, datasets, settings and checkpoints authenticated under the key file too; a job's listing checks its
+    // 10: every other row that decides what runs or who sees what authenticated under the key
+    // file too; a job's listing checks its
     // MAC against the digest of its bodies kept beside them (`rowmac::bodies_digest`).
     "ALTER TABLE jobs ADD COLUMN mac TEXT;
      ALTER TABLE jobs ADD COLUMN bodies_digest TEXT;
      ALTER TABLE datasets ADD COLUMN mac TEXT;
      ALTER TABLE settings ADD COLUMN mac TEXT;
-     ALTER TABLE checkpoints ADD COLUMN mac TEXT;",
+     ALTER TABLE checkpoints ADD COLUMN mac TEXT;
+     ALTER TABLE gpu_health ADD COLUMN mac TEXT;
+     ALTER TABLE registered_nodes ADD COLUMN mac TEXT;
+     ALTER TABLE placements ADD COLUMN mac TEXT;
+     ALTER TABLE plugins ADD COLUMN mac TEXT;",
 ];
 
 /// `ended` of a job of tenant `tenant` (an SQL expression) stored in or moving to state `?1`:
@@ -782,7 +787,9 @@ impl Db {
         }
         let mut rows = self.users()?.len() + self.tokens(None)?.len();
         rows += self.jobs()?.len() + self.datasets()?.len() + self.plugins(None)?.len();
-        rows += self.gpu_health()?.len();
+        rows += self.gpu_health()?.len() + self.registered_nodes()?.len();
+        let placements = "SELECT job, node, attempt, mac FROM placements";
+        rows += self.count_checked(placements, |r| self.checked_placement(r))?;
         let settings = "SELECT key, value, mac FROM settings";
         rows += self.count_checked(settings, |r| self.checked_setting(r))?;
         let curves: Vec<String> = {
@@ -894,7 +901,7 @@ impl Db {
         let mut signed = 0;
         let users = "SELECT name, roles, tenants, clearance FROM users WHERE mac IS NULL";
         for user in unmarked(&tx, users, |r| row_to_user(r, 0))? {
-            let mac = rows.user(&user);
+            let mac = rows.sign(&user);
             signed += (tx.execute(
                 "UPDATE users SET mac = ?2 WHERE name = ?1",
                 params![user.name, mac],
@@ -906,7 +913,7 @@ impl Db {
             TokenColumns::SELECT
         );
         for token in unmarked(&tx, &tokens, TokenColumns::read)? {
-            let mac = rows.token(&token.row());
+            let mac = rows.sign(&token.row());
             signed += (tx.execute(
                 "UPDATE tokens SET mac = ?2 WHERE id = ?1",
                 params![token.id, mac],
@@ -914,7 +921,10 @@ impl Db {
             .ctx(DOING)?;
         }
         for job in unmarked(&tx, &format!("{SELECT_JOB} WHERE mac IS NULL"), row_to_job)? {
-            let (mac, bodies) = (rows.job(&job), rowmac::bodies_digest(&job));
+            let (mac, bodies) = (
+                rows.sign(&Submitted::whole(&job)),
+                rowmac::bodies_digest(&job),
+            );
             signed += (tx.execute(
                 "UPDATE jobs SET mac = ?2, bodies_digest = ?3 WHERE id = ?1",
                 params![job.id, mac, bodies],
@@ -926,7 +936,11 @@ impl Db {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         };
         for (job, step, object) in unmarked(&tx, checkpoints, read)? {
-            let mac = rows.checkpoint(&job, step, &object);
+            let mac = rows.sign(&Checkpoint {
+                job: &job,
+                step,
+                object: &object,
+            });
             signed += (tx.execute(
                 "UPDATE checkpoints SET mac = ?3 WHERE job = ?1 AND step = ?2",
                 params![job, step, mac],
@@ -936,16 +950,43 @@ impl Db {
         let settings = "SELECT key, value FROM settings WHERE mac IS NULL";
         let read = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
         for (key, value) in unmarked(&tx, settings, read)? {
-            let mac = rows.setting(&key, &value);
+            let mac = rows.sign(&Setting {
+                key: &key,
+                value: &value,
+            });
             signed += (tx.execute(
                 "UPDATE settings SET mac = ?2 WHERE key = ?1",
                 params![key, mac],
             ))
             .ctx(DOING)?;
         }
+        let marks = "SELECT gpu, healthy, changed_by, changed_at FROM gpu_health WHERE mac IS NULL";
+        for mark in unmarked(&tx, marks, row_to_gpu_health)? {
+            let update = "UPDATE gpu_health SET mac = ?2 WHERE gpu = ?1";
+            signed += (tx.execute(update, params![mark.gpu, rows.sign(&mark)])).ctx(DOING)?;
+        }
+        let nodes = "SELECT name, record FROM registered_nodes WHERE mac IS NULL";
+        for node in unmarked(&tx, nodes, row_to_node)? {
+            let update = "UPDATE registered_nodes SET mac = ?2 WHERE name = ?1";
+            signed += (tx.execute(update, params![node.name, rows.sign(&node)])).ctx(DOING)?;
+        }
+        let placements = "SELECT job, node, attempt FROM placements WHERE mac IS NULL";
+        for (job, placement) in unmarked(&tx, placements, row_to_placement)? {
+            let mac = rows.sign(&Placed {
+                job: &job,
+                placement: &placement,
+            });
+            let update = "UPDATE placements SET mac = ?2 WHERE job = ?1";
+            signed += (tx.execute(update, params![job, mac])).ctx(DOING)?;
+        }
+        let plugins = format!("{SELECT_PLUGIN} FROM plugins WHERE mac IS NULL");
+        for plugin in unmarked(&tx, &plugins, row_to_plugin)? {
+            let update = "UPDATE plugins SET mac = ?2 WHERE name = ?1";
+            signed += (tx.execute(update, params![plugin.name, rows.sign(&plugin)])).ctx(DOING)?;
+        }
         let datasets = format!("{SELECT_DATASET} WHERE mac IS NULL");
         for d in unmarked(&tx, &datasets, row_to_dataset)? {
-            let mac = rows.dataset(&d);
+            let mac = rows.sign(&d);
             signed += (tx.execute(
                 "UPDATE datasets SET mac = ?2 WHERE name = ?1",
                 params![d.name, mac],
@@ -962,7 +1003,7 @@ impl Db {
         let user = row_to_user(r, at)?;
         if let Some(rows) = self.rows.get() {
             let mac: Option<String> = r.get(mac)?;
-            rows.check_user(&user, mac.as_deref())
+            rows.verify(&user, mac.as_deref())
                 .map_err(BadValue::into_sqlite)?;
         }
         Ok(user)
@@ -974,7 +1015,7 @@ impl Db {
         let token = TokenColumns::read(r)?;
         if let Some(rows) = self.rows.get() {
             let mac: Option<String> = r.get(mac)?;
-            (rows.check_token(&token.row(), mac.as_deref())).map_err(BadValue::into_sqlite)?;
+            (rows.verify(&token.row(), mac.as_deref())).map_err(BadValue::into_sqlite)?;
         }
         Ok(token)
     }
@@ -990,7 +1031,8 @@ impl Db {
                 true => r.get::<_, Option<String>>(16)?.unwrap_or_default(),
                 false => rowmac::bodies_digest(&job),
             };
-            (rows.check_job(&job, &bodies, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+            (rows.verify(&Submitted::listed(&job, bodies), mac.as_deref()))
+                .map_err(BadValue::into_sqlite)?;
         }
         Ok(job)
     }
@@ -1002,10 +1044,48 @@ impl Db {
         let (job, step, object): (String, u32, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
         if let Some(rows) = self.rows.get() {
             let mac: Option<String> = r.get(3)?;
-            (rows.check_checkpoint(&job, step, &object, mac.as_deref()))
-                .map_err(BadValue::into_sqlite)?;
+            (rows.verify(
+                &Checkpoint {
+                    job: &job,
+                    step,
+                    object: &object,
+                },
+                mac.as_deref(),
+            ))
+            .map_err(BadValue::into_sqlite)?;
         }
         Ok((job, step, object))
+    }
+
+    /// `t`, read from `r`, its MAC at `mac`: checked where rows are authenticated.
+    fn checked<T: Covered>(&self, r: &rusqlite::Row<'_>, t: T, mac: usize) -> rusqlite::Result<T> {
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(mac)?;
+            rows.verify(&t, mac.as_deref())
+                .map_err(BadValue::into_sqlite)?;
+        }
+        Ok(t)
+    }
+
+    /// The placement of a row read as (job, node, attempt, mac), checked where rows are
+    /// authenticated: a run adopted at a start goes to the node it names.
+    fn checked_placement(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Placement> {
+        let (job, placement) = row_to_placement(r)?;
+        if let Some(rows) = self.rows.get() {
+            let mac: Option<String> = r.get(3)?;
+            let placed = Placed {
+                job: &job,
+                placement: &placement,
+            };
+            rows.verify(&placed, mac.as_deref())
+                .map_err(BadValue::into_sqlite)?;
+        }
+        Ok(placement)
+    }
+
+    /// The MAC of job `job`'s placement `p`, where rows are authenticated.
+    fn placed_mac(&self, job: &str, p: &Placement) -> Option<String> {
+        (self.rows.get()).map(|rows| rows.sign(&Placed { job, placement: p }))
     }
 
     /// The dataset of a row read as [`SELECT_DATASET`], checked where rows are authenticated.
@@ -1013,14 +1093,14 @@ impl Db {
         let dataset = row_to_dataset(r)?;
         if let Some(rows) = self.rows.get() {
             let mac: Option<String> = r.get(7)?;
-            (rows.check_dataset(&dataset, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+            (rows.verify(&dataset, mac.as_deref())).map_err(BadValue::into_sqlite)?;
         }
         Ok(dataset)
     }
 
     /// Adds (or replaces) a user.
     pub fn put_user(&self, user: &User) -> Result<(), DbError> {
-        let mac = self.rows.get().map(|rows| rows.user(user));
+        let mac = self.rows.get().map(|rows| rows.sign(user));
         self.conn()
             .execute(
                 "INSERT INTO users(name, roles, tenants, clearance, mac) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -1055,7 +1135,7 @@ impl Db {
             expires_at,
             revoked_at: None,
         };
-        let mac = self.rows.get().map(|rows| rows.token(&row));
+        let mac = self.rows.get().map(|rows| rows.sign(&row));
         self.conn()
             .execute(
                 "INSERT INTO tokens(id, user, salt, hash, created_at, expires_at, mac)
@@ -1144,7 +1224,7 @@ impl Db {
                 revoked_at: Some(at),
                 ..token.row()
             };
-            let mac = self.rows.get().map(|rows| rows.token(&revoked));
+            let mac = self.rows.get().map(|rows| rows.sign(&revoked));
             tx.execute(
                 "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
                 params![token.id, at, mac],
@@ -1212,11 +1292,18 @@ impl Db {
 
     /// Records GPU `gpu`'s health, as set by `by`.
     pub fn set_gpu_health(&self, gpu: &str, healthy: bool, by: &str) -> Result<(), DbError> {
+        let mark = GpuHealth {
+            gpu: gpu.to_string(),
+            healthy,
+            by: by.to_string(),
+            at: now(),
+        };
+        let mac = self.rows.get().map(|rows| rows.sign(&mark));
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO gpu_health(gpu, healthy, changed_by, changed_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![gpu, healthy, by, now()],
+                "INSERT OR REPLACE INTO gpu_health(gpu, healthy, changed_by, changed_at, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mark.gpu, mark.healthy, mark.by, mark.at, mac],
             )
             .ctx("recording a GPU's health")?;
         Ok(())
@@ -1226,10 +1313,11 @@ impl Db {
     /// registration holds).
     pub fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), DbError> {
         let record = serde_json::to_string(node).expect("a node serialises");
+        let mac = self.rows.get().map(|rows| rows.sign(node));
         self.conn()
             .execute(
-                "INSERT OR IGNORE INTO registered_nodes(name, record) VALUES (?1, ?2)",
-                params![node.name, record],
+                "INSERT OR IGNORE INTO registered_nodes(name, record, mac) VALUES (?1, ?2, ?3)",
+                params![node.name, record, mac],
             )
             .ctx("registering a node")?;
         Ok(())
@@ -1238,10 +1326,11 @@ impl Db {
     /// Replaces the record of registered node `node.name` (its agent registered it again).
     pub fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), DbError> {
         let record = serde_json::to_string(node).expect("a node serialises");
+        let mac = self.rows.get().map(|rows| rows.sign(node));
         self.conn()
             .execute(
-                "INSERT OR REPLACE INTO registered_nodes(name, record) VALUES (?1, ?2)",
-                params![node.name, record],
+                "INSERT OR REPLACE INTO registered_nodes(name, record, mac) VALUES (?1, ?2, ?3)",
+                params![node.name, record, mac],
             )
             .ctx("registering a node again")?;
         Ok(())
@@ -1263,21 +1352,10 @@ impl Db {
     pub fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT name, record FROM registered_nodes ORDER BY name")
+            .prepare("SELECT name, record, mac FROM registered_nodes ORDER BY name")
             .ctx("reading registered nodes")?;
         let rows = stmt
-            .query_map([], |r| {
-                let (name, record): (String, String) = (r.get(0)?, r.get(1)?);
-                serde_json::from_str(&record).map_err(|e| {
-                    BadValue {
-                        table: "registered_nodes",
-                        row: name,
-                        column: "record",
-                        problem: e.to_string(),
-                    }
-                    .into_sqlite()
-                })
-            })
+            .query_map([], |r| self.checked(r, row_to_node(r)?, 2))
             .ctx("reading registered nodes")?;
         rows.collect::<Result<_, _>>()
             .ctx("reading registered nodes")
@@ -1287,32 +1365,12 @@ impl Db {
     pub fn gpu_health(&self) -> Result<Vec<GpuHealth>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT gpu, healthy, changed_by, changed_at FROM gpu_health ORDER BY gpu")
+            .prepare(
+                "SELECT gpu, healthy, changed_by, changed_at, mac FROM gpu_health ORDER BY gpu",
+            )
             .ctx("reading GPU health")?;
         let rows = stmt
-            .query_map([], |r| {
-                let gpu: String = r.get(0)?;
-                let healthy: i64 = r.get(1)?;
-                let healthy = match healthy {
-                    0 => false,
-                    1 => true,
-                    v => {
-                        return Err(BadValue {
-                            table: "gpu_health",
-                            row: gpu,
-                            column: "healthy",
-                            problem: format!("{v} is neither 0 nor 1"),
-                        }
-                        .into_sqlite());
-                    }
-                };
-                Ok(GpuHealth {
-                    gpu,
-                    healthy,
-                    by: r.get(2)?,
-                    at: r.get(3)?,
-                })
-            })
+            .query_map([], |r| self.checked(r, row_to_gpu_health(r)?, 4))
             .ctx("reading GPU health")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("reading GPU health")
@@ -1396,7 +1454,7 @@ impl Db {
                     d.bytes,
                     d.owner,
                     d.created_at,
-                    self.rows.get().map(|rows| rows.dataset(d)),
+                    self.rows.get().map(|rows| rows.sign(d)),
                 ],
             )
             .ctx("adding a dataset")?;
@@ -1477,7 +1535,7 @@ impl Db {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO plugins(name, version, manifest, object, signature, owner,
-                   created_at, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                   created_at, kind, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     p.name,
                     p.version,
@@ -1486,7 +1544,8 @@ impl Db {
                     signature,
                     p.owner,
                     p.created_at,
-                    p.kind
+                    p.kind,
+                    self.rows.get().map(|rows| rows.sign(p)),
                 ],
             )
             .ctx("recording a plugin")?;
@@ -1497,29 +1556,12 @@ impl Db {
     pub fn plugins(&self, name: Option<&str>) -> Result<Vec<PluginRecord>, DbError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(
-                "SELECT name, version, manifest, object, signature, owner, created_at, kind FROM plugins
-                 WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
-            )
+            .prepare(&format!(
+                "{SELECT_PLUGIN}, mac FROM plugins WHERE ?1 IS NULL OR name = ?1 ORDER BY name"
+            ))
             .ctx("listing plugins")?;
         let rows = stmt
-            .query_map(params![name], |r| {
-                let name: String = r.get(0)?;
-                let signature = match r.get::<_, Option<String>>(4)? {
-                    None => None,
-                    Some(_) => Some(json_column(r, 4, "plugins", &name, "signature")?),
-                };
-                Ok(PluginRecord {
-                    name,
-                    version: r.get(1)?,
-                    manifest: r.get(2)?,
-                    object: r.get(3)?,
-                    signature,
-                    owner: r.get(5)?,
-                    created_at: r.get(6)?,
-                    kind: r.get(7)?,
-                })
-            })
+            .query_map(params![name], |r| self.checked(r, row_to_plugin(r)?, 8))
             .ctx("listing plugins")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("listing plugins")
@@ -1543,7 +1585,14 @@ impl Db {
         let (key, value): (String, String) = (r.get(0)?, r.get(1)?);
         if let Some(rows) = self.rows.get() {
             let mac: Option<String> = r.get(2)?;
-            (rows.check_setting(&key, &value, mac.as_deref())).map_err(BadValue::into_sqlite)?;
+            (rows.verify(
+                &Setting {
+                    key: &key,
+                    value: &value,
+                },
+                mac.as_deref(),
+            ))
+            .map_err(BadValue::into_sqlite)?;
         }
         Ok((key, value))
     }
@@ -1556,7 +1605,9 @@ impl Db {
                 params![
                     key,
                     value,
-                    self.rows.get().map(|rows| rows.setting(key, value))
+                    self.rows
+                        .get()
+                        .map(|rows| rows.sign(&Setting { key, value }))
                 ],
             )
             .ctx("writing a setting")?;
@@ -1602,7 +1653,9 @@ impl JobStore for Db {
                     job.command
                         .as_ref()
                         .map(|c| serde_json::to_string(c).expect("a command serialises")),
-                    self.rows.get().map(|rows| rows.job(job)),
+                    self.rows
+                        .get()
+                        .map(|rows| rows.sign(&Submitted::whole(job))),
                     rowmac::bodies_digest(job),
                 ],
             )
@@ -1835,7 +1888,7 @@ impl JobStore for Db {
         let mac = self
             .rows
             .get()
-            .map(|rows| rows.checkpoint(job, step, object));
+            .map(|rows| rows.sign(&Checkpoint { job, step, object }));
         tx.execute(
             "INSERT INTO checkpoints(job, step, object, mac) VALUES (?1, ?2, ?3, ?4)",
             params![job, step, object, mac],
@@ -1891,8 +1944,9 @@ impl JobStore for Db {
         let conn = self.conn();
         match placement {
             Some(p) => conn.execute(
-                "INSERT OR REPLACE INTO placements(job, node, attempt) VALUES (?1, ?2, ?3)",
-                params![id, p.node, p.attempt],
+                "INSERT OR REPLACE INTO placements(job, node, attempt, mac)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, p.node, p.attempt, self.placed_mac(id, p)],
             ),
             None => conn.execute("DELETE FROM placements WHERE job = ?1", params![id]),
         }
@@ -1903,14 +1957,9 @@ impl JobStore for Db {
     fn placement(&self, id: &str) -> Result<Option<Placement>, DbError> {
         self.conn()
             .query_row(
-                "SELECT node, attempt FROM placements WHERE job = ?1",
+                "SELECT job, node, attempt, mac FROM placements WHERE job = ?1",
                 params![id],
-                |r| {
-                    Ok(Placement {
-                        node: r.get(0)?,
-                        attempt: r.get::<_, i64>(1)? as u64,
-                    })
-                },
+                |r| self.checked_placement(r),
             )
             .optional()
             .ctx("reading a placement")
@@ -2058,6 +2107,75 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
         owner: r.get(5)?,
         created_at: r.get(6)?,
     })
+}
+
+const SELECT_PLUGIN: &str =
+    "SELECT name, version, manifest, object, signature, owner, created_at, kind";
+
+/// A plugin from columns 0..8 ([`SELECT_PLUGIN`]).
+fn row_to_plugin(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRecord> {
+    let name: String = r.get(0)?;
+    let signature = match r.get::<_, Option<String>>(4)? {
+        None => None,
+        Some(_) => Some(json_column(r, 4, "plugins", &name, "signature")?),
+    };
+    Ok(PluginRecord {
+        name,
+        version: r.get(1)?,
+        manifest: r.get(2)?,
+        object: r.get(3)?,
+        signature,
+        owner: r.get(5)?,
+        created_at: r.get(6)?,
+        kind: r.get(7)?,
+    })
+}
+
+/// A GPU's health from columns 0..4 (gpu, healthy, changed_by, changed_at).
+fn row_to_gpu_health(r: &rusqlite::Row<'_>) -> rusqlite::Result<GpuHealth> {
+    let gpu: String = r.get(0)?;
+    let healthy = match r.get::<_, i64>(1)? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(BadValue {
+                table: "gpu_health",
+                row: gpu,
+                column: "healthy",
+                problem: format!("{v} is neither 0 nor 1"),
+            }
+            .into_sqlite());
+        }
+    };
+    Ok(GpuHealth {
+        gpu,
+        healthy,
+        by: r.get(2)?,
+        at: r.get(3)?,
+    })
+}
+
+/// A registered node from columns 0..2 (name, record).
+fn row_to_node(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::nodes::RegisteredNode> {
+    let (name, record): (String, String) = (r.get(0)?, r.get(1)?);
+    serde_json::from_str(&record).map_err(|e| {
+        BadValue {
+            table: "registered_nodes",
+            row: name,
+            column: "record",
+            problem: e.to_string(),
+        }
+        .into_sqlite()
+    })
+}
+
+/// A job and its placement from columns 0..3 (job, node, attempt).
+fn row_to_placement(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Placement)> {
+    let placement = Placement {
+        node: r.get(1)?,
+        attempt: r.get::<_, i64>(2)? as u64,
+    };
+    Ok((r.get(0)?, placement))
 }
 
 const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
@@ -2379,6 +2497,94 @@ mod tests {
             "table settings, row audit.key",
         );
         refused(db.check().unwrap_err(), "table settings, row audit.key");
+    }
+
+    /// Under a key file, the rows that decide where runs go and what runs there are
+    /// authenticated too: a GPU an admin took out of service put back, a node planted or given
+    /// more GPUs, a run's placement moved to another node (its agent handed the run, and the
+    /// job's data, at the next start), a plugin's record pointed at another component.
+    #[test]
+    fn marks_nodes_placements_and_plugins_changed_outside_gantry_are_refused() {
+        use crate::nodes::{RegisteredGpu, RegisteredNode};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.db");
+        let before = Db::open(&path).unwrap();
+        before.set_gpu_health("n1/gpu0", false, "ada").unwrap();
+        drop(before);
+        let db = Db::open(&path).unwrap();
+        db.authenticate_rows(&[4; 32]);
+        let refused = |e: DbError, row: &str| {
+            let e = e.to_string();
+            assert!(e.contains(row) && e.contains("column mac"), "{e}");
+        };
+        refused(
+            db.gpu_health().unwrap_err(),
+            "table gpu_health, row n1/gpu0",
+        );
+        assert_eq!(db.authenticate_unmarked_rows().unwrap(), 1);
+        assert!(!db.gpu_health().unwrap()[0].healthy);
+        let node = RegisteredNode {
+            name: "n1".into(),
+            rack: "r1".into(),
+            gpus: vec![RegisteredGpu {
+                ordinal: 0,
+                model: "H200".into(),
+                memory_mib: 141_000,
+                missing: false,
+            }],
+            at: 1.0e9 / 7.0,
+        };
+        db.register_node(&node).unwrap();
+        db.insert_job(&job("vision/placed")).unwrap();
+        let placed = Placement {
+            node: "n1".into(),
+            attempt: 3,
+        };
+        db.set_placement("vision/placed", Some(&placed)).unwrap();
+        let plugin = PluginRecord {
+            name: "binpack".into(),
+            kind: crate::KIND_SCHEDULER.into(),
+            version: "1.0.0".into(),
+            manifest: "name = \"binpack\"".into(),
+            object: "ab".repeat(32),
+            signature: None,
+            owner: "pat".into(),
+            created_at: 2.5,
+        };
+        db.put_plugin(&plugin).unwrap();
+        assert_eq!(db.registered_nodes().unwrap(), [node]);
+        assert_eq!(db.placement("vision/placed").unwrap(), Some(placed));
+        assert_eq!(db.plugins(None).unwrap(), [plugin]);
+        db.check().unwrap();
+
+        let tamper = |sql: &str| db.conn().execute_batch(sql).unwrap();
+        tamper("UPDATE gpu_health SET healthy = 1");
+        refused(
+            db.gpu_health().unwrap_err(),
+            "table gpu_health, row n1/gpu0",
+        );
+        refused(db.check().unwrap_err(), "row n1/gpu0");
+        tamper("UPDATE gpu_health SET healthy = 0");
+        tamper("UPDATE registered_nodes SET record = replace(record, '141000', '999999')");
+        refused(
+            db.registered_nodes().unwrap_err(),
+            "table registered_nodes, row n1",
+        );
+        refused(db.check().unwrap_err(), "row n1");
+        tamper("UPDATE registered_nodes SET record = replace(record, '999999', '141000')");
+        tamper("UPDATE placements SET node = 'n2'");
+        refused(
+            db.placement("vision/placed").unwrap_err(),
+            "table placements, row vision/placed",
+        );
+        refused(db.check().unwrap_err(), "row vision/placed");
+        tamper("UPDATE placements SET node = 'n1'");
+        tamper(&format!(
+            "UPDATE plugins SET object = '{}'",
+            "cd".repeat(32)
+        ));
+        refused(db.plugins(None).unwrap_err(), "table plugins, row binpack");
+        refused(db.check().unwrap_err(), "row binpack");
     }
 
     /// Found by a review: a job asking for 2^64-1 MiB a GPU was stored as -1 (`as i64`), and

@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::{AccountStore, GpuMarks, Seeded};
 use crate::db::rowmac::{RowMac, TokenRow};
 use crate::db::{GpuHealth, StoredToken, TokenInfo, User, now};
-use crate::etcdstore::{EtcdStoreError, corrupt, decode, decode_prefix};
+use crate::etcdstore::{
+    EtcdStoreError, checked_value, corrupt, decode, sign_unmarked, signed_value,
+};
 use crate::jobstore::StateError;
+use crate::nodes::RegisteredNode;
 
 /// How often a token's revocation is retried against other writers.
 const MAX_RETRIES: u32 = 64;
@@ -109,7 +112,7 @@ impl EtcdAccounts {
         Ok(self)
     }
 
-    /// Gives every user and token in etcd without a MAC its MAC (rows are authenticated: see
+    /// Gives every user, token, GPU mark and registered node in etcd without a MAC its MAC (rows are authenticated: see
     /// [`EtcdAccounts::authenticate_rows`]): those written before the key file was in use, as
     /// `gantry key seal` does a data directory's. One changed meanwhile is left to the next
     /// call; one whose MAC does not verify stays refused. Returns how many it authenticated.
@@ -145,12 +148,18 @@ impl EtcdAccounts {
             })?;
             done += usize::from(outcome.succeeded);
         }
-        Ok(done)
+        // And the GPU marks and registered nodes kept beside the accounts.
+        let Some(rows) = self.rows.get() else {
+            return Ok(done);
+        };
+        let marks = sign_unmarked::<GpuHealth>(&self.etcd, rows, &self.mark_key(""))?;
+        let nodes = sign_unmarked::<RegisteredNode>(&self.etcd, rows, &self.node_key(""))?;
+        Ok(done + marks + nodes)
     }
 
     /// `user` as etcd keeps it, with its MAC where rows are authenticated.
     fn user_value(&self, user: User) -> Vec<u8> {
-        let mac = self.rows.get().map(|rows| rows.user(&user));
+        let mac = self.rows.get().map(|rows| rows.sign(&user));
         serde_json::to_vec(&UserValue { user, mac }).expect("a user serialises")
     }
 
@@ -158,7 +167,7 @@ impl EtcdAccounts {
     fn user_of(&self, kv: &Kv) -> Result<User, EtcdStoreError> {
         let value: UserValue = decode(&kv.key, &kv.value)?;
         if let Some(rows) = self.rows.get() {
-            (rows.check_user(&value.user, value.mac.as_deref()))
+            (rows.verify(&value.user, value.mac.as_deref()))
                 .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
         Ok(value.user)
@@ -169,7 +178,7 @@ impl EtcdAccounts {
         token.mac = None;
         if let Some(rows) = self.rows.get() {
             let key = self.key(&format!("tokens/{id}"));
-            token.mac = Some(on_row(&key, id, &token, |row| rows.token(row))?);
+            token.mac = Some(on_row(&key, id, &token, |row| rows.sign(row))?);
         }
         Ok(serde_json::to_vec(&token).expect("a token serialises"))
     }
@@ -179,7 +188,7 @@ impl EtcdAccounts {
         let token: TokenValue = decode(&kv.key, &kv.value)?;
         if let Some(rows) = self.rows.get() {
             on_row(&kv.key, id, &token, |row| {
-                rows.check_token(row, token.mac.as_deref())
+                rows.verify(row, token.mac.as_deref())
             })?
             .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
@@ -492,7 +501,7 @@ impl GpuMarks for EtcdAccounts {
             by: by.to_string(),
             at: now(),
         };
-        let value = serde_json::to_vec(&mark).expect("a mark serialises");
+        let value = signed_value(self.rows.get(), &mark);
         self.etcd
             .put(&self.mark_key(gpu), &value, 0)
             .map_err(EtcdStoreError::from)?;
@@ -501,17 +510,18 @@ impl GpuMarks for EtcdAccounts {
 
     fn gpu_health(&self) -> Result<Vec<GpuHealth>, StateError> {
         // Keys are in GPU id order.
-        Ok(decode_prefix(&self.etcd, &self.mark_key(""))?)
+        let kvs = (self.etcd.prefix(&self.mark_key(""), 0)).map_err(EtcdStoreError::from)?;
+        Ok((kvs.iter().map(|kv| checked_value(self.rows.get(), kv))).collect::<Result<_, _>>()?)
     }
 
     fn register_node(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
-        let value = serde_json::to_vec(node).expect("a node serialises");
+        let value = signed_value(self.rows.get(), node);
         self.create(self.node_key(&node.name), value)?;
         Ok(())
     }
 
     fn register_node_again(&self, node: &crate::nodes::RegisteredNode) -> Result<(), StateError> {
-        let value = serde_json::to_vec(node).expect("a node serialises");
+        let value = signed_value(self.rows.get(), node);
         self.etcd
             .put(&self.node_key(&node.name), &value, 0)
             .map_err(EtcdStoreError::from)?;
@@ -527,7 +537,8 @@ impl GpuMarks for EtcdAccounts {
 
     fn registered_nodes(&self) -> Result<Vec<crate::nodes::RegisteredNode>, StateError> {
         // Keys are in name order.
-        Ok(decode_prefix(&self.etcd, &self.node_key(""))?)
+        let kvs = (self.etcd.prefix(&self.node_key(""), 0)).map_err(EtcdStoreError::from)?;
+        Ok((kvs.iter().map(|kv| checked_value(self.rows.get(), kv))).collect::<Result<_, _>>()?)
     }
 }
 
@@ -571,7 +582,7 @@ fn copy<S: AccountStore + GpuMarks>(from: &S, to: &EtcdAccounts) -> Result<Seede
         to.create(to.key("token_ttl"), ttl.into_bytes())?;
     }
     for mark in from.gpu_health()? {
-        let value = serde_json::to_vec(&mark).expect("a mark serialises");
+        let value = signed_value(to.rows.get(), &mark);
         to.create(to.mark_key(&mark.gpu), value)?;
     }
     Ok(copied)
@@ -659,6 +670,36 @@ mod tests {
         refused(keyed(5).tokens(None).unwrap_err(), "accounts/tokens/t1");
         // Another key file's replica verifies nothing of this one's.
         refused(keyed(6).users().unwrap_err(), "accounts/users/ada");
+
+        // GPU marks and registered nodes, kept beside the accounts.
+        before.set_gpu_health("n1/gpu0", false, "ada").unwrap();
+        let node = crate::nodes::RegisteredNode {
+            name: "n1".into(),
+            rack: "r1".into(),
+            gpus: Vec::new(),
+            at: 1.5,
+        };
+        before.register_node(&node).unwrap();
+        refused(
+            keyed(5).gpu_health().unwrap_err(),
+            "gantry/gpu_health/n1/gpu0",
+        );
+        refused(keyed(5).registered_nodes().unwrap_err(), "gantry/nodes/n1");
+        assert_eq!(keyed(5).authenticate_unmarked().unwrap(), 2);
+        assert_eq!(keyed(5).registered_nodes().unwrap(), [node]);
+        assert!(!keyed(5).gpu_health().unwrap()[0].healthy);
+        crate::testing::change_in_etcd(
+            &client,
+            "gantry/gpu_health/n1/gpu0",
+            "healthy",
+            true.into(),
+        );
+        refused(
+            keyed(5).gpu_health().unwrap_err(),
+            "gantry/gpu_health/n1/gpu0",
+        );
+        crate::testing::change_in_etcd(&client, "gantry/nodes/n1", "rack", "r9".into());
+        refused(keyed(5).registered_nodes().unwrap_err(), "gantry/nodes/n1");
     }
 
     /// Reads are kept a while, but never past this store's own writes: a token just read (so

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
 
 use crate::curve::Curve;
-use crate::db::rowmac::RowMac;
+use crate::db::rowmac::{Authenticated, Checkpoint, Covered, Placed, RowMac, Signed, Submitted};
 use crate::db::{JobRecord, JobState, TransitionError, now};
 use crate::jobstore::{JobStore, Listed, Placement};
 
@@ -97,6 +97,13 @@ impl std::fmt::Debug for EtcdJobs {
     }
 }
 
+impl Authenticated for EtcdJobs {
+    fn with_rows(mut self, rows: Option<RowMac>) -> EtcdJobs {
+        self.rows = rows;
+        self
+    }
+}
+
 impl EtcdJobs {
     /// Jobs under `root` (`gantry`, say) in `etcd`; every write carries `fence` when given.
     pub fn new(etcd: Arc<Etcd>, root: &str, fence: Option<Fence>) -> EtcdJobs {
@@ -109,18 +116,10 @@ impl EtcdJobs {
         }
     }
 
-    /// These jobs, authenticated under the key file of the data directory at `data_dir` where
-    /// one is in use: the replicas share their key file (their master keys are sealed under
-    /// it), so each verifies what another wrote.
-    pub fn authenticated_as(self, data_dir: &std::path::Path) -> Result<EtcdJobs, String> {
-        let rows = RowMac::of_data_dir(data_dir).map_err(|e| e.to_string())?;
-        Ok(self.with_rows(rows))
-    }
-
-    /// These jobs, authenticated under `rows` where given.
-    pub(crate) fn with_rows(mut self, rows: Option<RowMac>) -> EtcdJobs {
-        self.rows = rows;
-        self
+    /// Job `job`'s placement `p` as etcd keeps it, with its MAC where rows are authenticated.
+    fn placement_value(&self, job: &str, p: &Placement) -> Vec<u8> {
+        let mac = (self.rows.as_ref()).map(|rows| rows.sign(&Placed { job, placement: p }));
+        serde_json::to_vec(&Signed { value: p, mac }).expect("a placement serialises")
     }
 
     /// `job` as etcd keeps it, `mac` its MAC.
@@ -172,8 +171,7 @@ impl EtcdJobs {
     fn checked(&self, kv: &Kv) -> Result<StoredJob, EtcdStoreError> {
         let stored = self.decode_stored(kv)?;
         if let Some(rows) = &self.rows {
-            let bodies = crate::db::rowmac::bodies_digest(&stored.job);
-            (rows.check_job(&stored.job, &bodies, stored.mac.as_deref()))
+            (rows.verify(&Submitted::whole(&stored.job), stored.mac.as_deref()))
                 .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
         Ok(stored)
@@ -190,7 +188,7 @@ impl EtcdJobs {
         }
     }
 
-    /// Gives every job and checkpoint without a MAC its MAC (rows are authenticated: see
+    /// Gives every job, placement and checkpoint without a MAC its MAC (rows are authenticated: see
     /// [`EtcdJobs::authenticated_as`]): those written before the key file was in use. One
     /// changed meanwhile is left to the next call; one whose MAC does not verify stays refused.
     /// Returns how many it authenticated.
@@ -202,8 +200,19 @@ impl EtcdJobs {
         for kv in self.etcd.prefix(&self.key("jobs", ""), 0)? {
             let stored = self.decode_stored(&kv)?;
             if stored.mac.is_none() {
-                let value = Self::value(&stored.job, Some(&rows.job(&stored.job)));
+                let value = Self::value(
+                    &stored.job,
+                    Some(&rows.sign(&Submitted::whole(&stored.job))),
+                );
                 writes.push((kv, value));
+            }
+        }
+        let placements = self.key("placements", "");
+        for kv in self.etcd.prefix(&placements, 0)? {
+            let job = String::from_utf8_lossy(&kv.key[placements.len()..]).into_owned();
+            let signed: Signed<Placement> = decode(&kv.key, &kv.value)?;
+            if signed.mac.is_none() {
+                writes.push((kv, self.placement_value(&job, &signed.value)));
             }
         }
         let checkpoints = self.key("checkpoints", "");
@@ -217,7 +226,11 @@ impl EtcdJobs {
                 .parse()
                 .map_err(|_| corrupt(&kv.key, "not a step number"))?;
             if !value.contains(' ') {
-                let mac = rows.checkpoint(job, step, &value);
+                let mac = rows.sign(&Checkpoint {
+                    job,
+                    step,
+                    object: &value,
+                });
                 writes.push((kv, format!("{value} {mac}").into_bytes()));
             }
         }
@@ -318,6 +331,56 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
 }
 
+/// `value` as etcd keeps it: with its MAC where `rows` authenticates rows.
+pub(crate) fn signed_value<T: Covered + serde::Serialize>(
+    rows: Option<&RowMac>,
+    value: &T,
+) -> Vec<u8> {
+    let mac = rows.map(|rows| rows.sign(value));
+    serde_json::to_vec(&Signed { value, mac }).expect("a value serialises")
+}
+
+/// The value in `kv` ([`signed_value`]), its MAC checked where `rows` authenticates rows.
+pub(crate) fn checked_value<T: Covered + serde::de::DeserializeOwned>(
+    rows: Option<&RowMac>,
+    kv: &Kv,
+) -> Result<T, EtcdStoreError> {
+    let signed: Signed<T> = decode(&kv.key, &kv.value)?;
+    if let Some(rows) = rows {
+        (rows.verify(&signed.value, signed.mac.as_deref()))
+            .map_err(|bad| corrupt(&kv.key, bad.problem))?;
+    }
+    Ok(signed.value)
+}
+
+/// Gives every value under `prefix` in `etcd` without a MAC its MAC (as [`signed_value`]
+/// writes it), each a compare-and-set on what was read; how many. For
+/// `--authenticate-etcd-rows`.
+pub(crate) fn sign_unmarked<T>(
+    etcd: &Etcd,
+    rows: &RowMac,
+    prefix: &[u8],
+) -> Result<usize, EtcdStoreError>
+where
+    T: Covered + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut done = 0;
+    for kv in etcd.prefix(prefix, 0)? {
+        let signed: Signed<T> = decode(&kv.key, &kv.value)?;
+        if signed.mac.is_some() {
+            continue;
+        }
+        let value = signed_value(Some(rows), &signed.value);
+        let outcome = etcd.txn(
+            &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
+            &[Op::Put(kv.key.clone(), value, 0)],
+            &[],
+        )?;
+        done += usize::from(outcome.succeeded);
+    }
+    Ok(done)
+}
+
 /// Every value under `prefix`, in key order, each decoded as [`decode`] does.
 pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(
     etcd: &gantry_etcd::Etcd,
@@ -365,7 +428,10 @@ impl JobStore for EtcdJobs {
 
     fn insert_job(&self, job: &JobRecord) -> Result<bool, EtcdStoreError> {
         let key = self.key("jobs", &job.id);
-        let mac = self.rows.as_ref().map(|rows| rows.job(job));
+        let mac = self
+            .rows
+            .as_ref()
+            .map(|rows| rows.sign(&Submitted::whole(job)));
         let value = Self::value(job, mac.as_deref());
         let outcome = self.write(
             vec![Compare::Created(key.clone(), 0)],
@@ -571,7 +637,7 @@ impl JobStore for EtcdJobs {
             .collect();
         let mut value = object.to_string();
         if let Some(rows) = &self.rows {
-            value = format!("{object} {}", rows.checkpoint(job, step, object));
+            value = format!("{object} {}", rows.sign(&Checkpoint { job, step, object }));
         }
         ops.push(Op::Put(key, value.into_bytes(), 0));
         if !self.write(Vec::new(), &ops, &[])?.succeeded {
@@ -629,7 +695,7 @@ impl JobStore for EtcdJobs {
             None => (value, None),
         };
         if let Some(rows) = &self.rows {
-            (rows.check_checkpoint(job, step, object, mac))
+            (rows.verify(&Checkpoint { job, step, object }, mac))
                 .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
         Ok(Some((step, object.to_string())))
@@ -638,11 +704,7 @@ impl JobStore for EtcdJobs {
     fn set_placement(&self, id: &str, placement: Option<&Placement>) -> Result<(), EtcdStoreError> {
         let key = self.key("placements", id);
         let op = match placement {
-            Some(p) => Op::Put(
-                key,
-                serde_json::to_vec(p).expect("a placement serialises"),
-                0,
-            ),
+            Some(p) => Op::Put(key, self.placement_value(id, p), 0),
             None => Op::Delete(key),
         };
         let outcome = self.write(Vec::new(), &[op], &[])?;
@@ -654,10 +716,19 @@ impl JobStore for EtcdJobs {
     }
 
     fn placement(&self, id: &str) -> Result<Option<Placement>, EtcdStoreError> {
-        match self.etcd.get(&self.key("placements", id))? {
-            Some(kv) => decode(&kv.key, &kv.value).map(Some),
-            None => Ok(None),
+        let Some(kv) = self.etcd.get(&self.key("placements", id))? else {
+            return Ok(None);
+        };
+        let signed: Signed<Placement> = decode(&kv.key, &kv.value)?;
+        if let Some(rows) = &self.rows {
+            let placed = Placed {
+                job: id,
+                placement: &signed.value,
+            };
+            (rows.verify(&placed, signed.mac.as_deref()))
+                .map_err(|bad| corrupt(&kv.key, bad.problem))?;
         }
+        Ok(Some(signed.value))
     }
     fn kept_models(&self, tenant: &str) -> Result<Vec<String>, EtcdStoreError> {
         // Keys only: `checkpoints/<tenant>/<name>/<step>`, `ended/<tenant>/<name>`.
@@ -914,6 +985,28 @@ mod tests {
         refused(keyed.job("vision/old").unwrap_err(), "vision/old");
         change("vision/old", "owner", was);
         keyed.job("vision/old").unwrap();
+        // A placement moved to another node.
+        let placement = Placement {
+            node: "n1".into(),
+            attempt: 2,
+        };
+        plain.set_placement("vision/old", Some(&placement)).unwrap();
+        refused(
+            keyed.placement("vision/old").unwrap_err(),
+            "gantry/placements/vision/old",
+        );
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 1);
+        assert_eq!(keyed.placement("vision/old").unwrap(), Some(placement));
+        crate::testing::change_in_etcd(
+            &client,
+            "gantry/placements/vision/old",
+            "node",
+            "n2".into(),
+        );
+        refused(
+            keyed.placement("vision/old").unwrap_err(),
+            "gantry/placements/vision/old",
+        );
         // Planted whole, or its MAC taken from another job.
         let planted = contract::job("vision/planted");
         assert!(plain.insert_job(&planted).unwrap());

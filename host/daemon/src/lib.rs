@@ -68,6 +68,7 @@ use gantry::audit::AuditLog;
 use gantry::cluster::Cluster;
 use gantry::{Host, HostConfig, PluginSource, builtin};
 
+use self::db::rowmac::Authenticated as _;
 use self::db::{Db, JobState};
 
 /// What `gantry up` serves.
@@ -625,7 +626,9 @@ impl Daemon {
         let never: etcdstore::Fence = Arc::new(|| None);
         let accounts = etcdaccounts::EtcdAccounts::new(cp.etcd.clone(), &cp.root);
         let accounts = Arc::new(accounts.authenticated_as(&config.data_dir).map_err(setup)?);
-        let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root);
+        let policies = policystore::EtcdPolicy::new(cp.etcd.clone(), &cp.root)
+            .authenticated_as(&config.data_dir)
+            .map_err(setup)?;
         let (policy, info) =
             persisted::policy_to_start_with(&host, &policies, false).map_err(setup)?;
         api::here(host.set_policy(policy)).map_err(|e| setup(e.to_string()))?;
@@ -638,7 +641,11 @@ impl Daemon {
             accounts: accounts.clone(),
             marks: accounts,
             policies: Arc::new(policies),
-            plugins: Arc::new(pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root)),
+            plugins: Arc::new(
+                pluginstore::EtcdPlugins::new(cp.etcd.clone(), &cp.root)
+                    .authenticated_as(&config.data_dir)
+                    .map_err(setup)?,
+            ),
             seeded: Vec::new(),
             datasets: Arc::new(
                 datasetstore::EtcdDatasets::new(cp.etcd.clone(), &cp.root)
@@ -785,8 +792,10 @@ impl Daemon {
         let accounts = Arc::new(accounts.authenticated_as(&config.data_dir)?);
         let datasets = datasetstore::EtcdDatasets::new(etcd.clone(), &cp.root)
             .authenticated_as(&config.data_dir)?;
-        let policies = policystore::EtcdPolicy::new(etcd.clone(), &cp.root);
-        let plugins = pluginstore::EtcdPlugins::new(etcd.clone(), &cp.root);
+        let policies = policystore::EtcdPolicy::new(etcd.clone(), &cp.root)
+            .authenticated_as(&config.data_dir)?;
+        let plugins = pluginstore::EtcdPlugins::new(etcd.clone(), &cp.root)
+            .authenticated_as(&config.data_dir)?;
         fn copying(what: &'static str) -> impl Fn(String) -> String {
             move |e| format!("copying {what} into etcd: {e}")
         }
@@ -807,8 +816,11 @@ impl Daemon {
             let jobs = (jobs.authenticate_unmarked()).map_err(|e| authenticating(e.to_string()))?;
             let datasets =
                 (datasets.authenticate_unmarked()).map_err(|e| authenticating(e.to_string()))?;
+            let policy = policies.authenticate_unmarked().map_err(authenticating)?;
+            let plugins = plugins.authenticate_unmarked().map_err(authenticating)?;
             seeded.push(serde_json::json!({
-                "rows_authenticated": {"accounts": accounts, "jobs": jobs, "datasets": datasets}
+                "rows_authenticated": {"accounts": accounts, "jobs": jobs, "datasets": datasets,
+                                       "policy": policy, "plugins": plugins}
             }));
         }
         if let Some(revision) =

@@ -10,9 +10,10 @@ use gantry_etcd::Etcd;
 use serde::{Deserialize, Serialize};
 
 use crate::ACTIVE_SCHEDULER;
+use crate::db::rowmac::{Authenticated, Covered, RowMac};
 use crate::db::{Db, PluginRecord};
 use crate::etcdblobs::{Blob, EtcdBlobs};
-use crate::etcdstore::seed_once;
+use crate::etcdstore::{checked_value, seed_once, sign_unmarked, signed_value};
 
 /// A place for uploaded plugins and the active scheduler.
 pub trait PluginStore: Send + Sync {
@@ -90,6 +91,32 @@ struct Kept {
     blob: Blob,
 }
 
+/// The component's SHA-256 among what it covers, a plugin's MAC authenticates its component: a
+/// writer of etcd without the key file cannot load a plugin of theirs (the blob is checked
+/// against its SHA-256 when read).
+impl Covered for Kept {
+    const TABLE: &'static str = "plugins";
+    fn row(&self) -> String {
+        self.record.name.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["plugin", self.record, self.manifest, self.blob])
+    }
+}
+
+/// The active scheduler plugin's name, as its MAC covers it.
+struct Active<'a>(&'a str);
+
+impl Covered for Active<'_> {
+    const TABLE: &'static str = "plugins";
+    fn row(&self) -> String {
+        "active_scheduler".into()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["active_scheduler", self.0])
+    }
+}
+
 /// A control plane's, in etcd under a root prefix: `plugins/records/<name>` a plugin's record
 /// and component blob, `plugins/components/` the components ([`crate::etcdblobs`]),
 /// `plugins/active_scheduler`, and `plugins/seeded` once the first leader copied its own in
@@ -99,6 +126,16 @@ pub struct EtcdPlugins {
     etcd: Arc<Etcd>,
     root: String,
     blobs: EtcdBlobs,
+    /// Set where a key file is in use: records and the active scheduler are written with their
+    /// MACs and read only when theirs verify, as [`crate::db::Db::authenticate_rows`].
+    rows: Option<RowMac>,
+}
+
+impl Authenticated for EtcdPlugins {
+    fn with_rows(mut self, rows: Option<RowMac>) -> EtcdPlugins {
+        self.rows = rows;
+        self
+    }
 }
 
 impl EtcdPlugins {
@@ -109,7 +146,37 @@ impl EtcdPlugins {
             blobs: EtcdBlobs::new(etcd.clone(), &format!("{root}/plugins/components")),
             etcd,
             root,
+            rows: None,
         }
+    }
+
+    /// Gives every record, and the active scheduler, without a MAC its MAC
+    /// (`--authenticate-etcd-rows`); how many.
+    pub fn authenticate_unmarked(&self) -> Result<usize, String> {
+        let Some(rows) = &self.rows else {
+            return Ok(0);
+        };
+        let records = sign_unmarked::<Kept>(&self.etcd, rows, &self.key("records/"));
+        let mut done = records.map_err(|e| e.to_string())?;
+        if let Some((name, None)) = self.active()? {
+            self.set_active_scheduler(&name)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// The active scheduler's name and its MAC, unchecked.
+    fn active(&self) -> Result<Option<(String, Option<String>)>, String> {
+        let key = self.key("active_scheduler");
+        let Some(kv) = self.etcd.get(&key).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let value = String::from_utf8(kv.value)
+            .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key)))?;
+        Ok(Some(match value.split_once(' ') {
+            Some((name, mac)) => (name.to_string(), Some(mac.to_string())),
+            None => (value, None),
+        }))
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
@@ -132,8 +199,8 @@ impl EtcdPlugins {
         };
         kvs.iter()
             .map(|kv| {
-                let mut kept: Kept = serde_json::from_slice(&kv.value)
-                    .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&kv.key)))?;
+                let mut kept: Kept =
+                    checked_value(self.rows.as_ref(), kv).map_err(|e| e.to_string())?;
                 kept.record.manifest = std::mem::take(&mut kept.manifest);
                 Ok(kept)
             })
@@ -164,7 +231,7 @@ impl PluginStore for EtcdPlugins {
             record: record.clone(),
             blob,
         };
-        let value = serde_json::to_vec(&kept).expect("a plugin serialises");
+        let value = signed_value(self.rows.as_ref(), &kept);
         self.etcd
             .put(&self.key(&format!("records/{}", record.name)), &value, 0)
             .map_err(|e| e.to_string())?;
@@ -182,18 +249,30 @@ impl PluginStore for EtcdPlugins {
     }
 
     fn active_scheduler(&self) -> Result<Option<String>, String> {
-        let key = self.key("active_scheduler");
-        match self.etcd.get(&key).map_err(|e| e.to_string())? {
-            None => Ok(None),
-            Some(kv) => String::from_utf8(kv.value)
-                .map(Some)
-                .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key))),
+        let Some((name, mac)) = self.active()? else {
+            return Ok(None);
+        };
+        if let Some(rows) = &self.rows {
+            rows.verify(&Active(&name), mac.as_deref()).map_err(|bad| {
+                let key = self.key("active_scheduler");
+                format!(
+                    "etcd key `{}`: {}",
+                    String::from_utf8_lossy(&key),
+                    bad.problem
+                )
+            })?;
         }
+        Ok(Some(name))
     }
 
     fn set_active_scheduler(&self, name: &str) -> Result<(), String> {
+        // The name, then its MAC where rows are authenticated (a name holds no space).
+        let mut value = name.to_string();
+        if let Some(rows) = &self.rows {
+            value = format!("{name} {}", rows.sign(&Active(name)));
+        }
         self.etcd
-            .put(&self.key("active_scheduler"), name.as_bytes(), 0)
+            .put(&self.key("active_scheduler"), value.as_bytes(), 0)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
@@ -271,6 +350,68 @@ mod tests {
             db: Arc::new(Db::open(&dir.path().join("g.db")).unwrap()),
             store: Arc::new(gantry::storage::Store::init(&dir.path().join("store")).unwrap()),
         });
+    }
+
+    /// Found by reading etcd as its writer would: a replicated control plane's plugin
+    /// components are blobs of etcd named by their SHA-256, so a writer of etcd without the key
+    /// file loaded a scheduler of their own by pointing a record at their blob, or made another
+    /// plugin the active scheduler. Under a key file records and the active scheduler carry a
+    /// MAC, refused where read unless it verifies.
+    #[test]
+    fn plugins_written_into_etcd_outside_gantry_are_refused_under_a_key_file() {
+        let Some(etcd) = EtcdProcess::start_or_skip("plugins_written_into_etcd") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let keyed =
+            || EtcdPlugins::new(client.clone(), "gantry").with_rows(Some(RowMac::new(&[6; 32])));
+        keeps_plugins(&keyed());
+        let plain = EtcdPlugins::new(client.clone(), "gantry");
+        let theirs = plain
+            .put_plugin(record("x", "1"), b"their scheduler")
+            .unwrap();
+        let refused = |e: String, key: &str| {
+            assert!(e.contains(key) && e.contains("key file"), "{e}");
+        };
+        refused(
+            keyed().plugins(None).unwrap_err(),
+            "gantry/plugins/records/x",
+        );
+        // A record of ours pointed at their component, its MAC kept.
+        let blob = client.get(b"gantry/plugins/records/x").unwrap().unwrap();
+        let blob: serde_json::Value = serde_json::from_slice(&blob.value).unwrap();
+        client.delete(b"gantry/plugins/records/x").unwrap();
+        let a = "gantry/plugins/records/a";
+        crate::testing::change_in_etcd(&client, a, "blob", blob["blob"].clone());
+        refused(keyed().plugins(Some("a")).unwrap_err(), a);
+        // The active scheduler, named without a MAC or with another's.
+        plain.set_active_scheduler("a").unwrap();
+        refused(
+            keyed().active_scheduler().unwrap_err(),
+            "gantry/plugins/active_scheduler",
+        );
+        keyed().set_active_scheduler("b").unwrap();
+        let b = client
+            .get(b"gantry/plugins/active_scheduler")
+            .unwrap()
+            .unwrap();
+        let mac = String::from_utf8(b.value).unwrap().replacen("b ", "a ", 1);
+        client
+            .put(b"gantry/plugins/active_scheduler", mac.as_bytes(), 0)
+            .unwrap();
+        refused(
+            keyed().active_scheduler().unwrap_err(),
+            "gantry/plugins/active_scheduler",
+        );
+        // Authenticated once asked, where etcd is trusted: those without a MAC.
+        plain
+            .put_plugin(record("x", "1"), b"their scheduler")
+            .unwrap();
+        plain.set_active_scheduler("x").unwrap();
+        assert_eq!(keyed().authenticate_unmarked().unwrap(), 2);
+        assert_eq!(keyed().active_scheduler().unwrap().as_deref(), Some("x"));
+        let x = keyed().plugins(Some("x")).unwrap().pop().unwrap();
+        assert_eq!(x.object, theirs.object);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use gantry_etcd::Etcd;
 use serde::{Deserialize, Serialize};
 
 use crate::db::Db;
+use crate::db::rowmac::{Authenticated, Covered, RowMac};
 use crate::etcdblobs::{Blob, EtcdBlobs};
-use crate::etcdstore::seed_once;
+use crate::etcdstore::{checked_value, seed_once, sign_unmarked, signed_value};
 use crate::persisted::{POLICY_OBJECT, POLICY_REVISION};
 
 /// The bundle an admin installed.
@@ -102,6 +103,19 @@ struct Pointer {
     revision: String,
 }
 
+/// The bundle's SHA-256 among what it covers, a pointer's MAC authenticates the bundle: a writer
+/// of etcd without the key file cannot install a policy of theirs (the blob is checked against
+/// its SHA-256 when read).
+impl Covered for Pointer {
+    const TABLE: &'static str = "policy";
+    fn row(&self) -> String {
+        "installed".into()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["policy", self.blob, self.revision])
+    }
+}
+
 /// A control plane's, in etcd under a root prefix: `policy/bundles/` the bundle as a blob
 /// ([`crate::etcdblobs`]), `policy/installed` naming it, `policy/seeded` once the first leader
 /// copied its own in ([`seed`]).
@@ -110,6 +124,16 @@ pub struct EtcdPolicy {
     etcd: Arc<Etcd>,
     root: String,
     blobs: EtcdBlobs,
+    /// Set where a key file is in use: what is installed is written with its MAC and read only
+    /// when its MAC verifies, as [`crate::db::Db::authenticate_rows`].
+    rows: Option<RowMac>,
+}
+
+impl Authenticated for EtcdPolicy {
+    fn with_rows(mut self, rows: Option<RowMac>) -> EtcdPolicy {
+        self.rows = rows;
+        self
+    }
 }
 
 impl EtcdPolicy {
@@ -120,7 +144,17 @@ impl EtcdPolicy {
             blobs: EtcdBlobs::new(etcd.clone(), &format!("{root}/policy/bundles")),
             etcd,
             root,
+            rows: None,
         }
+    }
+
+    /// Gives what is installed its MAC if it has none (`--authenticate-etcd-rows`); how many.
+    pub fn authenticate_unmarked(&self) -> Result<usize, String> {
+        let Some(rows) = &self.rows else {
+            return Ok(0);
+        };
+        let key = self.key("installed");
+        sign_unmarked::<Pointer>(&self.etcd, rows, &key).map_err(|e| e.to_string())
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
@@ -131,9 +165,9 @@ impl EtcdPolicy {
         let key = self.key("installed");
         match self.etcd.get(&key).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some(kv) => serde_json::from_slice(&kv.value)
+            Some(kv) => (checked_value(self.rows.as_ref(), &kv))
                 .map(Some)
-                .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key))),
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -161,7 +195,7 @@ impl PolicyStore for EtcdPolicy {
             blob: blob.clone(),
             revision: revision.to_string(),
         };
-        let value = serde_json::to_vec(&pointer).expect("a pointer serialises");
+        let value = signed_value(self.rows.as_ref(), &pointer);
         self.etcd
             .put(&self.key("installed"), &value, 0)
             .map_err(|e| e.to_string())?;
@@ -266,6 +300,53 @@ mod tests {
             e.contains("SHA-256") && e.contains(&installed.object),
             "{e}"
         );
+    }
+
+    /// Found by reading etcd as its writer would: a replicated control plane's policy bundle is
+    /// a blob of etcd named by its SHA-256, so a writer of etcd without the key file installed
+    /// a policy of their own (allow everything) by writing a blob and pointing `installed` at
+    /// it. Under a key file what is installed carries a MAC over the bundle's SHA-256 and
+    /// revision, refused where read unless it verifies.
+    #[test]
+    fn a_policy_installed_in_etcd_outside_gantry_is_refused_under_a_key_file() {
+        let Some(etcd) = EtcdProcess::start_or_skip("a_policy_installed_in_etcd") else {
+            return;
+        };
+        let client = Arc::new(etcd.client());
+        let keyed =
+            EtcdPolicy::new(client.clone(), "gantry").with_rows(Some(RowMac::new(&[6; 32])));
+        keeps_and_forgets(&keyed);
+        let ours = keyed.install(b"the security team's bundle", "r1").unwrap();
+        assert_eq!(keyed.bundle(&ours).unwrap(), b"the security team's bundle");
+        let refused = |e: String| {
+            assert!(
+                e.contains("gantry/policy/installed") && e.contains("key file"),
+                "{e}"
+            );
+        };
+        // Theirs, written as a replica without the key file would.
+        let plain = EtcdPolicy::new(client.clone(), "gantry");
+        let mac =
+            crate::testing::change_in_etcd(&client, "gantry/policy/installed", "mac", "".into());
+        plain.install(b"allow everything", "r2").unwrap();
+        refused(keyed.installed().unwrap_err());
+        // Its MAC taken from ours.
+        crate::testing::change_in_etcd(&client, "gantry/policy/installed", "mac", mac);
+        refused(keyed.installed().unwrap_err());
+        // Authenticated once asked, where etcd is trusted.
+        assert_eq!(
+            keyed.authenticate_unmarked().unwrap(),
+            0,
+            "its MAC is there"
+        );
+        crate::testing::change_in_etcd(
+            &client,
+            "gantry/policy/installed",
+            "mac",
+            serde_json::Value::Null,
+        );
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 1);
+        assert_eq!(keyed.installed().unwrap().unwrap().revision, "r2");
     }
 
     /// The first leader copies its installed policy in once; one installed through the control

@@ -4,13 +4,14 @@
 //! whoever could write them: a changed `roles` column made anyone an admin, a row added to
 //! `tokens` (a salt and hash of the writer's choosing) was a token, a row added to `jobs` ran a
 //! program of the writer's as a tenant's job, a dataset's lowered classification showed it to
-//! those not cleared for it, a setting named another key as the one that signs the audit log, and
-//! a job's checkpoint named another tenant's (its model then theirs). Every `users`, `tokens`,
-//! `jobs`, `datasets`, `settings` and `checkpoints` row now carries a MAC (HMAC-SHA256 under a key derived from the key file) over every column that decides
-//! access or what runs, and one that does not verify is refused, naming its row. A job's MAC
-//! covers what was submitted (never changed after), not its state. What a MAC cannot tell is a
-//! row put back as it was before (a revoked token's older row), or a job's state moved back:
-//! the audit log records every revocation and every job's end.
+//! those not cleared for it, a setting named another key as the one that signs the audit log, a
+//! job's checkpoint named another tenant's (its model then theirs), a placement handed a run to
+//! another node, and in etcd a policy or plugin of the writer's was installed. Every such record
+//! now carries a MAC (HMAC-SHA256 under a key derived from the key file) over what decides
+//! access or what runs ([`Covered`]), and one that does not verify is refused, naming it. A
+//! job's MAC covers what was submitted (never changed after), not its state. What a MAC cannot
+//! tell is a record put back as it was before (a revoked token's older row), or a job's state
+//! moved back: the audit log records every revocation and every job's end.
 
 use ring::hmac;
 
@@ -49,95 +50,17 @@ impl RowMac {
         Ok(gantry::storage::rows_key(root)?.map(|key| RowMac::new(&key)))
     }
 
-    /// User `u`'s MAC, as its row keeps it.
-    pub(crate) fn user(&self, u: &User) -> String {
-        self.sign(&user_message(u))
+    /// `t`'s MAC, as its row keeps it.
+    pub(crate) fn sign<T: Covered>(&self, t: &T) -> String {
+        self.tag(&covered_bytes(t))
     }
 
-    /// Token `t`'s MAC, as its row keeps it.
-    pub(crate) fn token(&self, t: &TokenRow<'_>) -> String {
-        self.sign(&token_message(t))
+    /// Checks `t`'s row's MAC `mac`.
+    pub(crate) fn verify<T: Covered>(&self, t: &T, mac: Option<&str>) -> Result<(), BadValue> {
+        self.check(&covered_bytes(t), mac, T::TABLE, &t.row())
     }
 
-    /// Job `j`'s MAC, as its row keeps it.
-    pub(crate) fn job(&self, j: &JobRecord) -> String {
-        self.sign(&job_message(j, &bodies_digest(j)))
-    }
-
-    /// Dataset `d`'s MAC, as its row keeps it.
-    pub(crate) fn dataset(&self, d: &DatasetRecord) -> String {
-        self.sign(&dataset_message(d))
-    }
-
-    /// Setting `key`'s MAC, its value being `value`.
-    pub(crate) fn setting(&self, key: &str, value: &str) -> String {
-        self.sign(&setting_message(key, value))
-    }
-
-    /// The MAC of job `job`'s checkpoint at `step`, stored as `object`.
-    pub(crate) fn checkpoint(&self, job: &str, step: u32, object: &str) -> String {
-        self.sign(&checkpoint_message(job, step, object))
-    }
-
-    /// Checks user `u`'s row's MAC `mac`.
-    pub(crate) fn check_user(&self, u: &User, mac: Option<&str>) -> Result<(), BadValue> {
-        self.check(&user_message(u), mac, "users", &u.name)
-    }
-
-    /// Checks token `t`'s row's MAC `mac`.
-    pub(crate) fn check_token(&self, t: &TokenRow<'_>, mac: Option<&str>) -> Result<(), BadValue> {
-        self.check(&token_message(t), mac, "tokens", t.id)
-    }
-
-    /// Checks job `j`'s row's MAC `mac`, `bodies` being the digest of its `train` and
-    /// `command` ([`bodies_digest`]): of the bodies read, or, where a listing reads none, as
-    /// kept beside them.
-    pub(crate) fn check_job(
-        &self,
-        j: &JobRecord,
-        bodies: &str,
-        mac: Option<&str>,
-    ) -> Result<(), BadValue> {
-        self.check(&job_message(j, bodies), mac, "jobs", &j.id)
-    }
-
-    /// Checks the MAC `mac` of setting `key`, its value being `value`.
-    pub(crate) fn check_setting(
-        &self,
-        key: &str,
-        value: &str,
-        mac: Option<&str>,
-    ) -> Result<(), BadValue> {
-        self.check(&setting_message(key, value), mac, "settings", key)
-    }
-
-    /// Checks the MAC `mac` of job `job`'s checkpoint at `step`, stored as `object`.
-    pub(crate) fn check_checkpoint(
-        &self,
-        job: &str,
-        step: u32,
-        object: &str,
-        mac: Option<&str>,
-    ) -> Result<(), BadValue> {
-        let row = format!("{job} step {step}");
-        self.check(
-            &checkpoint_message(job, step, object),
-            mac,
-            "checkpoints",
-            &row,
-        )
-    }
-
-    /// Checks dataset `d`'s row's MAC `mac`.
-    pub(crate) fn check_dataset(
-        &self,
-        d: &DatasetRecord,
-        mac: Option<&str>,
-    ) -> Result<(), BadValue> {
-        self.check(&dataset_message(d), mac, "datasets", &d.name)
-    }
-
-    fn sign(&self, message: &[u8]) -> String {
+    fn tag(&self, message: &[u8]) -> String {
         data_encoding::HEXLOWER.encode(hmac::sign(&self.0, message).as_ref())
     }
 
@@ -175,23 +98,132 @@ impl RowMac {
 
 /// What a user's MAC covers: the name binds the row to its user, so that no row is moved to
 /// another.
-fn user_message(u: &User) -> Vec<u8> {
-    let value = serde_json::json!(["user", u.name, u.roles, u.tenants, u.clearance]);
-    serde_json::to_vec(&value).expect("JSON serialises")
+impl Covered for User {
+    const TABLE: &'static str = "users";
+    fn row(&self) -> String {
+        self.name.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["user", self.name, self.roles, self.tenants, self.clearance])
+    }
 }
 
-fn token_message(t: &TokenRow<'_>) -> Vec<u8> {
-    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
-    let value = serde_json::json!([
-        "token",
-        t.id,
-        t.user,
-        hex(t.salt),
-        hex(t.hash),
-        t.expires_at,
-        t.revoked_at
-    ]);
-    serde_json::to_vec(&value).expect("JSON serialises")
+impl Covered for TokenRow<'_> {
+    const TABLE: &'static str = "tokens";
+    fn row(&self) -> String {
+        self.id.to_string()
+    }
+    fn covered(&self) -> serde_json::Value {
+        let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+        let t = self;
+        serde_json::json!([
+            "token",
+            t.id,
+            t.user,
+            hex(t.salt),
+            hex(t.hash),
+            t.expires_at,
+            t.revoked_at
+        ])
+    }
+}
+
+/// A store in etcd whose records the replicas' shared key file authenticates.
+pub(crate) trait Authenticated: Sized {
+    /// The store, its records authenticated under `rows` where given.
+    fn with_rows(self, rows: Option<RowMac>) -> Self;
+
+    /// The store, authenticated under the key file of the data directory at `data_dir` where
+    /// one is in use (the replicas share it, as they share the master keys sealed under it).
+    fn authenticated_as(self, data_dir: &std::path::Path) -> Result<Self, String> {
+        let rows = RowMac::of_data_dir(data_dir).map_err(|e| e.to_string())?;
+        Ok(self.with_rows(rows))
+    }
+}
+
+/// A record a MAC authenticates: what its MAC covers, and how a refusal names it.
+pub(crate) trait Covered {
+    /// Its table (in etcd, its key says where it is).
+    const TABLE: &'static str;
+
+    /// Which row, as a refusal names it.
+    fn row(&self) -> String;
+
+    /// What its MAC covers, a tag of its kind first (no MAC of one kind verifies another).
+    fn covered(&self) -> serde_json::Value;
+}
+
+fn covered_bytes<T: Covered>(t: &T) -> Vec<u8> {
+    serde_json::to_vec(&t.covered()).expect("JSON serialises")
+}
+
+/// A value as etcd keeps it, with its MAC where rows are authenticated.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Signed<T> {
+    /// The value.
+    #[serde(flatten)]
+    pub value: T,
+    /// Its MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Covered for super::GpuHealth {
+    const TABLE: &'static str = "gpu_health";
+    fn row(&self) -> String {
+        self.gpu.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["gpu_health", self.gpu, self.healthy, self.by, self.at])
+    }
+}
+
+impl Covered for crate::nodes::RegisteredNode {
+    const TABLE: &'static str = "registered_nodes";
+    fn row(&self) -> String {
+        self.name.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["node", self])
+    }
+}
+
+impl Covered for super::PluginRecord {
+    const TABLE: &'static str = "plugins";
+    fn row(&self) -> String {
+        self.name.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        let p = self;
+        serde_json::json!([
+            "plugin",
+            p.name,
+            p.kind,
+            p.version,
+            p.manifest,
+            p.object,
+            p.signature,
+            p.owner,
+            p.created_at
+        ])
+    }
+}
+
+/// Job `job`'s placement: the node's agent a run of it was handed to.
+pub(crate) struct Placed<'a> {
+    pub job: &'a str,
+    pub placement: &'a crate::jobstore::Placement,
+}
+
+impl Covered for Placed<'_> {
+    const TABLE: &'static str = "placements";
+    fn row(&self) -> String {
+        self.job.to_string()
+    }
+    fn covered(&self) -> serde_json::Value {
+        let p = self.placement;
+        serde_json::json!(["placement", self.job, p.node, p.attempt])
+    }
 }
 
 /// The SHA-256 (hex) of job `j`'s bodies, its `train` and `command`: what its MAC covers of
@@ -203,45 +235,99 @@ pub(crate) fn bodies_digest(j: &JobRecord) -> String {
     data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
 }
 
-/// What a job's MAC covers: what was submitted, by whom, for which tenant; never its state,
-/// placement or result, which the control plane changes as the job runs.
-fn job_message(j: &JobRecord, bodies: &str) -> Vec<u8> {
-    let value = serde_json::json!([
-        "job",
-        j.id,
-        j.tenant,
-        j.owner,
-        j.gpus,
-        j.memory_per_gpu_mib,
-        j.est_runtime_s,
-        j.submitted_at,
-        bodies
-    ]);
-    serde_json::to_vec(&value).expect("JSON serialises")
+/// A job as its MAC covers it: what was submitted, by whom, for which tenant, its bodies by
+/// their digest ([`bodies_digest`]); never its state, placement or result, which the control
+/// plane changes as the job runs.
+pub(crate) struct Submitted<'a> {
+    job: &'a JobRecord,
+    bodies: String,
 }
 
-/// What a setting's MAC covers: among them the installed policy's object and the key that signs
-/// the audit log.
-fn setting_message(key: &str, value: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!(["setting", key, value])).expect("JSON serialises")
+impl<'a> Submitted<'a> {
+    /// `job`, its bodies as it holds them.
+    pub(crate) fn whole(job: &'a JobRecord) -> Submitted<'a> {
+        Submitted {
+            bodies: bodies_digest(job),
+            job,
+        }
+    }
+
+    /// `job` as a listing reads it, without its bodies: their digest as kept beside them.
+    pub(crate) fn listed(job: &'a JobRecord, bodies: String) -> Submitted<'a> {
+        Submitted { job, bodies }
+    }
 }
 
-/// What a checkpoint's MAC covers: the job binds it to its owner's tenant.
-fn checkpoint_message(job: &str, step: u32, object: &str) -> Vec<u8> {
-    let value = serde_json::json!(["checkpoint", job, step, object]);
-    serde_json::to_vec(&value).expect("JSON serialises")
+impl Covered for Submitted<'_> {
+    const TABLE: &'static str = "jobs";
+    fn row(&self) -> String {
+        self.job.id.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        let j = self.job;
+        serde_json::json!([
+            "job",
+            j.id,
+            j.tenant,
+            j.owner,
+            j.gpus,
+            j.memory_per_gpu_mib,
+            j.est_runtime_s,
+            j.submitted_at,
+            self.bodies
+        ])
+    }
 }
 
-fn dataset_message(d: &DatasetRecord) -> Vec<u8> {
-    let value = serde_json::json!([
-        "dataset",
-        d.name,
-        d.tenant,
-        d.classification,
-        d.object,
-        d.bytes,
-        d.owner,
-        d.created_at
-    ]);
-    serde_json::to_vec(&value).expect("JSON serialises")
+impl Covered for DatasetRecord {
+    const TABLE: &'static str = "datasets";
+    fn row(&self) -> String {
+        self.name.clone()
+    }
+    fn covered(&self) -> serde_json::Value {
+        let d = self;
+        serde_json::json!([
+            "dataset",
+            d.name,
+            d.tenant,
+            d.classification,
+            d.object,
+            d.bytes,
+            d.owner,
+            d.created_at
+        ])
+    }
+}
+
+/// A setting: among them the installed policy's object and the key that signs the audit log.
+pub(crate) struct Setting<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+impl Covered for Setting<'_> {
+    const TABLE: &'static str = "settings";
+    fn row(&self) -> String {
+        self.key.to_string()
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["setting", self.key, self.value])
+    }
+}
+
+/// A job's checkpoint: the job binds it to its owner's tenant.
+pub(crate) struct Checkpoint<'a> {
+    pub job: &'a str,
+    pub step: u32,
+    pub object: &'a str,
+}
+
+impl Covered for Checkpoint<'_> {
+    const TABLE: &'static str = "checkpoints";
+    fn row(&self) -> String {
+        format!("{} step {}", self.job, self.step)
+    }
+    fn covered(&self) -> serde_json::Value {
+        serde_json::json!(["checkpoint", self.job, self.step, self.object])
+    }
 }
