@@ -509,8 +509,8 @@ pub struct GpuHealth {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Set where a key file is in use: users, tokens, jobs and datasets are written with a MAC
-    /// and read only when theirs verifies ([`Db::authenticate_rows`]).
+    /// Set where a key file is in use: every row that decides access, what runs or where it
+    /// runs is written with a MAC and read only when its MAC verifies ([`Db::authenticate_rows`]).
     rows: std::sync::OnceLock<RowMac>,
 }
 
@@ -656,9 +656,9 @@ const MIGRATIONS: &[&str] = &[
     // 9: account rows authenticated under the key file (`rowmac`).
     "ALTER TABLE users ADD COLUMN mac TEXT;
      ALTER TABLE tokens ADD COLUMN mac TEXT;",
-    // 10: every other row that decides what runs or who sees what authenticated under the key
-    // file too; a job's listing checks its
-    // MAC against the digest of its bodies kept beside them (`rowmac::bodies_digest`).
+    // 10: every other row that decides access, what runs or where it runs authenticated under
+    // the key file too; a job's listing checks its MAC against the digest of its bodies kept
+    // beside them (`rowmac::bodies_digest`).
     "ALTER TABLE jobs ADD COLUMN mac TEXT;
      ALTER TABLE jobs ADD COLUMN bodies_digest TEXT;
      ALTER TABLE datasets ADD COLUMN mac TEXT;
@@ -880,10 +880,9 @@ impl Db {
     }
 
     /// From now on, authenticates rows under `key` (the key file's,
-    /// [`gantry::storage::rows_key`]): each `users`, `tokens`, `jobs` and `datasets` row is
-    /// written with its MAC,
-    /// and one whose MAC is missing or does not verify is refused where it is read, naming it.
-    /// Set once, at opening.
+    /// [`gantry::storage::rows_key`]): each row that decides access, what runs or where it runs
+    /// ([`rowmac`]) is written with its MAC, and one whose MAC is missing or does not verify is
+    /// refused where it is read, naming it. Set once, at opening.
     pub fn authenticate_rows(&self, key: &[u8; 32]) {
         let _ = self.rows.set(RowMac::new(key));
     }
@@ -892,108 +891,51 @@ impl Db {
     /// `gantry key seal` does for the rows written before. A row whose MAC does not verify is
     /// left as it is (and refused). Returns how many rows it authenticated.
     pub fn authenticate_unmarked_rows(&self) -> Result<usize, DbError> {
-        const DOING: &str = "authenticating rows";
         let Some(rows) = self.rows.get() else {
             return Ok(0);
         };
         let mut conn = self.conn();
-        let tx = conn.transaction().ctx(DOING)?;
-        let mut signed = 0;
-        let users = "SELECT name, roles, tenants, clearance FROM users WHERE mac IS NULL";
-        for user in unmarked(&tx, users, |r| row_to_user(r, 0))? {
-            let mac = rows.sign(&user);
-            signed += (tx.execute(
-                "UPDATE users SET mac = ?2 WHERE name = ?1",
-                params![user.name, mac],
-            ))
-            .ctx(DOING)?;
+        let tx = conn.transaction().ctx("authenticating rows")?;
+        let t = &tx;
+        let user = |r: &rusqlite::Row<'_>| row_to_user(r, 0);
+        let columns = "name, roles, tenants, clearance";
+        let mut signed = sign_unmarked(t, "users", columns, user, |u: &User| rows.sign(u))?;
+        let token = |t: &TokenColumns| rows.sign(&t.row());
+        signed += sign_unmarked(t, "tokens", TokenColumns::SELECT, TokenColumns::read, token)?;
+        let job = |j: &JobRecord| rows.sign(&Submitted::whole(j));
+        signed += sign_unmarked(t, "jobs", JOB_COLUMNS, row_to_job, job)?;
+        // A listing checks a job against the digest of its bodies kept beside them.
+        for job in unmarked(
+            t,
+            &format!("{SELECT_JOB} WHERE bodies_digest IS NULL"),
+            row_to_job,
+        )? {
+            let update = "UPDATE jobs SET bodies_digest = ?2 WHERE id = ?1";
+            (t.execute(update, params![job.id, rowmac::bodies_digest(&job)]))
+                .ctx("authenticating rows")?;
         }
-        let tokens = format!(
-            "SELECT {} FROM tokens WHERE mac IS NULL",
-            TokenColumns::SELECT
-        );
-        for token in unmarked(&tx, &tokens, TokenColumns::read)? {
-            let mac = rows.sign(&token.row());
-            signed += (tx.execute(
-                "UPDATE tokens SET mac = ?2 WHERE id = ?1",
-                params![token.id, mac],
-            ))
-            .ctx(DOING)?;
-        }
-        for job in unmarked(&tx, &format!("{SELECT_JOB} WHERE mac IS NULL"), row_to_job)? {
-            let (mac, bodies) = (
-                rows.sign(&Submitted::whole(&job)),
-                rowmac::bodies_digest(&job),
-            );
-            signed += (tx.execute(
-                "UPDATE jobs SET mac = ?2, bodies_digest = ?3 WHERE id = ?1",
-                params![job.id, mac, bodies],
-            ))
-            .ctx(DOING)?;
-        }
-        let checkpoints = "SELECT job, step, object FROM checkpoints WHERE mac IS NULL";
-        let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, u32, String)> {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        let dataset = |d: &DatasetRecord| rows.sign(d);
+        signed += sign_unmarked(t, "datasets", DATASET_COLUMNS, row_to_dataset, dataset)?;
+        let checkpoint = |(job, step, object): &(String, u32, String)| {
+            let (job, step, object) = (job.as_str(), *step, object.as_str());
+            rows.sign(&Checkpoint { job, step, object })
         };
-        for (job, step, object) in unmarked(&tx, checkpoints, read)? {
-            let mac = rows.sign(&Checkpoint {
-                job: &job,
-                step,
-                object: &object,
-            });
-            signed += (tx.execute(
-                "UPDATE checkpoints SET mac = ?3 WHERE job = ?1 AND step = ?2",
-                params![job, step, mac],
-            ))
-            .ctx(DOING)?;
-        }
-        let settings = "SELECT key, value FROM settings WHERE mac IS NULL";
-        let read = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
-        for (key, value) in unmarked(&tx, settings, read)? {
-            let mac = rows.sign(&Setting {
-                key: &key,
-                value: &value,
-            });
-            signed += (tx.execute(
-                "UPDATE settings SET mac = ?2 WHERE key = ?1",
-                params![key, mac],
-            ))
-            .ctx(DOING)?;
-        }
-        let marks = "SELECT gpu, healthy, changed_by, changed_at FROM gpu_health WHERE mac IS NULL";
-        for mark in unmarked(&tx, marks, row_to_gpu_health)? {
-            let update = "UPDATE gpu_health SET mac = ?2 WHERE gpu = ?1";
-            signed += (tx.execute(update, params![mark.gpu, rows.sign(&mark)])).ctx(DOING)?;
-        }
-        let nodes = "SELECT name, record FROM registered_nodes WHERE mac IS NULL";
-        for node in unmarked(&tx, nodes, row_to_node)? {
-            let update = "UPDATE registered_nodes SET mac = ?2 WHERE name = ?1";
-            signed += (tx.execute(update, params![node.name, rows.sign(&node)])).ctx(DOING)?;
-        }
-        let placements = "SELECT job, node, attempt FROM placements WHERE mac IS NULL";
-        for (job, placement) in unmarked(&tx, placements, row_to_placement)? {
-            let mac = rows.sign(&Placed {
-                job: &job,
-                placement: &placement,
-            });
-            let update = "UPDATE placements SET mac = ?2 WHERE job = ?1";
-            signed += (tx.execute(update, params![job, mac])).ctx(DOING)?;
-        }
-        let plugins = format!("{SELECT_PLUGIN} FROM plugins WHERE mac IS NULL");
-        for plugin in unmarked(&tx, &plugins, row_to_plugin)? {
-            let update = "UPDATE plugins SET mac = ?2 WHERE name = ?1";
-            signed += (tx.execute(update, params![plugin.name, rows.sign(&plugin)])).ctx(DOING)?;
-        }
-        let datasets = format!("{SELECT_DATASET} WHERE mac IS NULL");
-        for d in unmarked(&tx, &datasets, row_to_dataset)? {
-            let mac = rows.sign(&d);
-            signed += (tx.execute(
-                "UPDATE datasets SET mac = ?2 WHERE name = ?1",
-                params![d.name, mac],
-            ))
-            .ctx(DOING)?;
-        }
-        tx.commit().ctx(DOING)?;
+        let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+        signed += sign_unmarked(t, "checkpoints", "job, step, object", read, checkpoint)?;
+        let setting = |(key, value): &(String, String)| rows.sign(&Setting { key, value });
+        let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+        signed += sign_unmarked(t, "settings", "key, value", read, setting)?;
+        let mark = |m: &GpuHealth| rows.sign(m);
+        let columns = "gpu, healthy, changed_by, changed_at";
+        signed += sign_unmarked(t, "gpu_health", columns, row_to_gpu_health, mark)?;
+        let node = |n: &crate::nodes::RegisteredNode| rows.sign(n);
+        signed += sign_unmarked(t, "registered_nodes", "name, record", row_to_node, node)?;
+        let placed = |(job, placement): &(String, Placement)| rows.sign(&Placed { job, placement });
+        let columns = "job, node, attempt";
+        signed += sign_unmarked(t, "placements", columns, row_to_placement, placed)?;
+        let plugin = |p: &PluginRecord| rows.sign(p);
+        signed += sign_unmarked(t, "plugins", PLUGIN_COLUMNS, row_to_plugin, plugin)?;
+        tx.commit().ctx("authenticating rows")?;
         Ok(signed)
     }
 
@@ -1557,7 +1499,8 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
-                "{SELECT_PLUGIN}, mac FROM plugins WHERE ?1 IS NULL OR name = ?1 ORDER BY name"
+                "SELECT {PLUGIN_COLUMNS}, mac FROM plugins WHERE ?1 IS NULL OR name = ?1
+                 ORDER BY name"
             ))
             .ctx("listing plugins")?;
         let rows = stmt
@@ -2043,8 +1986,7 @@ fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transa
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
-/// The rows `sql` selects in `tx`, each read by `read`: those [`Db::authenticate_unmarked_rows`]
-/// authenticates.
+/// The rows `sql` selects in `tx`, each read by `read`.
 fn unmarked<T>(
     tx: &rusqlite::Transaction<'_>,
     sql: &str,
@@ -2055,6 +1997,24 @@ fn unmarked<T>(
     found
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .ctx("authenticating rows")
+}
+
+/// Gives each row of `table` without a MAC the MAC `mac` makes of it, read by `read` from its
+/// `columns`; how many ([`Db::authenticate_unmarked_rows`]).
+fn sign_unmarked<T>(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    columns: &str,
+    mut read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    mac: impl Fn(&T) -> String,
+) -> Result<usize, DbError> {
+    let select = format!("SELECT {columns}, rowid FROM {table} WHERE mac IS NULL");
+    let found = unmarked(tx, &select, |r| Ok((read(r)?, r.get::<_, i64>("rowid")?)))?;
+    for (row, rowid) in &found {
+        let update = format!("UPDATE {table} SET mac = ?2 WHERE rowid = ?1");
+        (tx.execute(&update, params![rowid, mac(row)])).ctx("authenticating rows")?;
+    }
+    Ok(found.len())
 }
 
 /// Applies the [`MIGRATIONS`] a database has not had yet.
@@ -2093,8 +2053,14 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
 const JOBS_NAMED: &str = "WHERE substr(id, instr(id, '/') + 1) = ?1 ORDER BY seq";
 const DATASETS_NAMED: &str = "WHERE substr(name, instr(name, '/') + 1) = ?1 ORDER BY name";
 
-const SELECT_DATASET: &str =
-    "SELECT name, tenant, classification, object, bytes, owner, created_at, mac FROM datasets";
+/// The columns [`row_to_dataset`] reads.
+macro_rules! dataset_columns {
+    () => {
+        "name, tenant, classification, object, bytes, owner, created_at"
+    };
+}
+const DATASET_COLUMNS: &str = dataset_columns!();
+const SELECT_DATASET: &str = concat!("SELECT ", dataset_columns!(), ", mac FROM datasets");
 
 fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
     let name: String = r.get(0)?;
@@ -2109,10 +2075,10 @@ fn row_to_dataset(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRecord> {
     })
 }
 
-const SELECT_PLUGIN: &str =
-    "SELECT name, version, manifest, object, signature, owner, created_at, kind";
+/// The columns [`row_to_plugin`] reads.
+const PLUGIN_COLUMNS: &str = "name, version, manifest, object, signature, owner, created_at, kind";
 
-/// A plugin from columns 0..8 ([`SELECT_PLUGIN`]).
+/// A plugin from columns 0..8 ([`PLUGIN_COLUMNS`]).
 fn row_to_plugin(r: &rusqlite::Row<'_>) -> rusqlite::Result<PluginRecord> {
     let name: String = r.get(0)?;
     let signature = match r.get::<_, Option<String>>(4)? {
@@ -2178,9 +2144,15 @@ fn row_to_placement(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Placemen
     Ok((r.get(0)?, placement))
 }
 
-const SELECT_JOB: &str = "SELECT id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state,
-    gpu_ids, reason, submitted_at, train, result, crashes, not_before, command, mac, bodies_digest
-    FROM jobs";
+/// The columns [`row_to_job`] reads.
+macro_rules! job_columns {
+    () => {
+        "id, tenant, owner, gpus, memory_per_gpu_mib, est_runtime_s, state, gpu_ids, reason,
+         submitted_at, train, result, crashes, not_before, command"
+    };
+}
+const JOB_COLUMNS: &str = job_columns!();
+const SELECT_JOB: &str = concat!("SELECT ", job_columns!(), ", mac, bodies_digest FROM jobs");
 
 /// [`SELECT_JOB`]'s columns without the bodies (`train`, `command`: NULL), then the job's
 /// kind ([`Listed`]).

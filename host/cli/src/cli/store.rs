@@ -117,7 +117,8 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
             let (sealed, rows) = gantry_daemon::datadir::seal(&root, "gantry key seal")?;
             println!(
                 "{}: {sealed} key(s) sealed (master keys, audit signing key), {rows} \
-                 row(s) authenticated (users, tokens, jobs, checkpoints, datasets, settings); the directory now opens only with {}",
+                 row(s) authenticated (users, tokens, jobs, datasets, placements, plugins...); \
+                 the directory now opens only with {}",
                 root.display(),
                 gantry::storage::KEY_FILE_ENV
             );
