@@ -757,6 +757,71 @@ fn a_job_or_dataset_row_planted_outside_gantry_is_refused_under_a_key_file() {
     refused_naming(&verify, &cache, &kek, "table settings, row audit.key", "");
 }
 
+/// Found closing the rows' authentication: a backup made before a directory's rows were
+/// authenticated (by an earlier version, or before its key file) could not be restored under
+/// the key file at all, its rows carrying no MAC. `gantry db restore --authenticate-rows`
+/// authenticates them, as asked (as `gantry key seal` does a directory's), and says how to
+/// when refused; a row whose MAC does not verify is refused all the same.
+#[test]
+fn a_backup_made_before_the_key_file_restores_when_its_rows_are_authenticated_as_asked() {
+    let (dir, cache, data) = unsealed_with_ada();
+    let kek = key_file(dir.path(), "4a");
+    let sealed = [("GANTRY_KEY_FILE", kek.as_path())];
+    let d = data.to_str().unwrap();
+    let old = dir.path().join("old.db");
+    let backup = |to: &Path, env: &[(&str, &Path)]| {
+        let args = [
+            "db",
+            "backup",
+            "--out",
+            to.to_str().unwrap(),
+            "--data-dir",
+            d,
+        ];
+        ok(gantry_with(&args, &cache, env));
+    };
+    backup(&old, &[]);
+    seal_counting(&data, &cache, &kek, 2);
+    let restore = |from: &Path, adopt: bool| {
+        let mut args = vec!["db", "restore", from.to_str().unwrap(), "--data-dir", d];
+        if adopt {
+            args.push("--authenticate-rows");
+        }
+        gantry_with(&args, &cache, &sealed)
+    };
+    let refused = restore(&old, false);
+    let (_, e) = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        e.contains("column mac") && e.contains("--authenticate-rows"),
+        "{e}"
+    );
+    let restored = ok(restore(&old, true));
+    assert!(
+        restored.contains("row(s) of the backup authenticated"),
+        "{restored}"
+    );
+    ok(gantry_with(
+        &["db", "check", "--data-dir", d],
+        &cache,
+        &sealed,
+    ));
+    // A row changed in a backup is no row without a MAC: refused, asked or not.
+    let changed = dir.path().join("changed.db");
+    backup(&changed, &sealed);
+    let db = rusqlite::Connection::open(&changed).unwrap();
+    db.execute_batch(r#"UPDATE users SET roles = '["admin"]'"#)
+        .unwrap();
+    drop(db);
+    let refused = restore(&changed, true);
+    let (_, e) = text(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        e.contains("table users, row ada") && e.contains("does not verify"),
+        "{e}"
+    );
+}
+
 /// `gantry user add` of `ada`, a researcher of `vision` (`--data-dir` to follow).
 const ADD_ADA: [&str; 7] = [
     "user",

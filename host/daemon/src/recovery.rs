@@ -70,6 +70,19 @@ pub struct Restored {
     /// Users the log records that no longer pass the checks of a user (a node identity with
     /// another role, say), left as the backup has them: each needs an admin's look.
     pub skipped: Vec<String>,
+    /// The backup's rows without a MAC that were authenticated, as asked ([`Adopt::Unmarked`]).
+    pub authenticated: usize,
+}
+
+/// What a restore under a key file does with a backup's rows that carry no MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopt {
+    /// Refuses the backup (a row without a MAC may have been written by anyone).
+    Nothing,
+    /// Authenticates them, as `gantry key seal` does a directory's: for a backup the operator
+    /// trusts that was made before its rows were authenticated (an earlier version, or before
+    /// the key file). A row whose MAC does not verify is refused all the same.
+    Unmarked,
 }
 
 /// Replaces the database of data directory `root` by the backup `from` (checked first), keeping
@@ -78,7 +91,7 @@ pub struct Restored {
 /// a job replaced since (a job keeps its newest alone): a job whose recorded checkpoint is gone
 /// starts from the beginning, its log saying so. The audit log's sealed position is taken from the log itself (verified with the host's
 /// key), since the backup's is older. Recorded in the audit log as `db.restored`.
-pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
+pub fn restore_db(root: &Path, from: &Path, adopt: Adopt) -> Result<Restored, DataDirError> {
     let store = Store::open_exclusive(root, "gantry db restore")?;
     let target = super::db_path(root);
     let incoming = gantry::durable::temporary_beside(&target);
@@ -91,18 +104,30 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
     // tokens, jobs and datasets must carry their MACs (what replaying the audit log writes does).
     let rows_key = gantry::storage::rows_key(root)?;
     let checked = Db::open(&incoming).and_then(|db| {
+        let mut authenticated = 0;
         if let Some(key) = &rows_key {
             db.authenticate_rows(key);
+            if adopt == Adopt::Unmarked {
+                authenticated = db.authenticate_unmarked_rows()?;
+            }
         }
         let rows = db.check()?;
-        Ok((db, rows))
+        Ok((db, rows, authenticated))
     });
-    let (db, rows) = match checked {
+    let (db, rows, authenticated) = match checked {
         Ok(c) => c,
         Err(source) => {
             let _ = std::fs::remove_file(&incoming);
+            let hint = match source.unauthenticated() {
+                true => {
+                    "\n(a backup made before its rows were authenticated, by an earlier version or \
+                     before the key file, and trusted: `gantry db restore --authenticate-rows` \
+                     authenticates its rows without a MAC, as `gantry key seal` does)"
+                }
+                false => "",
+            };
             return Err(DataDirError::Refused(format!(
-                "{}: not a usable backup: {source}",
+                "{}: not a usable backup: {source}{hint}",
                 from.display()
             )));
         }
@@ -148,7 +173,8 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
         "db.restored",
         serde_json::json!({"backup": from.display().to_string(),
                            "damaged": damaged.display().to_string(), "rows": rows,
-                           "replayed": replayed, "skipped": skipped, "by": dir.actor()}),
+                           "replayed": replayed, "skipped": skipped,
+                           "authenticated": authenticated, "by": dir.actor()}),
     )?;
     dir.close()?;
     Ok(Restored {
@@ -156,6 +182,7 @@ pub fn restore_db(root: &Path, from: &Path) -> Result<Restored, DataDirError> {
         rows,
         replayed,
         skipped,
+        authenticated,
     })
 }
 

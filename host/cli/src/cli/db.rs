@@ -20,6 +20,12 @@ pub enum DbCommand {
     Restore {
         /// The backup (`gantry db backup`).
         backup: PathBuf,
+        /// Under a key file, authenticate the backup's rows that carry no MAC, as `gantry key
+        /// seal` does a directory's: for a backup you trust that was made before its rows were
+        /// authenticated (by an earlier version, or before the key file). Without it such a
+        /// backup is refused.
+        #[arg(long)]
+        authenticate_rows: bool,
         #[command(flatten)]
         dir: super::store::DataDir,
     },
@@ -38,8 +44,23 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<()> {
             let rows = gantry_daemon::recovery::backup_db(&dir.path()?, &out)?;
             println!("{}: {rows} rows, checked", out.display());
         }
-        DbCommand::Restore { backup, dir } => {
-            let r = gantry_daemon::recovery::restore_db(&dir.path()?, &backup)?;
+        DbCommand::Restore {
+            backup,
+            authenticate_rows,
+            dir,
+        } => {
+            use gantry_daemon::recovery::Adopt;
+            let adopt = match authenticate_rows {
+                true => Adopt::Unmarked,
+                false => Adopt::Nothing,
+            };
+            let r = gantry_daemon::recovery::restore_db(&dir.path()?, &backup, adopt)?;
+            if r.authenticated > 0 {
+                println!(
+                    "{} row(s) of the backup authenticated, as asked",
+                    r.authenticated
+                );
+            }
             println!(
                 "restored {} ({} rows; {} change(s) to users and tokens made again from the \
                  audit log); the database it replaced is kept as {}",
