@@ -2513,8 +2513,9 @@ mod tests {
         let client_a = client(url);
         let sink = super::AgentSink::new(&client_a, "n1", &run, &stop).fenced_by(&fenced, &lease);
         sink.log_line("the last line");
+        // Relayed by `electing`'s own thread, which may not have run yet (CI, loaded: Empty).
         let got = accepted
-            .try_recv()
+            .recv_timeout(Duration::from_secs(10))
             .expect("the report arrived after the election");
         assert_eq!(
             (got["entry"].as_str(), got["attempt"].as_u64()),
