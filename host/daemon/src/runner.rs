@@ -1005,14 +1005,20 @@ mod tests {
             .collect();
         let d = &t.daemon;
         let deadline = Instant::now() + Duration::from_secs(20);
-        let named = loop {
+        let let_go = |log: &[(f64, String)]| {
+            (log.iter()).any(|(_, l)| l.starts_with("its model was let go"))
+        };
+        // The log line follows the checkpoint's forgetting: both waited for (CI, loaded, read
+        // the log between the two).
+        let (named, log) = loop {
             let named: Vec<Option<String>> = (ids.iter())
                 .map(|id| d.jobs.latest_checkpoint(id).unwrap().map(|(_, o)| o))
                 .collect();
-            if named.iter().map(Option::is_some).eq([false, true, true])
+            let log = d.jobs.logs(&ids[0]).unwrap();
+            if named.iter().map(Option::is_some).eq([false, true, true]) && let_go(&log)
                 || Instant::now() > deadline
             {
-                break named;
+                break (named, log);
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -1020,12 +1026,7 @@ mod tests {
             named[0].is_none() && named[1].is_some() && named[2].is_some(),
             "{named:?}"
         );
-        let log = d.jobs.logs(&ids[0]).unwrap();
-        assert!(
-            log.iter()
-                .any(|(_, l)| l.starts_with("its model was let go")),
-            "{log:?}"
-        );
+        assert!(let_go(&log), "{log:?}");
         let mut kept = d.store.list().unwrap();
         kept.sort();
         let mut models: Vec<String> = named.into_iter().flatten().collect();
