@@ -415,49 +415,12 @@ fn remove_ipc_of(uid: u32) {
     }
 }
 
-/// Where world-writable directories are looked for: the usual ones, the top of the file
-/// system's usual parents, and every mount point.
-const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
-
-/// The directories every uid may write in on this machine, where a run's files would outlive
-/// it: those of [`SHARED_TMP`], the children of `/`, `/var`, `/run` and `/dev` and the mount
-/// points that are world-writable, each once (links resolved). Found once, by class: a fixed
-/// list missed `/run/lock`, and a review's second tenant read the first one's file there.
-fn shared_dirs() -> &'static [std::path::PathBuf] {
-    use std::os::unix::fs::PermissionsExt;
-    static DIRS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
-    DIRS.get_or_init(|| {
-        let children = ["/", "/var", "/run", "/dev"]
-            .into_iter()
-            .flat_map(|parent| {
-                (std::fs::read_dir(parent).into_iter().flatten().flatten()).map(|e| e.path())
-            });
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mounted = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .map(std::path::PathBuf::from)
-            .collect::<Vec<_>>();
-        let mut dirs: Vec<std::path::PathBuf> = (SHARED_TMP.iter().map(std::path::PathBuf::from))
-            .chain(children)
-            .chain(mounted)
-            .filter_map(|p| std::fs::canonicalize(p).ok())
-            .filter(|p| {
-                std::fs::metadata(p)
-                    .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o002 != 0)
-            })
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
-    })
-}
-
-/// Removes what `uid` left in the directories every uid may write in ([`shared_dirs`]), its
+/// Removes what `uid` left in the directories every uid may write in
+/// ([`crate::mountns::shared_dirs`]), its
 /// processes gone: the next run given the uid, another tenant's, would own and read it.
 fn remove_files_of(uid: u32) {
     use std::os::unix::fs::MetadataExt;
-    for dir in shared_dirs() {
+    for dir in crate::mountns::shared_dirs() {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -2147,8 +2110,9 @@ mod tests {
     /// and logs.
     fn victim_and_attacker(limits: &CommandLimits) -> ((RunEnd, String), (RunEnd, String)) {
         use std::os::unix::fs::PermissionsExt;
-        // Where both runs meet: not /tmp, which is each run's own.
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        // Where both runs meet: not /tmp or /var/tmp, each run's own, but a directory of this
+        // test's below one only root may write in.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let at = dir.path().display().to_string();
         let run = |key: &str, script: String, env: &[(&str, &str)]| {
@@ -2264,6 +2228,59 @@ mod tests {
             matches!(attacker.0, RunEnd::Finished(..)),
             "its own kill -9 -1 spared its init: {}",
             attacker.1
+        );
+    }
+
+    /// Found by reading the mount namespace against the sweep: each run had its own `/tmp` and
+    /// `/dev/shm`, but two runs of one uid at once (one `--job-user`, or a uid handed on) still
+    /// shared `/var/tmp`, `/run/lock` and every other directory each uid may write in, so one
+    /// tenant's program read what another's was writing there (the sweep comes only after).
+    /// What another run of the uid keeps in any of them is out of a run's sight. Root only.
+    #[test]
+    fn a_run_sees_nothing_another_run_of_its_uid_keeps_in_any_world_writable_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::mountns::available() {
+            eprintln!("skipped: needs root and mount namespaces to run jobs as other uids");
+            return;
+        }
+        let uid = 231_300;
+        // As another run of the uid would leave them while this one runs.
+        let tag = format!("gantry-kept-{}", std::process::id());
+        let kept: Vec<std::path::PathBuf> = (crate::mountns::shared_dirs().iter())
+            .map(|dir| dir.join(&tag))
+            .filter(|path| std::fs::write(path, "secret\n").is_ok())
+            .collect();
+        for path in &kept {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let names: Vec<&str> = ["/var/tmp", "/run/lock"]
+            .into_iter()
+            .filter(|d| kept.iter().any(|k| k.starts_with(d)))
+            .collect();
+        assert!(!names.is_empty(), "no shared directory here: {kept:?}");
+        let reads: String = kept
+            .iter()
+            .map(|path| format!("cat {} 2>/dev/null; ", path.display()))
+            .collect();
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse(&format!("{uid}-{uid}")).unwrap()),
+            ..CommandLimits::default()
+        };
+        let spec = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", &format!("{reads}echo read")])
+        };
+        let (end, lines) = run_job("vision/reader", &spec, &limits);
+        for path in &kept {
+            let _ = std::fs::remove_file(path);
+        }
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(
+            log.contains("read") && !log.contains("secret"),
+            "{names:?}: {log}"
         );
     }
 

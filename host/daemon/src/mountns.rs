@@ -1,16 +1,18 @@
-//! A command run's own `/tmp` and `/dev/shm`: a mount namespace per run, with a fresh tmpfs on
-//! each, gone with the run's last process.
+//! A command run's own `/tmp`, `/dev/shm` and every other directory each uid may write in: a
+//! mount namespace per run, with a fresh tmpfs on each, gone with the run's last process.
 //!
-//! Without it, runs under one `--job-user` shared both: one tenant's program read what another's
+//! Without it, runs under one `--job-user` shared them: one tenant's program read what another's
 //! left there (same uid), and what a run wrote to `/dev/shm` (memory) outlived it, its memory
-//! limit and its cgroup, until the machine restarted. Where the run's working directory lies
-//! under `/tmp` (its scratch directory, or a `cwd` the job names), that one directory is bound
-//! back at its path, opened as the run's user first so that binding it shows nothing the user
-//! could not reach before. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
+//! limit and its cgroup, until the machine restarted. `/tmp` and `/dev/shm` alone were not the
+//! class: two runs of one uid at once still met in `/var/tmp` and `/run/lock`, so every
+//! world-writable directory ([`shared_dirs`]) gets one. Where the run's working directory lies
+//! under one of them (its scratch directory, or a `cwd` the job names), that one directory is
+//! bound back at its path, opened as the run's user first so that binding it shows nothing the
+//! user could not reach before. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
 //! that drops it) runs commands with the shared directories, and says so once.
 
 use std::ffi::CString;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Everything [`Plan::enter`] needs, made before the fork (after it only async-signal-safe calls
@@ -19,10 +21,10 @@ use std::sync::OnceLock;
 pub struct Plan {
     /// tmpfs options: mode, and size where the run's memory is bounded.
     options: CString,
-    /// Whether `/dev/shm` is a directory here (a private one is mounted only then).
-    shm: bool,
-    /// The run's directory and the directories above it inside `/tmp`, to be made in the new
-    /// tmpfs and the directory bound back at the last of them.
+    /// The directories given a tmpfs of the run's own ([`covered_dirs`]).
+    covered: Vec<CString>,
+    /// The run's directory and the directories above it inside the covered directory it lies
+    /// in, to be made in the new tmpfs and the directory bound back at the last of them.
     bind: Option<Bind>,
 }
 
@@ -35,7 +37,70 @@ struct Bind {
     chain: Vec<CString>,
 }
 
-/// Whether runs get their own `/tmp`, `/dev/shm` and PID namespace ([`crate::pidns`]) here,
+/// Where world-writable directories are looked for: the usual ones, the top of the file
+/// system's usual parents, and every mount point.
+const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
+
+/// The directories every uid may write in on this machine, where a run's files would outlive
+/// it: those of [`SHARED_TMP`], the children of `/`, `/var`, `/run` and `/dev` and the mount
+/// points that are world-writable, each once (links resolved). Found once, by class: a fixed
+/// list missed `/run/lock`, and a review's second tenant read the first one's file there.
+pub(crate) fn shared_dirs() -> &'static [std::path::PathBuf] {
+    use std::os::unix::fs::PermissionsExt;
+    static DIRS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let children = ["/", "/var", "/run", "/dev"]
+            .into_iter()
+            .flat_map(|parent| {
+                (std::fs::read_dir(parent).into_iter().flatten().flatten()).map(|e| e.path())
+            });
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mounted = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(std::path::PathBuf::from)
+            .collect::<Vec<_>>();
+        let mut dirs: Vec<std::path::PathBuf> = (SHARED_TMP.iter().map(std::path::PathBuf::from))
+            .chain(children)
+            .chain(mounted)
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o002 != 0)
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    })
+}
+
+/// The directories a run gets a tmpfs of its own on: `/tmp`, `/dev/shm` (where it is a
+/// directory) and [`shared_dirs`], none below another (the tmpfs above hides it, and a mount
+/// on it would find no directory there), never `/`.
+fn covered_dirs() -> &'static [PathBuf] {
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    DIRS.get_or_init(|| {
+        let usual = ["/tmp", "/dev/shm"].into_iter().map(PathBuf::from);
+        let mut dirs: Vec<PathBuf> = (usual.filter(|p| p.is_dir()))
+            .chain(shared_dirs().iter().cloned())
+            .filter(|p| p.parent().is_some())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let mut outermost: Vec<PathBuf> = Vec::new();
+        for dir in dirs {
+            // Sorted, so a directory's covered ancestor, where it has one, came just before.
+            if !outermost.last().is_some_and(|above| dir.starts_with(above)) {
+                outermost.push(dir);
+            }
+        }
+        outermost
+    })
+}
+
+/// Whether runs get their own `/tmp`, `/dev/shm` (and the rest of [`covered_dirs`]) and PID
+/// namespace ([`crate::pidns`]) here,
 /// found once by trying it in a child.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -44,7 +109,7 @@ pub fn available() -> bool {
         if let Err(e) = &found {
             tracing::warn!(
                 error = %e,
-                "command runs under one --job-user share /tmp and /dev/shm and see each other's \
+                "command runs under one --job-user share /tmp, /dev/shm, /var/tmp and see each other's \
                  processes: this machine gives the daemon no mount or PID namespaces (root's \
                  CAP_SYS_ADMIN)"
             );
@@ -89,27 +154,15 @@ impl Plan {
             Some(mib) => format!("mode=1777,size={}m", mib.max(1)),
             None => "mode=1777".to_string(),
         };
-        let bind = match cwd.strip_prefix("/tmp") {
-            Ok(rest) if rest.as_os_str().is_empty() => None,
-            // Bound back only where every part names a directory: a `..` would have the chain
-            // climb out of the tmpfs.
-            Ok(rest) if rest.components().all(|c| matches!(c, Component::Normal(_))) => {
-                let mut chain = Vec::new();
-                let mut parts = vec![c"tmp".to_owned()];
-                let mut at = std::path::PathBuf::from("/tmp");
-                for part in rest.components() {
-                    at.push(part);
-                    chain.push(CString::new(at.as_os_str().as_encoded_bytes()).ok()?);
-                    parts.push(CString::new(part.as_os_str().as_encoded_bytes()).ok()?);
-                }
-                Some(Bind { parts, chain })
-            }
-            _ => None,
+        let covered = covered_dirs();
+        let bind = match covered.iter().find(|root| cwd.starts_with(root)) {
+            Some(root) => bind_back(root, cwd).ok()?,
+            None => None,
         };
-        let shm = std::fs::symlink_metadata("/dev/shm").is_ok_and(|m| m.is_dir());
+        let covered = covered.iter().map(|d| c_path(d));
         Some(Plan {
             options: CString::new(options).ok()?,
-            shm,
+            covered: covered.collect::<Result<_, _>>().ok()?,
             bind,
         })
     }
@@ -120,7 +173,7 @@ impl Plan {
     /// and POSIX queues, gone with it); the directory opened as the run's user, a part at a
     /// time, no symbolic link followed (found by a review: a `cwd` through a link the run had
     /// made in its scratch bound the machine's `/dev/shm`, `/tmp` or `/`, and what the run wrote
-    /// there stayed); a tmpfs on `/tmp` and `/dev/shm`; the directory bound back with what is
+    /// there stayed); a tmpfs on each covered directory; the directory bound back with what is
     /// mounted below it (a bind of it alone showed what those mounts cover).
     ///
     /// # Safety
@@ -185,8 +238,10 @@ impl Plan {
                     self.options.as_ptr().cast(),
                 ) == 0
             };
-            if !tmpfs(c"/tmp") || (self.shm && !tmpfs(c"/dev/shm")) {
-                return fail();
+            for dir in &self.covered {
+                if !tmpfs(dir) {
+                    return fail();
+                }
             }
             if let Some(bind) = &self.bind {
                 for part in &bind.chain {
@@ -213,6 +268,33 @@ impl Plan {
         }
         Ok(())
     }
+}
+
+/// How `cwd`, below the covered directory `root`, is bound back in the run's tmpfs there:
+/// none where it is `root` itself, or where a part of it is not a name (a `..` would have the
+/// chain climb out of the tmpfs).
+fn bind_back(root: &Path, cwd: &Path) -> Result<Option<Bind>, std::ffi::NulError> {
+    let rest = cwd.strip_prefix(root).unwrap_or(cwd);
+    let named = rest.components().all(|c| matches!(c, Component::Normal(_)));
+    if rest.as_os_str().is_empty() || !named {
+        return Ok(None);
+    }
+    let (mut parts, mut chain) = (Vec::new(), Vec::new());
+    for part in root.components().chain(rest.components()) {
+        if let Component::Normal(name) = part {
+            parts.push(CString::new(name.as_encoded_bytes())?);
+        }
+    }
+    let mut at = root.to_path_buf();
+    for part in rest.components() {
+        at.push(part);
+        chain.push(c_path(&at)?);
+    }
+    Ok(Some(Bind { parts, chain }))
+}
+
+fn c_path(path: &Path) -> Result<CString, std::ffi::NulError> {
+    CString::new(path.as_os_str().as_encoded_bytes())
 }
 
 /// Writes `n` (a descriptor: not negative) in decimal into `out`, NUL-terminated, without
@@ -253,9 +335,29 @@ mod tests {
             Some(vec!["/tmp/a".to_string(), "/tmp/a/b".to_string()])
         );
         assert_eq!(chain("/tmp"), None);
+        // Below another directory each uid may write in, bound back there.
+        if covered_dirs().iter().any(|d| d == Path::new("/var/tmp")) {
+            assert_eq!(chain("/var/tmp/a"), Some(vec!["/var/tmp/a".to_string()]));
+            let plan = Plan::new(Path::new("/var/tmp/a"), None).unwrap();
+            let parts = plan.bind.unwrap().parts;
+            assert_eq!(parts, [c"var", c"tmp", c"a"].map(|p| p.to_owned()));
+        }
         assert_eq!(chain("/tmp/../etc"), None);
         assert_eq!(chain("/tmpfoo/x"), None);
         assert_eq!(chain("/home/x"), None);
+        // None covered twice: a mount below another's tmpfs would find no directory there.
+        let covered = covered_dirs();
+        assert!(
+            covered.iter().any(|d| d == Path::new("/tmp")),
+            "{covered:?}"
+        );
+        for (i, d) in covered.iter().enumerate() {
+            assert!(
+                covered[i + 1..].iter().all(|e| !e.starts_with(d)),
+                "{covered:?}"
+            );
+            assert_ne!(d, Path::new("/"));
+        }
         let sized = Plan::new(Path::new("/"), Some(512)).unwrap();
         assert_eq!(sized.options.to_str().unwrap(), "mode=1777,size=512m");
         let mut out = [0xffu8; 11];
