@@ -21,7 +21,7 @@ use crate::accounts::{AccountStore, GpuMarks, Seeded};
 use crate::db::rowmac::{RowMac, TokenRow};
 use crate::db::{GpuHealth, StoredToken, TokenInfo, User, now};
 use crate::etcdstore::{
-    EtcdStoreError, checked_value, corrupt, decode, sign_unmarked, signed_value,
+    EtcdStoreError, checked_value, corrupt, decode, rewrite_each, sign_unmarked, signed_value,
 };
 use crate::jobstore::StateError;
 use crate::nodes::RegisteredNode;
@@ -117,44 +117,41 @@ impl EtcdAccounts {
     /// `gantry key seal` does a data directory's. One changed meanwhile is left to the next
     /// call; one whose MAC does not verify stays refused. Returns how many it authenticated.
     pub fn authenticate_unmarked(&self) -> Result<usize, String> {
-        if self.rows.get().is_none() {
+        let Some(rows) = self.rows.get() else {
             return Err("no key file (GANTRY_KEY_FILE) to authenticate them with".into());
-        }
-        self.sign_unmarked().map_err(|e| e.to_string())
+        };
+        (self.writing(|| self.sign_unmarked(rows))).map_err(|e| e.to_string())
     }
 
-    fn sign_unmarked(&self) -> Result<usize, EtcdStoreError> {
-        let mut writes = Vec::new();
-        for kv in self.etcd.prefix(&self.key("users/"), 0)? {
-            let value: UserValue = decode(&kv.key, &kv.value)?;
-            if value.mac.is_none() {
-                writes.push((kv, self.user_value(value.user)));
-            }
-        }
-        for (id, token, kv) in self.all_tokens_unchecked()? {
-            if token.mac.is_none() {
-                let signed = self.sign_token(&id, token)?;
-                writes.push((kv, signed));
-            }
-        }
-        let mut done = 0;
-        for (kv, value) in writes {
-            let outcome = self.writing(|| {
-                self.etcd.txn(
-                    &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
-                    &[Op::Put(kv.key.clone(), value, 0)],
-                    &[],
-                )
-            })?;
-            done += usize::from(outcome.succeeded);
-        }
+    fn sign_unmarked(&self, rows: &RowMac) -> Result<usize, EtcdStoreError> {
+        let put = |compare: &[Compare], ops: &[Op]| Ok(self.etcd.txn(compare, ops, &[])?.succeeded);
+        let users = rewrite_each(
+            &self.etcd,
+            &self.key("users/"),
+            |kv| {
+                let value: UserValue = decode(&kv.key, &kv.value)?;
+                Ok(value.mac.is_none().then(|| self.user_value(value.user)))
+            },
+            put,
+        )?;
+        let tokens_prefix = self.key("tokens/");
+        let tokens = rewrite_each(
+            &self.etcd,
+            &tokens_prefix,
+            |kv| {
+                let token: TokenValue = decode(&kv.key, &kv.value)?;
+                if token.mac.is_some() {
+                    return Ok(None);
+                }
+                let id = String::from_utf8_lossy(&kv.key[tokens_prefix.len()..]);
+                self.sign_token(&id, token).map(Some)
+            },
+            put,
+        )?;
         // And the GPU marks and registered nodes kept beside the accounts.
-        let Some(rows) = self.rows.get() else {
-            return Ok(done);
-        };
         let marks = sign_unmarked::<GpuHealth>(&self.etcd, rows, &self.mark_key(""))?;
         let nodes = sign_unmarked::<RegisteredNode>(&self.etcd, rows, &self.node_key(""))?;
-        Ok(done + marks + nodes)
+        Ok(users + tokens + marks + nodes)
     }
 
     /// `user` as etcd keeps it, with its MAC where rows are authenticated.
@@ -341,21 +338,11 @@ impl EtcdAccounts {
     /// Every token with its id, in no particular order, each checked where rows are
     /// authenticated.
     fn all_tokens(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
-        (self.all_tokens_unchecked()?.into_iter())
-            .map(|(id, _, kv)| Ok((id.clone(), self.token_of(&id, &kv)?, kv)))
-            .collect()
-    }
-
-    /// Every token with its id, as etcd has it.
-    fn all_tokens_unchecked(&self) -> Result<Vec<(String, TokenValue, Kv)>, EtcdStoreError> {
         let prefix = self.key("tokens/");
-        self.etcd
-            .prefix(&prefix, 0)?
-            .into_iter()
+        (self.etcd.prefix(&prefix, 0)?.into_iter())
             .map(|kv| {
                 let id = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-                let token: TokenValue = decode(&kv.key, &kv.value)?;
-                Ok((id, token, kv))
+                Ok((id.clone(), self.token_of(&id, &kv)?, kv))
             })
             .collect()
     }

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gantry_etcd::{Compare, Etcd, EtcdError, Kv, Op};
 
 use crate::curve::Curve;
-use crate::db::rowmac::{Authenticated, Checkpoint, Covered, Placed, RowMac, Signed, Submitted};
+use crate::db::rowmac::{
+    Authenticated, Checkpoint, Covered, Placed, RowMac, Signed, Submitted, marked_word,
+    split_marked,
+};
 use crate::db::{JobRecord, JobState, TransitionError, now};
 use crate::jobstore::{JobStore, Listed, Placement};
 
@@ -196,54 +199,59 @@ impl EtcdJobs {
         let Some(rows) = &self.rows else {
             return Ok(0);
         };
-        let mut writes = Vec::new();
-        for kv in self.etcd.prefix(&self.key("jobs", ""), 0)? {
-            let stored = self.decode_stored(&kv)?;
-            if stored.mac.is_none() {
-                let value = Self::value(
-                    &stored.job,
-                    Some(&rows.sign(&Submitted::whole(&stored.job))),
-                );
-                writes.push((kv, value));
-            }
-        }
+        let put =
+            |compare: &[Compare], ops: &[Op]| Ok(self.write(compare.to_vec(), ops, &[])?.succeeded);
+        let jobs = rewrite_each(
+            &self.etcd,
+            &self.key("jobs", ""),
+            |kv| {
+                let stored = self.decode_stored(kv)?;
+                let mac = || rows.sign(&Submitted::whole(&stored.job));
+                Ok(stored
+                    .mac
+                    .is_none()
+                    .then(|| Self::value(&stored.job, Some(&mac()))))
+            },
+            put,
+        )?;
         let placements = self.key("placements", "");
-        for kv in self.etcd.prefix(&placements, 0)? {
-            let job = String::from_utf8_lossy(&kv.key[placements.len()..]).into_owned();
-            let signed: Signed<Placement> = decode(&kv.key, &kv.value)?;
-            if signed.mac.is_none() {
-                writes.push((kv, self.placement_value(&job, &signed.value)));
-            }
-        }
+        let placed = rewrite_each(
+            &self.etcd,
+            &placements,
+            |kv| {
+                let job = String::from_utf8_lossy(&kv.key[placements.len()..]);
+                let signed: Signed<Placement> = decode(&kv.key, &kv.value)?;
+                Ok(signed
+                    .mac
+                    .is_none()
+                    .then(|| self.placement_value(&job, &signed.value)))
+            },
+            put,
+        )?;
         let checkpoints = self.key("checkpoints", "");
-        for kv in self.etcd.prefix(&checkpoints, 0)? {
-            let key = String::from_utf8_lossy(&kv.key[checkpoints.len()..]).into_owned();
-            let value = String::from_utf8_lossy(&kv.value).into_owned();
-            let Some((job, step)) = key.rsplit_once('/') else {
-                return Err(corrupt(&kv.key, "not a checkpoint's key"));
-            };
-            let step: u32 = step
-                .parse()
-                .map_err(|_| corrupt(&kv.key, "not a step number"))?;
-            if !value.contains(' ') {
-                let mac = rows.sign(&Checkpoint {
-                    job,
-                    step,
-                    object: &value,
-                });
-                writes.push((kv, format!("{value} {mac}").into_bytes()));
-            }
-        }
-        let mut done = 0;
-        for (kv, value) in writes {
-            let outcome = self.write(
-                vec![Compare::Modified(kv.key.clone(), kv.mod_revision)],
-                &[Op::Put(kv.key.clone(), value, 0)],
-                &[],
-            )?;
-            done += usize::from(outcome.succeeded);
-        }
-        Ok(done)
+        let kept = rewrite_each(
+            &self.etcd,
+            &checkpoints,
+            |kv| {
+                let value = String::from_utf8_lossy(&kv.value);
+                let (object, None) = split_marked(&value) else {
+                    return Ok(None);
+                };
+                let key = String::from_utf8_lossy(&kv.key[checkpoints.len()..]);
+                let Some((job, step)) = key.rsplit_once('/') else {
+                    return Err(corrupt(&kv.key, "not a checkpoint's key"));
+                };
+                let step: u32 = step
+                    .parse()
+                    .map_err(|_| corrupt(&kv.key, "not a step number"))?;
+                let checkpoint = Checkpoint { job, step, object };
+                Ok(Some(
+                    marked_word(Some(rows), object, &checkpoint).into_bytes(),
+                ))
+            },
+            put,
+        )?;
+        Ok(jobs + placed + kept)
     }
 
     /// Changes job `id` by `change` as one compare-and-set, retried while other writers win;
@@ -354,8 +362,7 @@ pub(crate) fn checked_value<T: Covered + serde::de::DeserializeOwned>(
 }
 
 /// Gives every value under `prefix` in `etcd` without a MAC its MAC (as [`signed_value`]
-/// writes it), each a compare-and-set on what was read; how many. For
-/// `--authenticate-etcd-rows`.
+/// writes it), as [`rewrite_each`] does; how many. For `--authenticate-etcd-rows`.
 pub(crate) fn sign_unmarked<T>(
     etcd: &Etcd,
     rows: &RowMac,
@@ -364,20 +371,38 @@ pub(crate) fn sign_unmarked<T>(
 where
     T: Covered + serde::Serialize + serde::de::DeserializeOwned,
 {
-    let mut done = 0;
-    for kv in etcd.prefix(prefix, 0)? {
+    let sign = |kv: &Kv| {
         let signed: Signed<T> = decode(&kv.key, &kv.value)?;
-        if signed.mac.is_some() {
-            continue;
+        Ok(signed
+            .mac
+            .is_none()
+            .then(|| signed_value(Some(rows), &signed.value)))
+    };
+    let put = |compare: &[Compare], ops: &[Op]| Ok(etcd.txn(compare, ops, &[])?.succeeded);
+    rewrite_each(etcd, prefix, sign, put)
+}
+
+/// Rewrites each value under `prefix` in `etcd` that `rewrite` gives a new value for (one
+/// without a MAC: it with its MAC), each written by `put` as a compare-and-set on the revision
+/// read, so that one changed meanwhile is left to the next call; how many were written. Read a
+/// page at a time: an operator's one-time act over a whole store (jobs with their bodies), never
+/// all of it in memory.
+pub(crate) fn rewrite_each(
+    etcd: &Etcd,
+    prefix: &[u8],
+    mut rewrite: impl FnMut(&Kv) -> Result<Option<Vec<u8>>, EtcdStoreError>,
+    mut put: impl FnMut(&[Compare], &[Op]) -> Result<bool, EtcdStoreError>,
+) -> Result<usize, EtcdStoreError> {
+    let mut done = 0;
+    etcd.prefix_pages(prefix, |page| {
+        for kv in page {
+            if let Some(value) = rewrite(&kv)? {
+                let compare = [Compare::Modified(kv.key.clone(), kv.mod_revision)];
+                done += usize::from(put(&compare, &[Op::Put(kv.key, value, 0)])?);
+            }
         }
-        let value = signed_value(Some(rows), &signed.value);
-        let outcome = etcd.txn(
-            &[Compare::Modified(kv.key.clone(), kv.mod_revision)],
-            &[Op::Put(kv.key.clone(), value, 0)],
-            &[],
-        )?;
-        done += usize::from(outcome.succeeded);
-    }
+        Ok::<(), EtcdStoreError>(())
+    })?;
     Ok(done)
 }
 
@@ -396,7 +421,7 @@ pub(crate) fn decode_prefix<T: serde::de::DeserializeOwned>(
 /// authenticated, [`EtcdJobs::authenticated_as`]). Unchecked: what is forgotten with it.
 fn checkpoint_object(value: &[u8]) -> Option<String> {
     let value = std::str::from_utf8(value).ok()?;
-    Some(value.split(' ').next().unwrap_or(value).to_string())
+    Some(split_marked(value).0.to_string())
 }
 
 /// A job's move to `to` from `from` (`None`: whatever it is in), checked as the SQLite store
@@ -635,10 +660,8 @@ impl JobStore for EtcdJobs {
             .filter(|kv| kv.key != key)
             .map(|kv| Op::Delete(kv.key.clone()))
             .collect();
-        let mut value = object.to_string();
-        if let Some(rows) = &self.rows {
-            value = format!("{object} {}", rows.sign(&Checkpoint { job, step, object }));
-        }
+        let checkpoint = Checkpoint { job, step, object };
+        let value = marked_word(self.rows.as_ref(), object, &checkpoint);
         ops.push(Op::Put(key, value.into_bytes(), 0));
         if !self.write(Vec::new(), &ops, &[])?.succeeded {
             return Err(EtcdStoreError::NotLeader);
@@ -690,10 +713,7 @@ impl JobStore for EtcdJobs {
             .parse()
             .map_err(|_| corrupt(&kv.key, "not a step number"))?;
         let value = std::str::from_utf8(&kv.value).map_err(|e| corrupt(&kv.key, e.to_string()))?;
-        let (object, mac) = match value.split_once(' ') {
-            Some((object, mac)) => (object, Some(mac)),
-            None => (value, None),
-        };
+        let (object, mac) = split_marked(value);
         if let Some(rows) = &self.rows {
             (rows.verify(&Checkpoint { job, step, object }, mac))
                 .map_err(|bad| corrupt(&kv.key, bad.problem))?;
@@ -897,6 +917,32 @@ mod tests {
         contract::pages(&store());
         contract::forgets_finished(&store());
         contract::transition_table(&store());
+    }
+
+    /// `--authenticate-etcd-rows` over more values than etcd hands out in a page: every one
+    /// authenticated once, none skipped at a page's edge.
+    #[test]
+    fn values_written_before_the_key_file_are_authenticated_past_a_page() {
+        let Some(etcd) = EtcdProcess::start_or_skip("values_written_before_the_key_file") else {
+            return;
+        };
+        let plain = store(&etcd);
+        let keyed = store(&etcd).with_rows(Some(RowMac::new(&[5; 32])));
+        let n = gantry_etcd::PAGE as usize + 1;
+        for i in 0..n {
+            let id = format!("vision/j{i}");
+            assert!(plain.insert_job(&contract::job(&id)).unwrap());
+            plain.add_checkpoint(&id, 1, "aa").unwrap();
+        }
+        assert!(keyed.jobs().is_err(), "refused before");
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 2 * n);
+        assert_eq!(keyed.authenticate_unmarked().unwrap(), 0, "once");
+        assert_eq!(keyed.jobs().unwrap().len(), n);
+        let last = format!("vision/j{}", n - 1);
+        assert_eq!(
+            keyed.latest_checkpoint(&last).unwrap(),
+            Some((1, "aa".into()))
+        );
     }
 
     /// Under a key file the jobs in etcd are authenticated as a data directory's are: one

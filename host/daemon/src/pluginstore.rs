@@ -10,7 +10,7 @@ use gantry_etcd::Etcd;
 use serde::{Deserialize, Serialize};
 
 use crate::ACTIVE_SCHEDULER;
-use crate::db::rowmac::{Authenticated, Covered, RowMac};
+use crate::db::rowmac::{Authenticated, Covered, RowMac, marked_word, split_marked};
 use crate::db::{Db, PluginRecord};
 use crate::etcdblobs::{Blob, EtcdBlobs};
 use crate::etcdstore::{checked_value, seed_once, sign_unmarked, signed_value};
@@ -173,10 +173,8 @@ impl EtcdPlugins {
         };
         let value = String::from_utf8(kv.value)
             .map_err(|e| format!("etcd key `{}`: {e}", String::from_utf8_lossy(&key)))?;
-        Ok(Some(match value.split_once(' ') {
-            Some((name, mac)) => (name.to_string(), Some(mac.to_string())),
-            None => (value, None),
-        }))
+        let (name, mac) = split_marked(&value);
+        Ok(Some((name.to_string(), mac.map(str::to_string))))
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
@@ -266,11 +264,7 @@ impl PluginStore for EtcdPlugins {
     }
 
     fn set_active_scheduler(&self, name: &str) -> Result<(), String> {
-        // The name, then its MAC where rows are authenticated (a name holds no space).
-        let mut value = name.to_string();
-        if let Some(rows) = &self.rows {
-            value = format!("{name} {}", rows.sign(&Active(name)));
-        }
+        let value = marked_word(self.rows.as_ref(), name, &Active(name));
         self.etcd
             .put(&self.key("active_scheduler"), value.as_bytes(), 0)
             .map(|_| ())

@@ -376,6 +376,17 @@ impl Etcd {
         self.range_pages(prefix, 0, true)
     }
 
+    /// Every key that starts with `prefix`, with its value, handed to `each` a page of
+    /// [`PAGE`] keys at a time, in key order, all at the revision of the first page: for a
+    /// walk over a prefix that must not hold all of it at once (a rewrite of every value).
+    pub fn prefix_pages<E: From<EtcdError>>(
+        &self,
+        prefix: &[u8],
+        each: impl FnMut(Vec<Kv>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.pages(prefix, 0, false, each)
+    }
+
     /// A range read in pages of [`PAGE`] keys, all at the revision of the first, so that no
     /// answer grows with the store (one answer is at most [`MAX_ANSWER`]) and the whole is one
     /// consistent view.
@@ -385,14 +396,31 @@ impl Etcd {
         limit: u64,
         keys_only: bool,
     ) -> Result<Vec<Kv>, EtcdError> {
+        let mut all = Vec::new();
+        self.pages(prefix, limit, keys_only, |page| {
+            all.extend(page);
+            Ok::<(), EtcdError>(())
+        })?;
+        Ok(all)
+    }
+
+    /// [`Etcd::range_pages`]'s walk: each page handed to `each`, at most `limit` keys in all
+    /// (0: all).
+    fn pages<E: From<EtcdError>>(
+        &self,
+        prefix: &[u8],
+        limit: u64,
+        keys_only: bool,
+        mut each: impl FnMut(Vec<Kv>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let end = prefix_end(prefix);
         let mut from = prefix.to_vec();
         let mut revision: Option<i64> = None;
-        let mut all = Vec::new();
+        let mut seen = 0u64;
         loop {
             let want = match limit {
                 0 => PAGE,
-                l => PAGE.min(l - all.len() as u64),
+                l => PAGE.min(l - seen),
             };
             let mut body = json!({
                 "key": B64.encode(&from),
@@ -408,14 +436,15 @@ impl Etcd {
             let page = self.kvs(&answer)?;
             let more = answer.get("more").and_then(Value::as_bool).unwrap_or(false);
             let Some(last) = page.last() else {
-                return Ok(all);
+                return Ok(());
             };
             // The next page starts just after this one's last key.
             from = last.key.clone();
             from.push(0);
-            all.extend(page);
-            if !more || (limit != 0 && all.len() as u64 >= limit) {
-                return Ok(all);
+            seen += page.len() as u64;
+            each(page)?;
+            if !more || (limit != 0 && seen >= limit) {
+                return Ok(());
             }
         }
     }

@@ -57,7 +57,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "gantry", requires = "etcd")]
     etcd_prefix: String,
     /// Under a key file (GANTRY_KEY_FILE) taken into use after this control plane kept its
-    /// rows in etcd (users, tokens, jobs, datasets): authenticate those written before (as
+    /// rows in etcd (users, tokens, jobs, placements, checkpoints, datasets, GPU marks, nodes,
+    /// the policy, plugins, the active scheduler): authenticate those written before (as
     /// `gantry key seal` does a data directory's), once, as this replica leads. Run it where
     /// etcd is trusted.
     #[arg(long, requires = "etcd", alias = "authenticate-etcd-accounts")]

@@ -157,6 +157,24 @@ fn covered_bytes<T: Covered>(t: &T) -> Vec<u8> {
     serde_json::to_vec(&t.covered()).expect("JSON serialises")
 }
 
+/// A record etcd keeps as one word (a checkpoint's object, the active scheduler's name: neither
+/// holds a space) with its MAC after a space where `rows` authenticates rows; `t` is what the
+/// MAC covers.
+pub(crate) fn marked_word<T: Covered>(rows: Option<&RowMac>, word: &str, t: &T) -> String {
+    match rows {
+        Some(rows) => format!("{word} {}", rows.sign(t)),
+        None => word.to_string(),
+    }
+}
+
+/// The word and the MAC, where it has one, of a [`marked_word`].
+pub(crate) fn split_marked(text: &str) -> (&str, Option<&str>) {
+    match text.split_once(' ') {
+        Some((word, mac)) => (word, Some(mac)),
+        None => (text, None),
+    }
+}
+
 /// A value as etcd keeps it, with its MAC where rows are authenticated.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Signed<T> {
