@@ -1489,8 +1489,8 @@ fn gantry_up_runs_this_machines_gpus_through_its_own_agent() {
     let url = daemon.url.clone();
     // It opens no GPU device node: its GPU is emulated, and CUDA_VISIBLE_DEVICES alone only hid
     // GPUs from CUDA (a program that opened /dev/nvidia<N> itself reached every GPU).
-    // Not under /tmp: a run has a /tmp of its own.
-    let dev = tempfile::tempdir_in("/var/tmp").unwrap();
+    // Not under /tmp or /var/tmp: a run has its own of every world-writable directory.
+    let dev = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let nodes = crate::support::gpu_device_nodes(dev.path());
     let mut argv = vec![
         json!("sh"),
