@@ -33,6 +33,7 @@ fn local_commands() -> gantry_daemon::command::CommandLimits {
         own_user: !root,
         max_memory_mib: gantry_daemon::command::machine_memory_mib()
             .map(gantry_daemon::command::default_max_memory_mib),
+        max_disk_mib: gantry_daemon::command::default_max_disk_mib(),
         ..Default::default()
     }
 }

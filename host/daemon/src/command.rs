@@ -44,10 +44,18 @@ pub struct CommandSpec {
     /// CPUs it may use (its cgroup's CPU quota; 0.5 is half of one core's time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// What its scratch directory may hold, MiB (a file system of that size of its own, see
+    /// [`crate::scratchfs`]); default and most: the daemon's `--max-job-disk-mib`. Not with
+    /// `cwd`: a directory the job names is not its scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 /// The most memory a command may ask for, MiB (16 TiB).
 pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+/// The most a command's scratch directory may hold, MiB (16 TiB less 1 MiB: ext4's largest
+/// file, which holds it, on the disk it stands for).
+pub const MAX_DISK_MIB: u64 = (16 << 20) - 1;
 /// The most CPUs a command may ask for.
 pub const MAX_CPUS: f64 = 4096.0;
 
@@ -95,6 +103,11 @@ pub struct CommandLimits {
     /// and one asking for more is refused. `None`: no bound (a control plane whose jobs run on
     /// other machines, which each hold runs to their own).
     pub max_memory_mib: Option<u64>,
+    /// The most one run's scratch directory may hold, MiB (`--max-job-disk-mib`; by default a
+    /// tenth of the file system it lies on, [`default_max_disk_mib`]): a command naming none
+    /// gets it as its scratch file system's size where runs have mount namespaces, and one
+    /// asking for more is refused. `None`: no bound.
+    pub max_disk_mib: Option<u64>,
 }
 
 impl Default for CommandLimits {
@@ -108,8 +121,30 @@ impl Default for CommandLimits {
             max_output_bytes: 1 << 20,
             max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
             max_memory_mib: None,
+            max_disk_mib: None,
         }
     }
+}
+
+/// The default of [`CommandLimits::max_disk_mib`]: a tenth of the file system runs' scratch
+/// directories lie on (the temporary directory's), at least 1 GiB and at most half of it. One
+/// run that fills the disk fails the daemon's database, audit log and uploads, every tenant's;
+/// at a tenth, ten runs at once filling theirs are needed to reach it.
+pub fn default_max_disk_mib() -> Option<u64> {
+    let dir = std::ffi::CString::new(std::env::temp_dir().into_os_string().into_encoded_bytes());
+    let dir = dir.ok()?;
+    // SAFETY: all-zero is a valid statvfs, filled by the call from a valid C string.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(dir.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let total_mib = (fs.f_blocks as u64).saturating_mul(fs.f_frsize as u64) >> 20;
+    Some(
+        (total_mib / 10)
+            .max(1024)
+            .min(total_mib / 2)
+            .min(MAX_DISK_MIB),
+    )
 }
 
 /// The default of [`CommandLimits::max_memory_mib`] on a machine of `total_mib` MiB: all but a
@@ -483,7 +518,13 @@ pub fn fits_here(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), Strin
             "field `command.memory_mib`: {asked} MiB is more than a command may use on this \
              machine ({most} MiB, its --max-job-memory-mib)"
         )),
-        _ => Ok(()),
+        _ => match (spec.disk_mib, limits.max_disk_mib) {
+            (Some(asked), Some(most)) if asked > most => Err(format!(
+                "field `command.disk_mib`: {asked} MiB is more than a command's scratch may hold \
+                 on this machine ({most} MiB, its --max-job-disk-mib)"
+            )),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -585,7 +626,17 @@ pub fn check(spec: &CommandSpec, limits: &CommandLimits) -> Result<(), String> {
     {
         return Err(field("cpus", &format!("must be 0.01 to {MAX_CPUS}")));
     }
-    Ok(())
+    match (spec.disk_mib, &spec.cwd) {
+        (Some(d), _) if !(1..=MAX_DISK_MIB).contains(&d) => Err(field(
+            "disk_mib",
+            &format!("must be 1 to {MAX_DISK_MIB} MiB"),
+        )),
+        (Some(_), Some(_)) => Err(field(
+            "disk_mib",
+            "bounds the scratch directory, and a job naming `command.cwd` has none",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether GPUs `gpu_ids` (`<node>/gpu<k>`) are on more than one node, where a command job
@@ -1189,13 +1240,21 @@ pub fn execute(
     let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
         return RunEnd::Failed(format!("its directory {} holds a NUL byte", cwd.display()));
     };
-    // Its own /tmp and /dev/shm, where the daemon can make them (root, switching ids).
-    let private = match ids {
-        Some(_) if crate::mountns::available() => {
-            crate::mountns::Plan::new(&cwd, spec.memory_mib.or(limits.max_memory_mib))
+    // Its own /tmp, /dev/shm, /var/tmp, ..., where the daemon can make them (root, switching
+    // ids), and its scratch a file system of its own, of the size it may write.
+    let private = ids.filter(|_| crate::mountns::available());
+    let disk_mib = spec.disk_mib.or(limits.max_disk_mib);
+    let fs = match (private, &scratch, disk_mib) {
+        (Some((uid, gid)), Some(_), Some(mib)) if crate::scratchfs::available() => {
+            match crate::scratchfs::ScratchFs::make(&cwd, mib, uid, gid) {
+                Ok(fs) => Some(fs),
+                Err(e) => return RunEnd::Failed(format!("making its scratch file system: {e}")),
+            }
         }
         _ => None,
     };
+    let memory_mib = spec.memory_mib.or(limits.max_memory_mib);
+    let private = private.and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()));
     // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
     // without the daemon's terminal (in the daemon's session, a job started from an operator's
     // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -1263,7 +1322,10 @@ pub fn execute(
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // Mounted in the run's namespace by now (or never): its device detaches with that mount.
+    drop(fs);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return RunEnd::Failed(format!(
@@ -1524,6 +1586,7 @@ mod tests {
             wall_time_s: None,
             memory_mib: None,
             cpus: None,
+            disk_mib: None,
         }
     }
 
@@ -1625,6 +1688,29 @@ mod tests {
                     ..spec(&[])
                 },
                 "command.argv",
+            ),
+            (
+                CommandSpec {
+                    disk_mib: Some(0),
+                    ..spec(&["sh"])
+                },
+                "command.disk_mib",
+            ),
+            (
+                CommandSpec {
+                    disk_mib: Some(MAX_DISK_MIB + 1),
+                    ..spec(&["sh"])
+                },
+                "command.disk_mib",
+            ),
+            // Its scratch's bound, and a job naming its directory has no scratch.
+            (
+                CommandSpec {
+                    disk_mib: Some(64),
+                    cwd: Some("/srv/work".into()),
+                    ..spec(&["sh"])
+                },
+                "command.disk_mib",
             ),
         ];
         for (s, field) in cases {
@@ -2229,6 +2315,82 @@ mod tests {
             "its own kill -9 -1 spared its init: {}",
             attacker.1
         );
+    }
+
+    /// Found by asking what bounds a run's writes once every world-writable directory was its
+    /// own tmpfs: its scratch directory lay on the machine's disk, bounded by nothing, so one
+    /// tenant's program filled the file system the daemon's database, audit log and datasets
+    /// live on. Its scratch is now a file system of its own of `disk_mib` (or
+    /// `--max-job-disk-mib`), so a write past it fails in the run alone; one asking for more
+    /// than the machine allows is refused before it starts; and its loop device is gone once
+    /// it ends. Root only.
+    #[test]
+    fn a_runs_scratch_holds_no_more_than_its_disk_mib() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::scratchfs::available() {
+            eprintln!("skipped: needs root, loop devices and mkfs.ext4");
+            return;
+        }
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231400-231400").unwrap()),
+            max_disk_mib: Some(64),
+            ..CommandLimits::default()
+        };
+        let attached = || {
+            let loops = std::fs::read_dir("/sys/block").unwrap().flatten();
+            (loops.filter_map(|d| std::fs::read_to_string(d.path().join("loop/backing_file")).ok()))
+                .filter(|f| f.contains(".scratch-fs"))
+                .count()
+        };
+        let before = attached();
+        // Past its bound: the write fails in the run, which goes on and says so.
+        let asked = CommandSpec {
+            disk_mib: Some(16),
+            wall_time_s: Some(20.0),
+            ..spec(&[
+                "/bin/sh",
+                "-c",
+                "dd if=/dev/zero of=big bs=1M count=64 2>&1; \
+                 echo wrote=$(( $(stat -c %s big) >> 20 )) owner=$(stat -c %u .) \
+                 tmpdir=$( [ \"$TMPDIR\" = \"$PWD\" ] && echo scratch)",
+            ])
+        };
+        let (end, lines) = run_job("vision/filler", &asked, &limits);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("No space left on device"), "{log}");
+        let wrote: u64 = (log.split("wrote=").nth(1))
+            .and_then(|w| w.split_whitespace().next()?.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(wrote < 16, "{log}");
+        assert!(log.contains("owner=231400 tmpdir=scratch"), "{log}");
+        // Naming none, it gets the machine's bound; asking past it, it is refused.
+        let asked = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", "df -m . | tail -n 1"])
+        };
+        let (end, lines) = run_job("vision/bounded", &asked, &limits);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        // `stdout: /dev/loop<N> <size> <used> ...`: a file system of its own, of the bound.
+        let size: u64 = (log.lines().find(|l| l.contains("/dev/loop")))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(0);
+        assert!((48..=64).contains(&size), "{log}");
+        let asked = CommandSpec {
+            disk_mib: Some(65),
+            ..spec(&["true"])
+        };
+        match run_job("vision/greedy", &asked, &limits).0 {
+            RunEnd::Failed(e) => assert!(e.contains("--max-job-disk-mib"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Detached with the run's end (the kernel lets go of it a moment after).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while attached() > before {
+            assert!(Instant::now() < deadline, "a loop device stayed attached");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Found by reading the mount namespace against the sweep: each run had its own `/tmp` and

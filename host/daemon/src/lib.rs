@@ -53,6 +53,7 @@ pub mod replicas;
 pub mod runguard;
 pub mod runner;
 pub mod scratch;
+pub mod scratchfs;
 pub mod sealedobjects;
 pub mod serve;
 pub mod tls;

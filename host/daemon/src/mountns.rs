@@ -26,6 +26,19 @@ pub struct Plan {
     /// The run's directory and the directories above it inside the covered directory it lies
     /// in, to be made in the new tmpfs and the directory bound back at the last of them.
     bind: Option<Bind>,
+    /// Its scratch file system ([`crate::scratchfs`]), mounted on the run's directory in place
+    /// of the bind.
+    fs: Option<FsMount>,
+}
+
+#[derive(Debug)]
+struct FsMount {
+    /// `/dev/loop<N>`.
+    device: CString,
+    /// The run's directory.
+    target: CString,
+    /// `lost+found` in it, which the run has no use for.
+    lost_found: CString,
 }
 
 #[derive(Debug)]
@@ -125,7 +138,7 @@ fn probe() -> std::io::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
     }
-    let plan = Plan::new(Path::new("/"), Some(1)).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let plan = Plan::new(Path::new("/"), Some(1), None).ok_or(std::io::ErrorKind::InvalidInput)?;
     let mut command = std::process::Command::new("/bin/sh");
     command
         .args(["-c", "true"])
@@ -148,8 +161,13 @@ fn probe() -> std::io::Result<()> {
 impl Plan {
     /// The plan for a run working in `cwd` whose memory is bounded at `memory_mib` (the tmpfs
     /// is that size: what it holds counts against the run's memory where cgroups exist, and is
-    /// bounded where they do not); `None` when `cwd` cannot be written as a C string.
-    pub fn new(cwd: &Path, memory_mib: Option<u64>) -> Option<Plan> {
+    /// bounded where they do not), `fs` mounted on `cwd` where it is given (its scratch
+    /// directory's file system); `None` when `cwd` cannot be written as a C string.
+    pub fn new(
+        cwd: &Path,
+        memory_mib: Option<u64>,
+        fs: Option<&crate::scratchfs::ScratchFs>,
+    ) -> Option<Plan> {
         let options = match memory_mib {
             Some(mib) => format!("mode=1777,size={}m", mib.max(1)),
             None => "mode=1777".to_string(),
@@ -159,11 +177,20 @@ impl Plan {
             Some(root) => bind_back(root, cwd).ok()?,
             None => None,
         };
+        let fs = match fs {
+            Some(fs) => Some(FsMount {
+                device: fs.device().to_owned(),
+                target: c_path(cwd).ok()?,
+                lost_found: c_path(&cwd.join("lost+found")).ok()?,
+            }),
+            None => None,
+        };
         let covered = covered.iter().map(|d| c_path(d));
         Some(Plan {
             options: CString::new(options).ok()?,
             covered: covered.collect::<Result<_, _>>().ok()?,
             bind,
+            fs,
         })
     }
 
@@ -199,7 +226,8 @@ impl Plan {
             // Opened in the new namespace (a mount of another cannot be bound here) and before
             // the tmpfs hides it.
             let mut dir = -1;
-            if let Some(bind) = &self.bind {
+            // A file system of its own is mounted there instead: nothing to bind back.
+            if let (Some(bind), None) = (&self.bind, &self.fs) {
                 // Opened with the user's permissions: the effective ids switched for the open
                 // and back (the real and saved ids stay root's, so root's may be taken again).
                 if libc::setegid(gid) != 0 || libc::seteuid(uid) != 0 {
@@ -249,6 +277,20 @@ impl Plan {
                         return fail();
                     }
                 }
+            }
+            if let Some(fs) = &self.fs {
+                let mounted = libc::mount(
+                    fs.device.as_ptr(),
+                    fs.target.as_ptr(),
+                    c"ext4".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    std::ptr::null(),
+                );
+                if mounted != 0 || libc::chmod(fs.target.as_ptr(), 0o700) != 0 {
+                    return fail();
+                }
+                libc::rmdir(fs.lost_found.as_ptr());
+            } else if let Some(bind) = &self.bind {
                 // The descriptor's own link in /proc names the directory it opened.
                 let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
                 write_decimal(&mut link[14..], dir);
@@ -323,7 +365,7 @@ mod tests {
     #[test]
     fn a_plan_binds_back_only_a_directory_below_tmp_named_part_by_part() {
         let chain = |p: &str| {
-            Plan::new(Path::new(p), None).unwrap().bind.map(|b| {
+            Plan::new(Path::new(p), None, None).unwrap().bind.map(|b| {
                 b.chain
                     .iter()
                     .map(|c| c.to_str().unwrap().to_string())
@@ -338,7 +380,7 @@ mod tests {
         // Below another directory each uid may write in, bound back there.
         if covered_dirs().iter().any(|d| d == Path::new("/var/tmp")) {
             assert_eq!(chain("/var/tmp/a"), Some(vec!["/var/tmp/a".to_string()]));
-            let plan = Plan::new(Path::new("/var/tmp/a"), None).unwrap();
+            let plan = Plan::new(Path::new("/var/tmp/a"), None, None).unwrap();
             let parts = plan.bind.unwrap().parts;
             assert_eq!(parts, [c"var", c"tmp", c"a"].map(|p| p.to_owned()));
         }
@@ -358,7 +400,7 @@ mod tests {
             );
             assert_ne!(d, Path::new("/"));
         }
-        let sized = Plan::new(Path::new("/"), Some(512)).unwrap();
+        let sized = Plan::new(Path::new("/"), Some(512), None).unwrap();
         assert_eq!(sized.options.to_str().unwrap(), "mode=1777,size=512m");
         let mut out = [0xffu8; 11];
         write_decimal(&mut out, 1234567890);

@@ -1740,6 +1740,7 @@ mod tests {
             wall_time_s: Some(0.3),
             memory_mib: None,
             cpus: None,
+            disk_mib: None,
         };
         let job = handed_running(&td, "silent", Some(sleep));
         let attempt = nodes.handed(NODE)[0].attempt;
@@ -1820,6 +1821,7 @@ mod tests {
             wall_time_s: None,
             memory_mib: None,
             cpus: None,
+            disk_mib: None,
         };
         let job = handed_running(&td, "cancelled", Some(week));
         start(&job);

@@ -144,6 +144,13 @@ pub struct UpArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
     max_job_memory_mib: Option<u64>,
+    /// The most one command job's scratch directory may hold, MiB: the size of the file system
+    /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
+    /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
+    /// temporary directory (at least 1 GiB).
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
+    max_job_disk_mib: Option<u64>,
     /// The most jobs one tenant may have waiting to be placed (a submission past it: 429).
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -309,6 +316,7 @@ impl LocalNode {
             kill_grace_s: args.kill_grace_s,
             max_job_pids: args.max_job_pids,
             max_job_memory_mib: args.max_job_memory_mib,
+            max_job_disk_mib: args.max_job_disk_mib,
             train_limits: None,
             train_memory_mib: None,
             train_memory_mib_per_tenant: None,
@@ -375,6 +383,13 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
     max_job_memory_mib: Option<u64>,
+    /// The most one command job's scratch directory may hold, MiB: the size of the file system
+    /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
+    /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
+    /// temporary directory (at least 1 GiB).
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
+    max_job_disk_mib: Option<u64>,
     /// Size limits of the training runs this agent is handed (TOML, as `gantry up
     /// --train-limits`); default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -641,6 +656,10 @@ pub struct SubmitArgs {
     /// CPUs the command may use (its cgroup's quota).
     #[arg(long, value_name = "N", requires = "command")]
     cpus: Option<f64>,
+    /// What the command's scratch directory may hold, MiB (a file system of its own; default
+    /// and most: the daemon's --max-job-disk-mib).
+    #[arg(long, value_name = "MiB", requires = "command", conflicts_with = "cwd")]
+    disk_mib: Option<u64>,
     /// Run this program on the placed GPUs (after `--`): a command job, decided as `job.exec`.
     #[arg(last = true, value_name = "PROGRAM [ARGS]")]
     command: Vec<String>,
@@ -726,6 +745,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
                 args.kill_grace_s,
                 args.max_job_pids,
                 args.max_job_memory_mib,
+                args.max_job_disk_mib,
             )?
         },
     };
@@ -854,7 +874,7 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
 
 /// The limits on command runs that `gantry up` and `gantry agent` share: who runs them
 /// (`--job-user`), how long a stopped run has before SIGKILL (`--kill-grace-s`), and what it
-/// may use (`--max-job-pids`, `--max-job-memory-mib`).
+/// may use (`--max-job-pids`, `--max-job-memory-mib`, `--max-job-disk-mib`).
 fn command_limits(
     job_user: Option<&str>,
     uids: Option<gantry_daemon::command::UidRange>,
@@ -862,11 +882,15 @@ fn command_limits(
     kill_grace_s: f64,
     max_pids: u64,
     max_memory_mib: Option<u64>,
+    max_disk_mib: Option<u64>,
 ) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
-    use gantry_daemon::command::{default_max_memory_mib, machine_memory_mib};
+    use gantry_daemon::command::{
+        default_max_disk_mib, default_max_memory_mib, machine_memory_mib,
+    };
     Ok(gantry_daemon::command::CommandLimits {
         max_pids,
         max_memory_mib: max_memory_mib.or(machine_memory_mib().map(default_max_memory_mib)),
+        max_disk_mib: max_disk_mib.or_else(default_max_disk_mib),
         uids,
         own_user,
         user: job_user
@@ -1401,6 +1425,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         if let Some(c) = args.cpus {
             body["command"]["cpus"] = c.into();
         }
+        if let Some(d) = args.disk_mib {
+            body["command"]["disk_mib"] = d.into();
+        }
     }
     let job = call(&args.client, "POST", "/v1/jobs", Some(body))?;
     println!("{}", job["id"].as_str().unwrap_or_default());
@@ -1511,6 +1538,7 @@ fn run_agent_until(
         args.kill_grace_s,
         args.max_job_pids,
         args.max_job_memory_mib,
+        args.max_job_disk_mib,
     )?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
