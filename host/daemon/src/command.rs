@@ -108,6 +108,9 @@ pub struct CommandLimits {
     /// gets it as its scratch file system's size where runs have mount namespaces, and one
     /// asking for more is refused. `None`: no bound.
     pub max_disk_mib: Option<u64>,
+    /// Whose network runs have: their own, the loopback alone, where the daemon can make it
+    /// (root), or the machine's (`--job-network host`); see [`crate::netns`].
+    pub network: crate::netns::JobNetwork,
 }
 
 impl Default for CommandLimits {
@@ -122,6 +125,7 @@ impl Default for CommandLimits {
             max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
             max_memory_mib: None,
             max_disk_mib: None,
+            network: crate::netns::JobNetwork::Own,
         }
     }
 }
@@ -1255,6 +1259,10 @@ pub fn execute(
     };
     let memory_mib = spec.memory_mib.or(limits.max_memory_mib);
     let private = private.and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()));
+    // And a network of its own, its loopback alone, unless the operator chose the machine's.
+    let own_network = ids.is_some()
+        && limits.network == crate::netns::JobNetwork::Own
+        && crate::netns::available();
     // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
     // without the daemon's terminal (in the daemon's session, a job started from an operator's
     // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -1279,6 +1287,9 @@ pub fn execute(
             if let Some((uid, gid)) = ids {
                 if libc::setgroups(0, std::ptr::null()) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if own_network {
+                    crate::netns::enter()?;
                 }
                 if let Some(private) = &private {
                     private.enter(uid, gid)?;
@@ -2315,6 +2326,60 @@ mod tests {
             "its own kill -9 -1 spared its init: {}",
             attacker.1
         );
+    }
+
+    /// Found by asking what two runs still shared once each had its own files, processes and
+    /// IPC: the network. One tenant's program connected to what another's listened on at the
+    /// loopback address (a `torchrun` rendezvous store, say), whatever their uids
+    /// (`--job-uids` too), and to its abstract Unix sockets, which have no permissions. A run now
+    /// has a network of its own, its loopback alone and up: what listens outside it (here, this
+    /// test, on 127.0.0.1 and an abstract socket) is out of its reach. Root only.
+    #[test]
+    fn a_run_reaches_nothing_listening_outside_its_own_network() {
+        use std::os::linux::net::SocketAddrExt;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !crate::netns::available() || !std::path::Path::new("/bin/bash").exists() {
+            eprintln!("skipped: needs root, network namespaces and bash");
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let name = format!("gantry-test-{}", std::process::id());
+        let at = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _abstract = std::os::unix::net::UnixListener::bind_addr(&at).unwrap();
+        let script = format!(
+            "(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>&1 && echo reached-outside; \
+             grep -q '@{name}' /proc/net/unix && echo sees-outside-socket || echo own-sockets"
+        );
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231500-231500").unwrap()),
+            ..CommandLimits::default()
+        };
+        let asked = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/bash", "-c", &script])
+        };
+        let (end, lines) = run_job("vision/prober", &asked, &limits);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        // Refused by its own loopback (up: a loopback down says the network is unreachable).
+        assert!(log.contains("Connection refused"), "{log}");
+        assert!(
+            !log.contains("reached-outside") && log.contains("own-sockets"),
+            "{log}"
+        );
+        let accepted = listener.accept();
+        assert!(accepted.is_err(), "{accepted:?}");
+        // The operator's choice: the machine's network, shared.
+        let host = CommandLimits {
+            network: crate::netns::JobNetwork::Host,
+            ..limits
+        };
+        let (_, lines) = run_job("vision/prober", &asked, &host);
+        let log = lines.0.join("\n");
+        assert!(log.contains("reached-outside"), "{log}");
     }
 
     /// Found by asking what bounds a run's writes once every world-writable directory was its

@@ -42,6 +42,7 @@ pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
 pub mod mountns;
+pub mod netns;
 pub mod nodes;
 pub mod persisted;
 pub mod pidns;

@@ -151,6 +151,12 @@ pub struct UpArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
     max_job_disk_mib: Option<u64>,
+    /// Whose network command jobs have: `own` (a network namespace of each run's own, its
+    /// loopback alone: no run reaches what another listens on, on the loopback address or an
+    /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
+    /// for jobs that download from outside).
+    #[arg(long, value_name = "own|host", default_value = "own")]
+    job_network: gantry_daemon::netns::JobNetwork,
     /// The most jobs one tenant may have waiting to be placed (a submission past it: 429).
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -317,6 +323,7 @@ impl LocalNode {
             max_job_pids: args.max_job_pids,
             max_job_memory_mib: args.max_job_memory_mib,
             max_job_disk_mib: args.max_job_disk_mib,
+            job_network: args.job_network,
             train_limits: None,
             train_memory_mib: None,
             train_memory_mib_per_tenant: None,
@@ -390,6 +397,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
     max_job_disk_mib: Option<u64>,
+    /// Whose network command jobs have: `own` (a network namespace of each run's own, its
+    /// loopback alone: no run reaches what another listens on, on the loopback address or an
+    /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
+    /// for jobs that download from outside).
+    #[arg(long, value_name = "own|host", default_value = "own")]
+    job_network: gantry_daemon::netns::JobNetwork,
     /// Size limits of the training runs this agent is handed (TOML, as `gantry up
     /// --train-limits`); default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -738,6 +751,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         commands: gantry_daemon::command::CommandLimits {
             max_wall_time_s: seconds_above_zero(args.max_wall_time_s, "--max-wall-time-s")?
                 .as_secs_f64(),
+            network: args.job_network,
             ..command_limits(
                 args.job_user.as_deref(),
                 args.job_uids,
@@ -1531,15 +1545,18 @@ fn run_agent_until(
             args.train_memory_mib_per_tenant,
         )?,
     };
-    let limits = command_limits(
-        args.job_user.as_deref(),
-        args.job_uids,
-        args.jobs_as_own_user,
-        args.kill_grace_s,
-        args.max_job_pids,
-        args.max_job_memory_mib,
-        args.max_job_disk_mib,
-    )?;
+    let limits = gantry_daemon::command::CommandLimits {
+        network: args.job_network,
+        ..command_limits(
+            args.job_user.as_deref(),
+            args.job_uids,
+            args.jobs_as_own_user,
+            args.kill_grace_s,
+            args.max_job_pids,
+            args.max_job_memory_mib,
+            args.max_job_disk_mib,
+        )?
+    };
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
     let identity = format!("agent\n{}\n{}", args.client.url, args.node);
