@@ -284,7 +284,7 @@ impl Plan {
                     fs.target.as_ptr(),
                     c"ext4".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    std::ptr::null(),
+                    crate::scratchfs::MOUNT_OPTIONS.as_ptr().cast(),
                 );
                 if mounted != 0 || libc::chmod(fs.target.as_ptr(), 0o700) != 0 {
                     return fail();

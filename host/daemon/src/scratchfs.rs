@@ -24,6 +24,10 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
+/// How a scratch file system is mounted: its inode tables never zeroed (it ends with the run;
+/// the kernel's background zeroing would write a sizeable part of the disk it stands for).
+pub(crate) const MOUNT_OPTIONS: &std::ffi::CStr = c"noinit_itable";
+
 /// `struct loop_info64`.
 #[repr(C)]
 struct LoopInfo64 {
@@ -210,7 +214,7 @@ fn probe() -> Result<(), String> {
                     target.as_ptr(),
                     c"ext4".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    std::ptr::null(),
+                    MOUNT_OPTIONS.as_ptr().cast(),
                 ) != 0
             {
                 return Err(std::io::Error::last_os_error());
