@@ -58,9 +58,9 @@ const SHARED_TMP: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"];
 /// it: those of [`SHARED_TMP`], the children of `/`, `/var`, `/run` and `/dev` and the mount
 /// points that are world-writable, each once (links resolved). Found once, by class: a fixed
 /// list missed `/run/lock`, and a review's second tenant read the first one's file there.
-pub(crate) fn shared_dirs() -> &'static [std::path::PathBuf] {
+pub(crate) fn shared_dirs() -> &'static [PathBuf] {
     use std::os::unix::fs::PermissionsExt;
-    static DIRS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    static DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
     DIRS.get_or_init(|| {
         let children = ["/", "/var", "/run", "/dev"]
             .into_iter()
@@ -71,9 +71,9 @@ pub(crate) fn shared_dirs() -> &'static [std::path::PathBuf] {
         let mounted = mounts
             .lines()
             .filter_map(|l| l.split_whitespace().nth(1))
-            .map(std::path::PathBuf::from)
+            .map(PathBuf::from)
             .collect::<Vec<_>>();
-        let mut dirs: Vec<std::path::PathBuf> = (SHARED_TMP.iter().map(std::path::PathBuf::from))
+        let mut dirs: Vec<PathBuf> = (SHARED_TMP.iter().map(PathBuf::from))
             .chain(children)
             .chain(mounted)
             .filter_map(|p| std::fs::canonicalize(p).ok())
@@ -113,8 +113,7 @@ fn covered_dirs() -> &'static [PathBuf] {
 }
 
 /// Whether runs get their own `/tmp`, `/dev/shm` (and the rest of [`covered_dirs`]) and PID
-/// namespace ([`crate::pidns`]) here,
-/// found once by trying it in a child.
+/// namespace ([`crate::pidns`]) here, found once by trying it in a child.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {

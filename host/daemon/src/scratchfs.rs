@@ -66,11 +66,15 @@ pub struct ScratchFs {
 }
 
 impl ScratchFs {
-    /// A file system of `mib` MiB whose root `uid`:`gid` own, its file made in `dir` (on the
-    /// disk it stands for) and unlinked at once.
+    /// A file system of `mib` MiB for the scratch directory `dir`, its root `uid`:`gid`'s, its
+    /// file made beside `dir` (on the disk it stands for) and unlinked once attached. Beside,
+    /// not in it: `dir` is the run's user's, who could swap the name for a link between its
+    /// making and `mkfs` (which opens it by name) and have a file of root's formatted; its
+    /// parent is the daemon's alone ([`crate::scratch`]).
     pub fn make(dir: &Path, mib: u64, uid: u32, gid: u32) -> Result<ScratchFs, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let image = dir.join(".scratch-fs");
+        let name = dir.file_name().ok_or("a scratch directory has a name")?;
+        let image = dir.with_file_name(format!("{}.scratch-fs", name.to_string_lossy()));
         let at = |e: std::io::Error| format!("{}: {e}", image.display());
         let file = (std::fs::OpenOptions::new())
             .read(true)
@@ -190,9 +194,11 @@ fn probe() -> Result<(), String> {
         return Err("no mount namespaces for runs here".into());
     }
     let dir = tempfile::tempdir().map_err(|e| format!("a directory to probe in: {e}"))?;
-    let fs = ScratchFs::make(dir.path(), 4, 0, 0)?;
-    let target =
-        CString::new(dir.path().as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // Made beside the directory it is for, as a run's: in this one, root's alone.
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+    let fs = ScratchFs::make(&run, 4, 0, 0)?;
+    let target = CString::new(run.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let device = fs.path.clone();
     let mut command = std::process::Command::new("/bin/sh");
     command
