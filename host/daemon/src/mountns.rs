@@ -116,38 +116,62 @@ fn covered_dirs() -> &'static [PathBuf] {
 /// namespace ([`crate::pidns`]) here, found once by trying it in a child.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let found = probe();
-        if let Err(e) = &found {
-            tracing::warn!(
-                error = %e,
-                "command runs under one --job-user share /tmp, /dev/shm, /var/tmp and see each other's \
-                 processes: this machine gives the daemon no mount or PID namespaces (root's \
-                 CAP_SYS_ADMIN)"
-            );
+    let probe = || {
+        let plan =
+            Plan::new(Path::new("/"), Some(1), None).ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: `enter` and `pidns::enter` make only async-signal-safe calls.
+        unsafe {
+            probe_child(move || {
+                plan.enter(0, 0)?;
+                crate::pidns::enter()
+            })
         }
-        found.is_ok()
+    };
+    found_once(
+        &AVAILABLE,
+        probe,
+        "command runs under one --job-user share /tmp, /dev/shm, /var/tmp and see each other's \
+         processes: this machine gives the daemon no mount or PID namespaces (root's \
+         CAP_SYS_ADMIN)",
+    )
+}
+
+/// Whether what `probe` tries (what a run's start does) works here, found once (`cell`); said
+/// once, with `warning`, where it does not.
+pub(crate) fn found_once<E: std::fmt::Display>(
+    cell: &OnceLock<bool>,
+    probe: impl FnOnce() -> Result<(), E>,
+    warning: &str,
+) -> bool {
+    *cell.get_or_init(|| match probe() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "{warning}");
+            false
+        }
     })
 }
 
-/// Starts `/bin/sh -c true` in a namespace made as a run's is.
-fn probe() -> std::io::Result<()> {
+/// Starts `/bin/sh -c true` as root, `enter` run in it between fork and exec, as a run's start
+/// runs it: whether that works here.
+///
+/// # Safety
+/// `enter` makes only async-signal-safe calls.
+pub(crate) unsafe fn probe_child(
+    enter: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
     }
-    let plan = Plan::new(Path::new("/"), Some(1), None).ok_or(std::io::ErrorKind::InvalidInput)?;
     let mut command = std::process::Command::new("/bin/sh");
     command
         .args(["-c", "true"])
         .stdin(std::process::Stdio::null());
-    // SAFETY: `enter` and `pidns::enter` make only async-signal-safe calls.
+    // SAFETY: the caller's promise.
     unsafe {
-        command.pre_exec(move || {
-            plan.enter(0, 0)?;
-            crate::pidns::enter()
-        });
+        command.pre_exec(enter);
     }
     let status = command.status()?;
     if status.success() {

@@ -70,39 +70,13 @@ pub unsafe fn enter() -> std::io::Result<()> {
 /// trying it in a child; said once where they cannot, and runs then share the machine's.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let found = probe();
-        if let Err(e) = &found {
-            tracing::warn!(
-                error = %e,
-                "command runs share this machine's network (one tenant's program reaches what \
-                 another's listens on at the loopback address): the daemon can make no network \
-                 namespace here (root's CAP_SYS_ADMIN)"
-            );
-        }
-        found.is_ok()
-    })
-}
-
-/// Starts `/bin/sh -c true` in a network namespace made as a run's is.
-fn probe() -> std::io::Result<()> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-    }
-    let mut command = std::process::Command::new("/bin/sh");
-    command
-        .args(["-c", "true"])
-        .stdin(std::process::Stdio::null());
     // SAFETY: `enter` makes only async-signal-safe calls.
-    unsafe {
-        command.pre_exec(|| enter());
-    }
-    let status = command.status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("the probe ended {status}")))
-    }
+    let probe = || unsafe { crate::mountns::probe_child(|| enter()) };
+    crate::mountns::found_once(
+        &AVAILABLE,
+        probe,
+        "command runs share this machine's network (one tenant's program reaches what another's \
+         listens on at the loopback address): the daemon can make no network namespace here \
+         (root's CAP_SYS_ADMIN)",
+    )
 }

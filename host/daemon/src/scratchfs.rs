@@ -172,24 +172,17 @@ fn attach(file: &File) -> Result<(File, CString), String> {
 /// machine's disk, unbounded.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let found = probe();
-        if let Err(e) = &found {
-            tracing::warn!(
-                error = %e,
-                "command runs' scratch directories lie on this machine's disk, bounded by \
-                 nothing (--max-job-disk-mib unenforced): no file system of their own can be \
-                 made here"
-            );
-        }
-        found.is_ok()
-    })
+    crate::mountns::found_once(
+        &AVAILABLE,
+        probe,
+        "command runs' scratch directories lie on this machine's disk, bounded by nothing \
+         (--max-job-disk-mib unenforced): no file system of their own can be made here",
+    )
 }
 
-/// Makes a 4 MiB scratch file system and has `/bin/sh -c true` mount it in a mount namespace of
-/// its own, as a run does.
+/// Makes a 4 MiB scratch file system and mounts it in a mount namespace of a child's own, as a
+/// run does.
 fn probe() -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     if !crate::mountns::available() {
         return Err("no mount namespaces for runs here".into());
     }
@@ -200,13 +193,9 @@ fn probe() -> Result<(), String> {
     let fs = ScratchFs::make(&run, 4, 0, 0)?;
     let target = CString::new(run.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let device = fs.path.clone();
-    let mut command = std::process::Command::new("/bin/sh");
-    command
-        .args(["-c", "true"])
-        .stdin(std::process::Stdio::null());
     // SAFETY: only raw system calls on C strings made before the fork.
-    unsafe {
-        command.pre_exec(move || {
+    let mounted = unsafe {
+        crate::mountns::probe_child(move || {
             if libc::unshare(libc::CLONE_NEWNS) != 0
                 || libc::mount(
                     std::ptr::null(),
@@ -226,15 +215,10 @@ fn probe() -> Result<(), String> {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
-        });
-    }
-    let status = command.status().map_err(|e| format!("mounting it: {e}"))?;
+        })
+    };
     drop(fs);
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the probe ended {status}"))
-    }
+    mounted.map_err(|e| format!("mounting it: {e}"))
 }
 
 #[cfg(test)]
