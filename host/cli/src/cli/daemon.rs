@@ -117,46 +117,9 @@ pub struct UpArgs {
     /// disk fails every tenant's writes (jobs' scratch and /tmp often share that disk).
     #[arg(long, default_value_t = 512)]
     min_free_disk_mib: u64,
-    /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
-    /// jobs are refused).
-    #[arg(long, value_name = "USER")]
-    job_user: Option<String>,
-    /// Without --job-user, run command jobs as this daemon's own user (never root): for a
-    /// machine one person uses, as a program running as it can read the daemon's keys.
-    #[arg(long, conflicts_with = "job_user")]
-    jobs_as_own_user: bool,
-    /// Run each command job as a uid of its own from FIRST-LAST (root; no user entries
-    /// needed): runs never share a uid, so none can signal or read another tenant's.
-    #[arg(long, value_name = "FIRST-LAST", conflicts_with_all = ["job_user", "jobs_as_own_user"],
-          value_parser = gantry_daemon::command::UidRange::parse)]
-    job_uids: Option<gantry_daemon::command::UidRange>,
-    /// Seconds a stopped command job has between SIGTERM and SIGKILL.
-    #[arg(long, default_value_t = 10.0)]
-    kill_grace_s: f64,
-    /// The most tasks (processes and threads) one command job may have at once, where the
-    /// machine has the cgroup `pids` controller: a fork bomb stops there.
-    #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
-          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
-    max_job_pids: u64,
-    /// The most memory one command job may use, MiB: the limit of its cgroup when it names none
-    /// (where the machine has the memory controller), and the most it may ask for. Default:
-    /// this machine's memory less a tenth (1 to 8 GiB), kept for the daemon and the system.
-    #[arg(long, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
-    max_job_memory_mib: Option<u64>,
-    /// The most one command job's scratch directory may hold, MiB: the size of the file system
-    /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
-    /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
-    /// temporary directory (at least 1 GiB).
-    #[arg(long, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
-    max_job_disk_mib: Option<u64>,
-    /// Whose network command jobs have: `own` (a network namespace of each run's own, its
-    /// loopback alone: no run reaches what another listens on, on the loopback address or an
-    /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
-    /// for jobs that download from outside).
-    #[arg(long, value_name = "own|host", default_value = "own")]
-    job_network: gantry_daemon::netns::JobNetwork,
+    /// Whom command jobs run as and what each may use.
+    #[command(flatten)]
+    jobs: JobArgs,
     /// The most jobs one tenant may have waiting to be placed (a submission past it: 429).
     #[arg(long, default_value_t = gantry_daemon::DEFAULT_MAX_QUEUED_PER_TENANT as u64,
           value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
@@ -316,14 +279,7 @@ impl LocalNode {
             emulate_gpus: self.emulate,
             devices: None,
             heartbeat_s: 1.0,
-            job_user: args.job_user.clone(),
-            jobs_as_own_user: args.jobs_as_own_user,
-            job_uids: args.job_uids,
-            kill_grace_s: args.kill_grace_s,
-            max_job_pids: args.max_job_pids,
-            max_job_memory_mib: args.max_job_memory_mib,
-            max_job_disk_mib: args.max_job_disk_mib,
-            job_network: args.job_network,
+            jobs: args.jobs.clone(),
             train_limits: None,
             train_memory_mib: None,
             train_memory_mib_per_tenant: None,
@@ -363,46 +319,9 @@ pub struct AgentArgs {
     /// Seconds between heartbeats (keep it well under the control plane's lease).
     #[arg(long, default_value_t = 1.0)]
     heartbeat_s: f64,
-    /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
-    /// jobs are refused).
-    #[arg(long, value_name = "USER")]
-    job_user: Option<String>,
-    /// Without --job-user, run command jobs as this agent's own user (never root): for a
-    /// machine one person uses, as a program running as it can read the agent's node token.
-    #[arg(long, conflicts_with = "job_user")]
-    jobs_as_own_user: bool,
-    /// Run each command job as a uid of its own from FIRST-LAST (root; no user entries
-    /// needed): runs never share a uid, so none can signal or read another tenant's.
-    #[arg(long, value_name = "FIRST-LAST", conflicts_with_all = ["job_user", "jobs_as_own_user"],
-          value_parser = gantry_daemon::command::UidRange::parse)]
-    job_uids: Option<gantry_daemon::command::UidRange>,
-    /// Seconds a stopped command job has between SIGTERM and SIGKILL.
-    #[arg(long, default_value_t = 10.0)]
-    kill_grace_s: f64,
-    /// The most tasks (processes and threads) one command job may have at once, where the
-    /// machine has the cgroup `pids` controller: a fork bomb stops there.
-    #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
-          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
-    max_job_pids: u64,
-    /// The most memory one command job may use, MiB: the limit of its cgroup when it names none
-    /// (where the machine has the memory controller), and the most it may ask for. Default:
-    /// this machine's memory less a tenth (1 to 8 GiB), kept for the daemon and the system.
-    #[arg(long, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
-    max_job_memory_mib: Option<u64>,
-    /// The most one command job's scratch directory may hold, MiB: the size of the file system
-    /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
-    /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
-    /// temporary directory (at least 1 GiB).
-    #[arg(long, value_name = "MIB",
-          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
-    max_job_disk_mib: Option<u64>,
-    /// Whose network command jobs have: `own` (a network namespace of each run's own, its
-    /// loopback alone: no run reaches what another listens on, on the loopback address or an
-    /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
-    /// for jobs that download from outside).
-    #[arg(long, value_name = "own|host", default_value = "own")]
-    job_network: gantry_daemon::netns::JobNetwork,
+    /// Whom command jobs run as and what each may use.
+    #[command(flatten)]
+    jobs: JobArgs,
     /// Size limits of the training runs this agent is handed (TOML, as `gantry up
     /// --train-limits`); default: the built-in ones.
     #[arg(long, value_name = "LIMITS.toml")]
@@ -421,6 +340,79 @@ pub struct AgentArgs {
     training: Option<Training>,
     #[command(flatten)]
     client: Client,
+}
+
+/// How command jobs run, on `gantry up` (its own agent's) and `gantry agent` alike.
+#[derive(clap::Args, Debug, Clone)]
+pub(super) struct JobArgs {
+    /// Run command jobs as this unprivileged user (without it, or --jobs-as-own-user, command
+    /// jobs are refused).
+    #[arg(long, value_name = "USER")]
+    pub(super) job_user: Option<String>,
+    /// Without --job-user, run command jobs as this process's own user (never root): for a
+    /// machine one person uses, as a program running as it can read the daemon's keys (the
+    /// agent's node token).
+    #[arg(long, conflicts_with = "job_user")]
+    pub(super) jobs_as_own_user: bool,
+    /// Run each command job as a uid of its own from FIRST-LAST (root; no user entries
+    /// needed): runs never share a uid, so none can signal or read another tenant's.
+    #[arg(long, value_name = "FIRST-LAST", conflicts_with_all = ["job_user", "jobs_as_own_user"],
+          value_parser = gantry_daemon::command::UidRange::parse)]
+    pub(super) job_uids: Option<gantry_daemon::command::UidRange>,
+    /// Seconds a stopped command job has between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    pub(super) kill_grace_s: f64,
+    /// The most tasks (processes and threads) one command job may have at once, where the
+    /// machine has the cgroup `pids` controller: a fork bomb stops there.
+    #[arg(long, default_value_t = gantry_daemon::cgroup::DEFAULT_MAX_PIDS,
+          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+    pub(super) max_job_pids: u64,
+    /// The most memory one command job may use, MiB: the limit of its cgroup when it names none
+    /// (where the machine has the memory controller), and the most it may ask for. Default:
+    /// this machine's memory less a tenth (1 to 8 GiB), kept for the daemon and the system.
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
+    pub(super) max_job_memory_mib: Option<u64>,
+    /// The most one command job's scratch directory may hold, MiB: the size of the file system
+    /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
+    /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
+    /// temporary directory (at least 1 GiB).
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
+    pub(super) max_job_disk_mib: Option<u64>,
+    /// Whose network command jobs have: `own` (a network namespace of each run's own, its
+    /// loopback alone: no run reaches what another listens on, on the loopback address or an
+    /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
+    /// for jobs that download from outside).
+    #[arg(long, value_name = "own|host", default_value = "own")]
+    pub(super) job_network: gantry_daemon::netns::JobNetwork,
+}
+
+impl JobArgs {
+    /// The limits on command runs these say: who runs them (`--job-user`), how long a stopped
+    /// run has before SIGKILL (`--kill-grace-s`), what it may use (`--max-job-pids`,
+    /// `--max-job-memory-mib`, `--max-job-disk-mib`) and whose network it has.
+    fn limits(&self) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
+        use gantry_daemon::command::{
+            CommandLimits, JobUser, default_max_disk_mib, default_max_memory_mib,
+            machine_memory_mib,
+        };
+        Ok(CommandLimits {
+            max_pids: self.max_job_pids,
+            max_memory_mib: (self.max_job_memory_mib)
+                .or(machine_memory_mib().map(default_max_memory_mib)),
+            max_disk_mib: self.max_job_disk_mib.or_else(default_max_disk_mib),
+            network: self.job_network,
+            uids: self.job_uids,
+            own_user: self.jobs_as_own_user,
+            user: (self.job_user.as_deref().map(JobUser::lookup))
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            kill_grace: std::time::Duration::try_from_secs_f64(self.kill_grace_s)
+                .context("--kill-grace-s: a number of seconds, 0 or more")?,
+            ..Default::default()
+        })
+    }
 }
 
 /// What training runs in one process are held to: the limits of each, and one memory budget
@@ -751,16 +743,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         commands: gantry_daemon::command::CommandLimits {
             max_wall_time_s: seconds_above_zero(args.max_wall_time_s, "--max-wall-time-s")?
                 .as_secs_f64(),
-            network: args.job_network,
-            ..command_limits(
-                args.job_user.as_deref(),
-                args.job_uids,
-                args.jobs_as_own_user,
-                args.kill_grace_s,
-                args.max_job_pids,
-                args.max_job_memory_mib,
-                args.max_job_disk_mib,
-            )?
+            ..args.jobs.limits()?
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -884,37 +867,6 @@ fn seconds_above_zero(secs: f64, flag: &str) -> anyhow::Result<std::time::Durati
         .ok()
         .filter(|d| !d.is_zero())
         .with_context(|| format!("{flag}: a number of seconds above 0"))
-}
-
-/// The limits on command runs that `gantry up` and `gantry agent` share: who runs them
-/// (`--job-user`), how long a stopped run has before SIGKILL (`--kill-grace-s`), and what it
-/// may use (`--max-job-pids`, `--max-job-memory-mib`, `--max-job-disk-mib`).
-fn command_limits(
-    job_user: Option<&str>,
-    uids: Option<gantry_daemon::command::UidRange>,
-    own_user: bool,
-    kill_grace_s: f64,
-    max_pids: u64,
-    max_memory_mib: Option<u64>,
-    max_disk_mib: Option<u64>,
-) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
-    use gantry_daemon::command::{
-        default_max_disk_mib, default_max_memory_mib, machine_memory_mib,
-    };
-    Ok(gantry_daemon::command::CommandLimits {
-        max_pids,
-        max_memory_mib: max_memory_mib.or(machine_memory_mib().map(default_max_memory_mib)),
-        max_disk_mib: max_disk_mib.or_else(default_max_disk_mib),
-        uids,
-        own_user,
-        user: job_user
-            .map(gantry_daemon::command::JobUser::lookup)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
-        kill_grace: std::time::Duration::try_from_secs_f64(kill_grace_s)
-            .context("--kill-grace-s: a number of seconds, 0 or more")?,
-        ..Default::default()
-    })
 }
 
 /// A lifetime option: `None` for the directory's default.
@@ -1545,18 +1497,7 @@ fn run_agent_until(
             args.train_memory_mib_per_tenant,
         )?,
     };
-    let limits = gantry_daemon::command::CommandLimits {
-        network: args.job_network,
-        ..command_limits(
-            args.job_user.as_deref(),
-            args.job_uids,
-            args.jobs_as_own_user,
-            args.kill_grace_s,
-            args.max_job_pids,
-            args.max_job_memory_mib,
-            args.max_job_disk_mib,
-        )?
-    };
+    let limits = args.jobs.limits()?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
     // its previous life left running, and never another agent's.
     let identity = format!("agent\n{}\n{}", args.client.url, args.node);
@@ -1599,7 +1540,7 @@ fn run_agent_until(
             }
             // A command gets its grace after SIGTERM; a training run stops after its step.
             let deadline = std::time::Instant::now()
-                + std::time::Duration::from_secs_f64(args.kill_grace_s.max(0.0) + 10.0);
+                + std::time::Duration::from_secs_f64(args.jobs.kill_grace_s.max(0.0) + 10.0);
             while runs.values().any(|s| Arc::strong_count(s) > 1)
                 && std::time::Instant::now() < deadline
             {
