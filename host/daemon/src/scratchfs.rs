@@ -180,8 +180,7 @@ pub fn available() -> bool {
     )
 }
 
-/// Makes a 4 MiB scratch file system and mounts it in a mount namespace of a child's own, as a
-/// run does.
+/// Makes a 4 MiB scratch file system and mounts it in a child's mount namespace, as a run's.
 fn probe() -> Result<(), String> {
     if !crate::mountns::available() {
         return Err("no mount namespaces for runs here".into());
@@ -191,32 +190,10 @@ fn probe() -> Result<(), String> {
     let run = dir.path().join("run");
     std::fs::create_dir(&run).map_err(|e| format!("{}: {e}", run.display()))?;
     let fs = ScratchFs::make(&run, 4, 0, 0)?;
-    let target = CString::new(run.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-    let device = fs.path.clone();
-    // SAFETY: only raw system calls on C strings made before the fork.
-    let mounted = unsafe {
-        crate::mountns::probe_child(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ) != 0
-                || libc::mount(
-                    device.as_ptr(),
-                    target.as_ptr(),
-                    c"ext4".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    MOUNT_OPTIONS.as_ptr().cast(),
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    // Mounted as a run's is, in a mount namespace of its own.
+    let plan = crate::mountns::Plan::new(&run, Some(4), Some(&fs)).ok_or("a path with a NUL")?;
+    // SAFETY: `enter` makes only async-signal-safe calls.
+    let mounted = unsafe { crate::mountns::probe_child(move || plan.enter(0, 0)) };
     drop(fs);
     mounted.map_err(|e| format!("mounting it: {e}"))
 }
