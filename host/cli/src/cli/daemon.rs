@@ -1923,12 +1923,13 @@ impl<'a> AgentSink<'a> {
     /// holds the attempt current (a failover near the lease's end): the control plane decides,
     /// refusing a stale attempt's reports. Giving up at once lost a succeeded job's last lines
     /// (CI, the control plane's kill loop).
+    ///
+    /// Fenced first: its agent's loop stops a run whose lease lapsed as it fences it, and a
+    /// stop checked first gave up on a fenced run's reports at once after all (CI, the kill loop
+    /// again: a succeeded job's first line lost, its end kept).
     fn may_retry(&self) -> bool {
-        if self.stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return false;
-        }
         let Some((_, lease)) = self.fence.filter(|_| self.fenced()) else {
-            return true;
+            return !self.stop.load(std::sync::atomic::Ordering::SeqCst);
         };
         let mut until = self
             .fenced_retries
@@ -2486,14 +2487,16 @@ mod tests {
     /// lapsed during a failover) and then sent its reports once, giving up on the 503 of the
     /// election, though the new leader still held the attempt current. A fenced run's reports
     /// are sent again while no control plane answers, for one lease, no longer; the control
-    /// plane decides whether they still count.
+    /// plane decides whether they still count. CI then lost a first line again: the agent's loop
+    /// had stopped the run as it fenced it, and the stop gave up first; a run here is both.
     #[test]
     fn a_fenced_runs_reports_outlive_a_failover_for_a_lease_and_no_longer() {
         use std::sync::atomic::AtomicBool;
         use std::time::{Duration, Instant};
         let run = test_run();
         let client = test_client;
-        let (stop, fenced) = (AtomicBool::new(false), AtomicBool::new(true));
+        // As its agent's loop marks a run whose lease lapsed: fenced, and stopped.
+        let (stop, fenced) = (AtomicBool::new(true), AtomicBool::new(true));
         let lease = super::Lease::new(Duration::from_secs(3));
 
         let (url, accepted) = electing(Some(3));
