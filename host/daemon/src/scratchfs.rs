@@ -185,13 +185,15 @@ fn probe() -> Result<(), String> {
     if !crate::mountns::available() {
         return Err("no mount namespaces for runs here".into());
     }
-    let dir = tempfile::tempdir().map_err(|e| format!("a directory to probe in: {e}"))?;
-    // Made beside the directory it is for, as a run's: in this one, root's alone.
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).map_err(|e| format!("{}: {e}", run.display()))?;
-    let fs = ScratchFs::make(&run, 4, 0, 0)?;
+    // A run's scratch directory, as a run's: in the process's owner directory, which the next
+    // start sweeps should this process be killed meanwhile (a directory of its own in /tmp
+    // stayed there, CI found).
+    let scratch = crate::scratch::Scratch::process()?;
+    let dir = (scratch.run_dir(None)).map_err(|e| format!("a directory to probe in: {e}"))?;
+    let run = dir.path();
+    let fs = ScratchFs::make(run, 4, 0, 0)?;
     // Mounted as a run's is, in a mount namespace of its own.
-    let plan = crate::mountns::Plan::new(&run, Some(4), Some(&fs)).ok_or("a path with a NUL")?;
+    let plan = crate::mountns::Plan::new(run, Some(4), Some(&fs)).ok_or("a path with a NUL")?;
     // SAFETY: `enter` makes only async-signal-safe calls.
     let mounted = unsafe { crate::mountns::probe_child(move || plan.enter(0, 0)) };
     drop(fs);
