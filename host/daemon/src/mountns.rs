@@ -1,11 +1,14 @@
 //! A command run's own `/tmp`, `/dev/shm` and every other directory each uid may write in: a
-//! mount namespace per run, with a fresh tmpfs on each, gone with the run's last process.
+//! mount namespace per run, with one fresh tmpfs shown at each, gone with the run's last process.
 //!
 //! Without it, runs under one `--job-user` shared them: one tenant's program read what another's
 //! left there (same uid), and what a run wrote to `/dev/shm` (memory) outlived it, its memory
 //! limit and its cgroup, until the machine restarted. `/tmp` and `/dev/shm` alone were not the
 //! class: two runs of one uid at once still met in `/var/tmp` and `/run/lock`, so every
-//! world-writable directory ([`shared_dirs`]) gets one. Where the run's working directory lies
+//! world-writable directory ([`shared_dirs`]) gets one. They are one tmpfs, a directory of it
+//! bound on each: a tmpfs apiece, each as large as the run's memory, let a run without a memory
+//! controller (which counts tmpfs pages as the run's) hold that much in every one of them, four
+//! times its bound on a usual machine. Where the run's working directory lies
 //! under one of them (its scratch directory, or a `cwd` the job names), that one directory is
 //! bound back at its path, opened as the run's user first so that binding it shows nothing the
 //! user could not reach before. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
@@ -21,8 +24,11 @@ use std::sync::OnceLock;
 pub struct Plan {
     /// tmpfs options: mode, and size where the run's memory is bounded.
     options: CString,
-    /// The directories given a tmpfs of the run's own ([`covered_dirs`]).
+    /// The directories given a directory of the run's tmpfs ([`covered_dirs`]).
     covered: Vec<CString>,
+    /// That directory for each of `covered`, in the tmpfs as it is first mounted (on the first
+    /// of them): `<first>/<i>`.
+    staged: Vec<CString>,
     /// The run's directory and the directories above it inside the covered directory it lies
     /// in, to be made in the new tmpfs and the directory bound back at the last of them.
     bind: Option<Bind>,
@@ -208,10 +214,12 @@ impl Plan {
             }),
             None => None,
         };
+        let staged = (0..covered.len()).map(|i| c_path(&covered[0].join(i.to_string())));
         let covered = covered.iter().map(|d| c_path(d));
         Some(Plan {
             options: CString::new(options).ok()?,
             covered: covered.collect::<Result<_, _>>().ok()?,
+            staged: staged.collect::<Result<_, _>>().ok()?,
             bind,
             fs,
         })
@@ -223,8 +231,9 @@ impl Plan {
     /// and POSIX queues, gone with it); the directory opened as the run's user, a part at a
     /// time, no symbolic link followed (found by a review: a `cwd` through a link the run had
     /// made in its scratch bound the machine's `/dev/shm`, `/tmp` or `/`, and what the run wrote
-    /// there stayed); a tmpfs on each covered directory; the directory bound back with what is
-    /// mounted below it (a bind of it alone showed what those mounts cover).
+    /// there stayed); one tmpfs, a directory of it bound on each covered directory (the first
+    /// last, over the tmpfs's root, which no path then reaches); the directory bound back with
+    /// what is mounted below it (a bind of it alone showed what those mounts cover).
     ///
     /// # Safety
     /// Only between fork and exec, in a single-threaded child: it changes the process's
@@ -280,19 +289,46 @@ impl Plan {
                     return Err(opened);
                 }
             }
-            let tmpfs = |at: &std::ffi::CStr| {
+            let bind = |from: &std::ffi::CStr, to: &std::ffi::CStr| {
+                // A bind keeps the tmpfs mount's flags (no set-uid, no devices).
+                let flags = libc::MS_BIND;
                 libc::mount(
-                    c"tmpfs".as_ptr(),
-                    at.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    self.options.as_ptr().cast(),
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
                 ) == 0
             };
-            for dir in &self.covered {
-                if !tmpfs(dir) {
+            let (Some(first), Some(first_staged)) = (self.covered.first(), self.staged.first())
+            else {
+                return Ok(());
+            };
+            let mounted = libc::mount(
+                c"tmpfs".as_ptr(),
+                first.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                self.options.as_ptr().cast(),
+            );
+            if mounted != 0 {
+                return fail();
+            }
+            for staged in &self.staged {
+                // Made with the mode the directories have (the umask would take the rest).
+                if libc::mkdir(staged.as_ptr(), 0o700) != 0
+                    || libc::chmod(staged.as_ptr(), 0o1777) != 0
+                {
                     return fail();
                 }
+            }
+            for (dir, staged) in self.covered.iter().zip(&self.staged).skip(1) {
+                if !bind(staged, dir) {
+                    return fail();
+                }
+            }
+            if !bind(first_staged, first) {
+                return fail();
             }
             if let Some(bind) = &self.bind {
                 for part in &bind.chain {
@@ -384,6 +420,58 @@ fn write_decimal(out: &mut [u8], n: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each covered directory had a tmpfs of its own, as large as the run's memory: without a
+    /// memory controller (which counts tmpfs pages as the run's) a run held its memory bound in
+    /// each, four times it here. Now one tmpfs shown at all of them: what they hold together is
+    /// bounded once. Root only (mount namespaces).
+    #[test]
+    fn a_runs_world_writable_directories_together_hold_no_more_than_its_memory() {
+        if !available() {
+            eprintln!("skipped: needs root and mount namespaces");
+            return;
+        }
+        let covered = covered_dirs();
+        let plan = Plan::new(Path::new("/"), Some(4), None).unwrap();
+        // 3 MiB in each: the first fits, the next does not.
+        let writes: String = (covered.iter())
+            .map(|d| {
+                format!(
+                    "dd if=/dev/zero of={}/f bs=1M count=3 2>/dev/null && echo wrote {}; ",
+                    d.display(),
+                    d.display()
+                )
+            })
+            .collect();
+        let mounts = covered
+            .iter()
+            .map(|d| format!("ls -A {}; ", d.display()))
+            .collect::<String>();
+        let script = format!(
+            "{mounts}{writes}grep -E ' ({}) ' /proc/self/mountinfo",
+            (covered.iter())
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        );
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", &script]);
+        // SAFETY: `enter` makes only async-signal-safe calls.
+        unsafe { command.pre_exec(move || plan.enter(0, 0)) };
+        let out = command.output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.matches("wrote").count(), 1, "{covered:?}: {out}");
+        // Each shows nothing but what the run puts there, and no set-uid program or device.
+        let (listed, mounted) = out.split_at(out.find("wrote").unwrap());
+        assert!(listed.trim().is_empty(), "{out}");
+        for dir in covered {
+            let line = (mounted.lines())
+                .rfind(|l| l.split(' ').nth(4) == dir.to_str())
+                .unwrap_or_else(|| panic!("{} not mounted: {out}", dir.display()));
+            assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+        }
+    }
 
     #[test]
     fn a_plan_binds_back_only_a_directory_below_tmp_named_part_by_part() {
