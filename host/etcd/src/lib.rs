@@ -34,6 +34,10 @@ pub const PAGE: u64 = 64;
 /// The pause between rounds of a call while no member answers or none has a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// How many times a consistent read of many pages starts again when etcd compacted the
+/// revision it read at before it was done.
+const COMPACTED_RETRIES: u32 = 3;
+
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -73,6 +77,15 @@ pub enum EtcdError {
     /// replica does not lead (any more), and nothing was written.
     #[error("this control plane does not lead: the write was refused")]
     Fenced,
+}
+
+impl EtcdError {
+    /// Whether etcd said the revision read at is compacted away (`OutOfRange`): what a read
+    /// pinned to a revision meets once `--auto-compaction-retention` revisions were written
+    /// after it.
+    pub fn compacted(&self) -> bool {
+        matches!(self, EtcdError::Server { code: 11, message, .. } if message.contains("compacted"))
+    }
 }
 
 /// What every write of a fenced client must hold: the compare (a leader's term) that makes it
@@ -377,14 +390,16 @@ impl Etcd {
     }
 
     /// Every key that starts with `prefix`, with its value, handed to `each` a page of
-    /// [`PAGE`] keys at a time, in key order, all at the revision of the first page: for a
-    /// walk over a prefix that must not hold all of it at once (a rewrite of every value).
+    /// [`PAGE`] keys at a time, in key order, each page as etcd holds it when it is read: for a
+    /// walk over a prefix that must not hold all of it at once (a rewrite of every value),
+    /// which needs no one view of the whole. Pinned to its first page's revision, a long walk
+    /// failed once etcd compacted past it.
     pub fn prefix_pages<E: From<EtcdError>>(
         &self,
         prefix: &[u8],
         each: impl FnMut(Vec<Kv>) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.pages(prefix, 0, false, each)
+        self.pages(prefix, 0, false, false, each)
     }
 
     /// A range read in pages of [`PAGE`] keys, all at the revision of the first, so that no
@@ -397,20 +412,50 @@ impl Etcd {
         keys_only: bool,
     ) -> Result<Vec<Kv>, EtcdError> {
         let mut all = Vec::new();
-        self.pages(prefix, limit, keys_only, |page| {
+        self.consistent_pages(prefix, limit, keys_only, |page, first| {
+            if first {
+                all.clear();
+            }
             all.extend(page);
-            Ok::<(), EtcdError>(())
         })?;
         Ok(all)
     }
 
-    /// [`Etcd::range_pages`]'s walk: each page handed to `each`, at most `limit` keys in all
-    /// (0: all).
+    /// [`Etcd::range_pages`]'s walk, each page handed to `each` with whether it is the first of
+    /// a walk: one that etcd compacted the revision of before it was done starts again (at
+    /// most [`COMPACTED_RETRIES`] times), at the newest revision, its first page saying so.
+    fn consistent_pages(
+        &self,
+        prefix: &[u8],
+        limit: u64,
+        keys_only: bool,
+        mut each: impl FnMut(Vec<Kv>, bool),
+    ) -> Result<(), EtcdError> {
+        let mut tries = 0;
+        loop {
+            let mut first = true;
+            let walked = self.pages(prefix, limit, keys_only, true, |page| {
+                each(page, std::mem::take(&mut first));
+                Ok::<(), EtcdError>(())
+            });
+            match walked {
+                Err(e) if e.compacted() && tries < COMPACTED_RETRIES => {
+                    tracing::debug!(error = %e, "etcd: a paged read starts again");
+                    tries += 1;
+                }
+                walked => return walked,
+            }
+        }
+    }
+
+    /// A walk over `prefix` in pages, each handed to `each`, at most `limit` keys in all (0:
+    /// all); every page at the first one's revision where `pinned` (one view of the whole).
     fn pages<E: From<EtcdError>>(
         &self,
         prefix: &[u8],
         limit: u64,
         keys_only: bool,
+        pinned: bool,
         mut each: impl FnMut(Vec<Kv>) -> Result<(), E>,
     ) -> Result<(), E> {
         let end = prefix_end(prefix);
@@ -432,7 +477,9 @@ impl Etcd {
                 body["revision"] = r.to_string().into();
             }
             let answer = self.call("/v3/kv/range", &body)?;
-            revision.get_or_insert(self.revision(&answer)?);
+            if pinned {
+                revision.get_or_insert(self.revision(&answer)?);
+            }
             let page = self.kvs(&answer)?;
             let more = answer.get("more").and_then(Value::as_bool).unwrap_or(false);
             let Some(last) = page.last() else {
@@ -743,6 +790,62 @@ mod tests {
         assert_eq!(c.get(b"a/leased").unwrap(), None);
         assert_eq!(c.keep_alive(lease).unwrap(), None);
         c.revoke(lease).unwrap();
+    }
+
+    /// A paged read pinned to its first page's revision failed once etcd compacted past it (the
+    /// README's `--auto-compaction-retention=1000` does, under a busy control plane): a walk
+    /// that rewrites what it reads (`--authenticate-etcd-rows`) now reads each page as it is,
+    /// and a consistent read starts again, whole.
+    #[test]
+    fn paged_reads_go_on_past_a_compaction() {
+        let Some(etcd) = EtcdProcess::start_or_skip("paged_reads_go_on_past_a_compaction") else {
+            return;
+        };
+        let c = etcd.client();
+        let keys = 3 * PAGE + 5;
+        for i in 0..keys {
+            c.put(format!("p/{i:04}").as_bytes(), b"v", 0).unwrap();
+        }
+        let compact = || {
+            let revision = c.put(b"other", b"x", 0).unwrap();
+            c.call(
+                "/v3/kv/compaction",
+                &json!({ "revision": revision.to_string() }),
+            )
+            .unwrap();
+        };
+        let mut seen = 0;
+        (c.prefix_pages(b"p/", |page| {
+            if seen == 0 {
+                compact();
+            }
+            seen += page.len() as u64;
+            Ok::<(), EtcdError>(())
+        }))
+        .unwrap();
+        assert_eq!(seen, keys);
+        // Compacted once, during its first walk: the second sees all of it, none twice.
+        let (mut all, mut walks) = (Vec::new(), 0);
+        (c.consistent_pages(b"p/", 0, true, |page, first| {
+            if first {
+                walks += 1;
+                all.clear();
+                if walks == 1 {
+                    compact();
+                }
+            }
+            all.extend(page);
+        }))
+        .unwrap();
+        assert_eq!((walks, all.len() as u64), (2, keys));
+        // Compacted during every walk: it gives up, saying why.
+        let e = (c.consistent_pages(b"p/", 0, true, |_, first| {
+            if first {
+                compact();
+            }
+        }))
+        .unwrap_err();
+        assert!(e.compacted(), "{e}");
     }
 
     /// Found by a review: only the job store fenced its writes by the leader's term, so a
