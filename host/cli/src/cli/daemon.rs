@@ -73,20 +73,9 @@ pub struct UpArgs {
     /// The private key of --etcd-cert (PEM).
     #[arg(long, value_name = "KEY.pem", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
-    /// Size limits of training jobs (TOML: `max_rows`, `max_classes`, `max_memory_mib`, ...);
-    /// default: the built-in ones.
-    #[arg(long, value_name = "LIMITS.toml")]
-    train_limits: Option<PathBuf>,
-    /// The memory this daemon's own training runs may take together, MiB (a run waits, still
-    /// `scheduled`, while the others leave no room); at least one job's `max_memory_mib`.
-    /// Default: three quarters of this machine's memory.
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    train_memory_mib: Option<u64>,
-    /// The most of it one tenant's training runs may hold together, MiB; at least one job's
-    /// `max_memory_mib`. Default: half of --train-memory-mib (all of it suits a machine one
-    /// tenant uses).
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    train_memory_mib_per_tenant: Option<u64>,
+    /// What training runs may use.
+    #[command(flatten)]
+    train: TrainArgs,
     /// Connections open at once, in all (lowered to fit the descriptor limit).
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
@@ -280,9 +269,7 @@ impl LocalNode {
             devices: None,
             heartbeat_s: 1.0,
             jobs: args.jobs.clone(),
-            train_limits: None,
-            train_memory_mib: None,
-            train_memory_mib_per_tenant: None,
+            train: args.train.clone(),
             training: None,
             client: Client {
                 url: format!("{scheme}://{host}:{}", addr.port()),
@@ -322,19 +309,9 @@ pub struct AgentArgs {
     /// Whom command jobs run as and what each may use.
     #[command(flatten)]
     jobs: JobArgs,
-    /// Size limits of the training runs this agent is handed (TOML, as `gantry up
-    /// --train-limits`); default: the built-in ones.
-    #[arg(long, value_name = "LIMITS.toml")]
-    train_limits: Option<PathBuf>,
-    /// The memory this agent's training runs may take together, MiB (a run waits while the
-    /// others leave no room); at least one job's `max_memory_mib`. Default: three quarters of
-    /// this machine's memory.
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    train_memory_mib: Option<u64>,
-    /// The most of it one tenant's runs may hold together, MiB; at least one job's
-    /// `max_memory_mib`. Default: half of --train-memory-mib.
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
-    train_memory_mib_per_tenant: Option<u64>,
+    /// What the training runs this agent is handed may use.
+    #[command(flatten)]
+    train: TrainArgs,
     /// Given by `gantry up` to its own agent: the daemon's limits and budget.
     #[arg(skip)]
     training: Option<Training>,
@@ -412,6 +389,37 @@ impl JobArgs {
                 .context("--kill-grace-s: a number of seconds, 0 or more")?,
             ..Default::default()
         })
+    }
+}
+
+/// What training runs may use, on `gantry up` (its own and its own agent's, together) and
+/// `gantry agent` alike.
+#[derive(clap::Args, Debug, Clone)]
+pub(super) struct TrainArgs {
+    /// Size limits of each training run (TOML: `max_rows`, `max_classes`, `max_memory_mib`,
+    /// ...); default: the built-in ones.
+    #[arg(long, value_name = "LIMITS.toml")]
+    train_limits: Option<PathBuf>,
+    /// The memory this process's training runs may take together, MiB (a run waits, still
+    /// `scheduled`, while the others leave no room); at least one run's `max_memory_mib`.
+    /// Default: three quarters of this machine's memory.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib: Option<u64>,
+    /// The most of it one tenant's training runs may hold together, MiB; at least one run's
+    /// `max_memory_mib`. Default: half of --train-memory-mib (all of it suits a machine one
+    /// tenant uses).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    train_memory_mib_per_tenant: Option<u64>,
+}
+
+impl TrainArgs {
+    /// The limits and the budget these say.
+    fn training(&self) -> anyhow::Result<Training> {
+        Training::of(
+            self.train_limits.as_deref(),
+            self.train_memory_mib,
+            self.train_memory_mib_per_tenant,
+        )
     }
 }
 
@@ -688,11 +696,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
     };
     // The daemon's training runs and its own agent's (on this machine's GPUs) share one
     // budget and one set of limits.
-    let training = Training::of(
-        args.train_limits.as_deref(),
-        args.train_memory_mib,
-        args.train_memory_mib_per_tenant,
-    )?;
+    let training = args.train.training()?;
     let config = DaemonConfig {
         data_dir: args.dir.path()?,
         listen: args.listen,
@@ -703,7 +707,7 @@ pub fn up(ctx: &super::Context, args: UpArgs) -> anyhow::Result<()> {
         insecure: args.insecure,
         trust: ctx.trust.clone(),
         train_limits: training.limits.clone(),
-        train_memory_mib: args.train_memory_mib,
+        train_memory_mib: args.train.train_memory_mib,
         train_budget: Some(training.budget.clone()),
         conn_limits: gantry_daemon::serve::ConnLimits {
             max_connections: args.max_connections,
@@ -1491,11 +1495,7 @@ fn run_agent_until(
     let period = seconds_above_zero(args.heartbeat_s, "--heartbeat-s")?;
     let training = match args.training.clone() {
         Some(shared) => shared,
-        None => Training::of(
-            args.train_limits.as_deref(),
-            args.train_memory_mib,
-            args.train_memory_mib_per_tenant,
-        )?,
+        None => args.train.training()?,
     };
     let limits = args.jobs.limits()?;
     // The agent's cgroups are its node's at its control plane: a restarted agent kills what
