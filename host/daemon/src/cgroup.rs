@@ -653,6 +653,11 @@ impl RunGroup {
 
     /// What moves the calling process into the run's cgroups: for the child between fork and
     /// exec (before it gives up root), so only async-signal-safe calls.
+    /// Its directories, one per hierarchy.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     pub fn joiner(&self) -> impl Fn() -> std::io::Result<()> + Send + Sync + 'static {
         let procs = self.procs.clone();
         move || join(&procs)

@@ -1258,7 +1258,12 @@ pub fn execute(
         _ => None,
     };
     let memory_mib = spec.memory_mib.or(limits.max_memory_mib);
-    let private = private.and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()));
+    let groups = group
+        .as_ref()
+        .map_or(&[][..], crate::cgroup::RunGroup::dirs);
+    let private = private
+        .and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()))
+        .and_then(|plan| plan.showing_own_groups(groups));
     // And a network of its own, its loopback alone, unless the operator chose the machine's.
     let own_network = ids.is_some()
         && limits.network == crate::netns::JobNetwork::Own
@@ -2511,6 +2516,60 @@ mod tests {
             log.contains("read") && !log.contains("secret"),
             "{names:?}: {log}"
         );
+    }
+
+    /// Every run's cgroup lay in the daemon's directory of runs, readable by every uid: a run
+    /// listed the others, named after their tenants and jobs, and read their memory, CPU and
+    /// processes. A run now sees its own cgroup alone there. Root with cgroups only.
+    #[test]
+    fn a_run_sees_no_other_runs_cgroup() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::mountns::available() {
+            eprintln!("skipped: needs root and mount namespaces");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: other runs' cgroups");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        // Another tenant's run, under way.
+        let nodes = crate::gpu_nodes::GpuNodes::none();
+        let bounds = crate::cgroup::Bounds {
+            max_pids: 64,
+            memory_mib: None,
+        };
+        let other = (cgroups.create(
+            &run_name("other/secret-job"),
+            Default::default(),
+            bounds,
+            &nodes,
+        ))
+        .unwrap();
+        let script = "find /sys/fs/cgroup -type d -name 'other_secret-job*' 2>/dev/null; \
+             find /sys/fs/cgroup -type d -name 'vision_looker*' 2>/dev/null | grep -q . && echo own-seen; \
+             echo looked";
+        let spec = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", script])
+        };
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/looker",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            gpu_nodes: &nodes,
+            spec: &spec,
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &job_user_limits(), Some(&cgroups), &mut lines, "root");
+        let seen = other.dirs().iter().any(|d| d.is_dir());
+        drop(other);
+        let log = lines.0.join("\n");
+        assert!(seen, "the other run's cgroup was not made");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("own-seen") && log.contains("looked"), "{log}");
+        assert!(!log.contains("other_secret-job"), "{log}");
     }
 
     /// Found by a review: a job stayed in the daemon's session, so one started from an

@@ -11,7 +11,9 @@
 //! times its bound on a usual machine. Where the run's working directory lies
 //! under one of them (its scratch directory, or a `cwd` the job names), that one directory is
 //! bound back at its path, opened as the run's user first so that binding it shows nothing the
-//! user could not reach before. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
+//! user could not reach before. The daemon's cgroup directory of runs shows the run its own
+//! cgroup alone: it listed every run's, named after its tenant and job, with their memory, CPU
+//! and processes, readable by every uid. Needs root's `CAP_SYS_ADMIN`; a machine without it (a container
 //! that drops it) runs commands with the shared directories, and says so once.
 
 use std::ffi::CString;
@@ -35,6 +37,17 @@ pub struct Plan {
     /// Its scratch file system ([`crate::scratchfs`]), mounted on the run's directory in place
     /// of the bind.
     fs: Option<FsMount>,
+    /// Its cgroups, each shown alone in its directory of runs.
+    groups: Vec<OwnGroup>,
+}
+
+/// A run's cgroup directory, shown where the daemon's directory of runs would list every run's.
+#[derive(Debug)]
+struct OwnGroup {
+    /// The directory of runs (`gantry-<scope>`), hidden under a tmpfs of root's.
+    runs: CString,
+    /// The run's own, in it, bound back there.
+    run: CString,
 }
 
 #[derive(Debug)]
@@ -222,7 +235,24 @@ impl Plan {
             staged: staged.collect::<Result<_, _>>().ok()?,
             bind,
             fs,
+            groups: Vec::new(),
         })
+    }
+
+    /// The plan that shows the run, in each of the daemon's cgroup directories of runs (the
+    /// parents of `dirs`, its cgroups), its own cgroup alone (`None`: a path with a NUL).
+    pub fn showing_own_groups(mut self, dirs: &[PathBuf]) -> Option<Plan> {
+        let mut dirs = dirs.to_vec();
+        // Controllers mounted together share a directory: shown once.
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            self.groups.push(OwnGroup {
+                runs: c_path(dir.parent()?).ok()?,
+                run: c_path(&dir).ok()?,
+            });
+        }
+        Some(self)
     }
 
     /// In the child, as root, before it takes the run's ids (`uid`, `gid`; its supplementary
@@ -233,7 +263,8 @@ impl Plan {
     /// made in its scratch bound the machine's `/dev/shm`, `/tmp` or `/`, and what the run wrote
     /// there stayed); one tmpfs, a directory of it bound on each covered directory (the first
     /// last, over the tmpfs's root, which no path then reaches); the directory bound back with
-    /// what is mounted below it (a bind of it alone showed what those mounts cover).
+    /// what is mounted below it (a bind of it alone showed what those mounts cover); each
+    /// directory of runs hidden under a tmpfs of root's, the run's own cgroup bound back in it.
     ///
     /// # Safety
     /// Only between fork and exec, in a single-threaded child: it changes the process's
@@ -254,6 +285,35 @@ impl Plan {
             ) != 0
             {
                 return fail();
+            }
+            for group in &self.groups {
+                let run = libc::open(
+                    group.run.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if run < 0 {
+                    return fail();
+                }
+                let shown = libc::mount(
+                    c"tmpfs".as_ptr(),
+                    group.runs.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=755,size=4k".as_ptr().cast(),
+                ) == 0
+                    && libc::mkdir(group.run.as_ptr(), 0o755) == 0
+                    && libc::mount(
+                        fd_path(run).as_ptr().cast(),
+                        group.run.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) == 0;
+                let error = std::io::Error::last_os_error();
+                libc::close(run);
+                if !shown {
+                    return Err(error);
+                }
             }
             // Opened in the new namespace (a mount of another cannot be bound here) and before
             // the tmpfs hides it.
@@ -350,12 +410,9 @@ impl Plan {
                 }
                 libc::rmdir(fs.lost_found.as_ptr());
             } else if let Some(bind) = &self.bind {
-                // The descriptor's own link in /proc names the directory it opened.
-                let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-                write_decimal(&mut link[14..], dir);
                 let target = bind.chain.last().map_or(c"/tmp".as_ptr(), |c| c.as_ptr());
                 let bound = libc::mount(
-                    link.as_ptr().cast(),
+                    fd_path(dir).as_ptr().cast(),
                     target,
                     std::ptr::null(),
                     libc::MS_BIND | libc::MS_REC,
@@ -396,6 +453,14 @@ fn bind_back(root: &Path, cwd: &Path) -> Result<Option<Bind>, std::ffi::NulError
 
 fn c_path(path: &Path) -> Result<CString, std::ffi::NulError> {
     CString::new(path.as_os_str().as_encoded_bytes())
+}
+
+/// The descriptor `fd`'s own link in /proc, which names what it opened, NUL-terminated, made
+/// without allocating.
+fn fd_path(fd: i32) -> [u8; 25] {
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    write_decimal(&mut link[14..], fd);
+    link
 }
 
 /// Writes `n` (a descriptor: not negative) in decimal into `out`, NUL-terminated, without
