@@ -77,11 +77,41 @@ pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
 /// before more than `limit + 1` bytes are read (small files that must stay small: keys, key
 /// files, lock files).
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    read_whole(std::fs::File::open(path)?, limit)
+}
+
+/// [`read_bounded`] for a secret (a private key, a key file): a file that others than its owner
+/// may read (any group or other permission bit) is refused, naming its mode. On a node where
+/// command jobs run as other uids, a key others may read is a key every job may read (the
+/// daemon's TLS key, an agent's client key, etcd's): refused, as ssh refuses such a key.
+/// Checked on the file opened, not on the path again.
+pub fn read_private(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file",
+        ));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("it may be read by others than its owner (mode {mode:o}): make it 0600"),
+            ));
+        }
+    }
+    read_whole(file, limit)
+}
+
+fn read_whole(file: std::fs::File, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -1738,6 +1738,7 @@ fn node_pki(dir: &std::path::Path, nodes: &[&str]) {
             &params.signed_by(&key, by).unwrap().pem(),
         );
         write(&format!("{name}.key"), &key.serialize_pem());
+        crate::support::owner_only(&dir.join(format!("{name}.key")));
     };
     write("ca.pem", &ca.pem());
     sign("server", vec!["127.0.0.1".into()], Eku::ServerAuth, &ca);

@@ -12,8 +12,8 @@ use gantry_daemon::jobstore::JobStore;
 use serde_json::{Value, json};
 
 use crate::support::{
-    add_user, build_policy, gantry, gantry_as, init_data_dir, rejected_entries, rejected_tallies,
-    send_raw, shared_cache, strict_policy, text,
+    add_user, build_policy, gantry, gantry_as, init_data_dir, owner_only, rejected_entries,
+    rejected_tallies, send_raw, shared_cache, strict_policy, text,
 };
 
 pub(crate) struct Daemon {
@@ -1094,26 +1094,40 @@ fn with_a_certificate_the_daemon_speaks_only_tls() {
     let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
     std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let up_with_key = |key: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                d,
+                "--tls-cert",
+            ])
+            .arg(&cert_pem)
+            .arg("--tls-key")
+            .arg(key)
+            .env("GANTRY_CACHE_DIR", shared_cache())
+            .output()
+            .unwrap()
+    };
+    // A key others may read (written as the umask left it) is refused at start, naming the
+    // file: on a node whose command jobs run as other uids, every job could read it.
+    let o = up_with_key(&key_pem);
+    assert_eq!(o.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("read by others") && said.contains("key.pem"),
+        "{o:?}"
+    );
+    owner_only(&key_pem);
 
     // A key that does not belong to the certificate is refused at start, naming the file.
     let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
     let wrong_key = dir.path().join("wrong.pem");
     std::fs::write(&wrong_key, other.signing_key.serialize_pem()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            d,
-            "--tls-cert",
-        ])
-        .arg(&cert_pem)
-        .arg("--tls-key")
-        .arg(&wrong_key)
-        .env("GANTRY_CACHE_DIR", shared_cache())
-        .output()
-        .unwrap();
+    owner_only(&wrong_key);
+    let o = up_with_key(&wrong_key);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("do not go together"),

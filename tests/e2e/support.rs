@@ -530,3 +530,9 @@ name = "node-b"
 rack = "r0"
 gpus = { count = 2, model = "H100-80GB", memory_mib = 81920 }
 "#;
+
+/// Makes `path` readable by its owner alone, as the daemon and agents ask of a private key.
+pub fn owner_only(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

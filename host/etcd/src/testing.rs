@@ -287,6 +287,10 @@ pub fn pki(dir: &Path) -> (ServerTls, EtcdTls) {
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("writing a PEM file");
+        // The keys only their owner may read, as a replica asks of `--etcd-key`.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("making a PEM file its owner's");
         path
     };
     write("client.pem", &client_cert);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{StoreError, io};
+use super::StoreError;
 use crate::durable;
 
 /// The variable naming the key file that seals the master keys.
@@ -48,20 +48,6 @@ impl Sealer {
             path: path.to_path_buf(),
             message: format!("{KEY_FILE_ENV}: {message}"),
         };
-        let meta = std::fs::metadata(path).map_err(io(path))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(refuse(format!(
-                    "the key file may be read by others (mode {mode:o}): make it 0600"
-                )));
-            }
-        }
-        if !meta.is_file() {
-            return Err(refuse("not a file".into()));
-        }
         if let (Ok(file), Ok(dir)) = (path.canonicalize(), root.canonicalize())
             && file.starts_with(&dir)
         {
@@ -70,7 +56,8 @@ impl Sealer {
                 dir.display()
             )));
         }
-        let bytes = durable::read_bounded(path, 256).map_err(io(path))?;
+        let bytes =
+            durable::read_private(path, 256).map_err(|e| refuse(format!("the key file: {e}")))?;
         let raw = match bytes.len() {
             32 => bytes,
             _ => std::str::from_utf8(&bytes)

@@ -850,7 +850,12 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
 /// TLS to etcd as `--etcd-ca-cert`, `--etcd-cert` and `--etcd-key` say; `None` without them.
 fn etcd_tls(args: &UpArgs) -> anyhow::Result<Option<gantry_etcd::EtcdTls>> {
     let read = |path: &PathBuf, flag: &str| {
-        std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+        let read = match flag {
+            "--etcd-key" => gantry::durable::read_private,
+            _ => gantry::durable::read_bounded,
+        };
+        read(path, gantry_daemon::tls::MAX_PEM)
+            .with_context(|| format!("{flag} {}", path.display()))
     };
     let Some(ca) = &args.etcd_ca_cert else {
         return Ok(None);
@@ -1329,7 +1334,8 @@ fn agent(client: &Client, within: Option<std::time::Duration>) -> anyhow::Result
         tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&pem_certs(path)?));
     }
     if let (Some(cert), Some(key)) = (&client.client_cert, &client.client_key) {
-        let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+        let pem = gantry::durable::read_private(key, gantry_daemon::tls::MAX_PEM)
+            .with_context(|| format!("--client-key {}", key.display()))?;
         let private = ureq::tls::parse_pem(&pem)
             .find_map(|item| match item {
                 Ok(ureq::tls::PemItem::PrivateKey(k)) => Some(k),
@@ -1347,7 +1353,8 @@ fn agent(client: &Client, within: Option<std::time::Duration>) -> anyhow::Result
 
 /// The certificates of PEM file `path` (at least one).
 fn pem_certs(path: &std::path::Path) -> anyhow::Result<Vec<ureq::tls::Certificate<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pem = gantry::durable::read_bounded(path, gantry_daemon::tls::MAX_PEM)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let certs: Vec<_> = ureq::tls::parse_pem(&pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
