@@ -360,35 +360,35 @@ impl Plan {
                     std::ptr::null(),
                 ) == 0
             };
-            let (Some(first), Some(first_staged)) = (self.covered.first(), self.staged.first())
-            else {
-                return Ok(());
-            };
-            let mounted = libc::mount(
-                c"tmpfs".as_ptr(),
-                first.as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                self.options.as_ptr().cast(),
-            );
-            if mounted != 0 {
-                return fail();
-            }
-            for staged in &self.staged {
-                // Made with the mode the directories have (the umask would take the rest).
-                if libc::mkdir(staged.as_ptr(), 0o700) != 0
-                    || libc::chmod(staged.as_ptr(), 0o1777) != 0
-                {
+            // The first covered directory holds the tmpfs, its root then hidden under its own
+            // directory's bind.
+            if let (Some(first), Some(first_staged)) = (self.covered.first(), self.staged.first()) {
+                let mounted = libc::mount(
+                    c"tmpfs".as_ptr(),
+                    first.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    self.options.as_ptr().cast(),
+                );
+                if mounted != 0 {
                     return fail();
                 }
-            }
-            for (dir, staged) in self.covered.iter().zip(&self.staged).skip(1) {
-                if !bind(staged, dir) {
+                for staged in &self.staged {
+                    // Made with the mode the directories have (the umask would take the rest).
+                    if libc::mkdir(staged.as_ptr(), 0o700) != 0
+                        || libc::chmod(staged.as_ptr(), 0o1777) != 0
+                    {
+                        return fail();
+                    }
+                }
+                for (dir, staged) in self.covered.iter().zip(&self.staged).skip(1) {
+                    if !bind(staged, dir) {
+                        return fail();
+                    }
+                }
+                if !bind(first_staged, first) {
                     return fail();
                 }
-            }
-            if !bind(first_staged, first) {
-                return fail();
             }
             if let Some(bind) = &self.bind {
                 for part in &bind.chain {
