@@ -25,7 +25,7 @@ pub struct UpArgs {
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// The certificate's PEM private key.
+    /// The certificate's PEM private key, readable by its owner alone (0600).
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Ask TLS clients for a certificate of this CA (PEM): a node's requests (its agent's)
@@ -70,7 +70,7 @@ pub struct UpArgs {
     /// `--client-cert-auth`), with --etcd-key.
     #[arg(long, value_name = "CERT.pem", requires_all = ["etcd_ca_cert", "etcd_key"])]
     etcd_cert: Option<PathBuf>,
-    /// The private key of --etcd-cert (PEM).
+    /// The private key of --etcd-cert (PEM), readable by its owner alone (0600).
     #[arg(long, value_name = "KEY.pem", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
     /// What training runs may use.
@@ -587,7 +587,7 @@ pub struct Client {
         requires = "client_key"
     )]
     pub(super) client_cert: Option<PathBuf>,
-    /// The private key of --client-cert (PEM).
+    /// The private key of --client-cert (PEM), readable by its owner alone (0600).
     #[arg(
         long,
         env = "GANTRY_CLIENT_KEY",
