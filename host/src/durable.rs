@@ -86,13 +86,15 @@ pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 /// daemon's TLS key, an agent's client key, etcd's): refused, as ssh refuses such a key.
 /// Checked on the file opened, not on the path again.
 pub fn read_private(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let not_a_file = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file");
+    // What the path names first: opening a FIFO waits for a writer, for ever.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_a_file());
+    }
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file",
-        ));
+        return Err(not_a_file());
     }
     #[cfg(unix)]
     {
@@ -183,6 +185,31 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         // A missing directory fails without creating anything.
         assert!(write(&dir.path().join("no/such/f"), b"x", Mode::Default).is_err());
+    }
+
+    /// A secret others may read is refused, naming its mode; one that is no file (a FIFO,
+    /// which an open would wait on for ever) is refused without waiting.
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_its_owners_alone_and_a_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, b"secret").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o610] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_private(&key, 64).unwrap_err();
+            assert!(e.to_string().contains(&format!("mode {mode:o}")), "{e}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_private(&key, 64).unwrap(), b"secret");
+        assert!(read_private(&key, 3).is_err());
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path of this test's.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_private(&fifo, 64).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
     }
 }
 
