@@ -50,8 +50,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Loads a PKCS#8 Ed25519 key.
 pub fn load(path: &Path) -> Result<Ed25519KeyPair, KeyError> {
-    // A PKCS#8 Ed25519 key is 83-85 bytes: anything much larger is not one.
-    let bytes = crate::durable::read_bounded(path, 4096).map_err(|error| KeyError::Io {
+    // A PKCS#8 Ed25519 key is 83-85 bytes: anything much larger is not one. Its owner's alone,
+    // as every private key Gantry reads ([`crate::durable::read_private`]).
+    let bytes = crate::durable::read_private(path, 4096).map_err(|error| KeyError::Io {
         path: path.to_path_buf(),
         error,
     })?;
@@ -76,4 +77,24 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A signing key (the host's audit key, a plugin signer's) was loaded whatever its mode: on
+    /// a node whose command jobs run as other uids, one the umask left 0644 was theirs to sign
+    /// with. Refused, naming its mode; its owner's alone, it loads.
+    #[cfg(unix)]
+    #[test]
+    fn a_signing_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.pk8");
+        super::generate(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = super::load(&path).err().unwrap().to_string();
+        assert!(e.contains("mode 644") && e.contains("host.pk8"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        super::load(&path).unwrap();
+    }
 }

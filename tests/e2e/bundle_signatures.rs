@@ -171,20 +171,35 @@ fn policy_sign_cli_and_verified_loading() {
     let bundle = shipped_bundle(dir.path(), "gantry/authz/allow");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
-    let out = gantry(
-        &[
-            "policy",
-            "sign",
-            bundle.to_str().unwrap(),
-            "--alg",
-            "HS256",
-            "--signing-key",
-            secret.to_str().unwrap(),
-            "--key-id",
-            "ops",
-        ],
-        dir.path(),
+    let sign = || {
+        gantry(
+            &[
+                "policy",
+                "sign",
+                bundle.to_str().unwrap(),
+                "--alg",
+                "HS256",
+                "--signing-key",
+                secret.to_str().unwrap(),
+                "--key-id",
+                "ops",
+            ],
+            dir.path(),
+        )
+    };
+    // A secret others may read (as the umask left it) signs nothing: refused, naming it.
+    let out = sign();
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out).1;
+    assert!(
+        said.contains("read by others") && said.contains("secret"),
+        "{said}"
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = sign();
     assert!(out.status.success(), "{}", text(&out).1);
     let key = VerificationKey {
         id: "ops".into(),

@@ -34,10 +34,11 @@ impl VerifyArgs {
     pub fn read(&self, bundle: &std::path::Path) -> anyhow::Result<Bundle> {
         Ok(match (&self.verification_key, &self.key_id) {
             (Some(path), Some(id)) => {
+                let alg = self.alg.parse().map_err(anyhow::Error::msg)?;
                 let key = VerificationKey {
                     id: id.clone(),
-                    alg: self.alg.parse().map_err(anyhow::Error::msg)?,
-                    key: read_key(path)?,
+                    alg,
+                    key: read_key(path, alg == bundle_signature::Alg::Hs256)?,
                     scope: self.scope.clone(),
                 };
                 Bundle::read_verified(bundle, &[key])?
@@ -198,7 +199,7 @@ pub fn run(ctx: &super::Context, cmd: PolicyCommand) -> anyhow::Result<()> {
             let key = SigningKey {
                 id: key_id,
                 alg: alg.parse().map_err(anyhow::Error::msg)?,
-                key: read_key(&signing_key)?,
+                key: read_key(&signing_key, true)?,
             };
             sign(&bundle, &key, &signing_key, scope.as_deref())
         }
@@ -600,10 +601,17 @@ fn field(
     }
 }
 
-/// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256).
-fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+/// A key file's bytes (a trailing newline dropped, so `echo secret > f` works for HS256),
+/// bounded; a `secret` (a private key, an HS256 secret, which signs as well as it verifies) its
+/// owner's alone ([`gantry::durable::read_private`]), as every private key Gantry reads.
+fn read_key(path: &std::path::Path, secret: bool) -> anyhow::Result<Vec<u8>> {
+    const MOST: u64 = 1 << 20;
+    let read = match secret {
+        true => gantry::durable::read_private,
+        false => gantry::durable::read_bounded,
+    };
     let mut bytes =
-        std::fs::read(path).with_context(|| format!("reading the key {}", path.display()))?;
+        read(path, MOST).with_context(|| format!("reading the key {}", path.display()))?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
