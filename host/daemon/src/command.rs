@@ -326,17 +326,22 @@ impl UidRange {
         }
         Err(format!(
             "all {} uids of --job-uids {}-{} are in use by runs on this machine",
-            u64::from(self.last - self.first) + 1,
+            self.len(),
             self.first,
             self.last
         ))
+    }
+
+    /// How many uids the range holds.
+    fn len(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
     }
 
     /// One pass over the range in `dir`: a uid no run holds, or `None`.
     fn try_lease(&self, dir: &std::path::Path) -> Result<Option<UidLease>, String> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let count = u64::from(self.last - self.first) + 1;
+        let count = self.len();
         // From a random place: runs rarely take a uid another just left.
         let mut start = [0u8; 8];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut start);
@@ -1636,6 +1641,16 @@ mod tests {
     /// Runs `spec` as job `key` (`<tenant>/<name>`) on one GPU under `limits`: how it ended,
     /// and its log.
     fn run_job(key: &str, spec: &CommandSpec, limits: &CommandLimits) -> (RunEnd, Lines) {
+        run_job_in(key, spec, limits, None)
+    }
+
+    /// [`run_job`] in `cgroups` where given.
+    fn run_job_in(
+        key: &str,
+        spec: &CommandSpec,
+        limits: &CommandLimits,
+        cgroups: Option<&crate::cgroup::Cgroups>,
+    ) -> (RunEnd, Lines) {
         let gpus = ["node-0001/gpu0".to_string()];
         let job = RunJob {
             key,
@@ -1645,7 +1660,7 @@ mod tests {
             spec,
         };
         let mut lines = Lines::default();
-        let end = execute(job, limits, None, &mut lines, "root");
+        let end = execute(job, limits, cgroups, &mut lines, "root");
         (end, lines)
     }
 
@@ -2295,14 +2310,11 @@ mod tests {
         })
     }
 
-    /// Reported by a review: every tenant's command jobs ran as the one `--job-user`, so a job
-    /// of one tenant killed another's (`pkill -9 -u nobody`) and read its environment from
-    /// `/proc` (an `HF_TOKEN`). With `--job-uids` each run has a uid of its own: two runs at once
-    /// get two uids, and neither can signal the other or read its environment. Root only.
-    /// Found by CI's load (the network test's second run, refused): a uid given back was still
-    /// locked while a process the daemon had forked for another run held a copy of its lease's
-    /// descriptor, before executing its program, and a one-uid range refused the next run as
-    /// full. It is leased again once that copy is gone. Root only (the leases are root's).
+    /// Found running the runs' tests together (the network test's second run, refused): a uid
+    /// given back was still locked while a process the daemon had forked for another run held a
+    /// copy of its lease's descriptor, before executing its program, and a one-uid range refused
+    /// the next run as full. It is leased again once that copy is gone. Root only (the leases
+    /// are root's).
     #[test]
     fn a_uid_given_back_is_leased_again_though_a_forked_process_still_holds_its_lock() {
         // SAFETY: geteuid has no preconditions.
@@ -2345,6 +2357,10 @@ mod tests {
         assert_eq!(again.unwrap().user.uid, 231_600);
     }
 
+    /// Reported by a review: every tenant's command jobs ran as the one `--job-user`, so a job
+    /// of one tenant killed another's (`pkill -9 -u nobody`) and read its environment from
+    /// `/proc` (an `HF_TOKEN`). With `--job-uids` each run has a uid of its own: two runs at once
+    /// get two uids, and neither can signal the other or read its environment. Root only.
     #[test]
     fn runs_with_uids_of_their_own_cannot_signal_or_read_each_other() {
         // SAFETY: geteuid has no preconditions.
@@ -2626,16 +2642,7 @@ mod tests {
             wall_time_s: Some(20.0),
             ..spec(&["/bin/sh", "-c", script])
         };
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/looker",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            gpu_nodes: &nodes,
-            spec: &spec,
-        };
-        let mut lines = Lines::default();
-        let end = execute(job, &job_user_limits(), Some(&cgroups), &mut lines, "root");
+        let (end, lines) = run_job_in("vision/looker", &spec, &job_user_limits(), Some(&cgroups));
         let seen = other.dirs().iter().any(|d| d.is_dir());
         drop(other);
         let log = lines.0.join("\n");
