@@ -77,7 +77,26 @@ pub fn write(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
 /// before more than `limit + 1` bytes are read (small files that must stay small: keys, key
 /// files, lock files).
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    read_whole(std::fs::File::open(path)?, limit)
+    read_whole(open_file(path)?, limit)
+}
+
+/// `path` opened for reading where it names a file: opened without waiting (a FIFO's open
+/// waits for a writer, for ever: a certificate path naming one hung `gantry up`) and checked on
+/// the file opened, not on the path again.
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Without effect on a file's reads.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file",
+        ));
+    }
+    Ok(file)
 }
 
 /// [`read_bounded`] for a secret (a private key, a key file): a file that others than its owner
@@ -86,16 +105,8 @@ pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 /// daemon's TLS key, an agent's client key, etcd's): refused, as ssh refuses such a key.
 /// Checked on the file opened, not on the path again.
 pub fn read_private(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let not_a_file = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file");
-    // What the path names first: opening a FIFO waits for a writer, for ever.
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(not_a_file());
-    }
-    let file = std::fs::File::open(path)?;
+    let file = open_file(path)?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(not_a_file());
-    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -210,6 +221,25 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = read_private(&fifo, 64).unwrap_err();
         assert!(e.to_string().contains("not a file"), "{e}");
+    }
+
+    /// A bounded read of a certificate (`--tls-cert`, `--etcd-ca-cert`) opened what its path
+    /// named: a FIFO's open waited for a writer, and `gantry up` hung at its start. Every
+    /// bounded read now refuses what is not a file, without waiting.
+    #[test]
+    fn a_bounded_read_of_a_fifo_or_directory_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path of this test's.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        for path in [&fifo, &dir.path().to_path_buf()] {
+            let e = read_bounded(path, 64).unwrap_err();
+            assert!(e.to_string().contains("not a file"), "{e}");
+        }
+        let file = dir.path().join("cert.pem");
+        std::fs::write(&file, b"pem").unwrap();
+        assert_eq!(read_bounded(&file, 64).unwrap(), b"pem");
     }
 }
 

@@ -1293,13 +1293,19 @@ pub fn execute(
     let groups = group
         .as_ref()
         .map_or(&[][..], crate::cgroup::RunGroup::dirs);
-    let private = private
-        .and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()))
-        .and_then(|plan| plan.showing_own_groups(groups));
     // And a network of its own, its loopback alone, unless the operator chose the machine's.
     let own_network = ids.is_some()
         && limits.network == crate::netns::JobNetwork::Own
         && crate::netns::available();
+    let private = private
+        .and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()))
+        .and_then(|plan| plan.showing_own_groups(groups))
+        .map(
+            |plan| match own_network && crate::mountns::own_sysfs_available() {
+                true => plan.in_own_network(),
+                false => plan,
+            },
+        );
     // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
     // without the daemon's terminal (in the daemon's session, a job started from an operator's
     // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -2476,6 +2482,51 @@ mod tests {
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
         assert!(log.contains("reached-outside"), "{log}");
+    }
+
+    /// Found by asking what of the machine a run in a network of its own still saw: `/sys`
+    /// was the machine's, every network interface of the machine listed in `/sys/class/net`
+    /// with its counters. It is now a sysfs of the run's network namespace (its loopback
+    /// alone), the cgroup hierarchies shown below it as before. Root only.
+    #[test]
+    fn a_run_in_its_own_network_sees_its_own_interfaces_in_sys() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !crate::netns::available() || !crate::mountns::own_sysfs_available() {
+            eprintln!("skipped: needs root, network and mount namespaces");
+            return;
+        }
+        let machines: Vec<String> = (std::fs::read_dir("/sys/class/net").unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "lo")
+            .collect();
+        let groups = std::fs::read_dir("/sys/fs/cgroup").is_ok_and(|mut d| d.next().is_some());
+        let script = "echo interfaces: $(ls /sys/class/net) end; \
+                      ls /sys/fs/cgroup | grep -q . && echo cgroups-shown; echo looked";
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231700-231700").unwrap()),
+            ..CommandLimits::default()
+        };
+        let asked = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", script])
+        };
+        let (end, lines) = run_job("vision/interfaces", &asked, &limits);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("interfaces: lo end"), "{machines:?}: {log}");
+        assert_eq!(log.contains("cgroups-shown"), groups, "{log}");
+        // The operator's choice: the machine's network, and its interfaces.
+        let host = CommandLimits {
+            network: crate::netns::JobNetwork::Host,
+            ..limits
+        };
+        let (end, lines) = run_job("vision/interfaces-on-host", &asked, &host);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        for name in &machines {
+            assert!(log.contains(name.as_str()), "{name}: {log}");
+        }
     }
 
     /// Found by asking what bounds a run's writes once every world-writable directory was its

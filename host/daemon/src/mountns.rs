@@ -39,6 +39,8 @@ pub struct Plan {
     fs: Option<FsMount>,
     /// Its cgroups, each shown alone in its directory of runs.
     groups: Vec<OwnGroup>,
+    /// Whether `/sys` is a sysfs of the run's own network namespace ([`Plan::in_own_network`]).
+    own_sysfs: bool,
 }
 
 /// A run's cgroup directory, shown where the daemon's directory of runs would list every run's.
@@ -68,6 +70,9 @@ struct Bind {
     /// `/tmp/a`, `/tmp/a/b`, ... down to the directory itself.
     chain: Vec<CString>,
 }
+
+/// A run's tmpfs holds at most one file for each page of its size.
+const INODES_PER_MIB: u64 = 256;
 
 /// Where world-writable directories are looked for: the usual ones, the top of the file
 /// system's usual parents, and every mount point.
@@ -155,6 +160,30 @@ pub fn available() -> bool {
     )
 }
 
+/// Whether a run in a network namespace of its own can be shown that namespace's sysfs
+/// ([`Plan::in_own_network`]) here, found once by trying it in a child.
+pub fn own_sysfs_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    let probe = || {
+        let plan = Plan::new(Path::new("/"), Some(1), None)
+            .ok_or(std::io::ErrorKind::InvalidInput)?
+            .in_own_network();
+        // SAFETY: both `enter`s make only async-signal-safe calls.
+        unsafe {
+            probe_child(move || {
+                crate::netns::enter()?;
+                plan.enter(0, 0)
+            })
+        }
+    };
+    found_once(
+        &AVAILABLE,
+        probe,
+        "command runs in networks of their own see the machine's network interfaces in /sys: \
+         the daemon can mount no sysfs in a run's network namespace here",
+    )
+}
+
 /// Whether what `probe` tries (what a run's start does) works here, found once (`cell`); said
 /// once, with `warning`, where it does not.
 pub(crate) fn found_once<E: std::fmt::Display>(
@@ -211,7 +240,14 @@ impl Plan {
         fs: Option<&crate::scratchfs::ScratchFs>,
     ) -> Option<Plan> {
         let options = match memory_mib {
-            Some(mib) => format!("mode=1777,size={}m", mib.max(1)),
+            // Files too, one per page of its size (tmpfs's own ratio, but to the machine's
+            // memory): each file's inode is kernel memory that no page count holds, and a run
+            // bounded at 4 MiB made millions of empty files, gigabytes of it.
+            Some(mib) => format!(
+                "mode=1777,size={mib}m,nr_inodes={}",
+                mib.max(1) * INODES_PER_MIB,
+                mib = mib.max(1)
+            ),
             None => "mode=1777".to_string(),
         };
         let covered = covered_dirs();
@@ -236,6 +272,7 @@ impl Plan {
             bind,
             fs,
             groups: Vec::new(),
+            own_sysfs: false,
         })
     }
 
@@ -253,6 +290,15 @@ impl Plan {
             });
         }
         Some(self)
+    }
+
+    /// The plan for a run in a network namespace of its own, entered before [`Plan::enter`]:
+    /// `/sys` is a sysfs of that namespace (the machine's showed every network interface of
+    /// the machine, its name and counters), the cgroup hierarchies mounted below it shown again
+    /// there (nothing else: the machine's debugfs, tracefs, securityfs, ... stay out).
+    pub fn in_own_network(mut self) -> Plan {
+        self.own_sysfs = true;
+        self
     }
 
     /// In the child, as root, before it takes the run's ids (`uid`, `gid`; its supplementary
@@ -312,6 +358,37 @@ impl Plan {
                 let error = std::io::Error::last_os_error();
                 libc::close(run);
                 if !shown {
+                    return Err(error);
+                }
+            }
+            if self.own_sysfs {
+                // Kept by a descriptor while the new sysfs covers it, then bound back with
+                // every hierarchy (and the run's own group shown above) mounted below it.
+                let groups = libc::open(
+                    c"/sys/fs/cgroup".as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+                let mounted = libc::mount(
+                    c"sysfs".as_ptr(),
+                    c"/sys".as_ptr(),
+                    c"sysfs".as_ptr(),
+                    flags,
+                    std::ptr::null(),
+                ) == 0
+                    && (groups < 0
+                        || libc::mount(
+                            fd_path(groups).as_ptr().cast(),
+                            c"/sys/fs/cgroup".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REC,
+                            std::ptr::null(),
+                        ) == 0);
+                let error = std::io::Error::last_os_error();
+                if groups >= 0 {
+                    libc::close(groups);
+                }
+                if !mounted {
                     return Err(error);
                 }
             }
@@ -538,6 +615,30 @@ mod tests {
         }
     }
 
+    /// The run's tmpfs held tmpfs's default count of files (half the machine's pages), whatever
+    /// its size: a run bounded at 4 MiB of memory made millions of empty files in `/tmp`, each
+    /// file kernel memory that no bound counted. Now one file per page of its size. Root only.
+    #[test]
+    fn a_runs_tmpfs_holds_no_more_files_than_pages_of_its_size() {
+        if !available() {
+            eprintln!("skipped: needs root and mount namespaces");
+            return;
+        }
+        let plan = Plan::new(Path::new("/"), Some(4), None).unwrap();
+        // 4 MiB: 1,024 files at most (the directories made in it count too).
+        let script = "i=0; while [ $i -lt 5000 ] && printf '' 2>/dev/null > /tmp/f$i; do i=$((i+1)); done; \
+                      echo made $i";
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", script]);
+        // SAFETY: `enter` makes only async-signal-safe calls.
+        unsafe { command.pre_exec(move || plan.enter(0, 0)) };
+        let out = command.output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        let made: u64 = out.trim().strip_prefix("made ").unwrap().parse().unwrap();
+        assert!((900..=1024).contains(&made), "{out}");
+    }
+
     #[test]
     fn a_plan_binds_back_only_a_directory_below_tmp_named_part_by_part() {
         let chain = |p: &str| {
@@ -577,7 +678,10 @@ mod tests {
             assert_ne!(d, Path::new("/"));
         }
         let sized = Plan::new(Path::new("/"), Some(512), None).unwrap();
-        assert_eq!(sized.options.to_str().unwrap(), "mode=1777,size=512m");
+        assert_eq!(
+            sized.options.to_str().unwrap(),
+            "mode=1777,size=512m,nr_inodes=131072"
+        );
         let mut out = [0xffu8; 11];
         write_decimal(&mut out, 1234567890);
         assert_eq!(&out, b"1234567890\0");

@@ -849,23 +849,25 @@ fn control_plane(args: &UpArgs) -> anyhow::Result<Option<gantry_daemon::replicas
 
 /// TLS to etcd as `--etcd-ca-cert`, `--etcd-cert` and `--etcd-key` say; `None` without them.
 fn etcd_tls(args: &UpArgs) -> anyhow::Result<Option<gantry_etcd::EtcdTls>> {
-    let read = |path: &PathBuf, flag: &str| {
-        let read = match flag {
-            "--etcd-key" => gantry::durable::read_private,
-            _ => gantry::durable::read_bounded,
-        };
+    type Read = fn(&std::path::Path, u64) -> std::io::Result<Vec<u8>>;
+    let read = |path: &PathBuf, flag: &str, read: Read| {
         read(path, gantry_daemon::tls::MAX_PEM)
             .with_context(|| format!("{flag} {}", path.display()))
     };
+    // Certificates are public; the key is its owner's alone.
+    let public: Read = gantry::durable::read_bounded;
     let Some(ca) = &args.etcd_ca_cert else {
         return Ok(None);
     };
     let client = match (&args.etcd_cert, &args.etcd_key) {
-        (Some(cert), Some(key)) => Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?)),
+        (Some(cert), Some(key)) => Some((
+            read(cert, "--etcd-cert", public)?,
+            read(key, "--etcd-key", gantry::durable::read_private)?,
+        )),
         _ => None,
     };
     Ok(Some(gantry_etcd::EtcdTls {
-        ca_pem: read(ca, "--etcd-ca-cert")?,
+        ca_pem: read(ca, "--etcd-ca-cert", public)?,
         client,
     }))
 }
