@@ -1191,209 +1191,17 @@ pub fn execute(
     sink: &mut dyn RunSink,
     own_user: &str,
 ) -> RunEnd {
-    let spec = job.spec;
-    // Checked again at run time, against the limits the daemon runs with now (see
-    // `runner::train_config` for why a stored job is not trusted to have passed submission).
-    if let Err(e) = check(spec, limits).and_then(|()| fits_here(spec, limits)) {
-        return RunEnd::Failed(e);
-    }
-    let devices = match visible_devices(job.gpu_ids) {
-        Ok(d) => d,
+    let run = match Prepared::new(&job, limits, cgroups) {
+        Ok(run) => run,
         Err(e) => return RunEnd::Failed(e),
     };
-    let user = match runs_as(limits) {
-        Ok(u) => u,
+    let mut child = match run.start(&job, limits, own_user) {
+        Ok(child) => child,
         Err(e) => return RunEnd::Failed(e),
-    };
-    // Held until the run's last process is gone (the cgroup and scratch go first, below).
-    let lease = match (user, &limits.uids) {
-        (None, Some(range)) => match range.lease() {
-            Ok(lease) => Some(lease),
-            Err(e) => return RunEnd::Failed(e),
-        },
-        _ => None,
-    };
-    let user = user.or(lease.as_ref().map(|l| &l.user));
-    let scratch = match &spec.cwd {
-        Some(_) => None,
-        None => match crate::scratch::Scratch::process()
-            .and_then(|s| s.run_dir(user).map_err(|e| e.to_string()))
-        {
-            Ok(dir) => Some(dir),
-            Err(e) => return RunEnd::Failed(format!("making its scratch directory: {e}")),
-        },
-    };
-    let cwd = match (&spec.cwd, &scratch) {
-        (Some(cwd), _) => std::path::PathBuf::from(cwd),
-        (None, Some(dir)) => dir.path().to_path_buf(),
-        (None, None) => unreachable!("a scratch directory is made when no cwd is given"),
-    };
-    let wall = spec.wall_time_s.unwrap_or(limits.max_wall_time_s);
-    let asked = crate::cgroup::Resources {
-        memory_mib: spec.memory_mib,
-        cpus: spec.cpus,
-    };
-    // A command naming no memory is held to the machine's bound, wherever it can be: a machine
-    // without the controller runs it unbounded, as it runs it without a task bound.
-    let bounds = crate::cgroup::Bounds {
-        max_pids: limits.max_pids,
-        memory_mib: limits.max_memory_mib,
-    };
-    let group = match cgroups {
-        Some(cgroups) => match cgroups.create(&run_name(job.key), asked, bounds, job.gpu_nodes) {
-            Ok(g) => Some(g),
-            Err(e) => return RunEnd::Failed(format!("making its cgroup: {e}")),
-        },
-        None if asked != crate::cgroup::Resources::default() => {
-            return RunEnd::Failed(
-                "it asks for memory or CPU limits, and this machine gives the daemon no cgroups \
-                 to enforce them"
-                    .to_string(),
-            );
-        }
-        None => None,
-    };
-    let mut command = Command::new(&spec.argv[0]);
-    command
-        .args(&spec.argv[1..])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &cwd)
-        .envs(&spec.env)
-        .env("CUDA_VISIBLE_DEVICES", &devices)
-        .env("GANTRY_JOB", super::db::name_of(job.key))
-        .env("GANTRY_TENANT", job.tenant)
-        .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if scratch.is_some() {
-        // Its temporary files in its own scratch, not in the /tmp every run shares.
-        command.env("TMPDIR", &cwd);
-    }
-    let join = group.as_ref().map(crate::cgroup::RunGroup::joiner);
-    let ids = user.map(|u| (u.uid, u.gid));
-    let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
-        return RunEnd::Failed(format!("its directory {} holds a NUL byte", cwd.display()));
-    };
-    // Its own /tmp, /dev/shm, /var/tmp, ..., where the daemon can make them (root, switching
-    // ids), and its scratch a file system of its own, of the size it may write.
-    let private = ids.filter(|_| crate::mountns::available());
-    let disk_mib = spec.disk_mib.or(limits.max_disk_mib);
-    let fs = match (private, &scratch, disk_mib) {
-        (Some((uid, gid)), Some(_), Some(mib)) if crate::scratchfs::available() => {
-            match crate::scratchfs::ScratchFs::make(&cwd, mib, uid, gid) {
-                Ok(fs) => Some(fs),
-                Err(e) => return RunEnd::Failed(format!("making its scratch file system: {e}")),
-            }
-        }
-        _ => None,
-    };
-    let memory_mib = spec.memory_mib.or(limits.max_memory_mib);
-    let groups = group
-        .as_ref()
-        .map_or(&[][..], crate::cgroup::RunGroup::dirs);
-    // And a network of its own, its loopback alone, unless the operator chose the machine's.
-    let own_network = ids.is_some()
-        && limits.network == crate::netns::JobNetwork::Own
-        && crate::netns::available();
-    let private = private
-        .and_then(|_| crate::mountns::Plan::new(&cwd, memory_mib, fs.as_ref()))
-        .and_then(|plan| plan.showing_own_groups(groups))
-        .map(
-            |plan| match own_network && crate::mountns::own_sysfs_available() {
-                true => plan.in_own_network(),
-                false => plan,
-            },
-        );
-    // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
-    // without the daemon's terminal (in the daemon's session, a job started from an operator's
-    // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
-    // group is the run's: a stop signals everything it started, and only that. The cgroup's
-    // file written, then the ids given up (after joining: an unprivileged user may not move
-    // itself), and no privilege to gain again (a set-uid file, planted by an earlier run of the
-    // same uid, ran as that uid inside another tenant's run). Files it makes are its own (umask
-    // 077), and no descriptor of the daemon's beyond its three crosses the exec (the daemon's
-    // launcher's pipes did). Its own /tmp and /dev/shm ([`crate::mountns`]) mounted before
-    // the ids change, and a PID namespace of its own ([`crate::pidns`]: from there on this is
-    // the program's process, the daemon's child waiting outside). Then the directory entered,
-    // as the user: entered before (`current_dir`), a `cwd` under a directory only root may pass
-    // let the program read what lay below it. Then the death signal set (changing ids clears
-    // it). The program dies with this thread (the run's supervisor), so a daemon that dies does
-    // not leave it running; what it started stays in its cgroup (in its PID namespace it dies
-    // too), which the next daemon's start empties.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some((uid, gid)) = ids {
-                if libc::setgroups(0, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if own_network {
-                    crate::netns::enter()?;
-                }
-                if let Some(private) = &private {
-                    private.enter(uid, gid)?;
-                    // From here on this is the program's process, pid 2 of its own namespace
-                    // (the process the daemon waits for stays outside).
-                    crate::pidns::enter()?;
-                }
-            }
-            // The program's process alone joins the run's cgroup and is first in line for the
-            // OOM killer: the two around it in its PID namespace are copies of the daemon (its
-            // memory counted as theirs), and one of them, taken by the run's OOM killer, ended
-            // a run whose program it should have stopped (a root run without the namespace
-            // has no such processes).
-            if let Some(join) = &join {
-                join()?;
-            }
-            // The first the kernel kills when the machine runs out of memory, before the
-            // daemon, its agent or anything else of the node's (set before the ids change:
-            // after, the file is no longer the process's to write).
-            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
-            if adj >= 0 {
-                libc::write(adj, b"1000".as_ptr().cast(), 4);
-                libc::close(adj);
-            }
-            if let Some((uid, gid)) = ids
-                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::umask(0o077);
-            close_on_exec_from(3);
-            if libc::chdir(directory.as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let spawned = command.spawn();
-    // Mounted in the run's namespace by now (or never): its device detaches with that mount.
-    drop(fs);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            return RunEnd::Failed(format!(
-                "could not start `{}` in {} as {}: {e}",
-                spec.argv[0],
-                cwd.display(),
-                user.map_or(own_user, |u| u.name.as_str()),
-            ));
-        }
     };
     let pgid = child.id() as i32;
     // Started before anything else can wait: the run must not outlive its lease even when
     // this holder stops being scheduled.
-    let mut guard_lapsed = false;
     let mut guard = match sink.lease_until().map(|until| RunGuard::start(pgid, until)) {
         None => None,
         Some(Ok(guard)) => Some(guard),
@@ -1405,70 +1213,442 @@ pub fn execute(
             ));
         }
     };
-    let nodes = match &group {
+    let nodes = match &run.group {
         Some(g) if g.gpus_closed() => format!("{} open to it", job.gpu_nodes.describe()),
         _ if !crate::gpu_nodes::driver_has_gpus() => "no NVIDIA GPU on this machine".into(),
         _ => "every GPU device node open to it (no cgroups to close them)".into(),
     };
     sink.log(&format!(
-        "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={devices} ({}; {nodes}), \
-         wall time {wall} s",
-        spec.argv[0],
-        user.map_or(own_user, |u| u.name.as_str()),
+        "started `{}` (pid {pgid}, as {}) with CUDA_VISIBLE_DEVICES={} ({}; {nodes}), \
+         wall time {} s",
+        job.spec.argv[0],
+        run.user.as_ref().map_or(own_user, |u| u.name.as_str()),
+        run.devices,
         job.gpu_ids.join(", "),
+        run.wall,
     ));
-    let (lines, output) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-    let spent = Arc::new(AtomicBool::new(false));
-    for (stream, pipe) in [
-        (
-            Stream::Out,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            Stream::Err,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ] {
-        let Some(pipe) = pipe else { continue };
-        let (lines, spent) = (lines.clone(), spent.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("gantry-job-output-{pgid}"))
-            .spawn(move || pump(stream, pipe, lines, spent));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "starting a reader of a command's output");
+    let mut streams = Streams::read(&mut child, pgid, limits.max_output_bytes);
+    let deadline = Instant::now() + Duration::from_secs_f64(run.wall);
+    let waited = wait_for_end(&mut child, &mut guard, &mut streams, sink, limits, deadline);
+    let Waited {
+        status,
+        mut stopped,
+        mut guard_lapsed,
+    } = match waited {
+        Ok(waited) => waited,
+        Err(e) => {
+            tracing::error!(error = %e, "waiting for a command");
+            signal_group(pgid, libc::SIGKILL);
+            let _ = child.wait();
+            streams.out.finish(sink);
+            return RunEnd::Failed(format!("waiting for the command: {e}"));
+        }
+    };
+    // Ended past its lease: its guard killed it (or would have), the job may be running
+    // elsewhere now, and the end is its holder's stop, not the program's failure (reported as
+    // "killed by signal 9", a job that a leader's failover had stopped ended failed).
+    // Killed, not ended by itself: a program that exits on its own as the lease lapses keeps
+    // its status (stopped, its job would run again).
+    // The guard's own deadline counts too: found by the kill loop, a run's supervisor blocked
+    // in a report through a failover did not pass the renewed lease on to the guard, which
+    // killed the run at the old deadline; by the time its end was read the lease was renewed,
+    // and the job ended failed ("killed by signal 9") instead of going back to the queue.
+    guard_lapsed |= guard.as_ref().is_some_and(RunGuard::lapsed);
+    let lapsed =
+        guard_lapsed || sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
+    if lapsed && stopped.is_none() && status.signal() == Some(libc::SIGKILL) {
+        stopped = Some(Stopped::Asked);
+    }
+    // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.
+    signal_group(pgid, libc::SIGKILL);
+    drop(guard);
+    streams.drain(sink);
+    let oom_kills = run
+        .group
+        .as_ref()
+        .map_or(0, crate::cgroup::RunGroup::oom_kills);
+    let memory_mib = run
+        .group
+        .as_ref()
+        .and_then(crate::cgroup::RunGroup::memory_mib);
+    let wall = run.wall;
+    // Everything left in its cgroup goes too (what left its process group), and the cgroup,
+    // its scratch, then its uid.
+    drop(run);
+    let end = end(&job.spec.argv[0], status, stopped, wall);
+    match (end, oom_kills, memory_mib) {
+        (RunEnd::Failed(reason), 1.., Some(mib)) => RunEnd::Failed(format!(
+            "{reason}: it reached its memory limit of {mib} MiB ({oom_kills} process(es) killed by \
+             the kernel's OOM killer)"
+        )),
+        (end, 1.., Some(mib)) => {
+            sink.log(&format!(
+                "{oom_kills} of its processes reached the memory limit of {mib} MiB and were \
+                 killed by the kernel's OOM killer"
+            ));
+            end
+        }
+        (end, ..) => end,
+    }
+}
+
+/// What a run holds from before its program starts until it has ended. Dropped in this order:
+/// its cgroup (everything left in it killed), its scratch directory, then its uid (given back
+/// once no process of it is left).
+struct Prepared {
+    group: Option<crate::cgroup::RunGroup>,
+    scratch: Option<tempfile::TempDir>,
+    /// Held, not read: its uid, given back when dropped.
+    _lease: Option<UidLease>,
+    /// Whom it runs as, where not the daemon's own user.
+    user: Option<JobUser>,
+    /// Its `CUDA_VISIBLE_DEVICES`.
+    devices: String,
+    /// Its directory: its `cwd`, or its scratch.
+    cwd: std::path::PathBuf,
+    /// Its wall time, in seconds.
+    wall: f64,
+}
+
+impl Prepared {
+    /// What `job` needs before its program starts, under `limits`, in a cgroup of `cgroups`
+    /// where there are any; why not, where it cannot be.
+    fn new(
+        job: &RunJob<'_>,
+        limits: &CommandLimits,
+        cgroups: Option<&crate::cgroup::Cgroups>,
+    ) -> Result<Prepared, String> {
+        let spec = job.spec;
+        // Checked again at run time, against the limits the daemon runs with now (see
+        // `runner::train_config` for why a stored job is not trusted to have passed submission).
+        check(spec, limits).and_then(|()| fits_here(spec, limits))?;
+        let devices = visible_devices(job.gpu_ids)?;
+        let user = runs_as(limits)?;
+        // Held until the run's last process is gone (the cgroup and scratch go first).
+        let lease = match (user, &limits.uids) {
+            (None, Some(range)) => Some(range.lease()?),
+            _ => None,
+        };
+        let user = user.or(lease.as_ref().map(|l| &l.user)).cloned();
+        let scratch = match &spec.cwd {
+            Some(_) => None,
+            None => Some(
+                (crate::scratch::Scratch::process())
+                    .and_then(|s| s.run_dir(user.as_ref()).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("making its scratch directory: {e}"))?,
+            ),
+        };
+        let cwd = match (&spec.cwd, &scratch) {
+            (Some(cwd), _) => std::path::PathBuf::from(cwd),
+            (None, Some(dir)) => dir.path().to_path_buf(),
+            (None, None) => unreachable!("a scratch directory is made when no cwd is given"),
+        };
+        let asked = crate::cgroup::Resources {
+            memory_mib: spec.memory_mib,
+            cpus: spec.cpus,
+        };
+        // A command naming no memory is held to the machine's bound, wherever it can be: a
+        // machine without the controller runs it unbounded, as it runs it without a task bound.
+        let bounds = crate::cgroup::Bounds {
+            max_pids: limits.max_pids,
+            memory_mib: limits.max_memory_mib,
+        };
+        let group = match cgroups {
+            Some(cgroups) => Some(
+                (cgroups.create(&run_name(job.key), asked, bounds, job.gpu_nodes))
+                    .map_err(|e| format!("making its cgroup: {e}"))?,
+            ),
+            None if asked != crate::cgroup::Resources::default() => {
+                return Err(
+                    "it asks for memory or CPU limits, and this machine gives the \
+                            daemon no cgroups to enforce them"
+                        .to_string(),
+                );
+            }
+            None => None,
+        };
+        Ok(Prepared {
+            group,
+            scratch,
+            _lease: lease,
+            user,
+            devices,
+            cwd,
+            wall: spec.wall_time_s.unwrap_or(limits.max_wall_time_s),
+        })
+    }
+
+    /// `job`'s program, its arguments and environment (nothing of the daemon's), its output
+    /// piped.
+    fn command(&self, job: &RunJob<'_>) -> Command {
+        let spec = job.spec;
+        let mut command = Command::new(&spec.argv[0]);
+        command
+            .args(&spec.argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &self.cwd)
+            .envs(&spec.env)
+            .env("CUDA_VISIBLE_DEVICES", &self.devices)
+            .env("GANTRY_JOB", super::db::name_of(job.key))
+            .env("GANTRY_TENANT", job.tenant)
+            .env("GANTRY_GPU_IDS", job.gpu_ids.join(","))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.scratch.is_some() {
+            // Its temporary files in its own scratch, not in the /tmp every run shares.
+            command.env("TMPDIR", &self.cwd);
+        }
+        command
+    }
+
+    /// Starts `job`'s program, its process group's leader, as prepared; why not, where it
+    /// cannot be; `own_user` names whom it runs as without a job user.
+    fn start(
+        &self,
+        job: &RunJob<'_>,
+        limits: &CommandLimits,
+        own_user: &str,
+    ) -> Result<std::process::Child, String> {
+        let spec = job.spec;
+        let (cwd, user) = (&self.cwd, self.user.as_ref());
+        let mut command = self.command(job);
+        let join = self.group.as_ref().map(crate::cgroup::RunGroup::joiner);
+        let ids = user.map(|u| (u.uid, u.gid));
+        let Ok(directory) = std::ffi::CString::new(cwd.as_os_str().as_encoded_bytes()) else {
+            return Err(format!("its directory {} holds a NUL byte", cwd.display()));
+        };
+        // Its own /tmp, /dev/shm, /var/tmp, ..., where the daemon can make them (root, switching
+        // ids), and its scratch a file system of its own, of the size it may write.
+        let private = ids.filter(|_| crate::mountns::available());
+        let disk_mib = spec.disk_mib.or(limits.max_disk_mib);
+        let fs = match (private, &self.scratch, disk_mib) {
+            (Some((uid, gid)), Some(_), Some(mib)) if crate::scratchfs::available() => {
+                match crate::scratchfs::ScratchFs::make(cwd, mib, uid, gid) {
+                    Ok(fs) => Some(fs),
+                    Err(e) => return Err(format!("making its scratch file system: {e}")),
+                }
+            }
+            _ => None,
+        };
+        let memory_mib = spec.memory_mib.or(limits.max_memory_mib);
+        let groups = (self.group.as_ref()).map_or(&[][..], crate::cgroup::RunGroup::dirs);
+        // And a network of its own, its loopback alone, unless the operator chose the machine's.
+        let own_network = ids.is_some()
+            && limits.network == crate::netns::JobNetwork::Own
+            && crate::netns::available();
+        let private = private
+            .and_then(|_| crate::mountns::Plan::new(cwd, memory_mib, fs.as_ref()))
+            .and_then(|plan| plan.showing_own_groups(groups))
+            .map(|plan| match crate::mountns::own_ptys_available() {
+                true => plan.with_own_ptys(),
+                false => plan,
+            })
+            .map(
+                |plan| match own_network && crate::mountns::own_sysfs_available() {
+                    true => plan.in_own_network(),
+                    false => plan,
+                },
+            );
+        // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
+        // without the daemon's terminal (in the daemon's session, a job started from an operator's
+        // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
+        // group is the run's: a stop signals everything it started, and only that. The cgroup's
+        // file written, then the ids given up (after joining: an unprivileged user may not move
+        // itself), and no privilege to gain again (a set-uid file, planted by an earlier run of the
+        // same uid, ran as that uid inside another tenant's run). Files it makes are its own (umask
+        // 077), and no descriptor of the daemon's beyond its three crosses the exec (the daemon's
+        // launcher's pipes did). Its own /tmp and /dev/shm ([`crate::mountns`]) mounted before
+        // the ids change, and a PID namespace of its own ([`crate::pidns`]: from there on this is
+        // the program's process, the daemon's child waiting outside). Then the directory entered,
+        // as the user: entered before (`current_dir`), a `cwd` under a directory only root may pass
+        // let the program read what lay below it. Then the death signal set (changing ids clears
+        // it). The program dies with this thread (the run's supervisor), so a daemon that dies does
+        // not leave it running; what it started stays in its cgroup (in its PID namespace it dies
+        // too), which the next daemon's start empties.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(0, std::ptr::null()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if own_network {
+                        crate::netns::enter()?;
+                    }
+                    if let Some(private) = &private {
+                        private.enter(uid, gid)?;
+                        // From here on this is the program's process, pid 2 of its own namespace
+                        // (the process the daemon waits for stays outside).
+                        crate::pidns::enter()?;
+                    }
+                }
+                // The program's process alone joins the run's cgroup and is first in line for the
+                // OOM killer: the two around it in its PID namespace are copies of the daemon (its
+                // memory counted as theirs), and one of them, taken by the run's OOM killer, ended
+                // a run whose program it should have stopped (a root run without the namespace
+                // has no such processes).
+                if let Some(join) = &join {
+                    join()?;
+                }
+                // The first the kernel kills when the machine runs out of memory, before the
+                // daemon, its agent or anything else of the node's (set before the ids change:
+                // after, the file is no longer the process's to write).
+                let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                if adj >= 0 {
+                    libc::write(adj, b"1000".as_ptr().cast(), 4);
+                    libc::close(adj);
+                }
+                if let Some((uid, gid)) = ids
+                    && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::umask(0o077);
+                close_on_exec_from(3);
+                if libc::chdir(directory.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
+        // Mounted in the run's namespace by now (or never): its device detaches with that mount.
+        drop(fs);
+        spawned.map_err(|e| {
+            format!(
+                "could not start `{}` in {} as {}: {e}",
+                spec.argv[0],
+                cwd.display(),
+                user.map_or(own_user, |u| u.name.as_str()),
+            )
+        })
+    }
+}
+
+/// A run's output on its way from the readers of its pipes into its log.
+struct Streams {
+    output: mpsc::Receiver<(Stream, Vec<u8>)>,
+    cutters: Cutters,
+    out: Output,
+    /// Set once the log budget is spent: the readers read slowly from then.
+    spent: Arc<AtomicBool>,
+}
+
+impl Streams {
+    /// A reader started for each of `child`'s pipes (run `pgid`), at most `max` bytes kept.
+    fn read(child: &mut std::process::Child, pgid: i32, max: u64) -> Streams {
+        let (lines, output) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+        let spent = Arc::new(AtomicBool::new(false));
+        let pipes: [(Stream, Option<Box<dyn Read + Send>>); 2] = [
+            (Stream::Out, child.stdout.take().map(|p| Box::new(p) as _)),
+            (Stream::Err, child.stderr.take().map(|p| Box::new(p) as _)),
+        ];
+        for (stream, pipe) in pipes {
+            let Some(pipe) = pipe else { continue };
+            let (lines, spent) = (lines.clone(), spent.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("gantry-job-output-{pgid}"))
+                .spawn(move || pump(stream, pipe, lines, spent));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting a reader of a command's output");
+            }
+        }
+        Streams {
+            output,
+            cutters: Cutters {
+                spent: Some((max, spent.clone())),
+                ..Cutters::default()
+            },
+            out: Output {
+                max,
+                left: max,
+                dropped: 0,
+            },
+            spent,
         }
     }
-    drop(lines);
-    let mut out = Output {
-        max: limits.max_output_bytes,
-        left: limits.max_output_bytes,
-        dropped: 0,
-    };
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(wall);
-    let mut stopped: Option<(Stopped, Instant)> = None;
-    let mut cutters = Cutters {
-        spent: Some((limits.max_output_bytes, spent.clone())),
-        ..Cutters::default()
-    };
-    let status: ExitStatus = loop {
-        // Wait for output for a tick; from its first, gather what comes for a while.
+
+    /// Waits for output for a tick; from its first, gathers what comes for a while, and
+    /// writes it with the unfinished lines due.
+    fn tick(&mut self, sink: &mut dyn RunSink) {
         let mut batch: Vec<(Stream, String)> = Vec::new();
-        if let Ok(first) = output.recv_timeout(Duration::from_millis(50)) {
-            cutters.push(first, &mut batch);
-            gather(&output, &mut cutters, &mut batch, Instant::now() + GATHER);
+        if let Ok(first) = self.output.recv_timeout(Duration::from_millis(50)) {
+            self.cutters.push(first, &mut batch);
+            gather(
+                &self.output,
+                &mut self.cutters,
+                &mut batch,
+                Instant::now() + GATHER,
+            );
         }
-        cutters.held(false, &mut batch);
-        out.write(sink, batch);
-        if out.left == 0 {
-            spent.store(true, Ordering::Relaxed);
+        self.cutters.held(false, &mut batch);
+        self.out.write(sink, batch);
+        if self.out.left == 0 {
+            self.spent.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// The rest of the output, once the run has ended: readers end when the last writer of
+    /// each pipe is gone, which killing the run's group makes prompt; a process that left the
+    /// group may hold a pipe, so this waits a little only.
+    fn drain(mut self, sink: &mut dyn RunSink) {
+        let drain_until = Instant::now() + Duration::from_secs(1);
+        while let Some(left) = drain_until.checked_duration_since(Instant::now()) {
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => {
+                    let mut batch = Vec::new();
+                    self.cutters.push(chunk, &mut batch);
+                    for chunk in self.output.try_iter().take(CHUNKS_IN_FLIGHT) {
+                        self.cutters.push(chunk, &mut batch);
+                    }
+                    self.out.write(sink, batch);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut rest = Vec::new();
+        self.cutters.held(true, &mut rest);
+        self.out.write(sink, rest);
+        self.out.finish(sink);
+    }
+}
+
+/// How a run's program ended, as its supervisor saw it.
+struct Waited {
+    status: ExitStatus,
+    /// Why it was stopped, where it was.
+    stopped: Option<Stopped>,
+    /// Whether its guard's deadline passed before the guard went.
+    guard_lapsed: bool,
+}
+
+/// Supervises `child` (its process group's leader) until it ends: its output passed on
+/// (`streams`), its guard renewed with the lease, and it stopped (SIGTERM, then SIGKILL after
+/// the grace) when the holder asks, when its wall time (`deadline`) passes, or at once when
+/// fenced; why waiting failed, where it did.
+fn wait_for_end(
+    child: &mut std::process::Child,
+    guard: &mut Option<RunGuard>,
+    streams: &mut Streams,
+    sink: &mut dyn RunSink,
+    limits: &CommandLimits,
+    deadline: Instant,
+) -> Result<Waited, std::io::Error> {
+    let pgid = child.id() as i32;
+    let mut stopped: Option<(Stopped, Instant)> = None;
+    let mut guard_lapsed = false;
+    loop {
+        streams.tick(sink);
         if let (Some(guard), Some(until)) = (guard.as_mut(), sink.lease_until()) {
             guard.renew(until);
         }
@@ -1478,16 +1658,12 @@ pub fn execute(
             guard_lapsed = guard.as_ref().is_some_and(RunGuard::lapsed);
             drop(guard.take());
         }
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "waiting for a command");
-                signal_group(pgid, libc::SIGKILL);
-                let _ = child.wait();
-                out.finish(sink);
-                return RunEnd::Failed(format!("waiting for the command: {e}"));
-            }
+        if let Some(status) = child.try_wait()? {
+            return Ok(Waited {
+                status,
+                stopped: stopped.map(|(why, _)| why),
+                guard_lapsed,
+            });
         }
         let now = Instant::now();
         if sink.fenced() {
@@ -1514,64 +1690,6 @@ pub fn execute(
             }
             Some(_) => {}
         }
-    };
-    // Ended past its lease: its guard killed it (or would have), the job may be running
-    // elsewhere now, and the end is its holder's stop, not the program's failure (reported as
-    // "killed by signal 9", a job that a leader's failover had stopped ended failed).
-    // Killed, not ended by itself: a program that exits on its own as the lease lapses keeps
-    // its status (stopped, its job would run again).
-    // The guard's own deadline counts too: found by the kill loop, a run's supervisor blocked
-    // in a report through a failover did not pass the renewed lease on to the guard, which
-    // killed the run at the old deadline; by the time its end was read the lease was renewed,
-    // and the job ended failed ("killed by signal 9") instead of going back to the queue.
-    guard_lapsed |= guard.as_ref().is_some_and(RunGuard::lapsed);
-    let lapsed =
-        guard_lapsed || sink.fenced() || sink.lease_until().is_some_and(|u| Instant::now() >= u);
-    if lapsed && stopped.is_none() && status.signal() == Some(libc::SIGKILL) {
-        stopped = Some((Stopped::Asked, Instant::now()));
-    }
-    // Whatever it left behind in its group goes too: nothing it started keeps the GPUs.
-    signal_group(pgid, libc::SIGKILL);
-    drop(guard);
-    // The rest of its output: readers end when the last writer of each pipe is gone, which the
-    // kill above makes prompt; a process that left the group may hold a pipe, so wait a little only.
-    let drain_until = Instant::now() + Duration::from_secs(1);
-    while let Some(left) = drain_until.checked_duration_since(Instant::now()) {
-        match output.recv_timeout(left) {
-            Ok(chunk) => {
-                let mut batch = Vec::new();
-                cutters.push(chunk, &mut batch);
-                for chunk in output.try_iter().take(CHUNKS_IN_FLIGHT) {
-                    cutters.push(chunk, &mut batch);
-                }
-                out.write(sink, batch);
-            }
-            Err(_) => break,
-        }
-    }
-    let mut rest = Vec::new();
-    cutters.held(true, &mut rest);
-    out.write(sink, rest);
-    out.finish(sink);
-    let oom_kills = group.as_ref().map_or(0, crate::cgroup::RunGroup::oom_kills);
-    let memory_mib = group.as_ref().and_then(crate::cgroup::RunGroup::memory_mib);
-    // Everything left in its cgroup goes too (what left its process group), and the cgroup.
-    drop(group);
-    drop(scratch);
-    let end = end(&spec.argv[0], status, stopped.map(|(why, _)| why), wall);
-    match (end, oom_kills, memory_mib) {
-        (RunEnd::Failed(reason), 1.., Some(mib)) => RunEnd::Failed(format!(
-            "{reason}: it reached its memory limit of {mib} MiB ({oom_kills} process(es) killed by \
-             the kernel's OOM killer)"
-        )),
-        (end, 1.., Some(mib)) => {
-            sink.log(&format!(
-                "{oom_kills} of its processes reached the memory limit of {mib} MiB and were \
-                 killed by the kernel's OOM killer"
-            ));
-            end
-        }
-        (end, ..) => end,
     }
 }
 
@@ -2487,7 +2605,8 @@ mod tests {
     /// Found by asking what of the machine a run in a network of its own still saw: `/sys`
     /// was the machine's, every network interface of the machine listed in `/sys/class/net`
     /// with its counters. It is now a sysfs of the run's network namespace (its loopback
-    /// alone), the cgroup hierarchies shown below it as before. Root only.
+    /// alone), the cgroup hierarchies shown below it as before. Its pseudo-terminals are its
+    /// own too ([`crate::mountns::Plan::with_own_ptys`]). Root only.
     #[test]
     fn a_run_in_its_own_network_sees_its_own_interfaces_in_sys() {
         // SAFETY: geteuid has no preconditions.
@@ -2502,6 +2621,7 @@ mod tests {
             .collect();
         let groups = std::fs::read_dir("/sys/fs/cgroup").is_ok_and(|mut d| d.next().is_some());
         let script = "echo interfaces: $(ls /sys/class/net) end; \
+                      echo terminals: $(ls /dev/pts) end; \
                       ls /sys/fs/cgroup | grep -q . && echo cgroups-shown; echo looked";
         let limits = CommandLimits {
             uids: Some(UidRange::parse("231700-231700").unwrap()),
@@ -2515,6 +2635,9 @@ mod tests {
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{log}");
         assert!(log.contains("interfaces: lo end"), "{machines:?}: {log}");
+        if crate::mountns::own_ptys_available() {
+            assert!(log.contains("terminals: ptmx end"), "{log}");
+        }
         assert_eq!(log.contains("cgroups-shown"), groups, "{log}");
         // The operator's choice: the machine's network, and its interfaces.
         let host = CommandLimits {

@@ -41,6 +41,8 @@ pub struct Plan {
     groups: Vec<OwnGroup>,
     /// Whether `/sys` is a sysfs of the run's own network namespace ([`Plan::in_own_network`]).
     own_sysfs: bool,
+    /// Whether `/dev/pts` is a devpts of the run's own ([`Plan::with_own_ptys`]).
+    own_ptys: bool,
 }
 
 /// A run's cgroup directory, shown where the daemon's directory of runs would list every run's.
@@ -164,25 +166,48 @@ pub fn available() -> bool {
 /// ([`Plan::in_own_network`]) here, found once by trying it in a child.
 pub fn own_sysfs_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    let probe = || {
-        let plan = Plan::new(Path::new("/"), Some(1), None)
-            .ok_or(std::io::ErrorKind::InvalidInput)?
-            .in_own_network();
-        // SAFETY: both `enter`s make only async-signal-safe calls.
-        unsafe {
-            probe_child(move || {
-                crate::netns::enter()?;
-                plan.enter(0, 0)
-            })
-        }
-    };
     found_once(
         &AVAILABLE,
-        probe,
+        || probe_plan(Plan::in_own_network, true),
         "command runs in networks of their own see the machine's network interfaces in /sys: \
          the daemon can mount no sysfs in a run's network namespace here",
     )
 }
+
+/// Whether a run can be given pseudo-terminals of its own ([`Plan::with_own_ptys`]) here,
+/// found once by trying it in a child.
+pub fn own_ptys_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    found_once(
+        &AVAILABLE,
+        || probe_plan(Plan::with_own_ptys, false),
+        "command runs take pseudo-terminals from the machine's (one run may hold every one): \
+         the daemon can mount no devpts of a run's own here",
+    )
+}
+
+/// Whether a child entering the plan `shaped` makes of a run's (in a network namespace of its
+/// own first, with `own_network`) starts here.
+fn probe_plan(shaped: fn(Plan) -> Plan, own_network: bool) -> std::io::Result<()> {
+    let plan = Plan::new(Path::new("/"), Some(1), None).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let plan = shaped(plan);
+    // SAFETY: both `enter`s make only async-signal-safe calls.
+    unsafe {
+        probe_child(move || {
+            if own_network {
+                crate::netns::enter()?;
+            }
+            plan.enter(0, 0)
+        })
+    }
+}
+
+/// The most pseudo-terminals one run holds at once.
+pub const MAX_PTYS: u32 = 256;
+
+/// A run's devpts: its own instance, of [`MAX_PTYS`]; its terminals its user's alone, and its
+/// `ptmx` anyone's (where `/dev/ptmx` is a link to it).
+const DEVPTS: &std::ffi::CStr = c"newinstance,ptmxmode=0666,mode=0600,max=256";
 
 /// Whether what `probe` tries (what a run's start does) works here, found once (`cell`); said
 /// once, with `warning`, where it does not.
@@ -273,6 +298,7 @@ impl Plan {
             fs,
             groups: Vec::new(),
             own_sysfs: false,
+            own_ptys: false,
         })
     }
 
@@ -301,6 +327,17 @@ impl Plan {
         self
     }
 
+    /// The plan that gives the run pseudo-terminals of its own: `/dev/pts` a devpts instance
+    /// of its own, of at most [`MAX_PTYS`] (`/dev/ptmx` opens the instance at `pts` beside it).
+    /// Every run allocated from the machine's instance, which may use every pseudo-terminal of
+    /// the kernel's (`kernel.pty.max`, 4,096 here): one run took them all, and no operator's
+    /// `ssh` had a terminal, nor another run. Other instances share what the machine's keeps
+    /// for itself (`kernel.pty.reserve`) with none of them.
+    pub fn with_own_ptys(mut self) -> Plan {
+        self.own_ptys = true;
+        self
+    }
+
     /// In the child, as root, before it takes the run's ids (`uid`, `gid`; its supplementary
     /// groups already dropped): a mount namespace of its own whose mounts the machine's never
     /// see (and whose unmounts it follows), and an IPC namespace of its own (System V objects
@@ -316,192 +353,266 @@ impl Plan {
     /// Only between fork and exec, in a single-threaded child: it changes the process's
     /// effective ids and namespace.
     pub unsafe fn enter(&self, uid: libc::uid_t, gid: libc::gid_t) -> std::io::Result<()> {
-        let fail = || Err(std::io::Error::last_os_error());
-        // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+        // SAFETY (for the block): each step's promise is this function's.
         unsafe {
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0 {
-                return fail();
-            }
-            if libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail();
-            }
-            for group in &self.groups {
-                let run = libc::open(
-                    group.run.as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                );
-                if run < 0 {
-                    return fail();
-                }
-                let shown = libc::mount(
-                    c"tmpfs".as_ptr(),
-                    group.runs.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"mode=755,size=4k".as_ptr().cast(),
-                ) == 0
-                    && libc::mkdir(group.run.as_ptr(), 0o755) == 0
-                    && libc::mount(
-                        fd_path(run).as_ptr().cast(),
-                        group.run.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) == 0;
-                let error = std::io::Error::last_os_error();
-                libc::close(run);
-                if !shown {
-                    return Err(error);
-                }
-            }
-            if self.own_sysfs {
-                // Kept by a descriptor while the new sysfs covers it, then bound back with
-                // every hierarchy (and the run's own group shown above) mounted below it.
-                let groups = libc::open(
-                    c"/sys/fs/cgroup".as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                );
-                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
-                let mounted = libc::mount(
-                    c"sysfs".as_ptr(),
-                    c"/sys".as_ptr(),
-                    c"sysfs".as_ptr(),
-                    flags,
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0
+                || libc::mount(
                     std::ptr::null(),
-                ) == 0
-                    && (groups < 0
-                        || libc::mount(
-                            fd_path(groups).as_ptr().cast(),
-                            c"/sys/fs/cgroup".as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REC,
-                            std::ptr::null(),
-                        ) == 0);
-                let error = std::io::Error::last_os_error();
-                if groups >= 0 {
-                    libc::close(groups);
-                }
-                if !mounted {
-                    return Err(error);
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            self.show_own_groups()?;
+            if self.own_sysfs {
+                show_own_sysfs()?;
+            }
+            if self.own_ptys {
+                let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+                let pts = c"devpts".as_ptr();
+                if libc::mount(
+                    pts,
+                    c"/dev/pts".as_ptr(),
+                    pts,
+                    flags,
+                    DEVPTS.as_ptr().cast(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
             }
             // Opened in the new namespace (a mount of another cannot be bound here) and before
-            // the tmpfs hides it.
-            let mut dir = -1;
-            // A file system of its own is mounted there instead: nothing to bind back.
-            if let (Some(bind), None) = (&self.bind, &self.fs) {
-                // Opened with the user's permissions: the effective ids switched for the open
-                // and back (the real and saved ids stay root's, so root's may be taken again).
-                if libc::setegid(gid) != 0 || libc::seteuid(uid) != 0 {
-                    return fail();
-                }
-                dir = libc::open(
-                    c"/".as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                );
-                for part in &bind.parts {
-                    if dir < 0 {
-                        break;
-                    }
-                    let next = libc::openat(
-                        dir,
-                        part.as_ptr(),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    );
-                    libc::close(dir);
-                    dir = next;
-                }
-                let opened = std::io::Error::last_os_error();
-                if libc::seteuid(0) != 0 || libc::setegid(0) != 0 {
-                    return fail();
-                }
-                if dir < 0 {
-                    return Err(opened);
-                }
-            }
-            let bind = |from: &std::ffi::CStr, to: &std::ffi::CStr| {
-                // A bind keeps the tmpfs mount's flags (no set-uid, no devices).
-                let flags = libc::MS_BIND;
-                libc::mount(
-                    from.as_ptr(),
-                    to.as_ptr(),
-                    std::ptr::null(),
-                    flags,
-                    std::ptr::null(),
-                ) == 0
+            // the tmpfs hides it; a file system of its own is mounted there instead.
+            let dir = match (&self.bind, &self.fs) {
+                (Some(bind), None) => Some(Fd(open_as(bind, uid, gid)?)),
+                _ => None,
             };
-            // The first covered directory holds the tmpfs, its root then hidden under its own
-            // directory's bind.
-            if let (Some(first), Some(first_staged)) = (self.covered.first(), self.staged.first()) {
-                let mounted = libc::mount(
-                    c"tmpfs".as_ptr(),
-                    first.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    self.options.as_ptr().cast(),
-                );
-                if mounted != 0 {
-                    return fail();
-                }
-                for staged in &self.staged {
-                    // Made with the mode the directories have (the umask would take the rest).
-                    if libc::mkdir(staged.as_ptr(), 0o700) != 0
-                        || libc::chmod(staged.as_ptr(), 0o1777) != 0
-                    {
-                        return fail();
-                    }
-                }
-                for (dir, staged) in self.covered.iter().zip(&self.staged).skip(1) {
-                    if !bind(staged, dir) {
-                        return fail();
-                    }
-                }
-                if !bind(first_staged, first) {
-                    return fail();
-                }
-            }
+            self.mount_tmpfs()?;
             if let Some(bind) = &self.bind {
                 for part in &bind.chain {
                     if libc::mkdir(part.as_ptr(), 0o755) != 0 {
-                        return fail();
+                        return Err(std::io::Error::last_os_error());
                     }
                 }
             }
-            if let Some(fs) = &self.fs {
-                let mounted = libc::mount(
-                    fs.device.as_ptr(),
-                    fs.target.as_ptr(),
-                    c"ext4".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    crate::scratchfs::MOUNT_OPTIONS.as_ptr().cast(),
-                );
-                if mounted != 0 || libc::chmod(fs.target.as_ptr(), 0o700) != 0 {
-                    return fail();
+            match (&self.fs, &self.bind, dir) {
+                (Some(fs), ..) => fs.mount(),
+                (None, Some(bind), Some(dir)) => {
+                    let target = bind.chain.last().map_or(c"/tmp".as_ptr(), |c| c.as_ptr());
+                    bind_fd(dir.0, target, libc::MS_REC)
                 }
-                libc::rmdir(fs.lost_found.as_ptr());
-            } else if let Some(bind) = &self.bind {
-                let target = bind.chain.last().map_or(c"/tmp".as_ptr(), |c| c.as_ptr());
-                let bound = libc::mount(
-                    fd_path(dir).as_ptr().cast(),
-                    target,
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                );
-                libc::close(dir);
-                if bound != 0 {
-                    return fail();
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Each directory of runs hidden under a tmpfs of root's, the run's own cgroup bound back.
+    ///
+    /// # Safety
+    /// As [`Plan::enter`], in its mount namespace.
+    unsafe fn show_own_groups(&self) -> std::io::Result<()> {
+        for group in &self.groups {
+            // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+            unsafe {
+                let run = Fd(libc::open(
+                    group.run.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                ));
+                if run.0 < 0
+                    || libc::mount(
+                        c"tmpfs".as_ptr(),
+                        group.runs.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        c"mode=755,size=4k".as_ptr().cast(),
+                    ) != 0
+                    || libc::mkdir(group.run.as_ptr(), 0o755) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
+                bind_fd(run.0, group.run.as_ptr(), 0)?;
             }
         }
         Ok(())
+    }
+
+    /// One tmpfs on the first covered directory, a directory of it bound on each (the first's
+    /// last, over the tmpfs's root, which no path then reaches).
+    ///
+    /// # Safety
+    /// As [`Plan::enter`], in its mount namespace.
+    unsafe fn mount_tmpfs(&self) -> std::io::Result<()> {
+        let (Some(first), Some(first_staged)) = (self.covered.first(), self.staged.first()) else {
+            return Ok(());
+        };
+        let fail = || Err(std::io::Error::last_os_error());
+        // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+        unsafe {
+            let mounted = libc::mount(
+                c"tmpfs".as_ptr(),
+                first.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                self.options.as_ptr().cast(),
+            );
+            if mounted != 0 {
+                return fail();
+            }
+            for staged in &self.staged {
+                // Made with the mode the directories have (the umask would take the rest).
+                if libc::mkdir(staged.as_ptr(), 0o700) != 0
+                    || libc::chmod(staged.as_ptr(), 0o1777) != 0
+                {
+                    return fail();
+                }
+            }
+            // A bind keeps the tmpfs mount's flags (no set-uid, no devices).
+            let bind = |from: &std::ffi::CStr, to: &std::ffi::CStr| {
+                let (from, to, none) = (from.as_ptr(), to.as_ptr(), std::ptr::null());
+                libc::mount(from, to, none, libc::MS_BIND, std::ptr::null()) == 0
+            };
+            for (dir, staged) in self.covered.iter().zip(&self.staged).skip(1) {
+                if !bind(staged, dir) {
+                    return fail();
+                }
+            }
+            if !bind(first_staged, first) {
+                return fail();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FsMount {
+    /// Mounts the run's scratch file system on its directory, the directory the run's alone.
+    ///
+    /// # Safety
+    /// As [`Plan::enter`], in its mount namespace.
+    unsafe fn mount(&self) -> std::io::Result<()> {
+        // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+        unsafe {
+            let mounted = libc::mount(
+                self.device.as_ptr(),
+                self.target.as_ptr(),
+                c"ext4".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                crate::scratchfs::MOUNT_OPTIONS.as_ptr().cast(),
+            );
+            if mounted != 0 || libc::chmod(self.target.as_ptr(), 0o700) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::rmdir(self.lost_found.as_ptr());
+        }
+        Ok(())
+    }
+}
+
+/// A descriptor closed when dropped (a negative one is none).
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        if self.0 >= 0 {
+            // SAFETY: the descriptor is this value's own.
+            unsafe { libc::close(self.0) };
+        }
+    }
+}
+
+/// Binds what descriptor `fd` names on `target`, with `flags` (`MS_REC`: what is mounted
+/// below it too).
+///
+/// # Safety
+/// As [`Plan::enter`]; `target` a valid C string.
+unsafe fn bind_fd(
+    fd: libc::c_int,
+    target: *const libc::c_char,
+    flags: libc::c_ulong,
+) -> std::io::Result<()> {
+    // SAFETY: a path of the stack and a valid C string.
+    let bound = unsafe {
+        libc::mount(
+            fd_path(fd).as_ptr().cast(),
+            target,
+            std::ptr::null(),
+            libc::MS_BIND | flags,
+            std::ptr::null(),
+        )
+    };
+    match bound {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// `/sys` a sysfs of the run's network namespace (entered before), the cgroup hierarchies
+/// (and the run's own group shown there) bound back below it.
+///
+/// # Safety
+/// As [`Plan::enter`], in its mount namespace.
+unsafe fn show_own_sysfs() -> std::io::Result<()> {
+    // SAFETY (for the block): raw system calls on constant C strings.
+    unsafe {
+        // Kept by a descriptor while the new sysfs covers it.
+        let groups = Fd(libc::open(
+            c"/sys/fs/cgroup".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        ));
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+        let sys = c"sysfs".as_ptr();
+        if libc::mount(sys, c"/sys".as_ptr(), sys, flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if groups.0 >= 0 {
+            bind_fd(groups.0, c"/sys/fs/cgroup".as_ptr(), libc::MS_REC)?;
+        }
+    }
+    Ok(())
+}
+
+/// The run's directory opened as its user (`uid`, `gid`: the effective ids switched for the
+/// open and back; the real and saved ids stay root's, so root's may be taken again), a part
+/// at a time from `/`, no symbolic link followed.
+///
+/// # Safety
+/// As [`Plan::enter`].
+unsafe fn open_as(bind: &Bind, uid: libc::uid_t, gid: libc::gid_t) -> std::io::Result<libc::c_int> {
+    // SAFETY (for the block): raw system calls on valid C strings made before the fork.
+    unsafe {
+        if libc::setegid(gid) != 0 || libc::seteuid(uid) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut dir = libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        for part in &bind.parts {
+            if dir < 0 {
+                break;
+            }
+            let next = libc::openat(
+                dir,
+                part.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            );
+            libc::close(dir);
+            dir = next;
+        }
+        let opened = std::io::Error::last_os_error();
+        if libc::seteuid(0) != 0 || libc::setegid(0) != 0 {
+            if dir >= 0 {
+                libc::close(dir);
+            }
+            return Err(std::io::Error::last_os_error());
+        }
+        match dir {
+            ..0 => Err(opened),
+            dir => Ok(dir),
+        }
     }
 }
 
@@ -637,6 +748,41 @@ mod tests {
         let out = String::from_utf8_lossy(&out.stdout).to_string();
         let made: u64 = out.trim().strip_prefix("made ").unwrap().parse().unwrap();
         assert!((900..=1024).contains(&made), "{out}");
+    }
+
+    /// Found by asking what of the machine's a run could still use up: pseudo-terminals. A
+    /// run's came from the machine's devpts, which may hand out every one the kernel has
+    /// (4,096 here): a run opening `/dev/ptmx` in a loop took them all, and no `ssh` session of
+    /// an operator's had a terminal. A run has a devpts of its own now, of at most
+    /// [`MAX_PTYS`], and sees none of the machine's terminals. Root only.
+    #[test]
+    fn a_run_holds_no_more_than_its_own_pseudo_terminals() {
+        if !available() || !own_ptys_available() || !Path::new("/usr/bin/perl").exists() {
+            eprintln!("skipped: needs root, mount namespaces, devpts and perl");
+            return;
+        }
+        // One of the machine's, held meanwhile: not the run's to see.
+        let machines = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/ptmx")
+            .unwrap();
+        let plan = Plan::new(Path::new("/"), Some(16), None)
+            .unwrap()
+            .with_own_ptys();
+        let script = "echo terminals: $(ls /dev/pts) end; /usr/bin/perl -e \
+            'my @h; while (@h < 5000 && open(my $f, \"+<\", \"/dev/ptmx\")) { push @h, $f } \
+             print \"made \", scalar(@h), \"\\n\"'";
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", script]);
+        // SAFETY: `enter` makes only async-signal-safe calls.
+        unsafe { command.pre_exec(move || plan.enter(0, 0)) };
+        let out = command.output().unwrap();
+        drop(machines);
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.contains("terminals: ptmx end"), "{out}");
+        assert!(out.contains(&format!("made {MAX_PTYS}\n")), "{out}");
     }
 
     #[test]
