@@ -9,8 +9,8 @@
 //! `units.parse_bytes` (`go_units`: Go's arithmetic and OPA's units),
 //! `json.unmarshal`/`json.is_valid` (numbers exact) and `yaml.unmarshal`
 //! (go-yaml v2 reads YAML 1.1, where `yes`, `on`, `017` and `12:30` are a boolean and numbers;
-//! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar is an
-//! error here, until the engine reads YAML 1.1). Registered over regorus's own, on every engine
+//! regorus reads YAML 1.2, where they are strings: a document holding such a plain scalar
+//! fails the evaluation here, whatever the mode, until the engine reads YAML 1.1). Registered over regorus's own, on every engine
 //! Gantry makes.
 //!
 //! Where Go accepts more than is written here (hexadecimal floats, say), the call is an error:
@@ -169,11 +169,14 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
     add(engine, "to_number", 1, Box::new(to_number))?;
     add(engine, "net.cidr_contains", 2, Box::new(cidr_contains))?;
     let unmarshal = move |args: Vec<Value>| match args[0].as_string() {
+        // What OPA reads and this engine cannot fails the evaluation whatever the mode: as
+        // undefined, `allow if not deny` allowed where OPA's `deny` fired on `privileged: on`.
         Ok(text) => match yaml_11_ambiguous(text) {
-            Some(token) => fail(format!(
+            Some(token) => GoError::Hard(format!(
                 "yaml.unmarshal: the plain scalar `{token}` reads differently in YAML 1.1 \
                  (OPA) and 1.2: quote it"
-            )),
+            ))
+            .answer(fail),
             // The first document, as go-yaml v2 reads it; a later one that does not read is
             // an error whatever the mode: go-yaml sees some of those and not others.
             None => match Value::from_yaml_stream(text) {

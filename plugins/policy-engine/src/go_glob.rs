@@ -34,6 +34,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use crate::go_builtins::GoError;
 use regex::{Regex, RegexBuilder};
 use regorus::Value;
 
@@ -57,8 +58,10 @@ impl Glob {
 }
 
 /// Compiles `pattern` with `delimiters` (the characters `*` and `?` do not match) as
-/// `glob.Compile(pattern, delimiters...)` does; the error is gobwas's message.
-pub fn compile(pattern: &str, delimiters: &[char]) -> Result<Glob, String> {
+/// `glob.Compile(pattern, delimiters...)` does; the error is gobwas's message, or (`Hard`) a
+/// bound of this engine's that gobwas does not have: braces nested past [`MAX_BRACES`], a
+/// pattern whose regex is past the `regex` crate's bounds.
+pub(crate) fn compile(pattern: &str, delimiters: &[char]) -> Result<Glob, GoError> {
     let tokens = lex(pattern);
     let tree = parse(&tokens)?;
     let mut re = String::from(r"\A(?:");
@@ -68,9 +71,12 @@ pub fn compile(pattern: &str, delimiters: &[char]) -> Result<Glob, String> {
         .size_limit(SIZE_LIMIT)
         .build()
         .map(|re| Glob { re })
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => "pattern too large".to_string(),
-            e => e.to_string(),
+        .map_err(|e| {
+            let why = match e {
+                regex::Error::CompiledTooBig(_) => "too large".to_string(),
+                e => e.to_string(),
+            };
+            GoError::Hard(format!("the pattern is beyond this engine's bounds: {why}"))
         })
 }
 
@@ -117,7 +123,7 @@ pub fn builtin(fail: impl crate::go_builtins::Fail) -> Box<dyn regorus::Extensio
         };
         match compile(pattern, &delimiters) {
             Ok(glob) => Ok(Value::from(glob.matches(subject))),
-            Err(e) => fail(format!("glob.match: {pattern:?}: {e}")),
+            Err(e) => e.context(&format!("glob.match: {pattern:?}")).answer(fail),
         }
     })
 }
@@ -310,7 +316,7 @@ enum Node {
 /// How deep braces may nest (`{{{a}}}`): the `regex` crate refuses deeper patterns anyway.
 const MAX_BRACES: usize = 200;
 
-fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
+fn parse(tokens: &[Token]) -> Result<Vec<Node>, GoError> {
     // The root pattern, then for each open brace its alternatives so far.
     let mut root: Vec<Node> = Vec::new();
     let mut open: Vec<Vec<Vec<Node>>> = Vec::new();
@@ -325,7 +331,7 @@ fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
         let token = it.next().unwrap_or(&Token::Eof);
         let node = match token {
             Token::Eof => break,
-            Token::Error(e) => return Err(e.to_string()),
+            Token::Error(e) => return Err(e.to_string().into()),
             Token::Text(t) => Node::Text(t.clone()),
             Token::Any => Node::Any,
             Token::Super => Node::Super,
@@ -335,9 +341,9 @@ fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
                 // The tree is written out (and dropped) recursively: its depth is bounded
                 // here, below the `regex` crate's own nesting bound, which refuses it anyway.
                 if open.len() >= MAX_BRACES {
-                    return Err(format!(
+                    return Err(GoError::Hard(format!(
                         "glob nests braces deeper than {MAX_BRACES}: refused by this engine"
-                    ));
+                    )));
                 }
                 open.push(alloc::vec![Vec::new()]);
                 continue;
@@ -350,7 +356,7 @@ fn parse(tokens: &[Token]) -> Result<Vec<Node>, String> {
                 let alternatives = open.pop().expect("inside braces");
                 Node::AnyOf(alternatives)
             }
-            t => return Err(format!("unexpected token: {t:?}")),
+            t => return Err(format!("unexpected token: {t:?}").into()),
         };
         current(&mut root, &mut open).push(node);
     }

@@ -12,10 +12,12 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use regorus::Value;
 
-use crate::go_builtins::{Fail, cidr_contains, network};
+use crate::go_builtins::{Fail, GoError, cidr_contains, network};
 
 /// The most items `net.cidr_contains_matches` and `net.cidr_merge` take from an operand (and
 /// pairs the former tries): each is a parse, and a policy's input is not a place for millions.
+/// A bound of this engine's (OPA has none), so past it the evaluation fails whatever the
+/// builtin-error mode: as undefined, `allow if not deny` allowed where OPA's `deny` matched.
 const MAX_ITEMS: usize = 100_000;
 
 /// `net.cidr_intersects(cidr1, cidr2)`: whether either network holds the other's first address.
@@ -38,12 +40,16 @@ pub fn contains_matches(fail: impl Fail) -> Box<dyn regorus::Extension> {
     Box::new(move |args: Vec<Value>| {
         let (first, second) = match (keyed(&args[0], 1), keyed(&args[1], 2)) {
             (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return fail(format!("net.cidr_contains_matches: {e}")),
+            (Err(e), _) | (_, Err(e)) => {
+                return e.context("net.cidr_contains_matches").answer(fail);
+            }
         };
         if first.len().saturating_mul(second.len()) > MAX_ITEMS {
-            return fail(format!(
-                "net.cidr_contains_matches: more than {MAX_ITEMS} pairs to try"
-            ));
+            return GoError::Hard(format!(
+                "net.cidr_contains_matches: more than {MAX_ITEMS} pairs to try, more than \
+                 Gantry holds"
+            ))
+            .answer(fail);
         }
         let mut pairs = BTreeSet::new();
         for (k1, c1) in &first {
@@ -65,16 +71,18 @@ pub fn contains_matches(fail: impl Fail) -> Box<dyn regorus::Extension> {
 }
 
 /// An operand of `net.cidr_contains_matches` as (key, CIDR) pairs.
-fn keyed(operand: &Value, n: usize) -> Result<Vec<(Value, Value)>, String> {
+fn keyed(operand: &Value, n: usize) -> Result<Vec<(Value, Value)>, GoError> {
     let item = |v: &Value| match v {
         Value::String(_) => Ok(v.clone()),
         Value::Array(items) if !items.is_empty() => Ok(items[0].clone()),
-        _ => Err(format!(
+        _ => Err(GoError::Builtin(format!(
             "operand {n}: element must be string or non-empty array"
-        )),
+        ))),
     };
     let bounded = |len: usize| match len > MAX_ITEMS {
-        true => Err(format!("operand {n}: more than {MAX_ITEMS} items")),
+        true => Err(GoError::Hard(format!(
+            "operand {n}: more than {MAX_ITEMS} items, more than Gantry holds"
+        ))),
         false => Ok(()),
     };
     Ok(match operand {
@@ -118,7 +126,10 @@ pub fn merge(fail: impl Fail) -> Box<dyn regorus::Extension> {
             Value::Array(items) if items.len() <= MAX_ITEMS => items.iter().collect(),
             Value::Set(items) if items.len() <= MAX_ITEMS => items.iter().collect(),
             Value::Array(_) | Value::Set(_) => {
-                return fail(format!("net.cidr_merge: more than {MAX_ITEMS} items"));
+                return GoError::Hard(format!(
+                    "net.cidr_merge: more than {MAX_ITEMS} items, more than Gantry holds"
+                ))
+                .answer(fail);
             }
             _ => return fail("net.cidr_merge: operand must be an array".into()),
         };

@@ -926,6 +926,55 @@ r := [
         );
     }
 
+    /// Found by asking which of the engine's refusals a policy could turn into an allow: what
+    /// OPA decides and this engine cannot (a YAML scalar OPA reads as YAML 1.1, `on` being
+    /// true; more CIDRs than it takes; braces nested past its bound) was a builtin error, so,
+    /// builtin errors not strict, the call was undefined, `deny` did not fire and `allow if not
+    /// deny` allowed where OPA denies. Each now fails the evaluation (the host denies), as the
+    /// engine's other bounds (a regex past its size, a number past its digits) do.
+    #[test]
+    fn what_opa_decides_and_the_engine_cannot_fails_the_evaluation_even_when_not_strict() {
+        let rego = r#"package p
+default allow := false
+allow if not deny
+deny if {
+    doc := yaml.unmarshal(input.doc)
+    doc.privileged == true
+}
+deny if count(net.cidr_contains_matches(input.nets, input.ips)) > 0
+deny if count(net.cidr_merge(input.merge)) > 0
+deny if glob.match(input.glob, [], "a")
+"#;
+        let p = packed(rego, &["p/allow"], false);
+        let decide = |input: serde_json::Value| {
+            let input = Value::from_json_str(&input.to_string()).unwrap();
+            p.evaluate(0, &Value::new_object(), input)
+        };
+        let many = |item: &str, n: usize| serde_json::json!(vec![item; n]);
+        let nested = format!("{}a{}", "{".repeat(300), "}".repeat(300));
+        for (input, why) in [
+            (serde_json::json!({"doc": "privileged: on"}), "YAML 1.1"),
+            (
+                serde_json::json!({"nets": many("10.0.0.0/8", 400), "ips": many("10.0.0.1", 400)}),
+                "pairs to try",
+            ),
+            (
+                serde_json::json!({"merge": many("10.0.0.1", 100_001)}),
+                "more than Gantry holds",
+            ),
+            (
+                serde_json::json!({ "glob": nested }),
+                "refused by this engine",
+            ),
+        ] {
+            let refused = decide(input).unwrap_err().to_string();
+            assert!(refused.contains(why), "{why}: {refused}");
+        }
+        let decided = |doc: &str| decide(serde_json::json!({ "doc": doc })).unwrap();
+        assert_eq!(decided("privileged: true"), r#"[{"result":false}]"#);
+        assert_eq!(decided("privileged: false"), r#"[{"result":true}]"#);
+    }
+
     /// `semver.*` read versions with the `semver` crate (SemVer 2.0), where OPA's own package
     /// takes a leading `v` and leading zeros: `semver.compare("v1.3.0", "1.2.0") >= 0` failed
     /// where OPA allows. Two versions OPA cannot order (its comparison does not end) are an
