@@ -218,19 +218,22 @@ pub fn register(engine: &mut Engine, strict: bool, now_ns: &Clock) -> Result<(),
     add(engine, "yaml.is_valid", 1, Box::new(yaml_is_valid))?;
     // JSON text read as the engine reads inputs: integers exact (regorus's reader made a
     // 25-digit serial its f64 neighbour), `1e400` a number as in Go.
+    // JSON past the reader's bounds, which Go reads, fails the evaluation whatever the mode.
     let json_unmarshal = move |args: Vec<Value>| match args[0].as_string() {
-        Ok(text) => match crate::json::parse(text) {
+        Ok(text) => match crate::json::parse_go(text) {
             Ok(v) => Ok(v),
-            Err(e) => fail(format!("json.unmarshal: {e}")),
+            Err(e) => e.context("json.unmarshal").answer(fail),
         },
         Err(_) => fail("json.unmarshal: operand 1 must be string".into()),
     };
     add(engine, "json.unmarshal", 1, Box::new(json_unmarshal))?;
-    let json_is_valid = move |args: Vec<Value>| {
-        let valid = args[0]
-            .as_string()
-            .is_ok_and(|t| crate::json::parse(t).is_ok());
-        Ok(Value::from(valid))
+    let json_is_valid = move |args: Vec<Value>| match args[0].as_string() {
+        Ok(text) => match crate::json::parse_go(text) {
+            Ok(_) => Ok(Value::from(true)),
+            Err(GoError::Builtin(_)) => Ok(Value::from(false)),
+            Err(hard) => hard.context("json.is_valid").answer(fail),
+        },
+        Err(_) => Ok(Value::from(false)),
     };
     add(engine, "json.is_valid", 1, Box::new(json_is_valid))?;
     // Go's `strings.ToLower`/`ToUpper`: one character for one, by Unicode's simple mappings.

@@ -25,7 +25,21 @@ const MAX_EXPONENT: u32 = 1_000;
 
 /// Parses one JSON value (RFC 8259), surrounded by whitespace only.
 pub fn parse(text: &str) -> Result<Value, String> {
-    read(text, false, false)
+    read(text, false, false).map_err(|(e, _)| e)
+}
+
+/// [`parse`] for a builtin OPA answers with Go's `encoding/json`: text that is no JSON is
+/// OPA's error too (`Builtin`); JSON past this reader's bounds (nested deeper than
+/// [`MAX_DEPTH`], a number past [`MAX_NUMBER_LEN`] or [`MAX_EXPONENT`]), which Go reads, is
+/// this engine's refusal, and fails the evaluation whatever the mode (`Hard`).
+pub(crate) fn parse_go(text: &str) -> Result<Value, crate::go_builtins::GoError> {
+    use crate::go_builtins::GoError;
+    read(text, false, false).map_err(|(e, past_bound)| match past_bound {
+        true => GoError::Hard(format!(
+            "{e}: JSON past this engine's bounds, which OPA reads"
+        )),
+        false => GoError::Builtin(e),
+    })
 }
 
 /// Refuses JSON holding a number a 64-bit reader cannot carry exactly: an integer beyond 64 bits,
@@ -34,30 +48,35 @@ pub fn parse(text: &str) -> Result<Value, String> {
 /// `policy test` see the written one), it names the number: write it as a string. (Inputs go
 /// to the engine as written.)
 pub fn check_carried_exactly(text: &str) -> Result<(), String> {
-    read(text, true, false).map(|_| ())
+    read(text, true, false).map(|_| ()).map_err(|(e, _)| e)
 }
 
 /// [`parse`], refusing an object that repeats a key (JWKs, which jwx's versions read
 /// differently when a member repeats).
 pub fn parse_unique(text: &str) -> Result<Value, String> {
-    read(text, false, true)
+    read(text, false, true).map_err(|(e, _)| e)
 }
 
-fn read(text: &str, only_64_bit: bool, unique_keys: bool) -> Result<Value, String> {
+/// The value of `text`, or why not and whether it was a bound of this reader's.
+fn read(text: &str, only_64_bit: bool, unique_keys: bool) -> Result<Value, (String, bool)> {
     let mut p = Parser {
         s: text.as_bytes(),
         pos: 0,
         depth: 0,
         only_64_bit,
         unique_keys,
+        past_bound: false,
     };
-    p.ws();
-    let v = p.value()?;
-    p.ws();
-    if p.pos != p.s.len() {
-        return Err(p.error("trailing characters"));
-    }
-    Ok(v)
+    let read = |p: &mut Parser<'_>| {
+        p.ws();
+        let v = p.value()?;
+        p.ws();
+        if p.pos != p.s.len() {
+            return Err(p.error("trailing characters"));
+        }
+        Ok(v)
+    };
+    read(&mut p).map_err(|e| (e, p.past_bound))
 }
 
 struct Parser<'a> {
@@ -68,9 +87,17 @@ struct Parser<'a> {
     only_64_bit: bool,
     /// Refuse a key repeated in an object ([`parse_unique`]).
     unique_keys: bool,
+    /// Whether the error is a bound of this reader's, not the text's ([`parse_go`]).
+    past_bound: bool,
 }
 
 impl Parser<'_> {
+    /// An error at a bound of this reader's that JSON does not have.
+    fn bound(&mut self, what: &str) -> String {
+        self.past_bound = true;
+        self.error(what)
+    }
+
     fn error(&self, what: &str) -> String {
         let before = &self.s[..self.pos.min(self.s.len())];
         let line = before.iter().filter(|b| **b == b'\n').count() + 1;
@@ -107,7 +134,7 @@ impl Parser<'_> {
             Some(b'[' | b'{') => {
                 self.depth += 1;
                 if self.depth > MAX_DEPTH {
-                    return Err(self.error("recursion limit exceeded"));
+                    return Err(self.bound("recursion limit exceeded"));
                 }
                 let v = if self.peek() == Some(b'[') {
                     self.array()
@@ -219,11 +246,11 @@ impl Parser<'_> {
             if exp.trim_start_matches('0').len() > 4
                 || exp.parse::<u32>().unwrap_or(u32::MAX) > MAX_EXPONENT
             {
-                return Err(self.error("number out of range"));
+                return Err(self.bound("number out of range"));
             }
         }
         if self.pos - start > MAX_NUMBER_LEN {
-            return Err(self.error("number too long"));
+            return Err(self.bound("number too long"));
         }
         let token = core::str::from_utf8(&self.s[start..self.pos]).unwrap_or("");
         if self.only_64_bit && !fits_64_bits(token) {
@@ -237,7 +264,7 @@ impl Parser<'_> {
             self.pos = end;
             return Err(e);
         }
-        Value::from_numeric_string(token).map_err(|_| self.error("number out of range"))
+        Value::from_numeric_string(token).map_err(|_| self.bound("number out of range"))
     }
 
     fn string(&mut self) -> Result<String, String> {

@@ -928,7 +928,8 @@ r := [
 
     /// Found by asking which of the engine's refusals a policy could turn into an allow: what
     /// OPA decides and this engine cannot (a YAML scalar OPA reads as YAML 1.1, `on` being
-    /// true; more CIDRs than it takes; braces nested past its bound) was a builtin error, so,
+    /// true; more CIDRs than it takes; braces nested past its bound; JSON nested deeper than
+    /// its reader's 128 levels, which `json.is_valid` called invalid) was a builtin error, so,
     /// builtin errors not strict, the call was undefined, `deny` did not fire and `allow if not
     /// deny` allowed where OPA denies. Each now fails the evaluation (the host denies), as the
     /// engine's other bounds (a regex past its size, a number past its digits) do.
@@ -944,6 +945,8 @@ deny if {
 deny if count(net.cidr_contains_matches(input.nets, input.ips)) > 0
 deny if count(net.cidr_merge(input.merge)) > 0
 deny if glob.match(input.glob, [], "a")
+deny if json.unmarshal(input.json).admin == true
+deny if json.is_valid(input.valid)
 "#;
         let p = packed(rego, &["p/allow"], false);
         let decide = |input: serde_json::Value| {
@@ -952,6 +955,11 @@ deny if glob.match(input.glob, [], "a")
         };
         let many = |item: &str, n: usize| serde_json::json!(vec![item; n]);
         let nested = format!("{}a{}", "{".repeat(300), "}".repeat(300));
+        let deep = format!(
+            r#"{{"admin": true, "x": {}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         for (input, why) in [
             (serde_json::json!({"doc": "privileged: on"}), "YAML 1.1"),
             (
@@ -966,6 +974,14 @@ deny if glob.match(input.glob, [], "a")
                 serde_json::json!({ "glob": nested }),
                 "refused by this engine",
             ),
+            (
+                serde_json::json!({ "json": deep }),
+                "past this engine's bounds",
+            ),
+            (
+                serde_json::json!({ "valid": deep }),
+                "past this engine's bounds",
+            ),
         ] {
             let refused = decide(input).unwrap_err().to_string();
             assert!(refused.contains(why), "{why}: {refused}");
@@ -973,6 +989,9 @@ deny if glob.match(input.glob, [], "a")
         let decided = |doc: &str| decide(serde_json::json!({ "doc": doc })).unwrap();
         assert_eq!(decided("privileged: true"), r#"[{"result":false}]"#);
         assert_eq!(decided("privileged: false"), r#"[{"result":true}]"#);
+        let valid = |text: &str| decide(serde_json::json!({ "valid": text })).unwrap();
+        assert_eq!(valid("[1"), r#"[{"result":true}]"#);
+        assert_eq!(valid("[1]"), r#"[{"result":false}]"#);
     }
 
     /// `semver.*` read versions with the `semver` crate (SemVer 2.0), where OPA's own package
