@@ -26,6 +26,7 @@ pub fn add_users(dir: &Path, holder: &str, users: &[User]) -> anyhow::Result<Vec
 fn local_commands() -> gantry_daemon::command::CommandLimits {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
+    let max_disk_mib = gantry_daemon::command::default_max_disk_mib();
     gantry_daemon::command::CommandLimits {
         user: root
             .then(|| gantry_daemon::command::JobUser::lookup("nobody").ok())
@@ -33,7 +34,9 @@ fn local_commands() -> gantry_daemon::command::CommandLimits {
         own_user: !root,
         max_memory_mib: gantry_daemon::command::machine_memory_mib()
             .map(gantry_daemon::command::default_max_memory_mib),
-        max_disk_mib: gantry_daemon::command::default_max_disk_mib(),
+        max_disk_mib,
+        scratch_budget: gantry_daemon::command::scratch_budget(None, max_disk_mib)
+            .unwrap_or_default(),
         ..Default::default()
     }
 }

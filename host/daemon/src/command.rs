@@ -108,6 +108,11 @@ pub struct CommandLimits {
     /// gets it as its scratch file system's size where runs have mount namespaces, and one
     /// asking for more is refused. `None`: no bound.
     pub max_disk_mib: Option<u64>,
+    /// What all runs' scratch file systems hold together, MiB (`--jobs-disk-mib`; by default
+    /// three quarters of what the temporary directory's file system has free at start,
+    /// [`default_jobs_disk_mib`]): a run reserves its scratch's size before it starts, and
+    /// waits while the runs going on leave no room. `None`: no bound of the whole.
+    pub scratch_budget: Option<std::sync::Arc<crate::budget::TrainBudget>>,
     /// Whose network runs have: their own, the loopback alone, where the daemon can make it
     /// (root), or the machine's (`--job-network host`); see [`crate::netns`].
     pub network: crate::netns::JobNetwork,
@@ -125,6 +130,7 @@ impl Default for CommandLimits {
             max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
             max_memory_mib: None,
             max_disk_mib: None,
+            scratch_budget: None,
             network: crate::netns::JobNetwork::Own,
         }
     }
@@ -149,6 +155,43 @@ pub fn default_max_disk_mib() -> Option<u64> {
             .min(total_mib / 2)
             .min(MAX_DISK_MIB),
     )
+}
+
+/// The default of [`CommandLimits::scratch_budget`]: three quarters of what the file system
+/// of the temporary directory (where runs' scratch file systems lie) has free now. Each run
+/// is held to [`default_max_disk_mib`], a tenth of it, but runs are placed on GPUs (a cluster
+/// model of 256 on one machine): ten runs filling theirs at once filled the disk the
+/// daemon's database, audit log and datasets live on.
+pub fn default_jobs_disk_mib() -> Option<u64> {
+    let dir = std::ffi::CString::new(std::env::temp_dir().into_os_string().into_encoded_bytes());
+    let dir = dir.ok()?;
+    // SAFETY: all-zero is a valid statvfs, filled by the call from a valid C string.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(dir.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    let free_mib = (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64) >> 20;
+    Some(free_mib / 4 * 3)
+}
+
+/// The budget all runs' scratch file systems share ([`CommandLimits::scratch_budget`]):
+/// `asked` MiB (`--jobs-disk-mib`), refused below `max_disk_mib` (a run asking for the most could
+/// never start), or [`default_jobs_disk_mib`], at least `max_disk_mib`.
+pub fn scratch_budget(
+    asked: Option<u64>,
+    max_disk_mib: Option<u64>,
+) -> Result<Option<std::sync::Arc<crate::budget::TrainBudget>>, String> {
+    let total = match (asked, max_disk_mib) {
+        (Some(all), Some(one)) if all < one => {
+            return Err(format!(
+                "--jobs-disk-mib {all} is below the {one} MiB one command's scratch may hold \
+                 (--max-job-disk-mib): such a job could never run"
+            ));
+        }
+        (Some(all), _) => Some(all),
+        (None, one) => default_jobs_disk_mib().map(|all| all.max(one.unwrap_or(0))),
+    };
+    Ok(total.map(|mib| std::sync::Arc::new(crate::budget::TrainBudget::new(mib))))
 }
 
 /// The default of [`CommandLimits::max_memory_mib`] on a machine of `total_mib` MiB: all but a
@@ -1191,10 +1234,19 @@ pub fn execute(
     sink: &mut dyn RunSink,
     own_user: &str,
 ) -> RunEnd {
+    // Declared before the run, so dropped after it: held until its scratch is gone.
+    let mut _disk = None;
     let run = match Prepared::new(&job, limits, cgroups) {
         Ok(run) => run,
         Err(e) => return RunEnd::Failed(e),
     };
+    if let (Some(budget), Some(mib)) = (&limits.scratch_budget, run.scratch_fs_mib(&job, limits)) {
+        match reserve_scratch(budget, job.tenant, mib, sink) {
+            Ok(Some(reserved)) => _disk = Some(reserved),
+            Ok(None) => return RunEnd::Stopped,
+            Err(e) => return RunEnd::Failed(e),
+        }
+    }
     let mut child = match run.start(&job, limits, own_user) {
         Ok(child) => child,
         Err(e) => return RunEnd::Failed(e),
@@ -1378,6 +1430,20 @@ impl Prepared {
         })
     }
 
+    /// The size of the file system of its own its scratch is, MiB, where it is one: a scratch
+    /// directory, a job user, mount namespaces and loop devices ([`crate::scratchfs`]).
+    fn scratch_fs_mib(&self, job: &RunJob<'_>, limits: &CommandLimits) -> Option<u64> {
+        let private = self.user.is_some() && crate::mountns::available();
+        match (
+            private,
+            &self.scratch,
+            job.spec.disk_mib.or(limits.max_disk_mib),
+        ) {
+            (true, Some(_), Some(mib)) if crate::scratchfs::available() => Some(mib),
+            _ => None,
+        }
+    }
+
     /// `job`'s program, its arguments and environment (nothing of the daemon's), its output
     /// piped.
     fn command(&self, job: &RunJob<'_>) -> Command {
@@ -1422,9 +1488,8 @@ impl Prepared {
         // Its own /tmp, /dev/shm, /var/tmp, ..., where the daemon can make them (root, switching
         // ids), and its scratch a file system of its own, of the size it may write.
         let private = ids.filter(|_| crate::mountns::available());
-        let disk_mib = spec.disk_mib.or(limits.max_disk_mib);
-        let fs = match (private, &self.scratch, disk_mib) {
-            (Some((uid, gid)), Some(_), Some(mib)) if crate::scratchfs::available() => {
+        let fs = match (private, self.scratch_fs_mib(job, limits)) {
+            (Some((uid, gid)), Some(mib)) => {
                 match crate::scratchfs::ScratchFs::make(cwd, mib, uid, gid) {
                     Ok(fs) => Some(fs),
                     Err(e) => return Err(format!("making its scratch file system: {e}")),
@@ -1533,6 +1598,33 @@ impl Prepared {
             )
         })
     }
+}
+
+/// Reserves `mib` of `budget` for a run of `tenant`'s scratch file system, waiting (and saying
+/// so in its log) while the runs going on leave no room; `Ok(None)`: it was stopped first.
+fn reserve_scratch<'b>(
+    budget: &'b crate::budget::TrainBudget,
+    tenant: &str,
+    mib: u64,
+    sink: &mut dyn RunSink,
+) -> Result<Option<crate::budget::Reserved<'b>>, String> {
+    if mib > budget.total_mib() {
+        return Err(format!(
+            "its scratch of {mib} MiB is more than all runs' scratch may take together ({} MiB, \
+             --jobs-disk-mib)",
+            budget.total_mib()
+        ));
+    }
+    if let Some(reserved) = budget.try_reserve(tenant, mib) {
+        return Ok(Some(reserved));
+    }
+    sink.log(&format!(
+        "waiting for {mib} MiB of scratch: the runs going on hold the {} MiB all runs' scratch \
+         may take together (--jobs-disk-mib)",
+        budget.total_mib()
+    ));
+    let sink = &*sink;
+    budget.reserve(tenant, mib, || sink.stopping() || sink.fenced(), |_| {})
 }
 
 /// A run's output on its way from the readers of its pipes into its log.
@@ -2650,6 +2742,49 @@ mod tests {
         for name in &machines {
             assert!(log.contains(name.as_str()), "{name}: {log}");
         }
+    }
+
+    /// Found by asking what bounds runs' writes together once each run's scratch was a file
+    /// system of its own: each held a tenth of the disk, and runs are placed on GPUs (a cluster
+    /// model of 256 on one machine), so ten at once filling theirs filled the disk the daemon's
+    /// database and audit log live on. A run now reserves its scratch's size of what all runs
+    /// may take together (`--jobs-disk-mib`), and waits, saying so, while there is no room.
+    /// Root only (loop devices).
+    #[test]
+    fn a_run_waits_while_the_runs_going_on_hold_the_scratch_of_all_runs() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !crate::scratchfs::available() {
+            eprintln!("skipped: needs root, loop devices and mkfs.ext4");
+            return;
+        }
+        let budget = std::sync::Arc::new(crate::budget::TrainBudget::new(100));
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231800-231800").unwrap()),
+            max_disk_mib: Some(64),
+            scratch_budget: Some(budget.clone()),
+            ..CommandLimits::default()
+        };
+        // Another run's scratch, held meanwhile.
+        let held = budget.try_reserve("other", 64).unwrap();
+        let asked = CommandSpec {
+            disk_mib: Some(64),
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", "df -m . | tail -n 1"])
+        };
+        let waiter = std::thread::spawn(move || run_job("vision/waiter", &asked, &limits));
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!waiter.is_finished(), "it started without room");
+        drop(held);
+        let (end, lines) = waiter.join().unwrap();
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{log}");
+        assert!(log.contains("waiting for 64 MiB of scratch"), "{log}");
+        assert!(log.contains("/dev/loop"), "{log}");
+        // And given back once it ended.
+        assert!(budget.try_reserve("other", 100).is_some());
+        // All runs' scratch may not be less than one run's.
+        let refused = scratch_budget(Some(63), Some(64)).unwrap_err();
+        assert!(refused.contains("--max-job-disk-mib"), "{refused}");
     }
 
     /// Found by asking what bounds a run's writes once every world-writable directory was its

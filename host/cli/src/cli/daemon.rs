@@ -357,6 +357,12 @@ pub(super) struct JobArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_DISK_MIB))]
     pub(super) max_job_disk_mib: Option<u64>,
+    /// The most all command runs' scratch file systems hold together, MiB: a run reserves its
+    /// scratch's size before it starts and waits while the runs going on leave no room. At
+    /// least `--max-job-disk-mib`. Default: three quarters of what the temporary directory's
+    /// file system has free at start (at least `--max-job-disk-mib`).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) jobs_disk_mib: Option<u64>,
     /// Whose network command jobs have: `own` (a network namespace of each run's own, its
     /// loopback alone: no run reaches what another listens on, on the loopback address or an
     /// abstract socket, nor anything outside) or `host` (the machine's, shared by every run:
@@ -372,13 +378,16 @@ impl JobArgs {
     fn limits(&self) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
         use gantry_daemon::command::{
             CommandLimits, JobUser, default_max_disk_mib, default_max_memory_mib,
-            machine_memory_mib,
+            machine_memory_mib, scratch_budget,
         };
+        let max_disk_mib = self.max_job_disk_mib.or_else(default_max_disk_mib);
         Ok(CommandLimits {
             max_pids: self.max_job_pids,
             max_memory_mib: (self.max_job_memory_mib)
                 .or(machine_memory_mib().map(default_max_memory_mib)),
-            max_disk_mib: self.max_job_disk_mib.or_else(default_max_disk_mib),
+            max_disk_mib,
+            scratch_budget: scratch_budget(self.jobs_disk_mib, max_disk_mib)
+                .map_err(anyhow::Error::msg)?,
             network: self.job_network,
             uids: self.job_uids,
             own_user: self.jobs_as_own_user,
