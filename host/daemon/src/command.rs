@@ -141,14 +141,7 @@ impl Default for CommandLimits {
 /// run that fills the disk fails the daemon's database, audit log and uploads, every tenant's;
 /// at a tenth, ten runs at once filling theirs are needed to reach it.
 pub fn default_max_disk_mib() -> Option<u64> {
-    let dir = std::ffi::CString::new(std::env::temp_dir().into_os_string().into_encoded_bytes());
-    let dir = dir.ok()?;
-    // SAFETY: all-zero is a valid statvfs, filled by the call from a valid C string.
-    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(dir.as_ptr(), &mut fs) } != 0 {
-        return None;
-    }
-    let total_mib = (fs.f_blocks as u64).saturating_mul(fs.f_frsize as u64) >> 20;
+    let (total_mib, _) = temp_fs_mib()?;
     Some(
         (total_mib / 10)
             .max(1024)
@@ -163,6 +156,12 @@ pub fn default_max_disk_mib() -> Option<u64> {
 /// model of 256 on one machine): ten runs filling theirs at once filled the disk the
 /// daemon's database, audit log and datasets live on.
 pub fn default_jobs_disk_mib() -> Option<u64> {
+    let (_, free_mib) = temp_fs_mib()?;
+    Some(free_mib / 4 * 3)
+}
+
+/// The size of the temporary directory's file system and what of it is free to this user, MiB.
+fn temp_fs_mib() -> Option<(u64, u64)> {
     let dir = std::ffi::CString::new(std::env::temp_dir().into_os_string().into_encoded_bytes());
     let dir = dir.ok()?;
     // SAFETY: all-zero is a valid statvfs, filled by the call from a valid C string.
@@ -170,8 +169,8 @@ pub fn default_jobs_disk_mib() -> Option<u64> {
     if unsafe { libc::statvfs(dir.as_ptr(), &mut fs) } != 0 {
         return None;
     }
-    let free_mib = (fs.f_bavail as u64).saturating_mul(fs.f_frsize as u64) >> 20;
-    Some(free_mib / 4 * 3)
+    let mib = |blocks: u64| blocks.saturating_mul(fs.f_frsize as u64) >> 20;
+    Some((mib(fs.f_blocks as u64), mib(fs.f_bavail as u64)))
 }
 
 /// The budget all runs' scratch file systems share ([`CommandLimits::scratch_budget`]):

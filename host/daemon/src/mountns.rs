@@ -270,7 +270,7 @@ impl Plan {
             // bounded at 4 MiB made millions of empty files, gigabytes of it.
             Some(mib) => format!(
                 "mode=1777,size={mib}m,nr_inodes={}",
-                mib.max(1) * INODES_PER_MIB,
+                mib.max(1).saturating_mul(INODES_PER_MIB),
                 mib = mib.max(1)
             ),
             None => "mode=1777".to_string(),
@@ -347,7 +347,9 @@ impl Plan {
     /// there stayed); one tmpfs, a directory of it bound on each covered directory (the first
     /// last, over the tmpfs's root, which no path then reaches); the directory bound back with
     /// what is mounted below it (a bind of it alone showed what those mounts cover); each
-    /// directory of runs hidden under a tmpfs of root's, the run's own cgroup bound back in it.
+    /// directory of runs hidden under a tmpfs of root's, the run's own cgroup bound back in it;
+    /// where the plan says so, a sysfs of its network ([`Plan::in_own_network`]) and a devpts
+    /// of its own ([`Plan::with_own_ptys`]).
     ///
     /// # Safety
     /// Only between fork and exec, in a single-threaded child: it changes the process's
