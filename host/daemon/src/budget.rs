@@ -1,4 +1,7 @@
-//! The memory the daemon's own training runs may take together. Each run is held to the
+//! A fair ledger of MiB that runs reserve from before they start: the memory the daemon's own
+//! training runs may take together, and the disk all command runs' scratch file systems may
+//! (`--jobs-disk-mib`, [`crate::command::CommandLimits::scratch_budget`]). For training: each
+//! run is held to the
 //! training limits by itself (`max_memory_mib`), but runs are placed on GPUs of a cluster model
 //! (the built-in one has 256), so without a bound of the whole a tenant's few large jobs, all
 //! placed at once, took more memory than the machine has and the daemon down with them. A run
@@ -15,9 +18,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-/// The training runs' memory, in MiB: in all, and reserved now.
+/// What runs may take together, in MiB: in all, and reserved now.
 #[derive(Debug)]
-pub struct TrainBudget {
+pub struct Budget {
     total_mib: u64,
     /// The most one tenant's runs may hold together.
     share_mib: u64,
@@ -84,7 +87,7 @@ impl Ledger {
 /// A run's reservation, given back when dropped.
 #[derive(Debug)]
 pub struct Reserved<'a> {
-    budget: &'a TrainBudget,
+    budget: &'a Budget,
     tenant: String,
     mib: u64,
 }
@@ -108,15 +111,15 @@ impl Drop for Reserved<'_> {
 /// How often a waiting run looks whether it was asked to stop.
 const LOOK: Duration = Duration::from_millis(200);
 
-impl TrainBudget {
+impl Budget {
     /// A budget of `total_mib`, any of it one tenant's.
-    pub fn new(total_mib: u64) -> TrainBudget {
-        TrainBudget::with_share(total_mib, total_mib)
+    pub fn new(total_mib: u64) -> Budget {
+        Budget::with_share(total_mib, total_mib)
     }
 
     /// A budget of `total_mib`, of which one tenant's runs hold at most `share_mib` together.
-    pub fn with_share(total_mib: u64, share_mib: u64) -> TrainBudget {
-        TrainBudget {
+    pub fn with_share(total_mib: u64, share_mib: u64) -> Budget {
+        Budget {
             total_mib,
             share_mib: share_mib.min(total_mib),
             used_mib: Mutex::new(Ledger::default()),
@@ -217,7 +220,7 @@ impl TrainBudget {
     }
 }
 
-impl TrainBudget {
+impl Budget {
     /// Reserves `mib` for `tenant` if there is room now; `None` if not.
     pub fn try_reserve(&self, tenant: &str, mib: u64) -> Option<Reserved<'_>> {
         let mut ledger = self.ledger();
@@ -247,7 +250,7 @@ mod tests {
     /// its turn when another gives room back, and stops waiting when asked to.
     #[test]
     fn runs_wait_for_room_in_the_training_budget() {
-        let budget = TrainBudget::new(10);
+        let budget = Budget::new(10);
         let a = budget
             .reserve("t", 6, || false, |_| panic!("room"))
             .unwrap()
@@ -286,9 +289,9 @@ mod tests {
         assert!(budget.try_reserve("t", 4).is_none(), "no room now");
         drop(held);
         assert!(budget.try_reserve("t", 10).is_some());
-        assert!(TrainBudget::total_for(None, 8192).unwrap() >= 8192);
-        assert_eq!(TrainBudget::total_for(Some(9000), 8192), Ok(9000));
-        let refused = TrainBudget::total_for(Some(10), 8192).unwrap_err();
+        assert!(Budget::total_for(None, 8192).unwrap() >= 8192);
+        assert_eq!(Budget::total_for(Some(9000), 8192), Ok(9000));
+        let refused = Budget::total_for(Some(10), 8192).unwrap_err();
         assert!(
             refused.contains("--train-memory-mib 10 is below"),
             "{refused}"
@@ -299,7 +302,7 @@ mod tests {
     /// small ones that would fit before it (it would wait for ever behind a stream of them).
     #[test]
     fn a_large_run_first_in_line_is_not_passed_by_small_ones() {
-        let budget = TrainBudget::new(10);
+        let budget = Budget::new(10);
         let held = budget.reserve("t", 6, || false, |_| {}).unwrap().unwrap();
         let order = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -334,7 +337,7 @@ mod tests {
     }
 
     /// Waits until `n` runs wait in line.
-    fn until_waiting(budget: &TrainBudget, n: usize) {
+    fn until_waiting(budget: &Budget, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while budget.ledger().waiting.len() < n {
             assert!(std::time::Instant::now() < deadline, "never {n} waiting");
@@ -347,7 +350,7 @@ mod tests {
     /// run behind all of it. The next waiter is now the first of the tenant holding least.
     #[test]
     fn a_tenants_queue_of_runs_does_not_keep_another_tenants_run_behind_all_of_it() {
-        let budget = TrainBudget::new(10);
+        let budget = Budget::new(10);
         let held = budget.reserve("a", 6, || false, |_| {}).unwrap().unwrap();
         let order = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -387,7 +390,7 @@ mod tests {
     /// nothing) when it came: the large one waited for ever. A waiter keeps its turn.
     #[test]
     fn a_waiter_keeps_its_turn_whoever_comes_after_it() {
-        let budget = TrainBudget::new(10);
+        let budget = Budget::new(10);
         let held = budget.reserve("a", 2, || false, |_| {}).unwrap().unwrap();
         let order = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
@@ -424,14 +427,10 @@ mod tests {
     /// served once its own runs give room back.
     #[test]
     fn a_tenant_holds_at_most_its_share_and_another_tenants_run_starts_meanwhile() {
-        assert_eq!(TrainBudget::share_for(None, 10, 3), Ok(5));
-        assert_eq!(
-            TrainBudget::share_for(None, 10, 8),
-            Ok(8),
-            "one run's most fits"
-        );
-        assert!(TrainBudget::share_for(Some(2), 10, 3).is_err());
-        let budget = TrainBudget::with_share(10, 5);
+        assert_eq!(Budget::share_for(None, 10, 3), Ok(5));
+        assert_eq!(Budget::share_for(None, 10, 8), Ok(8), "one run's most fits");
+        assert!(Budget::share_for(Some(2), 10, 3).is_err());
+        let budget = Budget::with_share(10, 5);
         let first = budget
             .reserve("mal", 5, || false, |_| panic!("room"))
             .unwrap()

@@ -112,10 +112,13 @@ pub struct CommandLimits {
     /// three quarters of what the temporary directory's file system has free at start,
     /// [`default_jobs_disk_mib`]): a run reserves its scratch's size before it starts, and
     /// waits while the runs going on leave no room. `None`: no bound of the whole.
-    pub scratch_budget: Option<std::sync::Arc<crate::budget::TrainBudget>>,
+    pub scratch_budget: Option<std::sync::Arc<crate::budget::Budget>>,
     /// Whose network runs have: their own, the loopback alone, where the daemon can make it
     /// (root), or the machine's (`--job-network host`); see [`crate::netns`].
     pub network: crate::netns::JobNetwork,
+    /// Leave the kernel's machine-wide counts of what runs' memory pays for as they are
+    /// (`--protect-kernel-defaults`), rather than lift them ([`crate::kernelcounts`]).
+    pub protect_kernel_defaults: bool,
 }
 
 impl Default for CommandLimits {
@@ -132,6 +135,7 @@ impl Default for CommandLimits {
             max_disk_mib: None,
             scratch_budget: None,
             network: crate::netns::JobNetwork::Own,
+            protect_kernel_defaults: false,
         }
     }
 }
@@ -179,7 +183,7 @@ fn temp_fs_mib() -> Option<(u64, u64)> {
 pub fn scratch_budget(
     asked: Option<u64>,
     max_disk_mib: Option<u64>,
-) -> Result<Option<std::sync::Arc<crate::budget::TrainBudget>>, String> {
+) -> Result<Option<std::sync::Arc<crate::budget::Budget>>, String> {
     let total = match (asked, max_disk_mib) {
         (Some(all), Some(one)) if all < one => {
             return Err(format!(
@@ -190,7 +194,7 @@ pub fn scratch_budget(
         (Some(all), _) => Some(all),
         (None, one) => default_jobs_disk_mib().map(|all| all.max(one.unwrap_or(0))),
     };
-    Ok(total.map(|mib| std::sync::Arc::new(crate::budget::TrainBudget::new(mib))))
+    Ok(total.map(|mib| std::sync::Arc::new(crate::budget::Budget::new(mib))))
 }
 
 /// The default of [`CommandLimits::max_memory_mib`] on a machine of `total_mib` MiB: all but a
@@ -1602,7 +1606,7 @@ impl Prepared {
 /// Reserves `mib` of `budget` for a run of `tenant`'s scratch file system, waiting (and saying
 /// so in its log) while the runs going on leave no room; `Ok(None)`: it was stopped first.
 fn reserve_scratch<'b>(
-    budget: &'b crate::budget::TrainBudget,
+    budget: &'b crate::budget::Budget,
     tenant: &str,
     mib: u64,
     sink: &mut dyn RunSink,
@@ -2462,6 +2466,82 @@ mod tests {
         assert!(lines.0.is_empty(), "{:?}", lines.0);
     }
 
+    /// Found by asking what a run can use up of the machine's that no cgroup divides: the
+    /// kernel counts asynchronous-I/O events (and open files) for the whole machine, and one run
+    /// took all 65,536 events for about 2 MiB of its memory, so no other process could make an
+    /// AIO context. A node lifts those counts before it runs commands
+    /// ([`crate::kernelcounts`]); each run's memory bound is the one that holds now. Root with a
+    /// memory cgroup only; lifts this machine's counts, as the agent does.
+    #[test]
+    fn a_run_cannot_take_every_aio_event_of_the_machine() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/perl").exists() {
+            eprintln!("skipped: needs root and perl");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: the machine's AIO events");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        if !cgroups.limits_available().0 {
+            eprintln!("skipped: no memory controller");
+            return;
+        }
+        for (count, outcome) in crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false)
+        {
+            assert!(
+                !matches!(outcome, crate::kernelcounts::Outcome::Failed { .. }),
+                "{count:?}: {outcome:?}"
+            );
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_memory_mib: Some(64),
+            ..CommandLimits::default()
+        };
+        // Contexts of 4,096 events each, until `most` or a refusal; then what the machine has
+        // left for everyone else.
+        let take = |most: u32| {
+            let script = format!(
+                "my ($n, $why) = (0, 'none'); \
+                 while ($n < {most}) {{ my $ctx = pack('Q', 0); \
+                   if (syscall({io_setup}, 4096, $ctx) != 0) {{ $why = \"$!\"; last }} $n++ }} \
+                 open(my $f, '<', '/proc/sys/fs/aio-nr') or die; my $nr = <$f>; \
+                 open($f, '<', '/proc/sys/fs/aio-max-nr') or die; my $max = <$f>; \
+                 print 'contexts=', $n, ' why=', $why, ' left=', ($max - $nr > 0 ? 'some' : 'none'), \"\\n\";",
+                io_setup = libc::SYS_io_setup
+            );
+            let spec = CommandSpec {
+                wall_time_s: Some(60.0),
+                ..spec(&["/usr/bin/perl", "-e", &script])
+            };
+            let gpus = ["node-0001/gpu0".to_string()];
+            let job = RunJob {
+                key: "vision/aio",
+                tenant: "vision",
+                gpu_ids: &gpus,
+                gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
+                spec: &spec,
+            };
+            let mut lines = Lines::default();
+            let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+            (end, lines.0.join("\n"))
+        };
+        // Twice the kernel's default count, for 8 MiB or so: taken, and some left over.
+        let (end, log) = take(32);
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        assert!(log.contains("contexts=32 why=none left=some"), "{log}");
+        // Its memory bound holds: 25 GiB of rings are never made.
+        let (end, log) = take(100_000);
+        assert!(!log.contains("contexts=100000"), "{end:?}: {log}");
+        let memory = format!("{end:?} {log}");
+        assert!(
+            memory.contains("memory limit of 64 MiB") || memory.contains("Cannot allocate"),
+            "{memory}"
+        );
+    }
+
     /// Runs a victim (a secret in its environment) and an attacker at once under `limits`: the
     /// attacker is handed the victim's pid as the machine numbers it (found by this test, root,
     /// through the machine's `/proc`), signals it, signals every process it may (`kill -9 -1`),
@@ -2756,7 +2836,7 @@ mod tests {
             eprintln!("skipped: needs root, loop devices and mkfs.ext4");
             return;
         }
-        let budget = std::sync::Arc::new(crate::budget::TrainBudget::new(100));
+        let budget = std::sync::Arc::new(crate::budget::Budget::new(100));
         let limits = CommandLimits {
             uids: Some(UidRange::parse("231800-231800").unwrap()),
             max_disk_mib: Some(64),

@@ -38,6 +38,7 @@ pub mod etcdblobs;
 pub mod etcdstore;
 pub mod gpu_nodes;
 pub mod jobstore;
+pub mod kernelcounts;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
@@ -98,11 +99,11 @@ pub struct DaemonConfig {
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
     /// The memory the daemon's own training runs may take together, MiB ([`budget`]); `None`:
-    /// [`budget::TrainBudget::total_for`]'s default. At least the limits' `max_memory_mib`.
+    /// [`budget::Budget::total_for`]'s default. At least the limits' `max_memory_mib`.
     pub train_memory_mib: Option<u64>,
     /// The budget to take that memory from, when this process shares it with a node agent of
     /// its own (`gantry up` on a GPU machine): one budget for both; `None`: one of its own.
-    pub train_budget: Option<Arc<budget::TrainBudget>>,
+    pub train_budget: Option<Arc<budget::Budget>>,
     /// How command jobs run: as whom, their wall time, the grace after SIGTERM, their output.
     pub commands: command::CommandLimits,
     /// With node agents: how long a heartbeat's lease lasts; nodes serve only while their agent
@@ -272,7 +273,7 @@ pub struct Daemon {
     /// The largest sizes a training job may imply.
     pub train_limits: gantry::training::TrainLimits,
     /// The memory the daemon's own training runs may take together.
-    pub train_budget: Arc<budget::TrainBudget>,
+    pub train_budget: Arc<budget::Budget>,
     /// How command jobs run.
     pub commands: command::CommandLimits,
     /// Beyond its limit or a stop, what a run handed to an agent may take to end
@@ -420,7 +421,7 @@ impl Daemon {
     ) -> Result<Daemon, DaemonError> {
         let setup = |m: String| DaemonError::Setup(m);
         let job_mib = config.train_limits.max_memory_mib;
-        budget::TrainBudget::total_for(config.train_memory_mib, job_mib).map_err(setup)?;
+        budget::Budget::total_for(config.train_memory_mib, job_mib).map_err(setup)?;
         // Of the configuration alone: before anything is opened, swept or recorded.
         if config.agent_lease.is_some() {
             nodes::agents_can_name(&config.cluster).map_err(setup)?;
@@ -571,6 +572,7 @@ impl Daemon {
                 "no writable cgroups here: command jobs run without memory or CPU limits"
             ),
         }
+        kernelcounts::lift_for_runs(cgroups.as_ref(), &config.commands);
         // Jobs accepted before a crash or stop: pending again (scheduled ones lost their
         // allocation with the process and are placed anew), unless a crash interrupted their
         // runs too often (see `lifecycle::recovery`).
@@ -723,10 +725,10 @@ impl Daemon {
             // Refused when opening a leader; a follower runs no training.
             train_budget: config.train_budget.clone().unwrap_or_else(|| {
                 let job_mib = config.train_limits.max_memory_mib;
-                let total = budget::TrainBudget::total_for(config.train_memory_mib, job_mib)
-                    .unwrap_or(job_mib);
-                let share = budget::TrainBudget::share_for(None, total, job_mib).unwrap_or(total);
-                Arc::new(budget::TrainBudget::with_share(total, share))
+                let total =
+                    budget::Budget::total_for(config.train_memory_mib, job_mib).unwrap_or(job_mib);
+                let share = budget::Budget::share_for(None, total, job_mib).unwrap_or(total);
+                Arc::new(budget::Budget::with_share(total, share))
             }),
             commands: config.commands.clone(),
             tenant_limits: config.tenant_limits,

@@ -369,6 +369,13 @@ pub(super) struct JobArgs {
     /// for jobs that download from outside).
     #[arg(long, value_name = "own|host", default_value = "own")]
     pub(super) job_network: gantry_daemon::netns::JobNetwork,
+    /// Leave the kernel's machine-wide counts of open files and AIO events (`fs.file-max`,
+    /// `fs.aio-max-nr`) as they are, warning that one command job can take every one. Without
+    /// it, a node that runs command jobs under memory bounds (root) lifts them to the kernel's
+    /// most, as systemd does for files: each run's memory cgroup pays for its files and events,
+    /// so its memory bound holds them.
+    #[arg(long)]
+    pub(super) protect_kernel_defaults: bool,
 }
 
 impl JobArgs {
@@ -389,6 +396,7 @@ impl JobArgs {
             scratch_budget: scratch_budget(self.jobs_disk_mib, max_disk_mib)
                 .map_err(anyhow::Error::msg)?,
             network: self.job_network,
+            protect_kernel_defaults: self.protect_kernel_defaults,
             uids: self.job_uids,
             own_user: self.jobs_as_own_user,
             user: (self.job_user.as_deref().map(JobUser::lookup))
@@ -437,7 +445,7 @@ impl TrainArgs {
 #[derive(Debug, Clone)]
 pub(super) struct Training {
     pub(super) limits: gantry::training::TrainLimits,
-    pub(super) budget: std::sync::Arc<gantry_daemon::budget::TrainBudget>,
+    pub(super) budget: std::sync::Arc<gantry_daemon::budget::Budget>,
 }
 
 impl Training {
@@ -447,18 +455,18 @@ impl Training {
         memory_mib: Option<u64>,
         per_tenant_mib: Option<u64>,
     ) -> anyhow::Result<Training> {
-        use gantry_daemon::budget::TrainBudget;
+        use gantry_daemon::budget::Budget;
         let limits = match limits {
             Some(path) => gantry::training::TrainLimits::load(path)?,
             None => Default::default(),
         };
         let job_mib = limits.max_memory_mib;
-        let total = TrainBudget::total_for(memory_mib, job_mib).map_err(anyhow::Error::msg)?;
+        let total = Budget::total_for(memory_mib, job_mib).map_err(anyhow::Error::msg)?;
         let share =
-            TrainBudget::share_for(per_tenant_mib, total, job_mib).map_err(anyhow::Error::msg)?;
+            Budget::share_for(per_tenant_mib, total, job_mib).map_err(anyhow::Error::msg)?;
         Ok(Training {
             limits,
-            budget: std::sync::Arc::new(TrainBudget::with_share(total, share)),
+            budget: std::sync::Arc::new(Budget::with_share(total, share)),
         })
     }
 }
@@ -1534,6 +1542,8 @@ fn run_agent_until(
     }
     // Likewise the scratch directories of runs whose agent (or daemon) was killed.
     gantry_daemon::scratch::sweep_dead_owners();
+    // Each run's memory bound, not one count for the whole machine, holds its files.
+    gantry_daemon::kernelcounts::lift_for_runs(cgroups.as_ref(), &limits);
     let path = format!("/v1/nodes/{}/heartbeat", args.node);
     let mut serving: Option<serde_json::Value> = None;
     let mut runs: std::collections::HashMap<(String, u64), Arc<RunFlags>> = Default::default();

@@ -1,0 +1,193 @@
+//! The kernel's machine-wide counts of objects each run's memory cgroup already pays for.
+//!
+//! An open file and an asynchronous-I/O event are counted twice: in the memory of the cgroup
+//! whose task made them, and against one count for the whole machine (`fs.file-max`,
+//! `fs.aio-max-nr`) that nothing divides among cgroups or users. A run within its own memory
+//! bound could take all of one (found by a review: every AIO event of the machine, 65,536, for
+//! about 2 MiB of a run's memory; every file, 2.4 million, a tenth of the memory's worth, for
+//! about 540 MiB of it), and then every other process on the node, other tenants' runs among
+//! them, could open no file or AIO context. A node that runs commands under memory bounds
+//! lifts these counts to the kernel's most, so each run's memory bound is the one that holds,
+//! as systemd does for `fs.file-max` at boot and the kubelet does for the settings it needs
+//! (both with a way to leave them: here `--protect-kernel-defaults`).
+
+use std::path::Path;
+
+use crate::command::CommandLimits;
+
+/// One of the kernel's machine-wide counts, by its sysctl name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Count {
+    /// Its name, as `sysctl` spells it.
+    pub sysctl: &'static str,
+    /// What it counts.
+    pub counts: &'static str,
+}
+
+/// The counts whose objects every run's memory cgroup is charged for (checked here: 796,000
+/// open files took 176 MiB of their cgroup's kernel memory; AIO contexts past a 64 MiB bound
+/// had their process killed by its cgroup's OOM killer).
+pub const MEMORY_BOUND: [Count; 2] = [
+    Count {
+        sysctl: "fs.file-max",
+        counts: "open files",
+    },
+    Count {
+        sysctl: "fs.aio-max-nr",
+        counts: "asynchronous I/O events",
+    },
+];
+
+/// What a count is lifted to: the most `fs.file-max` takes (a `long`'s), as systemd sets it.
+pub const LIFTED: u64 = i64::MAX as u64;
+
+/// What became of one count.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was lower, and is [`LIFTED`] now.
+    Lifted { from: u64 },
+    /// It was [`LIFTED`] already.
+    Already,
+    /// It was lower and is kept so (`--protect-kernel-defaults`).
+    Kept { at: u64 },
+    /// It could not be read or written (not root, or a container's read-only `/proc/sys`).
+    Failed { error: String },
+}
+
+/// Lifts each of [`MEMORY_BOUND`] below [`LIFTED`] to it, in `proc_sys` (the machine's is
+/// `/proc/sys`), or, with `protect`, only says which are lower.
+pub fn lift(proc_sys: &Path, protect: bool) -> Vec<(&'static Count, Outcome)> {
+    MEMORY_BOUND
+        .iter()
+        .map(|count| (count, lift_one(proc_sys, count, protect)))
+        .collect()
+}
+
+fn lift_one(proc_sys: &Path, count: &Count, protect: bool) -> Outcome {
+    let path = proc_sys.join(count.sysctl.replace('.', "/"));
+    let at = match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(at) => at,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("{}: {text:?} is not a count: {e}", path.display()),
+                };
+            }
+        },
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("{}: {e}", path.display()),
+            };
+        }
+    };
+    if at >= LIFTED {
+        return Outcome::Already;
+    }
+    if protect {
+        return Outcome::Kept { at };
+    }
+    match std::fs::write(&path, LIFTED.to_string()) {
+        Ok(()) => Outcome::Lifted { from: at },
+        Err(e) => Outcome::Failed {
+            error: format!("{}: {e}", path.display()),
+        },
+    }
+}
+
+/// [`lift`] on this machine (unless [`CommandLimits::protect_kernel_defaults`]) for a daemon
+/// or agent about to run commands under `limits` in `cgroups`, where each run is held to a
+/// memory bound; says what it did: a count left low is a warning, as one run can then take all
+/// of it.
+pub fn lift_for_runs(cgroups: Option<&crate::cgroup::Cgroups>, limits: &CommandLimits) {
+    let bounded = cgroups.is_some_and(|c| c.limits_available().0);
+    if !bounded || limits.max_memory_mib.is_none() || crate::command::runs_as(limits).is_err() {
+        return;
+    }
+    for (count, outcome) in lift(Path::new("/proc/sys"), limits.protect_kernel_defaults) {
+        let (sysctl, counts) = (count.sysctl, count.counts);
+        let risk = "one command run within its memory bound can take every one, and then no \
+                    other process on this machine (other tenants' runs among them) gets one";
+        match outcome {
+            Outcome::Lifted { from } => tracing::info!(
+                sysctl,
+                from,
+                to = LIFTED,
+                "the machine's count of {counts} is lifted: each run's memory bound holds them"
+            ),
+            Outcome::Already => {}
+            Outcome::Kept { at } => tracing::warn!(
+                sysctl,
+                at,
+                "the machine's count of {counts} is kept (--protect-kernel-defaults): {risk}"
+            ),
+            Outcome::Failed { error } => tracing::warn!(
+                sysctl,
+                error,
+                "the machine's count of {counts} could not be lifted: {risk}"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory laid out as `/proc/sys` holding `file_max` and `aio_max`.
+    fn sysctls(file_max: &str, aio_max: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("fs")).unwrap();
+        std::fs::write(dir.path().join("fs/file-max"), file_max).unwrap();
+        std::fs::write(dir.path().join("fs/aio-max-nr"), aio_max).unwrap();
+        dir
+    }
+
+    fn read(dir: &tempfile::TempDir, name: &str) -> String {
+        std::fs::read_to_string(dir.path().join("fs").join(name)).unwrap()
+    }
+
+    #[test]
+    fn counts_below_the_most_are_lifted_and_a_protected_machine_keeps_them() {
+        let dir = sysctls("2466239\n", "65536\n");
+        let outcomes: Vec<Outcome> = lift(dir.path(), true).into_iter().map(|o| o.1).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Kept { at: 2466239 }, Outcome::Kept { at: 65536 }]
+        );
+        assert_eq!(read(&dir, "file-max"), "2466239\n");
+
+        let outcomes: Vec<Outcome> = lift(dir.path(), false).into_iter().map(|o| o.1).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Lifted { from: 2466239 },
+                Outcome::Lifted { from: 65536 }
+            ]
+        );
+        assert_eq!(read(&dir, "file-max"), LIFTED.to_string());
+        assert_eq!(read(&dir, "aio-max-nr"), LIFTED.to_string());
+        let again: Vec<Outcome> = lift(dir.path(), false).into_iter().map(|o| o.1).collect();
+        assert_eq!(again, [Outcome::Already, Outcome::Already]);
+    }
+
+    #[test]
+    fn a_count_that_cannot_be_read_is_a_failure_naming_its_file() {
+        let dir = sysctls("lots\n", "65536\n");
+        std::fs::remove_file(dir.path().join("fs/aio-max-nr")).unwrap();
+        let outcomes = lift(dir.path(), false);
+        match &outcomes[0].1 {
+            Outcome::Failed { error } => {
+                assert!(
+                    error.contains("fs/file-max") && error.contains("lots"),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match &outcomes[1].1 {
+            Outcome::Failed { error } => assert!(error.contains("fs/aio-max-nr"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read(&dir, "file-max"), "lots\n");
+    }
+}
