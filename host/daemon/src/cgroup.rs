@@ -86,6 +86,26 @@ pub fn runs_task_budget(limits: impl IntoIterator<Item = u64>) -> Option<u64> {
 
 /// The task limits above a runs' directory whose parent is `own` in the hierarchy mounted at
 /// `mount` (each `pids.max` up to the mount, `max` being none), and the kernel's.
+/// cgroup v1's limit of a cgroup's socket buffers (TCP, UDP and the other protocols the kernel
+/// counts in `net.ipv4.tcp_mem` and the like).
+const TCP_LIMIT: &str = "memory.kmem.tcp.limit_in_bytes";
+
+/// Of the socket buffers the kernel lets the whole machine's TCP hold (`net.ipv4.tcp_mem`'s
+/// hard limit, counted across every network namespace), what all runs together may hold, in
+/// bytes: half, the level below which the kernel puts no socket under pressure by default. The
+/// rest is the daemon's, its agent's and the node's. Found by a review: cgroup v1 counts no
+/// run's socket buffers unless given a limit, so a run bounded at 64 MiB held 257 MiB of them
+/// on its own loopback, and a few more connections would have taken the machine's TCP to its
+/// hard limit, where every socket's allocations fail: the daemon's API, its agent's heartbeats
+/// and etcd's with them.
+pub fn runs_socket_budget() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    let hard: u64 = text.split_whitespace().nth(2)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(hard.saturating_mul(page) / 2)
+}
+
 fn task_limits(mount: &Path, own: &Path) -> Vec<u64> {
     let number = |p: &Path| {
         std::fs::read_to_string(p)
@@ -421,6 +441,13 @@ impl Cgroups {
                     let _ = std::fs::write(scope.dir.join("pids.max"), budget.to_string());
                 }
             }
+            if scope.controller == Controller::Memory
+                && let Some(bytes) = runs_socket_budget()
+            {
+                // All runs' socket buffers together, below the machine's (cgroup v1 counts them
+                // apart from memory, and only in a cgroup given this limit: each run's, below).
+                let _ = std::fs::write(scope.dir.join(TCP_LIMIT), bytes.to_string());
+            }
             if scope.controller == Controller::Unified {
                 // Limits need the controllers enabled for the runs' directories; without them
                 // the cgroup still gathers and kills everything a run starts.
@@ -552,6 +579,30 @@ fn set_limits(dir: &Path, controller: Controller, r: Resources) -> std::io::Resu
                 write("memory.limit_in_bytes", (mib << 20).to_string())?;
                 // Memory and swap together, where swap is accounted: no spilling into swap.
                 let _ = write("memory.memsw.limit_in_bytes", (mib << 20).to_string());
+            }
+            // Its socket buffers, which v1 counts apart from its memory and nowhere at all
+            // without this limit: held to its memory bound (v2 counts them in `memory.max`),
+            // and to all runs' share.
+            let budget = runs_socket_budget();
+            let bound = r.memory_mib.map(|mib| mib << 20);
+            if let Some(bytes) = bound.into_iter().chain(budget).min() {
+                match write(TCP_LIMIT, bytes.to_string()) {
+                    Ok(()) => {}
+                    // A kernel without it (v1's socket limits are deprecated): said once.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        static SAID: std::sync::Once = std::sync::Once::new();
+                        SAID.call_once(|| {
+                            tracing::warn!(
+                                "this kernel's cgroup v1 has no {TCP_LIMIT}: command runs' socket \
+                                 buffers are not bounded, and one run can take every one the \
+                                 machine's TCP may hold"
+                            )
+                        });
+                    }
+                    Err(e) => {
+                        return Err(std::io::Error::new(e.kind(), format!("{TCP_LIMIT}: {e}")));
+                    }
+                }
             }
         }
         Controller::Cpu => {

@@ -2542,6 +2542,73 @@ mod tests {
         );
     }
 
+    /// Found by asking the same of sockets: cgroup v1 counts no run's socket buffers unless its
+    /// cgroup is given a limit of them, and the kernel's one for the machine's TCP is shared by
+    /// every network namespace, so a run bounded at 64 MiB held 257 MiB of them on its own
+    /// loopback (and could every byte the machine's TCP may hold, where every socket on it,
+    /// the daemon's among them, fails). A run's socket buffers are held to its memory bound now
+    /// (on cgroup v2 the kernel counts them in it), and all runs' to half the machine's. Root
+    /// with a memory cgroup only.
+    #[test]
+    fn a_runs_socket_buffers_are_held_to_its_memory_bound() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/perl").exists() {
+            eprintln!("skipped: needs root and perl");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: the runs' socket buffers");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        if !cgroups.limits_available().0 {
+            eprintln!("skipped: no memory controller");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_memory_mib: Some(64),
+            ..CommandLimits::default()
+        };
+        // 48 loopback connections, each written to until the kernel takes no more (about 10
+        // MiB apiece where nothing bounds them), none read.
+        let script = "use IO::Socket::INET; \
+            my $l = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1', \
+              LocalPort => 0, Proto => 'tcp') or die \"listen: $!\"; \
+            my ($sent, @keep) = (0); my $chunk = 'x' x 65536; \
+            for (1 .. 48) { \
+              my $c = IO::Socket::INET->new(PeerAddr => '127.0.0.1', \
+                PeerPort => $l->sockport, Proto => 'tcp') or last; \
+              my $a = $l->accept or last; $c->blocking(0); \
+              while (1) { my $n = syswrite($c, $chunk); last unless $n; $sent += $n } \
+              push @keep, $c, $a } \
+            print 'connections=', @keep / 2, ' sent_mib=', int($sent / 1048576), \"\\n\";";
+        let spec = CommandSpec {
+            wall_time_s: Some(60.0),
+            ..spec(&["/usr/bin/perl", "-e", script])
+        };
+        let gpus = ["node-0001/gpu0".to_string()];
+        let job = RunJob {
+            key: "vision/sockets",
+            tenant: "vision",
+            gpu_ids: &gpus,
+            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
+            spec: &spec,
+        };
+        let mut lines = Lines::default();
+        let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        assert!(log.contains("connections=48 "), "{log}");
+        let sent: u64 = log
+            .split("sent_mib=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(sent <= 64, "{sent} MiB of socket buffers held: {log}");
+    }
+
     /// Runs a victim (a secret in its environment) and an attacker at once under `limits`: the
     /// attacker is handed the victim's pid as the machine numbers it (found by this test, root,
     /// through the machine's `/proc`), signals it, signals every process it may (`kill -9 -1`),
