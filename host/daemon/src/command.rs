@@ -119,6 +119,8 @@ pub struct CommandLimits {
     /// Leave the kernel's machine-wide counts of what runs' memory pays for as they are
     /// (`--protect-kernel-defaults`), rather than lift them ([`crate::kernelcounts`]).
     pub protect_kernel_defaults: bool,
+    /// Which system calls a run's program may make (`--job-syscalls`; [`crate::seccomp`]).
+    pub syscalls: crate::seccomp::JobSyscalls,
 }
 
 impl Default for CommandLimits {
@@ -136,6 +138,7 @@ impl Default for CommandLimits {
             scratch_budget: None,
             network: crate::netns::JobNetwork::Own,
             protect_kernel_defaults: false,
+            syscalls: crate::seccomp::JobSyscalls::Filtered,
         }
     }
 }
@@ -1519,6 +1522,17 @@ impl Prepared {
                     false => plan,
                 },
             );
+        // Made here: between fork and exec nothing may allocate.
+        let filter = match limits.syscalls {
+            crate::seccomp::JobSyscalls::Filtered => crate::seccomp::program(),
+            crate::seccomp::JobSyscalls::All => None,
+        };
+        if filter.is_none() && limits.syscalls == crate::seccomp::JobSyscalls::Filtered {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!("command runs' system calls are not filtered on this processor")
+            });
+        }
         // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
         // without the daemon's terminal (in the daemon's session, a job started from an operator's
         // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -1532,9 +1546,10 @@ impl Prepared {
         // the program's process, the daemon's child waiting outside). Then the directory entered,
         // as the user: entered before (`current_dir`), a `cwd` under a directory only root may pass
         // let the program read what lay below it. Then the death signal set (changing ids clears
-        // it). The program dies with this thread (the run's supervisor), so a daemon that dies does
-        // not leave it running; what it started stays in its cgroup (in its PID namespace it dies
-        // too), which the next daemon's start empties.
+        // it), and last its system calls filtered ([`crate::seccomp`]). The program dies with
+        // this thread (the run's supervisor), so a daemon that dies does not leave it running;
+        // what it started stays in its cgroup (in its PID namespace it dies too), which the next
+        // daemon's start empties.
         unsafe {
             command.pre_exec(move || {
                 if libc::setsid() < 0 {
@@ -1585,6 +1600,9 @@ impl Prepared {
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(filter) = &filter {
+                    crate::seccomp::enter(filter)?;
                 }
                 Ok(())
             });
@@ -2607,6 +2625,72 @@ mod tests {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{log}"));
         assert!(sent <= 64, "{sent} MiB of socket buffers held: {log}");
+    }
+
+    /// Found by asking what of the kernel a run reaches: as `nobody`, with no capability, a
+    /// run made a user namespace of its own (`unshare -Ur`) and held every capability over the
+    /// namespaces it made there, the door to the kernel's most attacked code. Its system calls
+    /// are filtered now ([`crate::seccomp`]): no namespace, io_uring or kernel keyring, while
+    /// it still forks and runs threads. `--job-syscalls all` leaves them. Root only.
+    #[test]
+    fn a_run_makes_no_namespace_io_uring_or_keyring_of_its_own() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0
+            || !std::path::Path::new("/usr/bin/perl").exists()
+            || !std::path::Path::new("/usr/bin/unshare").exists()
+            || !std::path::Path::new("/usr/bin/python3").exists()
+            || crate::seccomp::program().is_none()
+        {
+            eprintln!("skipped: needs root, perl, python3, unshare and this processor's filter");
+            return;
+        }
+        let script = format!(
+            "/usr/bin/unshare -Ur true && echo userns-made || echo userns-refused; \
+             /usr/bin/unshare -n true 2>/dev/null || echo netns-refused; \
+             /usr/bin/perl -e 'my $p = \"\\0\" x 120; syscall({io_uring}, 1, $p); \
+               print \"io_uring: $!\\n\"; \
+               my ($t, $d, $v) = (\"user\", \"k\", \"v\"); syscall({add_key}, $t, $d, $v, 1, -2); \
+               print \"keyring: $!\\n\"; \
+               my $pid = fork; if ($pid == 0) {{ exit 7 }} waitpid($pid, 0); \
+               print \"forked: \", $? >> 8, \"\\n\"'; \
+             /usr/bin/python3 -c 'import threading; \
+               t = threading.Thread(target=print, args=(\"threaded\",)); t.start(); t.join()'",
+            io_uring = libc::SYS_io_uring_setup,
+            add_key = libc::SYS_add_key,
+        );
+        let limits = CommandLimits {
+            uids: Some(UidRange::parse("231900-231900").unwrap()),
+            ..CommandLimits::default()
+        };
+        let asked = CommandSpec {
+            wall_time_s: Some(20.0),
+            ..spec(&["/bin/sh", "-c", &script])
+        };
+        let (end, lines) = run_job("vision/kernel", &asked, &limits);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        for said in [
+            "userns-refused",
+            "netns-refused",
+            "io_uring: Function not implemented",
+            "keyring: Operation not permitted",
+            "forked: 7",
+            "threaded",
+        ] {
+            assert!(log.contains(said), "{said}: {log}");
+        }
+        // The operator's choice: all of them.
+        let all = CommandLimits {
+            syscalls: crate::seccomp::JobSyscalls::All,
+            ..limits
+        };
+        let (end, lines) = run_job("vision/kernel-all", &asked, &all);
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        assert!(
+            log.contains("forked: 7") && log.contains("threaded"),
+            "{log}"
+        );
     }
 
     /// Runs a victim (a secret in its environment) and an attacker at once under `limits`: the

@@ -57,6 +57,7 @@ pub mod runner;
 pub mod scratch;
 pub mod scratchfs;
 pub mod sealedobjects;
+pub mod seccomp;
 pub mod serve;
 pub mod tls;
 

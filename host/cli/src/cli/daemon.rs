@@ -376,6 +376,12 @@ pub(super) struct JobArgs {
     /// so its memory bound holds them.
     #[arg(long)]
     pub(super) protect_kernel_defaults: bool,
+    /// Which system calls command jobs may make: `filtered` (all but those that make
+    /// namespaces, set up io_uring, load BPF, open perf events or userfaultfds, or use kernel
+    /// keyrings: the kernel's most attacked code, which no training job needs) or `all` (for
+    /// jobs that make containers of their own with user namespaces, such as enroot).
+    #[arg(long, value_name = "filtered|all", default_value = "filtered")]
+    pub(super) job_syscalls: gantry_daemon::seccomp::JobSyscalls,
 }
 
 impl JobArgs {
@@ -397,6 +403,7 @@ impl JobArgs {
                 .map_err(anyhow::Error::msg)?,
             network: self.job_network,
             protect_kernel_defaults: self.protect_kernel_defaults,
+            syscalls: self.job_syscalls,
             uids: self.job_uids,
             own_user: self.jobs_as_own_user,
             user: (self.job_user.as_deref().map(JobUser::lookup))
