@@ -34,6 +34,7 @@ fn local_commands() -> gantry_daemon::command::CommandLimits {
         own_user: !root,
         max_memory_mib: gantry_daemon::command::machine_memory_mib()
             .map(gantry_daemon::command::default_max_memory_mib),
+        jobs_memory_mib: gantry_daemon::command::jobs_memory_mib(None, None).unwrap_or_default(),
         max_disk_mib,
         scratch_budget: gantry_daemon::command::scratch_budget(None, max_disk_mib)
             .unwrap_or_default(),

@@ -64,6 +64,9 @@ pub struct Bounds {
     pub max_pids: u64,
     /// The memory limit of a run that asks for none, MiB.
     pub memory_mib: Option<u64>,
+    /// What all runs together may use, MiB: the limit of the runs' directory, as the kubelet
+    /// sets on the one of its pods.
+    pub all_memory_mib: Option<u64>,
 }
 
 /// The most tasks (processes and threads) one run may have at once, where the machine has the
@@ -441,6 +444,21 @@ impl Cgroups {
                     let _ = std::fs::write(scope.dir.join("pids.max"), budget.to_string());
                 }
             }
+            if let Some(mib) = bounds.all_memory_mib {
+                // All runs together: at their bound the kernel's OOM killer takes one of theirs,
+                // before the machine runs short and stalls the daemon (a limit below what the
+                // runs hold now is refused: set again at the next run).
+                let bytes = (mib << 20).to_string();
+                match scope.controller {
+                    Controller::Unified => {
+                        let _ = std::fs::write(scope.dir.join("memory.max"), &bytes);
+                    }
+                    Controller::Memory => {
+                        let _ = std::fs::write(scope.dir.join("memory.limit_in_bytes"), &bytes);
+                    }
+                    _ => {}
+                }
+            }
             if scope.controller == Controller::Memory
                 && let Some(bytes) = runs_socket_budget()
             {
@@ -721,6 +739,25 @@ impl RunGroup {
         }
     }
 
+    /// Whether the run's memory ever reached its own limit (rather than only all runs'
+    /// together); so where the kernel does not say.
+    pub fn reached_own_limit(&self) -> bool {
+        let Some((dir, controller)) = &self.memory else {
+            return true;
+        };
+        let (file, key) = match controller {
+            Controller::Unified => ("memory.events.local", "max "),
+            _ => ("memory.failcnt", ""),
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            })
+            .is_none_or(|hits| hits > 0)
+    }
+
     /// How many times the kernel's OOM killer killed a process of the run for its memory limit.
     pub fn oom_kills(&self) -> u64 {
         let Some((dir, controller)) = &self.memory else {
@@ -782,6 +819,7 @@ mod tests {
                 Bounds {
                     max_pids: 64,
                     memory_mib: None,
+                    all_memory_mib: None,
                 },
                 &GpuNodes::none(),
             )
@@ -919,6 +957,7 @@ mod tests {
         let bounds = Bounds {
             max_pids: 64,
             memory_mib: None,
+            all_memory_mib: None,
         };
         let mut unified_done = false;
         match Cgroups::detect(&scope_for(b"cgroup tests: GPU nodes")) {

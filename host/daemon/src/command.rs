@@ -103,6 +103,11 @@ pub struct CommandLimits {
     /// and one asking for more is refused. `None`: no bound (a control plane whose jobs run on
     /// other machines, which each hold runs to their own).
     pub max_memory_mib: Option<u64>,
+    /// What all runs together may use, MiB (`--jobs-memory-mib`; by default the same share of
+    /// the machine, [`jobs_memory_mib`]), where the machine has the memory controller: each run
+    /// within its own bound, two runs of a tenant together took more than the machine had, and
+    /// its reclaim stalled the daemon as one run past it did. `None`: no bound of the whole.
+    pub jobs_memory_mib: Option<u64>,
     /// The most one run's scratch directory may hold, MiB (`--max-job-disk-mib`; by default a
     /// tenth of the file system it lies on, [`default_max_disk_mib`]): a command naming none
     /// gets it as its scratch file system's size where runs have mount namespaces, and one
@@ -134,6 +139,7 @@ impl Default for CommandLimits {
             max_output_bytes: 1 << 20,
             max_pids: crate::cgroup::DEFAULT_MAX_PIDS,
             max_memory_mib: None,
+            jobs_memory_mib: None,
             max_disk_mib: None,
             scratch_budget: None,
             network: crate::netns::JobNetwork::Own,
@@ -198,6 +204,26 @@ pub fn scratch_budget(
         (None, one) => default_jobs_disk_mib().map(|all| all.max(one.unwrap_or(0))),
     };
     Ok(total.map(|mib| std::sync::Arc::new(crate::budget::Budget::new(mib))))
+}
+
+/// What all command runs together may use ([`CommandLimits::jobs_memory_mib`]): `asked` MiB
+/// (`--jobs-memory-mib`), refused below `max_memory_mib` (a run asking for the most could never
+/// have it), or, by default, what one run may use where the machine's memory is known (the
+/// machine's less what the daemon and system keep), at least `max_memory_mib`.
+pub fn jobs_memory_mib(
+    asked: Option<u64>,
+    max_memory_mib: Option<u64>,
+) -> Result<Option<u64>, String> {
+    match (asked, max_memory_mib) {
+        (Some(all), Some(one)) if all < one => Err(format!(
+            "--jobs-memory-mib {all} is below the {one} MiB one command may use \
+             (--max-job-memory-mib): such a job could never have it"
+        )),
+        (Some(all), _) => Ok(Some(all)),
+        (None, one) => Ok(machine_memory_mib()
+            .map(default_max_memory_mib)
+            .map(|all| all.max(one.unwrap_or(0)))),
+    }
 }
 
 /// The default of [`CommandLimits::max_memory_mib`] on a machine of `total_mib` MiB: all but a
@@ -1329,12 +1355,27 @@ pub fn execute(
         .group
         .as_ref()
         .and_then(crate::cgroup::RunGroup::memory_mib);
+    let own_limit = (run.group.as_ref()).is_none_or(crate::cgroup::RunGroup::reached_own_limit);
     let wall = run.wall;
     // Everything left in its cgroup goes too (what left its process group), and the cgroup,
     // its scratch, then its uid.
     drop(run);
     let end = end(&job.spec.argv[0], status, stopped, wall);
+    let all_mib = limits.jobs_memory_mib.filter(|_| !own_limit);
     match (end, oom_kills, memory_mib) {
+        (RunEnd::Failed(reason), 1.., _) if let Some(all) = all_mib => RunEnd::Failed(format!(
+            "{reason}: all command runs on this machine together reached their memory bound of \
+             {all} MiB (--jobs-memory-mib), and the kernel's OOM killer took {oom_kills} of \
+             this run's process(es)"
+        )),
+        (end, 1.., _) if let Some(all) = all_mib => {
+            sink.log(&format!(
+                "{oom_kills} of its processes were killed by the kernel's OOM killer when all \
+                 command runs on this machine together reached their memory bound of {all} MiB \
+                 (--jobs-memory-mib)"
+            ));
+            end
+        }
         (RunEnd::Failed(reason), 1.., Some(mib)) => RunEnd::Failed(format!(
             "{reason}: it reached its memory limit of {mib} MiB ({oom_kills} process(es) killed by \
              the kernel's OOM killer)"
@@ -1410,6 +1451,7 @@ impl Prepared {
         let bounds = crate::cgroup::Bounds {
             max_pids: limits.max_pids,
             memory_mib: limits.max_memory_mib,
+            all_memory_mib: limits.jobs_memory_mib,
         };
         let group = match cgroups {
             Some(cgroups) => Some(
@@ -2693,6 +2735,78 @@ mod tests {
         );
     }
 
+    /// Found by asking what bounds runs' memory together once each run had a bound: the
+    /// machine's less a tenth each, so two runs of a tenant, each within its own, took more
+    /// than the machine had, and its reclaim stalled the daemon and its heartbeats as one run
+    /// past it did. All runs together are held to `--jobs-memory-mib` now (the limit of their
+    /// cgroups' directory), and a run the kernel stops there says so. Root with a memory
+    /// cgroup and python3 only.
+    #[test]
+    fn all_runs_together_are_held_to_the_memory_of_all_runs() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/python3").exists() {
+            eprintln!("skipped: needs root and python3");
+            return;
+        }
+        let scope = crate::cgroup::scope_for(b"command tests: all runs' memory");
+        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
+            eprintln!("skipped: this machine gives no cgroups");
+            return;
+        };
+        if !cgroups.limits_available().0 {
+            eprintln!("skipped: no memory controller");
+            return;
+        }
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_memory_mib: Some(64),
+            jobs_memory_mib: Some(80),
+            ..CommandLimits::default()
+        };
+        // 40 MB apiece, held a while: each within its own 64 MiB, both past the 80 of all.
+        let spec = CommandSpec {
+            wall_time_s: Some(60.0),
+            ..spec(&[
+                "/usr/bin/python3",
+                "-c",
+                "import time; held = b'x' * 40_000_000; time.sleep(3); print('held', len(held))",
+            ])
+        };
+        let ends: Vec<(RunEnd, String)> = std::thread::scope(|s| {
+            let runs: Vec<_> = ["vision/big-1", "vision/big-2"]
+                .into_iter()
+                .map(|key| {
+                    let (spec, limits, cgroups) = (&spec, &limits, &cgroups);
+                    s.spawn(move || {
+                        let gpus = ["node-0001/gpu0".to_string()];
+                        let job = RunJob {
+                            key,
+                            tenant: "vision",
+                            gpu_ids: &gpus,
+                            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
+                            spec,
+                        };
+                        let mut lines = Lines::default();
+                        let end = execute(job, limits, Some(cgroups), &mut lines, "root");
+                        (end, lines.0.join("\n"))
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let stopped = ends.iter().filter(|(end, _)| match end {
+            RunEnd::Failed(why) => why.contains("together reached their memory bound of 80 MiB"),
+            _ => false,
+        });
+        assert!(stopped.count() >= 1, "{ends:?}");
+        for (end, log) in &ends {
+            assert!(
+                !format!("{end:?}").contains("limit of 64 MiB"),
+                "{end:?}: {log}"
+            );
+        }
+    }
+
     /// Runs a victim (a secret in its environment) and an attacker at once under `limits`: the
     /// attacker is handed the victim's pid as the machine numbers it (found by this test, root,
     /// through the machine's `/proc`), signals it, signals every process it may (`kill -9 -1`),
@@ -3166,6 +3280,7 @@ mod tests {
         let bounds = crate::cgroup::Bounds {
             max_pids: 64,
             memory_mib: None,
+            all_memory_mib: None,
         };
         let other = (cgroups.create(
             &run_name("other/secret-job"),

@@ -350,6 +350,13 @@ pub(super) struct JobArgs {
     #[arg(long, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
     pub(super) max_job_memory_mib: Option<u64>,
+    /// The most memory all command jobs together may use, MiB: the limit of their cgroups'
+    /// directory (where the machine has the memory controller), at whose reach the kernel's OOM
+    /// killer takes a job's process before the machine runs short. At least
+    /// `--max-job-memory-mib`. Default: this machine's memory less a tenth (1 to 8 GiB).
+    #[arg(long, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=gantry_daemon::command::MAX_MEMORY_MIB))]
+    pub(super) jobs_memory_mib: Option<u64>,
     /// The most one command job's scratch directory may hold, MiB: the size of the file system
     /// of its own it gets (where runs have mount namespaces: root) when it names none, and the
     /// most it may ask for (`command.disk_mib`). Default: a tenth of the file system of the
@@ -390,14 +397,17 @@ impl JobArgs {
     /// `--max-job-memory-mib`, `--max-job-disk-mib`) and whose network it has.
     fn limits(&self) -> anyhow::Result<gantry_daemon::command::CommandLimits> {
         use gantry_daemon::command::{
-            CommandLimits, JobUser, default_max_disk_mib, default_max_memory_mib,
+            CommandLimits, JobUser, default_max_disk_mib, default_max_memory_mib, jobs_memory_mib,
             machine_memory_mib, scratch_budget,
         };
         let max_disk_mib = self.max_job_disk_mib.or_else(default_max_disk_mib);
+        let max_memory_mib =
+            (self.max_job_memory_mib).or(machine_memory_mib().map(default_max_memory_mib));
         Ok(CommandLimits {
             max_pids: self.max_job_pids,
-            max_memory_mib: (self.max_job_memory_mib)
-                .or(machine_memory_mib().map(default_max_memory_mib)),
+            max_memory_mib,
+            jobs_memory_mib: jobs_memory_mib(self.jobs_memory_mib, max_memory_mib)
+                .map_err(anyhow::Error::msg)?,
             max_disk_mib,
             scratch_budget: scratch_budget(self.jobs_disk_mib, max_disk_mib)
                 .map_err(anyhow::Error::msg)?,
