@@ -2671,11 +2671,13 @@ mod tests {
 
     /// Found by asking what of the kernel a run reaches: as `nobody`, with no capability, a
     /// run made a user namespace of its own (`unshare -Ur`) and held every capability over the
-    /// namespaces it made there, the door to the kernel's most attacked code. Its system calls
-    /// are filtered now ([`crate::seccomp`]): no namespace, io_uring or kernel keyring, while
-    /// it still forks and runs threads. `--job-syscalls all` leaves them. Root only.
+    /// namespaces it made there, the door to the kernel's most attacked code; and it took
+    /// every page of the machine's huge page pool, which no memory bound counts. Its system
+    /// calls are filtered now ([`crate::seccomp`]): no namespace, io_uring, kernel keyring or
+    /// huge page, while it still forks, maps memory and runs threads. `--job-syscalls all`
+    /// leaves them. Root only.
     #[test]
-    fn a_run_makes_no_namespace_io_uring_or_keyring_of_its_own() {
+    fn a_run_makes_no_namespace_io_uring_keyring_or_huge_page_of_its_own() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0
             || !std::path::Path::new("/usr/bin/perl").exists()
@@ -2696,7 +2698,14 @@ mod tests {
                my $pid = fork; if ($pid == 0) {{ exit 7 }} waitpid($pid, 0); \
                print \"forked: \", $? >> 8, \"\\n\"'; \
              /usr/bin/python3 -c 'import threading; \
-               t = threading.Thread(target=print, args=(\"threaded\",)); t.start(); t.join()'",
+               t = threading.Thread(target=print, args=(\"threaded\",)); t.start(); t.join()'; \
+             /usr/bin/python3 -c 'import ctypes, os; \
+               libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p; \
+               p = libc.mmap(None, 2097152, 3, 0x22 | 0x40000, -1, 0); \
+               print(\"huge page:\", os.strerror(ctypes.get_errno()) if p in (None, 2**64 - 1) \
+                 else \"mapped\"); \
+               f = libc.memfd_create(b\"h\", 4); \
+               print(\"huge memfd:\", os.strerror(ctypes.get_errno()) if f < 0 else \"made\")'",
             io_uring = libc::SYS_io_uring_setup,
             add_key = libc::SYS_add_key,
         );
@@ -2718,6 +2727,8 @@ mod tests {
             "keyring: Operation not permitted",
             "forked: 7",
             "threaded",
+            "huge page: Operation not permitted",
+            "huge memfd: Operation not permitted",
         ] {
             assert!(log.contains(said), "{said}: {log}");
         }
@@ -2731,6 +2742,10 @@ mod tests {
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
         assert!(
             log.contains("forked: 7") && log.contains("threaded"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("huge memfd: Operation not permitted"),
             "{log}"
         );
     }

@@ -15,7 +15,10 @@
 //! filter cannot read; the C library falls back to `clone`), sets up no io_uring (a kernel
 //! interface of its own, off in Docker's and ChromeOS's defaults: `ENOSYS`, so programs fall
 //! back to plain reads), loads no BPF, opens no perf event or userfaultfd, and touches no
-//! kernel keyring (they are the uid's, shared by runs of one `--job-user`). A system call of
+//! kernel keyring (they are the uid's, shared by runs of one `--job-user`), and takes no huge
+//! page of the machine's pool (`MAP_HUGETLB`, `SHM_HUGETLB`, `MFD_HUGETLB`): those pages are
+//! reserved by the operator and counted in no run's memory, and a review's run as `nobody`
+//! took every one. A system call of
 //! another ABI (32-bit ones on x86-64, whose numbers differ) is refused whole, so none of these
 //! is reached by another number.
 
@@ -53,7 +56,10 @@ const RET_ERRNO: u32 = 0x0005_0000;
 // lower half (little-endian).
 const NR: u32 = 0;
 const ARCH: u32 = 4;
-const ARG0: u32 = 16;
+/// Argument `n`'s lower half.
+const fn arg(n: u32) -> u32 {
+    16 + 8 * n
+}
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
@@ -74,6 +80,10 @@ const CLONE_NAMESPACES: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET) as u32;
 /// Those of `unshare`.
 const UNSHARE_NAMESPACES: u32 = CLONE_NAMESPACES | 0x80;
+/// `mmap`'s, `shmget`'s and `memfd_create`'s flags for a page of the huge page pool.
+const MAP_HUGETLB: u32 = libc::MAP_HUGETLB as u32;
+const SHM_HUGETLB: u32 = libc::SHM_HUGETLB as u32;
+const MFD_HUGETLB: u32 = libc::MFD_HUGETLB;
 
 fn statement(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -130,14 +140,18 @@ pub fn program() -> Option<Vec<libc::sock_filter>> {
             p.push(jump(JEQ_K, nr as u32, 0, 1));
             p.push(statement(RET_K, errno(error)));
         }
-        // Each ends in a return, as the argument loaded replaces the number.
-        for (nr, flags) in [
-            (libc::SYS_clone, CLONE_NAMESPACES),
-            (libc::SYS_unshare, UNSHARE_NAMESPACES),
+        // Those refused by a flag of an argument. Each ends in a return, as the argument
+        // loaded replaces the number.
+        for (nr, n, flags) in [
+            (libc::SYS_clone, 0, CLONE_NAMESPACES),
+            (libc::SYS_unshare, 0, UNSHARE_NAMESPACES),
+            (libc::SYS_mmap, 3, MAP_HUGETLB),
+            (libc::SYS_shmget, 2, SHM_HUGETLB),
+            (libc::SYS_memfd_create, 1, MFD_HUGETLB),
         ] {
             p.extend([
                 jump(JEQ_K, nr as u32, 0, 4),
-                statement(LD_W_ABS, ARG0),
+                statement(LD_W_ABS, arg(n)),
                 jump(JSET_K, flags, 0, 1),
                 statement(RET_K, errno(libc::EPERM)),
                 statement(RET_K, RET_ALLOW),
