@@ -1943,6 +1943,23 @@ mod tests {
         (end, lines)
     }
 
+    /// Cgroups of the scope named `name` with a memory controller, where these tests run as root
+    /// with `needs` (programs) there; `None`, saying why, elsewhere.
+    fn memory_cgroups(name: &[u8], needs: &[&str]) -> Option<crate::cgroup::Cgroups> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || !needs.iter().all(|p| std::path::Path::new(p).exists()) {
+            eprintln!("skipped: needs root and {needs:?}");
+            return None;
+        }
+        let cgroups = crate::cgroup::Cgroups::detect(&crate::cgroup::scope_for(name))
+            .filter(|c| c.limits_available().0);
+        if cgroups.is_none() {
+            eprintln!("skipped: this machine gives no cgroups with a memory controller");
+        }
+        cgroups
+    }
+
     /// Limits that run commands as `nobody` where the tests run as root, else as this user.
     fn job_user_limits() -> CommandLimits {
         // SAFETY: geteuid has no preconditions.
@@ -2534,20 +2551,12 @@ mod tests {
     /// memory cgroup only; lifts this machine's counts, as the agent does.
     #[test]
     fn a_run_cannot_take_every_aio_event_of_the_machine() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/perl").exists() {
-            eprintln!("skipped: needs root and perl");
-            return;
-        }
-        let scope = crate::cgroup::scope_for(b"command tests: the machine's AIO events");
-        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
-            eprintln!("skipped: this machine gives no cgroups");
+        let Some(cgroups) = memory_cgroups(
+            b"command tests: the machine's AIO events",
+            &["/usr/bin/perl"],
+        ) else {
             return;
         };
-        if !cgroups.limits_available().0 {
-            eprintln!("skipped: no memory controller");
-            return;
-        }
         for (count, outcome) in crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false)
         {
             assert!(
@@ -2576,16 +2585,7 @@ mod tests {
                 wall_time_s: Some(60.0),
                 ..spec(&["/usr/bin/perl", "-e", &script])
             };
-            let gpus = ["node-0001/gpu0".to_string()];
-            let job = RunJob {
-                key: "vision/aio",
-                tenant: "vision",
-                gpu_ids: &gpus,
-                gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
-                spec: &spec,
-            };
-            let mut lines = Lines::default();
-            let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+            let (end, lines) = run_job_in("vision/aio", &spec, &limits, Some(&cgroups));
             (end, lines.0.join("\n"))
         };
         // Twice the kernel's default count, for 8 MiB or so: taken, and some left over.
@@ -2611,20 +2611,12 @@ mod tests {
     /// with a memory cgroup only.
     #[test]
     fn a_runs_socket_buffers_are_held_to_its_memory_bound() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/perl").exists() {
-            eprintln!("skipped: needs root and perl");
-            return;
-        }
-        let scope = crate::cgroup::scope_for(b"command tests: the runs' socket buffers");
-        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
-            eprintln!("skipped: this machine gives no cgroups");
+        let Some(cgroups) = memory_cgroups(
+            b"command tests: the runs' socket buffers",
+            &["/usr/bin/perl"],
+        ) else {
             return;
         };
-        if !cgroups.limits_available().0 {
-            eprintln!("skipped: no memory controller");
-            return;
-        }
         let limits = CommandLimits {
             user: Some(JobUser::lookup("nobody").unwrap()),
             max_memory_mib: Some(64),
@@ -2647,16 +2639,7 @@ mod tests {
             wall_time_s: Some(60.0),
             ..spec(&["/usr/bin/perl", "-e", script])
         };
-        let gpus = ["node-0001/gpu0".to_string()];
-        let job = RunJob {
-            key: "vision/sockets",
-            tenant: "vision",
-            gpu_ids: &gpus,
-            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
-            spec: &spec,
-        };
-        let mut lines = Lines::default();
-        let end = execute(job, &limits, Some(&cgroups), &mut lines, "root");
+        let (end, lines) = run_job_in("vision/sockets", &spec, &limits, Some(&cgroups));
         let log = lines.0.join("\n");
         assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
         assert!(log.contains("connections=48 "), "{log}");
@@ -2758,20 +2741,11 @@ mod tests {
     /// cgroup and python3 only.
     #[test]
     fn all_runs_together_are_held_to_the_memory_of_all_runs() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/usr/bin/python3").exists() {
-            eprintln!("skipped: needs root and python3");
-            return;
-        }
-        let scope = crate::cgroup::scope_for(b"command tests: all runs' memory");
-        let Some(cgroups) = crate::cgroup::Cgroups::detect(&scope) else {
-            eprintln!("skipped: this machine gives no cgroups");
+        let Some(cgroups) =
+            memory_cgroups(b"command tests: all runs' memory", &["/usr/bin/python3"])
+        else {
             return;
         };
-        if !cgroups.limits_available().0 {
-            eprintln!("skipped: no memory controller");
-            return;
-        }
         let limits = CommandLimits {
             user: Some(JobUser::lookup("nobody").unwrap()),
             max_memory_mib: Some(64),
@@ -2793,16 +2767,7 @@ mod tests {
                 .map(|key| {
                     let (spec, limits, cgroups) = (&spec, &limits, &cgroups);
                     s.spawn(move || {
-                        let gpus = ["node-0001/gpu0".to_string()];
-                        let job = RunJob {
-                            key,
-                            tenant: "vision",
-                            gpu_ids: &gpus,
-                            gpu_nodes: &crate::gpu_nodes::GpuNodes::none(),
-                            spec,
-                        };
-                        let mut lines = Lines::default();
-                        let end = execute(job, limits, Some(cgroups), &mut lines, "root");
+                        let (end, lines) = run_job_in(key, spec, limits, Some(cgroups));
                         (end, lines.0.join("\n"))
                     })
                 })
