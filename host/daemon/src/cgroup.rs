@@ -604,22 +604,17 @@ fn set_limits(dir: &Path, controller: Controller, r: Resources) -> std::io::Resu
             let budget = runs_socket_budget();
             let bound = r.memory_mib.map(|mib| mib << 20);
             if let Some(bytes) = bound.into_iter().chain(budget).min() {
-                match write(TCP_LIMIT, bytes.to_string()) {
-                    Ok(()) => {}
-                    // A kernel without it (v1's socket limits are deprecated): said once.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        static SAID: std::sync::Once = std::sync::Once::new();
-                        SAID.call_once(|| {
-                            tracing::warn!(
-                                "this kernel's cgroup v1 has no {TCP_LIMIT}: command runs' socket \
-                                 buffers are not bounded, and one run can take every one the \
-                                 machine's TCP may hold"
-                            )
-                        });
-                    }
-                    Err(e) => {
-                        return Err(std::io::Error::new(e.kind(), format!("{TCP_LIMIT}: {e}")));
-                    }
+                // A kernel without it (v1's socket limits are deprecated, or kernel memory
+                // accounting is off) runs them as before, said once.
+                if let Err(e) = write(TCP_LIMIT, bytes.to_string()) {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        tracing::warn!(
+                            error = %e,
+                            "{TCP_LIMIT} could not be set: command runs' socket buffers are not \
+                             bounded, and one run can take every one the machine's TCP may hold"
+                        )
+                    });
                 }
             }
         }

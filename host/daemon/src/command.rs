@@ -1566,15 +1566,21 @@ impl Prepared {
             );
         // Made here: between fork and exec nothing may allocate.
         let filter = match limits.syscalls {
-            crate::seccomp::JobSyscalls::Filtered => crate::seccomp::program(),
+            crate::seccomp::JobSyscalls::Filtered if crate::seccomp::available() => {
+                crate::seccomp::program()
+            }
+            crate::seccomp::JobSyscalls::Filtered => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "command runs' system calls are not filtered: this machine's kernel \
+                         (or processor) takes no filter of Gantry's"
+                    )
+                });
+                None
+            }
             crate::seccomp::JobSyscalls::All => None,
         };
-        if filter.is_none() && limits.syscalls == crate::seccomp::JobSyscalls::Filtered {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::warn!("command runs' system calls are not filtered on this processor")
-            });
-        }
         // SAFETY: only async-signal-safe calls between fork and exec. First a session of its own,
         // without the daemon's terminal (in the daemon's session, a job started from an operator's
         // shell opened `/dev/tty` and typed commands into it as root, `TIOCSTI`), whose process
@@ -2666,7 +2672,7 @@ mod tests {
             || !std::path::Path::new("/usr/bin/perl").exists()
             || !std::path::Path::new("/usr/bin/unshare").exists()
             || !std::path::Path::new("/usr/bin/python3").exists()
-            || crate::seccomp::program().is_none()
+            || !crate::seccomp::available()
         {
             eprintln!("skipped: needs root, perl, python3, unshare and this processor's filter");
             return;
