@@ -241,10 +241,11 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
     let rae = add_user(&data, "rae", "researcher,runner", "vision", "public");
     let mut extra = vec!["--kill-grace-s", "1"];
     extra.extend(job_user_args());
-    // The kernel's default count of AIO events for the whole machine, which the daemon's agent
-    // lifts below (an earlier daemon may have lifted it on this machine already).
+    // The kernel's default counts of AIO events and pseudo-terminals for the whole machine,
+    // which the daemon's agent lifts below (an earlier daemon may have lifted them here).
     if cgroups_here() {
         std::fs::write("/proc/sys/fs/aio-max-nr", "65536").unwrap();
+        std::fs::write("/proc/sys/kernel/pty/max", "4096").unwrap();
     }
     let mut daemon = Daemon::start_with(&data, &shared_cache(), &extra);
     let url = daemon.url.clone();
@@ -265,11 +266,15 @@ fn a_command_job_is_held_to_its_cgroup_and_what_it_leaves_dies_with_it_or_with_a
         reason.contains("reached its memory limit of 64 MiB"),
         "{job}"
     );
-    // Its memory bound is what holds its open files and AIO events: the agent lifted the
-    // kernel's counts of them for the whole machine before it ran anything.
-    for sysctl in ["fs/file-max", "fs/aio-max-nr"] {
+    // Its memory bound is what holds its open files, AIO events and pseudo-terminals: the
+    // agent lifted the kernel's counts of them for the whole machine before it ran anything.
+    for (sysctl, most) in [
+        ("fs/file-max", i64::MAX as u64),
+        ("fs/aio-max-nr", i64::MAX as u64),
+        ("kernel/pty/max", 1 << 20),
+    ] {
         let at = std::fs::read_to_string(format!("/proc/sys/{sysctl}")).unwrap();
-        assert_eq!(at.trim(), i64::MAX.to_string(), "{sysctl}");
+        assert_eq!(at.trim(), most.to_string(), "{sysctl}");
     }
 
     // Its limits are its cgroup's, as the program itself reads them.

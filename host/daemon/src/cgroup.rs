@@ -735,22 +735,29 @@ impl RunGroup {
     }
 
     /// Whether the run's memory ever reached its own limit (rather than only all runs'
-    /// together); so where the kernel does not say.
+    /// together); so where the kernel does not say. v2 counts each time a cgroup's use reaches
+    /// its own `memory.max` (`memory.events.local`'s `max`); v1 keeps no such count (its
+    /// `failcnt` stays 0 here), so its peak within a huge page of its limit says it.
     pub fn reached_own_limit(&self) -> bool {
         let Some((dir, controller)) = &self.memory else {
             return true;
         };
-        let (file, key) = match controller {
-            Controller::Unified => ("memory.events.local", "max "),
-            _ => ("memory.failcnt", ""),
-        };
-        std::fs::read_to_string(dir.join(file))
-            .ok()
-            .and_then(|t| {
+        let read = |file: &str, key: &str| {
+            std::fs::read_to_string(dir.join(file)).ok().and_then(|t| {
                 t.lines()
                     .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
             })
-            .is_none_or(|hits| hits > 0)
+        };
+        match controller {
+            Controller::Unified => read("memory.events.local", "max ").is_none_or(|hits| hits > 0),
+            _ => match (
+                read("memory.max_usage_in_bytes", ""),
+                read("memory.limit_in_bytes", ""),
+            ) {
+                (Some(peak), Some(limit)) => peak.saturating_add(2 << 20) >= limit,
+                _ => true,
+            },
+        }
     }
 
     /// How many times the kernel's OOM killer killed a process of the run for its memory limit.

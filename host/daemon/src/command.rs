@@ -2504,6 +2504,8 @@ mod tests {
         let limits = CommandLimits {
             user: Some(JobUser::lookup("nobody").unwrap()),
             max_memory_mib: Some(64),
+            // Far from reached: the run is stopped at its own bound, and says so.
+            jobs_memory_mib: Some(1024),
             ..CommandLimits::default()
         };
         // `tail` keeps the one 300 MB line it is given whole.

@@ -1,12 +1,15 @@
 //! The kernel's machine-wide counts of objects each run's memory cgroup already pays for.
 //!
-//! An open file and an asynchronous-I/O event are counted twice: in the memory of the cgroup
-//! whose task made them, and against one count for the whole machine (`fs.file-max`,
-//! `fs.aio-max-nr`) that nothing divides among cgroups or users. A run within its own memory
+//! An open file, an asynchronous-I/O event and a pseudo-terminal are counted twice: in the
+//! memory of the cgroup whose task made them, and against one count for the whole machine
+//! (`fs.file-max`, `fs.aio-max-nr`, `kernel.pty.max`) that nothing divides among cgroups or
+//! users. A run within its own memory
 //! bound could take all of one (found by a review: every AIO event of the machine, 65,536, for
 //! about 2 MiB of a run's memory; every file, 2.4 million, a tenth of the memory's worth, for
 //! about 540 MiB of it), and then every other process on the node, other tenants' runs among
-//! them, could open no file or AIO context. A node that runs commands under memory bounds
+//! them, could open no file or AIO context (and runs' own pseudo-terminals, 256 each, shared
+//! the 3,072 the kernel leaves beside the machine's own: twelve runs of a tenant could take them
+//! from every other run). A node that runs commands under memory bounds
 //! lifts these counts to the kernel's most, so each run's memory bound is the one that holds,
 //! as systemd does for `fs.file-max` at boot and the kubelet does for the settings it needs
 //! (both with a way to leave them: here `--protect-kernel-defaults`).
@@ -22,31 +25,39 @@ pub struct Count {
     pub sysctl: &'static str,
     /// What it counts.
     pub counts: &'static str,
+    /// The most the kernel takes for it.
+    pub most: u64,
 }
 
 /// The counts whose objects every run's memory cgroup is charged for (checked here: 796,000
-/// open files took 176 MiB of their cgroup's kernel memory; AIO contexts past a 64 MiB bound
-/// had their process killed by its cgroup's OOM killer).
-pub const MEMORY_BOUND: [Count; 2] = [
+/// open files took 176 MiB of their cgroup's kernel memory; AIO contexts past a 64 MiB bound,
+/// and pseudo-terminals past an 8 MiB one, had their process killed by its cgroup's OOM
+/// killer), each with the most the kernel takes: a `long`'s for files (as systemd sets it) and
+/// events, `NR_UNIX98_PTY_MAX` for terminals.
+pub const MEMORY_BOUND: [Count; 3] = [
     Count {
         sysctl: "fs.file-max",
         counts: "open files",
+        most: i64::MAX as u64,
     },
     Count {
         sysctl: "fs.aio-max-nr",
         counts: "asynchronous I/O events",
+        most: i64::MAX as u64,
+    },
+    Count {
+        sysctl: "kernel.pty.max",
+        counts: "pseudo-terminals",
+        most: 1 << 20,
     },
 ];
-
-/// What a count is lifted to: the most `fs.file-max` takes (a `long`'s), as systemd sets it.
-pub const LIFTED: u64 = i64::MAX as u64;
 
 /// What became of one count.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// It was lower, and is [`LIFTED`] now.
+    /// It was lower, and is its most now.
     Lifted { from: u64 },
-    /// It was [`LIFTED`] already.
+    /// It was at its most already.
     Already,
     /// It was lower and is kept so (`--protect-kernel-defaults`).
     Kept { at: u64 },
@@ -54,7 +65,7 @@ pub enum Outcome {
     Failed { error: String },
 }
 
-/// Lifts each of [`MEMORY_BOUND`] below [`LIFTED`] to it, in `proc_sys` (the machine's is
+/// Lifts each of [`MEMORY_BOUND`] below its most to it, in `proc_sys` (the machine's is
 /// `/proc/sys`), or, with `protect`, only says which are lower.
 pub fn lift(proc_sys: &Path, protect: bool) -> Vec<(&'static Count, Outcome)> {
     MEMORY_BOUND
@@ -80,13 +91,13 @@ fn lift_one(proc_sys: &Path, count: &Count, protect: bool) -> Outcome {
             };
         }
     };
-    if at >= LIFTED {
+    if at >= count.most {
         return Outcome::Already;
     }
     if protect {
         return Outcome::Kept { at };
     }
-    match std::fs::write(&path, LIFTED.to_string()) {
+    match std::fs::write(&path, count.most.to_string()) {
         Ok(()) => Outcome::Lifted { from: at },
         Err(e) => Outcome::Failed {
             error: format!("{}: {e}", path.display()),
@@ -111,7 +122,7 @@ pub fn lift_for_runs(cgroups: Option<&crate::cgroup::Cgroups>, limits: &CommandL
             Outcome::Lifted { from } => tracing::info!(
                 sysctl,
                 from,
-                to = LIFTED,
+                to = count.most,
                 "the machine's count of {counts} is lifted: each run's memory bound holds them"
             ),
             Outcome::Already => {}
@@ -133,49 +144,61 @@ pub fn lift_for_runs(cgroups: Option<&crate::cgroup::Cgroups>, limits: &CommandL
 mod tests {
     use super::*;
 
-    /// A directory laid out as `/proc/sys` holding `file_max` and `aio_max`.
-    fn sysctls(file_max: &str, aio_max: &str) -> tempfile::TempDir {
+    /// A directory laid out as `/proc/sys` holding the counts `values` in [`MEMORY_BOUND`]'s
+    /// order.
+    fn sysctls(values: [&str; 3]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("fs")).unwrap();
-        std::fs::write(dir.path().join("fs/file-max"), file_max).unwrap();
-        std::fs::write(dir.path().join("fs/aio-max-nr"), aio_max).unwrap();
+        for (count, value) in MEMORY_BOUND.iter().zip(values) {
+            let path = dir.path().join(count.sysctl.replace('.', "/"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, value).unwrap();
+        }
         dir
     }
 
-    fn read(dir: &tempfile::TempDir, name: &str) -> String {
-        std::fs::read_to_string(dir.path().join("fs").join(name)).unwrap()
+    fn read(dir: &tempfile::TempDir) -> Vec<String> {
+        (MEMORY_BOUND.iter())
+            .map(|c| std::fs::read_to_string(dir.path().join(c.sysctl.replace('.', "/"))).unwrap())
+            .collect()
+    }
+
+    fn outcomes(dir: &tempfile::TempDir, protect: bool) -> Vec<Outcome> {
+        lift(dir.path(), protect).into_iter().map(|o| o.1).collect()
     }
 
     #[test]
     fn counts_below_the_most_are_lifted_and_a_protected_machine_keeps_them() {
-        let dir = sysctls("2466239\n", "65536\n");
-        let outcomes: Vec<Outcome> = lift(dir.path(), true).into_iter().map(|o| o.1).collect();
+        let dir = sysctls(["2466239\n", "65536\n", "4096\n"]);
         assert_eq!(
-            outcomes,
-            [Outcome::Kept { at: 2466239 }, Outcome::Kept { at: 65536 }]
-        );
-        assert_eq!(read(&dir, "file-max"), "2466239\n");
-
-        let outcomes: Vec<Outcome> = lift(dir.path(), false).into_iter().map(|o| o.1).collect();
-        assert_eq!(
-            outcomes,
+            outcomes(&dir, true),
             [
-                Outcome::Lifted { from: 2466239 },
-                Outcome::Lifted { from: 65536 }
+                Outcome::Kept { at: 2466239 },
+                Outcome::Kept { at: 65536 },
+                Outcome::Kept { at: 4096 }
             ]
         );
-        assert_eq!(read(&dir, "file-max"), LIFTED.to_string());
-        assert_eq!(read(&dir, "aio-max-nr"), LIFTED.to_string());
-        let again: Vec<Outcome> = lift(dir.path(), false).into_iter().map(|o| o.1).collect();
-        assert_eq!(again, [Outcome::Already, Outcome::Already]);
+        assert_eq!(read(&dir), ["2466239\n", "65536\n", "4096\n"]);
+
+        assert_eq!(
+            outcomes(&dir, false),
+            [
+                Outcome::Lifted { from: 2466239 },
+                Outcome::Lifted { from: 65536 },
+                Outcome::Lifted { from: 4096 }
+            ]
+        );
+        let most: Vec<String> = MEMORY_BOUND.iter().map(|c| c.most.to_string()).collect();
+        assert_eq!(read(&dir), most);
+        assert_eq!(read(&dir)[2], "1048576");
+        assert_eq!(outcomes(&dir, false), [const { Outcome::Already }; 3]);
     }
 
     #[test]
     fn a_count_that_cannot_be_read_is_a_failure_naming_its_file() {
-        let dir = sysctls("lots\n", "65536\n");
+        let dir = sysctls(["lots\n", "65536\n", "4096\n"]);
         std::fs::remove_file(dir.path().join("fs/aio-max-nr")).unwrap();
-        let outcomes = lift(dir.path(), false);
-        match &outcomes[0].1 {
+        let outcomes = outcomes(&dir, false);
+        match &outcomes[0] {
             Outcome::Failed { error } => {
                 assert!(
                     error.contains("fs/file-max") && error.contains("lots"),
@@ -184,10 +207,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match &outcomes[1].1 {
+        match &outcomes[1] {
             Outcome::Failed { error } => assert!(error.contains("fs/aio-max-nr"), "{error}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(read(&dir, "file-max"), "lots\n");
+        assert_eq!(outcomes[2], Outcome::Lifted { from: 4096 });
     }
 }
