@@ -121,7 +121,7 @@ pub struct CommandLimits {
     /// Whose network runs have: their own, the loopback alone, where the daemon can make it
     /// (root), or the machine's (`--job-network host`); see [`crate::netns`].
     pub network: crate::netns::JobNetwork,
-    /// Leave the kernel's machine-wide counts of what runs' memory pays for as they are
+    /// Leave the kernel's counts (the machine's, a user's) of what runs' memory pays for as they are
     /// (`--protect-kernel-defaults`), rather than lift them ([`crate::kernelcounts`]).
     pub protect_kernel_defaults: bool,
     /// Which system calls a run's program may make (`--job-syscalls`; [`crate::seccomp`]).
@@ -2608,6 +2608,39 @@ mod tests {
             memory.contains("memory limit of 64 MiB") || memory.contains("Cannot allocate"),
             "{memory}"
         );
+    }
+
+    /// Found by asking the same of what the kernel counts per uid: runs under one `--job-user`
+    /// share its 128 inotify instances, and one run took them all for 128 KiB of its memory, so
+    /// no other tenant's run could watch a file. The count is lifted with the others
+    /// ([`crate::kernelcounts`]), and the run's memory bound holds what it makes. Root with a
+    /// memory cgroup only; lifts this machine's counts, as the agent does.
+    #[test]
+    fn a_run_cannot_take_every_inotify_instance_of_its_user() {
+        let Some(cgroups) = memory_cgroups(b"command tests: a user's inotify", &["/usr/bin/perl"])
+        else {
+            return;
+        };
+        let _ = crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false);
+        let limits = CommandLimits {
+            user: Some(JobUser::lookup("nobody").unwrap()),
+            max_memory_mib: Some(64),
+            ..CommandLimits::default()
+        };
+        let script = format!(
+            "my ($n, $why) = (0, 'none'); \
+             while ($n < 300) {{ if (syscall({inotify}, 0) < 0) {{ $why = \"$!\"; last }} $n++ }} \
+             print 'instances=', $n, ' why=', $why, \"\\n\";",
+            inotify = libc::SYS_inotify_init1
+        );
+        let spec = CommandSpec {
+            wall_time_s: Some(60.0),
+            ..spec(&["/usr/bin/perl", "-e", &script])
+        };
+        let (end, lines) = run_job_in("vision/inotify", &spec, &limits, Some(&cgroups));
+        let log = lines.0.join("\n");
+        assert!(matches!(end, RunEnd::Finished(..)), "{end:?}: {log}");
+        assert!(log.contains("instances=300 why=none"), "{log}");
     }
 
     /// Found by asking the same of sockets: cgroup v1 counts no run's socket buffers unless its

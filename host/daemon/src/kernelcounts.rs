@@ -1,24 +1,26 @@
-//! The kernel's machine-wide counts of objects each run's memory cgroup already pays for.
+//! The kernel's counts, for the whole machine or for each user, of objects each run's memory
+//! cgroup already pays for.
 //!
-//! An open file, an asynchronous-I/O event and a pseudo-terminal are counted twice: in the
-//! memory of the cgroup whose task made them, and against one count for the whole machine
-//! (`fs.file-max`, `fs.aio-max-nr`, `kernel.pty.max`) that nothing divides among cgroups or
-//! users. A run within its own memory
-//! bound could take all of one (found by a review: every AIO event of the machine, 65,536, for
-//! about 2 MiB of a run's memory; every file, 2.4 million, a tenth of the memory's worth, for
-//! about 540 MiB of it), and then every other process on the node, other tenants' runs among
-//! them, could open no file or AIO context (and runs' own pseudo-terminals, 256 each, shared
-//! the 3,072 the kernel leaves beside the machine's own: twelve runs of a tenant could take them
-//! from every other run). A node that runs commands under memory bounds
-//! lifts these counts to the kernel's most, so each run's memory bound is the one that holds,
-//! as systemd does for `fs.file-max` at boot and the kubelet does for the settings it needs
-//! (both with a way to leave them: here `--protect-kernel-defaults`).
+//! An open file, an asynchronous-I/O event, a pseudo-terminal, an inotify instance or watch and
+//! an epoll watch are counted twice: in the memory of the cgroup whose task made them, and
+//! against a count that nothing divides among cgroups: the whole machine's (`fs.file-max`,
+//! `fs.aio-max-nr`, `kernel.pty.max`) or a user's (`fs.inotify.*`, `fs.epoll.max_user_watches`,
+//! shared by every run of one `--job-user`). A run within its own memory bound could take all
+//! of one (found by reviews: every AIO event of the machine, 65,536, for about 2 MiB of a run's
+//! memory; every file, 2.4 million, a tenth of the memory's worth, for about 540 MiB; all 128
+//! inotify instances of its user for 128 KiB), and then every other process on the node (or of
+//! the user), other tenants' runs among them, could open none (runs' own pseudo-terminals, 256
+//! each, share the 3,072 the kernel leaves beside the machine's own: twelve runs of a tenant
+//! could take them from every other run). A node that runs commands under memory bounds lifts
+//! these counts to the kernel's most, so each run's memory bound is the one that holds, as
+//! systemd does for `fs.file-max` at boot and the kubelet does for the settings it needs (both
+//! with a way to leave them: here `--protect-kernel-defaults`).
 
 use std::path::Path;
 
 use crate::command::CommandLimits;
 
-/// One of the kernel's machine-wide counts, by its sysctl name.
+/// One of the kernel's counts, by its sysctl name.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Count {
     /// Its name, as `sysctl` spells it.
@@ -30,11 +32,11 @@ pub struct Count {
 }
 
 /// The counts whose objects every run's memory cgroup is charged for (checked here: 796,000
-/// open files took 176 MiB of their cgroup's kernel memory; AIO contexts past a 64 MiB bound,
-/// and pseudo-terminals past an 8 MiB one, had their process killed by its cgroup's OOM
-/// killer), each with the most the kernel takes: a `long`'s for files (as systemd sets it) and
-/// events, `NR_UNIX98_PTY_MAX` for terminals.
-pub const MEMORY_BOUND: [Count; 3] = [
+/// open files took 176 MiB of their cgroup's kernel memory, 10,000 inotify instances 9.6 MiB;
+/// AIO contexts past a 64 MiB bound, and pseudo-terminals past an 8 MiB one, had their process
+/// killed by its cgroup's OOM killer), each with the most the kernel takes: a `long`'s or an
+/// `int`'s, as the sysctl is (systemd sets files' so), `NR_UNIX98_PTY_MAX` for terminals.
+pub const MEMORY_BOUND: [Count; 6] = [
     Count {
         sysctl: "fs.file-max",
         counts: "open files",
@@ -49,6 +51,24 @@ pub const MEMORY_BOUND: [Count; 3] = [
         sysctl: "kernel.pty.max",
         counts: "pseudo-terminals",
         most: 1 << 20,
+    },
+    // A uid's, and so shared by every run of one `--job-user` (and by the machine's other
+    // processes of that uid): a run took all 128 inotify instances for 128 KiB of its memory,
+    // and no other run could watch a file.
+    Count {
+        sysctl: "fs.inotify.max_user_instances",
+        counts: "inotify instances of a user",
+        most: i32::MAX as u64,
+    },
+    Count {
+        sysctl: "fs.inotify.max_user_watches",
+        counts: "inotify watches of a user",
+        most: i32::MAX as u64,
+    },
+    Count {
+        sysctl: "fs.epoll.max_user_watches",
+        counts: "epoll watches of a user",
+        most: i64::MAX as u64,
     },
 ];
 
@@ -146,7 +166,7 @@ mod tests {
 
     /// A directory laid out as `/proc/sys` holding the counts `values` in [`MEMORY_BOUND`]'s
     /// order.
-    fn sysctls(values: [&str; 3]) -> tempfile::TempDir {
+    fn sysctls(values: [&str; 6]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (count, value) in MEMORY_BOUND.iter().zip(values) {
             let path = dir.path().join(count.sysctl.replace('.', "/"));
@@ -168,34 +188,36 @@ mod tests {
 
     #[test]
     fn counts_below_the_most_are_lifted_and_a_protected_machine_keeps_them() {
-        let dir = sysctls(["2466239\n", "65536\n", "4096\n"]);
-        assert_eq!(
-            outcomes(&dir, true),
-            [
-                Outcome::Kept { at: 2466239 },
-                Outcome::Kept { at: 65536 },
-                Outcome::Kept { at: 4096 }
-            ]
-        );
-        assert_eq!(read(&dir), ["2466239\n", "65536\n", "4096\n"]);
+        let defaults = [
+            "2466239\n",
+            "65536\n",
+            "4096\n",
+            "128\n",
+            "192540\n",
+            "4017446\n",
+        ];
+        let dir = sysctls(defaults);
+        let at = |text: &str| text.trim().parse::<u64>().unwrap();
+        let kept: Vec<Outcome> = (defaults.iter())
+            .map(|d| Outcome::Kept { at: at(d) })
+            .collect();
+        assert_eq!(outcomes(&dir, true), kept);
+        assert_eq!(read(&dir), defaults);
 
-        assert_eq!(
-            outcomes(&dir, false),
-            [
-                Outcome::Lifted { from: 2466239 },
-                Outcome::Lifted { from: 65536 },
-                Outcome::Lifted { from: 4096 }
-            ]
-        );
+        let lifted: Vec<Outcome> = (defaults.iter())
+            .map(|d| Outcome::Lifted { from: at(d) })
+            .collect();
+        assert_eq!(outcomes(&dir, false), lifted);
         let most: Vec<String> = MEMORY_BOUND.iter().map(|c| c.most.to_string()).collect();
         assert_eq!(read(&dir), most);
         assert_eq!(read(&dir)[2], "1048576");
-        assert_eq!(outcomes(&dir, false), [const { Outcome::Already }; 3]);
+        assert_eq!(read(&dir)[3], "2147483647");
+        assert_eq!(outcomes(&dir, false), [const { Outcome::Already }; 6]);
     }
 
     #[test]
     fn a_count_that_cannot_be_read_is_a_failure_naming_its_file() {
-        let dir = sysctls(["lots\n", "65536\n", "4096\n"]);
+        let dir = sysctls(["lots\n", "65536\n", "4096\n", "128\n", "8192\n", "8192\n"]);
         std::fs::remove_file(dir.path().join("fs/aio-max-nr")).unwrap();
         let outcomes = outcomes(&dir, false);
         match &outcomes[0] {

@@ -376,11 +376,13 @@ pub(super) struct JobArgs {
     /// for jobs that download from outside).
     #[arg(long, value_name = "own|host", default_value = "own")]
     pub(super) job_network: gantry_daemon::netns::JobNetwork,
-    /// Leave the kernel's machine-wide counts of open files, AIO events and pseudo-terminals
-    /// (`fs.file-max`, `fs.aio-max-nr`, `kernel.pty.max`) as they are, warning that command jobs
-    /// can take every one. Without it, a node that runs command jobs under memory bounds (root)
-    /// lifts them to the kernel's most, as systemd does for files: each run's memory cgroup pays
-    /// for its files, events and terminals, so its memory bound holds them.
+    /// Leave the kernel's counts of open files, AIO events and pseudo-terminals (the machine's:
+    /// `fs.file-max`, `fs.aio-max-nr`, `kernel.pty.max`) and of inotify and epoll watches (a
+    /// user's: `fs.inotify.max_user_instances`, `fs.inotify.max_user_watches`,
+    /// `fs.epoll.max_user_watches`) as they are, warning that a command job can take every one.
+    /// Without it, a node that runs command jobs under memory bounds (root) lifts them to the
+    /// kernel's most, as systemd does for files: each run's memory cgroup pays for what it
+    /// opens, so its memory bound holds it.
     #[arg(long)]
     pub(super) protect_kernel_defaults: bool,
     /// Which system calls command jobs may make: `filtered` (all but those that make
