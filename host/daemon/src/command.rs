@@ -121,8 +121,8 @@ pub struct CommandLimits {
     /// Whose network runs have: their own, the loopback alone, where the daemon can make it
     /// (root), or the machine's (`--job-network host`); see [`crate::netns`].
     pub network: crate::netns::JobNetwork,
-    /// Leave the kernel's counts (the machine's, a user's) of what runs' memory pays for as they are
-    /// (`--protect-kernel-defaults`), rather than lift them ([`crate::kernelcounts`]).
+    /// Leave the kernel's counts (the machine's, a user's) of what runs' memory pays for as
+    /// they are (`--protect-kernel-defaults`), rather than lift them ([`crate::kernelcounts`]).
     pub protect_kernel_defaults: bool,
     /// Which system calls a run's program may make (`--job-syscalls`; [`crate::seccomp`]).
     pub syscalls: crate::seccomp::JobSyscalls,
