@@ -65,7 +65,7 @@ pub struct Bounds {
     /// The memory limit of a run that asks for none, MiB.
     pub memory_mib: Option<u64>,
     /// What all runs together may use, MiB: the limit of the runs' directory, as the kubelet
-    /// sets on the one of its pods.
+    /// sets one on the directory of its pods.
     pub all_memory_mib: Option<u64>,
 }
 
@@ -87,15 +87,13 @@ pub fn runs_task_budget(limits: impl IntoIterator<Item = u64>) -> Option<u64> {
     Some(available.saturating_sub((available / 4).max(512)).max(1))
 }
 
-/// The task limits above a runs' directory whose parent is `own` in the hierarchy mounted at
-/// `mount` (each `pids.max` up to the mount, `max` being none), and the kernel's.
 /// cgroup v1's limit of a cgroup's socket buffers (TCP, UDP and the other protocols the kernel
 /// counts in `net.ipv4.tcp_mem` and the like).
 const TCP_LIMIT: &str = "memory.kmem.tcp.limit_in_bytes";
 
 /// Of the socket buffers the kernel lets the whole machine's TCP hold (`net.ipv4.tcp_mem`'s
 /// hard limit, counted across every network namespace), what all runs together may hold, in
-/// bytes: half, the level below which the kernel puts no socket under pressure by default. The
+/// bytes: half (by default the low mark, below which the kernel does not regulate TCP). The
 /// rest is the daemon's, its agent's and the node's. Found by a review: cgroup v1 counts no
 /// run's socket buffers unless given a limit, so a run bounded at 64 MiB held 257 MiB of them
 /// on its own loopback, and a few more connections would have taken the machine's TCP to its
@@ -109,6 +107,8 @@ pub fn runs_socket_budget() -> Option<u64> {
     Some(hard.saturating_mul(page) / 2)
 }
 
+/// The task limits above a runs' directory whose parent is `own` in the hierarchy mounted at
+/// `mount` (each `pids.max` up to the mount, `max` being none), and the kernel's.
 fn task_limits(mount: &Path, own: &Path) -> Vec<u64> {
     let number = |p: &Path| {
         std::fs::read_to_string(p)
