@@ -56,6 +56,17 @@ pub struct Resources {
     pub cpus: Option<f64>,
 }
 
+/// Which memory limit a run reached ([`RunGroup::memory_reached`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryReached {
+    /// Its own.
+    Own,
+    /// All runs' together (the runs' directory's).
+    AllRuns,
+    /// Neither: the machine ran short of memory.
+    Neither,
+}
+
 /// What the operator holds every run to, wherever the machine's controllers can (a machine
 /// without one runs jobs without that bound), whatever the job asks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -734,28 +745,35 @@ impl RunGroup {
         }
     }
 
-    /// Whether the run's memory ever reached its own limit (rather than only all runs'
-    /// together); so where the kernel does not say. v2 counts each time a cgroup's use reaches
-    /// its own `memory.max` (`memory.events.local`'s `max`); v1 keeps no such count (its
-    /// `failcnt` stays 0 here), so its peak within a huge page of its limit says it.
-    pub fn reached_own_limit(&self) -> bool {
+    /// Which memory limit the run reached, if any: its own, else all runs' (its directory's),
+    /// else neither (the machine ran short); its own where the kernel does not say. v2 counts
+    /// each time a cgroup's use reaches its own `memory.max` (`memory.events.local`'s `max`);
+    /// v1 keeps no such count (its `failcnt` stays 0 here), so a peak within a huge page of the
+    /// limit says it.
+    pub fn memory_reached(&self) -> MemoryReached {
         let Some((dir, controller)) = &self.memory else {
-            return true;
+            return MemoryReached::Own;
         };
-        let read = |file: &str, key: &str| {
-            std::fs::read_to_string(dir.join(file)).ok().and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-            })
+        let reached = |dir: &Path| {
+            let read = |file: &str, key: &str| {
+                std::fs::read_to_string(dir.join(file)).ok().and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                })
+            };
+            match controller {
+                Controller::Unified => read("memory.events.local", "max ").map(|hits| hits > 0),
+                _ => Some(
+                    read("memory.max_usage_in_bytes", "")?.saturating_add(2 << 20)
+                        >= read("memory.limit_in_bytes", "")?,
+                ),
+            }
         };
-        match controller {
-            Controller::Unified => read("memory.events.local", "max ").is_none_or(|hits| hits > 0),
-            _ => match (
-                read("memory.max_usage_in_bytes", ""),
-                read("memory.limit_in_bytes", ""),
-            ) {
-                (Some(peak), Some(limit)) => peak.saturating_add(2 << 20) >= limit,
-                _ => true,
+        match reached(dir) {
+            Some(true) | None => MemoryReached::Own,
+            Some(false) => match dir.parent().and_then(reached) {
+                Some(true) => MemoryReached::AllRuns,
+                _ => MemoryReached::Neither,
             },
         }
     }

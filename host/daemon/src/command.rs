@@ -1355,24 +1355,31 @@ pub fn execute(
         .group
         .as_ref()
         .and_then(crate::cgroup::RunGroup::memory_mib);
-    let own_limit = (run.group.as_ref()).is_none_or(crate::cgroup::RunGroup::reached_own_limit);
+    let reached = (run.group.as_ref()).map(crate::cgroup::RunGroup::memory_reached);
     let wall = run.wall;
     // Everything left in its cgroup goes too (what left its process group), and the cgroup,
     // its scratch, then its uid.
     drop(run);
     let end = end(&job.spec.argv[0], status, stopped, wall);
-    let all_mib = limits.jobs_memory_mib.filter(|_| !own_limit);
-    match (end, oom_kills, memory_mib) {
-        (RunEnd::Failed(reason), 1.., _) if let Some(all) = all_mib => RunEnd::Failed(format!(
-            "{reason}: all command runs on this machine together reached their memory bound of \
-             {all} MiB (--jobs-memory-mib), and the kernel's OOM killer took {oom_kills} of \
-             this run's process(es)"
+    let why = match (reached, limits.jobs_memory_mib) {
+        (Some(crate::cgroup::MemoryReached::AllRuns), Some(all)) => Some(format!(
+            "all command runs on this machine together reached their memory bound of {all} MiB \
+             (--jobs-memory-mib)"
         )),
-        (end, 1.., _) if let Some(all) = all_mib => {
+        (Some(crate::cgroup::MemoryReached::Neither), _) => Some(
+            "the machine ran short of memory (the run was within its own limit, and runs \
+             are the first the kernel's OOM killer takes)"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    match (end, oom_kills, memory_mib) {
+        (RunEnd::Failed(reason), 1.., _) if let Some(why) = &why => RunEnd::Failed(format!(
+            "{reason}: {why}, and the kernel's OOM killer took {oom_kills} of its process(es)"
+        )),
+        (end, 1.., _) if let Some(why) = &why => {
             sink.log(&format!(
-                "{oom_kills} of its processes were killed by the kernel's OOM killer when all \
-                 command runs on this machine together reached their memory bound of {all} MiB \
-                 (--jobs-memory-mib)"
+                "{oom_kills} of its processes were killed by the kernel's OOM killer: {why}"
             ));
             end
         }
