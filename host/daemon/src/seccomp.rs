@@ -6,7 +6,7 @@
 //! A run has no capability (an unprivileged uid, `no_new_privs`), and the namespaces Gantry
 //! makes for it stay Gantry's. But any process could make a user namespace of its own, and in it
 //! holds every capability over the namespaces it makes there: it mounts file systems, programs
-//! a firewall, makes network devices, and reaches the kernel's code behind those, where most
+//! a firewall, makes network devices, and reaches the kernel's code behind those, where many
 //! local privilege escalations of recent years were (`fsconfig`, CVE-2022-0185; nf_tables,
 //! CVE-2024-1086); it could also mount a devpts with no bound and take every pseudo-terminal
 //! runs share. A review's run did (`unshare -Ur` as `nobody`). So, as Docker's default profile
@@ -14,13 +14,12 @@
 //! `unshare` with a namespace's flag, `setns`) and no `clone3` (its flags lie in memory a
 //! filter cannot read; the C library falls back to `clone`), sets up no io_uring (a kernel
 //! interface of its own, off in Docker's and ChromeOS's defaults: `ENOSYS`, so programs fall
-//! back to plain reads), loads no BPF, opens no perf event or userfaultfd, and touches no
-//! kernel keyring (they are the uid's, shared by runs of one `--job-user`), and takes no huge
-//! page of the machine's pool (`MAP_HUGETLB`, `SHM_HUGETLB`, `MFD_HUGETLB`): those pages are
-//! reserved by the operator and counted in no run's memory, and a review's run as `nobody`
-//! took every one. A system call of
-//! another ABI (32-bit ones on x86-64, whose numbers differ) is refused whole, so none of these
-//! is reached by another number.
+//! back to plain reads), loads no BPF, opens no perf event or userfaultfd, touches no kernel
+//! keyring (they are the uid's, shared by runs of one `--job-user`), and takes no page of the
+//! machine's huge page pool (`MAP_HUGETLB`, `SHM_HUGETLB`, `MFD_HUGETLB`: those pages are
+//! reserved by the operator and counted in no run's memory, and a review's run as `nobody` took
+//! every one). A system call of another ABI (32-bit ones on x86-64, whose numbers differ) is
+//! refused whole, so none of these is reached by another number.
 
 /// Whether a run's system calls are filtered (`--job-syscalls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
