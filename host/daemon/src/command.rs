@@ -104,9 +104,9 @@ pub struct CommandLimits {
     /// other machines, which each hold runs to their own).
     pub max_memory_mib: Option<u64>,
     /// What all runs together may use, MiB (`--jobs-memory-mib`; by default the same share of
-    /// the machine, [`jobs_memory_mib`]), where the machine has the memory controller: each run
-    /// within its own bound, two runs of a tenant together took more than the machine had, and
-    /// its reclaim stalled the daemon as one run past it did. `None`: no bound of the whole.
+    /// the machine, [`jobs_memory_mib`]), where the machine has the memory controller: each
+    /// within its own bound, two runs together could take more than the machine has, and its
+    /// reclaim would stall the daemon as one run past it did. `None`: no bound of the whole.
     pub jobs_memory_mib: Option<u64>,
     /// The most one run's scratch directory may hold, MiB (`--max-job-disk-mib`; by default a
     /// tenth of the file system it lies on, [`default_max_disk_mib`]): a command naming none
@@ -2782,11 +2782,11 @@ mod tests {
     }
 
     /// Found by asking what bounds runs' memory together once each run had a bound: the
-    /// machine's less a tenth each, so two runs of a tenant, each within its own, took more
-    /// than the machine had, and its reclaim stalled the daemon and its heartbeats as one run
-    /// past it did. All runs together are held to `--jobs-memory-mib` now (the limit of their
-    /// cgroups' directory), and a run the kernel stops there says so. Root with a memory
-    /// cgroup and python3 only.
+    /// machine's less a tenth each, so two runs, each within its own, could take more than the
+    /// machine has, and its reclaim would stall the daemon and its heartbeats as one run past
+    /// it did (here, at test scale, both ran). All runs together are held to
+    /// `--jobs-memory-mib` now (the limit of their cgroups' directory), and a run the kernel
+    /// stops there says so. Root with a memory cgroup and python3 only.
     #[test]
     fn all_runs_together_are_held_to_the_memory_of_all_runs() {
         let Some(cgroups) =
