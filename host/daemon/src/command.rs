@@ -2702,11 +2702,11 @@ mod tests {
 
     /// Found by asking what of the kernel a run reaches: as `nobody`, with no capability, a
     /// run made a user namespace of its own (`unshare -Ur`) and held every capability over the
-    /// namespaces it made there, the door to the kernel's most attacked code; and it took
-    /// every page of the machine's huge page pool, which no memory bound counts. Its system
-    /// calls are filtered now ([`crate::seccomp`]): no namespace, io_uring, kernel keyring or
-    /// huge page, while it still forks, maps memory and runs threads. `--job-syscalls all`
-    /// leaves them. Root only.
+    /// namespaces it made there, the door to much of the kernel's attacked code; and a process
+    /// as `nobody` took every page of the machine's huge page pool, which no memory bound
+    /// counts. Its system calls are filtered now ([`crate::seccomp`]): no namespace, io_uring,
+    /// kernel keyring or huge page, while it still forks, maps memory and runs threads.
+    /// `--job-syscalls all` leaves them. Root only.
     #[test]
     fn a_run_makes_no_namespace_io_uring_keyring_or_huge_page_of_its_own() {
         // SAFETY: geteuid has no preconditions.

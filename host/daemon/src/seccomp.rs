@@ -17,9 +17,9 @@
 //! back to plain reads), loads no BPF, opens no perf event or userfaultfd, touches no kernel
 //! keyring (they are the uid's, shared by runs of one `--job-user`), and takes no page of the
 //! machine's huge page pool (`MAP_HUGETLB`, `SHM_HUGETLB`, `MFD_HUGETLB`: those pages are
-//! reserved by the operator and counted in no run's memory, and a review's run as `nobody` took
-//! every one). A system call of another ABI (32-bit ones on x86-64, whose numbers differ) is
-//! refused whole, so none of these is reached by another number.
+//! reserved by the operator and counted in no run's memory, and a process as `nobody` took all
+//! eight reserved for the check). A system call of another ABI (32-bit ones on x86-64, whose
+//! numbers differ) is refused whole, so none of these is reached by another number.
 
 /// Whether a run's system calls are filtered (`--job-syscalls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
