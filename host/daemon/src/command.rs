@@ -2730,6 +2730,9 @@ mod tests {
                print \"forked: \", $? >> 8, \"\\n\"'; \
              /usr/bin/python3 -c 'import threading; \
                t = threading.Thread(target=print, args=(\"threaded\",)); t.start(); t.join()'; \
+             /usr/bin/python3 -c 'import multiprocessing, subprocess; \
+               print(\"spawned:\", subprocess.run([\"/bin/true\"]).returncode); \
+               print(\"pooled:\", multiprocessing.Pool(2).map(abs, [-1, -2]))'; \
              /usr/bin/python3 -c 'import ctypes, os; \
                libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p; \
                p = libc.mmap(None, 2097152, 3, 0x22 | 0x40000, -1, 0); \
@@ -2758,6 +2761,8 @@ mod tests {
             "keyring: Operation not permitted",
             "forked: 7",
             "threaded",
+            "spawned: 0",
+            "pooled: [1, 2]",
             "huge page: Operation not permitted",
             "huge memfd: Operation not permitted",
         ] {
