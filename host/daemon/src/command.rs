@@ -1973,6 +1973,22 @@ mod tests {
         cgroups
     }
 
+    /// Lifts this machine's kernel counts as an agent does ([`crate::kernelcounts`]); false,
+    /// saying so, where they cannot be (a container's read-only `/proc/sys`).
+    fn lift_kernel_counts() -> bool {
+        let lifted = crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false);
+        let failed = lifted
+            .iter()
+            .find(|(_, outcome)| matches!(outcome, crate::kernelcounts::Outcome::Failed { .. }));
+        if let Some((count, outcome)) = failed {
+            eprintln!(
+                "skipped: {} cannot be lifted here: {outcome:?}",
+                count.sysctl
+            );
+        }
+        failed.is_none()
+    }
+
     /// Limits that run commands as `nobody` where the tests run as root, else as this user.
     fn job_user_limits() -> CommandLimits {
         // SAFETY: geteuid has no preconditions.
@@ -2572,12 +2588,8 @@ mod tests {
         ) else {
             return;
         };
-        for (count, outcome) in crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false)
-        {
-            assert!(
-                !matches!(outcome, crate::kernelcounts::Outcome::Failed { .. }),
-                "{count:?}: {outcome:?}"
-            );
+        if !lift_kernel_counts() {
+            return;
         }
         let limits = CommandLimits {
             user: Some(JobUser::lookup("nobody").unwrap()),
@@ -2628,7 +2640,9 @@ mod tests {
         else {
             return;
         };
-        let _ = crate::kernelcounts::lift(std::path::Path::new("/proc/sys"), false);
+        if !lift_kernel_counts() {
+            return;
+        }
         let limits = CommandLimits {
             user: Some(JobUser::lookup("nobody").unwrap()),
             max_memory_mib: Some(64),
