@@ -142,6 +142,29 @@ fn bench_schedule_json_has_the_contract_keys() {
 }
 
 #[test]
+fn bench_jobs_json_has_the_contract_keys() {
+    if !std::path::Path::new("/usr/bin/perl").exists() {
+        eprintln!("skipped: the benchmark runs perl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (v, stdout) = json_of(
+        &["bench", "jobs", "--runs", "1", "--calls", "1000", "--json"],
+        dir.path(),
+    );
+    for key in ["start_to_end_ms", "start_to_end_all_ms"] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {stdout}");
+    }
+    for key in ["filtered_ns", "all_ns"] {
+        let x = v["getppid"][key].as_f64();
+        assert!(x.is_some_and(|x| x > 0.0), "getppid.{key}: {stdout}");
+    }
+    assert!(v["getppid"]["added_ns"].is_number(), "{stdout}");
+    assert_eq!(v["calls_per_run"], 1000, "{stdout}");
+    assert!(v["cpu"].as_str().is_some_and(|c| !c.is_empty()), "{stdout}");
+}
+
+#[test]
 fn bench_policy_json_has_the_contract_keys() {
     let dir = tempfile::tempdir().unwrap();
     let (v, stdout) = json_of(

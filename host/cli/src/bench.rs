@@ -7,6 +7,7 @@ pub mod attack;
 pub mod authoring;
 pub mod cluster;
 pub mod failover;
+pub mod jobs;
 pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod kernels_gpu;

@@ -23,7 +23,7 @@ pub fn add_users(dir: &Path, holder: &str, users: &[User]) -> anyhow::Result<Vec
 /// How a daemon started here runs command jobs: as `nobody` when this process is root (a root
 /// daemon refuses command jobs without a job user), else as this process's user (a throwaway
 /// directory of the person running it: the demo's, a benchmark's).
-fn local_commands() -> gantry_daemon::command::CommandLimits {
+pub fn local_commands() -> gantry_daemon::command::CommandLimits {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let max_disk_mib = gantry_daemon::command::default_max_disk_mib();

@@ -59,6 +59,19 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What a command run's isolation costs: a run of `/bin/true` from asking to its end, and
+    /// a system call in a run with the system-call filter vs without, side by side.
+    Jobs {
+        /// Runs timed per side.
+        #[arg(long, default_value_t = 15, value_parser = super::count::<usize>(10_000))]
+        runs: usize,
+        /// `getppid` calls in each timed run.
+        #[arg(long, default_value_t = 2_000_000, value_parser = super::count::<u64>(1_000_000_000))]
+        calls: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// f32 GEMM and an MLP training step on the CPU backend vs NumPy (OpenBLAS) and PyTorch.
     Kernels(KernelArgs),
     /// A load test of the daemon's API on loopback: concurrent submits and reads, latency
@@ -231,6 +244,7 @@ pub fn run(ctx: &super::Context, cmd: BenchCommand) -> anyhow::Result<()> {
             cold_rounds,
             json,
         } => authoring(rounds.max(1), cold_rounds.max(1), json),
+        BenchCommand::Jobs { runs, calls, json } => jobs(runs, calls, json),
     }
 }
 
@@ -631,6 +645,44 @@ fn print_kernels(r: &bench::kernels::KernelReport) -> anyhow::Result<()> {
         (None, Some(note)) => println!("gpu: not measured: {note}"),
         (None, None) => {}
     }
+    Ok(())
+}
+
+fn jobs(runs: usize, calls: u64, json: bool) -> anyhow::Result<()> {
+    let bar = super::progress(runs as u64, "runs per side");
+    let r = crate::bench::jobs::run_bench(runs, calls, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    if printed_json(json, &r)? {
+        return Ok(());
+    }
+    println!(
+        "{} ({}; medians of {} runs per side)",
+        r.cpu,
+        if r.isolated {
+            "runs with their own cgroup, uid and namespaces"
+        } else {
+            "runs as this user, without cgroups or namespaces"
+        },
+        r.runs
+    );
+    let mut t = Table::new(&["", "filtered", "all system calls", "filtered / all"]);
+    t.row(vec![
+        "run of /bin/true, ask to end, ms".into(),
+        format!("{:.1}", r.start_to_end_ms),
+        format!("{:.1}", r.start_to_end_all_ms),
+        format!("{:.2}x", r.start_to_end_ms / r.start_to_end_all_ms),
+    ]);
+    t.row(vec![
+        format!(
+            "getppid in a run (perl loop, {} calls), ns",
+            r.calls_per_run
+        ),
+        format!("{:.1}", r.getppid.filtered_ns),
+        format!("{:.1}", r.getppid.all_ns),
+        format!("{:.2}x", r.getppid.filtered_ns / r.getppid.all_ns),
+    ]);
+    print!("{t}");
+    println!("the filter adds {:.1} ns to each call", r.getppid.added_ns);
     Ok(())
 }
 
